@@ -1,0 +1,10 @@
+//! kernlet: one daemon that makes a Linux machine a node of a stock Kubernetes cluster.
+//!
+//! The rooms are described in `DESIGN.md`: `config` (flags), `model` (pure translations),
+//! `sys` (the only place that talks to the kernel). The binary in `main.rs` is thin.
+#![deny(unsafe_code)]
+
+pub mod config;
+pub mod model;
+pub mod standalone;
+pub mod sys;

@@ -1,0 +1,5 @@
+//! Pure translations from Kubernetes objects to what kernlet will build. No I/O here.
+
+pub mod manifest;
+pub mod qos;
+pub mod quantity;

@@ -1,0 +1,152 @@
+//! Pod QoS class, computed the way the apiserver and kubelet compute it.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::core::v1::{Container, PodSpec};
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity as ApiQuantity;
+
+use super::quantity::{Quantity, QuantityError};
+
+/// The three QoS classes, spelled as in `status.qosClass`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum QosClass {
+    Guaranteed,
+    Burstable,
+    BestEffort,
+}
+
+impl QosClass {
+    /// The string written to `status.qosClass`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Guaranteed => "Guaranteed",
+            Self::Burstable => "Burstable",
+            Self::BestEffort => "BestEffort",
+        }
+    }
+}
+
+const QOS_RESOURCES: [&str; 2] = ["cpu", "memory"];
+
+/// Sums of the cpu/memory values one side (requests or limits) of a container sets.
+fn tracked(
+    list: Option<&BTreeMap<String, ApiQuantity>>,
+) -> Result<BTreeMap<&'static str, Quantity>, QuantityError> {
+    let mut out = BTreeMap::new();
+    if let Some(list) = list {
+        for name in QOS_RESOURCES {
+            if let Some(q) = list.get(name) {
+                let q = Quantity::parse(&q.0)?;
+                if q > Quantity::ZERO {
+                    out.insert(name, q);
+                }
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// QoS class of a pod. Requests that are unset default to the limits, as the apiserver's
+/// defaulting does, so the answer is the same for a manifest and for a stored pod.
+pub fn qos_class(spec: &PodSpec) -> Result<QosClass, QuantityError> {
+    let containers: Vec<&Container> = spec
+        .init_containers
+        .iter()
+        .flatten()
+        .chain(spec.containers.iter())
+        .collect();
+    let mut requests: BTreeMap<&str, Quantity> = BTreeMap::new();
+    let mut limits: BTreeMap<&str, Quantity> = BTreeMap::new();
+    let mut guaranteed = true;
+    for c in containers {
+        let res = c.resources.as_ref();
+        let lim = tracked(res.and_then(|r| r.limits.as_ref()))?;
+        let mut req = tracked(res.and_then(|r| r.requests.as_ref()))?;
+        for (name, value) in &lim {
+            req.entry(name).or_insert(*value);
+        }
+        if QOS_RESOURCES.iter().any(|r| !lim.contains_key(r)) {
+            guaranteed = false;
+        }
+        for (name, value) in req {
+            requests
+                .entry(name)
+                .and_modify(|sum| *sum = *sum + value)
+                .or_insert(value);
+        }
+        for (name, value) in lim {
+            limits
+                .entry(name)
+                .and_modify(|sum| *sum = *sum + value)
+                .or_insert(value);
+        }
+    }
+    if requests.is_empty() && limits.is_empty() {
+        return Ok(QosClass::BestEffort);
+    }
+    if guaranteed && requests == limits {
+        return Ok(QosClass::Guaranteed);
+    }
+    Ok(QosClass::Burstable)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use k8s_openapi::api::core::v1::Pod;
+
+    fn fixture(path: &str) -> Pod {
+        let full = format!("{}/../../shared/k8s-fixtures/{path}", env!("CARGO_MANIFEST_DIR"));
+        let text = std::fs::read_to_string(&full).unwrap_or_else(|e| panic!("{full}: {e}"));
+        serde_json::from_str(&text).unwrap()
+    }
+
+    #[test]
+    fn fixture_pods_have_the_class_the_apiserver_gave_them() {
+        for path in [
+            "objects/pod-web-589c74b5fc-cscnw.json",
+            "objects/pod-hostnet.json",
+            "kubelet/pods/hostnet.json",
+            "kubelet/pods/web-669987d464-hrczf.json",
+        ] {
+            let pod = fixture(path);
+            let want = pod
+                .status
+                .as_ref()
+                .and_then(|s| s.qos_class.clone())
+                .unwrap_or_else(|| panic!("{path} has no qosClass"));
+            let got = qos_class(pod.spec.as_ref().unwrap()).unwrap();
+            assert_eq!(got.as_str(), want, "{path}");
+        }
+    }
+
+    #[test]
+    fn classes_from_manifests() {
+        let spec = |resources: serde_json::Value| -> PodSpec {
+            serde_json::from_value(serde_json::json!({
+                "containers": [{"name": "c", "image": "i", "resources": resources}]
+            }))
+            .unwrap()
+        };
+        assert_eq!(qos_class(&spec(serde_json::json!({}))).unwrap(), QosClass::BestEffort);
+        assert_eq!(
+            qos_class(&spec(serde_json::json!({"limits": {"cpu": "1", "memory": "1Gi"}}))).unwrap(),
+            QosClass::Guaranteed,
+            "requests default to limits"
+        );
+        assert_eq!(
+            qos_class(&spec(serde_json::json!({
+                "limits": {"cpu": "1", "memory": "1Gi"},
+                "requests": {"cpu": "1000m", "memory": "1073741824"}
+            })))
+            .unwrap(),
+            QosClass::Guaranteed,
+            "equal quantities in other spellings"
+        );
+        assert_eq!(
+            qos_class(&spec(serde_json::json!({"requests": {"cpu": "100m"}}))).unwrap(),
+            QosClass::Burstable
+        );
+        assert!(qos_class(&spec(serde_json::json!({"limits": {"cpu": "lots"}}))).is_err());
+    }
+}

@@ -1,0 +1,5 @@
+//! Everything that touches the kernel: cgroups, BPF, and (later) namespaces, mounts,
+//! netlink. One small module per primitive; callers above see plain Rust types.
+
+pub mod bpf;
+pub mod cgroup;

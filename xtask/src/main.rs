@@ -1,0 +1,214 @@
+//! `cargo xtask`: the project's commands (setup, run, test, bench, apiserver).
+//!
+//! Everything a user or CI runs goes through here so the README stays two commands long.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use anyhow::{Context, Result, bail};
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "cargo xtask")]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Install what the build and the tests need, when missing (idempotent).
+    Setup,
+    /// Run kernlet standalone with examples/ inside the `kernlet-demo` network namespace.
+    Run,
+    /// Format check, clippy -D warnings, unit tests, then the root end-to-end tests.
+    Test {
+        /// Extra arguments for the end-to-end test run (e.g. a test name filter).
+        #[arg(trailing_var_arg = true)]
+        filter: Vec<String>,
+    },
+    /// Run named benchmarks (all when none named); JSON results go to target/bench/.
+    Bench { names: Vec<String> },
+    /// Start the test kit's in-memory control plane and print its kubeconfig path.
+    Apiserver {
+        #[arg(trailing_var_arg = true)]
+        args: Vec<String>,
+    },
+}
+
+/// Debian packages the tests use, with a binary each provides to check for.
+const DEBIAN_PACKAGES: &[(&str, &str)] = &[
+    ("iproute2", "/usr/sbin/ip"),
+    ("util-linux", "/usr/bin/nsenter"),
+    ("iputils-ping", "/usr/bin/ping"),
+    ("procps", "/usr/bin/ps"),
+];
+
+const BPF_LINKER_VERSION: &str = "0.9.15";
+
+fn main() -> Result<()> {
+    let cli = Cli::parse();
+    let root = workspace_root()?;
+    std::env::set_current_dir(&root).with_context(|| format!("cd {}", root.display()))?;
+    match cli.command {
+        Cmd::Setup => setup(),
+        Cmd::Run => {
+            setup()?;
+            demo()
+        }
+        Cmd::Test { filter } => {
+            setup()?;
+            test(&filter)
+        }
+        Cmd::Bench { names } => bench(&names),
+        Cmd::Apiserver { args } => {
+            let mut cmd = cargo();
+            cmd.args(["run", "--quiet", "-p", "kernlet-tests", "--bin", "kernlet-apiserver", "--"]);
+            cmd.args(args);
+            run(&mut cmd)
+        }
+    }
+}
+
+fn workspace_root() -> Result<PathBuf> {
+    let manifest = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    manifest
+        .parent()
+        .map(Path::to_path_buf)
+        .context("xtask has no parent directory")
+}
+
+fn cargo() -> Command {
+    Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+}
+
+fn run(cmd: &mut Command) -> Result<()> {
+    eprintln!("+ {}", show(cmd));
+    let status = cmd
+        .status()
+        .with_context(|| format!("cannot start {}", show(cmd)))?;
+    if !status.success() {
+        bail!("{} failed ({status})", show(cmd));
+    }
+    Ok(())
+}
+
+fn show(cmd: &Command) -> String {
+    std::iter::once(cmd.get_program())
+        .chain(cmd.get_args())
+        .map(|s| s.to_string_lossy().into_owned())
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+fn output_of(program: &str, args: &[&str]) -> Option<String> {
+    let out = Command::new(program).args(args).output().ok()?;
+    out.status
+        .success()
+        .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+fn setup() -> Result<()> {
+    let mut did = Vec::new();
+
+    let installed = output_of("rustup", &["component", "list", "--toolchain", "nightly", "--installed"])
+        .context("rustup has no nightly toolchain; the eBPF build needs one (rustup toolchain install nightly)")?;
+    if !installed.lines().any(|l| l.starts_with("rust-src")) {
+        run(Command::new("rustup").args(["component", "add", "rust-src", "--toolchain", "nightly"]))?;
+        did.push("added rust-src to the nightly toolchain");
+    }
+
+    let linker_ok = output_of("bpf-linker", &["--version"]).is_some();
+    if !linker_ok {
+        run(cargo().args(["install", &format!("bpf-linker@{BPF_LINKER_VERSION}"), "--locked"]))?;
+        did.push("installed bpf-linker");
+    }
+
+    let missing: Vec<&str> = DEBIAN_PACKAGES
+        .iter()
+        .filter(|(_, bin)| !Path::new(bin).exists())
+        .map(|(pkg, _)| *pkg)
+        .collect();
+    if !missing.is_empty() {
+        run(Command::new("apt-get").arg("update"))?;
+        run(Command::new("apt-get")
+            .args(["install", "-y", "--no-install-recommends"])
+            .args(&missing)
+            .env("DEBIAN_FRONTEND", "noninteractive"))?;
+        did.push("installed Debian packages");
+    }
+
+    if did.is_empty() {
+        eprintln!("setup: nothing to do (rust-src, bpf-linker and test packages present)");
+    } else {
+        eprintln!("setup: {}", did.join("; "));
+    }
+    Ok(())
+}
+
+fn test(filter: &[String]) -> Result<()> {
+    run(cargo().args(["fmt", "--all", "--check"]))?;
+    run(cargo().args(["clippy", "--all-targets", "--", "-D", "warnings"]))?;
+    // Unit tests: pure logic, no root needed.
+    run(cargo().args(["test", "--lib", "--bins"]))?;
+    // End-to-end tests: root, network namespaces, cgroups, BPF. Each test binary runs its
+    // tests one after another: they share kernel resources and a 2-core machine.
+    if !nix_is_root() {
+        bail!("the end-to-end tests need root (network namespaces, cgroups, BPF); run as root");
+    }
+    let mut e2e = cargo();
+    e2e.args(["test", "-p", "kernlet-tests", "--tests", "--", "--test-threads=1"]);
+    e2e.args(filter);
+    run(&mut e2e)
+}
+
+fn nix_is_root() -> bool {
+    output_of("id", &["-u"]).is_some_and(|s| s.trim() == "0")
+}
+
+fn bench(names: &[String]) -> Result<()> {
+    let mut cmd = cargo();
+    cmd.args(["run", "--release", "--quiet", "-p", "kernlet-tests", "--bin", "kernlet-bench", "--"]);
+    cmd.args(names);
+    run(&mut cmd)
+}
+
+const DEMO_NETNS: &str = "kernlet-demo";
+
+/// Removes the demo namespace when the demo ends, however it ends.
+struct DemoNetns;
+
+impl Drop for DemoNetns {
+    fn drop(&mut self) {
+        let _ = Command::new("ip").args(["netns", "delete", DEMO_NETNS]).status();
+    }
+}
+
+fn demo() -> Result<()> {
+    run(cargo().args(["build", "--quiet", "-p", "kernlet"]))?;
+    if !nix_is_root() {
+        bail!("kernlet needs root (namespaces, cgroups, BPF); run `cargo xtask run` as root");
+    }
+    // A leftover from a killed demo is ours by name; start from a clean one.
+    let _ = Command::new("ip")
+        .args(["netns", "delete", DEMO_NETNS])
+        .stderr(std::process::Stdio::null())
+        .status();
+    run(Command::new("ip").args(["netns", "add", DEMO_NETNS]))?;
+    let _guard = DemoNetns;
+    let netns = format!("--net=/run/netns/{DEMO_NETNS}");
+    run(Command::new("nsenter").args([&netns, "ip", "link", "set", "lo", "up"]))?;
+    let base = std::env::temp_dir().join("kernlet-demo");
+    let dir = |name: &str| base.join(name).display().to_string();
+    let kernlet = Path::new("target/debug/kernlet");
+    let mut cmd = Command::new("nsenter");
+    cmd.arg(&netns)
+        .arg(kernlet)
+        .args(["run", "--standalone", "--manifests", "examples"])
+        .args(["--state-dir", &dir("state"), "--run-dir", &dir("run")])
+        .args(["--log-dir", &dir("logs"), "--image-dir", &dir("images")])
+        .args(["--cgroup-root", "kernlet-demo", "--bpffs-dir", "/sys/fs/bpf/kernlet-demo"]);
+    eprintln!("kernlet runs in network namespace {DEMO_NETNS}; Ctrl-C stops it");
+    // Ctrl-C reaches kernlet too (same process group); it stops cleanly and so do we.
+    run(&mut cmd)
+}
