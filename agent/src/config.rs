@@ -18,7 +18,11 @@ pub struct NodeDirs {
     #[arg(long, default_value = "/var/log/pods", env = "KERNLET_LOG_DIR")]
     pub log_dir: PathBuf,
     /// Content-addressed image store.
-    #[arg(long, default_value = "/var/lib/kernlet/images", env = "KERNLET_IMAGE_DIR")]
+    #[arg(
+        long,
+        default_value = "/var/lib/kernlet/images",
+        env = "KERNLET_IMAGE_DIR"
+    )]
     pub image_dir: PathBuf,
     /// cgroup v2 subtree for pods, relative to the cgroup2 mount (found in mountinfo).
     #[arg(long, default_value = "kernlet", env = "KERNLET_CGROUP_ROOT")]

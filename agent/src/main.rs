@@ -7,7 +7,11 @@ use clap::{Parser, Subcommand};
 use kernlet::config::NodeDirs;
 
 #[derive(Parser, Debug)]
-#[command(name = "kernlet", version, about = "kubelet, kube-proxy and flannel in one daemon")]
+#[command(
+    name = "kernlet",
+    version,
+    about = "kubelet, kube-proxy and flannel in one daemon"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -25,7 +29,11 @@ struct RunArgs {
     #[arg(long, required = true)]
     standalone: bool,
     /// Directory of Pod manifests (*.yaml, *.yml, *.json) for --standalone.
-    #[arg(long, requires = "standalone", default_value = "/etc/kernlet/manifests")]
+    #[arg(
+        long,
+        requires = "standalone",
+        default_value = "/etc/kernlet/manifests"
+    )]
     manifests: PathBuf,
     #[command(flatten)]
     dirs: NodeDirs,

@@ -80,8 +80,16 @@ pub fn render(plans: &[PodPlan], dirs: &NodeDirs) -> String {
     let mut out = String::new();
     let _ = writeln!(out, "kernlet standalone: {} pod(s) planned", plans.len());
     for p in plans {
-        let net = if p.host_network { "host network" } else { "pod network" };
-        let _ = writeln!(out, "  pod {}/{} (QoS {}, {net})", p.namespace, p.name, p.qos);
+        let net = if p.host_network {
+            "host network"
+        } else {
+            "pod network"
+        };
+        let _ = writeln!(
+            out,
+            "  pod {}/{} (QoS {}, {net})",
+            p.namespace, p.name, p.qos
+        );
         for (name, image) in &p.containers {
             let _ = writeln!(out, "    container {name}: image {image}");
         }

@@ -1,1 +1,5 @@
-//! placeholder
+//! kernlet's test kit: a control plane (in-memory, or a real one from
+//! `KUBEBUILDER_ASSETS`), simulated nodes in network namespaces, and the hygiene that
+//! keeps a shared machine clean.
+
+pub mod apiserver;

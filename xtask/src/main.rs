@@ -63,7 +63,15 @@ fn main() -> Result<()> {
         Cmd::Bench { names } => bench(&names),
         Cmd::Apiserver { args } => {
             let mut cmd = cargo();
-            cmd.args(["run", "--quiet", "-p", "kernlet-tests", "--bin", "kernlet-apiserver", "--"]);
+            cmd.args([
+                "run",
+                "--quiet",
+                "-p",
+                "kernlet-tests",
+                "--bin",
+                "kernlet-apiserver",
+                "--",
+            ]);
             cmd.args(args);
             run(&mut cmd)
         }
@@ -114,13 +122,23 @@ fn setup() -> Result<()> {
     let installed = output_of("rustup", &["component", "list", "--toolchain", "nightly", "--installed"])
         .context("rustup has no nightly toolchain; the eBPF build needs one (rustup toolchain install nightly)")?;
     if !installed.lines().any(|l| l.starts_with("rust-src")) {
-        run(Command::new("rustup").args(["component", "add", "rust-src", "--toolchain", "nightly"]))?;
+        run(Command::new("rustup").args([
+            "component",
+            "add",
+            "rust-src",
+            "--toolchain",
+            "nightly",
+        ]))?;
         did.push("added rust-src to the nightly toolchain");
     }
 
     let linker_ok = output_of("bpf-linker", &["--version"]).is_some();
     if !linker_ok {
-        run(cargo().args(["install", &format!("bpf-linker@{BPF_LINKER_VERSION}"), "--locked"]))?;
+        run(cargo().args([
+            "install",
+            &format!("bpf-linker@{BPF_LINKER_VERSION}"),
+            "--locked",
+        ]))?;
         did.push("installed bpf-linker");
     }
 
@@ -157,7 +175,14 @@ fn test(filter: &[String]) -> Result<()> {
         bail!("the end-to-end tests need root (network namespaces, cgroups, BPF); run as root");
     }
     let mut e2e = cargo();
-    e2e.args(["test", "-p", "kernlet-tests", "--tests", "--", "--test-threads=1"]);
+    e2e.args([
+        "test",
+        "-p",
+        "kernlet-tests",
+        "--tests",
+        "--",
+        "--test-threads=1",
+    ]);
     e2e.args(filter);
     run(&mut e2e)
 }
@@ -168,7 +193,16 @@ fn nix_is_root() -> bool {
 
 fn bench(names: &[String]) -> Result<()> {
     let mut cmd = cargo();
-    cmd.args(["run", "--release", "--quiet", "-p", "kernlet-tests", "--bin", "kernlet-bench", "--"]);
+    cmd.args([
+        "run",
+        "--release",
+        "--quiet",
+        "-p",
+        "kernlet-tests",
+        "--bin",
+        "kernlet-bench",
+        "--",
+    ]);
     cmd.args(names);
     run(&mut cmd)
 }
@@ -180,7 +214,9 @@ struct DemoNetns;
 
 impl Drop for DemoNetns {
     fn drop(&mut self) {
-        let _ = Command::new("ip").args(["netns", "delete", DEMO_NETNS]).status();
+        let _ = Command::new("ip")
+            .args(["netns", "delete", DEMO_NETNS])
+            .status();
     }
 }
 
@@ -207,7 +243,12 @@ fn demo() -> Result<()> {
         .args(["run", "--standalone", "--manifests", "examples"])
         .args(["--state-dir", &dir("state"), "--run-dir", &dir("run")])
         .args(["--log-dir", &dir("logs"), "--image-dir", &dir("images")])
-        .args(["--cgroup-root", "kernlet-demo", "--bpffs-dir", "/sys/fs/bpf/kernlet-demo"]);
+        .args([
+            "--cgroup-root",
+            "kernlet-demo",
+            "--bpffs-dir",
+            "/sys/fs/bpf/kernlet-demo",
+        ]);
     eprintln!("kernlet runs in network namespace {DEMO_NETNS}; Ctrl-C stops it");
     // Ctrl-C reaches kernlet too (same process group); it stops cleanly and so do we.
     run(&mut cmd)

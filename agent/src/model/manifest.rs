@@ -129,14 +129,19 @@ mod tests {
             .collect();
         assert_eq!(
             names,
-            ["exit0", "exit3", "crash", "notready", "liveness", "initfail"]
+            [
+                "exit0", "exit3", "crash", "notready", "liveness", "initfail"
+            ]
         );
     }
 
     #[test]
     fn malformed_yaml_names_the_file() {
         let err = parse_pods(Path::new("bad.yaml"), "kind: Pod\n  - : [").unwrap_err();
-        assert!(err.to_string().starts_with("bad.yaml: not valid YAML"), "{err}");
+        assert!(
+            err.to_string().starts_with("bad.yaml: not valid YAML"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -96,7 +96,10 @@ mod tests {
     use k8s_openapi::api::core::v1::Pod;
 
     fn fixture(path: &str) -> Pod {
-        let full = format!("{}/../../shared/k8s-fixtures/{path}", env!("CARGO_MANIFEST_DIR"));
+        let full = format!(
+            "{}/../../shared/k8s-fixtures/{path}",
+            env!("CARGO_MANIFEST_DIR")
+        );
         let text = std::fs::read_to_string(&full).unwrap_or_else(|e| panic!("{full}: {e}"));
         serde_json::from_str(&text).unwrap()
     }
@@ -128,9 +131,15 @@ mod tests {
             }))
             .unwrap()
         };
-        assert_eq!(qos_class(&spec(serde_json::json!({}))).unwrap(), QosClass::BestEffort);
         assert_eq!(
-            qos_class(&spec(serde_json::json!({"limits": {"cpu": "1", "memory": "1Gi"}}))).unwrap(),
+            qos_class(&spec(serde_json::json!({}))).unwrap(),
+            QosClass::BestEffort
+        );
+        assert_eq!(
+            qos_class(&spec(
+                serde_json::json!({"limits": {"cpu": "1", "memory": "1Gi"}})
+            ))
+            .unwrap(),
             QosClass::Guaranteed,
             "requests default to limits"
         );

@@ -13,7 +13,9 @@ pub struct Quantity {
 
 /// A string that is not a Kubernetes quantity.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
-#[error("invalid quantity {0:?}: expected a number with an optional suffix (m, k, M, G, Ki, Mi, Gi, ...)")]
+#[error(
+    "invalid quantity {0:?}: expected a number with an optional suffix (m, k, M, G, Ki, Mi, Gi, ...)"
+)]
 pub struct QuantityError(pub String);
 
 impl std::ops::Add for Quantity {

@@ -80,7 +80,10 @@ impl Probe {
 
     /// The counters the probe has kept since it was attached, summed over CPUs.
     pub fn counters(&self) -> Result<ProbeCounters, BpfError> {
-        let map = self.ebpf.map(PROBE_MAP).ok_or(BpfError::MissingMap(PROBE_MAP))?;
+        let map = self
+            .ebpf
+            .map(PROBE_MAP)
+            .ok_or(BpfError::MissingMap(PROBE_MAP))?;
         let map_err = |source| BpfError::Map {
             name: PROBE_MAP,
             source,

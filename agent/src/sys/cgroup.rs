@@ -52,7 +52,9 @@ fn unescape_mountinfo(field: &str) -> String {
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;
     while i < bytes.len() {
-        let octal = bytes.get(i + 1..i + 4).filter(|d| d.iter().all(|b| (b'0'..=b'7').contains(b)));
+        let octal = bytes
+            .get(i + 1..i + 4)
+            .filter(|d| d.iter().all(|b| (b'0'..=b'7').contains(b)));
         if let (b'\\', Some(d)) = (bytes[i], octal) {
             let value = d.iter().fold(0u32, |acc, b| acc * 8 + u32::from(b - b'0'));
             if let Ok(v) = u8::try_from(value) {
@@ -167,7 +169,10 @@ mod tests {
             parse_cgroup2_mount(line),
             Some(PathBuf::from("/sys/fs/my cgroup"))
         );
-        assert_eq!(parse_cgroup2_mount("35 31 0:32 / /x rw - cgroup cgroup rw\n"), None);
+        assert_eq!(
+            parse_cgroup2_mount("35 31 0:32 / /x rw - cgroup cgroup rw\n"),
+            None
+        );
     }
 
     #[test]

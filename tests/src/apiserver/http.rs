@@ -1,0 +1,1265 @@
+//! The HTTPS front: TLS with optional client certificates, authentication, routing of
+//! the Kubernetes REST paths, and the verbs (get, list, watch, create, update, patch,
+//! delete) over the store.
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full, StreamBody, combinators::BoxBody};
+use hyper::body::{Frame, Incoming};
+use hyper::{Method, Request, Response, StatusCode};
+use serde_json::{Value, json};
+use tokio::sync::mpsc;
+
+use super::authz::{self, Attributes, Decision, Identity};
+use super::defaults::{self, ServiceAllocator};
+use super::errors::ApiError;
+use super::pki::Ca;
+use super::resources::{self, ResourceType};
+use super::selectors::{FieldSelector, LabelSelector};
+use super::store::{Change, EventKind, Store, name_of, now_rfc3339, rv_of};
+use super::tables;
+use super::tokens::{self, TokenSigner};
+
+pub type Body = BoxBody<Bytes, Infallible>;
+
+/// Shared state of one in-memory apiserver.
+pub struct Server {
+    pub store: Arc<Store>,
+    pub ca: Ca,
+    pub signer: TokenSigner,
+    /// `true`: Node,RBAC authorization (as the fixtures' cluster); `false`: allow all.
+    pub enforce_authz: AtomicBool,
+    /// Static bearer tokens (`--token-auth-file`), token → identity.
+    pub static_tokens: std::sync::Mutex<HashMap<String, Identity>>,
+    /// How often watches with `allowWatchBookmarks` get a progress BOOKMARK (ms).
+    pub bookmark_interval_ms: AtomicU64,
+}
+
+fn json_response(code: u16, body: &Value) -> Response<Body> {
+    let mut resp = Response::new(Full::new(Bytes::from(body.to_string())).boxed());
+    *resp.status_mut() = StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    resp.headers_mut().insert(
+        "content-type",
+        hyper::header::HeaderValue::from_static("application/json"),
+    );
+    resp
+}
+
+fn error_response(e: &ApiError) -> Response<Body> {
+    json_response(e.code, &e.status())
+}
+
+/// A parsed resource path.
+struct Target {
+    rt: &'static ResourceType,
+    namespace: String,
+    name: Option<String>,
+    subresource: Option<String>,
+}
+
+fn parse_target(path: &str) -> Option<Result<Target, ApiError>> {
+    let segs: Vec<&str> = path
+        .trim_matches('/')
+        .split('/')
+        .filter(|s| !s.is_empty())
+        .collect();
+    let (group, version, rest) = match segs.as_slice() {
+        ["api", "v1", rest @ ..] if !rest.is_empty() => ("", "v1", rest),
+        ["apis", g, v, rest @ ..] if !rest.is_empty() => (*g, *v, rest),
+        _ => return None,
+    };
+    let (ns, rest) = match rest {
+        ["namespaces", ns, plural, more @ ..]
+            if resources::find(group, version, plural).is_some_and(|r| r.namespaced) =>
+        {
+            (
+                *ns,
+                std::iter::once(*plural)
+                    .chain(more.iter().copied())
+                    .collect::<Vec<_>>(),
+            )
+        }
+        other => ("", other.to_vec()),
+    };
+    let Some(rt) = resources::find(group, version, rest[0]) else {
+        return Some(Err(ApiError::path_not_found()));
+    };
+    if rest.len() > 3 || rest.get(2).is_some_and(|s| !rt.subresources.contains(s)) {
+        return Some(Err(ApiError::path_not_found()));
+    }
+    Some(Ok(Target {
+        rt,
+        namespace: ns.to_string(),
+        name: rest.get(1).map(|s| s.to_string()),
+        subresource: rest.get(2).map(|s| s.to_string()),
+    }))
+}
+
+fn query_map(query: Option<&str>) -> HashMap<String, String> {
+    url::form_urlencoded::parse(query.unwrap_or("").as_bytes())
+        .into_owned()
+        .collect()
+}
+
+impl Server {
+    /// Authenticates a request: client certificate, then bearer token, else anonymous.
+    fn authenticate(
+        &self,
+        cert_identity: Option<&Identity>,
+        auth_header: Option<&str>,
+    ) -> Result<Identity, ApiError> {
+        if let Some(id) = cert_identity {
+            return Ok(id.clone());
+        }
+        let Some(token) = auth_header
+            .and_then(|h| h.strip_prefix("Bearer "))
+            .map(str::trim)
+        else {
+            return Ok(Identity::anonymous());
+        };
+        self.identity_for_token(token)
+            .ok_or_else(ApiError::unauthorized)
+    }
+
+    fn identity_for_token(&self, token: &str) -> Option<Identity> {
+        if let Some(id) = self
+            .static_tokens
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(token)
+        {
+            return Some(id.clone());
+        }
+        if let Some((id, secret)) = tokens::parse_bootstrap_token(token) {
+            let rt = resources::find("", "v1", "secrets")?;
+            let s = self
+                .store
+                .get(rt, "kube-system", &format!("bootstrap-token-{id}"))?;
+            let data = |k: &str| {
+                use base64::Engine as _;
+                s.pointer(&format!("/data/{k}"))
+                    .and_then(Value::as_str)
+                    .and_then(|v| base64::engine::general_purpose::STANDARD.decode(v).ok())
+                    .map(|b| String::from_utf8_lossy(&b).into_owned())
+                    .or_else(|| {
+                        s.pointer(&format!("/stringData/{k}"))
+                            .and_then(Value::as_str)
+                            .map(str::to_string)
+                    })
+            };
+            if data("token-secret").as_deref() != Some(secret)
+                || data("usage-bootstrap-authentication").as_deref() != Some("true")
+            {
+                return None;
+            }
+            if let Some(exp) = data("expiration").and_then(|e| e.parse::<jiff::Timestamp>().ok()) {
+                if exp < jiff::Timestamp::now() {
+                    return None;
+                }
+            }
+            let mut groups = vec!["system:bootstrappers".to_string()];
+            groups.extend(
+                data("auth-extra-groups")
+                    .unwrap_or_default()
+                    .split(',')
+                    .filter(|g| !g.is_empty())
+                    .map(str::to_string),
+            );
+            let groups: Vec<&str> = groups.iter().map(String::as_str).collect();
+            return Some(Identity::new(&format!("system:bootstrap:{id}"), &groups));
+        }
+        let claims = self.signer.verify(token)?;
+        let sub = claims.get("sub").and_then(Value::as_str)?;
+        let ns = claims
+            .pointer("/kubernetes.io/namespace")
+            .and_then(Value::as_str)?;
+        Some(Identity::new(
+            sub,
+            &[
+                "system:serviceaccounts",
+                &format!("system:serviceaccounts:{ns}"),
+            ],
+        ))
+    }
+
+    fn authorize(&self, id: &Identity, a: &Attributes<'_>) -> Result<(), ApiError> {
+        if !self.enforce_authz.load(Ordering::Relaxed) {
+            return Ok(());
+        }
+        match authz::authorize(&self.store, id, a) {
+            Decision::Allow => Ok(()),
+            Decision::Deny(reason) => Err(ApiError::forbidden(
+                a.rt,
+                a.name,
+                authz::forbidden_message(id, a, reason.as_deref()),
+            )),
+        }
+    }
+
+    /// Handles one HTTP request from a connection whose client certificate (if any)
+    /// identified `cert_identity`.
+    pub async fn handle(
+        self: Arc<Self>,
+        req: Request<Incoming>,
+        cert_identity: Option<Identity>,
+    ) -> Result<Response<Body>, Infallible> {
+        let auth = req
+            .headers()
+            .get("authorization")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string);
+        let id = match self.authenticate(cert_identity.as_ref(), auth.as_deref()) {
+            Ok(id) => id,
+            Err(e) => return Ok(error_response(&e)),
+        };
+        let method = req.method().clone();
+        let path = req.uri().path().to_string();
+        let query = query_map(req.uri().query());
+        let accept = req
+            .headers()
+            .get("accept")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_string();
+        let content_type = req
+            .headers()
+            .get("content-type")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("application/json")
+            .to_string();
+        let body = match req.into_body().collect().await {
+            Ok(b) => b.to_bytes(),
+            Err(_) => {
+                return Ok(error_response(&ApiError::bad_request(
+                    "could not read the request body".into(),
+                )));
+            }
+        };
+        if let Some(resp) = self.non_resource(&method, &path, &id) {
+            return Ok(resp);
+        }
+        let target = match parse_target(&path) {
+            Some(Ok(t)) => t,
+            Some(Err(e)) => return Ok(error_response(&e)),
+            None => return Ok(error_response(&ApiError::path_not_found())),
+        };
+        let result = self
+            .resource(&method, target, &query, &accept, &content_type, &body, &id)
+            .await;
+        Ok(result.unwrap_or_else(|e| error_response(&e)))
+    }
+
+    fn non_resource(&self, method: &Method, path: &str, id: &Identity) -> Option<Response<Body>> {
+        if method != Method::GET {
+            return None;
+        }
+        let anonymous_ok = matches!(path, "/version" | "/healthz" | "/livez" | "/readyz");
+        let body = match path.trim_end_matches('/') {
+            "/version" => {
+                json!({"major": "1", "minor": "36", "emulationMajor": "1", "emulationMinor": "36", "minCompatibilityMajor": "1", "minCompatibilityMinor": "35", "gitVersion": "v1.36.2-kernlet-testkit", "gitCommit": "0000000000000000000000000000000000000000", "gitTreeState": "clean", "buildDate": "2026-11-01T00:00:00Z", "goVersion": "go1.25.0", "compiler": "gc", "platform": "linux/amd64"})
+            }
+            "/healthz" | "/livez" | "/readyz" => {
+                let mut r = Response::new(Full::new(Bytes::from_static(b"ok")).boxed());
+                r.headers_mut().insert(
+                    "content-type",
+                    hyper::header::HeaderValue::from_static("text/plain; charset=utf-8"),
+                );
+                return Some(r);
+            }
+            "/openapi/v3" => {
+                let mut paths = serde_json::Map::new();
+                paths.insert(
+                    "api/v1".into(),
+                    json!({"serverRelativeURL": "/openapi/v3/api/v1?hash=kernlet"}),
+                );
+                for (g, v) in resources::groups() {
+                    paths.insert(format!("apis/{g}/{v}"), json!({"serverRelativeURL": format!("/openapi/v3/apis/{g}/{v}?hash=kernlet")}));
+                }
+                json!({"paths": paths})
+            }
+            p if p.starts_with("/openapi/v3/") => {
+                let gv = p.trim_start_matches("/openapi/v3/");
+                let (g, v) = match gv.split('/').collect::<Vec<_>>().as_slice() {
+                    ["api", "v1"] => ("", "v1"),
+                    ["apis", g, v] => (*g, *v),
+                    _ => return None,
+                };
+                openapi_v3(g, v)?
+            }
+            "/api" => {
+                json!({"kind": "APIVersions", "versions": ["v1"], "serverAddressByClientCIDRs": [{"clientCIDR": "0.0.0.0/0", "serverAddress": "127.0.0.1:6443"}]})
+            }
+            "/apis" => {
+                let mut groups: Vec<Value> = Vec::new();
+                for (g, v) in resources::groups() {
+                    let gv = json!({"groupVersion": format!("{g}/{v}"), "version": v});
+                    groups
+                        .push(json!({"name": g, "versions": [gv.clone()], "preferredVersion": gv}));
+                }
+                json!({"kind": "APIGroupList", "apiVersion": "v1", "groups": groups})
+            }
+            p => {
+                let segs: Vec<&str> = p.trim_matches('/').split('/').collect();
+                let (g, v) = match segs.as_slice() {
+                    ["api", "v1"] => ("", "v1"),
+                    ["apis", g, v] => (*g, *v),
+                    ["apis", g] => {
+                        let (group, version) =
+                            resources::groups().into_iter().find(|(x, _)| x == g)?;
+                        let gv = json!({"groupVersion": format!("{group}/{version}"), "version": version});
+                        return Some(json_response(
+                            200,
+                            &json!({"kind": "APIGroup", "apiVersion": "v1", "name": group, "versions": [gv.clone()], "preferredVersion": gv}),
+                        ));
+                    }
+                    _ => return None,
+                };
+                let list: Vec<Value> = resources::RESOURCES.iter().filter(|r| r.group == g && r.version == v).flat_map(|r| {
+                    let verbs = if r.create_only { json!(["create"]) } else { json!(["create", "delete", "deletecollection", "get", "list", "patch", "update", "watch"]) };
+                    let mut out = vec![json!({"name": r.plural, "singularName": r.singular, "namespaced": r.namespaced, "kind": r.kind, "verbs": verbs, "shortNames": r.short_names})];
+                    for s in r.subresources {
+                        let (kind, verbs) = match *s {
+                            "binding" => ("Binding", json!(["create"])),
+                            "token" => ("TokenRequest", json!(["create"])),
+                            "scale" => ("Scale", json!(["get", "patch", "update"])),
+                            _ => (r.kind, json!(["get", "patch", "update"])),
+                        };
+                        out.push(json!({"name": format!("{}/{s}", r.plural), "singularName": "", "namespaced": r.namespaced, "kind": kind, "verbs": verbs}));
+                    }
+                    out
+                }).collect();
+                if list.is_empty() {
+                    return None;
+                }
+                let gv = if g.is_empty() {
+                    v.to_string()
+                } else {
+                    format!("{g}/{v}")
+                };
+                json!({"kind": "APIResourceList", "apiVersion": "v1", "groupVersion": gv, "resources": list})
+            }
+        };
+        if !anonymous_ok
+            && id.user == "system:anonymous"
+            && self.enforce_authz.load(Ordering::Relaxed)
+        {
+            // system:discovery is bound to authenticated users only.
+            return Some(json_response(
+                403,
+                &json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure", "message": format!("forbidden: User \"system:anonymous\" cannot get path \"{path}\""), "reason": "Forbidden", "details": {}, "code": 403}),
+            ));
+        }
+        Some(json_response(200, &body))
+    }
+
+    #[allow(
+        clippy::too_many_arguments,
+        reason = "one request's parts, passed once"
+    )]
+    async fn resource(
+        self: &Arc<Self>,
+        method: &Method,
+        t: Target,
+        query: &HashMap<String, String>,
+        accept: &str,
+        content_type: &str,
+        body: &Bytes,
+        id: &Identity,
+    ) -> Result<Response<Body>, ApiError> {
+        let rt = t.rt;
+        let watch = query.get("watch").is_some_and(|w| w == "true" || w == "1");
+        let verb = match (method, t.name.is_some()) {
+            (&Method::GET, true) => "get",
+            (&Method::GET, false) if watch => "watch",
+            (&Method::GET, false) => "list",
+            (&Method::POST, _) => "create",
+            (&Method::PUT, true) => "update",
+            (&Method::PATCH, true) => "patch",
+            (&Method::DELETE, true) => "delete",
+            (&Method::DELETE, false) => "deletecollection",
+            _ => {
+                return Err(ApiError::method_not_allowed(format!(
+                    "the server does not allow this method on the requested resource"
+                )));
+            }
+        };
+        let field_selector = match query.get("fieldSelector") {
+            Some(f) if !f.is_empty() => Some(FieldSelector::parse(rt.plural, f)?),
+            _ => None,
+        };
+        let label_selector =
+            LabelSelector::parse(query.get("labelSelector").map_or("", String::as_str))?;
+        // A list/watch narrowed to one name by field selector is authorized as that name.
+        let name_for_authz = t.name.clone().or_else(|| {
+            field_selector
+                .as_ref()
+                .and_then(|f| f.required("metadata.name"))
+                .map(str::to_string)
+        });
+        let attrs = Attributes {
+            verb,
+            rt,
+            subresource: t.subresource.as_deref(),
+            namespace: &t.namespace,
+            name: if t.name.is_some() || verb == "list" || verb == "watch" {
+                name_for_authz.as_deref().filter(|_| t.name.is_some())
+            } else {
+                None
+            },
+            field_selector: field_selector.as_ref(),
+        };
+        self.authorize(id, &attrs)?;
+        let ns = t.namespace.as_str();
+        if rt.namespaced && ns.is_empty() && !matches!(verb, "list" | "watch") {
+            return Err(ApiError::path_not_found());
+        }
+        match verb {
+            "get" => {
+                let name = t.name.as_deref().unwrap_or_default();
+                let obj = self
+                    .store
+                    .get(rt, ns, name)
+                    .ok_or_else(|| ApiError::not_found(rt, name))?;
+                if tables::wants_table(accept) {
+                    return Ok(json_response(200, &tables::table(rt, &[obj], None)));
+                }
+                Ok(json_response(200, &obj))
+            }
+            "list" => {
+                let (items, rv) = self.store.list(rt, (!ns.is_empty()).then_some(ns));
+                let items: Vec<Value> = items
+                    .into_iter()
+                    .filter(|o| {
+                        label_selector.matches(o)
+                            && field_selector.as_ref().is_none_or(|f| f.matches(o))
+                    })
+                    .collect();
+                if tables::wants_table(accept) {
+                    return Ok(json_response(200, &tables::table(rt, &items, Some(rv))));
+                }
+                Ok(json_response(
+                    200,
+                    &json!({"kind": format!("{}List", rt.kind), "apiVersion": rt.api_version(), "metadata": {"resourceVersion": rv.to_string()}, "items": items}),
+                ))
+            }
+            "watch" => Ok(self.watch(rt, ns, query, label_selector, field_selector)),
+            "create" => {
+                let obj = parse_body(body, content_type)?;
+                let (code, out) =
+                    self.create(rt, ns, t.name.as_deref(), t.subresource.as_deref(), obj, id)?;
+                Ok(json_response(code, &out))
+            }
+            "update" | "patch" => {
+                let name = t.name.as_deref().unwrap_or_default();
+                let sub = t.subresource.as_deref();
+                let patch_kind = content_type
+                    .split(';')
+                    .next()
+                    .unwrap_or("")
+                    .trim()
+                    .to_string();
+                let input = if verb == "patch" {
+                    serde_json::from_slice::<Value>(body)
+                        .map_err(|e| ApiError::bad_request(format!("error decoding patch: {e}")))?
+                } else {
+                    parse_body(body, content_type)?
+                };
+                let out = self.update(rt, ns, name, sub, verb, &patch_kind, input, id)?;
+                Ok(json_response(200, &out))
+            }
+            "delete" => {
+                let name = t.name.as_deref().unwrap_or_default();
+                let opts: Value = if body.is_empty() {
+                    json!({})
+                } else {
+                    serde_json::from_slice(body)
+                        .map_err(|e| ApiError::bad_request(format!("invalid DeleteOptions: {e}")))?
+                };
+                let grace = opts
+                    .get("gracePeriodSeconds")
+                    .and_then(Value::as_i64)
+                    .or_else(|| query.get("gracePeriodSeconds").and_then(|g| g.parse().ok()));
+                let out = self.delete(rt, ns, name, grace, opts.get("preconditions"), id)?;
+                Ok(json_response(200, &out))
+            }
+            _ => Err(ApiError::method_not_allowed(
+                "deletecollection is not supported by the test apiserver".into(),
+            )),
+        }
+    }
+
+    fn create(
+        &self,
+        rt: &'static ResourceType,
+        ns: &str,
+        name: Option<&str>,
+        sub: Option<&str>,
+        mut obj: Value,
+        id: &Identity,
+    ) -> Result<(u16, Value), ApiError> {
+        if rt.create_only {
+            return Ok((201, self.review(rt, obj)?));
+        }
+        match (rt.plural, sub) {
+            ("pods", Some("binding")) => {
+                let pod = name.unwrap_or_default();
+                let node = obj
+                    .pointer("/target/name")
+                    .and_then(Value::as_str)
+                    .unwrap_or_default()
+                    .to_string();
+                self.bind_pod(ns, pod, &node)?;
+                return Ok((
+                    201,
+                    json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success", "code": 201}),
+                ));
+            }
+            ("serviceaccounts", Some("token")) => {
+                return Ok((
+                    201,
+                    self.token_request(ns, name.unwrap_or_default(), obj, id)?,
+                ));
+            }
+            (_, Some(s)) => {
+                return Err(ApiError::method_not_allowed(format!(
+                    "create is not supported on {}/{s}",
+                    rt.plural
+                )));
+            }
+            _ => {}
+        }
+        if !obj.is_object() {
+            return Err(ApiError::bad_request(
+                "the request body is not an object".into(),
+            ));
+        }
+        if obj
+            .pointer("/metadata/resourceVersion")
+            .and_then(Value::as_str)
+            .is_some_and(|s| !s.is_empty())
+        {
+            return Err(ApiError::bad_request(
+                "resourceVersion should not be set on objects to be created".into(),
+            ));
+        }
+        if let Some(body_ns) = obj.pointer("/metadata/namespace").and_then(Value::as_str) {
+            if rt.namespaced && body_ns != ns {
+                return Err(ApiError::bad_request("the namespace of the provided object does not match the namespace sent on the request".into()));
+            }
+        }
+        if obj.get("metadata").is_none_or(|m| !m.is_object()) {
+            obj["metadata"] = json!({});
+        }
+        if rt.namespaced
+            && self
+                .store
+                .get(
+                    resources::find("", "v1", "namespaces").unwrap_or(&resources::RESOURCES[0]),
+                    "",
+                    ns,
+                )
+                .is_none()
+        {
+            return Err(ApiError::namespace_not_found(ns));
+        }
+        if let Some(m) = obj["metadata"].as_object_mut() {
+            m.remove("managedFields");
+            m.remove("uid");
+            m.remove("creationTimestamp");
+            m.remove("deletionTimestamp");
+        }
+        match (rt.group, rt.plural) {
+            ("", "pods") => defaults::default_pod(&mut obj),
+            ("", "services") => {
+                let (existing, _) = self.store.list(rt, None);
+                ServiceAllocator::default_and_allocate(&mut obj, &existing)?;
+            }
+            ("", "namespaces") => {
+                obj["spec"] = json!({"finalizers": ["kubernetes"]});
+                obj["status"] = json!({"phase": "Active"});
+                let n = name_of(&obj);
+                obj["metadata"]["labels"]["kubernetes.io/metadata.name"] = json!(n);
+            }
+            ("certificates.k8s.io", "certificatesigningrequests") => {
+                // The apiserver records who asked; approvers and signers trust only this.
+                obj["spec"]["username"] = json!(id.user);
+                obj["spec"]["groups"] = json!(id.groups);
+                obj["status"] = json!({});
+            }
+            _ => {}
+        }
+        if rt.has_status()
+            && rt.plural != "pods"
+            && rt.plural != "services"
+            && rt.plural != "namespaces"
+            && rt.plural != "certificatesigningrequests"
+            && obj.get("status").is_none()
+        {
+            obj["status"] = json!({});
+        }
+        defaults::node_restriction(id, rt, None, &name_of(&obj), None, Some(&obj))?;
+        Ok((201, self.store.create(rt, ns, obj)?))
+    }
+
+    #[allow(
+        clippy::too_many_arguments,
+        reason = "one request's parts, passed once"
+    )]
+    fn update(
+        &self,
+        rt: &'static ResourceType,
+        ns: &str,
+        name: &str,
+        sub: Option<&str>,
+        verb: &str,
+        patch_kind: &str,
+        input: Value,
+        id: &Identity,
+    ) -> Result<Value, ApiError> {
+        if matches!(sub, Some("binding" | "token")) {
+            return Err(ApiError::method_not_allowed(format!(
+                "{verb} is not supported on {}/{}",
+                rt.plural,
+                sub.unwrap_or_default()
+            )));
+        }
+        self.store.modify(rt, ns, name, |current| {
+            let mut new = match verb {
+                "update" => {
+                    let want = rv_of(&input);
+                    if want != 0 && want != rv_of(current) {
+                        return Err(ApiError::conflict(rt, name));
+                    }
+                    input.clone()
+                }
+                _ => {
+                    let want = input.pointer("/metadata/resourceVersion").and_then(Value::as_str).and_then(|s| s.parse::<u64>().ok());
+                    if want.is_some_and(|w| w != rv_of(current)) {
+                        return Err(ApiError::conflict(rt, name));
+                    }
+                    if input.pointer("/metadata/uid").and_then(Value::as_str).is_some_and(|u| Some(u) != current.pointer("/metadata/uid").and_then(Value::as_str)) {
+                        return Err(ApiError::precondition(rt, name, "Precondition failed: UID in precondition does not match the UID in record"));
+                    }
+                    match patch_kind {
+                        "application/merge-patch+json" => super::patch::merge_patch(current, &input),
+                        "application/strategic-merge-patch+json" => super::patch::strategic_merge_patch(current, &input)?,
+                        "application/json-patch+json" => super::patch::json_patch(current, &input)?,
+                        other => return Err(ApiError::unsupported_media_type(other)),
+                    }
+                }
+            };
+            if !new.is_object() {
+                return Err(ApiError::bad_request("the object is not a JSON object".into()));
+            }
+            if let Some(m) = new.get_mut("metadata").and_then(Value::as_object_mut) {
+                m.remove("managedFields");
+            } else {
+                new["metadata"] = current["metadata"].clone();
+            }
+            // Deletion state belongs to the server.
+            for f in ["deletionTimestamp", "deletionGracePeriodSeconds"] {
+                match current["metadata"].get(f) {
+                    Some(v) => new["metadata"][f] = v.clone(),
+                    None => { if let Some(m) = new["metadata"].as_object_mut() { m.remove(f); } }
+                }
+            }
+            match sub {
+                Some("status") => {
+                    // Only .status changes through the status subresource.
+                    let status = new.get("status").cloned().unwrap_or(json!({}));
+                    new = current.clone();
+                    new["status"] = status;
+                    if rt.plural == "pods" {
+                        validate_pod_status(name, &new)?;
+                    }
+                }
+                Some("approval") => {
+                    let conditions = new.pointer("/status/conditions").cloned().unwrap_or(json!([]));
+                    new = current.clone();
+                    new["status"]["conditions"] = conditions;
+                }
+                Some("ephemeralcontainers") => {
+                    let ec = new.pointer("/spec/ephemeralContainers").cloned();
+                    new = current.clone();
+                    if let Some(ec) = ec { new["spec"]["ephemeralContainers"] = ec; }
+                }
+                Some(other) => return Err(ApiError::method_not_allowed(format!("{verb} is not supported on {}/{other}", rt.plural))),
+                None => {
+                    if rt.has_status() {
+                        match current.get("status") {
+                            Some(s) => new["status"] = s.clone(),
+                            None => { if let Some(m) = new.as_object_mut() { m.remove("status"); } }
+                        }
+                    }
+                    if rt.plural == "pods" && current.get("spec") != new.get("spec") {
+                        let mut allowed = current["spec"].clone();
+                        // Pod specs are immutable apart from images, activeDeadlineSeconds and tolerations additions.
+                        if let (Some(cs), Some(ncs)) = (allowed.get_mut("containers").and_then(Value::as_array_mut), new.pointer("/spec/containers").and_then(Value::as_array)) {
+                            for (c, n) in cs.iter_mut().zip(ncs) { c["image"] = n["image"].clone(); }
+                        }
+                        for f in ["activeDeadlineSeconds", "tolerations"] {
+                            if let Some(v) = new.pointer(&format!("/spec/{f}")) { allowed[f] = v.clone(); }
+                        }
+                        if allowed != new["spec"] {
+                            return Err(ApiError::invalid("Pod", name, vec![("spec".into(), "Forbidden: pod updates may not change fields other than `spec.containers[*].image`,`spec.initContainers[*].image`,`spec.activeDeadlineSeconds`,`spec.tolerations` (only additions to existing tolerations),`spec.terminationGracePeriodSeconds` (allow it to be set to 1 if it was previously negative)".into())]));
+                        }
+                    }
+                }
+            }
+            defaults::node_restriction(id, rt, sub, name, Some(current), Some(&new))?;
+            Ok(Some(new))
+        })
+    }
+
+    fn delete(
+        &self,
+        rt: &'static ResourceType,
+        ns: &str,
+        name: &str,
+        grace: Option<i64>,
+        preconditions: Option<&Value>,
+        id: &Identity,
+    ) -> Result<Value, ApiError> {
+        let current = self
+            .store
+            .get(rt, ns, name)
+            .ok_or_else(|| ApiError::not_found(rt, name))?;
+        if let Some(p) = preconditions {
+            if let Some(uid) = p.get("uid").and_then(Value::as_str) {
+                if current.pointer("/metadata/uid").and_then(Value::as_str) != Some(uid) {
+                    return Err(ApiError::precondition(
+                        rt,
+                        name,
+                        format!(
+                            "Precondition failed: UID in precondition: {uid}, UID in object meta: {}",
+                            current
+                                .pointer("/metadata/uid")
+                                .and_then(Value::as_str)
+                                .unwrap_or_default()
+                        ),
+                    ));
+                }
+            }
+            if let Some(rv) = p.get("resourceVersion").and_then(Value::as_str) {
+                if current
+                    .pointer("/metadata/resourceVersion")
+                    .and_then(Value::as_str)
+                    != Some(rv)
+                {
+                    return Err(ApiError::precondition(
+                        rt,
+                        name,
+                        format!(
+                            "Precondition failed: ResourceVersion in precondition: {rv}, ResourceVersion in object meta: {}",
+                            rv_of(&current)
+                        ),
+                    ));
+                }
+            }
+        }
+        if id.node_name().is_some()
+            && rt.plural == "pods"
+            && current.pointer("/spec/nodeName").and_then(Value::as_str) != id.node_name()
+        {
+            return Err(ApiError::forbidden(
+                rt,
+                Some(name),
+                format!(
+                    "pods \"{name}\" is forbidden: node \"{}\" can only delete pods with spec.nodeName set to itself",
+                    id.node_name().unwrap_or_default()
+                ),
+            ));
+        }
+        let has_finalizers = current
+            .pointer("/metadata/finalizers")
+            .and_then(Value::as_array)
+            .is_some_and(|f| !f.is_empty());
+        // Graceful deletion: a pod bound to a node that has not finished gets a
+        // deletionTimestamp and waits for the node's final delete with grace 0.
+        let graceful = rt.plural == "pods"
+            && current.pointer("/spec/nodeName").is_some()
+            && !matches!(
+                current.pointer("/status/phase").and_then(Value::as_str),
+                Some("Succeeded" | "Failed")
+            );
+        let spec_grace = current
+            .pointer("/spec/terminationGracePeriodSeconds")
+            .and_then(Value::as_i64)
+            .unwrap_or(30);
+        let grace = if graceful {
+            grace.unwrap_or(spec_grace).max(0)
+        } else {
+            0
+        };
+        if grace > 0 || has_finalizers {
+            let already = current
+                .pointer("/metadata/deletionGracePeriodSeconds")
+                .and_then(Value::as_i64);
+            return self.store.modify(rt, ns, name, |cur| {
+                let mut new = cur.clone();
+                // The grace period can only shorten.
+                let g = already.map_or(grace, |a| a.min(grace));
+                if already == Some(g) {
+                    return Ok(None);
+                }
+                let deadline = jiff::Timestamp::now().as_second() + g;
+                let ts = jiff::Timestamp::from_second(deadline).map_or_else(
+                    |_| now_rfc3339(),
+                    |t| t.strftime("%Y-%m-%dT%H:%M:%SZ").to_string(),
+                );
+                new["metadata"]["deletionTimestamp"] = json!(ts);
+                new["metadata"]["deletionGracePeriodSeconds"] = json!(g);
+                Ok(Some(new))
+            });
+        }
+        if rt.plural == "namespaces" {
+            for r in resources::RESOURCES
+                .iter()
+                .filter(|r| r.namespaced && !r.create_only)
+            {
+                for obj in self.store.list(r, Some(name)).0 {
+                    let _ = self.store.remove(r, name, &name_of(&obj));
+                }
+            }
+        }
+        if rt.plural == "pods" && current.pointer("/metadata/deletionTimestamp").is_some() {
+            // The final delete: record grace 0 then remove, as the real server does.
+            let _ = self.store.modify(rt, ns, name, |cur| {
+                let mut new = cur.clone();
+                new["metadata"]["deletionGracePeriodSeconds"] = json!(0);
+                Ok(Some(new))
+            });
+        }
+        self.store.remove(rt, ns, name)
+    }
+
+    /// Sets `spec.nodeName` and the PodScheduled condition (the scheduler's Binding).
+    pub fn bind_pod(&self, ns: &str, name: &str, node: &str) -> Result<Value, ApiError> {
+        let rt = resources::find("", "v1", "pods").ok_or_else(ApiError::path_not_found)?;
+        self.store.modify(rt, ns, name, |cur| {
+            if cur.pointer("/spec/nodeName").and_then(Value::as_str).is_some_and(|n| !n.is_empty()) {
+                return Err(ApiError::precondition(rt, name, format!("pod {name} is already assigned to node \"{}\"", cur.pointer("/spec/nodeName").and_then(Value::as_str).unwrap_or_default())));
+            }
+            let mut new = cur.clone();
+            new["spec"]["nodeName"] = json!(node);
+            let cond = json!({"type": "PodScheduled", "status": "True", "lastProbeTime": null, "lastTransitionTime": now_rfc3339()});
+            new["status"] = super::patch::strategic_merge_patch(&new["status"], &json!({"conditions": [cond]}))?;
+            Ok(Some(new))
+        })
+    }
+
+    fn token_request(
+        &self,
+        ns: &str,
+        sa: &str,
+        req: Value,
+        id: &Identity,
+    ) -> Result<Value, ApiError> {
+        let rt =
+            resources::find("", "v1", "serviceaccounts").ok_or_else(ApiError::path_not_found)?;
+        let account = self
+            .store
+            .get(rt, ns, sa)
+            .ok_or_else(|| ApiError::not_found(rt, sa))?;
+        let audiences: Vec<String> = req
+            .pointer("/spec/audiences")
+            .and_then(Value::as_array)
+            .map(|a| {
+                a.iter()
+                    .filter_map(|v| v.as_str().map(str::to_string))
+                    .collect()
+            })
+            .unwrap_or_default();
+        let bound = req.pointer("/spec/boundObjectRef").cloned();
+        if let Some(node) = id.node_name() {
+            // The Node authorizer's audience rule: a node may request only audiences that
+            // a pod bound to it names in a projected token volume.
+            let pods = self
+                .store
+                .list(
+                    resources::find("", "v1", "pods").ok_or_else(ApiError::path_not_found)?,
+                    Some(ns),
+                )
+                .0;
+            for aud in &audiences {
+                let named = pods
+                    .iter()
+                    .filter(|p| p.pointer("/spec/nodeName").and_then(Value::as_str) == Some(node))
+                    .any(|p| p.to_string().contains(&format!("\"audience\":\"{aud}\"")));
+                if !named {
+                    return Err(ApiError::forbidden(
+                        rt,
+                        Some(sa),
+                        format!(
+                            "serviceaccounts \"{sa}\" is forbidden: audience \"{aud}\" not found in pod spec volume, {} is not authorized to request tokens for this audience",
+                            id.user
+                        ),
+                    ));
+                }
+            }
+        }
+        let audiences = if audiences.is_empty() {
+            vec![tokens::API_AUDIENCE.to_string()]
+        } else {
+            audiences
+        };
+        let expiration = req
+            .pointer("/spec/expirationSeconds")
+            .and_then(Value::as_i64)
+            .unwrap_or(3600)
+            .max(600);
+        let now = jiff::Timestamp::now().as_second();
+        let mut k8s = json!({"namespace": ns, "serviceaccount": {"name": sa, "uid": account.pointer("/metadata/uid")}});
+        if let Some(b) = &bound {
+            if b.get("kind").and_then(Value::as_str) == Some("Pod") {
+                k8s["pod"] = json!({"name": b.get("name"), "uid": b.get("uid")});
+            }
+        }
+        if let Some(node) = id.node_name() {
+            k8s["node"] = json!({"name": node});
+        }
+        let claims = json!({"aud": audiences, "exp": now + expiration, "iat": now, "nbf": now, "iss": tokens::API_AUDIENCE, "sub": format!("system:serviceaccount:{ns}:{sa}"), "kubernetes.io": k8s});
+        let token = self.signer.sign(&claims);
+        let exp = jiff::Timestamp::from_second(now + expiration)
+            .map(|t| t.strftime("%Y-%m-%dT%H:%M:%SZ").to_string())
+            .unwrap_or_default();
+        let mut out = req;
+        out["kind"] = json!("TokenRequest");
+        out["apiVersion"] = json!("authentication.k8s.io/v1");
+        out["metadata"] = json!({"name": sa, "namespace": ns, "creationTimestamp": null});
+        out["spec"]["audiences"] = json!(audiences);
+        out["spec"]["expirationSeconds"] = json!(expiration);
+        out["status"] = json!({"token": token, "expirationTimestamp": exp});
+        Ok(out)
+    }
+
+    fn review(&self, rt: &'static ResourceType, mut obj: Value) -> Result<Value, ApiError> {
+        obj["metadata"] = json!({"creationTimestamp": null});
+        match rt.plural {
+            "tokenreviews" => {
+                let token = obj
+                    .pointer("/spec/token")
+                    .and_then(Value::as_str)
+                    .unwrap_or_default();
+                obj["status"] = match self.identity_for_token(token) {
+                    Some(id) => {
+                        let aud = self
+                            .signer
+                            .verify(token)
+                            .and_then(|c| c.get("aud").cloned())
+                            .unwrap_or(json!([tokens::API_AUDIENCE]));
+                        json!({"authenticated": true, "user": {"username": id.user, "groups": id.groups}, "audiences": aud})
+                    }
+                    None => json!({"user": {}, "error": "invalid bearer token"}),
+                };
+            }
+            "subjectaccessreviews" => {
+                let spec = obj.get("spec").cloned().unwrap_or(json!({}));
+                let user = spec
+                    .get("user")
+                    .and_then(Value::as_str)
+                    .unwrap_or_default()
+                    .to_string();
+                let groups: Vec<String> = spec
+                    .get("groups")
+                    .and_then(Value::as_array)
+                    .map(|g| {
+                        g.iter()
+                            .filter_map(|v| v.as_str().map(str::to_string))
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                let id = Identity { user, groups };
+                let allowed = match spec.get("resourceAttributes") {
+                    Some(ra) => {
+                        let group = ra.get("group").and_then(Value::as_str).unwrap_or("");
+                        let resource = ra.get("resource").and_then(Value::as_str).unwrap_or("");
+                        let version = ra
+                            .get("version")
+                            .and_then(Value::as_str)
+                            .filter(|v| !v.is_empty())
+                            .unwrap_or("v1");
+                        let rt = resources::RESOURCES
+                            .iter()
+                            .find(|r| {
+                                r.group == group && r.plural == resource && r.version == version
+                            })
+                            .or_else(|| {
+                                resources::RESOURCES
+                                    .iter()
+                                    .find(|r| r.group == group && r.plural == resource)
+                            });
+                        match rt {
+                            Some(rt) => {
+                                let a = Attributes {
+                                    verb: ra.get("verb").and_then(Value::as_str).unwrap_or(""),
+                                    rt,
+                                    subresource: ra
+                                        .get("subresource")
+                                        .and_then(Value::as_str)
+                                        .filter(|s| !s.is_empty()),
+                                    namespace: ra
+                                        .get("namespace")
+                                        .and_then(Value::as_str)
+                                        .unwrap_or(""),
+                                    name: ra
+                                        .get("name")
+                                        .and_then(Value::as_str)
+                                        .filter(|s| !s.is_empty()),
+                                    field_selector: None,
+                                };
+                                authz::authorize(&self.store, &id, &a) == Decision::Allow
+                            }
+                            None => id.in_group("system:masters"),
+                        }
+                    }
+                    None => !id.user.is_empty(),
+                };
+                obj["status"] = json!({"allowed": allowed});
+            }
+            _ => {
+                return Err(ApiError::method_not_allowed(format!(
+                    "create of {} is not supported",
+                    rt.plural
+                )));
+            }
+        }
+        Ok(obj)
+    }
+
+    fn watch(
+        self: &Arc<Self>,
+        rt: &'static ResourceType,
+        ns: &str,
+        query: &HashMap<String, String>,
+        labels: LabelSelector,
+        fields: Option<FieldSelector>,
+    ) -> Response<Body> {
+        let (tx, rx) = mpsc::channel::<Bytes>(256);
+        let server = Arc::clone(self);
+        let ns = ns.to_string();
+        let send_initial = query.get("sendInitialEvents").is_some_and(|v| v == "true");
+        let bookmarks = query
+            .get("allowWatchBookmarks")
+            .is_some_and(|v| v == "true");
+        let rv = query.get("resourceVersion").cloned().unwrap_or_default();
+        let timeout = query
+            .get("timeoutSeconds")
+            .and_then(|t| t.parse::<u64>().ok())
+            .unwrap_or(1800);
+        tokio::spawn(async move {
+            let matches =
+                |o: &Value| labels.matches(o) && fields.as_ref().is_none_or(|f| f.matches(o));
+            let line = |kind: &str, obj: &Value| {
+                Bytes::from(format!("{}\n", json!({"type": kind, "object": obj})))
+            };
+            let ns_filter = (!ns.is_empty()).then_some(ns.as_str());
+            let (mut since, replay, mut changes) = if send_initial || rv.is_empty() || rv == "0" {
+                let (items, at, changes) = server.store.snapshot_and_watch(rt, ns_filter);
+                for item in items.iter().filter(|o| matches(o)) {
+                    if tx.send(line("ADDED", item)).await.is_err() {
+                        return;
+                    }
+                }
+                if send_initial && bookmarks {
+                    let mark = json!({"kind": rt.kind, "apiVersion": rt.api_version(), "metadata": {"resourceVersion": at.to_string(), "annotations": {"k8s.io/initial-events-end": "true"}}});
+                    if tx.send(line("BOOKMARK", &mark)).await.is_err() {
+                        return;
+                    }
+                }
+                (at, Vec::new(), changes)
+            } else {
+                let since: u64 = rv.parse().unwrap_or(0);
+                match server.store.watch_since(rt, since) {
+                    Ok((replay, changes)) => (since, replay, changes),
+                    Err(e) => {
+                        let _ = tx.send(line("ERROR", &e.status())).await;
+                        return;
+                    }
+                }
+            };
+            let event_for = |c: &Change| -> Option<(&'static str, Value)> {
+                if c.group != rt.group
+                    || c.resource != rt.plural
+                    || ns_filter.is_some_and(|n| n != c.namespace)
+                {
+                    return None;
+                }
+                let now = matches(&c.object);
+                let before = c.old.as_ref().is_some_and(matches);
+                match c.kind {
+                    EventKind::Added if now => Some(("ADDED", c.object.clone())),
+                    EventKind::Deleted if now => Some(("DELETED", c.object.clone())),
+                    EventKind::Modified if now && before => Some(("MODIFIED", c.object.clone())),
+                    EventKind::Modified if now => Some(("ADDED", c.object.clone())),
+                    EventKind::Modified if before => Some(("DELETED", c.object.clone())),
+                    _ => None,
+                }
+            };
+            for c in &replay {
+                since = since.max(c.rv);
+                if let Some((kind, obj)) = event_for(c) {
+                    if tx.send(line(kind, &obj)).await.is_err() {
+                        return;
+                    }
+                }
+            }
+            let interval =
+                Duration::from_millis(server.bookmark_interval_ms.load(Ordering::Relaxed).max(100));
+            let mut ticker = tokio::time::interval(interval);
+            ticker.tick().await;
+            let deadline = tokio::time::sleep(Duration::from_secs(timeout));
+            tokio::pin!(deadline);
+            loop {
+                tokio::select! {
+                    _ = &mut deadline => return,
+                    _ = tx.closed() => return,
+                    _ = ticker.tick(), if bookmarks => {
+                        let at = server.store.current_rv().max(since);
+                        let mark = json!({"kind": rt.kind, "apiVersion": rt.api_version(), "metadata": {"resourceVersion": at.to_string()}});
+                        if tx.send(line("BOOKMARK", &mark)).await.is_err() { return; }
+                    }
+                    got = changes.recv() => match got {
+                        Ok(c) => {
+                            if c.rv <= since { continue; }
+                            since = c.rv;
+                            if let Some((kind, obj)) = event_for(&c) {
+                                if tx.send(line(kind, &obj)).await.is_err() { return; }
+                            }
+                        }
+                        // Fell behind the broadcast buffer: end the watch; clients resume.
+                        Err(_) => return,
+                    }
+                }
+            }
+        });
+        let stream = futures::stream::unfold(rx, |mut rx| async move {
+            rx.recv()
+                .await
+                .map(|b| (Ok::<_, Infallible>(Frame::data(b)), rx))
+        });
+        let mut resp = Response::new(BodyExt::boxed(StreamBody::new(stream)));
+        resp.headers_mut().insert(
+            "content-type",
+            hyper::header::HeaderValue::from_static("application/json"),
+        );
+        resp.headers_mut().insert(
+            "transfer-encoding",
+            hyper::header::HeaderValue::from_static("chunked"),
+        );
+        resp
+    }
+}
+
+/// An OpenAPI v3 document for one group-version: the paths with their verbs and the
+/// query parameters kubectl looks for (`fieldValidation`), without full schemas.
+fn openapi_v3(group: &str, version: &str) -> Option<Value> {
+    let mut paths = serde_json::Map::new();
+    let prefix = if group.is_empty() {
+        format!("/api/{version}")
+    } else {
+        format!("/apis/{group}/{version}")
+    };
+    let list: Vec<&ResourceType> = resources::RESOURCES
+        .iter()
+        .filter(|r| r.group == group && r.version == version)
+        .collect();
+    if list.is_empty() {
+        return None;
+    }
+    let params = json!([
+        {"name": "fieldValidation", "in": "query", "schema": {"type": "string", "uniqueItems": true}},
+        {"name": "fieldManager", "in": "query", "schema": {"type": "string", "uniqueItems": true}},
+        {"name": "dryRun", "in": "query", "schema": {"type": "string", "uniqueItems": true}}
+    ]);
+    for r in list {
+        let gvk = json!({"group": group, "version": version, "kind": r.kind});
+        let op = |action: &str| json!({"x-kubernetes-action": action, "x-kubernetes-group-version-kind": gvk, "parameters": params, "responses": {"200": {"description": "OK"}}});
+        let base = if r.namespaced {
+            format!("{prefix}/namespaces/{{namespace}}/{}", r.plural)
+        } else {
+            format!("{prefix}/{}", r.plural)
+        };
+        if r.create_only {
+            paths.insert(base, json!({"post": op("post")}));
+            continue;
+        }
+        paths.insert(base.clone(), json!({"get": op("list"), "post": op("post")}));
+        paths.insert(format!("{base}/{{name}}"), json!({"get": op("get"), "put": op("put"), "patch": op("patch"), "delete": op("delete")}));
+        for sub in r.subresources {
+            paths.insert(format!("{base}/{{name}}/{sub}"), json!({"get": op("get"), "put": op("put"), "patch": op("patch"), "post": op("post")}));
+        }
+    }
+    Some(
+        json!({"openapi": "3.0.0", "info": {"title": "Kubernetes", "version": "v1.36.2"}, "paths": paths, "components": {"schemas": {}}}),
+    )
+}
+
+fn parse_body(body: &Bytes, content_type: &str) -> Result<Value, ApiError> {
+    if content_type.contains("yaml") {
+        let text = std::str::from_utf8(body)
+            .map_err(|_| ApiError::bad_request("body is not UTF-8".into()))?;
+        return serde_saphyr::from_str(text)
+            .map_err(|e| ApiError::bad_request(format!("invalid YAML body: {e}")));
+    }
+    if content_type.contains("protobuf") {
+        return Err(ApiError::unsupported_media_type(content_type));
+    }
+    serde_json::from_slice(body)
+        .map_err(|e| ApiError::bad_request(format!("invalid JSON body: {e}")))
+}
+
+/// The validation the fixtures show for pod status writes (pod IPs).
+fn validate_pod_status(name: &str, pod: &Value) -> Result<(), ApiError> {
+    let mut causes = Vec::new();
+    let ips = pod
+        .pointer("/status/podIPs")
+        .and_then(Value::as_array)
+        .cloned()
+        .unwrap_or_default();
+    let mut families = Vec::new();
+    for (i, ip) in ips.iter().enumerate() {
+        let text = ip.get("ip").and_then(Value::as_str).unwrap_or_default();
+        match text.parse::<std::net::IpAddr>() {
+            Ok(addr) => families.push(addr.is_ipv4()),
+            Err(_) => causes.push((format!("status.podIPs[{i}]"), format!("Invalid value: \"{text}\": must be a valid IP address, (e.g. 10.9.8.7 or 2001:db8::ffff)"))),
+        }
+    }
+    let v4 = families.iter().filter(|f| **f).count();
+    if ips.len() > 2 || v4 > 1 || families.len() - v4 > 1 || (!causes.is_empty() && ips.len() > 1) {
+        let shown: Vec<String> = ips
+            .iter()
+            .map(|i| format!("{{\"IP\":{}}}", i.get("ip").cloned().unwrap_or(Value::Null)))
+            .collect();
+        causes.push((
+            "status.podIPs".into(),
+            format!(
+                "Invalid value: [{}]: may specify no more than one IP for each IP family",
+                shown.join(",")
+            ),
+        ));
+    }
+    if let (Some(first), Some(ip)) = (
+        ips.first()
+            .and_then(|i| i.get("ip"))
+            .and_then(Value::as_str),
+        pod.pointer("/status/podIP").and_then(Value::as_str),
+    ) {
+        if first != ip && causes.is_empty() {
+            causes.push((
+                "status.podIPs[0]".into(),
+                format!("Invalid value: \"{first}\": must be equal to `podIP`"),
+            ));
+        }
+    }
+    if causes.is_empty() {
+        Ok(())
+    } else {
+        Err(ApiError::invalid("Pod", name, causes))
+    }
+}
