@@ -3,3 +3,6 @@
 //! keeps a shared machine clean.
 
 pub mod apiserver;
+pub mod cluster;
+pub mod fixtures;
+pub mod real;

@@ -105,10 +105,27 @@ pub fn default_pod(pod: &mut Value) {
     }
     let sa = spec["serviceAccountName"].clone();
     set_default(spec, "serviceAccount", sa);
+    // The ServiceAccount admission plugin leaves pods alone that already mount the
+    // token path (or opt out).
+    let token_path = "/var/run/secrets/kubernetes.io/serviceaccount";
+    let mounts_token = ["initContainers", "containers"].iter().any(|l| {
+        spec.get(*l)
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+            .any(|c| {
+                c.get("volumeMounts")
+                    .and_then(Value::as_array)
+                    .into_iter()
+                    .flatten()
+                    .any(|m| m.get("mountPath").and_then(Value::as_str) == Some(token_path))
+            })
+    });
     let automount = spec
         .get("automountServiceAccountToken")
         .and_then(Value::as_bool)
-        != Some(false);
+        != Some(false)
+        && !mounts_token;
     let token_volume = if automount {
         let suffix: String = uuid::Uuid::new_v4().simple().to_string()[..5].to_string();
         let name = format!("kube-api-access-{suffix}");

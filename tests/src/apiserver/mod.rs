@@ -253,61 +253,72 @@ impl InMemoryApiServer {
         Ok(())
     }
 
-    /// What `kubeadm init` creates for joining: the bootstrap token, a signed
-    /// `cluster-info`, `kubelet-config`, and the RBAC for bootstrappers.
+    /// What `kubeadm init` creates for joining (see [`kubeadm_objects`]).
     fn seed_kubeadm(&self) -> anyhow::Result<()> {
-        let (id, secret) =
-            tokens::parse_bootstrap_token(BOOTSTRAP_TOKEN).context("bootstrap token")?;
-        let group = "system:bootstrappers:kubeadm:default-node-token";
-        self.put("secrets", "", "kube-system", json!({"metadata": {"name": format!("bootstrap-token-{id}")}, "type": "bootstrap.kubernetes.io/token",
-            "data": {"token-id": b64(id), "token-secret": b64(secret), "usage-bootstrap-authentication": b64("true"), "usage-bootstrap-signing": b64("true"), "auth-extra-groups": b64(group)}}))?;
-        let kubeconfig = format!(
-            "apiVersion: v1\nclusters:\n- cluster:\n    certificate-authority-data: {}\n    server: {}\n  name: \"\"\ncontexts: null\ncurrent-context: \"\"\nkind: Config\npreferences: {{}}\nusers: null\n",
-            b64(self.ca_pem()),
-            self.url()
-        );
-        let jws = controllers::detached_jws(&kubeconfig, id, secret);
-        self.put("configmaps", "", "kube-public", json!({"metadata": {"name": "cluster-info"}, "data": {"kubeconfig": kubeconfig, format!("jws-kubeconfig-{id}"): jws}}))?;
-        let rbac = "rbac.authorization.k8s.io";
-        self.put("roles", rbac, "kube-public", json!({"metadata": {"name": "kubeadm:bootstrap-signer-clusterinfo"}, "rules": [{"apiGroups": [""], "resources": ["configmaps"], "resourceNames": ["cluster-info"], "verbs": ["get"]}]}))?;
-        self.put("rolebindings", rbac, "kube-public", json!({"metadata": {"name": "kubeadm:bootstrap-signer-clusterinfo"}, "roleRef": {"apiGroup": rbac, "kind": "Role", "name": "kubeadm:bootstrap-signer-clusterinfo"}, "subjects": [{"apiGroup": rbac, "kind": "User", "name": "system:anonymous"}]}))?;
-        let fixture = Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("../../shared/k8s-fixtures/bootstrap/00-kubelet-config.json");
-        let kubelet_config: Value = std::fs::read_to_string(&fixture)
-            .ok()
-            .and_then(|t| serde_json::from_str(&t).ok())
-            .unwrap_or(json!({}));
-        let data = kubelet_config.get("data").cloned().unwrap_or(json!({}));
-        self.put(
-            "configmaps",
-            "",
-            "kube-system",
-            json!({"metadata": {"name": "kubelet-config"}, "data": data}),
-        )?;
-        self.put("roles", rbac, "kube-system", json!({"metadata": {"name": "kubeadm:kubelet-config"}, "rules": [{"apiGroups": [""], "resources": ["configmaps"], "resourceNames": ["kubelet-config"], "verbs": ["get"]}]}))?;
-        self.put("rolebindings", rbac, "kube-system", json!({"metadata": {"name": "kubeadm:kubelet-config"}, "roleRef": {"apiGroup": rbac, "kind": "Role", "name": "kubeadm:kubelet-config"},
-            "subjects": [{"apiGroup": rbac, "kind": "Group", "name": "system:nodes"}, {"apiGroup": rbac, "kind": "Group", "name": group}]}))?;
-        for (name, role, subject) in [
-            (
-                "kubeadm:kubelet-bootstrap",
-                "system:node-bootstrapper",
-                group,
-            ),
-            (
-                "kubeadm:node-autoapprove-bootstrap",
-                "system:certificates.k8s.io:certificatesigningrequests:nodeclient",
-                group,
-            ),
-            (
-                "kubeadm:node-autoapprove-certificate-rotation",
-                "system:certificates.k8s.io:certificatesigningrequests:selfnodeclient",
-                "system:nodes",
-            ),
-        ] {
-            self.put("clusterrolebindings", rbac, "", json!({"metadata": {"name": name}, "roleRef": {"apiGroup": rbac, "kind": "ClusterRole", "name": role}, "subjects": [{"apiGroup": rbac, "kind": "Group", "name": subject}]}))?;
+        for (plural, group, ns, obj) in kubeadm_objects(&self.url(), self.ca_pem())? {
+            self.put(plural, group, ns, obj)?;
         }
         Ok(())
     }
+}
+
+/// The objects `kubeadm init` creates for joining nodes: the bootstrap token, a signed
+/// `cluster-info`, `kubelet-config` (from the fixture), and the RBAC for bootstrappers.
+/// Returned as `(plural, group, namespace, object)` so any control plane can apply them.
+pub fn kubeadm_objects(
+    server_url: &str,
+    ca_pem: &str,
+) -> anyhow::Result<Vec<(&'static str, &'static str, &'static str, Value)>> {
+    let (id, secret) = tokens::parse_bootstrap_token(BOOTSTRAP_TOKEN).context("bootstrap token")?;
+    let group = "system:bootstrappers:kubeadm:default-node-token";
+    let rbac = "rbac.authorization.k8s.io";
+    let mut out = Vec::new();
+    out.push(("secrets", "", "kube-system", json!({"metadata": {"name": format!("bootstrap-token-{id}")}, "type": "bootstrap.kubernetes.io/token",
+        "data": {"token-id": b64(id), "token-secret": b64(secret), "usage-bootstrap-authentication": b64("true"), "usage-bootstrap-signing": b64("true"), "auth-extra-groups": b64(group)}})));
+    let kubeconfig = format!(
+        "apiVersion: v1\nclusters:\n- cluster:\n    certificate-authority-data: {}\n    server: {server_url}\n  name: \"\"\ncontexts: null\ncurrent-context: \"\"\nkind: Config\npreferences: {{}}\nusers: null\n",
+        b64(ca_pem)
+    );
+    let jws = controllers::detached_jws(&kubeconfig, id, secret);
+    out.push(("configmaps", "", "kube-public", json!({"metadata": {"name": "cluster-info"}, "data": {"kubeconfig": kubeconfig, format!("jws-kubeconfig-{id}"): jws}})));
+    out.push(("roles", rbac, "kube-public", json!({"metadata": {"name": "kubeadm:bootstrap-signer-clusterinfo"}, "rules": [{"apiGroups": [""], "resources": ["configmaps"], "resourceNames": ["cluster-info"], "verbs": ["get"]}]})));
+    out.push(("rolebindings", rbac, "kube-public", json!({"metadata": {"name": "kubeadm:bootstrap-signer-clusterinfo"}, "roleRef": {"apiGroup": rbac, "kind": "Role", "name": "kubeadm:bootstrap-signer-clusterinfo"}, "subjects": [{"apiGroup": rbac, "kind": "User", "name": "system:anonymous"}]})));
+    let fixture = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../shared/k8s-fixtures/bootstrap/00-kubelet-config.json");
+    let text =
+        std::fs::read_to_string(&fixture).with_context(|| format!("read {}", fixture.display()))?;
+    let kubelet_config: Value =
+        serde_json::from_str(&text).with_context(|| format!("parse {}", fixture.display()))?;
+    let data = kubelet_config.get("data").cloned().unwrap_or(json!({}));
+    out.push((
+        "configmaps",
+        "",
+        "kube-system",
+        json!({"metadata": {"name": "kubelet-config"}, "data": data}),
+    ));
+    out.push(("roles", rbac, "kube-system", json!({"metadata": {"name": "kubeadm:kubelet-config"}, "rules": [{"apiGroups": [""], "resources": ["configmaps"], "resourceNames": ["kubelet-config"], "verbs": ["get"]}]})));
+    out.push(("rolebindings", rbac, "kube-system", json!({"metadata": {"name": "kubeadm:kubelet-config"}, "roleRef": {"apiGroup": rbac, "kind": "Role", "name": "kubeadm:kubelet-config"},
+        "subjects": [{"apiGroup": rbac, "kind": "Group", "name": "system:nodes"}, {"apiGroup": rbac, "kind": "Group", "name": group}]})));
+    for (name, role, subject) in [
+        (
+            "kubeadm:kubelet-bootstrap",
+            "system:node-bootstrapper",
+            group,
+        ),
+        (
+            "kubeadm:node-autoapprove-bootstrap",
+            "system:certificates.k8s.io:certificatesigningrequests:nodeclient",
+            group,
+        ),
+        (
+            "kubeadm:node-autoapprove-certificate-rotation",
+            "system:certificates.k8s.io:certificatesigningrequests:selfnodeclient",
+            "system:nodes",
+        ),
+    ] {
+        out.push(("clusterrolebindings", rbac, "", json!({"metadata": {"name": name}, "roleRef": {"apiGroup": rbac, "kind": "ClusterRole", "name": role}, "subjects": [{"apiGroup": rbac, "kind": "Group", "name": subject}]})));
+    }
+    Ok(out)
 }
 
 fn tls_config(ca_pem: &str, serving: &pki::CertPair) -> anyhow::Result<rustls::ServerConfig> {

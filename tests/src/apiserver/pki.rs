@@ -18,6 +18,8 @@ pub struct CertPair {
 /// The cluster CA.
 pub struct Ca {
     pub cert_pem: String,
+    /// The CA key, for a real controller-manager's CSR signer.
+    pub key_pem: String,
     issuer: Issuer<'static, KeyPair>,
 }
 
@@ -50,6 +52,7 @@ impl Ca {
         let cert = params.self_signed(&key)?;
         Ok(Self {
             cert_pem: cert.pem(),
+            key_pem: key.serialize_pem(),
             issuer: Issuer::new(params, key),
         })
     }

@@ -245,7 +245,7 @@ fn slice_row(e: &Value) -> Vec<Value> {
     };
     vec![
         json!(s(e, "/metadata/name")),
-        json!(s(e, "addressType")),
+        json!(s(e, "/addressType")),
         json!(ports),
         json!(shown),
         json!(age(e)),

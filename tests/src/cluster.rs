@@ -1,0 +1,241 @@
+//! One interface over the two control planes: the in-memory one (default) and a real
+//! one when `KUBEBUILDER_ASSETS` names the stock binaries. Tests use only this, so
+//! every test can run against either. The controller hooks go through the API, so they
+//! behave the same on both.
+
+use std::net::IpAddr;
+use std::path::PathBuf;
+
+use anyhow::Context as _;
+use k8s_openapi::api::core::v1::{Pod, Service};
+use kube::api::{Api, DynamicObject, PostParams};
+use kube::config::{KubeConfigOptions, Kubeconfig};
+use kube::discovery::ApiResource;
+use serde_json::{Value, json};
+
+use crate::apiserver::{self, InMemoryApiServer, Options};
+use crate::real::RealControlPlane;
+
+/// A running control plane.
+pub enum Cluster {
+    InMemory(InMemoryApiServer),
+    Real(RealControlPlane),
+}
+
+impl Cluster {
+    /// The real control plane when `KUBEBUILDER_ASSETS` is set, else the in-memory one
+    /// listening on `listen_ip` (loopback, or an address on the lab bridge).
+    pub async fn start(listen_ip: IpAddr) -> anyhow::Result<Self> {
+        apiserver::install_crypto_provider();
+        match std::env::var_os("KUBEBUILDER_ASSETS") {
+            Some(assets) => {
+                let cp = RealControlPlane::start(std::path::Path::new(&assets), listen_ip)?;
+                let cluster = Self::Real(cp);
+                cluster.apply_kubeadm_objects().await?;
+                Ok(cluster)
+            }
+            None => Ok(Self::InMemory(
+                InMemoryApiServer::start(Options {
+                    listen: (listen_ip, 0).into(),
+                    ..Options::default()
+                })
+                .await?,
+            )),
+        }
+    }
+
+    /// The in-memory server, for knobs only it has (history window, authz switch).
+    pub fn in_memory(&self) -> Option<&InMemoryApiServer> {
+        match self {
+            Self::InMemory(s) => Some(s),
+            Self::Real(_) => None,
+        }
+    }
+
+    pub fn url(&self) -> String {
+        match self {
+            Self::InMemory(s) => s.url(),
+            Self::Real(r) => r.url.clone(),
+        }
+    }
+
+    pub fn ca_pem(&self) -> &str {
+        match self {
+            Self::InMemory(s) => s.ca_pem(),
+            Self::Real(r) => &r.ca.cert_pem,
+        }
+    }
+
+    /// A kubeconfig for a client-certificate identity (CN = user, O = group).
+    pub fn kubeconfig_for(&self, user: &str, groups: &[&str]) -> anyhow::Result<PathBuf> {
+        match self {
+            Self::InMemory(s) => s.kubeconfig_for(user, groups),
+            Self::Real(r) => {
+                let cert = r.ca.client(user, groups)?;
+                let path = r
+                    .dir()
+                    .join(format!("{}.kubeconfig", user.replace(':', "_")));
+                std::fs::write(
+                    &path,
+                    apiserver::kubeconfig_yaml(&r.url, &r.ca.cert_pem, user, Some(&cert), None),
+                )?;
+                Ok(path)
+            }
+        }
+    }
+
+    pub fn admin_kubeconfig(&self) -> anyhow::Result<PathBuf> {
+        self.kubeconfig_for("kubernetes-admin", &["system:masters"])
+    }
+
+    /// A node's kubeconfig (`system:node:<name>` in `system:nodes`).
+    pub fn node_kubeconfig(&self, node: &str) -> anyhow::Result<PathBuf> {
+        self.kubeconfig_for(&format!("system:node:{node}"), &["system:nodes"])
+    }
+
+    /// A kube-rs client from a kubeconfig file.
+    pub async fn client_from(path: &std::path::Path) -> anyhow::Result<kube::Client> {
+        let kc = Kubeconfig::read_from(path).with_context(|| format!("read {}", path.display()))?;
+        let cfg = kube::Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default()).await?;
+        Ok(kube::Client::try_from(cfg)?)
+    }
+
+    pub async fn admin(&self) -> anyhow::Result<kube::Client> {
+        Self::client_from(&self.admin_kubeconfig()?).await
+    }
+
+    pub async fn node_client(&self, node: &str) -> anyhow::Result<kube::Client> {
+        Self::client_from(&self.node_kubeconfig(node)?).await
+    }
+
+    /// The kubeadm-style bootstrap token for `kernlet join`.
+    pub fn bootstrap_token(&self) -> &'static str {
+        apiserver::BOOTSTRAP_TOKEN
+    }
+
+    async fn apply_kubeadm_objects(&self) -> anyhow::Result<()> {
+        let client = self.admin().await?;
+        for (plural, group, ns, obj) in apiserver::kubeadm_objects(&self.url(), self.ca_pem())? {
+            let rt = apiserver::resources::RESOURCES
+                .iter()
+                .find(|r| r.plural == plural && r.group == group)
+                .context("resource")?;
+            let ar = ApiResource {
+                group: rt.group.into(),
+                version: rt.version.into(),
+                api_version: rt.api_version(),
+                kind: rt.kind.into(),
+                plural: rt.plural.into(),
+            };
+            let api: Api<DynamicObject> = if rt.namespaced {
+                Api::namespaced_with(client.clone(), ns, &ar)
+            } else {
+                Api::all_with(client.clone(), &ar)
+            };
+            let mut obj = obj;
+            obj["apiVersion"] = json!(rt.api_version());
+            obj["kind"] = json!(rt.kind);
+            let dynamic: DynamicObject = serde_json::from_value(obj)?;
+            match api.create(&PostParams::default(), &dynamic).await {
+                Ok(_) => {}
+                Err(kube::Error::Api(e)) if e.code == 409 => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Ok(())
+    }
+
+    /// The scheduler's part: binds a pod to a node.
+    pub async fn bind_pod(&self, ns: &str, pod: &str, node: &str) -> anyhow::Result<()> {
+        let api: Api<Pod> = Api::namespaced(self.admin().await?, ns);
+        let binding = json!({"apiVersion": "v1", "kind": "Binding", "metadata": {"name": pod}, "target": {"apiVersion": "v1", "kind": "Node", "name": node}});
+        api.create_subresource::<Value, Value>("binding", pod, &PostParams::default(), &binding)
+            .await?;
+        Ok(())
+    }
+
+    /// What `kubectl certificate approve` does.
+    pub async fn approve_csr(&self, name: &str) -> anyhow::Result<()> {
+        use k8s_openapi::api::certificates::v1::CertificateSigningRequest;
+        let api: Api<CertificateSigningRequest> = Api::all(self.admin().await?);
+        let mut csr = api.get(name).await?;
+        let status = csr.status.get_or_insert_with(Default::default);
+        status.conditions.get_or_insert_with(Vec::new).push(serde_json::from_value(json!({
+            "type": "Approved", "status": "True", "reason": "KernletTestApprove", "message": "approved by a test"
+        }))?);
+        api.replace_subresource("approval", name, &PostParams::default(), &csr)
+            .await?;
+        Ok(())
+    }
+
+    /// The EndpointSlice controller's part for one Service: one slice from the pods its
+    /// selector matches, with ready/serving/terminating from the pods' status.
+    pub async fn sync_endpointslice(&self, ns: &str, service: &str) -> anyhow::Result<()> {
+        use k8s_openapi::api::discovery::v1::EndpointSlice;
+        let client = self.admin().await?;
+        let svc = Api::<Service>::namespaced(client.clone(), ns)
+            .get(service)
+            .await?;
+        let spec = svc.spec.clone().unwrap_or_default();
+        let selector = spec.selector.clone().unwrap_or_default();
+        let sel = selector
+            .iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect::<Vec<_>>()
+            .join(",");
+        let pods = Api::<Pod>::namespaced(client.clone(), ns)
+            .list(&kube::api::ListParams::default().labels(&sel))
+            .await?;
+        let mut endpoints = Vec::new();
+        for p in pods
+            .items
+            .iter()
+            .filter(|p| p.status.as_ref().and_then(|s| s.pod_ip.as_ref()).is_some())
+        {
+            let status = p.status.clone().unwrap_or_default();
+            let ready = status
+                .conditions
+                .iter()
+                .flatten()
+                .any(|c| c.type_ == "Ready" && c.status == "True");
+            let terminating = p.metadata.deletion_timestamp.is_some();
+            endpoints.push(json!({
+                "addresses": [status.pod_ip],
+                "conditions": {"ready": ready && !terminating, "serving": ready, "terminating": terminating},
+                "nodeName": p.spec.as_ref().and_then(|s| s.node_name.clone()),
+                "targetRef": {"kind": "Pod", "namespace": ns, "name": p.metadata.name, "uid": p.metadata.uid},
+            }));
+        }
+        let pod0 = pods.items.first();
+        let ports: Vec<Value> = spec.ports.iter().flatten().map(|sp| {
+            use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+            let port = match &sp.target_port {
+                Some(IntOrString::Int(n)) => Some(*n),
+                Some(IntOrString::String(name)) => pod0.and_then(|p| p.spec.as_ref()).and_then(|s| {
+                    s.containers.iter().flat_map(|c| c.ports.iter().flatten()).find(|cp| cp.name.as_deref() == Some(name)).map(|cp| cp.container_port)
+                }),
+                None => Some(sp.port),
+            };
+            json!({"name": sp.name.clone().unwrap_or_default(), "port": port, "protocol": sp.protocol.clone().unwrap_or_else(|| "TCP".into())})
+        }).collect();
+        let name = format!("{service}-kltest");
+        let slice: EndpointSlice = serde_json::from_value(json!({
+            "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+            "metadata": {"name": name, "namespace": ns, "labels": {"kubernetes.io/service-name": service, "endpointslice.kubernetes.io/managed-by": "endpointslice-controller.k8s.io"},
+                         "ownerReferences": [{"apiVersion": "v1", "kind": "Service", "name": service, "uid": svc.metadata.uid, "controller": true, "blockOwnerDeletion": true}]},
+            "addressType": "IPv4", "endpoints": endpoints, "ports": ports,
+        }))?;
+        let api: Api<EndpointSlice> = Api::namespaced(client, ns);
+        match api.get_opt(&name).await? {
+            Some(existing) => {
+                let mut slice = slice;
+                slice.metadata.resource_version = existing.metadata.resource_version;
+                api.replace(&name, &PostParams::default(), &slice).await?;
+            }
+            None => {
+                api.create(&PostParams::default(), &slice).await?;
+            }
+        }
+        Ok(())
+    }
+}
