@@ -23,20 +23,21 @@ pub enum Cluster {
 }
 
 impl Cluster {
-    /// The real control plane when `KUBEBUILDER_ASSETS` is set, else the in-memory one
-    /// listening on `listen_ip` (loopback, or an address on the lab bridge).
-    pub async fn start(listen_ip: IpAddr) -> anyhow::Result<Self> {
+    /// The real control plane when `KUBEBUILDER_ASSETS` is set, else the in-memory one.
+    /// Either listens on loopback; `extra_ips` are added to the serving certificate for
+    /// addresses it is forwarded to (the lab bridge, see [`crate::simnode::Lab::forward`]).
+    pub async fn start(extra_ips: &[IpAddr]) -> anyhow::Result<Self> {
         apiserver::install_crypto_provider();
         match std::env::var_os("KUBEBUILDER_ASSETS") {
             Some(assets) => {
-                let cp = RealControlPlane::start(std::path::Path::new(&assets), listen_ip)?;
+                let cp = RealControlPlane::start(std::path::Path::new(&assets), extra_ips)?;
                 let cluster = Self::Real(cp);
                 cluster.apply_kubeadm_objects().await?;
                 Ok(cluster)
             }
             None => Ok(Self::InMemory(
                 InMemoryApiServer::start(Options {
-                    listen: (listen_ip, 0).into(),
+                    extra_ips: extra_ips.to_vec(),
                     ..Options::default()
                 })
                 .await?,
@@ -64,6 +65,23 @@ impl Cluster {
             Self::InMemory(s) => s.ca_pem(),
             Self::Real(r) => &r.ca.cert_pem,
         }
+    }
+
+    /// The loopback address the control plane listens on.
+    pub fn addr(&self) -> std::net::SocketAddr {
+        let url = self.url();
+        url.trim_start_matches("https://").parse().unwrap_or_else(|_| ([127, 0, 0, 1], 6443).into())
+    }
+
+    /// A kubeconfig for `user` that reaches the control plane at `server` (a forwarded
+    /// address on the lab bridge), written to `path`.
+    pub fn kubeconfig_at(&self, server: &str, user: &str, groups: &[&str], path: &std::path::Path) -> anyhow::Result<()> {
+        let cert = match self {
+            Self::InMemory(s) => s.server.ca.client(user, groups)?,
+            Self::Real(r) => r.ca.client(user, groups)?,
+        };
+        std::fs::write(path, apiserver::kubeconfig_yaml(server, self.ca_pem(), user, Some(&cert), None))?;
+        Ok(())
     }
 
     /// A kubeconfig for a client-certificate identity (CN = user, O = group).

@@ -5,4 +5,6 @@
 pub mod apiserver;
 pub mod cluster;
 pub mod fixtures;
+pub mod hygiene;
 pub mod real;
+pub mod simnode;

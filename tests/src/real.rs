@@ -39,7 +39,8 @@ fn free_port() -> anyhow::Result<u16> {
 
 impl RealControlPlane {
     /// Starts the components found in `assets`.
-    pub fn start(assets: &Path, advertise: IpAddr) -> anyhow::Result<Self> {
+    pub fn start(assets: &Path, extra_ips: &[IpAddr]) -> anyhow::Result<Self> {
+        let advertise = IpAddr::V4(Ipv4Addr::LOCALHOST);
         for bin in ["etcd", "kube-apiserver"] {
             if !assets.join(bin).is_file() {
                 bail!(
@@ -49,7 +50,7 @@ impl RealControlPlane {
             }
         }
         let dir = tempfile::Builder::new()
-            .prefix("kltest-realcp-")
+            .prefix(&format!("{}-realcp-", crate::hygiene::run_prefix()))
             .tempdir()?;
         let d = dir.path().to_path_buf();
         let d = d.as_path();
@@ -72,11 +73,7 @@ impl RealControlPlane {
                 "kubernetes.default.svc",
                 "kubernetes.default.svc.cluster.local",
             ],
-            &[
-                advertise,
-                IpAddr::V4(Ipv4Addr::LOCALHOST),
-                IpAddr::V4(Ipv4Addr::new(10, 96, 0, 1)),
-            ],
+            &[&[advertise, IpAddr::V4(Ipv4Addr::new(10, 96, 0, 1))][..], extra_ips].concat(),
         )?;
         write("apiserver.crt", &serving.cert_pem)?;
         write("apiserver.key", &serving.key_pem)?;
@@ -124,7 +121,7 @@ impl RealControlPlane {
             Command::new(assets.join("kube-apiserver")).args([
                 format!("--etcd-servers={etcd_url}"),
                 format!("--advertise-address={advertise}"),
-                "--bind-address=0.0.0.0".into(),
+                "--bind-address=127.0.0.1".into(),
                 format!("--secure-port={port}"),
                 "--service-cluster-ip-range=10.96.0.0/12".into(),
                 "--service-node-port-range=30000-32767".into(),

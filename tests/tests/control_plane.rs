@@ -3,7 +3,6 @@
 //! real control plane when `KUBEBUILDER_ASSETS` is set (knobs only the in-memory one
 //! has are skipped there).
 
-use std::net::{IpAddr, Ipv4Addr};
 use std::process::Command;
 
 use futures::{StreamExt, TryStreamExt};
@@ -15,7 +14,7 @@ use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
 use serde_json::{Value, json};
 
 async fn start() -> Cluster {
-    Cluster::start(IpAddr::V4(Ipv4Addr::LOCALHOST))
+    Cluster::start(&[])
         .await
         .expect("control plane starts")
 }

@@ -147,7 +147,7 @@ impl InMemoryApiServer {
             bookmark_interval_ms: AtomicU64::new(5000),
         });
         let dir = tempfile::Builder::new()
-            .prefix("kltest-apiserver-")
+            .prefix(&format!("{}-apiserver-", crate::hygiene::run_prefix()))
             .tempdir()?;
         let mut this = Self {
             server: Arc::clone(&server),

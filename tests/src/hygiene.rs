@@ -1,0 +1,151 @@
+//! Names, guards and the sweep that keep a shared machine clean.
+//!
+//! Everything the kit creates — network namespaces, cgroups, temp directories, bpffs
+//! pins — is named `kltest-<pid>-...` after the test process that made it. Guards
+//! remove it on drop; the sweep at start removes what a killed run left behind (its pid
+//! is gone). Nothing without the prefix is touched.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use anyhow::{Context as _, bail};
+
+/// The prefix of every object a test creates.
+pub const PREFIX: &str = "kltest";
+
+/// This process's prefix: `kltest-<pid>`.
+pub fn run_prefix() -> String {
+    format!("{PREFIX}-{}", std::process::id())
+}
+
+/// The pid a prefixed name belongs to (`kltest-1234-n1` → 1234).
+pub fn owner_pid(name: &str) -> Option<u32> {
+    name.strip_prefix(PREFIX)?.strip_prefix('-')?.split(['-', '.']).next()?.parse().ok()
+}
+
+fn alive(pid: u32) -> bool {
+    Path::new(&format!("/proc/{pid}")).exists()
+}
+
+/// Runs `ip` with arguments; an error carries its stderr.
+pub fn ip(args: &[&str]) -> anyhow::Result<()> {
+    let out = Command::new("ip").args(args).output().context("run ip (iproute2)")?;
+    if !out.status.success() {
+        bail!("ip {}: {}", args.join(" "), String::from_utf8_lossy(&out.stderr).trim());
+    }
+    Ok(())
+}
+
+/// The cgroup2 directory that holds every test cgroup of this machine.
+pub fn cgroup_base() -> anyhow::Result<PathBuf> {
+    Ok(kernlet::sys::cgroup::cgroup2_mount()?)
+}
+
+/// Network namespaces whose name carries the prefix.
+pub fn prefixed_netns() -> Vec<String> {
+    std::fs::read_dir("/run/netns")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| e.file_name().into_string().ok())
+        .filter(|n| n.starts_with(&format!("{PREFIX}-")))
+        .collect()
+}
+
+/// Ends (SIGKILL, by pid) every process in a cgroup tree we created, then removes it.
+pub fn remove_cgroup_tree(dir: &Path) -> anyhow::Result<()> {
+    use nix::sys::signal::{Signal, kill};
+    use nix::unistd::Pid;
+    for _ in 0..50 {
+        let mut pids = Vec::new();
+        collect_procs(dir, &mut pids);
+        if pids.is_empty() {
+            break;
+        }
+        for pid in pids {
+            if let Ok(p) = i32::try_from(pid) {
+                let _ = kill(Pid::from_raw(p), Signal::SIGKILL);
+            }
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    kernlet::sys::cgroup::Cgroup::open(dir.to_path_buf()).remove()?;
+    Ok(())
+}
+
+fn collect_procs(dir: &Path, out: &mut Vec<u32>) {
+    if let Ok(text) = std::fs::read_to_string(dir.join("cgroup.procs")) {
+        out.extend(text.lines().filter_map(|l| l.trim().parse::<u32>().ok()));
+    }
+    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        if e.file_type().is_ok_and(|t| t.is_dir()) {
+            collect_procs(&e.path(), out);
+        }
+    }
+}
+
+/// What a sweep removed.
+#[derive(Debug, Default)]
+pub struct Swept {
+    pub netns: Vec<String>,
+    pub cgroups: Vec<PathBuf>,
+    pub dirs: Vec<PathBuf>,
+}
+
+/// Removes leftovers of test runs whose process is gone.
+pub fn sweep() -> Swept {
+    sweep_where(|pid| !alive(pid))
+}
+
+/// Removes leftovers of runs for which `dead(pid)` holds.
+pub fn sweep_where(dead: impl Fn(u32) -> bool) -> Swept {
+    let mut swept = Swept::default();
+    // Processes first (they may hold namespaces and cgroups), so cgroups go first.
+    if let Ok(base) = cgroup_base() {
+        for e in std::fs::read_dir(&base).into_iter().flatten().flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            if owner_pid(&name).is_some_and(&dead) && remove_cgroup_tree(&e.path()).is_ok() {
+                swept.cgroups.push(e.path());
+            }
+        }
+    }
+    for ns in prefixed_netns() {
+        if owner_pid(&ns).is_some_and(&dead) && ip(&["netns", "delete", &ns]).is_ok() {
+            swept.netns.push(ns);
+        }
+    }
+    for dir in [std::env::temp_dir(), PathBuf::from("/sys/fs/bpf")] {
+        for e in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            if owner_pid(&name).is_some_and(&dead) && std::fs::remove_dir_all(e.path()).is_ok() {
+                swept.dirs.push(e.path());
+            }
+        }
+    }
+    swept
+}
+
+/// Sweeps once per process, before the first lab is built.
+pub fn sweep_once() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let s = sweep();
+        if !s.netns.is_empty() || !s.cgroups.is_empty() || !s.dirs.is_empty() {
+            eprintln!("kltest sweep removed leftovers of killed runs: {s:?}");
+        }
+    });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn owner_pids_from_names() {
+        assert_eq!(owner_pid("kltest-1234-n1"), Some(1234));
+        assert_eq!(owner_pid("kltest-99"), Some(99));
+        assert_eq!(owner_pid("kltest-77.tmpXyz"), Some(77));
+        assert_eq!(owner_pid("kernlet-demo"), None);
+        assert_eq!(owner_pid("kltestx-1-a"), None);
+    }
+}

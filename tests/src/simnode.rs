@@ -1,0 +1,267 @@
+//! Simulated nodes: each a network namespace with its own address on a shared underlay
+//! bridge (the bridge in a namespace of its own, underlay 198.18.0.0/24), its own
+//! state/log/run/image directories, its own cgroup subtree, and a handle to start, stop
+//! and `kill -9` a kernlet process inside it.
+
+use std::net::{IpAddr, Ipv4Addr};
+use std::os::fd::AsFd as _;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, bail};
+
+use crate::hygiene::{self, ip};
+
+/// The lab bridge's own address; the control plane listens here.
+pub const BRIDGE_IP: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 1);
+
+/// The underlay: a bridge in its own namespace that nodes attach to.
+pub struct Lab {
+    name: String,
+    bridge_ns: String,
+    next: u8,
+}
+
+impl Lab {
+    /// Creates the bridge namespace `kltest-<pid>-<name>-br` with bridge `br0` at
+    /// 198.18.0.1/24. Sweeps leftovers of killed runs first.
+    pub fn new(name: &str) -> anyhow::Result<Self> {
+        hygiene::sweep_once();
+        let bridge_ns = format!("{}-{name}-br", hygiene::run_prefix());
+        ip(&["netns", "add", &bridge_ns])?;
+        let lab = Self { name: name.into(), bridge_ns, next: 10 };
+        ip(&["-n", &lab.bridge_ns, "link", "set", "lo", "up"])?;
+        ip(&["-n", &lab.bridge_ns, "link", "add", "br0", "type", "bridge"])?;
+        ip(&["-n", &lab.bridge_ns, "addr", "add", "198.18.0.1/24", "dev", "br0"])?;
+        ip(&["-n", &lab.bridge_ns, "link", "set", "br0", "up"])?;
+        Ok(lab)
+    }
+
+    /// The bridge's namespace name.
+    pub fn bridge_netns(&self) -> &str {
+        &self.bridge_ns
+    }
+
+    /// Binds a TCP listener inside the bridge namespace, so a server in this process
+    /// (the control plane) is reachable from every node at 198.18.0.1.
+    pub fn listen_on_bridge(&self, port: u16) -> anyhow::Result<std::net::TcpListener> {
+        let path = format!("/run/netns/{}", self.bridge_ns);
+        // setns changes only the calling thread; a scratch thread keeps ours untouched.
+        std::thread::spawn(move || -> anyhow::Result<std::net::TcpListener> {
+            let ns = std::fs::File::open(&path).with_context(|| format!("open {path}"))?;
+            nix::sched::setns(ns.as_fd(), nix::sched::CloneFlags::CLONE_NEWNET).context("setns into the lab bridge")?;
+            let l = std::net::TcpListener::bind((BRIDGE_IP, port))?;
+            l.set_nonblocking(true)?;
+            Ok(l)
+        })
+        .join()
+        .map_err(|_| anyhow::anyhow!("listener thread panicked"))?
+    }
+
+    /// Forwards TCP connections to `bridge_port` on 198.18.0.1 (inside the lab) to
+    /// `target` (the control plane on loopback in the test's namespace). The task ends
+    /// when the returned handle is dropped or aborted.
+    pub fn forward(&self, bridge_port: u16, target: std::net::SocketAddr) -> anyhow::Result<Forward> {
+        let listener = tokio::net::TcpListener::from_std(self.listen_on_bridge(bridge_port)?)?;
+        let port = listener.local_addr()?.port();
+        let task = tokio::spawn(async move {
+            while let Ok((mut inbound, _)) = listener.accept().await {
+                tokio::spawn(async move {
+                    if let Ok(mut outbound) = tokio::net::TcpStream::connect(target).await {
+                        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                    }
+                });
+            }
+        });
+        Ok(Forward { task, url: format!("https://{BRIDGE_IP}:{port}") })
+    }
+
+    /// Adds a node: namespace, veth into the bridge, address 198.18.0.<10+n>/24, its
+    /// directories and cgroup.
+    pub fn add_node(&mut self, label: &str) -> anyhow::Result<SimNode> {
+        let ns = format!("{}-{}-{label}", hygiene::run_prefix(), self.name);
+        let address = Ipv4Addr::new(198, 18, 0, self.next);
+        self.next += 1;
+        let root = tempfile::Builder::new().prefix(&format!("{}-{label}-", hygiene::run_prefix())).tempdir()?;
+        let cgroup = hygiene::cgroup_base()?.join(hygiene::run_prefix()).join(format!("{}-{label}", self.name));
+        let node = SimNode { name: label.to_string(), netns: ns.clone(), address, root, cgroup, kernlet: None };
+        ip(&["netns", "add", &ns])?;
+        let host_side = format!("v{}", self.next - 1);
+        ip(&["-n", &self.bridge_ns, "link", "add", &host_side, "type", "veth", "peer", "name", "eth0", "netns", &ns])?;
+        ip(&["-n", &self.bridge_ns, "link", "set", &host_side, "master", "br0", "up"])?;
+        ip(&["-n", &ns, "link", "set", "lo", "up"])?;
+        ip(&["-n", &ns, "addr", "add", &format!("{address}/24"), "dev", "eth0"])?;
+        ip(&["-n", &ns, "link", "set", "eth0", "up"])?;
+        ip(&["-n", &ns, "route", "add", "default", "via", "198.18.0.1"])?;
+        for d in ["state", "run", "logs", "images"] {
+            std::fs::create_dir_all(node.root.path().join(d))?;
+        }
+        std::fs::create_dir_all(&node.cgroup).with_context(|| format!("create cgroup {}", node.cgroup.display()))?;
+        Ok(node)
+    }
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        let _ = ip(&["netns", "delete", &self.bridge_ns]);
+        // The per-run cgroup parent goes once its node cgroups are gone.
+        if let Ok(base) = hygiene::cgroup_base() {
+            let _ = std::fs::remove_dir(base.join(hygiene::run_prefix()));
+        }
+    }
+}
+
+/// A running forward from the lab bridge; stops when dropped.
+pub struct Forward {
+    task: tokio::task::JoinHandle<()>,
+    /// `https://198.18.0.1:<port>`: the control plane as nodes reach it.
+    pub url: String,
+}
+
+impl Drop for Forward {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// The path of the `kernlet` binary the tests run: `$KERNLET_BIN`, or next to the test
+/// executable's `deps/` directory (`cargo xtask test` builds it first).
+pub fn kernlet_bin() -> anyhow::Result<PathBuf> {
+    if let Some(p) = std::env::var_os("KERNLET_BIN") {
+        return Ok(PathBuf::from(p));
+    }
+    let exe = std::env::current_exe()?;
+    let candidate = exe.parent().and_then(Path::parent).map(|d| d.join("kernlet")).context("no target dir")?;
+    if !candidate.is_file() {
+        bail!("{} not found; build it first (cargo build -p kernlet) or set KERNLET_BIN", candidate.display());
+    }
+    Ok(candidate)
+}
+
+/// A simulated node.
+pub struct SimNode {
+    pub name: String,
+    pub netns: String,
+    pub address: Ipv4Addr,
+    root: tempfile::TempDir,
+    cgroup: PathBuf,
+    kernlet: Option<Child>,
+}
+
+impl SimNode {
+    /// Root of the node's directories (`state`, `run`, `logs`, `images`).
+    pub fn root(&self) -> &Path {
+        self.root.path()
+    }
+
+    pub fn dir(&self, which: &str) -> PathBuf {
+        self.root.path().join(which)
+    }
+
+    /// The node's cgroup (cgroup v2, below the machine's cgroup2 mount).
+    pub fn cgroup(&self) -> &Path {
+        &self.cgroup
+    }
+
+    pub fn ip(&self) -> IpAddr {
+        IpAddr::V4(self.address)
+    }
+
+    /// A command that runs "on the node": inside its network namespace and cgroup.
+    /// `nsenter` without `--fork` execs in place, and the shell moves itself into the
+    /// cgroup before exec, so the pid is the command's and children stay in the cgroup.
+    pub fn command(&self, program: impl AsRef<std::ffi::OsStr>) -> Command {
+        let mut cmd = Command::new("nsenter");
+        cmd.arg(format!("--net=/run/netns/{}", self.netns))
+            .arg("sh")
+            .arg("-c")
+            .arg("echo $$ > \"$0\" && exec \"$@\"")
+            .arg(self.cgroup.join("cgroup.procs"))
+            .arg(program.as_ref());
+        cmd
+    }
+
+    /// Runs a command on the node and returns its output.
+    pub fn run(&self, program: &str, args: &[&str]) -> anyhow::Result<Output> {
+        let out = self.command(program).args(args).output().with_context(|| format!("run {program} on {}", self.name))?;
+        Ok(out)
+    }
+
+    /// The flags that give a kernlet its own directories, cgroup root and bpffs dir.
+    pub fn kernlet_dir_flags(&self) -> Vec<String> {
+        let cg_rel = self.cgroup.strip_prefix(hygiene::cgroup_base().unwrap_or_default()).map(|p| p.join("kernlet")).unwrap_or_default();
+        vec![
+            "--state-dir".into(), self.dir("state").display().to_string(),
+            "--run-dir".into(), self.dir("run").display().to_string(),
+            "--log-dir".into(), self.dir("logs").display().to_string(),
+            "--image-dir".into(), self.dir("images").display().to_string(),
+            "--cgroup-root".into(), cg_rel.display().to_string(),
+            "--bpffs-dir".into(), format!("/sys/fs/bpf/{}", self.netns),
+        ]
+    }
+
+    /// Starts `kernlet <args> <dir flags>` on the node; output goes to `logs/kernlet.log`.
+    pub fn start_kernlet(&mut self, args: &[&str]) -> anyhow::Result<u32> {
+        if self.kernlet.is_some() {
+            bail!("kernlet already runs on {}", self.name);
+        }
+        let log = std::fs::File::create(self.dir("logs").join("kernlet.log"))?;
+        let child = self
+            .command(kernlet_bin()?)
+            .args(args)
+            .args(self.kernlet_dir_flags())
+            .stdout(Stdio::from(log.try_clone()?))
+            .stderr(Stdio::from(log))
+            .spawn()?;
+        let pid = child.id();
+        self.kernlet = Some(child);
+        Ok(pid)
+    }
+
+    /// The kernlet log so far.
+    pub fn kernlet_log(&self) -> String {
+        std::fs::read_to_string(self.dir("logs").join("kernlet.log")).unwrap_or_default()
+    }
+
+    /// Stops kernlet with SIGTERM and waits up to `grace` before SIGKILL; returns the exit status.
+    pub fn stop_kernlet(&mut self, grace: Duration) -> anyhow::Result<std::process::ExitStatus> {
+        let mut child = self.kernlet.take().context("kernlet is not running")?;
+        let pid = nix::unistd::Pid::from_raw(i32::try_from(child.id())?);
+        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+        let start = Instant::now();
+        while start.elapsed() < grace {
+            if let Some(s) = child.try_wait()? {
+                return Ok(s);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        child.kill()?;
+        Ok(child.wait()?)
+    }
+
+    /// `kill -9` of the kernlet process (its children stay, as after a crash).
+    pub fn kill9_kernlet(&mut self) -> anyhow::Result<()> {
+        let mut child = self.kernlet.take().context("kernlet is not running")?;
+        child.kill()?;
+        child.wait()?;
+        Ok(())
+    }
+
+    /// Whether the kernlet process still runs.
+    pub fn kernlet_running(&mut self) -> bool {
+        self.kernlet.as_mut().is_some_and(|c| matches!(c.try_wait(), Ok(None)))
+    }
+}
+
+impl Drop for SimNode {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.kernlet.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        let _ = hygiene::remove_cgroup_tree(&self.cgroup);
+        let _ = ip(&["netns", "delete", &self.netns]);
+        let _ = std::fs::remove_dir_all(format!("/sys/fs/bpf/{}", self.netns));
+    }
+}
