@@ -3,6 +3,8 @@
 //! real control plane when `KUBEBUILDER_ASSETS` is set (knobs only the in-memory one
 //! has are skipped there).
 
+#![allow(clippy::unwrap_used, reason = "a test that cannot go on should stop loudly")]
+
 use std::process::Command;
 
 use futures::{StreamExt, TryStreamExt};

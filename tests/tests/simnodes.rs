@@ -2,6 +2,8 @@
 //! control plane, run commands in their own namespace and cgroup, and a killed test
 //! run's leftovers are swept by the next one.
 
+#![allow(clippy::unwrap_used, reason = "a test that cannot go on should stop loudly")]
+
 use std::io::{BufRead as _, BufReader};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
