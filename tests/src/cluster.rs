@@ -17,6 +17,10 @@ use crate::apiserver::{self, InMemoryApiServer, Options};
 use crate::real::RealControlPlane;
 
 /// A running control plane.
+#[allow(
+    clippy::large_enum_variant,
+    reason = "one per test; never moved in a hot path"
+)]
 pub enum Cluster {
     InMemory(InMemoryApiServer),
     Real(RealControlPlane),
@@ -70,17 +74,28 @@ impl Cluster {
     /// The loopback address the control plane listens on.
     pub fn addr(&self) -> std::net::SocketAddr {
         let url = self.url();
-        url.trim_start_matches("https://").parse().unwrap_or_else(|_| ([127, 0, 0, 1], 6443).into())
+        url.trim_start_matches("https://")
+            .parse()
+            .unwrap_or_else(|_| ([127, 0, 0, 1], 6443).into())
     }
 
     /// A kubeconfig for `user` that reaches the control plane at `server` (a forwarded
     /// address on the lab bridge), written to `path`.
-    pub fn kubeconfig_at(&self, server: &str, user: &str, groups: &[&str], path: &std::path::Path) -> anyhow::Result<()> {
+    pub fn kubeconfig_at(
+        &self,
+        server: &str,
+        user: &str,
+        groups: &[&str],
+        path: &std::path::Path,
+    ) -> anyhow::Result<()> {
         let cert = match self {
             Self::InMemory(s) => s.server.ca.client(user, groups)?,
             Self::Real(r) => r.ca.client(user, groups)?,
         };
-        std::fs::write(path, apiserver::kubeconfig_yaml(server, self.ca_pem(), user, Some(&cert), None))?;
+        std::fs::write(
+            path,
+            apiserver::kubeconfig_yaml(server, self.ca_pem(), user, Some(&cert), None),
+        )?;
         Ok(())
     }
 

@@ -20,7 +20,12 @@ pub fn run_prefix() -> String {
 
 /// The pid a prefixed name belongs to (`kltest-1234-n1` → 1234).
 pub fn owner_pid(name: &str) -> Option<u32> {
-    name.strip_prefix(PREFIX)?.strip_prefix('-')?.split(['-', '.']).next()?.parse().ok()
+    name.strip_prefix(PREFIX)?
+        .strip_prefix('-')?
+        .split(['-', '.'])
+        .next()?
+        .parse()
+        .ok()
 }
 
 fn alive(pid: u32) -> bool {
@@ -29,9 +34,16 @@ fn alive(pid: u32) -> bool {
 
 /// Runs `ip` with arguments; an error carries its stderr.
 pub fn ip(args: &[&str]) -> anyhow::Result<()> {
-    let out = Command::new("ip").args(args).output().context("run ip (iproute2)")?;
+    let out = Command::new("ip")
+        .args(args)
+        .output()
+        .context("run ip (iproute2)")?;
     if !out.status.success() {
-        bail!("ip {}: {}", args.join(" "), String::from_utf8_lossy(&out.stderr).trim());
+        bail!(
+            "ip {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
     }
     Ok(())
 }

@@ -73,7 +73,11 @@ impl RealControlPlane {
                 "kubernetes.default.svc",
                 "kubernetes.default.svc.cluster.local",
             ],
-            &[&[advertise, IpAddr::V4(Ipv4Addr::new(10, 96, 0, 1))][..], extra_ips].concat(),
+            &[
+                &[advertise, IpAddr::V4(Ipv4Addr::new(10, 96, 0, 1))][..],
+                extra_ips,
+            ]
+            .concat(),
         )?;
         write("apiserver.crt", &serving.cert_pem)?;
         write("apiserver.key", &serving.key_pem)?;

@@ -30,10 +30,22 @@ impl Lab {
         hygiene::sweep_once();
         let bridge_ns = format!("{}-{name}-br", hygiene::run_prefix());
         ip(&["netns", "add", &bridge_ns])?;
-        let lab = Self { name: name.into(), bridge_ns, next: 10 };
+        let lab = Self {
+            name: name.into(),
+            bridge_ns,
+            next: 10,
+        };
         ip(&["-n", &lab.bridge_ns, "link", "set", "lo", "up"])?;
         ip(&["-n", &lab.bridge_ns, "link", "add", "br0", "type", "bridge"])?;
-        ip(&["-n", &lab.bridge_ns, "addr", "add", "198.18.0.1/24", "dev", "br0"])?;
+        ip(&[
+            "-n",
+            &lab.bridge_ns,
+            "addr",
+            "add",
+            "198.18.0.1/24",
+            "dev",
+            "br0",
+        ])?;
         ip(&["-n", &lab.bridge_ns, "link", "set", "br0", "up"])?;
         Ok(lab)
     }
@@ -50,7 +62,8 @@ impl Lab {
         // setns changes only the calling thread; a scratch thread keeps ours untouched.
         std::thread::spawn(move || -> anyhow::Result<std::net::TcpListener> {
             let ns = std::fs::File::open(&path).with_context(|| format!("open {path}"))?;
-            nix::sched::setns(ns.as_fd(), nix::sched::CloneFlags::CLONE_NEWNET).context("setns into the lab bridge")?;
+            nix::sched::setns(ns.as_fd(), nix::sched::CloneFlags::CLONE_NEWNET)
+                .context("setns into the lab bridge")?;
             let l = std::net::TcpListener::bind((BRIDGE_IP, port))?;
             l.set_nonblocking(true)?;
             Ok(l)
@@ -62,7 +75,11 @@ impl Lab {
     /// Forwards TCP connections to `bridge_port` on 198.18.0.1 (inside the lab) to
     /// `target` (the control plane on loopback in the test's namespace). The task ends
     /// when the returned handle is dropped or aborted.
-    pub fn forward(&self, bridge_port: u16, target: std::net::SocketAddr) -> anyhow::Result<Forward> {
+    pub fn forward(
+        &self,
+        bridge_port: u16,
+        target: std::net::SocketAddr,
+    ) -> anyhow::Result<Forward> {
         let listener = tokio::net::TcpListener::from_std(self.listen_on_bridge(bridge_port)?)?;
         let port = listener.local_addr()?.port();
         let task = tokio::spawn(async move {
@@ -74,7 +91,10 @@ impl Lab {
                 });
             }
         });
-        Ok(Forward { task, url: format!("https://{BRIDGE_IP}:{port}") })
+        Ok(Forward {
+            task,
+            url: format!("https://{BRIDGE_IP}:{port}"),
+        })
     }
 
     /// Adds a node: namespace, veth into the bridge, address 198.18.0.<10+n>/24, its
@@ -83,21 +103,63 @@ impl Lab {
         let ns = format!("{}-{}-{label}", hygiene::run_prefix(), self.name);
         let address = Ipv4Addr::new(198, 18, 0, self.next);
         self.next += 1;
-        let root = tempfile::Builder::new().prefix(&format!("{}-{label}-", hygiene::run_prefix())).tempdir()?;
-        let cgroup = hygiene::cgroup_base()?.join(hygiene::run_prefix()).join(format!("{}-{label}", self.name));
-        let node = SimNode { name: label.to_string(), netns: ns.clone(), address, root, cgroup, kernlet: None };
+        let root = tempfile::Builder::new()
+            .prefix(&format!("{}-{label}-", hygiene::run_prefix()))
+            .tempdir()?;
+        let cgroup = hygiene::cgroup_base()?
+            .join(hygiene::run_prefix())
+            .join(format!("{}-{label}", self.name));
+        let node = SimNode {
+            name: label.to_string(),
+            netns: ns.clone(),
+            address,
+            root,
+            cgroup,
+            kernlet: None,
+        };
         ip(&["netns", "add", &ns])?;
         let host_side = format!("v{}", self.next - 1);
-        ip(&["-n", &self.bridge_ns, "link", "add", &host_side, "type", "veth", "peer", "name", "eth0", "netns", &ns])?;
-        ip(&["-n", &self.bridge_ns, "link", "set", &host_side, "master", "br0", "up"])?;
+        ip(&[
+            "-n",
+            &self.bridge_ns,
+            "link",
+            "add",
+            &host_side,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "eth0",
+            "netns",
+            &ns,
+        ])?;
+        ip(&[
+            "-n",
+            &self.bridge_ns,
+            "link",
+            "set",
+            &host_side,
+            "master",
+            "br0",
+            "up",
+        ])?;
         ip(&["-n", &ns, "link", "set", "lo", "up"])?;
-        ip(&["-n", &ns, "addr", "add", &format!("{address}/24"), "dev", "eth0"])?;
+        ip(&[
+            "-n",
+            &ns,
+            "addr",
+            "add",
+            &format!("{address}/24"),
+            "dev",
+            "eth0",
+        ])?;
         ip(&["-n", &ns, "link", "set", "eth0", "up"])?;
         ip(&["-n", &ns, "route", "add", "default", "via", "198.18.0.1"])?;
         for d in ["state", "run", "logs", "images"] {
             std::fs::create_dir_all(node.root.path().join(d))?;
         }
-        std::fs::create_dir_all(&node.cgroup).with_context(|| format!("create cgroup {}", node.cgroup.display()))?;
+        std::fs::create_dir_all(&node.cgroup)
+            .with_context(|| format!("create cgroup {}", node.cgroup.display()))?;
         Ok(node)
     }
 }
@@ -132,9 +194,16 @@ pub fn kernlet_bin() -> anyhow::Result<PathBuf> {
         return Ok(PathBuf::from(p));
     }
     let exe = std::env::current_exe()?;
-    let candidate = exe.parent().and_then(Path::parent).map(|d| d.join("kernlet")).context("no target dir")?;
+    let candidate = exe
+        .parent()
+        .and_then(Path::parent)
+        .map(|d| d.join("kernlet"))
+        .context("no target dir")?;
     if !candidate.is_file() {
-        bail!("{} not found; build it first (cargo build -p kernlet) or set KERNLET_BIN", candidate.display());
+        bail!(
+            "{} not found; build it first (cargo build -p kernlet) or set KERNLET_BIN",
+            candidate.display()
+        );
     }
     Ok(candidate)
 }
@@ -184,20 +253,34 @@ impl SimNode {
 
     /// Runs a command on the node and returns its output.
     pub fn run(&self, program: &str, args: &[&str]) -> anyhow::Result<Output> {
-        let out = self.command(program).args(args).output().with_context(|| format!("run {program} on {}", self.name))?;
+        let out = self
+            .command(program)
+            .args(args)
+            .output()
+            .with_context(|| format!("run {program} on {}", self.name))?;
         Ok(out)
     }
 
     /// The flags that give a kernlet its own directories, cgroup root and bpffs dir.
     pub fn kernlet_dir_flags(&self) -> Vec<String> {
-        let cg_rel = self.cgroup.strip_prefix(hygiene::cgroup_base().unwrap_or_default()).map(|p| p.join("kernlet")).unwrap_or_default();
+        let cg_rel = self
+            .cgroup
+            .strip_prefix(hygiene::cgroup_base().unwrap_or_default())
+            .map(|p| p.join("kernlet"))
+            .unwrap_or_default();
         vec![
-            "--state-dir".into(), self.dir("state").display().to_string(),
-            "--run-dir".into(), self.dir("run").display().to_string(),
-            "--log-dir".into(), self.dir("logs").display().to_string(),
-            "--image-dir".into(), self.dir("images").display().to_string(),
-            "--cgroup-root".into(), cg_rel.display().to_string(),
-            "--bpffs-dir".into(), format!("/sys/fs/bpf/{}", self.netns),
+            "--state-dir".into(),
+            self.dir("state").display().to_string(),
+            "--run-dir".into(),
+            self.dir("run").display().to_string(),
+            "--log-dir".into(),
+            self.dir("logs").display().to_string(),
+            "--image-dir".into(),
+            self.dir("images").display().to_string(),
+            "--cgroup-root".into(),
+            cg_rel.display().to_string(),
+            "--bpffs-dir".into(),
+            format!("/sys/fs/bpf/{}", self.netns),
         ]
     }
 
@@ -250,7 +333,9 @@ impl SimNode {
 
     /// Whether the kernlet process still runs.
     pub fn kernlet_running(&mut self) -> bool {
-        self.kernlet.as_mut().is_some_and(|c| matches!(c.try_wait(), Ok(None)))
+        self.kernlet
+            .as_mut()
+            .is_some_and(|c| matches!(c.try_wait(), Ok(None)))
     }
 }
 

@@ -3,7 +3,10 @@
 //! real control plane when `KUBEBUILDER_ASSETS` is set (knobs only the in-memory one
 //! has are skipped there).
 
-#![allow(clippy::unwrap_used, reason = "a test that cannot go on should stop loudly")]
+#![allow(
+    clippy::unwrap_used,
+    reason = "a test that cannot go on should stop loudly"
+)]
 
 use std::process::Command;
 
@@ -16,9 +19,7 @@ use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
 use serde_json::{Value, json};
 
 async fn start() -> Cluster {
-    Cluster::start(&[])
-        .await
-        .expect("control plane starts")
+    Cluster::start(&[]).await.expect("control plane starts")
 }
 
 /// Sends a raw request and returns the status code and JSON body.

@@ -2,7 +2,10 @@
 //! kernlet loads, its `cgroup/connect4` probe attaches to a cgroup we create, and it
 //! counts connects made from inside that cgroup only.
 
-#![allow(clippy::unwrap_used, reason = "a test that cannot go on should stop loudly")]
+#![allow(
+    clippy::unwrap_used,
+    reason = "a test that cannot go on should stop loudly"
+)]
 
 use std::net::TcpListener;
 use std::process::Command;
@@ -44,10 +47,18 @@ fn embedded_connect4_probe_counts_connects_in_its_cgroup() {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let port = listener.local_addr().unwrap().port();
     connect_from(None, port);
-    assert_eq!(probe.counters().unwrap().connect4, 0, "a connect outside the cgroup is not seen");
+    assert_eq!(
+        probe.counters().unwrap().connect4,
+        0,
+        "a connect outside the cgroup is not seen"
+    );
     connect_from(Some(&cgroup), port);
     connect_from(Some(&cgroup), port);
-    assert_eq!(probe.counters().unwrap().connect4, 2, "both connects inside the cgroup are counted");
+    assert_eq!(
+        probe.counters().unwrap().connect4,
+        2,
+        "both connects inside the cgroup are counted"
+    );
 
     // Dropping the probe detaches it: later connects are not counted by anyone, and the
     // cgroup can be removed.

@@ -234,17 +234,17 @@ fn node_authorizer(store: &Store, node: &str, a: &Attributes<'_>) -> NodeDecisio
         },
         ("", "nodes", Some("status")) if matches!(verb, "patch" | "update") => NodeDecision::Allow,
         ("coordination.k8s.io", "leases", None) => {
-            if a.namespace == "kube-node-lease"
-                && a.name == Some(node)
-                && matches!(verb, "get" | "create" | "update" | "patch" | "delete")
-            {
-                NodeDecision::Allow
-            } else if a.namespace == "kube-node-lease" && verb == "create" {
+            // A create carries its name in the body, not the path: allowed here, the
+            // name is the node's by NodeRestriction's lease rule.
+            let own = a.name == Some(node)
+                && matches!(verb, "get" | "create" | "update" | "patch" | "delete");
+            if a.namespace == "kube-node-lease" && (own || verb == "create") {
                 NodeDecision::Allow
             } else {
-                NodeDecision::Deny(format!(
+                NodeDecision::Deny(
                     "can only access node lease with the same name as the requesting node"
-                ))
+                        .to_string(),
+                )
             }
         }
         ("" | "events.k8s.io", "events", None) if matches!(verb, "create" | "patch" | "update") => {

@@ -327,14 +327,12 @@ impl ServiceAllocator {
                     .get("allocateLoadBalancerNodePorts")
                     .and_then(Value::as_bool)
                     != Some(false);
-            if allocate {
-                if let Some(ports) = spec.get_mut("ports").and_then(Value::as_array_mut) {
-                    for p in ports {
-                        if p.get("nodePort").is_none() {
-                            p["nodePort"] = json!(next().ok_or_else(|| ApiError::bad_request(
-                                "node port range exhausted".into()
-                            ))?);
-                        }
+            if allocate && let Some(ports) = spec.get_mut("ports").and_then(Value::as_array_mut) {
+                for p in ports {
+                    if p.get("nodePort").is_none() {
+                        p["nodePort"] = json!(next().ok_or_else(|| ApiError::bad_request(
+                            "node port range exhausted".into()
+                        ))?);
                     }
                 }
             }
@@ -449,6 +447,14 @@ pub fn node_restriction(
                         "node \"".to_string() + node + "\" is not allowed to modify taints",
                     ));
                 }
+            }
+            Ok(())
+        }
+        ("coordination.k8s.io", "leases") => {
+            if name != node {
+                return Err(forbid(
+                    "can only access node lease with the same name as the requesting node".into(),
+                ));
             }
             Ok(())
         }

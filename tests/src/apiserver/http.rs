@@ -157,10 +157,10 @@ impl Server {
             {
                 return None;
             }
-            if let Some(exp) = data("expiration").and_then(|e| e.parse::<jiff::Timestamp>().ok()) {
-                if exp < jiff::Timestamp::now() {
-                    return None;
-                }
+            if let Some(exp) = data("expiration").and_then(|e| e.parse::<jiff::Timestamp>().ok())
+                && exp < jiff::Timestamp::now()
+            {
+                return None;
             }
             let mut groups = vec!["system:bootstrappers".to_string()];
             groups.extend(
@@ -383,9 +383,9 @@ impl Server {
             (&Method::DELETE, true) => "delete",
             (&Method::DELETE, false) => "deletecollection",
             _ => {
-                return Err(ApiError::method_not_allowed(format!(
-                    "the server does not allow this method on the requested resource"
-                )));
+                return Err(ApiError::method_not_allowed(
+                    "the server does not allow this method on the requested resource".to_string(),
+                ));
             }
         };
         let field_selector = match query.get("fieldSelector") {
@@ -547,10 +547,11 @@ impl Server {
                 "resourceVersion should not be set on objects to be created".into(),
             ));
         }
-        if let Some(body_ns) = obj.pointer("/metadata/namespace").and_then(Value::as_str) {
-            if rt.namespaced && body_ns != ns {
-                return Err(ApiError::bad_request("the namespace of the provided object does not match the namespace sent on the request".into()));
-            }
+        if let Some(body_ns) = obj.pointer("/metadata/namespace").and_then(Value::as_str)
+            && rt.namespaced
+            && body_ns != ns
+        {
+            return Err(ApiError::bad_request("the namespace of the provided object does not match the namespace sent on the request".into()));
         }
         if obj.get("metadata").is_none_or(|m| !m.is_object()) {
             obj["metadata"] = json!({});
@@ -730,36 +731,35 @@ impl Server {
             .get(rt, ns, name)
             .ok_or_else(|| ApiError::not_found(rt, name))?;
         if let Some(p) = preconditions {
-            if let Some(uid) = p.get("uid").and_then(Value::as_str) {
-                if current.pointer("/metadata/uid").and_then(Value::as_str) != Some(uid) {
-                    return Err(ApiError::precondition(
-                        rt,
-                        name,
-                        format!(
-                            "Precondition failed: UID in precondition: {uid}, UID in object meta: {}",
-                            current
-                                .pointer("/metadata/uid")
-                                .and_then(Value::as_str)
-                                .unwrap_or_default()
-                        ),
-                    ));
-                }
+            if let Some(uid) = p.get("uid").and_then(Value::as_str)
+                && current.pointer("/metadata/uid").and_then(Value::as_str) != Some(uid)
+            {
+                return Err(ApiError::precondition(
+                    rt,
+                    name,
+                    format!(
+                        "Precondition failed: UID in precondition: {uid}, UID in object meta: {}",
+                        current
+                            .pointer("/metadata/uid")
+                            .and_then(Value::as_str)
+                            .unwrap_or_default()
+                    ),
+                ));
             }
-            if let Some(rv) = p.get("resourceVersion").and_then(Value::as_str) {
-                if current
+            if let Some(rv) = p.get("resourceVersion").and_then(Value::as_str)
+                && current
                     .pointer("/metadata/resourceVersion")
                     .and_then(Value::as_str)
                     != Some(rv)
-                {
-                    return Err(ApiError::precondition(
-                        rt,
-                        name,
-                        format!(
-                            "Precondition failed: ResourceVersion in precondition: {rv}, ResourceVersion in object meta: {}",
-                            rv_of(&current)
-                        ),
-                    ));
-                }
+            {
+                return Err(ApiError::precondition(
+                    rt,
+                    name,
+                    format!(
+                        "Precondition failed: ResourceVersion in precondition: {rv}, ResourceVersion in object meta: {}",
+                        rv_of(&current)
+                    ),
+                ));
             }
         }
         if id.node_name().is_some()
@@ -915,10 +915,10 @@ impl Server {
             .max(600);
         let now = jiff::Timestamp::now().as_second();
         let mut k8s = json!({"namespace": ns, "serviceaccount": {"name": sa, "uid": account.pointer("/metadata/uid")}});
-        if let Some(b) = &bound {
-            if b.get("kind").and_then(Value::as_str) == Some("Pod") {
-                k8s["pod"] = json!({"name": b.get("name"), "uid": b.get("uid")});
-            }
+        if let Some(b) = &bound
+            && b.get("kind").and_then(Value::as_str) == Some("Pod")
+        {
+            k8s["pod"] = json!({"name": b.get("name"), "uid": b.get("uid")});
         }
         if let Some(node) = id.node_name() {
             k8s["node"] = json!({"name": node});
@@ -1103,10 +1103,10 @@ impl Server {
             };
             for c in &replay {
                 since = since.max(c.rv);
-                if let Some((kind, obj)) = event_for(c) {
-                    if tx.send(line(kind, &obj)).await.is_err() {
-                        return;
-                    }
+                if let Some((kind, obj)) = event_for(c)
+                    && tx.send(line(kind, &obj)).await.is_err()
+                {
+                    return;
                 }
             }
             let interval =
@@ -1128,9 +1128,8 @@ impl Server {
                         Ok(c) => {
                             if c.rv <= since { continue; }
                             since = c.rv;
-                            if let Some((kind, obj)) = event_for(&c) {
-                                if tx.send(line(kind, &obj)).await.is_err() { return; }
-                            }
+                            if let Some((kind, obj)) = event_for(&c)
+                                && tx.send(line(kind, &obj)).await.is_err() { return; }
                         }
                         // Fell behind the broadcast buffer: end the watch; clients resume.
                         Err(_) => return,
@@ -1249,13 +1248,13 @@ fn validate_pod_status(name: &str, pod: &Value) -> Result<(), ApiError> {
             .and_then(|i| i.get("ip"))
             .and_then(Value::as_str),
         pod.pointer("/status/podIP").and_then(Value::as_str),
-    ) {
-        if first != ip && causes.is_empty() {
-            causes.push((
-                "status.podIPs[0]".into(),
-                format!("Invalid value: \"{first}\": must be equal to `podIP`"),
-            ));
-        }
+    ) && first != ip
+        && causes.is_empty()
+    {
+        causes.push((
+            "status.podIPs[0]".into(),
+            format!("Invalid value: \"{first}\": must be equal to `podIP`"),
+        ));
     }
     if causes.is_empty() {
         Ok(())

@@ -43,6 +43,7 @@ impl ResourceType {
     }
 }
 
+#[allow(clippy::too_many_arguments, reason = "one row of the resource table")]
 const fn r(
     group: &'static str,
     version: &'static str,

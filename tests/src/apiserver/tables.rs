@@ -252,8 +252,11 @@ fn slice_row(e: &Value) -> Vec<Value> {
     ]
 }
 
+/// Renders one object's cells.
+type RowFn = fn(&Value) -> Vec<Value>;
+
 /// Columns and a row renderer for a resource.
-fn layout(rt: &ResourceType) -> (Vec<Value>, fn(&Value) -> Vec<Value>) {
+fn layout(rt: &ResourceType) -> (Vec<Value>, RowFn) {
     match (rt.group, rt.plural) {
         ("", "pods") => (
             vec![
