@@ -115,7 +115,7 @@ mod tests {
     #[test]
     fn fixture_lifecycle_pods_parse_and_namespace_is_refused() {
         let path = Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("../../shared/k8s-fixtures/kubelet/lifecycle-pods.yaml");
+            .join("../fixtures/k8s/kubelet/lifecycle-pods.yaml");
         let text = std::fs::read_to_string(&path).unwrap();
         // The first document is a Namespace: standalone mode says what it runs.
         let err = parse_pods(&path, &text).unwrap_err().to_string();

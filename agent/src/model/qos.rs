@@ -96,10 +96,7 @@ mod tests {
     use k8s_openapi::api::core::v1::Pod;
 
     fn fixture(path: &str) -> Pod {
-        let full = format!(
-            "{}/../../shared/k8s-fixtures/{path}",
-            env!("CARGO_MANIFEST_DIR")
-        );
+        let full = format!("{}/../fixtures/k8s/{path}", env!("CARGO_MANIFEST_DIR"));
         let text = std::fs::read_to_string(&full).unwrap_or_else(|e| panic!("{full}: {e}"));
         serde_json::from_str(&text).unwrap()
     }

@@ -492,7 +492,7 @@ mod tests {
     fn defaulted_pod_matches_the_bound_fixture() {
         let path = concat!(
             env!("CARGO_MANIFEST_DIR"),
-            "/../../shared/k8s-fixtures/bound-pods/web-589c74b5fc-cscnw.json"
+            "/../fixtures/k8s/bound-pods/web-589c74b5fc-cscnw.json"
         );
         let real: Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
         let applied: Value = serde_json::from_str(

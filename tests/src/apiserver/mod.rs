@@ -284,7 +284,7 @@ pub fn kubeadm_objects(
     out.push(("roles", rbac, "kube-public", json!({"metadata": {"name": "kubeadm:bootstrap-signer-clusterinfo"}, "rules": [{"apiGroups": [""], "resources": ["configmaps"], "resourceNames": ["cluster-info"], "verbs": ["get"]}]})));
     out.push(("rolebindings", rbac, "kube-public", json!({"metadata": {"name": "kubeadm:bootstrap-signer-clusterinfo"}, "roleRef": {"apiGroup": rbac, "kind": "Role", "name": "kubeadm:bootstrap-signer-clusterinfo"}, "subjects": [{"apiGroup": rbac, "kind": "User", "name": "system:anonymous"}]})));
     let fixture = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../../shared/k8s-fixtures/bootstrap/00-kubelet-config.json");
+        .join("../fixtures/k8s/bootstrap/00-kubelet-config.json");
     let text =
         std::fs::read_to_string(&fixture).with_context(|| format!("read {}", fixture.display()))?;
     let kubelet_config: Value =
