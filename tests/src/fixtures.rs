@@ -19,53 +19,6 @@ pub fn shared_dir() -> Option<PathBuf> {
     p.is_dir().then_some(p)
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn files(root: &std::path::Path) -> Vec<(PathBuf, Vec<u8>)> {
-        let mut out = Vec::new();
-        let mut stack = vec![root.to_path_buf()];
-        while let Some(d) = stack.pop() {
-            for e in std::fs::read_dir(&d).unwrap().flatten() {
-                let p = e.path();
-                if p.is_dir() {
-                    stack.push(p);
-                } else {
-                    out.push((
-                        p.strip_prefix(root).unwrap().to_path_buf(),
-                        std::fs::read(&p).unwrap(),
-                    ));
-                }
-            }
-        }
-        out.sort();
-        out
-    }
-
-    #[test]
-    fn vendored_copy_matches_the_shared_fixtures() {
-        let Some(shared) = shared_dir() else {
-            eprintln!("no ../shared/k8s-fixtures next to this checkout; nothing to compare");
-            return;
-        };
-        let (ours, theirs) = (files(&dir()), files(&shared));
-        let names = |v: &[(PathBuf, Vec<u8>)]| v.iter().map(|(p, _)| p.clone()).collect::<Vec<_>>();
-        assert_eq!(
-            names(&ours),
-            names(&theirs),
-            "fixtures/k8s lists other files than ../shared/k8s-fixtures: copy it again"
-        );
-        for ((p, a), (_, b)) in ours.iter().zip(&theirs) {
-            assert!(
-                a == b,
-                "fixtures/k8s/{} differs from the shared copy: copy it again",
-                p.display()
-            );
-        }
-    }
-}
-
 /// A fixture file parsed as JSON.
 pub fn json(rel: &str) -> Value {
     let path = dir().join(rel);
@@ -157,4 +110,51 @@ pub fn workload_manifests() -> Vec<Value> {
                  "template": {"metadata": {"labels": {"app": "web"}}, "spec": spec}}
     }));
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn files(root: &std::path::Path) -> Vec<(PathBuf, Vec<u8>)> {
+        let mut out = Vec::new();
+        let mut stack = vec![root.to_path_buf()];
+        while let Some(d) = stack.pop() {
+            for e in std::fs::read_dir(&d).unwrap().flatten() {
+                let p = e.path();
+                if p.is_dir() {
+                    stack.push(p);
+                } else {
+                    out.push((
+                        p.strip_prefix(root).unwrap().to_path_buf(),
+                        std::fs::read(&p).unwrap(),
+                    ));
+                }
+            }
+        }
+        out.sort();
+        out
+    }
+
+    #[test]
+    fn vendored_copy_matches_the_shared_fixtures() {
+        let Some(shared) = shared_dir() else {
+            eprintln!("no ../shared/k8s-fixtures next to this checkout; nothing to compare");
+            return;
+        };
+        let (ours, theirs) = (files(&dir()), files(&shared));
+        let names = |v: &[(PathBuf, Vec<u8>)]| v.iter().map(|(p, _)| p.clone()).collect::<Vec<_>>();
+        assert_eq!(
+            names(&ours),
+            names(&theirs),
+            "fixtures/k8s lists other files than ../shared/k8s-fixtures: copy it again"
+        );
+        for ((p, a), (_, b)) in ours.iter().zip(&theirs) {
+            assert!(
+                a == b,
+                "fixtures/k8s/{} differs from the shared copy: copy it again",
+                p.display()
+            );
+        }
+    }
 }
