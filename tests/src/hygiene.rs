@@ -65,24 +65,30 @@ pub fn prefixed_netns() -> Vec<String> {
 }
 
 /// Ends (SIGKILL, by pid) every process in a cgroup tree we created, then removes it.
+/// A killed process leaves its cgroup only once it has exited, so removal is retried
+/// for a while (EBUSY) before giving up.
 pub fn remove_cgroup_tree(dir: &Path) -> anyhow::Result<()> {
     use nix::sys::signal::{Signal, kill};
     use nix::unistd::Pid;
-    for _ in 0..50 {
+    let mut last = None;
+    for _ in 0..250 {
         let mut pids = Vec::new();
         collect_procs(dir, &mut pids);
-        if pids.is_empty() {
-            break;
-        }
         for pid in pids {
             if let Ok(p) = i32::try_from(pid) {
                 let _ = kill(Pid::from_raw(p), Signal::SIGKILL);
             }
         }
+        match kernlet::sys::cgroup::Cgroup::open(dir.to_path_buf()).remove() {
+            Ok(()) => return Ok(()),
+            Err(e) => last = Some(e),
+        }
         std::thread::sleep(std::time::Duration::from_millis(20));
     }
-    kernlet::sys::cgroup::Cgroup::open(dir.to_path_buf()).remove()?;
-    Ok(())
+    Err(last.map_or_else(
+        || anyhow::anyhow!("cgroup {} not removed", dir.display()),
+        Into::into,
+    ))
 }
 
 fn collect_procs(dir: &Path, out: &mut Vec<u32>) {
