@@ -5,6 +5,7 @@
 #![deny(unsafe_code)]
 
 pub mod config;
+pub mod controllers;
 pub mod model;
 pub mod standalone;
 pub mod sys;

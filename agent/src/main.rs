@@ -1,10 +1,15 @@
 //! The `kernlet` binary: parses flags and hands over to the library.
 
+use std::net::IpAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
 
-use clap::{Parser, Subcommand};
+use anyhow::Context as _;
+use clap::{ArgGroup, Parser, Subcommand};
 use kernlet::config::NodeDirs;
+use kernlet::controllers::node::{NodeController, Timing};
+use kernlet::model::node::{self, NodeConfig, Readiness};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -19,14 +24,15 @@ struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Command {
-    /// Run the node agent.
+    /// Run the node agent: against an apiserver (--kubeconfig) or standalone.
     Run(RunArgs),
 }
 
 #[derive(clap::Args, Debug)]
+#[command(group(ArgGroup::new("mode").required(true).args(["standalone", "kubeconfig"])))]
 struct RunArgs {
     /// Run the pods of manifest files, without an apiserver.
-    #[arg(long, required = true)]
+    #[arg(long)]
     standalone: bool,
     /// Directory of Pod manifests (*.yaml, *.yml, *.json) for --standalone.
     #[arg(
@@ -35,6 +41,30 @@ struct RunArgs {
         default_value = "/etc/kernlet/manifests"
     )]
     manifests: PathBuf,
+    /// Kubeconfig with this node's credentials (CN=system:node:<name>, O=system:nodes).
+    #[arg(long)]
+    kubeconfig: Option<PathBuf>,
+    /// Node name (default: the hostname, lowercase).
+    #[arg(long)]
+    node_name: Option<String>,
+    /// InternalIP to report (default: the address of the default-route interface).
+    #[arg(long)]
+    node_ip: Option<IpAddr>,
+    /// Labels to register the node with, `key=value,...` (only those a node may set).
+    #[arg(long, default_value = "")]
+    node_labels: String,
+    /// Taints to register the node with, `key[=value]:Effect,...`.
+    #[arg(long, default_value = "")]
+    register_with_taints: String,
+    /// Maximum pods on this node.
+    #[arg(long, default_value_t = 110)]
+    max_pods: u32,
+    /// How often node status is reported when nothing changed, in seconds.
+    #[arg(long, default_value_t = 300)]
+    node_status_report_frequency: u64,
+    /// Lease renewal interval in milliseconds (kubelet: 10000; tests shorten it).
+    #[arg(long, default_value_t = 10_000, hide = true)]
+    node_lease_renew_interval_ms: u64,
     #[command(flatten)]
     dirs: NodeDirs,
 }
@@ -61,9 +91,90 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Run(args) => {
             args.dirs.validate()?;
-            let plans = kernlet::standalone::plan(&args.manifests)?;
-            print!("{}", kernlet::standalone::render(&plans, &args.dirs));
-            Ok(())
+            if args.standalone {
+                let plans = kernlet::standalone::plan(&args.manifests)?;
+                print!("{}", kernlet::standalone::render(&plans, &args.dirs));
+                return Ok(());
+            }
+            run_node(args)
         }
     }
+}
+
+fn run_node(args: RunArgs) -> anyhow::Result<()> {
+    let kubeconfig = args
+        .kubeconfig
+        .clone()
+        .context("--kubeconfig is required without --standalone")?;
+    let labels = node::parse_labels(&args.node_labels)?;
+    let taints = node::parse_taints(&args.register_with_taints)?;
+    std::fs::create_dir_all(&args.dirs.state_dir).with_context(|| {
+        format!(
+            "cannot create --state-dir {}",
+            args.dirs.state_dir.display()
+        )
+    })?;
+    let facts = kernlet::sys::machine::read(&args.dirs.state_dir);
+    let name = args
+        .node_name
+        .clone()
+        .unwrap_or_else(|| facts.hostname.clone());
+    anyhow::ensure!(
+        !name.is_empty(),
+        "cannot tell the node name from the hostname; pass --node-name"
+    );
+    let internal_ip = match args.node_ip {
+        Some(ip) => ip,
+        None => IpAddr::V4(
+            kernlet::sys::machine::default_route_ipv4()
+                .context("no IPv4 default route to take the node address from; pass --node-ip")?,
+        ),
+    };
+    let cfg = NodeConfig {
+        name,
+        internal_ip,
+        labels,
+        taints,
+        max_pods: args.max_pods,
+        kubelet_port: 10250,
+    };
+    let timing = Timing {
+        lease_renew: Duration::from_millis(args.node_lease_renew_interval_ms.max(100)),
+        status_report: Duration::from_secs(args.node_status_report_frequency.max(1)),
+    };
+    // The pod runtime is not built yet: the node says so instead of claiming Ready.
+    let readiness = Readiness {
+        ready: false,
+        reason: "KubeletNotReady".into(),
+        message: format!(
+            "kernlet {} has no pod runtime yet; this node cannot run pods",
+            env!("CARGO_PKG_VERSION")
+        ),
+    };
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    rt.block_on(async move {
+        let kc = kube::config::Kubeconfig::read_from(&kubeconfig)
+            .with_context(|| format!("cannot read --kubeconfig {}", kubeconfig.display()))?;
+        let config = kube::Config::from_custom_kubeconfig(kc, &Default::default())
+            .await
+            .with_context(|| format!("--kubeconfig {} is not usable", kubeconfig.display()))?;
+        let client = kube::Client::try_from(config)?;
+        tracing::info!(node = %cfg.name, ip = %cfg.internal_ip, "kernlet starting");
+        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+        let controller =
+            tokio::spawn(NodeController::new(client, cfg, facts, readiness, timing).run(stop_rx));
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+        tokio::select! {
+            _ = term.recv() => tracing::info!("SIGTERM: stopping"),
+            _ = tokio::signal::ctrl_c() => tracing::info!("interrupted: stopping"),
+        }
+        let _ = stop_tx.send(true);
+        let _ = controller.await;
+        tracing::info!("kernlet stopped");
+        Ok(())
+    })
 }

@@ -174,6 +174,8 @@ fn test(filter: &[String]) -> Result<()> {
     if !nix_is_root() {
         bail!("the end-to-end tests need root (network namespaces, cgroups, BPF); run as root");
     }
+    // The end-to-end tests start the kernlet binary itself.
+    run(cargo().args(["build", "-p", "kernlet"]))?;
     let mut e2e = cargo();
     e2e.args([
         "test",

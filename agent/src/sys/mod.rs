@@ -3,3 +3,4 @@
 
 pub mod bpf;
 pub mod cgroup;
+pub mod machine;

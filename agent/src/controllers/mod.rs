@@ -1,0 +1,4 @@
+//! Controllers: observe the apiserver, compute what should be (`model`), apply the
+//! difference. They never call the kernel directly.
+
+pub mod node;

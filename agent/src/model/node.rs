@@ -1,0 +1,383 @@
+//! The Node object as kubelet registers and reports it, computed from machine facts and
+//! flags. Pure: the node controller sends what this returns.
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+
+use k8s_openapi::api::core::v1::{Node, NodeCondition};
+use serde_json::{Value, json};
+
+use crate::sys::machine::MachineFacts;
+
+/// The version kernlet reports as `kubeletVersion`: the Kubernetes minor it implements,
+/// with kernlet's own version as build metadata.
+pub fn kubelet_version() -> String {
+    format!("v1.36.0+kernlet.{}", env!("CARGO_PKG_VERSION"))
+}
+
+/// What the operator chose for this node.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NodeConfig {
+    pub name: String,
+    pub internal_ip: IpAddr,
+    /// Labels from `--node-labels`, on top of the well-known ones.
+    pub labels: BTreeMap<String, String>,
+    /// `key=value:Effect` or `key:Effect` from `--register-with-taints`.
+    pub taints: Vec<Value>,
+    pub max_pods: u32,
+    pub kubelet_port: u16,
+}
+
+/// A flag value the node may not use, named with what to do.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum NodeConfigError {
+    #[error(
+        "--node-labels: a node may not set label {0:?} on itself (the NodeRestriction admission plugin refuses it); \
+         set it with kubectl as an admin instead, or use a label under node.kubernetes.io/ or your own prefix"
+    )]
+    ForbiddenLabel(String),
+    #[error("--node-labels: {0:?} is not key=value")]
+    BadLabel(String),
+    #[error(
+        "--register-with-taints: {0:?} is not key[=value]:NoSchedule|PreferNoSchedule|NoExecute"
+    )]
+    BadTaint(String),
+}
+
+/// Whether NodeRestriction lets a node set `key` on its own Node.
+pub fn node_may_set_label(key: &str) -> bool {
+    let prefix = key.split_once('/').map_or("", |(p, _)| p);
+    let under = |domain: &str| prefix == domain || prefix.ends_with(&format!(".{domain}"));
+    if under("node-role.kubernetes.io") || under("node-restriction.kubernetes.io") {
+        return false;
+    }
+    if !(under("kubernetes.io") || under("k8s.io")) {
+        return true;
+    }
+    const ALLOWED: &[&str] = &[
+        "kubernetes.io/hostname",
+        "kubernetes.io/arch",
+        "kubernetes.io/os",
+        "beta.kubernetes.io/arch",
+        "beta.kubernetes.io/os",
+        "beta.kubernetes.io/instance-type",
+        "node.kubernetes.io/instance-type",
+        "failure-domain.beta.kubernetes.io/region",
+        "failure-domain.beta.kubernetes.io/zone",
+        "topology.kubernetes.io/region",
+        "topology.kubernetes.io/zone",
+    ];
+    ALLOWED.contains(&key) || under("kubelet.kubernetes.io") || under("node.kubernetes.io")
+}
+
+/// Parses `--node-labels a=b,c=d`, refusing labels the node may not set.
+pub fn parse_labels(flag: &str) -> Result<BTreeMap<String, String>, NodeConfigError> {
+    let mut out = BTreeMap::new();
+    for item in flag.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+        let (k, v) = item
+            .split_once('=')
+            .ok_or_else(|| NodeConfigError::BadLabel(item.into()))?;
+        if k.is_empty() {
+            return Err(NodeConfigError::BadLabel(item.into()));
+        }
+        if !node_may_set_label(k) {
+            return Err(NodeConfigError::ForbiddenLabel(k.into()));
+        }
+        out.insert(k.to_string(), v.to_string());
+    }
+    Ok(out)
+}
+
+/// Parses `--register-with-taints key=value:Effect,key:Effect`.
+pub fn parse_taints(flag: &str) -> Result<Vec<Value>, NodeConfigError> {
+    let mut out = Vec::new();
+    for item in flag.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+        let bad = || NodeConfigError::BadTaint(item.into());
+        let (kv, effect) = item.rsplit_once(':').ok_or_else(bad)?;
+        if !matches!(effect, "NoSchedule" | "PreferNoSchedule" | "NoExecute") {
+            return Err(bad());
+        }
+        let (key, value) = kv.split_once('=').map_or((kv, None), |(k, v)| (k, Some(v)));
+        if key.is_empty() {
+            return Err(bad());
+        }
+        let mut t = json!({"key": key, "effect": effect});
+        if let Some(v) = value {
+            t["value"] = json!(v);
+        }
+        out.push(t);
+    }
+    Ok(out)
+}
+
+fn arch() -> &'static str {
+    match std::env::consts::ARCH {
+        "x86_64" => "amd64",
+        "aarch64" => "arm64",
+        other => other,
+    }
+}
+
+/// Kubelet's default hard eviction threshold for memory (`memory.available<100Mi`).
+const EVICTION_HARD_MEMORY: u64 = 100 * 1024 * 1024;
+
+/// The Node kubelet would create on registration (metadata and spec; status follows).
+pub fn registration(cfg: &NodeConfig) -> Node {
+    let mut labels: BTreeMap<String, String> = [
+        ("kubernetes.io/hostname", cfg.name.as_str()),
+        ("kubernetes.io/os", "linux"),
+        ("kubernetes.io/arch", arch()),
+        ("beta.kubernetes.io/os", "linux"),
+        ("beta.kubernetes.io/arch", arch()),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v.to_string()))
+    .collect();
+    labels.extend(cfg.labels.clone());
+    let mut taints = cfg.taints.clone();
+    // Until it reports Ready the node keeps the scheduler away, like kubelet does.
+    if !taints
+        .iter()
+        .any(|t| t["key"] == "node.kubernetes.io/not-ready")
+    {
+        taints.push(json!({"key": "node.kubernetes.io/not-ready", "effect": "NoSchedule"}));
+    }
+    serde_json::from_value(json!({
+        "apiVersion": "v1",
+        "kind": "Node",
+        "metadata": {
+            "name": cfg.name,
+            "labels": labels,
+            "annotations": {"volumes.kubernetes.io/controller-managed-attach-detach": "true"},
+        },
+        "spec": {"taints": taints},
+    }))
+    .unwrap_or_default()
+}
+
+/// Whether the node can run pods, and why not.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Readiness {
+    pub ready: bool,
+    pub reason: String,
+    pub message: String,
+}
+
+/// `.status` as kubelet reports it. Condition transition times are kept from
+/// `previous` when a condition's status has not changed.
+pub fn status(
+    cfg: &NodeConfig,
+    facts: &MachineFacts,
+    readiness: &Readiness,
+    previous: &[NodeCondition],
+    now: &str,
+) -> Value {
+    let mut capacity = json!({
+        "cpu": facts.cpus.to_string(),
+        "memory": format!("{}Ki", facts.memory_bytes / 1024),
+        "ephemeral-storage": format!("{}Ki", facts.ephemeral_storage_bytes / 1024),
+        "pods": cfg.max_pods.to_string(),
+    });
+    let mut allocatable = json!({
+        "cpu": facts.cpus.to_string(),
+        "memory": format!("{}Ki", facts.memory_bytes.saturating_sub(EVICTION_HARD_MEMORY) / 1024),
+        // nodefs.available<10%: the rest is allocatable.
+        "ephemeral-storage": (facts.ephemeral_storage_bytes - facts.ephemeral_storage_bytes / 10).to_string(),
+        "pods": cfg.max_pods.to_string(),
+    });
+    let mut hugepage_total = 0;
+    for (size, total) in &facts.hugepages {
+        let key = match size {
+            s if s % (1 << 30) == 0 => format!("hugepages-{}Gi", s >> 30),
+            s => format!("hugepages-{}Mi", s >> 20),
+        };
+        capacity[&key] = json!(total.to_string());
+        allocatable[&key] = json!(total.to_string());
+        hugepage_total += total;
+    }
+    if hugepage_total > 0 {
+        let mem = facts
+            .memory_bytes
+            .saturating_sub(EVICTION_HARD_MEMORY)
+            .saturating_sub(hugepage_total);
+        allocatable["memory"] = json!(format!("{}Ki", mem / 1024));
+    }
+    let cond = |ty: &str, status: &str, reason: &str, message: &str| {
+        let transition = previous
+            .iter()
+            .find(|c| c.type_ == ty && c.status == status)
+            .and_then(|c| c.last_transition_time.as_ref())
+            .and_then(|t| serde_json::to_value(t).ok())
+            .unwrap_or_else(|| json!(now));
+        json!({"type": ty, "status": status, "reason": reason, "message": message, "lastHeartbeatTime": now, "lastTransitionTime": transition})
+    };
+    json!({
+        "addresses": [
+            {"type": "InternalIP", "address": cfg.internal_ip.to_string()},
+            {"type": "Hostname", "address": cfg.name},
+        ],
+        "capacity": capacity,
+        "allocatable": allocatable,
+        "conditions": [
+            cond("MemoryPressure", "False", "KubeletHasSufficientMemory", "kubelet has sufficient memory available"),
+            cond("DiskPressure", "False", "KubeletHasNoDiskPressure", "kubelet has no disk pressure"),
+            cond("PIDPressure", "False", "KubeletHasSufficientPID", "kubelet has sufficient PID available"),
+            cond("Ready", if readiness.ready { "True" } else { "False" }, &readiness.reason, &readiness.message),
+        ],
+        "daemonEndpoints": {"kubeletEndpoint": {"Port": cfg.kubelet_port}},
+        "nodeInfo": {
+            "machineID": facts.machine_id,
+            "systemUUID": facts.system_uuid,
+            "bootID": facts.boot_id,
+            "kernelVersion": facts.kernel_version,
+            "osImage": facts.os_image,
+            "containerRuntimeVersion": format!("kernlet://{}", env!("CARGO_PKG_VERSION")),
+            "kubeletVersion": kubelet_version(),
+            "kubeProxyVersion": "",
+            "operatingSystem": "linux",
+            "architecture": arch(),
+        },
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cfg() -> NodeConfig {
+        NodeConfig {
+            name: "klab-r1".into(),
+            internal_ip: "198.18.0.121".parse().unwrap(),
+            labels: BTreeMap::new(),
+            taints: Vec::new(),
+            max_pods: 110,
+            kubelet_port: 10250,
+        }
+    }
+
+    fn facts() -> MachineFacts {
+        MachineFacts {
+            hostname: "klab-r1".into(),
+            cpus: 2,
+            memory_bytes: 24684084 * 1024,
+            ephemeral_storage_bytes: 264212084 * 1024,
+            hugepages: vec![(2 << 20, 0), (1 << 30, 0)],
+            kernel_version: "6.18.44-fc-v669".into(),
+            os_image: "Debian GNU/Linux 12 (bookworm)".into(),
+            machine_id: "m".into(),
+            boot_id: "b".into(),
+            system_uuid: "u".into(),
+        }
+    }
+
+    #[test]
+    fn status_has_the_shape_of_the_real_kubelets() {
+        let path = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../fixtures/k8s/kubelet/node.json"
+        );
+        let real: Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+        let ready = Readiness {
+            ready: true,
+            reason: "KubeletReady".into(),
+            message: "kubelet is posting ready status".into(),
+        };
+        let ours = status(&cfg(), &facts(), &ready, &[], "2026-11-26T01:10:34Z");
+        assert_eq!(ours["addresses"], real["status"]["addresses"]);
+        assert_eq!(
+            ours["capacity"], real["status"]["capacity"],
+            "same machine, same capacity"
+        );
+        assert_eq!(
+            ours["allocatable"]["memory"],
+            real["status"]["allocatable"]["memory"]
+        );
+        assert_eq!(
+            ours["allocatable"]["ephemeral-storage"],
+            real["status"]["allocatable"]["ephemeral-storage"]
+        );
+        let strip = |c: &Value| json!({"type": c["type"], "status": c["status"], "reason": c["reason"], "message": c["message"]});
+        let ours_c: Vec<Value> = ours["conditions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(strip)
+            .collect();
+        let real_c: Vec<Value> = real["status"]["conditions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(strip)
+            .collect();
+        assert_eq!(ours_c, real_c);
+        assert_eq!(ours["daemonEndpoints"], real["status"]["daemonEndpoints"]);
+        let keys = |v: &Value| v.as_object().unwrap().keys().cloned().collect::<Vec<_>>();
+        assert_eq!(keys(&ours["nodeInfo"]), keys(&real["status"]["nodeInfo"]));
+        let reg = serde_json::to_value(registration(&cfg())).unwrap();
+        assert_eq!(reg["metadata"]["labels"], real["metadata"]["labels"]);
+    }
+
+    #[test]
+    fn transition_time_is_kept_while_the_status_holds() {
+        let not_ready = Readiness {
+            ready: false,
+            reason: "KubeletNotReady".into(),
+            message: "x".into(),
+        };
+        let first = status(&cfg(), &facts(), &not_ready, &[], "2026-01-01T00:00:00Z");
+        let prev: Vec<NodeCondition> = serde_json::from_value(first["conditions"].clone()).unwrap();
+        let second = status(&cfg(), &facts(), &not_ready, &prev, "2026-01-01T00:05:00Z");
+        assert_eq!(
+            second["conditions"][3]["lastTransitionTime"],
+            "2026-01-01T00:00:00Z"
+        );
+        assert_eq!(
+            second["conditions"][3]["lastHeartbeatTime"],
+            "2026-01-01T00:05:00Z"
+        );
+        let ready = Readiness {
+            ready: true,
+            reason: "KubeletReady".into(),
+            message: "y".into(),
+        };
+        let third = status(&cfg(), &facts(), &ready, &prev, "2026-01-01T00:06:00Z");
+        assert_eq!(
+            third["conditions"][3]["lastTransitionTime"],
+            "2026-01-01T00:06:00Z"
+        );
+    }
+
+    #[test]
+    fn labels_and_taints_flags() {
+        assert_eq!(
+            parse_labels("topology.kubernetes.io/zone=a, example.com/rack=r1")
+                .unwrap()
+                .len(),
+            2
+        );
+        let err = parse_labels("node-role.kubernetes.io/worker=").unwrap_err();
+        assert_eq!(
+            err,
+            NodeConfigError::ForbiddenLabel("node-role.kubernetes.io/worker".into())
+        );
+        assert!(err.to_string().contains("NodeRestriction"));
+        assert!(parse_labels("nokey").is_err());
+        assert_eq!(
+            parse_taints("dedicated=gpu:NoSchedule,spot:PreferNoSchedule").unwrap(),
+            vec![
+                json!({"key": "dedicated", "value": "gpu", "effect": "NoSchedule"}),
+                json!({"key": "spot", "effect": "PreferNoSchedule"}),
+            ]
+        );
+        assert!(parse_taints("a=b:Sometimes").is_err());
+        let reg = registration(&NodeConfig {
+            taints: parse_taints("a:NoExecute").unwrap(),
+            ..cfg()
+        });
+        assert_eq!(
+            reg.spec.unwrap().taints.unwrap().len(),
+            2,
+            "not-ready taint added"
+        );
+    }
+}

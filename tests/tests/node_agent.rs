@@ -1,0 +1,234 @@
+//! kernlet as a node agent on SimNodes (root): it registers its Node with the control
+//! plane over the lab underlay, renews its Lease, stops cleanly on SIGTERM, and a
+//! `kill -9` leaves its Lease to expire.
+
+#![allow(
+    clippy::unwrap_used,
+    reason = "a test that cannot go on should stop loudly"
+)]
+
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::api::core::v1::Node;
+use kernlet_tests::cluster::Cluster;
+use kernlet_tests::simnode::{BRIDGE_IP, Lab, SimNode};
+use kube::api::Api;
+
+async fn wait_for<T>(what: &str, within: Duration, mut f: impl AsyncFnMut() -> Option<T>) -> T {
+    let start = Instant::now();
+    loop {
+        if let Some(v) = f().await {
+            return v;
+        }
+        assert!(start.elapsed() < within, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+fn start_agent(cluster: &Cluster, url: &str, node: &mut SimNode, extra: &[&str]) {
+    let kubeconfig = node.dir("state").join("node.kubeconfig");
+    cluster
+        .kubeconfig_at(
+            url,
+            &format!("system:node:{}", node.name),
+            &["system:nodes"],
+            &kubeconfig,
+        )
+        .unwrap();
+    let kc = kubeconfig.display().to_string();
+    let name = node.name.clone();
+    let mut args = vec![
+        "run",
+        "--kubeconfig",
+        &kc,
+        "--node-name",
+        &name,
+        "--node-lease-renew-interval-ms",
+        "300",
+    ];
+    args.extend_from_slice(extra);
+    node.start_kernlet(&args).unwrap();
+}
+
+async fn renew_time(leases: &Api<Lease>, name: &str) -> Option<k8s_openapi::jiff::Timestamp> {
+    leases
+        .get_opt(name)
+        .await
+        .ok()??
+        .spec?
+        .renew_time
+        .map(|t| t.0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_nodes_register_renew_leases_stop_and_die() {
+    let cluster = Cluster::start(&[BRIDGE_IP.into()]).await.unwrap();
+    let mut lab = Lab::new("agent").unwrap();
+    let fwd = lab.forward(0, cluster.addr()).unwrap();
+    let mut nodes: Vec<SimNode> = ["a1", "a2", "a3"]
+        .iter()
+        .map(|n| lab.add_node(n).unwrap())
+        .collect();
+    for n in nodes.iter_mut() {
+        start_agent(
+            &cluster,
+            &fwd.url,
+            n,
+            &["--node-labels", "topology.kubernetes.io/zone=lab"],
+        );
+    }
+    let admin = cluster.admin().await.unwrap();
+    let api: Api<Node> = Api::all(admin.clone());
+    for n in &nodes {
+        let node = wait_for(
+            &format!("node {}", n.name),
+            Duration::from_secs(20),
+            async || {
+                api.get_opt(&n.name).await.ok().flatten().filter(|x| {
+                    x.status
+                        .as_ref()
+                        .and_then(|s| s.node_info.as_ref())
+                        .is_some()
+                })
+            },
+        )
+        .await;
+        let status = node.status.unwrap();
+        let internal = status
+            .addresses
+            .unwrap()
+            .into_iter()
+            .find(|a| a.type_ == "InternalIP")
+            .unwrap()
+            .address;
+        assert_eq!(
+            internal,
+            n.address.to_string(),
+            "InternalIP from the node's default-route interface\n{}",
+            n.kernlet_log()
+        );
+        let labels = node.metadata.labels.unwrap();
+        assert_eq!(labels.get("kubernetes.io/hostname"), Some(&n.name));
+        assert_eq!(
+            labels
+                .get("topology.kubernetes.io/zone")
+                .map(String::as_str),
+            Some("lab")
+        );
+        let ready = status
+            .conditions
+            .unwrap()
+            .into_iter()
+            .find(|c| c.type_ == "Ready")
+            .unwrap();
+        assert_eq!(
+            (ready.status.as_str(), ready.reason.as_deref()),
+            ("False", Some("KubeletNotReady")),
+            "no runtime yet: not Ready"
+        );
+        let taints = node.spec.unwrap().taints.unwrap();
+        assert!(
+            taints
+                .iter()
+                .any(|t| t.key == "node.kubernetes.io/not-ready" && t.effect == "NoSchedule")
+        );
+    }
+
+    // kubectl shows them with their columns filled.
+    let kubeconfig = cluster.admin_kubeconfig().unwrap();
+    let out = std::process::Command::new("kubectl")
+        .arg("--kubeconfig")
+        .arg(&kubeconfig)
+        .args(["get", "nodes", "-o", "wide"])
+        .output()
+        .unwrap();
+    let table = String::from_utf8_lossy(&out.stdout);
+    for n in &nodes {
+        let row = table
+            .lines()
+            .find(|l| l.starts_with(&n.name))
+            .unwrap_or_else(|| panic!("{table}"));
+        assert!(
+            row.contains(&n.address.to_string())
+                && row.contains("NotReady")
+                && row.contains("+kernlet."),
+            "{row}"
+        );
+    }
+
+    // Leases are renewed.
+    let leases: Api<Lease> = Api::namespaced(admin, "kube-node-lease");
+    for n in &nodes {
+        let first = wait_for("a lease", Duration::from_secs(10), async || {
+            renew_time(&leases, &n.name).await
+        })
+        .await;
+        wait_for("a renewal", Duration::from_secs(10), async || {
+            renew_time(&leases, &n.name).await.filter(|t| *t > first)
+        })
+        .await;
+        let lease = leases.get(&n.name).await.unwrap();
+        assert_eq!(
+            lease.spec.as_ref().unwrap().lease_duration_seconds,
+            Some(40)
+        );
+        assert_eq!(lease.metadata.owner_references.unwrap()[0].kind, "Node");
+    }
+
+    // SIGTERM: a clean, quick stop.
+    let status = nodes[0].stop_kernlet(Duration::from_secs(5)).unwrap();
+    assert!(
+        status.success(),
+        "kernlet exits 0 on SIGTERM: {status:?}\n{}",
+        nodes[0].kernlet_log()
+    );
+    assert!(nodes[0].kernlet_log().contains("kernlet stopped"));
+
+    // kill -9: the lease stops moving while a live node's keeps moving.
+    nodes[1].kill9_kernlet().unwrap();
+    let dead = renew_time(&leases, "a2").await.unwrap();
+    let live = renew_time(&leases, "a3").await.unwrap();
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    assert_eq!(
+        renew_time(&leases, "a2").await.unwrap(),
+        dead,
+        "a killed node renews nothing"
+    );
+    assert!(renew_time(&leases, "a3").await.unwrap() > live);
+    assert!(nodes[2].kernlet_running());
+
+    // Restarted, the killed node adopts its Node and lease again.
+    start_agent(&cluster, &fwd.url, &mut nodes[1], &[]);
+    wait_for(
+        "renewal after restart",
+        Duration::from_secs(10),
+        async || renew_time(&leases, "a2").await.filter(|t| *t > dead),
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forbidden_labels_are_refused_at_start_with_the_reason() {
+    let mut lab = Lab::new("label").unwrap();
+    let node = lab.add_node("l1").unwrap();
+    let kubeconfig = node.dir("state").join("none.kubeconfig");
+    std::fs::write(&kubeconfig, "{}").unwrap();
+    let kc = kubeconfig.display().to_string();
+    let mut cmd = node.command(kernlet_tests::simnode::kernlet_bin().unwrap());
+    cmd.args([
+        "run",
+        "--kubeconfig",
+        &kc,
+        "--node-labels",
+        "node-role.kubernetes.io/worker=",
+    ])
+    .args(node.kernlet_dir_flags());
+    let out = cmd.output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("node-role.kubernetes.io/worker") && err.contains("NodeRestriction"),
+        "{err}"
+    );
+}
