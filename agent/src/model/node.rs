@@ -175,7 +175,8 @@ pub fn status(
     let mut capacity = json!({
         "cpu": facts.cpus.to_string(),
         "memory": format!("{}Ki", facts.memory_bytes / 1024),
-        "ephemeral-storage": format!("{}Ki", facts.ephemeral_storage_bytes / 1024),
+        // A byte count shown in Ki rounds up, as a resource.Quantity does.
+        "ephemeral-storage": format!("{}Ki", facts.ephemeral_storage_bytes.div_ceil(1024)),
         "pods": cfg.max_pods.to_string(),
     });
     let mut allocatable = json!({
@@ -260,7 +261,8 @@ mod tests {
             hostname: "klab-r1".into(),
             cpus: 2,
             memory_bytes: 24684084 * 1024,
-            ephemeral_storage_bytes: 264212084 * 1024,
+            // The recorded node's root filesystem, in bytes (shown as 264212084Ki).
+            ephemeral_storage_bytes: 270553173568,
             hugepages: vec![(2 << 20, 0), (1 << 30, 0)],
             kernel_version: "6.18.44-fc-v669".into(),
             os_image: "Debian GNU/Linux 12 (bookworm)".into(),
