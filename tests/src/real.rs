@@ -64,15 +64,7 @@ impl RealControlPlane {
         write("ca.key", &ca.key_pem)?;
         let port = free_port()?;
         let url = format!("https://{advertise}:{port}");
-        let serving = ca.serving(
-            "kube-apiserver",
-            &[
-                "localhost",
-                "kubernetes",
-                "kubernetes.default",
-                "kubernetes.default.svc",
-                "kubernetes.default.svc.cluster.local",
-            ],
+        let serving = ca.apiserver_serving(
             &[
                 &[advertise, IpAddr::V4(Ipv4Addr::new(10, 96, 0, 1))][..],
                 extra_ips,

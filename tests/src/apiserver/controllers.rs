@@ -13,7 +13,7 @@ use super::authz::{self, Attributes, Decision, Identity};
 use super::errors::ApiError;
 use super::http::Server;
 use super::resources;
-use super::store::{EventKind, name_of, now_rfc3339};
+use super::store::{EventKind, name_of, now_rfc3339, strings};
 
 /// kubeadm's `jws-kubeconfig-<id>`: a detached compact JWS (HS256, key = token secret).
 pub fn detached_jws(payload: &str, id: &str, secret: &str) -> String {
@@ -72,15 +72,7 @@ fn requester(csr: &Value) -> Identity {
         .and_then(Value::as_str)
         .unwrap_or_default()
         .to_string();
-    let groups = csr
-        .pointer("/spec/groups")
-        .and_then(Value::as_array)
-        .map(|g| {
-            g.iter()
-                .filter_map(|v| v.as_str().map(str::to_string))
-                .collect()
-        })
-        .unwrap_or_default();
+    let groups = strings(csr.pointer("/spec/groups"));
     Identity { user, groups }
 }
 

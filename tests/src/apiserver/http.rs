@@ -21,7 +21,7 @@ use super::errors::ApiError;
 use super::pki::Ca;
 use super::resources::{self, ResourceType};
 use super::selectors::{FieldSelector, LabelSelector};
-use super::store::{Change, EventKind, Store, name_of, now_rfc3339, rv_of};
+use super::store::{Change, EventKind, Store, name_of, now_rfc3339, rv_of, strings};
 use super::tables;
 use super::tokens::{self, TokenSigner};
 
@@ -866,15 +866,7 @@ impl Server {
             .store
             .get(rt, ns, sa)
             .ok_or_else(|| ApiError::not_found(rt, sa))?;
-        let audiences: Vec<String> = req
-            .pointer("/spec/audiences")
-            .and_then(Value::as_array)
-            .map(|a| {
-                a.iter()
-                    .filter_map(|v| v.as_str().map(str::to_string))
-                    .collect()
-            })
-            .unwrap_or_default();
+        let audiences: Vec<String> = strings(req.pointer("/spec/audiences"));
         let bound = req.pointer("/spec/boundObjectRef").cloned();
         if let Some(node) = id.node_name() {
             // The Node authorizer's audience rule: a node may request only audiences that
@@ -965,15 +957,7 @@ impl Server {
                     .and_then(Value::as_str)
                     .unwrap_or_default()
                     .to_string();
-                let groups: Vec<String> = spec
-                    .get("groups")
-                    .and_then(Value::as_array)
-                    .map(|g| {
-                        g.iter()
-                            .filter_map(|v| v.as_str().map(str::to_string))
-                            .collect()
-                    })
-                    .unwrap_or_default();
+                let groups: Vec<String> = strings(spec.get("groups"));
                 let id = Identity { user, groups };
                 let allowed = match spec.get("resourceAttributes") {
                     Some(ra) => {

@@ -127,17 +127,7 @@ impl InMemoryApiServer {
         ];
         ips.extend(opts.extra_ips.iter().copied());
         ips.dedup();
-        let serving = ca.serving(
-            "kube-apiserver",
-            &[
-                "localhost",
-                "kubernetes",
-                "kubernetes.default",
-                "kubernetes.default.svc",
-                "kubernetes.default.svc.cluster.local",
-            ],
-            &ips,
-        )?;
+        let serving = ca.apiserver_serving(&ips)?;
         let server = Arc::new(Server {
             store: Arc::new(Store::new(opts.history_window)),
             ca,

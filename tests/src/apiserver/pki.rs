@@ -84,6 +84,22 @@ impl Ca {
         })
     }
 
+    /// The kube-apiserver's serving certificate: the names of the `kubernetes` Service
+    /// plus `ips` (where it listens and is forwarded to, and 10.96.0.1).
+    pub fn apiserver_serving(&self, ips: &[IpAddr]) -> anyhow::Result<CertPair> {
+        self.serving(
+            "kube-apiserver",
+            &[
+                "localhost",
+                "kubernetes",
+                "kubernetes.default",
+                "kubernetes.default.svc",
+                "kubernetes.default.svc.cluster.local",
+            ],
+            ips,
+        )
+    }
+
     /// A client certificate: the apiserver reads the user from CN and groups from O.
     /// rcgen keeps one value per attribute type, so at most one group fits.
     pub fn client(&self, user: &str, groups: &[&str]) -> anyhow::Result<CertPair> {

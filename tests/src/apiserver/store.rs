@@ -75,6 +75,17 @@ pub fn rv_of(obj: &Value) -> u64 {
         .unwrap_or(0)
 }
 
+/// The strings of a JSON array (empty when absent or not an array).
+pub fn strings(v: Option<&Value>) -> Vec<String> {
+    v.and_then(Value::as_array)
+        .map(|a| {
+            a.iter()
+                .filter_map(|x| x.as_str().map(str::to_string))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
 /// `metadata.name` (empty when absent).
 pub fn name_of(obj: &Value) -> String {
     obj.pointer("/metadata/name")
@@ -136,12 +147,31 @@ impl Store {
         (items, inner.rv)
     }
 
-    fn record(inner: &mut Inner, tx: &broadcast::Sender<Change>, change: Change) {
+    /// Records a change at the current resourceVersion in the history and sends it to
+    /// watchers; called with the lock held so events leave in resourceVersion order.
+    fn publish(
+        &self,
+        inner: &mut Inner,
+        rt: &ResourceType,
+        ns: &str,
+        kind: EventKind,
+        object: Value,
+        old: Option<Value>,
+    ) {
+        let change = Change {
+            rv: inner.rv,
+            kind,
+            resource: rt.plural,
+            group: rt.group,
+            namespace: ns.to_string(),
+            object,
+            old,
+        };
         inner.history.push_back(change.clone());
         while inner.history.len() > inner.window {
             inner.history.pop_front();
         }
-        let _ = tx.send(change);
+        let _ = self.changes.send(change);
     }
 
     /// Stores a new object; fills uid, resourceVersion, creationTimestamp, generateName.
@@ -197,20 +227,7 @@ impl Store {
             obj["metadata"]["generation"] = json!(1);
         }
         inner.objects.insert(k, obj.clone());
-        let tx = self.changes.clone();
-        Self::record(
-            &mut inner,
-            &tx,
-            Change {
-                rv,
-                kind: EventKind::Added,
-                resource: rt.plural,
-                group: rt.group,
-                namespace: ns.to_string(),
-                object: obj.clone(),
-                old: None,
-            },
-        );
+        self.publish(&mut inner, rt, ns, EventKind::Added, obj.clone(), None);
         Ok(obj)
     }
 
@@ -272,37 +289,26 @@ impl Store {
         inner.rv += 1;
         let rv = inner.rv;
         new["metadata"]["resourceVersion"] = json!(rv.to_string());
-        let tx = self.changes.clone();
         if deleting && finalizers_empty && grace_done && rt.plural != "pods" {
             inner.objects.remove(&k);
-            Self::record(
+            self.publish(
                 &mut inner,
-                &tx,
-                Change {
-                    rv,
-                    kind: EventKind::Deleted,
-                    resource: rt.plural,
-                    group: rt.group,
-                    namespace: ns.to_string(),
-                    object: new.clone(),
-                    old: Some(current),
-                },
+                rt,
+                ns,
+                EventKind::Deleted,
+                new.clone(),
+                Some(current),
             );
             return Ok(new);
         }
         inner.objects.insert(k, new.clone());
-        Self::record(
+        self.publish(
             &mut inner,
-            &tx,
-            Change {
-                rv,
-                kind: EventKind::Modified,
-                resource: rt.plural,
-                group: rt.group,
-                namespace: ns.to_string(),
-                object: new.clone(),
-                old: Some(current),
-            },
+            rt,
+            ns,
+            EventKind::Modified,
+            new.clone(),
+            Some(current),
         );
         Ok(new)
     }
@@ -323,20 +329,7 @@ impl Store {
         inner.rv += 1;
         let rv = inner.rv;
         obj["metadata"]["resourceVersion"] = json!(rv.to_string());
-        let tx = self.changes.clone();
-        Self::record(
-            &mut inner,
-            &tx,
-            Change {
-                rv,
-                kind: EventKind::Deleted,
-                resource: rt.plural,
-                group: rt.group,
-                namespace: ns.to_string(),
-                object: obj.clone(),
-                old: None,
-            },
-        );
+        self.publish(&mut inner, rt, ns, EventKind::Deleted, obj.clone(), None);
         Ok(obj)
     }
 
