@@ -133,17 +133,21 @@ impl Store {
         self.lock().objects.get(&key(rt, ns, name)).cloned()
     }
 
-    /// Every object of a type (in one namespace, or all), with the list's resourceVersion.
-    pub fn list(&self, rt: &ResourceType, ns: Option<&str>) -> (Vec<Value>, u64) {
-        let inner = self.lock();
-        let items = inner
+    fn items(inner: &Inner, rt: &ResourceType, ns: Option<&str>) -> Vec<Value> {
+        inner
             .objects
             .iter()
             .filter(|((g, p, n, _), _)| {
                 *g == rt.group && *p == rt.plural && ns.is_none_or(|ns| ns == n)
             })
             .map(|(_, v)| v.clone())
-            .collect();
+            .collect()
+    }
+
+    /// Every object of a type (in one namespace, or all), with the list's resourceVersion.
+    pub fn list(&self, rt: &ResourceType, ns: Option<&str>) -> (Vec<Value>, u64) {
+        let inner = self.lock();
+        let items = Self::items(&inner, rt, ns);
         (items, inner.rv)
     }
 
@@ -368,14 +372,7 @@ impl Store {
     ) -> (Vec<Value>, u64, broadcast::Receiver<Change>) {
         let inner = self.lock();
         let rx = self.changes.subscribe();
-        let items = inner
-            .objects
-            .iter()
-            .filter(|((g, p, n, _), _)| {
-                *g == rt.group && *p == rt.plural && ns.is_none_or(|ns| ns == n)
-            })
-            .map(|(_, v)| v.clone())
-            .collect();
+        let items = Self::items(&inner, rt, ns);
         (items, inner.rv, rx)
     }
 }
