@@ -72,9 +72,10 @@ impl Lab {
         .map_err(|_| anyhow::anyhow!("listener thread panicked"))?
     }
 
-    /// Forwards TCP connections to `bridge_port` on 198.18.0.1 (inside the lab) to
-    /// `target` (the control plane on loopback in the test's namespace). The task ends
-    /// when the returned handle is dropped or aborted.
+    /// Forwards TCP connections to `bridge_port` on 198.18.0.1 (inside the lab; 0 picks
+    /// a port) to `target` (the control plane on loopback in the test's namespace).
+    /// Dropping the returned handle closes the port and every forwarded connection; a
+    /// new forward on the same port brings the control plane back.
     pub fn forward(
         &self,
         bridge_port: u16,
@@ -83,12 +84,21 @@ impl Lab {
         let listener = tokio::net::TcpListener::from_std(self.listen_on_bridge(bridge_port)?)?;
         let port = listener.local_addr()?.port();
         let task = tokio::spawn(async move {
-            while let Ok((mut inbound, _)) = listener.accept().await {
-                tokio::spawn(async move {
-                    if let Ok(mut outbound) = tokio::net::TcpStream::connect(target).await {
-                        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+            // Connections live in this set: stopping the forward cuts them all, so
+            // clients see the control plane vanish, not just new connects fail.
+            let mut connections = tokio::task::JoinSet::new();
+            loop {
+                tokio::select! {
+                    accepted = listener.accept() => {
+                        let Ok((mut inbound, _)) = accepted else { break };
+                        connections.spawn(async move {
+                            if let Ok(mut outbound) = tokio::net::TcpStream::connect(target).await {
+                                let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                            }
+                        });
                     }
-                });
+                    Some(_) = connections.join_next() => {}
+                }
             }
         });
         Ok(Forward {
@@ -179,6 +189,17 @@ pub struct Forward {
     task: tokio::task::JoinHandle<()>,
     /// `https://198.18.0.1:<port>`: the control plane as nodes reach it.
     pub url: String,
+}
+
+impl Forward {
+    /// The bridge port this forward listens on.
+    pub fn port(&self) -> u16 {
+        self.url
+            .rsplit(':')
+            .next()
+            .and_then(|p| p.parse().ok())
+            .unwrap_or(0)
+    }
 }
 
 impl Drop for Forward {

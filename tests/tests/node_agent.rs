@@ -232,3 +232,45 @@ async fn forbidden_labels_are_refused_at_start_with_the_reason() {
         "{err}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_agent_survives_the_control_plane_going_away() {
+    let cluster = Cluster::start(&[BRIDGE_IP.into()]).await.unwrap();
+    let mut lab = Lab::new("gone").unwrap();
+    let fwd = lab.forward(0, cluster.addr()).unwrap();
+    let (url, port) = (fwd.url.clone(), fwd.port());
+    let mut node = lab.add_node("g1").unwrap();
+    start_agent(&cluster, &url, &mut node, &[]);
+    let leases: Api<Lease> = Api::namespaced(cluster.admin().await.unwrap(), "kube-node-lease");
+    let before = wait_for("a lease", Duration::from_secs(20), async || {
+        renew_time(&leases, "g1").await
+    })
+    .await;
+
+    // The control plane vanishes from the node's view: the port closes and open
+    // connections are cut. kernlet keeps running and says why it cannot renew.
+    drop(fwd);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(
+        node.kernlet_running(),
+        "kernlet must not exit when the apiserver is away\n{}",
+        node.kernlet_log()
+    );
+    let stalled = renew_time(&leases, "g1").await.unwrap();
+    assert!(stalled >= before);
+    let log = node.kernlet_log();
+    assert!(
+        log.contains("lease not renewed") && log.contains("is the apiserver reachable?"),
+        "{log}"
+    );
+
+    // Back again: renewals resume without a restart.
+    let _fwd = lab.forward(port, cluster.addr()).unwrap();
+    wait_for(
+        "renewal after the apiserver returns",
+        Duration::from_secs(20),
+        async || renew_time(&leases, "g1").await.filter(|t| *t > stalled),
+    )
+    .await;
+    assert!(node.kernlet_running());
+}
