@@ -93,7 +93,11 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             args.dirs.validate()?;
             if args.standalone {
                 let plans = kernlet::standalone::plan(&args.manifests)?;
-                print!("{}", kernlet::standalone::render(&plans, &args.dirs));
+                let cgroup2 = kernlet::sys::cgroup::cgroup2_mount().ok();
+                print!(
+                    "{}",
+                    kernlet::standalone::render(&plans, &args.dirs, cgroup2.as_deref())
+                );
                 return Ok(());
             }
             run_node(args)

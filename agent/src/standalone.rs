@@ -75,8 +75,9 @@ fn plan_pod(mp: &ManifestPod) -> Result<PodPlan, StandaloneError> {
     })
 }
 
-/// The report printed by `kernlet run --standalone`.
-pub fn render(plans: &[PodPlan], dirs: &NodeDirs) -> String {
+/// The report printed by `kernlet run --standalone`; `cgroup2` is the cgroup2 mount,
+/// when there is one.
+pub fn render(plans: &[PodPlan], dirs: &NodeDirs, cgroup2: Option<&Path>) -> String {
     let mut out = String::new();
     let _ = writeln!(out, "kernlet standalone: {} pod(s) planned", plans.len());
     for p in plans {
@@ -96,10 +97,13 @@ pub fn render(plans: &[PodPlan], dirs: &NodeDirs) -> String {
     }
     let _ = writeln!(
         out,
-        "state {} · logs {} · cgroup <cgroup2>/{} · bpffs {}",
+        "state {} · logs {} · cgroup {} · bpffs {}",
         dirs.state_dir.display(),
         dirs.log_dir.display(),
-        dirs.cgroup_root.display(),
+        cgroup2.map_or_else(
+            || format!("<no cgroup2 mount>/{}", dirs.cgroup_root.display()),
+            |m| m.join(&dirs.cgroup_root).display().to_string()
+        ),
         dirs.bpffs_dir.display()
     );
     let _ = writeln!(

@@ -64,6 +64,13 @@ fn standalone_reports_every_example_pod_and_stops() {
         stdout.contains("nothing was started"),
         "says clearly that the runtime is not there yet"
     );
+    let cgroup = kernlet::sys::cgroup::cgroup2_mount()
+        .unwrap()
+        .join("kltest-standalone");
+    assert!(
+        stdout.contains(&format!("cgroup {}", cgroup.display())),
+        "the cgroup below the real cgroup2 mount: {stdout}"
+    );
 }
 
 #[test]
