@@ -26,6 +26,8 @@ struct Cli {
 enum Command {
     /// Run the node agent: against an apiserver (--kubeconfig) or standalone.
     Run(RunArgs),
+    /// Join a cluster with a kubeadm bootstrap token, then run.
+    Join(JoinCmd),
 }
 
 #[derive(clap::Args, Debug)]
@@ -44,6 +46,29 @@ struct RunArgs {
     /// Kubeconfig with this node's credentials (CN=system:node:<name>, O=system:nodes).
     #[arg(long)]
     kubeconfig: Option<PathBuf>,
+    #[command(flatten)]
+    node: NodeArgs,
+}
+
+#[derive(clap::Args, Debug)]
+struct JoinCmd {
+    /// The apiserver endpoint, host:port (as in `kubeadm join`).
+    server: String,
+    /// Bootstrap token `<id>.<secret>`.
+    #[arg(long)]
+    token: String,
+    /// `sha256:<hex>` of the cluster CA's public key; repeatable.
+    #[arg(long = "discovery-token-ca-cert-hash", required = true)]
+    ca_cert_hashes: Vec<String>,
+    /// How long to wait for the client certificate to be issued, in seconds.
+    #[arg(long, default_value_t = 300)]
+    csr_timeout: u64,
+    #[command(flatten)]
+    node: NodeArgs,
+}
+
+#[derive(clap::Args, Debug)]
+struct NodeArgs {
     /// Node name (default: the hostname, lowercase).
     #[arg(long)]
     node_name: Option<String>,
@@ -90,26 +115,50 @@ fn main() -> ExitCode {
 fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Run(args) => {
-            args.dirs.validate()?;
+            args.node.dirs.validate()?;
             if args.standalone {
                 let plans = kernlet::standalone::plan(&args.manifests)?;
                 let cgroup2 = kernlet::sys::cgroup::cgroup2_mount().ok();
                 print!(
                     "{}",
-                    kernlet::standalone::render(&plans, &args.dirs, cgroup2.as_deref())
+                    kernlet::standalone::render(&plans, &args.node.dirs, cgroup2.as_deref())
                 );
                 return Ok(());
             }
-            run_node(args)
+            let kubeconfig = args
+                .kubeconfig
+                .clone()
+                .context("--kubeconfig is required without --standalone")?;
+            let node = prepare_node(&args.node)?;
+            runtime()?.block_on(run_node(kubeconfig, node))
+        }
+        Command::Join(args) => {
+            args.node.dirs.validate()?;
+            // Everything about the node is checked before credentials are asked for.
+            let node = prepare_node(&args.node)?;
+            let join = kernlet::bootstrap::JoinArgs {
+                server: args.server.clone(),
+                token: args.token.clone(),
+                ca_pins: args.ca_cert_hashes.clone(),
+                node_name: node.cfg.name.clone(),
+                state_dir: args.node.dirs.state_dir.clone(),
+                csr_timeout: Duration::from_secs(args.csr_timeout),
+            };
+            let rt = runtime()?;
+            let kubeconfig = rt.block_on(kernlet::bootstrap::join(&join))?;
+            rt.block_on(run_node(kubeconfig, node))
         }
     }
 }
 
-fn run_node(args: RunArgs) -> anyhow::Result<()> {
-    let kubeconfig = args
-        .kubeconfig
-        .clone()
-        .context("--kubeconfig is required without --standalone")?;
+/// A node's configuration, checked, and the facts it reports.
+struct PreparedNode {
+    cfg: NodeConfig,
+    facts: kernlet::sys::machine::MachineFacts,
+    timing: Timing,
+}
+
+fn prepare_node(args: &NodeArgs) -> anyhow::Result<PreparedNode> {
     let labels = node::parse_labels(&args.node_labels)?;
     let taints = node::parse_taints(&args.register_with_taints)?;
     std::fs::create_dir_all(&args.dirs.state_dir).with_context(|| {
@@ -146,6 +195,18 @@ fn run_node(args: RunArgs) -> anyhow::Result<()> {
         lease_renew: Duration::from_millis(args.node_lease_renew_interval_ms.max(100)),
         status_report: Duration::from_secs(args.node_status_report_frequency.max(1)),
     };
+    Ok(PreparedNode { cfg, facts, timing })
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    Ok(tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?)
+}
+
+async fn run_node(kubeconfig: PathBuf, node: PreparedNode) -> anyhow::Result<()> {
     // The pod runtime is not built yet: the node says so instead of claiming Ready.
     let readiness = Readiness {
         ready: false,
@@ -155,30 +216,24 @@ fn run_node(args: RunArgs) -> anyhow::Result<()> {
             env!("CARGO_PKG_VERSION")
         ),
     };
-    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()?;
-    rt.block_on(async move {
-        let kc = kube::config::Kubeconfig::read_from(&kubeconfig)
-            .with_context(|| format!("cannot read --kubeconfig {}", kubeconfig.display()))?;
-        let config = kube::Config::from_custom_kubeconfig(kc, &Default::default())
-            .await
-            .with_context(|| format!("--kubeconfig {} is not usable", kubeconfig.display()))?;
-        let client = kube::Client::try_from(config)?;
-        tracing::info!(node = %cfg.name, ip = %cfg.internal_ip, "kernlet starting");
-        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-        let controller =
-            tokio::spawn(NodeController::new(client, cfg, facts, readiness, timing).run(stop_rx));
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-        tokio::select! {
-            _ = term.recv() => tracing::info!("SIGTERM: stopping"),
-            _ = tokio::signal::ctrl_c() => tracing::info!("interrupted: stopping"),
-        }
-        let _ = stop_tx.send(true);
-        let _ = controller.await;
-        tracing::info!("kernlet stopped");
-        Ok(())
-    })
+    let kc = kube::config::Kubeconfig::read_from(&kubeconfig)
+        .with_context(|| format!("cannot read --kubeconfig {}", kubeconfig.display()))?;
+    let config = kube::Config::from_custom_kubeconfig(kc, &Default::default())
+        .await
+        .with_context(|| format!("--kubeconfig {} is not usable", kubeconfig.display()))?;
+    let client = kube::Client::try_from(config)?;
+    let PreparedNode { cfg, facts, timing } = node;
+    tracing::info!(node = %cfg.name, ip = %cfg.internal_ip, "kernlet starting");
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let controller =
+        tokio::spawn(NodeController::new(client, cfg, facts, readiness, timing).run(stop_rx));
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM: stopping"),
+        _ = tokio::signal::ctrl_c() => tracing::info!("interrupted: stopping"),
+    }
+    let _ = stop_tx.send(true);
+    let _ = controller.await;
+    tracing::info!("kernlet stopped");
+    Ok(())
 }

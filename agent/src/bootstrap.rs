@@ -1,0 +1,460 @@
+//! `kernlet join`: kubeadm's token discovery and kubelet's TLS bootstrap.
+//!
+//! 1. Fetch `kube-public/cluster-info` anonymously without trusting the server yet.
+//! 2. Trust it only if its `jws-kubeconfig-<token id>` signature verifies with the token
+//!    secret and the CA in it matches a `--discovery-token-ca-cert-hash` pin.
+//! 3. With the bootstrap token, ask for a client certificate through a CSR
+//!    (`kubernetes.io/kube-apiserver-client-kubelet`, `CN=system:node:<name>`,
+//!    `O=system:nodes`) and wait for it to be issued.
+//! 4. Write the node kubeconfig and key (mode 0600) atomically under the state dir.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use aws_lc_rs::{digest, hmac};
+use base64::Engine as _;
+use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
+use k8s_openapi::api::certificates::v1::CertificateSigningRequest;
+use k8s_openapi::api::core::v1::ConfigMap;
+use kube::api::{Api, PostParams};
+use serde_json::json;
+
+/// Why joining failed, each with the cause and what to do.
+#[derive(Debug, thiserror::Error)]
+pub enum JoinError {
+    #[error(
+        "--token {0:?} is not a bootstrap token: expected [a-z0-9]{{6}}.[a-z0-9]{{16}} (see `kubeadm token create`)"
+    )]
+    BadToken(String),
+    #[error(
+        "--discovery-token-ca-cert-hash {0:?} is not sha256:<64 hex digits> (see `kubeadm token create --print-join-command`)"
+    )]
+    BadHash(String),
+    #[error(
+        "cannot reach the apiserver at {server}: {message}; check the address and that port is open from this node"
+    )]
+    Unreachable { server: String, message: String },
+    #[error(
+        "kube-public/cluster-info has no signature for token id {id:?}: the token is unknown to the cluster, expired or deleted; create one with `kubeadm token create`"
+    )]
+    UnknownToken { id: String },
+    #[error("the cluster-info signature does not verify with this token: wrong --token secret")]
+    BadSignature,
+    #[error(
+        "the cluster CA's public key hash is {actual}, which matches no --discovery-token-ca-cert-hash; check the hash from the control plane (this could also be a man in the middle)"
+    )]
+    CaMismatch { actual: String },
+    #[error("kube-public/cluster-info is malformed: {0}")]
+    BadClusterInfo(String),
+    #[error(
+        "the apiserver refused the bootstrap token ({0}); it may have expired — create a new one with `kubeadm token create`"
+    )]
+    TokenRefused(String),
+    #[error(
+        "certificate request {name} was denied: {reason}; ask the cluster admin why, then join again"
+    )]
+    Denied { name: String, reason: String },
+    #[error(
+        "certificate request {name} was not issued within {waited:?}; approve it with `kubectl certificate approve {name}` or check the CSR approver"
+    )]
+    NotIssued { name: String, waited: Duration },
+    #[error(
+        "the issued certificate is not valid now (not before {not_before}, not after {not_after}); the node clock may be wrong — check it (timedatectl, NTP)"
+    )]
+    ClockSkew {
+        not_before: String,
+        not_after: String,
+    },
+    #[error("apiserver request failed: {0}")]
+    Api(String),
+    #[error("writing {path}: {source}")]
+    Write {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("generating the node key: {0}")]
+    Key(String),
+}
+
+/// `sha256:<hex>` of the DER SubjectPublicKeyInfo of a certificate — kubeadm's CA pin.
+pub fn ca_pin(cert_der: &[u8]) -> Result<String, JoinError> {
+    let (_, cert) = x509_parser::parse_x509_certificate(cert_der)
+        .map_err(|e| JoinError::BadClusterInfo(format!("CA certificate: {e}")))?;
+    let spki = cert.tbs_certificate.subject_pki.raw;
+    let hash = digest::digest(&digest::SHA256, spki);
+    Ok(format!(
+        "sha256:{}",
+        hash.as_ref()
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect::<String>()
+    ))
+}
+
+/// Splits and checks a bootstrap token.
+pub fn parse_token(token: &str) -> Result<(&str, &str), JoinError> {
+    let bad = || JoinError::BadToken(token.to_string());
+    let (id, secret) = token.split_once('.').ok_or_else(bad)?;
+    let ok = |s: &str, n: usize| {
+        s.len() == n
+            && s.chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit())
+    };
+    if ok(id, 6) && ok(secret, 16) {
+        Ok((id, secret))
+    } else {
+        Err(bad())
+    }
+}
+
+/// Normalises a `sha256:<hex>` pin.
+pub fn parse_pin(pin: &str) -> Result<String, JoinError> {
+    let hex = pin
+        .strip_prefix("sha256:")
+        .ok_or_else(|| JoinError::BadHash(pin.into()))?;
+    if hex.len() != 64 || !hex.chars().all(|c| c.is_ascii_hexdigit()) {
+        return Err(JoinError::BadHash(pin.into()));
+    }
+    Ok(format!("sha256:{}", hex.to_ascii_lowercase()))
+}
+
+/// Verifies a detached JWS (`header..signature`, HS256 keyed by the token secret) over
+/// the cluster-info kubeconfig, as kubeadm's bootstrap signer writes it.
+pub fn verify_jws(jws: &str, payload: &str, id: &str, secret: &str) -> Result<(), JoinError> {
+    let mut parts = jws.split('.');
+    let (Some(header), Some(""), Some(sig), None) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
+        return Err(JoinError::BadSignature);
+    };
+    let header_json: serde_json::Value = URL_SAFE_NO_PAD
+        .decode(header)
+        .ok()
+        .and_then(|h| serde_json::from_slice(&h).ok())
+        .ok_or(JoinError::BadSignature)?;
+    if header_json["alg"] != "HS256" || header_json["kid"] != id {
+        return Err(JoinError::BadSignature);
+    }
+    let sig = URL_SAFE_NO_PAD
+        .decode(sig)
+        .map_err(|_| JoinError::BadSignature)?;
+    let key = hmac::Key::new(hmac::HMAC_SHA256, secret.as_bytes());
+    let input = format!("{header}.{}", URL_SAFE_NO_PAD.encode(payload));
+    hmac::verify(&key, input.as_bytes(), &sig).map_err(|_| JoinError::BadSignature)
+}
+
+/// The first CA certificate (DER) of a cluster-info kubeconfig.
+fn cluster_ca(kubeconfig: &str) -> Result<Vec<u8>, JoinError> {
+    let kc = kube::config::Kubeconfig::from_yaml(kubeconfig)
+        .map_err(|e| JoinError::BadClusterInfo(e.to_string()))?;
+    let data = kc
+        .clusters
+        .first()
+        .and_then(|c| c.cluster.as_ref())
+        .and_then(|c| c.certificate_authority_data.clone())
+        .ok_or_else(|| JoinError::BadClusterInfo("no certificate-authority-data".into()))?;
+    let pem = STANDARD
+        .decode(data.trim())
+        .map_err(|e| JoinError::BadClusterInfo(format!("CA data: {e}")))?;
+    let (_, parsed) = x509_parser::pem::parse_x509_pem(&pem)
+        .map_err(|e| JoinError::BadClusterInfo(format!("CA PEM: {e}")))?;
+    Ok(parsed.contents)
+}
+
+fn kubeconfig_text(server: &str, ca_pem: Option<&str>, user: serde_json::Value) -> String {
+    let mut cluster = json!({"server": server});
+    match ca_pem {
+        Some(ca) => cluster["certificate-authority-data"] = json!(STANDARD.encode(ca)),
+        None => cluster["insecure-skip-tls-verify"] = json!(true),
+    }
+    json!({
+        "apiVersion": "v1", "kind": "Config",
+        "clusters": [{"name": "default-cluster", "cluster": cluster}],
+        "users": [{"name": "default-auth", "user": user}],
+        "contexts": [{"name": "default-context", "context": {"cluster": "default-cluster", "user": "default-auth"}}],
+        "current-context": "default-context",
+    })
+    .to_string()
+}
+
+async fn client_from(text: &str) -> Result<kube::Client, JoinError> {
+    let kc =
+        kube::config::Kubeconfig::from_yaml(text).map_err(|e| JoinError::Api(e.to_string()))?;
+    let cfg = kube::Config::from_custom_kubeconfig(kc, &Default::default())
+        .await
+        .map_err(|e| JoinError::Api(e.to_string()))?;
+    let mut cfg = cfg;
+    cfg.connect_timeout = Some(Duration::from_secs(10));
+    cfg.read_timeout = Some(Duration::from_secs(30));
+    kube::Client::try_from(cfg).map_err(|e| JoinError::Api(e.to_string()))
+}
+
+/// Writes `text` to `path` with `mode` atomically: temp file, fsync, rename.
+pub fn write_atomic(path: &Path, text: &[u8], mode: u32) -> Result<(), JoinError> {
+    use std::io::Write as _;
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let err = |source| JoinError::Write {
+        path: path.to_path_buf(),
+        source,
+    };
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).map_err(err)?;
+    }
+    let tmp = path.with_extension("tmp");
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(mode)
+        .open(&tmp)
+        .map_err(err)?;
+    f.write_all(text).and_then(|()| f.sync_all()).map_err(err)?;
+    std::fs::rename(&tmp, path).map_err(err)
+}
+
+/// What `join` needs.
+#[derive(Clone, Debug)]
+pub struct JoinArgs {
+    /// `host:port` of the apiserver.
+    pub server: String,
+    pub token: String,
+    pub ca_pins: Vec<String>,
+    pub node_name: String,
+    pub state_dir: PathBuf,
+    pub csr_timeout: Duration,
+}
+
+/// The node kubeconfig path under a state directory.
+pub fn kubeconfig_path(state_dir: &Path) -> PathBuf {
+    state_dir.join("kubelet.kubeconfig")
+}
+
+/// Runs discovery and TLS bootstrap; returns the path of the node kubeconfig written.
+pub async fn join(args: &JoinArgs) -> Result<PathBuf, JoinError> {
+    let (id, secret) = parse_token(&args.token)?;
+    let pins = args
+        .ca_pins
+        .iter()
+        .map(|p| parse_pin(p))
+        .collect::<Result<Vec<_>, _>>()?;
+    let server = format!("https://{}", args.server.trim_start_matches("https://"));
+    let unreachable = |e: kube::Error| JoinError::Unreachable {
+        server: server.clone(),
+        message: e.to_string(),
+    };
+
+    // 1-2. Discovery: untrusted fetch, then signature and CA pin.
+    let anon = client_from(&kubeconfig_text(&server, None, json!({}))).await?;
+    let info = Api::<ConfigMap>::namespaced(anon, "kube-public")
+        .get("cluster-info")
+        .await
+        .map_err(|e| match e {
+            kube::Error::Api(s) => JoinError::Api(format!(
+                "reading kube-public/cluster-info: {} ({})",
+                s.message, s.code
+            )),
+            other => unreachable(other),
+        })?;
+    let data = info.data.unwrap_or_default();
+    let kubeconfig = data
+        .get("kubeconfig")
+        .ok_or_else(|| JoinError::BadClusterInfo("no kubeconfig key".into()))?;
+    let jws = data
+        .get(&format!("jws-kubeconfig-{id}"))
+        .ok_or_else(|| JoinError::UnknownToken { id: id.to_string() })?;
+    verify_jws(jws, kubeconfig, id, secret)?;
+    let ca_der = cluster_ca(kubeconfig)?;
+    let actual = ca_pin(&ca_der)?;
+    if !pins.contains(&actual) {
+        return Err(JoinError::CaMismatch { actual });
+    }
+    let ca_pem = format!(
+        "-----BEGIN CERTIFICATE-----\n{}\n-----END CERTIFICATE-----\n",
+        STANDARD.encode(&ca_der)
+    );
+    tracing::info!(%server, ca = %actual, "cluster-info verified with the bootstrap token and the CA pin");
+
+    // 3. TLS bootstrap with the token, now trusting only the pinned CA.
+    let boot = client_from(&kubeconfig_text(
+        &server,
+        Some(&ca_pem),
+        json!({"token": args.token}),
+    ))
+    .await?;
+    let key = rcgen::KeyPair::generate().map_err(|e| JoinError::Key(e.to_string()))?;
+    let mut params = rcgen::CertificateParams::default();
+    params.distinguished_name = rcgen::DistinguishedName::new();
+    params
+        .distinguished_name
+        .push(rcgen::DnType::OrganizationName, "system:nodes");
+    params.distinguished_name.push(
+        rcgen::DnType::CommonName,
+        format!("system:node:{}", args.node_name),
+    );
+    let csr_pem = params
+        .serialize_request(&key)
+        .and_then(|c| c.pem())
+        .map_err(|e| JoinError::Key(e.to_string()))?;
+    let csr: CertificateSigningRequest = serde_json::from_value(json!({
+        "apiVersion": "certificates.k8s.io/v1", "kind": "CertificateSigningRequest",
+        "metadata": {"generateName": "node-csr-"},
+        "spec": {"request": STANDARD.encode(&csr_pem), "signerName": "kubernetes.io/kube-apiserver-client-kubelet",
+                 "usages": ["digital signature", "client auth"]},
+    }))
+    .map_err(|e| JoinError::Api(e.to_string()))?;
+    let csrs: Api<CertificateSigningRequest> = Api::all(boot);
+    let created = csrs
+        .create(&PostParams::default(), &csr)
+        .await
+        .map_err(|e| match e {
+            kube::Error::Api(s) if s.code == 401 || s.code == 403 => {
+                JoinError::TokenRefused(s.message)
+            }
+            kube::Error::Api(s) => JoinError::Api(s.message),
+            other => unreachable(other),
+        })?;
+    let name = created.metadata.name.unwrap_or_default();
+    tracing::info!(csr = %name, "client certificate requested; waiting for approval");
+    let started = std::time::Instant::now();
+    let cert_pem = loop {
+        let csr = csrs
+            .get(&name)
+            .await
+            .map_err(|e| JoinError::Api(e.to_string()))?;
+        let status = csr.status.unwrap_or_default();
+        if let Some(c) = status
+            .conditions
+            .iter()
+            .flatten()
+            .find(|c| c.type_ == "Denied" || c.type_ == "Failed")
+        {
+            return Err(JoinError::Denied {
+                name,
+                reason: c.message.clone().or(c.reason.clone()).unwrap_or_default(),
+            });
+        }
+        if let Some(cert) = status.certificate {
+            break String::from_utf8_lossy(&cert.0).into_owned();
+        }
+        if started.elapsed() > args.csr_timeout {
+            return Err(JoinError::NotIssued {
+                name,
+                waited: args.csr_timeout,
+            });
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
+    check_validity(&cert_pem)?;
+
+    // 4. Credentials on disk, written whole or not at all.
+    let key_pem = key.serialize_pem();
+    let user = json!({"client-certificate-data": STANDARD.encode(&cert_pem), "client-key-data": STANDARD.encode(&key_pem)});
+    let path = kubeconfig_path(&args.state_dir);
+    write_atomic(
+        &args.state_dir.join("pki/kubelet-client.key"),
+        key_pem.as_bytes(),
+        0o600,
+    )?;
+    write_atomic(
+        &args.state_dir.join("pki/kubelet-client.crt"),
+        cert_pem.as_bytes(),
+        0o644,
+    )?;
+    write_atomic(&args.state_dir.join("pki/ca.crt"), ca_pem.as_bytes(), 0o644)?;
+    write_atomic(
+        &path,
+        kubeconfig_text(&server, Some(&ca_pem), user).as_bytes(),
+        0o600,
+    )?;
+    tracing::info!(kubeconfig = %path.display(), "joined: node credentials written");
+    Ok(path)
+}
+
+fn check_validity(cert_pem: &str) -> Result<(), JoinError> {
+    let (_, pem) = x509_parser::pem::parse_x509_pem(cert_pem.as_bytes())
+        .map_err(|e| JoinError::Api(format!("issued certificate: {e}")))?;
+    let cert = pem
+        .parse_x509()
+        .map_err(|e| JoinError::Api(format!("issued certificate: {e}")))?;
+    let v = cert.validity();
+    if !v.is_valid() {
+        return Err(JoinError::ClockSkew {
+            not_before: v.not_before.to_string(),
+            not_after: v.not_after.to_string(),
+        });
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cluster_info() -> serde_json::Value {
+        let path = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../fixtures/k8s/bootstrap/01-cluster-info-anonymous.json"
+        );
+        serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
+    }
+
+    #[test]
+    fn the_recorded_cluster_info_signature_verifies_with_its_token_only() {
+        let info = cluster_info();
+        let kubeconfig = info["data"]["kubeconfig"].as_str().unwrap();
+        let jws = info["data"]["jws-kubeconfig-abcdef"].as_str().unwrap();
+        let (id, secret) = parse_token("abcdef.0123456789abcdef").unwrap();
+        verify_jws(jws, kubeconfig, id, secret).unwrap();
+        assert!(matches!(
+            verify_jws(jws, kubeconfig, id, "0123456789abcdee"),
+            Err(JoinError::BadSignature)
+        ));
+        assert!(matches!(
+            verify_jws(jws, &format!("{kubeconfig} "), id, secret),
+            Err(JoinError::BadSignature)
+        ));
+        assert!(matches!(
+            verify_jws(jws, kubeconfig, "abcdeg", secret),
+            Err(JoinError::BadSignature)
+        ));
+    }
+
+    #[test]
+    fn the_recorded_ca_has_a_pin() {
+        let info = cluster_info();
+        let der = cluster_ca(info["data"]["kubeconfig"].as_str().unwrap()).unwrap();
+        let pin = ca_pin(&der).unwrap();
+        assert_eq!(parse_pin(&pin).unwrap(), pin);
+        assert!(pin.starts_with("sha256:") && pin.len() == 71);
+    }
+
+    #[test]
+    fn flags_are_checked() {
+        assert!(matches!(
+            parse_token("abcdef.0123456789abcde"),
+            Err(JoinError::BadToken(_))
+        ));
+        assert!(matches!(
+            parse_token("ABCDEF.0123456789abcdef"),
+            Err(JoinError::BadToken(_))
+        ));
+        assert!(matches!(parse_pin("sha1:00"), Err(JoinError::BadHash(_))));
+        assert_eq!(
+            parse_pin(&format!("sha256:{}", "AB".repeat(32))).unwrap(),
+            format!("sha256:{}", "ab".repeat(32))
+        );
+    }
+
+    #[test]
+    fn atomic_write_leaves_no_temp_and_sets_mode() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let tmp = tempfile::tempdir().unwrap();
+        let p = tmp.path().join("a/kubeconfig");
+        write_atomic(&p, b"x", 0o600).unwrap();
+        assert_eq!(
+            std::fs::metadata(&p).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
+        assert!(!p.with_extension("tmp").exists());
+    }
+}

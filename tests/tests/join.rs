@@ -1,0 +1,186 @@
+//! `kernlet join` on a SimNode (root): kubeadm token discovery and TLS bootstrap against
+//! the control plane over the lab underlay, then the node runs with its new identity;
+//! wrong tokens, pins and addresses are refused with the cause and nothing is written.
+
+#![allow(
+    clippy::unwrap_used,
+    reason = "a test that cannot go on should stop loudly"
+)]
+
+use std::io::Write as _;
+use std::os::unix::fs::PermissionsExt as _;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::certificates::v1::CertificateSigningRequest;
+use k8s_openapi::api::core::v1::Node;
+use kernlet_tests::cluster::Cluster;
+use kernlet_tests::simnode::{BRIDGE_IP, Lab, kernlet_bin};
+use kube::api::{Api, ListParams};
+
+/// The CA pin computed the way the kubeadm docs show, with openssl.
+fn openssl_pin(ca_pem: &str) -> String {
+    let mut child = Command::new("sh")
+        .args([
+            "-c",
+            "openssl x509 -pubkey -noout | openssl pkey -pubin -outform der | sha256sum",
+        ])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(ca_pem.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    format!(
+        "sha256:{}",
+        String::from_utf8_lossy(&out.stdout)
+            .split_whitespace()
+            .next()
+            .unwrap()
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn join_bootstraps_credentials_then_runs_the_node() {
+    let cluster = Cluster::start(&[BRIDGE_IP.into()]).await.unwrap();
+    let mut lab = Lab::new("join").unwrap();
+    let fwd = lab.forward(0, cluster.addr()).unwrap();
+    let mut node = lab.add_node("j1").unwrap();
+    let endpoint = format!("{BRIDGE_IP}:{}", fwd.port());
+    let pin = openssl_pin(cluster.ca_pem());
+    node.start_kernlet(&[
+        "join",
+        &endpoint,
+        "--token",
+        cluster.bootstrap_token(),
+        "--discovery-token-ca-cert-hash",
+        &pin,
+        "--node-name",
+        "j1",
+        "--node-lease-renew-interval-ms",
+        "300",
+    ])
+    .unwrap();
+
+    let admin = cluster.admin().await.unwrap();
+    let nodes: Api<Node> = Api::all(admin.clone());
+    let start = Instant::now();
+    while nodes.get_opt("j1").await.unwrap().is_none() {
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "j1 never registered:\n{}",
+            node.kernlet_log()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let state = node.dir("state");
+    for (file, mode) in [
+        ("kubelet.kubeconfig", 0o600),
+        ("pki/kubelet-client.key", 0o600),
+    ] {
+        let meta = std::fs::metadata(state.join(file)).unwrap();
+        assert_eq!(meta.permissions().mode() & 0o777, mode, "{file}");
+    }
+    let csrs: Api<CertificateSigningRequest> = Api::all(admin);
+    let list = csrs.list(&ListParams::default()).await.unwrap();
+    let csr = list
+        .items
+        .iter()
+        .find(|c| c.spec.username.as_deref() == Some("system:bootstrap:abcdef"))
+        .expect("a CSR from the bootstrap token");
+    assert_eq!(
+        csr.spec.signer_name,
+        "kubernetes.io/kube-apiserver-client-kubelet"
+    );
+    assert!(
+        csr.status
+            .as_ref()
+            .unwrap()
+            .conditions
+            .iter()
+            .flatten()
+            .any(|c| c.type_ == "Approved")
+    );
+    // The node registered with its own identity (NodeRestriction only lets
+    // system:node:j1 create Node j1), and keeps running.
+    assert!(node.kernlet_running());
+    assert!(
+        node.kernlet_log()
+            .contains("joined: node credentials written")
+    );
+    assert!(node.stop_kernlet(Duration::from_secs(5)).unwrap().success());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn join_refuses_bad_tokens_pins_and_addresses_and_writes_nothing() {
+    let cluster = Cluster::start(&[BRIDGE_IP.into()]).await.unwrap();
+    let mut lab = Lab::new("nojoin").unwrap();
+    let fwd = lab.forward(0, cluster.addr()).unwrap();
+    let node = lab.add_node("x1").unwrap();
+    let endpoint = format!("{BRIDGE_IP}:{}", fwd.port());
+    let pin = openssl_pin(cluster.ca_pem());
+    let wrong_pin = format!("sha256:{}", "0".repeat(64));
+    let cases: [(&str, &str, &str, &str); 5] = [
+        (
+            endpoint.as_str(),
+            "abcdef.0123456789abcdee",
+            pin.as_str(),
+            "wrong --token secret",
+        ),
+        (
+            endpoint.as_str(),
+            "zzzzzz.0123456789abcdef",
+            pin.as_str(),
+            "unknown to the cluster",
+        ),
+        (
+            endpoint.as_str(),
+            cluster.bootstrap_token(),
+            wrong_pin.as_str(),
+            "matches no --discovery-token-ca-cert-hash",
+        ),
+        (
+            "198.18.0.1:1",
+            cluster.bootstrap_token(),
+            pin.as_str(),
+            "cannot reach the apiserver at https://198.18.0.1:1",
+        ),
+        (
+            endpoint.as_str(),
+            "not-a-token",
+            pin.as_str(),
+            "is not a bootstrap token",
+        ),
+    ];
+    for (server, token, hash, want) in cases {
+        let out = tokio::task::block_in_place(|| {
+            node.command(kernlet_bin().unwrap())
+                .args([
+                    "join",
+                    server,
+                    "--token",
+                    token,
+                    "--discovery-token-ca-cert-hash",
+                    hash,
+                    "--node-name",
+                    "x1",
+                ])
+                .args(node.kernlet_dir_flags())
+                .output()
+                .unwrap()
+        });
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{want}: {err}");
+        assert!(err.contains(want), "expected {want:?} in:\n{err}");
+        assert!(
+            !node.dir("state").join("kubelet.kubeconfig").exists()
+                && !node.dir("state").join("pki").exists(),
+            "nothing written after: {want}"
+        );
+    }
+}
