@@ -446,6 +446,20 @@ mod tests {
     }
 
     #[test]
+    fn a_certificate_from_the_future_is_a_clock_problem() {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let mut params = rcgen::CertificateParams::new(vec!["x".to_string()]).unwrap();
+        params.not_before = rcgen::date_time_ymd(2099, 1, 1);
+        params.not_after = rcgen::date_time_ymd(2100, 1, 1);
+        let pem = params.self_signed(&key).unwrap().pem();
+        let err = check_validity(&pem).unwrap_err();
+        assert!(matches!(err, JoinError::ClockSkew { .. }), "{err}");
+        assert!(err.to_string().contains("clock"));
+        params.not_before = rcgen::date_time_ymd(2000, 1, 1);
+        check_validity(&params.self_signed(&key).unwrap().pem()).unwrap();
+    }
+
+    #[test]
     fn atomic_write_leaves_no_temp_and_sets_mode() {
         use std::os::unix::fs::PermissionsExt as _;
         let tmp = tempfile::tempdir().unwrap();

@@ -201,6 +201,23 @@ impl Cluster {
         Ok(())
     }
 
+    /// What `kubectl certificate deny` does.
+    pub async fn deny_csr(&self, name: &str, message: &str) -> anyhow::Result<()> {
+        use k8s_openapi::api::certificates::v1::CertificateSigningRequest;
+        let api: Api<CertificateSigningRequest> = Api::all(self.admin().await?);
+        let mut csr = api.get(name).await?;
+        let status = csr.status.get_or_insert_with(Default::default);
+        status
+            .conditions
+            .get_or_insert_with(Vec::new)
+            .push(serde_json::from_value(json!({
+                "type": "Denied", "status": "True", "reason": "KernletTestDeny", "message": message
+            }))?);
+        api.replace_subresource("approval", name, &PostParams::default(), &csr)
+            .await?;
+        Ok(())
+    }
+
     /// The EndpointSlice controller's part for one Service: one slice from the pods its
     /// selector matches, with ready/serving/terminating from the pods' status.
     pub async fn sync_endpointslice(&self, ns: &str, service: &str) -> anyhow::Result<()> {

@@ -184,3 +184,84 @@ async fn join_refuses_bad_tokens_pins_and_addresses_and_writes_nothing() {
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_csr_never_issued_or_denied_stops_join_with_what_to_do() {
+    let cluster = Cluster::start(&[BRIDGE_IP.into()]).await.unwrap();
+    let Some(mem) = cluster.in_memory() else {
+        return;
+    };
+    mem.set_csr_auto_approve(false);
+    let mut lab = Lab::new("csr").unwrap();
+    let fwd = lab.forward(0, cluster.addr()).unwrap();
+    let node = lab.add_node("c1").unwrap();
+    let endpoint = format!("{BRIDGE_IP}:{}", fwd.port());
+    let pin = openssl_pin(cluster.ca_pem());
+    let join = |timeout: &str| {
+        node.command(kernlet_bin().unwrap())
+            .args([
+                "join",
+                &endpoint,
+                "--token",
+                cluster.bootstrap_token(),
+                "--discovery-token-ca-cert-hash",
+                &pin,
+                "--node-name",
+                "c1",
+                "--csr-timeout",
+                timeout,
+            ])
+            .args(node.kernlet_dir_flags())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+
+    let out = tokio::task::block_in_place(|| join("1").wait_with_output().unwrap());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("was not issued within")
+            && err.contains("kubectl certificate approve node-csr-"),
+        "{err}"
+    );
+
+    // An admin denies the next request: join says so and why.
+    let csrs: Api<CertificateSigningRequest> = Api::all(cluster.admin().await.unwrap());
+    let earlier: Vec<String> = csrs
+        .list(&ListParams::default())
+        .await
+        .unwrap()
+        .items
+        .into_iter()
+        .filter_map(|c| c.metadata.name)
+        .collect();
+    let child = join("30");
+    let start = Instant::now();
+    let pending = loop {
+        let list = csrs.list(&ListParams::default()).await.unwrap();
+        if let Some(c) = list
+            .items
+            .into_iter()
+            .find(|c| !earlier.contains(c.metadata.name.as_ref().unwrap()))
+        {
+            break c.metadata.name.unwrap();
+        }
+        assert!(start.elapsed() < Duration::from_secs(20), "no pending CSR");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    cluster
+        .deny_csr(&pending, "this machine is not in the inventory")
+        .await
+        .unwrap();
+    let out = tokio::task::block_in_place(|| child.wait_with_output().unwrap());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains(&format!(
+            "certificate request {pending} was denied: this machine is not in the inventory"
+        )),
+        "{err}"
+    );
+    assert!(!node.dir("state").join("kubelet.kubeconfig").exists());
+}

@@ -179,7 +179,12 @@ pub async fn csr_controller(server: Arc<Server>) {
             continue;
         }
         let csr = c.object;
-        if c.kind == EventKind::Added && auto_approvable(&server, &csr) {
+        if c.kind == EventKind::Added
+            && server
+                .csr_auto_approve
+                .load(std::sync::atomic::Ordering::Relaxed)
+            && auto_approvable(&server, &csr)
+        {
             let _ = approve(&server, &name_of(&csr), "AutoApproved");
             continue;
         }

@@ -38,6 +38,9 @@ pub struct Server {
     pub static_tokens: std::sync::Mutex<HashMap<String, Identity>>,
     /// How often watches with `allowWatchBookmarks` get a progress BOOKMARK (ms).
     pub bookmark_interval_ms: AtomicU64,
+    /// Whether the CSR approver auto-approves node client certificates (kubeadm's
+    /// default); tests turn it off to see a CSR wait or get denied.
+    pub csr_auto_approve: AtomicBool,
 }
 
 fn json_response(code: u16, body: &Value) -> Response<Body> {

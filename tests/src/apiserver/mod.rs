@@ -135,6 +135,7 @@ impl InMemoryApiServer {
             enforce_authz: AtomicBool::new(opts.enforce_authz),
             static_tokens: std::sync::Mutex::new(Default::default()),
             bookmark_interval_ms: AtomicU64::new(5000),
+            csr_auto_approve: AtomicBool::new(true),
         });
         let dir = tempfile::Builder::new()
             .prefix(&format!("{}-apiserver-", crate::hygiene::run_prefix()))
@@ -206,6 +207,11 @@ impl InMemoryApiServer {
     /// Sets how many changes are kept for watch resumption (small windows force 410).
     pub fn set_history_window(&self, n: usize) {
         self.server.store.set_window(n);
+    }
+
+    /// Turns the auto-approval of node client CSRs on or off.
+    pub fn set_csr_auto_approve(&self, on: bool) {
+        self.server.csr_auto_approve.store(on, Ordering::Relaxed);
     }
 
     /// Sets the progress-bookmark interval of watches.
