@@ -224,6 +224,21 @@ async fn run_node(kubeconfig: PathBuf, node: PreparedNode) -> anyhow::Result<()>
     let client = kube::Client::try_from(config)?;
     let PreparedNode { cfg, facts, timing } = node;
     tracing::info!(node = %cfg.name, ip = %cfg.internal_ip, "kernlet starting");
+    let access_client = client.clone();
+    tokio::spawn(async move {
+        use kernlet::controllers::permissions;
+        match permissions::missing(access_client).await {
+            Ok(missing) if missing.is_empty() => {
+                tracing::info!(
+                    "permissions for the overlay and Service load-balancing are in place"
+                )
+            }
+            Ok(missing) => tracing::warn!("{}", permissions::advice(&missing)),
+            Err(e) => tracing::warn!(
+                "cannot check this node's permissions (SelfSubjectAccessReview): {e}"
+            ),
+        }
+    });
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let controller =
         tokio::spawn(NodeController::new(client, cfg, facts, readiness, timing).run(stop_rx));

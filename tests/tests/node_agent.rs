@@ -274,3 +274,58 @@ async fn the_agent_survives_the_control_plane_going_away() {
     .await;
     assert!(node.kernlet_running());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn missing_cluster_permissions_are_named_until_deploy_rbac_is_applied() {
+    let cluster = Cluster::start(&[BRIDGE_IP.into()]).await.unwrap();
+    let mut lab = Lab::new("rbac").unwrap();
+    let fwd = lab.forward(0, cluster.addr()).unwrap();
+    let mut node = lab.add_node("r1").unwrap();
+    start_agent(&cluster, &fwd.url, &mut node, &[]);
+    let log = wait_for(
+        "the permission check",
+        Duration::from_secs(20),
+        async || {
+            Some(node.kernlet_log()).filter(|l| l.contains("may not") || l.contains("are in place"))
+        },
+    )
+    .await;
+    assert!(
+        log.contains("may not list nodes, watch nodes")
+            && log.contains("kubectl apply -f deploy/rbac.yaml"),
+        "{log}"
+    );
+    assert!(
+        !log.contains("list services"),
+        "services are readable by nodes already: {log}"
+    );
+    assert!(node.kernlet_running(), "the node part keeps working");
+
+    let rbac = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/rbac.yaml");
+    let out = std::process::Command::new("kubectl")
+        .arg("--kubeconfig")
+        .arg(cluster.admin_kubeconfig().unwrap())
+        .args(["apply", "-f"])
+        .arg(&rbac)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    node.stop_kernlet(Duration::from_secs(5)).unwrap();
+    start_agent(&cluster, &fwd.url, &mut node, &[]);
+    let log = wait_for(
+        "the permission check after the grant",
+        Duration::from_secs(20),
+        async || {
+            Some(node.kernlet_log()).filter(|l| l.contains("may not") || l.contains("are in place"))
+        },
+    )
+    .await;
+    assert!(
+        log.contains("permissions for the overlay and Service load-balancing are in place"),
+        "{log}"
+    );
+}

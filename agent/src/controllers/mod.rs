@@ -2,3 +2,4 @@
 //! difference. They never call the kernel directly.
 
 pub mod node;
+pub mod permissions;

@@ -20,6 +20,10 @@ pub const LEASE_NAMESPACE: &str = "kube-node-lease";
 /// Lease duration kubelet uses (`nodeLeaseDurationSeconds`).
 pub const LEASE_DURATION_SECONDS: i32 = 40;
 
+/// First and longest wait between retries of a failed lease renewal (kubelet's).
+const LEASE_RETRY_FIRST: Duration = Duration::from_millis(200);
+const LEASE_RETRY_MAX: Duration = Duration::from_secs(7);
+
 /// Timing of the node controller.
 #[derive(Clone, Copy, Debug)]
 pub struct Timing {
@@ -187,14 +191,25 @@ impl NodeController {
             }
         }
         let mut lease_tick = tokio::time::interval(self.timing.lease_renew);
+        // After a long retry, renew on the next period instead of in a burst.
+        lease_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut status_tick = tokio::time::interval(self.timing.status_report);
         let mut status_ok = false;
         loop {
             tokio::select! {
                 _ = stop.changed() => return,
                 _ = lease_tick.tick() => {
-                    if let Err(e) = self.renew_lease().await {
-                        tracing::warn!(node = %self.cfg.name, error = %describe(&e), "lease not renewed");
+                    // Like kubelet: retry a failed renewal with backoff from 200 ms to 7 s,
+                    // one log line per attempt, so the node is renewed within one lease
+                    // period of the apiserver coming back.
+                    let mut backoff = LEASE_RETRY_FIRST;
+                    while let Err(e) = self.renew_lease().await {
+                        tracing::warn!(node = %self.cfg.name, error = %describe(&e), "lease not renewed; retrying in {backoff:?}");
+                        tokio::select! {
+                            _ = tokio::time::sleep(backoff) => {}
+                            _ = stop.changed() => return,
+                        }
+                        backoff = (backoff * 2).min(LEASE_RETRY_MAX);
                     }
                     // A status report that failed is retried with the next lease tick.
                     if !status_ok {

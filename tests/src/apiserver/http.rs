@@ -506,7 +506,7 @@ impl Server {
         id: &Identity,
     ) -> Result<(u16, Value), ApiError> {
         if rt.create_only {
-            return Ok((201, self.review(rt, obj)?));
+            return Ok((201, self.review(rt, obj, id)?));
         }
         match (rt.plural, sub) {
             ("pods", Some("binding")) => {
@@ -933,7 +933,12 @@ impl Server {
         Ok(out)
     }
 
-    fn review(&self, rt: &'static ResourceType, mut obj: Value) -> Result<Value, ApiError> {
+    fn review(
+        &self,
+        rt: &'static ResourceType,
+        mut obj: Value,
+        requester: &Identity,
+    ) -> Result<Value, ApiError> {
         obj["metadata"] = json!({"creationTimestamp": null});
         match rt.plural {
             "tokenreviews" => {
@@ -953,15 +958,22 @@ impl Server {
                     None => json!({"user": {}, "error": "invalid bearer token"}),
                 };
             }
-            "subjectaccessreviews" => {
+            "subjectaccessreviews" | "selfsubjectaccessreviews" => {
                 let spec = obj.get("spec").cloned().unwrap_or(json!({}));
-                let user = spec
-                    .get("user")
-                    .and_then(Value::as_str)
-                    .unwrap_or_default()
-                    .to_string();
-                let groups: Vec<String> = strings(spec.get("groups"));
-                let id = Identity { user, groups };
+                // A self review asks about the requester; a subject review names anyone.
+                let id = if rt.plural == "selfsubjectaccessreviews" {
+                    requester.clone()
+                } else {
+                    let user = spec
+                        .get("user")
+                        .and_then(Value::as_str)
+                        .unwrap_or_default()
+                        .to_string();
+                    Identity {
+                        user,
+                        groups: strings(spec.get("groups")),
+                    }
+                };
                 let allowed = match spec.get("resourceAttributes") {
                     Some(ra) => {
                         let group = ra.get("group").and_then(Value::as_str).unwrap_or("");

@@ -282,6 +282,12 @@ pub const RESOURCES: &[ResourceType] = &[
         "subjectaccessreview",
         "SubjectAccessReview",
     ),
+    review(
+        "authorization.k8s.io",
+        "selfsubjectaccessreviews",
+        "selfsubjectaccessreview",
+        "SelfSubjectAccessReview",
+    ),
 ];
 
 /// Looks up a resource by group, version and plural.
