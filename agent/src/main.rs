@@ -84,6 +84,12 @@ struct NodeArgs {
     /// Maximum pods on this node.
     #[arg(long, default_value_t = 110)]
     max_pods: u32,
+    /// Resources reserved for the system, `cpu=100m,memory=256Mi,ephemeral-storage=1Gi`.
+    #[arg(long, default_value = "")]
+    system_reserved: String,
+    /// Resources reserved for kernlet itself, same form as --system-reserved.
+    #[arg(long, default_value = "")]
+    kube_reserved: String,
     /// How often node status is reported when nothing changed, in seconds.
     #[arg(long, default_value_t = 300)]
     node_status_report_frequency: u64,
@@ -183,6 +189,8 @@ fn prepare_node(args: &NodeArgs) -> anyhow::Result<PreparedNode> {
                 .context("no IPv4 default route to take the node address from; pass --node-ip")?,
         ),
     };
+    let reserved = node::parse_reserved("system-reserved", &args.system_reserved)?
+        + node::parse_reserved("kube-reserved", &args.kube_reserved)?;
     let cfg = NodeConfig {
         name,
         internal_ip,
@@ -190,6 +198,7 @@ fn prepare_node(args: &NodeArgs) -> anyhow::Result<PreparedNode> {
         taints,
         max_pods: args.max_pods,
         kubelet_port: 10250,
+        reserved,
     };
     let timing = Timing {
         lease_renew: Duration::from_millis(args.node_lease_renew_interval_ms.max(100)),

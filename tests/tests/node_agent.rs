@@ -75,7 +75,12 @@ async fn three_nodes_register_renew_leases_stop_and_die() {
             &cluster,
             &fwd.url,
             n,
-            &["--node-labels", "topology.kubernetes.io/zone=lab"],
+            &[
+                "--node-labels",
+                "topology.kubernetes.io/zone=lab",
+                "--kube-reserved",
+                "cpu=500m",
+            ],
         );
     }
     let admin = cluster.admin().await.unwrap();
@@ -115,6 +120,13 @@ async fn three_nodes_register_renew_leases_stop_and_die() {
                 .get("topology.kubernetes.io/zone")
                 .map(String::as_str),
             Some("lab")
+        );
+        let cpus = std::thread::available_parallelism().unwrap().get();
+        let cpu = &status.allocatable.as_ref().unwrap()["cpu"].0;
+        assert_eq!(
+            cpu,
+            &format!("{}m", cpus * 1000 - 500),
+            "--kube-reserved comes out of allocatable"
         );
         let ready = status
             .conditions

@@ -26,6 +26,51 @@ pub struct NodeConfig {
     pub taints: Vec<Value>,
     pub max_pods: u32,
     pub kubelet_port: u16,
+    /// `--system-reserved` plus `--kube-reserved`: kept out of allocatable.
+    pub reserved: Reserved,
+}
+
+/// Resources reserved for the system and for kernlet itself.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Reserved {
+    pub cpu_millis: u64,
+    pub memory_bytes: u64,
+    pub ephemeral_storage_bytes: u64,
+}
+
+impl std::ops::Add for Reserved {
+    type Output = Self;
+
+    fn add(self, o: Self) -> Self {
+        Self {
+            cpu_millis: self.cpu_millis + o.cpu_millis,
+            memory_bytes: self.memory_bytes + o.memory_bytes,
+            ephemeral_storage_bytes: self.ephemeral_storage_bytes + o.ephemeral_storage_bytes,
+        }
+    }
+}
+
+/// Parses `--system-reserved` / `--kube-reserved`: `cpu=100m,memory=256Mi,ephemeral-storage=1Gi,pid=1000`
+/// (`pid` is accepted and not counted: kernlet does not limit pids per node yet).
+pub fn parse_reserved(flag: &'static str, text: &str) -> Result<Reserved, NodeConfigError> {
+    let mut r = Reserved::default();
+    for item in text.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+        let bad = || NodeConfigError::BadReserved {
+            flag,
+            item: item.to_string(),
+        };
+        let (k, v) = item.split_once('=').ok_or_else(bad)?;
+        let q = crate::model::quantity::Quantity::parse(v).map_err(|_| bad())?;
+        let as_u64 = |x: i128| u64::try_from(x).map_err(|_| bad());
+        match k {
+            "cpu" => r.cpu_millis = as_u64(q.milli())?,
+            "memory" => r.memory_bytes = as_u64(q.value())?,
+            "ephemeral-storage" => r.ephemeral_storage_bytes = as_u64(q.value())?,
+            "pid" => {}
+            _ => return Err(bad()),
+        }
+    }
+    Ok(r)
 }
 
 /// A flag value the node may not use, named with what to do.
@@ -42,6 +87,10 @@ pub enum NodeConfigError {
         "--register-with-taints: {0:?} is not key[=value]:NoSchedule|PreferNoSchedule|NoExecute"
     )]
     BadTaint(String),
+    #[error(
+        "--{flag}: {item:?} is not cpu=<quantity>, memory=<quantity>, ephemeral-storage=<quantity> or pid=<number>"
+    )]
+    BadReserved { flag: &'static str, item: String },
 }
 
 /// Whether NodeRestriction lets a node set `key` on its own Node.
@@ -179,11 +228,24 @@ pub fn status(
         "ephemeral-storage": format!("{}Ki", facts.ephemeral_storage_bytes.div_ceil(1024)),
         "pods": cfg.max_pods.to_string(),
     });
+    let r = cfg.reserved;
+    let cpu_millis = (facts.cpus * 1000).saturating_sub(r.cpu_millis);
+    let cpu = if cpu_millis.is_multiple_of(1000) {
+        (cpu_millis / 1000).to_string()
+    } else {
+        format!("{cpu_millis}m")
+    };
+    let memory = facts
+        .memory_bytes
+        .saturating_sub(EVICTION_HARD_MEMORY)
+        .saturating_sub(r.memory_bytes);
+    // nodefs.available<10%: that tenth and the reservation are not allocatable.
+    let storage = (facts.ephemeral_storage_bytes - facts.ephemeral_storage_bytes / 10)
+        .saturating_sub(r.ephemeral_storage_bytes);
     let mut allocatable = json!({
-        "cpu": facts.cpus.to_string(),
-        "memory": format!("{}Ki", facts.memory_bytes.saturating_sub(EVICTION_HARD_MEMORY) / 1024),
-        // nodefs.available<10%: the rest is allocatable.
-        "ephemeral-storage": (facts.ephemeral_storage_bytes - facts.ephemeral_storage_bytes / 10).to_string(),
+        "cpu": cpu,
+        "memory": format!("{}Ki", memory / 1024),
+        "ephemeral-storage": storage.to_string(),
         "pods": cfg.max_pods.to_string(),
     });
     let mut hugepage_total = 0;
@@ -253,6 +315,7 @@ mod tests {
             taints: Vec::new(),
             max_pods: 110,
             kubelet_port: 10250,
+            reserved: Reserved::default(),
         }
     }
 
@@ -347,6 +410,41 @@ mod tests {
             third["conditions"][3]["lastTransitionTime"],
             "2026-01-01T00:06:00Z"
         );
+    }
+
+    #[test]
+    fn reservations_come_out_of_allocatable() {
+        let system = parse_reserved("system-reserved", "cpu=100m,memory=256Mi,pid=1000").unwrap();
+        let kube = parse_reserved("kube-reserved", "cpu=400m,ephemeral-storage=1Gi").unwrap();
+        let reserved = system + kube;
+        let ready = Readiness {
+            ready: true,
+            reason: "KubeletReady".into(),
+            message: String::new(),
+        };
+        let st = status(
+            &NodeConfig { reserved, ..cfg() },
+            &facts(),
+            &ready,
+            &[],
+            "t",
+        );
+        assert_eq!(st["allocatable"]["cpu"], "1500m");
+        assert_eq!(
+            st["allocatable"]["memory"],
+            format!("{}Ki", 24684084 - 102400 - 262144)
+        );
+        assert_eq!(
+            st["allocatable"]["ephemeral-storage"],
+            (243497856212u64 - (1 << 30)).to_string()
+        );
+        assert_eq!(st["capacity"]["cpu"], "2", "capacity is the machine's");
+        let err = parse_reserved("kube-reserved", "gpu=1").unwrap_err();
+        assert!(
+            err.to_string().starts_with("--kube-reserved: \"gpu=1\""),
+            "{err}"
+        );
+        assert!(parse_reserved("system-reserved", "memory=lots").is_err());
     }
 
     #[test]

@@ -397,23 +397,14 @@ impl Server {
         };
         let label_selector =
             LabelSelector::parse(query.get("labelSelector").map_or("", String::as_str))?;
-        // A list/watch narrowed to one name by field selector is authorized as that name.
-        let name_for_authz = t.name.clone().or_else(|| {
-            field_selector
-                .as_ref()
-                .and_then(|f| f.required("metadata.name"))
-                .map(str::to_string)
-        });
+        // The Node authorizer reads a list's field selector itself (spec.nodeName,
+        // metadata.name); the name attribute is the path's only.
         let attrs = Attributes {
             verb,
             rt,
             subresource: t.subresource.as_deref(),
             namespace: &t.namespace,
-            name: if t.name.is_some() || verb == "list" || verb == "watch" {
-                name_for_authz.as_deref().filter(|_| t.name.is_some())
-            } else {
-                None
-            },
+            name: t.name.as_deref(),
             field_selector: field_selector.as_ref(),
         };
         self.authorize(id, &attrs)?;
