@@ -19,6 +19,8 @@ use k8s_openapi::api::core::v1::ConfigMap;
 use kube::api::{Api, PostParams};
 use serde_json::json;
 
+use crate::model::kubelet_config;
+
 /// Why joining failed, each with the cause and what to do.
 #[derive(Debug, thiserror::Error)]
 pub enum JoinError {
@@ -361,13 +363,57 @@ pub async fn join(args: &JoinArgs) -> Result<PathBuf, JoinError> {
         0o644,
     )?;
     write_atomic(&args.state_dir.join("pki/ca.crt"), ca_pem.as_bytes(), 0o644)?;
-    write_atomic(
-        &path,
-        kubeconfig_text(&server, Some(&ca_pem), user).as_bytes(),
-        0o600,
-    )?;
+    let node_kubeconfig = kubeconfig_text(&server, Some(&ca_pem), user);
+    write_atomic(&path, node_kubeconfig.as_bytes(), 0o600)?;
     tracing::info!(kubeconfig = %path.display(), "joined: node credentials written");
+
+    // 5. The cluster's kubelet settings, as `kubeadm join` downloads them.
+    let node = client_from(&node_kubeconfig).await?;
+    let settings = match Api::<ConfigMap>::namespaced(node, "kube-system")
+        .get_opt("kubelet-config")
+        .await
+    {
+        Ok(Some(cm)) => match cm
+            .data
+            .as_ref()
+            .and_then(|d| d.get("kubelet"))
+            .map(|y| kubelet_config::parse(y))
+        {
+            Some(Ok(s)) => s,
+            Some(Err(e)) => {
+                tracing::warn!(
+                    "kube-system/kubelet-config is unusable ({e}); using kubelet's defaults"
+                );
+                kubelet_config::ClusterSettings::default()
+            }
+            None => kubelet_config::ClusterSettings::default(),
+        },
+        Ok(None) => {
+            tracing::warn!(
+                "this cluster has no kube-system/kubelet-config; using kubelet's defaults (clusterDomain cluster.local, no cluster DNS)"
+            );
+            kubelet_config::ClusterSettings::default()
+        }
+        Err(e) => {
+            return Err(JoinError::Api(format!(
+                "reading kube-system/kubelet-config: {e}"
+            )));
+        }
+    };
+    let settings_json =
+        serde_json::to_vec_pretty(&settings).map_err(|e| JoinError::Api(e.to_string()))?;
+    write_atomic(
+        &cluster_settings_path(&args.state_dir),
+        &settings_json,
+        0o644,
+    )?;
+    tracing::info!(cluster_dns = ?settings.cluster_dns, cluster_domain = %settings.cluster_domain, "cluster kubelet settings saved");
     Ok(path)
+}
+
+/// Where the cluster's kubelet settings are kept under a state directory.
+pub fn cluster_settings_path(state_dir: &Path) -> PathBuf {
+    state_dir.join("cluster-settings.json")
 }
 
 fn check_validity(cert_pem: &str) -> Result<(), JoinError> {

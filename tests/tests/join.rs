@@ -113,6 +113,12 @@ async fn join_bootstraps_credentials_then_runs_the_node() {
         node.kernlet_log()
             .contains("joined: node credentials written")
     );
+    // The cluster's kubelet settings (from kube-system/kubelet-config) are kept.
+    let settings: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(state.join("cluster-settings.json")).unwrap())
+            .unwrap();
+    assert_eq!(settings["clusterDNS"], serde_json::json!(["10.96.0.10"]));
+    assert_eq!(settings["clusterDomain"], "cluster.local");
     assert!(node.stop_kernlet(Duration::from_secs(5)).unwrap().success());
 }
 
