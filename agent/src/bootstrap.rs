@@ -20,6 +20,7 @@ use kube::api::{Api, PostParams};
 use serde_json::json;
 
 use crate::model::kubelet_config;
+use crate::state;
 
 /// Why joining failed, each with the cause and what to do.
 #[derive(Debug, thiserror::Error)]
@@ -69,11 +70,8 @@ pub enum JoinError {
     },
     #[error("apiserver request failed: {0}")]
     Api(String),
-    #[error("writing {path}: {source}")]
-    Write {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    State(#[from] state::StateError),
     #[error("generating the node key: {0}")]
     Key(String),
 }
@@ -189,29 +187,6 @@ async fn client_from(text: &str) -> Result<kube::Client, JoinError> {
     cfg.connect_timeout = Some(Duration::from_secs(10));
     cfg.read_timeout = Some(Duration::from_secs(30));
     kube::Client::try_from(cfg).map_err(|e| JoinError::Api(e.to_string()))
-}
-
-/// Writes `text` to `path` with `mode` atomically: temp file, fsync, rename.
-pub fn write_atomic(path: &Path, text: &[u8], mode: u32) -> Result<(), JoinError> {
-    use std::io::Write as _;
-    use std::os::unix::fs::OpenOptionsExt as _;
-    let err = |source| JoinError::Write {
-        path: path.to_path_buf(),
-        source,
-    };
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir).map_err(err)?;
-    }
-    let tmp = path.with_extension("tmp");
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(mode)
-        .open(&tmp)
-        .map_err(err)?;
-    f.write_all(text).and_then(|()| f.sync_all()).map_err(err)?;
-    std::fs::rename(&tmp, path).map_err(err)
 }
 
 /// What `join` needs.
@@ -352,19 +327,19 @@ pub async fn join(args: &JoinArgs) -> Result<PathBuf, JoinError> {
     let key_pem = key.serialize_pem();
     let user = json!({"client-certificate-data": STANDARD.encode(&cert_pem), "client-key-data": STANDARD.encode(&key_pem)});
     let path = kubeconfig_path(&args.state_dir);
-    write_atomic(
+    state::write_atomic(
         &args.state_dir.join("pki/kubelet-client.key"),
         key_pem.as_bytes(),
         0o600,
     )?;
-    write_atomic(
+    state::write_atomic(
         &args.state_dir.join("pki/kubelet-client.crt"),
         cert_pem.as_bytes(),
         0o644,
     )?;
-    write_atomic(&args.state_dir.join("pki/ca.crt"), ca_pem.as_bytes(), 0o644)?;
+    state::write_atomic(&args.state_dir.join("pki/ca.crt"), ca_pem.as_bytes(), 0o644)?;
     let node_kubeconfig = kubeconfig_text(&server, Some(&ca_pem), user);
-    write_atomic(&path, node_kubeconfig.as_bytes(), 0o600)?;
+    state::write_atomic(&path, node_kubeconfig.as_bytes(), 0o600)?;
     tracing::info!(kubeconfig = %path.display(), "joined: node credentials written");
 
     // 5. The cluster's kubelet settings, as `kubeadm join` downloads them.
@@ -402,7 +377,7 @@ pub async fn join(args: &JoinArgs) -> Result<PathBuf, JoinError> {
     };
     let settings_json =
         serde_json::to_vec_pretty(&settings).map_err(|e| JoinError::Api(e.to_string()))?;
-    write_atomic(
+    state::write_atomic(
         &cluster_settings_path(&args.state_dir),
         &settings_json,
         0o644,
@@ -503,18 +478,5 @@ mod tests {
         assert!(err.to_string().contains("clock"));
         params.not_before = rcgen::date_time_ymd(2000, 1, 1);
         check_validity(&params.self_signed(&key).unwrap().pem()).unwrap();
-    }
-
-    #[test]
-    fn atomic_write_leaves_no_temp_and_sets_mode() {
-        use std::os::unix::fs::PermissionsExt as _;
-        let tmp = tempfile::tempdir().unwrap();
-        let p = tmp.path().join("a/kubeconfig");
-        write_atomic(&p, b"x", 0o600).unwrap();
-        assert_eq!(
-            std::fs::metadata(&p).unwrap().permissions().mode() & 0o777,
-            0o600
-        );
-        assert!(!p.with_extension("tmp").exists());
     }
 }

@@ -9,4 +9,5 @@ pub mod config;
 pub mod controllers;
 pub mod model;
 pub mod standalone;
+pub mod state;
 pub mod sys;

@@ -160,6 +160,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
 /// A node's configuration, checked, and the facts it reports.
 struct PreparedNode {
     cfg: NodeConfig,
+    state_dir: PathBuf,
     facts: kernlet::sys::machine::MachineFacts,
     timing: Timing,
 }
@@ -204,7 +205,12 @@ fn prepare_node(args: &NodeArgs) -> anyhow::Result<PreparedNode> {
         lease_renew: Duration::from_millis(args.node_lease_renew_interval_ms.max(100)),
         status_report: Duration::from_secs(args.node_status_report_frequency.max(1)),
     };
-    Ok(PreparedNode { cfg, facts, timing })
+    Ok(PreparedNode {
+        cfg,
+        state_dir: args.dirs.state_dir.clone(),
+        facts,
+        timing,
+    })
 }
 
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
@@ -231,7 +237,12 @@ async fn run_node(kubeconfig: PathBuf, node: PreparedNode) -> anyhow::Result<()>
         .await
         .with_context(|| format!("--kubeconfig {} is not usable", kubeconfig.display()))?;
     let client = kube::Client::try_from(config)?;
-    let PreparedNode { cfg, facts, timing } = node;
+    let PreparedNode {
+        cfg,
+        state_dir,
+        facts,
+        timing,
+    } = node;
     tracing::info!(node = %cfg.name, ip = %cfg.internal_ip, "kernlet starting");
     let access_client = client.clone();
     tokio::spawn(async move {
@@ -249,6 +260,13 @@ async fn run_node(kubeconfig: PathBuf, node: PreparedNode) -> anyhow::Result<()>
         }
     });
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let serving = kernlet::controllers::serving_cert::ServingCert {
+        client: client.clone(),
+        node: cfg.name.clone(),
+        ips: vec![cfg.internal_ip],
+        state_dir,
+    };
+    tokio::spawn(serving.run(stop_rx.clone()));
     let controller =
         tokio::spawn(NodeController::new(client, cfg, facts, readiness, timing).run(stop_rx));
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;

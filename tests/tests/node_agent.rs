@@ -341,3 +341,106 @@ async fn missing_cluster_permissions_are_named_until_deploy_rbac_is_applied() {
         "{log}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_serving_csr_is_impossible_to_miss_and_its_certificate_is_saved() {
+    use k8s_openapi::api::certificates::v1::CertificateSigningRequest;
+    use k8s_openapi::api::core::v1::Event;
+    let cluster = Cluster::start(&[BRIDGE_IP.into()]).await.unwrap();
+    let mut lab = Lab::new("serve").unwrap();
+    let fwd = lab.forward(0, cluster.addr()).unwrap();
+    let mut node = lab.add_node("s1").unwrap();
+    start_agent(&cluster, &fwd.url, &mut node, &[]);
+    let admin = cluster.admin().await.unwrap();
+    let csrs: Api<CertificateSigningRequest> = Api::all(admin.clone());
+    let csr = wait_for("the serving CSR", Duration::from_secs(20), async || {
+        csrs.list(&Default::default())
+            .await
+            .ok()?
+            .items
+            .into_iter()
+            .find(|c| c.spec.signer_name == "kubernetes.io/kubelet-serving")
+    })
+    .await;
+    let name = csr.metadata.name.unwrap();
+    assert_eq!(csr.spec.username.as_deref(), Some("system:node:s1"));
+    assert_eq!(
+        csr.spec.usages.unwrap(),
+        ["digital signature", "server auth"]
+    );
+    // Pending: the exact approve command in the log and in a Warning Event on the Node.
+    let approve = format!("kubectl certificate approve {name}");
+    wait_for(
+        "the pending log line",
+        Duration::from_secs(10),
+        async || Some(()).filter(|_| node.kernlet_log().contains(&approve)),
+    )
+    .await;
+    let events: Api<Event> = Api::namespaced(admin, "default");
+    let event = wait_for("the pending event", Duration::from_secs(10), async || {
+        events
+            .list(&Default::default())
+            .await
+            .ok()?
+            .items
+            .into_iter()
+            .find(|e| e.involved_object.name.as_deref() == Some("s1"))
+    })
+    .await;
+    assert_eq!(event.type_.as_deref(), Some("Warning"));
+    assert!(event.message.unwrap().contains(&approve));
+    let crt = node.dir("state").join("pki/kubelet-server.crt");
+    assert!(!crt.exists());
+
+    cluster.approve_csr(&name).await.unwrap();
+    wait_for(
+        "the serving certificate on disk",
+        Duration::from_secs(20),
+        async || Some(()).filter(|_| crt.exists()),
+    )
+    .await;
+    let pem = std::fs::read_to_string(&crt).unwrap();
+    let der = rustls::pki_types::CertificateDer::from(
+        x509_parser::pem::parse_x509_pem(pem.as_bytes())
+            .unwrap()
+            .1
+            .contents,
+    );
+    let (_, cert) = x509_parser::parse_x509_certificate(&der).unwrap();
+    let sans = format!(
+        "{:?}",
+        cert.subject_alternative_name()
+            .unwrap()
+            .unwrap()
+            .value
+            .general_names
+    );
+    assert!(
+        sans.contains("\"s1\"") && sans.contains(&format!("{:?}", node.address.octets())),
+        "SANs are the node name and its address: {sans}"
+    );
+
+    // Restarted, kernlet keeps the good certificate and asks for nothing new.
+    node.stop_kernlet(Duration::from_secs(5)).unwrap();
+    start_agent(&cluster, &fwd.url, &mut node, &[]);
+    wait_for(
+        "the restart to settle",
+        Duration::from_secs(10),
+        async || {
+            Some(()).filter(|_| {
+                node.kernlet_log()
+                    .contains("serving certificate present and valid")
+            })
+        },
+    )
+    .await;
+    let serving = csrs
+        .list(&Default::default())
+        .await
+        .unwrap()
+        .items
+        .into_iter()
+        .filter(|c| c.spec.signer_name == "kubernetes.io/kubelet-serving")
+        .count();
+    assert_eq!(serving, 1);
+}

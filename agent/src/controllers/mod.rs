@@ -3,3 +3,4 @@
 
 pub mod node;
 pub mod permissions;
+pub mod serving_cert;

@@ -1,0 +1,237 @@
+//! The kubelet serving certificate through a `kubernetes.io/kubelet-serving` CSR.
+//!
+//! Serving CSRs are not auto-approved on kubeadm clusters, so a pending one must be
+//! impossible to miss: kernlet logs the exact `kubectl certificate approve` command and
+//! posts a Warning Event on its Node, then keeps waiting; the issued certificate and key
+//! are written under `<state-dir>/pki/`.
+
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD;
+use k8s_openapi::api::certificates::v1::CertificateSigningRequest;
+use k8s_openapi::api::core::v1::Event;
+use kube::api::{Api, PostParams};
+use serde_json::json;
+use tokio::sync::watch;
+
+use crate::state;
+
+/// The serving certificate and key under a state directory.
+pub fn paths(state_dir: &Path) -> (PathBuf, PathBuf) {
+    (
+        state_dir.join("pki/kubelet-server.crt"),
+        state_dir.join("pki/kubelet-server.key"),
+    )
+}
+
+/// The log line (and Event message) for a pending serving CSR.
+pub fn pending_message(csr: &str) -> String {
+    format!(
+        "serving certificate request {csr} is pending approval (serving CSRs are not auto-approved); \
+         approve it with: kubectl certificate approve {csr}"
+    )
+}
+
+/// Whether a PEM certificate is valid now and for at least a fifth of its lifetime more.
+pub fn still_good(cert_pem: &[u8]) -> bool {
+    let Ok((_, pem)) = x509_parser::pem::parse_x509_pem(cert_pem) else {
+        return false;
+    };
+    let Ok(cert) = pem.parse_x509() else {
+        return false;
+    };
+    let v = cert.validity();
+    let (from, to) = (v.not_before.timestamp(), v.not_after.timestamp());
+    let now = k8s_openapi::jiff::Timestamp::now().as_second();
+    v.is_valid() && to - now > (to - from) / 5
+}
+
+/// A PEM CSR for the serving certificate: `CN=system:node:<name>`, `O=system:nodes`,
+/// SANs = the node name and its addresses, as kubelet requests it.
+pub fn serving_csr(
+    node: &str,
+    ips: &[IpAddr],
+    key: &rcgen::KeyPair,
+) -> Result<String, rcgen::Error> {
+    let mut params = rcgen::CertificateParams::default();
+    params.distinguished_name = rcgen::DistinguishedName::new();
+    params
+        .distinguished_name
+        .push(rcgen::DnType::OrganizationName, "system:nodes");
+    params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, format!("system:node:{node}"));
+    params
+        .subject_alt_names
+        .push(rcgen::SanType::DnsName(node.try_into()?));
+    for ip in ips {
+        params
+            .subject_alt_names
+            .push(rcgen::SanType::IpAddress(*ip));
+    }
+    params.serialize_request(key)?.pem()
+}
+
+/// Obtains the serving certificate unless a good one is on disk.
+pub struct ServingCert {
+    pub client: kube::Client,
+    pub node: String,
+    pub ips: Vec<IpAddr>,
+    pub state_dir: PathBuf,
+}
+
+impl ServingCert {
+    async fn event(&self, reason: &str, message: &str) {
+        let events: Api<Event> = Api::namespaced(self.client.clone(), "default");
+        let now = k8s_openapi::jiff::Timestamp::now()
+            .strftime("%Y-%m-%dT%H:%M:%SZ")
+            .to_string();
+        let suffix = format!("{:x}", k8s_openapi::jiff::Timestamp::now().as_nanosecond());
+        let ev: Result<Event, _> = serde_json::from_value(json!({
+            "metadata": {"name": format!("{}.{suffix}", self.node), "namespace": "default"},
+            "involvedObject": {"apiVersion": "v1", "kind": "Node", "name": self.node},
+            "reason": reason, "message": message, "type": "Warning", "count": 1,
+            "firstTimestamp": now, "lastTimestamp": now,
+            "source": {"component": "kubelet", "host": self.node},
+            "reportingComponent": "kubelet", "reportingInstance": self.node,
+        }));
+        if let Ok(ev) = ev
+            && let Err(e) = events.create(&PostParams::default(), &ev).await
+        {
+            tracing::warn!("cannot post the {reason} event on node {}: {e}", self.node);
+        }
+    }
+
+    /// Runs until the certificate is written, the CSR is denied, or `stop`.
+    pub async fn run(self, mut stop: watch::Receiver<bool>) {
+        let (crt_path, key_path) = paths(&self.state_dir);
+        if std::fs::read(&crt_path).is_ok_and(|pem| still_good(&pem)) {
+            tracing::info!(cert = %crt_path.display(), "serving certificate present and valid");
+            return;
+        }
+        let csrs: Api<CertificateSigningRequest> = Api::all(self.client.clone());
+        let mut backoff = Duration::from_millis(500);
+        let (name, key) = loop {
+            match self.request(&csrs).await {
+                Ok(v) => break v,
+                Err(e) => {
+                    tracing::warn!(
+                        "cannot request the serving certificate ({e}); retrying in {backoff:?}"
+                    );
+                    tokio::select! {
+                        _ = tokio::time::sleep(backoff) => {}
+                        _ = stop.changed() => return,
+                    }
+                    backoff = (backoff * 2).min(Duration::from_secs(30));
+                }
+            }
+        };
+        let message = pending_message(&name);
+        tracing::warn!("{message}");
+        self.event("CertificateSigningRequestPending", &message)
+            .await;
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                _ = stop.changed() => return,
+            }
+            let Ok(csr) = csrs.get(&name).await else {
+                continue;
+            };
+            let status = csr.status.unwrap_or_default();
+            if let Some(c) = status
+                .conditions
+                .iter()
+                .flatten()
+                .find(|c| c.type_ == "Denied" || c.type_ == "Failed")
+            {
+                let why = c.message.clone().or(c.reason.clone()).unwrap_or_default();
+                tracing::error!(
+                    "serving certificate request {name} was {}: {why}; restart kernlet to ask again",
+                    c.type_.to_lowercase()
+                );
+                return;
+            }
+            if let Some(cert) = status.certificate {
+                let written = state::write_atomic(&key_path, key.serialize_pem().as_bytes(), 0o600)
+                    .and_then(|()| state::write_atomic(&crt_path, &cert.0, 0o644));
+                match written {
+                    Ok(()) => {
+                        tracing::info!(cert = %crt_path.display(), "serving certificate issued for {name}")
+                    }
+                    Err(e) => tracing::error!("serving certificate issued but not saved: {e}"),
+                }
+                return;
+            }
+        }
+    }
+
+    async fn request(
+        &self,
+        csrs: &Api<CertificateSigningRequest>,
+    ) -> Result<(String, rcgen::KeyPair), String> {
+        let key = rcgen::KeyPair::generate().map_err(|e| e.to_string())?;
+        let pem = serving_csr(&self.node, &self.ips, &key).map_err(|e| e.to_string())?;
+        let csr: CertificateSigningRequest = serde_json::from_value(json!({
+            "apiVersion": "certificates.k8s.io/v1", "kind": "CertificateSigningRequest",
+            "metadata": {"generateName": "csr-"},
+            "spec": {"request": STANDARD.encode(pem), "signerName": "kubernetes.io/kubelet-serving",
+                     "usages": ["digital signature", "server auth"]},
+        }))
+        .map_err(|e| e.to_string())?;
+        let created = csrs
+            .create(&PostParams::default(), &csr)
+            .await
+            .map_err(|e| e.to_string())?;
+        Ok((created.metadata.name.unwrap_or_default(), key))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_csr_asks_for_what_the_recorded_one_asks_for() {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let pem = serving_csr("fixture-node-1", &["198.18.0.101".parse().unwrap()], &key).unwrap();
+        let csr = rcgen::CertificateSigningRequestParams::from_pem(&pem).unwrap();
+        let sans: Vec<String> = csr
+            .params
+            .subject_alt_names
+            .iter()
+            .map(|s| format!("{s:?}"))
+            .collect();
+        assert_eq!(sans.len(), 2);
+        assert!(
+            sans[0].contains("fixture-node-1") && sans[1].contains("198.18.0.101"),
+            "{sans:?}"
+        );
+        assert!(pending_message("csr-abc").contains("kubectl certificate approve csr-abc"));
+    }
+
+    #[test]
+    fn validity_window() {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let now = k8s_openapi::jiff::Timestamp::now().as_second();
+        let cert = |from: i64, to: i64| {
+            let mut p = rcgen::CertificateParams::new(vec!["x".to_string()]).unwrap();
+            let t = |s: i64| {
+                rcgen::date_time_ymd(1970, 1, 1) + std::time::Duration::from_secs(s as u64)
+            };
+            p.not_before = t(from);
+            p.not_after = t(to);
+            p.self_signed(&key).unwrap().pem()
+        };
+        assert!(still_good(cert(now - 100, now + 1000).as_bytes()));
+        assert!(
+            !still_good(cert(now - 1000, now + 100).as_bytes()),
+            "less than a fifth left: renew"
+        );
+        assert!(!still_good(cert(now - 1000, now - 10).as_bytes()));
+        assert!(!still_good(b"garbage"));
+    }
+}
