@@ -19,6 +19,7 @@ use k8s_openapi::api::core::v1::ConfigMap;
 use kube::api::{Api, PostParams};
 use serde_json::json;
 
+use crate::model::csr::{self, CsrOutcome};
 use crate::model::kubelet_config;
 use crate::state;
 
@@ -259,19 +260,8 @@ pub async fn join(args: &JoinArgs) -> Result<PathBuf, JoinError> {
     ))
     .await?;
     let key = rcgen::KeyPair::generate().map_err(|e| JoinError::Key(e.to_string()))?;
-    let mut params = rcgen::CertificateParams::default();
-    params.distinguished_name = rcgen::DistinguishedName::new();
-    params
-        .distinguished_name
-        .push(rcgen::DnType::OrganizationName, "system:nodes");
-    params.distinguished_name.push(
-        rcgen::DnType::CommonName,
-        format!("system:node:{}", args.node_name),
-    );
-    let csr_pem = params
-        .serialize_request(&key)
-        .and_then(|c| c.pem())
-        .map_err(|e| JoinError::Key(e.to_string()))?;
+    let csr_pem =
+        csr::node_csr(&args.node_name, None, &key).map_err(|e| JoinError::Key(e.to_string()))?;
     let csr: CertificateSigningRequest = serde_json::from_value(json!({
         "apiVersion": "certificates.k8s.io/v1", "kind": "CertificateSigningRequest",
         "metadata": {"generateName": "node-csr-"},
@@ -298,20 +288,10 @@ pub async fn join(args: &JoinArgs) -> Result<PathBuf, JoinError> {
             .get(&name)
             .await
             .map_err(|e| JoinError::Api(e.to_string()))?;
-        let status = csr.status.unwrap_or_default();
-        if let Some(c) = status
-            .conditions
-            .iter()
-            .flatten()
-            .find(|c| c.type_ == "Denied" || c.type_ == "Failed")
-        {
-            return Err(JoinError::Denied {
-                name,
-                reason: c.message.clone().or(c.reason.clone()).unwrap_or_default(),
-            });
-        }
-        if let Some(cert) = status.certificate {
-            break String::from_utf8_lossy(&cert.0).into_owned();
+        match csr::outcome(csr.status) {
+            CsrOutcome::Issued(cert) => break String::from_utf8_lossy(&cert).into_owned(),
+            CsrOutcome::Refused { why, .. } => return Err(JoinError::Denied { name, reason: why }),
+            CsrOutcome::Pending => {}
         }
         if started.elapsed() > args.csr_timeout {
             return Err(JoinError::NotIssued {

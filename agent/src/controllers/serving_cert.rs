@@ -17,6 +17,7 @@ use kube::api::{Api, PostParams};
 use serde_json::json;
 use tokio::sync::watch;
 
+use crate::model::csr::{self, CsrOutcome};
 use crate::state;
 
 /// The serving certificate and key under a state directory.
@@ -47,32 +48,6 @@ pub fn still_good(cert_pem: &[u8]) -> bool {
     let (from, to) = (v.not_before.timestamp(), v.not_after.timestamp());
     let now = k8s_openapi::jiff::Timestamp::now().as_second();
     v.is_valid() && to - now > (to - from) / 5
-}
-
-/// A PEM CSR for the serving certificate: `CN=system:node:<name>`, `O=system:nodes`,
-/// SANs = the node name and its addresses, as kubelet requests it.
-pub fn serving_csr(
-    node: &str,
-    ips: &[IpAddr],
-    key: &rcgen::KeyPair,
-) -> Result<String, rcgen::Error> {
-    let mut params = rcgen::CertificateParams::default();
-    params.distinguished_name = rcgen::DistinguishedName::new();
-    params
-        .distinguished_name
-        .push(rcgen::DnType::OrganizationName, "system:nodes");
-    params
-        .distinguished_name
-        .push(rcgen::DnType::CommonName, format!("system:node:{node}"));
-    params
-        .subject_alt_names
-        .push(rcgen::SanType::DnsName(node.try_into()?));
-    for ip in ips {
-        params
-            .subject_alt_names
-            .push(rcgen::SanType::IpAddress(*ip));
-    }
-    params.serialize_request(key)?.pem()
 }
 
 /// Obtains the serving certificate unless a good one is on disk.
@@ -141,30 +116,27 @@ impl ServingCert {
             let Ok(csr) = csrs.get(&name).await else {
                 continue;
             };
-            let status = csr.status.unwrap_or_default();
-            if let Some(c) = status
-                .conditions
-                .iter()
-                .flatten()
-                .find(|c| c.type_ == "Denied" || c.type_ == "Failed")
-            {
-                let why = c.message.clone().or(c.reason.clone()).unwrap_or_default();
-                tracing::error!(
-                    "serving certificate request {name} was {}: {why}; restart kernlet to ask again",
-                    c.type_.to_lowercase()
-                );
-                return;
-            }
-            if let Some(cert) = status.certificate {
-                let written = state::write_atomic(&key_path, key.serialize_pem().as_bytes(), 0o600)
-                    .and_then(|()| state::write_atomic(&crt_path, &cert.0, 0o644));
-                match written {
-                    Ok(()) => {
-                        tracing::info!(cert = %crt_path.display(), "serving certificate issued for {name}")
-                    }
-                    Err(e) => tracing::error!("serving certificate issued but not saved: {e}"),
+            match csr::outcome(csr.status) {
+                CsrOutcome::Pending => {}
+                CsrOutcome::Refused { condition, why } => {
+                    tracing::error!(
+                        "serving certificate request {name} was {}: {why}; restart kernlet to ask again",
+                        condition.to_lowercase()
+                    );
+                    return;
                 }
-                return;
+                CsrOutcome::Issued(cert) => {
+                    let written =
+                        state::write_atomic(&key_path, key.serialize_pem().as_bytes(), 0o600)
+                            .and_then(|()| state::write_atomic(&crt_path, &cert, 0o644));
+                    match written {
+                        Ok(()) => {
+                            tracing::info!(cert = %crt_path.display(), "serving certificate issued for {name}")
+                        }
+                        Err(e) => tracing::error!("serving certificate issued but not saved: {e}"),
+                    }
+                    return;
+                }
             }
         }
     }
@@ -174,7 +146,7 @@ impl ServingCert {
         csrs: &Api<CertificateSigningRequest>,
     ) -> Result<(String, rcgen::KeyPair), String> {
         let key = rcgen::KeyPair::generate().map_err(|e| e.to_string())?;
-        let pem = serving_csr(&self.node, &self.ips, &key).map_err(|e| e.to_string())?;
+        let pem = csr::node_csr(&self.node, Some(&self.ips), &key).map_err(|e| e.to_string())?;
         let csr: CertificateSigningRequest = serde_json::from_value(json!({
             "apiVersion": "certificates.k8s.io/v1", "kind": "CertificateSigningRequest",
             "metadata": {"generateName": "csr-"},
@@ -195,21 +167,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_csr_asks_for_what_the_recorded_one_asks_for() {
-        let key = rcgen::KeyPair::generate().unwrap();
-        let pem = serving_csr("fixture-node-1", &["198.18.0.101".parse().unwrap()], &key).unwrap();
-        let csr = rcgen::CertificateSigningRequestParams::from_pem(&pem).unwrap();
-        let sans: Vec<String> = csr
-            .params
-            .subject_alt_names
-            .iter()
-            .map(|s| format!("{s:?}"))
-            .collect();
-        assert_eq!(sans.len(), 2);
-        assert!(
-            sans[0].contains("fixture-node-1") && sans[1].contains("198.18.0.101"),
-            "{sans:?}"
-        );
+    fn the_pending_message_has_the_command() {
         assert!(pending_message("csr-abc").contains("kubectl certificate approve csr-abc"));
     }
 
