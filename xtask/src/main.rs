@@ -42,6 +42,7 @@ const DEBIAN_PACKAGES: &[(&str, &str)] = &[
     ("util-linux", "/usr/bin/nsenter"),
     ("iputils-ping", "/usr/bin/ping"),
     ("procps", "/usr/bin/ps"),
+    ("openssl", "/usr/bin/openssl"),
 ];
 
 const BPF_LINKER_VERSION: &str = "0.9.15";
