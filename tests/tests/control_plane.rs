@@ -797,15 +797,7 @@ async fn bootstrap_token_csr_is_auto_approved_and_serving_csr_waits_for_approval
         .unwrap();
     let csrs: Api<CertificateSigningRequest> = Api::all(boot);
     let key = rcgen::KeyPair::generate().unwrap();
-    let mut params = rcgen::CertificateParams::default();
-    params.distinguished_name = rcgen::DistinguishedName::new();
-    params
-        .distinguished_name
-        .push(rcgen::DnType::OrganizationName, "system:nodes");
-    params
-        .distinguished_name
-        .push(rcgen::DnType::CommonName, "system:node:boot-1");
-    let pem = params.serialize_request(&key).unwrap().pem().unwrap();
+    let pem = kernlet::model::csr::node_csr("boot-1", None, &key).unwrap();
     let mut req = fixtures::json("bootstrap/02-client-csr-request.json");
     req["metadata"] = json!({"name": "node-csr-boot-1"});
     req["spec"]["request"] = json!(base64_encode(&pem));
