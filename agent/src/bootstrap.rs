@@ -179,15 +179,9 @@ fn kubeconfig_text(server: &str, ca_pem: Option<&str>, user: serde_json::Value) 
 }
 
 async fn client_from(text: &str) -> Result<kube::Client, JoinError> {
-    let kc =
-        kube::config::Kubeconfig::from_yaml(text).map_err(|e| JoinError::Api(e.to_string()))?;
-    let cfg = kube::Config::from_custom_kubeconfig(kc, &Default::default())
+    crate::client::from_kubeconfig_text(text)
         .await
-        .map_err(|e| JoinError::Api(e.to_string()))?;
-    let mut cfg = cfg;
-    cfg.connect_timeout = Some(Duration::from_secs(10));
-    cfg.read_timeout = Some(Duration::from_secs(30));
-    kube::Client::try_from(cfg).map_err(|e| JoinError::Api(e.to_string()))
+        .map_err(JoinError::Api)
 }
 
 /// What `join` needs.
@@ -372,16 +366,19 @@ pub fn cluster_settings_path(state_dir: &Path) -> PathBuf {
 }
 
 fn check_validity(cert_pem: &str) -> Result<(), JoinError> {
-    let (_, pem) = x509_parser::pem::parse_x509_pem(cert_pem.as_bytes())
-        .map_err(|e| JoinError::Api(format!("issued certificate: {e}")))?;
-    let cert = pem
-        .parse_x509()
-        .map_err(|e| JoinError::Api(format!("issued certificate: {e}")))?;
-    let v = cert.validity();
-    if !v.is_valid() {
+    let (from, to) = csr::validity(cert_pem.as_bytes()).ok_or_else(|| {
+        JoinError::Api("the issued certificate is not a PEM X.509 certificate".into())
+    })?;
+    let now = k8s_openapi::jiff::Timestamp::now().as_second();
+    if now < from || now >= to {
+        let show = |t: i64| {
+            k8s_openapi::jiff::Timestamp::from_second(t)
+                .map(|t| t.to_string())
+                .unwrap_or_else(|_| t.to_string())
+        };
         return Err(JoinError::ClockSkew {
-            not_before: v.not_before.to_string(),
-            not_after: v.not_after.to_string(),
+            not_before: show(from),
+            not_after: show(to),
         });
     }
     Ok(())

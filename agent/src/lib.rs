@@ -5,6 +5,7 @@
 #![deny(unsafe_code)]
 
 pub mod bootstrap;
+pub mod client;
 pub mod config;
 pub mod controllers;
 pub mod model;

@@ -90,6 +90,9 @@ struct NodeArgs {
     /// Resources reserved for kernlet itself, same form as --system-reserved.
     #[arg(long, default_value = "")]
     kube_reserved: String,
+    /// How often node status is recomputed and reported if it changed, in seconds.
+    #[arg(long, default_value_t = 10)]
+    node_status_update_frequency: u64,
     /// How often node status is reported when nothing changed, in seconds.
     #[arg(long, default_value_t = 300)]
     node_status_report_frequency: u64,
@@ -161,7 +164,6 @@ fn run(cli: Cli) -> anyhow::Result<()> {
 struct PreparedNode {
     cfg: NodeConfig,
     state_dir: PathBuf,
-    facts: kernlet::sys::machine::MachineFacts,
     timing: Timing,
 }
 
@@ -203,12 +205,12 @@ fn prepare_node(args: &NodeArgs) -> anyhow::Result<PreparedNode> {
     };
     let timing = Timing {
         lease_renew: Duration::from_millis(args.node_lease_renew_interval_ms.max(100)),
+        status_update: Duration::from_secs(args.node_status_update_frequency.max(1)),
         status_report: Duration::from_secs(args.node_status_report_frequency.max(1)),
     };
     Ok(PreparedNode {
         cfg,
         state_dir: args.dirs.state_dir.clone(),
-        facts,
         timing,
     })
 }
@@ -231,20 +233,19 @@ async fn run_node(kubeconfig: PathBuf, node: PreparedNode) -> anyhow::Result<()>
             env!("CARGO_PKG_VERSION")
         ),
     };
-    let kc = kube::config::Kubeconfig::read_from(&kubeconfig)
+    let text = std::fs::read_to_string(&kubeconfig)
         .with_context(|| format!("cannot read --kubeconfig {}", kubeconfig.display()))?;
-    let config = kube::Config::from_custom_kubeconfig(kc, &Default::default())
+    let client = kernlet::client::from_kubeconfig_text(&text)
         .await
-        .with_context(|| format!("--kubeconfig {} is not usable", kubeconfig.display()))?;
-    let client = kube::Client::try_from(config)?;
+        .map_err(|e| anyhow::anyhow!("--kubeconfig {} is not usable: {e}", kubeconfig.display()))?;
+    let client = kernlet::client::SharedClient::new(client);
     let PreparedNode {
         cfg,
         state_dir,
-        facts,
         timing,
     } = node;
     tracing::info!(node = %cfg.name, ip = %cfg.internal_ip, "kernlet starting");
-    let access_client = client.clone();
+    let access_client = client.get();
     tokio::spawn(async move {
         use kernlet::controllers::permissions;
         match permissions::missing(access_client).await {
@@ -260,15 +261,25 @@ async fn run_node(kubeconfig: PathBuf, node: PreparedNode) -> anyhow::Result<()>
         }
     });
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    // Subsystems will publish their readiness here; for now it stays as above.
+    let (_readiness_tx, readiness_rx) = tokio::sync::watch::channel(readiness);
+    let rotation = kernlet::controllers::client_cert::ClientRotation {
+        client: client.clone(),
+        kubeconfig: kubeconfig.clone(),
+        node: cfg.name.clone(),
+        state_dir: state_dir.clone(),
+    };
+    tokio::spawn(rotation.run(stop_rx.clone()));
     let serving = kernlet::controllers::serving_cert::ServingCert {
         client: client.clone(),
         node: cfg.name.clone(),
         ips: vec![cfg.internal_ip],
-        state_dir,
+        state_dir: state_dir.clone(),
     };
     tokio::spawn(serving.run(stop_rx.clone()));
-    let controller =
-        tokio::spawn(NodeController::new(client, cfg, facts, readiness, timing).run(stop_rx));
+    let controller = tokio::spawn(
+        NodeController::new(client, cfg, state_dir, readiness_rx, timing).run(stop_rx),
+    );
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     tokio::select! {
         _ = term.recv() => tracing::info!("SIGTERM: stopping"),

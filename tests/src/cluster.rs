@@ -178,6 +178,12 @@ impl Cluster {
         Ok(())
     }
 
+    /// Requests by node identities the authorizer or NodeRestriction refused; `None`
+    /// against a real control plane, which keeps no such record.
+    pub fn node_refusals(&self) -> Option<Vec<String>> {
+        self.in_memory().map(InMemoryApiServer::node_refusals)
+    }
+
     /// The scheduler's part: binds a pod to a node.
     pub async fn bind_pod(&self, ns: &str, pod: &str, node: &str) -> anyhow::Result<()> {
         let api: Api<Pod> = Api::namespaced(self.admin().await?, ns);

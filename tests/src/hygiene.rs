@@ -102,11 +102,60 @@ fn collect_procs(dir: &Path, out: &mut Vec<u32>) {
     }
 }
 
+/// Mount points in a `/proc/self/mountinfo` text (octal escapes decoded).
+pub fn mount_points(mountinfo: &str) -> Vec<PathBuf> {
+    mountinfo
+        .lines()
+        .filter_map(|l| l.split(' ').nth(4))
+        .map(|m| {
+            let mut out = Vec::new();
+            let b = m.as_bytes();
+            let mut i = 0;
+            while i < b.len() {
+                let octal = b.get(i + 1..i + 4).and_then(|d| {
+                    std::str::from_utf8(d)
+                        .ok()
+                        .and_then(|d| u8::from_str_radix(d, 8).ok())
+                });
+                match (b[i], octal) {
+                    (b'\\', Some(c)) => {
+                        out.push(c);
+                        i += 4;
+                    }
+                    (c, _) => {
+                        out.push(c);
+                        i += 1;
+                    }
+                }
+            }
+            PathBuf::from(std::ffi::OsString::from(
+                String::from_utf8_lossy(&out).into_owned(),
+            ))
+        })
+        .collect()
+}
+
+/// Detaches every mount at or below `dir`, deepest first; returns what was unmounted.
+pub fn unmount_under(dir: &Path) -> Vec<PathBuf> {
+    let text = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    let mut mounts: Vec<PathBuf> = mount_points(&text)
+        .into_iter()
+        .filter(|m| m.starts_with(dir))
+        .collect();
+    mounts.sort_by_key(|m| std::cmp::Reverse(m.components().count()));
+    mounts.dedup();
+    mounts
+        .into_iter()
+        .filter(|m| nix::mount::umount2(m, nix::mount::MntFlags::MNT_DETACH).is_ok())
+        .collect()
+}
+
 /// What a sweep removed.
 #[derive(Debug, Default)]
 pub struct Swept {
     pub netns: Vec<String>,
     pub cgroups: Vec<PathBuf>,
+    pub mounts: Vec<PathBuf>,
     pub dirs: Vec<PathBuf>,
 }
 
@@ -135,7 +184,13 @@ pub fn sweep_where(dead: impl Fn(u32) -> bool) -> Swept {
     for dir in [std::env::temp_dir(), PathBuf::from("/sys/fs/bpf")] {
         for e in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
             let name = e.file_name().to_string_lossy().into_owned();
-            if owner_pid(&name).is_some_and(&dead) && std::fs::remove_dir_all(e.path()).is_ok() {
+            if !owner_pid(&name).is_some_and(&dead) {
+                continue;
+            }
+            // Mounts first: removing files under a live mount would empty it, and
+            // its mount point could not go.
+            swept.mounts.extend(unmount_under(&e.path()));
+            if std::fs::remove_dir_all(e.path()).is_ok() {
                 swept.dirs.push(e.path());
             }
         }
@@ -148,7 +203,11 @@ pub fn sweep_once() {
     static ONCE: std::sync::Once = std::sync::Once::new();
     ONCE.call_once(|| {
         let s = sweep();
-        if !s.netns.is_empty() || !s.cgroups.is_empty() || !s.dirs.is_empty() {
+        if !s.netns.is_empty()
+            || !s.cgroups.is_empty()
+            || !s.mounts.is_empty()
+            || !s.dirs.is_empty()
+        {
             eprintln!("kltest sweep removed leftovers of killed runs: {s:?}");
         }
     });
@@ -165,5 +224,18 @@ mod tests {
         assert_eq!(owner_pid("kltest-77.tmpXyz"), Some(77));
         assert_eq!(owner_pid("kernlet-demo"), None);
         assert_eq!(owner_pid("kltestx-1-a"), None);
+    }
+
+    #[test]
+    fn mount_points_are_decoded() {
+        let text = "36 35 98:0 / /mnt/a\\040b rw - ext3 /dev/root rw\n\
+                    40 36 0:33 / /tmp/kltest-1-x/state rw - tmpfs tmpfs rw\n";
+        assert_eq!(
+            mount_points(text),
+            [
+                PathBuf::from("/mnt/a b"),
+                PathBuf::from("/tmp/kltest-1-x/state")
+            ]
+        );
     }
 }

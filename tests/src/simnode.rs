@@ -367,6 +367,7 @@ impl Drop for SimNode {
             let _ = c.wait();
         }
         let _ = hygiene::remove_cgroup_tree(&self.cgroup);
+        hygiene::unmount_under(self.root.path());
         let _ = ip(&["netns", "delete", &self.netns]);
         let _ = std::fs::remove_dir_all(format!("/sys/fs/bpf/{}", self.netns));
     }

@@ -48,6 +48,11 @@ fn openssl_pin(ca_pem: &str) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn join_bootstraps_credentials_then_runs_the_node() {
     let cluster = Cluster::start(&[BRIDGE_IP.into()]).await.unwrap();
+    // Client certificates live 40 s here, so rotation (at 70–90 % of that) is seen.
+    let short_lived = cluster.in_memory().is_some();
+    if let Some(s) = cluster.in_memory() {
+        s.set_signing_duration(Duration::from_secs(40));
+    }
     let mut lab = Lab::new("join").unwrap();
     let fwd = lab.forward(0, cluster.addr()).unwrap();
     let mut node = lab.add_node("j1").unwrap();
@@ -119,7 +124,97 @@ async fn join_bootstraps_credentials_then_runs_the_node() {
             .unwrap();
     assert_eq!(settings["clusterDNS"], serde_json::json!(["10.96.0.10"]));
     assert_eq!(settings["clusterDomain"], "cluster.local");
+
+    if short_lived {
+        client_certificate_rotation(&cluster, &node, &csrs).await;
+    }
+    if let Some(refused) = cluster.node_refusals() {
+        assert!(refused.is_empty(), "{refused:#?}");
+    }
     assert!(node.stop_kernlet(Duration::from_secs(5)).unwrap().success());
+}
+
+fn kubeconfig_cert(node: &kernlet_tests::simnode::SimNode) -> Vec<u8> {
+    let path = node.dir("state").join("kubelet.kubeconfig");
+    let kc: serde_json::Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+    kernlet::controllers::client_cert::client_certificate(&kc, &node.dir("state")).unwrap()
+}
+
+/// Before the 40 s certificate expires, kernlet gets a new one through a CSR sent with
+/// its own identity (auto-approved as `selfnodeclient`), swaps it in, and keeps renewing
+/// its lease after the first certificate is dead.
+async fn client_certificate_rotation(
+    cluster: &Cluster,
+    node: &kernlet_tests::simnode::SimNode,
+    csrs: &Api<CertificateSigningRequest>,
+) {
+    use k8s_openapi::api::coordination::v1::Lease;
+    let first = kubeconfig_cert(node);
+    let (_, first_expiry) = kernlet::model::csr::validity(&first).unwrap();
+    let start = Instant::now();
+    let second = loop {
+        let now = kubeconfig_cert(node);
+        if now != first {
+            break now;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(45),
+            "the client certificate was not rotated:\n{}",
+            node.kernlet_log()
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
+    let (from, to) = kernlet::model::csr::validity(&second).unwrap();
+    assert!(to > first_expiry && to > from, "{from}..{to}");
+    // Not before 70 % of the first certificate's life on this node.
+    assert!(
+        start.elapsed() >= Duration::from_secs(20),
+        "rotated too early"
+    );
+    let list = csrs.list(&ListParams::default()).await.unwrap();
+    let rotation = list
+        .items
+        .iter()
+        .find(|c| {
+            c.spec.username.as_deref() == Some("system:node:j1")
+                && c.spec.signer_name == "kubernetes.io/kube-apiserver-client-kubelet"
+        })
+        .expect("a rotation CSR sent with the node's own certificate");
+    assert!(
+        rotation
+            .status
+            .iter()
+            .flat_map(|s| s.conditions.iter().flatten())
+            .any(|c| c.type_ == "Approved" && c.reason.as_deref() == Some("AutoApproved"))
+    );
+    assert!(node.kernlet_log().contains("client certificate rotated"));
+    // Past the first certificate's end, the lease is still renewed (new client in use).
+    let now = k8s_openapi::jiff::Timestamp::now().as_second();
+    tokio::time::sleep(Duration::from_secs(
+        u64::try_from(first_expiry - now + 2).unwrap_or(0),
+    ))
+    .await;
+    let leases: Api<Lease> = Api::namespaced(cluster.admin().await.unwrap(), "kube-node-lease");
+    let after = k8s_openapi::jiff::Timestamp::now();
+    let start = Instant::now();
+    loop {
+        let renewed = leases
+            .get("j1")
+            .await
+            .unwrap()
+            .spec
+            .and_then(|s| s.renew_time)
+            .is_some_and(|t| t.0 > after);
+        if renewed {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "no renewal after the first certificate expired:\n{}",
+            node.kernlet_log()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1,6 +1,7 @@
 //! Controllers: observe the apiserver, compute what should be (`model`), apply the
 //! difference. They never call the kernel directly.
 
+pub mod client_cert;
 pub mod node;
 pub mod permissions;
 pub mod serving_cert;

@@ -1,9 +1,10 @@
 //! The node controller: registers the Node as kubelet does, renews its Lease in
-//! `kube-node-lease`, and reports status on change or every status period. When the
-//! apiserver is away it keeps retrying and says so; nothing is lost because everything
-//! it sends is recomputed from the machine.
+//! `kube-node-lease`, recomputes status every update period and reports it when it
+//! changed or every report period. When the apiserver is away it keeps retrying and
+//! says so; nothing is lost because everything it sends is recomputed from the machine.
 
-use std::time::Duration;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
 
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Node, NodeCondition};
@@ -12,8 +13,9 @@ use kube::api::{Api, Patch, PatchParams, PostParams};
 use serde_json::json;
 use tokio::sync::watch;
 
+use crate::client::SharedClient;
 use crate::model::node::{self, NodeConfig, Readiness};
-use crate::sys::machine::MachineFacts;
+use crate::sys::machine::{self, MachineFacts};
 
 /// Namespace of node leases.
 pub const LEASE_NAMESPACE: &str = "kube-node-lease";
@@ -23,13 +25,19 @@ pub const LEASE_DURATION_SECONDS: i32 = 40;
 /// First and longest wait between retries of a failed lease renewal (kubelet's).
 const LEASE_RETRY_FIRST: Duration = Duration::from_millis(200);
 const LEASE_RETRY_MAX: Duration = Duration::from_secs(7);
+/// Bound of one request, so a silent network cannot stall renewals.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Timing of the node controller.
 #[derive(Clone, Copy, Debug)]
 pub struct Timing {
     /// How often the Lease is renewed (kubelet: 10 s).
     pub lease_renew: Duration,
-    /// How often status is reported when nothing changes (kubelet: 5 min).
+    /// How often status is recomputed and, if it changed, reported (kubelet's
+    /// `nodeStatusUpdateFrequency`, 10 s).
+    pub status_update: Duration,
+    /// How often status is reported when nothing changes (kubelet's
+    /// `nodeStatusReportFrequency`, 5 min).
     pub status_report: Duration,
 }
 
@@ -37,6 +45,7 @@ impl Default for Timing {
     fn default() -> Self {
         Self {
             lease_renew: Duration::from_secs(10),
+            status_update: Duration::from_secs(10),
             status_report: Duration::from_secs(300),
         }
     }
@@ -44,14 +53,28 @@ impl Default for Timing {
 
 /// The node controller.
 pub struct NodeController {
-    nodes: Api<Node>,
-    leases: Api<Lease>,
+    client: SharedClient,
     cfg: NodeConfig,
-    facts: MachineFacts,
-    readiness: Readiness,
+    /// Where ephemeral storage is measured (the state directory).
+    state_dir: PathBuf,
+    readiness: watch::Receiver<Readiness>,
     timing: Timing,
     conditions: Vec<NodeCondition>,
     uid: Option<String>,
+    /// What the last successful report was computed from, and when it was sent.
+    reported: Option<(MachineFacts, Readiness, Instant)>,
+}
+
+/// A request bounded by [`REQUEST_TIMEOUT`].
+async fn bounded<T>(
+    f: impl std::future::Future<Output = Result<T, kube::Error>>,
+) -> Result<T, kube::Error> {
+    match tokio::time::timeout(REQUEST_TIMEOUT, f).await {
+        Ok(r) => r,
+        Err(_) => Err(kube::Error::Service(
+            format!("no answer within {REQUEST_TIMEOUT:?}").into(),
+        )),
+    }
 }
 
 fn describe(e: &kube::Error) -> String {
@@ -67,28 +90,36 @@ fn describe(e: &kube::Error) -> String {
 
 impl NodeController {
     pub fn new(
-        client: kube::Client,
+        client: SharedClient,
         cfg: NodeConfig,
-        facts: MachineFacts,
-        readiness: Readiness,
+        state_dir: PathBuf,
+        readiness: watch::Receiver<Readiness>,
         timing: Timing,
     ) -> Self {
         Self {
-            nodes: Api::all(client.clone()),
-            leases: Api::namespaced(client, LEASE_NAMESPACE),
+            client,
             cfg,
-            facts,
+            state_dir,
             readiness,
             timing,
             conditions: Vec::new(),
             uid: None,
+            reported: None,
         }
+    }
+
+    fn nodes(&self) -> Api<Node> {
+        Api::all(self.client.get())
+    }
+
+    fn leases(&self) -> Api<Lease> {
+        Api::namespaced(self.client.get(), LEASE_NAMESPACE)
     }
 
     /// Registers the Node, or adopts the one that exists and reconciles its labels.
     async fn register(&mut self) -> Result<(), kube::Error> {
         let desired = node::registration(&self.cfg);
-        let node = match self.nodes.create(&PostParams::default(), &desired).await {
+        let node = match bounded(self.nodes().create(&PostParams::default(), &desired)).await {
             Ok(n) => {
                 tracing::info!(node = %self.cfg.name, "registered node");
                 n
@@ -96,14 +127,13 @@ impl NodeController {
             Err(kube::Error::Api(s)) if s.code == 409 => {
                 let labels = desired.metadata.labels.clone().unwrap_or_default();
                 let patch = json!({"metadata": {"labels": labels}});
-                let n = self
-                    .nodes
-                    .patch(
-                        &self.cfg.name,
-                        &PatchParams::default(),
-                        &Patch::Strategic(patch),
-                    )
-                    .await?;
+                let nodes = self.nodes();
+                let n = bounded(nodes.patch(
+                    &self.cfg.name,
+                    &PatchParams::default(),
+                    &Patch::Strategic(patch),
+                ))
+                .await?;
                 tracing::info!(node = %self.cfg.name, "node already registered; adopted it");
                 n
             }
@@ -114,26 +144,24 @@ impl NodeController {
         Ok(())
     }
 
-    /// Sends `.status` (strategic merge: other writers' conditions stay).
-    async fn report_status(&mut self) -> Result<(), kube::Error> {
+    /// Sends `.status` computed from `facts` and `readiness` (strategic merge: other
+    /// writers' conditions stay).
+    async fn report_status(
+        &mut self,
+        facts: &MachineFacts,
+        readiness: &Readiness,
+    ) -> Result<(), kube::Error> {
         let now = k8s_openapi::jiff::Timestamp::now()
             .strftime("%Y-%m-%dT%H:%M:%SZ")
             .to_string();
-        let status = node::status(
-            &self.cfg,
-            &self.facts,
-            &self.readiness,
-            &self.conditions,
-            &now,
-        );
-        let patched = self
-            .nodes
-            .patch_status(
-                &self.cfg.name,
-                &PatchParams::default(),
-                &Patch::Strategic(json!({"status": status})),
-            )
-            .await?;
+        let status = node::status(&self.cfg, facts, readiness, &self.conditions, &now);
+        let nodes = self.nodes();
+        let patched = bounded(nodes.patch_status(
+            &self.cfg.name,
+            &PatchParams::default(),
+            &Patch::Strategic(json!({"status": status})),
+        ))
+        .await?;
         self.conditions = patched
             .status
             .and_then(|s| s.conditions)
@@ -144,15 +172,14 @@ impl NodeController {
     /// Creates or renews the Lease named after the node.
     async fn renew_lease(&self) -> Result<(), kube::Error> {
         let now = MicroTime(k8s_openapi::jiff::Timestamp::now());
-        match self.leases.get_opt(&self.cfg.name).await? {
+        let leases = self.leases();
+        match bounded(leases.get_opt(&self.cfg.name)).await? {
             Some(mut lease) => {
                 let spec = lease.spec.get_or_insert_with(Default::default);
                 spec.holder_identity = Some(self.cfg.name.clone());
                 spec.lease_duration_seconds = Some(LEASE_DURATION_SECONDS);
                 spec.renew_time = Some(now);
-                self.leases
-                    .replace(&self.cfg.name, &PostParams::default(), &lease)
-                    .await?;
+                bounded(leases.replace(&self.cfg.name, &PostParams::default(), &lease)).await?;
             }
             None => {
                 let mut lease: Lease = serde_json::from_value(json!({
@@ -168,7 +195,7 @@ impl NodeController {
                     .unwrap_or_default()]);
                 }
                 lease.spec.get_or_insert_with(Default::default).renew_time = Some(now);
-                self.leases.create(&PostParams::default(), &lease).await?;
+                bounded(leases.create(&PostParams::default(), &lease)).await?;
             }
         }
         Ok(())
@@ -193,8 +220,8 @@ impl NodeController {
         let mut lease_tick = tokio::time::interval(self.timing.lease_renew);
         // After a long retry, renew on the next period instead of in a burst.
         lease_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let mut status_tick = tokio::time::interval(self.timing.status_report);
-        let mut status_ok = false;
+        let mut status_tick = tokio::time::interval(self.timing.status_update);
+        status_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
                 _ = stop.changed() => return,
@@ -211,24 +238,36 @@ impl NodeController {
                         }
                         backoff = (backoff * 2).min(LEASE_RETRY_MAX);
                     }
-                    // A status report that failed is retried with the next lease tick.
-                    if !status_ok {
-                        status_ok = self.report().await;
+                    // A status report that failed is not waited on for a whole period.
+                    if self.reported.is_none() {
+                        self.update_status().await;
                     }
                 }
-                _ = status_tick.tick() => {
-                    status_ok = self.report().await;
-                }
+                _ = status_tick.tick() => self.update_status().await,
+                Ok(()) = self.readiness.changed() => self.update_status().await,
             }
         }
     }
 
-    async fn report(&mut self) -> bool {
-        match self.report_status().await {
-            Ok(()) => true,
+    /// Recomputes status; reports it when it changed, was never reported, or the report
+    /// period has passed.
+    async fn update_status(&mut self) {
+        let facts = machine::read(&self.state_dir);
+        let readiness = self.readiness.borrow_and_update().clone();
+        let due = match &self.reported {
+            None => true,
+            Some((f, r, at)) => {
+                *f != facts || *r != readiness || at.elapsed() >= self.timing.status_report
+            }
+        };
+        if !due {
+            return;
+        }
+        match self.report_status(&facts, &readiness).await {
+            Ok(()) => self.reported = Some((facts, readiness, Instant::now())),
             Err(e) => {
                 tracing::warn!(node = %self.cfg.name, error = %describe(&e), "node status not reported");
-                false
+                self.reported = None;
             }
         }
     }

@@ -38,21 +38,16 @@ pub fn pending_message(csr: &str) -> String {
 
 /// Whether a PEM certificate is valid now and for at least a fifth of its lifetime more.
 pub fn still_good(cert_pem: &[u8]) -> bool {
-    let Ok((_, pem)) = x509_parser::pem::parse_x509_pem(cert_pem) else {
+    let Some((from, to)) = csr::validity(cert_pem) else {
         return false;
     };
-    let Ok(cert) = pem.parse_x509() else {
-        return false;
-    };
-    let v = cert.validity();
-    let (from, to) = (v.not_before.timestamp(), v.not_after.timestamp());
     let now = k8s_openapi::jiff::Timestamp::now().as_second();
-    v.is_valid() && to - now > (to - from) / 5
+    from <= now && now < to && to - now > (to - from) / 5
 }
 
 /// Obtains the serving certificate unless a good one is on disk.
 pub struct ServingCert {
-    pub client: kube::Client,
+    pub client: crate::client::SharedClient,
     pub node: String,
     pub ips: Vec<IpAddr>,
     pub state_dir: PathBuf,
@@ -60,7 +55,7 @@ pub struct ServingCert {
 
 impl ServingCert {
     async fn event(&self, reason: &str, message: &str) {
-        let events: Api<Event> = Api::namespaced(self.client.clone(), "default");
+        let events: Api<Event> = Api::namespaced(self.client.get(), "default");
         let now = k8s_openapi::jiff::Timestamp::now()
             .strftime("%Y-%m-%dT%H:%M:%SZ")
             .to_string();
@@ -87,7 +82,7 @@ impl ServingCert {
             tracing::info!(cert = %crt_path.display(), "serving certificate present and valid");
             return;
         }
-        let csrs: Api<CertificateSigningRequest> = Api::all(self.client.clone());
+        let csrs: Api<CertificateSigningRequest> = Api::all(self.client.get());
         let mut backoff = Duration::from_millis(500);
         let (name, key) = loop {
             match self.request(&csrs).await {

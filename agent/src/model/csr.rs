@@ -64,6 +64,21 @@ pub fn outcome(status: Option<CertificateSigningRequestStatus>) -> CsrOutcome {
         .map_or(CsrOutcome::Pending, |c| CsrOutcome::Issued(c.0))
 }
 
+/// `(notBefore, notAfter)` of a PEM certificate, in Unix seconds.
+pub fn validity(cert_pem: &[u8]) -> Option<(i64, i64)> {
+    let (_, pem) = x509_parser::pem::parse_x509_pem(cert_pem).ok()?;
+    let cert = pem.parse_x509().ok()?;
+    let v = cert.validity();
+    Some((v.not_before.timestamp(), v.not_after.timestamp()))
+}
+
+/// When kubelet's certificate manager rotates a certificate: at a point between 70 %
+/// and 90 % of its lifetime, `jitter` in `[0, 1)` choosing where.
+pub fn rotation_deadline(not_before: i64, not_after: i64, jitter: f64) -> i64 {
+    let lifetime = (not_after - not_before).max(0) as f64;
+    not_before + (lifetime * (0.7 + 0.2 * jitter.clamp(0.0, 1.0))) as i64
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -112,5 +127,14 @@ mod tests {
                 why: "no".into()
             }
         );
+    }
+
+    #[test]
+    fn rotation_falls_between_seventy_and_ninety_percent() {
+        assert_eq!(rotation_deadline(1000, 2000, 0.0), 1700);
+        assert_eq!(rotation_deadline(1000, 2000, 0.5), 1800);
+        assert_eq!(rotation_deadline(1000, 2000, 0.999_999), 1899);
+        assert_eq!(rotation_deadline(1000, 2000, 7.0), 1900);
+        assert_eq!(rotation_deadline(2000, 1000, 0.5), 2000);
     }
 }

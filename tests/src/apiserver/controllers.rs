@@ -147,7 +147,11 @@ fn sign(server: &Server, csr: &Value) -> Option<Value> {
     let seconds = csr
         .pointer("/spec/expirationSeconds")
         .and_then(Value::as_i64)
-        .unwrap_or(365 * 86400);
+        .unwrap_or_else(|| {
+            server
+                .signing_seconds
+                .load(std::sync::atomic::Ordering::Relaxed)
+        });
     let usages: Vec<&str> = csr
         .pointer("/spec/usages")
         .and_then(Value::as_array)

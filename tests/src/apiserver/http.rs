@@ -41,6 +41,12 @@ pub struct Server {
     /// Whether the CSR approver auto-approves node client certificates (kubeadm's
     /// default); tests turn it off to see a CSR wait or get denied.
     pub csr_auto_approve: AtomicBool,
+    /// Lifetime of certificates the signer issues when a CSR names none (seconds; the
+    /// controller-manager's `--cluster-signing-duration`, one year by default).
+    pub signing_seconds: std::sync::atomic::AtomicI64,
+    /// Every request by a node identity that the authorizer or NodeRestriction refused,
+    /// whether or not enforcement is on: a node agent must never make one.
+    pub node_refusals: std::sync::Mutex<Vec<String>>,
 }
 
 fn json_response(code: u16, body: &Value) -> Response<Body> {
@@ -191,16 +197,44 @@ impl Server {
     }
 
     fn authorize(&self, id: &Identity, a: &Attributes<'_>) -> Result<(), ApiError> {
-        if !self.enforce_authz.load(Ordering::Relaxed) {
+        let enforce = self.enforce_authz.load(Ordering::Relaxed);
+        if !enforce && id.node_name().is_none() {
             return Ok(());
         }
         match authz::authorize(&self.store, id, a) {
             Decision::Allow => Ok(()),
-            Decision::Deny(reason) => Err(ApiError::forbidden(
-                a.rt,
-                a.name,
-                authz::forbidden_message(id, a, reason.as_deref()),
-            )),
+            Decision::Deny(reason) => {
+                let message = authz::forbidden_message(id, a, reason.as_deref());
+                self.record_node_refusal(id, &message);
+                if enforce {
+                    Err(ApiError::forbidden(a.rt, a.name, message))
+                } else {
+                    Ok(())
+                }
+            }
+        }
+    }
+
+    /// NodeRestriction admission, with refusals of node identities recorded.
+    fn admit_node(
+        &self,
+        id: &Identity,
+        rt: &ResourceType,
+        sub: Option<&str>,
+        name: &str,
+        old: Option<&Value>,
+        new: Option<&Value>,
+    ) -> Result<(), ApiError> {
+        defaults::node_restriction(id, rt, sub, name, old, new).inspect_err(|e| {
+            self.record_node_refusal(id, &e.message);
+        })
+    }
+
+    fn record_node_refusal(&self, id: &Identity, message: &str) {
+        if id.node_name().is_some()
+            && let Ok(mut list) = self.node_refusals.lock()
+        {
+            list.push(message.to_string());
         }
     }
 
@@ -597,7 +631,7 @@ impl Server {
         {
             obj["status"] = json!({});
         }
-        defaults::node_restriction(id, rt, None, &name_of(&obj), None, Some(&obj))?;
+        self.admit_node(id, rt, None, &name_of(&obj), None, Some(&obj))?;
         Ok((201, self.store.create(rt, ns, obj)?))
     }
 
@@ -706,7 +740,7 @@ impl Server {
                     }
                 }
             }
-            defaults::node_restriction(id, rt, sub, name, Some(current), Some(&new))?;
+            self.admit_node(id, rt, sub, name, Some(current), Some(&new))?;
             Ok(Some(new))
         })
     }

@@ -136,6 +136,8 @@ impl InMemoryApiServer {
             static_tokens: std::sync::Mutex::new(Default::default()),
             bookmark_interval_ms: AtomicU64::new(5000),
             csr_auto_approve: AtomicBool::new(true),
+            signing_seconds: std::sync::atomic::AtomicI64::new(365 * 86400),
+            node_refusals: std::sync::Mutex::new(Vec::new()),
         });
         let dir = tempfile::Builder::new()
             .prefix(&format!("{}-apiserver-", crate::hygiene::run_prefix()))
@@ -212,6 +214,23 @@ impl InMemoryApiServer {
     /// Turns the auto-approval of node client CSRs on or off.
     pub fn set_csr_auto_approve(&self, on: bool) {
         self.server.csr_auto_approve.store(on, Ordering::Relaxed);
+    }
+
+    /// Sets the lifetime of issued certificates whose CSR names none.
+    pub fn set_signing_duration(&self, d: std::time::Duration) {
+        self.server.signing_seconds.store(
+            i64::try_from(d.as_secs()).unwrap_or(i64::MAX),
+            Ordering::Relaxed,
+        );
+    }
+
+    /// Requests by node identities that were refused (see `Server::node_refusals`).
+    pub fn node_refusals(&self) -> Vec<String> {
+        self.server
+            .node_refusals
+            .lock()
+            .map(|l| l.clone())
+            .unwrap_or_default()
     }
 
     /// Sets the progress-bookmark interval of watches.
