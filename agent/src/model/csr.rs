@@ -75,8 +75,9 @@ pub fn validity(cert_pem: &[u8]) -> Option<(i64, i64)> {
 /// When kubelet's certificate manager rotates a certificate: at a point between 70 %
 /// and 90 % of its lifetime, `jitter` in `[0, 1)` choosing where.
 pub fn rotation_deadline(not_before: i64, not_after: i64, jitter: f64) -> i64 {
-    let lifetime = (not_after - not_before).max(0) as f64;
-    not_before + (lifetime * (0.7 + 0.2 * jitter.clamp(0.0, 1.0))) as i64
+    let lifetime = i128::from((not_after - not_before).max(0));
+    let per_million = 700_000 + (200_000.0 * jitter.clamp(0.0, 1.0)) as i128;
+    not_before + i64::try_from(lifetime * per_million / 1_000_000).unwrap_or(0)
 }
 
 #[cfg(test)]
