@@ -9,6 +9,7 @@ pub mod client;
 pub mod config;
 pub mod controllers;
 pub mod model;
+pub mod runtime;
 pub mod standalone;
 pub mod state;
 pub mod sys;

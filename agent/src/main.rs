@@ -28,6 +28,63 @@ enum Command {
     Run(RunArgs),
     /// Join a cluster with a kubeadm bootstrap token, then run.
     Join(JoinCmd),
+    /// Manage the node's image store.
+    #[command(subcommand)]
+    Image(ImageCmd),
+}
+
+#[derive(Subcommand, Debug)]
+enum ImageCmd {
+    /// Import images from an OCI image layout directory or an oci-archive tar.
+    Import {
+        /// The layout directory or archive.
+        source: PathBuf,
+        /// Reference to record the image under, when the layout names it only by tag
+        /// (e.g. `--name example.com/app`; the layout's tag is kept).
+        #[arg(long)]
+        name: Option<String>,
+        #[command(flatten)]
+        store: StoreArgs,
+    },
+    /// List stored images.
+    Ls {
+        #[command(flatten)]
+        output: OutputArgs,
+        #[command(flatten)]
+        store: StoreArgs,
+    },
+    /// Remove an image reference (or an image ID with all its references); layers and
+    /// blobs no other image uses are deleted.
+    Rm {
+        /// Image reference or image ID (`sha256:...`).
+        image: String,
+        #[command(flatten)]
+        store: StoreArgs,
+    },
+}
+
+#[derive(clap::Args, Debug)]
+struct StoreArgs {
+    /// Content-addressed image store.
+    #[arg(
+        long,
+        default_value = "/var/lib/kernlet/images",
+        env = "KERNLET_IMAGE_DIR"
+    )]
+    image_dir: PathBuf,
+}
+
+#[derive(clap::Args, Debug)]
+struct OutputArgs {
+    /// Output format.
+    #[arg(short = 'o', long = "output", value_enum, default_value_t = Output::Table)]
+    output: Output,
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+enum Output {
+    Table,
+    Json,
 }
 
 #[derive(clap::Args, Debug)]
@@ -141,6 +198,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let node = prepare_node(&args.node)?;
             runtime()?.block_on(run_node(kubeconfig, node))
         }
+        Command::Image(cmd) => image(cmd),
         Command::Join(args) => {
             args.node.dirs.validate()?;
             // Everything about the node is checked before credentials are asked for.
@@ -157,6 +215,87 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let kubeconfig = rt.block_on(kernlet::bootstrap::join(&join))?;
             rt.block_on(run_node(kubeconfig, node))
         }
+    }
+}
+
+fn image(cmd: ImageCmd) -> anyhow::Result<()> {
+    use kernlet::runtime::image::{ImageStore, layout};
+    let open = |store: &StoreArgs| {
+        anyhow::ensure!(
+            store.image_dir.is_absolute(),
+            "--image-dir must be an absolute path, got {:?}",
+            store.image_dir
+        );
+        let s = ImageStore::open(&store.image_dir)?;
+        s.clean_tmp();
+        Ok(s)
+    };
+    match cmd {
+        ImageCmd::Import {
+            source,
+            name,
+            store,
+        } => {
+            let store = open(&store)?;
+            for i in layout::import(&store, &source, name.as_deref())? {
+                println!("imported {} {}", i.reference, i.image.id);
+            }
+        }
+        ImageCmd::Ls { output, store } => {
+            let list = open(&store)?.list()?;
+            match output.output {
+                Output::Json => println!("{}", serde_json::to_string_pretty(&list)?),
+                Output::Table => {
+                    println!("{:<60} {:<19} {:>10}", "IMAGE", "IMAGE ID", "SIZE");
+                    for l in &list {
+                        let id = l.image.id.trim_start_matches("sha256:");
+                        let names = if l.references.is_empty() {
+                            vec!["<none>".to_string()]
+                        } else {
+                            l.references.clone()
+                        };
+                        for n in names {
+                            println!(
+                                "{:<60} {:<19} {:>10}",
+                                n,
+                                &id[..id.len().min(13)],
+                                human_bytes(l.image.size)
+                            );
+                        }
+                    }
+                }
+            }
+        }
+        ImageCmd::Rm { image, store } => {
+            let removed = open(&store)?.remove(&image)?;
+            for r in &removed.references {
+                println!("untagged {r}");
+            }
+            for i in &removed.images {
+                println!("deleted {i}");
+            }
+            println!(
+                "freed {} layers and {} blobs",
+                removed.layers, removed.blobs
+            );
+        }
+    }
+    Ok(())
+}
+
+/// A byte count as `kubectl` and `crictl` show sizes (`1.1MB`).
+fn human_bytes(n: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "kB", "MB", "GB", "TB"];
+    let mut v = n as f64;
+    let mut u = 0;
+    while v >= 1000.0 && u < UNITS.len() - 1 {
+        v /= 1000.0;
+        u += 1;
+    }
+    if u == 0 {
+        format!("{n}B")
+    } else {
+        format!("{v:.1}{}", UNITS[u])
     }
 }
 

@@ -6,5 +6,6 @@ pub mod apiserver;
 pub mod cluster;
 pub mod fixtures;
 pub mod hygiene;
+pub mod oci;
 pub mod real;
 pub mod simnode;

@@ -43,6 +43,11 @@ const DEBIAN_PACKAGES: &[(&str, &str)] = &[
     ("iputils-ping", "/usr/bin/ping"),
     ("procps", "/usr/bin/ps"),
     ("openssl", "/usr/bin/openssl"),
+    // Images for the runtime tests: built with umoci from busybox-static, converted and
+    // archived with skopeo.
+    ("umoci", "/usr/bin/umoci"),
+    ("skopeo", "/usr/bin/skopeo"),
+    ("busybox-static", "/usr/share/doc/busybox-static"),
 ];
 
 const BPF_LINKER_VERSION: &str = "0.9.15";

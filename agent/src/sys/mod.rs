@@ -3,4 +3,5 @@
 
 pub mod bpf;
 pub mod cgroup;
+pub mod fs;
 pub mod machine;

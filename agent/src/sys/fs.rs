@@ -1,0 +1,46 @@
+//! Filesystem primitives image layers need beyond `std`: overlayfs whiteouts and opaque
+//! directories, FIFOs, and times set without following symlinks.
+
+use std::io;
+use std::path::Path;
+
+use nix::sys::stat::{Mode, SFlag, UtimensatFlags, makedev, mknod, utimensat};
+use nix::sys::time::TimeSpec;
+
+fn io_err(e: nix::errno::Errno) -> io::Error {
+    io::Error::from_raw_os_error(e as i32)
+}
+
+/// An overlayfs whiteout at `path`: a character device 0:0 hides the same name in the
+/// layers below.
+pub fn make_whiteout(path: &Path) -> io::Result<()> {
+    mknod(path, SFlag::S_IFCHR, Mode::empty(), makedev(0, 0)).map_err(io_err)
+}
+
+/// Marks `dir` opaque for overlayfs: nothing below it in lower layers shows through.
+pub fn set_opaque(dir: &Path) -> io::Result<()> {
+    xattr::set(dir, "trusted.overlay.opaque", b"y")
+}
+
+/// Whether `dir` is marked opaque.
+pub fn is_opaque(dir: &Path) -> bool {
+    matches!(xattr::get(dir, "trusted.overlay.opaque"), Ok(Some(v)) if v == b"y")
+}
+
+/// A FIFO with `mode`.
+pub fn make_fifo(path: &Path, mode: u32) -> io::Result<()> {
+    nix::unistd::mkfifo(path, Mode::from_bits_truncate(mode & 0o7777)).map_err(io_err)
+}
+
+/// Sets access and modification time of `path` itself (a symlink is not followed).
+pub fn set_mtime_nofollow(path: &Path, seconds: i64) -> io::Result<()> {
+    let t = TimeSpec::new(seconds, 0);
+    utimensat(
+        nix::fcntl::AT_FDCWD,
+        path,
+        &t,
+        &t,
+        UtimensatFlags::NoFollowSymlink,
+    )
+    .map_err(io_err)
+}

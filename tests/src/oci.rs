@@ -1,0 +1,230 @@
+//! OCI image layouts for tests: real ones built with umoci from Debian's busybox-static,
+//! and hand-made ones whose layers hold exactly the tar entries a test wants, hostile
+//! ones included (the `tar` crate's builder refuses `..` and absolute names, so headers
+//! are written raw here).
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use anyhow::{Context as _, bail};
+use serde_json::json;
+
+/// `sha256:<hex>` of bytes.
+pub fn sha256(bytes: &[u8]) -> String {
+    kernlet::runtime::image::layer::sha256_hex(aws_lc_rs::digest::digest(
+        &aws_lc_rs::digest::SHA256,
+        bytes,
+    ))
+}
+
+/// A tar stream assembled entry by entry, names and link targets written verbatim.
+#[derive(Default)]
+pub struct RawTar {
+    bytes: Vec<u8>,
+}
+
+impl RawTar {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn header(name: &[u8], kind: tar::EntryType, size: u64, mode: u32, link: &[u8]) -> tar::Header {
+        let mut h = tar::Header::new_gnu();
+        {
+            let old = h.as_old_mut();
+            old.name[..name.len()].copy_from_slice(name);
+            old.linkname[..link.len()].copy_from_slice(link);
+        }
+        h.set_entry_type(kind);
+        h.set_size(size);
+        h.set_mode(mode);
+        h.set_uid(0);
+        h.set_gid(0);
+        h.set_mtime(1_700_000_000);
+        h.set_cksum();
+        h
+    }
+
+    fn push(mut self, h: &tar::Header, data: &[u8]) -> Self {
+        self.bytes.extend_from_slice(h.as_bytes());
+        self.bytes.extend_from_slice(data);
+        let pad = (512 - data.len() % 512) % 512;
+        self.bytes.extend(std::iter::repeat_n(0u8, pad));
+        self
+    }
+
+    pub fn dir(self, name: &str) -> Self {
+        let h = Self::header(name.as_bytes(), tar::EntryType::Directory, 0, 0o755, b"");
+        self.push(&h, b"")
+    }
+
+    pub fn file(self, name: &str, data: &[u8]) -> Self {
+        let h = Self::header(
+            name.as_bytes(),
+            tar::EntryType::Regular,
+            data.len() as u64,
+            0o644,
+            b"",
+        );
+        self.push(&h, data)
+    }
+
+    pub fn symlink(self, name: &str, target: &str) -> Self {
+        let h = Self::header(
+            name.as_bytes(),
+            tar::EntryType::Symlink,
+            0,
+            0o777,
+            target.as_bytes(),
+        );
+        self.push(&h, b"")
+    }
+
+    pub fn hard_link(self, name: &str, target: &str) -> Self {
+        let h = Self::header(
+            name.as_bytes(),
+            tar::EntryType::Link,
+            0,
+            0o644,
+            target.as_bytes(),
+        );
+        self.push(&h, b"")
+    }
+
+    pub fn char_device(self, name: &str, major: u32, minor: u32) -> Self {
+        let mut h = Self::header(name.as_bytes(), tar::EntryType::Char, 0, 0o666, b"");
+        let _ = h.set_device_major(major);
+        let _ = h.set_device_minor(minor);
+        h.set_cksum();
+        self.push(&h, b"")
+    }
+
+    /// A GNU sparse entry whose real size is `real_size` while the archive holds a few
+    /// bytes: the "10 GB file" a tiny layer can claim.
+    pub fn sparse_claim(self, name: &str, real_size: u64) -> Self {
+        let mut h = Self::header(name.as_bytes(), tar::EntryType::GNUSparse, 512, 0o644, b"");
+        if let Some(gnu) = h.as_gnu_mut() {
+            let real = format!("{real_size:011o}");
+            gnu.realsize[..real.len()].copy_from_slice(real.as_bytes());
+            // One 512-byte chunk at the very end; everything before it is a hole.
+            let at = format!("{:011o}", real_size - 512);
+            gnu.sparse[0].offset[..at.len()].copy_from_slice(at.as_bytes());
+            let len = format!("{:011o}", 512);
+            gnu.sparse[0].numbytes[..len.len()].copy_from_slice(len.as_bytes());
+        }
+        h.set_cksum();
+        self.push(&h, &[b'x'; 512])
+    }
+
+    /// The archive with its end marker.
+    pub fn finish(mut self) -> Vec<u8> {
+        self.bytes.extend(std::iter::repeat_n(0u8, 1024));
+        self.bytes
+    }
+}
+
+/// Gzip-compresses a layer.
+pub fn gzip(bytes: &[u8]) -> Vec<u8> {
+    use std::io::Write as _;
+    let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    let _ = enc.write_all(bytes);
+    enc.finish().unwrap_or_default()
+}
+
+fn put_blob(dir: &Path, bytes: &[u8]) -> anyhow::Result<String> {
+    let d = sha256(bytes);
+    std::fs::write(dir.join("blobs/sha256").join(&d[7..]), bytes)?;
+    Ok(d)
+}
+
+/// Writes an OCI layout at `dir` with one image of `layers` (uncompressed tars, stored
+/// gzip-compressed), tagged `tag` in the index; returns the manifest digest.
+pub fn write_layout(
+    dir: &Path,
+    tag: &str,
+    layers: &[Vec<u8>],
+    cmd: &[&str],
+) -> anyhow::Result<String> {
+    std::fs::create_dir_all(dir.join("blobs/sha256"))?;
+    std::fs::write(dir.join("oci-layout"), r#"{"imageLayoutVersion":"1.0.0"}"#)?;
+    let mut descs = Vec::new();
+    let mut diff_ids = Vec::new();
+    for l in layers {
+        diff_ids.push(sha256(l));
+        let gz = gzip(l);
+        let d = put_blob(dir, &gz)?;
+        descs.push(json!({"mediaType": "application/vnd.oci.image.layer.v1.tar+gzip", "digest": d, "size": gz.len()}));
+    }
+    let arch = kernlet::runtime::image::layout::this_arch();
+    let config = serde_json::to_vec(&json!({
+        "architecture": arch, "os": "linux",
+        "config": {"Cmd": cmd, "Env": ["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"]},
+        "rootfs": {"type": "layers", "diff_ids": diff_ids},
+    }))?;
+    let cd = put_blob(dir, &config)?;
+    let manifest = serde_json::to_vec(&json!({
+        "schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": cd, "size": config.len()},
+        "layers": descs,
+    }))?;
+    let md = put_blob(dir, &manifest)?;
+    let index = json!({
+        "schemaVersion": 2,
+        "manifests": [{"mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": md, "size": manifest.len(),
+                       "annotations": {"org.opencontainers.image.ref.name": tag}}],
+    });
+    std::fs::write(dir.join("index.json"), serde_json::to_vec(&index)?)?;
+    Ok(md)
+}
+
+fn run(cmd: &mut Command) -> anyhow::Result<()> {
+    let out = cmd.output().with_context(|| format!("running {cmd:?}"))?;
+    if !out.status.success() {
+        bail!("{cmd:?}: {}", String::from_utf8_lossy(&out.stderr).trim());
+    }
+    Ok(())
+}
+
+/// A busybox image built the way an image author would, with umoci from Debian's
+/// busybox-static: `/bin/busybox`, `/bin/sh` and `httpd` linked to it, `Cmd ["sh"]`.
+/// Returns the layout directory (`dir/layout`), tagged `tag`.
+pub fn busybox_layout(dir: &Path, tag: &str) -> anyhow::Result<PathBuf> {
+    let layout = dir.join("layout");
+    let bundle = dir.join("bundle");
+    let image = format!("{}:{tag}", layout.display());
+    run(Command::new("umoci")
+        .args(["init", "--layout"])
+        .arg(&layout))?;
+    run(Command::new("umoci").args(["new", "--image", &image]))?;
+    run(Command::new("umoci")
+        .args(["unpack", "--image", &image])
+        .arg(&bundle))?;
+    let bin = bundle.join("rootfs/bin");
+    std::fs::create_dir_all(&bin)?;
+    std::fs::copy("/bin/busybox", bin.join("busybox"))
+        .context("copy /bin/busybox (Debian busybox-static; `cargo xtask setup` installs it)")?;
+    for applet in ["sh", "httpd", "cat", "echo", "sleep", "ls", "id", "grep"] {
+        std::os::unix::fs::symlink("busybox", bin.join(applet))?;
+    }
+    for d in ["etc", "tmp", "proc", "sys", "dev", "var/www"] {
+        std::fs::create_dir_all(bundle.join("rootfs").join(d))?;
+    }
+    std::fs::write(
+        bundle.join("rootfs/var/www/index.html"),
+        "hello from kernlet\n",
+    )?;
+    run(Command::new("umoci")
+        .args(["repack", "--image", &image])
+        .arg(&bundle))?;
+    run(Command::new("umoci").args([
+        "config",
+        "--image",
+        &image,
+        "--config.cmd",
+        "sh",
+        "--config.env",
+        "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+    ]))?;
+    std::fs::remove_dir_all(&bundle)?;
+    Ok(layout)
+}
