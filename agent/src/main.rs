@@ -28,6 +28,14 @@ enum Command {
     Run(RunArgs),
     /// Join a cluster with a kubeadm bootstrap token, then run.
     Join(JoinCmd),
+    /// List the pods of this node (from its state directory; works without the daemon).
+    Pods {
+        #[command(flatten)]
+        output: OutputArgs,
+        /// The node's state directory.
+        #[arg(long, default_value = "/var/lib/kernlet", env = "KERNLET_STATE_DIR")]
+        state_dir: PathBuf,
+    },
     /// Manage the node's image store.
     #[command(subcommand)]
     Image(ImageCmd),
@@ -160,7 +168,40 @@ struct NodeArgs {
     dirs: NodeDirs,
 }
 
+/// kernlet's helper processes: single-threaded, started by kernlet itself.
+/// `kernlet internal shim <bundle>` and
+/// `kernlet internal sandbox <dir> <hostname> <host-network:0|1> <host-ipc:0|1>`.
+fn internal(args: &[String]) -> ExitCode {
+    match args {
+        [cmd, bundle] if cmd == "shim" => {
+            ExitCode::from(kernlet::runtime::shim::main(std::path::Path::new(bundle)) as u8)
+        }
+        [cmd, dir, hostname, host_net, host_ipc] if cmd == "sandbox" => {
+            match kernlet::sys::ns::create_here(
+                std::path::Path::new(dir),
+                hostname,
+                host_net == "1",
+                host_ipc == "1",
+            ) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("creating the pod namespaces in {dir}: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        _ => {
+            eprintln!("kernlet internal: not for direct use");
+            ExitCode::from(2)
+        }
+    }
+}
+
 fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().collect();
+    if args.get(1).map(String::as_str) == Some("internal") {
+        return internal(&args[2..]);
+    }
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
@@ -183,13 +224,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Run(args) => {
             args.node.dirs.validate()?;
             if args.standalone {
-                let plans = kernlet::standalone::plan(&args.manifests)?;
-                let cgroup2 = kernlet::sys::cgroup::cgroup2_mount().ok();
-                print!(
-                    "{}",
-                    kernlet::standalone::render(&plans, &args.node.dirs, cgroup2.as_deref())
-                );
-                return Ok(());
+                return run_standalone(&args);
             }
             let kubeconfig = args
                 .kubeconfig
@@ -199,6 +234,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             runtime()?.block_on(run_node(kubeconfig, node))
         }
         Command::Image(cmd) => image(cmd),
+        Command::Pods { output, state_dir } => {
+            pods(&state_dir, output.output);
+            Ok(())
+        }
         Command::Join(args) => {
             args.node.dirs.validate()?;
             // Everything about the node is checked before credentials are asked for.
@@ -215,6 +254,107 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let kubeconfig = rt.block_on(kernlet::bootstrap::join(&join))?;
             rt.block_on(run_node(kubeconfig, node))
         }
+    }
+}
+
+fn run_standalone(args: &RunArgs) -> anyhow::Result<()> {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let plans = kernlet::standalone::plan(&args.manifests)?;
+    let dirs = &args.node.dirs;
+    let rt = kernlet::runtime::Runtime::open(kernlet::runtime::RuntimeConfig {
+        state_dir: dirs.state_dir.clone(),
+        run_dir: dirs.run_dir.clone(),
+        log_dir: dirs.log_dir.clone(),
+        image_dir: dirs.image_dir.clone(),
+        cgroup_root: dirs.cgroup_root.clone(),
+        exe: std::env::current_exe().context("cannot find the kernlet binary to run shims")?,
+        rotation: Default::default(),
+    })?;
+    let node_ip = args
+        .node
+        .node_ip
+        .or_else(|| kernlet::sys::machine::default_route_ipv4().map(IpAddr::V4))
+        .unwrap_or(IpAddr::from([127, 0, 0, 1]));
+    tracing::info!(
+        manifests = %args.manifests.display(),
+        pods = plans.len(),
+        cgroup = %rt.cgroup_root.display(),
+        "kernlet standalone: running the pods of the manifest directory"
+    );
+    let stop = Arc::new(AtomicBool::new(false));
+    let runner = kernlet::standalone::Runner::new(
+        rt,
+        args.manifests.clone(),
+        node_ip.to_string(),
+        Default::default(),
+    );
+    let flag = Arc::clone(&stop);
+    let worker = std::thread::spawn(move || runner.run(&flag));
+    runtime()?.block_on(async {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+        tokio::select! {
+            _ = term.recv() => tracing::info!("SIGTERM: stopping; pods keep running"),
+            _ = tokio::signal::ctrl_c() => tracing::info!("interrupted: stopping; pods keep running"),
+        }
+        anyhow::Ok(())
+    })?;
+    stop.store(true, Ordering::Relaxed);
+    let _ = worker.join();
+    tracing::info!("kernlet stopped");
+    Ok(())
+}
+
+fn pods(state_dir: &std::path::Path, output: Output) {
+    let pods = kernlet::standalone::recorded_pods(state_dir);
+    if output == Output::Json {
+        let list = serde_json::json!({"apiVersion": "v1", "kind": "List", "items": pods});
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&list).unwrap_or_default()
+        );
+        return;
+    }
+    println!(
+        "{:<16} {:<32} {:<6} {:<18} {:<9} {:<16}",
+        "NAMESPACE", "NAME", "READY", "STATUS", "RESTARTS", "IP"
+    );
+    for p in &pods {
+        let s = |ptr: &str| {
+            p.pointer(ptr)
+                .and_then(|v| v.as_str())
+                .unwrap_or("")
+                .to_string()
+        };
+        let statuses = p
+            .pointer("/status/containerStatuses")
+            .and_then(|v| v.as_array())
+            .cloned()
+            .unwrap_or_default();
+        let ready = statuses.iter().filter(|c| c["ready"] == true).count();
+        let restarts: u64 = statuses
+            .iter()
+            .filter_map(|c| c["restartCount"].as_u64())
+            .sum();
+        // kubectl's STATUS: a waiting or terminated reason wins over the phase.
+        let reason = statuses
+            .iter()
+            .find_map(|c| {
+                c.pointer("/state/waiting/reason")
+                    .or_else(|| c.pointer("/state/terminated/reason"))
+                    .and_then(|r| r.as_str())
+                    .map(str::to_string)
+            })
+            .unwrap_or_else(|| s("/status/phase"));
+        println!(
+            "{:<16} {:<32} {:<6} {:<18} {:<9} {:<16}",
+            s("/metadata/namespace"),
+            s("/metadata/name"),
+            format!("{ready}/{}", statuses.len()),
+            reason,
+            restarts,
+            s("/status/podIP"),
+        );
     }
 }
 

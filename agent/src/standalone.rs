@@ -1,15 +1,24 @@
-//! Standalone mode: pods from manifest files, no apiserver.
-//!
-//! Until the runtime lands (issue 4) this reads and validates the manifests and reports
-//! what kernlet would run for each pod, then stops.
+//! Standalone mode: the pods of a manifest directory (static pods), no apiserver. The
+//! directory is read again every resync: new pods start, removed or changed ones are
+//! stopped (a changed manifest is a new pod, as with kubelet's static pods). Pod
+//! status goes to `<state-dir>/pods/<uid>/pod.json`, where `kernlet pods` reads it.
 
-use std::fmt::Write as _;
-use std::path::Path;
+use std::collections::{HashMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
 
-use crate::config::NodeDirs;
+use k8s_openapi::api::core::v1::Pod;
+use serde_json::json;
+
 use crate::model::manifest::{self, ManifestError, ManifestPod};
+use crate::model::pod_lifecycle::{self, Action, Observed, View};
 use crate::model::qos::qos_class;
 use crate::model::quantity::QuantityError;
+use crate::runtime::container::ContainerState;
+use crate::runtime::sandbox::SandboxRecord;
+use crate::runtime::{Runtime, read_json, write_json};
 
 /// Why a standalone plan could not be made.
 #[derive(Debug, thiserror::Error)]
@@ -22,8 +31,6 @@ pub enum StandaloneError {
         source_file: String,
         error: QuantityError,
     },
-    #[error("no pod manifests (*.yaml, *.yml, *.json) in {0}")]
-    Empty(String),
 }
 
 /// What kernlet would run for one pod.
@@ -40,9 +47,6 @@ pub struct PodPlan {
 /// Reads the manifests of `dir` and plans every pod.
 pub fn plan(dir: &Path) -> Result<Vec<PodPlan>, StandaloneError> {
     let pods = manifest::load_dir(dir)?;
-    if pods.is_empty() {
-        return Err(StandaloneError::Empty(dir.display().to_string()));
-    }
     pods.iter().map(plan_pod).collect()
 }
 
@@ -75,42 +79,441 @@ fn plan_pod(mp: &ManifestPod) -> Result<PodPlan, StandaloneError> {
     })
 }
 
-/// The report printed by `kernlet run --standalone`; `cgroup2` is the cgroup2 mount,
-/// when there is one.
-pub fn render(plans: &[PodPlan], dirs: &NodeDirs, cgroup2: Option<&Path>) -> String {
-    let mut out = String::new();
-    let _ = writeln!(out, "kernlet standalone: {} pod(s) planned", plans.len());
-    for p in plans {
-        let net = if p.host_network {
-            "host network"
-        } else {
-            "pod network"
-        };
-        let _ = writeln!(
-            out,
-            "  pod {}/{} (QoS {}, {net})",
-            p.namespace, p.name, p.qos
-        );
-        for (name, image) in &p.containers {
-            let _ = writeln!(out, "    container {name}: image {image}");
+/// The UID of a static pod: derived from where it came from and what it says, so the
+/// same manifest is the same pod across restarts and a changed one is a new pod.
+pub fn static_uid(source: &Path, pod: &Pod) -> String {
+    let mut ctx = aws_lc_rs::digest::Context::new(&aws_lc_rs::digest::SHA256);
+    ctx.update(source.as_os_str().as_encoded_bytes());
+    ctx.update(&serde_json::to_vec(pod).unwrap_or_default());
+    let h: String = ctx.finish().as_ref()[..16]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    format!(
+        "{}-{}-{}-{}-{}",
+        &h[..8],
+        &h[8..12],
+        &h[12..16],
+        &h[16..20],
+        &h[20..32]
+    )
+}
+
+/// Timing of the standalone runner.
+#[derive(Clone, Copy, Debug)]
+pub struct Timing {
+    pub resync: Duration,
+    pub backoff_initial: Duration,
+    pub backoff_max: Duration,
+    /// A container that ran this long has its backoff forgotten.
+    pub backoff_reset: Duration,
+}
+
+impl Default for Timing {
+    fn default() -> Self {
+        Self {
+            resync: Duration::from_secs(1),
+            backoff_initial: Duration::from_secs(10),
+            backoff_max: Duration::from_secs(300),
+            backoff_reset: Duration::from_secs(600),
         }
     }
-    let _ = writeln!(
-        out,
-        "state {} · logs {} · cgroup {} · bpffs {}",
-        dirs.state_dir.display(),
-        dirs.log_dir.display(),
-        cgroup2.map_or_else(
-            || format!("<no cgroup2 mount>/{}", dirs.cgroup_root.display()),
-            |m| m.join(&dirs.cgroup_root).display().to_string()
-        ),
-        dirs.bpffs_dir.display()
-    );
-    let _ = writeln!(
-        out,
-        "the pod runtime is not built yet: nothing was started, kernlet stops here"
-    );
-    out
+}
+
+fn parse_time(t: &str) -> Option<k8s_openapi::jiff::Timestamp> {
+    t.parse().ok()
+}
+
+/// Runs the pods of a manifest directory.
+pub struct Runner {
+    rt: Runtime,
+    manifests: PathBuf,
+    node_ip: String,
+    timing: Timing,
+    /// Why a container could not be created, by (pod uid, container).
+    start_failures: HashMap<(String, String), (String, String)>,
+    /// Restart count at which each container's backoff was last reset.
+    backoff_base: HashMap<(String, String), u32>,
+    removing: Arc<std::sync::Mutex<HashSet<String>>>,
+    last_manifest_error: Option<String>,
+}
+
+impl Runner {
+    pub fn new(rt: Runtime, manifests: PathBuf, node_ip: String, timing: Timing) -> Self {
+        Self {
+            rt,
+            manifests,
+            node_ip,
+            timing,
+            start_failures: HashMap::new(),
+            backoff_base: HashMap::new(),
+            removing: Arc::default(),
+            last_manifest_error: None,
+        }
+    }
+
+    /// Runs until `stop`; running pods are left running (a restart adopts them).
+    pub fn run(mut self, stop: &AtomicBool) {
+        while !stop.load(Ordering::Relaxed) {
+            self.tick();
+            let mut slept = Duration::ZERO;
+            while slept < self.timing.resync && !stop.load(Ordering::Relaxed) {
+                std::thread::sleep(Duration::from_millis(50));
+                slept += Duration::from_millis(50);
+            }
+        }
+    }
+
+    fn desired(&mut self) -> Option<Vec<(String, Pod)>> {
+        match manifest::load_dir(&self.manifests) {
+            Ok(pods) => {
+                self.last_manifest_error = None;
+                Some(
+                    pods.into_iter()
+                        .map(|mp| {
+                            let uid = static_uid(&mp.source, &mp.pod);
+                            let mut pod = mp.pod;
+                            pod.metadata.uid = Some(uid.clone());
+                            pod.metadata
+                                .namespace
+                                .get_or_insert_with(|| "default".into());
+                            (uid, pod)
+                        })
+                        .collect(),
+                )
+            }
+            Err(e) => {
+                let msg = e.to_string();
+                if self.last_manifest_error.as_ref() != Some(&msg) {
+                    tracing::error!("{msg}; running pods are kept until the manifests are fixed");
+                    self.last_manifest_error = Some(msg);
+                }
+                None
+            }
+        }
+    }
+
+    /// One pass: start what is missing, restart what exited, remove what went away.
+    pub fn tick(&mut self) {
+        let Some(desired) = self.desired() else {
+            return;
+        };
+        let wanted: HashSet<String> = desired.iter().map(|(u, _)| u.clone()).collect();
+        for (uid, pod) in &desired {
+            if self.removing.lock().is_ok_and(|r| r.contains(uid)) {
+                continue;
+            }
+            if let Err(e) = self.sync_pod(uid, pod) {
+                tracing::warn!(pod = %pod.metadata.name.clone().unwrap_or_default(), "{e}");
+            }
+        }
+        for sb in self.rt.sandboxes() {
+            if !wanted.contains(&sb.uid) {
+                self.remove_pod(sb);
+            }
+        }
+    }
+
+    fn views(&self, uid: &str, pod: &Pod) -> Vec<View> {
+        let spec = pod.spec.clone().unwrap_or_default();
+        let records = self.rt.containers();
+        let mut views = Vec::new();
+        for c in spec
+            .init_containers
+            .iter()
+            .flatten()
+            .chain(spec.containers.iter())
+        {
+            let mut mine: Vec<_> = records
+                .iter()
+                .filter(|r| r.pod_uid == uid && r.name == c.name)
+                .collect();
+            mine.sort_by_key(|r| r.restart);
+            let mut v = View::new(&c.name);
+            v.image = c.image.clone().unwrap_or_default();
+            let observe = |id: &str| match self.rt.container_state(id) {
+                ContainerState::Created => Observed::NotStarted,
+                ContainerState::Running { started_at, .. } => Observed::Running { started_at },
+                ContainerState::Exited { exit, started_at } => Observed::Exited {
+                    code: exit.exit_code,
+                    reason: exit.reason().to_string(),
+                    started_at: started_at.unwrap_or_default(),
+                    finished_at: exit.finished_at,
+                },
+                ContainerState::Failed(why) => Observed::StartFailed {
+                    reason: "RunContainerError".into(),
+                    message: why,
+                },
+            };
+            if let Some(cur) = mine.last() {
+                v.restarts = cur.restart;
+                v.current = observe(&cur.id);
+                v.id = cur.id.clone();
+                v.image = cur.image_ref.clone();
+                v.image_id = cur.image_id.clone();
+            }
+            if mine.len() >= 2 {
+                v.last = Some(observe(&mine[mine.len() - 2].id));
+            }
+            if let Some((reason, message)) =
+                self.start_failures.get(&(uid.to_string(), c.name.clone()))
+            {
+                v.current = Observed::StartFailed {
+                    reason: reason.clone(),
+                    message: message.clone(),
+                };
+            }
+            views.push(v);
+        }
+        views
+    }
+
+    fn may_restart(&self, uid: &str, v: &View) -> bool {
+        let key = (uid.to_string(), v.name.clone());
+        let base = self.backoff_base.get(&key).copied().unwrap_or(0);
+        let (finished, ran) = match &v.current {
+            Observed::Exited {
+                started_at,
+                finished_at,
+                ..
+            } => {
+                let f = parse_time(finished_at);
+                let ran = match (parse_time(started_at), f) {
+                    (Some(s), Some(f)) => f.as_second() - s.as_second(),
+                    _ => 0,
+                };
+                (f, ran)
+            }
+            _ => (None, 0),
+        };
+        let n = if ran >= self.timing.backoff_reset.as_secs() as i64 {
+            1
+        } else {
+            (v.restarts + 1).saturating_sub(base)
+        };
+        let delay = pod_lifecycle::backoff(n, self.timing.backoff_initial, self.timing.backoff_max);
+        let now = k8s_openapi::jiff::Timestamp::now().as_second();
+        finished.is_none_or(|f| now >= f.as_second() + delay.as_secs() as i64)
+    }
+
+    fn sync_pod(&mut self, uid: &str, pod: &Pod) -> Result<(), crate::runtime::RuntimeError> {
+        let sb = self.rt.run_sandbox(pod, uid, &self.node_ip)?;
+        let spec = pod.spec.clone().unwrap_or_default();
+        let views = self.views(uid, pod);
+        let actions = {
+            let allowed: HashMap<String, bool> = views
+                .iter()
+                .map(|v| (v.name.clone(), self.may_restart(uid, v)))
+                .collect();
+            pod_lifecycle::next(&spec, &views, &|name| {
+                allowed.get(name).copied().unwrap_or(true)
+            })
+        };
+        for Action::Start { name, restart } in actions {
+            let Some(c) = spec
+                .init_containers
+                .iter()
+                .flatten()
+                .chain(spec.containers.iter())
+                .find(|c| c.name == name)
+            else {
+                continue;
+            };
+            let key = (uid.to_string(), name.clone());
+            if let Some(v) = views.iter().find(|v| v.name == name)
+                && let Observed::Exited {
+                    started_at,
+                    finished_at,
+                    ..
+                } = &v.current
+                && let (Some(s), Some(f)) = (parse_time(started_at), parse_time(finished_at))
+                && f.as_second() - s.as_second() >= self.timing.backoff_reset.as_secs() as i64
+            {
+                self.backoff_base.insert(key.clone(), restart);
+            }
+            // A container that failed to start is replaced, not kept as a run.
+            if let Some(v) = views.iter().find(|v| v.name == name)
+                && matches!(v.current, Observed::StartFailed { .. })
+                && !v.id.is_empty()
+            {
+                let _ = self.rt.remove_container(&v.id);
+            }
+            match self.rt.start_container(&sb, pod, c, restart) {
+                Ok(r) => {
+                    self.start_failures.remove(&key);
+                    tracing::info!(pod = %format!("{}/{}", sb.namespace, sb.name), container = %name, restart, id = %r.id, "container started");
+                }
+                Err(e) => {
+                    let reason = if e.to_string().contains("image store") {
+                        "ErrImageNeverPull"
+                    } else {
+                        "CreateContainerError"
+                    };
+                    tracing::warn!(pod = %format!("{}/{}", sb.namespace, sb.name), container = %name, "{e}");
+                    self.start_failures
+                        .insert(key, (reason.into(), e.to_string()));
+                }
+            }
+        }
+        self.prune(uid, &spec);
+        let views = self.views(uid, pod);
+        self.write_status(&sb, pod, &views)
+    }
+
+    /// Keeps the current and the previous run of each container; older ones go.
+    fn prune(&self, uid: &str, spec: &k8s_openapi::api::core::v1::PodSpec) {
+        let records = self.rt.containers();
+        for c in spec
+            .init_containers
+            .iter()
+            .flatten()
+            .chain(spec.containers.iter())
+        {
+            let mut mine: Vec<_> = records
+                .iter()
+                .filter(|r| r.pod_uid == uid && r.name == c.name)
+                .collect();
+            mine.sort_by_key(|r| r.restart);
+            if mine.len() > 2 {
+                for old in &mine[..mine.len() - 2] {
+                    if self.rt.remove_container(&old.id).is_ok() {
+                        let _ = std::fs::remove_file(&old.log_path);
+                    }
+                }
+            }
+        }
+    }
+
+    fn write_status(
+        &self,
+        sb: &SandboxRecord,
+        pod: &Pod,
+        views: &[View],
+    ) -> Result<(), crate::runtime::RuntimeError> {
+        let spec = pod.spec.clone().unwrap_or_default();
+        let is_init = |n: &str| spec.init_containers.iter().flatten().any(|c| c.name == n);
+        let main: Vec<&View> = views.iter().filter(|v| !is_init(&v.name)).collect();
+        let init: Vec<&View> = views.iter().filter(|v| is_init(&v.name)).collect();
+        let waiting = |v: &View| match &v.current {
+            Observed::Exited { code, .. } => {
+                let policy = spec.restart_policy.as_deref().unwrap_or("Always");
+                let restarts = policy == "Always" || (policy == "OnFailure" && *code != 0);
+                (restarts && !self.may_restart(&sb.uid, v)).then_some("CrashLoopBackOff")
+            }
+            _ => None,
+        };
+        let initialized = init
+            .iter()
+            .all(|v| matches!(v.current, Observed::Exited { code: 0, .. }));
+        let ready = !main.is_empty()
+            && main
+                .iter()
+                .all(|v| matches!(v.current, Observed::Running { .. }));
+        let cond = |t: &str, ok: bool| json!({"type": t, "status": if ok { "True" } else { "False" }, "lastTransitionTime": sb.created_at});
+        let mut status = json!({
+            "phase": pod_lifecycle::phase(&spec, views),
+            "conditions": [
+                cond("PodReadyToStartContainers", true), cond("Initialized", initialized),
+                cond("Ready", ready), cond("ContainersReady", ready), cond("PodScheduled", true),
+            ],
+            "hostIP": self.node_ip, "hostIPs": [{"ip": self.node_ip}],
+            "startTime": sb.created_at, "qosClass": sb.qos,
+            "containerStatuses": main.iter().map(|v| pod_lifecycle::container_status(v, waiting(v))).collect::<Vec<_>>(),
+        });
+        if !init.is_empty() {
+            status["initContainerStatuses"] = json!(
+                init.iter()
+                    .map(|v| pod_lifecycle::container_status(v, waiting(v)))
+                    .collect::<Vec<_>>()
+            );
+        }
+        if !sb.ip.is_empty() {
+            status["podIP"] = json!(sb.ip);
+            status["podIPs"] = json!([{"ip": sb.ip}]);
+        }
+        let mut out = serde_json::to_value(pod).unwrap_or_default();
+        out["apiVersion"] = json!("v1");
+        out["kind"] = json!("Pod");
+        out["status"] = status;
+        let path = self.rt.pod_state_dir(&sb.uid).join("pod.json");
+        if read_json::<serde_json::Value>(&path)
+            .ok()
+            .flatten()
+            .as_ref()
+            != Some(&out)
+        {
+            write_json(&path, &out)?;
+        }
+        Ok(())
+    }
+
+    /// Stops a pod's containers (SIGTERM, SIGKILL after its grace period) and removes
+    /// them and its sandbox, in the background.
+    fn remove_pod(&self, sb: SandboxRecord) {
+        {
+            let Ok(mut r) = self.removing.lock() else {
+                return;
+            };
+            if !r.insert(sb.uid.clone()) {
+                return;
+            }
+        }
+        let rt = self.rt.clone();
+        let removing = Arc::clone(&self.removing);
+        std::thread::spawn(move || {
+            let grace = read_json::<serde_json::Value>(&rt.pod_state_dir(&sb.uid).join("pod.json"))
+                .ok()
+                .flatten()
+                .and_then(|p| {
+                    p.pointer("/spec/terminationGracePeriodSeconds")
+                        .and_then(serde_json::Value::as_u64)
+                })
+                .unwrap_or(30);
+            tracing::info!(pod = %format!("{}/{}", sb.namespace, sb.name), "pod removed from the manifests; stopping it");
+            for c in rt.containers().into_iter().filter(|c| c.pod_uid == sb.uid) {
+                if let Err(e) = rt.stop_container(&c.id, Duration::from_secs(grace)) {
+                    tracing::warn!("{e}");
+                }
+                let _ = rt.remove_container(&c.id);
+            }
+            if let Err(e) = rt.remove_sandbox(&sb.uid) {
+                tracing::warn!(pod = %sb.name, "removing the sandbox: {e}");
+            }
+            let _ = std::fs::remove_dir_all(crate::runtime::logs::pod_dir(
+                &rt.cfg.log_dir,
+                &sb.namespace,
+                &sb.name,
+                &sb.uid,
+            ));
+            if let Ok(mut r) = removing.lock() {
+                r.remove(&sb.uid);
+            }
+        });
+    }
+}
+
+/// The pods recorded under a state directory (their last written status), for
+/// `kernlet pods`; works without the daemon.
+pub fn recorded_pods(state_dir: &Path) -> Vec<serde_json::Value> {
+    let mut v: Vec<serde_json::Value> = std::fs::read_dir(state_dir.join("pods"))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| read_json(&e.path().join("pod.json")).ok().flatten())
+        .collect();
+    v.sort_by_key(|p: &serde_json::Value| {
+        (
+            p.pointer("/metadata/namespace")
+                .and_then(|n| n.as_str())
+                .unwrap_or("")
+                .to_string(),
+            p.pointer("/metadata/name")
+                .and_then(|n| n.as_str())
+                .unwrap_or("")
+                .to_string(),
+        )
+    });
+    v
 }
 
 #[cfg(test)]
@@ -157,9 +560,13 @@ mod tests {
     }
 
     #[test]
-    fn empty_directory_is_an_error_naming_it() {
-        let tmp = tempfile::tempdir().unwrap();
-        let err = plan(tmp.path()).unwrap_err().to_string();
-        assert!(err.contains(&tmp.path().display().to_string()), "{err}");
+    fn static_pod_uids_follow_the_manifest() {
+        let pod: Pod = serde_json::from_value(json!({"metadata": {"name": "a"}})).unwrap();
+        let other: Pod = serde_json::from_value(json!({"metadata": {"name": "b"}})).unwrap();
+        let u = static_uid(Path::new("/m/a.yaml"), &pod);
+        assert_eq!(u.len(), 36);
+        assert_eq!(u, static_uid(Path::new("/m/a.yaml"), &pod));
+        assert_ne!(u, static_uid(Path::new("/m/a.yaml"), &other));
+        assert_ne!(u, static_uid(Path::new("/m/b.yaml"), &pod));
     }
 }

@@ -5,5 +5,7 @@ pub mod image_ref;
 pub mod kubelet_config;
 pub mod manifest;
 pub mod node;
+pub mod pod_lifecycle;
 pub mod qos;
 pub mod quantity;
+pub mod runtime_spec;

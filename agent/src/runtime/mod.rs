@@ -1,3 +1,188 @@
-//! The pod runtime: images now; sandboxes, containers and logs to come (issue 4).
+//! The pod runtime: images, pod sandboxes (namespaces and a cgroup), containers (run by
+//! a shim each), their logs. Everything it creates is recorded under the state
+//! directory so a restarted kernlet adopts it instead of starting it again.
+//!
+//! ```text
+//! <state-dir>/pods/<uid>/sandbox.json          a pod's sandbox
+//! <state-dir>/containers/<id>/                 a container: OCI bundle, container.json,
+//!                                              the shim's state.json / exit.json,
+//!                                              upper/ and work/ of its overlay root
+//! <run-dir>/pods/<uid>/ns/{net,ipc,uts}        pinned pod namespaces
+//! <run-dir>/pods/<uid>/{hosts,resolv.conf,hostname}
+//! <run-dir>/libcontainer/                      libcontainer's own state
+//! <cgroup2>/<cgroup-root>/kubepods[/<qos>]/pod<uid>/<container id>
+//! ```
 
+pub mod container;
 pub mod image;
+pub mod logs;
+pub mod sandbox;
+pub mod shim;
+
+use std::path::{Path, PathBuf};
+
+use crate::sys::cgroup::{self, Cgroup};
+
+/// What went wrong in the runtime, naming the pod or container.
+#[derive(Debug, thiserror::Error)]
+pub enum RuntimeError {
+    #[error("{what}: {source}")]
+    Io {
+        what: String,
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Image(#[from] image::ImageError),
+    #[error(transparent)]
+    Cgroup(#[from] cgroup::CgroupError),
+    #[error(transparent)]
+    State(#[from] crate::state::StateError),
+    #[error("{0}")]
+    Refused(String),
+}
+
+impl RuntimeError {
+    pub fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> Self {
+        let what = what.into();
+        move |source| Self::Io { what, source }
+    }
+}
+
+/// Where one kernlet instance keeps what the runtime creates.
+#[derive(Clone, Debug)]
+pub struct RuntimeConfig {
+    pub state_dir: PathBuf,
+    pub run_dir: PathBuf,
+    pub log_dir: PathBuf,
+    pub image_dir: PathBuf,
+    /// cgroup root relative to the cgroup2 mount.
+    pub cgroup_root: PathBuf,
+    /// The kernlet binary, re-executed for shims and sandbox creation.
+    pub exe: PathBuf,
+    pub rotation: logs::Rotation,
+}
+
+/// Resource controllers whose limits kernlet enforces when the cgroup2 tree has them.
+pub const CONTROLLERS: [&str; 3] = ["cpu", "memory", "pids"];
+
+/// The runtime of one kernlet instance.
+#[derive(Clone, Debug)]
+pub struct Runtime {
+    pub cfg: RuntimeConfig,
+    pub images: image::ImageStore,
+    /// kernlet's cgroup subtree on the host (cgroup2 mount + cgroup root).
+    pub cgroup_root: PathBuf,
+    /// Of [`CONTROLLERS`], those this cgroup tree has.
+    pub controllers: Vec<String>,
+}
+
+impl Runtime {
+    /// Opens the runtime: directories, image store, cgroup root. Missing resource
+    /// controllers are reported (limits then cannot be enforced), not fatal.
+    pub fn open(cfg: RuntimeConfig) -> Result<Self, RuntimeError> {
+        for d in [
+            cfg.state_dir.join("pods"),
+            cfg.state_dir.join("containers"),
+            cfg.run_dir.join("pods"),
+            cfg.run_dir.join("libcontainer"),
+            cfg.log_dir.clone(),
+        ] {
+            std::fs::create_dir_all(&d)
+                .map_err(RuntimeError::io(format!("creating {}", d.display())))?;
+        }
+        let images = image::ImageStore::open(&cfg.image_dir)?;
+        images.clean_tmp();
+        let mount = cgroup::cgroup2_mount()?;
+        let root = Cgroup::create(&mount, &cfg.cgroup_root)?;
+        let available = root.controllers().unwrap_or_default();
+        let controllers: Vec<String> = CONTROLLERS
+            .iter()
+            .filter(|c| available.iter().any(|a| a == *c))
+            .map(|c| c.to_string())
+            .collect();
+        if !controllers.is_empty() {
+            // Children may use what the root has (best effort: a parent may not
+            // delegate them).
+            let want: Vec<String> = controllers.iter().map(|c| format!("+{c}")).collect();
+            let _ = std::fs::write(root.path().join("cgroup.subtree_control"), want.join(" "));
+        }
+        let missing = missing_controllers(&controllers);
+        if !missing.is_empty() {
+            tracing::warn!(
+                cgroup = %root.path().display(),
+                "the cgroup v2 tree has no {} controller(s): {} limits of pods are NOT enforced on this node \
+                 (the controllers are bound to cgroup v1 or not delegated; boot with cgroup v2 only, \
+                 systemd.unified_cgroup_hierarchy=1, to enforce them)",
+                missing.join(", "),
+                missing.join("/"),
+            );
+        }
+        Ok(Self {
+            cgroup_root: root.path().to_path_buf(),
+            images,
+            controllers,
+            cfg,
+        })
+    }
+
+    pub fn has_controller(&self, c: &str) -> bool {
+        self.controllers.iter().any(|x| x == c)
+    }
+
+    pub fn pod_state_dir(&self, uid: &str) -> PathBuf {
+        self.cfg.state_dir.join("pods").join(uid)
+    }
+
+    pub fn pod_run_dir(&self, uid: &str) -> PathBuf {
+        self.cfg.run_dir.join("pods").join(uid)
+    }
+
+    pub fn container_dir(&self, id: &str) -> PathBuf {
+        self.cfg.state_dir.join("containers").join(id)
+    }
+
+    /// The host path of a cgroup given relative to kernlet's root.
+    pub fn cgroup_path(&self, relative: &str) -> PathBuf {
+        self.cgroup_root.join(relative.trim_start_matches('/'))
+    }
+}
+
+/// Which of [`CONTROLLERS`] are not in `have`.
+pub fn missing_controllers(have: &[String]) -> Vec<&'static str> {
+    CONTROLLERS
+        .iter()
+        .copied()
+        .filter(|c| !have.iter().any(|h| h == c))
+        .collect()
+}
+
+/// Reads a JSON record, `None` when the file does not exist.
+pub fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<Option<T>, RuntimeError> {
+    match std::fs::read(path) {
+        Ok(b) => serde_json::from_slice(&b)
+            .map(Some)
+            .map_err(|e| RuntimeError::Io {
+                what: format!("reading {}", path.display()),
+                source: std::io::Error::new(std::io::ErrorKind::InvalidData, e),
+            }),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(RuntimeError::io(format!("reading {}", path.display()))(e)),
+    }
+}
+
+/// Writes a JSON record atomically.
+pub fn write_json<T: serde::Serialize>(path: &Path, value: &T) -> Result<(), RuntimeError> {
+    let bytes = serde_json::to_vec_pretty(value).map_err(|e| RuntimeError::Io {
+        what: format!("encoding {}", path.display()),
+        source: std::io::Error::other(e),
+    })?;
+    crate::state::write_atomic(path, &bytes, 0o644)?;
+    Ok(())
+}
+
+/// A new random ID (64 hex digits, like containerd's).
+pub fn new_id() -> String {
+    let mut bytes = [0u8; 32];
+    let _ = aws_lc_rs::rand::fill(&mut bytes);
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}

@@ -120,6 +120,18 @@ impl Cgroup {
         Ok(text.lines().filter_map(|l| l.trim().parse().ok()).collect())
     }
 
+    /// Kills every process in this cgroup and its descendants (`cgroup.kill`).
+    pub fn kill(&self) -> Result<(), CgroupError> {
+        let file = self.path.join("cgroup.kill");
+        std::fs::write(&file, "1").map_err(io_err("write", &file))
+    }
+
+    /// Whether any process is in this cgroup or below (`cgroup.events` populated).
+    pub fn populated(&self) -> bool {
+        std::fs::read_to_string(self.path.join("cgroup.events"))
+            .is_ok_and(|t| t.lines().any(|l| l.trim() == "populated 1"))
+    }
+
     /// Removes this cgroup and its child cgroups, deepest first. Processes still inside
     /// make the kernel refuse (EBUSY); the caller ends them first.
     pub fn remove(&self) -> Result<(), CgroupError> {

@@ -5,3 +5,6 @@ pub mod bpf;
 pub mod cgroup;
 pub mod fs;
 pub mod machine;
+pub mod mount;
+pub mod ns;
+pub mod process;

@@ -1,0 +1,353 @@
+//! What a pod worker does next, and the status it reports — pure functions of the pod
+//! spec and what the runtime observed, shared by standalone and apiserver modes.
+//!
+//! Init containers run one at a time, in order, each to success; then every main
+//! container runs. An exited container restarts by the pod's `restartPolicy`, after
+//! kubelet's CrashLoopBackOff delay (the first restart at once, then 10 s doubling to
+//! 5 min, forgotten after 10 min of running).
+
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::PodSpec;
+use serde_json::{Value, json};
+
+/// One container as the runtime sees it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Observed {
+    NotStarted,
+    Running {
+        started_at: String,
+    },
+    Exited {
+        code: i32,
+        reason: String,
+        started_at: String,
+        finished_at: String,
+    },
+    /// It could not be started (image missing, bad spec): the waiting reason and why.
+    StartFailed {
+        reason: String,
+        message: String,
+    },
+}
+
+/// A container of the pod: its current run, the one before, and how many restarts.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct View {
+    pub name: String,
+    pub restarts: u32,
+    pub current: Observed,
+    pub last: Option<Observed>,
+    pub id: String,
+    pub image: String,
+    pub image_id: String,
+}
+
+impl View {
+    pub fn new(name: &str) -> Self {
+        Self {
+            name: name.to_string(),
+            restarts: 0,
+            current: Observed::NotStarted,
+            last: None,
+            id: String::new(),
+            image: String::new(),
+            image_id: String::new(),
+        }
+    }
+}
+
+/// What to do now for a pod.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Action {
+    /// Start container `name` (its `restart`-th restart).
+    Start { name: String, restart: u32 },
+}
+
+/// CrashLoopBackOff: the delay before restart number `n` (1-based).
+pub fn backoff(n: u32, initial: Duration, max: Duration) -> Duration {
+    if n <= 1 {
+        return Duration::ZERO;
+    }
+    let factor = 1u32.checked_shl(n - 2).unwrap_or(u32::MAX);
+    initial.saturating_mul(factor).min(max)
+}
+
+fn policy(spec: &PodSpec) -> &str {
+    spec.restart_policy.as_deref().unwrap_or("Always")
+}
+
+fn should_restart(policy: &str, code: i32) -> bool {
+    match policy {
+        "Always" => true,
+        "OnFailure" => code != 0,
+        _ => false,
+    }
+}
+
+fn view<'a>(views: &'a [View], name: &str) -> Option<&'a View> {
+    views.iter().find(|v| v.name == name)
+}
+
+/// The next actions for a pod; `may_restart(name)` says whether that container's
+/// backoff has passed.
+pub fn next(spec: &PodSpec, views: &[View], may_restart: &dyn Fn(&str) -> bool) -> Vec<Action> {
+    let policy = policy(spec);
+    for ic in spec.init_containers.iter().flatten() {
+        let v = view(views, &ic.name);
+        match v.map(|v| &v.current) {
+            None | Some(Observed::NotStarted) => {
+                return vec![Action::Start {
+                    name: ic.name.clone(),
+                    restart: 0,
+                }];
+            }
+            Some(Observed::Running { .. }) => return vec![],
+            Some(Observed::Exited { code: 0, .. }) => continue,
+            Some(Observed::StartFailed { .. }) => {
+                // It never ran: retried (with backoff) whatever the policy.
+                if may_restart(&ic.name) {
+                    let restarts = v.map_or(0, |v| v.restarts);
+                    return vec![Action::Start {
+                        name: ic.name.clone(),
+                        restart: restarts,
+                    }];
+                }
+                return vec![];
+            }
+            Some(Observed::Exited { .. }) => {
+                // A failed init container is retried unless the pod never restarts.
+                if policy != "Never" && may_restart(&ic.name) {
+                    let restarts = v.map_or(0, |v| v.restarts);
+                    return vec![Action::Start {
+                        name: ic.name.clone(),
+                        restart: restarts + 1,
+                    }];
+                }
+                return vec![];
+            }
+        }
+    }
+    let mut actions = Vec::new();
+    for c in &spec.containers {
+        let v = view(views, &c.name);
+        let restarts = v.map_or(0, |v| v.restarts);
+        match v.map(|v| &v.current) {
+            None | Some(Observed::NotStarted) => actions.push(Action::Start {
+                name: c.name.clone(),
+                restart: 0,
+            }),
+            Some(Observed::Running { .. }) => {}
+            Some(Observed::Exited { code, .. }) => {
+                if should_restart(policy, *code) && may_restart(&c.name) {
+                    actions.push(Action::Start {
+                        name: c.name.clone(),
+                        restart: restarts + 1,
+                    });
+                }
+            }
+            Some(Observed::StartFailed { .. }) => {
+                if may_restart(&c.name) {
+                    actions.push(Action::Start {
+                        name: c.name.clone(),
+                        restart: restarts,
+                    });
+                }
+            }
+        }
+    }
+    actions
+}
+
+/// The pod phase kubelet reports for these views.
+pub fn phase(spec: &PodSpec, views: &[View]) -> &'static str {
+    let policy = policy(spec);
+    let init_failed = spec.init_containers.iter().flatten().any(|ic| {
+        matches!(view(views, &ic.name).map(|v| &v.current), Some(Observed::Exited { code, .. }) if *code != 0)
+    });
+    if init_failed && policy == "Never" {
+        return "Failed";
+    }
+    let mains: Vec<Option<&Observed>> = spec
+        .containers
+        .iter()
+        .map(|c| view(views, &c.name).map(|v| &v.current))
+        .collect();
+    if mains
+        .iter()
+        .any(|o| matches!(o, Some(Observed::Running { .. })))
+    {
+        return "Running";
+    }
+    let all_exited = !mains.is_empty()
+        && mains
+            .iter()
+            .all(|o| matches!(o, Some(Observed::Exited { .. })));
+    if all_exited {
+        let failed = mains
+            .iter()
+            .any(|o| matches!(o, Some(Observed::Exited { code, .. }) if *code != 0));
+        return match (policy, failed) {
+            ("Always", _) => "Running",
+            ("OnFailure", true) => "Running",
+            (_, true) => "Failed",
+            (_, false) => "Succeeded",
+        };
+    }
+    "Pending"
+}
+
+fn state_json(o: &Observed, id: &str) -> Value {
+    match o {
+        Observed::NotStarted => json!({"waiting": {"reason": "PodInitializing"}}),
+        Observed::Running { started_at } => json!({"running": {"startedAt": started_at}}),
+        Observed::Exited {
+            code,
+            reason,
+            started_at,
+            finished_at,
+        } => json!({"terminated": {
+            "exitCode": code, "reason": reason, "startedAt": started_at, "finishedAt": finished_at,
+            "containerID": format!("kernlet://{id}"),
+        }}),
+        Observed::StartFailed { reason, message } => {
+            json!({"waiting": {"reason": reason, "message": message}})
+        }
+    }
+}
+
+/// A container status as kubelet writes it (readiness = running, until probes run).
+pub fn container_status(v: &View, waiting_reason: Option<&str>) -> Value {
+    let running = matches!(v.current, Observed::Running { .. });
+    let mut state = state_json(&v.current, &v.id);
+    if let (Some(reason), Observed::Exited { .. }) = (waiting_reason, &v.current) {
+        state = json!({"waiting": {"reason": reason}});
+    }
+    let mut s = json!({
+        "name": v.name, "image": v.image, "imageID": v.image_id,
+        "ready": running, "started": running, "restartCount": v.restarts,
+        "state": state, "lastState": v.last.as_ref().map_or(json!({}), |l| state_json(l, "")),
+    });
+    if !v.id.is_empty() {
+        s["containerID"] = json!(format!("kernlet://{}", v.id));
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(policy: &str, init: &[&str], main: &[&str]) -> PodSpec {
+        serde_json::from_value(json!({
+            "restartPolicy": policy,
+            "initContainers": init.iter().map(|n| json!({"name": n})).collect::<Vec<_>>(),
+            "containers": main.iter().map(|n| json!({"name": n})).collect::<Vec<_>>(),
+        }))
+        .unwrap()
+    }
+
+    fn exited(name: &str, code: i32, restarts: u32) -> View {
+        View {
+            restarts,
+            current: Observed::Exited {
+                code,
+                reason: "Error".into(),
+                started_at: "t".into(),
+                finished_at: "t".into(),
+            },
+            ..View::new(name)
+        }
+    }
+
+    fn running(name: &str) -> View {
+        View {
+            current: Observed::Running {
+                started_at: "t".into(),
+            },
+            ..View::new(name)
+        }
+    }
+
+    #[test]
+    fn init_containers_run_in_order_before_the_main_ones() {
+        let s = spec("Always", &["i1", "i2"], &["a", "b"]);
+        let yes = |_: &str| true;
+        assert_eq!(
+            next(&s, &[], &yes),
+            [Action::Start {
+                name: "i1".into(),
+                restart: 0
+            }]
+        );
+        assert!(next(&s, &[running("i1")], &yes).is_empty());
+        assert_eq!(
+            next(&s, &[exited("i1", 0, 0)], &yes),
+            [Action::Start {
+                name: "i2".into(),
+                restart: 0
+            }]
+        );
+        assert_eq!(
+            next(&s, &[exited("i1", 3, 0)], &yes),
+            [Action::Start {
+                name: "i1".into(),
+                restart: 1
+            }]
+        );
+        assert_eq!(
+            next(&s, &[exited("i1", 0, 0), exited("i2", 0, 0)], &yes),
+            [
+                Action::Start {
+                    name: "a".into(),
+                    restart: 0
+                },
+                Action::Start {
+                    name: "b".into(),
+                    restart: 0
+                }
+            ]
+        );
+        assert_eq!(phase(&s, &[exited("i1", 0, 0)]), "Pending");
+        let never = spec("Never", &["i1"], &["a"]);
+        assert!(next(&never, &[exited("i1", 1, 0)], &yes).is_empty());
+        assert_eq!(phase(&never, &[exited("i1", 1, 0)]), "Failed");
+    }
+
+    #[test]
+    fn restart_policies_and_phases() {
+        let yes = |_: &str| true;
+        let no = |_: &str| false;
+        let always = spec("Always", &[], &["a"]);
+        assert_eq!(
+            next(&always, &[exited("a", 0, 2)], &yes),
+            [Action::Start {
+                name: "a".into(),
+                restart: 3
+            }]
+        );
+        assert!(
+            next(&always, &[exited("a", 0, 2)], &no).is_empty(),
+            "backing off"
+        );
+        assert_eq!(phase(&always, &[exited("a", 1, 2)]), "Running");
+        let on_failure = spec("OnFailure", &[], &["a"]);
+        assert!(next(&on_failure, &[exited("a", 0, 0)], &yes).is_empty());
+        assert_eq!(phase(&on_failure, &[exited("a", 0, 0)]), "Succeeded");
+        assert_eq!(next(&on_failure, &[exited("a", 3, 0)], &yes).len(), 1);
+        let never = spec("Never", &[], &["a", "b"]);
+        assert_eq!(
+            phase(&never, &[exited("a", 0, 0), exited("b", 3, 0)]),
+            "Failed"
+        );
+        assert_eq!(phase(&never, &[exited("a", 0, 0), running("b")]), "Running");
+        assert_eq!(phase(&never, &[]), "Pending");
+    }
+
+    #[test]
+    fn crash_loop_backoff_doubles_to_five_minutes() {
+        let (i, m) = (Duration::from_secs(10), Duration::from_secs(300));
+        let delays: Vec<u64> = (1..=8).map(|n| backoff(n, i, m).as_secs()).collect();
+        assert_eq!(delays, [0, 10, 20, 40, 80, 160, 300, 300]);
+    }
+}

@@ -1,0 +1,471 @@
+//! A container's OCI runtime spec (`config.json`), as containerd's CRI plugin would
+//! write it for the same Pod: default capabilities, masked and read-only paths, the
+//! standard /proc, /dev, /sys mounts, the pod's namespaces joined by path.
+
+use std::path::PathBuf;
+
+use serde_json::{Value, json};
+
+/// containerd's default capability set for containers.
+pub const DEFAULT_CAPABILITIES: [&str; 14] = [
+    "CAP_CHOWN",
+    "CAP_DAC_OVERRIDE",
+    "CAP_FSETID",
+    "CAP_FOWNER",
+    "CAP_MKNOD",
+    "CAP_NET_RAW",
+    "CAP_SETGID",
+    "CAP_SETUID",
+    "CAP_SETFCAP",
+    "CAP_SETPCAP",
+    "CAP_NET_BIND_SERVICE",
+    "CAP_SYS_CHROOT",
+    "CAP_KILL",
+    "CAP_AUDIT_WRITE",
+];
+
+/// The PATH of containers whose image sets none (containerd's default).
+pub const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+
+/// Every capability (for privileged containers), as of Linux 6.x.
+pub const ALL_CAPABILITIES: [&str; 41] = [
+    "CAP_CHOWN",
+    "CAP_DAC_OVERRIDE",
+    "CAP_DAC_READ_SEARCH",
+    "CAP_FOWNER",
+    "CAP_FSETID",
+    "CAP_KILL",
+    "CAP_SETGID",
+    "CAP_SETUID",
+    "CAP_SETPCAP",
+    "CAP_LINUX_IMMUTABLE",
+    "CAP_NET_BIND_SERVICE",
+    "CAP_NET_BROADCAST",
+    "CAP_NET_ADMIN",
+    "CAP_NET_RAW",
+    "CAP_IPC_LOCK",
+    "CAP_IPC_OWNER",
+    "CAP_SYS_MODULE",
+    "CAP_SYS_RAWIO",
+    "CAP_SYS_CHROOT",
+    "CAP_SYS_PTRACE",
+    "CAP_SYS_PACCT",
+    "CAP_SYS_ADMIN",
+    "CAP_SYS_BOOT",
+    "CAP_SYS_NICE",
+    "CAP_SYS_RESOURCE",
+    "CAP_SYS_TIME",
+    "CAP_SYS_TTY_CONFIG",
+    "CAP_MKNOD",
+    "CAP_LEASE",
+    "CAP_AUDIT_WRITE",
+    "CAP_AUDIT_CONTROL",
+    "CAP_SETFCAP",
+    "CAP_MAC_OVERRIDE",
+    "CAP_MAC_ADMIN",
+    "CAP_SYSLOG",
+    "CAP_WAKE_ALARM",
+    "CAP_BLOCK_SUSPEND",
+    "CAP_AUDIT_READ",
+    "CAP_PERFMON",
+    "CAP_BPF",
+    "CAP_CHECKPOINT_RESTORE",
+];
+
+/// Paths containerd masks in unprivileged containers.
+pub const MASKED_PATHS: [&str; 12] = [
+    "/proc/acpi",
+    "/proc/asound",
+    "/proc/kcore",
+    "/proc/keys",
+    "/proc/latency_stats",
+    "/proc/timer_list",
+    "/proc/timer_stats",
+    "/proc/sched_debug",
+    "/proc/scsi",
+    "/proc/interrupts",
+    "/sys/firmware",
+    "/sys/devices/virtual/powercap",
+];
+
+/// Paths containerd makes read-only in unprivileged containers.
+pub const READONLY_PATHS: [&str; 5] = [
+    "/proc/bus",
+    "/proc/fs",
+    "/proc/irq",
+    "/proc/sys",
+    "/proc/sysrq-trigger",
+];
+
+/// A file or directory of the host shown in the container.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BindMount {
+    pub source: PathBuf,
+    pub destination: String,
+    pub readonly: bool,
+}
+
+/// Where a namespace of the container comes from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Ns {
+    /// A new one for this container.
+    New,
+    /// The node's (hostNetwork, hostIPC, hostPID).
+    Host,
+    /// A pinned one, joined by path (the pod's).
+    Path(PathBuf),
+}
+
+/// What the spec is generated from (resolved from the Pod and the image by the
+/// runtime).
+#[derive(Clone, Debug, PartialEq)]
+pub struct ContainerPlan {
+    pub args: Vec<String>,
+    pub env: Vec<String>,
+    pub cwd: String,
+    pub uid: u32,
+    pub gid: u32,
+    pub additional_gids: Vec<u32>,
+    pub net: Ns,
+    pub ipc: Ns,
+    pub uts: Ns,
+    pub pid: Ns,
+    /// cgroup path below the cgroup root libcontainer sees as /sys/fs/cgroup.
+    pub cgroups_path: String,
+    pub mounts: Vec<BindMount>,
+    pub privileged: bool,
+    pub cap_add: Vec<String>,
+    pub cap_drop: Vec<String>,
+    pub no_new_privileges: bool,
+    pub read_only_root: bool,
+    /// `linux.resources` to apply, only those the cgroup can enforce.
+    pub resources: Option<Value>,
+}
+
+/// `CAP_X` from a Kubernetes capability name (`NET_ADMIN`, `net_admin`, `CAP_NET_ADMIN`).
+pub fn cap_name(k8s: &str) -> String {
+    let up = k8s.to_ascii_uppercase();
+    if up.starts_with("CAP_") {
+        up
+    } else {
+        format!("CAP_{up}")
+    }
+}
+
+/// The capability sets `(bounding, effective/permitted)` for a plan.
+pub fn capabilities(plan: &ContainerPlan) -> (Vec<String>, Vec<String>) {
+    let mut set: Vec<String> = if plan.privileged {
+        ALL_CAPABILITIES.iter().map(|c| c.to_string()).collect()
+    } else {
+        DEFAULT_CAPABILITIES.iter().map(|c| c.to_string()).collect()
+    };
+    if !plan.privileged {
+        let drop_all = plan.cap_drop.iter().any(|d| d.eq_ignore_ascii_case("ALL"));
+        if drop_all {
+            set.clear();
+        } else {
+            let drop: Vec<String> = plan.cap_drop.iter().map(|c| cap_name(c)).collect();
+            set.retain(|c| !drop.contains(c));
+        }
+        if plan.cap_add.iter().any(|a| a.eq_ignore_ascii_case("ALL")) {
+            set = ALL_CAPABILITIES.iter().map(|c| c.to_string()).collect();
+        } else {
+            for a in &plan.cap_add {
+                let c = cap_name(a);
+                if !set.contains(&c) {
+                    set.push(c);
+                }
+            }
+        }
+    }
+    // A non-root process starts with empty effective and permitted sets (as in
+    // containerd 2): it has to gain capabilities through file capabilities.
+    let active = if plan.uid == 0 {
+        set.clone()
+    } else {
+        Vec::new()
+    };
+    (set, active)
+}
+
+/// The `config.json` for a plan.
+pub fn spec(plan: &ContainerPlan) -> Value {
+    let (bounding, active) = capabilities(plan);
+    let mut mounts = vec![
+        json!({"destination": "/proc", "type": "proc", "source": "proc", "options": ["nosuid", "noexec", "nodev"]}),
+        json!({"destination": "/dev", "type": "tmpfs", "source": "tmpfs", "options": ["nosuid", "strictatime", "mode=755", "size=65536k"]}),
+        json!({"destination": "/dev/pts", "type": "devpts", "source": "devpts", "options": ["nosuid", "noexec", "newinstance", "ptmxmode=0666", "mode=0620", "gid=5"]}),
+        json!({"destination": "/dev/mqueue", "type": "mqueue", "source": "mqueue", "options": ["nosuid", "noexec", "nodev"]}),
+        json!({"destination": "/sys", "type": "sysfs", "source": "sysfs", "options": ["nosuid", "noexec", "nodev", if plan.privileged { "rw" } else { "ro" }]}),
+        json!({"destination": "/dev/shm", "type": "tmpfs", "source": "shm", "options": ["nosuid", "noexec", "nodev", "mode=1777", "size=65536k"]}),
+    ];
+    for m in &plan.mounts {
+        let mut options = vec!["rbind", "rprivate"];
+        options.push(if m.readonly { "ro" } else { "rw" });
+        mounts.push(json!({"destination": m.destination, "type": "bind", "source": m.source, "options": options}));
+    }
+    let mut namespaces = Vec::new();
+    for (kind, ns) in [
+        ("pid", &plan.pid),
+        ("network", &plan.net),
+        ("ipc", &plan.ipc),
+        ("uts", &plan.uts),
+    ] {
+        match ns {
+            Ns::New => namespaces.push(json!({"type": kind})),
+            Ns::Host => {}
+            Ns::Path(p) => namespaces.push(json!({"type": kind, "path": p})),
+        }
+    }
+    namespaces.push(json!({"type": "mount"}));
+    let mut linux = json!({
+        "namespaces": namespaces,
+        "cgroupsPath": plan.cgroups_path,
+    });
+    if !plan.privileged {
+        linux["maskedPaths"] = json!(MASKED_PATHS);
+        linux["readonlyPaths"] = json!(READONLY_PATHS);
+    }
+    if let Some(r) = &plan.resources {
+        linux["resources"] = r.clone();
+    }
+    json!({
+        "ociVersion": "1.0.2",
+        "process": {
+            "terminal": false,
+            "user": {"uid": plan.uid, "gid": plan.gid, "additionalGids": plan.additional_gids},
+            "args": plan.args,
+            "env": plan.env,
+            "cwd": if plan.cwd.is_empty() { "/" } else { plan.cwd.as_str() },
+            "capabilities": {"bounding": bounding, "effective": active, "permitted": active},
+            "noNewPrivileges": plan.no_new_privileges,
+        },
+        "root": {"path": "rootfs", "readonly": plan.read_only_root},
+        "mounts": mounts,
+        "linux": linux,
+    })
+}
+
+/// Expands `$(NAME)` references as Kubernetes does for env values, command and args:
+/// defined names are replaced, `$$` is a literal `$`, anything else stays as written.
+pub fn expand(text: &str, vars: &dyn Fn(&str) -> Option<String>) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(i) = rest.find('$') {
+        out.push_str(&rest[..i]);
+        let after = &rest[i + 1..];
+        if let Some(stripped) = after.strip_prefix('$') {
+            out.push('$');
+            rest = stripped;
+        } else if let Some(body) = after.strip_prefix('(')
+            && let Some(end) = body.find(')')
+        {
+            let name = &body[..end];
+            match vars(name) {
+                Some(v) => out.push_str(&v),
+                None => {
+                    out.push_str("$(");
+                    out.push_str(name);
+                    out.push(')');
+                }
+            }
+            rest = &body[end + 1..];
+        } else {
+            out.push('$');
+            rest = after;
+        }
+    }
+    out.push_str(rest);
+    out
+}
+
+/// The process a container runs, from its spec and its image's config, by Kubernetes'
+/// rules: `command` replaces the image's Entrypoint (and drops its Cmd), `args` replace
+/// Cmd; env is the image's, then the container's in order with `$(VAR)` expanded.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Process {
+    pub args: Vec<String>,
+    pub env: Vec<String>,
+    pub cwd: String,
+}
+
+/// Resolves [`Process`] for `c` on an image with `entrypoint`, `cmd`, `env`, `workdir`.
+pub fn process(
+    c: &k8s_openapi::api::core::v1::Container,
+    entrypoint: &[String],
+    cmd: &[String],
+    image_env: &[String],
+    workdir: &str,
+) -> Process {
+    let mut env: Vec<(String, String)> = image_env
+        .iter()
+        .map(|e| match e.split_once('=') {
+            Some((k, v)) => (k.to_string(), v.to_string()),
+            None => (e.clone(), String::new()),
+        })
+        .collect();
+    // containerd gives images without a PATH the default one.
+    if !env.iter().any(|(k, _)| k == "PATH") {
+        env.insert(0, ("PATH".into(), DEFAULT_PATH.into()));
+    }
+    for var in c.env.iter().flatten() {
+        let value = {
+            let lookup = |n: &str| {
+                env.iter()
+                    .rev()
+                    .find(|(k, _)| k == n)
+                    .map(|(_, v)| v.clone())
+            };
+            expand(var.value.as_deref().unwrap_or(""), &lookup)
+        };
+        match env.iter_mut().find(|(k, _)| *k == var.name) {
+            Some(slot) => slot.1 = value,
+            None => env.push((var.name.clone(), value)),
+        }
+    }
+    let lookup = |n: &str| env.iter().find(|(k, _)| k == n).map(|(_, v)| v.clone());
+    let expand_all = |v: &[String]| v.iter().map(|a| expand(a, &lookup)).collect::<Vec<_>>();
+    let args = match (&c.command, &c.args) {
+        (Some(command), args) => {
+            let mut v = expand_all(command);
+            v.extend(expand_all(args.as_deref().unwrap_or_default()));
+            v
+        }
+        (None, Some(args)) => {
+            let mut v = entrypoint.to_vec();
+            v.extend(expand_all(args));
+            v
+        }
+        (None, None) => entrypoint.iter().chain(cmd).cloned().collect(),
+    };
+    Process {
+        args,
+        env: env.iter().map(|(k, v)| format!("{k}={v}")).collect(),
+        cwd: c
+            .working_dir
+            .clone()
+            .filter(|w| !w.is_empty())
+            .unwrap_or_else(|| {
+                if workdir.is_empty() {
+                    "/".into()
+                } else {
+                    workdir.into()
+                }
+            }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    pub(crate) fn plan() -> ContainerPlan {
+        ContainerPlan {
+            args: vec!["sh".into()],
+            env: vec!["PATH=/bin".into()],
+            cwd: String::new(),
+            uid: 0,
+            gid: 0,
+            additional_gids: vec![],
+            net: Ns::Path("/run/kernlet/pods/u/ns/net".into()),
+            ipc: Ns::Path("/run/kernlet/pods/u/ns/ipc".into()),
+            uts: Ns::Path("/run/kernlet/pods/u/ns/uts".into()),
+            pid: Ns::New,
+            cgroups_path: "/kubepods/besteffort/podu/c".into(),
+            mounts: vec![BindMount {
+                source: "/run/kernlet/pods/u/hosts".into(),
+                destination: "/etc/hosts".into(),
+                readonly: false,
+            }],
+            privileged: false,
+            cap_add: vec![],
+            cap_drop: vec![],
+            no_new_privileges: false,
+            read_only_root: false,
+            resources: None,
+        }
+    }
+
+    #[test]
+    fn the_spec_is_a_valid_oci_runtime_spec() {
+        let v = spec(&plan());
+        let parsed: oci_spec::runtime::Spec = serde_json::from_value(v.clone()).unwrap();
+        assert_eq!(
+            parsed.root().as_ref().unwrap().path(),
+            std::path::Path::new("rootfs")
+        );
+        let ns: Vec<&str> = v["linux"]["namespaces"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|n| n["type"].as_str().unwrap())
+            .collect();
+        assert_eq!(ns, ["pid", "network", "ipc", "uts", "mount"]);
+        assert_eq!(v["linux"]["maskedPaths"].as_array().unwrap().len(), 12);
+        assert_eq!(
+            v["process"]["capabilities"]["effective"]
+                .as_array()
+                .unwrap()
+                .len(),
+            14
+        );
+    }
+
+    #[test]
+    fn capabilities_follow_add_drop_user_and_privileged() {
+        let mut p = plan();
+        p.cap_drop = vec!["NET_RAW".into(), "chown".into()];
+        p.cap_add = vec!["NET_ADMIN".into()];
+        let (b, e) = capabilities(&p);
+        assert!(!b.contains(&"CAP_NET_RAW".to_string()) && !b.contains(&"CAP_CHOWN".to_string()));
+        assert!(b.contains(&"CAP_NET_ADMIN".to_string()));
+        assert_eq!(b, e);
+        p.cap_drop = vec!["ALL".into()];
+        p.cap_add = vec!["NET_BIND_SERVICE".into()];
+        assert_eq!(capabilities(&p).0, ["CAP_NET_BIND_SERVICE"]);
+        p.uid = 1000;
+        assert!(capabilities(&p).1.is_empty());
+        let mut p = plan();
+        p.privileged = true;
+        assert_eq!(capabilities(&p).0.len(), 41);
+        assert!(spec(&p)["linux"].get("maskedPaths").is_none());
+    }
+
+    #[test]
+    fn variable_references_expand_like_kubernetes() {
+        let vars = |n: &str| (n == "A").then(|| "x".to_string());
+        assert_eq!(expand("$(A)-$(B)-$$(A)-$", &vars), "x-$(B)-$(A)-$");
+        assert_eq!(expand("$(A", &vars), "$(A");
+    }
+
+    #[test]
+    fn command_and_args_combine_with_the_image_as_kubernetes_defines() {
+        let img = (vec!["/ep".to_string()], vec!["cmd".to_string()]);
+        let c = |command: Option<Vec<&str>>, args: Option<Vec<&str>>| {
+            k8s_openapi::api::core::v1::Container {
+                name: "c".into(),
+                command: command.map(|v| v.into_iter().map(String::from).collect()),
+                args: args.map(|v| v.into_iter().map(String::from).collect()),
+                env: Some(vec![
+                    serde_json::from_value(json!({"name": "GREETING", "value": "hi $(USER)"}))
+                        .unwrap(),
+                    serde_json::from_value(json!({"name": "PATH", "value": "/opt:$(PATH)"}))
+                        .unwrap(),
+                ]),
+                ..Default::default()
+            }
+        };
+        let env = ["PATH=/bin".to_string(), "USER=root".to_string()];
+        let run = |c| process(&c, &img.0, &img.1, &env, "");
+        assert_eq!(run(c(None, None)).args, ["/ep", "cmd"]);
+        assert_eq!(run(c(None, Some(vec!["a"]))).args, ["/ep", "a"]);
+        assert_eq!(run(c(Some(vec!["sh"]), None)).args, ["sh"]);
+        assert_eq!(
+            run(c(Some(vec!["echo"]), Some(vec!["$(GREETING)"]))).args,
+            ["echo", "hi root"]
+        );
+        let p = run(c(None, None));
+        assert_eq!(p.env, ["PATH=/opt:/bin", "USER=root", "GREETING=hi root"]);
+        assert_eq!(p.cwd, "/");
+    }
+}

@@ -1,0 +1,528 @@
+//! Containers: a Pod's container turned into an OCI bundle and started by a shim;
+//! their state read back from the shim's files; stop with SIGTERM, then SIGKILL.
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::core::v1::{Container, Pod};
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+
+use super::sandbox::SandboxRecord;
+use super::shim::{self, ExitRecord, ShimRequest, ShimState};
+use super::{Runtime, RuntimeError, logs, new_id, read_json, write_json};
+use crate::model::quantity::Quantity;
+use crate::model::runtime_spec::{self, BindMount, ContainerPlan, Ns};
+
+/// How long a shim may take to report the container running.
+const START_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// A container as recorded on disk.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ContainerRecord {
+    pub id: String,
+    pub pod_uid: String,
+    pub name: String,
+    /// How many times this container of the pod was started before this one.
+    pub restart: u32,
+    /// The image as the pod names it, and as resolved.
+    pub image: String,
+    pub image_ref: String,
+    pub image_id: String,
+    pub log_path: PathBuf,
+    /// The container's cgroup, relative to kernlet's cgroup root.
+    pub cgroup: String,
+    pub created_at: String,
+    /// Limits the cgroup tree could not enforce (named in status and `kernlet doctor`).
+    #[serde(default)]
+    pub unenforced: Vec<String>,
+}
+
+/// Where a container stands.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ContainerState {
+    /// Created, the shim not yet reporting.
+    Created,
+    Running {
+        pid: u32,
+        started_at: String,
+    },
+    Exited {
+        exit: ExitRecord,
+        started_at: Option<String>,
+    },
+    /// The shim could not start it, or died without a word.
+    Failed(String),
+}
+
+fn now() -> String {
+    k8s_openapi::jiff::Timestamp::now()
+        .strftime("%Y-%m-%dT%H:%M:%SZ")
+        .to_string()
+}
+
+/// `uid[:gid]` from an image's `User`, numbers only.
+pub fn image_user(user: &str) -> Result<(Option<u32>, Option<u32>), String> {
+    if user.is_empty() {
+        return Ok((None, None));
+    }
+    let (u, g) = match user.split_once(':') {
+        Some((u, g)) => (u, Some(g)),
+        None => (user, None),
+    };
+    let num = |s: &str| {
+        s.parse::<u32>()
+            .map_err(|_| format!("the image runs as user {user:?}; user names are not resolved yet — set securityContext.runAsUser"))
+    };
+    Ok((Some(num(u)?), g.map(num).transpose()?))
+}
+
+/// kubelet's cpu shares for milli-CPU requests (minimum 2).
+pub fn cpu_shares(milli: u64) -> u64 {
+    (milli * 1024 / 1000).max(2)
+}
+
+impl Runtime {
+    fn record_path(&self, id: &str) -> PathBuf {
+        self.container_dir(id).join("container.json")
+    }
+
+    pub fn container(&self, id: &str) -> Result<Option<ContainerRecord>, RuntimeError> {
+        read_json(&self.record_path(id))
+    }
+
+    /// Every recorded container.
+    pub fn containers(&self) -> Vec<ContainerRecord> {
+        let mut v: Vec<ContainerRecord> = std::fs::read_dir(self.cfg.state_dir.join("containers"))
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter_map(|e| {
+                self.container(&e.file_name().to_string_lossy())
+                    .ok()
+                    .flatten()
+            })
+            .collect();
+        v.sort_by(|a, b| (&a.pod_uid, &a.name, a.restart).cmp(&(&b.pod_uid, &b.name, b.restart)));
+        v
+    }
+
+    /// The plan of a container of `pod` in `sb`, with what the cgroup tree cannot enforce.
+    fn plan(
+        &self,
+        sb: &SandboxRecord,
+        pod: &Pod,
+        c: &Container,
+        image: &super::image::ImageRecord,
+        id: &str,
+    ) -> Result<(ContainerPlan, Vec<String>), RuntimeError> {
+        let spec = pod.spec.clone().unwrap_or_default();
+        let who = format!("container {} of pod {}/{}", c.name, sb.namespace, sb.name);
+        let refuse = |why: String| RuntimeError::Refused(format!("{who}: {why}"));
+        let run = &image.run;
+        let process =
+            runtime_spec::process(c, &run.entrypoint, &run.cmd, &run.env, &run.working_dir);
+        if process.args.is_empty() {
+            return Err(refuse(
+                "neither the pod nor the image gives a command".into(),
+            ));
+        }
+        let psc = spec.security_context.clone().unwrap_or_default();
+        let csc = c.security_context.clone().unwrap_or_default();
+        let (img_uid, img_gid) = image_user(&run.user).map_err(refuse)?;
+        let uid = csc
+            .run_as_user
+            .or(psc.run_as_user)
+            .map(|u| u as u32)
+            .or(img_uid)
+            .unwrap_or(0);
+        let gid = csc
+            .run_as_group
+            .or(psc.run_as_group)
+            .map(|g| g as u32)
+            .or(img_gid)
+            .unwrap_or(0);
+        if csc.run_as_non_root.or(psc.run_as_non_root) == Some(true) && uid == 0 {
+            return Err(refuse(
+                "runAsNonRoot is set but the container would run as root (uid 0)".into(),
+            ));
+        }
+        let mut additional_gids: Vec<u32> = psc
+            .supplemental_groups
+            .iter()
+            .flatten()
+            .map(|g| *g as u32)
+            .collect();
+        if let Some(fs) = psc.fs_group {
+            additional_gids.push(fs as u32);
+        }
+        let privileged = csc.privileged.unwrap_or(false);
+        let caps = csc.capabilities.clone().unwrap_or_default();
+        let run_dir = self.pod_run_dir(&sb.uid);
+        let mut mounts = vec![
+            BindMount {
+                source: run_dir.join("hosts"),
+                destination: "/etc/hosts".into(),
+                readonly: false,
+            },
+            BindMount {
+                source: run_dir.join("resolv.conf"),
+                destination: "/etc/resolv.conf".into(),
+                readonly: false,
+            },
+            BindMount {
+                source: run_dir.join("hostname"),
+                destination: "/etc/hostname".into(),
+                readonly: false,
+            },
+        ];
+        let term = self.container_dir(id).join("termination-log");
+        std::fs::write(&term, b"")
+            .map_err(RuntimeError::io(format!("creating {}", term.display())))?;
+        mounts.push(BindMount {
+            source: term,
+            destination: c
+                .termination_message_path
+                .clone()
+                .unwrap_or_else(|| "/dev/termination-log".into()),
+            readonly: false,
+        });
+        for vm in c.volume_mounts.iter().flatten() {
+            let vol = spec
+                .volumes
+                .iter()
+                .flatten()
+                .find(|v| v.name == vm.name)
+                .ok_or_else(|| {
+                    refuse(format!(
+                        "volumeMount {:?} names no volume of the pod",
+                        vm.name
+                    ))
+                })?;
+            if vol.empty_dir.is_none() {
+                return Err(refuse(format!(
+                    "volume {:?} is not an emptyDir; other volume types are not supported yet",
+                    vol.name
+                )));
+            }
+            let dir = self
+                .pod_state_dir(&sb.uid)
+                .join("volumes/empty-dir")
+                .join(&vol.name);
+            std::fs::create_dir_all(&dir)
+                .map_err(RuntimeError::io(format!("creating {}", dir.display())))?;
+            mounts.push(BindMount {
+                source: dir,
+                destination: vm.mount_path.clone(),
+                readonly: vm.read_only.unwrap_or(false),
+            });
+        }
+        let ns_of = |kind: &str, host: bool| {
+            if host {
+                Ns::Host
+            } else {
+                Ns::Path(crate::sys::ns::pin_path(&sb.ns_dir, kind))
+            }
+        };
+        // Limits, where the cgroup tree has the controller.
+        let mut resources = serde_json::Map::new();
+        let mut unenforced = Vec::new();
+        let res = c.resources.clone().unwrap_or_default();
+        let get = |m: &Option<
+            std::collections::BTreeMap<
+                String,
+                k8s_openapi::apimachinery::pkg::api::resource::Quantity,
+            >,
+        >,
+                   k: &str| {
+            m.as_ref()
+                .and_then(|m| m.get(k))
+                .map(|q| Quantity::parse(&q.0))
+        };
+        let bad = |e: crate::model::quantity::QuantityError| refuse(e.to_string());
+        if let Some(mem) = get(&res.limits, "memory").transpose().map_err(bad)? {
+            if self.has_controller("memory") {
+                resources.insert(
+                    "memory".into(),
+                    json!({"limit": i64::try_from(mem.value()).unwrap_or(i64::MAX)}),
+                );
+            } else {
+                unenforced.push(format!(
+                    "memory limit {}",
+                    res.limits
+                        .as_ref()
+                        .and_then(|l| l.get("memory"))
+                        .map(|q| q.0.clone())
+                        .unwrap_or_default()
+                ));
+            }
+        }
+        let cpu_limit = get(&res.limits, "cpu").transpose().map_err(bad)?;
+        let cpu_request = get(&res.requests, "cpu")
+            .transpose()
+            .map_err(bad)?
+            .or(cpu_limit);
+        if cpu_limit.is_some() || cpu_request.is_some() {
+            if self.has_controller("cpu") {
+                let mut cpu = json!({"shares": cpu_shares(cpu_request.map_or(0, |q| u64::try_from(q.milli()).unwrap_or(0)))});
+                if let Some(l) = cpu_limit {
+                    cpu["quota"] =
+                        json!((i64::try_from(l.milli()).unwrap_or(i64::MAX / 100) * 100).max(1000));
+                    cpu["period"] = json!(100_000);
+                }
+                resources.insert("cpu".into(), cpu);
+            } else if cpu_limit.is_some() {
+                unenforced.push("cpu limit".into());
+            }
+        }
+        let plan = ContainerPlan {
+            args: process.args,
+            env: process.env,
+            cwd: process.cwd,
+            uid,
+            gid,
+            additional_gids,
+            net: ns_of("net", sb.host_network),
+            ipc: ns_of("ipc", sb.host_ipc),
+            uts: ns_of("uts", sb.host_network),
+            pid: if sb.host_pid { Ns::Host } else { Ns::New },
+            cgroups_path: format!("/{}/{id}", sb.cgroup),
+            mounts,
+            privileged,
+            cap_add: caps.add.unwrap_or_default(),
+            cap_drop: caps.drop.unwrap_or_default(),
+            no_new_privileges: csc.allow_privilege_escalation == Some(false) && !privileged,
+            read_only_root: csc.read_only_root_filesystem.unwrap_or(false),
+            resources: (!resources.is_empty()).then_some(serde_json::Value::Object(resources)),
+        };
+        Ok((plan, unenforced))
+    }
+
+    /// Creates and starts container `c` of `pod` in its sandbox; `restart` counts the
+    /// earlier starts. Returns once the container runs (or has already exited).
+    pub fn start_container(
+        &self,
+        sb: &SandboxRecord,
+        pod: &Pod,
+        c: &Container,
+        restart: u32,
+    ) -> Result<ContainerRecord, RuntimeError> {
+        let image_name = c.image.clone().unwrap_or_default();
+        let image = self.images.resolve(&image_name)?.ok_or_else(|| {
+            RuntimeError::Refused(format!(
+                "image {image_name:?} of container {} is not in the image store; import it with \
+                 `kernlet image import` (registry pulls are not supported yet)",
+                c.name
+            ))
+        })?;
+        let image_ref = crate::model::image_ref::ImageRef::parse(&image_name)
+            .map(|r| r.to_string())
+            .unwrap_or_else(|_| image_name.clone());
+        let id = new_id();
+        let dir = self.container_dir(&id);
+        for d in ["rootfs", "upper", "work"] {
+            std::fs::create_dir_all(dir.join(d))
+                .map_err(RuntimeError::io(format!("creating {}", dir.display())))?;
+        }
+        let (plan, unenforced) = match self.plan(sb, pod, c, &image, &id) {
+            Ok(p) => p,
+            Err(e) => {
+                let _ = std::fs::remove_dir_all(&dir);
+                return Err(e);
+            }
+        };
+        if !unenforced.is_empty() {
+            tracing::warn!(
+                pod = %format!("{}/{}", sb.namespace, sb.name), container = %c.name,
+                "NOT enforced (no such controller in the cgroup v2 tree): {}", unenforced.join(", ")
+            );
+        }
+        let log_path = logs::container_log(
+            &logs::pod_dir(&self.cfg.log_dir, &sb.namespace, &sb.name, &sb.uid),
+            &c.name,
+            restart,
+        );
+        let record = ContainerRecord {
+            id: id.clone(),
+            pod_uid: sb.uid.clone(),
+            name: c.name.clone(),
+            restart,
+            image: image_name,
+            image_ref,
+            image_id: image.id.clone(),
+            log_path: log_path.clone(),
+            cgroup: plan.cgroups_path.trim_start_matches('/').to_string(),
+            created_at: now(),
+            unenforced,
+        };
+        write_json(&dir.join("config.json"), &runtime_spec::spec(&plan))?;
+        write_json(
+            &dir.join(shim::REQUEST),
+            &ShimRequest {
+                id: id.clone(),
+                bundle: dir.clone(),
+                layers_dir: self.cfg.image_dir.join("layers"),
+                lower: image
+                    .layers
+                    .iter()
+                    .rev()
+                    .map(|l| l.diff_id.trim_start_matches("sha256:").to_string())
+                    .collect(),
+                upper: dir.join("upper"),
+                work: dir.join("work"),
+                cgroup_root: self.cgroup_root.clone(),
+                state_root: self.cfg.run_dir.join("libcontainer"),
+                log: log_path,
+                rotation: self.cfg.rotation,
+            },
+        )?;
+        write_json(&self.record_path(&id), &record)?;
+        let status = std::process::Command::new(&self.cfg.exe)
+            .arg("internal")
+            .arg("shim")
+            .arg(&dir)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .status()
+            .map_err(RuntimeError::io(format!(
+                "running {} internal shim",
+                self.cfg.exe.display()
+            )))?;
+        if !status.success() {
+            return Err(RuntimeError::Refused(format!(
+                "the shim of container {} did not start ({status})",
+                c.name
+            )));
+        }
+        let started = Instant::now();
+        loop {
+            match self.container_state(&id) {
+                ContainerState::Created if started.elapsed() < START_TIMEOUT => {
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+                ContainerState::Created => {
+                    return Err(RuntimeError::Refused(format!(
+                        "container {} did not start within {START_TIMEOUT:?} (see {})",
+                        c.name,
+                        dir.join(shim::LOG).display()
+                    )));
+                }
+                ContainerState::Failed(why) => {
+                    return Err(RuntimeError::Refused(format!(
+                        "container {} of pod {}/{}: {why}",
+                        c.name, sb.namespace, sb.name
+                    )));
+                }
+                ContainerState::Running { .. } | ContainerState::Exited { .. } => {
+                    return Ok(record);
+                }
+            }
+        }
+    }
+
+    /// Reads a container's state from its shim's files.
+    pub fn container_state(&self, id: &str) -> ContainerState {
+        let dir = self.container_dir(id);
+        let state: Option<ShimState> = read_json(&dir.join(shim::STATE)).ok().flatten();
+        if let Ok(Some(exit)) = read_json::<ExitRecord>(&dir.join(shim::EXIT)) {
+            return ContainerState::Exited {
+                exit,
+                started_at: state.map(|s| s.started_at),
+            };
+        }
+        if let Ok(why) = std::fs::read_to_string(dir.join(shim::ERROR)) {
+            return ContainerState::Failed(why);
+        }
+        match state {
+            Some(s) if crate::sys::process::alive(s.shim_pid) => ContainerState::Running {
+                pid: s.pid,
+                started_at: s.started_at,
+            },
+            Some(s) => {
+                // The shim died without writing the exit (killed): re-check once, it
+                // may have written it just now.
+                match read_json::<ExitRecord>(&dir.join(shim::EXIT)) {
+                    Ok(Some(exit)) => ContainerState::Exited {
+                        exit,
+                        started_at: Some(s.started_at),
+                    },
+                    _ => ContainerState::Failed(
+                        "its shim was killed; the exit status is unknown".into(),
+                    ),
+                }
+            }
+            None => ContainerState::Created,
+        }
+    }
+
+    /// Stops a running container: SIGTERM, then SIGKILL to the whole container cgroup
+    /// after `grace`. Returns when it has exited.
+    pub fn stop_container(&self, id: &str, grace: Duration) -> Result<(), RuntimeError> {
+        use nix::sys::signal::{Signal, kill};
+        let ContainerState::Running { pid, .. } = self.container_state(id) else {
+            return Ok(());
+        };
+        let pid = nix::unistd::Pid::from_raw(i32::try_from(pid).unwrap_or(i32::MAX));
+        let _ = kill(pid, Signal::SIGTERM);
+        let deadline = Instant::now() + grace;
+        while Instant::now() < deadline {
+            if !matches!(self.container_state(id), ContainerState::Running { .. }) {
+                return Ok(());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let record = self.container(id)?;
+        let _ = kill(pid, Signal::SIGKILL);
+        if let Some(r) = record {
+            let _ = crate::sys::cgroup::Cgroup::open(self.cgroup_path(&r.cgroup)).kill();
+        }
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if !matches!(self.container_state(id), ContainerState::Running { .. }) {
+                return Ok(());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Err(RuntimeError::Refused(format!(
+            "container {id} did not die after SIGKILL"
+        )))
+    }
+
+    /// Removes a stopped container's files (its writable layer with them); its log
+    /// stays until the pod goes.
+    pub fn remove_container(&self, id: &str) -> Result<(), RuntimeError> {
+        if matches!(self.container_state(id), ContainerState::Running { .. }) {
+            return Err(RuntimeError::Refused(format!(
+                "container {id} is still running"
+            )));
+        }
+        match std::fs::remove_dir_all(self.container_dir(id)) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                Err(RuntimeError::io(format!("removing container {id}"))(e))
+            }
+            _ => Ok(()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn image_users_are_numbers() {
+        assert_eq!(image_user("").unwrap(), (None, None));
+        assert_eq!(image_user("1000").unwrap(), (Some(1000), None));
+        assert_eq!(image_user("1000:50").unwrap(), (Some(1000), Some(50)));
+        assert!(image_user("nginx").unwrap_err().contains("runAsUser"));
+    }
+
+    #[test]
+    fn shares_like_kubelet() {
+        assert_eq!(cpu_shares(0), 2);
+        assert_eq!(cpu_shares(100), 102);
+        assert_eq!(cpu_shares(1000), 1024);
+    }
+}

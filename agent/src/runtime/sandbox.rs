@@ -1,0 +1,253 @@
+//! Pod sandboxes: the pod's namespaces (pinned), its cgroup, and the files kernlet
+//! writes for its containers (`/etc/hosts`, `/etc/resolv.conf`, `/etc/hostname`).
+
+use std::path::PathBuf;
+
+use k8s_openapi::api::core::v1::Pod;
+use serde::{Deserialize, Serialize};
+
+use super::{Runtime, RuntimeError, read_json, write_json};
+use crate::model::qos::{QosClass, qos_class};
+use crate::sys::{cgroup::Cgroup, ns};
+
+/// A pod's sandbox as recorded on disk.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SandboxRecord {
+    pub uid: String,
+    pub namespace: String,
+    pub name: String,
+    pub hostname: String,
+    pub host_network: bool,
+    pub host_ipc: bool,
+    pub host_pid: bool,
+    pub qos: String,
+    /// The pod cgroup, relative to kernlet's cgroup root.
+    pub cgroup: String,
+    /// Directory of the pinned namespaces.
+    pub ns_dir: PathBuf,
+    /// The pod's IP (the node's for host-network pods; empty without a pod network).
+    pub ip: String,
+    pub created_at: String,
+}
+
+/// The pod cgroup path (relative to kernlet's root) for a QoS class, as kubelet lays
+/// out its cgroupfs driver: `kubepods/pod<uid>` for Guaranteed, else
+/// `kubepods/<burstable|besteffort>/pod<uid>`.
+pub fn pod_cgroup(qos: QosClass, uid: &str) -> String {
+    match qos {
+        QosClass::Guaranteed => format!("kubepods/pod{uid}"),
+        QosClass::Burstable => format!("kubepods/burstable/pod{uid}"),
+        QosClass::BestEffort => format!("kubepods/besteffort/pod{uid}"),
+    }
+}
+
+/// The hostname of a pod: `spec.hostname`, else its name (at most 63 characters).
+pub fn hostname(pod: &Pod) -> String {
+    let spec = pod.spec.as_ref();
+    let name = spec
+        .and_then(|s| s.hostname.clone())
+        .filter(|h| !h.is_empty())
+        .or_else(|| pod.metadata.name.clone())
+        .unwrap_or_default();
+    name.chars()
+        .take(63)
+        .collect::<String>()
+        .trim_end_matches(['-', '.'])
+        .to_string()
+}
+
+/// The `/etc/hosts` kubelet writes for a pod.
+pub fn hosts_file(ip: &str, hostname: &str) -> String {
+    let mut s = String::from(
+        "# Kubernetes-managed hosts file (kernlet).\n127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n\
+         fe00::0\tip6-localnet\nfe00::0\tip6-mcastprefix\nfe00::1\tip6-allnodes\nfe00::2\tip6-allrouters\n",
+    );
+    if !ip.is_empty() {
+        s.push_str(&format!("{ip}\t{hostname}\n"));
+    }
+    s
+}
+
+fn now() -> String {
+    k8s_openapi::jiff::Timestamp::now()
+        .strftime("%Y-%m-%dT%H:%M:%SZ")
+        .to_string()
+}
+
+impl Runtime {
+    fn sandbox_record_path(&self, uid: &str) -> PathBuf {
+        self.pod_state_dir(uid).join("sandbox.json")
+    }
+
+    /// The recorded sandbox of a pod.
+    pub fn sandbox(&self, uid: &str) -> Result<Option<SandboxRecord>, RuntimeError> {
+        read_json(&self.sandbox_record_path(uid))
+    }
+
+    /// Every recorded sandbox.
+    pub fn sandboxes(&self) -> Vec<SandboxRecord> {
+        let mut v: Vec<SandboxRecord> = std::fs::read_dir(self.cfg.state_dir.join("pods"))
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter_map(|e| {
+                self.sandbox(&e.file_name().to_string_lossy())
+                    .ok()
+                    .flatten()
+            })
+            .collect();
+        v.sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
+        v
+    }
+
+    /// Creates the sandbox of `pod` (with `uid`), or returns the one that exists.
+    /// `node_ip` is a host-network pod's IP.
+    pub fn run_sandbox(
+        &self,
+        pod: &Pod,
+        uid: &str,
+        node_ip: &str,
+    ) -> Result<SandboxRecord, RuntimeError> {
+        if let Some(existing) = self.sandbox(uid)? {
+            // A pod that owns a namespace must still have it pinned.
+            let owned = match (existing.host_network, existing.host_ipc) {
+                (false, _) => Some("net"),
+                (true, false) => Some("ipc"),
+                (true, true) => None,
+            };
+            if owned.is_none_or(|k| ns::is_pinned(&ns::pin_path(&existing.ns_dir, k))) {
+                return Ok(existing);
+            }
+            // The node rebooted (run dir gone): build it again.
+            tracing::info!(pod = %existing.name, "sandbox namespaces are gone; creating them again");
+        }
+        let spec = pod.spec.clone().unwrap_or_default();
+        let name = pod.metadata.name.clone().unwrap_or_default();
+        let namespace = pod
+            .metadata
+            .namespace
+            .clone()
+            .unwrap_or_else(|| "default".into());
+        let qos = qos_class(&spec)
+            .map_err(|e| RuntimeError::Refused(format!("pod {namespace}/{name}: {e}")))?;
+        let host_network = spec.host_network.unwrap_or(false);
+        let host_ipc = spec.host_ipc.unwrap_or(false);
+        let hostname = if host_network {
+            crate::sys::machine::read(&self.cfg.state_dir).hostname
+        } else {
+            hostname(pod)
+        };
+        let run = self.pod_run_dir(uid);
+        let ns_dir = run.join("ns");
+        std::fs::create_dir_all(&ns_dir)
+            .map_err(RuntimeError::io(format!("creating {}", ns_dir.display())))?;
+        let out = std::process::Command::new(&self.cfg.exe)
+            .arg("internal")
+            .arg("sandbox")
+            .arg(&ns_dir)
+            .arg(&hostname)
+            .arg(if host_network { "1" } else { "0" })
+            .arg(if host_ipc { "1" } else { "0" })
+            .output()
+            .map_err(RuntimeError::io(format!(
+                "running {} internal sandbox",
+                self.cfg.exe.display()
+            )))?;
+        if !out.status.success() {
+            return Err(RuntimeError::Refused(format!(
+                "pod {namespace}/{name}: {}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            )));
+        }
+        let ip = if host_network {
+            node_ip.to_string()
+        } else {
+            String::new()
+        };
+        let resolv = std::fs::read("/etc/resolv.conf").unwrap_or_default();
+        for (file, content) in [
+            ("hosts", hosts_file(&ip, &hostname).into_bytes()),
+            ("resolv.conf", resolv),
+            ("hostname", format!("{hostname}\n").into_bytes()),
+        ] {
+            crate::state::write_atomic(&run.join(file), &content, 0o644)?;
+        }
+        let cgroup = pod_cgroup(qos, uid);
+        Cgroup::create(&self.cgroup_root, std::path::Path::new(&cgroup))?;
+        let record = SandboxRecord {
+            uid: uid.to_string(),
+            namespace,
+            name,
+            hostname,
+            host_network,
+            host_ipc,
+            host_pid: spec.host_pid.unwrap_or(false),
+            qos: qos.as_str().to_string(),
+            cgroup,
+            ns_dir,
+            ip,
+            created_at: now(),
+        };
+        write_json(&self.sandbox_record_path(uid), &record)?;
+        tracing::info!(pod = %format!("{}/{}", record.namespace, record.name), uid, "sandbox created");
+        Ok(record)
+    }
+
+    /// Removes a pod's sandbox: kills what is left in its cgroup, removes the cgroup,
+    /// the namespace pins and the pod's directories (its emptyDir volumes with them).
+    pub fn remove_sandbox(&self, uid: &str) -> Result<(), RuntimeError> {
+        if let Some(sb) = self.sandbox(uid)? {
+            let cg = Cgroup::open(self.cgroup_path(&sb.cgroup));
+            if cg.path().exists() {
+                let _ = cg.kill();
+                for _ in 0..100 {
+                    if !cg.populated() {
+                        break;
+                    }
+                    std::thread::sleep(std::time::Duration::from_millis(20));
+                }
+                cg.remove()?;
+            }
+        }
+        let run = self.pod_run_dir(uid);
+        ns::remove(&run.join("ns")).map_err(RuntimeError::io(format!(
+            "unpinning the namespaces of pod {uid}"
+        )))?;
+        for d in [run, self.pod_state_dir(uid)] {
+            match std::fs::remove_dir_all(&d) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                    return Err(RuntimeError::io(format!("removing {}", d.display()))(e));
+                }
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cgroup_layout_follows_qos() {
+        assert_eq!(pod_cgroup(QosClass::Guaranteed, "u"), "kubepods/podu");
+        assert_eq!(
+            pod_cgroup(QosClass::BestEffort, "u"),
+            "kubepods/besteffort/podu"
+        );
+    }
+
+    #[test]
+    fn hostnames_and_hosts_files() {
+        let pod: Pod = serde_json::from_value(
+            serde_json::json!({"metadata": {"name": "web"}, "spec": {"containers": []}}),
+        )
+        .unwrap();
+        assert_eq!(hostname(&pod), "web");
+        let h = hosts_file("10.244.1.5", "web");
+        assert!(h.contains("127.0.0.1\tlocalhost") && h.ends_with("10.244.1.5\tweb\n"));
+        assert!(!hosts_file("", "web").contains("web"));
+    }
+}

@@ -1,0 +1,276 @@
+//! The container shim: one small single-threaded process per container (kernlet
+//! re-executed as `kernlet internal shim`), the container's parent for its whole life.
+//!
+//! It exists because (1) youki's libcontainer forks with raw `clone3` and must not run
+//! in the multi-threaded agent; (2) libcontainer finds cgroup v2 only at
+//! `/sys/fs/cgroup`, which the shim provides in a private mount namespace by bind-
+//! mounting kernlet's cgroup2 subtree there; (3) the container's exit status and its
+//! output must be collected even while the agent is down or restarting, so the agent
+//! can be killed and come back without disturbing a running container.
+//!
+//! Files in the container directory (the OCI bundle):
+//! - `shim.json`   the request (written by the agent);
+//! - `state.json`  written once the container runs: shim and container pids;
+//! - `exit.json`   written when it ended: exit code, signal, OOM kill;
+//! - `error`       why it could not be started;
+//! - `shim.log`    the shim's and libcontainer's own log.
+//!
+//! The overlay root and the cgroup bind mount exist only in the shim's mount
+//! namespace and vanish with it.
+
+use std::os::fd::{AsFd as _, OwnedFd};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::runtime::logs::{CriWriter, Rotation};
+use crate::state;
+use crate::sys;
+
+/// What the agent asks a shim to run.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ShimRequest {
+    /// Container ID (libcontainer's, unique on the node).
+    pub id: String,
+    /// The bundle: `config.json` and the `rootfs` mount point.
+    pub bundle: PathBuf,
+    /// Directory of unpacked layers, and the layers (top first) by name in it.
+    pub layers_dir: PathBuf,
+    pub lower: Vec<String>,
+    /// The container's writable layer and overlayfs work directory.
+    pub upper: PathBuf,
+    pub work: PathBuf,
+    /// kernlet's cgroup2 subtree on the host, shown to libcontainer as /sys/fs/cgroup.
+    pub cgroup_root: PathBuf,
+    /// libcontainer's state directory.
+    pub state_root: PathBuf,
+    /// The CRI log file of this start.
+    pub log: PathBuf,
+    pub rotation: Rotation,
+}
+
+/// A running container, as the shim reports it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ShimState {
+    pub shim_pid: u32,
+    pub pid: u32,
+    pub started_at: String,
+}
+
+/// How a container ended.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ExitRecord {
+    pub exit_code: i32,
+    pub signal: Option<i32>,
+    pub oom_killed: bool,
+    pub finished_at: String,
+}
+
+impl ExitRecord {
+    /// Kubernetes' reason for this end.
+    pub fn reason(&self) -> &'static str {
+        if self.oom_killed {
+            "OOMKilled"
+        } else if self.exit_code == 0 {
+            "Completed"
+        } else {
+            "Error"
+        }
+    }
+}
+
+pub const REQUEST: &str = "shim.json";
+pub const STATE: &str = "state.json";
+pub const EXIT: &str = "exit.json";
+pub const ERROR: &str = "error";
+pub const LOG: &str = "shim.log";
+
+fn now() -> String {
+    k8s_openapi::jiff::Timestamp::now()
+        .strftime("%Y-%m-%dT%H:%M:%SZ")
+        .to_string()
+}
+
+/// The OOM kill count of a cgroup v2 directory.
+pub fn oom_kills(cgroup_dir: &Path) -> u64 {
+    std::fs::read_to_string(cgroup_dir.join("memory.events"))
+        .ok()
+        .and_then(|t| {
+            t.lines().find_map(|l| {
+                l.strip_prefix("oom_kill ")
+                    .and_then(|n| n.trim().parse().ok())
+            })
+        })
+        .unwrap_or(0)
+}
+
+/// Entry point of `kernlet internal shim <bundle>`: returns the process exit code.
+/// Called before any thread or logger exists.
+pub fn main(bundle: &Path) -> i32 {
+    let Ok(log) = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(bundle.join(LOG))
+    else {
+        return 2;
+    };
+    tracing_subscriber::fmt()
+        .with_ansi(false)
+        .with_writer(std::sync::Mutex::new(log))
+        .with_env_filter(tracing_subscriber::EnvFilter::new("info"))
+        .init();
+    if let Err(e) = sys::process::daemonize() {
+        tracing::error!("cannot detach: {e}");
+        return 1;
+    }
+    match run(bundle) {
+        Ok(()) => 0,
+        Err(e) => {
+            tracing::error!("{e:#}");
+            // The agent reads this if no state.json appears.
+            let _ = state::write_atomic(&bundle.join(ERROR), format!("{e:#}").as_bytes(), 0o644);
+            1
+        }
+    }
+}
+
+fn run(bundle: &Path) -> anyhow::Result<()> {
+    use anyhow::Context as _;
+    let req: ShimRequest = serde_json::from_slice(&std::fs::read(bundle.join(REQUEST))?)?;
+    nix::sys::prctl::set_child_subreaper(true).context("becoming a subreaper")?;
+    sys::mount::private_namespace().context("creating a private mount namespace")?;
+    sys::mount::bind(&req.cgroup_root, Path::new("/sys/fs/cgroup"))
+        .with_context(|| format!("showing {} as /sys/fs/cgroup", req.cgroup_root.display()))?;
+    sys::mount::overlay(
+        &req.bundle.join("rootfs"),
+        &req.layers_dir,
+        &req.lower,
+        &req.upper,
+        &req.work,
+    )
+    .context("mounting the container's root filesystem (overlayfs)")?;
+
+    let (out_r, out_w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?;
+    let (err_r, err_w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?;
+    let devnull: OwnedFd = std::fs::File::open("/dev/null")?.into();
+    let mut container = libcontainer::container::builder::ContainerBuilder::new(
+        req.id.clone(),
+        libcontainer::syscall::syscall::SyscallType::Linux,
+    )
+    .with_root_path(&req.state_root)?
+    .with_stdin(devnull)
+    .with_stdout(out_w)
+    .with_stderr(err_w)
+    .as_init(&req.bundle)
+    .with_systemd(false)
+    .with_detach(true)
+    .build()
+    .context("creating the container")?;
+    container.start().context("starting the container")?;
+    let pid = container
+        .pid()
+        .map(|p| p.as_raw())
+        .context("the started container has no pid")?;
+    state::write_atomic(
+        &bundle.join(STATE),
+        &serde_json::to_vec(&ShimState {
+            shim_pid: std::process::id(),
+            pid: pid.unsigned_abs(),
+            started_at: now(),
+        })?,
+        0o644,
+    )?;
+    tracing::info!(pid, "container started");
+
+    let mut log = CriWriter::open(&req.log, req.rotation)?;
+    let status = pump(&mut log, [out_r, err_r], pid);
+    let _ = log.finish();
+    let cgroup = container
+        .spec()
+        .ok()
+        .and_then(|c| c.cgroup_path.strip_prefix("/").ok().map(Path::to_path_buf))
+        .map(|p| Path::new("/sys/fs/cgroup").join(p));
+    let oom_killed = cgroup.as_deref().is_some_and(|c| oom_kills(c) > 0);
+    let (exit_code, signal) = match status {
+        nix::sys::wait::WaitStatus::Exited(_, code) => (code, None),
+        nix::sys::wait::WaitStatus::Signaled(_, sig, _) => (128 + sig as i32, Some(sig as i32)),
+        _ => (255, None),
+    };
+    if let Err(e) = container.delete(true) {
+        tracing::warn!("removing the container's runtime state: {e}");
+    }
+    state::write_atomic(
+        &bundle.join(EXIT),
+        &serde_json::to_vec(&ExitRecord {
+            exit_code,
+            signal,
+            oom_killed,
+            finished_at: now(),
+        })?,
+        0o644,
+    )?;
+    tracing::info!(exit_code, ?signal, oom_killed, "container exited");
+    Ok(())
+}
+
+/// Copies the container's output into its log until it has exited and its pipes are
+/// drained; reaps every child (the shim is a subreaper). Returns the container's status.
+fn pump(log: &mut CriWriter, pipes: [OwnedFd; 2], pid: i32) -> nix::sys::wait::WaitStatus {
+    use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+    use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
+    let mut open = [true, true];
+    let mut status = None;
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut drain_deadline: Option<std::time::Instant> = None;
+    loop {
+        // Reap: the container, and anything orphaned into us.
+        loop {
+            match waitpid(None, Some(WaitPidFlag::WNOHANG)) {
+                Ok(WaitStatus::StillAlive) | Err(_) => break,
+                Ok(s) => {
+                    if s.pid().is_some_and(|p| p.as_raw() == pid) {
+                        status = Some(s);
+                        drain_deadline = Some(std::time::Instant::now() + Duration::from_secs(2));
+                    }
+                }
+            }
+        }
+        let live: Vec<usize> = (0..2).filter(|i| open[*i]).collect();
+        if live.is_empty() || drain_deadline.is_some_and(|d| std::time::Instant::now() > d) {
+            if let Some(s) = status {
+                return s;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+            continue;
+        }
+        let mut fds: Vec<PollFd<'_>> = live
+            .iter()
+            .map(|i| PollFd::new(pipes[*i].as_fd(), PollFlags::POLLIN))
+            .collect();
+        if poll(&mut fds, PollTimeout::from(200u16)).is_err() {
+            continue;
+        }
+        let ready: Vec<(usize, bool)> = fds
+            .iter()
+            .zip(&live)
+            .map(|(f, i)| (*i, f.revents().is_some_and(|r| !r.is_empty())))
+            .collect();
+        for (i, is_ready) in ready {
+            if !is_ready {
+                continue;
+            }
+            match nix::unistd::read(&pipes[i], &mut buf) {
+                Ok(0) | Err(_) => open[i] = false,
+                Ok(n) => {
+                    if let Err(e) = log.write(i, &buf[..n]) {
+                        tracing::warn!("writing the container log: {e}");
+                    }
+                }
+            }
+        }
+    }
+}
