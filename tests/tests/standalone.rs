@@ -1,5 +1,5 @@
-//! `kernlet run --standalone` with the repository's examples, as `cargo xtask run`
-//! starts it, and its answers to bad input.
+//! `kernlet run --standalone`: its answers to bad input (running pods is tested in
+//! `runtime.rs`).
 
 #![allow(
     clippy::unwrap_used,
@@ -9,10 +9,6 @@
 use std::process::Command;
 
 use kernlet_tests::simnode::kernlet_bin;
-
-fn examples() -> std::path::PathBuf {
-    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples")
-}
 
 fn dir_flags(tmp: &std::path::Path) -> Vec<String> {
     let d = |n: &str| tmp.join(n).display().to_string();
@@ -30,47 +26,6 @@ fn dir_flags(tmp: &std::path::Path) -> Vec<String> {
         "--bpffs-dir".into(),
         d("bpf"),
     ]
-}
-
-#[test]
-fn standalone_reports_every_example_pod_and_stops() {
-    let tmp = tempfile::tempdir().unwrap();
-    let out = Command::new(kernlet_bin().unwrap())
-        .args(["run", "--standalone", "--manifests"])
-        .arg(examples())
-        .args(dir_flags(tmp.path()))
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{stdout}{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(stdout.contains("2 pod(s) planned"), "{stdout}");
-    assert!(
-        stdout.contains("pod demo/web (QoS Burstable, pod network)"),
-        "{stdout}"
-    );
-    assert!(
-        stdout.contains("pod demo/tools (QoS Guaranteed, host network)"),
-        "{stdout}"
-    );
-    assert!(
-        stdout.contains("container httpd: image busybox:1.36"),
-        "{stdout}"
-    );
-    assert!(
-        stdout.contains("nothing was started"),
-        "says clearly that the runtime is not there yet"
-    );
-    let cgroup = kernlet::sys::cgroup::cgroup2_mount()
-        .unwrap()
-        .join("kltest-standalone");
-    assert!(
-        stdout.contains(&format!("cgroup {}", cgroup.display())),
-        "the cgroup below the real cgroup2 mount: {stdout}"
-    );
 }
 
 #[test]

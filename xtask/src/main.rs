@@ -228,27 +228,19 @@ impl Drop for DemoNetns {
     }
 }
 
-fn demo() -> Result<()> {
-    run(cargo().args(["build", "--quiet", "-p", "kernlet"]))?;
-    if !nix_is_root() {
-        bail!("kernlet needs root (namespaces, cgroups, BPF); run `cargo xtask run` as root");
-    }
-    // A leftover from a killed demo is ours by name; start from a clean one.
-    let _ = Command::new("ip")
-        .args(["netns", "delete", DEMO_NETNS])
-        .stderr(std::process::Stdio::null())
-        .status();
-    run(Command::new("ip").args(["netns", "add", DEMO_NETNS]))?;
-    let _guard = DemoNetns;
-    let netns = format!("--net=/run/netns/{DEMO_NETNS}");
-    run(Command::new("nsenter").args([&netns, "ip", "link", "set", "lo", "up"]))?;
-    let base = std::env::temp_dir().join("kernlet-demo");
+/// The demo's directories, under the system temp dir.
+fn demo_base() -> std::path::PathBuf {
+    std::env::temp_dir().join("kernlet-demo")
+}
+
+fn demo_kernlet(netns: &str, manifests: &Path) -> Command {
+    let base = demo_base();
     let dir = |name: &str| base.join(name).display().to_string();
-    let kernlet = Path::new("target/debug/kernlet");
     let mut cmd = Command::new("nsenter");
-    cmd.arg(&netns)
-        .arg(kernlet)
-        .args(["run", "--standalone", "--manifests", "examples"])
+    cmd.arg(netns)
+        .arg("target/debug/kernlet")
+        .args(["run", "--standalone", "--manifests"])
+        .arg(manifests)
         .args(["--state-dir", &dir("state"), "--run-dir", &dir("run")])
         .args(["--log-dir", &dir("logs"), "--image-dir", &dir("images")])
         .args([
@@ -257,7 +249,150 @@ fn demo() -> Result<()> {
             "--bpffs-dir",
             "/sys/fs/bpf/kernlet-demo",
         ]);
-    eprintln!("kernlet runs in network namespace {DEMO_NETNS}; Ctrl-C stops it");
-    // Ctrl-C reaches kernlet too (same process group); it stops cleanly and so do we.
-    run(&mut cmd)
+    cmd
+}
+
+fn demo_pods() -> String {
+    let state = demo_base().join("state");
+    output_of(
+        "target/debug/kernlet",
+        &[
+            "pods",
+            "-o",
+            "json",
+            "--state-dir",
+            &state.display().to_string(),
+        ],
+    )
+    .unwrap_or_default()
+}
+
+/// Runs kernlet with no manifests until it has removed every pod of the demo.
+fn demo_clear(netns: &str) -> Result<()> {
+    let empty = demo_base().join("empty");
+    std::fs::create_dir_all(&empty)?;
+    let mut child = demo_kernlet(netns, &empty)
+        .stderr(std::process::Stdio::null())
+        .spawn()?;
+    let start = std::time::Instant::now();
+    while demo_pods().contains("\"Pod\"") && start.elapsed() < std::time::Duration::from_secs(60) {
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    let _ = Command::new("kill").arg(child.id().to_string()).status();
+    child.wait()?;
+    Ok(())
+}
+
+fn demo() -> Result<()> {
+    run(cargo().args([
+        "build",
+        "--quiet",
+        "-p",
+        "kernlet",
+        "-p",
+        "kernlet-tests",
+        "--bin",
+        "kernlet",
+        "--bin",
+        "kernlet-busybox-layout",
+    ]))?;
+    if !nix_is_root() {
+        bail!("kernlet needs root (namespaces, cgroups, BPF); run `cargo xtask run` as root");
+    }
+    let base = demo_base();
+    let netns = format!("--net=/run/netns/{DEMO_NETNS}");
+    if !Path::new(&format!("/run/netns/{DEMO_NETNS}")).exists() {
+        run(Command::new("ip").args(["netns", "add", DEMO_NETNS]))?;
+    }
+    let _guard = DemoNetns;
+    run(Command::new("nsenter").args([&netns, "ip", "link", "set", "lo", "up"]))?;
+    // Pods of an interrupted demo go first (kernlet removes what is not in its manifests).
+    if demo_pods().contains("\"Pod\"") {
+        demo_clear(&netns)?;
+    }
+    // The image, built from Debian's busybox-static and imported: no registry needed.
+    let images = base.join("images");
+    if !images.join("images.json").exists() {
+        let layout = Command::new("target/debug/kernlet-busybox-layout")
+            .arg(base.join("build"))
+            .arg("1.36")
+            .output()?;
+        if !layout.status.success() {
+            bail!(
+                "building the busybox image: {}",
+                String::from_utf8_lossy(&layout.stderr)
+            );
+        }
+        let path = String::from_utf8_lossy(&layout.stdout).trim().to_string();
+        run(Command::new("target/debug/kernlet")
+            .args(["image", "import", &path, "--name", "busybox", "--image-dir"])
+            .arg(&images))?;
+    }
+    let manifests = base.join("manifests");
+    std::fs::create_dir_all(&manifests)?;
+    std::fs::copy("examples/demo.yaml", manifests.join("demo.yaml"))?;
+    let log = std::fs::File::create(base.join("kernlet.log"))?;
+    let mut child = demo_kernlet(&netns, &manifests)
+        .stderr(std::process::Stdio::from(log))
+        .spawn()?;
+    eprintln!(
+        "kernlet runs in network namespace {DEMO_NETNS} (log: {})",
+        base.join("kernlet.log").display()
+    );
+    let start = std::time::Instant::now();
+    let page = loop {
+        if let Some(p) = output_of(
+            "nsenter",
+            &[
+                &netns,
+                "/bin/busybox",
+                "wget",
+                "-qO-",
+                "http://127.0.0.1:8080/",
+            ],
+        ) {
+            break p;
+        }
+        if start.elapsed() > std::time::Duration::from_secs(60) {
+            let _ = Command::new("kill").arg(child.id().to_string()).status();
+            bail!(
+                "the web pod did not answer within 60 s; see {}",
+                base.join("kernlet.log").display()
+            );
+        }
+        std::thread::sleep(std::time::Duration::from_millis(300));
+    };
+    let state = base.join("state").display().to_string();
+    println!("\nthe web pod answers: {}", page.trim());
+    println!("reach it:   nsenter --net=/run/netns/{DEMO_NETNS} wget -qO- http://127.0.0.1:8080/");
+    println!("list pods:  target/debug/kernlet pods --state-dir {state}   (add -o json)");
+    let _ = Command::new("target/debug/kernlet")
+        .args(["pods", "--state-dir", &state])
+        .status();
+    if std::io::IsTerminal::is_terminal(&std::io::stdin()) {
+        println!("\npress Enter to stop the demo and remove its pods");
+        let mut line = String::new();
+        let _ = std::io::stdin().read_line(&mut line);
+    }
+    let _ = Command::new("kill").arg(child.id().to_string()).status();
+    child.wait()?;
+    demo_clear(&netns)?;
+    // The demo's (now empty) cgroup tree: directories only, deepest first.
+    if let Some(cg) = output_of(
+        "sh",
+        &[
+            "-c",
+            "awk '/ - cgroup2 / {print $5; exit}' /proc/self/mountinfo",
+        ],
+    ) {
+        let root = Path::new(cg.trim()).join("kernlet-demo");
+        if root.is_dir() {
+            let _ = Command::new("find")
+                .arg(&root)
+                .args(["-depth", "-type", "d", "-exec", "rmdir", "{}", ";"])
+                .status();
+        }
+    }
+    eprintln!("demo stopped: pods removed, network namespace {DEMO_NETNS} deleted");
+    Ok(())
 }

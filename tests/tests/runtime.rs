@@ -1,0 +1,403 @@
+//! The pod runtime end to end on SimNodes (root), in standalone mode: pods from
+//! manifests run from an imported busybox image, logs land in CRI files, exit codes and
+//! restarts are right, the security defaults hold, and `kill -9` of kernlet disturbs
+//! no container and leaves nothing behind once the pods are gone.
+
+#![allow(
+    clippy::unwrap_used,
+    reason = "a test that cannot go on should stop loudly"
+)]
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use kernlet_tests::simnode::{Lab, SimNode, kernlet_bin};
+use serde_json::Value;
+
+/// Imports the busybox image (built with umoci) into the node's store.
+fn import_busybox(node: &SimNode) {
+    let work = node.dir("image-build");
+    std::fs::create_dir_all(&work).unwrap();
+    let layout = kernlet_tests::oci::busybox_layout(&work, "1.36").unwrap();
+    let out = Command::new(kernlet_bin().unwrap())
+        .args(["image", "import"])
+        .arg(&layout)
+        .args(["--name", "busybox", "--image-dir"])
+        .arg(node.dir("images"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+fn manifests(node: &SimNode, yaml: &str) -> PathBuf {
+    let dir = node.dir("manifests");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("pods.yaml"), yaml).unwrap();
+    dir
+}
+
+fn start(node: &mut SimNode, manifests: &Path) {
+    let m = manifests.display().to_string();
+    node.start_kernlet(&["run", "--standalone", "--manifests", &m])
+        .unwrap();
+}
+
+fn pods(node: &SimNode) -> Vec<Value> {
+    let out = Command::new(kernlet_bin().unwrap())
+        .args(["pods", "-o", "json", "--state-dir"])
+        .arg(node.dir("state"))
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let list: Value = serde_json::from_slice(&out.stdout).unwrap();
+    list["items"].as_array().cloned().unwrap_or_default()
+}
+
+fn pod(node: &SimNode, name: &str) -> Option<Value> {
+    pods(node)
+        .into_iter()
+        .find(|p| p["metadata"]["name"] == name)
+}
+
+fn wait_for<T>(
+    node: &SimNode,
+    what: &str,
+    within: Duration,
+    mut f: impl FnMut() -> Option<T>,
+) -> T {
+    let start = Instant::now();
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(
+            start.elapsed() < within,
+            "timed out waiting for {what}\n{}",
+            node.kernlet_log()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn status<'a>(pod: &'a Value, list: &str, name: &str) -> &'a Value {
+    pod["status"][list]
+        .as_array()
+        .and_then(|l| l.iter().find(|c| c["name"] == name))
+        .unwrap_or(&Value::Null)
+}
+
+/// The lines a container wrote, from its CRI log.
+fn log_lines(node: &SimNode, pod: &Value, container: &str, restart: u32) -> Vec<(String, String)> {
+    let dir = kernlet::runtime::logs::pod_dir(
+        &node.dir("logs"),
+        pod["metadata"]["namespace"].as_str().unwrap(),
+        pod["metadata"]["name"].as_str().unwrap(),
+        pod["metadata"]["uid"].as_str().unwrap(),
+    );
+    let text = std::fs::read_to_string(kernlet::runtime::logs::container_log(
+        &dir, container, restart,
+    ))
+    .unwrap_or_default();
+    text.lines()
+        .filter_map(kernlet::runtime::logs::parse_line)
+        .map(|r| (r.stream, r.text))
+        .collect()
+}
+
+const LIFECYCLE: &str = r#"
+apiVersion: v1
+kind: Pod
+metadata: {name: life, namespace: t}
+spec:
+  restartPolicy: Never
+  initContainers:
+  - {name: init, image: busybox:1.36, command: ["sh", "-c", "echo init ran"]}
+  containers:
+  - name: main
+    image: busybox:1.36
+    command: ["sh", "-c", "echo host $(hostname) $GREETING; cat /etc/hostname; grep -c localhost /etc/hosts; exec sleep 600"]
+    env: [{name: GREETING, value: hello}]
+  - {name: fails, image: busybox:1.36, command: ["sh", "-c", "echo oops >&2; exit 3"]}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: crash, namespace: t}
+spec:
+  restartPolicy: Always
+  containers:
+  - {name: c, image: busybox:1.36, command: ["sh", "-c", "echo run; exit 1"]}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: missing, namespace: t}
+spec:
+  containers:
+  - {name: c, image: example.com/not/here:1}
+"#;
+
+#[test]
+fn pods_run_log_exit_and_restart_like_kubelet() {
+    let mut lab = Lab::new("rt").unwrap();
+    let mut node = lab.add_node("r1").unwrap();
+    import_busybox(&node);
+    let m = manifests(&node, LIFECYCLE);
+    start(&mut node, &m);
+
+    let life = wait_for(&node, "pod life running", Duration::from_secs(30), || {
+        pod(&node, "life").filter(|p| {
+            status(p, "containerStatuses", "main")["state"]["running"].is_object()
+                && status(p, "containerStatuses", "fails")["state"]["terminated"].is_object()
+        })
+    });
+    assert_eq!(life["status"]["phase"], "Running");
+    assert_eq!(life["status"]["qosClass"], "BestEffort");
+    let init = status(&life, "initContainerStatuses", "init");
+    assert_eq!(init["state"]["terminated"]["exitCode"], 0);
+    assert_eq!(init["state"]["terminated"]["reason"], "Completed");
+    let fails = status(&life, "containerStatuses", "fails");
+    assert_eq!(fails["state"]["terminated"]["exitCode"], 3);
+    assert_eq!(fails["state"]["terminated"]["reason"], "Error");
+    assert_eq!(fails["restartCount"], 0, "restartPolicy Never");
+    let main = status(&life, "containerStatuses", "main");
+    assert_eq!(main["ready"], true);
+    assert!(
+        main["containerID"]
+            .as_str()
+            .unwrap()
+            .starts_with("kernlet://")
+    );
+    assert!(main["imageID"].as_str().unwrap().starts_with("sha256:"));
+    assert_eq!(main["image"], "docker.io/library/busybox:1.36");
+
+    // Logs: CRI files with the right streams; the sandbox's hostname and hosts file.
+    assert_eq!(
+        log_lines(&node, &life, "init", 0),
+        [("stdout".into(), "init ran".into())]
+    );
+    assert_eq!(
+        log_lines(&node, &life, "fails", 0),
+        [("stderr".into(), "oops".into())]
+    );
+    let main_log = wait_for(&node, "main's output", Duration::from_secs(10), || {
+        Some(log_lines(&node, &life, "main", 0)).filter(|l| l.len() == 3)
+    });
+    assert_eq!(
+        main_log,
+        [
+            ("stdout".into(), "host life hello".into()),
+            ("stdout".into(), "life".into()),
+            ("stdout".into(), "2".into())
+        ]
+    );
+
+    // Always: restarted with CrashLoopBackOff (the first restart at once, then 10 s).
+    let crash = wait_for(&node, "crash restarted", Duration::from_secs(20), || {
+        pod(&node, "crash").filter(|p| status(p, "containerStatuses", "c")["restartCount"] == 1)
+    });
+    let c = status(&crash, "containerStatuses", "c");
+    assert_eq!(c["lastState"]["terminated"]["exitCode"], 1);
+    let backing_off = wait_for(&node, "CrashLoopBackOff", Duration::from_secs(10), || {
+        pod(&node, "crash").filter(|p| {
+            status(p, "containerStatuses", "c")["state"]["waiting"]["reason"] == "CrashLoopBackOff"
+        })
+    });
+    assert_eq!(
+        status(&backing_off, "containerStatuses", "c")["restartCount"],
+        1
+    );
+
+    // An image that is not in the store: waiting, with what to do.
+    let missing = pod(&node, "missing").unwrap();
+    let w = &status(&missing, "containerStatuses", "c")["state"]["waiting"];
+    assert_eq!(w["reason"], "ErrImageNeverPull");
+    assert!(
+        w["message"]
+            .as_str()
+            .unwrap()
+            .contains("kernlet image import")
+    );
+    assert_eq!(missing["status"]["phase"], "Pending");
+
+    // The limits this host's cgroup2 cannot enforce are said out loud.
+    assert!(
+        node.kernlet_log().contains("NOT enforced"),
+        "{}",
+        node.kernlet_log()
+    );
+    // kubectl-like table.
+    let table = Command::new(kernlet_bin().unwrap())
+        .args(["pods", "--state-dir"])
+        .arg(node.dir("state"))
+        .output()
+        .unwrap();
+    let table = String::from_utf8_lossy(&table.stdout);
+    assert!(
+        table.contains("life") && table.contains("1/2") && table.contains("ErrImageNeverPull"),
+        "{table}"
+    );
+}
+
+const SECURITY: &str = r#"
+apiVersion: v1
+kind: Pod
+metadata: {name: sec, namespace: t}
+spec:
+  restartPolicy: Never
+  containers:
+  - name: root
+    image: busybox:1.36
+    command: ["sh", "-c", "grep -E '^(Cap|NoNewPrivs)' /proc/self/status; echo kcore=$(head -c 16 /proc/kcore | wc -c); echo 1 > /proc/sys/kernel/domainname && echo sys=writable || echo sys=readonly; id -u"]
+  - name: user
+    image: busybox:1.36
+    command: ["sh", "-c", "grep -E '^(Cap|NoNewPrivs)' /proc/self/status; id -u; id -G"]
+    securityContext: {runAsUser: 1234, runAsGroup: 5678, allowPrivilegeEscalation: false}
+  - name: dropped
+    image: busybox:1.36
+    command: ["sh", "-c", "grep -E '^Cap(Bnd|Eff)' /proc/self/status"]
+    securityContext: {capabilities: {drop: [ALL], add: [NET_BIND_SERVICE]}}
+  securityContext: {supplementalGroups: [4000]}
+"#;
+
+fn field<'a>(lines: &'a [(String, String)], key: &str) -> &'a str {
+    lines
+        .iter()
+        .find_map(|(_, l)| l.strip_prefix(key))
+        .map(str::trim)
+        .unwrap_or_else(|| panic!("no {key} in {lines:?}"))
+}
+
+#[test]
+fn containers_get_containerd_security_defaults() {
+    let mut lab = Lab::new("sec").unwrap();
+    let mut node = lab.add_node("s1").unwrap();
+    import_busybox(&node);
+    let m = manifests(&node, SECURITY);
+    start(&mut node, &m);
+    let p = wait_for(
+        &node,
+        "every container done",
+        Duration::from_secs(30),
+        || {
+            pod(&node, "sec")
+                .filter(|p| p["status"]["phase"] == "Succeeded" || p["status"]["phase"] == "Failed")
+        },
+    );
+    // containerd's 14 default capabilities.
+    let default_caps = "00000000a80425fb";
+    let root = log_lines(&node, &p, "root", 0);
+    assert_eq!(field(&root, "CapBnd:"), default_caps);
+    assert_eq!(field(&root, "CapEff:"), default_caps);
+    assert_eq!(field(&root, "CapPrm:"), default_caps);
+    assert_eq!(field(&root, "CapInh:"), "0000000000000000");
+    assert_eq!(field(&root, "NoNewPrivs:"), "0");
+    assert_eq!(field(&root, "kcore="), "0", "/proc/kcore is masked");
+    assert_eq!(field(&root, "sys="), "readonly", "/proc/sys is read-only");
+    let user = log_lines(&node, &p, "user", 0);
+    assert_eq!(field(&user, "CapEff:"), "0000000000000000");
+    assert_eq!(field(&user, "CapPrm:"), "0000000000000000");
+    assert_eq!(field(&user, "CapBnd:"), default_caps);
+    assert_eq!(field(&user, "NoNewPrivs:"), "1");
+    let ids: Vec<&str> = user.iter().map(|(_, l)| l.as_str()).collect();
+    assert!(ids.contains(&"1234"), "{ids:?}");
+    assert!(
+        ids.iter()
+            .any(|l| l.split(' ').collect::<Vec<_>>() == ["5678", "4000"]),
+        "{ids:?}"
+    );
+    let dropped = log_lines(&node, &p, "dropped", 0);
+    assert_eq!(field(&dropped, "CapBnd:"), "0000000000000400");
+    assert_eq!(field(&dropped, "CapEff:"), "0000000000000400");
+}
+
+#[test]
+fn kill_9_of_kernlet_with_ten_pods_restarts_nothing_and_leaves_nothing() {
+    let mut lab = Lab::new("k9").unwrap();
+    let mut node = lab.add_node("k1").unwrap();
+    import_busybox(&node);
+    let mut yaml = String::new();
+    for i in 0..10 {
+        yaml.push_str(&format!(
+            "---\napiVersion: v1\nkind: Pod\nmetadata: {{name: p{i}, namespace: t}}\nspec:\n  terminationGracePeriodSeconds: 2\n  containers:\n  - {{name: c, image: busybox:1.36, command: [sleep, '600']}}\n"
+        ));
+    }
+    let m = manifests(&node, &yaml);
+    start(&mut node, &m);
+    let running = |node: &SimNode| {
+        let all = pods(node);
+        (all.len() == 10
+            && all
+                .iter()
+                .all(|p| status(p, "containerStatuses", "c")["state"]["running"].is_object()))
+        .then(|| {
+            all.iter()
+                .map(|p| {
+                    status(p, "containerStatuses", "c")["containerID"]
+                        .as_str()
+                        .unwrap()
+                        .to_string()
+                })
+                .collect::<Vec<_>>()
+        })
+    };
+    let before = wait_for(&node, "10 running pods", Duration::from_secs(60), || {
+        running(&node)
+    });
+
+    node.kill9_kernlet().unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    start(&mut node, &m);
+    // Give the restarted agent a few resyncs, then compare.
+    std::thread::sleep(Duration::from_secs(3));
+    let after = wait_for(
+        &node,
+        "10 running pods again",
+        Duration::from_secs(30),
+        || running(&node),
+    );
+    assert_eq!(before, after, "the same containers, adopted");
+    for p in pods(&node) {
+        assert_eq!(status(&p, "containerStatuses", "c")["restartCount"], 0);
+    }
+    assert!(
+        !node.kernlet_log().contains("container started"),
+        "{}",
+        node.kernlet_log()
+    );
+
+    // The pods go away: nothing of them is left.
+    std::fs::write(m.join("pods.yaml"), "").unwrap();
+    wait_for(&node, "every pod removed", Duration::from_secs(60), || {
+        pods(&node).is_empty().then_some(())
+    });
+    let state = node.dir("state");
+    wait_for(
+        &node,
+        "containers and sandboxes gone",
+        Duration::from_secs(30),
+        || {
+            let empty = |d: PathBuf| std::fs::read_dir(d).map(|r| r.count() == 0).unwrap_or(true);
+            (empty(state.join("containers")) && empty(node.dir("run").join("pods"))).then_some(())
+        },
+    );
+    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    let root = node.dir("");
+    assert!(
+        !mountinfo.contains(root.to_str().unwrap().trim_end_matches('/')),
+        "mounts left under {}:\n{mountinfo}",
+        root.display()
+    );
+    let pods_cgroup = node.cgroup().join("kernlet/kubepods/besteffort");
+    let left: Vec<_> = std::fs::read_dir(&pods_cgroup)
+        .unwrap()
+        .flatten()
+        .filter(|e| e.path().is_dir())
+        .map(|e| e.file_name())
+        .collect();
+    assert!(left.is_empty(), "pod cgroups left: {left:?}");
+    assert!(node.kernlet_running());
+}
