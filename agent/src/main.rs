@@ -54,6 +54,15 @@ enum ImageCmd {
         #[command(flatten)]
         store: StoreArgs,
     },
+    /// Pull an image from its registry into the store.
+    Pull {
+        /// Image reference, e.g. `registry.example.com:5000/app:1.2`.
+        image: String,
+        #[command(flatten)]
+        registries: RegistryArgs,
+        #[command(flatten)]
+        store: StoreArgs,
+    },
     /// List stored images.
     Ls {
         #[command(flatten)]
@@ -165,7 +174,49 @@ struct NodeArgs {
     #[arg(long, default_value_t = 10_000, hide = true)]
     node_lease_renew_interval_ms: u64,
     #[command(flatten)]
+    registries: RegistryArgs,
+    #[command(flatten)]
     dirs: NodeDirs,
+}
+
+#[derive(clap::Args, Debug, Clone, Default)]
+struct RegistryArgs {
+    /// A registry (`host:port`) reached over plain HTTP; repeatable.
+    #[arg(long = "insecure-registry")]
+    insecure_registries: Vec<String>,
+    /// A CA certificate (PEM file) to trust for registries; repeatable.
+    #[arg(long = "registry-ca")]
+    registry_cas: Vec<PathBuf>,
+    /// Registry credentials of this node: a dockerconfigjson file (as `docker login`
+    /// writes `~/.docker/config.json`).
+    #[arg(long)]
+    image_credentials: Option<PathBuf>,
+}
+
+impl RegistryArgs {
+    fn config(&self) -> anyhow::Result<kernlet::runtime::image::pull::RegistryConfig> {
+        use kernlet::runtime::image::pull::{DockerConfig, RegistryConfig};
+        let mut ca_pems = Vec::new();
+        for f in &self.registry_cas {
+            ca_pems.push(
+                std::fs::read(f)
+                    .with_context(|| format!("cannot read --registry-ca {}", f.display()))?,
+            );
+        }
+        let credentials = match &self.image_credentials {
+            Some(f) => DockerConfig::parse(
+                &std::fs::read(f)
+                    .with_context(|| format!("cannot read --image-credentials {}", f.display()))?,
+            )
+            .map_err(|e| anyhow::anyhow!("--image-credentials {}: {e}", f.display()))?,
+            None => DockerConfig::default(),
+        };
+        Ok(RegistryConfig {
+            insecure: self.insecure_registries.clone(),
+            ca_pems,
+            credentials,
+        })
+    }
 }
 
 /// kernlet's helper processes: single-threaded, started by kernlet itself.
@@ -220,6 +271,8 @@ fn main() -> ExitCode {
 }
 
 fn run(cli: Cli) -> anyhow::Result<()> {
+    // One TLS crypto provider for every client of the process (apiserver, registries).
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
     match cli.command {
         Command::Run(args) => {
             args.node.dirs.validate()?;
@@ -270,6 +323,7 @@ fn run_standalone(args: &RunArgs) -> anyhow::Result<()> {
         cgroup_root: dirs.cgroup_root.clone(),
         exe: std::env::current_exe().context("cannot find the kernlet binary to run shims")?,
         rotation: Default::default(),
+        registries: args.node.registries.config()?,
     })?;
     let node_ip = args
         .node
@@ -380,6 +434,17 @@ fn image(cmd: ImageCmd) -> anyhow::Result<()> {
             for i in layout::import(&store, &source, name.as_deref())? {
                 println!("imported {} {}", i.reference, i.image.id);
             }
+        }
+        ImageCmd::Pull {
+            image,
+            registries,
+            store,
+        } => {
+            let store = open(&store)?;
+            let reference = kernlet::model::image_ref::ImageRef::parse(&image)?;
+            let puller = kernlet::runtime::image::pull::Puller::new(store, registries.config()?);
+            let record = runtime()?.block_on(puller.pull(&reference, &[]))?;
+            println!("pulled {reference} {}", record.id);
         }
         ImageCmd::Ls { output, store } => {
             let list = open(&store)?.list()?;
@@ -495,7 +560,6 @@ fn prepare_node(args: &NodeArgs) -> anyhow::Result<PreparedNode> {
 }
 
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
-    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
     Ok(tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()

@@ -344,11 +344,7 @@ impl Runner {
                     tracing::info!(pod = %format!("{}/{}", sb.namespace, sb.name), container = %name, restart, id = %r.id, "container started");
                 }
                 Err(e) => {
-                    let reason = if e.to_string().contains("image store") {
-                        "ErrImageNeverPull"
-                    } else {
-                        "CreateContainerError"
-                    };
+                    let reason = e.reason();
                     tracing::warn!(pod = %format!("{}/{}", sb.namespace, sb.name), container = %name, "{e}");
                     self.start_failures
                         .insert(key, (reason.into(), e.to_string()));

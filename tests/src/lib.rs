@@ -8,4 +8,5 @@ pub mod fixtures;
 pub mod hygiene;
 pub mod oci;
 pub mod real;
+pub mod registry;
 pub mod simnode;

@@ -48,6 +48,9 @@ const DEBIAN_PACKAGES: &[(&str, &str)] = &[
     ("umoci", "/usr/bin/umoci"),
     ("skopeo", "/usr/bin/skopeo"),
     ("busybox-static", "/usr/share/doc/busybox-static"),
+    // A real registry for the pull tests, and its htpasswd file.
+    ("docker-registry", "/usr/bin/docker-registry"),
+    ("apache2-utils", "/usr/bin/htpasswd"),
 ];
 
 const BPF_LINKER_VERSION: &str = "0.9.15";

@@ -83,7 +83,52 @@ pub fn cpu_shares(milli: u64) -> u64 {
     (milli * 1024 / 1000).max(2)
 }
 
+/// The pull policy of a container: as set, else `Always` for `:latest` or untagged
+/// images and `IfNotPresent` for the rest (the apiserver's defaulting).
+pub fn pull_policy(c: &Container, image: &crate::model::image_ref::ImageRef) -> String {
+    c.image_pull_policy
+        .clone()
+        .filter(|p| !p.is_empty())
+        .unwrap_or_else(|| {
+            if image.digest.is_none() && image.tag.as_deref() == Some("latest") {
+                "Always".into()
+            } else {
+                "IfNotPresent".into()
+            }
+        })
+}
+
 impl Runtime {
+    /// The image of `c`, pulled first when its pull policy says so.
+    pub fn ensure_image(
+        &self,
+        c: &Container,
+        secrets: &[super::image::pull::DockerConfig],
+    ) -> Result<super::image::ImageRecord, RuntimeError> {
+        let name = c.image.clone().unwrap_or_default();
+        let reference = crate::model::image_ref::ImageRef::parse(&name)
+            .map_err(|e| RuntimeError::Refused(format!("container {}: {e}", c.name)))?;
+        let policy = pull_policy(c, &reference);
+        let present = self.images.resolve(&name)?;
+        match (policy.as_str(), present) {
+            ("Never", Some(image)) | ("IfNotPresent", Some(image)) => return Ok(image),
+            ("Never", None) => {
+                return Err(RuntimeError::ImageNeverPull(format!(
+                    "image {reference} of container {} is not in the image store and imagePullPolicy is Never; \
+                     import it with `kernlet image import`",
+                    c.name
+                )));
+            }
+            _ => {}
+        }
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(RuntimeError::io("starting the image puller"))?;
+        rt.block_on(self.puller.pull(&reference, secrets))
+            .map_err(|e| RuntimeError::ImagePull(e.to_string()))
+    }
+
     fn record_path(&self, id: &str) -> PathBuf {
         self.container_dir(id).join("container.json")
     }
@@ -309,13 +354,7 @@ impl Runtime {
         restart: u32,
     ) -> Result<ContainerRecord, RuntimeError> {
         let image_name = c.image.clone().unwrap_or_default();
-        let image = self.images.resolve(&image_name)?.ok_or_else(|| {
-            RuntimeError::Refused(format!(
-                "image {image_name:?} of container {} is not in the image store; import it with \
-                 `kernlet image import` (registry pulls are not supported yet)",
-                c.name
-            ))
-        })?;
+        let image = self.ensure_image(c, &[])?;
         let image_ref = crate::model::image_ref::ImageRef::parse(&image_name)
             .map(|r| r.to_string())
             .unwrap_or_else(|_| image_name.clone());

@@ -39,6 +39,23 @@ pub enum RuntimeError {
     State(#[from] crate::state::StateError),
     #[error("{0}")]
     Refused(String),
+    /// The image is not present and the pull policy forbids pulling.
+    #[error("{0}")]
+    ImageNeverPull(String),
+    /// Pulling the image failed.
+    #[error("{0}")]
+    ImagePull(String),
+}
+
+impl RuntimeError {
+    /// The waiting reason kubelet reports for a container that failed to start so.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Self::ImageNeverPull(_) => "ErrImageNeverPull",
+            Self::ImagePull(_) => "ErrImagePull",
+            _ => "CreateContainerError",
+        }
+    }
 }
 
 impl RuntimeError {
@@ -60,6 +77,8 @@ pub struct RuntimeConfig {
     /// The kernlet binary, re-executed for shims and sandbox creation.
     pub exe: PathBuf,
     pub rotation: logs::Rotation,
+    /// How registries are reached.
+    pub registries: image::pull::RegistryConfig,
 }
 
 /// Resource controllers whose limits kernlet enforces when the cgroup2 tree has them.
@@ -74,6 +93,7 @@ pub struct Runtime {
     pub cgroup_root: PathBuf,
     /// Of [`CONTROLLERS`], those this cgroup tree has.
     pub controllers: Vec<String>,
+    pub puller: std::sync::Arc<image::pull::Puller>,
 }
 
 impl Runtime {
@@ -119,6 +139,10 @@ impl Runtime {
         }
         Ok(Self {
             cgroup_root: root.path().to_path_buf(),
+            puller: std::sync::Arc::new(image::pull::Puller::new(
+                images.clone(),
+                cfg.registries.clone(),
+            )),
             images,
             controllers,
             cfg,

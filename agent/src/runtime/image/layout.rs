@@ -5,9 +5,9 @@
 use std::io::Read;
 use std::path::{Path, PathBuf};
 
-use oci_spec::image::{ImageConfiguration, ImageIndex, ImageManifest};
+use oci_spec::image::ImageIndex;
 
-use super::{ImageError, ImageRecord, ImageStore, LayerRecord, RunConfig, digest_hex};
+use super::{ImageError, ImageRecord, ImageStore, digest_hex};
 use crate::model::image_ref::ImageRef;
 
 /// The annotation that names a manifest in a layout's index.
@@ -156,65 +156,13 @@ impl Layout<'_> {
     }
 
     fn manifest(&self, digest: &str, size: u64) -> Result<ImageRecord, ImageError> {
-        let manifest: ImageManifest = self.json_blob(digest, size, "manifest")?;
-        let cdesc = manifest.config();
-        let cdigest = cdesc.digest().to_string();
-        let config: ImageConfiguration = self.json_blob(&cdigest, cdesc.size(), "image config")?;
-        let (os, arch) = (config.os().to_string(), config.architecture().to_string());
-        if os != "linux" || arch != this_arch() {
-            return Err(bad(
-                self.source,
-                format!(
-                    "image {digest} is for {os}/{arch}; this node is linux/{}",
-                    this_arch()
-                ),
-            ));
-        }
-        let diff_ids = config.rootfs().diff_ids();
-        if diff_ids.len() != manifest.layers().len() {
-            return Err(bad(
-                self.source,
-                format!(
-                    "image {digest} has {} layers but its config lists {} diff IDs",
-                    manifest.layers().len(),
-                    diff_ids.len()
-                ),
-            ));
-        }
-        let mut layers = Vec::new();
-        let mut size_total = cdesc.size();
-        for (l, diff_id) in manifest.layers().iter().zip(diff_ids) {
-            let ldigest = l.digest().to_string();
-            let media = l.media_type().to_string();
-            if !(media.contains("tar") || media.contains("rootfs")) {
-                return Err(bad(
-                    self.source,
-                    format!("layer {ldigest} has media type {media}, not a tar layer"),
-                ));
-            }
-            self.store_blob(&ldigest, l.size())?;
-            self.store.unpack_layer(&ldigest, diff_id)?;
-            size_total += l.size();
-            layers.push(LayerRecord {
-                digest: ldigest,
-                diff_id: diff_id.clone(),
-                size: l.size(),
-            });
-        }
-        let c = config.config().clone().unwrap_or_default();
-        Ok(ImageRecord {
-            id: digest.to_string(),
-            config_digest: cdigest,
-            layers,
-            run: RunConfig {
-                entrypoint: c.entrypoint().clone().unwrap_or_default(),
-                cmd: c.cmd().clone().unwrap_or_default(),
-                env: c.env().clone().unwrap_or_default(),
-                working_dir: c.working_dir().clone().unwrap_or_default(),
-                user: c.user().clone().unwrap_or_default(),
-            },
-            size: size_total,
-        })
+        self.store_blob(digest, size)?;
+        self.store
+            .assemble(digest, &mut |d, size| self.store_blob(d, size))
+            .map_err(|e| match e {
+                ImageError::BadImage(why) => bad(self.source, why),
+                other => other,
+            })
     }
 }
 

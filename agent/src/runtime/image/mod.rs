@@ -13,6 +13,7 @@
 
 pub mod layer;
 pub mod layout;
+pub mod pull;
 
 use std::collections::BTreeMap;
 use std::io::{self, Read, Write as _};
@@ -324,6 +325,73 @@ impl ImageStore {
             Err(_) if dest.exists() => Ok(dest),
             Err(e) => Err(self.err("storing a layer", e)),
         }
+    }
+
+    /// Builds the record of the image whose manifest blob `digest` is stored, unpacking
+    /// its layers; `fetch(digest, size)` must store a blob the manifest names (config,
+    /// layers) when it is not there yet.
+    pub fn assemble(
+        &self,
+        digest: &str,
+        fetch: &mut dyn FnMut(&str, u64) -> Result<(), ImageError>,
+    ) -> Result<ImageRecord, ImageError> {
+        use oci_spec::image::{ImageConfiguration, ImageManifest};
+        let bad = |why: String| ImageError::BadImage(why);
+        let manifest: ImageManifest = serde_json::from_slice(&self.read_blob(digest)?)
+            .map_err(|e| bad(format!("manifest {digest} is not valid: {e}")))?;
+        let cdesc = manifest.config();
+        let cdigest = cdesc.digest().to_string();
+        fetch(&cdigest, cdesc.size())?;
+        let config: ImageConfiguration = serde_json::from_slice(&self.read_blob(&cdigest)?)
+            .map_err(|e| bad(format!("image config {cdigest} is not valid: {e}")))?;
+        let (os, arch) = (config.os().to_string(), config.architecture().to_string());
+        let this = layout::this_arch();
+        if os != "linux" || arch != this {
+            return Err(bad(format!(
+                "image {digest} is for {os}/{arch}; this node is linux/{this}"
+            )));
+        }
+        let diff_ids = config.rootfs().diff_ids();
+        if diff_ids.len() != manifest.layers().len() {
+            return Err(bad(format!(
+                "image {digest} has {} layers but its config lists {} diff IDs",
+                manifest.layers().len(),
+                diff_ids.len()
+            )));
+        }
+        let mut layers = Vec::new();
+        let mut size = cdesc.size();
+        for (l, diff_id) in manifest.layers().iter().zip(diff_ids) {
+            let ldigest = l.digest().to_string();
+            let media = l.media_type().to_string();
+            if !(media.contains("tar") || media.contains("rootfs")) {
+                return Err(bad(format!(
+                    "layer {ldigest} has media type {media}, not a tar layer"
+                )));
+            }
+            fetch(&ldigest, l.size())?;
+            self.unpack_layer(&ldigest, diff_id)?;
+            size += l.size();
+            layers.push(LayerRecord {
+                digest: ldigest,
+                diff_id: diff_id.clone(),
+                size: l.size(),
+            });
+        }
+        let c = config.config().clone().unwrap_or_default();
+        Ok(ImageRecord {
+            id: digest.to_string(),
+            config_digest: cdigest,
+            layers,
+            run: RunConfig {
+                entrypoint: c.entrypoint().clone().unwrap_or_default(),
+                cmd: c.cmd().clone().unwrap_or_default(),
+                env: c.env().clone().unwrap_or_default(),
+                working_dir: c.working_dir().clone().unwrap_or_default(),
+                user: c.user().clone().unwrap_or_default(),
+            },
+            size,
+        })
     }
 
     fn load(&self) -> Result<Records, ImageError> {

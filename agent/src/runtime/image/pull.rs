@@ -1,0 +1,379 @@
+//! Pulling images from OCI distribution registries (oci-client): anonymous, basic and
+//! bearer-token auth (the registry's `WWW-Authenticate` challenge decides), credentials
+//! from dockerconfigjson (a pod's imagePullSecrets, then the node's file), plain HTTP
+//! only for registries named insecure, manifest lists and indexes resolved to
+//! linux/<this arch>, every blob verified against its digest by the store, pulls of one
+//! image coalesced.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use base64::Engine as _;
+use oci_client::secrets::RegistryAuth;
+use serde::Deserialize;
+
+use super::{ImageError, ImageRecord, ImageStore, layout};
+use crate::model::image_ref::ImageRef;
+
+/// The media types kernlet accepts for manifests.
+const MANIFEST_TYPES: [&str; 4] = [
+    "application/vnd.oci.image.manifest.v1+json",
+    "application/vnd.oci.image.index.v1+json",
+    "application/vnd.docker.distribution.manifest.v2+json",
+    "application/vnd.docker.distribution.manifest.list.v2+json",
+];
+
+/// A dockerconfigjson (`~/.docker/config.json`, `kubernetes.io/dockerconfigjson`).
+#[derive(Clone, Debug, Default, Deserialize)]
+pub struct DockerConfig {
+    #[serde(default)]
+    pub auths: BTreeMap<String, AuthEntry>,
+}
+
+#[derive(Clone, Debug, Default, Deserialize)]
+pub struct AuthEntry {
+    pub auth: Option<String>,
+    pub username: Option<String>,
+    pub password: Option<String>,
+}
+
+impl DockerConfig {
+    pub fn parse(bytes: &[u8]) -> Result<Self, String> {
+        serde_json::from_slice(bytes).map_err(|e| format!("not a dockerconfigjson: {e}"))
+    }
+
+    /// The user and password for `registry` (`host[:port]`): keys may carry a scheme
+    /// and a path (`https://index.docker.io/v1/` for Docker Hub).
+    pub fn lookup(&self, registry: &str) -> Option<(String, String)> {
+        let want = if registry == "docker.io" {
+            "index.docker.io"
+        } else {
+            registry
+        };
+        self.auths.iter().find_map(|(key, e)| {
+            let host = key
+                .trim_start_matches("https://")
+                .trim_start_matches("http://")
+                .split('/')
+                .next()
+                .unwrap_or("");
+            let host = if host == "docker.io" {
+                "index.docker.io"
+            } else {
+                host
+            };
+            if host != want {
+                return None;
+            }
+            if let (Some(u), Some(p)) = (&e.username, &e.password) {
+                return Some((u.clone(), p.clone()));
+            }
+            let decoded = base64::engine::general_purpose::STANDARD
+                .decode(e.auth.as_deref()?.trim())
+                .ok()?;
+            let text = String::from_utf8(decoded).ok()?;
+            let (u, p) = text.split_once(':')?;
+            Some((u.to_string(), p.to_string()))
+        })
+    }
+}
+
+/// How this node reaches registries.
+#[derive(Clone, Debug, Default)]
+pub struct RegistryConfig {
+    /// `host:port` of registries that speak plain HTTP.
+    pub insecure: Vec<String>,
+    /// Extra CA certificates (PEM) trusted for registries.
+    pub ca_pems: Vec<Vec<u8>>,
+    /// The node's credentials.
+    pub credentials: DockerConfig,
+}
+
+/// Pulls images into the store.
+pub struct Puller {
+    client: oci_client::Client,
+    store: ImageStore,
+    cfg: RegistryConfig,
+    inflight: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+}
+
+impl std::fmt::Debug for Puller {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Puller")
+            .field("store", &self.store.root())
+            .field("insecure", &self.cfg.insecure)
+            .finish_non_exhaustive()
+    }
+}
+
+fn pull_error(
+    reference: &ImageRef,
+    insecure: bool,
+    e: oci_client::errors::OciDistributionError,
+) -> ImageError {
+    use oci_client::errors::OciDistributionError as E;
+    let registry = &reference.registry;
+    let text = e.to_string();
+    let why = match &e {
+        E::AuthenticationFailure(_) | E::UnauthorizedError { .. } => format!(
+            "registry {registry} refused the credentials ({text}); check the pod's imagePullSecrets or the node's --image-credentials"
+        ),
+        E::ImageManifestNotFoundError(_) => {
+            format!("{reference} is not in registry {registry} ({text})")
+        }
+        _ if [
+            "manifest unknown",
+            "name unknown",
+            "MANIFEST_UNKNOWN",
+            "NAME_UNKNOWN",
+        ]
+        .iter()
+        .any(|m| text.contains(m)) =>
+        {
+            format!("{reference} is not in registry {registry} (check the name and tag)")
+        }
+        _ if text.contains("error sending request") || text.contains("connect") => {
+            if insecure {
+                format!("cannot reach registry {registry} over plain HTTP: {text}")
+            } else {
+                format!(
+                    "cannot reach registry {registry} over HTTPS: {text}; if it serves plain HTTP, pass --insecure-registry {registry}; \
+                     if its certificate is from a private CA, pass --registry-ca FILE"
+                )
+            }
+        }
+        _ => format!("pulling from {registry}: {text}"),
+    };
+    ImageError::BadImage(format!("pulling {reference}: {why}"))
+}
+
+impl Puller {
+    pub fn new(store: ImageStore, cfg: RegistryConfig) -> Self {
+        let config = oci_client::client::ClientConfig {
+            protocol: if cfg.insecure.is_empty() {
+                oci_client::client::ClientProtocol::Https
+            } else {
+                oci_client::client::ClientProtocol::HttpsExcept(cfg.insecure.clone())
+            },
+            extra_root_certificates: cfg
+                .ca_pems
+                .iter()
+                .map(|pem| oci_client::client::Certificate {
+                    encoding: oci_client::client::CertificateEncoding::Pem,
+                    data: pem.clone(),
+                })
+                .collect(),
+            platform_resolver: Some(Box::new(oci_client::client::current_platform_resolver)),
+            connect_timeout: Some(std::time::Duration::from_secs(10)),
+            read_timeout: Some(std::time::Duration::from_secs(60)),
+            ..Default::default()
+        };
+        Self {
+            client: oci_client::Client::new(config),
+            store,
+            cfg,
+            inflight: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// The credentials for a registry: the pod's secrets first, then the node's.
+    fn auth(&self, registry: &str, secrets: &[DockerConfig]) -> RegistryAuth {
+        secrets
+            .iter()
+            .chain(std::iter::once(&self.cfg.credentials))
+            .find_map(|c| c.lookup(registry))
+            .map_or(RegistryAuth::Anonymous, |(u, p)| RegistryAuth::Basic(u, p))
+    }
+
+    /// Pulls `reference` (normalized) into the store and names it there.
+    pub async fn pull(
+        &self,
+        reference: &ImageRef,
+        secrets: &[DockerConfig],
+    ) -> Result<ImageRecord, ImageError> {
+        let key = reference.to_string();
+        let gate = {
+            let mut m = self
+                .inflight
+                .lock()
+                .map_err(|_| ImageError::BadImage("puller poisoned".into()))?;
+            Arc::clone(m.entry(key.clone()).or_default())
+        };
+        // A second pull of the same image waits for the first and reuses its result.
+        let _one = gate.lock().await;
+        let started = Instant::now();
+        let insecure = self.cfg.insecure.contains(&reference.registry);
+        let err = |e| pull_error(reference, insecure, e);
+        let auth = self.auth(&reference.registry, secrets);
+        let oci_ref: oci_client::Reference = match (&reference.tag, &reference.digest) {
+            (_, Some(d)) => oci_client::Reference::with_digest(
+                reference.registry.clone(),
+                reference.repository.clone(),
+                d.clone(),
+            ),
+            (Some(t), None) => oci_client::Reference::with_tag(
+                reference.registry.clone(),
+                reference.repository.clone(),
+                t.clone(),
+            ),
+            (None, None) => oci_client::Reference::with_tag(
+                reference.registry.clone(),
+                reference.repository.clone(),
+                "latest".into(),
+            ),
+        };
+        tracing::info!(image = %reference, "pulling");
+        let (bytes, _) = self
+            .client
+            .pull_manifest_raw(&oci_ref, &auth, &MANIFEST_TYPES)
+            .await
+            .map_err(err)?;
+        let mut digest = super::layer::sha256_hex(aws_lc_rs::digest::digest(
+            &aws_lc_rs::digest::SHA256,
+            &bytes,
+        ));
+        if let Some(pinned) = &reference.digest
+            && *pinned != digest
+        {
+            return Err(ImageError::BadImage(format!(
+                "pulling {reference}: the registry sent a manifest with digest {digest}: corrupted or tampered with"
+            )));
+        }
+        let mut manifest = bytes.to_vec();
+        let media: String = serde_json::from_slice::<serde_json::Value>(&manifest)
+            .ok()
+            .and_then(|v| {
+                v.get("mediaType")
+                    .and_then(|m| m.as_str())
+                    .map(str::to_string)
+            })
+            .unwrap_or_default();
+        let is_index = media.contains("index")
+            || media.contains("manifest.list")
+            || serde_json::from_slice::<serde_json::Value>(&manifest)
+                .is_ok_and(|v| v.get("manifests").is_some());
+        if is_index {
+            self.store
+                .put_blob(&digest, manifest.len() as u64, &manifest[..])?;
+            let index: oci_spec::image::ImageIndex =
+                serde_json::from_slice(&manifest).map_err(|e| {
+                    ImageError::BadImage(format!(
+                        "pulling {reference}: the image index is not valid: {e}"
+                    ))
+                })?;
+            let chosen = index
+                .manifests()
+                .iter()
+                .find(|d| {
+                    d.platform().as_ref().is_some_and(|p| {
+                        p.os().to_string() == "linux"
+                            && p.architecture().to_string() == layout::this_arch()
+                    })
+                })
+                .ok_or_else(|| {
+                    ImageError::BadImage(format!(
+                        "pulling {reference}: no manifest for linux/{}",
+                        layout::this_arch()
+                    ))
+                })?;
+            let by_digest = oci_client::Reference::with_digest(
+                reference.registry.clone(),
+                reference.repository.clone(),
+                chosen.digest().to_string(),
+            );
+            let (bytes, _) = self
+                .client
+                .pull_manifest_raw(&by_digest, &auth, &MANIFEST_TYPES)
+                .await
+                .map_err(err)?;
+            manifest = bytes.to_vec();
+            digest = chosen.digest().to_string();
+        }
+        // The store verifies the manifest against the digest it was asked for.
+        self.store
+            .put_blob(&digest, manifest.len() as u64, &manifest[..])?;
+        let parsed: oci_spec::image::ImageManifest =
+            serde_json::from_slice(&manifest).map_err(|e| {
+                ImageError::BadImage(format!(
+                    "pulling {reference}: the manifest is not valid: {e}"
+                ))
+            })?;
+        let mut blobs = vec![parsed.config().clone()];
+        blobs.extend(parsed.layers().iter().cloned());
+        let mut bytes_pulled = 0u64;
+        for d in &blobs {
+            let bd = d.digest().to_string();
+            if self.store.blob_path(&bd).is_some_and(|p| p.exists()) {
+                continue;
+            }
+            let work = self.store.work_dir()?;
+            let tmp = work.0.join("blob");
+            let file = tokio::fs::File::create(&tmp)
+                .await
+                .map_err(|e| ImageError::BadImage(format!("pulling {reference}: {e}")))?;
+            let desc = oci_client::manifest::OciDescriptor {
+                media_type: d.media_type().to_string(),
+                digest: bd.clone(),
+                size: i64::try_from(d.size()).unwrap_or(i64::MAX),
+                ..Default::default()
+            };
+            self.client
+                .pull_blob(&oci_ref, &desc, file)
+                .await
+                .map_err(err)?;
+            let f = std::fs::File::open(&tmp)
+                .map_err(|e| ImageError::BadImage(format!("pulling {reference}: {e}")))?;
+            self.store.put_blob(&bd, d.size(), f)?;
+            bytes_pulled += d.size();
+            tracing::info!(image = %reference, blob = %bd, bytes = d.size(), "blob pulled");
+        }
+        let store = self.store.clone();
+        let manifest_digest = digest.clone();
+        let reference_owned = reference.clone();
+        let record = tokio::task::spawn_blocking(move || {
+            let lock = store.lock()?;
+            let record = store.assemble(&manifest_digest, &mut |d, _| {
+                if store.blob_path(d).is_some_and(|p| p.exists()) {
+                    Ok(())
+                } else {
+                    Err(ImageError::BadImage(format!("blob {d} was not pulled")))
+                }
+            })?;
+            store.tag(&lock, &reference_owned, record.clone())?;
+            Ok::<_, ImageError>(record)
+        })
+        .await
+        .map_err(|e| ImageError::BadImage(format!("pulling {reference}: {e}")))??;
+        tracing::info!(image = %reference, id = %record.id, bytes = bytes_pulled, elapsed = ?started.elapsed(), "pulled");
+        if let Ok(mut m) = self.inflight.lock() {
+            m.remove(&key);
+        }
+        Ok(record)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn docker_config_lookup_by_host() {
+        let auth = base64::engine::general_purpose::STANDARD.encode("alice:s3cret");
+        let cfg = DockerConfig::parse(
+            format!(
+                r#"{{"auths": {{"https://198.18.0.5:5000/v2/": {{"auth": "{auth}"}},
+                    "https://index.docker.io/v1/": {{"username": "bob", "password": "pw"}}}}}}"#
+            )
+            .as_bytes(),
+        )
+        .unwrap();
+        assert_eq!(
+            cfg.lookup("198.18.0.5:5000"),
+            Some(("alice".into(), "s3cret".into()))
+        );
+        assert_eq!(cfg.lookup("docker.io"), Some(("bob".into(), "pw".into())));
+        assert_eq!(cfg.lookup("example.com"), None);
+        assert!(DockerConfig::parse(b"nope").is_err());
+    }
+}
