@@ -173,6 +173,9 @@ struct NodeArgs {
     /// Lease renewal interval in milliseconds (kubelet: 10000; tests shorten it).
     #[arg(long, default_value_t = 10_000, hide = true)]
     node_lease_renew_interval_ms: u64,
+    /// Maximum processes in one pod (pids.max of its cgroup); -1: unlimited.
+    #[arg(long, default_value_t = -1, allow_negative_numbers = true)]
+    pod_max_pids: i64,
     #[command(flatten)]
     registries: RegistryArgs,
     #[command(flatten)]
@@ -324,6 +327,7 @@ fn run_standalone(args: &RunArgs) -> anyhow::Result<()> {
         exe: std::env::current_exe().context("cannot find the kernlet binary to run shims")?,
         rotation: Default::default(),
         registries: args.node.registries.config()?,
+        pod_pids_limit: u64::try_from(args.node.pod_max_pids).ok(),
     })?;
     let node_ip = args
         .node
@@ -567,12 +571,13 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 }
 
 async fn run_node(kubeconfig: PathBuf, node: PreparedNode) -> anyhow::Result<()> {
-    // The pod runtime is not built yet: the node says so instead of claiming Ready.
+    // Pods from the apiserver are not run yet: the node says so instead of claiming
+    // Ready, which would attract pods that never start.
     let readiness = Readiness {
         ready: false,
         reason: "KubeletNotReady".into(),
         message: format!(
-            "kernlet {} has no pod runtime yet; this node cannot run pods",
+            "kernlet {} does not run the apiserver's pods yet; this node cannot run pods",
             env!("CARGO_PKG_VERSION")
         ),
     };

@@ -135,7 +135,25 @@ pub struct Runner {
     /// Restart count at which each container's backoff was last reset.
     backoff_base: HashMap<(String, String), u32>,
     removing: Arc<std::sync::Mutex<HashSet<String>>>,
+    /// Image pulls in the background, by (pod uid, container, restart).
+    pulls: Pulls,
     last_manifest_error: Option<String>,
+}
+
+/// Background pulls by (pod uid, container, restart).
+type Pulls = Arc<std::sync::Mutex<HashMap<(String, String, u32), PullState>>>;
+
+/// A background pull for one container start.
+enum PullState {
+    Pulling,
+    Done(Result<crate::runtime::image::ImageRecord, crate::runtime::RuntimeError>),
+}
+
+/// Whether a container's image is ready to start it.
+enum ImageReady {
+    Yes(crate::runtime::image::ImageRecord),
+    Pulling(String),
+    Failed(crate::runtime::RuntimeError),
 }
 
 impl Runner {
@@ -148,6 +166,7 @@ impl Runner {
             start_failures: HashMap::new(),
             backoff_base: HashMap::new(),
             removing: Arc::default(),
+            pulls: Arc::default(),
             last_manifest_error: None,
         }
     }
@@ -255,8 +274,14 @@ impl Runner {
             if mine.len() >= 2 {
                 v.last = Some(observe(&mine[mine.len() - 2].id));
             }
-            if let Some((reason, message)) =
-                self.start_failures.get(&(uid.to_string(), c.name.clone()))
+            // A start that failed before a container existed (or whose container
+            // failed to start) shows as waiting, with the reason.
+            let latest_failed = mine.last().is_none_or(|r| {
+                matches!(self.rt.container_state(&r.id), ContainerState::Failed(_))
+            });
+            if latest_failed
+                && let Some((reason, message)) =
+                    self.start_failures.get(&(uid.to_string(), c.name.clone()))
             {
                 v.current = Observed::StartFailed {
                     reason: reason.clone(),
@@ -331,14 +356,33 @@ impl Runner {
             {
                 self.backoff_base.insert(key.clone(), restart);
             }
+            let image = match self.image_ready(uid, c, restart) {
+                ImageReady::Yes(image) => image,
+                ImageReady::Pulling(reference) => {
+                    self.start_failures.insert(
+                        key,
+                        (
+                            "ContainerCreating".into(),
+                            format!("pulling image {reference}"),
+                        ),
+                    );
+                    continue;
+                }
+                ImageReady::Failed(e) => {
+                    tracing::warn!(pod = %format!("{}/{}", sb.namespace, sb.name), container = %name, "{e}");
+                    self.start_failures
+                        .insert(key, (e.reason().into(), e.to_string()));
+                    continue;
+                }
+            };
             // A container that failed to start is replaced, not kept as a run.
             if let Some(v) = views.iter().find(|v| v.name == name)
-                && matches!(v.current, Observed::StartFailed { .. })
                 && !v.id.is_empty()
+                && matches!(self.rt.container_state(&v.id), ContainerState::Failed(_))
             {
                 let _ = self.rt.remove_container(&v.id);
             }
-            match self.rt.start_container(&sb, pod, c, restart) {
+            match self.rt.start_container(&sb, pod, c, restart, &image) {
                 Ok(r) => {
                     self.start_failures.remove(&key);
                     tracing::info!(pod = %format!("{}/{}", sb.namespace, sb.name), container = %name, restart, id = %r.id, "container started");
@@ -354,6 +398,49 @@ impl Runner {
         self.prune(uid, &spec);
         let views = self.views(uid, pod);
         self.write_status(&sb, pod, &views)
+    }
+
+    /// The image for start number `restart` of `c`: at once when stored and its pull
+    /// policy allows, else pulled in the background (the pod's other work goes on).
+    fn image_ready(
+        &self,
+        uid: &str,
+        c: &k8s_openapi::api::core::v1::Container,
+        restart: u32,
+    ) -> ImageReady {
+        use crate::runtime::container::LocalImage;
+        let reference = match self.rt.local_image(c) {
+            Ok(LocalImage::Use(image)) => return ImageReady::Yes(image),
+            Ok(LocalImage::Pull(reference)) => reference,
+            Err(e) => return ImageReady::Failed(e),
+        };
+        let key = (uid.to_string(), c.name.clone(), restart);
+        let Ok(mut pulls) = self.pulls.lock() else {
+            return ImageReady::Pulling(reference.to_string());
+        };
+        match pulls.remove(&key) {
+            Some(PullState::Done(Ok(image))) => ImageReady::Yes(image),
+            Some(PullState::Done(Err(e))) => ImageReady::Failed(e),
+            Some(PullState::Pulling) => {
+                pulls.insert(key, PullState::Pulling);
+                ImageReady::Pulling(reference.to_string())
+            }
+            None => {
+                pulls.insert(key.clone(), PullState::Pulling);
+                let (rt, pulls, shown) = (
+                    self.rt.clone(),
+                    Arc::clone(&self.pulls),
+                    reference.to_string(),
+                );
+                std::thread::spawn(move || {
+                    let result = rt.pull_blocking(&reference, &[]);
+                    if let Ok(mut p) = pulls.lock() {
+                        p.insert(key, PullState::Done(result));
+                    }
+                });
+                ImageReady::Pulling(shown)
+            }
+        }
     }
 
     /// Keeps the current and the previous run of each container; older ones go.

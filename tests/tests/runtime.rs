@@ -137,7 +137,7 @@ kind: Pod
 metadata: {name: missing, namespace: t}
 spec:
   containers:
-  - {name: c, image: example.com/not/here:1}
+  - {name: c, image: example.com/not/here:1, imagePullPolicy: Never}
 "#;
 
 #[test]

@@ -83,6 +83,13 @@ pub fn cpu_shares(milli: u64) -> u64 {
     (milli * 1024 / 1000).max(2)
 }
 
+/// Whether a container's image can be used now or must be pulled first.
+#[derive(Clone, Debug)]
+pub enum LocalImage {
+    Use(super::image::ImageRecord),
+    Pull(crate::model::image_ref::ImageRef),
+}
+
 /// The pull policy of a container: as set, else `Always` for `:latest` or untagged
 /// images and `IfNotPresent` for the rest (the apiserver's defaulting).
 pub fn pull_policy(c: &Container, image: &crate::model::image_ref::ImageRef) -> String {
@@ -99,34 +106,48 @@ pub fn pull_policy(c: &Container, image: &crate::model::image_ref::ImageRef) -> 
 }
 
 impl Runtime {
-    /// The image of `c`, pulled first when its pull policy says so.
+    /// The stored image `c` may use now, or the reference to pull first (its pull
+    /// policy decides); a missing image with policy `Never` is an error.
+    pub fn local_image(&self, c: &Container) -> Result<LocalImage, RuntimeError> {
+        let name = c.image.clone().unwrap_or_default();
+        let reference = crate::model::image_ref::ImageRef::parse(&name)
+            .map_err(|e| RuntimeError::Refused(format!("container {}: {e}", c.name)))?;
+        let policy = pull_policy(c, &reference);
+        match (policy.as_str(), self.images.resolve(&name)?) {
+            ("Never" | "IfNotPresent", Some(image)) => Ok(LocalImage::Use(image)),
+            ("Never", None) => Err(RuntimeError::ImageNeverPull(format!(
+                "image {reference} of container {} is not in the image store and imagePullPolicy is Never; \
+                 import it with `kernlet image import`",
+                c.name
+            ))),
+            _ => Ok(LocalImage::Pull(reference)),
+        }
+    }
+
+    /// Pulls an image (blocking the calling thread; not for the agent's async tasks).
+    pub fn pull_blocking(
+        &self,
+        reference: &crate::model::image_ref::ImageRef,
+        secrets: &[super::image::pull::DockerConfig],
+    ) -> Result<super::image::ImageRecord, RuntimeError> {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(RuntimeError::io("starting the image puller"))?;
+        rt.block_on(self.puller.pull(reference, secrets))
+            .map_err(|e| RuntimeError::ImagePull(e.to_string()))
+    }
+
+    /// The image of `c`, pulled first when its pull policy says so (blocking).
     pub fn ensure_image(
         &self,
         c: &Container,
         secrets: &[super::image::pull::DockerConfig],
     ) -> Result<super::image::ImageRecord, RuntimeError> {
-        let name = c.image.clone().unwrap_or_default();
-        let reference = crate::model::image_ref::ImageRef::parse(&name)
-            .map_err(|e| RuntimeError::Refused(format!("container {}: {e}", c.name)))?;
-        let policy = pull_policy(c, &reference);
-        let present = self.images.resolve(&name)?;
-        match (policy.as_str(), present) {
-            ("Never", Some(image)) | ("IfNotPresent", Some(image)) => return Ok(image),
-            ("Never", None) => {
-                return Err(RuntimeError::ImageNeverPull(format!(
-                    "image {reference} of container {} is not in the image store and imagePullPolicy is Never; \
-                     import it with `kernlet image import`",
-                    c.name
-                )));
-            }
-            _ => {}
+        match self.local_image(c)? {
+            LocalImage::Use(image) => Ok(image),
+            LocalImage::Pull(reference) => self.pull_blocking(&reference, secrets),
         }
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .map_err(RuntimeError::io("starting the image puller"))?;
-        rt.block_on(self.puller.pull(&reference, secrets))
-            .map_err(|e| RuntimeError::ImagePull(e.to_string()))
     }
 
     fn record_path(&self, id: &str) -> PathBuf {
@@ -344,17 +365,17 @@ impl Runtime {
         Ok((plan, unenforced))
     }
 
-    /// Creates and starts container `c` of `pod` in its sandbox; `restart` counts the
-    /// earlier starts. Returns once the container runs (or has already exited).
+    /// Creates and starts container `c` of `pod` in its sandbox from `image`; `restart`
+    /// counts the earlier starts. Returns once the container runs (or has already exited).
     pub fn start_container(
         &self,
         sb: &SandboxRecord,
         pod: &Pod,
         c: &Container,
         restart: u32,
+        image: &super::image::ImageRecord,
     ) -> Result<ContainerRecord, RuntimeError> {
         let image_name = c.image.clone().unwrap_or_default();
-        let image = self.ensure_image(c, &[])?;
         let image_ref = crate::model::image_ref::ImageRef::parse(&image_name)
             .map(|r| r.to_string())
             .unwrap_or_else(|_| image_name.clone());
@@ -364,7 +385,7 @@ impl Runtime {
             std::fs::create_dir_all(dir.join(d))
                 .map_err(RuntimeError::io(format!("creating {}", dir.display())))?;
         }
-        let (plan, unenforced) = match self.plan(sb, pod, c, &image, &id) {
+        let (plan, unenforced) = match self.plan(sb, pod, c, image, &id) {
             Ok(p) => p,
             Err(e) => {
                 let _ = std::fs::remove_dir_all(&dir);

@@ -79,6 +79,8 @@ pub struct RuntimeConfig {
     pub rotation: logs::Rotation,
     /// How registries are reached.
     pub registries: image::pull::RegistryConfig,
+    /// `pids.max` of every pod cgroup (kubelet's `--pod-max-pids`); `None`: unlimited.
+    pub pod_pids_limit: Option<u64>,
 }
 
 /// Resource controllers whose limits kernlet enforces when the cgroup2 tree has them.

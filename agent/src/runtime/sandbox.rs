@@ -174,7 +174,25 @@ impl Runtime {
             crate::state::write_atomic(&run.join(file), &content, 0o644)?;
         }
         let cgroup = pod_cgroup(qos, uid);
-        Cgroup::create(&self.cgroup_root, std::path::Path::new(&cgroup))?;
+        let cg = Cgroup::create(&self.cgroup_root, std::path::Path::new(&cgroup))?;
+        // Delegate the controllers down to the pod (kubepods, the QoS level, the pod),
+        // so its limits and its containers' can be written.
+        if !self.controllers.is_empty() {
+            let enable: Vec<String> = self.controllers.iter().map(|c| format!("+{c}")).collect();
+            let mut dir = self.cgroup_root.clone();
+            for part in std::path::Path::new(&cgroup).components() {
+                Cgroup::open(dir.clone()).write("cgroup.subtree_control", &enable.join(" "))?;
+                dir.push(part);
+            }
+            cg.write("cgroup.subtree_control", &enable.join(" "))?;
+        }
+        if let Some(max) = self.cfg.pod_pids_limit {
+            if self.has_controller("pids") {
+                cg.write("pids.max", &max.to_string())?;
+            } else {
+                tracing::warn!(pod = %name, "pids limit {max} NOT enforced: no pids controller in the cgroup v2 tree");
+            }
+        }
         let record = SandboxRecord {
             uid: uid.to_string(),
             namespace,

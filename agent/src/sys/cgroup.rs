@@ -120,6 +120,18 @@ impl Cgroup {
         Ok(text.lines().filter_map(|l| l.trim().parse().ok()).collect())
     }
 
+    /// Writes an interface file of this cgroup (`pids.max`, `memory.max`, ...).
+    pub fn write(&self, file: &str, value: &str) -> Result<(), CgroupError> {
+        let path = self.path.join(file);
+        std::fs::write(&path, value).map_err(io_err("write", &path))
+    }
+
+    /// Reads an interface file of this cgroup.
+    pub fn read(&self, file: &str) -> Result<String, CgroupError> {
+        let path = self.path.join(file);
+        std::fs::read_to_string(&path).map_err(io_err("read", &path))
+    }
+
     /// Kills every process in this cgroup and its descendants (`cgroup.kill`).
     pub fn kill(&self) -> Result<(), CgroupError> {
         let file = self.path.join("cgroup.kill");

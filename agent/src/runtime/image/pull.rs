@@ -92,7 +92,9 @@ pub struct RegistryConfig {
 
 /// Pulls images into the store.
 pub struct Puller {
-    client: oci_client::Client,
+    /// Built on the first pull: building it reads the system's CA certificates, and a
+    /// node that only imports images may have none.
+    client: std::sync::OnceLock<Result<oci_client::Client, String>>,
     store: ImageStore,
     cfg: RegistryConfig,
     inflight: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
@@ -150,6 +152,23 @@ fn pull_error(
 
 impl Puller {
     pub fn new(store: ImageStore, cfg: RegistryConfig) -> Self {
+        Self {
+            client: std::sync::OnceLock::new(),
+            store,
+            cfg,
+            inflight: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn client(&self) -> Result<&oci_client::Client, ImageError> {
+        self.client
+            .get_or_init(|| self.build_client())
+            .as_ref()
+            .map_err(|e| ImageError::BadImage(e.clone()))
+    }
+
+    fn build_client(&self) -> Result<oci_client::Client, String> {
+        let cfg = &self.cfg;
         let config = oci_client::client::ClientConfig {
             protocol: if cfg.insecure.is_empty() {
                 oci_client::client::ClientProtocol::Https
@@ -169,12 +188,13 @@ impl Puller {
             read_timeout: Some(std::time::Duration::from_secs(60)),
             ..Default::default()
         };
-        Self {
-            client: oci_client::Client::new(config),
-            store,
-            cfg,
-            inflight: Mutex::new(HashMap::new()),
-        }
+        // oci-client falls back to a default HTTP client when the configured one cannot
+        // be built, and that one panics without system CA certificates.
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| oci_client::Client::new(config))).map_err(|_| {
+            "cannot create the registry client: no CA certificates on this node (install ca-certificates) \
+             or a bad --registry-ca"
+                .to_string()
+        })
     }
 
     /// The credentials for a registry: the pod's secrets first, then the node's.
@@ -225,7 +245,7 @@ impl Puller {
         };
         tracing::info!(image = %reference, "pulling");
         let (bytes, _) = self
-            .client
+            .client()?
             .pull_manifest_raw(&oci_ref, &auth, &MANIFEST_TYPES)
             .await
             .map_err(err)?;
@@ -283,7 +303,7 @@ impl Puller {
                 chosen.digest().to_string(),
             );
             let (bytes, _) = self
-                .client
+                .client()?
                 .pull_manifest_raw(&by_digest, &auth, &MANIFEST_TYPES)
                 .await
                 .map_err(err)?;
@@ -318,7 +338,7 @@ impl Puller {
                 size: i64::try_from(d.size()).unwrap_or(i64::MAX),
                 ..Default::default()
             };
-            self.client
+            self.client()?
                 .pull_blob(&oci_ref, &desc, file)
                 .await
                 .map_err(err)?;

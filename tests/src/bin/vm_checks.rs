@@ -1,0 +1,317 @@
+//! `kernlet-vm-checks`: runs inside the VM of `cargo xtask vm-test`, where cgroup v2
+//! has the cpu, memory and pids controllers this host binds to v1. It starts kernlet in
+//! standalone mode and checks that limits are written and enforced: memory.max
+//! OOM-kills (reported OOMKilled, 137), pids.max stops forks, cpu.max throttles,
+//! cgroup.kill empties a pod. Prints `KLTEST PASS|FAIL <name>` lines and
+//! `KLTEST DONE <passed> <failed>` for the runner to parse from the serial console.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+const CG: &str = "/sys/fs/cgroup/kernlet";
+const STATE: &str = "/var/lib/kernlet";
+
+const PODS: &str = r#"
+apiVersion: v1
+kind: Pod
+metadata: {name: limits, namespace: vm}
+spec:
+  containers:
+  - name: c
+    image: busybox:1.36
+    command: [sleep, "600"]
+    resources:
+      requests: {cpu: 100m, memory: 16Mi}
+      limits: {cpu: 200m, memory: 48Mi}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: oom, namespace: vm}
+spec:
+  restartPolicy: Never
+  containers:
+  - name: c
+    image: busybox:1.36
+    command: [sh, -c, "tail /dev/zero"]
+    resources:
+      limits: {memory: 32Mi}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: pids, namespace: vm}
+spec:
+  restartPolicy: Never
+  containers:
+  - name: c
+    image: busybox:1.36
+    command: [sh, -c, "i=0; while [ $i -lt 60 ]; do sleep 600 & i=$((i+1)); echo started $i; done; echo all 60 started"]
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: cpu, namespace: vm}
+spec:
+  containers:
+  - name: c
+    image: busybox:1.36
+    command: [sh, -c, "while :; do :; done"]
+    resources:
+      limits: {cpu: 100m}
+"#;
+
+fn pod(name: &str) -> Option<Value> {
+    for e in std::fs::read_dir(Path::new(STATE).join("pods"))
+        .ok()?
+        .flatten()
+    {
+        let Ok(bytes) = std::fs::read(e.path().join("pod.json")) else {
+            continue;
+        };
+        let Ok(p) = serde_json::from_slice::<Value>(&bytes) else {
+            continue;
+        };
+        if p["metadata"]["name"] == name {
+            return Some(p);
+        }
+    }
+    None
+}
+
+fn container_id(p: &Value) -> Option<String> {
+    p["status"]["containerStatuses"][0]["containerID"]
+        .as_str()
+        .map(|s| s.trim_start_matches("kernlet://").to_string())
+}
+
+fn running(name: &str) -> Option<Value> {
+    pod(name).filter(|p| p["status"]["containerStatuses"][0]["state"]["running"].is_object())
+}
+
+/// The pod cgroup and the container cgroup of a pod's first container.
+fn cgroups(p: &Value) -> Option<(PathBuf, PathBuf)> {
+    let uid = p["metadata"]["uid"].as_str()?;
+    let qos = p["status"]["qosClass"].as_str()?;
+    let pod = match qos {
+        "Guaranteed" => format!("{CG}/kubepods/pod{uid}"),
+        "Burstable" => format!("{CG}/kubepods/burstable/pod{uid}"),
+        _ => format!("{CG}/kubepods/besteffort/pod{uid}"),
+    };
+    let pod = PathBuf::from(pod);
+    let c = pod.join(container_id(p)?);
+    Some((pod, c))
+}
+
+fn wait<T>(within: Duration, mut f: impl FnMut() -> Option<T>) -> Option<T> {
+    let start = Instant::now();
+    while start.elapsed() < within {
+        if let Some(v) = f() {
+            return Some(v);
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    None
+}
+
+fn read(p: &Path) -> String {
+    std::fs::read_to_string(p)
+        .map(|s| s.trim().to_string())
+        .unwrap_or_else(|e| format!("<{}: {e}>", p.display()))
+}
+
+fn stat(p: &Path, key: &str) -> u64 {
+    read(p)
+        .lines()
+        .find_map(|l| l.strip_prefix(key).and_then(|v| v.trim().parse().ok()))
+        .unwrap_or(0)
+}
+
+type Check = fn() -> Result<(), String>;
+
+fn limits_are_written() -> Result<(), String> {
+    let p = wait(Duration::from_secs(120), || running("limits")).ok_or("pod limits never ran")?;
+    let (pod, c) = cgroups(&p).ok_or("no cgroup paths")?;
+    let mem = read(&c.join("memory.max"));
+    let cpu = read(&c.join("cpu.max"));
+    let weight = read(&c.join("cpu.weight"));
+    let pids = read(&pod.join("pids.max"));
+    // requests.cpu 100m → 102 shares (kubelet), which the runtime turns into cpu.weight
+    // 17 with runc ≥ 1.3's (and libcontainer's) conversion.
+    if mem != "50331648" || cpu != "20000 100000" || weight != "17" || pids != "30" {
+        return Err(format!(
+            "memory.max {mem}, cpu.max {cpu}, cpu.weight {weight}, pod pids.max {pids}"
+        ));
+    }
+    Ok(())
+}
+
+fn memory_max_oom_kills() -> Result<(), String> {
+    let p = wait(Duration::from_secs(120), || {
+        pod("oom")
+            .filter(|p| p["status"]["containerStatuses"][0]["state"]["terminated"].is_object())
+    })
+    .ok_or("pod oom never ended")?;
+    let t = &p["status"]["containerStatuses"][0]["state"]["terminated"];
+    if t["reason"] != "OOMKilled" || t["exitCode"] != 137 {
+        return Err(format!("terminated as {t}"));
+    }
+    Ok(())
+}
+
+fn pids_max_stops_forks() -> Result<(), String> {
+    // The shell starts sleeps until a fork fails (ash then exits): the pod's 30 pids
+    // are the sandbox's processes, the shell and the sleeps.
+    let p = wait(Duration::from_secs(120), || {
+        pod("pids")
+            .filter(|p| p["status"]["containerStatuses"][0]["state"]["terminated"].is_object())
+    })
+    .ok_or("pod pids never ended")?;
+    let log_dir = Path::new("/var/log/pods").join(format!(
+        "vm_pids_{}",
+        p["metadata"]["uid"].as_str().unwrap_or("")
+    ));
+    let log = read(&log_dir.join("c/0.log"));
+    let started = log
+        .lines()
+        .filter_map(|l| {
+            l.split("started ")
+                .nth(1)
+                .and_then(|n| n.trim().parse::<u32>().ok())
+        })
+        .max()
+        .unwrap_or(0);
+    if log.contains("all 60 started") || !log.contains("can't fork") || started >= 30 {
+        return Err(format!("{started} processes started; log:\n{log}"));
+    }
+    println!("KLTEST INFO pids: fork refused after {started} sleeps");
+    Ok(())
+}
+
+fn cpu_max_throttles() -> Result<(), String> {
+    let p = wait(Duration::from_secs(120), || running("cpu")).ok_or("pod cpu never ran")?;
+    let (_, c) = cgroups(&p).ok_or("no cgroup paths")?;
+    std::thread::sleep(Duration::from_secs(1));
+    let before = stat(&c.join("cpu.stat"), "usage_usec ");
+    let start = Instant::now();
+    std::thread::sleep(Duration::from_secs(3));
+    let used = stat(&c.join("cpu.stat"), "usage_usec ") - before;
+    let wall = start.elapsed().as_micros() as u64;
+    let share = used as f64 / wall as f64;
+    println!(
+        "KLTEST INFO cpu: {:.1} % of one CPU with a 100m limit",
+        share * 100.0
+    );
+    if share > 0.2 || used == 0 {
+        return Err(format!("used {used} µs of CPU in {wall} µs"));
+    }
+    if stat(&c.join("cpu.stat"), "nr_throttled ") == 0 {
+        return Err("never throttled".into());
+    }
+    Ok(())
+}
+
+fn cgroup_kill_empties_the_pod() -> Result<(), String> {
+    let p = running("limits").ok_or("pod limits is not running")?;
+    let (pod, _) = cgroups(&p).ok_or("no cgroup paths")?;
+    std::fs::write(pod.join("cgroup.kill"), "1").map_err(|e| e.to_string())?;
+    wait(Duration::from_secs(10), || {
+        read(&pod.join("cgroup.events"))
+            .contains("populated 0")
+            .then_some(())
+    })
+    .ok_or_else(|| format!("still populated: {}", read(&pod.join("cgroup.events"))))?;
+    // kernlet sees the container killed by signal 9.
+    wait(Duration::from_secs(30), || {
+        pod_killed("limits").then_some(())
+    })
+    .ok_or("the kill is not in the pod status")?;
+    Ok(())
+}
+
+fn pod_killed(name: &str) -> bool {
+    pod(name).is_some_and(|p| {
+        let s = &p["status"]["containerStatuses"][0];
+        s["state"]["terminated"]["exitCode"] == 137
+            || s["lastState"]["terminated"]["exitCode"] == 137
+    })
+}
+
+fn main() {
+    let controllers = read(Path::new("/sys/fs/cgroup/cgroup.controllers"));
+    println!("KLTEST INFO cgroup2 controllers: {controllers}");
+    let _ = std::fs::create_dir_all("/m");
+    let _ = std::fs::write("/m/pods.yaml", PODS);
+    let log = std::fs::File::create("/var/log/kernlet.log").ok();
+    let mut cmd = Command::new("/bin/kernlet");
+    cmd.args([
+        "run",
+        "--standalone",
+        "--manifests",
+        "/m",
+        "--state-dir",
+        STATE,
+        "--run-dir",
+        "/run/kernlet",
+        "--log-dir",
+        "/var/log/pods",
+        "--image-dir",
+        "/images",
+        "--cgroup-root",
+        "kernlet",
+        "--bpffs-dir",
+        "/sys/fs/bpf/kernlet",
+        "--node-ip",
+        "127.0.0.1",
+        "--pod-max-pids",
+        "30",
+    ]);
+    if let Some(l) = log {
+        if let Ok(l2) = l.try_clone() {
+            cmd.stdout(l2);
+        }
+        cmd.stderr(l);
+    }
+    let mut kernlet = match cmd.spawn() {
+        Ok(c) => c,
+        Err(e) => {
+            println!("KLTEST FAIL start: {e}");
+            println!("KLTEST DONE 0 1");
+            return;
+        }
+    };
+    let checks: [(&str, Check); 5] = [
+        ("limits-written", limits_are_written),
+        ("memory-max-oom-killed", memory_max_oom_kills),
+        ("pids-max-enforced", pids_max_stops_forks),
+        ("cpu-max-throttles", cpu_max_throttles),
+        ("cgroup-kill-empties-pod", cgroup_kill_empties_the_pod),
+    ];
+    let (mut pass, mut fail) = (0, 0);
+    for (name, check) in checks {
+        match check() {
+            Ok(()) => {
+                pass += 1;
+                println!("KLTEST PASS {name}");
+            }
+            Err(why) => {
+                fail += 1;
+                println!("KLTEST FAIL {name}: {why}");
+            }
+        }
+    }
+    if fail > 0 {
+        for line in read(Path::new("/var/log/kernlet.log"))
+            .lines()
+            .rev()
+            .take(30)
+            .collect::<Vec<_>>()
+            .into_iter()
+            .rev()
+        {
+            println!("KLTEST LOG {line}");
+        }
+    }
+    let _ = kernlet.kill();
+    println!("KLTEST DONE {pass} {fail}");
+}
