@@ -192,17 +192,12 @@ fn test(filter: &[String]) -> Result<()> {
     if !nix_is_root() {
         bail!("the end-to-end tests need root (network namespaces, cgroups, BPF); run as root");
     }
-    // The end-to-end tests start the kernlet binary itself.
-    run(cargo().args(["build", "-p", "kernlet"]))?;
+    // The end-to-end tests start the kernlet binary itself. Every cargo call here
+    // selects the whole workspace, so dependencies are built with one feature set (and
+    // the nested eBPF build runs once), not once per package selection.
+    run(cargo().args(["build", "--bins"]))?;
     let mut e2e = cargo();
-    e2e.args([
-        "test",
-        "-p",
-        "kernlet-tests",
-        "--tests",
-        "--",
-        "--test-threads=1",
-    ]);
+    e2e.args(["test", "--test", "*", "--", "--test-threads=1"]);
     e2e.args(filter);
     run(&mut e2e)?;
     // Limits this host cannot enforce (cgroup v1 controllers), in a VM; skipped when a
@@ -219,18 +214,8 @@ fn nix_is_root() -> bool {
 
 fn bench(names: &[String]) -> Result<()> {
     // The runtime benchmark runs containers through the release kernlet binary.
-    run(cargo().args(["build", "--release", "--quiet", "-p", "kernlet"]))?;
-    let mut cmd = cargo();
-    cmd.args([
-        "run",
-        "--release",
-        "--quiet",
-        "-p",
-        "kernlet-tests",
-        "--bin",
-        "kernlet-bench",
-        "--",
-    ]);
+    run(cargo().args(["build", "--release", "--quiet", "--bins"]))?;
+    let mut cmd = Command::new("target/release/kernlet-bench");
     cmd.args(names);
     run(&mut cmd)
 }
@@ -304,18 +289,7 @@ fn demo_clear(netns: &str) -> Result<()> {
 }
 
 fn demo() -> Result<()> {
-    run(cargo().args([
-        "build",
-        "--quiet",
-        "-p",
-        "kernlet",
-        "-p",
-        "kernlet-tests",
-        "--bin",
-        "kernlet",
-        "--bin",
-        "kernlet-busybox-layout",
-    ]))?;
+    run(cargo().args(["build", "--quiet", "--bins"]))?;
     if !nix_is_root() {
         bail!("kernlet needs root (namespaces, cgroups, BPF); run `cargo xtask run` as root");
     }

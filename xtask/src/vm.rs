@@ -210,20 +210,7 @@ pub fn vm_test() -> Result<()> {
         );
     }
     let (vmlinuz, modules) = kernel(vm)?;
-    run(super::cargo().args([
-        "build",
-        "--quiet",
-        "-p",
-        "kernlet",
-        "-p",
-        "kernlet-tests",
-        "--bin",
-        "kernlet",
-        "--bin",
-        "kernlet-vm-checks",
-        "--bin",
-        "kernlet-busybox-layout",
-    ]))?;
+    run(super::cargo().args(["build", "--quiet", "--bins"]))?;
     let images = vm.join("images");
     if !images.join("images.json").exists() {
         let _ = std::fs::remove_dir_all(vm.join("build"));
