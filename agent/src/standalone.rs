@@ -124,6 +124,20 @@ fn parse_time(t: &str) -> Option<k8s_openapi::jiff::Timestamp> {
     t.parse().ok()
 }
 
+/// The recorded runs of one container of a pod, oldest first.
+fn runs_of<'a>(
+    records: &'a [crate::runtime::container::ContainerRecord],
+    uid: &str,
+    name: &str,
+) -> Vec<&'a crate::runtime::container::ContainerRecord> {
+    let mut mine: Vec<_> = records
+        .iter()
+        .filter(|r| r.pod_uid == uid && r.name == name)
+        .collect();
+    mine.sort_by_key(|r| r.restart);
+    mine
+}
+
 /// Runs the pods of a manifest directory.
 pub struct Runner {
     rt: Runtime,
@@ -243,11 +257,7 @@ impl Runner {
             .flatten()
             .chain(spec.containers.iter())
         {
-            let mut mine: Vec<_> = records
-                .iter()
-                .filter(|r| r.pod_uid == uid && r.name == c.name)
-                .collect();
-            mine.sort_by_key(|r| r.restart);
+            let mine = runs_of(&records, uid, &c.name);
             let mut v = View::new(&c.name);
             v.image = c.image.clone().unwrap_or_default();
             let observe = |id: &str| match self.rt.container_state(id) {
@@ -452,11 +462,7 @@ impl Runner {
             .flatten()
             .chain(spec.containers.iter())
         {
-            let mut mine: Vec<_> = records
-                .iter()
-                .filter(|r| r.pod_uid == uid && r.name == c.name)
-                .collect();
-            mine.sort_by_key(|r| r.restart);
+            let mine = runs_of(&records, uid, &c.name);
             if mine.len() > 2 {
                 for old in &mine[..mine.len() - 2] {
                     if self.rt.remove_container(&old.id).is_ok() {

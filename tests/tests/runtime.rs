@@ -260,6 +260,13 @@ spec:
     image: busybox:1.36
     command: ["sh", "-c", "grep -E '^Cap(Bnd|Eff)' /proc/self/status"]
     securityContext: {capabilities: {drop: [ALL], add: [NET_BIND_SERVICE]}}
+  - name: rofs
+    image: busybox:1.36
+    command: ["sh", "-c", "touch /x 2>/dev/null && echo root=writable || echo root=readonly; echo shm > /dev/shm/from-rofs; echo fds=$(ls /proc/self/fd); echo operstate=$(cat /sys/class/net/lo/operstate)"]
+    securityContext: {readOnlyRootFilesystem: true}
+  - name: shmreader
+    image: busybox:1.36
+    command: ["sh", "-c", "for i in $(seq 1 50); do [ -f /dev/shm/from-rofs ] && break; sleep 0.1; done; echo shared=$(cat /dev/shm/from-rofs)"]
   securityContext: {supplementalGroups: [4000]}
 "#;
 
@@ -312,6 +319,14 @@ fn containers_get_containerd_security_defaults() {
     let dropped = log_lines(&node, &p, "dropped", 0);
     assert_eq!(field(&dropped, "CapBnd:"), "0000000000000400");
     assert_eq!(field(&dropped, "CapEff:"), "0000000000000400");
+    let rofs = log_lines(&node, &p, "rofs", 0);
+    assert_eq!(field(&rofs, "root="), "readonly");
+    // Only stdin, stdout, stderr, and ls's own directory handle: nothing of kernlet's.
+    assert_eq!(field(&rofs, "fds="), "0 1 2 3");
+    // The pod's loopback is up (a loopback that is up reports "unknown").
+    assert_eq!(field(&rofs, "operstate="), "unknown");
+    // /dev/shm is the pod's, shared by its containers.
+    assert_eq!(field(&log_lines(&node, &p, "shmreader", 0), "shared="), "shm");
 }
 
 #[test]

@@ -233,6 +233,38 @@ impl Drop for DemoNetns {
     }
 }
 
+/// Builds the busybox image (umoci, Debian's busybox-static) under `build` and imports
+/// it as `busybox:1.36` into the store at `images`, unless it is there already.
+fn import_busybox(images: &Path, build: &Path) -> Result<()> {
+    if images.join("images.json").exists() {
+        return Ok(());
+    }
+    let _ = std::fs::remove_dir_all(build);
+    let out = Command::new("target/debug/kernlet-busybox-layout")
+        .arg(build)
+        .arg("1.36")
+        .output()?;
+    if !out.status.success() {
+        bail!(
+            "building the busybox image: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let layout = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    run(Command::new("target/debug/kernlet")
+        .args([
+            "image",
+            "import",
+            &layout,
+            "--name",
+            "busybox",
+            "--image-dir",
+        ])
+        .arg(images))?;
+    let _ = std::fs::remove_dir_all(build);
+    Ok(())
+}
+
 /// The demo's directories, under the system temp dir.
 fn demo_base() -> std::path::PathBuf {
     std::env::temp_dir().join("kernlet-demo")
@@ -305,23 +337,7 @@ fn demo() -> Result<()> {
         demo_clear(&netns)?;
     }
     // The image, built from Debian's busybox-static and imported: no registry needed.
-    let images = base.join("images");
-    if !images.join("images.json").exists() {
-        let layout = Command::new("target/debug/kernlet-busybox-layout")
-            .arg(base.join("build"))
-            .arg("1.36")
-            .output()?;
-        if !layout.status.success() {
-            bail!(
-                "building the busybox image: {}",
-                String::from_utf8_lossy(&layout.stderr)
-            );
-        }
-        let path = String::from_utf8_lossy(&layout.stdout).trim().to_string();
-        run(Command::new("target/debug/kernlet")
-            .args(["image", "import", &path, "--name", "busybox", "--image-dir"])
-            .arg(&images))?;
-    }
+    import_busybox(&base.join("images"), &base.join("build"))?;
     let manifests = base.join("manifests");
     std::fs::create_dir_all(&manifests)?;
     std::fs::copy("examples/demo.yaml", manifests.join("demo.yaml"))?;

@@ -212,31 +212,7 @@ pub fn vm_test() -> Result<()> {
     let (vmlinuz, modules) = kernel(vm)?;
     run(super::cargo().args(["build", "--quiet", "--bins"]))?;
     let images = vm.join("images");
-    if !images.join("images.json").exists() {
-        let _ = std::fs::remove_dir_all(vm.join("build"));
-        let out = Command::new("target/debug/kernlet-busybox-layout")
-            .arg(vm.join("build"))
-            .arg("1.36")
-            .output()?;
-        if !out.status.success() {
-            bail!(
-                "building the busybox image: {}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-        }
-        let layout = String::from_utf8_lossy(&out.stdout).trim().to_string();
-        run(Command::new("target/debug/kernlet")
-            .args([
-                "image",
-                "import",
-                &layout,
-                "--name",
-                "busybox",
-                "--image-dir",
-            ])
-            .arg(&images))?;
-        let _ = std::fs::remove_dir_all(vm.join("build"));
-    }
+    super::import_busybox(&images, &vm.join("build"))?;
     let root = vm.join("root");
     let _ = std::fs::remove_dir_all(&root);
     for d in ["bin", "proc", "sys", "dev", "modules", "images"] {

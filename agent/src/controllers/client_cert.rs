@@ -29,19 +29,24 @@ pub fn client_certificate(kubeconfig: &Value, dir: &std::path::Path) -> Option<V
     std::fs::read(dir.join(path)).ok()
 }
 
-fn current_user(kubeconfig: &Value) -> Option<&Value> {
+/// The name of the user the current context uses.
+fn current_user_name(kubeconfig: &Value) -> Option<String> {
     let ctx_name = kubeconfig.get("current-context")?.as_str()?;
     let ctx = kubeconfig
         .get("contexts")?
         .as_array()?
         .iter()
         .find(|c| c.get("name").and_then(Value::as_str) == Some(ctx_name))?;
-    let user_name = ctx.pointer("/context/user")?.as_str()?;
+    Some(ctx.pointer("/context/user")?.as_str()?.to_string())
+}
+
+fn current_user(kubeconfig: &Value) -> Option<&Value> {
+    let name = current_user_name(kubeconfig)?;
     kubeconfig
         .get("users")?
         .as_array()?
         .iter()
-        .find(|u| u.get("name").and_then(Value::as_str) == Some(user_name))?
+        .find(|u| u.get("name").and_then(Value::as_str) == Some(name.as_str()))?
         .get("user")
 }
 
@@ -49,20 +54,12 @@ fn current_user(kubeconfig: &Value) -> Option<&Value> {
 /// and `key_pem`, inline (file references are dropped).
 pub fn with_credentials(kubeconfig: &Value, cert_pem: &str, key_pem: &str) -> Option<Value> {
     let mut new = kubeconfig.clone();
-    let ctx_name = new.get("current-context")?.as_str()?.to_string();
-    let user_name = new
-        .get("contexts")?
-        .as_array()?
-        .iter()
-        .find(|c| c.get("name").and_then(Value::as_str) == Some(&ctx_name))?
-        .pointer("/context/user")?
-        .as_str()?
-        .to_string();
+    let name = current_user_name(kubeconfig)?;
     let user = new
         .get_mut("users")?
         .as_array_mut()?
         .iter_mut()
-        .find(|u| u.get("name").and_then(Value::as_str) == Some(&user_name))?
+        .find(|u| u.get("name").and_then(Value::as_str) == Some(name.as_str()))?
         .get_mut("user")?
         .as_object_mut()?;
     user.remove("client-certificate");

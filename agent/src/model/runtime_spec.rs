@@ -132,6 +132,8 @@ pub struct ContainerPlan {
     pub pid: Ns,
     /// cgroup path below the cgroup root libcontainer sees as /sys/fs/cgroup.
     pub cgroups_path: String,
+    /// The pod's shared memory directory, shown as /dev/shm.
+    pub shm: PathBuf,
     pub mounts: Vec<BindMount>,
     pub privileged: bool,
     pub cap_add: Vec<String>,
@@ -197,8 +199,10 @@ pub fn spec(plan: &ContainerPlan) -> Value {
         json!({"destination": "/dev/pts", "type": "devpts", "source": "devpts", "options": ["nosuid", "noexec", "newinstance", "ptmxmode=0666", "mode=0620", "gid=5"]}),
         json!({"destination": "/dev/mqueue", "type": "mqueue", "source": "mqueue", "options": ["nosuid", "noexec", "nodev"]}),
         json!({"destination": "/sys", "type": "sysfs", "source": "sysfs", "options": ["nosuid", "noexec", "nodev", if plan.privileged { "rw" } else { "ro" }]}),
-        json!({"destination": "/dev/shm", "type": "tmpfs", "source": "shm", "options": ["nosuid", "noexec", "nodev", "mode=1777", "size=65536k"]}),
     ];
+    // The pod's /dev/shm (a tmpfs the sandbox owns, or the node's with hostIPC), shared
+    // by its containers as containerd does.
+    mounts.push(json!({"destination": "/dev/shm", "type": "bind", "source": plan.shm, "options": ["rbind", "rprivate", "nosuid", "noexec", "nodev"]}));
     for m in &plan.mounts {
         let mut options = vec!["rbind", "rprivate"];
         options.push(if m.readonly { "ro" } else { "rw" });
@@ -372,6 +376,7 @@ mod tests {
             uts: Ns::Path("/run/kernlet/pods/u/ns/uts".into()),
             pid: Ns::New,
             cgroups_path: "/kubepods/besteffort/podu/c".into(),
+            shm: "/run/kernlet/pods/u/shm".into(),
             mounts: vec![BindMount {
                 source: "/run/kernlet/pods/u/hosts".into(),
                 destination: "/etc/hosts".into(),

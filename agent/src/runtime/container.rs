@@ -354,6 +354,11 @@ impl Runtime {
             uts: ns_of("uts", sb.host_network),
             pid: if sb.host_pid { Ns::Host } else { Ns::New },
             cgroups_path: format!("/{}/{id}", sb.cgroup),
+            shm: if sb.host_ipc {
+                PathBuf::from("/dev/shm")
+            } else {
+                self.pod_run_dir(&sb.uid).join("shm")
+            },
             mounts,
             privileged,
             cap_add: caps.add.unwrap_or_default(),

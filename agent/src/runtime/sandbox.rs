@@ -160,6 +160,12 @@ impl Runtime {
                 String::from_utf8_lossy(&out.stderr).trim()
             )));
         }
+        if !host_ipc {
+            // containerd's default size for a sandbox's /dev/shm: 64 MiB.
+            crate::sys::mount::shm(&run.join("shm"), 64 << 20).map_err(RuntimeError::io(
+                format!("mounting /dev/shm of pod {namespace}/{name}"),
+            ))?;
+        }
         let ip = if host_network {
             node_ip.to_string()
         } else {
@@ -229,6 +235,8 @@ impl Runtime {
             }
         }
         let run = self.pod_run_dir(uid);
+        crate::sys::mount::unmount(&run.join("shm"))
+            .map_err(RuntimeError::io(format!("unmounting /dev/shm of pod {uid}")))?;
         ns::remove(&run.join("ns")).map_err(RuntimeError::io(format!(
             "unpinning the namespaces of pod {uid}"
         )))?;

@@ -25,6 +25,32 @@ pub fn private_namespace() -> io::Result<()> {
     .map_err(io_err)
 }
 
+/// Mounts a tmpfs of `size_bytes` with mode 1777 at `target` (a pod's /dev/shm), unless
+/// one is there already.
+pub fn shm(target: &Path, size_bytes: u64) -> io::Result<()> {
+    std::fs::create_dir_all(target)?;
+    if nix::sys::statfs::statfs(target).is_ok_and(|s| s.filesystem_type() == nix::sys::statfs::TMPFS_MAGIC) {
+        return Ok(());
+    }
+    let opts = format!("mode=1777,size={size_bytes}");
+    mount(
+        Some("shm"),
+        target,
+        Some("tmpfs"),
+        MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
+        Some(opts.as_str()),
+    )
+    .map_err(io_err)
+}
+
+/// Unmounts `target` (detached) if something is mounted there.
+pub fn unmount(target: &Path) -> io::Result<()> {
+    match nix::mount::umount2(target, nix::mount::MntFlags::MNT_DETACH) {
+        Ok(()) | Err(nix::errno::Errno::EINVAL) | Err(nix::errno::Errno::ENOENT) => Ok(()),
+        Err(e) => Err(io_err(e)),
+    }
+}
+
 /// Bind-mounts `source` on `target`.
 pub fn bind(source: &Path, target: &Path) -> io::Result<()> {
     mount(
