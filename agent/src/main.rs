@@ -176,6 +176,10 @@ struct NodeArgs {
     /// Maximum processes in one pod (pids.max of its cgroup); -1: unlimited.
     #[arg(long, default_value_t = -1, allow_negative_numbers = true)]
     pod_max_pids: i64,
+    /// Run containers that ask for no seccomp profile with RuntimeDefault (as kubelet's
+    /// seccompDefault); privileged containers stay unconfined.
+    #[arg(long)]
+    seccomp_default: bool,
     #[command(flatten)]
     registries: RegistryArgs,
     #[command(flatten)]
@@ -328,6 +332,7 @@ fn run_standalone(args: &RunArgs) -> anyhow::Result<()> {
         rotation: Default::default(),
         registries: args.node.registries.config()?,
         pod_pids_limit: u64::try_from(args.node.pod_max_pids).ok(),
+        seccomp_default: args.node.seccomp_default,
     })?;
     let node_ip = args
         .node

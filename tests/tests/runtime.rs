@@ -264,6 +264,13 @@ spec:
     image: busybox:1.36
     command: ["sh", "-c", "touch /x 2>/dev/null && echo root=writable || echo root=readonly; echo shm > /dev/shm/from-rofs; echo fds=$(ls /proc/self/fd); echo operstate=$(cat /sys/class/net/lo/operstate)"]
     securityContext: {readOnlyRootFilesystem: true}
+  - name: unconfined
+    image: busybox:1.36
+    command: ["sh", "-c", "grep ^Seccomp: /proc/self/status; busybox unshare -U true && echo userns=allowed || echo userns=denied"]
+  - name: confined
+    image: busybox:1.36
+    command: ["sh", "-c", "grep ^Seccomp: /proc/self/status; busybox unshare -U true && echo userns=allowed || echo userns=denied; echo alive=yes"]
+    securityContext: {seccompProfile: {type: RuntimeDefault}}
   - name: shmreader
     image: busybox:1.36
     command: ["sh", "-c", "for i in $(seq 1 50); do [ -f /dev/shm/from-rofs ] && break; sleep 0.1; done; echo shared=$(cat /dev/shm/from-rofs)"]
@@ -325,8 +332,20 @@ fn containers_get_containerd_security_defaults() {
     assert_eq!(field(&rofs, "fds="), "0 1 2 3");
     // The pod's loopback is up (a loopback that is up reports "unknown").
     assert_eq!(field(&rofs, "operstate="), "unknown");
+    // RuntimeDefault seccomp: filtered, and a syscall that needs no capability but is
+    // not in the profile (unshare of a user namespace) is refused; ordinary programs run.
+    let unconfined = log_lines(&node, &p, "unconfined", 0);
+    assert_eq!(field(&unconfined, "Seccomp:"), "0");
+    assert_eq!(field(&unconfined, "userns="), "allowed");
+    let confined = log_lines(&node, &p, "confined", 0);
+    assert_eq!(field(&confined, "Seccomp:"), "2");
+    assert_eq!(field(&confined, "userns="), "denied");
+    assert_eq!(field(&confined, "alive="), "yes");
     // /dev/shm is the pod's, shared by its containers.
-    assert_eq!(field(&log_lines(&node, &p, "shmreader", 0), "shared="), "shm");
+    assert_eq!(
+        field(&log_lines(&node, &p, "shmreader", 0), "shared="),
+        "shm"
+    );
 }
 
 #[test]

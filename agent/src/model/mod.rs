@@ -9,3 +9,4 @@ pub mod pod_lifecycle;
 pub mod qos;
 pub mod quantity;
 pub mod runtime_spec;
+pub mod seccomp;

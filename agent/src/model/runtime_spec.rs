@@ -142,6 +142,8 @@ pub struct ContainerPlan {
     pub read_only_root: bool,
     /// `linux.resources` to apply, only those the cgroup can enforce.
     pub resources: Option<Value>,
+    /// Apply the RuntimeDefault seccomp profile.
+    pub seccomp_runtime_default: bool,
 }
 
 /// `CAP_X` from a Kubernetes capability name (`NET_ADMIN`, `net_admin`, `CAP_NET_ADMIN`).
@@ -233,7 +235,10 @@ pub fn spec(plan: &ContainerPlan) -> Value {
     if let Some(r) = &plan.resources {
         linux["resources"] = r.clone();
     }
-    json!({
+    if plan.seccomp_runtime_default {
+        linux["seccomp"] = crate::model::seccomp::runtime_default(&bounding);
+    }
+    let mut spec = json!({
         "ociVersion": "1.0.2",
         "process": {
             "terminal": false,
@@ -242,12 +247,17 @@ pub fn spec(plan: &ContainerPlan) -> Value {
             "env": plan.env,
             "cwd": if plan.cwd.is_empty() { "/" } else { plan.cwd.as_str() },
             "capabilities": {"bounding": bounding, "effective": active, "permitted": active},
-            "noNewPrivileges": plan.no_new_privileges,
         },
         "root": {"path": "rootfs", "readonly": plan.read_only_root},
         "mounts": mounts,
         "linux": linux,
-    })
+    });
+    // Only `true` is written: libcontainer takes an explicit `false` as "load seccomp
+    // after dropping capabilities", which then fails without no_new_privs.
+    if plan.no_new_privileges {
+        spec["process"]["noNewPrivileges"] = json!(true);
+    }
+    spec
 }
 
 /// Expands `$(NAME)` references as Kubernetes does for env values, command and args:
@@ -388,6 +398,7 @@ mod tests {
             no_new_privileges: false,
             read_only_root: false,
             resources: None,
+            seccomp_runtime_default: false,
         }
     }
 
@@ -414,6 +425,17 @@ mod tests {
                 .len(),
             14
         );
+        assert!(
+            v["process"].get("noNewPrivileges").is_none(),
+            "false is left out"
+        );
+        assert!(v["linux"].get("seccomp").is_none());
+        let mut p = plan();
+        p.no_new_privileges = true;
+        p.seccomp_runtime_default = true;
+        let v = spec(&p);
+        assert_eq!(v["process"]["noNewPrivileges"], true);
+        assert_eq!(v["linux"]["seccomp"]["defaultAction"], "SCMP_ACT_ERRNO");
     }
 
     #[test]

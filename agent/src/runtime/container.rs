@@ -224,6 +224,22 @@ impl Runtime {
             additional_gids.push(fs as u32);
         }
         let privileged = csc.privileged.unwrap_or(false);
+        let seccomp = csc
+            .seccomp_profile
+            .clone()
+            .or(psc.seccomp_profile.clone())
+            .map(|p| p.type_);
+        let seccomp_runtime_default = match seccomp.as_deref() {
+            Some("RuntimeDefault") => true,
+            Some("Unconfined") => false,
+            Some("Localhost") => {
+                return Err(refuse(
+                    "seccompProfile Localhost is not supported yet; use RuntimeDefault or Unconfined".into(),
+                ));
+            }
+            Some(other) => return Err(refuse(format!("unknown seccompProfile type {other:?}"))),
+            None => self.cfg.seccomp_default && !privileged,
+        };
         let caps = csc.capabilities.clone().unwrap_or_default();
         let run_dir = self.pod_run_dir(&sb.uid);
         let mut mounts = vec![
@@ -365,6 +381,7 @@ impl Runtime {
             cap_drop: caps.drop.unwrap_or_default(),
             no_new_privileges: csc.allow_privilege_escalation == Some(false) && !privileged,
             read_only_root: csc.read_only_root_filesystem.unwrap_or(false),
+            seccomp_runtime_default,
             resources: (!resources.is_empty()).then_some(serde_json::Value::Object(resources)),
         };
         Ok((plan, unenforced))

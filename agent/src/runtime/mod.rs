@@ -81,6 +81,9 @@ pub struct RuntimeConfig {
     pub registries: image::pull::RegistryConfig,
     /// `pids.max` of every pod cgroup (kubelet's `--pod-max-pids`); `None`: unlimited.
     pub pod_pids_limit: Option<u64>,
+    /// RuntimeDefault seccomp for containers that ask for no profile (kubelet's
+    /// `--seccomp-default`).
+    pub seccomp_default: bool,
 }
 
 /// Resource controllers whose limits kernlet enforces when the cgroup2 tree has them.

@@ -235,8 +235,9 @@ impl Runtime {
             }
         }
         let run = self.pod_run_dir(uid);
-        crate::sys::mount::unmount(&run.join("shm"))
-            .map_err(RuntimeError::io(format!("unmounting /dev/shm of pod {uid}")))?;
+        crate::sys::mount::unmount(&run.join("shm")).map_err(RuntimeError::io(format!(
+            "unmounting /dev/shm of pod {uid}"
+        )))?;
         ns::remove(&run.join("ns")).map_err(RuntimeError::io(format!(
             "unpinning the namespaces of pod {uid}"
         )))?;

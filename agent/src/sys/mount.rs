@@ -29,7 +29,9 @@ pub fn private_namespace() -> io::Result<()> {
 /// one is there already.
 pub fn shm(target: &Path, size_bytes: u64) -> io::Result<()> {
     std::fs::create_dir_all(target)?;
-    if nix::sys::statfs::statfs(target).is_ok_and(|s| s.filesystem_type() == nix::sys::statfs::TMPFS_MAGIC) {
+    if nix::sys::statfs::statfs(target)
+        .is_ok_and(|s| s.filesystem_type() == nix::sys::statfs::TMPFS_MAGIC)
+    {
         return Ok(());
     }
     let opts = format!("mode=1777,size={size_bytes}");

@@ -163,6 +163,7 @@ fn bench_runtime() -> anyhow::Result<BenchRuntime> {
         rotation: Default::default(),
         registries: Default::default(),
         pod_pids_limit: None,
+        seccomp_default: false,
     })?;
     let layout = kernlet_tests::oci::busybox_layout(&dir.path().join("build"), "1.36")?;
     kernlet::runtime::image::layout::import(&rt.images, &layout, Some("busybox"))?;
