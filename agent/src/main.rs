@@ -228,25 +228,39 @@ impl RegistryArgs {
 
 /// kernlet's helper processes: single-threaded, started by kernlet itself.
 /// `kernlet internal shim <bundle>` and
-/// `kernlet internal sandbox <dir> <hostname> <host-network:0|1> <host-ipc:0|1>`.
+/// `kernlet internal sandbox <dir> <hostname> <host-network:0|1> <host-ipc:0|1>
+/// <pod cgroup for a pause process, or "">`.
 fn internal(args: &[String]) -> ExitCode {
     match args {
         [cmd, bundle] if cmd == "shim" => {
             ExitCode::from(kernlet::runtime::shim::main(std::path::Path::new(bundle)) as u8)
         }
-        [cmd, dir, hostname, host_net, host_ipc] if cmd == "sandbox" => {
+        [cmd, dir, hostname, host_net, host_ipc, pause_cgroup] if cmd == "sandbox" => {
             match kernlet::sys::ns::create_here(
                 std::path::Path::new(dir),
                 hostname,
                 host_net == "1",
                 host_ipc == "1",
             ) {
-                Ok(()) => ExitCode::SUCCESS,
+                Ok(()) => {}
                 Err(e) => {
                     eprintln!("creating the pod namespaces in {dir}: {e}");
-                    ExitCode::FAILURE
+                    return ExitCode::FAILURE;
                 }
             }
+            // A shared PID namespace needs a process to hold it: the pause process.
+            if !pause_cgroup.is_empty() {
+                match kernlet::sys::ns::start_pause(
+                    &std::path::Path::new(pause_cgroup).join("cgroup.procs"),
+                ) {
+                    Ok(pid) => println!("{pid}"),
+                    Err(e) => {
+                        eprintln!("starting the pause process of {dir}: {e}");
+                        return ExitCode::FAILURE;
+                    }
+                }
+            }
+            ExitCode::SUCCESS
         }
         _ => {
             eprintln!("kernlet internal: not for direct use");

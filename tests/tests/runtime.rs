@@ -348,6 +348,89 @@ fn containers_get_containerd_security_defaults() {
     );
 }
 
+const PID_NAMESPACES: &str = r#"
+apiVersion: v1
+kind: Pod
+metadata: {name: shared, namespace: t}
+spec:
+  shareProcessNamespace: true
+  containers:
+  - {name: sleeper, image: busybox:1.36, command: [sleep, "600"]}
+  - name: looker
+    image: busybox:1.36
+    command: ["sh", "-c", "sleep 1; echo pid1=$(cat /proc/1/comm); echo seen=$(cat /proc/[0-9]*/comm | sort -u | tr '\\n' ' '); exec sleep 600"]
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: own, namespace: t}
+spec:
+  containers:
+  - {name: c, image: busybox:1.36, command: ["sh", "-c", "echo pid1=$(cat /proc/1/comm); echo count=$(ls -d /proc/[0-9]* | wc -l); exec sleep 600"]}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: host, namespace: t}
+spec:
+  hostPID: true
+  containers:
+  - {name: c, image: busybox:1.36, command: ["sh", "-c", "echo count=$(ls -d /proc/[0-9]* | wc -l); exec sleep 600"]}
+"#;
+
+#[test]
+fn pid_namespaces_private_shared_through_a_pause_process_or_the_nodes() {
+    let mut lab = Lab::new("pidns").unwrap();
+    let mut node = lab.add_node("p1").unwrap();
+    import_busybox(&node);
+    let m = manifests(&node, PID_NAMESPACES);
+    start(&mut node, &m);
+    let lines = |name: &str, c: &str, key: &str| {
+        wait_for(
+            &node,
+            &format!("{name}/{c} output"),
+            Duration::from_secs(30),
+            || {
+                let p = pod(&node, name)?;
+                let l = log_lines(&node, &p, c, 0);
+                l.iter()
+                    .find_map(|(_, t)| t.strip_prefix(key).map(str::to_string))
+            },
+        )
+    };
+    // Shared: PID 1 is the pod's pause process and the other container's sleep shows.
+    assert_eq!(lines("shared", "looker", "pid1="), "pause");
+    let seen = lines("shared", "looker", "seen=");
+    assert!(seen.contains("sleep") && seen.contains("pause"), "{seen}");
+    // Private: the container's own process is PID 1 and it sees only itself.
+    assert_eq!(lines("own", "c", "pid1="), "sh");
+    let own: u32 = lines("own", "c", "count=").trim().parse().unwrap();
+    // sh, the command substitution's subshell, ls and wc.
+    assert!(own <= 4, "a private PID namespace shows {own} processes");
+    // hostPID: the node's processes.
+    let host: u32 = lines("host", "c", "count=").trim().parse().unwrap();
+    assert!(host > 20, "hostPID shows only {host} processes");
+    // The pause process goes with its pod.
+    let sb_pause = std::fs::read_dir(node.dir("state").join("pods"))
+        .unwrap()
+        .flatten()
+        .filter_map(|e| std::fs::read(e.path().join("sandbox.json")).ok())
+        .filter_map(|b| serde_json::from_slice::<Value>(&b).ok())
+        .find_map(|s| s["pausePid"].as_u64())
+        .expect("a pause pid recorded");
+    assert!(Path::new(&format!("/proc/{sb_pause}")).exists());
+    std::fs::write(m.join("pods.yaml"), "").unwrap();
+    wait_for(
+        &node,
+        "the pause process gone",
+        Duration::from_secs(60),
+        || {
+            (!Path::new(&format!("/proc/{sb_pause}/comm")).exists()
+                || std::fs::read_to_string(format!("/proc/{sb_pause}/comm"))
+                    .is_ok_and(|c| c.trim() != "pause"))
+            .then_some(())
+        },
+    );
+}
+
 #[test]
 fn kill_9_of_kernlet_with_ten_pods_restarts_nothing_and_leaves_nothing() {
     let mut lab = Lab::new("k9").unwrap();

@@ -368,7 +368,11 @@ impl Runtime {
             net: ns_of("net", sb.host_network),
             ipc: ns_of("ipc", sb.host_ipc),
             uts: ns_of("uts", sb.host_network),
-            pid: if sb.host_pid { Ns::Host } else { Ns::New },
+            pid: match (sb.host_pid, sb.pause_pid) {
+                (true, _) => Ns::Host,
+                (false, Some(pause)) => Ns::Path(PathBuf::from(format!("/proc/{pause}/ns/pid"))),
+                (false, None) => Ns::New,
+            },
             cgroups_path: format!("/{}/{id}", sb.cgroup),
             shm: if sb.host_ipc {
                 PathBuf::from("/dev/shm")

@@ -28,6 +28,9 @@ pub struct SandboxRecord {
     pub ns_dir: PathBuf,
     /// The pod's IP (the node's for host-network pods; empty without a pod network).
     pub ip: String,
+    /// The pause process holding the pod's PID namespace (`shareProcessNamespace`).
+    #[serde(default)]
+    pub pause_pid: Option<u32>,
     pub created_at: String,
 }
 
@@ -142,43 +145,6 @@ impl Runtime {
         let ns_dir = run.join("ns");
         std::fs::create_dir_all(&ns_dir)
             .map_err(RuntimeError::io(format!("creating {}", ns_dir.display())))?;
-        let out = std::process::Command::new(&self.cfg.exe)
-            .arg("internal")
-            .arg("sandbox")
-            .arg(&ns_dir)
-            .arg(&hostname)
-            .arg(if host_network { "1" } else { "0" })
-            .arg(if host_ipc { "1" } else { "0" })
-            .output()
-            .map_err(RuntimeError::io(format!(
-                "running {} internal sandbox",
-                self.cfg.exe.display()
-            )))?;
-        if !out.status.success() {
-            return Err(RuntimeError::Refused(format!(
-                "pod {namespace}/{name}: {}",
-                String::from_utf8_lossy(&out.stderr).trim()
-            )));
-        }
-        if !host_ipc {
-            // containerd's default size for a sandbox's /dev/shm: 64 MiB.
-            crate::sys::mount::shm(&run.join("shm"), 64 << 20).map_err(RuntimeError::io(
-                format!("mounting /dev/shm of pod {namespace}/{name}"),
-            ))?;
-        }
-        let ip = if host_network {
-            node_ip.to_string()
-        } else {
-            String::new()
-        };
-        let resolv = std::fs::read("/etc/resolv.conf").unwrap_or_default();
-        for (file, content) in [
-            ("hosts", hosts_file(&ip, &hostname).into_bytes()),
-            ("resolv.conf", resolv),
-            ("hostname", format!("{hostname}\n").into_bytes()),
-        ] {
-            crate::state::write_atomic(&run.join(file), &content, 0o644)?;
-        }
         let cgroup = pod_cgroup(qos, uid);
         let cg = Cgroup::create(&self.cgroup_root, std::path::Path::new(&cgroup))?;
         // Delegate the controllers down to the pod (kubepods, the QoS level, the pod),
@@ -199,6 +165,69 @@ impl Runtime {
                 tracing::warn!(pod = %name, "pids limit {max} NOT enforced: no pids controller in the cgroup v2 tree");
             }
         }
+        let share_pid =
+            spec.share_process_namespace.unwrap_or(false) && !spec.host_pid.unwrap_or(false);
+        // The pause process gets a cgroup of its own below the pod's, like a container
+        // (a cgroup that delegates controllers may hold no process itself).
+        let pause_cgroup = cg.path().join("pause");
+        if share_pid {
+            std::fs::create_dir_all(&pause_cgroup).map_err(RuntimeError::io(format!(
+                "creating {}",
+                pause_cgroup.display()
+            )))?;
+        }
+        let out = std::process::Command::new(&self.cfg.exe)
+            .arg("internal")
+            .arg("sandbox")
+            .arg(&ns_dir)
+            .arg(&hostname)
+            .arg(if host_network { "1" } else { "0" })
+            .arg(if host_ipc { "1" } else { "0" })
+            .arg(if share_pid {
+                pause_cgroup.as_os_str()
+            } else {
+                std::ffi::OsStr::new("")
+            })
+            .output()
+            .map_err(RuntimeError::io(format!(
+                "running {} internal sandbox",
+                self.cfg.exe.display()
+            )))?;
+        if !out.status.success() {
+            return Err(RuntimeError::Refused(format!(
+                "pod {namespace}/{name}: {}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            )));
+        }
+        let pause_pid = if share_pid {
+            let text = String::from_utf8_lossy(&out.stdout);
+            Some(text.trim().parse::<u32>().map_err(|_| {
+                RuntimeError::Refused(format!(
+                    "pod {namespace}/{name}: the pause process did not report its pid"
+                ))
+            })?)
+        } else {
+            None
+        };
+        if !host_ipc {
+            // containerd's default size for a sandbox's /dev/shm: 64 MiB.
+            crate::sys::mount::shm(&run.join("shm"), 64 << 20).map_err(RuntimeError::io(
+                format!("mounting /dev/shm of pod {namespace}/{name}"),
+            ))?;
+        }
+        let ip = if host_network {
+            node_ip.to_string()
+        } else {
+            String::new()
+        };
+        let resolv = std::fs::read("/etc/resolv.conf").unwrap_or_default();
+        for (file, content) in [
+            ("hosts", hosts_file(&ip, &hostname).into_bytes()),
+            ("resolv.conf", resolv),
+            ("hostname", format!("{hostname}\n").into_bytes()),
+        ] {
+            crate::state::write_atomic(&run.join(file), &content, 0o644)?;
+        }
         let record = SandboxRecord {
             uid: uid.to_string(),
             namespace,
@@ -211,6 +240,7 @@ impl Runtime {
             cgroup,
             ns_dir,
             ip,
+            pause_pid,
             created_at: now(),
         };
         write_json(&self.sandbox_record_path(uid), &record)?;

@@ -114,6 +114,33 @@ pub fn create_here(
     Ok(())
 }
 
+/// In the calling (single-threaded) sandbox helper: starts the pod's pause process as
+/// PID 1 of a new PID namespace (for `shareProcessNamespace`), in the cgroup whose
+/// `cgroup.procs` is given, detached from the caller; returns its pid on the node.
+/// It reaps what is orphaned into it and lives until the pod's cgroup is killed.
+pub fn start_pause(cgroup_procs: &Path) -> io::Result<u32> {
+    unshare(CloneFlags::CLONE_NEWPID).map_err(io_err)?;
+    // SAFETY: the sandbox helper is single-threaded, so the child may run any code.
+    match unsafe { nix::unistd::fork() }.map_err(io_err)? {
+        nix::unistd::ForkResult::Parent { child } => Ok(child.as_raw().unsigned_abs()),
+        nix::unistd::ForkResult::Child => {
+            // "0" is "the writing process": this one, PID 1 of the new namespace.
+            let _ = std::fs::write(cgroup_procs, "0");
+            let _ = nix::unistd::setsid();
+            let _ = nix::sys::prctl::set_name(c"pause");
+            for fd in 0..3 {
+                let _ = nix::unistd::close(fd);
+            }
+            loop {
+                match nix::sys::wait::waitpid(None, None) {
+                    Ok(_) => {}
+                    Err(_) => std::thread::sleep(std::time::Duration::from_secs(1)),
+                }
+            }
+        }
+    }
+}
+
 /// Unpins and removes a pod's namespaces; what is already gone is not an error.
 pub fn remove(dir: &Path) -> io::Result<()> {
     for kind in POD_NAMESPACES {
