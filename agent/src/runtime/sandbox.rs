@@ -45,6 +45,72 @@ pub fn pod_cgroup(qos: QosClass, uid: &str) -> String {
     }
 }
 
+/// Pod-level limits as kubelet sets them on the pod cgroup: memory and CPU limits only
+/// when every container has one (the larger of the main containers' sum and the
+/// largest init container's), CPU requests summed for the weight. Returns
+/// `(memory bytes, cpu limit millicores, cpu request millicores)`.
+pub fn pod_resources(
+    spec: &k8s_openapi::api::core::v1::PodSpec,
+) -> Result<(Option<u64>, Option<u64>, u64), crate::model::quantity::QuantityError> {
+    use crate::model::quantity::Quantity;
+    let get = |c: &k8s_openapi::api::core::v1::Container,
+               side: &str,
+               key: &str|
+     -> Result<Option<i128>, _> {
+        let r = c.resources.as_ref();
+        let m = match side {
+            "limits" => r.and_then(|r| r.limits.as_ref()),
+            _ => r.and_then(|r| r.requests.as_ref()),
+        };
+        m.and_then(|m| m.get(key))
+            .map(|q| Quantity::parse(&q.0))
+            .transpose()
+            .map(|q| q.map(|q| if key == "cpu" { q.milli() } else { q.value() }))
+    };
+    let total = |key: &str| -> Result<Option<u64>, crate::model::quantity::QuantityError> {
+        let mut sum = 0i128;
+        for c in &spec.containers {
+            match get(c, "limits", key)? {
+                Some(v) => sum += v,
+                None => return Ok(None),
+            }
+        }
+        let mut init_max = 0i128;
+        for c in spec.init_containers.iter().flatten() {
+            match get(c, "limits", key)? {
+                Some(v) => init_max = init_max.max(v),
+                None => return Ok(None),
+            }
+        }
+        Ok(u64::try_from(sum.max(init_max)).ok())
+    };
+    let mut requests = 0i128;
+    for c in &spec.containers {
+        requests += get(c, "requests", "cpu")?
+            .or(get(c, "limits", "cpu")?)
+            .unwrap_or(0);
+    }
+    Ok((
+        total("memory")?,
+        total("cpu")?,
+        u64::try_from(requests).unwrap_or(0),
+    ))
+}
+
+/// cgroup v2 `cpu.weight` for cgroup v1 `cpu.shares`, with the conversion runc 1.3
+/// (and libcontainer) use for containers, so pod and container weights agree.
+pub fn shares_to_weight(shares: u64) -> u64 {
+    if shares <= 2 {
+        return 1;
+    }
+    if shares >= 262_144 {
+        return 10_000;
+    }
+    let l = (shares as f64).log2();
+    let exponent = (l * l + 125.0 * l) / 612.0 - 7.0 / 34.0;
+    (10f64.powf(exponent).ceil() as u64).clamp(1, 10_000)
+}
+
 /// The hostname of a pod: `spec.hostname`, else its name (at most 63 characters).
 pub fn hostname(pod: &Pod) -> String {
     let spec = pod.spec.as_ref();
@@ -157,6 +223,20 @@ impl Runtime {
                 dir.push(part);
             }
             cg.write("cgroup.subtree_control", &enable.join(" "))?;
+        }
+        let (memory, cpu_limit, cpu_request) = pod_resources(&spec)
+            .map_err(|e| RuntimeError::Refused(format!("pod {namespace}/{name}: {e}")))?;
+        if self.has_controller("memory")
+            && let Some(m) = memory
+        {
+            cg.write("memory.max", &m.to_string())?;
+        }
+        if self.has_controller("cpu") {
+            if let Some(l) = cpu_limit {
+                cg.write("cpu.max", &format!("{} 100000", (l * 100).max(1000)))?;
+            }
+            let shares = crate::runtime::container::cpu_shares(cpu_request);
+            cg.write("cpu.weight", &shares_to_weight(shares).to_string())?;
         }
         if let Some(max) = self.cfg.pod_pids_limit {
             if self.has_controller("pids") {
@@ -294,6 +374,26 @@ mod tests {
             pod_cgroup(QosClass::BestEffort, "u"),
             "kubepods/besteffort/podu"
         );
+    }
+
+    #[test]
+    fn pod_limits_need_every_container_to_have_one() {
+        let spec: k8s_openapi::api::core::v1::PodSpec = serde_json::from_value(serde_json::json!({
+            "containers": [
+                {"name": "a", "resources": {"requests": {"cpu": "100m"}, "limits": {"cpu": "200m", "memory": "48Mi"}}},
+                {"name": "b", "resources": {"limits": {"cpu": "300m"}}},
+            ],
+        }))
+        .unwrap();
+        assert_eq!(pod_resources(&spec).unwrap(), (None, Some(500), 400));
+        assert_eq!(shares_to_weight(2), 1);
+        assert_eq!(shares_to_weight(102), 17);
+        assert_eq!(
+            shares_to_weight(1024),
+            100,
+            "one CPU of requests is the default weight"
+        );
+        assert_eq!(shares_to_weight(262_144), 10_000);
     }
 
     #[test]

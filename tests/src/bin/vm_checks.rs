@@ -136,6 +136,15 @@ fn limits_are_written() -> Result<(), String> {
     let cpu = read(&c.join("cpu.max"));
     let weight = read(&c.join("cpu.weight"));
     let pids = read(&pod.join("pids.max"));
+    // The pod cgroup: the sum of its containers' limits (one container here).
+    let pod_mem = read(&pod.join("memory.max"));
+    let pod_cpu = read(&pod.join("cpu.max"));
+    let pod_weight = read(&pod.join("cpu.weight"));
+    if pod_mem != "50331648" || pod_cpu != "20000 100000" || pod_weight != "17" {
+        return Err(format!(
+            "pod memory.max {pod_mem}, cpu.max {pod_cpu}, cpu.weight {pod_weight}"
+        ));
+    }
     // requests.cpu 100m → 102 shares (kubelet), which the runtime turns into cpu.weight
     // 17 with runc ≥ 1.3's (and libcontainer's) conversion.
     if mem != "50331648" || cpu != "20000 100000" || weight != "17" || pids != "30" {
