@@ -84,8 +84,9 @@ fn pods_run_from_a_plain_registry_and_a_tls_one_with_basic_auth() {
         manifests.join("pods.yaml"),
         format!(
             "apiVersion: v1\nkind: Pod\nmetadata: {{name: plain, namespace: t}}\nspec:\n  containers:\n  - {{name: c, image: '{}/library/busybox:1.36', command: [sh, -c, 'echo plain; exec sleep 600']}}\n\
+             ---\napiVersion: v1\nkind: Pod\nmetadata: {{name: plain2, namespace: t}}\nspec:\n  containers:\n  - {{name: c, image: '{}/library/busybox:1.36', command: [sh, -c, 'echo plain2; exec sleep 600']}}\n\
              ---\napiVersion: v1\nkind: Pod\nmetadata: {{name: private, namespace: t}}\nspec:\n  containers:\n  - {{name: c, image: '{}/private/bb:1.36', imagePullPolicy: Always, command: [sh, -c, 'echo private; exec sleep 600']}}\n",
-            plain.addr, tls.addr
+            plain.addr, plain.addr, tls.addr
         ),
     )
     .unwrap();
@@ -105,7 +106,10 @@ fn pods_run_from_a_plain_registry_and_a_tls_one_with_basic_auth() {
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     node.start_kernlet(&args).unwrap();
     let start = Instant::now();
-    while pod_running(&node, "plain").is_none() || pod_running(&node, "private").is_none() {
+    while pod_running(&node, "plain").is_none()
+        || pod_running(&node, "plain2").is_none()
+        || pod_running(&node, "private").is_none()
+    {
         assert!(
             start.elapsed() < Duration::from_secs(60),
             "pods from the registries did not run:\n{}\n{}\n{}",
@@ -124,6 +128,17 @@ fn pods_run_from_a_plain_registry_and_a_tls_one_with_basic_auth() {
     assert!(log.contains("pulled") && log.contains(&tls.addr), "{log}");
     // Basic credentials were needed and used.
     assert!(tls.log().contains("kltest"), "{}", tls.log());
+    // Two pods of one image started together: one pull, the other reused it.
+    let manifest_gets = plain
+        .log()
+        .lines()
+        .filter(|l| {
+            l.contains("response completed")
+                && l.contains("http.request.method=GET")
+                && l.contains("/v2/library/busybox/manifests/1.36")
+        })
+        .count();
+    assert_eq!(manifest_gets, 1, "{}", plain.log());
 }
 
 fn pull(node: &SimNode, image: &str, extra: &[&str]) -> Output {

@@ -90,6 +90,9 @@ pub struct RegistryConfig {
     pub credentials: DockerConfig,
 }
 
+/// The gate of one image's pull: holds the result once the pull succeeded.
+type Gate = Arc<tokio::sync::Mutex<Option<ImageRecord>>>;
+
 /// Pulls images into the store.
 pub struct Puller {
     /// Built on the first pull: building it reads the system's CA certificates, and a
@@ -97,7 +100,9 @@ pub struct Puller {
     client: std::sync::OnceLock<Result<oci_client::Client, String>>,
     store: ImageStore,
     cfg: RegistryConfig,
-    inflight: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    /// Pulls under way, by reference: later pulls of the same image wait on the gate
+    /// and take the first one's result.
+    inflight: Mutex<HashMap<String, Gate>>,
 }
 
 impl std::fmt::Debug for Puller {
@@ -221,7 +226,11 @@ impl Puller {
             Arc::clone(m.entry(key.clone()).or_default())
         };
         // A second pull of the same image waits for the first and reuses its result.
-        let _one = gate.lock().await;
+        let mut slot = gate.lock().await;
+        if let Some(record) = slot.as_ref() {
+            tracing::info!(image = %reference, "pulled by a concurrent request; reusing it");
+            return Ok(record.clone());
+        }
         let started = Instant::now();
         let insecure = self.cfg.insecure.contains(&reference.registry);
         let err = |e| pull_error(reference, insecure, e);
@@ -366,6 +375,8 @@ impl Puller {
         .await
         .map_err(|e| ImageError::BadImage(format!("pulling {reference}: {e}")))??;
         tracing::info!(image = %reference, id = %record.id, bytes = bytes_pulled, elapsed = ?started.elapsed(), "pulled");
+        // Waiters already holding the gate get the result; later pulls start afresh.
+        *slot = Some(record.clone());
         if let Ok(mut m) = self.inflight.lock() {
             m.remove(&key);
         }
