@@ -187,6 +187,13 @@ impl Runner {
 
     /// Runs until `stop`; running pods are left running (a restart adopts them).
     pub fn run(mut self, stop: &AtomicBool) {
+        let removed = self.rt.remove_orphans();
+        if !removed.is_empty() {
+            tracing::info!(
+                ?removed,
+                "removed what an earlier run left without a record"
+            );
+        }
         while !stop.load(Ordering::Relaxed) {
             self.tick();
             let mut slept = Duration::ZERO;

@@ -518,3 +518,64 @@ fn kill_9_of_kernlet_with_ten_pods_restarts_nothing_and_leaves_nothing() {
     assert!(left.is_empty(), "pod cgroups left: {left:?}");
     assert!(node.kernlet_running());
 }
+
+#[test]
+fn what_a_crash_left_without_a_record_is_removed_at_start() {
+    use nix::mount::{MsFlags, mount};
+    let mut lab = Lab::new("orph").unwrap();
+    let mut node = lab.add_node("o1").unwrap();
+    // Leftovers as a crash in the middle of creating or removing could leave them.
+    let run_pod = node
+        .dir("run")
+        .join("pods/0rphan00-0000-0000-0000-000000000000");
+    std::fs::create_dir_all(run_pod.join("ns")).unwrap();
+    std::fs::create_dir_all(run_pod.join("shm")).unwrap();
+    std::fs::File::create(run_pod.join("ns/net")).unwrap();
+    // Pin this test's own network namespace: harmless, and a real nsfs bind mount.
+    mount(
+        Some("/proc/self/ns/net"),
+        &run_pod.join("ns/net"),
+        None::<&str>,
+        MsFlags::MS_BIND,
+        None::<&str>,
+    )
+    .unwrap();
+    mount(
+        Some("shm"),
+        &run_pod.join("shm"),
+        Some("tmpfs"),
+        MsFlags::empty(),
+        Some("size=1m"),
+    )
+    .unwrap();
+    let cg = node
+        .cgroup()
+        .join("kernlet/kubepods/besteffort/pod0rphan00-0000-0000-0000-000000000000");
+    std::fs::create_dir_all(&cg).unwrap();
+    let mut sleeper = Command::new("sleep").arg("600").spawn().unwrap();
+    std::fs::write(cg.join("cgroup.procs"), sleeper.id().to_string()).unwrap();
+    let half = node.dir("state").join("containers/half-created");
+    std::fs::create_dir_all(half.join("rootfs")).unwrap();
+    let lc = node.dir("run").join("libcontainer/gone");
+    std::fs::create_dir_all(&lc).unwrap();
+
+    let m = manifests(&node, "");
+    start(&mut node, &m);
+    wait_for(
+        &node,
+        "the leftovers removed",
+        Duration::from_secs(20),
+        || (!run_pod.exists() && !cg.exists() && !half.exists() && !lc.exists()).then_some(()),
+    );
+    // The process in the orphaned pod cgroup was ended with it.
+    let status = sleeper.wait().unwrap();
+    assert!(!status.success());
+    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    assert!(!mountinfo.contains("0rphan00"), "{mountinfo}");
+    assert!(
+        node.kernlet_log()
+            .contains("removed what an earlier run left"),
+        "{}",
+        node.kernlet_log()
+    );
+}

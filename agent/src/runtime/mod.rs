@@ -16,6 +16,7 @@
 pub mod container;
 pub mod image;
 pub mod logs;
+pub mod orphans;
 pub mod sandbox;
 pub mod shim;
 
