@@ -228,3 +228,63 @@ pub fn busybox_layout(dir: &Path, tag: &str) -> anyhow::Result<PathBuf> {
     std::fs::remove_dir_all(&bundle)?;
     Ok(layout)
 }
+
+/// Copies the single-image layout `src` (tag `tag`) into `dest` as a multi-platform
+/// image: an OCI image index with the original manifest for this machine's
+/// architecture and a second one (same layers, its config saying `arm64`, or `amd64`
+/// on arm64 machines) for another, tagged `tag`. Returns the index digest.
+pub fn index_layout(src: &Path, dest: &Path, tag: &str) -> anyhow::Result<String> {
+    std::fs::create_dir_all(dest.join("blobs/sha256"))?;
+    for e in std::fs::read_dir(src.join("blobs/sha256"))? {
+        let e = e?;
+        std::fs::copy(e.path(), dest.join("blobs/sha256").join(e.file_name()))?;
+    }
+    std::fs::copy(src.join("oci-layout"), dest.join("oci-layout"))?;
+    let index: serde_json::Value = serde_json::from_slice(&std::fs::read(src.join("index.json"))?)?;
+    let desc = index["manifests"]
+        .as_array()
+        .and_then(|m| {
+            m.iter().find(|d| {
+                d.pointer("/annotations/org.opencontainers.image.ref.name")
+                    .and_then(|t| t.as_str())
+                    == Some(tag)
+            })
+        })
+        .cloned()
+        .context("no manifest with that tag")?;
+    let md = desc["digest"].as_str().context("digest")?;
+    let manifest: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(src.join("blobs/sha256").join(&md[7..]))?)?;
+    let cd = manifest["config"]["digest"]
+        .as_str()
+        .context("config digest")?;
+    let mut config: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(src.join("blobs/sha256").join(&cd[7..]))?)?;
+    let this = kernlet::runtime::image::layout::this_arch();
+    let other = if this == "arm64" { "amd64" } else { "arm64" };
+    config["architecture"] = json!(other);
+    let other_config = serde_json::to_vec(&config)?;
+    let ocd = put_blob(dest, &other_config)?;
+    let mut other_manifest = manifest.clone();
+    other_manifest["config"]["digest"] = json!(ocd);
+    other_manifest["config"]["size"] = json!(other_config.len());
+    let other_manifest = serde_json::to_vec(&other_manifest)?;
+    let omd = put_blob(dest, &other_manifest)?;
+    let image_index = serde_json::to_vec(&json!({
+        "schemaVersion": 2, "mediaType": "application/vnd.oci.image.index.v1+json",
+        "manifests": [
+            {"mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": omd, "size": other_manifest.len(),
+             "platform": {"os": "linux", "architecture": other}},
+            {"mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": md, "size": desc["size"],
+             "platform": {"os": "linux", "architecture": this}},
+        ],
+    }))?;
+    let id = put_blob(dest, &image_index)?;
+    std::fs::write(
+        dest.join("index.json"),
+        serde_json::to_vec(&json!({"schemaVersion": 2, "manifests": [
+            {"mediaType": "application/vnd.oci.image.index.v1+json", "digest": id, "size": image_index.len(),
+             "annotations": {"org.opencontainers.image.ref.name": tag}}]}))?,
+    )?;
+    Ok(id)
+}

@@ -142,9 +142,13 @@ fn pods_run_from_a_plain_registry_and_a_tls_one_with_basic_auth() {
 }
 
 fn pull(node: &SimNode, image: &str, extra: &[&str]) -> Output {
+    pull_into(node, &node.dir("images"), image, extra)
+}
+
+fn pull_into(node: &SimNode, store: &std::path::Path, image: &str, extra: &[&str]) -> Output {
     node.command(kernlet_bin().unwrap())
         .args(["image", "pull", image, "--image-dir"])
-        .arg(node.dir("images"))
+        .arg(store)
         .args(extra)
         .output()
         .unwrap()
@@ -167,6 +171,44 @@ fn pull_failures_name_the_cause_and_the_fix() {
         .push(&plain_node, &gz, "1.36", "library/busybox")
         .unwrap();
     tls.push(&tls_node, &gz, "1.36", "private/bb").unwrap();
+
+    // A multi-platform image (an OCI index) resolves to this machine's manifest, from
+    // a layout and from a registry.
+    let multi = node.dir("image-build").join("multi");
+    kernlet_tests::oci::index_layout(&gz, &multi, "1.36").unwrap();
+    let index: Value =
+        serde_json::from_slice(&std::fs::read(gz.join("index.json")).unwrap()).unwrap();
+    let amd64_manifest = index["manifests"][0]["digest"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let out = node
+        .command(kernlet_bin().unwrap())
+        .args(["image", "import"])
+        .arg(&multi)
+        .args(["--name", "example.com/multi", "--image-dir"])
+        .arg(node.dir("images"))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", err(&out));
+    assert!(String::from_utf8_lossy(&out.stdout).contains(&amd64_manifest));
+    let mut push = plain_node.command("skopeo");
+    push.args(["copy", "--all", "--dest-tls-verify=false"])
+        .arg(format!("oci:{}:1.36", multi.display()))
+        .arg(format!("docker://{}/library/multi:1.36", plain.addr));
+    let pushed = push.output().unwrap();
+    assert!(pushed.status.success(), "{}", err(&pushed));
+    let out = pull(
+        &node,
+        &format!("{}/library/multi:1.36", plain.addr),
+        &["--insecure-registry", &plain.addr],
+    );
+    assert!(out.status.success(), "{}", err(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains(&amd64_manifest),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
 
     // A plain registry over HTTPS: use --insecure-registry.
     let out = pull(&node, &format!("{}/library/busybox:1.36", plain.addr), &[]);
@@ -207,14 +249,16 @@ fn pull_failures_name_the_cause_and_the_fix() {
     let mid = bytes.len() / 2;
     bytes[mid] ^= 0xff;
     std::fs::write(&blob, &bytes).unwrap();
-    let out = pull(
+    // Into an empty store (the other one has this layer already and would not fetch it).
+    let out = pull_into(
         &node,
+        &node.dir("images-clean"),
         &format!("{}/library/busybox:1.36", plain.addr),
         &insecure,
     );
     assert_eq!(out.status.code(), Some(1));
     assert!(err(&out).to_lowercase().contains("digest"), "{}", err(&out));
-    let layers = std::fs::read_dir(node.dir("images").join("layers"))
+    let layers = std::fs::read_dir(node.dir("images-clean").join("layers"))
         .map(|d| d.count())
         .unwrap_or(0);
     assert_eq!(layers, 0, "nothing of the tampered image was unpacked");
