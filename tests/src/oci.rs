@@ -69,6 +69,18 @@ impl RawTar {
         self.push(&h, data)
     }
 
+    /// A regular file with `mode` (an executable, say).
+    pub fn file_mode(self, name: &str, data: &[u8], mode: u32) -> Self {
+        let h = Self::header(
+            name.as_bytes(),
+            tar::EntryType::Regular,
+            data.len() as u64,
+            mode,
+            b"",
+        );
+        self.push(&h, data)
+    }
+
     pub fn symlink(self, name: &str, target: &str) -> Self {
         let h = Self::header(
             name.as_bytes(),
@@ -145,6 +157,21 @@ pub fn write_layout(
     layers: &[Vec<u8>],
     cmd: &[&str],
 ) -> anyhow::Result<String> {
+    write_layout_config(
+        dir,
+        tag,
+        layers,
+        json!({"Cmd": cmd, "Env": ["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"]}),
+    )
+}
+
+/// Like [`write_layout`], with the image config's `config` section given whole.
+pub fn write_layout_config(
+    dir: &Path,
+    tag: &str,
+    layers: &[Vec<u8>],
+    config: serde_json::Value,
+) -> anyhow::Result<String> {
     std::fs::create_dir_all(dir.join("blobs/sha256"))?;
     std::fs::write(dir.join("oci-layout"), r#"{"imageLayoutVersion":"1.0.0"}"#)?;
     let mut descs = Vec::new();
@@ -158,7 +185,7 @@ pub fn write_layout(
     let arch = kernlet::runtime::image::layout::this_arch();
     let config = serde_json::to_vec(&json!({
         "architecture": arch, "os": "linux",
-        "config": {"Cmd": cmd, "Env": ["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"]},
+        "config": config,
         "rootfs": {"type": "layers", "diff_ids": diff_ids},
     }))?;
     let cd = put_blob(dir, &config)?;

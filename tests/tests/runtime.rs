@@ -579,3 +579,70 @@ fn what_a_crash_left_without_a_record_is_removed_at_start() {
         node.kernlet_log()
     );
 }
+
+#[test]
+fn image_user_names_and_fs_group_volumes() {
+    use kernlet_tests::oci::{RawTar, write_layout_config};
+    let mut lab = Lab::new("user").unwrap();
+    let mut node = lab.add_node("u1").unwrap();
+    // An image whose config runs as a user named in its own /etc/passwd.
+    let busybox = std::fs::read("/bin/busybox").unwrap();
+    let mut base = RawTar::new()
+        .dir("bin")
+        .file_mode("bin/busybox", &busybox, 0o755);
+    for applet in ["sh", "id", "echo"] {
+        base = base.symlink(&format!("bin/{applet}"), "busybox");
+    }
+    let etc = RawTar::new()
+        .dir("etc")
+        .file(
+            "etc/passwd",
+            b"root:x:0:0:root:/root:/bin/sh\napp:x:1234:5678::/:/bin/sh\n",
+        )
+        .file("etc/group", b"root:x:0:\napp:x:5678:\n");
+    let layout = node.dir("image-build/named");
+    write_layout_config(
+        &layout,
+        "1",
+        &[base.finish(), etc.finish()],
+        serde_json::json!({"User": "app", "Env": ["PATH=/bin"]}),
+    )
+    .unwrap();
+    let out = Command::new(kernlet_bin().unwrap())
+        .args(["image", "import"])
+        .arg(&layout)
+        .args(["--name", "example.com/named", "--image-dir"])
+        .arg(node.dir("images"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let m = manifests(
+        &node,
+        r#"
+apiVersion: v1
+kind: Pod
+metadata: {name: named, namespace: t}
+spec:
+  restartPolicy: Never
+  securityContext: {fsGroup: 4444}
+  volumes: [{name: data, emptyDir: {}}]
+  containers:
+  - name: c
+    image: example.com/named:1
+    command: ["sh", "-c", "echo uid=$(id -u) gid=$(id -g); echo volume=$(busybox stat -c '%g %a' /data)"]
+    volumeMounts: [{name: data, mountPath: /data}]
+"#,
+    );
+    start(&mut node, &m);
+    let p = wait_for(&node, "pod named done", Duration::from_secs(30), || {
+        pod(&node, "named").filter(|p| p["status"]["phase"] == "Succeeded")
+    });
+    let lines = log_lines(&node, &p, "c", 0);
+    let texts: Vec<&str> = lines.iter().map(|(_, t)| t.as_str()).collect();
+    assert!(texts.contains(&"uid=1234 gid=5678"), "{texts:?}");
+    assert!(texts.contains(&"volume=4444 2777"), "{texts:?}");
+}

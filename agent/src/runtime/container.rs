@@ -62,8 +62,16 @@ fn now() -> String {
         .to_string()
 }
 
-/// `uid[:gid]` from an image's `User`, numbers only.
-pub fn image_user(user: &str) -> Result<(Option<u32>, Option<u32>), String> {
+/// A user or group name looked up in the image's `/etc/passwd` or `/etc/group`:
+/// `(id, primary gid)` for a user, `(gid, None)` for a group.
+pub type Lookup<'a> = &'a dyn Fn(&str) -> Option<(u32, Option<u32>)>;
+
+/// `uid[:gid]` from an image's `User`: numbers, or names resolved in the image.
+pub fn image_user(
+    user: &str,
+    passwd: Lookup<'_>,
+    group: Lookup<'_>,
+) -> Result<(Option<u32>, Option<u32>), String> {
     if user.is_empty() {
         return Ok((None, None));
     }
@@ -71,11 +79,34 @@ pub fn image_user(user: &str) -> Result<(Option<u32>, Option<u32>), String> {
         Some((u, g)) => (u, Some(g)),
         None => (user, None),
     };
-    let num = |s: &str| {
-        s.parse::<u32>()
-            .map_err(|_| format!("the image runs as user {user:?}; user names are not resolved yet — set securityContext.runAsUser"))
+    let (uid, primary) = match u.parse::<u32>() {
+        Ok(n) => (n, passwd(u).and_then(|(_, g)| g)),
+        Err(_) => passwd(u).ok_or_else(|| {
+            format!("the image runs as user {u:?}, which is not in the image's /etc/passwd; set securityContext.runAsUser")
+        })?,
     };
-    Ok((Some(num(u)?), g.map(num).transpose()?))
+    let gid = match g {
+        None => primary,
+        Some(g) => Some(match g.parse::<u32>() {
+            Ok(n) => n,
+            Err(_) => group(g).map(|(id, _)| id).ok_or_else(|| {
+                format!("the image runs as group {g:?}, which is not in the image's /etc/group; set securityContext.runAsGroup")
+            })?,
+        }),
+    };
+    Ok((Some(uid), gid))
+}
+
+/// Finds `name` (or a numeric id) in a passwd- or group-format text: the id (third
+/// field) and, for passwd, the primary gid (fourth).
+pub fn lookup_id(text: &str, name: &str) -> Option<(u32, Option<u32>)> {
+    text.lines().find_map(|l| {
+        let f: Vec<&str> = l.split(':').collect();
+        if f.len() < 3 || (f[0] != name && f[2] != name) {
+            return None;
+        }
+        Some((f[2].parse().ok()?, f.get(3).and_then(|g| g.parse().ok())))
+    })
 }
 
 /// kubelet's cpu shares for milli-CPU requests (minimum 2).
@@ -150,6 +181,28 @@ impl Runtime {
         }
     }
 
+    /// A small text file of an image as its containers see it: the topmost layer that
+    /// has it wins; a whiteout or an opaque parent below which it is missing hides it.
+    pub fn image_file(&self, image: &super::image::ImageRecord, path: &str) -> Option<String> {
+        use std::os::unix::fs::FileTypeExt as _;
+        let parent = std::path::Path::new(path)
+            .parent()
+            .unwrap_or(std::path::Path::new(""));
+        for layer in image.layers.iter().rev() {
+            let dir = self.images.layer_path(&layer.diff_id)?;
+            match std::fs::symlink_metadata(dir.join(path)) {
+                Ok(m) if m.file_type().is_char_device() => return None,
+                Ok(m) if m.is_file() && m.len() < (1 << 20) => {
+                    return std::fs::read_to_string(dir.join(path)).ok();
+                }
+                Ok(_) => return None,
+                Err(_) if crate::sys::fs::is_opaque(&dir.join(parent)) => return None,
+                Err(_) => {}
+            }
+        }
+        None
+    }
+
     fn record_path(&self, id: &str) -> PathBuf {
         self.container_dir(id).join("container.json")
     }
@@ -196,7 +249,12 @@ impl Runtime {
         }
         let psc = spec.security_context.clone().unwrap_or_default();
         let csc = c.security_context.clone().unwrap_or_default();
-        let (img_uid, img_gid) = image_user(&run.user).map_err(refuse)?;
+        let passwd = self.image_file(image, "etc/passwd").unwrap_or_default();
+        let group = self.image_file(image, "etc/group").unwrap_or_default();
+        let (img_uid, img_gid) = image_user(&run.user, &|n| lookup_id(&passwd, n), &|n| {
+            lookup_id(&group, n)
+        })
+        .map_err(refuse)?;
         let uid = csc
             .run_as_user
             .or(psc.run_as_user)
@@ -294,6 +352,20 @@ impl Runtime {
                 .join(&vol.name);
             std::fs::create_dir_all(&dir)
                 .map_err(RuntimeError::io(format!("creating {}", dir.display())))?;
+            // As kubelet does for fsGroup: the volume's group, group-writable, setgid.
+            if let Some(fs_group) = psc.fs_group {
+                std::os::unix::fs::chown(&dir, None, Some(fs_group as u32))
+                    .and_then(|()| {
+                        std::fs::set_permissions(
+                            &dir,
+                            std::os::unix::fs::PermissionsExt::from_mode(0o2777),
+                        )
+                    })
+                    .map_err(RuntimeError::io(format!(
+                        "applying fsGroup to {}",
+                        dir.display()
+                    )))?;
+            }
             mounts.push(BindMount {
                 source: dir,
                 destination: vm.mount_path.clone(),
@@ -598,11 +670,36 @@ mod tests {
     use super::*;
 
     #[test]
-    fn image_users_are_numbers() {
-        assert_eq!(image_user("").unwrap(), (None, None));
-        assert_eq!(image_user("1000").unwrap(), (Some(1000), None));
-        assert_eq!(image_user("1000:50").unwrap(), (Some(1000), Some(50)));
-        assert!(image_user("nginx").unwrap_err().contains("runAsUser"));
+    fn image_users_by_number_or_name() {
+        let passwd = "root:x:0:0:root:/root:/bin/sh\napp:x:1234:5678::/home/app:/bin/sh\n";
+        let group = "root:x:0:\nstaff:x:50:\n";
+        let p = |n: &str| lookup_id(passwd, n);
+        let g = |n: &str| lookup_id(group, n);
+        assert_eq!(image_user("", &p, &g).unwrap(), (None, None));
+        assert_eq!(image_user("1000", &p, &g).unwrap(), (Some(1000), None));
+        assert_eq!(
+            image_user("1234", &p, &g).unwrap(),
+            (Some(1234), Some(5678))
+        );
+        assert_eq!(
+            image_user("1000:50", &p, &g).unwrap(),
+            (Some(1000), Some(50))
+        );
+        assert_eq!(image_user("app", &p, &g).unwrap(), (Some(1234), Some(5678)));
+        assert_eq!(
+            image_user("app:staff", &p, &g).unwrap(),
+            (Some(1234), Some(50))
+        );
+        assert!(
+            image_user("nginx", &p, &g)
+                .unwrap_err()
+                .contains("runAsUser")
+        );
+        assert!(
+            image_user("app:nogroup", &p, &g)
+                .unwrap_err()
+                .contains("runAsGroup")
+        );
     }
 
     #[test]
