@@ -251,7 +251,7 @@ spec:
   containers:
   - name: root
     image: busybox:1.36
-    command: ["sh", "-c", "grep -E '^(Cap|NoNewPrivs)' /proc/self/status; echo kcore=$(head -c 16 /proc/kcore | wc -c); echo 1 > /proc/sys/kernel/domainname && echo sys=writable || echo sys=readonly; id -u"]
+    command: ["sh", "-c", "grep -E '^(Cap|NoNewPrivs)' /proc/self/status; echo kcore=$(head -c 16 /proc/kcore | wc -c); echo 1 > /proc/sys/kernel/domainname && echo sys=writable || echo sys=readonly; id -u; [ -c /dev/kmsg ] && echo kmsg=yes || echo kmsg=no"]
   - name: user
     image: busybox:1.36
     command: ["sh", "-c", "grep -E '^(Cap|NoNewPrivs)' /proc/self/status; id -u; id -G"]
@@ -271,6 +271,10 @@ spec:
     image: busybox:1.36
     command: ["sh", "-c", "grep ^Seccomp: /proc/self/status; busybox unshare -U true && echo userns=allowed || echo userns=denied; echo alive=yes"]
     securityContext: {seccompProfile: {type: RuntimeDefault}}
+  - name: priv
+    image: busybox:1.36
+    command: ["sh", "-c", "grep ^CapEff: /proc/self/status; [ -c /dev/kmsg ] && echo kmsg=yes || echo kmsg=no; grep -c ' /proc/kcore ' /proc/self/mounts | sed 's/^/kcoremask=/'"]
+    securityContext: {privileged: true}
   - name: shmreader
     image: busybox:1.36
     command: ["sh", "-c", "for i in $(seq 1 50); do [ -f /dev/shm/from-rofs ] && break; sleep 0.1; done; echo shared=$(cat /dev/shm/from-rofs)"]
@@ -311,6 +315,11 @@ fn containers_get_containerd_security_defaults() {
     assert_eq!(field(&root, "NoNewPrivs:"), "0");
     assert_eq!(field(&root, "kcore="), "0", "/proc/kcore is masked");
     assert_eq!(field(&root, "sys="), "readonly", "/proc/sys is read-only");
+    assert_eq!(
+        field(&root, "kmsg="),
+        "no",
+        "no host devices without privileged"
+    );
     let user = log_lines(&node, &p, "user", 0);
     assert_eq!(field(&user, "CapEff:"), "0000000000000000");
     assert_eq!(field(&user, "CapPrm:"), "0000000000000000");
@@ -326,6 +335,22 @@ fn containers_get_containerd_security_defaults() {
     let dropped = log_lines(&node, &p, "dropped", 0);
     assert_eq!(field(&dropped, "CapBnd:"), "0000000000000400");
     assert_eq!(field(&dropped, "CapEff:"), "0000000000000400");
+    // Privileged: every capability, the host's devices, nothing masked.
+    let privileged = log_lines(&node, &p, "priv", 0);
+    let own = std::fs::read_to_string("/proc/self/status").unwrap();
+    let own_caps = own
+        .lines()
+        .find_map(|l| l.strip_prefix("CapBnd:"))
+        .unwrap()
+        .trim()
+        .to_string();
+    assert_eq!(
+        field(&privileged, "CapEff:"),
+        own_caps,
+        "every capability kernlet has"
+    );
+    assert_eq!(field(&privileged, "kmsg="), "yes");
+    assert_eq!(field(&privileged, "kcoremask="), "0");
     let rofs = log_lines(&node, &p, "rofs", 0);
     assert_eq!(field(&rofs, "root="), "readonly");
     // Only stdin, stdout, stderr, and ls's own directory handle: nothing of kernlet's.

@@ -144,6 +144,10 @@ pub struct ContainerPlan {
     pub resources: Option<Value>,
     /// Apply the RuntimeDefault seccomp profile.
     pub seccomp_runtime_default: bool,
+    /// Host devices to create in the container (privileged containers).
+    pub devices: Vec<Value>,
+    /// The capabilities kernlet itself has (its bounding set, as a mask).
+    pub host_caps: u64,
 }
 
 /// `CAP_X` from a Kubernetes capability name (`NET_ADMIN`, `net_admin`, `CAP_NET_ADMIN`).
@@ -156,10 +160,24 @@ pub fn cap_name(k8s: &str) -> String {
     }
 }
 
-/// The capability sets `(bounding, effective/permitted)` for a plan.
+/// The capabilities whose bits are set in a capability mask (`CapBnd` of
+/// /proc/<pid>/status).
+pub fn caps_in_mask(mask: u64) -> Vec<String> {
+    ALL_CAPABILITIES
+        .iter()
+        .enumerate()
+        .filter(|(bit, _)| mask & (1u64 << bit) != 0)
+        .map(|(_, c)| c.to_string())
+        .collect()
+}
+
+/// The capability sets `(bounding, effective/permitted)` for a plan. A privileged
+/// container gets every capability kernlet itself has (containerd's "all current
+/// capabilities"), and no container can be given one kernlet lacks.
 pub fn capabilities(plan: &ContainerPlan) -> (Vec<String>, Vec<String>) {
+    let host = caps_in_mask(plan.host_caps);
     let mut set: Vec<String> = if plan.privileged {
-        ALL_CAPABILITIES.iter().map(|c| c.to_string()).collect()
+        host.clone()
     } else {
         DEFAULT_CAPABILITIES.iter().map(|c| c.to_string()).collect()
     };
@@ -182,6 +200,7 @@ pub fn capabilities(plan: &ContainerPlan) -> (Vec<String>, Vec<String>) {
             }
         }
     }
+    set.retain(|c| host.contains(c));
     // A non-root process starts with empty effective and permitted sets (as in
     // containerd 2): it has to gain capabilities through file capabilities.
     let active = if plan.uid == 0 {
@@ -234,6 +253,9 @@ pub fn spec(plan: &ContainerPlan) -> Value {
     }
     if let Some(r) = &plan.resources {
         linux["resources"] = r.clone();
+    }
+    if !plan.devices.is_empty() {
+        linux["devices"] = json!(plan.devices);
     }
     if plan.seccomp_runtime_default {
         linux["seccomp"] = crate::model::seccomp::runtime_default(&bounding);
@@ -399,6 +421,8 @@ mod tests {
             read_only_root: false,
             resources: None,
             seccomp_runtime_default: false,
+            devices: vec![],
+            host_caps: (1 << 41) - 1,
         }
     }
 

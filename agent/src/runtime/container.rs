@@ -458,6 +458,25 @@ impl Runtime {
             no_new_privileges: csc.allow_privilege_escalation == Some(false) && !privileged,
             read_only_root: csc.read_only_root_filesystem.unwrap_or(false),
             seccomp_runtime_default,
+            host_caps: std::fs::read_to_string("/proc/self/status")
+                .ok()
+                .and_then(|t| {
+                    t.lines()
+                        .find_map(|l| l.strip_prefix("CapBnd:"))
+                        .and_then(|m| u64::from_str_radix(m.trim(), 16).ok())
+                })
+                .unwrap_or(0),
+            devices: if privileged {
+                crate::sys::fs::host_devices(std::path::Path::new("/dev"))
+                    .into_iter()
+                    .map(|d| {
+                        json!({"path": d.path, "type": d.kind.to_string(), "major": d.major, "minor": d.minor,
+                               "fileMode": d.mode, "uid": 0, "gid": 0})
+                    })
+                    .collect()
+            } else {
+                Vec::new()
+            },
             resources: (!resources.is_empty()).then_some(serde_json::Value::Object(resources)),
         };
         Ok((plan, unenforced))

@@ -44,3 +44,52 @@ pub fn set_mtime_nofollow(path: &Path, seconds: i64) -> io::Result<()> {
     )
     .map_err(io_err)
 }
+
+/// A device node of the host, for privileged containers.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HostDevice {
+    pub path: std::path::PathBuf,
+    /// `c` or `b`.
+    pub kind: char,
+    pub major: u64,
+    pub minor: u64,
+    pub mode: u32,
+}
+
+/// The character and block devices under `/dev`, as containerd gives privileged
+/// containers (leaving out pts, shm, mqueue, fd and the console, which the container
+/// gets its own of).
+pub fn host_devices(dev: &Path) -> Vec<HostDevice> {
+    use std::os::unix::fs::{FileTypeExt as _, MetadataExt as _};
+    let mut out = Vec::new();
+    let mut stack = vec![dev.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        for e in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
+            let path = e.path();
+            let name = e.file_name().to_string_lossy().into_owned();
+            if dir == dev
+                && ["pts", "shm", "mqueue", "fd", "console", ".lxc", ".udev"]
+                    .contains(&name.as_str())
+            {
+                continue;
+            }
+            let Ok(m) = std::fs::symlink_metadata(&path) else {
+                continue;
+            };
+            let ft = m.file_type();
+            if ft.is_dir() {
+                stack.push(path);
+            } else if ft.is_char_device() || ft.is_block_device() {
+                out.push(HostDevice {
+                    path,
+                    kind: if ft.is_char_device() { 'c' } else { 'b' },
+                    major: nix::sys::stat::major(m.rdev()),
+                    minor: nix::sys::stat::minor(m.rdev()),
+                    mode: m.mode() & 0o777,
+                });
+            }
+        }
+    }
+    out.sort_by(|a, b| a.path.cmp(&b.path));
+    out
+}
