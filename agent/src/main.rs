@@ -331,12 +331,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     }
 }
 
-fn run_standalone(args: &RunArgs) -> anyhow::Result<()> {
-    use std::sync::Arc;
-    use std::sync::atomic::{AtomicBool, Ordering};
-    let plans = kernlet::standalone::plan(&args.manifests)?;
-    let dirs = &args.node.dirs;
-    let rt = kernlet::runtime::Runtime::open(kernlet::runtime::RuntimeConfig {
+/// The runtime's configuration from the node flags.
+fn runtime_config(args: &NodeArgs) -> anyhow::Result<kernlet::runtime::RuntimeConfig> {
+    let dirs = &args.dirs;
+    Ok(kernlet::runtime::RuntimeConfig {
         state_dir: dirs.state_dir.clone(),
         run_dir: dirs.run_dir.clone(),
         log_dir: dirs.log_dir.clone(),
@@ -344,10 +342,17 @@ fn run_standalone(args: &RunArgs) -> anyhow::Result<()> {
         cgroup_root: dirs.cgroup_root.clone(),
         exe: std::env::current_exe().context("cannot find the kernlet binary to run shims")?,
         rotation: Default::default(),
-        registries: args.node.registries.config()?,
-        pod_pids_limit: u64::try_from(args.node.pod_max_pids).ok(),
-        seccomp_default: args.node.seccomp_default,
-    })?;
+        registries: args.registries.config()?,
+        pod_pids_limit: u64::try_from(args.pod_max_pids).ok(),
+        seccomp_default: args.seccomp_default,
+    })
+}
+
+fn run_standalone(args: &RunArgs) -> anyhow::Result<()> {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let plans = kernlet::standalone::plan(&args.manifests)?;
+    let rt = kernlet::runtime::Runtime::open(runtime_config(&args.node)?)?;
     let node_ip = args
         .node
         .node_ip
@@ -362,7 +367,7 @@ fn run_standalone(args: &RunArgs) -> anyhow::Result<()> {
     let stop = Arc::new(AtomicBool::new(false));
     let runner = kernlet::standalone::Runner::new(
         rt,
-        args.manifests.clone(),
+        kernlet::standalone::Source::Manifests(args.manifests.clone()),
         node_ip.to_string(),
         Default::default(),
     );
@@ -532,6 +537,7 @@ struct PreparedNode {
     cfg: NodeConfig,
     state_dir: PathBuf,
     timing: Timing,
+    runtime: kernlet::runtime::RuntimeConfig,
 }
 
 fn prepare_node(args: &NodeArgs) -> anyhow::Result<PreparedNode> {
@@ -579,6 +585,7 @@ fn prepare_node(args: &NodeArgs) -> anyhow::Result<PreparedNode> {
         cfg,
         state_dir: args.dirs.state_dir.clone(),
         timing,
+        runtime: runtime_config(args)?,
     })
 }
 
@@ -590,15 +597,11 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 }
 
 async fn run_node(kubeconfig: PathBuf, node: PreparedNode) -> anyhow::Result<()> {
-    // Pods from the apiserver are not run yet: the node says so instead of claiming
-    // Ready, which would attract pods that never start.
+    // Not Ready until the pod runtime is open and running the node's pods.
     let readiness = Readiness {
         ready: false,
         reason: "KubeletNotReady".into(),
-        message: format!(
-            "kernlet {} does not run the apiserver's pods yet; this node cannot run pods",
-            env!("CARGO_PKG_VERSION")
-        ),
+        message: "container runtime is starting".into(),
     };
     let text = std::fs::read_to_string(&kubeconfig)
         .with_context(|| format!("cannot read --kubeconfig {}", kubeconfig.display()))?;
@@ -610,6 +613,7 @@ async fn run_node(kubeconfig: PathBuf, node: PreparedNode) -> anyhow::Result<()>
         cfg,
         state_dir,
         timing,
+        runtime,
     } = node;
     tracing::info!(node = %cfg.name, ip = %cfg.internal_ip, "kernlet starting");
     let access_client = client.get();
@@ -628,8 +632,48 @@ async fn run_node(kubeconfig: PathBuf, node: PreparedNode) -> anyhow::Result<()>
         }
     });
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    // Subsystems will publish their readiness here; for now it stays as above.
-    let (_readiness_tx, readiness_rx) = tokio::sync::watch::channel(readiness);
+    // Subsystems publish their readiness here (the pod network and the Service
+    // datapath do not exist yet and are not counted).
+    let (readiness_tx, readiness_rx) = tokio::sync::watch::channel(readiness);
+
+    // The pods bound to this node: a watch feeds the pod worker (a thread of its own;
+    // the runtime's operations block), which writes status back through a task.
+    let rt =
+        tokio::task::spawn_blocking(move || kernlet::runtime::Runtime::open(runtime)).await??;
+    let snapshot: kernlet::controllers::pods::Snapshot = Default::default();
+    let (updates_tx, updates_rx) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(kernlet::controllers::pods::watch_pods(
+        client.clone(),
+        cfg.name.clone(),
+        std::sync::Arc::clone(&snapshot),
+        stop_rx.clone(),
+    ));
+    tokio::spawn(kernlet::controllers::pods::write_back(
+        client.clone(),
+        updates_rx,
+        stop_rx.clone(),
+    ));
+    let worker_stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let worker = {
+        let runner = kernlet::standalone::Runner::new(
+            rt,
+            kernlet::standalone::Source::Api {
+                snapshot,
+                updates: updates_tx,
+                client: client.clone(),
+                handle: tokio::runtime::Handle::current(),
+            },
+            cfg.internal_ip.to_string(),
+            Default::default(),
+        );
+        let flag = std::sync::Arc::clone(&worker_stop);
+        std::thread::spawn(move || runner.run(&flag))
+    };
+    let _ = readiness_tx.send(Readiness {
+        ready: true,
+        reason: "KubeletReady".into(),
+        message: "kubelet is posting ready status".into(),
+    });
     let rotation = kernlet::controllers::client_cert::ClientRotation {
         client: client.clone(),
         kubeconfig: kubeconfig.clone(),
@@ -653,7 +697,9 @@ async fn run_node(kubeconfig: PathBuf, node: PreparedNode) -> anyhow::Result<()>
         _ = tokio::signal::ctrl_c() => tracing::info!("interrupted: stopping"),
     }
     let _ = stop_tx.send(true);
+    worker_stop.store(true, std::sync::atomic::Ordering::Relaxed);
     let _ = controller.await;
-    tracing::info!("kernlet stopped");
+    let _ = tokio::task::spawn_blocking(move || worker.join()).await;
+    tracing::info!("kernlet stopped; its pods keep running");
     Ok(())
 }

@@ -138,10 +138,27 @@ fn runs_of<'a>(
     mine
 }
 
-/// Runs the pods of a manifest directory.
+/// Where a [`Runner`]'s pods come from.
+pub enum Source {
+    /// A manifest directory (static pods).
+    Manifests(PathBuf),
+    /// The pods the apiserver binds to this node, and where their writes go.
+    Api {
+        snapshot: crate::controllers::pods::Snapshot,
+        updates: tokio::sync::mpsc::UnboundedSender<crate::controllers::pods::Update>,
+        /// For reading volume contents (configMaps, secrets, tokens) from the worker
+        /// thread.
+        client: crate::client::SharedClient,
+        handle: tokio::runtime::Handle,
+    },
+}
+
+/// Runs pods: those of a manifest directory, or those bound to this node.
 pub struct Runner {
     rt: Runtime,
-    manifests: PathBuf,
+    source: Source,
+    /// The status last sent to the apiserver, by pod uid.
+    last_sent: HashMap<String, serde_json::Value>,
     node_ip: String,
     timing: Timing,
     /// Why a container could not be created, by (pod uid, container).
@@ -171,10 +188,11 @@ enum ImageReady {
 }
 
 impl Runner {
-    pub fn new(rt: Runtime, manifests: PathBuf, node_ip: String, timing: Timing) -> Self {
+    pub fn new(rt: Runtime, source: Source, node_ip: String, timing: Timing) -> Self {
         Self {
             rt,
-            manifests,
+            source,
+            last_sent: HashMap::new(),
             node_ip,
             timing,
             start_failures: HashMap::new(),
@@ -205,7 +223,20 @@ impl Runner {
     }
 
     fn desired(&mut self) -> Option<Vec<(String, Pod)>> {
-        match manifest::load_dir(&self.manifests) {
+        let manifests = match &self.source {
+            Source::Manifests(dir) => dir.clone(),
+            Source::Api { snapshot, .. } => {
+                // Pods being deleted are no longer wanted: they are stopped and removed.
+                let pods = snapshot.lock().ok()?.clone()?;
+                return Some(
+                    pods.into_iter()
+                        .filter(|p| p.metadata.deletion_timestamp.is_none())
+                        .filter_map(|p| Some((p.metadata.uid.clone()?, p)))
+                        .collect(),
+                );
+            }
+        };
+        match manifest::load_dir(&manifests) {
             Ok(pods) => {
                 self.last_manifest_error = None;
                 Some(
@@ -340,6 +371,24 @@ impl Runner {
 
     fn sync_pod(&mut self, uid: &str, pod: &Pod) -> Result<(), crate::runtime::RuntimeError> {
         let sb = self.rt.run_sandbox(pod, uid, &self.node_ip)?;
+        if let Err(why) = self.prepare_volumes(uid, pod) {
+            // The containers wait, with the reason, until the volumes can be written.
+            let spec = pod.spec.clone().unwrap_or_default();
+            for c in spec
+                .init_containers
+                .iter()
+                .flatten()
+                .chain(spec.containers.iter())
+            {
+                self.start_failures.insert(
+                    (uid.to_string(), c.name.clone()),
+                    ("CreateContainerConfigError".into(), why.clone()),
+                );
+            }
+            tracing::warn!(pod = %format!("{}/{}", sb.namespace, sb.name), "{why}");
+            let views = self.views(uid, pod);
+            return self.write_status(&sb, pod, &views);
+        }
         let spec = pod.spec.clone().unwrap_or_default();
         let views = self.views(uid, pod);
         let actions = {
@@ -417,6 +466,46 @@ impl Runner {
         self.write_status(&sb, pod, &views)
     }
 
+    /// Writes the files of the pod's configMap, secret, downwardAPI and projected
+    /// volumes (once; a service account token is bound to the pod), each volume whole or
+    /// not at all.
+    fn prepare_volumes(&self, uid: &str, pod: &Pod) -> Result<(), String> {
+        let Source::Api { client, handle, .. } = &self.source else {
+            return Ok(());
+        };
+        for vol in pod.spec.iter().flat_map(|s| s.volumes.iter().flatten()) {
+            let dir = self.rt.prepared_volume(uid, &vol.name);
+            if dir.is_dir() {
+                continue;
+            }
+            let Some(files) =
+                handle.block_on(crate::controllers::pods::volume_files(client, pod, vol))?
+            else {
+                continue;
+            };
+            let tmp = dir.with_extension("tmp");
+            let _ = std::fs::remove_dir_all(&tmp);
+            for (path, content, mode) in files {
+                let rel = Path::new(&path);
+                if path.is_empty()
+                    || !rel
+                        .components()
+                        .all(|c| matches!(c, std::path::Component::Normal(_)))
+                {
+                    return Err(format!(
+                        "volume {:?}: file path {path:?} is not a plain relative path",
+                        vol.name
+                    ));
+                }
+                crate::state::write_atomic(&tmp.join(rel), &content, mode & 0o777)
+                    .map_err(|e| e.to_string())?;
+            }
+            std::fs::create_dir_all(&tmp).map_err(|e| e.to_string())?;
+            std::fs::rename(&tmp, &dir).map_err(|e| format!("volume {:?}: {e}", vol.name))?;
+        }
+        Ok(())
+    }
+
     /// The image for start number `restart` of `c`: at once when stored and its pull
     /// policy allows, else pulled in the background (the pod's other work goes on).
     fn image_ready(
@@ -481,7 +570,7 @@ impl Runner {
     }
 
     fn write_status(
-        &self,
+        &mut self,
         sb: &SandboxRecord,
         pod: &Pod,
         views: &[View],
@@ -531,6 +620,19 @@ impl Runner {
         out["apiVersion"] = json!("v1");
         out["kind"] = json!("Pod");
         out["status"] = status;
+        if let Source::Api { updates, .. } = &self.source
+            && self.last_sent.get(&sb.uid) != Some(&out["status"])
+        {
+            let sent = updates.send(crate::controllers::pods::Update::Status {
+                namespace: sb.namespace.clone(),
+                name: sb.name.clone(),
+                uid: sb.uid.clone(),
+                status: out["status"].clone(),
+            });
+            if sent.is_ok() {
+                self.last_sent.insert(sb.uid.clone(), out["status"].clone());
+            }
+        }
         let path = self.rt.pod_state_dir(&sb.uid).join("pod.json");
         if read_json::<serde_json::Value>(&path)
             .ok()
@@ -545,7 +647,7 @@ impl Runner {
 
     /// Stops a pod's containers (SIGTERM, SIGKILL after its grace period) and removes
     /// them and its sandbox, in the background.
-    fn remove_pod(&self, sb: SandboxRecord) {
+    fn remove_pod(&mut self, sb: SandboxRecord) {
         {
             let Ok(mut r) = self.removing.lock() else {
                 return;
@@ -556,6 +658,11 @@ impl Runner {
         }
         let rt = self.rt.clone();
         let removing = Arc::clone(&self.removing);
+        let updates = match &self.source {
+            Source::Api { updates, .. } => Some(updates.clone()),
+            Source::Manifests(_) => None,
+        };
+        self.last_sent.remove(&sb.uid);
         std::thread::spawn(move || {
             let grace = read_json::<serde_json::Value>(&rt.pod_state_dir(&sb.uid).join("pod.json"))
                 .ok()
@@ -565,7 +672,7 @@ impl Runner {
                         .and_then(serde_json::Value::as_u64)
                 })
                 .unwrap_or(30);
-            tracing::info!(pod = %format!("{}/{}", sb.namespace, sb.name), "pod removed from the manifests; stopping it");
+            tracing::info!(pod = %format!("{}/{}", sb.namespace, sb.name), "pod deleted or gone; stopping it");
             for c in rt.containers().into_iter().filter(|c| c.pod_uid == sb.uid) {
                 if let Err(e) = rt.stop_container(&c.id, Duration::from_secs(grace)) {
                     tracing::warn!("{e}");
@@ -581,6 +688,15 @@ impl Runner {
                 &sb.name,
                 &sb.uid,
             ));
+            // Kubelet's last word on a deleted pod: remove the object now that nothing
+            // of it runs (a pod already gone answers 404, which is fine).
+            if let Some(updates) = updates {
+                let _ = updates.send(crate::controllers::pods::Update::Finished {
+                    namespace: sb.namespace.clone(),
+                    name: sb.name.clone(),
+                    uid: sb.uid.clone(),
+                });
+            }
             if let Ok(mut r) = removing.lock() {
                 r.remove(&sb.uid);
             }

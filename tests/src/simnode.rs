@@ -323,6 +323,27 @@ impl SimNode {
         Ok(pid)
     }
 
+    /// Imports the busybox image (built with umoci) into this node's image store as
+    /// `busybox:1.36`.
+    pub fn import_busybox(&self) -> anyhow::Result<()> {
+        let work = self.dir("image-build");
+        std::fs::create_dir_all(&work)?;
+        let layout = crate::oci::busybox_layout(&work, "1.36")?;
+        let out = Command::new(kernlet_bin()?)
+            .args(["image", "import"])
+            .arg(&layout)
+            .args(["--name", "busybox", "--image-dir"])
+            .arg(self.dir("images"))
+            .output()?;
+        if !out.status.success() {
+            bail!(
+                "kernlet image import: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        Ok(())
+    }
+
     /// The kernlet log so far.
     pub fn kernlet_log(&self) -> String {
         std::fs::read_to_string(self.dir("logs").join("kernlet.log")).unwrap_or_default()

@@ -86,11 +86,15 @@ async fn three_nodes_register_renew_leases_stop_and_die() {
             &format!("node {}", n.name),
             Duration::from_secs(20),
             async || {
+                // Reported, and Ready once its pod runtime is open.
                 api.get_opt(&n.name).await.ok().flatten().filter(|x| {
-                    x.status
-                        .as_ref()
-                        .and_then(|s| s.node_info.as_ref())
-                        .is_some()
+                    x.status.as_ref().is_some_and(|s| {
+                        s.node_info.is_some()
+                            && s.conditions
+                                .iter()
+                                .flatten()
+                                .any(|c| c.type_ == "Ready" && c.status == "True")
+                    })
                 })
             },
         )
@@ -131,10 +135,19 @@ async fn three_nodes_register_renew_leases_stop_and_die() {
             .find(|c| c.type_ == "Ready")
             .unwrap();
         assert_eq!(
-            (ready.status.as_str(), ready.reason.as_deref()),
-            ("False", Some("KubeletNotReady")),
-            "no runtime yet: not Ready"
+            (
+                ready.status.as_str(),
+                ready.reason.as_deref(),
+                ready.message.as_deref()
+            ),
+            (
+                "True",
+                Some("KubeletReady"),
+                Some("kubelet is posting ready status")
+            ),
         );
+        // Registered with the not-ready taint, as kubelet does; removing it is the node
+        // lifecycle controller's job (the test kit has none).
         let taints = node.spec.unwrap().taints.unwrap();
         assert!(
             taints
@@ -159,7 +172,8 @@ async fn three_nodes_register_renew_leases_stop_and_die() {
             .unwrap_or_else(|| panic!("{table}"));
         assert!(
             row.contains(&n.address.to_string())
-                && row.contains("NotReady")
+                && row.contains(" Ready")
+                && !row.contains("NotReady")
                 && row.contains("+kernlet."),
             "{row}"
         );
@@ -519,4 +533,129 @@ async fn the_serving_csr_is_impossible_to_miss_and_its_certificate_is_saved() {
         .filter(|c| c.spec.signer_name == "kubernetes.io/kubelet-serving")
         .count();
     assert_eq!(serving, 1);
+}
+
+/// The kubelet part: a pod the scheduler binds here runs, its status is written as
+/// kubelet writes it, the Node is Ready, and a deleted pod is stopped and removed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pods_bound_to_the_node_run_report_status_and_go_when_deleted() {
+    use k8s_openapi::api::core::v1::Pod;
+    use kube::api::{DeleteParams, PostParams};
+    let cluster = Cluster::start(&[BRIDGE_IP.into()]).await.unwrap();
+    let mut lab = Lab::new("pods").unwrap();
+    let fwd = lab.forward(0, cluster.addr()).unwrap();
+    let mut node = lab.add_node("w1").unwrap();
+    node.import_busybox().unwrap();
+    start_agent(&cluster, &fwd.url, &mut node, &[]);
+    let admin = cluster.admin().await.unwrap();
+    let nodes: Api<Node> = Api::all(admin.clone());
+    wait_for("the node Ready", Duration::from_secs(30), async || {
+        let n = nodes.get_opt("w1").await.ok()??;
+        let ready = n
+            .status?
+            .conditions?
+            .into_iter()
+            .find(|c| c.type_ == "Ready")?;
+        (ready.status == "True" && ready.reason.as_deref() == Some("KubeletReady")).then_some(())
+    })
+    .await;
+
+    let pods: Api<Pod> = Api::namespaced(admin.clone(), "default");
+    let pod: Pod = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": "hello"},
+        "spec": {"hostNetwork": true, "terminationGracePeriodSeconds": 2, "containers": [
+            {"name": "c", "image": "busybox:1.36", "command": ["sh", "-c",
+             "cd /var/run/secrets/kubernetes.io/serviceaccount; echo ns=$(cat namespace) token=$(cat token | wc -c) ca=$(grep -c CERTIFICATE ca.crt); exec sleep 600"]}]},
+    }))
+    .unwrap();
+    pods.create(&PostParams::default(), &pod).await.unwrap();
+    cluster.bind_pod("default", "hello", "w1").await.unwrap();
+    let started = Instant::now();
+    let running = loop {
+        let p = pods.get("hello").await.unwrap();
+        let status = p.status.clone().unwrap_or_default();
+        let running = status.phase.as_deref() == Some("Running")
+            && status
+                .container_statuses
+                .iter()
+                .flatten()
+                .any(|c| c.state.as_ref().is_some_and(|s| s.running.is_some()));
+        if running {
+            break p;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "pod hello never ran: {status:?}\n{}",
+            node.kernlet_log()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let status = running.status.unwrap();
+    let address = node.address.to_string();
+    assert_eq!(status.host_ip.as_deref(), Some(address.as_str()));
+    assert_eq!(
+        status.pod_ip.as_deref(),
+        Some(address.as_str()),
+        "hostNetwork"
+    );
+    assert_eq!(status.qos_class.as_deref(), Some("BestEffort"));
+    let c = &status.container_statuses.unwrap()[0];
+    assert!(
+        c.ready
+            && c.container_id
+                .as_deref()
+                .unwrap_or("")
+                .starts_with("kernlet://")
+    );
+    assert_eq!(c.image, "docker.io/library/busybox:1.36");
+    // The injected kube-api-access volume: a token bound to the pod, the cluster CA,
+    // the namespace.
+    let uid = running.metadata.uid.clone().unwrap();
+    let log = kernlet::runtime::logs::container_log(
+        &kernlet::runtime::logs::pod_dir(&node.dir("logs"), "default", "hello", &uid),
+        "c",
+        0,
+    );
+    let line = wait_for(
+        "the container's output",
+        Duration::from_secs(10),
+        async || {
+            std::fs::read_to_string(&log)
+                .ok()
+                .filter(|t| t.contains("ns="))
+        },
+    )
+    .await;
+    let text = kernlet::runtime::logs::parse_line(line.lines().next().unwrap())
+        .unwrap()
+        .text;
+    let fields: std::collections::BTreeMap<&str, &str> = text
+        .split(' ')
+        .filter_map(|kv| kv.split_once('='))
+        .collect();
+    assert_eq!(fields["ns"], "default", "{text}");
+    assert!(fields["token"].parse::<u32>().unwrap() > 100, "{text}");
+    assert_eq!(fields["ca"], "2", "{text}");
+    let conditions = status.conditions.unwrap();
+    for ty in ["Ready", "ContainersReady", "Initialized", "PodScheduled"] {
+        let cond = conditions.iter().find(|c| c.type_ == ty).unwrap();
+        assert_eq!(cond.status, "True", "{ty}");
+    }
+
+    // Deleted: stopped (SIGTERM, then SIGKILL after its 2 s), then removed for good.
+    pods.delete("hello", &DeleteParams::default())
+        .await
+        .unwrap();
+    wait_for("pod hello gone", Duration::from_secs(60), async || {
+        pods.get_opt("hello").await.ok()?.is_none().then_some(())
+    })
+    .await;
+    let left = std::fs::read_dir(node.dir("state").join("pods"))
+        .map(|d| d.count())
+        .unwrap_or(0);
+    assert_eq!(left, 0, "the sandbox is gone");
+    assert!(node.kernlet_running());
+    if let Some(refused) = cluster.node_refusals() {
+        assert!(refused.is_empty(), "{refused:#?}");
+    }
 }

@@ -15,23 +15,8 @@ use std::time::{Duration, Instant};
 use kernlet_tests::simnode::{Lab, SimNode, kernlet_bin};
 use serde_json::Value;
 
-/// Imports the busybox image (built with umoci) into the node's store.
 fn import_busybox(node: &SimNode) {
-    let work = node.dir("image-build");
-    std::fs::create_dir_all(&work).unwrap();
-    let layout = kernlet_tests::oci::busybox_layout(&work, "1.36").unwrap();
-    let out = Command::new(kernlet_bin().unwrap())
-        .args(["image", "import"])
-        .arg(&layout)
-        .args(["--name", "busybox", "--image-dir"])
-        .arg(node.dir("images"))
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    node.import_busybox().unwrap();
 }
 
 fn manifests(node: &SimNode, yaml: &str) -> PathBuf {

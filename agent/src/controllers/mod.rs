@@ -4,4 +4,5 @@
 pub mod client_cert;
 pub mod node;
 pub mod permissions;
+pub mod pods;
 pub mod serving_cert;

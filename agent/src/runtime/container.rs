@@ -203,6 +203,11 @@ impl Runtime {
         None
     }
 
+    /// Where the files of a configMap, secret, downwardAPI or projected volume live.
+    pub fn prepared_volume(&self, uid: &str, name: &str) -> PathBuf {
+        self.pod_state_dir(uid).join("volumes/files").join(name)
+    }
+
     fn record_path(&self, id: &str) -> PathBuf {
         self.container_dir(id).join("container.json")
     }
@@ -341,10 +346,33 @@ impl Runtime {
                     ))
                 })?;
             if vol.empty_dir.is_none() {
-                return Err(refuse(format!(
-                    "volume {:?} is not an emptyDir; other volume types are not supported yet",
-                    vol.name
-                )));
+                // configMap, secret, downwardAPI and projected volumes: files the pod
+                // worker wrote from the apiserver before starting containers.
+                let written = vol.config_map.is_some()
+                    || vol.secret.is_some()
+                    || vol.downward_api.is_some()
+                    || vol.projected.is_some();
+                let dir = self.prepared_volume(&sb.uid, &vol.name);
+                if !written {
+                    return Err(refuse(format!(
+                        "volume {:?} is of a type kernlet does not support yet (emptyDir, configMap, \
+                         secret, downwardAPI and projected are)",
+                        vol.name
+                    )));
+                }
+                if !dir.is_dir() {
+                    return Err(refuse(format!(
+                        "volume {:?} has no contents yet (configMap, secret, downwardAPI and projected \
+                         volumes come from the apiserver)",
+                        vol.name
+                    )));
+                }
+                mounts.push(BindMount {
+                    source: dir,
+                    destination: vm.mount_path.clone(),
+                    readonly: true,
+                });
+                continue;
             }
             let dir = self
                 .pod_state_dir(&sb.uid)

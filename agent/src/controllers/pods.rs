@@ -1,0 +1,446 @@
+//! The apiserver side of running pods: a watch of the pods bound to this node (field
+//! selector `spec.nodeName`), published to the pod worker as complete snapshots, and
+//! the writes back — `PATCH pods/status` (strategic merge, so other writers' fields
+//! stay) and the final `DELETE` with grace 0 once a deleted pod's containers are gone.
+//! A failed write is retried until it lands or the pod is gone.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures::StreamExt as _;
+use k8s_openapi::api::core::v1::Pod;
+use kube::api::{Api, DeleteParams, Patch, PatchParams, Preconditions};
+use kube::runtime::watcher;
+use serde_json::{Value, json};
+use tokio::sync::{mpsc, watch};
+
+use crate::client::SharedClient;
+
+/// The pods bound to this node; `None` until the first complete list.
+pub type Snapshot = Arc<Mutex<Option<Vec<Pod>>>>;
+
+/// A write the pod worker asks for.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Update {
+    /// The pod's status as kubelet would write it.
+    Status {
+        namespace: String,
+        name: String,
+        uid: String,
+        status: Value,
+    },
+    /// The pod's containers and sandbox are gone: remove the object (grace 0).
+    Finished {
+        namespace: String,
+        name: String,
+        uid: String,
+    },
+}
+
+impl Update {
+    fn uid(&self) -> &str {
+        match self {
+            Self::Status { uid, .. } | Self::Finished { uid, .. } => uid,
+        }
+    }
+}
+
+/// Keeps `snapshot` equal to the pods bound to `node` until `stop`.
+pub async fn watch_pods(
+    client: SharedClient,
+    node: String,
+    snapshot: Snapshot,
+    mut stop: watch::Receiver<bool>,
+) {
+    let config = watcher::Config::default().fields(&format!("spec.nodeName={node}"));
+    let mut stream = watcher(Api::<Pod>::all(client.get()), config).boxed();
+    let mut pods: BTreeMap<String, Pod> = BTreeMap::new();
+    let mut staging: BTreeMap<String, Pod> = BTreeMap::new();
+    let publish = |pods: &BTreeMap<String, Pod>| {
+        if let Ok(mut s) = snapshot.lock() {
+            *s = Some(pods.values().cloned().collect());
+        }
+    };
+    let uid = |p: &Pod| p.metadata.uid.clone().unwrap_or_default();
+    let mut backoff = Duration::from_millis(200);
+    loop {
+        let event = tokio::select! {
+            _ = stop.changed() => return,
+            e = stream.next() => e,
+        };
+        match event {
+            Some(Ok(watcher::Event::Init)) => staging.clear(),
+            Some(Ok(watcher::Event::InitApply(p))) => {
+                staging.insert(uid(&p), p);
+            }
+            Some(Ok(watcher::Event::InitDone)) => {
+                pods = std::mem::take(&mut staging);
+                publish(&pods);
+                backoff = Duration::from_millis(200);
+            }
+            Some(Ok(watcher::Event::Apply(p))) => {
+                pods.insert(uid(&p), p);
+                publish(&pods);
+            }
+            Some(Ok(watcher::Event::Delete(p))) => {
+                pods.remove(&uid(&p));
+                publish(&pods);
+            }
+            Some(Err(e)) => {
+                tracing::warn!(node = %node, "watching this node's pods: {e}; retrying in {backoff:?}");
+                tokio::select! {
+                    _ = stop.changed() => return,
+                    _ = tokio::time::sleep(backoff) => {}
+                }
+                backoff = (backoff * 2).min(Duration::from_secs(30));
+            }
+            None => {
+                // The stream ended (it should not): start a new watch.
+                stream = watcher(
+                    Api::<Pod>::all(client.get()),
+                    watcher::Config::default().fields(&format!("spec.nodeName={node}")),
+                )
+                .boxed();
+            }
+        }
+    }
+}
+
+const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
+
+async fn apply(client: &SharedClient, update: &Update) -> Result<(), kube::Error> {
+    let timeout = || kube::Error::Service("no answer within 10s".into());
+    match update {
+        Update::Status {
+            namespace,
+            name,
+            status,
+            ..
+        } => {
+            let api: Api<Pod> = Api::namespaced(client.get(), namespace);
+            let patch = json!({"status": status});
+            match tokio::time::timeout(
+                WRITE_TIMEOUT,
+                api.patch_status(name, &PatchParams::default(), &Patch::Strategic(patch)),
+            )
+            .await
+            {
+                Ok(Ok(_)) => Ok(()),
+                Ok(Err(kube::Error::Api(s))) if s.code == 404 => Ok(()),
+                Ok(Err(e)) => Err(e),
+                Err(_) => Err(timeout()),
+            }
+        }
+        Update::Finished {
+            namespace,
+            name,
+            uid,
+        } => {
+            let api: Api<Pod> = Api::namespaced(client.get(), namespace);
+            let params = DeleteParams {
+                grace_period_seconds: Some(0),
+                preconditions: Some(Preconditions {
+                    uid: Some(uid.clone()),
+                    resource_version: None,
+                }),
+                ..Default::default()
+            };
+            match tokio::time::timeout(WRITE_TIMEOUT, api.delete(name, &params)).await {
+                Ok(Ok(_)) => Ok(()),
+                // Gone already, or replaced by a new pod of the same name.
+                Ok(Err(kube::Error::Api(s))) if s.code == 404 || s.code == 409 => Ok(()),
+                Ok(Err(e)) => Err(e),
+                Err(_) => Err(timeout()),
+            }
+        }
+    }
+}
+
+/// Queues a write; a finished pod's last status does not matter any more.
+fn add(pending: &mut HashMap<String, Update>, u: Update) {
+    if !matches!(pending.get(u.uid()), Some(Update::Finished { .. })) {
+        pending.insert(u.uid().to_string(), u);
+    }
+}
+
+/// Applies the pod worker's writes until `stop`; the latest write per pod wins, and a
+/// failed one is retried every second.
+pub async fn write_back(
+    client: SharedClient,
+    mut updates: mpsc::UnboundedReceiver<Update>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let mut pending: HashMap<String, Update> = HashMap::new();
+    loop {
+        tokio::select! {
+            _ = stop.changed() => return,
+            u = updates.recv() => match u {
+                Some(u) => add(&mut pending, u),
+                None => return,
+            },
+            _ = tokio::time::sleep(Duration::from_secs(1)), if !pending.is_empty() => {}
+        }
+        while let Ok(u) = updates.try_recv() {
+            add(&mut pending, u);
+        }
+        let mut done = Vec::new();
+        for (uid, u) in &pending {
+            match apply(&client, u).await {
+                Ok(()) => done.push(uid.clone()),
+                Err(e) => tracing::warn!(pod = %uid, "writing the pod back: {e}; retrying"),
+            }
+        }
+        for uid in done {
+            pending.remove(&uid);
+        }
+    }
+}
+
+/// One file of a volume: path inside the volume, content, mode.
+pub type VolumeFile = (String, Vec<u8>, u32);
+
+fn field_value(pod: &Pod, path: &str) -> Result<String, String> {
+    let m = &pod.metadata;
+    Ok(match path {
+        "metadata.name" => m.name.clone().unwrap_or_default(),
+        "metadata.namespace" => m.namespace.clone().unwrap_or_default(),
+        "metadata.uid" => m.uid.clone().unwrap_or_default(),
+        "spec.nodeName" => pod
+            .spec
+            .as_ref()
+            .and_then(|s| s.node_name.clone())
+            .unwrap_or_default(),
+        "spec.serviceAccountName" => pod
+            .spec
+            .as_ref()
+            .and_then(|s| s.service_account_name.clone())
+            .unwrap_or_default(),
+        "metadata.labels" | "metadata.annotations" => {
+            let map = if path == "metadata.labels" {
+                &m.labels
+            } else {
+                &m.annotations
+            };
+            map.iter()
+                .flatten()
+                .map(|(k, v)| format!("{k}={v:?}\n"))
+                .collect::<String>()
+        }
+        other => return Err(format!("downwardAPI field {other:?} is not supported yet")),
+    })
+}
+
+/// The items of a configMap or secret: all keys, or the listed ones at their paths.
+fn items(
+    data: BTreeMap<String, Vec<u8>>,
+    items: Option<&Vec<k8s_openapi::api::core::v1::KeyToPath>>,
+    mode: u32,
+    what: &str,
+) -> Result<Vec<VolumeFile>, String> {
+    match items {
+        None => Ok(data.into_iter().map(|(k, v)| (k, v, mode)).collect()),
+        Some(list) => list
+            .iter()
+            .map(|i| {
+                let v = data
+                    .get(&i.key)
+                    .ok_or_else(|| format!("{what} has no key {:?}", i.key))?;
+                Ok((i.path.clone(), v.clone(), i.mode.map_or(mode, |m| m as u32)))
+            })
+            .collect(),
+    }
+}
+
+async fn config_map(
+    client: &SharedClient,
+    ns: &str,
+    name: &str,
+) -> Result<BTreeMap<String, Vec<u8>>, String> {
+    let cm = Api::<k8s_openapi::api::core::v1::ConfigMap>::namespaced(client.get(), ns)
+        .get(name)
+        .await
+        .map_err(|e| format!("configMap {ns}/{name}: {e}"))?;
+    let mut out: BTreeMap<String, Vec<u8>> = cm
+        .data
+        .unwrap_or_default()
+        .into_iter()
+        .map(|(k, v)| (k, v.into_bytes()))
+        .collect();
+    out.extend(
+        cm.binary_data
+            .unwrap_or_default()
+            .into_iter()
+            .map(|(k, v)| (k, v.0)),
+    );
+    Ok(out)
+}
+
+async fn secret(
+    client: &SharedClient,
+    ns: &str,
+    name: &str,
+) -> Result<BTreeMap<String, Vec<u8>>, String> {
+    let s = Api::<k8s_openapi::api::core::v1::Secret>::namespaced(client.get(), ns)
+        .get(name)
+        .await
+        .map_err(|e| format!("secret {ns}/{name}: {e}"))?;
+    let mut out: BTreeMap<String, Vec<u8>> = s
+        .data
+        .unwrap_or_default()
+        .into_iter()
+        .map(|(k, v)| (k, v.0))
+        .collect();
+    out.extend(
+        s.string_data
+            .unwrap_or_default()
+            .into_iter()
+            .map(|(k, v)| (k, v.into_bytes())),
+    );
+    Ok(out)
+}
+
+async fn token(
+    client: &SharedClient,
+    pod: &Pod,
+    audience: Option<&str>,
+    seconds: Option<i64>,
+) -> Result<Vec<u8>, String> {
+    let ns = pod.metadata.namespace.clone().unwrap_or_default();
+    let sa = pod
+        .spec
+        .as_ref()
+        .and_then(|s| s.service_account_name.clone())
+        .unwrap_or_else(|| "default".into());
+    let request: k8s_openapi::api::authentication::v1::TokenRequest = serde_json::from_value(json!({
+        "apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest",
+        "spec": {
+            "audiences": audience.map(|a| vec![a]).unwrap_or_default(),
+            "expirationSeconds": seconds.unwrap_or(3607),
+            "boundObjectRef": {"apiVersion": "v1", "kind": "Pod", "name": pod.metadata.name, "uid": pod.metadata.uid},
+        },
+    }))
+    .map_err(|e| e.to_string())?;
+    let api: Api<k8s_openapi::api::core::v1::ServiceAccount> = Api::namespaced(client.get(), &ns);
+    let answer: k8s_openapi::api::authentication::v1::TokenRequest = api
+        .create_subresource("token", &sa, &kube::api::PostParams::default(), &request)
+        .await
+        .map_err(|e| format!("token for service account {ns}/{sa}: {e}"))?;
+    Ok(answer
+        .status
+        .and_then(|s| s.token)
+        .unwrap_or_default()
+        .into_bytes())
+}
+
+/// The files of a pod's configMap, secret, downwardAPI or projected volume, read from
+/// the apiserver (a service account token is requested bound to the pod). `None` for
+/// volume types that hold no such files.
+pub async fn volume_files(
+    client: &SharedClient,
+    pod: &Pod,
+    vol: &k8s_openapi::api::core::v1::Volume,
+) -> Result<Option<Vec<VolumeFile>>, String> {
+    let ns = pod.metadata.namespace.clone().unwrap_or_default();
+    let optional_missing = |optional: Option<bool>, e: String| {
+        if optional == Some(true) && e.contains("404") {
+            Ok(Vec::new())
+        } else {
+            Err(e)
+        }
+    };
+    if let Some(cm) = &vol.config_map {
+        let mode = cm.default_mode.map_or(0o644, |m| m as u32);
+        let files = match config_map(client, &ns, &cm.name).await {
+            Ok(data) => items(
+                data,
+                cm.items.as_ref(),
+                mode,
+                &format!("configMap {}", cm.name),
+            )?,
+            Err(e) => optional_missing(cm.optional, e)?,
+        };
+        return Ok(Some(files));
+    }
+    if let Some(s) = &vol.secret {
+        let name = s.secret_name.clone().unwrap_or_default();
+        let mode = s.default_mode.map_or(0o644, |m| m as u32);
+        let files = match secret(client, &ns, &name).await {
+            Ok(data) => items(data, s.items.as_ref(), mode, &format!("secret {name}"))?,
+            Err(e) => optional_missing(s.optional, e)?,
+        };
+        return Ok(Some(files));
+    }
+    if let Some(d) = &vol.downward_api {
+        let mode = d.default_mode.map_or(0o644, |m| m as u32);
+        let mut files = Vec::new();
+        for i in d.items.iter().flatten() {
+            let f = i
+                .field_ref
+                .as_ref()
+                .ok_or("downwardAPI resourceFieldRef is not supported yet")?;
+            files.push((
+                i.path.clone(),
+                field_value(pod, &f.field_path)?.into_bytes(),
+                i.mode.map_or(mode, |m| m as u32),
+            ));
+        }
+        return Ok(Some(files));
+    }
+    if let Some(p) = &vol.projected {
+        let mode = p.default_mode.map_or(0o644, |m| m as u32);
+        let mut files = Vec::new();
+        for src in p.sources.iter().flatten() {
+            if let Some(t) = &src.service_account_token {
+                files.push((
+                    t.path.clone(),
+                    token(client, pod, t.audience.as_deref(), t.expiration_seconds).await?,
+                    mode,
+                ));
+            }
+            if let Some(cm) = &src.config_map {
+                match config_map(client, &ns, &cm.name).await {
+                    Ok(data) => files.extend(items(
+                        data,
+                        cm.items.as_ref(),
+                        mode,
+                        &format!("configMap {}", cm.name),
+                    )?),
+                    Err(e) => files.extend(optional_missing(cm.optional, e)?),
+                }
+            }
+            if let Some(s) = &src.secret {
+                match secret(client, &ns, &s.name).await {
+                    Ok(data) => files.extend(items(
+                        data,
+                        s.items.as_ref(),
+                        mode,
+                        &format!("secret {}", s.name),
+                    )?),
+                    Err(e) => files.extend(optional_missing(s.optional, e)?),
+                }
+            }
+            if let Some(d) = &src.downward_api {
+                for i in d.items.iter().flatten() {
+                    let f = i
+                        .field_ref
+                        .as_ref()
+                        .ok_or("downwardAPI resourceFieldRef is not supported yet")?;
+                    files.push((
+                        i.path.clone(),
+                        field_value(pod, &f.field_path)?.into_bytes(),
+                        i.mode.map_or(mode, |m| m as u32),
+                    ));
+                }
+            }
+            if src.cluster_trust_bundle.is_some() || src.pod_certificate.is_some() {
+                return Err(format!(
+                    "projected volume {:?}: clusterTrustBundle and podCertificate sources are not supported yet",
+                    vol.name
+                ));
+            }
+        }
+        return Ok(Some(files));
+    }
+    Ok(None)
+}
