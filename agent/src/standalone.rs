@@ -1,7 +1,9 @@
-//! Standalone mode: the pods of a manifest directory (static pods), no apiserver. The
-//! directory is read again every resync: new pods start, removed or changed ones are
-//! stopped (a changed manifest is a new pod, as with kubelet's static pods). Pod
-//! status goes to `<state-dir>/pods/<uid>/pod.json`, where `kernlet pods` reads it.
+//! The pod worker: runs the pods of a manifest directory (static pods, standalone
+//! mode) or the pods the apiserver binds to this node. A manifest directory is read
+//! again every resync: new pods start, removed or changed ones are stopped (a changed
+//! manifest is a new pod, as with kubelet's static pods). Pod status goes to
+//! `<state-dir>/pods/<uid>/pod.json`, where `kernlet pods` reads it, and for apiserver
+//! pods also back to the apiserver.
 
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
@@ -278,9 +280,35 @@ impl Runner {
                 tracing::warn!(pod = %pod.metadata.name.clone().unwrap_or_default(), "{e}");
             }
         }
-        for sb in self.rt.sandboxes() {
+        let sandboxes = self.rt.sandboxes();
+        for sb in &sandboxes {
             if !wanted.contains(&sb.uid) {
-                self.remove_pod(sb);
+                self.remove_pod(sb.clone());
+            }
+        }
+        // A pod deleted before anything of it ran has nothing to stop: it is removed
+        // from the apiserver at once.
+        if let Source::Api {
+            snapshot, updates, ..
+        } = &self.source
+        {
+            let deleting: Vec<Pod> = snapshot
+                .lock()
+                .ok()
+                .and_then(|s| s.clone())
+                .unwrap_or_default()
+                .into_iter()
+                .filter(|p| p.metadata.deletion_timestamp.is_some())
+                .collect();
+            for p in deleting {
+                let uid = p.metadata.uid.clone().unwrap_or_default();
+                if !sandboxes.iter().any(|sb| sb.uid == uid) {
+                    let _ = updates.send(crate::controllers::pods::Update::Finished {
+                        namespace: p.metadata.namespace.clone().unwrap_or_default(),
+                        name: p.metadata.name.clone().unwrap_or_default(),
+                        uid,
+                    });
+                }
             }
         }
     }

@@ -654,6 +654,31 @@ async fn pods_bound_to_the_node_run_report_status_and_go_when_deleted() {
         .map(|d| d.count())
         .unwrap_or(0);
     assert_eq!(left, 0, "the sandbox is gone");
+
+    // A pod deleted while kernlet was down, before anything of it ran: removed at once
+    // when kernlet comes back.
+    node.stop_kernlet(Duration::from_secs(5)).unwrap();
+    let mut early = pod.clone();
+    early.metadata.name = Some("early".into());
+    pods.create(&PostParams::default(), &early).await.unwrap();
+    cluster.bind_pod("default", "early", "w1").await.unwrap();
+    pods.delete("early", &DeleteParams::default())
+        .await
+        .unwrap();
+    assert!(
+        pods.get_opt("early").await.unwrap().is_some(),
+        "graceful: waits for the node"
+    );
+    start_agent(&cluster, &fwd.url, &mut node, &[]);
+    wait_for("pod early gone", Duration::from_secs(30), async || {
+        pods.get_opt("early").await.ok()?.is_none().then_some(())
+    })
+    .await;
+    assert!(
+        !node.kernlet_log().contains("container started"),
+        "{}",
+        node.kernlet_log()
+    );
     assert!(node.kernlet_running());
     if let Some(refused) = cluster.node_refusals() {
         assert!(refused.is_empty(), "{refused:#?}");
