@@ -333,6 +333,58 @@ async fn token(
         .into_bytes())
 }
 
+/// The files of a configMap or secret (all keys, or the listed ones); a missing one
+/// that is `optional` gives none.
+#[allow(clippy::too_many_arguments, reason = "one volume source's parts")]
+async fn keyed_files(
+    client: &SharedClient,
+    ns: &str,
+    secret_source: bool,
+    name: &str,
+    list: Option<&Vec<k8s_openapi::api::core::v1::KeyToPath>>,
+    optional: Option<bool>,
+    mode: u32,
+) -> Result<Vec<VolumeFile>, String> {
+    let data = if secret_source {
+        secret(client, ns, name).await
+    } else {
+        config_map(client, ns, name).await
+    };
+    match data {
+        Ok(data) => {
+            let what = format!(
+                "{} {name}",
+                if secret_source { "secret" } else { "configMap" }
+            );
+            items(data, list, mode, &what)
+        }
+        Err(e) if optional == Some(true) && e.contains("404") => Ok(Vec::new()),
+        Err(e) => Err(e),
+    }
+}
+
+/// The files of downward API items.
+fn downward_files(
+    pod: &Pod,
+    list: Option<&Vec<k8s_openapi::api::core::v1::DownwardAPIVolumeFile>>,
+    mode: u32,
+) -> Result<Vec<VolumeFile>, String> {
+    list.into_iter()
+        .flatten()
+        .map(|i| {
+            let f = i
+                .field_ref
+                .as_ref()
+                .ok_or("downwardAPI resourceFieldRef is not supported yet")?;
+            Ok((
+                i.path.clone(),
+                field_value(pod, &f.field_path)?.into_bytes(),
+                i.mode.map_or(mode, |m| m as u32),
+            ))
+        })
+        .collect()
+}
+
 /// The files of a pod's configMap, secret, downwardAPI or projected volume, read from
 /// the apiserver (a service account token is requested bound to the pod). `None` for
 /// volume types that hold no such files.
@@ -342,105 +394,78 @@ pub async fn volume_files(
     vol: &k8s_openapi::api::core::v1::Volume,
 ) -> Result<Option<Vec<VolumeFile>>, String> {
     let ns = pod.metadata.namespace.clone().unwrap_or_default();
-    let optional_missing = |optional: Option<bool>, e: String| {
-        if optional == Some(true) && e.contains("404") {
-            Ok(Vec::new())
-        } else {
-            Err(e)
-        }
-    };
+    let mode_of = |m: Option<i32>| m.map_or(0o644, |m| m as u32);
     if let Some(cm) = &vol.config_map {
-        let mode = cm.default_mode.map_or(0o644, |m| m as u32);
-        let files = match config_map(client, &ns, &cm.name).await {
-            Ok(data) => items(
-                data,
-                cm.items.as_ref(),
-                mode,
-                &format!("configMap {}", cm.name),
-            )?,
-            Err(e) => optional_missing(cm.optional, e)?,
-        };
+        let mode = mode_of(cm.default_mode);
+        let files = keyed_files(
+            client,
+            &ns,
+            false,
+            &cm.name,
+            cm.items.as_ref(),
+            cm.optional,
+            mode,
+        )
+        .await?;
         return Ok(Some(files));
     }
     if let Some(s) = &vol.secret {
         let name = s.secret_name.clone().unwrap_or_default();
-        let mode = s.default_mode.map_or(0o644, |m| m as u32);
-        let files = match secret(client, &ns, &name).await {
-            Ok(data) => items(data, s.items.as_ref(), mode, &format!("secret {name}"))?,
-            Err(e) => optional_missing(s.optional, e)?,
-        };
+        let mode = mode_of(s.default_mode);
+        let files =
+            keyed_files(client, &ns, true, &name, s.items.as_ref(), s.optional, mode).await?;
         return Ok(Some(files));
     }
     if let Some(d) = &vol.downward_api {
-        let mode = d.default_mode.map_or(0o644, |m| m as u32);
-        let mut files = Vec::new();
-        for i in d.items.iter().flatten() {
-            let f = i
-                .field_ref
-                .as_ref()
-                .ok_or("downwardAPI resourceFieldRef is not supported yet")?;
-            files.push((
-                i.path.clone(),
-                field_value(pod, &f.field_path)?.into_bytes(),
-                i.mode.map_or(mode, |m| m as u32),
+        return downward_files(pod, d.items.as_ref(), mode_of(d.default_mode)).map(Some);
+    }
+    let Some(p) = &vol.projected else {
+        return Ok(None);
+    };
+    let mode = mode_of(p.default_mode);
+    let mut files = Vec::new();
+    for src in p.sources.iter().flatten() {
+        if let Some(t) = &src.service_account_token {
+            let token = token(client, pod, t.audience.as_deref(), t.expiration_seconds).await?;
+            files.push((t.path.clone(), token, mode));
+        }
+        if let Some(cm) = &src.config_map {
+            files.extend(
+                keyed_files(
+                    client,
+                    &ns,
+                    false,
+                    &cm.name,
+                    cm.items.as_ref(),
+                    cm.optional,
+                    mode,
+                )
+                .await?,
+            );
+        }
+        if let Some(s) = &src.secret {
+            files.extend(
+                keyed_files(
+                    client,
+                    &ns,
+                    true,
+                    &s.name,
+                    s.items.as_ref(),
+                    s.optional,
+                    mode,
+                )
+                .await?,
+            );
+        }
+        if let Some(d) = &src.downward_api {
+            files.extend(downward_files(pod, d.items.as_ref(), mode)?);
+        }
+        if src.cluster_trust_bundle.is_some() || src.pod_certificate.is_some() {
+            return Err(format!(
+                "projected volume {:?}: clusterTrustBundle and podCertificate sources are not supported yet",
+                vol.name
             ));
         }
-        return Ok(Some(files));
     }
-    if let Some(p) = &vol.projected {
-        let mode = p.default_mode.map_or(0o644, |m| m as u32);
-        let mut files = Vec::new();
-        for src in p.sources.iter().flatten() {
-            if let Some(t) = &src.service_account_token {
-                files.push((
-                    t.path.clone(),
-                    token(client, pod, t.audience.as_deref(), t.expiration_seconds).await?,
-                    mode,
-                ));
-            }
-            if let Some(cm) = &src.config_map {
-                match config_map(client, &ns, &cm.name).await {
-                    Ok(data) => files.extend(items(
-                        data,
-                        cm.items.as_ref(),
-                        mode,
-                        &format!("configMap {}", cm.name),
-                    )?),
-                    Err(e) => files.extend(optional_missing(cm.optional, e)?),
-                }
-            }
-            if let Some(s) = &src.secret {
-                match secret(client, &ns, &s.name).await {
-                    Ok(data) => files.extend(items(
-                        data,
-                        s.items.as_ref(),
-                        mode,
-                        &format!("secret {}", s.name),
-                    )?),
-                    Err(e) => files.extend(optional_missing(s.optional, e)?),
-                }
-            }
-            if let Some(d) = &src.downward_api {
-                for i in d.items.iter().flatten() {
-                    let f = i
-                        .field_ref
-                        .as_ref()
-                        .ok_or("downwardAPI resourceFieldRef is not supported yet")?;
-                    files.push((
-                        i.path.clone(),
-                        field_value(pod, &f.field_path)?.into_bytes(),
-                        i.mode.map_or(mode, |m| m as u32),
-                    ));
-                }
-            }
-            if src.cluster_trust_bundle.is_some() || src.pod_certificate.is_some() {
-                return Err(format!(
-                    "projected volume {:?}: clusterTrustBundle and podCertificate sources are not supported yet",
-                    vol.name
-                ));
-            }
-        }
-        return Ok(Some(files));
-    }
-    Ok(None)
+    Ok(Some(files))
 }
