@@ -60,11 +60,7 @@ fn plan_pod(mp: &ManifestPod) -> Result<PodPlan, StandaloneError> {
         source_file: mp.source.display().to_string(),
         error,
     })?;
-    let containers = spec
-        .init_containers
-        .iter()
-        .flatten()
-        .chain(spec.containers.iter())
+    let containers = pod_lifecycle::all_containers(&spec)
         .map(|c| (c.name.clone(), c.image.clone().unwrap_or_default()))
         .collect();
     Ok(PodPlan {
@@ -317,12 +313,7 @@ impl Runner {
         let spec = pod.spec.clone().unwrap_or_default();
         let records = self.rt.containers();
         let mut views = Vec::new();
-        for c in spec
-            .init_containers
-            .iter()
-            .flatten()
-            .chain(spec.containers.iter())
-        {
+        for c in pod_lifecycle::all_containers(&spec) {
             let mine = runs_of(&records, uid, &c.name);
             let mut v = View::new(&c.name);
             v.image = c.image.clone().unwrap_or_default();
@@ -402,12 +393,7 @@ impl Runner {
         if let Err(why) = self.prepare_volumes(uid, pod) {
             // The containers wait, with the reason, until the volumes can be written.
             let spec = pod.spec.clone().unwrap_or_default();
-            for c in spec
-                .init_containers
-                .iter()
-                .flatten()
-                .chain(spec.containers.iter())
-            {
+            for c in pod_lifecycle::all_containers(&spec) {
                 self.start_failures.insert(
                     (uid.to_string(), c.name.clone()),
                     ("CreateContainerConfigError".into(), why.clone()),
@@ -429,13 +415,7 @@ impl Runner {
             })
         };
         for Action::Start { name, restart } in actions {
-            let Some(c) = spec
-                .init_containers
-                .iter()
-                .flatten()
-                .chain(spec.containers.iter())
-                .find(|c| c.name == name)
-            else {
+            let Some(c) = pod_lifecycle::all_containers(&spec).find(|c| c.name == name) else {
                 continue;
             };
             let key = (uid.to_string(), name.clone());
@@ -580,12 +560,7 @@ impl Runner {
     /// Keeps the current and the previous run of each container; older ones go.
     fn prune(&self, uid: &str, spec: &k8s_openapi::api::core::v1::PodSpec) {
         let records = self.rt.containers();
-        for c in spec
-            .init_containers
-            .iter()
-            .flatten()
-            .chain(spec.containers.iter())
-        {
+        for c in pod_lifecycle::all_containers(spec) {
             let mine = runs_of(&records, uid, &c.name);
             if mine.len() > 2 {
                 for old in &mine[..mine.len() - 2] {

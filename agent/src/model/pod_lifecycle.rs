@@ -64,6 +64,16 @@ pub enum Action {
     Start { name: String, restart: u32 },
 }
 
+/// Every container of a pod in start order: init containers, then the main ones.
+pub fn all_containers(
+    spec: &PodSpec,
+) -> impl Iterator<Item = &k8s_openapi::api::core::v1::Container> {
+    spec.init_containers
+        .iter()
+        .flatten()
+        .chain(spec.containers.iter())
+}
+
 /// CrashLoopBackOff: the delay before restart number `n` (1-based).
 pub fn backoff(n: u32, initial: Duration, max: Duration) -> Duration {
     if n <= 1 {

@@ -49,12 +49,7 @@ fn tracked(
 /// QoS class of a pod. Requests that are unset default to the limits, as the apiserver's
 /// defaulting does, so the answer is the same for a manifest and for a stored pod.
 pub fn qos_class(spec: &PodSpec) -> Result<QosClass, QuantityError> {
-    let containers: Vec<&Container> = spec
-        .init_containers
-        .iter()
-        .flatten()
-        .chain(spec.containers.iter())
-        .collect();
+    let containers: Vec<&Container> = super::pod_lifecycle::all_containers(spec).collect();
     let mut requests: BTreeMap<&str, Quantity> = BTreeMap::new();
     let mut limits: BTreeMap<&str, Quantity> = BTreeMap::new();
     let mut guaranteed = true;

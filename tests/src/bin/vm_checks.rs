@@ -85,6 +85,10 @@ fn container_id(p: &Value) -> Option<String> {
         .map(|s| s.trim_start_matches("kernlet://").to_string())
 }
 
+fn terminated(name: &str) -> Option<Value> {
+    pod(name).filter(|p| p["status"]["containerStatuses"][0]["state"]["terminated"].is_object())
+}
+
 fn running(name: &str) -> Option<Value> {
     pod(name).filter(|p| p["status"]["containerStatuses"][0]["state"]["running"].is_object())
 }
@@ -156,11 +160,7 @@ fn limits_are_written() -> Result<(), String> {
 }
 
 fn memory_max_oom_kills() -> Result<(), String> {
-    let p = wait(Duration::from_secs(120), || {
-        pod("oom")
-            .filter(|p| p["status"]["containerStatuses"][0]["state"]["terminated"].is_object())
-    })
-    .ok_or("pod oom never ended")?;
+    let p = wait(Duration::from_secs(120), || terminated("oom")).ok_or("pod oom never ended")?;
     let t = &p["status"]["containerStatuses"][0]["state"]["terminated"];
     if t["reason"] != "OOMKilled" || t["exitCode"] != 137 {
         return Err(format!("terminated as {t}"));
@@ -171,11 +171,7 @@ fn memory_max_oom_kills() -> Result<(), String> {
 fn pids_max_stops_forks() -> Result<(), String> {
     // The shell starts sleeps until a fork fails (ash then exits): the pod's 30 pids
     // are the sandbox's processes, the shell and the sleeps.
-    let p = wait(Duration::from_secs(120), || {
-        pod("pids")
-            .filter(|p| p["status"]["containerStatuses"][0]["state"]["terminated"].is_object())
-    })
-    .ok_or("pod pids never ended")?;
+    let p = wait(Duration::from_secs(120), || terminated("pids")).ok_or("pod pids never ended")?;
     let log_dir = Path::new("/var/log/pods").join(format!(
         "vm_pids_{}",
         p["metadata"]["uid"].as_str().unwrap_or("")
