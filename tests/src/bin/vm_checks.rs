@@ -19,6 +19,9 @@ apiVersion: v1
 kind: Pod
 metadata: {name: limits, namespace: vm}
 spec:
+  # Never: the cgroup.kill check needs the pod cgroup to stay empty after
+  # the kill instead of racing a restart of the container.
+  restartPolicy: Never
   containers:
   - name: c
     image: busybox:1.36
