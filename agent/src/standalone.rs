@@ -9,7 +9,7 @@ use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use k8s_openapi::api::core::v1::Pod;
 use serde_json::json;
@@ -166,6 +166,9 @@ pub struct Runner {
     removing: Arc<std::sync::Mutex<HashSet<String>>>,
     /// Image pulls in the background, by (pod uid, container, restart).
     pulls: Pulls,
+    /// Failed pulls, by (pod uid, container): when the next may start, the delay
+    /// after which it did, and why the last failed (kubelet's ImagePullBackOff).
+    pull_backoff: HashMap<(String, String), (Instant, Duration, String)>,
     last_manifest_error: Option<String>,
 }
 
@@ -182,6 +185,8 @@ enum PullState {
 enum ImageReady {
     Yes(crate::runtime::image::ImageRecord),
     Pulling(String),
+    /// The last pull failed and the next waits: kubelet's `ImagePullBackOff` message.
+    BackOff(String),
     Failed(crate::runtime::RuntimeError),
 }
 
@@ -197,6 +202,7 @@ impl Runner {
             backoff_base: HashMap::new(),
             removing: Arc::default(),
             pulls: Arc::default(),
+            pull_backoff: HashMap::new(),
             last_manifest_error: None,
         }
     }
@@ -430,7 +436,7 @@ impl Runner {
             {
                 self.backoff_base.insert(key.clone(), restart);
             }
-            let image = match self.image_ready(uid, c, restart) {
+            let image = match self.image_ready(pod, c, restart) {
                 ImageReady::Yes(image) => image,
                 ImageReady::Pulling(reference) => {
                     self.start_failures.insert(
@@ -440,6 +446,11 @@ impl Runner {
                             format!("pulling image {reference}"),
                         ),
                     );
+                    continue;
+                }
+                ImageReady::BackOff(message) => {
+                    self.start_failures
+                        .insert(key, ("ImagePullBackOff".into(), message));
                     continue;
                 }
                 ImageReady::Failed(e) => {
@@ -517,24 +528,46 @@ impl Runner {
     /// The image for start number `restart` of `c`: at once when stored and its pull
     /// policy allows, else pulled in the background (the pod's other work goes on).
     fn image_ready(
-        &self,
-        uid: &str,
+        &mut self,
+        pod: &Pod,
         c: &k8s_openapi::api::core::v1::Container,
         restart: u32,
     ) -> ImageReady {
         use crate::runtime::container::LocalImage;
-        let reference = match self.rt.local_image(c) {
+        let (reference, verify) = match self.rt.local_image(c) {
             Ok(LocalImage::Use(image)) => return ImageReady::Yes(image),
-            Ok(LocalImage::Pull(reference)) => reference,
+            Ok(LocalImage::Pull(reference)) => (reference, false),
+            Ok(LocalImage::Verify(reference)) => (reference, true),
             Err(e) => return ImageReady::Failed(e),
         };
-        let key = (uid.to_string(), c.name.clone(), restart);
+        let uid = pod.metadata.uid.clone().unwrap_or_default();
+        let backoff_key = (uid.clone(), c.name.clone());
+        if let Some((next, _, why)) = self.pull_backoff.get(&backoff_key)
+            && Instant::now() < *next
+        {
+            return ImageReady::BackOff(format!("Back-off pulling image \"{reference}\": {why}"));
+        }
+        let key = (uid, c.name.clone(), restart);
         let Ok(mut pulls) = self.pulls.lock() else {
             return ImageReady::Pulling(reference.to_string());
         };
         match pulls.remove(&key) {
-            Some(PullState::Done(Ok(image))) => ImageReady::Yes(image),
-            Some(PullState::Done(Err(e))) => ImageReady::Failed(e),
+            Some(PullState::Done(Ok(image))) => {
+                self.pull_backoff.remove(&backoff_key);
+                ImageReady::Yes(image)
+            }
+            Some(PullState::Done(Err(e))) => {
+                // 10 s doubling to 300 s between pulls, like kubelet's image backoff.
+                let delay = self
+                    .pull_backoff
+                    .get(&backoff_key)
+                    .map_or(self.timing.backoff_initial, |(_, d, _)| {
+                        (*d * 2).min(self.timing.backoff_max)
+                    });
+                self.pull_backoff
+                    .insert(backoff_key, (Instant::now() + delay, delay, e.to_string()));
+                ImageReady::Failed(e)
+            }
             Some(PullState::Pulling) => {
                 pulls.insert(key, PullState::Pulling);
                 ImageReady::Pulling(reference.to_string())
@@ -546,8 +579,23 @@ impl Runner {
                     Arc::clone(&self.pulls),
                     reference.to_string(),
                 );
+                // A static pod cannot reference API objects; an apiserver pod's
+                // imagePullSecrets are read for each pull, so a changed secret counts.
+                let secrets = match &self.source {
+                    Source::Api { client, handle, .. } => {
+                        Some((client.clone(), handle.clone(), pod.clone()))
+                    }
+                    Source::Manifests(_) => None,
+                };
                 std::thread::spawn(move || {
-                    let result = rt.pull_blocking(&reference, &[]);
+                    let secrets = secrets.map_or_else(Vec::new, |(client, handle, pod)| {
+                        handle.block_on(crate::controllers::pods::pull_secrets(&client, &pod))
+                    });
+                    let result = if verify {
+                        rt.verify_or_pull_blocking(&reference, &secrets)
+                    } else {
+                        rt.pull_blocking(&reference, &secrets)
+                    };
                     if let Ok(mut p) = pulls.lock() {
                         p.insert(key, PullState::Done(result));
                     }
@@ -666,6 +714,10 @@ impl Runner {
             Source::Manifests(_) => None,
         };
         self.last_sent.remove(&sb.uid);
+        // What the worker kept per container of this pod goes with it.
+        self.start_failures.retain(|(uid, _), _| *uid != sb.uid);
+        self.backoff_base.retain(|(uid, _), _| *uid != sb.uid);
+        self.pull_backoff.retain(|(uid, _), _| *uid != sb.uid);
         std::thread::spawn(move || {
             let grace = read_json::<serde_json::Value>(&rt.pod_state_dir(&sb.uid).join("pod.json"))
                 .ok()

@@ -684,3 +684,183 @@ async fn pods_bound_to_the_node_run_report_status_and_go_when_deleted() {
         assert!(refused.is_empty(), "{refused:#?}");
     }
 }
+
+/// A pod's `imagePullSecrets` (a `kubernetes.io/dockerconfigjson` secret) carry the
+/// credentials to a registry that takes only bearer tokens (the Docker Hub flow: 401
+/// with a `Bearer` challenge, a token fetched from the realm with basic credentials).
+/// Without the secret, or with a wrong password in it, the pull fails with the cause
+/// named, and the next pull waits (ErrImagePull, then ImagePullBackOff).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn image_pull_secrets_reach_a_token_auth_registry() {
+    use k8s_openapi::api::core::v1::{Pod, Secret};
+    use kernlet_tests::registry::{Registry, TokenServer};
+    use kube::api::PostParams;
+    let cluster = Cluster::start(&[BRIDGE_IP.into()]).await.unwrap();
+    let mut lab = Lab::new("pullsec").unwrap();
+    let fwd = lab.forward(0, cluster.addr()).unwrap();
+    let reg_node = lab.add_node("r1").unwrap();
+    let mut node = lab.add_node("w1").unwrap();
+    let tokens = TokenServer::start(&lab, "kltest", "t0ken-pw").unwrap();
+    let reg = Registry::start_with_tokens(&reg_node, &tokens).unwrap();
+    let work = node.dir("image-build");
+    std::fs::create_dir_all(&work).unwrap();
+    let layout = kernlet_tests::oci::busybox_layout(&work, "1.36").unwrap();
+    reg.push(&reg_node, &layout, "1.36", "private/bb").unwrap();
+    start_agent(
+        &cluster,
+        &fwd.url,
+        &mut node,
+        &["--insecure-registry", &reg.addr],
+    );
+
+    let admin = cluster.admin().await.unwrap();
+    let secrets: Api<Secret> = Api::namespaced(admin.clone(), "default");
+    for (name, pass) in [("regcred", "t0ken-pw"), ("badcred", "wrong-pw")] {
+        let auth = base64::Engine::encode(
+            &base64::engine::general_purpose::STANDARD,
+            format!("kltest:{pass}"),
+        );
+        let config = serde_json::json!({"auths": {reg.addr.clone(): {"auth": auth}}}).to_string();
+        let secret: Secret = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": name},
+            "type": "kubernetes.io/dockerconfigjson",
+            "stringData": {".dockerconfigjson": config},
+        }))
+        .unwrap();
+        secrets
+            .create(&PostParams::default(), &secret)
+            .await
+            .unwrap();
+    }
+    let pods: Api<Pod> = Api::namespaced(admin.clone(), "default");
+    let image = format!("{}/private/bb:1.36", reg.addr);
+    for (name, secret) in [
+        ("with-secret", Some("regcred")),
+        ("anonymous", None),
+        ("wrong-password", Some("badcred")),
+    ] {
+        let pull_secrets: Vec<_> = secret
+            .iter()
+            .map(|s| serde_json::json!({"name": s}))
+            .collect();
+        let pod: Pod = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": name},
+            "spec": {"hostNetwork": true, "terminationGracePeriodSeconds": 1,
+                     "imagePullSecrets": pull_secrets,
+                     "containers": [{"name": "c", "image": image, "command": ["sleep", "600"]}]},
+        }))
+        .unwrap();
+        pods.create(&PostParams::default(), &pod).await.unwrap();
+        cluster.bind_pod("default", name, "w1").await.unwrap();
+    }
+
+    let waiting = async |name: &str| -> Option<(String, String)> {
+        let p = pods.get(name).await.ok()?;
+        let w = p
+            .status?
+            .container_statuses?
+            .into_iter()
+            .next()?
+            .state?
+            .waiting?;
+        Some((w.reason?, w.message.unwrap_or_default()))
+    };
+    let started = Instant::now();
+    loop {
+        let p = pods.get("with-secret").await.unwrap();
+        let c = p
+            .status
+            .clone()
+            .and_then(|s| s.container_statuses?.into_iter().next());
+        if c.as_ref()
+            .and_then(|c| c.state.as_ref()?.running.as_ref())
+            .is_some()
+        {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "pod with-secret never ran: {c:?}\n{}\n{:#?}\n{}",
+            node.kernlet_log(),
+            tokens.requests(),
+            reg.log()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let granted = tokens.requests();
+    assert!(
+        granted
+            .iter()
+            .any(|r| r.starts_with("kltest 200 ") && r.contains("repository:private/bb:pull")),
+        "the pull went through the token flow with the secret's user: {granted:#?}"
+    );
+    for name in ["anonymous", "wrong-password"] {
+        let mut seen = Vec::new();
+        wait_for(
+            &format!("{name}: ErrImagePull, then ImagePullBackOff"),
+            Duration::from_secs(40),
+            async || {
+                let (reason, message) = waiting(name).await?;
+                if seen.last() != Some(&reason) {
+                    eprintln!("{name}: {reason}: {message}");
+                    seen.push(reason.clone());
+                }
+                if reason != "ContainerCreating" {
+                    assert!(
+                        message.contains(&reg.addr) && message.contains("imagePullSecrets"),
+                        "{name}: {reason}: {message}"
+                    );
+                }
+                (seen.contains(&"ErrImagePull".to_string()) && reason == "ImagePullBackOff")
+                    .then_some(())
+            },
+        )
+        .await;
+    }
+    let requests = tokens.requests();
+    assert!(
+        requests.iter().any(|r| r.starts_with("kltest 401")),
+        "the wrong password reached the token server: {requests:#?}"
+    );
+    assert!(
+        requests.iter().any(|r| r.starts_with("- 200")),
+        "the anonymous pull asked for an anonymous token: {requests:#?}"
+    );
+    // The image is on the node now, pulled with regcred: another pod holding the
+    // same secret uses it without a pull (IfNotPresent), while the two without it
+    // stay refused.
+    let before = tokens.requests().len();
+    let pod: Pod = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": "second"},
+        "spec": {"hostNetwork": true, "terminationGracePeriodSeconds": 1,
+                 "imagePullSecrets": [{"name": "regcred"}],
+                 "containers": [{"name": "c", "image": image, "command": ["sleep", "600"]}]},
+    }))
+    .unwrap();
+    pods.create(&PostParams::default(), &pod).await.unwrap();
+    cluster.bind_pod("default", "second", "w1").await.unwrap();
+    wait_for("pod second running", Duration::from_secs(30), async || {
+        let p = pods.get("second").await.ok()?;
+        let c = p.status?.container_statuses?.into_iter().next()?;
+        c.state?.running.map(|_| ())
+    })
+    .await;
+    let after: Vec<String> = tokens.requests()[before..]
+        .iter()
+        .filter(|r| r.starts_with("kltest 200"))
+        .cloned()
+        .collect();
+    assert!(after.is_empty(), "no new pull with regcred: {after:#?}");
+    for name in ["anonymous", "wrong-password"] {
+        let p = pods.get(name).await.unwrap();
+        let c = &p.status.unwrap().container_statuses.unwrap()[0];
+        assert!(
+            c.state.as_ref().unwrap().running.is_none(),
+            "{name} never runs without the credentials"
+        );
+    }
+    assert!(node.kernlet_running());
+    if let Some(refused) = cluster.node_refusals() {
+        assert!(refused.is_empty(), "{refused:#?}");
+    }
+}

@@ -385,6 +385,34 @@ fn downward_files(
         .collect()
 }
 
+/// The registry credentials of a pod's `imagePullSecrets`. Like kubelet, a secret that
+/// is missing or unusable is named in the log and the pull goes on without it.
+pub async fn pull_secrets(
+    client: &SharedClient,
+    pod: &Pod,
+) -> Vec<crate::runtime::image::pull::DockerConfig> {
+    let ns = pod.metadata.namespace.clone().unwrap_or_default();
+    let names = pod
+        .spec
+        .iter()
+        .flat_map(|s| s.image_pull_secrets.iter().flatten())
+        .map(|r| r.name.clone());
+    let mut out = Vec::new();
+    for name in names {
+        let parsed = secret(client, &ns, &name)
+            .await
+            .and_then(|data| crate::runtime::image::pull::DockerConfig::from_secret(&data));
+        match parsed {
+            Ok(c) => out.push(c),
+            Err(e) => tracing::warn!(
+                pod = %format!("{ns}/{}", pod.metadata.name.as_deref().unwrap_or_default()),
+                "image pull secret {name:?} is not used: {e}"
+            ),
+        }
+    }
+    out
+}
+
 /// The files of a pod's configMap, secret, downwardAPI or projected volume, read from
 /// the apiserver (a service account token is requested bound to the pod). `None` for
 /// volume types that hold no such files.

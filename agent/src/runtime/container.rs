@@ -119,6 +119,9 @@ pub fn cpu_shares(milli: u64) -> u64 {
 pub enum LocalImage {
     Use(super::image::ImageRecord),
     Pull(crate::model::image_ref::ImageRef),
+    /// Stored, but pulled with credentials: usable once the pod shows one of them,
+    /// else pulled with the pod's own.
+    Verify(crate::model::image_ref::ImageRef),
 }
 
 /// The pull policy of a container: as set, else `Always` for `:latest` or untagged
@@ -145,6 +148,9 @@ impl Runtime {
             .map_err(|e| RuntimeError::Refused(format!("container {}: {e}", c.name)))?;
         let policy = pull_policy(c, &reference);
         match (policy.as_str(), self.images.resolve(&name)?) {
+            ("IfNotPresent", Some(image)) if !self.images.usable_with(&image.id, &[])? => {
+                Ok(LocalImage::Verify(reference))
+            }
             ("Never" | "IfNotPresent", Some(image)) => Ok(LocalImage::Use(image)),
             ("Never", None) => Err(RuntimeError::ImageNeverPull(format!(
                 "image {reference} of container {} is not in the image store and imagePullPolicy is Never; \
@@ -169,6 +175,23 @@ impl Runtime {
             .map_err(|e| RuntimeError::ImagePull(e.to_string()))
     }
 
+    /// The stored image for a [`LocalImage::Verify`]: without a pull when `secrets`
+    /// (or the node's credentials) hold credentials it was pulled with, else pulled
+    /// with them (blocking).
+    pub fn verify_or_pull_blocking(
+        &self,
+        reference: &crate::model::image_ref::ImageRef,
+        secrets: &[super::image::pull::DockerConfig],
+    ) -> Result<super::image::ImageRecord, RuntimeError> {
+        match self.puller.present_for(reference, secrets)? {
+            Some(image) => Ok(image),
+            None => {
+                tracing::info!(image = %reference, "the image was pulled with credentials this pod does not hold; pulling it with the pod's own");
+                self.pull_blocking(reference, secrets)
+            }
+        }
+    }
+
     /// The image of `c`, pulled first when its pull policy says so (blocking).
     pub fn ensure_image(
         &self,
@@ -178,6 +201,7 @@ impl Runtime {
         match self.local_image(c)? {
             LocalImage::Use(image) => Ok(image),
             LocalImage::Pull(reference) => self.pull_blocking(&reference, secrets),
+            LocalImage::Verify(reference) => self.verify_or_pull_blocking(&reference, secrets),
         }
     }
 

@@ -97,6 +97,13 @@ struct Records {
     images: BTreeMap<String, ImageRecord>,
     /// Normalized reference → image ID.
     references: BTreeMap<String, String>,
+    /// Image ID → the credentials (as [`pull::auth_key`]s, never the secrets) that
+    /// pulled it. An image without an entry was imported by the node's admin and may
+    /// be used by every pod; one pulled with credentials may be used without a new
+    /// pull only by pods that hold one of them (kubelet's ensure-secret-pulled-images);
+    /// `anonymous` among them opens it to all.
+    #[serde(default)]
+    pulled_with: BTreeMap<String, std::collections::BTreeSet<String>>,
 }
 
 /// What `remove` did.
@@ -423,9 +430,43 @@ impl ImageStore {
         image: ImageRecord,
     ) -> Result<(), ImageError> {
         let mut r = self.load()?;
+        // Imported by the node's admin: every pod may use it.
+        r.pulled_with.remove(&image.id);
         r.references.insert(reference.to_string(), image.id.clone());
         r.images.insert(image.id.clone(), image);
         self.save(&r)
+    }
+
+    /// Like [`Self::tag`] for an image pulled with the credentials `auth_key`: they
+    /// are recorded, unless the image was already here without such a record
+    /// (imported), in which case it stays open to every pod.
+    pub fn tag_pulled(
+        &self,
+        _held: &StoreLock,
+        reference: &ImageRef,
+        image: ImageRecord,
+        auth_key: &str,
+    ) -> Result<(), ImageError> {
+        let mut r = self.load()?;
+        let imported = r.images.contains_key(&image.id) && !r.pulled_with.contains_key(&image.id);
+        if !imported {
+            r.pulled_with
+                .entry(image.id.clone())
+                .or_default()
+                .insert(auth_key.to_string());
+        }
+        r.references.insert(reference.to_string(), image.id.clone());
+        r.images.insert(image.id.clone(), image);
+        self.save(&r)
+    }
+
+    /// Whether a pod holding the credentials `auth_keys` may use the stored image
+    /// `id` without pulling it again.
+    pub fn usable_with(&self, id: &str, auth_keys: &[String]) -> Result<bool, ImageError> {
+        let r = self.load()?;
+        Ok(r.pulled_with.get(id).is_none_or(|keys| {
+            keys.contains(pull::ANONYMOUS) || auth_keys.iter().any(|k| keys.contains(k))
+        }))
     }
 
     /// The image a reference names; a digest reference also matches by image ID.
@@ -487,6 +528,7 @@ impl ImageStore {
             .collect();
         for id in &gone {
             r.images.remove(id);
+            r.pulled_with.remove(id);
         }
         out.images = gone;
         self.save(&r)?;

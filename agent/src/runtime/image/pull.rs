@@ -43,6 +43,20 @@ impl DockerConfig {
         serde_json::from_slice(bytes).map_err(|e| format!("not a dockerconfigjson: {e}"))
     }
 
+    /// The credentials of an image pull secret: `.dockerconfigjson` of a
+    /// `kubernetes.io/dockerconfigjson` secret, or the older `.dockercfg` (the `auths`
+    /// map without its wrapper) of a `kubernetes.io/dockercfg` one.
+    pub fn from_secret(data: &BTreeMap<String, Vec<u8>>) -> Result<Self, String> {
+        if let Some(json) = data.get(".dockerconfigjson") {
+            return Self::parse(json);
+        }
+        if let Some(cfg) = data.get(".dockercfg") {
+            let auths = serde_json::from_slice(cfg).map_err(|e| format!("not a dockercfg: {e}"))?;
+            return Ok(Self { auths });
+        }
+        Err("it has neither a .dockerconfigjson nor a .dockercfg key".into())
+    }
+
     /// The user and password for `registry` (`host[:port]`): keys may carry a scheme
     /// and a path (`https://index.docker.io/v1/` for Docker Hub).
     pub fn lookup(&self, registry: &str) -> Option<(String, String)> {
@@ -90,14 +104,35 @@ pub struct RegistryConfig {
     pub credentials: DockerConfig,
 }
 
+/// The [`auth_key`] of anonymous pulls.
+pub const ANONYMOUS: &str = "anonymous";
+
+/// Which credentials `auth` is, without keeping a secret in the text.
+pub fn auth_key(auth: &RegistryAuth) -> String {
+    let hash = |s: &str| {
+        super::layer::sha256_hex(aws_lc_rs::digest::digest(
+            &aws_lc_rs::digest::SHA256,
+            s.as_bytes(),
+        ))
+    };
+    match auth {
+        RegistryAuth::Anonymous => ANONYMOUS.into(),
+        RegistryAuth::Basic(u, p) => format!("basic {}", hash(&format!("{u}\0{p}"))),
+        RegistryAuth::Bearer(t) => format!("bearer {}", hash(t)),
+    }
+}
+
 /// The gate of one image's pull: holds the result once the pull succeeded.
 type Gate = Arc<tokio::sync::Mutex<Option<ImageRecord>>>;
 
 /// Pulls images into the store.
 pub struct Puller {
-    /// Built on the first pull: building it reads the system's CA certificates, and a
-    /// node that only imports images may have none.
-    client: std::sync::OnceLock<Result<oci_client::Client, String>>,
+    /// One client per set of credentials, built on its first pull (building one reads
+    /// the system's CA certificates, and a node that only imports images may have
+    /// none). A client keeps the first credentials it is given for a registry and the
+    /// tokens it got with them, so a shared one would pull for one pod with another
+    /// pod's secret.
+    clients: Mutex<HashMap<String, Arc<oci_client::Client>>>,
     store: ImageStore,
     cfg: RegistryConfig,
     /// Pulls under way, by reference: later pulls of the same image wait on the gate
@@ -158,18 +193,26 @@ fn pull_error(
 impl Puller {
     pub fn new(store: ImageStore, cfg: RegistryConfig) -> Self {
         Self {
-            client: std::sync::OnceLock::new(),
+            clients: Mutex::new(HashMap::new()),
             store,
             cfg,
             inflight: Mutex::new(HashMap::new()),
         }
     }
 
-    fn client(&self) -> Result<&oci_client::Client, ImageError> {
-        self.client
-            .get_or_init(|| self.build_client())
-            .as_ref()
-            .map_err(|e| ImageError::BadImage(e.clone()))
+    /// The client for pulls with `auth`.
+    fn client(&self, auth: &RegistryAuth) -> Result<Arc<oci_client::Client>, ImageError> {
+        let key = auth_key(auth);
+        let mut clients = self
+            .clients
+            .lock()
+            .map_err(|_| ImageError::BadImage("puller poisoned".into()))?;
+        if let Some(c) = clients.get(&key) {
+            return Ok(Arc::clone(c));
+        }
+        let c = Arc::new(self.build_client().map_err(ImageError::BadImage)?);
+        clients.insert(key, Arc::clone(&c));
+        Ok(c)
     }
 
     fn build_client(&self) -> Result<oci_client::Client, String> {
@@ -202,13 +245,42 @@ impl Puller {
         })
     }
 
-    /// The credentials for a registry: the pod's secrets first, then the node's.
-    fn auth(&self, registry: &str, secrets: &[DockerConfig]) -> RegistryAuth {
-        secrets
+    /// The credentials to try for a registry, in order: the pod's secrets, then the
+    /// node's; anonymous when none names the registry (kubelet tries each in turn).
+    fn auths(&self, registry: &str, secrets: &[DockerConfig]) -> Vec<RegistryAuth> {
+        let mut out: Vec<RegistryAuth> = Vec::new();
+        for (u, p) in secrets
             .iter()
             .chain(std::iter::once(&self.cfg.credentials))
-            .find_map(|c| c.lookup(registry))
-            .map_or(RegistryAuth::Anonymous, |(u, p)| RegistryAuth::Basic(u, p))
+            .filter_map(|c| c.lookup(registry))
+        {
+            let auth = RegistryAuth::Basic(u, p);
+            if !out.iter().any(|a| auth_key(a) == auth_key(&auth)) {
+                out.push(auth);
+            }
+        }
+        if out.is_empty() {
+            out.push(RegistryAuth::Anonymous);
+        }
+        out
+    }
+
+    /// The stored image `reference` names, when a pod with `secrets` may use it
+    /// without a new pull (see [`ImageStore::usable_with`]).
+    pub fn present_for(
+        &self,
+        reference: &ImageRef,
+        secrets: &[DockerConfig],
+    ) -> Result<Option<ImageRecord>, ImageError> {
+        let Some(image) = self.store.resolve(&reference.to_string())? else {
+            return Ok(None);
+        };
+        let keys: Vec<String> = self
+            .auths(&reference.registry, secrets)
+            .iter()
+            .map(auth_key)
+            .collect();
+        Ok(self.store.usable_with(&image.id, &keys)?.then_some(image))
     }
 
     /// Pulls `reference` (normalized) into the store and names it there.
@@ -217,7 +289,13 @@ impl Puller {
         reference: &ImageRef,
         secrets: &[DockerConfig],
     ) -> Result<ImageRecord, ImageError> {
-        let key = reference.to_string();
+        let auths = self.auths(&reference.registry, secrets);
+        // Pulls coalesce only when they would use the same credentials: a pod never
+        // gets an image through another pod's secret.
+        let key = std::iter::once(reference.to_string())
+            .chain(auths.iter().map(auth_key))
+            .collect::<Vec<_>>()
+            .join(" ");
         let gate = {
             let mut m = self
                 .inflight
@@ -231,10 +309,41 @@ impl Puller {
             tracing::info!(image = %reference, "pulled by a concurrent request; reusing it");
             return Ok(record.clone());
         }
+        let mut last = None;
+        for auth in &auths {
+            match self.pull_with(reference, auth).await {
+                Ok(record) => {
+                    // Waiters already holding the gate get the result; later pulls
+                    // start afresh.
+                    *slot = Some(record.clone());
+                    if let Ok(mut m) = self.inflight.lock() {
+                        m.remove(&key);
+                    }
+                    return Ok(record);
+                }
+                Err(e) => {
+                    if auths.len() > 1 {
+                        tracing::info!(image = %reference, "{e}; trying the next credentials");
+                    }
+                    last = Some(e);
+                }
+            }
+        }
+        Err(last.unwrap_or_else(|| {
+            ImageError::BadImage(format!("pulling {reference}: no credentials to try"))
+        }))
+    }
+
+    /// One pull of `reference` with `auth`.
+    async fn pull_with(
+        &self,
+        reference: &ImageRef,
+        auth: &RegistryAuth,
+    ) -> Result<ImageRecord, ImageError> {
         let started = Instant::now();
         let insecure = self.cfg.insecure.contains(&reference.registry);
         let err = |e| pull_error(reference, insecure, e);
-        let auth = self.auth(&reference.registry, secrets);
+        let client = self.client(auth)?;
         let oci_ref: oci_client::Reference = match (&reference.tag, &reference.digest) {
             (_, Some(d)) => oci_client::Reference::with_digest(
                 reference.registry.clone(),
@@ -253,9 +362,8 @@ impl Puller {
             ),
         };
         tracing::info!(image = %reference, "pulling");
-        let (bytes, _) = self
-            .client()?
-            .pull_manifest_raw(&oci_ref, &auth, &MANIFEST_TYPES)
+        let (bytes, _) = client
+            .pull_manifest_raw(&oci_ref, auth, &MANIFEST_TYPES)
             .await
             .map_err(err)?;
         let mut digest = super::layer::sha256_hex(aws_lc_rs::digest::digest(
@@ -311,9 +419,8 @@ impl Puller {
                 reference.repository.clone(),
                 chosen.digest().to_string(),
             );
-            let (bytes, _) = self
-                .client()?
-                .pull_manifest_raw(&by_digest, &auth, &MANIFEST_TYPES)
+            let (bytes, _) = client
+                .pull_manifest_raw(&by_digest, auth, &MANIFEST_TYPES)
                 .await
                 .map_err(err)?;
             manifest = bytes.to_vec();
@@ -347,10 +454,7 @@ impl Puller {
                 size: i64::try_from(d.size()).unwrap_or(i64::MAX),
                 ..Default::default()
             };
-            self.client()?
-                .pull_blob(&oci_ref, &desc, file)
-                .await
-                .map_err(err)?;
+            client.pull_blob(&oci_ref, &desc, file).await.map_err(err)?;
             let f = std::fs::File::open(&tmp)
                 .map_err(|e| ImageError::BadImage(format!("pulling {reference}: {e}")))?;
             self.store.put_blob(&bd, d.size(), f)?;
@@ -360,6 +464,7 @@ impl Puller {
         let store = self.store.clone();
         let manifest_digest = digest.clone();
         let reference_owned = reference.clone();
+        let key = auth_key(auth);
         let record = tokio::task::spawn_blocking(move || {
             let lock = store.lock()?;
             let record = store.assemble(&manifest_digest, &mut |d, _| {
@@ -369,17 +474,12 @@ impl Puller {
                     Err(ImageError::BadImage(format!("blob {d} was not pulled")))
                 }
             })?;
-            store.tag(&lock, &reference_owned, record.clone())?;
+            store.tag_pulled(&lock, &reference_owned, record.clone(), &key)?;
             Ok::<_, ImageError>(record)
         })
         .await
         .map_err(|e| ImageError::BadImage(format!("pulling {reference}: {e}")))??;
         tracing::info!(image = %reference, id = %record.id, bytes = bytes_pulled, elapsed = ?started.elapsed(), "pulled");
-        // Waiters already holding the gate get the result; later pulls start afresh.
-        *slot = Some(record.clone());
-        if let Ok(mut m) = self.inflight.lock() {
-            m.remove(&key);
-        }
         Ok(record)
     }
 }
@@ -406,5 +506,128 @@ mod tests {
         assert_eq!(cfg.lookup("docker.io"), Some(("bob".into(), "pw".into())));
         assert_eq!(cfg.lookup("example.com"), None);
         assert!(DockerConfig::parse(b"nope").is_err());
+    }
+
+    fn basic(user: &str, pass: &str) -> DockerConfig {
+        let auth = base64::engine::general_purpose::STANDARD.encode(format!("{user}:{pass}"));
+        DockerConfig::parse(
+            format!(r#"{{"auths": {{"reg:5000": {{"auth": "{auth}"}}}}}}"#).as_bytes(),
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn pull_secrets_in_both_formats() {
+        let mut data = BTreeMap::new();
+        data.insert(
+            ".dockercfg".to_string(),
+            br#"{"reg:5000": {"username": "u", "password": "p"}}"#.to_vec(),
+        );
+        let old = DockerConfig::from_secret(&data).unwrap();
+        assert_eq!(old.lookup("reg:5000"), Some(("u".into(), "p".into())));
+        data.insert(
+            ".dockerconfigjson".to_string(),
+            br#"{"auths": {"reg:5000": {"username": "v", "password": "q"}}}"#.to_vec(),
+        );
+        let new = DockerConfig::from_secret(&data).unwrap();
+        assert_eq!(new.lookup("reg:5000"), Some(("v".into(), "q".into())));
+        let err = DockerConfig::from_secret(&BTreeMap::new()).unwrap_err();
+        assert!(err.contains(".dockerconfigjson"), "{err}");
+    }
+
+    #[test]
+    fn credentials_tried_in_order_and_images_kept_to_their_holders() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = ImageStore::open(dir.path()).unwrap();
+        let node = RegistryConfig {
+            credentials: basic("node", "n"),
+            ..Default::default()
+        };
+        let puller = Puller::new(store.clone(), node);
+        let pod = [basic("pod", "p"), basic("pod", "p"), basic("other", "o")];
+        let keys: Vec<String> = puller
+            .auths("reg:5000", &pod)
+            .iter()
+            .map(auth_key)
+            .collect();
+        // The pod's secrets first (duplicates once), then the node's.
+        assert_eq!(keys.len(), 3, "{keys:?}");
+        assert_eq!(
+            keys[0],
+            auth_key(&RegistryAuth::Basic("pod".into(), "p".into()))
+        );
+        assert_eq!(
+            keys[2],
+            auth_key(&RegistryAuth::Basic("node".into(), "n".into()))
+        );
+        let anonymous = Puller::new(store.clone(), RegistryConfig::default());
+        assert_eq!(
+            anonymous
+                .auths("reg:5000", &[])
+                .iter()
+                .map(auth_key)
+                .collect::<Vec<_>>(),
+            [ANONYMOUS]
+        );
+
+        let image = |id: &str| ImageRecord {
+            id: id.into(),
+            config_digest: id.into(),
+            layers: Vec::new(),
+            run: Default::default(),
+            size: 0,
+        };
+        let lock = store.lock().unwrap();
+        let r = |s: &str| ImageRef::parse(s).unwrap();
+        let pod_key = auth_key(&RegistryAuth::Basic("pod".into(), "p".into()));
+        store
+            .tag_pulled(
+                &lock,
+                &r("reg:5000/private:1"),
+                image("sha256:aa"),
+                &pod_key,
+            )
+            .unwrap();
+        store
+            .tag_pulled(
+                &lock,
+                &r("reg:5000/public:1"),
+                image("sha256:bb"),
+                ANONYMOUS,
+            )
+            .unwrap();
+        store
+            .tag(&lock, &r("reg:5000/imported:1"), image("sha256:cc"))
+            .unwrap();
+        // Imported first, pulled later with credentials: still open to all.
+        store
+            .tag_pulled(
+                &lock,
+                &r("reg:5000/imported:2"),
+                image("sha256:cc"),
+                &pod_key,
+            )
+            .unwrap();
+        drop(lock);
+        assert!(
+            store
+                .usable_with("sha256:aa", std::slice::from_ref(&pod_key))
+                .unwrap()
+        );
+        assert!(!store.usable_with("sha256:aa", &[]).unwrap());
+        assert!(!store.usable_with("sha256:aa", &[ANONYMOUS.into()]).unwrap());
+        assert!(store.usable_with("sha256:bb", &[]).unwrap());
+        assert!(store.usable_with("sha256:cc", &[]).unwrap());
+        let private = r("reg:5000/private:1");
+        assert!(puller.present_for(&private, &pod).unwrap().is_some());
+        assert!(
+            puller
+                .present_for(&private, &[basic("pod", "wrong")])
+                .unwrap()
+                .is_none()
+        );
+        // The record holds no secret.
+        let text = std::fs::read_to_string(dir.path().join("images.json")).unwrap();
+        assert!(!text.contains("\"p\"") && !text.contains("pod:p"), "{text}");
     }
 }
