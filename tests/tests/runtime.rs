@@ -256,6 +256,10 @@ spec:
     image: busybox:1.36
     command: ["sh", "-c", "grep ^Seccomp: /proc/self/status; busybox unshare -U true && echo userns=allowed || echo userns=denied; echo alive=yes"]
     securityContext: {seccompProfile: {type: RuntimeDefault}}
+  - name: localhost
+    image: busybox:1.36
+    command: ["sh", "-c", "grep ^Seccomp: /proc/self/status; mkdir /tmp/d 2>&1 && echo mkdir=allowed || echo mkdir=denied; echo uname=$(uname -s)"]
+    securityContext: {seccompProfile: {type: Localhost, localhostProfile: profiles/no-mkdir.json}}
   - name: priv
     image: busybox:1.36
     command: ["sh", "-c", "grep ^CapEff: /proc/self/status; [ -c /dev/kmsg ] && echo kmsg=yes || echo kmsg=no; grep -c ' /proc/kcore ' /proc/self/mounts | sed 's/^/kcoremask=/'"]
@@ -264,7 +268,33 @@ spec:
     image: busybox:1.36
     command: ["sh", "-c", "for i in $(seq 1 50); do [ -f /dev/shm/from-rofs ] && break; sleep 0.1; done; echo shared=$(cat /dev/shm/from-rofs)"]
   securityContext: {supplementalGroups: [4000]}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: noprofile, namespace: t}
+spec:
+  containers:
+  - name: c
+    image: busybox:1.36
+    command: [sleep, "600"]
+    securityContext: {seccompProfile: {type: Localhost, localhostProfile: profiles/missing.json}}
+  - name: escape
+    image: busybox:1.36
+    command: [sleep, "600"]
+    securityContext: {seccompProfile: {type: Localhost, localhostProfile: ../../../etc/passwd}}
 "#;
+
+/// A node seccomp profile in Docker's format: mkdir refused with EACCES; a rule for
+/// containers with CAP_SYS_ADMIN only (which would refuse uname) left out.
+const NO_MKDIR: &str = r#"{
+  "defaultAction": "SCMP_ACT_ALLOW",
+  "archMap": [{"architecture": "SCMP_ARCH_X86_64", "subArchitectures": ["SCMP_ARCH_X86", "SCMP_ARCH_X32"]},
+              {"architecture": "SCMP_ARCH_AARCH64", "subArchitectures": ["SCMP_ARCH_ARM"]}],
+  "syscalls": [
+    {"names": ["mkdir", "mkdirat"], "action": "SCMP_ACT_ERRNO", "errnoRet": 13},
+    {"names": ["uname"], "action": "SCMP_ACT_ERRNO", "includes": {"caps": ["CAP_SYS_ADMIN"]}}
+  ]
+}"#;
 
 fn field<'a>(lines: &'a [(String, String)], key: &str) -> &'a str {
     lines
@@ -279,6 +309,9 @@ fn containers_get_containerd_security_defaults() {
     let mut lab = Lab::new("sec").unwrap();
     let mut node = lab.add_node("s1").unwrap();
     import_busybox(&node);
+    let profiles = node.dir("state").join("seccomp/profiles");
+    std::fs::create_dir_all(&profiles).unwrap();
+    std::fs::write(profiles.join("no-mkdir.json"), NO_MKDIR).unwrap();
     let m = manifests(&node, SECURITY);
     start(&mut node, &m);
     let p = wait_for(
@@ -351,6 +384,37 @@ fn containers_get_containerd_security_defaults() {
     assert_eq!(field(&confined, "Seccomp:"), "2");
     assert_eq!(field(&confined, "userns="), "denied");
     assert_eq!(field(&confined, "alive="), "yes");
+    // A Localhost profile from <state-dir>/seccomp: its rules apply, the rule for
+    // capabilities this container lacks does not.
+    let localhost = log_lines(&node, &p, "localhost", 0);
+    assert_eq!(field(&localhost, "Seccomp:"), "2");
+    assert_eq!(field(&localhost, "mkdir="), "denied");
+    assert!(
+        localhost
+            .iter()
+            .any(|(_, l)| l.contains("Permission denied")),
+        "EACCES as the profile says: {localhost:?}"
+    );
+    assert_eq!(field(&localhost, "uname="), "Linux");
+    // A profile that is not on the node: the container is not created, and says why.
+    let missing = wait_for(&node, "noprofile refused", Duration::from_secs(10), || {
+        pod(&node, "noprofile").filter(|p| {
+            status(p, "containerStatuses", "c")["state"]["waiting"]["reason"]
+                == "CreateContainerError"
+        })
+    });
+    let waiting = &status(&missing, "containerStatuses", "c")["state"]["waiting"];
+    let message = waiting["message"].as_str().unwrap();
+    assert!(
+        message.contains(&profiles.join("missing.json").display().to_string()),
+        "{message}"
+    );
+    let escape = &status(&missing, "containerStatuses", "escape")["state"]["waiting"];
+    assert_eq!(escape["reason"], "CreateContainerError", "{missing}");
+    assert!(
+        escape["message"].as_str().unwrap().contains("without '..'"),
+        "{escape}"
+    );
     // /dev/shm is the pod's, shared by its containers.
     assert_eq!(
         field(&log_lines(&node, &p, "shmreader", 0), "shared="),

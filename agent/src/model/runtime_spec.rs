@@ -142,12 +142,23 @@ pub struct ContainerPlan {
     pub read_only_root: bool,
     /// `linux.resources` to apply, only those the cgroup can enforce.
     pub resources: Option<Value>,
-    /// Apply the RuntimeDefault seccomp profile.
-    pub seccomp_runtime_default: bool,
+    /// The seccomp profile to load.
+    pub seccomp: Seccomp,
     /// Host devices to create in the container (privileged containers).
     pub devices: Vec<Value>,
     /// The capabilities kernlet itself has (its bounding set, as a mask).
     pub host_caps: u64,
+}
+
+/// A container's seccomp profile (`securityContext.seccompProfile`).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub enum Seccomp {
+    #[default]
+    Unconfined,
+    RuntimeDefault,
+    /// A profile file from the node (`Localhost`), converted to `linux.seccomp`
+    /// (see [`crate::model::seccomp::localhost`]).
+    Localhost(Value),
 }
 
 /// `CAP_X` from a Kubernetes capability name (`NET_ADMIN`, `net_admin`, `CAP_NET_ADMIN`).
@@ -257,8 +268,14 @@ pub fn spec(plan: &ContainerPlan) -> Value {
     if !plan.devices.is_empty() {
         linux["devices"] = json!(plan.devices);
     }
-    if plan.seccomp_runtime_default {
-        linux["seccomp"] = crate::model::seccomp::runtime_default(&bounding);
+    match &plan.seccomp {
+        Seccomp::Unconfined => {}
+        Seccomp::RuntimeDefault => {
+            linux["seccomp"] = crate::model::seccomp::runtime_default(&bounding);
+        }
+        Seccomp::Localhost(section) => {
+            linux["seccomp"] = section.clone();
+        }
     }
     let mut spec = json!({
         "ociVersion": "1.0.2",
@@ -420,7 +437,7 @@ mod tests {
             no_new_privileges: false,
             read_only_root: false,
             resources: None,
-            seccomp_runtime_default: false,
+            seccomp: Seccomp::Unconfined,
             devices: vec![],
             host_caps: (1 << 41) - 1,
         }
@@ -456,7 +473,7 @@ mod tests {
         assert!(v["linux"].get("seccomp").is_none());
         let mut p = plan();
         p.no_new_privileges = true;
-        p.seccomp_runtime_default = true;
+        p.seccomp = Seccomp::RuntimeDefault;
         let v = spec(&p);
         assert_eq!(v["process"]["noNewPrivileges"], true);
         assert_eq!(v["linux"]["seccomp"]["defaultAction"], "SCMP_ACT_ERRNO");

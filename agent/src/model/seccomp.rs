@@ -464,9 +464,173 @@ pub fn runtime_default(caps: &[String]) -> Value {
     })
 }
 
+/// The `SCMP_ARCH_*` name of the architecture kernlet runs on.
+fn native_arch() -> &'static str {
+    match std::env::consts::ARCH {
+        "aarch64" => "SCMP_ARCH_AARCH64",
+        "arm" => "SCMP_ARCH_ARM",
+        "riscv64" => "SCMP_ARCH_RISCV64",
+        "s390x" => "SCMP_ARCH_S390X",
+        "powerpc64" => "SCMP_ARCH_PPC64LE",
+        _ => "SCMP_ARCH_X86_64",
+    }
+}
+
+/// A `Localhost` profile (the JSON format of Docker's and containerd's profiles, a
+/// superset of the OCI section) as `linux.seccomp` for a container with capability
+/// set `caps`: `archMap` narrowed to this machine's architecture, old single `name`
+/// rules accepted, rules whose `includes`/`excludes` (capabilities, architectures)
+/// do not match this container dropped — as containerd loads them. The result must
+/// parse as an OCI seccomp section, so an unknown action or operator is refused here
+/// instead of failing inside the container's start.
+pub fn localhost(profile: &Value, caps: &[String]) -> Result<Value, String> {
+    let obj = profile
+        .as_object()
+        .ok_or("the profile is not a JSON object")?;
+    let default_action = obj
+        .get("defaultAction")
+        .and_then(Value::as_str)
+        .filter(|a| !a.is_empty())
+        .ok_or("the profile has no defaultAction")?;
+    let arch = native_arch();
+    let mut architectures: Vec<Value> = obj
+        .get("architectures")
+        .and_then(Value::as_array)
+        .cloned()
+        .unwrap_or_default();
+    for entry in obj
+        .get("archMap")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+    {
+        if entry.get("architecture").and_then(Value::as_str) == Some(arch) {
+            architectures.push(json!(arch));
+            architectures.extend(
+                entry
+                    .get("subArchitectures")
+                    .and_then(Value::as_array)
+                    .cloned()
+                    .unwrap_or_default(),
+            );
+        }
+    }
+    let has_cap = |c: &Value| c.as_str().is_some_and(|c| caps.iter().any(|x| x == c));
+    let is_arch = |a: &Value| a.as_str() == Some(arch);
+    let mut syscalls = Vec::new();
+    for (i, rule) in obj
+        .get("syscalls")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .enumerate()
+    {
+        let list = |v: Option<&Value>, key: &str| -> Vec<Value> {
+            v.and_then(|v| v.get(key))
+                .and_then(Value::as_array)
+                .cloned()
+                .unwrap_or_default()
+        };
+        let (inc, exc) = (rule.get("includes"), rule.get("excludes"));
+        let inc_caps = list(inc, "caps");
+        let inc_arches = list(inc, "arches");
+        if !inc_caps.iter().all(has_cap)
+            || (!inc_arches.is_empty() && !inc_arches.iter().any(is_arch))
+        {
+            continue;
+        }
+        if list(exc, "caps").iter().any(has_cap) || list(exc, "arches").iter().any(is_arch) {
+            continue;
+        }
+        let mut names = list(Some(rule), "names");
+        if let Some(n) = rule.get("name").filter(|n| n.is_string()) {
+            names.push(n.clone());
+        }
+        if names.is_empty() {
+            return Err(format!("syscall rule {i} names no syscall"));
+        }
+        let mut out =
+            json!({"names": names, "action": rule.get("action").cloned().unwrap_or(Value::Null)});
+        for key in ["errnoRet", "args"] {
+            if let Some(v) = rule.get(key) {
+                out[key] = v.clone();
+            }
+        }
+        syscalls.push(out);
+    }
+    let mut section = json!({"defaultAction": default_action, "syscalls": syscalls});
+    if !architectures.is_empty() {
+        section["architectures"] = json!(architectures);
+    }
+    for key in [
+        "defaultErrnoRet",
+        "flags",
+        "listenerPath",
+        "listenerMetadata",
+    ] {
+        if let Some(v) = obj.get(key) {
+            section[key] = v.clone();
+        }
+    }
+    serde_json::from_value::<oci_spec::runtime::LinuxSeccomp>(section.clone())
+        .map_err(|e| format!("not a valid seccomp profile: {e}"))?;
+    Ok(section)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn localhost_profiles_load_like_containerd_loads_them() {
+        let caps = vec!["CAP_CHOWN".to_string(), "CAP_NET_RAW".to_string()];
+        let profile = json!({
+            "defaultAction": "SCMP_ACT_ERRNO",
+            "defaultErrnoRet": 1,
+            "archMap": [{"architecture": native_arch(), "subArchitectures": ["SCMP_ARCH_X86"]},
+                        {"architecture": "SCMP_ARCH_MIPS", "subArchitectures": []}],
+            "syscalls": [
+                {"names": ["read", "write"], "action": "SCMP_ACT_ALLOW"},
+                {"name": "getpid", "action": "SCMP_ACT_ALLOW"},
+                {"names": ["mount"], "action": "SCMP_ACT_ALLOW", "includes": {"caps": ["CAP_SYS_ADMIN"]}},
+                {"names": ["socket"], "action": "SCMP_ACT_ALLOW", "includes": {"caps": ["CAP_NET_RAW"]}},
+                {"names": ["chown"], "action": "SCMP_ACT_ALLOW", "excludes": {"caps": ["CAP_CHOWN"]}},
+                {"names": ["arch_prctl"], "action": "SCMP_ACT_ALLOW", "includes": {"arches": ["SCMP_ARCH_MIPS"]}},
+                {"names": ["kill"], "action": "SCMP_ACT_ERRNO", "errnoRet": 3,
+                 "args": [{"index": 1, "value": 9, "op": "SCMP_CMP_EQ"}]}
+            ]
+        });
+        let s = localhost(&profile, &caps).unwrap();
+        assert_eq!(s["architectures"], json!([native_arch(), "SCMP_ARCH_X86"]));
+        assert_eq!(s["defaultErrnoRet"], 1);
+        let names: Vec<&str> = s["syscalls"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .flat_map(|r| r["names"].as_array().unwrap())
+            .filter_map(Value::as_str)
+            .collect();
+        assert_eq!(names, ["read", "write", "getpid", "socket", "kill"]);
+        let kill = s["syscalls"].as_array().unwrap().last().unwrap();
+        assert_eq!(kill["errnoRet"], 3);
+        assert_eq!(kill["args"][0]["op"], "SCMP_CMP_EQ");
+
+        let bad_action = json!({"defaultAction": "SCMP_ACT_MAYBE", "syscalls": []});
+        assert!(
+            localhost(&bad_action, &caps)
+                .unwrap_err()
+                .contains("not a valid")
+        );
+        let no_default = json!({"syscalls": []});
+        assert!(
+            localhost(&no_default, &caps)
+                .unwrap_err()
+                .contains("defaultAction")
+        );
+        let nameless =
+            json!({"defaultAction": "SCMP_ACT_ALLOW", "syscalls": [{"action": "SCMP_ACT_ERRNO"}]});
+        assert!(localhost(&nameless, &caps).unwrap_err().contains("rule 0"));
+    }
 
     #[test]
     fn the_profile_is_a_valid_oci_seccomp_section() {

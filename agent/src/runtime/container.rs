@@ -311,21 +311,22 @@ impl Runtime {
             additional_gids.push(fs as u32);
         }
         let privileged = csc.privileged.unwrap_or(false);
-        let seccomp = csc
-            .seccomp_profile
-            .clone()
-            .or(psc.seccomp_profile.clone())
-            .map(|p| p.type_);
-        let seccomp_runtime_default = match seccomp.as_deref() {
-            Some("RuntimeDefault") => true,
-            Some("Unconfined") => false,
+        let profile = csc.seccomp_profile.clone().or(psc.seccomp_profile.clone());
+        let seccomp = match profile.as_ref().map(|p| p.type_.as_str()) {
+            Some("RuntimeDefault") => runtime_spec::Seccomp::RuntimeDefault,
+            Some("Unconfined") => runtime_spec::Seccomp::Unconfined,
             Some("Localhost") => {
-                return Err(refuse(
-                    "seccompProfile Localhost is not supported yet; use RuntimeDefault or Unconfined".into(),
-                ));
+                let name = profile
+                    .as_ref()
+                    .and_then(|p| p.localhost_profile.clone())
+                    .unwrap_or_default();
+                runtime_spec::Seccomp::Localhost(self.localhost_seccomp(&name).map_err(refuse)?)
             }
             Some(other) => return Err(refuse(format!("unknown seccompProfile type {other:?}"))),
-            None => self.cfg.seccomp_default && !privileged,
+            None if self.cfg.seccomp_default && !privileged => {
+                runtime_spec::Seccomp::RuntimeDefault
+            }
+            None => runtime_spec::Seccomp::Unconfined,
         };
         let caps = csc.capabilities.clone().unwrap_or_default();
         let run_dir = self.pod_run_dir(&sb.uid);
@@ -482,7 +483,7 @@ impl Runtime {
                 unenforced.push("cpu limit".into());
             }
         }
-        let plan = ContainerPlan {
+        let mut plan = ContainerPlan {
             args: process.args,
             env: process.env,
             cwd: process.cwd,
@@ -509,7 +510,7 @@ impl Runtime {
             cap_drop: caps.drop.unwrap_or_default(),
             no_new_privileges: csc.allow_privilege_escalation == Some(false) && !privileged,
             read_only_root: csc.read_only_root_filesystem.unwrap_or(false),
-            seccomp_runtime_default,
+            seccomp,
             host_caps: std::fs::read_to_string("/proc/self/status")
                 .ok()
                 .and_then(|t| {
@@ -531,7 +532,51 @@ impl Runtime {
             },
             resources: (!resources.is_empty()).then_some(serde_json::Value::Object(resources)),
         };
+        // A node profile's rules may depend on the container's capabilities.
+        if let runtime_spec::Seccomp::Localhost(raw) = &plan.seccomp {
+            let (bounding, _) = runtime_spec::capabilities(&plan);
+            let name = profile
+                .and_then(|p| p.localhost_profile)
+                .unwrap_or_default();
+            let section = crate::model::seccomp::localhost(raw, &bounding).map_err(|e| {
+                refuse(format!(
+                    "seccomp profile {}: {e}",
+                    self.seccomp_dir().join(&name).display()
+                ))
+            })?;
+            plan.seccomp = runtime_spec::Seccomp::Localhost(section);
+        }
         Ok((plan, unenforced))
+    }
+
+    /// Where `Localhost` seccomp profiles live: `<state-dir>/seccomp` (kubelet's
+    /// `<root-dir>/seccomp`).
+    pub fn seccomp_dir(&self) -> PathBuf {
+        self.cfg.state_dir.join("seccomp")
+    }
+
+    /// The node's seccomp profile `name` (a path below [`Self::seccomp_dir`]), parsed.
+    fn localhost_seccomp(&self, name: &str) -> Result<serde_json::Value, String> {
+        let rel = std::path::Path::new(name);
+        if name.is_empty()
+            || !rel
+                .components()
+                .all(|c| matches!(c, std::path::Component::Normal(_)))
+        {
+            return Err(format!(
+                "seccompProfile Localhost needs localhostProfile, a relative path below {} without '..' (got {name:?})",
+                self.seccomp_dir().display()
+            ));
+        }
+        let path = self.seccomp_dir().join(rel);
+        let bytes = std::fs::read(&path).map_err(|e| {
+            format!(
+                "cannot load seccomp profile {}: {e}; put the profile there on this node",
+                path.display()
+            )
+        })?;
+        serde_json::from_slice(&bytes)
+            .map_err(|e| format!("seccomp profile {} is not JSON: {e}", path.display()))
     }
 
     /// Creates and starts container `c` of `pod` in its sandbox from `image`; `restart`
