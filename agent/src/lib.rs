@@ -8,6 +8,7 @@ pub mod bootstrap;
 pub mod client;
 pub mod config;
 pub mod controllers;
+pub mod doctor;
 pub mod model;
 pub mod runtime;
 pub mod standalone;

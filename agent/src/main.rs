@@ -39,6 +39,19 @@ enum Command {
     /// Manage the node's image store.
     #[command(subcommand)]
     Image(ImageCmd),
+    /// Check what this node needs (kernel, cgroups, bpffs, sysctls, clock, disks, the
+    /// serving certificate, cluster permissions), with a fix for each problem. Exits 1
+    /// when a check fails.
+    Doctor {
+        #[command(flatten)]
+        output: OutputArgs,
+        #[command(flatten)]
+        dirs: NodeDirs,
+        /// The node's kubeconfig, for the checks that ask the apiserver (default: the
+        /// one `kernlet join` wrote under the state directory, when it exists).
+        #[arg(long)]
+        kubeconfig: Option<PathBuf>,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -310,6 +323,36 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Image(cmd) => image(cmd),
         Command::Pods { output, state_dir } => {
             pods(&state_dir, output.output);
+            Ok(())
+        }
+        Command::Doctor {
+            output,
+            dirs,
+            kubeconfig,
+        } => {
+            dirs.validate()?;
+            let kubeconfig = kubeconfig.or_else(|| {
+                Some(kernlet::bootstrap::kubeconfig_path(&dirs.state_dir)).filter(|p| p.exists())
+            });
+            let facts = kernlet::doctor::gather(&dirs, kubeconfig.is_some());
+            let cluster =
+                runtime()?.block_on(kernlet::doctor::cluster_facts(kubeconfig.as_deref()));
+            let checks = kernlet::doctor::judge(&facts, &cluster);
+            let worst = checks
+                .iter()
+                .map(|c| c.verdict)
+                .max()
+                .unwrap_or(kernlet::doctor::Verdict::Ok);
+            match output.output {
+                Output::Json => println!(
+                    "{}",
+                    serde_json::json!({"verdict": worst, "checks": checks})
+                ),
+                Output::Table => print!("{}", kernlet::doctor::table(&checks)),
+            }
+            if worst == kernlet::doctor::Verdict::Fail {
+                std::process::exit(1);
+            }
             Ok(())
         }
         Command::Join(args) => {

@@ -481,6 +481,38 @@ async fn the_serving_csr_is_impossible_to_miss_and_its_certificate_is_saved() {
     assert!(event.message.unwrap().contains(&approve));
     let crt = node.dir("state").join("pki/kubelet-server.crt");
     assert!(!crt.exists());
+    // `kernlet doctor` says so too, with the command; and that the node's identity
+    // lacks what the overlay and Services need (this cluster has no grant for it).
+    let doctor = |node: &SimNode| -> serde_json::Value {
+        let out = node
+            .command(kernlet_tests::simnode::kernlet_bin().unwrap())
+            .args(["doctor", "-o", "json", "--kubeconfig"])
+            .arg(node.dir("state").join("node.kubeconfig"))
+            .args(node.kernlet_dir_flags())
+            .output()
+            .unwrap();
+        serde_json::from_slice(&out.stdout).unwrap()
+    };
+    let check = |report: &serde_json::Value, name: &str| -> serde_json::Value {
+        report["checks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["name"] == name)
+            .cloned()
+            .unwrap()
+    };
+    let report = tokio::task::block_in_place(|| doctor(&node));
+    let serving = check(&report, "serving certificate");
+    assert_eq!(serving["verdict"], "warn", "{serving}");
+    assert_eq!(serving["fix"], approve, "{serving}");
+    let rbac = check(&report, "cluster permissions");
+    assert_eq!(rbac["verdict"], "warn", "{rbac}");
+    assert!(
+        rbac["detail"].as_str().unwrap().contains("list nodes")
+            && rbac["fix"].as_str().unwrap().contains("deploy/rbac.yaml"),
+        "{rbac}"
+    );
 
     cluster.approve_csr(&name).await.unwrap();
     wait_for(
@@ -489,6 +521,16 @@ async fn the_serving_csr_is_impossible_to_miss_and_its_certificate_is_saved() {
         async || Some(()).filter(|_| crt.exists()),
     )
     .await;
+    let report = tokio::task::block_in_place(|| doctor(&node));
+    let serving = check(&report, "serving certificate");
+    assert_eq!(serving["verdict"], "ok", "{serving}");
+    assert!(
+        serving["detail"]
+            .as_str()
+            .unwrap()
+            .starts_with("issued, valid for"),
+        "{serving}"
+    );
     let pem = std::fs::read_to_string(&crt).unwrap();
     let der = rustls::pki_types::CertificateDer::from(
         x509_parser::pem::parse_x509_pem(pem.as_bytes())

@@ -99,6 +99,14 @@ impl ServingCert {
                 }
             }
         };
+        let record = crate::doctor::serving_csr_record(&self.state_dir);
+        let note = |state: &str| {
+            let text = json!({"name": name, "state": state}).to_string();
+            if let Err(e) = state::write_atomic(&record, text.as_bytes(), 0o644) {
+                tracing::warn!("cannot record the serving CSR for kernlet doctor: {e}");
+            }
+        };
+        note("Pending");
         let message = pending_message(&name);
         tracing::warn!("{message}");
         self.event("CertificateSigningRequestPending", &message)
@@ -114,6 +122,7 @@ impl ServingCert {
             match csr::outcome(csr.status) {
                 CsrOutcome::Pending => {}
                 CsrOutcome::Refused { condition, why } => {
+                    note(&condition);
                     tracing::error!(
                         "serving certificate request {name} was {}: {why}; restart kernlet to ask again",
                         condition.to_lowercase()
@@ -126,6 +135,7 @@ impl ServingCert {
                             .and_then(|()| state::write_atomic(&crt_path, &cert, 0o644));
                     match written {
                         Ok(()) => {
+                            let _ = std::fs::remove_file(&record);
                             tracing::info!(cert = %crt_path.display(), "serving certificate issued for {name}")
                         }
                         Err(e) => tracing::error!("serving certificate issued but not saved: {e}"),

@@ -3,6 +3,7 @@
 
 pub mod bpf;
 pub mod cgroup;
+pub mod clock;
 pub mod fs;
 pub mod machine;
 pub mod mount;
