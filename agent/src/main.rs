@@ -240,11 +240,20 @@ impl RegistryArgs {
 }
 
 /// kernlet's helper processes: single-threaded, started by kernlet itself.
-/// `kernlet internal shim <bundle>` and
+/// `kernlet internal shim <bundle>`, `kernlet internal exec <bundle> <timeout-ms>
+/// <command...>` and
 /// `kernlet internal sandbox <dir> <hostname> <host-network:0|1> <host-ipc:0|1>
 /// <pod cgroup for a pause process, or "">`.
 fn internal(args: &[String]) -> ExitCode {
     match args {
+        [cmd, bundle, timeout_ms, command @ ..] if cmd == "exec" => {
+            let timeout = std::time::Duration::from_millis(timeout_ms.parse().unwrap_or(1000));
+            ExitCode::from(kernlet::runtime::exec::helper_main(
+                std::path::Path::new(bundle),
+                timeout,
+                command,
+            ) as u8)
+        }
         [cmd, bundle] if cmd == "shim" => {
             ExitCode::from(kernlet::runtime::shim::main(std::path::Path::new(bundle)) as u8)
         }

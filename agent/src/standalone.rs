@@ -16,6 +16,7 @@ use serde_json::json;
 
 use crate::model::manifest::{self, ManifestError, ManifestPod};
 use crate::model::pod_lifecycle::{self, Action, Observed, View};
+use crate::model::probe;
 use crate::model::qos::qos_class;
 use crate::model::quantity::QuantityError;
 use crate::runtime::container::ContainerState;
@@ -166,10 +167,26 @@ pub struct Runner {
     removing: Arc<std::sync::Mutex<HashSet<String>>>,
     /// Image pulls in the background, by (pod uid, container, restart).
     pulls: Pulls,
+    /// Probes of running containers, by (container ID, kind).
+    probes: HashMap<(String, probe::Kind), ProbeRun>,
+    /// Results of probe runs in flight, by (container ID, kind): Ok(output) or
+    /// Err(why it failed).
+    probe_results: ProbeResults,
     /// Failed pulls, by (pod uid, container): when the next may start, the delay
     /// after which it did, and why the last failed (kubelet's ImagePullBackOff).
     pull_backoff: HashMap<(String, String), (Instant, Duration, String)>,
     last_manifest_error: Option<String>,
+}
+
+/// Results of probe runs, by (container ID, kind).
+type ProbeResults = Arc<std::sync::Mutex<HashMap<(String, probe::Kind), Result<String, String>>>>;
+
+/// One probe of one running container.
+struct ProbeRun {
+    tracker: probe::Tracker,
+    /// When the next run may start.
+    next_at: Instant,
+    in_flight: bool,
 }
 
 /// Background pulls by (pod uid, container, restart).
@@ -203,6 +220,8 @@ impl Runner {
             removing: Arc::default(),
             pulls: Arc::default(),
             pull_backoff: HashMap::new(),
+            probes: HashMap::new(),
+            probe_results: Arc::default(),
             last_manifest_error: None,
         }
     }
@@ -347,6 +366,15 @@ impl Runner {
             if mine.len() >= 2 {
                 v.last = Some(observe(&mine[mine.len() - 2].id));
             }
+            let verdict = |kind: probe::Kind| {
+                kind.of(c).map(|_| {
+                    self.probes
+                        .get(&(v.id.clone(), kind))
+                        .is_some_and(|r| r.tracker.verdict == Some(true))
+                })
+            };
+            v.ready = verdict(probe::Kind::Readiness);
+            v.started = verdict(probe::Kind::Startup);
             // A start that failed before a container existed (or whose container
             // failed to start) shows as waiting, with the reason.
             let latest_failed = mine.last().is_none_or(|r| {
@@ -482,7 +510,144 @@ impl Runner {
         }
         self.prune(uid, &spec);
         let views = self.views(uid, pod);
+        self.run_probes(&sb, pod, &views);
+        let views = self.views(uid, pod);
         self.write_status(&sb, pod, &views)
+    }
+
+    /// Starts the probes that are due, counts the results that came in, and acts on
+    /// the verdicts: a failed liveness or startup probe kills the container (it then
+    /// restarts by the pod's restart policy); readiness shows in the views.
+    fn run_probes(&mut self, sb: &SandboxRecord, pod: &Pod, views: &[View]) {
+        let spec = pod.spec.clone().unwrap_or_default();
+        let now = Instant::now();
+        // This pod's results only (the map holds every pod's).
+        let mine: HashSet<&str> = views.iter().map(|v| v.id.as_str()).collect();
+        let results: Vec<_> = self
+            .probe_results
+            .lock()
+            .map(|mut r| {
+                let keys: Vec<_> = r
+                    .keys()
+                    .filter(|(id, _)| mine.contains(id.as_str()))
+                    .cloned()
+                    .collect();
+                keys.into_iter()
+                    .filter_map(|k| r.remove(&k).map(|v| (k, v)))
+                    .collect()
+            })
+            .unwrap_or_default();
+        for (key, result) in results {
+            if let Some(run) = self.probes.get_mut(&key) {
+                run.in_flight = false;
+                run.next_at = now + run.tracker.timing.period;
+                match &result {
+                    Ok(_) => run.tracker.record(true, ""),
+                    Err(why) => {
+                        tracing::info!(pod = %format!("{}/{}", sb.namespace, sb.name), container = %key.0, "{} probe failed: {why}", key.1.name());
+                        run.tracker.record(false, why);
+                    }
+                }
+            }
+        }
+        let target = |id: &str| crate::runtime::probe::Target {
+            id: id.to_string(),
+            ip: sb.ip.parse().unwrap_or(crate::runtime::probe::LOOPBACK),
+            netns: (!sb.host_network).then(|| crate::sys::ns::pin_path(&sb.ns_dir, "net")),
+        };
+        for c in pod_lifecycle::all_containers(&spec) {
+            let Some(v) = views.iter().find(|v| v.name == c.name) else {
+                continue;
+            };
+            let Observed::Running { started_at } = &v.current else {
+                continue;
+            };
+            let ran = parse_time(started_at).map_or(Duration::ZERO, |t| {
+                Duration::from_secs(
+                    u64::try_from(k8s_openapi::jiff::Timestamp::now().as_second() - t.as_second())
+                        .unwrap_or(0),
+                )
+            });
+            let startup_done = probe::Kind::Startup.of(c).is_none()
+                || self
+                    .probes
+                    .get(&(v.id.clone(), probe::Kind::Startup))
+                    .is_some_and(|r| r.tracker.verdict == Some(true));
+            let kinds: &[probe::Kind] = if startup_done {
+                &[probe::Kind::Liveness, probe::Kind::Readiness]
+            } else {
+                &[probe::Kind::Startup]
+            };
+            for &kind in kinds {
+                let Some(p) = kind.of(c) else { continue };
+                let Some(handler) = crate::runtime::probe::Handler::of_probe(p) else {
+                    continue;
+                };
+                let key = (v.id.clone(), kind);
+                let run = self.probes.entry(key.clone()).or_insert_with(|| ProbeRun {
+                    tracker: probe::Tracker::new(probe::Timing::of(p)),
+                    next_at: now,
+                    in_flight: false,
+                });
+                if run.tracker.verdict == Some(false) && kind != probe::Kind::Readiness {
+                    continue;
+                }
+                if run.in_flight || now < run.next_at || ran < run.tracker.timing.initial_delay {
+                    continue;
+                }
+                run.in_flight = true;
+                let (rt, results, c, t, timeout) = (
+                    self.rt.clone(),
+                    Arc::clone(&self.probe_results),
+                    c.clone(),
+                    target(&v.id),
+                    run.tracker.timing.timeout,
+                );
+                std::thread::spawn(move || {
+                    let r = crate::runtime::probe::run(&rt, &c, &t, &handler, timeout);
+                    if let Ok(mut m) = results.lock() {
+                        m.insert(key, r);
+                    }
+                });
+            }
+            // Liveness or startup failed: the container is killed, with the probe's
+            // grace period (else the pod's).
+            for kind in [probe::Kind::Startup, probe::Kind::Liveness] {
+                let key = (v.id.clone(), kind);
+                let Some(run) = self.probes.get_mut(&key) else {
+                    continue;
+                };
+                if run.tracker.verdict != Some(false) || run.in_flight {
+                    continue;
+                }
+                // Acted on once: the tracker stays failed, never in flight again.
+                run.in_flight = true;
+                let why = run.tracker.last_failure.clone();
+                let grace = kind
+                    .of(c)
+                    .and_then(|p| p.termination_grace_period_seconds)
+                    .or(spec.termination_grace_period_seconds)
+                    .and_then(|g| u64::try_from(g).ok())
+                    .unwrap_or(30);
+                tracing::info!(pod = %format!("{}/{}", sb.namespace, sb.name), container = %c.name,
+                    "Container {} failed {} probe, will be restarted: {why}", c.name, kind.name().to_lowercase());
+                let (rt, id) = (self.rt.clone(), v.id.clone());
+                std::thread::spawn(move || {
+                    if let Err(e) = rt.stop_container(&id, Duration::from_secs(grace)) {
+                        tracing::warn!("stopping container {id} after its failed probe: {e}");
+                    }
+                });
+            }
+        }
+        // Probes of containers that are no longer running go.
+        let running: HashSet<&str> = views
+            .iter()
+            .filter(|v| matches!(v.current, Observed::Running { .. }))
+            .map(|v| v.id.as_str())
+            .collect();
+        let ids: HashSet<String> = views.iter().map(|v| v.id.clone()).collect();
+        self.probes
+            .retain(|(id, _), _| !ids.contains(id) || running.contains(id.as_str()));
     }
 
     /// Writes the files of the pod's configMap, secret, downwardAPI and projected
@@ -641,10 +806,7 @@ impl Runner {
         let initialized = init
             .iter()
             .all(|v| matches!(v.current, Observed::Exited { code: 0, .. }));
-        let ready = !main.is_empty()
-            && main
-                .iter()
-                .all(|v| matches!(v.current, Observed::Running { .. }));
+        let ready = !main.is_empty() && main.iter().all(|v| v.is_ready());
         let cond = |t: &str, ok: bool| json!({"type": t, "status": if ok { "True" } else { "False" }, "lastTransitionTime": sb.created_at});
         let mut status = json!({
             "phase": pod_lifecycle::phase(&spec, views),
@@ -718,6 +880,17 @@ impl Runner {
         self.start_failures.retain(|(uid, _), _| *uid != sb.uid);
         self.backoff_base.retain(|(uid, _), _| *uid != sb.uid);
         self.pull_backoff.retain(|(uid, _), _| *uid != sb.uid);
+        let ids: HashSet<String> = self
+            .rt
+            .containers()
+            .into_iter()
+            .filter(|c| c.pod_uid == sb.uid)
+            .map(|c| c.id)
+            .collect();
+        self.probes.retain(|(id, _), _| !ids.contains(id));
+        if let Ok(mut r) = self.probe_results.lock() {
+            r.retain(|(id, _), _| !ids.contains(id));
+        }
         std::thread::spawn(move || {
             let grace = read_json::<serde_json::Value>(&rt.pod_state_dir(&sb.uid).join("pod.json"))
                 .ok()

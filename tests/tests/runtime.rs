@@ -720,3 +720,128 @@ spec:
     assert!(texts.contains(&"uid=1234 gid=5678"), "{texts:?}");
     assert!(texts.contains(&"volume=4444 2777"), "{texts:?}");
 }
+
+const PROBES: &str = r#"
+apiVersion: v1
+kind: Pod
+metadata: {name: web, namespace: t}
+spec:
+  containers:
+  - name: c
+    image: busybox:1.36
+    command: ["sh", "-c", "mkdir -p /www && echo ok > /www/index.html && exec httpd -f -p 8080 -h /www"]
+    ports: [{name: http, containerPort: 8080}]
+    readinessProbe: {httpGet: {path: /index.html, port: http}, periodSeconds: 1}
+    livenessProbe: {tcpSocket: {port: 8080}, periodSeconds: 1}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: notready, namespace: t}
+spec:
+  containers:
+  - name: c
+    image: busybox:1.36
+    command: ["sh", "-c", "mkdir -p /www && exec httpd -f -p 8080 -h /www"]
+    readinessProbe: {httpGet: {path: /missing, port: 8080}, periodSeconds: 1}
+  - name: exec
+    image: busybox:1.36
+    command: ["sleep", "600"]
+    readinessProbe: {exec: {command: ["false"]}, periodSeconds: 1}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: liveness, namespace: t}
+spec:
+  terminationGracePeriodSeconds: 1
+  containers:
+  - name: c
+    image: busybox:1.36
+    command: ["sh", "-c", "touch /tmp/health; sleep 3; rm /tmp/health; exec sleep 600"]
+    livenessProbe: {exec: {command: ["cat", "/tmp/health"]}, periodSeconds: 1, failureThreshold: 1}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: startup, namespace: t}
+spec:
+  terminationGracePeriodSeconds: 1
+  containers:
+  - name: c
+    image: busybox:1.36
+    command: ["sleep", "600"]
+    startupProbe: {exec: {command: ["cat", "/tmp/never"]}, periodSeconds: 1, failureThreshold: 2}
+    livenessProbe: {exec: {command: ["false"]}, periodSeconds: 1, failureThreshold: 1}
+"#;
+
+/// Probes as kubelet runs them: httpGet (named port) and tcpSocket from the pod's
+/// network namespace, exec inside the container; readiness drives `ready` and the
+/// pod's Ready condition without restarts; a failed liveness probe restarts the
+/// container; a startup probe holds liveness back and, failing, restarts it too.
+#[test]
+fn probes_decide_readiness_and_restarts() {
+    let mut lab = Lab::new("probes").unwrap();
+    let mut node = lab.add_node("p1").unwrap();
+    import_busybox(&node);
+    let m = manifests(&node, PROBES);
+    start(&mut node, &m);
+    let ready = |p: &Value| {
+        p["status"]["conditions"]
+            .as_array()
+            .and_then(|l| l.iter().find(|c| c["type"] == "Ready"))
+            .map(|c| c["status"] == "True")
+            .unwrap_or(false)
+    };
+    let web = wait_for(&node, "web ready", Duration::from_secs(30), || {
+        pod(&node, "web").filter(ready)
+    });
+    let c = status(&web, "containerStatuses", "c");
+    assert_eq!(c["ready"], true);
+    assert_eq!(c["started"], true);
+    let liveness = wait_for(&node, "liveness restarted", Duration::from_secs(30), || {
+        pod(&node, "liveness")
+            .filter(|p| status(p, "containerStatuses", "c")["restartCount"].as_u64() >= Some(1))
+    });
+    assert!(
+        status(&liveness, "containerStatuses", "c")["lastState"]["terminated"].is_object(),
+        "{liveness}"
+    );
+    let startup = wait_for(&node, "startup restarted", Duration::from_secs(30), || {
+        pod(&node, "startup")
+            .filter(|p| status(p, "containerStatuses", "c")["restartCount"].as_u64() >= Some(1))
+    });
+    let log = node.kernlet_log();
+    assert!(
+        log.contains("failed startup probe, will be restarted"),
+        "{log}"
+    );
+    assert!(
+        log.lines()
+            .any(|l| l.contains("t/startup") && l.contains("Startup probe failed")),
+        "{log}"
+    );
+    assert!(
+        !log.lines()
+            .any(|l| l.contains("t/startup") && l.contains("Liveness probe failed")),
+        "liveness does not run before the startup probe passed: {log}"
+    );
+    assert_eq!(
+        status(&startup, "containerStatuses", "c")["started"],
+        false,
+        "{startup}"
+    );
+    // Failing readiness: running, never ready, never restarted.
+    let notready = pod(&node, "notready").unwrap();
+    for name in ["c", "exec"] {
+        let c = status(&notready, "containerStatuses", name);
+        assert!(c["state"]["running"].is_object(), "{notready}");
+        assert_eq!(c["ready"], false, "{name}");
+        assert_eq!(c["started"], true, "{name}");
+        assert_eq!(c["restartCount"], 0, "{name}");
+    }
+    assert!(!ready(&notready));
+    assert!(
+        log.contains("HTTP probe failed with statuscode: 404"),
+        "{log}"
+    );
+    let web = pod(&node, "web").unwrap();
+    assert_eq!(status(&web, "containerStatuses", "c")["restartCount"], 0);
+}

@@ -6,6 +6,7 @@ pub mod kubelet_config;
 pub mod manifest;
 pub mod node;
 pub mod pod_lifecycle;
+pub mod probe;
 pub mod qos;
 pub mod quantity;
 pub mod runtime_spec;

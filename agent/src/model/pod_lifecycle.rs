@@ -41,6 +41,20 @@ pub struct View {
     pub id: String,
     pub image: String,
     pub image_id: String,
+    /// The readiness probe's verdict; `None` without a readiness probe (ready while
+    /// running).
+    pub ready: Option<bool>,
+    /// The startup probe's verdict; `None` without a startup probe.
+    pub started: Option<bool>,
+}
+
+impl View {
+    /// Running, started and ready by its probes.
+    pub fn is_ready(&self) -> bool {
+        matches!(self.current, Observed::Running { .. })
+            && self.started != Some(false)
+            && self.ready.unwrap_or(true)
+    }
 }
 
 impl View {
@@ -53,6 +67,8 @@ impl View {
             id: String::new(),
             image: String::new(),
             image_id: String::new(),
+            ready: None,
+            started: None,
         }
     }
 }
@@ -226,16 +242,17 @@ fn state_json(o: &Observed, id: &str) -> Value {
     }
 }
 
-/// A container status as kubelet writes it (readiness = running, until probes run).
+/// A container status as kubelet writes it (`ready` and `started` from the probes).
 pub fn container_status(v: &View, waiting_reason: Option<&str>) -> Value {
     let running = matches!(v.current, Observed::Running { .. });
+    let started = running && v.started != Some(false);
     let mut state = state_json(&v.current, &v.id);
     if let (Some(reason), Observed::Exited { .. }) = (waiting_reason, &v.current) {
         state = json!({"waiting": {"reason": reason}});
     }
     let mut s = json!({
         "name": v.name, "image": v.image, "imageID": v.image_id,
-        "ready": running, "started": running, "restartCount": v.restarts,
+        "ready": v.is_ready(), "started": started, "restartCount": v.restarts,
         "state": state, "lastState": v.last.as_ref().map_or(json!({}), |l| state_json(l, "")),
     });
     if !v.id.is_empty() {

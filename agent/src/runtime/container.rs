@@ -549,6 +549,64 @@ impl Runtime {
         Ok((plan, unenforced))
     }
 
+    /// Runs `command` in running container `id` and waits for it (at most `timeout`,
+    /// then it is killed), through a helper process (see [`super::exec`]).
+    pub fn exec_sync(
+        &self,
+        id: &str,
+        command: &[String],
+        timeout: Duration,
+    ) -> Result<super::exec::ExecResult, RuntimeError> {
+        if !matches!(self.container_state(id), ContainerState::Running { .. }) {
+            return Err(RuntimeError::Refused(format!(
+                "container {id} is not running"
+            )));
+        }
+        if command.is_empty() {
+            return Err(RuntimeError::Refused("exec: no command given".into()));
+        }
+        let mut child = std::process::Command::new(&self.cfg.exe)
+            .arg("internal")
+            .arg("exec")
+            .arg(self.container_dir(id))
+            .arg(timeout.as_millis().to_string())
+            .args(command)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .map_err(RuntimeError::io("starting the exec helper"))?;
+        // The helper kills the command at the timeout; it gets some slack of its own.
+        let deadline = std::time::Instant::now() + timeout + Duration::from_secs(10);
+        loop {
+            match child.try_wait() {
+                Ok(Some(_)) => break,
+                Ok(None) if std::time::Instant::now() > deadline => {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    return Err(RuntimeError::Refused(format!(
+                        "exec in container {id}: the helper did not finish"
+                    )));
+                }
+                Ok(None) => std::thread::sleep(Duration::from_millis(5)),
+                Err(e) => return Err(RuntimeError::io("waiting for the exec helper")(e)),
+            }
+        }
+        let out = child
+            .wait_with_output()
+            .map_err(RuntimeError::io("reading the exec helper"))?;
+        match serde_json::from_slice::<super::exec::HelperAnswer>(&out.stdout) {
+            Ok(super::exec::HelperAnswer::Ran(r)) => Ok(r),
+            Ok(super::exec::HelperAnswer::Failed(why)) => Err(RuntimeError::Refused(format!(
+                "exec in container {id}: {why}"
+            ))),
+            Err(_) => Err(RuntimeError::Refused(format!(
+                "exec in container {id}: the helper failed: {}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            ))),
+        }
+    }
+
     /// Where `Localhost` seccomp profiles live: `<state-dir>/seccomp` (kubelet's
     /// `<root-dir>/seccomp`).
     pub fn seccomp_dir(&self) -> PathBuf {

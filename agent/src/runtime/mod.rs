@@ -14,9 +14,11 @@
 //! ```
 
 pub mod container;
+pub mod exec;
 pub mod image;
 pub mod logs;
 pub mod orphans;
+pub mod probe;
 pub mod sandbox;
 pub mod shim;
 

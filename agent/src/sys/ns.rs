@@ -159,3 +159,23 @@ pub fn remove(dir: &Path) -> io::Result<()> {
         _ => Ok(()),
     }
 }
+
+/// A TCP connection to `addr` made from inside the network namespace pinned at
+/// `netns` (the caller's own when `None`): the socket is created in a scratch thread
+/// that has entered the namespace, and keeps that namespace for its life.
+pub fn connect_in(
+    netns: Option<&Path>,
+    addr: std::net::SocketAddr,
+    timeout: std::time::Duration,
+) -> io::Result<std::net::TcpStream> {
+    let Some(netns) = netns else {
+        return std::net::TcpStream::connect_timeout(&addr, timeout);
+    };
+    let ns = std::fs::File::open(netns)?;
+    std::thread::spawn(move || {
+        nix::sched::setns(&ns, CloneFlags::CLONE_NEWNET).map_err(io_err)?;
+        std::net::TcpStream::connect_timeout(&addr, timeout)
+    })
+    .join()
+    .map_err(|_| io::Error::other("the connecting thread panicked"))?
+}

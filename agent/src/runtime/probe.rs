@@ -1,0 +1,298 @@
+//! Running one probe or lifecycle handler against a container: exec in the container
+//! (through [`super::exec`]), an HTTP GET or a TCP connect made from the pod's network
+//! namespace (so a pod is probed the same way with or without a pod network), or a
+//! sleep.
+
+use std::io::Write as _;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::{Container, ExecAction, HTTPGetAction, TCPSocketAction};
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+
+use super::Runtime;
+use super::exec::MAX_OUTPUT;
+
+/// One handler: what a probe or hook does.
+#[derive(Clone, Debug)]
+pub enum Handler {
+    Exec(ExecAction),
+    Http(HTTPGetAction),
+    Tcp(TCPSocketAction),
+    Sleep(Duration),
+    /// A kind kernlet does not run yet (gRPC); named in the result.
+    Unsupported(&'static str),
+}
+
+impl Handler {
+    pub fn of_probe(p: &k8s_openapi::api::core::v1::Probe) -> Option<Self> {
+        if let Some(e) = &p.exec {
+            return Some(Self::Exec(e.clone()));
+        }
+        if let Some(h) = &p.http_get {
+            return Some(Self::Http(h.clone()));
+        }
+        if let Some(t) = &p.tcp_socket {
+            return Some(Self::Tcp(t.clone()));
+        }
+        p.grpc.as_ref().map(|_| Self::Unsupported("grpc"))
+    }
+
+    pub fn of_hook(h: &k8s_openapi::api::core::v1::LifecycleHandler) -> Option<Self> {
+        if let Some(e) = &h.exec {
+            return Some(Self::Exec(e.clone()));
+        }
+        if let Some(g) = &h.http_get {
+            return Some(Self::Http(g.clone()));
+        }
+        if let Some(s) = &h.sleep {
+            return Some(Self::Sleep(Duration::from_secs(
+                u64::try_from(s.seconds).unwrap_or(0),
+            )));
+        }
+        h.tcp_socket.as_ref().map(|t| Self::Tcp(t.clone()))
+    }
+}
+
+/// Where a container is reached.
+#[derive(Clone, Debug)]
+pub struct Target {
+    /// The container's ID (for exec).
+    pub id: String,
+    /// The pod's IP; loopback when the pod has none yet.
+    pub ip: IpAddr,
+    /// The pod's network namespace pin (`None` for host-network pods).
+    pub netns: Option<PathBuf>,
+}
+
+/// A port number, or a named port of the container.
+fn port(c: &Container, p: &IntOrString) -> Result<u16, String> {
+    match p {
+        IntOrString::Int(n) => u16::try_from(*n).map_err(|_| format!("port {n} is out of range")),
+        IntOrString::String(name) => {
+            if let Ok(n) = name.parse::<u16>() {
+                return Ok(n);
+            }
+            c.ports
+                .iter()
+                .flatten()
+                .find(|cp| cp.name.as_deref() == Some(name.as_str()))
+                .and_then(|cp| u16::try_from(cp.container_port).ok())
+                .ok_or_else(|| format!("container {} has no port named {name:?}", c.name))
+        }
+    }
+}
+
+/// The address to connect to: `host` when set, else the pod's IP.
+fn address(t: &Target, host: Option<&str>, port: u16) -> Result<SocketAddr, String> {
+    let ip = match host.filter(|h| !h.is_empty()) {
+        None => t.ip,
+        Some(h) => match h.parse::<IpAddr>() {
+            Ok(ip) => ip,
+            Err(_) => std::net::ToSocketAddrs::to_socket_addrs(&(h, port))
+                .map_err(|e| format!("resolving {h}: {e}"))?
+                .next()
+                .map(|a| a.ip())
+                .ok_or_else(|| format!("{h} has no address"))?,
+        },
+    };
+    Ok(SocketAddr::new(ip, port))
+}
+
+/// Runs `h` for container `c` at `t` within `timeout`: `Ok(output)` on success,
+/// `Err(why)` on failure.
+pub fn run(
+    rt: &Runtime,
+    c: &Container,
+    t: &Target,
+    h: &Handler,
+    timeout: Duration,
+) -> Result<String, String> {
+    match h {
+        Handler::Exec(e) => {
+            let cmd = e.command.clone().unwrap_or_default();
+            let r = rt
+                .exec_sync(&t.id, &cmd, timeout)
+                .map_err(|e| e.to_string())?;
+            if r.timed_out {
+                Err(format!("command {cmd:?} timed out after {timeout:?}"))
+            } else if r.exit_code != 0 {
+                Err(format!(
+                    "command {cmd:?} exited with {}: {}",
+                    r.exit_code,
+                    r.output.trim_end()
+                ))
+            } else {
+                Ok(r.output)
+            }
+        }
+        Handler::Tcp(tcp) => {
+            let a = address(t, tcp.host.as_deref(), port(c, &tcp.port)?)?;
+            crate::sys::ns::connect_in(t.netns.as_deref(), a, timeout)
+                .map(|_| String::new())
+                .map_err(|e| format!("dial tcp {a}: {e}"))
+        }
+        Handler::Http(get) => http_get(c, t, get, timeout),
+        Handler::Sleep(d) => {
+            std::thread::sleep(*d);
+            Ok(String::new())
+        }
+        Handler::Unsupported(kind) => {
+            Err(format!("{kind} probes are not supported by kernlet yet"))
+        }
+    }
+}
+
+/// kubelet's HTTP probe: GET with its User-Agent and the given headers; 2xx and 3xx
+/// succeed. HTTPS does not verify the certificate (as kubelet).
+fn http_get(
+    c: &Container,
+    t: &Target,
+    get: &HTTPGetAction,
+    timeout: Duration,
+) -> Result<String, String> {
+    let a = address(t, get.host.as_deref(), port(c, &get.port)?)?;
+    let scheme = get.scheme.as_deref().unwrap_or("HTTP");
+    let path = get.path.as_deref().filter(|p| !p.is_empty()).unwrap_or("/");
+    let path = if path.starts_with('/') {
+        path.to_string()
+    } else {
+        format!("/{path}")
+    };
+    let url = format!("{}://{a}{path}", scheme.to_lowercase());
+    let stream = crate::sys::ns::connect_in(t.netns.as_deref(), a, timeout)
+        .map_err(|e| format!("Get {url:?}: dial tcp {a}: {e}"))?;
+    let _ = stream.set_read_timeout(Some(timeout));
+    let _ = stream.set_write_timeout(Some(timeout));
+    let headers = get.http_headers.clone().unwrap_or_default();
+    let host_header = headers
+        .iter()
+        .find(|h| h.name.eq_ignore_ascii_case("host"))
+        .map_or_else(|| a.to_string(), |h| h.value.clone());
+    let mut request =
+        format!("GET {path} HTTP/1.1\r\nHost: {host_header}\r\nConnection: close\r\n");
+    if !headers
+        .iter()
+        .any(|h| h.name.eq_ignore_ascii_case("user-agent"))
+    {
+        request.push_str("User-Agent: kube-probe/1.36\r\n");
+    }
+    if !headers
+        .iter()
+        .any(|h| h.name.eq_ignore_ascii_case("accept"))
+    {
+        request.push_str("Accept: */*\r\n");
+    }
+    for h in headers
+        .iter()
+        .filter(|h| !h.name.eq_ignore_ascii_case("host"))
+    {
+        request.push_str(&format!("{}: {}\r\n", h.name, h.value));
+    }
+    request.push_str("\r\n");
+    let mut response = Vec::new();
+    let io = |e: std::io::Error| format!("Get {url:?}: {e}");
+    if scheme.eq_ignore_ascii_case("HTTPS") {
+        let config = rustls::ClientConfig::builder()
+            .dangerous()
+            .with_custom_certificate_verifier(std::sync::Arc::new(NoVerify::new()))
+            .with_no_client_auth();
+        let name = rustls::pki_types::ServerName::IpAddress(a.ip().into());
+        let conn = rustls::ClientConnection::new(std::sync::Arc::new(config), name)
+            .map_err(|e| format!("Get {url:?}: {e}"))?;
+        let mut tls = rustls::StreamOwned::new(conn, stream);
+        tls.write_all(request.as_bytes()).map_err(io)?;
+        read_head(&mut tls, &mut response);
+    } else {
+        let mut s = stream;
+        s.write_all(request.as_bytes()).map_err(io)?;
+        read_head(&mut s, &mut response);
+    }
+    let text = String::from_utf8_lossy(&response).into_owned();
+    let code: u16 = text
+        .lines()
+        .next()
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|c| c.parse().ok())
+        .ok_or_else(|| format!("Get {url:?}: no HTTP response"))?;
+    let body = text
+        .split_once("\r\n\r\n")
+        .map_or("", |(_, b)| b)
+        .to_string();
+    if (200..400).contains(&code) {
+        Ok(body)
+    } else {
+        Err(format!("HTTP probe failed with statuscode: {code}"))
+    }
+}
+
+/// Reads a response (head and up to [`MAX_OUTPUT`] of body) until the peer closes or
+/// stops sending.
+fn read_head(r: &mut impl std::io::Read, out: &mut Vec<u8>) {
+    let mut buf = [0u8; 4096];
+    while out.len() < MAX_OUTPUT {
+        match r.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => out.extend_from_slice(&buf[..n]),
+        }
+    }
+}
+
+/// Accepts any server certificate (kubelet's probes do not verify).
+#[derive(Debug)]
+struct NoVerify(rustls::crypto::CryptoProvider);
+
+impl NoVerify {
+    fn new() -> Self {
+        Self(rustls::crypto::aws_lc_rs::default_provider())
+    }
+}
+
+impl rustls::client::danger::ServerCertVerifier for NoVerify {
+    fn verify_server_cert(
+        &self,
+        _end_entity: &rustls::pki_types::CertificateDer<'_>,
+        _intermediates: &[rustls::pki_types::CertificateDer<'_>],
+        _server_name: &rustls::pki_types::ServerName<'_>,
+        _ocsp: &[u8],
+        _now: rustls::pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        Ok(rustls::client::danger::ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls::pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls::pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
+}
+
+/// The loopback address, for pods without an IP yet.
+pub const LOOPBACK: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
