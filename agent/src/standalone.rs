@@ -349,7 +349,8 @@ impl Runner {
                     code: exit.exit_code,
                     reason: exit.reason().to_string(),
                     started_at: started_at.unwrap_or_default(),
-                    finished_at: exit.finished_at,
+                    finished_at: exit.finished_at.clone(),
+                    message: exit.message,
                 },
                 ContainerState::Failed(why) => Observed::StartFailed {
                     reason: "RunContainerError".into(),
@@ -395,6 +396,12 @@ impl Runner {
     }
 
     fn may_restart(&self, uid: &str, v: &View) -> bool {
+        self.restart_wait(uid, v).0
+    }
+
+    /// Whether an exited container may restart now, and the back-off delay that
+    /// applies to it.
+    fn restart_wait(&self, uid: &str, v: &View) -> (bool, Duration) {
         let key = (uid.to_string(), v.name.clone());
         let base = self.backoff_base.get(&key).copied().unwrap_or(0);
         let (finished, ran) = match &v.current {
@@ -419,7 +426,10 @@ impl Runner {
         };
         let delay = pod_lifecycle::backoff(n, self.timing.backoff_initial, self.timing.backoff_max);
         let now = k8s_openapi::jiff::Timestamp::now().as_second();
-        finished.is_none_or(|f| now >= f.as_second() + delay.as_secs() as i64)
+        (
+            finished.is_none_or(|f| now >= f.as_second() + delay.as_secs() as i64),
+            delay,
+        )
     }
 
     fn sync_pod(&mut self, uid: &str, pod: &Pod) -> Result<(), crate::runtime::RuntimeError> {
@@ -799,7 +809,20 @@ impl Runner {
             Observed::Exited { code, .. } => {
                 let policy = spec.restart_policy.as_deref().unwrap_or("Always");
                 let restarts = policy == "Always" || (policy == "OnFailure" && *code != 0);
-                (restarts && !self.may_restart(&sb.uid, v)).then_some("CrashLoopBackOff")
+                let (may, delay) = self.restart_wait(&sb.uid, v);
+                (restarts && !may).then(|| {
+                    (
+                        "CrashLoopBackOff".to_string(),
+                        format!(
+                            "back-off {} restarting failed container={} pod={}_{}({})",
+                            pod_lifecycle::go_duration(delay),
+                            v.name,
+                            sb.name,
+                            sb.namespace,
+                            sb.uid
+                        ),
+                    )
+                })
             }
             _ => None,
         };

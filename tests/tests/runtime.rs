@@ -845,3 +845,56 @@ fn probes_decide_readiness_and_restarts() {
     let web = pod(&node, "web").unwrap();
     assert_eq!(status(&web, "containerStatuses", "c")["restartCount"], 0);
 }
+
+const MESSAGES: &str = r#"
+apiVersion: v1
+kind: Pod
+metadata: {name: messages, namespace: t}
+spec:
+  restartPolicy: Never
+  containers:
+  - name: file
+    image: busybox:1.36
+    command: ["sh", "-c", "echo -n 'all done' > /dev/termination-log"]
+  - name: custom
+    image: busybox:1.36
+    command: ["sh", "-c", "echo -n 'custom path' > /tmp/why; exit 4"]
+    terminationMessagePath: /tmp/why
+  - name: fallback
+    image: busybox:1.36
+    command: ["sh", "-c", "echo failing >&2; exit 3"]
+    terminationMessagePolicy: FallbackToLogsOnError
+  - name: nofallback
+    image: busybox:1.36
+    command: ["sh", "-c", "echo failing >&2; exit 3"]
+  - name: succeeded
+    image: busybox:1.36
+    command: ["sh", "-c", "echo fine"]
+    terminationMessagePolicy: FallbackToLogsOnError
+"#;
+
+/// Termination messages as kubelet reports them: the file at terminationMessagePath
+/// (default /dev/termination-log), or with FallbackToLogsOnError the end of the log
+/// of a failed container.
+#[test]
+fn termination_messages_from_the_file_or_the_log() {
+    let mut lab = Lab::new("msgs").unwrap();
+    let mut node = lab.add_node("m1").unwrap();
+    import_busybox(&node);
+    let m = manifests(&node, MESSAGES);
+    start(&mut node, &m);
+    let p = wait_for(
+        &node,
+        "every container done",
+        Duration::from_secs(30),
+        || pod(&node, "messages").filter(|p| p["status"]["phase"] == "Failed"),
+    );
+    let terminated =
+        |name: &str| status(&p, "containerStatuses", name)["state"]["terminated"].clone();
+    assert_eq!(terminated("file")["message"], "all done", "{p}");
+    assert_eq!(terminated("custom")["message"], "custom path");
+    assert_eq!(terminated("custom")["exitCode"], 4);
+    assert_eq!(terminated("fallback")["message"], "failing\n");
+    assert!(terminated("nofallback").get("message").is_none(), "{p}");
+    assert!(terminated("succeeded").get("message").is_none(), "{p}");
+}

@@ -23,6 +23,9 @@ pub enum Observed {
         reason: String,
         started_at: String,
         finished_at: String,
+        /// The termination message (its file, or the log's tail on error when the
+        /// policy says so); empty when there is none.
+        message: String,
     },
     /// It could not be started (image missing, bad spec): the waiting reason and why.
     StartFailed {
@@ -232,23 +235,41 @@ fn state_json(o: &Observed, id: &str) -> Value {
             reason,
             started_at,
             finished_at,
-        } => json!({"terminated": {
-            "exitCode": code, "reason": reason, "startedAt": started_at, "finishedAt": finished_at,
-            "containerID": format!("kernlet://{id}"),
-        }}),
+            message,
+        } => {
+            let mut t = json!({
+                "exitCode": code, "reason": reason, "startedAt": started_at, "finishedAt": finished_at,
+                "containerID": format!("kernlet://{id}"),
+            });
+            if !message.is_empty() {
+                t["message"] = json!(message);
+            }
+            json!({"terminated": t})
+        }
         Observed::StartFailed { reason, message } => {
             json!({"waiting": {"reason": reason, "message": message}})
         }
     }
 }
 
-/// A container status as kubelet writes it (`ready` and `started` from the probes).
-pub fn container_status(v: &View, waiting_reason: Option<&str>) -> Value {
+/// A duration as Go prints it (`10s`, `1m20s`, `5m0s`), for kubelet's messages.
+pub fn go_duration(d: Duration) -> String {
+    let s = d.as_secs();
+    match (s / 3600, (s % 3600) / 60, s % 60) {
+        (0, 0, sec) => format!("{sec}s"),
+        (0, m, sec) => format!("{m}m{sec}s"),
+        (h, m, sec) => format!("{h}h{m}m{sec}s"),
+    }
+}
+
+/// A container status as kubelet writes it (`ready` and `started` from the probes);
+/// `waiting` replaces an exited container's state (CrashLoopBackOff: reason, message).
+pub fn container_status(v: &View, waiting: Option<(String, String)>) -> Value {
     let running = matches!(v.current, Observed::Running { .. });
     let started = running && v.started != Some(false);
     let mut state = state_json(&v.current, &v.id);
-    if let (Some(reason), Observed::Exited { .. }) = (waiting_reason, &v.current) {
-        state = json!({"waiting": {"reason": reason}});
+    if let (Some((reason, message)), Observed::Exited { .. }) = (waiting, &v.current) {
+        state = json!({"waiting": {"reason": reason, "message": message}});
     }
     let mut s = json!({
         "name": v.name, "image": v.image, "imageID": v.image_id,
@@ -282,6 +303,7 @@ mod tests {
                 reason: "Error".into(),
                 started_at: "t".into(),
                 finished_at: "t".into(),
+                message: String::new(),
             },
             ..View::new(name)
         }
@@ -294,6 +316,14 @@ mod tests {
             },
             ..View::new(name)
         }
+    }
+
+    #[test]
+    fn durations_print_like_go() {
+        assert_eq!(go_duration(Duration::from_secs(10)), "10s");
+        assert_eq!(go_duration(Duration::from_secs(80)), "1m20s");
+        assert_eq!(go_duration(Duration::from_secs(300)), "5m0s");
+        assert_eq!(go_duration(Duration::from_secs(3700)), "1h1m40s");
     }
 
     #[test]

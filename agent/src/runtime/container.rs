@@ -347,7 +347,7 @@ impl Runtime {
                 readonly: false,
             },
         ];
-        let term = self.container_dir(id).join("termination-log");
+        let term = self.container_dir(id).join(shim::TERMINATION_LOG);
         std::fs::write(&term, b"")
             .map_err(RuntimeError::io(format!("creating {}", term.display())))?;
         mounts.push(BindMount {
@@ -707,6 +707,8 @@ impl Runtime {
                 state_root: self.cfg.run_dir.join("libcontainer"),
                 log: log_path,
                 rotation: self.cfg.rotation,
+                message_from_log_on_error: c.termination_message_policy.as_deref()
+                    == Some("FallbackToLogsOnError"),
             },
         )?;
         write_json(&self.record_path(&id), &record)?;

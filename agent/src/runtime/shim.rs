@@ -49,6 +49,10 @@ pub struct ShimRequest {
     /// The CRI log file of this start.
     pub log: PathBuf,
     pub rotation: Rotation,
+    /// `terminationMessagePolicy: FallbackToLogsOnError`: without a message, a failed
+    /// container's message is the tail of its log.
+    #[serde(default)]
+    pub message_from_log_on_error: bool,
 }
 
 /// A running container, as the shim reports it.
@@ -68,6 +72,9 @@ pub struct ExitRecord {
     pub signal: Option<i32>,
     pub oom_killed: bool,
     pub finished_at: String,
+    /// The termination message.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub message: String,
 }
 
 impl ExitRecord {
@@ -200,6 +207,7 @@ fn run(bundle: &Path) -> anyhow::Result<()> {
         nix::sys::wait::WaitStatus::Signaled(_, sig, _) => (128 + sig as i32, Some(sig as i32)),
         _ => (255, None),
     };
+    let message = termination_message(bundle, &req, exit_code);
     if let Err(e) = container.delete(true) {
         tracing::warn!("removing the container's runtime state: {e}");
     }
@@ -210,11 +218,58 @@ fn run(bundle: &Path) -> anyhow::Result<()> {
             signal,
             oom_killed,
             finished_at: now(),
+            message,
         })?,
         0o644,
     )?;
     tracing::info!(exit_code, ?signal, oom_killed, "container exited");
     Ok(())
+}
+
+/// kubelet's limits: 4 KiB of the message file; 80 lines and 2 KiB of the log.
+const MAX_MESSAGE: usize = 4096;
+const MAX_LOG_LINES: usize = 80;
+const MAX_LOG_MESSAGE: usize = 2048;
+
+/// The file the container could write at its `terminationMessagePath`.
+pub const TERMINATION_LOG: &str = "termination-log";
+
+/// The termination message: what the container wrote to its message file (at most
+/// 4 KiB), or for `FallbackToLogsOnError` and a failure, the end of its log.
+fn termination_message(bundle: &Path, req: &ShimRequest, exit_code: i32) -> String {
+    use std::io::Read as _;
+    let mut buf = Vec::new();
+    if let Ok(f) = std::fs::File::open(bundle.join(TERMINATION_LOG)) {
+        let _ = f.take(MAX_MESSAGE as u64).read_to_end(&mut buf);
+    }
+    let message = String::from_utf8_lossy(&buf).into_owned();
+    if !message.is_empty() || !req.message_from_log_on_error || exit_code == 0 {
+        return message;
+    }
+    log_tail(&std::fs::read_to_string(&req.log).unwrap_or_default())
+}
+
+/// The last lines of a CRI log as the container wrote them (partial lines joined),
+/// cut to kubelet's size.
+pub fn log_tail(cri: &str) -> String {
+    let mut lines: Vec<String> = Vec::new();
+    let mut partial = String::new();
+    for record in cri.lines().filter_map(crate::runtime::logs::parse_line) {
+        partial.push_str(&record.text);
+        if !record.partial {
+            lines.push(std::mem::take(&mut partial) + "\n");
+        }
+    }
+    if !partial.is_empty() {
+        lines.push(partial);
+    }
+    let start = lines.len().saturating_sub(MAX_LOG_LINES);
+    let text: String = lines[start..].concat();
+    let mut cut = text.len().saturating_sub(MAX_LOG_MESSAGE);
+    while !text.is_char_boundary(cut) {
+        cut += 1;
+    }
+    text[cut..].to_string()
 }
 
 /// Copies the container's output into its log until it has exited and its pipes are
@@ -272,5 +327,32 @@ fn pump(log: &mut CriWriter, pipes: [OwnedFd; 2], pid: i32) -> nix::sys::wait::W
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_log_tail_is_what_the_container_wrote_cut_like_kubelet() {
+        let cri = "2026-11-26T01:00:00.000000001Z stdout F one\n\
+                   2026-11-26T01:00:00.000000002Z stderr P fail\n\
+                   2026-11-26T01:00:00.000000003Z stderr F ing\n";
+        assert_eq!(log_tail(cri), "one\nfailing\n");
+        let many: String = (0..100)
+            .map(|i| format!("2026-11-26T01:00:00.000000001Z stdout F line{i}\n"))
+            .collect();
+        let tail = log_tail(&many);
+        assert!(
+            tail.starts_with("line20\n") && tail.ends_with("line99\n"),
+            "{tail}"
+        );
+        let long = format!(
+            "2026-11-26T01:00:00.000000001Z stdout F {}\n",
+            "é".repeat(2000)
+        );
+        let tail = log_tail(&long);
+        assert!(tail.len() <= MAX_LOG_MESSAGE && tail.ends_with("é\n"));
     }
 }
