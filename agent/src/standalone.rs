@@ -189,6 +189,54 @@ struct ProbeRun {
     in_flight: bool,
 }
 
+/// Where a container of the pod `sb` is reached by probes and hooks.
+fn target(sb: &SandboxRecord, id: &str) -> crate::runtime::probe::Target {
+    crate::runtime::probe::Target {
+        id: id.to_string(),
+        ip: sb.ip.parse().unwrap_or(crate::runtime::probe::LOOPBACK),
+        netns: (!sb.host_network).then(|| crate::sys::ns::pin_path(&sb.ns_dir, "net")),
+    }
+}
+
+/// Stops container `id` (of spec `c`) as kubelet does: its preStop hook first, then
+/// SIGTERM and SIGKILL at the end of `grace` — which the hook's time counts against,
+/// with 2 s more for SIGTERM when the hook used it all.
+fn stop_with_pre_stop(
+    rt: &Runtime,
+    sb: &SandboxRecord,
+    c: Option<&k8s_openapi::api::core::v1::Container>,
+    id: &str,
+    grace: Duration,
+) {
+    let started = Instant::now();
+    let hook = c.and_then(|c| {
+        let h = c.lifecycle.as_ref()?.pre_stop.as_ref()?;
+        crate::runtime::probe::Handler::of_hook(h).map(|h| (c, h))
+    });
+    if let Some((c, h)) = &hook
+        && matches!(rt.container_state(id), ContainerState::Running { .. })
+    {
+        match crate::runtime::probe::run(rt, c, &target(sb, id), h, grace) {
+            Ok(_) => {
+                tracing::info!(pod = %format!("{}/{}", sb.namespace, sb.name), container = %c.name, "preStop hook done")
+            }
+            Err(why) => {
+                tracing::warn!(pod = %format!("{}/{}", sb.namespace, sb.name), container = %c.name, "FailedPreStopHook: {why}")
+            }
+        }
+    }
+    let left = grace
+        .saturating_sub(started.elapsed())
+        .max(if hook.is_some() {
+            Duration::from_secs(2)
+        } else {
+            Duration::ZERO
+        });
+    if let Err(e) = rt.stop_container(id, left) {
+        tracing::warn!("stopping container {id}: {e}");
+    }
+}
+
 /// Background pulls by (pod uid, container, restart).
 type Pulls = Arc<std::sync::Mutex<HashMap<(String, String, u32), PullState>>>;
 
@@ -302,9 +350,21 @@ impl Runner {
             }
         }
         let sandboxes = self.rt.sandboxes();
+        // The grace periods of deletions in the apiserver, by pod uid.
+        let deletion_grace: HashMap<String, i64> = match &self.source {
+            Source::Api { snapshot, .. } => snapshot
+                .lock()
+                .ok()
+                .and_then(|s| s.clone())
+                .unwrap_or_default()
+                .into_iter()
+                .filter_map(|p| Some((p.metadata.uid?, p.metadata.deletion_grace_period_seconds?)))
+                .collect(),
+            Source::Manifests(_) => HashMap::new(),
+        };
         for sb in &sandboxes {
             if !wanted.contains(&sb.uid) {
-                self.remove_pod(sb.clone());
+                self.remove_pod(sb.clone(), deletion_grace.get(&sb.uid).copied());
             }
         }
         // A pod deleted before anything of it ran has nothing to stop: it is removed
@@ -509,6 +569,7 @@ impl Runner {
                 Ok(r) => {
                     self.start_failures.remove(&key);
                     tracing::info!(pod = %format!("{}/{}", sb.namespace, sb.name), container = %name, restart, id = %r.id, "container started");
+                    self.post_start(&sb, &spec, c, &r.id);
                 }
                 Err(e) => {
                     let reason = e.reason();
@@ -523,6 +584,41 @@ impl Runner {
         self.run_probes(&sb, pod, &views);
         let views = self.views(uid, pod);
         self.write_status(&sb, pod, &views)
+    }
+
+    /// Runs a container's postStart hook in the background; when it fails the
+    /// container is killed (FailedPostStartHook) and restarts by the pod's policy.
+    fn post_start(
+        &self,
+        sb: &SandboxRecord,
+        spec: &k8s_openapi::api::core::v1::PodSpec,
+        c: &k8s_openapi::api::core::v1::Container,
+        id: &str,
+    ) {
+        let Some(h) = c
+            .lifecycle
+            .as_ref()
+            .and_then(|l| l.post_start.as_ref())
+            .and_then(crate::runtime::probe::Handler::of_hook)
+        else {
+            return;
+        };
+        let grace = Duration::from_secs(
+            spec.termination_grace_period_seconds
+                .and_then(|g| u64::try_from(g).ok())
+                .unwrap_or(30),
+        );
+        let (rt, sb, c, id) = (self.rt.clone(), sb.clone(), c.clone(), id.to_string());
+        std::thread::spawn(move || {
+            // kubelet gives postStart no timeout of its own; a stuck hook is bounded
+            // here by the pod's grace period, at least 2 minutes.
+            let limit = grace.max(Duration::from_secs(120));
+            if let Err(why) = crate::runtime::probe::run(&rt, &c, &target(&sb, &id), &h, limit) {
+                tracing::warn!(pod = %format!("{}/{}", sb.namespace, sb.name), container = %c.name,
+                    "FailedPostStartHook: {why}; killing the container");
+                stop_with_pre_stop(&rt, &sb, Some(&c), &id, grace);
+            }
+        });
     }
 
     /// Starts the probes that are due, counts the results that came in, and acts on
@@ -560,11 +656,6 @@ impl Runner {
                 }
             }
         }
-        let target = |id: &str| crate::runtime::probe::Target {
-            id: id.to_string(),
-            ip: sb.ip.parse().unwrap_or(crate::runtime::probe::LOOPBACK),
-            netns: (!sb.host_network).then(|| crate::sys::ns::pin_path(&sb.ns_dir, "net")),
-        };
         for c in pod_lifecycle::all_containers(&spec) {
             let Some(v) = views.iter().find(|v| v.name == c.name) else {
                 continue;
@@ -610,7 +701,7 @@ impl Runner {
                     self.rt.clone(),
                     Arc::clone(&self.probe_results),
                     c.clone(),
-                    target(&v.id),
+                    target(sb, &v.id),
                     run.tracker.timing.timeout,
                 );
                 std::thread::spawn(move || {
@@ -641,11 +732,9 @@ impl Runner {
                     .unwrap_or(30);
                 tracing::info!(pod = %format!("{}/{}", sb.namespace, sb.name), container = %c.name,
                     "Container {} failed {} probe, will be restarted: {why}", c.name, kind.name().to_lowercase());
-                let (rt, id) = (self.rt.clone(), v.id.clone());
+                let (rt, id, sb, c) = (self.rt.clone(), v.id.clone(), sb.clone(), c.clone());
                 std::thread::spawn(move || {
-                    if let Err(e) = rt.stop_container(&id, Duration::from_secs(grace)) {
-                        tracing::warn!("stopping container {id} after its failed probe: {e}");
-                    }
+                    stop_with_pre_stop(&rt, &sb, Some(&c), &id, Duration::from_secs(grace));
                 });
             }
         }
@@ -881,9 +970,9 @@ impl Runner {
         Ok(())
     }
 
-    /// Stops a pod's containers (SIGTERM, SIGKILL after its grace period) and removes
-    /// them and its sandbox, in the background.
-    fn remove_pod(&mut self, sb: SandboxRecord) {
+    /// Stops a pod's containers (preStop, SIGTERM, SIGKILL after the deletion's or the
+    /// pod's grace period) and removes them and its sandbox, in the background.
+    fn remove_pod(&mut self, sb: SandboxRecord, deletion_grace: Option<i64>) {
         {
             let Ok(mut r) = self.removing.lock() else {
                 return;
@@ -915,20 +1004,61 @@ impl Runner {
             r.retain(|(id, _), _| !ids.contains(id));
         }
         std::thread::spawn(move || {
-            let grace = read_json::<serde_json::Value>(&rt.pod_state_dir(&sb.uid).join("pod.json"))
+            let recorded: Option<Pod> = read_json(&rt.pod_state_dir(&sb.uid).join("pod.json"))
                 .ok()
-                .flatten()
-                .and_then(|p| {
-                    p.pointer("/spec/terminationGracePeriodSeconds")
-                        .and_then(serde_json::Value::as_u64)
+                .flatten();
+            // The deletion's grace period, else the pod's.
+            let grace = deletion_grace
+                .or_else(|| {
+                    recorded
+                        .as_ref()?
+                        .spec
+                        .as_ref()?
+                        .termination_grace_period_seconds
                 })
+                .and_then(|g| u64::try_from(g).ok())
                 .unwrap_or(30);
+            let spec = recorded.and_then(|p| p.spec).unwrap_or_default();
             tracing::info!(pod = %format!("{}/{}", sb.namespace, sb.name), "pod deleted or gone; stopping it");
-            for c in rt.containers().into_iter().filter(|c| c.pod_uid == sb.uid) {
-                if let Err(e) = rt.stop_container(&c.id, Duration::from_secs(grace)) {
-                    tracing::warn!("{e}");
-                }
-                let _ = rt.remove_container(&c.id);
+            let records: Vec<_> = rt
+                .containers()
+                .into_iter()
+                .filter(|c| c.pod_uid == sb.uid)
+                .collect();
+            // Main containers together, then sidecars (restartable init containers)
+            // in reverse order, each with its preStop hook and the grace period.
+            let sidecars: Vec<String> = spec
+                .init_containers
+                .iter()
+                .flatten()
+                .filter(|c| c.restart_policy.as_deref() == Some("Always"))
+                .map(|c| c.name.clone())
+                .rev()
+                .collect();
+            let mut waves: Vec<Vec<&crate::runtime::container::ContainerRecord>> = vec![
+                records
+                    .iter()
+                    .filter(|r| !sidecars.contains(&r.name))
+                    .collect(),
+            ];
+            waves.extend(
+                sidecars
+                    .iter()
+                    .map(|n| records.iter().filter(|r| &r.name == n).collect()),
+            );
+            for wave in waves {
+                std::thread::scope(|scope| {
+                    for r in wave {
+                        let c = pod_lifecycle::all_containers(&spec).find(|c| c.name == r.name);
+                        let (rt, sb) = (&rt, &sb);
+                        scope.spawn(move || {
+                            stop_with_pre_stop(rt, sb, c, &r.id, Duration::from_secs(grace));
+                        });
+                    }
+                });
+            }
+            for r in &records {
+                let _ = rt.remove_container(&r.id);
             }
             if let Err(e) = rt.remove_sandbox(&sb.uid) {
                 tracing::warn!(pod = %sb.name, "removing the sandbox: {e}");

@@ -898,3 +898,82 @@ fn termination_messages_from_the_file_or_the_log() {
     assert!(terminated("nofallback").get("message").is_none(), "{p}");
     assert!(terminated("succeeded").get("message").is_none(), "{p}");
 }
+
+const HOOKS: &str = r#"
+apiVersion: v1
+kind: Pod
+metadata: {name: hooks, namespace: t}
+spec:
+  terminationGracePeriodSeconds: 3
+  containers:
+  - name: main
+    image: busybox:1.36
+    command: ["sh", "-c", "trap 'echo got TERM; sleep 1; exit 0' TERM; while [ ! -f /tmp/started ]; do sleep 0.1; done; echo saw $(cat /tmp/started); while true; do sleep 0.2; done"]
+    lifecycle:
+      postStart: {exec: {command: ["sh", "-c", "echo poststart > /tmp/started"]}}
+      preStop: {exec: {command: ["sh", "-c", "echo prestop ran > /proc/1/fd/1"]}}
+  - name: badhook
+    image: busybox:1.36
+    command: ["sleep", "600"]
+    lifecycle:
+      postStart: {exec: {command: ["false"]}}
+"#;
+
+/// Lifecycle hooks: postStart runs in the container right after it starts (and a
+/// failing one kills the container, which restarts); on deletion preStop runs
+/// before SIGTERM.
+#[test]
+fn post_start_and_pre_stop_hooks() {
+    let mut lab = Lab::new("hooks").unwrap();
+    let mut node = lab.add_node("h1").unwrap();
+    import_busybox(&node);
+    let m = manifests(&node, HOOKS);
+    start(&mut node, &m);
+    let p = wait_for(
+        &node,
+        "postStart seen by the container",
+        Duration::from_secs(30),
+        || {
+            pod(&node, "hooks").filter(|p| {
+                log_lines(&node, p, "main", 0)
+                    .iter()
+                    .any(|(_, l)| l == "saw poststart")
+            })
+        },
+    );
+    wait_for(&node, "badhook restarted", Duration::from_secs(30), || {
+        pod(&node, "hooks").filter(|p| {
+            status(p, "containerStatuses", "badhook")["restartCount"].as_u64() >= Some(1)
+        })
+    });
+    assert!(node.kernlet_log().contains("FailedPostStartHook"));
+    // Delete: preStop, then SIGTERM (the container traps it and says so).
+    let uid = p["metadata"]["uid"].as_str().unwrap().to_string();
+    let log = kernlet::runtime::logs::container_log(
+        &kernlet::runtime::logs::pod_dir(&node.dir("logs"), "t", "hooks", &uid),
+        "main",
+        0,
+    );
+    std::fs::remove_file(m.join("pods.yaml")).unwrap();
+    let text = wait_for(
+        &node,
+        "preStop then SIGTERM in the log",
+        Duration::from_secs(20),
+        || {
+            std::fs::read_to_string(&log)
+                .ok()
+                .filter(|t| t.contains("got TERM"))
+        },
+    );
+    let lines: Vec<String> = text
+        .lines()
+        .filter_map(kernlet::runtime::logs::parse_line)
+        .map(|r| r.text)
+        .collect();
+    let pre = lines.iter().position(|l| l == "prestop ran");
+    let term = lines.iter().position(|l| l == "got TERM");
+    assert!(pre.is_some() && pre < term, "{lines:?}");
+    wait_for(&node, "pod removed", Duration::from_secs(20), || {
+        pod(&node, "hooks").is_none().then_some(())
+    });
+}
