@@ -39,6 +39,24 @@ enum Command {
     /// Manage the node's image store.
     #[command(subcommand)]
     Image(ImageCmd),
+    /// Run a command in a running container of a pod (from the state directory; works
+    /// without the daemon) and print its output; exits with the command's status.
+    Exec {
+        /// The pod, `[namespace/]name`.
+        pod: String,
+        /// The container (default: the pod's first).
+        #[arg(short = 'c', long)]
+        container: Option<String>,
+        /// Seconds before the command is killed.
+        #[arg(long, default_value_t = 60)]
+        timeout: u64,
+        /// The node's state directory.
+        #[arg(long, default_value = "/var/lib/kernlet", env = "KERNLET_STATE_DIR")]
+        state_dir: PathBuf,
+        /// The command and its arguments (after `--`).
+        #[arg(last = true, required = true)]
+        command: Vec<String>,
+    },
     /// Check what this node needs (kernel, cgroups, bpffs, sysctls, clock, disks, the
     /// serving certificate, cluster permissions), with a fix for each problem. Exits 1
     /// when a check fails.
@@ -333,6 +351,66 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Pods { output, state_dir } => {
             pods(&state_dir, output.output);
             Ok(())
+        }
+        Command::Exec {
+            pod,
+            container,
+            timeout,
+            state_dir,
+            command,
+        } => {
+            let (ns, name) = pod.split_once('/').unwrap_or(("default", pod.as_str()));
+            let pods = kernlet::standalone::recorded_pods(&state_dir);
+            let p = pods
+                .iter()
+                .find(|p| p["metadata"]["namespace"] == ns && p["metadata"]["name"] == name)
+                .with_context(|| {
+                    format!(
+                        "no pod {ns}/{name} on this node (see kernlet pods --state-dir {})",
+                        state_dir.display()
+                    )
+                })?;
+            let statuses: Vec<&serde_json::Value> = ["initContainerStatuses", "containerStatuses"]
+                .iter()
+                .flat_map(|l| p["status"][l].as_array().into_iter().flatten())
+                .collect();
+            let wanted = container.clone().or_else(|| {
+                p["spec"]["containers"][0]["name"]
+                    .as_str()
+                    .map(str::to_string)
+            });
+            let status = statuses
+                .iter()
+                .find(|c| Some(c["name"].as_str().unwrap_or("")) == wanted.as_deref())
+                .with_context(|| {
+                    format!(
+                        "pod {ns}/{name} has no container {:?}",
+                        wanted.unwrap_or_default()
+                    )
+                })?;
+            let id = status["containerID"]
+                .as_str()
+                .and_then(|c| c.strip_prefix("kernlet://"))
+                .filter(|_| status["state"]["running"].is_object())
+                .with_context(|| {
+                    format!(
+                        "container {} of pod {ns}/{name} is not running",
+                        status["name"]
+                    )
+                })?;
+            let exe = std::env::current_exe().context("finding the kernlet binary")?;
+            let r = kernlet::runtime::exec::via_helper(
+                &exe,
+                &state_dir.join("containers").join(id),
+                &command,
+                Duration::from_secs(timeout),
+            )
+            .map_err(|e| anyhow::anyhow!("exec in {ns}/{name}: {e}"))?;
+            print!("{}", r.output);
+            if r.timed_out {
+                eprintln!("kernlet exec: killed after {timeout} s");
+            }
+            std::process::exit(r.exit_code.clamp(0, 255));
         }
         Command::Doctor {
             output,

@@ -167,6 +167,11 @@ pub struct Runner {
     removing: Arc<std::sync::Mutex<HashSet<String>>>,
     /// Image pulls in the background, by (pod uid, container, restart).
     pulls: Pulls,
+    /// The node's allocatable CPU (millicores) and memory (bytes), for
+    /// `resourceFieldRef` of containers without limits.
+    allocatable: (u64, u64),
+    /// Containers being stopped by the worker (sidecars of finished pods), by ID.
+    stopping: HashSet<String>,
     /// Probes of running containers, by (container ID, kind).
     probes: HashMap<(String, probe::Kind), ProbeRun>,
     /// Results of probe runs in flight, by (container ID, kind): Ok(output) or
@@ -270,6 +275,11 @@ impl Runner {
             pull_backoff: HashMap::new(),
             probes: HashMap::new(),
             probe_results: Arc::default(),
+            stopping: HashSet::new(),
+            allocatable: {
+                let facts = crate::sys::machine::read(Path::new("/"));
+                crate::model::node::allocatable_cpu_memory(&facts, Default::default())
+            },
             last_manifest_error: None,
         }
     }
@@ -518,7 +528,14 @@ impl Runner {
                 allowed.get(name).copied().unwrap_or(true)
             })
         };
-        for Action::Start { name, restart } in actions {
+        for action in actions {
+            let (name, restart) = match action {
+                Action::Start { name, restart } => (name, restart),
+                Action::Stop { name } => {
+                    self.stop_sidecar(&sb, &spec, &views, &name);
+                    continue;
+                }
+            };
             let Some(c) = pod_lifecycle::all_containers(&spec).find(|c| c.name == name) else {
                 continue;
             };
@@ -565,6 +582,16 @@ impl Runner {
             {
                 let _ = self.rt.remove_container(&v.id);
             }
+            let c = match self.resolve_env(&sb, pod, c) {
+                Ok(c) => c,
+                Err(why) => {
+                    tracing::warn!(pod = %format!("{}/{}", sb.namespace, sb.name), container = %name, "{why}");
+                    self.start_failures
+                        .insert(key, ("CreateContainerConfigError".into(), why));
+                    continue;
+                }
+            };
+            let c = &c;
             match self.rt.start_container(&sb, pod, c, restart, &image) {
                 Ok(r) => {
                     self.start_failures.remove(&key);
@@ -584,6 +611,77 @@ impl Runner {
         self.run_probes(&sb, pod, &views);
         let views = self.views(uid, pod);
         self.write_status(&sb, pod, &views)
+    }
+
+    /// Container `c` with its environment resolved (see [`crate::model::env`]): from
+    /// the apiserver for its pods; a static pod may use only its own fields.
+    fn resolve_env(
+        &self,
+        sb: &SandboxRecord,
+        pod: &Pod,
+        c: &k8s_openapi::api::core::v1::Container,
+    ) -> Result<k8s_openapi::api::core::v1::Container, String> {
+        let ns = sb.namespace.clone();
+        let lookup = |secret: bool, name: &str| match &self.source {
+            Source::Api { client, handle, .. } => handle.block_on(
+                crate::controllers::pods::source_data(client, &ns, secret, name),
+            ),
+            Source::Manifests(_) => Err(format!(
+                "a static pod cannot use {} {name:?}: only pods from the apiserver may refer to configMaps and secrets",
+                if secret { "secret" } else { "configmap" }
+            )),
+        };
+        let service_env = match &self.source {
+            Source::Api { client, handle, .. } => {
+                let links = pod
+                    .spec
+                    .as_ref()
+                    .and_then(|s| s.enable_service_links)
+                    .unwrap_or(true);
+                handle.block_on(crate::controllers::pods::service_env(client, &ns, links))?
+            }
+            Source::Manifests(_) => Vec::new(),
+        };
+        let pod_ip = if sb.ip.is_empty() { "" } else { sb.ip.as_str() };
+        crate::model::env::resolve(
+            pod,
+            c,
+            &crate::model::env::Sources {
+                lookup: &lookup,
+                node_ip: &self.node_ip,
+                pod_ip,
+                allocatable_cpu_milli: self.allocatable.0,
+                allocatable_memory: self.allocatable.1,
+                service_env,
+            },
+        )
+    }
+
+    /// Stops a sidecar whose main containers are done (once; in the background).
+    fn stop_sidecar(
+        &mut self,
+        sb: &SandboxRecord,
+        spec: &k8s_openapi::api::core::v1::PodSpec,
+        views: &[View],
+        name: &str,
+    ) {
+        let Some(v) = views.iter().find(|v| v.name == name) else {
+            return;
+        };
+        if !self.stopping.insert(v.id.clone()) {
+            return;
+        }
+        let grace = Duration::from_secs(
+            spec.termination_grace_period_seconds
+                .and_then(|g| u64::try_from(g).ok())
+                .unwrap_or(30),
+        );
+        let c = pod_lifecycle::all_containers(spec)
+            .find(|c| c.name == name)
+            .cloned();
+        let (rt, sb, id) = (self.rt.clone(), sb.clone(), v.id.clone());
+        tracing::info!(pod = %format!("{}/{}", sb.namespace, sb.name), container = %name, "the main containers are done; stopping the sidecar");
+        std::thread::spawn(move || stop_with_pre_stop(&rt, &sb, c.as_ref(), &id, grace));
     }
 
     /// Runs a container's postStart hook in the background; when it fails the
@@ -915,9 +1013,19 @@ impl Runner {
             }
             _ => None,
         };
-        let initialized = init
-            .iter()
-            .all(|v| matches!(v.current, Observed::Exited { code: 0, .. }));
+        let sidecar = |n: &str| {
+            spec.init_containers
+                .iter()
+                .flatten()
+                .any(|c| c.name == n && pod_lifecycle::is_sidecar(c))
+        };
+        let initialized = init.iter().all(|v| {
+            matches!(v.current, Observed::Exited { code: 0, .. })
+                || (sidecar(&v.name)
+                    && (main.iter().any(|m| m.current != Observed::NotStarted)
+                        || (matches!(v.current, Observed::Running { .. })
+                            && v.started != Some(false))))
+        });
         let ready = !main.is_empty() && main.iter().all(|v| v.is_ready());
         let cond = |t: &str, ok: bool| json!({"type": t, "status": if ok { "True" } else { "False" }, "lastTransitionTime": sb.created_at});
         let mut status = json!({
@@ -933,7 +1041,14 @@ impl Runner {
         if !init.is_empty() {
             status["initContainerStatuses"] = json!(
                 init.iter()
-                    .map(|v| pod_lifecycle::container_status(v, waiting(v)))
+                    .map(|v| {
+                        let mut s = pod_lifecycle::container_status(v, waiting(v));
+                        // kubelet reports a completed init container as ready.
+                        if matches!(v.current, Observed::Exited { code: 0, .. }) {
+                            s["ready"] = json!(true);
+                        }
+                        s
+                    })
                     .collect::<Vec<_>>()
             );
         }
@@ -1000,6 +1115,7 @@ impl Runner {
             .map(|c| c.id)
             .collect();
         self.probes.retain(|(id, _), _| !ids.contains(id));
+        self.stopping.retain(|id| !ids.contains(id));
         if let Ok(mut r) = self.probe_results.lock() {
             r.retain(|(id, _), _| !ids.contains(id));
         }

@@ -230,7 +230,14 @@ pub fn busybox_layout(dir: &Path, tag: &str) -> anyhow::Result<PathBuf> {
     std::fs::create_dir_all(&bin)?;
     std::fs::copy("/bin/busybox", bin.join("busybox"))
         .context("copy /bin/busybox (Debian busybox-static; `cargo xtask setup` installs it)")?;
-    for applet in ["sh", "httpd", "cat", "echo", "sleep", "ls", "id", "grep"] {
+    // Every applet as a link in /bin, like the busybox image on Docker Hub.
+    let list = Command::new("/bin/busybox").arg("--list").output()?;
+    let applets = String::from_utf8_lossy(&list.stdout).into_owned();
+    for applet in applets
+        .lines()
+        .map(str::trim)
+        .filter(|a| !a.is_empty() && *a != "busybox")
+    {
         std::os::unix::fs::symlink("busybox", bin.join(applet))?;
     }
     for d in ["etc", "tmp", "proc", "sys", "dev", "var/www"] {

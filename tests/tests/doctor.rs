@@ -147,9 +147,19 @@ fn doctor_names_what_this_machine_lacks_and_the_fix() {
             .unwrap_or_else(|| panic!("{name} not in\n{table}"));
         let verdict = c["verdict"].as_str().unwrap();
         let shown = if verdict == "fail" { "FAIL" } else { verdict };
-        assert!(line.contains(shown), "{line}");
-        assert!(line.contains(c["detail"].as_str().unwrap()), "{line}");
-        if let Some(fix) = c["fix"].as_str() {
+        // A disk near a threshold may change its verdict between the two runs.
+        assert!(name.starts_with("disk ") || line.contains(shown), "{line}");
+        // Free space moves between the two runs: disks compare by path only.
+        let detail = c["detail"].as_str().unwrap();
+        let stable = if name.starts_with("disk ") {
+            detail.split(':').next().unwrap()
+        } else {
+            detail
+        };
+        assert!(line.contains(stable), "{line}");
+        if let Some(fix) = c["fix"].as_str()
+            && !name.starts_with("disk ")
+        {
             assert!(table.contains(&format!("fix: {fix}")), "{table}");
         }
     }

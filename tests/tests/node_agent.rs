@@ -906,3 +906,217 @@ async fn image_pull_secrets_reach_a_token_auth_registry() {
         assert!(refused.is_empty(), "{refused:#?}");
     }
 }
+
+/// The fixture Deployment's pod, run through the apiserver: init container, then the
+/// sidecar, then httpd behind its startup, readiness and liveness probes; its
+/// environment from the configMap, the secret, its own fields and its limits; its
+/// configMap, secret, memory emptyDir, downwardAPI and projected token volumes; its
+/// security context; and on deletion its preStop sleep.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_fixture_deployments_pod_runs_like_kubelet_runs_it() {
+    use k8s_openapi::api::core::v1::Pod;
+    use kube::api::{DeleteParams, PostParams};
+    let cluster = Cluster::start(&[BRIDGE_IP.into()]).await.unwrap();
+    let mut lab = Lab::new("fixture").unwrap();
+    let fwd = lab.forward(0, cluster.addr()).unwrap();
+    let mut node = lab.add_node("w1").unwrap();
+    node.import_busybox().unwrap();
+    start_agent(&cluster, &fwd.url, &mut node, &[]);
+    let admin = cluster.admin().await.unwrap();
+    let manifests = kernlet_tests::fixtures::workload_manifests();
+    let find = |kind: &str| {
+        manifests
+            .iter()
+            .find(|m| m["kind"] == kind)
+            .cloned()
+            .unwrap()
+    };
+    let dynamic = |kind: &str, plural: &str, group: &str, version: &str| {
+        let ar = kube::api::ApiResource {
+            group: group.into(),
+            version: version.into(),
+            api_version: if group.is_empty() {
+                version.into()
+            } else {
+                format!("{group}/{version}")
+            },
+            kind: kind.into(),
+            plural: plural.into(),
+        };
+        ar
+    };
+    let ns_api: Api<kube::api::DynamicObject> =
+        Api::all_with(admin.clone(), &dynamic("Namespace", "namespaces", "", "v1"));
+    ns_api
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(find("Namespace")).unwrap(),
+        )
+        .await
+        .unwrap();
+    for (kind, plural) in [("ConfigMap", "configmaps"), ("Secret", "secrets")] {
+        let api: Api<kube::api::DynamicObject> =
+            Api::namespaced_with(admin.clone(), "demo", &dynamic(kind, plural, "", "v1"));
+        api.create(
+            &PostParams::default(),
+            &serde_json::from_value(find(kind)).unwrap(),
+        )
+        .await
+        .unwrap();
+    }
+    let template = find("Deployment")["spec"]["template"].clone();
+    let pods: Api<Pod> = Api::namespaced(admin.clone(), "demo");
+    let pod: Pod = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": "web-1", "labels": template["metadata"]["labels"]},
+        "spec": template["spec"],
+    }))
+    .unwrap();
+    pods.create(&PostParams::default(), &pod).await.unwrap();
+    cluster.bind_pod("demo", "web-1", "w1").await.unwrap();
+
+    let started = Instant::now();
+    let running = loop {
+        let p = pods.get("web-1").await.unwrap();
+        let ready = p
+            .status
+            .as_ref()
+            .and_then(|s| s.conditions.as_ref())
+            .and_then(|c| c.iter().find(|c| c.type_ == "Ready"))
+            .is_some_and(|c| c.status == "True");
+        if ready {
+            break p;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(90),
+            "web-1 never became Ready: {:#?}\n{}",
+            p.status,
+            node.kernlet_log()
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    };
+    let status = running.status.clone().unwrap();
+    assert_eq!(status.phase.as_deref(), Some("Running"));
+    assert_eq!(status.qos_class.as_deref(), Some("Burstable"));
+    let init = status.init_container_statuses.clone().unwrap();
+    assert_eq!(init[0].name, "init");
+    let done = init[0].state.as_ref().unwrap().terminated.as_ref().unwrap();
+    assert_eq!(
+        (done.exit_code, done.reason.as_deref()),
+        (0, Some("Completed"))
+    );
+    assert!(init[0].ready, "a completed init container is ready");
+    assert_eq!(init[1].name, "sidecar");
+    let side = init[1].state.as_ref().unwrap().running.as_ref().unwrap();
+    assert_eq!(init[1].started, Some(true));
+    let main = &status.container_statuses.clone().unwrap()[0];
+    assert!(main.ready && main.started == Some(true) && main.restart_count == 0);
+    let httpd = main.state.as_ref().unwrap().running.as_ref().unwrap();
+    assert!(
+        side.started_at.as_ref().unwrap().0 <= httpd.started_at.as_ref().unwrap().0,
+        "the sidecar starts before the main container"
+    );
+    for c in [
+        "PodReadyToStartContainers",
+        "Initialized",
+        "ContainersReady",
+        "PodScheduled",
+    ] {
+        assert!(
+            status
+                .conditions
+                .iter()
+                .flatten()
+                .any(|x| x.type_ == c && x.status == "True"),
+            "{c}"
+        );
+    }
+
+    // Inside httpd, through `kernlet exec`.
+    let exec_argv = |argv: &[&str]| -> String {
+        let out = std::process::Command::new(kernlet_tests::simnode::kernlet_bin().unwrap())
+            .args(["exec", "demo/web-1", "-c", "httpd", "--state-dir"])
+            .arg(node.dir("state"))
+            .arg("--")
+            .args(argv)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{argv:?}: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let exec = |script: &str| exec_argv(&["sh", "-c", script]);
+    // The environment as the runtime gives it (`env` run directly: a shell would
+    // drop `index.html`, which is no shell identifier).
+    let env = tokio::task::block_in_place(|| exec_argv(&["env"]));
+    let vars: std::collections::BTreeMap<&str, &str> =
+        env.lines().filter_map(|l| l.split_once('=')).collect();
+    assert_eq!(vars.get("GREETING"), Some(&"hello"), "{env}");
+    assert_eq!(vars.get("PASSWORD"), Some(&"s3cret"), "{env}");
+    assert_eq!(vars.get("MEM_LIMIT"), Some(&"67108864"), "{env}");
+    assert!(vars.contains_key("POD_IP"), "{env}");
+    assert!(
+        vars.contains_key("index.html"),
+        "envFrom brings every key: {env}"
+    );
+    assert!(vars.contains_key("KUBERNETES_SERVICE_HOST"), "{env}");
+    assert_eq!(vars.get("KUBERNETES_SERVICE_PORT"), Some(&"443"), "{env}");
+    let facts = tokio::task::block_in_place(|| {
+        exec(
+            "echo uid=$(id -u); cat /www/index.html; echo secret=$(stat -L -c %a /etc/secret/password); \
+             cat /etc/podinfo/labels; echo; grep ' /scratch ' /proc/mounts; \
+             echo token=$(wc -c < /var/run/secrets/kubernetes.io/serviceaccount/token); \
+             touch /rootfs-write 2>/dev/null && echo root=writable || echo root=readonly; \
+             grep -E '^(CapEff|NoNewPrivs|Seccomp):' /proc/self/status",
+        )
+    });
+    for want in [
+        "uid=65534",
+        "hello from a configmap",
+        "secret=400",
+        "app=\"web\"",
+        "root=readonly",
+    ] {
+        assert!(facts.contains(want), "{want} in {facts}");
+    }
+    let scratch = facts.lines().find(|l| l.contains(" /scratch ")).unwrap();
+    assert!(
+        scratch.starts_with("tmpfs") && scratch.contains("size=16384k"),
+        "{scratch}"
+    );
+    let token: usize = facts
+        .lines()
+        .find_map(|l| l.strip_prefix("token="))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    assert!(token > 100, "{facts}");
+    let field = |k: &str| {
+        facts
+            .lines()
+            .find_map(|l| l.strip_prefix(k))
+            .unwrap()
+            .trim()
+            .to_string()
+    };
+    assert_eq!(field("CapEff:"), "0000000000000000");
+    assert_eq!(field("NoNewPrivs:"), "1");
+    assert_eq!(field("Seccomp:"), "2");
+
+    // Deleted: preStop (sleep 1), then the containers stop and the pod goes.
+    pods.delete("web-1", &DeleteParams::default())
+        .await
+        .unwrap();
+    wait_for("web-1 gone", Duration::from_secs(60), async || {
+        pods.get_opt("web-1").await.ok()?.is_none().then_some(())
+    })
+    .await;
+    assert!(node.kernlet_log().contains("preStop hook done"));
+    if let Some(refused) = cluster.node_refusals() {
+        assert!(refused.is_empty(), "{refused:#?}");
+    }
+}

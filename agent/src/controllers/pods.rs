@@ -385,6 +385,80 @@ fn downward_files(
         .collect()
 }
 
+/// A configMap's (or with `secret`, a secret's) data; `Ok(None)` when it does not
+/// exist.
+pub async fn source_data(
+    client: &SharedClient,
+    ns: &str,
+    secret: bool,
+    name: &str,
+) -> Result<Option<BTreeMap<String, Vec<u8>>>, String> {
+    let found = if secret {
+        self::secret(client, ns, name).await
+    } else {
+        config_map(client, ns, name).await
+    };
+    match found {
+        Ok(data) => Ok(Some(data)),
+        Err(e) if e.contains("404") || e.contains("NotFound") || e.contains("not found") => {
+            Ok(None)
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// The service variables of a container in namespace `ns`: the apiserver's Service
+/// (`KUBERNETES_*`, always) and with service links every Service of `ns`.
+pub async fn service_env(
+    client: &SharedClient,
+    ns: &str,
+    links: bool,
+) -> Result<Vec<(String, String)>, String> {
+    use k8s_openapi::api::core::v1::Service;
+    let describe = |s: &Service| -> Option<(String, String, Vec<(String, i32, String)>)> {
+        let spec = s.spec.as_ref()?;
+        let ip = spec
+            .cluster_ip
+            .clone()
+            .filter(|ip| !ip.is_empty() && ip != "None")?;
+        let ports = spec
+            .ports
+            .iter()
+            .flatten()
+            .map(|p| {
+                (
+                    p.name.clone().unwrap_or_default(),
+                    p.port,
+                    p.protocol.clone().unwrap_or_else(|| "TCP".into()),
+                )
+            })
+            .collect();
+        Some((s.metadata.name.clone()?, ip, ports))
+    };
+    let mut services = Vec::new();
+    if links && ns != "default" {
+        let list = Api::<Service>::namespaced(client.get(), ns)
+            .list(&Default::default())
+            .await
+            .map_err(|e| format!("listing the services of {ns}: {e}"))?;
+        services.extend(list.items.iter().filter_map(describe));
+    }
+    let default = Api::<Service>::namespaced(client.get(), "default")
+        .list(&Default::default())
+        .await
+        .map_err(|e| format!("listing the services of default: {e}"))?;
+    services.extend(
+        default
+            .items
+            .iter()
+            .filter(|s| {
+                (links && ns == "default") || s.metadata.name.as_deref() == Some("kubernetes")
+            })
+            .filter_map(describe),
+    );
+    Ok(crate::model::env::service_links(&services))
+}
+
 /// The registry credentials of a pod's `imagePullSecrets`. Like kubelet, a secret that
 /// is missing or unusable is named in the log and the pull goes on without it.
 pub async fn pull_secrets(

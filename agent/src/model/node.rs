@@ -170,6 +170,18 @@ fn arch() -> &'static str {
 /// Kubelet's default hard eviction threshold for memory (`memory.available<100Mi`).
 const EVICTION_HARD_MEMORY: u64 = 100 * 1024 * 1024;
 
+/// Allocatable CPU (millicores) and memory (bytes): capacity minus the reservations
+/// and the hard eviction threshold.
+pub fn allocatable_cpu_memory(facts: &MachineFacts, r: Reserved) -> (u64, u64) {
+    (
+        (facts.cpus * 1000).saturating_sub(r.cpu_millis),
+        facts
+            .memory_bytes
+            .saturating_sub(EVICTION_HARD_MEMORY)
+            .saturating_sub(r.memory_bytes),
+    )
+}
+
 /// The Node kubelet would create on registration (metadata and spec; status follows).
 pub fn registration(cfg: &NodeConfig) -> Node {
     let mut labels: BTreeMap<String, String> = [
@@ -229,7 +241,7 @@ pub fn status(
         "pods": cfg.max_pods.to_string(),
     });
     let r = cfg.reserved;
-    let cpu_millis = (facts.cpus * 1000).saturating_sub(r.cpu_millis);
+    let (cpu_millis, _) = allocatable_cpu_memory(facts, r);
     let cpu = if cpu_millis.is_multiple_of(1000) {
         (cpu_millis / 1000).to_string()
     } else {

@@ -81,6 +81,13 @@ impl View {
 pub enum Action {
     /// Start container `name` (its `restart`-th restart).
     Start { name: String, restart: u32 },
+    /// Stop running container `name` (a sidecar once the main containers are done).
+    Stop { name: String },
+}
+
+/// Whether `c` is a sidecar: an init container with `restartPolicy: Always`.
+pub fn is_sidecar(c: &k8s_openapi::api::core::v1::Container) -> bool {
+    c.restart_policy.as_deref() == Some("Always")
 }
 
 /// Every container of a pod in start order: init containers, then the main ones.
@@ -120,44 +127,64 @@ fn view<'a>(views: &'a [View], name: &str) -> Option<&'a View> {
 
 /// The next actions for a pod; `may_restart(name)` says whether that container's
 /// backoff has passed.
+///
+/// Init containers run in order; a regular one must exit 0 before the next starts, a
+/// sidecar (`restartPolicy: Always`) must have started (its startup probe passed) and
+/// then keeps running — restarted whenever it exits — next to the main containers.
+/// Once every main container is done for good, the sidecars are stopped.
 pub fn next(spec: &PodSpec, views: &[View], may_restart: &dyn Fn(&str) -> bool) -> Vec<Action> {
     let policy = policy(spec);
+    let mut actions = Vec::new();
+    let mains_begun = spec.containers.iter().any(|c| {
+        view(views, &c.name).is_some_and(|v| v.current != Observed::NotStarted || v.restarts > 0)
+    });
     for ic in spec.init_containers.iter().flatten() {
         let v = view(views, &ic.name);
+        let restarts = v.map_or(0, |v| v.restarts);
+        let start = |restart| Action::Start {
+            name: ic.name.clone(),
+            restart,
+        };
         match v.map(|v| &v.current) {
             None | Some(Observed::NotStarted) => {
-                return vec![Action::Start {
-                    name: ic.name.clone(),
-                    restart: 0,
-                }];
+                actions.push(start(0));
+                return actions;
             }
-            Some(Observed::Running { .. }) => return vec![],
-            Some(Observed::Exited { code: 0, .. }) => continue,
+            Some(Observed::Running { .. }) if is_sidecar(ic) => {
+                if v.is_some_and(|v| v.started == Some(false)) && !mains_begun {
+                    return actions;
+                }
+            }
+            Some(Observed::Running { .. }) => return actions,
+            Some(Observed::Exited { code: 0, .. }) if !is_sidecar(ic) => {}
             Some(Observed::StartFailed { .. }) => {
                 // It never ran: retried (with backoff) whatever the policy.
                 if may_restart(&ic.name) {
-                    let restarts = v.map_or(0, |v| v.restarts);
-                    return vec![Action::Start {
-                        name: ic.name.clone(),
-                        restart: restarts,
-                    }];
+                    actions.push(start(restarts));
                 }
-                return vec![];
+                if !(is_sidecar(ic) && mains_begun) {
+                    return actions;
+                }
+            }
+            Some(Observed::Exited { .. }) if is_sidecar(ic) => {
+                // A sidecar always comes back, unless the pod is done.
+                let done = mains_begun && main_done(spec, views);
+                if !done && may_restart(&ic.name) {
+                    actions.push(start(restarts + 1));
+                }
+                if !mains_begun {
+                    return actions;
+                }
             }
             Some(Observed::Exited { .. }) => {
                 // A failed init container is retried unless the pod never restarts.
                 if policy != "Never" && may_restart(&ic.name) {
-                    let restarts = v.map_or(0, |v| v.restarts);
-                    return vec![Action::Start {
-                        name: ic.name.clone(),
-                        restart: restarts + 1,
-                    }];
+                    actions.push(start(restarts + 1));
                 }
-                return vec![];
+                return actions;
             }
         }
     }
-    let mut actions = Vec::new();
     for c in &spec.containers {
         let v = view(views, &c.name);
         let restarts = v.map_or(0, |v| v.restarts);
@@ -185,14 +212,46 @@ pub fn next(spec: &PodSpec, views: &[View], may_restart: &dyn Fn(&str) -> bool) 
             }
         }
     }
+    // Every main container finished for good: the sidecars go, last first.
+    if main_done(spec, views) {
+        actions.extend(
+            spec.init_containers
+                .iter()
+                .flatten()
+                .filter(|ic| is_sidecar(ic))
+                .filter(|ic| {
+                    matches!(
+                        view(views, &ic.name).map(|v| &v.current),
+                        Some(Observed::Running { .. })
+                    )
+                })
+                .rev()
+                .map(|ic| Action::Stop {
+                    name: ic.name.clone(),
+                }),
+        );
+    }
     actions
+}
+
+/// Whether every main container has exited and none will restart.
+fn main_done(spec: &PodSpec, views: &[View]) -> bool {
+    let policy = policy(spec);
+    !spec.containers.is_empty()
+        && spec.containers.iter().all(|c| {
+            matches!(
+                view(views, &c.name).map(|v| &v.current),
+                Some(Observed::Exited { code, .. }) if !should_restart(policy, *code)
+            )
+        })
 }
 
 /// The pod phase kubelet reports for these views.
 pub fn phase(spec: &PodSpec, views: &[View]) -> &'static str {
     let policy = policy(spec);
     let init_failed = spec.init_containers.iter().flatten().any(|ic| {
-        matches!(view(views, &ic.name).map(|v| &v.current), Some(Observed::Exited { code, .. }) if *code != 0)
+        !is_sidecar(ic)
+            && matches!(view(views, &ic.name).map(|v| &v.current), Some(Observed::Exited { code, .. }) if *code != 0)
     });
     if init_failed && policy == "Never" {
         return "Failed";
@@ -316,6 +375,78 @@ mod tests {
             },
             ..View::new(name)
         }
+    }
+
+    fn sidecar_spec(policy: &str) -> PodSpec {
+        serde_json::from_value(json!({
+            "restartPolicy": policy,
+            "initContainers": [{"name": "init"}, {"name": "side", "restartPolicy": "Always"}, {"name": "init2"}],
+            "containers": [{"name": "a"}],
+        }))
+        .unwrap()
+    }
+
+    fn start(name: &str, restart: u32) -> Action {
+        Action::Start {
+            name: name.into(),
+            restart,
+        }
+    }
+
+    #[test]
+    fn sidecars_start_before_later_init_containers_and_stay() {
+        let s = sidecar_spec("Never");
+        let yes = |_: &str| true;
+        assert_eq!(next(&s, &[exited("init", 0, 0)], &yes), [start("side", 0)]);
+        // Running (no startup probe): the next init container may go.
+        let side = running("side");
+        assert_eq!(
+            next(&s, &[exited("init", 0, 0), side.clone()], &yes),
+            [start("init2", 0)]
+        );
+        // With a startup probe not yet passed, it holds the rest back.
+        let waiting = View {
+            started: Some(false),
+            ..side.clone()
+        };
+        assert!(next(&s, &[exited("init", 0, 0), waiting], &yes).is_empty());
+        assert_eq!(
+            next(
+                &s,
+                &[exited("init", 0, 0), side.clone(), exited("init2", 0, 0)],
+                &yes
+            ),
+            [start("a", 0)]
+        );
+        // A sidecar that exits while the main container runs is restarted, even with
+        // restartPolicy Never.
+        assert_eq!(
+            next(
+                &s,
+                &[
+                    exited("init", 0, 0),
+                    exited("side", 1, 0),
+                    exited("init2", 0, 0),
+                    running("a")
+                ],
+                &yes
+            ),
+            [start("side", 1)]
+        );
+        // The main container is done: the sidecar is stopped, not restarted.
+        let done = [
+            exited("init", 0, 0),
+            side,
+            exited("init2", 0, 0),
+            exited("a", 0, 0),
+        ];
+        assert_eq!(
+            next(&s, &done, &yes),
+            [Action::Stop {
+                name: "side".into()
+            }]
+        );
+        assert_eq!(phase(&s, &done), "Succeeded");
     }
 
     #[test]

@@ -399,10 +399,32 @@ impl Runtime {
                 });
                 continue;
             }
-            let dir = self
-                .pod_state_dir(&sb.uid)
-                .join("volumes/empty-dir")
-                .join(&vol.name);
+            let memory = vol.empty_dir.as_ref().and_then(|e| e.medium.as_deref()) == Some("Memory");
+            let dir = if memory {
+                // A tmpfs of sizeLimit (the kernel's default without one), under the
+                // run directory: memory, gone with the pod.
+                let dir = self.pod_run_dir(&sb.uid).join("volumes").join(&vol.name);
+                let size = vol
+                    .empty_dir
+                    .as_ref()
+                    .and_then(|e| e.size_limit.as_ref())
+                    .map(|q| crate::model::quantity::Quantity::parse(&q.0))
+                    .transpose()
+                    .map_err(|e| refuse(format!("volume {:?}: sizeLimit {e}", vol.name)))?
+                    .map(|q| u64::try_from(q.value()).unwrap_or(0));
+                crate::sys::mount::tmpfs(&dir, size, 0o777, true).map_err(RuntimeError::io(
+                    format!(
+                        "mounting the memory volume {:?} at {}",
+                        vol.name,
+                        dir.display()
+                    ),
+                ))?;
+                dir
+            } else {
+                self.pod_state_dir(&sb.uid)
+                    .join("volumes/empty-dir")
+                    .join(&vol.name)
+            };
             std::fs::create_dir_all(&dir)
                 .map_err(RuntimeError::io(format!("creating {}", dir.display())))?;
             // As kubelet does for fsGroup: the volume's group, group-writable, setgid.
@@ -565,46 +587,8 @@ impl Runtime {
         if command.is_empty() {
             return Err(RuntimeError::Refused("exec: no command given".into()));
         }
-        let mut child = std::process::Command::new(&self.cfg.exe)
-            .arg("internal")
-            .arg("exec")
-            .arg(self.container_dir(id))
-            .arg(timeout.as_millis().to_string())
-            .args(command)
-            .stdin(std::process::Stdio::null())
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .map_err(RuntimeError::io("starting the exec helper"))?;
-        // The helper kills the command at the timeout; it gets some slack of its own.
-        let deadline = std::time::Instant::now() + timeout + Duration::from_secs(10);
-        loop {
-            match child.try_wait() {
-                Ok(Some(_)) => break,
-                Ok(None) if std::time::Instant::now() > deadline => {
-                    let _ = child.kill();
-                    let _ = child.wait();
-                    return Err(RuntimeError::Refused(format!(
-                        "exec in container {id}: the helper did not finish"
-                    )));
-                }
-                Ok(None) => std::thread::sleep(Duration::from_millis(5)),
-                Err(e) => return Err(RuntimeError::io("waiting for the exec helper")(e)),
-            }
-        }
-        let out = child
-            .wait_with_output()
-            .map_err(RuntimeError::io("reading the exec helper"))?;
-        match serde_json::from_slice::<super::exec::HelperAnswer>(&out.stdout) {
-            Ok(super::exec::HelperAnswer::Ran(r)) => Ok(r),
-            Ok(super::exec::HelperAnswer::Failed(why)) => Err(RuntimeError::Refused(format!(
-                "exec in container {id}: {why}"
-            ))),
-            Err(_) => Err(RuntimeError::Refused(format!(
-                "exec in container {id}: the helper failed: {}",
-                String::from_utf8_lossy(&out.stderr).trim()
-            ))),
-        }
+        super::exec::via_helper(&self.cfg.exe, &self.container_dir(id), command, timeout)
+            .map_err(|why| RuntimeError::Refused(format!("exec in container {id}: {why}")))
     }
 
     /// Where `Localhost` seccomp profiles live: `<state-dir>/seccomp` (kubelet's

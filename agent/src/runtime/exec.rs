@@ -41,6 +41,52 @@ pub enum HelperAnswer {
     Failed(String),
 }
 
+/// Runs `command` in the running container of `bundle` through the helper (the
+/// kernlet binary `exe`), waiting at most `timeout` for it (then it is killed).
+pub fn via_helper(
+    exe: &Path,
+    bundle: &Path,
+    command: &[String],
+    timeout: Duration,
+) -> Result<ExecResult, String> {
+    let mut child = std::process::Command::new(exe)
+        .arg("internal")
+        .arg("exec")
+        .arg(bundle)
+        .arg(timeout.as_millis().to_string())
+        .args(command)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .map_err(|e| format!("starting the exec helper {}: {e}", exe.display()))?;
+    // The helper kills the command at the timeout; it gets some slack of its own.
+    let deadline = Instant::now() + timeout + Duration::from_secs(10);
+    loop {
+        match child.try_wait() {
+            Ok(Some(_)) => break,
+            Ok(None) if Instant::now() > deadline => {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err("the exec helper did not finish".into());
+            }
+            Ok(None) => std::thread::sleep(Duration::from_millis(5)),
+            Err(e) => return Err(format!("waiting for the exec helper: {e}")),
+        }
+    }
+    let out = child
+        .wait_with_output()
+        .map_err(|e| format!("reading the exec helper: {e}"))?;
+    match serde_json::from_slice::<HelperAnswer>(&out.stdout) {
+        Ok(HelperAnswer::Ran(r)) => Ok(r),
+        Ok(HelperAnswer::Failed(why)) => Err(why),
+        Err(_) => Err(format!(
+            "the exec helper failed: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        )),
+    }
+}
+
 /// `kernlet internal exec`: runs `args` in the container of `bundle`, prints the
 /// answer as JSON on stdout.
 pub fn helper_main(bundle: &Path, timeout: Duration, args: &[String]) -> i32 {

@@ -89,6 +89,13 @@ impl Runtime {
             if !pods.contains(&uid) {
                 let run = self.pod_run_dir(&uid);
                 let _ = crate::sys::mount::unmount(&run.join("shm"));
+                for e in std::fs::read_dir(run.join("volumes"))
+                    .into_iter()
+                    .flatten()
+                    .flatten()
+                {
+                    let _ = crate::sys::mount::unmount(&e.path());
+                }
                 if crate::sys::ns::remove(&run.join("ns")).is_ok()
                     && std::fs::remove_dir_all(&run).is_ok()
                 {

@@ -348,6 +348,17 @@ impl Runtime {
         crate::sys::mount::unmount(&run.join("shm")).map_err(RuntimeError::io(format!(
             "unmounting /dev/shm of pod {uid}"
         )))?;
+        // Memory-backed emptyDir volumes.
+        for e in std::fs::read_dir(run.join("volumes"))
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            crate::sys::mount::unmount(&e.path()).map_err(RuntimeError::io(format!(
+                "unmounting volume {} of pod {uid}",
+                e.file_name().to_string_lossy()
+            )))?;
+        }
         ns::remove(&run.join("ns")).map_err(RuntimeError::io(format!(
             "unpinning the namespaces of pod {uid}"
         )))?;

@@ -28,18 +28,32 @@ pub fn private_namespace() -> io::Result<()> {
 /// Mounts a tmpfs of `size_bytes` with mode 1777 at `target` (a pod's /dev/shm), unless
 /// one is there already.
 pub fn shm(target: &Path, size_bytes: u64) -> io::Result<()> {
+    tmpfs(target, Some(size_bytes), 0o1777, false)
+}
+
+/// Mounts a tmpfs at `target` (nosuid, nodev; noexec unless `exec`) with its root's
+/// `mode` and at most `size_bytes` (the kernel's default, half the memory, when
+/// `None`), unless a tmpfs is there already.
+pub fn tmpfs(target: &Path, size_bytes: Option<u64>, mode: u32, exec: bool) -> io::Result<()> {
     std::fs::create_dir_all(target)?;
     if nix::sys::statfs::statfs(target)
         .is_ok_and(|s| s.filesystem_type() == nix::sys::statfs::TMPFS_MAGIC)
     {
         return Ok(());
     }
-    let opts = format!("mode=1777,size={size_bytes}");
+    let mut opts = format!("mode={mode:o}");
+    if let Some(size) = size_bytes {
+        opts.push_str(&format!(",size={size}"));
+    }
+    let mut flags = MsFlags::MS_NOSUID | MsFlags::MS_NODEV;
+    if !exec {
+        flags |= MsFlags::MS_NOEXEC;
+    }
     mount(
-        Some("shm"),
+        Some("tmpfs"),
         target,
         Some("tmpfs"),
-        MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
+        flags,
         Some(opts.as_str()),
     )
     .map_err(io_err)
