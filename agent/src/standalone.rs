@@ -1162,14 +1162,18 @@ impl Runner {
                     .iter()
                     .map(|n| records.iter().filter(|r| &r.name == n).collect()),
             );
+            // One grace period for the whole pod: sidecars get what the main
+            // containers left of it (at least 2 s, as kubelet).
+            let deadline = Instant::now() + Duration::from_secs(grace);
             for wave in waves {
+                let left = deadline
+                    .saturating_duration_since(Instant::now())
+                    .max(Duration::from_secs(2));
                 std::thread::scope(|scope| {
                     for r in wave {
                         let c = pod_lifecycle::all_containers(&spec).find(|c| c.name == r.name);
                         let (rt, sb) = (&rt, &sb);
-                        scope.spawn(move || {
-                            stop_with_pre_stop(rt, sb, c, &r.id, Duration::from_secs(grace));
-                        });
+                        scope.spawn(move || stop_with_pre_stop(rt, sb, c, &r.id, left));
                     }
                 });
             }

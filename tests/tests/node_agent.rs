@@ -931,19 +931,16 @@ async fn the_fixture_deployments_pod_runs_like_kubelet_runs_it() {
             .cloned()
             .unwrap()
     };
-    let dynamic = |kind: &str, plural: &str, group: &str, version: &str| {
-        let ar = kube::api::ApiResource {
-            group: group.into(),
-            version: version.into(),
-            api_version: if group.is_empty() {
-                version.into()
-            } else {
-                format!("{group}/{version}")
-            },
-            kind: kind.into(),
-            plural: plural.into(),
-        };
-        ar
+    let dynamic = |kind: &str, plural: &str, group: &str, version: &str| kube::api::ApiResource {
+        group: group.into(),
+        version: version.into(),
+        api_version: if group.is_empty() {
+            version.into()
+        } else {
+            format!("{group}/{version}")
+        },
+        kind: kind.into(),
+        plural: plural.into(),
     };
     let ns_api: Api<kube::api::DynamicObject> =
         Api::all_with(admin.clone(), &dynamic("Namespace", "namespaces", "", "v1"));
@@ -966,9 +963,12 @@ async fn the_fixture_deployments_pod_runs_like_kubelet_runs_it() {
     }
     let template = find("Deployment")["spec"]["template"].clone();
     let pods: Api<Pod> = Api::namespaced(admin.clone(), "demo");
+    let mut spec = template["spec"].clone();
+    // httpd as PID 1 ignores SIGTERM: the deletion waits out the grace period.
+    spec["terminationGracePeriodSeconds"] = serde_json::json!(3);
     let pod: Pod = serde_json::from_value(serde_json::json!({
         "metadata": {"name": "web-1", "labels": template["metadata"]["labels"]},
-        "spec": template["spec"],
+        "spec": spec,
     }))
     .unwrap();
     pods.create(&PostParams::default(), &pod).await.unwrap();

@@ -415,7 +415,7 @@ pub async fn service_env(
     links: bool,
 ) -> Result<Vec<(String, String)>, String> {
     use k8s_openapi::api::core::v1::Service;
-    let describe = |s: &Service| -> Option<(String, String, Vec<(String, i32, String)>)> {
+    let describe = |s: &Service| -> Option<crate::model::env::LinkedService> {
         let spec = s.spec.as_ref()?;
         let ip = spec
             .cluster_ip
@@ -433,7 +433,11 @@ pub async fn service_env(
                 )
             })
             .collect();
-        Some((s.metadata.name.clone()?, ip, ports))
+        Some(crate::model::env::LinkedService {
+            name: s.metadata.name.clone()?,
+            cluster_ip: ip,
+            ports,
+        })
     };
     let mut services = Vec::new();
     if links && ns != "default" {

@@ -13,11 +13,25 @@ use k8s_openapi::api::core::v1::{Container, EnvVar, Pod, ResourceFieldSelector};
 
 use super::quantity::Quantity;
 
+/// A configMap's or secret's data.
+pub type Data = BTreeMap<String, Vec<u8>>;
+
+/// A configMap's or secret's data by name (the flag says secret); `Ok(None)` when it
+/// does not exist.
+pub type Lookup<'a> = &'a dyn Fn(bool, &str) -> Result<Option<Data>, String>;
+
+/// A Service as its link variables need it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LinkedService {
+    pub name: String,
+    pub cluster_ip: String,
+    /// `(port name, port, protocol)`.
+    pub ports: Vec<(String, i32, String)>,
+}
+
 /// What the environment draws on besides the pod itself.
 pub struct Sources<'a> {
-    /// A configMap's or secret's data by name (`secret` says which); `Ok(None)` when
-    /// it does not exist.
-    pub lookup: &'a dyn Fn(bool, &str) -> Result<Option<BTreeMap<String, Vec<u8>>>, String>,
+    pub lookup: Lookup<'a>,
     pub node_ip: &'a str,
     pub pod_ip: &'a str,
     /// The node's allocatable CPU (millicores) and memory (bytes): the limits of a
@@ -248,15 +262,17 @@ fn key_value(
     }
 }
 
-/// Docker-link style variables of Services, as kubelet writes them: for each
-/// `(name, cluster IP, [(port name, port, protocol)])`, `NAME_SERVICE_HOST`,
-/// `NAME_SERVICE_PORT[_PORTNAME]`, `NAME_PORT` and `NAME_PORT_<port>_<proto>[_PROTO,
-/// _PORT, _ADDR]`.
-pub fn service_links(
-    services: &[(String, String, Vec<(String, i32, String)>)],
-) -> Vec<(String, String)> {
+/// Docker-link style variables of Services, as kubelet writes them:
+/// `NAME_SERVICE_HOST`, `NAME_SERVICE_PORT[_PORTNAME]`, `NAME_PORT` and
+/// `NAME_PORT_<port>_<proto>[_PROTO, _PORT, _ADDR]`.
+pub fn service_links(services: &[LinkedService]) -> Vec<(String, String)> {
     let mut out = Vec::new();
-    for (name, ip, ports) in services {
+    for LinkedService {
+        name,
+        cluster_ip: ip,
+        ports,
+    } in services
+    {
         let prefix = name.to_uppercase().replace('-', "_");
         out.push((format!("{prefix}_SERVICE_HOST"), ip.clone()));
         for (i, (port_name, port, proto)) in ports.iter().enumerate() {
@@ -319,7 +335,7 @@ mod tests {
         .unwrap()
     }
 
-    fn lookup(secret: bool, name: &str) -> Result<Option<BTreeMap<String, Vec<u8>>>, String> {
+    fn lookup(secret: bool, name: &str) -> Result<Option<Data>, String> {
         let mut m = BTreeMap::new();
         match (secret, name) {
             (false, "cfg") => {
@@ -413,11 +429,11 @@ mod tests {
 
     #[test]
     fn service_links_like_kubelets() {
-        let env = service_links(&[(
-            "kubernetes".into(),
-            "10.96.0.1".into(),
-            vec![("https".into(), 443, "TCP".into())],
-        )]);
+        let env = service_links(&[LinkedService {
+            name: "kubernetes".into(),
+            cluster_ip: "10.96.0.1".into(),
+            ports: vec![("https".into(), 443, "TCP".into())],
+        }]);
         let m: BTreeMap<_, _> = env.into_iter().collect();
         assert_eq!(m["KUBERNETES_SERVICE_HOST"], "10.96.0.1");
         assert_eq!(m["KUBERNETES_SERVICE_PORT"], "443");

@@ -1,16 +1,19 @@
 //! Running a command inside a running container (exec probes, exec lifecycle hooks,
-//! `kernlet exec`): youki's libcontainer joins the container's namespaces, cgroup,
-//! user, capabilities and seccomp filter (a "tenant" process), exactly as the
-//! container's own process has them.
+//! `kernlet exec`), as runc's `exec` does: the process joins the container's cgroup
+//! and namespaces and takes on its process's identity — groups, user, capabilities,
+//! no_new_privs and seccomp filter — from the container's runtime spec.
 //!
-//! Like container creation, that must not happen in the multi-threaded agent, so it
-//! runs in a helper process (`kernlet internal exec <bundle> <timeout-ms> <args...>`)
-//! that shows kernlet's cgroup subtree as /sys/fs/cgroup in a private mount namespace
-//! (see the shim), collects the command's combined output (at most [`MAX_OUTPUT`]
-//! bytes, like kubelet's probes), kills it at the timeout, and prints an
+//! (youki's libcontainer has a "tenant" builder for this, but its 0.7 drops the
+//! seccomp filter and the user of the container's process: an exec probe would run
+//! as root, unfiltered. So kernlet does it itself.)
+//!
+//! Joining namespaces needs a single-threaded process, so it runs in a helper
+//! (`kernlet internal exec <bundle> <timeout-ms> <args...>`) that changes its own
+//! namespaces, forks the command, collects its combined output (at most
+//! [`MAX_OUTPUT`] bytes, like kubelet's probes), kills it at the timeout, and prints an
 //! [`ExecResult`] as JSON.
 
-use std::os::fd::{AsFd as _, OwnedFd};
+use std::os::fd::AsFd as _;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -111,30 +114,71 @@ fn run(bundle: &Path, timeout: Duration, args: &[String]) -> anyhow::Result<Exec
         anyhow::bail!("no command to run");
     }
     let req: ShimRequest = serde_json::from_slice(&std::fs::read(bundle.join(REQUEST))?)?;
-    // libcontainer's log lines would otherwise land in our stdout.
-    let _ = tracing::subscriber::set_global_default(tracing::subscriber::NoSubscriber::new());
-    nix::sys::prctl::set_child_subreaper(true).context("becoming a subreaper")?;
-    sys::mount::private_namespace().context("creating a private mount namespace")?;
-    sys::mount::bind(&req.cgroup_root, Path::new("/sys/fs/cgroup"))
-        .with_context(|| format!("showing {} as /sys/fs/cgroup", req.cgroup_root.display()))?;
+    let state: super::shim::ShimState = serde_json::from_slice(
+        &std::fs::read(bundle.join(super::shim::STATE)).context("the container has not started")?,
+    )?;
+    let spec: Spec = serde_json::from_slice(&std::fs::read(bundle.join("config.json"))?)
+        .context("reading the container's runtime spec")?;
+    if !super::super::sys::process::alive(state.pid) {
+        anyhow::bail!("the container is not running");
+    }
+    // Into the container's cgroup first (the command's children inherit it), while
+    // the host's cgroup tree is still visible.
+    if !spec.linux.cgroups_path.is_empty() {
+        let procs = req
+            .cgroup_root
+            .join(spec.linux.cgroups_path.trim_start_matches('/'))
+            .join("cgroup.procs");
+        std::fs::write(&procs, std::process::id().to_string())
+            .with_context(|| format!("joining the container's cgroup {}", procs.display()))?;
+    }
+    // Then its namespaces, the mount namespace last: this helper exists for this one
+    // command, so it may change its own.
+    let kinds: Vec<&str> = spec
+        .linux
+        .namespaces
+        .iter()
+        .filter_map(|n| match n.kind.as_str() {
+            "ipc" => Some("ipc"),
+            "uts" => Some("uts"),
+            "network" => Some("net"),
+            "pid" => Some("pid"),
+            "cgroup" => Some("cgroup"),
+            _ => None,
+        })
+        .chain(std::iter::once("mnt"))
+        .collect();
+    let files: Vec<(&str, std::fs::File)> = kinds
+        .iter()
+        .map(|k| {
+            std::fs::File::open(format!("/proc/{}/ns/{k}", state.pid))
+                .map(|f| (*k, f))
+                .with_context(|| format!("opening the container's {k} namespace"))
+        })
+        .collect::<anyhow::Result<_>>()?;
+    for (k, f) in &files {
+        nix::sched::setns(f, nix::sched::CloneFlags::empty())
+            .with_context(|| format!("entering the container's {k} namespace"))?;
+    }
     let (out_r, out_w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?;
-    let err_w = out_w.try_clone()?;
-    let devnull: OwnedFd = std::fs::File::open("/dev/null")?.into();
-    let pid = libcontainer::container::builder::ContainerBuilder::new(
-        req.id.clone(),
-        libcontainer::syscall::syscall::SyscallType::Linux,
-    )
-    .with_root_path(&req.state_root)?
-    .with_stdin(devnull)
-    .with_stdout(out_w)
-    .with_stderr(err_w)
-    .as_tenant()
-    .with_container_args(args.to_vec())
-    .with_detach(true)
-    .build()
-    .context("starting the command in the container")?;
-    // libcontainer's nix is another version than ours.
-    let pid = nix::unistd::Pid::from_raw(pid.as_raw());
+    let args = args.to_vec();
+    let pid = sys::process::fork_run(|| {
+        // Only stdout/stderr to the pipe; any error goes there too.
+        let _ = nix::unistd::dup2_stdout(&out_w);
+        let _ = nix::unistd::dup2_stderr(&out_w);
+        if let Ok(null) = std::fs::File::open("/dev/null") {
+            let _ = nix::unistd::dup2_stdin(&null);
+        }
+        let why = become_the_container_process(&spec, &args);
+        eprintln!("kernlet exec: {why:#}");
+        if why.to_string().contains("not found") {
+            127
+        } else {
+            126
+        }
+    })
+    .context("forking the command")?;
+    drop(out_w);
     let deadline = Instant::now() + timeout;
     let mut output = Vec::new();
     let mut buf = [0u8; 4096];
@@ -193,4 +237,132 @@ fn run(bundle: &Path, timeout: Duration, args: &[String]) -> anyhow::Result<Exec
         output: String::from_utf8_lossy(&output).into_owned(),
         timed_out,
     })
+}
+
+/// What an exec needs from the container's runtime spec.
+#[derive(Debug, Deserialize)]
+struct Spec {
+    process: SpecProcess,
+    #[serde(default)]
+    linux: SpecLinux,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct SpecProcess {
+    user: SpecUser,
+    #[serde(default)]
+    env: Vec<String>,
+    #[serde(default)]
+    cwd: String,
+    #[serde(default)]
+    no_new_privileges: bool,
+    capabilities: Option<libcontainer::oci_spec::runtime::LinuxCapabilities>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct SpecUser {
+    uid: u32,
+    gid: u32,
+    #[serde(default)]
+    additional_gids: Vec<u32>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct SpecLinux {
+    #[serde(default)]
+    cgroups_path: String,
+    #[serde(default)]
+    namespaces: Vec<SpecNamespace>,
+    seccomp: Option<libcontainer::oci_spec::runtime::LinuxSeccomp>,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+struct SpecNamespace {
+    #[serde(rename = "type")]
+    kind: String,
+}
+
+/// In the forked child, inside the container's namespaces: takes on the container
+/// process's identity — working directory, groups, user, capabilities,
+/// no_new_privs, seccomp filter (as runc does for `exec`) — and executes `args`.
+/// Returns only on failure.
+fn become_the_container_process(spec: &Spec, args: &[String]) -> anyhow::Error {
+    use anyhow::Context as _;
+    let go = || -> anyhow::Result<std::convert::Infallible> {
+        let p = &spec.process;
+        let cwd = if p.cwd.is_empty() {
+            "/"
+        } else {
+            p.cwd.as_str()
+        };
+        nix::unistd::chdir(cwd).with_context(|| format!("entering the working directory {cwd}"))?;
+        // Without no_new_privs, loading a filter needs CAP_SYS_ADMIN: load it while
+        // still privileged (what follows must pass it).
+        if !p.no_new_privileges
+            && let Some(s) = &spec.linux.seccomp
+        {
+            libcontainer::seccomp::initialize_seccomp(s).context("loading the seccomp filter")?;
+        }
+        let gids: Vec<nix::unistd::Gid> = p
+            .user
+            .additional_gids
+            .iter()
+            .map(|g| nix::unistd::Gid::from_raw(*g))
+            .collect();
+        nix::unistd::setgroups(&gids).context("setting the supplementary groups")?;
+        let gid = nix::unistd::Gid::from_raw(p.user.gid);
+        nix::unistd::setresgid(gid, gid, gid).context("setting the group")?;
+        nix::sys::prctl::set_keepcaps(true).context("keeping capabilities")?;
+        let uid = nix::unistd::Uid::from_raw(p.user.uid);
+        nix::unistd::setresuid(uid, uid, uid).context("setting the user")?;
+        let syscall = libcontainer::syscall::syscall::create_syscall();
+        libcontainer::capabilities::reset_effective(syscall.as_ref())
+            .context("restoring the effective capabilities")?;
+        if let Some(caps) = &p.capabilities {
+            libcontainer::capabilities::drop_privileges(caps, syscall.as_ref())
+                .context("setting the capabilities")?;
+        }
+        if p.no_new_privileges {
+            nix::sys::prctl::set_no_new_privs().context("setting no_new_privs")?;
+            if let Some(s) = &spec.linux.seccomp {
+                libcontainer::seccomp::initialize_seccomp(s)
+                    .context("loading the seccomp filter")?;
+            }
+        }
+        let program = find_program(&args[0], &p.env)?;
+        let c = |s: &str| std::ffi::CString::new(s).context("a NUL byte in the command");
+        let argv: Vec<std::ffi::CString> =
+            args.iter().map(|a| c(a)).collect::<anyhow::Result<_>>()?;
+        let envp: Vec<std::ffi::CString> =
+            p.env.iter().map(|e| c(e)).collect::<anyhow::Result<_>>()?;
+        nix::unistd::execve(&c(&program)?, &argv, &envp)
+            .with_context(|| format!("executing {program}"))
+    };
+    match go() {
+        Ok(never) => match never {},
+        Err(e) => e,
+    }
+}
+
+/// `name` as the container would find it: a path as is, else the first executable
+/// file of that name in the container's `PATH`.
+fn find_program(name: &str, env: &[String]) -> anyhow::Result<String> {
+    use std::os::unix::fs::PermissionsExt as _;
+    if name.contains('/') {
+        return Ok(name.to_string());
+    }
+    let path = env
+        .iter()
+        .find_map(|e| e.strip_prefix("PATH="))
+        .unwrap_or("/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin");
+    path.split(':')
+        .map(|d| Path::new(d).join(name))
+        .find(|p| {
+            std::fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+        })
+        .map(|p| p.display().to_string())
+        .ok_or_else(|| anyhow::anyhow!("executable {name:?} not found in $PATH {path}"))
 }
