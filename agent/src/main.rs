@@ -211,6 +211,17 @@ struct NodeArgs {
     /// seccompDefault); privileged containers stay unconfined.
     #[arg(long)]
     seccomp_default: bool,
+    /// DNS servers of the cluster for ClusterFirst pods, `ip,...` (default: the
+    /// clusterDNS `kernlet join` saved from kube-system/kubelet-config).
+    #[arg(long, value_delimiter = ',')]
+    cluster_dns: Vec<String>,
+    /// The cluster's DNS domain (default: the saved clusterDomain, else cluster.local).
+    #[arg(long)]
+    cluster_domain: Option<String>,
+    /// The node's resolver configuration, for pods with dnsPolicy Default and the
+    /// search domains of the others.
+    #[arg(long, default_value = "/etc/resolv.conf")]
+    resolv_conf: PathBuf,
     #[command(flatten)]
     registries: RegistryArgs,
     #[command(flatten)]
@@ -475,6 +486,28 @@ fn runtime_config(args: &NodeArgs) -> anyhow::Result<kernlet::runtime::RuntimeCo
         registries: args.registries.config()?,
         pod_pids_limit: u64::try_from(args.pod_max_pids).ok(),
         seccomp_default: args.seccomp_default,
+        dns: {
+            let saved: Option<kernlet::model::kubelet_config::ClusterSettings> =
+                std::fs::read(kernlet::bootstrap::cluster_settings_path(&dirs.state_dir))
+                    .ok()
+                    .and_then(|b| serde_json::from_slice(&b).ok());
+            kernlet::model::dns::ClusterDns {
+                servers: if args.cluster_dns.is_empty() {
+                    saved
+                        .as_ref()
+                        .map(|s| s.cluster_dns.clone())
+                        .unwrap_or_default()
+                } else {
+                    args.cluster_dns.clone()
+                },
+                domain: args
+                    .cluster_domain
+                    .clone()
+                    .or_else(|| saved.map(|s| s.cluster_domain))
+                    .unwrap_or_else(|| "cluster.local".into()),
+            }
+        },
+        resolv_conf: args.resolv_conf.clone(),
     })
 }
 

@@ -977,3 +977,88 @@ fn post_start_and_pre_stop_hooks() {
         pod(&node, "hooks").is_none().then_some(())
     });
 }
+
+const DNS: &str = r#"
+apiVersion: v1
+kind: Pod
+metadata: {name: dns, namespace: t}
+spec:
+  restartPolicy: Never
+  subdomain: web
+  hostAliases: [{ip: 192.0.2.7, hostnames: [foo.local, bar.local]}]
+  containers:
+  - {name: c, image: busybox:1.36, command: ["sh", "-c", "cat /etc/resolv.conf /etc/hosts"]}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: custom, namespace: t}
+spec:
+  restartPolicy: Never
+  dnsPolicy: None
+  dnsConfig: {nameservers: [192.0.2.1], searches: [x.example], options: [{name: ndots, value: "2"}]}
+  containers:
+  - {name: c, image: busybox:1.36, command: ["cat", "/etc/resolv.conf"]}
+"#;
+
+/// resolv.conf and hosts as kubelet writes them: ClusterFirst from --cluster-dns and
+/// --cluster-domain with the node's search domains, dnsPolicy None from dnsConfig,
+/// hostAliases appended to the managed hosts file.
+#[test]
+fn dns_policies_and_host_aliases() {
+    let mut lab = Lab::new("dns").unwrap();
+    let mut node = lab.add_node("n1").unwrap();
+    import_busybox(&node);
+    let m = manifests(&node, DNS);
+    let resolv = node.dir("state").join("node-resolv.conf");
+    std::fs::create_dir_all(node.dir("state")).unwrap();
+    std::fs::write(&resolv, "nameserver 192.0.2.53\nsearch corp.example\n").unwrap();
+    let (m, r) = (m.display().to_string(), resolv.display().to_string());
+    node.start_kernlet(&[
+        "run",
+        "--standalone",
+        "--manifests",
+        &m,
+        "--cluster-dns",
+        "10.96.0.10",
+        "--cluster-domain",
+        "cluster.test",
+        "--resolv-conf",
+        &r,
+    ])
+    .unwrap();
+    let done = |name: &str| {
+        wait_for(
+            &node,
+            &format!("{name} done"),
+            Duration::from_secs(30),
+            || pod(&node, name).filter(|p| p["status"]["phase"] == "Succeeded"),
+        )
+    };
+    let p = done("dns");
+    let text: Vec<String> = log_lines(&node, &p, "c", 0)
+        .into_iter()
+        .map(|(_, l)| l)
+        .collect();
+    let text = text.join("\n");
+    assert!(text.contains("nameserver 10.96.0.10"), "{text}");
+    assert!(
+        text.contains("search t.svc.cluster.test svc.cluster.test cluster.test corp.example"),
+        "{text}"
+    );
+    assert!(text.contains("options ndots:5"), "{text}");
+    assert!(text.contains("192.0.2.7\tfoo.local\tbar.local"), "{text}");
+    let p = done("custom");
+    let text: Vec<String> = log_lines(&node, &p, "c", 0)
+        .into_iter()
+        .map(|(_, l)| l)
+        .collect();
+    assert_eq!(
+        text,
+        [
+            "nameserver 192.0.2.1",
+            "search x.example",
+            "options ndots:2"
+        ],
+        "{text:?}"
+    );
+}

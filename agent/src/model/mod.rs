@@ -1,6 +1,7 @@
 //! Pure translations from Kubernetes objects to what kernlet will build. No I/O here.
 
 pub mod csr;
+pub mod dns;
 pub mod env;
 pub mod image_ref;
 pub mod kubelet_config;

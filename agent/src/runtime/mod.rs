@@ -87,6 +87,10 @@ pub struct RuntimeConfig {
     /// RuntimeDefault seccomp for containers that ask for no profile (kubelet's
     /// `--seccomp-default`).
     pub seccomp_default: bool,
+    /// The cluster's DNS for ClusterFirst pods (`clusterDNS`, `clusterDomain`).
+    pub dns: crate::model::dns::ClusterDns,
+    /// The node's resolver configuration (kubelet's `--resolv-conf`).
+    pub resolv_conf: PathBuf,
 }
 
 /// Resource controllers whose limits kernlet enforces when the cgroup2 tree has them.

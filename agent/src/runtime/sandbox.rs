@@ -126,18 +126,6 @@ pub fn hostname(pod: &Pod) -> String {
         .to_string()
 }
 
-/// The `/etc/hosts` kubelet writes for a pod.
-pub fn hosts_file(ip: &str, hostname: &str) -> String {
-    let mut s = String::from(
-        "# Kubernetes-managed hosts file (kernlet).\n127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n\
-         fe00::0\tip6-localnet\nfe00::0\tip6-mcastprefix\nfe00::1\tip6-allnodes\nfe00::2\tip6-allrouters\n",
-    );
-    if !ip.is_empty() {
-        s.push_str(&format!("{ip}\t{hostname}\n"));
-    }
-    s
-}
-
 fn now() -> String {
     k8s_openapi::jiff::Timestamp::now()
         .strftime("%Y-%m-%dT%H:%M:%SZ")
@@ -300,10 +288,26 @@ impl Runtime {
         } else {
             String::new()
         };
-        let resolv = std::fs::read("/etc/resolv.conf").unwrap_or_default();
+        let host_resolv = crate::model::dns::Resolv::parse(
+            &std::fs::read_to_string(&self.cfg.resolv_conf).unwrap_or_default(),
+        );
+        let resolv = crate::model::dns::resolv_conf(&spec, &namespace, &self.cfg.dns, &host_resolv)
+            .map_err(|e| RuntimeError::Refused(format!("pod {namespace}/{name}: {e}")))?;
+        // A host-network pod sees the node's hosts file, with its aliases added.
+        let hosts = if host_network {
+            let node = std::fs::read_to_string("/etc/hosts").unwrap_or_default();
+            let aliases =
+                crate::model::dns::hosts_file(&spec, &namespace, &self.cfg.dns.domain, "", "");
+            match aliases.split_once("\n# Entries added by HostAliases.\n") {
+                Some((_, a)) => format!("{node}\n# Entries added by HostAliases.\n{a}"),
+                None => node,
+            }
+        } else {
+            crate::model::dns::hosts_file(&spec, &namespace, &self.cfg.dns.domain, &ip, &hostname)
+        };
         for (file, content) in [
-            ("hosts", hosts_file(&ip, &hostname).into_bytes()),
-            ("resolv.conf", resolv),
+            ("hosts", hosts.into_bytes()),
+            ("resolv.conf", resolv.into_bytes()),
             ("hostname", format!("{hostname}\n").into_bytes()),
         ] {
             crate::state::write_atomic(&run.join(file), &content, 0o644)?;
@@ -414,8 +418,11 @@ mod tests {
         )
         .unwrap();
         assert_eq!(hostname(&pod), "web");
-        let h = hosts_file("10.244.1.5", "web");
+        let spec = pod.spec.clone().unwrap();
+        let h = crate::model::dns::hosts_file(&spec, "t", "cluster.local", "10.244.1.5", "web");
         assert!(h.contains("127.0.0.1\tlocalhost") && h.ends_with("10.244.1.5\tweb\n"));
-        assert!(!hosts_file("", "web").contains("web"));
+        assert!(
+            !crate::model::dns::hosts_file(&spec, "t", "cluster.local", "", "web").contains("web")
+        );
     }
 }

@@ -164,6 +164,8 @@ fn bench_runtime() -> anyhow::Result<BenchRuntime> {
         registries: Default::default(),
         pod_pids_limit: None,
         seccomp_default: false,
+        dns: Default::default(),
+        resolv_conf: "/etc/resolv.conf".into(),
     })?;
     let layout = kernlet_tests::oci::busybox_layout(&dir.path().join("build"), "1.36")?;
     kernlet::runtime::image::layout::import(&rt.images, &layout, Some("busybox"))?;
