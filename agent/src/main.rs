@@ -828,7 +828,18 @@ async fn run_node(kubeconfig: PathBuf, node: PreparedNode) -> anyhow::Result<()>
             },
             cfg.internal_ip.to_string(),
             Default::default(),
-        );
+        )
+        .with_node_fit({
+            let facts = kernlet::sys::machine::read(&state_dir);
+            let (cpu, mem) = node::allocatable_cpu_memory(&facts, cfg.reserved);
+            kernlet::model::admission::NodeFit {
+                name: cfg.name.clone(),
+                allocatable_cpu_milli: cpu,
+                allocatable_memory: mem,
+                max_pods: u64::from(cfg.max_pods),
+                labels: node::registration(&cfg).metadata.labels.unwrap_or_default(),
+            }
+        });
         let flag = std::sync::Arc::clone(&worker_stop);
         std::thread::spawn(move || runner.run(&flag))
     };

@@ -170,6 +170,11 @@ pub struct Runner {
     /// The node's allocatable CPU (millicores) and memory (bytes), for
     /// `resourceFieldRef` of containers without limits.
     allocatable: (u64, u64),
+    /// What the node offers pods, for admission.
+    node_fit: crate::model::admission::NodeFit,
+    /// Pods that failed for good on this node — refused at admission or past their
+    /// activeDeadlineSeconds — by uid: kubelet's reason and message.
+    failed: HashMap<String, crate::model::admission::Refusal>,
     /// Containers being stopped by the worker (sidecars of finished pods), by ID.
     stopping: HashSet<String>,
     /// Probes of running containers, by (container ID, kind).
@@ -280,6 +285,21 @@ impl Runner {
                 let facts = crate::sys::machine::read(Path::new("/"));
                 crate::model::node::allocatable_cpu_memory(&facts, Default::default())
             },
+            node_fit: {
+                let facts = crate::sys::machine::read(Path::new("/"));
+                let (cpu, mem) =
+                    crate::model::node::allocatable_cpu_memory(&facts, Default::default());
+                crate::model::admission::NodeFit {
+                    name: facts.hostname.clone(),
+                    allocatable_cpu_milli: cpu,
+                    allocatable_memory: mem,
+                    max_pods: 110,
+                    labels: [("kubernetes.io/hostname".to_string(), facts.hostname)]
+                        .into_iter()
+                        .collect(),
+                }
+            },
+            failed: HashMap::new(),
             last_manifest_error: None,
         }
     }
@@ -351,8 +371,19 @@ impl Runner {
             return;
         };
         let wanted: HashSet<String> = desired.iter().map(|(u, _)| u.clone()).collect();
+        let with_sandbox: HashSet<String> =
+            self.rt.sandboxes().into_iter().map(|sb| sb.uid).collect();
+        // Refusals of pods that are gone are forgotten.
+        self.failed
+            .retain(|uid, _| wanted.contains(uid) || with_sandbox.contains(uid));
         for (uid, pod) in &desired {
             if self.removing.lock().is_ok_and(|r| r.contains(uid)) {
+                continue;
+            }
+            if !with_sandbox.contains(uid) && !self.admit(uid, pod, &desired, &with_sandbox) {
+                if let Err(e) = self.report_refused(uid, pod) {
+                    tracing::warn!(pod = %pod.metadata.name.clone().unwrap_or_default(), "{e}");
+                }
                 continue;
             }
             if let Err(e) = self.sync_pod(uid, pod) {
@@ -504,6 +535,45 @@ impl Runner {
 
     fn sync_pod(&mut self, uid: &str, pod: &Pod) -> Result<(), crate::runtime::RuntimeError> {
         let sb = self.rt.run_sandbox(pod, uid, &self.node_ip)?;
+        let spec = pod.spec.clone().unwrap_or_default();
+        if let Some(deadline) = spec.active_deadline_seconds
+            && !self.failed.contains_key(uid)
+            && parse_time(&sb.created_at).is_some_and(|t| {
+                k8s_openapi::jiff::Timestamp::now().as_second() - t.as_second() >= deadline
+            })
+        {
+            tracing::info!(pod = %format!("{}/{}", sb.namespace, sb.name), "activeDeadlineSeconds ({deadline} s) passed; stopping the pod");
+            self.failed.insert(
+                uid.to_string(),
+                crate::model::admission::Refusal {
+                    reason: "DeadlineExceeded".into(),
+                    message: "Pod was active on the node longer than the specified deadline".into(),
+                },
+            );
+        }
+        if self.failed.contains_key(uid) {
+            // Failed for good: nothing starts again; what runs is stopped.
+            let views = self.views(uid, pod);
+            let grace = Duration::from_secs(
+                spec.termination_grace_period_seconds
+                    .and_then(|g| u64::try_from(g).ok())
+                    .unwrap_or(30),
+            );
+            for v in &views {
+                if matches!(v.current, Observed::Running { .. })
+                    && self.stopping.insert(v.id.clone())
+                {
+                    let c = pod_lifecycle::all_containers(&spec)
+                        .find(|c| c.name == v.name)
+                        .cloned();
+                    let (rt, sb2, id) = (self.rt.clone(), sb.clone(), v.id.clone());
+                    std::thread::spawn(move || {
+                        stop_with_pre_stop(&rt, &sb2, c.as_ref(), &id, grace)
+                    });
+                }
+            }
+            return self.write_status(&sb, pod, &views);
+        }
         if let Err(why) = self.prepare_volumes(uid, pod) {
             // The containers wait, with the reason, until the volumes can be written.
             let spec = pod.spec.clone().unwrap_or_default();
@@ -611,6 +681,69 @@ impl Runner {
         self.run_probes(&sb, pod, &views);
         let views = self.views(uid, pod);
         self.write_status(&sb, pod, &views)
+    }
+
+    /// The node as admission sees it (its name, labels, allocatable and max pods);
+    /// resourceFieldRef limits default to the same allocatable.
+    pub fn with_node_fit(mut self, fit: crate::model::admission::NodeFit) -> Self {
+        self.allocatable = (fit.allocatable_cpu_milli, fit.allocatable_memory);
+        self.node_fit = fit;
+        self
+    }
+
+    /// Admits a pod that has no sandbox yet, as kubelet does; a refused one is
+    /// remembered and reported failed.
+    fn admit(
+        &mut self,
+        uid: &str,
+        pod: &Pod,
+        desired: &[(String, Pod)],
+        sandboxes: &HashSet<String>,
+    ) -> bool {
+        if self.failed.contains_key(uid) {
+            return false;
+        }
+        if sandboxes.contains(uid) {
+            return true;
+        }
+        let admitted: Vec<&k8s_openapi::api::core::v1::PodSpec> = desired
+            .iter()
+            .filter(|(u, _)| u != uid && sandboxes.contains(u) && !self.failed.contains_key(u))
+            .filter_map(|(_, p)| p.spec.as_ref())
+            .collect();
+        let spec = pod.spec.clone().unwrap_or_default();
+        match crate::model::admission::admit(&spec, &admitted, &self.node_fit) {
+            Ok(()) => true,
+            Err(r) => {
+                tracing::warn!(pod = %format!("{}/{}", pod.metadata.namespace.as_deref().unwrap_or_default(), pod.metadata.name.as_deref().unwrap_or_default()),
+                    reason = %r.reason, "pod rejected: {}", r.message);
+                self.failed.insert(
+                    uid.to_string(),
+                    crate::model::admission::Refusal {
+                        reason: r.reason,
+                        message: format!("Pod was rejected: {}", r.message),
+                    },
+                );
+                false
+            }
+        }
+    }
+
+    /// The status of a pod refused at admission: failed, with the reason; it never
+    /// got a sandbox.
+    fn report_refused(&mut self, uid: &str, pod: &Pod) -> Result<(), crate::runtime::RuntimeError> {
+        let Some(r) = self.failed.get(uid).cloned() else {
+            return Ok(());
+        };
+        let status = json!({
+            "phase": "Failed", "reason": r.reason, "message": r.message,
+            "hostIP": self.node_ip, "hostIPs": [{"ip": self.node_ip}],
+        });
+        let (ns, name) = (
+            pod.metadata.namespace.clone().unwrap_or_default(),
+            pod.metadata.name.clone().unwrap_or_default(),
+        );
+        self.publish(uid, &ns, &name, pod, status)
     }
 
     /// Container `c` with its environment resolved (see [`crate::model::env`]): from
@@ -1056,24 +1189,44 @@ impl Runner {
             status["podIP"] = json!(sb.ip);
             status["podIPs"] = json!([{"ip": sb.ip}]);
         }
+        // Past its activeDeadlineSeconds: failed, whatever its containers did.
+        if let Some(r) = self.failed.get(&sb.uid) {
+            status["phase"] = json!("Failed");
+            status["reason"] = json!(r.reason);
+            status["message"] = json!(r.message);
+        }
+        self.publish(&sb.uid, &sb.namespace, &sb.name, pod, status)
+    }
+
+    /// Sends a pod's status to the apiserver when it changed, and records it under
+    /// the state directory (for `kernlet pods`).
+    fn publish(
+        &mut self,
+        uid: &str,
+        namespace: &str,
+        name: &str,
+        pod: &Pod,
+        status: serde_json::Value,
+    ) -> Result<(), crate::runtime::RuntimeError> {
         let mut out = serde_json::to_value(pod).unwrap_or_default();
         out["apiVersion"] = json!("v1");
         out["kind"] = json!("Pod");
         out["status"] = status;
         if let Source::Api { updates, .. } = &self.source
-            && self.last_sent.get(&sb.uid) != Some(&out["status"])
+            && self.last_sent.get(uid) != Some(&out["status"])
         {
             let sent = updates.send(crate::controllers::pods::Update::Status {
-                namespace: sb.namespace.clone(),
-                name: sb.name.clone(),
-                uid: sb.uid.clone(),
+                namespace: namespace.to_string(),
+                name: name.to_string(),
+                uid: uid.to_string(),
                 status: out["status"].clone(),
             });
             if sent.is_ok() {
-                self.last_sent.insert(sb.uid.clone(), out["status"].clone());
+                self.last_sent
+                    .insert(uid.to_string(), out["status"].clone());
             }
         }
-        let path = self.rt.pod_state_dir(&sb.uid).join("pod.json");
+        let path = self.rt.pod_state_dir(uid).join("pod.json");
         if read_json::<serde_json::Value>(&path)
             .ok()
             .flatten()

@@ -1120,3 +1120,120 @@ async fn the_fixture_deployments_pod_runs_like_kubelet_runs_it() {
         assert!(refused.is_empty(), "{refused:#?}");
     }
 }
+
+/// kubelet's admission and deadlines: a pod that does not fit the node's allocatable
+/// CPU, one whose nodeSelector the node does not match and one that wants a host port
+/// another pod holds are failed with kubelet's reasons and never started; a pod past
+/// its activeDeadlineSeconds is stopped and failed with DeadlineExceeded.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admission_refusals_and_active_deadlines() {
+    use k8s_openapi::api::core::v1::Pod;
+    use kube::api::PostParams;
+    let cluster = Cluster::start(&[BRIDGE_IP.into()]).await.unwrap();
+    let mut lab = Lab::new("admit").unwrap();
+    let fwd = lab.forward(0, cluster.addr()).unwrap();
+    let mut node = lab.add_node("w1").unwrap();
+    node.import_busybox().unwrap();
+    start_agent(&cluster, &fwd.url, &mut node, &[]);
+    let admin = cluster.admin().await.unwrap();
+    let pods: Api<Pod> = Api::namespaced(admin.clone(), "default");
+    let create = async |name: &str, spec: serde_json::Value| {
+        let pod: Pod =
+            serde_json::from_value(serde_json::json!({"metadata": {"name": name}, "spec": spec}))
+                .unwrap();
+        pods.create(&PostParams::default(), &pod).await.unwrap();
+        cluster.bind_pod("default", name, "w1").await.unwrap();
+    };
+    let sleeper = |extra: serde_json::Value| {
+        let mut c =
+            serde_json::json!({"name": "c", "image": "busybox:1.36", "command": ["sleep", "600"]});
+        if let (Some(c), Some(e)) = (c.as_object_mut(), extra.as_object()) {
+            c.extend(e.clone());
+        }
+        c
+    };
+    create("holder", serde_json::json!({"terminationGracePeriodSeconds": 1,
+        "containers": [sleeper(serde_json::json!({"ports": [{"containerPort": 8080, "hostPort": 18080}]}))]})).await;
+    let phase_of = async |name: &str| -> Option<(String, String, String)> {
+        let s = pods.get(name).await.ok()?.status?;
+        Some((
+            s.phase.unwrap_or_default(),
+            s.reason.unwrap_or_default(),
+            s.message.unwrap_or_default(),
+        ))
+    };
+    wait_for("holder running", Duration::from_secs(30), async || {
+        phase_of("holder").await.filter(|p| p.0 == "Running")
+    })
+    .await;
+    create("greedy", serde_json::json!({"containers": [sleeper(serde_json::json!({"resources": {"requests": {"cpu": "1000"}}}))]})).await;
+    create("elsewhere", serde_json::json!({"nodeSelector": {"zone": "mars"}, "containers": [sleeper(serde_json::json!({}))]})).await;
+    create("clash", serde_json::json!({"containers": [sleeper(serde_json::json!({"ports": [{"containerPort": 80, "hostPort": 18080}]}))]})).await;
+    create(
+        "deadline",
+        serde_json::json!({"activeDeadlineSeconds": 3, "terminationGracePeriodSeconds": 1,
+        "containers": [sleeper(serde_json::json!({}))]}),
+    )
+    .await;
+    for (name, reason, words) in [
+        (
+            "greedy",
+            "OutOfcpu",
+            "Node didn't have enough resource: cpu, requested: 1000000",
+        ),
+        (
+            "elsewhere",
+            "NodeAffinity",
+            "didn't match Pod's node affinity/selector",
+        ),
+        ("clash", "NodePorts", "TCP 0.0.0.0:18080"),
+    ] {
+        let (phase, r, message) = wait_for(name, Duration::from_secs(30), async || {
+            phase_of(name).await.filter(|p| p.0 == "Failed")
+        })
+        .await;
+        assert_eq!(
+            (phase.as_str(), r.as_str()),
+            ("Failed", reason),
+            "{name}: {message}"
+        );
+        assert!(
+            message.starts_with("Pod was rejected: ") && message.contains(words),
+            "{name}: {message}"
+        );
+        let p = pods.get(name).await.unwrap();
+        assert!(
+            p.status.unwrap().container_statuses.is_none(),
+            "{name} never ran"
+        );
+    }
+    let (_, reason, message) = wait_for("deadline failed", Duration::from_secs(30), async || {
+        phase_of("deadline").await.filter(|p| p.0 == "Failed")
+    })
+    .await;
+    assert_eq!(reason, "DeadlineExceeded");
+    assert_eq!(
+        message,
+        "Pod was active on the node longer than the specified deadline"
+    );
+    wait_for(
+        "the deadline pod's container stopped",
+        Duration::from_secs(30),
+        async || {
+            let p = pods.get("deadline").await.ok()?;
+            let c = p.status?.container_statuses?.into_iter().next()?;
+            c.state?.terminated.map(|_| ())
+        },
+    )
+    .await;
+    // The holder is untouched.
+    assert_eq!(phase_of("holder").await.unwrap().0, "Running");
+    let log = node.kernlet_log();
+    assert!(
+        !log.contains("container started pod=default/greedy"),
+        "{log}"
+    );
+    if let Some(refused) = cluster.node_refusals() {
+        assert!(refused.is_empty(), "{refused:#?}");
+    }
+}

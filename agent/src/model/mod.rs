@@ -1,5 +1,6 @@
 //! Pure translations from Kubernetes objects to what kernlet will build. No I/O here.
 
+pub mod admission;
 pub mod csr;
 pub mod dns;
 pub mod env;

@@ -1,0 +1,313 @@
+//! kubelet's admission of a pod to the node (its `GeneralPredicates`): the pod must
+//! fit the allocatable resources left by the pods already admitted, match the node's
+//! labels (nodeSelector and required node affinity) and not want a host port another
+//! pod holds. A refused pod is failed with kubelet's reason and message.
+
+use std::collections::{BTreeMap, HashSet};
+
+use k8s_openapi::api::core::v1::{NodeSelectorRequirement, NodeSelectorTerm, PodSpec};
+
+use super::quantity::Quantity;
+
+/// What the node offers.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct NodeFit {
+    pub name: String,
+    pub allocatable_cpu_milli: u64,
+    pub allocatable_memory: u64,
+    pub max_pods: u64,
+    pub labels: BTreeMap<String, String>,
+}
+
+/// Why a pod is refused: kubelet's reason (`OutOfcpu`, `NodeAffinity`, …) and message.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Refusal {
+    pub reason: String,
+    pub message: String,
+}
+
+/// A pod's effective requests (CPU millicores, memory bytes): the larger of the sum of
+/// its regular containers (sidecars included) and its largest init container, plus
+/// the pod overhead.
+pub fn requests(spec: &PodSpec) -> (u64, u64) {
+    let get = |c: &k8s_openapi::api::core::v1::Container, r: &str| -> i128 {
+        let res = c.resources.as_ref();
+        let q = res
+            .and_then(|x| x.requests.as_ref())
+            .and_then(|m| m.get(r))
+            .or_else(|| res.and_then(|x| x.limits.as_ref()).and_then(|m| m.get(r)));
+        q.and_then(|q| Quantity::parse(&q.0).ok())
+            .map_or(0, |q| if r == "cpu" { q.milli() } else { q.value() })
+    };
+    let one = |r: &str| -> u64 {
+        let sidecars: i128 = spec
+            .init_containers
+            .iter()
+            .flatten()
+            .filter(|c| super::pod_lifecycle::is_sidecar(c))
+            .map(|c| get(c, r))
+            .sum();
+        let main: i128 = spec.containers.iter().map(|c| get(c, r)).sum::<i128>() + sidecars;
+        let init = spec
+            .init_containers
+            .iter()
+            .flatten()
+            .filter(|c| !super::pod_lifecycle::is_sidecar(c))
+            .map(|c| get(c, r))
+            .max()
+            .unwrap_or(0);
+        let overhead = spec
+            .overhead
+            .as_ref()
+            .and_then(|o| o.get(r))
+            .and_then(|q| Quantity::parse(&q.0).ok())
+            .map_or(0, |q| if r == "cpu" { q.milli() } else { q.value() });
+        u64::try_from(main.max(init) + overhead).unwrap_or(0)
+    };
+    (one("cpu"), one("memory"))
+}
+
+fn matches(req: &NodeSelectorRequirement, value: Option<&String>) -> bool {
+    let values = req.values.clone().unwrap_or_default();
+    let number = |s: &str| s.parse::<i64>().ok();
+    match req.operator.as_str() {
+        "In" => value.is_some_and(|v| values.contains(v)),
+        "NotIn" => value.is_none_or(|v| !values.contains(v)),
+        "Exists" => value.is_some(),
+        "DoesNotExist" => value.is_none(),
+        "Gt" => match (
+            value.and_then(|v| number(v)),
+            values.first().and_then(|v| number(v)),
+        ) {
+            (Some(a), Some(b)) => a > b,
+            _ => false,
+        },
+        "Lt" => match (
+            value.and_then(|v| number(v)),
+            values.first().and_then(|v| number(v)),
+        ) {
+            (Some(a), Some(b)) => a < b,
+            _ => false,
+        },
+        _ => false,
+    }
+}
+
+fn term_matches(t: &NodeSelectorTerm, node: &NodeFit) -> bool {
+    let exprs = t.match_expressions.iter().flatten();
+    let fields = t.match_fields.iter().flatten();
+    let mut any = false;
+    for e in exprs {
+        any = true;
+        if !matches(e, node.labels.get(&e.key)) {
+            return false;
+        }
+    }
+    for f in fields {
+        any = true;
+        let name = node.name.clone();
+        let value = (f.key == "metadata.name").then_some(&name);
+        if !matches(f, value) {
+            return false;
+        }
+    }
+    // An empty term matches nothing.
+    any
+}
+
+/// Whether the pod's nodeSelector and required node affinity match the node.
+pub fn node_matches(spec: &PodSpec, node: &NodeFit) -> bool {
+    let selector_ok = spec
+        .node_selector
+        .iter()
+        .flatten()
+        .all(|(k, v)| node.labels.get(k) == Some(v));
+    let required = spec
+        .affinity
+        .as_ref()
+        .and_then(|a| a.node_affinity.as_ref())
+        .and_then(|n| {
+            n.required_during_scheduling_ignored_during_execution
+                .as_ref()
+        });
+    selector_ok
+        && required.is_none_or(|r| r.node_selector_terms.iter().any(|t| term_matches(t, node)))
+}
+
+/// The `(protocol, hostIP, hostPort)` a pod asks for.
+pub fn host_ports(spec: &PodSpec) -> Vec<(String, String, i32)> {
+    super::pod_lifecycle::all_containers(spec)
+        .flat_map(|c| c.ports.iter().flatten())
+        .filter_map(|p| {
+            let port = p.host_port.filter(|h| *h > 0)?;
+            Some((
+                p.protocol.clone().unwrap_or_else(|| "TCP".into()),
+                p.host_ip
+                    .clone()
+                    .filter(|i| !i.is_empty())
+                    .unwrap_or_else(|| "0.0.0.0".into()),
+                port,
+            ))
+        })
+        .collect()
+}
+
+/// Admits `pod` next to the pods already admitted, or says why not.
+pub fn admit(pod: &PodSpec, admitted: &[&PodSpec], node: &NodeFit) -> Result<(), Refusal> {
+    let refuse = |reason: &str, message: String| {
+        Err(Refusal {
+            reason: reason.into(),
+            message,
+        })
+    };
+    if admitted.len() as u64 >= node.max_pods {
+        return refuse(
+            "OutOfpods",
+            format!(
+                "Node didn't have enough resource: pods, requested: 1, used: {}, capacity: {}",
+                admitted.len(),
+                node.max_pods
+            ),
+        );
+    }
+    let (cpu, mem) = requests(pod);
+    let (used_cpu, used_mem) = admitted
+        .iter()
+        .map(|p| requests(p))
+        .fold((0, 0), |a, b| (a.0 + b.0, a.1 + b.1));
+    if cpu > 0 && used_cpu + cpu > node.allocatable_cpu_milli {
+        return refuse(
+            "OutOfcpu",
+            format!(
+                "Node didn't have enough resource: cpu, requested: {cpu}, used: {used_cpu}, capacity: {}",
+                node.allocatable_cpu_milli
+            ),
+        );
+    }
+    if mem > 0 && used_mem + mem > node.allocatable_memory {
+        return refuse(
+            "OutOfmemory",
+            format!(
+                "Node didn't have enough resource: memory, requested: {mem}, used: {used_mem}, capacity: {}",
+                node.allocatable_memory
+            ),
+        );
+    }
+    if !node_matches(pod, node) {
+        return refuse(
+            "NodeAffinity",
+            "Predicate NodeAffinity failed: node(s) didn't match Pod's node affinity/selector"
+                .into(),
+        );
+    }
+    let taken: HashSet<(String, String, i32)> =
+        admitted.iter().flat_map(|p| host_ports(p)).collect();
+    let wildcard = |ip: &str| ip == "0.0.0.0" || ip == "::";
+    for (proto, ip, port) in host_ports(pod) {
+        let clash = taken.iter().any(|(p2, ip2, port2)| {
+            *p2 == proto && *port2 == port && (ip == *ip2 || wildcard(&ip) || wildcard(ip2))
+        });
+        if clash {
+            return refuse(
+                "NodePorts",
+                format!(
+                    "Predicate NodePorts failed: node(s) didn't have free ports for the requested pod ports ({proto} {ip}:{port})"
+                ),
+            );
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn spec(v: serde_json::Value) -> PodSpec {
+        serde_json::from_value(v).unwrap()
+    }
+
+    fn node() -> NodeFit {
+        NodeFit {
+            name: "n1".into(),
+            allocatable_cpu_milli: 2000,
+            allocatable_memory: 4 << 30,
+            max_pods: 3,
+            labels: [("zone", "a"), ("size", "8")]
+                .into_iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn effective_requests_count_init_sidecars_and_overhead() {
+        let s = spec(json!({
+            "initContainers": [{"name": "i", "resources": {"requests": {"cpu": "1500m"}}},
+                               {"name": "s", "restartPolicy": "Always", "resources": {"requests": {"cpu": "100m", "memory": "10Mi"}}}],
+            "containers": [{"name": "a", "resources": {"requests": {"cpu": "200m"}, "limits": {"memory": "64Mi"}}}],
+            "overhead": {"cpu": "10m"}
+        }));
+        assert_eq!(requests(&s), (1510, (64 + 10) << 20));
+    }
+
+    #[test]
+    fn resources_ports_and_affinity_are_checked() {
+        let big = spec(
+            json!({"containers": [{"name": "a", "resources": {"requests": {"cpu": "1500m"}}}]}),
+        );
+        assert_eq!(admit(&big, &[], &node()), Ok(()));
+        let r = admit(&big, &[&big], &node()).unwrap_err();
+        assert_eq!(r.reason, "OutOfcpu");
+        assert!(
+            r.message
+                .contains("requested: 1500, used: 1500, capacity: 2000"),
+            "{}",
+            r.message
+        );
+        let small = spec(json!({"containers": [{"name": "a"}]}));
+        assert_eq!(
+            admit(&small, &[&small, &small, &small], &node())
+                .unwrap_err()
+                .reason,
+            "OutOfpods"
+        );
+
+        let web = spec(
+            json!({"containers": [{"name": "a", "ports": [{"containerPort": 80, "hostPort": 8080}]}]}),
+        );
+        assert_eq!(
+            admit(&web, &[&web], &node()).unwrap_err().reason,
+            "NodePorts"
+        );
+        let udp = spec(
+            json!({"containers": [{"name": "a", "ports": [{"containerPort": 80, "hostPort": 8080, "protocol": "UDP"}]}]}),
+        );
+        assert_eq!(admit(&udp, &[&web], &node()), Ok(()));
+
+        let sel = spec(json!({"nodeSelector": {"zone": "b"}, "containers": [{"name": "a"}]}));
+        assert_eq!(
+            admit(&sel, &[], &node()).unwrap_err().reason,
+            "NodeAffinity"
+        );
+        let aff = |op: &str, values: serde_json::Value| {
+            spec(
+                json!({"containers": [{"name": "a"}], "affinity": {"nodeAffinity": {
+                "requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": [
+                    {"matchExpressions": [{"key": "size", "operator": op, "values": values}]}]}}}}),
+            )
+        };
+        assert!(node_matches(&aff("Gt", json!(["4"])), &node()));
+        assert!(!node_matches(&aff("Lt", json!(["4"])), &node()));
+        assert!(node_matches(&aff("In", json!(["8", "16"])), &node()));
+        assert!(!node_matches(&aff("DoesNotExist", json!([])), &node()));
+        let by_name = spec(
+            json!({"containers": [{"name": "a"}], "affinity": {"nodeAffinity": {
+            "requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": [
+                {"matchExpressions": [{"key": "zone", "operator": "In", "values": ["z"]}]},
+                {"matchFields": [{"key": "metadata.name", "operator": "In", "values": ["n1"]}]}]}}}}),
+        );
+        assert!(node_matches(&by_name, &node()), "terms are ORed");
+    }
+}
