@@ -222,6 +222,10 @@ struct NodeArgs {
     /// search domains of the others.
     #[arg(long, default_value = "/etc/resolv.conf")]
     resolv_conf: PathBuf,
+    /// How often the contents of configMap, secret, downwardAPI and projected volumes
+    /// are read again, in seconds (kubelet's --sync-frequency).
+    #[arg(long, default_value_t = 60)]
+    sync_frequency: u64,
     #[command(flatten)]
     registries: RegistryArgs,
     #[command(flatten)]
@@ -701,6 +705,7 @@ struct PreparedNode {
     state_dir: PathBuf,
     timing: Timing,
     runtime: kernlet::runtime::RuntimeConfig,
+    pod_timing: kernlet::standalone::Timing,
 }
 
 fn prepare_node(args: &NodeArgs) -> anyhow::Result<PreparedNode> {
@@ -749,6 +754,10 @@ fn prepare_node(args: &NodeArgs) -> anyhow::Result<PreparedNode> {
         state_dir: args.dirs.state_dir.clone(),
         timing,
         runtime: runtime_config(args)?,
+        pod_timing: kernlet::standalone::Timing {
+            sync_frequency: Duration::from_secs(args.sync_frequency.max(1)),
+            ..Default::default()
+        },
     })
 }
 
@@ -777,6 +786,7 @@ async fn run_node(kubeconfig: PathBuf, node: PreparedNode) -> anyhow::Result<()>
         state_dir,
         timing,
         runtime,
+        pod_timing,
     } = node;
     tracing::info!(node = %cfg.name, ip = %cfg.internal_ip, "kernlet starting");
     let access_client = client.get();
@@ -827,7 +837,7 @@ async fn run_node(kubeconfig: PathBuf, node: PreparedNode) -> anyhow::Result<()>
                 handle: tokio::runtime::Handle::current(),
             },
             cfg.internal_ip.to_string(),
-            Default::default(),
+            pod_timing,
         )
         .with_node_fit({
             let facts = kernlet::sys::machine::read(&state_dir);

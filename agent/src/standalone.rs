@@ -106,6 +106,9 @@ pub struct Timing {
     pub backoff_max: Duration,
     /// A container that ran this long has its backoff forgotten.
     pub backoff_reset: Duration,
+    /// How often volume contents are read again from the apiserver (kubelet's
+    /// `--sync-frequency`).
+    pub sync_frequency: Duration,
 }
 
 impl Default for Timing {
@@ -115,6 +118,7 @@ impl Default for Timing {
             backoff_initial: Duration::from_secs(10),
             backoff_max: Duration::from_secs(300),
             backoff_reset: Duration::from_secs(600),
+            sync_frequency: Duration::from_secs(60),
         }
     }
 }
@@ -170,6 +174,8 @@ pub struct Runner {
     /// The node's allocatable CPU (millicores) and memory (bytes), for
     /// `resourceFieldRef` of containers without limits.
     allocatable: (u64, u64),
+    /// When each apiserver-backed volume is read again, by (pod uid, volume).
+    volume_checks: HashMap<(String, String), Instant>,
     /// What the node offers pods, for admission.
     node_fit: crate::model::admission::NodeFit,
     /// Pods that failed for good on this node — refused at admission or past their
@@ -300,6 +306,7 @@ impl Runner {
                 }
             },
             failed: HashMap::new(),
+            volume_checks: HashMap::new(),
             last_manifest_error: None,
         }
     }
@@ -981,41 +988,80 @@ impl Runner {
     }
 
     /// Writes the files of the pod's configMap, secret, downwardAPI and projected
-    /// volumes (once; a service account token is bound to the pod), each volume whole or
-    /// not at all.
-    fn prepare_volumes(&self, uid: &str, pod: &Pod) -> Result<(), String> {
+    /// volumes before its containers start, then keeps them current: every
+    /// `sync_frequency` the sources are read again and a changed volume is swapped
+    /// whole (see [`crate::runtime::volume_files`]); a service account token is
+    /// requested again once 80 % of its lifetime has passed. A source that cannot be
+    /// read keeps the volume as it was (the error is logged); before the first write
+    /// it holds the pod's containers back.
+    fn prepare_volumes(&mut self, uid: &str, pod: &Pod) -> Result<(), String> {
+        use crate::runtime::volume_files;
         let Source::Api { client, handle, .. } = &self.source else {
             return Ok(());
         };
+        let now = Instant::now();
+        let sb_ip = self
+            .rt
+            .sandbox(uid)
+            .ok()
+            .flatten()
+            .map(|s| s.ip)
+            .unwrap_or_default();
         for vol in pod.spec.iter().flat_map(|s| s.volumes.iter().flatten()) {
+            let has_files = vol.config_map.is_some()
+                || vol.secret.is_some()
+                || vol.downward_api.is_some()
+                || vol.projected.is_some();
+            if !has_files {
+                continue;
+            }
             let dir = self.rt.prepared_volume(uid, &vol.name);
-            if dir.is_dir() {
+            let current = volume_files::current(&dir);
+            let key = (uid.to_string(), vol.name.clone());
+            if current.is_some() && self.volume_checks.get(&key).is_some_and(|next| now < *next) {
                 continue;
             }
-            let Some(files) =
-                handle.block_on(crate::controllers::pods::volume_files(client, pod, vol))?
-            else {
-                continue;
-            };
-            let tmp = dir.with_extension("tmp");
-            let _ = std::fs::remove_dir_all(&tmp);
-            for (path, content, mode) in files {
-                let rel = Path::new(&path);
-                if path.is_empty()
-                    || !rel
-                        .components()
-                        .all(|c| matches!(c, std::path::Component::Normal(_)))
+            // Tokens still fresh are kept; the earliest refresh sets the next check.
+            let epoch = k8s_openapi::jiff::Timestamp::now().as_second();
+            let mut next = now + self.timing.sync_frequency;
+            let mut keep_tokens = std::collections::BTreeMap::new();
+            for (path, (content, _)) in current.iter().flatten() {
+                if let Some(due) = volume_files::token_refresh_at(content)
+                    && due > epoch
                 {
-                    return Err(format!(
-                        "volume {:?}: file path {path:?} is not a plain relative path",
-                        vol.name
-                    ));
+                    keep_tokens.insert(path.clone(), content.clone());
+                    let wait = Duration::from_secs(u64::try_from(due - epoch).unwrap_or(0));
+                    next = next.min(now + wait);
                 }
-                crate::state::write_atomic(&tmp.join(rel), &content, mode & 0o777)
-                    .map_err(|e| e.to_string())?;
             }
-            std::fs::create_dir_all(&tmp).map_err(|e| e.to_string())?;
-            std::fs::rename(&tmp, &dir).map_err(|e| format!("volume {:?}: {e}", vol.name))?;
+            let ctx = crate::controllers::pods::VolumeContext {
+                node_ip: self.node_ip.clone(),
+                pod_ip: sb_ip.clone(),
+                allocatable: self.allocatable,
+                keep_tokens,
+            };
+            let fetched = handle.block_on(crate::controllers::pods::volume_files(
+                client, pod, vol, &ctx,
+            ));
+            self.volume_checks.insert(key, next);
+            let files = match fetched {
+                Ok(Some(files)) => files,
+                Ok(None) => continue,
+                Err(e) if current.is_some() => {
+                    tracing::warn!(pod = %format!("{}/{}", pod.metadata.namespace.as_deref().unwrap_or_default(), pod.metadata.name.as_deref().unwrap_or_default()),
+                        volume = %vol.name, "cannot refresh the volume, keeping its contents: {e}");
+                    continue;
+                }
+                Err(e) => return Err(e),
+            };
+            if volume_files::differs(&dir, &files) {
+                volume_files::write(&dir, &files)
+                    .map_err(|e| format!("volume {:?}: {e}", vol.name))?;
+                if current.is_some() {
+                    tracing::info!(pod = %format!("{}/{}", pod.metadata.namespace.as_deref().unwrap_or_default(), pod.metadata.name.as_deref().unwrap_or_default()),
+                        volume = %vol.name, "volume contents updated");
+                }
+            }
         }
         Ok(())
     }
@@ -1260,6 +1306,7 @@ impl Runner {
         self.start_failures.retain(|(uid, _), _| *uid != sb.uid);
         self.backoff_base.retain(|(uid, _), _| *uid != sb.uid);
         self.pull_backoff.retain(|(uid, _), _| *uid != sb.uid);
+        self.volume_checks.retain(|(uid, _), _| *uid != sb.uid);
         let ids: HashSet<String> = self
             .rt
             .containers()

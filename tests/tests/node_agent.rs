@@ -1237,3 +1237,119 @@ async fn admission_refusals_and_active_deadlines() {
         assert!(refused.is_empty(), "{refused:#?}");
     }
 }
+
+/// Volumes stay current while the pod runs: a configMap change reaches the mounted
+/// files within one sync period (swapped whole through `..data`), and the service
+/// account token is replaced before it expires (tokens live 20 s in this cluster).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn config_maps_and_tokens_are_refreshed_in_running_pods() {
+    use base64::Engine as _;
+    use k8s_openapi::api::core::v1::{ConfigMap, Pod};
+    use kube::api::{Patch, PatchParams, PostParams};
+    let cluster = Cluster::start(&[BRIDGE_IP.into()]).await.unwrap();
+    if let Some(s) = cluster.in_memory() {
+        s.set_token_lifetime(Duration::from_secs(20));
+    }
+    let mut lab = Lab::new("refresh").unwrap();
+    let fwd = lab.forward(0, cluster.addr()).unwrap();
+    let mut node = lab.add_node("w1").unwrap();
+    node.import_busybox().unwrap();
+    start_agent(&cluster, &fwd.url, &mut node, &["--sync-frequency", "2"]);
+    let admin = cluster.admin().await.unwrap();
+    let cms: Api<ConfigMap> = Api::namespaced(admin.clone(), "default");
+    cms.create(
+        &PostParams::default(),
+        &serde_json::from_value(
+            serde_json::json!({"metadata": {"name": "live"}, "data": {"greeting": "v1"}}),
+        )
+        .unwrap(),
+    )
+    .await
+    .unwrap();
+    let pods: Api<Pod> = Api::namespaced(admin.clone(), "default");
+    let pod: Pod = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": "reader"},
+        "spec": {"terminationGracePeriodSeconds": 1,
+                 "volumes": [{"name": "cfg", "configMap": {"name": "live"}}],
+                 "containers": [{"name": "c", "image": "busybox:1.36", "command": ["sleep", "600"],
+                                 "volumeMounts": [{"name": "cfg", "mountPath": "/cfg"}]}]},
+    }))
+    .unwrap();
+    pods.create(&PostParams::default(), &pod).await.unwrap();
+    cluster.bind_pod("default", "reader", "w1").await.unwrap();
+    wait_for("reader running", Duration::from_secs(30), async || {
+        let p = pods.get("reader").await.ok()?;
+        p.status?
+            .container_statuses?
+            .into_iter()
+            .next()?
+            .state?
+            .running
+            .map(|_| ())
+    })
+    .await;
+    let read = |path: &str| -> String {
+        let out = std::process::Command::new(kernlet_tests::simnode::kernlet_bin().unwrap())
+            .args(["exec", "default/reader", "--state-dir"])
+            .arg(node.dir("state"))
+            .args(["--", "cat", path])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let token_path = "/var/run/secrets/kubernetes.io/serviceaccount/token";
+    assert_eq!(tokio::task::block_in_place(|| read("/cfg/greeting")), "v1");
+    let first = tokio::task::block_in_place(|| read(token_path));
+    let exp = {
+        let body = first.split('.').nth(1).unwrap();
+        let claims: serde_json::Value = serde_json::from_slice(
+            &base64::engine::general_purpose::URL_SAFE_NO_PAD
+                .decode(body)
+                .unwrap(),
+        )
+        .unwrap();
+        claims["exp"].as_i64().unwrap()
+    };
+    cms.patch(
+        "live",
+        &PatchParams::default(),
+        &Patch::Merge(serde_json::json!({"data": {"greeting": "v2"}})),
+    )
+    .await
+    .unwrap();
+    let changed = Instant::now();
+    while tokio::task::block_in_place(|| read("/cfg/greeting")) != "v2" {
+        assert!(
+            changed.elapsed() < Duration::from_secs(15),
+            "the new greeting never reached the volume\n{}",
+            node.kernlet_log()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(
+        changed.elapsed() < Duration::from_secs(10),
+        "within a sync period (2 s here), with room for a loaded machine: {:?}\n{}",
+        changed.elapsed(),
+        node.kernlet_log()
+    );
+    let waiting = Instant::now();
+    loop {
+        let now = tokio::task::block_in_place(|| read(token_path));
+        if !now.is_empty() && now != first {
+            break;
+        }
+        assert!(
+            waiting.elapsed() < Duration::from_secs(30),
+            "the token was never replaced\n{}",
+            node.kernlet_log()
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    assert!(
+        k8s_openapi::jiff::Timestamp::now().as_second() < exp,
+        "the token is replaced before it expires"
+    );
+    if let Some(refused) = cluster.node_refusals() {
+        assert!(refused.is_empty(), "{refused:#?}");
+    }
+}

@@ -200,35 +200,17 @@ pub async fn write_back(
 /// One file of a volume: path inside the volume, content, mode.
 pub type VolumeFile = (String, Vec<u8>, u32);
 
-fn field_value(pod: &Pod, path: &str) -> Result<String, String> {
-    let m = &pod.metadata;
-    Ok(match path {
-        "metadata.name" => m.name.clone().unwrap_or_default(),
-        "metadata.namespace" => m.namespace.clone().unwrap_or_default(),
-        "metadata.uid" => m.uid.clone().unwrap_or_default(),
-        "spec.nodeName" => pod
-            .spec
-            .as_ref()
-            .and_then(|s| s.node_name.clone())
-            .unwrap_or_default(),
-        "spec.serviceAccountName" => pod
-            .spec
-            .as_ref()
-            .and_then(|s| s.service_account_name.clone())
-            .unwrap_or_default(),
-        "metadata.labels" | "metadata.annotations" => {
-            let map = if path == "metadata.labels" {
-                &m.labels
-            } else {
-                &m.annotations
-            };
-            map.iter()
-                .flatten()
-                .map(|(k, v)| format!("{k}={v:?}\n"))
-                .collect::<String>()
-        }
-        other => return Err(format!("downwardAPI field {other:?} is not supported yet")),
-    })
+/// What volume contents draw on besides the apiserver and the pod.
+#[derive(Clone, Debug, Default)]
+pub struct VolumeContext {
+    pub node_ip: String,
+    pub pod_ip: String,
+    /// The node's allocatable CPU (millicores) and memory (bytes), for
+    /// `resourceFieldRef` of containers without limits.
+    pub allocatable: (u64, u64),
+    /// Service account tokens already in the volume and not yet due for refresh, by
+    /// path: reused instead of requesting new ones.
+    pub keep_tokens: BTreeMap<String, Vec<u8>>,
 }
 
 /// The items of a configMap or secret: all keys, or the listed ones at their paths.
@@ -368,17 +350,32 @@ fn downward_files(
     pod: &Pod,
     list: Option<&Vec<k8s_openapi::api::core::v1::DownwardAPIVolumeFile>>,
     mode: u32,
+    ctx: &VolumeContext,
 ) -> Result<Vec<VolumeFile>, String> {
     list.into_iter()
         .flatten()
         .map(|i| {
-            let f = i
-                .field_ref
-                .as_ref()
-                .ok_or("downwardAPI resourceFieldRef is not supported yet")?;
+            let value = match (&i.field_ref, &i.resource_field_ref) {
+                (Some(f), _) => {
+                    crate::model::env::field_value(pod, &ctx.node_ip, &ctx.pod_ip, &f.field_path)?
+                }
+                (None, Some(r)) => {
+                    let name = r.container_name.clone().unwrap_or_default();
+                    let c = pod
+                        .spec
+                        .iter()
+                        .flat_map(crate::model::pod_lifecycle::all_containers)
+                        .find(|c| c.name == name)
+                        .ok_or_else(|| {
+                            format!("downwardAPI resourceFieldRef names no container {name:?}")
+                        })?;
+                    crate::model::env::resource_value(c, r, ctx.allocatable.0, ctx.allocatable.1)?
+                }
+                (None, None) => return Err(format!("downwardAPI item {:?} has no source", i.path)),
+            };
             Ok((
                 i.path.clone(),
-                field_value(pod, &f.field_path)?.into_bytes(),
+                value.into_bytes(),
                 i.mode.map_or(mode, |m| m as u32),
             ))
         })
@@ -498,6 +495,7 @@ pub async fn volume_files(
     client: &SharedClient,
     pod: &Pod,
     vol: &k8s_openapi::api::core::v1::Volume,
+    ctx: &VolumeContext,
 ) -> Result<Option<Vec<VolumeFile>>, String> {
     let ns = pod.metadata.namespace.clone().unwrap_or_default();
     let mode_of = |m: Option<i32>| m.map_or(0o644, |m| m as u32);
@@ -523,7 +521,7 @@ pub async fn volume_files(
         return Ok(Some(files));
     }
     if let Some(d) = &vol.downward_api {
-        return downward_files(pod, d.items.as_ref(), mode_of(d.default_mode)).map(Some);
+        return downward_files(pod, d.items.as_ref(), mode_of(d.default_mode), ctx).map(Some);
     }
     let Some(p) = &vol.projected else {
         return Ok(None);
@@ -532,7 +530,10 @@ pub async fn volume_files(
     let mut files = Vec::new();
     for src in p.sources.iter().flatten() {
         if let Some(t) = &src.service_account_token {
-            let token = token(client, pod, t.audience.as_deref(), t.expiration_seconds).await?;
+            let token = match ctx.keep_tokens.get(&t.path) {
+                Some(kept) => kept.clone(),
+                None => token(client, pod, t.audience.as_deref(), t.expiration_seconds).await?,
+            };
             files.push((t.path.clone(), token, mode));
         }
         if let Some(cm) = &src.config_map {
@@ -564,7 +565,7 @@ pub async fn volume_files(
             );
         }
         if let Some(d) = &src.downward_api {
-            files.extend(downward_files(pod, d.items.as_ref(), mode)?);
+            files.extend(downward_files(pod, d.items.as_ref(), mode, ctx)?);
         }
         if src.cluster_trust_bundle.is_some() || src.pod_certificate.is_some() {
             return Err(format!(

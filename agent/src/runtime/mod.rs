@@ -21,6 +21,7 @@ pub mod orphans;
 pub mod probe;
 pub mod sandbox;
 pub mod shim;
+pub mod volume_files;
 
 use std::path::{Path, PathBuf};
 

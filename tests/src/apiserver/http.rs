@@ -44,6 +44,9 @@ pub struct Server {
     /// Lifetime of certificates the signer issues when a CSR names none (seconds; the
     /// controller-manager's `--cluster-signing-duration`, one year by default).
     pub signing_seconds: std::sync::atomic::AtomicI64,
+    /// When set, service account tokens live at most this long, whatever was asked
+    /// (so tests can see them rotated).
+    pub token_seconds: std::sync::atomic::AtomicI64,
     /// Every request by a node identity that the authorizer or NodeRestriction refused,
     /// whether or not enforcement is on: a node agent must never make one.
     pub node_refusals: std::sync::Mutex<Vec<String>>,
@@ -933,6 +936,14 @@ impl Server {
             .and_then(Value::as_i64)
             .unwrap_or(3600)
             .max(600);
+        let cap = self
+            .token_seconds
+            .load(std::sync::atomic::Ordering::Relaxed);
+        let expiration = if cap > 0 {
+            expiration.min(cap)
+        } else {
+            expiration
+        };
         let now = jiff::Timestamp::now().as_second();
         let mut k8s = json!({"namespace": ns, "serviceaccount": {"name": sa, "uid": account.pointer("/metadata/uid")}});
         if let Some(b) = &bound

@@ -137,6 +137,7 @@ impl InMemoryApiServer {
             bookmark_interval_ms: AtomicU64::new(5000),
             csr_auto_approve: AtomicBool::new(true),
             signing_seconds: std::sync::atomic::AtomicI64::new(365 * 86400),
+            token_seconds: std::sync::atomic::AtomicI64::new(0),
             node_refusals: std::sync::Mutex::new(Vec::new()),
         });
         let dir = tempfile::Builder::new()
@@ -219,6 +220,14 @@ impl InMemoryApiServer {
     /// Sets the lifetime of issued certificates whose CSR names none.
     pub fn set_signing_duration(&self, d: std::time::Duration) {
         self.server.signing_seconds.store(
+            i64::try_from(d.as_secs()).unwrap_or(i64::MAX),
+            Ordering::Relaxed,
+        );
+    }
+
+    /// Caps the lifetime of issued service account tokens (tests of their rotation).
+    pub fn set_token_lifetime(&self, d: std::time::Duration) {
+        self.server.token_seconds.store(
             i64::try_from(d.as_secs()).unwrap_or(i64::MAX),
             Ordering::Relaxed,
         );
