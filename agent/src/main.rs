@@ -826,6 +826,13 @@ async fn run_node(kubeconfig: PathBuf, node: PreparedNode) -> anyhow::Result<()>
         updates_rx,
         stop_rx.clone(),
     ));
+    let (recorder, events_rx) = kernlet::controllers::events::Recorder::new();
+    tokio::spawn(kernlet::controllers::events::run(
+        client.clone(),
+        cfg.name.clone(),
+        events_rx,
+        stop_rx.clone(),
+    ));
     let worker_stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let worker = {
         let runner = kernlet::standalone::Runner::new(
@@ -839,6 +846,7 @@ async fn run_node(kubeconfig: PathBuf, node: PreparedNode) -> anyhow::Result<()>
             cfg.internal_ip.to_string(),
             pod_timing,
         )
+        .with_events(recorder)
         .with_node_fit({
             let facts = kernlet::sys::machine::read(&state_dir);
             let (cpu, mem) = node::allocatable_cpu_memory(&facts, cfg.reserved);

@@ -174,6 +174,10 @@ pub struct Runner {
     /// The node's allocatable CPU (millicores) and memory (bytes), for
     /// `resourceFieldRef` of containers without limits.
     allocatable: (u64, u64),
+    /// Where events go (pods from the apiserver).
+    events: Option<crate::controllers::events::Recorder>,
+    /// When a container's back-off was last reported, by container ID.
+    backoff_reported: HashMap<String, Instant>,
     /// When each apiserver-backed volume is read again, by (pod uid, volume).
     volume_checks: HashMap<(String, String), Instant>,
     /// What the node offers pods, for admission.
@@ -205,6 +209,34 @@ struct ProbeRun {
     in_flight: bool,
 }
 
+/// Records an event about `pod` (its container `container`, when not empty), from
+/// any thread.
+fn record(
+    events: Option<&crate::controllers::events::Recorder>,
+    pod: &Pod,
+    container: &str,
+    warning: bool,
+    reason: &str,
+    message: String,
+) {
+    let Some(events) = events else {
+        return;
+    };
+    let field_path = match (&pod.spec, container) {
+        (_, "") | (None, _) => String::new(),
+        (Some(spec), c) => crate::controllers::events::field_path(spec, c),
+    };
+    events.record(crate::controllers::events::PodEvent {
+        namespace: pod.metadata.namespace.clone().unwrap_or_default(),
+        pod: pod.metadata.name.clone().unwrap_or_default(),
+        uid: pod.metadata.uid.clone().unwrap_or_default(),
+        field_path,
+        warning,
+        reason: reason.into(),
+        message,
+    });
+}
+
 /// Where a container of the pod `sb` is reached by probes and hooks.
 fn target(sb: &SandboxRecord, id: &str) -> crate::runtime::probe::Target {
     crate::runtime::probe::Target {
@@ -223,6 +255,7 @@ fn stop_with_pre_stop(
     c: Option<&k8s_openapi::api::core::v1::Container>,
     id: &str,
     grace: Duration,
+    notify: &Notify,
 ) {
     let started = Instant::now();
     let hook = c.and_then(|c| {
@@ -237,7 +270,17 @@ fn stop_with_pre_stop(
                 tracing::info!(pod = %format!("{}/{}", sb.namespace, sb.name), container = %c.name, "preStop hook done")
             }
             Err(why) => {
-                tracing::warn!(pod = %format!("{}/{}", sb.namespace, sb.name), container = %c.name, "FailedPreStopHook: {why}")
+                tracing::warn!(pod = %format!("{}/{}", sb.namespace, sb.name), container = %c.name, "FailedPreStopHook: {why}");
+                if let Some((events, pod)) = notify {
+                    record(
+                        Some(events),
+                        pod,
+                        &c.name,
+                        true,
+                        "FailedPreStopHook",
+                        format!("PreStopHook failed: {why}"),
+                    );
+                }
             }
         }
     }
@@ -253,13 +296,20 @@ fn stop_with_pre_stop(
     }
 }
 
+/// Where a background thread records events: the recorder and the pod.
+type Notify = Option<(crate::controllers::events::Recorder, Pod)>;
+
 /// Background pulls by (pod uid, container, restart).
 type Pulls = Arc<std::sync::Mutex<HashMap<(String, String, u32), PullState>>>;
 
 /// A background pull for one container start.
 enum PullState {
     Pulling,
-    Done(Result<crate::runtime::image::ImageRecord, crate::runtime::RuntimeError>),
+    /// The result and how long the pull took.
+    Done(
+        Result<crate::runtime::image::ImageRecord, crate::runtime::RuntimeError>,
+        Duration,
+    ),
 }
 
 /// Whether a container's image is ready to start it.
@@ -307,6 +357,8 @@ impl Runner {
             },
             failed: HashMap::new(),
             volume_checks: HashMap::new(),
+            events: None,
+            backoff_reported: HashMap::new(),
             last_manifest_error: None,
         }
     }
@@ -550,6 +602,13 @@ impl Runner {
             })
         {
             tracing::info!(pod = %format!("{}/{}", sb.namespace, sb.name), "activeDeadlineSeconds ({deadline} s) passed; stopping the pod");
+            self.event(
+                pod,
+                "",
+                false,
+                "DeadlineExceeded",
+                "Pod was active on the node longer than the specified deadline".into(),
+            );
             self.failed.insert(
                 uid.to_string(),
                 crate::model::admission::Refusal {
@@ -574,8 +633,16 @@ impl Runner {
                         .find(|c| c.name == v.name)
                         .cloned();
                     let (rt, sb2, id) = (self.rt.clone(), sb.clone(), v.id.clone());
+                    self.event(
+                        pod,
+                        &v.name,
+                        false,
+                        "Killing",
+                        format!("Stopping container {}", v.name),
+                    );
+                    let notify = self.notify(pod);
                     std::thread::spawn(move || {
-                        stop_with_pre_stop(&rt, &sb2, c.as_ref(), &id, grace)
+                        stop_with_pre_stop(&rt, &sb2, c.as_ref(), &id, grace, &notify)
                     });
                 }
             }
@@ -591,11 +658,45 @@ impl Runner {
                 );
             }
             tracing::warn!(pod = %format!("{}/{}", sb.namespace, sb.name), "{why}");
+            self.event(
+                pod,
+                "",
+                true,
+                "FailedMount",
+                format!("MountVolume.SetUp failed: {why}"),
+            );
             let views = self.views(uid, pod);
             return self.write_status(&sb, pod, &views);
         }
         let spec = pod.spec.clone().unwrap_or_default();
         let views = self.views(uid, pod);
+        // A container waiting out its crash-loop back-off is reported once per run.
+        let policy = spec
+            .restart_policy
+            .clone()
+            .unwrap_or_else(|| "Always".into());
+        for v in &views {
+            if let Observed::Exited { code, .. } = v.current
+                && (policy == "Always"
+                    || (policy == "OnFailure" && code != 0)
+                    || pod_lifecycle::all_containers(&spec)
+                        .any(|c| c.name == v.name && pod_lifecycle::is_sidecar(c)))
+                && !self.may_restart(uid, v)
+                && !self.backoff_reported.contains_key(&v.id)
+            {
+                self.backoff_reported.insert(v.id.clone(), Instant::now());
+                self.event(
+                    pod,
+                    &v.name,
+                    true,
+                    "BackOff",
+                    format!(
+                        "Back-off restarting failed container {} in pod {}_{}({uid})",
+                        v.name, sb.name, sb.namespace
+                    ),
+                );
+            }
+        }
         let actions = {
             let allowed: HashMap<String, bool> = views
                 .iter()
@@ -609,7 +710,7 @@ impl Runner {
             let (name, restart) = match action {
                 Action::Start { name, restart } => (name, restart),
                 Action::Stop { name } => {
-                    self.stop_sidecar(&sb, &spec, &views, &name);
+                    self.stop_sidecar(pod, &sb, &spec, &views, &name);
                     continue;
                 }
             };
@@ -663,6 +764,7 @@ impl Runner {
                 Ok(c) => c,
                 Err(why) => {
                     tracing::warn!(pod = %format!("{}/{}", sb.namespace, sb.name), container = %name, "{why}");
+                    self.event(pod, &name, true, "Failed", format!("Error: {why}"));
                     self.start_failures
                         .insert(key, ("CreateContainerConfigError".into(), why));
                     continue;
@@ -673,11 +775,14 @@ impl Runner {
                 Ok(r) => {
                     self.start_failures.remove(&key);
                     tracing::info!(pod = %format!("{}/{}", sb.namespace, sb.name), container = %name, restart, id = %r.id, "container started");
-                    self.post_start(&sb, &spec, c, &r.id);
+                    self.event(pod, &name, false, "Created", "Container created".into());
+                    self.event(pod, &name, false, "Started", "Container started".into());
+                    self.post_start(pod, &sb, &spec, c, &r.id);
                 }
                 Err(e) => {
                     let reason = e.reason();
                     tracing::warn!(pod = %format!("{}/{}", sb.namespace, sb.name), container = %name, "{e}");
+                    self.event(pod, &name, true, "Failed", format!("Error: {e}"));
                     self.start_failures
                         .insert(key, (reason.into(), e.to_string()));
                 }
@@ -688,6 +793,29 @@ impl Runner {
         self.run_probes(&sb, pod, &views);
         let views = self.views(uid, pod);
         self.write_status(&sb, pod, &views)
+    }
+
+    /// Records kubelet's events about pods through `recorder`.
+    pub fn with_events(mut self, recorder: crate::controllers::events::Recorder) -> Self {
+        self.events = Some(recorder);
+        self
+    }
+
+    /// Records an event about `pod` (its container `container`, when not empty).
+    fn event(&self, pod: &Pod, container: &str, warning: bool, reason: &str, message: String) {
+        record(
+            self.events.as_ref(),
+            pod,
+            container,
+            warning,
+            reason,
+            message,
+        );
+    }
+
+    /// What a background thread needs to record events about `pod`.
+    fn notify(&self, pod: &Pod) -> Notify {
+        self.events.clone().map(|e| (e, pod.clone()))
     }
 
     /// The node as admission sees it (its name, labels, allocatable and max pods);
@@ -724,6 +852,7 @@ impl Runner {
             Err(r) => {
                 tracing::warn!(pod = %format!("{}/{}", pod.metadata.namespace.as_deref().unwrap_or_default(), pod.metadata.name.as_deref().unwrap_or_default()),
                     reason = %r.reason, "pod rejected: {}", r.message);
+                self.event(pod, "", true, &r.reason, r.message.clone());
                 self.failed.insert(
                     uid.to_string(),
                     crate::model::admission::Refusal {
@@ -800,6 +929,7 @@ impl Runner {
     /// Stops a sidecar whose main containers are done (once; in the background).
     fn stop_sidecar(
         &mut self,
+        pod: &Pod,
         sb: &SandboxRecord,
         spec: &k8s_openapi::api::core::v1::PodSpec,
         views: &[View],
@@ -821,13 +951,22 @@ impl Runner {
             .cloned();
         let (rt, sb, id) = (self.rt.clone(), sb.clone(), v.id.clone());
         tracing::info!(pod = %format!("{}/{}", sb.namespace, sb.name), container = %name, "the main containers are done; stopping the sidecar");
-        std::thread::spawn(move || stop_with_pre_stop(&rt, &sb, c.as_ref(), &id, grace));
+        self.event(
+            pod,
+            name,
+            false,
+            "Killing",
+            format!("Stopping container {name}"),
+        );
+        let notify = self.notify(pod);
+        std::thread::spawn(move || stop_with_pre_stop(&rt, &sb, c.as_ref(), &id, grace, &notify));
     }
 
     /// Runs a container's postStart hook in the background; when it fails the
     /// container is killed (FailedPostStartHook) and restarts by the pod's policy.
     fn post_start(
         &self,
+        pod: &Pod,
         sb: &SandboxRecord,
         spec: &k8s_openapi::api::core::v1::PodSpec,
         c: &k8s_openapi::api::core::v1::Container,
@@ -847,6 +986,7 @@ impl Runner {
                 .unwrap_or(30),
         );
         let (rt, sb, c, id) = (self.rt.clone(), sb.clone(), c.clone(), id.to_string());
+        let notify = self.notify(pod);
         std::thread::spawn(move || {
             // kubelet gives postStart no timeout of its own; a stuck hook is bounded
             // here by the pod's grace period, at least 2 minutes.
@@ -854,7 +994,17 @@ impl Runner {
             if let Err(why) = crate::runtime::probe::run(&rt, &c, &target(&sb, &id), &h, limit) {
                 tracing::warn!(pod = %format!("{}/{}", sb.namespace, sb.name), container = %c.name,
                     "FailedPostStartHook: {why}; killing the container");
-                stop_with_pre_stop(&rt, &sb, Some(&c), &id, grace);
+                if let Some((events, pod)) = &notify {
+                    record(
+                        Some(events),
+                        pod,
+                        &c.name,
+                        true,
+                        "FailedPostStartHook",
+                        format!("PostStartHook failed: {why}"),
+                    );
+                }
+                stop_with_pre_stop(&rt, &sb, Some(&c), &id, grace, &notify);
             }
         });
     }
@@ -881,6 +1031,7 @@ impl Runner {
                     .collect()
             })
             .unwrap_or_default();
+        let mut unhealthy = Vec::new();
         for (key, result) in results {
             if let Some(run) = self.probes.get_mut(&key) {
                 run.in_flight = false;
@@ -890,9 +1041,18 @@ impl Runner {
                     Err(why) => {
                         tracing::info!(pod = %format!("{}/{}", sb.namespace, sb.name), container = %key.0, "{} probe failed: {why}", key.1.name());
                         run.tracker.record(false, why);
+                        if let Some(v) = views.iter().find(|v| v.id == key.0) {
+                            unhealthy.push((
+                                v.name.clone(),
+                                format!("{} probe failed: {why}", key.1.name()),
+                            ));
+                        }
                     }
                 }
             }
+        }
+        for (name, message) in unhealthy {
+            self.event(pod, &name, true, "Unhealthy", message);
         }
         for c in pod_lifecycle::all_containers(&spec) {
             let Some(v) = views.iter().find(|v| v.name == c.name) else {
@@ -970,9 +1130,28 @@ impl Runner {
                     .unwrap_or(30);
                 tracing::info!(pod = %format!("{}/{}", sb.namespace, sb.name), container = %c.name,
                     "Container {} failed {} probe, will be restarted: {why}", c.name, kind.name().to_lowercase());
+                self.event(
+                    pod,
+                    &c.name,
+                    false,
+                    "Killing",
+                    format!(
+                        "Container {} failed {} probe, will be restarted",
+                        c.name,
+                        kind.name().to_lowercase()
+                    ),
+                );
                 let (rt, id, sb, c) = (self.rt.clone(), v.id.clone(), sb.clone(), c.clone());
+                let notify = self.notify(pod);
                 std::thread::spawn(move || {
-                    stop_with_pre_stop(&rt, &sb, Some(&c), &id, Duration::from_secs(grace));
+                    stop_with_pre_stop(
+                        &rt,
+                        &sb,
+                        Some(&c),
+                        &id,
+                        Duration::from_secs(grace),
+                        &notify,
+                    );
                 });
             }
         }
@@ -1076,7 +1255,13 @@ impl Runner {
     ) -> ImageReady {
         use crate::runtime::container::LocalImage;
         let (reference, verify) = match self.rt.local_image(c) {
-            Ok(LocalImage::Use(image)) => return ImageReady::Yes(image),
+            Ok(LocalImage::Use(image)) => {
+                self.event(pod, &c.name, false, "Pulled", format!(
+                    "Container image {:?} already present on machine and can be accessed by the pod",
+                    c.image.as_deref().unwrap_or_default()
+                ));
+                return ImageReady::Yes(image);
+            }
             Ok(LocalImage::Pull(reference)) => (reference, false),
             Ok(LocalImage::Verify(reference)) => (reference, true),
             Err(e) => return ImageReady::Failed(e),
@@ -1092,12 +1277,35 @@ impl Runner {
         let Ok(mut pulls) = self.pulls.lock() else {
             return ImageReady::Pulling(reference.to_string());
         };
+        let shown = c.image.clone().unwrap_or_default();
         match pulls.remove(&key) {
-            Some(PullState::Done(Ok(image))) => {
+            Some(PullState::Done(Ok(image), took)) => {
+                drop(pulls);
                 self.pull_backoff.remove(&backoff_key);
+                let ms = took.as_millis();
+                self.event(pod, &c.name, false, "Pulled", format!(
+                    "Successfully pulled image {shown:?} in {ms}ms ({ms}ms including waiting). Image size: {} bytes.",
+                    image.size
+                ));
                 ImageReady::Yes(image)
             }
-            Some(PullState::Done(Err(e))) => {
+            Some(PullState::Done(Err(e), _)) => {
+                drop(pulls);
+                self.event(
+                    pod,
+                    &c.name,
+                    true,
+                    "Failed",
+                    format!("Failed to pull image {shown:?}: {e}"),
+                );
+                self.event(pod, &c.name, true, "Failed", "Error: ErrImagePull".into());
+                self.event(
+                    pod,
+                    &c.name,
+                    false,
+                    "BackOff",
+                    format!("Back-off pulling image {shown:?}"),
+                );
                 // 10 s doubling to 300 s between pulls, like kubelet's image backoff.
                 let delay = self
                     .pull_backoff
@@ -1115,6 +1323,14 @@ impl Runner {
             }
             None => {
                 pulls.insert(key.clone(), PullState::Pulling);
+                drop(pulls);
+                self.event(
+                    pod,
+                    &c.name,
+                    false,
+                    "Pulling",
+                    format!("Pulling image {shown:?}"),
+                );
                 let (rt, pulls, shown) = (
                     self.rt.clone(),
                     Arc::clone(&self.pulls),
@@ -1129,6 +1345,7 @@ impl Runner {
                     Source::Manifests(_) => None,
                 };
                 std::thread::spawn(move || {
+                    let started = Instant::now();
                     let secrets = secrets.map_or_else(Vec::new, |(client, handle, pod)| {
                         handle.block_on(crate::controllers::pods::pull_secrets(&client, &pod))
                     });
@@ -1138,7 +1355,7 @@ impl Runner {
                         rt.pull_blocking(&reference, &secrets)
                     };
                     if let Ok(mut p) = pulls.lock() {
-                        p.insert(key, PullState::Done(result));
+                        p.insert(key, PullState::Done(result, started.elapsed()));
                     }
                 });
                 ImageReady::Pulling(shown)
@@ -1296,6 +1513,7 @@ impl Runner {
             }
         }
         let rt = self.rt.clone();
+        let events = self.events.clone();
         let removing = Arc::clone(&self.removing);
         let updates = match &self.source {
             Source::Api { updates, .. } => Some(updates.clone()),
@@ -1316,6 +1534,7 @@ impl Runner {
             .collect();
         self.probes.retain(|(id, _), _| !ids.contains(id));
         self.stopping.retain(|id| !ids.contains(id));
+        self.backoff_reported.retain(|id, _| !ids.contains(id));
         if let Ok(mut r) = self.probe_results.lock() {
             r.retain(|(id, _), _| !ids.contains(id));
         }
@@ -1334,6 +1553,7 @@ impl Runner {
                 })
                 .and_then(|g| u64::try_from(g).ok())
                 .unwrap_or(30);
+            let notify: Notify = events.zip(recorded.clone());
             let spec = recorded.and_then(|p| p.spec).unwrap_or_default();
             tracing::info!(pod = %format!("{}/{}", sb.namespace, sb.name), "pod deleted or gone; stopping it");
             let records: Vec<_> = rt
@@ -1373,7 +1593,20 @@ impl Runner {
                     for r in wave {
                         let c = pod_lifecycle::all_containers(&spec).find(|c| c.name == r.name);
                         let (rt, sb) = (&rt, &sb);
-                        scope.spawn(move || stop_with_pre_stop(rt, sb, c, &r.id, left));
+                        let notify = &notify;
+                        if let Some((events, pod)) = notify
+                            && matches!(rt.container_state(&r.id), ContainerState::Running { .. })
+                        {
+                            record(
+                                Some(events),
+                                pod,
+                                &r.name,
+                                false,
+                                "Killing",
+                                format!("Stopping container {}", r.name),
+                            );
+                        }
+                        scope.spawn(move || stop_with_pre_stop(rt, sb, c, &r.id, left, notify));
                     }
                 });
             }

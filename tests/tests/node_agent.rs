@@ -859,6 +859,31 @@ async fn image_pull_secrets_reach_a_token_auth_registry() {
         )
         .await;
     }
+    let events: Api<k8s_openapi::api::core::v1::Event> = Api::namespaced(admin.clone(), "default");
+    let list = events.list(&Default::default()).await.unwrap().items;
+    let about = |pod: &str, reason: &str, words: &str| {
+        list.iter().any(|e| {
+            e.involved_object.name.as_deref() == Some(pod)
+                && e.reason.as_deref() == Some(reason)
+                && e.message.as_deref().unwrap_or("").contains(words)
+        })
+    };
+    assert!(
+        about("with-secret", "Pulling", "Pulling image"),
+        "{list:#?}"
+    );
+    assert!(
+        about("with-secret", "Pulled", "Successfully pulled image"),
+        "{list:#?}"
+    );
+    assert!(
+        about("anonymous", "Failed", "Error: ErrImagePull"),
+        "{list:#?}"
+    );
+    assert!(
+        about("anonymous", "BackOff", "Back-off pulling image"),
+        "{list:#?}"
+    );
     let requests = tokens.requests();
     assert!(
         requests.iter().any(|r| r.starts_with("kltest 401")),
@@ -1116,6 +1141,46 @@ async fn the_fixture_deployments_pod_runs_like_kubelet_runs_it() {
     })
     .await;
     assert!(node.kernlet_log().contains("preStop hook done"));
+
+    // kubelet's events for the pod, per container, from kubelet on w1.
+    let events: Api<k8s_openapi::api::core::v1::Event> = Api::namespaced(admin.clone(), "demo");
+    let seen = wait_for("the Killing event", Duration::from_secs(10), async || {
+        let list = events.list(&Default::default()).await.ok()?.items;
+        list.iter()
+            .any(|e| e.reason.as_deref() == Some("Killing"))
+            .then_some(list)
+    })
+    .await;
+    let has = |reason: &str, path: &str, words: &str| {
+        seen.iter().any(|e| {
+            e.reason.as_deref() == Some(reason)
+                && e.involved_object.name.as_deref() == Some("web-1")
+                && e.involved_object.field_path.as_deref().unwrap_or("") == path
+                && e.message.as_deref().unwrap_or("").contains(words)
+                && e.source.as_ref().and_then(|s| s.host.as_deref()) == Some("w1")
+                && e.reporting_component.as_deref() == Some("kubelet")
+        })
+    };
+    for path in [
+        "spec.initContainers{init}",
+        "spec.initContainers{sidecar}",
+        "spec.containers{httpd}",
+    ] {
+        assert!(
+            has("Pulled", path, "already present on machine"),
+            "{path}: {seen:#?}"
+        );
+        assert!(has("Created", path, "Container created"), "{path}");
+        assert!(has("Started", path, "Container started"), "{path}");
+    }
+    assert!(
+        has(
+            "Killing",
+            "spec.containers{httpd}",
+            "Stopping container httpd"
+        ),
+        "{seen:#?}"
+    );
     if let Some(refused) = cluster.node_refusals() {
         assert!(refused.is_empty(), "{refused:#?}");
     }
@@ -1232,6 +1297,15 @@ async fn admission_refusals_and_active_deadlines() {
     assert!(
         !log.contains("container started pod=default/greedy"),
         "{log}"
+    );
+    let events: Api<k8s_openapi::api::core::v1::Event> = Api::namespaced(admin.clone(), "default");
+    let list = events.list(&Default::default()).await.unwrap().items;
+    assert!(
+        list.iter()
+            .any(|e| e.involved_object.name.as_deref() == Some("greedy")
+                && e.reason.as_deref() == Some("OutOfcpu")
+                && e.type_.as_deref() == Some("Warning")),
+        "{list:#?}"
     );
     if let Some(refused) = cluster.node_refusals() {
         assert!(refused.is_empty(), "{refused:#?}");
