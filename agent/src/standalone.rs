@@ -307,7 +307,7 @@ enum PullState {
     Pulling,
     /// The result and how long the pull took.
     Done(
-        Result<crate::runtime::image::ImageRecord, crate::runtime::RuntimeError>,
+        Box<Result<crate::runtime::image::ImageRecord, crate::runtime::RuntimeError>>,
         Duration,
     ),
 }
@@ -1279,7 +1279,10 @@ impl Runner {
         };
         let shown = c.image.clone().unwrap_or_default();
         match pulls.remove(&key) {
-            Some(PullState::Done(Ok(image), took)) => {
+            Some(PullState::Done(result, took)) if result.is_ok() => {
+                let Ok(image) = *result else {
+                    return ImageReady::Pulling(reference.to_string());
+                };
                 drop(pulls);
                 self.pull_backoff.remove(&backoff_key);
                 let ms = took.as_millis();
@@ -1289,8 +1292,11 @@ impl Runner {
                 ));
                 ImageReady::Yes(image)
             }
-            Some(PullState::Done(Err(e), _)) => {
+            Some(PullState::Done(result, _)) => {
                 drop(pulls);
+                let Err(e) = *result else {
+                    return ImageReady::Pulling(reference.to_string());
+                };
                 self.event(
                     pod,
                     &c.name,
@@ -1355,7 +1361,7 @@ impl Runner {
                         rt.pull_blocking(&reference, &secrets)
                     };
                     if let Ok(mut p) = pulls.lock() {
-                        p.insert(key, PullState::Done(result, started.elapsed()));
+                        p.insert(key, PullState::Done(Box::new(result), started.elapsed()));
                     }
                 });
                 ImageReady::Pulling(shown)

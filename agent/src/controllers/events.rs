@@ -106,6 +106,9 @@ fn now_text() -> String {
         .to_string()
 }
 
+/// What makes two events the same: namespace, pod uid, field path, reason, message.
+type SameEvent = (String, String, String, String, String);
+
 /// Sends the recorded events until `stop`.
 pub async fn run(
     client: SharedClient,
@@ -113,9 +116,8 @@ pub async fn run(
     mut rx: mpsc::UnboundedReceiver<PodEvent>,
     mut stop: watch::Receiver<bool>,
 ) {
-    // (namespace, event name, count, when first sent) by what makes an event the same.
-    let mut sent: HashMap<(String, String, String, String, String), (String, i32, Instant)> =
-        HashMap::new();
+    // (event name, count, when first sent) by what makes an event the same.
+    let mut sent: HashMap<SameEvent, (String, i32, Instant)> = HashMap::new();
     let mut bucket = Bucket::new();
     let mut dropped = 0u64;
     loop {
