@@ -1062,3 +1062,115 @@ fn dns_policies_and_host_aliases() {
         "{text:?}"
     );
 }
+
+const VOLUMES: &str = r#"
+apiVersion: v1
+kind: Pod
+metadata: {name: vols, namespace: t}
+spec:
+  restartPolicy: Never
+  volumes:
+  - {name: scratch, emptyDir: {}}
+  - {name: host, hostPath: {path: HOSTDIR, type: Directory}}
+  - {name: made, hostPath: {path: HOSTDIR/made, type: DirectoryOrCreate}}
+  containers:
+  - name: writer
+    image: busybox:1.36
+    command: ["sh", "-c", "echo from-sub > /sub/file; cat /host/hello; ls -d /made && echo made=yes; touch /host/ro 2>/dev/null && echo host=writable || echo host=readonly"]
+    volumeMounts:
+    - {name: scratch, mountPath: /sub, subPath: a/b}
+    - {name: host, mountPath: /host, readOnly: true}
+    - {name: made, mountPath: /made}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: escape, namespace: t}
+spec:
+  volumes:
+  - {name: scratch, emptyDir: {}}
+  initContainers:
+  - name: plant
+    image: busybox:1.36
+    command: ["sh", "-c", "ln -s / /v/out"]
+    volumeMounts: [{name: scratch, mountPath: /v}]
+  containers:
+  - name: c
+    image: busybox:1.36
+    command: ["sleep", "600"]
+    volumeMounts: [{name: scratch, mountPath: /x, subPath: out}]
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: absolute, namespace: t}
+spec:
+  volumes:
+  - {name: scratch, emptyDir: {}}
+  containers:
+  - name: c
+    image: busybox:1.36
+    command: ["sleep", "600"]
+    volumeMounts: [{name: scratch, mountPath: /x, subPath: /etc}]
+"#;
+
+/// hostPath volumes with their type checks and readOnly, and subPath resolved safely:
+/// a path below the volume is created and mounted; a subPath through a symlink that
+/// points out of the volume, or an absolute one, refuses the container.
+#[test]
+fn host_path_volumes_and_safe_sub_paths() {
+    let mut lab = Lab::new("vols").unwrap();
+    let mut node = lab.add_node("v1").unwrap();
+    import_busybox(&node);
+    let host = node.dir("hostdir");
+    std::fs::create_dir_all(&host).unwrap();
+    std::fs::write(host.join("hello"), "hello from the node\n").unwrap();
+    let m = manifests(
+        &node,
+        &VOLUMES.replace("HOSTDIR", &host.display().to_string()),
+    );
+    start(&mut node, &m);
+    let p = wait_for(&node, "vols done", Duration::from_secs(30), || {
+        pod(&node, "vols").filter(|p| p["status"]["phase"] == "Succeeded")
+    });
+    let lines: Vec<String> = log_lines(&node, &p, "writer", 0)
+        .into_iter()
+        .map(|(_, l)| l)
+        .collect();
+    assert!(
+        lines.contains(&"hello from the node".to_string()),
+        "{lines:?}"
+    );
+    assert!(lines.contains(&"made=yes".to_string()), "{lines:?}");
+    assert!(lines.contains(&"host=readonly".to_string()), "{lines:?}");
+    assert!(host.join("made").is_dir(), "DirectoryOrCreate made it");
+    assert!(!host.join("ro").exists());
+    // The subPath is a directory in the volume, created for it.
+    let uid = p["metadata"]["uid"].as_str().unwrap();
+    let file = node
+        .dir("state")
+        .join("pods")
+        .join(uid)
+        .join("volumes/empty-dir/scratch/a/b/file");
+    assert_eq!(std::fs::read_to_string(&file).unwrap(), "from-sub\n");
+    for (name, words) in [
+        ("escape", "cannot be opened inside the volume"),
+        ("absolute", "must be a relative path"),
+    ] {
+        let p = wait_for(
+            &node,
+            &format!("{name} refused"),
+            Duration::from_secs(30),
+            || {
+                pod(&node, name).filter(|p| {
+                    status(p, "containerStatuses", "c")["state"]["waiting"]["message"]
+                        .as_str()
+                        .is_some_and(|m| m.contains(words))
+                })
+            },
+        );
+        assert_eq!(
+            status(&p, "containerStatuses", "c")["state"]["waiting"]["reason"],
+            "CreateContainerError",
+            "{p}"
+        );
+    }
+}

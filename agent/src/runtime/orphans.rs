@@ -89,6 +89,7 @@ impl Runtime {
             if !pods.contains(&uid) {
                 let run = self.pod_run_dir(&uid);
                 let _ = crate::sys::mount::unmount(&run.join("shm"));
+                let _ = crate::sys::mount::unmount_under(&run.join("subpaths"));
                 for e in std::fs::read_dir(run.join("volumes"))
                     .into_iter()
                     .flatten()

@@ -352,6 +352,9 @@ impl Runtime {
         crate::sys::mount::unmount(&run.join("shm")).map_err(RuntimeError::io(format!(
             "unmounting /dev/shm of pod {uid}"
         )))?;
+        crate::sys::mount::unmount_under(&run.join("subpaths")).map_err(RuntimeError::io(
+            format!("unmounting the subPath mounts of pod {uid}"),
+        ))?;
         // Memory-backed emptyDir volumes.
         for e in std::fs::read_dir(run.join("volumes"))
             .into_iter()

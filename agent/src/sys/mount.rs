@@ -1,5 +1,7 @@
-//! Mounts a container's helper process makes in its own mount namespace: they vanish
-//! with it, so nothing is left mounted on the node when a container ends.
+//! Mounts: those a container's helper process makes in its own mount namespace (they
+//! vanish with it, so nothing is left mounted on the node when a container ends), and
+//! the few a pod keeps on the node until it is removed (its /dev/shm, memory volumes,
+//! subPath bind mounts), which [`unmount_under`] takes away.
 
 use std::io;
 use std::path::Path;
@@ -113,4 +115,103 @@ pub fn overlay(
         Some(opts.as_str()),
     )
     .map_err(io_err)
+}
+
+/// Opens `rel` below `root` without ever leaving `root` — no `..` above it, no
+/// symlink pointing out of it, no magic links (openat2 with RESOLVE_BENEATH) —
+/// creating missing directories (mode 0755) on the way when `create` is set. Returns
+/// an `O_PATH` descriptor of what it found, so what is used is what was checked.
+pub fn open_beneath(root: &Path, rel: &Path, create: bool) -> io::Result<std::os::fd::OwnedFd> {
+    use nix::fcntl::{OFlag, OpenHow, ResolveFlag, open, openat2};
+    let how = || {
+        OpenHow::new()
+            .flags(OFlag::O_PATH | OFlag::O_CLOEXEC)
+            .resolve(ResolveFlag::RESOLVE_BENEATH | ResolveFlag::RESOLVE_NO_MAGICLINKS)
+    };
+    let root_fd = open(
+        root,
+        OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
+        nix::sys::stat::Mode::empty(),
+    )
+    .map_err(io_err)?;
+    if create {
+        let mut prefix = std::path::PathBuf::new();
+        for part in rel.components() {
+            let std::path::Component::Normal(name) = part else {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    format!("{} is not a plain relative path", rel.display()),
+                ));
+            };
+            let parent = if prefix.as_os_str().is_empty() {
+                None
+            } else {
+                Some(openat2(&root_fd, prefix.as_path(), how()).map_err(io_err)?)
+            };
+            prefix.push(name);
+            match openat2(&root_fd, prefix.as_path(), how()) {
+                Ok(_) => {}
+                Err(nix::errno::Errno::ENOENT) => {
+                    let dir = parent.as_ref().map_or_else(
+                        || std::os::fd::AsFd::as_fd(&root_fd),
+                        std::os::fd::AsFd::as_fd,
+                    );
+                    match nix::sys::stat::mkdirat(
+                        dir,
+                        name,
+                        nix::sys::stat::Mode::from_bits_truncate(0o755),
+                    ) {
+                        Ok(()) | Err(nix::errno::Errno::EEXIST) => {}
+                        Err(e) => return Err(io_err(e)),
+                    }
+                }
+                Err(e) => return Err(io_err(e)),
+            }
+        }
+    }
+    openat2(&root_fd, rel, how()).map_err(io_err)
+}
+
+/// Bind-mounts what `fd` (from [`open_beneath`]) refers to on `target` (created as
+/// a directory or an empty file to match; a mount already there is replaced).
+pub fn bind_fd(fd: &std::os::fd::OwnedFd, target: &Path) -> io::Result<()> {
+    use std::os::fd::AsRawFd as _;
+    let st = nix::sys::stat::fstat(fd).map_err(io_err)?;
+    let is_dir = nix::sys::stat::SFlag::from_bits_truncate(st.st_mode)
+        .contains(nix::sys::stat::SFlag::S_IFDIR);
+    if let Some(parent) = target.parent() {
+        std::fs::create_dir_all(parent)?;
+    }
+    unmount(target)?;
+    if is_dir {
+        std::fs::create_dir_all(target)?;
+    } else if !target.exists() {
+        std::fs::write(target, b"")?;
+    }
+    let source = format!("/proc/self/fd/{}", fd.as_raw_fd());
+    mount(
+        Some(source.as_str()),
+        target,
+        None::<&str>,
+        MsFlags::MS_BIND | MsFlags::MS_REC,
+        None::<&str>,
+    )
+    .map_err(io_err)
+}
+
+/// Unmounts everything mounted at or below `dir` in this mount namespace, the
+/// deepest first.
+pub fn unmount_under(dir: &Path) -> io::Result<()> {
+    let text = std::fs::read_to_string("/proc/self/mountinfo")?;
+    let mut points: Vec<std::path::PathBuf> = text
+        .lines()
+        .filter_map(|l| l.split_whitespace().nth(4))
+        .map(|p| std::path::PathBuf::from(p.replace("\\040", " ")))
+        .filter(|p| p.starts_with(dir))
+        .collect();
+    points.sort_by_key(|p| std::cmp::Reverse(p.components().count()));
+    for p in points {
+        unmount(&p)?;
+    }
+    Ok(())
 }
