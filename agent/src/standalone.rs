@@ -1429,25 +1429,122 @@ impl Runner {
                             && v.started != Some(false))))
         });
         let ready = !main.is_empty() && main.iter().all(|v| v.is_ready());
-        let cond = |t: &str, ok: bool| json!({"type": t, "status": if ok { "True" } else { "False" }, "lastTransitionTime": sb.created_at});
+        let phase = if self.failed.contains_key(&sb.uid) {
+            "Failed"
+        } else {
+            pod_lifecycle::phase(&spec, views)
+        };
+        let terminal = phase == "Succeeded" || phase == "Failed";
+        // Conditions as kubelet words them; a condition's lastTransitionTime moves only
+        // when its status does.
+        let previous: Vec<serde_json::Value> =
+            read_json::<serde_json::Value>(&self.rt.pod_state_dir(&sb.uid).join("pod.json"))
+                .ok()
+                .flatten()
+                .and_then(|p| p["status"]["conditions"].as_array().cloned())
+                .unwrap_or_default();
+        let now = k8s_openapi::jiff::Timestamp::now()
+            .strftime("%Y-%m-%dT%H:%M:%SZ")
+            .to_string();
+        let cond = |t: &str, ok: bool, reason: Option<&str>, message: Option<String>| {
+            let status = if ok { "True" } else { "False" };
+            let since = previous
+                .iter()
+                .find(|c| c["type"] == t && c["status"] == status)
+                .and_then(|c| c["lastTransitionTime"].as_str().map(str::to_string))
+                .unwrap_or_else(|| {
+                    if previous.is_empty() {
+                        sb.created_at.clone()
+                    } else {
+                        now.clone()
+                    }
+                });
+            let mut c = json!({"type": t, "status": status, "lastTransitionTime": since});
+            if let Some(r) = reason {
+                c["reason"] = json!(r);
+            }
+            if let Some(m) = message {
+                c["message"] = json!(m);
+            }
+            c
+        };
+        let names = |vs: Vec<&&View>| {
+            format!(
+                "[{}]",
+                vs.iter()
+                    .map(|v| v.name.as_str())
+                    .collect::<Vec<_>>()
+                    .join(" ")
+            )
+        };
+        let initialized_cond = if initialized {
+            cond(
+                "Initialized",
+                true,
+                (phase == "Succeeded").then_some("PodCompleted"),
+                None,
+            )
+        } else {
+            let incomplete = init
+                .iter()
+                .filter(|v| !matches!(v.current, Observed::Exited { code: 0, .. }))
+                .collect();
+            cond(
+                "Initialized",
+                false,
+                Some("ContainersNotInitialized"),
+                Some(format!(
+                    "containers with incomplete status: {}",
+                    names(incomplete)
+                )),
+            )
+        };
+        let ready_cond = |t: &str| match phase {
+            "Succeeded" => cond(t, false, Some("PodCompleted"), None),
+            "Failed" => cond(t, false, Some("PodFailed"), None),
+            _ if ready => cond(t, true, None, None),
+            _ => {
+                let unready = main.iter().filter(|v| !v.is_ready()).collect();
+                cond(
+                    t,
+                    false,
+                    Some("ContainersNotReady"),
+                    Some(format!(
+                        "containers with unready status: {}",
+                        names(unready)
+                    )),
+                )
+            }
+        };
+        // A main container that has not started waits for the init containers, then
+        // for its creation.
+        let main_status = |v: &View| {
+            let mut s = pod_lifecycle::container_status(v, waiting(v));
+            if v.current == Observed::NotStarted && initialized {
+                s["state"] = json!({"waiting": {"reason": "ContainerCreating"}});
+            }
+            s
+        };
         let mut status = json!({
-            "phase": pod_lifecycle::phase(&spec, views),
+            "phase": phase,
             "conditions": [
-                cond("PodReadyToStartContainers", true), cond("Initialized", initialized),
-                cond("Ready", ready), cond("ContainersReady", ready), cond("PodScheduled", true),
+                cond("PodReadyToStartContainers", !terminal, None, None), initialized_cond,
+                ready_cond("Ready"), ready_cond("ContainersReady"), cond("PodScheduled", true, None, None),
             ],
             "hostIP": self.node_ip, "hostIPs": [{"ip": self.node_ip}],
             "startTime": sb.created_at, "qosClass": sb.qos,
-            "containerStatuses": main.iter().map(|v| pod_lifecycle::container_status(v, waiting(v))).collect::<Vec<_>>(),
+            "containerStatuses": main.iter().map(|v| main_status(v)).collect::<Vec<_>>(),
         });
         if !init.is_empty() {
             status["initContainerStatuses"] = json!(
                 init.iter()
                     .map(|v| {
                         let mut s = pod_lifecycle::container_status(v, waiting(v));
-                        // kubelet reports a completed init container as ready.
-                        if matches!(v.current, Observed::Exited { code: 0, .. }) {
-                            s["ready"] = json!(true);
+                        // A regular init container is ready once it completed (a
+                        // sidecar by its probes, like a main container).
+                        if !sidecar(&v.name) {
+                            s["ready"] =
+                                json!(matches!(v.current, Observed::Exited { code: 0, .. }));
                         }
                         s
                     })
@@ -1460,7 +1557,6 @@ impl Runner {
         }
         // Past its activeDeadlineSeconds: failed, whatever its containers did.
         if let Some(r) = self.failed.get(&sb.uid) {
-            status["phase"] = json!("Failed");
             status["reason"] = json!(r.reason);
             status["message"] = json!(r.message);
         }

@@ -1363,12 +1363,20 @@ async fn config_maps_and_tokens_are_refreshed_in_running_pods() {
     })
     .await;
     let read = |path: &str| -> String {
+        let t0 = Instant::now();
         let out = std::process::Command::new(kernlet_tests::simnode::kernlet_bin().unwrap())
             .args(["exec", "default/reader", "--state-dir"])
             .arg(node.dir("state"))
             .args(["--", "cat", path])
             .output()
             .unwrap();
+        assert!(
+            out.status.success() && t0.elapsed() < Duration::from_secs(10),
+            "kernlet exec cat {path}: {} after {:?}: {}",
+            out.status,
+            t0.elapsed(),
+            String::from_utf8_lossy(&out.stderr)
+        );
         String::from_utf8_lossy(&out.stdout).into_owned()
     };
     let token_path = "/var/run/secrets/kubernetes.io/serviceaccount/token";
@@ -1414,7 +1422,8 @@ async fn config_maps_and_tokens_are_refreshed_in_running_pods() {
         }
         assert!(
             waiting.elapsed() < Duration::from_secs(30),
-            "the token was never replaced\n{}",
+            "the token was never replaced: still {:?}\n{}",
+            now.get(..40),
             node.kernlet_log()
         );
         tokio::time::sleep(Duration::from_millis(500)).await;
@@ -1423,6 +1432,227 @@ async fn config_maps_and_tokens_are_refreshed_in_running_pods() {
         k8s_openapi::jiff::Timestamp::now().as_second() < exp,
         "the token is replaced before it expires"
     );
+    if let Some(refused) = cluster.node_refusals() {
+        assert!(refused.is_empty(), "{refused:#?}");
+    }
+}
+
+/// One status, reduced to what kubelet's sequence is compared on: phase, the
+/// Initialized/Ready/ContainersReady conditions with their reasons, and per container
+/// its state and last state (kind and reason), exit code, restart count, ready,
+/// started and message (the pod's uid taken out).
+fn lifecycle_summary(status: &serde_json::Value, uid: &str) -> Option<String> {
+    let conditions = status["conditions"].as_array()?;
+    // Not yet written by a node (the apiserver's own, with PodScheduled only).
+    if !conditions.iter().any(|c| c["type"] == "Initialized") {
+        return None;
+    }
+    let mut out = vec![status["phase"].as_str().unwrap_or("").to_string()];
+    for c in conditions {
+        let t = c["type"].as_str().unwrap_or("");
+        if matches!(t, "Initialized" | "Ready" | "ContainersReady") {
+            out.push(format!(
+                "{t}={}/{}",
+                c["status"].as_str().unwrap_or(""),
+                c["reason"].as_str().unwrap_or("")
+            ));
+        }
+    }
+    for list in ["initContainerStatuses", "containerStatuses"] {
+        for c in status[list].as_array().into_iter().flatten() {
+            let kind = |s: &serde_json::Value| {
+                s.as_object()
+                    .and_then(|m| m.iter().next())
+                    .map(|(k, v)| {
+                        format!(
+                            "{k}/{}/{}/{}",
+                            v["reason"].as_str().unwrap_or(""),
+                            v["exitCode"]
+                                .as_i64()
+                                .map(|c| c.to_string())
+                                .unwrap_or_default(),
+                            v["message"].as_str().unwrap_or("").replace(uid, "UID")
+                        )
+                    })
+                    .unwrap_or_default()
+            };
+            out.push(format!(
+                "{}:{} last={} rc={} ready={} started={}",
+                c["name"].as_str().unwrap_or(""),
+                kind(&c["state"]),
+                kind(&c["lastState"]),
+                c["restartCount"],
+                c["ready"],
+                c["started"]
+            ));
+        }
+    }
+    Some(out.join(" | "))
+}
+
+/// The six pods of `kubelet/lifecycle-pods.yaml` (exit 0, exit 3 with
+/// FallbackToLogsOnError, a crash loop, a failing readiness probe, a liveness restart,
+/// a failing init container), run by kernlet: every status it writes is one the real
+/// kubelet wrote for that pod (`kubelet/watch-lifecycle.jsonl`), in the same order, and
+/// each pod reaches the states that matter.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lifecycle_statuses_follow_kubelets_sequence() {
+    use futures::StreamExt as _;
+    use k8s_openapi::api::core::v1::Pod;
+    use kube::api::PostParams;
+    use std::collections::BTreeMap;
+    // What the real kubelet wrote, per pod, until the pod was deleted.
+    let mut kubelet: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    let text = std::fs::read_to_string(
+        kernlet_tests::fixtures::dir().join("kubelet/watch-lifecycle.jsonl"),
+    )
+    .unwrap();
+    for line in text.lines() {
+        let e: serde_json::Value = serde_json::from_str(line).unwrap();
+        let o = &e["object"];
+        if o["metadata"]["deletionTimestamp"].is_string() {
+            continue;
+        }
+        let uid = o["metadata"]["uid"].as_str().unwrap();
+        if let Some(s) = lifecycle_summary(&o["status"], uid) {
+            let seq = kubelet
+                .entry(o["metadata"]["name"].as_str().unwrap().to_string())
+                .or_default();
+            if seq.last() != Some(&s) {
+                seq.push(s);
+            }
+        }
+    }
+    assert_eq!(kubelet.len(), 6);
+
+    let cluster = Cluster::start(&[BRIDGE_IP.into()]).await.unwrap();
+    let mut lab = Lab::new("life").unwrap();
+    let fwd = lab.forward(0, cluster.addr()).unwrap();
+    let mut node = lab.add_node("w1").unwrap();
+    node.import_busybox().unwrap();
+    start_agent(&cluster, &fwd.url, &mut node, &[]);
+    let admin = cluster.admin().await.unwrap();
+    let docs: Vec<serde_json::Value> = serde_saphyr::from_multiple(
+        &std::fs::read_to_string(
+            kernlet_tests::fixtures::dir().join("kubelet/lifecycle-pods.yaml"),
+        )
+        .unwrap(),
+    )
+    .unwrap();
+    let ns_api: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(admin.clone());
+    ns_api
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(docs[0].clone()).unwrap(),
+        )
+        .await
+        .unwrap();
+    let pods: Api<Pod> = Api::namespaced(admin.clone(), "life");
+    // Every status kernlet writes, in order.
+    let ours = std::sync::Arc::new(std::sync::Mutex::new(
+        Vec::<(String, serde_json::Value)>::new(),
+    ));
+    let recorder = {
+        let (ours, pods) = (ours.clone(), pods.clone());
+        tokio::spawn(async move {
+            let mut stream = kube::runtime::watcher(pods, Default::default()).boxed();
+            while let Some(Ok(e)) = stream.next().await {
+                if let kube::runtime::watcher::Event::Apply(p) = e {
+                    let v = serde_json::to_value(&p).unwrap();
+                    ours.lock()
+                        .unwrap()
+                        .push((p.metadata.name.unwrap_or_default(), v));
+                }
+            }
+        })
+    };
+    for doc in &docs[1..] {
+        let mut pod = doc.clone();
+        let name = pod["metadata"]["name"].as_str().unwrap().to_string();
+        pod["spec"].as_object_mut().unwrap().remove("nodeName");
+        // The same image, from this node's store; short grace periods so the liveness
+        // restart comes quickly (neither shows in a status).
+        pod["spec"]["terminationGracePeriodSeconds"] = serde_json::json!(2);
+        for list in ["containers", "initContainers"] {
+            for c in pod["spec"][list].as_array_mut().into_iter().flatten() {
+                c["image"] = serde_json::json!("busybox:1.36");
+            }
+        }
+        pods.create(
+            &PostParams::default(),
+            &serde_json::from_value(pod).unwrap(),
+        )
+        .await
+        .unwrap();
+        cluster.bind_pod("life", &name, "w1").await.unwrap();
+    }
+    // Until every pod reached its telling state (the crash loop's second back-off
+    // takes longest), within the restart counts kubelet's recording covers.
+    let milestones: [(&str, &str); 6] = [
+        ("exit0", "Succeeded | Initialized=True/PodCompleted"),
+        ("exit3", "c:terminated/Error/3/failing\n"),
+        ("crash", "c:waiting/CrashLoopBackOff//back-off 20s"),
+        (
+            "notready",
+            "c:running/// last= rc=0 ready=false started=true",
+        ),
+        ("liveness", "c:running/// last=terminated/Error"),
+        ("initfail", "init:waiting/CrashLoopBackOff//back-off 20s"),
+    ];
+    let summarize = |all: &[(String, serde_json::Value)]| {
+        let mut m: BTreeMap<String, Vec<String>> = BTreeMap::new();
+        for (name, p) in all {
+            let uid = p["metadata"]["uid"].as_str().unwrap_or("");
+            if let Some(s) = lifecycle_summary(&p["status"], uid) {
+                let seq = m.entry(name.clone()).or_default();
+                if seq.last() != Some(&s) {
+                    seq.push(s);
+                }
+            }
+        }
+        m
+    };
+    let started = Instant::now();
+    let seen = loop {
+        let seen = summarize(&ours.lock().unwrap());
+        let missing: Vec<&str> = milestones
+            .iter()
+            .filter(|(pod, words)| {
+                !seen
+                    .get(*pod)
+                    .is_some_and(|seq| seq.iter().any(|s| s.contains(words)))
+            })
+            .map(|(pod, _)| *pod)
+            .collect();
+        if missing.is_empty() {
+            break seen;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(120),
+            "never reached: {missing:?}\n{seen:#?}\n{}",
+            node.kernlet_log()
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    };
+    recorder.abort();
+    for (pod, seq) in &seen {
+        let theirs = &kubelet[pod];
+        let mut at = 0;
+        for s in seq {
+            // Past kubelet's recording (more restarts than it saw): not compared.
+            if s.contains("rc=4") || s.contains("rc=5") {
+                break;
+            }
+            let found = theirs[at..].iter().position(|t| t == s);
+            assert!(
+                found.is_some(),
+                "{pod}: kernlet wrote\n  {s}\nwhich kubelet never wrote at this point; kubelet's sequence from here:\n  {}\nkernlet's:\n  {}",
+                theirs[at..].join("\n  "),
+                seq.join("\n  ")
+            );
+            at += found.unwrap_or(0);
+        }
+    }
     if let Some(refused) = cluster.node_refusals() {
         assert!(refused.is_empty(), "{refused:#?}");
     }

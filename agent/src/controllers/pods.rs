@@ -109,6 +109,45 @@ pub async fn watch_pods(
 
 const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// A status as a strategic-merge patch that leaves nothing of the previous one
+/// behind: a merge keeps every key the patch does not mention, so the keys kernlet
+/// writes only sometimes are sent as `null` when absent — a container's state is one
+/// of waiting, running or terminated (not the old one next to the new), a condition
+/// loses its old reason and message, the pod its old reason and message. Conditions
+/// and containers stay merged by type and name, so other writers' entries survive.
+pub fn patch_form(status: &Value) -> Value {
+    fn nulls(v: &mut Value, keys: &[&str]) {
+        if let Some(m) = v.as_object_mut() {
+            for k in keys {
+                m.entry(*k).or_insert(Value::Null);
+            }
+        }
+    }
+    let mut s = status.clone();
+    nulls(&mut s, &["reason", "message"]);
+    for c in s["conditions"].as_array_mut().into_iter().flatten() {
+        nulls(c, &["reason", "message"]);
+    }
+    for list in ["initContainerStatuses", "containerStatuses"] {
+        for c in s[list].as_array_mut().into_iter().flatten() {
+            for state in ["state", "lastState"] {
+                let st = &mut c[state];
+                if !st.is_object() {
+                    *st = json!({});
+                }
+                nulls(st, &["waiting", "running", "terminated"]);
+                if let Some(w) = st.get_mut("waiting").filter(|w| w.is_object()) {
+                    nulls(w, &["reason", "message"]);
+                }
+                if let Some(t) = st.get_mut("terminated").filter(|t| t.is_object()) {
+                    nulls(t, &["message", "signal"]);
+                }
+            }
+        }
+    }
+    s
+}
+
 async fn apply(client: &SharedClient, update: &Update) -> Result<(), kube::Error> {
     let timeout = || kube::Error::Service("no answer within 10s".into());
     match update {
@@ -119,7 +158,7 @@ async fn apply(client: &SharedClient, update: &Update) -> Result<(), kube::Error
             ..
         } => {
             let api: Api<Pod> = Api::namespaced(client.get(), namespace);
-            let patch = json!({"status": status});
+            let patch = json!({"status": patch_form(status)});
             match tokio::time::timeout(
                 WRITE_TIMEOUT,
                 api.patch_status(name, &PatchParams::default(), &Patch::Strategic(patch)),
@@ -575,4 +614,29 @@ pub async fn volume_files(
         }
     }
     Ok(Some(files))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_patch_form_clears_what_is_gone() {
+        let s = patch_form(&json!({
+            "phase": "Running",
+            "conditions": [{"type": "Ready", "status": "True"}],
+            "containerStatuses": [{"name": "c", "state": {"running": {"startedAt": "t"}}, "lastState": {}}],
+        }));
+        assert_eq!(s["reason"], Value::Null);
+        assert!(
+            s["conditions"][0]
+                .as_object()
+                .unwrap()
+                .contains_key("reason")
+        );
+        let state = s["containerStatuses"][0]["state"].as_object().unwrap();
+        assert!(state["waiting"].is_null() && state["terminated"].is_null());
+        assert_eq!(state["running"]["startedAt"], "t");
+        assert!(s["containerStatuses"][0]["lastState"]["terminated"].is_null());
+    }
 }

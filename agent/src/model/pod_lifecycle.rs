@@ -327,13 +327,16 @@ pub fn container_status(v: &View, waiting: Option<(String, String)>) -> Value {
     let running = matches!(v.current, Observed::Running { .. });
     let started = running && v.started != Some(false);
     let mut state = state_json(&v.current, &v.id);
+    let mut last = v.last.as_ref().map_or(json!({}), |l| state_json(l, ""));
     if let (Some((reason, message)), Observed::Exited { .. }) = (waiting, &v.current) {
+        // Waiting out the back-off: the run that just ended is the last state.
+        last = state;
         state = json!({"waiting": {"reason": reason, "message": message}});
     }
     let mut s = json!({
         "name": v.name, "image": v.image, "imageID": v.image_id,
         "ready": v.is_ready(), "started": started, "restartCount": v.restarts,
-        "state": state, "lastState": v.last.as_ref().map_or(json!({}), |l| state_json(l, "")),
+        "state": state, "lastState": last,
     });
     if !v.id.is_empty() {
         s["containerID"] = json!(format!("kernlet://{}", v.id));

@@ -186,16 +186,13 @@ fn run(bundle: &Path, timeout: Duration, args: &[String]) -> anyhow::Result<Exec
     let mut open = true;
     let mut status = None;
     while status.is_none() || open {
-        if let Ok(s) = waitpid(pid, Some(WaitPidFlag::WNOHANG))
+        // The command is this helper's only child (what it leaves behind belongs to
+        // the container's init): one reap, whose status is kept.
+        if status.is_none()
+            && let Ok(s) = waitpid(pid, Some(WaitPidFlag::WNOHANG))
             && s != WaitStatus::StillAlive
         {
             status = Some(s);
-        }
-        // Reap whatever the command left behind and was re-parented to us.
-        while let Ok(s) = waitpid(None, Some(WaitPidFlag::WNOHANG)) {
-            if s == WaitStatus::StillAlive {
-                break;
-            }
         }
         if Instant::now() > deadline && status.is_none() {
             timed_out = true;
