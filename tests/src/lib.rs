@@ -5,6 +5,7 @@
 pub mod apiserver;
 pub mod cluster;
 pub mod fixtures;
+pub mod grpc_health;
 pub mod hygiene;
 pub mod oci;
 pub mod real;

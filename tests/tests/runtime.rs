@@ -1174,3 +1174,50 @@ fn host_path_volumes_and_safe_sub_paths() {
         );
     }
 }
+
+/// gRPC probes speak the standard health protocol: SERVING is ready; NOT_SERVING and
+/// an unknown service are not, with kubelet's words in the log.
+#[test]
+fn grpc_probes_use_the_health_protocol() {
+    let mut lab = Lab::new("grpc").unwrap();
+    let mut node = lab.add_node("g1").unwrap();
+    import_busybox(&node);
+    let server = kernlet_tests::grpc_health::HealthServer::start(&node).unwrap();
+    let yaml = format!(
+        r#"
+apiVersion: v1
+kind: Pod
+metadata: {{name: grpc, namespace: t}}
+spec:
+  hostNetwork: true
+  containers:
+  - {{name: ok, image: busybox:1.36, command: [sleep, "600"], readinessProbe: {{grpc: {{port: {p}}}, periodSeconds: 1}}}}
+  - {{name: sick, image: busybox:1.36, command: [sleep, "600"], readinessProbe: {{grpc: {{port: {p}, service: sick}}, periodSeconds: 1}}}}
+  - {{name: unknown, image: busybox:1.36, command: [sleep, "600"], readinessProbe: {{grpc: {{port: {p}, service: nope}}, periodSeconds: 1}}}}
+"#,
+        p = server.port
+    );
+    let m = manifests(&node, &yaml);
+    start(&mut node, &m);
+    let p = wait_for(
+        &node,
+        "the SERVING container ready",
+        Duration::from_secs(30),
+        || pod(&node, "grpc").filter(|p| status(p, "containerStatuses", "ok")["ready"] == true),
+    );
+    for name in ["sick", "unknown"] {
+        let c = status(&p, "containerStatuses", name);
+        assert!(
+            c["state"]["running"].is_object() && c["ready"] == false,
+            "{name}: {c}"
+        );
+    }
+    let log = node.kernlet_log();
+    assert!(
+        log.contains("service unhealthy (responded with \\\"NOT_SERVING\\\")")
+            || log.contains("service unhealthy (responded with \"NOT_SERVING\")"),
+        "{log}"
+    );
+    assert!(log.contains("rpc error: code = 5"), "{log}");
+    drop(server);
+}

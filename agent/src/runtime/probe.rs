@@ -8,7 +8,9 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
 use std::time::Duration;
 
-use k8s_openapi::api::core::v1::{Container, ExecAction, HTTPGetAction, TCPSocketAction};
+use k8s_openapi::api::core::v1::{
+    Container, ExecAction, GRPCAction, HTTPGetAction, TCPSocketAction,
+};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
 use super::Runtime;
@@ -21,8 +23,7 @@ pub enum Handler {
     Http(HTTPGetAction),
     Tcp(TCPSocketAction),
     Sleep(Duration),
-    /// A kind kernlet does not run yet (gRPC); named in the result.
-    Unsupported(&'static str),
+    Grpc(GRPCAction),
 }
 
 impl Handler {
@@ -36,7 +37,7 @@ impl Handler {
         if let Some(t) = &p.tcp_socket {
             return Some(Self::Tcp(t.clone()));
         }
-        p.grpc.as_ref().map(|_| Self::Unsupported("grpc"))
+        p.grpc.as_ref().map(|g| Self::Grpc(g.clone()))
     }
 
     pub fn of_hook(h: &k8s_openapi::api::core::v1::LifecycleHandler) -> Option<Self> {
@@ -138,10 +139,153 @@ pub fn run(
             std::thread::sleep(*d);
             Ok(String::new())
         }
-        Handler::Unsupported(kind) => {
-            Err(format!("{kind} probes are not supported by kernlet yet"))
+        Handler::Grpc(g) => grpc(t, g, timeout),
+    }
+}
+
+/// kubelet's gRPC probe: the standard health protocol (`grpc.health.v1.Health/Check`)
+/// over HTTP/2 without TLS, from the pod's network namespace; SERVING succeeds.
+fn grpc(t: &Target, g: &GRPCAction, timeout: Duration) -> Result<String, String> {
+    let port = u16::try_from(g.port).map_err(|_| format!("port {} is out of range", g.port))?;
+    let a = SocketAddr::new(t.ip, port);
+    let service = g.service.clone().unwrap_or_default();
+    let stream = crate::sys::ns::connect_in(t.netns.as_deref(), a, timeout)
+        .map_err(|e| format!("timeout: failed to connect service {a:?} within {timeout:?}: {e}"))?;
+    stream
+        .set_nonblocking(true)
+        .map_err(|e| format!("gRPC probe to {a}: {e}"))?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| format!("gRPC probe: {e}"))?;
+    rt.block_on(async move {
+        let check = async {
+            let tcp = tokio::net::TcpStream::from_std(stream).map_err(|e| e.to_string())?;
+            let (client, conn) = h2::client::handshake(tcp).await.map_err(|e| e.to_string())?;
+            tokio::spawn(async move {
+                let _ = conn.await;
+            });
+            let mut client = client.ready().await.map_err(|e| e.to_string())?;
+            let request = http::Request::builder()
+                .method("POST")
+                .uri(format!("http://{a}/grpc.health.v1.Health/Check"))
+                .header("content-type", "application/grpc")
+                .header("te", "trailers")
+                .header("user-agent", "kube-probe/1.36")
+                .body(())
+                .map_err(|e| e.to_string())?;
+            let (response, mut send) = client
+                .send_request(request, false)
+                .map_err(|e| e.to_string())?;
+            send.send_data(
+                bytes::Bytes::from(grpc_frame(&health_request(&service))),
+                true,
+            )
+            .map_err(|e| e.to_string())?;
+            let response = response.await.map_err(|e| e.to_string())?;
+            if response.status() != http::StatusCode::OK {
+                return Err(format!("unexpected HTTP status {}", response.status()));
+            }
+            let grpc_status = |h: &http::HeaderMap| {
+                h.get("grpc-status")
+                    .and_then(|v| v.to_str().ok())
+                    .map(str::to_string)
+            };
+            let early = grpc_status(response.headers());
+            let mut body = response.into_body();
+            let mut data = Vec::new();
+            while let Some(chunk) = body.data().await {
+                let chunk = chunk.map_err(|e| e.to_string())?;
+                let _ = body.flow_control().release_capacity(chunk.len());
+                data.extend_from_slice(&chunk);
+            }
+            let trailers = body.trailers().await.map_err(|e| e.to_string())?;
+            let code = early
+                .or_else(|| trailers.as_ref().and_then(grpc_status))
+                .unwrap_or_default();
+            match code.as_str() {
+                "0" => {}
+                "12" => {
+                    return Err("this server does not implement the grpc health protocol (grpc.health.v1.Health)".into());
+                }
+                other => return Err(format!("rpc error: code = {other}")),
+            }
+            match health_status(data.get(5..).unwrap_or_default()) {
+                1 => Ok(String::new()),
+                s => Err(format!(
+                    "service unhealthy (responded with {:?})",
+                    match s {
+                        2 => "NOT_SERVING",
+                        3 => "SERVICE_UNKNOWN",
+                        _ => "UNKNOWN",
+                    }
+                )),
+            }
+        };
+        tokio::time::timeout(timeout, check)
+            .await
+            .map_err(|_| format!("timeout: health rpc did not complete within {timeout:?}"))?
+    })
+}
+
+/// `HealthCheckRequest{service}` in protobuf: field 1, a string (absent when empty).
+fn health_request(service: &str) -> Vec<u8> {
+    if service.is_empty() {
+        return Vec::new();
+    }
+    let mut out = vec![0x0a];
+    let mut n = service.len();
+    while n >= 0x80 {
+        out.push((n as u8 & 0x7f) | 0x80);
+        n >>= 7;
+    }
+    out.push(n as u8);
+    out.extend_from_slice(service.as_bytes());
+    out
+}
+
+/// A gRPC message on the wire: not compressed, its length, itself.
+fn grpc_frame(message: &[u8]) -> Vec<u8> {
+    let mut out = vec![0u8];
+    out.extend_from_slice(&u32::try_from(message.len()).unwrap_or(0).to_be_bytes());
+    out.extend_from_slice(message);
+    out
+}
+
+/// The `status` (field 1, a varint) of a `HealthCheckResponse`; 0 (UNKNOWN) without.
+fn health_status(message: &[u8]) -> u64 {
+    fn varint(message: &[u8], i: &mut usize) -> u64 {
+        let mut v = 0u64;
+        let mut shift = 0;
+        while *i < message.len() && shift < 64 {
+            let b = message[*i];
+            *i += 1;
+            v |= u64::from(b & 0x7f) << shift;
+            if b & 0x80 == 0 {
+                break;
+            }
+            shift += 7;
+        }
+        v
+    }
+    let mut i = 0;
+    while i < message.len() {
+        let key = varint(message, &mut i);
+        match (key >> 3, key & 7) {
+            (1, 0) => return varint(message, &mut i),
+            (_, 0) => {
+                varint(message, &mut i);
+            }
+            (_, 2) => {
+                let len = usize::try_from(varint(message, &mut i)).unwrap_or(usize::MAX);
+                i = i.saturating_add(len);
+            }
+            (_, 1) => i += 8,
+            (_, 5) => i += 4,
+            _ => return 0,
         }
     }
+    0
 }
 
 /// kubelet's HTTP probe: GET with its User-Agent and the given headers; 2xx and 3xx
@@ -296,3 +440,22 @@ impl rustls::client::danger::ServerCertVerifier for NoVerify {
 
 /// The loopback address, for pods without an IP yet.
 pub const LOOPBACK: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn health_messages_on_the_wire() {
+        assert!(health_request("").is_empty());
+        assert_eq!(health_request("db"), [0x0a, 2, b'd', b'b']);
+        assert_eq!(grpc_frame(&[1, 2]), [0, 0, 0, 0, 2, 1, 2]);
+        assert_eq!(health_status(&[0x08, 0x01]), 1);
+        assert_eq!(
+            health_status(&[0x12, 0x01, b'x', 0x08, 0x02]),
+            2,
+            "unknown fields skipped"
+        );
+        assert_eq!(health_status(&[]), 0);
+    }
+}
