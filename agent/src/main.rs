@@ -141,13 +141,11 @@ struct RunArgs {
     /// Run the pods of manifest files, without an apiserver.
     #[arg(long)]
     standalone: bool,
-    /// Directory of Pod manifests (*.yaml, *.yml, *.json) for --standalone.
-    #[arg(
-        long,
-        requires = "standalone",
-        default_value = "/etc/kernlet/manifests"
-    )]
-    manifests: PathBuf,
+    /// Directory of Pod manifests (*.yaml, *.yml, *.json): the pods of --standalone
+    /// (default /etc/kernlet/manifests), or with --kubeconfig static pods run next to
+    /// the apiserver's, each with a mirror pod (kubelet's staticPodPath).
+    #[arg(long)]
+    manifests: Option<PathBuf>,
     /// Kubeconfig with this node's credentials (CN=system:node:<name>, O=system:nodes).
     #[arg(long)]
     kubeconfig: Option<PathBuf>,
@@ -359,7 +357,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 .kubeconfig
                 .clone()
                 .context("--kubeconfig is required without --standalone")?;
-            let node = prepare_node(&args.node)?;
+            let mut node = prepare_node(&args.node)?;
+            node.static_pods = args.manifests.clone();
             runtime()?.block_on(run_node(kubeconfig, node))
         }
         Command::Image(cmd) => image(cmd),
@@ -518,7 +517,11 @@ fn runtime_config(args: &NodeArgs) -> anyhow::Result<kernlet::runtime::RuntimeCo
 fn run_standalone(args: &RunArgs) -> anyhow::Result<()> {
     use std::sync::Arc;
     use std::sync::atomic::{AtomicBool, Ordering};
-    let plans = kernlet::standalone::plan(&args.manifests)?;
+    let manifests = args
+        .manifests
+        .clone()
+        .unwrap_or_else(|| PathBuf::from("/etc/kernlet/manifests"));
+    let plans = kernlet::standalone::plan(&manifests)?;
     let rt = kernlet::runtime::Runtime::open(runtime_config(&args.node)?)?;
     let node_ip = args
         .node
@@ -526,7 +529,7 @@ fn run_standalone(args: &RunArgs) -> anyhow::Result<()> {
         .or_else(|| kernlet::sys::machine::default_route_ipv4().map(IpAddr::V4))
         .unwrap_or(IpAddr::from([127, 0, 0, 1]));
     tracing::info!(
-        manifests = %args.manifests.display(),
+        manifests = %manifests.display(),
         pods = plans.len(),
         cgroup = %rt.cgroup_root.display(),
         "kernlet standalone: running the pods of the manifest directory"
@@ -534,7 +537,7 @@ fn run_standalone(args: &RunArgs) -> anyhow::Result<()> {
     let stop = Arc::new(AtomicBool::new(false));
     let runner = kernlet::standalone::Runner::new(
         rt,
-        kernlet::standalone::Source::Manifests(args.manifests.clone()),
+        kernlet::standalone::Source::Manifests(manifests.clone()),
         node_ip.to_string(),
         Default::default(),
     );
@@ -706,6 +709,8 @@ struct PreparedNode {
     timing: Timing,
     runtime: kernlet::runtime::RuntimeConfig,
     pod_timing: kernlet::standalone::Timing,
+    /// A static pod directory next to the apiserver's pods.
+    static_pods: Option<PathBuf>,
 }
 
 fn prepare_node(args: &NodeArgs) -> anyhow::Result<PreparedNode> {
@@ -758,6 +763,7 @@ fn prepare_node(args: &NodeArgs) -> anyhow::Result<PreparedNode> {
             sync_frequency: Duration::from_secs(args.sync_frequency.max(1)),
             ..Default::default()
         },
+        static_pods: None,
     })
 }
 
@@ -787,6 +793,7 @@ async fn run_node(kubeconfig: PathBuf, node: PreparedNode) -> anyhow::Result<()>
         timing,
         runtime,
         pod_timing,
+        static_pods,
     } = node;
     tracing::info!(node = %cfg.name, ip = %cfg.internal_ip, "kernlet starting");
     let access_client = client.get();
@@ -847,6 +854,7 @@ async fn run_node(kubeconfig: PathBuf, node: PreparedNode) -> anyhow::Result<()>
             pod_timing,
         )
         .with_events(recorder)
+        .with_static_pods_opt(static_pods, cfg.name.clone())
         .with_node_fit({
             let facts = kernlet::sys::machine::read(&state_dir);
             let (cpu, mem) = node::allocatable_cpu_memory(&facts, cfg.reserved);

@@ -174,6 +174,11 @@ pub struct Runner {
     /// The node's allocatable CPU (millicores) and memory (bytes), for
     /// `resourceFieldRef` of containers without limits.
     allocatable: (u64, u64),
+    /// Static pods next to the apiserver's (kubelet's staticPodPath): the manifest
+    /// directory and this node's name; each gets a mirror pod.
+    static_pods: Option<(PathBuf, String)>,
+    /// When a mirror pod was last asked for, by static pod uid.
+    mirrors_requested: HashMap<String, Instant>,
     /// Where events go (pods from the apiserver).
     events: Option<crate::controllers::events::Recorder>,
     /// When a container's back-off was last reported, by container ID.
@@ -207,6 +212,34 @@ struct ProbeRun {
     /// When the next run may start.
     next_at: Instant,
     in_flight: bool,
+}
+
+/// The annotations kubelet puts on static pods and their mirrors.
+const CONFIG_SOURCE: &str = "kubernetes.io/config.source";
+const CONFIG_HASH: &str = "kubernetes.io/config.hash";
+const CONFIG_MIRROR: &str = "kubernetes.io/config.mirror";
+
+/// Whether `pod` is a static pod (from this node's manifest directory).
+fn is_static(pod: &Pod) -> bool {
+    pod.metadata
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get(CONFIG_SOURCE))
+        .is_some_and(|s| s == "file")
+}
+
+/// Whether `pod` is a mirror pod (the apiserver's copy of a static pod).
+fn is_mirror(pod: &Pod) -> bool {
+    mirror_hash(pod).is_some()
+}
+
+/// The static pod a mirror pod stands for.
+fn mirror_hash(pod: &Pod) -> Option<&str> {
+    pod.metadata
+        .annotations
+        .as_ref()?
+        .get(CONFIG_MIRROR)
+        .map(String::as_str)
 }
 
 /// Records an event about `pod` (its container `container`, when not empty), from
@@ -359,6 +392,8 @@ impl Runner {
             volume_checks: HashMap::new(),
             events: None,
             backoff_reported: HashMap::new(),
+            static_pods: None,
+            mirrors_requested: HashMap::new(),
             last_manifest_error: None,
         }
     }
@@ -387,16 +422,47 @@ impl Runner {
             Source::Manifests(dir) => dir.clone(),
             Source::Api { snapshot, .. } => {
                 // Pods being deleted are no longer wanted: they are stopped and removed.
+                // Mirror pods stand for static pods: they are not run again.
                 let pods = snapshot.lock().ok()?.clone()?;
-                return Some(
-                    pods.into_iter()
-                        .filter(|p| p.metadata.deletion_timestamp.is_none())
-                        .filter_map(|p| Some((p.metadata.uid.clone()?, p)))
-                        .collect(),
-                );
+                let mut out: Vec<(String, Pod)> = pods
+                    .into_iter()
+                    .filter(|p| p.metadata.deletion_timestamp.is_none())
+                    .filter(|p| !is_mirror(p))
+                    .filter_map(|p| Some((p.metadata.uid.clone()?, p)))
+                    .collect();
+                if let Some((dir, node)) = self.static_pods.clone() {
+                    out.extend(
+                        self.static_pods_of(&dir)?
+                            .into_iter()
+                            .map(|(uid, mut pod)| {
+                                // kubelet's names for static pods: <name>-<node>, bound to it.
+                                let name = format!(
+                                    "{}-{node}",
+                                    pod.metadata.name.clone().unwrap_or_default()
+                                );
+                                pod.metadata.name = Some(name);
+                                pod.spec.get_or_insert_with(Default::default).node_name =
+                                    Some(node.clone());
+                                let a = pod
+                                    .metadata
+                                    .annotations
+                                    .get_or_insert_with(Default::default);
+                                a.insert(CONFIG_SOURCE.into(), "file".into());
+                                a.insert(CONFIG_HASH.into(), uid.clone());
+                                (uid, pod)
+                            }),
+                    );
+                }
+                return Some(out);
             }
         };
-        match manifest::load_dir(&manifests) {
+        self.static_pods_of(&manifests)
+    }
+
+    /// The pods of a manifest directory with their uids; `None` (and a log line) when
+    /// the directory cannot be read as a whole.
+    fn static_pods_of(&mut self, manifests: &Path) -> Option<Vec<(String, Pod)>> {
+        match manifest::load_dir(manifests) {
             Ok(pods) => {
                 self.last_manifest_error = None;
                 Some(
@@ -449,6 +515,7 @@ impl Runner {
                 tracing::warn!(pod = %pod.metadata.name.clone().unwrap_or_default(), "{e}");
             }
         }
+        self.sync_mirrors(&desired);
         let sandboxes = self.rt.sandboxes();
         // The grace periods of deletions in the apiserver, by pod uid.
         let deletion_grace: HashMap<String, i64> = match &self.source {
@@ -795,6 +862,111 @@ impl Runner {
         self.write_status(&sb, pod, &views)
     }
 
+    /// Runs the static pods of `dir` too (with an apiserver), as `<name>-<node>` with
+    /// mirror pods in the apiserver.
+    pub fn with_static_pods_opt(mut self, dir: Option<PathBuf>, node: String) -> Self {
+        self.static_pods = dir.map(|d| (d, node));
+        self
+    }
+
+    /// Keeps a mirror pod in the apiserver for each static pod that runs, and none
+    /// for those gone; a mirror deleted by someone is created again.
+    fn sync_mirrors(&mut self, desired: &[(String, Pod)]) {
+        let Source::Api {
+            snapshot, updates, ..
+        } = &self.source
+        else {
+            return;
+        };
+        let Some((_, node)) = self.static_pods.clone() else {
+            return;
+        };
+        let api_pods: Vec<Pod> = snapshot
+            .lock()
+            .ok()
+            .and_then(|s| s.clone())
+            .unwrap_or_default();
+        let statics: Vec<&(String, Pod)> = desired.iter().filter(|(_, p)| is_static(p)).collect();
+        let now = Instant::now();
+        for (uid, pod) in &statics {
+            let (ns, name) = (
+                pod.metadata.namespace.clone().unwrap_or_default(),
+                pod.metadata.name.clone().unwrap_or_default(),
+            );
+            let mirror = api_pods.iter().find(|p| {
+                p.metadata.namespace.as_deref() == Some(ns.as_str())
+                    && p.metadata.name.as_deref() == Some(name.as_str())
+            });
+            match mirror {
+                Some(m)
+                    if mirror_hash(m) == Some(uid.as_str())
+                        && m.metadata.deletion_timestamp.is_none() =>
+                {
+                    continue;
+                }
+                Some(m) if is_mirror(m) && m.metadata.deletion_timestamp.is_none() => {
+                    // A mirror of an older manifest: replaced.
+                    let _ = updates.send(crate::controllers::pods::Update::Finished {
+                        namespace: ns.clone(),
+                        name: name.clone(),
+                        uid: m.metadata.uid.clone().unwrap_or_default(),
+                    });
+                    continue;
+                }
+                Some(m) if !is_mirror(m) => {
+                    tracing::warn!(pod = %format!("{ns}/{name}"), "a pod that is no mirror has the static pod's name; no mirror pod for it");
+                    continue;
+                }
+                _ => {}
+            }
+            if self
+                .mirrors_requested
+                .get(uid)
+                .is_some_and(|t| now.duration_since(*t) < Duration::from_secs(5))
+            {
+                continue;
+            }
+            self.mirrors_requested.insert(uid.clone(), now);
+            // Its status goes again once the mirror exists.
+            self.last_sent.remove(uid);
+            let mut spec =
+                serde_json::to_value(pod.spec.clone().unwrap_or_default()).unwrap_or_default();
+            if let Some(m) = spec.as_object_mut() {
+                m.remove("serviceAccountName");
+                m.remove("serviceAccount");
+            }
+            let mut annotations = pod.metadata.annotations.clone().unwrap_or_default();
+            annotations.insert(CONFIG_MIRROR.into(), uid.clone());
+            let _ = updates.send(crate::controllers::pods::Update::CreateMirror {
+                node: node.clone(),
+                key: format!("mirror:{uid}"),
+                pod: json!({
+                    "apiVersion": "v1", "kind": "Pod",
+                    "metadata": {"name": name, "namespace": ns, "labels": pod.metadata.labels, "annotations": annotations},
+                    "spec": spec,
+                }),
+            });
+        }
+        // Mirrors whose static pod is gone go too.
+        let wanted: HashSet<&str> = statics.iter().map(|(u, _)| u.as_str()).collect();
+        for m in api_pods
+            .iter()
+            .filter(|p| is_mirror(p) && p.metadata.deletion_timestamp.is_none())
+        {
+            let owned_here =
+                m.spec.as_ref().and_then(|s| s.node_name.as_deref()) == Some(node.as_str());
+            if owned_here && mirror_hash(m).is_some_and(|h| !wanted.contains(h)) {
+                let _ = updates.send(crate::controllers::pods::Update::Finished {
+                    namespace: m.metadata.namespace.clone().unwrap_or_default(),
+                    name: m.metadata.name.clone().unwrap_or_default(),
+                    uid: m.metadata.uid.clone().unwrap_or_default(),
+                });
+            }
+        }
+        self.mirrors_requested
+            .retain(|u, _| wanted.contains(u.as_str()));
+    }
+
     /// Records kubelet's events about pods through `recorder`.
     pub fn with_events(mut self, recorder: crate::controllers::events::Recorder) -> Self {
         self.events = Some(recorder);
@@ -892,10 +1064,10 @@ impl Runner {
     ) -> Result<k8s_openapi::api::core::v1::Container, String> {
         let ns = sb.namespace.clone();
         let lookup = |secret: bool, name: &str| match &self.source {
-            Source::Api { client, handle, .. } => handle.block_on(
+            Source::Api { client, handle, .. } if !is_static(pod) => handle.block_on(
                 crate::controllers::pods::source_data(client, &ns, secret, name),
             ),
-            Source::Manifests(_) => Err(format!(
+            _ => Err(format!(
                 "a static pod cannot use {} {name:?}: only pods from the apiserver may refer to configMaps and secrets",
                 if secret { "secret" } else { "configmap" }
             )),
@@ -1178,6 +1350,9 @@ impl Runner {
         let Source::Api { client, handle, .. } = &self.source else {
             return Ok(());
         };
+        if is_static(pod) {
+            return Ok(());
+        }
         let now = Instant::now();
         let sb_ip = self
             .rt
@@ -1345,10 +1520,10 @@ impl Runner {
                 // A static pod cannot reference API objects; an apiserver pod's
                 // imagePullSecrets are read for each pull, so a changed secret counts.
                 let secrets = match &self.source {
-                    Source::Api { client, handle, .. } => {
+                    Source::Api { client, handle, .. } if !is_static(pod) => {
                         Some((client.clone(), handle.clone(), pod.clone()))
                     }
-                    Source::Manifests(_) => None,
+                    _ => None,
                 };
                 std::thread::spawn(move || {
                     let started = Instant::now();
@@ -1656,6 +1831,8 @@ impl Runner {
                 .and_then(|g| u64::try_from(g).ok())
                 .unwrap_or(30);
             let notify: Notify = events.zip(recorded.clone());
+            // A static pod's object is its mirror, which sync_mirrors looks after.
+            let static_pod = recorded.as_ref().is_some_and(is_static);
             let spec = recorded.and_then(|p| p.spec).unwrap_or_default();
             tracing::info!(pod = %format!("{}/{}", sb.namespace, sb.name), "pod deleted or gone; stopping it");
             let records: Vec<_> = rt
@@ -1726,7 +1903,7 @@ impl Runner {
             ));
             // Kubelet's last word on a deleted pod: remove the object now that nothing
             // of it runs (a pod already gone answers 404, which is fine).
-            if let Some(updates) = updates {
+            if let Some(updates) = updates.filter(|_| !static_pod) {
                 let _ = updates.send(crate::controllers::pods::Update::Finished {
                     namespace: sb.namespace.clone(),
                     name: sb.name.clone(),

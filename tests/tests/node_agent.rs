@@ -1657,3 +1657,100 @@ async fn lifecycle_statuses_follow_kubelets_sequence() {
         assert!(refused.is_empty(), "{refused:#?}");
     }
 }
+
+/// Static pods next to the apiserver's (`--manifests` with `--kubeconfig`): run as
+/// `<name>-<node>`, each with a mirror pod owned by the Node and carrying the status;
+/// a mirror deleted by someone comes back without the pod restarting; a removed
+/// manifest stops the pod and takes its mirror away.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn static_pods_get_mirror_pods() {
+    use k8s_openapi::api::core::v1::Pod;
+    use kube::api::DeleteParams;
+    let cluster = Cluster::start(&[BRIDGE_IP.into()]).await.unwrap();
+    let mut lab = Lab::new("mirror").unwrap();
+    let fwd = lab.forward(0, cluster.addr()).unwrap();
+    let mut node = lab.add_node("w1").unwrap();
+    node.import_busybox().unwrap();
+    let dir = node.dir("static");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(
+        dir.join("web.yaml"),
+        "apiVersion: v1\nkind: Pod\nmetadata: {name: web, namespace: kube-system, labels: {tier: control}}\nspec:\n  terminationGracePeriodSeconds: 1\n  containers:\n  - {name: c, image: busybox:1.36, command: [sleep, '600']}\n",
+    )
+    .unwrap();
+    let d = dir.display().to_string();
+    start_agent(&cluster, &fwd.url, &mut node, &["--manifests", &d]);
+    let admin = cluster.admin().await.unwrap();
+    let pods: Api<Pod> = Api::namespaced(admin.clone(), "kube-system");
+    let running = |p: &Pod| {
+        p.status
+            .as_ref()
+            .and_then(|s| s.container_statuses.as_ref())
+            .and_then(|c| c.first())
+            .and_then(|c| c.state.as_ref()?.running.as_ref())
+            .is_some()
+    };
+    let mirror = wait_for(
+        "the mirror pod with the status",
+        Duration::from_secs(30),
+        async || pods.get_opt("web-w1").await.ok()?.filter(|p| running(p)),
+    )
+    .await;
+    let a = mirror.metadata.annotations.clone().unwrap();
+    assert_eq!(
+        a.get("kubernetes.io/config.source").map(String::as_str),
+        Some("file")
+    );
+    assert!(a.contains_key("kubernetes.io/config.mirror"));
+    assert_eq!(
+        mirror.spec.as_ref().unwrap().node_name.as_deref(),
+        Some("w1")
+    );
+    let owner = &mirror.metadata.owner_references.clone().unwrap()[0];
+    assert_eq!((owner.kind.as_str(), owner.name.as_str()), ("Node", "w1"));
+    let first_id = mirror.status.clone().unwrap().container_statuses.unwrap()[0]
+        .container_id
+        .clone();
+    // Deleted by someone: back again, and the pod kept running.
+    pods.delete("web-w1", &DeleteParams::default())
+        .await
+        .unwrap();
+    let old_uid = mirror.metadata.uid.clone();
+    let again = wait_for(
+        "the mirror pod again",
+        Duration::from_secs(30),
+        async || {
+            pods.get_opt("web-w1")
+                .await
+                .ok()?
+                .filter(|p| p.metadata.uid != old_uid && running(p))
+        },
+    )
+    .await;
+    assert_eq!(
+        again.status.unwrap().container_statuses.unwrap()[0].container_id,
+        first_id,
+        "the same container, not restarted"
+    );
+    // The manifest goes: the pod stops and the mirror goes.
+    std::fs::remove_file(dir.join("web.yaml")).unwrap();
+    wait_for("the mirror pod gone", Duration::from_secs(30), async || {
+        pods.get_opt("web-w1").await.ok()?.is_none().then_some(())
+    })
+    .await;
+    wait_for(
+        "the static pod stopped",
+        Duration::from_secs(30),
+        async || {
+            (std::fs::read_dir(node.dir("state").join("pods"))
+                .map(|d| d.count())
+                .unwrap_or(0)
+                == 0)
+                .then_some(())
+        },
+    )
+    .await;
+    if let Some(refused) = cluster.node_refusals() {
+        assert!(refused.is_empty(), "{refused:#?}");
+    }
+}

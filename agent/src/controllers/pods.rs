@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use futures::StreamExt as _;
 use k8s_openapi::api::core::v1::Pod;
-use kube::api::{Api, DeleteParams, Patch, PatchParams, Preconditions};
+use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams, Preconditions};
 use kube::runtime::watcher;
 use serde_json::{Value, json};
 use tokio::sync::{mpsc, watch};
@@ -36,12 +36,20 @@ pub enum Update {
         name: String,
         uid: String,
     },
+    /// A static pod runs: create its mirror pod (owned by this node) in the apiserver.
+    CreateMirror {
+        node: String,
+        /// `mirror:<static pod uid>`: queued apart from the pod's status.
+        key: String,
+        pod: Value,
+    },
 }
 
 impl Update {
     fn uid(&self) -> &str {
         match self {
             Self::Status { uid, .. } | Self::Finished { uid, .. } => uid,
+            Self::CreateMirror { key, .. } => key,
         }
     }
 }
@@ -167,6 +175,34 @@ async fn apply(client: &SharedClient, update: &Update) -> Result<(), kube::Error
             {
                 Ok(Ok(_)) => Ok(()),
                 Ok(Err(kube::Error::Api(s))) if s.code == 404 => Ok(()),
+                Ok(Err(e)) => Err(e),
+                Err(_) => Err(timeout()),
+            }
+        }
+        Update::CreateMirror { node, pod, .. } => {
+            // Owned by the Node, as kubelet makes them, so they go with it.
+            let nodes: Api<k8s_openapi::api::core::v1::Node> = Api::all(client.get());
+            let node_uid = match tokio::time::timeout(WRITE_TIMEOUT, nodes.get(node)).await {
+                Ok(Ok(n)) => n.metadata.uid.unwrap_or_default(),
+                Ok(Err(e)) => return Err(e),
+                Err(_) => return Err(timeout()),
+            };
+            let mut pod = pod.clone();
+            pod["metadata"]["ownerReferences"] = json!([{
+                "apiVersion": "v1", "kind": "Node", "name": node, "uid": node_uid, "controller": true,
+            }]);
+            let pod: Pod = serde_json::from_value(pod).map_err(kube::Error::SerdeError)?;
+            let ns = pod
+                .metadata
+                .namespace
+                .clone()
+                .unwrap_or_else(|| "default".into());
+            let api: Api<Pod> = Api::namespaced(client.get(), &ns);
+            match tokio::time::timeout(WRITE_TIMEOUT, api.create(&PostParams::default(), &pod))
+                .await
+            {
+                Ok(Ok(_)) => Ok(()),
+                Ok(Err(kube::Error::Api(s))) if s.code == 409 => Ok(()),
                 Ok(Err(e)) => Err(e),
                 Err(_) => Err(timeout()),
             }
