@@ -6,6 +6,7 @@
 //! pods also back to the apiserver.
 
 use std::collections::{HashMap, HashSet};
+use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -177,6 +178,10 @@ pub struct Runner {
     /// Static pods next to the apiserver's (kubelet's staticPodPath): the manifest
     /// directory and this node's name; each gets a mirror pod.
     static_pods: Option<(PathBuf, String)>,
+    /// The proxies of pods' host ports (made on the first one).
+    host_ports: Option<crate::runtime::hostport::HostPorts>,
+    /// Host ports that could not be opened, by (pod uid, port), so the log says it once.
+    host_port_errors: HashSet<(String, String)>,
     /// When a mirror pod was last asked for, by static pod uid.
     mirrors_requested: HashMap<String, Instant>,
     /// Where events go (pods from the apiserver).
@@ -394,6 +399,8 @@ impl Runner {
             backoff_reported: HashMap::new(),
             static_pods: None,
             mirrors_requested: HashMap::new(),
+            host_ports: None,
+            host_port_errors: HashSet::new(),
             last_manifest_error: None,
         }
     }
@@ -856,10 +863,76 @@ impl Runner {
             }
         }
         self.prune(uid, &spec);
+        self.open_host_ports(&sb, pod);
         let views = self.views(uid, pod);
         self.run_probes(&sb, pod, &views);
         let views = self.views(uid, pod);
         self.write_status(&sb, pod, &views)
+    }
+
+    /// Opens the pod's host ports (a host-network pod's containers bind them
+    /// themselves): each relays to its container port inside the pod.
+    fn open_host_ports(&mut self, sb: &SandboxRecord, pod: &Pod) {
+        use crate::runtime::hostport::{HostPorts, Key, Proto, Target};
+        if sb.host_network {
+            return;
+        }
+        let spec = pod.spec.clone().unwrap_or_default();
+        let ports: Vec<_> = pod_lifecycle::all_containers(&spec)
+            .flat_map(|c| c.ports.iter().flatten())
+            .filter(|p| p.host_port.is_some_and(|h| h > 0))
+            .cloned()
+            .collect();
+        if ports.is_empty() {
+            return;
+        }
+        if self.host_ports.is_none() {
+            match HostPorts::new() {
+                Ok(h) => self.host_ports = Some(h),
+                Err(e) => {
+                    tracing::warn!("cannot start the host port proxies: {e}");
+                    return;
+                }
+            }
+        }
+        let Some(hp) = self.host_ports.as_mut() else {
+            return;
+        };
+        let pod_ip: IpAddr = sb.ip.parse().unwrap_or(crate::runtime::probe::LOOPBACK);
+        for p in ports {
+            let proto = if p.protocol.as_deref() == Some("UDP") {
+                Proto::Udp
+            } else {
+                Proto::Tcp
+            };
+            let (Ok(host_port), Ok(container_port)) = (
+                u16::try_from(p.host_port.unwrap_or(0)),
+                u16::try_from(p.container_port),
+            ) else {
+                continue;
+            };
+            let host_ip: IpAddr = p
+                .host_ip
+                .as_deref()
+                .filter(|i| !i.is_empty())
+                .and_then(|i| i.parse().ok())
+                .unwrap_or(IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED));
+            let key = Key {
+                proto,
+                host_ip,
+                host_port,
+            };
+            let target = Target {
+                netns: crate::sys::ns::pin_path(&sb.ns_dir, "net"),
+                addr: std::net::SocketAddr::new(pod_ip, container_port),
+            };
+            if let Err(e) = hp.ensure(&sb.uid, &key, &target) {
+                let id = (sb.uid.clone(), format!("{host_ip}:{host_port}/{proto:?}"));
+                if self.host_port_errors.insert(id) {
+                    tracing::warn!(pod = %format!("{}/{}", sb.namespace, sb.name), "hostPort: {e}");
+                }
+            }
+        }
     }
 
     /// Runs the static pods of `dir` too (with an apiserver), as `<name>-<node>` with
@@ -1802,6 +1875,10 @@ impl Runner {
         self.backoff_base.retain(|(uid, _), _| *uid != sb.uid);
         self.pull_backoff.retain(|(uid, _), _| *uid != sb.uid);
         self.volume_checks.retain(|(uid, _), _| *uid != sb.uid);
+        self.host_port_errors.retain(|(uid, _)| *uid != sb.uid);
+        if let Some(hp) = self.host_ports.as_mut() {
+            hp.remove_pod(&sb.uid);
+        }
         let ids: HashSet<String> = self
             .rt
             .containers()

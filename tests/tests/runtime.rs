@@ -1221,3 +1221,99 @@ spec:
     assert!(log.contains("rpc error: code = 5"), "{log}");
     drop(server);
 }
+
+/// hostPort without iptables: the node's address relays TCP and UDP to the container
+/// port inside the pod's network namespace, until the pod goes.
+#[test]
+fn host_ports_relay_tcp_and_udp_into_the_pod() {
+    use std::os::fd::AsFd as _;
+    let mut lab = Lab::new("hostport").unwrap();
+    let mut node = lab.add_node("h1").unwrap();
+    import_busybox(&node);
+    let m = manifests(
+        &node,
+        r#"
+apiVersion: v1
+kind: Pod
+metadata: {name: web, namespace: t}
+spec:
+  terminationGracePeriodSeconds: 1
+  containers:
+  - name: httpd
+    image: busybox:1.36
+    command: ["sh", "-c", "mkdir -p /www && echo hostport ok > /www/index.html && exec httpd -f -p 8080 -h /www"]
+    ports: [{containerPort: 8080, hostPort: 18080}, {containerPort: 9000, hostPort: 19000, protocol: UDP}]
+"#,
+    );
+    start(&mut node, &m);
+    let p = wait_for(&node, "web running", Duration::from_secs(30), || {
+        pod(&node, "web")
+            .filter(|p| status(p, "containerStatuses", "httpd")["state"]["running"].is_object())
+    });
+    // An HTTP GET from the node's namespace to its own address.
+    let node_ns = std::path::PathBuf::from(format!("/run/netns/{}", node.netns));
+    let get = |ns: std::path::PathBuf, addr: std::net::SocketAddr| -> Option<String> {
+        std::thread::spawn(move || -> Option<String> {
+            use std::io::{Read as _, Write as _};
+            let f = std::fs::File::open(ns).ok()?;
+            nix::sched::setns(f.as_fd(), nix::sched::CloneFlags::CLONE_NEWNET).ok()?;
+            let mut c = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(2)).ok()?;
+            c.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+            c.write_all(b"GET / HTTP/1.0\r\nHost: x\r\n\r\n").ok()?;
+            let mut text = String::new();
+            c.read_to_string(&mut text).ok()?;
+            Some(text)
+        })
+        .join()
+        .ok()?
+    };
+    let addr = std::net::SocketAddr::new(node.address.into(), 18080);
+    let body = wait_for(
+        &node,
+        "the page through the host port",
+        Duration::from_secs(15),
+        || get(node_ns.clone(), addr).filter(|t| t.contains("hostport ok")),
+    );
+    assert!(body.ends_with("hostport ok\n"), "{body}");
+    // UDP: an echo inside the pod's namespace, a datagram to the node's address.
+    let uid = p["metadata"]["uid"].as_str().unwrap().to_string();
+    let pod_ns = node.dir("run").join("pods").join(&uid).join("ns/net");
+    let in_ns = |path: std::path::PathBuf, bind: std::net::SocketAddr| {
+        std::thread::spawn(move || {
+            let ns = std::fs::File::open(path).unwrap();
+            nix::sched::setns(ns.as_fd(), nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
+            std::net::UdpSocket::bind(bind).unwrap()
+        })
+        .join()
+        .unwrap()
+    };
+    let echo = in_ns(pod_ns, "0.0.0.0:9000".parse().unwrap());
+    let echo_thread = std::thread::spawn(move || {
+        let mut b = [0u8; 64];
+        echo.set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        if let Ok((n, from)) = echo.recv_from(&mut b) {
+            let _ = echo.send_to(&b[..n], from);
+        }
+    });
+    let client = in_ns(
+        std::path::PathBuf::from(format!("/run/netns/{}", node.netns)),
+        std::net::SocketAddr::new(node.address.into(), 0),
+    );
+    client
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    client.send_to(b"ping", (node.address, 19000)).unwrap();
+    let mut b = [0u8; 64];
+    let (n, _) = client
+        .recv_from(&mut b)
+        .expect("the echo through the UDP host port");
+    assert_eq!(&b[..n], b"ping");
+    echo_thread.join().unwrap();
+    // Gone with the pod.
+    std::fs::remove_file(m.join("pods.yaml")).unwrap();
+    wait_for(&node, "web removed", Duration::from_secs(30), || {
+        pod(&node, "web").is_none().then_some(())
+    });
+    assert!(get(node_ns, addr).is_none(), "the host port is closed");
+}

@@ -15,6 +15,7 @@
 
 pub mod container;
 pub mod exec;
+pub mod hostport;
 pub mod image;
 pub mod logs;
 pub mod orphans;

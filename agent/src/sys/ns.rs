@@ -179,3 +179,28 @@ pub fn connect_in(
     .join()
     .map_err(|_| io::Error::other("the connecting thread panicked"))?
 }
+
+/// A UDP socket made inside the network namespace pinned at `netns` (the caller's
+/// own when `None`), bound to an ephemeral port and connected to `addr`.
+pub fn udp_in(netns: Option<&Path>, addr: std::net::SocketAddr) -> io::Result<std::net::UdpSocket> {
+    let make = move || -> io::Result<std::net::UdpSocket> {
+        let local: std::net::SocketAddr = if addr.is_ipv4() {
+            (std::net::Ipv4Addr::UNSPECIFIED, 0).into()
+        } else {
+            (std::net::Ipv6Addr::UNSPECIFIED, 0).into()
+        };
+        let s = std::net::UdpSocket::bind(local)?;
+        s.connect(addr)?;
+        Ok(s)
+    };
+    let Some(netns) = netns else {
+        return make();
+    };
+    let ns = std::fs::File::open(netns)?;
+    std::thread::spawn(move || {
+        nix::sched::setns(&ns, CloneFlags::CLONE_NEWNET).map_err(io_err)?;
+        make()
+    })
+    .join()
+    .map_err(|_| io::Error::other("the socket thread panicked"))?
+}
