@@ -39,6 +39,36 @@ enum Command {
     /// Manage the node's image store.
     #[command(subcommand)]
     Image(ImageCmd),
+    /// List the containers of the node's pods, running and exited (crictl ps -a; from
+    /// the state directory, works without the daemon).
+    Ps {
+        #[command(flatten)]
+        output: OutputArgs,
+        /// The node's state directory.
+        #[arg(long, default_value = "/var/lib/kernlet", env = "KERNLET_STATE_DIR")]
+        state_dir: PathBuf,
+    },
+    /// Print a container's log (from its CRI log files, rotated ones included; works
+    /// without the daemon).
+    Logs {
+        /// The pod, `[namespace/]name`.
+        pod: String,
+        /// The container (default: the pod's first).
+        #[arg(short = 'c', long)]
+        container: Option<String>,
+        /// The run before the current one.
+        #[arg(short = 'p', long)]
+        previous: bool,
+        /// Only the last N lines.
+        #[arg(long)]
+        tail: Option<usize>,
+        /// Each line with its time.
+        #[arg(long)]
+        timestamps: bool,
+        /// The node's state directory.
+        #[arg(long, default_value = "/var/lib/kernlet", env = "KERNLET_STATE_DIR")]
+        state_dir: PathBuf,
+    },
     /// Run a command in a running container of a pod (from the state directory; works
     /// without the daemon) and print its output; exits with the command's status.
     Exec {
@@ -366,6 +396,25 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             pods(&state_dir, output.output);
             Ok(())
         }
+        Command::Ps { output, state_dir } => {
+            ps(&state_dir, output.output);
+            Ok(())
+        }
+        Command::Logs {
+            pod,
+            container,
+            previous,
+            tail,
+            timestamps,
+            state_dir,
+        } => logs(
+            &state_dir,
+            &pod,
+            container.as_deref(),
+            previous,
+            tail,
+            timestamps,
+        ),
         Command::Exec {
             pod,
             container,
@@ -554,6 +603,160 @@ fn run_standalone(args: &RunArgs) -> anyhow::Result<()> {
     stop.store(true, Ordering::Relaxed);
     let _ = worker.join();
     tracing::info!("kernlet stopped");
+    Ok(())
+}
+
+/// `kernlet ps`: every recorded container with its pod and state.
+fn ps(state_dir: &std::path::Path, output: Output) {
+    use kernlet::runtime::container::{ContainerState, records_in, state_in};
+    let pods = kernlet::standalone::recorded_pods(state_dir);
+    let pod_of = |uid: &str| {
+        pods.iter()
+            .find(|p| p["metadata"]["uid"] == uid)
+            .map(|p| {
+                (
+                    p["metadata"]["namespace"]
+                        .as_str()
+                        .unwrap_or("")
+                        .to_string(),
+                    p["metadata"]["name"].as_str().unwrap_or("").to_string(),
+                )
+            })
+            .unwrap_or_default()
+    };
+    let items: Vec<serde_json::Value> = records_in(state_dir)
+        .into_iter()
+        .map(|r| {
+            let (ns, name) = pod_of(&r.pod_uid);
+            let mut item = serde_json::json!({
+                "id": r.id, "container": r.name, "attempt": r.restart,
+                "pod": {"namespace": ns, "name": name, "uid": r.pod_uid},
+                "image": r.image_ref, "imageID": r.image_id, "createdAt": r.created_at,
+                "cgroup": r.cgroup, "log": r.log_path,
+            });
+            match state_in(&state_dir.join("containers").join(&r.id)) {
+                ContainerState::Created => item["state"] = "created".into(),
+                ContainerState::Running { pid, started_at } => {
+                    item["state"] = "running".into();
+                    item["pid"] = pid.into();
+                    item["startedAt"] = started_at.into();
+                }
+                ContainerState::Exited { exit, started_at } => {
+                    item["state"] = "exited".into();
+                    item["exitCode"] = exit.exit_code.into();
+                    item["reason"] = exit.reason().into();
+                    item["startedAt"] = started_at.unwrap_or_default().into();
+                    item["finishedAt"] = exit.finished_at.into();
+                }
+                ContainerState::Failed(why) => {
+                    item["state"] = "failed".into();
+                    item["reason"] = why.trim().into();
+                }
+            }
+            item
+        })
+        .collect();
+    if output == Output::Json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&serde_json::json!({"items": items})).unwrap_or_default()
+        );
+        return;
+    }
+    println!(
+        "{:<13}  {:<32}  {:<20}  {:<8}  {:<16}  {:<7}  POD",
+        "CONTAINER", "IMAGE", "CREATED", "STATE", "NAME", "ATTEMPT"
+    );
+    for i in &items {
+        let s = |k: &str| i[k].as_str().unwrap_or("").to_string();
+        let state = match i["exitCode"].as_i64() {
+            Some(code) => format!("{} ({code})", s("state")),
+            None => s("state"),
+        };
+        println!(
+            "{:<13}  {:<32}  {:<20}  {:<8}  {:<16}  {:<7}  {}/{}",
+            s("id").chars().take(13).collect::<String>(),
+            s("image"),
+            s("createdAt"),
+            state,
+            s("container"),
+            i["attempt"],
+            i["pod"]["namespace"].as_str().unwrap_or(""),
+            i["pod"]["name"].as_str().unwrap_or("")
+        );
+    }
+}
+
+/// `kernlet logs`: a container's CRI log as the container wrote it.
+fn logs(
+    state_dir: &std::path::Path,
+    pod: &str,
+    container: Option<&str>,
+    previous: bool,
+    tail: Option<usize>,
+    timestamps: bool,
+) -> anyhow::Result<()> {
+    let (ns, name) = pod.split_once('/').unwrap_or(("default", pod));
+    let pods = kernlet::standalone::recorded_pods(state_dir);
+    let p = pods
+        .iter()
+        .find(|p| p["metadata"]["namespace"] == ns && p["metadata"]["name"] == name)
+        .with_context(|| {
+            format!(
+                "no pod {ns}/{name} on this node (see kernlet pods --state-dir {})",
+                state_dir.display()
+            )
+        })?;
+    let uid = p["metadata"]["uid"].as_str().unwrap_or("");
+    let wanted = container
+        .map(str::to_string)
+        .or_else(|| {
+            p["spec"]["containers"][0]["name"]
+                .as_str()
+                .map(str::to_string)
+        })
+        .unwrap_or_default();
+    let runs: Vec<_> = kernlet::runtime::container::records_in(state_dir)
+        .into_iter()
+        .filter(|r| r.pod_uid == uid && r.name == wanted)
+        .collect();
+    let run = if previous {
+        runs.iter().rev().nth(1)
+    } else {
+        runs.last()
+    }
+    .with_context(|| {
+        if previous {
+            format!("container {wanted:?} of pod {ns}/{name} has no previous run")
+        } else {
+            format!("pod {ns}/{name} has no container {wanted:?} that ran")
+        }
+    })?;
+    let mut files = kernlet::runtime::logs::rotated_files(&run.log_path);
+    files.push(run.log_path.clone());
+    let mut lines: Vec<String> = Vec::new();
+    let mut partial = String::new();
+    for f in files {
+        let text = std::fs::read_to_string(&f).unwrap_or_default();
+        for rec in text.lines().filter_map(kernlet::runtime::logs::parse_line) {
+            partial.push_str(&rec.text);
+            if !rec.partial {
+                let line = std::mem::take(&mut partial);
+                lines.push(if timestamps {
+                    format!("{} {line}", rec.time)
+                } else {
+                    line
+                });
+            }
+        }
+    }
+    let start = tail.map_or(0, |n| lines.len().saturating_sub(n));
+    let mut out = std::io::stdout().lock();
+    for l in &lines[start..] {
+        if std::io::Write::write_all(&mut out, format!("{l}\n").as_bytes()).is_err() {
+            break;
+        }
+    }
     Ok(())
 }
 

@@ -1317,3 +1317,109 @@ spec:
     });
     assert!(get(node_ns, addr).is_none(), "the host port is closed");
 }
+
+/// `kernlet ps` and `kernlet logs`, crictl's equivalents, from the state directory:
+/// every run of every container with its state, and a container's output (current
+/// or previous run, the last lines, with times) as the container wrote it.
+#[test]
+fn ps_and_logs_answer_from_the_state_directory() {
+    let mut lab = Lab::new("pslogs").unwrap();
+    let mut node = lab.add_node("p1").unwrap();
+    import_busybox(&node);
+    let m = manifests(
+        &node,
+        r#"
+apiVersion: v1
+kind: Pod
+metadata: {name: talk, namespace: t}
+spec:
+  restartPolicy: OnFailure
+  terminationGracePeriodSeconds: 1
+  containers:
+  - {name: once, image: busybox:1.36, command: ["sh", "-c", "echo line one; echo line two >&2; exit 1"]}
+  - {name: sleeper, image: busybox:1.36, command: ["sleep", "600"]}
+"#,
+    );
+    start(&mut node, &m);
+    wait_for(
+        &node,
+        "the second run of once",
+        Duration::from_secs(30),
+        || {
+            pod(&node, "talk").filter(|p| {
+                let c = status(p, "containerStatuses", "once");
+                c["restartCount"].as_u64() >= Some(1)
+                    && c["state"]["waiting"]["reason"] == "CrashLoopBackOff"
+            })
+        },
+    );
+    let kernlet = |args: &[&str]| {
+        let out = Command::new(kernlet_bin().unwrap())
+            .args(args)
+            .arg("--state-dir")
+            .arg(node.dir("state"))
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let ps: Value = serde_json::from_str(&kernlet(&["ps", "-o", "json"])).unwrap();
+    let items = ps["items"].as_array().unwrap();
+    let once: Vec<&Value> = items.iter().filter(|i| i["container"] == "once").collect();
+    assert!(once.len() >= 2, "both runs: {ps:#}");
+    for i in &once {
+        assert_eq!(i["state"], "exited", "{i}");
+        assert_eq!(i["exitCode"], 1);
+        assert_eq!(i["reason"], "Error");
+        assert_eq!(i["pod"]["name"], "talk");
+        assert_eq!(i["pod"]["namespace"], "t");
+    }
+    assert_eq!(once[0]["attempt"], 0);
+    let sleeper = items.iter().find(|i| i["container"] == "sleeper").unwrap();
+    assert_eq!(sleeper["state"], "running");
+    assert!(sleeper["pid"].as_u64().unwrap() > 1);
+    let table = kernlet(&["ps"]);
+    let rows: Vec<&str> = table.lines().filter(|l| l.contains("t/talk")).collect();
+    assert_eq!(rows.len(), items.len(), "{table}");
+    assert!(
+        rows.iter()
+            .any(|r| r.contains("exited (1)") && r.contains("once")),
+        "{table}"
+    );
+    assert!(
+        rows.iter()
+            .any(|r| r.contains("running") && r.contains("sleeper")),
+        "{table}"
+    );
+    // Logs: stdout and stderr as written, the previous run, the tail, with times.
+    assert_eq!(
+        kernlet(&["logs", "t/talk", "-c", "once"]),
+        "line one\nline two\n"
+    );
+    assert_eq!(
+        kernlet(&["logs", "t/talk", "-c", "once", "--previous"]),
+        "line one\nline two\n"
+    );
+    assert_eq!(
+        kernlet(&["logs", "t/talk", "-c", "once", "--tail", "1"]),
+        "line two\n"
+    );
+    let stamped = kernlet(&["logs", "t/talk", "-c", "once", "--timestamps"]);
+    let first = stamped.lines().next().unwrap();
+    let (time, text) = first.split_once(' ').unwrap();
+    assert!(
+        time.parse::<k8s_openapi::jiff::Timestamp>().is_ok() && text == "line one",
+        "{first}"
+    );
+    let missing = Command::new(kernlet_bin().unwrap())
+        .args(["logs", "t/nope", "--state-dir"])
+        .arg(node.dir("state"))
+        .output()
+        .unwrap();
+    assert!(!missing.status.success());
+    assert!(String::from_utf8_lossy(&missing.stderr).contains("no pod t/nope on this node"));
+}

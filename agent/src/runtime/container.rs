@@ -284,18 +284,7 @@ impl Runtime {
 
     /// Every recorded container.
     pub fn containers(&self) -> Vec<ContainerRecord> {
-        let mut v: Vec<ContainerRecord> = std::fs::read_dir(self.cfg.state_dir.join("containers"))
-            .into_iter()
-            .flatten()
-            .flatten()
-            .filter_map(|e| {
-                self.container(&e.file_name().to_string_lossy())
-                    .ok()
-                    .flatten()
-            })
-            .collect();
-        v.sort_by(|a, b| (&a.pod_uid, &a.name, a.restart).cmp(&(&b.pod_uid, &b.name, b.restart)));
-        v
+        records_in(&self.cfg.state_dir)
     }
 
     /// The plan of a container of `pod` in `sb`, with what the cgroup tree cannot enforce.
@@ -853,37 +842,7 @@ impl Runtime {
 
     /// Reads a container's state from its shim's files.
     pub fn container_state(&self, id: &str) -> ContainerState {
-        let dir = self.container_dir(id);
-        let state: Option<ShimState> = read_json(&dir.join(shim::STATE)).ok().flatten();
-        if let Ok(Some(exit)) = read_json::<ExitRecord>(&dir.join(shim::EXIT)) {
-            return ContainerState::Exited {
-                exit,
-                started_at: state.map(|s| s.started_at),
-            };
-        }
-        if let Ok(why) = std::fs::read_to_string(dir.join(shim::ERROR)) {
-            return ContainerState::Failed(why);
-        }
-        match state {
-            Some(s) if crate::sys::process::alive(s.shim_pid) => ContainerState::Running {
-                pid: s.pid,
-                started_at: s.started_at,
-            },
-            Some(s) => {
-                // The shim died without writing the exit (killed): re-check once, it
-                // may have written it just now.
-                match read_json::<ExitRecord>(&dir.join(shim::EXIT)) {
-                    Ok(Some(exit)) => ContainerState::Exited {
-                        exit,
-                        started_at: Some(s.started_at),
-                    },
-                    _ => ContainerState::Failed(
-                        "its shim was killed; the exit status is unknown".into(),
-                    ),
-                }
-            }
-            None => ContainerState::Created,
-        }
+        state_in(&self.container_dir(id))
     }
 
     /// Stops a running container: SIGTERM, then SIGKILL to the whole container cgroup
@@ -933,6 +892,55 @@ impl Runtime {
             }
             _ => Ok(()),
         }
+    }
+}
+
+/// The containers recorded under a state directory, ordered by pod, name and restart
+/// (works without the daemon).
+pub fn records_in(state_dir: &std::path::Path) -> Vec<ContainerRecord> {
+    let mut v: Vec<ContainerRecord> = std::fs::read_dir(state_dir.join("containers"))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| read_json(&e.path().join("container.json")).ok().flatten())
+        .collect();
+    v.sort_by(|a: &ContainerRecord, b: &ContainerRecord| {
+        (&a.pod_uid, &a.name, a.restart).cmp(&(&b.pod_uid, &b.name, b.restart))
+    });
+    v
+}
+
+/// Where the container of bundle directory `dir` stands, from its shim's files.
+pub fn state_in(dir: &std::path::Path) -> ContainerState {
+    let state: Option<ShimState> = read_json(&dir.join(shim::STATE)).ok().flatten();
+    if let Ok(Some(exit)) = read_json::<ExitRecord>(&dir.join(shim::EXIT)) {
+        return ContainerState::Exited {
+            exit,
+            started_at: state.map(|s| s.started_at),
+        };
+    }
+    if let Ok(why) = std::fs::read_to_string(dir.join(shim::ERROR)) {
+        return ContainerState::Failed(why);
+    }
+    match state {
+        Some(s) if crate::sys::process::alive(s.shim_pid) => ContainerState::Running {
+            pid: s.pid,
+            started_at: s.started_at,
+        },
+        Some(s) => {
+            // The shim died without writing the exit (killed): re-check once, it
+            // may have written it just now.
+            match read_json::<ExitRecord>(&dir.join(shim::EXIT)) {
+                Ok(Some(exit)) => ContainerState::Exited {
+                    exit,
+                    started_at: Some(s.started_at),
+                },
+                _ => {
+                    ContainerState::Failed("its shim was killed; the exit status is unknown".into())
+                }
+            }
+        }
+        None => ContainerState::Created,
     }
 }
 
