@@ -1423,3 +1423,50 @@ spec:
     assert!(!missing.status.success());
     assert!(String::from_utf8_lossy(&missing.stderr).contains("no pod t/nope on this node"));
 }
+
+/// Safe sysctls of the pod's securityContext are set in its namespaces; an unsafe
+/// one refuses the pod at admission (SysctlForbidden), as kubelet does by default.
+#[test]
+fn safe_sysctls_apply_and_unsafe_ones_refuse_the_pod() {
+    let mut lab = Lab::new("sysctl").unwrap();
+    let mut node = lab.add_node("s1").unwrap();
+    import_busybox(&node);
+    let m = manifests(
+        &node,
+        r#"
+apiVersion: v1
+kind: Pod
+metadata: {name: safe, namespace: t}
+spec:
+  restartPolicy: Never
+  securityContext: {sysctls: [{name: net.ipv4.ip_unprivileged_port_start, value: "0"}]}
+  containers:
+  - {name: c, image: busybox:1.36, command: ["cat", "/proc/sys/net/ipv4/ip_unprivileged_port_start"]}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: unsafe, namespace: t}
+spec:
+  securityContext: {sysctls: [{name: kernel.msgmax, value: "1"}]}
+  containers:
+  - {name: c, image: busybox:1.36, command: ["sleep", "600"]}
+"#,
+    );
+    start(&mut node, &m);
+    let p = wait_for(&node, "safe done", Duration::from_secs(30), || {
+        pod(&node, "safe").filter(|p| p["status"]["phase"] == "Succeeded")
+    });
+    let lines: Vec<String> = log_lines(&node, &p, "c", 0)
+        .into_iter()
+        .map(|(_, l)| l)
+        .collect();
+    assert_eq!(lines, ["0"]);
+    let refused = wait_for(&node, "unsafe refused", Duration::from_secs(30), || {
+        pod(&node, "unsafe").filter(|p| p["status"]["phase"] == "Failed")
+    });
+    assert_eq!(refused["status"]["reason"], "SysctlForbidden", "{refused}");
+    assert!(
+        refused["status"]["containerStatuses"].is_null(),
+        "never started"
+    );
+}

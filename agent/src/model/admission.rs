@@ -152,6 +152,20 @@ pub fn host_ports(spec: &PodSpec) -> Vec<(String, String, i32)> {
         .collect()
 }
 
+/// kubelet's safe sysctls (allowed without `--allowed-unsafe-sysctls`).
+pub const SAFE_SYSCTLS: [&str; 10] = [
+    "kernel.shm_rmid_forced",
+    "net.ipv4.ip_local_port_range",
+    "net.ipv4.tcp_syncookies",
+    "net.ipv4.ping_group_range",
+    "net.ipv4.ip_unprivileged_port_start",
+    "net.ipv4.ip_local_reserved_ports",
+    "net.ipv4.tcp_keepalive_time",
+    "net.ipv4.tcp_fin_timeout",
+    "net.ipv4.tcp_keepalive_intvl",
+    "net.ipv4.tcp_keepalive_probes",
+];
+
 /// Admits `pod` next to the pods already admitted, or says why not.
 pub fn admit(pod: &PodSpec, admitted: &[&PodSpec], node: &NodeFit) -> Result<(), Refusal> {
     let refuse = |reason: &str, message: String| {
@@ -160,6 +174,25 @@ pub fn admit(pod: &PodSpec, admitted: &[&PodSpec], node: &NodeFit) -> Result<(),
             message,
         })
     };
+    // What kernlet cannot give a pod is refused before anything of it starts.
+    for s in pod
+        .security_context
+        .iter()
+        .flat_map(|c| c.sysctls.iter().flatten())
+    {
+        if !SAFE_SYSCTLS.contains(&s.name.as_str()) {
+            return refuse(
+                "SysctlForbidden",
+                format!("forbidden sysctl: \"{}\" not allowlisted", s.name),
+            );
+        }
+    }
+    if pod.host_users == Some(false) {
+        return refuse(
+            "UnsupportedFeature",
+            "hostUsers: false (user namespaces) is not supported by kernlet yet".into(),
+        );
+    }
     if admitted.len() as u64 >= node.max_pods {
         return refuse(
             "OutOfpods",
@@ -250,6 +283,27 @@ mod tests {
             "overhead": {"cpu": "10m"}
         }));
         assert_eq!(requests(&s), (1510, (64 + 10) << 20));
+    }
+
+    #[test]
+    fn unsafe_sysctls_and_user_namespaces_are_refused() {
+        let safe = spec(
+            json!({"containers": [{"name": "a"}], "securityContext": {"sysctls": [
+            {"name": "net.ipv4.ip_unprivileged_port_start", "value": "0"}]}}),
+        );
+        assert_eq!(admit(&safe, &[], &node()), Ok(()));
+        let unsafe_ = spec(
+            json!({"containers": [{"name": "a"}], "securityContext": {"sysctls": [
+            {"name": "kernel.msgmax", "value": "1"}]}}),
+        );
+        let r = admit(&unsafe_, &[], &node()).unwrap_err();
+        assert_eq!(r.reason, "SysctlForbidden");
+        assert!(r.message.contains("kernel.msgmax"));
+        let userns = spec(json!({"containers": [{"name": "a"}], "hostUsers": false}));
+        assert_eq!(
+            admit(&userns, &[], &node()).unwrap_err().reason,
+            "UnsupportedFeature"
+        );
     }
 
     #[test]

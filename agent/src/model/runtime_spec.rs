@@ -148,6 +148,8 @@ pub struct ContainerPlan {
     pub devices: Vec<Value>,
     /// The capabilities kernlet itself has (its bounding set, as a mask).
     pub host_caps: u64,
+    /// The pod's `securityContext.sysctls` (admission let only safe ones in).
+    pub sysctls: Vec<(String, String)>,
 }
 
 /// A container's seccomp profile (`securityContext.seccompProfile`).
@@ -258,6 +260,14 @@ pub fn spec(plan: &ContainerPlan) -> Value {
         "namespaces": namespaces,
         "cgroupsPath": plan.cgroups_path,
     });
+    if !plan.sysctls.is_empty() {
+        linux["sysctl"] = json!(
+            plan.sysctls
+                .iter()
+                .cloned()
+                .collect::<std::collections::BTreeMap<_, _>>()
+        );
+    }
     if !plan.privileged {
         linux["maskedPaths"] = json!(MASKED_PATHS);
         linux["readonlyPaths"] = json!(READONLY_PATHS);
@@ -440,6 +450,7 @@ mod tests {
             seccomp: Seccomp::Unconfined,
             devices: vec![],
             host_caps: (1 << 41) - 1,
+            sysctls: Vec::new(),
         }
     }
 

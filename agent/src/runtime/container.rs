@@ -521,6 +521,12 @@ impl Runtime {
             no_new_privileges: csc.allow_privilege_escalation == Some(false) && !privileged,
             read_only_root: csc.read_only_root_filesystem.unwrap_or(false),
             seccomp,
+            sysctls: psc
+                .sysctls
+                .iter()
+                .flatten()
+                .map(|s| (s.name.clone(), s.value.clone()))
+                .collect(),
             host_caps: std::fs::read_to_string("/proc/self/status")
                 .ok()
                 .and_then(|t| {
