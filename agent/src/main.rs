@@ -422,17 +422,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             state_dir,
             command,
         } => {
-            let (ns, name) = pod.split_once('/').unwrap_or(("default", pod.as_str()));
-            let pods = kernlet::standalone::recorded_pods(&state_dir);
-            let p = pods
-                .iter()
-                .find(|p| p["metadata"]["namespace"] == ns && p["metadata"]["name"] == name)
-                .with_context(|| {
-                    format!(
-                        "no pod {ns}/{name} on this node (see kernlet pods --state-dir {})",
-                        state_dir.display()
-                    )
-                })?;
+            let (ns, name, p) = recorded_pod(&state_dir, &pod)?;
+            let (ns, name, p) = (ns.as_str(), name.as_str(), &p);
             let statuses: Vec<&serde_json::Value> = ["initContainerStatuses", "containerStatuses"]
                 .iter()
                 .flat_map(|l| p["status"][l].as_array().into_iter().flatten())
@@ -606,6 +597,25 @@ fn run_standalone(args: &RunArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The recorded pod `[namespace/]name` (default namespace: `default`), with its
+/// namespace and name; an error naming it when the node has no such pod.
+fn recorded_pod(
+    state_dir: &std::path::Path,
+    pod: &str,
+) -> anyhow::Result<(String, String, serde_json::Value)> {
+    let (ns, name) = pod.split_once('/').unwrap_or(("default", pod));
+    kernlet::standalone::recorded_pods(state_dir)
+        .into_iter()
+        .find(|p| p["metadata"]["namespace"] == ns && p["metadata"]["name"] == name)
+        .map(|p| (ns.to_string(), name.to_string(), p))
+        .with_context(|| {
+            format!(
+                "no pod {ns}/{name} on this node (see kernlet pods --state-dir {})",
+                state_dir.display()
+            )
+        })
+}
+
 /// `kernlet ps`: every recorded container with its pod and state.
 fn ps(state_dir: &std::path::Path, output: Output) {
     use kernlet::runtime::container::{ContainerState, records_in, state_in};
@@ -696,17 +706,8 @@ fn logs(
     tail: Option<usize>,
     timestamps: bool,
 ) -> anyhow::Result<()> {
-    let (ns, name) = pod.split_once('/').unwrap_or(("default", pod));
-    let pods = kernlet::standalone::recorded_pods(state_dir);
-    let p = pods
-        .iter()
-        .find(|p| p["metadata"]["namespace"] == ns && p["metadata"]["name"] == name)
-        .with_context(|| {
-            format!(
-                "no pod {ns}/{name} on this node (see kernlet pods --state-dir {})",
-                state_dir.display()
-            )
-        })?;
+    let (ns, name, p) = recorded_pod(state_dir, pod)?;
+    let (ns, name, p) = (ns.as_str(), name.as_str(), &p);
     let uid = p["metadata"]["uid"].as_str().unwrap_or("");
     let wanted = container
         .map(str::to_string)
