@@ -9,6 +9,7 @@ pub mod client;
 pub mod config;
 pub mod controllers;
 pub mod doctor;
+pub mod inspect;
 pub mod model;
 pub mod runtime;
 pub mod standalone;

@@ -48,6 +48,21 @@ enum Command {
         #[arg(long, default_value = "/var/lib/kernlet", env = "KERNLET_STATE_DIR")]
         state_dir: PathBuf,
     },
+    /// Show one pod (`[namespace/]name`) or container (ID or a unique prefix): spec,
+    /// state, sandbox, process, cgroup and its limits, namespaces, mounts (from the
+    /// state directory and the kernel; works without the daemon).
+    Inspect {
+        /// The pod or container.
+        what: String,
+        #[command(flatten)]
+        output: OutputArgs,
+        /// The node's state directory.
+        #[arg(long, default_value = "/var/lib/kernlet", env = "KERNLET_STATE_DIR")]
+        state_dir: PathBuf,
+        /// kernlet's cgroup subtree, relative to the cgroup2 mount.
+        #[arg(long, default_value = "kernlet", env = "KERNLET_CGROUP_ROOT")]
+        cgroup_root: PathBuf,
+    },
     /// Print a container's log (from its CRI log files, rotated ones included; works
     /// without the daemon).
     Logs {
@@ -394,6 +409,31 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Image(cmd) => image(cmd),
         Command::Pods { output, state_dir } => {
             pods(&state_dir, output.output);
+            Ok(())
+        }
+        Command::Inspect {
+            what,
+            output,
+            state_dir,
+            cgroup_root,
+        } => {
+            let root = kernlet::sys::cgroup::cgroup2_mount()
+                .ok()
+                .map(|m| m.join(&cgroup_root));
+            let mut v = kernlet::inspect::inspect(&state_dir, root.as_deref(), &what)
+                .map_err(|e| anyhow::anyhow!(e))?;
+            if output.output == Output::Json {
+                println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
+            } else {
+                // The table leaves the pod's spec and status to -o json.
+                if let Some(m) = v.as_object_mut() {
+                    m.remove("spec");
+                    m.remove("status");
+                }
+                let mut out = Vec::new();
+                kernlet::inspect::lines(&v, "", &mut out);
+                println!("{}", out.join("\n"));
+            }
             Ok(())
         }
         Command::Ps { output, state_dir } => {

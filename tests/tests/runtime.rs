@@ -1318,11 +1318,12 @@ spec:
     assert!(get(node_ns, addr).is_none(), "the host port is closed");
 }
 
-/// `kernlet ps` and `kernlet logs`, crictl's equivalents, from the state directory:
-/// every run of every container with its state, and a container's output (current
-/// or previous run, the last lines, with times) as the container wrote it.
+/// `kernlet ps`, `logs` and `inspect`, crictl's equivalents, from the state
+/// directory: every run of every container with its state, a container's output
+/// (current or previous run, the last lines, with times) as the container wrote it,
+/// and a pod or container with its namespaces, cgroup and mounts as the kernel has them.
 #[test]
-fn ps_and_logs_answer_from_the_state_directory() {
+fn ps_logs_and_inspect_answer_from_the_state_directory() {
     let mut lab = Lab::new("pslogs").unwrap();
     let mut node = lab.add_node("p1").unwrap();
     import_busybox(&node);
@@ -1415,6 +1416,76 @@ spec:
         time.parse::<k8s_openapi::jiff::Timestamp>().is_ok() && text == "line one",
         "{first}"
     );
+    // inspect: the pod with its sandbox and containers, as the kernel has them.
+    let flags = node.kernlet_dir_flags();
+    let cg_at = flags.iter().position(|f| f == "--cgroup-root").unwrap();
+    let inspect = |what: &str, json_out: bool| {
+        let mut cmd = Command::new(kernlet_bin().unwrap());
+        cmd.args([
+            "inspect",
+            what,
+            "--cgroup-root",
+            &flags[cg_at + 1],
+            "--state-dir",
+        ])
+        .arg(node.dir("state"));
+        if json_out {
+            cmd.args(["-o", "json"]);
+        }
+        let out = cmd.output().unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let v: Value = serde_json::from_str(&inspect("t/talk", true)).unwrap();
+    assert_eq!(v["pod"], "t/talk");
+    let pins = v["sandbox"]["namespacePins"].as_array().unwrap();
+    let net_pin = pins
+        .iter()
+        .find(|p| p.as_str().unwrap().ends_with("/ns/net"))
+        .unwrap();
+    let sleeping = v["containers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == "sleeper" && c["state"] == "running")
+        .unwrap();
+    assert_eq!(sleeping["pid"], sleeper["pid"]);
+    let ino =
+        std::os::unix::fs::MetadataExt::ino(&std::fs::metadata(net_pin.as_str().unwrap()).unwrap());
+    assert_eq!(
+        sleeping["namespaces"]["net"],
+        format!("net:[{ino}]"),
+        "the pod's network namespace"
+    );
+    let procs = sleeping["cgroup"]["limits"]["cgroup.procs"]
+        .as_array()
+        .unwrap();
+    assert!(procs.contains(&sleeping["pid"]), "{sleeping:#}");
+    assert!(
+        sleeping["mounts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|m| m["destination"] == "/etc/hosts"),
+        "{sleeping:#}"
+    );
+    // A container by a prefix of its ID, and the table form.
+    let id = sleeping["id"].as_str().unwrap();
+    let by_id: Value = serde_json::from_str(&inspect(&id[..12], true)).unwrap();
+    assert_eq!(by_id["name"], "sleeper");
+    assert_eq!(by_id["podUID"], v["uid"]);
+    let table = inspect("t/talk", false);
+    assert!(
+        table
+            .lines()
+            .any(|l| l.starts_with("containers[") && l.ends_with(".state: running")),
+        "{table}"
+    );
+    assert!(table.contains("sandbox.namespacePins: ["), "{table}");
     let missing = Command::new(kernlet_bin().unwrap())
         .args(["logs", "t/nope", "--state-dir"])
         .arg(node.dir("state"))
