@@ -309,6 +309,26 @@ fn items(
     }
 }
 
+/// A configMap's or secret's keys with their bytes: the text keys, then the binary
+/// ones (`binaryData` of a configMap, `data` of a secret).
+fn keyed_bytes(
+    text: Option<BTreeMap<String, String>>,
+    binary: Option<BTreeMap<String, k8s_openapi::ByteString>>,
+) -> BTreeMap<String, Vec<u8>> {
+    let mut out: BTreeMap<String, Vec<u8>> = text
+        .unwrap_or_default()
+        .into_iter()
+        .map(|(k, v)| (k, v.into_bytes()))
+        .collect();
+    out.extend(
+        binary
+            .unwrap_or_default()
+            .into_iter()
+            .map(|(k, v)| (k, v.0)),
+    );
+    out
+}
+
 async fn config_map(
     client: &SharedClient,
     ns: &str,
@@ -318,19 +338,7 @@ async fn config_map(
         .get(name)
         .await
         .map_err(|e| format!("configMap {ns}/{name}: {e}"))?;
-    let mut out: BTreeMap<String, Vec<u8>> = cm
-        .data
-        .unwrap_or_default()
-        .into_iter()
-        .map(|(k, v)| (k, v.into_bytes()))
-        .collect();
-    out.extend(
-        cm.binary_data
-            .unwrap_or_default()
-            .into_iter()
-            .map(|(k, v)| (k, v.0)),
-    );
-    Ok(out)
+    Ok(keyed_bytes(cm.data, cm.binary_data))
 }
 
 async fn secret(
@@ -342,19 +350,8 @@ async fn secret(
         .get(name)
         .await
         .map_err(|e| format!("secret {ns}/{name}: {e}"))?;
-    let mut out: BTreeMap<String, Vec<u8>> = s
-        .data
-        .unwrap_or_default()
-        .into_iter()
-        .map(|(k, v)| (k, v.0))
-        .collect();
-    out.extend(
-        s.string_data
-            .unwrap_or_default()
-            .into_iter()
-            .map(|(k, v)| (k, v.into_bytes())),
-    );
-    Ok(out)
+    // stringData is write-only: the apiserver folds it into data.
+    Ok(keyed_bytes(s.string_data, s.data))
 }
 
 async fn token(

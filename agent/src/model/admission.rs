@@ -208,23 +208,18 @@ pub fn admit(pod: &PodSpec, admitted: &[&PodSpec], node: &NodeFit) -> Result<(),
         .iter()
         .map(|p| requests(p))
         .fold((0, 0), |a, b| (a.0 + b.0, a.1 + b.1));
-    if cpu > 0 && used_cpu + cpu > node.allocatable_cpu_milli {
-        return refuse(
-            "OutOfcpu",
-            format!(
-                "Node didn't have enough resource: cpu, requested: {cpu}, used: {used_cpu}, capacity: {}",
-                node.allocatable_cpu_milli
-            ),
-        );
-    }
-    if mem > 0 && used_mem + mem > node.allocatable_memory {
-        return refuse(
-            "OutOfmemory",
-            format!(
-                "Node didn't have enough resource: memory, requested: {mem}, used: {used_mem}, capacity: {}",
-                node.allocatable_memory
-            ),
-        );
+    for (name, requested, used, capacity) in [
+        ("cpu", cpu, used_cpu, node.allocatable_cpu_milli),
+        ("memory", mem, used_mem, node.allocatable_memory),
+    ] {
+        if requested > 0 && used + requested > capacity {
+            return refuse(
+                &format!("OutOf{name}"),
+                format!(
+                    "Node didn't have enough resource: {name}, requested: {requested}, used: {used}, capacity: {capacity}"
+                ),
+            );
+        }
     }
     if !node_matches(pod, node) {
         return refuse(
