@@ -269,6 +269,25 @@ struct NodeArgs {
     /// are read again, in seconds (kubelet's --sync-frequency).
     #[arg(long, default_value_t = 60)]
     sync_frequency: u64,
+    /// The cluster's pod network (flannel's `Network`, e.g. 10.244.0.0/16). With it,
+    /// kernlet runs the pod network and the flannel-compatible VXLAN overlay from the
+    /// Node's spec.podCIDR; without it pods have only loopback.
+    #[arg(long)]
+    cluster_cidr: Option<kernlet::model::cidr::Ipv4Net>,
+    /// Standalone mode: this node's pod CIDR (kubelet's --pod-cidr); pods get addresses
+    /// from it on the bridge.
+    #[arg(long)]
+    pod_cidr: Option<kernlet::model::cidr::Ipv4Net>,
+    /// The overlay's underlay interface (default: the one holding the node address).
+    #[arg(long)]
+    iface: Option<String>,
+    /// The bridge pods are attached to.
+    #[arg(long, default_value = "cni0")]
+    bridge: String,
+    /// How often the overlay's routes, neighbour and FDB entries are compared with the
+    /// Nodes and repaired, in seconds.
+    #[arg(long, default_value_t = 10)]
+    overlay_resync: u64,
     #[command(flatten)]
     registries: RegistryArgs,
     #[command(flatten)]
@@ -608,6 +627,14 @@ fn run_standalone(args: &RunArgs) -> anyhow::Result<()> {
         .node_ip
         .or_else(|| kernlet::sys::machine::default_route_ipv4().map(IpAddr::V4))
         .unwrap_or(IpAddr::from([127, 0, 0, 1]));
+    if let Some(cidr) = args.node.pod_cidr {
+        let net = kernlet::runtime::network::PodNetwork {
+            cidr,
+            bridge: args.node.bridge.clone(),
+            mtu: kernlet::runtime::network::mtu_of(node_ip).unwrap_or(1500),
+        };
+        rt.set_network(kernlet::runtime::network::NetworkState::Ready(net))?;
+    }
     tracing::info!(
         manifests = %manifests.display(),
         pods = plans.len(),
@@ -955,6 +982,8 @@ struct PreparedNode {
     pod_timing: kernlet::standalone::Timing,
     /// A static pod directory next to the apiserver's pods.
     static_pods: Option<PathBuf>,
+    /// The pod network and overlay (`--cluster-cidr`).
+    overlay: Option<kernlet::controllers::overlay::OverlayConfig>,
 }
 
 fn prepare_node(args: &NodeArgs) -> anyhow::Result<PreparedNode> {
@@ -998,6 +1027,7 @@ fn prepare_node(args: &NodeArgs) -> anyhow::Result<PreparedNode> {
         status_update: Duration::from_secs(args.node_status_update_frequency.max(1)),
         status_report: Duration::from_secs(args.node_status_report_frequency.max(1)),
     };
+    let overlay_node = cfg.name.clone();
     Ok(PreparedNode {
         cfg,
         state_dir: args.dirs.state_dir.clone(),
@@ -1008,6 +1038,23 @@ fn prepare_node(args: &NodeArgs) -> anyhow::Result<PreparedNode> {
             ..Default::default()
         },
         static_pods: None,
+        overlay: match args.cluster_cidr {
+            None => None,
+            Some(cluster_cidr) => Some(kernlet::controllers::overlay::OverlayConfig {
+                node: overlay_node,
+                public_ip: match internal_ip {
+                    IpAddr::V4(ip) => ip,
+                    IpAddr::V6(_) => anyhow::bail!(
+                        "the overlay needs an IPv4 node address; pass --node-ip with an IPv4 address"
+                    ),
+                },
+                iface: args.iface.clone(),
+                cluster_cidr,
+                bridge: args.bridge.clone(),
+                state_dir: args.dirs.state_dir.clone(),
+                resync: Duration::from_secs(args.overlay_resync.max(1)),
+            }),
+        },
     })
 }
 
@@ -1038,6 +1085,7 @@ async fn run_node(kubeconfig: PathBuf, node: PreparedNode) -> anyhow::Result<()>
         runtime,
         pod_timing,
         static_pods,
+        overlay,
     } = node;
     tracing::info!(node = %cfg.name, ip = %cfg.internal_ip, "kernlet starting");
     let access_client = client.get();
@@ -1064,6 +1112,7 @@ async fn run_node(kubeconfig: PathBuf, node: PreparedNode) -> anyhow::Result<()>
     // the runtime's operations block), which writes status back through a task.
     let rt =
         tokio::task::spawn_blocking(move || kernlet::runtime::Runtime::open(runtime)).await??;
+    let overlay_rt = rt.clone();
     let snapshot: kernlet::controllers::pods::Snapshot = Default::default();
     let (updates_tx, updates_rx) = tokio::sync::mpsc::unbounded_channel();
     tokio::spawn(kernlet::controllers::pods::watch_pods(
@@ -1113,11 +1162,25 @@ async fn run_node(kubeconfig: PathBuf, node: PreparedNode) -> anyhow::Result<()>
         let flag = std::sync::Arc::clone(&worker_stop);
         std::thread::spawn(move || runner.run(&flag))
     };
-    let _ = readiness_tx.send(Readiness {
-        ready: true,
-        reason: "KubeletReady".into(),
-        message: "kubelet is posting ready status".into(),
-    });
+    match overlay {
+        // Ready once the pod network is up.
+        Some(overlay) => {
+            tokio::spawn(kernlet::controllers::overlay::run(
+                client.clone(),
+                overlay,
+                overlay_rt,
+                readiness_tx,
+                stop_rx.clone(),
+            ));
+        }
+        None => {
+            let _ = readiness_tx.send(Readiness {
+                ready: true,
+                reason: "KubeletReady".into(),
+                message: "kubelet is posting ready status".into(),
+            });
+        }
+    }
     let rotation = kernlet::controllers::client_cert::ClientRotation {
         client: client.clone(),
         kubeconfig: kubeconfig.clone(),

@@ -4,6 +4,7 @@
 pub mod client_cert;
 pub mod events;
 pub mod node;
+pub mod overlay;
 pub mod permissions;
 pub mod pods;
 pub mod serving_cert;

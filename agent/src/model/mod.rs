@@ -1,6 +1,7 @@
 //! Pure translations from Kubernetes objects to what kernlet will build. No I/O here.
 
 pub mod admission;
+pub mod cidr;
 pub mod csr;
 pub mod dns;
 pub mod env;
@@ -8,6 +9,7 @@ pub mod image_ref;
 pub mod kubelet_config;
 pub mod manifest;
 pub mod node;
+pub mod overlay;
 pub mod pod_lifecycle;
 pub mod probe;
 pub mod qos;

@@ -17,7 +17,9 @@ pub mod container;
 pub mod exec;
 pub mod hostport;
 pub mod image;
+pub mod ipam;
 pub mod logs;
+pub mod network;
 pub mod orphans;
 pub mod probe;
 pub mod sandbox;
@@ -108,6 +110,9 @@ pub struct Runtime {
     /// Of [`CONTROLLERS`], those this cgroup tree has.
     pub controllers: Vec<String>,
     pub puller: std::sync::Arc<image::pull::Puller>,
+    /// The pod network (set at start in standalone mode, by the overlay controller once
+    /// the Node has a pod CIDR on a node).
+    pub network: std::sync::Arc<std::sync::RwLock<network::NetworkState>>,
 }
 
 impl Runtime {
@@ -160,7 +165,42 @@ impl Runtime {
             images,
             controllers,
             cfg,
+            network: Default::default(),
         })
+    }
+
+    /// The current pod network state.
+    pub fn network_state(&self) -> network::NetworkState {
+        self.network
+            .read()
+            .map(|s| s.clone())
+            .unwrap_or_else(|p| p.into_inner().clone())
+    }
+
+    /// Sets how pods get their network. When a pod network becomes ready, addresses held
+    /// by pods that no longer have a sandbox (kernlet killed between the two) are
+    /// released, and so are the host ends of their veth pairs.
+    pub fn set_network(&self, state: network::NetworkState) -> Result<(), RuntimeError> {
+        if let network::NetworkState::Ready(net) = &state {
+            let ipam = self.ipam_for(net)?;
+            let released = ipam
+                .retain(|uid| self.sandbox(uid).ok().flatten().is_some())
+                .map_err(|e| RuntimeError::Refused(e.to_string()))?;
+            for (ip, uid) in released {
+                tracing::info!(%ip, uid, "released the address of a pod that no longer exists");
+                let _ = network::detach(None, &uid);
+            }
+        }
+        match self.network.write() {
+            Ok(mut s) => *s = state,
+            Err(p) => *p.into_inner() = state,
+        }
+        Ok(())
+    }
+
+    fn ipam_for(&self, net: &network::PodNetwork) -> Result<ipam::Ipam, RuntimeError> {
+        ipam::Ipam::open(&self.cfg.state_dir, net.cidr)
+            .map_err(|e| RuntimeError::Refused(e.to_string()))
     }
 
     pub fn has_controller(&self, c: &str) -> bool {

@@ -286,7 +286,27 @@ impl Runtime {
         let ip = if host_network {
             node_ip.to_string()
         } else {
-            String::new()
+            match self.network_state() {
+                super::network::NetworkState::Off => String::new(),
+                super::network::NetworkState::Waiting(why) => {
+                    let _ = ns::remove(&ns_dir);
+                    return Err(RuntimeError::Refused(format!(
+                        "network is not ready: {why}"
+                    )));
+                }
+                super::network::NetworkState::Ready(net) => {
+                    let ipam = self.ipam_for(&net)?;
+                    let pod = format!("{namespace}/{name}");
+                    match super::network::attach(&net, &ipam, uid, &pod, &ns_dir.join("net")) {
+                        Ok(ip) => ip.to_string(),
+                        Err(e) => {
+                            let _ = super::network::detach(Some(&ipam), uid);
+                            let _ = ns::remove(&ns_dir);
+                            return Err(e);
+                        }
+                    }
+                }
+            }
         };
         let host_resolv = crate::model::dns::Resolv::parse(
             &std::fs::read_to_string(&self.cfg.resolv_conf).unwrap_or_default(),
@@ -335,6 +355,16 @@ impl Runtime {
     /// Removes a pod's sandbox: kills what is left in its cgroup, removes the cgroup,
     /// the namespace pins and the pod's directories (its emptyDir volumes with them).
     pub fn remove_sandbox(&self, uid: &str) -> Result<(), RuntimeError> {
+        if let Some(sb) = self.sandbox(uid)?
+            && !sb.host_network
+            && !sb.ip.is_empty()
+        {
+            let ipam = match self.network_state() {
+                super::network::NetworkState::Ready(net) => Some(self.ipam_for(&net)?),
+                _ => None,
+            };
+            super::network::detach(ipam.as_ref(), uid)?;
+        }
         if let Some(sb) = self.sandbox(uid)? {
             let cg = Cgroup::open(self.cgroup_path(&sb.cgroup));
             if cg.path().exists() {

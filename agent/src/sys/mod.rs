@@ -7,5 +7,6 @@ pub mod clock;
 pub mod fs;
 pub mod machine;
 pub mod mount;
+pub mod netlink;
 pub mod ns;
 pub mod process;

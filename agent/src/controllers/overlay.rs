@@ -1,0 +1,450 @@
+//! The overlay controller: flannel's vxlan backend (kube subnet manager) for this node.
+//!
+//! Once the Node has a pod CIDR: `flannel.1` (VNI 1, UDP 8472, learning off, local =
+//! the node address, MTU underlay − 50, a MAC kept across restarts, the pod CIDR's
+//! network address /32 on it), the bridge for pods, flannel's annotations on the Node
+//! and `NetworkUnavailable=False`. Then every Node event and every resync: the peers the
+//! Nodes describe ([`crate::model::overlay::peers`]) against what `flannel.1` holds,
+//! and the difference applied — so entries deleted or altered by hand come back within
+//! one resync and entries of departed nodes go.
+
+use std::collections::BTreeMap;
+use std::net::Ipv4Addr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use futures::StreamExt as _;
+use k8s_openapi::api::core::v1::Node;
+use kube::api::{Api, Patch, PatchParams};
+use kube::runtime::watcher;
+use netlink_packet_route::route::RouteProtocol;
+use serde_json::json;
+use tokio::sync::watch;
+
+use crate::client::SharedClient;
+use crate::model::cidr::Ipv4Net;
+use crate::model::node::Readiness;
+use crate::model::overlay::{self as model, Change, Peer, Programmed};
+use crate::runtime::network::{NetworkState, PodNetwork};
+use crate::sys::netlink::{Netlink, NetlinkError, Route4};
+
+/// What the overlay of this node is built from.
+#[derive(Clone, Debug)]
+pub struct OverlayConfig {
+    pub node: String,
+    /// The node's underlay address: the VTEP's local address and `public-ip`.
+    pub public_ip: Ipv4Addr,
+    /// The underlay interface (default: the one holding `public_ip`).
+    pub iface: Option<String>,
+    /// The cluster's pod network (flannel's `Network`).
+    pub cluster_cidr: Ipv4Net,
+    pub bridge: String,
+    pub state_dir: PathBuf,
+    pub resync: Duration,
+}
+
+/// The overlay's device as set up.
+#[derive(Clone, Debug)]
+struct Vtep {
+    index: u32,
+    mac: [u8; 6],
+}
+
+fn io_err(what: &str, e: impl std::fmt::Display) -> NetlinkError {
+    NetlinkError {
+        what: what.to_string(),
+        source: std::io::Error::other(e.to_string()),
+    }
+}
+
+/// The MAC `flannel.1` keeps across restarts (flannel keeps it on the device; kernlet
+/// also records it, so a device deleted while kernlet was down comes back with it).
+fn stable_mac(state_dir: &std::path::Path) -> Result<[u8; 6], NetlinkError> {
+    let path = state_dir.join("overlay").join("vtep-mac");
+    if let Some(mac) = std::fs::read_to_string(&path)
+        .ok()
+        .and_then(|s| model::parse_mac(s.trim()))
+    {
+        return Ok(mac);
+    }
+    let mut random = [0u8; 6];
+    aws_lc_rs::rand::fill(&mut random)
+        .map_err(|_| io_err("generating a VTEP MAC", "no randomness"))?;
+    let mac = model::vtep_mac_from(random);
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)
+            .map_err(|e| io_err(&format!("creating {}", dir.display()), e))?;
+    }
+    crate::state::write_atomic(&path, model::format_mac(&mac).as_bytes(), 0o644)
+        .map_err(|e| io_err(&format!("writing {}", path.display()), e))?;
+    Ok(mac)
+}
+
+/// The underlay link: `--iface`, else the link holding the node address. Returns its
+/// index and MTU.
+fn underlay(nl: &mut Netlink, cfg: &OverlayConfig) -> Result<(u32, u32), NetlinkError> {
+    let links = nl.links()?;
+    if let Some(name) = &cfg.iface {
+        return links
+            .iter()
+            .find(|l| &l.name == name)
+            .map(|l| (l.index, l.mtu))
+            .ok_or_else(|| io_err("finding --iface", format!("no link named {name}")));
+    }
+    let holder = nl
+        .all_addresses()?
+        .into_iter()
+        .find(|(_, ip, _)| *ip == cfg.public_ip)
+        .map(|(i, _, _)| i)
+        .ok_or_else(|| {
+            io_err(
+                "finding the underlay interface",
+                format!(
+                    "no interface holds the node address {}; pass --iface or --node-ip",
+                    cfg.public_ip
+                ),
+            )
+        })?;
+    links
+        .iter()
+        .find(|l| l.index == holder)
+        .map(|l| (l.index, l.mtu))
+        .ok_or_else(|| io_err("finding the underlay interface", "it vanished"))
+}
+
+/// Creates `flannel.1` or adopts the one there (recreating it when its VNI, port,
+/// local address or learning differ), sets MTU, MAC and address.
+fn ensure_vtep(
+    nl: &mut Netlink,
+    cfg: &OverlayConfig,
+    pod_cidr: Ipv4Net,
+    underlay: (u32, u32),
+) -> Result<Vtep, NetlinkError> {
+    let mac = stable_mac(&cfg.state_dir)?;
+    let mtu = underlay.1.saturating_sub(model::OVERHEAD);
+    let existing = nl.link(model::DEVICE)?;
+    let fits = existing.as_ref().is_some_and(|l| {
+        l.vxlan.as_ref().is_some_and(|v| {
+            v.vni == Some(model::VNI)
+                && v.port == Some(model::PORT)
+                && v.local == Some(cfg.public_ip)
+                && v.learning == Some(false)
+        })
+    });
+    if let Some(l) = &existing
+        && !fits
+    {
+        tracing::info!(
+            device = model::DEVICE,
+            "the existing VXLAN device differs from this node's overlay; creating it again"
+        );
+        nl.delete_link(l.index)?;
+    }
+    if !fits {
+        let msg = rtnetlink::LinkVxlan::new(model::DEVICE, model::VNI)
+            .dev(underlay.0)
+            .port(model::PORT)
+            .local(cfg.public_ip)
+            .learning(false)
+            .mtu(mtu)
+            .address(mac.to_vec())
+            .build();
+        nl.create_link(&format!("creating {}", model::DEVICE), msg)?;
+    }
+    let link = nl
+        .link(model::DEVICE)?
+        .ok_or_else(|| io_err("creating the VTEP", "flannel.1 vanished"))?;
+    if link.mac != mac || link.mtu != mtu || !link.up {
+        nl.set_link(
+            &format!("setting {} up", model::DEVICE),
+            rtnetlink::LinkUnspec::new_with_index(link.index)
+                .address(mac.to_vec())
+                .mtu(mtu)
+                .up()
+                .build(),
+        )?;
+    }
+    let want = (pod_cidr.network(), 32);
+    let have = nl.addresses(link.index)?;
+    if !have.contains(&want) {
+        nl.add_address(link.index, want.0, want.1)?;
+    }
+    for (ip, p) in have {
+        if (ip, p) != want {
+            nl.delete_address(link.index, ip, p)?;
+        }
+    }
+    Ok(Vtep {
+        index: link.index,
+        mac,
+    })
+}
+
+/// What `flannel.1` holds now.
+fn programmed(nl: &mut Netlink, vtep: u32) -> Result<Programmed, NetlinkError> {
+    let mut p = Programmed::default();
+    for r in nl.routes()? {
+        if r.oif == Some(vtep) && r.protocol != RouteProtocol::Kernel {
+            if let Ok(dst) = Ipv4Net::new(r.dst, r.prefix) {
+                p.routes.insert(dst, r.gateway);
+            }
+        }
+    }
+    for n in nl.neighbours(vtep)? {
+        if n.permanent {
+            p.neighbours.insert(n.ip, n.mac);
+        }
+    }
+    for f in nl.fdb(vtep)? {
+        if let Some(dst) = f.dst {
+            p.fdb.insert(f.mac, dst);
+        }
+    }
+    Ok(p)
+}
+
+fn apply(nl: &mut Netlink, vtep: u32, change: &Change) -> Result<(), NetlinkError> {
+    let route = |dst: Ipv4Net, via: Option<Ipv4Addr>| Route4 {
+        dst: dst.network(),
+        prefix: dst.prefix(),
+        gateway: via,
+        oif: Some(vtep),
+        onlink: true,
+        protocol: RouteProtocol::Boot,
+    };
+    match change {
+        Change::SetRoute { dst, via } => nl.replace_route(&route(*dst, Some(*via))),
+        Change::DeleteRoute { dst, via } => nl.delete_route(&route(*dst, *via)),
+        Change::SetNeighbour { ip, mac } => nl.replace_neighbour(vtep, *ip, mac),
+        Change::DeleteNeighbour { ip } => nl.delete_neighbour(vtep, *ip),
+        Change::SetFdb { mac, dst } => nl.replace_fdb(vtep, mac, *dst),
+        Change::DeleteFdb { mac, dst } => nl.delete_fdb(vtep, mac, *dst),
+    }
+}
+
+/// One reconcile of the device and its peers; returns the changes made.
+fn reconcile(
+    cfg: &OverlayConfig,
+    pod_cidr: Ipv4Net,
+    peers: &[Peer],
+) -> Result<(Vtep, Vec<Change>), NetlinkError> {
+    let mut nl = Netlink::open()?;
+    let under = underlay(&mut nl, cfg)?;
+    let vtep = ensure_vtep(&mut nl, cfg, pod_cidr, under)?;
+    let have = programmed(&mut nl, vtep.index)?;
+    let changes = model::diff(peers, &have);
+    for c in &changes {
+        apply(&mut nl, vtep.index, c)?;
+    }
+    Ok((vtep, changes))
+}
+
+fn not_ready(why: &str) -> Readiness {
+    Readiness {
+        ready: false,
+        reason: "KubeletNotReady".into(),
+        message: format!(
+            "container runtime network not ready: NetworkReady=false \
+             reason:NetworkPluginNotReady message:{why}"
+        ),
+    }
+}
+
+/// Runs the overlay until `stop`: waits for the Node's pod CIDR, sets up the device and
+/// the pod network, publishes flannel's annotations, then keeps the peers programmed.
+/// The node is reported not ready (`readiness`) until the overlay is up.
+pub async fn run(
+    client: SharedClient,
+    cfg: OverlayConfig,
+    runtime: crate::runtime::Runtime,
+    readiness: watch::Sender<Readiness>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let nodes: Api<Node> = Api::all(client.get());
+    let waiting = "the Node has no pod CIDR yet (spec.podCIDR, set by the controller-manager \
+                   with --allocate-node-cidrs)";
+    let _ = runtime.set_network(NetworkState::Waiting(waiting.into()));
+    readiness.send_replace(not_ready(waiting));
+    // 1. The pod CIDR.
+    let pod_cidr = loop {
+        match nodes.get(&cfg.node).await {
+            Ok(n) => match model::pod_cidr(&n) {
+                Some(c) if cfg.cluster_cidr.contains(c.network()) => break c,
+                Some(c) => tracing::warn!(
+                    pod_cidr = %c,
+                    "the Node's pod CIDR is outside --cluster-cidr {}; waiting for it to change",
+                    cfg.cluster_cidr
+                ),
+                None => tracing::info!("{waiting}; waiting"),
+            },
+            Err(e) => tracing::warn!("reading this Node for its pod CIDR: {e}"),
+        }
+        tokio::select! {
+            _ = stop.changed() => return,
+            _ = tokio::time::sleep(Duration::from_secs(2)) => {}
+        }
+    };
+    // 2. The device and the bridge.
+    let vtep = loop {
+        let c = cfg.clone();
+        let attempt = tokio::task::spawn_blocking(move || {
+            let mut nl = Netlink::open()?;
+            let under = underlay(&mut nl, &c)?;
+            let vtep = ensure_vtep(&mut nl, &c, pod_cidr, under)?;
+            let net = PodNetwork {
+                cidr: pod_cidr,
+                bridge: c.bridge.clone(),
+                mtu: under.1.saturating_sub(model::OVERHEAD),
+            };
+            crate::runtime::network::ensure_bridge(&mut nl, &net)
+                .map_err(|e| io_err("setting up the pod bridge", e))?;
+            Ok::<_, NetlinkError>((vtep, net))
+        })
+        .await;
+        match attempt {
+            Ok(Ok((vtep, net))) => {
+                if let Err(e) = runtime.set_network(NetworkState::Ready(net)) {
+                    tracing::warn!("recording the pod network: {e}");
+                }
+                break vtep;
+            }
+            Ok(Err(e)) => {
+                tracing::warn!("setting up the overlay: {e}; retrying");
+                readiness.send_replace(not_ready(&e.to_string()));
+            }
+            Err(e) => tracing::warn!("setting up the overlay: {e}"),
+        }
+        tokio::select! {
+            _ = stop.changed() => return,
+            _ = tokio::time::sleep(Duration::from_secs(2)) => {}
+        }
+    };
+    tracing::info!(
+        device = model::DEVICE,
+        mac = %model::format_mac(&vtep.mac),
+        %pod_cidr,
+        "overlay device up"
+    );
+    // 3. What the other nodes need to know, and the condition.
+    loop {
+        match publish(&nodes, &cfg, &vtep).await {
+            Ok(()) => break,
+            Err(e) => tracing::warn!("publishing the overlay on this Node: {e}; retrying"),
+        }
+        tokio::select! {
+            _ = stop.changed() => return,
+            _ = tokio::time::sleep(Duration::from_secs(2)) => {}
+        }
+    }
+    readiness.send_replace(Readiness {
+        ready: true,
+        reason: "KubeletReady".into(),
+        message: "kubelet is posting ready status".into(),
+    });
+    // 4. Peers, on every Node event and every resync.
+    let mut known: BTreeMap<String, Node> = BTreeMap::new();
+    let mut staging: BTreeMap<String, Node> = BTreeMap::new();
+    let mut stream = watcher(nodes.clone(), watcher::Config::default()).boxed();
+    let mut tick = tokio::time::interval(cfg.resync);
+    let mut backoff = Duration::from_millis(500);
+    let mut synced = false;
+    let name = |n: &Node| n.metadata.name.clone().unwrap_or_default();
+    loop {
+        let mut dirty = false;
+        tokio::select! {
+            _ = stop.changed() => return,
+            _ = tick.tick() => dirty = synced,
+            event = stream.next() => match event {
+                Some(Ok(watcher::Event::Init)) => staging.clear(),
+                Some(Ok(watcher::Event::InitApply(n))) => { staging.insert(name(&n), n); }
+                Some(Ok(watcher::Event::InitDone)) => {
+                    known = std::mem::take(&mut staging);
+                    synced = true;
+                    dirty = true;
+                    backoff = Duration::from_millis(500);
+                }
+                Some(Ok(watcher::Event::Apply(n))) => { known.insert(name(&n), n); dirty = synced; }
+                Some(Ok(watcher::Event::Delete(n))) => { known.remove(&name(&n)); dirty = synced; }
+                Some(Err(e)) => {
+                    let text = e.to_string();
+                    if text.contains("forbidden") || text.contains("403") {
+                        tracing::warn!("watching Nodes for overlay peers: {text}; {}",
+                            crate::controllers::permissions::advice(&["list nodes".into(), "watch nodes".into()]));
+                    } else {
+                        tracing::warn!("watching Nodes for overlay peers: {text}; retrying in {backoff:?}");
+                    }
+                    tokio::select! {
+                        _ = stop.changed() => return,
+                        _ = tokio::time::sleep(backoff) => {}
+                    }
+                    backoff = (backoff * 2).min(Duration::from_secs(30));
+                }
+                None => stream = watcher(nodes.clone(), watcher::Config::default()).boxed(),
+            },
+        }
+        if !dirty {
+            continue;
+        }
+        let all: Vec<Node> = known.values().cloned().collect();
+        let (peers, skipped) = model::peers(&all, &cfg.node);
+        let c = cfg.clone();
+        match tokio::task::spawn_blocking(move || reconcile(&c, pod_cidr, &peers)).await {
+            Ok(Ok((_, changes))) => {
+                for ch in &changes {
+                    tracing::info!(change = ?ch, "overlay entry programmed");
+                }
+                if !changes.is_empty() {
+                    for (node, why) in &skipped {
+                        tracing::debug!(node, "not an overlay peer: {why}");
+                    }
+                }
+            }
+            Ok(Err(e)) => {
+                tracing::warn!("programming overlay peers: {e}; retrying at the next resync")
+            }
+            Err(e) => tracing::warn!("programming overlay peers: {e}"),
+        }
+    }
+}
+
+/// Writes flannel's annotations and `NetworkUnavailable=False` on this Node.
+async fn publish(nodes: &Api<Node>, cfg: &OverlayConfig, vtep: &Vtep) -> Result<(), kube::Error> {
+    let ann = model::annotations(&vtep.mac, cfg.public_ip);
+    let node = nodes.get(&cfg.node).await?;
+    let have = node.metadata.annotations.clone().unwrap_or_default();
+    if ann.iter().any(|(k, v)| have.get(k) != Some(v)) {
+        nodes
+            .patch(
+                &cfg.node,
+                &PatchParams::default(),
+                &Patch::Merge(json!({"metadata": {"annotations": ann}})),
+            )
+            .await?;
+    }
+    let up = node
+        .status
+        .as_ref()
+        .and_then(|s| s.conditions.as_ref())
+        .and_then(|c| c.iter().find(|c| c.type_ == "NetworkUnavailable"))
+        .is_some_and(|c| c.status == "False" && c.reason.as_deref() == Some("FlannelIsUp"));
+    if !up {
+        let now = k8s_openapi::jiff::Timestamp::now()
+            .strftime("%Y-%m-%dT%H:%M:%SZ")
+            .to_string();
+        nodes
+            .patch_status(
+                &cfg.node,
+                &PatchParams::default(),
+                &Patch::Strategic(json!({"status": {"conditions": [{
+                    "type": "NetworkUnavailable",
+                    "status": "False",
+                    "reason": "FlannelIsUp",
+                    "message": "Flannel is running on this node",
+                    "lastHeartbeatTime": now,
+                    "lastTransitionTime": now,
+                }]}})),
+            )
+            .await?;
+    }
+    Ok(())
+}

@@ -1,0 +1,565 @@
+//! The pod network and the flannel-compatible VXLAN overlay on SimNodes (root): pods on
+//! three kernlet nodes reach each other by pod IP over TCP and UDP through `flannel.1`,
+//! the path MTU is the underlay's minus 50, entries of a departed node go, an entry
+//! deleted by hand comes back, and a fourth node set up by hand exactly as flannel does
+//! it is reached by and reaches kernlet's pods.
+
+#![allow(
+    clippy::unwrap_used,
+    reason = "a test that cannot go on should stop loudly"
+)]
+
+use std::io::{Read as _, Write as _};
+use std::net::{Ipv4Addr, SocketAddr};
+use std::os::fd::AsFd as _;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::core::v1::{Node, Pod};
+use kernlet_tests::cluster::Cluster;
+use kernlet_tests::hygiene::ip;
+use kernlet_tests::simnode::{BRIDGE_IP, Lab, SimNode};
+use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
+
+async fn wait_for<T>(what: &str, within: Duration, mut f: impl AsyncFnMut() -> Option<T>) -> T {
+    let start = Instant::now();
+    loop {
+        if let Some(v) = f().await {
+            return v;
+        }
+        assert!(start.elapsed() < within, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Runs `f` on a thread inside the network namespace at `netns`; what it creates
+/// (sockets) stays in that namespace.
+fn in_netns<T: Send + 'static>(netns: &Path, f: impl FnOnce() -> T + Send + 'static) -> T {
+    let ns = std::fs::File::open(netns).unwrap();
+    std::thread::spawn(move || {
+        nix::sched::setns(ns.as_fd(), nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
+        f()
+    })
+    .join()
+    .unwrap()
+}
+
+fn start_agent(cluster: &Cluster, url: &str, node: &mut SimNode) {
+    let kubeconfig = node.dir("state").join("node.kubeconfig");
+    cluster
+        .kubeconfig_at(
+            url,
+            &format!("system:node:{}", node.name),
+            &["system:nodes"],
+            &kubeconfig,
+        )
+        .unwrap();
+    let kc = kubeconfig.display().to_string();
+    let name = node.name.clone();
+    node.start_kernlet(&[
+        "run",
+        "--kubeconfig",
+        &kc,
+        "--node-name",
+        &name,
+        "--node-lease-renew-interval-ms",
+        "1000",
+        "--cluster-cidr",
+        "10.244.0.0/16",
+        "--overlay-resync",
+        "1",
+    ])
+    .unwrap();
+}
+
+fn kubectl_apply(cluster: &Cluster, file: &Path) {
+    let out = std::process::Command::new("kubectl")
+        .arg("--kubeconfig")
+        .arg(cluster.admin_kubeconfig().unwrap())
+        .args(["apply", "-f"])
+        .arg(file)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+fn ip_out(args: &[&str]) -> String {
+    let out = std::process::Command::new("ip")
+        .args(args)
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// A pod that only sleeps, bound to `node`; returns its IP and pinned network namespace.
+async fn sleeping_pod(
+    cluster: &Cluster,
+    pods: &Api<Pod>,
+    node: &SimNode,
+    name: &str,
+) -> (Ipv4Addr, PathBuf) {
+    let pod: Pod = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": name},
+        "spec": {"terminationGracePeriodSeconds": 1, "containers": [
+            {"name": "c", "image": "busybox:1.36", "command": ["sleep", "600"]}]},
+    }))
+    .unwrap();
+    pods.create(&PostParams::default(), &pod).await.unwrap();
+    cluster.bind_pod("default", name, &node.name).await.unwrap();
+    let start = Instant::now();
+    loop {
+        let p = pods.get(name).await.unwrap();
+        let status = p.status.clone().unwrap_or_default();
+        if status.phase.as_deref() == Some("Running")
+            && let Some(ip) = status.pod_ip.as_deref()
+        {
+            let uid = p.metadata.uid.clone().unwrap();
+            let netns = node.dir("run").join("pods").join(uid).join("ns/net");
+            return (ip.parse().unwrap(), netns);
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "pod {name} never ran with an IP: {status:?}\n{}",
+            node.kernlet_log()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// A TCP exchange from the namespace `from` to `to:port`, served in namespace `server`.
+fn tcp_exchange(from: &Path, server: &Path, to: Ipv4Addr) -> Result<String, String> {
+    let listener = in_netns(server, move || {
+        std::net::TcpListener::bind((to, 7070)).unwrap()
+    });
+    let serve = std::thread::spawn(move || {
+        let (mut s, peer) = listener.accept().unwrap();
+        s.write_all(format!("hello {}", peer.ip()).as_bytes())
+            .unwrap();
+    });
+    let mut conn = kernlet::sys::ns::connect_in(
+        Some(from),
+        SocketAddr::from((to, 7070)),
+        Duration::from_secs(5),
+    )
+    .map_err(|e| format!("connect to {to}: {e}"))?;
+    conn.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut got = String::new();
+    conn.read_to_string(&mut got)
+        .map_err(|e| format!("read from {to}: {e}"))?;
+    serve.join().unwrap();
+    Ok(got)
+}
+
+/// A UDP datagram from namespace `from` to `to`, answered from namespace `server`.
+fn udp_exchange(from: &Path, server: &Path, to: Ipv4Addr) -> Result<String, String> {
+    let sock = in_netns(server, move || {
+        std::net::UdpSocket::bind((to, 7071)).unwrap()
+    });
+    sock.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let echo = std::thread::spawn(move || {
+        let mut buf = [0u8; 256];
+        let (n, peer) = sock.recv_from(&mut buf).map_err(|e| e.to_string())?;
+        sock.send_to(&buf[..n], peer).map_err(|e| e.to_string())?;
+        Ok::<_, String>(peer)
+    });
+    let client = kernlet::sys::ns::udp_in(Some(from), SocketAddr::from((to, 7071)))
+        .map_err(|e| e.to_string())?;
+    client
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    client.send(b"ping over vxlan").map_err(|e| e.to_string())?;
+    let mut buf = [0u8; 256];
+    let n = client
+        .recv(&mut buf)
+        .map_err(|e| format!("udp reply: {e}"))?;
+    let peer = echo.join().unwrap()?;
+    Ok(format!(
+        "{} from {}",
+        String::from_utf8_lossy(&buf[..n]),
+        peer.ip()
+    ))
+}
+
+fn ping_df(from: &Path, to: Ipv4Addr, payload: usize) -> (bool, String) {
+    let out = std::process::Command::new("nsenter")
+        .arg(format!("--net={}", from.display()))
+        .args(["ping", "-n", "-c", "1", "-W", "3", "-M", "do", "-s"])
+        .arg(payload.to_string())
+        .arg(to.to_string())
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pods_on_three_nodes_and_a_flannel_node_reach_each_other_over_vxlan() {
+    let cluster = Cluster::start(&[BRIDGE_IP.into()]).await.unwrap();
+    let mut lab = Lab::new("ovl").unwrap();
+    let fwd = lab.forward(0, cluster.addr()).unwrap();
+    kubectl_apply(
+        &cluster,
+        &Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/rbac.yaml"),
+    );
+    let mut nodes: Vec<SimNode> = ["o1", "o2", "o3"]
+        .iter()
+        .map(|n| lab.add_node(n).unwrap())
+        .collect();
+    let admin = cluster.admin().await.unwrap();
+    let node_api: Api<Node> = Api::all(admin.clone());
+    for (i, n) in nodes.iter_mut().enumerate() {
+        n.import_busybox().unwrap();
+        start_agent(&cluster, &fwd.url, n);
+        // The controller-manager's node IPAM: a /24 of the cluster CIDR per node.
+        let name = n.name.clone();
+        wait_for("the Node registered", Duration::from_secs(30), async || {
+            node_api.get_opt(&name).await.ok()?
+        })
+        .await;
+        let cidr = format!("10.244.{}.0/24", i + 1);
+        node_api
+            .patch(
+                &name,
+                &PatchParams::default(),
+                &Patch::Merge(serde_json::json!({"spec": {"podCIDR": cidr, "podCIDRs": [cidr]}})),
+            )
+            .await
+            .unwrap();
+    }
+    // Each node: Ready, flannel's annotations, NetworkUnavailable=False.
+    let mut macs = Vec::new();
+    for n in &nodes {
+        let node = wait_for(
+            &format!("node {} with its overlay up", n.name),
+            Duration::from_secs(60),
+            async || {
+                let node = node_api.get_opt(&n.name).await.ok()??;
+                let conds = node.status.as_ref()?.conditions.clone()?;
+                let ready = conds
+                    .iter()
+                    .any(|c| c.type_ == "Ready" && c.status == "True");
+                let net = conds.iter().any(|c| {
+                    c.type_ == "NetworkUnavailable"
+                        && c.status == "False"
+                        && c.reason.as_deref() == Some("FlannelIsUp")
+                });
+                (ready && net).then_some(node)
+            },
+        )
+        .await;
+        let ann = node.metadata.annotations.unwrap();
+        assert_eq!(ann["flannel.alpha.coreos.com/backend-type"], "vxlan");
+        assert_eq!(ann["flannel.alpha.coreos.com/kube-subnet-manager"], "true");
+        assert_eq!(
+            ann["flannel.alpha.coreos.com/public-ip"],
+            n.address.to_string()
+        );
+        let data: serde_json::Value =
+            serde_json::from_str(&ann["flannel.alpha.coreos.com/backend-data"]).unwrap();
+        assert_eq!(data["VNI"], 1);
+        let mac = data["VtepMAC"].as_str().unwrap().to_string();
+        // The device as flannel makes it.
+        let dev = ip_out(&["-n", &n.netns, "-d", "link", "show", "flannel.1"]);
+        assert!(dev.contains(&mac), "{dev}");
+        assert!(
+            dev.contains("vxlan id 1 ")
+                && dev.contains(&format!("local {} ", n.address))
+                && dev.contains("dstport 8472")
+                && dev.contains("nolearning")
+                && dev.contains("mtu 1450"),
+            "{dev}"
+        );
+        macs.push(mac);
+    }
+
+    // A fourth node set up by hand exactly as flannel's vxlan backend does it: device,
+    // annotations, entries for the three kernlet nodes, and a pod network behind cni0.
+    let f4 = lab.add_node("f4").unwrap();
+    let f4_mac = "0e:4f:00:00:00:04";
+    let f4_cidr = "10.244.9.0/24";
+    let ns4 = f4.netns.clone();
+    ip(&[
+        "-n",
+        &ns4,
+        "link",
+        "add",
+        "flannel.1",
+        "address",
+        f4_mac,
+        "mtu",
+        "1450",
+        "type",
+        "vxlan",
+        "id",
+        "1",
+        "local",
+        &f4.address.to_string(),
+        "dev",
+        "eth0",
+        "dstport",
+        "8472",
+        "nolearning",
+    ])
+    .unwrap();
+    ip(&[
+        "-n",
+        &ns4,
+        "addr",
+        "add",
+        "10.244.9.0/32",
+        "dev",
+        "flannel.1",
+    ])
+    .unwrap();
+    ip(&["-n", &ns4, "link", "set", "flannel.1", "up"]).unwrap();
+    ip(&["-n", &ns4, "link", "add", "cni0", "type", "bridge"]).unwrap();
+    ip(&["-n", &ns4, "addr", "add", "10.244.9.1/24", "dev", "cni0"]).unwrap();
+    ip(&["-n", &ns4, "link", "set", "cni0", "up"]).unwrap();
+    for (i, n) in nodes.iter().enumerate() {
+        let net = format!("10.244.{}.0", i + 1);
+        ip(&[
+            "-n",
+            &ns4,
+            "route",
+            "add",
+            &format!("{net}/24"),
+            "via",
+            &net,
+            "dev",
+            "flannel.1",
+            "onlink",
+        ])
+        .unwrap();
+        ip(&[
+            "-n",
+            &ns4,
+            "neigh",
+            "add",
+            &net,
+            "lladdr",
+            &macs[i],
+            "dev",
+            "flannel.1",
+            "nud",
+            "permanent",
+        ])
+        .unwrap();
+        let out = std::process::Command::new("bridge")
+            .args([
+                "-n",
+                &ns4,
+                "fdb",
+                "append",
+                &macs[i],
+                "dev",
+                "flannel.1",
+                "dst",
+            ])
+            .arg(n.address.to_string())
+            .args(["self", "permanent"])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let f4_node: Node = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": "f4", "annotations": {
+            "flannel.alpha.coreos.com/backend-type": "vxlan",
+            "flannel.alpha.coreos.com/backend-data": format!("{{\"VNI\":1,\"VtepMAC\":\"{f4_mac}\"}}"),
+            "flannel.alpha.coreos.com/public-ip": f4.address.to_string(),
+            "flannel.alpha.coreos.com/kube-subnet-manager": "true",
+        }},
+        "spec": {"podCIDR": f4_cidr, "podCIDRs": [f4_cidr]},
+    }))
+    .unwrap();
+    node_api
+        .create(&PostParams::default(), &f4_node)
+        .await
+        .unwrap();
+
+    // Every kernlet node programs the other three.
+    for (i, n) in nodes.iter().enumerate() {
+        wait_for(
+            &format!("{}'s overlay entries", n.name),
+            Duration::from_secs(20),
+            async || {
+                let routes = ip_out(&["-n", &n.netns, "route", "show", "dev", "flannel.1"]);
+                let fdb = std::process::Command::new("bridge")
+                    .args(["-n", &n.netns, "fdb", "show", "dev", "flannel.1"])
+                    .output()
+                    .ok()?;
+                let fdb = String::from_utf8_lossy(&fdb.stdout).into_owned();
+                let neigh = ip_out(&["-n", &n.netns, "neigh", "show", "dev", "flannel.1"]);
+                let mut others: Vec<(String, String, String)> = nodes
+                    .iter()
+                    .enumerate()
+                    .filter(|(j, _)| *j != i)
+                    .map(|(j, o)| {
+                        (
+                            format!("10.244.{}.0", j + 1),
+                            macs[j].clone(),
+                            o.address.to_string(),
+                        )
+                    })
+                    .collect();
+                others.push(("10.244.9.0".into(), f4_mac.into(), f4.address.to_string()));
+                others
+                    .iter()
+                    .all(|(net, mac, public)| {
+                        routes.contains(&format!("{net}/24 via {net} onlink"))
+                            && neigh.contains(&format!("{net} lladdr {mac} PERMANENT"))
+                            && fdb.contains(&format!("{mac} dst {public} self permanent"))
+                    })
+                    .then_some(())
+            },
+        )
+        .await;
+    }
+
+    // Pods on each kernlet node get an address of its CIDR on eth0 behind cni0.
+    let pods: Api<Pod> = Api::namespaced(admin.clone(), "default");
+    let mut pod_nets = Vec::new();
+    for (i, n) in nodes.iter().enumerate() {
+        let (ip, netns) = sleeping_pod(&cluster, &pods, n, &format!("p{}", i + 1)).await;
+        let cidr: kernlet::model::cidr::Ipv4Net = format!("10.244.{}.0/24", i + 1).parse().unwrap();
+        assert!(cidr.contains(ip), "{ip} not in {cidr}");
+        let eth0 = ip_out(&["-n", &n.netns, "link", "show", "cni0"]);
+        assert!(eth0.contains("mtu 1450"), "{eth0}");
+        pod_nets.push((ip, netns));
+    }
+
+    // Pod ↔ pod across nodes, TCP and UDP; the receiving pod sees the sender's pod IP
+    // (no masquerade between pods).
+    for (a, b) in [(0usize, 1usize), (1, 2), (2, 0)] {
+        let (from_ip, from) = &pod_nets[a];
+        let (to_ip, to) = &pod_nets[b];
+        let got = tcp_exchange(from, to, *to_ip).unwrap_or_else(|e| {
+            panic!(
+                "TCP p{} -> p{}: {e}\n{}",
+                a + 1,
+                b + 1,
+                nodes[a].kernlet_log()
+            )
+        });
+        assert_eq!(got, format!("hello {from_ip}"));
+        let got = udp_exchange(from, to, *to_ip).unwrap();
+        assert_eq!(got, format!("ping over vxlan from {from_ip}"));
+    }
+    // Path MTU: 1450-byte packets with DF pass, 1451 do not (the pod's MTU says so).
+    let (ok, out) = ping_df(&pod_nets[0].1, pod_nets[1].0, 1450 - 28);
+    assert!(ok, "a 1450-byte DF ping must pass: {out}");
+    let (ok, out) = ping_df(&pod_nets[0].1, pod_nets[1].0, 1451 - 28);
+    assert!(
+        !ok && out.contains("mtu=1450"),
+        "a 1451-byte DF ping must fail with mtu 1450: {out}"
+    );
+
+    // kernlet's pod and the flannel node reach each other both ways.
+    let ns4_path = PathBuf::from(format!("/run/netns/{ns4}"));
+    let got = tcp_exchange(&pod_nets[0].1, &ns4_path, Ipv4Addr::new(10, 244, 9, 1)).unwrap();
+    assert_eq!(got, format!("hello {}", pod_nets[0].0));
+    let got = tcp_exchange(&ns4_path, &pod_nets[2].1, pod_nets[2].0).unwrap();
+    assert!(got.starts_with("hello 10.244.9."), "{got}");
+
+    // A route deleted by hand comes back within a resync.
+    ip(&[
+        "-n",
+        &nodes[0].netns,
+        "route",
+        "del",
+        "10.244.2.0/24",
+        "dev",
+        "flannel.1",
+    ])
+    .unwrap();
+    ip(&[
+        "-n",
+        &nodes[0].netns,
+        "neigh",
+        "del",
+        "10.244.3.0",
+        "dev",
+        "flannel.1",
+    ])
+    .unwrap();
+    wait_for(
+        "the deleted entries repaired",
+        Duration::from_secs(15),
+        async || {
+            let routes = ip_out(&["-n", &nodes[0].netns, "route", "show", "dev", "flannel.1"]);
+            let neigh = ip_out(&["-n", &nodes[0].netns, "neigh", "show", "dev", "flannel.1"]);
+            (routes.contains("10.244.2.0/24 via 10.244.2.0 onlink")
+                && neigh.contains("10.244.3.0 lladdr"))
+            .then_some(())
+        },
+    )
+    .await;
+    tcp_exchange(&pod_nets[0].1, &pod_nets[1].1, pod_nets[1].0).unwrap();
+
+    // A node that goes away: its entries leave the others.
+    let mut o3 = nodes.pop().unwrap();
+    o3.stop_kernlet(Duration::from_secs(5)).unwrap();
+    node_api
+        .delete("o3", &DeleteParams::default())
+        .await
+        .unwrap();
+    for n in &nodes {
+        let start = Instant::now();
+        loop {
+            let gone = {
+                let routes = ip_out(&["-n", &n.netns, "route", "show", "dev", "flannel.1"]);
+                let neigh = ip_out(&["-n", &n.netns, "neigh", "show", "dev", "flannel.1"]);
+                let fdb = std::process::Command::new("bridge")
+                    .args(["-n", &n.netns, "fdb", "show", "dev", "flannel.1"])
+                    .output()
+                    .unwrap();
+                let fdb = String::from_utf8_lossy(&fdb.stdout).into_owned();
+                (!routes.contains("10.244.3.0")
+                    && !neigh.contains("10.244.3.0")
+                    && !fdb.contains(&macs[2])
+                    && routes.contains("10.244.9.0/24"))
+                .then_some(())
+            };
+            if gone.is_some() {
+                break;
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(15),
+                "o3's entries are still on {}\n{}",
+                n.name,
+                n.kernlet_log()
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    // A deleted pod gives its address and veth back.
+    pods.delete("p1", &DeleteParams::default()).await.unwrap();
+    wait_for("p1 gone", Duration::from_secs(30), async || {
+        pods.get_opt("p1").await.ok()?.is_none().then_some(())
+    })
+    .await;
+    let held = std::fs::read_dir(nodes[0].dir("state").join("ipam/10.244.1.0_24"))
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().starts_with("10."))
+        .count();
+    assert_eq!(held, 0, "p1's address is released");
+    // (The node's own eth0 is a veth of the lab too; pods' host ends are `veth<hash>`.)
+    let veths = ip_out(&["-n", &nodes[0].netns, "-o", "link", "show", "type", "veth"]);
+    assert!(!veths.contains(": veth"), "{veths}");
+    drop(o3);
+}
