@@ -202,6 +202,47 @@ fn ping_df(from: &Path, to: Ipv4Addr, payload: usize) -> (bool, String) {
     )
 }
 
+/// A VXLAN packet (VNI 1) carrying an Ethernet frame to `dst_mac` with a UDP datagram
+/// `src:5555 → dst:port` saying `text`.
+fn vxlan_packet(dst_mac: &str, src: Ipv4Addr, dst: Ipv4Addr, port: u16, text: &[u8]) -> Vec<u8> {
+    let mut p = vec![0x08, 0, 0, 0, 0, 0, 1, 0];
+    p.extend(
+        dst_mac
+            .split(':')
+            .map(|b| u8::from_str_radix(b, 16).unwrap()),
+    );
+    p.extend([0x0e, 0x4f, 0, 0, 0, 0x99, 0x08, 0x00]);
+    let total = (20 + 8 + text.len()) as u16;
+    let mut ip4 = vec![0x45, 0];
+    ip4.extend(total.to_be_bytes());
+    ip4.extend([0, 0, 0x40, 0, 64, 17, 0, 0]);
+    ip4.extend(src.octets());
+    ip4.extend(dst.octets());
+    let mut sum: u32 = ip4
+        .chunks(2)
+        .map(|c| u32::from(u16::from_be_bytes([c[0], c[1]])))
+        .sum();
+    while sum > 0xffff {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    ip4[10..12].copy_from_slice(&(!(sum as u16)).to_be_bytes());
+    p.extend(ip4);
+    p.extend(5555u16.to_be_bytes());
+    p.extend(port.to_be_bytes());
+    p.extend(((8 + text.len()) as u16).to_be_bytes());
+    p.extend([0, 0]);
+    p.extend(text);
+    p
+}
+
+/// Sends `packet` to `to:8472` from namespace `from`.
+fn send_vxlan(from: &Path, to: Ipv4Addr, packet: Vec<u8>) {
+    in_netns(from, move || {
+        let s = std::net::UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0)).unwrap();
+        s.send_to(&packet, (to, 8472)).unwrap();
+    });
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pods_on_three_nodes_and_a_flannel_node_reach_each_other_over_vxlan() {
     let cluster = Cluster::start(&[BRIDGE_IP.into()]).await.unwrap();
@@ -545,6 +586,74 @@ async fn pods_on_three_nodes_and_a_flannel_node_reach_each_other_over_vxlan() {
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
     }
+
+    // kernlet's own nftables table: masquerade out of the cluster, VXLAN from nodes only.
+    let table = std::process::Command::new("nsenter")
+        .arg(format!("--net=/run/netns/{}", nodes[0].netns))
+        .args(["nft", "list", "table", "ip", "kernlet"])
+        .output()
+        .unwrap();
+    let table = String::from_utf8_lossy(&table.stdout).into_owned();
+    assert!(
+        table.contains(
+            "ip saddr 10.244.0.0/16 ip daddr != 10.244.0.0/16 ip daddr != 224.0.0.0/4 masquerade"
+        ) && table.contains("udp dport 8472 ip saddr 198.18.0.13 accept")
+            && table.contains("udp dport 8472 drop")
+            && !table.contains("198.18.0.12"),
+        "{table}"
+    );
+    // A pod reaching outside the cluster CIDR (the lab bridge) shows up as its node.
+    let outside = lab.listen_on_bridge(0).unwrap();
+    outside.set_nonblocking(false).unwrap();
+    let outside_port = outside.local_addr().unwrap().port();
+    let seen = std::thread::spawn(move || outside.accept().map(|(_, peer)| peer.ip()));
+    kernlet::sys::ns::connect_in(
+        Some(&pod_nets[0].1),
+        SocketAddr::from((BRIDGE_IP, outside_port)),
+        Duration::from_secs(5),
+    )
+    .unwrap();
+    assert_eq!(seen.join().unwrap().unwrap(), nodes[0].address);
+
+    // Forged VXLAN: the same encapsulated datagram to pod p1 is delivered when it comes
+    // from a node's address (f4) and dropped when it comes from another underlay
+    // address (the lab bridge).
+    let (p1_ip, p1_ns) = pod_nets[0].clone();
+    let sink = in_netns(&p1_ns, move || {
+        std::net::UdpSocket::bind((p1_ip, 7072)).unwrap()
+    });
+    sink.set_read_timeout(Some(Duration::from_millis(1500)))
+        .unwrap();
+    let bridge_ns = PathBuf::from(format!("/run/netns/{}", lab.bridge_netns()));
+    let forged = vxlan_packet(
+        &macs[0],
+        Ipv4Addr::new(10, 244, 9, 5),
+        p1_ip,
+        7072,
+        b"forged",
+    );
+    send_vxlan(&bridge_ns, nodes[0].address, forged);
+    let mut buf = [0u8; 64];
+    let got = sink.recv_from(&mut buf);
+    assert!(
+        got.is_err(),
+        "a VXLAN packet from a non-node address was delivered: {got:?}"
+    );
+    let genuine = vxlan_packet(
+        &macs[0],
+        Ipv4Addr::new(10, 244, 9, 5),
+        p1_ip,
+        7072,
+        b"from f4",
+    );
+    send_vxlan(&ns4_path, nodes[0].address, genuine);
+    let (n, from) = sink
+        .recv_from(&mut buf)
+        .expect("the same packet from a node is delivered");
+    assert_eq!(
+        (&buf[..n], from.ip()),
+        (&b"from f4"[..], std::net::IpAddr::from([10, 244, 9, 5]))
+    );
 
     // A deleted pod gives its address and veth back.
     pods.delete("p1", &DeleteParams::default()).await.unwrap();

@@ -184,10 +184,11 @@ fn ensure_vtep(
 fn programmed(nl: &mut Netlink, vtep: u32) -> Result<Programmed, NetlinkError> {
     let mut p = Programmed::default();
     for r in nl.routes()? {
-        if r.oif == Some(vtep) && r.protocol != RouteProtocol::Kernel {
-            if let Ok(dst) = Ipv4Net::new(r.dst, r.prefix) {
-                p.routes.insert(dst, r.gateway);
-            }
+        if r.oif == Some(vtep)
+            && r.protocol != RouteProtocol::Kernel
+            && let Ok(dst) = Ipv4Net::new(r.dst, r.prefix)
+        {
+            p.routes.insert(dst, r.gateway);
         }
     }
     for n in nl.neighbours(vtep)? {
@@ -222,6 +223,73 @@ fn apply(nl: &mut Netlink, vtep: u32, change: &Change) -> Result<(), NetlinkErro
     }
 }
 
+/// kernlet's nftables table on the node.
+pub const TABLE: &str = "kernlet";
+
+/// The node's packet rules for the overlay, as one nftables table:
+/// - `pod-egress` (nat, postrouting): pod traffic leaving the cluster CIDR is
+///   masqueraded to the node address, never pod↔pod and never multicast (flannel's
+///   rules, without iptables);
+/// - `vxlan-in` (filter, prerouting, raw priority): VXLAN (UDP 8472) is accepted only
+///   from the public IPs of known nodes and dropped from anyone else — a forged
+///   encapsulated packet from the underlay never reaches a pod (flannel accepts it).
+///
+/// nftables over netlink rather than eBPF: masquerade needs connection tracking and
+/// port allocation, which the kernel's NAT already does well, and both rules change
+/// atomically in one batch.
+pub fn firewall(
+    cluster: Ipv4Net,
+    peers: &[Peer],
+) -> Vec<(
+    crate::sys::nftables::Chain,
+    Vec<Vec<crate::sys::nftables::Expr>>,
+)> {
+    use crate::sys::nftables::{Chain, Expr, Hook};
+    let masq = vec![
+        Expr::ip_saddr(cluster.network(), cluster.prefix(), true),
+        Expr::ip_daddr(cluster.network(), cluster.prefix(), false),
+        Expr::ip_daddr(Ipv4Addr::new(224, 0, 0, 0), 4, false),
+        Expr::Masquerade,
+    ];
+    let mut vxlan: Vec<Vec<Expr>> = Vec::new();
+    let mut sources: Vec<Ipv4Addr> = peers.iter().map(|p| p.public_ip).collect();
+    sources.sort();
+    sources.dedup();
+    for ip in sources {
+        vxlan.push(vec![
+            Expr::L4Proto(17),
+            Expr::dport(model::PORT),
+            Expr::ip_saddr(ip, 32, true),
+            Expr::Accept,
+        ]);
+    }
+    vxlan.push(vec![
+        Expr::L4Proto(17),
+        Expr::dport(model::PORT),
+        Expr::Drop,
+    ]);
+    vec![
+        (
+            Chain {
+                name: "pod-egress",
+                kind: "nat",
+                hook: Hook::Postrouting,
+                priority: 100,
+            },
+            vec![masq],
+        ),
+        (
+            Chain {
+                name: "vxlan-in",
+                kind: "filter",
+                hook: Hook::Prerouting,
+                priority: -300,
+            },
+            vxlan,
+        ),
+    ]
+}
+
 /// One reconcile of the device and its peers; returns the changes made.
 fn reconcile(
     cfg: &OverlayConfig,
@@ -236,6 +304,8 @@ fn reconcile(
     for c in &changes {
         apply(&mut nl, vtep.index, c)?;
     }
+    crate::sys::nftables::sync_table(TABLE, &firewall(cfg.cluster_cidr, peers))
+        .map_err(|e| io_err("writing the overlay's nftables rules", e))?;
     Ok((vtep, changes))
 }
 
@@ -447,4 +517,43 @@ async fn publish(nodes: &Api<Node>, cfg: &OverlayConfig, vtep: &Vtep) -> Result<
             .await?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sys::nftables::Expr;
+
+    #[test]
+    fn vxlan_is_accepted_from_peers_only_and_pods_masquerade_outside_the_cluster() {
+        let peer = |ip: [u8; 4]| Peer {
+            node: "n".into(),
+            pod_cidr: "10.244.1.0/24".parse().unwrap(),
+            vtep_mac: [2, 0, 0, 0, 0, 1],
+            public_ip: Ipv4Addr::from(ip),
+        };
+        let chains = firewall(
+            "10.244.0.0/16".parse().unwrap(),
+            &[
+                peer([198, 18, 0, 12]),
+                peer([198, 18, 0, 11]),
+                peer([198, 18, 0, 11]),
+            ],
+        );
+        let (egress, rules) = &chains[0];
+        assert_eq!((egress.kind, egress.name), ("nat", "pod-egress"));
+        assert_eq!(rules.len(), 1);
+        assert_eq!(rules[0].last(), Some(&Expr::Masquerade));
+        assert_eq!(
+            rules[0][1],
+            Expr::ip_daddr(Ipv4Addr::new(10, 244, 0, 0), 16, false)
+        );
+        let (_, vxlan) = &chains[1];
+        assert_eq!(vxlan.len(), 3, "two distinct peers, then the drop");
+        assert_eq!(
+            vxlan[0][2],
+            Expr::ip_saddr(Ipv4Addr::new(198, 18, 0, 11), 32, true)
+        );
+        assert_eq!(vxlan[2].last(), Some(&Expr::Drop));
+    }
 }

@@ -8,5 +8,6 @@ pub mod fs;
 pub mod machine;
 pub mod mount;
 pub mod netlink;
+pub mod nftables;
 pub mod ns;
 pub mod process;
