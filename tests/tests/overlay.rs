@@ -587,6 +587,10 @@ async fn pods_on_three_nodes_and_a_flannel_node_reach_each_other_over_vxlan() {
         }
     }
 
+    // Converged: each peer's FDB entry was written once, not again at every resync.
+    let log = nodes[0].kernlet_log();
+    assert_eq!(log.matches("SetFdb").count(), 3, "{log}");
+
     // kernlet's own nftables table: masquerade out of the cluster, VXLAN from nodes only.
     let table = std::process::Command::new("nsenter")
         .arg(format!("--net=/run/netns/{}", nodes[0].netns))

@@ -1541,3 +1541,111 @@ spec:
         "never started"
     );
 }
+
+const TWO_PODS: &str = r#"
+apiVersion: v1
+kind: Pod
+metadata: {name: left, namespace: net}
+spec:
+  containers:
+  - {name: c, image: busybox:1.36, command: ["sleep", "600"]}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: right, namespace: net}
+spec:
+  containers:
+  - {name: c, image: busybox:1.36, command: ["sleep", "600"]}
+"#;
+
+/// Standalone with `--pod-cidr`: pods get addresses of it on `cni0`, reach each other,
+/// keep their addresses across a `kill -9` of kernlet, and an address recorded for a
+/// pod that does not exist is released at start.
+#[test]
+fn standalone_pods_get_addresses_on_the_bridge_and_keep_them_across_kill_9() {
+    use std::io::{Read as _, Write as _};
+    use std::os::fd::AsFd as _;
+    let mut lab = Lab::new("pnet").unwrap();
+    let mut node = lab.add_node("n1").unwrap();
+    node.import_busybox().unwrap();
+    let m = manifests(&node, TWO_PODS).display().to_string();
+    let ipam = node.dir("state").join("ipam/10.88.0.0_24");
+    std::fs::create_dir_all(&ipam).unwrap();
+    std::fs::write(ipam.join("10.88.0.200"), "a-pod-that-is-gone").unwrap();
+    let args = [
+        "run",
+        "--standalone",
+        "--manifests",
+        &m,
+        "--pod-cidr",
+        "10.88.0.0/24",
+    ];
+    node.start_kernlet(&args).unwrap();
+    let addresses = |node: &SimNode| {
+        wait_for(
+            node,
+            "both pods running with an IP",
+            Duration::from_secs(60),
+            || {
+                let ips: Vec<(String, String)> = ["left", "right"]
+                    .iter()
+                    .filter_map(|n| {
+                        let p = pod(node, n)?;
+                        (p["status"]["phase"] == "Running").then_some(())?;
+                        let ip = p["status"]["podIP"].as_str()?.to_string();
+                        Some((ip, p["metadata"]["uid"].as_str()?.to_string()))
+                    })
+                    .collect();
+                (ips.len() == 2).then_some(ips)
+            },
+        )
+    };
+    let before = addresses(&node);
+    let net: kernlet::model::cidr::Ipv4Net = "10.88.0.0/24".parse().unwrap();
+    for (ip, _) in &before {
+        assert!(net.contains(ip.parse().unwrap()), "{ip}");
+    }
+    assert_ne!(before[0].0, before[1].0);
+    assert!(
+        !ipam.join("10.88.0.200").exists(),
+        "the address of a pod that is gone is released"
+    );
+    let bridge = Command::new("ip")
+        .args(["-n", &node.netns, "addr", "show", "cni0"])
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&bridge.stdout).contains("10.88.0.1/24"));
+
+    // left → right over the bridge, from the pods' own namespaces.
+    let ns = |uid: &str| node.dir("run").join("pods").join(uid).join("ns/net");
+    let right_ip: std::net::Ipv4Addr = before[1].0.parse().unwrap();
+    let right_ns = std::fs::File::open(ns(&before[1].1)).unwrap();
+    let listener = std::thread::spawn(move || {
+        nix::sched::setns(right_ns.as_fd(), nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
+        std::net::TcpListener::bind((right_ip, 7070)).unwrap()
+    })
+    .join()
+    .unwrap();
+    let serve = std::thread::spawn(move || {
+        let (mut s, peer) = listener.accept().unwrap();
+        s.write_all(peer.ip().to_string().as_bytes()).unwrap();
+    });
+    let mut conn = kernlet::sys::ns::connect_in(
+        Some(&ns(&before[0].1)),
+        (right_ip, 7070).into(),
+        Duration::from_secs(5),
+    )
+    .unwrap();
+    let mut seen = String::new();
+    conn.read_to_string(&mut seen).unwrap();
+    serve.join().unwrap();
+    assert_eq!(
+        seen, before[0].0,
+        "the right pod sees the left pod's own address"
+    );
+
+    node.kill9_kernlet().unwrap();
+    node.start_kernlet(&args).unwrap();
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(addresses(&node), before, "pods keep their addresses");
+}
