@@ -11,6 +11,7 @@ pub mod controllers;
 pub mod doctor;
 pub mod inspect;
 pub mod model;
+pub mod overlay_view;
 pub mod runtime;
 pub mod standalone;
 pub mod state;

@@ -105,6 +105,21 @@ enum Command {
     /// Check what this node needs (kernel, cgroups, bpffs, sysctls, clock, disks, the
     /// serving certificate, cluster permissions), with a fix for each problem. Exits 1
     /// when a check fails.
+    /// The overlay's peers: pod CIDR, VTEP MAC, public IP, whether their route,
+    /// neighbour and FDB entries on flannel.1 match the Nodes, and the last probe.
+    Overlay {
+        #[command(flatten)]
+        output: OutputArgs,
+        /// Kubeconfig to read the Nodes with (default: the one `kernlet join` wrote,
+        /// when present); without one, or when the apiserver is unreachable, the peers
+        /// of the daemon's last probe are used.
+        #[arg(long)]
+        kubeconfig: Option<PathBuf>,
+        #[arg(long, default_value = "/var/lib/kernlet", env = "KERNLET_STATE_DIR")]
+        state_dir: PathBuf,
+        #[arg(long, default_value = "/run/kernlet", env = "KERNLET_RUN_DIR")]
+        run_dir: PathBuf,
+    },
     Doctor {
         #[command(flatten)]
         output: OutputArgs,
@@ -524,6 +539,30 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 eprintln!("kernlet exec: killed after {timeout} s");
             }
             std::process::exit(r.exit_code.clamp(0, 255));
+        }
+        Command::Overlay {
+            output,
+            kubeconfig,
+            state_dir,
+            run_dir,
+        } => {
+            let kubeconfig = kubeconfig.or_else(|| {
+                Some(kernlet::bootstrap::kubeconfig_path(&state_dir)).filter(|p| p.exists())
+            });
+            let view = runtime()?
+                .block_on(kernlet::overlay_view::gather(
+                    kubeconfig.as_deref(),
+                    &run_dir,
+                ))
+                .map_err(|e| anyhow::anyhow!(e))?;
+            match output.output {
+                Output::Json => println!(
+                    "{}",
+                    serde_json::to_string_pretty(&view).unwrap_or_default()
+                ),
+                Output::Table => print!("{}", kernlet::overlay_view::table(&view)),
+            }
+            Ok(())
         }
         Command::Doctor {
             output,
@@ -1052,6 +1091,7 @@ fn prepare_node(args: &NodeArgs) -> anyhow::Result<PreparedNode> {
                 cluster_cidr,
                 bridge: args.bridge.clone(),
                 state_dir: args.dirs.state_dir.clone(),
+                run_dir: args.dirs.run_dir.clone(),
                 resync: Duration::from_secs(args.overlay_resync.max(1)),
             }),
         },

@@ -243,6 +243,38 @@ fn send_vxlan(from: &Path, to: Ipv4Addr, packet: Vec<u8>) {
     });
 }
 
+/// `kernlet overlay -o json` (or the table) run in `node`'s namespace.
+fn overlay_view(node: &SimNode, kubeconfig: Option<&Path>, json: bool) -> String {
+    let mut cmd = node.command(kernlet_tests::simnode::kernlet_bin().unwrap());
+    cmd.arg("overlay")
+        .args(["-o", if json { "json" } else { "table" }])
+        .arg("--state-dir")
+        .arg(node.dir("state"))
+        .arg("--run-dir")
+        .arg(node.dir("run"));
+    if let Some(kc) = kubeconfig {
+        cmd.arg("--kubeconfig").arg(kc);
+    }
+    let out = cmd.output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// The condition `ty` of Node `name`: (status, reason, message).
+async fn condition(api: &Api<Node>, name: &str, ty: &str) -> Option<(String, String, String)> {
+    let n = api.get_opt(name).await.ok()??;
+    let c = n.status?.conditions?.into_iter().find(|c| c.type_ == ty)?;
+    Some((
+        c.status,
+        c.reason.unwrap_or_default(),
+        c.message.unwrap_or_default(),
+    ))
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pods_on_three_nodes_and_a_flannel_node_reach_each_other_over_vxlan() {
     let cluster = Cluster::start(&[BRIDGE_IP.into()]).await.unwrap();
@@ -515,6 +547,118 @@ async fn pods_on_three_nodes_and_a_flannel_node_reach_each_other_over_vxlan() {
     let got = tcp_exchange(&ns4_path, &pod_nets[2].1, pod_nets[2].0).unwrap();
     assert!(got.starts_with("hello 10.244.9."), "{got}");
 
+    // The peers are probed through flannel.1 with full-size DF packets: healthy.
+    let probe_file = nodes[0].dir("run").join("overlay/peers.json");
+    wait_for(
+        "o1's probe of three healthy peers",
+        Duration::from_secs(20),
+        async || {
+            let v: Vec<serde_json::Value> =
+                serde_json::from_slice(&std::fs::read(&probe_file).ok()?).ok()?;
+            (v.len() == 3
+                && v.iter()
+                    .all(|p| p["reachable"] == true && p["pathMtuOk"] == true && p["mtu"] == 1450))
+            .then_some(())
+        },
+    )
+    .await;
+    wait_for(
+        "OverlayDegraded=False on o1",
+        Duration::from_secs(20),
+        async || {
+            let (status, reason, _) = condition(&node_api, "o1", "OverlayDegraded").await?;
+            (status == "False" && reason == "OverlayPeersHealthy").then_some(())
+        },
+    )
+    .await;
+    // kernlet overlay: the three peers with every entry in place, as the Nodes say.
+    let o1_kubeconfig = nodes[0].dir("state").join("node.kubeconfig");
+    let view: serde_json::Value =
+        serde_json::from_str(&overlay_view(&nodes[0], Some(&o1_kubeconfig), true)).unwrap();
+    assert_eq!(view["source"], "apiserver", "{view}");
+    assert_eq!(view["device"]["vni"], 1);
+    assert_eq!(view["device"]["local"], nodes[0].address.to_string());
+    assert_eq!(view["device"]["mac"], macs[0].as_str());
+    let rows = view["peers"].as_array().unwrap();
+    let mut names: Vec<&str> = rows.iter().map(|r| r["node"].as_str().unwrap()).collect();
+    names.sort();
+    assert_eq!(names, ["f4", "o2", "o3"], "{view:#}");
+    for r in rows {
+        assert_eq!(
+            (&r["route"], &r["neighbour"], &r["fdb"]),
+            (&"ok".into(), &"ok".into(), &"ok".into()),
+            "{r}"
+        );
+        assert_eq!(r["probe"]["reachable"], true, "{r}");
+    }
+    let f4_row = rows.iter().find(|r| r["node"] == "f4").unwrap();
+    assert_eq!(
+        (&f4_row["podCidr"], &f4_row["vtepMac"], &f4_row["publicIp"]),
+        (
+            &f4_cidr.into(),
+            &f4_mac.into(),
+            &f4.address.to_string().into()
+        )
+    );
+    let table = overlay_view(&nodes[0], Some(&o1_kubeconfig), false);
+    let o2_line = table
+        .lines()
+        .find(|l| l.starts_with("o2 "))
+        .unwrap_or_else(|| panic!("{table}"));
+    assert!(
+        o2_line.contains("10.244.2.0/24")
+            && o2_line.contains(&macs[1])
+            && o2_line.contains("198.18.0.11")
+            && o2_line.matches(" ok").count() >= 4,
+        "{table}"
+    );
+
+    // An underlay that drops full-size frames towards o2 (its bridge port's MTU lowered):
+    // o2 still answers, the path MTU check fails, and the Node says so.
+    let o2_port = "v11";
+    ip(&[
+        "-n",
+        lab.bridge_netns(),
+        "link",
+        "set",
+        o2_port,
+        "mtu",
+        "1400",
+    ])
+    .unwrap();
+    let degraded = wait_for(
+        "OverlayDegraded=True on o1",
+        Duration::from_secs(20),
+        async || {
+            let (status, reason, message) = condition(&node_api, "o1", "OverlayDegraded").await?;
+            (status == "True" && reason == "PathMTUTooSmall").then_some(message)
+        },
+    )
+    .await;
+    assert!(
+        degraded.contains("o2 (1450 bytes") && !degraded.contains("o3"),
+        "{degraded}"
+    );
+    ip(&[
+        "-n",
+        lab.bridge_netns(),
+        "link",
+        "set",
+        o2_port,
+        "mtu",
+        "1500",
+    ])
+    .unwrap();
+    wait_for(
+        "OverlayDegraded=False again",
+        Duration::from_secs(20),
+        async || {
+            let (status, ..) = condition(&node_api, "o1", "OverlayDegraded").await?;
+            (status == "False").then_some(())
+        },
+    )
+    .await;
+
     // A route deleted by hand comes back within a resync.
     ip(&[
         "-n",
@@ -674,5 +818,38 @@ async fn pods_on_three_nodes_and_a_flannel_node_reach_each_other_over_vxlan() {
     // (The node's own eth0 is a veth of the lab too; pods' host ends are `veth<hash>`.)
     let veths = ip_out(&["-n", &nodes[0].netns, "-o", "link", "show", "type", "veth"]);
     assert!(!veths.contains(": veth"), "{veths}");
+    // With o1's daemon stopped and no kubeconfig, `kernlet overlay` still answers from
+    // the kernel and the last probe record, and shows a route deleted meanwhile.
+    nodes[0].stop_kernlet(Duration::from_secs(5)).unwrap();
+    ip(&[
+        "-n",
+        &nodes[0].netns,
+        "route",
+        "del",
+        "10.244.2.0/24",
+        "dev",
+        "flannel.1",
+    ])
+    .unwrap();
+    let view: serde_json::Value =
+        serde_json::from_str(&overlay_view(&nodes[0], None, true)).unwrap();
+    assert!(
+        view["source"]
+            .as_str()
+            .unwrap()
+            .starts_with("last probe record"),
+        "{view}"
+    );
+    let o2_row = view["peers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["node"] == "o2")
+        .unwrap_or_else(|| panic!("{view}"));
+    assert_eq!(
+        (&o2_row["route"], &o2_row["fdb"]),
+        (&"missing".into(), &"ok".into()),
+        "{view}"
+    );
     drop(o3);
 }

@@ -40,7 +40,15 @@ pub struct OverlayConfig {
     pub cluster_cidr: Ipv4Net,
     pub bridge: String,
     pub state_dir: PathBuf,
+    /// Where the peers' probe results are written (`<run-dir>/overlay/peers.json`).
+    pub run_dir: PathBuf,
+    /// How often entries are compared and repaired, and peers probed.
     pub resync: Duration,
+}
+
+/// Where the last probe of every peer is recorded.
+pub fn health_path(run_dir: &std::path::Path) -> PathBuf {
+    run_dir.join("overlay").join("peers.json")
 }
 
 /// The overlay's device as set up.
@@ -178,6 +186,24 @@ fn ensure_vtep(
         index: link.index,
         mac,
     })
+}
+
+/// What `flannel.1` holds in this network namespace, with the device itself; `None`
+/// when there is no such device.
+pub fn read_programmed() -> Result<Option<(crate::sys::netlink::Link, Programmed)>, NetlinkError> {
+    let mut nl = Netlink::open()?;
+    let Some(link) = nl.link(model::DEVICE)? else {
+        return Ok(None);
+    };
+    let p = programmed(&mut nl, link.index)?;
+    Ok(Some((link, p)))
+}
+
+/// The local address on `flannel.1`: this node's pod CIDR's network address.
+pub fn local_vtep_ip() -> Option<Ipv4Addr> {
+    let mut nl = Netlink::open().ok()?;
+    let link = nl.link(model::DEVICE).ok()??;
+    nl.addresses(link.index).ok()?.first().map(|(ip, _)| *ip)
 }
 
 /// What `flannel.1` holds now.
@@ -355,7 +381,7 @@ pub async fn run(
         }
     };
     // 2. The device and the bridge.
-    let vtep = loop {
+    let (vtep, mtu) = loop {
         let c = cfg.clone();
         let attempt = tokio::task::spawn_blocking(move || {
             let mut nl = Netlink::open()?;
@@ -373,10 +399,11 @@ pub async fn run(
         .await;
         match attempt {
             Ok(Ok((vtep, net))) => {
+                let mtu = net.mtu;
                 if let Err(e) = runtime.set_network(NetworkState::Ready(net)) {
                     tracing::warn!("recording the pod network: {e}");
                 }
-                break vtep;
+                break (vtep, mtu);
             }
             Ok(Err(e)) => {
                 tracing::warn!("setting up the overlay: {e}; retrying");
@@ -411,7 +438,15 @@ pub async fn run(
         reason: "KubeletReady".into(),
         message: "kubelet is posting ready status".into(),
     });
-    // 4. Peers, on every Node event and every resync.
+    // 4. Peers, on every Node event and every resync; probed alongside.
+    let (peers_tx, peers_rx) = watch::channel(Vec::<Peer>::new());
+    tokio::spawn(probe_loop(
+        nodes.clone(),
+        cfg.clone(),
+        mtu,
+        peers_rx,
+        stop.clone(),
+    ));
     let mut known: BTreeMap<String, Node> = BTreeMap::new();
     let mut staging: BTreeMap<String, Node> = BTreeMap::new();
     let mut stream = watcher(nodes.clone(), watcher::Config::default()).boxed();
@@ -458,8 +493,10 @@ pub async fn run(
         let all: Vec<Node> = known.values().cloned().collect();
         let (peers, skipped) = model::peers(&all, &cfg.node);
         let c = cfg.clone();
-        match tokio::task::spawn_blocking(move || reconcile(&c, pod_cidr, &peers)).await {
+        let programming = peers.clone();
+        match tokio::task::spawn_blocking(move || reconcile(&c, pod_cidr, &programming)).await {
             Ok(Ok((_, changes))) => {
+                peers_tx.send_replace(peers);
                 for ch in &changes {
                     tracing::info!(change = ?ch, "overlay entry programmed");
                 }
@@ -473,6 +510,98 @@ pub async fn run(
                 tracing::warn!("programming overlay peers: {e}; retrying at the next resync")
             }
             Err(e) => tracing::warn!("programming overlay peers: {e}"),
+        }
+    }
+}
+
+/// Probes each peer: an echo to its VTEP address through `flannel.1`, then one of the
+/// overlay's MTU with don't-fragment.
+fn probe_all(peers: &[Peer], mtu: u32) -> Vec<model::PeerHealth> {
+    let timeout = Duration::from_secs(1);
+    peers
+        .iter()
+        .map(|p| {
+            let small = crate::sys::icmp::echo(p.vtep_ip(), 84, false, timeout);
+            let full = match &small {
+                Ok(_) => crate::sys::icmp::echo(p.vtep_ip(), mtu as usize, true, timeout),
+                Err(e) => Err(std::io::Error::new(e.kind(), e.to_string())),
+            };
+            let error = match (&small, &full) {
+                (Err(e), _) => Some(format!("echo to {}: {e}", p.vtep_ip())),
+                (Ok(_), Err(e)) => Some(format!("{mtu}-byte echo with DF to {}: {e}", p.vtep_ip())),
+                _ => None,
+            };
+            model::PeerHealth {
+                node: p.node.clone(),
+                pod_cidr: p.pod_cidr.to_string(),
+                vtep_ip: p.vtep_ip(),
+                vtep_mac: model::format_mac(&p.vtep_mac),
+                public_ip: p.public_ip,
+                reachable: small.is_ok(),
+                path_mtu_ok: full.is_ok(),
+                mtu,
+                rtt_micros: small.ok().map(|d| d.as_micros() as u64),
+                error,
+                checked_at: k8s_openapi::jiff::Timestamp::now()
+                    .strftime("%Y-%m-%dT%H:%M:%SZ")
+                    .to_string(),
+            }
+        })
+        .collect()
+}
+
+/// Probes the peers every resync, records the results for `kernlet overlay` and
+/// reports `OverlayDegraded` on the Node when it changes.
+async fn probe_loop(
+    nodes: Api<Node>,
+    cfg: OverlayConfig,
+    mtu: u32,
+    peers: watch::Receiver<Vec<Peer>>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let mut reported: Option<(String, String, String)> = None;
+    let mut tick = tokio::time::interval(cfg.resync);
+    loop {
+        tokio::select! {
+            _ = stop.changed() => return,
+            _ = tick.tick() => {}
+        }
+        let list = peers.borrow().clone();
+        let Ok(health) = tokio::task::spawn_blocking(move || probe_all(&list, mtu)).await else {
+            continue;
+        };
+        let path = health_path(&cfg.run_dir);
+        if let Some(dir) = path.parent() {
+            let _ = std::fs::create_dir_all(dir);
+        }
+        if let Ok(bytes) = serde_json::to_vec_pretty(&health)
+            && let Err(e) = crate::state::write_atomic(&path, &bytes, 0o644)
+        {
+            tracing::warn!("recording the overlay probe: {e}");
+        }
+        let (ty, status, reason, message) = model::health_condition(&health);
+        let now = (status.to_string(), reason.to_string(), message.clone());
+        if reported.as_ref() == Some(&now) {
+            continue;
+        }
+        if status == "True" {
+            tracing::warn!(reason, "{message}");
+        } else {
+            tracing::info!(reason, "{message}");
+        }
+        let stamp = k8s_openapi::jiff::Timestamp::now()
+            .strftime("%Y-%m-%dT%H:%M:%SZ")
+            .to_string();
+        let patch = json!({"status": {"conditions": [{
+            "type": ty, "status": status, "reason": reason, "message": message,
+            "lastHeartbeatTime": stamp, "lastTransitionTime": stamp,
+        }]}});
+        match nodes
+            .patch_status(&cfg.node, &PatchParams::default(), &Patch::Strategic(patch))
+            .await
+        {
+            Ok(_) => reported = Some(now),
+            Err(e) => tracing::warn!("reporting the overlay's health on the Node: {e}"),
         }
     }
 }

@@ -220,6 +220,200 @@ pub fn diff(peers: &[Peer], have: &Programmed) -> Vec<Change> {
     out
 }
 
+/// The result of probing one peer through `flannel.1`: an echo to its VTEP address
+/// (reachability), then one of the overlay's full MTU with don't-fragment (the path
+/// carries encapsulated packets of that size).
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PeerHealth {
+    pub node: String,
+    pub pod_cidr: String,
+    pub vtep_ip: Ipv4Addr,
+    pub vtep_mac: String,
+    pub public_ip: Ipv4Addr,
+    pub reachable: bool,
+    pub path_mtu_ok: bool,
+    /// The MTU the path check used (the overlay's).
+    pub mtu: u32,
+    pub rtt_micros: Option<u64>,
+    pub error: Option<String>,
+    pub checked_at: String,
+}
+
+/// The condition kernlet reports on its Node for the overlay's health:
+/// `(type, status, reason, message)`. `OverlayDegraded` is `False` while every peer
+/// answers with full-size packets; `True`, naming the peers, when one does not.
+pub fn health_condition(
+    health: &[PeerHealth],
+) -> (&'static str, &'static str, &'static str, String) {
+    const TYPE: &str = "OverlayDegraded";
+    let unreachable: Vec<&str> = health
+        .iter()
+        .filter(|h| !h.reachable)
+        .map(|h| h.node.as_str())
+        .collect();
+    let small: Vec<String> = health
+        .iter()
+        .filter(|h| h.reachable && !h.path_mtu_ok)
+        .map(|h| {
+            format!(
+                "{} ({} bytes with DF to {} via {})",
+                h.node, h.mtu, h.vtep_ip, h.public_ip
+            )
+        })
+        .collect();
+    if !unreachable.is_empty() {
+        (
+            TYPE,
+            "True",
+            "PeerUnreachable",
+            format!(
+                "overlay peers not answering through flannel.1: {} (check that UDP 8472 passes between the nodes)",
+                unreachable.join(", ")
+            ),
+        )
+    } else if !small.is_empty() {
+        (
+            TYPE,
+            "True",
+            "PathMTUTooSmall",
+            format!(
+                "the underlay drops full-size VXLAN packets to: {} (raise the underlay MTU or lower the overlay's)",
+                small.join(", ")
+            ),
+        )
+    } else {
+        (
+            TYPE,
+            "False",
+            "OverlayPeersHealthy",
+            format!(
+                "all {} overlay peers answer through flannel.1 with full-size packets",
+                health.len()
+            ),
+        )
+    }
+}
+
+/// How one entry a peer needs stands in the kernel.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum EntryState {
+    /// Present as the peer needs it.
+    Ok,
+    /// Absent.
+    Missing,
+    /// Present with other values than the peer's.
+    Differs,
+    /// Present for no known peer.
+    Stale,
+}
+
+impl EntryState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Ok => "ok",
+            Self::Missing => "missing",
+            Self::Differs => "differs",
+            Self::Stale => "stale",
+        }
+    }
+}
+
+/// One row of `kernlet overlay`: a peer (or stale entries of none) and its entries.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PeerReport {
+    /// The peer's node; empty for entries no peer accounts for.
+    pub node: String,
+    pub pod_cidr: Option<String>,
+    pub vtep_ip: Option<Ipv4Addr>,
+    pub vtep_mac: Option<String>,
+    pub public_ip: Option<Ipv4Addr>,
+    pub route: Option<EntryState>,
+    pub neighbour: Option<EntryState>,
+    pub fdb: Option<EntryState>,
+    pub probe: Option<PeerHealth>,
+}
+
+/// Compares what `peers` need with what `have` holds, peer by peer, and lists the
+/// entries no peer accounts for.
+pub fn report(peers: &[Peer], have: &Programmed, health: &[PeerHealth]) -> Vec<PeerReport> {
+    let state = |present: Option<bool>| match present {
+        None => EntryState::Missing,
+        Some(true) => EntryState::Ok,
+        Some(false) => EntryState::Differs,
+    };
+    let mut rows: Vec<PeerReport> = peers
+        .iter()
+        .map(|p| PeerReport {
+            node: p.node.clone(),
+            pod_cidr: Some(p.pod_cidr.to_string()),
+            vtep_ip: Some(p.vtep_ip()),
+            vtep_mac: Some(format_mac(&p.vtep_mac)),
+            public_ip: Some(p.public_ip),
+            route: Some(state(
+                have.routes
+                    .get(&p.pod_cidr)
+                    .map(|v| *v == Some(p.vtep_ip())),
+            )),
+            neighbour: Some(state(
+                have.neighbours
+                    .get(&p.vtep_ip())
+                    .map(|m| m.as_slice() == p.vtep_mac.as_slice()),
+            )),
+            fdb: Some(state(
+                have.fdb
+                    .get(p.vtep_mac.as_slice())
+                    .map(|d| *d == p.public_ip),
+            )),
+            probe: health.iter().find(|h| h.node == p.node).cloned(),
+        })
+        .collect();
+    let stale = |route, neighbour, fdb| PeerReport {
+        node: String::new(),
+        pod_cidr: None,
+        vtep_ip: None,
+        vtep_mac: None,
+        public_ip: None,
+        route,
+        neighbour,
+        fdb,
+        probe: None,
+    };
+    for (dst, via) in &have.routes {
+        if !peers.iter().any(|p| p.pod_cidr == *dst) {
+            rows.push(PeerReport {
+                pod_cidr: Some(dst.to_string()),
+                vtep_ip: *via,
+                ..stale(Some(EntryState::Stale), None, None)
+            });
+        }
+    }
+    for (ip, mac) in &have.neighbours {
+        if !peers.iter().any(|p| p.vtep_ip() == *ip) {
+            rows.push(PeerReport {
+                vtep_ip: Some(*ip),
+                vtep_mac: Some(format_mac(mac)),
+                ..stale(None, Some(EntryState::Stale), None)
+            });
+        }
+    }
+    for (mac, dst) in &have.fdb {
+        if !peers
+            .iter()
+            .any(|p| p.vtep_mac.as_slice() == mac.as_slice())
+        {
+            rows.push(PeerReport {
+                vtep_mac: Some(format_mac(mac)),
+                public_ip: Some(*dst),
+                ..stale(None, None, Some(EntryState::Stale))
+            });
+        }
+    }
+    rows
+}
+
 /// A stable, locally administered unicast MAC for the VTEP, from random bytes.
 pub fn vtep_mac_from(random: [u8; 6]) -> [u8; 6] {
     let mut mac = random;
@@ -366,6 +560,71 @@ mod tests {
                 },
             ]
         );
+    }
+
+    #[test]
+    fn the_health_condition_names_the_broken_peers() {
+        let h = |node: &str, reachable: bool, path_mtu_ok: bool| PeerHealth {
+            node: node.into(),
+            pod_cidr: "10.244.1.0/24".into(),
+            vtep_ip: Ipv4Addr::new(10, 244, 1, 0),
+            vtep_mac: "02:00:00:00:00:01".into(),
+            public_ip: Ipv4Addr::new(198, 18, 0, 11),
+            reachable,
+            path_mtu_ok,
+            mtu: 1450,
+            rtt_micros: None,
+            error: None,
+            checked_at: String::new(),
+        };
+        let ok = health_condition(&[h("b", true, true)]);
+        assert_eq!((ok.1, ok.2), ("False", "OverlayPeersHealthy"));
+        let mtu = health_condition(&[h("b", true, false), h("c", true, true)]);
+        assert_eq!((mtu.1, mtu.2), ("True", "PathMTUTooSmall"));
+        assert!(
+            mtu.3.contains("b (1450 bytes") && !mtu.3.contains("c ("),
+            "{}",
+            mtu.3
+        );
+        let down = health_condition(&[h("b", true, false), h("c", false, false)]);
+        assert_eq!((down.1, down.2), ("True", "PeerUnreachable"));
+        assert!(down.3.contains(": c ("), "{}", down.3);
+    }
+
+    #[test]
+    fn the_report_shows_missing_altered_and_stale_entries() {
+        let b = peer(&node(
+            "b",
+            Some("10.244.1.0/24"),
+            Some(("02:00:00:00:00:02", "198.18.0.11")),
+        ))
+        .unwrap();
+        let c = peer(&node(
+            "c",
+            Some("10.244.2.0/24"),
+            Some(("02:00:00:00:00:03", "198.18.0.12")),
+        ))
+        .unwrap();
+        let mut have = desired(&[b.clone(), c.clone()]);
+        have.routes.remove(&b.pod_cidr);
+        have.fdb
+            .insert(c.vtep_mac.to_vec(), Ipv4Addr::new(198, 18, 0, 99));
+        let gone: Ipv4Net = "10.244.7.0/24".parse().unwrap();
+        have.routes.insert(gone, Some(gone.network()));
+        let rows = report(&[b, c], &have, &[]);
+        assert_eq!(rows.len(), 3);
+        assert_eq!(
+            (rows[0].route, rows[0].neighbour, rows[0].fdb),
+            (
+                Some(EntryState::Missing),
+                Some(EntryState::Ok),
+                Some(EntryState::Ok)
+            )
+        );
+        assert_eq!(rows[1].fdb, Some(EntryState::Differs));
+        assert_eq!(rows[2].node, "");
+        assert_eq!(rows[2].route, Some(EntryState::Stale));
+        assert_eq!(rows[2].pod_cidr.as_deref(), Some("10.244.7.0/24"));
     }
 
     #[test]

@@ -5,6 +5,7 @@ pub mod bpf;
 pub mod cgroup;
 pub mod clock;
 pub mod fs;
+pub mod icmp;
 pub mod machine;
 pub mod mount;
 pub mod netlink;
