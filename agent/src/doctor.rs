@@ -528,6 +528,27 @@ pub fn serving_csr_record(state_dir: &Path) -> PathBuf {
     state_dir.join("pki/kubelet-serving-csr.json")
 }
 
+/// The serving certificate as the state directory records it.
+pub fn serving_state(state_dir: &Path) -> Serving {
+    let (crt, _) = crate::controllers::serving_cert::paths(state_dir);
+    match std::fs::read(&crt)
+        .ok()
+        .and_then(|pem| crate::model::csr::validity(&pem))
+    {
+        Some((_, not_after)) => Serving::Issued { not_after },
+        None => std::fs::read(serving_csr_record(state_dir))
+            .ok()
+            .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+            .and_then(|v| {
+                Some(Serving::Requested {
+                    csr: v.get("name")?.as_str()?.to_string(),
+                    state: v.get("state")?.as_str()?.to_string(),
+                })
+            })
+            .unwrap_or(Serving::None),
+    }
+}
+
 /// Gathers the node's facts (no apiserver needed).
 pub fn gather(dirs: &NodeDirs, joined: bool) -> Facts {
     let release = nix::sys::utsname::uname()
@@ -556,23 +577,7 @@ pub fn gather(dirs: &NodeDirs, joined: bool) -> Facts {
         .find_map(|l| l.strip_prefix("CapEff:"))
         .and_then(|m| u64::from_str_radix(m.trim(), 16).ok())
         .unwrap_or(0);
-    let (crt, _) = crate::controllers::serving_cert::paths(&dirs.state_dir);
-    let serving = match std::fs::read(&crt)
-        .ok()
-        .and_then(|pem| crate::model::csr::validity(&pem))
-    {
-        Some((_, not_after)) => Serving::Issued { not_after },
-        None => std::fs::read(serving_csr_record(&dirs.state_dir))
-            .ok()
-            .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
-            .and_then(|v| {
-                Some(Serving::Requested {
-                    csr: v.get("name")?.as_str()?.to_string(),
-                    state: v.get("state")?.as_str()?.to_string(),
-                })
-            })
-            .unwrap_or(Serving::None),
-    };
+    let serving = serving_state(&dirs.state_dir);
     Facts {
         kernel_config: kernel_config(&release),
         kernel_release: release,

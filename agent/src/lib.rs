@@ -15,4 +15,5 @@ pub mod overlay_view;
 pub mod runtime;
 pub mod standalone;
 pub mod state;
+pub mod status;
 pub mod sys;

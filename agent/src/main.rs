@@ -105,6 +105,22 @@ enum Command {
     /// Check what this node needs (kernel, cgroups, bpffs, sysctls, clock, disks, the
     /// serving certificate, cluster permissions), with a fix for each problem. Exits 1
     /// when a check fails.
+    /// The node at a glance: conditions, lease, apiserver, pods by phase, overlay peers,
+    /// certificates.
+    Status {
+        #[command(flatten)]
+        output: OutputArgs,
+        /// Kubeconfig of the node (default: the one `kernlet join` wrote, when present).
+        #[arg(long)]
+        kubeconfig: Option<PathBuf>,
+        /// The node (default: from the kubeconfig's client certificate, else the hostname).
+        #[arg(long)]
+        node_name: Option<String>,
+        #[arg(long, default_value = "/var/lib/kernlet", env = "KERNLET_STATE_DIR")]
+        state_dir: PathBuf,
+        #[arg(long, default_value = "/run/kernlet", env = "KERNLET_RUN_DIR")]
+        run_dir: PathBuf,
+    },
     /// The overlay's peers: pod CIDR, VTEP MAC, public IP, whether their route,
     /// neighbour and FDB entries on flannel.1 match the Nodes, and the last probe.
     Overlay {
@@ -539,6 +555,30 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 eprintln!("kernlet exec: killed after {timeout} s");
             }
             std::process::exit(r.exit_code.clamp(0, 255));
+        }
+        Command::Status {
+            output,
+            kubeconfig,
+            node_name,
+            state_dir,
+            run_dir,
+        } => {
+            let kubeconfig = kubeconfig.or_else(|| {
+                Some(kernlet::bootstrap::kubeconfig_path(&state_dir)).filter(|p| p.exists())
+            });
+            let v = runtime()?.block_on(kernlet::status::gather(
+                kubeconfig.as_deref(),
+                node_name,
+                &state_dir,
+                &run_dir,
+            ));
+            match output.output {
+                Output::Json => {
+                    println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default())
+                }
+                Output::Table => print!("{}", kernlet::status::text(&v)),
+            }
+            Ok(())
         }
         Command::Overlay {
             output,

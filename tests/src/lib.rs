@@ -8,6 +8,7 @@ pub mod fixtures;
 pub mod grpc_health;
 pub mod hygiene;
 pub mod oci;
+pub mod overlay;
 pub mod real;
 pub mod registry;
 pub mod simnode;

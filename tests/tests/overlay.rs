@@ -11,15 +11,19 @@
 
 use std::io::{Read as _, Write as _};
 use std::net::{Ipv4Addr, SocketAddr};
-use std::os::fd::AsFd as _;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::core::v1::{Node, Pod};
 use kernlet_tests::cluster::Cluster;
 use kernlet_tests::hygiene::ip;
+use kernlet_tests::overlay::{apply_node_rbac, sleeping_pod, start_overlay_node};
 use kernlet_tests::simnode::{BRIDGE_IP, Lab, SimNode};
-use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
+use kube::api::{Api, DeleteParams, PostParams};
+
+fn in_netns<T: Send + 'static>(netns: &Path, f: impl FnOnce() -> T + Send + 'static) -> T {
+    kernlet_tests::overlay::in_netns(netns, f).unwrap()
+}
 
 async fn wait_for<T>(what: &str, within: Duration, mut f: impl AsyncFnMut() -> Option<T>) -> T {
     let start = Instant::now();
@@ -32,102 +36,12 @@ async fn wait_for<T>(what: &str, within: Duration, mut f: impl AsyncFnMut() -> O
     }
 }
 
-/// Runs `f` on a thread inside the network namespace at `netns`; what it creates
-/// (sockets) stays in that namespace.
-fn in_netns<T: Send + 'static>(netns: &Path, f: impl FnOnce() -> T + Send + 'static) -> T {
-    let ns = std::fs::File::open(netns).unwrap();
-    std::thread::spawn(move || {
-        nix::sched::setns(ns.as_fd(), nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
-        f()
-    })
-    .join()
-    .unwrap()
-}
-
-fn start_agent(cluster: &Cluster, url: &str, node: &mut SimNode) {
-    let kubeconfig = node.dir("state").join("node.kubeconfig");
-    cluster
-        .kubeconfig_at(
-            url,
-            &format!("system:node:{}", node.name),
-            &["system:nodes"],
-            &kubeconfig,
-        )
-        .unwrap();
-    let kc = kubeconfig.display().to_string();
-    let name = node.name.clone();
-    node.start_kernlet(&[
-        "run",
-        "--kubeconfig",
-        &kc,
-        "--node-name",
-        &name,
-        "--node-lease-renew-interval-ms",
-        "1000",
-        "--cluster-cidr",
-        "10.244.0.0/16",
-        "--overlay-resync",
-        "1",
-    ])
-    .unwrap();
-}
-
-fn kubectl_apply(cluster: &Cluster, file: &Path) {
-    let out = std::process::Command::new("kubectl")
-        .arg("--kubeconfig")
-        .arg(cluster.admin_kubeconfig().unwrap())
-        .args(["apply", "-f"])
-        .arg(file)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
 fn ip_out(args: &[&str]) -> String {
     let out = std::process::Command::new("ip")
         .args(args)
         .output()
         .unwrap();
     String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-/// A pod that only sleeps, bound to `node`; returns its IP and pinned network namespace.
-async fn sleeping_pod(
-    cluster: &Cluster,
-    pods: &Api<Pod>,
-    node: &SimNode,
-    name: &str,
-) -> (Ipv4Addr, PathBuf) {
-    let pod: Pod = serde_json::from_value(serde_json::json!({
-        "metadata": {"name": name},
-        "spec": {"terminationGracePeriodSeconds": 1, "containers": [
-            {"name": "c", "image": "busybox:1.36", "command": ["sleep", "600"]}]},
-    }))
-    .unwrap();
-    pods.create(&PostParams::default(), &pod).await.unwrap();
-    cluster.bind_pod("default", name, &node.name).await.unwrap();
-    let start = Instant::now();
-    loop {
-        let p = pods.get(name).await.unwrap();
-        let status = p.status.clone().unwrap_or_default();
-        if status.phase.as_deref() == Some("Running")
-            && let Some(ip) = status.pod_ip.as_deref()
-        {
-            let uid = p.metadata.uid.clone().unwrap();
-            let netns = node.dir("run").join("pods").join(uid).join("ns/net");
-            return (ip.parse().unwrap(), netns);
-        }
-        assert!(
-            start.elapsed() < Duration::from_secs(60),
-            "pod {name} never ran with an IP: {status:?}\n{}",
-            node.kernlet_log()
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
 }
 
 /// A TCP exchange from the namespace `from` to `to:port`, served in namespace `server`.
@@ -264,6 +178,31 @@ fn overlay_view(node: &SimNode, kubeconfig: Option<&Path>, json: bool) -> String
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
+/// `kernlet status -o json|table` run in `node`'s namespace with its kubeconfig.
+fn status(node: &SimNode, json: bool) -> String {
+    let out = node
+        .command(kernlet_tests::simnode::kernlet_bin().unwrap())
+        .args([
+            "status",
+            "-o",
+            if json { "json" } else { "table" },
+            "--kubeconfig",
+        ])
+        .arg(node.dir("state").join("node.kubeconfig"))
+        .arg("--state-dir")
+        .arg(node.dir("state"))
+        .arg("--run-dir")
+        .arg(node.dir("run"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
 /// The condition `ty` of Node `name`: (status, reason, message).
 async fn condition(api: &Api<Node>, name: &str, ty: &str) -> Option<(String, String, String)> {
     let n = api.get_opt(name).await.ok()??;
@@ -280,10 +219,7 @@ async fn pods_on_three_nodes_and_a_flannel_node_reach_each_other_over_vxlan() {
     let cluster = Cluster::start(&[BRIDGE_IP.into()]).await.unwrap();
     let mut lab = Lab::new("ovl").unwrap();
     let fwd = lab.forward(0, cluster.addr()).unwrap();
-    kubectl_apply(
-        &cluster,
-        &Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/rbac.yaml"),
-    );
+    apply_node_rbac(&cluster).unwrap();
     let mut nodes: Vec<SimNode> = ["o1", "o2", "o3"]
         .iter()
         .map(|n| lab.add_node(n).unwrap())
@@ -292,20 +228,7 @@ async fn pods_on_three_nodes_and_a_flannel_node_reach_each_other_over_vxlan() {
     let node_api: Api<Node> = Api::all(admin.clone());
     for (i, n) in nodes.iter_mut().enumerate() {
         n.import_busybox().unwrap();
-        start_agent(&cluster, &fwd.url, n);
-        // The controller-manager's node IPAM: a /24 of the cluster CIDR per node.
-        let name = n.name.clone();
-        wait_for("the Node registered", Duration::from_secs(30), async || {
-            node_api.get_opt(&name).await.ok()?
-        })
-        .await;
-        let cidr = format!("10.244.{}.0/24", i + 1);
-        node_api
-            .patch(
-                &name,
-                &PatchParams::default(),
-                &Patch::Merge(serde_json::json!({"spec": {"podCIDR": cidr, "podCIDRs": [cidr]}})),
-            )
+        start_overlay_node(&cluster, &fwd.url, n, i as u8 + 1)
             .await
             .unwrap();
     }
@@ -506,7 +429,9 @@ async fn pods_on_three_nodes_and_a_flannel_node_reach_each_other_over_vxlan() {
     let pods: Api<Pod> = Api::namespaced(admin.clone(), "default");
     let mut pod_nets = Vec::new();
     for (i, n) in nodes.iter().enumerate() {
-        let (ip, netns) = sleeping_pod(&cluster, &pods, n, &format!("p{}", i + 1)).await;
+        let (ip, netns) = sleeping_pod(&cluster, &pods, n, &format!("p{}", i + 1))
+            .await
+            .unwrap();
         let cidr: kernlet::model::cidr::Ipv4Net = format!("10.244.{}.0/24", i + 1).parse().unwrap();
         assert!(cidr.contains(ip), "{ip} not in {cidr}");
         let eth0 = ip_out(&["-n", &n.netns, "link", "show", "cni0"]);
@@ -611,6 +536,51 @@ async fn pods_on_three_nodes_and_a_flannel_node_reach_each_other_over_vxlan() {
             && o2_line.contains("198.18.0.11")
             && o2_line.matches(" ok").count() >= 4,
         "{table}"
+    );
+
+    // kernlet status: the node at a glance, its name taken from its client certificate.
+    let st: serde_json::Value = serde_json::from_str(&status(&nodes[0], true)).unwrap();
+    assert_eq!(st["node"], "o1", "{st:#}");
+    assert_eq!(st["apiserver"]["reachable"], true, "{st:#}");
+    let conds = st["apiserver"]["conditions"].as_array().unwrap();
+    let cond = |ty: &str| {
+        conds
+            .iter()
+            .find(|c| c["type"] == ty)
+            .cloned()
+            .unwrap_or_default()
+    };
+    assert_eq!(cond("Ready")["status"], "True", "{st:#}");
+    assert_eq!(
+        cond("NetworkUnavailable")["reason"],
+        "FlannelIsUp",
+        "{st:#}"
+    );
+    assert_eq!(cond("OverlayDegraded")["status"], "False", "{st:#}");
+    assert!(
+        st["apiserver"]["leaseAgeSeconds"].as_i64().unwrap() <= 5,
+        "{st:#}"
+    );
+    assert_eq!(st["pods"]["Running"], 1, "{st:#}");
+    assert_eq!(
+        (
+            &st["overlay"]["peers"],
+            &st["overlay"]["programmed"],
+            &st["overlay"]["unhealthy"]
+        ),
+        (&3.into(), &3.into(), &serde_json::json!([])),
+        "{st:#}"
+    );
+    assert!(
+        st["certificates"]["client"]["notAfter"].is_string(),
+        "{st:#}"
+    );
+    let text = status(&nodes[0], false);
+    assert!(
+        text.contains("node: o1")
+            && text.contains("pods: Running 1")
+            && text.contains("overlay: 3 peers, 3 programmed, missing: none, unhealthy: none"),
+        "{text}"
     );
 
     // An underlay that drops full-size frames towards o2 (its bridge port's MTU lowered):
@@ -851,5 +821,22 @@ async fn pods_on_three_nodes_and_a_flannel_node_reach_each_other_over_vxlan() {
         (&"missing".into(), &"ok".into()),
         "{view}"
     );
+    // The apiserver gone too: status still shows pods and overlay from the node itself.
+    drop(fwd);
+    let st: serde_json::Value = serde_json::from_str(&status(&nodes[0], true)).unwrap();
+    assert_eq!(st["apiserver"]["reachable"], false, "{st:#}");
+    assert_eq!(
+        st["overlay"]["missing"],
+        serde_json::json!(["o2"]),
+        "{st:#}"
+    );
+    assert!(
+        st["overlay"]["source"]
+            .as_str()
+            .unwrap()
+            .contains("apiserver unreachable"),
+        "{st:#}"
+    );
+    assert!(status(&nodes[0], false).contains("apiserver: UNREACHABLE"));
     drop(o3);
 }

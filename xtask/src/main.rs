@@ -54,6 +54,8 @@ const DEBIAN_PACKAGES: &[(&str, &str)] = &[
     // A real registry for the pull tests, and its htpasswd file.
     ("docker-registry", "/usr/bin/docker-registry"),
     ("apache2-utils", "/usr/bin/htpasswd"),
+    // The overlay benchmark's throughput measure.
+    ("iperf3", "/usr/bin/iperf3"),
     // The VM of `cargo xtask vm-test` (its kernel is downloaded and unpacked, not installed).
     ("qemu-system-x86", "/usr/bin/qemu-system-x86_64"),
 ];

@@ -36,11 +36,18 @@ const BENCHES: &[(&str, &str, BenchFn)] = &[
 /// Benchmarks with their own reporting (percentiles rather than repeated runs).
 type ReportFn = fn() -> anyhow::Result<serde_json::Value>;
 
-const REPORTS: &[(&str, &str, ReportFn)] = &[(
-    "runtime",
-    "pod start latency, sandbox to the container's first output: 50 sequential pods and a 110-pod burst, against a floor of bare unshare + cgroup + exec (root)",
-    runtime_latency,
-)];
+const REPORTS: &[(&str, &str, ReportFn)] = &[
+    (
+        "runtime",
+        "pod start latency, sandbox to the container's first output: 50 sequential pods and a 110-pod burst, against a floor of bare unshare + cgroup + exec (root)",
+        runtime_latency,
+    ),
+    (
+        "overlay",
+        "pod-to-pod across two kernlet nodes over flannel.1 (VXLAN) against the same two pod namespaces joined by a plain veth pair: iperf3 throughput and 1-byte TCP request/response rate (root)",
+        overlay_vs_direct,
+    ),
+];
 
 const RUNS: usize = 5;
 
@@ -284,6 +291,147 @@ fn runtime_latency() -> anyhow::Result<serde_json::Value> {
         "floor": {"runs": floor.len(), "p50_ms": ms(f50), "what": "unshare --net --ipc --uts --mount --pid --fork busybox true, plus a cgroup mkdir/rmdir"},
         "ratio_p50": s50.as_secs_f64() / f50.as_secs_f64(),
     }))
+}
+
+/// iperf3 from `client` to `server_ip` served in `server`, 5 s: received bits per second.
+fn iperf3(
+    client: &std::path::Path,
+    server: &std::path::Path,
+    server_ip: std::net::Ipv4Addr,
+) -> anyhow::Result<f64> {
+    use std::process::{Command, Stdio};
+    anyhow::ensure!(
+        std::path::Path::new("/usr/bin/iperf3").exists(),
+        "iperf3 is not installed: run cargo xtask setup (Debian package iperf3)"
+    );
+    let mut srv = Command::new("nsenter")
+        .arg(format!("--net={}", server.display()))
+        .args(["iperf3", "-s", "-1", "-p", "5201", "-B"])
+        .arg(server_ip.to_string())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()?;
+    std::thread::sleep(Duration::from_millis(500));
+    let out = Command::new("nsenter")
+        .arg(format!("--net={}", client.display()))
+        .args(["iperf3", "-J", "-t", "5", "-p", "5201", "-c"])
+        .arg(server_ip.to_string())
+        .output()?;
+    let _ = srv.kill();
+    let _ = srv.wait();
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+    v.pointer("/end/sum_received/bits_per_second")
+        .and_then(serde_json::Value::as_f64)
+        .ok_or_else(|| anyhow::anyhow!("iperf3 gave no result: {v}"))
+}
+
+/// 1-byte TCP request/response round trips per second for 3 s, from `client` to
+/// `server_ip:7300` echoed in `server`.
+fn request_response(
+    client: &std::path::Path,
+    server: &std::path::Path,
+    server_ip: std::net::Ipv4Addr,
+) -> anyhow::Result<f64> {
+    use kernlet_tests::overlay::in_netns;
+    use std::io::{Read as _, Write as _};
+    let listener = in_netns(server, move || {
+        std::net::TcpListener::bind((server_ip, 7300))
+    })??;
+    let echo = std::thread::spawn(move || -> std::io::Result<()> {
+        let (mut s, _) = listener.accept()?;
+        s.set_nodelay(true)?;
+        let mut b = [0u8; 1];
+        while s.read(&mut b)? == 1 {
+            s.write_all(&b)?;
+        }
+        Ok(())
+    });
+    let mut conn = kernlet::sys::ns::connect_in(
+        Some(client),
+        (server_ip, 7300).into(),
+        Duration::from_secs(5),
+    )?;
+    conn.set_nodelay(true)?;
+    let start = Instant::now();
+    let mut n = 0u64;
+    let mut b = [0u8; 1];
+    // Bounded in time and count.
+    while start.elapsed() < Duration::from_secs(3) && n < 10_000_000 {
+        conn.write_all(b"x")?;
+        conn.read_exact(&mut b)?;
+        n += 1;
+    }
+    let rate = n as f64 / start.elapsed().as_secs_f64();
+    drop(conn);
+    let _ = echo.join();
+    Ok(rate)
+}
+
+fn overlay_vs_direct() -> anyhow::Result<serde_json::Value> {
+    use k8s_openapi::api::core::v1::Pod;
+    use kernlet_tests::overlay::{apply_node_rbac, sleeping_pod, start_overlay_node};
+    use kernlet_tests::simnode::{BRIDGE_IP, Lab};
+    runtime()?.block_on(async {
+        let cluster = Cluster::start(&[BRIDGE_IP.into()]).await?;
+        let mut lab = Lab::new("bovl")?;
+        let fwd = lab.forward(0, cluster.addr())?;
+        apply_node_rbac(&cluster)?;
+        let mut a = lab.add_node("ba")?;
+        let mut b = lab.add_node("bb")?;
+        for (i, n) in [&mut a, &mut b].into_iter().enumerate() {
+            n.import_busybox()?;
+            start_overlay_node(&cluster, &fwd.url, n, i as u8 + 1).await?;
+        }
+        let pods: Api<Pod> = Api::namespaced(cluster.admin().await?, "default");
+        let (_, ns_a) = sleeping_pod(&cluster, &pods, &a, "bench-a").await?;
+        let (ip_b, ns_b) = sleeping_pod(&cluster, &pods, &b, "bench-b").await?;
+        // The overlay entries for the other node are programmed within a resync.
+        let start = Instant::now();
+        while kernlet::sys::ns::connect_in(Some(&ns_a), (ip_b, 9).into(), Duration::from_millis(300))
+            .err()
+            .is_some_and(|e| e.kind() != std::io::ErrorKind::ConnectionRefused)
+        {
+            anyhow::ensure!(start.elapsed() < Duration::from_secs(30), "pod bench-b never became reachable over the overlay");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        // The direct path: a veth pair between the same two pod namespaces, no
+        // encapsulation, MTU 1500. The pins are bound under /run/netns for ip(8).
+        let prefix = kernlet_tests::hygiene::run_prefix();
+        let names = [format!("{prefix}-bench-pa"), format!("{prefix}-bench-pb")];
+        for (name, pin) in names.iter().zip([&ns_a, &ns_b]) {
+            let path = std::path::Path::new("/run/netns").join(name);
+            std::fs::write(&path, b"")?;
+            nix::mount::mount(Some(pin.as_path()), &path, None::<&str>, nix::mount::MsFlags::MS_BIND, None::<&str>)?;
+        }
+        let ip = kernlet_tests::hygiene::ip;
+        ip(&["-n", &names[0], "link", "add", "kbench0", "type", "veth", "peer", "name", "kbench1", "netns", &names[1]])?;
+        ip(&["-n", &names[0], "addr", "add", "192.168.77.1/30", "dev", "kbench0"])?;
+        ip(&["-n", &names[1], "addr", "add", "192.168.77.2/30", "dev", "kbench1"])?;
+        ip(&["-n", &names[0], "link", "set", "kbench0", "up"])?;
+        ip(&["-n", &names[1], "link", "set", "kbench1", "up"])?;
+        let direct_ip = std::net::Ipv4Addr::new(192, 168, 77, 2);
+        let result = (|| -> anyhow::Result<serde_json::Value> {
+            let overlay_bps = iperf3(&ns_a, &ns_b, ip_b)?;
+            let direct_bps = iperf3(&ns_a, &ns_b, direct_ip)?;
+            let overlay_rr = request_response(&ns_a, &ns_b, ip_b)?;
+            let direct_rr = request_response(&ns_a, &ns_b, direct_ip)?;
+            println!(
+                "overlay: {:.2} Gbit/s, {:.0} req/s   direct: {:.2} Gbit/s, {:.0} req/s   ratio: throughput {:.2}, request/response {:.2}",
+                overlay_bps / 1e9, overlay_rr, direct_bps / 1e9, direct_rr,
+                overlay_bps / direct_bps, overlay_rr / direct_rr
+            );
+            Ok(json!({
+                "overlay": {"throughput_gbps": overlay_bps / 1e9, "request_response_per_s": overlay_rr},
+                "direct": {"throughput_gbps": direct_bps / 1e9, "request_response_per_s": direct_rr},
+                "ratio": {"throughput": overlay_bps / direct_bps, "request_response": overlay_rr / direct_rr},
+            }))
+        })();
+        for name in &names {
+            let _ = ip(&["netns", "delete", name]);
+        }
+        drop((a, b, fwd));
+        result
+    })
 }
 
 fn main() -> anyhow::Result<()> {
