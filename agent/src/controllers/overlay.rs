@@ -17,7 +17,6 @@ use futures::StreamExt as _;
 use k8s_openapi::api::core::v1::Node;
 use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::watcher;
-use netlink_packet_route::route::RouteProtocol;
 use serde_json::json;
 use tokio::sync::watch;
 
@@ -26,7 +25,8 @@ use crate::model::cidr::Ipv4Net;
 use crate::model::node::Readiness;
 use crate::model::overlay::{self as model, Change, Peer, Programmed};
 use crate::runtime::network::{NetworkState, PodNetwork};
-use crate::sys::netlink::{Netlink, NetlinkError, Route4};
+use crate::sys::netlink::{Netlink, NetlinkError};
+use crate::sys::vtep::{NetlinkVtep, VtepTable};
 
 /// What the overlay of this node is built from.
 #[derive(Clone, Debug)]
@@ -195,7 +195,8 @@ pub fn read_programmed() -> Result<Option<(crate::sys::netlink::Link, Programmed
     let Some(link) = nl.link(model::DEVICE)? else {
         return Ok(None);
     };
-    let p = programmed(&mut nl, link.index)?;
+    let index = link.index;
+    let p = NetlinkVtep { nl, index }.read()?;
     Ok(Some((link, p)))
 }
 
@@ -206,46 +207,26 @@ pub fn local_vtep_ip() -> Option<Ipv4Addr> {
     nl.addresses(link.index).ok()?.first().map(|(ip, _)| *ip)
 }
 
-/// What `flannel.1` holds now.
-fn programmed(nl: &mut Netlink, vtep: u32) -> Result<Programmed, NetlinkError> {
-    let mut p = Programmed::default();
-    for r in nl.routes()? {
-        if r.oif == Some(vtep)
-            && r.protocol != RouteProtocol::Kernel
-            && let Ok(dst) = Ipv4Net::new(r.dst, r.prefix)
-        {
-            p.routes.insert(dst, r.gateway);
+/// One pass over the device's entries: what `peers` need against what `table` holds,
+/// every change tried even when one fails (the first failure is returned after the
+/// others), so one refused entry does not hold back the rest; the next pass retries.
+pub fn sync_peers(table: &mut dyn VtepTable, peers: &[Peer]) -> Result<Vec<Change>, NetlinkError> {
+    let have = table.read()?;
+    let changes = model::diff(peers, &have);
+    let mut first_error = None;
+    let mut done = Vec::new();
+    for c in changes {
+        match table.apply(&c) {
+            Ok(()) => done.push(c),
+            Err(e) => {
+                tracing::warn!("overlay entry not programmed: {e}");
+                first_error.get_or_insert(e);
+            }
         }
     }
-    for n in nl.neighbours(vtep)? {
-        if n.permanent {
-            p.neighbours.insert(n.ip, n.mac);
-        }
-    }
-    for f in nl.fdb(vtep)? {
-        if let Some(dst) = f.dst {
-            p.fdb.insert(f.mac, dst);
-        }
-    }
-    Ok(p)
-}
-
-fn apply(nl: &mut Netlink, vtep: u32, change: &Change) -> Result<(), NetlinkError> {
-    let route = |dst: Ipv4Net, via: Option<Ipv4Addr>| Route4 {
-        dst: dst.network(),
-        prefix: dst.prefix(),
-        gateway: via,
-        oif: Some(vtep),
-        onlink: true,
-        protocol: RouteProtocol::Boot,
-    };
-    match change {
-        Change::SetRoute { dst, via } => nl.replace_route(&route(*dst, Some(*via))),
-        Change::DeleteRoute { dst, via } => nl.delete_route(&route(*dst, *via)),
-        Change::SetNeighbour { ip, mac } => nl.replace_neighbour(vtep, *ip, mac),
-        Change::DeleteNeighbour { ip } => nl.delete_neighbour(vtep, *ip),
-        Change::SetFdb { mac, dst } => nl.replace_fdb(vtep, mac, *dst),
-        Change::DeleteFdb { mac, dst } => nl.delete_fdb(vtep, mac, *dst),
+    match first_error {
+        Some(e) => Err(e),
+        None => Ok(done),
     }
 }
 
@@ -325,11 +306,11 @@ fn reconcile(
     let mut nl = Netlink::open()?;
     let under = underlay(&mut nl, cfg)?;
     let vtep = ensure_vtep(&mut nl, cfg, pod_cidr, under)?;
-    let have = programmed(&mut nl, vtep.index)?;
-    let changes = model::diff(peers, &have);
-    for c in &changes {
-        apply(&mut nl, vtep.index, c)?;
-    }
+    let mut table = NetlinkVtep {
+        nl,
+        index: vtep.index,
+    };
+    let changes = sync_peers(&mut table, peers)?;
     crate::sys::nftables::sync_table(TABLE, &firewall(cfg.cluster_cidr, peers))
         .map_err(|e| io_err("writing the overlay's nftables rules", e))?;
     Ok((vtep, changes))
@@ -652,6 +633,51 @@ async fn publish(nodes: &Api<Node>, cfg: &OverlayConfig, vtep: &Vtep) -> Result<
 mod tests {
     use super::*;
     use crate::sys::nftables::Expr;
+
+    fn peer_n(n: u8) -> Peer {
+        Peer {
+            node: format!("n{n}"),
+            pod_cidr: format!("10.244.{n}.0/24").parse().unwrap(),
+            vtep_mac: [2, 0, 0, 0, 0, n],
+            public_ip: Ipv4Addr::new(198, 18, 0, 10 + n),
+        }
+    }
+
+    #[test]
+    fn peers_converge_through_failures_and_drift() {
+        use crate::sys::vtep::FakeVtep;
+        let peers: Vec<Peer> = (1..=3).map(peer_n).collect();
+        // The 2nd and 5th operation fail: the pass reports it, the rest lands.
+        let mut table = FakeVtep {
+            fail: [2, 5].into(),
+            ..Default::default()
+        };
+        let first = sync_peers(&mut table, &peers);
+        assert!(first.is_err());
+        assert_eq!(table.applied, 9, "every change was tried");
+        assert_eq!(
+            table.entries.routes.len() + table.entries.neighbours.len() + table.entries.fdb.len(),
+            7
+        );
+        // The next pass makes the two missing ones; the one after has nothing to do.
+        assert_eq!(sync_peers(&mut table, &peers).unwrap().len(), 2);
+        assert!(sync_peers(&mut table, &peers).unwrap().is_empty());
+        assert_eq!(table.entries, model::desired(&peers));
+        // Drift: a neighbour altered, a route deleted, an FDB entry of no peer added.
+        let p2 = &peers[1];
+        table.entries.neighbours.insert(p2.vtep_ip(), vec![9; 6]);
+        table.entries.routes.remove(&peers[0].pod_cidr);
+        table
+            .entries
+            .fdb
+            .insert(vec![7; 6], Ipv4Addr::new(198, 18, 0, 99));
+        assert_eq!(sync_peers(&mut table, &peers).unwrap().len(), 3);
+        assert_eq!(table.entries, model::desired(&peers));
+        // A peer leaves: its three entries go.
+        let changes = sync_peers(&mut table, &peers[..2]).unwrap();
+        assert_eq!(changes.len(), 3);
+        assert_eq!(table.entries, model::desired(&peers[..2]));
+    }
 
     #[test]
     fn vxlan_is_accepted_from_peers_only_and_pods_masquerade_outside_the_cluster() {

@@ -12,3 +12,4 @@ pub mod netlink;
 pub mod nftables;
 pub mod ns;
 pub mod process;
+pub mod vtep;
