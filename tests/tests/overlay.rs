@@ -705,6 +705,53 @@ async fn pods_on_three_nodes_and_a_flannel_node_reach_each_other_over_vxlan() {
     let log = nodes[0].kernlet_log();
     assert_eq!(log.matches("SetFdb").count(), 3, "{log}");
 
+    // A restart adopts what is there: same VTEP MAC, nothing recreated, pods keep their
+    // addresses and reach each other throughout.
+    let o1_mac_file = nodes[0].dir("state").join("overlay/vtep-mac");
+    assert_eq!(
+        std::fs::read_to_string(&o1_mac_file).unwrap().trim(),
+        macs[0]
+    );
+    let o1_kc = nodes[0]
+        .dir("state")
+        .join("node.kubeconfig")
+        .display()
+        .to_string();
+    nodes[0].stop_kernlet(Duration::from_secs(5)).unwrap();
+    tcp_exchange(&pod_nets[0].1, &pod_nets[1].1, pod_nets[1].0).unwrap();
+    nodes[0]
+        .start_kernlet(&[
+            "run",
+            "--kubeconfig",
+            &o1_kc,
+            "--node-name",
+            "o1",
+            "--node-lease-renew-interval-ms",
+            "1000",
+            "--cluster-cidr",
+            "10.244.0.0/16",
+            "--overlay-resync",
+            "1",
+        ])
+        .unwrap();
+    wait_for("o1 Ready again", Duration::from_secs(30), async || {
+        let (status, ..) = condition(&node_api, "o1", "Ready").await?;
+        nodes[0]
+            .kernlet_log()
+            .contains("overlay device up")
+            .then_some(())?;
+        (status == "True").then_some(())
+    })
+    .await;
+    let log = nodes[0].kernlet_log();
+    assert!(
+        !log.contains("creating it again") && !log.contains("SetFdb"),
+        "{log}"
+    );
+    let dev = ip_out(&["-n", &nodes[0].netns, "link", "show", "flannel.1"]);
+    assert!(dev.contains(&macs[0]), "{dev}");
+    tcp_exchange(&pod_nets[0].1, &pod_nets[1].1, pod_nets[1].0).unwrap();
+
     // kernlet's own nftables table: masquerade out of the cluster, VXLAN from nodes only.
     let table = std::process::Command::new("nsenter")
         .arg(format!("--net=/run/netns/{}", nodes[0].netns))
