@@ -4,6 +4,7 @@
 //! `sys` (the only place that talks to the kernel). The binary in `main.rs` is thin.
 #![deny(unsafe_code)]
 
+pub mod api;
 pub mod bootstrap;
 pub mod client;
 pub mod config;

@@ -315,6 +315,25 @@ struct NodeArgs {
     /// The bridge pods are attached to.
     #[arg(long, default_value = "cni0")]
     bridge: String,
+    /// Address the kubelet API listens on.
+    #[arg(long, default_value = "0.0.0.0")]
+    address: IpAddr,
+    /// Port of the kubelet API (HTTPS); reported in the Node's daemonEndpoints.
+    #[arg(long, default_value_t = 10250)]
+    port: u16,
+    /// Port of the plain healthz endpoint; 0 turns it off.
+    #[arg(long, default_value_t = 10248)]
+    healthz_port: u16,
+    /// Address of the healthz endpoint.
+    #[arg(long, default_value = "127.0.0.1")]
+    healthz_bind_address: IpAddr,
+    /// PEM of the CA that signs the client certificates the API accepts (the
+    /// apiserver's --kubelet-client-certificate); default: the kubeconfig's cluster CA.
+    #[arg(long)]
+    client_ca_file: Option<PathBuf>,
+    /// Serve API requests without credentials as system:anonymous (still authorized).
+    #[arg(long, default_value_t = false, action = clap::ArgAction::Set)]
+    anonymous_auth: bool,
     /// How often the overlay's routes, neighbour and FDB entries are compared with the
     /// Nodes and repaired, in seconds.
     #[arg(long, default_value_t = 10)]
@@ -879,28 +898,17 @@ fn logs(
             format!("pod {ns}/{name} has no container {wanted:?} that ran")
         }
     })?;
-    let mut files = kernlet::runtime::logs::rotated_files(&run.log_path);
-    files.push(run.log_path.clone());
-    let mut lines: Vec<String> = Vec::new();
-    let mut partial = String::new();
-    for f in files {
-        let text = std::fs::read_to_string(&f).unwrap_or_default();
-        for rec in text.lines().filter_map(kernlet::runtime::logs::parse_line) {
-            partial.push_str(&rec.text);
-            if !rec.partial {
-                let line = std::mem::take(&mut partial);
-                lines.push(if timestamps {
-                    format!("{} {line}", rec.time)
-                } else {
-                    line
-                });
-            }
-        }
-    }
-    let start = tail.map_or(0, |n| lines.len().saturating_sub(n));
+    let lines = kernlet::runtime::logs::read_lines(
+        &run.log_path,
+        &kernlet::runtime::logs::ReadOptions {
+            tail,
+            timestamps,
+            ..Default::default()
+        },
+    );
     let mut out = std::io::stdout().lock();
-    for l in &lines[start..] {
-        if std::io::Write::write_all(&mut out, format!("{l}\n").as_bytes()).is_err() {
+    for l in &lines {
+        if std::io::Write::write_all(&mut out, l.as_bytes()).is_err() {
             break;
         }
     }
@@ -1063,6 +1071,9 @@ struct PreparedNode {
     static_pods: Option<PathBuf>,
     /// The pod network and overlay (`--cluster-cidr`).
     overlay: Option<kernlet::controllers::overlay::OverlayConfig>,
+    /// The kubelet API, completed with the client CA once the kubeconfig is read.
+    api: kernlet::api::ApiConfig,
+    client_ca_file: Option<PathBuf>,
 }
 
 fn prepare_node(args: &NodeArgs) -> anyhow::Result<PreparedNode> {
@@ -1098,7 +1109,7 @@ fn prepare_node(args: &NodeArgs) -> anyhow::Result<PreparedNode> {
         labels,
         taints,
         max_pods: args.max_pods,
-        kubelet_port: 10250,
+        kubelet_port: args.port,
         reserved,
     };
     let timing = Timing {
@@ -1107,6 +1118,17 @@ fn prepare_node(args: &NodeArgs) -> anyhow::Result<PreparedNode> {
         status_report: Duration::from_secs(args.node_status_report_frequency.max(1)),
     };
     let overlay_node = cfg.name.clone();
+    let api = kernlet::api::ApiConfig {
+        address: std::net::SocketAddr::new(args.address, args.port),
+        healthz: (args.healthz_port != 0)
+            .then(|| std::net::SocketAddr::new(args.healthz_bind_address, args.healthz_port)),
+        node: cfg.name.clone(),
+        node_ips: vec![cfg.internal_ip],
+        state_dir: args.dirs.state_dir.clone(),
+        client_ca_pem: Vec::new(),
+        anonymous: args.anonymous_auth,
+        configz: configz(args),
+    };
     Ok(PreparedNode {
         cfg,
         state_dir: args.dirs.state_dir.clone(),
@@ -1117,6 +1139,8 @@ fn prepare_node(args: &NodeArgs) -> anyhow::Result<PreparedNode> {
             ..Default::default()
         },
         static_pods: None,
+        api,
+        client_ca_file: args.client_ca_file.clone(),
         overlay: match args.cluster_cidr {
             None => None,
             Some(cluster_cidr) => Some(kernlet::controllers::overlay::OverlayConfig {
@@ -1136,6 +1160,79 @@ fn prepare_node(args: &NodeArgs) -> anyhow::Result<PreparedNode> {
             }),
         },
     })
+}
+
+/// The cluster CA (PEM) of a kubeconfig's current context, inline or by file.
+fn kubeconfig_ca(text: &str, path: &std::path::Path) -> Option<Vec<u8>> {
+    use base64::Engine as _;
+    let kc: serde_json::Value = serde_saphyr::from_str(text).ok()?;
+    let ctx_name = kc.get("current-context")?.as_str()?;
+    let ctx = kc
+        .get("contexts")?
+        .as_array()?
+        .iter()
+        .find(|c| c["name"] == ctx_name)?;
+    let cluster_name = ctx.pointer("/context/cluster")?.as_str()?;
+    let cluster = kc
+        .get("clusters")?
+        .as_array()?
+        .iter()
+        .find(|c| c["name"] == cluster_name)?
+        .get("cluster")?;
+    if let Some(data) = cluster
+        .get("certificate-authority-data")
+        .and_then(|d| d.as_str())
+    {
+        return base64::engine::general_purpose::STANDARD
+            .decode(data.trim())
+            .ok();
+    }
+    let file = cluster.get("certificate-authority")?.as_str()?;
+    std::fs::read(
+        path.parent()
+            .unwrap_or(std::path::Path::new("."))
+            .join(file),
+    )
+    .ok()
+}
+
+/// A duration as Go prints it (`1m0s`, `10s`, `4h0m0s`), as kubelet's /configz shows.
+fn go_duration(secs: u64) -> String {
+    let (h, m, s) = (secs / 3600, secs / 60 % 60, secs % 60);
+    match (h, m) {
+        (0, 0) => format!("{s}s"),
+        (0, _) => format!("{m}m{s}s"),
+        _ => format!("{h}h{m}m{s}s"),
+    }
+}
+
+/// `/configz`: kernlet's settings under kubelet's names.
+fn configz(args: &NodeArgs) -> serde_json::Value {
+    serde_json::json!({"kubeletconfig": {
+        "kind": "KubeletConfiguration",
+        "apiVersion": "kubelet.config.k8s.io/v1beta1",
+        "enableServer": true,
+        "podLogsDir": args.dirs.log_dir,
+        "syncFrequency": go_duration(args.sync_frequency),
+        "address": args.address.to_string(),
+        "port": args.port,
+        "authentication": {
+            "x509": {"clientCAFile": args.client_ca_file.as_ref().map(|p| p.display().to_string()).unwrap_or_default()},
+            "webhook": {"enabled": true, "cacheTTL": "2m0s"},
+            "anonymous": {"enabled": args.anonymous_auth},
+        },
+        "authorization": {"mode": "Webhook", "webhook": {"cacheAuthorizedTTL": "5m0s", "cacheUnauthorizedTTL": "30s"}},
+        "clusterDomain": args.cluster_domain.clone().unwrap_or_else(|| "cluster.local".into()),
+        "clusterDNS": args.cluster_dns,
+        "healthzPort": args.healthz_port,
+        "healthzBindAddress": args.healthz_bind_address.to_string(),
+        "nodeStatusUpdateFrequency": go_duration(args.node_status_update_frequency),
+        "nodeStatusReportFrequency": go_duration(args.node_status_report_frequency),
+        "maxPods": args.max_pods,
+        "podPidsLimit": args.pod_max_pids,
+        "seccompDefault": args.seccomp_default,
+        "resolvConf": args.resolv_conf,
+    }})
 }
 
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
@@ -1166,7 +1263,19 @@ async fn run_node(kubeconfig: PathBuf, node: PreparedNode) -> anyhow::Result<()>
         pod_timing,
         static_pods,
         overlay,
+        mut api,
+        client_ca_file,
     } = node;
+    api.client_ca_pem = match &client_ca_file {
+        Some(f) => std::fs::read(f)
+            .with_context(|| format!("cannot read --client-ca-file {}", f.display()))?,
+        None => kubeconfig_ca(&text, &kubeconfig).with_context(|| {
+            format!(
+                "the kubeconfig {} names no cluster CA for the kubelet API's client certificates; pass --client-ca-file",
+                kubeconfig.display()
+            )
+        })?,
+    };
     tracing::info!(node = %cfg.name, ip = %cfg.internal_ip, "kernlet starting");
     let access_client = client.get();
     tokio::spawn(async move {
@@ -1260,6 +1369,15 @@ async fn run_node(kubeconfig: PathBuf, node: PreparedNode) -> anyhow::Result<()>
                 message: "kubelet is posting ready status".into(),
             });
         }
+    }
+    {
+        let client = client.clone();
+        let stop = stop_rx.clone();
+        tokio::spawn(async move {
+            if let Err(e) = kernlet::api::serve(api, client, stop).await {
+                tracing::error!("the kubelet API is not served: {e}");
+            }
+        });
     }
     let rotation = kernlet::controllers::client_cert::ClientRotation {
         client: client.clone(),

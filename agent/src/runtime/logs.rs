@@ -200,6 +200,71 @@ pub fn parse_line(line: &str) -> Option<Record> {
     })
 }
 
+/// What to read of a container's log (kubelet's `PodLogOptions`).
+#[derive(Clone, Debug, Default)]
+pub struct ReadOptions {
+    /// The last N lines only.
+    pub tail: Option<usize>,
+    /// Lines written at or after this RFC 3339 time only.
+    pub since: Option<k8s_openapi::jiff::Timestamp>,
+    /// Each line prefixed with its RFC 3339 time.
+    pub timestamps: bool,
+    /// At most this many bytes (whole output, cut at the limit).
+    pub limit_bytes: Option<usize>,
+}
+
+/// The lines of the log at `path` and its rotated files, oldest first, partial records
+/// joined, as `options` selects; each with a newline.
+pub fn read_lines(path: &Path, options: &ReadOptions) -> Vec<String> {
+    let mut files = rotated_files(path);
+    files.push(path.to_path_buf());
+    let mut lines: Vec<String> = Vec::new();
+    let mut partial = String::new();
+    for f in files {
+        let text = std::fs::read_to_string(&f).unwrap_or_default();
+        for rec in text.lines().filter_map(parse_line) {
+            partial.push_str(&rec.text);
+            if rec.partial {
+                continue;
+            }
+            let line = std::mem::take(&mut partial);
+            if let Some(since) = options.since
+                && rec
+                    .time
+                    .parse::<k8s_openapi::jiff::Timestamp>()
+                    .is_ok_and(|t| t < since)
+            {
+                continue;
+            }
+            lines.push(if options.timestamps {
+                format!("{} {line}\n", rec.time)
+            } else {
+                format!("{line}\n")
+            });
+        }
+    }
+    let start = options.tail.map_or(0, |n| lines.len().saturating_sub(n));
+    let mut out: Vec<String> = lines.split_off(start);
+    if let Some(limit) = options.limit_bytes {
+        let mut used = 0;
+        let mut kept = Vec::new();
+        for l in out {
+            if used + l.len() > limit {
+                let mut cut = limit - used;
+                while !l.is_char_boundary(cut) {
+                    cut -= 1;
+                }
+                kept.push(l[..cut].to_string());
+                break;
+            }
+            used += l.len();
+            kept.push(l);
+        }
+        out = kept;
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -210,6 +275,53 @@ mod tests {
             .lines()
             .map(|l| parse_line(l).unwrap())
             .collect()
+    }
+
+    #[test]
+    fn reading_follows_tail_since_timestamps_and_limits() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("0.log");
+        std::fs::write(
+            &p,
+            "2026-11-26T01:10:32.1Z stdout F one\n\
+             2026-11-26T01:10:42.1Z stdout P tw\n\
+             2026-11-26T01:10:42.2Z stdout F o\n\
+             2026-11-26T01:10:52.1Z stderr F three\n",
+        )
+        .unwrap();
+        let all = read_lines(&p, &ReadOptions::default());
+        assert_eq!(all, ["one\n", "two\n", "three\n"]);
+        let tail = read_lines(
+            &p,
+            &ReadOptions {
+                tail: Some(2),
+                timestamps: true,
+                ..Default::default()
+            },
+        );
+        assert_eq!(
+            tail,
+            [
+                "2026-11-26T01:10:42.2Z two\n",
+                "2026-11-26T01:10:52.1Z three\n"
+            ]
+        );
+        let since = read_lines(
+            &p,
+            &ReadOptions {
+                since: Some("2026-11-26T01:10:50Z".parse().unwrap()),
+                ..Default::default()
+            },
+        );
+        assert_eq!(since, ["three\n"]);
+        let limited = read_lines(
+            &p,
+            &ReadOptions {
+                limit_bytes: Some(6),
+                ..Default::default()
+            },
+        );
+        assert_eq!(limited.concat(), "one\ntw");
     }
 
     #[test]

@@ -1,0 +1,573 @@
+//! The kubelet API on :10250 (HTTPS) and the plain healthz on 127.0.0.1:10248.
+//!
+//! Every request is authenticated (a client certificate of the cluster CA, else a
+//! bearer token through TokenReview; anonymous only when enabled) and authorized with a
+//! SubjectAccessReview on the node's subresource for its path, as kubelet does. Served:
+//! `/healthz`, `/pods`, `/runningpods/`, `/containerLogs/{ns}/{pod}/{container}` (with
+//! follow, tailLines, sinceSeconds, sinceTime, timestamps, previous, limitBytes),
+//! `/configz` and `/metrics` (kernlet's own). Not yet: exec, attach, port-forward and
+//! the stats endpoints (they answer 404 like an unknown path).
+
+pub mod auth;
+pub mod tls;
+
+use std::convert::Infallible;
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Request, Response, StatusCode};
+use http_body_util::{BodyExt as _, Full, StreamBody, combinators::BoxBody};
+use hyper::body::{Frame, Incoming};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use serde_json::{Value, json};
+use tokio::sync::watch;
+
+use crate::client::SharedClient;
+use auth::{Authorizer, User};
+
+/// Where and how the API is served.
+#[derive(Clone, Debug)]
+pub struct ApiConfig {
+    pub address: SocketAddr,
+    /// The plain healthz listener (kubelet: 127.0.0.1:10248); `None` turns it off.
+    pub healthz: Option<SocketAddr>,
+    pub node: String,
+    pub node_ips: Vec<IpAddr>,
+    pub state_dir: PathBuf,
+    /// The CA client certificates must chain to (the cluster CA).
+    pub client_ca_pem: Vec<u8>,
+    /// Serve requests without credentials as `system:anonymous` (kubelet's
+    /// `--anonymous-auth`; off by default here, as kubeadm configures kubelets).
+    pub anonymous: bool,
+    /// The `/configz` answer.
+    pub configz: Value,
+}
+
+type Body = BoxBody<Bytes, Infallible>;
+
+#[derive(Default)]
+struct Metrics {
+    by_code: std::sync::Mutex<std::collections::BTreeMap<u16, u64>>,
+    refused: AtomicU64,
+}
+
+struct Shared {
+    cfg: ApiConfig,
+    auth: Authorizer,
+    metrics: Metrics,
+}
+
+fn text(code: StatusCode, body: impl Into<String>) -> Response<Body> {
+    let mut r = Response::new(Full::new(Bytes::from(body.into())).boxed());
+    *r.status_mut() = code;
+    r.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    r
+}
+
+fn json_response(v: &Value) -> Response<Body> {
+    let mut r = Response::new(Full::new(Bytes::from(v.to_string())).boxed());
+    r.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("application/json"),
+    );
+    r
+}
+
+/// Serves the API until `stop`. Fails at once when the address cannot be bound or the
+/// TLS setup is unusable, naming which.
+pub async fn serve(
+    cfg: ApiConfig,
+    client: SharedClient,
+    mut stop: watch::Receiver<bool>,
+) -> Result<(), String> {
+    let (crt, key) = crate::controllers::serving_cert::paths(&cfg.state_dir);
+    let certs = Arc::new(tls::ServingCerts::new(crt, key, &cfg.node, &cfg.node_ips)?);
+    if certs.is_self_signed() {
+        tracing::warn!(
+            "serving the kubelet API with a self-signed certificate until the kubelet-serving CSR is approved"
+        );
+    }
+    let tls = tls::server_config(certs, &cfg.client_ca_pem)?;
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tls));
+    let listener = tokio::net::TcpListener::bind(cfg.address)
+        .await
+        .map_err(|e| format!("cannot listen on {} for the kubelet API: {e}", cfg.address))?;
+    if let Some(h) = cfg.healthz {
+        let healthz = tokio::net::TcpListener::bind(h)
+            .await
+            .map_err(|e| format!("cannot listen on {h} for healthz: {e}"))?;
+        tokio::spawn(serve_healthz(healthz, stop.clone()));
+    }
+    tracing::info!(address = %cfg.address, "kubelet API listening");
+    let shared = Arc::new(Shared {
+        auth: Authorizer::new(client, cfg.node.clone()),
+        cfg,
+        metrics: Metrics::default(),
+    });
+    loop {
+        let (tcp, _) = tokio::select! {
+            _ = stop.changed() => return Ok(()),
+            a = listener.accept() => match a {
+                Ok(a) => a,
+                Err(e) => {
+                    tracing::warn!("kubelet API accept: {e}");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+        };
+        let acceptor = acceptor.clone();
+        let shared = Arc::clone(&shared);
+        tokio::spawn(async move {
+            let Ok(Ok(stream)) =
+                tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp)).await
+            else {
+                // A failed handshake (a certificate of another CA, a client that
+                // never speaks): refused before any request.
+                shared.metrics.refused.fetch_add(1, Ordering::Relaxed);
+                return;
+            };
+            let cert_user = stream
+                .get_ref()
+                .1
+                .peer_certificates()
+                .and_then(|c| c.first())
+                .and_then(|c| auth::user_from_cert(c));
+            let svc = hyper::service::service_fn(move |req| {
+                let shared = Arc::clone(&shared);
+                let cert_user = cert_user.clone();
+                async move { Ok::<_, Infallible>(handle(&shared, cert_user, req).await) }
+            });
+            let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                .serve_connection(TokioIo::new(stream), svc)
+                .await;
+        });
+    }
+}
+
+async fn serve_healthz(listener: tokio::net::TcpListener, mut stop: watch::Receiver<bool>) {
+    loop {
+        let (tcp, _) = tokio::select! {
+            _ = stop.changed() => return,
+            a = listener.accept() => match a { Ok(a) => a, Err(_) => continue },
+        };
+        tokio::spawn(async move {
+            let svc = hyper::service::service_fn(|req: Request<Incoming>| async move {
+                Ok::<_, Infallible>(if req.uri().path() == "/healthz" {
+                    text(StatusCode::OK, "ok")
+                } else {
+                    text(StatusCode::NOT_FOUND, "404 page not found\n")
+                })
+            });
+            let _ = hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(tcp), svc)
+                .await;
+        });
+    }
+}
+
+async fn handle(
+    shared: &Shared,
+    cert_user: Option<User>,
+    req: Request<Incoming>,
+) -> Response<Body> {
+    let resp = authorize_and_route(shared, cert_user, req).await;
+    if let Ok(mut m) = shared.metrics.by_code.lock() {
+        *m.entry(resp.status().as_u16()).or_default() += 1;
+    }
+    resp
+}
+
+/// The user of a request: its certificate's, else its bearer token's, else anonymous
+/// when allowed. `Err` is the response refusing it.
+async fn authenticate(
+    shared: &Shared,
+    cert_user: Option<User>,
+    req: &Request<Incoming>,
+) -> Result<User, Response<Body>> {
+    if let Some(u) = cert_user {
+        return Ok(u);
+    }
+    let bearer = req
+        .headers()
+        .get(http::header::AUTHORIZATION)
+        .and_then(|h| h.to_str().ok())
+        .and_then(|h| h.strip_prefix("Bearer "))
+        .map(str::trim)
+        .filter(|t| !t.is_empty());
+    match bearer {
+        Some(token) => match shared.auth.user_for_token(token).await {
+            Ok(Some(u)) => Ok(u),
+            Ok(None) => Err(text(StatusCode::UNAUTHORIZED, "Unauthorized\n")),
+            Err(e) => {
+                tracing::warn!("authenticating a kubelet API request: {e}");
+                Err(text(StatusCode::UNAUTHORIZED, "Unauthorized\n"))
+            }
+        },
+        None if shared.cfg.anonymous => Ok(User {
+            name: "system:anonymous".into(),
+            groups: vec!["system:unauthenticated".into()],
+        }),
+        None => Err(text(StatusCode::UNAUTHORIZED, "Unauthorized\n")),
+    }
+}
+
+async fn authorize_and_route(
+    shared: &Shared,
+    cert_user: Option<User>,
+    req: Request<Incoming>,
+) -> Response<Body> {
+    let user = match authenticate(shared, cert_user, &req).await {
+        Ok(u) => u,
+        Err(r) => return r,
+    };
+    let path = req.uri().path().to_string();
+    let verb = auth::verb(req.method());
+    let subresources = auth::subresources(&path);
+    let mut allowed = false;
+    for sub in subresources {
+        match shared.auth.allowed(&user, verb, sub).await {
+            Ok(true) => {
+                allowed = true;
+                break;
+            }
+            Ok(false) => {}
+            Err(e) => {
+                tracing::warn!("authorizing a kubelet API request: {e}");
+                return text(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "Authorization error (the apiserver could not be asked)\n",
+                );
+            }
+        }
+    }
+    if !allowed {
+        let last = subresources.last().copied().unwrap_or("proxy");
+        return text(
+            StatusCode::FORBIDDEN,
+            auth::forbidden_body(&user, verb, last),
+        );
+    }
+    route(shared, req).await
+}
+
+async fn route(shared: &Shared, req: Request<Incoming>) -> Response<Body> {
+    let path = req.uri().path().to_string();
+    let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
+    match (req.method(), segments.as_slice()) {
+        (&http::Method::GET, ["healthz"]) => text(StatusCode::OK, "ok"),
+        (&http::Method::GET, ["pods"]) => {
+            let items = crate::standalone::recorded_pods(&shared.cfg.state_dir);
+            json_response(
+                &json!({"kind": "PodList", "apiVersion": "v1", "metadata": {}, "items": items}),
+            )
+        }
+        (&http::Method::GET, ["runningpods"]) => json_response(&running_pods(shared)),
+        (&http::Method::GET, ["configz"]) => json_response(&shared.cfg.configz),
+        (&http::Method::GET, ["metrics"]) => text(StatusCode::OK, metrics(shared)),
+        (&http::Method::GET, ["containerLogs", ns, pod, container]) => {
+            container_logs(shared, ns, pod, container, req.uri().query().unwrap_or("")).await
+        }
+        _ => text(StatusCode::NOT_FOUND, "404 page not found\n"),
+    }
+}
+
+/// kubelet's `/runningpods/`: the pods with a running container, with only what the
+/// runtime knows (name, namespace, uid; containers with name, image and ID).
+fn running_pods(shared: &Shared) -> Value {
+    use crate::runtime::container::{ContainerState, records_in, state_in};
+    let state_dir = &shared.cfg.state_dir;
+    let records = records_in(state_dir);
+    let items: Vec<Value> = crate::standalone::recorded_pods(state_dir)
+        .into_iter()
+        .filter_map(|p| {
+            let uid = p["metadata"]["uid"].as_str()?.to_string();
+            let containers: Vec<Value> = records
+                .iter()
+                .filter(|r| r.pod_uid == uid)
+                .filter(|r| {
+                    matches!(
+                        state_in(&state_dir.join("containers").join(&r.id)),
+                        ContainerState::Running { .. }
+                    )
+                })
+                .map(|r| json!({"name": r.name, "image": r.image_ref, "resources": {}}))
+                .collect();
+            (!containers.is_empty()).then(|| {
+                json!({
+                    "metadata": {"name": p["metadata"]["name"], "namespace": p["metadata"]["namespace"], "uid": uid, "creationTimestamp": null},
+                    "spec": {"containers": containers},
+                    "status": {},
+                })
+            })
+        })
+        .collect();
+    json!({"kind": "PodList", "apiVersion": "v1", "metadata": {}, "items": items})
+}
+
+fn metrics(shared: &Shared) -> String {
+    use crate::runtime::container::{ContainerState, records_in, state_in};
+    let state_dir = &shared.cfg.state_dir;
+    let pods = crate::standalone::recorded_pods(state_dir).len();
+    let running = records_in(state_dir)
+        .iter()
+        .filter(|r| {
+            matches!(
+                state_in(&state_dir.join("containers").join(&r.id)),
+                ContainerState::Running { .. }
+            )
+        })
+        .count();
+    let mut out = String::new();
+    out.push_str(
+        "# HELP kernlet_pods Pods with a sandbox on this node.\n# TYPE kernlet_pods gauge\n",
+    );
+    out.push_str(&format!("kernlet_pods {pods}\n"));
+    out.push_str("# HELP kernlet_running_containers Containers running on this node.\n# TYPE kernlet_running_containers gauge\n");
+    out.push_str(&format!("kernlet_running_containers {running}\n"));
+    out.push_str("# HELP kernlet_api_requests_total Requests to the kubelet API by response code.\n# TYPE kernlet_api_requests_total counter\n");
+    if let Ok(m) = shared.metrics.by_code.lock() {
+        for (code, n) in m.iter() {
+            out.push_str(&format!(
+                "kernlet_api_requests_total{{code=\"{code}\"}} {n}\n"
+            ));
+        }
+    }
+    out.push_str("# HELP kernlet_api_handshakes_refused_total TLS handshakes refused (a certificate of another CA, or no handshake).\n# TYPE kernlet_api_handshakes_refused_total counter\n");
+    out.push_str(&format!(
+        "kernlet_api_handshakes_refused_total {}\n",
+        shared.metrics.refused.load(Ordering::Relaxed)
+    ));
+    out
+}
+
+/// The query parameters of a container log request.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct LogQuery {
+    pub follow: bool,
+    pub previous: bool,
+    pub timestamps: bool,
+    pub tail_lines: Option<usize>,
+    pub since_seconds: Option<i64>,
+    pub since_time: Option<String>,
+    pub limit_bytes: Option<usize>,
+}
+
+impl LogQuery {
+    /// The earliest time of a line to show: `sinceTime`, else `sinceSeconds` before `now`.
+    pub fn since(&self, now: k8s_openapi::jiff::Timestamp) -> Option<k8s_openapi::jiff::Timestamp> {
+        match (&self.since_time, self.since_seconds) {
+            (Some(t), _) => t.parse().ok(),
+            (None, Some(s)) => now
+                .checked_sub(k8s_openapi::jiff::SignedDuration::from_secs(s))
+                .ok(),
+            _ => None,
+        }
+    }
+}
+
+/// Parses `follow`, `previous`, `timestamps`, `tailLines`, `sinceSeconds`, `sinceTime`
+/// and `limitBytes`; a malformed value is an error naming it.
+pub fn parse_log_query(query: &str) -> Result<LogQuery, String> {
+    let mut q = LogQuery::default();
+    for (k, v) in url::form_urlencoded::parse(query.as_bytes()) {
+        let flag = |v: &str| matches!(v, "true" | "1" | "");
+        let num = |v: &str| {
+            v.parse::<i64>()
+                .ok()
+                .filter(|n| *n >= 0)
+                .ok_or_else(|| format!("{k}={v} is not a non-negative number"))
+        };
+        match k.as_ref() {
+            "follow" => q.follow = flag(&v),
+            "previous" => q.previous = flag(&v),
+            "timestamps" => q.timestamps = flag(&v),
+            "tailLines" => q.tail_lines = Some(num(&v)? as usize),
+            "sinceSeconds" => q.since_seconds = Some(num(&v)?),
+            "sinceTime" => {
+                v.parse::<k8s_openapi::jiff::Timestamp>()
+                    .map_err(|_| format!("sinceTime={v} is not an RFC 3339 time"))?;
+                q.since_time = Some(v.into_owned());
+            }
+            "limitBytes" => q.limit_bytes = Some(num(&v)? as usize),
+            _ => {}
+        }
+    }
+    Ok(q)
+}
+
+async fn container_logs(
+    shared: &Shared,
+    ns: &str,
+    pod: &str,
+    container: &str,
+    query: &str,
+) -> Response<Body> {
+    use crate::runtime::container::{ContainerState, records_in, state_in};
+    let q = match parse_log_query(query) {
+        Ok(q) => q,
+        Err(e) => return text(StatusCode::BAD_REQUEST, format!("{e}\n")),
+    };
+    let state_dir = shared.cfg.state_dir.clone();
+    let Some(p) = crate::standalone::recorded_pods(&state_dir)
+        .into_iter()
+        .find(|p| p["metadata"]["namespace"] == ns && p["metadata"]["name"] == pod)
+    else {
+        return text(
+            StatusCode::NOT_FOUND,
+            format!("pod \"{pod}\" in namespace \"{ns}\" is not on this node\n"),
+        );
+    };
+    let uid = p["metadata"]["uid"].as_str().unwrap_or("").to_string();
+    let runs: Vec<_> = records_in(&state_dir)
+        .into_iter()
+        .filter(|r| r.pod_uid == uid && r.name == container)
+        .collect();
+    let run = if q.previous {
+        runs.iter().rev().nth(1)
+    } else {
+        runs.last()
+    };
+    let Some(run) = run.cloned() else {
+        return text(
+            StatusCode::BAD_REQUEST,
+            if q.previous {
+                format!(
+                    "previous terminated container \"{container}\" in pod \"{pod}\" not found\n"
+                )
+            } else {
+                format!(
+                    "container \"{container}\" in pod \"{pod}\" is waiting to start or does not exist\n"
+                )
+            },
+        );
+    };
+    let since = q.since(k8s_openapi::jiff::Timestamp::now());
+    let opts = crate::runtime::logs::ReadOptions {
+        tail: q.tail_lines,
+        since,
+        timestamps: q.timestamps,
+        limit_bytes: q.limit_bytes,
+    };
+    let lines = crate::runtime::logs::read_lines(&run.log_path, &opts);
+    let container_dir = state_dir.join("containers").join(&run.id);
+    let running = matches!(state_in(&container_dir), ContainerState::Running { .. });
+    if !q.follow || !running {
+        let mut r = text(StatusCode::OK, lines.concat());
+        r.headers_mut().insert(
+            http::header::CONTENT_TYPE,
+            http::HeaderValue::from_static("text/plain"),
+        );
+        return r;
+    }
+    // Follow: what is there, then every new complete line until the container stops or
+    // the client goes (a send fails), bounded by limitBytes.
+    let (mut tx, rx) = futures::channel::mpsc::channel::<Result<Frame<Bytes>, Infallible>>(16);
+    let mut sent: usize = lines.iter().map(String::len).sum();
+    let mut seen = crate::runtime::logs::read_lines(
+        &run.log_path,
+        &crate::runtime::logs::ReadOptions {
+            timestamps: q.timestamps,
+            ..Default::default()
+        },
+    )
+    .len();
+    let limit = q.limit_bytes;
+    let log_path = run.log_path.clone();
+    let timestamps = q.timestamps;
+    tokio::spawn(async move {
+        use futures::SinkExt as _;
+        if tx
+            .send(Ok(Frame::data(Bytes::from(lines.concat()))))
+            .await
+            .is_err()
+        {
+            return;
+        }
+        loop {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            let all = crate::runtime::logs::read_lines(
+                &log_path,
+                &crate::runtime::logs::ReadOptions {
+                    timestamps,
+                    ..Default::default()
+                },
+            );
+            // A rotation that dropped old files can shrink the list: start over at its end.
+            if all.len() < seen {
+                seen = all.len();
+            }
+            for l in &all[seen..] {
+                let mut chunk = l.clone();
+                if let Some(limit) = limit {
+                    if sent >= limit {
+                        return;
+                    }
+                    chunk.truncate(limit - sent);
+                }
+                sent += chunk.len();
+                if tx.send(Ok(Frame::data(Bytes::from(chunk)))).await.is_err() {
+                    return;
+                }
+            }
+            seen = all.len();
+            if !matches!(state_in(&container_dir), ContainerState::Running { .. }) {
+                return;
+            }
+        }
+    });
+    let mut r = Response::new(StreamBody::new(rx).boxed());
+    r.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("text/plain"),
+    );
+    r
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn log_queries_parse_and_bad_values_are_named() {
+        let q = parse_log_query(
+            "follow=true&tailLines=3&timestamps=1&sinceSeconds=60&limitBytes=100&previous=false",
+        )
+        .unwrap();
+        assert_eq!(
+            q,
+            LogQuery {
+                follow: true,
+                previous: false,
+                timestamps: true,
+                tail_lines: Some(3),
+                since_seconds: Some(60),
+                since_time: None,
+                limit_bytes: Some(100),
+            }
+        );
+        assert!(
+            parse_log_query("tailLines=-1")
+                .unwrap_err()
+                .contains("tailLines")
+        );
+        assert!(
+            parse_log_query("sinceTime=yesterday")
+                .unwrap_err()
+                .contains("sinceTime")
+        );
+        let q = parse_log_query("sinceTime=2026-11-26T01:10:42Z").unwrap();
+        assert_eq!(q.since_time.as_deref(), Some("2026-11-26T01:10:42Z"));
+        let now: k8s_openapi::jiff::Timestamp = "2026-11-26T02:00:00Z".parse().unwrap();
+        assert_eq!(q.since(now), Some("2026-11-26T01:10:42Z".parse().unwrap()));
+        let q = parse_log_query("sinceSeconds=60").unwrap();
+        assert_eq!(q.since(now), Some("2026-11-26T01:59:00Z".parse().unwrap()));
+    }
+}

@@ -1,0 +1,487 @@
+//! The kubelet API of a kernlet node (root, SimNode): HTTPS on :10250 with a
+//! self-signed certificate until the kubelet-serving CSR is approved, then the issued
+//! one; authentication by client certificate or TokenReview, authorization by
+//! SubjectAccessReview; container logs with every parameter, pods, configz, metrics,
+//! healthz; and 1,000 requests without the right credentials all refused.
+
+#![allow(
+    clippy::unwrap_used,
+    reason = "a test that cannot go on should stop loudly"
+)]
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use base64::Engine as _;
+use bytes::Bytes;
+use http_body_util::{BodyExt as _, Empty};
+use k8s_openapi::api::core::v1::{Node, Pod};
+use kernlet_tests::cluster::Cluster;
+use kernlet_tests::simnode::{BRIDGE_IP, Lab, SimNode};
+use kube::api::{Api, PostParams};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+
+async fn wait_for<T>(what: &str, within: Duration, mut f: impl AsyncFnMut() -> Option<T>) -> T {
+    let start = Instant::now();
+    loop {
+        if let Some(v) = f().await {
+            return v;
+        }
+        assert!(start.elapsed() < within, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Accepts any server certificate and remembers the last one (the test checks which
+/// certificate the node serves, not who signed it).
+#[derive(Debug, Default)]
+struct AnyServer(std::sync::Mutex<Vec<u8>>);
+
+impl rustls::client::danger::ServerCertVerifier for AnyServer {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        _: &[CertificateDer<'_>],
+        _: &ServerName<'_>,
+        _: &[u8],
+        _: rustls::pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        *self.0.lock().unwrap() = end_entity.to_vec();
+        Ok(rustls::client::danger::ServerCertVerified::assertion())
+    }
+    fn verify_tls12_signature(
+        &self,
+        _: &[u8],
+        _: &CertificateDer<'_>,
+        _: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        Ok(rustls::client::danger::HandshakeSignatureValid::assertion())
+    }
+    fn verify_tls13_signature(
+        &self,
+        _: &[u8],
+        _: &CertificateDer<'_>,
+        _: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        Ok(rustls::client::danger::HandshakeSignatureValid::assertion())
+    }
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        rustls::crypto::aws_lc_rs::default_provider()
+            .signature_verification_algorithms
+            .supported_schemes()
+    }
+}
+
+/// A client of one node's API: an optional client certificate, an optional token.
+struct Client {
+    bridge_ns: std::path::PathBuf,
+    addr: SocketAddr,
+    tls: Arc<rustls::ClientConfig>,
+    seen: Arc<AnyServer>,
+    token: Option<String>,
+}
+
+/// `(cert, key)` PEM of a kubeconfig's user.
+fn identity(kubeconfig: &std::path::Path) -> (String, String) {
+    let kc: serde_json::Value =
+        serde_saphyr::from_str(&std::fs::read_to_string(kubeconfig).unwrap()).unwrap();
+    let user = &kc["users"][0]["user"];
+    let d = |k: &str| {
+        String::from_utf8(
+            base64::engine::general_purpose::STANDARD
+                .decode(user[k].as_str().unwrap())
+                .unwrap(),
+        )
+        .unwrap()
+    };
+    (d("client-certificate-data"), d("client-key-data"))
+}
+
+impl Client {
+    fn new(
+        lab: &Lab,
+        node: &SimNode,
+        cert: Option<(String, String)>,
+        token: Option<String>,
+    ) -> Self {
+        let seen = Arc::new(AnyServer::default());
+        let builder = rustls::ClientConfig::builder()
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::clone(&seen) as _);
+        let tls = match cert {
+            Some((c, k)) => {
+                let certs: Vec<CertificateDer<'static>> =
+                    rustls::pki_types::pem::PemObject::pem_slice_iter(c.as_bytes())
+                        .collect::<Result<_, _>>()
+                        .unwrap();
+                let key =
+                    <PrivateKeyDer<'static> as rustls::pki_types::pem::PemObject>::from_pem_slice(
+                        k.as_bytes(),
+                    )
+                    .unwrap();
+                builder.with_client_auth_cert(certs, key).unwrap()
+            }
+            None => builder.with_no_client_auth(),
+        };
+        // Full handshakes only: a resumed session shows no certificate.
+        let mut tls = tls;
+        tls.resumption = rustls::client::Resumption::disabled();
+        Self {
+            bridge_ns: format!("/run/netns/{}", lab.bridge_netns()).into(),
+            addr: SocketAddr::new(node.address.into(), 10250),
+            tls: Arc::new(tls),
+            seen,
+            token,
+        }
+    }
+
+    /// One connection (TLS handshake); `Err` when the handshake is refused.
+    async fn connect(
+        &self,
+    ) -> Result<hyper::client::conn::http1::SendRequest<Empty<Bytes>>, String> {
+        let tcp =
+            kernlet::sys::ns::connect_in(Some(&self.bridge_ns), self.addr, Duration::from_secs(5))
+                .map_err(|e| e.to_string())?;
+        tcp.set_nonblocking(true).unwrap();
+        let tcp = tokio::net::TcpStream::from_std(tcp).unwrap();
+        let tls = tokio_rustls::TlsConnector::from(Arc::clone(&self.tls))
+            .connect(ServerName::try_from("node").unwrap(), tcp)
+            .await
+            .map_err(|e| format!("handshake: {e}"))?;
+        let (send, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tls))
+            .await
+            .map_err(|e| format!("http: {e}"))?;
+        tokio::spawn(conn);
+        Ok(send)
+    }
+
+    async fn send(
+        &self,
+        conn: &mut hyper::client::conn::http1::SendRequest<Empty<Bytes>>,
+        path: &str,
+    ) -> Result<http::Response<hyper::body::Incoming>, String> {
+        let mut req = http::Request::get(path).header("host", "node");
+        if let Some(t) = &self.token {
+            req = req.header("authorization", format!("Bearer {t}"));
+        }
+        conn.ready().await.map_err(|e| e.to_string())?;
+        conn.send_request(req.body(Empty::new()).unwrap())
+            .await
+            .map_err(|e| e.to_string())
+    }
+
+    /// GET `path` on a new connection: status and body.
+    async fn get(&self, path: &str) -> Result<(u16, String), String> {
+        let mut conn = self.connect().await?;
+        let resp = self.send(&mut conn, path).await?;
+        let status = resp.status().as_u16();
+        let body = resp
+            .into_body()
+            .collect()
+            .await
+            .map_err(|e| e.to_string())?
+            .to_bytes();
+        Ok((status, String::from_utf8_lossy(&body).into_owned()))
+    }
+
+    fn server_cert_cn(&self) -> String {
+        let der = self.seen.0.lock().unwrap().clone();
+        let (_, cert) = x509_parser::parse_x509_certificate(&der).unwrap();
+        cert.subject()
+            .iter_common_name()
+            .next()
+            .unwrap()
+            .as_str()
+            .unwrap()
+            .to_string()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_kubelet_api_serves_logs_and_pods_to_authorized_callers_only() {
+    let cluster = Cluster::start(&[BRIDGE_IP.into()]).await.unwrap();
+    let mut lab = Lab::new("kapi").unwrap();
+    let fwd = lab.forward(0, cluster.addr()).unwrap();
+    let mut node = lab.add_node("k1").unwrap();
+    node.import_busybox().unwrap();
+    let kubeconfig = node.dir("state").join("node.kubeconfig");
+    cluster
+        .kubeconfig_at(&fwd.url, "system:node:k1", &["system:nodes"], &kubeconfig)
+        .unwrap();
+    let kc = kubeconfig.display().to_string();
+    node.start_kernlet(&["run", "--kubeconfig", &kc, "--node-name", "k1"])
+        .unwrap();
+    let admin = cluster.admin().await.unwrap();
+    let nodes: Api<Node> = Api::all(admin.clone());
+    wait_for("node k1", Duration::from_secs(30), async || {
+        nodes.get_opt("k1").await.ok()?
+    })
+    .await;
+
+    let pods: Api<Pod> = Api::namespaced(admin.clone(), "default");
+    let pod: Pod = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": "talker"},
+        "spec": {"hostNetwork": true, "terminationGracePeriodSeconds": 1, "containers": [
+            {"name": "c", "image": "busybox:1.36", "command": ["sh", "-c",
+             "for i in 1 2 3 4 5; do echo line $i; done; i=0; while true; do echo tick $i; i=$((i+1)); sleep 0.2; done"]}]},
+    }))
+    .unwrap();
+    pods.create(&PostParams::default(), &pod).await.unwrap();
+    cluster.bind_pod("default", "talker", "k1").await.unwrap();
+
+    // The apiserver's kubelet client: a certificate of the cluster CA in system:masters.
+    let admin_id = identity(&cluster.admin_kubeconfig().unwrap());
+    let api = Client::new(&lab, &node, Some(admin_id.clone()), None);
+    let (code, body) = wait_for("the API up", Duration::from_secs(30), async || {
+        api.get("/healthz").await.ok()
+    })
+    .await;
+    assert_eq!((code, body.as_str()), (200, "ok"));
+    assert_eq!(
+        api.server_cert_cn(),
+        "k1@kernlet-self-signed",
+        "self-signed until the serving CSR is approved"
+    );
+    // healthz, plain, on the node's loopback.
+    let healthz = kernlet::sys::ns::connect_in(
+        Some(&std::path::PathBuf::from(format!(
+            "/run/netns/{}",
+            node.netns
+        ))),
+        "127.0.0.1:10248".parse().unwrap(),
+        Duration::from_secs(5),
+    );
+    let mut healthz = healthz.unwrap();
+    use std::io::{Read as _, Write as _};
+    healthz
+        .write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    let mut answer = String::new();
+    healthz.read_to_string(&mut answer).unwrap();
+    assert!(
+        answer.starts_with("HTTP/1.1 200") && answer.ends_with("ok"),
+        "{answer}"
+    );
+
+    // Logs: every parameter.
+    wait_for("the talker's ticks", Duration::from_secs(60), async || {
+        let (c, b) = api.get("/containerLogs/default/talker/c").await.ok()?;
+        (c == 200 && b.contains("tick 3")).then_some(())
+    })
+    .await;
+    let (c, all) = api.get("/containerLogs/default/talker/c").await.unwrap();
+    assert_eq!(c, 200);
+    assert!(all.starts_with("line 1\nline 2\n"), "{all}");
+    let (_, tail) = api
+        .get("/containerLogs/default/talker/c?tailLines=2&timestamps=true")
+        .await
+        .unwrap();
+    let lines: Vec<&str> = tail.lines().collect();
+    assert_eq!(lines.len(), 2, "{tail}");
+    for l in &lines {
+        let (ts, text) = l.split_once(' ').unwrap();
+        assert!(ts.parse::<k8s_openapi::jiff::Timestamp>().is_ok(), "{l}");
+        assert!(text.starts_with("tick "), "{l}");
+    }
+    let (_, limited) = api
+        .get("/containerLogs/default/talker/c?limitBytes=9")
+        .await
+        .unwrap();
+    assert_eq!(limited, "line 1\nli");
+    // (Whole seconds: a second after the first lines, so none of them is as recent.)
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let since = k8s_openapi::jiff::Timestamp::now()
+        .strftime("%Y-%m-%dT%H:%M:%SZ")
+        .to_string();
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let (_, recent) = api
+        .get("/containerLogs/default/talker/c?sinceSeconds=1")
+        .await
+        .unwrap();
+    assert!(
+        !recent.contains("line 1") && recent.contains("tick"),
+        "{recent}"
+    );
+    let (_, after) = api
+        .get(&format!(
+            "/containerLogs/default/talker/c?sinceTime={since}"
+        ))
+        .await
+        .unwrap();
+    assert!(
+        !after.is_empty() && !after.contains("line "),
+        "since {since}: {after}"
+    );
+    let (c, prev) = api
+        .get("/containerLogs/default/talker/c?previous=true")
+        .await
+        .unwrap();
+    assert_eq!(c, 400, "{prev}");
+    assert!(prev.contains("previous terminated container"), "{prev}");
+    let (c, bad) = api
+        .get("/containerLogs/default/talker/c?tailLines=x")
+        .await
+        .unwrap();
+    assert_eq!(c, 400, "{bad}");
+    // Follow: the stream keeps bringing new lines.
+    let mut conn = api.connect().await.unwrap();
+    let resp = api
+        .send(
+            &mut conn,
+            "/containerLogs/default/talker/c?follow=true&tailLines=1",
+        )
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 200);
+    let mut body = resp.into_body();
+    let mut followed = String::new();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while followed.matches("tick").count() < 4 && Instant::now() < deadline {
+        if let Ok(Some(Ok(frame))) =
+            tokio::time::timeout(Duration::from_secs(2), body.frame()).await
+            && let Some(d) = frame.data_ref()
+        {
+            followed.push_str(&String::from_utf8_lossy(d));
+        }
+    }
+    assert!(followed.matches("tick").count() >= 4, "{followed}");
+    drop(body);
+    drop(conn);
+
+    // Pods, running pods, configz, metrics.
+    let (c, list) = api.get("/pods").await.unwrap();
+    assert_eq!(c, 200);
+    let list: serde_json::Value = serde_json::from_str(&list).unwrap();
+    assert_eq!(list["kind"], "PodList");
+    assert!(
+        list["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|p| p["metadata"]["name"] == "talker" && p["status"]["phase"] == "Running")
+    );
+    let (_, running) = api.get("/runningpods/").await.unwrap();
+    let running: serde_json::Value = serde_json::from_str(&running).unwrap();
+    assert_eq!(
+        running["items"][0]["spec"]["containers"][0]["name"], "c",
+        "{running}"
+    );
+    let (_, configz) = api.get("/configz").await.unwrap();
+    let configz: serde_json::Value = serde_json::from_str(&configz).unwrap();
+    assert_eq!(configz["kubeletconfig"]["port"], 10250);
+    assert_eq!(configz["kubeletconfig"]["authorization"]["mode"], "Webhook");
+    let (_, metrics) = api.get("/metrics").await.unwrap();
+    assert!(
+        metrics.contains("kernlet_running_containers 1")
+            && metrics.contains("kernlet_api_requests_total{code=\"200\"}"),
+        "{metrics}"
+    );
+
+    // Refused: no credentials (401), an invalid token (401), a valid token without
+    // permission (403 with kubelet's message), a certificate of another CA (handshake).
+    let anonymous = Client::new(&lab, &node, None, None);
+    assert_eq!(
+        anonymous.get("/pods").await.unwrap(),
+        (401, "Unauthorized\n".to_string())
+    );
+    let bad_token = Client::new(&lab, &node, None, Some("not-a-token".into()));
+    assert_eq!(bad_token.get("/pods").await.unwrap().0, 401);
+    let sa_token = {
+        let sa: Api<k8s_openapi::api::core::v1::ServiceAccount> =
+            Api::namespaced(admin.clone(), "default");
+        let tr: k8s_openapi::api::authentication::v1::TokenRequest =
+            serde_json::from_value(serde_json::json!({"spec": {"audiences": []}})).unwrap();
+        sa.create_token_request("default", &PostParams::default(), &tr)
+            .await
+            .unwrap()
+            .status
+            .unwrap()
+            .token
+    };
+    let no_rights = Client::new(&lab, &node, None, sa_token);
+    let (c, body) = no_rights
+        .get("/containerLogs/default/talker/c")
+        .await
+        .unwrap();
+    assert_eq!(c, 403);
+    assert_eq!(
+        body,
+        "Forbidden (user=system:serviceaccount:default:default, verb=get, resource=nodes, subresource(s)=[proxy])\n"
+    );
+    let other_ca = kernlet_tests::apiserver::pki::Ca::new()
+        .unwrap()
+        .client("kubernetes-admin", &["system:masters"])
+        .unwrap();
+    let impostor = Client::new(
+        &lab,
+        &node,
+        Some((other_ca.cert_pem, other_ca.key_pem)),
+        None,
+    );
+    assert!(
+        impostor.get("/pods").await.is_err(),
+        "a certificate of another CA is refused"
+    );
+
+    // 1,000 such requests: every one refused, none answered with a log.
+    let mut refused = 0;
+    for client in [&anonymous, &bad_token, &no_rights] {
+        let mut conn = client.connect().await.unwrap();
+        for _ in 0..300 {
+            let resp = client
+                .send(&mut conn, "/containerLogs/default/talker/c")
+                .await
+                .unwrap();
+            let code = resp.status().as_u16();
+            let body = resp.into_body().collect().await.unwrap().to_bytes();
+            assert!(
+                matches!(code, 401 | 403) && !String::from_utf8_lossy(&body).contains("tick"),
+                "{code}"
+            );
+            refused += 1;
+        }
+    }
+    for _ in 0..100 {
+        assert!(
+            impostor
+                .get("/containerLogs/default/talker/c")
+                .await
+                .is_err()
+        );
+        refused += 1;
+    }
+    assert_eq!(refused, 1000);
+
+    // The serving CSR approved: new connections get the issued certificate.
+    let csrs: Api<k8s_openapi::api::certificates::v1::CertificateSigningRequest> =
+        Api::all(admin.clone());
+    let csr = wait_for("the serving CSR", Duration::from_secs(30), async || {
+        csrs.list(&Default::default())
+            .await
+            .ok()?
+            .items
+            .into_iter()
+            .find(|c| c.spec.signer_name == "kubernetes.io/kubelet-serving")
+    })
+    .await;
+    cluster
+        .approve_csr(csr.metadata.name.as_deref().unwrap())
+        .await
+        .unwrap();
+    let start = Instant::now();
+    loop {
+        api.get("/healthz").await.unwrap();
+        if api.server_cert_cn() == "system:node:k1" {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "the issued serving certificate is not served (CN {})\n{}",
+            api.server_cert_cn(),
+            node.kernlet_log()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    drop(fwd);
+}
