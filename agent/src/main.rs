@@ -399,6 +399,13 @@ fn internal(args: &[String]) -> ExitCode {
                 command,
             ) as u8)
         }
+        [cmd, bundle, tty, command @ ..] if cmd == "exec-stream" => {
+            ExitCode::from(kernlet::runtime::exec::stream_helper_main(
+                std::path::Path::new(bundle),
+                tty == "1",
+                command,
+            ) as u8)
+        }
         [cmd, bundle] if cmd == "shim" => {
             ExitCode::from(kernlet::runtime::shim::main(std::path::Path::new(bundle)) as u8)
         }
@@ -1128,6 +1135,8 @@ fn prepare_node(args: &NodeArgs) -> anyhow::Result<PreparedNode> {
         client_ca_pem: Vec::new(),
         anonymous: args.anonymous_auth,
         configz: configz(args),
+        run_dir: args.dirs.run_dir.clone(),
+        exe: std::env::current_exe().context("cannot find the kernlet binary for exec")?,
     };
     Ok(PreparedNode {
         cfg,

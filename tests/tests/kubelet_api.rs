@@ -185,6 +185,42 @@ impl Client {
         Ok((status, String::from_utf8_lossy(&body).into_owned()))
     }
 
+    /// A WebSocket to `path` speaking `protocol`.
+    async fn ws(
+        &self,
+        path: &str,
+        protocol: &str,
+    ) -> Result<
+        tokio_tungstenite::WebSocketStream<tokio_rustls::client::TlsStream<tokio::net::TcpStream>>,
+        String,
+    > {
+        use tokio_tungstenite::tungstenite::client::IntoClientRequest as _;
+        let tcp =
+            kernlet::sys::ns::connect_in(Some(&self.bridge_ns), self.addr, Duration::from_secs(5))
+                .map_err(|e| e.to_string())?;
+        tcp.set_nonblocking(true).unwrap();
+        let tcp = tokio::net::TcpStream::from_std(tcp).unwrap();
+        let tls = tokio_rustls::TlsConnector::from(Arc::clone(&self.tls))
+            .connect(ServerName::try_from("node").unwrap(), tcp)
+            .await
+            .map_err(|e| format!("handshake: {e}"))?;
+        let mut req = format!("wss://node{path}").into_client_request().unwrap();
+        req.headers_mut()
+            .insert("Sec-WebSocket-Protocol", protocol.parse().unwrap());
+        if let Some(t) = &self.token {
+            req.headers_mut()
+                .insert("Authorization", format!("Bearer {t}").parse().unwrap());
+        }
+        let (ws, resp) = tokio_tungstenite::client_async(req, tls)
+            .await
+            .map_err(|e| format!("websocket: {e}"))?;
+        assert_eq!(
+            resp.headers().get("Sec-WebSocket-Protocol").unwrap(),
+            protocol
+        );
+        Ok(ws)
+    }
+
     fn server_cert_cn(&self) -> String {
         let der = self.seen.0.lock().unwrap().clone();
         let (_, cert) = x509_parser::parse_x509_certificate(&der).unwrap();
@@ -196,6 +232,45 @@ impl Client {
             .unwrap()
             .to_string()
     }
+}
+
+type Ws =
+    tokio_tungstenite::WebSocketStream<tokio_rustls::client::TlsStream<tokio::net::TcpStream>>;
+
+fn exec_path(pod: &str, command: &[&str], extra: &str) -> String {
+    let mut q = url::form_urlencoded::Serializer::new(String::new());
+    for c in command {
+        q.append_pair("command", c);
+    }
+    format!("/exec/default/{pod}/c?{}&{extra}", q.finish())
+}
+
+/// Everything an exec sends until it closes: stdout, stderr, the final Status.
+async fn exec_output(ws: &mut Ws) -> (String, String, serde_json::Value) {
+    use futures::StreamExt as _;
+    let (mut out, mut err, mut status) = (String::new(), String::new(), serde_json::Value::Null);
+    while let Ok(Some(Ok(msg))) = tokio::time::timeout(Duration::from_secs(10), ws.next()).await {
+        let tokio_tungstenite::tungstenite::Message::Binary(b) = msg else {
+            if msg.is_close() {
+                break;
+            }
+            continue;
+        };
+        let (ch, body) = b.split_first().unwrap();
+        match ch {
+            1 => out.push_str(&String::from_utf8_lossy(body)),
+            2 => err.push_str(&String::from_utf8_lossy(body)),
+            3 => status = serde_json::from_slice(body).unwrap(),
+            _ => {}
+        }
+    }
+    (out, err, status)
+}
+
+fn bin(channel: u8, data: &[u8]) -> tokio_tungstenite::tungstenite::Message {
+    let mut v = vec![channel];
+    v.extend_from_slice(data);
+    tokio_tungstenite::tungstenite::Message::Binary(v.into())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -452,6 +527,118 @@ async fn the_kubelet_api_serves_logs_and_pods_to_authorized_callers_only() {
         refused += 1;
     }
     assert_eq!(refused, 1000);
+
+    // exec over WebSocket (v5): stdin, stdout, stderr apart, stdin closed, exit code.
+    use futures::SinkExt as _;
+    let path = exec_path(
+        "talker",
+        &[
+            "sh",
+            "-c",
+            "echo out; echo err >&2; read x; echo got $x; exit 3",
+        ],
+        "stdin=1&stdout=1&stderr=1",
+    );
+    let mut ws = api.ws(&path, "v5.channel.k8s.io").await.unwrap();
+    ws.send(bin(0, b"hello\n")).await.unwrap();
+    ws.send(bin(255, &[0])).await.unwrap();
+    let (out, err, status) = exec_output(&mut ws).await;
+    assert_eq!((out.as_str(), err.as_str()), ("out\ngot hello\n", "err\n"));
+    assert_eq!(status["status"], "Failure", "{status}");
+    assert_eq!(status["reason"], "NonZeroExitCode");
+    assert_eq!(status["details"]["causes"][0]["message"], "3");
+    // With a terminal: the resize reaches it, the command's stdout is the terminal.
+    let path = exec_path(
+        "talker",
+        &[
+            "sh",
+            "-c",
+            "sleep 0.5; stty size; [ -t 0 ] && [ -t 1 ] && echo on-a-terminal",
+        ],
+        "stdin=1&stdout=1&tty=1",
+    );
+    let mut ws = api.ws(&path, "v5.channel.k8s.io").await.unwrap();
+    ws.send(bin(4, br#"{"Width":100,"Height":40}"#))
+        .await
+        .unwrap();
+    let (out, _, status) = exec_output(&mut ws).await;
+    assert!(out.contains("40 100\r\non-a-terminal"), "{out:?}");
+    assert_eq!(status["status"], "Success", "{status}");
+    // v4 too, and a command that is not there.
+    let path = exec_path("talker", &["no-such-command"], "stdout=1&stderr=1");
+    let mut ws = api.ws(&path, "v4.channel.k8s.io").await.unwrap();
+    let (_, err, status) = exec_output(&mut ws).await;
+    assert!(err.contains("no-such-command"), "{err}");
+    assert_eq!(status["details"]["causes"][0]["message"], "127", "{status}");
+    // Without a WebSocket the answer says what this node speaks.
+    let (c, body) = api.get(&path).await.unwrap();
+    assert_eq!(c, 400);
+    assert!(body.contains("v5.channel.k8s.io"), "{body}");
+    // Not allowed: exec needs create on nodes/proxy.
+    let refused = no_rights.ws(&path, "v5.channel.k8s.io").await;
+    assert!(refused.unwrap_err().contains("403"));
+
+    // port-forward over WebSocket to a pod's own loopback.
+    let quiet: Pod = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": "quiet"},
+        "spec": {"terminationGracePeriodSeconds": 1, "containers": [
+            {"name": "c", "image": "busybox:1.36", "command": ["sleep", "600"]}]},
+    }))
+    .unwrap();
+    pods.create(&PostParams::default(), &quiet).await.unwrap();
+    cluster.bind_pod("default", "quiet", "k1").await.unwrap();
+    let uid = wait_for("pod quiet running", Duration::from_secs(60), async || {
+        let p = pods.get("quiet").await.ok()?;
+        (p.status.as_ref()?.phase.as_deref() == Some("Running")).then_some(p.metadata.uid?)
+    })
+    .await;
+    let pod_ns = node.dir("run").join("pods").join(&uid).join("ns/net");
+    let listener = kernlet_tests::overlay::in_netns(&pod_ns, || {
+        std::net::TcpListener::bind(("127.0.0.1", 8080)).unwrap()
+    })
+    .unwrap();
+    let echo = std::thread::spawn(move || {
+        let (mut s, _) = listener.accept().unwrap();
+        let mut buf = [0u8; 64];
+        let n = s.read(&mut buf).unwrap();
+        s.write_all(&buf[..n].to_ascii_uppercase()).unwrap();
+    });
+    let mut ws = api
+        .ws("/portForward/default/quiet?port=8080", "v4.channel.k8s.io")
+        .await
+        .unwrap();
+    use futures::StreamExt as _;
+    let mut next = async || loop {
+        let m = tokio::time::timeout(Duration::from_secs(10), ws.next())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        if let tokio_tungstenite::tungstenite::Message::Binary(b) = m {
+            return b.to_vec();
+        }
+    };
+    assert_eq!(
+        next().await,
+        [0, 0x90, 0x1f],
+        "the data channel opens with the port"
+    );
+    assert_eq!(next().await, [1, 0x90, 0x1f], "so does the error channel");
+    ws.send(bin(0, b"ping")).await.unwrap();
+    let mut got = Vec::new();
+    while got.len() < 4 {
+        let m = tokio::time::timeout(Duration::from_secs(10), ws.next())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        if let tokio_tungstenite::tungstenite::Message::Binary(b) = m {
+            assert_eq!(b[0], 0);
+            got.extend_from_slice(&b[1..]);
+        }
+    }
+    assert_eq!(got, b"PING");
+    echo.join().unwrap();
 
     // The serving CSR approved: new connections get the issued certificate.
     let csrs: Api<k8s_openapi::api::certificates::v1::CertificateSigningRequest> =

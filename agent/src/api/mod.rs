@@ -9,6 +9,7 @@
 //! the stats endpoints (they answer 404 like an unknown path).
 
 pub mod auth;
+pub mod stream;
 pub mod tls;
 
 use std::convert::Infallible;
@@ -45,6 +46,10 @@ pub struct ApiConfig {
     pub anonymous: bool,
     /// The `/configz` answer.
     pub configz: Value,
+    /// Where pod namespaces are pinned (`<run-dir>/pods/<uid>/ns`).
+    pub run_dir: PathBuf,
+    /// The kernlet binary, re-executed as the exec helper.
+    pub exe: PathBuf,
 }
 
 type Body = BoxBody<Bytes, Infallible>;
@@ -146,7 +151,7 @@ pub async fn serve(
                 async move { Ok::<_, Infallible>(handle(&shared, cert_user, req).await) }
             });
             let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-                .serve_connection(TokioIo::new(stream), svc)
+                .serve_connection_with_upgrades(TokioIo::new(stream), svc)
                 .await;
         });
     }
@@ -229,7 +234,16 @@ async fn authorize_and_route(
         Err(r) => return r,
     };
     let path = req.uri().path().to_string();
-    let verb = auth::verb(req.method());
+    // Streaming endpoints act on the node whatever the method (a WebSocket upgrade is a
+    // GET): they need create, as kubelet asks.
+    let streaming = ["/exec/", "/attach/", "/portForward/", "/run/"]
+        .iter()
+        .any(|p| path.starts_with(p));
+    let verb = if streaming {
+        "create"
+    } else {
+        auth::verb(req.method())
+    };
     let subresources = auth::subresources(&path);
     let mut allowed = false;
     for sub in subresources {
@@ -275,8 +289,147 @@ async fn route(shared: &Shared, req: Request<Incoming>) -> Response<Body> {
         (&http::Method::GET, ["containerLogs", ns, pod, container]) => {
             container_logs(shared, ns, pod, container, req.uri().query().unwrap_or("")).await
         }
+        (_, ["exec", ns, pod, container]) => {
+            let (ns, pod, container) = (ns.to_string(), pod.to_string(), container.to_string());
+            exec_route(shared, req, &ns, &pod, &container)
+        }
+        (_, ["portForward", ns, pod]) => {
+            let (ns, pod) = (ns.to_string(), pod.to_string());
+            port_forward_route(shared, req, &ns, &pod)
+        }
         _ => text(StatusCode::NOT_FOUND, "404 page not found\n"),
     }
+}
+
+/// The protocol and key of a WebSocket upgrade, or the answer refusing the request.
+fn websocket_request(
+    req: &Request<Incoming>,
+) -> Result<(&'static str, Vec<u8>), (StatusCode, String)> {
+    if !stream::is_upgrade(req) {
+        return Err((
+            StatusCode::BAD_REQUEST,
+            "this node streams over WebSocket (v5.channel.k8s.io, v4.channel.k8s.io) only; SPDY is not supported yet\n".into(),
+        ));
+    }
+    let offered = req
+        .headers()
+        .get(http::header::SEC_WEBSOCKET_PROTOCOL)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    let Some(protocol) = stream::negotiate(offered) else {
+        return Err((
+            StatusCode::BAD_REQUEST,
+            format!(
+                "none of the offered subprotocols ({offered}) is supported; this node speaks {}\n",
+                stream::PROTOCOLS.join(", ")
+            ),
+        ));
+    };
+    let Some(key) = req.headers().get(http::header::SEC_WEBSOCKET_KEY) else {
+        return Err((
+            StatusCode::BAD_REQUEST,
+            "missing Sec-WebSocket-Key\n".into(),
+        ));
+    };
+    Ok((protocol, key.as_bytes().to_vec()))
+}
+
+fn upgraded_response(key: &[u8], protocol: &str) -> Response<Body> {
+    let (parts, ()) = stream::switching(key, protocol).into_parts();
+    Response::from_parts(parts, http_body_util::Empty::new().boxed())
+}
+
+/// The recorded pod `ns/name`.
+fn find_pod(shared: &Shared, ns: &str, pod: &str) -> Option<Value> {
+    crate::standalone::recorded_pods(&shared.cfg.state_dir)
+        .into_iter()
+        .find(|p| p["metadata"]["namespace"] == ns && p["metadata"]["name"] == pod)
+}
+
+fn exec_route(
+    shared: &Shared,
+    req: Request<Incoming>,
+    ns: &str,
+    pod: &str,
+    container: &str,
+) -> Response<Body> {
+    let (protocol, key) = match websocket_request(&req) {
+        Ok(x) => x,
+        Err((code, why)) => return text(code, why),
+    };
+    let opts = stream::parse_exec_query(req.uri().query().unwrap_or(""));
+    if opts.command.is_empty() {
+        return text(StatusCode::BAD_REQUEST, "no command given (command=...)\n");
+    }
+    let Some(p) = find_pod(shared, ns, pod) else {
+        return text(
+            StatusCode::NOT_FOUND,
+            format!("pod \"{pod}\" in namespace \"{ns}\" is not on this node\n"),
+        );
+    };
+    let statuses: Vec<&Value> = ["initContainerStatuses", "containerStatuses"]
+        .iter()
+        .flat_map(|l| p["status"][l].as_array().into_iter().flatten())
+        .collect();
+    let id = statuses
+        .iter()
+        .find(|c| c["name"] == container && c["state"]["running"].is_object())
+        .and_then(|c| c["containerID"].as_str())
+        .and_then(|c| c.strip_prefix("kernlet://"));
+    let Some(id) = id else {
+        return text(
+            StatusCode::BAD_REQUEST,
+            format!("container \"{container}\" in pod \"{pod}\" is not running\n"),
+        );
+    };
+    let bundle = shared.cfg.state_dir.join("containers").join(id);
+    let exe = shared.cfg.exe.clone();
+    let on_upgrade = hyper::upgrade::on(req);
+    tokio::spawn(async move {
+        if let Ok(upgraded) = on_upgrade.await {
+            let ws = stream::websocket(upgraded).await;
+            stream::exec(ws, protocol, exe, bundle, opts).await;
+        }
+    });
+    upgraded_response(&key, protocol)
+}
+
+fn port_forward_route(
+    shared: &Shared,
+    req: Request<Incoming>,
+    ns: &str,
+    pod: &str,
+) -> Response<Body> {
+    let (protocol, key) = match websocket_request(&req) {
+        Ok(x) => x,
+        Err((code, why)) => return text(code, why),
+    };
+    let ports = match stream::parse_ports(req.uri().query().unwrap_or("")) {
+        Ok(p) => p,
+        Err(e) => return text(StatusCode::BAD_REQUEST, format!("{e}\n")),
+    };
+    let Some(p) = find_pod(shared, ns, pod) else {
+        return text(
+            StatusCode::NOT_FOUND,
+            format!("pod \"{pod}\" in namespace \"{ns}\" is not on this node\n"),
+        );
+    };
+    let netns = (p["spec"]["hostNetwork"] != true).then(|| {
+        shared
+            .cfg
+            .run_dir
+            .join("pods")
+            .join(p["metadata"]["uid"].as_str().unwrap_or(""))
+            .join("ns/net")
+    });
+    let on_upgrade = hyper::upgrade::on(req);
+    tokio::spawn(async move {
+        if let Ok(upgraded) = on_upgrade.await {
+            let ws = stream::websocket(upgraded).await;
+            stream::port_forward(ws, netns, ports).await;
+        }
+    });
+    upgraded_response(&key, protocol)
 }
 
 /// kubelet's `/runningpods/`: the pods with a running container, with only what the

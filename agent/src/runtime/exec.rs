@@ -106,13 +106,11 @@ pub fn helper_main(bundle: &Path, timeout: Duration, args: &[String]) -> i32 {
     }
 }
 
-fn run(bundle: &Path, timeout: Duration, args: &[String]) -> anyhow::Result<ExecResult> {
+/// Joins the cgroup and namespaces of the running container of `bundle` (this helper
+/// process exists for one command, so it may change its own); returns the spec the
+/// command takes its identity from.
+fn enter(bundle: &Path) -> anyhow::Result<Spec> {
     use anyhow::Context as _;
-    use nix::sys::signal::{Signal, kill};
-    use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
-    if args.is_empty() {
-        anyhow::bail!("no command to run");
-    }
     let req: ShimRequest = serde_json::from_slice(&std::fs::read(bundle.join(REQUEST))?)?;
     let state: super::shim::ShimState = serde_json::from_slice(
         &std::fs::read(bundle.join(super::shim::STATE)).context("the container has not started")?,
@@ -132,8 +130,7 @@ fn run(bundle: &Path, timeout: Duration, args: &[String]) -> anyhow::Result<Exec
         std::fs::write(&procs, std::process::id().to_string())
             .with_context(|| format!("joining the container's cgroup {}", procs.display()))?;
     }
-    // Then its namespaces, the mount namespace last: this helper exists for this one
-    // command, so it may change its own.
+    // Then its namespaces, the mount namespace last.
     let kinds: Vec<&str> = spec
         .linux
         .namespaces
@@ -160,6 +157,65 @@ fn run(bundle: &Path, timeout: Duration, args: &[String]) -> anyhow::Result<Exec
         nix::sched::setns(f, nix::sched::CloneFlags::empty())
             .with_context(|| format!("entering the container's {k} namespace"))?;
     }
+    Ok(spec)
+}
+
+/// `kernlet internal exec-stream`: runs `args` in the container of `bundle` with this
+/// helper's stdin, stdout and stderr (pipes, or a terminal with `tty`, which becomes
+/// the command's controlling terminal), and exits with the command's exit code (128 +
+/// signal when killed). Why it could not run is on stderr, with 126 or 127.
+pub fn stream_helper_main(bundle: &Path, tty: bool, args: &[String]) -> i32 {
+    use nix::sys::wait::{WaitStatus, waitpid};
+    if args.is_empty() {
+        eprintln!("kernlet exec: no command to run");
+        return 126;
+    }
+    let spec = match enter(bundle) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("kernlet exec: {e:#}");
+            return 126;
+        }
+    };
+    let args = args.to_vec();
+    let pid = match sys::process::fork_run(|| {
+        if tty && let Err(e) = sys::process::take_terminal() {
+            eprintln!("kernlet exec: making the terminal the command's: {e}");
+            return 126;
+        }
+        let why = become_the_container_process(&spec, &args);
+        eprintln!("kernlet exec: {why:#}");
+        if why.to_string().contains("not found") {
+            127
+        } else {
+            126
+        }
+    }) {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("kernlet exec: forking the command: {e}");
+            return 126;
+        }
+    };
+    loop {
+        match waitpid(pid, None) {
+            Ok(WaitStatus::Exited(_, code)) => return code,
+            Ok(WaitStatus::Signaled(_, sig, _)) => return 128 + sig as i32,
+            Ok(_) => continue,
+            Err(nix::errno::Errno::EINTR) => continue,
+            Err(_) => return 126,
+        }
+    }
+}
+
+fn run(bundle: &Path, timeout: Duration, args: &[String]) -> anyhow::Result<ExecResult> {
+    use anyhow::Context as _;
+    use nix::sys::signal::{Signal, kill};
+    use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
+    if args.is_empty() {
+        anyhow::bail!("no command to run");
+    }
+    let spec = enter(bundle)?;
     let (out_r, out_w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?;
     let args = args.to_vec();
     let pid = sys::process::fork_run(|| {

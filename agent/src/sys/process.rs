@@ -39,3 +39,49 @@ pub fn fork_run(child: impl FnOnce() -> i32) -> io::Result<nix::unistd::Pid> {
         nix::unistd::ForkResult::Child => std::process::exit(child()),
     }
 }
+
+/// Makes the terminal on stdin the controlling terminal of the calling process, in a
+/// new session (for a command given a terminal: job control and ^C work).
+pub fn take_terminal() -> io::Result<()> {
+    nix::unistd::setsid().map_err(|e| io::Error::from_raw_os_error(e as i32))?;
+    // SAFETY: TIOCSCTTY takes an integer argument (0: do not steal) and reads no memory;
+    // fd 0 is this process's stdin.
+    let rc = unsafe { libc::ioctl(0, libc::TIOCSCTTY, 0) };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// A new pseudo-terminal: `(master, slave)`.
+pub fn open_pty() -> io::Result<(std::os::fd::OwnedFd, std::os::fd::OwnedFd)> {
+    let pty = nix::pty::openpty(None, None).map_err(|e| io::Error::from_raw_os_error(e as i32))?;
+    Ok((pty.master, pty.slave))
+}
+
+/// Sets the window size of the terminal whose master is `master`.
+pub fn set_window_size(
+    master: std::os::fd::BorrowedFd<'_>,
+    cols: u16,
+    rows: u16,
+) -> io::Result<()> {
+    let ws = libc::winsize {
+        ws_row: rows,
+        ws_col: cols,
+        ws_xpixel: 0,
+        ws_ypixel: 0,
+    };
+    // SAFETY: TIOCSWINSZ reads a winsize that lives across the call; `master` is an
+    // open descriptor borrowed for the call.
+    let rc = unsafe {
+        libc::ioctl(
+            std::os::fd::AsRawFd::as_raw_fd(&master),
+            libc::TIOCSWINSZ,
+            &raw const ws,
+        )
+    };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
