@@ -1117,6 +1117,7 @@ fn prepare_node(args: &NodeArgs) -> anyhow::Result<PreparedNode> {
         taints,
         max_pods: args.max_pods,
         kubelet_port: args.port,
+        apiserver_minor: None,
         reserved,
     };
     let timing = Timing {
@@ -1137,6 +1138,16 @@ fn prepare_node(args: &NodeArgs) -> anyhow::Result<PreparedNode> {
         configz: configz(args),
         run_dir: args.dirs.run_dir.clone(),
         exe: std::env::current_exe().context("cannot find the kernlet binary for exec")?,
+        stats: kernlet::api::stats::StatsSources {
+            node: cfg.name.clone(),
+            state_dir: args.dirs.state_dir.clone(),
+            run_dir: args.dirs.run_dir.clone(),
+            log_dir: args.dirs.log_dir.clone(),
+            image_dir: args.dirs.image_dir.clone(),
+            cgroup_root: kernlet::sys::cgroup::cgroup2_mount()
+                .map(|m| m.join(&args.dirs.cgroup_root))
+                .unwrap_or_default(),
+        },
     };
     Ok(PreparedNode {
         cfg,
@@ -1263,9 +1274,14 @@ async fn run_node(kubeconfig: PathBuf, node: PreparedNode) -> anyhow::Result<()>
     let client = kernlet::client::from_kubeconfig_text(&text)
         .await
         .map_err(|e| anyhow::anyhow!("--kubeconfig {} is not usable: {e}", kubeconfig.display()))?;
+    let apiserver_minor =
+        match tokio::time::timeout(Duration::from_secs(10), client.apiserver_version()).await {
+            Ok(Ok(v)) => v.minor.trim_end_matches('+').parse::<u32>().ok(),
+            _ => None,
+        };
     let client = kernlet::client::SharedClient::new(client);
     let PreparedNode {
-        cfg,
+        mut cfg,
         state_dir,
         timing,
         runtime,
@@ -1275,6 +1291,7 @@ async fn run_node(kubeconfig: PathBuf, node: PreparedNode) -> anyhow::Result<()>
         mut api,
         client_ca_file,
     } = node;
+    cfg.apiserver_minor = apiserver_minor;
     api.client_ca_pem = match &client_ca_file {
         Some(f) => std::fs::read(f)
             .with_context(|| format!("cannot read --client-ca-file {}", f.display()))?,

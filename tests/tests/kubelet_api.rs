@@ -453,6 +453,89 @@ async fn the_kubelet_api_serves_logs_and_pods_to_authorized_callers_only() {
         "{metrics}"
     );
 
+    // Stats, in kubelet's shape (every field we send is one kubelet sends).
+    let fixture: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("../../shared/k8s-fixtures/kubelet/api/stats_summary.txt"),
+        )
+        .unwrap_or_else(|_| {
+            std::fs::read_to_string(
+                std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+                    .join("../fixtures/k8s/kubelet/api/stats_summary.txt"),
+            )
+            .unwrap()
+        }),
+    )
+    .unwrap();
+    // (A pod's `network` is kubelet's PodStats.network, in the node's shape; the
+    // recorded kubelet's runtime left it out.)
+    fn keys_within(
+        ours: &serde_json::Value,
+        theirs: &serde_json::Value,
+        fixture: &serde_json::Value,
+        at: &str,
+    ) {
+        if let (Some(o), Some(t)) = (ours.as_object(), theirs.as_object()) {
+            for (k, v) in o {
+                let path = format!("{at}.{k}");
+                let tv = match t.get(k) {
+                    Some(tv) => tv,
+                    None if path == "summary.pods[].network" => &fixture["node"]["network"],
+                    None => panic!("{path} is not a kubelet field"),
+                };
+                keys_within(v, tv, fixture, &path);
+            }
+        } else if let (Some(o), Some(t)) = (ours.as_array(), theirs.as_array())
+            && let Some(t0) = t.first()
+        {
+            for v in o {
+                keys_within(v, t0, fixture, &format!("{at}[]"));
+            }
+        }
+    }
+    let (c, summary) = api.get("/stats/summary").await.unwrap();
+    assert_eq!(c, 200);
+    let summary: serde_json::Value = serde_json::from_str(&summary).unwrap();
+    keys_within(&summary, &fixture, &fixture, "summary");
+    let n = &summary["node"];
+    assert_eq!(n["nodeName"], "k1");
+    assert!(
+        n["cpu"]["usageCoreNanoSeconds"].as_u64().unwrap() > 0,
+        "{n}"
+    );
+    assert!(n["memory"]["workingSetBytes"].as_u64().unwrap() > 0, "{n}");
+    assert!(n["fs"]["capacityBytes"].as_u64().unwrap() > 0, "{n}");
+    assert_eq!(n["network"]["name"], "eth0", "{n}");
+    let talker = summary["pods"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["podRef"]["name"] == "talker")
+        .unwrap()
+        .clone();
+    let c0 = &talker["containers"][0];
+    assert_eq!(c0["name"], "c");
+    assert!(
+        c0["cpu"]["usageCoreNanoSeconds"].as_u64().unwrap() > 0,
+        "{c0}"
+    );
+    assert!(c0["logs"]["usedBytes"].as_u64().unwrap() > 0, "{c0}");
+    let (_, again) = api.get("/stats/summary").await.unwrap();
+    let again: serde_json::Value = serde_json::from_str(&again).unwrap();
+    assert!(
+        again["node"]["cpu"]["usageNanoCores"].is_u64(),
+        "a rate from the second sample"
+    );
+    let (c, resource) = api.get("/metrics/resource").await.unwrap();
+    assert_eq!(c, 200);
+    assert!(
+        resource.contains("container_cpu_usage_seconds_total{container=\"c\",namespace=\"default\",pod=\"talker\"}")
+            && resource.contains("node_cpu_usage_seconds_total ")
+            && resource.contains("pod_cpu_usage_seconds_total{namespace=\"default\",pod=\"talker\"}"),
+        "{resource}"
+    );
+
     // Refused: no credentials (401), an invalid token (401), a valid token without
     // permission (403 with kubelet's message), a certificate of another CA (handshake).
     let anonymous = Client::new(&lab, &node, None, None);

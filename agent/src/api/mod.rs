@@ -9,6 +9,7 @@
 //! the stats endpoints (they answer 404 like an unknown path).
 
 pub mod auth;
+pub mod stats;
 pub mod stream;
 pub mod tls;
 
@@ -50,6 +51,8 @@ pub struct ApiConfig {
     pub run_dir: PathBuf,
     /// The kernlet binary, re-executed as the exec helper.
     pub exe: PathBuf,
+    /// Where `/stats/summary` and `/metrics/resource` read their counters.
+    pub stats: stats::StatsSources,
 }
 
 type Body = BoxBody<Bytes, Infallible>;
@@ -64,6 +67,7 @@ struct Shared {
     cfg: ApiConfig,
     auth: Authorizer,
     metrics: Metrics,
+    samples: stats::CpuSamples,
 }
 
 fn text(code: StatusCode, body: impl Into<String>) -> Response<Body> {
@@ -115,6 +119,7 @@ pub async fn serve(
         auth: Authorizer::new(client, cfg.node.clone()),
         cfg,
         metrics: Metrics::default(),
+        samples: stats::CpuSamples::default(),
     });
     loop {
         let (tcp, _) = tokio::select! {
@@ -286,6 +291,22 @@ async fn route(shared: &Shared, req: Request<Incoming>) -> Response<Body> {
         (&http::Method::GET, ["runningpods"]) => json_response(&running_pods(shared)),
         (&http::Method::GET, ["configz"]) => json_response(&shared.cfg.configz),
         (&http::Method::GET, ["metrics"]) => text(StatusCode::OK, metrics(shared)),
+        (&http::Method::GET, ["metrics", "resource"]) => {
+            let src = shared.cfg.stats.clone();
+            let body = tokio::task::spawn_blocking(move || stats::resource_metrics(&src))
+                .await
+                .unwrap_or_default();
+            text(StatusCode::OK, body)
+        }
+        (&http::Method::GET, ["stats", "summary"]) => {
+            let src = shared.cfg.stats.clone();
+            let iface = node_interface(&shared.cfg.node_ips);
+            // Counters are files and a few namespace entries: read off the async threads.
+            let summary = tokio::task::block_in_place(|| {
+                stats::summary(&src, &shared.samples, iface.as_deref())
+            });
+            json_response(&summary)
+        }
         (&http::Method::GET, ["containerLogs", ns, pod, container]) => {
             container_logs(shared, ns, pod, container, req.uri().query().unwrap_or("")).await
         }
@@ -430,6 +451,22 @@ fn port_forward_route(
         }
     });
     upgraded_response(&key, protocol)
+}
+
+/// The name of the interface holding one of the node's addresses.
+fn node_interface(ips: &[IpAddr]) -> Option<String> {
+    let mut nl = crate::sys::netlink::Netlink::open().ok()?;
+    let index = nl
+        .all_addresses()
+        .ok()?
+        .into_iter()
+        .find(|(_, ip, _)| ips.contains(&IpAddr::V4(*ip)))?
+        .0;
+    nl.links()
+        .ok()?
+        .into_iter()
+        .find(|l| l.index == index)
+        .map(|l| l.name)
 }
 
 /// kubelet's `/runningpods/`: the pods with a running container, with only what the

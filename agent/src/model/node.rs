@@ -12,7 +12,25 @@ use crate::sys::machine::MachineFacts;
 /// The version kernlet reports as `kubeletVersion`: the Kubernetes minor it implements,
 /// with kernlet's own version as build metadata.
 pub fn kubelet_version() -> String {
-    format!("v1.36.0+kernlet.{}", env!("CARGO_PKG_VERSION"))
+    kubelet_version_for(None)
+}
+
+/// The minor version kernlet implements.
+pub const KUBE_MINOR: u32 = 36;
+
+/// The kubeletVersion to report to an apiserver of minor version `apiserver_minor`:
+/// kernlet's, but never newer than the apiserver (a node newer than its control plane
+/// is outside the supported skew).
+pub fn kubelet_version_for(apiserver_minor: Option<u32>) -> String {
+    let minor = apiserver_minor.map_or(KUBE_MINOR, |m| m.min(KUBE_MINOR));
+    format!("v1.{minor}.0+kernlet.{}", env!("CARGO_PKG_VERSION"))
+}
+
+/// The features the node declares (`status.declaredFeatures`, 1.35+ apiservers): the
+/// apiserver then proxies kubectl's WebSocket streams (exec, port-forward) straight to
+/// kernlet, which speaks them, instead of translating them to SPDY.
+pub fn declared_features(apiserver_minor: Option<u32>) -> Option<Vec<&'static str>> {
+    (apiserver_minor.is_none_or(|m| m >= 35)).then(|| vec!["ExtendWebSocketsToKubelet"])
 }
 
 /// What the operator chose for this node.
@@ -28,6 +46,8 @@ pub struct NodeConfig {
     pub kubelet_port: u16,
     /// `--system-reserved` plus `--kube-reserved`: kept out of allocatable.
     pub reserved: Reserved,
+    /// The apiserver's minor version, when it could be read.
+    pub apiserver_minor: Option<u32>,
 }
 
 /// Resources reserved for the system and for kernlet itself.
@@ -300,6 +320,7 @@ pub fn status(
             cond("Ready", if readiness.ready { "True" } else { "False" }, &readiness.reason, &readiness.message),
         ],
         "daemonEndpoints": {"kubeletEndpoint": {"Port": cfg.kubelet_port}},
+        "declaredFeatures": declared_features(cfg.apiserver_minor),
         "nodeInfo": {
             "machineID": facts.machine_id,
             "systemUUID": facts.system_uuid,
@@ -307,7 +328,7 @@ pub fn status(
             "kernelVersion": facts.kernel_version,
             "osImage": facts.os_image,
             "containerRuntimeVersion": format!("kernlet://{}", env!("CARGO_PKG_VERSION")),
-            "kubeletVersion": kubelet_version(),
+            "kubeletVersion": kubelet_version_for(cfg.apiserver_minor),
             "kubeProxyVersion": "",
             "operatingSystem": "linux",
             "architecture": arch(),
@@ -319,6 +340,17 @@ pub fn status(
 mod tests {
     use super::*;
 
+    #[test]
+    fn the_reported_version_never_passes_the_apiservers() {
+        assert!(kubelet_version_for(Some(33)).starts_with("v1.33.0+kernlet."));
+        assert!(kubelet_version_for(Some(40)).starts_with("v1.36.0+kernlet."));
+        assert_eq!(declared_features(Some(34)), None);
+        assert_eq!(
+            declared_features(Some(36)),
+            Some(vec!["ExtendWebSocketsToKubelet"])
+        );
+    }
+
     fn cfg() -> NodeConfig {
         NodeConfig {
             name: "klab-r1".into(),
@@ -328,6 +360,7 @@ mod tests {
             max_pods: 110,
             kubelet_port: 10250,
             reserved: Reserved::default(),
+            apiserver_minor: None,
         }
     }
 

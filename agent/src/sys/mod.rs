@@ -12,4 +12,5 @@ pub mod netlink;
 pub mod nftables;
 pub mod ns;
 pub mod process;
+pub mod stats;
 pub mod vtep;

@@ -1,0 +1,207 @@
+//! Resource counters as the kernel keeps them: `/proc/stat`, `/proc/meminfo`,
+//! `/proc/vmstat`, a network namespace's `net/dev`, a cgroup's `cpu.stat`,
+//! `memory.current` and `memory.stat`, a filesystem's statvfs. Parsers are pure; what
+//! the kernel does not provide (a cgroup without the memory controller) is `None`,
+//! never zero.
+
+use std::collections::BTreeMap;
+use std::os::fd::AsFd as _;
+use std::path::Path;
+
+/// Cumulative CPU time of the whole machine in nanoseconds (all but idle and iowait),
+/// from the `cpu` line of `/proc/stat` (in USER_HZ ticks of 10 ms).
+pub fn parse_proc_stat_cpu(text: &str) -> Option<u64> {
+    let line = text.lines().find(|l| l.starts_with("cpu "))?;
+    let v: Vec<u64> = line
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|x| x.parse().ok())
+        .collect();
+    // user nice system idle iowait irq softirq steal
+    let busy: u64 = [0, 1, 2, 5, 6, 7].iter().filter_map(|i| v.get(*i)).sum();
+    Some(busy * 10_000_000)
+}
+
+/// `key: value kB` lines of `/proc/meminfo` in bytes.
+pub fn parse_meminfo(text: &str) -> BTreeMap<String, u64> {
+    text.lines()
+        .filter_map(|l| {
+            let (k, v) = l.split_once(':')?;
+            let mut it = v.split_whitespace();
+            let n: u64 = it.next()?.parse().ok()?;
+            let unit = if it.next() == Some("kB") { 1024 } else { 1 };
+            Some((k.trim().to_string(), n * unit))
+        })
+        .collect()
+}
+
+/// `key value` lines (`/proc/vmstat`, `cpu.stat`, `memory.stat`).
+pub fn parse_flat(text: &str) -> BTreeMap<String, u64> {
+    text.lines()
+        .filter_map(|l| {
+            let (k, v) = l.split_once(' ')?;
+            Some((k.to_string(), v.trim().parse().ok()?))
+        })
+        .collect()
+}
+
+/// Per interface: `(rx bytes, rx errors, tx bytes, tx errors)` from a `net/dev` file.
+pub fn parse_net_dev(text: &str) -> BTreeMap<String, (u64, u64, u64, u64)> {
+    text.lines()
+        .skip(2)
+        .filter_map(|l| {
+            let (name, rest) = l.split_once(':')?;
+            let v: Vec<u64> = rest
+                .split_whitespace()
+                .filter_map(|x| x.parse().ok())
+                .collect();
+            Some((
+                name.trim().to_string(),
+                (*v.first()?, *v.get(2)?, *v.get(8)?, *v.get(10)?),
+            ))
+        })
+        .collect()
+}
+
+/// The `net/dev` of the network namespace pinned at `netns` (the caller's own when
+/// `None`), read by a thread that entered it.
+pub fn net_dev(netns: Option<&Path>) -> Option<BTreeMap<String, (u64, u64, u64, u64)>> {
+    let Some(netns) = netns else {
+        return std::fs::read_to_string("/proc/thread-self/net/dev")
+            .ok()
+            .map(|t| parse_net_dev(&t));
+    };
+    let ns = std::fs::File::open(netns).ok()?;
+    std::thread::spawn(move || {
+        nix::sched::setns(ns.as_fd(), nix::sched::CloneFlags::CLONE_NEWNET).ok()?;
+        std::fs::read_to_string("/proc/thread-self/net/dev")
+            .ok()
+            .map(|t| parse_net_dev(&t))
+    })
+    .join()
+    .ok()?
+}
+
+/// What a cgroup reports.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct CgroupUsage {
+    /// `cpu.stat` usage_usec in nanoseconds (cgroup v2 always has it).
+    pub cpu_ns: Option<u64>,
+    /// `memory.current` (needs the memory controller).
+    pub memory: Option<u64>,
+    /// memory.current minus inactive_file.
+    pub working_set: Option<u64>,
+    pub rss: Option<u64>,
+    pub page_faults: Option<u64>,
+    pub major_page_faults: Option<u64>,
+}
+
+/// Reads the usage of the cgroup directory `dir`.
+pub fn cgroup_usage(dir: &Path) -> CgroupUsage {
+    let cpu = std::fs::read_to_string(dir.join("cpu.stat"))
+        .ok()
+        .map(|t| parse_flat(&t));
+    let memory: Option<u64> = std::fs::read_to_string(dir.join("memory.current"))
+        .ok()
+        .and_then(|t| t.trim().parse().ok());
+    let stat = std::fs::read_to_string(dir.join("memory.stat"))
+        .ok()
+        .map(|t| parse_flat(&t))
+        .unwrap_or_default();
+    CgroupUsage {
+        cpu_ns: cpu.and_then(|c| c.get("usage_usec").map(|u| u * 1000)),
+        memory,
+        working_set: memory
+            .map(|m| m.saturating_sub(stat.get("inactive_file").copied().unwrap_or(0))),
+        rss: memory.and(stat.get("anon").copied()),
+        page_faults: memory.and(stat.get("pgfault").copied()),
+        major_page_faults: memory.and(stat.get("pgmajfault").copied()),
+    }
+}
+
+/// `(capacity, available, inodes, inodes free)` of the filesystem holding `path`.
+pub fn filesystem(path: &Path) -> Option<(u64, u64, u64, u64)> {
+    let s = nix::sys::statvfs::statvfs(path).ok()?;
+    let frag = s.fragment_size();
+    Some((
+        s.blocks() * frag,
+        s.blocks_available() * frag,
+        s.files(),
+        s.files_free(),
+    ))
+}
+
+/// Bytes and inodes used under `dir` (not following symlinks, not crossing mounts).
+pub fn disk_usage(dir: &Path) -> (u64, u64) {
+    use std::os::unix::fs::MetadataExt as _;
+    let Ok(top) = std::fs::symlink_metadata(dir) else {
+        return (0, 0);
+    };
+    let dev = top.dev();
+    let mut bytes = 0;
+    let mut inodes = 0;
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        let Ok(m) = std::fs::symlink_metadata(&d) else {
+            continue;
+        };
+        if m.dev() != dev {
+            continue;
+        }
+        bytes += m.blocks() * 512;
+        inodes += 1;
+        if m.is_dir() {
+            for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+                stack.push(e.path());
+            }
+        }
+    }
+    (bytes, inodes)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn proc_files_parse() {
+        let stat = "cpu  100 5 50 1000 20 3 2 1 0 0\ncpu0 1 2 3 4 5 6 7 8 0 0\n";
+        assert_eq!(
+            parse_proc_stat_cpu(stat),
+            Some((100 + 5 + 50 + 3 + 2 + 1) * 10_000_000)
+        );
+        let mem = parse_meminfo(
+            "MemTotal:       24684084 kB\nMemAvailable:   20000000 kB\nHugePages_Total:       0\n",
+        );
+        assert_eq!(mem["MemTotal"], 24684084 * 1024);
+        assert_eq!(mem["HugePages_Total"], 0);
+        let dev = "Inter-|   Receive                                                |  Transmit\n face |bytes    packets errs drop fifo frame compressed multicast|bytes    packets errs drop fifo colls carrier compressed\n    lo:    1000      10    0    0    0     0          0         0     1000      10    0    0    0     0       0          0\n  eth0: 693419128 100 2 0 0 0 0 0 1762447 50 3 0 0 0 0 0\n";
+        let d = parse_net_dev(dev);
+        assert_eq!(d["eth0"], (693419128, 2, 1762447, 3));
+        assert_eq!(parse_flat("usage_usec 5\nuser_usec 3\n")["usage_usec"], 5);
+    }
+
+    #[test]
+    fn a_cgroup_without_memory_reports_none_not_zero() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join("cpu.stat"),
+            "usage_usec 1500\nuser_usec 1000\n",
+        )
+        .unwrap();
+        let u = cgroup_usage(dir.path());
+        assert_eq!(u.cpu_ns, Some(1_500_000));
+        assert_eq!((u.memory, u.working_set), (None, None));
+        std::fs::write(dir.path().join("memory.current"), "4096000\n").unwrap();
+        std::fs::write(
+            dir.path().join("memory.stat"),
+            "anon 1000\ninactive_file 96000\npgfault 7\npgmajfault 1\n",
+        )
+        .unwrap();
+        let u = cgroup_usage(dir.path());
+        assert_eq!(
+            (u.memory, u.working_set, u.rss),
+            (Some(4_096_000), Some(4_000_000), Some(1000))
+        );
+    }
+}
