@@ -12,3 +12,20 @@ pub mod overlay;
 pub mod real;
 pub mod registry;
 pub mod simnode;
+
+/// Polls `f` every 200 ms until it gives a value; fails the test naming `what` after
+/// `within`.
+pub async fn wait_for<T>(
+    what: &str,
+    within: std::time::Duration,
+    mut f: impl AsyncFnMut() -> Option<T>,
+) -> T {
+    let start = std::time::Instant::now();
+    loop {
+        if let Some(v) = f().await {
+            return v;
+        }
+        assert!(start.elapsed() < within, "timed out waiting for {what}");
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+}

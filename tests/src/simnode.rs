@@ -214,12 +214,16 @@ pub fn kernlet_bin() -> anyhow::Result<PathBuf> {
     if let Some(p) = std::env::var_os("KERNLET_BIN") {
         return Ok(PathBuf::from(p));
     }
+    // Test binaries live in target/<profile>/deps, tools (the benchmark) in
+    // target/<profile>: kernlet is next to the tool, or one level up from a test.
     let exe = std::env::current_exe()?;
-    let candidate = exe
-        .parent()
-        .and_then(Path::parent)
+    let dir = exe.parent().context("no target dir")?;
+    let candidate = [Some(dir), dir.parent()]
+        .into_iter()
+        .flatten()
         .map(|d| d.join("kernlet"))
-        .context("no target dir")?;
+        .find(|c| c.is_file())
+        .unwrap_or_else(|| dir.join("kernlet"));
     if !candidate.is_file() {
         bail!(
             "{} not found; build it first (cargo build -p kernlet) or set KERNLET_BIN",

@@ -22,16 +22,7 @@ use kernlet_tests::simnode::{BRIDGE_IP, Lab, SimNode};
 use kube::api::{Api, PostParams};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 
-async fn wait_for<T>(what: &str, within: Duration, mut f: impl AsyncFnMut() -> Option<T>) -> T {
-    let start = Instant::now();
-    loop {
-        if let Some(v) = f().await {
-            return v;
-        }
-        assert!(start.elapsed() < within, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-}
+use kernlet_tests::wait_for;
 
 /// Accepts any server certificate and remembers the last one (the test checks which
 /// certificate the node serves, not who signed it).
@@ -289,10 +280,32 @@ async fn the_kubelet_api_serves_logs_and_pods_to_authorized_callers_only() {
         .unwrap();
     let admin = cluster.admin().await.unwrap();
     let nodes: Api<Node> = Api::all(admin.clone());
-    wait_for("node k1", Duration::from_secs(30), async || {
-        nodes.get_opt("k1").await.ok()?
-    })
+    // The node declares that it speaks WebSocket streams (1.35+ apiservers), and
+    // reports a kubelet version no newer than the apiserver's.
+    let k1 = wait_for(
+        "node k1 with its declared features",
+        Duration::from_secs(30),
+        async || {
+            let n = nodes.get_opt("k1").await.ok()??;
+            n.status.as_ref()?.declared_features.as_ref()?;
+            Some(n)
+        },
+    )
     .await;
+    let status = k1.status.unwrap();
+    assert_eq!(
+        status.declared_features.unwrap(),
+        ["ExtendWebSocketsToKubelet"]
+    );
+    let version = admin.apiserver_version().await.unwrap();
+    assert!(
+        status
+            .node_info
+            .unwrap()
+            .kubelet_version
+            .starts_with(&format!("v{}.{}.", version.major, version.minor)),
+        "never newer than the apiserver"
+    );
 
     let pods: Api<Pod> = Api::namespaced(admin.clone(), "default");
     let pod: Pod = serde_json::from_value(serde_json::json!({

@@ -15,16 +15,7 @@ use kernlet_tests::cluster::Cluster;
 use kernlet_tests::simnode::{BRIDGE_IP, Lab, SimNode};
 use kube::api::Api;
 
-async fn wait_for<T>(what: &str, within: Duration, mut f: impl AsyncFnMut() -> Option<T>) -> T {
-    let start = Instant::now();
-    loop {
-        if let Some(v) = f().await {
-            return v;
-        }
-        assert!(start.elapsed() < within, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
+use kernlet_tests::wait_for;
 
 fn start_agent(cluster: &Cluster, url: &str, node: &mut SimNode, extra: &[&str]) {
     let kubeconfig = node.dir("state").join("node.kubeconfig");

@@ -25,15 +25,20 @@ fn in_netns<T: Send + 'static>(netns: &Path, f: impl FnOnce() -> T + Send + 'sta
     kernlet_tests::overlay::in_netns(netns, f).unwrap()
 }
 
-async fn wait_for<T>(what: &str, within: Duration, mut f: impl AsyncFnMut() -> Option<T>) -> T {
-    let start = Instant::now();
-    loop {
-        if let Some(v) = f().await {
-            return v;
-        }
-        assert!(start.elapsed() < within, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+use kernlet_tests::wait_for;
+
+/// What `flannel.1` in namespace `netns` holds, as ip(8) and bridge(8) print it:
+/// routes, neighbours, FDB entries.
+fn flannel_entries(netns: &str) -> (String, String, String) {
+    let fdb = std::process::Command::new("bridge")
+        .args(["-n", netns, "fdb", "show", "dev", "flannel.1"])
+        .output()
+        .unwrap();
+    (
+        ip_out(&["-n", netns, "route", "show", "dev", "flannel.1"]),
+        ip_out(&["-n", netns, "neigh", "show", "dev", "flannel.1"]),
+        String::from_utf8_lossy(&fdb.stdout).into_owned(),
+    )
 }
 
 fn ip_out(args: &[&str]) -> String {
@@ -392,13 +397,7 @@ async fn pods_on_three_nodes_and_a_flannel_node_reach_each_other_over_vxlan() {
             &format!("{}'s overlay entries", n.name),
             Duration::from_secs(20),
             async || {
-                let routes = ip_out(&["-n", &n.netns, "route", "show", "dev", "flannel.1"]);
-                let fdb = std::process::Command::new("bridge")
-                    .args(["-n", &n.netns, "fdb", "show", "dev", "flannel.1"])
-                    .output()
-                    .ok()?;
-                let fdb = String::from_utf8_lossy(&fdb.stdout).into_owned();
-                let neigh = ip_out(&["-n", &n.netns, "neigh", "show", "dev", "flannel.1"]);
+                let (routes, neigh, fdb) = flannel_entries(&n.netns);
                 let mut others: Vec<(String, String, String)> = nodes
                     .iter()
                     .enumerate()
@@ -675,13 +674,7 @@ async fn pods_on_three_nodes_and_a_flannel_node_reach_each_other_over_vxlan() {
         let start = Instant::now();
         loop {
             let gone = {
-                let routes = ip_out(&["-n", &n.netns, "route", "show", "dev", "flannel.1"]);
-                let neigh = ip_out(&["-n", &n.netns, "neigh", "show", "dev", "flannel.1"]);
-                let fdb = std::process::Command::new("bridge")
-                    .args(["-n", &n.netns, "fdb", "show", "dev", "flannel.1"])
-                    .output()
-                    .unwrap();
-                let fdb = String::from_utf8_lossy(&fdb.stdout).into_owned();
+                let (routes, neigh, fdb) = flannel_entries(&n.netns);
                 (!routes.contains("10.244.3.0")
                     && !neigh.contains("10.244.3.0")
                     && !fdb.contains(&macs[2])

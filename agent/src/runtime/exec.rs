@@ -183,13 +183,7 @@ pub fn stream_helper_main(bundle: &Path, tty: bool, args: &[String]) -> i32 {
             eprintln!("kernlet exec: making the terminal the command's: {e}");
             return 126;
         }
-        let why = become_the_container_process(&spec, &args);
-        eprintln!("kernlet exec: {why:#}");
-        if why.to_string().contains("not found") {
-            127
-        } else {
-            126
-        }
+        exec_in_container(&spec, &args)
     }) {
         Ok(p) => p,
         Err(e) => {
@@ -225,13 +219,7 @@ fn run(bundle: &Path, timeout: Duration, args: &[String]) -> anyhow::Result<Exec
         if let Ok(null) = std::fs::File::open("/dev/null") {
             let _ = nix::unistd::dup2_stdin(&null);
         }
-        let why = become_the_container_process(&spec, &args);
-        eprintln!("kernlet exec: {why:#}");
-        if why.to_string().contains("not found") {
-            127
-        } else {
-            126
-        }
+        exec_in_container(&spec, &args)
     })
     .context("forking the command")?;
     drop(out_w);
@@ -290,6 +278,19 @@ fn run(bundle: &Path, timeout: Duration, args: &[String]) -> anyhow::Result<Exec
         output: String::from_utf8_lossy(&output).into_owned(),
         timed_out,
     })
+}
+
+/// In the forked child: becomes the container process and runs `args`; when that
+/// fails, says why on stderr and returns the shell's code for it (127: no such
+/// command, 126: could not run it).
+fn exec_in_container(spec: &Spec, args: &[String]) -> i32 {
+    let why = become_the_container_process(spec, args);
+    eprintln!("kernlet exec: {why:#}");
+    if why.to_string().contains("not found") {
+        127
+    } else {
+        126
+    }
 }
 
 /// What an exec needs from the container's runtime spec.
