@@ -116,6 +116,9 @@ pub struct Facts {
     pub bpffs_dir: PathBuf,
     /// Whether the pin directory (or its nearest existing parent) is on a bpffs.
     pub bpffs: bool,
+    /// Whether kernlet can make the pin directory and mount a bpffs of its own there
+    /// (its nearest existing parent is an ordinary directory, not in sysfs or procfs).
+    pub bpffs_mountable: bool,
     pub ip_forward: Option<String>,
     pub clock_synchronized: Option<bool>,
     pub disks: Vec<Disk>,
@@ -332,11 +335,22 @@ pub fn judge(f: &Facts, cluster: &ClusterFacts) -> Vec<Check> {
             format!("{} is on a bpf filesystem", f.bpffs_dir.display()),
             "",
         )
+    } else if f.bpffs_mountable {
+        check(
+            "bpffs",
+            Warn,
+            format!(
+                "{} is not on a bpf filesystem: with --service-proxy kernlet mounts a bpffs of its own at {}/lb to pin the load-balancer's maps",
+                f.bpffs_dir.display(),
+                f.bpffs_dir.display()
+            ),
+            "to use the system's: mount -t bpf bpf /sys/fs/bpf (and add it to /etc/fstab)",
+        )
     } else {
         check(
             "bpffs",
             Fail,
-            format!("{} is not on a bpf filesystem: maps cannot be pinned, so Service load-balancing cannot survive a restart", f.bpffs_dir.display()),
+            format!("{} is not on a bpf filesystem and cannot be made one: maps cannot be pinned, so Service load-balancing cannot survive a restart", f.bpffs_dir.display()),
             "mount -t bpf bpf /sys/fs/bpf (and add it to /etc/fstab), or pass --bpffs-dir on a bpffs",
         )
     });
@@ -570,7 +584,12 @@ pub fn gather(dirs: &NodeDirs, joined: bool) -> Facts {
     });
     const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
     let bpffs = nix::sys::statfs::statfs(&existing(&dirs.bpffs_dir))
-        .is_ok_and(|s| s.filesystem_type() == nix::sys::statfs::FsType(BPF_FS_MAGIC));
+        .is_ok_and(|s| s.filesystem_type() == nix::sys::statfs::FsType(BPF_FS_MAGIC))
+        || crate::sys::bpf::on_bpffs(&dirs.bpffs_dir.join("lb"));
+    let bpffs_mountable = nix::sys::statfs::statfs(&existing(&dirs.bpffs_dir)).is_ok_and(|s| {
+        let t = s.filesystem_type();
+        t != nix::sys::statfs::SYSFS_MAGIC && t != nix::sys::statfs::PROC_SUPER_MAGIC
+    });
     let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
     let cap_eff = status
         .lines()
@@ -586,6 +605,7 @@ pub fn gather(dirs: &NodeDirs, joined: bool) -> Facts {
         cgroup_root: dirs.cgroup_root.clone(),
         bpffs_dir: dirs.bpffs_dir.clone(),
         bpffs,
+        bpffs_mountable,
         ip_forward: std::fs::read_to_string("/proc/sys/net/ipv4/ip_forward")
             .ok()
             .map(|s| s.trim().to_string()),
@@ -670,6 +690,7 @@ mod tests {
             cgroup_root: "kernlet".into(),
             bpffs_dir: "/sys/fs/bpf/kernlet".into(),
             bpffs: true,
+            bpffs_mountable: true,
             ip_forward: Some("1".into()),
             clock_synchronized: Some(true),
             disks: vec![Disk {

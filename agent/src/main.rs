@@ -315,6 +315,17 @@ struct NodeArgs {
     /// The bridge pods are attached to.
     #[arg(long, default_value = "cni0")]
     bridge: String,
+    /// Replace kube-proxy on this node: Services and EndpointSlices programmed into the
+    /// eBPF socket load-balancer (maps pinned under --bpffs-dir).
+    #[arg(long)]
+    service_proxy: bool,
+    /// The cgroup whose processes reach Services through the load-balancer (default: the
+    /// whole cgroup2 tree, i.e. every process of the node).
+    #[arg(long)]
+    service_cgroup: Option<PathBuf>,
+    /// How often the load-balancer maps are compared with the Services, in seconds.
+    #[arg(long, default_value_t = 30)]
+    service_resync: u64,
     /// Address the kubelet API listens on.
     #[arg(long, default_value = "0.0.0.0")]
     address: IpAddr,
@@ -1078,6 +1089,8 @@ struct PreparedNode {
     static_pods: Option<PathBuf>,
     /// The pod network and overlay (`--cluster-cidr`).
     overlay: Option<kernlet::controllers::overlay::OverlayConfig>,
+    /// The Service datapath (`--service-proxy`).
+    services: Option<kernlet::controllers::services::ServiceProxyConfig>,
     /// The kubelet API, completed with the client CA once the kubeconfig is read.
     api: kernlet::api::ApiConfig,
     client_ca_file: Option<PathBuf>,
@@ -1160,6 +1173,23 @@ fn prepare_node(args: &NodeArgs) -> anyhow::Result<PreparedNode> {
         },
         static_pods: None,
         api,
+        services: match args.service_proxy {
+            false => None,
+            true => Some(kernlet::controllers::services::ServiceProxyConfig {
+                node: overlay_node.clone(),
+                node_ips: match internal_ip {
+                    IpAddr::V4(ip) => vec![ip],
+                    IpAddr::V6(_) => Vec::new(),
+                },
+                pin_dir: args.dirs.bpffs_dir.join("lb"),
+                cgroup: match &args.service_cgroup {
+                    Some(c) => c.clone(),
+                    None => kernlet::sys::cgroup::cgroup2_mount()
+                        .context("--service-proxy needs the cgroup2 mount to attach to")?,
+                },
+                resync: Duration::from_secs(args.service_resync.max(1)),
+            }),
+        },
         client_ca_file: args.client_ca_file.clone(),
         overlay: match args.cluster_cidr {
             None => None,
@@ -1290,6 +1320,7 @@ async fn run_node(kubeconfig: PathBuf, node: PreparedNode) -> anyhow::Result<()>
         overlay,
         mut api,
         client_ca_file,
+        services,
     } = node;
     cfg.apiserver_minor = apiserver_minor;
     api.client_ca_pem = match &client_ca_file {
@@ -1395,6 +1426,13 @@ async fn run_node(kubeconfig: PathBuf, node: PreparedNode) -> anyhow::Result<()>
                 message: "kubelet is posting ready status".into(),
             });
         }
+    }
+    if let Some(services) = services {
+        tokio::spawn(kernlet::controllers::services::run(
+            client.clone(),
+            services,
+            stop_rx.clone(),
+        ));
     }
     {
         let client = client.clone();

@@ -55,6 +55,7 @@ pub async fn start_overlay_node(
     url: &str,
     node: &mut SimNode,
     index: u8,
+    extra: &[&str],
 ) -> anyhow::Result<()> {
     let kubeconfig = node.dir("state").join("node.kubeconfig");
     cluster.kubeconfig_at(
@@ -65,7 +66,7 @@ pub async fn start_overlay_node(
     )?;
     let kc = kubeconfig.display().to_string();
     let name = node.name.clone();
-    node.start_kernlet(&[
+    let mut args = vec![
         "run",
         "--kubeconfig",
         &kc,
@@ -77,7 +78,9 @@ pub async fn start_overlay_node(
         CLUSTER_CIDR,
         "--overlay-resync",
         "1",
-    ])?;
+    ];
+    args.extend_from_slice(extra);
+    node.start_kernlet(&args)?;
     let api: Api<Node> = Api::all(cluster.admin().await?);
     let start = Instant::now();
     while api.get_opt(&name).await?.is_none() {

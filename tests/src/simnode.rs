@@ -305,7 +305,7 @@ impl SimNode {
             "--cgroup-root".into(),
             cg_rel.display().to_string(),
             "--bpffs-dir".into(),
-            format!("/sys/fs/bpf/{}", self.netns),
+            self.dir("bpf").display().to_string(),
         ]
     }
 

@@ -27,9 +27,9 @@ fn doctor_names_what_this_machine_lacks_and_the_fix() {
     let mut lab = Lab::new("doctor").unwrap();
     let node = lab.add_node("d1").unwrap();
     let mut flags = node.kernlet_dir_flags();
-    // A bpffs dir flag on a plain directory: pinning cannot work there.
-    let not_bpffs = node.dir("not-bpffs");
-    std::fs::create_dir_all(&not_bpffs).unwrap();
+    // A bpffs dir flag where no directory can be made (procfs): pinning cannot work
+    // there. (On a plain directory kernlet mounts a bpffs itself: a warning.)
+    let not_bpffs = std::path::PathBuf::from("/proc/kltest-no-bpffs");
     let at = flags.iter().position(|f| f == "--bpffs-dir").unwrap();
     flags[at + 1] = not_bpffs.display().to_string();
     let run = |format: &str| {

@@ -233,7 +233,7 @@ async fn pods_on_three_nodes_and_a_flannel_node_reach_each_other_over_vxlan() {
     let node_api: Api<Node> = Api::all(admin.clone());
     for (i, n) in nodes.iter_mut().enumerate() {
         n.import_busybox().unwrap();
-        start_overlay_node(&cluster, &fwd.url, n, i as u8 + 1)
+        start_overlay_node(&cluster, &fwd.url, n, i as u8 + 1, &[])
             .await
             .unwrap();
     }

@@ -7,4 +7,5 @@ pub mod node;
 pub mod overlay;
 pub mod permissions;
 pub mod pods;
+pub mod services;
 pub mod serving_cert;

@@ -16,3 +16,4 @@ pub mod qos;
 pub mod quantity;
 pub mod runtime_spec;
 pub mod seccomp;
+pub mod services;

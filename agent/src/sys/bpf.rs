@@ -46,6 +46,43 @@ pub enum BpfError {
     },
 }
 
+const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
+
+/// Whether `dir` is on a bpffs.
+pub fn on_bpffs(dir: &Path) -> bool {
+    nix::sys::statfs::statfs(dir)
+        .is_ok_and(|s| s.filesystem_type() == nix::sys::statfs::FsType(BPF_FS_MAGIC))
+}
+
+/// Makes `dir` a place to pin BPF objects: created when missing, and when it is not on
+/// a bpffs one is mounted there (an instance of its own; pins live as long as the mount).
+pub fn ensure_bpffs(dir: &Path) -> std::io::Result<()> {
+    if let Err(e) = std::fs::create_dir_all(dir) {
+        return Err(std::io::Error::new(
+            e.kind(),
+            format!(
+                "cannot create {} ({e}); mount a bpffs on its parent (mount -t bpf bpffs /sys/fs/bpf) or pass another --bpffs-dir",
+                dir.display()
+            ),
+        ));
+    }
+    if on_bpffs(dir) {
+        return Ok(());
+    }
+    nix::mount::mount(
+        Some("bpffs"),
+        dir,
+        Some("bpf"),
+        nix::mount::MsFlags::MS_NOSUID
+            | nix::mount::MsFlags::MS_NODEV
+            | nix::mount::MsFlags::MS_NOEXEC,
+        Some("mode=0700"),
+    )
+    .map_err(|e| std::io::Error::from_raw_os_error(e as i32))?;
+    tracing::info!(dir = %dir.display(), "mounted a bpffs to pin the load-balancer's maps in");
+    Ok(())
+}
+
 /// The probe program attached to one cgroup; detached when dropped.
 pub struct Probe {
     ebpf: Ebpf,

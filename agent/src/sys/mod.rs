@@ -6,6 +6,7 @@ pub mod cgroup;
 pub mod clock;
 pub mod fs;
 pub mod icmp;
+pub mod lb;
 pub mod machine;
 pub mod mount;
 pub mod netlink;

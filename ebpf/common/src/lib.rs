@@ -20,6 +20,67 @@ pub struct ProbeCounters {
     pub connect4: u64,
 }
 
+/// Socket-level load-balancing: the maps (pinned by name under the instance's bpffs
+/// directory) and the programs attached to the cgroup covering the node's processes.
+pub const SERVICES_MAP: &str = "KL_SERVICES";
+pub const BACKENDS_MAP: &str = "KL_BACKENDS";
+pub const SOCK_REVNAT_MAP: &str = "KL_SOCK_REVNAT";
+pub const LB_CONNECT4: &str = "kl_lb_connect4";
+pub const LB_SENDMSG4: &str = "kl_lb_sendmsg4";
+pub const LB_RECVMSG4: &str = "kl_lb_recvmsg4";
+pub const LB_GETPEERNAME4: &str = "kl_lb_getpeername4";
+/// Entries the maps hold at most.
+pub const MAX_SERVICES: u32 = 65_536;
+pub const MAX_BACKENDS: u32 = 262_144;
+pub const MAX_SOCKETS: u32 = 262_144;
+
+/// A frontend: address and port as the socket call carries them (network byte order,
+/// in memory exactly as `bpf_sock_addr` holds them) and the IP protocol (6, 17).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ServiceKey {
+    pub addr: u32,
+    pub port: u16,
+    pub proto: u8,
+    pub _pad: u8,
+}
+
+/// A frontend's backends: `count` entries of backend set `slot` in the backends map.
+/// A new set is written under a fresh slot and then swapped in with one update of
+/// this value, so a connect never sees a half-written service.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ServiceValue {
+    pub slot: u32,
+    pub count: u32,
+}
+
+/// Entry `index` of backend set `slot`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct BackendKey {
+    pub slot: u32,
+    pub index: u32,
+}
+
+/// A backend address and port, in the socket call's byte order.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Backend {
+    pub addr: u32,
+    pub port: u16,
+    pub _pad: u16,
+}
+
+/// What a translated socket was sent to and asked for, so `getpeername` and
+/// `recvmsg` show the service address again (keyed by socket cookie).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SockRevNat {
+    pub backend: Backend,
+    pub service: Backend,
+}
+
 #[cfg(feature = "user")]
 mod user {
     // A `Pod` impl is the one place the workspace needs `unsafe` outside `sys/`: aya
@@ -27,4 +88,19 @@ mod user {
     #[allow(unsafe_code, reason = "aya::Pod is an unsafe marker trait")]
     // SAFETY: ProbeCounters is repr(C), Copy, has no padding and every bit pattern is valid.
     unsafe impl aya::Pod for super::ProbeCounters {}
+    #[allow(unsafe_code, reason = "aya::Pod is an unsafe marker trait")]
+    // SAFETY: repr(C), Copy, explicit padding fields, every bit pattern valid.
+    unsafe impl aya::Pod for super::ServiceKey {}
+    #[allow(unsafe_code, reason = "aya::Pod is an unsafe marker trait")]
+    // SAFETY: repr(C), Copy, two u32 fields, every bit pattern valid.
+    unsafe impl aya::Pod for super::ServiceValue {}
+    #[allow(unsafe_code, reason = "aya::Pod is an unsafe marker trait")]
+    // SAFETY: repr(C), Copy, two u32 fields, every bit pattern valid.
+    unsafe impl aya::Pod for super::BackendKey {}
+    #[allow(unsafe_code, reason = "aya::Pod is an unsafe marker trait")]
+    // SAFETY: repr(C), Copy, explicit padding field, every bit pattern valid.
+    unsafe impl aya::Pod for super::Backend {}
+    #[allow(unsafe_code, reason = "aya::Pod is an unsafe marker trait")]
+    // SAFETY: repr(C), Copy, two Backends, every bit pattern valid.
+    unsafe impl aya::Pod for super::SockRevNat {}
 }

@@ -3,11 +3,16 @@
 #![no_main]
 
 use aya_ebpf::{
+    EbpfContext as _,
+    helpers::{bpf_get_prandom_u32, bpf_get_socket_cookie},
     macros::{cgroup_sock_addr, map},
-    maps::PerCpuArray,
+    maps::{HashMap, LruHashMap, PerCpuArray},
     programs::SockAddrContext,
 };
-use kernlet_ebpf_common::ProbeCounters;
+use kernlet_ebpf_common::{
+    Backend, BackendKey, MAX_BACKENDS, MAX_SERVICES, MAX_SOCKETS, ProbeCounters, ServiceKey,
+    ServiceValue, SockRevNat,
+};
 
 /// Verdict that lets a socket call proceed unchanged.
 const ALLOW: i32 = 1;
@@ -28,6 +33,113 @@ fn try_probe_connect4(_ctx: &SockAddrContext) {
         // SAFETY: the pointer comes from the map lookup, points at this CPU's slot and
         // stays valid for this program run; no other CPU writes it.
         unsafe { (*counters).connect4 += 1 };
+    }
+}
+
+/// Verdict that refuses a socket call (a service without endpoints: fail fast, as
+/// kube-proxy's reject rule does).
+const DENY: i32 = 0;
+
+#[map(name = "KL_SERVICES")]
+static KL_SERVICES: HashMap<ServiceKey, ServiceValue> = HashMap::pinned(MAX_SERVICES, 0);
+
+#[map(name = "KL_BACKENDS")]
+static KL_BACKENDS: HashMap<BackendKey, Backend> = HashMap::pinned(MAX_BACKENDS, 0);
+
+#[map(name = "KL_SOCK_REVNAT")]
+static KL_SOCK_REVNAT: LruHashMap<u64, SockRevNat> = LruHashMap::pinned(MAX_SOCKETS, 0);
+
+/// Translates a connect (TCP, connected UDP) to a service address into one to a
+/// backend chosen at random, and remembers the translation for the socket.
+#[cgroup_sock_addr(connect4)]
+pub fn kl_lb_connect4(ctx: SockAddrContext) -> i32 {
+    translate(&ctx)
+}
+
+/// The same for each datagram of an unconnected UDP socket.
+#[cgroup_sock_addr(sendmsg4)]
+pub fn kl_lb_sendmsg4(ctx: SockAddrContext) -> i32 {
+    translate(&ctx)
+}
+
+/// A datagram from a backend shows the service as its source.
+#[cgroup_sock_addr(recvmsg4)]
+pub fn kl_lb_recvmsg4(ctx: SockAddrContext) -> i32 {
+    reverse(&ctx);
+    ALLOW
+}
+
+/// `getpeername` on a translated socket returns the service address.
+#[cgroup_sock_addr(getpeername4)]
+pub fn kl_lb_getpeername4(ctx: SockAddrContext) -> i32 {
+    reverse(&ctx);
+    ALLOW
+}
+
+fn translate(ctx: &SockAddrContext) -> i32 {
+    // SAFETY: the kernel hands a valid bpf_sock_addr for the whole program run; these
+    // fields are readable in sock_addr programs.
+    let (ip, port, proto) = unsafe {
+        let sa = &*ctx.sock_addr;
+        (sa.user_ip4, sa.user_port as u16, sa.protocol as u8)
+    };
+    let key = ServiceKey {
+        addr: ip,
+        port,
+        proto,
+        _pad: 0,
+    };
+    // SAFETY: the value is copied out at once; map values are plain data.
+    let Some(svc) = (unsafe { KL_SERVICES.get(&key) }).copied() else {
+        return ALLOW;
+    };
+    if svc.count == 0 {
+        return DENY;
+    }
+    // SAFETY: a helper without arguments.
+    let index = unsafe { bpf_get_prandom_u32() } % svc.count;
+    let bkey = BackendKey {
+        slot: svc.slot,
+        index,
+    };
+    // SAFETY: as above.
+    let Some(backend) = (unsafe { KL_BACKENDS.get(&bkey) }).copied() else {
+        return DENY;
+    };
+    // SAFETY: user_ip4 and user_port are writable in connect4 and sendmsg4 programs.
+    unsafe {
+        (*ctx.sock_addr).user_ip4 = backend.addr;
+        (*ctx.sock_addr).user_port = u32::from(backend.port);
+    }
+    // SAFETY: the context pointer is the program's own bpf_sock_addr.
+    let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
+    let rev = SockRevNat {
+        backend,
+        service: Backend {
+            addr: ip,
+            port,
+            _pad: 0,
+        },
+    };
+    let _ = KL_SOCK_REVNAT.insert(&cookie, &rev, 0);
+    ALLOW
+}
+
+fn reverse(ctx: &SockAddrContext) {
+    // SAFETY: the context pointer is the program's own bpf_sock_addr.
+    let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
+    // SAFETY: the value is copied out at once.
+    let Some(rev) = (unsafe { KL_SOCK_REVNAT.get(&cookie) }).copied() else {
+        return;
+    };
+    // SAFETY: valid for the program run; these fields are readable and writable in
+    // recvmsg4 and getpeername4 programs.
+    unsafe {
+        let sa = &mut *ctx.sock_addr;
+        if sa.user_ip4 == rev.backend.addr && sa.user_port as u16 == rev.backend.port {
+            sa.user_ip4 = rev.service.addr;
+            sa.user_port = u32::from(rev.service.port);
+        }
     }
 }
 

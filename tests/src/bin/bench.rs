@@ -380,7 +380,7 @@ fn overlay_vs_direct() -> anyhow::Result<serde_json::Value> {
         let mut b = lab.add_node("bb")?;
         for (i, n) in [&mut a, &mut b].into_iter().enumerate() {
             n.import_busybox()?;
-            start_overlay_node(&cluster, &fwd.url, n, i as u8 + 1).await?;
+            start_overlay_node(&cluster, &fwd.url, n, i as u8 + 1, &[]).await?;
         }
         let pods: Api<Pod> = Api::namespaced(cluster.admin().await?, "default");
         let (_, ns_a) = sleeping_pod(&cluster, &pods, &a, "bench-a").await?;

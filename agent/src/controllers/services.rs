@@ -1,0 +1,160 @@
+//! The service controller: kube-proxy's job on this node. Services and EndpointSlices
+//! are watched; on every change (and every resync) the frontends and backends they
+//! describe ([`crate::model::services::desired`]) are compared with what the
+//! load-balancer maps hold and the difference is written ([`crate::sys::lb::sync`]).
+
+use std::collections::BTreeMap;
+use std::net::Ipv4Addr;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures::StreamExt as _;
+use k8s_openapi::api::core::v1::Service;
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use kube::api::Api;
+use kube::runtime::watcher;
+use tokio::sync::watch;
+
+use crate::client::SharedClient;
+use crate::sys::lb::{BpfLb, LbTable};
+
+/// Where and for whom the Service datapath runs.
+#[derive(Clone, Debug)]
+pub struct ServiceProxyConfig {
+    pub node: String,
+    /// The node's addresses (NodePorts are served on them).
+    pub node_ips: Vec<Ipv4Addr>,
+    /// The bpffs directory the maps and program links are pinned in.
+    pub pin_dir: PathBuf,
+    /// The cgroup whose processes (and their descendants') socket calls are translated.
+    pub cgroup: PathBuf,
+    pub resync: Duration,
+}
+
+fn key_of<K: kube::Resource>(o: &K) -> String {
+    format!(
+        "{}/{}",
+        o.meta().namespace.as_deref().unwrap_or(""),
+        o.meta().name.as_deref().unwrap_or("")
+    )
+}
+
+/// Applies watcher events to a store; `true` when the store is complete and changed.
+fn fold<K: kube::Resource + Clone>(
+    event: watcher::Event<K>,
+    store: &mut BTreeMap<String, K>,
+    staging: &mut BTreeMap<String, K>,
+    synced: &mut bool,
+) -> bool {
+    match event {
+        watcher::Event::Init => {
+            staging.clear();
+            false
+        }
+        watcher::Event::InitApply(o) => {
+            staging.insert(key_of(&o), o);
+            false
+        }
+        watcher::Event::InitDone => {
+            *store = std::mem::take(staging);
+            *synced = true;
+            true
+        }
+        watcher::Event::Apply(o) => {
+            store.insert(key_of(&o), o);
+            *synced
+        }
+        watcher::Event::Delete(o) => {
+            store.remove(&key_of(&o));
+            *synced
+        }
+    }
+}
+
+/// Runs the Service datapath until `stop`.
+pub async fn run(client: SharedClient, cfg: ServiceProxyConfig, mut stop: watch::Receiver<bool>) {
+    // The maps and programs; loading is retried (a missing bpffs is named in the log).
+    let table: Arc<Mutex<BpfLb>> = loop {
+        let c = cfg.clone();
+        match tokio::task::spawn_blocking(move || BpfLb::open(&c.pin_dir, &c.cgroup)).await {
+            Ok(Ok(t)) => break Arc::new(Mutex::new(t)),
+            Ok(Err(e)) => {
+                tracing::error!("the Service datapath is not running: {e}; retrying in 10 s")
+            }
+            Err(e) => tracing::error!("the Service datapath is not running: {e}"),
+        }
+        tokio::select! {
+            _ = stop.changed() => return,
+            _ = tokio::time::sleep(Duration::from_secs(10)) => {}
+        }
+    };
+    tracing::info!(cgroup = %cfg.cgroup.display(), pins = %cfg.pin_dir.display(), "Service datapath attached");
+    let services_api: Api<Service> = Api::all(client.get());
+    let slices_api: Api<EndpointSlice> = Api::all(client.get());
+    let mut services = watcher(services_api.clone(), watcher::Config::default()).boxed();
+    let mut slices = watcher(slices_api.clone(), watcher::Config::default()).boxed();
+    let (mut svc_store, mut svc_staging, mut svc_synced) =
+        (BTreeMap::new(), BTreeMap::new(), false);
+    let (mut eps_store, mut eps_staging, mut eps_synced) =
+        (BTreeMap::new(), BTreeMap::new(), false);
+    let mut tick = tokio::time::interval(cfg.resync);
+    let mut backoff = Duration::from_millis(500);
+    loop {
+        let changed = tokio::select! {
+            _ = stop.changed() => return,
+            _ = tick.tick() => true,
+            e = services.next() => match e {
+                Some(Ok(ev)) => fold(ev, &mut svc_store, &mut svc_staging, &mut svc_synced),
+                Some(Err(e)) => {
+                    tracing::warn!("watching Services: {e}; retrying in {backoff:?}");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(30));
+                    false
+                }
+                None => {
+                    services = watcher(services_api.clone(), watcher::Config::default()).boxed();
+                    false
+                }
+            },
+            e = slices.next() => match e {
+                Some(Ok(ev)) => fold(ev, &mut eps_store, &mut eps_staging, &mut eps_synced),
+                Some(Err(e)) => {
+                    tracing::warn!("watching EndpointSlices: {e}; retrying in {backoff:?}");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(30));
+                    false
+                }
+                None => {
+                    slices = watcher(slices_api.clone(), watcher::Config::default()).boxed();
+                    false
+                }
+            },
+        };
+        // Nothing is written before both lists are complete: a partial view would
+        // remove live services.
+        if !changed || !svc_synced || !eps_synced {
+            continue;
+        }
+        backoff = Duration::from_millis(500);
+        let svcs: Vec<Service> = svc_store.values().cloned().collect();
+        let eps: Vec<EndpointSlice> = eps_store.values().cloned().collect();
+        let want = crate::model::services::desired(&svcs, &eps, &cfg.node, &cfg.node_ips);
+        let t = Arc::clone(&table);
+        let result = tokio::task::spawn_blocking(move || {
+            let mut t = t
+                .lock()
+                .map_err(|_| "the load-balancer table lock is poisoned".to_string())?;
+            crate::sys::lb::sync(&mut *t as &mut dyn LbTable, &want).map_err(|e| e.to_string())
+        })
+        .await;
+        match result {
+            Ok(Ok(0)) => {}
+            Ok(Ok(n)) => tracing::info!(changes = n, "Service datapath programmed"),
+            Ok(Err(e)) => tracing::warn!(
+                "programming the Service datapath: {e}; retrying at the next change or resync"
+            ),
+            Err(e) => tracing::warn!("programming the Service datapath: {e}"),
+        }
+    }
+}

@@ -1,0 +1,505 @@
+//! Services and EndpointSlices as the socket load-balancer's tables: which frontends
+//! (address, port, protocol) this node serves and the backends of each, as kube-proxy
+//! chooses them; and the map operations that turn what the maps hold into that, a
+//! service's backends swapped in whole.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::{Ipv4Addr, SocketAddrV4};
+
+use k8s_openapi::api::core::v1::Service;
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use kernlet_ebpf_common::{Backend, BackendKey, ServiceKey, ServiceValue};
+
+/// The label that hands a Service to another proxy.
+pub const PROXY_NAME_LABEL: &str = "service.kubernetes.io/service-proxy-name";
+pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
+
+fn proto_number(p: Option<&str>) -> Option<u8> {
+    match p.unwrap_or("TCP") {
+        "TCP" => Some(6),
+        "UDP" => Some(17),
+        _ => None,
+    }
+}
+
+/// A frontend in the maps' byte order.
+pub fn service_key(ip: Ipv4Addr, port: u16, proto: u8) -> ServiceKey {
+    ServiceKey {
+        addr: u32::from_ne_bytes(ip.octets()),
+        port: u16::from_ne_bytes(port.to_be_bytes()),
+        proto,
+        _pad: 0,
+    }
+}
+
+/// A backend in the maps' byte order.
+pub fn backend(addr: SocketAddrV4) -> Backend {
+    Backend {
+        addr: u32::from_ne_bytes(addr.ip().octets()),
+        port: u16::from_ne_bytes(addr.port().to_be_bytes()),
+        _pad: 0,
+    }
+}
+
+/// A map backend as an address.
+pub fn backend_addr(b: &Backend) -> SocketAddrV4 {
+    SocketAddrV4::new(
+        Ipv4Addr::from(b.addr.to_ne_bytes()),
+        u16::from_be_bytes(b.port.to_ne_bytes()),
+    )
+}
+
+/// A map frontend as `(address, port, protocol)`.
+pub fn frontend_of(k: &ServiceKey) -> (Ipv4Addr, u16, u8) {
+    (
+        Ipv4Addr::from(k.addr.to_ne_bytes()),
+        u16::from_be_bytes(k.port.to_ne_bytes()),
+        k.proto,
+    )
+}
+
+/// Why a Service is not proxied here, or `None` when it is.
+pub fn skipped(svc: &Service) -> Option<&'static str> {
+    let spec = svc.spec.as_ref()?;
+    if spec.type_.as_deref() == Some("ExternalName") {
+        return Some("ExternalName");
+    }
+    if matches!(spec.cluster_ip.as_deref(), None | Some("") | Some("None")) {
+        return Some("headless");
+    }
+    if svc
+        .metadata
+        .labels
+        .as_ref()
+        .is_some_and(|l| l.contains_key(PROXY_NAME_LABEL))
+    {
+        return Some("handled by another proxy (service-proxy-name)");
+    }
+    None
+}
+
+/// The frontends the Services describe and the backends of each, for node `node` with
+/// addresses `node_ips` (NodePorts are served on them).
+pub fn desired(
+    services: &[Service],
+    slices: &[EndpointSlice],
+    node: &str,
+    node_ips: &[Ipv4Addr],
+) -> BTreeMap<ServiceKey, BTreeSet<Backend>> {
+    let mut out: BTreeMap<ServiceKey, BTreeSet<Backend>> = BTreeMap::new();
+    for svc in services {
+        if skipped(svc).is_some() {
+            continue;
+        }
+        let Some(spec) = svc.spec.as_ref() else {
+            continue;
+        };
+        let ns = svc.metadata.namespace.as_deref().unwrap_or("default");
+        let name = svc.metadata.name.as_deref().unwrap_or("");
+        let mine: Vec<&EndpointSlice> = slices
+            .iter()
+            .filter(|s| {
+                s.metadata.namespace.as_deref().unwrap_or("default") == ns
+                    && s.address_type == "IPv4"
+                    && s.metadata
+                        .labels
+                        .as_ref()
+                        .and_then(|l| l.get(SERVICE_NAME_LABEL))
+                        .is_some_and(|n| n == name)
+            })
+            .collect();
+        let internal_local = spec.internal_traffic_policy.as_deref() == Some("Local");
+        let external_local = spec.external_traffic_policy.as_deref() == Some("Local");
+        let mut cluster_ips: Vec<Ipv4Addr> = spec
+            .cluster_ips
+            .iter()
+            .flatten()
+            .chain(spec.cluster_ip.iter())
+            .filter_map(|ip| ip.parse().ok())
+            .collect();
+        cluster_ips.sort();
+        cluster_ips.dedup();
+        let mut frontends_ips: Vec<Ipv4Addr> = spec
+            .external_ips
+            .iter()
+            .flatten()
+            .filter_map(|ip| ip.parse().ok())
+            .collect();
+        for ing in svc
+            .status
+            .as_ref()
+            .and_then(|s| s.load_balancer.as_ref())
+            .and_then(|l| l.ingress.as_ref())
+            .into_iter()
+            .flatten()
+        {
+            if let Some(ip) = ing.ip.as_deref().and_then(|i| i.parse().ok()) {
+                frontends_ips.push(ip);
+            }
+        }
+        frontends_ips.sort();
+        frontends_ips.dedup();
+        for sp in spec.ports.iter().flatten() {
+            let Some(proto) = proto_number(sp.protocol.as_deref()) else {
+                continue;
+            };
+            let Ok(port) = u16::try_from(sp.port) else {
+                continue;
+            };
+            let of = |local| {
+                endpoints_for(
+                    &mine,
+                    sp.name.as_deref(),
+                    sp.protocol.as_deref(),
+                    node,
+                    local,
+                )
+            };
+            // ClusterIPs follow internalTrafficPolicy; external IPs, load-balancer IPs
+            // and NodePorts externalTrafficPolicy.
+            let internal = of(internal_local);
+            let external = of(external_local);
+            for ip in &cluster_ips {
+                out.entry(service_key(*ip, port, proto))
+                    .or_default()
+                    .extend(internal.iter().copied());
+            }
+            for ip in &frontends_ips {
+                out.entry(service_key(*ip, port, proto))
+                    .or_default()
+                    .extend(external.iter().copied());
+            }
+            if let Some(np) = sp.node_port.and_then(|p| u16::try_from(p).ok()) {
+                for ip in node_ips {
+                    out.entry(service_key(*ip, np, proto))
+                        .or_default()
+                        .extend(external.iter().copied());
+                }
+            }
+        }
+    }
+    out
+}
+
+/// The backends of one service port: the ready endpoints, or when none is ready the
+/// serving and terminating ones (kube-proxy's fallback); with `local_only`, those on
+/// this node only.
+fn endpoints_for(
+    slices: &[&EndpointSlice],
+    port_name: Option<&str>,
+    protocol: Option<&str>,
+    node: &str,
+    local_only: bool,
+) -> BTreeSet<Backend> {
+    let mut ready = BTreeSet::new();
+    let mut terminating = BTreeSet::new();
+    let want_name = port_name.unwrap_or("");
+    let want_proto = protocol.unwrap_or("TCP");
+    for s in slices {
+        let Some(port) = s.ports.iter().flatten().find(|p| {
+            p.name.as_deref().unwrap_or("") == want_name
+                && p.protocol.as_deref().unwrap_or("TCP") == want_proto
+        }) else {
+            continue;
+        };
+        let Some(number) = port.port.and_then(|p| u16::try_from(p).ok()) else {
+            continue;
+        };
+        for ep in s.endpoints.iter().flatten() {
+            if local_only && ep.node_name.as_deref() != Some(node) {
+                continue;
+            }
+            let c = ep.conditions.clone().unwrap_or_default();
+            // Unset conditions: ready and serving mean yes, terminating no.
+            let is_ready = c.ready.unwrap_or(true);
+            let serving = c.serving.unwrap_or(is_ready);
+            let is_terminating = c.terminating.unwrap_or(false);
+            for a in ep.addresses.iter().take(1) {
+                let Ok(ip) = a.parse::<Ipv4Addr>() else {
+                    continue;
+                };
+                let b = backend(SocketAddrV4::new(ip, number));
+                if is_ready && !is_terminating {
+                    ready.insert(b);
+                } else if serving && is_terminating {
+                    terminating.insert(b);
+                }
+            }
+        }
+    }
+    if ready.is_empty() { terminating } else { ready }
+}
+
+/// One change to the maps.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum LbOp {
+    SetBackend(BackendKey, Backend),
+    SetService(ServiceKey, ServiceValue),
+    DeleteService(ServiceKey),
+    DeleteBackend(BackendKey),
+}
+
+/// The changes that make the maps (`services`, `backends`) serve `want`. A frontend
+/// whose backends change gets them under a new slot, then one service update points
+/// it there, then the old slot goes: a connect sees the old set or the new one, never a
+/// mix. Backend entries of no service (left by a crash) are removed.
+pub fn plan(
+    want: &BTreeMap<ServiceKey, BTreeSet<Backend>>,
+    services: &BTreeMap<ServiceKey, ServiceValue>,
+    backends: &BTreeMap<BackendKey, Backend>,
+) -> Vec<LbOp> {
+    let mut sets = Vec::new();
+    let mut swaps = Vec::new();
+    let mut deletes = Vec::new();
+    let slot_members = |slot: u32, count: u32| -> Option<Vec<Backend>> {
+        (0..count)
+            .map(|i| backends.get(&BackendKey { slot, index: i }).copied())
+            .collect()
+    };
+    let mut used: BTreeSet<u32> = services.values().map(|v| v.slot).collect();
+    let mut next = 1u32;
+    let mut fresh_slot = |used: &mut BTreeSet<u32>| {
+        while used.contains(&next) || backends.keys().any(|k| k.slot == next) {
+            next = next.wrapping_add(1).max(1);
+        }
+        used.insert(next);
+        next
+    };
+    let mut live_slots = BTreeSet::new();
+    for (key, set) in want {
+        let list: Vec<Backend> = set.iter().copied().collect();
+        if let Some(cur) = services.get(key)
+            && slot_members(cur.slot, cur.count).as_deref() == Some(list.as_slice())
+        {
+            live_slots.insert(cur.slot);
+            continue;
+        }
+        let slot = fresh_slot(&mut used);
+        live_slots.insert(slot);
+        for (i, b) in list.iter().enumerate() {
+            sets.push(LbOp::SetBackend(
+                BackendKey {
+                    slot,
+                    index: i as u32,
+                },
+                *b,
+            ));
+        }
+        swaps.push(LbOp::SetService(
+            *key,
+            ServiceValue {
+                slot,
+                count: list.len() as u32,
+            },
+        ));
+    }
+    for key in services.keys() {
+        if !want.contains_key(key) {
+            deletes.push(LbOp::DeleteService(*key));
+        }
+    }
+    for k in backends.keys() {
+        if !live_slots.contains(&k.slot) {
+            deletes.push(LbOp::DeleteBackend(*k));
+        }
+    }
+    sets.into_iter().chain(swaps).chain(deletes).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fixture<T: serde::de::DeserializeOwned>(name: &str) -> Vec<T> {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../fixtures/k8s/objects");
+        let v: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(dir.join(name)).unwrap()).unwrap();
+        serde_json::from_value(v["items"].clone()).unwrap()
+    }
+
+    #[test]
+    fn the_fixture_services_become_frontends_with_ready_backends() {
+        let services: Vec<Service> = fixture("services.json");
+        let slices: Vec<EndpointSlice> = fixture("endpointslices.json");
+        let want = desired(&services, &slices, "fixture-node-1", &[]);
+        // Every proxied service port of the fixtures has a frontend on its ClusterIP.
+        for svc in &services {
+            if skipped(svc).is_some() {
+                continue;
+            }
+            let spec = svc.spec.as_ref().unwrap();
+            let ip: Ipv4Addr = spec.cluster_ip.as_deref().unwrap().parse().unwrap();
+            for p in spec.ports.iter().flatten() {
+                let proto = proto_number(p.protocol.as_deref()).unwrap();
+                assert!(
+                    want.contains_key(&service_key(ip, p.port as u16, proto)),
+                    "{}:{}",
+                    ip,
+                    p.port
+                );
+            }
+        }
+        // web: both ready pods on 8080; web-lb's dns port: both on 5353/UDP.
+        let web: Ipv4Addr = "10.100.111.100".parse().unwrap();
+        let got: Vec<SocketAddrV4> = want[&service_key(web, 80, 6)]
+            .iter()
+            .map(backend_addr)
+            .collect();
+        assert_eq!(
+            got,
+            [
+                "10.244.0.11:8080".parse().unwrap(),
+                "10.244.0.12:8080".parse().unwrap()
+            ]
+        );
+        let lb: Ipv4Addr = "10.109.246.64".parse().unwrap();
+        let got: Vec<SocketAddrV4> = want[&service_key(lb, 53, 17)]
+            .iter()
+            .map(backend_addr)
+            .collect();
+        assert_eq!(
+            got,
+            [
+                "10.244.0.11:5353".parse().unwrap(),
+                "10.244.0.12:5353".parse().unwrap()
+            ]
+        );
+        assert!(
+            !want.keys().any(|k| frontend_of(k).1 == 8080),
+            "the headless service has no frontend"
+        );
+        // web-lb has internalTrafficPolicy Local: on a node without its pods the
+        // ClusterIP has no backend, its external IP keeps both (externalTrafficPolicy Cluster).
+        let elsewhere = desired(&services, &slices, "another-node", &[]);
+        assert!(elsewhere[&service_key(lb, 53, 17)].is_empty());
+        assert_eq!(
+            elsewhere[&service_key("198.18.0.200".parse().unwrap(), 53, 17)].len(),
+            2
+        );
+    }
+
+    fn svc(json: serde_json::Value) -> Service {
+        serde_json::from_value(json).unwrap()
+    }
+
+    fn slice(endpoints: serde_json::Value) -> EndpointSlice {
+        serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "web-abc", "namespace": "d", "labels": {"kubernetes.io/service-name": "web"}},
+            "addressType": "IPv4",
+            "ports": [{"name": "http", "port": 8080, "protocol": "TCP"}],
+            "endpoints": endpoints,
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn terminating_endpoints_only_without_ready_ones_and_local_policy() {
+        let web = svc(serde_json::json!({
+            "metadata": {"name": "web", "namespace": "d"},
+            "spec": {"clusterIP": "10.96.0.50", "ports": [{"name": "http", "port": 80, "nodePort": 30080}]},
+        }));
+        let key = service_key("10.96.0.50".parse().unwrap(), 80, 6);
+        let eps = slice(serde_json::json!([
+            {"addresses": ["10.244.1.5"], "conditions": {"ready": true}, "nodeName": "a"},
+            {"addresses": ["10.244.2.5"], "conditions": {"ready": false, "serving": true, "terminating": true}, "nodeName": "b"},
+        ]));
+        let want = desired(
+            std::slice::from_ref(&web),
+            std::slice::from_ref(&eps),
+            "a",
+            &["198.18.0.10".parse().unwrap()],
+        );
+        assert_eq!(want[&key].len(), 1, "ready endpoints only");
+        assert!(
+            want.contains_key(&service_key("198.18.0.10".parse().unwrap(), 30080, 6)),
+            "NodePort on the node address"
+        );
+        let only_terminating = slice(serde_json::json!([
+            {"addresses": ["10.244.2.5"], "conditions": {"ready": false, "serving": true, "terminating": true}, "nodeName": "b"},
+            {"addresses": ["10.244.2.6"], "conditions": {"ready": false, "serving": false, "terminating": true}, "nodeName": "b"},
+        ]));
+        let want = desired(std::slice::from_ref(&web), &[only_terminating], "a", &[]);
+        assert_eq!(
+            want[&key].iter().map(backend_addr).collect::<Vec<_>>(),
+            ["10.244.2.5:8080".parse().unwrap()],
+            "serving terminating endpoints when none is ready"
+        );
+        let mut local = web.clone();
+        local.spec.as_mut().unwrap().internal_traffic_policy = Some("Local".into());
+        let want = desired(
+            std::slice::from_ref(&local),
+            std::slice::from_ref(&eps),
+            "c",
+            &[],
+        );
+        assert!(
+            want[&key].is_empty(),
+            "internalTrafficPolicy Local: no endpoint on c"
+        );
+        let want = desired(&[local], std::slice::from_ref(&eps), "b", &[]);
+        assert_eq!(
+            want[&key].len(),
+            1,
+            "on b its serving, terminating endpoint"
+        );
+        let mut other = web.clone();
+        other.metadata.labels = Some([(PROXY_NAME_LABEL.to_string(), "x".to_string())].into());
+        assert!(desired(&[other], &[eps], "a", &[]).is_empty());
+    }
+
+    #[test]
+    fn backends_are_swapped_through_a_new_slot() {
+        let key = service_key("10.96.0.50".parse().unwrap(), 80, 6);
+        let b1 = backend("10.244.1.5:8080".parse().unwrap());
+        let b2 = backend("10.244.2.5:8080".parse().unwrap());
+        let want: BTreeMap<_, _> = [(key, BTreeSet::from([b1, b2]))].into();
+        let ops = plan(&want, &BTreeMap::new(), &BTreeMap::new());
+        assert_eq!(ops.len(), 3);
+        assert!(matches!(
+            ops[2],
+            LbOp::SetService(_, ServiceValue { slot: 1, count: 2 })
+        ));
+        // Applied: nothing more to do.
+        let services: BTreeMap<_, _> = [(key, ServiceValue { slot: 1, count: 2 })].into();
+        let backends: BTreeMap<_, _> = [
+            (BackendKey { slot: 1, index: 0 }, b1),
+            (BackendKey { slot: 1, index: 1 }, b2),
+            (BackendKey { slot: 9, index: 0 }, b2),
+        ]
+        .into();
+        let ops = plan(&want, &services, &backends);
+        assert_eq!(
+            ops,
+            [LbOp::DeleteBackend(BackendKey { slot: 9, index: 0 })],
+            "a crash's leftovers go"
+        );
+        // One backend gone: new slot 2 written, then the swap, then slot 1 removed.
+        let want: BTreeMap<_, _> = [(key, BTreeSet::from([b2]))].into();
+        let ops = plan(&want, &services, &backends);
+        assert_eq!(
+            ops,
+            [
+                LbOp::SetBackend(BackendKey { slot: 2, index: 0 }, b2),
+                LbOp::SetService(key, ServiceValue { slot: 2, count: 1 }),
+                LbOp::DeleteBackend(BackendKey { slot: 1, index: 0 }),
+                LbOp::DeleteBackend(BackendKey { slot: 1, index: 1 }),
+                LbOp::DeleteBackend(BackendKey { slot: 9, index: 0 }),
+            ]
+        );
+        // The service gone: frontend, then its backends.
+        let ops = plan(&BTreeMap::new(), &services, &backends);
+        assert_eq!(ops[0], LbOp::DeleteService(key));
+        assert_eq!(ops.len(), 4);
+    }
+
+    #[test]
+    fn byte_orders_round_trip() {
+        let k = service_key("10.96.0.1".parse().unwrap(), 443, 6);
+        assert_eq!(frontend_of(&k), ("10.96.0.1".parse().unwrap(), 443, 6));
+        let b = backend("10.244.1.5:8080".parse().unwrap());
+        assert_eq!(backend_addr(&b), "10.244.1.5:8080".parse().unwrap());
+        // As the kernel holds them: 10.96.0.1 is the bytes 10,96,0,1 in memory.
+        assert_eq!(k.addr.to_ne_bytes(), [10, 96, 0, 1]);
+        assert_eq!(k.port.to_ne_bytes(), [1, 187]);
+    }
+}

@@ -1,0 +1,354 @@
+//! The socket load-balancer's maps behind one small trait: the real ones (eBPF maps
+//! pinned by name under the instance's bpffs directory, with the `cgroup/connect4`,
+//! `sendmsg4`, `recvmsg4` and `getpeername4` programs attached to a cgroup and their
+//! links pinned beside them), an in-memory table, and one that fails chosen operations.
+//!
+//! On start the pinned maps are adopted, not flushed, and the new programs are attached
+//! before the previous instance's links are let go: an agent restart never leaves a
+//! moment without service translation.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+
+use aya::maps::{HashMap, MapData};
+use aya::programs::{CgroupAttachMode, CgroupSockAddr, links::FdLink, links::PinnedLink};
+use kernlet_ebpf_common::{
+    BACKENDS_MAP, Backend, BackendKey, LB_CONNECT4, LB_GETPEERNAME4, LB_RECVMSG4, LB_SENDMSG4,
+    SERVICES_MAP, ServiceKey, ServiceValue,
+};
+
+use crate::model::services::LbOp;
+
+/// A failed load-balancer operation, naming what it was for.
+#[derive(Debug, thiserror::Error)]
+#[error("{what}: {detail}")]
+pub struct LbError {
+    pub what: String,
+    pub detail: String,
+}
+
+fn err(what: impl Into<String>) -> impl FnOnce(String) -> LbError {
+    let what = what.into();
+    move |detail| LbError { what, detail }
+}
+
+/// An error with its causes, `a: b: c`.
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        out.push_str(": ");
+        out.push_str(&c.to_string());
+        cur = c.source();
+    }
+    out
+}
+
+/// What the service controller reads and changes.
+pub trait LbTable: Send {
+    fn services(&mut self) -> Result<BTreeMap<ServiceKey, ServiceValue>, LbError>;
+    fn backends(&mut self) -> Result<BTreeMap<BackendKey, Backend>, LbError>;
+    fn apply(&mut self, op: &LbOp) -> Result<(), LbError>;
+}
+
+/// The in-memory table.
+#[derive(Clone, Debug, Default)]
+pub struct MemoryLb {
+    pub services: BTreeMap<ServiceKey, ServiceValue>,
+    pub backends: BTreeMap<BackendKey, Backend>,
+}
+
+impl LbTable for MemoryLb {
+    fn services(&mut self) -> Result<BTreeMap<ServiceKey, ServiceValue>, LbError> {
+        Ok(self.services.clone())
+    }
+    fn backends(&mut self) -> Result<BTreeMap<BackendKey, Backend>, LbError> {
+        Ok(self.backends.clone())
+    }
+    fn apply(&mut self, op: &LbOp) -> Result<(), LbError> {
+        match op {
+            LbOp::SetBackend(k, b) => {
+                self.backends.insert(*k, *b);
+            }
+            LbOp::SetService(k, v) => {
+                self.services.insert(*k, *v);
+            }
+            LbOp::DeleteService(k) => {
+                self.services.remove(k);
+            }
+            LbOp::DeleteBackend(k) => {
+                self.backends.remove(k);
+            }
+        }
+        Ok(())
+    }
+}
+
+/// An in-memory table whose operations number `fail` (counting every `apply` from 1)
+/// fail instead of taking effect.
+#[derive(Clone, Debug, Default)]
+pub struct FaultyLb {
+    pub inner: MemoryLb,
+    pub fail: BTreeSet<usize>,
+    pub applied: usize,
+}
+
+impl LbTable for FaultyLb {
+    fn services(&mut self) -> Result<BTreeMap<ServiceKey, ServiceValue>, LbError> {
+        self.inner.services()
+    }
+    fn backends(&mut self) -> Result<BTreeMap<BackendKey, Backend>, LbError> {
+        self.inner.backends()
+    }
+    fn apply(&mut self, op: &LbOp) -> Result<(), LbError> {
+        self.applied += 1;
+        if self.fail.contains(&self.applied) {
+            return Err(LbError {
+                what: format!("{op:?}"),
+                detail: "refused by the faulty table".into(),
+            });
+        }
+        self.inner.apply(op)
+    }
+}
+
+/// The real maps and programs.
+pub struct BpfLb {
+    ebpf: aya::Ebpf,
+    pin_dir: PathBuf,
+}
+
+impl std::fmt::Debug for BpfLb {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BpfLb")
+            .field("pin_dir", &self.pin_dir)
+            .finish()
+    }
+}
+
+const PROGRAMS: [&str; 4] = [LB_CONNECT4, LB_SENDMSG4, LB_RECVMSG4, LB_GETPEERNAME4];
+
+impl BpfLb {
+    /// Loads the programs with the maps pinned in `pin_dir` (adopting pinned ones) and
+    /// attaches them to `cgroup`, replacing the links a previous instance pinned there.
+    pub fn open(pin_dir: &Path, cgroup: &Path) -> Result<Self, LbError> {
+        crate::sys::bpf::ensure_bpffs(pin_dir)
+            .map_err(|e| err(format!("preparing {} for pins", pin_dir.display()))(e.to_string()))?;
+        std::fs::create_dir_all(pin_dir.join("links"))
+            .map_err(|e| err(format!("creating {}", pin_dir.display()))(e.to_string()))?;
+        let mut ebpf = aya::EbpfLoader::new()
+            .default_map_pin_directory(pin_dir)
+            .load(crate::sys::bpf::EBPF_OBJECT)
+            .map_err(|e| {
+                err(format!(
+                    "loading the load-balancer programs with maps pinned in {} (is it on a bpffs?)",
+                    pin_dir.display()
+                ))(e.to_string())
+            })?;
+        let cg = std::fs::File::open(cgroup)
+            .map_err(|e| err(format!("opening cgroup {}", cgroup.display()))(e.to_string()))?;
+        for name in PROGRAMS {
+            let prog: &mut CgroupSockAddr = ebpf
+                .program_mut(name)
+                .ok_or_else(|| err(name)("not in the embedded object; rebuild kernlet".into()))?
+                .try_into()
+                .map_err(|e: aya::programs::ProgramError| err(name)(e.to_string()))?;
+            prog.load()
+                .map_err(|e| err(format!("loading {name}"))(chain(&e)))?;
+            let id = prog
+                // A cgroup link (kernel 5.7+) always sits beside others: the old
+                // instance's links stay until they are let go below.
+                .attach(&cg, CgroupAttachMode::Single)
+                .map_err(|e| err(format!("attaching {name} to {}", cgroup.display()))(chain(&e)))?;
+            let link: FdLink = prog
+                .take_link(id)
+                .map_err(|e| err(format!("taking the link of {name}"))(e.to_string()))?
+                .try_into()
+                .map_err(|e: aya::programs::links::LinkError| {
+                    err(format!("link of {name}"))(e.to_string())
+                })?;
+            // The previous instance's link: let go once the new one is attached.
+            let path = pin_dir.join("links").join(name);
+            let previous = match PinnedLink::from_pin(&path) {
+                Ok(old) => Some(
+                    old.unpin()
+                        .map_err(|e| err(format!("unpinning {}", path.display()))(e.to_string()))?,
+                ),
+                Err(_) => {
+                    let _ = std::fs::remove_file(&path);
+                    None
+                }
+            };
+            link.pin(&path)
+                .map_err(|e| err(format!("pinning {}", path.display()))(e.to_string()))?;
+            drop(previous);
+        }
+        Ok(Self {
+            ebpf,
+            pin_dir: pin_dir.to_path_buf(),
+        })
+    }
+
+    fn map(&mut self, name: &'static str) -> Result<&mut aya::maps::Map, LbError> {
+        self.ebpf
+            .map_mut(name)
+            .ok_or_else(|| err(name)("not in the embedded object".into()))
+    }
+
+    /// Detaches the programs and removes the pins (maps and links): the node stops
+    /// translating Services.
+    pub fn remove(self) -> Result<(), LbError> {
+        for name in PROGRAMS {
+            let path = self.pin_dir.join("links").join(name);
+            if let Ok(l) = PinnedLink::from_pin(&path) {
+                let _ = l.unpin();
+            }
+        }
+        for m in [
+            SERVICES_MAP,
+            BACKENDS_MAP,
+            kernlet_ebpf_common::SOCK_REVNAT_MAP,
+        ] {
+            let _ = std::fs::remove_file(self.pin_dir.join(m));
+        }
+        Ok(())
+    }
+}
+
+impl LbTable for BpfLb {
+    fn services(&mut self) -> Result<BTreeMap<ServiceKey, ServiceValue>, LbError> {
+        let m: HashMap<&mut MapData, ServiceKey, ServiceValue> =
+            HashMap::try_from(self.map(SERVICES_MAP)?)
+                .map_err(|e| err(SERVICES_MAP)(e.to_string()))?;
+        m.iter()
+            .map(|r| r.map_err(|e| err(SERVICES_MAP)(e.to_string())))
+            .collect()
+    }
+
+    fn backends(&mut self) -> Result<BTreeMap<BackendKey, Backend>, LbError> {
+        let m: HashMap<&mut MapData, BackendKey, Backend> =
+            HashMap::try_from(self.map(BACKENDS_MAP)?)
+                .map_err(|e| err(BACKENDS_MAP)(e.to_string()))?;
+        m.iter()
+            .map(|r| r.map_err(|e| err(BACKENDS_MAP)(e.to_string())))
+            .collect()
+    }
+
+    fn apply(&mut self, op: &LbOp) -> Result<(), LbError> {
+        let what = format!("{op:?}");
+        match op {
+            LbOp::SetService(k, v) => {
+                let mut m: HashMap<&mut MapData, ServiceKey, ServiceValue> =
+                    HashMap::try_from(self.map(SERVICES_MAP)?)
+                        .map_err(|e| err(&what)(e.to_string()))?;
+                m.insert(k, v, 0).map_err(|e| err(&what)(e.to_string()))
+            }
+            LbOp::DeleteService(k) => {
+                let mut m: HashMap<&mut MapData, ServiceKey, ServiceValue> =
+                    HashMap::try_from(self.map(SERVICES_MAP)?)
+                        .map_err(|e| err(&what)(e.to_string()))?;
+                m.remove(k).map_err(|e| err(&what)(e.to_string()))
+            }
+            LbOp::SetBackend(k, b) => {
+                let mut m: HashMap<&mut MapData, BackendKey, Backend> =
+                    HashMap::try_from(self.map(BACKENDS_MAP)?)
+                        .map_err(|e| err(&what)(e.to_string()))?;
+                m.insert(k, b, 0).map_err(|e| err(&what)(e.to_string()))
+            }
+            LbOp::DeleteBackend(k) => {
+                let mut m: HashMap<&mut MapData, BackendKey, Backend> =
+                    HashMap::try_from(self.map(BACKENDS_MAP)?)
+                        .map_err(|e| err(&what)(e.to_string()))?;
+                m.remove(k).map_err(|e| err(&what)(e.to_string()))
+            }
+        }
+    }
+}
+
+/// One pass: what the maps hold against `want`, every planned operation tried; the
+/// first failure is returned after the others (the next pass retries).
+pub fn sync(
+    table: &mut dyn LbTable,
+    want: &BTreeMap<ServiceKey, BTreeSet<Backend>>,
+) -> Result<usize, LbError> {
+    let services = table.services()?;
+    let backends = table.backends()?;
+    let ops = crate::model::services::plan(want, &services, &backends);
+    let mut first = None;
+    let mut done = 0;
+    for op in &ops {
+        let deleting = matches!(op, LbOp::DeleteService(_) | LbOp::DeleteBackend(_));
+        // A failed write leaves a frontend on its old backends: they stay until a pass
+        // has written everything.
+        if deleting && first.is_some() {
+            continue;
+        }
+        match table.apply(op) {
+            Ok(()) => done += 1,
+            Err(e) => {
+                first.get_or_insert(e);
+            }
+        }
+    }
+    match first {
+        Some(e) => Err(e),
+        None => Ok(done),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::services::{backend, service_key};
+
+    fn want(backends: &[&str]) -> BTreeMap<ServiceKey, BTreeSet<Backend>> {
+        let key = service_key("10.96.0.50".parse().unwrap(), 80, 6);
+        [(
+            key,
+            backends
+                .iter()
+                .map(|b| backend(b.parse().unwrap()))
+                .collect(),
+        )]
+        .into()
+    }
+
+    /// Every frontend's slot holds exactly `count` backends: no connect can find a
+    /// service pointing at a missing backend.
+    fn consistent(t: &MemoryLb) -> bool {
+        t.services.values().all(|v| {
+            (0..v.count).all(|i| {
+                t.backends.contains_key(&BackendKey {
+                    slot: v.slot,
+                    index: i,
+                })
+            })
+        })
+    }
+
+    #[test]
+    fn converges_through_failures_and_never_points_at_missing_backends() {
+        let mut t = FaultyLb::default();
+        sync(&mut t, &want(&["10.244.1.5:8080", "10.244.2.5:8080"])).unwrap();
+        assert!(consistent(&t.inner));
+        // The next change: its swap (3rd op: two sets, then the swap) fails.
+        let next = want(&["10.244.2.5:8080", "10.244.3.5:8080"]);
+        t.fail = [t.applied + 3].into();
+        assert!(sync(&mut t, &next).is_err());
+        assert!(
+            consistent(&t.inner),
+            "the old backends stay while the swap failed"
+        );
+        // The next pass finishes; the one after has nothing to do.
+        sync(&mut t, &next).unwrap();
+        assert!(consistent(&t.inner));
+        assert_eq!(sync(&mut t, &next).unwrap(), 0);
+        let key = service_key("10.96.0.50".parse().unwrap(), 80, 6);
+        let v = t.inner.services[&key];
+        assert_eq!(v.count, 2);
+        assert_eq!(t.inner.backends.len(), 2, "old slots cleaned up");
+        // The service removed: nothing left.
+        sync(&mut t, &BTreeMap::new()).unwrap();
+        assert!(t.inner.services.is_empty() && t.inner.backends.is_empty());
+    }
+}

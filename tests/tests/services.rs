@@ -1,0 +1,329 @@
+//! kernlet as kube-proxy (root, SimNodes with the overlay): a Service's ClusterIP,
+//! reached from a pod and from the node, is load-balanced over its ready endpoints by
+//! the eBPF socket hooks, TCP and UDP, with `getpeername` and `recvfrom` showing the
+//! service address; endpoint changes reach the maps; a service without endpoints fails
+//! fast; the translation keeps working while kernlet is down and after it restarts.
+
+#![allow(
+    clippy::unwrap_used,
+    reason = "a test that cannot go on should stop loudly"
+)]
+
+use std::io::Write as _;
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::{Pod, Service};
+use kernlet_tests::cluster::Cluster;
+use kernlet_tests::overlay::{apply_node_rbac, in_netns, sleeping_pod, start_overlay_node};
+use kernlet_tests::simnode::{BRIDGE_IP, Lab, SimNode};
+use kernlet_tests::wait_for;
+use kube::api::{Api, PostParams};
+
+/// A backend pod labelled app=web on `node`; in its namespace a TCP server on :8080 and
+/// a UDP echo on :5353 that answer with `name`.
+async fn backend(
+    cluster: &Cluster,
+    pods: &Api<Pod>,
+    node: &SimNode,
+    name: &str,
+) -> (Ipv4Addr, PathBuf) {
+    let pod: Pod = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": name, "labels": {"app": "web"}},
+        "spec": {"terminationGracePeriodSeconds": 1, "containers": [
+            {"name": "c", "image": "busybox:1.36", "command": ["sleep", "3600"]}]},
+    }))
+    .unwrap();
+    pods.create(&PostParams::default(), &pod).await.unwrap();
+    cluster.bind_pod("default", name, &node.name).await.unwrap();
+    let (ip, netns) = wait_for("the backend running", Duration::from_secs(60), async || {
+        let p = pods.get(name).await.ok()?;
+        let st = p.status?;
+        let ready = st
+            .conditions?
+            .iter()
+            .any(|c| c.type_ == "Ready" && c.status == "True");
+        let ip: Ipv4Addr = st.pod_ip?.parse().ok()?;
+        ready.then(|| {
+            (
+                ip,
+                node.dir("run")
+                    .join("pods")
+                    .join(p.metadata.uid.unwrap())
+                    .join("ns/net"),
+            )
+        })
+    })
+    .await;
+    let tcp = in_netns(&netns, move || {
+        std::net::TcpListener::bind((ip, 8080)).unwrap()
+    })
+    .unwrap();
+    let udp = in_netns(&netns, move || {
+        std::net::UdpSocket::bind((ip, 5353)).unwrap()
+    })
+    .unwrap();
+    let who = name.to_string();
+    std::thread::spawn(move || {
+        for s in tcp.incoming() {
+            let Ok(mut s) = s else { return };
+            let _ = s.write_all(who.as_bytes());
+        }
+    });
+    let who = name.to_string();
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 512];
+        while let Ok((_, peer)) = udp.recv_from(&mut buf) {
+            let _ = udp.send_to(who.as_bytes(), peer);
+        }
+    });
+    (ip, netns)
+}
+
+const CLIENT: &str = r#"
+import json, socket, sys
+ip, n = sys.argv[1], int(sys.argv[2])
+out = {"tcp": [], "peer": None, "udp": [], "udp_from": None, "error": None}
+try:
+    for _ in range(n):
+        s = socket.create_connection((ip, 80), timeout=3)
+        out["peer"] = list(s.getpeername())
+        out["tcp"].append(s.recv(100).decode())
+        s.close()
+    u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    u.settimeout(3)
+    for _ in range(n):
+        u.sendto(b"hi", (ip, 53))
+        data, addr = u.recvfrom(100)
+        out["udp"].append(data.decode())
+        out["udp_from"] = list(addr)
+except Exception as e:
+    out["error"] = "%s: %s" % (type(e).__name__, e)
+print(json.dumps(out))
+"#;
+
+/// Runs the client in the network namespace `netns`, as a process of `cgroup` (the
+/// load-balancer translates the socket calls of processes below the cgroup it is
+/// attached to).
+fn client(cgroup: &Path, netns: &Path, ip: Ipv4Addr, n: usize) -> serde_json::Value {
+    std::fs::create_dir_all(cgroup).unwrap();
+    let script = format!(
+        "echo $$ > {}/cgroup.procs && exec nsenter --net={} python3 -c '{}' {ip} {n}",
+        cgroup.display(),
+        netns.display(),
+        CLIENT
+    );
+    let out = std::process::Command::new("bash")
+        .args(["-c", &script])
+        .output()
+        .unwrap();
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|_| {
+        panic!(
+            "client: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_ips_are_balanced_by_the_socket_hooks() {
+    let cluster = Cluster::start(&[BRIDGE_IP.into()]).await.unwrap();
+    let mut lab = Lab::new("svc").unwrap();
+    let fwd = lab.forward(0, cluster.addr()).unwrap();
+    apply_node_rbac(&cluster).unwrap();
+    let mut nodes: Vec<SimNode> = ["s1", "s2"]
+        .iter()
+        .map(|n| lab.add_node(n).unwrap())
+        .collect();
+    for (i, n) in nodes.iter_mut().enumerate() {
+        n.import_busybox().unwrap();
+        let cg = n.cgroup().display().to_string();
+        start_overlay_node(
+            &cluster,
+            &fwd.url,
+            n,
+            i as u8 + 1,
+            &[
+                "--service-proxy",
+                "--service-cgroup",
+                &cg,
+                "--service-resync",
+                "1",
+            ],
+        )
+        .await
+        .unwrap();
+    }
+    let admin = cluster.admin().await.unwrap();
+    let pods: Api<Pod> = Api::namespaced(admin.clone(), "default");
+    backend(&cluster, &pods, &nodes[0], "web-a").await;
+    backend(&cluster, &pods, &nodes[1], "web-b").await;
+    let (_, client_ns) = sleeping_pod(&cluster, &pods, &nodes[0], "client")
+        .await
+        .unwrap();
+
+    let services: Api<Service> = Api::namespaced(admin.clone(), "default");
+    let svc: Service = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": "web"},
+        "spec": {"selector": {"app": "web"}, "ports": [
+            {"name": "http", "port": 80, "targetPort": 8080, "protocol": "TCP"},
+            {"name": "dns", "port": 53, "targetPort": 5353, "protocol": "UDP"},
+        ]},
+    }))
+    .unwrap();
+    let svc = services.create(&PostParams::default(), &svc).await.unwrap();
+    let cluster_ip: Ipv4Addr = svc.spec.unwrap().cluster_ip.unwrap().parse().unwrap();
+    cluster.sync_endpointslice("default", "web").await.unwrap();
+
+    // From a pod: both backends answer over TCP and UDP; the socket shows the service.
+    let cg = nodes[0].cgroup().join("client");
+    let start = std::time::Instant::now();
+    loop {
+        let out = client(&cg, &client_ns, cluster_ip, 1);
+        if out["error"].is_null() {
+            break;
+        }
+        let log = nodes[0].kernlet_log();
+        let lines: Vec<&str> = log
+            .lines()
+            .filter(|l| l.contains("ervice") || l.contains("ERROR") || l.contains("WARN"))
+            .collect();
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "the ClusterIP {cluster_ip} never answered: {out}\n{lines:#?}"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let out = client(&cg, &client_ns, cluster_ip, 24);
+    assert!(out["error"].is_null(), "{out}\n{}", nodes[0].kernlet_log());
+    let tcp: Vec<&str> = out["tcp"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap())
+        .collect();
+    assert!(tcp.contains(&"web-a") && tcp.contains(&"web-b"), "{tcp:?}");
+    assert_eq!(
+        out["peer"],
+        serde_json::json!([cluster_ip.to_string(), 80]),
+        "getpeername"
+    );
+    let udp: Vec<&str> = out["udp"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap())
+        .collect();
+    assert!(
+        udp.iter().all(|u| *u == "web-a" || *u == "web-b"),
+        "{udp:?}"
+    );
+    assert_eq!(
+        out["udp_from"],
+        serde_json::json!([cluster_ip.to_string(), 53]),
+        "recvfrom"
+    );
+    // From the node itself.
+    let node_ns = PathBuf::from(format!("/run/netns/{}", nodes[1].netns));
+    let out = client(&nodes[1].cgroup().join("client"), &node_ns, cluster_ip, 4);
+    assert!(out["error"].is_null(), "{out}\n{}", nodes[1].kernlet_log());
+
+    // web-b not ready: only web-a is chosen.
+    let slices: Api<k8s_openapi::api::discovery::v1::EndpointSlice> =
+        Api::namespaced(admin.clone(), "default");
+    let mut slice = slices.get("web-kltest").await.unwrap();
+    for ep in slice.endpoints.iter_mut().flatten() {
+        if ep.target_ref.as_ref().and_then(|t| t.name.as_deref()) == Some("web-b") {
+            let c = ep.conditions.get_or_insert_with(Default::default);
+            c.ready = Some(false);
+            c.serving = Some(false);
+        }
+    }
+    slices
+        .replace("web-kltest", &PostParams::default(), &slice)
+        .await
+        .unwrap();
+    wait_for(
+        "web-b out of rotation",
+        Duration::from_secs(20),
+        async || {
+            let out = client(&cg, &client_ns, cluster_ip, 12);
+            let tcp = out["tcp"].as_array()?.clone();
+            (tcp.len() == 12 && tcp.iter().all(|t| t == "web-a")).then_some(())
+        },
+    )
+    .await;
+
+    // kernlet down: the pinned programs and maps keep translating.
+    nodes[0].stop_kernlet(Duration::from_secs(5)).unwrap();
+    let out = client(&cg, &client_ns, cluster_ip, 4);
+    assert!(
+        out["error"].is_null(),
+        "translation survives the agent: {out}"
+    );
+    let links: Vec<String> = std::fs::read_dir(nodes[0].dir("bpf").join("lb/links"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(links.len(), 4, "{links:?}");
+    // Back: the maps are adopted, not flushed; changes flow again.
+    let kc = nodes[0]
+        .dir("state")
+        .join("node.kubeconfig")
+        .display()
+        .to_string();
+    let cg0 = nodes[0].cgroup().display().to_string();
+    nodes[0]
+        .start_kernlet(&[
+            "run",
+            "--kubeconfig",
+            &kc,
+            "--node-name",
+            "s1",
+            "--node-lease-renew-interval-ms",
+            "1000",
+            "--cluster-cidr",
+            "10.244.0.0/16",
+            "--overlay-resync",
+            "1",
+            "--service-proxy",
+            "--service-cgroup",
+            &cg0,
+            "--service-resync",
+            "1",
+        ])
+        .unwrap();
+    let out = client(&cg, &client_ns, cluster_ip, 4);
+    assert!(out["error"].is_null(), "right after the restart: {out}");
+    wait_for(
+        "the restarted agent attached",
+        Duration::from_secs(20),
+        async || {
+            nodes[0]
+                .kernlet_log()
+                .contains("Service datapath attached")
+                .then_some(())
+        },
+    )
+    .await;
+
+    // No endpoint at all: a connect fails at once instead of hanging.
+    let mut slice = slices.get("web-kltest").await.unwrap();
+    slice.endpoints = Some(Vec::new());
+    slices
+        .replace("web-kltest", &PostParams::default(), &slice)
+        .await
+        .unwrap();
+    wait_for("connects refused", Duration::from_secs(20), async || {
+        let out = client(&cg, &client_ns, cluster_ip, 1);
+        out["error"]
+            .as_str()?
+            .contains("PermissionError")
+            .then_some(())
+    })
+    .await;
+    drop(fwd);
+}
