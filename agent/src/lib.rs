@@ -14,6 +14,7 @@ pub mod inspect;
 pub mod model;
 pub mod overlay_view;
 pub mod runtime;
+pub mod services_view;
 pub mod standalone;
 pub mod state;
 pub mod status;

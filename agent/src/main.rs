@@ -105,6 +105,20 @@ enum Command {
     /// Check what this node needs (kernel, cgroups, bpffs, sysctls, clock, disks, the
     /// serving certificate, cluster permissions), with a fix for each problem. Exits 1
     /// when a check fails.
+    /// The Service load-balancing table from the pinned maps: frontend → backends.
+    Services {
+        /// Show only frontends whose service name or address contains this.
+        filter: Option<String>,
+        #[command(flatten)]
+        output: OutputArgs,
+        /// Kubeconfig to name the frontends with (default: the one `kernlet join` wrote).
+        #[arg(long)]
+        kubeconfig: Option<PathBuf>,
+        #[arg(long, default_value = "/var/lib/kernlet", env = "KERNLET_STATE_DIR")]
+        state_dir: PathBuf,
+        #[arg(long, default_value = "/sys/fs/bpf/kernlet", env = "KERNLET_BPFFS_DIR")]
+        bpffs_dir: PathBuf,
+    },
     /// The node at a glance: conditions, lease, apiserver, pods by phase, overlay peers,
     /// certificates.
     Status {
@@ -592,6 +606,31 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 eprintln!("kernlet exec: killed after {timeout} s");
             }
             std::process::exit(r.exit_code.clamp(0, 255));
+        }
+        Command::Services {
+            filter,
+            output,
+            kubeconfig,
+            state_dir,
+            bpffs_dir,
+        } => {
+            let kubeconfig = kubeconfig.or_else(|| {
+                Some(kernlet::bootstrap::kubeconfig_path(&state_dir)).filter(|p| p.exists())
+            });
+            let v = runtime()?
+                .block_on(kernlet::services_view::gather(
+                    &bpffs_dir.join("lb"),
+                    kubeconfig.as_deref(),
+                    filter.as_deref(),
+                ))
+                .map_err(|e| anyhow::anyhow!(e))?;
+            match output.output {
+                Output::Json => {
+                    println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default())
+                }
+                Output::Table => print!("{}", kernlet::services_view::table(&v)),
+            }
+            Ok(())
         }
         Command::Status {
             output,

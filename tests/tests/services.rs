@@ -103,6 +103,28 @@ except Exception as e:
 print(json.dumps(out))
 "#;
 
+/// `kernlet services` on `node`, with its kubeconfig or without.
+fn services_view(node: &SimNode, named: bool, json: bool) -> String {
+    let mut cmd = node.command(kernlet_tests::simnode::kernlet_bin().unwrap());
+    cmd.arg("services")
+        .args(["-o", if json { "json" } else { "table" }])
+        .arg("--bpffs-dir")
+        .arg(node.dir("bpf"))
+        .arg("--state-dir")
+        .arg(node.dir("state"));
+    if named {
+        cmd.arg("--kubeconfig")
+            .arg(node.dir("state").join("node.kubeconfig"));
+    }
+    let out = cmd.output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
 /// Runs the client in the network namespace `netns`, as a process of `cgroup` (the
 /// load-balancer translates the socket calls of processes below the cgroup it is
 /// attached to).
@@ -225,6 +247,25 @@ async fn cluster_ips_are_balanced_by_the_socket_hooks() {
         serde_json::json!([cluster_ip.to_string(), 53]),
         "recvfrom"
     );
+    // kernlet services: the table from the pinned maps, named after the Service.
+    let view: serde_json::Value =
+        serde_json::from_str(&services_view(&nodes[0], true, true)).unwrap();
+    let rows = view["frontends"].as_array().unwrap();
+    let http = rows
+        .iter()
+        .find(|r| r["frontend"] == format!("{cluster_ip}:80/TCP"))
+        .unwrap_or_else(|| panic!("{view}"));
+    assert_eq!(http["service"], "default/web");
+    assert_eq!(http["backends"].as_array().unwrap().len(), 2, "{http}");
+    assert!(
+        rows.iter()
+            .any(|r| r["frontend"] == format!("{cluster_ip}:53/UDP"))
+    );
+    let table = services_view(&nodes[0], true, false);
+    assert!(
+        table.contains("default/web") && table.contains(":8080"),
+        "{table}"
+    );
     // From the node itself.
     let node_ns = PathBuf::from(format!("/run/netns/{}", nodes[1].netns));
     let out = client(&nodes[1].cgroup().join("client"), &node_ns, cluster_ip, 4);
@@ -269,6 +310,21 @@ async fn cluster_ips_are_balanced_by_the_socket_hooks() {
         .map(|e| e.file_name().to_string_lossy().into_owned())
         .collect();
     assert_eq!(links.len(), 4, "{links:?}");
+    let view: serde_json::Value =
+        serde_json::from_str(&services_view(&nodes[0], false, true)).unwrap();
+    let http = view["frontends"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["frontend"] == format!("{cluster_ip}:80/TCP"))
+        .unwrap_or_else(|| panic!("{view}"))
+        .clone();
+    assert_eq!(
+        http["backends"].as_array().unwrap().len(),
+        1,
+        "with the daemon down: {http}"
+    );
+    assert!(view["names"].as_str().unwrap().starts_with("unnamed"));
     // Back: the maps are adopted, not flushed; changes flow again.
     let kc = nodes[0]
         .dir("state")

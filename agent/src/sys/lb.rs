@@ -265,6 +265,39 @@ impl LbTable for BpfLb {
     }
 }
 
+/// What the maps pinned in `pin_dir` hold (no program needed: readable while kernlet
+/// is down).
+#[allow(clippy::type_complexity)]
+pub fn read_pinned(
+    pin_dir: &Path,
+) -> Result<
+    (
+        BTreeMap<ServiceKey, ServiceValue>,
+        BTreeMap<BackendKey, Backend>,
+    ),
+    LbError,
+> {
+    let open = |name: &str| {
+        let path = pin_dir.join(name);
+        MapData::from_pin(&path)
+            .map(aya::maps::Map::HashMap)
+            .map_err(|e| err(format!("opening the pinned map {}", path.display()))(chain(&e)))
+    };
+    let services: HashMap<MapData, ServiceKey, ServiceValue> =
+        HashMap::try_from(open(SERVICES_MAP)?).map_err(|e| err(SERVICES_MAP)(e.to_string()))?;
+    let backends: HashMap<MapData, BackendKey, Backend> =
+        HashMap::try_from(open(BACKENDS_MAP)?).map_err(|e| err(BACKENDS_MAP)(e.to_string()))?;
+    let s = services
+        .iter()
+        .map(|r| r.map_err(|e| err(SERVICES_MAP)(e.to_string())))
+        .collect::<Result<_, _>>()?;
+    let b = backends
+        .iter()
+        .map(|r| r.map_err(|e| err(BACKENDS_MAP)(e.to_string())))
+        .collect::<Result<_, _>>()?;
+    Ok((s, b))
+}
+
 /// One pass: what the maps hold against `want`, every planned operation tried; the
 /// first failure is returned after the others (the next pass retries).
 pub fn sync(

@@ -1,0 +1,151 @@
+//! `kernlet services`: the load-balancing table as the pinned maps hold it — each
+//! frontend with its backends — named after the Services when the apiserver can be
+//! asked, filterable by service name or address. Reads the maps directly, so it
+//! answers while the daemon is down.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::Service;
+use serde_json::{Value, json};
+
+use crate::model::services::{backend_addr, frontend_of};
+
+/// `(address, port, protocol)` → `namespace/name`, from the Services.
+async fn names(kubeconfig: &Path) -> Result<BTreeMap<(String, u16, u8), String>, String> {
+    let text = std::fs::read_to_string(kubeconfig)
+        .map_err(|e| format!("reading {}: {e}", kubeconfig.display()))?;
+    let client = crate::client::from_kubeconfig_text(&text).await?;
+    let api: kube::Api<Service> = kube::Api::all(client);
+    let list = tokio::time::timeout(Duration::from_secs(5), api.list(&Default::default()))
+        .await
+        .map_err(|_| "the apiserver did not answer within 5 s".to_string())?
+        .map_err(|e| e.to_string())?;
+    let mut out = BTreeMap::new();
+    for svc in list.items {
+        let name = format!(
+            "{}/{}",
+            svc.metadata.namespace.as_deref().unwrap_or(""),
+            svc.metadata.name.as_deref().unwrap_or("")
+        );
+        let spec = svc.spec.clone().unwrap_or_default();
+        let mut ips: Vec<String> = spec.cluster_ips.clone().unwrap_or_default();
+        ips.extend(spec.cluster_ip.clone());
+        ips.extend(spec.external_ips.clone().unwrap_or_default());
+        for ing in svc
+            .status
+            .as_ref()
+            .and_then(|s| s.load_balancer.as_ref())
+            .and_then(|l| l.ingress.clone())
+            .unwrap_or_default()
+        {
+            ips.extend(ing.ip);
+        }
+        for p in spec.ports.iter().flatten() {
+            let proto = match p.protocol.as_deref().unwrap_or("TCP") {
+                "UDP" => 17,
+                _ => 6,
+            };
+            for ip in &ips {
+                out.insert((ip.clone(), p.port as u16, proto), name.clone());
+            }
+            if let Some(np) = p.node_port {
+                out.insert((String::new(), np as u16, proto), name.clone());
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// The table as JSON, keeping the frontends whose service name or address contains
+/// `filter`.
+pub async fn gather(
+    pin_dir: &Path,
+    kubeconfig: Option<&Path>,
+    filter: Option<&str>,
+) -> Result<Value, String> {
+    let (services, backends) = crate::sys::lb::read_pinned(pin_dir).map_err(|e| {
+        format!(
+            "{e} (the maps exist once kernlet has run with --service-proxy and this --bpffs-dir)"
+        )
+    })?;
+    let (names, source) = match kubeconfig {
+        Some(kc) => match names(kc).await {
+            Ok(n) => (n, "apiserver".to_string()),
+            Err(e) => (
+                BTreeMap::new(),
+                format!("unnamed (apiserver unreachable: {e})"),
+            ),
+        },
+        None => (BTreeMap::new(), "unnamed (no kubeconfig)".to_string()),
+    };
+    let mut rows = Vec::new();
+    for (key, value) in &services {
+        let (ip, port, proto) = frontend_of(key);
+        let name = names
+            .get(&(ip.to_string(), port, proto))
+            .or_else(|| names.get(&(String::new(), port, proto)))
+            .cloned();
+        let frontend = format!("{ip}:{port}/{}", if proto == 17 { "UDP" } else { "TCP" });
+        if let Some(f) = filter
+            && !frontend.contains(f)
+            && !name.as_deref().is_some_and(|n| n.contains(f))
+        {
+            continue;
+        }
+        let list: Vec<String> = (0..value.count)
+            .filter_map(|i| {
+                backends
+                    .get(&kernlet_ebpf_common::BackendKey {
+                        slot: value.slot,
+                        index: i,
+                    })
+                    .map(|b| backend_addr(b).to_string())
+            })
+            .collect();
+        rows.push(json!({
+            "frontend": frontend, "service": name, "slot": value.slot,
+            "backends": list, "complete": list.len() as u32 == value.count,
+        }));
+    }
+    Ok(json!({"names": source, "pins": pin_dir, "frontends": rows}))
+}
+
+/// The table for people.
+pub fn table(v: &Value) -> String {
+    let mut out = format!(
+        "services named from: {}\n",
+        v["names"].as_str().unwrap_or("")
+    );
+    let rows = v["frontends"].as_array().cloned().unwrap_or_default();
+    let w = rows
+        .iter()
+        .map(|r| r["frontend"].as_str().unwrap_or("").len())
+        .max()
+        .unwrap_or(8)
+        .max(8);
+    out.push_str(&format!(
+        "{:<w$}  {:<32}  BACKENDS\n",
+        "FRONTEND", "SERVICE"
+    ));
+    for r in rows {
+        let backends: Vec<&str> = r["backends"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(Value::as_str)
+            .collect();
+        out.push_str(&format!(
+            "{:<w$}  {:<32}  {}\n",
+            r["frontend"].as_str().unwrap_or(""),
+            r["service"].as_str().unwrap_or("-"),
+            if backends.is_empty() {
+                "(none: connects are refused)".to_string()
+            } else {
+                backends.join(" ")
+            }
+        ));
+    }
+    out
+}
