@@ -30,7 +30,7 @@ async fn backend(
     name: &str,
 ) -> (Ipv4Addr, PathBuf) {
     let pod: Pod = serde_json::from_value(serde_json::json!({
-        "metadata": {"name": name, "labels": {"app": "web"}},
+        "metadata": {"name": name, "labels": {"app": "web", "pod": name}},
         "spec": {"terminationGracePeriodSeconds": 1, "containers": [
             {"name": "c", "image": "busybox:1.36", "command": ["sleep", "3600"]}]},
     }))
@@ -266,6 +266,56 @@ async fn cluster_ips_are_balanced_by_the_socket_hooks() {
         table.contains("default/web") && table.contains(":8080"),
         "{table}"
     );
+    // externalTrafficPolicy Local: each node's health check port tells a load
+    // balancer whether it has a local endpoint (only web-a, on s1, is selected).
+    let lb: Service = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": "web-lb"},
+        "spec": {"type": "LoadBalancer", "externalTrafficPolicy": "Local", "healthCheckNodePort": 32100,
+                 "selector": {"pod": "web-a"},
+                 "ports": [{"name": "http", "port": 81, "targetPort": 8080, "protocol": "TCP"}]},
+    }))
+    .unwrap();
+    services.create(&PostParams::default(), &lb).await.unwrap();
+    cluster
+        .sync_endpointslice("default", "web-lb")
+        .await
+        .unwrap();
+    let bridge_ns = PathBuf::from(format!("/run/netns/{}", lab.bridge_netns()));
+    let health = |node: &SimNode| {
+        let mut c = kernlet::sys::ns::connect_in(
+            Some(&bridge_ns),
+            (node.address, 32100).into(),
+            Duration::from_secs(3),
+        )
+        .ok()?;
+        c.write_all(b"GET / HTTP/1.1\r\nHost: lb\r\nConnection: close\r\n\r\n")
+            .ok()?;
+        let mut answer = String::new();
+        std::io::Read::read_to_string(&mut c, &mut answer).ok()?;
+        Some(answer)
+    };
+    let on_s1 = wait_for(
+        "the health check on s1",
+        Duration::from_secs(20),
+        async || health(&nodes[0]).filter(|a| a.contains("localEndpoints\":1")),
+    )
+    .await;
+    assert!(on_s1.starts_with("HTTP/1.1 200"), "{on_s1}");
+    assert!(
+        on_s1.contains(r#""service":{"name":"web-lb","namespace":"default"}"#),
+        "{on_s1}"
+    );
+    let on_s2 = wait_for(
+        "the health check on s2",
+        Duration::from_secs(20),
+        async || health(&nodes[1]),
+    )
+    .await;
+    assert!(
+        on_s2.starts_with("HTTP/1.1 503") && on_s2.contains("localEndpoints\":0"),
+        "{on_s2}"
+    );
+
     // From the node itself.
     let node_ns = PathBuf::from(format!("/run/netns/{}", nodes[1].netns));
     let out = client(&nodes[1].cgroup().join("client"), &node_ns, cluster_ip, 4);

@@ -72,6 +72,100 @@ fn fold<K: kube::Resource + Clone>(
     }
 }
 
+/// The health-check servers of `externalTrafficPolicy: Local` load balancers, one per
+/// `healthCheckNodePort`, answering as kube-proxy's: 200 with the local endpoint count
+/// while this node has one, 503 without.
+#[derive(Default)]
+struct HealthServers {
+    running: BTreeMap<
+        u16,
+        (
+            watch::Sender<(String, String, usize)>,
+            tokio::task::JoinHandle<()>,
+        ),
+    >,
+}
+
+impl HealthServers {
+    async fn update(&mut self, want: BTreeMap<u16, (String, String, usize)>) {
+        let gone: Vec<u16> = self
+            .running
+            .keys()
+            .filter(|p| !want.contains_key(p))
+            .copied()
+            .collect();
+        for p in gone {
+            if let Some((_, task)) = self.running.remove(&p) {
+                task.abort();
+            }
+        }
+        for (port, state) in want {
+            if let Some((tx, _)) = self.running.get(&port) {
+                tx.send_replace(state);
+                continue;
+            }
+            let listener = match tokio::net::TcpListener::bind((Ipv4Addr::UNSPECIFIED, port)).await
+            {
+                Ok(l) => l,
+                Err(e) => {
+                    tracing::warn!(
+                        port,
+                        "cannot serve the health check of {}/{}: {e}",
+                        state.0,
+                        state.1
+                    );
+                    continue;
+                }
+            };
+            let (tx, rx) = watch::channel(state);
+            let task = tokio::spawn(serve_health(listener, rx));
+            self.running.insert(port, (tx, task));
+        }
+    }
+}
+
+async fn serve_health(
+    listener: tokio::net::TcpListener,
+    state: watch::Receiver<(String, String, usize)>,
+) {
+    loop {
+        let Ok((tcp, _)) = listener.accept().await else {
+            continue;
+        };
+        let state = state.clone();
+        tokio::spawn(async move {
+            let svc =
+                hyper::service::service_fn(move |_req: hyper::Request<hyper::body::Incoming>| {
+                    let (ns, name, local) = state.borrow().clone();
+                    async move {
+                        let (code, body) = crate::model::services::health_answer(&ns, &name, local);
+                        let mut r = hyper::Response::new(http_body_util::Full::new(
+                            bytes::Bytes::from(body),
+                        ));
+                        *r.status_mut() =
+                            hyper::StatusCode::from_u16(code).unwrap_or(hyper::StatusCode::OK);
+                        let h = r.headers_mut();
+                        h.insert(
+                            hyper::header::CONTENT_TYPE,
+                            hyper::header::HeaderValue::from_static("application/json"),
+                        );
+                        h.insert(
+                            "X-Content-Type-Options",
+                            hyper::header::HeaderValue::from_static("nosniff"),
+                        );
+                        if let Ok(v) = hyper::header::HeaderValue::from_str(&local.to_string()) {
+                            h.insert("X-Load-Balancing-Endpoint-Weight", v);
+                        }
+                        Ok::<_, std::convert::Infallible>(r)
+                    }
+                });
+            let _ = hyper::server::conn::http1::Builder::new()
+                .serve_connection(hyper_util::rt::TokioIo::new(tcp), svc)
+                .await;
+        });
+    }
+}
+
 /// Runs the Service datapath until `stop`.
 pub async fn run(client: SharedClient, cfg: ServiceProxyConfig, mut stop: watch::Receiver<bool>) {
     // The maps and programs; loading is retried (a missing bpffs is named in the log).
@@ -100,6 +194,7 @@ pub async fn run(client: SharedClient, cfg: ServiceProxyConfig, mut stop: watch:
         (BTreeMap::new(), BTreeMap::new(), false);
     let mut tick = tokio::time::interval(cfg.resync);
     let mut backoff = Duration::from_millis(500);
+    let mut health = HealthServers::default();
     loop {
         let changed = tokio::select! {
             _ = stop.changed() => return,
@@ -139,6 +234,11 @@ pub async fn run(client: SharedClient, cfg: ServiceProxyConfig, mut stop: watch:
         backoff = Duration::from_millis(500);
         let svcs: Vec<Service> = svc_store.values().cloned().collect();
         let eps: Vec<EndpointSlice> = eps_store.values().cloned().collect();
+        health
+            .update(crate::model::services::health_checks(
+                &svcs, &eps, &cfg.node,
+            ))
+            .await;
         let want = crate::model::services::desired(&svcs, &eps, &cfg.node, &cfg.node_ips);
         let t = Arc::clone(&table);
         let result = tokio::task::spawn_blocking(move || {

@@ -230,6 +230,68 @@ fn endpoints_for(
     if ready.is_empty() { terminating } else { ready }
 }
 
+/// The health checks kube-proxy serves for `externalTrafficPolicy: Local` load
+/// balancers: `healthCheckNodePort` → (namespace, name, ready endpoints on this node).
+pub fn health_checks(
+    services: &[Service],
+    slices: &[EndpointSlice],
+    node: &str,
+) -> BTreeMap<u16, (String, String, usize)> {
+    let mut out = BTreeMap::new();
+    for svc in services {
+        if skipped(svc).is_some() {
+            continue;
+        }
+        let Some(spec) = svc.spec.as_ref() else {
+            continue;
+        };
+        let Some(port) = spec
+            .health_check_node_port
+            .and_then(|p| u16::try_from(p).ok())
+            .filter(|p| *p > 0)
+        else {
+            continue;
+        };
+        let ns = svc
+            .metadata
+            .namespace
+            .clone()
+            .unwrap_or_else(|| "default".into());
+        let name = svc.metadata.name.clone().unwrap_or_default();
+        let mut local = BTreeSet::new();
+        for s in slices.iter().filter(|s| {
+            s.metadata.namespace.as_deref().unwrap_or("default") == ns
+                && s.metadata
+                    .labels
+                    .as_ref()
+                    .and_then(|l| l.get(SERVICE_NAME_LABEL))
+                    .is_some_and(|n| *n == name)
+        }) {
+            for ep in s.endpoints.iter().flatten() {
+                let c = ep.conditions.clone().unwrap_or_default();
+                if ep.node_name.as_deref() == Some(node)
+                    && c.ready.unwrap_or(true)
+                    && !c.terminating.unwrap_or(false)
+                {
+                    local.extend(ep.addresses.first().cloned());
+                }
+            }
+        }
+        out.insert(port, (ns, name, local.len()));
+    }
+    out
+}
+
+/// kube-proxy's answer on a health check port: status code and body.
+pub fn health_answer(ns: &str, name: &str, local: usize) -> (u16, String) {
+    let body = serde_json::json!({
+        "service": {"namespace": ns, "name": name},
+        "localEndpoints": local,
+        "serviceProxyHealthy": true,
+    });
+    (if local > 0 { 200 } else { 503 }, body.to_string())
+}
+
 /// One change to the maps.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum LbOp {
@@ -490,6 +552,30 @@ mod tests {
         let ops = plan(&BTreeMap::new(), &services, &backends);
         assert_eq!(ops[0], LbOp::DeleteService(key));
         assert_eq!(ops.len(), 4);
+    }
+
+    #[test]
+    fn health_checks_count_this_nodes_ready_endpoints() {
+        let lb = svc(serde_json::json!({
+            "metadata": {"name": "web", "namespace": "d"},
+            "spec": {"type": "LoadBalancer", "clusterIP": "10.96.0.50", "externalTrafficPolicy": "Local",
+                     "healthCheckNodePort": 32000, "ports": [{"name": "http", "port": 80}]},
+        }));
+        let eps = slice(serde_json::json!([
+            {"addresses": ["10.244.1.5"], "conditions": {"ready": true}, "nodeName": "a"},
+            {"addresses": ["10.244.1.6"], "conditions": {"ready": false}, "nodeName": "a"},
+            {"addresses": ["10.244.2.5"], "conditions": {"ready": true}, "nodeName": "b"},
+        ]));
+        let hc = health_checks(std::slice::from_ref(&lb), std::slice::from_ref(&eps), "a");
+        assert_eq!(hc[&32000], ("d".into(), "web".into(), 1));
+        assert_eq!(health_answer("d", "web", 1).0, 200);
+        let (code, body) = health_answer("d", "web", 0);
+        assert_eq!(code, 503);
+        assert_eq!(
+            body,
+            r#"{"localEndpoints":0,"service":{"name":"web","namespace":"d"},"serviceProxyHealthy":true}"#
+        );
+        assert_eq!(health_checks(&[lb], &[eps], "c")[&32000].2, 0);
     }
 
     #[test]
