@@ -77,17 +77,16 @@ fn fold<K: kube::Resource + Clone>(
 /// while this node has one, 503 without.
 #[derive(Default)]
 struct HealthServers {
-    running: BTreeMap<
-        u16,
-        (
-            watch::Sender<(String, String, usize)>,
-            tokio::task::JoinHandle<()>,
-        ),
-    >,
+    running: BTreeMap<u16, HealthServer>,
 }
 
+/// The state a health-check server answers from, and its task.
+type HealthServer = (watch::Sender<HealthState>, tokio::task::JoinHandle<()>);
+/// (namespace, name, local endpoints).
+type HealthState = (String, String, usize);
+
 impl HealthServers {
-    async fn update(&mut self, want: BTreeMap<u16, (String, String, usize)>) {
+    async fn update(&mut self, want: BTreeMap<u16, HealthState>) {
         let gone: Vec<u16> = self
             .running
             .keys()
