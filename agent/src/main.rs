@@ -1389,8 +1389,7 @@ async fn run_node(kubeconfig: PathBuf, node: PreparedNode) -> anyhow::Result<()>
         }
     });
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    // Subsystems publish their readiness here (the pod network and the Service
-    // datapath do not exist yet and are not counted).
+    // The node's readiness, combined from the subsystems' below.
     let (readiness_tx, readiness_rx) = tokio::sync::watch::channel(readiness);
 
     // The pods bound to this node: a watch feeds the pod worker (a thread of its own;
@@ -1447,32 +1446,57 @@ async fn run_node(kubeconfig: PathBuf, node: PreparedNode) -> anyhow::Result<()>
         let flag = std::sync::Arc::clone(&worker_stop);
         std::thread::spawn(move || runner.run(&flag))
     };
-    match overlay {
-        // Ready once the pod network is up.
-        Some(overlay) => {
-            tokio::spawn(kernlet::controllers::overlay::run(
-                client.clone(),
-                overlay,
-                overlay_rt,
-                readiness_tx,
-                stop_rx.clone(),
-            ));
-        }
-        None => {
-            let _ = readiness_tx.send(Readiness {
-                ready: true,
-                reason: "KubeletReady".into(),
-                message: "kubelet is posting ready status".into(),
-            });
-        }
-    }
-    if let Some(services) = services {
-        tokio::spawn(kernlet::controllers::services::run(
+    // The node is Ready when the runtime (open by now) and every subsystem that runs —
+    // the pod network, the Service datapath — report ready; the first that is not
+    // gives the reason.
+    let mut parts = Vec::new();
+    if let Some(overlay) = overlay {
+        let (tx, rx) = tokio::sync::watch::channel(Readiness {
+            ready: false,
+            reason: "KubeletNotReady".into(),
+            message: "the pod network is starting".into(),
+        });
+        parts.push(rx);
+        tokio::spawn(kernlet::controllers::overlay::run(
             client.clone(),
-            services,
+            overlay,
+            overlay_rt,
+            tx,
             stop_rx.clone(),
         ));
     }
+    if let Some(services) = services {
+        let (tx, rx) = tokio::sync::watch::channel(Readiness {
+            ready: false,
+            reason: "KubeletNotReady".into(),
+            message: "the Service datapath is starting".into(),
+        });
+        parts.push(rx);
+        tokio::spawn(kernlet::controllers::services::run(
+            client.clone(),
+            services,
+            tx,
+            stop_rx.clone(),
+        ));
+    }
+    tokio::spawn(async move {
+        loop {
+            let not_ready = parts.iter().map(|p| p.borrow().clone()).find(|r| !r.ready);
+            readiness_tx.send_replace(not_ready.unwrap_or(Readiness {
+                ready: true,
+                reason: "KubeletReady".into(),
+                message: "kubelet is posting ready status".into(),
+            }));
+            if parts.is_empty() {
+                return;
+            }
+            let changed =
+                futures::future::select_all(parts.iter_mut().map(|p| Box::pin(p.changed())));
+            if changed.await.0.is_err() {
+                return;
+            }
+        }
+    });
     {
         let client = client.clone();
         let stop = stop_rx.clone();

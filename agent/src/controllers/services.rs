@@ -166,14 +166,24 @@ async fn serve_health(
 }
 
 /// Runs the Service datapath until `stop`.
-pub async fn run(client: SharedClient, cfg: ServiceProxyConfig, mut stop: watch::Receiver<bool>) {
+pub async fn run(
+    client: SharedClient,
+    cfg: ServiceProxyConfig,
+    readiness: watch::Sender<crate::model::node::Readiness>,
+    mut stop: watch::Receiver<bool>,
+) {
     // The maps and programs; loading is retried (a missing bpffs is named in the log).
     let table: Arc<Mutex<BpfLb>> = loop {
         let c = cfg.clone();
         match tokio::task::spawn_blocking(move || BpfLb::open(&c.pin_dir, &c.cgroup)).await {
             Ok(Ok(t)) => break Arc::new(Mutex::new(t)),
             Ok(Err(e)) => {
-                tracing::error!("the Service datapath is not running: {e}; retrying in 10 s")
+                tracing::error!("the Service datapath is not running: {e}; retrying in 10 s");
+                readiness.send_replace(crate::model::node::Readiness {
+                    ready: false,
+                    reason: "KubeletNotReady".into(),
+                    message: format!("the Service datapath is not running: {e}"),
+                });
             }
             Err(e) => tracing::error!("the Service datapath is not running: {e}"),
         }
@@ -183,6 +193,11 @@ pub async fn run(client: SharedClient, cfg: ServiceProxyConfig, mut stop: watch:
         }
     };
     tracing::info!(cgroup = %cfg.cgroup.display(), pins = %cfg.pin_dir.display(), "Service datapath attached");
+    readiness.send_replace(crate::model::node::Readiness {
+        ready: true,
+        reason: "KubeletReady".into(),
+        message: "kubelet is posting ready status".into(),
+    });
     let services_api: Api<Service> = Api::all(client.get());
     let slices_api: Api<EndpointSlice> = Api::all(client.get());
     let mut services = watcher(services_api.clone(), watcher::Config::default()).boxed();
