@@ -10,6 +10,7 @@ pub mod client;
 pub mod config;
 pub mod controllers;
 pub mod doctor;
+pub mod explain;
 pub mod inspect;
 pub mod model;
 pub mod overlay_view;

@@ -105,6 +105,22 @@ enum Command {
     /// Check what this node needs (kernel, cgroups, bpffs, sysctls, clock, disks, the
     /// serving certificate, cluster permissions), with a fix for each problem. Exits 1
     /// when a check fails.
+    /// The whole path to a pod, a Service (namespace/name or ip:port) or an address:
+    /// frontends, backends, and where each lives (local pod, or overlay peer).
+    Explain {
+        target: String,
+        #[command(flatten)]
+        output: OutputArgs,
+        /// Kubeconfig (default: the one `kernlet join` wrote): Services by name, peers.
+        #[arg(long)]
+        kubeconfig: Option<PathBuf>,
+        #[arg(long, default_value = "/var/lib/kernlet", env = "KERNLET_STATE_DIR")]
+        state_dir: PathBuf,
+        #[arg(long, default_value = "/run/kernlet", env = "KERNLET_RUN_DIR")]
+        run_dir: PathBuf,
+        #[arg(long, default_value = "/sys/fs/bpf/kernlet", env = "KERNLET_BPFFS_DIR")]
+        bpffs_dir: PathBuf,
+    },
     /// The Service load-balancing table from the pinned maps: frontend → backends.
     Services {
         /// Show only frontends whose service name or address contains this.
@@ -606,6 +622,34 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 eprintln!("kernlet exec: killed after {timeout} s");
             }
             std::process::exit(r.exit_code.clamp(0, 255));
+        }
+        Command::Explain {
+            target,
+            output,
+            kubeconfig,
+            state_dir,
+            run_dir,
+            bpffs_dir,
+        } => {
+            let kubeconfig = kubeconfig.or_else(|| {
+                Some(kernlet::bootstrap::kubeconfig_path(&state_dir)).filter(|p| p.exists())
+            });
+            let src = kernlet::explain::Sources {
+                state_dir: &state_dir,
+                run_dir: &run_dir,
+                bpffs_dir: &bpffs_dir,
+                kubeconfig: kubeconfig.as_deref(),
+            };
+            let v = runtime()?
+                .block_on(kernlet::explain::explain(&target, &src))
+                .map_err(|e| anyhow::anyhow!(e))?;
+            match output.output {
+                Output::Json => {
+                    println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default())
+                }
+                Output::Table => print!("{}", kernlet::explain::text(&v)),
+            }
+            Ok(())
         }
         Command::Services {
             filter,

@@ -125,6 +125,29 @@ fn services_view(node: &SimNode, named: bool, json: bool) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
+/// `kernlet explain TARGET` on `node` with its kubeconfig.
+fn explain(node: &SimNode, target: &str, json: bool) -> String {
+    let out = node
+        .command(kernlet_tests::simnode::kernlet_bin().unwrap())
+        .args(["explain", target, "-o", if json { "json" } else { "table" }])
+        .arg("--kubeconfig")
+        .arg(node.dir("state").join("node.kubeconfig"))
+        .arg("--state-dir")
+        .arg(node.dir("state"))
+        .arg("--run-dir")
+        .arg(node.dir("run"))
+        .arg("--bpffs-dir")
+        .arg(node.dir("bpf"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
 /// Runs the client in the network namespace `netns`, as a process of `cgroup` (the
 /// load-balancer translates the socket calls of processes below the cgroup it is
 /// attached to).
@@ -180,8 +203,8 @@ async fn cluster_ips_are_balanced_by_the_socket_hooks() {
     }
     let admin = cluster.admin().await.unwrap();
     let pods: Api<Pod> = Api::namespaced(admin.clone(), "default");
-    backend(&cluster, &pods, &nodes[0], "web-a").await;
-    backend(&cluster, &pods, &nodes[1], "web-b").await;
+    let (a_ip, _) = backend(&cluster, &pods, &nodes[0], "web-a").await;
+    let (b_ip, _) = backend(&cluster, &pods, &nodes[1], "web-b").await;
     let (_, client_ns) = sleeping_pod(&cluster, &pods, &nodes[0], "client")
         .await
         .unwrap();
@@ -266,6 +289,48 @@ async fn cluster_ips_are_balanced_by_the_socket_hooks() {
         table.contains("default/web") && table.contains(":8080"),
         "{table}"
     );
+    // kernlet explain: the frontend, its backends, and where each lives.
+    let x: serde_json::Value =
+        serde_json::from_str(&explain(&nodes[0], &format!("{cluster_ip}:80"), true)).unwrap();
+    assert_eq!(x["kind"], "frontend", "{x:#}");
+    let backends = x["frontends"][0]["backends"].as_array().unwrap();
+    let at = |ip: Ipv4Addr| {
+        backends
+            .iter()
+            .find(|b| b["address"] == format!("{ip}:8080"))
+            .unwrap_or_else(|| panic!("{x:#}"))["at"]
+            .clone()
+    };
+    let local = at(a_ip);
+    assert_eq!(
+        (&local["where"], &local["pod"]),
+        (&"this node".into(), &"default/web-a".into()),
+        "{x:#}"
+    );
+    assert!(local["veth"].as_str().unwrap().starts_with("veth"), "{x:#}");
+    let remote = at(b_ip);
+    assert_eq!(
+        (&remote["where"], &remote["route"]),
+        (&"node s2".into(), &"ok".into()),
+        "{x:#}"
+    );
+    let text = explain(&nodes[0], "default/web", false);
+    assert!(
+        text.contains("service default/web")
+            && text.contains(&format!("{cluster_ip}:80/TCP"))
+            && text.contains(&format!("{cluster_ip}:53/UDP"))
+            && text.contains("pod default/web-a on this node")
+            && text.contains("node s2 (pod CIDR 10.244.2.0/24) via flannel.1"),
+        "{text}"
+    );
+    let pod: serde_json::Value =
+        serde_json::from_str(&explain(&nodes[0], "default/client", true)).unwrap();
+    assert_eq!(
+        (&pod["kind"], &pod["at"]["where"]),
+        (&"pod".into(), &"this node".into()),
+        "{pod:#}"
+    );
+
     // externalTrafficPolicy Local: each node's health check port tells a load
     // balancer whether it has a local endpoint (only web-a, on s1, is selected).
     let lb: Service = serde_json::from_value(serde_json::json!({
