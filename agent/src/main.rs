@@ -92,9 +92,15 @@ enum Command {
         /// The container (default: the pod's first).
         #[arg(short = 'c', long)]
         container: Option<String>,
-        /// Seconds before the command is killed.
+        /// Seconds before the command is killed (not with -i: it runs until it ends).
         #[arg(long, default_value_t = 60)]
         timeout: u64,
+        /// Pass this terminal's input to the command and show its output as it comes
+        /// (crictl exec -i); with -t the command gets this terminal (crictl exec -it).
+        #[arg(short = 'i', long)]
+        stdin: bool,
+        #[arg(short = 't', long)]
+        tty: bool,
         /// The node's state directory.
         #[arg(long, default_value = "/var/lib/kernlet", env = "KERNLET_STATE_DIR")]
         state_dir: PathBuf,
@@ -576,6 +582,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             pod,
             container,
             timeout,
+            stdin,
+            tty,
             state_dir,
             command,
         } => {
@@ -610,6 +618,19 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     )
                 })?;
             let exe = std::env::current_exe().context("finding the kernlet binary")?;
+            if stdin || tty {
+                // Interactive: the helper gets this process's own stdin, stdout and
+                // stderr (with -t this terminal becomes the command's).
+                let status = std::process::Command::new(&exe)
+                    .arg("internal")
+                    .arg("exec-stream")
+                    .arg(state_dir.join("containers").join(id))
+                    .arg(if tty { "1" } else { "0" })
+                    .args(&command)
+                    .status()
+                    .with_context(|| format!("starting the exec helper {}", exe.display()))?;
+                std::process::exit(status.code().unwrap_or(1));
+            }
             let r = kernlet::runtime::exec::via_helper(
                 &exe,
                 &state_dir.join("containers").join(id),

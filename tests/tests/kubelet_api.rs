@@ -674,6 +674,20 @@ async fn the_kubelet_api_serves_logs_and_pods_to_authorized_callers_only() {
     let refused = no_rights.ws(&path, "v5.channel.k8s.io").await;
     assert!(refused.unwrap_err().contains("403"));
 
+    // `kernlet exec -i` on the node: stdin passed through, output and exit code back.
+    let mut child = std::process::Command::new(kernlet_tests::simnode::kernlet_bin().unwrap())
+        .args(["exec", "-i", "default/talker", "--state-dir"])
+        .arg(node.dir("state"))
+        .args(["--", "sh", "-c", "read x; echo got $x; exit 4"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(b"hello\n").unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "got hello\n");
+    assert_eq!(out.status.code(), Some(4));
+
     // port-forward over WebSocket to a pod's own loopback.
     let quiet: Pod = serde_json::from_value(serde_json::json!({
         "metadata": {"name": "quiet"},
