@@ -386,6 +386,37 @@ async fn cluster_ips_are_balanced_by_the_socket_hooks() {
     let out = client(&nodes[1].cgroup().join("client"), &node_ns, cluster_ip, 4);
     assert!(out["error"].is_null(), "{out}\n{}", nodes[1].kernlet_log());
 
+    // sessionAffinity ClientIP: a client keeps its backend.
+    let sticky: Service = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": "sticky"},
+        "spec": {"selector": {"app": "web"}, "sessionAffinity": "ClientIP",
+                 "ports": [{"name": "http", "port": 80, "targetPort": 8080, "protocol": "TCP"}]},
+    }))
+    .unwrap();
+    let sticky = services
+        .create(&PostParams::default(), &sticky)
+        .await
+        .unwrap();
+    let sticky_ip: Ipv4Addr = sticky.spec.unwrap().cluster_ip.unwrap().parse().unwrap();
+    cluster
+        .sync_endpointslice("default", "sticky")
+        .await
+        .unwrap();
+    let picked = wait_for("the sticky service", Duration::from_secs(20), async || {
+        let out = client(&cg, &client_ns, sticky_ip, 16);
+        let tcp: Vec<String> = out["tcp"]
+            .as_array()?
+            .iter()
+            .filter_map(|v| v.as_str().map(str::to_string))
+            .collect();
+        (tcp.len() == 16).then_some(tcp)
+    })
+    .await;
+    assert!(
+        picked.iter().all(|t| *t == picked[0]),
+        "one backend for one client: {picked:?}"
+    );
+
     // web-b not ready: only web-a is chosen.
     let slices: Api<k8s_openapi::api::discovery::v1::EndpointSlice> =
         Api::namespaced(admin.clone(), "default");

@@ -58,6 +58,17 @@ pub fn frontend_of(k: &ServiceKey) -> (Ipv4Addr, u16, u8) {
     )
 }
 
+/// What one frontend serves.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Frontend {
+    pub backends: BTreeSet<Backend>,
+    /// `sessionAffinity: ClientIP` timeout in seconds (0: none).
+    pub affinity_timeout: u32,
+}
+
+/// kube-proxy's default ClientIP affinity timeout (3 hours).
+pub const DEFAULT_AFFINITY_TIMEOUT: u32 = 10_800;
+
 /// Why a Service is not proxied here, or `None` when it is.
 pub fn skipped(svc: &Service) -> Option<&'static str> {
     let spec = svc.spec.as_ref()?;
@@ -85,8 +96,8 @@ pub fn desired(
     slices: &[EndpointSlice],
     node: &str,
     node_ips: &[Ipv4Addr],
-) -> BTreeMap<ServiceKey, BTreeSet<Backend>> {
-    let mut out: BTreeMap<ServiceKey, BTreeSet<Backend>> = BTreeMap::new();
+) -> BTreeMap<ServiceKey, Frontend> {
+    let mut out: BTreeMap<ServiceKey, Frontend> = BTreeMap::new();
     for svc in services {
         if skipped(svc).is_some() {
             continue;
@@ -108,6 +119,16 @@ pub fn desired(
                         .is_some_and(|n| n == name)
             })
             .collect();
+        let affinity_timeout = if spec.session_affinity.as_deref() == Some("ClientIP") {
+            spec.session_affinity_config
+                .as_ref()
+                .and_then(|c| c.client_ip.as_ref())
+                .and_then(|c| c.timeout_seconds)
+                .and_then(|t| u32::try_from(t).ok())
+                .unwrap_or(DEFAULT_AFFINITY_TIMEOUT)
+        } else {
+            0
+        };
         let internal_local = spec.internal_traffic_policy.as_deref() == Some("Local");
         let external_local = spec.external_traffic_policy.as_deref() == Some("Local");
         let mut cluster_ips: Vec<Ipv4Addr> = spec
@@ -161,18 +182,30 @@ pub fn desired(
             let external = of(external_local);
             for ip in &cluster_ips {
                 out.entry(service_key(*ip, port, proto))
-                    .or_default()
+                    .or_insert_with(|| Frontend {
+                        affinity_timeout,
+                        ..Default::default()
+                    })
+                    .backends
                     .extend(internal.iter().copied());
             }
             for ip in &frontends_ips {
                 out.entry(service_key(*ip, port, proto))
-                    .or_default()
+                    .or_insert_with(|| Frontend {
+                        affinity_timeout,
+                        ..Default::default()
+                    })
+                    .backends
                     .extend(external.iter().copied());
             }
             if let Some(np) = sp.node_port.and_then(|p| u16::try_from(p).ok()) {
                 for ip in node_ips {
                     out.entry(service_key(*ip, np, proto))
-                        .or_default()
+                        .or_insert_with(|| Frontend {
+                            affinity_timeout,
+                            ..Default::default()
+                        })
+                        .backends
                         .extend(external.iter().copied());
                 }
             }
@@ -306,7 +339,7 @@ pub enum LbOp {
 /// it there, then the old slot goes: a connect sees the old set or the new one, never a
 /// mix. Backend entries of no service (left by a crash) are removed.
 pub fn plan(
-    want: &BTreeMap<ServiceKey, BTreeSet<Backend>>,
+    want: &BTreeMap<ServiceKey, Frontend>,
     services: &BTreeMap<ServiceKey, ServiceValue>,
     backends: &BTreeMap<BackendKey, Backend>,
 ) -> Vec<LbOp> {
@@ -328,12 +361,21 @@ pub fn plan(
         next
     };
     let mut live_slots = BTreeSet::new();
-    for (key, set) in want {
-        let list: Vec<Backend> = set.iter().copied().collect();
+    for (key, front) in want {
+        let list: Vec<Backend> = front.backends.iter().copied().collect();
         if let Some(cur) = services.get(key)
             && slot_members(cur.slot, cur.count).as_deref() == Some(list.as_slice())
         {
             live_slots.insert(cur.slot);
+            if cur.affinity_timeout != front.affinity_timeout {
+                swaps.push(LbOp::SetService(
+                    *key,
+                    ServiceValue {
+                        affinity_timeout: front.affinity_timeout,
+                        ..*cur
+                    },
+                ));
+            }
             continue;
         }
         let slot = fresh_slot(&mut used);
@@ -352,6 +394,8 @@ pub fn plan(
             ServiceValue {
                 slot,
                 count: list.len() as u32,
+                affinity_timeout: front.affinity_timeout,
+                _pad: 0,
             },
         ));
     }
@@ -404,6 +448,7 @@ mod tests {
         // web: both ready pods on 8080; web-lb's dns port: both on 5353/UDP.
         let web: Ipv4Addr = "10.100.111.100".parse().unwrap();
         let got: Vec<SocketAddrV4> = want[&service_key(web, 80, 6)]
+            .backends
             .iter()
             .map(backend_addr)
             .collect();
@@ -416,6 +461,7 @@ mod tests {
         );
         let lb: Ipv4Addr = "10.109.246.64".parse().unwrap();
         let got: Vec<SocketAddrV4> = want[&service_key(lb, 53, 17)]
+            .backends
             .iter()
             .map(backend_addr)
             .collect();
@@ -433,9 +479,11 @@ mod tests {
         // web-lb has internalTrafficPolicy Local: on a node without its pods the
         // ClusterIP has no backend, its external IP keeps both (externalTrafficPolicy Cluster).
         let elsewhere = desired(&services, &slices, "another-node", &[]);
-        assert!(elsewhere[&service_key(lb, 53, 17)].is_empty());
+        assert!(elsewhere[&service_key(lb, 53, 17)].backends.is_empty());
         assert_eq!(
-            elsewhere[&service_key("198.18.0.200".parse().unwrap(), 53, 17)].len(),
+            elsewhere[&service_key("198.18.0.200".parse().unwrap(), 53, 17)]
+                .backends
+                .len(),
             2
         );
     }
@@ -471,7 +519,7 @@ mod tests {
             "a",
             &["198.18.0.10".parse().unwrap()],
         );
-        assert_eq!(want[&key].len(), 1, "ready endpoints only");
+        assert_eq!(want[&key].backends.len(), 1, "ready endpoints only");
         assert!(
             want.contains_key(&service_key("198.18.0.10".parse().unwrap(), 30080, 6)),
             "NodePort on the node address"
@@ -482,7 +530,11 @@ mod tests {
         ]));
         let want = desired(std::slice::from_ref(&web), &[only_terminating], "a", &[]);
         assert_eq!(
-            want[&key].iter().map(backend_addr).collect::<Vec<_>>(),
+            want[&key]
+                .backends
+                .iter()
+                .map(backend_addr)
+                .collect::<Vec<_>>(),
             ["10.244.2.5:8080".parse().unwrap()],
             "serving terminating endpoints when none is ready"
         );
@@ -495,12 +547,12 @@ mod tests {
             &[],
         );
         assert!(
-            want[&key].is_empty(),
+            want[&key].backends.is_empty(),
             "internalTrafficPolicy Local: no endpoint on c"
         );
         let want = desired(&[local], std::slice::from_ref(&eps), "b", &[]);
         assert_eq!(
-            want[&key].len(),
+            want[&key].backends.len(),
             1,
             "on b its serving, terminating endpoint"
         );
@@ -514,15 +566,39 @@ mod tests {
         let key = service_key("10.96.0.50".parse().unwrap(), 80, 6);
         let b1 = backend("10.244.1.5:8080".parse().unwrap());
         let b2 = backend("10.244.2.5:8080".parse().unwrap());
-        let want: BTreeMap<_, _> = [(key, BTreeSet::from([b1, b2]))].into();
+        let want: BTreeMap<_, _> = [(
+            key,
+            Frontend {
+                backends: BTreeSet::from([b1, b2]),
+                affinity_timeout: 0,
+            },
+        )]
+        .into();
         let ops = plan(&want, &BTreeMap::new(), &BTreeMap::new());
         assert_eq!(ops.len(), 3);
         assert!(matches!(
             ops[2],
-            LbOp::SetService(_, ServiceValue { slot: 1, count: 2 })
+            LbOp::SetService(
+                _,
+                ServiceValue {
+                    slot: 1,
+                    count: 2,
+                    affinity_timeout: 0,
+                    _pad: 0
+                }
+            )
         ));
         // Applied: nothing more to do.
-        let services: BTreeMap<_, _> = [(key, ServiceValue { slot: 1, count: 2 })].into();
+        let services: BTreeMap<_, _> = [(
+            key,
+            ServiceValue {
+                slot: 1,
+                count: 2,
+                affinity_timeout: 0,
+                _pad: 0,
+            },
+        )]
+        .into();
         let backends: BTreeMap<_, _> = [
             (BackendKey { slot: 1, index: 0 }, b1),
             (BackendKey { slot: 1, index: 1 }, b2),
@@ -536,13 +612,28 @@ mod tests {
             "a crash's leftovers go"
         );
         // One backend gone: new slot 2 written, then the swap, then slot 1 removed.
-        let want: BTreeMap<_, _> = [(key, BTreeSet::from([b2]))].into();
+        let want: BTreeMap<_, _> = [(
+            key,
+            Frontend {
+                backends: BTreeSet::from([b2]),
+                affinity_timeout: 0,
+            },
+        )]
+        .into();
         let ops = plan(&want, &services, &backends);
         assert_eq!(
             ops,
             [
                 LbOp::SetBackend(BackendKey { slot: 2, index: 0 }, b2),
-                LbOp::SetService(key, ServiceValue { slot: 2, count: 1 }),
+                LbOp::SetService(
+                    key,
+                    ServiceValue {
+                        slot: 2,
+                        count: 1,
+                        affinity_timeout: 0,
+                        _pad: 0
+                    }
+                ),
                 LbOp::DeleteBackend(BackendKey { slot: 1, index: 0 }),
                 LbOp::DeleteBackend(BackendKey { slot: 1, index: 1 }),
                 LbOp::DeleteBackend(BackendKey { slot: 9, index: 0 }),
@@ -576,6 +667,56 @@ mod tests {
             r#"{"localEndpoints":0,"service":{"name":"web","namespace":"d"},"serviceProxyHealthy":true}"#
         );
         assert_eq!(health_checks(&[lb], &[eps], "c")[&32000].2, 0);
+    }
+
+    #[test]
+    fn client_ip_affinity_reaches_the_frontend_and_alone_updates_the_service() {
+        let mut web = svc(serde_json::json!({
+            "metadata": {"name": "web", "namespace": "d"},
+            "spec": {"clusterIP": "10.96.0.50", "sessionAffinity": "ClientIP",
+                     "ports": [{"name": "http", "port": 80}]},
+        }));
+        let eps = slice(serde_json::json!([
+            {"addresses": ["10.244.1.5"], "conditions": {"ready": true}, "nodeName": "a"},
+        ]));
+        let key = service_key("10.96.0.50".parse().unwrap(), 80, 6);
+        let want = desired(
+            std::slice::from_ref(&web),
+            std::slice::from_ref(&eps),
+            "a",
+            &[],
+        );
+        assert_eq!(want[&key].affinity_timeout, DEFAULT_AFFINITY_TIMEOUT);
+        web.spec.as_mut().unwrap().session_affinity_config =
+            serde_json::from_value(serde_json::json!({"clientIP": {"timeoutSeconds": 60}}))
+                .unwrap();
+        let want = desired(&[web], &[eps], "a", &[]);
+        assert_eq!(want[&key].affinity_timeout, 60);
+        // Same backends, only the timeout changed: one service update on the same slot.
+        let b = *want[&key].backends.iter().next().unwrap();
+        let services: BTreeMap<_, _> = [(
+            key,
+            ServiceValue {
+                slot: 4,
+                count: 1,
+                affinity_timeout: 0,
+                _pad: 0,
+            },
+        )]
+        .into();
+        let backends: BTreeMap<_, _> = [(BackendKey { slot: 4, index: 0 }, b)].into();
+        assert_eq!(
+            plan(&want, &services, &backends),
+            [LbOp::SetService(
+                key,
+                ServiceValue {
+                    slot: 4,
+                    count: 1,
+                    affinity_timeout: 60,
+                    _pad: 0
+                }
+            )]
+        );
     }
 
     #[test]

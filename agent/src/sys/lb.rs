@@ -302,7 +302,7 @@ pub fn read_pinned(
 /// first failure is returned after the others (the next pass retries).
 pub fn sync(
     table: &mut dyn LbTable,
-    want: &BTreeMap<ServiceKey, BTreeSet<Backend>>,
+    want: &BTreeMap<ServiceKey, crate::model::services::Frontend>,
 ) -> Result<usize, LbError> {
     let services = table.services()?;
     let backends = table.backends()?;
@@ -334,16 +334,16 @@ mod tests {
     use super::*;
     use crate::model::services::{backend, service_key};
 
-    fn want(backends: &[&str]) -> BTreeMap<ServiceKey, BTreeSet<Backend>> {
+    fn want(backends: &[&str]) -> BTreeMap<ServiceKey, crate::model::services::Frontend> {
         let key = service_key("10.96.0.50".parse().unwrap(), 80, 6);
-        [(
-            key,
-            backends
+        let front = crate::model::services::Frontend {
+            backends: backends
                 .iter()
                 .map(|b| backend(b.parse().unwrap()))
                 .collect(),
-        )]
-        .into()
+            affinity_timeout: 0,
+        };
+        [(key, front)].into()
     }
 
     /// Every frontend's slot holds exactly `count` backends: no connect can find a

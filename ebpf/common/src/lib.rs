@@ -53,7 +53,32 @@ pub struct ServiceKey {
 pub struct ServiceValue {
     pub slot: u32,
     pub count: u32,
+    /// `sessionAffinity: ClientIP`: seconds a client keeps its backend (0: none).
+    pub affinity_timeout: u32,
+    pub _pad: u32,
 }
+
+/// Session affinity: a client (its network namespace, as socket-level balancing sees
+/// it: every process of a pod, or of the node) and a frontend.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct AffinityKey {
+    pub netns_cookie: u64,
+    pub service: ServiceKey,
+}
+
+/// The backend a client was given and when it last used it.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct AffinityValue {
+    pub backend: Backend,
+    pub last_ns: u64,
+}
+
+/// How many backends a remembered choice is looked for among when the service's
+/// backend set changed (bounded for the verifier).
+pub const AFFINITY_SCAN: u32 = 64;
+pub const AFFINITY_MAP: &str = "KL_AFFINITY";
 
 /// Entry `index` of backend set `slot`.
 #[repr(C)]
@@ -103,4 +128,10 @@ mod user {
     #[allow(unsafe_code, reason = "aya::Pod is an unsafe marker trait")]
     // SAFETY: repr(C), Copy, two Backends, every bit pattern valid.
     unsafe impl aya::Pod for super::SockRevNat {}
+    #[allow(unsafe_code, reason = "aya::Pod is an unsafe marker trait")]
+    // SAFETY: repr(C), Copy, u64 then an 8-byte ServiceKey, no implicit padding.
+    unsafe impl aya::Pod for super::AffinityKey {}
+    #[allow(unsafe_code, reason = "aya::Pod is an unsafe marker trait")]
+    // SAFETY: repr(C), Copy, an 8-byte Backend then a u64, no implicit padding.
+    unsafe impl aya::Pod for super::AffinityValue {}
 }

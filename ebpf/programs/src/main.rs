@@ -4,14 +4,14 @@
 
 use aya_ebpf::{
     EbpfContext as _,
-    helpers::{bpf_get_prandom_u32, bpf_get_socket_cookie},
+    helpers::{bpf_get_netns_cookie, bpf_get_prandom_u32, bpf_get_socket_cookie, bpf_ktime_get_ns},
     macros::{cgroup_sock_addr, map},
     maps::{HashMap, LruHashMap, PerCpuArray},
     programs::SockAddrContext,
 };
 use kernlet_ebpf_common::{
-    Backend, BackendKey, MAX_BACKENDS, MAX_SERVICES, MAX_SOCKETS, ProbeCounters, ServiceKey,
-    ServiceValue, SockRevNat,
+    AFFINITY_SCAN, AffinityKey, AffinityValue, Backend, BackendKey, MAX_BACKENDS, MAX_SERVICES,
+    MAX_SOCKETS, ProbeCounters, ServiceKey, ServiceValue, SockRevNat,
 };
 
 /// Verdict that lets a socket call proceed unchanged.
@@ -45,6 +45,9 @@ static KL_SERVICES: HashMap<ServiceKey, ServiceValue> = HashMap::pinned(MAX_SERV
 
 #[map(name = "KL_BACKENDS")]
 static KL_BACKENDS: HashMap<BackendKey, Backend> = HashMap::pinned(MAX_BACKENDS, 0);
+
+#[map(name = "KL_AFFINITY")]
+static KL_AFFINITY: LruHashMap<AffinityKey, AffinityValue> = LruHashMap::pinned(MAX_SOCKETS, 0);
 
 #[map(name = "KL_SOCK_REVNAT")]
 static KL_SOCK_REVNAT: LruHashMap<u64, SockRevNat> = LruHashMap::pinned(MAX_SOCKETS, 0);
@@ -96,14 +99,7 @@ fn translate(ctx: &SockAddrContext) -> i32 {
     if svc.count == 0 {
         return DENY;
     }
-    // SAFETY: a helper without arguments.
-    let index = unsafe { bpf_get_prandom_u32() } % svc.count;
-    let bkey = BackendKey {
-        slot: svc.slot,
-        index,
-    };
-    // SAFETY: as above.
-    let Some(backend) = (unsafe { KL_BACKENDS.get(&bkey) }).copied() else {
+    let Some(backend) = choose(ctx, &key, &svc) else {
         return DENY;
     };
     // SAFETY: user_ip4 and user_port are writable in connect4 and sendmsg4 programs.
@@ -123,6 +119,71 @@ fn translate(ctx: &SockAddrContext) -> i32 {
     };
     let _ = KL_SOCK_REVNAT.insert(&cookie, &rev, 0);
     ALLOW
+}
+
+/// A backend of `svc` for this socket: the one its client had within the affinity
+/// timeout when it is still a backend, else one at random (remembered when the service
+/// has affinity).
+fn choose(ctx: &SockAddrContext, key: &ServiceKey, svc: &ServiceValue) -> Option<Backend> {
+    let mut akey = None;
+    if svc.affinity_timeout > 0 {
+        // SAFETY: the context pointer is the program's own bpf_sock_addr.
+        let netns_cookie = unsafe { bpf_get_netns_cookie(ctx.as_ptr()) };
+        let k = AffinityKey {
+            netns_cookie,
+            service: *key,
+        };
+        // SAFETY: helper without arguments.
+        let now = unsafe { bpf_ktime_get_ns() };
+        // SAFETY: the value is copied out at once.
+        if let Some(prev) = (unsafe { KL_AFFINITY.get(&k) }).copied()
+            && now.saturating_sub(prev.last_ns) < u64::from(svc.affinity_timeout) * 1_000_000_000
+        {
+            let mut i = 0;
+            while i < AFFINITY_SCAN && i < svc.count {
+                let bk = BackendKey {
+                    slot: svc.slot,
+                    index: i,
+                };
+                // SAFETY: as above.
+                if let Some(b) = unsafe { KL_BACKENDS.get(&bk) }
+                    && b.addr == prev.backend.addr
+                    && b.port == prev.backend.port
+                {
+                    let _ = KL_AFFINITY.insert(
+                        &k,
+                        &AffinityValue {
+                            backend: prev.backend,
+                            last_ns: now,
+                        },
+                        0,
+                    );
+                    return Some(prev.backend);
+                }
+                i += 1;
+            }
+        }
+        akey = Some((k, now));
+    }
+    // SAFETY: a helper without arguments.
+    let index = unsafe { bpf_get_prandom_u32() } % svc.count;
+    let bkey = BackendKey {
+        slot: svc.slot,
+        index,
+    };
+    // SAFETY: the value is copied out at once.
+    let backend = (unsafe { KL_BACKENDS.get(&bkey) }).copied()?;
+    if let Some((k, now)) = akey {
+        let _ = KL_AFFINITY.insert(
+            &k,
+            &AffinityValue {
+                backend,
+                last_ns: now,
+            },
+            0,
+        );
+    }
+    Some(backend)
 }
 
 fn reverse(ctx: &SockAddrContext) {
