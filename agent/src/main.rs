@@ -1292,6 +1292,7 @@ fn prepare_node(args: &NodeArgs) -> anyhow::Result<PreparedNode> {
                         .context("--service-proxy needs the cgroup2 mount to attach to")?,
                 },
                 resync: Duration::from_secs(args.service_resync.max(1)),
+                run_dir: args.dirs.run_dir.clone(),
             }),
         },
         client_ca_file: args.client_ca_file.clone(),

@@ -148,6 +148,28 @@ fn explain(node: &SimNode, target: &str, json: bool) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
+/// A UDP client that connects to the service until it lands on web-b, says so, then
+/// on a line of input sends once more and says what happened.
+const UDP_CLIENT: &str = r#"
+import socket, sys
+ip = sys.argv[1]
+for _ in range(40):
+    u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    u.settimeout(3)
+    u.connect((ip, 53))
+    u.send(b"hi")
+    if u.recv(100).decode() == "web-b":
+        break
+    u.close()
+print("on web-b", flush=True)
+sys.stdin.readline()
+try:
+    u.send(b"hi")
+    print("answer " + u.recv(100).decode(), flush=True)
+except OSError as e:
+    print("error %d" % e.errno, flush=True)
+"#;
+
 /// Runs the client in the network namespace `netns`, as a process of `cgroup` (the
 /// load-balancer translates the socket calls of processes below the cgroup it is
 /// attached to).
@@ -417,6 +439,26 @@ async fn cluster_ips_are_balanced_by_the_socket_hooks() {
         "one backend for one client: {picked:?}"
     );
 
+    // A connected UDP socket on web-b, kept open across web-b's removal.
+    let mut udp_client = std::process::Command::new("bash")
+        .args([
+            "-c",
+            &format!(
+                "echo $$ > {}/cgroup.procs && exec nsenter --net={} python3 -c '{}' {cluster_ip}",
+                cg.display(),
+                client_ns.display(),
+                UDP_CLIENT
+            ),
+        ])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut udp_out = std::io::BufReader::new(udp_client.stdout.take().unwrap());
+    let mut line = String::new();
+    std::io::BufRead::read_line(&mut udp_out, &mut line).unwrap();
+    assert_eq!(line.trim(), "on web-b");
+
     // web-b not ready: only web-a is chosen.
     let slices: Api<k8s_openapi::api::discovery::v1::EndpointSlice> =
         Api::namespaced(admin.clone(), "default");
@@ -442,6 +484,19 @@ async fn cluster_ips_are_balanced_by_the_socket_hooks() {
         },
     )
     .await;
+
+    // The socket connected to web-b was closed: its next send fails, the client
+    // reconnects to a live backend.
+    udp_client.stdin.take().unwrap().write_all(b"go\n").unwrap();
+    let mut line = String::new();
+    std::io::BufRead::read_line(&mut udp_out, &mut line).unwrap();
+    // ECONNABORTED, or EDESTADDRREQ once the aborted socket is disconnected.
+    assert!(
+        ["error 103", "error 89"].contains(&line.trim()),
+        "{line}\n{}",
+        nodes[0].kernlet_log()
+    );
+    let _ = udp_client.wait();
 
     // kernlet down: the pinned programs and maps keep translating.
     nodes[0].stop_kernlet(Duration::from_secs(5)).unwrap();

@@ -29,6 +29,9 @@ pub struct ServiceProxyConfig {
     pub pin_dir: PathBuf,
     /// The cgroup whose processes (and their descendants') socket calls are translated.
     pub cgroup: PathBuf,
+    /// Where pod network namespaces are pinned (`<run-dir>/pods/<uid>/ns/net`): UDP
+    /// sockets connected to a removed backend are closed in each.
+    pub run_dir: PathBuf,
     pub resync: Duration,
 }
 
@@ -165,6 +168,48 @@ async fn serve_health(
     }
 }
 
+/// The backends of the UDP frontends the maps hold.
+fn udp_backends(t: &mut dyn LbTable) -> std::collections::BTreeSet<std::net::SocketAddrV4> {
+    let (Ok(services), Ok(backends)) = (t.services(), t.backends()) else {
+        return Default::default();
+    };
+    services
+        .iter()
+        .filter(|(k, _)| k.proto == 17)
+        .flat_map(|(_, v)| {
+            (0..v.count).filter_map(|i| {
+                backends
+                    .get(&kernlet_ebpf_common::BackendKey {
+                        slot: v.slot,
+                        index: i,
+                    })
+                    .map(crate::model::services::backend_addr)
+            })
+        })
+        .collect()
+}
+
+/// Closes the UDP sockets connected to `gone` backends, on the node and in every pod's
+/// network namespace, so their clients reconnect to a live backend.
+fn close_udp_to(run_dir: &std::path::Path, gone: &[std::net::SocketAddrV4]) {
+    let pods = std::fs::read_dir(run_dir.join("pods"))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.path().join("ns/net"))
+        .filter(|p| crate::sys::ns::is_pinned(p));
+    let mut closed = 0;
+    for netns in std::iter::once(None).chain(pods.map(Some)) {
+        match crate::sys::sockdiag::destroy_udp_to(netns.as_deref(), gone) {
+            Ok(n) => closed += n,
+            Err(e) => tracing::warn!("closing UDP sockets to removed backends: {e}"),
+        }
+    }
+    if closed > 0 {
+        tracing::info!(closed, backends = ?gone, "closed UDP sockets connected to removed backends");
+    }
+}
+
 /// Runs the Service datapath until `stop`.
 pub async fn run(
     client: SharedClient,
@@ -255,11 +300,20 @@ pub async fn run(
             .await;
         let want = crate::model::services::desired(&svcs, &eps, &cfg.node, &cfg.node_ips);
         let t = Arc::clone(&table);
+        let run_dir = cfg.run_dir.clone();
         let result = tokio::task::spawn_blocking(move || {
             let mut t = t
                 .lock()
                 .map_err(|_| "the load-balancer table lock is poisoned".to_string())?;
-            crate::sys::lb::sync(&mut *t as &mut dyn LbTable, &want).map_err(|e| e.to_string())
+            let before = udp_backends(&mut *t);
+            let n = crate::sys::lb::sync(&mut *t as &mut dyn LbTable, &want)
+                .map_err(|e| e.to_string())?;
+            let after = udp_backends(&mut *t);
+            let gone: Vec<std::net::SocketAddrV4> = before.difference(&after).copied().collect();
+            if !gone.is_empty() {
+                close_udp_to(&run_dir, &gone);
+            }
+            Ok::<_, String>(n)
         })
         .await;
         match result {

@@ -13,5 +13,6 @@ pub mod netlink;
 pub mod nftables;
 pub mod ns;
 pub mod process;
+pub mod sockdiag;
 pub mod stats;
 pub mod vtep;
