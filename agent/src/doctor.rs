@@ -778,6 +778,7 @@ mod tests {
         ));
         f.kernel_release = "5.15.0".into();
         f.bpffs = false;
+        f.bpffs_mountable = false;
         f.ip_forward = Some("0".into());
         f.clock_synchronized = Some(false);
         f.disks[0].available = 10 << 30;
@@ -797,6 +798,17 @@ mod tests {
         assert_eq!(find(&checks, "kernel version").verdict, Verdict::Warn);
         assert_eq!(find(&checks, "bpffs").verdict, Verdict::Fail);
         assert!(find(&checks, "bpffs").fix.contains("mount -t bpf"));
+        // A plain directory: kernlet mounts a bpffs there itself.
+        let mut plain = f.clone();
+        plain.bpffs_mountable = true;
+        let checks_plain = judge(&plain, &ClusterFacts::Standalone);
+        let b = find(&checks_plain, "bpffs");
+        assert_eq!(b.verdict, Verdict::Warn);
+        assert!(
+            b.detail.contains("mounts a bpffs of its own"),
+            "{}",
+            b.detail
+        );
         assert_eq!(
             find(&checks, "sysctl net.ipv4.ip_forward").verdict,
             Verdict::Warn
