@@ -652,9 +652,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             run_dir,
             bpffs_dir,
         } => {
-            let kubeconfig = kubeconfig.or_else(|| {
-                Some(kernlet::bootstrap::kubeconfig_path(&state_dir)).filter(|p| p.exists())
-            });
+            let kubeconfig = joined_kubeconfig(kubeconfig, &state_dir);
             let src = kernlet::explain::Sources {
                 state_dir: &state_dir,
                 run_dir: &run_dir,
@@ -664,12 +662,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let v = runtime()?
                 .block_on(kernlet::explain::explain(&target, &src))
                 .map_err(|e| anyhow::anyhow!(e))?;
-            match output.output {
-                Output::Json => {
-                    println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default())
-                }
-                Output::Table => print!("{}", kernlet::explain::text(&v)),
-            }
+            print_view(output.output, &v, kernlet::explain::text);
             Ok(())
         }
         Command::Services {
@@ -679,9 +672,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             state_dir,
             bpffs_dir,
         } => {
-            let kubeconfig = kubeconfig.or_else(|| {
-                Some(kernlet::bootstrap::kubeconfig_path(&state_dir)).filter(|p| p.exists())
-            });
+            let kubeconfig = joined_kubeconfig(kubeconfig, &state_dir);
             let v = runtime()?
                 .block_on(kernlet::services_view::gather(
                     &bpffs_dir.join("lb"),
@@ -689,12 +680,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     filter.as_deref(),
                 ))
                 .map_err(|e| anyhow::anyhow!(e))?;
-            match output.output {
-                Output::Json => {
-                    println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default())
-                }
-                Output::Table => print!("{}", kernlet::services_view::table(&v)),
-            }
+            print_view(output.output, &v, kernlet::services_view::table);
             Ok(())
         }
         Command::Status {
@@ -704,21 +690,14 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             state_dir,
             run_dir,
         } => {
-            let kubeconfig = kubeconfig.or_else(|| {
-                Some(kernlet::bootstrap::kubeconfig_path(&state_dir)).filter(|p| p.exists())
-            });
+            let kubeconfig = joined_kubeconfig(kubeconfig, &state_dir);
             let v = runtime()?.block_on(kernlet::status::gather(
                 kubeconfig.as_deref(),
                 node_name,
                 &state_dir,
                 &run_dir,
             ));
-            match output.output {
-                Output::Json => {
-                    println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default())
-                }
-                Output::Table => print!("{}", kernlet::status::text(&v)),
-            }
+            print_view(output.output, &v, kernlet::status::text);
             Ok(())
         }
         Command::Overlay {
@@ -727,22 +706,14 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             state_dir,
             run_dir,
         } => {
-            let kubeconfig = kubeconfig.or_else(|| {
-                Some(kernlet::bootstrap::kubeconfig_path(&state_dir)).filter(|p| p.exists())
-            });
+            let kubeconfig = joined_kubeconfig(kubeconfig, &state_dir);
             let view = runtime()?
                 .block_on(kernlet::overlay_view::gather(
                     kubeconfig.as_deref(),
                     &run_dir,
                 ))
                 .map_err(|e| anyhow::anyhow!(e))?;
-            match output.output {
-                Output::Json => println!(
-                    "{}",
-                    serde_json::to_string_pretty(&view).unwrap_or_default()
-                ),
-                Output::Table => print!("{}", kernlet::overlay_view::table(&view)),
-            }
+            print_view(output.output, &view, kernlet::overlay_view::table);
             Ok(())
         }
         Command::Doctor {
@@ -751,9 +722,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             kubeconfig,
         } => {
             dirs.validate()?;
-            let kubeconfig = kubeconfig.or_else(|| {
-                Some(kernlet::bootstrap::kubeconfig_path(&dirs.state_dir)).filter(|p| p.exists())
-            });
+            let kubeconfig = joined_kubeconfig(kubeconfig, &dirs.state_dir);
             let facts = kernlet::doctor::gather(&dirs, kubeconfig.is_some());
             let cluster =
                 runtime()?.block_on(kernlet::doctor::cluster_facts(kubeconfig.as_deref()));
@@ -1388,6 +1357,19 @@ fn configz(args: &NodeArgs) -> serde_json::Value {
         "seccompDefault": args.seccomp_default,
         "resolvConf": args.resolv_conf,
     }})
+}
+
+/// `--kubeconfig`, else the one `kernlet join` wrote when there is one.
+fn joined_kubeconfig(flag: Option<PathBuf>, state_dir: &std::path::Path) -> Option<PathBuf> {
+    flag.or_else(|| Some(kernlet::bootstrap::kubeconfig_path(state_dir)).filter(|p| p.exists()))
+}
+
+/// A view as pretty JSON or through its table printer.
+fn print_view(output: Output, v: &serde_json::Value, table: fn(&serde_json::Value) -> String) {
+    match output {
+        Output::Json => println!("{}", serde_json::to_string_pretty(v).unwrap_or_default()),
+        Output::Table => print!("{}", table(v)),
+    }
 }
 
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
