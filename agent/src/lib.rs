@@ -9,6 +9,7 @@ pub mod bootstrap;
 pub mod client;
 pub mod config;
 pub mod controllers;
+pub mod daemon;
 pub mod doctor;
 pub mod explain;
 pub mod inspect;

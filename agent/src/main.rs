@@ -140,6 +140,8 @@ enum Command {
         state_dir: PathBuf,
         #[arg(long, default_value = "/sys/fs/bpf/kernlet", env = "KERNLET_BPFFS_DIR")]
         bpffs_dir: PathBuf,
+        #[arg(long, default_value = "/run/kernlet", env = "KERNLET_RUN_DIR")]
+        run_dir: PathBuf,
     },
     /// The node at a glance: conditions, lease, apiserver, pods by phase, overlay peers,
     /// certificates.
@@ -671,11 +673,13 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             kubeconfig,
             state_dir,
             bpffs_dir,
+            run_dir,
         } => {
             let kubeconfig = joined_kubeconfig(kubeconfig, &state_dir);
             let v = runtime()?
                 .block_on(kernlet::services_view::gather(
                     &bpffs_dir.join("lb"),
+                    &run_dir,
                     kubeconfig.as_deref(),
                     filter.as_deref(),
                 ))
@@ -1442,6 +1446,7 @@ async fn run_node(kubeconfig: PathBuf, node: PreparedNode) -> anyhow::Result<()>
 
     // The pods bound to this node: a watch feeds the pod worker (a thread of its own;
     // the runtime's operations block), which writes status back through a task.
+    let runtime_run_dir = runtime.run_dir.clone();
     let rt =
         tokio::task::spawn_blocking(move || kernlet::runtime::Runtime::open(runtime)).await??;
     let overlay_rt = rt.clone();
@@ -1512,6 +1517,17 @@ async fn run_node(kubeconfig: PathBuf, node: PreparedNode) -> anyhow::Result<()>
             tx,
             stop_rx.clone(),
         ));
+    }
+    {
+        let (run_dir, node, stop) = (runtime_run_dir.clone(), cfg.name.clone(), stop_rx.clone());
+        tokio::spawn(async move {
+            if let Err(e) = kernlet::daemon::serve(run_dir.clone(), node, stop).await {
+                tracing::warn!(
+                    "the CLI socket {} is not served: {e}",
+                    kernlet::daemon::socket_path(&run_dir).display()
+                );
+            }
+        });
     }
     if let Some(services) = services {
         let (tx, rx) = tokio::sync::watch::channel(Readiness {

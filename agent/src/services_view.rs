@@ -62,6 +62,7 @@ async fn names(kubeconfig: &Path) -> Result<BTreeMap<(String, u16, u8), String>,
 /// `filter`.
 pub async fn gather(
     pin_dir: &Path,
+    run_dir: &Path,
     kubeconfig: Option<&Path>,
     filter: Option<&str>,
 ) -> Result<Value, String> {
@@ -109,7 +110,18 @@ pub async fn gather(
             "backends": list, "complete": list.len() as u32 == value.count,
         }));
     }
-    Ok(json!({"names": source, "pins": pin_dir, "frontends": rows}))
+    // What the daemon last did, when it is there to say.
+    let daemon = match crate::daemon::ask(run_dir) {
+        Ok(a) => {
+            let svc = &a["subsystems"]["services"];
+            json!({"running": true, "lastSync": svc["lastSync"], "lastError": svc["lastError"]})
+        }
+        Err(why) => json!({
+            "running": false,
+            "why": format!("{why}; the table is read from the pinned maps"),
+        }),
+    };
+    Ok(json!({"names": source, "pins": pin_dir, "daemon": daemon, "frontends": rows}))
 }
 
 /// The table for people.
@@ -118,6 +130,22 @@ pub fn table(v: &Value) -> String {
         "services named from: {}\n",
         v["names"].as_str().unwrap_or("")
     );
+    let d = &v["daemon"];
+    if d["running"] == true {
+        out.push_str(&format!(
+            "daemon: running, last synced {}{}\n",
+            d["lastSync"].as_str().unwrap_or("never"),
+            d["lastError"]
+                .as_str()
+                .map(|e| format!(" (last error: {e})"))
+                .unwrap_or_default()
+        ));
+    } else {
+        out.push_str(&format!(
+            "daemon: NOT RUNNING: {}\n",
+            d["why"].as_str().unwrap_or("")
+        ));
+    }
     let rows = v["frontends"].as_array().cloned().unwrap_or_default();
     let w = rows
         .iter()

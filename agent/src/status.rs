@@ -138,8 +138,16 @@ pub async fn gather(
         }),
         crate::doctor::Serving::None => json!({"requested": false}),
     };
+    let daemon = match crate::daemon::ask(run_dir) {
+        Ok(v) => json!({"running": true, "account": v}),
+        Err(why) => json!({
+            "running": false,
+            "why": format!("{why}; answering from the state directory, the kernel and the pinned maps"),
+        }),
+    };
     json!({
         "node": node,
+        "daemon": daemon,
         "apiserver": apiserver,
         "pods": phases,
         "overlay": overlay,
@@ -160,6 +168,24 @@ pub fn text(v: &Value) -> String {
         other => other.to_string(),
     };
     out.push(format!("node: {}", s(&v["node"])));
+    let d = &v["daemon"];
+    if d["running"] == true {
+        let a = &d["account"];
+        let mut line = format!(
+            "daemon: running (pid {}, since {})",
+            s(&a["pid"]),
+            s(&a["started"])
+        );
+        for (name, sub) in a["subsystems"].as_object().into_iter().flatten() {
+            line.push_str(&format!("; {name} synced {}", s(&sub["lastSync"])));
+            if sub["lastError"].is_string() {
+                line.push_str(&format!(" (last error: {})", s(&sub["lastError"])));
+            }
+        }
+        out.push(line);
+    } else {
+        out.push(format!("daemon: NOT RUNNING: {}", s(&d["why"])));
+    }
     let api = &v["apiserver"];
     if api["reachable"] == true {
         out.push(format!(

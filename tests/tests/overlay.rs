@@ -540,6 +540,14 @@ async fn pods_on_three_nodes_and_a_flannel_node_reach_each_other_over_vxlan() {
     // kernlet status: the node at a glance, its name taken from its client certificate.
     let st: serde_json::Value = serde_json::from_str(&status(&nodes[0], true)).unwrap();
     assert_eq!(st["node"], "o1", "{st:#}");
+    // What only the daemon knows, over its socket: when overlay and lease last synced.
+    assert_eq!(st["daemon"]["running"], true, "{st:#}");
+    let subsystems = &st["daemon"]["account"]["subsystems"];
+    assert!(
+        subsystems["overlay"]["lastSync"].is_string()
+            && subsystems["lease"]["lastSync"].is_string(),
+        "{st:#}"
+    );
     assert_eq!(st["apiserver"]["reachable"], true, "{st:#}");
     let conds = st["apiserver"]["conditions"].as_array().unwrap();
     let cond = |ty: &str| {
@@ -878,5 +886,10 @@ async fn pods_on_three_nodes_and_a_flannel_node_reach_each_other_over_vxlan() {
         "{st:#}"
     );
     assert!(status(&nodes[0], false).contains("apiserver: UNREACHABLE"));
+    assert_eq!(
+        st["daemon"]["running"], false,
+        "the daemon is stopped, and status says so"
+    );
+    assert!(status(&nodes[0], false).contains("daemon: NOT RUNNING"));
     drop(o3);
 }

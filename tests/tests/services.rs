@@ -111,7 +111,9 @@ fn services_view(node: &SimNode, named: bool, json: bool) -> String {
         .arg("--bpffs-dir")
         .arg(node.dir("bpf"))
         .arg("--state-dir")
-        .arg(node.dir("state"));
+        .arg(node.dir("state"))
+        .arg("--run-dir")
+        .arg(node.dir("run"));
     if named {
         cmd.arg("--kubeconfig")
             .arg(node.dir("state").join("node.kubeconfig"));
@@ -301,6 +303,8 @@ async fn cluster_ips_are_balanced_by_the_socket_hooks() {
         .find(|r| r["frontend"] == format!("{cluster_ip}:80/TCP"))
         .unwrap_or_else(|| panic!("{view}"));
     assert_eq!(http["service"], "default/web");
+    assert_eq!(view["daemon"]["running"], true, "{view}");
+    assert!(view["daemon"]["lastSync"].is_string(), "{view}");
     assert_eq!(http["backends"].as_array().unwrap().len(), 2, "{http}");
     assert!(
         rows.iter()
@@ -526,6 +530,8 @@ async fn cluster_ips_are_balanced_by_the_socket_hooks() {
         "with the daemon down: {http}"
     );
     assert!(view["names"].as_str().unwrap().starts_with("unnamed"));
+    assert_eq!(view["daemon"]["running"], false, "{view}");
+    assert!(services_view(&nodes[0], false, false).contains("daemon: NOT RUNNING"));
     // Back: the maps are adopted, not flushed; changes flow again.
     let kc = nodes[0]
         .dir("state")

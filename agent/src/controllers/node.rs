@@ -231,6 +231,7 @@ impl NodeController {
                     // period of the apiserver coming back.
                     let mut backoff = LEASE_RETRY_FIRST;
                     while let Err(e) = self.renew_lease().await {
+                        crate::daemon::failed("lease", &describe(&e));
                         tracing::warn!(node = %self.cfg.name, error = %describe(&e), "lease not renewed; retrying in {backoff:?}");
                         tokio::select! {
                             _ = tokio::time::sleep(backoff) => {}
@@ -238,6 +239,7 @@ impl NodeController {
                         }
                         backoff = (backoff * 2).min(LEASE_RETRY_MAX);
                     }
+                    crate::daemon::synced("lease", serde_json::Value::Null);
                     // A status report that failed is not waited on for a whole period.
                     if self.reported.is_none() {
                         self.update_status().await;

@@ -477,6 +477,10 @@ pub async fn run(
         let programming = peers.clone();
         match tokio::task::spawn_blocking(move || reconcile(&c, pod_cidr, &programming)).await {
             Ok(Ok((_, changes))) => {
+                crate::daemon::synced(
+                    "overlay",
+                    json!({"peers": peers.len(), "changes": changes.len()}),
+                );
                 peers_tx.send_replace(peers);
                 for ch in &changes {
                     tracing::info!(change = ?ch, "overlay entry programmed");
@@ -488,6 +492,7 @@ pub async fn run(
                 }
             }
             Ok(Err(e)) => {
+                crate::daemon::failed("overlay", &e.to_string());
                 tracing::warn!("programming overlay peers: {e}; retrying at the next resync")
             }
             Err(e) => tracing::warn!("programming overlay peers: {e}"),

@@ -299,6 +299,7 @@ pub async fn run(
             ))
             .await;
         let want = crate::model::services::desired(&svcs, &eps, &cfg.node, &cfg.node_ips);
+        let frontends = want.len();
         let t = Arc::clone(&table);
         let run_dir = cfg.run_dir.clone();
         let result = tokio::task::spawn_blocking(move || {
@@ -317,11 +318,21 @@ pub async fn run(
         })
         .await;
         match result {
-            Ok(Ok(0)) => {}
-            Ok(Ok(n)) => tracing::info!(changes = n, "Service datapath programmed"),
-            Ok(Err(e)) => tracing::warn!(
-                "programming the Service datapath: {e}; retrying at the next change or resync"
-            ),
+            Ok(Ok(n)) => {
+                crate::daemon::synced(
+                    "services",
+                    serde_json::json!({"frontends": frontends, "changes": n}),
+                );
+                if n > 0 {
+                    tracing::info!(changes = n, "Service datapath programmed");
+                }
+            }
+            Ok(Err(e)) => {
+                crate::daemon::failed("services", &e);
+                tracing::warn!(
+                    "programming the Service datapath: {e}; retrying at the next change or resync"
+                );
+            }
             Err(e) => tracing::warn!("programming the Service datapath: {e}"),
         }
     }
