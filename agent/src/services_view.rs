@@ -71,6 +71,8 @@ pub async fn gather(
             "{e} (the maps exist once kernlet has run with --service-proxy and this --bpffs-dir)"
         )
     })?;
+    // Counters are shared by every frontend a backend serves.
+    let stats = crate::sys::lb::read_backend_stats(pin_dir).unwrap_or_default();
     let (names, source) = match kubeconfig {
         Some(kc) => match names(kc).await {
             Ok(n) => (n, "apiserver".to_string()),
@@ -95,19 +97,27 @@ pub async fn gather(
         {
             continue;
         }
-        let list: Vec<String> = (0..value.count)
+        let list: Vec<Value> = (0..value.count)
             .filter_map(|i| {
                 backends
                     .get(&kernlet_ebpf_common::BackendKey {
                         slot: value.slot,
                         index: i,
                     })
-                    .map(|b| backend_addr(b).to_string())
+                    .map(|b| {
+                        json!({
+                            "address": backend_addr(b).to_string(),
+                            "weight": 1,
+                            "sent": stats.get(b).copied().unwrap_or(0),
+                        })
+                    })
             })
             .collect();
         rows.push(json!({
             "frontend": frontend, "service": name, "slot": value.slot,
-            "backends": list, "complete": list.len() as u32 == value.count,
+            "affinityTimeoutSeconds": value.affinity_timeout,
+            "complete": list.len() as u32 == value.count,
+            "backends": list,
         }));
     }
     // What the daemon last did, when it is there to say.
@@ -158,11 +168,17 @@ pub fn table(v: &Value) -> String {
         "FRONTEND", "SERVICE"
     ));
     for r in rows {
-        let backends: Vec<&str> = r["backends"]
+        let backends: Vec<String> = r["backends"]
             .as_array()
             .into_iter()
             .flatten()
-            .filter_map(Value::as_str)
+            .map(|b| {
+                format!(
+                    "{} ({} sent)",
+                    b["address"].as_str().unwrap_or(""),
+                    b["sent"]
+                )
+            })
             .collect();
         out.push_str(&format!(
             "{:<w$}  {:<32}  {}\n",

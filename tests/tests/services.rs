@@ -306,6 +306,18 @@ async fn cluster_ips_are_balanced_by_the_socket_hooks() {
     assert_eq!(view["daemon"]["running"], true, "{view}");
     assert!(view["daemon"]["lastSync"].is_string(), "{view}");
     assert_eq!(http["backends"].as_array().unwrap().len(), 2, "{http}");
+    // Per-backend counters: the 24 connects above (and the probes before) went out.
+    let sent: Vec<u64> = http["backends"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| b["sent"].as_u64().unwrap())
+        .collect();
+    assert!(
+        sent.iter().all(|n| *n > 0) && sent.iter().sum::<u64>() >= 24,
+        "{http}"
+    );
+    assert_eq!(http["affinityTimeoutSeconds"], 0);
     assert!(
         rows.iter()
             .any(|r| r["frontend"] == format!("{cluster_ip}:53/UDP"))
@@ -442,6 +454,16 @@ async fn cluster_ips_are_balanced_by_the_socket_hooks() {
         picked.iter().all(|t| *t == picked[0]),
         "one backend for one client: {picked:?}"
     );
+    let view: serde_json::Value =
+        serde_json::from_str(&services_view(&nodes[0], true, true)).unwrap();
+    let row = view["frontends"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["service"] == "default/sticky")
+        .unwrap_or_else(|| panic!("{view}"))
+        .clone();
+    assert_eq!(row["affinityTimeoutSeconds"], 10800, "{row}");
 
     // A connected UDP socket on web-b, kept open across web-b's removal.
     let mut udp_client = std::process::Command::new("bash")

@@ -298,6 +298,23 @@ pub fn read_pinned(
     Ok((s, b))
 }
 
+/// Connects and datagrams sent to each backend since the maps were created, summed over
+/// CPUs, from the pinned counters.
+pub fn read_backend_stats(pin_dir: &Path) -> Result<BTreeMap<Backend, u64>, LbError> {
+    let path = pin_dir.join(kernlet_ebpf_common::BACKEND_STATS_MAP);
+    let data = MapData::from_pin(&path)
+        .map_err(|e| err(format!("opening the pinned map {}", path.display()))(chain(&e)))?;
+    let map: aya::maps::PerCpuHashMap<MapData, Backend, u64> =
+        aya::maps::PerCpuHashMap::try_from(aya::maps::Map::PerCpuLruHashMap(data))
+            .map_err(|e| err(kernlet_ebpf_common::BACKEND_STATS_MAP)(e.to_string()))?;
+    map.iter()
+        .map(|r| {
+            r.map(|(k, per_cpu)| (k, per_cpu.iter().sum()))
+                .map_err(|e| err(kernlet_ebpf_common::BACKEND_STATS_MAP)(e.to_string()))
+        })
+        .collect()
+}
+
 /// One pass: what the maps hold against `want`, every planned operation tried; the
 /// first failure is returned after the others (the next pass retries).
 pub fn sync(

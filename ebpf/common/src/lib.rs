@@ -79,6 +79,8 @@ pub struct AffinityValue {
 /// backend set changed (bounded for the verifier).
 pub const AFFINITY_SCAN: u32 = 64;
 pub const AFFINITY_MAP: &str = "KL_AFFINITY";
+/// Per backend, per CPU: how many connects and datagrams were sent its way.
+pub const BACKEND_STATS_MAP: &str = "KL_BACKEND_STATS";
 
 /// Entry `index` of backend set `slot`.
 #[repr(C)]

@@ -6,7 +6,7 @@ use aya_ebpf::{
     EbpfContext as _,
     helpers::{bpf_get_netns_cookie, bpf_get_prandom_u32, bpf_get_socket_cookie, bpf_ktime_get_ns},
     macros::{cgroup_sock_addr, map},
-    maps::{HashMap, LruHashMap, PerCpuArray},
+    maps::{HashMap, LruHashMap, LruPerCpuHashMap, PerCpuArray},
     programs::SockAddrContext,
 };
 use kernlet_ebpf_common::{
@@ -48,6 +48,9 @@ static KL_BACKENDS: HashMap<BackendKey, Backend> = HashMap::pinned(MAX_BACKENDS,
 
 #[map(name = "KL_AFFINITY")]
 static KL_AFFINITY: LruHashMap<AffinityKey, AffinityValue> = LruHashMap::pinned(MAX_SOCKETS, 0);
+
+#[map(name = "KL_BACKEND_STATS")]
+static KL_BACKEND_STATS: LruPerCpuHashMap<Backend, u64> = LruPerCpuHashMap::pinned(MAX_BACKENDS, 0);
 
 #[map(name = "KL_SOCK_REVNAT")]
 static KL_SOCK_REVNAT: LruHashMap<u64, SockRevNat> = LruHashMap::pinned(MAX_SOCKETS, 0);
@@ -102,6 +105,14 @@ fn translate(ctx: &SockAddrContext) -> i32 {
     let Some(backend) = choose(ctx, &key, &svc) else {
         return DENY;
     };
+    match KL_BACKEND_STATS.get_ptr_mut(&backend) {
+        // SAFETY: this CPU's slot of the entry, valid for the program run; no other CPU
+        // writes it.
+        Some(n) => unsafe { *n += 1 },
+        None => {
+            let _ = KL_BACKEND_STATS.insert(&backend, &1, 0);
+        }
+    }
     // SAFETY: user_ip4 and user_port are writable in connect4 and sendmsg4 programs.
     unsafe {
         (*ctx.sock_addr).user_ip4 = backend.addr;
