@@ -158,6 +158,8 @@ enum Command {
         state_dir: PathBuf,
         #[arg(long, default_value = "/run/kernlet", env = "KERNLET_RUN_DIR")]
         run_dir: PathBuf,
+        #[arg(long, default_value = "/sys/fs/bpf/kernlet", env = "KERNLET_BPFFS_DIR")]
+        bpffs_dir: PathBuf,
     },
     /// The overlay's peers: pod CIDR, VTEP MAC, public IP, whether their route,
     /// neighbour and FDB entries on flannel.1 match the Nodes, and the last probe.
@@ -693,6 +695,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             node_name,
             state_dir,
             run_dir,
+            bpffs_dir,
         } => {
             let kubeconfig = joined_kubeconfig(kubeconfig, &state_dir);
             let v = runtime()?.block_on(kernlet::status::gather(
@@ -700,6 +703,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 node_name,
                 &state_dir,
                 &run_dir,
+                &bpffs_dir,
             ));
             print_view(output.output, &v, kernlet::status::text);
             Ok(())

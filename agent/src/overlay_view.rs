@@ -81,8 +81,19 @@ pub async fn gather(kubeconfig: Option<&Path>, run_dir: &Path) -> Result<Value, 
         .collect();
     let rows = model::report(&peers, &have, &health);
     let vx = link.vxlan.clone().unwrap_or_default();
+    let daemon = match crate::daemon::ask(run_dir) {
+        Ok(a) => {
+            let o = &a["subsystems"]["overlay"];
+            json!({"running": true, "lastSync": o["lastSync"], "lastError": o["lastError"]})
+        }
+        Err(why) => json!({
+            "running": false,
+            "why": format!("{why}; entries are read from the kernel, probes from the last record"),
+        }),
+    };
     Ok(json!({
         "source": source,
+        "daemon": daemon,
         "device": {
             "name": link.name, "index": link.index, "mac": model::format_mac(&link.mac),
             "mtu": link.mtu, "up": link.up, "vni": vx.vni, "local": vx.local,
@@ -119,6 +130,18 @@ pub fn table(view: &Value) -> String {
         if d["up"] == true { "up" } else { "DOWN" },
         view["source"].as_str().unwrap_or(""),
     ));
+    let d = &view["daemon"];
+    if d["running"] == true {
+        out.push_str(&format!(
+            "daemon: running, last synced {}\n",
+            d["lastSync"].as_str().unwrap_or("never")
+        ));
+    } else {
+        out.push_str(&format!(
+            "daemon: NOT RUNNING: {}\n",
+            d["why"].as_str().unwrap_or("")
+        ));
+    }
     let mut lines = vec![
         [
             "NODE",

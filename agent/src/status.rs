@@ -81,6 +81,7 @@ pub async fn gather(
     node: Option<String>,
     state_dir: &Path,
     run_dir: &Path,
+    bpffs_dir: &Path,
 ) -> Value {
     let node = node
         .or_else(|| kubeconfig.and_then(node_from_kubeconfig))
@@ -145,13 +146,28 @@ pub async fn gather(
             "why": format!("{why}; answering from the state directory, the kernel and the pinned maps"),
         }),
     };
+    // Services: what the pinned maps hold, and how long ago the daemon last synced them.
+    let services = match crate::sys::lb::read_pinned(&bpffs_dir.join("lb")) {
+        Err(e) => json!({"programmed": false, "why": e.to_string()}),
+        Ok((frontends, _)) => {
+            let last = daemon["account"]["subsystems"]["services"]["lastSync"]
+                .as_str()
+                .and_then(|t| t.parse::<k8s_openapi::jiff::Timestamp>().ok());
+            json!({
+                "programmed": true,
+                "frontends": frontends.len(),
+                "syncLagSeconds": last.map(|t| (k8s_openapi::jiff::Timestamp::now().as_second() - t.as_second()).max(0)),
+                "lastError": daemon["account"]["subsystems"]["services"]["lastError"],
+            })
+        }
+    };
     json!({
         "node": node,
         "daemon": daemon,
         "apiserver": apiserver,
         "pods": phases,
         "overlay": overlay,
-        "services": {"built": false, "why": "Service load-balancing is not built yet"},
+        "services": services,
         "certificates": {
             "client": kubeconfig.and_then(client_cert_expiry).map(|t| json!({"notAfter": rfc3339(t)})),
             "serving": serving,
@@ -239,10 +255,20 @@ pub fn text(v: &Value) -> String {
     } else {
         out.push(format!("overlay: not running ({})", s(&o["why"])));
     }
-    out.push(format!(
-        "services: not built ({})",
-        s(&v["services"]["why"])
-    ));
+    let sv = &v["services"];
+    if sv["programmed"] == true {
+        out.push(format!(
+            "services: {} frontends programmed, last synced {}s ago{}",
+            s(&sv["frontends"]),
+            s(&sv["syncLagSeconds"]),
+            sv["lastError"]
+                .as_str()
+                .map(|e| format!(" (last error: {e})"))
+                .unwrap_or_default()
+        ));
+    } else {
+        out.push(format!("services: not programmed ({})", s(&sv["why"])));
+    }
     let c = &v["certificates"];
     out.push(format!(
         "client certificate: expires {}",

@@ -500,6 +500,7 @@ async fn pods_on_three_nodes_and_a_flannel_node_reach_each_other_over_vxlan() {
     let view: serde_json::Value =
         serde_json::from_str(&overlay_view(&nodes[0], Some(&o1_kubeconfig), true)).unwrap();
     assert_eq!(view["source"], "apiserver", "{view}");
+    assert_eq!(view["daemon"]["running"], true, "{view}");
     assert_eq!(view["device"]["vni"], 1);
     assert_eq!(view["device"]["local"], nodes[0].address.to_string());
     assert_eq!(view["device"]["mac"], macs[0].as_str());
@@ -858,6 +859,8 @@ async fn pods_on_three_nodes_and_a_flannel_node_reach_each_other_over_vxlan() {
             .starts_with("last probe record"),
         "{view}"
     );
+    assert_eq!(view["daemon"]["running"], false, "{view}");
+    assert!(overlay_view(&nodes[0], None, false).contains("daemon: NOT RUNNING"));
     let o2_row = view["peers"]
         .as_array()
         .unwrap()

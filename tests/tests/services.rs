@@ -524,6 +524,30 @@ async fn cluster_ips_are_balanced_by_the_socket_hooks() {
     );
     let _ = udp_client.wait();
 
+    // kernlet status: the services programmed and how fresh the daemon's last sync is.
+    let status = |node: &SimNode| -> serde_json::Value {
+        let out = node
+            .command(kernlet_tests::simnode::kernlet_bin().unwrap())
+            .args(["status", "-o", "json", "--kubeconfig"])
+            .arg(node.dir("state").join("node.kubeconfig"))
+            .args(["--state-dir"])
+            .arg(node.dir("state"))
+            .args(["--run-dir"])
+            .arg(node.dir("run"))
+            .args(["--bpffs-dir"])
+            .arg(node.dir("bpf"))
+            .output()
+            .unwrap();
+        serde_json::from_slice(&out.stdout).unwrap()
+    };
+    let st = status(&nodes[0]);
+    assert_eq!(st["services"]["programmed"], true, "{st:#}");
+    assert!(st["services"]["frontends"].as_u64().unwrap() >= 3, "{st:#}");
+    assert!(
+        st["services"]["syncLagSeconds"].as_i64().unwrap() <= 5,
+        "{st:#}"
+    );
+
     // kernlet down: the pinned programs and maps keep translating.
     nodes[0].stop_kernlet(Duration::from_secs(5)).unwrap();
     let out = client(&cg, &client_ns, cluster_ip, 4);
@@ -553,6 +577,30 @@ async fn cluster_ips_are_balanced_by_the_socket_hooks() {
     );
     assert!(view["names"].as_str().unwrap().starts_with("unnamed"));
     assert_eq!(view["daemon"]["running"], false, "{view}");
+    // kernlet pods answers from the state directory too.
+    let out = nodes[0]
+        .command(kernlet_tests::simnode::kernlet_bin().unwrap())
+        .args(["pods", "-o", "json", "--state-dir"])
+        .arg(nodes[0].dir("state"))
+        .output()
+        .unwrap();
+    let list: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let names: Vec<&str> = list["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|p| p["metadata"]["name"].as_str())
+        .collect();
+    assert!(
+        names.contains(&"web-a") && names.contains(&"client"),
+        "{names:?}"
+    );
+    let st = status(&nodes[0]);
+    assert_eq!(st["daemon"]["running"], false);
+    assert_eq!(
+        st["services"]["programmed"], true,
+        "the maps still answer: {st:#}"
+    );
     assert!(services_view(&nodes[0], false, false).contains("daemon: NOT RUNNING"));
     // Back: the maps are adopted, not flushed; changes flow again.
     let kc = nodes[0]
