@@ -128,6 +128,15 @@ impl std::fmt::Debug for BpfLb {
 
 const PROGRAMS: [&str; 4] = [LB_CONNECT4, LB_SENDMSG4, LB_RECVMSG4, LB_GETPEERNAME4];
 
+/// The maps that outlive an agent: pinned in the instance's directory.
+const PINNED_MAPS: [&str; 5] = [
+    SERVICES_MAP,
+    BACKENDS_MAP,
+    kernlet_ebpf_common::SOCK_REVNAT_MAP,
+    kernlet_ebpf_common::AFFINITY_MAP,
+    kernlet_ebpf_common::BACKEND_STATS_MAP,
+];
+
 impl BpfLb {
     /// Loads the programs with the maps pinned in `pin_dir` (adopting pinned ones) and
     /// attaches them to `cgroup`, replacing the links a previous instance pinned there.
@@ -136,15 +145,17 @@ impl BpfLb {
             .map_err(|e| err(format!("preparing {} for pins", pin_dir.display()))(e.to_string()))?;
         std::fs::create_dir_all(pin_dir.join("links"))
             .map_err(|e| err(format!("creating {}", pin_dir.display()))(e.to_string()))?;
-        let mut ebpf = aya::EbpfLoader::new()
-            .default_map_pin_directory(pin_dir)
-            .load(crate::sys::bpf::EBPF_OBJECT)
-            .map_err(|e| {
-                err(format!(
-                    "loading the load-balancer programs with maps pinned in {} (is it on a bpffs?)",
-                    pin_dir.display()
-                ))(e.to_string())
-            })?;
+        let mut loader = aya::EbpfLoader::new();
+        // Each map pinned (or adopted) at <pin_dir>/<name>.
+        for name in PINNED_MAPS {
+            loader.map_pin_path(name, pin_dir.join(name));
+        }
+        let mut ebpf = loader.load(crate::sys::bpf::EBPF_OBJECT).map_err(|e| {
+            err(format!(
+                "loading the load-balancer programs with maps pinned in {} (is it on a bpffs?)",
+                pin_dir.display()
+            ))(e.to_string())
+        })?;
         let cg = std::fs::File::open(cgroup)
             .map_err(|e| err(format!("opening cgroup {}", cgroup.display()))(e.to_string()))?;
         for name in PROGRAMS {
@@ -204,11 +215,7 @@ impl BpfLb {
                 let _ = l.unpin();
             }
         }
-        for m in [
-            SERVICES_MAP,
-            BACKENDS_MAP,
-            kernlet_ebpf_common::SOCK_REVNAT_MAP,
-        ] {
+        for m in PINNED_MAPS {
             let _ = std::fs::remove_file(self.pin_dir.join(m));
         }
         Ok(())

@@ -40,20 +40,25 @@ fn try_probe_connect4(_ctx: &SockAddrContext) {
 /// kube-proxy's reject rule does).
 const DENY: i32 = 0;
 
+// The load-balancer's maps are pinned by user space (`sys::lb`) under the instance's
+// own directory, not by name in /sys/fs/bpf: loading the object for the probe alone
+// must not need a bpffs.
 #[map(name = "KL_SERVICES")]
-static KL_SERVICES: HashMap<ServiceKey, ServiceValue> = HashMap::pinned(MAX_SERVICES, 0);
+static KL_SERVICES: HashMap<ServiceKey, ServiceValue> = HashMap::with_max_entries(MAX_SERVICES, 0);
 
 #[map(name = "KL_BACKENDS")]
-static KL_BACKENDS: HashMap<BackendKey, Backend> = HashMap::pinned(MAX_BACKENDS, 0);
+static KL_BACKENDS: HashMap<BackendKey, Backend> = HashMap::with_max_entries(MAX_BACKENDS, 0);
 
 #[map(name = "KL_AFFINITY")]
-static KL_AFFINITY: LruHashMap<AffinityKey, AffinityValue> = LruHashMap::pinned(MAX_SOCKETS, 0);
+static KL_AFFINITY: LruHashMap<AffinityKey, AffinityValue> =
+    LruHashMap::with_max_entries(MAX_SOCKETS, 0);
 
 #[map(name = "KL_BACKEND_STATS")]
-static KL_BACKEND_STATS: LruPerCpuHashMap<Backend, u64> = LruPerCpuHashMap::pinned(MAX_BACKENDS, 0);
+static KL_BACKEND_STATS: LruPerCpuHashMap<Backend, u64> =
+    LruPerCpuHashMap::with_max_entries(MAX_BACKENDS, 0);
 
 #[map(name = "KL_SOCK_REVNAT")]
-static KL_SOCK_REVNAT: LruHashMap<u64, SockRevNat> = LruHashMap::pinned(MAX_SOCKETS, 0);
+static KL_SOCK_REVNAT: LruHashMap<u64, SockRevNat> = LruHashMap::with_max_entries(MAX_SOCKETS, 0);
 
 /// Translates a connect (TCP, connected UDP) to a service address into one to a
 /// backend chosen at random, and remembers the translation for the socket.
