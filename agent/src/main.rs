@@ -108,9 +108,6 @@ enum Command {
         #[arg(last = true, required = true)]
         command: Vec<String>,
     },
-    /// Check what this node needs (kernel, cgroups, bpffs, sysctls, clock, disks, the
-    /// serving certificate, cluster permissions), with a fix for each problem. Exits 1
-    /// when a check fails.
     /// The whole path to a pod, a Service (namespace/name or ip:port) or an address:
     /// frontends, backends, and where each lives (local pod, or overlay peer).
     Explain {
@@ -120,12 +117,8 @@ enum Command {
         /// Kubeconfig (default: the one `kernlet join` wrote): Services by name, peers.
         #[arg(long)]
         kubeconfig: Option<PathBuf>,
-        #[arg(long, default_value = "/var/lib/kernlet", env = "KERNLET_STATE_DIR")]
-        state_dir: PathBuf,
-        #[arg(long, default_value = "/run/kernlet", env = "KERNLET_RUN_DIR")]
-        run_dir: PathBuf,
-        #[arg(long, default_value = "/sys/fs/bpf/kernlet", env = "KERNLET_BPFFS_DIR")]
-        bpffs_dir: PathBuf,
+        #[command(flatten)]
+        dirs: ViewDirs,
     },
     /// The Service load-balancing table from the pinned maps: frontend → backends.
     Services {
@@ -136,12 +129,8 @@ enum Command {
         /// Kubeconfig to name the frontends with (default: the one `kernlet join` wrote).
         #[arg(long)]
         kubeconfig: Option<PathBuf>,
-        #[arg(long, default_value = "/var/lib/kernlet", env = "KERNLET_STATE_DIR")]
-        state_dir: PathBuf,
-        #[arg(long, default_value = "/sys/fs/bpf/kernlet", env = "KERNLET_BPFFS_DIR")]
-        bpffs_dir: PathBuf,
-        #[arg(long, default_value = "/run/kernlet", env = "KERNLET_RUN_DIR")]
-        run_dir: PathBuf,
+        #[command(flatten)]
+        dirs: ViewDirs,
     },
     /// The node at a glance: conditions, lease, apiserver, pods by phase, overlay peers,
     /// certificates.
@@ -154,12 +143,8 @@ enum Command {
         /// The node (default: from the kubeconfig's client certificate, else the hostname).
         #[arg(long)]
         node_name: Option<String>,
-        #[arg(long, default_value = "/var/lib/kernlet", env = "KERNLET_STATE_DIR")]
-        state_dir: PathBuf,
-        #[arg(long, default_value = "/run/kernlet", env = "KERNLET_RUN_DIR")]
-        run_dir: PathBuf,
-        #[arg(long, default_value = "/sys/fs/bpf/kernlet", env = "KERNLET_BPFFS_DIR")]
-        bpffs_dir: PathBuf,
+        #[command(flatten)]
+        dirs: ViewDirs,
     },
     /// The overlay's peers: pod CIDR, VTEP MAC, public IP, whether their route,
     /// neighbour and FDB entries on flannel.1 match the Nodes, and the last probe.
@@ -176,6 +161,9 @@ enum Command {
         #[arg(long, default_value = "/run/kernlet", env = "KERNLET_RUN_DIR")]
         run_dir: PathBuf,
     },
+    /// Check what this node needs (kernel, cgroups, bpffs, sysctls, clock, disks, the
+    /// serving certificate, cluster permissions), with a fix for each problem. Exits 1
+    /// when a check fails.
     Doctor {
         #[command(flatten)]
         output: OutputArgs,
@@ -236,6 +224,17 @@ struct StoreArgs {
         env = "KERNLET_IMAGE_DIR"
     )]
     image_dir: PathBuf,
+}
+
+/// Where the node's views are read from: state, run and bpffs directories.
+#[derive(clap::Args, Debug)]
+struct ViewDirs {
+    #[arg(long, default_value = "/var/lib/kernlet", env = "KERNLET_STATE_DIR")]
+    state_dir: PathBuf,
+    #[arg(long, default_value = "/run/kernlet", env = "KERNLET_RUN_DIR")]
+    run_dir: PathBuf,
+    #[arg(long, default_value = "/sys/fs/bpf/kernlet", env = "KERNLET_BPFFS_DIR")]
+    bpffs_dir: PathBuf,
 }
 
 #[derive(clap::Args, Debug)]
@@ -652,9 +651,12 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             target,
             output,
             kubeconfig,
-            state_dir,
-            run_dir,
-            bpffs_dir,
+            dirs:
+                ViewDirs {
+                    state_dir,
+                    run_dir,
+                    bpffs_dir,
+                },
         } => {
             let kubeconfig = joined_kubeconfig(kubeconfig, &state_dir);
             let src = kernlet::explain::Sources {
@@ -673,9 +675,12 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             filter,
             output,
             kubeconfig,
-            state_dir,
-            bpffs_dir,
-            run_dir,
+            dirs:
+                ViewDirs {
+                    state_dir,
+                    run_dir,
+                    bpffs_dir,
+                },
         } => {
             let kubeconfig = joined_kubeconfig(kubeconfig, &state_dir);
             let v = runtime()?
@@ -693,9 +698,12 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             output,
             kubeconfig,
             node_name,
-            state_dir,
-            run_dir,
-            bpffs_dir,
+            dirs:
+                ViewDirs {
+                    state_dir,
+                    run_dir,
+                    bpffs_dir,
+                },
         } => {
             let kubeconfig = joined_kubeconfig(kubeconfig, &state_dir);
             let v = runtime()?.block_on(kernlet::status::gather(
