@@ -120,6 +120,36 @@ pub fn ask(run_dir: &Path) -> Result<Value, String> {
     serde_json::from_str(body).map_err(|e| format!("the daemon's answer is not JSON: {e}"))
 }
 
+/// What the daemon last did for `subsystem`, or why it cannot say:
+/// `{"running": true, "pid", "lastSync", "lastError"}`, or `{"running": false, "why"}`
+/// where `instead` names what the CLI reads without it.
+pub fn view_of(run_dir: &Path, subsystem: &str, instead: &str) -> Value {
+    match ask(run_dir) {
+        Ok(a) => {
+            let s = &a["subsystems"][subsystem];
+            json!({"running": true, "pid": a["pid"], "lastSync": s["lastSync"], "lastError": s["lastError"]})
+        }
+        Err(why) => json!({"running": false, "why": format!("{why}; {instead}")}),
+    }
+}
+
+/// [`view_of`] as the line a table starts with.
+pub fn line(v: &Value) -> String {
+    if v["running"] == true {
+        format!(
+            "daemon: running (pid {}), last synced {}{}",
+            v["pid"],
+            v["lastSync"].as_str().unwrap_or("never"),
+            v["lastError"]
+                .as_str()
+                .map(|e| format!(" (last error: {e})"))
+                .unwrap_or_default()
+        )
+    } else {
+        format!("daemon: NOT RUNNING: {}", v["why"].as_str().unwrap_or(""))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -134,5 +164,18 @@ mod tests {
         assert_eq!(e["lastError"], "boom");
         synced("test-subsystem", json!({}));
         assert!(report("n1", "")["subsystems"]["test-subsystem"]["lastError"].is_null());
+    }
+
+    #[test]
+    fn without_a_daemon_the_view_says_so_and_what_answers_instead() {
+        let dir = tempfile::tempdir().unwrap();
+        let v = view_of(dir.path(), "pods", "read from the state directory");
+        assert_eq!(v["running"], false);
+        let l = line(&v);
+        assert!(
+            l.starts_with("daemon: NOT RUNNING: the daemon is not running (")
+                && l.ends_with("; read from the state directory"),
+            "{l}"
+        );
     }
 }

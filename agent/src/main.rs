@@ -35,6 +35,9 @@ enum Command {
         /// The node's state directory.
         #[arg(long, default_value = "/var/lib/kernlet", env = "KERNLET_STATE_DIR")]
         state_dir: PathBuf,
+        /// The node's run directory (where the daemon's socket is).
+        #[arg(long, default_value = "/run/kernlet", env = "KERNLET_RUN_DIR")]
+        run_dir: PathBuf,
     },
     /// Manage the node's image store.
     #[command(subcommand)]
@@ -47,6 +50,9 @@ enum Command {
         /// The node's state directory.
         #[arg(long, default_value = "/var/lib/kernlet", env = "KERNLET_STATE_DIR")]
         state_dir: PathBuf,
+        /// The node's run directory (where the daemon's socket is).
+        #[arg(long, default_value = "/run/kernlet", env = "KERNLET_RUN_DIR")]
+        run_dir: PathBuf,
     },
     /// Show one pod (`[namespace/]name`) or container (ID or a unique prefix): spec,
     /// state, sandbox, process, cgroup and its limits, namespaces, mounts (from the
@@ -59,6 +65,9 @@ enum Command {
         /// The node's state directory.
         #[arg(long, default_value = "/var/lib/kernlet", env = "KERNLET_STATE_DIR")]
         state_dir: PathBuf,
+        /// The node's run directory (where the daemon's socket is).
+        #[arg(long, default_value = "/run/kernlet", env = "KERNLET_RUN_DIR")]
+        run_dir: PathBuf,
         /// kernlet's cgroup subtree, relative to the cgroup2 mount.
         #[arg(long, default_value = "kernlet", env = "KERNLET_CGROUP_ROOT")]
         cgroup_root: PathBuf,
@@ -533,14 +542,19 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             runtime()?.block_on(run_node(kubeconfig, node))
         }
         Command::Image(cmd) => image(cmd),
-        Command::Pods { output, state_dir } => {
-            pods(&state_dir, output.output);
+        Command::Pods {
+            output,
+            state_dir,
+            run_dir,
+        } => {
+            pods(&state_dir, &run_dir, output.output);
             Ok(())
         }
         Command::Inspect {
             what,
             output,
             state_dir,
+            run_dir,
             cgroup_root,
         } => {
             let root = kernlet::sys::cgroup::cgroup2_mount()
@@ -548,9 +562,12 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 .map(|m| m.join(&cgroup_root));
             let mut v = kernlet::inspect::inspect(&state_dir, root.as_deref(), &what)
                 .map_err(|e| anyhow::anyhow!(e))?;
+            let daemon = pods_daemon(&run_dir);
             if output.output == Output::Json {
+                v["daemon"] = daemon;
                 println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
             } else {
+                println!("{}", kernlet::daemon::line(&daemon));
                 // The table leaves the pod's spec and status to -o json.
                 if let Some(m) = v.as_object_mut() {
                     m.remove("spec");
@@ -562,8 +579,12 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             }
             Ok(())
         }
-        Command::Ps { output, state_dir } => {
-            ps(&state_dir, output.output);
+        Command::Ps {
+            output,
+            state_dir,
+            run_dir,
+        } => {
+            ps(&state_dir, &run_dir, output.output);
             Ok(())
         }
         Command::Logs {
@@ -855,12 +876,27 @@ fn run_standalone(args: &RunArgs) -> anyhow::Result<()> {
     );
     let flag = Arc::clone(&stop);
     let worker = std::thread::spawn(move || runner.run(&flag));
-    runtime()?.block_on(async {
+    let run_dir = args.node.dirs.run_dir.clone();
+    runtime()?.block_on(async move {
+        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+        let node = nix::unistd::gethostname()
+            .map(|h| h.to_string_lossy().into_owned())
+            .unwrap_or_else(|_| "standalone".into());
+        let socket = tokio::spawn(async move {
+            if let Err(e) = kernlet::daemon::serve(run_dir.clone(), node, stop_rx).await {
+                tracing::warn!(
+                    "the CLI socket {} is not served: {e}",
+                    kernlet::daemon::socket_path(&run_dir).display()
+                );
+            }
+        });
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
         tokio::select! {
             _ = term.recv() => tracing::info!("SIGTERM: stopping; pods keep running"),
             _ = tokio::signal::ctrl_c() => tracing::info!("interrupted: stopping; pods keep running"),
         }
+        let _ = stop_tx.send(true);
+        let _ = socket.await;
         anyhow::Ok(())
     })?;
     stop.store(true, Ordering::Relaxed);
@@ -889,7 +925,16 @@ fn recorded_pod(
 }
 
 /// `kernlet ps`: every recorded container with its pod and state.
-fn ps(state_dir: &std::path::Path, output: Output) {
+/// What the daemon says of its pods, or that the answer comes from the state directory.
+fn pods_daemon(run_dir: &std::path::Path) -> serde_json::Value {
+    kernlet::daemon::view_of(
+        run_dir,
+        "pods",
+        "pods and containers are read from the state directory and the kernel",
+    )
+}
+
+fn ps(state_dir: &std::path::Path, run_dir: &std::path::Path, output: Output) {
     use kernlet::runtime::container::{ContainerState, records_in, state_in};
     let pods = kernlet::standalone::recorded_pods(state_dir);
     let pod_of = |uid: &str| {
@@ -938,13 +983,16 @@ fn ps(state_dir: &std::path::Path, output: Output) {
             item
         })
         .collect();
+    let daemon = pods_daemon(run_dir);
     if output == Output::Json {
         println!(
             "{}",
-            serde_json::to_string_pretty(&serde_json::json!({"items": items})).unwrap_or_default()
+            serde_json::to_string_pretty(&serde_json::json!({"items": items, "daemon": daemon}))
+                .unwrap_or_default()
         );
         return;
     }
+    println!("{}", kernlet::daemon::line(&daemon));
     println!(
         "{:<13}  {:<32}  {:<20}  {:<8}  {:<16}  {:<7}  POD",
         "CONTAINER", "IMAGE", "CREATED", "STATE", "NAME", "ATTEMPT"
@@ -1022,16 +1070,18 @@ fn logs(
     Ok(())
 }
 
-fn pods(state_dir: &std::path::Path, output: Output) {
+fn pods(state_dir: &std::path::Path, run_dir: &std::path::Path, output: Output) {
     let pods = kernlet::standalone::recorded_pods(state_dir);
+    let daemon = pods_daemon(run_dir);
     if output == Output::Json {
-        let list = serde_json::json!({"apiVersion": "v1", "kind": "List", "items": pods});
+        let list = serde_json::json!({"apiVersion": "v1", "kind": "List", "items": pods, "daemon": daemon});
         println!(
             "{}",
             serde_json::to_string_pretty(&list).unwrap_or_default()
         );
         return;
     }
+    println!("{}", kernlet::daemon::line(&daemon));
     println!(
         "{:<16} {:<32} {:<6} {:<18} {:<9} {:<16}",
         "NAMESPACE", "NAME", "READY", "STATUS", "RESTARTS", "IP"

@@ -81,16 +81,11 @@ pub async fn gather(kubeconfig: Option<&Path>, run_dir: &Path) -> Result<Value, 
         .collect();
     let rows = model::report(&peers, &have, &health);
     let vx = link.vxlan.clone().unwrap_or_default();
-    let daemon = match crate::daemon::ask(run_dir) {
-        Ok(a) => {
-            let o = &a["subsystems"]["overlay"];
-            json!({"running": true, "lastSync": o["lastSync"], "lastError": o["lastError"]})
-        }
-        Err(why) => json!({
-            "running": false,
-            "why": format!("{why}; entries are read from the kernel, probes from the last record"),
-        }),
-    };
+    let daemon = crate::daemon::view_of(
+        run_dir,
+        "overlay",
+        "entries are read from the kernel, probes from the last record",
+    );
     Ok(json!({
         "source": source,
         "daemon": daemon,
@@ -130,18 +125,8 @@ pub fn table(view: &Value) -> String {
         if d["up"] == true { "up" } else { "DOWN" },
         view["source"].as_str().unwrap_or(""),
     ));
-    let d = &view["daemon"];
-    if d["running"] == true {
-        out.push_str(&format!(
-            "daemon: running, last synced {}\n",
-            d["lastSync"].as_str().unwrap_or("never")
-        ));
-    } else {
-        out.push_str(&format!(
-            "daemon: NOT RUNNING: {}\n",
-            d["why"].as_str().unwrap_or("")
-        ));
-    }
+    out.push_str(&crate::daemon::line(&view["daemon"]));
+    out.push('\n');
     let mut lines = vec![
         [
             "NODE",

@@ -58,8 +58,18 @@ async fn names(kubeconfig: &Path) -> Result<BTreeMap<(String, u16, u8), String>,
     Ok(out)
 }
 
-/// The table as JSON, keeping the frontends whose service name or address contains
-/// `filter`.
+/// Whether `filter` names the frontend `ip:port/PROTO` of service `namespace/name`:
+/// the whole service name or its name alone, the address, `ip:port`, or the frontend
+/// as shown. Whole parts only: `10.96.0.1` is not `10.96.0.10`, `web` is not `web-lb`.
+fn matches(filter: &str, frontend: &str, service: Option<&str>) -> bool {
+    let (ip_port, _) = frontend.split_once('/').unwrap_or((frontend, ""));
+    let ip = ip_port.rsplit_once(':').map_or(ip_port, |(ip, _)| ip);
+    [frontend, ip_port, ip].contains(&filter)
+        || service
+            .is_some_and(|s| s == filter || s.split_once('/').is_some_and(|(_, n)| n == filter))
+}
+
+/// The table as JSON, keeping the frontends `filter` names (see [`matches`]).
 pub async fn gather(
     pin_dir: &Path,
     run_dir: &Path,
@@ -92,8 +102,7 @@ pub async fn gather(
             .cloned();
         let frontend = format!("{ip}:{port}/{}", if proto == 17 { "UDP" } else { "TCP" });
         if let Some(f) = filter
-            && !frontend.contains(f)
-            && !name.as_deref().is_some_and(|n| n.contains(f))
+            && !matches(f, &frontend, name.as_deref())
         {
             continue;
         }
@@ -121,16 +130,11 @@ pub async fn gather(
         }));
     }
     // What the daemon last did, when it is there to say.
-    let daemon = match crate::daemon::ask(run_dir) {
-        Ok(a) => {
-            let svc = &a["subsystems"]["services"];
-            json!({"running": true, "lastSync": svc["lastSync"], "lastError": svc["lastError"]})
-        }
-        Err(why) => json!({
-            "running": false,
-            "why": format!("{why}; the table is read from the pinned maps"),
-        }),
-    };
+    let daemon = crate::daemon::view_of(
+        run_dir,
+        "services",
+        "the table is read from the pinned maps",
+    );
     Ok(json!({"names": source, "pins": pin_dir, "daemon": daemon, "frontends": rows}))
 }
 
@@ -140,22 +144,8 @@ pub fn table(v: &Value) -> String {
         "services named from: {}\n",
         v["names"].as_str().unwrap_or("")
     );
-    let d = &v["daemon"];
-    if d["running"] == true {
-        out.push_str(&format!(
-            "daemon: running, last synced {}{}\n",
-            d["lastSync"].as_str().unwrap_or("never"),
-            d["lastError"]
-                .as_str()
-                .map(|e| format!(" (last error: {e})"))
-                .unwrap_or_default()
-        ));
-    } else {
-        out.push_str(&format!(
-            "daemon: NOT RUNNING: {}\n",
-            d["why"].as_str().unwrap_or("")
-        ));
-    }
+    out.push_str(&crate::daemon::line(&v["daemon"]));
+    out.push('\n');
     let rows = v["frontends"].as_array().cloned().unwrap_or_default();
     let w = rows
         .iter()
@@ -192,4 +182,28 @@ pub fn table(v: &Value) -> String {
         ));
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn filters_name_whole_services_and_addresses() {
+        let f = "10.96.0.10:80/TCP";
+        for yes in ["10.96.0.10", "10.96.0.10:80", f, "default/web", "web"] {
+            assert!(matches(yes, f, Some("default/web")), "{yes}");
+        }
+        for no in [
+            "10.96.0.1",
+            "10.96.0.10:8",
+            "default/we",
+            "we",
+            "default",
+            "80",
+        ] {
+            assert!(!matches(no, f, Some("default/web")), "{no}");
+        }
+        assert!(!matches("web", f, None));
+    }
 }

@@ -508,6 +508,8 @@ impl Runner {
         // Refusals of pods that are gone are forgotten.
         self.failed
             .retain(|uid, _| wanted.contains(uid) || with_sandbox.contains(uid));
+        // A pass with a pod that fails to sync leaves that failure on the daemon's board.
+        let mut failed = false;
         for (uid, pod) in &desired {
             if self.removing.lock().is_ok_and(|r| r.contains(uid)) {
                 continue;
@@ -520,10 +522,25 @@ impl Runner {
             }
             if let Err(e) = self.sync_pod(uid, pod) {
                 tracing::warn!(pod = %pod.metadata.name.clone().unwrap_or_default(), "{e}");
+                failed = true;
+                crate::daemon::failed(
+                    "pods",
+                    &format!(
+                        "pod {}/{}: {e}",
+                        pod.metadata.namespace.as_deref().unwrap_or("default"),
+                        pod.metadata.name.as_deref().unwrap_or("")
+                    ),
+                );
             }
         }
         self.sync_mirrors(&desired);
         let sandboxes = self.rt.sandboxes();
+        if !failed {
+            crate::daemon::synced(
+                "pods",
+                serde_json::json!({"desired": desired.len(), "sandboxes": sandboxes.len()}),
+            );
+        }
         // The grace periods of deletions in the apiserver, by pod uid.
         let deletion_grace: HashMap<String, i64> = match &self.source {
             Source::Api { snapshot, .. } => snapshot

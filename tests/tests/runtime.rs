@@ -1428,7 +1428,9 @@ spec:
             &flags[cg_at + 1],
             "--state-dir",
         ])
-        .arg(node.dir("state"));
+        .arg(node.dir("state"))
+        .arg("--run-dir")
+        .arg(node.dir("run"));
         if json_out {
             cmd.args(["-o", "json"]);
         }
@@ -1442,6 +1444,9 @@ spec:
     };
     let v: Value = serde_json::from_str(&inspect("t/talk", true)).unwrap();
     assert_eq!(v["pod"], "t/talk");
+    // The standalone daemon answers on its socket: its pods pass synced.
+    assert_eq!(v["daemon"]["running"], true, "{}", v["daemon"]);
+    assert!(v["daemon"]["lastSync"].is_string(), "{}", v["daemon"]);
     let pins = v["sandbox"]["namespacePins"].as_array().unwrap();
     let net_pin = pins
         .iter()
@@ -1486,6 +1491,7 @@ spec:
         "{table}"
     );
     assert!(table.contains("sandbox.namespacePins: ["), "{table}");
+    assert!(table.starts_with("daemon: running (pid "), "{table}");
     let missing = Command::new(kernlet_bin().unwrap())
         .args(["logs", "t/nope", "--state-dir"])
         .arg(node.dir("state"))

@@ -103,10 +103,15 @@ except Exception as e:
 print(json.dumps(out))
 "#;
 
-/// `kernlet services` on `node`, with its kubeconfig or without.
+/// `kernlet services [FILTER]` on `node`, with its kubeconfig or without.
 fn services_view(node: &SimNode, named: bool, json: bool) -> String {
+    services_filtered(node, named, json, None)
+}
+
+fn services_filtered(node: &SimNode, named: bool, json: bool, filter: Option<&str>) -> String {
     let mut cmd = node.command(kernlet_tests::simnode::kernlet_bin().unwrap());
     cmd.arg("services")
+        .args(filter)
         .args(["-o", if json { "json" } else { "table" }])
         .arg("--bpffs-dir")
         .arg(node.dir("bpf"))
@@ -327,6 +332,24 @@ async fn cluster_ips_are_balanced_by_the_socket_hooks() {
         table.contains("default/web") && table.contains(":8080"),
         "{table}"
     );
+    // pods and ps ask the running daemon too.
+    let pods_json = |node: &SimNode, cmd: &str| -> serde_json::Value {
+        let out = node
+            .command(kernlet_tests::simnode::kernlet_bin().unwrap())
+            .args([cmd, "-o", "json", "--state-dir"])
+            .arg(node.dir("state"))
+            .arg("--run-dir")
+            .arg(node.dir("run"))
+            .output()
+            .unwrap();
+        serde_json::from_slice(&out.stdout).unwrap()
+    };
+    let list = pods_json(&nodes[0], "pods");
+    assert_eq!(list["daemon"]["running"], true, "{}", list["daemon"]);
+    assert!(list["daemon"]["lastSync"].is_string(), "{}", list["daemon"]);
+    assert!(list["daemon"]["lastError"].is_null(), "{}", list["daemon"]);
+    let ps = pods_json(&nodes[0], "ps");
+    assert_eq!(ps["daemon"]["running"], true, "{}", ps["daemon"]);
     // kernlet explain: the frontend, its backends, and where each lives.
     let x: serde_json::Value =
         serde_json::from_str(&explain(&nodes[0], &format!("{cluster_ip}:80"), true)).unwrap();
@@ -464,6 +487,40 @@ async fn cluster_ips_are_balanced_by_the_socket_hooks() {
         .unwrap_or_else(|| panic!("{view}"))
         .clone();
     assert_eq!(row["affinityTimeoutSeconds"], 10800, "{row}");
+    // Filtered by the service's name, by its address, by something nothing has.
+    for f in ["default/web", &cluster_ip.to_string()] {
+        let v: serde_json::Value =
+            serde_json::from_str(&services_filtered(&nodes[0], true, true, Some(f))).unwrap();
+        let picked = v["frontends"].as_array().unwrap();
+        let mut fronts: Vec<&str> = picked
+            .iter()
+            .map(|r| r["frontend"].as_str().unwrap())
+            .collect();
+        fronts.sort();
+        assert_eq!(
+            fronts,
+            [
+                format!("{cluster_ip}:53/UDP"),
+                format!("{cluster_ip}:80/TCP")
+            ],
+            "filter {f}: {v}"
+        );
+        assert!(picked.iter().all(|r| r["service"] == "default/web"), "{v}");
+    }
+    assert!(
+        view["frontends"].as_array().unwrap().len() > 3,
+        "other frontends (web-lb's, sticky's) exist to be filtered out: {view}"
+    );
+    let none: serde_json::Value =
+        serde_json::from_str(&services_filtered(&nodes[0], true, true, Some("no-such"))).unwrap();
+    assert_eq!(none["frontends"], serde_json::json!([]), "{none}");
+    let table = services_filtered(&nodes[0], true, false, Some("default/web"));
+    assert!(
+        table.contains(&format!("{cluster_ip}:80/TCP"))
+            && !table.contains("web-lb")
+            && !table.contains("sticky"),
+        "{table}"
+    );
 
     // A connected UDP socket on web-b, kept open across web-b's removal.
     let mut udp_client = std::process::Command::new("bash")
@@ -578,13 +635,8 @@ async fn cluster_ips_are_balanced_by_the_socket_hooks() {
     assert!(view["names"].as_str().unwrap().starts_with("unnamed"));
     assert_eq!(view["daemon"]["running"], false, "{view}");
     // kernlet pods answers from the state directory too.
-    let out = nodes[0]
-        .command(kernlet_tests::simnode::kernlet_bin().unwrap())
-        .args(["pods", "-o", "json", "--state-dir"])
-        .arg(nodes[0].dir("state"))
-        .output()
-        .unwrap();
-    let list: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let list = pods_json(&nodes[0], "pods");
+    assert_eq!(list["daemon"]["running"], false, "{}", list["daemon"]);
     let names: Vec<&str> = list["items"]
         .as_array()
         .unwrap()
@@ -602,6 +654,19 @@ async fn cluster_ips_are_balanced_by_the_socket_hooks() {
         "the maps still answer: {st:#}"
     );
     assert!(services_view(&nodes[0], false, false).contains("daemon: NOT RUNNING"));
+    let table = nodes[0]
+        .command(kernlet_tests::simnode::kernlet_bin().unwrap())
+        .args(["ps", "--state-dir"])
+        .arg(nodes[0].dir("state"))
+        .arg("--run-dir")
+        .arg(nodes[0].dir("run"))
+        .output()
+        .unwrap();
+    let table = String::from_utf8_lossy(&table.stdout);
+    assert!(
+        table.starts_with("daemon: NOT RUNNING") && table.contains("web-a"),
+        "{table}"
+    );
     // Back: the maps are adopted, not flushed; changes flow again.
     let kc = nodes[0]
         .dir("state")
