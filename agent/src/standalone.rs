@@ -143,6 +143,7 @@ fn runs_of<'a>(
 }
 
 /// Where a [`Runner`]'s pods come from.
+#[derive(Clone)]
 pub enum Source {
     /// A manifest directory (static pods).
     Manifests(PathBuf),
@@ -162,7 +163,8 @@ pub struct Runner {
     rt: Runtime,
     source: Source,
     /// The status last sent to the apiserver, by pod uid.
-    last_sent: HashMap<String, serde_json::Value>,
+    /// (Shared by the dispatcher and the workers: a recreated mirror pod clears it.)
+    last_sent: Arc<std::sync::Mutex<HashMap<String, serde_json::Value>>>,
     node_ip: String,
     timing: Timing,
     /// Why a container could not be created, by (pod uid, container).
@@ -178,8 +180,8 @@ pub struct Runner {
     /// Static pods next to the apiserver's (kubelet's staticPodPath): the manifest
     /// directory and this node's name; each gets a mirror pod.
     static_pods: Option<(PathBuf, String)>,
-    /// The proxies of pods' host ports (made on the first one).
-    host_ports: Option<crate::runtime::hostport::HostPorts>,
+    /// The proxies of pods' host ports (made on the first one), shared by the workers.
+    host_ports: Arc<std::sync::Mutex<Option<crate::runtime::hostport::HostPorts>>>,
     /// Host ports that could not be opened, by (pod uid, port), so the log says it once.
     host_port_errors: HashSet<(String, String)>,
     /// When a mirror pod was last asked for, by static pod uid.
@@ -206,6 +208,42 @@ pub struct Runner {
     /// after which it did, and why the last failed (kubelet's ImagePullBackOff).
     pull_backoff: HashMap<(String, String), (Instant, Duration, String)>,
     last_manifest_error: Option<String>,
+    /// The pod workers, by pod uid (on the dispatcher only).
+    workers: HashMap<String, PodWorker>,
+    /// Workers told to stop, with their pod's sandbox to remove once they have.
+    retiring: Vec<(PodWorker, Option<(SandboxRecord, Option<i64>)>)>,
+}
+
+/// One pod's worker: a thread of its own that syncs the pod every resync, or sooner when
+/// the pod changes, so a pod whose volumes wait on a slow apiserver, or whose sync
+/// fails, holds up no other pod.
+struct PodWorker {
+    uid: String,
+    /// The latest pod object, and a count bumped at each change.
+    pod: Arc<(std::sync::Mutex<(Pod, u64)>, std::sync::Condvar)>,
+    stop: Arc<AtomicBool>,
+    /// The last sync's error, for the daemon's account.
+    last_error: Arc<std::sync::Mutex<Option<String>>>,
+    thread: std::thread::JoinHandle<()>,
+}
+
+impl PodWorker {
+    /// Hands the worker a newer pod object (wakes it when it differs).
+    fn update(&self, pod: &Pod) {
+        let (lock, wake) = &*self.pod;
+        if let Ok(mut p) = lock.lock()
+            && p.0 != *pod
+        {
+            p.0 = pod.clone();
+            p.1 += 1;
+            wake.notify_one();
+        }
+    }
+
+    fn retire(&self) {
+        self.stop.store(true, Ordering::Relaxed);
+        self.pod.1.notify_one();
+    }
 }
 
 /// Results of probe runs, by (container ID, kind).
@@ -364,7 +402,7 @@ impl Runner {
         Self {
             rt,
             source,
-            last_sent: HashMap::new(),
+            last_sent: Arc::default(),
             node_ip,
             timing,
             start_failures: HashMap::new(),
@@ -399,9 +437,78 @@ impl Runner {
             backoff_reported: HashMap::new(),
             static_pods: None,
             mirrors_requested: HashMap::new(),
-            host_ports: None,
+            host_ports: Arc::default(),
             host_port_errors: HashSet::new(),
             last_manifest_error: None,
+            workers: HashMap::new(),
+            retiring: Vec::new(),
+        }
+    }
+
+    /// A runner for one pod's worker: what is shared with the dispatcher (runtime,
+    /// source, timing, host ports, events) and fresh per-pod state.
+    fn for_pod(&self) -> Self {
+        let mut r = Self::new(
+            self.rt.clone(),
+            self.source.clone(),
+            self.node_ip.clone(),
+            self.timing,
+        );
+        r.allocatable = self.allocatable;
+        r.node_fit = self.node_fit.clone();
+        r.events = self.events.clone();
+        r.removing = Arc::clone(&self.removing);
+        r.host_ports = Arc::clone(&self.host_ports);
+        r.last_sent = Arc::clone(&self.last_sent);
+        r
+    }
+
+    /// Starts the worker of pod `uid`.
+    fn spawn_worker(&self, uid: &str, pod: &Pod) -> PodWorker {
+        let mut runner = self.for_pod();
+        let shared = Arc::new((std::sync::Mutex::new((pod.clone(), 0)), std::sync::Condvar::new()));
+        let stop = Arc::new(AtomicBool::new(false));
+        let last_error = Arc::new(std::sync::Mutex::new(None));
+        let (uid_, shared_, stop_, error_) = (
+            uid.to_string(),
+            Arc::clone(&shared),
+            Arc::clone(&stop),
+            Arc::clone(&last_error),
+        );
+        let name = format!(
+            "{}/{}",
+            pod.metadata.namespace.as_deref().unwrap_or("default"),
+            pod.metadata.name.as_deref().unwrap_or("")
+        );
+        let thread = std::thread::Builder::new()
+            .name(format!("pod-{}", &uid[..uid.len().min(8)]))
+            .spawn(move || {
+                let (lock, wake) = &*shared_;
+                while !stop_.load(Ordering::Relaxed) {
+                    let Ok((pod, seen)) = lock.lock().map(|p| p.clone()) else {
+                        return;
+                    };
+                    let error = runner.sync_pod(&uid_, &pod).err().map(|e| {
+                        tracing::warn!(pod = %name, "{e}");
+                        format!("pod {name}: {e}")
+                    });
+                    if let Ok(mut l) = error_.lock() {
+                        *l = error;
+                    }
+                    // Until the resync, a change of the pod or the stop.
+                    let Ok(guard) = lock.lock() else { return };
+                    let _ = wake.wait_timeout_while(guard, runner.timing.resync, |p| {
+                        p.1 == seen && !stop_.load(Ordering::Relaxed)
+                    });
+                }
+            })
+            .expect("spawning a pod worker thread");
+        PodWorker {
+            uid: uid.to_string(),
+            pod: shared,
+            stop,
+            last_error,
+            thread,
         }
     }
 
@@ -421,6 +528,19 @@ impl Runner {
                 std::thread::sleep(Duration::from_millis(50));
                 slept += Duration::from_millis(50);
             }
+        }
+        // Running pods are left running; the workers end after their current sync.
+        let workers: Vec<PodWorker> = self
+            .workers
+            .drain()
+            .map(|(_, w)| w)
+            .chain(self.retiring.drain(..).map(|(w, _)| w))
+            .collect();
+        for w in &workers {
+            w.retire();
+        }
+        for w in workers {
+            let _ = w.thread.join();
         }
     }
 
@@ -497,21 +617,31 @@ impl Runner {
         }
     }
 
-    /// One pass: start what is missing, restart what exited, remove what went away.
+    /// One pass of the dispatcher: admit new pods and give each a worker, hand the
+    /// workers their pods' changes, retire the workers of pods that went away and
+    /// remove those pods once their workers have ended.
     pub fn tick(&mut self) {
         let Some(desired) = self.desired() else {
             return;
         };
         let wanted: HashSet<String> = desired.iter().map(|(u, _)| u.clone()).collect();
-        let with_sandbox: HashSet<String> =
+        // Admission counts every pod the node has taken: with a sandbox or a worker.
+        let mut with_sandbox: HashSet<String> =
             self.rt.sandboxes().into_iter().map(|sb| sb.uid).collect();
+        with_sandbox.extend(self.workers.keys().cloned());
         // Refusals of pods that are gone are forgotten.
         self.failed
             .retain(|uid, _| wanted.contains(uid) || with_sandbox.contains(uid));
-        // A pass with a pod that fails to sync leaves that failure on the daemon's board.
-        let mut failed = false;
         for (uid, pod) in &desired {
             if self.removing.lock().is_ok_and(|r| r.contains(uid)) {
+                continue;
+            }
+            if let Some(w) = self.workers.get(uid) {
+                w.update(pod);
+                continue;
+            }
+            // A pod back while its last worker is still ending waits for the removal.
+            if self.retiring.iter().any(|(w, _)| w.uid == *uid) {
                 continue;
             }
             if !with_sandbox.contains(uid) && !self.admit(uid, pod, &desired, &with_sandbox) {
@@ -520,27 +650,24 @@ impl Runner {
                 }
                 continue;
             }
-            if let Err(e) = self.sync_pod(uid, pod) {
-                tracing::warn!(pod = %pod.metadata.name.clone().unwrap_or_default(), "{e}");
-                failed = true;
-                crate::daemon::failed(
-                    "pods",
-                    &format!(
-                        "pod {}/{}: {e}",
-                        pod.metadata.namespace.as_deref().unwrap_or("default"),
-                        pod.metadata.name.as_deref().unwrap_or("")
-                    ),
-                );
-            }
+            let w = self.spawn_worker(uid, pod);
+            self.workers.insert(uid.clone(), w);
+            with_sandbox.insert(uid.clone());
+        }
+        // The daemon's account: the first worker's error, else synced.
+        let failure = self
+            .workers
+            .values()
+            .find_map(|w| w.last_error.lock().ok().and_then(|e| e.clone()));
+        match failure {
+            Some(e) => crate::daemon::failed("pods", &e),
+            None => crate::daemon::synced(
+                "pods",
+                serde_json::json!({"desired": desired.len(), "workers": self.workers.len()}),
+            ),
         }
         self.sync_mirrors(&desired);
         let sandboxes = self.rt.sandboxes();
-        if !failed {
-            crate::daemon::synced(
-                "pods",
-                serde_json::json!({"desired": desired.len(), "sandboxes": sandboxes.len()}),
-            );
-        }
         // The grace periods of deletions in the apiserver, by pod uid.
         let deletion_grace: HashMap<String, i64> = match &self.source {
             Source::Api { snapshot, .. } => snapshot
@@ -553,9 +680,44 @@ impl Runner {
                 .collect(),
             Source::Manifests(_) => HashMap::new(),
         };
+        // Pods no longer wanted: their workers are told to stop, and each pod is
+        // removed once its worker has ended (so nothing starts a container behind the
+        // removal).
+        let gone: Vec<String> = self
+            .workers
+            .keys()
+            .filter(|uid| !wanted.contains(*uid))
+            .cloned()
+            .collect();
+        for uid in gone {
+            if let Some(w) = self.workers.remove(&uid) {
+                w.retire();
+                self.retiring.push((w, None));
+            }
+        }
         for sb in &sandboxes {
-            if !wanted.contains(&sb.uid) {
-                self.remove_pod(sb.clone(), deletion_grace.get(&sb.uid).copied());
+            if wanted.contains(&sb.uid) {
+                continue;
+            }
+            match self
+                .retiring
+                .iter_mut()
+                .find(|(w, _)| w.uid == sb.uid)
+            {
+                Some((_, removal)) => {
+                    *removal = Some((sb.clone(), deletion_grace.get(&sb.uid).copied()));
+                }
+                None => self.remove_pod(sb.clone(), deletion_grace.get(&sb.uid).copied()),
+            }
+        }
+        let (ended, still): (Vec<_>, Vec<_>) = std::mem::take(&mut self.retiring)
+            .into_iter()
+            .partition(|(w, _)| w.thread.is_finished());
+        self.retiring = still;
+        for (w, removal) in ended {
+            let _ = w.thread.join();
+            if let Some((sb, grace)) = removal {
+                self.remove_pod(sb, grace);
             }
         }
         // A pod deleted before anything of it ran has nothing to stop: it is removed
@@ -903,16 +1065,20 @@ impl Runner {
         if ports.is_empty() {
             return;
         }
-        if self.host_ports.is_none() {
+        let host_ports = Arc::clone(&self.host_ports);
+        let Ok(mut host_ports) = host_ports.lock() else {
+            return;
+        };
+        if host_ports.is_none() {
             match HostPorts::new() {
-                Ok(h) => self.host_ports = Some(h),
+                Ok(h) => *host_ports = Some(h),
                 Err(e) => {
                     tracing::warn!("cannot start the host port proxies: {e}");
                     return;
                 }
             }
         }
-        let Some(hp) = self.host_ports.as_mut() else {
+        let Some(hp) = host_ports.as_mut() else {
             return;
         };
         let pod_ip: IpAddr = sb.ip.parse().unwrap_or(crate::runtime::probe::LOOPBACK);
@@ -1018,7 +1184,9 @@ impl Runner {
             }
             self.mirrors_requested.insert(uid.clone(), now);
             // Its status goes again once the mirror exists.
-            self.last_sent.remove(uid);
+            if let Ok(mut l) = self.last_sent.lock() {
+                l.remove(uid);
+            }
             let mut spec =
                 serde_json::to_value(pod.spec.clone().unwrap_or_default()).unwrap_or_default();
             if let Some(m) = spec.as_object_mut() {
@@ -1843,7 +2011,8 @@ impl Runner {
         out["kind"] = json!("Pod");
         out["status"] = status;
         if let Source::Api { updates, .. } = &self.source
-            && self.last_sent.get(uid) != Some(&out["status"])
+            && let Ok(mut last_sent) = self.last_sent.lock()
+            && last_sent.get(uid) != Some(&out["status"])
         {
             let sent = updates.send(crate::controllers::pods::Update::Status {
                 namespace: namespace.to_string(),
@@ -1852,8 +2021,7 @@ impl Runner {
                 status: out["status"].clone(),
             });
             if sent.is_ok() {
-                self.last_sent
-                    .insert(uid.to_string(), out["status"].clone());
+                last_sent.insert(uid.to_string(), out["status"].clone());
             }
         }
         let path = self.rt.pod_state_dir(uid).join("pod.json");
@@ -1886,14 +2054,18 @@ impl Runner {
             Source::Api { updates, .. } => Some(updates.clone()),
             Source::Manifests(_) => None,
         };
-        self.last_sent.remove(&sb.uid);
+        if let Ok(mut l) = self.last_sent.lock() {
+            l.remove(&sb.uid);
+        }
         // What the worker kept per container of this pod goes with it.
         self.start_failures.retain(|(uid, _), _| *uid != sb.uid);
         self.backoff_base.retain(|(uid, _), _| *uid != sb.uid);
         self.pull_backoff.retain(|(uid, _), _| *uid != sb.uid);
         self.volume_checks.retain(|(uid, _), _| *uid != sb.uid);
         self.host_port_errors.retain(|(uid, _)| *uid != sb.uid);
-        if let Some(hp) = self.host_ports.as_mut() {
+        if let Ok(mut hp) = self.host_ports.lock()
+            && let Some(hp) = hp.as_mut()
+        {
             hp.remove_pod(&sb.uid);
         }
         let ids: HashSet<String> = self

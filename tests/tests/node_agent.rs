@@ -17,7 +17,8 @@ use kube::api::Api;
 
 use kernlet_tests::wait_for;
 
-fn start_agent(cluster: &Cluster, url: &str, node: &mut SimNode, extra: &[&str]) {
+/// Starts kernlet on `node` against the cluster at `url`; its pid.
+fn start_agent(cluster: &Cluster, url: &str, node: &mut SimNode, extra: &[&str]) -> u32 {
     let kubeconfig = node.dir("state").join("node.kubeconfig");
     cluster
         .kubeconfig_at(
@@ -35,7 +36,7 @@ fn start_agent(cluster: &Cluster, url: &str, node: &mut SimNode, extra: &[&str])
         args.extend(["--node-lease-renew-interval-ms", "300"]);
     }
     args.extend_from_slice(extra);
-    node.start_kernlet(&args).unwrap();
+    node.start_kernlet(&args).unwrap()
 }
 
 async fn renew_time(leases: &Api<Lease>, name: &str) -> Option<k8s_openapi::jiff::Timestamp> {
@@ -1744,4 +1745,119 @@ async fn static_pods_get_mirror_pods() {
     if let Some(refused) = cluster.node_refusals() {
         assert!(refused.is_empty(), "{refused:#?}");
     }
+}
+
+/// The names of kernlet's pod worker threads (`pod-<uid prefix>`).
+fn pod_workers(pid: u32) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(format!("/proc/{pid}/task"))
+        .map(|d| {
+            d.flatten()
+                .filter_map(|t| std::fs::read_to_string(t.path().join("comm")).ok())
+                .map(|c| c.trim().to_string())
+                .filter(|c| c.starts_with("pod-"))
+                .collect()
+        })
+        .unwrap_or_default();
+    names.sort();
+    names
+}
+
+/// A worker per pod: a pod whose volume waits on a stalled apiserver read holds up no
+/// other pod, and each pod's worker ends with the pod. (In-memory control plane only:
+/// it stalls one path of the apiserver.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pod_stuck_on_its_volumes_holds_up_no_other_pod() {
+    use k8s_openapi::api::core::v1::{ConfigMap, Pod};
+    use kube::api::{DeleteParams, PostParams};
+    let cluster = Cluster::start(&[BRIDGE_IP.into()]).await.unwrap();
+    let Some(server) = cluster.in_memory() else {
+        eprintln!("a real apiserver cannot be stalled: skipped");
+        return;
+    };
+    let mut lab = Lab::new("workers").unwrap();
+    let fwd = lab.forward(0, cluster.addr()).unwrap();
+    let mut node = lab.add_node("w1").unwrap();
+    node.import_busybox().unwrap();
+    let pid = start_agent(&cluster, &fwd.url, &mut node, &["--sync-frequency", "2"]);
+    let admin = cluster.admin().await.unwrap();
+    Api::<k8s_openapi::api::core::v1::Namespace>::all(admin.clone())
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(serde_json::json!({"metadata": {"name": "slow"}})).unwrap(),
+        )
+        .await
+        .unwrap();
+    let cms: Api<ConfigMap> = Api::namespaced(admin.clone(), "slow");
+    cms.create(
+        &PostParams::default(),
+        &serde_json::from_value(
+            serde_json::json!({"metadata": {"name": "cfg"}, "data": {"k": "v"}}),
+        )
+        .unwrap(),
+    )
+    .await
+    .unwrap();
+    // Reads of configMaps in "slow" take 30 s from now on.
+    server.set_stall(Some((
+        "/api/v1/namespaces/slow/configmaps",
+        Duration::from_secs(30),
+    )));
+    let slow: Api<Pod> = Api::namespaced(admin.clone(), "slow");
+    let stuck: Pod = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": "stuck"},
+        "spec": {"terminationGracePeriodSeconds": 1,
+                 "volumes": [{"name": "cfg", "configMap": {"name": "cfg"}}],
+                 "containers": [{"name": "c", "image": "busybox:1.36", "command": ["sleep", "3600"],
+                                 "volumeMounts": [{"name": "cfg", "mountPath": "/cfg"}]}]},
+    }))
+    .unwrap();
+    slow.create(&PostParams::default(), &stuck).await.unwrap();
+    cluster.bind_pod("slow", "stuck", "w1").await.unwrap();
+    wait_for("the stuck pod's worker", Duration::from_secs(20), async || {
+        (pod_workers(pid).len() == 1).then_some(())
+    })
+    .await;
+    // Its worker now waits on the read; another pod starts meanwhile.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let pods: Api<Pod> = Api::namespaced(admin.clone(), "default");
+    let started = std::time::Instant::now();
+    let free: Pod = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": "free"},
+        "spec": {"terminationGracePeriodSeconds": 1, "containers": [
+            {"name": "c", "image": "busybox:1.36", "command": ["sleep", "3600"]}]},
+    }))
+    .unwrap();
+    pods.create(&PostParams::default(), &free).await.unwrap();
+    cluster.bind_pod("default", "free", "w1").await.unwrap();
+    wait_for("the free pod running", Duration::from_secs(20), async || {
+        let p = pods.get("free").await.ok()?;
+        (p.status?.phase.as_deref() == Some("Running")).then_some(())
+    })
+    .await;
+    // Behind the stuck read it would have waited 28 s or more.
+    assert!(
+        started.elapsed() < Duration::from_secs(20),
+        "the free pod waited {:?} behind the stuck one",
+        started.elapsed()
+    );
+    let phase = slow.get("stuck").await.unwrap().status.and_then(|s| s.phase);
+    assert_ne!(
+        phase.as_deref(),
+        Some("Running"),
+        "the stuck pod's volume cannot have been read"
+    );
+    assert_eq!(pod_workers(pid).len(), 2, "one worker per pod");
+    // The stall ends: the stuck pod runs. The free pod goes: so does its worker.
+    server.set_stall(None);
+    pods.delete("free", &DeleteParams::default()).await.unwrap();
+    wait_for("the stuck pod running", Duration::from_secs(90), async || {
+        let p = slow.get("stuck").await.ok()?;
+        (p.status?.phase.as_deref() == Some("Running")).then_some(())
+    })
+    .await;
+    wait_for("the free pod's worker gone", Duration::from_secs(30), async || {
+        (pod_workers(pid).len() == 1).then_some(())
+    })
+    .await;
+    drop(fwd);
 }

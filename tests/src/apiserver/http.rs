@@ -38,6 +38,9 @@ pub struct Server {
     pub static_tokens: std::sync::Mutex<HashMap<String, Identity>>,
     /// How often watches with `allowWatchBookmarks` get a progress BOOKMARK (ms).
     pub bookmark_interval_ms: AtomicU64,
+    /// Requests whose path starts with this wait this long before they are answered
+    /// (tests of a slow apiserver).
+    pub stall: std::sync::Mutex<Option<(String, std::time::Duration)>>,
     /// Whether the CSR approver auto-approves node client certificates (kubeadm's
     /// default); tests turn it off to see a CSR wait or get denied.
     pub csr_auto_approve: AtomicBool,
@@ -259,6 +262,15 @@ impl Server {
         };
         let method = req.method().clone();
         let path = req.uri().path().to_string();
+        let stall = self
+            .stall
+            .lock()
+            .ok()
+            .and_then(|s| s.clone())
+            .filter(|(prefix, _)| path.starts_with(prefix.as_str()));
+        if let Some((_, d)) = stall {
+            tokio::time::sleep(d).await;
+        }
         let query = query_map(req.uri().query());
         let accept = req
             .headers()

@@ -135,6 +135,7 @@ impl InMemoryApiServer {
             enforce_authz: AtomicBool::new(opts.enforce_authz),
             static_tokens: std::sync::Mutex::new(Default::default()),
             bookmark_interval_ms: AtomicU64::new(5000),
+            stall: std::sync::Mutex::new(None),
             csr_auto_approve: AtomicBool::new(true),
             signing_seconds: std::sync::atomic::AtomicI64::new(365 * 86400),
             token_seconds: std::sync::atomic::AtomicI64::new(0),
@@ -240,6 +241,14 @@ impl InMemoryApiServer {
             .lock()
             .map(|l| l.clone())
             .unwrap_or_default()
+    }
+
+    /// Makes requests whose path starts with `prefix` wait `d` before their answer;
+    /// `None` answers everything at once again.
+    pub fn set_stall(&self, stall: Option<(&str, std::time::Duration)>) {
+        if let Ok(mut s) = self.server.stall.lock() {
+            *s = stall.map(|(p, d)| (p.to_string(), d));
+        }
     }
 
     /// Sets the progress-bookmark interval of watches.
