@@ -211,8 +211,11 @@ pub struct Runner {
     /// The pod workers, by pod uid (on the dispatcher only).
     workers: HashMap<String, PodWorker>,
     /// Workers told to stop, with their pod's sandbox to remove once they have.
-    retiring: Vec<(PodWorker, Option<(SandboxRecord, Option<i64>)>)>,
+    retiring: Vec<(PodWorker, Option<Removal>)>,
 }
+
+/// A pod's sandbox to remove, with the deletion's grace period (seconds) if any.
+type Removal = (SandboxRecord, Option<i64>);
 
 /// One pod's worker: a thread of its own that syncs the pod every resync, or sooner when
 /// the pod changes, so a pod whose volumes wait on a slow apiserver, or whose sync
@@ -466,7 +469,10 @@ impl Runner {
     /// Starts the worker of pod `uid`.
     fn spawn_worker(&self, uid: &str, pod: &Pod) -> PodWorker {
         let mut runner = self.for_pod();
-        let shared = Arc::new((std::sync::Mutex::new((pod.clone(), 0)), std::sync::Condvar::new()));
+        let shared = Arc::new((
+            std::sync::Mutex::new((pod.clone(), 0)),
+            std::sync::Condvar::new(),
+        ));
         let stop = Arc::new(AtomicBool::new(false));
         let last_error = Arc::new(std::sync::Mutex::new(None));
         let (uid_, shared_, stop_, error_) = (
@@ -699,11 +705,7 @@ impl Runner {
             if wanted.contains(&sb.uid) {
                 continue;
             }
-            match self
-                .retiring
-                .iter_mut()
-                .find(|(w, _)| w.uid == sb.uid)
-            {
+            match self.retiring.iter_mut().find(|(w, _)| w.uid == sb.uid) {
                 Some((_, removal)) => {
                     *removal = Some((sb.clone(), deletion_grace.get(&sb.uid).copied()));
                 }

@@ -57,21 +57,7 @@ pub async fn start_overlay_node(
     index: u8,
     extra: &[&str],
 ) -> anyhow::Result<()> {
-    let kubeconfig = node.dir("state").join("node.kubeconfig");
-    cluster.kubeconfig_at(
-        url,
-        &format!("system:node:{}", node.name),
-        &["system:nodes"],
-        &kubeconfig,
-    )?;
-    let kc = kubeconfig.display().to_string();
-    let name = node.name.clone();
     let mut args = vec![
-        "run",
-        "--kubeconfig",
-        &kc,
-        "--node-name",
-        &name,
         "--node-lease-renew-interval-ms",
         "1000",
         "--cluster-cidr",
@@ -80,7 +66,8 @@ pub async fn start_overlay_node(
         "1",
     ];
     args.extend_from_slice(extra);
-    node.start_kernlet(&args)?;
+    node.start_agent(cluster, url, &args)?;
+    let name = node.name.clone();
     let api: Api<Node> = Api::all(cluster.admin().await?);
     let start = Instant::now();
     while api.get_opt(&name).await?.is_none() {

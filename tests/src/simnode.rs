@@ -327,6 +327,28 @@ impl SimNode {
         Ok(pid)
     }
 
+    /// Starts `kernlet run` on the node as `system:node:<name>` of `cluster`, reached
+    /// at `url` (its kubeconfig written to `state/node.kubeconfig`), with `extra` flags.
+    pub fn start_agent(
+        &mut self,
+        cluster: &crate::cluster::Cluster,
+        url: &str,
+        extra: &[&str],
+    ) -> anyhow::Result<u32> {
+        let kubeconfig = self.dir("state").join("node.kubeconfig");
+        cluster.kubeconfig_at(
+            url,
+            &format!("system:node:{}", self.name),
+            &["system:nodes"],
+            &kubeconfig,
+        )?;
+        let kc = kubeconfig.display().to_string();
+        let name = self.name.clone();
+        let mut args = vec!["run", "--kubeconfig", &kc, "--node-name", &name];
+        args.extend_from_slice(extra);
+        self.start_kernlet(&args)
+    }
+
     /// Imports the busybox image (built with umoci) into this node's image store as
     /// `busybox:1.36`.
     pub fn import_busybox(&self) -> anyhow::Result<()> {

@@ -17,26 +17,15 @@ use kube::api::Api;
 
 use kernlet_tests::wait_for;
 
-/// Starts kernlet on `node` against the cluster at `url`; its pid.
+/// Starts kernlet on `node` against the cluster at `url` (leases every 300 ms unless
+/// `extra` says otherwise); its pid.
 fn start_agent(cluster: &Cluster, url: &str, node: &mut SimNode, extra: &[&str]) -> u32 {
-    let kubeconfig = node.dir("state").join("node.kubeconfig");
-    cluster
-        .kubeconfig_at(
-            url,
-            &format!("system:node:{}", node.name),
-            &["system:nodes"],
-            &kubeconfig,
-        )
-        .unwrap();
-    let kc = kubeconfig.display().to_string();
-    let name = node.name.clone();
-    let mut args = vec!["run", "--kubeconfig", &kc, "--node-name", &name];
-    // Leases renew fast unless a test asks for the real interval.
+    let mut args = Vec::new();
     if !extra.contains(&"--node-lease-renew-interval-ms") {
         args.extend(["--node-lease-renew-interval-ms", "300"]);
     }
     args.extend_from_slice(extra);
-    node.start_kernlet(&args).unwrap()
+    node.start_agent(cluster, url, &args).unwrap()
 }
 
 async fn renew_time(leases: &Api<Lease>, name: &str) -> Option<k8s_openapi::jiff::Timestamp> {
@@ -1813,9 +1802,11 @@ async fn a_pod_stuck_on_its_volumes_holds_up_no_other_pod() {
     .unwrap();
     slow.create(&PostParams::default(), &stuck).await.unwrap();
     cluster.bind_pod("slow", "stuck", "w1").await.unwrap();
-    wait_for("the stuck pod's worker", Duration::from_secs(20), async || {
-        (pod_workers(pid).len() == 1).then_some(())
-    })
+    wait_for(
+        "the stuck pod's worker",
+        Duration::from_secs(20),
+        async || (pod_workers(pid).len() == 1).then_some(()),
+    )
     .await;
     // Its worker now waits on the read; another pod starts meanwhile.
     tokio::time::sleep(Duration::from_secs(2)).await;
@@ -1829,10 +1820,14 @@ async fn a_pod_stuck_on_its_volumes_holds_up_no_other_pod() {
     .unwrap();
     pods.create(&PostParams::default(), &free).await.unwrap();
     cluster.bind_pod("default", "free", "w1").await.unwrap();
-    wait_for("the free pod running", Duration::from_secs(20), async || {
-        let p = pods.get("free").await.ok()?;
-        (p.status?.phase.as_deref() == Some("Running")).then_some(())
-    })
+    wait_for(
+        "the free pod running",
+        Duration::from_secs(20),
+        async || {
+            let p = pods.get("free").await.ok()?;
+            (p.status?.phase.as_deref() == Some("Running")).then_some(())
+        },
+    )
     .await;
     // Behind the stuck read it would have waited 28 s or more.
     assert!(
@@ -1840,7 +1835,12 @@ async fn a_pod_stuck_on_its_volumes_holds_up_no_other_pod() {
         "the free pod waited {:?} behind the stuck one",
         started.elapsed()
     );
-    let phase = slow.get("stuck").await.unwrap().status.and_then(|s| s.phase);
+    let phase = slow
+        .get("stuck")
+        .await
+        .unwrap()
+        .status
+        .and_then(|s| s.phase);
     assert_ne!(
         phase.as_deref(),
         Some("Running"),
@@ -1850,14 +1850,20 @@ async fn a_pod_stuck_on_its_volumes_holds_up_no_other_pod() {
     // The stall ends: the stuck pod runs. The free pod goes: so does its worker.
     server.set_stall(None);
     pods.delete("free", &DeleteParams::default()).await.unwrap();
-    wait_for("the stuck pod running", Duration::from_secs(90), async || {
-        let p = slow.get("stuck").await.ok()?;
-        (p.status?.phase.as_deref() == Some("Running")).then_some(())
-    })
+    wait_for(
+        "the stuck pod running",
+        Duration::from_secs(90),
+        async || {
+            let p = slow.get("stuck").await.ok()?;
+            (p.status?.phase.as_deref() == Some("Running")).then_some(())
+        },
+    )
     .await;
-    wait_for("the free pod's worker gone", Duration::from_secs(30), async || {
-        (pod_workers(pid).len() == 1).then_some(())
-    })
+    wait_for(
+        "the free pod's worker gone",
+        Duration::from_secs(30),
+        async || (pod_workers(pid).len() == 1).then_some(()),
+    )
     .await;
     drop(fwd);
 }

@@ -1169,7 +1169,7 @@ fn host_path_volumes_and_safe_sub_paths() {
         );
         assert_eq!(
             status(&p, "containerStatuses", "c")["state"]["waiting"]["reason"],
-            "CreateContainerError",
+            "CreateContainerConfigError",
             "{p}"
         );
     }

@@ -396,7 +396,7 @@ impl Runtime {
                 .flatten()
                 .find(|v| v.name == vm.name)
                 .ok_or_else(|| {
-                    refuse(format!(
+                    RuntimeError::Config(format!(
                         "volumeMount {:?} names no volume of the pod",
                         vm.name
                     ))
@@ -426,7 +426,10 @@ impl Runtime {
                 source = self
                     .sub_path(sb, &c.name, index, &source, &sub)
                     .map_err(|e| {
-                        refuse(format!("volumeMount {:?} subPath {sub:?}: {e}", vm.name))
+                        RuntimeError::Config(format!(
+                            "volumeMount {:?} subPath {sub:?}: {e}",
+                            vm.name
+                        ))
                     })?;
             }
             mounts.push(BindMount {

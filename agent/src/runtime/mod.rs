@@ -46,6 +46,11 @@ pub enum RuntimeError {
     State(#[from] crate::state::StateError),
     #[error("{0}")]
     Refused(String),
+    /// The container's configuration cannot be made (a volumeMount naming no volume,
+    /// a subPath that is absolute or leaves its volume): kubelet's
+    /// CreateContainerConfigError.
+    #[error("{0}")]
+    Config(String),
     /// The image is not present and the pull policy forbids pulling.
     #[error("{0}")]
     ImageNeverPull(String),
@@ -60,6 +65,7 @@ impl RuntimeError {
         match self {
             Self::ImageNeverPull(_) => "ErrImageNeverPull",
             Self::ImagePull(_) => "ErrImagePull",
+            Self::Config(_) => "CreateContainerConfigError",
             _ => "CreateContainerError",
         }
     }
