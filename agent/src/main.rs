@@ -458,10 +458,10 @@ fn internal(args: &[String]) -> ExitCode {
                 command,
             ) as u8)
         }
-        [cmd, bundle, tty, command @ ..] if cmd == "exec-stream" => {
+        [cmd, bundle, mode, command @ ..] if cmd == "exec-stream" => {
             ExitCode::from(kernlet::runtime::exec::stream_helper_main(
                 std::path::Path::new(bundle),
-                tty == "1",
+                kernlet::runtime::exec::StreamMode::parse(mode),
                 command,
             ) as u8)
         }

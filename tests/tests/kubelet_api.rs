@@ -782,3 +782,210 @@ async fn the_kubelet_api_serves_logs_and_pods_to_authorized_callers_only() {
     }
     drop(fwd);
 }
+
+/// `kubectl` with the cluster's admin credentials; `env` set for it.
+fn kubectl(cluster: &Cluster, env: &[(&str, &str)], args: &[&str]) -> std::process::Command {
+    let mut cmd = std::process::Command::new("kubectl");
+    cmd.arg("--kubeconfig")
+        .arg(cluster.admin_kubeconfig().unwrap())
+        .args(args)
+        .envs(env.iter().copied());
+    cmd
+}
+
+/// Output of a finished kubectl: (exit code, stdout, stderr).
+fn ran(mut cmd: std::process::Command) -> (i32, String, String) {
+    let out = cmd.output().unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// Ends a kubectl this test started, by its pid.
+struct Kubectl(std::process::Child);
+
+impl Drop for Kubectl {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// kubectl through the apiserver, as users run it: `logs` and `logs -f`, `exec` over
+/// SPDY/3.1 (what apiservers before 1.36 speak to kubelets) and over WebSocket, with
+/// exit codes, stdin and a terminal, and `port-forward` over SPDY with data both ways.
+/// (The in-memory apiserver proxies these subresources to the node's :10250 the way
+/// the real one does: the upgraded connection passed through byte for byte.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kubectl_logs_exec_and_port_forward_reach_the_node_through_the_apiserver() {
+    use std::io::{BufRead as _, Read as _, Write as _};
+    let cluster = Cluster::start(&[BRIDGE_IP.into()]).await.unwrap();
+    let Some(server) = cluster.in_memory() else {
+        eprintln!("real mode: the apiserver reaches lab nodes only from the lab; skipped");
+        return;
+    };
+    let mut lab = Lab::new("kctl").unwrap();
+    let fwd = lab.forward(0, cluster.addr()).unwrap();
+    server.set_node_network(format!("/run/netns/{}", lab.bridge_netns()).into());
+    let mut node = lab.add_node("k1").unwrap();
+    node.import_busybox().unwrap();
+    node.start_agent(&cluster, &fwd.url, &[]).unwrap();
+    let admin = cluster.admin().await.unwrap();
+    let pods: Api<Pod> = Api::namespaced(admin.clone(), "default");
+    let pod: Pod = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": "shell"},
+        "spec": {"terminationGracePeriodSeconds": 1, "containers": [
+            {"name": "c", "image": "busybox:1.36", "command": ["sh", "-c",
+             "echo started; i=0; while true; do echo tick $i; i=$((i+1)); sleep 0.2; done"]},
+            {"name": "echo", "image": "busybox:1.36", "command": ["nc", "-ll", "-p", "8080", "-e", "cat"]}]},
+    }))
+    .unwrap();
+    pods.create(&PostParams::default(), &pod).await.unwrap();
+    cluster.bind_pod("default", "shell", "k1").await.unwrap();
+    wait_for("the pod running", Duration::from_secs(60), async || {
+        let p = pods.get("shell").await.ok()?;
+        let s = p.status?;
+        (s.container_statuses?.iter().all(|c| c.ready)).then_some(())
+    })
+    .await;
+
+    // kubectl logs, and logs -f until a few ticks arrive.
+    let (code, out, err) = ran(kubectl(&cluster, &[], &["logs", "shell", "-c", "c"]));
+    assert!(
+        code == 0 && out.starts_with("started\n"),
+        "{code} {out} {err}"
+    );
+    let mut follow = Kubectl(
+        kubectl(
+            &cluster,
+            &[],
+            &["logs", "-f", "shell", "-c", "c", "--tail", "1"],
+        )
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap(),
+    );
+    let mut lines = std::io::BufReader::new(follow.0.stdout.take().unwrap()).lines();
+    let mut ticks = Vec::new();
+    while ticks.len() < 4 {
+        let line = lines.next().expect("logs -f ended").unwrap();
+        ticks.push(line);
+    }
+    let n: Vec<u64> = ticks
+        .iter()
+        .map(|l| l.strip_prefix("tick ").unwrap().parse().unwrap())
+        .collect();
+    assert!(n.windows(2).all(|w| w[1] == w[0] + 1), "{ticks:?}");
+    drop(follow);
+
+    // exec over both transports: output apart, the exit code through.
+    for (transport, ws) in [("SPDY", "false"), ("WebSocket", "true")] {
+        let env = [("KUBECTL_REMOTE_COMMAND_WEBSOCKETS", ws)];
+        let (code, out, err) = ran(kubectl(
+            &cluster,
+            &env,
+            &[
+                "exec",
+                "shell",
+                "-c",
+                "c",
+                "--",
+                "sh",
+                "-c",
+                "echo out; echo err >&2; exit 3",
+            ],
+        ));
+        assert_eq!((code, out.as_str()), (3, "out\n"), "{transport}: {err}");
+        assert!(err.starts_with("err\n"), "{transport}: {err}");
+        // stdin to the end.
+        let mut child = kubectl(
+            &cluster,
+            &env,
+            &[
+                "exec",
+                "-i",
+                "shell",
+                "-c",
+                "c",
+                "--",
+                "sh",
+                "-c",
+                "cat; echo done",
+            ],
+        )
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+        let mut stdin = child.stdin.take().unwrap();
+        stdin.write_all(b"hello\nworld\n").unwrap();
+        drop(stdin);
+        let out = child.wait_with_output().unwrap();
+        assert_eq!(
+            String::from_utf8_lossy(&out.stdout),
+            "hello\nworld\ndone\n",
+            "{transport}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        // A terminal (kubectl's own from script(1)): the command sees a tty of the
+        // size kubectl sent.
+        let line = format!(
+            "stty cols 91 rows 17; KUBECTL_REMOTE_COMMAND_WEBSOCKETS={ws} kubectl --kubeconfig {} exec -it shell -c c -- sh -c 'tty; stty size'",
+            cluster.admin_kubeconfig().unwrap().display()
+        );
+        let (code, out, err) = {
+            let mut cmd = std::process::Command::new("script");
+            cmd.args(["-qec", &line, "/dev/null"]);
+            ran(cmd)
+        };
+        assert_eq!(code, 0, "{transport}: {out} {err}");
+        assert!(
+            out.contains("/dev/pts/") && out.contains("17 91"),
+            "{transport}: {out:?}"
+        );
+    }
+
+    // port-forward over SPDY: a local port to the pod's 8080, an echo both ways, twice.
+    let mut pf = Kubectl(
+        kubectl(
+            &cluster,
+            &[("KUBECTL_PORT_FORWARD_WEBSOCKETS", "false")],
+            &["port-forward", "pod/shell", ":8080"],
+        )
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::fs::File::create(node.dir("logs").join("port-forward.err")).unwrap())
+        .spawn()
+        .unwrap(),
+    );
+    let mut first = String::new();
+    // Kept open: kubectl says "Handling connection for …" on it per connection.
+    let mut pf_out = std::io::BufReader::new(pf.0.stdout.take().unwrap());
+    pf_out.read_line(&mut first).unwrap();
+    // "Forwarding from 127.0.0.1:NNNNN -> 8080"
+    let local: SocketAddr = first
+        .split_whitespace()
+        .nth(2)
+        .and_then(|a| a.parse().ok())
+        .unwrap_or_else(|| panic!("{first:?}"));
+    for round in 0..2 {
+        let mut c = std::net::TcpStream::connect(local).unwrap();
+        c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let msg = format!("ping {round}\n");
+        c.write_all(msg.as_bytes()).unwrap();
+        let mut got = vec![0u8; msg.len()];
+        c.read_exact(&mut got).unwrap_or_else(|e| {
+            panic!(
+                "{e}: {}\n{}",
+                std::fs::read_to_string(node.dir("logs").join("port-forward.err")).unwrap(),
+                node.kernlet_log()
+            )
+        });
+        assert_eq!(String::from_utf8_lossy(&got), msg);
+    }
+    drop(pf);
+    drop(pf_out);
+    drop(fwd);
+}

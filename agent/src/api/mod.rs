@@ -9,6 +9,7 @@
 //! the stats endpoints (they answer 404 like an unknown path).
 
 pub mod auth;
+pub mod spdy;
 pub mod stats;
 pub mod stream;
 pub mod tls;
@@ -322,6 +323,41 @@ async fn route(shared: &Shared, req: Request<Incoming>) -> Response<Body> {
     }
 }
 
+/// A streaming request's transport.
+enum Upgrade {
+    WebSocket {
+        protocol: &'static str,
+        key: Vec<u8>,
+    },
+    Spdy {
+        protocol: Option<&'static str>,
+    },
+}
+
+impl Upgrade {
+    /// The transport `req` asks for, with the protocol agreed on (`spdy` are the SPDY
+    /// protocols of this endpoint), or the answer refusing it.
+    fn of(req: &Request<Incoming>, spdy: &[&'static str]) -> Result<Self, (StatusCode, String)> {
+        if stream::is_spdy_upgrade(req) {
+            return match stream::negotiate_spdy(req, spdy) {
+                Ok(protocol) => Ok(Self::Spdy { protocol }),
+                Err(why) => Err((StatusCode::FORBIDDEN, format!("{why}\n"))),
+            };
+        }
+        websocket_request(req).map(|(protocol, key)| Self::WebSocket { protocol, key })
+    }
+
+    fn response(&self) -> Response<Body> {
+        match self {
+            Self::WebSocket { protocol, key } => upgraded_response(key, protocol),
+            Self::Spdy { protocol } => {
+                let (parts, ()) = stream::spdy_switching(*protocol).into_parts();
+                Response::from_parts(parts, http_body_util::Empty::new().boxed())
+            }
+        }
+    }
+}
+
 /// The protocol and key of a WebSocket upgrade, or the answer refusing the request.
 fn websocket_request(
     req: &Request<Incoming>,
@@ -329,7 +365,7 @@ fn websocket_request(
     if !stream::is_upgrade(req) {
         return Err((
             StatusCode::BAD_REQUEST,
-            "this node streams over WebSocket (v5.channel.k8s.io, v4.channel.k8s.io) only; SPDY is not supported yet\n".into(),
+            "streaming needs an upgrade: WebSocket (v5.channel.k8s.io, v4.channel.k8s.io) or SPDY/3.1\n".into(),
         ));
     }
     let offered = req
@@ -374,8 +410,8 @@ fn exec_route(
     pod: &str,
     container: &str,
 ) -> Response<Body> {
-    let (protocol, key) = match websocket_request(&req) {
-        Ok(x) => x,
+    let upgrade = match Upgrade::of(&req, &stream::SPDY_EXEC_PROTOCOLS) {
+        Ok(u) => u,
         Err((code, why)) => return text(code, why),
     };
     let opts = stream::parse_exec_query(req.uri().query().unwrap_or(""));
@@ -405,14 +441,23 @@ fn exec_route(
     };
     let bundle = shared.cfg.state_dir.join("containers").join(id);
     let exe = shared.cfg.exe.clone();
+    let answer = upgrade.response();
     let on_upgrade = hyper::upgrade::on(req);
     tokio::spawn(async move {
-        if let Ok(upgraded) = on_upgrade.await {
-            let ws = stream::websocket(upgraded).await;
-            stream::exec(ws, protocol, exe, bundle, opts).await;
+        let Ok(upgraded) = on_upgrade.await else {
+            return;
+        };
+        match upgrade {
+            Upgrade::WebSocket { protocol, .. } => {
+                let ws = stream::websocket(upgraded).await;
+                stream::exec(ws, protocol, exe, bundle, opts).await;
+            }
+            Upgrade::Spdy { protocol } => {
+                stream::exec_spdy(upgraded, protocol, exe, bundle, opts).await;
+            }
         }
     });
-    upgraded_response(&key, protocol)
+    answer
 }
 
 fn port_forward_route(
@@ -421,13 +466,20 @@ fn port_forward_route(
     ns: &str,
     pod: &str,
 ) -> Response<Body> {
-    let (protocol, key) = match websocket_request(&req) {
-        Ok(x) => x,
+    let upgrade = match Upgrade::of(&req, &[stream::SPDY_PORT_FORWARD_PROTOCOL]) {
+        Ok(u) => u,
         Err((code, why)) => return text(code, why),
     };
-    let ports = match stream::parse_ports(req.uri().query().unwrap_or("")) {
-        Ok(p) => p,
-        Err(e) => return text(StatusCode::BAD_REQUEST, format!("{e}\n")),
+    // Over WebSocket the ports are in the query; over SPDY each stream names its own.
+    let ports = match (
+        &upgrade,
+        stream::parse_ports(req.uri().query().unwrap_or("")),
+    ) {
+        (_, Ok(p)) => p,
+        (Upgrade::Spdy { .. }, Err(_)) => Vec::new(),
+        (Upgrade::WebSocket { .. }, Err(e)) => {
+            return text(StatusCode::BAD_REQUEST, format!("{e}\n"));
+        }
     };
     let Some(p) = find_pod(shared, ns, pod) else {
         return text(
@@ -443,14 +495,26 @@ fn port_forward_route(
             .join(p["metadata"]["uid"].as_str().unwrap_or(""))
             .join("ns/net")
     });
+    let label = format!(
+        "{}, uid {}",
+        pod,
+        p["metadata"]["uid"].as_str().unwrap_or("")
+    );
+    let answer = upgrade.response();
     let on_upgrade = hyper::upgrade::on(req);
     tokio::spawn(async move {
-        if let Ok(upgraded) = on_upgrade.await {
-            let ws = stream::websocket(upgraded).await;
-            stream::port_forward(ws, netns, ports).await;
+        let Ok(upgraded) = on_upgrade.await else {
+            return;
+        };
+        match upgrade {
+            Upgrade::WebSocket { .. } => {
+                let ws = stream::websocket(upgraded).await;
+                stream::port_forward(ws, netns, ports).await;
+            }
+            Upgrade::Spdy { .. } => stream::port_forward_spdy(upgraded, netns, label).await,
         }
     });
-    upgraded_response(&key, protocol)
+    answer
 }
 
 /// The name of the interface holding one of the node's addresses.

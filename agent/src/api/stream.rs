@@ -1,9 +1,11 @@
-//! exec and port-forward over WebSocket, in Kubernetes' channel protocols
+//! exec and port-forward over WebSocket and SPDY/3.1. WebSocket: Kubernetes' channel protocols
 //! (`v5.channel.k8s.io`, `v4.channel.k8s.io`): every binary message starts with its
 //! channel. exec: 0 stdin, 1 stdout, 2 stderr, 3 the final `Status`, 4 terminal resize
 //! (`{"Width":…,"Height":…}`); v5 adds 255, `[255, n]` closing channel n (stdin EOF).
 //! port-forward: per requested port i, channel 2i carries its data and 2i+1 its
-//! errors, each opened by the port number (2 bytes, little-endian).
+//! errors, each opened by the port number (2 bytes, little-endian). SPDY: a stream
+//! per role, opened by the client (see [`exec_spdy`], [`port_forward_spdy`]); the
+//! command itself runs in [`run_exec`] whatever the transport.
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -120,75 +122,101 @@ pub fn parse_exec_query(query: &str) -> ExecOptions {
     o
 }
 
-/// Runs `opts.command` in the container of `bundle` through the helper `exe`, wired to
-/// the WebSocket, and ends with the exit `Status` on channel 3.
-pub async fn exec(mut ws: Ws, protocol: &str, exe: PathBuf, bundle: PathBuf, opts: ExecOptions) {
-    let v5 = protocol.starts_with("v5.");
-    let mut cmd = tokio::process::Command::new(&exe);
-    cmd.arg("internal")
+/// What a client sends to an exec, whatever the transport.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Input {
+    Stdin(Vec<u8>),
+    /// The client's input ended: EOF for a pipe, ^D for a terminal.
+    StdinEnd,
+    Resize {
+        width: u16,
+        height: u16,
+    },
+}
+
+/// What an exec sends back.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Output {
+    Stdout(Vec<u8>),
+    Stderr(Vec<u8>),
+}
+
+/// A terminal size message (`{"Width":…,"Height":…}`).
+fn resize(body: &[u8]) -> Option<Input> {
+    let size: serde_json::Value = serde_json::from_slice(body).ok()?;
+    let dim = |k: &str| {
+        size[k]
+            .as_u64()
+            .map(|n| u16::try_from(n).unwrap_or(u16::MAX))
+    };
+    Some(Input::Resize {
+        width: dim("Width")?,
+        height: dim("Height")?,
+    })
+}
+
+/// Runs `opts.command` in the container of `bundle` through the helper `exe`: `input`
+/// feeds it, its output goes to `output` (all of it before this returns). The exit
+/// code, or why the command could not be started.
+pub async fn run_exec(
+    exe: PathBuf,
+    bundle: PathBuf,
+    opts: &ExecOptions,
+    mut input: tokio::sync::mpsc::Receiver<Input>,
+    output: tokio::sync::mpsc::Sender<Output>,
+) -> Result<i32, String> {
+    use crate::runtime::exec::{StreamMode, TtyFrame};
+    // A terminal is allocated by the helper inside the container (so the command's
+    // `tty` names it) and relayed: input, sizes and the end of input go to the
+    // helper's stdin as frames.
+    let mode = if opts.tty {
+        StreamMode::Relay
+    } else {
+        StreamMode::Pipes
+    };
+    // A client with a terminal sends its size right after the streams open: the
+    // command starts with it (waiting at most half a second), so its first look at
+    // the terminal already sees the size.
+    let mut early = Vec::new();
+    if opts.tty {
+        let until = tokio::time::Instant::now() + std::time::Duration::from_millis(500);
+        while let Ok(Some(i)) = tokio::time::timeout_at(until, input.recv()).await {
+            let sized = matches!(i, Input::Resize { .. });
+            early.push(i);
+            if sized {
+                break;
+            }
+        }
+    }
+    let mut child = tokio::process::Command::new(&exe)
+        .arg("internal")
         .arg("exec-stream")
         .arg(&bundle)
-        .arg(if opts.tty { "1" } else { "0" })
+        .arg(mode.arg())
         .args(&opts.command)
-        .kill_on_drop(true);
-    let mut master: Option<std::os::fd::OwnedFd> = None;
-    if opts.tty {
-        let Ok((m, slave)) = crate::sys::process::open_pty() else {
-            let _ = ws
-                .send(frame(3, json!({"metadata": {}, "status": "Failure", "message": "cannot allocate a terminal"}).to_string().as_bytes()))
-                .await;
-            return;
-        };
-        let dup = |fd: &std::os::fd::OwnedFd| fd.try_clone().map(Stdio::from);
-        match (dup(&slave), dup(&slave)) {
-            (Ok(a), Ok(b)) => {
-                cmd.stdin(Stdio::from(slave)).stdout(a).stderr(b);
-            }
-            _ => return,
-        }
-        master = Some(m);
-    } else {
-        cmd.stdin(if opts.stdin {
+        .kill_on_drop(true)
+        .stdin(if opts.stdin || opts.tty {
             Stdio::piped()
         } else {
             Stdio::null()
         })
         .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    }
-    let spawned = cmd.spawn();
-    // The terminal's slave ends must close here, or the reader never sees its end.
-    drop(cmd);
-    let mut child = match spawned {
-        Ok(c) => c,
-        Err(e) => {
-            let _ = ws
-                .send(frame(3, json!({"metadata": {}, "status": "Failure", "message": format!("starting the exec helper: {e}")}).to_string().as_bytes()))
-                .await;
-            return;
-        }
-    };
-    // The command's input and output as async streams.
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| format!("starting the exec helper: {e}"))?;
     type Reader = Box<dyn tokio::io::AsyncRead + Unpin + Send>;
-    type Writer = Box<dyn tokio::io::AsyncWrite + Unpin + Send>;
-    let (mut stdin, out, err): (Option<Writer>, Option<Reader>, Option<Reader>) = match &master {
-        Some(m) => {
-            let Ok(r) = m.try_clone() else { return };
-            let Ok(w) = m.try_clone() else { return };
-            let w: Writer = Box::new(tokio::fs::File::from_std(std::fs::File::from(w)));
-            let r: Reader = Box::new(tokio::fs::File::from_std(std::fs::File::from(r)));
-            (opts.stdin.then_some(w), Some(r), None)
-        }
-        None => (
-            child.stdin.take().map(|s| Box::new(s) as Writer),
-            child.stdout.take().map(|s| Box::new(s) as Reader),
-            child.stderr.take().map(|s| Box::new(s) as Reader),
-        ),
+    let mut stdin = child.stdin.take();
+    let out: Option<Reader> = child.stdout.take().map(|s| Box::new(s) as Reader);
+    let err: Option<Reader> = child.stderr.take().map(|s| Box::new(s) as Reader);
+    // With a terminal the command's stderr is the terminal; what arrives on the
+    // helper's stderr is the helper's own complaint, shown as output.
+    let (err_wrap, err_wanted): (fn(Vec<u8>) -> Output, bool) = if opts.tty {
+        (Output::Stdout, true)
+    } else {
+        (Output::Stderr, opts.stderr)
     };
-    let (mut sink, mut source) = ws.split();
-    let (tx, mut rx) = tokio::sync::mpsc::channel::<Message>(32);
-    let pump = |reader: Option<Reader>, channel: u8, wanted: bool| {
-        let tx = tx.clone();
+    let pump = |reader: Option<Reader>, wrap: fn(Vec<u8>) -> Output, wanted: bool| {
+        let tx = output.clone();
         tokio::spawn(async move {
             let Some(mut r) = reader else { return };
             let mut buf = vec![0u8; 16 * 1024];
@@ -197,7 +225,7 @@ pub async fn exec(mut ws: Ws, protocol: &str, exe: PathBuf, bundle: PathBuf, opt
                     // EIO: the terminal's last process is gone.
                     Ok(0) | Err(_) => return,
                     Ok(n) => {
-                        if wanted && tx.send(frame(channel, &buf[..n])).await.is_err() {
+                        if wanted && tx.send(wrap(buf[..n].to_vec())).await.is_err() {
                             return;
                         }
                     }
@@ -205,19 +233,61 @@ pub async fn exec(mut ws: Ws, protocol: &str, exe: PathBuf, bundle: PathBuf, opt
             }
         })
     };
-    let out_task = pump(out, 1, opts.stdout);
-    let err_task = pump(err, 2, opts.stderr);
-    drop(tx);
-    let writer = tokio::spawn(async move {
-        while let Some(m) = rx.recv().await {
-            if sink.send(m).await.is_err() {
-                break;
+    let out_task = pump(out, Output::Stdout, opts.stdout);
+    let err_task = pump(err, err_wrap, err_wanted);
+    drop(output);
+    let (tty, wants_stdin) = (opts.tty, opts.stdin);
+    let feeder = tokio::spawn(async move {
+        let mut early = early.into_iter();
+        while let Some(i) = match early.next() {
+            Some(i) => Some(i),
+            None => input.recv().await,
+        } {
+            let bytes = match (i, tty) {
+                (Input::Stdin(d), true) if wants_stdin => TtyFrame::Data(d).encode(),
+                (Input::Resize { width, height }, true) => TtyFrame::Resize(width, height).encode(),
+                (Input::StdinEnd, true) => TtyFrame::End.encode(),
+                (Input::Stdin(d), false) => d,
+                (Input::StdinEnd, false) => {
+                    // EOF for the pipe.
+                    stdin = None;
+                    continue;
+                }
+                _ => continue,
+            };
+            if let Some(w) = stdin.as_mut()
+                && (w.write_all(&bytes).await.is_err() || w.flush().await.is_err())
+            {
+                stdin = None;
             }
         }
-        sink
     });
-    let master_fd = master.as_ref().and_then(|m| m.try_clone().ok());
-    let input = tokio::spawn(async move {
+    let code = match child.wait().await {
+        Ok(s) => s.code().unwrap_or(-1),
+        Err(_) => -1,
+    };
+    // All output is sent before this returns.
+    let _ = out_task.await;
+    let _ = err_task.await;
+    feeder.abort();
+    Ok(code)
+}
+
+/// The exec's `Status` for the error stream or channel: the exit's, or a failure.
+fn final_status(command: &[String], result: &Result<i32, String>) -> serde_json::Value {
+    match result {
+        Ok(code) => exit_status(command, *code),
+        Err(why) => json!({"metadata": {}, "status": "Failure", "message": why}),
+    }
+}
+
+/// An exec over the WebSocket, ending with the exit `Status` on channel 3.
+pub async fn exec(ws: Ws, protocol: &str, exe: PathBuf, bundle: PathBuf, opts: ExecOptions) {
+    let v5 = protocol.starts_with("v5.");
+    let (mut sink, mut source) = ws.split();
+    let (in_tx, in_rx) = tokio::sync::mpsc::channel::<Input>(32);
+    let (out_tx, mut out_rx) = tokio::sync::mpsc::channel::<Output>(32);
+    let reader = tokio::spawn(async move {
         while let Some(Ok(msg)) = source.next().await {
             let data = match msg {
                 Message::Binary(b) => b.to_vec(),
@@ -228,52 +298,387 @@ pub async fn exec(mut ws: Ws, protocol: &str, exe: PathBuf, bundle: PathBuf, opt
             let Some((&channel, body)) = data.split_first() else {
                 continue;
             };
-            match channel {
-                0 => {
-                    if let Some(w) = stdin.as_mut()
-                        && (w.write_all(body).await.is_err() || w.flush().await.is_err())
-                    {
-                        stdin = None;
-                    }
-                }
-                4 => {
-                    let size: serde_json::Value = serde_json::from_slice(body).unwrap_or_default();
-                    let (w, h) = (size["Width"].as_u64(), size["Height"].as_u64());
-                    if let (Some(m), Some(w), Some(h)) = (&master_fd, w, h) {
-                        use std::os::fd::AsFd as _;
-                        let _ = crate::sys::process::set_window_size(
-                            m.as_fd(),
-                            u16::try_from(w).unwrap_or(u16::MAX),
-                            u16::try_from(h).unwrap_or(u16::MAX),
-                        );
-                    }
-                }
-                255 if v5 && body.first() == Some(&0) => {
-                    // stdin closed by the client: EOF for a pipe; ^D for a terminal.
-                    if let Some(mut w) = stdin.take()
-                        && master_fd.is_some()
-                    {
-                        let _ = w.write_all(&[4]).await;
-                    }
-                }
-                _ => {}
+            let input = match channel {
+                0 => Input::Stdin(body.to_vec()),
+                4 => match resize(body) {
+                    Some(r) => r,
+                    None => continue,
+                },
+                // v5's close of channel 0: the client's input ended.
+                255 if v5 && body.first() == Some(&0) => Input::StdinEnd,
+                _ => continue,
+            };
+            if in_tx.send(input).await.is_err() {
+                break;
             }
         }
     });
-    let code = match child.wait().await {
-        Ok(s) => s.code().unwrap_or(-1),
-        Err(_) => -1,
-    };
-    // A terminal's reader ends with EIO once the last process holding it is gone; the
-    // pipes end at EOF. Either way all output is sent before the status.
-    drop(master);
-    let _ = out_task.await;
-    let _ = err_task.await;
-    input.abort();
+    let writer = tokio::spawn(async move {
+        while let Some(o) = out_rx.recv().await {
+            let m = match o {
+                Output::Stdout(d) => frame(1, &d),
+                Output::Stderr(d) => frame(2, &d),
+            };
+            if sink.send(m).await.is_err() {
+                break;
+            }
+        }
+        sink
+    });
+    let result = run_exec(exe, bundle, &opts, in_rx, out_tx).await;
+    reader.abort();
     let Ok(mut sink) = writer.await else { return };
-    let status = exit_status(&opts.command, code);
+    let status = final_status(&opts.command, &result);
     let _ = sink.send(frame(3, status.to_string().as_bytes())).await;
-    let _ = sink.send(Message::Close(None)).await;
+    let _ = sink.send(normal_close()).await;
+}
+
+/// A close frame with status 1000: Go's WebSocket clients read a close without a
+/// status (1005) as an error.
+fn normal_close() -> Message {
+    Message::Close(Some(tokio_tungstenite::tungstenite::protocol::CloseFrame {
+        code: tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode::Normal,
+        reason: "".into(),
+    }))
+}
+
+/// The exec protocols served over SPDY, preferred first (v5 is v4 there: stdin's end
+/// is the stream's FIN).
+pub const SPDY_EXEC_PROTOCOLS: [&str; 5] = [
+    "v5.channel.k8s.io",
+    "v4.channel.k8s.io",
+    "v3.channel.k8s.io",
+    "v2.channel.k8s.io",
+    "channel.k8s.io",
+];
+
+/// The port-forward protocol over SPDY.
+pub const SPDY_PORT_FORWARD_PROTOCOL: &str = "portforward.k8s.io";
+
+/// Whether the request asks for SPDY/3.1.
+pub fn is_spdy_upgrade<B>(req: &http::Request<B>) -> bool {
+    req.headers()
+        .get(http::header::UPGRADE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.eq_ignore_ascii_case(super::spdy::UPGRADE))
+}
+
+/// The stream protocol for the client's `X-Stream-Protocol-Version` headers, in the
+/// client's order of preference as kubelet picks it: `Ok(None)` when it names none
+/// (the legacy protocol); `Err` with both lists when nothing matches.
+pub fn negotiate_spdy<B>(
+    req: &http::Request<B>,
+    ours: &[&'static str],
+) -> Result<Option<&'static str>, String> {
+    let offered: Vec<String> = req
+        .headers()
+        .get_all("x-stream-protocol-version")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(|p| p.trim().to_string())
+        .filter(|p| !p.is_empty())
+        .collect();
+    if offered.is_empty() {
+        return Ok(None);
+    }
+    offered
+        .iter()
+        .find_map(|p| ours.iter().copied().find(|o| o == p))
+        .map(Some)
+        .ok_or_else(|| {
+            format!(
+                "unable to upgrade: unable to negotiate protocol: client supports {offered:?}, server supports {ours:?}"
+            )
+        })
+}
+
+/// The `101 Switching Protocols` answer to a SPDY upgrade.
+pub fn spdy_switching(protocol: Option<&str>) -> http::Response<()> {
+    let mut r = http::Response::new(());
+    *r.status_mut() = http::StatusCode::SWITCHING_PROTOCOLS;
+    let h = r.headers_mut();
+    h.insert(
+        http::header::UPGRADE,
+        http::HeaderValue::from_static(super::spdy::UPGRADE),
+    );
+    h.insert(
+        http::header::CONNECTION,
+        http::HeaderValue::from_static("Upgrade"),
+    );
+    if let Some(v) = protocol.and_then(|p| http::HeaderValue::from_str(p).ok()) {
+        h.insert("x-stream-protocol-version", v);
+    }
+    r
+}
+
+/// How long a SPDY client has to open the streams its request asks for (kubelet's
+/// stream creation timeout).
+const STREAM_CREATION_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// An exec over SPDY: the client opens `error`, and `stdin`, `stdout`, `stderr`,
+/// `resize` as the request asks; the exit `Status` goes on `error` (v4 and v5 as
+/// JSON; the older protocols carry only a failure's message), then every stream is
+/// closed and the session ends.
+pub async fn exec_spdy(
+    upgraded: Upgraded,
+    protocol: Option<&'static str>,
+    exe: PathBuf,
+    bundle: PathBuf,
+    opts: ExecOptions,
+) {
+    use super::spdy::Event;
+    let (mut events, sender) = super::spdy::serve(TokioIo::new(upgraded));
+    let v3_or_later = matches!(
+        protocol,
+        Some("v5.channel.k8s.io" | "v4.channel.k8s.io" | "v3.channel.k8s.io")
+    );
+    let mut wanted = vec!["error"];
+    for (on, name) in [
+        (opts.stdin, "stdin"),
+        (opts.stdout, "stdout"),
+        (opts.stderr, "stderr"),
+        (opts.tty && v3_or_later, "resize"),
+    ] {
+        if on {
+            wanted.push(name);
+        }
+    }
+    let mut streams: std::collections::HashMap<String, u32> = Default::default();
+    let mut early = Vec::new();
+    let deadline = tokio::time::Instant::now() + STREAM_CREATION_TIMEOUT;
+    while !wanted.iter().all(|w| streams.contains_key(*w)) {
+        match tokio::time::timeout_at(deadline, events.recv()).await {
+            Ok(Some(Event::Stream { id, headers })) => {
+                if let Some(t) = headers.get("streamtype") {
+                    streams.insert(t.clone(), id);
+                }
+            }
+            Ok(Some(other)) => early.push(other),
+            Ok(None) => return,
+            Err(_) => {
+                tracing::warn!(?wanted, got = ?streams.keys().collect::<Vec<_>>(), "exec over SPDY: the client did not open its streams in time");
+                sender.close().await;
+                return;
+            }
+        }
+    }
+    let id = |name: &str| streams.get(name).copied();
+    let (stdin_id, resize_id) = (id("stdin"), id("resize"));
+    let (in_tx, in_rx) = tokio::sync::mpsc::channel::<Input>(32);
+    let (out_tx, mut out_rx) = tokio::sync::mpsc::channel::<Output>(32);
+    let reader = tokio::spawn(async move {
+        let mut sizes = Vec::new();
+        let events = futures::stream::iter(early)
+            .chain(futures::stream::poll_fn(move |cx| events.poll_recv(cx)));
+        futures::pin_mut!(events);
+        while let Some(e) = events.next().await {
+            let input = match e {
+                Event::Data { id, data } if Some(id) == stdin_id => Input::Stdin(data),
+                Event::Fin { id } | Event::Reset { id } if Some(id) == stdin_id => Input::StdinEnd,
+                Event::Data { id, data } if Some(id) == resize_id => {
+                    // Sizes are JSON objects one after another, split anywhere.
+                    sizes.extend_from_slice(&data);
+                    let mut it = serde_json::Deserializer::from_slice(&sizes)
+                        .into_iter::<serde_json::Value>();
+                    let mut last = None;
+                    for v in it.by_ref() {
+                        match v {
+                            Ok(v) => last = resize(v.to_string().as_bytes()),
+                            Err(_) => break,
+                        }
+                    }
+                    let used = it.byte_offset();
+                    sizes.drain(..used);
+                    match last {
+                        Some(r) => r,
+                        None => continue,
+                    }
+                }
+                _ => continue,
+            };
+            if in_tx.send(input).await.is_err() {
+                break;
+            }
+        }
+    });
+    let (stdout_id, stderr_id) = (id("stdout"), id("stderr"));
+    let out_sender = sender.clone();
+    let writer = tokio::spawn(async move {
+        while let Some(o) = out_rx.recv().await {
+            let (to, data) = match o {
+                Output::Stdout(d) => (stdout_id, d),
+                Output::Stderr(d) => (stderr_id, d),
+            };
+            if let Some(to) = to
+                && !out_sender.data(to, data).await
+            {
+                break;
+            }
+        }
+    });
+    let result = run_exec(exe, bundle, &opts, in_rx, out_tx).await;
+    let _ = writer.await;
+    reader.abort();
+    let json_status = matches!(protocol, Some("v5.channel.k8s.io" | "v4.channel.k8s.io"));
+    let status: Option<Vec<u8>> = if json_status {
+        Some(
+            final_status(&opts.command, &result)
+                .to_string()
+                .into_bytes(),
+        )
+    } else {
+        match &result {
+            Ok(0) => None,
+            Ok(code) => Some(
+                format!(
+                    "command terminated with non-zero exit code: error executing command [{}], exit code {code}",
+                    opts.command.join(" ")
+                )
+                .into_bytes(),
+            ),
+            Err(why) => Some(why.clone().into_bytes()),
+        }
+    };
+    if let Some(error) = id("error") {
+        sender.fin(error, status.unwrap_or_default()).await;
+    }
+    for (name, s) in &streams {
+        if name != "error" {
+            sender.fin(*s, Vec::new()).await;
+        }
+    }
+    sender.close().await;
+}
+
+/// Port-forward over SPDY: the client opens a pair of streams per connection,
+/// `error` and `data`, both naming the `port` and a `requestid`; each pair gets a TCP
+/// connection to that port inside the pod (`netns`), data moves both ways on the data
+/// stream, and a failure is written on the error stream. `pod` names the pod in errors.
+pub async fn port_forward_spdy(upgraded: Upgraded, netns: Option<PathBuf>, pod: String) {
+    use super::spdy::Event;
+    use std::collections::HashMap;
+    let (mut events, sender) = super::spdy::serve(TokioIo::new(upgraded));
+    // Pairs being formed, by request id: (error stream, data stream, port).
+    let mut forming: HashMap<String, (Option<u32>, Option<u32>, String)> = HashMap::new();
+    // Where a data stream's bytes go (None: the client's FIN).
+    let mut routes: HashMap<u32, tokio::sync::mpsc::Sender<Option<Vec<u8>>>> = HashMap::new();
+    while let Some(e) = events.recv().await {
+        match e {
+            Event::Stream { id, headers } => {
+                let kind = headers.get("streamtype").map(String::as_str).unwrap_or("");
+                let port = headers.get("port").cloned().unwrap_or_default();
+                // Clients before request ids pair an error stream with the data
+                // stream opened right after it (ids two apart).
+                let request = headers.get("requestid").cloned().unwrap_or_else(|| {
+                    match kind {
+                        "data" => id.saturating_sub(2),
+                        _ => id,
+                    }
+                    .to_string()
+                });
+                let entry = forming
+                    .entry(request.clone())
+                    .or_insert((None, None, port.clone()));
+                match kind {
+                    "error" => entry.0 = Some(id),
+                    "data" => entry.1 = Some(id),
+                    _ => {
+                        sender.reset(id, super::spdy::PROTOCOL_ERROR).await;
+                        continue;
+                    }
+                }
+                let (Some(error), Some(data)) = (entry.0, entry.1) else {
+                    continue;
+                };
+                let port = entry.2.clone();
+                forming.remove(&request);
+                let (tx, rx) = tokio::sync::mpsc::channel(64);
+                routes.insert(data, tx);
+                tokio::spawn(forward_pair(
+                    sender.clone(),
+                    netns.clone(),
+                    pod.clone(),
+                    port,
+                    error,
+                    data,
+                    rx,
+                ));
+            }
+            Event::Data { id, data } => {
+                if let Some(r) = routes.get(&id)
+                    && r.send(Some(data)).await.is_err()
+                {
+                    routes.remove(&id);
+                }
+            }
+            Event::Fin { id } => {
+                if let Some(r) = routes.remove(&id) {
+                    let _ = r.send(None).await;
+                }
+            }
+            Event::Reset { id } => {
+                routes.remove(&id);
+            }
+        }
+    }
+}
+
+/// One forwarded connection of a SPDY port-forward.
+async fn forward_pair(
+    sender: super::spdy::Sender,
+    netns: Option<PathBuf>,
+    pod: String,
+    port: String,
+    error: u32,
+    data: u32,
+    mut inbound: tokio::sync::mpsc::Receiver<Option<Vec<u8>>>,
+) {
+    let conn = match port.parse::<u16>() {
+        Ok(p) if p > 0 => connect(netns.as_deref(), p)
+            .await
+            .map_err(|e| e.to_string()),
+        _ => Err(format!("invalid port {port:?}")),
+    };
+    let stream = match conn {
+        Ok(s) => s,
+        Err(e) => {
+            let msg = format!("error forwarding port {port} to pod {pod}: {e}");
+            sender.fin(error, msg.into_bytes()).await;
+            sender.fin(data, Vec::new()).await;
+            return;
+        }
+    };
+    let (mut r, mut w) = stream.into_split();
+    let to_pod = tokio::spawn(async move {
+        while let Some(chunk) = inbound.recv().await {
+            match chunk {
+                Some(d) => {
+                    if w.write_all(&d).await.is_err() {
+                        return;
+                    }
+                }
+                None => {
+                    let _ = w.shutdown().await;
+                    return;
+                }
+            }
+        }
+    });
+    let mut buf = vec![0u8; 32 * 1024];
+    loop {
+        match r.read(&mut buf).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => {
+                if !sender.data(data, buf[..n].to_vec()).await {
+                    break;
+                }
+            }
+        }
+    }
+    sender.fin(data, Vec::new()).await;
+    sender.fin(error, Vec::new()).await;
+    let _ = to_pod.await;
 }
 
 /// The ports a port-forward asks for (`port` parameters, each possibly a list).
@@ -343,7 +748,7 @@ pub async fn port_forward(ws: Ws, netns: Option<PathBuf>, ports: Vec<u16>) {
                 break;
             }
         }
-        let _ = sink.send(Message::Close(None)).await;
+        let _ = sink.send(normal_close()).await;
     });
     while let Some(Ok(msg)) = source.next().await {
         let data = match msg {

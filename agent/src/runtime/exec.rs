@@ -160,11 +160,94 @@ fn enter(bundle: &Path) -> anyhow::Result<Spec> {
     Ok(spec)
 }
 
-/// `kernlet internal exec-stream`: runs `args` in the container of `bundle` with this
-/// helper's stdin, stdout and stderr (pipes, or a terminal with `tty`, which becomes
-/// the command's controlling terminal), and exits with the command's exit code (128 +
-/// signal when killed). Why it could not run is on stderr, with 126 or 127.
-pub fn stream_helper_main(bundle: &Path, tty: bool, args: &[String]) -> i32 {
+/// How `kernlet internal exec-stream` wires the command.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StreamMode {
+    /// The helper's own stdin, stdout and stderr (pipes).
+    Pipes,
+    /// The helper's terminal (its stdin) becomes the command's controlling terminal:
+    /// `kernlet exec -it` on the node.
+    CallerTerminal,
+    /// A terminal allocated inside the container (its own devpts, so `tty` names it),
+    /// relayed: the helper's stdin carries [`TtyFrame`]s, its stdout the terminal's
+    /// output. For exec over the kubelet API.
+    Relay,
+}
+
+impl StreamMode {
+    pub fn arg(self) -> &'static str {
+        match self {
+            Self::Pipes => "0",
+            Self::CallerTerminal => "1",
+            Self::Relay => "relay",
+        }
+    }
+
+    pub fn parse(arg: &str) -> Self {
+        match arg {
+            "1" => Self::CallerTerminal,
+            "relay" => Self::Relay,
+            _ => Self::Pipes,
+        }
+    }
+}
+
+/// What the helper's stdin carries in [`StreamMode::Relay`]: a type byte, a 4-byte
+/// big-endian length, the payload.
+#[derive(Debug, PartialEq, Eq)]
+pub enum TtyFrame {
+    /// Input for the terminal.
+    Data(Vec<u8>),
+    /// The terminal's new size (columns, rows).
+    Resize(u16, u16),
+    /// The client's input ended (^D to the terminal).
+    End,
+}
+
+impl TtyFrame {
+    pub fn encode(&self) -> Vec<u8> {
+        let (kind, body): (u8, Vec<u8>) = match self {
+            Self::Data(d) => (0, d.clone()),
+            Self::Resize(c, r) => (1, [c.to_be_bytes(), r.to_be_bytes()].concat()),
+            Self::End => (2, Vec::new()),
+        };
+        let mut out = Vec::with_capacity(5 + body.len());
+        out.push(kind);
+        out.extend_from_slice(&(body.len() as u32).to_be_bytes());
+        out.extend_from_slice(&body);
+        out
+    }
+
+    /// The frames at the start of `buf`, which keeps what is not whole yet.
+    pub fn decode(buf: &mut Vec<u8>) -> Vec<Self> {
+        let mut out = Vec::new();
+        let mut at = 0;
+        while buf.len() - at >= 5 {
+            let len =
+                u32::from_be_bytes([buf[at + 1], buf[at + 2], buf[at + 3], buf[at + 4]]) as usize;
+            if buf.len() - at - 5 < len {
+                break;
+            }
+            let body = &buf[at + 5..at + 5 + len];
+            out.push(match buf[at] {
+                0 => Self::Data(body.to_vec()),
+                1 if len == 4 => Self::Resize(
+                    u16::from_be_bytes([body[0], body[1]]),
+                    u16::from_be_bytes([body[2], body[3]]),
+                ),
+                _ => Self::End,
+            });
+            at += 5 + len;
+        }
+        buf.drain(..at);
+        out
+    }
+}
+
+/// `kernlet internal exec-stream`: runs `args` in the container of `bundle` wired as
+/// `mode` says, and exits with the command's exit code (128 + signal when killed). Why
+/// it could not run is on stderr, with 126 or 127.
+pub fn stream_helper_main(bundle: &Path, mode: StreamMode, args: &[String]) -> i32 {
     use nix::sys::wait::{WaitStatus, waitpid};
     if args.is_empty() {
         eprintln!("kernlet exec: no command to run");
@@ -177,9 +260,29 @@ pub fn stream_helper_main(bundle: &Path, tty: bool, args: &[String]) -> i32 {
             return 126;
         }
     };
+    // In the container's mount namespace now: its /dev/ptmx gives a terminal of its
+    // own devpts.
+    let pty = match mode {
+        StreamMode::Relay => match sys::process::open_pty() {
+            Ok(p) => Some(p),
+            Err(e) => {
+                eprintln!("kernlet exec: allocating a terminal in the container: {e}");
+                return 126;
+            }
+        },
+        _ => None,
+    };
     let args = args.to_vec();
+    let slave = pty.as_ref().map(|(_, s)| s);
     let pid = match sys::process::fork_run(|| {
-        if tty && let Err(e) = sys::process::take_terminal() {
+        if let Some(slave) = slave {
+            let _ = nix::unistd::dup2_stdin(slave);
+            let _ = nix::unistd::dup2_stdout(slave);
+            let _ = nix::unistd::dup2_stderr(slave);
+        }
+        if mode != StreamMode::Pipes
+            && let Err(e) = sys::process::take_terminal()
+        {
             eprintln!("kernlet exec: making the terminal the command's: {e}");
             return 126;
         }
@@ -191,6 +294,10 @@ pub fn stream_helper_main(bundle: &Path, tty: bool, args: &[String]) -> i32 {
             return 126;
         }
     };
+    if let Some((master, slave)) = pty {
+        drop(slave);
+        relay(&master);
+    }
     loop {
         match waitpid(pid, None) {
             Ok(WaitStatus::Exited(_, code)) => return code,
@@ -200,6 +307,81 @@ pub fn stream_helper_main(bundle: &Path, tty: bool, args: &[String]) -> i32 {
             Err(_) => return 126,
         }
     }
+}
+
+/// Moves [`TtyFrame`]s from stdin to the terminal `master` and its output to stdout,
+/// until the terminal's last process is gone (EIO on the master).
+fn relay(master: &std::os::fd::OwnedFd) {
+    use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+    use std::io::Write as _;
+    use std::os::fd::AsFd as _;
+    let stdin = std::io::stdin();
+    let mut stdin_open = true;
+    let mut pending = Vec::new();
+    let mut buf = vec![0u8; 16 * 1024];
+    let mut out = std::io::stdout().lock();
+    loop {
+        let mut fds = vec![PollFd::new(master.as_fd(), PollFlags::POLLIN)];
+        if stdin_open {
+            fds.push(PollFd::new(stdin.as_fd(), PollFlags::POLLIN));
+        }
+        match poll(&mut fds, PollTimeout::NONE) {
+            Ok(_) => {}
+            Err(nix::errno::Errno::EINTR) => continue,
+            Err(_) => return,
+        }
+        let ready = |f: &PollFd<'_>| {
+            f.revents().is_some_and(|r| {
+                r.intersects(PollFlags::POLLIN | PollFlags::POLLHUP | PollFlags::POLLERR)
+            })
+        };
+        let (master_ready, stdin_ready) = (ready(&fds[0]), fds.get(1).is_some_and(ready));
+        drop(fds);
+        if master_ready {
+            match nix::unistd::read(master, &mut buf) {
+                Ok(0) | Err(nix::errno::Errno::EIO) => return,
+                Ok(n) => {
+                    if out.write_all(&buf[..n]).and_then(|()| out.flush()).is_err() {
+                        return;
+                    }
+                }
+                Err(nix::errno::Errno::EINTR | nix::errno::Errno::EAGAIN) => {}
+                Err(_) => return,
+            }
+        }
+        if stdin_ready {
+            match nix::unistd::read(&stdin, &mut buf) {
+                Ok(0) | Err(_) => stdin_open = false,
+                Ok(n) => {
+                    pending.extend_from_slice(&buf[..n]);
+                    for f in TtyFrame::decode(&mut pending) {
+                        let written = match f {
+                            TtyFrame::Data(d) => write_all_fd(master, &d),
+                            TtyFrame::End => write_all_fd(master, &[4]),
+                            TtyFrame::Resize(cols, rows) => {
+                                sys::process::set_window_size(master.as_fd(), cols, rows)
+                                    .map_err(|_| nix::errno::Errno::EIO)
+                            }
+                        };
+                        if written.is_err() {
+                            return;
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn write_all_fd(fd: &std::os::fd::OwnedFd, mut data: &[u8]) -> Result<(), nix::errno::Errno> {
+    while !data.is_empty() {
+        match nix::unistd::write(fd, data) {
+            Ok(n) => data = &data[n..],
+            Err(nix::errno::Errno::EINTR) => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
 }
 
 fn run(bundle: &Path, timeout: Duration, args: &[String]) -> anyhow::Result<ExecResult> {
@@ -419,4 +601,31 @@ fn find_program(name: &str, env: &[String]) -> anyhow::Result<String> {
         })
         .map(|p| p.display().to_string())
         .ok_or_else(|| anyhow::anyhow!("executable {name:?} not found in $PATH {path}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn terminal_frames_survive_any_split() {
+        let frames = [
+            TtyFrame::Data(b"ls\n".to_vec()),
+            TtyFrame::Resize(91, 17),
+            TtyFrame::End,
+        ];
+        let wire: Vec<u8> = frames.iter().flat_map(TtyFrame::encode).collect();
+        for cut in 0..wire.len() {
+            let mut buf = wire[..cut].to_vec();
+            let mut got = TtyFrame::decode(&mut buf);
+            buf.extend_from_slice(&wire[cut..]);
+            got.extend(TtyFrame::decode(&mut buf));
+            assert_eq!(got, frames, "cut at {cut}");
+            assert!(buf.is_empty());
+        }
+        assert_eq!(
+            StreamMode::parse(StreamMode::Relay.arg()),
+            StreamMode::Relay
+        );
+    }
 }

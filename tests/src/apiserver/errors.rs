@@ -135,6 +135,11 @@ impl ApiError {
         Self::new(400, "BadRequest", message, None)
     }
 
+    /// The apiserver could not reach a kubelet (its proxy's 500).
+    pub fn internal(message: String) -> Self {
+        Self::new(500, "InternalError", message, None)
+    }
+
     pub fn gone(message: String) -> Self {
         Self::new(410, "Expired", message, None)
     }

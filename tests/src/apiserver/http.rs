@@ -41,6 +41,11 @@ pub struct Server {
     /// Requests whose path starts with this wait this long before they are answered
     /// (tests of a slow apiserver).
     pub stall: std::sync::Mutex<Option<(String, std::time::Duration)>>,
+    /// Where kubelets are reached from (see `InMemoryApiServer::set_node_network`).
+    pub node_network: std::sync::Mutex<Option<std::path::PathBuf>>,
+    /// The TLS client the apiserver uses towards kubelets (its
+    /// `--kubelet-client-certificate`: `kube-apiserver-kubelet-client`, system:masters).
+    pub kubelet_client: std::sync::OnceLock<Arc<rustls::ClientConfig>>,
     /// Whether the CSR approver auto-approves node client certificates (kubeadm's
     /// default); tests turn it off to see a CSR wait or get denied.
     pub csr_auto_approve: AtomicBool,
@@ -113,6 +118,72 @@ fn parse_target(path: &str) -> Option<Result<Target, ApiError>> {
         name: rest.get(1).map(|s| s.to_string()),
         subresource: rest.get(2).map(|s| s.to_string()),
     }))
+}
+
+/// `(namespace, pod, subresource)` of a path to a pod subresource served by kubelets.
+fn kubelet_subresource(path: &str) -> Option<(String, String, &'static str)> {
+    let segs: Vec<&str> = path.trim_matches('/').split('/').collect();
+    match segs.as_slice() {
+        ["api", "v1", "namespaces", ns, "pods", pod, sub] => {
+            let sub = ["exec", "attach", "portforward", "log"]
+                .into_iter()
+                .find(|s| s == sub)?;
+            Some((ns.to_string(), pod.to_string(), sub))
+        }
+        _ => None,
+    }
+}
+
+/// Accepts any kubelet serving certificate, as an apiserver without
+/// `--kubelet-certificate-authority` does.
+#[derive(Debug)]
+struct AnyKubelet;
+
+impl rustls::client::danger::ServerCertVerifier for AnyKubelet {
+    fn verify_server_cert(
+        &self,
+        _: &rustls::pki_types::CertificateDer<'_>,
+        _: &[rustls::pki_types::CertificateDer<'_>],
+        _: &rustls::pki_types::ServerName<'_>,
+        _: &[u8],
+        _: rustls::pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        Ok(rustls::client::danger::ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls::pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &rustls::crypto::aws_lc_rs::default_provider().signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls::pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &rustls::crypto::aws_lc_rs::default_provider().signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        rustls::crypto::aws_lc_rs::default_provider()
+            .signature_verification_algorithms
+            .supported_schemes()
+    }
 }
 
 fn query_map(query: Option<&str>) -> HashMap<String, String> {
@@ -260,6 +331,13 @@ impl Server {
             Ok(id) => id,
             Err(e) => return Ok(error_response(&e)),
         };
+        // exec, attach, portforward and log go through to the pod's kubelet.
+        if let Some((ns, pod, sub)) = kubelet_subresource(req.uri().path()) {
+            return Ok(self
+                .proxy_to_kubelet(req, &id, &ns, &pod, sub)
+                .await
+                .unwrap_or_else(|e| error_response(&e)));
+        }
         let method = req.method().clone();
         let path = req.uri().path().to_string();
         let stall = self
@@ -304,6 +382,204 @@ impl Server {
             .resource(&method, target, &query, &accept, &content_type, &body, &id)
             .await;
         Ok(result.unwrap_or_else(|e| error_response(&e)))
+    }
+
+    /// The apiserver's proxy to the kubelet of the pod's node for exec, attach,
+    /// portforward (an upgraded connection, passed through byte for byte, SPDY or
+    /// WebSocket alike) and log (the body streamed), on `/exec/…`, `/attach/…`,
+    /// `/portForward/…` and `/containerLogs/…` of the node's kubelet endpoint.
+    async fn proxy_to_kubelet(
+        self: &Arc<Self>,
+        mut req: Request<Incoming>,
+        id: &Identity,
+        ns: &str,
+        pod_name: &str,
+        sub: &'static str,
+    ) -> Result<Response<Body>, ApiError> {
+        let pods = resources::find("", "v1", "pods").ok_or_else(ApiError::path_not_found)?;
+        let verb = if req.method() == Method::GET && sub == "log" {
+            "get"
+        } else {
+            "create"
+        };
+        self.authorize(
+            id,
+            &Attributes {
+                verb,
+                rt: pods,
+                subresource: Some(sub),
+                namespace: ns,
+                name: Some(pod_name),
+                field_selector: None,
+            },
+        )?;
+        let pod = self
+            .store
+            .get(pods, ns, pod_name)
+            .ok_or_else(|| ApiError::not_found(pods, pod_name))?;
+        let node_name = pod["spec"]["nodeName"].as_str().unwrap_or("").to_string();
+        if node_name.is_empty() {
+            return Err(ApiError::bad_request(format!(
+                "pod {pod_name} does not have a host assigned"
+            )));
+        }
+        let nodes = resources::find("", "v1", "nodes").ok_or_else(ApiError::path_not_found)?;
+        let node = self
+            .store
+            .get(nodes, "", &node_name)
+            .ok_or_else(|| ApiError::not_found(nodes, &node_name))?;
+        let ip: std::net::IpAddr = node["status"]["addresses"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|a| a["type"] == "InternalIP")
+            .and_then(|a| a["address"].as_str()?.parse().ok())
+            .ok_or_else(|| {
+                ApiError::internal(format!("node {node_name} has no InternalIP address"))
+            })?;
+        let port = node["status"]["daemonEndpoints"]["kubeletEndpoint"]["Port"]
+            .as_u64()
+            .and_then(|p| u16::try_from(p).ok())
+            .unwrap_or(10250);
+        let query = query_map(req.uri().query());
+        let container = query
+            .get("container")
+            .cloned()
+            .or_else(|| {
+                pod["spec"]["containers"][0]["name"]
+                    .as_str()
+                    .map(str::to_string)
+            })
+            .unwrap_or_default();
+        let rest: String = url::form_urlencoded::parse(req.uri().query().unwrap_or("").as_bytes())
+            .filter(|(k, _)| k != "container")
+            .fold(
+                url::form_urlencoded::Serializer::new(String::new()),
+                |mut q, (k, v)| {
+                    q.append_pair(&k, &v);
+                    q
+                },
+            )
+            .finish();
+        let path = match sub {
+            "exec" => format!("/exec/{ns}/{pod_name}/{container}"),
+            "attach" => format!("/attach/{ns}/{pod_name}/{container}"),
+            "portforward" => format!("/portForward/{ns}/{pod_name}"),
+            _ => format!("/containerLogs/{ns}/{pod_name}/{container}"),
+        };
+        let uri = if rest.is_empty() {
+            path
+        } else {
+            format!("{path}?{rest}")
+        };
+        let dial_error = |e: String| ApiError::internal(format!("error dialing backend: {e}"));
+        let netns = self.node_network.lock().ok().and_then(|n| n.clone());
+        let addr = std::net::SocketAddr::new(ip, port);
+        let tcp = tokio::task::spawn_blocking(move || {
+            kernlet::sys::ns::connect_in(netns.as_deref(), addr, Duration::from_secs(5))
+        })
+        .await
+        .map_err(|e| dial_error(e.to_string()))?
+        .map_err(|e| dial_error(e.to_string()))?;
+        tcp.set_nonblocking(true)
+            .map_err(|e| dial_error(e.to_string()))?;
+        let tcp = tokio::net::TcpStream::from_std(tcp).map_err(|e| dial_error(e.to_string()))?;
+        let tls = self.kubelet_tls().map_err(dial_error)?;
+        let server_name = rustls::pki_types::ServerName::IpAddress(ip.into());
+        let tls = tokio_rustls::TlsConnector::from(tls)
+            .connect(server_name, tcp)
+            .await
+            .map_err(|e| dial_error(e.to_string()))?;
+        let (mut send, conn) =
+            hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tls))
+                .await
+                .map_err(|e| dial_error(e.to_string()))?;
+        tokio::spawn(conn.with_upgrades());
+        let mut out = Request::builder()
+            .method(req.method().clone())
+            .uri(uri)
+            .header("host", format!("{ip}:{port}"));
+        for (k, v) in req.headers() {
+            let name = k.as_str();
+            if matches!(name, "upgrade" | "connection" | "x-stream-protocol-version")
+                || name.starts_with("sec-websocket-")
+            {
+                out = out.header(k, v);
+            }
+        }
+        let out = out
+            .body(http_body_util::Empty::<Bytes>::new())
+            .map_err(|e| dial_error(e.to_string()))?;
+        let client_upgrade = hyper::upgrade::on(&mut req);
+        let mut answer = send
+            .send_request(out)
+            .await
+            .map_err(|e| dial_error(e.to_string()))?;
+        if answer.status() != StatusCode::SWITCHING_PROTOCOLS {
+            // Not upgraded (logs, or the kubelet's refusal): the answer as it comes.
+            let (parts, mut body) = answer.into_parts();
+            let (tx, rx) = mpsc::channel::<Bytes>(16);
+            tokio::spawn(async move {
+                // A body error ends the stream, as a cut connection would.
+                while let Some(Ok(frame)) = body.frame().await {
+                    if let Ok(data) = frame.into_data()
+                        && tx.send(data).await.is_err()
+                    {
+                        return;
+                    }
+                }
+            });
+            let stream = futures::stream::unfold(rx, |mut rx| async move {
+                rx.recv()
+                    .await
+                    .map(|b| (Ok::<_, Infallible>(Frame::data(b)), rx))
+            });
+            return Ok(Response::from_parts(
+                parts,
+                BodyExt::boxed(StreamBody::new(stream)),
+            ));
+        }
+        let kubelet_upgrade = hyper::upgrade::on(&mut answer);
+        let mut resp = Response::builder().status(StatusCode::SWITCHING_PROTOCOLS);
+        for (k, v) in answer.headers() {
+            resp = resp.header(k, v);
+        }
+        tokio::spawn(async move {
+            let (Ok(client), Ok(kubelet)) = (client_upgrade.await, kubelet_upgrade.await) else {
+                return;
+            };
+            let mut client = hyper_util::rt::TokioIo::new(client);
+            let mut kubelet = hyper_util::rt::TokioIo::new(kubelet);
+            let _ = tokio::io::copy_bidirectional(&mut client, &mut kubelet).await;
+        });
+        resp.body(http_body_util::Empty::new().boxed())
+            .map_err(|e| ApiError::internal(e.to_string()))
+    }
+
+    fn kubelet_tls(&self) -> Result<Arc<rustls::ClientConfig>, String> {
+        if let Some(c) = self.kubelet_client.get() {
+            return Ok(Arc::clone(c));
+        }
+        let pair = self
+            .ca
+            .client("kube-apiserver-kubelet-client", &["system:masters"])
+            .map_err(|e| e.to_string())?;
+        let certs: Vec<rustls::pki_types::CertificateDer<'static>> =
+            rustls::pki_types::pem::PemObject::pem_slice_iter(pair.cert_pem.as_bytes())
+                .collect::<Result<_, _>>()
+                .map_err(|e| e.to_string())?;
+        let key = <rustls::pki_types::PrivateKeyDer<'static> as rustls::pki_types::pem::PemObject>::from_pem_slice(
+            pair.key_pem.as_bytes(),
+        )
+        .map_err(|e| e.to_string())?;
+        let config = rustls::ClientConfig::builder()
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(AnyKubelet))
+            .with_client_auth_cert(certs, key)
+            .map_err(|e| e.to_string())?;
+        let config = Arc::new(config);
+        let _ = self.kubelet_client.set(Arc::clone(&config));
+        Ok(config)
     }
 
     fn non_resource(&self, method: &Method, path: &str, id: &Identity) -> Option<Response<Body>> {

@@ -136,6 +136,8 @@ impl InMemoryApiServer {
             static_tokens: std::sync::Mutex::new(Default::default()),
             bookmark_interval_ms: AtomicU64::new(5000),
             stall: std::sync::Mutex::new(None),
+            node_network: std::sync::Mutex::new(None),
+            kubelet_client: std::sync::OnceLock::new(),
             csr_auto_approve: AtomicBool::new(true),
             signing_seconds: std::sync::atomic::AtomicI64::new(365 * 86400),
             token_seconds: std::sync::atomic::AtomicI64::new(0),
@@ -248,6 +250,14 @@ impl InMemoryApiServer {
     pub fn set_stall(&self, stall: Option<(&str, std::time::Duration)>) {
         if let Ok(mut s) = self.server.stall.lock() {
             *s = stall.map(|(p, d)| (p.to_string(), d));
+        }
+    }
+
+    /// The network namespace (a pin path) in which this apiserver reaches kubelets for
+    /// `pods/exec`, `attach`, `portforward` and `log` (a lab's bridge namespace).
+    pub fn set_node_network(&self, netns: std::path::PathBuf) {
+        if let Ok(mut n) = self.server.node_network.lock() {
+            *n = Some(netns);
         }
     }
 
@@ -407,7 +417,7 @@ async fn accept_loop(
                 Arc::clone(&server).handle(req, identity.clone())
             });
             let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-                .serve_connection(TokioIo::new(stream), svc)
+                .serve_connection_with_upgrades(TokioIo::new(stream), svc)
                 .await;
         });
     }
