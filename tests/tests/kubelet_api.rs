@@ -815,7 +815,8 @@ impl Drop for Kubectl {
 
 /// kubectl through the apiserver, as users run it: `logs` and `logs -f`, `exec` over
 /// SPDY/3.1 (what apiservers before 1.36 speak to kubelets) and over WebSocket, with
-/// exit codes, stdin and a terminal, and `port-forward` over SPDY with data both ways.
+/// exit codes, stdin and a terminal, `attach` (output) over both, and `port-forward`
+/// over SPDY with data both ways.
 /// (The in-memory apiserver proxies these subresources to the node's :10250 the way
 /// the real one does: the upgraded connection passed through byte for byte.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -947,6 +948,43 @@ async fn kubectl_logs_exec_and_port_forward_reach_the_node_through_the_apiserver
             "{transport}: {out:?}"
         );
     }
+
+    // attach over both transports: the container's output as it comes; input refused
+    // with the reason (containers run with stdin closed).
+    for ws in ["false", "true"] {
+        let mut attach = Kubectl(
+            kubectl(
+                &cluster,
+                &[("KUBECTL_REMOTE_COMMAND_WEBSOCKETS", ws)],
+                &["attach", "shell", "-c", "c"],
+            )
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap(),
+        );
+        let mut lines = std::io::BufReader::new(attach.0.stdout.take().unwrap()).lines();
+        let ticks: Vec<u64> = (0..3)
+            .map(|_| {
+                let l = lines.next().expect("attach ended").unwrap();
+                l.strip_prefix("tick ")
+                    .unwrap_or_else(|| panic!("{l:?}"))
+                    .parse()
+                    .unwrap()
+            })
+            .collect();
+        assert!(
+            ticks.windows(2).all(|w| w[1] == w[0] + 1),
+            "websockets={ws}: {ticks:?}"
+        );
+        drop(attach);
+    }
+    let (code, _, err) = ran(kubectl(
+        &cluster,
+        &[],
+        &["attach", "-i", "shell", "-c", "c"],
+    ));
+    assert!(code != 0 && err.contains("stdin closed"), "{code} {err}");
 
     // port-forward over SPDY: a local port to the pod's 8080, an echo both ways, twice.
     let mut pf = Kubectl(

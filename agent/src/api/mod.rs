@@ -5,8 +5,9 @@
 //! SubjectAccessReview on the node's subresource for its path, as kubelet does. Served:
 //! `/healthz`, `/pods`, `/runningpods/`, `/containerLogs/{ns}/{pod}/{container}` (with
 //! follow, tailLines, sinceSeconds, sinceTime, timestamps, previous, limitBytes),
-//! `/configz` and `/metrics` (kernlet's own). Not yet: exec, attach, port-forward and
-//! the stats endpoints (they answer 404 like an unknown path).
+//! `/configz`, `/metrics` (kernlet's own), `/metrics/resource`, `/stats/summary`,
+//! and the streaming endpoints `/exec/…`, `/attach/…` (output only) and
+//! `/portForward/…` over WebSocket (`stream`) or SPDY/3.1 (`spdy`).
 
 pub mod auth;
 pub mod spdy;
@@ -315,6 +316,10 @@ async fn route(shared: &Shared, req: Request<Incoming>) -> Response<Body> {
             let (ns, pod, container) = (ns.to_string(), pod.to_string(), container.to_string());
             exec_route(shared, req, &ns, &pod, &container)
         }
+        (_, ["attach", ns, pod, container]) => {
+            let (ns, pod, container) = (ns.to_string(), pod.to_string(), container.to_string());
+            attach_route(shared, req, &ns, &pod, &container)
+        }
         (_, ["portForward", ns, pod]) => {
             let (ns, pod) = (ns.to_string(), pod.to_string());
             port_forward_route(shared, req, &ns, &pod)
@@ -450,11 +455,83 @@ fn exec_route(
         match upgrade {
             Upgrade::WebSocket { protocol, .. } => {
                 let ws = stream::websocket(upgraded).await;
-                stream::exec(ws, protocol, exe, bundle, opts).await;
+                let job = stream::exec_job(exe, bundle, opts.clone());
+                stream::exec(ws, protocol, opts, job).await;
             }
             Upgrade::Spdy { protocol } => {
-                stream::exec_spdy(upgraded, protocol, exe, bundle, opts).await;
+                let job = stream::exec_job(exe, bundle, opts.clone());
+                stream::exec_spdy(upgraded, protocol, opts, job).await;
             }
+        }
+    });
+    answer
+}
+
+/// `/attach/…`: the running container's output as it comes. kernlet starts
+/// containers with stdin closed and without a terminal, so input and a terminal are
+/// refused with the reason.
+fn attach_route(
+    shared: &Shared,
+    req: Request<Incoming>,
+    ns: &str,
+    pod: &str,
+    container: &str,
+) -> Response<Body> {
+    use crate::runtime::container::{ContainerState, records_in, state_in};
+    let upgrade = match Upgrade::of(&req, &stream::SPDY_EXEC_PROTOCOLS) {
+        Ok(u) => u,
+        Err((code, why)) => return text(code, why),
+    };
+    let opts = stream::parse_exec_query(req.uri().query().unwrap_or(""));
+    // Said on the stream's error channel, as kubelet reports attach failures, so
+    // kubectl shows it.
+    let refusal = (opts.stdin || opts.tty).then(|| format!(
+        "container \"{container}\" runs with stdin closed and no terminal (kernlet does not support spec.containers[].stdin or tty yet): attach without -i and -t to see its output"
+    ));
+    let Some(p) = find_pod(shared, ns, pod) else {
+        return text(
+            StatusCode::NOT_FOUND,
+            format!("pod \"{pod}\" in namespace \"{ns}\" is not on this node\n"),
+        );
+    };
+    let uid = p["metadata"]["uid"].as_str().unwrap_or("").to_string();
+    let state_dir = &shared.cfg.state_dir;
+    let run = records_in(state_dir)
+        .into_iter()
+        .filter(|r| r.pod_uid == uid && r.name == container)
+        .next_back()
+        .filter(|r| {
+            matches!(
+                state_in(&state_dir.join("containers").join(&r.id)),
+                ContainerState::Running { .. }
+            )
+        });
+    let Some(run) = run else {
+        return text(
+            StatusCode::BAD_REQUEST,
+            format!("container \"{container}\" in pod \"{pod}\" is not running\n"),
+        );
+    };
+    let (log, dir) = (
+        run.log_path.clone(),
+        state_dir.join("containers").join(&run.id),
+    );
+    let answer = upgrade.response();
+    let on_upgrade = hyper::upgrade::on(req);
+    tokio::spawn(async move {
+        let Ok(upgraded) = on_upgrade.await else {
+            return;
+        };
+        let job: stream::Job = match refusal {
+            Some(why) => Box::new(move |_, _| Box::pin(async move { Err(why) })),
+            None => stream::attach_job(log, dir),
+        };
+        match upgrade {
+            Upgrade::WebSocket { protocol, .. } => {
+                let ws = stream::websocket(upgraded).await;
+                stream::exec(ws, protocol, opts, job).await;
+            }
+            Upgrade::Spdy { protocol } => stream::exec_spdy(upgraded, protocol, opts, job).await,
         }
     });
     answer

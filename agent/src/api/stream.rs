@@ -281,8 +281,93 @@ fn final_status(command: &[String], result: &Result<i32, String>) -> serde_json:
     }
 }
 
-/// An exec over the WebSocket, ending with the exit `Status` on channel 3.
-pub async fn exec(ws: Ws, protocol: &str, exe: PathBuf, bundle: PathBuf, opts: ExecOptions) {
+/// What runs behind an exec or attach stream: fed by the client's input, it sends
+/// output and ends with an exit code (or why it could not run).
+pub type Job = Box<
+    dyn FnOnce(
+            tokio::sync::mpsc::Receiver<Input>,
+            tokio::sync::mpsc::Sender<Output>,
+        ) -> futures::future::BoxFuture<'static, Result<i32, String>>
+        + Send,
+>;
+
+/// The [`Job`] of an exec: `opts.command` in the container of `bundle`.
+pub fn exec_job(exe: PathBuf, bundle: PathBuf, opts: ExecOptions) -> Job {
+    Box::new(move |input, output| {
+        Box::pin(async move { run_exec(exe, bundle, &opts, input, output).await })
+    })
+}
+
+/// The [`Job`] of an attach: the container's output as it writes it, until it stops.
+pub fn attach_job(log: PathBuf, container_dir: PathBuf) -> Job {
+    Box::new(move |_input, output| Box::pin(follow_output(log, container_dir, output)))
+}
+
+/// Sends what the container writes from now on (read from its CRI log as it grows,
+/// across rotation), stdout and stderr apart, until the container stops or the
+/// client goes.
+pub async fn follow_output(
+    log: PathBuf,
+    container_dir: PathBuf,
+    output: tokio::sync::mpsc::Sender<Output>,
+) -> Result<i32, String> {
+    use crate::runtime::container::{ContainerState, state_in};
+    use tokio::io::AsyncSeekExt as _;
+    let len = |p: &Path| std::fs::metadata(p).map(|m| m.len()).unwrap_or(0);
+    let mut offset = len(&log);
+    let mut pending: Vec<u8> = Vec::new();
+    loop {
+        let running = matches!(state_in(&container_dir), ContainerState::Running { .. });
+        let now = len(&log);
+        if now < offset {
+            // Rotated: the new file from its start.
+            offset = 0;
+            pending.clear();
+        }
+        if now > offset {
+            let mut f = tokio::fs::File::open(&log)
+                .await
+                .map_err(|e| format!("reading {}: {e}", log.display()))?;
+            f.seek(std::io::SeekFrom::Start(offset))
+                .await
+                .map_err(|e| e.to_string())?;
+            let mut chunk = Vec::new();
+            (&mut f)
+                .take(now - offset)
+                .read_to_end(&mut chunk)
+                .await
+                .map_err(|e| e.to_string())?;
+            offset += chunk.len() as u64;
+            pending.extend_from_slice(&chunk);
+            while let Some(end) = pending.iter().position(|b| *b == b'\n') {
+                let line: Vec<u8> = pending.drain(..=end).collect();
+                let line = String::from_utf8_lossy(&line[..line.len() - 1]).into_owned();
+                let Some(r) = crate::runtime::logs::parse_line(&line) else {
+                    continue;
+                };
+                let mut data = r.text.into_bytes();
+                if !r.partial {
+                    data.push(b'\n');
+                }
+                let o = if r.stream == "stderr" {
+                    Output::Stderr(data)
+                } else {
+                    Output::Stdout(data)
+                };
+                if output.send(o).await.is_err() {
+                    return Ok(0);
+                }
+            }
+        }
+        if !running || output.is_closed() {
+            return Ok(0);
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+}
+
+/// An exec or attach over the WebSocket, ending with the `Status` on channel 3.
+pub async fn exec(ws: Ws, protocol: &str, opts: ExecOptions, job: Job) {
     let v5 = protocol.starts_with("v5.");
     let (mut sink, mut source) = ws.split();
     let (in_tx, in_rx) = tokio::sync::mpsc::channel::<Input>(32);
@@ -325,7 +410,7 @@ pub async fn exec(ws: Ws, protocol: &str, exe: PathBuf, bundle: PathBuf, opts: E
         }
         sink
     });
-    let result = run_exec(exe, bundle, &opts, in_rx, out_tx).await;
+    let result = job(in_rx, out_tx).await;
     reader.abort();
     let Ok(mut sink) = writer.await else { return };
     let status = final_status(&opts.command, &result);
@@ -423,9 +508,8 @@ const STREAM_CREATION_TIMEOUT: std::time::Duration = std::time::Duration::from_s
 pub async fn exec_spdy(
     upgraded: Upgraded,
     protocol: Option<&'static str>,
-    exe: PathBuf,
-    bundle: PathBuf,
     opts: ExecOptions,
+    job: Job,
 ) {
     use super::spdy::Event;
     let (mut events, sender) = super::spdy::serve(TokioIo::new(upgraded));
@@ -517,7 +601,7 @@ pub async fn exec_spdy(
             }
         }
     });
-    let result = run_exec(exe, bundle, &opts, in_rx, out_tx).await;
+    let result = job(in_rx, out_tx).await;
     let _ = writer.await;
     reader.abort();
     let json_status = matches!(protocol, Some("v5.channel.k8s.io" | "v4.channel.k8s.io"));
