@@ -498,8 +498,7 @@ fn attach_route(
     let state_dir = &shared.cfg.state_dir;
     let run = records_in(state_dir)
         .into_iter()
-        .filter(|r| r.pod_uid == uid && r.name == container)
-        .next_back()
+        .rfind(|r| r.pod_uid == uid && r.name == container)
         .filter(|r| {
             matches!(
                 state_in(&state_dir.join("containers").join(&r.id)),
