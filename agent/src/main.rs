@@ -374,6 +374,10 @@ struct NodeArgs {
     /// How often the load-balancer maps are compared with the Services, in seconds.
     #[arg(long, default_value_t = 30)]
     service_resync: u64,
+    /// Where the Service proxy answers `/healthz` and `/livez` as kube-proxy does (its
+    /// --healthz-bind-address); port 0 turns it off.
+    #[arg(long, default_value = "0.0.0.0:10256")]
+    proxy_healthz_bind_address: std::net::SocketAddr,
     /// Address the kubelet API listens on.
     #[arg(long, default_value = "0.0.0.0")]
     address: IpAddr,
@@ -1328,6 +1332,8 @@ fn prepare_node(args: &NodeArgs) -> anyhow::Result<PreparedNode> {
                 },
                 resync: Duration::from_secs(args.service_resync.max(1)),
                 run_dir: args.dirs.run_dir.clone(),
+                healthz: (args.proxy_healthz_bind_address.port() != 0)
+                    .then_some(args.proxy_healthz_bind_address),
             }),
         },
         client_ca_file: args.client_ca_file.clone(),

@@ -225,7 +225,11 @@ impl Cluster {
     }
 
     /// The EndpointSlice controller's part for one Service: one slice from the pods its
-    /// selector matches, with ready/serving/terminating from the pods' status.
+    /// selector matches, with ready/serving/terminating from the pods' status, each
+    /// endpoint's zone from its node's `topology.kubernetes.io/zone`, hints for the
+    /// Service's `trafficDistribution` (PreferSameNode: `forNodes` and `forZones`;
+    /// PreferSameZone and PreferClose: `forZones`), and the slice's
+    /// `endpoints.kubernetes.io/last-change-trigger-time` (now).
     pub async fn sync_endpointslice(&self, ns: &str, service: &str) -> anyhow::Result<()> {
         use k8s_openapi::api::discovery::v1::EndpointSlice;
         let client = self.admin().await?;
@@ -242,6 +246,23 @@ impl Cluster {
         let pods = Api::<Pod>::namespaced(client.clone(), ns)
             .list(&kube::api::ListParams::default().labels(&sel))
             .await?;
+        let zones: std::collections::BTreeMap<String, String> =
+            Api::<k8s_openapi::api::core::v1::Node>::all(client.clone())
+                .list(&Default::default())
+                .await?
+                .items
+                .into_iter()
+                .filter_map(|n| {
+                    let zone = n
+                        .metadata
+                        .labels
+                        .as_ref()?
+                        .get("topology.kubernetes.io/zone")?
+                        .clone();
+                    Some((n.metadata.name?, zone))
+                })
+                .collect();
+        let distribution = spec.traffic_distribution.clone().unwrap_or_default();
         let mut endpoints = Vec::new();
         for p in pods
             .items
@@ -255,12 +276,27 @@ impl Cluster {
                 .flatten()
                 .any(|c| c.type_ == "Ready" && c.status == "True");
             let terminating = p.metadata.deletion_timestamp.is_some();
-            endpoints.push(json!({
+            let node = p.spec.as_ref().and_then(|s| s.node_name.clone());
+            let zone = node.as_ref().and_then(|n| zones.get(n));
+            let mut ep = json!({
                 "addresses": [status.pod_ip],
                 "conditions": {"ready": ready && !terminating, "serving": ready, "terminating": terminating},
-                "nodeName": p.spec.as_ref().and_then(|s| s.node_name.clone()),
+                "nodeName": node,
                 "targetRef": {"kind": "Pod", "namespace": ns, "name": p.metadata.name, "uid": p.metadata.uid},
-            }));
+            });
+            if let Some(z) = zone {
+                ep["zone"] = json!(z);
+            }
+            match (distribution.as_str(), &node, zone) {
+                ("PreferSameNode", Some(n), Some(z)) => {
+                    ep["hints"] = json!({"forNodes": [{"name": n}], "forZones": [{"name": z}]});
+                }
+                ("PreferSameZone" | "PreferClose", _, Some(z)) => {
+                    ep["hints"] = json!({"forZones": [{"name": z}]});
+                }
+                _ => {}
+            }
+            endpoints.push(ep);
         }
         let pod0 = pods.items.first();
         let ports: Vec<Value> = spec.ports.iter().flatten().map(|sp| {
@@ -278,6 +314,7 @@ impl Cluster {
         let slice: EndpointSlice = serde_json::from_value(json!({
             "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
             "metadata": {"name": name, "namespace": ns, "labels": {"kubernetes.io/service-name": service, "endpointslice.kubernetes.io/managed-by": "endpointslice-controller.k8s.io"},
+                         "annotations": {"endpoints.kubernetes.io/last-change-trigger-time": jiff::Timestamp::now().strftime("%Y-%m-%dT%H:%M:%SZ").to_string()},
                          "ownerReferences": [{"apiVersion": "v1", "kind": "Service", "name": service, "uid": svc.metadata.uid, "controller": true, "blockOwnerDeletion": true}]},
             "addressType": "IPv4", "endpoints": endpoints, "ports": ports,
         }))?;

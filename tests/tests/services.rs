@@ -407,19 +407,22 @@ async fn cluster_ips_are_balanced_by_the_socket_hooks() {
         .await
         .unwrap();
     let bridge_ns = PathBuf::from(format!("/run/netns/{}", lab.bridge_netns()));
-    let health = |node: &SimNode| {
+    let get = |node: &SimNode, port: u16, path: &str| {
         let mut c = kernlet::sys::ns::connect_in(
             Some(&bridge_ns),
-            (node.address, 32100).into(),
+            (node.address, port).into(),
             Duration::from_secs(3),
         )
         .ok()?;
-        c.write_all(b"GET / HTTP/1.1\r\nHost: lb\r\nConnection: close\r\n\r\n")
-            .ok()?;
+        c.write_all(
+            format!("GET {path} HTTP/1.1\r\nHost: lb\r\nConnection: close\r\n\r\n").as_bytes(),
+        )
+        .ok()?;
         let mut answer = String::new();
         std::io::Read::read_to_string(&mut c, &mut answer).ok()?;
         Some(answer)
     };
+    let health = |node: &SimNode| get(node, 32100, "/");
     let on_s1 = wait_for(
         "the health check on s1",
         Duration::from_secs(20),
@@ -487,6 +490,97 @@ async fn cluster_ips_are_balanced_by_the_socket_hooks() {
         .unwrap_or_else(|| panic!("{view}"))
         .clone();
     assert_eq!(row["affinityTimeoutSeconds"], 10800, "{row}");
+
+    // kube-proxy's own health endpoint: 200 while synced; 503 on a node the cluster
+    // autoscaler is about to delete (livez still 200).
+    let proxy_health = |node: &SimNode, path: &str| get(node, 10256, path).unwrap_or_default();
+    let ok = proxy_health(&nodes[1], "/healthz");
+    assert!(
+        ok.starts_with("HTTP/1.1 200") && ok.contains("\"nodeEligible\":true"),
+        "{ok}"
+    );
+    let node_api: Api<k8s_openapi::api::core::v1::Node> = Api::all(admin.clone());
+    let taint = |on: bool| {
+        serde_json::json!({"spec": {"taints": if on {
+            serde_json::json!([{"key": "ToBeDeletedByClusterAutoscaler", "value": "1", "effect": "NoSchedule"}])
+        } else {
+            serde_json::json!([])
+        }}})
+    };
+    node_api
+        .patch(
+            "s2",
+            &kube::api::PatchParams::default(),
+            &kube::api::Patch::Merge(taint(true)),
+        )
+        .await
+        .unwrap();
+    let going = wait_for("s2's healthz 503", Duration::from_secs(20), async || {
+        let a = proxy_health(&nodes[1], "/healthz");
+        a.starts_with("HTTP/1.1 503").then_some(a)
+    })
+    .await;
+    assert!(going.contains("\"nodeEligible\":false"), "{going}");
+    assert!(proxy_health(&nodes[1], "/livez").starts_with("HTTP/1.1 200"));
+    assert!(proxy_health(&nodes[0], "/healthz").starts_with("HTTP/1.1 200"));
+    node_api
+        .patch(
+            "s2",
+            &kube::api::PatchParams::default(),
+            &kube::api::Patch::Merge(taint(false)),
+        )
+        .await
+        .unwrap();
+    wait_for(
+        "s2's healthz 200 again",
+        Duration::from_secs(20),
+        async || {
+            proxy_health(&nodes[1], "/healthz")
+                .starts_with("HTTP/1.1 200")
+                .then_some(())
+        },
+    )
+    .await;
+
+    // Topology: with the nodes in zones, PreferSameNode and PreferSameZone keep s1's
+    // clients on web-a (s1, zone-a); web-b is on s2 in zone-b.
+    for (node, zone) in [("s1", "zone-a"), ("s2", "zone-b")] {
+        node_api
+            .patch(
+                node,
+                &kube::api::PatchParams::default(),
+                &kube::api::Patch::Merge(serde_json::json!({"metadata": {"labels": {"topology.kubernetes.io/zone": zone}}})),
+            )
+            .await
+            .unwrap();
+    }
+    for (name, distribution) in [("near", "PreferSameNode"), ("zonal", "PreferSameZone")] {
+        let svc: Service = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": name},
+            "spec": {"selector": {"app": "web"}, "trafficDistribution": distribution,
+                     "ports": [{"name": "http", "port": 80, "targetPort": 8080, "protocol": "TCP"}]},
+        }))
+        .unwrap();
+        let svc = services.create(&PostParams::default(), &svc).await.unwrap();
+        let ip: Ipv4Addr = svc.spec.unwrap().cluster_ip.unwrap().parse().unwrap();
+        cluster.sync_endpointslice("default", name).await.unwrap();
+        let picked = wait_for(
+            &format!("{name} answering"),
+            Duration::from_secs(30),
+            async || {
+                let out = client(&cg, &client_ns, ip, 16);
+                let tcp: Vec<String> = out["tcp"]
+                    .as_array()?
+                    .iter()
+                    .filter_map(|v| v.as_str().map(str::to_string))
+                    .collect();
+                // The node's zone is read at a resync: wait for the narrowed set.
+                (tcp.len() == 16 && tcp.iter().all(|t| t == "web-a")).then_some(tcp)
+            },
+        )
+        .await;
+        assert_eq!(picked.len(), 16, "{distribution}");
+    }
     // Filtered by the service's name, by its address, by something nothing has.
     for f in ["default/web", &cluster_ip.to_string()] {
         let v: serde_json::Value =

@@ -7,5 +7,6 @@ pub mod node;
 pub mod overlay;
 pub mod permissions;
 pub mod pods;
+pub mod proxy_health;
 pub mod services;
 pub mod serving_cert;

@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures::StreamExt as _;
-use k8s_openapi::api::core::v1::Service;
+use k8s_openapi::api::core::v1::{Node, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::api::Api;
 use kube::runtime::watcher;
@@ -33,6 +33,8 @@ pub struct ServiceProxyConfig {
     /// sockets connected to a removed backend are closed in each.
     pub run_dir: PathBuf,
     pub resync: Duration,
+    /// Where `/healthz` and `/livez` are served (kube-proxy's :10256), if anywhere.
+    pub healthz: Option<std::net::SocketAddr>,
 }
 
 fn key_of<K: kube::Resource>(o: &K) -> String {
@@ -217,6 +219,14 @@ pub async fn run(
     readiness: watch::Sender<crate::model::node::Readiness>,
     mut stop: watch::Receiver<bool>,
 ) {
+    if let Some(addr) = cfg.healthz {
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            if let Err(e) = super::proxy_health::serve(addr, stop).await {
+                tracing::warn!("the Service proxy's health endpoint {addr} is not served: {e}");
+            }
+        });
+    }
     // The maps and programs; loading is retried (a missing bpffs is named in the log).
     let table: Arc<Mutex<BpfLb>> = loop {
         let c = cfg.clone();
@@ -254,10 +264,37 @@ pub async fn run(
     let mut tick = tokio::time::interval(cfg.resync);
     let mut backoff = Duration::from_millis(500);
     let mut health = HealthServers::default();
+    let nodes: Api<Node> = Api::all(client.get());
+    // The node's zone (for topology hints) and whether it is being deleted, read
+    // again at every resync.
+    let mut zone: Option<String> = None;
+    // The trigger time of each EndpointSlice as last programmed (None before the
+    // first sync: what was there at start is not a change this agent made).
+    let mut programmed: Option<BTreeMap<String, String>> = None;
     loop {
         let changed = tokio::select! {
             _ = stop.changed() => return,
-            _ = tick.tick() => true,
+            _ = tick.tick() => {
+                if let Ok(Ok(Some(n))) =
+                    tokio::time::timeout(Duration::from_secs(5), nodes.get_opt(&cfg.node)).await
+                {
+                    zone = n
+                        .metadata
+                        .labels
+                        .as_ref()
+                        .and_then(|l| l.get(ZONE_LABEL))
+                        .cloned();
+                    let tainted = n
+                        .spec
+                        .as_ref()
+                        .and_then(|s| s.taints.as_ref())
+                        .is_some_and(|t| t.iter().any(|t| t.key == AUTOSCALER_DELETION_TAINT));
+                    super::proxy_health::set_node_deleting(
+                        n.metadata.deletion_timestamp.is_some() || tainted,
+                    );
+                }
+                true
+            }
             e = services.next() => match e {
                 Some(Ok(ev)) => fold(ev, &mut svc_store, &mut svc_staging, &mut svc_synced),
                 Some(Err(e)) => {
@@ -298,7 +335,8 @@ pub async fn run(
                 &svcs, &eps, &cfg.node,
             ))
             .await;
-        let want = crate::model::services::desired(&svcs, &eps, &cfg.node, &cfg.node_ips);
+        let want =
+            crate::model::services::desired(&svcs, &eps, &cfg.node, zone.as_deref(), &cfg.node_ips);
         let frontends = want.len();
         let t = Arc::clone(&table);
         let run_dir = cfg.run_dir.clone();
@@ -319,6 +357,8 @@ pub async fn run(
         .await;
         match result {
             Ok(Ok(n)) => {
+                super::proxy_health::set_synced(true);
+                observe_programming(&mut programmed, &eps_store);
                 crate::daemon::synced(
                     "services",
                     serde_json::json!({"frontends": frontends, "changes": n}),
@@ -328,12 +368,51 @@ pub async fn run(
                 }
             }
             Ok(Err(e)) => {
+                super::proxy_health::set_synced(false);
                 crate::daemon::failed("services", &e);
                 tracing::warn!(
                     "programming the Service datapath: {e}; retrying at the next change or resync"
                 );
             }
-            Err(e) => tracing::warn!("programming the Service datapath: {e}"),
+            Err(e) => {
+                super::proxy_health::set_synced(false);
+                tracing::warn!("programming the Service datapath: {e}");
+            }
         }
     }
+}
+
+/// The node label naming its zone.
+const ZONE_LABEL: &str = "topology.kubernetes.io/zone";
+/// The cluster autoscaler's taint on a node it is about to delete.
+const AUTOSCALER_DELETION_TAINT: &str = "ToBeDeletedByClusterAutoscaler";
+
+/// After a successful sync: the latency of every EndpointSlice change programmed since
+/// the last one, from its trigger time.
+fn observe_programming(
+    programmed: &mut Option<BTreeMap<String, String>>,
+    slices: &BTreeMap<String, EndpointSlice>,
+) {
+    let now = k8s_openapi::jiff::Timestamp::now();
+    let current: BTreeMap<String, String> = slices
+        .iter()
+        .filter_map(|(k, s)| {
+            let t = s
+                .metadata
+                .annotations
+                .as_ref()?
+                .get(super::proxy_health::TRIGGER_TIME)?;
+            Some((k.clone(), t.clone()))
+        })
+        .collect();
+    if let Some(before) = programmed.as_ref() {
+        for (k, t) in &current {
+            if before.get(k) != Some(t)
+                && let Some(secs) = super::proxy_health::since_trigger(t, now)
+            {
+                super::proxy_health::observe_programming(secs);
+            }
+        }
+    }
+    *programmed = Some(current);
 }

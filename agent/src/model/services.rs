@@ -89,12 +89,14 @@ pub fn skipped(svc: &Service) -> Option<&'static str> {
     None
 }
 
-/// The frontends the Services describe and the backends of each, for node `node` with
-/// addresses `node_ips` (NodePorts are served on them).
+/// The frontends the Services describe and the backends of each, for node `node` in
+/// `zone` (its `topology.kubernetes.io/zone` label) with addresses `node_ips`
+/// (NodePorts are served on them).
 pub fn desired(
     services: &[Service],
     slices: &[EndpointSlice],
     node: &str,
+    zone: Option<&str>,
     node_ips: &[Ipv4Addr],
 ) -> BTreeMap<ServiceKey, Frontend> {
     let mut out: BTreeMap<ServiceKey, Frontend> = BTreeMap::new();
@@ -173,6 +175,7 @@ pub fn desired(
                     sp.name.as_deref(),
                     sp.protocol.as_deref(),
                     node,
+                    zone,
                     local,
                 )
             };
@@ -214,20 +217,67 @@ pub fn desired(
     out
 }
 
-/// The backends of one service port: the ready endpoints, or when none is ready the
-/// serving and terminating ones (kube-proxy's fallback); with `local_only`, those on
-/// this node only.
+/// One endpoint of a service port, with what kube-proxy looks at.
+struct Candidate {
+    backend: Backend,
+    ready: bool,
+    /// Serving and terminating: used only when nothing is ready.
+    fallback: bool,
+    on_node: bool,
+    node_hints: Vec<String>,
+    zone_hints: Vec<String>,
+}
+
+/// Topology-aware routing as kube-proxy applies it from the EndpointSlice hints the
+/// controller writes for `trafficDistribution` (PreferSameNode → `forNodes`,
+/// PreferSameZone/PreferClose and `topology-mode: Auto` → `forZones`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Topology {
+    /// Every endpoint is a candidate.
+    Any,
+    /// Only endpoints hinted for this node.
+    SameNode,
+    /// Only endpoints hinted for this node's zone.
+    SameZone,
+}
+
+/// kube-proxy's choice: node hints when every ready endpoint has some and one names
+/// this node; else zone hints when every ready endpoint has some and one names this
+/// node's zone; else no topology (a hint set that would leave this node without an
+/// endpoint is ignored).
+fn topology(cands: &[Candidate], node: &str, zone: Option<&str>) -> Topology {
+    let ready: Vec<&Candidate> = cands.iter().filter(|c| c.ready).collect();
+    if ready.is_empty() {
+        return Topology::Any;
+    }
+    if ready.iter().all(|c| !c.node_hints.is_empty())
+        && ready.iter().any(|c| c.node_hints.iter().any(|h| h == node))
+    {
+        return Topology::SameNode;
+    }
+    if let Some(zone) = zone
+        && ready.iter().all(|c| !c.zone_hints.is_empty())
+        && ready.iter().any(|c| c.zone_hints.iter().any(|h| h == zone))
+    {
+        return Topology::SameZone;
+    }
+    Topology::Any
+}
+
+/// The backends of one service port: the ready endpoints (narrowed by topology hints,
+/// see [`topology`]), or when none is ready the serving and terminating ones
+/// (kube-proxy's fallback); with `local_only`, those on this node only.
 fn endpoints_for(
     slices: &[&EndpointSlice],
     port_name: Option<&str>,
     protocol: Option<&str>,
     node: &str,
+    zone: Option<&str>,
     local_only: bool,
 ) -> BTreeSet<Backend> {
-    let mut ready = BTreeSet::new();
-    let mut terminating = BTreeSet::new();
     let want_name = port_name.unwrap_or("");
     let want_proto = protocol.unwrap_or("TCP");
+    let mut cands = Vec::new();
     for s in slices {
         let Some(port) = s.ports.iter().flatten().find(|p| {
             p.name.as_deref().unwrap_or("") == want_name
@@ -239,28 +289,64 @@ fn endpoints_for(
             continue;
         };
         for ep in s.endpoints.iter().flatten() {
-            if local_only && ep.node_name.as_deref() != Some(node) {
-                continue;
-            }
             let c = ep.conditions.clone().unwrap_or_default();
             // Unset conditions: ready and serving mean yes, terminating no.
             let is_ready = c.ready.unwrap_or(true);
             let serving = c.serving.unwrap_or(is_ready);
             let is_terminating = c.terminating.unwrap_or(false);
+            let hints = ep.hints.as_ref();
             for a in ep.addresses.iter().take(1) {
                 let Ok(ip) = a.parse::<Ipv4Addr>() else {
                     continue;
                 };
-                let b = backend(SocketAddrV4::new(ip, number));
-                if is_ready && !is_terminating {
-                    ready.insert(b);
-                } else if serving && is_terminating {
-                    terminating.insert(b);
-                }
+                cands.push(Candidate {
+                    backend: backend(SocketAddrV4::new(ip, number)),
+                    ready: is_ready && !is_terminating,
+                    fallback: serving && is_terminating,
+                    on_node: ep.node_name.as_deref() == Some(node),
+                    node_hints: hints
+                        .and_then(|h| h.for_nodes.as_ref())
+                        .into_iter()
+                        .flatten()
+                        .map(|n| n.name.clone())
+                        .collect(),
+                    zone_hints: hints
+                        .and_then(|h| h.for_zones.as_ref())
+                        .into_iter()
+                        .flatten()
+                        .map(|z| z.name.clone())
+                        .collect(),
+                });
             }
         }
     }
-    if ready.is_empty() { terminating } else { ready }
+    if local_only {
+        cands.retain(|c| c.on_node);
+    }
+    // Hints narrow the cluster-wide set only; the local set is already this node's.
+    let mode = if local_only {
+        Topology::Any
+    } else {
+        topology(&cands, node, zone)
+    };
+    let ready: BTreeSet<Backend> = cands
+        .iter()
+        .filter(|c| c.ready)
+        .filter(|c| match mode {
+            Topology::Any => true,
+            Topology::SameNode => c.node_hints.iter().any(|h| h == node),
+            Topology::SameZone => zone.is_some_and(|z| c.zone_hints.iter().any(|h| h == z)),
+        })
+        .map(|c| c.backend)
+        .collect();
+    if !ready.is_empty() {
+        return ready;
+    }
+    cands
+        .iter()
+        .filter(|c| c.fallback)
+        .map(|c| c.backend)
+        .collect()
 }
 
 /// The health checks kube-proxy serves for `externalTrafficPolicy: Local` load
@@ -427,7 +513,7 @@ mod tests {
     fn the_fixture_services_become_frontends_with_ready_backends() {
         let services: Vec<Service> = fixture("services.json");
         let slices: Vec<EndpointSlice> = fixture("endpointslices.json");
-        let want = desired(&services, &slices, "fixture-node-1", &[]);
+        let want = desired(&services, &slices, "fixture-node-1", None, &[]);
         // Every proxied service port of the fixtures has a frontend on its ClusterIP.
         for svc in &services {
             if skipped(svc).is_some() {
@@ -478,7 +564,7 @@ mod tests {
         );
         // web-lb has internalTrafficPolicy Local: on a node without its pods the
         // ClusterIP has no backend, its external IP keeps both (externalTrafficPolicy Cluster).
-        let elsewhere = desired(&services, &slices, "another-node", &[]);
+        let elsewhere = desired(&services, &slices, "another-node", None, &[]);
         assert!(elsewhere[&service_key(lb, 53, 17)].backends.is_empty());
         assert_eq!(
             elsewhere[&service_key("198.18.0.200".parse().unwrap(), 53, 17)]
@@ -517,6 +603,7 @@ mod tests {
             std::slice::from_ref(&web),
             std::slice::from_ref(&eps),
             "a",
+            None,
             &["198.18.0.10".parse().unwrap()],
         );
         assert_eq!(want[&key].backends.len(), 1, "ready endpoints only");
@@ -528,7 +615,13 @@ mod tests {
             {"addresses": ["10.244.2.5"], "conditions": {"ready": false, "serving": true, "terminating": true}, "nodeName": "b"},
             {"addresses": ["10.244.2.6"], "conditions": {"ready": false, "serving": false, "terminating": true}, "nodeName": "b"},
         ]));
-        let want = desired(std::slice::from_ref(&web), &[only_terminating], "a", &[]);
+        let want = desired(
+            std::slice::from_ref(&web),
+            &[only_terminating],
+            "a",
+            None,
+            &[],
+        );
         assert_eq!(
             want[&key]
                 .backends
@@ -544,13 +637,14 @@ mod tests {
             std::slice::from_ref(&local),
             std::slice::from_ref(&eps),
             "c",
+            None,
             &[],
         );
         assert!(
             want[&key].backends.is_empty(),
             "internalTrafficPolicy Local: no endpoint on c"
         );
-        let want = desired(&[local], std::slice::from_ref(&eps), "b", &[]);
+        let want = desired(&[local], std::slice::from_ref(&eps), "b", None, &[]);
         assert_eq!(
             want[&key].backends.len(),
             1,
@@ -558,7 +652,70 @@ mod tests {
         );
         let mut other = web.clone();
         other.metadata.labels = Some([(PROXY_NAME_LABEL.to_string(), "x".to_string())].into());
-        assert!(desired(&[other], &[eps], "a", &[]).is_empty());
+        assert!(desired(&[other], &[eps], "a", None, &[]).is_empty());
+    }
+
+    #[test]
+    fn topology_hints_narrow_cluster_endpoints_as_kube_proxy_does() {
+        let web = svc(serde_json::json!({
+            "metadata": {"name": "web", "namespace": "d"},
+            "spec": {"clusterIP": "10.96.0.50", "trafficDistribution": "PreferSameNode",
+                     "ports": [{"name": "http", "port": 80}]},
+        }));
+        let key = service_key("10.96.0.50".parse().unwrap(), 80, 6);
+        let hinted = |node: &str, zone: &str| serde_json::json!({"forNodes": [{"name": node}], "forZones": [{"name": zone}]});
+        let eps = slice(serde_json::json!([
+            {"addresses": ["10.244.1.5"], "nodeName": "a", "zone": "z1", "hints": hinted("a", "z1")},
+            {"addresses": ["10.244.2.5"], "nodeName": "b", "zone": "z1", "hints": hinted("b", "z1")},
+            {"addresses": ["10.244.3.5"], "nodeName": "c", "zone": "z2", "hints": hinted("c", "z2")},
+            // Not ready: its missing hints do not turn topology off.
+            {"addresses": ["10.244.4.5"], "nodeName": "e", "conditions": {"ready": false}},
+        ]));
+        let on = |node: &str, zone: Option<&str>, svc: &Service, eps: &EndpointSlice| {
+            desired(
+                std::slice::from_ref(svc),
+                std::slice::from_ref(eps),
+                node,
+                zone,
+                &[],
+            )[&key]
+                .backends
+                .iter()
+                .map(|b| backend_addr(b).ip().to_string())
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(on("a", Some("z1"), &web, &eps), ["10.244.1.5"], "same node");
+        assert_eq!(
+            on("d", Some("z1"), &web, &eps),
+            ["10.244.1.5", "10.244.2.5"],
+            "no endpoint for node d: its zone's"
+        );
+        assert_eq!(
+            on("d", Some("z3"), &web, &eps).len(),
+            3,
+            "nothing for d or z3: every ready endpoint"
+        );
+        assert_eq!(on("d", None, &web, &eps).len(), 3, "a node without a zone");
+        // One ready endpoint without hints: topology is off for everyone.
+        let mut partial = eps.clone();
+        partial.endpoints.as_mut().unwrap()[2].hints = None;
+        assert_eq!(on("a", Some("z1"), &web, &partial).len(), 3);
+        // Zone hints only (PreferSameZone): the zone's endpoints.
+        let mut zones = eps.clone();
+        for e in zones.endpoints.iter_mut().flatten() {
+            if let Some(h) = e.hints.as_mut() {
+                h.for_nodes = None;
+            }
+        }
+        assert_eq!(
+            on("a", Some("z2"), &web, &zones),
+            ["10.244.3.5"],
+            "node a in zone z2"
+        );
+        // internalTrafficPolicy Local: this node's endpoints, hints aside.
+        let mut local = web.clone();
+        local.spec.as_mut().unwrap().internal_traffic_policy = Some("Local".into());
+        assert_eq!(on("b", Some("z2"), &local, &zones), ["10.244.2.5"]);
     }
 
     #[test]
@@ -684,13 +841,14 @@ mod tests {
             std::slice::from_ref(&web),
             std::slice::from_ref(&eps),
             "a",
+            None,
             &[],
         );
         assert_eq!(want[&key].affinity_timeout, DEFAULT_AFFINITY_TIMEOUT);
         web.spec.as_mut().unwrap().session_affinity_config =
             serde_json::from_value(serde_json::json!({"clientIP": {"timeoutSeconds": 60}}))
                 .unwrap();
-        let want = desired(&[web], &[eps], "a", &[]);
+        let want = desired(&[web], &[eps], "a", None, &[]);
         assert_eq!(want[&key].affinity_timeout, 60);
         // Same backends, only the timeout changed: one service update on the same slot.
         let b = *want[&key].backends.iter().next().unwrap();
