@@ -345,8 +345,7 @@ pub async fn run(
                 .lock()
                 .map_err(|_| "the load-balancer table lock is poisoned".to_string())?;
             let before = udp_backends(&mut *t);
-            let n = crate::sys::lb::sync(&mut *t as &mut dyn LbTable, &want)
-                .map_err(|e| e.to_string())?;
+            let n = program(&mut *t as &mut dyn LbTable, &want)?;
             let after = udp_backends(&mut *t);
             let gone: Vec<std::net::SocketAddrV4> = before.difference(&after).copied().collect();
             if !gone.is_empty() {
@@ -357,7 +356,6 @@ pub async fn run(
         .await;
         match result {
             Ok(Ok(n)) => {
-                super::proxy_health::set_synced(true);
                 observe_programming(&mut programmed, &eps_store);
                 crate::daemon::synced(
                     "services",
@@ -368,7 +366,6 @@ pub async fn run(
                 }
             }
             Ok(Err(e)) => {
-                super::proxy_health::set_synced(false);
                 crate::daemon::failed("services", &e);
                 tracing::warn!(
                     "programming the Service datapath: {e}; retrying at the next change or resync"
@@ -380,6 +377,27 @@ pub async fn run(
             }
         }
     }
+}
+
+/// Writes `want` into `table`: a pass, and while writes fail up to three more right
+/// away (each writes only what is still missing); the proxy's `/healthz` says whether
+/// the table now holds `want`. The writes of the last pass, or the last failure.
+pub fn program(
+    table: &mut dyn LbTable,
+    want: &BTreeMap<kernlet_ebpf_common::ServiceKey, crate::model::services::Frontend>,
+) -> Result<usize, String> {
+    let mut last = String::new();
+    for _ in 0..4 {
+        match crate::sys::lb::sync(table, want) {
+            Ok(n) => {
+                super::proxy_health::set_synced(true);
+                return Ok(n);
+            }
+            Err(e) => last = e.to_string(),
+        }
+    }
+    super::proxy_health::set_synced(false);
+    Err(last)
 }
 
 /// The node label naming its zone.
@@ -415,4 +433,72 @@ fn observe_programming(
         }
     }
     *programmed = Some(current);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::services::{Frontend, backend, service_key};
+    use crate::sys::lb::FaultyLb;
+
+    fn want(n: u8) -> BTreeMap<kernlet_ebpf_common::ServiceKey, Frontend> {
+        (0..n)
+            .map(|i| {
+                let front = Frontend {
+                    backends: [
+                        backend(format!("10.244.1.{i}:8080").parse().unwrap()),
+                        backend(format!("10.244.2.{i}:8080").parse().unwrap()),
+                    ]
+                    .into(),
+                    affinity_timeout: 0,
+                };
+                (service_key(Ipv4Addr::new(10, 96, 1, i), 80, 6), front)
+            })
+            .collect()
+    }
+
+    fn converged(
+        t: &mut FaultyLb,
+        want: &BTreeMap<kernlet_ebpf_common::ServiceKey, Frontend>,
+    ) -> bool {
+        crate::model::services::plan(
+            want,
+            &t.inner.services().unwrap(),
+            &t.inner.backends().unwrap(),
+        )
+        .is_empty()
+    }
+
+    #[test]
+    fn a_table_refusing_writes_converges_within_two_resyncs_and_healthz_says_when() {
+        let want = want(40);
+        // Every 10th write refused: one resync's retries get everything in.
+        let mut t = FaultyLb {
+            fail: (1..100_000).filter(|n| n % 10 == 0).collect(),
+            ..Default::default()
+        };
+        program(&mut t, &want).unwrap();
+        assert!(converged(&mut t, &want));
+        assert_eq!(super::super::proxy_health::answer("/healthz").0, 200);
+        // Every 4th write refused: the first resync falls short and healthz is 503
+        // while the table lags; the second finishes (what earlier passes wrote is
+        // kept) and healthz is 200.
+        let mut t = FaultyLb {
+            fail: (1..100_000).filter(|n| n % 4 == 0).collect(),
+            ..Default::default()
+        };
+        let mut resyncs = 0;
+        while program(&mut t, &want).is_err() {
+            resyncs += 1;
+            assert!(!converged(&mut t, &want));
+            assert_eq!(super::super::proxy_health::answer("/healthz").0, 503);
+            assert!(resyncs < 2, "no convergence after {resyncs} resyncs");
+        }
+        assert!(
+            resyncs >= 1,
+            "a quarter of the writes refused cannot pass at once"
+        );
+        assert!(converged(&mut t, &want));
+        assert_eq!(super::super::proxy_health::answer("/healthz").0, 200);
+    }
 }

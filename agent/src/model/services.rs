@@ -446,6 +446,15 @@ pub fn plan(
         used.insert(next);
         next
     };
+    // Slots no frontend points at (a pass that failed half-way leaves them): one
+    // holding a start of the backends a frontend now needs is finished instead of
+    // written again, so retries keep what earlier passes wrote.
+    let mut orphans: BTreeMap<u32, BTreeMap<u32, Backend>> = BTreeMap::new();
+    for (k, b) in backends {
+        if !used.contains(&k.slot) {
+            orphans.entry(k.slot).or_default().insert(k.index, *b);
+        }
+    }
     let mut live_slots = BTreeSet::new();
     for (key, front) in want {
         let list: Vec<Backend> = front.backends.iter().copied().collect();
@@ -464,9 +473,27 @@ pub fn plan(
             }
             continue;
         }
-        let slot = fresh_slot(&mut used);
+        let adoptable = orphans
+            .iter()
+            .find(|(_, entries)| {
+                entries
+                    .iter()
+                    .all(|(i, b)| list.get(*i as usize) == Some(b))
+            })
+            .map(|(slot, entries)| (*slot, entries.clone()));
+        let (slot, have) = match adoptable {
+            Some((slot, entries)) => {
+                orphans.remove(&slot);
+                used.insert(slot);
+                (slot, entries)
+            }
+            None => (fresh_slot(&mut used), BTreeMap::new()),
+        };
         live_slots.insert(slot);
         for (i, b) in list.iter().enumerate() {
+            if have.contains_key(&(i as u32)) {
+                continue;
+            }
             sets.push(LbOp::SetBackend(
                 BackendKey {
                     slot,
@@ -777,7 +804,9 @@ mod tests {
             },
         )]
         .into();
-        let ops = plan(&want, &services, &backends);
+        let mut clean = backends.clone();
+        clean.remove(&BackendKey { slot: 9, index: 0 });
+        let ops = plan(&want, &services, &clean);
         assert_eq!(
             ops,
             [
@@ -793,7 +822,25 @@ mod tests {
                 ),
                 LbOp::DeleteBackend(BackendKey { slot: 1, index: 0 }),
                 LbOp::DeleteBackend(BackendKey { slot: 1, index: 1 }),
-                LbOp::DeleteBackend(BackendKey { slot: 9, index: 0 }),
+            ]
+        );
+        // A leftover slot already holding the new set (a pass that failed after
+        // writing it) is finished, not written again.
+        let ops = plan(&want, &services, &backends);
+        assert_eq!(
+            ops,
+            [
+                LbOp::SetService(
+                    key,
+                    ServiceValue {
+                        slot: 9,
+                        count: 1,
+                        affinity_timeout: 0,
+                        _pad: 0
+                    }
+                ),
+                LbOp::DeleteBackend(BackendKey { slot: 1, index: 0 }),
+                LbOp::DeleteBackend(BackendKey { slot: 1, index: 1 }),
             ]
         );
         // The service gone: frontend, then its backends.

@@ -333,16 +333,35 @@ pub fn sync(
     let ops = crate::model::services::plan(want, &services, &backends);
     let mut first = None;
     let mut done = 0;
+    // Slots with a backend that could not be written: no frontend moves onto them.
+    let mut incomplete = BTreeSet::new();
+    // The slot each frontend points at, as this pass leaves it: a slot still pointed
+    // at (its frontend's swap failed) keeps its backends.
+    let mut pointing: BTreeMap<ServiceKey, u32> =
+        services.iter().map(|(k, v)| (*k, v.slot)).collect();
     for op in &ops {
-        let deleting = matches!(op, LbOp::DeleteService(_) | LbOp::DeleteBackend(_));
-        // A failed write leaves a frontend on its old backends: they stay until a pass
-        // has written everything.
-        if deleting && first.is_some() {
-            continue;
+        match op {
+            LbOp::SetService(_, v) if incomplete.contains(&v.slot) => continue,
+            LbOp::DeleteBackend(k) if pointing.values().any(|s| *s == k.slot) => continue,
+            _ => {}
         }
         match table.apply(op) {
-            Ok(()) => done += 1,
+            Ok(()) => {
+                done += 1;
+                match op {
+                    LbOp::SetService(k, v) => {
+                        pointing.insert(*k, v.slot);
+                    }
+                    LbOp::DeleteService(k) => {
+                        pointing.remove(k);
+                    }
+                    _ => {}
+                }
+            }
             Err(e) => {
+                if let LbOp::SetBackend(k, _) = op {
+                    incomplete.insert(k.slot);
+                }
                 first.get_or_insert(e);
             }
         }
@@ -381,6 +400,18 @@ mod tests {
                 })
             })
         })
+    }
+
+    #[test]
+    fn a_failed_backend_write_keeps_its_frontend_on_the_old_slot() {
+        let mut t = FaultyLb::default();
+        sync(&mut t, &want(&["10.244.1.5:8080"])).unwrap();
+        // The new slot's first backend write fails: the swap must not happen.
+        t.fail = [t.applied + 1].into();
+        assert!(sync(&mut t, &want(&["10.244.2.5:8080", "10.244.3.5:8080"])).is_err());
+        assert!(consistent(&t.inner));
+        let key = service_key("10.96.0.50".parse().unwrap(), 80, 6);
+        assert_eq!(t.inner.services[&key].count, 1, "still the old backend");
     }
 
     #[test]
