@@ -37,25 +37,7 @@ async fn backend(
     .unwrap();
     pods.create(&PostParams::default(), &pod).await.unwrap();
     cluster.bind_pod("default", name, &node.name).await.unwrap();
-    let (ip, netns) = wait_for("the backend running", Duration::from_secs(60), async || {
-        let p = pods.get(name).await.ok()?;
-        let st = p.status?;
-        let ready = st
-            .conditions?
-            .iter()
-            .any(|c| c.type_ == "Ready" && c.status == "True");
-        let ip: Ipv4Addr = st.pod_ip?.parse().ok()?;
-        ready.then(|| {
-            (
-                ip,
-                node.dir("run")
-                    .join("pods")
-                    .join(p.metadata.uid.unwrap())
-                    .join("ns/net"),
-            )
-        })
-    })
-    .await;
+    let (ip, netns) = sleeping_ready(pods, node, name).await;
     let tcp = in_netns(&netns, move || {
         std::net::TcpListener::bind((ip, 8080)).unwrap()
     })
@@ -817,5 +799,250 @@ async fn cluster_ips_are_balanced_by_the_socket_hooks() {
             .then_some(())
     })
     .await;
+    drop(fwd);
+}
+
+/// A backend pod labelled app=echo on `node`: TCP and UDP echo on :7000 inside its
+/// namespace, each answer prefixed with `name:`.
+async fn echo_backend(cluster: &Cluster, pods: &Api<Pod>, node: &SimNode, name: &str) {
+    let pod: Pod = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": name, "labels": {"app": "echo"}},
+        "spec": {"terminationGracePeriodSeconds": 1, "containers": [
+            {"name": "c", "image": "busybox:1.36", "command": ["sleep", "3600"]}]},
+    }))
+    .unwrap();
+    pods.create(&PostParams::default(), &pod).await.unwrap();
+    cluster.bind_pod("default", name, &node.name).await.unwrap();
+    let (ip, netns) = sleeping_ready(pods, node, name).await;
+    let tcp = in_netns(&netns, move || {
+        std::net::TcpListener::bind((ip, 7000)).unwrap()
+    })
+    .unwrap();
+    let udp = in_netns(&netns, move || {
+        std::net::UdpSocket::bind((ip, 7000)).unwrap()
+    })
+    .unwrap();
+    let prefix = format!("{name}:");
+    let p = prefix.clone();
+    std::thread::spawn(move || {
+        for s in tcp.incoming() {
+            let Ok(mut s) = s else { return };
+            let p = p.clone();
+            std::thread::spawn(move || {
+                let mut buf = [0u8; 256];
+                while let Ok(n) = std::io::Read::read(&mut s, &mut buf) {
+                    if n == 0 || s.write_all(&[p.as_bytes(), &buf[..n]].concat()).is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 512];
+        while let Ok((n, peer)) = udp.recv_from(&mut buf) {
+            let _ = udp.send_to(&[prefix.as_bytes(), &buf[..n]].concat(), peer);
+        }
+    });
+}
+
+/// The IP and network namespace pin of pod `name` once it is Ready.
+async fn sleeping_ready(pods: &Api<Pod>, node: &SimNode, name: &str) -> (Ipv4Addr, PathBuf) {
+    wait_for("the pod running", Duration::from_secs(60), async || {
+        let p = pods.get(name).await.ok()?;
+        let st = p.status?;
+        let ready = st
+            .conditions?
+            .iter()
+            .any(|c| c.type_ == "Ready" && c.status == "True");
+        let ip: Ipv4Addr = st.pod_ip?.parse().ok()?;
+        ready.then(|| {
+            (
+                ip,
+                node.dir("run")
+                    .join("pods")
+                    .join(p.metadata.uid.unwrap())
+                    .join("ns/net"),
+            )
+        })
+    })
+    .await
+}
+
+/// Holds 20 TCP streams and one connected UDP socket to the service for `seconds`,
+/// exchanging a message on each every 200 ms; says "ready" once all are open, then at
+/// the end what it saw.
+const STREAMS: &str = r#"
+import json, socket, sys, time
+ip, seconds = sys.argv[1], float(sys.argv[2])
+streams = [socket.create_connection((ip, 7), timeout=3) for _ in range(20)]
+names = []
+for s in streams:
+    s.sendall(b"hello")
+    names.append(s.recv(100).decode().split(":")[0])
+u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+u.settimeout(1)
+u.connect((ip, 7))
+print("ready", flush=True)
+errors, rounds, udp_ok, udp_lost = [], 0, 0, 0
+end = time.time() + seconds
+while time.time() < end:
+    rounds += 1
+    for i, s in enumerate(streams):
+        try:
+            s.sendall(b"x")
+            if s.recv(100).decode() != names[i] + ":x":
+                errors.append("stream %d: wrong answer" % i)
+        except OSError as e:
+            errors.append("stream %d: %s" % (i, e))
+    try:
+        u.send(b"u")
+        u.recv(100)
+        udp_ok += 1
+    except OSError:
+        udp_lost += 1
+    time.sleep(0.2)
+print(json.dumps({"backends": names, "errors": errors, "rounds": rounds, "udp_ok": udp_ok, "udp_lost": udp_lost}), flush=True)
+"#;
+
+/// A `kill -9` of kernlet and its restart during 20 long-lived TCP streams and a UDP
+/// flow through a ClusterIP: no stream breaks, the UDP flow goes on, and new
+/// connections are balanced while the agent is down and after it is back (the
+/// programs and maps are pinned; the restarted agent adopts them).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_of_the_agent_breaks_no_stream() {
+    use std::io::BufRead as _;
+    let cluster = Cluster::start(&[BRIDGE_IP.into()]).await.unwrap();
+    let mut lab = Lab::new("svck").unwrap();
+    let fwd = lab.forward(0, cluster.addr()).unwrap();
+    apply_node_rbac(&cluster).unwrap();
+    let mut node = lab.add_node("k1").unwrap();
+    node.import_busybox().unwrap();
+    let cg = node.cgroup().display().to_string();
+    let flags = [
+        "--service-proxy",
+        "--service-cgroup",
+        &cg,
+        "--service-resync",
+        "1",
+    ];
+    start_overlay_node(&cluster, &fwd.url, &mut node, 1, &flags)
+        .await
+        .unwrap();
+    let admin = cluster.admin().await.unwrap();
+    let pods: Api<Pod> = Api::namespaced(admin.clone(), "default");
+    echo_backend(&cluster, &pods, &node, "echo-a").await;
+    echo_backend(&cluster, &pods, &node, "echo-b").await;
+    let (_, client_ns) = sleeping_pod(&cluster, &pods, &node, "client")
+        .await
+        .unwrap();
+    let services: Api<Service> = Api::namespaced(admin.clone(), "default");
+    let svc: Service = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": "echo"},
+        "spec": {"selector": {"app": "echo"}, "ports": [
+            {"name": "tcp", "port": 7, "targetPort": 7000, "protocol": "TCP"},
+            {"name": "udp", "port": 7, "targetPort": 7000, "protocol": "UDP"},
+        ]},
+    }))
+    .unwrap();
+    let svc = services.create(&PostParams::default(), &svc).await.unwrap();
+    let ip: Ipv4Addr = svc.spec.unwrap().cluster_ip.unwrap().parse().unwrap();
+    cluster.sync_endpointslice("default", "echo").await.unwrap();
+    let client_cg = node.cgroup().join("client");
+    std::fs::create_dir_all(&client_cg).unwrap();
+    // New connections: both backends answer.
+    let balanced = |what: &str| {
+        let script = format!(
+            "echo $$ > {}/cgroup.procs && exec nsenter --net={} python3 -c '{}' {ip}",
+            client_cg.display(),
+            client_ns.display(),
+            "import socket, sys\nseen = set()\nfor _ in range(24):\n    s = socket.create_connection((sys.argv[1], 7), timeout=3)\n    s.sendall(b\"n\")\n    seen.add(s.recv(100).decode().split(\":\")[0])\n    s.close()\nprint(\" \".join(sorted(seen)))"
+        );
+        let out = std::process::Command::new("bash")
+            .args(["-c", &script])
+            .output()
+            .unwrap();
+        let seen = String::from_utf8_lossy(&out.stdout).trim().to_string();
+        assert_eq!(
+            seen,
+            "echo-a echo-b",
+            "{what}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    wait_for("the service answering", Duration::from_secs(30), async || {
+        let script = format!(
+            "echo $$ > {}/cgroup.procs && exec nsenter --net={} python3 -c 'import socket; socket.create_connection((\"{ip}\", 7), timeout=2)'",
+            client_cg.display(),
+            client_ns.display()
+        );
+        std::process::Command::new("bash")
+            .args(["-c", &script])
+            .status()
+            .ok()?
+            .success()
+            .then_some(())
+    })
+    .await;
+    balanced("before");
+    let mut long = std::process::Command::new("bash")
+        .args([
+            "-c",
+            &format!(
+                "echo $$ > {}/cgroup.procs && exec nsenter --net={} python3 -c '{}' {ip} 12",
+                client_cg.display(),
+                client_ns.display(),
+                STREAMS
+            ),
+        ])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = std::io::BufReader::new(long.stdout.take().unwrap()).lines();
+    assert_eq!(lines.next().unwrap().unwrap(), "ready");
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    node.kill9_kernlet().unwrap();
+    balanced("with the agent killed");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let kc = node
+        .dir("state")
+        .join("node.kubeconfig")
+        .display()
+        .to_string();
+    let mut args = vec!["run", "--kubeconfig", &kc, "--node-name", "k1"];
+    args.extend([
+        "--node-lease-renew-interval-ms",
+        "1000",
+        "--cluster-cidr",
+        kernlet_tests::overlay::CLUSTER_CIDR,
+        "--overlay-resync",
+        "1",
+    ]);
+    args.extend(flags);
+    node.start_kernlet(&args).unwrap();
+    wait_for(
+        "the restarted agent attached",
+        Duration::from_secs(20),
+        async || {
+            node.kernlet_log()
+                .contains("Service datapath attached")
+                .then_some(())
+        },
+    )
+    .await;
+    balanced("after the restart");
+    let report: serde_json::Value =
+        serde_json::from_str(&lines.next().expect("the stream client ended").unwrap()).unwrap();
+    let _ = long.wait();
+    assert_eq!(report["errors"], serde_json::json!([]), "{report}");
+    assert!(report["rounds"].as_u64().unwrap() >= 20, "{report}");
+    assert_eq!(report["udp_lost"], 0, "{report}");
+    let names: std::collections::BTreeSet<&str> = report["backends"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|v| v.as_str())
+        .collect();
+    assert_eq!(names.len(), 2, "20 streams over both backends: {report}");
     drop(fwd);
 }
