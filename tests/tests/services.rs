@@ -29,15 +29,14 @@ async fn backend(
     node: &SimNode,
     name: &str,
 ) -> (Ipv4Addr, PathBuf) {
-    let pod: Pod = serde_json::from_value(serde_json::json!({
-        "metadata": {"name": name, "labels": {"app": "web", "pod": name}},
-        "spec": {"terminationGracePeriodSeconds": 1, "containers": [
-            {"name": "c", "image": "busybox:1.36", "command": ["sleep", "3600"]}]},
-    }))
-    .unwrap();
-    pods.create(&PostParams::default(), &pod).await.unwrap();
-    cluster.bind_pod("default", name, &node.name).await.unwrap();
-    let (ip, netns) = sleeping_ready(pods, node, name).await;
+    let (ip, netns) = sleeping_ready(
+        cluster,
+        pods,
+        node,
+        name,
+        serde_json::json!({"app": "web", "pod": name}),
+    )
+    .await;
     let tcp = in_netns(&netns, move || {
         std::net::TcpListener::bind((ip, 8080)).unwrap()
     })
@@ -805,15 +804,14 @@ async fn cluster_ips_are_balanced_by_the_socket_hooks() {
 /// A backend pod labelled app=echo on `node`: TCP and UDP echo on :7000 inside its
 /// namespace, each answer prefixed with `name:`.
 async fn echo_backend(cluster: &Cluster, pods: &Api<Pod>, node: &SimNode, name: &str) {
-    let pod: Pod = serde_json::from_value(serde_json::json!({
-        "metadata": {"name": name, "labels": {"app": "echo"}},
-        "spec": {"terminationGracePeriodSeconds": 1, "containers": [
-            {"name": "c", "image": "busybox:1.36", "command": ["sleep", "3600"]}]},
-    }))
-    .unwrap();
-    pods.create(&PostParams::default(), &pod).await.unwrap();
-    cluster.bind_pod("default", name, &node.name).await.unwrap();
-    let (ip, netns) = sleeping_ready(pods, node, name).await;
+    let (ip, netns) = sleeping_ready(
+        cluster,
+        pods,
+        node,
+        name,
+        serde_json::json!({"app": "echo"}),
+    )
+    .await;
     let tcp = in_netns(&netns, move || {
         std::net::TcpListener::bind((ip, 7000)).unwrap()
     })
@@ -846,8 +844,23 @@ async fn echo_backend(cluster: &Cluster, pods: &Api<Pod>, node: &SimNode, name: 
     });
 }
 
-/// The IP and network namespace pin of pod `name` once it is Ready.
-async fn sleeping_ready(pods: &Api<Pod>, node: &SimNode, name: &str) -> (Ipv4Addr, PathBuf) {
+/// A busybox pod `name` with `labels` that only sleeps, bound to `node`; its IP and
+/// network namespace pin once it is Ready.
+async fn sleeping_ready(
+    cluster: &Cluster,
+    pods: &Api<Pod>,
+    node: &SimNode,
+    name: &str,
+    labels: serde_json::Value,
+) -> (Ipv4Addr, PathBuf) {
+    let pod: Pod = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": name, "labels": labels},
+        "spec": {"terminationGracePeriodSeconds": 1, "containers": [
+            {"name": "c", "image": "busybox:1.36", "command": ["sleep", "3600"]}]},
+    }))
+    .unwrap();
+    pods.create(&PostParams::default(), &pod).await.unwrap();
+    cluster.bind_pod("default", name, &node.name).await.unwrap();
     wait_for("the pod running", Duration::from_secs(60), async || {
         let p = pods.get(name).await.ok()?;
         let st = p.status?;

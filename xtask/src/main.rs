@@ -56,6 +56,8 @@ const DEBIAN_PACKAGES: &[(&str, &str)] = &[
     ("apache2-utils", "/usr/bin/htpasswd"),
     // The overlay benchmark's throughput measure.
     ("iperf3", "/usr/bin/iperf3"),
+    // The services benchmark's comparison: kube-proxy's nftables mode applied with nft.
+    ("nftables", "/usr/sbin/nft"),
     // The VM of `cargo xtask vm-test` (its kernel is downloaded and unpacked, not installed).
     ("qemu-system-x86", "/usr/bin/qemu-system-x86_64"),
 ];

@@ -383,12 +383,19 @@ fn read_head(r: &mut impl std::io::Read, out: &mut Vec<u8>) {
     }
 }
 
-/// Accepts any server certificate (kubelet's probes do not verify).
+/// Accepts any server certificate (kubelet's probes do not verify; nor does an
+/// apiserver without `--kubelet-certificate-authority` towards kubelets).
 #[derive(Debug)]
-struct NoVerify(rustls::crypto::CryptoProvider);
+pub struct NoVerify(rustls::crypto::CryptoProvider);
+
+impl Default for NoVerify {
+    fn default() -> Self {
+        Self::new()
+    }
+}
 
 impl NoVerify {
-    fn new() -> Self {
+    pub fn new() -> Self {
         Self(rustls::crypto::aws_lc_rs::default_provider())
     }
 }

@@ -134,58 +134,6 @@ fn kubelet_subresource(path: &str) -> Option<(String, String, &'static str)> {
     }
 }
 
-/// Accepts any kubelet serving certificate, as an apiserver without
-/// `--kubelet-certificate-authority` does.
-#[derive(Debug)]
-struct AnyKubelet;
-
-impl rustls::client::danger::ServerCertVerifier for AnyKubelet {
-    fn verify_server_cert(
-        &self,
-        _: &rustls::pki_types::CertificateDer<'_>,
-        _: &[rustls::pki_types::CertificateDer<'_>],
-        _: &rustls::pki_types::ServerName<'_>,
-        _: &[u8],
-        _: rustls::pki_types::UnixTime,
-    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
-        Ok(rustls::client::danger::ServerCertVerified::assertion())
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &rustls::pki_types::CertificateDer<'_>,
-        dss: &rustls::DigitallySignedStruct,
-    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(
-            message,
-            cert,
-            dss,
-            &rustls::crypto::aws_lc_rs::default_provider().signature_verification_algorithms,
-        )
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &rustls::pki_types::CertificateDer<'_>,
-        dss: &rustls::DigitallySignedStruct,
-    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &rustls::crypto::aws_lc_rs::default_provider().signature_verification_algorithms,
-        )
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
-        rustls::crypto::aws_lc_rs::default_provider()
-            .signature_verification_algorithms
-            .supported_schemes()
-    }
-}
-
 fn query_map(query: Option<&str>) -> HashMap<String, String> {
     url::form_urlencoded::parse(query.unwrap_or("").as_bytes())
         .into_owned()
@@ -574,7 +522,8 @@ impl Server {
         .map_err(|e| e.to_string())?;
         let config = rustls::ClientConfig::builder()
             .dangerous()
-            .with_custom_certificate_verifier(Arc::new(AnyKubelet))
+            // As an apiserver without --kubelet-certificate-authority: any certificate.
+            .with_custom_certificate_verifier(Arc::new(kernlet::runtime::probe::NoVerify::new()))
             .with_client_auth_cert(certs, key)
             .map_err(|e| e.to_string())?;
         let config = Arc::new(config);

@@ -47,6 +47,11 @@ const REPORTS: &[(&str, &str, ReportFn)] = &[
         "pod-to-pod across two kernlet nodes over flannel.1 (VXLAN) against the same two pod namespaces joined by a plain veth pair: iperf3 throughput and 1-byte TCP request/response rate (root)",
         overlay_vs_direct,
     ),
+    (
+        "services",
+        "Service datapath: cold sync of 10,000 services x 2 endpoints until the datapath answers, add/remove of one service with 1k and 10k present — each beside the same services as a kube-proxy-shaped nftables ruleset applied with nft -f; and connect+request rate through a ClusterIP vs to the pod IP (root)",
+        services_bench,
+    ),
 ];
 
 const RUNS: usize = 5;
@@ -431,6 +436,303 @@ fn overlay_vs_direct() -> anyhow::Result<serde_json::Value> {
         }
         drop((a, b, fwd));
         result
+    })
+}
+
+/// Runs python `code` with `args` as a process of `cgroup` (so the socket
+/// load-balancer translates it) inside the network namespace `netns`; its stdout.
+fn py_in(
+    cgroup: &std::path::Path,
+    netns: &std::path::Path,
+    code: &str,
+    args: &[String],
+) -> anyhow::Result<String> {
+    std::fs::create_dir_all(cgroup)?;
+    let out = std::process::Command::new("bash")
+        .arg("-c")
+        .arg(format!(
+            "echo $$ > {}/cgroup.procs && exec nsenter --net={} python3 -c \"$0\" \"$@\"",
+            cgroup.display(),
+            netns.display()
+        ))
+        .arg(code)
+        .args(args)
+        .output()?;
+    anyhow::ensure!(
+        out.status.success(),
+        "python: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
+}
+
+/// Waits until a TCP connect to `ip:80` from the node's cgroup is answered (or, with
+/// `gone`, refused); the elapsed time. Bounded at 120 s.
+const PROBE: &str = r#"
+import socket, sys, time
+ip, gone = sys.argv[1], sys.argv[2] == "1"
+start = time.time()
+while time.time() - start < 120:
+    try:
+        s = socket.create_connection((ip, 80), timeout=0.5)
+        ok = True
+        s.close()
+    except OSError:
+        ok = False
+    if ok != gone:
+        print(time.time() - start)
+        sys.exit(0)
+    time.sleep(0.005)
+sys.exit(1)
+"#;
+
+/// New TCP connections per second for 3 s (connect, 1-byte request, 1-byte answer,
+/// close) to `ip:port`.
+const CONNECT_RATE: &str = r#"
+import socket, sys, time
+ip, port = sys.argv[1], int(sys.argv[2])
+start, n = time.time(), 0
+while time.time() - start < 3 and n < 1000000:
+    s = socket.create_connection((ip, port), timeout=3)
+    s.sendall(b"x")
+    s.recv(1)
+    s.close()
+    n += 1
+print(n / (time.time() - start))
+"#;
+
+/// kube-proxy's nftables mode for `services` (ClusterIP, port 80/TCP, two endpoints
+/// each): a verdict map from address . protocol . port to a chain per service, which
+/// picks an endpoint chain with `numgen random`, which DNATs.
+fn nft_ruleset(services: &[(std::net::Ipv4Addr, [std::net::Ipv4Addr; 2])]) -> String {
+    let mut out = String::from("table ip kube-proxy-bench {\n");
+    out.push_str("  chain mark-for-masquerade { mark set mark or 0x4000 ; }\n");
+    for (i, (_, eps)) in services.iter().enumerate() {
+        for (j, ep) in eps.iter().enumerate() {
+            out.push_str(&format!(
+                "  chain ep-{i}-{j} {{ ip saddr {ep} jump mark-for-masquerade ; meta l4proto tcp dnat to {ep}:8080 ; }}\n"
+            ));
+        }
+        out.push_str(&format!(
+            "  chain svc-{i} {{ numgen random mod 2 vmap {{ 0 : goto ep-{i}-0 , 1 : goto ep-{i}-1 }} ; }}\n"
+        ));
+    }
+    out.push_str("  map service-ips {\n    type ipv4_addr . inet_proto . inet_service : verdict\n");
+    if !services.is_empty() {
+        out.push_str("    elements = {\n");
+        let lines: Vec<String> = services
+            .iter()
+            .enumerate()
+            .map(|(i, (ip, _))| format!("      {ip} . tcp . 80 : goto svc-{i}"))
+            .collect();
+        out.push_str(&lines.join(",\n"));
+        out.push_str("\n    }\n");
+    }
+    out.push_str("  }\n");
+    out.push_str("  chain services { ip daddr . meta l4proto . th dport vmap @service-ips ; }\n");
+    out.push_str("  chain nat-output { type nat hook output priority -100; policy accept; jump services ; }\n");
+    out.push_str("  chain nat-prerouting { type nat hook prerouting priority -100; policy accept; jump services ; }\n");
+    out.push_str("}\n");
+    out
+}
+
+/// Applies `rules` with `nft -f` in the network namespace `netns`; the time it took.
+fn nft_apply(netns: &std::path::Path, rules: &str) -> anyhow::Result<Duration> {
+    let file = std::env::temp_dir().join(format!("kernlet-bench-{}.nft", std::process::id()));
+    std::fs::write(&file, rules)?;
+    let start = Instant::now();
+    let out = std::process::Command::new("nsenter")
+        .arg(format!("--net={}", netns.display()))
+        .args(["nft", "-f"])
+        .arg(&file)
+        .output()?;
+    let took = start.elapsed();
+    let _ = std::fs::remove_file(&file);
+    anyhow::ensure!(
+        out.status.success(),
+        "nft -f: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(took)
+}
+
+fn services_bench() -> anyhow::Result<serde_json::Value> {
+    use futures::StreamExt as _;
+    use k8s_openapi::api::core::v1::{Pod, Service};
+    use k8s_openapi::api::discovery::v1::EndpointSlice;
+    use kernlet_tests::overlay::{apply_node_rbac, in_netns, sleeping_pod, start_overlay_node};
+    use kernlet_tests::simnode::{BRIDGE_IP, Lab};
+    anyhow::ensure!(
+        std::path::Path::new("/usr/sbin/nft").exists(),
+        "nft is not installed: run cargo xtask setup (Debian package nftables)"
+    );
+    runtime()?.block_on(async {
+        let cluster = Cluster::start(&[BRIDGE_IP.into()]).await?;
+        let mut lab = Lab::new("bsvc")?;
+        let fwd = lab.forward(0, cluster.addr())?;
+        apply_node_rbac(&cluster)?;
+        let mut node = lab.add_node("bs")?;
+        node.import_busybox()?;
+        let cg = node.cgroup().display().to_string();
+        let flags = ["--service-proxy", "--service-cgroup", &cg, "--service-resync", "30"];
+        start_overlay_node(&cluster, &fwd.url, &mut node, 1, &flags).await?;
+        let admin = cluster.admin().await?;
+        let pods: Api<Pod> = Api::namespaced(admin.clone(), "default");
+        // Two backends answering one byte per connection on :8080.
+        let mut eps = Vec::new();
+        for name in ["bench-a", "bench-b"] {
+            let (ip, netns) = sleeping_pod(&cluster, &pods, &node, name).await?;
+            let listener = in_netns(&netns, move || std::net::TcpListener::bind((ip, 8080)))??;
+            std::thread::spawn(move || {
+                use std::io::{Read as _, Write as _};
+                for s in listener.incoming() {
+                    let Ok(mut s) = s else { return };
+                    let mut b = [0u8; 1];
+                    if s.read_exact(&mut b).is_ok() {
+                        let _ = s.write_all(&b);
+                    }
+                }
+            });
+            eps.push(ip);
+        }
+        let eps = [eps[0], eps[1]];
+        let client_cg = node.cgroup().join("bench-client");
+        let node_ns = std::path::PathBuf::from(format!("/run/netns/{}", node.netns));
+        let services: Api<Service> = Api::namespaced(admin.clone(), "default");
+        let slices: Api<EndpointSlice> = Api::namespaced(admin.clone(), "default");
+        let create = |i: usize| {
+            let (services, slices) = (services.clone(), slices.clone());
+            async move {
+                let name = format!("bench-{i}");
+                let svc: Service = serde_json::from_value(json!({
+                    "metadata": {"name": name},
+                    "spec": {"ports": [{"name": "http", "port": 80, "targetPort": 8080, "protocol": "TCP"}]},
+                }))?;
+                let svc = services.create(&PostParams::default(), &svc).await?;
+                let ip: std::net::Ipv4Addr = svc.spec.and_then(|s| s.cluster_ip).unwrap_or_default().parse()?;
+                let slice: EndpointSlice = serde_json::from_value(json!({
+                    "metadata": {"name": format!("{name}-x"), "labels": {"kubernetes.io/service-name": name}},
+                    "addressType": "IPv4",
+                    "ports": [{"name": "http", "port": 8080, "protocol": "TCP"}],
+                    "endpoints": [{"addresses": [eps[0].to_string()]}, {"addresses": [eps[1].to_string()]}],
+                }))?;
+                slices.create(&PostParams::default(), &slice).await?;
+                anyhow::Ok(ip)
+            }
+        };
+        let create_many = |range: std::ops::Range<usize>| {
+            futures::stream::iter(range.map(create))
+                .buffer_unordered(16)
+                .collect::<Vec<_>>()
+        };
+        let probe = |ip: std::net::Ipv4Addr, gone: bool| -> anyhow::Result<f64> {
+            Ok(py_in(&client_cg, &node_ns, PROBE, &[ip.to_string(), if gone { "1" } else { "0" }.into()])?.parse()?)
+        };
+        let pin_dir = node.dir("bpf").join("lb");
+        let frontends = |pin_dir: &std::path::Path| {
+            kernlet::sys::lb::read_pinned(pin_dir).map(|(s, _)| s.len()).unwrap_or(0)
+        };
+        // One service added and removed `reps` times with `present` services there:
+        // seconds until it answers, and until connects to it are refused.
+        let add_remove = |present: usize, next: &mut usize| -> anyhow::Result<serde_json::Value> {
+            let (mut adds, mut removes) = (Vec::new(), Vec::new());
+            for _ in 0..5 {
+                let i = *next;
+                *next += 1;
+                let rt = tokio::runtime::Handle::current();
+                let start = Instant::now();
+                let ip = tokio::task::block_in_place(|| rt.block_on(create(i)))?;
+                probe(ip, false)?;
+                adds.push(start.elapsed().as_secs_f64());
+                let start = Instant::now();
+                let name = format!("bench-{i}");
+                tokio::task::block_in_place(|| rt.block_on(async {
+                    services.delete(&name, &Default::default()).await?;
+                    slices.delete(&format!("{name}-x"), &Default::default()).await?;
+                    anyhow::Ok(())
+                }))?;
+                probe(ip, true)?;
+                removes.push(start.elapsed().as_secs_f64());
+            }
+            let median = |v: &mut Vec<f64>| { v.sort_by(f64::total_cmp); v[v.len() / 2] };
+            Ok(json!({"present": present, "add_s": median(&mut adds), "remove_s": median(&mut removes)}))
+        };
+        let nft_delta = |present: usize| -> anyhow::Result<(f64, f64)> {
+            // The same change as nft would make it: one service's chains and element.
+            let i = present;
+            let ip = std::net::Ipv4Addr::new(10, 111, (i / 256) as u8, (i % 256) as u8);
+            let add = format!(
+                "add chain ip kube-proxy-bench ep-{i}-0 {{ ip saddr {a} jump mark-for-masquerade ; meta l4proto tcp dnat to {a}:8080 ; }}\nadd chain ip kube-proxy-bench ep-{i}-1 {{ ip saddr {b} jump mark-for-masquerade ; meta l4proto tcp dnat to {b}:8080 ; }}\nadd chain ip kube-proxy-bench svc-{i} {{ numgen random mod 2 vmap {{ 0 : goto ep-{i}-0 , 1 : goto ep-{i}-1 }} ; }}\nadd element ip kube-proxy-bench service-ips {{ {ip} . tcp . 80 : goto svc-{i} }}\n",
+                a = eps[0], b = eps[1]
+            );
+            let remove = format!(
+                "delete element ip kube-proxy-bench service-ips {{ {ip} . tcp . 80 }}\ndelete chain ip kube-proxy-bench svc-{i}\ndelete chain ip kube-proxy-bench ep-{i}-0\ndelete chain ip kube-proxy-bench ep-{i}-1\n"
+            );
+            Ok((nft_apply(&node_ns, &add)?.as_secs_f64(), nft_apply(&node_ns, &remove)?.as_secs_f64()))
+        };
+        let nft_services = |n: usize| -> Vec<(std::net::Ipv4Addr, [std::net::Ipv4Addr; 2])> {
+            (0..n).map(|i| (std::net::Ipv4Addr::new(10, 110, (i / 256) as u8, (i % 256) as u8), eps)).collect()
+        };
+        let nft_cold = |n: usize| -> anyhow::Result<f64> {
+            let _ = nft_apply(&node_ns, "delete table ip kube-proxy-bench\n");
+            Ok(nft_apply(&node_ns, &nft_ruleset(&nft_services(n)))?.as_secs_f64())
+        };
+        let mut next = 20_000;
+        // 1k present.
+        for r in create_many(0..1000).await { r?; }
+        let wait_count = |want: usize| -> anyhow::Result<()> {
+            let start = Instant::now();
+            while frontends(&pin_dir) < want {
+                anyhow::ensure!(start.elapsed() < Duration::from_secs(300), "the maps never held {want} frontends");
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            Ok(())
+        };
+        wait_count(1000)?;
+        let k1 = add_remove(1000, &mut next)?;
+        nft_cold(1000)?;
+        let (nft_add_1k, nft_remove_1k) = nft_delta(1000)?;
+        // 10k present.
+        for r in create_many(1000..10_000).await { r?; }
+        wait_count(10_000)?;
+        let k10 = add_remove(10_000, &mut next)?;
+        let nft_cold_10k = nft_cold(10_000)?;
+        let (nft_add_10k, nft_remove_10k) = nft_delta(10_000)?;
+        let _ = nft_apply(&node_ns, "delete table ip kube-proxy-bench\n");
+        // Cold sync: kernlet stopped, its maps and programs unpinned, started again;
+        // until the maps hold every frontend and the last service answers.
+        node.stop_kernlet(Duration::from_secs(5))?;
+        std::fs::remove_dir_all(&pin_dir)?;
+        let last_ip: std::net::Ipv4Addr = services.get("bench-9999").await?.spec.and_then(|s| s.cluster_ip).unwrap_or_default().parse()?;
+        let start = Instant::now();
+        let kc = node.dir("state").join("node.kubeconfig").display().to_string();
+        let mut args = vec!["run", "--kubeconfig", &kc, "--node-name", "bs", "--cluster-cidr", kernlet_tests::overlay::CLUSTER_CIDR];
+        args.extend(flags);
+        node.start_kernlet(&args)?;
+        wait_count(10_000)?;
+        probe(last_ip, false)?;
+        let cold = start.elapsed().as_secs_f64();
+        // Connect + request rate through a ClusterIP and straight to the pod.
+        let via_service: f64 = py_in(&client_cg, &node_ns, CONNECT_RATE, &[last_ip.to_string(), "80".into()])?.parse()?;
+        let direct: f64 = py_in(&client_cg, &node_ns, CONNECT_RATE, &[eps[0].to_string(), "8080".into()])?.parse()?;
+        println!("cold sync of 10,000 services: kernlet {cold:.2} s (from process start), nft -f {nft_cold_10k:.2} s (ratio {:.2})", cold / nft_cold_10k);
+        for (k, (na, nr)) in [(&k1, (nft_add_1k, nft_remove_1k)), (&k10, (nft_add_10k, nft_remove_10k))] {
+            let (ka, kr) = (k["add_s"].as_f64().unwrap_or(0.0), k["remove_s"].as_f64().unwrap_or(0.0));
+            println!(
+                "one service with {} present: add kernlet {:.3} s (apiserver to answering) vs nft -f {:.3} s (ratio {:.2}); remove {:.3} s vs {:.3} s (ratio {:.2})",
+                k["present"], ka, na, ka / na, kr, nr, kr / nr
+            );
+        }
+        println!("connect+request: {via_service:.0}/s through the ClusterIP, {direct:.0}/s to the pod (ratio {:.2})", via_service / direct);
+        drop((node, fwd));
+        Ok(json!({
+            "cold_sync_10k": {"kernlet_s": cold, "nft_s": nft_cold_10k, "ratio": cold / nft_cold_10k},
+            "one_service": [
+                {"present": 1000, "kernlet": k1, "nft": {"add_s": nft_add_1k, "remove_s": nft_remove_1k}},
+                {"present": 10000, "kernlet": k10, "nft": {"add_s": nft_add_10k, "remove_s": nft_remove_10k}},
+            ],
+            "connect_request_per_s": {"cluster_ip": via_service, "pod_ip": direct, "ratio": via_service / direct},
+        }))
     })
 }
 
