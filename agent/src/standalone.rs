@@ -545,8 +545,16 @@ impl Runner {
         for w in &workers {
             w.retire();
         }
+        // A worker inside a slow apiserver read is not waited for past a few seconds:
+        // the process is ending, and nothing it holds needs more than that to settle.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline && !workers.iter().all(|w| w.thread.is_finished()) {
+            std::thread::sleep(Duration::from_millis(20));
+        }
         for w in workers {
-            let _ = w.thread.join();
+            if w.thread.is_finished() {
+                let _ = w.thread.join();
+            }
         }
     }
 

@@ -271,9 +271,16 @@ pub async fn run(
     // The trigger time of each EndpointSlice as last programmed (None before the
     // first sync: what was there at start is not a change this agent made).
     let mut programmed: Option<BTreeMap<String, String>> = None;
+    // Changes are gathered for BATCH after the first before one sync writes them all
+    // (kube-proxy's minimum sync period): a burst of 10,000 new slices is a handful of
+    // syncs, not 10,000.
+    let batch = tokio::time::sleep(Duration::ZERO);
+    tokio::pin!(batch);
+    let mut pending = false;
     loop {
-        let changed = tokio::select! {
+        let step = tokio::select! {
             _ = stop.changed() => return,
+            _ = &mut batch, if pending => Step::Sync,
             _ = tick.tick() => {
                 if let Ok(Ok(Some(n))) =
                     tokio::time::timeout(Duration::from_secs(5), nodes.get_opt(&cfg.node)).await
@@ -293,38 +300,49 @@ pub async fn run(
                         n.metadata.deletion_timestamp.is_some() || tainted,
                     );
                 }
-                true
+                Step::Sync
             }
             e = services.next() => match e {
-                Some(Ok(ev)) => fold(ev, &mut svc_store, &mut svc_staging, &mut svc_synced),
+                Some(Ok(ev)) => Step::changed(fold(ev, &mut svc_store, &mut svc_staging, &mut svc_synced)),
                 Some(Err(e)) => {
                     tracing::warn!("watching Services: {e}; retrying in {backoff:?}");
                     tokio::time::sleep(backoff).await;
                     backoff = (backoff * 2).min(Duration::from_secs(30));
-                    false
+                    Step::Idle
                 }
                 None => {
                     services = watcher(services_api.clone(), watcher::Config::default()).boxed();
-                    false
+                    Step::Idle
                 }
             },
             e = slices.next() => match e {
-                Some(Ok(ev)) => fold(ev, &mut eps_store, &mut eps_staging, &mut eps_synced),
+                Some(Ok(ev)) => Step::changed(fold(ev, &mut eps_store, &mut eps_staging, &mut eps_synced)),
                 Some(Err(e)) => {
                     tracing::warn!("watching EndpointSlices: {e}; retrying in {backoff:?}");
                     tokio::time::sleep(backoff).await;
                     backoff = (backoff * 2).min(Duration::from_secs(30));
-                    false
+                    Step::Idle
                 }
                 None => {
                     slices = watcher(slices_api.clone(), watcher::Config::default()).boxed();
-                    false
+                    Step::Idle
                 }
             },
         };
+        match step {
+            Step::Idle => continue,
+            Step::Changed => {
+                if !pending {
+                    pending = true;
+                    batch.as_mut().reset(tokio::time::Instant::now() + BATCH);
+                }
+                continue;
+            }
+            Step::Sync => pending = false,
+        }
         // Nothing is written before both lists are complete: a partial view would
         // remove live services.
-        if !changed || !svc_synced || !eps_synced {
+        if !svc_synced || !eps_synced {
             continue;
         }
         backoff = Duration::from_millis(500);
@@ -399,6 +417,24 @@ pub fn program(
     super::proxy_health::set_synced(false);
     Err(last)
 }
+
+/// What the controller's loop does next.
+enum Step {
+    Idle,
+    /// Something changed: a sync within [`BATCH`].
+    Changed,
+    /// Sync now.
+    Sync,
+}
+
+impl Step {
+    fn changed(yes: bool) -> Self {
+        if yes { Self::Changed } else { Self::Idle }
+    }
+}
+
+/// How long changes are gathered before they are written.
+const BATCH: Duration = Duration::from_millis(100);
 
 /// The node label naming its zone.
 const ZONE_LABEL: &str = "topology.kubernetes.io/zone";

@@ -89,6 +89,23 @@ pub fn skipped(svc: &Service) -> Option<&'static str> {
     None
 }
 
+/// The IPv4 EndpointSlices of each Service, by (namespace, service name).
+fn slices_by_service(slices: &[EndpointSlice]) -> BTreeMap<(&str, &str), Vec<&EndpointSlice>> {
+    let mut out: BTreeMap<(&str, &str), Vec<&EndpointSlice>> = BTreeMap::new();
+    for s in slices.iter().filter(|s| s.address_type == "IPv4") {
+        if let Some(name) = s
+            .metadata
+            .labels
+            .as_ref()
+            .and_then(|l| l.get(SERVICE_NAME_LABEL))
+        {
+            let ns = s.metadata.namespace.as_deref().unwrap_or("default");
+            out.entry((ns, name.as_str())).or_default().push(s);
+        }
+    }
+    out
+}
+
 /// The frontends the Services describe and the backends of each, for node `node` in
 /// `zone` (its `topology.kubernetes.io/zone` label) with addresses `node_ips`
 /// (NodePorts are served on them).
@@ -100,6 +117,7 @@ pub fn desired(
     node_ips: &[Ipv4Addr],
 ) -> BTreeMap<ServiceKey, Frontend> {
     let mut out: BTreeMap<ServiceKey, Frontend> = BTreeMap::new();
+    let by_service = slices_by_service(slices);
     for svc in services {
         if skipped(svc).is_some() {
             continue;
@@ -109,18 +127,10 @@ pub fn desired(
         };
         let ns = svc.metadata.namespace.as_deref().unwrap_or("default");
         let name = svc.metadata.name.as_deref().unwrap_or("");
-        let mine: Vec<&EndpointSlice> = slices
-            .iter()
-            .filter(|s| {
-                s.metadata.namespace.as_deref().unwrap_or("default") == ns
-                    && s.address_type == "IPv4"
-                    && s.metadata
-                        .labels
-                        .as_ref()
-                        .and_then(|l| l.get(SERVICE_NAME_LABEL))
-                        .is_some_and(|n| n == name)
-            })
-            .collect();
+        let mine: &[&EndpointSlice] = by_service
+            .get(&(ns, name))
+            .map(Vec::as_slice)
+            .unwrap_or_default();
         let affinity_timeout = if spec.session_affinity.as_deref() == Some("ClientIP") {
             spec.session_affinity_config
                 .as_ref()
@@ -171,7 +181,7 @@ pub fn desired(
             };
             let of = |local| {
                 endpoints_for(
-                    &mine,
+                    mine,
                     sp.name.as_deref(),
                     sp.protocol.as_deref(),
                     node,
@@ -357,6 +367,7 @@ pub fn health_checks(
     node: &str,
 ) -> BTreeMap<u16, (String, String, usize)> {
     let mut out = BTreeMap::new();
+    let by_service = slices_by_service(slices);
     for svc in services {
         if skipped(svc).is_some() {
             continue;
@@ -378,14 +389,11 @@ pub fn health_checks(
             .unwrap_or_else(|| "default".into());
         let name = svc.metadata.name.clone().unwrap_or_default();
         let mut local = BTreeSet::new();
-        for s in slices.iter().filter(|s| {
-            s.metadata.namespace.as_deref().unwrap_or("default") == ns
-                && s.metadata
-                    .labels
-                    .as_ref()
-                    .and_then(|l| l.get(SERVICE_NAME_LABEL))
-                    .is_some_and(|n| *n == name)
-        }) {
+        for s in by_service
+            .get(&(ns.as_str(), name.as_str()))
+            .into_iter()
+            .flatten()
+        {
             for ep in s.endpoints.iter().flatten() {
                 let c = ep.conditions.clone().unwrap_or_default();
                 if ep.node_name.as_deref() == Some(node)
