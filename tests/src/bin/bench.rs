@@ -699,19 +699,25 @@ fn services_bench() -> anyhow::Result<serde_json::Value> {
         let nft_cold_10k = nft_cold(10_000)?;
         let (nft_add_10k, nft_remove_10k) = nft_delta(10_000)?;
         let _ = nft_apply(&node_ns, "delete table ip kube-proxy-bench\n");
-        // Cold sync: kernlet stopped, its maps and programs unpinned, started again;
-        // until the maps hold every frontend and the last service answers.
-        node.stop_kernlet(Duration::from_secs(5))?;
-        std::fs::remove_dir_all(&pin_dir)?;
+        // Cold sync: a second node joins with the 10,000 services there; from its
+        // kernlet's start until its maps hold every frontend and the last service
+        // answers from it (the backends are on the first node, over the overlay).
         let last_ip: std::net::Ipv4Addr = services.get("bench-9999").await?.spec.and_then(|s| s.cluster_ip).unwrap_or_default().parse()?;
+        let mut cold_node = lab.add_node("bt")?;
+        let cold_cg = cold_node.cgroup().display().to_string();
+        let cold_flags = ["--service-proxy", "--service-cgroup", &cold_cg, "--service-resync", "30"];
         let start = Instant::now();
-        let kc = node.dir("state").join("node.kubeconfig").display().to_string();
-        let mut args = vec!["run", "--kubeconfig", &kc, "--node-name", "bs", "--cluster-cidr", kernlet_tests::overlay::CLUSTER_CIDR];
-        args.extend(flags);
-        node.start_kernlet(&args)?;
-        wait_count(10_000)?;
-        probe(last_ip, false)?;
+        start_overlay_node(&cluster, &fwd.url, &mut cold_node, 2, &cold_flags).await?;
+        let cold_pins = cold_node.dir("bpf").join("lb");
+        let since = Instant::now();
+        while frontends(&cold_pins) < 10_000 {
+            anyhow::ensure!(since.elapsed() < Duration::from_secs(300), "the new node's maps never held 10,000 frontends");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let cold_ns = std::path::PathBuf::from(format!("/run/netns/{}", cold_node.netns));
+        py_in(&cold_node.cgroup().join("bench-client"), &cold_ns, PROBE, &[last_ip.to_string(), "0".into()])?;
         let cold = start.elapsed().as_secs_f64();
+        drop(cold_node);
         // Connect + request rate through a ClusterIP and straight to the pod.
         let via_service: f64 = py_in(&client_cg, &node_ns, CONNECT_RATE, &[last_ip.to_string(), "80".into()])?.parse()?;
         let direct: f64 = py_in(&client_cg, &node_ns, CONNECT_RATE, &[eps[0].to_string(), "8080".into()])?.parse()?;
