@@ -466,8 +466,9 @@ impl Runner {
         r
     }
 
-    /// Starts the worker of pod `uid`.
-    fn spawn_worker(&self, uid: &str, pod: &Pod) -> PodWorker {
+    /// Starts the worker of pod `uid`; `None` (said in the log) when no thread can be
+    /// had, and the next pass tries again.
+    fn spawn_worker(&self, uid: &str, pod: &Pod) -> Option<PodWorker> {
         let mut runner = self.for_pod();
         let shared = Arc::new((
             std::sync::Mutex::new((pod.clone(), 0)),
@@ -508,14 +509,15 @@ impl Runner {
                     });
                 }
             })
-            .expect("spawning a pod worker thread");
-        PodWorker {
+            .map_err(|e| tracing::warn!(pod = %uid, "cannot start the pod's worker thread: {e}"))
+            .ok()?;
+        Some(PodWorker {
             uid: uid.to_string(),
             pod: shared,
             stop,
             last_error,
             thread,
-        }
+        })
     }
 
     /// Runs until `stop`; running pods are left running (a restart adopts them).
@@ -664,9 +666,10 @@ impl Runner {
                 }
                 continue;
             }
-            let w = self.spawn_worker(uid, pod);
-            self.workers.insert(uid.clone(), w);
-            with_sandbox.insert(uid.clone());
+            if let Some(w) = self.spawn_worker(uid, pod) {
+                self.workers.insert(uid.clone(), w);
+                with_sandbox.insert(uid.clone());
+            }
         }
         // The daemon's account: the first worker's error, else synced.
         let failure = self
