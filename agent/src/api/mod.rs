@@ -424,10 +424,7 @@ fn exec_route(
         return text(StatusCode::BAD_REQUEST, "no command given (command=...)\n");
     }
     let Some(p) = find_pod(shared, ns, pod) else {
-        return text(
-            StatusCode::NOT_FOUND,
-            format!("pod \"{pod}\" in namespace \"{ns}\" is not on this node\n"),
-        );
+        return not_on_node(ns, pod);
     };
     let statuses: Vec<&Value> = ["initContainerStatuses", "containerStatuses"]
         .iter()
@@ -446,6 +443,17 @@ fn exec_route(
     };
     let bundle = shared.cfg.state_dir.join("containers").join(id);
     let exe = shared.cfg.exe.clone();
+    let job = stream::exec_job(exe, bundle, opts.clone());
+    serve_stream(upgrade, req, opts, job)
+}
+
+/// Answers the upgrade and runs `job` behind it, over the transport agreed on.
+fn serve_stream(
+    upgrade: Upgrade,
+    req: Request<Incoming>,
+    opts: stream::ExecOptions,
+    job: stream::Job,
+) -> Response<Body> {
     let answer = upgrade.response();
     let on_upgrade = hyper::upgrade::on(req);
     tokio::spawn(async move {
@@ -455,16 +463,20 @@ fn exec_route(
         match upgrade {
             Upgrade::WebSocket { protocol, .. } => {
                 let ws = stream::websocket(upgraded).await;
-                let job = stream::exec_job(exe, bundle, opts.clone());
                 stream::exec(ws, protocol, opts, job).await;
             }
-            Upgrade::Spdy { protocol } => {
-                let job = stream::exec_job(exe, bundle, opts.clone());
-                stream::exec_spdy(upgraded, protocol, opts, job).await;
-            }
+            Upgrade::Spdy { protocol } => stream::exec_spdy(upgraded, protocol, opts, job).await,
         }
     });
     answer
+}
+
+/// The answer for a pod this node does not have.
+fn not_on_node(ns: &str, pod: &str) -> Response<Body> {
+    text(
+        StatusCode::NOT_FOUND,
+        format!("pod \"{pod}\" in namespace \"{ns}\" is not on this node\n"),
+    )
 }
 
 /// `/attach/…`: the running container's output as it comes. kernlet starts
@@ -489,10 +501,7 @@ fn attach_route(
         "container \"{container}\" runs with stdin closed and no terminal (kernlet does not support spec.containers[].stdin or tty yet): attach without -i and -t to see its output"
     ));
     let Some(p) = find_pod(shared, ns, pod) else {
-        return text(
-            StatusCode::NOT_FOUND,
-            format!("pod \"{pod}\" in namespace \"{ns}\" is not on this node\n"),
-        );
+        return not_on_node(ns, pod);
     };
     let uid = p["metadata"]["uid"].as_str().unwrap_or("").to_string();
     let state_dir = &shared.cfg.state_dir;
@@ -515,25 +524,11 @@ fn attach_route(
         run.log_path.clone(),
         state_dir.join("containers").join(&run.id),
     );
-    let answer = upgrade.response();
-    let on_upgrade = hyper::upgrade::on(req);
-    tokio::spawn(async move {
-        let Ok(upgraded) = on_upgrade.await else {
-            return;
-        };
-        let job: stream::Job = match refusal {
-            Some(why) => Box::new(move |_, _| Box::pin(async move { Err(why) })),
-            None => stream::attach_job(log, dir),
-        };
-        match upgrade {
-            Upgrade::WebSocket { protocol, .. } => {
-                let ws = stream::websocket(upgraded).await;
-                stream::exec(ws, protocol, opts, job).await;
-            }
-            Upgrade::Spdy { protocol } => stream::exec_spdy(upgraded, protocol, opts, job).await,
-        }
-    });
-    answer
+    let job: stream::Job = match refusal {
+        Some(why) => Box::new(move |_, _| Box::pin(async move { Err(why) })),
+        None => stream::attach_job(log, dir),
+    };
+    serve_stream(upgrade, req, opts, job)
 }
 
 fn port_forward_route(
@@ -558,10 +553,7 @@ fn port_forward_route(
         }
     };
     let Some(p) = find_pod(shared, ns, pod) else {
-        return text(
-            StatusCode::NOT_FOUND,
-            format!("pod \"{pod}\" in namespace \"{ns}\" is not on this node\n"),
-        );
+        return not_on_node(ns, pod);
     };
     let netns = (p["spec"]["hostNetwork"] != true).then(|| {
         shared
@@ -751,10 +743,7 @@ async fn container_logs(
         .into_iter()
         .find(|p| p["metadata"]["namespace"] == ns && p["metadata"]["name"] == pod)
     else {
-        return text(
-            StatusCode::NOT_FOUND,
-            format!("pod \"{pod}\" in namespace \"{ns}\" is not on this node\n"),
-        );
+        return not_on_node(ns, pod);
     };
     let uid = p["metadata"]["uid"].as_str().unwrap_or("").to_string();
     let runs: Vec<_> = records_in(&state_dir)
