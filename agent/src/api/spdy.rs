@@ -447,13 +447,9 @@ where
                                 return;
                             }
                         };
-                        if replies.send(Out::Reply(id)).await.is_err() {
-                            return;
-                        }
+                        let _ = replies.send(Out::Reply(id)).await;
                         let headers = headers.into_iter().collect();
-                        if ev_tx.send(Event::Stream { id, headers }).await.is_err() {
-                            return;
-                        }
+                        let _ = ev_tx.send(Event::Stream { id, headers }).await;
                         if flags & FLAG_FIN == 0 {
                             continue;
                         }
@@ -475,9 +471,7 @@ where
                         Err(_) => return,
                     },
                     PING => {
-                        if replies.send(Out::Ping(data)).await.is_err() {
-                            return;
-                        }
+                        let _ = replies.send(Out::Ping(data)).await;
                         continue;
                     }
                     GOAWAY => return,
@@ -485,9 +479,10 @@ where
                     _ => continue,
                 },
             };
-            if ev_tx.send(event).await.is_err() {
-                return;
-            }
+            // A handler that has finished drops its events, but reading goes on to
+            // the end: a socket closed with unread data is reset, and the reset would
+            // destroy the last frames on their way to the client.
+            let _ = ev_tx.send(event).await;
         }
     });
     tokio::spawn(async move {

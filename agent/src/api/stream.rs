@@ -393,9 +393,10 @@ pub async fn exec(ws: Ws, protocol: &str, opts: ExecOptions, job: Job) {
                 255 if v5 && body.first() == Some(&0) => Input::StdinEnd,
                 _ => continue,
             };
-            if in_tx.send(input).await.is_err() {
-                break;
-            }
+            // Once the job is over its input is dropped, but reading goes on until the
+            // client closes: a socket closed with unread data is reset, and the reset
+            // would destroy the final Status on its way to the client.
+            let _ = in_tx.send(input).await;
         }
     });
     let writer = tokio::spawn(async move {
@@ -411,11 +412,15 @@ pub async fn exec(ws: Ws, protocol: &str, opts: ExecOptions, job: Job) {
         sink
     });
     let result = job(in_rx, out_tx).await;
-    reader.abort();
-    let Ok(mut sink) = writer.await else { return };
+    let Ok(mut sink) = writer.await else {
+        reader.abort();
+        return;
+    };
     let status = final_status(&opts.command, &result);
     let _ = sink.send(frame(3, status.to_string().as_bytes())).await;
     let _ = sink.send(normal_close()).await;
+    // The client answers the close; until then (at most 2 s) what it sends is read.
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(2), reader).await;
 }
 
 /// A close frame with status 1000: Go's WebSocket clients read a close without a
