@@ -21,8 +21,39 @@ use kernlet_tests::simnode::{BRIDGE_IP, Lab, SimNode};
 use kernlet_tests::wait_for;
 use kube::api::{Api, PostParams};
 
+/// The Service proxy's flags for `node`.
+fn proxy_flags(node: &SimNode) -> Vec<String> {
+    [
+        "--service-proxy",
+        "--service-cgroup",
+        &node.cgroup().display().to_string(),
+        "--service-resync",
+        "1",
+    ]
+    .map(String::from)
+    .into()
+}
+
+/// SimNodes `labels` of `lab` with the pod network and the Service proxy (resync every
+/// second), joined to `cluster` through `url`.
+async fn proxy_nodes(cluster: &Cluster, lab: &mut Lab, url: &str, labels: &[&str]) -> Vec<SimNode> {
+    let mut nodes = Vec::new();
+    for (i, label) in labels.iter().enumerate() {
+        let mut n = lab.add_node(label).unwrap();
+        n.import_busybox().unwrap();
+        let flags = proxy_flags(&n);
+        let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
+        start_overlay_node(cluster, url, &mut n, i as u8 + 1, &flags)
+            .await
+            .unwrap();
+        nodes.push(n);
+    }
+    nodes
+}
+
 /// A backend pod labelled app=web on `node`; in its namespace a TCP server on :8080 and
-/// a UDP echo on :5353 that answer with `name`.
+/// a UDP echo on :5353 that answer with `name`, and a TCP server on :8081 that answers
+/// `name` and the client address it sees.
 async fn backend(
     cluster: &Cluster,
     pods: &Api<Pod>,
@@ -45,11 +76,26 @@ async fn backend(
         std::net::UdpSocket::bind((ip, 5353)).unwrap()
     })
     .unwrap();
+    let peer = in_netns(&netns, move || {
+        std::net::TcpListener::bind((ip, 8081)).unwrap()
+    })
+    .unwrap();
     let who = name.to_string();
     std::thread::spawn(move || {
         for s in tcp.incoming() {
             let Ok(mut s) = s else { return };
             let _ = s.write_all(who.as_bytes());
+        }
+    });
+    let who = name.to_string();
+    std::thread::spawn(move || {
+        for s in peer.incoming() {
+            let Ok(mut s) = s else { return };
+            let client = s
+                .peer_addr()
+                .map(|a| a.ip().to_string())
+                .unwrap_or_default();
+            let _ = s.write_all(format!("{who} {client}").as_bytes());
         }
     });
     let who = name.to_string();
@@ -188,29 +234,7 @@ async fn cluster_ips_are_balanced_by_the_socket_hooks() {
     let mut lab = Lab::new("svc").unwrap();
     let fwd = lab.forward(0, cluster.addr()).unwrap();
     apply_node_rbac(&cluster).unwrap();
-    let mut nodes: Vec<SimNode> = ["s1", "s2"]
-        .iter()
-        .map(|n| lab.add_node(n).unwrap())
-        .collect();
-    for (i, n) in nodes.iter_mut().enumerate() {
-        n.import_busybox().unwrap();
-        let cg = n.cgroup().display().to_string();
-        start_overlay_node(
-            &cluster,
-            &fwd.url,
-            n,
-            i as u8 + 1,
-            &[
-                "--service-proxy",
-                "--service-cgroup",
-                &cg,
-                "--service-resync",
-                "1",
-            ],
-        )
-        .await
-        .unwrap();
-    }
+    let mut nodes = proxy_nodes(&cluster, &mut lab, &fwd.url, &["s1", "s2"]).await;
     let admin = cluster.admin().await.unwrap();
     let pods: Api<Pod> = Api::namespaced(admin.clone(), "default");
     let (a_ip, _) = backend(&cluster, &pods, &nodes[0], "web-a").await;
@@ -687,12 +711,26 @@ async fn cluster_ips_are_balanced_by_the_socket_hooks() {
         out["error"].is_null(),
         "translation survives the agent: {out}"
     );
-    let links: Vec<String> = std::fs::read_dir(nodes[0].dir("bpf").join("lb/links"))
+    let mut links: Vec<String> = std::fs::read_dir(nodes[0].dir("bpf").join("lb/links"))
         .unwrap()
         .flatten()
         .map(|e| e.file_name().to_string_lossy().into_owned())
         .collect();
-    assert_eq!(links.len(), 4, "{links:?}");
+    links.sort();
+    // The four socket hooks; the outside-traffic programs on the underlay (both ways)
+    // and on the overlay device (bpffs names take no '.').
+    assert_eq!(
+        links,
+        [
+            "kl_lb_connect4",
+            "kl_lb_egress@eth0",
+            "kl_lb_getpeername4",
+            "kl_lb_ingress@eth0",
+            "kl_lb_ingress@flannel_1",
+            "kl_lb_recvmsg4",
+            "kl_lb_sendmsg4"
+        ]
+    );
     let view: serde_json::Value =
         serde_json::from_str(&services_view(&nodes[0], false, true)).unwrap();
     let http = view["frontends"]
@@ -929,19 +967,9 @@ async fn kill_9_of_the_agent_breaks_no_stream() {
     let mut lab = Lab::new("svck").unwrap();
     let fwd = lab.forward(0, cluster.addr()).unwrap();
     apply_node_rbac(&cluster).unwrap();
-    let mut node = lab.add_node("k1").unwrap();
-    node.import_busybox().unwrap();
-    let cg = node.cgroup().display().to_string();
-    let flags = [
-        "--service-proxy",
-        "--service-cgroup",
-        &cg,
-        "--service-resync",
-        "1",
-    ];
-    start_overlay_node(&cluster, &fwd.url, &mut node, 1, &flags)
+    let mut node = proxy_nodes(&cluster, &mut lab, &fwd.url, &["k1"])
         .await
-        .unwrap();
+        .remove(0);
     let admin = cluster.admin().await.unwrap();
     let pods: Api<Pod> = Api::namespaced(admin.clone(), "default");
     echo_backend(&cluster, &pods, &node, "echo-a").await;
@@ -1031,7 +1059,8 @@ async fn kill_9_of_the_agent_breaks_no_stream() {
         "--overlay-resync",
         "1",
     ]);
-    args.extend(flags);
+    let flags = proxy_flags(&node);
+    args.extend(flags.iter().map(String::as_str));
     node.start_kernlet(&args).unwrap();
     wait_for(
         "the restarted agent attached",
@@ -1058,4 +1087,484 @@ async fn kill_9_of_the_agent_breaks_no_stream() {
         .collect();
     assert_eq!(names.len(), 2, "20 streams over both backends: {report}");
     drop(fwd);
+}
+
+/// What a backend's :8081 server said to a TCP client in network namespace `netns`
+/// connecting to `addr` (`name client-address`), or `None` when nothing answered.
+fn ask_from(netns: &Path, addr: std::net::SocketAddr) -> Option<String> {
+    use std::io::Read as _;
+    let mut c = kernlet::sys::ns::connect_in(Some(netns), addr, Duration::from_secs(2)).ok()?;
+    c.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+    let mut answer = String::new();
+    c.read_to_string(&mut answer).ok()?;
+    (!answer.is_empty()).then_some(answer)
+}
+
+/// `n` answers through `addr` from `netns`, as (backend, client address it saw).
+fn answers_from(netns: &Path, addr: std::net::SocketAddr, n: usize) -> Vec<(String, String)> {
+    (0..n)
+        .map(|_| {
+            let a = ask_from(netns, addr).unwrap_or_else(|| {
+                if std::env::var_os("KL_DEBUG_PAUSE").is_some() {
+                    eprintln!("PAUSED: {addr} did not answer");
+                    std::thread::sleep(Duration::from_secs(900));
+                }
+                panic!("{addr} did not answer")
+            });
+            let (who, client) = a.split_once(' ').unwrap_or((&a, ""));
+            (who.to_string(), client.to_string())
+        })
+        .collect()
+}
+
+/// Traffic from outside the nodes (a client on the underlay: the lab bridge at
+/// 198.18.0.1) to NodePorts, an external IP and a load-balancer IP, translated by the
+/// TC programs on the node's interface: balanced over local and remote backends (the
+/// remote ones SNAT'd so their replies come back through the node), the client's
+/// address kept for local backends and under `externalTrafficPolicy: Local` (which
+/// uses this node's endpoints only), UDP replies from the NodePort address, and
+/// `loadBalancerSourceRanges` enforced on the load-balancer IP.
+#[tokio::test(flavor = "multi_thread")]
+async fn outside_traffic_reaches_services_through_the_tc_programs() {
+    use kube::api::{Patch, PatchParams};
+    let cluster = Cluster::start(&[BRIDGE_IP.into()]).await.unwrap();
+    let mut lab = Lab::new("svco").unwrap();
+    let fwd = lab.forward(0, cluster.addr()).unwrap();
+    apply_node_rbac(&cluster).unwrap();
+    let nodes = proxy_nodes(&cluster, &mut lab, &fwd.url, &["o1", "o2"]).await;
+    let admin = cluster.admin().await.unwrap();
+    let pods: Api<Pod> = Api::namespaced(admin.clone(), "default");
+    backend(&cluster, &pods, &nodes[0], "web-a").await;
+    backend(&cluster, &pods, &nodes[1], "web-b").await;
+    let services: Api<Service> = Api::namespaced(admin.clone(), "default");
+    for spec in [
+        serde_json::json!({"metadata": {"name": "web"},
+            "spec": {"type": "NodePort", "selector": {"app": "web"}, "externalIPs": ["203.0.113.10"],
+                     "ports": [
+                {"name": "http", "port": 80, "targetPort": 8081, "nodePort": 30081, "protocol": "TCP"},
+                {"name": "dns", "port": 53, "targetPort": 5353, "nodePort": 30053, "protocol": "UDP"}]}}),
+        serde_json::json!({"metadata": {"name": "web-local"},
+            "spec": {"type": "NodePort", "externalTrafficPolicy": "Local", "selector": {"app": "web"},
+                     "ports": [{"name": "http", "port": 80, "targetPort": 8081, "nodePort": 30082}]}}),
+        serde_json::json!({"metadata": {"name": "web-lb"},
+            "spec": {"type": "LoadBalancer", "selector": {"app": "web"},
+                     "loadBalancerSourceRanges": ["198.18.0.0/24"],
+                     "ports": [{"name": "http", "port": 80, "targetPort": 8081, "nodePort": 30083}]}}),
+    ] {
+        let svc: Service = serde_json::from_value(spec).unwrap();
+        let name = svc.metadata.name.clone().unwrap();
+        services.create(&PostParams::default(), &svc).await.unwrap();
+        cluster.sync_endpointslice("default", &name).await.unwrap();
+    }
+    let bridge = PathBuf::from(format!("/run/netns/{}", lab.bridge_netns()));
+    let at = |i: usize, port: u16| std::net::SocketAddr::from((nodes[i].address, port));
+    let outside = "198.18.0.1";
+    wait_for(
+        "the NodePort answering from outside",
+        Duration::from_secs(30),
+        async || ask_from(&bridge, at(0, 30081)),
+    )
+    .await;
+
+    // eTP Cluster: both backends through either node; the local one sees the client,
+    // the remote one the node (SNAT), whose replies still reach the client.
+    for i in 0..2 {
+        let seen = answers_from(&bridge, at(i, 30081), 24);
+        let local = if i == 0 { "web-a" } else { "web-b" };
+        assert!(seen.iter().any(|(w, _)| w == "web-a"), "{seen:?}");
+        assert!(seen.iter().any(|(w, _)| w == "web-b"), "{seen:?}");
+        for (who, client) in &seen {
+            if who == local {
+                assert_eq!(client, outside, "a local backend sees the client: {seen:?}");
+            } else {
+                assert!(
+                    client.starts_with("10.244."),
+                    "a remote backend sees the node's overlay address: {seen:?}"
+                );
+            }
+        }
+    }
+
+    // UDP through the NodePort: a flow (client port) keeps its backend; flows from 24
+    // ports reach both, and replies come from the NodePort address.
+    let to = at(0, 30053);
+    let udp = in_netns(&bridge, move || {
+        let mut out = Vec::new();
+        let mut buf = [0u8; 100];
+        for _ in 0..24 {
+            let u = std::net::UdpSocket::bind((BRIDGE_IP, 0)).unwrap();
+            u.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+            u.send_to(b"hi", to).unwrap();
+            match u.recv_from(&mut buf) {
+                Ok((n, from)) => {
+                    out.push((String::from_utf8_lossy(&buf[..n]).to_string(), from));
+                }
+                Err(e) => out.push((format!("error: {e}"), to)),
+            }
+        }
+        out
+    })
+    .unwrap();
+    assert!(udp.iter().any(|(w, _)| w == "web-a"), "{udp:?}");
+    assert!(udp.iter().any(|(w, _)| w == "web-b"), "{udp:?}");
+    assert!(udp.iter().all(|(_, from)| *from == to), "{udp:?}");
+    // A UDP flow that landed on web-b, kept for the end.
+    let on_b = in_netns(&bridge, move || {
+        for _ in 0..64 {
+            let u = std::net::UdpSocket::bind((BRIDGE_IP, 0)).unwrap();
+            u.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+            let mut buf = [0u8; 100];
+            u.send_to(b"hi", to).unwrap();
+            if let Ok((n, _)) = u.recv_from(&mut buf)
+                && &buf[..n] == b"web-b"
+            {
+                return Some(u);
+            }
+        }
+        None
+    })
+    .unwrap()
+    .expect("no UDP flow landed on web-b in 64 tries");
+
+    // eTP Local: only the node's own endpoint, which sees the client.
+    for (i, only) in [(0, "web-a"), (1, "web-b")] {
+        let seen = answers_from(&bridge, at(i, 30082), 12);
+        assert!(
+            seen.iter().all(|(w, c)| w == only && c == outside),
+            "{seen:?}"
+        );
+    }
+
+    // An external IP routed to o2.
+    let ip = |args: &[&str]| {
+        let st = std::process::Command::new("ip")
+            .args(["-n", lab.bridge_netns()])
+            .args(args)
+            .status()
+            .unwrap();
+        assert!(st.success(), "ip {args:?}");
+    };
+    ip(&[
+        "route",
+        "add",
+        "203.0.113.10/32",
+        "via",
+        &nodes[1].address.to_string(),
+    ]);
+    let seen = answers_from(&bridge, "203.0.113.10:80".parse().unwrap(), 24);
+    assert!(seen.iter().any(|(w, _)| w == "web-a"), "{seen:?}");
+    assert!(seen.iter().any(|(w, _)| w == "web-b"), "{seen:?}");
+
+    // A load-balancer IP routed to o1, open to the lab's /24.
+    services
+        .patch_status(
+            "web-lb",
+            &PatchParams::default(),
+            &Patch::Merge(serde_json::json!({"status": {"loadBalancer": {"ingress": [{"ip": "192.0.2.20"}]}}})),
+        )
+        .await
+        .unwrap();
+    ip(&[
+        "route",
+        "add",
+        "192.0.2.20/32",
+        "via",
+        &nodes[0].address.to_string(),
+    ]);
+    let lb: std::net::SocketAddr = "192.0.2.20:80".parse().unwrap();
+    wait_for(
+        "the load-balancer IP answering",
+        Duration::from_secs(20),
+        async || ask_from(&bridge, lb),
+    )
+    .await;
+    // Source ranges without the client: its connects go unanswered; the NodePort of
+    // the same Service is not guarded by them.
+    services
+        .patch(
+            "web-lb",
+            &PatchParams::default(),
+            &Patch::Merge(
+                serde_json::json!({"spec": {"loadBalancerSourceRanges": ["10.0.0.0/8"]}}),
+            ),
+        )
+        .await
+        .unwrap();
+    wait_for(
+        "the load-balancer IP refusing the client",
+        Duration::from_secs(20),
+        async || ask_from(&bridge, lb).is_none().then_some(()),
+    )
+    .await;
+    for _ in 0..5 {
+        assert!(
+            ask_from(&bridge, lb).is_none(),
+            "a client outside the ranges got in"
+        );
+    }
+    assert!(ask_from(&bridge, at(0, 30083)).is_some());
+    // The client's own address in the ranges again: in.
+    services
+        .patch(
+            "web-lb",
+            &PatchParams::default(),
+            &Patch::Merge(serde_json::json!({"spec": {"loadBalancerSourceRanges": ["10.0.0.0/8", "198.18.0.1/32"]}})),
+        )
+        .await
+        .unwrap();
+    wait_for(
+        "the load-balancer IP answering the client again",
+        Duration::from_secs(20),
+        async || ask_from(&bridge, lb),
+    )
+    .await;
+
+    // web-b out of rotation: the UDP flow that was on it is translated afresh, onto
+    // web-a, instead of sending on into the void.
+    let slices: Api<k8s_openapi::api::discovery::v1::EndpointSlice> =
+        Api::namespaced(admin.clone(), "default");
+    let name = "web-kltest";
+    let mut slice = slices.get(name).await.unwrap();
+    for ep in slice.endpoints.iter_mut().flatten() {
+        if ep.target_ref.as_ref().and_then(|t| t.name.as_deref()) == Some("web-b") {
+            let c = ep.conditions.get_or_insert_with(Default::default);
+            c.ready = Some(false);
+            c.serving = Some(false);
+        }
+    }
+    slices
+        .replace(name, &PostParams::default(), &slice)
+        .await
+        .unwrap();
+    let on_b = std::sync::Arc::new(on_b);
+    let answer = wait_for(
+        "the UDP flow moved off web-b",
+        Duration::from_secs(20),
+        async || {
+            let u = std::sync::Arc::clone(&on_b);
+            let got = tokio::task::spawn_blocking(move || {
+                let mut buf = [0u8; 100];
+                u.send_to(b"hi", to).ok()?;
+                let (n, from) = u.recv_from(&mut buf).ok()?;
+                Some((String::from_utf8_lossy(&buf[..n]).to_string(), from))
+            })
+            .await
+            .unwrap()?;
+            (got.0 != "web-b").then_some(got)
+        },
+    )
+    .await;
+    assert_eq!(answer, ("web-a".to_string(), to));
+}
+
+/// Sends a datagram every 2 ms for `seconds` to `ip`:53 from one unconnected UDP
+/// socket (each datagram is translated on its own), then says how many it sent.
+const CHURN_CLIENT: &str = r#"
+import socket, sys, time
+ip, seconds = sys.argv[1], float(sys.argv[2])
+u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+sent, errors, end = 0, 0, time.time() + seconds
+while time.time() < end:
+    try:
+        u.sendto(b"x", (ip, 53))
+        sent += 1
+    except OSError:
+        errors += 1
+    time.sleep(0.002)
+print(sent, errors)
+"#;
+
+/// 1,000 endpoint changes at 20/s while a client sends: no datagram reaches a removed
+/// backend more than 1 s after its removal was stored in the apiserver. 40 backends
+/// (four pods × ten ports, one EndpointSlice per port); every change removes one
+/// backend or puts back the one removed 30 removals earlier, so each stays out for
+/// about 3 s and ten are in at any time.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_thousand_endpoint_changes_leave_no_traffic_on_removed_backends() {
+    use std::sync::{Arc, Mutex};
+    use std::time::Instant;
+    let cluster = Cluster::start(&[BRIDGE_IP.into()]).await.unwrap();
+    let mut lab = Lab::new("svcc").unwrap();
+    let fwd = lab.forward(0, cluster.addr()).unwrap();
+    apply_node_rbac(&cluster).unwrap();
+    let node = proxy_nodes(&cluster, &mut lab, &fwd.url, &["c1"])
+        .await
+        .remove(0);
+    let admin = cluster.admin().await.unwrap();
+    let pods: Api<Pod> = Api::namespaced(admin.clone(), "default");
+    const PODS: usize = 4;
+    const PORTS: u16 = 10;
+    // Arrivals: (when, backend index = pod * PORTS + port index).
+    let arrivals: Arc<Mutex<Vec<(Instant, usize)>>> = Arc::default();
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut ips = Vec::new();
+    for p in 0..PODS {
+        let name = format!("churn-{p}");
+        let (ip, netns) = sleeping_ready(
+            &cluster,
+            &pods,
+            &node,
+            &name,
+            serde_json::json!({"pod": name}),
+        )
+        .await;
+        ips.push(ip);
+        for j in 0..PORTS {
+            let sock = in_netns(&netns, move || {
+                let u = std::net::UdpSocket::bind((ip, 6000 + j)).unwrap();
+                u.set_read_timeout(Some(Duration::from_millis(200)))
+                    .unwrap();
+                u
+            })
+            .unwrap();
+            let (arrivals, stop) = (Arc::clone(&arrivals), Arc::clone(&stop));
+            let index = p * PORTS as usize + j as usize;
+            std::thread::spawn(move || {
+                let mut buf = [0u8; 16];
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    if sock.recv_from(&mut buf).is_ok() {
+                        arrivals.lock().unwrap().push((Instant::now(), index));
+                    }
+                }
+            });
+        }
+    }
+    let services: Api<Service> = Api::namespaced(admin.clone(), "default");
+    let svc: Service = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": "churn"},
+        "spec": {"ports": [{"name": "dns", "port": 53, "protocol": "UDP"}]},
+    }))
+    .unwrap();
+    let svc = services.create(&PostParams::default(), &svc).await.unwrap();
+    let cluster_ip: Ipv4Addr = svc.spec.unwrap().cluster_ip.unwrap().parse().unwrap();
+    let slices: Api<k8s_openapi::api::discovery::v1::EndpointSlice> =
+        Api::namespaced(admin.clone(), "default");
+    // Slice j holds the pods present on port 6000 + j.
+    let mut present = vec![[true; PODS]; PORTS as usize];
+    let slice_json = |j: u16, present: &[bool; PODS]| {
+        let endpoints: Vec<serde_json::Value> = (0..PODS)
+            .filter(|p| present[*p])
+            .map(|p| serde_json::json!({"addresses": [ips[p].to_string()], "conditions": {"ready": true}}))
+            .collect();
+        serde_json::json!({
+            "metadata": {"name": format!("churn-{j}"), "labels": {"kubernetes.io/service-name": "churn"}},
+            "addressType": "IPv4",
+            "ports": [{"name": "dns", "port": 6000 + j, "protocol": "UDP"}],
+            "endpoints": endpoints,
+        })
+    };
+    let mut stored = Vec::new();
+    for j in 0..PORTS {
+        let s = serde_json::from_value(slice_json(j, &present[j as usize])).unwrap();
+        stored.push(slices.create(&PostParams::default(), &s).await.unwrap());
+    }
+    // Every backend in the maps before the churn starts.
+    wait_for(
+        "the 40 backends programmed",
+        Duration::from_secs(30),
+        async || {
+            let view: serde_json::Value =
+                serde_json::from_str(&services_view(&node, false, true)).ok()?;
+            let row = view["frontends"]
+                .as_array()?
+                .iter()
+                .find(|r| r["frontend"] == format!("{cluster_ip}:53/UDP"))?
+                .clone();
+            (row["backends"].as_array()?.len() == PODS * PORTS as usize).then_some(())
+        },
+    )
+    .await;
+
+    let cg = node.cgroup().join("churn-client");
+    std::fs::create_dir_all(&cg).unwrap();
+    let script = format!(
+        "echo $$ > {}/cgroup.procs && exec nsenter --net=/run/netns/{} python3 -c '{}' {cluster_ip} 54",
+        cg.display(),
+        node.netns,
+        CHURN_CLIENT
+    );
+    let client = std::process::Command::new("bash")
+        .args(["-c", &script])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+
+    // The churn: (when stored, backend, removed?) for each change.
+    let mut changes: Vec<(Instant, usize, bool)> = Vec::new();
+    let mut removed_order: std::collections::VecDeque<usize> = Default::default();
+    let mut next_removal = 0usize;
+    let mut tick = tokio::time::interval(Duration::from_millis(50));
+    for i in 0..1000 {
+        tick.tick().await;
+        let (backend, remove) = if i % 2 == 0 || removed_order.len() < 30 {
+            // A removal: the next backend still present, round-robin.
+            let mut b = next_removal % (PODS * PORTS as usize);
+            while !present[b % PORTS as usize][b / PORTS as usize] {
+                b = (b + 1) % (PODS * PORTS as usize);
+            }
+            next_removal = b + 1;
+            removed_order.push_back(b);
+            (b, true)
+        } else {
+            (removed_order.pop_front().unwrap(), false)
+        };
+        let (p, j) = (backend / PORTS as usize, backend % PORTS as usize);
+        present[j][p] = !remove;
+        let mut s: k8s_openapi::api::discovery::v1::EndpointSlice =
+            serde_json::from_value(slice_json(j as u16, &present[j])).unwrap();
+        s.metadata.resource_version = stored[j].metadata.resource_version.clone();
+        stored[j] = slices
+            .replace(&format!("churn-{j}"), &PostParams::default(), &s)
+            .await
+            .unwrap();
+        changes.push((Instant::now(), p * PORTS as usize + j, remove));
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let out = client.wait_with_output().unwrap();
+    let arrivals = arrivals.lock().unwrap().clone();
+
+    // For each backend, the times it was out: [removed, put back).
+    let mut out_since: Vec<Option<Instant>> = vec![None; PODS * PORTS as usize];
+    let mut windows: Vec<(usize, Instant, Option<Instant>)> = Vec::new();
+    for (at, b, removed) in &changes {
+        if *removed {
+            out_since[*b] = Some(*at);
+        } else if let Some(r) = out_since[*b].take() {
+            windows.push((*b, r, Some(*at)));
+        }
+    }
+    for (b, r) in out_since.iter().enumerate() {
+        if let Some(r) = r {
+            windows.push((b, *r, None));
+        }
+    }
+    let late: Vec<String> = arrivals
+        .iter()
+        .filter_map(|(t, b)| {
+            windows.iter().find_map(|(wb, r, back)| {
+                (wb == b && *t > *r + Duration::from_secs(1) && back.is_none_or(|a| *t < a))
+                    .then(|| format!("backend {b}: {:?} after its removal", *t - *r))
+            })
+        })
+        .collect();
+    let sent = String::from_utf8_lossy(&out.stdout).to_string();
+    assert_eq!(changes.len(), 1000);
+    assert!(
+        windows.len() >= 400,
+        "removals of 1 s or more: {}",
+        windows.len()
+    );
+    assert!(
+        arrivals.len() > 5000,
+        "the client kept sending ({sent}): {} arrivals",
+        arrivals.len()
+    );
+    assert!(
+        late.is_empty(),
+        "{} late: {:?}",
+        late.len(),
+        &late[..late.len().min(10)]
+    );
 }

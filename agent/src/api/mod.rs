@@ -302,7 +302,7 @@ async fn route(shared: &Shared, req: Request<Incoming>) -> Response<Body> {
         }
         (&http::Method::GET, ["stats", "summary"]) => {
             let src = shared.cfg.stats.clone();
-            let iface = node_interface(&shared.cfg.node_ips);
+            let iface = crate::sys::netlink::interface_with_address(&shared.cfg.node_ips);
             // Counters are files and a few namespace entries: read off the async threads.
             let summary = tokio::task::block_in_place(|| {
                 stats::summary(&src, &shared.samples, iface.as_deref())
@@ -583,22 +583,6 @@ fn port_forward_route(
         }
     });
     answer
-}
-
-/// The name of the interface holding one of the node's addresses.
-fn node_interface(ips: &[IpAddr]) -> Option<String> {
-    let mut nl = crate::sys::netlink::Netlink::open().ok()?;
-    let index = nl
-        .all_addresses()
-        .ok()?
-        .into_iter()
-        .find(|(_, ip, _)| ips.contains(&IpAddr::V4(*ip)))?
-        .0;
-    nl.links()
-        .ok()?
-        .into_iter()
-        .find(|l| l.index == index)
-        .map(|l| l.name)
 }
 
 /// kubelet's `/runningpods/`: the pods with a running container, with only what the

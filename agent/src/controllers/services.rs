@@ -358,6 +358,7 @@ pub async fn run(
         let frontends = want.len();
         let t = Arc::clone(&table);
         let run_dir = cfg.run_dir.clone();
+        let node_ips: Vec<std::net::IpAddr> = cfg.node_ips.iter().map(|ip| (*ip).into()).collect();
         let result = tokio::task::spawn_blocking(move || {
             let mut t = t
                 .lock()
@@ -368,6 +369,20 @@ pub async fn run(
             let gone: Vec<std::net::SocketAddrV4> = before.difference(&after).copied().collect();
             if !gone.is_empty() {
                 close_udp_to(&run_dir, &gone);
+                if let Err(e) = t.forget_udp_flows(&gone) {
+                    tracing::warn!("dropping outside UDP flows to removed backends: {e}");
+                }
+            }
+            // Outside traffic: the underlay interface both ways, the overlay device
+            // (once the overlay made it) for replies of SNAT'd flows.
+            let mut ifaces: Vec<(String, bool)> =
+                crate::sys::netlink::interface_with_address(&node_ips)
+                    .map(|i| (i, true))
+                    .into_iter()
+                    .collect();
+            ifaces.push((crate::model::overlay::DEVICE.to_string(), false));
+            if let Err(e) = t.attach_outside(&ifaces) {
+                tracing::warn!("traffic from outside the node is not load-balanced: {e}");
             }
             Ok::<_, String>(n)
         })
@@ -486,7 +501,7 @@ mod tests {
                         backend(format!("10.244.2.{i}:8080").parse().unwrap()),
                     ]
                     .into(),
-                    affinity_timeout: 0,
+                    ..Default::default()
                 };
                 (service_key(Ipv4Addr::new(10, 96, 1, i), 80, 6), front)
             })
@@ -501,6 +516,7 @@ mod tests {
             want,
             &t.inner.services().unwrap(),
             &t.inner.backends().unwrap(),
+            &t.inner.ranges().unwrap(),
         )
         .is_empty()
     }

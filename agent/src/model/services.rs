@@ -8,7 +8,10 @@ use std::net::{Ipv4Addr, SocketAddrV4};
 
 use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
-use kernlet_ebpf_common::{Backend, BackendKey, ServiceKey, ServiceValue};
+use kernlet_ebpf_common::{
+    BACKEND_LOCAL, Backend, BackendKey, SOURCE_RANGE_SERVICE_BITS, SVC_EXTERNAL, SVC_LOCAL,
+    SVC_SOURCE_RANGES, ServiceKey, ServiceValue, SourceRangeKey,
+};
 
 /// The label that hands a Service to another proxy.
 pub const PROXY_NAME_LABEL: &str = "service.kubernetes.io/service-proxy-name";
@@ -37,7 +40,7 @@ pub fn backend(addr: SocketAddrV4) -> Backend {
     Backend {
         addr: u32::from_ne_bytes(addr.ip().octets()),
         port: u16::from_ne_bytes(addr.port().to_be_bytes()),
-        _pad: 0,
+        flags: 0,
     }
 }
 
@@ -64,6 +67,30 @@ pub struct Frontend {
     pub backends: BTreeSet<Backend>,
     /// `sessionAffinity: ClientIP` timeout in seconds (0: none).
     pub affinity_timeout: u32,
+    /// `SVC_*` bits: reached from outside, externalTrafficPolicy Local, source ranges.
+    pub flags: u32,
+    /// `loadBalancerSourceRanges` of a load-balancer IP: (network, prefix length).
+    pub source_ranges: BTreeSet<(Ipv4Addr, u8)>,
+}
+
+/// A CIDR `a.b.c.d/n` as (network, prefix length), host bits cleared.
+fn parse_range(s: &str) -> Option<(Ipv4Addr, u8)> {
+    let (ip, len) = s.trim().split_once('/')?;
+    let ip: Ipv4Addr = ip.parse().ok()?;
+    let len: u8 = len.parse().ok().filter(|l| *l <= 32)?;
+    let mask = if len == 0 { 0 } else { u32::MAX << (32 - len) };
+    Some((Ipv4Addr::from(u32::from(ip) & mask), len))
+}
+
+/// The source-range key of `range` for frontend `service`, with its prefix length.
+pub fn source_range_key(service: ServiceKey, range: (Ipv4Addr, u8)) -> (u32, SourceRangeKey) {
+    (
+        SOURCE_RANGE_SERVICE_BITS + u32::from(range.1),
+        SourceRangeKey {
+            service,
+            client: u32::from_ne_bytes(range.0.octets()),
+        },
+    )
 }
 
 /// kube-proxy's default ClientIP affinity timeout (3 hours).
@@ -158,20 +185,27 @@ pub fn desired(
             .flatten()
             .filter_map(|ip| ip.parse().ok())
             .collect();
-        for ing in svc
+        let lb_ips: BTreeSet<Ipv4Addr> = svc
             .status
             .as_ref()
             .and_then(|s| s.load_balancer.as_ref())
             .and_then(|l| l.ingress.as_ref())
             .into_iter()
             .flatten()
-        {
-            if let Some(ip) = ing.ip.as_deref().and_then(|i| i.parse().ok()) {
-                frontends_ips.push(ip);
-            }
-        }
+            .filter_map(|ing| ing.ip.as_deref().and_then(|i| i.parse().ok()))
+            .collect();
+        frontends_ips.extend(lb_ips.iter().copied());
         frontends_ips.sort();
         frontends_ips.dedup();
+        // kube-proxy applies loadBalancerSourceRanges to the load-balancer IPs; a range
+        // that does not parse is left out (and so is not a way in).
+        let ranges: BTreeSet<(Ipv4Addr, u8)> = spec
+            .load_balancer_source_ranges
+            .iter()
+            .flatten()
+            .filter_map(|r| parse_range(r))
+            .collect();
+        let external_flags = SVC_EXTERNAL | if external_local { SVC_LOCAL } else { 0 };
         for sp in spec.ports.iter().flatten() {
             let Some(proto) = proto_number(sp.protocol.as_deref()) else {
                 continue;
@@ -203,23 +237,29 @@ pub fn desired(
                     .extend(internal.iter().copied());
             }
             for ip in &frontends_ips {
-                out.entry(service_key(*ip, port, proto))
+                let f = out
+                    .entry(service_key(*ip, port, proto))
                     .or_insert_with(|| Frontend {
                         affinity_timeout,
                         ..Default::default()
-                    })
-                    .backends
-                    .extend(external.iter().copied());
+                    });
+                f.backends.extend(external.iter().copied());
+                f.flags |= external_flags;
+                if lb_ips.contains(ip) && !ranges.is_empty() {
+                    f.flags |= SVC_SOURCE_RANGES;
+                    f.source_ranges.extend(ranges.iter().copied());
+                }
             }
             if let Some(np) = sp.node_port.and_then(|p| u16::try_from(p).ok()) {
                 for ip in node_ips {
-                    out.entry(service_key(*ip, np, proto))
+                    let f = out
+                        .entry(service_key(*ip, np, proto))
                         .or_insert_with(|| Frontend {
                             affinity_timeout,
                             ..Default::default()
-                        })
-                        .backends
-                        .extend(external.iter().copied());
+                        });
+                    f.backends.extend(external.iter().copied());
+                    f.flags |= external_flags;
                 }
             }
         }
@@ -309,11 +349,16 @@ fn endpoints_for(
                 let Ok(ip) = a.parse::<Ipv4Addr>() else {
                     continue;
                 };
+                let on_node = ep.node_name.as_deref() == Some(node);
+                let mut b = backend(SocketAddrV4::new(ip, number));
+                if on_node {
+                    b.flags |= BACKEND_LOCAL;
+                }
                 cands.push(Candidate {
-                    backend: backend(SocketAddrV4::new(ip, number)),
+                    backend: b,
                     ready: is_ready && !is_terminating,
                     fallback: serving && is_terminating,
-                    on_node: ep.node_name.as_deref() == Some(node),
+                    on_node,
                     node_hints: hints
                         .and_then(|h| h.for_nodes.as_ref())
                         .into_iter()
@@ -426,7 +471,13 @@ pub enum LbOp {
     SetService(ServiceKey, ServiceValue),
     DeleteService(ServiceKey),
     DeleteBackend(BackendKey),
+    /// A source range (prefix length, key) of a frontend.
+    SetRange(u32, SourceRangeKey),
+    DeleteRange(u32, SourceRangeKey),
 }
+
+/// A source-range entry: its prefix length and key.
+pub type RangeEntry = (u32, SourceRangeKey);
 
 /// The changes that make the maps (`services`, `backends`) serve `want`. A frontend
 /// whose backends change gets them under a new slot, then one service update points
@@ -436,6 +487,7 @@ pub fn plan(
     want: &BTreeMap<ServiceKey, Frontend>,
     services: &BTreeMap<ServiceKey, ServiceValue>,
     backends: &BTreeMap<BackendKey, Backend>,
+    ranges: &BTreeSet<RangeEntry>,
 ) -> Vec<LbOp> {
     let mut sets = Vec::new();
     let mut swaps = Vec::new();
@@ -470,11 +522,12 @@ pub fn plan(
             && slot_members(cur.slot, cur.count).as_deref() == Some(list.as_slice())
         {
             live_slots.insert(cur.slot);
-            if cur.affinity_timeout != front.affinity_timeout {
+            if cur.affinity_timeout != front.affinity_timeout || cur.flags != front.flags {
                 swaps.push(LbOp::SetService(
                     *key,
                     ServiceValue {
                         affinity_timeout: front.affinity_timeout,
+                        flags: front.flags,
                         ..*cur
                     },
                 ));
@@ -516,9 +569,20 @@ pub fn plan(
                 slot,
                 count: list.len() as u32,
                 affinity_timeout: front.affinity_timeout,
-                _pad: 0,
+                flags: front.flags,
             },
         ));
+    }
+    // Ranges go in before a frontend starts checking them and out after it stopped.
+    let want_ranges: BTreeSet<RangeEntry> = want
+        .iter()
+        .flat_map(|(k, f)| f.source_ranges.iter().map(|r| source_range_key(*k, *r)))
+        .collect();
+    for (len, k) in want_ranges.difference(ranges) {
+        sets.push(LbOp::SetRange(*len, *k));
+    }
+    for (len, k) in ranges.difference(&want_ranges) {
+        deletes.push(LbOp::DeleteRange(*len, *k));
     }
     for key in services.keys() {
         if !want.contains_key(key) {
@@ -762,11 +826,11 @@ mod tests {
             key,
             Frontend {
                 backends: BTreeSet::from([b1, b2]),
-                affinity_timeout: 0,
+                ..Default::default()
             },
         )]
         .into();
-        let ops = plan(&want, &BTreeMap::new(), &BTreeMap::new());
+        let ops = plan(&want, &BTreeMap::new(), &BTreeMap::new(), &BTreeSet::new());
         assert_eq!(ops.len(), 3);
         assert!(matches!(
             ops[2],
@@ -776,7 +840,7 @@ mod tests {
                     slot: 1,
                     count: 2,
                     affinity_timeout: 0,
-                    _pad: 0
+                    flags: 0
                 }
             )
         ));
@@ -787,7 +851,7 @@ mod tests {
                 slot: 1,
                 count: 2,
                 affinity_timeout: 0,
-                _pad: 0,
+                flags: 0,
             },
         )]
         .into();
@@ -797,7 +861,7 @@ mod tests {
             (BackendKey { slot: 9, index: 0 }, b2),
         ]
         .into();
-        let ops = plan(&want, &services, &backends);
+        let ops = plan(&want, &services, &backends, &BTreeSet::new());
         assert_eq!(
             ops,
             [LbOp::DeleteBackend(BackendKey { slot: 9, index: 0 })],
@@ -808,13 +872,13 @@ mod tests {
             key,
             Frontend {
                 backends: BTreeSet::from([b2]),
-                affinity_timeout: 0,
+                ..Default::default()
             },
         )]
         .into();
         let mut clean = backends.clone();
         clean.remove(&BackendKey { slot: 9, index: 0 });
-        let ops = plan(&want, &services, &clean);
+        let ops = plan(&want, &services, &clean, &BTreeSet::new());
         assert_eq!(
             ops,
             [
@@ -825,7 +889,7 @@ mod tests {
                         slot: 2,
                         count: 1,
                         affinity_timeout: 0,
-                        _pad: 0
+                        flags: 0
                     }
                 ),
                 LbOp::DeleteBackend(BackendKey { slot: 1, index: 0 }),
@@ -834,7 +898,7 @@ mod tests {
         );
         // A leftover slot already holding the new set (a pass that failed after
         // writing it) is finished, not written again.
-        let ops = plan(&want, &services, &backends);
+        let ops = plan(&want, &services, &backends, &BTreeSet::new());
         assert_eq!(
             ops,
             [
@@ -844,7 +908,7 @@ mod tests {
                         slot: 9,
                         count: 1,
                         affinity_timeout: 0,
-                        _pad: 0
+                        flags: 0
                     }
                 ),
                 LbOp::DeleteBackend(BackendKey { slot: 1, index: 0 }),
@@ -852,7 +916,7 @@ mod tests {
             ]
         );
         // The service gone: frontend, then its backends.
-        let ops = plan(&BTreeMap::new(), &services, &backends);
+        let ops = plan(&BTreeMap::new(), &services, &backends, &BTreeSet::new());
         assert_eq!(ops[0], LbOp::DeleteService(key));
         assert_eq!(ops.len(), 4);
     }
@@ -913,23 +977,100 @@ mod tests {
                 slot: 4,
                 count: 1,
                 affinity_timeout: 0,
-                _pad: 0,
+                flags: 0,
             },
         )]
         .into();
         let backends: BTreeMap<_, _> = [(BackendKey { slot: 4, index: 0 }, b)].into();
         assert_eq!(
-            plan(&want, &services, &backends),
+            plan(&want, &services, &backends, &BTreeSet::new()),
             [LbOp::SetService(
                 key,
                 ServiceValue {
                     slot: 4,
                     count: 1,
                     affinity_timeout: 60,
-                    _pad: 0
+                    flags: 0
                 }
             )]
         );
+    }
+
+    #[test]
+    fn outside_frontends_carry_their_policy_and_source_ranges() {
+        let mut web = svc(serde_json::json!({
+            "metadata": {"name": "web", "namespace": "d"},
+            "spec": {"type": "LoadBalancer", "clusterIP": "10.96.0.50", "externalTrafficPolicy": "Local",
+                     "externalIPs": ["203.0.113.7"],
+                     "loadBalancerSourceRanges": ["198.18.0.0/24", "10.1.2.3/8", "bogus"],
+                     "ports": [{"name": "http", "port": 80, "nodePort": 30080}]},
+            "status": {"loadBalancer": {"ingress": [{"ip": "192.0.2.10"}]}},
+        }));
+        let eps = slice(serde_json::json!([
+            {"addresses": ["10.244.1.5"], "conditions": {"ready": true}, "nodeName": "a"},
+            {"addresses": ["10.244.2.5"], "conditions": {"ready": true}, "nodeName": "b"},
+        ]));
+        let node_ip: Ipv4Addr = "198.18.0.10".parse().unwrap();
+        let want = desired(
+            std::slice::from_ref(&web),
+            std::slice::from_ref(&eps),
+            "a",
+            None,
+            &[node_ip],
+        );
+        let at = |ip: &str, port| &want[&service_key(ip.parse().unwrap(), port, 6)];
+        // The ClusterIP is for the node and its pods only, with both backends; the
+        // local one is marked.
+        assert_eq!(at("10.96.0.50", 80).flags, 0);
+        let local: Vec<bool> = at("10.96.0.50", 80)
+            .backends
+            .iter()
+            .map(|b| b.flags & BACKEND_LOCAL != 0)
+            .collect();
+        assert_eq!(local, [true, false]);
+        for (ip, port) in [("203.0.113.7", 80), ("198.18.0.10", 30080)] {
+            assert_eq!(at(ip, port).flags, SVC_EXTERNAL | SVC_LOCAL, "{ip}");
+            assert!(at(ip, port).source_ranges.is_empty(), "{ip}");
+        }
+        // Source ranges guard the load-balancer IP only; host bits are cleared and a
+        // range that does not parse is left out.
+        let lb = at("192.0.2.10", 80);
+        assert_eq!(lb.flags, SVC_EXTERNAL | SVC_LOCAL | SVC_SOURCE_RANGES);
+        let ranges: Vec<String> = lb
+            .source_ranges
+            .iter()
+            .map(|(ip, len)| format!("{ip}/{len}"))
+            .collect();
+        assert_eq!(ranges, ["10.0.0.0/8", "198.18.0.0/24"]);
+        // Ranges are written before the frontend that checks them.
+        let ops = plan(&want, &BTreeMap::new(), &BTreeMap::new(), &BTreeSet::new());
+        let first_service = ops
+            .iter()
+            .position(|o| matches!(o, LbOp::SetService(..)))
+            .unwrap();
+        let ranges_at: Vec<usize> = ops
+            .iter()
+            .enumerate()
+            .filter(|(_, o)| matches!(o, LbOp::SetRange(..)))
+            .map(|(i, _)| i)
+            .collect();
+        assert_eq!(ranges_at.len(), 2);
+        assert!(ranges_at.iter().all(|i| *i < first_service), "{ops:?}");
+        let mut t = crate::sys::lb::MemoryLb::default();
+        for op in &ops {
+            crate::sys::lb::LbTable::apply(&mut t, op).unwrap();
+        }
+        assert!(t.ranges.contains(&source_range_key(
+            service_key("192.0.2.10".parse().unwrap(), 80, 6),
+            ("198.18.0.0".parse().unwrap(), 24)
+        )));
+        // The ranges dropped: the frontend stops checking first, then they go.
+        web.spec.as_mut().unwrap().load_balancer_source_ranges = None;
+        let want = desired(&[web], &[eps], "a", None, &[node_ip]);
+        let ops = plan(&want, &t.services, &t.backends, &t.ranges);
+        assert_eq!(ops.len(), 3, "{ops:?}");
+        assert!(matches!(ops[0], LbOp::SetService(_, v) if v.flags == SVC_EXTERNAL | SVC_LOCAL));
+        assert!(matches!(ops[1], LbOp::DeleteRange(..)) && matches!(ops[2], LbOp::DeleteRange(..)));
     }
 
     #[test]

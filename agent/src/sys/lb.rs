@@ -10,14 +10,19 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
+use aya::maps::lpm_trie::{Key, LpmTrie};
 use aya::maps::{HashMap, MapData};
-use aya::programs::{CgroupAttachMode, CgroupSockAddr, links::FdLink, links::PinnedLink};
+use aya::programs::{
+    CgroupAttachMode, CgroupSockAddr, LinkOrder, SchedClassifier, TcAttachType, links::FdLink,
+    links::PinnedLink, tc::TcAttachOptions,
+};
 use kernlet_ebpf_common::{
-    BACKENDS_MAP, Backend, BackendKey, LB_CONNECT4, LB_GETPEERNAME4, LB_RECVMSG4, LB_SENDMSG4,
-    SERVICES_MAP, ServiceKey, ServiceValue,
+    BACKENDS_MAP, Backend, BackendKey, FlowKey, FwdNat, LB_CONNECT4, LB_EGRESS, LB_GETPEERNAME4,
+    LB_INGRESS, LB_RECVMSG4, LB_SENDMSG4, NAT_FWD_MAP, NAT_REV_MAP, RevNat, SERVICES_MAP,
+    SOURCE_RANGES_MAP, ServiceKey, ServiceValue, SourceRangeKey,
 };
 
-use crate::model::services::LbOp;
+use crate::model::services::{LbOp, RangeEntry};
 
 /// A failed load-balancer operation, naming what it was for.
 #[derive(Debug, thiserror::Error)]
@@ -48,6 +53,7 @@ fn chain(e: &dyn std::error::Error) -> String {
 pub trait LbTable: Send {
     fn services(&mut self) -> Result<BTreeMap<ServiceKey, ServiceValue>, LbError>;
     fn backends(&mut self) -> Result<BTreeMap<BackendKey, Backend>, LbError>;
+    fn ranges(&mut self) -> Result<BTreeSet<RangeEntry>, LbError>;
     fn apply(&mut self, op: &LbOp) -> Result<(), LbError>;
 }
 
@@ -56,6 +62,7 @@ pub trait LbTable: Send {
 pub struct MemoryLb {
     pub services: BTreeMap<ServiceKey, ServiceValue>,
     pub backends: BTreeMap<BackendKey, Backend>,
+    pub ranges: BTreeSet<RangeEntry>,
 }
 
 impl LbTable for MemoryLb {
@@ -65,8 +72,17 @@ impl LbTable for MemoryLb {
     fn backends(&mut self) -> Result<BTreeMap<BackendKey, Backend>, LbError> {
         Ok(self.backends.clone())
     }
+    fn ranges(&mut self) -> Result<BTreeSet<RangeEntry>, LbError> {
+        Ok(self.ranges.clone())
+    }
     fn apply(&mut self, op: &LbOp) -> Result<(), LbError> {
         match op {
+            LbOp::SetRange(len, k) => {
+                self.ranges.insert((*len, *k));
+            }
+            LbOp::DeleteRange(len, k) => {
+                self.ranges.remove(&(*len, *k));
+            }
             LbOp::SetBackend(k, b) => {
                 self.backends.insert(*k, *b);
             }
@@ -100,6 +116,9 @@ impl LbTable for FaultyLb {
     fn backends(&mut self) -> Result<BTreeMap<BackendKey, Backend>, LbError> {
         self.inner.backends()
     }
+    fn ranges(&mut self) -> Result<BTreeSet<RangeEntry>, LbError> {
+        self.inner.ranges()
+    }
     fn apply(&mut self, op: &LbOp) -> Result<(), LbError> {
         self.applied += 1;
         if self.fail.contains(&self.applied) {
@@ -116,6 +135,8 @@ impl LbTable for FaultyLb {
 pub struct BpfLb {
     ebpf: aya::Ebpf,
     pin_dir: PathBuf,
+    /// Interfaces the outside-traffic programs are attached to, with their index.
+    outside: BTreeMap<String, u32>,
 }
 
 impl std::fmt::Debug for BpfLb {
@@ -129,12 +150,15 @@ impl std::fmt::Debug for BpfLb {
 const PROGRAMS: [&str; 4] = [LB_CONNECT4, LB_SENDMSG4, LB_RECVMSG4, LB_GETPEERNAME4];
 
 /// The maps that outlive an agent: pinned in the instance's directory.
-const PINNED_MAPS: [&str; 5] = [
+const PINNED_MAPS: [&str; 8] = [
     SERVICES_MAP,
     BACKENDS_MAP,
     kernlet_ebpf_common::SOCK_REVNAT_MAP,
     kernlet_ebpf_common::AFFINITY_MAP,
     kernlet_ebpf_common::BACKEND_STATS_MAP,
+    NAT_FWD_MAP,
+    NAT_REV_MAP,
+    SOURCE_RANGES_MAP,
 ];
 
 impl BpfLb {
@@ -178,26 +202,105 @@ impl BpfLb {
                 .map_err(|e: aya::programs::links::LinkError| {
                     err(format!("link of {name}"))(e.to_string())
                 })?;
-            // The previous instance's link: let go once the new one is attached.
-            let path = pin_dir.join("links").join(name);
-            let previous = match PinnedLink::from_pin(&path) {
-                Ok(old) => Some(
-                    old.unpin()
-                        .map_err(|e| err(format!("unpinning {}", path.display()))(e.to_string()))?,
-                ),
-                Err(_) => {
-                    let _ = std::fs::remove_file(&path);
-                    None
-                }
-            };
-            link.pin(&path)
-                .map_err(|e| err(format!("pinning {}", path.display()))(e.to_string()))?;
-            drop(previous);
+            replace_pin(&pin_dir.join("links").join(name), link)?;
         }
         Ok(Self {
             ebpf,
             pin_dir: pin_dir.to_path_buf(),
+            outside: BTreeMap::new(),
         })
+    }
+
+    /// Attaches the programs for traffic from outside the node: `kl_lb_ingress` to
+    /// every interface of `ifaces`, `kl_lb_egress` too where its flag says so (the
+    /// underlay; the overlay device only brings replies in). An interface not there is
+    /// skipped (a later call attaches it); one recreated since is attached again.
+    pub fn attach_outside(&mut self, ifaces: &[(String, bool)]) -> Result<(), LbError> {
+        for (name, egress) in ifaces {
+            let Ok(index) = nix::net::if_::if_nametoindex(name.as_str()) else {
+                continue;
+            };
+            if self.outside.get(name) == Some(&index) {
+                continue;
+            }
+            self.attach_tc(LB_INGRESS, name, TcAttachType::Ingress)?;
+            if *egress {
+                self.attach_tc(LB_EGRESS, name, TcAttachType::Egress)?;
+            }
+            tracing::info!(interface = %name, egress, "outside traffic to Services translated");
+            self.outside.insert(name.clone(), index);
+        }
+        Ok(())
+    }
+
+    fn attach_tc(&mut self, name: &str, iface: &str, kind: TcAttachType) -> Result<(), LbError> {
+        let prog: &mut SchedClassifier = self
+            .ebpf
+            .program_mut(name)
+            .ok_or_else(|| err(name)("not in the embedded object; rebuild kernlet".into()))?
+            .try_into()
+            .map_err(|e: aya::programs::ProgramError| err(name)(e.to_string()))?;
+        if prog.fd().is_err() {
+            prog.load()
+                .map_err(|e| err(format!("loading {name}"))(chain(&e)))?;
+        }
+        // tcx (kernel 6.6+): a link beside other programs on the hook, run after them.
+        let id = prog
+            .attach_with_options(iface, kind, TcAttachOptions::TcxOrder(LinkOrder::default()))
+            .map_err(|e| err(format!("attaching {name} to {iface}"))(chain(&e)))?;
+        let link: FdLink = prog
+            .take_link(id)
+            .map_err(|e| err(format!("taking the link of {name}"))(e.to_string()))?
+            .try_into()
+            .map_err(|e: aya::programs::links::LinkError| {
+                err(format!("link of {name}"))(e.to_string())
+            })?;
+        // bpffs names take no '.' (flannel.1): it becomes '_'.
+        let pin = format!("{name}@{}", iface.replace('.', "_"));
+        replace_pin(&self.pin_dir.join("links").join(pin), link)
+    }
+
+    /// Drops the translations of outside UDP flows to `gone` backends, so their next
+    /// datagram is balanced onto a live one.
+    pub fn forget_udp_flows(&mut self, gone: &[std::net::SocketAddrV4]) -> Result<usize, LbError> {
+        let gone: BTreeSet<Backend> = gone
+            .iter()
+            .map(|a| crate::model::services::backend(*a))
+            .collect();
+        let is_gone = |addr: u32, port: u16| {
+            gone.contains(&Backend {
+                addr,
+                port,
+                flags: 0,
+            })
+        };
+        let mut forgotten = 0;
+        let mut fwd: HashMap<&mut MapData, FlowKey, FwdNat> =
+            HashMap::try_from(self.map(NAT_FWD_MAP)?)
+                .map_err(|e| err(NAT_FWD_MAP)(e.to_string()))?;
+        let stale: Vec<FlowKey> = fwd
+            .iter()
+            .filter_map(Result::ok)
+            .filter(|(k, v)| k.proto == 17 && is_gone(v.backend.addr, v.backend.port))
+            .map(|(k, _)| k)
+            .collect();
+        for k in &stale {
+            if fwd.remove(k).is_ok() {
+                forgotten += 1;
+            }
+        }
+        let mut rev: HashMap<&mut MapData, FlowKey, RevNat> =
+            HashMap::try_from(self.map(NAT_REV_MAP)?)
+                .map_err(|e| err(NAT_REV_MAP)(e.to_string()))?;
+        let stale: Vec<FlowKey> = rev
+            .keys()
+            .filter_map(Result::ok)
+            .filter(|k| k.proto == 17 && is_gone(k.src, k.sport))
+            .collect();
+        for k in &stale {
+            let _ = rev.remove(k);
+        }
+        Ok(forgotten)
     }
 
     fn map(&mut self, name: &'static str) -> Result<&mut aya::maps::Map, LbError> {
@@ -209,10 +312,17 @@ impl BpfLb {
     /// Detaches the programs and removes the pins (maps and links): the node stops
     /// translating Services.
     pub fn remove(self) -> Result<(), LbError> {
-        for name in PROGRAMS {
-            let path = self.pin_dir.join("links").join(name);
-            if let Ok(l) = PinnedLink::from_pin(&path) {
-                let _ = l.unpin();
+        let links = std::fs::read_dir(self.pin_dir.join("links"))
+            .into_iter()
+            .flatten();
+        for path in links.flatten().map(|e| e.path()) {
+            match PinnedLink::from_pin(&path) {
+                Ok(l) => {
+                    let _ = l.unpin();
+                }
+                Err(_) => {
+                    let _ = std::fs::remove_file(&path);
+                }
             }
         }
         for m in PINNED_MAPS {
@@ -220,6 +330,25 @@ impl BpfLb {
         }
         Ok(())
     }
+}
+
+/// Pins `link` at `path`, letting go of the link a previous instance pinned there only
+/// once the new one is attached.
+fn replace_pin(path: &Path, link: FdLink) -> Result<(), LbError> {
+    let previous = match PinnedLink::from_pin(path) {
+        Ok(old) => Some(
+            old.unpin()
+                .map_err(|e| err(format!("unpinning {}", path.display()))(e.to_string()))?,
+        ),
+        Err(_) => {
+            let _ = std::fs::remove_file(path);
+            None
+        }
+    };
+    link.pin(path)
+        .map_err(|e| err(format!("pinning {}", path.display()))(e.to_string()))?;
+    drop(previous);
+    Ok(())
 }
 
 impl LbTable for BpfLb {
@@ -241,9 +370,35 @@ impl LbTable for BpfLb {
             .collect()
     }
 
+    fn ranges(&mut self) -> Result<BTreeSet<RangeEntry>, LbError> {
+        let m: LpmTrie<&mut MapData, SourceRangeKey, u8> =
+            LpmTrie::try_from(self.map(SOURCE_RANGES_MAP)?)
+                .map_err(|e| err(SOURCE_RANGES_MAP)(e.to_string()))?;
+        m.keys()
+            .map(|r| {
+                r.map(|k| (k.prefix_len(), k.data()))
+                    .map_err(|e| err(SOURCE_RANGES_MAP)(e.to_string()))
+            })
+            .collect()
+    }
+
     fn apply(&mut self, op: &LbOp) -> Result<(), LbError> {
         let what = format!("{op:?}");
         match op {
+            LbOp::SetRange(len, k) => {
+                let mut m: LpmTrie<&mut MapData, SourceRangeKey, u8> =
+                    LpmTrie::try_from(self.map(SOURCE_RANGES_MAP)?)
+                        .map_err(|e| err(&what)(e.to_string()))?;
+                m.insert(&Key::new(*len, *k), 1, 0)
+                    .map_err(|e| err(&what)(e.to_string()))
+            }
+            LbOp::DeleteRange(len, k) => {
+                let mut m: LpmTrie<&mut MapData, SourceRangeKey, u8> =
+                    LpmTrie::try_from(self.map(SOURCE_RANGES_MAP)?)
+                        .map_err(|e| err(&what)(e.to_string()))?;
+                m.remove(&Key::new(*len, *k))
+                    .map_err(|e| err(&what)(e.to_string()))
+            }
             LbOp::SetService(k, v) => {
                 let mut m: HashMap<&mut MapData, ServiceKey, ServiceValue> =
                     HashMap::try_from(self.map(SERVICES_MAP)?)
@@ -330,7 +485,8 @@ pub fn sync(
 ) -> Result<usize, LbError> {
     let services = table.services()?;
     let backends = table.backends()?;
-    let ops = crate::model::services::plan(want, &services, &backends);
+    let ranges = table.ranges()?;
+    let ops = crate::model::services::plan(want, &services, &backends, &ranges);
     let mut first = None;
     let mut done = 0;
     // Slots with a backend that could not be written: no frontend moves onto them.
@@ -384,7 +540,7 @@ mod tests {
                 .iter()
                 .map(|b| backend(b.parse().unwrap()))
                 .collect(),
-            affinity_timeout: 0,
+            ..Default::default()
         };
         [(key, front)].into()
     }

@@ -544,6 +544,22 @@ impl Netlink {
 }
 
 /// `aa:bb:cc:dd:ee:ff`.
+/// The name of the interface holding one of `ips` (the node's underlay interface).
+pub fn interface_with_address(ips: &[std::net::IpAddr]) -> Option<String> {
+    let mut nl = Netlink::open().ok()?;
+    let index = nl
+        .all_addresses()
+        .ok()?
+        .into_iter()
+        .find(|(_, ip, _)| ips.contains(&std::net::IpAddr::V4(*ip)))?
+        .0;
+    nl.links()
+        .ok()?
+        .into_iter()
+        .find(|l| l.index == index)
+        .map(|l| l.name)
+}
+
 pub fn format_mac(mac: &[u8]) -> String {
     mac.iter()
         .map(|b| format!("{b:02x}"))

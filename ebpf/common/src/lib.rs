@@ -55,8 +55,17 @@ pub struct ServiceValue {
     pub count: u32,
     /// `sessionAffinity: ClientIP`: seconds a client keeps its backend (0: none).
     pub affinity_timeout: u32,
-    pub _pad: u32,
+    /// `SVC_*` bits.
+    pub flags: u32,
 }
+
+/// The frontend is reached from outside the node too (a NodePort on a node address,
+/// an external IP, a load-balancer IP): the TC programs translate packets to it.
+pub const SVC_EXTERNAL: u32 = 1;
+/// `externalTrafficPolicy: Local`: outside clients keep their address (no SNAT).
+pub const SVC_LOCAL: u32 = 2;
+/// `loadBalancerSourceRanges`: only clients in the frontend's ranges get through.
+pub const SVC_SOURCE_RANGES: u32 = 4;
 
 /// Session affinity: a client (its network namespace, as socket-level balancing sees
 /// it: every process of a pod, or of the node) and a frontend.
@@ -96,8 +105,81 @@ pub struct BackendKey {
 pub struct Backend {
     pub addr: u32,
     pub port: u16,
+    /// `BACKEND_*` bits.
+    pub flags: u16,
+}
+
+/// The endpoint lives on this node: outside traffic to it needs no SNAT, its replies
+/// leave through the node's own routing.
+pub const BACKEND_LOCAL: u16 = 1;
+
+/// Packet-level load-balancing for traffic from outside the node: `tcx` programs on
+/// the node's underlay interface (ingress and egress) and on the overlay device
+/// (ingress, where replies of SNAT'd flows come back).
+pub const LB_INGRESS: &str = "kl_lb_ingress";
+pub const LB_EGRESS: &str = "kl_lb_egress";
+/// Client flow → its translation (keyed by the packet as the client sent it).
+pub const NAT_FWD_MAP: &str = "KL_NAT_FWD";
+/// Backend flow → how to show it to the client (keyed by the packet as the backend
+/// sent it).
+pub const NAT_REV_MAP: &str = "KL_NAT_REV";
+/// `loadBalancerSourceRanges`: an LPM trie of (frontend, client prefix).
+pub const SOURCE_RANGES_MAP: &str = "KL_SOURCE_RANGES";
+pub const MAX_FLOWS: u32 = 262_144;
+pub const MAX_SOURCE_RANGES: u32 = 16_384;
+/// Ports a SNAT'd flow is given on the node address when the client's own is taken:
+/// above Linux's default ephemeral range (32768–60999), so the node's own sockets do
+/// not compete for them.
+pub const SNAT_PORT_MIN: u16 = 61_000;
+pub const SNAT_PORT_COUNT: u16 = 4_535;
+
+/// One direction of a flow as a packet carries it (addresses and ports in network
+/// byte order, as in the packet).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct FlowKey {
+    pub src: u32,
+    pub dst: u32,
+    pub sport: u16,
+    pub dport: u16,
+    pub proto: u8,
+    pub _pad: [u8; 3],
+}
+
+/// A client flow's translation: its backend, and the node address and port it is
+/// shown as when SNAT'd (`snat_addr` 0: not SNAT'd).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FwdNat {
+    pub backend: Backend,
+    pub snat_addr: u32,
+    pub snat_port: u16,
     pub _pad: u16,
 }
+
+/// A backend flow's way back: the frontend it answers as and, when SNAT'd, the client
+/// it goes to (`snat` 1).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RevNat {
+    pub frontend_addr: u32,
+    pub client_addr: u32,
+    pub frontend_port: u16,
+    pub client_port: u16,
+    pub snat: u32,
+}
+
+/// The data of a source-range key: the frontend, then the client address. Its prefix
+/// length is 64 (the whole frontend) plus the range's.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct SourceRangeKey {
+    pub service: ServiceKey,
+    pub client: u32,
+}
+
+/// Bits of a source-range key that cover the frontend.
+pub const SOURCE_RANGE_SERVICE_BITS: u32 = 64;
 
 /// What a translated socket was sent to and asked for, so `getpeername` and
 /// `recvmsg` show the service address again (keyed by socket cookie).
@@ -136,4 +218,16 @@ mod user {
     #[allow(unsafe_code, reason = "aya::Pod is an unsafe marker trait")]
     // SAFETY: repr(C), Copy, an 8-byte Backend then a u64, no implicit padding.
     unsafe impl aya::Pod for super::AffinityValue {}
+    #[allow(unsafe_code, reason = "aya::Pod is an unsafe marker trait")]
+    // SAFETY: repr(C), Copy, explicit padding, 16 bytes, every bit pattern valid.
+    unsafe impl aya::Pod for super::FlowKey {}
+    #[allow(unsafe_code, reason = "aya::Pod is an unsafe marker trait")]
+    // SAFETY: repr(C), Copy, Backend then u32 and two u16, no implicit padding.
+    unsafe impl aya::Pod for super::FwdNat {}
+    #[allow(unsafe_code, reason = "aya::Pod is an unsafe marker trait")]
+    // SAFETY: repr(C), Copy, two u32, two u16, a u32: no implicit padding.
+    unsafe impl aya::Pod for super::RevNat {}
+    #[allow(unsafe_code, reason = "aya::Pod is an unsafe marker trait")]
+    // SAFETY: repr(C), Copy, an 8-byte ServiceKey then a u32, no implicit padding.
+    unsafe impl aya::Pod for super::SourceRangeKey {}
 }

@@ -2,6 +2,8 @@
 #![no_std]
 #![no_main]
 
+mod tc;
+
 use aya_ebpf::{
     EbpfContext as _,
     helpers::{bpf_get_netns_cookie, bpf_get_prandom_u32, bpf_get_socket_cookie, bpf_ktime_get_ns},
@@ -107,17 +109,12 @@ fn translate(ctx: &SockAddrContext) -> i32 {
     if svc.count == 0 {
         return DENY;
     }
-    let Some(backend) = choose(ctx, &key, &svc) else {
+    // SAFETY: the context pointer is the program's own bpf_sock_addr.
+    let client = || unsafe { bpf_get_netns_cookie(ctx.as_ptr()) };
+    let Some(backend) = choose(client, &key, &svc) else {
         return DENY;
     };
-    match KL_BACKEND_STATS.get_ptr_mut(&backend) {
-        // SAFETY: this CPU's slot of the entry, valid for the program run; no other CPU
-        // writes it.
-        Some(n) => unsafe { *n += 1 },
-        None => {
-            let _ = KL_BACKEND_STATS.insert(&backend, &1, 0);
-        }
-    }
+    count(&backend);
     // SAFETY: user_ip4 and user_port are writable in connect4 and sendmsg4 programs.
     unsafe {
         (*ctx.sock_addr).user_ip4 = backend.addr;
@@ -130,23 +127,22 @@ fn translate(ctx: &SockAddrContext) -> i32 {
         service: Backend {
             addr: ip,
             port,
-            _pad: 0,
+            flags: 0,
         },
     };
     let _ = KL_SOCK_REVNAT.insert(&cookie, &rev, 0);
     ALLOW
 }
 
-/// A backend of `svc` for this socket: the one its client had within the affinity
-/// timeout when it is still a backend, else one at random (remembered when the service
-/// has affinity).
-fn choose(ctx: &SockAddrContext, key: &ServiceKey, svc: &ServiceValue) -> Option<Backend> {
+/// A backend of `svc` for a client: the one the client had within the affinity timeout
+/// when it is still a backend, else one at random (remembered when the service has
+/// affinity). `client` names the client for affinity (asked only when the service has
+/// it): its network namespace cookie for socket calls, its address for packets.
+fn choose(client: impl FnOnce() -> u64, key: &ServiceKey, svc: &ServiceValue) -> Option<Backend> {
     let mut akey = None;
     if svc.affinity_timeout > 0 {
-        // SAFETY: the context pointer is the program's own bpf_sock_addr.
-        let netns_cookie = unsafe { bpf_get_netns_cookie(ctx.as_ptr()) };
         let k = AffinityKey {
-            netns_cookie,
+            netns_cookie: client(),
             service: *key,
         };
         // SAFETY: helper without arguments.
@@ -200,6 +196,18 @@ fn choose(ctx: &SockAddrContext, key: &ServiceKey, svc: &ServiceValue) -> Option
         );
     }
     Some(backend)
+}
+
+/// One more connect (or datagram, or outside flow) sent to `backend`.
+fn count(backend: &Backend) {
+    match KL_BACKEND_STATS.get_ptr_mut(backend) {
+        // SAFETY: this CPU's slot of the entry, valid for the program run; no other CPU
+        // writes it.
+        Some(n) => unsafe { *n += 1 },
+        None => {
+            let _ = KL_BACKEND_STATS.insert(backend, &1, 0);
+        }
+    }
 }
 
 fn reverse(ctx: &SockAddrContext) {
