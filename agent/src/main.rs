@@ -374,6 +374,10 @@ struct NodeArgs {
     /// How often the load-balancer maps are compared with the Services, in seconds.
     #[arg(long, default_value_t = 30)]
     service_resync: u64,
+    /// How a backend is picked for a flow from outside the node: `random`, or `maglev`
+    /// (consistent hashing of the flow: every node sends it to the same backend).
+    #[arg(long, value_enum, default_value = "random")]
+    service_lb_algorithm: LbAlgorithm,
     /// Where the Service proxy answers `/healthz` and `/livez` as kube-proxy does (its
     /// --healthz-bind-address); port 0 turns it off.
     #[arg(long, default_value = "0.0.0.0:10256")]
@@ -1331,6 +1335,8 @@ fn prepare_node(args: &NodeArgs) -> anyhow::Result<PreparedNode> {
                         .context("--service-proxy needs the cgroup2 mount to attach to")?,
                 },
                 resync: Duration::from_secs(args.service_resync.max(1)),
+                maglev: args.service_lb_algorithm == LbAlgorithm::Maglev,
+                iface: args.iface.clone(),
                 run_dir: args.dirs.run_dir.clone(),
                 healthz: (args.proxy_healthz_bind_address.port() != 0)
                     .then_some(args.proxy_healthz_bind_address),
@@ -1666,4 +1672,11 @@ async fn run_node(kubeconfig: PathBuf, node: PreparedNode) -> anyhow::Result<()>
     let _ = tokio::task::spawn_blocking(move || worker.join()).await;
     tracing::info!("kernlet stopped; its pods keep running");
     Ok(())
+}
+
+/// `--service-lb-algorithm`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum LbAlgorithm {
+    Random,
+    Maglev,
 }

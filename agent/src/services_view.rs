@@ -106,26 +106,40 @@ pub async fn gather(
         {
             continue;
         }
-        let list: Vec<Value> = (0..value.count)
+        // A Maglev slot repeats its backends: one row each, weighted by its entries.
+        let entries: Vec<&kernlet_ebpf_common::Backend> = (0..value.count)
             .filter_map(|i| {
-                backends
-                    .get(&kernlet_ebpf_common::BackendKey {
-                        slot: value.slot,
-                        index: i,
-                    })
-                    .map(|b| {
-                        json!({
-                            "address": backend_addr(b).to_string(),
-                            "weight": 1,
-                            "sent": stats.get(b).copied().unwrap_or(0),
-                        })
-                    })
+                backends.get(&kernlet_ebpf_common::BackendKey {
+                    slot: value.slot,
+                    index: i,
+                })
+            })
+            .collect();
+        let mut order: Vec<&kernlet_ebpf_common::Backend> = Vec::new();
+        let mut weight: BTreeMap<&kernlet_ebpf_common::Backend, u32> = BTreeMap::new();
+        for b in &entries {
+            let n = weight.entry(*b).or_insert(0);
+            if *n == 0 {
+                order.push(*b);
+            }
+            *n += 1;
+        }
+        let list: Vec<Value> = order
+            .iter()
+            .map(|b| {
+                json!({
+                    "address": backend_addr(b).to_string(),
+                    "local": b.flags & kernlet_ebpf_common::BACKEND_LOCAL != 0,
+                    "weight": weight[b],
+                    "sent": stats.get(*b).copied().unwrap_or(0),
+                })
             })
             .collect();
         rows.push(json!({
             "frontend": frontend, "service": name, "slot": value.slot,
             "affinityTimeoutSeconds": value.affinity_timeout,
-            "complete": list.len() as u32 == value.count,
+            "kind": kind(value.flags),
+            "complete": entries.len() as u32 == value.count,
             "backends": list,
         }));
     }
@@ -136,6 +150,27 @@ pub async fn gather(
         "the table is read from the pinned maps",
     );
     Ok(json!({"names": source, "pins": pin_dir, "daemon": daemon, "frontends": rows}))
+}
+
+/// What reaches a frontend and how it is balanced, from its flags: `internal` (the
+/// node and its pods), `external` (also from outside; `+local` for
+/// externalTrafficPolicy Local, `+ranges` with loadBalancerSourceRanges, `+maglev`).
+fn kind(flags: u32) -> String {
+    use kernlet_ebpf_common::{SVC_EXTERNAL, SVC_LOCAL, SVC_MAGLEV, SVC_SOURCE_RANGES};
+    if flags & SVC_EXTERNAL == 0 {
+        return "internal".into();
+    }
+    let mut k = String::from("external");
+    for (bit, name) in [
+        (SVC_LOCAL, "+local"),
+        (SVC_SOURCE_RANGES, "+ranges"),
+        (SVC_MAGLEV, "+maglev"),
+    ] {
+        if flags & bit != 0 {
+            k.push_str(name);
+        }
+    }
+    k
 }
 
 /// The table for people.
@@ -154,8 +189,8 @@ pub fn table(v: &Value) -> String {
         .unwrap_or(8)
         .max(8);
     out.push_str(&format!(
-        "{:<w$}  {:<32}  BACKENDS\n",
-        "FRONTEND", "SERVICE"
+        "{:<w$}  {:<32}  {:<24}  BACKENDS\n",
+        "FRONTEND", "SERVICE", "KIND"
     ));
     for r in rows {
         let backends: Vec<String> = r["backends"]
@@ -171,9 +206,10 @@ pub fn table(v: &Value) -> String {
             })
             .collect();
         out.push_str(&format!(
-            "{:<w$}  {:<32}  {}\n",
+            "{:<w$}  {:<32}  {:<24}  {}\n",
             r["frontend"].as_str().unwrap_or(""),
             r["service"].as_str().unwrap_or("-"),
+            r["kind"].as_str().unwrap_or(""),
             if backends.is_empty() {
                 "(none: connects are refused)".to_string()
             } else {

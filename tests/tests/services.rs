@@ -21,8 +21,8 @@ use kernlet_tests::simnode::{BRIDGE_IP, Lab, SimNode};
 use kernlet_tests::wait_for;
 use kube::api::{Api, PostParams};
 
-/// The Service proxy's flags for `node`.
-fn proxy_flags(node: &SimNode) -> Vec<String> {
+/// The Service proxy's flags for `node`, and `extra`.
+fn proxy_flags(node: &SimNode, extra: &[&str]) -> Vec<String> {
     [
         "--service-proxy",
         "--service-cgroup",
@@ -30,18 +30,26 @@ fn proxy_flags(node: &SimNode) -> Vec<String> {
         "--service-resync",
         "1",
     ]
-    .map(String::from)
-    .into()
+    .iter()
+    .chain(extra)
+    .map(|s| s.to_string())
+    .collect()
 }
 
 /// SimNodes `labels` of `lab` with the pod network and the Service proxy (resync every
-/// second), joined to `cluster` through `url`.
-async fn proxy_nodes(cluster: &Cluster, lab: &mut Lab, url: &str, labels: &[&str]) -> Vec<SimNode> {
+/// second, `extra` flags), joined to `cluster` through `url`.
+async fn proxy_nodes(
+    cluster: &Cluster,
+    lab: &mut Lab,
+    url: &str,
+    labels: &[&str],
+    extra: &[&str],
+) -> Vec<SimNode> {
     let mut nodes = Vec::new();
     for (i, label) in labels.iter().enumerate() {
         let mut n = lab.add_node(label).unwrap();
         n.import_busybox().unwrap();
-        let flags = proxy_flags(&n);
+        let flags = proxy_flags(&n, extra);
         let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
         start_overlay_node(cluster, url, &mut n, i as u8 + 1, &flags)
             .await
@@ -234,7 +242,7 @@ async fn cluster_ips_are_balanced_by_the_socket_hooks() {
     let mut lab = Lab::new("svc").unwrap();
     let fwd = lab.forward(0, cluster.addr()).unwrap();
     apply_node_rbac(&cluster).unwrap();
-    let mut nodes = proxy_nodes(&cluster, &mut lab, &fwd.url, &["s1", "s2"]).await;
+    let mut nodes = proxy_nodes(&cluster, &mut lab, &fwd.url, &["s1", "s2"], &[]).await;
     let admin = cluster.admin().await.unwrap();
     let pods: Api<Pod> = Api::namespaced(admin.clone(), "default");
     let (a_ip, _) = backend(&cluster, &pods, &nodes[0], "web-a").await;
@@ -967,7 +975,7 @@ async fn kill_9_of_the_agent_breaks_no_stream() {
     let mut lab = Lab::new("svck").unwrap();
     let fwd = lab.forward(0, cluster.addr()).unwrap();
     apply_node_rbac(&cluster).unwrap();
-    let mut node = proxy_nodes(&cluster, &mut lab, &fwd.url, &["k1"])
+    let mut node = proxy_nodes(&cluster, &mut lab, &fwd.url, &["k1"], &[])
         .await
         .remove(0);
     let admin = cluster.admin().await.unwrap();
@@ -1059,7 +1067,7 @@ async fn kill_9_of_the_agent_breaks_no_stream() {
         "--overlay-resync",
         "1",
     ]);
-    let flags = proxy_flags(&node);
+    let flags = proxy_flags(&node, &[]);
     args.extend(flags.iter().map(String::as_str));
     node.start_kernlet(&args).unwrap();
     wait_for(
@@ -1088,6 +1096,28 @@ async fn kill_9_of_the_agent_breaks_no_stream() {
     assert_eq!(names.len(), 2, "20 streams over both backends: {report}");
     drop(fwd);
 }
+
+/// Connects to ADDR PORT from eight fixed client ports in turn; says which backend
+/// answered each (the backend closes first, so no port lingers in TIME_WAIT here).
+const MAGLEV_CLIENT: &str = r#"
+import socket, sys
+seen = []
+for port in range(40101, 40109):
+    s = socket.socket()
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    s.bind(("198.18.0.1", port))
+    s.settimeout(3)
+    s.connect((sys.argv[1], int(sys.argv[2])))
+    data = b""
+    while True:
+        chunk = s.recv(100)
+        if not chunk:
+            break
+        data += chunk
+    s.close()
+    seen.append(data.decode().split(" ")[0])
+print(" ".join(seen))
+"#;
 
 /// What a backend's :8081 server said to a TCP client in network namespace `netns`
 /// connecting to `addr` (`name client-address`), or `None` when nothing answered.
@@ -1131,7 +1161,9 @@ async fn outside_traffic_reaches_services_through_the_tc_programs() {
     let mut lab = Lab::new("svco").unwrap();
     let fwd = lab.forward(0, cluster.addr()).unwrap();
     apply_node_rbac(&cluster).unwrap();
-    let nodes = proxy_nodes(&cluster, &mut lab, &fwd.url, &["o1", "o2"]).await;
+    // Maglev: a flow from outside reaches the same backend through either node.
+    let maglev = ["--service-lb-algorithm", "maglev"];
+    let nodes = proxy_nodes(&cluster, &mut lab, &fwd.url, &["o1", "o2"], &maglev).await;
     let admin = cluster.admin().await.unwrap();
     let pods: Api<Pod> = Api::namespaced(admin.clone(), "default");
     backend(&cluster, &pods, &nodes[0], "web-a").await;
@@ -1165,6 +1197,27 @@ async fn outside_traffic_reaches_services_through_the_tc_programs() {
         async || ask_from(&bridge, at(0, 30081)),
     )
     .await;
+
+    // kernlet services: the NodePort is reached from outside and balanced by Maglev,
+    // its two backends sharing the lookup table's 251 entries (the local one marked).
+    let view: serde_json::Value =
+        serde_json::from_str(&services_view(&nodes[0], false, true)).unwrap();
+    let row = view["frontends"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["frontend"] == format!("{}/TCP", at(0, 30081)))
+        .unwrap_or_else(|| panic!("{view}"));
+    assert_eq!(row["kind"], "external+maglev", "{row}");
+    let backends = row["backends"].as_array().unwrap();
+    assert_eq!(backends.len(), 2, "{row}");
+    let weights: u64 = backends.iter().map(|b| b["weight"].as_u64().unwrap()).sum();
+    assert_eq!(weights, 251, "{row}");
+    assert_eq!(
+        backends.iter().filter(|b| b["local"] == true).count(),
+        1,
+        "{row}"
+    );
 
     // eTP Cluster: both backends through either node; the local one sees the client,
     // the remote one the node (SNAT), whose replies still reach the client.
@@ -1254,6 +1307,32 @@ async fn outside_traffic_reaches_services_through_the_tc_programs() {
     let seen = answers_from(&bridge, "203.0.113.10:80".parse().unwrap(), 24);
     assert!(seen.iter().any(|(w, _)| w == "web-a"), "{seen:?}");
     assert!(seen.iter().any(|(w, _)| w == "web-b"), "{seen:?}");
+    // Maglev: the same flows (client ports) through o2, then with the route moved to
+    // o1, reach the same backends (at random, 8 flows agreeing by chance: 1 in 256).
+    let flows = |bridge: &Path| {
+        let out = std::process::Command::new("nsenter")
+            .arg(format!("--net={}", bridge.display()))
+            .args(["python3", "-c", MAGLEV_CLIENT, "203.0.113.10", "80"])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    };
+    let via_o2 = flows(&bridge);
+    ip(&[
+        "route",
+        "replace",
+        "203.0.113.10/32",
+        "via",
+        &nodes[0].address.to_string(),
+    ]);
+    let via_o1 = flows(&bridge);
+    assert_eq!(via_o1, via_o2, "the same flows through o1 and through o2");
+    assert_eq!(via_o1.split(' ').count(), 8, "{via_o1}");
 
     // A load-balancer IP routed to o1, open to the lab's /24.
     services
@@ -1387,7 +1466,7 @@ async fn a_thousand_endpoint_changes_leave_no_traffic_on_removed_backends() {
     let mut lab = Lab::new("svcc").unwrap();
     let fwd = lab.forward(0, cluster.addr()).unwrap();
     apply_node_rbac(&cluster).unwrap();
-    let node = proxy_nodes(&cluster, &mut lab, &fwd.url, &["c1"])
+    let node = proxy_nodes(&cluster, &mut lab, &fwd.url, &["c1"], &[])
         .await
         .remove(0);
     let admin = cluster.admin().await.unwrap();

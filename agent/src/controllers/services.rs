@@ -33,6 +33,11 @@ pub struct ServiceProxyConfig {
     /// sockets connected to a removed backend are closed in each.
     pub run_dir: PathBuf,
     pub resync: Duration,
+    /// Maglev for outside flows (`--service-lb-algorithm maglev`).
+    pub maglev: bool,
+    /// The underlay interface outside traffic arrives on (default: the one holding a
+    /// node address).
+    pub iface: Option<String>,
     /// Where `/healthz` and `/livez` are served (kube-proxy's :10256), if anywhere.
     pub healthz: Option<std::net::SocketAddr>,
 }
@@ -353,12 +358,16 @@ pub async fn run(
                 &svcs, &eps, &cfg.node,
             ))
             .await;
-        let want =
+        let mut want =
             crate::model::services::desired(&svcs, &eps, &cfg.node, zone.as_deref(), &cfg.node_ips);
+        if cfg.maglev {
+            crate::model::services::use_maglev(&mut want);
+        }
         let frontends = want.len();
         let t = Arc::clone(&table);
         let run_dir = cfg.run_dir.clone();
         let node_ips: Vec<std::net::IpAddr> = cfg.node_ips.iter().map(|ip| (*ip).into()).collect();
+        let iface = cfg.iface.clone();
         let result = tokio::task::spawn_blocking(move || {
             let mut t = t
                 .lock()
@@ -375,11 +384,11 @@ pub async fn run(
             }
             // Outside traffic: the underlay interface both ways, the overlay device
             // (once the overlay made it) for replies of SNAT'd flows.
-            let mut ifaces: Vec<(String, bool)> =
-                crate::sys::netlink::interface_with_address(&node_ips)
-                    .map(|i| (i, true))
-                    .into_iter()
-                    .collect();
+            let mut ifaces: Vec<(String, bool)> = iface
+                .or_else(|| crate::sys::netlink::interface_with_address(&node_ips))
+                .map(|i| (i, true))
+                .into_iter()
+                .collect();
             ifaces.push((crate::model::overlay::DEVICE.to_string(), false));
             if let Err(e) = t.attach_outside(&ifaces) {
                 tracing::warn!("traffic from outside the node is not load-balanced: {e}");

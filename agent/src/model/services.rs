@@ -10,7 +10,7 @@ use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kernlet_ebpf_common::{
     BACKEND_LOCAL, Backend, BackendKey, SOURCE_RANGE_SERVICE_BITS, SVC_EXTERNAL, SVC_LOCAL,
-    SVC_SOURCE_RANGES, ServiceKey, ServiceValue, SourceRangeKey,
+    SVC_MAGLEV, SVC_SOURCE_RANGES, ServiceKey, ServiceValue, SourceRangeKey,
 };
 
 /// The label that hands a Service to another proxy.
@@ -464,6 +464,28 @@ pub fn health_answer(ns: &str, name: &str, local: usize) -> (u16, String) {
     (if local > 0 { 200 } else { 503 }, body.to_string())
 }
 
+/// What a frontend's backend slot holds: its backends, or with Maglev their lookup
+/// table.
+pub fn slot_list(front: &Frontend) -> Vec<Backend> {
+    let sorted: Vec<Backend> = front.backends.iter().copied().collect();
+    if front.flags & SVC_MAGLEV != 0 {
+        super::maglev::table(&sorted, super::maglev::TABLE_SIZE)
+    } else {
+        sorted
+    }
+}
+
+/// Maglev for the frontends reached from outside (`--service-lb-algorithm maglev`):
+/// flows from other machines keep their backend whichever node they arrive at.
+/// Socket-level balancing has no such flows and stays random.
+pub fn use_maglev(want: &mut BTreeMap<ServiceKey, Frontend>) {
+    for f in want.values_mut() {
+        if f.flags & SVC_EXTERNAL != 0 {
+            f.flags |= SVC_MAGLEV;
+        }
+    }
+}
+
 /// One change to the maps.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum LbOp {
@@ -517,7 +539,7 @@ pub fn plan(
     }
     let mut live_slots = BTreeSet::new();
     for (key, front) in want {
-        let list: Vec<Backend> = front.backends.iter().copied().collect();
+        let list: Vec<Backend> = slot_list(front);
         if let Some(cur) = services.get(key)
             && slot_members(cur.slot, cur.count).as_deref() == Some(list.as_slice())
         {

@@ -66,6 +66,10 @@ pub const SVC_EXTERNAL: u32 = 1;
 pub const SVC_LOCAL: u32 = 2;
 /// `loadBalancerSourceRanges`: only clients in the frontend's ranges get through.
 pub const SVC_SOURCE_RANGES: u32 = 4;
+/// The backend slot is a Maglev lookup table (`count` entries, backends repeated):
+/// outside flows pick the entry their 5-tuple hashes to, so every node running the
+/// same table sends a flow to the same backend.
+pub const SVC_MAGLEV: u32 = 8;
 
 /// Session affinity: a client (its network namespace, as socket-level balancing sees
 /// it: every process of a pod, or of the node) and a frontend.

@@ -13,7 +13,7 @@ use aya_ebpf::{
 };
 use kernlet_ebpf_common::{
     AFFINITY_SCAN, AffinityKey, AffinityValue, Backend, BackendKey, MAX_BACKENDS, MAX_SERVICES,
-    MAX_SOCKETS, ProbeCounters, ServiceKey, ServiceValue, SockRevNat,
+    MAX_SOCKETS, ProbeCounters, SVC_MAGLEV, ServiceKey, ServiceValue, SockRevNat,
 };
 
 /// Verdict that lets a socket call proceed unchanged.
@@ -111,7 +111,7 @@ fn translate(ctx: &SockAddrContext) -> i32 {
     }
     // SAFETY: the context pointer is the program's own bpf_sock_addr.
     let client = || unsafe { bpf_get_netns_cookie(ctx.as_ptr()) };
-    let Some(backend) = choose(client, &key, &svc) else {
+    let Some(backend) = choose(client, || None, &key, &svc) else {
         return DENY;
     };
     count(&backend);
@@ -135,10 +135,17 @@ fn translate(ctx: &SockAddrContext) -> i32 {
 }
 
 /// A backend of `svc` for a client: the one the client had within the affinity timeout
-/// when it is still a backend, else one at random (remembered when the service has
+/// when it is still a backend, else the Maglev entry `hash` picks (frontends with
+/// `SVC_MAGLEV`, outside flows) or one at random (remembered when the service has
 /// affinity). `client` names the client for affinity (asked only when the service has
-/// it): its network namespace cookie for socket calls, its address for packets.
-fn choose(client: impl FnOnce() -> u64, key: &ServiceKey, svc: &ServiceValue) -> Option<Backend> {
+/// it): its network namespace cookie for socket calls, its address for packets;
+/// `hash` is the flow's (none for socket calls: they pick at random).
+fn choose(
+    client: impl FnOnce() -> u64,
+    hash: impl FnOnce() -> Option<u32>,
+    key: &ServiceKey,
+    svc: &ServiceValue,
+) -> Option<Backend> {
     let mut akey = None;
     if svc.affinity_timeout > 0 {
         let k = AffinityKey {
@@ -177,8 +184,16 @@ fn choose(client: impl FnOnce() -> u64, key: &ServiceKey, svc: &ServiceValue) ->
         }
         akey = Some((k, now));
     }
-    // SAFETY: a helper without arguments.
-    let index = unsafe { bpf_get_prandom_u32() } % svc.count;
+    let maglev = if svc.flags & SVC_MAGLEV != 0 {
+        hash()
+    } else {
+        None
+    };
+    let index = match maglev {
+        Some(h) => h % svc.count,
+        // SAFETY: a helper without arguments.
+        None => (unsafe { bpf_get_prandom_u32() }) % svc.count,
+    };
     let bkey = BackendKey {
         slot: svc.slot,
         index,

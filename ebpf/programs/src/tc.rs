@@ -83,6 +83,16 @@ impl Packet {
         }
     }
 
+    /// The flow's 5-tuple hashed the same on every node (Maglev).
+    fn hash(&self) -> u32 {
+        let mut z = (u64::from(self.src) << 32) | u64::from(self.dst);
+        z ^= (u64::from(self.sport) << 40) | (u64::from(self.dport) << 24) | u64::from(self.proto);
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^= z >> 31;
+        z as u32
+    }
+
     fn csum(&self) -> usize {
         if self.proto == TCP {
             self.l4 + 16
@@ -289,7 +299,7 @@ fn new_flow(ctx: &TcContext, p: &Packet) -> Option<Result<FwdNat, i32>> {
         return Some(Err(DROP));
     }
     let client = || ADDRESS_CLIENT | u64::from(p.src);
-    let Some(backend) = choose(client, &key, &svc) else {
+    let Some(backend) = choose(client, || Some(p.hash()), &key, &svc) else {
         return Some(Err(DROP));
     };
     count(&backend);
