@@ -133,6 +133,18 @@ try:
         data, addr = u.recvfrom(100)
         out["udp"].append(data.decode())
         out["udp_from"] = list(addr)
+    # An IPv6 socket reaching the service through its IPv4-mapped address.
+    mapped = "::ffff:" + ip
+    s = socket.create_connection((mapped, 80), timeout=3)
+    out["peer6"] = list(s.getpeername()[:2])
+    out["tcp6"] = s.recv(100).decode()
+    s.close()
+    u6 = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
+    u6.settimeout(3)
+    u6.sendto(b"hi", (mapped, 53))
+    data, addr = u6.recvfrom(100)
+    out["udp6"] = data.decode()
+    out["udp6_from"] = list(addr[:2])
 except Exception as e:
     out["error"] = "%s: %s" % (type(e).__name__, e)
 print(json.dumps(out))
@@ -312,6 +324,16 @@ async fn cluster_ips_are_balanced_by_the_socket_hooks() {
         serde_json::json!([cluster_ip.to_string(), 53]),
         "recvfrom"
     );
+    // The same through an IPv6 socket and the IPv4-mapped address.
+    let mapped = format!("::ffff:{cluster_ip}");
+    assert_eq!(out["peer6"], serde_json::json!([mapped, 80]), "{out}");
+    assert_eq!(out["udp6_from"], serde_json::json!([mapped, 53]), "{out}");
+    for k in ["tcp6", "udp6"] {
+        assert!(
+            out[k] == "web-a" || out[k] == "web-b",
+            "{k} through the mapped address: {out}"
+        );
+    }
     // kernlet services: the table from the pinned maps, named after the Service.
     let view: serde_json::Value =
         serde_json::from_str(&services_view(&nodes[0], true, true)).unwrap();
@@ -725,18 +747,22 @@ async fn cluster_ips_are_balanced_by_the_socket_hooks() {
         .map(|e| e.file_name().to_string_lossy().into_owned())
         .collect();
     links.sort();
-    // The four socket hooks; the outside-traffic programs on the underlay (both ways)
+    // The eight socket hooks (IPv4, and IPv6 for mapped addresses); the outside-traffic programs on the underlay (both ways)
     // and on the overlay device (bpffs names take no '.').
     assert_eq!(
         links,
         [
             "kl_lb_connect4",
+            "kl_lb_connect6",
             "kl_lb_egress@eth0",
             "kl_lb_getpeername4",
+            "kl_lb_getpeername6",
             "kl_lb_ingress@eth0",
             "kl_lb_ingress@flannel_1",
             "kl_lb_recvmsg4",
-            "kl_lb_sendmsg4"
+            "kl_lb_recvmsg6",
+            "kl_lb_sendmsg4",
+            "kl_lb_sendmsg6"
         ]
     );
     let view: serde_json::Value =

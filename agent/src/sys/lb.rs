@@ -17,9 +17,10 @@ use aya::programs::{
     links::PinnedLink, tc::TcAttachOptions,
 };
 use kernlet_ebpf_common::{
-    BACKENDS_MAP, Backend, BackendKey, FlowKey, FwdNat, LB_CONNECT4, LB_EGRESS, LB_GETPEERNAME4,
-    LB_INGRESS, LB_RECVMSG4, LB_SENDMSG4, NAT_FWD_MAP, NAT_REV_MAP, RevNat, SERVICES_MAP,
-    SOURCE_RANGES_MAP, ServiceKey, ServiceValue, SourceRangeKey,
+    BACKENDS_MAP, Backend, BackendKey, FlowKey, FwdNat, LB_CONNECT4, LB_CONNECT6, LB_EGRESS,
+    LB_GETPEERNAME4, LB_GETPEERNAME6, LB_INGRESS, LB_RECVMSG4, LB_RECVMSG6, LB_SENDMSG4,
+    LB_SENDMSG6, NAT_FWD_MAP, NAT_REV_MAP, RevNat, SERVICES_MAP, SOURCE_RANGES_MAP, ServiceKey,
+    ServiceValue, SourceRangeKey,
 };
 
 use crate::model::services::{LbOp, RangeEntry};
@@ -147,7 +148,16 @@ impl std::fmt::Debug for BpfLb {
     }
 }
 
-const PROGRAMS: [&str; 4] = [LB_CONNECT4, LB_SENDMSG4, LB_RECVMSG4, LB_GETPEERNAME4];
+const PROGRAMS: [&str; 8] = [
+    LB_CONNECT4,
+    LB_SENDMSG4,
+    LB_RECVMSG4,
+    LB_GETPEERNAME4,
+    LB_CONNECT6,
+    LB_SENDMSG6,
+    LB_RECVMSG6,
+    LB_GETPEERNAME6,
+];
 
 /// The maps that outlive an agent: pinned in the instance's directory.
 const PINNED_MAPS: [&str; 8] = [

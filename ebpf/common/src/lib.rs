@@ -29,6 +29,11 @@ pub const LB_CONNECT4: &str = "kl_lb_connect4";
 pub const LB_SENDMSG4: &str = "kl_lb_sendmsg4";
 pub const LB_RECVMSG4: &str = "kl_lb_recvmsg4";
 pub const LB_GETPEERNAME4: &str = "kl_lb_getpeername4";
+/// The same hooks for IPv6 sockets (IPv4 services through IPv4-mapped addresses).
+pub const LB_CONNECT6: &str = "kl_lb_connect6";
+pub const LB_SENDMSG6: &str = "kl_lb_sendmsg6";
+pub const LB_RECVMSG6: &str = "kl_lb_recvmsg6";
+pub const LB_GETPEERNAME6: &str = "kl_lb_getpeername6";
 /// Entries the maps hold at most.
 pub const MAX_SERVICES: u32 = 65_536;
 pub const MAX_BACKENDS: u32 = 262_144;

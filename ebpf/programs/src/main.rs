@@ -66,35 +66,95 @@ static KL_SOCK_REVNAT: LruHashMap<u64, SockRevNat> = LruHashMap::with_max_entrie
 /// backend chosen at random, and remembers the translation for the socket.
 #[cgroup_sock_addr(connect4)]
 pub fn kl_lb_connect4(ctx: SockAddrContext) -> i32 {
-    translate(&ctx)
+    translate::<V4>(&ctx)
 }
 
 /// The same for each datagram of an unconnected UDP socket.
 #[cgroup_sock_addr(sendmsg4)]
 pub fn kl_lb_sendmsg4(ctx: SockAddrContext) -> i32 {
-    translate(&ctx)
+    translate::<V4>(&ctx)
 }
 
 /// A datagram from a backend shows the service as its source.
 #[cgroup_sock_addr(recvmsg4)]
 pub fn kl_lb_recvmsg4(ctx: SockAddrContext) -> i32 {
-    reverse(&ctx);
+    reverse::<V4>(&ctx);
     ALLOW
 }
 
 /// `getpeername` on a translated socket returns the service address.
 #[cgroup_sock_addr(getpeername4)]
 pub fn kl_lb_getpeername4(ctx: SockAddrContext) -> i32 {
-    reverse(&ctx);
+    reverse::<V4>(&ctx);
     ALLOW
 }
 
-fn translate(ctx: &SockAddrContext) -> i32 {
+/// The same four for IPv6 sockets reaching IPv4 services through IPv4-mapped addresses
+/// (`::ffff:10.96.0.10`), as dual-stack sockets of many runtimes do.
+#[cgroup_sock_addr(connect6)]
+pub fn kl_lb_connect6(ctx: SockAddrContext) -> i32 {
+    translate::<V6_MAPPED>(&ctx)
+}
+
+#[cgroup_sock_addr(sendmsg6)]
+pub fn kl_lb_sendmsg6(ctx: SockAddrContext) -> i32 {
+    translate::<V6_MAPPED>(&ctx)
+}
+
+#[cgroup_sock_addr(recvmsg6)]
+pub fn kl_lb_recvmsg6(ctx: SockAddrContext) -> i32 {
+    reverse::<V6_MAPPED>(&ctx);
+    ALLOW
+}
+
+#[cgroup_sock_addr(getpeername6)]
+pub fn kl_lb_getpeername6(ctx: SockAddrContext) -> i32 {
+    reverse::<V6_MAPPED>(&ctx);
+    ALLOW
+}
+
+/// Where a socket call's IPv4 address sits: `user_ip4` of an AF_INET socket (`V4`), or
+/// the last word of an IPv4-mapped `user_ip6` of an AF_INET6 socket (`V6_MAPPED`). A
+/// const parameter, so each program is compiled for its own family: the verifier
+/// refuses `user_ip6` in IPv4 hooks, and any offset computed at run time.
+const V4: bool = false;
+const V6_MAPPED: bool = true;
+
+/// The IPv4 address of the call (network byte order), if it has one.
+#[inline(always)]
+fn ipv4_of<const V6: bool>(ctx: &SockAddrContext) -> Option<u32> {
+    // SAFETY: the kernel hands a valid bpf_sock_addr for the whole program run; the
+    // address field of the socket's family is readable in these programs.
+    let sa = unsafe { &*ctx.sock_addr };
+    if V6 {
+        (sa.user_ip6[0] == 0 && sa.user_ip6[1] == 0 && sa.user_ip6[2] == 0xffff_u32.to_be())
+            .then_some(sa.user_ip6[3])
+    } else {
+        Some(sa.user_ip4)
+    }
+}
+
+#[inline(always)]
+fn set_ipv4<const V6: bool>(ctx: &SockAddrContext, addr: u32) {
+    // SAFETY: as above; the address fields are writable in connect, sendmsg, recvmsg
+    // and getpeername programs.
+    let sa = unsafe { &mut *ctx.sock_addr };
+    if V6 {
+        sa.user_ip6[3] = addr;
+    } else {
+        sa.user_ip4 = addr;
+    }
+}
+
+fn translate<const V6: bool>(ctx: &SockAddrContext) -> i32 {
+    let Some(ip) = ipv4_of::<V6>(ctx) else {
+        return ALLOW;
+    };
     // SAFETY: the kernel hands a valid bpf_sock_addr for the whole program run; these
     // fields are readable in sock_addr programs.
-    let (ip, port, proto) = unsafe {
+    let (port, proto) = unsafe {
         let sa = &*ctx.sock_addr;
-        (sa.user_ip4, sa.user_port as u16, sa.protocol as u8)
+        (sa.user_port as u16, sa.protocol as u8)
     };
     let key = ServiceKey {
         addr: ip,
@@ -115,11 +175,9 @@ fn translate(ctx: &SockAddrContext) -> i32 {
         return DENY;
     };
     count(&backend);
-    // SAFETY: user_ip4 and user_port are writable in connect4 and sendmsg4 programs.
-    unsafe {
-        (*ctx.sock_addr).user_ip4 = backend.addr;
-        (*ctx.sock_addr).user_port = u32::from(backend.port);
-    }
+    set_ipv4::<V6>(ctx, backend.addr);
+    // SAFETY: user_port is writable in connect and sendmsg programs.
+    unsafe { (*ctx.sock_addr).user_port = u32::from(backend.port) };
     // SAFETY: the context pointer is the program's own bpf_sock_addr.
     let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
     let rev = SockRevNat {
@@ -225,21 +283,20 @@ fn count(backend: &Backend) {
     }
 }
 
-fn reverse(ctx: &SockAddrContext) {
+fn reverse<const V6: bool>(ctx: &SockAddrContext) {
     // SAFETY: the context pointer is the program's own bpf_sock_addr.
     let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
     // SAFETY: the value is copied out at once.
     let Some(rev) = (unsafe { KL_SOCK_REVNAT.get(&cookie) }).copied() else {
         return;
     };
-    // SAFETY: valid for the program run; these fields are readable and writable in
-    // recvmsg4 and getpeername4 programs.
-    unsafe {
-        let sa = &mut *ctx.sock_addr;
-        if sa.user_ip4 == rev.backend.addr && sa.user_port as u16 == rev.backend.port {
-            sa.user_ip4 = rev.service.addr;
-            sa.user_port = u32::from(rev.service.port);
-        }
+    // SAFETY: valid for the program run; user_port is readable and writable in
+    // recvmsg and getpeername programs.
+    let port = unsafe { (*ctx.sock_addr).user_port as u16 };
+    if ipv4_of::<V6>(ctx) == Some(rev.backend.addr) && port == rev.backend.port {
+        set_ipv4::<V6>(ctx, rev.service.addr);
+        // SAFETY: as above.
+        unsafe { (*ctx.sock_addr).user_port = u32::from(rev.service.port) };
     }
 }
 
