@@ -1673,3 +1673,141 @@ async fn a_thousand_endpoint_changes_leave_no_traffic_on_removed_backends() {
         &late[..late.len().min(10)]
     );
 }
+
+/// The backends `n` TCP and `n` UDP requests from `node`'s own processes reached
+/// through `ip` (sorted, deduplicated), or the client's error.
+fn reached_from(node: &SimNode, ip: Ipv4Addr, n: usize) -> Result<Vec<String>, String> {
+    let out = client(
+        &node.cgroup().join("client"),
+        &PathBuf::from(format!("/run/netns/{}", node.netns)),
+        ip,
+        n,
+    );
+    if !out["error"].is_null() {
+        return Err(out.to_string());
+    }
+    let mut seen: Vec<String> = ["tcp", "udp"]
+        .iter()
+        .flat_map(|k| out[k].as_array().cloned().unwrap_or_default())
+        .filter_map(|v| v.as_str().map(String::from))
+        .collect();
+    seen.sort();
+    seen.dedup();
+    Ok(seen)
+}
+
+/// `internalTrafficPolicy: Local` keeps each node's clients on its own endpoint; the
+/// serving-and-terminating endpoints carry the traffic only while no endpoint is ready
+/// (kube-proxy's fallback), and none at all once they stop serving.
+#[tokio::test(flavor = "multi_thread")]
+async fn internal_traffic_policy_and_the_terminating_fallback() {
+    let cluster = Cluster::start(&[BRIDGE_IP.into()]).await.unwrap();
+    let mut lab = Lab::new("svcp").unwrap();
+    let fwd = lab.forward(0, cluster.addr()).unwrap();
+    apply_node_rbac(&cluster).unwrap();
+    let nodes = proxy_nodes(&cluster, &mut lab, &fwd.url, &["p1", "p2"], &[]).await;
+    let admin = cluster.admin().await.unwrap();
+    let pods: Api<Pod> = Api::namespaced(admin.clone(), "default");
+    backend(&cluster, &pods, &nodes[0], "web-a").await;
+    backend(&cluster, &pods, &nodes[1], "web-b").await;
+    let services: Api<Service> = Api::namespaced(admin.clone(), "default");
+    let mut ips = Vec::new();
+    for (name, extra) in [
+        (
+            "web-itp",
+            serde_json::json!({"internalTrafficPolicy": "Local"}),
+        ),
+        ("web-term", serde_json::json!({})),
+    ] {
+        let mut spec = serde_json::json!({"selector": {"app": "web"}, "ports": [
+            {"name": "http", "port": 80, "targetPort": 8080, "protocol": "TCP"},
+            {"name": "dns", "port": 53, "targetPort": 5353, "protocol": "UDP"}]});
+        spec.as_object_mut()
+            .unwrap()
+            .extend(extra.as_object().unwrap().clone());
+        let svc: Service =
+            serde_json::from_value(serde_json::json!({"metadata": {"name": name}, "spec": spec}))
+                .unwrap();
+        let svc = services.create(&PostParams::default(), &svc).await.unwrap();
+        ips.push(
+            svc.spec
+                .unwrap()
+                .cluster_ip
+                .unwrap()
+                .parse::<Ipv4Addr>()
+                .unwrap(),
+        );
+        cluster.sync_endpointslice("default", name).await.unwrap();
+    }
+    let (itp, term) = (ips[0], ips[1]);
+    let reaches = async |node: &SimNode, ip: Ipv4Addr, want: &[&str], what: &str| {
+        let want: Vec<String> = want.iter().map(|s| s.to_string()).collect();
+        let mut last = Err(String::new());
+        let start = std::time::Instant::now();
+        while start.elapsed() < Duration::from_secs(20) {
+            last = reached_from(node, ip, 12);
+            if last.as_ref() == Ok(&want) {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+        panic!("{what}: wanted {want:?} from {}, got {last:?}", node.name);
+    };
+
+    // iTP Local: each node's own endpoint only; without topology the other service
+    // reaches both from either node.
+    reaches(&nodes[0], itp, &["web-a"], "iTP Local").await;
+    reaches(&nodes[1], itp, &["web-b"], "iTP Local").await;
+    reaches(&nodes[0], term, &["web-a", "web-b"], "cluster-wide").await;
+
+    // Both endpoints terminating, only web-a still serving: it carries everything.
+    let slices: Api<k8s_openapi::api::discovery::v1::EndpointSlice> =
+        Api::namespaced(admin.clone(), "default");
+    let set = async |conditions: &[(&str, bool, bool, bool)]| {
+        let mut slice = slices.get("web-term-kltest").await.unwrap();
+        for ep in slice.endpoints.iter_mut().flatten() {
+            let pod = ep.target_ref.as_ref().and_then(|t| t.name.clone());
+            if let Some((_, ready, serving, terminating)) =
+                conditions.iter().find(|c| Some(c.0) == pod.as_deref())
+            {
+                let c = ep.conditions.get_or_insert_with(Default::default);
+                c.ready = Some(*ready);
+                c.serving = Some(*serving);
+                c.terminating = Some(*terminating);
+            }
+        }
+        slices
+            .replace("web-term-kltest", &PostParams::default(), &slice)
+            .await
+            .unwrap();
+    };
+    set(&[("web-a", false, true, true), ("web-b", false, false, true)]).await;
+    for n in &nodes {
+        reaches(n, term, &["web-a"], "the serving terminating fallback").await;
+    }
+    // web-b ready again: the terminating one is left alone.
+    set(&[("web-a", false, true, true), ("web-b", true, true, false)]).await;
+    for n in &nodes {
+        reaches(
+            n,
+            term,
+            &["web-b"],
+            "ready endpoints before terminating ones",
+        )
+        .await;
+    }
+    // Nothing ready or serving: connects fail at once (EPERM, the socket hook's
+    // refusal).
+    set(&[("web-a", false, false, true), ("web-b", false, false, true)]).await;
+    let start = std::time::Instant::now();
+    loop {
+        match reached_from(&nodes[0], term, 1) {
+            Err(e) if e.contains("PermissionError") => break,
+            other => assert!(
+                start.elapsed() < Duration::from_secs(20),
+                "no endpoint left, yet {other:?}"
+            ),
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
