@@ -79,25 +79,9 @@ pub async fn serve(
             a = listener.accept() => match a { Ok(a) => a, Err(_) => continue },
         };
         let (node, started) = (node.clone(), started.clone());
-        tokio::spawn(async move {
-            let svc =
-                hyper::service::service_fn(move |_req: hyper::Request<hyper::body::Incoming>| {
-                    let body = report(&node, &started).to_string();
-                    async move {
-                        let mut r = hyper::Response::new(http_body_util::Full::new(
-                            bytes::Bytes::from(body),
-                        ));
-                        r.headers_mut().insert(
-                            hyper::header::CONTENT_TYPE,
-                            hyper::header::HeaderValue::from_static("application/json"),
-                        );
-                        Ok::<_, std::convert::Infallible>(r)
-                    }
-                });
-            let _ = hyper::server::conn::http1::Builder::new()
-                .serve_connection(hyper_util::rt::TokioIo::new(stream), svc)
-                .await;
-        });
+        tokio::spawn(crate::json_http::serve(stream, move |_path| {
+            crate::json_http::Answer::new(200, report(&node, &started).to_string())
+        }));
     }
 }
 

@@ -13,6 +13,7 @@ pub mod daemon;
 pub mod doctor;
 pub mod explain;
 pub mod inspect;
+pub mod json_http;
 pub mod model;
 pub mod overlay_view;
 pub mod runtime;

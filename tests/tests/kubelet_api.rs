@@ -881,6 +881,56 @@ async fn kubectl_logs_exec_and_port_forward_reach_the_node_through_the_apiserver
     assert!(n.windows(2).all(|w| w[1] == w[0] + 1), "{ticks:?}");
     drop(follow);
 
+    // kubectl top: metrics.k8s.io as metrics-server serves it, from the node's
+    // /metrics/resource (scraped by the test kit's apiserver with its kubelet client
+    // certificate). The node's CPU and memory come from /proc: always there.
+    let (code, out, err) = ran(kubectl(&cluster, &[], &["top", "node", "k1"]));
+    let row: Vec<&str> = out
+        .lines()
+        .nth(1)
+        .unwrap_or("")
+        .split_whitespace()
+        .collect();
+    assert!(
+        code == 0 && row.first() == Some(&"k1"),
+        "{code} {out} {err}"
+    );
+    assert!(
+        row[1].ends_with('m') && row[3].ends_with("Mi"),
+        "CPU in millicores, memory in MiB: {out}"
+    );
+    // A pod's memory is its cgroup's: with the memory controller on cgroup2 each
+    // container has a row; without it (this host binds memory to cgroup v1) the
+    // kubelet reports no container memory and metrics-server, like the kit, has no
+    // metrics for the pod.
+    let memory_accounted = kernlet::sys::cgroup::cgroup2_mount()
+        .ok()
+        .and_then(|m| std::fs::read_to_string(m.join("cgroup.controllers")).ok())
+        .is_some_and(|c| c.split_whitespace().any(|x| x == "memory"));
+    let (code, out, err) = ran(kubectl(
+        &cluster,
+        &[],
+        &["top", "pod", "shell", "--containers"],
+    ));
+    if memory_accounted {
+        assert!(code == 0, "{code} {out} {err}");
+        let rows: Vec<Vec<&str>> = out
+            .lines()
+            .skip(1)
+            .map(|l| l.split_whitespace().collect())
+            .collect();
+        assert_eq!(rows.len(), 2, "{out}");
+        for r in &rows {
+            assert_eq!(r[0], "shell", "{out}");
+            assert!(r[2].ends_with('m') && r[3].ends_with("Mi"), "{out}");
+        }
+    } else {
+        assert!(
+            code != 0 && err.contains(r#"pods.metrics.k8s.io "shell" not found"#),
+            "{code} {out} {err}"
+        );
+    }
+
     // exec over both transports: output apart, the exit code through.
     for (transport, ws) in [("SPDY", "false"), ("WebSocket", "true")] {
         let env = [("KUBECTL_REMOTE_COMMAND_WEBSOCKETS", ws)];

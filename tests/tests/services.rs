@@ -1595,7 +1595,7 @@ async fn a_thousand_endpoint_changes_leave_no_traffic_on_removed_backends() {
         .unwrap();
     tokio::time::sleep(Duration::from_secs(1)).await;
 
-    // The churn: (when stored, backend, removed?) for each change.
+    // The churn: (when, backend, removed?) for each change.
     let mut changes: Vec<(Instant, usize, bool)> = Vec::new();
     let mut removed_order: std::collections::VecDeque<usize> = Default::default();
     let mut next_removal = 0usize;
@@ -1619,11 +1619,15 @@ async fn a_thousand_endpoint_changes_leave_no_traffic_on_removed_backends() {
         let mut s: k8s_openapi::api::discovery::v1::EndpointSlice =
             serde_json::from_value(slice_json(j as u16, &present[j])).unwrap();
         s.metadata.resource_version = stored[j].metadata.resource_version.clone();
+        let issued = Instant::now();
         stored[j] = slices
             .replace(&format!("churn-{j}"), &PostParams::default(), &s)
             .await
             .unwrap();
-        changes.push((Instant::now(), p * PORTS as usize + j, remove));
+        // A removal counts from when the apiserver has stored it; a backend is back
+        // from when its return was sent (the agent may see it before the reply).
+        let at = if remove { Instant::now() } else { issued };
+        changes.push((at, p * PORTS as usize + j, remove));
     }
     tokio::time::sleep(Duration::from_secs(2)).await;
     stop.store(true, std::sync::atomic::Ordering::Relaxed);

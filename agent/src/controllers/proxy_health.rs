@@ -77,25 +77,10 @@ pub async fn serve(
             _ = stop.changed() => return Ok(()),
             a = listener.accept() => match a { Ok(a) => a, Err(_) => continue },
         };
-        tokio::spawn(async move {
-            let svc = hyper::service::service_fn(
-                |req: hyper::Request<hyper::body::Incoming>| async move {
-                    let (code, body) = answer(req.uri().path());
-                    let mut r =
-                        hyper::Response::new(http_body_util::Full::new(bytes::Bytes::from(body)));
-                    *r.status_mut() =
-                        hyper::StatusCode::from_u16(code).unwrap_or(hyper::StatusCode::OK);
-                    r.headers_mut().insert(
-                        hyper::header::CONTENT_TYPE,
-                        hyper::header::HeaderValue::from_static("application/json"),
-                    );
-                    Ok::<_, std::convert::Infallible>(r)
-                },
-            );
-            let _ = hyper::server::conn::http1::Builder::new()
-                .serve_connection(hyper_util::rt::TokioIo::new(tcp), svc)
-                .await;
-        });
+        tokio::spawn(crate::json_http::serve(tcp, |path| {
+            let (code, body) = answer(path);
+            crate::json_http::Answer::new(code, body)
+        }));
     }
 }
 

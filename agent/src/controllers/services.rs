@@ -142,36 +142,17 @@ async fn serve_health(
             continue;
         };
         let state = state.clone();
-        tokio::spawn(async move {
-            let svc =
-                hyper::service::service_fn(move |_req: hyper::Request<hyper::body::Incoming>| {
-                    let (ns, name, local) = state.borrow().clone();
-                    async move {
-                        let (code, body) = crate::model::services::health_answer(&ns, &name, local);
-                        let mut r = hyper::Response::new(http_body_util::Full::new(
-                            bytes::Bytes::from(body),
-                        ));
-                        *r.status_mut() =
-                            hyper::StatusCode::from_u16(code).unwrap_or(hyper::StatusCode::OK);
-                        let h = r.headers_mut();
-                        h.insert(
-                            hyper::header::CONTENT_TYPE,
-                            hyper::header::HeaderValue::from_static("application/json"),
-                        );
-                        h.insert(
-                            "X-Content-Type-Options",
-                            hyper::header::HeaderValue::from_static("nosniff"),
-                        );
-                        if let Ok(v) = hyper::header::HeaderValue::from_str(&local.to_string()) {
-                            h.insert("X-Load-Balancing-Endpoint-Weight", v);
-                        }
-                        Ok::<_, std::convert::Infallible>(r)
-                    }
-                });
-            let _ = hyper::server::conn::http1::Builder::new()
-                .serve_connection(hyper_util::rt::TokioIo::new(tcp), svc)
-                .await;
-        });
+        tokio::spawn(crate::json_http::serve(tcp, move |_path| {
+            let (ns, name, local) = state.borrow().clone();
+            let (code, body) = crate::model::services::health_answer(&ns, &name, local);
+            crate::json_http::Answer {
+                headers: vec![
+                    ("X-Content-Type-Options", "nosniff".into()),
+                    ("X-Load-Balancing-Endpoint-Weight", local.to_string()),
+                ],
+                ..crate::json_http::Answer::new(code, body)
+            }
+        }));
     }
 }
 

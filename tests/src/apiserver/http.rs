@@ -58,6 +58,8 @@ pub struct Server {
     /// Every request by a node identity that the authorizer or NodeRestriction refused,
     /// whether or not enforcement is on: a node agent must never make one.
     pub node_refusals: std::sync::Mutex<Vec<String>>,
+    /// The last `/metrics/resource` scrape of each node (metrics.k8s.io).
+    pub metrics_scrapes: std::sync::Mutex<HashMap<String, super::metrics::Scrape>>,
 }
 
 fn json_response(code: u16, body: &Value) -> Response<Body> {
@@ -321,6 +323,9 @@ impl Server {
         if let Some(resp) = self.non_resource(&method, &path, &id) {
             return Ok(resp);
         }
+        if let Some(answer) = self.metrics_api(&method, &path, &id).await {
+            return Ok(answer.unwrap_or_else(|e| error_response(&e)));
+        }
         let target = match parse_target(&path) {
             Some(Ok(t)) => t,
             Some(Err(e)) => return Ok(error_response(&e)),
@@ -371,24 +376,6 @@ impl Server {
                 "pod {pod_name} does not have a host assigned"
             )));
         }
-        let nodes = resources::find("", "v1", "nodes").ok_or_else(ApiError::path_not_found)?;
-        let node = self
-            .store
-            .get(nodes, "", &node_name)
-            .ok_or_else(|| ApiError::not_found(nodes, &node_name))?;
-        let ip: std::net::IpAddr = node["status"]["addresses"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .find(|a| a["type"] == "InternalIP")
-            .and_then(|a| a["address"].as_str()?.parse().ok())
-            .ok_or_else(|| {
-                ApiError::internal(format!("node {node_name} has no InternalIP address"))
-            })?;
-        let port = node["status"]["daemonEndpoints"]["kubeletEndpoint"]["Port"]
-            .as_u64()
-            .and_then(|p| u16::try_from(p).ok())
-            .unwrap_or(10250);
         let query = query_map(req.uri().query());
         let container = query
             .get("container")
@@ -421,28 +408,7 @@ impl Server {
             format!("{path}?{rest}")
         };
         let dial_error = |e: String| ApiError::internal(format!("error dialing backend: {e}"));
-        let netns = self.node_network.lock().ok().and_then(|n| n.clone());
-        let addr = std::net::SocketAddr::new(ip, port);
-        let tcp = tokio::task::spawn_blocking(move || {
-            kernlet::sys::ns::connect_in(netns.as_deref(), addr, Duration::from_secs(5))
-        })
-        .await
-        .map_err(|e| dial_error(e.to_string()))?
-        .map_err(|e| dial_error(e.to_string()))?;
-        tcp.set_nonblocking(true)
-            .map_err(|e| dial_error(e.to_string()))?;
-        let tcp = tokio::net::TcpStream::from_std(tcp).map_err(|e| dial_error(e.to_string()))?;
-        let tls = self.kubelet_tls().map_err(dial_error)?;
-        let server_name = rustls::pki_types::ServerName::IpAddress(ip.into());
-        let tls = tokio_rustls::TlsConnector::from(tls)
-            .connect(server_name, tcp)
-            .await
-            .map_err(|e| dial_error(e.to_string()))?;
-        let (mut send, conn) =
-            hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tls))
-                .await
-                .map_err(|e| dial_error(e.to_string()))?;
-        tokio::spawn(conn.with_upgrades());
+        let (mut send, ip, port) = self.dial_kubelet(&node_name).await?;
         let mut out = Request::builder()
             .method(req.method().clone())
             .uri(uri)
@@ -502,6 +468,283 @@ impl Server {
         });
         resp.body(http_body_util::Empty::new().boxed())
             .map_err(|e| ApiError::internal(e.to_string()))
+    }
+
+    /// A connection to `node_name`'s kubelet endpoint (its InternalIP and
+    /// `daemonEndpoints.kubeletEndpoint.Port`) over TLS with the apiserver's kubelet
+    /// client certificate, ready for one request (upgrades allowed).
+    async fn dial_kubelet(
+        &self,
+        node_name: &str,
+    ) -> Result<
+        (
+            hyper::client::conn::http1::SendRequest<http_body_util::Empty<Bytes>>,
+            std::net::IpAddr,
+            u16,
+        ),
+        ApiError,
+    > {
+        let nodes = resources::find("", "v1", "nodes").ok_or_else(ApiError::path_not_found)?;
+        let node = self
+            .store
+            .get(nodes, "", node_name)
+            .ok_or_else(|| ApiError::not_found(nodes, node_name))?;
+        let ip: std::net::IpAddr = node["status"]["addresses"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|a| a["type"] == "InternalIP")
+            .and_then(|a| a["address"].as_str()?.parse().ok())
+            .ok_or_else(|| {
+                ApiError::internal(format!("node {node_name} has no InternalIP address"))
+            })?;
+        let port = node["status"]["daemonEndpoints"]["kubeletEndpoint"]["Port"]
+            .as_u64()
+            .and_then(|p| u16::try_from(p).ok())
+            .unwrap_or(10250);
+        let dial_error = |e: String| ApiError::internal(format!("error dialing backend: {e}"));
+        let netns = self.node_network.lock().ok().and_then(|n| n.clone());
+        let addr = std::net::SocketAddr::new(ip, port);
+        let tcp = tokio::task::spawn_blocking(move || {
+            kernlet::sys::ns::connect_in(netns.as_deref(), addr, Duration::from_secs(5))
+        })
+        .await
+        .map_err(|e| dial_error(e.to_string()))?
+        .map_err(|e| dial_error(e.to_string()))?;
+        tcp.set_nonblocking(true)
+            .map_err(|e| dial_error(e.to_string()))?;
+        let tcp = tokio::net::TcpStream::from_std(tcp).map_err(|e| dial_error(e.to_string()))?;
+        let tls = self.kubelet_tls().map_err(dial_error)?;
+        let server_name = rustls::pki_types::ServerName::IpAddress(ip.into());
+        let tls = tokio_rustls::TlsConnector::from(tls)
+            .connect(server_name, tcp)
+            .await
+            .map_err(|e| dial_error(e.to_string()))?;
+        let (send, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tls))
+            .await
+            .map_err(|e| dial_error(e.to_string()))?;
+        tokio::spawn(conn.with_upgrades());
+        Ok((send, ip, port))
+    }
+
+    /// `metrics.k8s.io/v1beta1` objects (see [`super::metrics`]); `None` for other
+    /// paths.
+    async fn metrics_api(
+        self: &Arc<Self>,
+        method: &Method,
+        path: &str,
+        id: &Identity,
+    ) -> Option<Result<Response<Body>, ApiError>> {
+        let rest = path.strip_prefix("/apis/metrics.k8s.io/v1beta1/")?;
+        let segs: Vec<&str> = rest.trim_end_matches('/').split('/').collect();
+        let (plural, ns, name) = match segs.as_slice() {
+            ["nodes"] => ("nodes", None, None),
+            ["nodes", n] => ("nodes", None, Some(*n)),
+            ["pods"] => ("pods", None, None),
+            ["namespaces", ns, "pods"] => ("pods", Some(*ns), None),
+            ["namespaces", ns, "pods", n] => ("pods", Some(*ns), Some(*n)),
+            _ => return Some(Err(ApiError::path_not_found())),
+        };
+        if method != Method::GET {
+            return Some(Err(ApiError::method_not_allowed(format!(
+                "{plural}.metrics.k8s.io only answers GET"
+            ))));
+        }
+        Some(self.metrics_objects(plural, ns, name, id).await)
+    }
+
+    async fn metrics_objects(
+        self: &Arc<Self>,
+        plural: &str,
+        ns: Option<&str>,
+        name: Option<&str>,
+        id: &Identity,
+    ) -> Result<Response<Body>, ApiError> {
+        let rt = resources::find("metrics.k8s.io", "v1beta1", plural)
+            .ok_or_else(ApiError::path_not_found)?;
+        self.authorize(
+            id,
+            &Attributes {
+                verb: if name.is_some() { "get" } else { "list" },
+                rt,
+                subresource: None,
+                namespace: ns.unwrap_or(""),
+                name,
+                field_selector: None,
+            },
+        )?;
+        let core = |p: &str| resources::find("", "v1", p).ok_or_else(ApiError::path_not_found);
+        // The objects asked about, and the nodes to scrape for them.
+        let objects: Vec<Value> = if plural == "nodes" {
+            let nodes = core("nodes")?;
+            match name {
+                Some(n) => self.store.get(nodes, "", n).into_iter().collect(),
+                None => self.store.list(nodes, None).0,
+            }
+        } else {
+            let pods = core("pods")?;
+            match name {
+                Some(n) => self
+                    .store
+                    .get(pods, ns.unwrap_or(""), n)
+                    .into_iter()
+                    .collect(),
+                None => self.store.list(pods, ns).0,
+            }
+            .into_iter()
+            .filter(|p| {
+                p["spec"]["nodeName"]
+                    .as_str()
+                    .is_some_and(|n| !n.is_empty())
+            })
+            .collect()
+        };
+        let mut scraped: HashMap<String, Option<(super::metrics::Scrape, super::metrics::Scrape)>> =
+            HashMap::new();
+        let mut items = Vec::new();
+        for o in &objects {
+            let node = if plural == "nodes" {
+                o["metadata"]["name"].as_str()
+            } else {
+                o["spec"]["nodeName"].as_str()
+            }
+            .unwrap_or("")
+            .to_string();
+            if !scraped.contains_key(&node) {
+                let pair = self.scrape_pair(&node).await.ok();
+                scraped.insert(node.clone(), pair);
+            }
+            let Some(Some((older, newer))) = scraped.get(&node) else {
+                continue;
+            };
+            let elapsed = match (older.taken, newer.taken) {
+                (Some(a), Some(b)) => b.duration_since(a),
+                _ => super::metrics::GAP,
+            };
+            let window = format!("{}s", elapsed.as_secs().max(1));
+            let meta = |o: &Value| {
+                let mut m =
+                    json!({"name": o["metadata"]["name"], "creationTimestamp": now_rfc3339()});
+                if plural == "pods" {
+                    m["namespace"] = o["metadata"]["namespace"].clone();
+                }
+                if o["metadata"]["labels"].is_object() {
+                    m["labels"] = o["metadata"]["labels"].clone();
+                }
+                m
+            };
+            if plural == "nodes" {
+                let (Some(cpu), Some(mem)) = (
+                    super::metrics::cpu_nanocores(&older.node, &newer.node, elapsed),
+                    newer.node.memory_bytes,
+                ) else {
+                    continue;
+                };
+                items.push(
+                    json!({"metadata": meta(o), "timestamp": now_rfc3339(), "window": window,
+                    "usage": super::metrics::usage_json(cpu, mem)}),
+                );
+                continue;
+            }
+            let pod_ns = o["metadata"]["namespace"].as_str().unwrap_or("");
+            let pod_name = o["metadata"]["name"].as_str().unwrap_or("");
+            let containers: Vec<Value> = newer
+                .containers
+                .iter()
+                .filter(|((n, p, _), _)| n == pod_ns && p == pod_name)
+                .filter_map(|(key, now)| {
+                    let cpu = super::metrics::cpu_nanocores(older.containers.get(key)?, now, elapsed)?;
+                    Some(json!({"name": key.2, "usage": super::metrics::usage_json(cpu, now.memory_bytes?)}))
+                })
+                .collect();
+            // metrics-server leaves out pods it has no container metrics for.
+            if !containers.is_empty() {
+                items.push(
+                    json!({"metadata": meta(o), "timestamp": now_rfc3339(), "window": window,
+                    "containers": containers}),
+                );
+            }
+        }
+        let kind = if plural == "nodes" {
+            "NodeMetrics"
+        } else {
+            "PodMetrics"
+        };
+        match name {
+            Some(n) => match items.into_iter().next() {
+                Some(mut item) => {
+                    item["kind"] = json!(kind);
+                    item["apiVersion"] = json!("metrics.k8s.io/v1beta1");
+                    Ok(json_response(200, &item))
+                }
+                None => Err(ApiError::not_found(rt, n)),
+            },
+            None => Ok(json_response(
+                200,
+                &json!({"kind": format!("{kind}List"), "apiVersion": "metrics.k8s.io/v1beta1",
+                    "metadata": {}, "items": items}),
+            )),
+        }
+    }
+
+    /// Two scrapes of `node`'s `/metrics/resource` to take a rate between: the last one
+    /// when it is recent enough, else one taken now and a second later.
+    async fn scrape_pair(
+        self: &Arc<Self>,
+        node: &str,
+    ) -> Result<(super::metrics::Scrape, super::metrics::Scrape), ApiError> {
+        let previous = self
+            .metrics_scrapes
+            .lock()
+            .ok()
+            .and_then(|m| m.get(node).cloned())
+            .filter(|s| {
+                s.taken.is_some_and(|t| {
+                    t.elapsed() >= Duration::from_millis(500) && t.elapsed() < super::metrics::REUSE
+                })
+            });
+        let older = match previous {
+            Some(p) => p,
+            None => {
+                let s = self.scrape(node).await?;
+                tokio::time::sleep(super::metrics::GAP).await;
+                s
+            }
+        };
+        let newer = self.scrape(node).await?;
+        if let Ok(mut m) = self.metrics_scrapes.lock() {
+            m.insert(node.to_string(), newer.clone());
+        }
+        Ok((older, newer))
+    }
+
+    /// One scrape of `node`'s kubelet `/metrics/resource`.
+    async fn scrape(self: &Arc<Self>, node: &str) -> Result<super::metrics::Scrape, ApiError> {
+        let (mut send, ip, port) = self.dial_kubelet(node).await?;
+        let req = Request::builder()
+            .uri("/metrics/resource")
+            .header("host", format!("{ip}:{port}"))
+            .body(http_body_util::Empty::<Bytes>::new())
+            .map_err(|e| ApiError::internal(e.to_string()))?;
+        let answer = send
+            .send_request(req)
+            .await
+            .map_err(|e| ApiError::internal(format!("scraping {node}: {e}")))?;
+        if answer.status() != StatusCode::OK {
+            return Err(ApiError::internal(format!(
+                "scraping {node}: the kubelet answered {}",
+                answer.status()
+            )));
+        }
+        let body = answer
+            .into_body()
+            .collect()
+            .await
+            .map_err(|e| ApiError::internal(format!("scraping {node}: {e}")))?
+            .to_bytes();
+        let mut s = super::metrics::parse(&String::from_utf8_lossy(&body));
+        s.taken = Some(std::time::Instant::now());
+        Ok(s)
     }
 
     fn kubelet_tls(&self) -> Result<Arc<rustls::ClientConfig>, String> {

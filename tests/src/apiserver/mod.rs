@@ -6,6 +6,7 @@ pub mod authz;
 pub mod defaults;
 pub mod errors;
 pub mod http;
+pub mod metrics;
 pub mod patch;
 pub mod pki;
 pub mod resources;
@@ -142,6 +143,7 @@ impl InMemoryApiServer {
             signing_seconds: std::sync::atomic::AtomicI64::new(365 * 86400),
             token_seconds: std::sync::atomic::AtomicI64::new(0),
             node_refusals: std::sync::Mutex::new(Vec::new()),
+            metrics_scrapes: std::sync::Mutex::new(Default::default()),
         });
         let dir = tempfile::Builder::new()
             .prefix(&format!("{}-apiserver-", crate::hygiene::run_prefix()))

@@ -288,6 +288,27 @@ pub const RESOURCES: &[ResourceType] = &[
         "selfsubjectaccessreview",
         "SelfSubjectAccessReview",
     ),
+    // metrics-server's aggregated API (answered from the kubelets, never stored).
+    r(
+        "metrics.k8s.io",
+        "v1beta1",
+        "pods",
+        "pod",
+        "PodMetrics",
+        true,
+        &[],
+        &[],
+    ),
+    r(
+        "metrics.k8s.io",
+        "v1beta1",
+        "nodes",
+        "node",
+        "NodeMetrics",
+        false,
+        &[],
+        &[],
+    ),
 ];
 
 /// Looks up a resource by group, version and plural.
