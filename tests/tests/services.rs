@@ -672,20 +672,7 @@ async fn cluster_ips_are_balanced_by_the_socket_hooks() {
     assert_eq!(line.trim(), "on web-b");
 
     // web-b not ready: only web-a is chosen.
-    let slices: Api<k8s_openapi::api::discovery::v1::EndpointSlice> =
-        Api::namespaced(admin.clone(), "default");
-    let mut slice = slices.get("web-kltest").await.unwrap();
-    for ep in slice.endpoints.iter_mut().flatten() {
-        if ep.target_ref.as_ref().and_then(|t| t.name.as_deref()) == Some("web-b") {
-            let c = ep.conditions.get_or_insert_with(Default::default);
-            c.ready = Some(false);
-            c.serving = Some(false);
-        }
-    }
-    slices
-        .replace("web-kltest", &PostParams::default(), &slice)
-        .await
-        .unwrap();
+    set_conditions(&admin, "web-kltest", &[("web-b", false, false, false)]).await;
     wait_for(
         "web-b out of rotation",
         Duration::from_secs(20),
@@ -856,6 +843,8 @@ async fn cluster_ips_are_balanced_by_the_socket_hooks() {
     .await;
 
     // No endpoint at all: a connect fails at once instead of hanging.
+    let slices: Api<k8s_openapi::api::discovery::v1::EndpointSlice> =
+        Api::namespaced(admin.clone(), "default");
     let mut slice = slices.get("web-kltest").await.unwrap();
     slice.endpoints = Some(Vec::new());
     slices
@@ -1426,21 +1415,7 @@ async fn outside_traffic_reaches_services_through_the_tc_programs() {
 
     // web-b out of rotation: the UDP flow that was on it is translated afresh, onto
     // web-a, instead of sending on into the void.
-    let slices: Api<k8s_openapi::api::discovery::v1::EndpointSlice> =
-        Api::namespaced(admin.clone(), "default");
-    let name = "web-kltest";
-    let mut slice = slices.get(name).await.unwrap();
-    for ep in slice.endpoints.iter_mut().flatten() {
-        if ep.target_ref.as_ref().and_then(|t| t.name.as_deref()) == Some("web-b") {
-            let c = ep.conditions.get_or_insert_with(Default::default);
-            c.ready = Some(false);
-            c.serving = Some(false);
-        }
-    }
-    slices
-        .replace(name, &PostParams::default(), &slice)
-        .await
-        .unwrap();
+    set_conditions(&admin, "web-kltest", &[("web-b", false, false, false)]).await;
     let on_b = std::sync::Arc::new(on_b);
     let answer = wait_for(
         "the UDP flow moved off web-b",
@@ -1678,6 +1653,33 @@ async fn a_thousand_endpoint_changes_leave_no_traffic_on_removed_backends() {
     );
 }
 
+/// Rewrites the conditions of the endpoints of the named pods in EndpointSlice `slice`
+/// (namespace default): (pod, ready, serving, terminating).
+async fn set_conditions(
+    admin: &kube::Client,
+    slice: &str,
+    conditions: &[(&str, bool, bool, bool)],
+) {
+    let slices: Api<k8s_openapi::api::discovery::v1::EndpointSlice> =
+        Api::namespaced(admin.clone(), "default");
+    let mut s = slices.get(slice).await.unwrap();
+    for ep in s.endpoints.iter_mut().flatten() {
+        let pod = ep.target_ref.as_ref().and_then(|t| t.name.clone());
+        if let Some((_, ready, serving, terminating)) =
+            conditions.iter().find(|c| Some(c.0) == pod.as_deref())
+        {
+            let c = ep.conditions.get_or_insert_with(Default::default);
+            c.ready = Some(*ready);
+            c.serving = Some(*serving);
+            c.terminating = Some(*terminating);
+        }
+    }
+    slices
+        .replace(slice, &PostParams::default(), &s)
+        .await
+        .unwrap();
+}
+
 /// The backends `n` TCP and `n` UDP requests from `node`'s own processes reached
 /// through `ip` (sorted, deduplicated), or the client's error.
 fn reached_from(node: &SimNode, ip: Ipv4Addr, n: usize) -> Result<Vec<String>, String> {
@@ -1765,25 +1767,8 @@ async fn internal_traffic_policy_and_the_terminating_fallback() {
     reaches(&nodes[0], term, &["web-a", "web-b"], "cluster-wide").await;
 
     // Both endpoints terminating, only web-a still serving: it carries everything.
-    let slices: Api<k8s_openapi::api::discovery::v1::EndpointSlice> =
-        Api::namespaced(admin.clone(), "default");
     let set = async |conditions: &[(&str, bool, bool, bool)]| {
-        let mut slice = slices.get("web-term-kltest").await.unwrap();
-        for ep in slice.endpoints.iter_mut().flatten() {
-            let pod = ep.target_ref.as_ref().and_then(|t| t.name.clone());
-            if let Some((_, ready, serving, terminating)) =
-                conditions.iter().find(|c| Some(c.0) == pod.as_deref())
-            {
-                let c = ep.conditions.get_or_insert_with(Default::default);
-                c.ready = Some(*ready);
-                c.serving = Some(*serving);
-                c.terminating = Some(*terminating);
-            }
-        }
-        slices
-            .replace("web-term-kltest", &PostParams::default(), &slice)
-            .await
-            .unwrap();
+        set_conditions(&admin, "web-term-kltest", conditions).await;
     };
     set(&[("web-a", false, true, true), ("web-b", false, false, true)]).await;
     for n in &nodes {

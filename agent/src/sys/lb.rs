@@ -205,14 +205,10 @@ impl BpfLb {
                 // instance's links stay until they are let go below.
                 .attach(&cg, CgroupAttachMode::Single)
                 .map_err(|e| err(format!("attaching {name} to {}", cgroup.display()))(chain(&e)))?;
-            let link: FdLink = prog
-                .take_link(id)
-                .map_err(|e| err(format!("taking the link of {name}"))(e.to_string()))?
-                .try_into()
-                .map_err(|e: aya::programs::links::LinkError| {
-                    err(format!("link of {name}"))(e.to_string())
-                })?;
-            replace_pin(&pin_dir.join("links").join(name), link)?;
+            replace_pin(
+                &pin_dir.join("links").join(name),
+                fd_link(prog.take_link(id), name)?,
+            )?;
         }
         Ok(Self {
             ebpf,
@@ -258,13 +254,7 @@ impl BpfLb {
         let id = prog
             .attach_with_options(iface, kind, TcAttachOptions::TcxOrder(LinkOrder::default()))
             .map_err(|e| err(format!("attaching {name} to {iface}"))(chain(&e)))?;
-        let link: FdLink = prog
-            .take_link(id)
-            .map_err(|e| err(format!("taking the link of {name}"))(e.to_string()))?
-            .try_into()
-            .map_err(|e: aya::programs::links::LinkError| {
-                err(format!("link of {name}"))(e.to_string())
-            })?;
+        let link = fd_link(prog.take_link(id), name)?;
         // bpffs names take no '.' (flannel.1): it becomes '_'.
         let pin = format!("{name}@{}", iface.replace('.', "_"));
         replace_pin(&self.pin_dir.join("links").join(pin), link)
@@ -340,6 +330,17 @@ impl BpfLb {
         }
         Ok(())
     }
+}
+
+/// The link program `name` was just attached with, as a link that can be pinned.
+fn fd_link<L>(taken: Result<L, aya::programs::ProgramError>, name: &str) -> Result<FdLink, LbError>
+where
+    L: TryInto<FdLink, Error = aya::programs::links::LinkError>,
+{
+    taken
+        .map_err(|e| err(format!("taking the link of {name}"))(e.to_string()))?
+        .try_into()
+        .map_err(|e| err(format!("link of {name}"))(e.to_string()))
 }
 
 /// Pins `link` at `path`, letting go of the link a previous instance pinned there only
