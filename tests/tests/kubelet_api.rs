@@ -1036,6 +1036,65 @@ async fn kubectl_logs_exec_and_port_forward_reach_the_node_through_the_apiserver
     ));
     assert!(code != 0 && err.contains("stdin closed"), "{code} {err}");
 
+    // attach -i to a container with `stdin: true, stdinOnce: true` (cat), over both
+    // transports: the input reaches it, its echo comes back, and the end of the
+    // session closes its stdin, so cat ends and so does the attach, with its code.
+    for (name, ws) in [("reader-spdy", "false"), ("reader-ws", "true")] {
+        let pod: Pod = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": name},
+            "spec": {"restartPolicy": "Never", "terminationGracePeriodSeconds": 1, "containers": [
+                {"name": "cat", "image": "busybox:1.36", "command": ["cat"],
+                 "stdin": true, "stdinOnce": true}]},
+        }))
+        .unwrap();
+        pods.create(&PostParams::default(), &pod).await.unwrap();
+        cluster.bind_pod("default", name, "k1").await.unwrap();
+        wait_for("the reader running", Duration::from_secs(60), async || {
+            let p = pods.get(name).await.ok()?;
+            let s = p.status?;
+            (s.container_statuses?.iter().all(|c| c.ready)).then_some(())
+        })
+        .await;
+        let mut attach = Kubectl(
+            kubectl(
+                &cluster,
+                &[("KUBECTL_REMOTE_COMMAND_WEBSOCKETS", ws)],
+                &["attach", "-i", name, "-c", "cat"],
+            )
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap(),
+        );
+        {
+            let mut input = attach.0.stdin.take().unwrap();
+            input.write_all(b"hello from stdin\n").unwrap();
+        }
+        let mut out = String::new();
+        attach
+            .0
+            .stdout
+            .take()
+            .unwrap()
+            .read_to_string(&mut out)
+            .unwrap();
+        let status = attach.0.wait().unwrap();
+        let mut err = String::new();
+        let _ = attach.0.stderr.take().unwrap().read_to_string(&mut err);
+        assert!(
+            status.success() && out.contains("hello from stdin"),
+            "websockets={ws}: {status} {out:?} {err}"
+        );
+        let done = wait_for("cat ended", Duration::from_secs(20), async || {
+            let p = pods.get(name).await.ok()?;
+            let c = p.status?.container_statuses?.into_iter().next()?;
+            c.state?.terminated
+        })
+        .await;
+        assert_eq!(done.exit_code, 0, "{done:?}");
+    }
+
     // port-forward over SPDY: a local port to the pod's 8080, an echo both ways, twice.
     let mut pf = Kubectl(
         kubectl(

@@ -495,11 +495,6 @@ fn attach_route(
         Err((code, why)) => return text(code, why),
     };
     let opts = stream::parse_exec_query(req.uri().query().unwrap_or(""));
-    // Said on the stream's error channel, as kubelet reports attach failures, so
-    // kubectl shows it.
-    let refusal = (opts.stdin || opts.tty).then(|| format!(
-        "container \"{container}\" runs with stdin closed and no terminal (kernlet does not support spec.containers[].stdin or tty yet): attach without -i and -t to see its output"
-    ));
     let Some(p) = find_pod(shared, ns, pod) else {
         return not_on_node(ns, pod);
     };
@@ -524,9 +519,28 @@ fn attach_route(
         run.log_path.clone(),
         state_dir.join("containers").join(&run.id),
     );
+    // The container's stdin, when it has one (`stdin: true`).
+    let stdin = std::fs::read(dir.join(crate::runtime::shim::REQUEST))
+        .ok()
+        .and_then(|b| serde_json::from_slice::<crate::runtime::shim::ShimRequest>(&b).ok())
+        .and_then(|r| r.stdin)
+        .map(|s| s.socket);
+    // Said on the stream's error channel, as kubelet reports attach failures, so
+    // kubectl shows it.
+    let refusal = if opts.tty {
+        Some(format!(
+            "container \"{container}\" has no terminal (kernlet does not support spec.containers[].tty yet): attach without -t"
+        ))
+    } else if opts.stdin && stdin.is_none() {
+        Some(format!(
+            "container \"{container}\" runs with stdin closed (spec.containers[].stdin is not true): attach without -i to see its output"
+        ))
+    } else {
+        None
+    };
     let job: stream::Job = match refusal {
         Some(why) => Box::new(move |_, _| Box::pin(async move { Err(why) })),
-        None => stream::attach_job(log, dir),
+        None => stream::attach_job(log, dir, stdin.filter(|_| opts.stdin)),
     };
     serve_stream(upgrade, req, opts, job)
 }

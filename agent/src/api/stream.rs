@@ -298,23 +298,59 @@ pub fn exec_job(exe: PathBuf, bundle: PathBuf, opts: ExecOptions) -> Job {
     })
 }
 
-/// The [`Job`] of an attach: the container's output as it writes it, until it stops.
-pub fn attach_job(log: PathBuf, container_dir: PathBuf) -> Job {
-    Box::new(move |_input, output| Box::pin(follow_output(log, container_dir, output)))
+/// The [`Job`] of an attach: the container's output as it writes it, until it stops;
+/// with `stdin` (the container's attach socket) the client's input goes to the
+/// container's stdin too.
+pub fn attach_job(log: PathBuf, container_dir: PathBuf, stdin: Option<PathBuf>) -> Job {
+    Box::new(move |input, output| {
+        Box::pin(async move {
+            // Output from before any input: what the input makes the container say is
+            // not missed.
+            let from = std::fs::metadata(&log).map(|m| m.len()).unwrap_or(0);
+            if let Some(socket) = stdin {
+                let conn = tokio::net::UnixStream::connect(&socket)
+                    .await
+                    .map_err(|e| format!("attaching to the container's stdin: {e}"))?;
+                tokio::spawn(feed_stdin(input, conn));
+            }
+            follow_output(log, container_dir, output, from).await
+        })
+    })
 }
 
-/// Sends what the container writes from now on (read from its CRI log as it grows,
-/// across rotation), stdout and stderr apart, until the container stops or the
+/// The client's input into an attach session; its end (or the client's going) ends
+/// the session, which for `stdinOnce` closes the container's stdin.
+async fn feed_stdin(
+    mut input: tokio::sync::mpsc::Receiver<Input>,
+    mut conn: tokio::net::UnixStream,
+) {
+    while let Some(i) = input.recv().await {
+        match i {
+            Input::Stdin(b) => {
+                if conn.write_all(&b).await.is_err() {
+                    return;
+                }
+            }
+            Input::StdinEnd => break,
+            Input::Resize { .. } => {}
+        }
+    }
+    let _ = conn.shutdown().await;
+}
+
+/// Sends what the container writes from byte `from` of its CRI log on (read as it
+/// grows, across rotation), stdout and stderr apart, until the container stops or the
 /// client goes.
 pub async fn follow_output(
     log: PathBuf,
     container_dir: PathBuf,
     output: tokio::sync::mpsc::Sender<Output>,
+    from: u64,
 ) -> Result<i32, String> {
     use crate::runtime::container::{ContainerState, state_in};
     use tokio::io::AsyncSeekExt as _;
     let len = |p: &Path| std::fs::metadata(p).map(|m| m.len()).unwrap_or(0);
-    let mut offset = len(&log);
+    let mut offset = from;
     let mut pending: Vec<u8> = Vec::new();
     loop {
         let running = matches!(state_in(&container_dir), ContainerState::Running { .. });

@@ -802,6 +802,10 @@ impl Runtime {
                 rotation: self.cfg.rotation,
                 message_from_log_on_error: c.termination_message_policy.as_deref()
                     == Some("FallbackToLogsOnError"),
+                stdin: (c.stdin == Some(true)).then(|| shim::StdinRequest {
+                    socket: shim::attach_socket(&self.cfg.run_dir, &id),
+                    once: c.stdin_once == Some(true),
+                }),
             },
         )?;
         write_json(&self.record_path(&id), &record)?;

@@ -53,6 +53,28 @@ pub struct ShimRequest {
     /// container's message is the tail of its log.
     #[serde(default)]
     pub message_from_log_on_error: bool,
+    /// `stdin: true`: the container reads a pipe the shim holds open, fed by whoever
+    /// attaches on this socket; `None`: stdin is /dev/null.
+    #[serde(default)]
+    pub stdin: Option<StdinRequest>,
+}
+
+/// A container's open stdin (`spec.containers[].stdin`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct StdinRequest {
+    /// The unix socket (mode 0600) attach sessions write the container's input to.
+    pub socket: PathBuf,
+    /// `stdinOnce`: the first attach session's end closes the container's stdin.
+    pub once: bool,
+}
+
+/// Where the attach socket of container `id` lives (short: unix socket paths are
+/// limited to 107 bytes).
+pub fn attach_socket(run_dir: &Path, id: &str) -> PathBuf {
+    run_dir
+        .join("attach")
+        .join(format!("{}.sock", &id[..id.len().min(16)]))
 }
 
 /// A running container, as the shim reports it.
@@ -163,13 +185,24 @@ fn run(bundle: &Path) -> anyhow::Result<()> {
 
     let (out_r, out_w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?;
     let (err_r, err_w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?;
-    let devnull: OwnedFd = std::fs::File::open("/dev/null")?.into();
+    let (stdin, stdin_relay): (OwnedFd, Option<(OwnedFd, &StdinRequest)>) = match &req.stdin {
+        Some(r) => {
+            let (in_r, in_w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?;
+            (in_r, Some((in_w, r)))
+        }
+        None => (std::fs::File::open("/dev/null")?.into(), None),
+    };
+    // Bound before the container starts, so an attach right after the start finds it.
+    let listener = match &stdin_relay {
+        Some((_, r)) => Some(listen(&r.socket)?),
+        None => None,
+    };
     let mut container = libcontainer::container::builder::ContainerBuilder::new(
         req.id.clone(),
         libcontainer::syscall::syscall::SyscallType::Linux,
     )
     .with_root_path(&req.state_root)?
-    .with_stdin(devnull)
+    .with_stdin(stdin)
     .with_stdout(out_w)
     .with_stderr(err_w)
     .as_init(&req.bundle)
@@ -192,6 +225,10 @@ fn run(bundle: &Path) -> anyhow::Result<()> {
         0o644,
     )?;
     tracing::info!(pid, "container started");
+    if let (Some((input, r)), Some(listener)) = (stdin_relay, listener) {
+        let once = r.once;
+        std::thread::spawn(move || relay_stdin(&listener, input, once));
+    }
 
     let mut log = CriWriter::open(&req.log, req.rotation)?;
     let status = pump(&mut log, [out_r, err_r], pid);
@@ -223,7 +260,43 @@ fn run(bundle: &Path) -> anyhow::Result<()> {
         0o644,
     )?;
     tracing::info!(exit_code, ?signal, oom_killed, "container exited");
+    if let Some(r) = &req.stdin {
+        let _ = std::fs::remove_file(&r.socket);
+    }
     Ok(())
+}
+
+/// The attach socket at `path`, mode 0600 (a stale one from a dead shim replaced).
+fn listen(path: &Path) -> anyhow::Result<std::os::unix::net::UnixListener> {
+    use anyhow::Context as _;
+    use std::os::unix::fs::PermissionsExt as _;
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        let _ = std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700));
+    }
+    let _ = std::fs::remove_file(path);
+    let l = std::os::unix::net::UnixListener::bind(path)
+        .with_context(|| format!("binding the attach socket {}", path.display()))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+    Ok(l)
+}
+
+/// Feeds the container's stdin from attach sessions, one after another; with `once`,
+/// the first session's end closes it (the container reads EOF).
+fn relay_stdin(listener: &std::os::unix::net::UnixListener, input: OwnedFd, once: bool) {
+    let mut input = std::fs::File::from(input);
+    for session in listener.incoming() {
+        let Ok(mut session) = session else { continue };
+        if let Err(e) = std::io::copy(&mut session, &mut input) {
+            // The container closed its stdin or exited.
+            tracing::info!("stdin relay ended: {e}");
+            return;
+        }
+        if once {
+            tracing::info!("stdinOnce: the attach session ended, stdin closed");
+            return;
+        }
+    }
 }
 
 /// kubelet's limits: 4 KiB of the message file; 80 lines and 2 KiB of the log.
