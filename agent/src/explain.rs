@@ -80,15 +80,11 @@ fn frontends(
         .filter_map(|(k, v)| {
             let (fip, fport, proto) = frontend_of(k);
             (fip == ip && port.is_none_or(|p| p == fport)).then(|| {
-                let list = (0..v.count)
-                    .filter_map(|i| {
-                        backends
-                            .get(&kernlet_ebpf_common::BackendKey {
-                                slot: v.slot,
-                                index: i,
-                            })
-                            .map(backend_addr)
-                    })
+                // Each backend once (a Maglev slot repeats them).
+                let list = crate::model::services::slot_members(v, backends)
+                    .0
+                    .iter()
+                    .map(|(b, _)| backend_addr(b))
                     .collect();
                 (
                     format!("{fip}:{fport}/{}", if proto == 17 { "UDP" } else { "TCP" }),

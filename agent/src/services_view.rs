@@ -107,31 +107,15 @@ pub async fn gather(
             continue;
         }
         // A Maglev slot repeats its backends: one row each, weighted by its entries.
-        let entries: Vec<&kernlet_ebpf_common::Backend> = (0..value.count)
-            .filter_map(|i| {
-                backends.get(&kernlet_ebpf_common::BackendKey {
-                    slot: value.slot,
-                    index: i,
-                })
-            })
-            .collect();
-        let mut order: Vec<&kernlet_ebpf_common::Backend> = Vec::new();
-        let mut weight: BTreeMap<&kernlet_ebpf_common::Backend, u32> = BTreeMap::new();
-        for b in &entries {
-            let n = weight.entry(*b).or_insert(0);
-            if *n == 0 {
-                order.push(*b);
-            }
-            *n += 1;
-        }
-        let list: Vec<Value> = order
+        let (members, found) = crate::model::services::slot_members(value, &backends);
+        let list: Vec<Value> = members
             .iter()
-            .map(|b| {
+            .map(|(b, weight)| {
                 json!({
                     "address": backend_addr(b).to_string(),
                     "local": b.flags & kernlet_ebpf_common::BACKEND_LOCAL != 0,
-                    "weight": weight[b],
-                    "sent": stats.get(*b).copied().unwrap_or(0),
+                    "weight": weight,
+                    "sent": stats.get(b).copied().unwrap_or(0),
                 })
             })
             .collect();
@@ -139,7 +123,7 @@ pub async fn gather(
             "frontend": frontend, "service": name, "slot": value.slot,
             "affinityTimeoutSeconds": value.affinity_timeout,
             "kind": kind(value.flags),
-            "complete": entries.len() as u32 == value.count,
+            "complete": found == value.count,
             "backends": list,
         }));
     }

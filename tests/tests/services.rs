@@ -36,6 +36,41 @@ fn proxy_flags(node: &SimNode, extra: &[&str]) -> Vec<String> {
     .collect()
 }
 
+/// Starts the agent of a proxy node again (after a stop or `kill -9`) with its
+/// kubeconfig, the pod network and the proxy flags (`extra` too); returns once the
+/// Service datapath is attached again.
+async fn restart_proxy_node(node: &mut SimNode, extra: &[&str]) {
+    let kc = node
+        .dir("state")
+        .join("node.kubeconfig")
+        .display()
+        .to_string();
+    let name = node.name.clone();
+    let mut args = vec!["run", "--kubeconfig", &kc, "--node-name", &name];
+    args.extend([
+        "--node-lease-renew-interval-ms",
+        "1000",
+        "--cluster-cidr",
+        kernlet_tests::overlay::CLUSTER_CIDR,
+        "--overlay-resync",
+        "1",
+    ]);
+    let flags = proxy_flags(node, extra);
+    args.extend(flags.iter().map(String::as_str));
+    // A new log each start: the line is this start's.
+    node.start_kernlet(&args).unwrap();
+    wait_for(
+        "the restarted agent attached",
+        Duration::from_secs(20),
+        async || {
+            node.kernlet_log()
+                .contains("Service datapath attached")
+                .then_some(())
+        },
+    )
+    .await;
+}
+
 /// SimNodes `labels` of `lab` with the pod network and the Service proxy (resync every
 /// second, `extra` flags), joined to `cluster` through `url`.
 async fn proxy_nodes(
@@ -1068,33 +1103,7 @@ async fn kill_9_of_the_agent_breaks_no_stream() {
     node.kill9_kernlet().unwrap();
     balanced("with the agent killed");
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let kc = node
-        .dir("state")
-        .join("node.kubeconfig")
-        .display()
-        .to_string();
-    let mut args = vec!["run", "--kubeconfig", &kc, "--node-name", "k1"];
-    args.extend([
-        "--node-lease-renew-interval-ms",
-        "1000",
-        "--cluster-cidr",
-        kernlet_tests::overlay::CLUSTER_CIDR,
-        "--overlay-resync",
-        "1",
-    ]);
-    let flags = proxy_flags(&node, &[]);
-    args.extend(flags.iter().map(String::as_str));
-    node.start_kernlet(&args).unwrap();
-    wait_for(
-        "the restarted agent attached",
-        Duration::from_secs(20),
-        async || {
-            node.kernlet_log()
-                .contains("Service datapath attached")
-                .then_some(())
-        },
-    )
-    .await;
+    restart_proxy_node(&mut node, &[]).await;
     balanced("after the restart");
     let report: serde_json::Value =
         serde_json::from_str(&lines.next().expect("the stream client ended").unwrap()).unwrap();
@@ -1178,7 +1187,7 @@ async fn outside_traffic_reaches_services_through_the_tc_programs() {
     apply_node_rbac(&cluster).unwrap();
     // Maglev: a flow from outside reaches the same backend through either node.
     let maglev = ["--service-lb-algorithm", "maglev"];
-    let nodes = proxy_nodes(&cluster, &mut lab, &fwd.url, &["o1", "o2"], &maglev).await;
+    let mut nodes = proxy_nodes(&cluster, &mut lab, &fwd.url, &["o1", "o2"], &maglev).await;
     let admin = cluster.admin().await.unwrap();
     let pods: Api<Pod> = Api::namespaced(admin.clone(), "default");
     backend(&cluster, &pods, &nodes[0], "web-a").await;
@@ -1204,7 +1213,8 @@ async fn outside_traffic_reaches_services_through_the_tc_programs() {
         cluster.sync_endpointslice("default", &name).await.unwrap();
     }
     let bridge = PathBuf::from(format!("/run/netns/{}", lab.bridge_netns()));
-    let at = |i: usize, port: u16| std::net::SocketAddr::from((nodes[i].address, port));
+    let addresses: Vec<Ipv4Addr> = nodes.iter().map(|n| n.address).collect();
+    let at = |i: usize, port: u16| std::net::SocketAddr::from((addresses[i], port));
     let outside = "198.18.0.1";
     wait_for(
         "the NodePort answering from outside",
@@ -1276,6 +1286,36 @@ async fn outside_traffic_reaches_services_through_the_tc_programs() {
     assert!(udp.iter().any(|(w, _)| w == "web-a"), "{udp:?}");
     assert!(udp.iter().any(|(w, _)| w == "web-b"), "{udp:?}");
     assert!(udp.iter().all(|(_, from)| *from == to), "{udp:?}");
+    // kill -9 of o1's agent and its restart: an outside UDP flow keeps its backend (the
+    // flow maps are pinned) and new outside connections are translated while the agent
+    // is down and after it is back.
+    let kept = in_netns(&bridge, move || {
+        let u = std::net::UdpSocket::bind((BRIDGE_IP, 0)).unwrap();
+        u.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+        u
+    })
+    .unwrap();
+    let say = |u: &std::net::UdpSocket| {
+        let mut buf = [0u8; 100];
+        u.send_to(b"hi", to).unwrap();
+        let (n, from) = u.recv_from(&mut buf).unwrap();
+        assert_eq!(from, to);
+        String::from_utf8_lossy(&buf[..n]).to_string()
+    };
+    let first = say(&kept);
+    nodes[0].kill9_kernlet().unwrap();
+    assert_eq!(say(&kept), first, "the flow with the agent killed");
+    assert!(
+        ask_from(&bridge, at(0, 30081)).is_some(),
+        "a new flow, agent down"
+    );
+    restart_proxy_node(&mut nodes[0], &maglev).await;
+    assert_eq!(say(&kept), first, "the flow after the restart");
+    assert!(
+        ask_from(&bridge, at(0, 30081)).is_some(),
+        "a new flow, agent back"
+    );
+
     // A UDP flow that landed on web-b, kept for the end.
     let on_b = in_netns(&bridge, move || {
         for _ in 0..64 {

@@ -464,6 +464,31 @@ pub fn health_answer(ns: &str, name: &str, local: usize) -> (u16, String) {
     (if local > 0 { 200 } else { 503 }, body.to_string())
 }
 
+/// The distinct backends a frontend's slot holds, in slot order, each with its weight
+/// (its entries: 1, or with Maglev its share of the lookup table), and how many of the
+/// slot's `count` entries were found.
+pub fn slot_members(
+    v: &ServiceValue,
+    backends: &BTreeMap<BackendKey, Backend>,
+) -> (Vec<(Backend, u32)>, u32) {
+    let mut out: Vec<(Backend, u32)> = Vec::new();
+    let mut found = 0;
+    for i in 0..v.count {
+        let Some(b) = backends.get(&BackendKey {
+            slot: v.slot,
+            index: i,
+        }) else {
+            continue;
+        };
+        found += 1;
+        match out.iter_mut().find(|(x, _)| x == b) {
+            Some((_, w)) => *w += 1,
+            None => out.push((*b, 1)),
+        }
+    }
+    (out, found)
+}
+
 /// What a frontend's backend slot holds: its backends, or with Maglev their lookup
 /// table.
 pub fn slot_list(front: &Frontend) -> Vec<Backend> {
@@ -1093,6 +1118,37 @@ mod tests {
         assert_eq!(ops.len(), 3, "{ops:?}");
         assert!(matches!(ops[0], LbOp::SetService(_, v) if v.flags == SVC_EXTERNAL | SVC_LOCAL));
         assert!(matches!(ops[1], LbOp::DeleteRange(..)) && matches!(ops[2], LbOp::DeleteRange(..)));
+    }
+
+    #[test]
+    fn a_maglev_frontend_holds_its_table_and_reads_back_as_weighted_backends() {
+        let key = service_key("198.18.0.10".parse().unwrap(), 30080, 6);
+        let mut want: BTreeMap<_, _> = [(
+            key,
+            Frontend {
+                backends: BTreeSet::from([
+                    backend("10.244.1.5:8080".parse().unwrap()),
+                    backend("10.244.2.5:8080".parse().unwrap()),
+                ]),
+                flags: SVC_EXTERNAL,
+                ..Default::default()
+            },
+        )]
+        .into();
+        use_maglev(&mut want);
+        assert_eq!(want[&key].flags, SVC_EXTERNAL | SVC_MAGLEV);
+        let mut t = crate::sys::lb::MemoryLb::default();
+        for op in plan(&want, &t.services, &t.backends, &t.ranges) {
+            crate::sys::lb::LbTable::apply(&mut t, &op).unwrap();
+        }
+        let v = t.services[&key];
+        assert_eq!(v.count, super::super::maglev::TABLE_SIZE);
+        let (members, found) = slot_members(&v, &t.backends);
+        assert_eq!(found, v.count);
+        assert_eq!(members.len(), 2);
+        assert_eq!(members.iter().map(|(_, w)| w).sum::<u32>(), v.count);
+        // Applied: nothing more to do.
+        assert!(plan(&want, &t.services, &t.backends, &t.ranges).is_empty());
     }
 
     #[test]

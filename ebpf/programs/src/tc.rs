@@ -243,9 +243,14 @@ fn ingress(ctx: &TcContext) -> Option<i32> {
         let Some(r) = route(ctx, rev.client_addr) else {
             return Some(DROP);
         };
-        rewrite(ctx, &p, true, rev.frontend_addr, rev.frontend_port)?;
-        rewrite(ctx, &p, false, rev.client_addr, rev.client_port)?;
-        return Some(send(ctx, &r));
+        // A packet the helpers could not rewrite whole is not let through half-done.
+        let rewritten = rewrite(ctx, &p, true, rev.frontend_addr, rev.frontend_port)
+            .and_then(|()| rewrite(ctx, &p, false, rev.client_addr, rev.client_port));
+        return Some(if rewritten.is_some() {
+            send(ctx, &r)
+        } else {
+            DROP
+        });
     }
     // A flow keeps its backend for its life (user space drops the translations of
     // backends that are gone).
@@ -257,12 +262,16 @@ fn ingress(ctx: &TcContext) -> Option<i32> {
             Err(verdict) => return Some(verdict),
         },
     };
-    rewrite(ctx, &p, false, nat.backend.addr, nat.backend.port)?;
+    if rewrite(ctx, &p, false, nat.backend.addr, nat.backend.port).is_none() {
+        return Some(DROP);
+    }
     if nat.snat_addr == 0 {
         // A local backend: the node routes the packet to the pod.
         return Some(PASS);
     }
-    rewrite(ctx, &p, true, nat.snat_addr, nat.snat_port)?;
+    if rewrite(ctx, &p, true, nat.snat_addr, nat.snat_port).is_none() {
+        return Some(DROP);
+    }
     match route(ctx, nat.backend.addr) {
         Some(r) => Some(send(ctx, &r)),
         None => Some(DROP),
@@ -368,6 +377,10 @@ fn egress(ctx: &TcContext) -> Option<i32> {
     if rev.snat != 0 {
         return None;
     }
-    rewrite(ctx, &p, true, rev.frontend_addr, rev.frontend_port)?;
-    Some(TCX_NEXT)
+    Some(
+        match rewrite(ctx, &p, true, rev.frontend_addr, rev.frontend_port) {
+            Some(()) => TCX_NEXT,
+            None => DROP,
+        },
+    )
 }
