@@ -1095,6 +1095,55 @@ async fn kubectl_logs_exec_and_port_forward_reach_the_node_through_the_apiserver
         assert_eq!(done.exit_code, 0, "{done:?}");
     }
 
+    // attach -it to a container with `stdin: true, tty: true` (a shell), from a terminal
+    // (script(1)): the shell sees the size kubectl sent, its output comes back, and
+    // `exit` ends it and the attach.
+    let pod: Pod = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": "term"},
+        "spec": {"restartPolicy": "Never", "terminationGracePeriodSeconds": 1, "containers": [
+            {"name": "sh", "image": "busybox:1.36", "command": ["sh"], "stdin": true, "tty": true}]},
+    }))
+    .unwrap();
+    pods.create(&PostParams::default(), &pod).await.unwrap();
+    cluster.bind_pod("default", "term", "k1").await.unwrap();
+    wait_for("the shell running", Duration::from_secs(60), async || {
+        let p = pods.get("term").await.ok()?;
+        let s = p.status?;
+        (s.container_statuses?.iter().all(|c| c.ready)).then_some(())
+    })
+    .await;
+    let line = format!(
+        "stty cols 91 rows 17; kubectl --kubeconfig {} attach -it term -c sh",
+        cluster.admin_kubeconfig().unwrap().display()
+    );
+    // Bounded: a shell that never ends must not hang the test.
+    let mut term = std::process::Command::new("timeout")
+        .args(["60", "script", "-qec", &line, "/dev/null"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut typed = term.stdin.take().unwrap();
+    typed
+        .write_all(b"sleep 1; echo size=$(stty size); exit\n")
+        .unwrap();
+    drop(typed);
+    let out = term.wait_with_output().unwrap();
+    let shown = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(
+        out.status.success() && shown.contains("size=17 91"),
+        "{} {shown:?} {}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // The terminal's output is the container's log (stdout), as with kubelet.
+    let (code, logs, err) = ran(kubectl(&cluster, &[], &["logs", "term"]));
+    assert!(
+        code == 0 && logs.contains("size=17 91"),
+        "{code} {logs:?} {err}"
+    );
+
     // port-forward over SPDY: a local port to the pod's 8080, an echo both ways, twice.
     let mut pf = Kubectl(
         kubectl(

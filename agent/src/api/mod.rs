@@ -519,17 +519,17 @@ fn attach_route(
         run.log_path.clone(),
         state_dir.join("containers").join(&run.id),
     );
-    // The container's stdin, when it has one (`stdin: true`).
-    let stdin = std::fs::read(dir.join(crate::runtime::shim::REQUEST))
+    // The container's stdin (`stdin: true`) and whether it has a terminal (`tty: true`).
+    let shim_request = std::fs::read(dir.join(crate::runtime::shim::REQUEST))
         .ok()
-        .and_then(|b| serde_json::from_slice::<crate::runtime::shim::ShimRequest>(&b).ok())
-        .and_then(|r| r.stdin)
-        .map(|s| s.socket);
+        .and_then(|b| serde_json::from_slice::<crate::runtime::shim::ShimRequest>(&b).ok());
+    let terminal = shim_request.as_ref().is_some_and(|r| r.console.is_some());
+    let stdin = shim_request.and_then(|r| r.stdin).map(|s| s.socket);
     // Said on the stream's error channel, as kubelet reports attach failures, so
     // kubectl shows it.
-    let refusal = if opts.tty {
+    let refusal = if opts.tty && !terminal {
         Some(format!(
-            "container \"{container}\" has no terminal (kernlet does not support spec.containers[].tty yet): attach without -t"
+            "container \"{container}\" has no terminal (spec.containers[].tty is not true): attach without -t"
         ))
     } else if opts.stdin && stdin.is_none() {
         Some(format!(
@@ -540,7 +540,7 @@ fn attach_route(
     };
     let job: stream::Job = match refusal {
         Some(why) => Box::new(move |_, _| Box::pin(async move { Err(why) })),
-        None => stream::attach_job(log, dir, stdin.filter(|_| opts.stdin)),
+        None => stream::attach_job(log, dir, stdin.filter(|_| opts.stdin), terminal),
     };
     serve_stream(upgrade, req, opts, job)
 }

@@ -300,8 +300,14 @@ pub fn exec_job(exe: PathBuf, bundle: PathBuf, opts: ExecOptions) -> Job {
 
 /// The [`Job`] of an attach: the container's output as it writes it, until it stops;
 /// with `stdin` (the container's attach socket) the client's input goes to the
-/// container's stdin too.
-pub fn attach_job(log: PathBuf, container_dir: PathBuf, stdin: Option<PathBuf>) -> Job {
+/// container's stdin too — as [`TtyFrame`](crate::runtime::exec::TtyFrame)s (input,
+/// resizes, end) when the container has a `terminal`.
+pub fn attach_job(
+    log: PathBuf,
+    container_dir: PathBuf,
+    stdin: Option<PathBuf>,
+    terminal: bool,
+) -> Job {
     Box::new(move |input, output| {
         Box::pin(async move {
             // Output from before any input: what the input makes the container say is
@@ -311,7 +317,7 @@ pub fn attach_job(log: PathBuf, container_dir: PathBuf, stdin: Option<PathBuf>) 
                 let conn = tokio::net::UnixStream::connect(&socket)
                     .await
                     .map_err(|e| format!("attaching to the container's stdin: {e}"))?;
-                tokio::spawn(feed_stdin(input, conn));
+                tokio::spawn(feed_stdin(input, conn, terminal));
             }
             follow_output(log, container_dir, output, from).await
         })
@@ -323,16 +329,20 @@ pub fn attach_job(log: PathBuf, container_dir: PathBuf, stdin: Option<PathBuf>) 
 async fn feed_stdin(
     mut input: tokio::sync::mpsc::Receiver<Input>,
     mut conn: tokio::net::UnixStream,
+    terminal: bool,
 ) {
+    use crate::runtime::exec::TtyFrame;
     while let Some(i) = input.recv().await {
-        match i {
-            Input::Stdin(b) => {
-                if conn.write_all(&b).await.is_err() {
-                    return;
-                }
-            }
-            Input::StdinEnd => break,
-            Input::Resize { .. } => {}
+        let bytes = match (i, terminal) {
+            (Input::Stdin(b), false) => b,
+            (Input::StdinEnd, false) => break,
+            (Input::Resize { .. }, false) => continue,
+            (Input::Stdin(b), true) => TtyFrame::Data(b).encode(),
+            (Input::Resize { width, height }, true) => TtyFrame::Resize(width, height).encode(),
+            (Input::StdinEnd, true) => TtyFrame::End.encode(),
+        };
+        if conn.write_all(&bytes).await.is_err() {
+            return;
         }
     }
     let _ = conn.shutdown().await;

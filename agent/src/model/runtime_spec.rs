@@ -150,6 +150,9 @@ pub struct ContainerPlan {
     pub host_caps: u64,
     /// The pod's `securityContext.sysctls` (admission let only safe ones in).
     pub sysctls: Vec<(String, String)>,
+    /// `tty: true`: the process gets a terminal (the runtime hands its master to the
+    /// shim through the console socket).
+    pub terminal: bool,
 }
 
 /// A container's seccomp profile (`securityContext.seccompProfile`).
@@ -290,7 +293,7 @@ pub fn spec(plan: &ContainerPlan) -> Value {
     let mut spec = json!({
         "ociVersion": "1.0.2",
         "process": {
-            "terminal": false,
+            "terminal": plan.terminal,
             "user": {"uid": plan.uid, "gid": plan.gid, "additionalGids": plan.additional_gids},
             "args": plan.args,
             "env": plan.env,
@@ -451,6 +454,7 @@ mod tests {
             devices: vec![],
             host_caps: (1 << 41) - 1,
             sysctls: Vec::new(),
+            terminal: false,
         }
     }
 

@@ -530,6 +530,7 @@ impl Runtime {
                 .flatten()
                 .map(|s| (s.name.clone(), s.value.clone()))
                 .collect(),
+            terminal: c.tty == Some(true),
             host_caps: std::fs::read_to_string("/proc/self/status")
                 .ok()
                 .and_then(|t| {
@@ -806,6 +807,8 @@ impl Runtime {
                     socket: shim::attach_socket(&self.cfg.run_dir, &id),
                     once: c.stdin_once == Some(true),
                 }),
+                console: (c.tty == Some(true))
+                    .then(|| shim::attach_socket(&self.cfg.run_dir, &id).with_extension("tty")),
             },
         )?;
         write_json(&self.record_path(&id), &record)?;

@@ -57,6 +57,11 @@ pub struct ShimRequest {
     /// attaches on this socket; `None`: stdin is /dev/null.
     #[serde(default)]
     pub stdin: Option<StdinRequest>,
+    /// `tty: true`: the console socket the runtime sends the terminal's master to. The
+    /// terminal's output is the container's stdout; attach sessions then carry
+    /// [`TtyFrame`](crate::runtime::exec::TtyFrame)s (input, resize, end).
+    #[serde(default)]
+    pub console: Option<PathBuf>,
 }
 
 /// A container's open stdin (`spec.containers[].stdin`).
@@ -197,6 +202,10 @@ fn run(bundle: &Path) -> anyhow::Result<()> {
         Some((_, r)) => Some(listen(&r.socket)?),
         None => None,
     };
+    let console = match &req.console {
+        Some(path) => Some(listen(path)?),
+        None => None,
+    };
     let mut container = libcontainer::container::builder::ContainerBuilder::new(
         req.id.clone(),
         libcontainer::syscall::syscall::SyscallType::Linux,
@@ -205,6 +214,7 @@ fn run(bundle: &Path) -> anyhow::Result<()> {
     .with_stdin(stdin)
     .with_stdout(out_w)
     .with_stderr(err_w)
+    .with_console_socket(req.console.as_ref())
     .as_init(&req.bundle)
     .with_systemd(false)
     .with_detach(true)
@@ -225,13 +235,39 @@ fn run(bundle: &Path) -> anyhow::Result<()> {
         0o644,
     )?;
     tracing::info!(pid, "container started");
+    // With a terminal: its master (sent by the runtime while it set the container
+    // up) is both the output and where attach sessions write.
+    let master = match (&console, &req.console) {
+        (Some(l), Some(path)) => {
+            let m = receive_master(l).context("receiving the terminal from the runtime")?;
+            let _ = std::fs::remove_file(path);
+            Some(m)
+        }
+        _ => None,
+    };
     if let (Some((input, r)), Some(listener)) = (stdin_relay, listener) {
         let once = r.once;
-        std::thread::spawn(move || relay_stdin(&listener, input, once));
+        match &master {
+            Some(m) => {
+                let m = m.try_clone()?;
+                drop(input);
+                std::thread::spawn(move || relay_terminal(&listener, m, once));
+            }
+            None => {
+                std::thread::spawn(move || relay_stdin(&listener, input, once));
+            }
+        }
     }
 
     let mut log = CriWriter::open(&req.log, req.rotation)?;
-    let status = pump(&mut log, [out_r, err_r], pid);
+    let outputs: Vec<OwnedFd> = match master {
+        Some(m) => {
+            drop((out_r, err_r));
+            vec![m]
+        }
+        None => vec![out_r, err_r],
+    };
+    let status = pump(&mut log, outputs, pid);
     let _ = log.finish();
     let cgroup = container
         .spec()
@@ -262,6 +298,9 @@ fn run(bundle: &Path) -> anyhow::Result<()> {
     tracing::info!(exit_code, ?signal, oom_killed, "container exited");
     if let Some(r) = &req.stdin {
         let _ = std::fs::remove_file(&r.socket);
+    }
+    if let Some(path) = &req.console {
+        let _ = std::fs::remove_file(path);
     }
     Ok(())
 }
@@ -345,12 +384,59 @@ pub fn log_tail(cri: &str) -> String {
     text[cut..].to_string()
 }
 
-/// Copies the container's output into its log until it has exited and its pipes are
-/// drained; reaps every child (the shim is a subreaper). Returns the container's status.
-fn pump(log: &mut CriWriter, pipes: [OwnedFd; 2], pid: i32) -> nix::sys::wait::WaitStatus {
+/// The terminal master the runtime sends on the console socket `listener` (one
+/// connection, the descriptor as SCM_RIGHTS).
+fn receive_master(listener: &std::os::unix::net::UnixListener) -> anyhow::Result<OwnedFd> {
+    let (conn, _) = listener.accept()?;
+    Ok(sys::process::receive_fd(&conn)?)
+}
+
+/// Feeds a terminal container from attach sessions carrying
+/// [`TtyFrame`](crate::runtime::exec::TtyFrame)s: input to the master, resizes to its
+/// window size; with `once`, sessions end after the first.
+fn relay_terminal(listener: &std::os::unix::net::UnixListener, master: OwnedFd, once: bool) {
+    use crate::runtime::exec::TtyFrame;
+    use std::io::Read as _;
+    let mut out = std::fs::File::from(master);
+    for session in listener.incoming() {
+        let Ok(mut session) = session else { continue };
+        let mut pending = Vec::new();
+        let mut buf = vec![0u8; 16 * 1024];
+        loop {
+            let n = match session.read(&mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => n,
+            };
+            pending.extend_from_slice(&buf[..n]);
+            for f in TtyFrame::decode(&mut pending) {
+                let done = match f {
+                    TtyFrame::Data(d) => std::io::Write::write_all(&mut out, &d).is_err(),
+                    TtyFrame::Resize(cols, rows) => {
+                        sys::process::set_window_size(out.as_fd(), cols, rows).is_err()
+                    }
+                    // ^D, as a terminal's user ends input.
+                    TtyFrame::End => std::io::Write::write_all(&mut out, &[4]).is_err(),
+                };
+                if done {
+                    tracing::info!("terminal relay ended: the container closed its terminal");
+                    return;
+                }
+            }
+        }
+        if once {
+            tracing::info!("stdinOnce: the attach session ended");
+            return;
+        }
+    }
+}
+
+/// Copies the container's output (stdout, stderr; or its terminal, as stdout) into
+/// its log until it has exited and its outputs are drained; reaps every child (the
+/// shim is a subreaper). Returns the container's status.
+fn pump(log: &mut CriWriter, pipes: Vec<OwnedFd>, pid: i32) -> nix::sys::wait::WaitStatus {
     use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
     use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
-    let mut open = [true, true];
+    let mut open = vec![true; pipes.len()];
     let mut status = None;
     let mut buf = vec![0u8; 64 * 1024];
     let mut drain_deadline: Option<std::time::Instant> = None;
@@ -367,7 +453,7 @@ fn pump(log: &mut CriWriter, pipes: [OwnedFd; 2], pid: i32) -> nix::sys::wait::W
                 }
             }
         }
-        let live: Vec<usize> = (0..2).filter(|i| open[*i]).collect();
+        let live: Vec<usize> = (0..pipes.len()).filter(|i| open[*i]).collect();
         if live.is_empty() || drain_deadline.is_some_and(|d| std::time::Instant::now() > d) {
             if let Some(s) = status {
                 return s;

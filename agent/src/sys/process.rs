@@ -59,6 +59,34 @@ pub fn open_pty() -> io::Result<(std::os::fd::OwnedFd, std::os::fd::OwnedFd)> {
     Ok((pty.master, pty.slave))
 }
 
+/// A descriptor sent on the unix stream `conn` as SCM_RIGHTS (as a container runtime
+/// sends a terminal's master on its console socket).
+pub fn receive_fd(conn: &std::os::unix::net::UnixStream) -> io::Result<std::os::fd::OwnedFd> {
+    use std::os::fd::{AsRawFd as _, FromRawFd as _};
+    let mut name = [0u8; 64];
+    let mut iov = [std::io::IoSliceMut::new(&mut name)];
+    let mut space = nix::cmsg_space!([std::os::fd::RawFd; 1]);
+    let msg = nix::sys::socket::recvmsg::<()>(
+        conn.as_raw_fd(),
+        &mut iov,
+        Some(&mut space),
+        nix::sys::socket::MsgFlags::MSG_CMSG_CLOEXEC,
+    )?;
+    for c in msg.cmsgs()? {
+        if let nix::sys::socket::ControlMessageOwned::ScmRights(fds) = c
+            && let Some(fd) = fds.first()
+        {
+            // SAFETY: the kernel just installed this descriptor in our table for us
+            // (SCM_RIGHTS); nothing else owns it.
+            return Ok(unsafe { std::os::fd::OwnedFd::from_raw_fd(*fd) });
+        }
+    }
+    Err(io::Error::new(
+        io::ErrorKind::InvalidData,
+        "no descriptor in the message",
+    ))
+}
+
 /// Sets the window size of the terminal whose master is `master`.
 pub fn set_window_size(
     master: std::os::fd::BorrowedFd<'_>,
