@@ -138,6 +138,8 @@ pub struct BpfLb {
     pin_dir: PathBuf,
     /// Interfaces the outside-traffic programs are attached to, with their index.
     outside: BTreeMap<String, u32>,
+    /// The last failure to attach them, so it is told once, not at every resync.
+    outside_failure: Option<String>,
 }
 
 impl std::fmt::Debug for BpfLb {
@@ -214,14 +216,27 @@ impl BpfLb {
             ebpf,
             pin_dir: pin_dir.to_path_buf(),
             outside: BTreeMap::new(),
+            outside_failure: None,
         })
     }
 
     /// Attaches the programs for traffic from outside the node: `kl_lb_ingress` to
     /// every interface of `ifaces`, `kl_lb_egress` too where its flag says so (the
     /// underlay; the overlay device only brings replies in). An interface not there is
-    /// skipped (a later call attaches it); one recreated since is attached again.
+    /// skipped (a later call attaches it); one recreated since is attached again. A
+    /// failure is returned once; the same failure again is not.
     pub fn attach_outside(&mut self, ifaces: &[(String, bool)]) -> Result<(), LbError> {
+        let result = self.try_attach_outside(ifaces);
+        let failure = result.as_ref().err().map(ToString::to_string);
+        if failure.is_some() && failure == self.outside_failure {
+            // Told already: the next resync tries again quietly.
+            return Ok(());
+        }
+        self.outside_failure = failure;
+        result
+    }
+
+    fn try_attach_outside(&mut self, ifaces: &[(String, bool)]) -> Result<(), LbError> {
         for (name, egress) in ifaces {
             let Ok(index) = nix::net::if_::if_nametoindex(name.as_str()) else {
                 continue;
