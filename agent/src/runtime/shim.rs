@@ -239,9 +239,21 @@ fn run(bundle: &Path) -> anyhow::Result<()> {
     // up) is both the output and where attach sessions write.
     let master = match (&console, &req.console) {
         (Some(l), Some(path)) => {
-            let m = receive_master(l).context("receiving the terminal from the runtime")?;
+            let m = receive_master(l);
             let _ = std::fs::remove_file(path);
-            Some(m)
+            match m {
+                Ok(m) => Some(m),
+                Err(e) => {
+                    // A terminal container without its terminal cannot be used: it is
+                    // stopped, and its end recorded as any other.
+                    tracing::error!("no terminal from the runtime: {e:#}; killing the container");
+                    let _ = nix::sys::signal::kill(
+                        nix::unistd::Pid::from_raw(pid),
+                        nix::sys::signal::Signal::SIGKILL,
+                    );
+                    None
+                }
+            }
         }
         _ => None,
     };
@@ -385,9 +397,24 @@ pub fn log_tail(cri: &str) -> String {
 }
 
 /// The terminal master the runtime sends on the console socket `listener` (one
-/// connection, the descriptor as SCM_RIGHTS).
+/// connection, the descriptor as SCM_RIGHTS), within 10 s: the runtime sends it while
+/// it sets the container up, so a shim never waits forever for one that is not coming.
 fn receive_master(listener: &std::os::unix::net::UnixListener) -> anyhow::Result<OwnedFd> {
-    let (conn, _) = listener.accept()?;
+    listener.set_nonblocking(true)?;
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let conn = loop {
+        match listener.accept() {
+            Ok((conn, _)) => break conn,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                if std::time::Instant::now() > deadline {
+                    anyhow::bail!("the runtime did not connect to the console socket within 10 s");
+                }
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            Err(e) => return Err(e.into()),
+        }
+    };
+    conn.set_nonblocking(false)?;
     Ok(sys::process::receive_fd(&conn)?)
 }
 
