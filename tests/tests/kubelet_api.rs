@@ -813,6 +813,21 @@ impl Drop for Kubectl {
     }
 }
 
+/// Creates the pod described by `json` in namespace default, binds it to node `k1` and
+/// waits until its containers are ready.
+async fn ready_pod(cluster: &Cluster, pods: &Api<Pod>, json: serde_json::Value) {
+    let pod: Pod = serde_json::from_value(json).unwrap();
+    let name = pod.metadata.name.clone().unwrap();
+    pods.create(&PostParams::default(), &pod).await.unwrap();
+    cluster.bind_pod("default", &name, "k1").await.unwrap();
+    wait_for("the pod ready", Duration::from_secs(60), async || {
+        let p = pods.get(&name).await.ok()?;
+        let s = p.status?;
+        (s.container_statuses?.iter().all(|c| c.ready)).then_some(())
+    })
+    .await;
+}
+
 /// kubectl through the apiserver, as users run it: `logs` and `logs -f`, `exec` over
 /// SPDY/3.1 (what apiservers before 1.36 speak to kubelets) and over WebSocket, with
 /// exit codes, stdin and a terminal, `attach` (output) over both, and `port-forward`
@@ -835,21 +850,17 @@ async fn kubectl_logs_exec_and_port_forward_reach_the_node_through_the_apiserver
     node.start_agent(&cluster, &fwd.url, &[]).unwrap();
     let admin = cluster.admin().await.unwrap();
     let pods: Api<Pod> = Api::namespaced(admin.clone(), "default");
-    let pod: Pod = serde_json::from_value(serde_json::json!({
-        "metadata": {"name": "shell"},
-        "spec": {"terminationGracePeriodSeconds": 1, "containers": [
-            {"name": "c", "image": "busybox:1.36", "command": ["sh", "-c",
-             "echo started; i=0; while true; do echo tick $i; i=$((i+1)); sleep 0.2; done"]},
-            {"name": "echo", "image": "busybox:1.36", "command": ["nc", "-ll", "-p", "8080", "-e", "cat"]}]},
-    }))
-    .unwrap();
-    pods.create(&PostParams::default(), &pod).await.unwrap();
-    cluster.bind_pod("default", "shell", "k1").await.unwrap();
-    wait_for("the pod running", Duration::from_secs(60), async || {
-        let p = pods.get("shell").await.ok()?;
-        let s = p.status?;
-        (s.container_statuses?.iter().all(|c| c.ready)).then_some(())
-    })
+    ready_pod(
+        &cluster,
+        &pods,
+        serde_json::json!({
+            "metadata": {"name": "shell"},
+            "spec": {"terminationGracePeriodSeconds": 1, "containers": [
+                {"name": "c", "image": "busybox:1.36", "command": ["sh", "-c",
+                 "echo started; i=0; while true; do echo tick $i; i=$((i+1)); sleep 0.2; done"]},
+                {"name": "echo", "image": "busybox:1.36", "command": ["nc", "-ll", "-p", "8080", "-e", "cat"]}]},
+        }),
+    )
     .await;
 
     // kubectl logs, and logs -f until a few ticks arrive.
@@ -1040,20 +1051,16 @@ async fn kubectl_logs_exec_and_port_forward_reach_the_node_through_the_apiserver
     // transports: the input reaches it, its echo comes back, and the end of the
     // session closes its stdin, so cat ends and so does the attach, with its code.
     for (name, ws) in [("reader-spdy", "false"), ("reader-ws", "true")] {
-        let pod: Pod = serde_json::from_value(serde_json::json!({
-            "metadata": {"name": name},
-            "spec": {"restartPolicy": "Never", "terminationGracePeriodSeconds": 1, "containers": [
-                {"name": "cat", "image": "busybox:1.36", "command": ["cat"],
-                 "stdin": true, "stdinOnce": true}]},
-        }))
-        .unwrap();
-        pods.create(&PostParams::default(), &pod).await.unwrap();
-        cluster.bind_pod("default", name, "k1").await.unwrap();
-        wait_for("the reader running", Duration::from_secs(60), async || {
-            let p = pods.get(name).await.ok()?;
-            let s = p.status?;
-            (s.container_statuses?.iter().all(|c| c.ready)).then_some(())
-        })
+        ready_pod(
+            &cluster,
+            &pods,
+            serde_json::json!({
+                "metadata": {"name": name},
+                "spec": {"restartPolicy": "Never", "terminationGracePeriodSeconds": 1, "containers": [
+                    {"name": "cat", "image": "busybox:1.36", "command": ["cat"],
+                     "stdin": true, "stdinOnce": true}]},
+            }),
+        )
         .await;
         let mut attach = Kubectl(
             kubectl(
@@ -1098,19 +1105,15 @@ async fn kubectl_logs_exec_and_port_forward_reach_the_node_through_the_apiserver
     // attach -it to a container with `stdin: true, tty: true` (a shell), from a terminal
     // (script(1)): the shell sees the size kubectl sent, its output comes back, and
     // `exit` ends it and the attach.
-    let pod: Pod = serde_json::from_value(serde_json::json!({
-        "metadata": {"name": "term"},
-        "spec": {"restartPolicy": "Never", "terminationGracePeriodSeconds": 1, "containers": [
-            {"name": "sh", "image": "busybox:1.36", "command": ["sh"], "stdin": true, "tty": true}]},
-    }))
-    .unwrap();
-    pods.create(&PostParams::default(), &pod).await.unwrap();
-    cluster.bind_pod("default", "term", "k1").await.unwrap();
-    wait_for("the shell running", Duration::from_secs(60), async || {
-        let p = pods.get("term").await.ok()?;
-        let s = p.status?;
-        (s.container_statuses?.iter().all(|c| c.ready)).then_some(())
-    })
+    ready_pod(
+        &cluster,
+        &pods,
+        serde_json::json!({
+            "metadata": {"name": "term"},
+            "spec": {"restartPolicy": "Never", "terminationGracePeriodSeconds": 1, "containers": [
+                {"name": "sh", "image": "busybox:1.36", "command": ["sh"], "stdin": true, "tty": true}]},
+        }),
+    )
     .await;
     let line = format!(
         "stty cols 91 rows 17; kubectl --kubeconfig {} attach -it term -c sh",

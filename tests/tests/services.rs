@@ -299,17 +299,17 @@ async fn cluster_ips_are_balanced_by_the_socket_hooks() {
         .unwrap();
 
     let services: Api<Service> = Api::namespaced(admin.clone(), "default");
-    let svc: Service = serde_json::from_value(serde_json::json!({
-        "metadata": {"name": "web"},
-        "spec": {"selector": {"app": "web"}, "ports": [
-            {"name": "http", "port": 80, "targetPort": 8080, "protocol": "TCP"},
-            {"name": "dns", "port": 53, "targetPort": 5353, "protocol": "UDP"},
-        ]},
-    }))
-    .unwrap();
-    let svc = services.create(&PostParams::default(), &svc).await.unwrap();
-    let cluster_ip: Ipv4Addr = svc.spec.unwrap().cluster_ip.unwrap().parse().unwrap();
-    cluster.sync_endpointslice("default", "web").await.unwrap();
+    let cluster_ip = create_service(
+        &cluster,
+        serde_json::json!({
+            "metadata": {"name": "web"},
+            "spec": {"selector": {"app": "web"}, "ports": [
+                {"name": "http", "port": 80, "targetPort": 8080, "protocol": "TCP"},
+                {"name": "dns", "port": 53, "targetPort": 5353, "protocol": "UDP"},
+            ]},
+        }),
+    )
+    .await;
 
     // From a pod: both backends answer over TCP and UDP; the socket shows the service.
     let cg = nodes[0].cgroup().join("client");
@@ -625,15 +625,15 @@ async fn cluster_ips_are_balanced_by_the_socket_hooks() {
             .unwrap();
     }
     for (name, distribution) in [("near", "PreferSameNode"), ("zonal", "PreferSameZone")] {
-        let svc: Service = serde_json::from_value(serde_json::json!({
-            "metadata": {"name": name},
-            "spec": {"selector": {"app": "web"}, "trafficDistribution": distribution,
-                     "ports": [{"name": "http", "port": 80, "targetPort": 8080, "protocol": "TCP"}]},
-        }))
-        .unwrap();
-        let svc = services.create(&PostParams::default(), &svc).await.unwrap();
-        let ip: Ipv4Addr = svc.spec.unwrap().cluster_ip.unwrap().parse().unwrap();
-        cluster.sync_endpointslice("default", name).await.unwrap();
+        let ip = create_service(
+            &cluster,
+            serde_json::json!({
+                "metadata": {"name": name},
+                "spec": {"selector": {"app": "web"}, "trafficDistribution": distribution,
+                         "ports": [{"name": "http", "port": 80, "targetPort": 8080, "protocol": "TCP"}]},
+            }),
+        )
+        .await;
         let picked = wait_for(
             &format!("{name} answering"),
             Duration::from_secs(30),
@@ -1035,18 +1035,17 @@ async fn kill_9_of_the_agent_breaks_no_stream() {
     let (_, client_ns) = sleeping_pod(&cluster, &pods, &node, "client")
         .await
         .unwrap();
-    let services: Api<Service> = Api::namespaced(admin.clone(), "default");
-    let svc: Service = serde_json::from_value(serde_json::json!({
-        "metadata": {"name": "echo"},
-        "spec": {"selector": {"app": "echo"}, "ports": [
-            {"name": "tcp", "port": 7, "targetPort": 7000, "protocol": "TCP"},
-            {"name": "udp", "port": 7, "targetPort": 7000, "protocol": "UDP"},
-        ]},
-    }))
-    .unwrap();
-    let svc = services.create(&PostParams::default(), &svc).await.unwrap();
-    let ip: Ipv4Addr = svc.spec.unwrap().cluster_ip.unwrap().parse().unwrap();
-    cluster.sync_endpointslice("default", "echo").await.unwrap();
+    let ip = create_service(
+        &cluster,
+        serde_json::json!({
+            "metadata": {"name": "echo"},
+            "spec": {"selector": {"app": "echo"}, "ports": [
+                {"name": "tcp", "port": 7, "targetPort": 7000, "protocol": "TCP"},
+                {"name": "udp", "port": 7, "targetPort": 7000, "protocol": "UDP"},
+            ]},
+        }),
+    )
+    .await;
     let client_cg = node.cgroup().join("client");
     std::fs::create_dir_all(&client_cg).unwrap();
     // New connections: both backends answer.
@@ -1207,10 +1206,7 @@ async fn outside_traffic_reaches_services_through_the_tc_programs() {
                      "loadBalancerSourceRanges": ["198.18.0.0/24"],
                      "ports": [{"name": "http", "port": 80, "targetPort": 8081, "nodePort": 30083}]}}),
     ] {
-        let svc: Service = serde_json::from_value(spec).unwrap();
-        let name = svc.metadata.name.clone().unwrap();
-        services.create(&PostParams::default(), &svc).await.unwrap();
-        cluster.sync_endpointslice("default", &name).await.unwrap();
+        create_service(&cluster, spec).await;
     }
     let bridge = PathBuf::from(format!("/run/netns/{}", lab.bridge_netns()));
     let addresses: Vec<Ipv4Addr> = nodes.iter().map(|n| n.address).collect();
@@ -1693,6 +1689,18 @@ async fn a_thousand_endpoint_changes_leave_no_traffic_on_removed_backends() {
     );
 }
 
+/// Creates the Service described by `json` in namespace default and its EndpointSlice
+/// (the kit's controller, from the pods its selector picks); its ClusterIP.
+async fn create_service(cluster: &Cluster, json: serde_json::Value) -> Ipv4Addr {
+    let admin = cluster.admin().await.unwrap();
+    let services: Api<Service> = Api::namespaced(admin, "default");
+    let svc: Service = serde_json::from_value(json).unwrap();
+    let name = svc.metadata.name.clone().unwrap();
+    let svc = services.create(&PostParams::default(), &svc).await.unwrap();
+    cluster.sync_endpointslice("default", &name).await.unwrap();
+    svc.spec.unwrap().cluster_ip.unwrap().parse().unwrap()
+}
+
 /// Rewrites the conditions of the endpoints of the named pods in EndpointSlice `slice`
 /// (namespace default): (pod, ready, serving, terminating).
 async fn set_conditions(
@@ -1756,7 +1764,6 @@ async fn internal_traffic_policy_and_the_terminating_fallback() {
     let pods: Api<Pod> = Api::namespaced(admin.clone(), "default");
     backend(&cluster, &pods, &nodes[0], "web-a").await;
     backend(&cluster, &pods, &nodes[1], "web-b").await;
-    let services: Api<Service> = Api::namespaced(admin.clone(), "default");
     let mut ips = Vec::new();
     for (name, extra) in [
         (
@@ -1771,19 +1778,13 @@ async fn internal_traffic_policy_and_the_terminating_fallback() {
         spec.as_object_mut()
             .unwrap()
             .extend(extra.as_object().unwrap().clone());
-        let svc: Service =
-            serde_json::from_value(serde_json::json!({"metadata": {"name": name}, "spec": spec}))
-                .unwrap();
-        let svc = services.create(&PostParams::default(), &svc).await.unwrap();
         ips.push(
-            svc.spec
-                .unwrap()
-                .cluster_ip
-                .unwrap()
-                .parse::<Ipv4Addr>()
-                .unwrap(),
+            create_service(
+                &cluster,
+                serde_json::json!({"metadata": {"name": name}, "spec": spec}),
+            )
+            .await,
         );
-        cluster.sync_endpointslice("default", name).await.unwrap();
     }
     let (itp, term) = (ips[0], ips[1]);
     let reaches = async |node: &SimNode, ip: Ipv4Addr, want: &[&str], what: &str| {
