@@ -165,7 +165,7 @@ pub async fn run_exec(
     mut input: tokio::sync::mpsc::Receiver<Input>,
     output: tokio::sync::mpsc::Sender<Output>,
 ) -> Result<i32, String> {
-    use crate::runtime::exec::{StreamMode, TtyFrame};
+    use crate::runtime::exec::StreamMode;
     // A terminal is allocated by the helper inside the container (so the command's
     // `tty` names it) and relayed: input, sizes and the end of input go to the
     // helper's stdin as frames.
@@ -244,9 +244,8 @@ pub async fn run_exec(
             None => input.recv().await,
         } {
             let bytes = match (i, tty) {
-                (Input::Stdin(d), true) if wants_stdin => TtyFrame::Data(d).encode(),
-                (Input::Resize { width, height }, true) => TtyFrame::Resize(width, height).encode(),
-                (Input::StdinEnd, true) => TtyFrame::End.encode(),
+                (Input::Stdin(_), true) if !wants_stdin => continue,
+                (i, true) => terminal_frame(i),
                 (Input::Stdin(d), false) => d,
                 (Input::StdinEnd, false) => {
                     // EOF for the pipe.
@@ -324,6 +323,18 @@ pub fn attach_job(
     })
 }
 
+/// Client input for a terminal relay (exec `-t`, attach to a `tty: true` container),
+/// encoded as the relay reads it.
+fn terminal_frame(i: Input) -> Vec<u8> {
+    use crate::runtime::exec::TtyFrame;
+    match i {
+        Input::Stdin(d) => TtyFrame::Data(d),
+        Input::Resize { width, height } => TtyFrame::Resize(width, height),
+        Input::StdinEnd => TtyFrame::End,
+    }
+    .encode()
+}
+
 /// The client's input into an attach session; its end (or the client's going) ends
 /// the session, which for `stdinOnce` closes the container's stdin.
 async fn feed_stdin(
@@ -331,15 +342,12 @@ async fn feed_stdin(
     mut conn: tokio::net::UnixStream,
     terminal: bool,
 ) {
-    use crate::runtime::exec::TtyFrame;
     while let Some(i) = input.recv().await {
         let bytes = match (i, terminal) {
             (Input::Stdin(b), false) => b,
             (Input::StdinEnd, false) => break,
             (Input::Resize { .. }, false) => continue,
-            (Input::Stdin(b), true) => TtyFrame::Data(b).encode(),
-            (Input::Resize { width, height }, true) => TtyFrame::Resize(width, height).encode(),
-            (Input::StdinEnd, true) => TtyFrame::End.encode(),
+            (i, true) => terminal_frame(i),
         };
         if conn.write_all(&bytes).await.is_err() {
             return;

@@ -539,7 +539,8 @@ pub fn plan(
     let mut sets = Vec::new();
     let mut swaps = Vec::new();
     let mut deletes = Vec::new();
-    let slot_members = |slot: u32, count: u32| -> Option<Vec<Backend>> {
+    // A slot's entries in order, if every one of them is there.
+    let slot_entries = |slot: u32, count: u32| -> Option<Vec<Backend>> {
         (0..count)
             .map(|i| backends.get(&BackendKey { slot, index: i }).copied())
             .collect()
@@ -566,7 +567,7 @@ pub fn plan(
     for (key, front) in want {
         let list: Vec<Backend> = slot_list(front);
         if let Some(cur) = services.get(key)
-            && slot_members(cur.slot, cur.count).as_deref() == Some(list.as_slice())
+            && slot_entries(cur.slot, cur.count).as_deref() == Some(list.as_slice())
         {
             live_slots.insert(cur.slot);
             if cur.affinity_timeout != front.affinity_timeout || cur.flags != front.flags {

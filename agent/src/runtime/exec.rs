@@ -218,6 +218,18 @@ impl TtyFrame {
         out
     }
 
+    /// Gives the frame to the terminal whose master is `master`: input written, the
+    /// window resized, the end as ^D (as a terminal's user ends input).
+    pub fn apply(self, master: &std::os::fd::OwnedFd) -> Result<(), nix::errno::Errno> {
+        use std::os::fd::AsFd as _;
+        match self {
+            Self::Data(d) => write_all_fd(master, &d),
+            Self::End => write_all_fd(master, &[4]),
+            Self::Resize(cols, rows) => sys::process::set_window_size(master.as_fd(), cols, rows)
+                .map_err(|_| nix::errno::Errno::EIO),
+        }
+    }
+
     /// The frames at the start of `buf`, which keeps what is not whole yet.
     pub fn decode(buf: &mut Vec<u8>) -> Vec<Self> {
         let mut out = Vec::new();
@@ -355,15 +367,7 @@ fn relay(master: &std::os::fd::OwnedFd) {
                 Ok(n) => {
                     pending.extend_from_slice(&buf[..n]);
                     for f in TtyFrame::decode(&mut pending) {
-                        let written = match f {
-                            TtyFrame::Data(d) => write_all_fd(master, &d),
-                            TtyFrame::End => write_all_fd(master, &[4]),
-                            TtyFrame::Resize(cols, rows) => {
-                                sys::process::set_window_size(master.as_fd(), cols, rows)
-                                    .map_err(|_| nix::errno::Errno::EIO)
-                            }
-                        };
-                        if written.is_err() {
+                        if f.apply(master).is_err() {
                             return;
                         }
                     }

@@ -424,7 +424,6 @@ fn receive_master(listener: &std::os::unix::net::UnixListener) -> anyhow::Result
 fn relay_terminal(listener: &std::os::unix::net::UnixListener, master: OwnedFd, once: bool) {
     use crate::runtime::exec::TtyFrame;
     use std::io::Read as _;
-    let mut out = std::fs::File::from(master);
     for session in listener.incoming() {
         let Ok(mut session) = session else { continue };
         let mut pending = Vec::new();
@@ -436,15 +435,7 @@ fn relay_terminal(listener: &std::os::unix::net::UnixListener, master: OwnedFd, 
             };
             pending.extend_from_slice(&buf[..n]);
             for f in TtyFrame::decode(&mut pending) {
-                let done = match f {
-                    TtyFrame::Data(d) => std::io::Write::write_all(&mut out, &d).is_err(),
-                    TtyFrame::Resize(cols, rows) => {
-                        sys::process::set_window_size(out.as_fd(), cols, rows).is_err()
-                    }
-                    // ^D, as a terminal's user ends input.
-                    TtyFrame::End => std::io::Write::write_all(&mut out, &[4]).is_err(),
-                };
-                if done {
+                if f.apply(&master).is_err() {
                     tracing::info!("terminal relay ended: the container closed its terminal");
                     return;
                 }
