@@ -4,7 +4,7 @@
 //! pod behind an overlay peer (the peer's node, VTEP, public IP, whether its route,
 //! neighbour and FDB entries are in place, its last probe).
 
-use std::net::{Ipv4Addr, SocketAddrV4};
+use std::net::{IpAddr, SocketAddr};
 use std::path::Path;
 
 use serde_json::{Value, json};
@@ -22,7 +22,7 @@ pub struct Sources<'a> {
 }
 
 /// Where an address lives, as far as this node can tell.
-fn locate(src: &Sources<'_>, ip: Ipv4Addr, overlay: &Value) -> Value {
+fn locate(src: &Sources<'_>, ip: IpAddr, overlay: &Value) -> Value {
     for p in crate::standalone::recorded_pods(src.state_dir) {
         if p["status"]["podIP"].as_str() == Some(ip.to_string().as_str()) {
             let uid = p["metadata"]["uid"].as_str().unwrap_or("").to_string();
@@ -45,10 +45,14 @@ fn locate(src: &Sources<'_>, ip: Ipv4Addr, overlay: &Value) -> Value {
         }
     }
     for peer in overlay["peers"].as_array().into_iter().flatten() {
-        let inside = peer["podCidr"]
-            .as_str()
-            .and_then(|c| c.parse::<Ipv4Net>().ok())
-            .is_some_and(|c| c.contains(ip));
+        // The overlay carries IPv4 pod networks.
+        let inside = match ip {
+            IpAddr::V4(ip) => peer["podCidr"]
+                .as_str()
+                .and_then(|c| c.parse::<Ipv4Net>().ok())
+                .is_some_and(|c| c.contains(ip)),
+            IpAddr::V6(_) => false,
+        };
         if inside && peer["node"] != "" {
             return json!({
                 "where": format!("node {}", peer["node"].as_str().unwrap_or("")),
@@ -71,9 +75,9 @@ fn frontends(
         >,
         std::collections::BTreeMap<kernlet_ebpf_common::BackendKey, kernlet_ebpf_common::Backend>,
     ),
-    ip: Ipv4Addr,
+    ip: IpAddr,
     port: Option<u16>,
-) -> Vec<(String, Vec<SocketAddrV4>)> {
+) -> Vec<(String, Vec<SocketAddr>)> {
     let (services, backends) = maps;
     services
         .iter()
@@ -87,7 +91,11 @@ fn frontends(
                     .map(|(b, _)| backend_addr(b))
                     .collect();
                 (
-                    format!("{fip}:{fport}/{}", if proto == 17 { "UDP" } else { "TCP" }),
+                    format!(
+                        "{}/{}",
+                        SocketAddr::new(fip, fport),
+                        if proto == 17 { "UDP" } else { "TCP" }
+                    ),
                     list,
                 )
             })
@@ -96,7 +104,7 @@ fn frontends(
 }
 
 /// The Service `ns/name`'s frontend addresses, from the apiserver.
-async fn service_ips(kubeconfig: &Path, ns: &str, name: &str) -> Result<Vec<Ipv4Addr>, String> {
+async fn service_ips(kubeconfig: &Path, ns: &str, name: &str) -> Result<Vec<IpAddr>, String> {
     let text = std::fs::read_to_string(kubeconfig).map_err(|e| e.to_string())?;
     let client = crate::client::from_kubeconfig_text(&text).await?;
     let api: kube::Api<k8s_openapi::api::core::v1::Service> = kube::Api::namespaced(client, ns);
@@ -105,7 +113,7 @@ async fn service_ips(kubeconfig: &Path, ns: &str, name: &str) -> Result<Vec<Ipv4
         .map_err(|_| "the apiserver did not answer within 5 s".to_string())?
         .map_err(|e| e.to_string())?;
     let spec = svc.spec.unwrap_or_default();
-    let mut ips: Vec<Ipv4Addr> = spec
+    let mut ips: Vec<IpAddr> = spec
         .cluster_ips
         .unwrap_or_default()
         .iter()
@@ -123,19 +131,19 @@ pub async fn explain(target: &str, src: &Sources<'_>) -> Result<Value, String> {
         .await
         .unwrap_or_else(|e| json!({"peers": [], "unavailable": e}));
     let maps = crate::sys::lb::read_pinned(&src.bpffs_dir.join("lb")).ok();
-    let describe = |fronts: Vec<(String, Vec<SocketAddrV4>)>| -> Value {
+    let describe = |fronts: Vec<(String, Vec<SocketAddr>)>| -> Value {
         json!(fronts
             .into_iter()
             .map(|(f, list)| json!({
                 "frontend": f,
-                "backends": list.iter().map(|b| json!({"address": b.to_string(), "at": locate(src, *b.ip(), &overlay)})).collect::<Vec<_>>(),
+                "backends": list.iter().map(|b| json!({"address": b.to_string(), "at": locate(src, b.ip(), &overlay)})).collect::<Vec<_>>(),
             }))
             .collect::<Vec<_>>())
     };
     // ip:port or ip
-    let (ip, port) = match target.parse::<SocketAddrV4>() {
-        Ok(a) => (Some(*a.ip()), Some(a.port())),
-        Err(_) => (target.parse::<Ipv4Addr>().ok(), None),
+    let (ip, port) = match target.parse::<SocketAddr>() {
+        Ok(a) => (Some(a.ip()), Some(a.port())),
+        Err(_) => (target.parse::<IpAddr>().ok(), None),
     };
     if let Some(ip) = ip {
         let fronts = maps

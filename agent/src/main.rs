@@ -294,14 +294,24 @@ struct JoinCmd {
     node: NodeArgs,
 }
 
+/// `--node-ip`: one address or a dual-stack pair.
+#[derive(Clone, Debug)]
+struct NodeIps(Vec<IpAddr>);
+
+fn node_ips_arg(s: &str) -> Result<NodeIps, String> {
+    node::parse_node_ips(s).map(NodeIps)
+}
+
 #[derive(clap::Args, Debug)]
 struct NodeArgs {
     /// Node name (default: the hostname, lowercase).
     #[arg(long)]
     node_name: Option<String>,
-    /// InternalIP to report (default: the address of the default-route interface).
-    #[arg(long)]
-    node_ip: Option<IpAddr>,
+    /// InternalIP to report (default: the address of the default-route interface); a
+    /// dual-stack node gives an IPv4 and an IPv6 address, `v4,v6` (the first is the
+    /// primary). NodePorts are served on each.
+    #[arg(long, value_parser = node_ips_arg)]
+    node_ip: Option<NodeIps>,
     /// Labels to register the node with, `key=value,...` (only those a node may set).
     #[arg(long, default_value = "")]
     node_labels: String,
@@ -859,6 +869,8 @@ fn run_standalone(args: &RunArgs) -> anyhow::Result<()> {
     let node_ip = args
         .node
         .node_ip
+        .as_ref()
+        .map(|ips| ips.0[0])
         .or_else(|| kernlet::sys::machine::default_route_ipv4().map(IpAddr::V4))
         .unwrap_or(IpAddr::from([127, 0, 0, 1]));
     if let Some(cidr) = args.node.pod_cidr {
@@ -1261,8 +1273,9 @@ fn prepare_node(args: &NodeArgs) -> anyhow::Result<PreparedNode> {
         !name.is_empty(),
         "cannot tell the node name from the hostname; pass --node-name"
     );
-    let internal_ip = match args.node_ip {
-        Some(ip) => ip,
+    let secondary_ip = args.node_ip.as_ref().and_then(|ips| ips.0.get(1).copied());
+    let internal_ip = match &args.node_ip {
+        Some(ips) => ips.0[0],
         None => IpAddr::V4(
             kernlet::sys::machine::default_route_ipv4()
                 .context("no IPv4 default route to take the node address from; pass --node-ip")?,
@@ -1273,6 +1286,7 @@ fn prepare_node(args: &NodeArgs) -> anyhow::Result<PreparedNode> {
     let cfg = NodeConfig {
         name,
         internal_ip,
+        secondary_ip,
         labels,
         taints,
         max_pods: args.max_pods,
@@ -1286,12 +1300,13 @@ fn prepare_node(args: &NodeArgs) -> anyhow::Result<PreparedNode> {
         status_report: Duration::from_secs(args.node_status_report_frequency.max(1)),
     };
     let overlay_node = cfg.name.clone();
+    let node_ips = cfg.node_ips();
     let api = kernlet::api::ApiConfig {
         address: std::net::SocketAddr::new(args.address, args.port),
         healthz: (args.healthz_port != 0)
             .then(|| std::net::SocketAddr::new(args.healthz_bind_address, args.healthz_port)),
         node: cfg.name.clone(),
-        node_ips: vec![cfg.internal_ip],
+        node_ips: cfg.node_ips(),
         state_dir: args.dirs.state_dir.clone(),
         client_ca_pem: Vec::new(),
         anonymous: args.anonymous_auth,
@@ -1324,10 +1339,7 @@ fn prepare_node(args: &NodeArgs) -> anyhow::Result<PreparedNode> {
             false => None,
             true => Some(kernlet::controllers::services::ServiceProxyConfig {
                 node: overlay_node.clone(),
-                node_ips: match internal_ip {
-                    IpAddr::V4(ip) => vec![ip],
-                    IpAddr::V6(_) => Vec::new(),
-                },
+                node_ips: node_ips.clone(),
                 pin_dir: args.dirs.bpffs_dir.join("lb"),
                 cgroup: match &args.service_cgroup {
                     Some(c) => c.clone(),
@@ -1347,9 +1359,9 @@ fn prepare_node(args: &NodeArgs) -> anyhow::Result<PreparedNode> {
             None => None,
             Some(cluster_cidr) => Some(kernlet::controllers::overlay::OverlayConfig {
                 node: overlay_node,
-                public_ip: match internal_ip {
-                    IpAddr::V4(ip) => ip,
-                    IpAddr::V6(_) => anyhow::bail!(
+                public_ip: match node_ips.iter().find(|ip| ip.is_ipv4()) {
+                    Some(IpAddr::V4(ip)) => *ip,
+                    _ => anyhow::bail!(
                         "the overlay needs an IPv4 node address; pass --node-ip with an IPv4 address"
                     ),
                 },

@@ -785,7 +785,9 @@ async fn cluster_ips_are_balanced_by_the_socket_hooks() {
             "kl_lb_recvmsg6",
             "kl_lb_sendmsg4",
             "kl_lb_sendmsg6"
-        ]
+        ],
+        "the kernlet log: {}",
+        nodes[0].kernlet_log()
     );
     let view: serde_json::Value =
         serde_json::from_str(&services_view(&nodes[0], false, true)).unwrap();

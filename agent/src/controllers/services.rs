@@ -4,7 +4,7 @@
 //! load-balancer maps hold and the difference is written ([`crate::sys::lb::sync`]).
 
 use std::collections::BTreeMap;
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -24,7 +24,7 @@ use crate::sys::lb::{BpfLb, LbTable};
 pub struct ServiceProxyConfig {
     pub node: String,
     /// The node's addresses (NodePorts are served on them).
-    pub node_ips: Vec<Ipv4Addr>,
+    pub node_ips: Vec<std::net::IpAddr>,
     /// The bpffs directory the maps and program links are pinned in.
     pub pin_dir: PathBuf,
     /// The cgroup whose processes (and their descendants') socket calls are translated.
@@ -113,8 +113,13 @@ impl HealthServers {
                 tx.send_replace(state);
                 continue;
             }
-            let listener = match tokio::net::TcpListener::bind((Ipv4Addr::UNSPECIFIED, port)).await
-            {
+            // Both families where the node has IPv6 (a `::` socket takes IPv4 too),
+            // else IPv4 alone.
+            let bound = match tokio::net::TcpListener::bind((Ipv6Addr::UNSPECIFIED, port)).await {
+                Ok(l) => Ok(l),
+                Err(_) => tokio::net::TcpListener::bind((Ipv4Addr::UNSPECIFIED, port)).await,
+            };
+            let listener = match bound {
                 Ok(l) => l,
                 Err(e) => {
                     tracing::warn!(
@@ -157,7 +162,7 @@ async fn serve_health(
 }
 
 /// The backends of the UDP frontends the maps hold.
-fn udp_backends(t: &mut dyn LbTable) -> std::collections::BTreeSet<std::net::SocketAddrV4> {
+fn udp_backends(t: &mut dyn LbTable) -> std::collections::BTreeSet<std::net::SocketAddr> {
     let (Ok(services), Ok(backends)) = (t.services(), t.backends()) else {
         return Default::default();
     };
@@ -179,7 +184,7 @@ fn udp_backends(t: &mut dyn LbTable) -> std::collections::BTreeSet<std::net::Soc
 
 /// Closes the UDP sockets connected to `gone` backends, on the node and in every pod's
 /// network namespace, so their clients reconnect to a live backend.
-fn close_udp_to(run_dir: &std::path::Path, gone: &[std::net::SocketAddrV4]) {
+fn close_udp_to(run_dir: &std::path::Path, gone: &[std::net::SocketAddr]) {
     let pods = std::fs::read_dir(run_dir.join("pods"))
         .into_iter()
         .flatten()
@@ -347,7 +352,7 @@ pub async fn run(
         let frontends = want.len();
         let t = Arc::clone(&table);
         let run_dir = cfg.run_dir.clone();
-        let node_ips: Vec<std::net::IpAddr> = cfg.node_ips.iter().map(|ip| (*ip).into()).collect();
+        let node_ips = cfg.node_ips.clone();
         let iface = cfg.iface.clone();
         let result = tokio::task::spawn_blocking(move || {
             let mut t = t
@@ -356,7 +361,7 @@ pub async fn run(
             let before = udp_backends(&mut *t);
             let n = program(&mut *t as &mut dyn LbTable, &want)?;
             let after = udp_backends(&mut *t);
-            let gone: Vec<std::net::SocketAddrV4> = before.difference(&after).copied().collect();
+            let gone: Vec<std::net::SocketAddr> = before.difference(&after).copied().collect();
             if !gone.is_empty() {
                 close_udp_to(&run_dir, &gone);
                 if let Err(e) = t.forget_udp_flows(&gone) {
@@ -493,7 +498,10 @@ mod tests {
                     .into(),
                     ..Default::default()
                 };
-                (service_key(Ipv4Addr::new(10, 96, 1, i), 80, 6), front)
+                (
+                    service_key(Ipv4Addr::new(10, 96, 1, i).into(), 80, 6),
+                    front,
+                )
             })
             .collect()
     }

@@ -21,7 +21,10 @@ fn mix(mut z: u64) -> u64 {
 /// A backend's identity for hashing: address and port only (whether it is local
 /// differs from node to node; the table must not).
 fn identity(b: &Backend) -> u64 {
-    (u64::from(b.addr) << 16) | u64::from(b.port)
+    let a = &b.addr;
+    let words =
+        (u64::from(a[0]) << 32 | u64::from(a[1])) ^ mix(u64::from(a[2]) << 32 | u64::from(a[3]));
+    mix(words) ^ u64::from(b.port)
 }
 
 /// The lookup table for `backends` (in the order given: callers pass them sorted, so
@@ -97,11 +100,12 @@ mod tests {
         // Whether a backend is local to the node does not change the table.
         let mut flagged = all.clone();
         flagged[2].flags = kernlet_ebpf_common::BACKEND_LOCAL;
-        let t: Vec<(u32, u16)> = table(&flagged, TABLE_SIZE)
+        let t: Vec<(kernlet_ebpf_common::Addr, u16)> = table(&flagged, TABLE_SIZE)
             .iter()
             .map(|b| (b.addr, b.port))
             .collect();
-        let u: Vec<(u32, u16)> = before.iter().map(|b| (b.addr, b.port)).collect();
+        let u: Vec<(kernlet_ebpf_common::Addr, u16)> =
+            before.iter().map(|b| (b.addr, b.port)).collect();
         assert_eq!(t, u);
         let gone = all[3];
         let rest: Vec<Backend> = all.iter().copied().filter(|b| *b != gone).collect();

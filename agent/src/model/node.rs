@@ -38,6 +38,8 @@ pub fn declared_features(apiserver_minor: Option<u32>) -> Option<Vec<&'static st
 pub struct NodeConfig {
     pub name: String,
     pub internal_ip: IpAddr,
+    /// The other family's address of a dual-stack node (`--node-ip v4,v6`).
+    pub secondary_ip: Option<IpAddr>,
     /// Labels from `--node-labels`, on top of the well-known ones.
     pub labels: BTreeMap<String, String>,
     /// `key=value:Effect` or `key:Effect` from `--register-with-taints`.
@@ -48,6 +50,38 @@ pub struct NodeConfig {
     pub reserved: Reserved,
     /// The apiserver's minor version, when it could be read.
     pub apiserver_minor: Option<u32>,
+}
+
+impl NodeConfig {
+    /// The node's addresses: the primary one first.
+    pub fn node_ips(&self) -> Vec<IpAddr> {
+        std::iter::once(self.internal_ip)
+            .chain(self.secondary_ip)
+            .collect()
+    }
+}
+
+/// `--node-ip`: one address, or two of different families (dual-stack, the first the
+/// primary), as kubelet takes it.
+pub fn parse_node_ips(s: &str) -> Result<Vec<IpAddr>, String> {
+    let ips: Vec<IpAddr> = s
+        .split(',')
+        .map(|p| {
+            p.trim()
+                .parse()
+                .map_err(|_| format!("--node-ip: {:?} is not an IP address", p.trim()))
+        })
+        .collect::<Result<_, _>>()?;
+    match ips.as_slice() {
+        [_] => Ok(ips),
+        [a, b] if a.is_ipv4() != b.is_ipv4() => Ok(ips),
+        [_, _] => Err(format!(
+            "--node-ip {s}: two addresses must be one IPv4 and one IPv6 (dual-stack)"
+        )),
+        _ => Err(format!(
+            "--node-ip {s}: give one address, or an IPv4 and an IPv6 one separated by a comma"
+        )),
+    }
 }
 
 /// Resources reserved for the system and for kernlet itself.
@@ -307,10 +341,10 @@ pub fn status(
         json!({"type": ty, "status": status, "reason": reason, "message": message, "lastHeartbeatTime": now, "lastTransitionTime": transition})
     };
     json!({
-        "addresses": [
-            {"type": "InternalIP", "address": cfg.internal_ip.to_string()},
-            {"type": "Hostname", "address": cfg.name},
-        ],
+        "addresses": cfg.node_ips().iter()
+            .map(|ip| json!({"type": "InternalIP", "address": ip.to_string()}))
+            .chain([json!({"type": "Hostname", "address": cfg.name})])
+            .collect::<Vec<_>>(),
         "capacity": capacity,
         "allocatable": allocatable,
         "conditions": [
@@ -355,6 +389,7 @@ mod tests {
         NodeConfig {
             name: "klab-r1".into(),
             internal_ip: "198.18.0.121".parse().unwrap(),
+            secondary_ip: None,
             labels: BTreeMap::new(),
             taints: Vec::new(),
             max_pods: 110,
@@ -378,6 +413,41 @@ mod tests {
             boot_id: "b".into(),
             system_uuid: "u".into(),
         }
+    }
+
+    #[test]
+    fn node_ip_takes_one_address_or_a_dual_stack_pair() {
+        let ips = parse_node_ips("198.18.0.121,fd00:198:18::121").unwrap();
+        assert_eq!(ips.len(), 2);
+        assert_eq!(parse_node_ips(" 198.18.0.121 ").unwrap().len(), 1);
+        for bad in [
+            "198.18.0.1,198.18.0.2",
+            "fd00::1,fd00::2",
+            "a.b",
+            "1.2.3.4,fd00::1,5.6.7.8",
+        ] {
+            let e = parse_node_ips(bad).unwrap_err();
+            assert!(e.starts_with("--node-ip"), "{bad}: {e}");
+        }
+        // Both are InternalIPs, the primary first, as kubelet reports a dual-stack node.
+        let dual = NodeConfig {
+            secondary_ip: Some(ips[1]),
+            ..cfg()
+        };
+        let ready = Readiness {
+            ready: true,
+            reason: "KubeletReady".into(),
+            message: String::new(),
+        };
+        let st = status(&dual, &facts(), &ready, &[], "2026-11-26T01:10:34Z");
+        assert_eq!(
+            st["addresses"],
+            json!([
+                {"type": "InternalIP", "address": "198.18.0.121"},
+                {"type": "InternalIP", "address": "fd00:198:18::121"},
+                {"type": "Hostname", "address": "klab-r1"},
+            ])
+        );
     }
 
     #[test]

@@ -4,12 +4,12 @@
 //! service's backends swapped in whole.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::net::{Ipv4Addr, SocketAddrV4};
+use std::net::{IpAddr, Ipv6Addr, SocketAddr};
 
 use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kernlet_ebpf_common::{
-    BACKEND_LOCAL, Backend, BackendKey, SOURCE_RANGE_SERVICE_BITS, SVC_EXTERNAL, SVC_LOCAL,
+    Addr, BACKEND_LOCAL, Backend, BackendKey, SOURCE_RANGE_SERVICE_BITS, SVC_EXTERNAL, SVC_LOCAL,
     SVC_MAGLEV, SVC_SOURCE_RANGES, ServiceKey, ServiceValue, SourceRangeKey,
 };
 
@@ -25,10 +25,31 @@ fn proto_number(p: Option<&str>) -> Option<u8> {
     }
 }
 
+/// An address as the maps hold it (IPv4 as `::ffff:a.b.c.d`, network byte order).
+pub fn map_addr(ip: IpAddr) -> Addr {
+    let v6 = match ip {
+        IpAddr::V4(ip) => ip.to_ipv6_mapped(),
+        IpAddr::V6(ip) => ip,
+    };
+    let o = v6.octets();
+    std::array::from_fn(|i| {
+        u32::from_ne_bytes([o[4 * i], o[4 * i + 1], o[4 * i + 2], o[4 * i + 3]])
+    })
+}
+
+/// A map address as an address (IPv4-mapped ones as IPv4).
+pub fn ip_of(a: &Addr) -> IpAddr {
+    let mut o = [0u8; 16];
+    for (i, w) in a.iter().enumerate() {
+        o[4 * i..4 * i + 4].copy_from_slice(&w.to_ne_bytes());
+    }
+    Ipv6Addr::from(o).to_canonical()
+}
+
 /// A frontend in the maps' byte order.
-pub fn service_key(ip: Ipv4Addr, port: u16, proto: u8) -> ServiceKey {
+pub fn service_key(ip: IpAddr, port: u16, proto: u8) -> ServiceKey {
     ServiceKey {
-        addr: u32::from_ne_bytes(ip.octets()),
+        addr: map_addr(ip),
         port: u16::from_ne_bytes(port.to_be_bytes()),
         proto,
         _pad: 0,
@@ -36,26 +57,23 @@ pub fn service_key(ip: Ipv4Addr, port: u16, proto: u8) -> ServiceKey {
 }
 
 /// A backend in the maps' byte order.
-pub fn backend(addr: SocketAddrV4) -> Backend {
+pub fn backend(addr: SocketAddr) -> Backend {
     Backend {
-        addr: u32::from_ne_bytes(addr.ip().octets()),
+        addr: map_addr(addr.ip()),
         port: u16::from_ne_bytes(addr.port().to_be_bytes()),
         flags: 0,
     }
 }
 
 /// A map backend as an address.
-pub fn backend_addr(b: &Backend) -> SocketAddrV4 {
-    SocketAddrV4::new(
-        Ipv4Addr::from(b.addr.to_ne_bytes()),
-        u16::from_be_bytes(b.port.to_ne_bytes()),
-    )
+pub fn backend_addr(b: &Backend) -> SocketAddr {
+    SocketAddr::new(ip_of(&b.addr), u16::from_be_bytes(b.port.to_ne_bytes()))
 }
 
 /// A map frontend as `(address, port, protocol)`.
-pub fn frontend_of(k: &ServiceKey) -> (Ipv4Addr, u16, u8) {
+pub fn frontend_of(k: &ServiceKey) -> (IpAddr, u16, u8) {
     (
-        Ipv4Addr::from(k.addr.to_ne_bytes()),
+        ip_of(&k.addr),
         u16::from_be_bytes(k.port.to_ne_bytes()),
         k.proto,
     )
@@ -69,26 +87,38 @@ pub struct Frontend {
     pub affinity_timeout: u32,
     /// `SVC_*` bits: reached from outside, externalTrafficPolicy Local, source ranges.
     pub flags: u32,
-    /// `loadBalancerSourceRanges` of a load-balancer IP: (network, prefix length).
-    pub source_ranges: BTreeSet<(Ipv4Addr, u8)>,
+    /// `loadBalancerSourceRanges` of a load-balancer IP: (network, prefix length), of
+    /// the frontend's family.
+    pub source_ranges: BTreeSet<(IpAddr, u8)>,
 }
 
-/// A CIDR `a.b.c.d/n` as (network, prefix length), host bits cleared.
-fn parse_range(s: &str) -> Option<(Ipv4Addr, u8)> {
+/// A CIDR `a.b.c.d/n` or `fd00::/n` as (network, prefix length), host bits cleared.
+fn parse_range(s: &str) -> Option<(IpAddr, u8)> {
     let (ip, len) = s.trim().split_once('/')?;
-    let ip: Ipv4Addr = ip.parse().ok()?;
-    let len: u8 = len.parse().ok().filter(|l| *l <= 32)?;
-    let mask = if len == 0 { 0 } else { u32::MAX << (32 - len) };
-    Some((Ipv4Addr::from(u32::from(ip) & mask), len))
+    let ip: IpAddr = ip.parse().ok()?;
+    let len: u8 = len.parse().ok()?;
+    match ip {
+        IpAddr::V4(ip) if len <= 32 => {
+            let mask = u32::MAX.checked_shl(32 - u32::from(len)).unwrap_or(0);
+            Some((IpAddr::V4((u32::from(ip) & mask).into()), len))
+        }
+        IpAddr::V6(ip) if len <= 128 => {
+            let mask = u128::MAX.checked_shl(128 - u32::from(len)).unwrap_or(0);
+            Some((IpAddr::V6((u128::from(ip) & mask).into()), len))
+        }
+        _ => None,
+    }
 }
 
-/// The source-range key of `range` for frontend `service`, with its prefix length.
-pub fn source_range_key(service: ServiceKey, range: (Ipv4Addr, u8)) -> (u32, SourceRangeKey) {
+/// The source-range key of `range` for frontend `service`, with its prefix length
+/// (an IPv4 range's counted in the mapped address, after its 96 fixed bits).
+pub fn source_range_key(service: ServiceKey, range: (IpAddr, u8)) -> (u32, SourceRangeKey) {
+    let len = u32::from(range.1) + if range.0.is_ipv4() { 96 } else { 0 };
     (
-        SOURCE_RANGE_SERVICE_BITS + u32::from(range.1),
+        SOURCE_RANGE_SERVICE_BITS + len,
         SourceRangeKey {
             service,
-            client: u32::from_ne_bytes(range.0.octets()),
+            client: map_addr(range.0),
         },
     )
 }
@@ -116,10 +146,13 @@ pub fn skipped(svc: &Service) -> Option<&'static str> {
     None
 }
 
-/// The IPv4 EndpointSlices of each Service, by (namespace, service name).
+/// The IPv4 and IPv6 EndpointSlices of each Service, by (namespace, service name).
 fn slices_by_service(slices: &[EndpointSlice]) -> BTreeMap<(&str, &str), Vec<&EndpointSlice>> {
     let mut out: BTreeMap<(&str, &str), Vec<&EndpointSlice>> = BTreeMap::new();
-    for s in slices.iter().filter(|s| s.address_type == "IPv4") {
+    for s in slices
+        .iter()
+        .filter(|s| matches!(s.address_type.as_str(), "IPv4" | "IPv6"))
+    {
         if let Some(name) = s
             .metadata
             .labels
@@ -135,13 +168,15 @@ fn slices_by_service(slices: &[EndpointSlice]) -> BTreeMap<(&str, &str), Vec<&En
 
 /// The frontends the Services describe and the backends of each, for node `node` in
 /// `zone` (its `topology.kubernetes.io/zone` label) with addresses `node_ips`
-/// (NodePorts are served on them).
+/// (NodePorts are served on them). Each frontend gets the backends of its own family
+/// (a dual-stack Service's IPv4 ClusterIP those of its IPv4 slices, its IPv6 one those
+/// of its IPv6 slices).
 pub fn desired(
     services: &[Service],
     slices: &[EndpointSlice],
     node: &str,
     zone: Option<&str>,
-    node_ips: &[Ipv4Addr],
+    node_ips: &[IpAddr],
 ) -> BTreeMap<ServiceKey, Frontend> {
     let mut out: BTreeMap<ServiceKey, Frontend> = BTreeMap::new();
     let by_service = slices_by_service(slices);
@@ -170,7 +205,7 @@ pub fn desired(
         };
         let internal_local = spec.internal_traffic_policy.as_deref() == Some("Local");
         let external_local = spec.external_traffic_policy.as_deref() == Some("Local");
-        let mut cluster_ips: Vec<Ipv4Addr> = spec
+        let mut cluster_ips: Vec<IpAddr> = spec
             .cluster_ips
             .iter()
             .flatten()
@@ -179,13 +214,13 @@ pub fn desired(
             .collect();
         cluster_ips.sort();
         cluster_ips.dedup();
-        let mut frontends_ips: Vec<Ipv4Addr> = spec
+        let mut frontends_ips: Vec<IpAddr> = spec
             .external_ips
             .iter()
             .flatten()
             .filter_map(|ip| ip.parse().ok())
             .collect();
-        let lb_ips: BTreeSet<Ipv4Addr> = svc
+        let lb_ips: BTreeSet<IpAddr> = svc
             .status
             .as_ref()
             .and_then(|s| s.load_balancer.as_ref())
@@ -199,7 +234,7 @@ pub fn desired(
         frontends_ips.dedup();
         // kube-proxy applies loadBalancerSourceRanges to the load-balancer IPs; a range
         // that does not parse is left out (and so is not a way in).
-        let ranges: BTreeSet<(Ipv4Addr, u8)> = spec
+        let ranges: BTreeSet<(IpAddr, u8)> = spec
             .load_balancer_source_ranges
             .iter()
             .flatten()
@@ -213,20 +248,24 @@ pub fn desired(
             let Ok(port) = u16::try_from(sp.port) else {
                 continue;
             };
-            let of = |local| {
-                endpoints_for(
-                    mine,
-                    sp.name.as_deref(),
-                    sp.protocol.as_deref(),
-                    node,
-                    zone,
-                    local,
-                )
-            };
             // ClusterIPs follow internalTrafficPolicy; external IPs, load-balancer IPs
-            // and NodePorts externalTrafficPolicy.
+            // and NodePorts externalTrafficPolicy. Per family: [IPv4, IPv6].
+            let of = |local| {
+                [false, true].map(|v6| {
+                    endpoints_for(
+                        mine,
+                        sp.name.as_deref(),
+                        sp.protocol.as_deref(),
+                        node,
+                        zone,
+                        local,
+                        v6,
+                    )
+                })
+            };
             let internal = of(internal_local);
             let external = of(external_local);
+            let family = |ip: &IpAddr| usize::from(ip.is_ipv6());
             for ip in &cluster_ips {
                 out.entry(service_key(*ip, port, proto))
                     .or_insert_with(|| Frontend {
@@ -234,7 +273,7 @@ pub fn desired(
                         ..Default::default()
                     })
                     .backends
-                    .extend(internal.iter().copied());
+                    .extend(internal[family(ip)].iter().copied());
             }
             for ip in &frontends_ips {
                 let f = out
@@ -243,11 +282,19 @@ pub fn desired(
                         affinity_timeout,
                         ..Default::default()
                     });
-                f.backends.extend(external.iter().copied());
+                f.backends.extend(external[family(ip)].iter().copied());
                 f.flags |= external_flags;
+                // A range of the other family never matches this frontend's clients:
+                // with only such ranges, nobody gets in (as kube-proxy's per-family
+                // rules would have it).
                 if lb_ips.contains(ip) && !ranges.is_empty() {
                     f.flags |= SVC_SOURCE_RANGES;
-                    f.source_ranges.extend(ranges.iter().copied());
+                    f.source_ranges.extend(
+                        ranges
+                            .iter()
+                            .filter(|(net, _)| net.is_ipv6() == ip.is_ipv6())
+                            .copied(),
+                    );
                 }
             }
             if let Some(np) = sp.node_port.and_then(|p| u16::try_from(p).ok()) {
@@ -258,7 +305,7 @@ pub fn desired(
                             affinity_timeout,
                             ..Default::default()
                         });
-                    f.backends.extend(external.iter().copied());
+                    f.backends.extend(external[family(ip)].iter().copied());
                     f.flags |= external_flags;
                 }
             }
@@ -316,7 +363,8 @@ fn topology(cands: &[Candidate], node: &str, zone: Option<&str>) -> Topology {
 
 /// The backends of one service port: the ready endpoints (narrowed by topology hints,
 /// see [`topology`]), or when none is ready the serving and terminating ones
-/// (kube-proxy's fallback); with `local_only`, those on this node only.
+/// (kube-proxy's fallback); with `local_only`, those on this node only. Only the
+/// slices of one family: IPv6 (`v6`) or IPv4.
 fn endpoints_for(
     slices: &[&EndpointSlice],
     port_name: Option<&str>,
@@ -324,11 +372,13 @@ fn endpoints_for(
     node: &str,
     zone: Option<&str>,
     local_only: bool,
+    v6: bool,
 ) -> BTreeSet<Backend> {
     let want_name = port_name.unwrap_or("");
     let want_proto = protocol.unwrap_or("TCP");
+    let want_type = if v6 { "IPv6" } else { "IPv4" };
     let mut cands = Vec::new();
-    for s in slices {
+    for s in slices.iter().filter(|s| s.address_type == want_type) {
         let Some(port) = s.ports.iter().flatten().find(|p| {
             p.name.as_deref().unwrap_or("") == want_name
                 && p.protocol.as_deref().unwrap_or("TCP") == want_proto
@@ -346,11 +396,11 @@ fn endpoints_for(
             let is_terminating = c.terminating.unwrap_or(false);
             let hints = ep.hints.as_ref();
             for a in ep.addresses.iter().take(1) {
-                let Ok(ip) = a.parse::<Ipv4Addr>() else {
+                let Some(ip) = a.parse::<IpAddr>().ok().filter(|ip| ip.is_ipv6() == v6) else {
                     continue;
                 };
                 let on_node = ep.node_name.as_deref() == Some(node);
-                let mut b = backend(SocketAddrV4::new(ip, number));
+                let mut b = backend(SocketAddr::new(ip, number));
                 if on_node {
                     b.flags |= BACKEND_LOCAL;
                 }
@@ -667,7 +717,7 @@ mod tests {
                 continue;
             }
             let spec = svc.spec.as_ref().unwrap();
-            let ip: Ipv4Addr = spec.cluster_ip.as_deref().unwrap().parse().unwrap();
+            let ip: IpAddr = spec.cluster_ip.as_deref().unwrap().parse().unwrap();
             for p in spec.ports.iter().flatten() {
                 let proto = proto_number(p.protocol.as_deref()).unwrap();
                 assert!(
@@ -679,8 +729,8 @@ mod tests {
             }
         }
         // web: both ready pods on 8080; web-lb's dns port: both on 5353/UDP.
-        let web: Ipv4Addr = "10.100.111.100".parse().unwrap();
-        let got: Vec<SocketAddrV4> = want[&service_key(web, 80, 6)]
+        let web: IpAddr = "10.100.111.100".parse().unwrap();
+        let got: Vec<SocketAddr> = want[&service_key(web, 80, 6)]
             .backends
             .iter()
             .map(backend_addr)
@@ -692,8 +742,8 @@ mod tests {
                 "10.244.0.12:8080".parse().unwrap()
             ]
         );
-        let lb: Ipv4Addr = "10.109.246.64".parse().unwrap();
-        let got: Vec<SocketAddrV4> = want[&service_key(lb, 53, 17)]
+        let lb: IpAddr = "10.109.246.64".parse().unwrap();
+        let got: Vec<SocketAddr> = want[&service_key(lb, 53, 17)]
             .backends
             .iter()
             .map(backend_addr)
@@ -1058,7 +1108,7 @@ mod tests {
             {"addresses": ["10.244.1.5"], "conditions": {"ready": true}, "nodeName": "a"},
             {"addresses": ["10.244.2.5"], "conditions": {"ready": true}, "nodeName": "b"},
         ]));
-        let node_ip: Ipv4Addr = "198.18.0.10".parse().unwrap();
+        let node_ip: IpAddr = "198.18.0.10".parse().unwrap();
         let want = desired(
             std::slice::from_ref(&web),
             std::slice::from_ref(&eps),
@@ -1158,8 +1208,100 @@ mod tests {
         assert_eq!(frontend_of(&k), ("10.96.0.1".parse().unwrap(), 443, 6));
         let b = backend("10.244.1.5:8080".parse().unwrap());
         assert_eq!(backend_addr(&b), "10.244.1.5:8080".parse().unwrap());
-        // As the kernel holds them: 10.96.0.1 is the bytes 10,96,0,1 in memory.
-        assert_eq!(k.addr.to_ne_bytes(), [10, 96, 0, 1]);
+        // As the kernel holds them: 10.96.0.1 is ::ffff:10.96.0.1, the bytes
+        // 0,..,0,255,255,10,96,0,1 in memory.
+        assert_eq!(k.addr[..2], [0, 0]);
+        assert_eq!(k.addr[2].to_ne_bytes(), [0, 0, 255, 255]);
+        assert_eq!(k.addr[3].to_ne_bytes(), [10, 96, 0, 1]);
+        assert_eq!(kernlet_ebpf_common::mapped_ipv4(&k.addr), Some(k.addr[3]));
         assert_eq!(k.port.to_ne_bytes(), [1, 187]);
+        let k6 = service_key("fd00:10:96::a".parse().unwrap(), 53, 17);
+        assert_eq!(frontend_of(&k6), ("fd00:10:96::a".parse().unwrap(), 53, 17));
+        assert_eq!(k6.addr[0].to_ne_bytes(), [0xfd, 0, 0, 0x10]);
+        assert_eq!(kernlet_ebpf_common::mapped_ipv4(&k6.addr), None);
+        let b6 = backend("[fd00:10:244:1::5]:8080".parse().unwrap());
+        assert_eq!(
+            backend_addr(&b6),
+            "[fd00:10:244:1::5]:8080".parse().unwrap()
+        );
+    }
+
+    #[test]
+    fn a_dual_stack_service_gives_each_frontend_the_backends_of_its_family() {
+        let svc: Service = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "web", "namespace": "default"},
+            "spec": {"type": "LoadBalancer", "clusterIP": "10.96.0.50",
+                     "clusterIPs": ["10.96.0.50", "fd00:10:96::50"],
+                     "ipFamilies": ["IPv4", "IPv6"], "ipFamilyPolicy": "RequireDualStack",
+                     "loadBalancerSourceRanges": ["198.18.0.0/24", "2001:db8:1::7/48"],
+                     "ports": [{"port": 80, "nodePort": 30080}]},
+            "status": {"loadBalancer": {"ingress": [{"ip": "192.0.2.10"},
+                                                    {"ip": "2001:db8:ff::10"}]}},
+        }))
+        .unwrap();
+        let slice = |name: &str, family: &str, addrs: &[&str]| -> EndpointSlice {
+            let eps: Vec<_> = addrs
+                .iter()
+                .map(|a| serde_json::json!({"addresses": [a], "nodeName": "a"}))
+                .collect();
+            serde_json::from_value(serde_json::json!({
+                "metadata": {"name": name, "namespace": "default",
+                             "labels": {SERVICE_NAME_LABEL: "web"}},
+                "addressType": family,
+                "endpoints": eps,
+                "ports": [{"port": 8080, "protocol": "TCP"}],
+            }))
+            .unwrap()
+        };
+        let slices = [
+            slice("web-v4", "IPv4", &["10.244.1.5"]),
+            // An address of the wrong family in a slice is not a backend.
+            slice("web-v6", "IPv6", &["fd00:10:244:1::5", "10.244.1.9"]),
+            slice("web-fqdn", "FQDN", &["web.example"]),
+        ];
+        let node_ips: [IpAddr; 2] = [
+            "198.18.0.10".parse().unwrap(),
+            "fd00:198:18::10".parse().unwrap(),
+        ];
+        let want = desired(&[svc], &slices, "a", None, &node_ips);
+        let backends_of = |ip: &str, port| -> Vec<String> {
+            want[&service_key(ip.parse().unwrap(), port, 6)]
+                .backends
+                .iter()
+                .map(|b| backend_addr(b).to_string())
+                .collect()
+        };
+        for (ip, port) in [
+            ("10.96.0.50", 80),
+            ("192.0.2.10", 80),
+            ("198.18.0.10", 30080),
+        ] {
+            assert_eq!(backends_of(ip, port), ["10.244.1.5:8080"], "{ip}");
+        }
+        for (ip, port) in [
+            ("fd00:10:96::50", 80),
+            ("2001:db8:ff::10", 80),
+            ("fd00:198:18::10", 30080),
+        ] {
+            assert_eq!(backends_of(ip, port), ["[fd00:10:244:1::5]:8080"], "{ip}");
+        }
+        assert_eq!(want.len(), 6);
+        // Each load-balancer IP checks the ranges of its own family.
+        let ranges = |ip: &str| -> Vec<String> {
+            want[&service_key(ip.parse().unwrap(), 80, 6)]
+                .source_ranges
+                .iter()
+                .map(|(n, l)| format!("{n}/{l}"))
+                .collect()
+        };
+        assert_eq!(ranges("192.0.2.10"), ["198.18.0.0/24"]);
+        assert_eq!(ranges("2001:db8:ff::10"), ["2001:db8:1::/48"]);
+        // In the trie an IPv4 range's prefix counts the 96 bits of the mapping.
+        let k = service_key("192.0.2.10".parse().unwrap(), 80, 6);
+        let (len, key) = source_range_key(k, ("198.18.0.0".parse().unwrap(), 24));
+        assert_eq!(len, SOURCE_RANGE_SERVICE_BITS + 96 + 24);
+        assert_eq!(ip_of(&key.client), "198.18.0.0".parse::<IpAddr>().unwrap());
+        let (len, _) = source_range_key(k, ("2001:db8:1::".parse().unwrap(), 48));
+        assert_eq!(len, SOURCE_RANGE_SERVICE_BITS + 48);
     }
 }

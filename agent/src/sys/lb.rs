@@ -161,17 +161,70 @@ const PROGRAMS: [&str; 8] = [
     LB_GETPEERNAME6,
 ];
 
-/// The maps that outlive an agent: pinned in the instance's directory.
-const PINNED_MAPS: [&str; 8] = [
-    SERVICES_MAP,
-    BACKENDS_MAP,
-    kernlet_ebpf_common::SOCK_REVNAT_MAP,
-    kernlet_ebpf_common::AFFINITY_MAP,
-    kernlet_ebpf_common::BACKEND_STATS_MAP,
-    NAT_FWD_MAP,
-    NAT_REV_MAP,
-    SOURCE_RANGES_MAP,
-];
+/// The maps that outlive an agent, pinned in the instance's directory, with the key
+/// and value sizes this build's programs read them with.
+const PINNED_MAPS: [(&str, usize, usize); 8] = {
+    use core::mem::size_of;
+    use kernlet_ebpf_common::{AffinityKey, AffinityValue, SockRevNat};
+    [
+        (
+            SERVICES_MAP,
+            size_of::<ServiceKey>(),
+            size_of::<ServiceValue>(),
+        ),
+        (BACKENDS_MAP, size_of::<BackendKey>(), size_of::<Backend>()),
+        (
+            kernlet_ebpf_common::SOCK_REVNAT_MAP,
+            size_of::<u64>(),
+            size_of::<SockRevNat>(),
+        ),
+        (
+            kernlet_ebpf_common::AFFINITY_MAP,
+            size_of::<AffinityKey>(),
+            size_of::<AffinityValue>(),
+        ),
+        (
+            kernlet_ebpf_common::BACKEND_STATS_MAP,
+            size_of::<Backend>(),
+            size_of::<u64>(),
+        ),
+        (NAT_FWD_MAP, size_of::<FlowKey>(), size_of::<FwdNat>()),
+        (NAT_REV_MAP, size_of::<FlowKey>(), size_of::<RevNat>()),
+        // An LPM trie's key starts with its 32-bit prefix length.
+        (
+            SOURCE_RANGES_MAP,
+            size_of::<u32>() + size_of::<SourceRangeKey>(),
+            size_of::<u8>(),
+        ),
+    ]
+};
+
+/// Removes the pins of maps laid out otherwise than this build reads them (pinned by
+/// an older kernlet): the programs loaded next get new, empty ones, which the first
+/// sync fills. Adopting them instead would fail to load or misread every entry.
+/// Returns the names of the maps replaced.
+fn drop_incompatible_pins(pin_dir: &Path) -> Result<Vec<&'static str>, LbError> {
+    let mut dropped = Vec::new();
+    for (name, key, value) in PINNED_MAPS {
+        let path = pin_dir.join(name);
+        if !path.exists() {
+            continue;
+        }
+        let fits = aya::maps::MapInfo::from_pin(&path).is_ok_and(|info| {
+            info.key_size() as usize == key && info.value_size() as usize == value
+        });
+        if !fits {
+            std::fs::remove_file(&path).map_err(|e| {
+                err(format!(
+                    "removing {}, pinned by an older kernlet with another layout",
+                    path.display()
+                ))(e.to_string())
+            })?;
+            dropped.push(name);
+        }
+    }
+    Ok(dropped)
+}
 
 impl BpfLb {
     /// Loads the programs with the maps pinned in `pin_dir` (adopting pinned ones) and
@@ -181,9 +234,18 @@ impl BpfLb {
             .map_err(|e| err(format!("preparing {} for pins", pin_dir.display()))(e.to_string()))?;
         std::fs::create_dir_all(pin_dir.join("links"))
             .map_err(|e| err(format!("creating {}", pin_dir.display()))(e.to_string()))?;
+        let dropped = drop_incompatible_pins(pin_dir)?;
+        if !dropped.is_empty() {
+            tracing::warn!(
+                maps = ?dropped,
+                dir = %pin_dir.display(),
+                "pinned maps of an older layout replaced: translations are rebuilt by the \
+                 first sync, flows from outside the node through them start over"
+            );
+        }
         let mut loader = aya::EbpfLoader::new();
         // Each map pinned (or adopted) at <pin_dir>/<name>.
-        for name in PINNED_MAPS {
+        for (name, _, _) in PINNED_MAPS {
             loader.map_pin_path(name, pin_dir.join(name));
         }
         let mut ebpf = loader.load(crate::sys::bpf::EBPF_OBJECT).map_err(|e| {
@@ -277,12 +339,12 @@ impl BpfLb {
 
     /// Drops the translations of outside UDP flows to `gone` backends, so their next
     /// datagram is balanced onto a live one.
-    pub fn forget_udp_flows(&mut self, gone: &[std::net::SocketAddrV4]) -> Result<usize, LbError> {
+    pub fn forget_udp_flows(&mut self, gone: &[std::net::SocketAddr]) -> Result<usize, LbError> {
         let gone: BTreeSet<Backend> = gone
             .iter()
             .map(|a| crate::model::services::backend(*a))
             .collect();
-        let is_gone = |addr: u32, port: u16| {
+        let is_gone = |addr: kernlet_ebpf_common::Addr, port: u16| {
             gone.contains(&Backend {
                 addr,
                 port,
@@ -340,7 +402,7 @@ impl BpfLb {
                 }
             }
         }
-        for m in PINNED_MAPS {
+        for (m, _, _) in PINNED_MAPS {
             let _ = std::fs::remove_file(self.pin_dir.join(m));
         }
         Ok(())

@@ -4,7 +4,7 @@
 //! (and is balanced again) instead of sending into the void.
 
 use std::io;
-use std::net::SocketAddrV4;
+use std::net::{IpAddr, SocketAddr};
 use std::os::fd::AsFd as _;
 use std::path::Path;
 
@@ -18,13 +18,14 @@ const NLM_F_REQUEST: u16 = 0x1;
 const NLM_F_ACK: u16 = 0x4;
 const NLM_F_DUMP: u16 = 0x300;
 const AF_INET: u8 = 2;
+const AF_INET6: u8 = 10;
 const IPPROTO_UDP: u8 = 17;
 /// `struct inet_diag_sockid`.
 const SOCKID_LEN: usize = 48;
 /// `struct inet_diag_msg` up to and including the socket id.
 const MSG_ID_END: usize = 4 + SOCKID_LEN;
 
-fn request(ty: u16, flags: u16, seq: u32, sockid: &[u8; SOCKID_LEN]) -> Vec<u8> {
+fn request(ty: u16, flags: u16, seq: u32, family: u8, sockid: &[u8; SOCKID_LEN]) -> Vec<u8> {
     // nlmsghdr (16) + inet_diag_req_v2 (8 + sockid)
     let len = 16 + 8 + SOCKID_LEN;
     let mut b = Vec::with_capacity(len);
@@ -33,24 +34,39 @@ fn request(ty: u16, flags: u16, seq: u32, sockid: &[u8; SOCKID_LEN]) -> Vec<u8> 
     b.extend_from_slice(&(NLM_F_REQUEST | flags).to_ne_bytes());
     b.extend_from_slice(&seq.to_ne_bytes());
     b.extend_from_slice(&0u32.to_ne_bytes());
-    b.extend_from_slice(&[AF_INET, IPPROTO_UDP, 0, 0]);
+    b.extend_from_slice(&[family, IPPROTO_UDP, 0, 0]);
     b.extend_from_slice(&u32::MAX.to_ne_bytes()); // every state
     b.extend_from_slice(sockid);
     b
 }
 
-/// Whether the socket id's destination is `dst`.
-pub fn id_matches(sockid: &[u8], dst: SocketAddrV4) -> bool {
-    sockid.len() >= SOCKID_LEN
-        && sockid[2..4] == dst.port().to_be_bytes()
-        && sockid[20..24] == dst.ip().octets()
+/// Whether the socket id of a socket of `family` has destination `dst`: an IPv6
+/// socket's may be `dst` IPv4-mapped (a dual-stack socket sending to an IPv4 address).
+pub fn id_matches(family: u8, sockid: &[u8], dst: SocketAddr) -> bool {
+    if sockid.len() < SOCKID_LEN || sockid[2..4] != dst.port().to_be_bytes() {
+        return false;
+    }
+    match (family, dst.ip()) {
+        (AF_INET, IpAddr::V4(ip)) => sockid[20..24] == ip.octets(),
+        (AF_INET6, IpAddr::V4(ip)) => sockid[20..36] == ip.to_ipv6_mapped().octets(),
+        (AF_INET6, IpAddr::V6(ip)) => sockid[20..36] == ip.octets(),
+        _ => false,
+    }
 }
 
-fn destroy_here(dst: &[SocketAddrV4]) -> io::Result<usize> {
+fn destroy_here(dst: &[SocketAddr]) -> io::Result<usize> {
+    let mut destroyed = destroy_family(AF_INET6, dst)?;
+    if dst.iter().any(SocketAddr::is_ipv4) {
+        destroyed += destroy_family(AF_INET, dst)?;
+    }
+    Ok(destroyed)
+}
+
+fn destroy_family(family: u8, dst: &[SocketAddr]) -> io::Result<usize> {
     let mut s = Socket::new(NETLINK_SOCK_DIAG)?;
     s.bind_auto()?;
     s.send(
-        &request(SOCK_DIAG_BY_FAMILY, NLM_F_DUMP, 1, &[0; SOCKID_LEN]),
+        &request(SOCK_DIAG_BY_FAMILY, NLM_F_DUMP, 1, family, &[0; SOCKID_LEN]),
         0,
     )?;
     let mut victims: Vec<[u8; SOCKID_LEN]> = Vec::new();
@@ -78,7 +94,7 @@ fn destroy_here(dst: &[SocketAddrV4]) -> io::Result<usize> {
                 }
                 SOCK_DIAG_BY_FAMILY if len >= 16 + MSG_ID_END => {
                     let id = &bytes[off + 16 + 4..off + 16 + MSG_ID_END];
-                    if dst.iter().any(|d| id_matches(id, *d)) {
+                    if dst.iter().any(|d| id_matches(family, id, *d)) {
                         let mut v = [0u8; SOCKID_LEN];
                         v.copy_from_slice(id);
                         victims.push(v);
@@ -91,7 +107,10 @@ fn destroy_here(dst: &[SocketAddrV4]) -> io::Result<usize> {
     }
     let mut destroyed = 0;
     for (i, id) in victims.iter().enumerate() {
-        s.send(&request(SOCK_DESTROY, NLM_F_ACK, 2 + i as u32, id), 0)?;
+        s.send(
+            &request(SOCK_DESTROY, NLM_F_ACK, 2 + i as u32, family, id),
+            0,
+        )?;
         let (bytes, _) = s.recv_from_full()?;
         if bytes.len() >= 20
             && u16::from_ne_bytes([bytes[4], bytes[5]]) == NLMSG_ERROR
@@ -105,7 +124,7 @@ fn destroy_here(dst: &[SocketAddrV4]) -> io::Result<usize> {
 
 /// Closes the UDP sockets connected to any of `dst` in the network namespace pinned at
 /// `netns` (the caller's own when `None`); returns how many.
-pub fn destroy_udp_to(netns: Option<&Path>, dst: &[SocketAddrV4]) -> io::Result<usize> {
+pub fn destroy_udp_to(netns: Option<&Path>, dst: &[SocketAddr]) -> io::Result<usize> {
     if dst.is_empty() {
         return Ok(0);
     }
@@ -129,14 +148,40 @@ mod tests {
 
     #[test]
     fn requests_and_ids_are_laid_out_as_the_kernel_reads_them() {
-        let r = request(SOCK_DIAG_BY_FAMILY, NLM_F_DUMP, 7, &[0; SOCKID_LEN]);
+        let r = request(
+            SOCK_DIAG_BY_FAMILY,
+            NLM_F_DUMP,
+            7,
+            AF_INET,
+            &[0; SOCKID_LEN],
+        );
         assert_eq!(r.len(), 72);
         assert_eq!(u32::from_ne_bytes([r[0], r[1], r[2], r[3]]), 72);
         assert_eq!(&r[16..20], &[AF_INET, IPPROTO_UDP, 0, 0]);
         let mut id = [0u8; SOCKID_LEN];
         id[2..4].copy_from_slice(&5353u16.to_be_bytes());
         id[20..24].copy_from_slice(&[10, 244, 2, 5]);
-        assert!(id_matches(&id, "10.244.2.5:5353".parse().unwrap()));
-        assert!(!id_matches(&id, "10.244.2.5:53".parse().unwrap()));
+        assert!(id_matches(AF_INET, &id, "10.244.2.5:5353".parse().unwrap()));
+        assert!(!id_matches(AF_INET, &id, "10.244.2.5:53".parse().unwrap()));
+        // An IPv6 socket: its own address, or an IPv4 one mapped.
+        let v6: std::net::Ipv6Addr = "fd00:10:96::a".parse().unwrap();
+        id[20..36].copy_from_slice(&v6.octets());
+        assert!(id_matches(
+            AF_INET6,
+            &id,
+            "[fd00:10:96::a]:5353".parse().unwrap()
+        ));
+        assert!(!id_matches(
+            AF_INET,
+            &id,
+            "[fd00:10:96::a]:5353".parse().unwrap()
+        ));
+        let mapped = std::net::Ipv4Addr::new(10, 244, 2, 5).to_ipv6_mapped();
+        id[20..36].copy_from_slice(&mapped.octets());
+        assert!(id_matches(
+            AF_INET6,
+            &id,
+            "10.244.2.5:5353".parse().unwrap()
+        ));
     }
 }

@@ -39,12 +39,33 @@ pub const MAX_SERVICES: u32 = 65_536;
 pub const MAX_BACKENDS: u32 = 262_144;
 pub const MAX_SOCKETS: u32 = 262_144;
 
-/// A frontend: address and port as the socket call carries them (network byte order,
-/// in memory exactly as `bpf_sock_addr` holds them) and the IP protocol (6, 17).
+/// An address as the maps hold it: the 16 bytes of an IPv6 address in network order
+/// (in memory exactly as `bpf_sock_addr.user_ip6` holds them), an IPv4 address as
+/// `::ffff:a.b.c.d`, so one key serves both families.
+pub type Addr = [u32; 4];
+
+/// `a.b.c.d` (a word as `user_ip4` holds it) as the maps hold it.
+#[inline(always)]
+pub const fn ipv4_mapped(a: u32) -> Addr {
+    [0, 0, 0xffff_u32.to_be(), a]
+}
+
+/// The IPv4 address of an IPv4-mapped map address.
+#[inline(always)]
+pub const fn mapped_ipv4(a: &Addr) -> Option<u32> {
+    if a[0] == 0 && a[1] == 0 && a[2] == 0xffff_u32.to_be() {
+        Some(a[3])
+    } else {
+        None
+    }
+}
+
+/// A frontend: address and port as the socket call carries them (network byte order)
+/// and the IP protocol (6, 17).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct ServiceKey {
-    pub addr: u32,
+    pub addr: Addr,
     pub port: u16,
     pub proto: u8,
     pub _pad: u8,
@@ -83,6 +104,7 @@ pub const SVC_MAGLEV: u32 = 8;
 pub struct AffinityKey {
     pub netns_cookie: u64,
     pub service: ServiceKey,
+    pub _pad: u32,
 }
 
 /// The backend a client was given and when it last used it.
@@ -90,6 +112,7 @@ pub struct AffinityKey {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct AffinityValue {
     pub backend: Backend,
+    pub _pad: u32,
     pub last_ns: u64,
 }
 
@@ -112,7 +135,7 @@ pub struct BackendKey {
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Backend {
-    pub addr: u32,
+    pub addr: Addr,
     pub port: u16,
     /// `BACKEND_*` bits.
     pub flags: u16,
@@ -147,8 +170,8 @@ pub const SNAT_PORT_COUNT: u16 = 4_535;
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct FlowKey {
-    pub src: u32,
-    pub dst: u32,
+    pub src: Addr,
+    pub dst: Addr,
     pub sport: u16,
     pub dport: u16,
     pub proto: u8,
@@ -156,14 +179,14 @@ pub struct FlowKey {
 }
 
 /// A client flow's translation: its backend, and the node address and port it is
-/// shown as when SNAT'd (`snat_addr` 0: not SNAT'd).
+/// shown as when SNAT'd (`snat` 1).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct FwdNat {
     pub backend: Backend,
-    pub snat_addr: u32,
+    pub snat_addr: Addr,
     pub snat_port: u16,
-    pub _pad: u16,
+    pub snat: u16,
 }
 
 /// A backend flow's way back: the frontend it answers as and, when SNAT'd, the client
@@ -171,24 +194,25 @@ pub struct FwdNat {
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct RevNat {
-    pub frontend_addr: u32,
-    pub client_addr: u32,
+    pub frontend_addr: Addr,
+    pub client_addr: Addr,
     pub frontend_port: u16,
     pub client_port: u16,
     pub snat: u32,
 }
 
 /// The data of a source-range key: the frontend, then the client address. Its prefix
-/// length is 64 (the whole frontend) plus the range's.
+/// length is [`SOURCE_RANGE_SERVICE_BITS`] (the whole frontend) plus the range's as a
+/// 128-bit prefix (an IPv4 range's length plus 96).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct SourceRangeKey {
     pub service: ServiceKey,
-    pub client: u32,
+    pub client: Addr,
 }
 
 /// Bits of a source-range key that cover the frontend.
-pub const SOURCE_RANGE_SERVICE_BITS: u32 = 64;
+pub const SOURCE_RANGE_SERVICE_BITS: u32 = 8 * core::mem::size_of::<ServiceKey>() as u32;
 
 /// What a translated socket was sent to and asked for, so `getpeername` and
 /// `recvmsg` show the service address again (keyed by socket cookie).
@@ -199,6 +223,22 @@ pub struct SockRevNat {
     pub service: Backend,
 }
 
+// The kernel hashes keys byte for byte: no key (or value read as bytes) may carry
+// implicit padding. These sizes are the fields' sums.
+const _: () = {
+    use core::mem::size_of;
+    assert!(size_of::<ServiceKey>() == 20);
+    assert!(size_of::<ServiceValue>() == 16);
+    assert!(size_of::<Backend>() == 20);
+    assert!(size_of::<AffinityKey>() == 32);
+    assert!(size_of::<AffinityValue>() == 32);
+    assert!(size_of::<FlowKey>() == 40);
+    assert!(size_of::<FwdNat>() == 40);
+    assert!(size_of::<RevNat>() == 40);
+    assert!(size_of::<SourceRangeKey>() == 36);
+    assert!(size_of::<SockRevNat>() == 40);
+};
+
 #[cfg(feature = "user")]
 mod user {
     // A `Pod` impl is the one place the workspace needs `unsafe` outside `sys/`: aya
@@ -207,36 +247,42 @@ mod user {
     // SAFETY: ProbeCounters is repr(C), Copy, has no padding and every bit pattern is valid.
     unsafe impl aya::Pod for super::ProbeCounters {}
     #[allow(unsafe_code, reason = "aya::Pod is an unsafe marker trait")]
-    // SAFETY: repr(C), Copy, explicit padding fields, every bit pattern valid.
+    // SAFETY: repr(C), Copy, 16-byte address, u16, two u8: 20 bytes, no implicit
+    // padding, every bit pattern valid.
     unsafe impl aya::Pod for super::ServiceKey {}
     #[allow(unsafe_code, reason = "aya::Pod is an unsafe marker trait")]
-    // SAFETY: repr(C), Copy, two u32 fields, every bit pattern valid.
+    // SAFETY: repr(C), Copy, four u32 fields, every bit pattern valid.
     unsafe impl aya::Pod for super::ServiceValue {}
     #[allow(unsafe_code, reason = "aya::Pod is an unsafe marker trait")]
     // SAFETY: repr(C), Copy, two u32 fields, every bit pattern valid.
     unsafe impl aya::Pod for super::BackendKey {}
     #[allow(unsafe_code, reason = "aya::Pod is an unsafe marker trait")]
-    // SAFETY: repr(C), Copy, explicit padding field, every bit pattern valid.
+    // SAFETY: repr(C), Copy, 16-byte address and two u16: no implicit padding, every
+    // bit pattern valid.
     unsafe impl aya::Pod for super::Backend {}
     #[allow(unsafe_code, reason = "aya::Pod is an unsafe marker trait")]
     // SAFETY: repr(C), Copy, two Backends, every bit pattern valid.
     unsafe impl aya::Pod for super::SockRevNat {}
     #[allow(unsafe_code, reason = "aya::Pod is an unsafe marker trait")]
-    // SAFETY: repr(C), Copy, u64 then an 8-byte ServiceKey, no implicit padding.
+    // SAFETY: repr(C), Copy, u64, a 20-byte ServiceKey and an explicit u32 pad: no
+    // implicit padding.
     unsafe impl aya::Pod for super::AffinityKey {}
     #[allow(unsafe_code, reason = "aya::Pod is an unsafe marker trait")]
-    // SAFETY: repr(C), Copy, an 8-byte Backend then a u64, no implicit padding.
+    // SAFETY: repr(C), Copy, a 20-byte Backend, an explicit u32 pad, then a u64: no
+    // implicit padding.
     unsafe impl aya::Pod for super::AffinityValue {}
     #[allow(unsafe_code, reason = "aya::Pod is an unsafe marker trait")]
-    // SAFETY: repr(C), Copy, explicit padding, 16 bytes, every bit pattern valid.
+    // SAFETY: repr(C), Copy, explicit padding, 40 bytes, every bit pattern valid.
     unsafe impl aya::Pod for super::FlowKey {}
     #[allow(unsafe_code, reason = "aya::Pod is an unsafe marker trait")]
-    // SAFETY: repr(C), Copy, Backend then u32 and two u16, no implicit padding.
+    // SAFETY: repr(C), Copy, a 20-byte Backend, a 16-byte address and two u16: no
+    // implicit padding.
     unsafe impl aya::Pod for super::FwdNat {}
     #[allow(unsafe_code, reason = "aya::Pod is an unsafe marker trait")]
-    // SAFETY: repr(C), Copy, two u32, two u16, a u32: no implicit padding.
+    // SAFETY: repr(C), Copy, two 16-byte addresses, two u16, a u32: no implicit padding.
     unsafe impl aya::Pod for super::RevNat {}
     #[allow(unsafe_code, reason = "aya::Pod is an unsafe marker trait")]
-    // SAFETY: repr(C), Copy, an 8-byte ServiceKey then a u32, no implicit padding.
+    // SAFETY: repr(C), Copy, a 20-byte ServiceKey then a 16-byte address: no implicit
+    // padding.
     unsafe impl aya::Pod for super::SourceRangeKey {}
 }

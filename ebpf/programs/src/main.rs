@@ -12,8 +12,9 @@ use aya_ebpf::{
     programs::SockAddrContext,
 };
 use kernlet_ebpf_common::{
-    AFFINITY_SCAN, AffinityKey, AffinityValue, Backend, BackendKey, MAX_BACKENDS, MAX_SERVICES,
-    MAX_SOCKETS, ProbeCounters, SVC_MAGLEV, ServiceKey, ServiceValue, SockRevNat,
+    AFFINITY_SCAN, Addr, AffinityKey, AffinityValue, Backend, BackendKey, MAX_BACKENDS,
+    MAX_SERVICES, MAX_SOCKETS, ProbeCounters, SVC_MAGLEV, ServiceKey, ServiceValue, SockRevNat,
+    ipv4_mapped, mapped_ipv4,
 };
 
 /// Verdict that lets a socket call proceed unchanged.
@@ -89,67 +90,87 @@ pub fn kl_lb_getpeername4(ctx: SockAddrContext) -> i32 {
     ALLOW
 }
 
-/// The same four for IPv6 sockets reaching IPv4 services through IPv4-mapped addresses
-/// (`::ffff:10.96.0.10`), as dual-stack sockets of many runtimes do.
+/// The same four for IPv6 sockets: IPv6 services, and IPv4 services reached through
+/// IPv4-mapped addresses (`::ffff:10.96.0.10`), as dual-stack sockets of many runtimes
+/// do.
 #[cgroup_sock_addr(connect6)]
 pub fn kl_lb_connect6(ctx: SockAddrContext) -> i32 {
-    translate::<V6_MAPPED>(&ctx)
+    translate::<V6>(&ctx)
 }
 
 #[cgroup_sock_addr(sendmsg6)]
 pub fn kl_lb_sendmsg6(ctx: SockAddrContext) -> i32 {
-    translate::<V6_MAPPED>(&ctx)
+    translate::<V6>(&ctx)
 }
 
 #[cgroup_sock_addr(recvmsg6)]
 pub fn kl_lb_recvmsg6(ctx: SockAddrContext) -> i32 {
-    reverse::<V6_MAPPED>(&ctx);
+    reverse::<V6>(&ctx);
     ALLOW
 }
 
 #[cgroup_sock_addr(getpeername6)]
 pub fn kl_lb_getpeername6(ctx: SockAddrContext) -> i32 {
-    reverse::<V6_MAPPED>(&ctx);
+    reverse::<V6>(&ctx);
     ALLOW
 }
 
-/// Where a socket call's IPv4 address sits: `user_ip4` of an AF_INET socket (`V4`), or
-/// the last word of an IPv4-mapped `user_ip6` of an AF_INET6 socket (`V6_MAPPED`). A
-/// const parameter, so each program is compiled for its own family: the verifier
-/// refuses `user_ip6` in IPv4 hooks, and any offset computed at run time.
+/// The socket family a program is compiled for: `user_ip4` of an AF_INET socket (`V4`)
+/// or `user_ip6` of an AF_INET6 one (`V6`). A const parameter, so each program touches
+/// only its own family's field: the verifier refuses `user_ip6` in IPv4 hooks, and any
+/// offset computed at run time.
 const V4: bool = false;
-const V6_MAPPED: bool = true;
+const V6: bool = true;
 
-/// The IPv4 address of the call (network byte order), if it has one.
+/// The call's address as the maps hold it.
 #[inline(always)]
-fn ipv4_of<const V6: bool>(ctx: &SockAddrContext) -> Option<u32> {
-    // SAFETY: the kernel hands a valid bpf_sock_addr for the whole program run; the
-    // address field of the socket's family is readable in these programs.
-    let sa = unsafe { &*ctx.sock_addr };
-    if V6 {
-        (sa.user_ip6[0] == 0 && sa.user_ip6[1] == 0 && sa.user_ip6[2] == 0xffff_u32.to_be())
-            .then_some(sa.user_ip6[3])
+fn addr_of<const IS_V6: bool>(ctx: &SockAddrContext) -> Addr {
+    let sa = ctx.sock_addr;
+    if IS_V6 {
+        // SAFETY: the kernel hands a valid bpf_sock_addr for the whole program run;
+        // user_ip6 is readable in IPv6 hooks. Word by word: the verifier takes only
+        // 4-byte accesses to it.
+        unsafe {
+            let ip = core::ptr::addr_of!((*sa).user_ip6) as *const u32;
+            [
+                core::ptr::read_volatile(ip),
+                core::ptr::read_volatile(ip.add(1)),
+                core::ptr::read_volatile(ip.add(2)),
+                core::ptr::read_volatile(ip.add(3)),
+            ]
+        }
     } else {
-        Some(sa.user_ip4)
+        // SAFETY: as above; user_ip4 is readable in IPv4 hooks.
+        ipv4_mapped(unsafe { (*sa).user_ip4 })
     }
 }
 
+/// Writes `addr` as the call's address; false when an IPv4 socket cannot carry it.
 #[inline(always)]
-fn set_ipv4<const V6: bool>(ctx: &SockAddrContext, addr: u32) {
-    // SAFETY: as above; the address fields are writable in connect, sendmsg, recvmsg
-    // and getpeername programs.
-    let sa = unsafe { &mut *ctx.sock_addr };
-    if V6 {
-        sa.user_ip6[3] = addr;
+fn set_addr<const IS_V6: bool>(ctx: &SockAddrContext, addr: &Addr) -> bool {
+    let sa = ctx.sock_addr;
+    if IS_V6 {
+        // SAFETY: as in addr_of; the address fields are writable in connect, sendmsg,
+        // recvmsg and getpeername programs, word by word.
+        unsafe {
+            let ip = core::ptr::addr_of_mut!((*sa).user_ip6) as *mut u32;
+            core::ptr::write_volatile(ip, addr[0]);
+            core::ptr::write_volatile(ip.add(1), addr[1]);
+            core::ptr::write_volatile(ip.add(2), addr[2]);
+            core::ptr::write_volatile(ip.add(3), addr[3]);
+        }
+        true
+    } else if let Some(a) = mapped_ipv4(addr) {
+        // SAFETY: as above.
+        unsafe { (*sa).user_ip4 = a };
+        true
     } else {
-        sa.user_ip4 = addr;
+        false
     }
 }
 
-fn translate<const V6: bool>(ctx: &SockAddrContext) -> i32 {
-    let Some(ip) = ipv4_of::<V6>(ctx) else {
-        return ALLOW;
-    };
+fn translate<const IS_V6: bool>(ctx: &SockAddrContext) -> i32 {
+    let ip = addr_of::<IS_V6>(ctx);
     // SAFETY: the kernel hands a valid bpf_sock_addr for the whole program run; these
     // fields are readable in sock_addr programs.
     let (port, proto) = unsafe {
@@ -174,8 +195,11 @@ fn translate<const V6: bool>(ctx: &SockAddrContext) -> i32 {
     let Some(backend) = choose(client, || None, &key, &svc) else {
         return DENY;
     };
+    // A backend of another family than the frontend's: the model never writes one.
+    if !set_addr::<IS_V6>(ctx, &backend.addr) {
+        return DENY;
+    }
     count(&backend);
-    set_ipv4::<V6>(ctx, backend.addr);
     // SAFETY: user_port is writable in connect and sendmsg programs.
     unsafe { (*ctx.sock_addr).user_port = u32::from(backend.port) };
     // SAFETY: the context pointer is the program's own bpf_sock_addr.
@@ -204,11 +228,17 @@ fn choose(
     key: &ServiceKey,
     svc: &ServiceValue,
 ) -> Option<Backend> {
+    // Callers refuse empty services first; checked here too so the divisions below
+    // stand alone (the verifier takes no panic path).
+    if svc.count == 0 {
+        return None;
+    }
     let mut akey = None;
     if svc.affinity_timeout > 0 {
         let k = AffinityKey {
             netns_cookie: client(),
             service: *key,
+            _pad: 0,
         };
         // SAFETY: helper without arguments.
         let now = unsafe { bpf_ktime_get_ns() };
@@ -231,6 +261,7 @@ fn choose(
                         &k,
                         &AffinityValue {
                             backend: prev.backend,
+                            _pad: 0,
                             last_ns: now,
                         },
                         0,
@@ -263,6 +294,7 @@ fn choose(
             &k,
             &AffinityValue {
                 backend,
+                _pad: 0,
                 last_ns: now,
             },
             0,
@@ -283,7 +315,7 @@ fn count(backend: &Backend) {
     }
 }
 
-fn reverse<const V6: bool>(ctx: &SockAddrContext) {
+fn reverse<const IS_V6: bool>(ctx: &SockAddrContext) {
     // SAFETY: the context pointer is the program's own bpf_sock_addr.
     let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
     // SAFETY: the value is copied out at once.
@@ -293,8 +325,10 @@ fn reverse<const V6: bool>(ctx: &SockAddrContext) {
     // SAFETY: valid for the program run; user_port is readable and writable in
     // recvmsg and getpeername programs.
     let port = unsafe { (*ctx.sock_addr).user_port as u16 };
-    if ipv4_of::<V6>(ctx) == Some(rev.backend.addr) && port == rev.backend.port {
-        set_ipv4::<V6>(ctx, rev.service.addr);
+    if addr_of::<IS_V6>(ctx) == rev.backend.addr
+        && port == rev.backend.port
+        && set_addr::<IS_V6>(ctx, &rev.service.addr)
+    {
         // SAFETY: as above.
         unsafe { (*ctx.sock_addr).user_port = u32::from(rev.service.port) };
     }

@@ -22,13 +22,13 @@ use aya_ebpf::{
         bpf_fib_lookup as fib_lookup, bpf_get_prandom_u32, bpf_redirect, bpf_redirect_neigh,
     },
     macros::{classifier, map},
-    maps::{LpmTrie, LruHashMap, lpm_trie::Key},
+    maps::{LpmTrie, LruHashMap, PerCpuArray, lpm_trie::Key},
     programs::TcContext,
 };
 use kernlet_ebpf_common::{
-    BACKEND_LOCAL, FlowKey, FwdNat, MAX_FLOWS, MAX_SOURCE_RANGES, RevNat, SNAT_PORT_COUNT,
+    Addr, BACKEND_LOCAL, FlowKey, FwdNat, MAX_FLOWS, MAX_SOURCE_RANGES, RevNat, SNAT_PORT_COUNT,
     SNAT_PORT_MIN, SOURCE_RANGE_SERVICE_BITS, SVC_EXTERNAL, SVC_LOCAL, SVC_SOURCE_RANGES,
-    ServiceKey, SourceRangeKey,
+    ServiceKey, SourceRangeKey, ipv4_mapped, mapped_ipv4,
 };
 
 use crate::{KL_SERVICES, choose, count};
@@ -43,6 +43,31 @@ static KL_NAT_REV: LruHashMap<FlowKey, RevNat> = LruHashMap::with_max_entries(MA
 static KL_SOURCE_RANGES: LpmTrie<SourceRangeKey, u8> =
     LpmTrie::with_max_entries(MAX_SOURCE_RANGES, 0);
 
+/// Room for the big locals of one packet's run: a whole BPF call chain shares one
+/// 512-byte stack, which 16-byte addresses in 40-byte keys outgrow. Per CPU, and a tc
+/// program runs to its end on its CPU before the next one there starts.
+#[repr(C)]
+struct Scratch {
+    /// The packet's flow.
+    flow: FlowKey,
+    /// A new flow's way back.
+    back: FlowKey,
+    rev: RevNat,
+    nat: FwdNat,
+    route: Route,
+    range: Key<SourceRangeKey>,
+}
+
+#[map(name = "KL_TC_SCRATCH")]
+static KL_TC_SCRATCH: PerCpuArray<Scratch> = PerCpuArray::with_max_entries(1, 0);
+
+fn scratch() -> Option<&'static mut Scratch> {
+    let at = KL_TC_SCRATCH.get_ptr_mut(0)?;
+    // SAFETY: this CPU's entry, valid while the program runs; no other run uses it
+    // until this one ends (see Scratch).
+    Some(unsafe { &mut *at })
+}
+
 /// tcx: hand the packet to the next program (or the stack when none is left).
 const TCX_NEXT: i32 = -1;
 const PASS: i32 = TC_ACT_OK as i32;
@@ -50,23 +75,31 @@ const DROP: i32 = TC_ACT_SHOT as i32;
 
 const ETH_HLEN: usize = 14;
 const ETH_P_IP: u16 = 0x0800;
+const ETH_P_IPV6: u16 = 0x86dd;
 const IP_CSUM: usize = ETH_HLEN + 10;
 const IP_SRC: usize = ETH_HLEN + 12;
 const IP_DST: usize = ETH_HLEN + 16;
+const IP6_NEXT: usize = ETH_HLEN + 6;
+const IP6_SRC: usize = ETH_HLEN + 8;
+const IP6_DST: usize = ETH_HLEN + 24;
+const IP6_HLEN: usize = 40;
 const TCP: u8 = 6;
 const UDP: u8 = 17;
 const AF_INET: u8 = 2;
+const AF_INET6: u8 = 10;
 /// Affinity for outside clients is per client address; the bit keeps these keys apart
 /// from network namespace cookies (small counters).
 const ADDRESS_CLIENT: u64 = 1 << 63;
 
-/// The IPv4 TCP or UDP packet a program looks at.
+/// The IPv4 or IPv6 TCP or UDP packet a program looks at, its addresses as the maps
+/// hold them (IPv4 as `::ffff:a.b.c.d`).
 struct Packet {
+    v6: bool,
     /// Offset of the TCP/UDP header.
     l4: usize,
     proto: u8,
-    src: u32,
-    dst: u32,
+    src: Addr,
+    dst: Addr,
     sport: u16,
     dport: u16,
 }
@@ -85,7 +118,8 @@ impl Packet {
 
     /// The flow's 5-tuple hashed the same on every node (Maglev).
     fn hash(&self) -> u32 {
-        let mut z = (u64::from(self.src) << 32) | u64::from(self.dst);
+        let fold = |a: &Addr| (u64::from(a[0] ^ a[2]) << 32) | u64::from(a[1] ^ a[3]);
+        let mut z = fold(&self.src).rotate_left(17) ^ fold(&self.dst);
         z ^= (u64::from(self.sport) << 40) | (u64::from(self.dport) << 24) | u64::from(self.proto);
         z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
         z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
@@ -104,9 +138,14 @@ impl Packet {
 
 fn parse(ctx: &TcContext) -> Option<Packet> {
     let ethertype: u16 = ctx.load(12).ok()?;
-    if u16::from_be(ethertype) != ETH_P_IP {
-        return None;
+    match u16::from_be(ethertype) {
+        ETH_P_IP => parse_v4(ctx),
+        ETH_P_IPV6 => parse_v6(ctx),
+        _ => None,
     }
+}
+
+fn parse_v4(ctx: &TcContext) -> Option<Packet> {
     let vihl: u8 = ctx.load(ETH_HLEN).ok()?;
     let ihl = usize::from(vihl & 0x0f) * 4;
     if vihl >> 4 != 4 || ihl < 20 {
@@ -123,39 +162,69 @@ fn parse(ctx: &TcContext) -> Option<Packet> {
     }
     let l4 = ETH_HLEN + ihl;
     Some(Packet {
+        v6: false,
         l4,
         proto,
-        src: ctx.load(IP_SRC).ok()?,
-        dst: ctx.load(IP_DST).ok()?,
+        src: ipv4_mapped(ctx.load(IP_SRC).ok()?),
+        dst: ipv4_mapped(ctx.load(IP_DST).ok()?),
         sport: ctx.load(l4).ok()?,
         dport: ctx.load(l4 + 2).ok()?,
     })
 }
 
-/// Rewrites the source (`src`) or destination address and port of `p`, with the IP
-/// and TCP/UDP checksums.
-fn rewrite(ctx: &TcContext, p: &Packet, src: bool, addr: u32, port: u16) -> Option<()> {
-    let (old_addr, old_port, addr_at, port_at) = if src {
-        (p.src, p.sport, IP_SRC, p.l4)
+/// An IPv6 packet whose next header is TCP or UDP; one with extension headers (a
+/// fragment among them) is left alone.
+fn parse_v6(ctx: &TcContext) -> Option<Packet> {
+    let proto: u8 = ctx.load(IP6_NEXT).ok()?;
+    if proto != TCP && proto != UDP {
+        return None;
+    }
+    let l4 = ETH_HLEN + IP6_HLEN;
+    Some(Packet {
+        v6: true,
+        l4,
+        proto,
+        src: ctx.load(IP6_SRC).ok()?,
+        dst: ctx.load(IP6_DST).ok()?,
+        sport: ctx.load(l4).ok()?,
+        dport: ctx.load(l4 + 2).ok()?,
+    })
+}
+
+/// Rewrites the source (`src`) or destination address and port of `p`, with the
+/// checksums (IPv4's header checksum; the TCP/UDP one, whose pseudo-header covers the
+/// addresses). `None` when a helper failed or the address is of the other family.
+fn rewrite(ctx: &TcContext, p: &Packet, src: bool, addr: &Addr, port: u16) -> Option<()> {
+    let (old_addr, old_port, port_at) = if src {
+        (&p.src, p.sport, p.l4)
     } else {
-        (p.dst, p.dport, IP_DST, p.l4 + 2)
+        (&p.dst, p.dport, p.l4 + 2)
     };
     let mangled = if p.proto == UDP {
         u64::from(BPF_F_MARK_MANGLED_0)
     } else {
         0
     };
+    let pseudo = u64::from(BPF_F_PSEUDO_HDR) | mangled | 4;
     if old_addr != addr {
-        ctx.store(addr_at, &addr, 0).ok()?;
-        ctx.l3_csum_replace(IP_CSUM, u64::from(old_addr), u64::from(addr), 4)
-            .ok()?;
-        ctx.l4_csum_replace(
-            p.csum(),
-            u64::from(old_addr),
-            u64::from(addr),
-            u64::from(BPF_F_PSEUDO_HDR) | mangled | 4,
-        )
-        .ok()?;
+        if p.v6 {
+            ctx.store(if src { IP6_SRC } else { IP6_DST }, addr, 0)
+                .ok()?;
+            for (old, new) in old_addr.iter().zip(addr.iter()) {
+                if old != new {
+                    ctx.l4_csum_replace(p.csum(), u64::from(*old), u64::from(*new), pseudo)
+                        .ok()?;
+                }
+            }
+        } else {
+            let old = old_addr[3];
+            let new = mapped_ipv4(addr)?;
+            ctx.store(if src { IP_SRC } else { IP_DST }, &new, 0).ok()?;
+            ctx.l3_csum_replace(IP_CSUM, u64::from(old), u64::from(new), 4)
+                .ok()?;
+            ctx.l4_csum_replace(p.csum(), u64::from(old), u64::from(new), pseudo)
+                .ok()?;
+        }
     }
     if old_port != port {
         ctx.store(port_at, &port, 0).ok()?;
@@ -166,18 +235,31 @@ fn rewrite(ctx: &TcContext, p: &Packet, src: bool, addr: u32, port: u16) -> Opti
 }
 
 /// Where the node's FIB sends a packet to `dst`, and the source address it would use.
+#[derive(Default)]
 struct Route {
     ifindex: u32,
-    src: u32,
-    /// Destination and source MAC when the neighbour is known.
-    macs: Option<([u8; 6], [u8; 6])>,
+    src: Addr,
+    /// Whether the neighbour is known (`dmac`, `smac` filled).
+    known: bool,
+    dmac: [u8; 6],
+    smac: [u8; 6],
 }
 
-fn route(ctx: &TcContext, dst: u32) -> Option<Route> {
+// Not inlined, here and below: the programs' locals (16-byte addresses in 40-byte keys)
+// would not fit one 512-byte stack frame; each function gets its own. Results go
+// through a pointer, the return value is a scalar: a BPF function may not hand its
+// caller a pointer into its own stack, which returning a struct can leave in R0.
+#[inline(never)]
+fn route(ctx: &TcContext, v6: bool, dst: &Addr, out: &mut Route) -> bool {
     // SAFETY: an all-zero bpf_fib_lookup is a valid request before the fields are set.
     let mut params: bpf_fib_lookup = unsafe { core::mem::zeroed() };
-    params.family = AF_INET;
-    params.__bindgen_anon_4.ipv4_dst = dst;
+    if v6 {
+        params.family = AF_INET6;
+        params.__bindgen_anon_4.ipv6_dst = *dst;
+    } else {
+        params.family = AF_INET;
+        params.__bindgen_anon_4.ipv4_dst = dst[3];
+    }
     // SAFETY: the context's skb pointer is valid for the program run.
     params.ifindex = unsafe { (*ctx.skb.skb).ifindex };
     // SAFETY: params is a local of the size passed; the skb is the program's own.
@@ -189,37 +271,40 @@ fn route(ctx: &TcContext, dst: u32) -> Option<Route> {
             BPF_FIB_LOOKUP_SRC,
         )
     };
-    // SAFETY: the helper filled ipv4_src (BPF_FIB_LOOKUP_SRC) on success and no-neigh.
-    let src = unsafe { params.__bindgen_anon_3.ipv4_src };
-    match rc as u32 {
-        BPF_FIB_LKUP_RET_SUCCESS => Some(Route {
-            ifindex: params.ifindex,
-            src,
-            macs: Some((params.dmac, params.smac)),
-        }),
-        BPF_FIB_LKUP_RET_NO_NEIGH => Some(Route {
-            ifindex: params.ifindex,
-            src,
-            macs: None,
-        }),
-        _ => None,
-    }
+    // SAFETY: the helper filled the source (BPF_FIB_LOOKUP_SRC) on success and
+    // no-neigh, in the field of the family asked for.
+    let src = unsafe {
+        if v6 {
+            params.__bindgen_anon_3.ipv6_src
+        } else {
+            ipv4_mapped(params.__bindgen_anon_3.ipv4_src)
+        }
+    };
+    let known = match rc as u32 {
+        BPF_FIB_LKUP_RET_SUCCESS => true,
+        BPF_FIB_LKUP_RET_NO_NEIGH => false,
+        _ => return false,
+    };
+    out.ifindex = params.ifindex;
+    out.src = src;
+    out.known = known;
+    out.dmac = params.dmac;
+    out.smac = params.smac;
+    true
 }
 
 /// Sends the packet out of the route's interface (resolving the neighbour when the FIB
 /// did not know it).
 fn send(ctx: &TcContext, r: &Route) -> i32 {
-    match r.macs {
-        Some((dmac, smac)) => {
-            if ctx.store(0, &dmac, 0).is_err() || ctx.store(6, &smac, 0).is_err() {
-                return DROP;
-            }
-            // SAFETY: plain helper call with an interface index from the FIB.
-            unsafe { bpf_redirect(r.ifindex, 0) as i32 }
-        }
+    if !r.known {
         // SAFETY: no parameters: the kernel looks up the next hop itself.
-        None => unsafe { bpf_redirect_neigh(r.ifindex, core::ptr::null_mut(), 0, 0) as i32 },
+        return unsafe { bpf_redirect_neigh(r.ifindex, core::ptr::null_mut(), 0, 0) as i32 };
     }
+    if ctx.store(0, &r.dmac, 0).is_err() || ctx.store(6, &r.smac, 0).is_err() {
+        return DROP;
+    }
+    // SAFETY: plain helper call with an interface index from the FIB.
+    unsafe { bpf_redirect(r.ifindex, 0) as i32 }
 }
 
 /// Outside traffic to a frontend, and replies of SNAT'd flows.
@@ -236,18 +321,24 @@ pub fn kl_lb_egress(ctx: TcContext) -> i32 {
 
 fn ingress(ctx: &TcContext) -> Option<i32> {
     let p = parse(ctx)?;
+    let sc = scratch()?;
+    sc.flow = p.flow();
     // SAFETY: the value is copied out at once; map values are plain data.
-    if let Some(rev) = unsafe { KL_NAT_REV.get(&p.flow()) }.copied()
-        && rev.snat != 0
-    {
-        let Some(r) = route(ctx, rev.client_addr) else {
+    if let Some(rev) = unsafe { KL_NAT_REV.get(&sc.flow) } {
+        sc.rev = *rev;
+    } else {
+        sc.rev.snat = 0;
+    }
+    if sc.rev.snat != 0 {
+        if !route(ctx, p.v6, &sc.rev.client_addr, &mut sc.route) {
             return Some(DROP);
-        };
+        }
         // A packet the helpers could not rewrite whole is not let through half-done.
-        let rewritten = rewrite(ctx, &p, true, rev.frontend_addr, rev.frontend_port)
-            .and_then(|()| rewrite(ctx, &p, false, rev.client_addr, rev.client_port));
+        let rev = &sc.rev;
+        let rewritten = rewrite(ctx, &p, true, &rev.frontend_addr, rev.frontend_port)
+            .and_then(|()| rewrite(ctx, &p, false, &rev.client_addr, rev.client_port));
         return Some(if rewritten.is_some() {
-            send(ctx, &r)
+            send(ctx, &sc.route)
         } else {
             DROP
         });
@@ -255,32 +346,46 @@ fn ingress(ctx: &TcContext) -> Option<i32> {
     // A flow keeps its backend for its life (user space drops the translations of
     // backends that are gone).
     // SAFETY: as above.
-    let nat = match unsafe { KL_NAT_FWD.get(&p.flow()) }.copied() {
-        Some(nat) => nat,
-        None => match new_flow(ctx, &p)? {
-            Ok(nat) => nat,
-            Err(verdict) => return Some(verdict),
+    match unsafe { KL_NAT_FWD.get(&sc.flow) } {
+        Some(nat) => sc.nat = *nat,
+        None => match new_flow(ctx, &p, sc) {
+            NewFlow::Translated => {}
+            NewFlow::NotAFrontend => return None,
+            NewFlow::Refused => return Some(DROP),
         },
-    };
-    if rewrite(ctx, &p, false, nat.backend.addr, nat.backend.port).is_none() {
+    }
+    let nat = &sc.nat;
+    if rewrite(ctx, &p, false, &nat.backend.addr, nat.backend.port).is_none() {
         return Some(DROP);
     }
-    if nat.snat_addr == 0 {
+    if nat.snat == 0 {
         // A local backend: the node routes the packet to the pod.
         return Some(PASS);
     }
-    if rewrite(ctx, &p, true, nat.snat_addr, nat.snat_port).is_none() {
+    if rewrite(ctx, &p, true, &nat.snat_addr, nat.snat_port).is_none() {
         return Some(DROP);
     }
-    match route(ctx, nat.backend.addr) {
-        Some(r) => Some(send(ctx, &r)),
-        None => Some(DROP),
-    }
+    Some(if route(ctx, p.v6, &sc.nat.backend.addr, &mut sc.route) {
+        send(ctx, &sc.route)
+    } else {
+        DROP
+    })
 }
 
-/// The translation of a client flow not seen before: `None` when the packet is for no
-/// outside frontend, `Err(verdict)` when it must not pass.
-fn new_flow(ctx: &TcContext, p: &Packet) -> Option<Result<FwdNat, i32>> {
+/// What became of a packet of a flow not seen before.
+enum NewFlow {
+    /// A frontend's: the translation is written.
+    Translated,
+    /// For no outside frontend: passed on untouched.
+    NotAFrontend,
+    /// Must not pass: outside the source ranges, no backend, or no room to remember it.
+    Refused,
+}
+
+/// The translation of a client flow not seen before, written to `sc.nat` (`sc.flow`
+/// is the packet's).
+#[inline(never)]
+fn new_flow(ctx: &TcContext, p: &Packet, sc: &mut Scratch) -> NewFlow {
     let key = ServiceKey {
         addr: p.dst,
         port: p.dport,
@@ -288,38 +393,40 @@ fn new_flow(ctx: &TcContext, p: &Packet) -> Option<Result<FwdNat, i32>> {
         _pad: 0,
     };
     // SAFETY: the value is copied out at once.
-    let svc = unsafe { KL_SERVICES.get(&key) }.copied()?;
+    let Some(svc) = unsafe { KL_SERVICES.get(&key) }.copied() else {
+        return NewFlow::NotAFrontend;
+    };
     if svc.flags & SVC_EXTERNAL == 0 {
-        return None;
+        return NewFlow::NotAFrontend;
     }
     if svc.flags & SVC_SOURCE_RANGES != 0 {
-        let k = Key::new(
-            SOURCE_RANGE_SERVICE_BITS + 32,
+        sc.range = Key::new(
+            SOURCE_RANGE_SERVICE_BITS + 128,
             SourceRangeKey {
                 service: key,
                 client: p.src,
             },
         );
-        if KL_SOURCE_RANGES.get(&k).is_none() {
-            return Some(Err(DROP));
+        if KL_SOURCE_RANGES.get(&sc.range).is_none() {
+            return NewFlow::Refused;
         }
     }
-    if svc.count == 0 {
-        return Some(Err(DROP));
-    }
-    let client = || ADDRESS_CLIENT | u64::from(p.src);
+    let client = || {
+        let s = &p.src;
+        ADDRESS_CLIENT | (u64::from(s[0] ^ s[1] ^ s[2]) << 32) | u64::from(s[3])
+    };
     let Some(backend) = choose(client, || Some(p.hash()), &key, &svc) else {
-        return Some(Err(DROP));
+        return NewFlow::Refused;
     };
     count(&backend);
-    let mut rev = RevNat {
+    sc.rev = RevNat {
         frontend_addr: p.dst,
         client_addr: p.src,
         frontend_port: p.dport,
         client_port: p.sport,
         snat: 0,
     };
-    let mut back = FlowKey {
+    sc.back = FlowKey {
         src: backend.addr,
         dst: p.src,
         sport: backend.port,
@@ -327,47 +434,46 @@ fn new_flow(ctx: &TcContext, p: &Packet) -> Option<Result<FwdNat, i32>> {
         proto: p.proto,
         _pad: [0; 3],
     };
-    let mut nat = FwdNat {
+    sc.nat = FwdNat {
         backend,
-        snat_addr: 0,
-        snat_port: 0,
-        _pad: 0,
+        ..FwdNat::default()
     };
     let snat = backend.flags & BACKEND_LOCAL == 0 && svc.flags & SVC_LOCAL == 0;
     if snat {
-        let Some(r) = route(ctx, backend.addr) else {
-            return Some(Err(DROP));
-        };
-        rev.snat = 1;
-        back.dst = r.src;
+        if !route(ctx, p.v6, &backend.addr, &mut sc.route) {
+            return NewFlow::Refused;
+        }
+        sc.rev.snat = 1;
+        sc.back.dst = sc.route.src;
         // The client's own port when free on that address, else one of the SNAT range.
         let mut port = p.sport;
         let mut tries = 0;
         loop {
-            back.dport = port;
+            sc.back.dport = port;
             if KL_NAT_REV
-                .insert(&back, &rev, u64::from(BPF_NOEXIST))
+                .insert(&sc.back, &sc.rev, u64::from(BPF_NOEXIST))
                 .is_ok()
             {
                 break;
             }
             tries += 1;
             if tries > 8 {
-                return Some(Err(DROP));
+                return NewFlow::Refused;
             }
             // SAFETY: a helper without arguments.
             let r = unsafe { bpf_get_prandom_u32() } % u32::from(SNAT_PORT_COUNT);
             port = (SNAT_PORT_MIN + r as u16).to_be();
         }
-        nat.snat_addr = r.src;
-        nat.snat_port = port;
-    } else if KL_NAT_REV.insert(&back, &rev, 0).is_err() {
-        return Some(Err(DROP));
+        sc.nat.snat_addr = sc.route.src;
+        sc.nat.snat_port = port;
+        sc.nat.snat = 1;
+    } else if KL_NAT_REV.insert(&sc.back, &sc.rev, 0).is_err() {
+        return NewFlow::Refused;
     }
-    if KL_NAT_FWD.insert(&p.flow(), &nat, 0).is_err() {
-        return Some(Err(DROP));
+    if KL_NAT_FWD.insert(&sc.flow, &sc.nat, 0).is_err() {
+        return NewFlow::Refused;
     }
-    Some(Ok(nat))
+    NewFlow::Translated
 }
 
 fn egress(ctx: &TcContext) -> Option<i32> {
@@ -378,7 +484,7 @@ fn egress(ctx: &TcContext) -> Option<i32> {
         return None;
     }
     Some(
-        match rewrite(ctx, &p, true, rev.frontend_addr, rev.frontend_port) {
+        match rewrite(ctx, &p, true, &rev.frontend_addr, rev.frontend_port) {
             Some(()) => TCX_NEXT,
             None => DROP,
         },
