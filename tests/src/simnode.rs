@@ -15,6 +15,10 @@ use crate::hygiene::{self, ip};
 
 /// The lab bridge's own address; the control plane listens here.
 pub const BRIDGE_IP: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 1);
+/// The bridge's IPv6 address: the underlay is dual-stack, nodes at
+/// fd00:198:18::<10+n>/64 beside 198.18.0.<10+n>/24.
+pub const BRIDGE_IP6: std::net::Ipv6Addr =
+    std::net::Ipv6Addr::new(0xfd00, 0x198, 0x18, 0, 0, 0, 0, 1);
 
 /// The underlay: a bridge in its own namespace that nodes attach to.
 pub struct Lab {
@@ -25,7 +29,7 @@ pub struct Lab {
 
 impl Lab {
     /// Creates the bridge namespace `kltest-<pid>-<name>-br` with bridge `br0` at
-    /// 198.18.0.1/24. Sweeps leftovers of killed runs first.
+    /// 198.18.0.1/24 and fd00:198:18::1/64. Sweeps leftovers of killed runs first.
     pub fn new(name: &str) -> anyhow::Result<Self> {
         hygiene::sweep_once();
         let bridge_ns = format!("{}-{name}-br", hygiene::run_prefix());
@@ -45,6 +49,17 @@ impl Lab {
             "198.18.0.1/24",
             "dev",
             "br0",
+        ])?;
+        // nodad: usable at once, no duplicate detection to wait for.
+        ip(&[
+            "-n",
+            &lab.bridge_ns,
+            "addr",
+            "add",
+            &format!("{BRIDGE_IP6}/64"),
+            "dev",
+            "br0",
+            "nodad",
         ])?;
         ip(&["-n", &lab.bridge_ns, "link", "set", "br0", "up"])?;
         Ok(lab)
@@ -107,8 +122,8 @@ impl Lab {
         })
     }
 
-    /// Adds a node: namespace, veth into the bridge, address 198.18.0.<10+n>/24, its
-    /// directories and cgroup.
+    /// Adds a node: namespace, veth into the bridge, addresses 198.18.0.<10+n>/24 and
+    /// fd00:198:18::<10+n>/64, its directories and cgroup.
     pub fn add_node(&mut self, label: &str) -> anyhow::Result<SimNode> {
         let ns = format!("{}-{}-{label}", hygiene::run_prefix(), self.name);
         let address = Ipv4Addr::new(198, 18, 0, self.next);
@@ -163,8 +178,28 @@ impl Lab {
             "dev",
             "eth0",
         ])?;
+        ip(&[
+            "-n",
+            &ns,
+            "addr",
+            "add",
+            &format!("{}/64", node.ip6()),
+            "dev",
+            "eth0",
+            "nodad",
+        ])?;
         ip(&["-n", &ns, "link", "set", "eth0", "up"])?;
         ip(&["-n", &ns, "route", "add", "default", "via", "198.18.0.1"])?;
+        ip(&[
+            "-n",
+            &ns,
+            "-6",
+            "route",
+            "add",
+            "default",
+            "via",
+            &BRIDGE_IP6.to_string(),
+        ])?;
         for d in ["state", "run", "logs", "images"] {
             std::fs::create_dir_all(node.root.path().join(d))?;
         }
@@ -260,6 +295,20 @@ impl SimNode {
 
     pub fn ip(&self) -> IpAddr {
         IpAddr::V4(self.address)
+    }
+
+    /// The node's IPv6 underlay address: fd00:198:18::<last byte of the IPv4 one>.
+    pub fn ip6(&self) -> std::net::Ipv6Addr {
+        std::net::Ipv6Addr::new(
+            0xfd00,
+            0x198,
+            0x18,
+            0,
+            0,
+            0,
+            0,
+            u16::from(self.address.octets()[3]),
+        )
     }
 
     /// A command that runs "on the node": inside its network namespace and cgroup.

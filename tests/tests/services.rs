@@ -1843,3 +1843,454 @@ async fn internal_traffic_policy_and_the_terminating_fallback() {
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
 }
+
+/// A server on a node (a process of the node, in its network namespace): TCP on
+/// [::]:8081 answering `name client-address`, UDP on [::]:5353 answering `name`. Both
+/// families (`::` takes IPv4 too). Stopped (by its pid) when dropped.
+struct NodeServer(std::process::Child);
+
+const NODE_SERVER: &str = r#"
+import socket, sys, threading
+name = sys.argv[1]
+t = socket.socket(socket.AF_INET6, socket.SOCK_STREAM)
+t.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+t.bind(("::", 8081))
+t.listen(64)
+u = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
+u.bind(("::", 5353))
+def udp():
+    while True:
+        d, a = u.recvfrom(100)
+        u.sendto(name.encode(), a)
+threading.Thread(target=udp, daemon=True).start()
+print("ready", flush=True)
+while True:
+    c, a = t.accept()
+    c.sendall((name + " " + a[0]).encode())
+    c.close()
+"#;
+
+impl NodeServer {
+    fn start(node: &SimNode, name: &str) -> Self {
+        use std::io::BufRead as _;
+        let mut child = node
+            .command("python3")
+            .args(["-c", NODE_SERVER, name])
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        std::io::BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        assert_eq!(line.trim(), "ready", "the server on {}", node.name);
+        Self(child)
+    }
+}
+
+impl Drop for NodeServer {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// A client on a node for an IPv6 service address: `n` TCP connects to port 80 (what
+/// the backend said, and `getpeername`), and `n` datagrams from an unconnected socket
+/// to port 53 (what answered, and the source `recvfrom` showed).
+const CLIENT6: &str = r#"
+import json, socket, sys
+ip, n = sys.argv[1], int(sys.argv[2])
+out = {"tcp": [], "peer": [], "udp": [], "udp_from": []}
+try:
+    for _ in range(n):
+        s = socket.create_connection((ip, 80), timeout=3)
+        out["peer"].append(list(s.getpeername()[:2]))
+        out["tcp"].append(s.recv(100).decode())
+        s.close()
+    u = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
+    u.settimeout(3)
+    for _ in range(n):
+        u.sendto(b"hi", (ip, 53))
+        d, a = u.recvfrom(100)
+        out["udp"].append(d.decode())
+        out["udp_from"].append(list(a[:2]))
+except OSError as e:
+    out["error"] = str(e)
+print(json.dumps(out))
+"#;
+
+fn client6(node: &SimNode, ip: std::net::Ipv6Addr, n: usize) -> serde_json::Value {
+    let out = node
+        .command("python3")
+        .args(["-c", CLIENT6, &ip.to_string(), &n.to_string()])
+        .output()
+        .unwrap();
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|_| {
+        panic!(
+            "client6: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
+    })
+}
+
+/// IPv6 Services on dual-stack nodes (`--node-ip v4,v6`): an IPv6 ClusterIP balanced
+/// by the v6 socket hooks (TCP and UDP, `getpeername` and `recvfrom` showing the
+/// service), its NodePorts on the nodes' IPv6 addresses, an IPv6 external IP and an
+/// IPv6 load-balancer IP with source ranges, translated by the tc programs for a client
+/// on the underlay (a local backend sees the client, a remote one the node's IPv6
+/// address); and a dual-stack Service whose two ClusterIPs reach the backends of their
+/// own family. The backends are servers on the nodes (the pod network is IPv4): the
+/// EndpointSlices are written by hand, as for a Service without a selector. Last, a
+/// pinned map of another layout (an older kernlet's) is replaced on start.
+#[tokio::test(flavor = "multi_thread")]
+async fn ipv6_services_on_dual_stack_nodes() {
+    use kube::api::{Patch, PatchParams};
+    use std::net::{IpAddr, Ipv6Addr, SocketAddr};
+    let cluster = Cluster::start(&[BRIDGE_IP.into()]).await.unwrap();
+    let mut lab = Lab::new("svc6").unwrap();
+    let fwd = lab.forward(0, cluster.addr()).unwrap();
+    apply_node_rbac(&cluster).unwrap();
+    let mut nodes = Vec::new();
+    let mut node_flags = Vec::new();
+    for (i, label) in ["s1", "s2"].iter().enumerate() {
+        let mut n = lab.add_node(label).unwrap();
+        // As on an IPv6 node prepared for Kubernetes (kubeadm's preflight asks for it):
+        // without it the kernel's FIB does not route outside IPv6 traffic on.
+        let out = n
+            .run("sysctl", &["-qw", "net.ipv6.conf.all.forwarding=1"])
+            .unwrap();
+        assert!(out.status.success(), "{out:?}");
+        let dual = format!("{},{}", n.address, n.ip6());
+        let extra = ["--node-ip", dual.as_str()];
+        let flags = proxy_flags(&n, &extra);
+        let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
+        start_overlay_node(&cluster, &fwd.url, &mut n, i as u8 + 1, &flags)
+            .await
+            .unwrap();
+        node_flags.push(dual);
+        nodes.push(n);
+    }
+    let _servers: Vec<NodeServer> = nodes
+        .iter()
+        .map(|n| NodeServer::start(n, &n.name))
+        .collect();
+    let admin = cluster.admin().await.unwrap();
+    let node_api: Api<k8s_openapi::api::core::v1::Node> = Api::all(admin.clone());
+    let registered = node_api.get("s1").await.unwrap();
+    let internal: Vec<String> = registered
+        .status
+        .unwrap()
+        .addresses
+        .unwrap()
+        .into_iter()
+        .filter(|a| a.type_ == "InternalIP")
+        .map(|a| a.address)
+        .collect();
+    assert_eq!(
+        internal,
+        [nodes[0].address.to_string(), nodes[0].ip6().to_string()],
+        "a dual-stack node reports both InternalIPs"
+    );
+
+    let services: Api<Service> = Api::namespaced(admin.clone(), "default");
+    let slices: Api<k8s_openapi::api::discovery::v1::EndpointSlice> =
+        Api::namespaced(admin.clone(), "default");
+    let slice = |name: &str, service: &str, family: &str, addrs: &[(String, &str)]| {
+        serde_json::from_value::<k8s_openapi::api::discovery::v1::EndpointSlice>(serde_json::json!({
+            "metadata": {"name": name, "labels": {
+                "kubernetes.io/service-name": service,
+                "endpointslice.kubernetes.io/managed-by": "kernlet-tests"}},
+            "addressType": family,
+            "endpoints": addrs.iter().map(|(a, node)| serde_json::json!(
+                {"addresses": [a], "conditions": {"ready": true}, "nodeName": node})).collect::<Vec<_>>(),
+            "ports": [{"name": "http", "port": 8081, "protocol": "TCP"},
+                      {"name": "dns", "port": 5353, "protocol": "UDP"}],
+        }))
+        .unwrap()
+    };
+    let ports = serde_json::json!([
+        {"name": "http", "port": 80, "protocol": "TCP"},
+        {"name": "dns", "port": 53, "protocol": "UDP"}]);
+    let web6: Service = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": "web6"},
+        "spec": {"type": "LoadBalancer", "ipFamilies": ["IPv6"], "ipFamilyPolicy": "SingleStack",
+                 "externalIPs": ["fd00:203::10"],
+                 "loadBalancerSourceRanges": ["fd00:198:18::/64"],
+                 "ports": ports}}))
+    .unwrap();
+    let web6 = services
+        .create(&PostParams::default(), &web6)
+        .await
+        .unwrap();
+    let spec = web6.spec.unwrap();
+    assert_eq!(spec.ip_families.as_deref(), Some(&["IPv6".to_string()][..]));
+    let cluster_ip: Ipv6Addr = spec.cluster_ip.unwrap().parse().unwrap();
+    let node_port = |name: &str| -> u16 {
+        let p = spec
+            .ports
+            .as_ref()
+            .unwrap()
+            .iter()
+            .find(|p| p.name.as_deref() == Some(name));
+        p.and_then(|p| p.node_port).unwrap() as u16
+    };
+    let (http_np, dns_np) = (node_port("http"), node_port("dns"));
+    let v6_eps: Vec<(String, &str)> = nodes
+        .iter()
+        .map(|n| (n.ip6().to_string(), n.name.as_str()))
+        .collect();
+    slices
+        .create(
+            &PostParams::default(),
+            &slice("web6-a", "web6", "IPv6", &v6_eps),
+        )
+        .await
+        .unwrap();
+
+    // The ClusterIP from each node: both backends, TCP and UDP, and the socket calls
+    // show the service address.
+    for node in &nodes {
+        let out = wait_for(
+            "the IPv6 ClusterIP answering",
+            Duration::from_secs(30),
+            async || {
+                let out = client6(node, cluster_ip, 16);
+                out["error"].is_null().then_some(out)
+            },
+        )
+        .await;
+        for k in ["tcp", "udp"] {
+            let mut seen: Vec<String> = out[k]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|v| v.as_str().unwrap().split(' ').next().unwrap().to_string())
+                .collect();
+            seen.sort();
+            seen.dedup();
+            assert_eq!(seen, ["s1", "s2"], "{k} from {}: {out}", node.name);
+        }
+        let svc = cluster_ip.to_string();
+        assert!(
+            out["peer"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .all(|p| *p == serde_json::json!([svc, 80])),
+            "{out}"
+        );
+        assert!(
+            out["udp_from"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .all(|p| *p == serde_json::json!([svc, 53])),
+            "{out}"
+        );
+    }
+
+    // From outside (the bridge at fd00:198:18::1): the NodePort on s1's IPv6 address
+    // reaches both; s1's own server sees the client, s2's sees s1 (SNAT).
+    let bridge = PathBuf::from(format!("/run/netns/{}", lab.bridge_netns()));
+    let outside = kernlet_tests::simnode::BRIDGE_IP6.to_string();
+    let np = SocketAddr::new(IpAddr::V6(nodes[0].ip6()), http_np);
+    wait_for(
+        "the IPv6 NodePort answering from outside",
+        Duration::from_secs(30),
+        async || ask_from(&bridge, np),
+    )
+    .await;
+    let seen = answers_from(&bridge, np, 24);
+    assert!(seen.iter().any(|(w, _)| w == "s1"), "{seen:?}");
+    assert!(seen.iter().any(|(w, _)| w == "s2"), "{seen:?}");
+    for (who, client) in &seen {
+        let want = if who == "s1" {
+            outside.clone()
+        } else {
+            nodes[0].ip6().to_string()
+        };
+        assert_eq!(*client, want, "{seen:?}");
+    }
+    // UDP through the NodePort: replies come from the NodePort address.
+    let to = SocketAddr::new(IpAddr::V6(nodes[0].ip6()), dns_np);
+    let udp = in_netns(&bridge, move || {
+        let mut out = Vec::new();
+        let mut buf = [0u8; 100];
+        for _ in 0..16 {
+            let u = std::net::UdpSocket::bind((kernlet_tests::simnode::BRIDGE_IP6, 0)).unwrap();
+            u.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+            u.send_to(b"hi", to).unwrap();
+            match u.recv_from(&mut buf) {
+                Ok((n, from)) => out.push((String::from_utf8_lossy(&buf[..n]).to_string(), from)),
+                Err(e) => out.push((format!("error: {e}"), to)),
+            }
+        }
+        out
+    })
+    .unwrap();
+    assert!(udp.iter().any(|(w, _)| w == "s1"), "{udp:?}");
+    assert!(udp.iter().any(|(w, _)| w == "s2"), "{udp:?}");
+    assert!(udp.iter().all(|(_, from)| *from == to), "{udp:?}");
+
+    // The external IP and a load-balancer IP, routed to s2.
+    let ip = |args: &[&str]| {
+        let st = std::process::Command::new("ip")
+            .args(["-n", lab.bridge_netns(), "-6"])
+            .args(args)
+            .status()
+            .unwrap();
+        assert!(st.success(), "ip {args:?}");
+    };
+    let via_s2 = nodes[1].ip6().to_string();
+    ip(&["route", "add", "fd00:203::10/128", "via", &via_s2]);
+    let seen = answers_from(&bridge, "[fd00:203::10]:80".parse().unwrap(), 24);
+    assert!(seen.iter().any(|(w, _)| w == "s1"), "{seen:?}");
+    assert!(seen.iter().any(|(w, _)| w == "s2"), "{seen:?}");
+    services
+        .patch_status(
+            "web6",
+            &PatchParams::default(),
+            &Patch::Merge(serde_json::json!({"status": {"loadBalancer": {"ingress": [{"ip": "fd00:192::20"}]}}})),
+        )
+        .await
+        .unwrap();
+    ip(&["route", "add", "fd00:192::20/128", "via", &via_s2]);
+    let lb: SocketAddr = "[fd00:192::20]:80".parse().unwrap();
+    wait_for(
+        "the IPv6 load-balancer IP answering",
+        Duration::from_secs(20),
+        async || ask_from(&bridge, lb),
+    )
+    .await;
+    // Ranges without the client: shut out (an IPv4 range does not let it in either).
+    services
+        .patch(
+            "web6",
+            &PatchParams::default(),
+            &Patch::Merge(serde_json::json!({"spec": {"loadBalancerSourceRanges": ["fd00:beef::/32", "198.18.0.0/24"]}})),
+        )
+        .await
+        .unwrap();
+    wait_for(
+        "the IPv6 load-balancer IP refusing the client",
+        Duration::from_secs(20),
+        async || ask_from(&bridge, lb).is_none().then_some(()),
+    )
+    .await;
+    assert!(
+        ask_from(&bridge, lb).is_none(),
+        "a client outside the ranges got in"
+    );
+
+    // A dual-stack Service: each ClusterIP reaches the backends of its family (s1's
+    // server by its IPv4 address, s2's by its IPv6 one).
+    let dual: Service = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": "dual"},
+        "spec": {"ipFamilyPolicy": "RequireDualStack", "ports": ports}}))
+    .unwrap();
+    let dual = services
+        .create(&PostParams::default(), &dual)
+        .await
+        .unwrap();
+    let ips: Vec<IpAddr> = dual
+        .spec
+        .unwrap()
+        .cluster_ips
+        .unwrap()
+        .iter()
+        .map(|i| i.parse().unwrap())
+        .collect();
+    assert!(
+        ips.len() == 2 && ips[0].is_ipv4() && ips[1].is_ipv6(),
+        "{ips:?}"
+    );
+    slices
+        .create(
+            &PostParams::default(),
+            &slice(
+                "dual-4",
+                "dual",
+                "IPv4",
+                &[(nodes[0].address.to_string(), "s1")],
+            ),
+        )
+        .await
+        .unwrap();
+    slices
+        .create(
+            &PostParams::default(),
+            &slice(
+                "dual-6",
+                "dual",
+                "IPv6",
+                &[(nodes[1].ip6().to_string(), "s2")],
+            ),
+        )
+        .await
+        .unwrap();
+    let cg = nodes[0].cgroup().join("client");
+    let netns = PathBuf::from(format!("/run/netns/{}", nodes[0].netns));
+    let IpAddr::V6(dual6) = ips[1] else {
+        unreachable!()
+    };
+    let IpAddr::V4(dual4) = ips[0] else {
+        unreachable!()
+    };
+    let out6 = wait_for(
+        "the dual-stack Service's IPv6 ClusterIP",
+        Duration::from_secs(20),
+        async || {
+            let out = client6(&nodes[0], dual6, 4);
+            out["error"].is_null().then_some(out)
+        },
+    )
+    .await;
+    assert!(
+        out6["tcp"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|v| v.as_str().unwrap().starts_with("s2 ")),
+        "{out6}"
+    );
+    let out4 = client(&cg, &netns, dual4, 4);
+    assert!(out4["error"].is_null(), "{out4}");
+    assert!(
+        out4["tcp"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|v| v.as_str().unwrap().starts_with("s1 ")),
+        "{out4}"
+    );
+    assert!(
+        out4["udp"].as_array().unwrap().iter().all(|v| v == "s1"),
+        "{out4}"
+    );
+
+    // A pinned map of another layout (as an older kernlet left it): s1's agent, started
+    // again, replaces it and serves the IPv6 ClusterIP.
+    nodes[0].stop_kernlet(Duration::from_secs(5)).unwrap();
+    let lb_dir = nodes[0].dir("bpf").join("lb");
+    std::fs::rename(lb_dir.join("KL_SOCK_REVNAT"), lb_dir.join("KL_SERVICES")).unwrap();
+    restart_proxy_node(&mut nodes[0], &["--node-ip", &node_flags[0]]).await;
+    assert!(
+        nodes[0]
+            .kernlet_log()
+            .contains("pinned maps of an older layout replaced"),
+        "{}",
+        nodes[0].kernlet_log()
+    );
+    let out = wait_for(
+        "the IPv6 ClusterIP after the map was replaced",
+        Duration::from_secs(20),
+        async || {
+            let out = client6(&nodes[0], cluster_ip, 4);
+            out["error"].is_null().then_some(out)
+        },
+    )
+    .await;
+    assert_eq!(out["tcp"].as_array().unwrap().len(), 4, "{out}");
+}

@@ -161,6 +161,35 @@ async fn serve_health(
     }
 }
 
+/// IPv6 traffic from outside to an endpoint on another node is sent on by the tc
+/// programs through the kernel's FIB, which answers for IPv6 only where forwarding is
+/// on for the interface the packet came in on (kubeadm asks for IPv6 forwarding on
+/// IPv6 clusters too). kernlet does not switch it on itself: with forwarding on, an
+/// interface stops taking router advertisements, which may be how the node got its
+/// address.
+fn warn_without_ipv6_forwarding(cfg: &ServiceProxyConfig) {
+    if !cfg.node_ips.iter().any(std::net::IpAddr::is_ipv6) {
+        return;
+    }
+    let Some(iface) = cfg
+        .iface
+        .clone()
+        .or_else(|| crate::sys::netlink::interface_with_address(&cfg.node_ips))
+    else {
+        return;
+    };
+    let path = format!("/proc/sys/net/ipv6/conf/{iface}/forwarding");
+    if std::fs::read_to_string(&path).is_ok_and(|v| v.trim() != "1") {
+        tracing::warn!(
+            interface = %iface,
+            "IPv6 NodePorts, external and load-balancer IPs reach only this node's \
+             endpoints: IPv6 forwarding is off on {iface}; run sysctl -w \
+             net.ipv6.conf.{iface}.forwarding=1 (or net.ipv6.conf.all.forwarding=1) and \
+             persist it in /etc/sysctl.d/"
+        );
+    }
+}
+
 /// The backends of the UDP frontends the maps hold.
 fn udp_backends(t: &mut dyn LbTable) -> std::collections::BTreeSet<std::net::SocketAddr> {
     let (Ok(services), Ok(backends)) = (t.services(), t.backends()) else {
@@ -239,6 +268,7 @@ pub async fn run(
         }
     };
     tracing::info!(cgroup = %cfg.cgroup.display(), pins = %cfg.pin_dir.display(), "Service datapath attached");
+    warn_without_ipv6_forwarding(&cfg);
     readiness.send_replace(crate::model::node::Readiness {
         ready: true,
         reason: "KubeletReady".into(),

@@ -3,7 +3,7 @@
 //! (ClusterIP, NodePorts, healthCheckNodePort) — and NodeRestriction admission.
 
 use std::collections::BTreeSet;
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use serde_json::{Map, Value, json};
 
@@ -192,7 +192,82 @@ pub fn default_pod(pod: &mut Value) {
     pod["status"] = status;
 }
 
-/// Allocates ClusterIPs from 10.96.0.0/12 and NodePorts from 30000-32767.
+/// A Service IP family, with the cluster's range for it (a dual-stack cluster:
+/// `--service-cluster-ip-range=10.96.0.0/12,fd00:10:96::/112`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum IpFamily {
+    V4,
+    V6,
+}
+
+impl IpFamily {
+    fn of(ip: &IpAddr) -> Self {
+        if ip.is_ipv4() { Self::V4 } else { Self::V6 }
+    }
+
+    fn other(self) -> Self {
+        match self {
+            Self::V4 => Self::V6,
+            Self::V6 => Self::V4,
+        }
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            Self::V4 => "IPv4",
+            Self::V6 => "IPv6",
+        }
+    }
+
+    fn range(self) -> &'static str {
+        match self {
+            Self::V4 => "10.96.0.0/12",
+            Self::V6 => "fd00:10:96::/112",
+        }
+    }
+
+    /// The range as (first address, host bits).
+    fn base(self) -> (u128, u32) {
+        match self {
+            Self::V4 => (u128::from(u32::from(Ipv4Addr::new(10, 96, 0, 0))), 20),
+            Self::V6 => (
+                u128::from(Ipv6Addr::new(0xfd00, 0x10, 0x96, 0, 0, 0, 0, 0)),
+                16,
+            ),
+        }
+    }
+
+    fn in_range(self, ip: &IpAddr) -> bool {
+        let (base, bits) = self.base();
+        let n = match ip {
+            IpAddr::V4(ip) => u128::from(u32::from(*ip)),
+            IpAddr::V6(ip) => u128::from(*ip),
+        };
+        IpFamily::of(ip) == self && n >> bits == base >> bits
+    }
+
+    fn addr(self, n: u128) -> IpAddr {
+        match self {
+            Self::V4 => IpAddr::V4(Ipv4Addr::from(n as u32)),
+            Self::V6 => IpAddr::V6(Ipv6Addr::from(n)),
+        }
+    }
+
+    /// A free address of the range: like the real allocator, from a random offset;
+    /// the first address after the network one (10.96.0.1, the kubernetes Service) is
+    /// never handed out.
+    fn allocate(self, used: &BTreeSet<IpAddr>) -> Option<IpAddr> {
+        let (base, bits) = self.base();
+        let size = (1u128 << bits) - 2;
+        let start = uuid::Uuid::new_v4().as_u128() % size;
+        (0..size)
+            .map(|i| self.addr(base + 2 + (start + i) % size))
+            .find(|ip| !used.contains(ip))
+    }
+}
+
+/// Allocates ClusterIPs from 10.96.0.0/12 and fd00:10:96::/112 (one per family the
+/// Service asks for) and NodePorts from 30000-32767.
 pub struct ServiceAllocator;
 
 impl ServiceAllocator {
@@ -224,72 +299,122 @@ impl ServiceAllocator {
                 set_default(p, "targetPort", port);
             }
         }
-        let used_ips: BTreeSet<String> = existing
+        let used_ips: BTreeSet<IpAddr> = existing
             .iter()
-            .filter_map(|s| {
-                s.pointer("/spec/clusterIP")
-                    .and_then(Value::as_str)
-                    .map(str::to_string)
+            .flat_map(|s| {
+                s.pointer("/spec/clusterIPs")
+                    .and_then(Value::as_array)
+                    .into_iter()
+                    .flatten()
+                    .chain(s.pointer("/spec/clusterIP"))
+                    .filter_map(|ip| ip.as_str()?.parse().ok())
             })
             .collect();
-        let wanted = spec
-            .get("clusterIP")
-            .and_then(Value::as_str)
-            .map(str::to_string);
-        let ip = match wanted.as_deref() {
-            Some("None") => "None".to_string(),
-            Some(ip) if !ip.is_empty() => {
-                let parsed: Ipv4Addr = ip.parse().map_err(|_| {
-                    ApiError::invalid(
-                        "Service",
-                        &name,
-                        vec![(
-                            "spec.clusterIPs[0]".into(),
-                            format!("Invalid value: \"{ip}\": must be a valid IP address"),
-                        )],
-                    )
-                })?;
-                let n = u32::from(parsed);
-                if n >> 20 != u32::from(Ipv4Addr::new(10, 96, 0, 0)) >> 20 {
-                    return Err(ApiError::invalid(
-                        "Service",
-                        &name,
-                        vec![(
-                            "spec.clusterIPs".into(),
-                            format!(
-                                "Invalid value: []string{{\"{ip}\"}}: failed to allocate IP {ip}: the provided IP ({ip}) is not in the valid range. The range of valid IPs is 10.96.0.0/12"
-                            ),
-                        )],
-                    ));
-                }
-                if used_ips.contains(ip) {
-                    return Err(ApiError::invalid(
-                        "Service",
-                        &name,
-                        vec![(
-                            "spec.clusterIPs".into(),
-                            format!(
-                                "Invalid value: []string{{\"{ip}\"}}: failed to allocate IP {ip}: provided IP is already allocated"
-                            ),
-                        )],
-                    ));
-                }
-                ip.to_string()
-            }
-            _ => {
-                let base = u32::from(Ipv4Addr::new(10, 96, 0, 0));
-                // Like the real allocator, start at a random offset; .1 is the kubernetes Service.
-                let start = (uuid::Uuid::new_v4().as_u128() % ((1 << 20) - 2)) as u32 + 2;
-                (0..(1u32 << 20) - 2)
-                    .map(|i| Ipv4Addr::from(base + 2 + (start + i) % ((1 << 20) - 2)).to_string())
-                    .find(|ip| !used_ips.contains(ip))
-                    .ok_or_else(|| ApiError::bad_request("service IP range exhausted".into()))?
-            }
+        let invalid = |field: &str, detail: String| {
+            ApiError::invalid("Service", &name, vec![(field.into(), detail)])
         };
-        spec["clusterIP"] = json!(ip);
-        spec["clusterIPs"] = json!([ip]);
-        set_default(spec, "ipFamilies", json!(["IPv4"]));
-        set_default(spec, "ipFamilyPolicy", json!("SingleStack"));
+        // What was asked for: clusterIPs (or the one clusterIP), families, policy.
+        let mut wanted: Vec<String> = spec
+            .get("clusterIPs")
+            .and_then(Value::as_array)
+            .map(|a| {
+                a.iter()
+                    .filter_map(|v| v.as_str().map(String::from))
+                    .collect()
+            })
+            .unwrap_or_default();
+        if wanted.is_empty()
+            && let Some(ip) = spec.get("clusterIP").and_then(Value::as_str)
+            && !ip.is_empty()
+        {
+            wanted.push(ip.to_string());
+        }
+        if wanted.first().map(String::as_str) == Some("None") {
+            spec["clusterIP"] = json!("None");
+            spec["clusterIPs"] = json!(["None"]);
+        } else {
+            let mut parsed = Vec::new();
+            for (i, ip) in wanted.iter().enumerate() {
+                parsed.push(ip.parse::<IpAddr>().map_err(|_| {
+                    invalid(
+                        &format!("spec.clusterIPs[{i}]"),
+                        format!("Invalid value: \"{ip}\": must be a valid IP address"),
+                    )
+                })?);
+            }
+            let policy = spec
+                .get("ipFamilyPolicy")
+                .and_then(Value::as_str)
+                .unwrap_or("SingleStack")
+                .to_string();
+            let mut families: Vec<IpFamily> = match spec.get("ipFamilies").and_then(Value::as_array)
+            {
+                Some(f) if !f.is_empty() => f
+                    .iter()
+                    .map(|v| match v.as_str() {
+                        Some("IPv4") => Ok(IpFamily::V4),
+                        Some("IPv6") => Ok(IpFamily::V6),
+                        _ => Err(invalid(
+                            "spec.ipFamilies",
+                            format!("Unsupported value: {v}: supported values: \"IPv4\", \"IPv6\""),
+                        )),
+                    })
+                    .collect::<Result<_, _>>()?,
+                _ if !parsed.is_empty() => parsed.iter().map(IpFamily::of).collect(),
+                _ => vec![IpFamily::V4],
+            };
+            if policy != "SingleStack" && families.len() == 1 {
+                families.push(families[0].other());
+            }
+            if policy == "SingleStack" && families.len() > 1 {
+                return Err(invalid(
+                    "spec.ipFamilies",
+                    "Invalid value: when ipFamilyPolicy is SingleStack, ipFamilies must have one entry".into(),
+                ));
+            }
+            let mut ips = Vec::new();
+            for (i, family) in families.iter().enumerate() {
+                let ip = match parsed.get(i) {
+                    Some(ip) => {
+                        if IpFamily::of(ip) != *family {
+                            return Err(invalid(
+                                "spec.clusterIPs",
+                                format!(
+                                    "Invalid value: \"{ip}\": expected an {} address (spec.ipFamilies[{i}])",
+                                    family.name()
+                                ),
+                            ));
+                        }
+                        if !family.in_range(ip) {
+                            return Err(invalid(
+                                "spec.clusterIPs",
+                                format!(
+                                    "Invalid value: []string{{\"{ip}\"}}: failed to allocate IP {ip}: the provided IP ({ip}) is not in the valid range. The range of valid IPs is {}",
+                                    family.range()
+                                ),
+                            ));
+                        }
+                        if used_ips.contains(ip) {
+                            return Err(invalid(
+                                "spec.clusterIPs",
+                                format!(
+                                    "Invalid value: []string{{\"{ip}\"}}: failed to allocate IP {ip}: provided IP is already allocated"
+                                ),
+                            ));
+                        }
+                        *ip
+                    }
+                    None => family.allocate(&used_ips).ok_or_else(|| {
+                        ApiError::bad_request("service IP range exhausted".into())
+                    })?,
+                };
+                ips.push(ip.to_string());
+            }
+            spec["clusterIP"] = json!(ips[0]);
+            spec["clusterIPs"] = json!(ips);
+            spec["ipFamilies"] = json!(families.iter().map(|f| f.name()).collect::<Vec<_>>());
+            spec["ipFamilyPolicy"] = json!(policy);
+        }
         if matches!(ty.as_str(), "NodePort" | "LoadBalancer") {
             set_default(spec, "externalTrafficPolicy", json!("Cluster"));
             if ty == "LoadBalancer" {
@@ -487,6 +612,60 @@ pub fn node_restriction(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn allocated(spec: Value, existing: &[Value]) -> Result<Value, ApiError> {
+        let mut svc = json!({"metadata": {"name": "web"}, "spec": spec});
+        ServiceAllocator::default_and_allocate(&mut svc, existing)?;
+        Ok(svc["spec"].clone())
+    }
+
+    #[test]
+    fn cluster_ips_are_allocated_per_family_as_a_dual_stack_apiserver_does() {
+        let ports = json!([{"port": 80}]);
+        // The default: one IPv4 address.
+        let v4 = allocated(json!({"ports": ports}), &[]).unwrap();
+        assert_eq!(v4["ipFamilies"], json!(["IPv4"]));
+        assert_eq!(v4["ipFamilyPolicy"], "SingleStack");
+        assert!(IpFamily::V4.in_range(&v4["clusterIP"].as_str().unwrap().parse().unwrap()));
+        // IPv6 only.
+        let v6 = allocated(json!({"ipFamilies": ["IPv6"], "ports": ports}), &[]).unwrap();
+        let ip: IpAddr = v6["clusterIP"].as_str().unwrap().parse().unwrap();
+        assert!(ip.is_ipv6() && IpFamily::V6.in_range(&ip), "{v6}");
+        assert_eq!(v6["clusterIPs"], json!([ip.to_string()]));
+        // Dual-stack: both, in the order asked for (the primary family first).
+        let dual = allocated(
+            json!({"ipFamilyPolicy": "PreferDualStack", "ipFamilies": ["IPv6"], "ports": ports}),
+            &[],
+        )
+        .unwrap();
+        assert_eq!(dual["ipFamilies"], json!(["IPv6", "IPv4"]));
+        let ips: Vec<IpAddr> = dual["clusterIPs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_str().unwrap().parse().unwrap())
+            .collect();
+        assert!(ips[0].is_ipv6() && ips[1].is_ipv4(), "{dual}");
+        assert_eq!(dual["clusterIP"], dual["clusterIPs"][0]);
+        // Asked-for addresses: kept when free and in range, refused otherwise.
+        let asked = allocated(json!({"clusterIP": "fd00:10:96::a", "ports": ports}), &[]).unwrap();
+        assert_eq!(asked["ipFamilies"], json!(["IPv6"]));
+        let taken = allocated(
+            json!({"clusterIP": "fd00:10:96::a", "ports": ports}),
+            &[json!({"spec": asked})],
+        );
+        assert!(taken.is_err());
+        for bad in [
+            json!({"clusterIP": "fd00:99::a", "ports": ports}),
+            json!({"clusterIPs": ["10.96.0.9"], "ipFamilies": ["IPv6"], "ports": ports}),
+            json!({"ipFamilyPolicy": "SingleStack", "ipFamilies": ["IPv4", "IPv6"], "ports": ports}),
+        ] {
+            assert!(allocated(bad.clone(), &[]).is_err(), "{bad}");
+        }
+        // Headless stays headless.
+        let headless = allocated(json!({"clusterIP": "None", "ports": ports}), &[]).unwrap();
+        assert_eq!(headless["clusterIPs"], json!(["None"]));
+    }
 
     /// The pod spec fields the apiserver's defaulting fills in.
     const DEFAULTED_SPEC_FIELDS: [&str; 11] = [
