@@ -42,6 +42,14 @@ async fn names(kubeconfig: &Path) -> Result<BTreeMap<(String, u16, u8), String>,
         {
             ips.extend(ing.ip);
         }
+        // As the maps show them: IPv6 addresses in their canonical form.
+        let ips: Vec<String> = ips
+            .iter()
+            .map(|ip| {
+                ip.parse::<std::net::IpAddr>()
+                    .map_or_else(|_| ip.clone(), |a| a.to_string())
+            })
+            .collect();
         for p in spec.ports.iter().flatten() {
             let proto = match p.protocol.as_deref().unwrap_or("TCP") {
                 "UDP" => 17,
@@ -60,10 +68,12 @@ async fn names(kubeconfig: &Path) -> Result<BTreeMap<(String, u16, u8), String>,
 
 /// Whether `filter` names the frontend `ip:port/PROTO` of service `namespace/name`:
 /// the whole service name or its name alone, the address, `ip:port`, or the frontend
-/// as shown. Whole parts only: `10.96.0.1` is not `10.96.0.10`, `web` is not `web-lb`.
+/// as shown (an IPv6 one as `[ip]:port/PROTO`). Whole parts only: `10.96.0.1` is not
+/// `10.96.0.10`, `web` is not `web-lb`.
 fn matches(filter: &str, frontend: &str, service: Option<&str>) -> bool {
     let (ip_port, _) = frontend.split_once('/').unwrap_or((frontend, ""));
     let ip = ip_port.rsplit_once(':').map_or(ip_port, |(ip, _)| ip);
+    let ip = ip.trim_start_matches('[').trim_end_matches(']');
     [frontend, ip_port, ip].contains(&filter)
         || service
             .is_some_and(|s| s == filter || s.split_once('/').is_some_and(|(_, n)| n == filter))
@@ -100,7 +110,11 @@ pub async fn gather(
             .get(&(ip.to_string(), port, proto))
             .or_else(|| names.get(&(String::new(), port, proto)))
             .cloned();
-        let frontend = format!("{ip}:{port}/{}", if proto == 17 { "UDP" } else { "TCP" });
+        let frontend = format!(
+            "{}/{}",
+            std::net::SocketAddr::new(ip, port),
+            if proto == 17 { "UDP" } else { "TCP" }
+        );
         if let Some(f) = filter
             && !matches(f, &frontend, name.as_deref())
         {
@@ -225,5 +239,10 @@ mod tests {
             assert!(!matches(no, f, Some("default/web")), "{no}");
         }
         assert!(!matches("web", f, None));
+        let f6 = "[fd00:10:96::a]:53/UDP";
+        for yes in ["fd00:10:96::a", "[fd00:10:96::a]:53", f6] {
+            assert!(matches(yes, f6, None), "{yes}");
+        }
+        assert!(!matches("fd00:10:96::", f6, None));
     }
 }

@@ -237,20 +237,22 @@ fn explain(node: &SimNode, target: &str, json: bool) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
-/// A UDP client that connects to the service until it lands on web-b, says so, then
-/// on a line of input sends once more and says what happened.
+/// A UDP client that connects to the service (argument 1) until it lands on the
+/// backend named by argument 2, says so, then on a line of input sends once more and
+/// says what happened.
 const UDP_CLIENT: &str = r#"
 import socket, sys
-ip = sys.argv[1]
+ip, want = sys.argv[1], sys.argv[2]
+family = socket.AF_INET6 if ":" in ip else socket.AF_INET
 for _ in range(40):
-    u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    u = socket.socket(family, socket.SOCK_DGRAM)
     u.settimeout(3)
     u.connect((ip, 53))
     u.send(b"hi")
-    if u.recv(100).decode() == "web-b":
+    if u.recv(100).decode() == want:
         break
     u.close()
-print("on web-b", flush=True)
+print("on " + want, flush=True)
 sys.stdin.readline()
 try:
     u.send(b"hi")
@@ -691,7 +693,7 @@ async fn cluster_ips_are_balanced_by_the_socket_hooks() {
         .args([
             "-c",
             &format!(
-                "echo $$ > {}/cgroup.procs && exec nsenter --net={} python3 -c '{}' {cluster_ip}",
+                "echo $$ > {}/cgroup.procs && exec nsenter --net={} python3 -c '{}' {cluster_ip} web-b",
                 cg.display(),
                 client_ns.display(),
                 UDP_CLIENT
@@ -2089,6 +2091,94 @@ async fn ipv6_services_on_dual_stack_nodes() {
                 .all(|p| *p == serde_json::json!([svc, 53])),
             "{out}"
         );
+    }
+
+    // kernlet services: the IPv6 frontends named, found by their address.
+    let view: serde_json::Value = serde_json::from_str(&services_filtered(
+        &nodes[0],
+        true,
+        true,
+        Some(&cluster_ip.to_string()),
+    ))
+    .unwrap();
+    let mut rows: Vec<String> = view["frontends"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            format!(
+                "{} {} {}",
+                r["frontend"].as_str().unwrap(),
+                r["service"],
+                r["backends"].as_array().unwrap().len()
+            )
+        })
+        .collect();
+    rows.sort();
+    assert_eq!(
+        rows,
+        [
+            format!("[{cluster_ip}]:53/UDP \"default/web6\" 2"),
+            format!("[{cluster_ip}]:80/TCP \"default/web6\" 2"),
+        ],
+        "{view}"
+    );
+
+    // A connected UDP socket on s2's server, kept open across s2's removal: closed by
+    // kernlet, so its next send fails and the client connects again.
+    let mut udp_client = nodes[0]
+        .command("python3")
+        .args(["-c", UDP_CLIENT, &cluster_ip.to_string(), "s2"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut udp_out = std::io::BufReader::new(udp_client.stdout.take().unwrap());
+    let mut line = String::new();
+    std::io::BufRead::read_line(&mut udp_out, &mut line).unwrap();
+    assert_eq!(line.trim(), "on s2");
+    let only_s1 = slice("web6-a", "web6", "IPv6", &v6_eps[..1]);
+    let mut current = slices.get("web6-a").await.unwrap();
+    current.endpoints = only_s1.endpoints;
+    slices
+        .replace("web6-a", &PostParams::default(), &current)
+        .await
+        .unwrap();
+    wait_for("s2 out of rotation", Duration::from_secs(20), async || {
+        let out = client6(&nodes[0], cluster_ip, 8);
+        let tcp = out["tcp"].as_array()?.clone();
+        (tcp.len() == 8
+            && tcp
+                .iter()
+                .all(|t| t.as_str().unwrap_or("").starts_with("s1 ")))
+        .then_some(())
+    })
+    .await;
+    udp_client.stdin.take().unwrap().write_all(b"go\n").unwrap();
+    let mut line = String::new();
+    std::io::BufRead::read_line(&mut udp_out, &mut line).unwrap();
+    assert!(
+        ["error 103", "error 89"].contains(&line.trim()),
+        "{line}\n{}",
+        nodes[0].kernlet_log()
+    );
+    let _ = udp_client.wait();
+    let mut current = slices.get("web6-a").await.unwrap();
+    current.endpoints = slice("web6-a", "web6", "IPv6", &v6_eps).endpoints;
+    slices
+        .replace("web6-a", &PostParams::default(), &current)
+        .await
+        .unwrap();
+    for node in &nodes {
+        wait_for("s2 back in rotation", Duration::from_secs(20), async || {
+            let out = client6(node, cluster_ip, 12);
+            out["tcp"]
+                .as_array()?
+                .iter()
+                .any(|t| t.as_str().unwrap_or("").starts_with("s2 "))
+                .then_some(())
+        })
+        .await;
     }
 
     // From outside (the bridge at fd00:198:18::1): the NodePort on s1's IPv6 address
