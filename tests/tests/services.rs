@@ -261,6 +261,44 @@ except OSError as e:
     print("error %d" % e.errno, flush=True)
 "#;
 
+/// A UDP client (`UDP_CLIENT`) whose connected socket landed on one backend, kept open.
+struct ConnectedUdp {
+    child: std::process::Child,
+    out: std::io::BufReader<std::process::ChildStdout>,
+}
+
+impl ConnectedUdp {
+    /// Runs `cmd` (the client, with its service address and backend name) until it
+    /// says it is on backend `want`.
+    fn start(mut cmd: std::process::Command, want: &str) -> Self {
+        let mut child = cmd
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut out = std::io::BufReader::new(child.stdout.take().unwrap());
+        let mut line = String::new();
+        std::io::BufRead::read_line(&mut out, &mut line).unwrap();
+        assert_eq!(line.trim(), format!("on {want}"));
+        Self { child, out }
+    }
+
+    /// Has it send once more and checks kernlet closed the socket under it (the
+    /// backend was removed): ECONNABORTED, or EDESTADDRREQ once the aborted socket is
+    /// disconnected.
+    fn assert_closed(mut self, node: &SimNode) {
+        self.child.stdin.take().unwrap().write_all(b"go\n").unwrap();
+        let mut line = String::new();
+        std::io::BufRead::read_line(&mut self.out, &mut line).unwrap();
+        assert!(
+            ["error 103", "error 89"].contains(&line.trim()),
+            "{line}\n{}",
+            node.kernlet_log()
+        );
+        let _ = self.child.wait();
+    }
+}
+
 /// Runs the client in the network namespace `netns`, as a process of `cgroup` (the
 /// load-balancer translates the socket calls of processes below the cgroup it is
 /// attached to).
@@ -689,24 +727,17 @@ async fn cluster_ips_are_balanced_by_the_socket_hooks() {
     );
 
     // A connected UDP socket on web-b, kept open across web-b's removal.
-    let mut udp_client = std::process::Command::new("bash")
-        .args([
-            "-c",
-            &format!(
-                "echo $$ > {}/cgroup.procs && exec nsenter --net={} python3 -c '{}' {cluster_ip} web-b",
-                cg.display(),
-                client_ns.display(),
-                UDP_CLIENT
-            ),
-        ])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut udp_out = std::io::BufReader::new(udp_client.stdout.take().unwrap());
-    let mut line = String::new();
-    std::io::BufRead::read_line(&mut udp_out, &mut line).unwrap();
-    assert_eq!(line.trim(), "on web-b");
+    let mut on_b_cmd = std::process::Command::new("bash");
+    on_b_cmd.args([
+        "-c",
+        &format!(
+            "echo $$ > {}/cgroup.procs && exec nsenter --net={} python3 -c '{}' {cluster_ip} web-b",
+            cg.display(),
+            client_ns.display(),
+            UDP_CLIENT
+        ),
+    ]);
+    let on_b_client = ConnectedUdp::start(on_b_cmd, "web-b");
 
     // web-b not ready: only web-a is chosen.
     set_conditions(&admin, "web-kltest", &[("web-b", false, false, false)]).await;
@@ -723,16 +754,7 @@ async fn cluster_ips_are_balanced_by_the_socket_hooks() {
 
     // The socket connected to web-b was closed: its next send fails, the client
     // reconnects to a live backend.
-    udp_client.stdin.take().unwrap().write_all(b"go\n").unwrap();
-    let mut line = String::new();
-    std::io::BufRead::read_line(&mut udp_out, &mut line).unwrap();
-    // ECONNABORTED, or EDESTADDRREQ once the aborted socket is disconnected.
-    assert!(
-        ["error 103", "error 89"].contains(&line.trim()),
-        "{line}\n{}",
-        nodes[0].kernlet_log()
-    );
-    let _ = udp_client.wait();
+    on_b_client.assert_closed(&nodes[0]);
 
     // kernlet status: the services programmed and how fresh the daemon's last sync is.
     let status = |node: &SimNode| -> serde_json::Value {
@@ -1174,6 +1196,102 @@ fn answers_from(netns: &Path, addr: std::net::SocketAddr, n: usize) -> Vec<(Stri
         .collect()
 }
 
+/// `n` datagrams to `to` from `netns`, each from a fresh socket bound to `from` (a new
+/// flow each): what answered (or the error) and the source the answer came from.
+fn udp_answers_from(
+    netns: &Path,
+    from: std::net::IpAddr,
+    to: std::net::SocketAddr,
+    n: usize,
+) -> Vec<(String, std::net::SocketAddr)> {
+    in_netns(netns, move || {
+        let mut out = Vec::new();
+        let mut buf = [0u8; 100];
+        for _ in 0..n {
+            let u = std::net::UdpSocket::bind((from, 0)).unwrap();
+            u.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+            u.send_to(b"hi", to).unwrap();
+            match u.recv_from(&mut buf) {
+                Ok((n, from)) => out.push((String::from_utf8_lossy(&buf[..n]).to_string(), from)),
+                Err(e) => out.push((format!("error: {e}"), to)),
+            }
+        }
+        out
+    })
+    .unwrap()
+}
+
+/// Sets the `loadBalancerSourceRanges` of Service `name` and waits until `lb` answers a
+/// client in `netns` (`open`) or stops answering it.
+async fn set_source_ranges(
+    services: &Api<Service>,
+    name: &str,
+    ranges: &[&str],
+    netns: &Path,
+    lb: std::net::SocketAddr,
+    open: bool,
+) {
+    use kube::api::{Patch, PatchParams};
+    services
+        .patch(
+            name,
+            &PatchParams::default(),
+            &Patch::Merge(serde_json::json!({"spec": {"loadBalancerSourceRanges": ranges}})),
+        )
+        .await
+        .unwrap();
+    wait_for(
+        &format!(
+            "{lb} {} the client",
+            if open { "answering" } else { "refusing" }
+        ),
+        Duration::from_secs(20),
+        async || (ask_from(netns, lb).is_some() == open).then_some(()),
+    )
+    .await;
+}
+
+/// Gives Service `name` the load-balancer IP `ip` (as a cloud controller would, in its
+/// status), routes it to `via` from the lab bridge (`bridge_ns`) and waits until it
+/// answers there.
+async fn route_lb_ip(
+    services: &Api<Service>,
+    name: &str,
+    bridge_ns: &str,
+    lb: std::net::SocketAddr,
+    via: std::net::IpAddr,
+) {
+    use kube::api::{Patch, PatchParams};
+    services
+        .patch_status(
+            name,
+            &PatchParams::default(),
+            &Patch::Merge(serde_json::json!({"status": {"loadBalancer": {"ingress": [{"ip": lb.ip().to_string()}]}}})),
+        )
+        .await
+        .unwrap();
+    let st = std::process::Command::new("ip")
+        .args([
+            "-n",
+            bridge_ns,
+            "route",
+            "add",
+            &lb.ip().to_string(),
+            "via",
+            &via.to_string(),
+        ])
+        .status()
+        .unwrap();
+    assert!(st.success(), "routing {lb} via {via}");
+    let netns = PathBuf::from(format!("/run/netns/{bridge_ns}"));
+    wait_for(
+        &format!("the load-balancer IP {lb} answering"),
+        Duration::from_secs(20),
+        async || ask_from(&netns, lb),
+    )
+    .await;
+}
+
 /// Traffic from outside the nodes (a client on the underlay: the lab bridge at
 /// 198.18.0.1) to NodePorts, an external IP and a load-balancer IP, translated by the
 /// TC programs on the node's interface: balanced over local and remote backends (the
@@ -1183,7 +1301,6 @@ fn answers_from(netns: &Path, addr: std::net::SocketAddr, n: usize) -> Vec<(Stri
 /// `loadBalancerSourceRanges` enforced on the load-balancer IP.
 #[tokio::test(flavor = "multi_thread")]
 async fn outside_traffic_reaches_services_through_the_tc_programs() {
-    use kube::api::{Patch, PatchParams};
     let cluster = Cluster::start(&[BRIDGE_IP.into()]).await.unwrap();
     let mut lab = Lab::new("svco").unwrap();
     let fwd = lab.forward(0, cluster.addr()).unwrap();
@@ -1266,23 +1383,7 @@ async fn outside_traffic_reaches_services_through_the_tc_programs() {
     // UDP through the NodePort: a flow (client port) keeps its backend; flows from 24
     // ports reach both, and replies come from the NodePort address.
     let to = at(0, 30053);
-    let udp = in_netns(&bridge, move || {
-        let mut out = Vec::new();
-        let mut buf = [0u8; 100];
-        for _ in 0..24 {
-            let u = std::net::UdpSocket::bind((BRIDGE_IP, 0)).unwrap();
-            u.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
-            u.send_to(b"hi", to).unwrap();
-            match u.recv_from(&mut buf) {
-                Ok((n, from)) => {
-                    out.push((String::from_utf8_lossy(&buf[..n]).to_string(), from));
-                }
-                Err(e) => out.push((format!("error: {e}"), to)),
-            }
-        }
-        out
-    })
-    .unwrap();
+    let udp = udp_answers_from(&bridge, BRIDGE_IP.into(), to, 24);
     assert!(udp.iter().any(|(w, _)| w == "web-a"), "{udp:?}");
     assert!(udp.iter().any(|(w, _)| w == "web-b"), "{udp:?}");
     assert!(udp.iter().all(|(_, from)| *from == to), "{udp:?}");
@@ -1390,46 +1491,11 @@ async fn outside_traffic_reaches_services_through_the_tc_programs() {
     assert_eq!(via_o1.split(' ').count(), 8, "{via_o1}");
 
     // A load-balancer IP routed to o1, open to the lab's /24.
-    services
-        .patch_status(
-            "web-lb",
-            &PatchParams::default(),
-            &Patch::Merge(serde_json::json!({"status": {"loadBalancer": {"ingress": [{"ip": "192.0.2.20"}]}}})),
-        )
-        .await
-        .unwrap();
-    ip(&[
-        "route",
-        "add",
-        "192.0.2.20/32",
-        "via",
-        &nodes[0].address.to_string(),
-    ]);
     let lb: std::net::SocketAddr = "192.0.2.20:80".parse().unwrap();
-    wait_for(
-        "the load-balancer IP answering",
-        Duration::from_secs(20),
-        async || ask_from(&bridge, lb),
-    )
-    .await;
+    route_lb_ip(&services, "web-lb", lab.bridge_netns(), lb, nodes[0].ip()).await;
     // Source ranges without the client: its connects go unanswered; the NodePort of
     // the same Service is not guarded by them.
-    services
-        .patch(
-            "web-lb",
-            &PatchParams::default(),
-            &Patch::Merge(
-                serde_json::json!({"spec": {"loadBalancerSourceRanges": ["10.0.0.0/8"]}}),
-            ),
-        )
-        .await
-        .unwrap();
-    wait_for(
-        "the load-balancer IP refusing the client",
-        Duration::from_secs(20),
-        async || ask_from(&bridge, lb).is_none().then_some(()),
-    )
-    .await;
+    set_source_ranges(&services, "web-lb", &["10.0.0.0/8"], &bridge, lb, false).await;
     for _ in 0..5 {
         assert!(
             ask_from(&bridge, lb).is_none(),
@@ -1438,20 +1504,8 @@ async fn outside_traffic_reaches_services_through_the_tc_programs() {
     }
     assert!(ask_from(&bridge, at(0, 30083)).is_some());
     // The client's own address in the ranges again: in.
-    services
-        .patch(
-            "web-lb",
-            &PatchParams::default(),
-            &Patch::Merge(serde_json::json!({"spec": {"loadBalancerSourceRanges": ["10.0.0.0/8", "198.18.0.1/32"]}})),
-        )
-        .await
-        .unwrap();
-    wait_for(
-        "the load-balancer IP answering the client again",
-        Duration::from_secs(20),
-        async || ask_from(&bridge, lb),
-    )
-    .await;
+    let back_in = ["10.0.0.0/8", "198.18.0.1/32"];
+    set_source_ranges(&services, "web-lb", &back_in, &bridge, lb, true).await;
 
     // web-b out of rotation: the UDP flow that was on it is translated afresh, onto
     // web-a, instead of sending on into the void.
@@ -1937,6 +1991,20 @@ fn client6(node: &SimNode, ip: std::net::Ipv6Addr, n: usize) -> serde_json::Valu
     })
 }
 
+/// The first [`client6`] run that goes through without an error, within 30 s.
+async fn client6_answered(
+    what: &str,
+    node: &SimNode,
+    ip: std::net::Ipv6Addr,
+    n: usize,
+) -> serde_json::Value {
+    wait_for(what, Duration::from_secs(30), async || {
+        let out = client6(node, ip, n);
+        out["error"].is_null().then_some(out)
+    })
+    .await
+}
+
 /// IPv6 Services on dual-stack nodes (`--node-ip v4,v6`): an IPv6 ClusterIP balanced
 /// by the v6 socket hooks (TCP and UDP, `getpeername` and `recvfrom` showing the
 /// service), its NodePorts on the nodes' IPv6 addresses, an IPv6 external IP and an
@@ -1948,7 +2016,6 @@ fn client6(node: &SimNode, ip: std::net::Ipv6Addr, n: usize) -> serde_json::Valu
 /// pinned map of another layout (an older kernlet's) is replaced on start.
 #[tokio::test(flavor = "multi_thread")]
 async fn ipv6_services_on_dual_stack_nodes() {
-    use kube::api::{Patch, PatchParams};
     use std::net::{IpAddr, Ipv6Addr, SocketAddr};
     let cluster = Cluster::start(&[BRIDGE_IP.into()]).await.unwrap();
     let mut lab = Lab::new("svc6").unwrap();
@@ -2054,15 +2121,7 @@ async fn ipv6_services_on_dual_stack_nodes() {
     // The ClusterIP from each node: both backends, TCP and UDP, and the socket calls
     // show the service address.
     for node in &nodes {
-        let out = wait_for(
-            "the IPv6 ClusterIP answering",
-            Duration::from_secs(30),
-            async || {
-                let out = client6(node, cluster_ip, 16);
-                out["error"].is_null().then_some(out)
-            },
-        )
-        .await;
+        let out = client6_answered("the IPv6 ClusterIP answering", node, cluster_ip, 16).await;
         for k in ["tcp", "udp"] {
             let mut seen: Vec<String> = out[k]
                 .as_array()
@@ -2126,17 +2185,9 @@ async fn ipv6_services_on_dual_stack_nodes() {
 
     // A connected UDP socket on s2's server, kept open across s2's removal: closed by
     // kernlet, so its next send fails and the client connects again.
-    let mut udp_client = nodes[0]
-        .command("python3")
-        .args(["-c", UDP_CLIENT, &cluster_ip.to_string(), "s2"])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut udp_out = std::io::BufReader::new(udp_client.stdout.take().unwrap());
-    let mut line = String::new();
-    std::io::BufRead::read_line(&mut udp_out, &mut line).unwrap();
-    assert_eq!(line.trim(), "on s2");
+    let mut on_s2 = nodes[0].command("python3");
+    on_s2.args(["-c", UDP_CLIENT, &cluster_ip.to_string(), "s2"]);
+    let on_s2 = ConnectedUdp::start(on_s2, "s2");
     let only_s1 = slice("web6-a", "web6", "IPv6", &v6_eps[..1]);
     let mut current = slices.get("web6-a").await.unwrap();
     current.endpoints = only_s1.endpoints;
@@ -2154,15 +2205,7 @@ async fn ipv6_services_on_dual_stack_nodes() {
         .then_some(())
     })
     .await;
-    udp_client.stdin.take().unwrap().write_all(b"go\n").unwrap();
-    let mut line = String::new();
-    std::io::BufRead::read_line(&mut udp_out, &mut line).unwrap();
-    assert!(
-        ["error 103", "error 89"].contains(&line.trim()),
-        "{line}\n{}",
-        nodes[0].kernlet_log()
-    );
-    let _ = udp_client.wait();
+    on_s2.assert_closed(&nodes[0]);
     let mut current = slices.get("web6-a").await.unwrap();
     current.endpoints = slice("web6-a", "web6", "IPv6", &v6_eps).endpoints;
     slices
@@ -2205,21 +2248,7 @@ async fn ipv6_services_on_dual_stack_nodes() {
     }
     // UDP through the NodePort: replies come from the NodePort address.
     let to = SocketAddr::new(IpAddr::V6(nodes[0].ip6()), dns_np);
-    let udp = in_netns(&bridge, move || {
-        let mut out = Vec::new();
-        let mut buf = [0u8; 100];
-        for _ in 0..16 {
-            let u = std::net::UdpSocket::bind((kernlet_tests::simnode::BRIDGE_IP6, 0)).unwrap();
-            u.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
-            u.send_to(b"hi", to).unwrap();
-            match u.recv_from(&mut buf) {
-                Ok((n, from)) => out.push((String::from_utf8_lossy(&buf[..n]).to_string(), from)),
-                Err(e) => out.push((format!("error: {e}"), to)),
-            }
-        }
-        out
-    })
-    .unwrap();
+    let udp = udp_answers_from(&bridge, kernlet_tests::simnode::BRIDGE_IP6.into(), to, 16);
     assert!(udp.iter().any(|(w, _)| w == "s1"), "{udp:?}");
     assert!(udp.iter().any(|(w, _)| w == "s2"), "{udp:?}");
     assert!(udp.iter().all(|(_, from)| *from == to), "{udp:?}");
@@ -2238,37 +2267,18 @@ async fn ipv6_services_on_dual_stack_nodes() {
     let seen = answers_from(&bridge, "[fd00:203::10]:80".parse().unwrap(), 24);
     assert!(seen.iter().any(|(w, _)| w == "s1"), "{seen:?}");
     assert!(seen.iter().any(|(w, _)| w == "s2"), "{seen:?}");
-    services
-        .patch_status(
-            "web6",
-            &PatchParams::default(),
-            &Patch::Merge(serde_json::json!({"status": {"loadBalancer": {"ingress": [{"ip": "fd00:192::20"}]}}})),
-        )
-        .await
-        .unwrap();
-    ip(&["route", "add", "fd00:192::20/128", "via", &via_s2]);
     let lb: SocketAddr = "[fd00:192::20]:80".parse().unwrap();
-    wait_for(
-        "the IPv6 load-balancer IP answering",
-        Duration::from_secs(20),
-        async || ask_from(&bridge, lb),
+    route_lb_ip(
+        &services,
+        "web6",
+        lab.bridge_netns(),
+        lb,
+        nodes[1].ip6().into(),
     )
     .await;
     // Ranges without the client: shut out (an IPv4 range does not let it in either).
-    services
-        .patch(
-            "web6",
-            &PatchParams::default(),
-            &Patch::Merge(serde_json::json!({"spec": {"loadBalancerSourceRanges": ["fd00:beef::/32", "198.18.0.0/24"]}})),
-        )
-        .await
-        .unwrap();
-    wait_for(
-        "the IPv6 load-balancer IP refusing the client",
-        Duration::from_secs(20),
-        async || ask_from(&bridge, lb).is_none().then_some(()),
-    )
-    .await;
+    let ranges = ["fd00:beef::/32", "198.18.0.0/24"];
+    set_source_ranges(&services, "web6", &ranges, &bridge, lb, false).await;
     assert!(
         ask_from(&bridge, lb).is_none(),
         "a client outside the ranges got in"
@@ -2328,13 +2338,11 @@ async fn ipv6_services_on_dual_stack_nodes() {
     let IpAddr::V4(dual4) = ips[0] else {
         unreachable!()
     };
-    let out6 = wait_for(
+    let out6 = client6_answered(
         "the dual-stack Service's IPv6 ClusterIP",
-        Duration::from_secs(20),
-        async || {
-            let out = client6(&nodes[0], dual6, 4);
-            out["error"].is_null().then_some(out)
-        },
+        &nodes[0],
+        dual6,
+        4,
     )
     .await;
     assert!(
@@ -2373,13 +2381,11 @@ async fn ipv6_services_on_dual_stack_nodes() {
         "{}",
         nodes[0].kernlet_log()
     );
-    let out = wait_for(
+    let out = client6_answered(
         "the IPv6 ClusterIP after the map was replaced",
-        Duration::from_secs(20),
-        async || {
-            let out = client6(&nodes[0], cluster_ip, 4);
-            out["error"].is_null().then_some(out)
-        },
+        &nodes[0],
+        cluster_ip,
+        4,
     )
     .await;
     assert_eq!(out["tcp"].as_array().unwrap().len(), 4, "{out}");
