@@ -29,3 +29,21 @@ pub async fn wait_for<T>(
         tokio::time::sleep(std::time::Duration::from_millis(200)).await;
     }
 }
+
+/// Runs `cmd` to its end and gives its output; fails the test with the command and its
+/// stderr when it did not succeed.
+pub fn succeeded(
+    mut cmd: impl std::borrow::BorrowMut<std::process::Command>,
+) -> std::process::Output {
+    let cmd = cmd.borrow_mut();
+    let out = cmd
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "{cmd:?}: {}{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}

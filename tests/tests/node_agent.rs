@@ -385,17 +385,12 @@ async fn missing_cluster_permissions_are_named_until_deploy_rbac_is_applied() {
     assert!(node.kernlet_running(), "the node part keeps working");
 
     let rbac = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/rbac.yaml");
-    let out = std::process::Command::new("kubectl")
-        .arg("--kubeconfig")
-        .arg(cluster.admin_kubeconfig().unwrap())
-        .args(["apply", "-f"])
-        .arg(&rbac)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    kernlet_tests::succeeded(
+        std::process::Command::new("kubectl")
+            .arg("--kubeconfig")
+            .arg(cluster.admin_kubeconfig().unwrap())
+            .args(["apply", "-f"])
+            .arg(&rbac),
     );
     node.stop_kernlet(Duration::from_secs(5)).unwrap();
     start_agent(&cluster, &fwd.url, &mut node, &[]);

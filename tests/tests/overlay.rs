@@ -185,25 +185,19 @@ fn overlay_view(node: &SimNode, kubeconfig: Option<&Path>, json: bool) -> String
 
 /// `kernlet status -o json|table` run in `node`'s namespace with its kubeconfig.
 fn status(node: &SimNode, json: bool) -> String {
-    let out = node
-        .command(kernlet_tests::simnode::kernlet_bin().unwrap())
-        .args([
-            "status",
-            "-o",
-            if json { "json" } else { "table" },
-            "--kubeconfig",
-        ])
-        .arg(node.dir("state").join("node.kubeconfig"))
-        .arg("--state-dir")
-        .arg(node.dir("state"))
-        .arg("--run-dir")
-        .arg(node.dir("run"))
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    let out = kernlet_tests::succeeded(
+        node.command(kernlet_tests::simnode::kernlet_bin().unwrap())
+            .args([
+                "status",
+                "-o",
+                if json { "json" } else { "table" },
+                "--kubeconfig",
+            ])
+            .arg(node.dir("state").join("node.kubeconfig"))
+            .arg("--state-dir")
+            .arg(node.dir("state"))
+            .arg("--run-dir")
+            .arg(node.dir("run")),
     );
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
@@ -355,25 +349,20 @@ async fn pods_on_three_nodes_and_a_flannel_node_reach_each_other_over_vxlan() {
             "permanent",
         ])
         .unwrap();
-        let out = std::process::Command::new("bridge")
-            .args([
-                "-n",
-                &ns4,
-                "fdb",
-                "append",
-                &macs[i],
-                "dev",
-                "flannel.1",
-                "dst",
-            ])
-            .arg(n.address.to_string())
-            .args(["self", "permanent"])
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
+        kernlet_tests::succeeded(
+            std::process::Command::new("bridge")
+                .args([
+                    "-n",
+                    &ns4,
+                    "fdb",
+                    "append",
+                    &macs[i],
+                    "dev",
+                    "flannel.1",
+                    "dst",
+                ])
+                .arg(n.address.to_string())
+                .args(["self", "permanent"]),
         );
     }
     let f4_node: Node = serde_json::from_value(serde_json::json!({

@@ -21,16 +21,11 @@ fn layouts(node: &SimNode) -> (std::path::PathBuf, std::path::PathBuf) {
     std::fs::create_dir_all(&work).unwrap();
     let gz = kernlet_tests::oci::busybox_layout(&work, "1.36").unwrap();
     let zst = work.join("zst");
-    let out = Command::new("skopeo")
-        .args(["copy", "--dest-compress-format", "zstd"])
-        .arg(format!("oci:{}:1.36", gz.display()))
-        .arg(format!("oci:{}:1.36", zst.display()))
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    kernlet_tests::succeeded(
+        Command::new("skopeo")
+            .args(["copy", "--dest-compress-format", "zstd"])
+            .arg(format!("oci:{}:1.36", gz.display()))
+            .arg(format!("oci:{}:1.36", zst.display())),
     );
     (gz, zst)
 }

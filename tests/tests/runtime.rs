@@ -682,17 +682,12 @@ fn image_user_names_and_fs_group_volumes() {
         serde_json::json!({"User": "app", "Env": ["PATH=/bin"]}),
     )
     .unwrap();
-    let out = Command::new(kernlet_bin().unwrap())
-        .args(["image", "import"])
-        .arg(&layout)
-        .args(["--name", "example.com/named", "--image-dir"])
-        .arg(node.dir("images"))
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    kernlet_tests::succeeded(
+        Command::new(kernlet_bin().unwrap())
+            .args(["image", "import"])
+            .arg(&layout)
+            .args(["--name", "example.com/named", "--image-dir"])
+            .arg(node.dir("images")),
     );
     let m = manifests(
         &node,

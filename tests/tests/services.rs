@@ -216,23 +216,17 @@ fn services_filtered(node: &SimNode, named: bool, json: bool, filter: Option<&st
 
 /// `kernlet explain TARGET` on `node` with its kubeconfig.
 fn explain(node: &SimNode, target: &str, json: bool) -> String {
-    let out = node
-        .command(kernlet_tests::simnode::kernlet_bin().unwrap())
-        .args(["explain", target, "-o", if json { "json" } else { "table" }])
-        .arg("--kubeconfig")
-        .arg(node.dir("state").join("node.kubeconfig"))
-        .arg("--state-dir")
-        .arg(node.dir("state"))
-        .arg("--run-dir")
-        .arg(node.dir("run"))
-        .arg("--bpffs-dir")
-        .arg(node.dir("bpf"))
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    let out = kernlet_tests::succeeded(
+        node.command(kernlet_tests::simnode::kernlet_bin().unwrap())
+            .args(["explain", target, "-o", if json { "json" } else { "table" }])
+            .arg("--kubeconfig")
+            .arg(node.dir("state").join("node.kubeconfig"))
+            .arg("--state-dir")
+            .arg(node.dir("state"))
+            .arg("--run-dir")
+            .arg(node.dir("run"))
+            .arg("--bpffs-dir")
+            .arg(node.dir("bpf")),
     );
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
@@ -1466,15 +1460,10 @@ async fn outside_traffic_reaches_services_through_the_tc_programs() {
     // Maglev: the same flows (client ports) through o2, then with the route moved to
     // o1, reach the same backends (at random, 8 flows agreeing by chance: 1 in 256).
     let flows = |bridge: &Path| {
-        let out = std::process::Command::new("nsenter")
-            .arg(format!("--net={}", bridge.display()))
-            .args(["python3", "-c", MAGLEV_CLIENT, "203.0.113.10", "80"])
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
+        let out = kernlet_tests::succeeded(
+            std::process::Command::new("nsenter")
+                .arg(format!("--net={}", bridge.display()))
+                .args(["python3", "-c", MAGLEV_CLIENT, "203.0.113.10", "80"]),
         );
         String::from_utf8_lossy(&out.stdout).trim().to_string()
     };
