@@ -120,6 +120,9 @@ pub struct Facts {
     /// (its nearest existing parent is an ordinary directory, not in sysfs or procfs).
     pub bpffs_mountable: bool,
     pub ip_forward: Option<String>,
+    /// `net.ipv6.conf.all.forwarding`, and whether the machine has a global IPv6
+    /// address (only then do IPv6 Services from outside need it).
+    pub ipv6_forward: (Option<String>, bool),
     pub clock_synchronized: Option<bool>,
     pub disks: Vec<Disk>,
     pub uid: u32,
@@ -369,6 +372,25 @@ pub fn judge(f: &Facts, cluster: &ClusterFacts) -> Vec<Check> {
         ),
     });
 
+    out.push(match f.ipv6_forward {
+        (Some(ref v), _) if v == "1" => check("sysctl net.ipv6.conf.all.forwarding", Ok, "1".into(), ""),
+        (_, false) => check(
+            "sysctl net.ipv6.conf.all.forwarding",
+            Ok,
+            "off; not needed: this machine has no global IPv6 address".into(),
+            "",
+        ),
+        (ref v, true) => check(
+            "sysctl net.ipv6.conf.all.forwarding",
+            Warn,
+            format!(
+                "{}: IPv6 NodePorts, external and load-balancer IPs reach only this node's endpoints",
+                v.as_deref().unwrap_or("unreadable")
+            ),
+            "sysctl -w net.ipv6.conf.all.forwarding=1 and persist it in /etc/sysctl.d/ (kubeadm asks for it on IPv6 clusters; with it on, interfaces stop taking router advertisements unless accept_ra is 2)",
+        ),
+    });
+
     // Clock.
     out.push(match f.clock_synchronized {
         Some(true) => check(
@@ -609,6 +631,12 @@ pub fn gather(dirs: &NodeDirs, joined: bool) -> Facts {
         ip_forward: std::fs::read_to_string("/proc/sys/net/ipv4/ip_forward")
             .ok()
             .map(|s| s.trim().to_string()),
+        ipv6_forward: (
+            std::fs::read_to_string("/proc/sys/net/ipv6/conf/all/forwarding")
+                .ok()
+                .map(|s| s.trim().to_string()),
+            std::fs::read_to_string("/proc/net/if_inet6").is_ok_and(|t| has_global_ipv6(&t)),
+        ),
         clock_synchronized: crate::sys::clock::synchronized(),
         disks: [
             ("state-dir", &dirs.state_dir),
@@ -669,6 +697,15 @@ pub fn table(checks: &[Check]) -> String {
     out
 }
 
+/// Whether `/proc/net/if_inet6` lists a global-scope address (scope 00) on an interface
+/// other than loopback.
+fn has_global_ipv6(if_inet6: &str) -> bool {
+    if_inet6.lines().any(|l| {
+        let f: Vec<&str> = l.split_whitespace().collect();
+        f.len() >= 6 && f[3] == "00" && f[5] != "lo"
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -692,6 +729,7 @@ mod tests {
             bpffs: true,
             bpffs_mountable: true,
             ip_forward: Some("1".into()),
+            ipv6_forward: (Some("0".into()), false),
             clock_synchronized: Some(true),
             disks: vec![Disk {
                 flag: "image-dir",
@@ -708,6 +746,15 @@ mod tests {
 
     fn find<'a>(checks: &'a [Check], name: &str) -> &'a Check {
         checks.iter().find(|c| c.name == name).unwrap()
+    }
+
+    #[test]
+    fn global_ipv6_addresses_are_told_from_link_local_and_loopback() {
+        let only_local = "00000000000000000000000000000001 01 80 10 80       lo\n\
+                          fe800000000000004c9966fffef7e008 02 40 20 80     eth0\n";
+        assert!(!has_global_ipv6(only_local));
+        let global = format!("{only_local}fd000198001800000000000000000001 02 40 00 80     eth0\n");
+        assert!(has_global_ipv6(&global));
     }
 
     #[test]
@@ -780,6 +827,7 @@ mod tests {
         f.bpffs = false;
         f.bpffs_mountable = false;
         f.ip_forward = Some("0".into());
+        f.ipv6_forward = (Some("0".into()), true);
         f.clock_synchronized = Some(false);
         f.disks[0].available = 10 << 30;
         f.serving = Serving::Requested {
@@ -813,6 +861,9 @@ mod tests {
             find(&checks, "sysctl net.ipv4.ip_forward").verdict,
             Verdict::Warn
         );
+        let v6 = find(&checks, "sysctl net.ipv6.conf.all.forwarding");
+        assert_eq!(v6.verdict, Verdict::Warn, "{v6:?}");
+        assert!(v6.fix.contains("net.ipv6.conf.all.forwarding=1"));
         assert_eq!(find(&checks, "clock").verdict, Verdict::Warn);
         let disk = find(&checks, "disk --image-dir");
         assert_eq!(disk.verdict, Verdict::Fail, "{disk:?}");

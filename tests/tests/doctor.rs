@@ -119,6 +119,17 @@ fn doctor_names_what_this_machine_lacks_and_the_fix() {
         "{sysctl}"
     );
     assert!(sysctl["detail"].as_str().unwrap().starts_with(&forward));
+    // The lab gives the node a global IPv6 address: IPv6 forwarding is asked for.
+    let forward6 = node
+        .run("cat", &["/proc/sys/net/ipv6/conf/all/forwarding"])
+        .unwrap();
+    let forward6 = String::from_utf8_lossy(&forward6.stdout).trim().to_string();
+    let sysctl6 = find("sysctl net.ipv6.conf.all.forwarding");
+    assert_eq!(
+        sysctl6["verdict"],
+        if forward6 == "1" { "ok" } else { "warn" },
+        "{sysctl6}"
+    );
 
     // Disks: each directory flag's path, with its free space.
     for (flag, dir) in [
