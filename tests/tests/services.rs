@@ -1190,6 +1190,48 @@ fn answers_from(netns: &Path, addr: std::net::SocketAddr, n: usize) -> Vec<(Stri
         .collect()
 }
 
+/// A TCP client in `netns` connecting to `addr` from `from`:`port` (a fixed client
+/// port, so a later call uses the same tuple again): `answer <what the server said>`,
+/// `timeout` when nothing answered, or `error <errno>`. It reads to the server's close
+/// before closing, so the server's side, not the client's, waits in TIME_WAIT and the
+/// port can be bound again at once.
+fn ask_from_port(
+    netns: &Path,
+    from: std::net::IpAddr,
+    port: u16,
+    addr: std::net::SocketAddr,
+) -> String {
+    const SCRIPT: &str = r#"
+import socket, sys
+fam = socket.AF_INET6 if ":" in sys.argv[1] else socket.AF_INET
+s = socket.socket(fam, socket.SOCK_STREAM)
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.settimeout(2)
+s.bind((sys.argv[1], int(sys.argv[2])))
+try:
+    s.connect((sys.argv[3], int(sys.argv[4])))
+    data = b""
+    while True:
+        chunk = s.recv(100)
+        if not chunk:
+            break
+        data += chunk
+    print("answer " + data.decode())
+except socket.timeout:
+    print("timeout")
+except OSError as e:
+    print("error %d" % e.errno)
+"#;
+    let out = kernlet_tests::succeeded(
+        std::process::Command::new("nsenter")
+            .arg(format!("--net={}", netns.display()))
+            .args(["python3", "-c", SCRIPT])
+            .args([from.to_string(), port.to_string()])
+            .args([addr.ip().to_string(), addr.port().to_string()]),
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
 /// `n` datagrams to `to` from `netns`, each from a fresh socket bound to `from` (a new
 /// flow each): what answered (or the error) and the source the answer came from.
 fn udp_answers_from(
@@ -1482,6 +1524,10 @@ async fn outside_traffic_reaches_services_through_the_tc_programs() {
     // A load-balancer IP routed to o1, open to the lab's /24.
     let lb: std::net::SocketAddr = "192.0.2.20:80".parse().unwrap();
     route_lb_ip(&services, "web-lb", lab.bridge_netns(), lb, nodes[0].ip()).await;
+    // A connection from a fixed client port while the client is in the ranges.
+    let reused = 40_123;
+    let first = ask_from_port(&bridge, BRIDGE_IP.into(), reused, lb);
+    assert!(first.starts_with("answer web-"), "{first}");
     // Source ranges without the client: its connects go unanswered; the NodePort of
     // the same Service is not guarded by them.
     set_source_ranges(&services, "web-lb", &["10.0.0.0/8"], &bridge, lb, false).await;
@@ -1491,6 +1537,13 @@ async fn outside_traffic_reaches_services_through_the_tc_programs() {
             "a client outside the ranges got in"
         );
     }
+    // Not either through a tuple the datapath translated before: a SYN is admitted
+    // afresh.
+    assert_eq!(
+        ask_from_port(&bridge, BRIDGE_IP.into(), reused, lb),
+        "timeout",
+        "a client port used before the ranges changed got in"
+    );
     assert!(ask_from(&bridge, at(0, 30083)).is_some());
     // The client's own address in the ranges again: in.
     let back_in = ["10.0.0.0/8", "198.18.0.1/32"];

@@ -266,6 +266,10 @@ pub fn desired(
             let internal = of(internal_local);
             let external = of(external_local);
             let family = |ip: &IpAddr| usize::from(ip.is_ipv6());
+            // The Service's families are those of its ClusterIPs: like kube-proxy's
+            // per-family proxiers, a NodePort or external IP of a family the Service
+            // does not have is not a frontend.
+            let served = |ip: &&IpAddr| cluster_ips.iter().any(|c| family(c) == family(ip));
             for ip in &cluster_ips {
                 out.entry(service_key(*ip, port, proto))
                     .or_insert_with(|| Frontend {
@@ -275,7 +279,7 @@ pub fn desired(
                     .backends
                     .extend(internal[family(ip)].iter().copied());
             }
-            for ip in &frontends_ips {
+            for ip in frontends_ips.iter().filter(served) {
                 let f = out
                     .entry(service_key(*ip, port, proto))
                     .or_insert_with(|| Frontend {
@@ -298,7 +302,7 @@ pub fn desired(
                 }
             }
             if let Some(np) = sp.node_port.and_then(|p| u16::try_from(p).ok()) {
-                for ip in node_ips {
+                for ip in node_ips.iter().filter(served) {
                     let f = out
                         .entry(service_key(*ip, np, proto))
                         .or_insert_with(|| Frontend {
@@ -1228,7 +1232,7 @@ mod tests {
 
     #[test]
     fn a_dual_stack_service_gives_each_frontend_the_backends_of_its_family() {
-        let svc: Service = serde_json::from_value(serde_json::json!({
+        let svc_json = serde_json::json!({
             "metadata": {"name": "web", "namespace": "default"},
             "spec": {"type": "LoadBalancer", "clusterIP": "10.96.0.50",
                      "clusterIPs": ["10.96.0.50", "fd00:10:96::50"],
@@ -1237,8 +1241,8 @@ mod tests {
                      "ports": [{"port": 80, "nodePort": 30080}]},
             "status": {"loadBalancer": {"ingress": [{"ip": "192.0.2.10"},
                                                     {"ip": "2001:db8:ff::10"}]}},
-        }))
-        .unwrap();
+        });
+        let svc: Service = serde_json::from_value(svc_json.clone()).unwrap();
         let slice = |name: &str, family: &str, addrs: &[&str]| -> EndpointSlice {
             let eps: Vec<_> = addrs
                 .iter()
@@ -1286,6 +1290,19 @@ mod tests {
             assert_eq!(backends_of(ip, port), ["[fd00:10:244:1::5]:8080"], "{ip}");
         }
         assert_eq!(want.len(), 6);
+        // An IPv4-only Service has no frontends on the node's IPv6 address (nor on an
+        // IPv6 external IP).
+        let mut v4_only = svc_json.clone();
+        v4_only["spec"]["clusterIPs"] = serde_json::json!(["10.96.0.50"]);
+        v4_only["spec"]["ipFamilies"] = serde_json::json!(["IPv4"]);
+        v4_only["spec"]["externalIPs"] = serde_json::json!(["2001:db8:7::1"]);
+        let v4_only: Service = serde_json::from_value(v4_only).unwrap();
+        let want4 = desired(&[v4_only], &slices, "a", None, &node_ips);
+        assert!(
+            want4.keys().all(|k| frontend_of(k).0.is_ipv4()),
+            "{want4:?}"
+        );
+        assert!(want4.contains_key(&service_key("198.18.0.10".parse().unwrap(), 30080, 6)));
         // Each load-balancer IP checks the ranges of its own family.
         let ranges = |ip: &str| -> Vec<String> {
             want[&service_key(ip.parse().unwrap(), 80, 6)]

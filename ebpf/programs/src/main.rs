@@ -245,31 +245,18 @@ fn choose(
         // SAFETY: the value is copied out at once.
         if let Some(prev) = (unsafe { KL_AFFINITY.get(&k) }).copied()
             && now.saturating_sub(prev.last_ns) < u64::from(svc.affinity_timeout) * 1_000_000_000
+            && in_slot(svc, &prev.backend)
         {
-            let mut i = 0;
-            while i < AFFINITY_SCAN && i < svc.count {
-                let bk = BackendKey {
-                    slot: svc.slot,
-                    index: i,
-                };
-                // SAFETY: as above.
-                if let Some(b) = unsafe { KL_BACKENDS.get(&bk) }
-                    && b.addr == prev.backend.addr
-                    && b.port == prev.backend.port
-                {
-                    let _ = KL_AFFINITY.insert(
-                        &k,
-                        &AffinityValue {
-                            backend: prev.backend,
-                            _pad: 0,
-                            last_ns: now,
-                        },
-                        0,
-                    );
-                    return Some(prev.backend);
-                }
-                i += 1;
-            }
+            let _ = KL_AFFINITY.insert(
+                &k,
+                &AffinityValue {
+                    backend: prev.backend,
+                    _pad: 0,
+                    last_ns: now,
+                },
+                0,
+            );
+            return Some(prev.backend);
         }
         akey = Some((k, now));
     }
@@ -301,6 +288,27 @@ fn choose(
         );
     }
     Some(backend)
+}
+
+/// Whether `backend` (address and port) is among the first [`AFFINITY_SCAN`] entries
+/// of the service's backend slot (bounded for the verifier).
+fn in_slot(svc: &ServiceValue, backend: &Backend) -> bool {
+    let mut i = 0;
+    while i < AFFINITY_SCAN && i < svc.count {
+        let bk = BackendKey {
+            slot: svc.slot,
+            index: i,
+        };
+        // SAFETY: the value is only compared.
+        if let Some(b) = unsafe { KL_BACKENDS.get(&bk) }
+            && b.addr == backend.addr
+            && b.port == backend.port
+        {
+            return true;
+        }
+        i += 1;
+    }
+    false
 }
 
 /// One more connect (or datagram, or outside flow) sent to `backend`.

@@ -26,12 +26,13 @@ use aya_ebpf::{
     programs::TcContext,
 };
 use kernlet_ebpf_common::{
-    Addr, BACKEND_LOCAL, FlowKey, FwdNat, MAX_FLOWS, MAX_SOURCE_RANGES, RevNat, SNAT_PORT_COUNT,
-    SNAT_PORT_MIN, SOURCE_RANGE_SERVICE_BITS, SVC_EXTERNAL, SVC_LOCAL, SVC_SOURCE_RANGES,
-    ServiceKey, SourceRangeKey, ipv4_mapped, mapped_ipv4,
+    Addr, BACKEND_LOCAL, Backend, BackendKey, FlowKey, FwdNat, MAX_FLOWS, MAX_SOURCE_RANGES,
+    RevNat, SNAT_PORT_COUNT, SNAT_PORT_MIN, SOURCE_RANGE_SERVICE_BITS, SVC_EXTERNAL, SVC_LOCAL,
+    SVC_MAGLEV, SVC_SOURCE_RANGES, ServiceKey, ServiceValue, SourceRangeKey, ipv4_mapped,
+    mapped_ipv4,
 };
 
-use crate::{KL_SERVICES, choose, count};
+use crate::{KL_BACKENDS, KL_SERVICES, choose, count, in_slot};
 
 #[map(name = "KL_NAT_FWD")]
 static KL_NAT_FWD: LruHashMap<FlowKey, FwdNat> = LruHashMap::with_max_entries(MAX_FLOWS, 0);
@@ -102,6 +103,8 @@ struct Packet {
     dst: Addr,
     sport: u16,
     dport: u16,
+    /// A TCP SYN without ACK: a connection starting.
+    syn: bool,
 }
 
 impl Packet {
@@ -169,7 +172,18 @@ fn parse_v4(ctx: &TcContext) -> Option<Packet> {
         dst: ipv4_mapped(ctx.load(IP_DST).ok()?),
         sport: ctx.load(l4).ok()?,
         dport: ctx.load(l4 + 2).ok()?,
+        syn: is_syn(ctx, proto, l4),
     })
+}
+
+const TCP_SYN: u8 = 0x02;
+const TCP_ACK: u8 = 0x10;
+
+fn is_syn(ctx: &TcContext, proto: u8, l4: usize) -> bool {
+    proto == TCP
+        && ctx
+            .load::<u8>(l4 + 13)
+            .is_ok_and(|f| f & TCP_SYN != 0 && f & TCP_ACK == 0)
 }
 
 /// An IPv6 packet whose next header is TCP or UDP; one with extension headers (a
@@ -188,6 +202,7 @@ fn parse_v6(ctx: &TcContext) -> Option<Packet> {
         dst: ctx.load(IP6_DST).ok()?,
         sport: ctx.load(l4).ok()?,
         dport: ctx.load(l4 + 2).ok()?,
+        syn: is_syn(ctx, proto, l4),
     })
 }
 
@@ -344,15 +359,24 @@ fn ingress(ctx: &TcContext) -> Option<i32> {
         });
     }
     // A flow keeps its backend for its life (user space drops the translations of
-    // backends that are gone).
+    // UDP backends that are gone). A TCP SYN starts a connection even on a tuple seen
+    // before (a client port used again): it is admitted afresh (the frontend still
+    // there, its source ranges), and keeps its backend only while that still serves
+    // the frontend (so a retransmitted SYN stays where the first went).
     // SAFETY: as above.
-    match unsafe { KL_NAT_FWD.get(&sc.flow) } {
-        Some(nat) => sc.nat = *nat,
-        None => match new_flow(ctx, &p, sc) {
+    let known = match unsafe { KL_NAT_FWD.get(&sc.flow) } {
+        Some(nat) => {
+            sc.nat = *nat;
+            true
+        }
+        None => false,
+    };
+    if !known || p.syn {
+        match new_flow(ctx, &p, sc, known) {
             NewFlow::Translated => {}
             NewFlow::NotAFrontend => return None,
             NewFlow::Refused => return Some(DROP),
-        },
+        }
     }
     let nat = &sc.nat;
     if rewrite(ctx, &p, false, &nat.backend.addr, nat.backend.port).is_none() {
@@ -372,6 +396,21 @@ fn ingress(ctx: &TcContext) -> Option<i32> {
     })
 }
 
+/// Whether `backend` is still one of the frontend's: the entry the flow's hash picks
+/// (Maglev), or any entry of its slot.
+fn still_serves(svc: &ServiceValue, backend: &Backend, hash: u32) -> bool {
+    if svc.flags & SVC_MAGLEV != 0 {
+        let k = BackendKey {
+            slot: svc.slot,
+            index: hash % svc.count,
+        };
+        // SAFETY: the value is only compared.
+        return unsafe { KL_BACKENDS.get(&k) }
+            .is_some_and(|b| b.addr == backend.addr && b.port == backend.port);
+    }
+    in_slot(svc, backend)
+}
+
 /// What became of a packet of a flow not seen before.
 enum NewFlow {
     /// A frontend's: the translation is written.
@@ -383,9 +422,10 @@ enum NewFlow {
 }
 
 /// The translation of a client flow not seen before, written to `sc.nat` (`sc.flow`
-/// is the packet's).
+/// is the packet's). With `known`, `sc.nat` is the tuple's translation so far: kept
+/// when its backend still serves the frontend.
 #[inline(never)]
-fn new_flow(ctx: &TcContext, p: &Packet, sc: &mut Scratch) -> NewFlow {
+fn new_flow(ctx: &TcContext, p: &Packet, sc: &mut Scratch, known: bool) -> NewFlow {
     let key = ServiceKey {
         addr: p.dst,
         port: p.dport,
@@ -410,6 +450,12 @@ fn new_flow(ctx: &TcContext, p: &Packet, sc: &mut Scratch) -> NewFlow {
         if KL_SOURCE_RANGES.get(&sc.range).is_none() {
             return NewFlow::Refused;
         }
+    }
+    if svc.count == 0 {
+        return NewFlow::Refused;
+    }
+    if known && still_serves(&svc, &sc.nat.backend, p.hash()) {
+        return NewFlow::Translated;
     }
     let client = || {
         let s = &p.src;
