@@ -411,7 +411,7 @@ fn still_serves(svc: &ServiceValue, backend: &Backend, hash: u32) -> bool {
     in_slot(svc, backend)
 }
 
-/// What became of a packet of a flow not seen before.
+/// What became of a packet starting a flow (one not seen before, or a SYN).
 enum NewFlow {
     /// A frontend's: the translation is written.
     Translated,
