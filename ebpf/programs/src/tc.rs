@@ -163,27 +163,38 @@ fn parse_v4(ctx: &TcContext) -> Option<Packet> {
     if proto != TCP && proto != UDP {
         return None;
     }
-    let l4 = ETH_HLEN + ihl;
-    Some(Packet {
-        v6: false,
-        l4,
-        proto,
-        src: ipv4_mapped(ctx.load(IP_SRC).ok()?),
-        dst: ipv4_mapped(ctx.load(IP_DST).ok()?),
-        sport: ctx.load(l4).ok()?,
-        dport: ctx.load(l4 + 2).ok()?,
-        syn: is_syn(ctx, proto, l4),
-    })
+    let src = ipv4_mapped(ctx.load(IP_SRC).ok()?);
+    let dst = ipv4_mapped(ctx.load(IP_DST).ok()?);
+    with_ports(ctx, false, ETH_HLEN + ihl, proto, src, dst)
 }
 
 const TCP_SYN: u8 = 0x02;
 const TCP_ACK: u8 = 0x10;
 
-fn is_syn(ctx: &TcContext, proto: u8, l4: usize) -> bool {
-    proto == TCP
+/// The packet whose TCP/UDP header is at `l4`, with its ports and whether it is a SYN.
+#[inline(always)]
+fn with_ports(
+    ctx: &TcContext,
+    v6: bool,
+    l4: usize,
+    proto: u8,
+    src: Addr,
+    dst: Addr,
+) -> Option<Packet> {
+    let syn = proto == TCP
         && ctx
             .load::<u8>(l4 + 13)
-            .is_ok_and(|f| f & TCP_SYN != 0 && f & TCP_ACK == 0)
+            .is_ok_and(|f| f & TCP_SYN != 0 && f & TCP_ACK == 0);
+    Some(Packet {
+        v6,
+        l4,
+        proto,
+        src,
+        dst,
+        sport: ctx.load(l4).ok()?,
+        dport: ctx.load(l4 + 2).ok()?,
+        syn,
+    })
 }
 
 /// An IPv6 packet whose next header is TCP or UDP; one with extension headers (a
@@ -193,17 +204,9 @@ fn parse_v6(ctx: &TcContext) -> Option<Packet> {
     if proto != TCP && proto != UDP {
         return None;
     }
-    let l4 = ETH_HLEN + IP6_HLEN;
-    Some(Packet {
-        v6: true,
-        l4,
-        proto,
-        src: ctx.load(IP6_SRC).ok()?,
-        dst: ctx.load(IP6_DST).ok()?,
-        sport: ctx.load(l4).ok()?,
-        dport: ctx.load(l4 + 2).ok()?,
-        syn: is_syn(ctx, proto, l4),
-    })
+    let src = ctx.load(IP6_SRC).ok()?;
+    let dst = ctx.load(IP6_DST).ok()?;
+    with_ports(ctx, true, ETH_HLEN + IP6_HLEN, proto, src, dst)
 }
 
 /// Rewrites the source (`src`) or destination address and port of `p`, with the
