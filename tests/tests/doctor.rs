@@ -109,27 +109,31 @@ fn doctor_names_what_this_machine_lacks_and_the_fix() {
     );
     assert_eq!(find("kernel config")["verdict"], "ok");
 
-    // The sysctl as the node's namespace has it.
-    let forward = node.run("cat", &["/proc/sys/net/ipv4/ip_forward"]).unwrap();
-    let forward = String::from_utf8_lossy(&forward.stdout).trim().to_string();
-    let sysctl = find("sysctl net.ipv4.ip_forward");
-    assert_eq!(
-        sysctl["verdict"],
-        if forward == "1" { "ok" } else { "warn" },
-        "{sysctl}"
-    );
-    assert!(sysctl["detail"].as_str().unwrap().starts_with(&forward));
-    // The lab gives the node a global IPv6 address: IPv6 forwarding is asked for.
-    let forward6 = node
-        .run("cat", &["/proc/sys/net/ipv6/conf/all/forwarding"])
-        .unwrap();
-    let forward6 = String::from_utf8_lossy(&forward6.stdout).trim().to_string();
-    let sysctl6 = find("sysctl net.ipv6.conf.all.forwarding");
-    assert_eq!(
-        sysctl6["verdict"],
-        if forward6 == "1" { "ok" } else { "warn" },
-        "{sysctl6}"
-    );
+    // The sysctls as the node's namespace has them. The lab gives the node a global
+    // IPv6 address, so IPv6 forwarding is asked for too.
+    for (path, name) in [
+        (
+            "/proc/sys/net/ipv4/ip_forward",
+            "sysctl net.ipv4.ip_forward",
+        ),
+        (
+            "/proc/sys/net/ipv6/conf/all/forwarding",
+            "sysctl net.ipv6.conf.all.forwarding",
+        ),
+    ] {
+        let value = node.run("cat", &[path]).unwrap();
+        let value = String::from_utf8_lossy(&value.stdout).trim().to_string();
+        let sysctl = find(name);
+        assert_eq!(
+            sysctl["verdict"],
+            if value == "1" { "ok" } else { "warn" },
+            "{sysctl}"
+        );
+        assert!(
+            sysctl["detail"].as_str().unwrap().starts_with(&value),
+            "{sysctl}"
+        );
+    }
 
     // Disks: each directory flag's path, with its free space.
     for (flag, dir) in [
