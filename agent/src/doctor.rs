@@ -342,11 +342,19 @@ pub fn judge(f: &Facts, cluster: &ClusterFacts) -> Vec<Check> {
         check(
             "bpffs",
             Warn,
-            format!(
-                "{} is not on a bpf filesystem: with --service-proxy kernlet mounts a bpffs of its own at {}/lb to pin the load-balancer's maps",
-                f.bpffs_dir.display(),
-                f.bpffs_dir.display()
-            ),
+            if f.bpffs_dir.starts_with(crate::sys::bpf::STANDARD_BPFFS) {
+                format!(
+                    "{} is not on a bpf filesystem: with --service-proxy kernlet mounts one at {} (as systemd would) and pins the load-balancer's maps under it",
+                    f.bpffs_dir.display(),
+                    crate::sys::bpf::STANDARD_BPFFS
+                )
+            } else {
+                format!(
+                    "{} is not on a bpf filesystem: with --service-proxy kernlet mounts a bpffs of its own at {}/lb to pin the load-balancer's maps",
+                    f.bpffs_dir.display(),
+                    f.bpffs_dir.display()
+                )
+            },
             "to use the system's: mount -t bpf bpf /sys/fs/bpf (and add it to /etc/fstab)",
         )
     } else {
@@ -608,10 +616,14 @@ pub fn gather(dirs: &NodeDirs, joined: bool) -> Facts {
     let bpffs = nix::sys::statfs::statfs(&existing(&dirs.bpffs_dir))
         .is_ok_and(|s| s.filesystem_type() == nix::sys::statfs::FsType(BPF_FS_MAGIC))
         || crate::sys::bpf::on_bpffs(&dirs.bpffs_dir.join("lb"));
-    let bpffs_mountable = nix::sys::statfs::statfs(&existing(&dirs.bpffs_dir)).is_ok_and(|s| {
-        let t = s.filesystem_type();
-        t != nix::sys::statfs::SYSFS_MAGIC && t != nix::sys::statfs::PROC_SUPER_MAGIC
-    });
+    // Under /sys/fs/bpf kernlet mounts the bpffs there; elsewhere one of its own on the
+    // pin directory, which sysfs and procfs cannot hold.
+    let bpffs_mountable = (dirs.bpffs_dir.starts_with(crate::sys::bpf::STANDARD_BPFFS)
+        && Path::new(crate::sys::bpf::STANDARD_BPFFS).is_dir())
+        || nix::sys::statfs::statfs(&existing(&dirs.bpffs_dir)).is_ok_and(|s| {
+            let t = s.filesystem_type();
+            t != nix::sys::statfs::SYSFS_MAGIC && t != nix::sys::statfs::PROC_SUPER_MAGIC
+        });
     let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
     let cap_eff = status
         .lines()
@@ -846,9 +858,20 @@ mod tests {
         assert_eq!(find(&checks, "kernel version").verdict, Verdict::Warn);
         assert_eq!(find(&checks, "bpffs").verdict, Verdict::Fail);
         assert!(find(&checks, "bpffs").fix.contains("mount -t bpf"));
+        // Under /sys/fs/bpf: kernlet mounts the bpffs there, as systemd would.
+        let mut standard = f.clone();
+        standard.bpffs_mountable = true;
+        let checks_standard = judge(&standard, &ClusterFacts::Standalone);
+        let b = find(&checks_standard, "bpffs");
+        assert_eq!(b.verdict, Verdict::Warn);
+        assert!(
+            b.detail.contains("mounts one at /sys/fs/bpf"),
+            "{}",
+            b.detail
+        );
         // A plain directory: kernlet mounts a bpffs there itself.
-        let mut plain = f.clone();
-        plain.bpffs_mountable = true;
+        let mut plain = standard.clone();
+        plain.bpffs_dir = "/var/lib/kernlet/bpf".into();
         let checks_plain = judge(&plain, &ClusterFacts::Standalone);
         let b = find(&checks_plain, "bpffs");
         assert_eq!(b.verdict, Verdict::Warn);

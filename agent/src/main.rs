@@ -408,9 +408,10 @@ struct NodeArgs {
     /// apiserver's --kubelet-client-certificate); default: the kubeconfig's cluster CA.
     #[arg(long)]
     client_ca_file: Option<PathBuf>,
-    /// Serve API requests without credentials as system:anonymous (still authorized).
-    #[arg(long, default_value_t = false, action = clap::ArgAction::Set)]
-    anonymous_auth: bool,
+    /// Serve API requests without credentials as system:anonymous (still authorized);
+    /// default: the cluster's kubelet-config saved by `kernlet join`, else false.
+    #[arg(long, action = clap::ArgAction::Set)]
+    anonymous_auth: Option<bool>,
     /// How often the overlay's routes, neighbour and FDB entries are compared with the
     /// Nodes and repaired, in seconds.
     #[arg(long, default_value_t = 10)]
@@ -818,6 +819,15 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     }
 }
 
+/// The node flags that override what the cluster's kubelet-config says.
+fn overrides(args: &NodeArgs) -> kernlet::model::kubelet_config::Overrides {
+    kernlet::model::kubelet_config::Overrides {
+        cluster_dns: args.cluster_dns.clone(),
+        cluster_domain: args.cluster_domain.clone(),
+        anonymous_auth: args.anonymous_auth,
+    }
+}
+
 /// The runtime's configuration from the node flags.
 fn runtime_config(args: &NodeArgs) -> anyhow::Result<kernlet::runtime::RuntimeConfig> {
     let dirs = &args.dirs;
@@ -833,24 +843,12 @@ fn runtime_config(args: &NodeArgs) -> anyhow::Result<kernlet::runtime::RuntimeCo
         pod_pids_limit: u64::try_from(args.pod_max_pids).ok(),
         seccomp_default: args.seccomp_default,
         dns: {
-            let saved: Option<kernlet::model::kubelet_config::ClusterSettings> =
-                std::fs::read(kernlet::bootstrap::cluster_settings_path(&dirs.state_dir))
-                    .ok()
-                    .and_then(|b| serde_json::from_slice(&b).ok());
+            use kernlet::model::kubelet_config as kc;
+            let saved = kc::load(&kernlet::bootstrap::cluster_settings_path(&dirs.state_dir));
+            let e = kc::effective(&overrides(args), saved.as_ref());
             kernlet::model::dns::ClusterDns {
-                servers: if args.cluster_dns.is_empty() {
-                    saved
-                        .as_ref()
-                        .map(|s| s.cluster_dns.clone())
-                        .unwrap_or_default()
-                } else {
-                    args.cluster_dns.clone()
-                },
-                domain: args
-                    .cluster_domain
-                    .clone()
-                    .or_else(|| saved.map(|s| s.cluster_domain))
-                    .unwrap_or_else(|| "cluster.local".into()),
+                servers: e.cluster_dns,
+                domain: e.cluster_domain,
             }
         },
         resolv_conf: args.resolv_conf.clone(),
@@ -1253,6 +1251,9 @@ struct PreparedNode {
     /// The kubelet API, completed with the client CA once the kubeconfig is read.
     api: kernlet::api::ApiConfig,
     client_ca_file: Option<PathBuf>,
+    /// Flags over the cluster's kubelet-config, applied when the node runs: `kernlet
+    /// join` saves that config only after the node was prepared.
+    overrides: kernlet::model::kubelet_config::Overrides,
 }
 
 fn prepare_node(args: &NodeArgs) -> anyhow::Result<PreparedNode> {
@@ -1309,7 +1310,9 @@ fn prepare_node(args: &NodeArgs) -> anyhow::Result<PreparedNode> {
         node_ips: cfg.node_ips(),
         state_dir: args.dirs.state_dir.clone(),
         client_ca_pem: Vec::new(),
-        anonymous: args.anonymous_auth,
+        anonymous: args.anonymous_auth.unwrap_or(false),
+        webhook_authentication: true,
+        authorization: kernlet::model::kubelet_config::Authorization::Webhook,
         configz: configz(args),
         run_dir: args.dirs.run_dir.clone(),
         exe: std::env::current_exe().context("cannot find the kernlet binary for exec")?,
@@ -1355,6 +1358,7 @@ fn prepare_node(args: &NodeArgs) -> anyhow::Result<PreparedNode> {
             }),
         },
         client_ca_file: args.client_ca_file.clone(),
+        overrides: overrides(args),
         overlay: match args.cluster_cidr {
             None => None,
             Some(cluster_cidr) => Some(kernlet::controllers::overlay::OverlayConfig {
@@ -1374,6 +1378,43 @@ fn prepare_node(args: &NodeArgs) -> anyhow::Result<PreparedNode> {
             }),
         },
     })
+}
+
+/// What the cluster's kubelet-config (saved by `kernlet join`, possibly moments ago)
+/// says, under the node's flags: cluster DNS and domain for the pods, the kubelet API's
+/// authentication and authorization, and `/configz` telling them.
+fn apply_cluster_settings(
+    state_dir: &std::path::Path,
+    overrides: &kernlet::model::kubelet_config::Overrides,
+    runtime: &mut kernlet::runtime::RuntimeConfig,
+    api: &mut kernlet::api::ApiConfig,
+) {
+    use kernlet::model::kubelet_config as kc;
+    let saved = kc::load(&kernlet::bootstrap::cluster_settings_path(state_dir));
+    let e = kc::effective(overrides, saved.as_ref());
+    runtime.dns = kernlet::model::dns::ClusterDns {
+        servers: e.cluster_dns.clone(),
+        domain: e.cluster_domain.clone(),
+    };
+    api.anonymous = e.anonymous_auth;
+    api.webhook_authentication = e.webhook_authentication;
+    api.authorization = e.authorization;
+    let k = &mut api.configz["kubeletconfig"];
+    k["clusterDNS"] = serde_json::json!(e.cluster_dns);
+    k["clusterDomain"] = serde_json::json!(e.cluster_domain);
+    k["authentication"]["anonymous"]["enabled"] = serde_json::json!(e.anonymous_auth);
+    k["authentication"]["webhook"]["enabled"] = serde_json::json!(e.webhook_authentication);
+    k["authorization"]["mode"] = serde_json::json!(match e.authorization {
+        kc::Authorization::AlwaysAllow => "AlwaysAllow",
+        kc::Authorization::Webhook => "Webhook",
+    });
+    tracing::info!(
+        cluster_dns = ?e.cluster_dns,
+        cluster_domain = %e.cluster_domain,
+        anonymous = e.anonymous_auth,
+        authorization = ?e.authorization,
+        "kubelet settings in effect (flags over the cluster's kubelet-config)"
+    );
 }
 
 /// The cluster CA (PEM) of a kubeconfig's current context, inline or by file.
@@ -1433,7 +1474,7 @@ fn configz(args: &NodeArgs) -> serde_json::Value {
         "authentication": {
             "x509": {"clientCAFile": args.client_ca_file.as_ref().map(|p| p.display().to_string()).unwrap_or_default()},
             "webhook": {"enabled": true, "cacheTTL": "2m0s"},
-            "anonymous": {"enabled": args.anonymous_auth},
+            "anonymous": {"enabled": args.anonymous_auth.unwrap_or(false)},
         },
         "authorization": {"mode": "Webhook", "webhook": {"cacheAuthorizedTTL": "5m0s", "cacheUnauthorizedTTL": "30s"}},
         "clusterDomain": args.cluster_domain.clone().unwrap_or_else(|| "cluster.local".into()),
@@ -1498,7 +1539,10 @@ async fn run_node(kubeconfig: PathBuf, node: PreparedNode) -> anyhow::Result<()>
         mut api,
         client_ca_file,
         services,
+        overrides,
     } = node;
+    let mut runtime = runtime;
+    apply_cluster_settings(&state_dir, &overrides, &mut runtime, &mut api);
     cfg.apiserver_minor = apiserver_minor;
     api.client_ca_pem = match &client_ca_file {
         Some(f) => std::fs::read(f)

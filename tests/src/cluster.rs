@@ -117,6 +117,26 @@ impl Cluster {
         }
     }
 
+    /// A kubeconfig for a client-certificate identity whose certificate expires
+    /// `seconds` from now.
+    pub fn expiring_kubeconfig(
+        &self,
+        user: &str,
+        groups: &[&str],
+        seconds: i64,
+        path: &std::path::Path,
+    ) -> anyhow::Result<()> {
+        let cert = match self {
+            Self::InMemory(s) => s.server.ca.client_for(user, groups, seconds)?,
+            Self::Real(r) => r.ca.client_for(user, groups, seconds)?,
+        };
+        std::fs::write(
+            path,
+            apiserver::kubeconfig_yaml(&self.url(), self.ca_pem(), user, Some(&cert), None),
+        )?;
+        Ok(())
+    }
+
     pub fn admin_kubeconfig(&self) -> anyhow::Result<PathBuf> {
         self.kubeconfig_for("kubernetes-admin", &["system:masters"])
     }

@@ -116,13 +116,10 @@ impl RawTar {
     pub fn sparse_claim(self, name: &str, real_size: u64) -> Self {
         let mut h = Self::header(name.as_bytes(), tar::EntryType::GNUSparse, 512, 0o644, b"");
         if let Some(gnu) = h.as_gnu_mut() {
-            let real = format!("{real_size:011o}");
-            gnu.realsize[..real.len()].copy_from_slice(real.as_bytes());
+            number(&mut gnu.realsize, real_size);
             // One 512-byte chunk at the very end; everything before it is a hole.
-            let at = format!("{:011o}", real_size - 512);
-            gnu.sparse[0].offset[..at.len()].copy_from_slice(at.as_bytes());
-            let len = format!("{:011o}", 512);
-            gnu.sparse[0].numbytes[..len.len()].copy_from_slice(len.as_bytes());
+            number(&mut gnu.sparse[0].offset, real_size - 512);
+            number(&mut gnu.sparse[0].numbytes, 512);
         }
         h.set_cksum();
         self.push(&h, &[b'x'; 512])
@@ -132,6 +129,20 @@ impl RawTar {
     pub fn finish(mut self) -> Vec<u8> {
         self.bytes.extend(std::iter::repeat_n(0u8, 1024));
         self.bytes
+    }
+}
+
+/// A 12-byte tar number field: octal where it fits, else GNU's base-256 (the high bit
+/// of the first byte set, big-endian after it).
+fn number(field: &mut [u8; 12], value: u64) {
+    let octal = format!("{value:011o}");
+    if octal.len() <= 11 {
+        field[..11].copy_from_slice(octal.as_bytes());
+        field[11] = 0;
+    } else {
+        field.fill(0);
+        field[0] = 0x80;
+        field[4..].copy_from_slice(&value.to_be_bytes());
     }
 }
 

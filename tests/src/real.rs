@@ -2,8 +2,8 @@
 //! kube-controller-manager and kube-scheduler), started with the flag set recorded in
 //! `shared/k8s-fixtures/control-plane.md` and generated certificates.
 //!
-//! This machine has no such binaries, so this mode runs only where they exist; it is
-//! written from the components' documentation and kept small.
+//! Its `cluster` egress (the apiserver's connections to kubelets) goes through the
+//! kit's CONNECT proxy into the lab (see [`crate::egress`]).
 
 use std::net::{IpAddr, Ipv4Addr, TcpListener};
 use std::path::{Path, PathBuf};
@@ -20,6 +20,7 @@ pub struct RealControlPlane {
     pub ca: pki::Ca,
     dir: tempfile::TempDir,
     children: Vec<(String, Child)>,
+    _egress: crate::egress::EgressProxy,
 }
 
 impl Drop for RealControlPlane {
@@ -85,11 +86,18 @@ impl RealControlPlane {
             &kubeconfig_yaml(&url, &ca.cert_pem, "kubernetes-admin", Some(&admin), None),
         )?;
 
+        let egress_socket = d.join("egress.sock");
+        let egress = crate::egress::EgressProxy::start(&egress_socket)?;
+        write(
+            "egress-selector.yaml",
+            &crate::egress::selector_config(&egress_socket),
+        )?;
         let mut this = Self {
             url: url.clone(),
             ca,
             dir,
             children: Vec::new(),
+            _egress: egress,
         };
         let etcd_port = free_port()?;
         let peer_port = free_port()?;
@@ -138,6 +146,11 @@ impl RealControlPlane {
                 "--enable-admission-plugins=NodeRestriction".into(),
                 "--enable-bootstrap-token-auth=true".into(),
                 "--allow-privileged=true".into(),
+                // Kubelets of simulated nodes are reached through the kit's proxy.
+                format!(
+                    "--egress-selector-config-file={}",
+                    p("egress-selector.yaml")
+                ),
             ]),
         )?;
         this.wait_ready(Duration::from_secs(60))?;

@@ -62,6 +62,8 @@ impl Lab {
             "nodad",
         ])?;
         ip(&["-n", &lab.bridge_ns, "link", "set", "br0", "up"])?;
+        // A real apiserver reaches this lab's nodes through the kit's egress proxy.
+        crate::egress::set_lab_network(Some(format!("/run/netns/{}", lab.bridge_ns).into()));
         Ok(lab)
     }
 
@@ -211,6 +213,9 @@ impl Lab {
 
 impl Drop for Lab {
     fn drop(&mut self) {
+        if crate::egress::lab_network().is_some_and(|n| n.ends_with(&self.bridge_ns)) {
+            crate::egress::set_lab_network(None);
+        }
         let _ = ip(&["netns", "delete", &self.bridge_ns]);
         // The per-run cgroup parent goes once its node cgroups are gone.
         if let Ok(base) = hygiene::cgroup_base() {

@@ -860,3 +860,33 @@ async fn wait_for_certificate(
     }
     panic!("CSR {name} never got a certificate");
 }
+
+/// The client certificate is checked on every request, as the real x509 authenticator
+/// does: a connection opened while it was valid gets 401 once it has expired (a new
+/// connection is refused too, at the handshake in the kit, with 401 by a real one).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_expired_client_certificate_is_refused_on_a_connection_it_opened() {
+    let cluster = start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("expiring.kubeconfig");
+    cluster
+        .expiring_kubeconfig("kubernetes-admin", &["system:masters"], 3, &path)
+        .unwrap();
+    let client = Cluster::client_from(&path).await.unwrap();
+    let (code, _) = raw(&client, "GET", "/api/v1/namespaces/default", None, "").await;
+    assert_eq!(code, 200, "valid now");
+    tokio::time::sleep(std::time::Duration::from_secs(5)).await;
+    let req = http::Request::builder()
+        .uri("/api/v1/namespaces/default")
+        .body(Vec::new())
+        .unwrap();
+    match client.send(req.map(kube::client::Body::from)).await {
+        Ok(resp) => assert_eq!(resp.status().as_u16(), 401, "expired"),
+        Err(e) => assert!(
+            e.to_string().to_lowercase().contains("certificate")
+                || e.to_string().contains("handshake")
+                || e.to_string().contains("401"),
+            "refused for the certificate: {e}"
+        ),
+    }
+}

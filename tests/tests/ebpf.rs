@@ -66,3 +66,55 @@ fn embedded_connect4_probe_counts_connects_in_its_cgroup() {
     connect_from(Some(&cgroup), port);
     drop(listener);
 }
+
+/// Unmounts everything under a test directory and removes it, however the test ends.
+struct MountsGuard(std::path::PathBuf);
+
+impl Drop for MountsGuard {
+    fn drop(&mut self) {
+        hygiene::unmount_under(&self.0);
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// A pin directory under the conventional bpffs place, where nothing is mounted and
+/// the place takes no new directories (as /sys/fs/bpf on sysfs, here a read-only
+/// tmpfs): kernlet mounts a bpffs there first, then makes its directory on it.
+#[test]
+fn a_bpffs_is_mounted_where_the_conventional_place_has_none() {
+    hygiene::sweep_once();
+    let base = std::env::temp_dir().join(format!("{}-bpffs", hygiene::run_prefix()));
+    std::fs::create_dir_all(&base).unwrap();
+    let _guard = MountsGuard(base.clone());
+    let standard = base.join("sys-fs-bpf");
+    std::fs::create_dir_all(&standard).unwrap();
+    // A read-only stand-in for sysfs.
+    kernlet_tests::succeeded(
+        Command::new("mount")
+            .args(["-t", "tmpfs", "-o", "ro", "kltest-ro"])
+            .arg(&standard),
+    );
+    let pins = standard.join("node-a/lb");
+    assert!(
+        std::fs::create_dir_all(&pins).is_err(),
+        "the stand-in takes no directories"
+    );
+    kernlet::sys::bpf::ensure_bpffs_with(&pins, &standard).unwrap();
+    assert!(
+        kernlet::sys::bpf::on_bpffs(&standard),
+        "a bpffs on the conventional place"
+    );
+    assert!(kernlet::sys::bpf::on_bpffs(&pins) && pins.is_dir());
+    // A second instance (or a restart) finds it there and mounts nothing more.
+    let mounts_before = std::fs::read_to_string("/proc/self/mountinfo")
+        .unwrap()
+        .lines()
+        .count();
+    kernlet::sys::bpf::ensure_bpffs_with(&standard.join("node-b/lb"), &standard).unwrap();
+    kernlet::sys::bpf::ensure_bpffs_with(&pins, &standard).unwrap();
+    let mounts_after = std::fs::read_to_string("/proc/self/mountinfo")
+        .unwrap()
+        .lines()
+        .count();
+    assert_eq!(mounts_before, mounts_after);
+}

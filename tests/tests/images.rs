@@ -283,41 +283,18 @@ fn hostile_layers_are_refused_named_and_change_nothing_outside_the_store() {
             "climbs out of the layer",
         ),
         (
-            "absolute",
-            RawTar::new()
-                .file(&format!("{out_abs}/pwned"), b"x")
-                .finish(),
-            "is an absolute path",
-        ),
-        (
-            "through-symlink",
-            RawTar::new()
-                .symlink("evil", &out_abs)
-                .file("evil/pwned", b"x")
-                .finish(),
-            "goes through the symlink",
-        ),
-        (
-            "escaping-symlink",
-            RawTar::new()
-                .dir("a")
-                .symlink("a/up", "../../outside")
-                .finish(),
-            "symlink pointing outside the layer",
-        ),
-        (
             "hardlink-out",
             RawTar::new()
                 .hard_link("hl", &format!("{out_abs}/victim"))
                 .finish(),
-            "outside the layer",
+            "not a file of this layer",
         ),
         (
             "hardlink-dotdot",
             RawTar::new()
                 .hard_link("hl", "../../outside/victim")
                 .finish(),
-            "outside the layer",
+            "not a file of this layer",
         ),
         (
             "hardlink-via-symlink",
@@ -325,7 +302,7 @@ fn hostile_layers_are_refused_named_and_change_nothing_outside_the_store() {
                 .symlink("s", &out_abs)
                 .hard_link("hl", "s/victim")
                 .finish(),
-            "outside the layer",
+            "not a file of this layer",
         ),
         (
             "whiteout-out",
@@ -333,9 +310,9 @@ fn hostile_layers_are_refused_named_and_change_nothing_outside_the_store() {
             "climbs out of the layer",
         ),
         (
-            "sparse-10g",
-            RawTar::new().sparse_claim("big", 10 << 30).finish(),
-            "sparse",
+            "sparse-1t",
+            RawTar::new().sparse_claim("big", 1 << 40).finish(),
+            "claims 1099511627776 bytes",
         ),
     ];
     for (label, layer, why) in corpus {
@@ -365,6 +342,45 @@ fn hostile_layers_are_refused_named_and_change_nothing_outside_the_store() {
             "{label} left work files"
         );
         assert!(listed(&store).is_empty(), "{label} was recorded");
+    }
+    // Absolute names, and files written through symlinks that point outside, are
+    // read inside the layer root (as containerd reads them): accepted, and the
+    // directory they aim at is not touched.
+    for (label, layer) in [
+        (
+            "absolute",
+            RawTar::new()
+                .file(&format!("{out_abs}/pwned"), b"x")
+                .finish(),
+        ),
+        (
+            "through-symlink",
+            RawTar::new()
+                .symlink("evil", &out_abs)
+                .file("evil/pwned", b"x")
+                .finish(),
+        ),
+        (
+            "escaping-symlink",
+            RawTar::new()
+                .dir("a")
+                .symlink("a/up", "../../outside")
+                .file("a/up/pwned", b"x")
+                .finish(),
+        ),
+    ] {
+        let layout = w.path().join(format!("layout-{label}"));
+        write_layout(&layout, "t", &[layer], &["sh"]).unwrap();
+        let store = w.path().join(format!("store-{label}"));
+        ok(&kernlet(
+            &store,
+            &[
+                "import",
+                layout.to_str().unwrap(),
+                "--name",
+                "example.com/aim",
+            ],
+        ));
     }
     assert_eq!(entries(&outside), ["victim"]);
     assert_eq!(
@@ -402,4 +418,205 @@ fn hostile_layers_are_refused_named_and_change_nothing_outside_the_store() {
         .join(&entries(&store.join("layers"))[0]);
     assert!(!layer.join("dev/kmem").exists(), "device nodes are skipped");
     assert_eq!(std::fs::read_to_string(layer.join("ok")).unwrap(), "fine");
+}
+
+/// The one layer a store holds after importing `layout` as `name`.
+fn import_one(store: &Path, layout: &Path, name: &str) -> PathBuf {
+    ok(&kernlet(
+        store,
+        &["import", layout.to_str().unwrap(), "--name", name],
+    ));
+    let layers = entries(&store.join("layers"));
+    assert_eq!(layers.len(), 1, "{layers:?}");
+    store.join("layers").join(&layers[0])
+}
+
+/// GNU tar's archive of the contents of `dir` (`./`-prefixed names) with `args`.
+fn gnu_tar(dir: &Path, args: &[&str]) -> Vec<u8> {
+    let out = kernlet_tests::succeeded(
+        Command::new("tar")
+            .args(args)
+            .args(["--numeric-owner", "-C"])
+            .arg(dir)
+            .args(["-cf", "-", "."]),
+    );
+    out.stdout
+}
+
+fn meta(p: &Path) -> std::fs::Metadata {
+    std::fs::symlink_metadata(p).unwrap_or_else(|e| panic!("{}: {e}", p.display()))
+}
+
+/// A v2 file capability granting cap_net_bind_service (effective).
+const CAP_NET_BIND_SERVICE: [u8; 20] = [
+    0x01, 0x00, 0x00, 0x02, 0x00, 0x04, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+];
+
+/// Layers as real tools write them unpack as containerd unpacks them: umoci's entry
+/// named `/`, GNU tar's `./` names, hard links across directories, GNU and PAX long
+/// names, sparse files, symlinks above the layer root, set-id bits, extended
+/// attributes (a file capability among them), zstd from skopeo, and hand-made shapes
+/// (absolute names, symlinked parents of this layer).
+#[test]
+fn layers_real_tools_write_unpack_as_containerd_would() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let w = workdir("tools");
+    let src = w.path().join("src");
+    let long_dir = "d".repeat(120);
+    for d in ["etc/deep", "a", "b", &format!("long/{long_dir}")] {
+        std::fs::create_dir_all(src.join(d)).unwrap();
+    }
+    std::fs::write(src.join("etc/deep/f"), "hi\n").unwrap();
+    std::fs::set_permissions(
+        src.join("etc/deep/f"),
+        std::fs::Permissions::from_mode(0o640),
+    )
+    .unwrap();
+    std::os::unix::fs::chown(src.join("etc/deep/f"), Some(1000), Some(1000)).unwrap();
+    std::fs::write(src.join("a/f"), "shared").unwrap();
+    std::fs::hard_link(src.join("a/f"), src.join("b/g")).unwrap();
+    std::fs::write(src.join(format!("long/{long_dir}/file")), "long").unwrap();
+    std::os::unix::fs::symlink("../../../etc/passwd", src.join("a/up")).unwrap();
+    std::fs::write(src.join("setuid"), "#!/bin/sh\n").unwrap();
+    std::fs::set_permissions(src.join("setuid"), std::fs::Permissions::from_mode(0o4755)).unwrap();
+    std::fs::write(src.join("cap"), "bind").unwrap();
+    xattr::set(
+        src.join("cap"),
+        "security.capability",
+        &CAP_NET_BIND_SERVICE,
+    )
+    .unwrap();
+    xattr::set(src.join("cap"), "user.kltest", b"value").unwrap();
+    let sparse = std::fs::File::create(src.join("sparse")).unwrap();
+    sparse.set_len(1 << 20).unwrap();
+    drop(sparse);
+    std::fs::OpenOptions::new()
+        .append(true)
+        .open(src.join("sparse"))
+        .map(|mut f| std::io::Write::write_all(&mut f, b"end\n"))
+        .unwrap()
+        .unwrap();
+
+    // umoci insert: the layer starts with an entry named "/".
+    let umoci = w.path().join("umoci");
+    let layout = umoci.join("layout");
+    let layout_s = layout.to_str().unwrap();
+    kernlet_tests::succeeded(Command::new("umoci").args(["init", "--layout", layout_s]));
+    let image = format!("{layout_s}:t");
+    kernlet_tests::succeeded(Command::new("umoci").args(["new", "--image", &image]));
+    kernlet_tests::succeeded(
+        Command::new("umoci")
+            .args(["insert", "--image", &image])
+            .arg(src.join("etc"))
+            .arg("/etc"),
+    );
+    let layer = import_one(&w.path().join("store-umoci"), &layout, "example.com/umoci");
+    assert_eq!(
+        std::fs::read_to_string(layer.join("etc/deep/f")).unwrap(),
+        "hi\n"
+    );
+    let m = meta(&layer.join("etc/deep/f"));
+    assert_eq!((m.mode() & 0o7777, m.uid(), m.gid()), (0o640, 1000, 1000));
+
+    // GNU tar, GNU format: `./` names, a long name, a sparse file, a hard link across
+    // directories, a symlink above the root, a set-uid file.
+    let gnu = gnu_tar(&src, &["--format=gnu", "--sparse"]);
+    let layout = w.path().join("layout-gnu");
+    write_layout(&layout, "t", &[gnu], &["sh"]).unwrap();
+    let layer = import_one(&w.path().join("store-gnu"), &layout, "example.com/gnu");
+    let check_gnu_shapes = |layer: &Path| {
+        assert_eq!(
+            std::fs::read_to_string(layer.join("b/g")).unwrap(),
+            "shared"
+        );
+        assert_eq!(
+            meta(&layer.join("a/f")).ino(),
+            meta(&layer.join("b/g")).ino()
+        );
+        assert_eq!(
+            std::fs::read_to_string(layer.join(format!("long/{long_dir}/file"))).unwrap(),
+            "long"
+        );
+        let sparse = std::fs::read(layer.join("sparse")).unwrap();
+        assert_eq!(sparse.len(), (1 << 20) + 4);
+        assert!(sparse[..1 << 20].iter().all(|b| *b == 0) && sparse.ends_with(b"end\n"));
+        assert!(
+            meta(&layer.join("sparse")).blocks() * 512 < 1 << 20,
+            "the hole stays a hole"
+        );
+        assert_eq!(
+            std::fs::read_link(layer.join("a/up")).unwrap(),
+            Path::new("../../../etc/passwd"),
+            "a symlink above the layer root is kept as written"
+        );
+        assert_eq!(meta(&layer.join("setuid")).mode() & 0o7777, 0o4755);
+    };
+    check_gnu_shapes(&layer);
+
+    // The same layer recompressed with zstd by skopeo.
+    let zstd = w.path().join("layout-zstd");
+    kernlet_tests::succeeded(Command::new("skopeo").args([
+        "copy",
+        "--dest-compress",
+        "--dest-compress-format",
+        "zstd",
+        &format!("oci:{}:t", layout.display()),
+        &format!("oci:{}:t", zstd.display()),
+    ]));
+    let zlayer = import_one(&w.path().join("store-zstd"), &zstd, "example.com/zstd");
+    assert_eq!(zlayer.file_name(), layer.file_name(), "the same diff ID");
+    check_gnu_shapes(&zlayer);
+
+    // GNU tar, PAX format with extended attributes: PAX long names, a file capability
+    // and a user attribute.
+    let pax = gnu_tar(&src, &["--format=posix", "--xattrs", "--xattrs-include=*"]);
+    let layout = w.path().join("layout-pax");
+    write_layout(&layout, "t", &[pax], &["sh"]).unwrap();
+    let layer = import_one(&w.path().join("store-pax"), &layout, "example.com/pax");
+    assert_eq!(
+        std::fs::read_to_string(layer.join(format!("long/{long_dir}/file"))).unwrap(),
+        "long"
+    );
+    assert_eq!(
+        xattr::get(layer.join("cap"), "security.capability").unwrap(),
+        Some(CAP_NET_BIND_SERVICE.to_vec()),
+        "the file capability survives"
+    );
+    assert_eq!(
+        xattr::get(layer.join("cap"), "user.kltest").unwrap(),
+        Some(b"value".to_vec())
+    );
+
+    // Hand-made shapes: absolute names, parents that are symlinks of this layer
+    // (relative, absolute, and one climbing above the root, which stops there).
+    let layout = w.path().join("layout-raw");
+    let raw = RawTar::new()
+        .dir("/")
+        .dir("/usr/lib")
+        .file("/etc/abs", b"absolute")
+        .symlink("lib", "usr/lib")
+        .symlink("lib64", "/usr/lib")
+        .symlink("up", "../../..")
+        .file("lib/x/f", b"via relative")
+        .file("lib64/y", b"via absolute")
+        .file("up/etc/clamped", b"at the root")
+        .hard_link("lib/hl", "/lib64/y")
+        .finish();
+    write_layout(&layout, "t", &[raw], &["sh"]).unwrap();
+    let layer = import_one(&w.path().join("store-raw"), &layout, "example.com/raw");
+    for (path, content) in [
+        ("etc/abs", "absolute"),
+        ("usr/lib/x/f", "via relative"),
+        ("usr/lib/y", "via absolute"),
+        ("etc/clamped", "at the root"),
+        ("usr/lib/hl", "via absolute"),
+    ] {
+        assert_eq!(
+            std::fs::read_to_string(layer.join(path)).unwrap(),
+            content,
+            "{path}"
+        );
+    }
+    assert!(meta(&layer.join("lib")).file_type().is_symlink());
+    assert!(!layer.join("x").exists() && !w.path().join("etc").exists());
 }

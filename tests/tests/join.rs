@@ -56,6 +56,7 @@ async fn join_bootstraps_credentials_then_runs_the_node() {
     let mut lab = Lab::new("join").unwrap();
     let fwd = lab.forward(0, cluster.addr()).unwrap();
     let mut node = lab.add_node("j1").unwrap();
+    node.import_busybox().unwrap();
     let endpoint = format!("{BRIDGE_IP}:{}", fwd.port());
     let pin = openssl_pin(cluster.ca_pem());
     node.start_kernlet(&[
@@ -124,6 +125,10 @@ async fn join_bootstraps_credentials_then_runs_the_node() {
             .unwrap();
     assert_eq!(settings["clusterDNS"], serde_json::json!(["10.96.0.10"]));
     assert_eq!(settings["clusterDomain"], "cluster.local");
+    // ...and in effect on this very first run: a ClusterFirst pod resolves through the
+    // cluster DNS (the settings are saved during the join, after the node's flags were
+    // read).
+    cluster_first_dns_on_the_first_run(&cluster, &node).await;
 
     if short_lived {
         client_certificate_rotation(&cluster, &node, &csrs).await;
@@ -132,6 +137,49 @@ async fn join_bootstraps_credentials_then_runs_the_node() {
         assert!(refused.is_empty(), "{refused:#?}");
     }
     assert!(node.stop_kernlet(Duration::from_secs(5)).unwrap().success());
+}
+
+/// A pod with the default dnsPolicy (ClusterFirst) on `node` gets the cluster's DNS.
+async fn cluster_first_dns_on_the_first_run(
+    cluster: &Cluster,
+    node: &kernlet_tests::simnode::SimNode,
+) {
+    use k8s_openapi::api::core::v1::Pod;
+    let pods: Api<Pod> = Api::namespaced(cluster.admin().await.unwrap(), "default");
+    let pod: Pod = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": "dns-first-run"},
+        "spec": {"nodeName": "j1", "terminationGracePeriodSeconds": 1,
+                 "containers": [{"name": "c", "image": "busybox:1.36", "command": ["sleep", "600"]}]},
+    }))
+    .unwrap();
+    pods.create(&Default::default(), &pod).await.unwrap();
+    let start = Instant::now();
+    let resolv = loop {
+        let out = Command::new(kernlet_bin().unwrap())
+            .args(["exec", "default/dns-first-run", "--state-dir"])
+            .arg(node.dir("state"))
+            .args(["--", "cat", "/etc/resolv.conf"])
+            .output()
+            .unwrap();
+        if out.status.success() {
+            break String::from_utf8_lossy(&out.stdout).into_owned();
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "the pod never ran: {}\n{}",
+            String::from_utf8_lossy(&out.stderr),
+            node.kernlet_log()
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    };
+    assert!(resolv.contains("nameserver 10.96.0.10"), "{resolv}");
+    assert!(
+        resolv.contains("search default.svc.cluster.local svc.cluster.local cluster.local"),
+        "{resolv}"
+    );
+    pods.delete("dns-first-run", &Default::default())
+        .await
+        .unwrap();
 }
 
 fn kubeconfig_cert(node: &kernlet_tests::simnode::SimNode) -> Vec<u8> {

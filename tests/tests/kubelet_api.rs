@@ -666,6 +666,49 @@ async fn the_kubelet_api_serves_logs_and_pods_to_authorized_callers_only() {
     let (_, err, status) = exec_output(&mut ws).await;
     assert!(err.contains("no-such-command"), "{err}");
     assert_eq!(status["details"]["causes"][0]["message"], "127", "{status}");
+    // The pre-v4 protocols the upstream websocket conformance test offers: plain
+    // `channel.k8s.io` says nothing on success; base64 frames are text, the failure a
+    // message.
+    let path = exec_path("talker", &["sh", "-c", "echo plain"], "stdout=1&stderr=1");
+    let mut ws = api.ws(&path, "channel.k8s.io").await.unwrap();
+    let (out, _, status) = exec_output(&mut ws).await;
+    assert_eq!(
+        (out.as_str(), &status),
+        ("plain\n", &serde_json::Value::Null)
+    );
+    let path = exec_path("talker", &["sh", "-c", "echo b64; exit 2"], "stdout=1");
+    let mut ws = api.ws(&path, "base64.channel.k8s.io").await.unwrap();
+    let mut seen = Vec::new();
+    use futures::StreamExt as _;
+    while let Ok(Some(Ok(msg))) = tokio::time::timeout(Duration::from_secs(10), ws.next()).await {
+        match msg {
+            tokio_tungstenite::tungstenite::Message::Text(t) => seen.push(t.to_string()),
+            m if m.is_close() => break,
+            _ => {}
+        }
+    }
+    use base64::Engine as _;
+    let decoded: Vec<(char, String)> = seen
+        .iter()
+        .filter(|t| t.len() > 1)
+        .map(|t| {
+            let (ch, data) = t.split_at(1);
+            let data = base64::engine::general_purpose::STANDARD
+                .decode(data)
+                .unwrap();
+            (
+                ch.chars().next().unwrap(),
+                String::from_utf8_lossy(&data).into_owned(),
+            )
+        })
+        .collect();
+    assert!(decoded.contains(&('1', "b64\n".into())), "{seen:?}");
+    assert!(
+        decoded
+            .iter()
+            .any(|(ch, m)| *ch == '3' && m.ends_with("exit code 2")),
+        "{seen:?}"
+    );
     // Without a WebSocket the answer says what this node speaks.
     let (c, body) = api.get(&path).await.unwrap();
     assert_eq!(c, 400);
@@ -717,7 +760,6 @@ async fn the_kubelet_api_serves_logs_and_pods_to_authorized_callers_only() {
         .ws("/portForward/default/quiet?port=8080", "v4.channel.k8s.io")
         .await
         .unwrap();
-    use futures::StreamExt as _;
     let mut next = async || loop {
         let m = tokio::time::timeout(Duration::from_secs(10), ws.next())
             .await

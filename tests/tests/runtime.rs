@@ -862,6 +862,10 @@ spec:
   - name: nofallback
     image: busybox:1.36
     command: ["sh", "-c", "echo failing >&2; exit 3"]
+  - name: partial
+    image: busybox:1.36
+    command: ["/bin/sh", "-c", "/bin/echo -n DONE; /bin/false"]
+    terminationMessagePolicy: FallbackToLogsOnError
   - name: succeeded
     image: busybox:1.36
     command: ["sh", "-c", "echo fine"]
@@ -890,6 +894,8 @@ fn termination_messages_from_the_file_or_the_log() {
     assert_eq!(terminated("custom")["message"], "custom path");
     assert_eq!(terminated("custom")["exitCode"], 4);
     assert_eq!(terminated("fallback")["message"], "failing\n");
+    // The upstream conformance case: a last line without a newline stays without one.
+    assert_eq!(terminated("partial")["message"], "DONE", "{p}");
     assert!(terminated("nofallback").get("message").is_none(), "{p}");
     assert!(terminated("succeeded").get("message").is_none(), "{p}");
 }

@@ -41,6 +41,9 @@ enum Cmd {
 
 /// Debian packages the tests use, with a binary each provides to check for.
 const DEBIAN_PACKAGES: &[(&str, &str)] = &[
+    // The build: libcontainer's seccomp support links libseccomp, found with pkg-config.
+    ("libseccomp-dev", "/usr/include/seccomp.h"),
+    ("pkg-config", "/usr/bin/pkg-config"),
     ("iproute2", "/usr/sbin/ip"),
     ("util-linux", "/usr/bin/nsenter"),
     ("iputils-ping", "/usr/bin/ping"),

@@ -10,6 +10,7 @@
 //! `/portForward/…` over WebSocket (`stream`) or SPDY/3.1 (`spdy`).
 
 pub mod auth;
+pub mod channel;
 pub mod spdy;
 pub mod stats;
 pub mod stream;
@@ -47,6 +48,11 @@ pub struct ApiConfig {
     /// Serve requests without credentials as `system:anonymous` (kubelet's
     /// `--anonymous-auth`; off by default here, as kubeadm configures kubelets).
     pub anonymous: bool,
+    /// Bearer tokens are checked with TokenReview (kubelet's webhook authentication);
+    /// without it a token authenticates no one.
+    pub webhook_authentication: bool,
+    /// Whether requests are authorized with SubjectAccessReviews or all allowed.
+    pub authorization: crate::model::kubelet_config::Authorization,
     /// The `/configz` answer.
     pub configz: Value,
     /// Where pod namespaces are pinned (`<run-dir>/pods/<uid>/ns`).
@@ -213,7 +219,7 @@ async fn authenticate(
         .and_then(|h| h.to_str().ok())
         .and_then(|h| h.strip_prefix("Bearer "))
         .map(str::trim)
-        .filter(|t| !t.is_empty());
+        .filter(|t| !t.is_empty() && shared.cfg.webhook_authentication);
     match bearer {
         Some(token) => match shared.auth.user_for_token(token).await {
             Ok(Some(u)) => Ok(u),
@@ -252,8 +258,9 @@ async fn authorize_and_route(
         auth::verb(req.method())
     };
     let subresources = auth::subresources(&path);
-    let mut allowed = false;
-    for sub in subresources {
+    let mut allowed =
+        shared.cfg.authorization == crate::model::kubelet_config::Authorization::AlwaysAllow;
+    for sub in subresources.iter().filter(|_| !allowed) {
         match shared.auth.allowed(&user, verb, sub).await {
             Ok(true) => {
                 allowed = true;
@@ -331,7 +338,7 @@ async fn route(shared: &Shared, req: Request<Incoming>) -> Response<Body> {
 /// A streaming request's transport.
 enum Upgrade {
     WebSocket {
-        protocol: &'static str,
+        protocol: channel::Protocol,
         key: Vec<u8>,
     },
     Spdy {
@@ -342,19 +349,23 @@ enum Upgrade {
 impl Upgrade {
     /// The transport `req` asks for, with the protocol agreed on (`spdy` are the SPDY
     /// protocols of this endpoint), or the answer refusing it.
-    fn of(req: &Request<Incoming>, spdy: &[&'static str]) -> Result<Self, (StatusCode, String)> {
+    fn of(
+        req: &Request<Incoming>,
+        spdy: &[&'static str],
+        ws: &[channel::Protocol],
+    ) -> Result<Self, (StatusCode, String)> {
         if stream::is_spdy_upgrade(req) {
             return match stream::negotiate_spdy(req, spdy) {
                 Ok(protocol) => Ok(Self::Spdy { protocol }),
                 Err(why) => Err((StatusCode::FORBIDDEN, format!("{why}\n"))),
             };
         }
-        websocket_request(req).map(|(protocol, key)| Self::WebSocket { protocol, key })
+        websocket_request(req, ws).map(|(protocol, key)| Self::WebSocket { protocol, key })
     }
 
     fn response(&self) -> Response<Body> {
         match self {
-            Self::WebSocket { protocol, key } => upgraded_response(key, protocol),
+            Self::WebSocket { protocol, key } => upgraded_response(key, protocol.name),
             Self::Spdy { protocol } => {
                 let (parts, ()) = stream::spdy_switching(*protocol).into_parts();
                 Response::from_parts(parts, http_body_util::Empty::new().boxed())
@@ -366,11 +377,15 @@ impl Upgrade {
 /// The protocol and key of a WebSocket upgrade, or the answer refusing the request.
 fn websocket_request(
     req: &Request<Incoming>,
-) -> Result<(&'static str, Vec<u8>), (StatusCode, String)> {
+    ours: &[channel::Protocol],
+) -> Result<(channel::Protocol, Vec<u8>), (StatusCode, String)> {
     if !stream::is_upgrade(req) {
         return Err((
             StatusCode::BAD_REQUEST,
-            "streaming needs an upgrade: WebSocket (v5.channel.k8s.io, v4.channel.k8s.io) or SPDY/3.1\n".into(),
+            format!(
+                "streaming needs an upgrade: WebSocket ({}) or SPDY/3.1\n",
+                channel::names(ours)
+            ),
         ));
     }
     let offered = req
@@ -378,12 +393,12 @@ fn websocket_request(
         .get(http::header::SEC_WEBSOCKET_PROTOCOL)
         .and_then(|v| v.to_str().ok())
         .unwrap_or("");
-    let Some(protocol) = stream::negotiate(offered) else {
+    let Some(protocol) = channel::negotiate(offered, ours) else {
         return Err((
             StatusCode::BAD_REQUEST,
             format!(
                 "none of the offered subprotocols ({offered}) is supported; this node speaks {}\n",
-                stream::PROTOCOLS.join(", ")
+                channel::names(ours)
             ),
         ));
     };
@@ -415,7 +430,7 @@ fn exec_route(
     pod: &str,
     container: &str,
 ) -> Response<Body> {
-    let upgrade = match Upgrade::of(&req, &stream::SPDY_EXEC_PROTOCOLS) {
+    let upgrade = match Upgrade::of(&req, &stream::SPDY_EXEC_PROTOCOLS, &channel::EXEC) {
         Ok(u) => u,
         Err((code, why)) => return text(code, why),
     };
@@ -490,7 +505,7 @@ fn attach_route(
     container: &str,
 ) -> Response<Body> {
     use crate::runtime::container::{ContainerState, records_in, state_in};
-    let upgrade = match Upgrade::of(&req, &stream::SPDY_EXEC_PROTOCOLS) {
+    let upgrade = match Upgrade::of(&req, &stream::SPDY_EXEC_PROTOCOLS, &channel::EXEC) {
         Ok(u) => u,
         Err((code, why)) => return text(code, why),
     };
@@ -551,7 +566,11 @@ fn port_forward_route(
     ns: &str,
     pod: &str,
 ) -> Response<Body> {
-    let upgrade = match Upgrade::of(&req, &[stream::SPDY_PORT_FORWARD_PROTOCOL]) {
+    let upgrade = match Upgrade::of(
+        &req,
+        &[stream::SPDY_PORT_FORWARD_PROTOCOL],
+        &channel::PORT_FORWARD,
+    ) {
         Ok(u) => u,
         Err((code, why)) => return text(code, why),
     };
@@ -589,9 +608,9 @@ fn port_forward_route(
             return;
         };
         match upgrade {
-            Upgrade::WebSocket { .. } => {
+            Upgrade::WebSocket { protocol, .. } => {
                 let ws = stream::websocket(upgraded).await;
-                stream::port_forward(ws, netns, ports).await;
+                stream::port_forward(ws, protocol, netns, ports).await;
             }
             Upgrade::Spdy { .. } => stream::port_forward_spdy(upgraded, netns, label).await,
         }

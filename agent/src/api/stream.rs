@@ -10,7 +10,6 @@
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 
-use bytes::Bytes;
 use futures::{SinkExt as _, StreamExt as _};
 use hyper::upgrade::Upgraded;
 use hyper_util::rt::TokioIo;
@@ -20,14 +19,7 @@ use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::protocol::Role;
 
-/// The channel protocols served, preferred first.
-pub const PROTOCOLS: [&str; 2] = ["v5.channel.k8s.io", "v4.channel.k8s.io"];
-
-/// The protocol to speak: the first of ours the client offers.
-pub fn negotiate(offered: &str) -> Option<&'static str> {
-    let offered: Vec<&str> = offered.split(',').map(str::trim).collect();
-    PROTOCOLS.iter().copied().find(|p| offered.contains(p))
-}
+use super::channel::Protocol;
 
 /// Whether the request asks for a WebSocket.
 pub fn is_upgrade<B>(req: &http::Request<B>) -> bool {
@@ -55,7 +47,10 @@ pub fn switching(key: &[u8], protocol: &str) -> http::Response<()> {
     ) {
         h.insert(http::header::SEC_WEBSOCKET_ACCEPT, v);
     }
-    if let Ok(v) = http::HeaderValue::from_str(protocol) {
+    if let Some(v) = Some(protocol)
+        .filter(|p| !p.is_empty())
+        .and_then(|p| http::HeaderValue::from_str(p).ok())
+    {
         h.insert(http::header::SEC_WEBSOCKET_PROTOCOL, v);
     }
     r
@@ -66,13 +61,6 @@ pub type Ws = WebSocketStream<TokioIo<Upgraded>>;
 /// The server side of an upgraded connection.
 pub async fn websocket(upgraded: Upgraded) -> Ws {
     WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, None).await
-}
-
-fn frame(channel: u8, data: &[u8]) -> Message {
-    let mut v = Vec::with_capacity(data.len() + 1);
-    v.push(channel);
-    v.extend_from_slice(data);
-    Message::Binary(Bytes::from(v))
 }
 
 /// The final `Status` of an exec, as kubelet reports it on the error channel.
@@ -420,31 +408,28 @@ pub async fn follow_output(
     }
 }
 
-/// An exec or attach over the WebSocket, ending with the `Status` on channel 3.
-pub async fn exec(ws: Ws, protocol: &str, opts: ExecOptions, job: Job) {
-    let v5 = protocol.starts_with("v5.");
+/// An exec or attach over the WebSocket, ending with its `Status` on channel 3 (v4 and
+/// later; before v4 only a failure's message).
+pub async fn exec(ws: Ws, protocol: Protocol, opts: ExecOptions, job: Job) {
     let (mut sink, mut source) = ws.split();
     let (in_tx, in_rx) = tokio::sync::mpsc::channel::<Input>(32);
     let (out_tx, mut out_rx) = tokio::sync::mpsc::channel::<Output>(32);
     let reader = tokio::spawn(async move {
         while let Some(Ok(msg)) = source.next().await {
-            let data = match msg {
-                Message::Binary(b) => b.to_vec(),
-                Message::Text(t) => t.as_bytes().to_vec(),
-                Message::Close(_) => break,
-                _ => continue,
-            };
-            let Some((&channel, body)) = data.split_first() else {
+            if matches!(msg, Message::Close(_)) {
+                break;
+            }
+            let Some((channel, body)) = protocol.unframe(msg) else {
                 continue;
             };
             let input = match channel {
-                0 => Input::Stdin(body.to_vec()),
-                4 => match resize(body) {
+                0 => Input::Stdin(body),
+                4 => match resize(&body) {
                     Some(r) => r,
                     None => continue,
                 },
                 // v5's close of channel 0: the client's input ended.
-                255 if v5 && body.first() == Some(&0) => Input::StdinEnd,
+                255 if protocol.close_channel && body.first() == Some(&0) => Input::StdinEnd,
                 _ => continue,
             };
             // Once the job is over its input is dropped, but reading goes on until the
@@ -456,8 +441,8 @@ pub async fn exec(ws: Ws, protocol: &str, opts: ExecOptions, job: Job) {
     let writer = tokio::spawn(async move {
         while let Some(o) = out_rx.recv().await {
             let m = match o {
-                Output::Stdout(d) => frame(1, &d),
-                Output::Stderr(d) => frame(2, &d),
+                Output::Stdout(d) => protocol.frame(1, &d),
+                Output::Stderr(d) => protocol.frame(2, &d),
             };
             if sink.send(m).await.is_err() {
                 break;
@@ -470,11 +455,30 @@ pub async fn exec(ws: Ws, protocol: &str, opts: ExecOptions, job: Job) {
         reader.abort();
         return;
     };
-    let status = final_status(&opts.command, &result);
-    let _ = sink.send(frame(3, status.to_string().as_bytes())).await;
+    let status = if protocol.json_status {
+        Some(final_status(&opts.command, &result).to_string())
+    } else {
+        legacy_status(&opts.command, &result)
+    };
+    if let Some(status) = status {
+        let _ = sink.send(protocol.frame(3, status.as_bytes())).await;
+    }
     let _ = sink.send(normal_close()).await;
     // The client answers the close; until then (at most 2 s) what it sends is read.
     let _ = tokio::time::timeout(std::time::Duration::from_secs(2), reader).await;
+}
+
+/// The end of an exec as the protocols before v4 report it: nothing on success, the
+/// failure's message otherwise.
+fn legacy_status(command: &[String], result: &Result<i32, String>) -> Option<String> {
+    match result {
+        Ok(0) => None,
+        Ok(code) => Some(format!(
+            "command terminated with non-zero exit code: error executing command [{}], exit code {code}",
+            command.join(" ")
+        )),
+        Err(why) => Some(why.clone()),
+    }
 }
 
 /// A close frame with status 1000: Go's WebSocket clients read a close without a
@@ -671,17 +675,7 @@ pub async fn exec_spdy(
                 .into_bytes(),
         )
     } else {
-        match &result {
-            Ok(0) => None,
-            Ok(code) => Some(
-                format!(
-                    "command terminated with non-zero exit code: error executing command [{}], exit code {code}",
-                    opts.command.join(" ")
-                )
-                .into_bytes(),
-            ),
-            Err(why) => Some(why.clone().into_bytes()),
-        }
+        legacy_status(&opts.command, &result).map(String::into_bytes)
     };
     if let Some(error) = id("error") {
         sender.fin(error, status.unwrap_or_default()).await;
@@ -848,15 +842,15 @@ pub fn parse_ports(query: &str) -> Result<Vec<u16>, String> {
 
 /// Forwards each of `ports` to the pod whose network namespace is pinned at `netns`
 /// (the node's own for a host-network pod): one TCP connection to 127.0.0.1 per port.
-pub async fn port_forward(ws: Ws, netns: Option<PathBuf>, ports: Vec<u16>) {
+pub async fn port_forward(ws: Ws, protocol: Protocol, netns: Option<PathBuf>, ports: Vec<u16>) {
     let (mut sink, mut source) = ws.split();
     let (tx, mut rx) = tokio::sync::mpsc::channel::<Message>(64);
     let mut writers: Vec<Option<tokio::net::tcp::OwnedWriteHalf>> = Vec::new();
     for (i, port) in ports.iter().enumerate() {
         let (data, error) = ((2 * i) as u8, (2 * i + 1) as u8);
         let prefix = port.to_le_bytes();
-        let _ = sink.send(frame(data, &prefix)).await;
-        let _ = sink.send(frame(error, &prefix)).await;
+        let _ = sink.send(protocol.frame(data, &prefix)).await;
+        let _ = sink.send(protocol.frame(error, &prefix)).await;
         let conn = connect(netns.as_deref(), *port).await;
         match conn {
             Ok(stream) => {
@@ -869,7 +863,7 @@ pub async fn port_forward(ws: Ws, netns: Option<PathBuf>, ports: Vec<u16>) {
                         match r.read(&mut buf).await {
                             Ok(0) | Err(_) => return,
                             Ok(n) => {
-                                if tx.send(frame(data, &buf[..n])).await.is_err() {
+                                if tx.send(protocol.frame(data, &buf[..n])).await.is_err() {
                                     return;
                                 }
                             }
@@ -880,7 +874,7 @@ pub async fn port_forward(ws: Ws, netns: Option<PathBuf>, ports: Vec<u16>) {
             Err(e) => {
                 writers.push(None);
                 let msg = format!("error forwarding port {port} to pod: {e}");
-                let _ = sink.send(frame(error, msg.as_bytes())).await;
+                let _ = sink.send(protocol.frame(error, msg.as_bytes())).await;
             }
         }
     }
@@ -894,18 +888,16 @@ pub async fn port_forward(ws: Ws, netns: Option<PathBuf>, ports: Vec<u16>) {
         let _ = sink.send(normal_close()).await;
     });
     while let Some(Ok(msg)) = source.next().await {
-        let data = match msg {
-            Message::Binary(b) => b,
-            Message::Close(_) => break,
-            _ => continue,
-        };
-        let Some((&channel, body)) = data.split_first() else {
+        if matches!(msg, Message::Close(_)) {
+            break;
+        }
+        let Some((channel, body)) = protocol.unframe(msg) else {
             continue;
         };
         let i = usize::from(channel / 2);
         if channel % 2 == 0
             && let Some(Some(w)) = writers.get_mut(i)
-            && w.write_all(body).await.is_err()
+            && w.write_all(&body).await.is_err()
         {
             writers[i] = None;
         }
@@ -933,10 +925,10 @@ mod tests {
     #[test]
     fn protocols_queries_and_statuses() {
         assert_eq!(
-            negotiate("v4.channel.k8s.io, v5.channel.k8s.io"),
-            Some("v5.channel.k8s.io")
+            legacy_status(&["true".into()], &Ok(0)),
+            None,
+            "before v4 a success says nothing"
         );
-        assert_eq!(negotiate("channel.k8s.io"), None);
         let o = parse_exec_query(
             "command=sh&command=-c&command=exit%203&stdin=1&stdout=1&stderr=1&tty=1",
         );

@@ -126,9 +126,16 @@ pub fn resolv_conf(
     Ok(r.render())
 }
 
-/// The pod's `/etc/hosts`: localhost lines, the pod's address with its hostname (and
-/// FQDN `<hostname>.<subdomain>.<namespace>.svc.<domain>` with a subdomain), then the
-/// `hostAliases`.
+/// The header kubelet starts a pod's managed `/etc/hosts` with; tools (and the
+/// upstream conformance test) recognise the file by it.
+pub const MANAGED_HOSTS_HEADER: &str = "# Kubernetes-managed hosts file.\n";
+/// The header of a host-network pod's `/etc/hosts` (the node's file follows).
+pub const MANAGED_HOSTS_HEADER_HOST_NETWORK: &str =
+    "# Kubernetes-managed hosts file (host network).\n";
+
+/// The pod's `/etc/hosts` as kubelet writes it: localhost lines, the pod's address with
+/// its hostname (and FQDN `<hostname>.<subdomain>.<namespace>.svc.<domain>` with a
+/// subdomain), then the `hostAliases`.
 pub fn hosts_file(
     spec: &PodSpec,
     namespace: &str,
@@ -136,8 +143,9 @@ pub fn hosts_file(
     ip: &str,
     hostname: &str,
 ) -> String {
-    let mut s = String::from(
-        "# Kubernetes-managed hosts file (kernlet).\n127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n\
+    let mut s = String::from(MANAGED_HOSTS_HEADER);
+    s.push_str(
+        "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n\
          fe00::0\tip6-localnet\nfe00::0\tip6-mcastprefix\nfe00::1\tip6-allnodes\nfe00::2\tip6-allrouters\n",
     );
     if !ip.is_empty() {
@@ -148,21 +156,37 @@ pub fn hosts_file(
             None => s.push_str(&format!("{ip}\t{hostname}\n")),
         }
     }
+    s.push_str(&host_aliases(spec));
+    s
+}
+
+/// A host-network pod's `/etc/hosts` as kubelet writes it: the header, the node's
+/// file as it is, then the `hostAliases`.
+pub fn host_network_hosts_file(spec: &PodSpec, node_hosts: &str) -> String {
+    format!(
+        "{MANAGED_HOSTS_HEADER_HOST_NETWORK}{node_hosts}{}",
+        host_aliases(spec)
+    )
+}
+
+/// The `hostAliases` block (empty without aliases): one line per address.
+fn host_aliases(spec: &PodSpec) -> String {
     let aliases = spec.host_aliases.iter().flatten().collect::<Vec<_>>();
-    if !aliases.is_empty() {
-        s.push_str("\n# Entries added by HostAliases.\n");
-        for a in aliases {
-            s.push_str(&format!(
-                "{}\t{}\n",
-                a.ip,
-                a.hostnames
-                    .iter()
-                    .flatten()
-                    .cloned()
-                    .collect::<Vec<_>>()
-                    .join("\t")
-            ));
-        }
+    if aliases.is_empty() {
+        return String::new();
+    }
+    let mut s = String::from("\n# Entries added by HostAliases.\n");
+    for a in aliases {
+        s.push_str(&format!(
+            "{}\t{}\n",
+            a.ip,
+            a.hostnames
+                .iter()
+                .flatten()
+                .cloned()
+                .collect::<Vec<_>>()
+                .join("\t")
+        ));
     }
     s
 }
@@ -258,6 +282,17 @@ mod tests {
             {"ip": "192.0.2.7", "hostnames": ["foo.local", "bar.local"]}]}),
         );
         let h = hosts_file(&s, "demo", "cluster.local", "10.244.0.5", "web-0");
+        // kubelet's exact header: the upstream conformance test looks for it.
+        assert!(
+            h.starts_with("# Kubernetes-managed hosts file.\n127.0.0.1\tlocalhost\n"),
+            "{h}"
+        );
+        let n = host_network_hosts_file(&s, "127.0.0.1 node\n");
+        assert_eq!(
+            n,
+            "# Kubernetes-managed hosts file (host network).\n127.0.0.1 node\n\n\
+             # Entries added by HostAliases.\n192.0.2.7\tfoo.local\tbar.local\n"
+        );
         assert!(
             h.contains("10.244.0.5\tweb-0.web.demo.svc.cluster.local\tweb-0\n"),
             "{h}"

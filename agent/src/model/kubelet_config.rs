@@ -78,9 +78,102 @@ pub fn parse(kubelet_yaml: &str) -> Result<ClusterSettings, String> {
     })
 }
 
+/// What the node's own flags say about the settings the cluster also publishes; a flag
+/// given wins over the cluster's value.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Overrides {
+    /// `--cluster-dns` (empty: not given).
+    pub cluster_dns: Vec<String>,
+    /// `--cluster-domain`.
+    pub cluster_domain: Option<String>,
+    /// `--anonymous-auth`.
+    pub anonymous_auth: Option<bool>,
+}
+
+/// How the kubelet API decides who may do what.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Authorization {
+    /// Every authenticated request is allowed (kubelet's `AlwaysAllow`).
+    AlwaysAllow,
+    /// A SubjectAccessReview per request (kubelet's `Webhook`).
+    Webhook,
+}
+
+/// The settings a node runs with: its flags over the cluster's published ones (`None`
+/// when the node has none saved) over kubelet's defaults.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Effective {
+    pub cluster_dns: Vec<String>,
+    pub cluster_domain: String,
+    pub anonymous_auth: bool,
+    pub webhook_authentication: bool,
+    pub authorization: Authorization,
+}
+
+/// Combines the node's flags with the cluster's settings.
+pub fn effective(flags: &Overrides, cluster: Option<&ClusterSettings>) -> Effective {
+    let base = cluster.cloned().unwrap_or_default();
+    Effective {
+        cluster_dns: if flags.cluster_dns.is_empty() {
+            base.cluster_dns
+        } else {
+            flags.cluster_dns.clone()
+        },
+        cluster_domain: flags.cluster_domain.clone().unwrap_or(base.cluster_domain),
+        anonymous_auth: flags.anonymous_auth.unwrap_or(base.anonymous_auth),
+        webhook_authentication: base.webhook_authentication,
+        authorization: if base.authorization_mode == "AlwaysAllow" {
+            Authorization::AlwaysAllow
+        } else {
+            Authorization::Webhook
+        },
+    }
+}
+
+/// The settings `kernlet join` saved under a state directory, if any.
+pub fn load(path: &std::path::Path) -> Option<ClusterSettings> {
+    std::fs::read(path)
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn flags_win_over_the_cluster_over_the_defaults() {
+        let cluster = ClusterSettings {
+            cluster_dns: vec!["10.96.0.10".into()],
+            cluster_domain: "corp.local".into(),
+            anonymous_auth: true,
+            webhook_authentication: false,
+            authorization_mode: "AlwaysAllow".into(),
+            ..ClusterSettings::default()
+        };
+        let none = Overrides::default();
+        let e = effective(&none, Some(&cluster));
+        assert_eq!(e.cluster_dns, ["10.96.0.10"]);
+        assert_eq!(e.cluster_domain, "corp.local");
+        assert!(e.anonymous_auth && !e.webhook_authentication);
+        assert_eq!(e.authorization, Authorization::AlwaysAllow);
+        let flags = Overrides {
+            cluster_dns: vec!["192.0.2.53".into()],
+            cluster_domain: Some("x.local".into()),
+            anonymous_auth: Some(false),
+        };
+        let e = effective(&flags, Some(&cluster));
+        assert_eq!(
+            (e.cluster_dns, e.cluster_domain.as_str(), e.anonymous_auth),
+            (vec!["192.0.2.53".to_string()], "x.local", false)
+        );
+        let d = effective(&none, None);
+        assert!(d.cluster_dns.is_empty() && d.webhook_authentication && !d.anonymous_auth);
+        assert_eq!(
+            (d.cluster_domain.as_str(), d.authorization),
+            ("cluster.local", Authorization::Webhook)
+        );
+    }
 
     #[test]
     fn the_recorded_kubeadm_kubelet_config() {

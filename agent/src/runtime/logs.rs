@@ -112,12 +112,14 @@ impl CriWriter {
         Ok(())
     }
 
-    /// Writes what is left of unterminated lines (at the end of the container).
+    /// Writes what is left of unterminated lines (at the end of the container) as
+    /// partial records, as containerd does: a last line without a newline stays
+    /// without one in `kubectl logs` and in a termination message taken from the log.
     pub fn finish(&mut self) -> io::Result<()> {
         for stream in 0..2 {
             let rest = std::mem::take(&mut self.pending[stream]);
             if !rest.is_empty() {
-                self.record(stream, &rest, false)?;
+                self.record(stream, &rest, true)?;
             }
         }
         self.file.sync_all()
@@ -349,7 +351,7 @@ mod tests {
                 ("stdout", false, 5),
                 ("stdout", true, MAX_LINE),
                 ("stdout", false, 10),
-                ("stdout", false, 4)
+                ("stdout", true, 4)
             ]
         );
         assert_eq!(r[2].text, "world");

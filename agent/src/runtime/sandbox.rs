@@ -316,12 +316,7 @@ impl Runtime {
         // A host-network pod sees the node's hosts file, with its aliases added.
         let hosts = if host_network {
             let node = std::fs::read_to_string("/etc/hosts").unwrap_or_default();
-            let aliases =
-                crate::model::dns::hosts_file(&spec, &namespace, &self.cfg.dns.domain, "", "");
-            match aliases.split_once("\n# Entries added by HostAliases.\n") {
-                Some((_, a)) => format!("{node}\n# Entries added by HostAliases.\n{a}"),
-                None => node,
-            }
+            crate::model::dns::host_network_hosts_file(&spec, &node)
         } else {
             crate::model::dns::hosts_file(&spec, &namespace, &self.cfg.dns.domain, &ip, &hostname)
         };

@@ -54,9 +54,37 @@ pub fn on_bpffs(dir: &Path) -> bool {
         .is_ok_and(|s| s.filesystem_type() == nix::sys::statfs::FsType(BPF_FS_MAGIC))
 }
 
+/// Where a node's bpffs is mounted by convention (systemd mounts one there; on
+/// machines where nothing does, kernlet does, as Cilium does).
+pub const STANDARD_BPFFS: &str = "/sys/fs/bpf";
+
 /// Makes `dir` a place to pin BPF objects: created when missing, and when it is not on
 /// a bpffs one is mounted there (an instance of its own; pins live as long as the mount).
+/// A `dir` under /sys/fs/bpf where no bpffs is mounted gets one mounted at
+/// /sys/fs/bpf first: sysfs takes no new directories.
 pub fn ensure_bpffs(dir: &Path) -> std::io::Result<()> {
+    ensure_bpffs_with(dir, Path::new(STANDARD_BPFFS))
+}
+
+/// [`ensure_bpffs`] with the conventional bpffs place at `standard`.
+pub fn ensure_bpffs_with(dir: &Path, standard: &Path) -> std::io::Result<()> {
+    if dir.starts_with(standard) && standard.is_dir() && !on_bpffs(standard) {
+        mount_bpffs(standard).map_err(|e| {
+            std::io::Error::new(
+                e.kind(),
+                format!(
+                    "{} is not a bpffs and mounting one there failed ({e}); mount it (mount -t bpf bpffs {}) or pass another --bpffs-dir",
+                    standard.display(),
+                    standard.display()
+                ),
+            )
+        })?;
+        tracing::info!(
+            dir = %standard.display(),
+            "no bpffs was mounted at {}: mounted one (as systemd would) to pin BPF objects under it",
+            standard.display()
+        );
+    }
     if let Err(e) = std::fs::create_dir_all(dir) {
         return Err(std::io::Error::new(
             e.kind(),
@@ -69,18 +97,22 @@ pub fn ensure_bpffs(dir: &Path) -> std::io::Result<()> {
     if on_bpffs(dir) {
         return Ok(());
     }
+    mount_bpffs(dir)?;
+    tracing::info!(dir = %dir.display(), "mounted a bpffs to pin the load-balancer's maps in");
+    Ok(())
+}
+
+fn mount_bpffs(at: &Path) -> std::io::Result<()> {
     nix::mount::mount(
         Some("bpffs"),
-        dir,
+        at,
         Some("bpf"),
         nix::mount::MsFlags::MS_NOSUID
             | nix::mount::MsFlags::MS_NODEV
             | nix::mount::MsFlags::MS_NOEXEC,
         Some("mode=0700"),
     )
-    .map_err(|e| std::io::Error::from_raw_os_error(e as i32))?;
-    tracing::info!(dir = %dir.display(), "mounted a bpffs to pin the load-balancer's maps in");
-    Ok(())
+    .map_err(|e| std::io::Error::from_raw_os_error(e as i32))
 }
 
 /// The probe program attached to one cgroup; detached when dropped.

@@ -27,6 +27,11 @@ pub fn is_opaque(dir: &Path) -> bool {
     matches!(xattr::get(dir, "trusted.overlay.opaque"), Ok(Some(v)) if v == b"y")
 }
 
+/// Sets the extended attribute `name` of `path` itself (a symlink is not followed).
+pub fn set_xattr_nofollow(path: &Path, name: &str, value: &[u8]) -> io::Result<()> {
+    xattr::set(path, name, value)
+}
+
 /// A FIFO with `mode`.
 pub fn make_fifo(path: &Path, mode: u32) -> io::Result<()> {
     nix::unistd::mkfifo(path, Mode::from_bits_truncate(mode & 0o7777)).map_err(io_err)

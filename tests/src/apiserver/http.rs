@@ -142,15 +142,42 @@ fn query_map(query: Option<&str>) -> HashMap<String, String> {
         .collect()
 }
 
+/// The verified client certificate of a connection: who it names and when it is valid
+/// (seconds since the epoch).
+#[derive(Clone, Debug)]
+pub struct ClientCert {
+    pub identity: Identity,
+    pub not_before: i64,
+    pub not_after: i64,
+}
+
+impl ClientCert {
+    /// Whether the certificate is valid at `now` (seconds since the epoch).
+    pub fn valid_at(&self, now: i64) -> bool {
+        self.not_before <= now && now <= self.not_after
+    }
+}
+
+fn now_secs() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
+}
+
 impl Server {
-    /// Authenticates a request: client certificate, then bearer token, else anonymous.
+    /// Authenticates a request: client certificate (valid now, checked on every
+    /// request as the real x509 authenticator does), then bearer token, else anonymous.
     fn authenticate(
         &self,
-        cert_identity: Option<&Identity>,
+        cert: Option<&ClientCert>,
         auth_header: Option<&str>,
     ) -> Result<Identity, ApiError> {
-        if let Some(id) = cert_identity {
-            return Ok(id.clone());
+        match cert {
+            Some(c) if c.valid_at(now_secs()) => return Ok(c.identity.clone()),
+            // An expired certificate authenticates no one; a token still may.
+            Some(_) if auth_header.is_none() => return Err(ApiError::unauthorized()),
+            _ => {}
         }
         let Some(token) = auth_header
             .and_then(|h| h.strip_prefix("Bearer "))
@@ -265,19 +292,19 @@ impl Server {
         }
     }
 
-    /// Handles one HTTP request from a connection whose client certificate (if any)
-    /// identified `cert_identity`.
+    /// Handles one HTTP request from a connection with client certificate `cert`, if
+    /// any.
     pub async fn handle(
         self: Arc<Self>,
         req: Request<Incoming>,
-        cert_identity: Option<Identity>,
+        cert: Option<ClientCert>,
     ) -> Result<Response<Body>, Infallible> {
         let auth = req
             .headers()
             .get("authorization")
             .and_then(|v| v.to_str().ok())
             .map(str::to_string);
-        let id = match self.authenticate(cert_identity.as_ref(), auth.as_deref()) {
+        let id = match self.authenticate(cert.as_ref(), auth.as_deref()) {
             Ok(id) => id,
             Err(e) => return Ok(error_response(&e)),
         };

@@ -405,15 +405,22 @@ async fn accept_loop(
             let Ok(stream) = acceptor.accept(tcp).await else {
                 return;
             };
+            // The certificate's validity is checked again on every request, as the
+            // real x509 authenticator does: a connection may outlive its certificate.
             let identity = stream
                 .get_ref()
                 .1
                 .peer_certificates()
                 .and_then(|c| c.first())
-                .and_then(|c| pki::subject_identity(c.as_ref()))
-                .map(|(user, groups)| {
+                .and_then(|c| {
+                    let (user, groups) = pki::subject_identity(c.as_ref())?;
+                    let (not_before, not_after) = pki::validity_window(c.as_ref())?;
                     let groups: Vec<&str> = groups.iter().map(String::as_str).collect();
-                    Identity::new(&user, &groups)
+                    Some(http::ClientCert {
+                        identity: Identity::new(&user, &groups),
+                        not_before,
+                        not_after,
+                    })
                 });
             let svc = hyper::service::service_fn(move |req| {
                 Arc::clone(&server).handle(req, identity.clone())

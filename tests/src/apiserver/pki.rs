@@ -103,6 +103,16 @@ impl Ca {
     /// A client certificate: the apiserver reads the user from CN and groups from O.
     /// rcgen keeps one value per attribute type, so at most one group fits.
     pub fn client(&self, user: &str, groups: &[&str]) -> anyhow::Result<CertPair> {
+        self.client_for(user, groups, 365 * 86400)
+    }
+
+    /// A client certificate (as [`Ca::client`]) that expires `seconds` from now.
+    pub fn client_for(
+        &self,
+        user: &str,
+        groups: &[&str],
+        seconds: i64,
+    ) -> anyhow::Result<CertPair> {
         anyhow::ensure!(
             groups.len() <= 1,
             "a test client certificate carries at most one group (O), got {groups:?}"
@@ -119,7 +129,8 @@ impl Ca {
             KeyUsagePurpose::KeyEncipherment,
         ];
         params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
-        validity(&mut params, 365);
+        validity(&mut params, 0);
+        params.not_after += time_secs(seconds);
         let cert = params.signed_by(&key, &self.issuer)?;
         Ok(CertPair {
             cert_pem: cert.pem(),
@@ -148,6 +159,13 @@ impl Ca {
         ];
         Ok(csr.signed_by(&self.issuer)?.pem())
     }
+}
+
+/// The validity window of a DER certificate, in seconds since the epoch.
+pub fn validity_window(der: &[u8]) -> Option<(i64, i64)> {
+    let (_, cert) = x509_parser::parse_x509_certificate(der).ok()?;
+    let v = cert.validity();
+    Some((v.not_before.timestamp(), v.not_after.timestamp()))
 }
 
 /// `(CN, [O...])` of a DER certificate: the user and groups of a client certificate.
