@@ -37,6 +37,8 @@ impl Cluster {
                 let cp = RealControlPlane::start(std::path::Path::new(&assets), extra_ips)?;
                 let cluster = Self::Real(cp);
                 cluster.apply_kubeadm_objects().await?;
+                // As a cluster that has been up a while: pods in `default` admitted.
+                cluster.create_namespace("default").await?;
                 Ok(cluster)
             }
             None => Ok(Self::InMemory(
@@ -224,6 +226,35 @@ impl Cluster {
         }))?);
         api.replace_subresource("approval", name, &PostParams::default(), &csr)
             .await?;
+        Ok(())
+    }
+
+    /// Creates namespace `name` and waits for its `default` ServiceAccount, which the
+    /// controller-manager adds shortly after: pods are refused until it is there.
+    pub async fn create_namespace(&self, name: &str) -> anyhow::Result<()> {
+        use k8s_openapi::api::core::v1::{Namespace, ServiceAccount};
+        let admin = self.admin().await?;
+        let ns: Api<Namespace> = Api::all(admin.clone());
+        match ns
+            .create(
+                &PostParams::default(),
+                &serde_json::from_value(json!({"metadata": {"name": name}}))?,
+            )
+            .await
+        {
+            Ok(_) => {}
+            Err(kube::Error::Api(e)) if e.code == 409 => {}
+            Err(e) => return Err(e.into()),
+        }
+        let sas: Api<ServiceAccount> = Api::namespaced(admin, name);
+        let start = std::time::Instant::now();
+        while sas.get_opt("default").await?.is_none() {
+            anyhow::ensure!(
+                start.elapsed() < std::time::Duration::from_secs(60),
+                "namespace {name} got no default ServiceAccount within 60 s"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
         Ok(())
     }
 

@@ -66,13 +66,7 @@ fn kubectl(kubeconfig: &std::path::Path, args: &[&str]) -> String {
 /// Creates the demo namespace, the two fixture nodes and the bound web pod.
 async fn fixture_world(cluster: &Cluster) -> kube::Client {
     let admin = cluster.admin().await.expect("admin client");
-    let ns: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(admin.clone());
-    ns.create(
-        &PostParams::default(),
-        &serde_json::from_value(json!({"metadata": {"name": "demo"}})).unwrap(),
-    )
-    .await
-    .expect("namespace");
+    cluster.create_namespace("demo").await.expect("namespace");
     let nodes: Api<Node> = Api::all(admin.clone());
     for name in ["fixture-node-1", "fixture-node-2"] {
         let mut n = fixtures::for_create(&fixtures::json("objects/node-created-by-node.json"));
@@ -218,7 +212,17 @@ async fn node_identity_is_refused_exactly_where_the_fixtures_show_403() {
         "api-errors/403-node-watches-endpointslices-without-rbac.json",
     );
 
-    let request = fixtures::json("api-errors/403-tokenrequest-audience-not-in-pod-request.json");
+    // The recorded request, bound to the pod as it exists here (its uid is new).
+    let mut request =
+        fixtures::json("api-errors/403-tokenrequest-audience-not-in-pod-request.json");
+    let pod_uid = Api::<Pod>::namespaced(cluster.admin().await.unwrap(), "demo")
+        .get("web-589c74b5fc-cscnw")
+        .await
+        .unwrap()
+        .metadata
+        .uid
+        .unwrap();
+    request["spec"]["boundObjectRef"]["uid"] = json!(pod_uid);
     let (code, body) = raw(
         &node,
         "POST",
@@ -262,11 +266,13 @@ async fn node_identity_is_refused_exactly_where_the_fixtures_show_403() {
     )
     .await;
     assert_eq!(code, 200);
+    let mut token_request = fixtures::json("tokens/tokenrequest-request.json");
+    token_request["spec"]["boundObjectRef"]["uid"] = json!(pod_uid);
     let (code, token) = raw(
         &node,
         "POST",
         "/api/v1/namespaces/demo/serviceaccounts/default/token",
-        Some(fixtures::json("tokens/tokenrequest-request.json")),
+        Some(token_request),
         "application/json",
     )
     .await;
@@ -536,7 +542,7 @@ async fn streaming_list_ends_with_the_initial_events_bookmark_and_kube_watcher_s
         .filter(|l| !l.is_empty())
         .map(|l| serde_json::from_slice(l).unwrap())
         .collect();
-    assert_eq!(lines[0]["type"], "ADDED");
+    assert_eq!(lines[0]["type"], "ADDED", "{lines:?}");
     assert_eq!(
         lines[0]["object"]["metadata"]["name"],
         "web-589c74b5fc-cscnw"
@@ -647,7 +653,17 @@ async fn kubectl_applies_the_fixture_workloads_and_lists_them_wide() {
         .map(|d| serde_saphyr::to_string(d).unwrap())
         .collect();
     std::fs::write(&manifest, docs.join("\n---\n")).unwrap();
-    let applied = kubectl(
+    // The namespace first: a real cluster refuses its pods until the controller-manager
+    // has given it a default ServiceAccount.
+    let ns_only = tmp.path().join("namespace.yaml");
+    std::fs::write(&ns_only, &docs[0]).unwrap();
+    assert!(docs[0].contains("kind: Namespace"), "{}", docs[0]);
+    let mut applied = kubectl(
+        &kubeconfig,
+        &["apply", "-f", &ns_only.display().to_string()],
+    );
+    cluster.create_namespace("demo").await.unwrap();
+    applied += &kubectl(
         &kubeconfig,
         &["apply", "-f", &manifest.display().to_string()],
     );
@@ -683,9 +699,9 @@ async fn kubectl_applies_the_fixture_workloads_and_lists_them_wide() {
         &["apply", "-f", &manifest.display().to_string()],
     );
     assert!(
-        again
-            .lines()
-            .all(|l| l.ends_with("unchanged") || l == "pod/hostnet configured"),
+        again.lines().all(|l| l.ends_with("unchanged")
+            || l == "pod/hostnet configured"
+            || l == "secret/web-secret configured"),
         "{again}"
     );
     assert_eq!(rv(), before, "a directive-only patch is not a change");
@@ -815,7 +831,9 @@ async fn bootstrap_token_csr_is_auto_approved_and_serving_csr_waits_for_approval
         Api::all(cluster.node_client("boot-1").await.unwrap());
     let mut serving = fixtures::json("bootstrap/05-serving-csr-request.json");
     serving["metadata"] = json!({"name": "csr-serving-boot-1"});
-    serving["spec"]["request"] = json!(base64_encode(&pem));
+    let ip: std::net::IpAddr = [198, 18, 0, 10].into();
+    let serving_pem = kernlet::model::csr::node_csr("boot-1", Some(&[ip]), &key).unwrap();
+    serving["spec"]["request"] = json!(base64_encode(&serving_pem));
     node_csrs
         .create(
             &PostParams::default(),

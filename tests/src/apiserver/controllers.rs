@@ -144,6 +144,30 @@ fn sign(server: &Server, csr: &Value) -> Option<Value> {
         return None;
     }
     let pem = csr_pem(csr)?;
+    if signer == SERVING
+        && let Some(why) = unservable(&pem)
+    {
+        // The real signer's validation: the CSR is marked Failed, never signed.
+        let name = name_of(csr);
+        return server
+            .store
+            .modify(
+                rt("certificatesigningrequests", "certificates.k8s.io"),
+                "",
+                &name,
+                |cur| {
+                    if has_condition(cur, "Failed") {
+                        return Ok(None);
+                    }
+                    let mut new = cur.clone();
+                    let mut conds = new.pointer("/status/conditions").and_then(Value::as_array).cloned().unwrap_or_default();
+                    conds.push(json!({"type": "Failed", "status": "True", "reason": "SignerValidationFailure", "message": why, "lastUpdateTime": now_rfc3339(), "lastTransitionTime": now_rfc3339()}));
+                    new["status"]["conditions"] = json!(conds);
+                    Ok(Some(new))
+                },
+            )
+            .ok();
+    }
     let seconds = csr
         .pointer("/spec/expirationSeconds")
         .and_then(Value::as_i64)
@@ -172,6 +196,19 @@ fn sign(server: &Server, csr: &Value) -> Option<Value> {
             },
         )
         .ok()
+}
+
+/// Why the kubelet-serving signer refuses a CSR, as kube-controller-manager's does: a
+/// node identity with at least one DNS or IP name.
+fn unservable(pem: &str) -> Option<String> {
+    let (cn, orgs) = super::pki::csr_identity(pem)?;
+    if orgs != ["system:nodes"] || !cn.starts_with("system:node:") {
+        return Some("subject organization is not system:nodes or common name does not begin with system:node:".into());
+    }
+    if super::pki::csr_san_count(pem) == 0 {
+        return Some("DNS or IP subjectAltName is required".into());
+    }
+    None
 }
 
 /// Approves kubelet client CSRs that kubeadm would, and signs every approved CSR of the

@@ -88,6 +88,20 @@ fn default_container(c: &mut Value, token_mount: Option<&str>) {
 }
 
 /// Pod defaulting plus the ServiceAccount admission plugin's token volume.
+/// A Secret's `stringData` as the apiserver stores it: merged into `data` (base64,
+/// winning over the same key there) and gone, so clients never read it back.
+pub fn fold_string_data(secret: &mut Value) {
+    use base64::Engine as _;
+    let Some(Value::Object(strings)) = secret.as_object_mut().and_then(|o| o.remove("stringData"))
+    else {
+        return;
+    };
+    for (k, v) in strings {
+        let text = v.as_str().unwrap_or_default();
+        secret["data"][k] = json!(base64::engine::general_purpose::STANDARD.encode(text));
+    }
+}
+
 pub fn default_pod(pod: &mut Value) {
     let spec = &mut pod["spec"];
     for (k, v) in [

@@ -1114,6 +1114,7 @@ impl Server {
         }
         match (rt.group, rt.plural) {
             ("", "pods") => defaults::default_pod(&mut obj),
+            ("", "secrets") => defaults::fold_string_data(&mut obj),
             ("", "services") => {
                 let (existing, _) = self.store.list(rt, None);
                 ServiceAllocator::default_and_allocate(&mut obj, &existing)?;
@@ -1194,6 +1195,9 @@ impl Server {
             };
             if !new.is_object() {
                 return Err(ApiError::bad_request("the object is not a JSON object".into()));
+            }
+            if (rt.group, rt.plural) == ("", "secrets") {
+                defaults::fold_string_data(&mut new);
             }
             if let Some(m) = new.get_mut("metadata").and_then(Value::as_object_mut) {
                 m.remove("managedFields");
@@ -1406,6 +1410,31 @@ impl Server {
             .ok_or_else(|| ApiError::not_found(rt, sa))?;
         let audiences: Vec<String> = strings(req.pointer("/spec/audiences"));
         let bound = req.pointer("/spec/boundObjectRef").cloned();
+        // NodeRestriction (for nodes) and the token registry check the bound pod's uid
+        // first: a token is never bound to a pod that was deleted and recreated.
+        if let Some(b) = &bound
+            && b.get("kind").and_then(Value::as_str) == Some("Pod")
+        {
+            let pods = resources::find("", "v1", "pods").ok_or_else(ApiError::path_not_found)?;
+            let name = b.get("name").and_then(Value::as_str).unwrap_or_default();
+            let uid = b.get("uid").and_then(Value::as_str).unwrap_or_default();
+            if let Some(pod) = self.store.get(pods, ns, name)
+                && !uid.is_empty()
+                && pod.pointer("/metadata/uid").and_then(Value::as_str) != Some(uid)
+            {
+                let why = format!(
+                    "the UID in the bound object reference ({uid}) does not match the UID in record. The object might have been deleted and then recreated"
+                );
+                return Err(match id.node_name() {
+                    Some(_) => ApiError::forbidden(
+                        rt,
+                        Some(sa),
+                        format!("serviceaccounts \"{sa}\" is forbidden: {why}"),
+                    ),
+                    None => ApiError::precondition(rt, name, &why),
+                });
+            }
+        }
         if let Some(node) = id.node_name() {
             // The Node authorizer's audience rule: a node may request only audiences that
             // a pod bound to it names in a projected token volume.

@@ -185,6 +185,19 @@ pub fn subject_identity(der: &[u8]) -> Option<(String, Vec<String>)> {
     Some((cn, groups))
 }
 
+/// How many DNS and IP subject alternative names a PEM CSR asks for.
+pub fn csr_san_count(csr_pem: &str) -> usize {
+    CertificateSigningRequestParams::from_pem(csr_pem)
+        .map(|c| {
+            c.params
+                .subject_alt_names
+                .iter()
+                .filter(|n| matches!(n, rcgen::SanType::DnsName(_) | rcgen::SanType::IpAddress(_)))
+                .count()
+        })
+        .unwrap_or(0)
+}
+
 /// `(CN, [O...])` of a PEM CSR, for checking what a CSR asks for.
 pub fn csr_identity(csr_pem: &str) -> Option<(String, Vec<String>)> {
     let csr = CertificateSigningRequestParams::from_pem(csr_pem).ok()?;
