@@ -179,7 +179,10 @@ impl RealControlPlane {
                     format!("--service-account-private-key-file={}", p("sa.key")),
                     "--use-service-account-credentials=true".into(),
                     "--controllers=*,bootstrapsigner,tokencleaner".into(),
-                    "--allocate-node-cidrs=true".into(),
+                    // The tests hand out pod CIDRs themselves (10.244.<n>.0/24 per
+                    // node, as they do with the in-memory control plane), so the
+                    // controller-manager must not: a node's podCIDR is set only once.
+                    "--allocate-node-cidrs=false".into(),
                     "--cluster-cidr=10.244.0.0/16".into(),
                     "--node-cidr-mask-size=24".into(),
                     "--service-cluster-ip-range=10.96.0.0/12".into(),

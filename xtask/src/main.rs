@@ -203,14 +203,58 @@ fn test(filter: &[String]) -> Result<()> {
     // selects the whole workspace, so dependencies are built with one feature set (and
     // the nested eBPF build runs once), not once per package selection.
     run(cargo().args(["build", "--bins"]))?;
+    // First against the test kit's in-memory control plane, then, where
+    // KUBEBUILDER_ASSETS names stock binaries, the same tests against those.
+    let assets = std::env::var_os("KUBEBUILDER_ASSETS").filter(|a| !a.is_empty());
     let mut e2e = cargo();
     e2e.args(["test", "--test", "*", "--", "--test-threads=1"]);
     e2e.args(filter);
+    e2e.env_remove("KUBEBUILDER_ASSETS");
+    eprintln!("end-to-end tests against the in-memory control plane");
     run(&mut e2e)?;
+    match &assets {
+        Some(dir) => {
+            check_assets(Path::new(dir))?;
+            eprintln!(
+                "end-to-end tests again against the stock control plane in KUBEBUILDER_ASSETS={}",
+                Path::new(dir).display()
+            );
+            let mut real = cargo();
+            real.args(["test", "--test", "*", "--", "--test-threads=1"]);
+            real.args(filter);
+            real.env("KUBEBUILDER_ASSETS", dir);
+            run(&mut real)?;
+        }
+        None => eprintln!(
+            "real-mode pass skipped: KUBEBUILDER_ASSETS is not set. Point it at a directory \
+             holding etcd and kube-apiserver (and kube-controller-manager, kube-scheduler) \
+             to run the end-to-end tests against a stock control plane too."
+        ),
+    }
     // Limits this host cannot enforce (cgroup v1 controllers), in a VM; skipped when a
     // filter selects other tests.
     if filter.is_empty() {
         vm::vm_test()?;
+    }
+    Ok(())
+}
+
+/// The stock binaries the real mode needs, named when missing.
+fn check_assets(dir: &Path) -> Result<()> {
+    for bin in ["etcd", "kube-apiserver"] {
+        if !dir.join(bin).is_file() {
+            bail!(
+                "KUBEBUILDER_ASSETS={} has no {bin}; it must hold etcd and kube-apiserver (kube-controller-manager and kube-scheduler too for the tests that need them)",
+                dir.display()
+            );
+        }
+    }
+    for bin in ["kube-controller-manager", "kube-scheduler"] {
+        if !dir.join(bin).is_file() {
+            eprintln!(
+                "KUBEBUILDER_ASSETS has no {bin}: tests that need it will fail in real mode"
+            );
+        }
     }
     Ok(())
 }
@@ -412,4 +456,53 @@ fn demo() -> Result<()> {
     }
     eprintln!("demo stopped: pods removed, network namespace {DEMO_NETNS} deleted");
     Ok(())
+}
+
+/// `-sys` crates of the lockfile and what they need from the machine: a Debian package
+/// with the system library they link, or nothing (their C is built from bundled
+/// source, they bind the kernel's ABI, or they are for other platforms).
+const SYS_CRATES: &[(&str, Option<&str>)] = &[
+    ("libseccomp-sys", Some("libseccomp-dev")),
+    ("aws-lc-sys", None),
+    ("linux-raw-sys", None),
+    ("netlink-sys", None),
+    ("core-foundation-sys", None),
+    ("security-framework-sys", None),
+    ("jni-sys", None),
+    ("js-sys", None),
+    ("web-sys", None),
+    ("windows-sys", None),
+];
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every `-sys` crate the build pulls in is accounted for, and the system library
+    /// each links comes from a package `setup` installs: on a new machine the build
+    /// once stopped at `-lseccomp` because libseccomp-dev was only ever installed by
+    /// hand.
+    #[test]
+    fn setup_installs_every_system_library_the_build_links() {
+        let lock = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../Cargo.lock"))
+            .expect("Cargo.lock");
+        let sys: std::collections::BTreeSet<&str> = lock
+            .lines()
+            .filter_map(|l| l.strip_prefix("name = \""))
+            .filter_map(|l| l.strip_suffix('"'))
+            .filter(|n| n.ends_with("-sys"))
+            .collect();
+        for name in sys {
+            let Some((_, package)) = SYS_CRATES.iter().find(|(c, _)| *c == name) else {
+                panic!("{name} is new: add it to SYS_CRATES with the Debian package of the library it links, if any");
+            };
+            if let Some(package) = package {
+                assert!(
+                    DEBIAN_PACKAGES.iter().any(|(p, _)| p == package),
+                    "{name} links a library from {package}, which `cargo xtask setup` does not install"
+                );
+            }
+        }
+        assert!(DEBIAN_PACKAGES.iter().any(|(p, _)| *p == "pkg-config"));
+    }
 }
