@@ -31,10 +31,22 @@ impl Cluster {
     /// Either listens on loopback; `extra_ips` are added to the serving certificate for
     /// addresses it is forwarded to (the lab bridge, see [`crate::simnode::Lab::forward`]).
     pub async fn start(extra_ips: &[IpAddr]) -> anyhow::Result<Self> {
+        Self::start_with(extra_ips, false).await
+    }
+
+    /// As [`Cluster::start`], with kube-scheduler and the EndpointSlice controllers
+    /// running in real mode (for a cluster people and the upstream e2e suite use, where
+    /// nobody binds pods or writes slices by hand).
+    pub async fn start_scheduled(extra_ips: &[IpAddr]) -> anyhow::Result<Self> {
+        Self::start_with(extra_ips, true).await
+    }
+
+    async fn start_with(extra_ips: &[IpAddr], scheduler: bool) -> anyhow::Result<Self> {
         apiserver::install_crypto_provider();
         match std::env::var_os("KUBEBUILDER_ASSETS") {
             Some(assets) => {
-                let cp = RealControlPlane::start(std::path::Path::new(&assets), extra_ips)?;
+                let cp =
+                    RealControlPlane::start(std::path::Path::new(&assets), extra_ips, scheduler)?;
                 let cluster = Self::Real(cp);
                 cluster.apply_kubeadm_objects().await?;
                 // As a cluster that has been up a while: pods in `default` admitted.
@@ -210,9 +222,26 @@ impl Cluster {
     pub async fn bind_pod(&self, ns: &str, pod: &str, node: &str) -> anyhow::Result<()> {
         let api: Api<Pod> = Api::namespaced(self.admin().await?, ns);
         let binding = json!({"apiVersion": "v1", "kind": "Binding", "metadata": {"name": pod}, "target": {"apiVersion": "v1", "kind": "Node", "name": node}});
-        api.create_subresource::<Value, Value>("binding", pod, &PostParams::default(), &binding)
-            .await?;
-        Ok(())
+        match api
+            .create_subresource::<Value, Value>("binding", pod, &PostParams::default(), &binding)
+            .await
+        {
+            Ok(_) => Ok(()),
+            // Bound there already (by a scheduler): what the caller wanted.
+            Err(kube::Error::Api(e))
+                if e.code == 409
+                    && api
+                        .get(pod)
+                        .await?
+                        .spec
+                        .and_then(|s| s.node_name)
+                        .as_deref()
+                        == Some(node) =>
+            {
+                Ok(())
+            }
+            Err(e) => Err(e.into()),
+        }
     }
 
     /// What `kubectl certificate approve` does.

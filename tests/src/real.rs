@@ -39,8 +39,11 @@ fn free_port() -> anyhow::Result<u16> {
 }
 
 impl RealControlPlane {
-    /// Starts the components found in `assets`.
-    pub fn start(assets: &Path, extra_ips: &[IpAddr]) -> anyhow::Result<Self> {
+    /// Starts the components found in `assets`. With `full`, kube-scheduler and the
+    /// controller-manager's EndpointSlice controllers run too; without, tests bind their
+    /// pods and write EndpointSlices themselves, as with the in-memory control plane
+    /// (a scheduler or a slice controller would race them).
+    pub fn start(assets: &Path, extra_ips: &[IpAddr], full: bool) -> anyhow::Result<Self> {
         let advertise = IpAddr::V4(Ipv4Addr::LOCALHOST);
         for bin in ["etcd", "kube-apiserver"] {
             if !assets.join(bin).is_file() {
@@ -178,7 +181,11 @@ impl RealControlPlane {
                     format!("--root-ca-file={}", p("ca.crt")),
                     format!("--service-account-private-key-file={}", p("sa.key")),
                     "--use-service-account-credentials=true".into(),
-                    "--controllers=*,bootstrapsigner,tokencleaner".into(),
+                    if full {
+                        "--controllers=*,bootstrapsigner,tokencleaner".into()
+                    } else {
+                        "--controllers=*,bootstrapsigner,tokencleaner,-endpointslice-controller,-endpointslice-mirroring-controller,-endpoints-controller".into()
+                    },
                     // The tests hand out pod CIDRs themselves (10.244.<n>.0/24 per
                     // node, as they do with the in-memory control plane), so the
                     // controller-manager must not: a node's podCIDR is set only once.
@@ -191,7 +198,7 @@ impl RealControlPlane {
                 ]),
             )?;
         }
-        if assets.join("kube-scheduler").is_file() {
+        if full && assets.join("kube-scheduler").is_file() {
             let sched = this.ca.client("system:kube-scheduler", &[])?;
             let kc = write(
                 "scheduler.kubeconfig",

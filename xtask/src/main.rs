@@ -251,9 +251,7 @@ fn check_assets(dir: &Path) -> Result<()> {
     }
     for bin in ["kube-controller-manager", "kube-scheduler"] {
         if !dir.join(bin).is_file() {
-            eprintln!(
-                "KUBEBUILDER_ASSETS has no {bin}: tests that need it will fail in real mode"
-            );
+            eprintln!("KUBEBUILDER_ASSETS has no {bin}: tests that need it will fail in real mode");
         }
     }
     Ok(())
@@ -461,6 +459,7 @@ fn demo() -> Result<()> {
 /// `-sys` crates of the lockfile and what they need from the machine: a Debian package
 /// with the system library they link, or nothing (their C is built from bundled
 /// source, they bind the kernel's ABI, or they are for other platforms).
+#[cfg(test)]
 const SYS_CRATES: &[(&str, Option<&str>)] = &[
     ("libseccomp-sys", Some("libseccomp-dev")),
     ("aws-lc-sys", None),
@@ -494,7 +493,9 @@ mod tests {
             .collect();
         for name in sys {
             let Some((_, package)) = SYS_CRATES.iter().find(|(c, _)| *c == name) else {
-                panic!("{name} is new: add it to SYS_CRATES with the Debian package of the library it links, if any");
+                panic!(
+                    "{name} is new: add it to SYS_CRATES with the Debian package of the library it links, if any"
+                );
             };
             if let Some(package) = package {
                 assert!(

@@ -1113,7 +1113,10 @@ impl Server {
             m.remove("deletionTimestamp");
         }
         match (rt.group, rt.plural) {
-            ("", "pods") => defaults::default_pod(&mut obj),
+            ("", "pods") => {
+                validate_pod_spec(&name_of(&obj), &obj)?;
+                defaults::default_pod(&mut obj)
+            }
             ("", "secrets") => defaults::fold_string_data(&mut obj),
             ("", "services") => {
                 let (existing, _) = self.store.list(rt, None);
@@ -1782,6 +1785,40 @@ fn parse_body(body: &Bytes, content_type: &str) -> Result<Value, ApiError> {
     }
     serde_json::from_slice(body)
         .map_err(|e| ApiError::bad_request(format!("invalid JSON body: {e}")))
+}
+
+/// The pod spec validation a real apiserver does that kernlet's tests meet: a
+/// `subPath` must be relative and may not step out with `..`.
+fn validate_pod_spec(name: &str, pod: &Value) -> Result<(), ApiError> {
+    let mut causes = Vec::new();
+    for list in ["initContainers", "containers", "ephemeralContainers"] {
+        let containers = pod["spec"][list].as_array().cloned().unwrap_or_default();
+        for (i, c) in containers.iter().enumerate() {
+            let mounts = c["volumeMounts"].as_array().cloned().unwrap_or_default();
+            for m in mounts {
+                let Some(sub) = m["subPath"].as_str().filter(|s| !s.is_empty()) else {
+                    continue;
+                };
+                let field = format!("spec.{list}[{i}].volumeMounts.subPath");
+                if sub.starts_with('/') {
+                    causes.push((
+                        field,
+                        format!("Invalid value: \"{sub}\": must be a relative path"),
+                    ));
+                } else if sub.split('/').any(|c| c == "..") {
+                    causes.push((
+                        field,
+                        format!("Invalid value: \"{sub}\": must not contain '..'"),
+                    ));
+                }
+            }
+        }
+    }
+    if causes.is_empty() {
+        Ok(())
+    } else {
+        Err(ApiError::invalid("Pod", name, causes))
+    }
 }
 
 /// The validation the fixtures show for pod status writes (pod IPs).

@@ -380,37 +380,7 @@ impl Unpacker<'_> {
         let mode = e.header().mode().unwrap_or(0o644) & 0o7777;
         let is_symlink = kind.is_symlink();
         if kind.is_file() || kind == tar::EntryType::Continuous || kind.is_gnu_sparse() {
-            // A sparse entry's size is the file's, holes included.
-            let size = e.size();
-            if size > self.max_bytes.saturating_sub(self.used) {
-                return Err(self.refuse(
-                    &name,
-                    format!(
-                        "claims {size} bytes, past the {} bytes one layer may unpack to",
-                        self.max_bytes
-                    ),
-                ));
-            }
-            self.clear(&path, false)?;
-            let mut f = std::fs::OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .custom_flags(libc::O_NOFOLLOW)
-                .mode(0o600)
-                .open(&path)
-                .map_err(|e| self.io(format!("creating {}", path.display()), e))?;
-            let padded_before = self.padding.get();
-            let written = copy_sparse(&mut (&mut e).take(size), &mut f)
-                .map_err(|err| self.io(format!("writing {}", path.display()), err))?;
-            let padded = self.padding.get() - padded_before;
-            if written != size || padded > 0 {
-                let written = written.saturating_sub(padded);
-                return Err(self.refuse(
-                    &name,
-                    format!("is cut short: {written} of its {size} bytes are in the layer"),
-                ));
-            }
-            self.used += written;
+            self.file(&mut e, &name, &path)?;
         } else if kind.is_dir() {
             if !self.clear(&path, true)? {
                 std::fs::create_dir(&path)
@@ -440,6 +410,48 @@ impl Unpacker<'_> {
             return Err(self.refuse(&name, format!("has an unsupported type {kind:?}")));
         }
         self.metadata(&mut e, &name, &path, is_symlink)
+    }
+
+    /// A regular file (sparse ones with their holes): every byte its header claims,
+    /// within the layer's budget.
+    fn file<R: Read>(
+        &mut self,
+        e: &mut tar::Entry<'_, R>,
+        name: &str,
+        path: &Path,
+    ) -> Result<(), LayerError> {
+        // A sparse entry's size is the file's, holes included.
+        let size = e.size();
+        if size > self.max_bytes.saturating_sub(self.used) {
+            return Err(self.refuse(
+                name,
+                format!(
+                    "claims {size} bytes, past the {} bytes one layer may unpack to",
+                    self.max_bytes
+                ),
+            ));
+        }
+        self.clear(path, false)?;
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .custom_flags(libc::O_NOFOLLOW)
+            .mode(0o600)
+            .open(path)
+            .map_err(|e| self.io(format!("creating {}", path.display()), e))?;
+        let padded_before = self.padding.get();
+        let written = copy_sparse(&mut e.take(size), &mut f)
+            .map_err(|err| self.io(format!("writing {}", path.display()), err))?;
+        let padded = self.padding.get() - padded_before;
+        if written != size || padded > 0 {
+            let written = written.saturating_sub(padded);
+            return Err(self.refuse(
+                name,
+                format!("is cut short: {written} of its {size} bytes are in the layer"),
+            ));
+        }
+        self.used += written;
+        Ok(())
     }
 
     /// A hard link to a file this layer already holds (reached through symlinked

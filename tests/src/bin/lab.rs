@@ -1,0 +1,132 @@
+//! A cluster of kernlet nodes to run the upstream end-to-end suite against: the control
+//! plane (stock binaries from `KUBEBUILDER_ASSETS`, else the in-memory one), a lab of
+//! simulated nodes each running `kernlet run` with the pod network, the overlay and the
+//! Service proxy, and a registry in the lab holding the images given. Writes a
+//! kubeconfig for use inside the lab's bridge namespace and an e2e registry list, prints
+//! how to run `tests/conformance/run-e2e.sh` there, and tears everything down on
+//! Ctrl-C or SIGTERM.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Parser;
+use kernlet_tests::cluster::Cluster;
+use kernlet_tests::registry::Registry;
+use kernlet_tests::simnode::{BRIDGE_IP, Lab};
+
+#[derive(Parser)]
+#[command(name = "kernlet-lab", about = "a cluster of simulated kernlet nodes")]
+struct Args {
+    /// How many kernlet nodes.
+    #[arg(long, default_value_t = 2)]
+    nodes: u8,
+    /// An OCI layout to push to the lab registry, as `LAYOUT=REPOSITORY:TAG`
+    /// (repeatable); Debian's busybox-static is pushed as e2e's busybox in any case.
+    #[arg(long = "image")]
+    images: Vec<String>,
+    /// Where to write the kubeconfig, the registry list and the node logs' paths.
+    #[arg(long, default_value = "target/kernlet-lab")]
+    out: PathBuf,
+}
+
+/// e2e's busybox, pushed from Debian's busybox-static.
+const E2E_BUSYBOX: &str = "e2e-test-images/busybox:1.37.0-1";
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    std::fs::create_dir_all(&args.out)?;
+    let out = std::fs::canonicalize(&args.out)?;
+    let cluster = Cluster::start_scheduled(&[BRIDGE_IP.into()]).await?;
+    let mut lab = Lab::new("lab")?;
+    let fwd = lab.forward(0, cluster.addr())?;
+    let registry_node = lab.add_node("registry")?;
+    let registry = Registry::start(&registry_node, None)?;
+    let work = registry_node.dir("images");
+    std::fs::create_dir_all(&work)?;
+    let busybox = kernlet_tests::oci::busybox_layout(&work.join("busybox"), "1.37.0-1")?;
+    let (repo, tag) = E2E_BUSYBOX
+        .split_once(':')
+        .unwrap_or((E2E_BUSYBOX, "latest"));
+    registry.push(&registry_node, &busybox, tag, repo)?;
+    for image in &args.images {
+        let (layout, reference) = image
+            .split_once('=')
+            .ok_or_else(|| anyhow::anyhow!("--image {image}: expected LAYOUT=REPOSITORY:TAG"))?;
+        let (repo, tag) = reference
+            .rsplit_once(':')
+            .ok_or_else(|| anyhow::anyhow!("--image {image}: the reference has no tag"))?;
+        registry.push(&registry_node, std::path::Path::new(layout), tag, repo)?;
+    }
+    kernlet_tests::overlay::apply_node_rbac(&cluster)?;
+    let mut nodes = Vec::new();
+    for i in 1..=args.nodes {
+        let mut node = lab.add_node(&format!("n{i}"))?;
+        let cgroup = node.cgroup().display().to_string();
+        let flags = [
+            "--service-proxy",
+            "--service-cgroup",
+            &cgroup,
+            "--insecure-registry",
+            &registry.addr,
+        ];
+        kernlet_tests::overlay::start_overlay_node(&cluster, &fwd.url, &mut node, i, &flags)
+            .await?;
+        nodes.push(node);
+    }
+    let kubeconfig = out.join("admin.kubeconfig");
+    cluster.kubeconfig_at(
+        &fwd.url,
+        "kubernetes-admin",
+        &["system:masters"],
+        &kubeconfig,
+    )?;
+    let repo_list = out.join("repo-list.yaml");
+    std::fs::write(
+        &repo_list,
+        format!(
+            "promoterE2eRegistry: {r}/e2e-test-images\ngcRegistry: {r}\ngcEtcdRegistry: {r}\n\
+             dockerLibraryRegistry: {r}/library\nbuildImageRegistry: {r}/build-image\n\
+             sigStorageRegistry: {r}/sig-storage\n",
+            r = registry.addr
+        ),
+    )?;
+    println!("control plane: {}", cluster.url());
+    println!(
+        "nodes: {}",
+        nodes
+            .iter()
+            .map(|n| n.name.as_str())
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    for n in &nodes {
+        println!(
+            "  {} log: {}",
+            n.name,
+            n.dir("logs").join("kernlet.log").display()
+        );
+    }
+    println!(
+        "registry: {} (images: {E2E_BUSYBOX}, {})",
+        registry.addr,
+        args.images.join(", ")
+    );
+    println!("kubeconfig (inside the lab): {}", kubeconfig.display());
+    println!(
+        "run e2e: KUBE_TEST_REPO_LIST={} nsenter --net=/run/netns/{} tests/conformance/run-e2e.sh E2E_TEST {}",
+        repo_list.display(),
+        lab.bridge_netns(),
+        kubeconfig.display()
+    );
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+    for mut n in nodes {
+        let _ = n.stop_kernlet(Duration::from_secs(10));
+    }
+    drop(registry);
+    Ok(())
+}
