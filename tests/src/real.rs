@@ -130,7 +130,8 @@ impl RealControlPlane {
                 format!("--advertise-address={advertise}"),
                 "--bind-address=127.0.0.1".into(),
                 format!("--secure-port={port}"),
-                "--service-cluster-ip-range=10.96.0.0/12".into(),
+                // Dual-stack, as the in-memory control plane allocates.
+                "--service-cluster-ip-range=10.96.0.0/12,fd00:10:96::/112".into(),
                 "--service-node-port-range=30000-32767".into(),
                 format!("--client-ca-file={}", p("ca.crt")),
                 format!("--tls-cert-file={}", p("apiserver.crt")),
@@ -192,7 +193,7 @@ impl RealControlPlane {
                     "--allocate-node-cidrs=false".into(),
                     "--cluster-cidr=10.244.0.0/16".into(),
                     "--node-cidr-mask-size=24".into(),
-                    "--service-cluster-ip-range=10.96.0.0/12".into(),
+                    "--service-cluster-ip-range=10.96.0.0/12,fd00:10:96::/112".into(),
                     "--leader-elect=false".into(),
                     format!("--secure-port={}", free_port()?),
                 ]),

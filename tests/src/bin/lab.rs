@@ -29,6 +29,42 @@ struct Args {
     out: PathBuf,
 }
 
+/// Approves every pending `kubernetes.io/kubelet-serving` CSR, waiting until each of
+/// the `nodes` has one approved.
+async fn approve_serving_csrs(cluster: &Cluster, nodes: usize) -> anyhow::Result<()> {
+    use k8s_openapi::api::certificates::v1::CertificateSigningRequest;
+    let csrs: kube::Api<CertificateSigningRequest> = kube::Api::all(cluster.admin().await?);
+    let start = std::time::Instant::now();
+    loop {
+        let list = csrs.list(&Default::default()).await?;
+        let serving: Vec<_> = list
+            .items
+            .iter()
+            .filter(|c| c.spec.signer_name == "kubernetes.io/kubelet-serving")
+            .collect();
+        let mut pending = 0;
+        for c in &serving {
+            let decided = c
+                .status
+                .as_ref()
+                .and_then(|s| s.conditions.as_ref())
+                .is_some_and(|c| !c.is_empty());
+            if !decided {
+                pending += 1;
+                cluster.approve_csr(c.metadata.name.as_deref().unwrap_or_default()).await?;
+            }
+        }
+        if serving.len() >= nodes && pending == 0 {
+            return Ok(());
+        }
+        anyhow::ensure!(
+            start.elapsed() < Duration::from_secs(60),
+            "the nodes sent no kubelet-serving CSR within 60 s"
+        );
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+}
+
 /// e2e's busybox, pushed from Debian's busybox-static.
 const E2E_BUSYBOX: &str = "e2e-test-images/busybox:1.37.0-1";
 
@@ -74,6 +110,9 @@ async fn main() -> anyhow::Result<()> {
             .await?;
         nodes.push(node);
     }
+    // The admin's part on a kubeadm cluster: approving the nodes' serving certificates,
+    // without which the apiserver cannot verify kubelets (logs, exec, port-forward).
+    approve_serving_csrs(&cluster, usize::from(args.nodes)).await?;
     let kubeconfig = out.join("admin.kubeconfig");
     cluster.kubeconfig_at(
         &fwd.url,
