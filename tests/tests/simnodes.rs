@@ -89,7 +89,8 @@ async fn three_simnodes_ping_each_other_and_reach_the_control_plane() {
         "kubectl from n1: {}",
         String::from_utf8_lossy(&out.stderr)
     );
-    assert!(String::from_utf8_lossy(&out.stdout).contains("\"minor\":\"36\""));
+    let version: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(version["minor"], "36", "{version}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
