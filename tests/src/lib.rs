@@ -4,6 +4,7 @@
 
 pub mod apiserver;
 pub mod cluster;
+pub mod dns;
 pub mod egress;
 pub mod fixtures;
 pub mod grpc_health;

@@ -1,7 +1,8 @@
 //! A cluster of kernlet nodes to run the upstream end-to-end suite against: the control
 //! plane (stock binaries from `KUBEBUILDER_ASSETS`, else the in-memory one), a lab of
 //! simulated nodes each running `kernlet run` with the pod network, the overlay and the
-//! Service proxy, and a registry in the lab holding the images given. Writes a
+//! Service proxy, a registry in the lab holding the images given, and a cluster DNS
+//! (`kernlet_tests::dns`). Writes a
 //! kubeconfig for use inside the lab's bridge namespace and an e2e registry list, prints
 //! how to run `tests/conformance/run-e2e.sh` there, and tears everything down on
 //! Ctrl-C or SIGTERM.
@@ -11,6 +12,7 @@ use std::time::Duration;
 
 use clap::Parser;
 use kernlet_tests::cluster::Cluster;
+use kernlet_tests::dns::{CLUSTER_DNS_IP, ClusterDns};
 use kernlet_tests::registry::Registry;
 use kernlet_tests::simnode::{BRIDGE_IP, Lab};
 
@@ -51,7 +53,9 @@ async fn approve_serving_csrs(cluster: &Cluster, nodes: usize) -> anyhow::Result
                 .is_some_and(|c| !c.is_empty());
             if !decided {
                 pending += 1;
-                cluster.approve_csr(c.metadata.name.as_deref().unwrap_or_default()).await?;
+                cluster
+                    .approve_csr(c.metadata.name.as_deref().unwrap_or_default())
+                    .await?;
             }
         }
         if serving.len() >= nodes && pending == 0 {
@@ -94,6 +98,10 @@ async fn main() -> anyhow::Result<()> {
             .ok_or_else(|| anyhow::anyhow!("--image {image}: the reference has no tag"))?;
         registry.push(&registry_node, std::path::Path::new(layout), tag, repo)?;
     }
+    // The cluster DNS pods are given (kube-system/kube-dns at 10.96.0.10).
+    let admin = cluster.admin().await?;
+    let _dns = ClusterDns::start(&lab, admin.clone(), "cluster.local")?;
+    ClusterDns::publish(&admin).await?;
     kernlet_tests::overlay::apply_node_rbac(&cluster)?;
     let mut nodes = Vec::new();
     for i in 1..=args.nodes {
@@ -105,9 +113,22 @@ async fn main() -> anyhow::Result<()> {
             &cgroup,
             "--insecure-registry",
             &registry.addr,
+            "--cluster-dns",
+            CLUSTER_DNS_IP,
         ];
         kernlet_tests::overlay::start_overlay_node(&cluster, &fwd.url, &mut node, i, &flags)
             .await?;
+        // The control plane (and e2e.test, run in the bridge namespace) reach pods as a
+        // control-plane node of a cluster would: a route per node's pod CIDR.
+        kernlet_tests::hygiene::ip(&[
+            "-n",
+            lab.bridge_netns(),
+            "route",
+            "replace",
+            &format!("10.244.{i}.0/24"),
+            "via",
+            &node.ip().to_string(),
+        ])?;
         nodes.push(node);
     }
     // The admin's part on a kubeadm cluster: approving the nodes' serving certificates,
