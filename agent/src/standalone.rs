@@ -2009,8 +2009,8 @@ impl Runner {
         self.publish(&sb.uid, &sb.namespace, &sb.name, pod, status)
     }
 
-    /// Sends a pod's status to the apiserver when it changed, and records it under
-    /// the state directory (for `kernlet pods`).
+    /// Records a pod's status under the state directory (for `kernlet pods`, `exec` and
+    /// the kubelet API), then sends it to the apiserver when it changed.
     fn publish(
         &mut self,
         uid: &str,
@@ -2023,6 +2023,17 @@ impl Runner {
         out["apiVersion"] = json!("v1");
         out["kind"] = json!("Pod");
         out["status"] = status;
+        // The node's record first: once the apiserver shows the status, `kernlet exec`,
+        // `logs` and the kubelet API find the pod.
+        let path = self.rt.pod_state_dir(uid).join("pod.json");
+        if read_json::<serde_json::Value>(&path)
+            .ok()
+            .flatten()
+            .as_ref()
+            != Some(&out)
+        {
+            write_json(&path, &out)?;
+        }
         if let Source::Api { updates, .. } = &self.source
             && let Ok(mut last_sent) = self.last_sent.lock()
             && last_sent.get(uid) != Some(&out["status"])
@@ -2036,15 +2047,6 @@ impl Runner {
             if sent.is_ok() {
                 last_sent.insert(uid.to_string(), out["status"].clone());
             }
-        }
-        let path = self.rt.pod_state_dir(uid).join("pod.json");
-        if read_json::<serde_json::Value>(&path)
-            .ok()
-            .flatten()
-            .as_ref()
-            != Some(&out)
-        {
-            write_json(&path, &out)?;
         }
         Ok(())
     }
