@@ -862,6 +862,11 @@ spec:
   - name: nofallback
     image: busybox:1.36
     command: ["sh", "-c", "echo failing >&2; exit 3"]
+  - name: nonroot
+    image: busybox:1.36
+    command: ["/bin/sh", "-c", "/bin/echo -n DONE > /dev/termination-custom-log"]
+    terminationMessagePath: /dev/termination-custom-log
+    securityContext: {runAsUser: 10000}
   - name: partial
     image: busybox:1.36
     command: ["/bin/sh", "-c", "/bin/echo -n DONE; /bin/false"]
@@ -894,7 +899,10 @@ fn termination_messages_from_the_file_or_the_log() {
     assert_eq!(terminated("custom")["message"], "custom path");
     assert_eq!(terminated("custom")["exitCode"], 4);
     assert_eq!(terminated("fallback")["message"], "failing\n");
-    // The upstream conformance case: a last line without a newline stays without one.
+    // The upstream conformance cases: a non-root user writes its message at a custom
+    // path; a last line without a newline stays without one.
+    assert_eq!(terminated("nonroot")["message"], "DONE", "{p}");
+    assert_eq!(terminated("nonroot")["exitCode"], 0, "{p}");
     assert_eq!(terminated("partial")["message"], "DONE", "{p}");
     assert!(terminated("nofallback").get("message").is_none(), "{p}");
     assert!(terminated("succeeded").get("message").is_none(), "{p}");

@@ -381,6 +381,9 @@ impl Runtime {
         let term = self.container_dir(id).join(shim::TERMINATION_LOG);
         std::fs::write(&term, b"")
             .map_err(RuntimeError::io(format!("creating {}", term.display())))?;
+        // Writable by whatever user the container runs as, as kubelet makes it.
+        std::fs::set_permissions(&term, std::os::unix::fs::PermissionsExt::from_mode(0o666))
+            .map_err(RuntimeError::io(format!("chmod {}", term.display())))?;
         mounts.push(BindMount {
             source: term,
             destination: c
