@@ -7,9 +7,7 @@
 //! NXDOMAIN (a lab has no upstream).
 
 use std::net::{IpAddr, Ipv4Addr};
-use std::os::fd::AsFd as _;
 
-use anyhow::Context as _;
 use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::api::{Api, ListParams, PostParams};
@@ -46,17 +44,7 @@ enum Answer {
 impl ClusterDns {
     /// Serves `domain` from `client`'s apiserver on 198.18.0.1:53 of `lab`.
     pub fn start(lab: &Lab, client: kube::Client, domain: &str) -> anyhow::Result<Self> {
-        let path = format!("/run/netns/{}", lab.bridge_netns());
-        let socket = std::thread::spawn(move || -> anyhow::Result<std::net::UdpSocket> {
-            let ns = std::fs::File::open(&path).with_context(|| format!("open {path}"))?;
-            nix::sched::setns(ns.as_fd(), nix::sched::CloneFlags::CLONE_NEWNET)
-                .context("setns into the lab bridge")?;
-            let s = std::net::UdpSocket::bind((BRIDGE_IP, 53))?;
-            s.set_nonblocking(true)?;
-            Ok(s)
-        })
-        .join()
-        .map_err(|_| anyhow::anyhow!("the DNS socket thread panicked"))??;
+        let socket = lab.udp_on_bridge(53)?;
         let socket = tokio::net::UdpSocket::from_std(socket)?;
         let domain = domain.trim_matches('.').to_ascii_lowercase();
         let task = tokio::spawn(async move {

@@ -75,18 +75,37 @@ impl Lab {
     /// Binds a TCP listener inside the bridge namespace, so a server in this process
     /// (the control plane) is reachable from every node at 198.18.0.1.
     pub fn listen_on_bridge(&self, port: u16) -> anyhow::Result<std::net::TcpListener> {
-        let path = format!("/run/netns/{}", self.bridge_ns);
-        // setns changes only the calling thread; a scratch thread keeps ours untouched.
-        std::thread::spawn(move || -> anyhow::Result<std::net::TcpListener> {
-            let ns = std::fs::File::open(&path).with_context(|| format!("open {path}"))?;
-            nix::sched::setns(ns.as_fd(), nix::sched::CloneFlags::CLONE_NEWNET)
-                .context("setns into the lab bridge")?;
+        self.in_bridge(move || {
             let l = std::net::TcpListener::bind((BRIDGE_IP, port))?;
             l.set_nonblocking(true)?;
             Ok(l)
         })
+    }
+
+    /// Binds a UDP socket at 198.18.0.1:`port` inside the bridge namespace.
+    pub fn udp_on_bridge(&self, port: u16) -> anyhow::Result<std::net::UdpSocket> {
+        self.in_bridge(move || {
+            let s = std::net::UdpSocket::bind((BRIDGE_IP, port))?;
+            s.set_nonblocking(true)?;
+            Ok(s)
+        })
+    }
+
+    /// Runs `make` (which opens a socket) inside the bridge namespace.
+    fn in_bridge<T: Send + 'static>(
+        &self,
+        make: impl FnOnce() -> std::io::Result<T> + Send + 'static,
+    ) -> anyhow::Result<T> {
+        let path = format!("/run/netns/{}", self.bridge_ns);
+        // setns changes only the calling thread; a scratch thread keeps ours untouched.
+        std::thread::spawn(move || -> anyhow::Result<T> {
+            let ns = std::fs::File::open(&path).with_context(|| format!("open {path}"))?;
+            nix::sched::setns(ns.as_fd(), nix::sched::CloneFlags::CLONE_NEWNET)
+                .context("setns into the lab bridge")?;
+            Ok(make()?)
+        })
         .join()
-        .map_err(|_| anyhow::anyhow!("listener thread panicked"))?
+        .map_err(|_| anyhow::anyhow!("the bridge namespace thread panicked"))?
     }
 
     /// Forwards TCP connections to `bridge_port` on 198.18.0.1 (inside the lab; 0 picks

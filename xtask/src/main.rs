@@ -206,12 +206,14 @@ fn test(filter: &[String]) -> Result<()> {
     // First against the test kit's in-memory control plane, then, where
     // KUBEBUILDER_ASSETS names stock binaries, the same tests against those.
     let assets = std::env::var_os("KUBEBUILDER_ASSETS").filter(|a| !a.is_empty());
-    let mut e2e = cargo();
-    e2e.args(["test", "--test", "*", "--", "--test-threads=1"]);
-    e2e.args(filter);
-    e2e.env_remove("KUBEBUILDER_ASSETS");
+    let e2e = || {
+        let mut c = cargo();
+        c.args(["test", "--test", "*", "--", "--test-threads=1"]);
+        c.args(filter);
+        c
+    };
     eprintln!("end-to-end tests against the in-memory control plane");
-    run(&mut e2e)?;
+    run(e2e().env_remove("KUBEBUILDER_ASSETS"))?;
     match &assets {
         Some(dir) => {
             check_assets(Path::new(dir))?;
@@ -219,11 +221,7 @@ fn test(filter: &[String]) -> Result<()> {
                 "end-to-end tests again against the stock control plane in KUBEBUILDER_ASSETS={}",
                 Path::new(dir).display()
             );
-            let mut real = cargo();
-            real.args(["test", "--test", "*", "--", "--test-threads=1"]);
-            real.args(filter);
-            real.env("KUBEBUILDER_ASSETS", dir);
-            run(&mut real)?;
+            run(e2e().env("KUBEBUILDER_ASSETS", dir))?;
         }
         None => eprintln!(
             "real-mode pass skipped: KUBEBUILDER_ASSETS is not set. Point it at a directory \

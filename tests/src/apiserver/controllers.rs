@@ -148,25 +148,20 @@ fn sign(server: &Server, csr: &Value) -> Option<Value> {
         && let Some(why) = unservable(&pem)
     {
         // The real signer's validation: the CSR is marked Failed, never signed.
-        let name = name_of(csr);
-        return server
-            .store
-            .modify(
-                rt("certificatesigningrequests", "certificates.k8s.io"),
-                "",
-                &name,
-                |cur| {
-                    if has_condition(cur, "Failed") {
-                        return Ok(None);
-                    }
-                    let mut new = cur.clone();
-                    let mut conds = new.pointer("/status/conditions").and_then(Value::as_array).cloned().unwrap_or_default();
-                    conds.push(json!({"type": "Failed", "status": "True", "reason": "SignerValidationFailure", "message": why, "lastUpdateTime": now_rfc3339(), "lastTransitionTime": now_rfc3339()}));
-                    new["status"]["conditions"] = json!(conds);
-                    Ok(Some(new))
-                },
-            )
-            .ok();
+        return modify_csr(server, &name_of(csr), |cur| {
+            if has_condition(cur, "Failed") {
+                return None;
+            }
+            let mut new = cur.clone();
+            let mut conds = new
+                .pointer("/status/conditions")
+                .and_then(Value::as_array)
+                .cloned()
+                .unwrap_or_default();
+            conds.push(json!({"type": "Failed", "status": "True", "reason": "SignerValidationFailure", "message": why, "lastUpdateTime": now_rfc3339(), "lastTransitionTime": now_rfc3339()}));
+            new["status"]["conditions"] = json!(conds);
+            Some(new)
+        });
     }
     let seconds = csr
         .pointer("/spec/expirationSeconds")
@@ -182,18 +177,26 @@ fn sign(server: &Server, csr: &Value) -> Option<Value> {
         .map(|u| u.iter().filter_map(Value::as_str).collect())
         .unwrap_or_default();
     let cert = server.ca.sign_csr(&pem, seconds, &usages).ok()?;
-    let name = name_of(csr);
+    modify_csr(server, &name_of(csr), |cur| {
+        let mut new = cur.clone();
+        new["status"]["certificate"] = json!(STANDARD.encode(&cert));
+        Some(new)
+    })
+}
+
+/// Rewrites CSR `name` with `change` (`None`: leave it), as the signer's status writes.
+fn modify_csr(
+    server: &Server,
+    name: &str,
+    change: impl FnOnce(&Value) -> Option<Value>,
+) -> Option<Value> {
     server
         .store
         .modify(
             rt("certificatesigningrequests", "certificates.k8s.io"),
             "",
-            &name,
-            |cur| {
-                let mut new = cur.clone();
-                new["status"]["certificate"] = json!(STANDARD.encode(&cert));
-                Ok(Some(new))
-            },
+            name,
+            |cur| Ok(change(cur)),
         )
         .ok()
 }
