@@ -23,7 +23,7 @@ pub struct Sources<'a> {
 
 /// Where an address lives, as far as this node can tell.
 fn locate(src: &Sources<'_>, ip: IpAddr, overlay: &Value) -> Value {
-    for p in crate::standalone::recorded_pods(src.state_dir) {
+    for p in crate::podworker::recorded_pods(src.state_dir) {
         if p["status"]["podIP"].as_str() == Some(ip.to_string().as_str()) {
             let uid = p["metadata"]["uid"].as_str().unwrap_or("").to_string();
             let sandbox: Value =
@@ -159,7 +159,7 @@ pub async fn explain(target: &str, src: &Sources<'_>) -> Result<Value, String> {
     }
     // ns/name or name: a pod of this node first, then a Service.
     let (ns, name) = target.split_once('/').unwrap_or(("default", target));
-    if let Some(p) = crate::standalone::recorded_pods(src.state_dir)
+    if let Some(p) = crate::podworker::recorded_pods(src.state_dir)
         .into_iter()
         .find(|p| p["metadata"]["namespace"] == ns && p["metadata"]["name"] == name)
     {

@@ -122,7 +122,7 @@ pub fn inspect(state_dir: &Path, cgroup_root: Option<&Path>, what: &str) -> Resu
         return Ok(c);
     }
     let (ns, name) = what.split_once('/').unwrap_or(("default", what));
-    let pods = crate::standalone::recorded_pods(state_dir);
+    let pods = crate::podworker::recorded_pods(state_dir);
     let pod = pods
         .iter()
         .find(|p| p["metadata"]["namespace"] == ns && p["metadata"]["name"] == name)

@@ -862,7 +862,7 @@ fn run_standalone(args: &RunArgs) -> anyhow::Result<()> {
         .manifests
         .clone()
         .unwrap_or_else(|| PathBuf::from("/etc/kernlet/manifests"));
-    let plans = kernlet::standalone::plan(&manifests)?;
+    let plans = kernlet::podworker::plan(&manifests)?;
     let rt = kernlet::runtime::Runtime::open(runtime_config(&args.node)?)?;
     let node_ip = args
         .node
@@ -886,9 +886,9 @@ fn run_standalone(args: &RunArgs) -> anyhow::Result<()> {
         "kernlet standalone: running the pods of the manifest directory"
     );
     let stop = Arc::new(AtomicBool::new(false));
-    let runner = kernlet::standalone::Runner::new(
+    let runner = kernlet::podworker::Runner::new(
         rt,
-        kernlet::standalone::Source::Manifests(manifests.clone()),
+        kernlet::podworker::Source::Manifests(manifests.clone()),
         node_ip.to_string(),
         Default::default(),
     );
@@ -930,7 +930,7 @@ fn recorded_pod(
     pod: &str,
 ) -> anyhow::Result<(String, String, serde_json::Value)> {
     let (ns, name) = pod.split_once('/').unwrap_or(("default", pod));
-    kernlet::standalone::recorded_pods(state_dir)
+    kernlet::podworker::recorded_pods(state_dir)
         .into_iter()
         .find(|p| p["metadata"]["namespace"] == ns && p["metadata"]["name"] == name)
         .map(|p| (ns.to_string(), name.to_string(), p))
@@ -954,7 +954,7 @@ fn pods_daemon(run_dir: &std::path::Path) -> serde_json::Value {
 
 fn ps(state_dir: &std::path::Path, run_dir: &std::path::Path, output: Output) {
     use kernlet::runtime::container::{ContainerState, records_in, state_in};
-    let pods = kernlet::standalone::recorded_pods(state_dir);
+    let pods = kernlet::podworker::recorded_pods(state_dir);
     let pod_of = |uid: &str| {
         pods.iter()
             .find(|p| p["metadata"]["uid"] == uid)
@@ -1089,7 +1089,7 @@ fn logs(
 }
 
 fn pods(state_dir: &std::path::Path, run_dir: &std::path::Path, output: Output) {
-    let pods = kernlet::standalone::recorded_pods(state_dir);
+    let pods = kernlet::podworker::recorded_pods(state_dir);
     let daemon = pods_daemon(run_dir);
     if output == Output::Json {
         let list = serde_json::json!({"apiVersion": "v1", "kind": "List", "items": pods, "daemon": daemon});
@@ -1241,7 +1241,7 @@ struct PreparedNode {
     state_dir: PathBuf,
     timing: Timing,
     runtime: kernlet::runtime::RuntimeConfig,
-    pod_timing: kernlet::standalone::Timing,
+    pod_timing: kernlet::podworker::Timing,
     /// A static pod directory next to the apiserver's pods.
     static_pods: Option<PathBuf>,
     /// The pod network and overlay (`--cluster-cidr`).
@@ -1332,7 +1332,7 @@ fn prepare_node(args: &NodeArgs) -> anyhow::Result<PreparedNode> {
         state_dir: args.dirs.state_dir.clone(),
         timing,
         runtime: runtime_config(args)?,
-        pod_timing: kernlet::standalone::Timing {
+        pod_timing: kernlet::podworker::Timing {
             sync_frequency: Duration::from_secs(args.sync_frequency.max(1)),
             ..Default::default()
         },
@@ -1602,9 +1602,9 @@ async fn run_node(kubeconfig: PathBuf, node: PreparedNode) -> anyhow::Result<()>
     ));
     let worker_stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let worker = {
-        let runner = kernlet::standalone::Runner::new(
+        let runner = kernlet::podworker::Runner::new(
             rt,
-            kernlet::standalone::Source::Api {
+            kernlet::podworker::Source::Api {
                 snapshot,
                 updates: updates_tx,
                 client: client.clone(),

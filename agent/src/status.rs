@@ -98,7 +98,7 @@ pub async fn gather(
         },
     };
     let mut phases: BTreeMap<String, u64> = BTreeMap::new();
-    for p in crate::standalone::recorded_pods(state_dir) {
+    for p in crate::podworker::recorded_pods(state_dir) {
         let phase = p
             .pointer("/status/phase")
             .and_then(Value::as_str)

@@ -292,7 +292,7 @@ async fn route(shared: &Shared, req: Request<Incoming>) -> Response<Body> {
     match (req.method(), segments.as_slice()) {
         (&http::Method::GET, ["healthz"]) => text(StatusCode::OK, "ok"),
         (&http::Method::GET, ["pods"]) => {
-            let items = crate::standalone::recorded_pods(&shared.cfg.state_dir);
+            let items = crate::podworker::recorded_pods(&shared.cfg.state_dir);
             json_response(
                 &json!({"kind": "PodList", "apiVersion": "v1", "metadata": {}, "items": items}),
             )
@@ -418,7 +418,7 @@ fn upgraded_response(key: &[u8], protocol: &str) -> Response<Body> {
 
 /// The recorded pod `ns/name`.
 fn find_pod(shared: &Shared, ns: &str, pod: &str) -> Option<Value> {
-    crate::standalone::recorded_pods(&shared.cfg.state_dir)
+    crate::podworker::recorded_pods(&shared.cfg.state_dir)
         .into_iter()
         .find(|p| p["metadata"]["namespace"] == ns && p["metadata"]["name"] == pod)
 }
@@ -624,7 +624,7 @@ fn running_pods(shared: &Shared) -> Value {
     use crate::runtime::container::{ContainerState, records_in, state_in};
     let state_dir = &shared.cfg.state_dir;
     let records = records_in(state_dir);
-    let items: Vec<Value> = crate::standalone::recorded_pods(state_dir)
+    let items: Vec<Value> = crate::podworker::recorded_pods(state_dir)
         .into_iter()
         .filter_map(|p| {
             let uid = p["metadata"]["uid"].as_str()?.to_string();
@@ -654,7 +654,7 @@ fn running_pods(shared: &Shared) -> Value {
 fn metrics(shared: &Shared) -> String {
     use crate::runtime::container::{ContainerState, records_in, state_in};
     let state_dir = &shared.cfg.state_dir;
-    let pods = crate::standalone::recorded_pods(state_dir).len();
+    let pods = crate::podworker::recorded_pods(state_dir).len();
     let running = records_in(state_dir)
         .iter()
         .filter(|r| {
@@ -756,7 +756,7 @@ async fn container_logs(
         Err(e) => return text(StatusCode::BAD_REQUEST, format!("{e}\n")),
     };
     let state_dir = shared.cfg.state_dir.clone();
-    let Some(p) = crate::standalone::recorded_pods(&state_dir)
+    let Some(p) = crate::podworker::recorded_pods(&state_dir)
         .into_iter()
         .find(|p| p["metadata"]["namespace"] == ns && p["metadata"]["name"] == pod)
     else {

@@ -215,7 +215,7 @@ pub fn summary(src: &StatsSources, samples: &CpuSamples, node_iface: Option<&str
         node["network"] = n;
     }
     let running = running_containers(src);
-    let pods: Vec<Value> = crate::standalone::recorded_pods(&src.state_dir)
+    let pods: Vec<Value> = crate::podworker::recorded_pods(&src.state_dir)
         .into_iter()
         .filter_map(|p| {
             let uid = p["metadata"]["uid"].as_str()?.to_string();
@@ -261,7 +261,7 @@ pub fn summary(src: &StatsSources, samples: &CpuSamples, node_iface: Option<&str
 /// kubelet's `/metrics/resource` (what metrics-server reads), Prometheus text.
 pub fn resource_metrics(src: &StatsSources) -> String {
     let ms = k8s_openapi::jiff::Timestamp::now().as_millisecond();
-    let pods = crate::standalone::recorded_pods(&src.state_dir);
+    let pods = crate::podworker::recorded_pods(&src.state_dir);
     let pod_of = |uid: &str| {
         pods.iter().find(|p| p["metadata"]["uid"] == uid).map(|p| {
             (

@@ -1,0 +1,301 @@
+//! The dispatcher: one worker thread per pod, handed its pod's changes; pods no
+//! longer wanted are retired and removed once their worker has ended.
+
+use super::*;
+
+/// One pod's worker: a thread of its own that syncs the pod every resync, or sooner when
+/// the pod changes, so a pod whose volumes wait on a slow apiserver, or whose sync
+/// fails, holds up no other pod.
+pub(super) struct PodWorker {
+    pub(super) uid: String,
+    /// The latest pod object, and a count bumped at each change.
+    pub(super) pod: Arc<(std::sync::Mutex<(Pod, u64)>, std::sync::Condvar)>,
+    pub(super) stop: Arc<AtomicBool>,
+    /// The last sync's error, for the daemon's account.
+    pub(super) last_error: Arc<std::sync::Mutex<Option<String>>>,
+    pub(super) thread: std::thread::JoinHandle<()>,
+}
+
+impl PodWorker {
+    /// Hands the worker a newer pod object (wakes it when it differs).
+    fn update(&self, pod: &Pod) {
+        let (lock, wake) = &*self.pod;
+        if let Ok(mut p) = lock.lock()
+            && p.0 != *pod
+        {
+            p.0 = pod.clone();
+            p.1 += 1;
+            wake.notify_one();
+        }
+    }
+
+    fn retire(&self) {
+        self.stop.store(true, Ordering::Relaxed);
+        self.pod.1.notify_one();
+    }
+}
+
+impl Runner {
+    /// Starts the worker of pod `uid`; `None` (said in the log) when no thread can be
+    /// had, and the next pass tries again.
+    pub(super) fn spawn_worker(&self, uid: &str, pod: &Pod) -> Option<PodWorker> {
+        let mut runner = self.for_pod();
+        let shared = Arc::new((
+            std::sync::Mutex::new((pod.clone(), 0)),
+            std::sync::Condvar::new(),
+        ));
+        let stop = Arc::new(AtomicBool::new(false));
+        let last_error = Arc::new(std::sync::Mutex::new(None));
+        let (uid_, shared_, stop_, error_) = (
+            uid.to_string(),
+            Arc::clone(&shared),
+            Arc::clone(&stop),
+            Arc::clone(&last_error),
+        );
+        let name = format!(
+            "{}/{}",
+            pod.metadata.namespace.as_deref().unwrap_or("default"),
+            pod.metadata.name.as_deref().unwrap_or("")
+        );
+        let thread = std::thread::Builder::new()
+            .name(format!("pod-{}", &uid[..uid.len().min(8)]))
+            .spawn(move || {
+                let (lock, wake) = &*shared_;
+                while !stop_.load(Ordering::Relaxed) {
+                    let Ok((pod, seen)) = lock.lock().map(|p| p.clone()) else {
+                        return;
+                    };
+                    let error = runner.sync_pod(&uid_, &pod).err().map(|e| {
+                        tracing::warn!(pod = %name, "{e}");
+                        format!("pod {name}: {e}")
+                    });
+                    if let Ok(mut l) = error_.lock() {
+                        *l = error;
+                    }
+                    // Until the resync, a change of the pod or the stop.
+                    let Ok(guard) = lock.lock() else { return };
+                    let _ = wake.wait_timeout_while(guard, runner.timing.resync, |p| {
+                        p.1 == seen && !stop_.load(Ordering::Relaxed)
+                    });
+                }
+            })
+            .map_err(|e| tracing::warn!(pod = %uid, "cannot start the pod's worker thread: {e}"))
+            .ok()?;
+        Some(PodWorker {
+            uid: uid.to_string(),
+            pod: shared,
+            stop,
+            last_error,
+            thread,
+        })
+    }
+
+    /// Runs until `stop`; running pods are left running (a restart adopts them).
+    pub fn run(mut self, stop: &AtomicBool) {
+        let removed = self.rt.remove_orphans();
+        if !removed.is_empty() {
+            tracing::info!(
+                ?removed,
+                "removed what an earlier run left without a record"
+            );
+        }
+        while !stop.load(Ordering::Relaxed) {
+            self.tick();
+            let mut slept = Duration::ZERO;
+            while slept < self.timing.resync && !stop.load(Ordering::Relaxed) {
+                std::thread::sleep(Duration::from_millis(50));
+                slept += Duration::from_millis(50);
+            }
+        }
+        // Running pods are left running; the workers end after their current sync.
+        let workers: Vec<PodWorker> = self
+            .workers
+            .drain()
+            .map(|(_, w)| w)
+            .chain(self.retiring.drain(..).map(|(w, _)| w))
+            .collect();
+        for w in &workers {
+            w.retire();
+        }
+        // A worker inside a slow apiserver read is not waited for past a few seconds:
+        // the process is ending, and nothing it holds needs more than that to settle.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline && !workers.iter().all(|w| w.thread.is_finished()) {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        for w in workers {
+            if w.thread.is_finished() {
+                let _ = w.thread.join();
+            }
+        }
+    }
+
+    pub(super) fn desired(&mut self) -> Option<Vec<(String, Pod)>> {
+        let manifests = match &self.source {
+            Source::Manifests(dir) => dir.clone(),
+            Source::Api { snapshot, .. } => {
+                // Pods being deleted are no longer wanted: they are stopped and removed.
+                // Mirror pods stand for static pods: they are not run again.
+                let pods = snapshot.lock().ok()?.clone()?;
+                let mut out: Vec<(String, Pod)> = pods
+                    .into_iter()
+                    .filter(|p| p.metadata.deletion_timestamp.is_none())
+                    .filter(|p| !is_mirror(p))
+                    .filter_map(|p| Some((p.metadata.uid.clone()?, p)))
+                    .collect();
+                if let Some((dir, node)) = self.static_pods.clone() {
+                    out.extend(
+                        self.static_pods_of(&dir)?
+                            .into_iter()
+                            .map(|(uid, mut pod)| {
+                                // kubelet's names for static pods: <name>-<node>, bound to it.
+                                let name = format!(
+                                    "{}-{node}",
+                                    pod.metadata.name.clone().unwrap_or_default()
+                                );
+                                pod.metadata.name = Some(name);
+                                pod.spec.get_or_insert_with(Default::default).node_name =
+                                    Some(node.clone());
+                                let a = pod
+                                    .metadata
+                                    .annotations
+                                    .get_or_insert_with(Default::default);
+                                a.insert(CONFIG_SOURCE.into(), "file".into());
+                                a.insert(CONFIG_HASH.into(), uid.clone());
+                                (uid, pod)
+                            }),
+                    );
+                }
+                return Some(out);
+            }
+        };
+        self.static_pods_of(&manifests)
+    }
+
+    /// One pass of the dispatcher: admit new pods and give each a worker, hand the
+    /// workers their pods' changes, retire the workers of pods that went away and
+    /// remove those pods once their workers have ended.
+    pub fn tick(&mut self) {
+        let Some(desired) = self.desired() else {
+            return;
+        };
+        let wanted: HashSet<String> = desired.iter().map(|(u, _)| u.clone()).collect();
+        // Admission counts every pod the node has taken: with a sandbox or a worker.
+        let mut with_sandbox: HashSet<String> =
+            self.rt.sandboxes().into_iter().map(|sb| sb.uid).collect();
+        with_sandbox.extend(self.workers.keys().cloned());
+        // Refusals of pods that are gone are forgotten.
+        self.failed
+            .retain(|uid, _| wanted.contains(uid) || with_sandbox.contains(uid));
+        for (uid, pod) in &desired {
+            if self.removing.lock().is_ok_and(|r| r.contains(uid)) {
+                continue;
+            }
+            if let Some(w) = self.workers.get(uid) {
+                w.update(pod);
+                continue;
+            }
+            // A pod back while its last worker is still ending waits for the removal.
+            if self.retiring.iter().any(|(w, _)| w.uid == *uid) {
+                continue;
+            }
+            if !with_sandbox.contains(uid) && !self.admit(uid, pod, &desired, &with_sandbox) {
+                if let Err(e) = self.report_refused(uid, pod) {
+                    tracing::warn!(pod = %pod.metadata.name.clone().unwrap_or_default(), "{e}");
+                }
+                continue;
+            }
+            if let Some(w) = self.spawn_worker(uid, pod) {
+                self.workers.insert(uid.clone(), w);
+                with_sandbox.insert(uid.clone());
+            }
+        }
+        // The daemon's account: the first worker's error, else synced.
+        let failure = self
+            .workers
+            .values()
+            .find_map(|w| w.last_error.lock().ok().and_then(|e| e.clone()));
+        match failure {
+            Some(e) => crate::daemon::failed("pods", &e),
+            None => crate::daemon::synced(
+                "pods",
+                serde_json::json!({"desired": desired.len(), "workers": self.workers.len()}),
+            ),
+        }
+        self.sync_mirrors(&desired);
+        let sandboxes = self.rt.sandboxes();
+        // The grace periods of deletions in the apiserver, by pod uid.
+        let deletion_grace: HashMap<String, i64> = match &self.source {
+            Source::Api { snapshot, .. } => snapshot
+                .lock()
+                .ok()
+                .and_then(|s| s.clone())
+                .unwrap_or_default()
+                .into_iter()
+                .filter_map(|p| Some((p.metadata.uid?, p.metadata.deletion_grace_period_seconds?)))
+                .collect(),
+            Source::Manifests(_) => HashMap::new(),
+        };
+        // Pods no longer wanted: their workers are told to stop, and each pod is
+        // removed once its worker has ended (so nothing starts a container behind the
+        // removal).
+        let gone: Vec<String> = self
+            .workers
+            .keys()
+            .filter(|uid| !wanted.contains(*uid))
+            .cloned()
+            .collect();
+        for uid in gone {
+            if let Some(w) = self.workers.remove(&uid) {
+                w.retire();
+                self.retiring.push((w, None));
+            }
+        }
+        for sb in &sandboxes {
+            if wanted.contains(&sb.uid) {
+                continue;
+            }
+            match self.retiring.iter_mut().find(|(w, _)| w.uid == sb.uid) {
+                Some((_, removal)) => {
+                    *removal = Some((sb.clone(), deletion_grace.get(&sb.uid).copied()));
+                }
+                None => self.remove_pod(sb.clone(), deletion_grace.get(&sb.uid).copied()),
+            }
+        }
+        let (ended, still): (Vec<_>, Vec<_>) = std::mem::take(&mut self.retiring)
+            .into_iter()
+            .partition(|(w, _)| w.thread.is_finished());
+        self.retiring = still;
+        for (w, removal) in ended {
+            let _ = w.thread.join();
+            if let Some((sb, grace)) = removal {
+                self.remove_pod(sb, grace);
+            }
+        }
+        // A pod deleted before anything of it ran has nothing to stop: it is removed
+        // from the apiserver at once.
+        if let Source::Api {
+            snapshot, updates, ..
+        } = &self.source
+        {
+            let deleting: Vec<Pod> = snapshot
+                .lock()
+                .ok()
+                .and_then(|s| s.clone())
+                .unwrap_or_default()
+                .into_iter()
+                .filter(|p| p.metadata.deletion_timestamp.is_some())
+                .collect();
+            for p in deleting {
+                let uid = p.metadata.uid.clone().unwrap_or_default();
+                if !sandboxes.iter().any(|sb| sb.uid == uid) {
+                    let _ = updates.send(crate::controllers::pods::Update::Finished {
+                        namespace: p.metadata.namespace.clone().unwrap_or_default(),
+                        name: p.metadata.name.clone().unwrap_or_default(),
+                        uid,
+                    });
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,303 @@
+//! The pod manager of both modes (kubelet's pod workers): runs the pods of a manifest
+//! directory (static pods, standalone mode) or the pods the apiserver binds to this
+//! node. A manifest directory is read again every resync: new pods start, removed or
+//! changed ones are stopped (a changed manifest is a new pod, as with kubelet's static
+//! pods). Pod status goes to `<state-dir>/pods/<uid>/pod.json`, where `kernlet pods`
+//! reads it, and for apiserver pods also back to the apiserver.
+
+mod dispatcher;
+mod hooks;
+mod host_ports;
+mod images;
+mod plan;
+mod probes;
+mod static_pods;
+mod status;
+mod sync;
+mod termination;
+mod volumes;
+
+use std::collections::{HashMap, HashSet};
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::core::v1::Pod;
+use serde_json::json;
+
+use crate::model::manifest::{self, ManifestError, ManifestPod};
+use crate::model::pod_lifecycle::{self, Action, Observed, View};
+use crate::model::probe;
+use crate::model::qos::qos_class;
+use crate::model::quantity::QuantityError;
+use crate::runtime::container::ContainerState;
+use crate::runtime::sandbox::SandboxRecord;
+use crate::runtime::{Runtime, read_json, write_json};
+
+pub use plan::{PodPlan, StandaloneError, plan};
+pub use static_pods::static_uid;
+pub use status::recorded_pods;
+
+use dispatcher::PodWorker;
+use hooks::stop_with_pre_stop;
+use images::{ImageReady, Pulls};
+use probes::{ProbeResults, ProbeRun};
+use static_pods::{CONFIG_HASH, CONFIG_SOURCE, is_mirror, is_static};
+
+/// Timing of the standalone runner.
+#[derive(Clone, Copy, Debug)]
+pub struct Timing {
+    pub resync: Duration,
+    pub backoff_initial: Duration,
+    pub backoff_max: Duration,
+    /// A container that ran this long has its backoff forgotten.
+    pub backoff_reset: Duration,
+    /// How often volume contents are read again from the apiserver (kubelet's
+    /// `--sync-frequency`).
+    pub sync_frequency: Duration,
+}
+
+impl Default for Timing {
+    fn default() -> Self {
+        Self {
+            resync: Duration::from_secs(1),
+            backoff_initial: Duration::from_secs(10),
+            backoff_max: Duration::from_secs(300),
+            backoff_reset: Duration::from_secs(600),
+            sync_frequency: Duration::from_secs(60),
+        }
+    }
+}
+
+fn parse_time(t: &str) -> Option<k8s_openapi::jiff::Timestamp> {
+    t.parse().ok()
+}
+
+/// The recorded runs of one container of a pod, oldest first.
+fn runs_of<'a>(
+    records: &'a [crate::runtime::container::ContainerRecord],
+    uid: &str,
+    name: &str,
+) -> Vec<&'a crate::runtime::container::ContainerRecord> {
+    let mut mine: Vec<_> = records
+        .iter()
+        .filter(|r| r.pod_uid == uid && r.name == name)
+        .collect();
+    mine.sort_by_key(|r| r.restart);
+    mine
+}
+
+/// Where a [`Runner`]'s pods come from.
+#[derive(Clone)]
+pub enum Source {
+    /// A manifest directory (static pods).
+    Manifests(PathBuf),
+    /// The pods the apiserver binds to this node, and where their writes go.
+    Api {
+        snapshot: crate::controllers::pods::Snapshot,
+        updates: tokio::sync::mpsc::UnboundedSender<crate::controllers::pods::Update>,
+        /// For reading volume contents (configMaps, secrets, tokens) from the worker
+        /// thread.
+        client: crate::client::SharedClient,
+        handle: tokio::runtime::Handle,
+    },
+}
+
+/// Runs pods: those of a manifest directory, or those bound to this node.
+pub struct Runner {
+    rt: Runtime,
+    source: Source,
+    /// The status last sent to the apiserver, by pod uid.
+    /// (Shared by the dispatcher and the workers: a recreated mirror pod clears it.)
+    last_sent: Arc<std::sync::Mutex<HashMap<String, serde_json::Value>>>,
+    node_ip: String,
+    timing: Timing,
+    /// Why a container could not be created, by (pod uid, container).
+    start_failures: HashMap<(String, String), (String, String)>,
+    /// Restart count at which each container's backoff was last reset.
+    backoff_base: HashMap<(String, String), u32>,
+    removing: Arc<std::sync::Mutex<HashSet<String>>>,
+    /// Image pulls in the background, by (pod uid, container, restart).
+    pulls: Pulls,
+    /// The node's allocatable CPU (millicores) and memory (bytes), for
+    /// `resourceFieldRef` of containers without limits.
+    allocatable: (u64, u64),
+    /// Static pods next to the apiserver's (kubelet's staticPodPath): the manifest
+    /// directory and this node's name; each gets a mirror pod.
+    static_pods: Option<(PathBuf, String)>,
+    /// The proxies of pods' host ports (made on the first one), shared by the workers.
+    host_ports: Arc<std::sync::Mutex<Option<crate::runtime::hostport::HostPorts>>>,
+    /// Host ports that could not be opened, by (pod uid, port), so the log says it once.
+    host_port_errors: HashSet<(String, String)>,
+    /// When a mirror pod was last asked for, by static pod uid.
+    mirrors_requested: HashMap<String, Instant>,
+    /// Where events go (pods from the apiserver).
+    events: Option<crate::controllers::events::Recorder>,
+    /// When a container's back-off was last reported, by container ID.
+    backoff_reported: HashMap<String, Instant>,
+    /// When each apiserver-backed volume is read again, by (pod uid, volume).
+    volume_checks: HashMap<(String, String), Instant>,
+    /// What the node offers pods, for admission.
+    node_fit: crate::model::admission::NodeFit,
+    /// Pods that failed for good on this node — refused at admission or past their
+    /// activeDeadlineSeconds — by uid: kubelet's reason and message.
+    failed: HashMap<String, crate::model::admission::Refusal>,
+    /// Containers being stopped by the worker (sidecars of finished pods), by ID.
+    stopping: HashSet<String>,
+    /// Probes of running containers, by (container ID, kind).
+    probes: HashMap<(String, probe::Kind), ProbeRun>,
+    /// Results of probe runs in flight, by (container ID, kind): Ok(output) or
+    /// Err(why it failed).
+    probe_results: ProbeResults,
+    /// Failed pulls, by (pod uid, container): when the next may start, the delay
+    /// after which it did, and why the last failed (kubelet's ImagePullBackOff).
+    pull_backoff: HashMap<(String, String), (Instant, Duration, String)>,
+    last_manifest_error: Option<String>,
+    /// The pod workers, by pod uid (on the dispatcher only).
+    workers: HashMap<String, PodWorker>,
+    /// Workers told to stop, with their pod's sandbox to remove once they have.
+    retiring: Vec<(PodWorker, Option<Removal>)>,
+}
+
+/// A pod's sandbox to remove, with the deletion's grace period (seconds) if any.
+type Removal = (SandboxRecord, Option<i64>);
+
+/// Records an event about `pod` (its container `container`, when not empty), from
+/// any thread.
+fn record(
+    events: Option<&crate::controllers::events::Recorder>,
+    pod: &Pod,
+    container: &str,
+    warning: bool,
+    reason: &str,
+    message: String,
+) {
+    let Some(events) = events else {
+        return;
+    };
+    let field_path = match (&pod.spec, container) {
+        (_, "") | (None, _) => String::new(),
+        (Some(spec), c) => crate::controllers::events::field_path(spec, c),
+    };
+    events.record(crate::controllers::events::PodEvent {
+        namespace: pod.metadata.namespace.clone().unwrap_or_default(),
+        pod: pod.metadata.name.clone().unwrap_or_default(),
+        uid: pod.metadata.uid.clone().unwrap_or_default(),
+        field_path,
+        warning,
+        reason: reason.into(),
+        message,
+    });
+}
+
+/// Where a container of the pod `sb` is reached by probes and hooks.
+fn target(sb: &SandboxRecord, id: &str) -> crate::runtime::probe::Target {
+    crate::runtime::probe::Target {
+        id: id.to_string(),
+        ip: sb.ip.parse().unwrap_or(crate::runtime::probe::LOOPBACK),
+        netns: (!sb.host_network).then(|| crate::sys::ns::pin_path(&sb.ns_dir, "net")),
+    }
+}
+
+/// Where a background thread records events: the recorder and the pod.
+type Notify = Option<(crate::controllers::events::Recorder, Pod)>;
+
+impl Runner {
+    pub fn new(rt: Runtime, source: Source, node_ip: String, timing: Timing) -> Self {
+        Self {
+            rt,
+            source,
+            last_sent: Arc::default(),
+            node_ip,
+            timing,
+            start_failures: HashMap::new(),
+            backoff_base: HashMap::new(),
+            removing: Arc::default(),
+            pulls: Arc::default(),
+            pull_backoff: HashMap::new(),
+            probes: HashMap::new(),
+            probe_results: Arc::default(),
+            stopping: HashSet::new(),
+            allocatable: {
+                let facts = crate::sys::machine::read(Path::new("/"));
+                crate::model::node::allocatable_cpu_memory(&facts, Default::default())
+            },
+            node_fit: {
+                let facts = crate::sys::machine::read(Path::new("/"));
+                let (cpu, mem) =
+                    crate::model::node::allocatable_cpu_memory(&facts, Default::default());
+                crate::model::admission::NodeFit {
+                    name: facts.hostname.clone(),
+                    allocatable_cpu_milli: cpu,
+                    allocatable_memory: mem,
+                    max_pods: 110,
+                    labels: [("kubernetes.io/hostname".to_string(), facts.hostname)]
+                        .into_iter()
+                        .collect(),
+                }
+            },
+            failed: HashMap::new(),
+            volume_checks: HashMap::new(),
+            events: None,
+            backoff_reported: HashMap::new(),
+            static_pods: None,
+            mirrors_requested: HashMap::new(),
+            host_ports: Arc::default(),
+            host_port_errors: HashSet::new(),
+            last_manifest_error: None,
+            workers: HashMap::new(),
+            retiring: Vec::new(),
+        }
+    }
+
+    /// A runner for one pod's worker: what is shared with the dispatcher (runtime,
+    /// source, timing, host ports, events) and fresh per-pod state.
+    fn for_pod(&self) -> Self {
+        let mut r = Self::new(
+            self.rt.clone(),
+            self.source.clone(),
+            self.node_ip.clone(),
+            self.timing,
+        );
+        r.allocatable = self.allocatable;
+        r.node_fit = self.node_fit.clone();
+        r.events = self.events.clone();
+        r.removing = Arc::clone(&self.removing);
+        r.host_ports = Arc::clone(&self.host_ports);
+        r.last_sent = Arc::clone(&self.last_sent);
+        r
+    }
+
+    /// Records kubelet's events about pods through `recorder`.
+    pub fn with_events(mut self, recorder: crate::controllers::events::Recorder) -> Self {
+        self.events = Some(recorder);
+        self
+    }
+
+    /// Records an event about `pod` (its container `container`, when not empty).
+    fn event(&self, pod: &Pod, container: &str, warning: bool, reason: &str, message: String) {
+        record(
+            self.events.as_ref(),
+            pod,
+            container,
+            warning,
+            reason,
+            message,
+        );
+    }
+
+    /// What a background thread needs to record events about `pod`.
+    fn notify(&self, pod: &Pod) -> Notify {
+        self.events.clone().map(|e| (e, pod.clone()))
+    }
+
+    /// The node as admission sees it (its name, labels, allocatable and max pods);
+    /// resourceFieldRef limits default to the same allocatable.
+    pub fn with_node_fit(mut self, fit: crate::model::admission::NodeFit) -> Self {
+        self.allocatable = (fit.allocatable_cpu_milli, fit.allocatable_memory);
+        self.node_fit = fit;
+        self
+    }
+}

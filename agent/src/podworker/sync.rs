@@ -1,0 +1,430 @@
+//! One sync of one pod: observe its containers, decide what to start or stop, start it.
+
+use super::*;
+
+impl Runner {
+    pub(super) fn views(&self, uid: &str, pod: &Pod) -> Vec<View> {
+        let spec = pod.spec.clone().unwrap_or_default();
+        let records = self.rt.containers();
+        let mut views = Vec::new();
+        for c in pod_lifecycle::all_containers(&spec) {
+            let mine = runs_of(&records, uid, &c.name);
+            let mut v = View::new(&c.name);
+            v.image = c.image.clone().unwrap_or_default();
+            let observe = |id: &str| match self.rt.container_state(id) {
+                ContainerState::Created => Observed::NotStarted,
+                ContainerState::Running { started_at, .. } => Observed::Running { started_at },
+                ContainerState::Exited { exit, started_at } => Observed::Exited {
+                    code: exit.exit_code,
+                    reason: exit.reason().to_string(),
+                    started_at: started_at.unwrap_or_default(),
+                    finished_at: exit.finished_at.clone(),
+                    message: exit.message,
+                },
+                ContainerState::Failed(why) => Observed::StartFailed {
+                    reason: "RunContainerError".into(),
+                    message: why,
+                },
+            };
+            if let Some(cur) = mine.last() {
+                v.restarts = cur.restart;
+                v.current = observe(&cur.id);
+                v.id = cur.id.clone();
+                v.image = cur.image_ref.clone();
+                v.image_id = cur.image_id.clone();
+            }
+            if mine.len() >= 2 {
+                v.last = Some(observe(&mine[mine.len() - 2].id));
+            }
+            let verdict = |kind: probe::Kind| {
+                kind.of(c).map(|_| {
+                    self.probes
+                        .get(&(v.id.clone(), kind))
+                        .is_some_and(|r| r.tracker.verdict == Some(true))
+                })
+            };
+            v.ready = verdict(probe::Kind::Readiness);
+            v.started = verdict(probe::Kind::Startup);
+            // A start that failed before a container existed (or whose container
+            // failed to start) shows as waiting, with the reason.
+            let latest_failed = mine.last().is_none_or(|r| {
+                matches!(self.rt.container_state(&r.id), ContainerState::Failed(_))
+            });
+            if latest_failed
+                && let Some((reason, message)) =
+                    self.start_failures.get(&(uid.to_string(), c.name.clone()))
+            {
+                v.current = Observed::StartFailed {
+                    reason: reason.clone(),
+                    message: message.clone(),
+                };
+            }
+            views.push(v);
+        }
+        views
+    }
+
+    pub(super) fn may_restart(&self, uid: &str, v: &View) -> bool {
+        self.restart_wait(uid, v).0
+    }
+
+    /// Whether an exited container may restart now, and the back-off delay that
+    /// applies to it.
+    pub(super) fn restart_wait(&self, uid: &str, v: &View) -> (bool, Duration) {
+        let key = (uid.to_string(), v.name.clone());
+        let base = self.backoff_base.get(&key).copied().unwrap_or(0);
+        let (finished, ran) = match &v.current {
+            Observed::Exited {
+                started_at,
+                finished_at,
+                ..
+            } => {
+                let f = parse_time(finished_at);
+                let ran = match (parse_time(started_at), f) {
+                    (Some(s), Some(f)) => f.as_second() - s.as_second(),
+                    _ => 0,
+                };
+                (f, ran)
+            }
+            _ => (None, 0),
+        };
+        let n = if ran >= self.timing.backoff_reset.as_secs() as i64 {
+            1
+        } else {
+            (v.restarts + 1).saturating_sub(base)
+        };
+        let delay = pod_lifecycle::backoff(n, self.timing.backoff_initial, self.timing.backoff_max);
+        let now = k8s_openapi::jiff::Timestamp::now().as_second();
+        (
+            finished.is_none_or(|f| now >= f.as_second() + delay.as_secs() as i64),
+            delay,
+        )
+    }
+
+    pub(super) fn sync_pod(
+        &mut self,
+        uid: &str,
+        pod: &Pod,
+    ) -> Result<(), crate::runtime::RuntimeError> {
+        let sb = self.rt.run_sandbox(pod, uid, &self.node_ip)?;
+        let spec = pod.spec.clone().unwrap_or_default();
+        if let Some(deadline) = spec.active_deadline_seconds
+            && !self.failed.contains_key(uid)
+            && parse_time(&sb.created_at).is_some_and(|t| {
+                k8s_openapi::jiff::Timestamp::now().as_second() - t.as_second() >= deadline
+            })
+        {
+            tracing::info!(pod = %format!("{}/{}", sb.namespace, sb.name), "activeDeadlineSeconds ({deadline} s) passed; stopping the pod");
+            self.event(
+                pod,
+                "",
+                false,
+                "DeadlineExceeded",
+                "Pod was active on the node longer than the specified deadline".into(),
+            );
+            self.failed.insert(
+                uid.to_string(),
+                crate::model::admission::Refusal {
+                    reason: "DeadlineExceeded".into(),
+                    message: "Pod was active on the node longer than the specified deadline".into(),
+                },
+            );
+        }
+        if self.failed.contains_key(uid) {
+            // Failed for good: nothing starts again; what runs is stopped.
+            let views = self.views(uid, pod);
+            let grace = Duration::from_secs(
+                spec.termination_grace_period_seconds
+                    .and_then(|g| u64::try_from(g).ok())
+                    .unwrap_or(30),
+            );
+            for v in &views {
+                if matches!(v.current, Observed::Running { .. })
+                    && self.stopping.insert(v.id.clone())
+                {
+                    let c = pod_lifecycle::all_containers(&spec)
+                        .find(|c| c.name == v.name)
+                        .cloned();
+                    let (rt, sb2, id) = (self.rt.clone(), sb.clone(), v.id.clone());
+                    self.event(
+                        pod,
+                        &v.name,
+                        false,
+                        "Killing",
+                        format!("Stopping container {}", v.name),
+                    );
+                    let notify = self.notify(pod);
+                    std::thread::spawn(move || {
+                        stop_with_pre_stop(&rt, &sb2, c.as_ref(), &id, grace, &notify)
+                    });
+                }
+            }
+            return self.write_status(&sb, pod, &views);
+        }
+        if let Err(why) = self.prepare_volumes(uid, pod) {
+            // The containers wait, with the reason, until the volumes can be written.
+            let spec = pod.spec.clone().unwrap_or_default();
+            for c in pod_lifecycle::all_containers(&spec) {
+                self.start_failures.insert(
+                    (uid.to_string(), c.name.clone()),
+                    ("CreateContainerConfigError".into(), why.clone()),
+                );
+            }
+            tracing::warn!(pod = %format!("{}/{}", sb.namespace, sb.name), "{why}");
+            self.event(
+                pod,
+                "",
+                true,
+                "FailedMount",
+                format!("MountVolume.SetUp failed: {why}"),
+            );
+            let views = self.views(uid, pod);
+            return self.write_status(&sb, pod, &views);
+        }
+        let spec = pod.spec.clone().unwrap_or_default();
+        let views = self.views(uid, pod);
+        // A container waiting out its crash-loop back-off is reported once per run.
+        let policy = spec
+            .restart_policy
+            .clone()
+            .unwrap_or_else(|| "Always".into());
+        for v in &views {
+            if let Observed::Exited { code, .. } = v.current
+                && (policy == "Always"
+                    || (policy == "OnFailure" && code != 0)
+                    || pod_lifecycle::all_containers(&spec)
+                        .any(|c| c.name == v.name && pod_lifecycle::is_sidecar(c)))
+                && !self.may_restart(uid, v)
+                && !self.backoff_reported.contains_key(&v.id)
+            {
+                self.backoff_reported.insert(v.id.clone(), Instant::now());
+                self.event(
+                    pod,
+                    &v.name,
+                    true,
+                    "BackOff",
+                    format!(
+                        "Back-off restarting failed container {} in pod {}_{}({uid})",
+                        v.name, sb.name, sb.namespace
+                    ),
+                );
+            }
+        }
+        let actions = {
+            let allowed: HashMap<String, bool> = views
+                .iter()
+                .map(|v| (v.name.clone(), self.may_restart(uid, v)))
+                .collect();
+            pod_lifecycle::next(&spec, &views, &|name| {
+                allowed.get(name).copied().unwrap_or(true)
+            })
+        };
+        for action in actions {
+            let (name, restart) = match action {
+                Action::Start { name, restart } => (name, restart),
+                Action::Stop { name } => {
+                    self.stop_sidecar(pod, &sb, &spec, &views, &name);
+                    continue;
+                }
+            };
+            let Some(c) = pod_lifecycle::all_containers(&spec).find(|c| c.name == name) else {
+                continue;
+            };
+            let key = (uid.to_string(), name.clone());
+            if let Some(v) = views.iter().find(|v| v.name == name)
+                && let Observed::Exited {
+                    started_at,
+                    finished_at,
+                    ..
+                } = &v.current
+                && let (Some(s), Some(f)) = (parse_time(started_at), parse_time(finished_at))
+                && f.as_second() - s.as_second() >= self.timing.backoff_reset.as_secs() as i64
+            {
+                self.backoff_base.insert(key.clone(), restart);
+            }
+            let image = match self.image_ready(pod, c, restart) {
+                ImageReady::Yes(image) => image,
+                ImageReady::Pulling(reference) => {
+                    self.start_failures.insert(
+                        key,
+                        (
+                            "ContainerCreating".into(),
+                            format!("pulling image {reference}"),
+                        ),
+                    );
+                    continue;
+                }
+                ImageReady::BackOff(message) => {
+                    self.start_failures
+                        .insert(key, ("ImagePullBackOff".into(), message));
+                    continue;
+                }
+                ImageReady::Failed(e) => {
+                    tracing::warn!(pod = %format!("{}/{}", sb.namespace, sb.name), container = %name, "{e}");
+                    self.start_failures
+                        .insert(key, (e.reason().into(), e.to_string()));
+                    continue;
+                }
+            };
+            // A container that failed to start is replaced, not kept as a run.
+            if let Some(v) = views.iter().find(|v| v.name == name)
+                && !v.id.is_empty()
+                && matches!(self.rt.container_state(&v.id), ContainerState::Failed(_))
+            {
+                let _ = self.rt.remove_container(&v.id);
+            }
+            let c = match self.resolve_env(&sb, pod, c) {
+                Ok(c) => c,
+                Err(why) => {
+                    tracing::warn!(pod = %format!("{}/{}", sb.namespace, sb.name), container = %name, "{why}");
+                    self.event(pod, &name, true, "Failed", format!("Error: {why}"));
+                    self.start_failures
+                        .insert(key, ("CreateContainerConfigError".into(), why));
+                    continue;
+                }
+            };
+            let c = &c;
+            match self.rt.start_container(&sb, pod, c, restart, &image) {
+                Ok(r) => {
+                    self.start_failures.remove(&key);
+                    tracing::info!(pod = %format!("{}/{}", sb.namespace, sb.name), container = %name, restart, id = %r.id, "container started");
+                    self.event(pod, &name, false, "Created", "Container created".into());
+                    self.event(pod, &name, false, "Started", "Container started".into());
+                    self.post_start(pod, &sb, &spec, c, &r.id);
+                }
+                Err(e) => {
+                    let reason = e.reason();
+                    tracing::warn!(pod = %format!("{}/{}", sb.namespace, sb.name), container = %name, "{e}");
+                    self.event(pod, &name, true, "Failed", format!("Error: {e}"));
+                    self.start_failures
+                        .insert(key, (reason.into(), e.to_string()));
+                }
+            }
+        }
+        self.prune(uid, &spec);
+        self.open_host_ports(&sb, pod);
+        let views = self.views(uid, pod);
+        self.run_probes(&sb, pod, &views);
+        let views = self.views(uid, pod);
+        self.write_status(&sb, pod, &views)
+    }
+
+    /// Admits a pod that has no sandbox yet, as kubelet does; a refused one is
+    /// remembered and reported failed.
+    pub(super) fn admit(
+        &mut self,
+        uid: &str,
+        pod: &Pod,
+        desired: &[(String, Pod)],
+        sandboxes: &HashSet<String>,
+    ) -> bool {
+        if self.failed.contains_key(uid) {
+            return false;
+        }
+        if sandboxes.contains(uid) {
+            return true;
+        }
+        let admitted: Vec<&k8s_openapi::api::core::v1::PodSpec> = desired
+            .iter()
+            .filter(|(u, _)| u != uid && sandboxes.contains(u) && !self.failed.contains_key(u))
+            .filter_map(|(_, p)| p.spec.as_ref())
+            .collect();
+        let spec = pod.spec.clone().unwrap_or_default();
+        match crate::model::admission::admit(&spec, &admitted, &self.node_fit) {
+            Ok(()) => true,
+            Err(r) => {
+                tracing::warn!(pod = %format!("{}/{}", pod.metadata.namespace.as_deref().unwrap_or_default(), pod.metadata.name.as_deref().unwrap_or_default()),
+                    reason = %r.reason, "pod rejected: {}", r.message);
+                self.event(pod, "", true, &r.reason, r.message.clone());
+                self.failed.insert(
+                    uid.to_string(),
+                    crate::model::admission::Refusal {
+                        reason: r.reason,
+                        message: format!("Pod was rejected: {}", r.message),
+                    },
+                );
+                false
+            }
+        }
+    }
+
+    /// The status of a pod refused at admission: failed, with the reason; it never
+    /// got a sandbox.
+    pub(super) fn report_refused(
+        &mut self,
+        uid: &str,
+        pod: &Pod,
+    ) -> Result<(), crate::runtime::RuntimeError> {
+        let Some(r) = self.failed.get(uid).cloned() else {
+            return Ok(());
+        };
+        let status = json!({
+            "phase": "Failed", "reason": r.reason, "message": r.message,
+            "hostIP": self.node_ip, "hostIPs": [{"ip": self.node_ip}],
+        });
+        let (ns, name) = (
+            pod.metadata.namespace.clone().unwrap_or_default(),
+            pod.metadata.name.clone().unwrap_or_default(),
+        );
+        self.publish(uid, &ns, &name, pod, status)
+    }
+
+    /// Container `c` with its environment resolved (see [`crate::model::env`]): from
+    /// the apiserver for its pods; a static pod may use only its own fields.
+    pub(super) fn resolve_env(
+        &self,
+        sb: &SandboxRecord,
+        pod: &Pod,
+        c: &k8s_openapi::api::core::v1::Container,
+    ) -> Result<k8s_openapi::api::core::v1::Container, String> {
+        let ns = sb.namespace.clone();
+        let lookup = |secret: bool, name: &str| match &self.source {
+            Source::Api { client, handle, .. } if !is_static(pod) => handle.block_on(
+                crate::controllers::pods::source_data(client, &ns, secret, name),
+            ),
+            _ => Err(format!(
+                "a static pod cannot use {} {name:?}: only pods from the apiserver may refer to configMaps and secrets",
+                if secret { "secret" } else { "configmap" }
+            )),
+        };
+        let service_env = match &self.source {
+            Source::Api { client, handle, .. } => {
+                let links = pod
+                    .spec
+                    .as_ref()
+                    .and_then(|s| s.enable_service_links)
+                    .unwrap_or(true);
+                handle.block_on(crate::controllers::pods::service_env(client, &ns, links))?
+            }
+            Source::Manifests(_) => Vec::new(),
+        };
+        let pod_ip = if sb.ip.is_empty() { "" } else { sb.ip.as_str() };
+        crate::model::env::resolve(
+            pod,
+            c,
+            &crate::model::env::Sources {
+                lookup: &lookup,
+                node_ip: &self.node_ip,
+                pod_ip,
+                allocatable_cpu_milli: self.allocatable.0,
+                allocatable_memory: self.allocatable.1,
+                service_env,
+            },
+        )
+    }
+
+    /// Keeps the current and the previous run of each container; older ones go.
+    pub(super) fn prune(&self, uid: &str, spec: &k8s_openapi::api::core::v1::PodSpec) {
+        let records = self.rt.containers();
+        for c in pod_lifecycle::all_containers(spec) {
+            let mine = runs_of(&records, uid, &c.name);
+            if mine.len() > 2 {
+                for old in &mine[..mine.len() - 2] {
+                    if self.rt.remove_container(&old.id).is_ok() {
+                        let _ = std::fs::remove_file(&old.log_path);
+                    }
+                }
+            }
+        }
+    }
+}
