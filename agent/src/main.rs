@@ -1581,11 +1581,13 @@ async fn run_node(kubeconfig: PathBuf, node: PreparedNode) -> anyhow::Result<()>
         tokio::task::spawn_blocking(move || kernlet::runtime::Runtime::open(runtime)).await??;
     let overlay_rt = rt.clone();
     let snapshot: kernlet::controllers::pods::Snapshot = Default::default();
+    let deleted: kernlet::controllers::pods::Deleted = Default::default();
     let (updates_tx, updates_rx) = tokio::sync::mpsc::unbounded_channel();
     tokio::spawn(kernlet::controllers::pods::watch_pods(
         client.clone(),
         cfg.name.clone(),
         std::sync::Arc::clone(&snapshot),
+        std::sync::Arc::clone(&deleted),
         stop_rx.clone(),
     ));
     tokio::spawn(kernlet::controllers::pods::write_back(
@@ -1606,6 +1608,7 @@ async fn run_node(kubeconfig: PathBuf, node: PreparedNode) -> anyhow::Result<()>
             rt,
             kernlet::podworker::Source::Api {
                 snapshot,
+                deleted,
                 updates: updates_tx,
                 client: client.clone(),
                 handle: tokio::runtime::Handle::current(),

@@ -1625,7 +1625,6 @@ async fn lifecycle_statuses_follow_kubelets_sequence() {
         );
         tokio::time::sleep(Duration::from_millis(250)).await;
     };
-    recorder.abort();
     for (pod, seq) in &seen {
         let theirs = &kubelet[pod];
         let mut at = 0;
@@ -1644,9 +1643,86 @@ async fn lifecycle_statuses_follow_kubelets_sequence() {
             at += found.unwrap_or(0);
         }
     }
+
+    // Deleted: each pod's last status before its object goes is the one kubelet wrote
+    // last (terminal phase, terminated states, conditions) for the pods its recording
+    // saw deleted.
+    let mut kubelet_last: BTreeMap<String, String> = BTreeMap::new();
+    for line in text.lines() {
+        let e: serde_json::Value = serde_json::from_str(line).unwrap();
+        let o = &e["object"];
+        if o["metadata"]["deletionTimestamp"].is_string() {
+            kubelet_last.insert(
+                o["metadata"]["name"].as_str().unwrap().to_string(),
+                terminal_summary(&o["status"]),
+            );
+        }
+    }
+    let deleted_by_kubelet = ["exit0", "exit3", "crash", "notready", "initfail"];
+    for name in deleted_by_kubelet {
+        pods.delete(name, &Default::default()).await.unwrap();
+    }
+    wait_for(
+        "the deleted pods gone",
+        Duration::from_secs(60),
+        async || {
+            let left = pods.list(&Default::default()).await.ok()?.items;
+            left.iter()
+                .all(|p| p.metadata.name.as_deref() == Some("liveness"))
+                .then_some(())
+        },
+    )
+    .await;
+    recorder.abort();
+    let ours = ours.lock().unwrap().clone();
+    for name in deleted_by_kubelet {
+        let last = ours
+            .iter()
+            .rev()
+            .find(|(n, _)| n == name)
+            .map(|(_, p)| terminal_summary(&p["status"]));
+        assert_eq!(
+            last.as_deref(),
+            Some(kubelet_last[name].as_str()),
+            "{name}: the last status before the pod went\n{}",
+            node.kernlet_log()
+        );
+    }
     if let Some(refused) = cluster.node_refusals() {
         assert!(refused.is_empty(), "{refused:#?}");
     }
+}
+
+/// The parts of a pod's status that tell how it ended: phase, kubelet's conditions,
+/// each container's state (kind, reason, exit code).
+fn terminal_summary(status: &serde_json::Value) -> String {
+    let mut out = vec![status["phase"].as_str().unwrap_or("").to_string()];
+    for c in status["conditions"].as_array().into_iter().flatten() {
+        let t = c["type"].as_str().unwrap_or("");
+        if t != "PodScheduled" {
+            out.push(format!(
+                "{t}={}/{}",
+                c["status"].as_str().unwrap_or(""),
+                c["reason"].as_str().unwrap_or("")
+            ));
+        }
+    }
+    for list in ["initContainerStatuses", "containerStatuses"] {
+        for c in status[list].as_array().into_iter().flatten() {
+            let (kind, v) = c["state"]
+                .as_object()
+                .and_then(|m| m.iter().next())
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .unwrap_or_default();
+            out.push(format!(
+                "{}:{kind}/{}/{}",
+                c["name"].as_str().unwrap_or(""),
+                v["reason"].as_str().unwrap_or(""),
+                v["exitCode"]
+            ));
+        }
+    }
+    out.join(" | ")
 }
 
 /// Static pods next to the apiserver's (`--manifests` with `--kubeconfig`): run as

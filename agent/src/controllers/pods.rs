@@ -20,6 +20,11 @@ use crate::client::SharedClient;
 /// The pods bound to this node; `None` until the first complete list.
 pub type Snapshot = Arc<Mutex<Option<Vec<Pod>>>>;
 
+/// Pods removed from the apiserver, by uid: the grace period of their last object
+/// (`deletionGracePeriodSeconds`, 0 after a forced delete), which the node's kill of
+/// what still runs honours. The pod manager takes entries out as it handles them.
+pub type Deleted = Arc<Mutex<HashMap<String, Option<i64>>>>;
+
 /// A write the pod worker asks for.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Update {
@@ -59,6 +64,7 @@ pub async fn watch_pods(
     client: SharedClient,
     node: String,
     snapshot: Snapshot,
+    deleted: Deleted,
     mut stop: watch::Receiver<bool>,
 ) {
     let config = watcher::Config::default().fields(&format!("spec.nodeName={node}"));
@@ -92,6 +98,9 @@ pub async fn watch_pods(
                 publish(&pods);
             }
             Some(Ok(watcher::Event::Delete(p))) => {
+                if let Ok(mut d) = deleted.lock() {
+                    d.insert(uid(&p), p.metadata.deletion_grace_period_seconds);
+                }
                 pods.remove(&uid(&p));
                 publish(&pods);
             }
@@ -156,17 +165,23 @@ pub fn patch_form(status: &Value) -> Value {
     s
 }
 
+/// The status patch of pod `uid`, as kubelet sends it: the uid is a precondition, so a
+/// status queued for a pod never lands on a new pod of the same name.
+pub fn status_patch(uid: &str, status: &Value) -> Value {
+    json!({"metadata": {"uid": uid}, "status": patch_form(status)})
+}
+
 async fn apply(client: &SharedClient, update: &Update) -> Result<(), kube::Error> {
     let timeout = || kube::Error::Service("no answer within 10s".into());
     match update {
         Update::Status {
             namespace,
             name,
+            uid,
             status,
-            ..
         } => {
             let api: Api<Pod> = Api::namespaced(client.get(), namespace);
-            let patch = json!({"status": patch_form(status)});
+            let patch = status_patch(uid, status);
             match tokio::time::timeout(
                 WRITE_TIMEOUT,
                 api.patch_status(name, &PatchParams::default(), &Patch::Strategic(patch)),
@@ -174,7 +189,9 @@ async fn apply(client: &SharedClient, update: &Update) -> Result<(), kube::Error
             .await
             {
                 Ok(Ok(_)) => Ok(()),
-                Ok(Err(kube::Error::Api(s))) if s.code == 404 => Ok(()),
+                // Gone, or replaced by a new pod of the same name (the uid precondition
+                // failed): this status is not the new pod's.
+                Ok(Err(kube::Error::Api(s))) if s.code == 404 || s.code == 409 => Ok(()),
                 Ok(Err(e)) => Err(e),
                 Err(_) => Err(timeout()),
             }
@@ -225,6 +242,12 @@ async fn apply(client: &SharedClient, update: &Update) -> Result<(), kube::Error
                 Ok(Ok(_)) => Ok(()),
                 // Gone already, or replaced by a new pod of the same name.
                 Ok(Err(kube::Error::Api(s))) if s.code == 404 || s.code == 409 => Ok(()),
+                // The node authorizer knows no such pod on this node (it went between
+                // two deletes): nothing of it is left to delete. Said, not retried.
+                Ok(Err(kube::Error::Api(s))) if s.code == 403 => {
+                    tracing::warn!(pod = %format!("{namespace}/{name}"), "the final delete was refused ({}); the pod is not this node's any more", s.message);
+                    Ok(())
+                }
                 Ok(Err(e)) => Err(e),
                 Err(_) => Err(timeout()),
             }
@@ -232,43 +255,85 @@ async fn apply(client: &SharedClient, update: &Update) -> Result<(), kube::Error
     }
 }
 
-/// Queues a write; a finished pod's last status does not matter any more.
-fn add(pending: &mut HashMap<String, Update>, u: Update) {
-    if !matches!(pending.get(u.uid()), Some(Update::Finished { .. })) {
-        pending.insert(u.uid().to_string(), u);
-    }
+/// A pod's writes waiting to be applied: its latest status, then (once that status has
+/// landed) the final delete — so the terminal status kubelet reports is never skipped.
+#[derive(Default)]
+struct Pending {
+    /// By pod uid (or `mirror:<uid>`): the latest status or mirror creation.
+    writes: HashMap<String, Update>,
+    /// Pods whose final delete waits for their status, by uid.
+    finished: HashMap<String, Update>,
 }
 
-/// Applies the pod worker's writes until `stop`; the latest write per pod wins, and a
-/// failed one is retried every second.
-pub async fn write_back(
-    client: SharedClient,
-    mut updates: mpsc::UnboundedReceiver<Update>,
-    mut stop: watch::Receiver<bool>,
-) {
-    let mut pending: HashMap<String, Update> = HashMap::new();
-    loop {
-        tokio::select! {
-            _ = stop.changed() => return,
-            u = updates.recv() => match u {
-                Some(u) => add(&mut pending, u),
-                None => return,
-            },
-            _ = tokio::time::sleep(Duration::from_secs(1)), if !pending.is_empty() => {}
+impl Pending {
+    fn add(&mut self, u: Update) {
+        match u {
+            Update::Finished { .. } => {
+                self.finished.insert(u.uid().to_string(), u);
+            }
+            // A status sent after the final delete was asked for has nothing to say.
+            _ if self.finished.contains_key(u.uid()) => {}
+            _ => {
+                self.writes.insert(u.uid().to_string(), u);
+            }
         }
-        while let Ok(u) = updates.try_recv() {
-            add(&mut pending, u);
-        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.writes.is_empty() && self.finished.is_empty()
+    }
+
+    /// Applies what is due: every status first, then the final deletes whose pod has
+    /// no status left to write. What fails stays for the next round.
+    async fn apply(&mut self, client: &SharedClient) {
         let mut done = Vec::new();
-        for (uid, u) in &pending {
-            match apply(&client, u).await {
+        for (uid, u) in &self.writes {
+            match apply(client, u).await {
                 Ok(()) => done.push(uid.clone()),
                 Err(e) => tracing::warn!(pod = %uid, "writing the pod back: {e}; retrying"),
             }
         }
         for uid in done {
-            pending.remove(&uid);
+            self.writes.remove(&uid);
         }
+        let mut done = Vec::new();
+        for (uid, u) in &self.finished {
+            if self.writes.contains_key(uid) {
+                continue;
+            }
+            match apply(client, u).await {
+                Ok(()) => done.push(uid.clone()),
+                Err(e) => tracing::warn!(pod = %uid, "deleting the finished pod: {e}; retrying"),
+            }
+        }
+        for uid in done {
+            self.finished.remove(&uid);
+        }
+    }
+}
+
+/// Applies the pod worker's writes until `stop`; the latest status per pod wins, a
+/// pod's final delete goes after its last status, and a failed write is retried every
+/// second.
+pub async fn write_back(
+    client: SharedClient,
+    mut updates: mpsc::UnboundedReceiver<Update>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let mut pending = Pending::default();
+    loop {
+        tokio::select! {
+            _ = stop.changed() => return,
+            u = updates.recv() => match u {
+                Some(u) => pending.add(u),
+                None => return,
+            },
+            _ = tokio::time::sleep(Duration::from_secs(1)), if !pending.is_empty() => {}
+        }
+        while let Ok(u) = updates.try_recv() {
+            pending.add(u);
+        }
+        pending.apply(&client).await;
     }
 }
 
@@ -652,6 +717,35 @@ pub async fn volume_files(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_pods_last_status_is_kept_ahead_of_its_final_delete() {
+        let status = |phase: &str| Update::Status {
+            namespace: "ns".into(),
+            name: "p".into(),
+            uid: "u".into(),
+            status: json!({"phase": phase}),
+        };
+        let finished = Update::Finished {
+            namespace: "ns".into(),
+            name: "p".into(),
+            uid: "u".into(),
+        };
+        let mut p = Pending::default();
+        p.add(status("Running"));
+        p.add(status("Failed"));
+        p.add(finished.clone());
+        p.add(status("Running"));
+        assert_eq!(p.writes.get("u"), Some(&status("Failed")));
+        assert_eq!(p.finished.get("u"), Some(&finished));
+    }
+
+    #[test]
+    fn a_status_patch_names_the_pod_it_was_made_for() {
+        let p = status_patch("u-1", &json!({"phase": "Running"}));
+        assert_eq!(p["metadata"], json!({"uid": "u-1"}));
+        assert_eq!(p["status"]["phase"], "Running");
+    }
 
     #[test]
     fn the_patch_form_clears_what_is_gone() {

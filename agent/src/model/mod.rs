@@ -12,6 +12,7 @@ pub mod manifest;
 pub mod node;
 pub mod overlay;
 pub mod pod_lifecycle;
+pub mod pod_status;
 pub mod probe;
 pub mod qos;
 pub mod quantity;

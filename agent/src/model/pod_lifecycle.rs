@@ -9,7 +9,6 @@
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::PodSpec;
-use serde_json::{Value, json};
 
 /// One container as the runtime sees it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -285,30 +284,18 @@ pub fn phase(spec: &PodSpec, views: &[View]) -> &'static str {
     "Pending"
 }
 
-fn state_json(o: &Observed, id: &str) -> Value {
-    match o {
-        Observed::NotStarted => json!({"waiting": {"reason": "PodInitializing"}}),
-        Observed::Running { started_at } => json!({"running": {"startedAt": started_at}}),
-        Observed::Exited {
-            code,
-            reason,
-            started_at,
-            finished_at,
-            message,
-        } => {
-            let mut t = json!({
-                "exitCode": code, "reason": reason, "startedAt": started_at, "finishedAt": finished_at,
-                "containerID": format!("kernlet://{id}"),
-            });
-            if !message.is_empty() {
-                t["message"] = json!(message);
-            }
-            json!({"terminated": t})
-        }
-        Observed::StartFailed { reason, message } => {
-            json!({"waiting": {"reason": reason, "message": message}})
-        }
-    }
+/// The phase of a pod whose containers were all stopped because it is being deleted
+/// (kubelet's terminal phase for deleted pods): Succeeded when every main container
+/// exited 0, else Failed — whatever the restart policy.
+pub fn phase_when_stopped(spec: &PodSpec, views: &[View]) -> &'static str {
+    let succeeded = !spec.containers.is_empty()
+        && spec.containers.iter().all(|c| {
+            matches!(
+                view(views, &c.name).map(|v| &v.current),
+                Some(Observed::Exited { code: 0, .. })
+            )
+        });
+    if succeeded { "Succeeded" } else { "Failed" }
 }
 
 /// A duration as Go prints it (`10s`, `1m20s`, `5m0s`), for kubelet's messages.
@@ -321,32 +308,10 @@ pub fn go_duration(d: Duration) -> String {
     }
 }
 
-/// A container status as kubelet writes it (`ready` and `started` from the probes);
-/// `waiting` replaces an exited container's state (CrashLoopBackOff: reason, message).
-pub fn container_status(v: &View, waiting: Option<(String, String)>) -> Value {
-    let running = matches!(v.current, Observed::Running { .. });
-    let started = running && v.started != Some(false);
-    let mut state = state_json(&v.current, &v.id);
-    let mut last = v.last.as_ref().map_or(json!({}), |l| state_json(l, ""));
-    if let (Some((reason, message)), Observed::Exited { .. }) = (waiting, &v.current) {
-        // Waiting out the back-off: the run that just ended is the last state.
-        last = state;
-        state = json!({"waiting": {"reason": reason, "message": message}});
-    }
-    let mut s = json!({
-        "name": v.name, "image": v.image, "imageID": v.image_id,
-        "ready": v.is_ready(), "started": started, "restartCount": v.restarts,
-        "state": state, "lastState": last,
-    });
-    if !v.id.is_empty() {
-        s["containerID"] = json!(format!("kernlet://{}", v.id));
-    }
-    s
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::json;
 
     fn spec(policy: &str, init: &[&str], main: &[&str]) -> PodSpec {
         serde_json::from_value(json!({
@@ -377,6 +342,32 @@ mod tests {
                 started_at: "t".into(),
             },
             ..View::new(name)
+        }
+    }
+
+    #[test]
+    fn a_stopped_deleted_pod_is_terminal_by_its_containers_exits() {
+        let table = [
+            (
+                "Always",
+                vec![exited("a", 0, 3), exited("b", 0, 0)],
+                "Succeeded",
+            ),
+            (
+                "Always",
+                vec![exited("a", 0, 0), exited("b", 137, 0)],
+                "Failed",
+            ),
+            (
+                "OnFailure",
+                vec![exited("a", 143, 1), exited("b", 0, 0)],
+                "Failed",
+            ),
+            ("Never", vec![exited("a", 0, 0), View::new("b")], "Failed"),
+        ];
+        for (policy, views, want) in table {
+            let sp = spec(policy, &[], &["a", "b"]);
+            assert_eq!(phase_when_stopped(&sp, &views), want, "{policy} {views:?}");
         }
     }
 

@@ -134,12 +134,11 @@ impl Runner {
         let manifests = match &self.source {
             Source::Manifests(dir) => dir.clone(),
             Source::Api { snapshot, .. } => {
-                // Pods being deleted are no longer wanted: they are stopped and removed.
+                // Pods being deleted stay with their workers, which stop them.
                 // Mirror pods stand for static pods: they are not run again.
                 let pods = snapshot.lock().ok()?.clone()?;
                 let mut out: Vec<(String, Pod)> = pods
                     .into_iter()
-                    .filter(|p| p.metadata.deletion_timestamp.is_none())
                     .filter(|p| !is_mirror(p))
                     .filter_map(|p| Some((p.metadata.uid.clone()?, p)))
                     .collect();
@@ -199,6 +198,11 @@ impl Runner {
             if self.retiring.iter().any(|(w, _)| w.uid == *uid) {
                 continue;
             }
+            // A pod deleted before anything of it was made is not started: its object
+            // is deleted below.
+            if pod.metadata.deletion_timestamp.is_some() && !with_sandbox.contains(uid) {
+                continue;
+            }
             if !with_sandbox.contains(uid) && !self.admit(uid, pod, &desired, &with_sandbox) {
                 if let Err(e) = self.report_refused(uid, pod) {
                     tracing::warn!(pod = %pod.metadata.name.clone().unwrap_or_default(), "{e}");
@@ -224,18 +228,27 @@ impl Runner {
         }
         self.sync_mirrors(&desired);
         let sandboxes = self.rt.sandboxes();
-        // The grace periods of deletions in the apiserver, by pod uid.
-        let deletion_grace: HashMap<String, i64> = match &self.source {
-            Source::Api { snapshot, .. } => snapshot
-                .lock()
-                .ok()
-                .and_then(|s| s.clone())
-                .unwrap_or_default()
-                .into_iter()
-                .filter_map(|p| Some((p.metadata.uid?, p.metadata.deletion_grace_period_seconds?)))
-                .collect(),
-            Source::Manifests(_) => HashMap::new(),
-        };
+        // Pods gone from the apiserver: the grace period of their last object, by uid
+        // (a forced delete's 0 included); what is not on this node is forgotten.
+        let mut deletion_grace: HashMap<String, i64> = HashMap::new();
+        if let Source::Api { deleted, .. } = &self.source
+            && let Ok(mut d) = deleted.lock()
+        {
+            let here: HashSet<&str> = sandboxes
+                .iter()
+                .map(|sb| sb.uid.as_str())
+                .chain(self.workers.keys().map(String::as_str))
+                .chain(self.retiring.iter().map(|(w, _)| w.uid.as_str()))
+                .collect();
+            d.retain(|uid, _| here.contains(uid.as_str()));
+            for sb in &sandboxes {
+                if !wanted.contains(&sb.uid)
+                    && let Some(Some(g)) = d.remove(&sb.uid)
+                {
+                    deletion_grace.insert(sb.uid.clone(), g);
+                }
+            }
+        }
         // Pods no longer wanted: their workers are told to stop, and each pod is
         // removed once its worker has ended (so nothing starts a container behind the
         // removal).
@@ -257,9 +270,13 @@ impl Runner {
             }
             match self.retiring.iter_mut().find(|(w, _)| w.uid == sb.uid) {
                 Some((_, removal)) => {
-                    *removal = Some((sb.clone(), deletion_grace.get(&sb.uid).copied()));
+                    let grace = deletion_grace
+                        .get(&sb.uid)
+                        .copied()
+                        .or_else(|| removal.as_ref().and_then(|(_, g)| *g));
+                    *removal = Some((sb.clone(), grace));
                 }
-                None => self.remove_pod(sb.clone(), deletion_grace.get(&sb.uid).copied()),
+                None => self.remove_pod(sb.clone(), deletion_grace.get(&sb.uid).copied(), false),
             }
         }
         let (ended, still): (Vec<_>, Vec<_>) = std::mem::take(&mut self.retiring)
@@ -269,7 +286,7 @@ impl Runner {
         for (w, removal) in ended {
             let _ = w.thread.join();
             if let Some((sb, grace)) = removal {
-                self.remove_pod(sb, grace);
+                self.remove_pod(sb, grace, false);
             }
         }
         // A pod deleted before anything of it ran has nothing to stop: it is removed
@@ -288,7 +305,8 @@ impl Runner {
                 .collect();
             for p in deleting {
                 let uid = p.metadata.uid.clone().unwrap_or_default();
-                if !sandboxes.iter().any(|sb| sb.uid == uid) {
+                // A pod with a worker is the worker's to finish.
+                if !sandboxes.iter().any(|sb| sb.uid == uid) && !self.workers.contains_key(&uid) {
                     let _ = updates.send(crate::controllers::pods::Update::Finished {
                         namespace: p.metadata.namespace.clone().unwrap_or_default(),
                         name: p.metadata.name.clone().unwrap_or_default(),

@@ -97,6 +97,8 @@ pub enum Source {
     /// The pods the apiserver binds to this node, and where their writes go.
     Api {
         snapshot: crate::controllers::pods::Snapshot,
+        /// Pods removed from the apiserver, with their last grace period.
+        deleted: crate::controllers::pods::Deleted,
         updates: tokio::sync::mpsc::UnboundedSender<crate::controllers::pods::Update>,
         /// For reading volume contents (configMaps, secrets, tokens) from the worker
         /// thread.
@@ -111,7 +113,7 @@ pub struct Runner {
     source: Source,
     /// The status last sent to the apiserver, by pod uid.
     /// (Shared by the dispatcher and the workers: a recreated mirror pod clears it.)
-    last_sent: Arc<std::sync::Mutex<HashMap<String, serde_json::Value>>>,
+    last_sent: Arc<std::sync::Mutex<HashMap<String, k8s_openapi::api::core::v1::PodStatus>>>,
     node_ip: String,
     timing: Timing,
     /// Why a container could not be created, by (pod uid, container).
@@ -159,6 +161,8 @@ pub struct Runner {
     workers: HashMap<String, PodWorker>,
     /// Workers told to stop, with their pod's sandbox to remove once they have.
     retiring: Vec<(PodWorker, Option<Removal>)>,
+    /// The pod's termination once its deletion was seen (on a pod's worker).
+    termination: Option<termination::Termination>,
 }
 
 /// A pod's sandbox to remove, with the deletion's grace period (seconds) if any.
@@ -249,6 +253,7 @@ impl Runner {
             last_manifest_error: None,
             workers: HashMap::new(),
             retiring: Vec::new(),
+            termination: None,
         }
     }
 

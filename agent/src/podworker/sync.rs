@@ -106,6 +106,9 @@ impl Runner {
         uid: &str,
         pod: &Pod,
     ) -> Result<(), crate::runtime::RuntimeError> {
+        if pod.metadata.deletion_timestamp.is_some() {
+            return self.terminate(uid, pod);
+        }
         let sb = self.rt.run_sandbox(pod, uid, &self.node_ip)?;
         let spec = pod.spec.clone().unwrap_or_default();
         if let Some(deadline) = spec.active_deadline_seconds
@@ -358,10 +361,20 @@ impl Runner {
         let Some(r) = self.failed.get(uid).cloned() else {
             return Ok(());
         };
-        let status = json!({
-            "phase": "Failed", "reason": r.reason, "message": r.message,
-            "hostIP": self.node_ip, "hostIPs": [{"ip": self.node_ip}],
-        });
+        let host_ip = (!self.node_ip.is_empty()).then(|| self.node_ip.clone());
+        let spec = pod.spec.clone().unwrap_or_default();
+        let status = k8s_openapi::api::core::v1::PodStatus {
+            phase: Some("Failed".into()),
+            reason: Some(r.reason),
+            message: Some(r.message),
+            observed_generation: pod.metadata.generation,
+            qos_class: qos_class(&spec).ok().map(|q| q.as_str().to_string()),
+            host_ips: host_ip
+                .clone()
+                .map(|ip| vec![k8s_openapi::api::core::v1::HostIP { ip }]),
+            host_ip,
+            ..Default::default()
+        };
         let (ns, name) = (
             pod.metadata.namespace.clone().unwrap_or_default(),
             pod.metadata.name.clone().unwrap_or_default(),

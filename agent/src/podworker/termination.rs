@@ -1,6 +1,101 @@
-//! Stopping containers and pods: sidecars of finished pods, deleted or gone pods.
+//! Stopping containers and pods: sidecars of finished pods, deleted pods (kubelet's
+//! termination: the shortest grace period seen, status written while terminating, the
+//! terminal phase before the final delete) and pods gone from the apiserver.
 
 use super::*;
+
+/// A pod's termination, from the first sight of its deletion (on its worker).
+pub(super) struct Termination {
+    /// The grace period in force (seconds): it only shortens.
+    grace: i64,
+    started: Instant,
+    /// When what still runs is killed.
+    deadline: Instant,
+    /// preStop hooks and SIGTERM of every container, in kubelet's order.
+    stopper: std::thread::JoinHandle<()>,
+    /// What still ran at the deadline was killed.
+    killed: bool,
+    /// Every container stopped, the terminal status sent and the removal begun.
+    done: bool,
+}
+
+/// The grace period a deletion gives the pod: the deletion's own, else the spec's.
+pub(super) fn deletion_grace(pod: &Pod) -> i64 {
+    let spec = pod
+        .spec
+        .as_ref()
+        .and_then(|s| s.termination_grace_period_seconds)
+        .unwrap_or(30);
+    pod.metadata
+        .deletion_grace_period_seconds
+        .unwrap_or(spec)
+        .max(0)
+}
+
+fn seconds(g: i64) -> Duration {
+    Duration::from_secs(u64::try_from(g).unwrap_or(0))
+}
+
+/// Stops the pod's containers by `deadline`: the main containers together, then the
+/// sidecars (restartable init containers) in reverse order, each with its preStop
+/// hook; sidecars get what the main containers left of the grace period (at least 2 s,
+/// as kubelet).
+fn stop_containers(
+    rt: &Runtime,
+    sb: &SandboxRecord,
+    spec: &k8s_openapi::api::core::v1::PodSpec,
+    deadline: Instant,
+    notify: &Notify,
+) {
+    let records: Vec<_> = rt
+        .containers()
+        .into_iter()
+        .filter(|c| c.pod_uid == sb.uid)
+        .collect();
+    let sidecars: Vec<String> = spec
+        .init_containers
+        .iter()
+        .flatten()
+        .filter(|c| pod_lifecycle::is_sidecar(c))
+        .map(|c| c.name.clone())
+        .rev()
+        .collect();
+    let mut waves: Vec<Vec<&crate::runtime::container::ContainerRecord>> = vec![
+        records
+            .iter()
+            .filter(|r| !sidecars.contains(&r.name))
+            .collect(),
+    ];
+    waves.extend(
+        sidecars
+            .iter()
+            .map(|n| records.iter().filter(|r| &r.name == n).collect()),
+    );
+    for wave in waves {
+        let left = deadline
+            .saturating_duration_since(Instant::now())
+            .max(Duration::from_secs(2));
+        std::thread::scope(|scope| {
+            for r in wave {
+                if !matches!(rt.container_state(&r.id), ContainerState::Running { .. }) {
+                    continue;
+                }
+                let c = pod_lifecycle::all_containers(spec).find(|c| c.name == r.name);
+                if let Some((events, pod)) = notify {
+                    record(
+                        Some(events),
+                        pod,
+                        &r.name,
+                        false,
+                        "Killing",
+                        format!("Stopping container {}", r.name),
+                    );
+                }
+                scope.spawn(move || stop_with_pre_stop(rt, sb, c, &r.id, left, notify));
+            }
+        });
+    }
+}
 
 impl Runner {
     /// Stops a sidecar whose main containers are done (once; in the background).
@@ -40,8 +135,15 @@ impl Runner {
     }
 
     /// Stops a pod's containers (preStop, SIGTERM, SIGKILL after the deletion's or the
-    /// pod's grace period) and removes them and its sandbox, in the background.
-    pub(super) fn remove_pod(&mut self, sb: SandboxRecord, deletion_grace: Option<i64>) {
+    /// pod's grace period) and removes them and its sandbox, in the background; with
+    /// `finish`, then deletes the pod's object (kubelet's final delete — a pod already
+    /// gone from the apiserver has none to delete).
+    pub(super) fn remove_pod(
+        &mut self,
+        sb: SandboxRecord,
+        deletion_grace: Option<i64>,
+        finish: bool,
+    ) {
         {
             let Ok(mut r) = self.removing.lock() else {
                 return;
@@ -104,60 +206,13 @@ impl Runner {
             let static_pod = recorded.as_ref().is_some_and(is_static);
             let spec = recorded.and_then(|p| p.spec).unwrap_or_default();
             tracing::info!(pod = %format!("{}/{}", sb.namespace, sb.name), "pod deleted or gone; stopping it");
+            let deadline = Instant::now() + Duration::from_secs(grace);
+            stop_containers(&rt, &sb, &spec, deadline, &notify);
             let records: Vec<_> = rt
                 .containers()
                 .into_iter()
                 .filter(|c| c.pod_uid == sb.uid)
                 .collect();
-            // Main containers together, then sidecars (restartable init containers)
-            // in reverse order, each with its preStop hook and the grace period.
-            let sidecars: Vec<String> = spec
-                .init_containers
-                .iter()
-                .flatten()
-                .filter(|c| c.restart_policy.as_deref() == Some("Always"))
-                .map(|c| c.name.clone())
-                .rev()
-                .collect();
-            let mut waves: Vec<Vec<&crate::runtime::container::ContainerRecord>> = vec![
-                records
-                    .iter()
-                    .filter(|r| !sidecars.contains(&r.name))
-                    .collect(),
-            ];
-            waves.extend(
-                sidecars
-                    .iter()
-                    .map(|n| records.iter().filter(|r| &r.name == n).collect()),
-            );
-            // One grace period for the whole pod: sidecars get what the main
-            // containers left of it (at least 2 s, as kubelet).
-            let deadline = Instant::now() + Duration::from_secs(grace);
-            for wave in waves {
-                let left = deadline
-                    .saturating_duration_since(Instant::now())
-                    .max(Duration::from_secs(2));
-                std::thread::scope(|scope| {
-                    for r in wave {
-                        let c = pod_lifecycle::all_containers(&spec).find(|c| c.name == r.name);
-                        let (rt, sb) = (&rt, &sb);
-                        let notify = &notify;
-                        if let Some((events, pod)) = notify
-                            && matches!(rt.container_state(&r.id), ContainerState::Running { .. })
-                        {
-                            record(
-                                Some(events),
-                                pod,
-                                &r.name,
-                                false,
-                                "Killing",
-                                format!("Stopping container {}", r.name),
-                            );
-                        }
-                        scope.spawn(move || stop_with_pre_stop(rt, sb, c, &r.id, left, notify));
-                    }
-                });
-            }
             for r in &records {
                 let _ = rt.remove_container(&r.id);
             }
@@ -172,7 +227,7 @@ impl Runner {
             ));
             // Kubelet's last word on a deleted pod: remove the object now that nothing
             // of it runs (a pod already gone answers 404, which is fine).
-            if let Some(updates) = updates.filter(|_| !static_pod) {
+            if let Some(updates) = updates.filter(|_| finish && !static_pod) {
                 let _ = updates.send(crate::controllers::pods::Update::Finished {
                     namespace: sb.namespace.clone(),
                     name: sb.name.clone(),
@@ -183,5 +238,93 @@ impl Runner {
                 r.remove(&sb.uid);
             }
         });
+    }
+
+    /// One sync of a pod being deleted: its containers stopped (once, in kubelet's
+    /// order), killed when a shortened grace period runs out, its status written as it
+    /// goes; once nothing runs, the terminal status, then the removal and the final
+    /// delete.
+    pub(super) fn terminate(
+        &mut self,
+        uid: &str,
+        pod: &Pod,
+    ) -> Result<(), crate::runtime::RuntimeError> {
+        if self.termination.as_ref().is_some_and(|t| t.done) {
+            return Ok(());
+        }
+        let Some(sb) = self.rt.sandbox(uid)? else {
+            // Nothing of it was made: the dispatcher deletes the object.
+            return Ok(());
+        };
+        let grace = deletion_grace(pod);
+        let now = Instant::now();
+        let name = format!("{}/{}", sb.namespace, sb.name);
+        match &mut self.termination {
+            None => {
+                tracing::info!(pod = %name, "pod deleted; stopping it within {grace} s");
+                let spec = pod.spec.clone().unwrap_or_default();
+                let deadline = now + seconds(grace);
+                let (rt, sb2, notify) = (self.rt.clone(), sb.clone(), self.notify(pod));
+                let stopper = std::thread::Builder::new()
+                    .name(format!("stop-{}", &uid[..uid.len().min(8)]))
+                    .spawn(move || stop_containers(&rt, &sb2, &spec, deadline, &notify))
+                    .map_err(crate::runtime::RuntimeError::io("starting the pod's stop"))?;
+                self.termination = Some(Termination {
+                    grace,
+                    started: now,
+                    deadline,
+                    stopper,
+                    killed: false,
+                    done: false,
+                });
+            }
+            Some(t) if grace < t.grace => {
+                tracing::info!(pod = %name, "grace period shortened from {} s to {grace} s", t.grace);
+                t.grace = grace;
+                t.deadline = t.deadline.min(now + seconds(grace));
+            }
+            Some(_) => {}
+        }
+        let Some(t) = self.termination.as_mut() else {
+            return Ok(());
+        };
+        // Every container gets 2 s after its SIGTERM at least, as kubelet gives.
+        if !t.killed && now >= t.deadline.max(t.started + Duration::from_secs(2)) {
+            t.killed = true;
+            let running: Vec<String> = self
+                .rt
+                .containers()
+                .into_iter()
+                .filter(|c| c.pod_uid == uid)
+                .filter(|c| {
+                    matches!(
+                        self.rt.container_state(&c.id),
+                        ContainerState::Running { .. }
+                    )
+                })
+                .map(|c| c.id)
+                .collect();
+            if !running.is_empty() {
+                tracing::info!(pod = %name, "grace period over; killing {} container(s)", running.len());
+                let rt = self.rt.clone();
+                std::thread::spawn(move || {
+                    for id in running {
+                        if let Err(e) = rt.stop_container(&id, Duration::ZERO) {
+                            tracing::warn!("killing container {id}: {e}");
+                        }
+                    }
+                });
+            }
+        }
+        let stopped = t.stopper.is_finished();
+        let views = self.views(uid, pod);
+        self.write_status(&sb, pod, &views)?;
+        if stopped {
+            if let Some(t) = self.termination.as_mut() {
+                t.done = true;
+            }
+            self.remove_pod(sb, Some(0), true);
+        }
+        Ok(())
     }
 }
