@@ -48,6 +48,8 @@ pub struct View {
     pub ready: Option<bool>,
     /// The startup probe's verdict; `None` without a startup probe.
     pub started: Option<bool>,
+    /// The [`spec_hash`] the current run was made from; empty when unknown.
+    pub spec_hash: String,
 }
 
 impl View {
@@ -71,6 +73,7 @@ impl View {
             image_id: String::new(),
             ready: None,
             started: None,
+            spec_hash: String::new(),
         }
     }
 }
@@ -87,6 +90,21 @@ pub enum Action {
 /// Whether `c` is a sidecar: an init container with `restartPolicy: Always`.
 pub fn is_sidecar(c: &k8s_openapi::api::core::v1::Container) -> bool {
     c.restart_policy.as_deref() == Some("Always")
+}
+
+/// The hash of what a container's run is made from (kubelet's container hash): every
+/// field of its spec but the resources, which change in place. A running container
+/// whose spec no longer hashes the same is restarted.
+pub fn spec_hash(c: &k8s_openapi::api::core::v1::Container) -> String {
+    let mut c = c.clone();
+    c.resources = None;
+    c.resize_policy = None;
+    let bytes = serde_json::to_vec(&c).unwrap_or_default();
+    let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, &bytes);
+    digest.as_ref()[..8]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }
 
 /// Every container of a pod in start order: init containers, then the main ones.
@@ -343,6 +361,26 @@ mod tests {
             },
             ..View::new(name)
         }
+    }
+
+    #[test]
+    fn the_spec_hash_follows_what_a_restart_would_change_and_not_resources() {
+        let c: k8s_openapi::api::core::v1::Container = serde_json::from_value(json!({
+            "name": "a", "image": "busybox:1.36", "resources": {"limits": {"cpu": "1"}},
+        }))
+        .unwrap();
+        let mut image = c.clone();
+        image.image = Some("busybox:1.37".into());
+        let mut resources = c.clone();
+        resources.resources = None;
+        let mut env = c.clone();
+        env.env = Some(vec![
+            serde_json::from_value(json!({"name": "X", "value": "1"})).unwrap(),
+        ]);
+        assert_eq!(spec_hash(&c), spec_hash(&resources));
+        assert_ne!(spec_hash(&c), spec_hash(&image));
+        assert_ne!(spec_hash(&c), spec_hash(&env));
+        assert_eq!(spec_hash(&c).len(), 16);
     }
 
     #[test]

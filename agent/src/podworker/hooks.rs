@@ -53,8 +53,9 @@ pub(super) fn stop_with_pre_stop(
 }
 
 impl Runner {
-    /// Runs a container's postStart hook in the background; when it fails the
-    /// container is killed (FailedPostStartHook) and restarts by the pod's policy.
+    /// Runs a container's postStart hook and returns when it has (kubelet starts the
+    /// next container only then); when it fails the container is killed
+    /// (FailedPostStartHook) and restarts by the pod's policy.
     pub(super) fn post_start(
         &self,
         pod: &Pod,
@@ -76,27 +77,24 @@ impl Runner {
                 .and_then(|g| u64::try_from(g).ok())
                 .unwrap_or(30),
         );
-        let (rt, sb, c, id) = (self.rt.clone(), sb.clone(), c.clone(), id.to_string());
-        let notify = self.notify(pod);
-        std::thread::spawn(move || {
-            // kubelet gives postStart no timeout of its own; a stuck hook is bounded
-            // here by the pod's grace period, at least 2 minutes.
-            let limit = grace.max(Duration::from_secs(120));
-            if let Err(why) = crate::runtime::probe::run(&rt, &c, &target(&sb, &id), &h, limit) {
-                tracing::warn!(pod = %format!("{}/{}", sb.namespace, sb.name), container = %c.name,
-                    "FailedPostStartHook: {why}; killing the container");
-                if let Some((events, pod)) = &notify {
-                    record(
-                        Some(events),
-                        pod,
-                        &c.name,
-                        true,
-                        "FailedPostStartHook",
-                        format!("PostStartHook failed: {why}"),
-                    );
-                }
-                stop_with_pre_stop(&rt, &sb, Some(&c), &id, grace, &notify);
+        // kubelet gives postStart no timeout of its own; a stuck hook is bounded here
+        // by the pod's grace period, at least 2 minutes.
+        let limit = grace.max(Duration::from_secs(120));
+        if let Err(why) = crate::runtime::probe::run(&self.rt, c, &target(sb, id), &h, limit) {
+            tracing::warn!(pod = %format!("{}/{}", sb.namespace, sb.name), container = %c.name,
+                "FailedPostStartHook: {why}; killing the container");
+            let notify = self.notify(pod);
+            if let Some((events, pod)) = &notify {
+                record(
+                    Some(events),
+                    pod,
+                    &c.name,
+                    true,
+                    "FailedPostStartHook",
+                    format!("PostStartHook failed: {why}"),
+                );
             }
-        });
+            stop_with_pre_stop(&self.rt, sb, Some(c), id, grace, &notify);
+        }
     }
 }

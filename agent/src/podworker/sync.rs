@@ -32,6 +32,7 @@ impl Runner {
                 v.id = cur.id.clone();
                 v.image = cur.image_ref.clone();
                 v.image_id = cur.image_id.clone();
+                v.spec_hash = cur.spec_hash.clone();
             }
             if mine.len() >= 2 {
                 v.last = Some(observe(&mine[mine.len() - 2].id));
@@ -213,7 +214,13 @@ impl Runner {
                 );
             }
         }
-        let actions = {
+        let changed = self.restart_changed(pod, &sb, &spec, &views);
+        let views = if changed.is_empty() {
+            views
+        } else {
+            self.views(uid, pod)
+        };
+        let mut actions = {
             let allowed: HashMap<String, bool> = views
                 .iter()
                 .map(|v| (v.name.clone(), self.may_restart(uid, v)))
@@ -222,6 +229,16 @@ impl Runner {
                 allowed.get(name).copied().unwrap_or(true)
             })
         };
+        // A container stopped for a changed spec starts again at once, whatever the
+        // restart policy and back-off say.
+        for name in changed {
+            let restart = views
+                .iter()
+                .find(|v| v.name == name)
+                .map_or(0, |v| v.restarts + 1);
+            actions.retain(|a| !matches!(a, Action::Start { name: n, .. } if *n == name));
+            actions.push(Action::Start { name, restart });
+        }
         for action in actions {
             let (name, restart) = match action {
                 Action::Start { name, restart } => (name, restart),
@@ -439,5 +456,40 @@ impl Runner {
                 }
             }
         }
+    }
+
+    /// Stops every running container whose spec changed since its run was made
+    /// (kubelet's "definition changed"): preStop, SIGTERM, SIGKILL after the pod's
+    /// grace period. Returns their names, to be started again.
+    pub(super) fn restart_changed(
+        &mut self,
+        pod: &Pod,
+        sb: &SandboxRecord,
+        spec: &k8s_openapi::api::core::v1::PodSpec,
+        views: &[View],
+    ) -> Vec<String> {
+        let grace = Duration::from_secs(
+            spec.termination_grace_period_seconds
+                .and_then(|g| u64::try_from(g).ok())
+                .unwrap_or(30),
+        );
+        let mut changed = Vec::new();
+        for c in pod_lifecycle::all_containers(spec) {
+            let Some(v) = views.iter().find(|v| v.name == c.name) else {
+                continue;
+            };
+            if !matches!(v.current, Observed::Running { .. })
+                || v.spec_hash.is_empty()
+                || v.spec_hash == pod_lifecycle::spec_hash(c)
+            {
+                continue;
+            }
+            let message = format!("Container {} definition changed, will be restarted", c.name);
+            tracing::info!(pod = %format!("{}/{}", sb.namespace, sb.name), container = %c.name, "{message}");
+            self.event(pod, &c.name, false, "Killing", message);
+            stop_with_pre_stop(&self.rt, sb, Some(c), &v.id, grace, &self.notify(pod));
+            changed.push(c.name.clone());
+        }
+        changed
     }
 }

@@ -37,6 +37,10 @@ pub struct ContainerRecord {
     /// Limits the cgroup tree could not enforce (named in status and `kernlet doctor`).
     #[serde(default)]
     pub unenforced: Vec<String>,
+    /// The hash of the container's spec this run was made from
+    /// ([`crate::model::pod_lifecycle::spec_hash`]); empty in records of older versions.
+    #[serde(default)]
+    pub spec_hash: String,
 }
 
 /// Where a container stands.
@@ -784,6 +788,14 @@ impl Runtime {
             cgroup: plan.cgroups_path.trim_start_matches('/').to_string(),
             created_at: now(),
             unenforced,
+            spec_hash: pod
+                .spec
+                .as_ref()
+                .and_then(|s| {
+                    crate::model::pod_lifecycle::all_containers(s).find(|x| x.name == c.name)
+                })
+                .map(crate::model::pod_lifecycle::spec_hash)
+                .unwrap_or_default(),
         };
         write_json(&dir.join("config.json"), &runtime_spec::spec(&plan))?;
         write_json(

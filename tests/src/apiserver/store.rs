@@ -272,7 +272,22 @@ impl Store {
             .pointer("/metadata/generation")
             .and_then(Value::as_i64)
         {
-            let bump = i64::from(current.get("spec") != new.get("spec"));
+            // A pod's generation moves with its spec but not with its binding
+            // (spec.nodeName), and with the start of a graceful deletion, as the real
+            // server's pod strategy has it.
+            let spec_of = |o: &Value| {
+                let mut spec = o.get("spec").cloned();
+                if rt.plural == "pods"
+                    && let Some(s) = spec.as_mut().and_then(Value::as_object_mut)
+                {
+                    s.remove("nodeName");
+                }
+                spec
+            };
+            let deletion_begins = rt.plural == "pods"
+                && current.pointer("/metadata/deletionTimestamp").is_none()
+                && new.pointer("/metadata/deletionTimestamp").is_some();
+            let bump = i64::from(spec_of(&current) != spec_of(&new) || deletion_begins);
             new["metadata"]["generation"] = json!(g + bump);
         }
         let mut compare = new.clone();

@@ -1,0 +1,391 @@
+//! The pod manager against the control plane, as kubelet behaves: spec updates
+//! (observedGeneration, a changed image restarts only that container), readiness gates,
+//! postStart before the next container, and termination (the shortest grace period
+//! wins, the terminal phase is written before the object goes, a forced delete kills at
+//! once). Root: runs kernlet on a SimNode.
+
+#![allow(
+    clippy::unwrap_used,
+    reason = "a test that cannot go on should stop loudly"
+)]
+
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::{Node, Pod};
+use kernlet_tests::cluster::Cluster;
+use kernlet_tests::simnode::{BRIDGE_IP, Lab, SimNode};
+use kernlet_tests::wait_for;
+use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
+use serde_json::json;
+
+/// A cluster, and one node running kernlet with busybox in its image store.
+struct Setup {
+    cluster: Cluster,
+    _forward: kernlet_tests::simnode::Forward,
+    _lab: Lab,
+    node: SimNode,
+    pods: Api<Pod>,
+}
+
+async fn setup(name: &str) -> Setup {
+    let cluster = Cluster::start(&[BRIDGE_IP.into()]).await.unwrap();
+    let mut lab = Lab::new(name).unwrap();
+    let fwd = lab.forward(0, cluster.addr()).unwrap();
+    let mut node = lab.add_node("w1").unwrap();
+    node.import_busybox().unwrap();
+    node.start_agent(
+        &cluster,
+        &fwd.url,
+        &["--node-lease-renew-interval-ms", "300"],
+    )
+    .unwrap();
+    let admin = cluster.admin().await.unwrap();
+    let nodes: Api<Node> = Api::all(admin.clone());
+    wait_for("the node", Duration::from_secs(30), async || {
+        nodes.get_opt("w1").await.ok()?.map(|_| ())
+    })
+    .await;
+    let pods: Api<Pod> = Api::namespaced(admin, "default");
+    Setup {
+        cluster,
+        _forward: fwd,
+        _lab: lab,
+        node,
+        pods,
+    }
+}
+
+impl Setup {
+    async fn run(&self, pod: serde_json::Value) -> Pod {
+        let pod: Pod = serde_json::from_value(pod).unwrap();
+        let name = pod.metadata.name.clone().unwrap();
+        self.pods
+            .create(&PostParams::default(), &pod)
+            .await
+            .unwrap();
+        self.cluster.bind_pod("default", &name, "w1").await.unwrap();
+        self.wait(&name, "running", |p| {
+            let s = p.status.as_ref()?;
+            let all = s.container_statuses.as_ref()?;
+            (s.phase.as_deref() == Some("Running")
+                && all
+                    .iter()
+                    .all(|c| c.state.as_ref().is_some_and(|s| s.running.is_some())))
+            .then_some(())
+        })
+        .await;
+        self.pods.get(&name).await.unwrap()
+    }
+
+    /// Waits until pod `name` satisfies `f` (`what` says what is awaited).
+    async fn wait<T>(&self, name: &str, what: &str, f: impl Fn(&Pod) -> Option<T>) -> T {
+        let started = std::time::Instant::now();
+        loop {
+            if let Ok(p) = self.pods.get(name).await
+                && let Some(v) = f(&p)
+            {
+                return v;
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(60),
+                "timed out waiting for {name}: {what}: {:#?}\n{}",
+                self.pods
+                    .get_opt(name)
+                    .await
+                    .ok()
+                    .flatten()
+                    .map(|p| p.status),
+                self.node.kernlet_log()
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+}
+
+fn container_id(p: &Pod, name: &str) -> (String, i32) {
+    let c = p
+        .status
+        .as_ref()
+        .unwrap()
+        .container_statuses
+        .iter()
+        .flatten()
+        .find(|c| c.name == name)
+        .unwrap();
+    (c.container_id.clone().unwrap_or_default(), c.restart_count)
+}
+
+/// A spec update is observed (status.observedGeneration and every condition's); a
+/// changed image restarts that container and no other.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spec_updates_are_observed_and_a_new_image_restarts_only_its_container() {
+    let s = setup("podgen").await;
+    let pod = s
+        .run(json!({
+            "metadata": {"name": "gen"},
+            "spec": {"terminationGracePeriodSeconds": 1, "containers": [
+                {"name": "a", "image": "busybox:1.36", "command": ["sleep", "600"]},
+                {"name": "b", "image": "busybox:1.36", "command": ["sleep", "600"]},
+            ]},
+        }))
+        .await;
+    assert_eq!(pod.metadata.generation, Some(1));
+    let observed = |p: &Pod, g: i64| {
+        let s = p.status.as_ref()?;
+        (s.observed_generation == Some(g)
+            && s.conditions
+                .iter()
+                .flatten()
+                .all(|c| c.observed_generation == Some(g)))
+        .then_some(())
+    };
+    s.wait("gen", "at generation 1", |p| observed(p, 1)).await;
+    let (a0, b0) = (container_id(&pod, "a"), container_id(&pod, "b"));
+
+    let patch = |v: serde_json::Value| Patch::Strategic(v);
+    s.pods
+        .patch(
+            "gen",
+            &PatchParams::default(),
+            &patch(json!({"spec": {"activeDeadlineSeconds": 5000}})),
+        )
+        .await
+        .unwrap();
+    s.wait("gen", "at generation 2", |p| observed(p, 2)).await;
+
+    // The same image under another name: a new spec for b, the same image to run.
+    s.pods
+        .patch(
+            "gen",
+            &PatchParams::default(),
+            &patch(json!({"spec": {"containers": [
+                {"name": "b", "image": "docker.io/library/busybox:1.36"},
+            ]}})),
+        )
+        .await
+        .unwrap();
+    let p = s
+        .wait("gen", "b restarted", |p| {
+            observed(p, 3)?;
+            let (id, restarts) = container_id(p, "b");
+            let running = p
+                .status
+                .as_ref()?
+                .container_statuses
+                .iter()
+                .flatten()
+                .any(|c| c.name == "b" && c.state.as_ref().is_some_and(|s| s.running.is_some()));
+            (restarts == 1 && id != b0.0 && running).then(|| p.clone())
+        })
+        .await;
+    assert_eq!(container_id(&p, "a"), a0, "a was left alone");
+    let b = p
+        .status
+        .unwrap()
+        .container_statuses
+        .unwrap()
+        .into_iter()
+        .find(|c| c.name == "b")
+        .unwrap();
+    assert_eq!(b.image, "docker.io/library/busybox:1.36");
+    assert!(
+        s.node
+            .kernlet_log()
+            .contains("Container b definition changed, will be restarted"),
+        "{}",
+        s.node.kernlet_log()
+    );
+}
+
+/// A pod with a readiness gate stays unready, with kubelet's reason, until someone
+/// sets the gate's condition True; its containers are ready meanwhile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readiness_gates_hold_the_pod_unready_until_their_condition_is_true() {
+    let s = setup("podgate").await;
+    s.run(json!({
+        "metadata": {"name": "gated"},
+        "spec": {
+            "terminationGracePeriodSeconds": 1,
+            "readinessGates": [{"conditionType": "example.com/lb"}],
+            "containers": [{"name": "a", "image": "busybox:1.36", "command": ["sleep", "600"]}],
+        },
+    }))
+    .await;
+    let condition = |p: &Pod, t: &str| {
+        p.status
+            .as_ref()?
+            .conditions
+            .iter()
+            .flatten()
+            .find(|c| c.type_ == t)
+            .cloned()
+    };
+    let ready = s
+        .wait("gated", "unready by its gate", |p| {
+            let r = condition(p, "Ready")?;
+            (r.reason.as_deref() == Some("ReadinessGatesNotReady")).then_some(r)
+        })
+        .await;
+    assert_eq!(ready.status, "False");
+    assert_eq!(
+        ready.message.as_deref(),
+        Some("corresponding condition of pod readiness gate \"example.com/lb\" does not exist.")
+    );
+    let p = s.pods.get("gated").await.unwrap();
+    assert_eq!(condition(&p, "ContainersReady").unwrap().status, "True");
+
+    s.pods
+        .patch_status(
+            "gated",
+            &PatchParams::default(),
+            &Patch::Strategic(json!({"status": {"conditions": [
+                {"type": "example.com/lb", "status": "True"},
+            ]}})),
+        )
+        .await
+        .unwrap();
+    s.wait("gated", "ready", |p| {
+        (condition(p, "Ready")?.status == "True").then_some(())
+    })
+    .await;
+    // The gate's condition is the other writer's and stays.
+    let p = s.pods.get("gated").await.unwrap();
+    assert_eq!(condition(&p, "example.com/lb").unwrap().status, "True");
+}
+
+/// postStart returns before the next container starts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_next_container_starts_after_post_start_returned() {
+    let s = setup("podhook").await;
+    let pod = s
+        .run(json!({
+            "metadata": {"name": "hooked"},
+            "spec": {
+                "terminationGracePeriodSeconds": 1,
+                "volumes": [{"name": "shared", "emptyDir": {}}],
+                "containers": [
+                    {"name": "a", "image": "busybox:1.36", "command": ["sleep", "600"],
+                     "volumeMounts": [{"name": "shared", "mountPath": "/shared"}],
+                     "lifecycle": {"postStart": {"exec": {"command": ["sh", "-c", "sleep 2; touch /shared/hook-done"]}}}},
+                    {"name": "b", "image": "busybox:1.36",
+                     "command": ["sh", "-c", "if [ -e /shared/hook-done ]; then echo after; else echo before; fi; exec sleep 600"],
+                     "volumeMounts": [{"name": "shared", "mountPath": "/shared"}]},
+                ],
+            },
+        }))
+        .await;
+    let uid = pod.metadata.uid.unwrap();
+    let log = kernlet::runtime::logs::container_log(
+        &kernlet::runtime::logs::pod_dir(&s.node.dir("logs"), "default", "hooked", &uid),
+        "b",
+        0,
+    );
+    let text = wait_for("b's output", Duration::from_secs(20), async || {
+        std::fs::read_to_string(&log).ok().filter(|t| !t.is_empty())
+    })
+    .await;
+    let line = kernlet::runtime::logs::parse_line(text.lines().next().unwrap()).unwrap();
+    assert_eq!(line.text, "after", "{}", s.node.kernlet_log());
+}
+
+/// A pod deleted with a long grace period keeps running and reporting Running; a
+/// second delete with a short one ends it then, with the killed container's
+/// terminated state and phase Failed written before the object goes. A forced delete
+/// of another such pod kills it at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_shortest_grace_period_wins_and_the_terminal_phase_is_written() {
+    use futures::StreamExt as _;
+    let s = setup("podgrace").await;
+    let stubborn = |name: &str| {
+        json!({
+            "metadata": {"name": name},
+            "spec": {"terminationGracePeriodSeconds": 300, "containers": [
+                {"name": "c", "image": "busybox:1.36",
+                 "command": ["sh", "-c", "trap '' TERM; while true; do sleep 1; done"]},
+            ]},
+        })
+    };
+    s.run(stubborn("slow")).await;
+    let statuses = std::sync::Arc::new(std::sync::Mutex::new(Vec::<Pod>::new()));
+    let recorder = {
+        let (statuses, pods) = (statuses.clone(), s.pods.clone());
+        tokio::spawn(async move {
+            let mut stream = kube::runtime::watcher(pods, Default::default()).boxed();
+            while let Some(Ok(e)) = stream.next().await {
+                if let kube::runtime::watcher::Event::Apply(p) = e {
+                    statuses.lock().unwrap().push(p);
+                }
+            }
+        })
+    };
+    s.pods
+        .delete("slow", &DeleteParams::default())
+        .await
+        .unwrap();
+    // Still there and running a few seconds on: SIGTERM is ignored, 300 s are given.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let p = s.pods.get("slow").await.unwrap();
+    assert!(p.metadata.deletion_timestamp.is_some());
+    assert_eq!(p.status.unwrap().phase.as_deref(), Some("Running"));
+
+    s.pods
+        .delete(
+            "slow",
+            &DeleteParams {
+                grace_period_seconds: Some(1),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    wait_for("pod slow gone", Duration::from_secs(30), async || {
+        s.pods.get_opt("slow").await.ok()?.is_none().then_some(())
+    })
+    .await;
+    recorder.abort();
+    let last = statuses
+        .lock()
+        .unwrap()
+        .iter()
+        .rev()
+        .find(|p| p.metadata.name.as_deref() == Some("slow"))
+        .and_then(|p| p.status.clone())
+        .unwrap();
+    assert_eq!(last.phase.as_deref(), Some("Failed"), "{last:#?}");
+    let c = &last.container_statuses.unwrap()[0];
+    let t = c.state.as_ref().unwrap().terminated.as_ref().unwrap();
+    assert_eq!(t.exit_code, 137, "killed at the shortened deadline: {c:#?}");
+    assert!(!c.ready);
+
+    // Forced: the object goes at once; the node kills what runs with grace 0.
+    s.run(stubborn("forced")).await;
+    s.pods
+        .delete("forced", &DeleteParams::default())
+        .await
+        .unwrap();
+    s.pods
+        .delete(
+            "forced",
+            &DeleteParams {
+                grace_period_seconds: Some(0),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    assert!(s.pods.get_opt("forced").await.unwrap().is_none());
+    wait_for(
+        "the forced pod's sandbox gone",
+        Duration::from_secs(30),
+        async || {
+            let left = std::fs::read_dir(s.node.dir("state").join("pods"))
+                .map(|d| d.count())
+                .unwrap_or(0);
+            (left == 0).then_some(())
+        },
+    )
+    .await;
+    if let Some(refused) = s.cluster.node_refusals() {
+        assert!(refused.is_empty(), "{refused:#?}");
+    }
+}
