@@ -389,3 +389,75 @@ async fn the_shortest_grace_period_wins_and_the_terminal_phase_is_written() {
         assert!(refused.is_empty(), "{refused:#?}");
     }
 }
+
+/// `kubectl debug --target`: an ephemeral container added through the
+/// `ephemeralcontainers` subresource runs once, in its target's process namespace,
+/// reported in `ephemeralContainerStatuses`; the pod's own containers are left alone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_ephemeral_container_runs_in_its_targets_process_namespace() {
+    let s = setup("podebug").await;
+    let pod = s
+        .run(json!({
+            "metadata": {"name": "debugged"},
+            "spec": {"terminationGracePeriodSeconds": 1, "containers": [
+                {"name": "app", "image": "busybox:1.36", "command": ["sleep", "600"]},
+            ]},
+        }))
+        .await;
+    let app = container_id(&pod, "app");
+    s.pods
+        .patch_subresource(
+            "ephemeralcontainers",
+            "debugged",
+            &PatchParams::default(),
+            &Patch::Strategic(json!({"spec": {"ephemeralContainers": [{
+                "name": "debugger", "image": "busybox:1.36", "targetContainerName": "app",
+                "command": ["sh", "-c", "ps -o pid,comm; exec sleep 600"],
+            }]}})),
+        )
+        .await
+        .unwrap();
+    let status = s
+        .wait("debugged", "the debugger running", |p| {
+            let e = p
+                .status
+                .as_ref()?
+                .ephemeral_container_statuses
+                .as_ref()?
+                .first()?
+                .clone();
+            e.state.as_ref()?.running.as_ref()?;
+            Some(e)
+        })
+        .await;
+    assert_eq!(status.name, "debugger");
+    assert!(!status.ready);
+    assert_eq!(status.restart_count, 0);
+    assert!(status.container_id.unwrap().starts_with("kernlet://"));
+    let uid = pod.metadata.uid.unwrap();
+    let log = kernlet::runtime::logs::container_log(
+        &kernlet::runtime::logs::pod_dir(&s.node.dir("logs"), "default", "debugged", &uid),
+        "debugger",
+        0,
+    );
+    let text = wait_for("the debugger's ps", Duration::from_secs(20), async || {
+        std::fs::read_to_string(&log)
+            .ok()
+            .filter(|t| t.lines().count() >= 2)
+    })
+    .await;
+    let lines: Vec<String> = text
+        .lines()
+        .filter_map(|l| kernlet::runtime::logs::parse_line(l).map(|l| l.text))
+        .collect();
+    // PID 1 of the namespace it joined is the target's `sleep`.
+    assert!(
+        lines.iter().any(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            f == ["1", "sleep"]
+        }),
+        "{lines:#?}"
+    );
+    let p = s.pods.get("debugged").await.unwrap();
+    assert_eq!(container_id(&p, "app"), app, "the target was left alone");
+}

@@ -107,6 +107,43 @@ pub fn spec_hash(c: &k8s_openapi::api::core::v1::Container) -> String {
         .collect()
 }
 
+/// An ephemeral container (`kubectl debug`) as the container it runs as: the same
+/// fields, without the target (which the runtime reads from the pod spec).
+pub fn ephemeral_as_container(
+    e: &k8s_openapi::api::core::v1::EphemeralContainer,
+) -> k8s_openapi::api::core::v1::Container {
+    k8s_openapi::api::core::v1::Container {
+        args: e.args.clone(),
+        command: e.command.clone(),
+        env: e.env.clone(),
+        env_from: e.env_from.clone(),
+        image: e.image.clone(),
+        image_pull_policy: e.image_pull_policy.clone(),
+        name: e.name.clone(),
+        security_context: e.security_context.clone(),
+        stdin: e.stdin,
+        stdin_once: e.stdin_once,
+        termination_message_path: e.termination_message_path.clone(),
+        termination_message_policy: e.termination_message_policy.clone(),
+        tty: e.tty,
+        volume_devices: e.volume_devices.clone(),
+        volume_mounts: e.volume_mounts.clone(),
+        working_dir: e.working_dir.clone(),
+        // Lifecycle, probes, ports and resources are refused by the apiserver for
+        // ephemeral containers; nothing of them is carried.
+        ..Default::default()
+    }
+}
+
+/// The pod's ephemeral containers as containers, in the order they were added.
+pub fn ephemeral_containers(spec: &PodSpec) -> Vec<k8s_openapi::api::core::v1::Container> {
+    spec.ephemeral_containers
+        .iter()
+        .flatten()
+        .map(ephemeral_as_container)
+        .collect()
+}
+
 /// Every container of a pod in start order: init containers, then the main ones.
 pub fn all_containers(
     spec: &PodSpec,

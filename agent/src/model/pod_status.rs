@@ -18,6 +18,8 @@ pub struct Input<'a> {
     /// `metadata.generation` of the pod object this status answers.
     pub generation: Option<i64>,
     pub views: &'a [View],
+    /// The ephemeral containers (`kubectl debug`), in the order they were added.
+    pub ephemeral: &'a [View],
     /// The phase, from the containers or decided for the pod (Failed when refused or
     /// past its deadline).
     pub phase: &'a str,
@@ -96,6 +98,22 @@ pub fn pod_status(i: &Input) -> PodStatus {
         container_statuses: Some(main.iter().map(|v| main_status(v)).collect()),
         init_container_statuses: (!init.is_empty())
             .then(|| init.iter().map(|v| init_status(v)).collect()),
+        ephemeral_container_statuses: (!i.ephemeral.is_empty()).then(|| {
+            let ephemeral = pod_lifecycle::ephemeral_containers(spec);
+            i.ephemeral
+                .iter()
+                .map(|v| {
+                    let c = ephemeral.iter().find(|c| c.name == v.name);
+                    let mut s = status_of(c, v, None);
+                    // Never probed, never counted in readiness: kubelet reports them
+                    // unready.
+                    s.ready = false;
+                    s.resources = None;
+                    s.allocated_resources = None;
+                    s
+                })
+                .collect()
+        }),
         reason: i.reason.map(|(r, _)| r.to_string()),
         message: i.reason.map(|(_, m)| m.to_string()),
         ..Default::default()
@@ -287,6 +305,19 @@ pub fn container_status(
     v: &View,
     backoff: Option<(String, String)>,
 ) -> ContainerStatus {
+    status_of(
+        pod_lifecycle::all_containers(spec).find(|c| c.name == v.name),
+        v,
+        backoff,
+    )
+}
+
+/// The status of container `c` (its spec, when known) from what the runtime shows.
+fn status_of(
+    c: Option<&k8s_openapi::api::core::v1::Container>,
+    v: &View,
+    backoff: Option<(String, String)>,
+) -> ContainerStatus {
     let running = matches!(v.current, Observed::Running { .. });
     let mut current = state(&v.current, &v.id);
     let mut last = v
@@ -297,7 +328,6 @@ pub fn container_status(
         last = current;
         current = waiting(&reason, Some(message));
     }
-    let c = pod_lifecycle::all_containers(spec).find(|c| c.name == v.name);
     let resources = c.map(|c| {
         let r = c.resources.clone().unwrap_or_default();
         ResourceRequirements {
@@ -374,6 +404,7 @@ mod tests {
             spec,
             generation: Some(3),
             views,
+            ephemeral: &[],
             phase: "Running",
             sandbox_ready: true,
             reason: None,

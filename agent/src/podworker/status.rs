@@ -86,10 +86,12 @@ impl Runner {
             .and_then(|s| s.conditions.clone())
             .unwrap_or_default();
         let failed = self.failed.get(&sb.uid);
+        let ephemeral = self.ephemeral_views(&sb.uid, pod);
         let mut status = pod_status::pod_status(&pod_status::Input {
             spec: &spec,
             generation: pod.metadata.generation,
             views,
+            ephemeral: &ephemeral,
             phase,
             sandbox_ready: !stopped && !matches!(phase, "Succeeded" | "Failed"),
             reason: failed.map(|r| (r.reason.as_str(), r.message.as_str())),

@@ -3,11 +3,26 @@
 use super::*;
 
 impl Runner {
+    /// What the runtime shows of the pod's init and main containers.
     pub(super) fn views(&self, uid: &str, pod: &Pod) -> Vec<View> {
         let spec = pod.spec.clone().unwrap_or_default();
+        self.views_of(uid, pod_lifecycle::all_containers(&spec))
+    }
+
+    /// What the runtime shows of the pod's ephemeral containers.
+    pub(super) fn ephemeral_views(&self, uid: &str, pod: &Pod) -> Vec<View> {
+        let spec = pod.spec.clone().unwrap_or_default();
+        self.views_of(uid, pod_lifecycle::ephemeral_containers(&spec).iter())
+    }
+
+    fn views_of<'a>(
+        &self,
+        uid: &str,
+        containers: impl Iterator<Item = &'a k8s_openapi::api::core::v1::Container>,
+    ) -> Vec<View> {
         let records = self.rt.containers();
         let mut views = Vec::new();
-        for c in pod_lifecycle::all_containers(&spec) {
+        for c in containers {
             let mine = runs_of(&records, uid, &c.name);
             let mut v = View::new(&c.name);
             v.image = c.image.clone().unwrap_or_default();
@@ -321,6 +336,7 @@ impl Runner {
                 }
             }
         }
+        self.start_ephemeral(uid, pod, &sb);
         self.prune(uid, &spec);
         self.open_host_ports(&sb, pod);
         let views = self.views(uid, pod);
@@ -491,5 +507,64 @@ impl Runner {
             changed.push(c.name.clone());
         }
         changed
+    }
+
+    /// Starts the ephemeral containers (`kubectl debug`) not started yet, once each, in
+    /// the order they were added; they never restart.
+    pub(super) fn start_ephemeral(&mut self, uid: &str, pod: &Pod, sb: &SandboxRecord) {
+        let spec = pod.spec.clone().unwrap_or_default();
+        let ephemeral = pod_lifecycle::ephemeral_containers(&spec);
+        if ephemeral.is_empty() {
+            return;
+        }
+        let records = self.rt.containers();
+        for c in &ephemeral {
+            let key = (uid.to_string(), c.name.clone());
+            if !runs_of(&records, uid, &c.name).is_empty() {
+                continue;
+            }
+            let image = match self.image_ready(pod, c, 0) {
+                ImageReady::Yes(image) => image,
+                ImageReady::Pulling(reference) => {
+                    let why = format!("pulling image {reference}");
+                    self.start_failures
+                        .insert(key, ("ContainerCreating".into(), why));
+                    continue;
+                }
+                ImageReady::BackOff(message) => {
+                    self.start_failures
+                        .insert(key, ("ImagePullBackOff".into(), message));
+                    continue;
+                }
+                ImageReady::Failed(e) => {
+                    self.start_failures
+                        .insert(key, (e.reason().into(), e.to_string()));
+                    continue;
+                }
+            };
+            let c = match self.resolve_env(sb, pod, c) {
+                Ok(c) => c,
+                Err(why) => {
+                    self.event(pod, &c.name, true, "Failed", format!("Error: {why}"));
+                    self.start_failures
+                        .insert(key, ("CreateContainerConfigError".into(), why));
+                    continue;
+                }
+            };
+            match self.rt.start_container(sb, pod, &c, 0, &image) {
+                Ok(r) => {
+                    self.start_failures.remove(&key);
+                    tracing::info!(pod = %format!("{}/{}", sb.namespace, sb.name), container = %c.name, id = %r.id, "ephemeral container started");
+                    self.event(pod, &c.name, false, "Created", "Container created".into());
+                    self.event(pod, &c.name, false, "Started", "Container started".into());
+                }
+                Err(e) => {
+                    tracing::warn!(pod = %format!("{}/{}", sb.namespace, sb.name), container = %c.name, "{e}");
+                    self.event(pod, &c.name, true, "Failed", format!("Error: {e}"));
+                    self.start_failures
+                        .insert(key, (e.reason().into(), e.to_string()));
+                }
+            }
+        }
     }
 }

@@ -513,10 +513,13 @@ impl Runtime {
             net: ns_of("net", sb.host_network),
             ipc: ns_of("ipc", sb.host_ipc),
             uts: ns_of("uts", sb.host_network),
-            pid: match (sb.host_pid, sb.pause_pid) {
-                (true, _) => Ns::Host,
-                (false, Some(pause)) => Ns::Path(PathBuf::from(format!("/proc/{pause}/ns/pid"))),
-                (false, None) => Ns::New,
+            pid: match (sb.host_pid, sb.pause_pid, self.debug_target(sb, &spec, c)?) {
+                (true, _, _) => Ns::Host,
+                (false, Some(pause), _) => Ns::Path(PathBuf::from(format!("/proc/{pause}/ns/pid"))),
+                (false, None, Some(target)) => {
+                    Ns::Path(PathBuf::from(format!("/proc/{target}/ns/pid")))
+                }
+                (false, None, None) => Ns::New,
             },
             cgroups_path: format!("/{}/{id}", sb.cgroup),
             shm: if sb.host_ipc {
@@ -736,6 +739,41 @@ impl Runtime {
         })?;
         serde_json::from_slice(&bytes)
             .map_err(|e| format!("seccomp profile {} is not JSON: {e}", path.display()))
+    }
+
+    /// The process of the container an ephemeral container `c` targets
+    /// (`targetContainerName`: it joins that container's PID namespace); `None` for
+    /// other containers. The target must be running.
+    fn debug_target(
+        &self,
+        sb: &SandboxRecord,
+        spec: &k8s_openapi::api::core::v1::PodSpec,
+        c: &Container,
+    ) -> Result<Option<u32>, RuntimeError> {
+        let Some(target) = spec
+            .ephemeral_containers
+            .iter()
+            .flatten()
+            .find(|e| e.name == c.name)
+            .and_then(|e| e.target_container_name.as_deref())
+        else {
+            return Ok(None);
+        };
+        let running = self
+            .containers()
+            .into_iter()
+            .filter(|r| r.pod_uid == sb.uid && r.name == target)
+            .max_by_key(|r| r.restart)
+            .and_then(|r| match self.container_state(&r.id) {
+                ContainerState::Running { pid, .. } => Some(pid),
+                _ => None,
+            });
+        running.map(Some).ok_or_else(|| {
+            RuntimeError::Refused(format!(
+                "ephemeral container {} of pod {}/{}: its target container {target:?} is not running",
+                c.name, sb.namespace, sb.name
+            ))
+        })
     }
 
     /// Creates and starts container `c` of `pod` in its sandbox from `image`; `restart`
