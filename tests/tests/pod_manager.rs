@@ -461,3 +461,124 @@ async fn an_ephemeral_container_runs_in_its_targets_process_namespace() {
     let p = s.pods.get("debugged").await.unwrap();
     assert_eq!(container_id(&p, "app"), app, "the target was left alone");
 }
+
+/// In-place resize through the `resize` subresource: a container whose policy allows it
+/// is resized without a restart (allocatedResources and resources follow); one whose
+/// policy says RestartContainer restarts for it; a resize beyond the node is
+/// Infeasible (PodResizePending) and changes nothing until it is taken back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resizes_are_allocated_and_actuated_as_their_policy_says() {
+    let s = setup("podresize").await;
+    let res = |cpu: &str, mem: &str| json!({"requests": {"cpu": cpu, "memory": mem}, "limits": {"cpu": cpu, "memory": mem}});
+    let pod = s
+        .run(json!({
+            "metadata": {"name": "resized"},
+            "spec": {"terminationGracePeriodSeconds": 1, "containers": [
+                {"name": "a", "image": "busybox:1.36", "command": ["sleep", "600"],
+                 "resources": res("100m", "64Mi")},
+                {"name": "b", "image": "busybox:1.36", "command": ["sleep", "600"],
+                 "resources": res("100m", "64Mi"),
+                 "resizePolicy": [{"resourceName": "memory", "restartPolicy": "RestartContainer"}]},
+            ]},
+        }))
+        .await;
+    let (a0, b0) = (container_id(&pod, "a"), container_id(&pod, "b"));
+    let resize = async |containers: serde_json::Value| {
+        s.pods
+            .patch_subresource(
+                "resize",
+                "resized",
+                &PatchParams::default(),
+                &Patch::Strategic(json!({"spec": {"containers": containers}})),
+            )
+            .await
+            .unwrap()
+    };
+    let status_of = |p: &Pod, name: &str| {
+        p.status
+            .as_ref()?
+            .container_statuses
+            .iter()
+            .flatten()
+            .find(|c| c.name == name)
+            .cloned()
+    };
+    let cpu_of = |c: &k8s_openapi::api::core::v1::ContainerStatus| {
+        let limits = c.resources.as_ref()?.limits.as_ref()?;
+        Some(limits.get("cpu")?.0.clone())
+    };
+
+    // a: CPU up, in place.
+    resize(json!([{"name": "a", "resources": res("200m", "64Mi")}])).await;
+    let p = s
+        .wait("resized", "a resized in place", |p| {
+            let a = status_of(p, "a")?;
+            (a.allocated_resources.as_ref()?.get("cpu")?.0 == "200m"
+                && cpu_of(&a)? == "200m"
+                && p.status.as_ref()?.observed_generation == p.metadata.generation)
+                .then(|| p.clone())
+        })
+        .await;
+    assert_eq!(container_id(&p, "a"), a0, "no restart for a");
+    assert_eq!(container_id(&p, "b"), b0);
+
+    // b: memory up, and its policy restarts it.
+    resize(json!([{"name": "b", "resources": res("100m", "128Mi")}])).await;
+    let p = s
+        .wait("resized", "b restarted for its resize", |p| {
+            let b = status_of(p, "b")?;
+            let mem = b
+                .resources
+                .as_ref()?
+                .limits
+                .as_ref()?
+                .get("memory")?
+                .0
+                .clone();
+            (b.restart_count == 1 && mem == "128Mi" && b.state.as_ref()?.running.is_some())
+                .then(|| p.clone())
+        })
+        .await;
+    assert_eq!(container_id(&p, "a"), a0, "a left alone");
+
+    // More CPU than the node has: Infeasible, nothing changes.
+    resize(json!([{"name": "a", "resources": res("100000", "64Mi")}])).await;
+    let pending = s
+        .wait("resized", "the resize pending", |p| {
+            p.status
+                .as_ref()?
+                .conditions
+                .iter()
+                .flatten()
+                .find(|c| c.type_ == "PodResizePending")
+                .cloned()
+        })
+        .await;
+    assert_eq!(pending.reason.as_deref(), Some("Infeasible"));
+    assert!(
+        pending
+            .message
+            .as_deref()
+            .unwrap_or("")
+            .starts_with("Node didn't have enough capacity: cpu, requested: 100000100, capacity: "),
+        "{pending:?}"
+    );
+    let p = s.pods.get("resized").await.unwrap();
+    assert_eq!(
+        cpu_of(&status_of(&p, "a").unwrap()).as_deref(),
+        Some("200m")
+    );
+    // Taken back: the condition goes.
+    resize(json!([{"name": "a", "resources": res("200m", "64Mi")}])).await;
+    s.wait("resized", "no resize pending", |p| {
+        p.status
+            .as_ref()?
+            .conditions
+            .iter()
+            .flatten()
+            .all(|c| c.type_ != "PodResizePending")
+            .then_some(())
+    })
+    .await;
+    assert_eq!(container_id(&s.pods.get("resized").await.unwrap(), "a"), a0);
+}

@@ -145,6 +145,14 @@ pub fn patch_form(status: &Value) -> Value {
     for c in s["conditions"].as_array_mut().into_iter().flatten() {
         nulls(c, &["reason", "message"]);
     }
+    // The resize conditions are kubelet's: gone from the status, deleted from the pod.
+    if let Some(list) = s["conditions"].as_array_mut() {
+        for t in ["PodResizePending", "PodResizeInProgress"] {
+            if !list.iter().any(|c| c["type"] == t) {
+                list.push(json!({"type": t, "$patch": "delete"}));
+            }
+        }
+    }
     for list in ["initContainerStatuses", "containerStatuses"] {
         for c in s[list].as_array_mut().into_iter().flatten() {
             for state in ["state", "lastState"] {
@@ -738,6 +746,21 @@ mod tests {
         p.add(status("Running"));
         assert_eq!(p.writes.get("u"), Some(&status("Failed")));
         assert_eq!(p.finished.get("u"), Some(&finished));
+    }
+
+    #[test]
+    fn resize_conditions_absent_from_a_status_are_deleted_from_the_pod() {
+        let p = patch_form(&json!({"conditions": [
+            {"type": "Ready", "status": "True"},
+            {"type": "PodResizePending", "status": "True", "reason": "Deferred"},
+        ]}));
+        let list = p["conditions"].as_array().unwrap();
+        assert!(list.contains(&json!({"type": "PodResizeInProgress", "$patch": "delete"})));
+        assert!(
+            !list
+                .iter()
+                .any(|c| c["type"] == "PodResizePending" && c["$patch"] == "delete")
+        );
     }
 
     #[test]

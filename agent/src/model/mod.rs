@@ -16,6 +16,7 @@ pub mod pod_status;
 pub mod probe;
 pub mod qos;
 pub mod quantity;
+pub mod resize;
 pub mod runtime_spec;
 pub mod seccomp;
 pub mod services;

@@ -20,6 +20,13 @@ pub struct Input<'a> {
     pub views: &'a [View],
     /// The ephemeral containers (`kubectl debug`), in the order they were added.
     pub ephemeral: &'a [View],
+    /// What the node allocated to each container, and what each runs with now (by
+    /// name; in-place resize).
+    pub allocated: &'a crate::model::resize::Allocation,
+    pub actual: &'a crate::model::resize::Allocation,
+    /// PodResizePending (reason, message) and PodResizeInProgress (with an error).
+    pub resize_pending: Option<(&'a str, &'a str)>,
+    pub resize_in_progress: Option<Option<&'a str>>,
     /// The phase, from the containers or decided for the pod (Failed when refused or
     /// past its deadline).
     pub phase: &'a str,
@@ -62,15 +69,24 @@ pub fn pod_status(i: &Input) -> PodStatus {
                     || (matches!(v.current, Observed::Running { .. }) && v.started != Some(false))))
     });
     let conditions = Conditions { i };
+    let with = |v: &View| {
+        status_of(
+            pod_lifecycle::all_containers(spec).find(|c| c.name == v.name),
+            v,
+            (i.backoff)(v),
+            i.allocated.get(&v.name),
+            i.actual.get(&v.name),
+        )
+    };
     let main_status = |v: &View| {
-        let mut s = container_status(spec, v, (i.backoff)(v));
+        let mut s = with(v);
         if v.current == Observed::NotStarted && initialized {
             s.state = Some(waiting("ContainerCreating", None));
         }
         s
     };
     let init_status = |v: &View| {
-        let mut s = container_status(spec, v, (i.backoff)(v));
+        let mut s = with(v);
         // A regular init container is ready once it completed (a sidecar by its
         // probes, like a main container).
         if !sidecar(&v.name) {
@@ -82,13 +98,29 @@ pub fn pod_status(i: &Input) -> PodStatus {
     PodStatus {
         phase: Some(i.phase.to_string()),
         observed_generation: i.generation,
-        conditions: Some(vec![
-            conditions.make("PodReadyToStartContainers", i.sandbox_ready, None, None),
-            conditions.initialized(initialized, &init),
-            conditions.ready("Ready", &main),
-            conditions.containers_ready(&main),
-            conditions.make("PodScheduled", true, None, None),
-        ]),
+        conditions: Some(
+            [
+                i.resize_pending.map(|(reason, message)| {
+                    conditions.make("PodResizePending", true, Some(reason), Some(message.into()))
+                }),
+                i.resize_in_progress.map(|error| {
+                    conditions.make(
+                        "PodResizeInProgress",
+                        true,
+                        error.map(|_| "Error"),
+                        error.map(str::to_string),
+                    )
+                }),
+                Some(conditions.make("PodReadyToStartContainers", i.sandbox_ready, None, None)),
+                Some(conditions.initialized(initialized, &init)),
+                Some(conditions.ready("Ready", &main)),
+                Some(conditions.containers_ready(&main)),
+                Some(conditions.make("PodScheduled", true, None, None)),
+            ]
+            .into_iter()
+            .flatten()
+            .collect(),
+        ),
         host_ip: ips(i.host_ip),
         host_ips: ips(i.host_ip).map(|ip| vec![HostIP { ip }]),
         pod_ip: ips(i.pod_ip),
@@ -104,7 +136,7 @@ pub fn pod_status(i: &Input) -> PodStatus {
                 .iter()
                 .map(|v| {
                     let c = ephemeral.iter().find(|c| c.name == v.name);
-                    let mut s = status_of(c, v, None);
+                    let mut s = status_of(c, v, None, None, None);
                     // Never probed, never counted in readiness: kubelet reports them
                     // unready.
                     s.ready = false;
@@ -309,14 +341,21 @@ pub fn container_status(
         pod_lifecycle::all_containers(spec).find(|c| c.name == v.name),
         v,
         backoff,
+        None,
+        None,
     )
 }
 
 /// The status of container `c` (its spec, when known) from what the runtime shows.
+///
+/// `resources` is what a running container runs with (`actual`), else what the node
+/// allocated to it, else its spec; `allocatedResources` the allocated requests.
 fn status_of(
     c: Option<&k8s_openapi::api::core::v1::Container>,
     v: &View,
     backoff: Option<(String, String)>,
+    allocated: Option<&ResourceRequirements>,
+    actual: Option<&ResourceRequirements>,
 ) -> ContainerStatus {
     let running = matches!(v.current, Observed::Running { .. });
     let mut current = state(&v.current, &v.id);
@@ -328,7 +367,7 @@ fn status_of(
         last = current;
         current = waiting(&reason, Some(message));
     }
-    let resources = c.map(|c| {
+    let spec_resources = c.map(|c| {
         let r = c.resources.clone().unwrap_or_default();
         ResourceRequirements {
             limits: r.limits,
@@ -336,6 +375,11 @@ fn status_of(
             claims: None,
         }
     });
+    let allocated = allocated.cloned().or_else(|| spec_resources.clone());
+    let resources = match (running, actual) {
+        (true, Some(a)) => Some(a.clone()),
+        _ => allocated.clone(),
+    };
     ContainerStatus {
         name: v.name.clone(),
         image: v.image.clone(),
@@ -346,7 +390,7 @@ fn status_of(
         restart_count: i32::try_from(v.restarts).unwrap_or(i32::MAX),
         state: Some(current),
         last_state: Some(last),
-        allocated_resources: resources.as_ref().and_then(|r| r.requests.clone()),
+        allocated_resources: allocated.and_then(|r| r.requests),
         resources,
         volume_mounts: c.and_then(volume_mounts),
         ..Default::default()
@@ -384,6 +428,8 @@ mod tests {
         serde_json::from_value(v).unwrap()
     }
 
+    static NONE: crate::model::resize::Allocation = std::collections::BTreeMap::new();
+
     fn running(name: &str) -> View {
         View {
             current: Observed::Running {
@@ -405,6 +451,10 @@ mod tests {
             generation: Some(3),
             views,
             ephemeral: &[],
+            allocated: &NONE,
+            actual: &NONE,
+            resize_pending: None,
+            resize_in_progress: None,
             phase: "Running",
             sandbox_ready: true,
             reason: None,
@@ -615,5 +665,52 @@ mod tests {
             Some("CrashLoopBackOff")
         );
         assert_eq!(s.last_state.unwrap().terminated.unwrap().exit_code, 1);
+    }
+
+    #[test]
+    fn a_resize_reports_allocation_actual_resources_and_its_conditions() {
+        let sp = spec(json!({"containers": [{
+            "name": "a",
+            "resources": {"requests": {"cpu": "200m"}, "limits": {"cpu": "200m"}},
+        }]}));
+        let views = [running("a")];
+        let rr = |cpu: &str| -> ResourceRequirements {
+            serde_json::from_value(json!({"requests": {"cpu": cpu}, "limits": {"cpu": cpu}}))
+                .unwrap()
+        };
+        let allocated: crate::model::resize::Allocation =
+            [("a".to_string(), rr("150m"))].into_iter().collect();
+        let actual: crate::model::resize::Allocation =
+            [("a".to_string(), rr("100m"))].into_iter().collect();
+        let mut i = input(&sp, &views, &[], &[]);
+        i.allocated = &allocated;
+        i.actual = &actual;
+        i.resize_pending = Some(("Deferred", "Node didn't have enough resource: cpu"));
+        i.resize_in_progress = Some(None);
+        let s = serde_json::to_value(pod_status(&i)).unwrap();
+        let c = &s["containerStatuses"][0];
+        assert_eq!(c["allocatedResources"], json!({"cpu": "150m"}));
+        assert_eq!(c["resources"]["limits"], json!({"cpu": "100m"}));
+        let conds = s["conditions"].as_array().unwrap();
+        let pending = conds
+            .iter()
+            .find(|c| c["type"] == "PodResizePending")
+            .unwrap();
+        assert_eq!(pending["status"], "True");
+        assert_eq!(pending["reason"], "Deferred");
+        let progress = conds
+            .iter()
+            .find(|c| c["type"] == "PodResizeInProgress")
+            .unwrap();
+        assert_eq!(progress["status"], "True");
+        assert!(progress.get("reason").is_none());
+        // Nothing pending: no resize condition at all.
+        let s = pod_status(&input(&sp, &views, &[], &[]));
+        assert!(
+            s.conditions
+                .unwrap()
+                .iter()
+                .all(|c| !c.type_.starts_with("PodResize"))
+        );
     }
 }

@@ -11,6 +11,7 @@ mod host_ports;
 mod images;
 mod plan;
 mod probes;
+mod resize;
 mod static_pods;
 mod status;
 mod sync;
@@ -163,6 +164,8 @@ pub struct Runner {
     retiring: Vec<(PodWorker, Option<Removal>)>,
     /// The pod's termination once its deletion was seen (on a pod's worker).
     termination: Option<termination::Termination>,
+    /// Where the pod's in-place resize stands (on a pod's worker).
+    resize_state: resize::ResizeState,
 }
 
 /// A pod's sandbox to remove, with the deletion's grace period (seconds) if any.
@@ -254,6 +257,7 @@ impl Runner {
             workers: HashMap::new(),
             retiring: Vec::new(),
             termination: None,
+            resize_state: Default::default(),
         }
     }
 

@@ -87,11 +87,25 @@ impl Runner {
             .unwrap_or_default();
         let failed = self.failed.get(&sb.uid);
         let ephemeral = self.ephemeral_views(&sb.uid, pod);
+        let actual = self.actual_resources(&sb.uid);
+        let resize = self.resize_state.clone();
+        let allocated = if resize.allocated.is_empty() {
+            self.allocation(&sb.uid, pod)
+        } else {
+            resize.allocated.clone()
+        };
         let mut status = pod_status::pod_status(&pod_status::Input {
             spec: &spec,
             generation: pod.metadata.generation,
             views,
             ephemeral: &ephemeral,
+            allocated: &allocated,
+            actual: &actual,
+            resize_pending: resize
+                .pending
+                .as_ref()
+                .map(|(r, m)| (r.as_str(), m.as_str())),
+            resize_in_progress: resize.in_progress.as_ref().map(|e| e.as_deref()),
             phase,
             sandbox_ready: !stopped && !matches!(phase, "Succeeded" | "Failed"),
             reason: failed.map(|r| (r.reason.as_str(), r.message.as_str())),

@@ -229,7 +229,12 @@ impl Runner {
                 );
             }
         }
-        let changed = self.restart_changed(pod, &sb, &spec, &views);
+        let mut changed = self.resize(uid, pod, &sb, &views);
+        for name in self.restart_changed(pod, &sb, &spec, &views) {
+            if !changed.contains(&name) {
+                changed.push(name);
+            }
+        }
         let views = if changed.is_empty() {
             views
         } else {
@@ -318,6 +323,12 @@ impl Runner {
                     continue;
                 }
             };
+            // It runs with what the node allocated to it (a resize the node has not
+            // admitted does not apply).
+            let mut c = c;
+            if let Some(r) = self.resize_state.allocated.get(&name) {
+                c.resources = Some(r.clone());
+            }
             let c = &c;
             match self.rt.start_container(&sb, pod, c, restart, &image) {
                 Ok(r) => {

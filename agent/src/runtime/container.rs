@@ -18,7 +18,7 @@ use crate::model::runtime_spec::{self, BindMount, ContainerPlan, Ns};
 const START_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// A container as recorded on disk.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct ContainerRecord {
     pub id: String,
@@ -41,6 +41,10 @@ pub struct ContainerRecord {
     /// ([`crate::model::pod_lifecycle::spec_hash`]); empty in records of older versions.
     #[serde(default)]
     pub spec_hash: String,
+    /// The requests and limits the container runs with (changed in place by a resize);
+    /// absent in records of older versions.
+    #[serde(default)]
+    pub resources: Option<k8s_openapi::api::core::v1::ResourceRequirements>,
 }
 
 /// Where a container stands.
@@ -834,6 +838,7 @@ impl Runtime {
                 })
                 .map(crate::model::pod_lifecycle::spec_hash)
                 .unwrap_or_default(),
+            resources: Some(crate::model::resize::wanted(c)),
         };
         write_json(&dir.join("config.json"), &runtime_spec::spec(&plan))?;
         write_json(
@@ -945,6 +950,40 @@ impl Runtime {
         Err(RuntimeError::Refused(format!(
             "container {id} did not die after SIGKILL"
         )))
+    }
+
+    /// Changes a running container's resources in place (an in-place resize): its
+    /// cgroup's `cpu.weight`, `cpu.max` and `memory.max`, where the cgroup tree has the
+    /// controller; the record keeps the new values. Returns what could not be
+    /// enforced.
+    pub fn update_resources(
+        &self,
+        id: &str,
+        resources: &k8s_openapi::api::core::v1::ResourceRequirements,
+    ) -> Result<Vec<String>, RuntimeError> {
+        let Some(mut record) = self.container(id)? else {
+            return Err(RuntimeError::Refused(format!("no container {id}")));
+        };
+        let values = crate::model::resize::cgroup_values(resources)
+            .map_err(|e| RuntimeError::Refused(format!("container {} ({id}): {e}", record.name)))?;
+        let cgroup = crate::sys::cgroup::Cgroup::open(self.cgroup_path(&record.cgroup));
+        let mut unenforced = Vec::new();
+        for (file, value) in values {
+            let controller = file.split('.').next().unwrap_or(file);
+            if !self.has_controller(controller) {
+                unenforced.push(format!("{file} {value}"));
+                continue;
+            }
+            cgroup.write(file, &value).map_err(|e| {
+                RuntimeError::Refused(format!(
+                    "container {} ({id}): writing {file} = {value}: {e}",
+                    record.name
+                ))
+            })?;
+        }
+        record.resources = Some(resources.clone());
+        write_json(&self.container_dir(id).join("container.json"), &record)?;
+        Ok(unenforced)
     }
 
     /// Removes a stopped container's files (its writable layer with them); its log

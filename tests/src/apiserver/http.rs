@@ -1229,6 +1229,25 @@ impl Server {
                     new = current.clone();
                     new["status"]["conditions"] = conditions;
                 }
+                Some("resize") => {
+                    // Only the containers' resources and resize policies change through
+                    // the resize subresource.
+                    let mut resized = current.clone();
+                    for list in ["initContainers", "containers"] {
+                        let want = new.pointer(&format!("/spec/{list}")).and_then(Value::as_array).cloned().unwrap_or_default();
+                        for c in resized["spec"][list].as_array_mut().into_iter().flatten() {
+                            if let Some(n) = want.iter().find(|n| n["name"] == c["name"]) {
+                                for f in ["resources", "resizePolicy"] {
+                                    match n.get(f) {
+                                        Some(v) => c[f] = v.clone(),
+                                        None => { if let Some(m) = c.as_object_mut() { m.remove(f); } }
+                                    }
+                                }
+                            }
+                        }
+                    }
+                    new = resized;
+                }
                 Some("ephemeralcontainers") => {
                     let ec = new.pointer("/spec/ephemeralContainers").cloned();
                     new = current.clone();

@@ -116,7 +116,7 @@ pub const RESOURCES: &[ResourceType] = &[
         "Pod",
         true,
         &["po"],
-        &["status", "binding", "ephemeralcontainers"],
+        &["status", "binding", "ephemeralcontainers", "resize"],
     ),
     r(
         "",

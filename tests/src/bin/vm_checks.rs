@@ -162,6 +162,57 @@ fn limits_are_written() -> Result<(), String> {
     Ok(())
 }
 
+/// An in-place resize as the pod manager actuates it: the running container's cgroup
+/// gets the new cpu.max, cpu.weight and memory.max, its process untouched.
+fn resized_in_place() -> Result<(), String> {
+    let p = wait(Duration::from_secs(120), || running("limits")).ok_or("pod limits never ran")?;
+    let (_, c) = cgroups(&p).ok_or("no cgroup paths")?;
+    let id = container_id(&p).ok_or("no container id")?;
+    let before = read(&c.join("cgroup.procs"));
+    let rt = kernlet::runtime::Runtime::open(kernlet::runtime::RuntimeConfig {
+        state_dir: STATE.into(),
+        run_dir: "/run/kernlet".into(),
+        log_dir: "/var/log/pods".into(),
+        image_dir: "/images".into(),
+        cgroup_root: "kernlet".into(),
+        exe: "/bin/kernlet".into(),
+        rotation: Default::default(),
+        registries: Default::default(),
+        pod_pids_limit: Some(30),
+        seccomp_default: false,
+        dns: Default::default(),
+        resolv_conf: "/etc/resolv.conf".into(),
+    })
+    .map_err(|e| format!("opening the runtime: {e}"))?;
+    let resources = serde_json::from_value(serde_json::json!({
+        "requests": {"cpu": "300m", "memory": "16Mi"},
+        "limits": {"cpu": "400m", "memory": "96Mi"},
+    }))
+    .map_err(|e| e.to_string())?;
+    let unenforced = rt
+        .update_resources(&id, &resources)
+        .map_err(|e| format!("resizing: {e}"))?;
+    let (mem, cpu, weight) = (
+        read(&c.join("memory.max")),
+        read(&c.join("cpu.max")),
+        read(&c.join("cpu.weight")),
+    );
+    let after = read(&c.join("cgroup.procs"));
+    if unenforced.is_empty()
+        && mem == "100663296"
+        && cpu == "40000 100000"
+        && weight == "12"
+        && after == before
+        && !before.is_empty()
+    {
+        Ok(())
+    } else {
+        Err(format!(
+            "memory.max {mem}, cpu.max {cpu}, cpu.weight {weight}, procs {before:?} -> {after:?}, unenforced {unenforced:?}"
+        ))
+    }
+}
+
 fn memory_max_oom_kills() -> Result<(), String> {
     let p = wait(Duration::from_secs(120), || terminated("oom")).ok_or("pod oom never ended")?;
     let t = &p["status"]["containerStatuses"][0]["state"]["terminated"];
@@ -288,8 +339,9 @@ fn main() {
             return;
         }
     };
-    let checks: [(&str, Check); 5] = [
+    let checks: [(&str, Check); 6] = [
         ("limits-written", limits_are_written),
+        ("resized-in-place", resized_in_place),
         ("memory-max-oom-killed", memory_max_oom_kills),
         ("pids-max-enforced", pids_max_stops_forks),
         ("cpu-max-throttles", cpu_max_throttles),
