@@ -33,6 +33,9 @@ pub enum Update {
         namespace: String,
         name: String,
         uid: String,
+        /// The uid of the object written (the status patch's precondition): the pod's
+        /// own, or for a static pod its mirror pod's.
+        object_uid: String,
         status: Value,
     },
     /// The pod's containers and sandbox are gone: remove the object (grace 0).
@@ -185,11 +188,12 @@ async fn apply(client: &SharedClient, update: &Update) -> Result<(), kube::Error
         Update::Status {
             namespace,
             name,
-            uid,
+            object_uid,
             status,
+            ..
         } => {
             let api: Api<Pod> = Api::namespaced(client.get(), namespace);
-            let patch = status_patch(uid, status);
+            let patch = status_patch(object_uid, status);
             match tokio::time::timeout(
                 WRITE_TIMEOUT,
                 api.patch_status(name, &PatchParams::default(), &Patch::Strategic(patch)),
@@ -732,6 +736,7 @@ mod tests {
             namespace: "ns".into(),
             name: "p".into(),
             uid: "u".into(),
+            object_uid: "u".into(),
             status: json!({"phase": phase}),
         };
         let finished = Update::Finished {

@@ -149,14 +149,32 @@ impl Runner {
         if self.recorded(uid).as_ref() != Some(&out) {
             write_json(&path, &out)?;
         }
-        if let Source::Api { updates, .. } = &self.source
+        if let Source::Api {
+            updates, snapshot, ..
+        } = &self.source
             && let Ok(mut last_sent) = self.last_sent.lock()
             && last_sent.get(uid) != Some(&status)
         {
+            // A static pod's status goes to its mirror pod, once there is one.
+            let object_uid = if is_static(pod) {
+                let mirror = snapshot.lock().ok().and_then(|s| {
+                    s.as_ref()?
+                        .iter()
+                        .find(|p| static_pods::mirror_hash(p) == Some(uid))
+                        .and_then(|p| p.metadata.uid.clone())
+                });
+                match mirror {
+                    Some(m) => m,
+                    None => return Ok(()),
+                }
+            } else {
+                uid.to_string()
+            };
             let sent = updates.send(crate::controllers::pods::Update::Status {
                 namespace: namespace.to_string(),
                 name: name.to_string(),
                 uid: uid.to_string(),
+                object_uid,
                 status: serde_json::to_value(&status).unwrap_or_default(),
             });
             if sent.is_ok() {
