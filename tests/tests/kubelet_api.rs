@@ -1228,5 +1228,60 @@ async fn kubectl_logs_exec_and_port_forward_reach_the_node_through_the_apiserver
     }
     drop(pf);
     drop(pf_out);
+
+    // kubectl debug --target: an ephemeral container in the target's process
+    // namespace, reached by exec and logs like any container.
+    let (code, out, err) = ran(kubectl(
+        &cluster,
+        &[],
+        &[
+            "debug",
+            "shell",
+            "--image=busybox:1.36",
+            "--target=c",
+            "-c",
+            "debugger",
+            "--",
+            "sh",
+            "-c",
+            "echo polo; exec sleep 600",
+        ],
+    ));
+    assert_eq!(code, 0, "{out} {err}");
+    wait_for(
+        "the debugger running",
+        Duration::from_secs(30),
+        async || {
+            let p = pods.get("shell").await.ok()?;
+            let e = p.status?.ephemeral_container_statuses?;
+            e.first()?.state.as_ref()?.running.as_ref().map(|_| ())
+        },
+    )
+    .await;
+    let (code, out, err) = ran(kubectl(
+        &cluster,
+        &[],
+        &[
+            "exec",
+            "shell",
+            "-c",
+            "debugger",
+            "--",
+            "sh",
+            "-c",
+            "echo marco; ps -o pid,comm",
+        ],
+    ));
+    assert_eq!(code, 0, "{out} {err}\n{}", node.kernlet_log());
+    assert!(out.starts_with("marco\n"), "{out}");
+    // PID 1 of the debugger's process namespace is the target's shell loop (its own
+    // would be `sleep`).
+    assert!(
+        out.lines()
+            .any(|l| l.split_whitespace().collect::<Vec<_>>() == ["1", "sh"]),
+        "{out}"
+    );
+    let (code, out, err) = ran(kubectl(&cluster, &[], &["logs", "shell", "-c", "debugger"]));
+    assert_eq!((code, out.as_str()), (0, "polo\n"), "{err}");
     drop(fwd);
 }

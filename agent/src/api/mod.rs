@@ -441,10 +441,14 @@ fn exec_route(
     let Some(p) = find_pod(shared, ns, pod) else {
         return not_on_node(ns, pod);
     };
-    let statuses: Vec<&Value> = ["initContainerStatuses", "containerStatuses"]
-        .iter()
-        .flat_map(|l| p["status"][l].as_array().into_iter().flatten())
-        .collect();
+    let statuses: Vec<&Value> = [
+        "initContainerStatuses",
+        "containerStatuses",
+        "ephemeralContainerStatuses",
+    ]
+    .iter()
+    .flat_map(|l| p["status"][l].as_array().into_iter().flatten())
+    .collect();
     let id = statuses
         .iter()
         .find(|c| c["name"] == container && c["state"]["running"].is_object())

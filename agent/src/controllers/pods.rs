@@ -156,7 +156,11 @@ pub fn patch_form(status: &Value) -> Value {
             }
         }
     }
-    for list in ["initContainerStatuses", "containerStatuses"] {
+    for list in [
+        "initContainerStatuses",
+        "containerStatuses",
+        "ephemeralContainerStatuses",
+    ] {
         for c in s[list].as_array_mut().into_iter().flatten() {
             for state in ["state", "lastState"] {
                 let st = &mut c[state];
