@@ -315,6 +315,20 @@ pub fn phase(spec: &PodSpec, views: &[View]) -> &'static str {
         .iter()
         .map(|c| view(views, &c.name).map(|v| &v.current))
         .collect();
+    // A main container that never ran yet keeps the pod Pending, whatever the others
+    // do (kubelet counts it as waiting).
+    let waiting = spec.containers.iter().any(|c| {
+        view(views, &c.name).is_none_or(|v| {
+            matches!(
+                v.current,
+                Observed::NotStarted | Observed::StartFailed { .. }
+            ) && v.restarts == 0
+                && v.last.is_none()
+        })
+    });
+    if waiting {
+        return "Pending";
+    }
     if mains
         .iter()
         .any(|o| matches!(o, Some(Observed::Running { .. })))
@@ -418,6 +432,27 @@ mod tests {
         assert_ne!(spec_hash(&c), spec_hash(&image));
         assert_ne!(spec_hash(&c), spec_hash(&env));
         assert_eq!(spec_hash(&c).len(), 16);
+    }
+
+    #[test]
+    fn a_pod_with_a_main_container_not_yet_started_is_pending() {
+        let sp = spec("Always", &[], &["a", "b"]);
+        assert_eq!(phase(&sp, &[running("a"), View::new("b")]), "Pending");
+        let failed = View {
+            current: Observed::StartFailed {
+                reason: "ErrImagePull".into(),
+                message: String::new(),
+            },
+            ..View::new("b")
+        };
+        assert_eq!(phase(&sp, &[running("a"), failed.clone()]), "Pending");
+        // One that ran before and waits to restart does not.
+        let again = View {
+            restarts: 1,
+            ..failed
+        };
+        assert_eq!(phase(&sp, &[running("a"), again]), "Running");
+        assert_eq!(phase(&sp, &[running("a"), running("b")]), "Running");
     }
 
     #[test]
