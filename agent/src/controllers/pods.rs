@@ -299,33 +299,55 @@ impl Pending {
         self.writes.is_empty() && self.finished.is_empty()
     }
 
-    /// Applies what is due: every status first, then the final deletes whose pod has
-    /// no status left to write. What fails stays for the next round.
+    /// Applies what is due, pods side by side: every status first, then the final
+    /// deletes whose pod has no status left to write. What fails stays for the next
+    /// round.
     async fn apply(&mut self, client: &SharedClient) {
-        let mut done = Vec::new();
-        for (uid, u) in &self.writes {
-            match apply(client, u).await {
-                Ok(()) => done.push(uid.clone()),
-                Err(e) => tracing::warn!(pod = %uid, "writing the pod back: {e}; retrying"),
-            }
-        }
+        let done = apply_all(client, &self.writes, "writing the pod back").await;
         for uid in done {
             self.writes.remove(&uid);
         }
-        let mut done = Vec::new();
-        for (uid, u) in &self.finished {
-            if self.writes.contains_key(uid) {
-                continue;
-            }
-            match apply(client, u).await {
-                Ok(()) => done.push(uid.clone()),
-                Err(e) => tracing::warn!(pod = %uid, "deleting the finished pod: {e}; retrying"),
-            }
-        }
-        for uid in done {
+        let due: HashMap<String, Update> = self
+            .finished
+            .iter()
+            .filter(|(uid, _)| !self.writes.contains_key(*uid))
+            .map(|(uid, u)| (uid.clone(), u.clone()))
+            .collect();
+        for uid in apply_all(client, &due, "deleting the finished pod").await {
             self.finished.remove(&uid);
         }
     }
+}
+
+/// How many pods' writes are in flight at once.
+const CONCURRENT_WRITES: usize = 16;
+
+/// Applies `writes` concurrently; the keys of those that landed.
+async fn apply_all(
+    client: &SharedClient,
+    writes: &HashMap<String, Update>,
+    what: &str,
+) -> Vec<String> {
+    let jobs: Vec<_> = writes
+        .iter()
+        .map(|(uid, u)| {
+            let (client, uid, u, what) = (client.clone(), uid.clone(), u.clone(), what.to_string());
+            async move {
+                match apply(&client, &u).await {
+                    Ok(()) => Some(uid),
+                    Err(e) => {
+                        tracing::warn!(pod = %uid, "{what}: {e}; retrying");
+                        None
+                    }
+                }
+            }
+        })
+        .collect();
+    futures::stream::iter(jobs)
+        .buffer_unordered(CONCURRENT_WRITES)
+        .filter_map(std::future::ready)
+        .collect()
+        .await
 }
 
 /// Applies the pod worker's writes until `stop`; the latest status per pod wins, a

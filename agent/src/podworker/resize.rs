@@ -180,12 +180,7 @@ impl Runner {
     pub(super) fn actual_resources(&self, uid: &str) -> Allocation {
         let mut latest: HashMap<String, crate::runtime::container::ContainerRecord> =
             HashMap::new();
-        for r in self
-            .rt
-            .containers()
-            .into_iter()
-            .filter(|r| r.pod_uid == uid)
-        {
+        for r in self.rt.pod_containers(uid).into_iter() {
             if latest.get(&r.name).is_none_or(|l| l.restart <= r.restart) {
                 latest.insert(r.name.clone(), r);
             }

@@ -20,7 +20,7 @@ impl Runner {
         uid: &str,
         containers: impl Iterator<Item = &'a k8s_openapi::api::core::v1::Container>,
     ) -> Vec<View> {
-        let records = self.rt.containers();
+        let records = self.rt.pod_containers(uid);
         let mut views = Vec::new();
         for c in containers {
             let mine = runs_of(&records, uid, &c.name);
@@ -472,7 +472,7 @@ impl Runner {
 
     /// Keeps the current and the previous run of each container; older ones go.
     pub(super) fn prune(&self, uid: &str, spec: &k8s_openapi::api::core::v1::PodSpec) {
-        let records = self.rt.containers();
+        let records = self.rt.pod_containers(uid);
         for c in pod_lifecycle::all_containers(spec) {
             let mine = runs_of(&records, uid, &c.name);
             if mine.len() > 2 {
@@ -528,7 +528,7 @@ impl Runner {
         if ephemeral.is_empty() {
             return;
         }
-        let records = self.rt.containers();
+        let records = self.rt.pod_containers(uid);
         for c in &ephemeral {
             let key = (uid.to_string(), c.name.clone());
             if !runs_of(&records, uid, &c.name).is_empty() {

@@ -47,11 +47,7 @@ fn stop_containers(
     deadline: Instant,
     notify: &Notify,
 ) {
-    let records: Vec<_> = rt
-        .containers()
-        .into_iter()
-        .filter(|c| c.pod_uid == sb.uid)
-        .collect();
+    let records: Vec<_> = rt.pod_containers(&sb.uid).into_iter().collect();
     let sidecars: Vec<String> = spec
         .init_containers
         .iter()
@@ -175,9 +171,8 @@ impl Runner {
         }
         let ids: HashSet<String> = self
             .rt
-            .containers()
+            .pod_containers(&sb.uid)
             .into_iter()
-            .filter(|c| c.pod_uid == sb.uid)
             .map(|c| c.id)
             .collect();
         self.probes.retain(|(id, _), _| !ids.contains(id));
@@ -208,11 +203,7 @@ impl Runner {
             tracing::info!(pod = %format!("{}/{}", sb.namespace, sb.name), "pod deleted or gone; stopping it");
             let deadline = Instant::now() + Duration::from_secs(grace);
             stop_containers(&rt, &sb, &spec, deadline, &notify);
-            let records: Vec<_> = rt
-                .containers()
-                .into_iter()
-                .filter(|c| c.pod_uid == sb.uid)
-                .collect();
+            let records: Vec<_> = rt.pod_containers(&sb.uid).into_iter().collect();
             for r in &records {
                 let _ = rt.remove_container(&r.id);
             }
@@ -293,9 +284,8 @@ impl Runner {
             t.killed = true;
             let running: Vec<String> = self
                 .rt
-                .containers()
+                .pod_containers(uid)
                 .into_iter()
-                .filter(|c| c.pod_uid == uid)
                 .filter(|c| {
                     matches!(
                         self.rt.container_state(&c.id),

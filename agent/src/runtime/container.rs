@@ -764,9 +764,9 @@ impl Runtime {
             return Ok(None);
         };
         let running = self
-            .containers()
+            .pod_containers(&sb.uid)
             .into_iter()
-            .filter(|r| r.pod_uid == sb.uid && r.name == target)
+            .filter(|r| r.name == target)
             .max_by_key(|r| r.restart)
             .and_then(|r| match self.container_state(&r.id) {
                 ContainerState::Running { pid, .. } => Some(pid),
@@ -870,6 +870,7 @@ impl Runtime {
             },
         )?;
         write_json(&self.record_path(&id), &record)?;
+        self.index_container(&sb.uid, &id)?;
         let status = std::process::Command::new(&self.cfg.exe)
             .arg("internal")
             .arg("shim")
@@ -994,12 +995,64 @@ impl Runtime {
                 "container {id} is still running"
             )));
         }
+        let pod = self.container(id).ok().flatten().map(|r| r.pod_uid);
         match std::fs::remove_dir_all(self.container_dir(id)) {
             Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
                 Err(RuntimeError::io(format!("removing container {id}"))(e))
             }
-            _ => Ok(()),
+            _ => {
+                if let Some(uid) = pod {
+                    let _ = std::fs::remove_file(self.pod_index(&uid).join(id));
+                }
+                Ok(())
+            }
         }
+    }
+
+    /// The directory that lists a pod's containers (one empty file per container id),
+    /// so a pod's worker reads its own records and not every record of the node.
+    fn pod_index(&self, uid: &str) -> PathBuf {
+        self.pod_state_dir(uid).join("containers")
+    }
+
+    fn index_container(&self, uid: &str, id: &str) -> Result<(), RuntimeError> {
+        let dir = self.pod_index(uid);
+        std::fs::create_dir_all(&dir)
+            .and_then(|()| std::fs::write(dir.join(id), b""))
+            .map_err(RuntimeError::io(format!(
+                "indexing container {id} under its pod"
+            )))
+    }
+
+    /// The recorded containers of pod `uid`, ordered by name and restart. A pod from
+    /// a version without the index is indexed on the way.
+    pub fn pod_containers(&self, uid: &str) -> Vec<ContainerRecord> {
+        let dir = self.pod_index(uid);
+        let mut v: Vec<ContainerRecord> = match std::fs::read_dir(&dir) {
+            Ok(entries) => entries
+                .flatten()
+                .filter_map(|e| {
+                    self.container(&e.file_name().to_string_lossy())
+                        .ok()
+                        .flatten()
+                })
+                .collect(),
+            Err(_) => {
+                let mine: Vec<ContainerRecord> = self
+                    .containers()
+                    .into_iter()
+                    .filter(|r| r.pod_uid == uid)
+                    .collect();
+                if self.pod_state_dir(uid).is_dir() && std::fs::create_dir_all(&dir).is_ok() {
+                    for r in &mine {
+                        let _ = self.index_container(uid, &r.id);
+                    }
+                }
+                mine
+            }
+        };
+        v.sort_by(|a, b| (&a.name, a.restart).cmp(&(&b.name, b.restart)));
+        v
     }
 }
 
