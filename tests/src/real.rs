@@ -44,7 +44,15 @@ impl RealControlPlane {
     /// pods and write EndpointSlices themselves, as with the in-memory control plane
     /// (a scheduler or a slice controller would race them).
     pub fn start(assets: &Path, extra_ips: &[IpAddr], full: bool) -> anyhow::Result<Self> {
-        let advertise = IpAddr::V4(Ipv4Addr::LOCALHOST);
+        let local = IpAddr::V4(Ipv4Addr::LOCALHOST);
+        // The address the `kubernetes` Service's endpoints name: the first routable
+        // address a test gives (the lab bridge's, where a forward may serve the same
+        // port), else loopback — for which the apiserver writes no endpoints.
+        let advertise = extra_ips
+            .iter()
+            .copied()
+            .find(|ip| ip.is_ipv4() && !ip.is_loopback())
+            .unwrap_or(local);
         for bin in ["etcd", "kube-apiserver"] {
             if !assets.join(bin).is_file() {
                 bail!(
@@ -67,10 +75,10 @@ impl RealControlPlane {
         write("ca.crt", &ca.cert_pem)?;
         write("ca.key", &ca.key_pem)?;
         let port = free_port()?;
-        let url = format!("https://{advertise}:{port}");
+        let url = format!("https://{local}:{port}");
         let serving = ca.apiserver_serving(
             &[
-                &[advertise, IpAddr::V4(Ipv4Addr::new(10, 96, 0, 1))][..],
+                &[local, advertise, IpAddr::V4(Ipv4Addr::new(10, 96, 0, 1))][..],
                 extra_ips,
             ]
             .concat(),

@@ -79,7 +79,9 @@ async fn main() -> anyhow::Result<()> {
     let out = std::fs::canonicalize(&args.out)?;
     let cluster = Cluster::start_scheduled(&[BRIDGE_IP.into()]).await?;
     let mut lab = Lab::new("lab")?;
-    let fwd = lab.forward(0, cluster.addr())?;
+    // The same port on the bridge as on loopback: the `kubernetes` Service's endpoint
+    // (the bridge address, the apiserver's port) reaches it from pods.
+    let fwd = lab.forward(cluster.addr().port(), cluster.addr())?;
     let registry_node = lab.add_node("registry")?;
     let registry = Registry::start(&registry_node, None)?;
     let work = registry_node.dir("images");
