@@ -1579,8 +1579,15 @@ async fn lifecycle_statuses_follow_kubelets_sequence() {
     }
     // Until every pod reached its telling state (the crash loop's second back-off
     // takes longest), within the restart counts kubelet's recording covers.
-    let milestones: [(&str, &str); 6] = [
+    let milestones: [(&str, &str); 8] = [
         ("exit0", "Succeeded | Initialized=True/PodCompleted"),
+        // The states kubelet reports on their own: the first status, before the
+        // sandbox; a container's exit, before its restart.
+        (
+            "exit0",
+            "Pending | Initialized=True/ | Ready=False/ContainersNotReady | ContainersReady=False/ContainersNotReady | c:waiting/ContainerCreating//",
+        ),
+        ("crash", "c:terminated/Error/1/ last= rc=0"),
         ("exit3", "c:terminated/Error/3/failing\n"),
         ("crash", "c:waiting/CrashLoopBackOff//back-off 20s"),
         (

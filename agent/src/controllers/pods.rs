@@ -37,6 +37,9 @@ pub enum Update {
         /// own, or for a static pod its mirror pod's.
         object_uid: String,
         status: Value,
+        /// A state kubelet reports on its own (the first status, a container's exit):
+        /// a later status queues behind it instead of replacing it.
+        keep: bool,
     },
     /// The pod's containers and sandbox are gone: remove the object (grace 0).
     Finished {
@@ -54,6 +57,11 @@ pub enum Update {
 }
 
 impl Update {
+    /// Whether a later write of the same pod must not replace this one.
+    fn keep(&self) -> bool {
+        matches!(self, Self::Status { keep: true, .. })
+    }
+
     fn uid(&self) -> &str {
         match self {
             Self::Status { uid, .. } | Self::Finished { uid, .. } => uid,
@@ -271,13 +279,15 @@ async fn apply(client: &SharedClient, update: &Update) -> Result<(), kube::Error
     }
 }
 
-/// A pod's writes waiting to be applied: its latest status, then (once that status has
-/// landed) the final delete — so the terminal status kubelet reports is never skipped.
+/// A pod's writes waiting to be applied: its statuses (the latest, behind those that
+/// must land), then (once they have landed) the final delete — so no state kubelet
+/// reports is skipped.
 #[derive(Default)]
 struct Pending {
-    /// By pod uid (or `mirror:<uid>`): the latest status or mirror creation.
-    writes: HashMap<String, Update>,
-    /// Pods whose final delete waits for their status, by uid.
+    /// By pod uid (or `mirror:<uid>`): the statuses or mirror creation to write, in
+    /// order.
+    writes: HashMap<String, Vec<Update>>,
+    /// Pods whose final delete waits for their statuses, by uid.
     finished: HashMap<String, Update>,
 }
 
@@ -290,7 +300,11 @@ impl Pending {
             // A status sent after the final delete was asked for has nothing to say.
             _ if self.finished.contains_key(u.uid()) => {}
             _ => {
-                self.writes.insert(u.uid().to_string(), u);
+                let queue = self.writes.entry(u.uid().to_string()).or_default();
+                if queue.last().is_some_and(|last| !last.keep()) {
+                    queue.pop();
+                }
+                queue.push(u);
             }
         }
     }
@@ -299,13 +313,42 @@ impl Pending {
         self.writes.is_empty() && self.finished.is_empty()
     }
 
-    /// Applies what is due, pods side by side: every status first, then the final
-    /// deletes whose pod has no status left to write. What fails stays for the next
-    /// round.
+    /// Applies what is due, pods side by side (each pod's writes in order): every
+    /// status first, then the final deletes whose pod has no status left to write.
+    /// What fails stays for the next round.
     async fn apply(&mut self, client: &SharedClient) {
-        let done = apply_all(client, &self.writes, "writing the pod back").await;
-        for uid in done {
-            self.writes.remove(&uid);
+        let queues = std::mem::take(&mut self.writes);
+        let jobs: Vec<_> = queues
+            .into_iter()
+            .map(|(uid, queue)| {
+                let client = client.clone();
+                async move {
+                    let mut left = queue.into_iter();
+                    let mut failed = Vec::new();
+                    for u in left.by_ref() {
+                        if let Err(e) = apply(&client, &u).await {
+                            tracing::warn!(pod = %uid, "writing the pod back: {e}; retrying");
+                            failed.push(u);
+                            break;
+                        }
+                    }
+                    failed.extend(left);
+                    (uid, failed)
+                }
+            })
+            .collect();
+        let left: Vec<(String, Vec<Update>)> = futures::stream::iter(jobs)
+            .buffer_unordered(CONCURRENT_WRITES)
+            .collect()
+            .await;
+        for (uid, queue) in left {
+            if !queue.is_empty() {
+                // Writes queued meanwhile go behind what is left.
+                let newer = self.writes.remove(&uid).unwrap_or_default();
+                let mut all = queue;
+                all.extend(newer);
+                self.writes.insert(uid, all);
+            }
         }
         let due: HashMap<String, Update> = self
             .finished
@@ -764,6 +807,7 @@ mod tests {
             uid: "u".into(),
             object_uid: "u".into(),
             status: json!({"phase": phase}),
+            keep: phase == "Kept",
         };
         let finished = Update::Finished {
             namespace: "ns".into(),
@@ -772,10 +816,16 @@ mod tests {
         };
         let mut p = Pending::default();
         p.add(status("Running"));
+        p.add(status("Kept"));
+        p.add(status("Running"));
         p.add(status("Failed"));
         p.add(finished.clone());
         p.add(status("Running"));
-        assert_eq!(p.writes.get("u"), Some(&status("Failed")));
+        // The latest replaces what may be skipped, never what must land.
+        assert_eq!(
+            p.writes.get("u"),
+            Some(&vec![status("Kept"), status("Failed")])
+        );
         assert_eq!(p.finished.get("u"), Some(&finished));
     }
 

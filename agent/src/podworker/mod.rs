@@ -166,6 +166,12 @@ pub struct Runner {
     termination: Option<termination::Termination>,
     /// Where the pod's in-place resize stands (on a pod's worker).
     resize_state: resize::ResizeState,
+    /// Containers whose exit a status has shown, by ID (on a pod's worker).
+    reported_exits: HashSet<String>,
+    /// Whether the pod's first status was written (on a pod's worker).
+    admitted_status: bool,
+    /// Whether the final delete of a pod that never got a sandbox was asked for.
+    finish_sent: bool,
 }
 
 /// A pod's sandbox to remove, with the deletion's grace period (seconds) if any.
@@ -258,6 +264,9 @@ impl Runner {
             retiring: Vec::new(),
             termination: None,
             resize_state: Default::default(),
+            reported_exits: HashSet::new(),
+            admitted_status: false,
+            finish_sent: false,
         }
     }
 

@@ -36,6 +36,51 @@ impl Runner {
         pod: &Pod,
         views: &[View],
     ) -> Result<(), crate::runtime::RuntimeError> {
+        self.write_status_as(sb, pod, views, true)
+    }
+
+    /// kubelet's first status of a pod it admitted, before the sandbox exists:
+    /// Pending, PodReadyToStartContainers False, every container waiting.
+    pub(super) fn write_initial_status(
+        &mut self,
+        uid: &str,
+        pod: &Pod,
+    ) -> Result<(), crate::runtime::RuntimeError> {
+        let spec = pod.spec.clone().unwrap_or_default();
+        let planned = SandboxRecord {
+            uid: uid.to_string(),
+            namespace: pod.metadata.namespace.clone().unwrap_or_default(),
+            name: pod.metadata.name.clone().unwrap_or_default(),
+            hostname: String::new(),
+            host_network: spec.host_network.unwrap_or(false),
+            host_ipc: false,
+            host_pid: false,
+            qos: qos_class(&spec)
+                .map(|q| q.as_str())
+                .unwrap_or("BestEffort")
+                .to_string(),
+            cgroup: String::new(),
+            ns_dir: PathBuf::new(),
+            ip: String::new(),
+            pause_pid: None,
+            created_at: k8s_openapi::jiff::Timestamp::now()
+                .strftime("%Y-%m-%dT%H:%M:%SZ")
+                .to_string(),
+        };
+        let views = self.views(uid, pod);
+        self.write_status_as(&planned, pod, &views, false)
+    }
+
+    /// The status of the pod from `views`; `sandbox_made` says whether its sandbox
+    /// exists. A status that shows a container's exit for the first time, or the
+    /// first status, must land (a later one does not replace it on its way).
+    fn write_status_as(
+        &mut self,
+        sb: &SandboxRecord,
+        pod: &Pod,
+        views: &[View],
+        sandbox_made: bool,
+    ) -> Result<(), crate::runtime::RuntimeError> {
         let spec = pod.spec.clone().unwrap_or_default();
         // A pod being deleted turns terminal once nothing of it runs (kubelet's
         // terminal phase for deleted pods); until then its exited containers show
@@ -54,8 +99,16 @@ impl Runner {
         } else {
             live_phase
         };
+        // A container's exit shows as such in the first status after it, then as its
+        // back-off.
+        let fresh: Vec<String> = views
+            .iter()
+            .filter(|v| matches!(v.current, Observed::Exited { .. }))
+            .filter(|v| !v.id.is_empty() && !self.reported_exits.contains(&v.id))
+            .map(|v| v.id.clone())
+            .collect();
         let backoff = |v: &View| match &v.current {
-            Observed::Exited { .. } if terminating => None,
+            Observed::Exited { .. } if terminating || fresh.contains(&v.id) => None,
             Observed::Exited { code, .. } => {
                 let policy = spec.restart_policy.as_deref().unwrap_or("Always");
                 let restarts = policy == "Always" || (policy == "OnFailure" && *code != 0);
@@ -107,13 +160,18 @@ impl Runner {
                 .map(|(r, m)| (r.as_str(), m.as_str())),
             resize_in_progress: resize.in_progress.as_ref().map(|e| e.as_deref()),
             phase,
-            sandbox_ready: !stopped && !matches!(phase, "Succeeded" | "Failed"),
+            sandbox_ready: sandbox_made && !stopped && !matches!(phase, "Succeeded" | "Failed"),
             reason: failed.map(|r| (r.reason.as_str(), r.message.as_str())),
             backoff: &backoff,
             previous: &previous,
             current: &current,
             now: k8s_openapi::jiff::Timestamp::now(),
-            start_time: parse_time(&sb.created_at),
+            // The first status's start time stays.
+            start_time: self
+                .recorded(&sb.uid)
+                .and_then(|p| p.status?.start_time)
+                .map(|t| t.0)
+                .or_else(|| parse_time(&sb.created_at)),
             host_ip: &self.node_ip,
             pod_ip: &sb.ip,
             qos: &sb.qos,
@@ -121,7 +179,10 @@ impl Runner {
         if stopped && phase == "Pending" {
             status.phase = Some("Failed".into());
         }
-        self.publish(&sb.uid, &sb.namespace, &sb.name, pod, status)
+        let keep = !sandbox_made || !fresh.is_empty();
+        self.publish(&sb.uid, &sb.namespace, &sb.name, pod, status, keep)?;
+        self.reported_exits.extend(fresh);
+        Ok(())
     }
 
     /// The pod as last recorded on the node, with its status.
@@ -140,6 +201,7 @@ impl Runner {
         name: &str,
         pod: &Pod,
         status: PodStatus,
+        keep: bool,
     ) -> Result<(), crate::runtime::RuntimeError> {
         let mut out = pod.clone();
         out.status = Some(status.clone());
@@ -176,6 +238,7 @@ impl Runner {
                 uid: uid.to_string(),
                 object_uid,
                 status: serde_json::to_value(&status).unwrap_or_default(),
+                keep,
             });
             if sent.is_ok() {
                 last_sent.insert(uid.to_string(), status);

@@ -125,6 +125,14 @@ impl Runner {
         if pod.metadata.deletion_timestamp.is_some() {
             return self.terminate(uid, pod);
         }
+        // kubelet's first word on a pod it admits comes before the sandbox.
+        if !self.admitted_status
+            && matches!(self.source, Source::Api { .. })
+            && self.rt.sandbox(uid)?.is_none()
+        {
+            self.write_initial_status(uid, pod)?;
+        }
+        self.admitted_status = true;
         let sb = self.rt.run_sandbox(pod, uid, &self.node_ip)?;
         let spec = pod.spec.clone().unwrap_or_default();
         if let Some(deadline) = spec.active_deadline_seconds
@@ -202,6 +210,14 @@ impl Runner {
         }
         let spec = pod.spec.clone().unwrap_or_default();
         let views = self.views(uid, pod);
+        // A container's exit is reported before anything restarts it.
+        if views.iter().any(|v| {
+            matches!(v.current, Observed::Exited { .. })
+                && !v.id.is_empty()
+                && !self.reported_exits.contains(&v.id)
+        }) {
+            self.write_status(&sb, pod, &views)?;
+        }
         // A container waiting out its crash-loop back-off is reported once per run.
         let policy = spec
             .restart_policy
@@ -423,7 +439,7 @@ impl Runner {
             pod.metadata.namespace.clone().unwrap_or_default(),
             pod.metadata.name.clone().unwrap_or_default(),
         );
-        self.publish(uid, &ns, &name, pod, status)
+        self.publish(uid, &ns, &name, pod, status, true)
     }
 
     /// Container `c` with its environment resolved (see [`crate::model::env`]): from

@@ -244,7 +244,17 @@ impl Runner {
             return Ok(());
         }
         let Some(sb) = self.rt.sandbox(uid)? else {
-            // Nothing of it was made: the dispatcher deletes the object.
+            // Nothing of it runs: what it left (its first status) goes, then its object.
+            let _ = std::fs::remove_dir_all(self.rt.pod_state_dir(uid));
+            if let Source::Api { updates, .. } = &self.source
+                && !std::mem::replace(&mut self.finish_sent, true)
+            {
+                let _ = updates.send(crate::controllers::pods::Update::Finished {
+                    namespace: pod.metadata.namespace.clone().unwrap_or_default(),
+                    name: pod.metadata.name.clone().unwrap_or_default(),
+                    uid: uid.to_string(),
+                });
+            }
             return Ok(());
         };
         let grace = deletion_grace(pod);
