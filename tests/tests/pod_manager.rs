@@ -541,10 +541,51 @@ async fn resizes_are_allocated_and_actuated_as_their_policy_says() {
         .await;
     assert_eq!(container_id(&p, "a"), a0, "a left alone");
 
-    // More CPU than the node has: Infeasible, nothing changes.
-    resize(json!([{"name": "a", "resources": res("100000", "64Mi")}])).await;
+    // More CPU than the node has at all: the apiserver refuses it (as 1.36 does).
+    let refused = s
+        .pods
+        .patch_subresource(
+            "resize",
+            "resized",
+            &PatchParams::default(),
+            &Patch::Strategic(json!({"spec": {"containers": [
+                {"name": "a", "resources": res("100000", "64Mi")},
+            ]}})),
+        )
+        .await;
+    match refused {
+        Err(kube::Error::Api(e)) => {
+            assert_eq!(e.code, 403, "{e:?}");
+            assert!(
+                e.message
+                    .contains("node didn't have enough allocatable resources: cpu"),
+                "{e:?}"
+            );
+        }
+        other => panic!("an infeasible resize was taken: {other:?}"),
+    }
+    // More than the other pods leave: Deferred (PodResizePending) until they go.
+    let node: Node = Api::<Node>::all(s.cluster.admin().await.unwrap())
+        .get("w1")
+        .await
+        .unwrap();
+    let allocatable = kernlet::model::quantity::Quantity::parse(
+        &node.status.unwrap().allocatable.unwrap()["cpu"].0,
+    )
+    .unwrap()
+    .milli();
+    s.run(json!({
+        "metadata": {"name": "hog"},
+        "spec": {"terminationGracePeriodSeconds": 1, "containers": [
+            {"name": "c", "image": "busybox:1.36", "command": ["sleep", "600"],
+             "resources": res("300m", "16Mi")},
+        ]},
+    }))
+    .await;
+    let most = format!("{}m", allocatable - 200);
+    resize(json!([{"name": "a", "resources": res(&most, "64Mi")}])).await;
     let pending = s
-        .wait("resized", "the resize pending", |p| {
+        .wait("resized", "the resize deferred", |p| {
             p.status
                 .as_ref()?
                 .conditions
@@ -554,13 +595,13 @@ async fn resizes_are_allocated_and_actuated_as_their_policy_says() {
                 .cloned()
         })
         .await;
-    assert_eq!(pending.reason.as_deref(), Some("Infeasible"));
+    assert_eq!(pending.reason.as_deref(), Some("Deferred"), "{pending:?}");
     assert!(
         pending
             .message
             .as_deref()
             .unwrap_or("")
-            .starts_with("Node didn't have enough capacity: cpu, requested: 100000100, capacity: "),
+            .starts_with("Node didn't have enough resource: cpu"),
         "{pending:?}"
     );
     let p = s.pods.get("resized").await.unwrap();
@@ -568,16 +609,20 @@ async fn resizes_are_allocated_and_actuated_as_their_policy_says() {
         cpu_of(&status_of(&p, "a").unwrap()).as_deref(),
         Some("200m")
     );
-    // Taken back: the condition goes.
-    resize(json!([{"name": "a", "resources": res("200m", "64Mi")}])).await;
-    s.wait("resized", "no resize pending", |p| {
-        p.status
+    // The other pod goes: the resize is admitted and done, the condition gone.
+    s.pods
+        .delete("hog", &DeleteParams::default())
+        .await
+        .unwrap();
+    s.wait("resized", "the deferred resize done", |p| {
+        let done = p
+            .status
             .as_ref()?
             .conditions
             .iter()
             .flatten()
-            .all(|c| c.type_ != "PodResizePending")
-            .then_some(())
+            .all(|c| c.type_ != "PodResizePending");
+        (done && cpu_of(&status_of(p, "a")?)? == most).then_some(())
     })
     .await;
     assert_eq!(container_id(&s.pods.get("resized").await.unwrap(), "a"), a0);

@@ -1171,6 +1171,11 @@ impl Server {
                 sub.unwrap_or_default()
             )));
         }
+        // What a resize is checked against, read before the store's lock is taken.
+        let node_allocatable = match sub {
+            Some("resize") => self.allocatable_of_pods_node(rt, ns, name),
+            _ => None,
+        };
         self.store.modify(rt, ns, name, |current| {
             let mut new = match verb {
                 "update" => {
@@ -1246,6 +1251,7 @@ impl Server {
                             }
                         }
                     }
+                    resize_fits_node(rt, name, &resized, node_allocatable.as_ref())?;
                     new = resized;
                 }
                 Some("ephemeralcontainers") => {
@@ -1400,6 +1406,17 @@ impl Server {
             });
         }
         self.store.remove(rt, ns, name)
+    }
+
+    /// `status.allocatable` of the node pod `name` is bound to.
+    fn allocatable_of_pods_node(&self, rt: &ResourceType, ns: &str, name: &str) -> Option<Value> {
+        let pod = self.store.get(rt, ns, name)?;
+        let node = pod.pointer("/spec/nodeName")?.as_str()?.to_string();
+        let nodes = resources::find("", "v1", "nodes")?;
+        self.store
+            .get(nodes, "", &node)?
+            .pointer("/status/allocatable")
+            .cloned()
     }
 
     /// Sets `spec.nodeName` and the PodScheduled condition (the scheduler's Binding).
@@ -1888,4 +1905,45 @@ fn validate_pod_status(name: &str, pod: &Value) -> Result<(), ApiError> {
     } else {
         Err(ApiError::invalid("Pod", name, causes))
     }
+}
+
+/// The real apiserver's check of a resize (1.36): the pod's new requests must fit its
+/// node's allocatable at all, else 403 Forbidden (NodeCapacity).
+fn resize_fits_node(
+    rt: &ResourceType,
+    name: &str,
+    pod: &Value,
+    allocatable: Option<&Value>,
+) -> Result<(), ApiError> {
+    let Some(allocatable) = allocatable else {
+        return Ok(());
+    };
+    let amount = |q: Option<&Value>, cpu: bool| {
+        q.and_then(Value::as_str)
+            .and_then(|q| kernlet::model::quantity::Quantity::parse(q).ok())
+            .map_or(0, |q| if cpu { q.milli() } else { q.value() })
+    };
+    for (resource, cpu) in [("cpu", true), ("memory", false)] {
+        let requested: i128 = pod["spec"]["containers"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|c| amount(c.pointer(&format!("/resources/requests/{resource}")), cpu))
+            .sum();
+        let capacity = amount(allocatable.get(resource), cpu);
+        if capacity > 0 && requested > capacity {
+            let mut e = ApiError::forbidden(
+                rt,
+                Some(name),
+                format!(
+                    "pods \"{name}\" is forbidden: node didn't have enough allocatable resources: {resource}, requested: {requested}, allocatable: {capacity}"
+                ),
+            );
+            if let Some(d) = e.details.as_mut() {
+                d["causes"] = json!([{"reason": "NodeCapacity"}]);
+            }
+            return Err(e);
+        }
+    }
+    Ok(())
 }
