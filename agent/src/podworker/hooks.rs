@@ -72,11 +72,7 @@ impl Runner {
         else {
             return;
         };
-        let grace = Duration::from_secs(
-            spec.termination_grace_period_seconds
-                .and_then(|g| u64::try_from(g).ok())
-                .unwrap_or(30),
-        );
+        let grace = pod_grace(spec);
         // kubelet gives postStart no timeout of its own; a stuck hook is bounded here
         // by the pod's grace period, at least 2 minutes.
         let limit = grace.max(Duration::from_secs(120));

@@ -72,6 +72,15 @@ impl Default for Timing {
     }
 }
 
+/// The pod's `terminationGracePeriodSeconds` (kubelet's default 30 s).
+fn pod_grace(spec: &k8s_openapi::api::core::v1::PodSpec) -> Duration {
+    Duration::from_secs(
+        spec.termination_grace_period_seconds
+            .and_then(|g| u64::try_from(g).ok())
+            .unwrap_or(30),
+    )
+}
+
 fn parse_time(t: &str) -> Option<k8s_openapi::jiff::Timestamp> {
     t.parse().ok()
 }

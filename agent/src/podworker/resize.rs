@@ -122,11 +122,7 @@ impl Runner {
         views: &[View],
         state: &mut ResizeState,
     ) -> Vec<String> {
-        let grace = Duration::from_secs(
-            spec.termination_grace_period_seconds
-                .and_then(|g| u64::try_from(g).ok())
-                .unwrap_or(30),
-        );
+        let grace = pod_grace(spec);
         let mut restart = Vec::new();
         for c in pod_lifecycle::all_containers(spec) {
             let Some(v) = views.iter().find(|v| v.name == c.name) else {

@@ -160,11 +160,7 @@ impl Runner {
         if self.failed.contains_key(uid) {
             // Failed for good: nothing starts again; what runs is stopped.
             let views = self.views(uid, pod);
-            let grace = Duration::from_secs(
-                spec.termination_grace_period_seconds
-                    .and_then(|g| u64::try_from(g).ok())
-                    .unwrap_or(30),
-            );
+            let grace = pod_grace(&spec);
             for v in &views {
                 if matches!(v.current, Observed::Running { .. })
                     && self.stopping.insert(v.id.clone())
@@ -298,29 +294,8 @@ impl Runner {
             {
                 self.backoff_base.insert(key.clone(), restart);
             }
-            let image = match self.image_ready(pod, c, restart) {
-                ImageReady::Yes(image) => image,
-                ImageReady::Pulling(reference) => {
-                    self.start_failures.insert(
-                        key,
-                        (
-                            "ContainerCreating".into(),
-                            format!("pulling image {reference}"),
-                        ),
-                    );
-                    continue;
-                }
-                ImageReady::BackOff(message) => {
-                    self.start_failures
-                        .insert(key, ("ImagePullBackOff".into(), message));
-                    continue;
-                }
-                ImageReady::Failed(e) => {
-                    tracing::warn!(pod = %format!("{}/{}", sb.namespace, sb.name), container = %name, "{e}");
-                    self.start_failures
-                        .insert(key, (e.reason().into(), e.to_string()));
-                    continue;
-                }
+            let Some(image) = self.image_or_wait(pod, &sb, c, restart) else {
+                continue;
             };
             // A container that failed to start is replaced, not kept as a run.
             if let Some(v) = views.iter().find(|v| v.name == name)
@@ -511,11 +486,7 @@ impl Runner {
         spec: &k8s_openapi::api::core::v1::PodSpec,
         views: &[View],
     ) -> Vec<String> {
-        let grace = Duration::from_secs(
-            spec.termination_grace_period_seconds
-                .and_then(|g| u64::try_from(g).ok())
-                .unwrap_or(30),
-        );
+        let grace = pod_grace(spec);
         let mut changed = Vec::new();
         for c in pod_lifecycle::all_containers(spec) {
             let Some(v) = views.iter().find(|v| v.name == c.name) else {
@@ -550,24 +521,8 @@ impl Runner {
             if !runs_of(&records, uid, &c.name).is_empty() {
                 continue;
             }
-            let image = match self.image_ready(pod, c, 0) {
-                ImageReady::Yes(image) => image,
-                ImageReady::Pulling(reference) => {
-                    let why = format!("pulling image {reference}");
-                    self.start_failures
-                        .insert(key, ("ContainerCreating".into(), why));
-                    continue;
-                }
-                ImageReady::BackOff(message) => {
-                    self.start_failures
-                        .insert(key, ("ImagePullBackOff".into(), message));
-                    continue;
-                }
-                ImageReady::Failed(e) => {
-                    self.start_failures
-                        .insert(key, (e.reason().into(), e.to_string()));
-                    continue;
-                }
+            let Some(image) = self.image_or_wait(pod, sb, c, 0) else {
+                continue;
             };
             let c = match self.resolve_env(sb, pod, c) {
                 Ok(c) => c,
@@ -593,5 +548,31 @@ impl Runner {
                 }
             }
         }
+    }
+
+    /// The image to start container `c` from, or `None` with the reason it waits
+    /// recorded for its status (pulling, ImagePullBackOff, a failed pull).
+    fn image_or_wait(
+        &mut self,
+        pod: &Pod,
+        sb: &SandboxRecord,
+        c: &k8s_openapi::api::core::v1::Container,
+        restart: u32,
+    ) -> Option<crate::runtime::image::ImageRecord> {
+        let key = (sb.uid.clone(), c.name.clone());
+        let why = match self.image_ready(pod, c, restart) {
+            ImageReady::Yes(image) => return Some(image),
+            ImageReady::Pulling(reference) => (
+                "ContainerCreating".to_string(),
+                format!("pulling image {reference}"),
+            ),
+            ImageReady::BackOff(message) => ("ImagePullBackOff".to_string(), message),
+            ImageReady::Failed(e) => {
+                tracing::warn!(pod = %format!("{}/{}", sb.namespace, sb.name), container = %c.name, "{e}");
+                (e.reason().to_string(), e.to_string())
+            }
+        };
+        self.start_failures.insert(key, why);
+        None
     }
 }

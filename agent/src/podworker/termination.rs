@@ -109,11 +109,7 @@ impl Runner {
         if !self.stopping.insert(v.id.clone()) {
             return;
         }
-        let grace = Duration::from_secs(
-            spec.termination_grace_period_seconds
-                .and_then(|g| u64::try_from(g).ok())
-                .unwrap_or(30),
-        );
+        let grace = pod_grace(spec);
         let c = pod_lifecycle::all_containers(spec)
             .find(|c| c.name == name)
             .cloned();
