@@ -632,14 +632,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         } => {
             let (ns, name, p) = recorded_pod(&state_dir, &pod)?;
             let (ns, name, p) = (ns.as_str(), name.as_str(), &p);
-            let statuses: Vec<&serde_json::Value> = [
-                "initContainerStatuses",
-                "containerStatuses",
-                "ephemeralContainerStatuses",
-            ]
-            .iter()
-            .flat_map(|l| p["status"][l].as_array().into_iter().flatten())
-            .collect();
+            let statuses: Vec<&serde_json::Value> =
+                kernlet::model::pod_status::container_statuses(p).collect();
             let wanted = container.clone().or_else(|| {
                 p["spec"]["containers"][0]["name"]
                     .as_str()

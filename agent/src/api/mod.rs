@@ -441,16 +441,7 @@ fn exec_route(
     let Some(p) = find_pod(shared, ns, pod) else {
         return not_on_node(ns, pod);
     };
-    let statuses: Vec<&Value> = [
-        "initContainerStatuses",
-        "containerStatuses",
-        "ephemeralContainerStatuses",
-    ]
-    .iter()
-    .flat_map(|l| p["status"][l].as_array().into_iter().flatten())
-    .collect();
-    let id = statuses
-        .iter()
+    let id = crate::model::pod_status::container_statuses(&p)
         .find(|c| c["name"] == container && c["state"]["running"].is_object())
         .and_then(|c| c["containerID"].as_str())
         .and_then(|c| c.strip_prefix("kernlet://"));

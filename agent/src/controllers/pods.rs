@@ -164,11 +164,7 @@ pub fn patch_form(status: &Value) -> Value {
             }
         }
     }
-    for list in [
-        "initContainerStatuses",
-        "containerStatuses",
-        "ephemeralContainerStatuses",
-    ] {
+    for list in crate::model::pod_status::STATUS_LISTS {
         for c in s[list].as_array_mut().into_iter().flatten() {
             for state in ["state", "lastState"] {
                 let st = &mut c[state];

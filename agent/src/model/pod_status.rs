@@ -12,6 +12,20 @@ use k8s_openapi::jiff::Timestamp;
 
 use crate::model::pod_lifecycle::{self, Observed, View};
 
+/// The lists of container statuses of a pod's status.
+pub const STATUS_LISTS: [&str; 3] = [
+    "initContainerStatuses",
+    "containerStatuses",
+    "ephemeralContainerStatuses",
+];
+
+/// Every container status of a recorded pod (init, main, ephemeral).
+pub fn container_statuses(pod: &serde_json::Value) -> impl Iterator<Item = &serde_json::Value> {
+    STATUS_LISTS
+        .iter()
+        .flat_map(|l| pod["status"][l].as_array().into_iter().flatten())
+}
+
 /// Everything a pod's status is made of.
 pub struct Input<'a> {
     pub spec: &'a PodSpec,

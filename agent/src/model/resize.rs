@@ -86,6 +86,15 @@ pub fn pod_requests(spec: &PodSpec, a: &Allocation) -> Result<(u64, u64), Quanti
     Ok((cpu, mem))
 }
 
+/// The CPU (milli) and memory (bytes) an allocation requests, every container added
+/// (a quantity that does not parse counts nothing).
+pub fn requested(a: &Allocation) -> (u64, u64) {
+    a.values().fold((0, 0), |(cpu, mem), r| {
+        let get = |k| amount(&r.requests, k).ok().flatten().unwrap_or(0);
+        (cpu + get("cpu"), mem + get("memory"))
+    })
+}
+
 /// What becomes of a resize the spec asks for.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Decision {
@@ -247,6 +256,21 @@ mod tests {
         let none = cgroup_values(&ResourceRequirements::default()).unwrap();
         assert_eq!(none[1].1, "max 100000");
         assert_eq!(none[2].1, "max");
+    }
+
+    #[test]
+    fn an_allocation_requests_what_its_containers_request_together() {
+        let a: Allocation = [
+            ("a", rr(json!({"requests": {"cpu": "1", "memory": "1Ki"}}))),
+            (
+                "b",
+                rr(json!({"requests": {"cpu": "250m"}, "limits": {"cpu": "2"}})),
+            ),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v))
+        .collect();
+        assert_eq!(requested(&a), (1250, 1024));
     }
 
     #[test]

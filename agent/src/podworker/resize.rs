@@ -21,21 +21,6 @@ pub(super) struct ResizeState {
 /// The file of a pod's allocation, under its state directory.
 const ALLOCATED: &str = "allocated.json";
 
-/// The CPU (milli) and memory (bytes) an allocation requests, container by container.
-fn requested(a: &Allocation) -> (u64, u64) {
-    let spec = k8s_openapi::api::core::v1::PodSpec {
-        containers: a
-            .keys()
-            .map(|name| k8s_openapi::api::core::v1::Container {
-                name: name.clone(),
-                ..Default::default()
-            })
-            .collect(),
-        ..Default::default()
-    };
-    resize::pod_requests(&spec, a).unwrap_or((0, 0))
-}
-
 impl Runner {
     /// The pod's allocation: as recorded, else what its spec asks for (recorded now —
     /// the pod was admitted with it).
@@ -62,7 +47,7 @@ impl Runner {
                     .ok()
                     .flatten()
             })
-            .map(|a| requested(&a))
+            .map(|a| resize::requested(&a))
             .fold((0, 0), |(c, m), (c2, m2)| (c + c2, m + m2))
     }
 

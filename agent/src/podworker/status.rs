@@ -101,12 +101,7 @@ impl Runner {
         };
         // A container's exit shows as such in the first status after it, then as its
         // back-off.
-        let fresh: Vec<String> = views
-            .iter()
-            .filter(|v| matches!(v.current, Observed::Exited { .. }))
-            .filter(|v| !v.id.is_empty() && !self.reported_exits.contains(&v.id))
-            .map(|v| v.id.clone())
-            .collect();
+        let fresh = self.fresh_exits(views);
         let backoff = |v: &View| match &v.current {
             Observed::Exited { .. } if terminating || fresh.contains(&v.id) => None,
             Observed::Exited { code, .. } => {
@@ -129,9 +124,10 @@ impl Runner {
             }
             _ => None,
         };
-        let previous: Vec<PodCondition> = self
-            .recorded(&sb.uid)
-            .and_then(|p| p.status?.conditions)
+        let recorded = self.recorded(&sb.uid).and_then(|p| p.status);
+        let previous: Vec<PodCondition> = recorded
+            .as_ref()
+            .and_then(|s| s.conditions.clone())
             .unwrap_or_default();
         let current = pod
             .status
@@ -167,9 +163,9 @@ impl Runner {
             current: &current,
             now: k8s_openapi::jiff::Timestamp::now(),
             // The first status's start time stays.
-            start_time: self
-                .recorded(&sb.uid)
-                .and_then(|p| p.status?.start_time)
+            start_time: recorded
+                .as_ref()
+                .and_then(|s| s.start_time.as_ref())
                 .map(|t| t.0)
                 .or_else(|| parse_time(&sb.created_at)),
             host_ip: &self.node_ip,
@@ -183,6 +179,16 @@ impl Runner {
         self.publish(&sb.uid, &sb.namespace, &sb.name, pod, status, keep)?;
         self.reported_exits.extend(fresh);
         Ok(())
+    }
+
+    /// The containers whose exit no status has shown yet, by ID.
+    pub(super) fn fresh_exits(&self, views: &[View]) -> Vec<String> {
+        views
+            .iter()
+            .filter(|v| matches!(v.current, Observed::Exited { .. }))
+            .filter(|v| !v.id.is_empty() && !self.reported_exits.contains(&v.id))
+            .map(|v| v.id.clone())
+            .collect()
     }
 
     /// The pod as last recorded on the node, with its status.

@@ -207,11 +207,7 @@ impl Runner {
         let spec = pod.spec.clone().unwrap_or_default();
         let views = self.views(uid, pod);
         // A container's exit is reported before anything restarts it.
-        if views.iter().any(|v| {
-            matches!(v.current, Observed::Exited { .. })
-                && !v.id.is_empty()
-                && !self.reported_exits.contains(&v.id)
-        }) {
+        if !self.fresh_exits(&views).is_empty() {
             self.write_status(&sb, pod, &views)?;
         }
         // A container waiting out its crash-loop back-off is reported once per run.
