@@ -91,6 +91,15 @@ impl Lab {
         })
     }
 
+    /// Binds a TCP listener at 198.18.0.1:`port` inside the bridge namespace.
+    pub fn tcp_on_bridge(&self, port: u16) -> anyhow::Result<std::net::TcpListener> {
+        self.in_bridge(move || {
+            let s = std::net::TcpListener::bind((BRIDGE_IP, port))?;
+            s.set_nonblocking(true)?;
+            Ok(s)
+        })
+    }
+
     /// Runs `make` (which opens a socket) inside the bridge namespace.
     fn in_bridge<T: Send + 'static>(
         &self,
