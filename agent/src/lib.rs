@@ -1,7 +1,8 @@
 //! kernlet: one daemon that makes a Linux machine a node of a stock Kubernetes cluster.
 //!
 //! The rooms are described in `DESIGN.md`: `config` (flags), `model` (pure translations),
-//! `sys` (the only place that talks to the kernel). The binary in `main.rs` is thin.
+//! `sys` (the only place that talks to the kernel), `node` (a node's flags and wiring). The
+//! binary (`main.rs`, `cli/`) parses flags, prints views and hands over.
 #![deny(unsafe_code)]
 
 pub mod api;
@@ -15,6 +16,7 @@ pub mod explain;
 pub mod inspect;
 pub mod json_http;
 pub mod model;
+pub mod node;
 pub mod overlay_view;
 pub mod podworker;
 pub mod runtime;

@@ -227,6 +227,11 @@ fn run(cmd: &mut Command) -> anyhow::Result<()> {
 /// busybox-static: `/bin/busybox`, `/bin/sh` and `httpd` linked to it, `Cmd ["sh"]`.
 /// Returns the layout directory (`dir/layout`), tagged `tag`.
 pub fn busybox_layout(dir: &Path, tag: &str) -> anyhow::Result<PathBuf> {
+    busybox_layout_of(dir, tag, Path::new("/bin/busybox"))
+}
+
+/// As [`busybox_layout`], with the (static) busybox binary at `busybox`.
+pub fn busybox_layout_of(dir: &Path, tag: &str, busybox: &Path) -> anyhow::Result<PathBuf> {
     let layout = dir.join("layout");
     let bundle = dir.join("bundle");
     let image = format!("{}:{tag}", layout.display());
@@ -239,10 +244,14 @@ pub fn busybox_layout(dir: &Path, tag: &str) -> anyhow::Result<PathBuf> {
         .arg(&bundle))?;
     let bin = bundle.join("rootfs/bin");
     std::fs::create_dir_all(&bin)?;
-    std::fs::copy("/bin/busybox", bin.join("busybox"))
-        .context("copy /bin/busybox (Debian busybox-static; `cargo xtask setup` installs it)")?;
+    std::fs::copy(busybox, bin.join("busybox")).with_context(|| {
+        format!(
+            "copy {} (Debian busybox-static; `cargo xtask setup` installs it)",
+            busybox.display()
+        )
+    })?;
     // Every applet as a link in /bin, like the busybox image on Docker Hub.
-    let list = Command::new("/bin/busybox").arg("--list").output()?;
+    let list = Command::new(busybox).arg("--list").output()?;
     let applets = String::from_utf8_lossy(&list.stdout).into_owned();
     for applet in applets
         .lines()

@@ -23,9 +23,15 @@ struct Args {
     #[arg(long, default_value_t = 2)]
     nodes: u8,
     /// An OCI layout to push to the lab registry, as `LAYOUT=REPOSITORY:TAG`
-    /// (repeatable); Debian's busybox-static is pushed as e2e's busybox in any case.
+    /// (repeatable).
     #[arg(long = "image")]
     images: Vec<String>,
+    /// The static busybox binary e2e's busybox image is made of. Debian's (1.35) `sh`
+    /// drops environment variables whose names are not shell identifiers, which
+    /// upstream busybox keeps and some conformance specs rely on: give an upstream
+    /// build to run those.
+    #[arg(long, default_value = "/bin/busybox")]
+    busybox: PathBuf,
     /// Where to write the kubeconfig, the registry list and the node logs' paths.
     #[arg(long, default_value = "target/kernlet-lab")]
     out: PathBuf,
@@ -69,7 +75,7 @@ async fn approve_serving_csrs(cluster: &Cluster, nodes: usize) -> anyhow::Result
     }
 }
 
-/// e2e's busybox, pushed from Debian's busybox-static.
+/// e2e's busybox, pushed from `--busybox` (Debian's busybox-static by default).
 const E2E_BUSYBOX: &str = "e2e-test-images/busybox:1.37.0-1";
 
 #[tokio::main]
@@ -86,7 +92,8 @@ async fn main() -> anyhow::Result<()> {
     let registry = Registry::start(&registry_node, None)?;
     let work = registry_node.dir("images");
     std::fs::create_dir_all(&work)?;
-    let busybox = kernlet_tests::oci::busybox_layout(&work.join("busybox"), "1.37.0-1")?;
+    let busybox =
+        kernlet_tests::oci::busybox_layout_of(&work.join("busybox"), "1.37.0-1", &args.busybox)?;
     let (repo, tag) = E2E_BUSYBOX
         .split_once(':')
         .unwrap_or((E2E_BUSYBOX, "latest"));

@@ -1,0 +1,184 @@
+//! The flags of a node (`kernlet run` and `kernlet join` share them).
+
+use std::net::IpAddr;
+use std::path::PathBuf;
+
+use anyhow::Context as _;
+
+use crate::config::NodeDirs;
+use crate::model::node;
+
+/// `--node-ip`: one address or a dual-stack pair.
+#[derive(Clone, Debug)]
+pub struct NodeIps(pub Vec<IpAddr>);
+
+fn node_ips_arg(s: &str) -> Result<NodeIps, String> {
+    node::parse_node_ips(s).map(NodeIps)
+}
+
+#[derive(clap::Args, Debug)]
+pub struct NodeArgs {
+    /// Node name (default: the hostname, lowercase).
+    #[arg(long)]
+    pub node_name: Option<String>,
+    /// InternalIP to report (default: the address of the default-route interface); a
+    /// dual-stack node gives an IPv4 and an IPv6 address, `v4,v6` (the first is the
+    /// primary). NodePorts are served on each.
+    #[arg(long, value_parser = node_ips_arg)]
+    pub node_ip: Option<NodeIps>,
+    /// Labels to register the node with, `key=value,...` (only those a node may set).
+    #[arg(long, default_value = "")]
+    pub node_labels: String,
+    /// Taints to register the node with, `key[=value]:Effect,...`.
+    #[arg(long, default_value = "")]
+    pub register_with_taints: String,
+    /// Maximum pods on this node.
+    #[arg(long, default_value_t = 110)]
+    pub max_pods: u32,
+    /// Resources reserved for the system, `cpu=100m,memory=256Mi,ephemeral-storage=1Gi`.
+    #[arg(long, default_value = "")]
+    pub system_reserved: String,
+    /// Resources reserved for kernlet itself, same form as --system-reserved.
+    #[arg(long, default_value = "")]
+    pub kube_reserved: String,
+    /// How often node status is recomputed and reported if it changed, in seconds.
+    #[arg(long, default_value_t = 10)]
+    pub node_status_update_frequency: u64,
+    /// How often node status is reported when nothing changed, in seconds.
+    #[arg(long, default_value_t = 300)]
+    pub node_status_report_frequency: u64,
+    /// Lease renewal interval in milliseconds (kubelet: 10000; tests shorten it).
+    #[arg(long, default_value_t = 10_000, hide = true)]
+    pub node_lease_renew_interval_ms: u64,
+    /// Maximum processes in one pod (pids.max of its cgroup); -1: unlimited.
+    #[arg(long, default_value_t = -1, allow_negative_numbers = true)]
+    pub pod_max_pids: i64,
+    /// Run containers that ask for no seccomp profile with RuntimeDefault (as kubelet's
+    /// seccompDefault); privileged containers stay unconfined.
+    #[arg(long)]
+    pub seccomp_default: bool,
+    /// DNS servers of the cluster for ClusterFirst pods, `ip,...` (default: the
+    /// clusterDNS `kernlet join` saved from kube-system/kubelet-config).
+    #[arg(long, value_delimiter = ',')]
+    pub cluster_dns: Vec<String>,
+    /// The cluster's DNS domain (default: the saved clusterDomain, else cluster.local).
+    #[arg(long)]
+    pub cluster_domain: Option<String>,
+    /// The node's resolver configuration, for pods with dnsPolicy Default and the
+    /// search domains of the others.
+    #[arg(long, default_value = "/etc/resolv.conf")]
+    pub resolv_conf: PathBuf,
+    /// How often the contents of configMap, secret, downwardAPI and projected volumes
+    /// are read again, in seconds (kubelet's --sync-frequency).
+    #[arg(long, default_value_t = 60)]
+    pub sync_frequency: u64,
+    /// The cluster's pod network (flannel's `Network`, e.g. 10.244.0.0/16). With it,
+    /// kernlet runs the pod network and the flannel-compatible VXLAN overlay from the
+    /// Node's spec.podCIDR; without it pods have only loopback.
+    #[arg(long)]
+    pub cluster_cidr: Option<crate::model::cidr::Ipv4Net>,
+    /// Standalone mode: this node's pod CIDR (kubelet's --pod-cidr); pods get addresses
+    /// from it on the bridge.
+    #[arg(long)]
+    pub pod_cidr: Option<crate::model::cidr::Ipv4Net>,
+    /// The overlay's underlay interface (default: the one holding the node address).
+    #[arg(long)]
+    pub iface: Option<String>,
+    /// The bridge pods are attached to.
+    #[arg(long, default_value = "cni0")]
+    pub bridge: String,
+    /// Replace kube-proxy on this node: Services and EndpointSlices programmed into the
+    /// eBPF socket load-balancer (maps pinned under --bpffs-dir).
+    #[arg(long)]
+    pub service_proxy: bool,
+    /// The cgroup whose processes reach Services through the load-balancer (default: the
+    /// whole cgroup2 tree, i.e. every process of the node).
+    #[arg(long)]
+    pub service_cgroup: Option<PathBuf>,
+    /// How often the load-balancer maps are compared with the Services, in seconds.
+    #[arg(long, default_value_t = 30)]
+    pub service_resync: u64,
+    /// How a backend is picked for a flow from outside the node: `random`, or `maglev`
+    /// (consistent hashing of the flow: every node sends it to the same backend).
+    #[arg(long, value_enum, default_value = "random")]
+    pub service_lb_algorithm: LbAlgorithm,
+    /// Where the Service proxy answers `/healthz` and `/livez` as kube-proxy does (its
+    /// --healthz-bind-address); port 0 turns it off.
+    #[arg(long, default_value = "0.0.0.0:10256")]
+    pub proxy_healthz_bind_address: std::net::SocketAddr,
+    /// Address the kubelet API listens on.
+    #[arg(long, default_value = "0.0.0.0")]
+    pub address: IpAddr,
+    /// Port of the kubelet API (HTTPS); reported in the Node's daemonEndpoints.
+    #[arg(long, default_value_t = 10250)]
+    pub port: u16,
+    /// Port of the plain healthz endpoint; 0 turns it off.
+    #[arg(long, default_value_t = 10248)]
+    pub healthz_port: u16,
+    /// Address of the healthz endpoint.
+    #[arg(long, default_value = "127.0.0.1")]
+    pub healthz_bind_address: IpAddr,
+    /// PEM of the CA that signs the client certificates the API accepts (the
+    /// apiserver's --kubelet-client-certificate); default: the kubeconfig's cluster CA.
+    #[arg(long)]
+    pub client_ca_file: Option<PathBuf>,
+    /// Serve API requests without credentials as system:anonymous (still authorized);
+    /// default: the cluster's kubelet-config saved by `kernlet join`, else false.
+    #[arg(long, action = clap::ArgAction::Set)]
+    pub anonymous_auth: Option<bool>,
+    /// How often the overlay's routes, neighbour and FDB entries are compared with the
+    /// Nodes and repaired, in seconds.
+    #[arg(long, default_value_t = 10)]
+    pub overlay_resync: u64,
+    #[command(flatten)]
+    pub registries: RegistryArgs,
+    #[command(flatten)]
+    pub dirs: NodeDirs,
+}
+
+#[derive(clap::Args, Debug, Clone, Default)]
+pub struct RegistryArgs {
+    /// A registry (`host:port`) reached over plain HTTP; repeatable.
+    #[arg(long = "insecure-registry")]
+    pub insecure_registries: Vec<String>,
+    /// A CA certificate (PEM file) to trust for registries; repeatable.
+    #[arg(long = "registry-ca")]
+    pub registry_cas: Vec<PathBuf>,
+    /// Registry credentials of this node: a dockerconfigjson file (as `docker login`
+    /// writes `~/.docker/config.json`).
+    #[arg(long)]
+    pub image_credentials: Option<PathBuf>,
+}
+
+impl RegistryArgs {
+    pub fn config(&self) -> anyhow::Result<crate::runtime::image::pull::RegistryConfig> {
+        use crate::runtime::image::pull::{DockerConfig, RegistryConfig};
+        let mut ca_pems = Vec::new();
+        for f in &self.registry_cas {
+            ca_pems.push(
+                std::fs::read(f)
+                    .with_context(|| format!("cannot read --registry-ca {}", f.display()))?,
+            );
+        }
+        let credentials = match &self.image_credentials {
+            Some(f) => DockerConfig::parse(
+                &std::fs::read(f)
+                    .with_context(|| format!("cannot read --image-credentials {}", f.display()))?,
+            )
+            .map_err(|e| anyhow::anyhow!("--image-credentials {}: {e}", f.display()))?,
+            None => DockerConfig::default(),
+        };
+        Ok(RegistryConfig {
+            insecure: self.insecure_registries.clone(),
+            ca_pems,
+            credentials,
+        })
+    }
+}
+
+/// `--service-lb-algorithm`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum LbAlgorithm {
+    Random,
+    Maglev,
+}

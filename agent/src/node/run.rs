@@ -1,0 +1,234 @@
+//! A node's wiring: the pod manager, the node's status and Lease, the kubelet API, the
+//! overlay and the Service datapath, started from a prepared node and stopped on
+//! SIGTERM (pods keep running).
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context as _;
+
+use super::prepare::{PreparedNode, apply_cluster_settings, kubeconfig_ca};
+use crate::controllers::node::NodeController;
+use crate::model::node::{self, Readiness};
+
+pub async fn run_node(kubeconfig: PathBuf, node: PreparedNode) -> anyhow::Result<()> {
+    // Not Ready until the pod runtime is open and running the node's pods.
+    let readiness = Readiness {
+        ready: false,
+        reason: "KubeletNotReady".into(),
+        message: "container runtime is starting".into(),
+    };
+    let text = std::fs::read_to_string(&kubeconfig)
+        .with_context(|| format!("cannot read --kubeconfig {}", kubeconfig.display()))?;
+    let client = crate::client::from_kubeconfig_text(&text)
+        .await
+        .map_err(|e| anyhow::anyhow!("--kubeconfig {} is not usable: {e}", kubeconfig.display()))?;
+    let apiserver_minor =
+        match tokio::time::timeout(Duration::from_secs(10), client.apiserver_version()).await {
+            Ok(Ok(v)) => v.minor.trim_end_matches('+').parse::<u32>().ok(),
+            _ => None,
+        };
+    let client = crate::client::SharedClient::new(client);
+    let PreparedNode {
+        mut cfg,
+        state_dir,
+        timing,
+        runtime,
+        pod_timing,
+        static_pods,
+        overlay,
+        mut api,
+        client_ca_file,
+        services,
+        overrides,
+    } = node;
+    let mut runtime = runtime;
+    apply_cluster_settings(&state_dir, &overrides, &mut runtime, &mut api);
+    cfg.apiserver_minor = apiserver_minor;
+    api.client_ca_pem = match &client_ca_file {
+        Some(f) => std::fs::read(f)
+            .with_context(|| format!("cannot read --client-ca-file {}", f.display()))?,
+        None => kubeconfig_ca(&text, &kubeconfig).with_context(|| {
+            format!(
+                "the kubeconfig {} names no cluster CA for the kubelet API's client certificates; pass --client-ca-file",
+                kubeconfig.display()
+            )
+        })?,
+    };
+    tracing::info!(node = %cfg.name, ip = %cfg.internal_ip, "kernlet starting");
+    let access_client = client.get();
+    tokio::spawn(async move {
+        use crate::controllers::permissions;
+        match permissions::missing(access_client).await {
+            Ok(missing) if missing.is_empty() => {
+                tracing::info!(
+                    "permissions for the overlay and Service load-balancing are in place"
+                )
+            }
+            Ok(missing) => tracing::warn!("{}", permissions::advice(&missing)),
+            Err(e) => tracing::warn!(
+                "cannot check this node's permissions (SelfSubjectAccessReview): {e}"
+            ),
+        }
+    });
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    // The node's readiness, combined from the subsystems' below.
+    let (readiness_tx, readiness_rx) = tokio::sync::watch::channel(readiness);
+
+    // The pods bound to this node: a watch feeds the pod worker (a thread of its own;
+    // the runtime's operations block), which writes status back through a task.
+    let runtime_run_dir = runtime.run_dir.clone();
+    let rt = tokio::task::spawn_blocking(move || crate::runtime::Runtime::open(runtime)).await??;
+    let overlay_rt = rt.clone();
+    let snapshot: crate::controllers::pods::Snapshot = Default::default();
+    let deleted: crate::controllers::pods::Deleted = Default::default();
+    let (updates_tx, updates_rx) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(crate::controllers::pods::watch_pods(
+        client.clone(),
+        cfg.name.clone(),
+        std::sync::Arc::clone(&snapshot),
+        std::sync::Arc::clone(&deleted),
+        stop_rx.clone(),
+    ));
+    tokio::spawn(crate::controllers::pods::write_back(
+        client.clone(),
+        updates_rx,
+        stop_rx.clone(),
+    ));
+    let (recorder, events_rx) = crate::controllers::events::Recorder::new();
+    tokio::spawn(crate::controllers::events::run(
+        client.clone(),
+        cfg.name.clone(),
+        events_rx,
+        stop_rx.clone(),
+    ));
+    let worker_stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let worker = {
+        let runner = crate::podworker::Runner::new(
+            rt,
+            crate::podworker::Source::Api {
+                snapshot,
+                deleted,
+                updates: updates_tx,
+                client: client.clone(),
+                handle: tokio::runtime::Handle::current(),
+            },
+            cfg.internal_ip.to_string(),
+            pod_timing,
+        )
+        .with_events(recorder)
+        .with_static_pods_opt(static_pods, cfg.name.clone())
+        .with_node_fit({
+            let facts = crate::sys::machine::read(&state_dir);
+            let (cpu, mem) = node::allocatable_cpu_memory(&facts, cfg.reserved);
+            crate::model::admission::NodeFit {
+                name: cfg.name.clone(),
+                allocatable_cpu_milli: cpu,
+                allocatable_memory: mem,
+                max_pods: u64::from(cfg.max_pods),
+                labels: node::registration(&cfg).metadata.labels.unwrap_or_default(),
+            }
+        });
+        let flag = std::sync::Arc::clone(&worker_stop);
+        std::thread::spawn(move || runner.run(&flag))
+    };
+    // The node is Ready when the runtime (open by now) and every subsystem that runs —
+    // the pod network, the Service datapath — report ready; the first that is not
+    // gives the reason.
+    let mut parts = Vec::new();
+    if let Some(overlay) = overlay {
+        let (tx, rx) = tokio::sync::watch::channel(Readiness {
+            ready: false,
+            reason: "KubeletNotReady".into(),
+            message: "the pod network is starting".into(),
+        });
+        parts.push(rx);
+        tokio::spawn(crate::controllers::overlay::run(
+            client.clone(),
+            overlay,
+            overlay_rt,
+            tx,
+            stop_rx.clone(),
+        ));
+    }
+    {
+        let (run_dir, node, stop) = (runtime_run_dir.clone(), cfg.name.clone(), stop_rx.clone());
+        tokio::spawn(async move {
+            if let Err(e) = crate::daemon::serve(run_dir.clone(), node, stop).await {
+                tracing::warn!(
+                    "the CLI socket {} is not served: {e}",
+                    crate::daemon::socket_path(&run_dir).display()
+                );
+            }
+        });
+    }
+    if let Some(services) = services {
+        let (tx, rx) = tokio::sync::watch::channel(Readiness {
+            ready: false,
+            reason: "KubeletNotReady".into(),
+            message: "the Service datapath is starting".into(),
+        });
+        parts.push(rx);
+        tokio::spawn(crate::controllers::services::run(
+            client.clone(),
+            services,
+            tx,
+            stop_rx.clone(),
+        ));
+    }
+    tokio::spawn(async move {
+        loop {
+            let not_ready = parts.iter().map(|p| p.borrow().clone()).find(|r| !r.ready);
+            readiness_tx.send_replace(not_ready.unwrap_or(Readiness {
+                ready: true,
+                reason: "KubeletReady".into(),
+                message: "kubelet is posting ready status".into(),
+            }));
+            if parts.is_empty() {
+                return;
+            }
+            let changed =
+                futures::future::select_all(parts.iter_mut().map(|p| Box::pin(p.changed())));
+            if changed.await.0.is_err() {
+                return;
+            }
+        }
+    });
+    {
+        let client = client.clone();
+        let stop = stop_rx.clone();
+        tokio::spawn(async move {
+            if let Err(e) = crate::api::serve(api, client, stop).await {
+                tracing::error!("the kubelet API is not served: {e}");
+            }
+        });
+    }
+    let rotation = crate::controllers::client_cert::ClientRotation {
+        client: client.clone(),
+        kubeconfig: kubeconfig.clone(),
+        node: cfg.name.clone(),
+        state_dir: state_dir.clone(),
+    };
+    tokio::spawn(rotation.run(stop_rx.clone()));
+    let serving = crate::controllers::serving_cert::ServingCert {
+        client: client.clone(),
+        node: cfg.name.clone(),
+        ips: vec![cfg.internal_ip],
+        state_dir: state_dir.clone(),
+    };
+    tokio::spawn(serving.run(stop_rx.clone()));
+    let controller = tokio::spawn(
+        NodeController::new(client, cfg, state_dir, readiness_rx, timing).run(stop_rx),
+    );
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM: stopping"),
+        _ = tokio::signal::ctrl_c() => tracing::info!("interrupted: stopping"),
+    }
+    let _ = stop_tx.send(true);
+    worker_stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let _ = controller.await;
+    let _ = tokio::task::spawn_blocking(move || worker.join()).await;
+    tracing::info!("kernlet stopped; its pods keep running");
+    Ok(())
+}
