@@ -926,11 +926,16 @@ spec:
     command: ["sleep", "600"]
     lifecycle:
       postStart: {exec: {command: ["false"]}}
+  - name: usr1
+    image: busybox:1.36
+    command: ["sh", "-c", "trap 'echo got USR1; exit 0' USR1; trap 'echo got TERM; exit 0' TERM; while true; do sleep 0.2; done"]
+    lifecycle:
+      stopSignal: SIGUSR1
 "#;
 
 /// Lifecycle hooks: postStart runs in the container right after it starts (and a
 /// failing one kills the container, which restarts); on deletion preStop runs
-/// before SIGTERM.
+/// before SIGTERM, or before the container's `lifecycle.stopSignal`.
 #[test]
 fn post_start_and_pre_stop_hooks() {
     let mut lab = Lab::new("hooks").unwrap();
@@ -982,6 +987,25 @@ fn post_start_and_pre_stop_hooks() {
     let pre = lines.iter().position(|l| l == "prestop ran");
     let term = lines.iter().position(|l| l == "got TERM");
     assert!(pre.is_some() && pre < term, "{lines:?}");
+    let usr1_log = kernlet::runtime::logs::container_log(
+        &kernlet::runtime::logs::pod_dir(&node.dir("logs"), "t", "hooks", &uid),
+        "usr1",
+        0,
+    );
+    let usr1 = wait_for(
+        &node,
+        "the stop signal in the log",
+        Duration::from_secs(20),
+        || {
+            std::fs::read_to_string(&usr1_log)
+                .ok()
+                .filter(|t| t.contains("got "))
+        },
+    );
+    assert!(
+        usr1.contains("got USR1") && !usr1.contains("got TERM"),
+        "{usr1}"
+    );
     wait_for(&node, "pod removed", Duration::from_secs(20), || {
         pod(&node, "hooks").is_none().then_some(())
     });

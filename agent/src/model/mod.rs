@@ -20,3 +20,4 @@ pub mod resize;
 pub mod runtime_spec;
 pub mod seccomp;
 pub mod services;
+pub mod stop_signal;

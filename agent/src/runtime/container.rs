@@ -45,6 +45,10 @@ pub struct ContainerRecord {
     /// absent in records of older versions.
     #[serde(default)]
     pub resources: Option<k8s_openapi::api::core::v1::ResourceRequirements>,
+    /// The signal that stops it ([`crate::model::stop_signal`]); 0 in records of older
+    /// versions (SIGTERM).
+    #[serde(default)]
+    pub stop_signal: i32,
 }
 
 /// Where a container stands.
@@ -794,6 +798,13 @@ impl Runtime {
         let image_ref = crate::model::image_ref::ImageRef::parse(&image_name)
             .map(|r| r.to_string())
             .unwrap_or_else(|_| image_name.clone());
+        let stop_signal = crate::model::stop_signal::stop_signal(c, &image.run.stop_signal)
+            .map_err(|e| {
+                RuntimeError::Refused(format!(
+                    "container {} of pod {}/{}: its stop signal (lifecycle.stopSignal, else the image's StopSignal): {e}",
+                    c.name, sb.namespace, sb.name
+                ))
+            })?;
         let id = new_id();
         let dir = self.container_dir(&id);
         for d in ["rootfs", "upper", "work"] {
@@ -839,6 +850,7 @@ impl Runtime {
                 .map(crate::model::pod_lifecycle::spec_hash)
                 .unwrap_or_default(),
             resources: Some(crate::model::resize::wanted(c)),
+            stop_signal,
         };
         write_json(&dir.join("config.json"), &runtime_spec::spec(&plan))?;
         write_json(
@@ -920,15 +932,24 @@ impl Runtime {
         state_in(&self.container_dir(id))
     }
 
-    /// Stops a running container: SIGTERM, then SIGKILL to the whole container cgroup
-    /// after `grace`. Returns when it has exited.
+    /// Stops a running container: its stop signal (SIGTERM unless the pod or the image
+    /// names another), then SIGKILL to the whole container cgroup after `grace`.
+    /// Returns when it has exited.
     pub fn stop_container(&self, id: &str, grace: Duration) -> Result<(), RuntimeError> {
         use nix::sys::signal::{Signal, kill};
         let ContainerState::Running { pid, .. } = self.container_state(id) else {
             return Ok(());
         };
+        let record = self.container(id)?;
         let pid = nix::unistd::Pid::from_raw(i32::try_from(pid).unwrap_or(i32::MAX));
-        let _ = kill(pid, Signal::SIGTERM);
+        let signal = record
+            .as_ref()
+            .map(|r| r.stop_signal)
+            .filter(|n| *n > 0)
+            .unwrap_or(15);
+        if let Err(e) = crate::sys::process::signal(pid, signal) {
+            tracing::debug!(container = %id, "signal {signal}: {e}");
+        }
         let deadline = Instant::now() + grace;
         while Instant::now() < deadline {
             if !matches!(self.container_state(id), ContainerState::Running { .. }) {
@@ -936,7 +957,6 @@ impl Runtime {
             }
             std::thread::sleep(Duration::from_millis(20));
         }
-        let record = self.container(id)?;
         let _ = kill(pid, Signal::SIGKILL);
         if let Some(r) = record {
             let _ = crate::sys::cgroup::Cgroup::open(self.cgroup_path(&r.cgroup)).kill();

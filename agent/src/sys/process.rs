@@ -27,6 +27,17 @@ pub fn alive(pid: u32) -> bool {
         .is_ok_and(|p| nix::sys::signal::kill(nix::unistd::Pid::from_raw(p), None).is_ok())
 }
 
+/// Sends signal number `signo` (standard or real-time, 1-64) to `pid`.
+pub fn signal(pid: nix::unistd::Pid, signo: i32) -> io::Result<()> {
+    // SAFETY: kill(2) takes two integers and touches no memory of this process; nix's
+    // `Signal` cannot name real-time signals, hence the raw call.
+    if unsafe { libc::kill(pid.as_raw(), signo) } == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
 /// Forks; the child runs `child` and exits with the code it returns (it never comes
 /// back here). Returns the child's pid in the parent.
 ///

@@ -76,6 +76,9 @@ pub struct RunConfig {
     pub working_dir: String,
     #[serde(default)]
     pub user: String,
+    /// The image's `StopSignal` (empty: none; records of older versions lack it).
+    #[serde(default)]
+    pub stop_signal: String,
 }
 
 /// One image: its manifest, config and layers (bottom first).
@@ -396,6 +399,7 @@ impl ImageStore {
                 env: c.env().clone().unwrap_or_default(),
                 working_dir: c.working_dir().clone().unwrap_or_default(),
                 user: c.user().clone().unwrap_or_default(),
+                stop_signal: c.stop_signal().clone().unwrap_or_default(),
             },
             size,
         })
