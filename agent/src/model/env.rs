@@ -89,6 +89,22 @@ pub fn field_value(pod: &Pod, node_ip: &str, pod_ip: &str, path: &str) -> Result
     })
 }
 
+/// What a container without a limit reads as its limit: the pod-level limit where the
+/// pod sets one (kubelet's `defaultPodLimitsForDownwardAPI`), else the node's
+/// allocatable.
+fn limits_default(pod: &Pod, src: &Sources<'_>) -> (u64, u64) {
+    let limit = |name: &str| {
+        let spec = pod.spec.as_ref()?;
+        let q = super::qos::pod_level(spec)?.limits.as_ref()?.get(name)?;
+        let q = Quantity::parse(&q.0).ok()?;
+        u64::try_from(if name == "cpu" { q.milli() } else { q.value() }).ok()
+    };
+    (
+        limit("cpu").unwrap_or(src.allocatable_cpu_milli),
+        limit("memory").unwrap_or(src.allocatable_memory),
+    )
+}
+
 /// A container's resource for `resourceFieldRef`: its limit (the node's allocatable
 /// when it sets none) or request, divided by `divisor` and rounded up.
 pub fn resource_value(
@@ -224,12 +240,8 @@ pub fn resolve(pod: &Pod, c: &Container, src: &Sources<'_>) -> Result<Container,
                 }
                 None => c,
             };
-            Some(resource_value(
-                target,
-                r,
-                src.allocatable_cpu_milli,
-                src.allocatable_memory,
-            )?)
+            let (cpu, memory) = limits_default(pod, src);
+            Some(resource_value(target, r, cpu, memory)?)
         } else {
             None
         };
@@ -387,6 +399,37 @@ mod tests {
             env["PLAIN"], "$(GREETING)!",
             "expanded later, with the rest"
         );
+    }
+
+    #[test]
+    fn containers_without_limits_read_the_pod_level_limit_else_allocatable() {
+        let p: Pod = serde_json::from_value(json!({
+            "metadata": {"name": "p"},
+            "spec": {"resources": {"limits": {"memory": "256Mi"}}, "containers": [{
+                "name": "c",
+                "env": [
+                    {"name": "MEM", "valueFrom": {"resourceFieldRef": {"resource": "limits.memory", "divisor": "1Mi"}}},
+                    {"name": "CPU", "valueFrom": {"resourceFieldRef": {"resource": "limits.cpu", "divisor": "1m"}}},
+                ]}]},
+        }))
+        .unwrap();
+        let src = Sources {
+            lookup: &lookup,
+            node_ip: "198.18.0.10",
+            pod_ip: "10.244.0.5",
+            allocatable_cpu_milli: 2000,
+            allocatable_memory: 8 << 30,
+            service_env: Vec::new(),
+        };
+        let c = &p.spec.as_ref().unwrap().containers[0];
+        let env: BTreeMap<String, String> = resolve(&p, c, &src)
+            .unwrap()
+            .env
+            .unwrap()
+            .into_iter()
+            .map(|e| (e.name, e.value.unwrap_or_default()))
+            .collect();
+        assert_eq!((env["MEM"].as_str(), env["CPU"].as_str()), ("256", "2000"));
     }
 
     #[test]

@@ -46,9 +46,37 @@ fn tracked(
     Ok(out)
 }
 
+/// The pod's own requests and limits when it sets cpu or memory at the pod level
+/// (kubelet's `IsPodLevelResourcesSet`).
+pub fn pod_level(spec: &PodSpec) -> Option<&k8s_openapi::api::core::v1::ResourceRequirements> {
+    let r = spec.resources.as_ref()?;
+    let names = |m: Option<&BTreeMap<String, ApiQuantity>>| {
+        m.is_some_and(|m| QOS_RESOURCES.iter().any(|n| m.contains_key(*n)))
+    };
+    (names(r.requests.as_ref()) || names(r.limits.as_ref())).then_some(r)
+}
+
 /// QoS class of a pod. Requests that are unset default to the limits, as the apiserver's
 /// defaulting does, so the answer is the same for a manifest and for a stored pod.
+///
+/// With pod-level resources (`spec.resources` naming cpu or memory, beta and on by
+/// default since 1.34) the class comes from them alone, as kubelet computes it.
 pub fn qos_class(spec: &PodSpec) -> Result<QosClass, QuantityError> {
+    if let Some(pod) = pod_level(spec) {
+        let limits = tracked(pod.limits.as_ref())?;
+        let mut requests = tracked(pod.requests.as_ref())?;
+        for (name, value) in &limits {
+            requests.entry(name).or_insert(*value);
+        }
+        if requests.is_empty() && limits.is_empty() {
+            return Ok(QosClass::BestEffort);
+        }
+        let all_limited = QOS_RESOURCES.iter().all(|r| limits.contains_key(r));
+        if all_limited && requests == limits {
+            return Ok(QosClass::Guaranteed);
+        }
+        return Ok(QosClass::Burstable);
+    }
     let containers: Vec<&Container> = super::pod_lifecycle::all_containers(spec).collect();
     let mut requests: BTreeMap<&str, Quantity> = BTreeMap::new();
     let mut limits: BTreeMap<&str, Quantity> = BTreeMap::new();
@@ -94,6 +122,28 @@ mod tests {
         let full = format!("{}/../fixtures/k8s/{path}", env!("CARGO_MANIFEST_DIR"));
         let text = std::fs::read_to_string(&full).unwrap_or_else(|e| panic!("{full}: {e}"));
         serde_json::from_str(&text).unwrap()
+    }
+
+    #[test]
+    fn pod_level_resources_decide_the_class_alone() {
+        let spec = |v: serde_json::Value| -> PodSpec { serde_json::from_value(v).unwrap() };
+        let guaranteed = spec(serde_json::json!({
+            "resources": {"limits": {"cpu": "1", "memory": "64Mi"}},
+            "containers": [{"name": "a"}, {"name": "b", "resources": {"requests": {"cpu": "100m"}}}],
+        }));
+        assert_eq!(qos_class(&guaranteed).unwrap(), QosClass::Guaranteed);
+        let burstable = spec(serde_json::json!({
+            "resources": {"requests": {"cpu": "1"}, "limits": {"cpu": "2", "memory": "64Mi"}},
+            "containers": [{"name": "a", "resources": {"limits": {"cpu": "1", "memory": "1Gi"}}}],
+        }));
+        assert_eq!(qos_class(&burstable).unwrap(), QosClass::Burstable);
+        // Only extended resources at the pod level: the containers decide.
+        let containers = spec(serde_json::json!({
+            "resources": {"limits": {"example.com/gpu": "1"}},
+            "containers": [{"name": "a"}],
+        }));
+        assert!(pod_level(&containers).is_none());
+        assert_eq!(qos_class(&containers).unwrap(), QosClass::BestEffort);
     }
 
     #[test]

@@ -47,7 +47,8 @@ pub fn pod_cgroup(qos: QosClass, uid: &str) -> String {
 
 /// Pod-level limits as kubelet sets them on the pod cgroup: memory and CPU limits only
 /// when every container has one (the larger of the main containers' sum and the
-/// largest init container's), CPU requests summed for the weight. Returns
+/// largest init container's), CPU requests summed for the weight; the pod's own
+/// `spec.resources` in their place where it sets them. Returns
 /// `(memory bytes, cpu limit millicores, cpu request millicores)`.
 pub fn pod_resources(
     spec: &k8s_openapi::api::core::v1::PodSpec,
@@ -90,10 +91,28 @@ pub fn pod_resources(
             .or(get(c, "limits", "cpu")?)
             .unwrap_or(0);
     }
+    // Pod-level resources, where the pod sets them, take the place of the sums.
+    let pod_level = crate::model::qos::pod_level(spec);
+    let pod_value = |side: &str, key: &str| -> Result<Option<u64>, _> {
+        let m = pod_level.and_then(|r| match side {
+            "limits" => r.limits.as_ref(),
+            _ => r.requests.as_ref(),
+        });
+        m.and_then(|m| m.get(key))
+            .map(|q| Quantity::parse(&q.0))
+            .transpose()
+            .map(|q| {
+                q.and_then(|q| u64::try_from(if key == "cpu" { q.milli() } else { q.value() }).ok())
+            })
+    };
+    let cpu_request = match pod_value("requests", "cpu")? {
+        Some(v) => Some(v),
+        None => pod_value("limits", "cpu")?,
+    };
     Ok((
-        total("memory")?,
-        total("cpu")?,
-        u64::try_from(requests).unwrap_or(0),
+        pod_value("limits", "memory")?.or(total("memory")?),
+        pod_value("limits", "cpu")?.or(total("cpu")?),
+        cpu_request.unwrap_or_else(|| u64::try_from(requests).unwrap_or(0)),
     ))
 }
 
@@ -429,6 +448,19 @@ mod tests {
         }))
         .unwrap();
         assert_eq!(pod_resources(&spec).unwrap(), (None, Some(500), 400));
+        // Pod-level resources: the pod's own values where it has them.
+        let mut with_pod = spec.clone();
+        with_pod.resources = Some(
+            serde_json::from_value(serde_json::json!({"limits": {"memory": "1Gi", "cpu": "2"}}))
+                .unwrap(),
+        );
+        assert_eq!(
+            pod_resources(&with_pod).unwrap(),
+            (Some(1 << 30), Some(2000), 2000)
+        );
+        with_pod.resources =
+            Some(serde_json::from_value(serde_json::json!({"requests": {"cpu": "250m"}})).unwrap());
+        assert_eq!(pod_resources(&with_pod).unwrap(), (None, Some(500), 250));
         assert_eq!(shares_to_weight(2), 1);
         assert_eq!(shares_to_weight(102), 17);
         assert_eq!(

@@ -2,8 +2,9 @@
 //! has the cpu, memory and pids controllers this host binds to v1. It starts kernlet in
 //! standalone mode and checks that limits are written and enforced: memory.max
 //! OOM-kills (reported OOMKilled, 137), pids.max stops forks, cpu.max throttles,
-//! cgroup.kill empties a pod. Prints `KLTEST PASS|FAIL <name>` lines and
-//! `KLTEST DONE <passed> <failed>` for the runner to parse from the serial console.
+//! cgroup.kill empties a pod, pod-level resources limit the pod cgroup. Prints
+//! `KLTEST PASS|FAIL <name>` lines and `KLTEST DONE <passed> <failed>` for the runner
+//! to parse from the serial console.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -51,6 +52,23 @@ spec:
   - name: c
     image: busybox:1.36
     command: [sh, -c, "i=0; while [ $i -lt 60 ]; do sleep 600 & i=$((i+1)); echo started $i; done; echo all 60 started"]
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: podlevel, namespace: vm}
+spec:
+  resources:
+    requests: {cpu: 100m}
+    limits: {cpu: 300m, memory: 40Mi}
+  containers:
+  - name: c
+    image: busybox:1.36
+    command: [sleep, "600"]
+  - name: d
+    image: busybox:1.36
+    command: [sleep, "600"]
+    resources:
+      limits: {memory: 24Mi}
 ---
 apiVersion: v1
 kind: Pod
@@ -157,6 +175,31 @@ fn limits_are_written() -> Result<(), String> {
     if mem != "50331648" || cpu != "20000 100000" || weight != "17" || pids != "30" {
         return Err(format!(
             "memory.max {mem}, cpu.max {cpu}, cpu.weight {weight}, pod pids.max {pids}"
+        ));
+    }
+    Ok(())
+}
+
+/// Pod-level resources: the pod cgroup has the pod's own limits and CPU weight, in the
+/// Burstable parent; a container keeps its own limit below them.
+fn pod_level_limits() -> Result<(), String> {
+    let p =
+        wait(Duration::from_secs(120), || running("podlevel")).ok_or("pod podlevel never ran")?;
+    let (pod, _) = cgroups(&p).ok_or("no cgroup paths")?;
+    let (mem, cpu, weight) = (
+        read(&pod.join("memory.max")),
+        read(&pod.join("cpu.max")),
+        read(&pod.join("cpu.weight")),
+    );
+    if mem != "41943040" || cpu != "30000 100000" || weight != "17" {
+        return Err(format!(
+            "pod memory.max {mem}, cpu.max {cpu}, cpu.weight {weight}"
+        ));
+    }
+    if !pod.display().to_string().contains("/burstable/") {
+        return Err(format!(
+            "pod cgroup {} is not under burstable",
+            pod.display()
         ));
     }
     Ok(())
@@ -339,8 +382,9 @@ fn main() {
             return;
         }
     };
-    let checks: [(&str, Check); 6] = [
+    let checks: [(&str, Check); 7] = [
         ("limits-written", limits_are_written),
+        ("pod-level-limits", pod_level_limits),
         ("resized-in-place", resized_in_place),
         ("memory-max-oom-killed", memory_max_oom_kills),
         ("pids-max-enforced", pids_max_stops_forks),
