@@ -20,6 +20,37 @@ use crate::client::SharedClient;
 /// The pods bound to this node; `None` until the first complete list.
 pub type Snapshot = Arc<Mutex<Option<Vec<Pod>>>>;
 
+/// A count of the snapshot's changes, bumped at each: the pod manager waits on it, so
+/// a new or changed pod is dispatched at once rather than at the next resync.
+#[derive(Clone, Default)]
+pub struct Changes(Arc<(Mutex<u64>, std::sync::Condvar)>);
+
+impl Changes {
+    /// Says the snapshot changed.
+    pub fn bump(&self) {
+        if let Ok(mut n) = self.0.0.lock() {
+            *n += 1;
+            self.0.1.notify_all();
+        }
+    }
+
+    /// The count so far.
+    pub fn count(&self) -> u64 {
+        self.0.0.lock().map(|n| *n).unwrap_or(0)
+    }
+
+    /// Waits up to `most` for a count other than `seen`; returns the count then.
+    pub fn wait(&self, seen: u64, most: Duration) -> u64 {
+        let Ok(guard) = self.0.0.lock() else {
+            return seen;
+        };
+        match self.0.1.wait_timeout_while(guard, most, |n| *n == seen) {
+            Ok((n, _)) => *n,
+            Err(_) => seen,
+        }
+    }
+}
+
 /// Pods removed from the apiserver, by uid: the grace period of their last object
 /// (`deletionGracePeriodSeconds`, 0 after a forced delete), which the node's kill of
 /// what still runs honours. The pod manager takes entries out as it handles them.
@@ -70,11 +101,12 @@ impl Update {
     }
 }
 
-/// Keeps `snapshot` equal to the pods bound to `node` until `stop`.
+/// Keeps `snapshot` equal to the pods bound to `node` until `stop`, bumping `changes`
+/// at each change.
 pub async fn watch_pods(
     client: SharedClient,
     node: String,
-    snapshot: Snapshot,
+    (snapshot, changes): (Snapshot, Changes),
     deleted: Deleted,
     mut stop: watch::Receiver<bool>,
 ) {
@@ -86,6 +118,7 @@ pub async fn watch_pods(
         if let Ok(mut s) = snapshot.lock() {
             *s = Some(pods.values().cloned().collect());
         }
+        changes.bump();
     };
     let uid = |p: &Pod| p.metadata.uid.clone().unwrap_or_default();
     let mut backoff = Duration::from_millis(200);
@@ -794,6 +827,21 @@ pub async fn volume_files(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_change_wakes_the_waiter_and_none_lets_it_time_out() {
+        let changes = Changes::default();
+        let seen = changes.count();
+        // Nothing changed: the wait ends at its limit with the same count.
+        assert_eq!(changes.wait(seen, Duration::from_millis(10)), seen);
+        let other = changes.clone();
+        let waiter = std::thread::spawn(move || other.wait(seen, Duration::from_secs(60)));
+        changes.bump();
+        assert_eq!(waiter.join().unwrap(), seen + 1);
+        // A change made before the wait is seen at once.
+        changes.bump();
+        assert_eq!(changes.wait(seen + 1, Duration::from_secs(60)), seen + 2);
+    }
 
     #[test]
     fn a_pods_last_status_is_kept_ahead_of_its_final_delete() {

@@ -81,12 +81,13 @@ pub async fn run_node(kubeconfig: PathBuf, node: PreparedNode) -> anyhow::Result
     let rt = tokio::task::spawn_blocking(move || crate::runtime::Runtime::open(runtime)).await??;
     let overlay_rt = rt.clone();
     let snapshot: crate::controllers::pods::Snapshot = Default::default();
+    let changes = crate::controllers::pods::Changes::default();
     let deleted: crate::controllers::pods::Deleted = Default::default();
     let (updates_tx, updates_rx) = tokio::sync::mpsc::unbounded_channel();
     tokio::spawn(crate::controllers::pods::watch_pods(
         client.clone(),
         cfg.name.clone(),
-        std::sync::Arc::clone(&snapshot),
+        (std::sync::Arc::clone(&snapshot), changes.clone()),
         std::sync::Arc::clone(&deleted),
         stop_rx.clone(),
     ));
@@ -108,6 +109,7 @@ pub async fn run_node(kubeconfig: PathBuf, node: PreparedNode) -> anyhow::Result
             rt,
             crate::podworker::Source::Api {
                 snapshot,
+                changes,
                 deleted,
                 updates: updates_tx,
                 client: client.clone(),

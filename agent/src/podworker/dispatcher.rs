@@ -99,12 +99,32 @@ impl Runner {
                 "removed what an earlier run left without a record"
             );
         }
+        let changes = match &self.source {
+            Source::Api { changes, .. } => Some(changes.clone()),
+            Source::Manifests(_) => None,
+        };
+        let mut seen = changes.as_ref().map_or(0, |c| c.count());
         while !stop.load(Ordering::Relaxed) {
             self.tick();
-            let mut slept = Duration::ZERO;
-            while slept < self.timing.resync && !stop.load(Ordering::Relaxed) {
-                std::thread::sleep(Duration::from_millis(50));
-                slept += Duration::from_millis(50);
+            // Until the resync, a change of the node's pods, or the stop (looked at
+            // every 50 ms).
+            let deadline = Instant::now() + self.timing.resync;
+            while !stop.load(Ordering::Relaxed) {
+                let left = deadline.saturating_duration_since(Instant::now());
+                if left.is_zero() {
+                    break;
+                }
+                let slice = left.min(Duration::from_millis(50));
+                match &changes {
+                    Some(c) => {
+                        let now = c.wait(seen, slice);
+                        if now != seen {
+                            seen = now;
+                            break;
+                        }
+                    }
+                    None => std::thread::sleep(slice),
+                }
             }
         }
         // Running pods are left running; the workers end after their current sync.

@@ -107,6 +107,8 @@ pub enum Source {
     /// The pods the apiserver binds to this node, and where their writes go.
     Api {
         snapshot: crate::controllers::pods::Snapshot,
+        /// Bumped at each change of the snapshot.
+        changes: crate::controllers::pods::Changes,
         /// Pods removed from the apiserver, with their last grace period.
         deleted: crate::controllers::pods::Deleted,
         updates: tokio::sync::mpsc::UnboundedSender<crate::controllers::pods::Update>,
