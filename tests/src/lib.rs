@@ -3,6 +3,7 @@
 //! keeps a shared machine clean.
 
 pub mod apiserver;
+pub mod bench_pods;
 pub mod cluster;
 pub mod dns;
 pub mod egress;

@@ -38,6 +38,11 @@ type ReportFn = fn() -> anyhow::Result<serde_json::Value>;
 
 const REPORTS: &[(&str, &str, ReportFn)] = &[
     (
+        "pods",
+        "pod manager through an apiserver (real with KUBEBUILDER_ASSETS, else the kit's): pod created -> the apiserver shows its container running, 20 sequential pods and a 110-pod burst (from the burst's start); agent and shim CPU and RSS with 0 and 110 idle pods (root)",
+        kernlet_tests::bench_pods::run,
+    ),
+    (
         "runtime",
         "pod start latency, sandbox to the container's first output: 50 sequential pods and a 110-pod burst, against a floor of bare unshare + cgroup + exec (root)",
         runtime_latency,

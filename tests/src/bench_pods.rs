@@ -1,0 +1,260 @@
+//! `cargo xtask bench pods`: the pod manager through an apiserver (a real one when
+//! `KUBEBUILDER_ASSETS` is set, the kit's otherwise) and one kernlet node: start latency
+//! of 20 sequential pods and of a 110-pod burst (pod created → the apiserver shows
+//! every container running), and the agent's and shims' CPU and memory with 0 and
+//! with 110 idle pods.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::Pod;
+use kube::api::{Api, DeleteParams, ListParams, PostParams};
+use kube::runtime::watcher;
+use serde_json::{Value, json};
+
+use crate::cluster::Cluster;
+use crate::simnode::{BRIDGE_IP, Lab};
+
+const NS: &str = "default";
+const LABEL: &str = "kernlet-bench=pods";
+/// How long CPU use is sampled for an idle figure.
+const IDLE_WINDOW: Duration = Duration::from_secs(20);
+
+/// When each pod was first seen with every container running.
+type Seen = Arc<Mutex<HashMap<String, Instant>>>;
+
+fn all_running(p: &Pod) -> bool {
+    let Some(status) = p.status.as_ref() else {
+        return false;
+    };
+    let statuses = status.container_statuses.as_deref().unwrap_or_default();
+    let want = p.spec.as_ref().map_or(0, |s| s.containers.len());
+    status.phase.as_deref() == Some("Running")
+        && statuses.len() == want
+        && statuses
+            .iter()
+            .all(|c| c.state.as_ref().is_some_and(|s| s.running.is_some()))
+}
+
+/// Watches the bench's pods, recording when each first runs.
+fn watch_running(pods: Api<Pod>) -> (Seen, tokio::task::JoinHandle<()>) {
+    let seen: Seen = Arc::default();
+    let s = Arc::clone(&seen);
+    let task = tokio::spawn(async move {
+        let mut stream = watcher(pods, watcher::Config::default().labels(LABEL)).boxed();
+        while let Some(e) = stream.next().await {
+            let (watcher::Event::Apply(p) | watcher::Event::InitApply(p)) = (match e {
+                Ok(e) => e,
+                Err(_) => continue,
+            }) else {
+                continue;
+            };
+            if all_running(&p)
+                && let (Some(name), Ok(mut m)) = (p.metadata.name.clone(), s.lock())
+            {
+                m.entry(name).or_insert_with(Instant::now);
+            }
+        }
+    });
+    (seen, task)
+}
+
+fn pod(name: &str) -> anyhow::Result<Pod> {
+    Ok(serde_json::from_value(json!({
+        "metadata": {"name": name, "labels": {"kernlet-bench": "pods"}},
+        "spec": {
+            "terminationGracePeriodSeconds": 0,
+            "containers": [{"name": "c", "image": "busybox:1.36", "imagePullPolicy": "Never",
+                            "command": ["sleep", "3600"]}],
+        },
+    }))?)
+}
+
+async fn wait_running(seen: &Seen, name: &str, within: Duration) -> anyhow::Result<Instant> {
+    let start = Instant::now();
+    loop {
+        if let Some(t) = seen.lock().ok().and_then(|m| m.get(name).copied()) {
+            return Ok(t);
+        }
+        anyhow::ensure!(
+            start.elapsed() < within,
+            "pod {name} did not run within {within:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+}
+
+/// Deletes the bench's pods and waits until the node has removed them.
+async fn delete_all(pods: &Api<Pod>) -> anyhow::Result<()> {
+    let _ = pods
+        .delete_collection(
+            &DeleteParams::default().grace_period(0),
+            &ListParams::default().labels(LABEL),
+        )
+        .await?;
+    let start = Instant::now();
+    while !pods
+        .list(&ListParams::default().labels(LABEL))
+        .await?
+        .items
+        .is_empty()
+    {
+        anyhow::ensure!(
+            start.elapsed() < Duration::from_secs(300),
+            "the bench's pods were not removed within 300 s"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    Ok(())
+}
+
+/// CPU ticks (user + system) and RSS in KiB of a process.
+fn usage(pid: u32) -> Option<(u64, u64)> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let after = stat.rsplit_once(')')?.1;
+    let f: Vec<&str> = after.split_whitespace().collect();
+    let ticks = f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?;
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let rss = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())?;
+    Some((ticks, rss))
+}
+
+/// The shims of the node whose state lives under `state_dir`.
+fn shims(state_dir: &std::path::Path) -> Vec<u32> {
+    let needle = state_dir.display().to_string();
+    std::fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| {
+                let c = String::from_utf8_lossy(&c);
+                c.contains("internal\0shim\0") && c.contains(&needle)
+            })
+        })
+        .collect()
+}
+
+/// The agent's and its shims' CPU (% of one core) over [`IDLE_WINDOW`], and memory.
+async fn idle(agent: u32, state_dir: &std::path::Path) -> anyhow::Result<Value> {
+    let hz = 100.0; // USER_HZ on Linux
+    let procs = |pids: &[u32]| -> (u64, u64) {
+        pids.iter()
+            .filter_map(|p| usage(*p))
+            .fold((0, 0), |(t, r), (t2, r2)| (t + t2, r + r2))
+    };
+    let shim_pids = shims(state_dir);
+    let (a0, _) = usage(agent).ok_or_else(|| anyhow::anyhow!("agent {agent} is gone"))?;
+    let (s0, _) = procs(&shim_pids);
+    tokio::time::sleep(IDLE_WINDOW).await;
+    let (a1, agent_rss) = usage(agent).ok_or_else(|| anyhow::anyhow!("agent {agent} is gone"))?;
+    let (s1, shims_rss) = procs(&shim_pids);
+    let pct = |ticks: u64| ticks as f64 / hz / IDLE_WINDOW.as_secs_f64() * 100.0;
+    let per_shim = if shim_pids.is_empty() {
+        0.0
+    } else {
+        shims_rss as f64 / shim_pids.len() as f64 / 1024.0
+    };
+    Ok(json!({
+        "agent_cpu_percent": pct(a1 - a0),
+        "shims_cpu_percent": pct(s1.saturating_sub(s0)),
+        "agent_rss_mib": agent_rss as f64 / 1024.0,
+        "shims": shim_pids.len(),
+        "rss_per_shim_mib": per_shim,
+    }))
+}
+
+fn percentile(sorted: &[Duration], p: usize) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    let i = (sorted.len() * p).div_ceil(100).saturating_sub(1);
+    sorted[i.min(sorted.len() - 1)].as_secs_f64() * 1000.0
+}
+
+/// Runs the benchmark; prints a summary and returns the figures.
+pub fn run() -> anyhow::Result<Value> {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    rt.block_on(measure())
+}
+
+async fn measure() -> anyhow::Result<Value> {
+    let cluster = Cluster::start(&[BRIDGE_IP.into()]).await?;
+    let control_plane = if cluster.in_memory().is_some() {
+        "in-memory (kit)"
+    } else {
+        "real (KUBEBUILDER_ASSETS)"
+    };
+    let mut lab = Lab::new("bench")?;
+    let fwd = lab.forward(0, cluster.addr())?;
+    let mut node = lab.add_node("b1")?;
+    node.import_busybox()?;
+    let agent = node.start_agent(&cluster, &fwd.url, &["--max-pods", "120"])?;
+    let admin = cluster.admin().await?;
+    let nodes: Api<k8s_openapi::api::core::v1::Node> = Api::all(admin.clone());
+    crate::wait_for("the node", Duration::from_secs(60), async || {
+        nodes.get_opt("b1").await.ok()?.map(|_| ())
+    })
+    .await;
+    let pods: Api<Pod> = Api::namespaced(admin, NS);
+    let (seen, watch) = watch_running(pods.clone());
+    let idle_0 = idle(agent, &node.dir("state")).await?;
+
+    let mut sequential = Vec::new();
+    for i in 0..20 {
+        let name = format!("seq-{i}");
+        let t0 = Instant::now();
+        pods.create(&PostParams::default(), &pod(&name)?).await?;
+        let t1 = wait_running(&seen, &name, Duration::from_secs(60)).await?;
+        sequential.push(t1.duration_since(t0));
+    }
+    delete_all(&pods).await?;
+
+    let t0 = Instant::now();
+    let creates = (0..110).map(|i| {
+        let pods = pods.clone();
+        async move {
+            let name = format!("burst-{i}");
+            pods.create(&PostParams::default(), &pod(&name)?).await?;
+            anyhow::Ok(name)
+        }
+    });
+    let names: Vec<String> = futures::future::try_join_all(creates).await?;
+    let mut burst = Vec::new();
+    for name in &names {
+        burst.push(
+            wait_running(&seen, name, Duration::from_secs(300))
+                .await?
+                .duration_since(t0),
+        );
+    }
+    let idle_110 = idle(agent, &node.dir("state")).await?;
+    delete_all(&pods).await?;
+    watch.abort();
+
+    sequential.sort();
+    burst.sort();
+    let out = json!({
+        "control_plane": control_plane,
+        "sequential_20": {"p50_ms": percentile(&sequential, 50), "p90_ms": percentile(&sequential, 90),
+                          "max_ms": percentile(&sequential, 100)},
+        "burst_110": {"p50_ms": percentile(&burst, 50), "p99_ms": percentile(&burst, 99),
+                      "all_running_ms": percentile(&burst, 100)},
+        "idle_0_pods": idle_0,
+        "idle_110_pods": idle_110,
+    });
+    println!(
+        "pods ({control_plane}): {}",
+        serde_json::to_string_pretty(&out)?
+    );
+    Ok(out)
+}
