@@ -110,6 +110,22 @@ async fn delete_all(pods: &Api<Pod>) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// A process's proportional and private memory in KiB (`smaps_rollup`): what it costs
+/// beyond the pages it shares with the others running the same binary.
+fn pss_private(pid: u32) -> Option<(u64, u64)> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup")).ok()?;
+    let field = |name: &str| -> u64 {
+        text.lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| v.split_whitespace().next()?.parse().ok())
+            .unwrap_or(0)
+    };
+    Some((
+        field("Pss:"),
+        field("Private_Clean:") + field("Private_Dirty:"),
+    ))
+}
+
 /// CPU ticks (user + system) and RSS in KiB of a process.
 fn usage(pid: u32) -> Option<(u64, u64)> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
@@ -156,17 +172,20 @@ async fn idle(agent: u32, state_dir: &std::path::Path) -> anyhow::Result<Value> 
     let (a1, agent_rss) = usage(agent).ok_or_else(|| anyhow::anyhow!("agent {agent} is gone"))?;
     let (s1, shims_rss) = procs(&shim_pids);
     let pct = |ticks: u64| ticks as f64 / hz / IDLE_WINDOW.as_secs_f64() * 100.0;
-    let per_shim = if shim_pids.is_empty() {
-        0.0
-    } else {
-        shims_rss as f64 / shim_pids.len() as f64 / 1024.0
-    };
+    let n = shim_pids.len().max(1) as f64;
+    let per_shim = shims_rss as f64 / n / 1024.0;
+    let (pss, private) = shim_pids
+        .iter()
+        .filter_map(|p| pss_private(*p))
+        .fold((0, 0), |(a, b), (c, d)| (a + c, b + d));
     Ok(json!({
         "agent_cpu_percent": pct(a1 - a0),
         "shims_cpu_percent": pct(s1.saturating_sub(s0)),
         "agent_rss_mib": agent_rss as f64 / 1024.0,
         "shims": shim_pids.len(),
         "rss_per_shim_mib": per_shim,
+        "pss_per_shim_mib": pss as f64 / n / 1024.0,
+        "private_per_shim_mib": private as f64 / n / 1024.0,
     }))
 }
 

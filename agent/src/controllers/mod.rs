@@ -6,6 +6,7 @@ pub mod events;
 pub mod node;
 pub mod overlay;
 pub mod permissions;
+pub mod pod_sources;
 pub mod pods;
 pub mod proxy_health;
 pub mod services;

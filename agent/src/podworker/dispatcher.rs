@@ -17,15 +17,19 @@ pub(super) struct PodWorker {
 }
 
 impl PodWorker {
-    /// Hands the worker a newer pod object (wakes it when it differs).
+    /// Hands the worker a newer pod object; wakes it when more than the status
+    /// changed (as kubelet, a pod's own status write is no reason to sync it again).
     fn update(&self, pod: &Pod) {
         let (lock, wake) = &*self.pod;
         if let Ok(mut p) = lock.lock()
             && p.0 != *pod
         {
+            let wake_up = !same_but_status(&p.0, pod);
             p.0 = pod.clone();
-            p.1 += 1;
-            wake.notify_one();
+            if wake_up {
+                p.1 += 1;
+                wake.notify_one();
+            }
         }
     }
 
@@ -33,6 +37,20 @@ impl PodWorker {
         self.stop.store(true, Ordering::Relaxed);
         self.pod.1.notify_one();
     }
+}
+
+/// Whether two objects of a pod differ at most in what a status write changes (the
+/// status, the resourceVersion, the managed fields).
+fn same_but_status(a: &Pod, b: &Pod) -> bool {
+    let (ma, mb) = (&a.metadata, &b.metadata);
+    a.spec == b.spec
+        && ma.labels == mb.labels
+        && ma.annotations == mb.annotations
+        && ma.generation == mb.generation
+        && ma.deletion_timestamp == mb.deletion_timestamp
+        && ma.deletion_grace_period_seconds == mb.deletion_grace_period_seconds
+        && ma.owner_references == mb.owner_references
+        && ma.finalizers == mb.finalizers
 }
 
 impl Runner {
@@ -335,5 +353,32 @@ impl Runner {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_status_write_alone_does_not_wake_the_worker() {
+        let pod: Pod = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "p", "resourceVersion": "1", "labels": {"a": "b"}},
+            "spec": {"containers": [{"name": "c", "image": "i"}]},
+        }))
+        .unwrap();
+        let mut written = pod.clone();
+        written.metadata.resource_version = Some("2".into());
+        written.status = Some(Default::default());
+        assert!(same_but_status(&pod, &written));
+        let mut relabelled = written.clone();
+        relabelled.metadata.labels = None;
+        assert!(!same_but_status(&pod, &relabelled));
+        let mut deleted = written.clone();
+        deleted.metadata.deletion_grace_period_seconds = Some(0);
+        assert!(!same_but_status(&pod, &deleted));
+        let mut resized = written;
+        resized.spec.as_mut().unwrap().containers[0].image = Some("j".into());
+        assert!(!same_but_status(&pod, &resized));
     }
 }

@@ -133,7 +133,8 @@ impl Runner {
                 std::thread::spawn(move || {
                     let started = Instant::now();
                     let secrets = secrets.map_or_else(Vec::new, |(client, handle, pod)| {
-                        handle.block_on(crate::controllers::pods::pull_secrets(&client, &pod))
+                        handle
+                            .block_on(crate::controllers::pod_sources::pull_secrets(&client, &pod))
                     });
                     let result = if verify {
                         rt.verify_or_pull_blocking(&reference, &secrets)

@@ -147,6 +147,9 @@ pub struct Runner {
     host_port_errors: HashSet<(String, String)>,
     /// When a mirror pod was last asked for, by static pod uid.
     mirrors_requested: HashMap<String, Instant>,
+    /// When the delete of a mirror pod was asked for, by its uid: not asked again for
+    /// 10 s while the watch still shows it.
+    mirrors_deleted: HashMap<String, Instant>,
     /// Where events go (pods from the apiserver).
     events: Option<crate::controllers::events::Recorder>,
     /// When a container's back-off was last reported, by container ID.
@@ -268,6 +271,7 @@ impl Runner {
             backoff_reported: HashMap::new(),
             static_pods: None,
             mirrors_requested: HashMap::new(),
+            mirrors_deleted: HashMap::new(),
             host_ports: Arc::default(),
             host_port_errors: HashSet::new(),
             last_manifest_error: None,

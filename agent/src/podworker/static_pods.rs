@@ -128,11 +128,14 @@ impl Runner {
                 }
                 Some(m) if is_mirror(m) && m.metadata.deletion_timestamp.is_none() => {
                     // A mirror of an older manifest: replaced.
-                    let _ = updates.send(crate::controllers::pods::Update::Finished {
-                        namespace: ns.clone(),
-                        name: name.clone(),
-                        uid: m.metadata.uid.clone().unwrap_or_default(),
-                    });
+                    let uid = m.metadata.uid.clone().unwrap_or_default();
+                    if ask_mirror_delete(&mut self.mirrors_deleted, &uid) {
+                        let _ = updates.send(crate::controllers::pods::Update::Finished {
+                            namespace: ns.clone(),
+                            name: name.clone(),
+                            uid,
+                        });
+                    }
                     continue;
                 }
                 Some(m) if !is_mirror(m) => {
@@ -179,15 +182,39 @@ impl Runner {
         {
             let owned_here =
                 m.spec.as_ref().and_then(|s| s.node_name.as_deref()) == Some(node.as_str());
-            if owned_here && mirror_hash(m).is_some_and(|h| !wanted.contains(h)) {
+            let uid = m.metadata.uid.clone().unwrap_or_default();
+            if owned_here
+                && mirror_hash(m).is_some_and(|h| !wanted.contains(h))
+                && ask_mirror_delete(&mut self.mirrors_deleted, &uid)
+            {
                 let _ = updates.send(crate::controllers::pods::Update::Finished {
                     namespace: m.metadata.namespace.clone().unwrap_or_default(),
                     name: m.metadata.name.clone().unwrap_or_default(),
-                    uid: m.metadata.uid.clone().unwrap_or_default(),
+                    uid,
                 });
             }
         }
+        // Deletes asked for are forgotten once the watch no longer shows the mirror.
+        let shown: HashSet<&str> = api_pods
+            .iter()
+            .filter_map(|p| p.metadata.uid.as_deref())
+            .collect();
+        self.mirrors_deleted
+            .retain(|u, _| shown.contains(u.as_str()));
         self.mirrors_requested
             .retain(|u, _| wanted.contains(u.as_str()));
+    }
+}
+
+/// Whether to ask for the delete of mirror pod `uid` now: not when it was asked for in
+/// the last 10 s (the watch may not have shown the delete yet).
+fn ask_mirror_delete(asked: &mut HashMap<String, Instant>, uid: &str) -> bool {
+    let now = Instant::now();
+    match asked.get(uid) {
+        Some(at) if now.duration_since(*at) < Duration::from_secs(10) => false,
+        _ => {
+            asked.insert(uid.to_string(), now);
+            true
+        }
     }
 }

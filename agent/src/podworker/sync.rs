@@ -423,9 +423,11 @@ impl Runner {
     ) -> Result<k8s_openapi::api::core::v1::Container, String> {
         let ns = sb.namespace.clone();
         let lookup = |secret: bool, name: &str| match &self.source {
-            Source::Api { client, handle, .. } if !is_static(pod) => handle.block_on(
-                crate::controllers::pods::source_data(client, &ns, secret, name),
-            ),
+            Source::Api { client, handle, .. } if !is_static(pod) => handle
+                .block_on(crate::controllers::pod_sources::source_data(
+                    client, &ns, secret, name,
+                ))
+                .map_err(|e| e.to_string()),
             _ => Err(format!(
                 "a static pod cannot use {} {name:?}: only pods from the apiserver may refer to configMaps and secrets",
                 if secret { "secret" } else { "configmap" }
@@ -438,7 +440,11 @@ impl Runner {
                     .as_ref()
                     .and_then(|s| s.enable_service_links)
                     .unwrap_or(true);
-                handle.block_on(crate::controllers::pods::service_env(client, &ns, links))?
+                handle
+                    .block_on(crate::controllers::pod_sources::service_env(
+                        client, &ns, links,
+                    ))
+                    .map_err(|e| e.to_string())?
             }
             Source::Manifests(_) => Vec::new(),
         };

@@ -53,13 +53,13 @@ impl Runner {
                     next = next.min(now + wait);
                 }
             }
-            let ctx = crate::controllers::pods::VolumeContext {
+            let ctx = crate::controllers::pod_sources::VolumeContext {
                 node_ip: self.node_ip.clone(),
                 pod_ip: sb_ip.clone(),
                 allocatable: self.allocatable,
                 keep_tokens,
             };
-            let fetched = handle.block_on(crate::controllers::pods::volume_files(
+            let fetched = handle.block_on(crate::controllers::pod_sources::volume_files(
                 client, pod, vol, &ctx,
             ));
             self.volume_checks.insert(key, next);
@@ -71,7 +71,7 @@ impl Runner {
                         volume = %vol.name, "cannot refresh the volume, keeping its contents: {e}");
                     continue;
                 }
-                Err(e) => return Err(e),
+                Err(e) => return Err(e.to_string()),
             };
             if volume_files::differs(&dir, &files) {
                 volume_files::write(&dir, &files)
