@@ -1,7 +1,7 @@
 //! `cargo xtask bench pods`: the pod manager through an apiserver (a real one when
 //! `KUBEBUILDER_ASSETS` is set, the kit's otherwise) and one kernlet node: start latency
-//! of 20 sequential pods and of a 110-pod burst (pod created → the apiserver shows
-//! every container running), and the agent's and shims' CPU and memory with 0 and
+//! of 20 sequential pods and of a 110-pod burst (pod created and bound → the apiserver
+//! shows every container running), and the agent's and shims' CPU and memory with 0 and
 //! with 110 idle pods.
 
 use std::collections::HashMap;
@@ -10,14 +10,12 @@ use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::Pod;
-use kube::api::{Api, DeleteParams, ListParams, PostParams};
+use kube::api::{Api, DeleteParams, ListParams};
 use kube::runtime::watcher;
 use serde_json::{Value, json};
 
-use crate::cluster::Cluster;
-use crate::simnode::{BRIDGE_IP, Lab};
+use crate::one_node::{Network, OneNode};
 
-const NS: &str = "default";
 const LABEL: &str = "kernlet-bench=pods";
 /// How long CPU use is sampled for an idle figure.
 const IDLE_WINDOW: Duration = Duration::from_secs(20);
@@ -207,24 +205,17 @@ pub fn run() -> anyhow::Result<Value> {
 }
 
 async fn measure() -> anyhow::Result<Value> {
-    let cluster = Cluster::start(&[BRIDGE_IP.into()]).await?;
-    let control_plane = if cluster.in_memory().is_some() {
+    let one = OneNode::start("bench", "b1", Network::Loopback(&["--max-pods", "120"])).await?;
+    let control_plane = if one.cluster.in_memory().is_some() {
         "in-memory (kit)"
     } else {
         "real (KUBEBUILDER_ASSETS)"
     };
-    let mut lab = Lab::new("bench")?;
-    let fwd = lab.forward(0, cluster.addr())?;
-    let mut node = lab.add_node("b1")?;
-    node.import_busybox()?;
-    let agent = node.start_agent(&cluster, &fwd.url, &["--max-pods", "120"])?;
-    let admin = cluster.admin().await?;
-    let nodes: Api<k8s_openapi::api::core::v1::Node> = Api::all(admin.clone());
-    crate::wait_for("the node", Duration::from_secs(60), async || {
-        nodes.get_opt("b1").await.ok()?.map(|_| ())
-    })
-    .await;
-    let pods: Api<Pod> = Api::namespaced(admin, NS);
+    let node = &one.node;
+    let agent = node
+        .kernlet_pid()
+        .ok_or_else(|| anyhow::anyhow!("the node's kernlet is not running"))?;
+    let pods = one.pods.clone();
     let (seen, watch) = watch_running(pods.clone());
     let idle_0 = idle(agent, &node.dir("state")).await?;
 
@@ -232,7 +223,7 @@ async fn measure() -> anyhow::Result<Value> {
     for i in 0..20 {
         let name = format!("seq-{i}");
         let t0 = Instant::now();
-        pods.create(&PostParams::default(), &pod(&name)?).await?;
+        one.create_bound(&pod(&name)?).await?;
         let t1 = wait_running(&seen, &name, Duration::from_secs(60)).await?;
         sequential.push(t1.duration_since(t0));
     }
@@ -240,12 +231,8 @@ async fn measure() -> anyhow::Result<Value> {
 
     let t0 = Instant::now();
     let creates = (0..110).map(|i| {
-        let pods = pods.clone();
-        async move {
-            let name = format!("burst-{i}");
-            pods.create(&PostParams::default(), &pod(&name)?).await?;
-            anyhow::Ok(name)
-        }
+        let one = &one;
+        async move { one.create_bound(&pod(&format!("burst-{i}"))?).await }
     });
     let names: Vec<String> = futures::future::try_join_all(creates).await?;
     let mut burst = Vec::new();

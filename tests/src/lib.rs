@@ -11,6 +11,7 @@ pub mod fixtures;
 pub mod grpc_health;
 pub mod hygiene;
 pub mod oci;
+pub mod one_node;
 pub mod overlay;
 pub mod real;
 pub mod registry;

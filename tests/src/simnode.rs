@@ -409,6 +409,11 @@ impl SimNode {
         Ok(pid)
     }
 
+    /// The pid of the node's running kernlet, if one runs.
+    pub fn kernlet_pid(&self) -> Option<u32> {
+        self.kernlet.as_ref().map(std::process::Child::id)
+    }
+
     /// Starts `kernlet run` on the node as `system:node:<name>` of `cluster`, reached
     /// at `url` (its kubeconfig written to `state/node.kubeconfig`), with `extra` flags.
     pub fn start_agent(

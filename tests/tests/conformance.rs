@@ -13,55 +13,30 @@ use std::time::Duration;
 
 use k8s_openapi::api::core::v1::{ContainerStatus, Pod};
 use kernlet_tests::cluster::Cluster;
-use kernlet_tests::simnode::{BRIDGE_IP, Forward, Lab, SimNode};
+use kernlet_tests::one_node::{Network, OneNode};
 use kernlet_tests::wait_for;
 use kube::api::{Api, DeleteParams, PostParams};
 
 /// A control plane and one kernlet node `c1` (pod CIDR 10.244.1.0/24) that runs its
 /// pods.
-struct Env {
-    cluster: Cluster,
-    _lab: Lab,
-    _fwd: Forward,
-    node: SimNode,
-    pods: Api<Pod>,
+struct Env(OneNode);
+
+impl std::ops::Deref for Env {
+    type Target = OneNode;
+    fn deref(&self) -> &OneNode {
+        &self.0
+    }
 }
 
 async fn env(label: &str) -> Env {
-    let cluster = Cluster::start(&[BRIDGE_IP.into()]).await.unwrap();
-    let mut lab = Lab::new(label).unwrap();
-    let fwd = lab.forward(0, cluster.addr()).unwrap();
-    let mut node = lab.add_node("c1").unwrap();
-    node.import_busybox().unwrap();
-    // With the pod network (as a cluster with a CNI): pods have addresses.
-    kernlet_tests::overlay::apply_node_rbac(&cluster).unwrap();
-    kernlet_tests::overlay::start_overlay_node(&cluster, &fwd.url, &mut node, 1, &[])
-        .await
-        .unwrap();
-    let pods = Api::namespaced(cluster.admin().await.unwrap(), "default");
-    Env {
-        cluster,
-        _lab: lab,
-        _fwd: fwd,
-        node,
-        pods,
-    }
+    Env(OneNode::start(label, "c1", Network::Overlay).await.unwrap())
 }
 
 impl Env {
     /// Creates the pod and binds it to the node.
     async fn create(&self, pod: serde_json::Value) -> String {
         let pod: Pod = serde_json::from_value(pod).unwrap();
-        let name = pod.metadata.name.clone().unwrap();
-        self.pods
-            .create(&PostParams::default(), &pod)
-            .await
-            .unwrap();
-        self.cluster
-            .bind_pod("default", &name, &self.node.name)
-            .await
-            .unwrap();
-        name
+        self.create_bound(&pod).await.unwrap()
     }
 
     /// Waits until the pod satisfies `ok`; fails naming `what` (with the pod and the

@@ -12,58 +12,34 @@
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::{Node, Pod};
-use kernlet_tests::cluster::Cluster;
-use kernlet_tests::simnode::{BRIDGE_IP, Lab, SimNode};
+use kernlet_tests::one_node::{Network, OneNode};
 use kernlet_tests::wait_for;
-use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
+use kube::api::{Api, DeleteParams, Patch, PatchParams};
 use serde_json::json;
 
-/// A cluster, and one node running kernlet with busybox in its image store.
-struct Setup {
-    cluster: Cluster,
-    _forward: kernlet_tests::simnode::Forward,
-    _lab: Lab,
-    node: SimNode,
-    pods: Api<Pod>,
+/// A cluster, and one node `w1` running kernlet with busybox in its image store.
+struct Setup(OneNode);
+
+impl std::ops::Deref for Setup {
+    type Target = OneNode;
+    fn deref(&self) -> &OneNode {
+        &self.0
+    }
 }
 
 async fn setup(name: &str) -> Setup {
-    let cluster = Cluster::start(&[BRIDGE_IP.into()]).await.unwrap();
-    let mut lab = Lab::new(name).unwrap();
-    let fwd = lab.forward(0, cluster.addr()).unwrap();
-    let mut node = lab.add_node("w1").unwrap();
-    node.import_busybox().unwrap();
-    node.start_agent(
-        &cluster,
-        &fwd.url,
-        &["--node-lease-renew-interval-ms", "300"],
+    let flags = ["--node-lease-renew-interval-ms", "300"];
+    Setup(
+        OneNode::start(name, "w1", Network::Loopback(&flags))
+            .await
+            .unwrap(),
     )
-    .unwrap();
-    let admin = cluster.admin().await.unwrap();
-    let nodes: Api<Node> = Api::all(admin.clone());
-    wait_for("the node", Duration::from_secs(30), async || {
-        nodes.get_opt("w1").await.ok()?.map(|_| ())
-    })
-    .await;
-    let pods: Api<Pod> = Api::namespaced(admin, "default");
-    Setup {
-        cluster,
-        _forward: fwd,
-        _lab: lab,
-        node,
-        pods,
-    }
 }
 
 impl Setup {
     async fn run(&self, pod: serde_json::Value) -> Pod {
         let pod: Pod = serde_json::from_value(pod).unwrap();
-        let name = pod.metadata.name.clone().unwrap();
-        self.pods
-            .create(&PostParams::default(), &pod)
-            .await
-            .unwrap();
-        self.cluster.bind_pod("default", &name, "w1").await.unwrap();
+        let name = self.create_bound(&pod).await.unwrap();
         self.wait(&name, "running", |p| {
             let s = p.status.as_ref()?;
             let all = s.container_statuses.as_ref()?;
