@@ -86,12 +86,21 @@ async fn wait_running(seen: &Seen, name: &str, within: Duration) -> anyhow::Resu
 
 /// Deletes the bench's pods and waits until the node has removed them.
 async fn delete_all(pods: &Api<Pod>) -> anyhow::Result<()> {
-    let _ = pods
-        .delete_collection(
-            &DeleteParams::default().grace_period(0),
-            &ListParams::default().labels(LABEL),
-        )
-        .await?;
+    // One delete per pod: the kit's apiserver has no deletecollection.
+    let listed = pods.list(&ListParams::default().labels(LABEL)).await?;
+    let deletes = listed
+        .items
+        .iter()
+        .filter_map(|p| p.metadata.name.clone())
+        .map(|name| {
+            let pods = pods.clone();
+            async move {
+                pods.delete(&name, &DeleteParams::default().grace_period(0))
+                    .await
+                    .map(|_| ())
+            }
+        });
+    futures::future::try_join_all(deletes).await?;
     let start = Instant::now();
     while !pods
         .list(&ListParams::default().labels(LABEL))
