@@ -25,8 +25,8 @@ pub enum SourceError {
     NoSource(String),
     #[error("downwardAPI resourceFieldRef names no container {0:?}")]
     NoContainer(String),
-    #[error("{0}")]
-    Field(String),
+    #[error(transparent)]
+    Field(#[from] crate::model::env::EnvError),
     #[error("building the token request: {0}")]
     TokenRequest(serde_json::Error),
     #[error("{0}")]

@@ -18,7 +18,35 @@ pub type Data = BTreeMap<String, Vec<u8>>;
 
 /// A configMap's or secret's data by name (the flag says secret); `Ok(None)` when it
 /// does not exist.
-pub type Lookup<'a> = &'a dyn Fn(bool, &str) -> Result<Option<Data>, String>;
+pub type Lookup<'a> = &'a dyn Fn(bool, &str) -> Result<Option<Data>, EnvError>;
+
+/// Why a container's environment cannot be resolved (kubelet's
+/// CreateContainerConfigError).
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum EnvError {
+    #[error("fieldRef {0:?} is not a supported field")]
+    Field(String),
+    #[error("resourceFieldRef {0:?} is not a resource")]
+    NotAResource(String),
+    #[error("resourceFieldRef resource {0:?} is not supported")]
+    Unsupported(String),
+    #[error("resourceFieldRef names no container {0:?}")]
+    NoContainer(String),
+    #[error("resourceFieldRef {what}: {error}")]
+    Quantity { what: String, error: String },
+    #[error("{kind} {name:?} not found")]
+    NotFound { kind: &'static str, name: String },
+    #[error("couldn't find key {key} in {kind} {name:?}")]
+    NoKey {
+        kind: &'static str,
+        name: String,
+        key: String,
+    },
+    /// The source could not be read (the apiserver's answer, or a static pod's
+    /// reference to an API object).
+    #[error("{0}")]
+    Source(String),
+}
 
 /// A Service as its link variables need it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -43,7 +71,7 @@ pub struct Sources<'a> {
 }
 
 /// A pod field for `fieldRef` (env and downward API volumes).
-pub fn field_value(pod: &Pod, node_ip: &str, pod_ip: &str, path: &str) -> Result<String, String> {
+pub fn field_value(pod: &Pod, node_ip: &str, pod_ip: &str, path: &str) -> Result<String, EnvError> {
     let m = &pod.metadata;
     let spec = pod.spec.as_ref();
     let map_entry = |map: &Option<BTreeMap<String, String>>, key: &str| {
@@ -85,7 +113,7 @@ pub fn field_value(pod: &Pod, node_ip: &str, pod_ip: &str, path: &str) -> Result
                 .map(|(k, v)| format!("{k}={v:?}\n"))
                 .collect::<String>()
         }
-        other => return Err(format!("fieldRef {other:?} is not a supported field")),
+        other => return Err(EnvError::Field(other.to_string())),
     })
 }
 
@@ -112,30 +140,28 @@ pub fn resource_value(
     sel: &ResourceFieldSelector,
     allocatable_cpu_milli: u64,
     allocatable_memory: u64,
-) -> Result<String, String> {
+) -> Result<String, EnvError> {
     let res = c.resources.as_ref();
     let (kind, name) = sel
         .resource
         .split_once('.')
-        .ok_or_else(|| format!("resourceFieldRef {:?} is not a resource", sel.resource))?;
+        .ok_or_else(|| EnvError::NotAResource(sel.resource.clone()))?;
     let set = match kind {
         "limits" => res.and_then(|r| r.limits.as_ref()),
         "requests" => res.and_then(|r| r.requests.as_ref()),
-        _ => {
-            return Err(format!(
-                "resourceFieldRef {:?} is not a resource",
-                sel.resource
-            ));
-        }
+        _ => return Err(EnvError::NotAResource(sel.resource.clone())),
     };
-    let given = set
-        .and_then(|m| m.get(name))
-        .map(|q| Quantity::parse(&q.0).map_err(|e| e.to_string()))
-        .transpose()?;
+    let quantity = |q: &k8s_openapi::apimachinery::pkg::api::resource::Quantity| {
+        Quantity::parse(&q.0).map_err(|e| EnvError::Quantity {
+            what: sel.resource.clone(),
+            error: e.to_string(),
+        })
+    };
+    let given = set.and_then(|m| m.get(name)).map(quantity).transpose()?;
     let divisor = sel
         .divisor
         .as_ref()
-        .map(|q| Quantity::parse(&q.0).map_err(|e| e.to_string()))
+        .map(quantity)
         .transpose()?
         .filter(|d| d.milli() != 0);
     let ceil_div = |a: i128, b: i128| if b <= 0 { a } else { (a + b - 1) / b };
@@ -164,11 +190,7 @@ pub fn resource_value(
             let div = divisor.map_or(1, |d| d.value());
             ceil_div(bytes, div).to_string()
         }
-        other => {
-            return Err(format!(
-                "resourceFieldRef resource {other:?} is not supported"
-            ));
-        }
+        other => return Err(EnvError::Unsupported(other.to_string())),
     })
 }
 
@@ -184,7 +206,7 @@ fn text(bytes: &[u8]) -> String {
 /// The container with its environment resolved (see the module doc). A missing
 /// source that is not optional is an error naming it (kubelet's
 /// CreateContainerConfigError).
-pub fn resolve(pod: &Pod, c: &Container, src: &Sources<'_>) -> Result<Container, String> {
+pub fn resolve(pod: &Pod, c: &Container, src: &Sources<'_>) -> Result<Container, EnvError> {
     let mut env: Vec<EnvVar> = src
         .service_env
         .iter()
@@ -217,7 +239,7 @@ pub fn resolve(pod: &Pod, c: &Container, src: &Sources<'_>) -> Result<Container,
                 }
             }
             None if optional => {}
-            None => return Err(format!("{kind} {name:?} not found")),
+            None => return Err(EnvError::NotFound { kind, name }),
         }
     }
     for var in c.env.iter().flatten() {
@@ -233,11 +255,12 @@ pub fn resolve(pod: &Pod, c: &Container, src: &Sources<'_>) -> Result<Container,
             Some(field_value(pod, src.node_ip, src.pod_ip, &f.field_path)?)
         } else if let Some(r) = &from.resource_field_ref {
             let target = match r.container_name.as_deref().filter(|n| !n.is_empty()) {
-                Some(n) => {
-                    super::pod_lifecycle::all_containers(pod.spec.as_ref().ok_or("no spec")?)
-                        .find(|x| x.name == n)
-                        .ok_or_else(|| format!("resourceFieldRef names no container {n:?}"))?
-                }
+                Some(n) => pod
+                    .spec
+                    .iter()
+                    .flat_map(super::pod_lifecycle::all_containers)
+                    .find(|x| x.name == n)
+                    .ok_or_else(|| EnvError::NoContainer(n.to_string()))?,
                 None => c,
             };
             let (cpu, memory) = limits_default(pod, src);
@@ -261,16 +284,23 @@ fn key_value(
     name: &str,
     key: &str,
     optional: bool,
-) -> Result<Option<String>, String> {
+) -> Result<Option<String>, EnvError> {
     let kind = if secret { "secret" } else { "configmap" };
     match (src.lookup)(secret, name)? {
         Some(data) => match data.get(key) {
             Some(v) => Ok(Some(text(v))),
             None if optional => Ok(None),
-            None => Err(format!("couldn't find key {key} in {kind} {name:?}")),
+            None => Err(EnvError::NoKey {
+                kind,
+                name: name.to_string(),
+                key: key.to_string(),
+            }),
         },
         None if optional => Ok(None),
-        None => Err(format!("{kind} {name:?} not found")),
+        None => Err(EnvError::NotFound {
+            kind,
+            name: name.to_string(),
+        }),
     }
 }
 
@@ -347,7 +377,7 @@ mod tests {
         .unwrap()
     }
 
-    fn lookup(secret: bool, name: &str) -> Result<Option<Data>, String> {
+    fn lookup(secret: bool, name: &str) -> Result<Option<Data>, EnvError> {
         let mut m = BTreeMap::new();
         match (secret, name) {
             (false, "cfg") => {
@@ -447,7 +477,7 @@ mod tests {
             service_env: Vec::new(),
         };
         assert_eq!(
-            resolve(&p, c, &src).unwrap_err(),
+            resolve(&p, c, &src).unwrap_err().to_string(),
             "secret \"absent\" not found"
         );
         let mut c2 = c.clone();
@@ -456,7 +486,7 @@ mod tests {
         )
         .unwrap()]);
         assert_eq!(
-            resolve(&p, &c2, &src).unwrap_err(),
+            resolve(&p, &c2, &src).unwrap_err().to_string(),
             "couldn't find key missing in configmap \"cfg\""
         );
         // Without limits, the node's allocatable.

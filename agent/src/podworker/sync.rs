@@ -306,7 +306,7 @@ impl Runner {
                     tracing::warn!(pod = %format!("{}/{}", sb.namespace, sb.name), container = %name, "{why}");
                     self.event(pod, &name, true, "Failed", format!("Error: {why}"));
                     self.start_failures
-                        .insert(key, ("CreateContainerConfigError".into(), why));
+                        .insert(key, ("CreateContainerConfigError".into(), why.to_string()));
                     continue;
                 }
             };
@@ -420,18 +420,19 @@ impl Runner {
         sb: &SandboxRecord,
         pod: &Pod,
         c: &k8s_openapi::api::core::v1::Container,
-    ) -> Result<k8s_openapi::api::core::v1::Container, String> {
+    ) -> Result<k8s_openapi::api::core::v1::Container, crate::model::env::EnvError> {
+        use crate::model::env::EnvError;
         let ns = sb.namespace.clone();
         let lookup = |secret: bool, name: &str| match &self.source {
             Source::Api { client, handle, .. } if !is_static(pod) => handle
                 .block_on(crate::controllers::pod_sources::source_data(
                     client, &ns, secret, name,
                 ))
-                .map_err(|e| e.to_string()),
-            _ => Err(format!(
+                .map_err(|e| EnvError::Source(e.to_string())),
+            _ => Err(EnvError::Source(format!(
                 "a static pod cannot use {} {name:?}: only pods from the apiserver may refer to configMaps and secrets",
                 if secret { "secret" } else { "configmap" }
-            )),
+            ))),
         };
         let service_env = match &self.source {
             Source::Api { client, handle, .. } => {
@@ -444,7 +445,7 @@ impl Runner {
                     .block_on(crate::controllers::pod_sources::service_env(
                         client, &ns, links,
                     ))
-                    .map_err(|e| e.to_string())?
+                    .map_err(|e| EnvError::Source(e.to_string()))?
             }
             Source::Manifests(_) => Vec::new(),
         };
@@ -531,7 +532,7 @@ impl Runner {
                 Err(why) => {
                     self.event(pod, &c.name, true, "Failed", format!("Error: {why}"));
                     self.start_failures
-                        .insert(key, ("CreateContainerConfigError".into(), why));
+                        .insert(key, ("CreateContainerConfigError".into(), why.to_string()));
                     continue;
                 }
             };
