@@ -122,10 +122,8 @@ pub fn field_value(pod: &Pod, node_ip: &str, pod_ip: &str, path: &str) -> Result
 /// allocatable.
 fn limits_default(pod: &Pod, src: &Sources<'_>) -> (u64, u64) {
     let limit = |name: &str| {
-        let spec = pod.spec.as_ref()?;
-        let q = super::qos::pod_level(spec)?.limits.as_ref()?.get(name)?;
-        let q = Quantity::parse(&q.0).ok()?;
-        u64::try_from(if name == "cpu" { q.milli() } else { q.value() }).ok()
+        let limits = &super::qos::pod_level(pod.spec.as_ref()?)?.limits;
+        super::quantity::amount(limits, name).ok().flatten()
     };
     (
         limit("cpu").unwrap_or(src.allocatable_cpu_milli),

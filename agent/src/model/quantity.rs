@@ -122,6 +122,25 @@ impl fmt::Display for Quantity {
     }
 }
 
+/// The amount `key` of a resource list (requests or limits): millicores for `cpu`,
+/// the value (bytes, count) for anything else; `None` when the list does not name it.
+pub fn amount(
+    m: &Option<
+        std::collections::BTreeMap<String, k8s_openapi::apimachinery::pkg::api::resource::Quantity>,
+    >,
+    key: &str,
+) -> Result<Option<u64>, QuantityError> {
+    let Some(q) = m.as_ref().and_then(|m| m.get(key)) else {
+        return Ok(None);
+    };
+    let q = Quantity::parse(&q.0)?;
+    Ok(Some(if key == "cpu" {
+        u64::try_from(q.milli()).unwrap_or(0)
+    } else {
+        u64::try_from(q.value()).unwrap_or(0)
+    }))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use k8s_openapi::api::core::v1::{Container, PodSpec, ResourceRequirements};
 
 use crate::model::pod_lifecycle;
-use crate::model::quantity::{Quantity, QuantityError};
+use crate::model::quantity::{QuantityError, amount};
 
 /// What each container (by name) is allocated: requests and limits.
 pub type Allocation = BTreeMap<String, ResourceRequirements>;
@@ -28,22 +28,6 @@ pub fn desired(spec: &PodSpec) -> Allocation {
     pod_lifecycle::all_containers(spec)
         .map(|c| (c.name.clone(), wanted(c)))
         .collect()
-}
-
-/// One resource of a requirement list, in milli-units (CPU) or bytes (memory).
-fn amount(
-    m: &Option<BTreeMap<String, k8s_openapi::apimachinery::pkg::api::resource::Quantity>>,
-    key: &str,
-) -> Result<Option<u64>, QuantityError> {
-    let Some(q) = m.as_ref().and_then(|m| m.get(key)) else {
-        return Ok(None);
-    };
-    let q = Quantity::parse(&q.0)?;
-    Ok(Some(if key == "cpu" {
-        u64::try_from(q.milli()).unwrap_or(0)
-    } else {
-        u64::try_from(q.value()).unwrap_or(0)
-    }))
 }
 
 /// Whether two requirement lists mean the same amounts (`1` and `1000m` are equal).

@@ -53,20 +53,20 @@ pub fn pod_cgroup(qos: QosClass, uid: &str) -> String {
 pub fn pod_resources(
     spec: &k8s_openapi::api::core::v1::PodSpec,
 ) -> Result<(Option<u64>, Option<u64>, u64), crate::model::quantity::QuantityError> {
-    use crate::model::quantity::Quantity;
+    use crate::model::quantity::amount;
     let get = |c: &k8s_openapi::api::core::v1::Container,
                side: &str,
                key: &str|
      -> Result<Option<i128>, _> {
-        let r = c.resources.as_ref();
-        let m = match side {
-            "limits" => r.and_then(|r| r.limits.as_ref()),
-            _ => r.and_then(|r| r.requests.as_ref()),
+        let Some(r) = c.resources.as_ref() else {
+            return Ok(None);
         };
-        m.and_then(|m| m.get(key))
-            .map(|q| Quantity::parse(&q.0))
-            .transpose()
-            .map(|q| q.map(|q| if key == "cpu" { q.milli() } else { q.value() }))
+        let m = if side == "limits" {
+            &r.limits
+        } else {
+            &r.requests
+        };
+        Ok(amount(m, key)?.map(i128::from))
     };
     let total = |key: &str| -> Result<Option<u64>, crate::model::quantity::QuantityError> {
         let mut sum = 0i128;
@@ -93,17 +93,10 @@ pub fn pod_resources(
     }
     // Pod-level resources, where the pod sets them, take the place of the sums.
     let pod_level = crate::model::qos::pod_level(spec);
-    let pod_value = |side: &str, key: &str| -> Result<Option<u64>, _> {
-        let m = pod_level.and_then(|r| match side {
-            "limits" => r.limits.as_ref(),
-            _ => r.requests.as_ref(),
-        });
-        m.and_then(|m| m.get(key))
-            .map(|q| Quantity::parse(&q.0))
-            .transpose()
-            .map(|q| {
-                q.and_then(|q| u64::try_from(if key == "cpu" { q.milli() } else { q.value() }).ok())
-            })
+    let pod_value = |side: &str, key: &str| match pod_level {
+        Some(r) if side == "limits" => amount(&r.limits, key),
+        Some(r) => amount(&r.requests, key),
+        None => Ok(None),
     };
     let cpu_request = match pod_value("requests", "cpu")? {
         Some(v) => Some(v),
