@@ -98,18 +98,36 @@ fn keyed_bytes(
     out
 }
 
+/// Object `name` of kind `K` in `ns`; `what` names its kind in the error.
+async fn get_object<K>(
+    client: &SharedClient,
+    ns: &str,
+    name: &str,
+    what: &str,
+) -> Result<K, SourceError>
+where
+    K: kube::Resource<Scope = kube::core::NamespaceResourceScope>
+        + Clone
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug,
+    K::DynamicType: Default,
+{
+    Api::<K>::namespaced(client.get(), ns)
+        .get(name)
+        .await
+        .map_err(|source| SourceError::Api {
+            what: format!("{what} {ns}/{name}"),
+            source,
+        })
+}
+
 async fn config_map(
     client: &SharedClient,
     ns: &str,
     name: &str,
 ) -> Result<BTreeMap<String, Vec<u8>>, SourceError> {
-    let cm = Api::<k8s_openapi::api::core::v1::ConfigMap>::namespaced(client.get(), ns)
-        .get(name)
-        .await
-        .map_err(|source| SourceError::Api {
-            what: format!("configMap {ns}/{name}"),
-            source,
-        })?;
+    let cm: k8s_openapi::api::core::v1::ConfigMap =
+        get_object(client, ns, name, "configMap").await?;
     Ok(keyed_bytes(cm.data, cm.binary_data))
 }
 
@@ -118,13 +136,7 @@ async fn secret(
     ns: &str,
     name: &str,
 ) -> Result<BTreeMap<String, Vec<u8>>, SourceError> {
-    let s = Api::<k8s_openapi::api::core::v1::Secret>::namespaced(client.get(), ns)
-        .get(name)
-        .await
-        .map_err(|source| SourceError::Api {
-            what: format!("secret {ns}/{name}"),
-            source,
-        })?;
+    let s: k8s_openapi::api::core::v1::Secret = get_object(client, ns, name, "secret").await?;
     // stringData is write-only: the apiserver folds it into data.
     Ok(keyed_bytes(s.string_data, s.data))
 }

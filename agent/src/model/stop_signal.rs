@@ -32,26 +32,19 @@ pub fn parse(s: &str) -> Result<i32, StopSignalError> {
     }
     let upper = s.to_ascii_uppercase();
     let name = upper.strip_prefix("SIG").unwrap_or(&upper);
-    if let Some(rest) = name.strip_prefix("RTMIN") {
-        let off: i32 = match rest.strip_prefix('+') {
+    // Real-time signals: SIGRTMIN[+n] is 34 + n, SIGRTMAX[-n] is 64 - n (n ≤ 30).
+    for (prefix, sign, base, step) in [("RTMIN", '+', 34, 1), ("RTMAX", '-', 64, -1)] {
+        let Some(rest) = name.strip_prefix(prefix) else {
+            continue;
+        };
+        let off: i32 = match rest.strip_prefix(sign) {
             Some(n) => n.parse().map_err(|_| unknown())?,
             None if rest.is_empty() => 0,
             None => return Err(unknown()),
         };
         return (0..=30)
             .contains(&off)
-            .then_some(34 + off)
-            .ok_or_else(unknown);
-    }
-    if let Some(rest) = name.strip_prefix("RTMAX") {
-        let off: i32 = match rest.strip_prefix('-') {
-            Some(n) => n.parse().map_err(|_| unknown())?,
-            None if rest.is_empty() => 0,
-            None => return Err(unknown()),
-        };
-        return (0..=30)
-            .contains(&off)
-            .then_some(64 - off)
+            .then_some(base + step * off)
             .ok_or_else(unknown);
     }
     NAMES
