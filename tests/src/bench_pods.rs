@@ -196,12 +196,9 @@ async fn idle(agent: u32, state_dir: &std::path::Path) -> anyhow::Result<Value> 
     }))
 }
 
-fn percentile(sorted: &[Duration], p: usize) -> f64 {
-    if sorted.is_empty() {
-        return 0.0;
-    }
-    let i = (sorted.len() * p).div_ceil(100).saturating_sub(1);
-    sorted[i.min(sorted.len() - 1)].as_secs_f64() * 1000.0
+/// The `p`th percentile of sorted latencies, in milliseconds.
+fn ms_at(sorted: &[Duration], p: usize) -> f64 {
+    crate::percentile(sorted, p).as_secs_f64() * 1000.0
 }
 
 /// Runs the benchmark; prints a summary and returns the figures.
@@ -260,10 +257,10 @@ async fn measure() -> anyhow::Result<Value> {
     burst.sort();
     let out = json!({
         "control_plane": control_plane,
-        "sequential_20": {"p50_ms": percentile(&sequential, 50), "p90_ms": percentile(&sequential, 90),
-                          "max_ms": percentile(&sequential, 100)},
-        "burst_110": {"p50_ms": percentile(&burst, 50), "p99_ms": percentile(&burst, 99),
-                      "all_running_ms": percentile(&burst, 100)},
+        "sequential_20": {"p50_ms": ms_at(&sequential, 50), "p90_ms": ms_at(&sequential, 90),
+                          "max_ms": ms_at(&sequential, 100)},
+        "burst_110": {"p50_ms": ms_at(&burst, 50), "p99_ms": ms_at(&burst, 99),
+                      "all_running_ms": ms_at(&burst, 100)},
         "idle_0_pods": idle_0,
         "idle_110_pods": idle_110,
     });

@@ -17,6 +17,15 @@ pub mod real;
 pub mod registry;
 pub mod simnode;
 
+/// The `p`th percentile (nearest rank) of `sorted`; zero when it is empty.
+pub fn percentile(sorted: &[std::time::Duration], p: usize) -> std::time::Duration {
+    let i = (sorted.len() * p).div_ceil(100).saturating_sub(1);
+    sorted
+        .get(i.min(sorted.len().saturating_sub(1)))
+        .copied()
+        .unwrap_or_default()
+}
+
 /// Polls `f` every 200 ms until it gives a value; fails the test naming `what` after
 /// `within`.
 pub async fn wait_for<T>(

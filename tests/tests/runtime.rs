@@ -963,11 +963,8 @@ fn post_start_and_pre_stop_hooks() {
     assert!(node.kernlet_log().contains("FailedPostStartHook"));
     // Delete: preStop, then SIGTERM (the container traps it and says so).
     let uid = p["metadata"]["uid"].as_str().unwrap().to_string();
-    let log = kernlet::runtime::logs::container_log(
-        &kernlet::runtime::logs::pod_dir(&node.dir("logs"), "t", "hooks", &uid),
-        "main",
-        0,
-    );
+    let pod_logs = kernlet::runtime::logs::pod_dir(&node.dir("logs"), "t", "hooks", &uid);
+    let log = kernlet::runtime::logs::container_log(&pod_logs, "main", 0);
     std::fs::remove_file(m.join("pods.yaml")).unwrap();
     let text = wait_for(
         &node,
@@ -987,11 +984,7 @@ fn post_start_and_pre_stop_hooks() {
     let pre = lines.iter().position(|l| l == "prestop ran");
     let term = lines.iter().position(|l| l == "got TERM");
     assert!(pre.is_some() && pre < term, "{lines:?}");
-    let usr1_log = kernlet::runtime::logs::container_log(
-        &kernlet::runtime::logs::pod_dir(&node.dir("logs"), "t", "hooks", &uid),
-        "usr1",
-        0,
-    );
+    let usr1_log = kernlet::runtime::logs::container_log(&pod_logs, "usr1", 0);
     let usr1 = wait_for(
         &node,
         "the stop signal in the log",

@@ -390,6 +390,15 @@ mod tests {
         Ok(Some(m))
     }
 
+    /// A resolved container's variables by name.
+    fn values(c: Container) -> BTreeMap<String, String> {
+        c.env
+            .unwrap_or_default()
+            .into_iter()
+            .map(|e| (e.name, e.value.unwrap_or_default()))
+            .collect()
+    }
+
     #[test]
     fn every_source_resolves_in_kubernetes_order() {
         let p = pod();
@@ -404,12 +413,7 @@ mod tests {
         };
         let out = resolve(&p, c, &src).unwrap();
         assert!(out.env_from.is_none());
-        let env: BTreeMap<String, String> = out
-            .env
-            .unwrap()
-            .into_iter()
-            .map(|e| (e.name, e.value.unwrap_or_default()))
-            .collect();
+        let env = values(out);
         assert_eq!(env["KUBERNETES_SERVICE_HOST"], "10.96.0.1");
         assert_eq!(env["MODE"], "fast");
         assert_eq!(env["S_password"], "s3cret");
@@ -450,13 +454,7 @@ mod tests {
             service_env: Vec::new(),
         };
         let c = &p.spec.as_ref().unwrap().containers[0];
-        let env: BTreeMap<String, String> = resolve(&p, c, &src)
-            .unwrap()
-            .env
-            .unwrap()
-            .into_iter()
-            .map(|e| (e.name, e.value.unwrap_or_default()))
-            .collect();
+        let env = values(resolve(&p, c, &src).unwrap());
         assert_eq!((env["MEM"].as_str(), env["CPU"].as_str()), ("256", "2000"));
     }
 

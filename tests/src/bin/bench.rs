@@ -141,11 +141,6 @@ fn simnodes_up() -> anyhow::Result<Duration> {
     Ok(start.elapsed())
 }
 
-fn percentile(sorted: &[Duration], p: usize) -> Duration {
-    let i = (sorted.len() * p).div_ceil(100).saturating_sub(1);
-    sorted[i.min(sorted.len() - 1)]
-}
-
 /// A runtime with its own directories and cgroup root, removed on drop.
 struct BenchRuntime {
     rt: kernlet::runtime::Runtime,
@@ -285,11 +280,11 @@ fn runtime_latency() -> anyhow::Result<serde_json::Value> {
     floor.sort();
     let ms = |d: Duration| d.as_secs_f64() * 1000.0;
     let (s50, s99, b50, b99, f50) = (
-        percentile(&seq, 50),
-        percentile(&seq, 99),
-        percentile(&burst, 50),
-        percentile(&burst, 99),
-        percentile(&floor, 50),
+        kernlet_tests::percentile(&seq, 50),
+        kernlet_tests::percentile(&seq, 99),
+        kernlet_tests::percentile(&burst, 50),
+        kernlet_tests::percentile(&burst, 99),
+        kernlet_tests::percentile(&floor, 50),
     );
     println!(
         "runtime                  sequential p50 {s50:>9.3?} p99 {s99:>9.3?} | burst of 110 (10 at a time) p50 {b50:>9.3?} p99 {b99:>9.3?} | floor p50 {f50:>9.3?} | p50 ratio {:.1}x",

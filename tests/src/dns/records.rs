@@ -8,7 +8,7 @@ use std::net::IpAddr;
 
 use hickory_proto::rr::rdata::{A, AAAA, CNAME, PTR, SRV};
 use hickory_proto::rr::{Name as DnsName, RData, Record, RecordType};
-use k8s_openapi::api::core::v1::Service;
+use k8s_openapi::api::core::v1::{Service, ServiceSpec};
 use k8s_openapi::api::discovery::v1::{Endpoint, EndpointSlice};
 use kube::api::{Api, ListParams};
 
@@ -51,9 +51,11 @@ pub async fn lookup(
     match classify(text, domain) {
         Name::Service { ns, svc } => cluster.service(qname, qtype, &ns, &svc).await,
         Name::Endpoint { ns, svc, endpoint } => {
-            let Some((_, eps)) = cluster.endpoints(&ns, &svc).await else {
+            let Some(service) = cluster.get_service(&ns, &svc).await else {
                 return Lookup::none();
             };
+            let spec = service.spec.unwrap_or_default();
+            let (_, eps) = cluster.endpoints(&ns, &svc, &spec).await;
             let ips: Vec<IpAddr> = eps
                 .iter()
                 .filter(|(name, _)| *name == endpoint)
@@ -140,10 +142,9 @@ impl Cluster<'_> {
             l.answers = addresses(qname, &ips, qtype);
             return l;
         }
-        if let Some((_, eps)) = self.endpoints(ns, svc).await {
-            let ips: Vec<IpAddr> = eps.iter().map(|(_, ip)| *ip).collect();
-            l.answers = addresses(qname, &ips, qtype);
-        }
+        let (_, eps) = self.endpoints(ns, svc, &spec).await;
+        let ips: Vec<IpAddr> = eps.iter().map(|(_, ip)| *ip).collect();
+        l.answers = addresses(qname, &ips, qtype);
         l
     }
 
@@ -161,7 +162,7 @@ impl Cluster<'_> {
         let Some(service) = self.get_service(ns, svc).await else {
             return Lookup::none();
         };
-        let spec = service.spec.clone().unwrap_or_default();
+        let spec = service.spec.unwrap_or_default();
         let same_proto = |p: Option<&str>| p.unwrap_or("TCP").eq_ignore_ascii_case(proto);
         let mut l = Lookup::found();
         let want_srv = matches!(qtype, RecordType::SRV | RecordType::ANY);
@@ -180,9 +181,7 @@ impl Cluster<'_> {
             }
             return l;
         }
-        let Some((ports, eps)) = self.endpoints(ns, svc).await else {
-            return l;
-        };
+        let (ports, eps) = self.endpoints(ns, svc, &spec).await;
         let matching: Vec<u16> = ports
             .iter()
             .filter(|(name, p, _)| name == port && same_proto(Some(p)))
@@ -203,17 +202,17 @@ impl Cluster<'_> {
         l
     }
 
-    /// A Service's endpoints as `(name, address)` (ready ones, or all with
-    /// `publishNotReadyAddresses`) and the ports of its slices as `(name, protocol,
-    /// number)`; None when the Service does not exist.
+    /// The endpoints of Service `svc` (with `spec`) as `(name, address)` (ready ones,
+    /// or all with `publishNotReadyAddresses`) and the ports of its slices as `(name,
+    /// protocol, number)`.
     #[allow(clippy::type_complexity, reason = "two plain lists, named in the doc")]
     async fn endpoints(
         &self,
         ns: &str,
         svc: &str,
-    ) -> Option<(Vec<(String, String, u16)>, Vec<(String, IpAddr)>)> {
-        let service = self.get_service(ns, svc).await?;
-        let all = service.spec.and_then(|s| s.publish_not_ready_addresses) == Some(true);
+        spec: &ServiceSpec,
+    ) -> (Vec<(String, String, u16)>, Vec<(String, IpAddr)>) {
+        let all = spec.publish_not_ready_addresses == Some(true);
         let slices = Api::<EndpointSlice>::namespaced(self.client.clone(), ns)
             .list(&ListParams::default().labels(&format!("kubernetes.io/service-name={svc}")))
             .await
@@ -235,7 +234,7 @@ impl Cluster<'_> {
                 }
             }
         }
-        Some((ports, eps))
+        (ports, eps)
     }
 
     /// The name of an address: a Service's when it is a ClusterIP, else an endpoint's.
@@ -282,7 +281,7 @@ fn named_addresses(e: &Endpoint) -> Vec<(String, IpAddr)> {
         .collect()
 }
 
-fn cluster_ips(spec: &k8s_openapi::api::core::v1::ServiceSpec) -> Vec<IpAddr> {
+fn cluster_ips(spec: &ServiceSpec) -> Vec<IpAddr> {
     spec.cluster_ips
         .iter()
         .flatten()
