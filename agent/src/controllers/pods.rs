@@ -51,6 +51,21 @@ impl Changes {
     }
 }
 
+/// Whether two objects of a pod differ at most in what a status write changes (the
+/// status, the resourceVersion, the managed fields): no reason to sync the pod again,
+/// as kubelet does not.
+pub fn same_but_status(a: &Pod, b: &Pod) -> bool {
+    let (ma, mb) = (&a.metadata, &b.metadata);
+    a.spec == b.spec
+        && ma.labels == mb.labels
+        && ma.annotations == mb.annotations
+        && ma.generation == mb.generation
+        && ma.deletion_timestamp == mb.deletion_timestamp
+        && ma.deletion_grace_period_seconds == mb.deletion_grace_period_seconds
+        && ma.owner_references == mb.owner_references
+        && ma.finalizers == mb.finalizers
+}
+
 /// Pods removed from the apiserver, by uid: the grace period of their last object
 /// (`deletionGracePeriodSeconds`, 0 after a forced delete), which the node's kill of
 /// what still runs honours. The pod manager takes entries out as it handles them.
@@ -114,11 +129,15 @@ pub async fn watch_pods(
     let mut stream = watcher(Api::<Pod>::all(client.get()), config).boxed();
     let mut pods: BTreeMap<String, Pod> = BTreeMap::new();
     let mut staging: BTreeMap<String, Pod> = BTreeMap::new();
-    let publish = |pods: &BTreeMap<String, Pod>| {
+    // Every change is published; the pod manager is woken only for those that are
+    // more than a status write (its own, mostly), which it picks up at its resync.
+    let publish = |pods: &BTreeMap<String, Pod>, wake: bool| {
         if let Ok(mut s) = snapshot.lock() {
             *s = Some(pods.values().cloned().collect());
         }
-        changes.bump();
+        if wake {
+            changes.bump();
+        }
     };
     let uid = |p: &Pod| p.metadata.uid.clone().unwrap_or_default();
     let mut backoff = Duration::from_millis(200);
@@ -134,19 +153,22 @@ pub async fn watch_pods(
             }
             Some(Ok(watcher::Event::InitDone)) => {
                 pods = std::mem::take(&mut staging);
-                publish(&pods);
+                publish(&pods, true);
                 backoff = Duration::from_millis(200);
             }
             Some(Ok(watcher::Event::Apply(p))) => {
+                let wake = pods
+                    .get(&uid(&p))
+                    .is_none_or(|old| !same_but_status(old, &p));
                 pods.insert(uid(&p), p);
-                publish(&pods);
+                publish(&pods, wake);
             }
             Some(Ok(watcher::Event::Delete(p))) => {
                 if let Ok(mut d) = deleted.lock() {
                     d.insert(uid(&p), p.metadata.deletion_grace_period_seconds);
                 }
                 pods.remove(&uid(&p));
-                publish(&pods);
+                publish(&pods, true);
             }
             Some(Err(e)) => {
                 tracing::warn!(node = %node, "watching this node's pods: {e}; retrying in {backoff:?}");
@@ -450,6 +472,28 @@ pub async fn write_back(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_status_write_alone_does_not_wake_the_worker() {
+        let pod: Pod = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "p", "resourceVersion": "1", "labels": {"a": "b"}},
+            "spec": {"containers": [{"name": "c", "image": "i"}]},
+        }))
+        .unwrap();
+        let mut written = pod.clone();
+        written.metadata.resource_version = Some("2".into());
+        written.status = Some(Default::default());
+        assert!(same_but_status(&pod, &written));
+        let mut relabelled = written.clone();
+        relabelled.metadata.labels = None;
+        assert!(!same_but_status(&pod, &relabelled));
+        let mut deleted = written.clone();
+        deleted.metadata.deletion_grace_period_seconds = Some(0);
+        assert!(!same_but_status(&pod, &deleted));
+        let mut resized = written;
+        resized.spec.as_mut().unwrap().containers[0].image = Some("j".into());
+        assert!(!same_but_status(&pod, &resized));
+    }
 
     #[test]
     fn a_change_wakes_the_waiter_and_none_lets_it_time_out() {

@@ -24,7 +24,7 @@ impl PodWorker {
         if let Ok(mut p) = lock.lock()
             && p.0 != *pod
         {
-            let wake_up = !same_but_status(&p.0, pod);
+            let wake_up = !crate::controllers::pods::same_but_status(&p.0, pod);
             p.0 = pod.clone();
             if wake_up {
                 p.1 += 1;
@@ -37,20 +37,6 @@ impl PodWorker {
         self.stop.store(true, Ordering::Relaxed);
         self.pod.1.notify_one();
     }
-}
-
-/// Whether two objects of a pod differ at most in what a status write changes (the
-/// status, the resourceVersion, the managed fields).
-fn same_but_status(a: &Pod, b: &Pod) -> bool {
-    let (ma, mb) = (&a.metadata, &b.metadata);
-    a.spec == b.spec
-        && ma.labels == mb.labels
-        && ma.annotations == mb.annotations
-        && ma.generation == mb.generation
-        && ma.deletion_timestamp == mb.deletion_timestamp
-        && ma.deletion_grace_period_seconds == mb.deletion_grace_period_seconds
-        && ma.owner_references == mb.owner_references
-        && ma.finalizers == mb.finalizers
 }
 
 impl Runner {
@@ -218,8 +204,10 @@ impl Runner {
         };
         let wanted: HashSet<String> = desired.iter().map(|(u, _)| u.clone()).collect();
         // Admission counts every pod the node has taken: with a sandbox or a worker.
-        let mut with_sandbox: HashSet<String> =
-            self.rt.sandboxes().into_iter().map(|sb| sb.uid).collect();
+        // Read once: a sandbox made after this is a wanted pod's, which nothing below
+        // removes.
+        let sandboxes = self.rt.sandboxes();
+        let mut with_sandbox: HashSet<String> = sandboxes.iter().map(|sb| sb.uid.clone()).collect();
         with_sandbox.extend(self.workers.keys().cloned());
         // Refusals of pods that are gone are forgotten.
         self.failed
@@ -265,7 +253,6 @@ impl Runner {
             ),
         }
         self.sync_mirrors(&desired);
-        let sandboxes = self.rt.sandboxes();
         // Pods gone from the apiserver: the grace period of their last object, by uid
         // (a forced delete's 0 included); what is not on this node is forgotten.
         let mut deletion_grace: HashMap<String, i64> = HashMap::new();
@@ -353,32 +340,5 @@ impl Runner {
                 }
             }
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_status_write_alone_does_not_wake_the_worker() {
-        let pod: Pod = serde_json::from_value(serde_json::json!({
-            "metadata": {"name": "p", "resourceVersion": "1", "labels": {"a": "b"}},
-            "spec": {"containers": [{"name": "c", "image": "i"}]},
-        }))
-        .unwrap();
-        let mut written = pod.clone();
-        written.metadata.resource_version = Some("2".into());
-        written.status = Some(Default::default());
-        assert!(same_but_status(&pod, &written));
-        let mut relabelled = written.clone();
-        relabelled.metadata.labels = None;
-        assert!(!same_but_status(&pod, &relabelled));
-        let mut deleted = written.clone();
-        deleted.metadata.deletion_grace_period_seconds = Some(0);
-        assert!(!same_but_status(&pod, &deleted));
-        let mut resized = written;
-        resized.spec.as_mut().unwrap().containers[0].image = Some("j".into());
-        assert!(!same_but_status(&pod, &resized));
     }
 }
