@@ -6,7 +6,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use futures::StreamExt as _;
 use k8s_openapi::api::core::v1::Pod;
@@ -267,6 +267,10 @@ async fn apply(client: &SharedClient, update: &Update) -> Result<(), kube::Error
                 // Gone, or replaced by a new pod of the same name (the uid precondition
                 // failed): this status is not the new pod's.
                 Ok(Err(kube::Error::Api(s))) if s.code == 404 || s.code == 409 => Ok(()),
+                Ok(Err(kube::Error::Api(s))) if not_this_nodes(&s) => {
+                    tracing::warn!(pod = %format!("{namespace}/{name}"), "a status write was refused ({}); the pod is not this node's any more", s.message);
+                    Ok(())
+                }
                 Ok(Err(e)) => Err(e),
                 Err(_) => Err(timeout()),
             }
@@ -319,7 +323,7 @@ async fn apply(client: &SharedClient, update: &Update) -> Result<(), kube::Error
                 Ok(Err(kube::Error::Api(s))) if s.code == 404 || s.code == 409 => Ok(()),
                 // The node authorizer knows no such pod on this node (it went between
                 // two deletes): nothing of it is left to delete. Said, not retried.
-                Ok(Err(kube::Error::Api(s))) if s.code == 403 => {
+                Ok(Err(kube::Error::Api(s))) if not_this_nodes(&s) => {
                     tracing::warn!(pod = %format!("{namespace}/{name}"), "the final delete was refused ({}); the pod is not this node's any more", s.message);
                     Ok(())
                 }
@@ -328,6 +332,13 @@ async fn apply(client: &SharedClient, update: &Update) -> Result<(), kube::Error
             }
         }
     }
+}
+
+/// Whether the apiserver refused a write because the node authorizer knows no such pod
+/// on this node (deleted, or bound elsewhere): retrying cannot help. Other refusals
+/// (missing permissions) are retried and said until fixed.
+fn not_this_nodes(s: &kube::core::ErrorResponse) -> bool {
+    s.code == 403 && s.message.contains("no relationship found between node")
 }
 
 /// A pod's writes waiting to be applied: its statuses (the latest, behind those that
@@ -340,11 +351,21 @@ struct Pending {
     writes: HashMap<String, Vec<Update>>,
     /// Pods whose final delete waits for their statuses, by uid.
     finished: HashMap<String, Update>,
+    /// Pods whose final delete landed, by uid, with when: what is asked of them again
+    /// (a sender that has not yet seen the delete in the watch) is dropped, since the
+    /// node authorizer refuses any write to a pod it no longer knows.
+    deleted: HashMap<String, Instant>,
 }
+
+/// How long a landed final delete is remembered: far longer than the watch takes to
+/// show it.
+const REMEMBER_DELETED: Duration = Duration::from_secs(300);
 
 impl Pending {
     fn add(&mut self, u: Update) {
         match u {
+            // Deleted already: nothing more is written to it.
+            _ if self.deleted.contains_key(u.uid()) => {}
             Update::Finished { .. } => {
                 self.finished.insert(u.uid().to_string(), u);
             }
@@ -407,8 +428,18 @@ impl Pending {
             .filter(|(uid, _)| !self.writes.contains_key(*uid))
             .map(|(uid, u)| (uid.clone(), u.clone()))
             .collect();
-        for uid in apply_all(client, &due, "deleting the finished pod").await {
+        let landed = apply_all(client, &due, "deleting the finished pod").await;
+        self.landed(landed, Instant::now());
+    }
+
+    /// Final deletes that landed at `now`: done, and remembered for a while.
+    fn landed(&mut self, uids: Vec<String>, now: Instant) {
+        self.deleted
+            .retain(|_, at| now.duration_since(*at) < REMEMBER_DELETED);
+        for uid in uids {
             self.finished.remove(&uid);
+            self.writes.remove(&uid);
+            self.deleted.insert(uid, now);
         }
     }
 }
@@ -538,6 +569,37 @@ mod tests {
             Some(&vec![status("Kept"), status("Failed")])
         );
         assert_eq!(p.finished.get("u"), Some(&finished));
+    }
+
+    #[test]
+    fn nothing_is_written_to_a_pod_once_its_final_delete_landed() {
+        let finished = |uid: &str| Update::Finished {
+            namespace: "ns".into(),
+            name: "p".into(),
+            uid: uid.into(),
+        };
+        let mut p = Pending::default();
+        p.add(finished("u"));
+        let t0 = Instant::now();
+        p.landed(vec!["u".into()], t0);
+        assert!(p.is_empty());
+        // A sender that had not seen the delete yet asks again: dropped.
+        p.add(finished("u"));
+        p.add(Update::Status {
+            namespace: "ns".into(),
+            name: "p".into(),
+            uid: "u".into(),
+            object_uid: "u".into(),
+            status: json!({"phase": "Succeeded"}),
+            keep: true,
+        });
+        assert!(p.is_empty());
+        // Another pod of the same name is another uid.
+        p.add(finished("v"));
+        assert!(p.finished.contains_key("v"));
+        // Forgotten after a while.
+        p.landed(vec![], t0 + REMEMBER_DELETED);
+        assert!(p.deleted.is_empty());
     }
 
     #[test]
