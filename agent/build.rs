@@ -1,9 +1,17 @@
-//! Builds the eBPF programs (`ebpf/programs`) with the nightly toolchain for
-//! bpfel-unknown-none and leaves the object in OUT_DIR, where `sys::bpf` embeds it.
+//! Builds what the agent embeds:
+//! - the eBPF programs (`ebpf/programs`), with the nightly toolchain for
+//!   bpfel-unknown-none, into OUT_DIR, where `sys::bpf` embeds the object;
+//! - the container reaper (`shim/`, the `kernlet-shim` binary) as a small static
+//!   executable, into OUT_DIR, where `runtime::reaper` embeds it.
 
 use anyhow::Context as _;
 
 fn main() -> anyhow::Result<()> {
+    build_ebpf()?;
+    build_reaper()
+}
+
+fn build_ebpf() -> anyhow::Result<()> {
     let manifest_dir = std::env::var("CARGO_MANIFEST_DIR").context("CARGO_MANIFEST_DIR")?;
     let root = std::path::Path::new(&manifest_dir).join("../ebpf/programs");
     let root = root
@@ -22,4 +30,53 @@ fn main() -> anyhow::Result<()> {
         "building the eBPF programs failed; run `cargo xtask setup` to install rust-src for \
          nightly and bpf-linker",
     )
+}
+
+/// `kernlet-shim`, release, statically linked (crt-static) and stripped: it runs once
+/// per container, so what it maps is what each container costs the node.
+fn build_reaper() -> anyhow::Result<()> {
+    let manifest_dir = std::env::var("CARGO_MANIFEST_DIR").context("CARGO_MANIFEST_DIR")?;
+    let root = std::path::Path::new(&manifest_dir).join("..");
+    let out = std::path::PathBuf::from(std::env::var("OUT_DIR").context("OUT_DIR")?);
+    let target = std::env::var("TARGET").context("TARGET")?;
+    println!("cargo:rerun-if-changed={}", root.join("shim/src").display());
+    println!(
+        "cargo:rerun-if-changed={}",
+        root.join("shim/Cargo.toml").display()
+    );
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    // Its own target directory: the outer build holds the lock of the workspace's.
+    let target_dir = out.join("reaper-target");
+    let status = std::process::Command::new(cargo)
+        .current_dir(&root)
+        .args([
+            "build",
+            "--release",
+            "--package",
+            "kernlet-shim",
+            "--bin",
+            "kernlet-shim",
+            "--target",
+            &target,
+        ])
+        .arg("--target-dir")
+        .arg(&target_dir)
+        .env(
+            "CARGO_ENCODED_RUSTFLAGS",
+            [
+                "-Ctarget-feature=+crt-static",
+                "-Cstrip=symbols",
+                "-Copt-level=s",
+            ]
+            .join("\x1f"),
+        )
+        .env_remove("RUSTC_WORKSPACE_WRAPPER")
+        .env_remove("RUSTC_WRAPPER")
+        .status()
+        .context("running cargo to build kernlet-shim")?;
+    anyhow::ensure!(status.success(), "building kernlet-shim failed ({status})");
+    let built = target_dir.join(&target).join("release/kernlet-shim");
+    std::fs::copy(&built, out.join("kernlet-shim"))
+        .with_context(|| format!("copying {}", built.display()))?;
+    Ok(())
 }

@@ -1,8 +1,9 @@
 //! `cargo xtask bench pods`: the pod manager through an apiserver (a real one when
 //! `KUBEBUILDER_ASSETS` is set, the kit's otherwise) and one kernlet node: start latency
 //! of 20 sequential pods and of a 110-pod burst (pod created and bound → the apiserver
-//! shows every container running), and the agent's and shims' CPU and memory with 0 and
-//! with 110 idle pods.
+//! shows every container running), and the agent's and shims' CPU and memory with 0,
+//! 110 and 250 idle pods, and with 110 pods each probed every 10 s (an exec liveness
+//! probe and an HTTP readiness probe).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -68,6 +69,56 @@ fn pod(name: &str) -> anyhow::Result<Pod> {
                             "command": ["sleep", "3600"]}],
         },
     }))?)
+}
+
+/// A pod serving HTTP on 8080 (busybox httpd), with an exec liveness probe and an HTTP
+/// readiness probe every 10 s.
+fn probed_pod(name: &str) -> anyhow::Result<Pod> {
+    let mut p = pod(name)?;
+    let every_10s = json!({"periodSeconds": 10, "timeoutSeconds": 2});
+    let c = json!({
+        "name": "c", "image": "busybox:1.36", "imagePullPolicy": "Never",
+        "command": ["sh", "-c",
+                    "mkdir -p /www && echo ok > /www/index.html && exec httpd -f -p 8080 -h /www"],
+        "livenessProbe": merge(json!({"exec": {"command": ["true"]}}), &every_10s),
+        "readinessProbe": merge(json!({"httpGet": {"path": "/", "port": 8080}}), &every_10s),
+    });
+    if let Some(spec) = p.spec.as_mut() {
+        spec.containers = vec![serde_json::from_value(c)?];
+    }
+    Ok(p)
+}
+
+/// `a` with the fields of object `b` added.
+fn merge(mut a: Value, b: &Value) -> Value {
+    if let (Some(a), Some(b)) = (a.as_object_mut(), b.as_object()) {
+        a.extend(b.clone());
+    }
+    a
+}
+
+/// Creates and binds pods `prefix-{range}` made by `make`, and waits until each runs;
+/// the latencies from the start of the burst.
+async fn burst(
+    one: &OneNode,
+    seen: &Seen,
+    prefix: &str,
+    range: std::ops::Range<usize>,
+    make: fn(&str) -> anyhow::Result<Pod>,
+) -> anyhow::Result<Vec<Duration>> {
+    let t0 = Instant::now();
+    let creates =
+        range.map(|i| async move { one.create_bound(&make(&format!("{prefix}-{i}"))?).await });
+    let names: Vec<String> = futures::future::try_join_all(creates).await?;
+    let mut took = Vec::new();
+    for name in &names {
+        took.push(
+            wait_running(seen, name, Duration::from_secs(300))
+                .await?
+                .duration_since(t0),
+        );
+    }
+    Ok(took)
 }
 
 async fn wait_running(seen: &Seen, name: &str, within: Duration) -> anyhow::Result<Instant> {
@@ -147,19 +198,20 @@ fn usage(pid: u32) -> Option<(u64, u64)> {
     Some((ticks, rss))
 }
 
-/// The shims of the node whose state lives under `state_dir`.
+/// The pids of the node's live shims, from their containers' `state.json`.
 fn shims(state_dir: &std::path::Path) -> Vec<u32> {
-    let needle = state_dir.display().to_string();
-    std::fs::read_dir("/proc")
+    std::fs::read_dir(state_dir.join("containers"))
         .into_iter()
         .flatten()
         .flatten()
-        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
-        .filter(|pid| {
-            std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| {
-                let c = String::from_utf8_lossy(&c);
-                c.contains("internal\0shim\0") && c.contains(&needle)
-            })
+        .filter(|e| !e.path().join("exit.json").exists())
+        .filter_map(|e| {
+            let state: Value =
+                serde_json::from_slice(&std::fs::read(e.path().join("state.json")).ok()?).ok()?;
+            let pid = u32::try_from(state["shimPid"].as_u64()?).ok()?;
+            std::path::Path::new(&format!("/proc/{pid}"))
+                .exists()
+                .then_some(pid)
         })
         .collect()
 }
@@ -211,7 +263,7 @@ pub fn run() -> anyhow::Result<Value> {
 }
 
 async fn measure() -> anyhow::Result<Value> {
-    let one = OneNode::start("bench", "b1", Network::Loopback(&["--max-pods", "120"])).await?;
+    let one = OneNode::start("bench", "b1", Network::Loopback(&["--max-pods", "260"])).await?;
     let control_plane = if one.cluster.in_memory().is_some() {
         "in-memory (kit)"
     } else {
@@ -235,34 +287,30 @@ async fn measure() -> anyhow::Result<Value> {
     }
     delete_all(&pods).await?;
 
-    let t0 = Instant::now();
-    let creates = (0..110).map(|i| {
-        let one = &one;
-        async move { one.create_bound(&pod(&format!("burst-{i}"))?).await }
-    });
-    let names: Vec<String> = futures::future::try_join_all(creates).await?;
-    let mut burst = Vec::new();
-    for name in &names {
-        burst.push(
-            wait_running(&seen, name, Duration::from_secs(300))
-                .await?
-                .duration_since(t0),
-        );
-    }
+    let mut burst_110 = burst(&one, &seen, "burst", 0..110, pod).await?;
     let idle_110 = idle(agent, &node.dir("state")).await?;
+    burst(&one, &seen, "burst", 110..250, pod).await?;
+    let idle_250 = idle(agent, &node.dir("state")).await?;
+    delete_all(&pods).await?;
+    burst(&one, &seen, "probed", 0..110, probed_pod).await?;
+    // Every probe has run at least once before the sampling.
+    tokio::time::sleep(Duration::from_secs(15)).await;
+    let probed_110 = idle(agent, &node.dir("state")).await?;
     delete_all(&pods).await?;
     watch.abort();
 
     sequential.sort();
-    burst.sort();
+    burst_110.sort();
     let out = json!({
         "control_plane": control_plane,
         "sequential_20": {"p50_ms": ms_at(&sequential, 50), "p90_ms": ms_at(&sequential, 90),
                           "max_ms": ms_at(&sequential, 100)},
-        "burst_110": {"p50_ms": ms_at(&burst, 50), "p99_ms": ms_at(&burst, 99),
-                      "all_running_ms": ms_at(&burst, 100)},
+        "burst_110": {"p50_ms": ms_at(&burst_110, 50), "p99_ms": ms_at(&burst_110, 99),
+                      "all_running_ms": ms_at(&burst_110, 100)},
         "idle_0_pods": idle_0,
         "idle_110_pods": idle_110,
+        "idle_250_pods": idle_250,
+        "probed_110_pods": probed_110,
     });
     println!(
         "pods ({control_plane}): {}",

@@ -337,7 +337,7 @@ async fn apply(client: &SharedClient, update: &Update) -> Result<(), kube::Error
 /// Whether the apiserver refused a write because the node authorizer knows no such pod
 /// on this node (deleted, or bound elsewhere): retrying cannot help. Other refusals
 /// (missing permissions) are retried and said until fixed.
-fn not_this_nodes(s: &kube::core::ErrorResponse) -> bool {
+fn not_this_nodes(s: &kube::core::Status) -> bool {
     s.code == 403 && s.message.contains("no relationship found between node")
 }
 

@@ -33,6 +33,15 @@ impl PodWorker {
         }
     }
 
+    /// Wakes the worker for a sync now (its containers changed).
+    fn poke(&self) {
+        let (lock, wake) = &*self.pod;
+        if let Ok(mut p) = lock.lock() {
+            p.1 += 1;
+            wake.notify_one();
+        }
+    }
+
     fn retire(&self) {
         self.stop.store(true, Ordering::Relaxed);
         self.pod.1.notify_one();
@@ -76,9 +85,11 @@ impl Runner {
                     if let Ok(mut l) = error_.lock() {
                         *l = error;
                     }
-                    // Until the resync, a change of the pod or the stop.
+                    // Until the next sync is due, a change of the pod or of its
+                    // containers, or the stop.
+                    let wait = runner.next_sync(&uid_, &pod);
                     let Ok(guard) = lock.lock() else { return };
-                    let _ = wake.wait_timeout_while(guard, runner.timing.resync, |p| {
+                    let _ = wake.wait_timeout_while(guard, wait, |p| {
                         p.1 == seen && !stop_.load(Ordering::Relaxed)
                     });
                 }
@@ -238,6 +249,15 @@ impl Runner {
             if let Some(w) = self.spawn_worker(uid, pod) {
                 self.workers.insert(uid.clone(), w);
                 with_sandbox.insert(uid.clone());
+            }
+        }
+        // Workers whose pod's containers changed sync now (relisted about once a
+        // resync).
+        if self.relist.due(self.timing.resync / 2) {
+            for uid in self.relist.changed(&self.rt, self.workers.keys()) {
+                if let Some(w) = self.workers.get(&uid) {
+                    w.poke();
+                }
             }
         }
         // The daemon's account: the first worker's error, else synced.

@@ -9,8 +9,10 @@ mod dispatcher;
 mod hooks;
 mod host_ports;
 mod images;
+mod pace;
 mod plan;
 mod probes;
+mod relist;
 mod resize;
 mod static_pods;
 mod status;
@@ -50,7 +52,12 @@ use static_pods::{CONFIG_HASH, CONFIG_SOURCE, is_mirror, is_static};
 /// Timing of the standalone runner.
 #[derive(Clone, Copy, Debug)]
 pub struct Timing {
+    /// How often a pod with something moving on time alone (probes, back-offs, pulls,
+    /// terminations) is synced, and the node's containers relisted.
     pub resync: Duration,
+    /// How often a settled pod is synced when nothing wakes it (its containers'
+    /// changes and its object's do).
+    pub idle_resync: Duration,
     pub backoff_initial: Duration,
     pub backoff_max: Duration,
     /// A container that ran this long has its backoff forgotten.
@@ -64,6 +71,7 @@ impl Default for Timing {
     fn default() -> Self {
         Self {
             resync: Duration::from_secs(1),
+            idle_resync: Duration::from_secs(10),
             backoff_initial: Duration::from_secs(10),
             backoff_max: Duration::from_secs(300),
             backoff_reset: Duration::from_secs(600),
@@ -186,6 +194,8 @@ pub struct Runner {
     admitted_status: bool,
     /// Whether the final delete of a pod that never got a sandbox was asked for.
     finish_sent: bool,
+    /// The node's relist of the workers' containers (on the dispatcher).
+    relist: relist::Relist,
 }
 
 /// A pod's sandbox to remove, with the deletion's grace period (seconds) if any.
@@ -233,6 +243,28 @@ type Notify = Option<(crate::controllers::events::Recorder, Pod)>;
 
 impl Runner {
     pub fn new(rt: Runtime, source: Source, node_ip: String, timing: Timing) -> Self {
+        let facts = crate::sys::machine::read(Path::new("/"));
+        let (cpu, mem) = crate::model::node::allocatable_cpu_memory(&facts, Default::default());
+        let fit = crate::model::admission::NodeFit {
+            name: facts.hostname.clone(),
+            allocatable_cpu_milli: cpu,
+            allocatable_memory: mem,
+            max_pods: 110,
+            labels: [("kubernetes.io/hostname".to_string(), facts.hostname)]
+                .into_iter()
+                .collect(),
+        };
+        Self::with_fit(rt, source, node_ip, timing, fit)
+    }
+
+    /// A runner for the node `fit` describes (nothing read from the machine).
+    fn with_fit(
+        rt: Runtime,
+        source: Source,
+        node_ip: String,
+        timing: Timing,
+        fit: crate::model::admission::NodeFit,
+    ) -> Self {
         Self {
             rt,
             source,
@@ -247,24 +279,8 @@ impl Runner {
             probes: HashMap::new(),
             probe_results: Arc::default(),
             stopping: HashSet::new(),
-            allocatable: {
-                let facts = crate::sys::machine::read(Path::new("/"));
-                crate::model::node::allocatable_cpu_memory(&facts, Default::default())
-            },
-            node_fit: {
-                let facts = crate::sys::machine::read(Path::new("/"));
-                let (cpu, mem) =
-                    crate::model::node::allocatable_cpu_memory(&facts, Default::default());
-                crate::model::admission::NodeFit {
-                    name: facts.hostname.clone(),
-                    allocatable_cpu_milli: cpu,
-                    allocatable_memory: mem,
-                    max_pods: 110,
-                    labels: [("kubernetes.io/hostname".to_string(), facts.hostname)]
-                        .into_iter()
-                        .collect(),
-                }
-            },
+            allocatable: (fit.allocatable_cpu_milli, fit.allocatable_memory),
+            node_fit: fit,
             failed: HashMap::new(),
             volume_checks: HashMap::new(),
             events: None,
@@ -282,20 +298,21 @@ impl Runner {
             reported_exits: HashSet::new(),
             admitted_status: false,
             finish_sent: false,
+            relist: Default::default(),
         }
     }
 
     /// A runner for one pod's worker: what is shared with the dispatcher (runtime,
     /// source, timing, host ports, events) and fresh per-pod state.
     fn for_pod(&self) -> Self {
-        let mut r = Self::new(
+        let mut r = Self::with_fit(
             self.rt.clone(),
             self.source.clone(),
             self.node_ip.clone(),
             self.timing,
+            self.node_fit.clone(),
         );
         r.allocatable = self.allocatable;
-        r.node_fit = self.node_fit.clone();
         r.events = self.events.clone();
         r.removing = Arc::clone(&self.removing);
         r.host_ports = Arc::clone(&self.host_ports);

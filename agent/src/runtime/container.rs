@@ -879,6 +879,7 @@ impl Runtime {
                 }),
                 console: (c.tty == Some(true))
                     .then(|| shim::attach_socket(&self.cfg.run_dir, &id).with_extension("tty")),
+                reaper: Some(self.reaper.clone()),
             },
         )?;
         write_json(&self.record_path(&id), &record)?;
@@ -1033,6 +1034,19 @@ impl Runtime {
     /// so a pod's worker reads its own records and not every record of the node.
     fn pod_index(&self, uid: &str) -> PathBuf {
         self.pod_state_dir(uid).join("containers")
+    }
+
+    /// The IDs of a pod's containers, from its index alone (no record read): what the
+    /// node's relist looks at every second. Empty when the pod has no index.
+    pub fn pod_container_ids(&self, uid: &str) -> Vec<String> {
+        let mut ids: Vec<String> = std::fs::read_dir(self.pod_index(uid))
+            .into_iter()
+            .flatten()
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .collect();
+        ids.sort();
+        ids
     }
 
     fn index_container(&self, uid: &str, id: &str) -> Result<(), RuntimeError> {

@@ -22,6 +22,7 @@ pub mod logs;
 pub mod network;
 pub mod orphans;
 pub mod probe;
+pub mod reaper;
 pub mod sandbox;
 pub mod shim;
 pub mod volume_files;
@@ -119,6 +120,8 @@ pub struct Runtime {
     /// The pod network (set at start in standalone mode, by the overlay controller once
     /// the Node has a pod CIDR on a node).
     pub network: std::sync::Arc<std::sync::RwLock<network::NetworkState>>,
+    /// The installed container reaper each shim becomes (see [`reaper`]).
+    pub reaper: PathBuf,
 }
 
 impl Runtime {
@@ -135,6 +138,7 @@ impl Runtime {
             std::fs::create_dir_all(&d)
                 .map_err(RuntimeError::io(format!("creating {}", d.display())))?;
         }
+        let reaper = reaper::install(&cfg.state_dir)?;
         let images = image::ImageStore::open(&cfg.image_dir)?;
         images.clean_tmp();
         let mount = cgroup::cgroup2_mount()?;
@@ -172,6 +176,7 @@ impl Runtime {
             controllers,
             cfg,
             network: Default::default(),
+            reaper,
         })
     }
 

@@ -98,29 +98,10 @@ pub fn receive_fd(conn: &std::os::unix::net::UnixStream) -> io::Result<std::os::
     ))
 }
 
-/// Sets the window size of the terminal whose master is `master`.
-pub fn set_window_size(
-    master: std::os::fd::BorrowedFd<'_>,
-    cols: u16,
-    rows: u16,
-) -> io::Result<()> {
-    let ws = libc::winsize {
-        ws_row: rows,
-        ws_col: cols,
-        ws_xpixel: 0,
-        ws_ypixel: 0,
-    };
-    // SAFETY: TIOCSWINSZ reads a winsize that lives across the call; `master` is an
-    // open descriptor borrowed for the call.
-    let rc = unsafe {
-        libc::ioctl(
-            std::os::fd::AsRawFd::as_raw_fd(&master),
-            libc::TIOCSWINSZ,
-            &raw const ws,
-        )
-    };
-    if rc != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(())
+/// Leaves `fd` open across an `exec` (its close-on-exec flag cleared) and gives up
+/// ownership of it: the number is handed to the program executed.
+pub fn keep_open(fd: std::os::fd::OwnedFd) -> io::Result<std::os::fd::RawFd> {
+    use nix::fcntl::{FcntlArg, FdFlag, fcntl};
+    fcntl(&fd, FcntlArg::F_SETFD(FdFlag::empty())).map_err(io::Error::from)?;
+    Ok(std::os::fd::IntoRawFd::into_raw_fd(fd))
 }
