@@ -216,6 +216,17 @@ fn shims(state_dir: &std::path::Path) -> Vec<u32> {
         .collect()
 }
 
+/// A process's read calls and bytes read so far (`/proc/<pid>/io`).
+fn reads(pid: u32) -> Option<(u64, u64)> {
+    let io = std::fs::read_to_string(format!("/proc/{pid}/io")).ok()?;
+    let field = |name: &str| {
+        io.lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| v.trim().parse::<u64>().ok())
+    };
+    Some((field("syscr:")?, field("rchar:")?))
+}
+
 /// The agent's and its shims' CPU (% of one core) over [`IDLE_WINDOW`], and memory.
 async fn idle(agent: u32, state_dir: &std::path::Path) -> anyhow::Result<Value> {
     let hz = 100.0; // USER_HZ on Linux
@@ -227,7 +238,9 @@ async fn idle(agent: u32, state_dir: &std::path::Path) -> anyhow::Result<Value> 
     let shim_pids = shims(state_dir);
     let (a0, _) = usage(agent).ok_or_else(|| anyhow::anyhow!("agent {agent} is gone"))?;
     let (s0, _) = procs(&shim_pids);
+    let r0 = reads(agent).unwrap_or_default();
     tokio::time::sleep(IDLE_WINDOW).await;
+    let r1 = reads(agent).unwrap_or_default();
     let (a1, agent_rss) = usage(agent).ok_or_else(|| anyhow::anyhow!("agent {agent} is gone"))?;
     let (s1, shims_rss) = procs(&shim_pids);
     let pct = |ticks: u64| ticks as f64 / hz / IDLE_WINDOW.as_secs_f64() * 100.0;
@@ -237,8 +250,17 @@ async fn idle(agent: u32, state_dir: &std::path::Path) -> anyhow::Result<Value> 
         .iter()
         .filter_map(|p| pss_private(*p))
         .fold((0, 0), |(a, b), (c, d)| (a + c, b + d));
+    let on_disk = |d: &str| {
+        std::fs::read_dir(state_dir.join(d))
+            .map(|d| d.count())
+            .unwrap_or(0)
+    };
     Ok(json!({
+        "pods_on_disk": on_disk("pods"),
+        "containers_on_disk": on_disk("containers"),
         "agent_cpu_percent": pct(a1 - a0),
+        "agent_read_calls_per_s": (r1.0.saturating_sub(r0.0)) as f64 / IDLE_WINDOW.as_secs_f64(),
+        "agent_read_kib_per_s": (r1.1.saturating_sub(r0.1)) as f64 / 1024.0 / IDLE_WINDOW.as_secs_f64(),
         "shims_cpu_percent": pct(s1.saturating_sub(s0)),
         "agent_rss_mib": agent_rss as f64 / 1024.0,
         "shims": shim_pids.len(),

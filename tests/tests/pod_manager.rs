@@ -603,3 +603,61 @@ async fn resizes_are_allocated_and_actuated_as_their_policy_says() {
     .await;
     assert_eq!(container_id(&s.pods.get("resized").await.unwrap(), "a"), a0);
 }
+
+/// Pods deleted at once (grace 0: the object goes before the node has stopped
+/// anything) leave nothing behind on the node: no container records, no pod
+/// directories, no shim.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pods_deleted_at_once_leave_nothing_on_the_node() {
+    let s = setup("podgone").await;
+    let names = ["gone-0", "gone-1", "gone-2", "gone-3"];
+    for name in names {
+        s.run(json!({
+            "metadata": {"name": name},
+            "spec": {"containers": [
+                {"name": "c", "image": "busybox:1.36", "command": ["sleep", "600"]},
+            ]},
+        }))
+        .await;
+    }
+    let state = s.node.dir("state");
+    let shims: Vec<u32> = std::fs::read_dir(state.join("containers"))
+        .unwrap()
+        .flatten()
+        .filter_map(|e| {
+            let st: serde_json::Value =
+                serde_json::from_slice(&std::fs::read(e.path().join("state.json")).ok()?).ok()?;
+            u32::try_from(st["shimPid"].as_u64()?).ok()
+        })
+        .collect();
+    assert_eq!(shims.len(), names.len());
+    for name in names {
+        s.pods
+            .delete(name, &DeleteParams::default().grace_period(0))
+            .await
+            .unwrap();
+    }
+    let count = |dir: &str| {
+        std::fs::read_dir(state.join(dir))
+            .map(|d| d.count())
+            .unwrap_or(0)
+    };
+    let start = std::time::Instant::now();
+    while count("containers") + count("pods") > 0 {
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "left on the node: {} containers, {} pods\n{}",
+            count("containers"),
+            count("pods"),
+            s.node.kernlet_log()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    wait_for("the shims gone", Duration::from_secs(10), async || {
+        shims
+            .iter()
+            .all(|p| !std::path::Path::new(&format!("/proc/{p}")).exists())
+            .then_some(())
+    })
+    .await;
+}

@@ -185,6 +185,7 @@ impl Runner {
             return self.write_status(&sb, pod, &views);
         }
         if let Err(why) = self.prepare_volumes(uid, pod) {
+            let why = why.to_string();
             // The containers wait, with the reason, until the volumes can be written.
             let spec = pod.spec.clone().unwrap_or_default();
             for c in pod_lifecycle::all_containers(&spec) {

@@ -196,7 +196,7 @@ impl Runner {
             // A static pod's object is its mirror, which sync_mirrors looks after.
             let static_pod = recorded.as_ref().is_some_and(is_static);
             let spec = recorded.and_then(|p| p.spec).unwrap_or_default();
-            tracing::info!(pod = %format!("{}/{}", sb.namespace, sb.name), "pod deleted or gone; stopping it");
+            tracing::info!(pod = %format!("{}/{}", sb.namespace, sb.name), "pod deleted or gone; stopping it within {grace} s");
             let deadline = Instant::now() + Duration::from_secs(grace);
             stop_containers(&rt, &sb, &spec, deadline, &notify);
             let records: Vec<_> = rt.pod_containers(&sb.uid).into_iter().collect();

@@ -2,6 +2,27 @@
 
 use super::*;
 
+/// Why a pod's volume could not be made ready.
+#[derive(Debug, thiserror::Error)]
+pub(super) enum VolumeError {
+    #[error(transparent)]
+    Source(#[from] crate::controllers::pod_sources::SourceError),
+    #[error("volume {volume:?}: the apiserver did not answer within {} s", READ_TIMEOUT.as_secs())]
+    TimedOut { volume: String },
+    #[error(transparent)]
+    Mount(#[from] crate::runtime::RuntimeError),
+    #[error("volume {volume:?}: {source}")]
+    Write {
+        volume: String,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// How long the reads of one volume's sources may take: a worker waiting on a slow
+/// apiserver holds up only its own pod, and not for the client's 295 s.
+const READ_TIMEOUT: Duration = Duration::from_secs(30);
+
 impl Runner {
     /// Writes the files of the pod's configMap, secret, downwardAPI and projected
     /// volumes before its containers start, then keeps them current: every
@@ -10,7 +31,7 @@ impl Runner {
     /// requested again once 80 % of its lifetime has passed. A source that cannot be
     /// read keeps the volume as it was (the error is logged); before the first write
     /// it holds the pod's containers back.
-    pub(super) fn prepare_volumes(&mut self, uid: &str, pod: &Pod) -> Result<(), String> {
+    pub(super) fn prepare_volumes(&mut self, uid: &str, pod: &Pod) -> Result<(), VolumeError> {
         use crate::runtime::volume_files;
         let Source::Api { client, handle, .. } = &self.source else {
             return Ok(());
@@ -18,6 +39,28 @@ impl Runner {
         if is_static(pod) {
             return Ok(());
         }
+        let written = |v: &&k8s_openapi::api::core::v1::Volume| {
+            v.config_map.is_some()
+                || v.secret.is_some()
+                || v.downward_api.is_some()
+                || v.projected.is_some()
+        };
+        let volumes: Vec<_> = pod
+            .spec
+            .iter()
+            .flat_map(|s| s.volumes.iter().flatten())
+            .filter(written)
+            .collect();
+        if volumes.is_empty() {
+            return Ok(());
+        }
+        // In memory, never on disk.
+        self.rt.mount_written_volumes(uid)?;
+        let fs_group = pod
+            .spec
+            .as_ref()
+            .and_then(|s| s.security_context.as_ref()?.fs_group)
+            .and_then(|g| u32::try_from(g).ok());
         let now = Instant::now();
         let sb_ip = self
             .rt
@@ -26,14 +69,7 @@ impl Runner {
             .flatten()
             .map(|s| s.ip)
             .unwrap_or_default();
-        for vol in pod.spec.iter().flat_map(|s| s.volumes.iter().flatten()) {
-            let has_files = vol.config_map.is_some()
-                || vol.secret.is_some()
-                || vol.downward_api.is_some()
-                || vol.projected.is_some();
-            if !has_files {
-                continue;
-            }
+        for vol in volumes {
             let dir = self.rt.prepared_volume(uid, &vol.name);
             let current = volume_files::current(&dir);
             let key = (uid.to_string(), vol.name.clone());
@@ -59,11 +95,22 @@ impl Runner {
                 allocatable: self.allocatable,
                 keep_tokens,
             };
-            let fetched = handle.block_on(crate::controllers::pod_sources::volume_files(
-                client, pod, vol, &ctx,
-            ));
+            let fetched = handle
+                .block_on(async {
+                    tokio::time::timeout(
+                        READ_TIMEOUT,
+                        crate::controllers::pod_sources::volume_files(client, pod, vol, &ctx),
+                    )
+                    .await
+                })
+                .map(|r| r.map_err(VolumeError::from))
+                .unwrap_or_else(|_| {
+                    Err(VolumeError::TimedOut {
+                        volume: vol.name.clone(),
+                    })
+                });
             self.volume_checks.insert(key, next);
-            let files = match fetched {
+            let mut files = match fetched {
                 Ok(Some(files)) => files,
                 Ok(None) => continue,
                 Err(e) if current.is_some() => {
@@ -71,11 +118,18 @@ impl Runner {
                         volume = %vol.name, "cannot refresh the volume, keeping its contents: {e}");
                     continue;
                 }
-                Err(e) => return Err(e.to_string()),
+                Err(e) => return Err(e),
             };
+            if fs_group.is_some() {
+                volume_files::with_fs_group(&mut files);
+            }
             if volume_files::differs(&dir, &files) {
-                volume_files::write(&dir, &files)
-                    .map_err(|e| format!("volume {:?}: {e}", vol.name))?;
+                volume_files::write(&dir, &files, fs_group).map_err(|source| {
+                    VolumeError::Write {
+                        volume: vol.name.clone(),
+                        source,
+                    }
+                })?;
                 if current.is_some() {
                     tracing::info!(pod = %format!("{}/{}", pod.metadata.namespace.as_deref().unwrap_or_default(), pod.metadata.name.as_deref().unwrap_or_default()),
                         volume = %vol.name, "volume contents updated");

@@ -281,11 +281,6 @@ impl Runtime {
         None
     }
 
-    /// Where the files of a configMap, secret, downwardAPI or projected volume live.
-    pub fn prepared_volume(&self, uid: &str, name: &str) -> PathBuf {
-        self.pod_state_dir(uid).join("volumes/files").join(name)
-    }
-
     fn record_path(&self, id: &str) -> PathBuf {
         self.container_dir(id).join("container.json")
     }

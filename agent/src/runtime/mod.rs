@@ -26,6 +26,7 @@ pub mod reaper;
 pub mod sandbox;
 pub mod shim;
 pub mod volume_files;
+pub mod written_volumes;
 
 use std::path::{Path, PathBuf};
 

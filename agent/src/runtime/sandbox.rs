@@ -392,6 +392,9 @@ impl Runtime {
         crate::sys::mount::unmount_under(&run.join("subpaths")).map_err(RuntimeError::io(
             format!("unmounting the subPath mounts of pod {uid}"),
         ))?;
+        crate::sys::mount::unmount(&self.written_volumes_dir(uid)).map_err(RuntimeError::io(
+            format!("unmounting the volume tmpfs of pod {uid}"),
+        ))?;
         // Memory-backed emptyDir volumes.
         for e in std::fs::read_dir(run.join("volumes"))
             .into_iter()

@@ -53,9 +53,20 @@ pub fn differs(dir: &Path, files: &[File]) -> bool {
     current(dir).is_none_or(|have| have != want)
 }
 
+/// The modes of a volume's files with the pod's `fsGroup`, as kubelet sets ownership of
+/// a read-only volume: readable by the group too (`| 0440`); the files and directories
+/// then belong to the group ([`write`]).
+pub fn with_fs_group(files: &mut [File]) {
+    for (_, _, mode) in files {
+        *mode |= 0o440;
+    }
+}
+
 /// Makes `dir` show exactly `files`: a new version directory, `..data` swapped to it
-/// by one rename, the top-level links made or removed, the old version removed.
-pub fn write(dir: &Path, files: &[File]) -> io::Result<()> {
+/// by one rename, the top-level links made or removed, the old version removed. With
+/// `group` (the pod's fsGroup), the volume's directories and files belong to it and the
+/// directories are readable and searchable by it, setgid (kubelet's ownership change).
+pub fn write(dir: &Path, files: &[File], group: Option<u32>) -> io::Result<()> {
     use std::os::unix::fs::PermissionsExt as _;
     for (path, _, _) in files {
         let rel = Path::new(path);
@@ -81,8 +92,18 @@ pub fn write(dir: &Path, files: &[File]) -> io::Result<()> {
         }
         std::fs::write(&target, content)?;
         std::fs::set_permissions(&target, std::fs::Permissions::from_mode(mode & 0o7777))?;
+        if group.is_some() {
+            std::os::unix::fs::chown(&target, None, group)?;
+        }
     }
     std::fs::create_dir_all(&version)?;
+    if let Some(gid) = group {
+        for d in std::iter::once(dir.to_path_buf()).chain(dirs_under(&version)) {
+            std::os::unix::fs::chown(&d, None, Some(gid))?;
+            let mode = std::fs::metadata(&d)?.permissions().mode() & 0o7777;
+            std::fs::set_permissions(&d, std::fs::Permissions::from_mode(mode | 0o2550))?;
+        }
+    }
     let old = std::fs::read_link(dir.join(DATA)).ok();
     let tmp = dir.join("..data_tmp");
     let _ = std::fs::remove_file(&tmp);
@@ -111,6 +132,24 @@ pub fn write(dir: &Path, files: &[File]) -> io::Result<()> {
         let _ = std::fs::remove_dir_all(dir.join(old));
     }
     Ok(())
+}
+
+/// `dir` and every directory below it.
+fn dirs_under(dir: &Path) -> Vec<std::path::PathBuf> {
+    let mut out = vec![dir.to_path_buf()];
+    let mut i = 0;
+    while i < out.len() {
+        let subdirs: Vec<_> = std::fs::read_dir(&out[i])
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+            .map(|e| e.path())
+            .collect();
+        out.extend(subdirs);
+        i += 1;
+    }
+    out
 }
 
 /// When a service account token (a JWT) is due for a new one, in Unix seconds: at
@@ -168,7 +207,7 @@ mod tests {
             ("sub/b".into(), b"two".to_vec(), 0o400),
         ];
         assert!(differs(&dir, &v1));
-        write(&dir, &v1).unwrap();
+        write(&dir, &v1, None).unwrap();
         assert!(!differs(&dir, &v1));
         assert_eq!(std::fs::read(dir.join("a")).unwrap(), b"one");
         assert_eq!(std::fs::read(dir.join("sub/b")).unwrap(), b"two");
@@ -183,7 +222,7 @@ mod tests {
             ("c".into(), b"3".to_vec(), 0o644),
         ];
         assert!(differs(&dir, &v2));
-        write(&dir, &v2).unwrap();
+        write(&dir, &v2, None).unwrap();
         assert_eq!(std::fs::read(dir.join("a")).unwrap(), b"uno");
         assert_eq!(std::fs::read(dir.join("c")).unwrap(), b"3");
         assert!(!dir.join("sub").exists(), "gone from the volume");
@@ -194,7 +233,33 @@ mod tests {
             .filter(|e| e.file_name().to_string_lossy().starts_with("..2"))
             .count();
         assert_eq!(versions, 1);
-        assert!(write(&dir, &[("../x".into(), Vec::new(), 0o644)]).is_err());
-        assert!(write(&dir, &[("..data/x".into(), Vec::new(), 0o644)]).is_err());
+        assert!(write(&dir, &[("../x".into(), Vec::new(), 0o644)], None).is_err());
+        assert!(write(&dir, &[("..data/x".into(), Vec::new(), 0o644)], None).is_err());
+    }
+
+    #[test]
+    fn an_fs_group_owns_the_volume_and_may_read_it() {
+        use std::os::unix::fs::{MetadataExt as _, PermissionsExt as _};
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("vol");
+        let mut files: Vec<File> = vec![
+            ("token".into(), b"t".to_vec(), 0o400),
+            ("sub/ca.crt".into(), b"c".to_vec(), 0o600),
+        ];
+        with_fs_group(&mut files);
+        write(&dir, &files, Some(2000)).unwrap();
+        assert!(!differs(&dir, &files));
+        for (path, mode) in [("token", 0o440), ("sub/ca.crt", 0o640)] {
+            let m = std::fs::metadata(dir.join(path)).unwrap();
+            assert_eq!(
+                (m.gid(), m.permissions().mode() & 0o7777),
+                (2000, mode),
+                "{path}"
+            );
+        }
+        let sub = std::fs::metadata(dir.join("..data/sub")).unwrap();
+        assert_eq!(sub.gid(), 2000);
+        assert_eq!(sub.permissions().mode() & 0o2550, 0o2550);
+        assert_eq!(std::fs::metadata(&dir).unwrap().gid(), 2000);
     }
 }

@@ -1397,10 +1397,17 @@ impl Server {
                 }
             }
         }
-        if rt.plural == "pods" && current.pointer("/metadata/deletionTimestamp").is_some() {
-            // The final delete: record grace 0 then remove, as the real server does.
+        if rt.plural == "pods"
+            && (graceful || current.pointer("/metadata/deletionTimestamp").is_some())
+        {
+            // A delete with grace 0 (the node's final one, or a forced one): record
+            // the deletion with grace 0, then remove, as the real server does — the
+            // node reads the grace from the object of the DELETED event.
             let _ = self.store.modify(rt, ns, name, |cur| {
                 let mut new = cur.clone();
+                if new.pointer("/metadata/deletionTimestamp").is_none() {
+                    new["metadata"]["deletionTimestamp"] = json!(now_rfc3339());
+                }
                 new["metadata"]["deletionGracePeriodSeconds"] = json!(0);
                 Ok(Some(new))
             });
