@@ -1099,14 +1099,16 @@ spec:
   - {name: scratch, emptyDir: {}}
   - {name: host, hostPath: {path: HOSTDIR, type: Directory}}
   - {name: made, hostPath: {path: HOSTDIR/made, type: DirectoryOrCreate}}
+  - {name: untyped, hostPath: {path: HOSTDIR/untyped}}
   containers:
   - name: writer
     image: busybox:1.36
-    command: ["sh", "-c", "echo from-sub > /sub/file; cat /host/hello; ls -d /made && echo made=yes; touch /host/ro 2>/dev/null && echo host=writable || echo host=readonly"]
+    command: ["sh", "-c", "echo from-sub > /sub/file; cat /host/hello; ls -d /made && echo made=yes; ls -d /untyped && echo untyped=yes; touch /host/ro 2>/dev/null && echo host=writable || echo host=readonly"]
     volumeMounts:
     - {name: scratch, mountPath: /sub, subPath: a/b}
     - {name: host, mountPath: /host, readOnly: true}
     - {name: made, mountPath: /made}
+    - {name: untyped, mountPath: /untyped}
 ---
 apiVersion: v1
 kind: Pod
@@ -1168,6 +1170,11 @@ fn host_path_volumes_and_safe_sub_paths() {
     assert!(lines.contains(&"made=yes".to_string()), "{lines:?}");
     assert!(lines.contains(&"host=readonly".to_string()), "{lines:?}");
     assert!(host.join("made").is_dir(), "DirectoryOrCreate made it");
+    assert!(lines.contains(&"untyped=yes".to_string()), "{lines:?}");
+    assert!(
+        host.join("untyped").is_dir(),
+        "no type: made as a directory"
+    );
     assert!(!host.join("ro").exists());
     // The subPath is a directory in the volume, created for it.
     let uid = p["metadata"]["uid"].as_str().unwrap();

@@ -79,6 +79,51 @@ struct Cached<T> {
     until: Instant,
 }
 
+/// Why a review could not be had from the apiserver.
+#[derive(Debug, thiserror::Error)]
+pub enum AuthError {
+    #[error("building the {0}: {1}")]
+    Encode(&'static str, #[source] serde_json::Error),
+    #[error("{0} timed out after {secs} s", secs = REVIEW_TIMEOUT.as_secs())]
+    TimedOut(&'static str),
+    #[error("{0}: {1}")]
+    Api(&'static str, #[source] kube::Error),
+}
+
+/// The most entries each cache holds: requests with ever new tokens (or users) cannot
+/// grow it without bound; when full, the entry closest to expiry goes.
+const MAX_CACHED: usize = 4096;
+
+/// Puts `value` into `cache` for `ttl`, after dropping what expired and, when full,
+/// the entry closest to expiry.
+fn remember<K: std::hash::Hash + Eq + Clone, T>(
+    cache: &Mutex<HashMap<K, Cached<T>>>,
+    key: K,
+    value: T,
+    ttl: Duration,
+) {
+    let Ok(mut cache) = cache.lock() else {
+        return;
+    };
+    let now = Instant::now();
+    cache.retain(|_, c| c.until > now);
+    if cache.len() >= MAX_CACHED
+        && let Some(soonest) = cache
+            .iter()
+            .min_by_key(|(_, c)| c.until)
+            .map(|(k, _)| k.clone())
+    {
+        cache.remove(&soonest);
+    }
+    cache.insert(
+        key,
+        Cached {
+            value,
+            until: now + ttl,
+        },
+    );
+}
+
 /// TokenReview and SubjectAccessReview through the apiserver, cached as kubelet caches
 /// them (tokens 2 min; allowed 5 min, denied 30 s).
 pub struct Authorizer {
@@ -113,7 +158,7 @@ impl Authorizer {
 
     /// The user a bearer token belongs to (`None`: not a valid token). An apiserver that
     /// cannot be asked is an error, not a refusal to cache.
-    pub async fn user_for_token(&self, token: &str) -> Result<Option<User>, String> {
+    pub async fn user_for_token(&self, token: &str) -> Result<Option<User>, AuthError> {
         // Cached by digest, so the cache holds no usable token.
         let key: String = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, token.as_bytes())
             .as_ref()
@@ -130,13 +175,13 @@ impl Authorizer {
             "apiVersion": "authentication.k8s.io/v1", "kind": "TokenReview",
             "spec": {"token": token},
         }))
-        .map_err(|e| e.to_string())?;
+        .map_err(|e| AuthError::Encode("TokenReview", e))?;
         let api: Api<TokenReview> = Api::all(self.client.get());
         let answer =
             tokio::time::timeout(REVIEW_TIMEOUT, api.create(&PostParams::default(), &review))
                 .await
-                .map_err(|_| "TokenReview timed out".to_string())?
-                .map_err(|e| format!("TokenReview: {e}"))?;
+                .map_err(|_| AuthError::TimedOut("TokenReview"))?
+                .map_err(|e| AuthError::Api("TokenReview", e))?;
         let status = answer.status.unwrap_or_default();
         let user = if status.authenticated == Some(true) {
             status.user.map(|u| User {
@@ -146,16 +191,7 @@ impl Authorizer {
         } else {
             None
         };
-        if let Ok(mut cache) = self.tokens.lock() {
-            cache.retain(|_, c| c.until > Instant::now());
-            cache.insert(
-                key,
-                Cached {
-                    value: user.clone(),
-                    until: Instant::now() + TOKEN_TTL,
-                },
-            );
-        }
+        remember(&self.tokens, key, user.clone(), TOKEN_TTL);
         Ok(user)
     }
 
@@ -165,7 +201,7 @@ impl Authorizer {
         user: &User,
         verb: &str,
         subresource: &str,
-    ) -> Result<bool, String> {
+    ) -> Result<bool, AuthError> {
         let key = (user.clone(), verb.to_string(), subresource.to_string());
         if let Ok(cache) = self.decisions.lock()
             && let Some(c) = cache.get(&key)
@@ -183,24 +219,16 @@ impl Authorizer {
                 },
             },
         }))
-        .map_err(|e| e.to_string())?;
+        .map_err(|e| AuthError::Encode("SubjectAccessReview", e))?;
         let api: Api<SubjectAccessReview> = Api::all(self.client.get());
         let answer =
             tokio::time::timeout(REVIEW_TIMEOUT, api.create(&PostParams::default(), &review))
                 .await
-                .map_err(|_| "SubjectAccessReview timed out".to_string())?
-                .map_err(|e| format!("SubjectAccessReview: {e}"))?;
+                .map_err(|_| AuthError::TimedOut("SubjectAccessReview"))?
+                .map_err(|e| AuthError::Api("SubjectAccessReview", e))?;
         let allowed = answer.status.is_some_and(|s| s.allowed);
-        if let Ok(mut cache) = self.decisions.lock() {
-            cache.retain(|_, c| c.until > Instant::now());
-            cache.insert(
-                key,
-                Cached {
-                    value: allowed,
-                    until: Instant::now() + if allowed { ALLOWED_TTL } else { DENIED_TTL },
-                },
-            );
-        }
+        let ttl = if allowed { ALLOWED_TTL } else { DENIED_TTL };
+        remember(&self.decisions, key, allowed, ttl);
         Ok(allowed)
     }
 }
@@ -208,6 +236,19 @@ impl Authorizer {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_cache_never_holds_more_than_its_bound() {
+        let cache: Mutex<HashMap<u32, Cached<bool>>> = Mutex::default();
+        for i in 0..(MAX_CACHED as u32 + 100) {
+            remember(&cache, i, true, TOKEN_TTL);
+        }
+        let cache = cache.lock().unwrap();
+        assert_eq!(cache.len(), MAX_CACHED);
+        // The newest stay.
+        assert!(cache.contains_key(&(MAX_CACHED as u32 + 99)));
+        assert!(!cache.contains_key(&0));
+    }
 
     #[test]
     fn paths_map_to_kubelets_subresources() {

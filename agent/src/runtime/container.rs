@@ -152,7 +152,8 @@ pub fn pull_policy(c: &Container, image: &crate::model::image_ref::ImageRef) -> 
 }
 
 /// A hostPath volume's path after its type check (creating it for `DirectoryOrCreate`
-/// and `FileOrCreate`), as kubelet checks them.
+/// and `FileOrCreate`), as kubelet checks them; with no type, a missing path is created
+/// as a directory (containerd's behaviour, which pods without a type rely on).
 fn host_path(path: &str, kind: &str) -> Result<PathBuf, String> {
     use std::os::unix::fs::FileTypeExt as _;
     let p = PathBuf::from(path);
@@ -170,7 +171,8 @@ fn host_path(path: &str, kind: &str) -> Result<PathBuf, String> {
         }
     };
     match (kind, &meta) {
-        ("DirectoryOrCreate", Err(_)) => {
+        // Unset type and nothing there: a directory, as containerd makes one.
+        ("DirectoryOrCreate" | "", Err(_)) => {
             std::fs::create_dir_all(&p).map_err(|e| format!("creating hostPath {path}: {e}"))?;
             Ok(p)
         }

@@ -139,6 +139,12 @@ impl Runtime {
             std::fs::create_dir_all(&d)
                 .map_err(RuntimeError::io(format!("creating {}", d.display())))?;
         }
+        // What the runtime records of pods and containers is root's alone.
+        for d in [cfg.state_dir.join("pods"), cfg.state_dir.join("containers")] {
+            use std::os::unix::fs::PermissionsExt as _;
+            std::fs::set_permissions(&d, std::fs::Permissions::from_mode(0o700))
+                .map_err(RuntimeError::io(format!("restricting {}", d.display())))?;
+        }
         let reaper = reaper::install(&cfg.state_dir)?;
         let images = image::ImageStore::open(&cfg.image_dir)?;
         images.clean_tmp();
@@ -266,7 +272,9 @@ pub fn write_json<T: serde::Serialize>(path: &Path, value: &T) -> Result<(), Run
         what: format!("encoding {}", path.display()),
         source: std::io::Error::other(e),
     })?;
-    crate::state::write_atomic(path, &bytes, 0o644)?;
+    // Records (a container's config.json among them, with its environment) are
+    // root's alone.
+    crate::state::write_atomic(path, &bytes, 0o600)?;
     Ok(())
 }
 

@@ -1,0 +1,127 @@
+//! The sandbox as a boundary between tenants, against the control plane: secret
+//! volumes live in memory (never on the node's disk), with the modes the pod asks for
+//! and its fsGroup; what the runtime records is root's alone. Root: runs kernlet on a
+//! SimNode.
+
+#![allow(
+    clippy::unwrap_used,
+    reason = "a test that cannot go on should stop loudly"
+)]
+
+use std::os::unix::fs::{MetadataExt as _, PermissionsExt as _};
+use std::path::Path;
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::{Pod, Secret};
+use kernlet_tests::one_node::{Network, OneNode};
+use kernlet_tests::wait_for;
+use kube::api::{Api, PostParams};
+use serde_json::json;
+
+/// A value no file of the node's disk may hold.
+const SECRET: &str = "kernlet-secret-7c1d0e9a";
+
+/// Every regular file under `dir` whose content holds `needle`.
+fn files_holding(dir: &Path, needle: &[u8]) -> Vec<std::path::PathBuf> {
+    let mut found = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+            let Ok(t) = e.file_type() else { continue };
+            if t.is_dir() {
+                stack.push(e.path());
+            } else if t.is_file()
+                && std::fs::read(e.path())
+                    .is_ok_and(|c| c.windows(needle.len()).any(|w| w == needle))
+            {
+                found.push(e.path());
+            }
+        }
+    }
+    found
+}
+
+/// A non-root pod reads its secret through its fsGroup (defaultMode 0400); the secret
+/// is on a tmpfs of the pod (0750, root's), nowhere on the node's state directory, and
+/// the runtime's records are 0600 in 0700 directories.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn secret_volumes_live_in_memory_with_their_modes_and_fs_group() {
+    let one = OneNode::start("sbsecret", "w1", Network::Loopback(&[]))
+        .await
+        .unwrap();
+    let secrets: Api<Secret> = Api::namespaced(one.pods.clone().into_client(), "default");
+    let secret: Secret = serde_json::from_value(json!({
+        "metadata": {"name": "db"},
+        "stringData": {"password": SECRET},
+    }))
+    .unwrap();
+    secrets
+        .create(&PostParams::default(), &secret)
+        .await
+        .unwrap();
+    let pod: Pod = serde_json::from_value(json!({
+        "metadata": {"name": "reader"},
+        "spec": {
+            "restartPolicy": "Never",
+            "securityContext": {"runAsUser": 1000, "runAsGroup": 1000, "fsGroup": 2000},
+            "volumes": [{"name": "s", "secret": {"secretName": "db", "defaultMode": 0o400}}],
+            "containers": [{
+                "name": "c", "image": "busybox:1.36",
+                "command": ["sh", "-c", "cat /s/password >/dev/null || exit 7"],
+                "volumeMounts": [{"name": "s", "mountPath": "/s"}],
+            }],
+        },
+    }))
+    .unwrap();
+    one.create_bound(&pod).await.unwrap();
+    let done = wait_for("the reader done", Duration::from_secs(60), async || {
+        let p = one.pods.get("reader").await.ok()?;
+        let phase = p.status.as_ref()?.phase.clone()?;
+        matches!(phase.as_str(), "Succeeded" | "Failed").then_some(p)
+    })
+    .await;
+    let status = done.status.clone().unwrap();
+    assert_eq!(
+        status.phase.as_deref(),
+        Some("Succeeded"),
+        "uid 1000 reads its 0400 secret through fsGroup 2000: {status:#?}\n{}",
+        one.node.kernlet_log()
+    );
+    let uid = done.metadata.uid.clone().unwrap();
+    let tmpfs = one
+        .node
+        .dir("run")
+        .join("pods")
+        .join(&uid)
+        .join("volume-files");
+    let fs = nix::sys::statfs::statfs(&tmpfs).unwrap();
+    assert_eq!(fs.filesystem_type(), nix::sys::statfs::TMPFS_MAGIC);
+    let root = std::fs::metadata(&tmpfs).unwrap();
+    assert_eq!((root.uid(), root.mode() & 0o7777), (0, 0o750));
+    let file = std::fs::metadata(tmpfs.join("s/password")).unwrap();
+    assert_eq!((file.gid(), file.mode() & 0o7777), (2000, 0o440));
+    assert_eq!(
+        std::fs::read_to_string(tmpfs.join("s/password")).unwrap(),
+        SECRET
+    );
+    let state = one.node.dir("state");
+    assert_eq!(
+        files_holding(&state, SECRET.as_bytes()),
+        Vec::<std::path::PathBuf>::new(),
+        "nothing secret on the node's disk"
+    );
+    for d in ["pods", "containers"] {
+        let m = std::fs::metadata(state.join(d)).unwrap();
+        assert_eq!(m.permissions().mode() & 0o777, 0o700, "{d}");
+    }
+    let configs: Vec<_> = std::fs::read_dir(state.join("containers"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.path().join("config.json"))
+        .collect();
+    assert!(!configs.is_empty());
+    for c in configs {
+        let m = std::fs::metadata(&c).unwrap();
+        assert_eq!(m.permissions().mode() & 0o777, 0o600, "{}", c.display());
+    }
+}
