@@ -23,9 +23,23 @@ pub type Snapshot = Arc<Mutex<Option<Vec<Pod>>>>;
 /// A count of the snapshot's changes, bumped at each: the pod manager waits on it, so
 /// a new or changed pod is dispatched at once rather than at the next resync.
 #[derive(Clone, Default)]
-pub struct Changes(Arc<(Mutex<u64>, std::sync::Condvar)>);
+pub struct Changes(
+    Arc<(Mutex<u64>, std::sync::Condvar)>,
+    /// Bumped at every publication of the snapshot, status writes included.
+    Arc<std::sync::atomic::AtomicU64>,
+);
 
 impl Changes {
+    /// Says the snapshot was published again (whatever changed).
+    pub fn published(&self) {
+        self.1.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// The snapshot's version: a different one means a different snapshot.
+    pub fn version(&self) -> u64 {
+        self.1.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
     /// Says the snapshot changed.
     pub fn bump(&self) {
         if let Ok(mut n) = self.0.0.lock() {
@@ -134,6 +148,7 @@ pub async fn watch_pods(
     let publish = |pods: &BTreeMap<String, Pod>, wake: bool| {
         if let Ok(mut s) = snapshot.lock() {
             *s = Some(pods.values().cloned().collect());
+            changes.published();
         }
         if wake {
             changes.bump();

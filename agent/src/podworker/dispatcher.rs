@@ -210,9 +210,20 @@ impl Runner {
     /// workers their pods' changes, retire the workers of pods that went away and
     /// remove those pods once their workers have ended.
     pub fn tick(&mut self) {
+        // Nothing new since a pass that left nothing pending: only the relist.
+        let version = self.snapshot_version();
+        if version.is_some() && version == self.quiet_at && self.retiring.is_empty() {
+            self.relist();
+            self.account();
+            return;
+        }
         let Some(desired) = self.desired() else {
             return;
         };
+        self.desired_count = desired.len();
+        // Whether something waits for a later pass (a worker to end, a sandbox to
+        // remove, a pod that could not be handled yet).
+        let mut pending = false;
         let wanted: HashSet<String> = desired.iter().map(|(u, _)| u.clone()).collect();
         // Admission counts every pod the node has taken: with a sandbox or a worker.
         // Read once: a sandbox made after this is a wanted pod's, which nothing below
@@ -225,6 +236,7 @@ impl Runner {
             .retain(|uid, _| wanted.contains(uid) || with_sandbox.contains(uid));
         for (uid, pod) in &desired {
             if self.removing.lock().is_ok_and(|r| r.contains(uid)) {
+                pending = true;
                 continue;
             }
             if let Some(w) = self.workers.get(uid) {
@@ -233,6 +245,7 @@ impl Runner {
             }
             // A pod back while its last worker is still ending waits for the removal.
             if self.retiring.iter().any(|(w, _)| w.uid == *uid) {
+                pending = true;
                 continue;
             }
             // A pod deleted before anything of it was made is not started: its object
@@ -246,32 +259,16 @@ impl Runner {
                 }
                 continue;
             }
-            if let Some(w) = self.spawn_worker(uid, pod) {
-                self.workers.insert(uid.clone(), w);
-                with_sandbox.insert(uid.clone());
-            }
-        }
-        // Workers whose pod's containers changed sync now (relisted about once a
-        // resync).
-        if self.relist.due(self.timing.resync / 2) {
-            for uid in self.relist.changed(&self.rt, self.workers.keys()) {
-                if let Some(w) = self.workers.get(&uid) {
-                    w.poke();
+            match self.spawn_worker(uid, pod) {
+                Some(w) => {
+                    self.workers.insert(uid.clone(), w);
+                    with_sandbox.insert(uid.clone());
                 }
+                None => pending = true,
             }
         }
-        // The daemon's account: the first worker's error, else synced.
-        let failure = self
-            .workers
-            .values()
-            .find_map(|w| w.last_error.lock().ok().and_then(|e| e.clone()));
-        match failure {
-            Some(e) => crate::daemon::failed("pods", &e),
-            None => crate::daemon::synced(
-                "pods",
-                serde_json::json!({"desired": desired.len(), "workers": self.workers.len()}),
-            ),
-        }
+        self.relist();
+        self.account();
         self.sync_mirrors(&desired);
         // Pods gone from the apiserver: the grace period of their last object, by uid
         // (a forced delete's 0 included); what is not on this node is forgotten.
@@ -313,6 +310,7 @@ impl Runner {
             if wanted.contains(&sb.uid) {
                 continue;
             }
+            pending = true;
             match self.retiring.iter_mut().find(|(w, _)| w.uid == sb.uid) {
                 Some((_, removal)) => {
                     let grace = deletion_grace
@@ -339,15 +337,12 @@ impl Runner {
         if let Source::Api {
             snapshot, updates, ..
         } = &self.source
+            && let Ok(snapshot) = snapshot.lock()
         {
-            let deleting: Vec<Pod> = snapshot
-                .lock()
-                .ok()
-                .and_then(|s| s.clone())
-                .unwrap_or_default()
-                .into_iter()
-                .filter(|p| p.metadata.deletion_timestamp.is_some())
-                .collect();
+            let deleting = snapshot
+                .iter()
+                .flatten()
+                .filter(|p| p.metadata.deletion_timestamp.is_some());
             for p in deleting {
                 let uid = p.metadata.uid.clone().unwrap_or_default();
                 // A pod with a worker is the worker's to finish.
@@ -359,6 +354,43 @@ impl Runner {
                     });
                 }
             }
+        }
+        self.quiet_at = version.filter(|_| !pending && self.retiring.is_empty());
+    }
+
+    /// The version of the apiserver's snapshot this pass works from; `None` when the
+    /// pass must run whatever it is (static pods are read from their directory).
+    fn snapshot_version(&self) -> Option<u64> {
+        match &self.source {
+            Source::Api { changes, .. } if self.static_pods.is_none() => Some(changes.version()),
+            _ => None,
+        }
+    }
+
+    /// Wakes the workers whose pod's containers changed (relisted about once a
+    /// resync).
+    fn relist(&mut self) {
+        if self.relist.due(self.timing.resync / 2) {
+            for uid in self.relist.changed(&self.rt, self.workers.keys()) {
+                if let Some(w) = self.workers.get(&uid) {
+                    w.poke();
+                }
+            }
+        }
+    }
+
+    /// The daemon's account: the first worker's error, else synced.
+    fn account(&self) {
+        let failure = self
+            .workers
+            .values()
+            .find_map(|w| w.last_error.lock().ok().and_then(|e| e.clone()));
+        match failure {
+            Some(e) => crate::daemon::failed("pods", &e),
+            None => crate::daemon::synced(
+                "pods",
+                serde_json::json!({"desired": self.desired_count, "workers": self.workers.len()}),
+            ),
         }
     }
 }

@@ -10,7 +10,7 @@ impl Runner {
         if sb.host_network {
             return;
         }
-        let spec = pod.spec.clone().unwrap_or_default();
+        let spec = spec_of(pod);
         let ports: Vec<_> = pod_lifecycle::all_containers(&spec)
             .flat_map(|c| c.ports.iter().flatten())
             .filter(|p| p.host_port.is_some_and(|h| h > 0))

@@ -80,6 +80,15 @@ impl Default for Timing {
     }
 }
 
+/// The pod's spec, borrowed (an empty one for a pod without): syncs read it many times,
+/// and a clone of a pod's spec is most of what an idle node's agent would spend.
+fn spec_of(pod: &Pod) -> std::borrow::Cow<'_, k8s_openapi::api::core::v1::PodSpec> {
+    match &pod.spec {
+        Some(s) => std::borrow::Cow::Borrowed(s),
+        None => std::borrow::Cow::Owned(Default::default()),
+    }
+}
+
 /// The pod's `terminationGracePeriodSeconds` (kubelet's default 30 s).
 fn pod_grace(spec: &k8s_openapi::api::core::v1::PodSpec) -> Duration {
     Duration::from_secs(
@@ -196,6 +205,11 @@ pub struct Runner {
     finish_sent: bool,
     /// The node's relist of the workers' containers (on the dispatcher).
     relist: relist::Relist,
+    /// The snapshot version of the last dispatcher pass that left nothing pending:
+    /// while the snapshot stays at it, a pass only relists (on the dispatcher).
+    quiet_at: Option<u64>,
+    /// How many pods the last pass wanted (on the dispatcher).
+    desired_count: usize,
 }
 
 /// A pod's sandbox to remove, with the deletion's grace period (seconds) if any.
@@ -299,6 +313,8 @@ impl Runner {
             admitted_status: false,
             finish_sent: false,
             relist: Default::default(),
+            quiet_at: None,
+            desired_count: 0,
         }
     }
 

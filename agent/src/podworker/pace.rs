@@ -27,7 +27,7 @@ impl Runner {
     /// Whether something of the pod changes with time alone, not only when one of its
     /// containers or its object changes.
     fn moving(&self, uid: &str, pod: &Pod) -> bool {
-        let spec = pod.spec.clone().unwrap_or_default();
+        let spec = spec_of(pod);
         let waiting = pod.metadata.deletion_timestamp.is_some()
             || self.termination.is_some()
             || !self.stopping.is_empty()

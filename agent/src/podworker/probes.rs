@@ -19,7 +19,7 @@ impl Runner {
     /// the verdicts: a failed liveness or startup probe kills the container (it then
     /// restarts by the pod's restart policy); readiness shows in the views.
     pub(super) fn run_probes(&mut self, sb: &SandboxRecord, pod: &Pod, views: &[View]) {
-        let spec = pod.spec.clone().unwrap_or_default();
+        let spec = spec_of(pod);
         let now = Instant::now();
         // This pod's results only (the map holds every pod's).
         let mine: HashSet<&str> = views.iter().map(|v| v.id.as_str()).collect();

@@ -7,13 +7,16 @@ use std::collections::HashMap;
 use std::hash::{DefaultHasher, Hash, Hasher};
 use std::time::{Duration, Instant};
 
-use crate::runtime::Runtime;
-use crate::runtime::container::ContainerState;
+use crate::runtime::shim::{ERROR, EXIT, STATE, ShimState};
+use crate::runtime::{Runtime, read_json};
 
 /// What the last relist saw, by pod uid.
 #[derive(Default)]
 pub(super) struct Relist {
     seen: HashMap<String, u64>,
+    /// The shim of each started container, by ID (its `state.json` is written once,
+    /// so it is read once).
+    shims: HashMap<String, u32>,
     /// When the last relist was made.
     at: Option<Instant>,
 }
@@ -34,14 +37,18 @@ impl Relist {
         pods: impl Iterator<Item = &'a String>,
     ) -> Vec<String> {
         self.at = Some(Instant::now());
-        self.changed_by(pods, |uid| summary(rt, uid))
+        let mut shims = std::mem::take(&mut self.shims);
+        let mut listed = HashMap::new();
+        let changed = self.changed_by(pods, |uid| summary(rt, uid, &mut shims, &mut listed));
+        self.shims = listed;
+        changed
     }
 
     /// [`Relist::changed`] with each pod's summary from `sum`.
     fn changed_by<'a>(
         &mut self,
         pods: impl Iterator<Item = &'a String>,
-        sum: impl Fn(&str) -> u64,
+        mut sum: impl FnMut(&str) -> u64,
     ) -> Vec<String> {
         let mut now = HashMap::new();
         let mut changed = Vec::new();
@@ -57,31 +64,48 @@ impl Relist {
     }
 }
 
-/// One number for where every container of pod `uid` stands.
-fn summary(rt: &Runtime, uid: &str) -> u64 {
+/// One number for where every container of pod `uid` stands, from the shims' files
+/// looked at (not read: the shim pid comes from `known`) and whether each shim lives;
+/// the shims seen go into `listed`.
+fn summary(
+    rt: &Runtime,
+    uid: &str,
+    known: &mut HashMap<String, u32>,
+    listed: &mut HashMap<String, u32>,
+) -> u64 {
     let mut h = DefaultHasher::new();
     for id in rt.pod_container_ids(uid) {
         id.hash(&mut h);
-        state_key(&rt.container_state(&id)).hash(&mut h);
+        let dir = rt.container_dir(&id);
+        let shim = known.remove(&id).or_else(|| {
+            let state: ShimState = read_json(&dir.join(STATE)).ok().flatten()?;
+            Some(state.shim_pid)
+        });
+        let exited = dir.join(EXIT).exists();
+        let failed = !exited && dir.join(ERROR).exists();
+        state_key(shim, exited, failed, crate::sys::process::alive).hash(&mut h);
+        if let Some(pid) = shim {
+            listed.insert(id, pid);
+        }
     }
     h.finish()
 }
 
-/// What of a container's state a worker acts on: created, running (which process),
-/// exited (with what code), or failed.
-fn state_key(s: &ContainerState) -> (u8, i64) {
-    match s {
-        ContainerState::Created => (0, 0),
-        ContainerState::Running { pid, .. } => (1, i64::from(*pid)),
-        ContainerState::Exited { exit, .. } => (2, i64::from(exit.exit_code)),
-        ContainerState::Failed(_) => (3, 0),
+/// What of a container's state a worker acts on: created, running (under which
+/// shim), exited, failed, or its shim gone without a word.
+fn state_key(shim: Option<u32>, exited: bool, failed: bool, alive: fn(u32) -> bool) -> (u8, u32) {
+    match (shim, exited, failed) {
+        (_, true, _) => (2, 0),
+        (_, _, true) => (3, 0),
+        (None, _, _) => (0, 0),
+        (Some(pid), _, _) if alive(pid) => (1, pid),
+        (Some(_), _, _) => (4, 0),
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::runtime::shim::ExitRecord;
 
     #[test]
     fn a_pod_is_woken_when_its_containers_change_and_not_when_first_seen() {
@@ -102,29 +126,20 @@ mod tests {
 
     #[test]
     fn what_a_worker_acts_on_tells_states_apart() {
-        let exit = |code| ContainerState::Exited {
-            exit: ExitRecord {
-                exit_code: code,
-                signal: None,
-                oom_killed: false,
-                finished_at: "t".into(),
-                message: String::new(),
-            },
-            started_at: None,
-        };
-        let running = |pid| ContainerState::Running {
-            pid,
-            started_at: "t".into(),
-        };
+        let alive = |pid: u32| pid == 7;
         let keys = [
-            state_key(&ContainerState::Created),
-            state_key(&running(1)),
-            state_key(&running(2)),
-            state_key(&exit(0)),
-            state_key(&exit(1)),
-            state_key(&ContainerState::Failed("x".into())),
+            state_key(None, false, false, alive),
+            state_key(Some(7), false, false, alive),
+            state_key(Some(8), false, false, alive),
+            state_key(Some(7), true, false, alive),
+            state_key(Some(7), false, true, alive),
         ];
         let distinct: std::collections::HashSet<_> = keys.iter().collect();
         assert_eq!(distinct.len(), keys.len());
+        // An exit is an exit whether or not its shim is still there.
+        assert_eq!(
+            state_key(Some(9), true, false, alive),
+            state_key(Some(7), true, false, alive)
+        );
     }
 }

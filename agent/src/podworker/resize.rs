@@ -29,7 +29,7 @@ impl Runner {
         if let Ok(Some(a)) = read_json::<Allocation>(&path) {
             return a;
         }
-        let a = resize::desired(&pod.spec.clone().unwrap_or_default());
+        let a = resize::desired(&spec_of(pod));
         if let Err(e) = write_json(&path, &a) {
             tracing::warn!(pod = %uid, "recording the pod's allocation: {e}");
         }
@@ -61,7 +61,7 @@ impl Runner {
         sb: &SandboxRecord,
         views: &[View],
     ) -> Vec<String> {
-        let spec = pod.spec.clone().unwrap_or_default();
+        let spec = spec_of(pod);
         let mut state = ResizeState {
             allocated: self.allocation(uid, pod),
             ..Default::default()

@@ -46,7 +46,7 @@ impl Runner {
         uid: &str,
         pod: &Pod,
     ) -> Result<(), crate::runtime::RuntimeError> {
-        let spec = pod.spec.clone().unwrap_or_default();
+        let spec = spec_of(pod);
         let planned = SandboxRecord {
             uid: uid.to_string(),
             namespace: pod.metadata.namespace.clone().unwrap_or_default(),
@@ -81,7 +81,7 @@ impl Runner {
         views: &[View],
         sandbox_made: bool,
     ) -> Result<(), crate::runtime::RuntimeError> {
-        let spec = pod.spec.clone().unwrap_or_default();
+        let spec = spec_of(pod);
         // A pod being deleted turns terminal once nothing of it runs (kubelet's
         // terminal phase for deleted pods); until then its exited containers show
         // their terminated state, not a back-off. One stopped before it was

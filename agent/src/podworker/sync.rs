@@ -5,13 +5,13 @@ use super::*;
 impl Runner {
     /// What the runtime shows of the pod's init and main containers.
     pub(super) fn views(&self, uid: &str, pod: &Pod) -> Vec<View> {
-        let spec = pod.spec.clone().unwrap_or_default();
+        let spec = spec_of(pod);
         self.views_of(uid, pod_lifecycle::all_containers(&spec))
     }
 
     /// What the runtime shows of the pod's ephemeral containers.
     pub(super) fn ephemeral_views(&self, uid: &str, pod: &Pod) -> Vec<View> {
-        let spec = pod.spec.clone().unwrap_or_default();
+        let spec = spec_of(pod);
         self.views_of(uid, pod_lifecycle::ephemeral_containers(&spec).iter())
     }
 
@@ -134,7 +134,7 @@ impl Runner {
         }
         self.admitted_status = true;
         let sb = self.rt.run_sandbox(pod, uid, &self.node_ip)?;
-        let spec = pod.spec.clone().unwrap_or_default();
+        let spec = spec_of(pod);
         if let Some(deadline) = spec.active_deadline_seconds
             && !self.failed.contains_key(uid)
             && parse_time(&sb.created_at).is_some_and(|t| {
@@ -187,7 +187,7 @@ impl Runner {
         if let Err(why) = self.prepare_volumes(uid, pod) {
             let why = why.to_string();
             // The containers wait, with the reason, until the volumes can be written.
-            let spec = pod.spec.clone().unwrap_or_default();
+            let spec = spec_of(pod);
             for c in pod_lifecycle::all_containers(&spec) {
                 self.start_failures.insert(
                     (uid.to_string(), c.name.clone()),
@@ -205,7 +205,7 @@ impl Runner {
             let views = self.views(uid, pod);
             return self.write_status(&sb, pod, &views);
         }
-        let spec = pod.spec.clone().unwrap_or_default();
+        let spec = spec_of(pod);
         let views = self.views(uid, pod);
         // A container's exit is reported before anything restarts it.
         if !self.fresh_exits(&views).is_empty() {
@@ -364,7 +364,7 @@ impl Runner {
             .filter(|(u, _)| u != uid && sandboxes.contains(u) && !self.failed.contains_key(u))
             .filter_map(|(_, p)| p.spec.as_ref())
             .collect();
-        let spec = pod.spec.clone().unwrap_or_default();
+        let spec = spec_of(pod);
         match crate::model::admission::admit(&spec, &admitted, &self.node_fit) {
             Ok(()) => true,
             Err(r) => {
@@ -394,7 +394,7 @@ impl Runner {
             return Ok(());
         };
         let host_ip = (!self.node_ip.is_empty()).then(|| self.node_ip.clone());
-        let spec = pod.spec.clone().unwrap_or_default();
+        let spec = spec_of(pod);
         let status = k8s_openapi::api::core::v1::PodStatus {
             phase: Some("Failed".into()),
             reason: Some(r.reason),
@@ -514,7 +514,7 @@ impl Runner {
     /// Starts the ephemeral containers (`kubectl debug`) not started yet, once each, in
     /// the order they were added; they never restart.
     pub(super) fn start_ephemeral(&mut self, uid: &str, pod: &Pod, sb: &SandboxRecord) {
-        let spec = pod.spec.clone().unwrap_or_default();
+        let spec = spec_of(pod);
         let ephemeral = pod_lifecycle::ephemeral_containers(&spec);
         if ephemeral.is_empty() {
             return;
