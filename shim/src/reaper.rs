@@ -183,11 +183,19 @@ fn relay_terminal(listener: &UnixListener, master: OwnedFd, once: bool) {
     }
 }
 
+/// How long the reaper sleeps at most while the container runs: its exit wakes it at
+/// once (a pidfd), output as it comes; this bounds how long a zombie reparented to it
+/// (the shim is a subreaper) waits to be reaped.
+const IDLE_WAKE_MS: u16 = 10_000;
+
 /// Copies the container's output (stdout, stderr; or its terminal, as stdout) into
 /// its log until it has exited and its outputs are drained; reaps every child (the
-/// shim is a subreaper). Returns the container's status.
+/// shim is a subreaper). Returns the container's status. Sleeps in `poll` until output
+/// comes or the container exits, so an idle container costs no wake-ups.
 pub fn pump(log: &mut CriWriter, pipes: Vec<OwnedFd>, pid: i32) -> WaitStatus {
     use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+    let exit_fd = rustix::process::Pid::from_raw(pid)
+        .and_then(|p| rustix::process::pidfd_open(p, rustix::process::PidfdFlags::empty()).ok());
     let mut open = vec![true; pipes.len()];
     let mut status = None;
     let mut buf = vec![0u8; 64 * 1024];
@@ -210,14 +218,22 @@ pub fn pump(log: &mut CriWriter, pipes: Vec<OwnedFd>, pid: i32) -> WaitStatus {
             if let Some(s) = status {
                 return s;
             }
-            std::thread::sleep(Duration::from_millis(50));
-            continue;
         }
         let mut fds: Vec<PollFd<'_>> = live
             .iter()
             .map(|i| PollFd::new(pipes[*i].as_fd(), PollFlags::POLLIN))
             .collect();
-        if poll(&mut fds, PollTimeout::from(200u16)).is_err() {
+        // Until it has exited, its exit wakes us; after, the drain is bounded.
+        let watch_exit = status.is_none() && exit_fd.is_some();
+        if let (true, Some(fd)) = (watch_exit, &exit_fd) {
+            fds.push(PollFd::new(fd.as_fd(), PollFlags::POLLIN));
+        }
+        let timeout = if watch_exit && drain_deadline.is_none() {
+            PollTimeout::from(IDLE_WAKE_MS)
+        } else {
+            PollTimeout::from(200u16)
+        };
+        if poll(&mut fds, timeout).is_err() {
             continue;
         }
         let ready: Vec<(usize, bool)> = fds

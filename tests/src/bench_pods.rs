@@ -20,6 +20,9 @@ use crate::one_node::{Network, OneNode};
 const LABEL: &str = "kernlet-bench=pods";
 /// How long CPU use is sampled for an idle figure.
 const IDLE_WINDOW: Duration = Duration::from_secs(20);
+/// How long pods that just started are left to settle (their last status writes,
+/// first volume refreshes) before an idle figure is sampled.
+const SETTLE: Duration = Duration::from_secs(15);
 
 /// When each pod was first seen with every container running.
 type Seen = Arc<Mutex<HashMap<String, Instant>>>;
@@ -310,8 +313,10 @@ async fn measure() -> anyhow::Result<Value> {
     delete_all(&pods).await?;
 
     let mut burst_110 = burst(&one, &seen, "burst", 0..110, pod).await?;
+    tokio::time::sleep(SETTLE).await;
     let idle_110 = idle(agent, &node.dir("state")).await?;
     burst(&one, &seen, "burst", 110..250, pod).await?;
+    tokio::time::sleep(SETTLE).await;
     let idle_250 = idle(agent, &node.dir("state")).await?;
     delete_all(&pods).await?;
     burst(&one, &seen, "probed", 0..110, probed_pod).await?;

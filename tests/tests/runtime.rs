@@ -1688,3 +1688,47 @@ fn standalone_pods_get_addresses_on_the_bridge_and_keep_them_across_kill_9() {
     std::thread::sleep(Duration::from_secs(2));
     assert_eq!(addresses(&node), before, "pods keep their addresses");
 }
+
+const CGROUP_VIEW: &str = r#"
+apiVersion: v1
+kind: Pod
+metadata: {name: cgview, namespace: t}
+spec:
+  restartPolicy: Never
+  containers:
+  - name: c
+    image: busybox:1.36
+    command: ["sh", "-c", "cat /proc/self/cgroup; ls /sys/fs/cgroup | sed 's/^/entry=/'; touch /sys/fs/cgroup/x 2>/dev/null && echo cg=rw || echo cg=ro"]
+"#;
+
+/// A container has a cgroup namespace of its own and its own cgroup, read-only, at
+/// /sys/fs/cgroup (as containerd mounts it): /proc/self/cgroup says `0::/`, and nothing
+/// of the node's tree (its other pods, kubepods) shows.
+#[test]
+fn containers_see_their_own_cgroup_read_only() {
+    let mut lab = Lab::new("cgview").unwrap();
+    let mut node = lab.add_node("c1").unwrap();
+    import_busybox(&node);
+    let m = manifests(&node, CGROUP_VIEW);
+    start(&mut node, &m);
+    let p = wait_for(&node, "cgview done", Duration::from_secs(30), || {
+        pod(&node, "cgview").filter(|p| p["status"]["phase"] == "Succeeded")
+    });
+    let lines: Vec<String> = log_lines(&node, &p, "c", 0)
+        .into_iter()
+        .map(|(_, l)| l)
+        .collect();
+    assert!(lines.contains(&"0::/".to_string()), "{lines:?}");
+    assert!(lines.contains(&"cg=ro".to_string()), "{lines:?}");
+    let entries: Vec<&str> = lines
+        .iter()
+        .filter_map(|l| l.strip_prefix("entry="))
+        .collect();
+    assert!(entries.contains(&"cgroup.procs"), "{lines:?}");
+    assert!(
+        !entries
+            .iter()
+            .any(|e| e.starts_with("kubepods") || e.starts_with("kltest")),
+        "the node's tree shows: {entries:?}"
+    );
+}

@@ -236,6 +236,10 @@ pub fn spec(plan: &ContainerPlan) -> Value {
         json!({"destination": "/dev/pts", "type": "devpts", "source": "devpts", "options": ["nosuid", "noexec", "newinstance", "ptmxmode=0666", "mode=0620", "gid=5"]}),
         json!({"destination": "/dev/mqueue", "type": "mqueue", "source": "mqueue", "options": ["nosuid", "noexec", "nodev"]}),
         json!({"destination": "/sys", "type": "sysfs", "source": "sysfs", "options": ["nosuid", "noexec", "nodev", if plan.privileged { "rw" } else { "ro" }]}),
+        // The container's own cgroup (its cgroup namespace's root), read-only unless
+        // privileged, as containerd mounts it: runtimes that size themselves from
+        // cgroups (the JVM, Go, .NET) see their limits, not the node's.
+        json!({"destination": "/sys/fs/cgroup", "type": "cgroup", "source": "cgroup", "options": ["nosuid", "noexec", "nodev", "relatime", if plan.privileged { "rw" } else { "ro" }]}),
     ];
     // The pod's /dev/shm (a tmpfs the sandbox owns, or the node's with hostIPC), shared
     // by its containers as containerd does.
@@ -259,6 +263,8 @@ pub fn spec(plan: &ContainerPlan) -> Value {
         }
     }
     namespaces.push(json!({"type": "mount"}));
+    // A private cgroup namespace (containerd's default on cgroup v2).
+    namespaces.push(json!({"type": "cgroup"}));
     let mut linux = json!({
         "namespaces": namespaces,
         "cgroupsPath": plan.cgroups_path,
@@ -472,7 +478,20 @@ mod tests {
             .iter()
             .map(|n| n["type"].as_str().unwrap())
             .collect();
-        assert_eq!(ns, ["pid", "network", "ipc", "uts", "mount"]);
+        assert_eq!(ns, ["pid", "network", "ipc", "uts", "mount", "cgroup"]);
+        let cgroupfs = v["mounts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|m| m["destination"] == "/sys/fs/cgroup")
+            .unwrap();
+        assert_eq!(cgroupfs["type"], "cgroup");
+        assert!(
+            cgroupfs["options"]
+                .as_array()
+                .unwrap()
+                .contains(&json!("ro"))
+        );
         assert_eq!(v["linux"]["maskedPaths"].as_array().unwrap().len(), 12);
         assert_eq!(
             v["process"]["capabilities"]["effective"]

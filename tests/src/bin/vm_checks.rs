@@ -2,7 +2,8 @@
 //! has the cpu, memory and pids controllers this host binds to v1. It starts kernlet in
 //! standalone mode and checks that limits are written and enforced: memory.max
 //! OOM-kills (reported OOMKilled, 137), pids.max stops forks, cpu.max throttles,
-//! cgroup.kill empties a pod, pod-level resources limit the pod cgroup. Prints
+//! cgroup.kill empties a pod, pod-level resources limit the pod cgroup, a container sees
+//! its own limits at /sys/fs/cgroup. Prints
 //! `KLTEST PASS|FAIL <name>` lines and `KLTEST DONE <passed> <failed>` for the runner
 //! to parse from the serial console.
 
@@ -69,6 +70,18 @@ spec:
     command: [sleep, "600"]
     resources:
       limits: {memory: 24Mi}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: cgview, namespace: vm}
+spec:
+  restartPolicy: Never
+  containers:
+  - name: c
+    image: busybox:1.36
+    command: [sh, -c, "echo mem=$(cat /sys/fs/cgroup/memory.max); echo cpu=$(cat /sys/fs/cgroup/cpu.max)"]
+    resources:
+      limits: {cpu: 200m, memory: 48Mi}
 ---
 apiVersion: v1
 kind: Pod
@@ -256,6 +269,23 @@ fn resized_in_place() -> Result<(), String> {
     }
 }
 
+/// A container sees its own limits at /sys/fs/cgroup (its cgroup namespace's root),
+/// as a JVM or Go runtime reads them.
+fn cgroupfs_in_the_container() -> Result<(), String> {
+    wait(Duration::from_secs(120), || terminated("cgview")).ok_or("pod cgview never ended")?;
+    let logs = std::fs::read_dir("/var/log/pods")
+        .map_err(|e| format!("/var/log/pods: {e}"))?
+        .flatten()
+        .find(|e| e.file_name().to_string_lossy().starts_with("vm_cgview_"))
+        .ok_or("no log directory of cgview")?;
+    let log = read(&logs.path().join("c/0.log"));
+    if log.contains("mem=50331648") && log.contains("cpu=20000 100000") {
+        Ok(())
+    } else {
+        Err(format!("the container saw: {log:?}"))
+    }
+}
+
 fn memory_max_oom_kills() -> Result<(), String> {
     let p = wait(Duration::from_secs(120), || terminated("oom")).ok_or("pod oom never ended")?;
     let t = &p["status"]["containerStatuses"][0]["state"]["terminated"];
@@ -382,10 +412,11 @@ fn main() {
             return;
         }
     };
-    let checks: [(&str, Check); 7] = [
+    let checks: [(&str, Check); 8] = [
         ("limits-written", limits_are_written),
         ("pod-level-limits", pod_level_limits),
         ("resized-in-place", resized_in_place),
+        ("cgroupfs-in-container", cgroupfs_in_the_container),
         ("memory-max-oom-killed", memory_max_oom_kills),
         ("pids-max-enforced", pids_max_stops_forks),
         ("cpu-max-throttles", cpu_max_throttles),
