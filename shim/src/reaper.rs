@@ -214,10 +214,10 @@ pub fn pump(log: &mut CriWriter, pipes: Vec<OwnedFd>, pid: i32) -> WaitStatus {
             }
         }
         let live: Vec<usize> = (0..pipes.len()).filter(|i| open[*i]).collect();
-        if live.is_empty() || drain_deadline.is_some_and(|d| Instant::now() > d) {
-            if let Some(s) = status {
-                return s;
-            }
+        if (live.is_empty() || drain_deadline.is_some_and(|d| Instant::now() > d))
+            && let Some(s) = status
+        {
+            return s;
         }
         let mut fds: Vec<PollFd<'_>> = live
             .iter()
