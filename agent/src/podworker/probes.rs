@@ -3,8 +3,10 @@
 use super::*;
 
 /// Results of probe runs, by (container ID, kind).
-pub(super) type ProbeResults =
-    Arc<std::sync::Mutex<HashMap<(String, probe::Kind), Result<String, String>>>>;
+pub(super) type ProbeResults = Arc<std::sync::Mutex<HashMap<(String, probe::Kind), ProbeOutcome>>>;
+
+/// What one probe run gave: its output, or why it failed.
+pub(super) type ProbeOutcome = Result<String, crate::runtime::probe::ProbeError>;
 
 /// One probe of one running container.
 pub(super) struct ProbeRun {
@@ -46,7 +48,7 @@ impl Runner {
                     Ok(_) => run.tracker.record(true, ""),
                     Err(why) => {
                         tracing::info!(pod = %format!("{}/{}", sb.namespace, sb.name), container = %key.0, "{} probe failed: {why}", key.1.name());
-                        run.tracker.record(false, why);
+                        run.tracker.record(false, &why.to_string());
                         if let Some(v) = views.iter().find(|v| v.id == key.0) {
                             unhealthy.push((
                                 v.name.clone(),

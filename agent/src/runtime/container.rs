@@ -151,50 +151,6 @@ pub fn pull_policy(c: &Container, image: &crate::model::image_ref::ImageRef) -> 
         })
 }
 
-/// A hostPath volume's path after its type check (creating it for `DirectoryOrCreate`
-/// and `FileOrCreate`), as kubelet checks them; with no type, a missing path is created
-/// as a directory (containerd's behaviour, which pods without a type rely on).
-fn host_path(path: &str, kind: &str) -> Result<PathBuf, String> {
-    use std::os::unix::fs::FileTypeExt as _;
-    let p = PathBuf::from(path);
-    if !p.is_absolute() {
-        return Err(format!("hostPath {path:?} is not an absolute path"));
-    }
-    let meta = std::fs::metadata(&p);
-    let want = |ok: bool, what: &str| {
-        if ok {
-            Ok(p.clone())
-        } else {
-            Err(format!(
-                "hostPath type check failed: {path} is not a {what}"
-            ))
-        }
-    };
-    match (kind, &meta) {
-        // Unset type and nothing there: a directory, as containerd makes one.
-        ("DirectoryOrCreate" | "", Err(_)) => {
-            std::fs::create_dir_all(&p).map_err(|e| format!("creating hostPath {path}: {e}"))?;
-            Ok(p)
-        }
-        ("FileOrCreate", Err(_)) => {
-            std::fs::OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(&p)
-                .map_err(|e| format!("creating hostPath {path}: {e}"))?;
-            Ok(p)
-        }
-        (_, Err(_)) => Err(format!("hostPath {path} does not exist on this node")),
-        ("", Ok(_)) => Ok(p),
-        ("Directory" | "DirectoryOrCreate", Ok(m)) => want(m.is_dir(), "directory"),
-        ("File" | "FileOrCreate", Ok(m)) => want(m.is_file(), "file"),
-        ("Socket", Ok(m)) => want(m.file_type().is_socket(), "socket"),
-        ("CharDevice", Ok(m)) => want(m.file_type().is_char_device(), "character device"),
-        ("BlockDevice", Ok(m)) => want(m.file_type().is_block_device(), "block device"),
-        (other, _) => Err(format!("unknown hostPath type {other:?}")),
-    }
-}
-
 impl Runtime {
     /// The stored image `c` may use now, or the reference to pull first (its pull
     /// policy decides); a missing image with policy `Never` is an error.
@@ -413,8 +369,9 @@ impl Runtime {
                         vm.name
                     ))
                 })?;
-            let (mut source, forced_readonly) =
-                self.volume_source(sb, &psc, vol).map_err(refuse)?;
+            let (mut source, forced_readonly) = self
+                .volume_source(sb, &psc, vol)
+                .map_err(|e| refuse(e.to_string()))?;
             let sub = match (&vm.sub_path, &vm.sub_path_expr) {
                 (Some(p), _) if !p.is_empty() => Some(p.clone()),
                 (_, Some(expr)) if !expr.is_empty() => {
@@ -602,118 +559,6 @@ impl Runtime {
         }
         super::exec::via_helper(&self.cfg.exe, &self.container_dir(id), command, timeout)
             .map_err(|why| RuntimeError::Refused(format!("exec in container {id}: {why}")))
-    }
-
-    /// Where a pod volume's contents are on the node, and whether containers may only
-    /// read them (files kernlet writes from the apiserver).
-    fn volume_source(
-        &self,
-        sb: &SandboxRecord,
-        psc: &k8s_openapi::api::core::v1::PodSecurityContext,
-        vol: &k8s_openapi::api::core::v1::Volume,
-    ) -> Result<(PathBuf, bool), String> {
-        if let Some(hp) = &vol.host_path {
-            return host_path(&hp.path, hp.type_.as_deref().unwrap_or(""))
-                .map(|p| (p, false))
-                .map_err(|e| format!("volume {:?}: {e}", vol.name));
-        }
-        if vol.empty_dir.is_none() {
-            // configMap, secret, downwardAPI and projected volumes: files the pod
-            // worker wrote from the apiserver before starting containers.
-            let written = vol.config_map.is_some()
-                || vol.secret.is_some()
-                || vol.downward_api.is_some()
-                || vol.projected.is_some();
-            if !written {
-                return Err(format!(
-                    "volume {:?} is of a type kernlet does not support yet (emptyDir, hostPath, \
-                     configMap, secret, downwardAPI and projected are)",
-                    vol.name
-                ));
-            }
-            let dir = self.prepared_volume(&sb.uid, &vol.name);
-            if !dir.is_dir() {
-                return Err(format!(
-                    "volume {:?} has no contents yet (configMap, secret, downwardAPI and \
-                     projected volumes come from the apiserver)",
-                    vol.name
-                ));
-            }
-            return Ok((dir, true));
-        }
-        let memory = vol.empty_dir.as_ref().and_then(|e| e.medium.as_deref()) == Some("Memory");
-        let dir = if memory {
-            // A tmpfs of sizeLimit (the kernel's default without one), under the run
-            // directory: memory, gone with the pod.
-            let dir = self.pod_run_dir(&sb.uid).join("volumes").join(&vol.name);
-            let size = vol
-                .empty_dir
-                .as_ref()
-                .and_then(|e| e.size_limit.as_ref())
-                .map(|q| crate::model::quantity::Quantity::parse(&q.0))
-                .transpose()
-                .map_err(|e| format!("volume {:?}: sizeLimit {e}", vol.name))?
-                .map(|q| u64::try_from(q.value()).unwrap_or(0));
-            crate::sys::mount::tmpfs(&dir, size, 0o777, true).map_err(|e| {
-                format!(
-                    "mounting the memory volume {:?} at {}: {e}",
-                    vol.name,
-                    dir.display()
-                )
-            })?;
-            dir
-        } else {
-            self.pod_state_dir(&sb.uid)
-                .join("volumes/empty-dir")
-                .join(&vol.name)
-        };
-        std::fs::create_dir_all(&dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
-        // As kubelet does for fsGroup: the volume's group, group-writable, setgid.
-        if let Some(fs_group) = psc.fs_group {
-            std::os::unix::fs::chown(&dir, None, Some(fs_group as u32))
-                .and_then(|()| {
-                    std::fs::set_permissions(
-                        &dir,
-                        std::os::unix::fs::PermissionsExt::from_mode(0o2777),
-                    )
-                })
-                .map_err(|e| format!("applying fsGroup to {}: {e}", dir.display()))?;
-        }
-        Ok((dir, false))
-    }
-
-    /// A subPath of a volume, resolved as kubelet does it safely: a relative path
-    /// without `..`, opened beneath the volume (no symlink out of it), missing
-    /// directories created, and bind-mounted from the descriptor that was checked to
-    /// `<run-dir>/pods/<uid>/subpaths/<container>/<n>` — the path the container gets —
-    /// so nothing can be swapped in between.
-    fn sub_path(
-        &self,
-        sb: &SandboxRecord,
-        container: &str,
-        index: usize,
-        volume: &std::path::Path,
-        sub: &str,
-    ) -> Result<PathBuf, String> {
-        let rel = std::path::Path::new(sub);
-        if rel.is_absolute() {
-            return Err("must be a relative path".into());
-        }
-        if !rel
-            .components()
-            .all(|c| matches!(c, std::path::Component::Normal(_)))
-        {
-            return Err("must not contain '..'".into());
-        }
-        let fd = crate::sys::mount::open_beneath(volume, rel, true)
-            .map_err(|e| format!("cannot be opened inside the volume: {e}"))?;
-        let target = self
-            .pod_run_dir(&sb.uid)
-            .join("subpaths")
-            .join(container)
-            .join(index.to_string());
-        crate::sys::mount::bind_fd(&fd, &target).map_err(|e| format!("binding it: {e}"))?;
-        Ok(target)
     }
 
     /// Where `Localhost` seccomp profiles live: `<state-dir>/seccomp` (kubelet's

@@ -14,6 +14,7 @@
 //! ```
 
 pub mod container;
+pub mod container_volumes;
 pub mod exec;
 pub mod hostport;
 pub mod image;

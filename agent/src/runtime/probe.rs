@@ -67,10 +67,94 @@ pub struct Target {
     pub netns: Option<PathBuf>,
 }
 
+/// Why a probe or handler failed, in kubelet's words (events, container statuses and
+/// the log carry them).
+#[derive(Debug, thiserror::Error)]
+pub enum ProbeError {
+    #[error("port {0} is out of range")]
+    PortRange(i64),
+    #[error("container {container} has no port named {name:?}")]
+    NoPort { container: String, name: String },
+    #[error("resolving {host}: {source}")]
+    Resolve {
+        host: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{0} has no address")]
+    NoAddress(String),
+    #[error(transparent)]
+    Exec(#[from] super::RuntimeError),
+    #[error("command {cmd:?} timed out after {timeout:?}")]
+    ExecTimedOut { cmd: Vec<String>, timeout: Duration },
+    #[error("command {cmd:?} exited with {code}: {output}")]
+    ExecFailed {
+        cmd: Vec<String>,
+        code: i32,
+        output: String,
+    },
+    #[error("dial tcp {addr}: {source}")]
+    Dial {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("Get {url:?}: dial tcp {addr}: {source}")]
+    HttpDial {
+        url: String,
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("Get {url:?}: {source}")]
+    HttpIo {
+        url: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("Get {url:?}: {source}")]
+    Tls {
+        url: String,
+        #[source]
+        source: rustls::Error,
+    },
+    #[error("Get {url:?}: no HTTP response")]
+    NoResponse { url: String },
+    #[error("HTTP probe failed with statuscode: {0}")]
+    HttpStatus(u16),
+    #[error("timeout: failed to connect service {addr:?} within {timeout:?}: {source}")]
+    GrpcConnect {
+        addr: SocketAddr,
+        timeout: Duration,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("gRPC probe to {addr}: {source}")]
+    GrpcIo {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    H2(#[from] h2::Error),
+    #[error(transparent)]
+    Request(#[from] http::Error),
+    #[error("unexpected HTTP status {0}")]
+    GrpcHttpStatus(http::StatusCode),
+    #[error("this server does not implement the grpc health protocol (grpc.health.v1.Health)")]
+    GrpcUnimplemented,
+    #[error("rpc error: code = {0}")]
+    GrpcCode(String),
+    #[error("service unhealthy (responded with {0:?})")]
+    Unhealthy(&'static str),
+    #[error("timeout: health rpc did not complete within {0:?}")]
+    GrpcTimedOut(Duration),
+}
+
 /// A port number, or a named port of the container.
-fn port(c: &Container, p: &IntOrString) -> Result<u16, String> {
+fn port(c: &Container, p: &IntOrString) -> Result<u16, ProbeError> {
     match p {
-        IntOrString::Int(n) => u16::try_from(*n).map_err(|_| format!("port {n} is out of range")),
+        IntOrString::Int(n) => u16::try_from(*n).map_err(|_| ProbeError::PortRange(i64::from(*n))),
         IntOrString::String(name) => {
             if let Ok(n) = name.parse::<u16>() {
                 return Ok(n);
@@ -80,22 +164,28 @@ fn port(c: &Container, p: &IntOrString) -> Result<u16, String> {
                 .flatten()
                 .find(|cp| cp.name.as_deref() == Some(name.as_str()))
                 .and_then(|cp| u16::try_from(cp.container_port).ok())
-                .ok_or_else(|| format!("container {} has no port named {name:?}", c.name))
+                .ok_or_else(|| ProbeError::NoPort {
+                    container: c.name.clone(),
+                    name: name.clone(),
+                })
         }
     }
 }
 
 /// The address to connect to: `host` when set, else the pod's IP.
-fn address(t: &Target, host: Option<&str>, port: u16) -> Result<SocketAddr, String> {
+fn address(t: &Target, host: Option<&str>, port: u16) -> Result<SocketAddr, ProbeError> {
     let ip = match host.filter(|h| !h.is_empty()) {
         None => t.ip,
         Some(h) => match h.parse::<IpAddr>() {
             Ok(ip) => ip,
             Err(_) => std::net::ToSocketAddrs::to_socket_addrs(&(h, port))
-                .map_err(|e| format!("resolving {h}: {e}"))?
+                .map_err(|source| ProbeError::Resolve {
+                    host: h.to_string(),
+                    source,
+                })?
                 .next()
                 .map(|a| a.ip())
-                .ok_or_else(|| format!("{h} has no address"))?,
+                .ok_or_else(|| ProbeError::NoAddress(h.to_string()))?,
         },
     };
     Ok(SocketAddr::new(ip, port))
@@ -109,21 +199,19 @@ pub fn run(
     t: &Target,
     h: &Handler,
     timeout: Duration,
-) -> Result<String, String> {
+) -> Result<String, ProbeError> {
     match h {
         Handler::Exec(e) => {
             let cmd = e.command.clone().unwrap_or_default();
-            let r = rt
-                .exec_sync(&t.id, &cmd, timeout)
-                .map_err(|e| e.to_string())?;
+            let r = rt.exec_sync(&t.id, &cmd, timeout)?;
             if r.timed_out {
-                Err(format!("command {cmd:?} timed out after {timeout:?}"))
+                Err(ProbeError::ExecTimedOut { cmd, timeout })
             } else if r.exit_code != 0 {
-                Err(format!(
-                    "command {cmd:?} exited with {}: {}",
-                    r.exit_code,
-                    r.output.trim_end()
-                ))
+                Err(ProbeError::ExecFailed {
+                    cmd,
+                    code: r.exit_code,
+                    output: r.output.trim_end().to_string(),
+                })
             } else {
                 Ok(r.output)
             }
@@ -132,7 +220,7 @@ pub fn run(
             let a = address(t, tcp.host.as_deref(), port(c, &tcp.port)?)?;
             crate::sys::ns::connect_in(t.netns.as_deref(), a, timeout)
                 .map(|_| String::new())
-                .map_err(|e| format!("dial tcp {a}: {e}"))
+                .map_err(|source| ProbeError::Dial { addr: a, source })
         }
         Handler::Http(get) => http_get(c, t, get, timeout),
         Handler::Sleep(d) => {
@@ -145,46 +233,48 @@ pub fn run(
 
 /// kubelet's gRPC probe: the standard health protocol (`grpc.health.v1.Health/Check`)
 /// over HTTP/2 without TLS, from the pod's network namespace; SERVING succeeds.
-fn grpc(t: &Target, g: &GRPCAction, timeout: Duration) -> Result<String, String> {
-    let port = u16::try_from(g.port).map_err(|_| format!("port {} is out of range", g.port))?;
+fn grpc(t: &Target, g: &GRPCAction, timeout: Duration) -> Result<String, ProbeError> {
+    let port = u16::try_from(g.port).map_err(|_| ProbeError::PortRange(i64::from(g.port)))?;
     let a = SocketAddr::new(t.ip, port);
     let service = g.service.clone().unwrap_or_default();
-    let stream = crate::sys::ns::connect_in(t.netns.as_deref(), a, timeout)
-        .map_err(|e| format!("timeout: failed to connect service {a:?} within {timeout:?}: {e}"))?;
+    let stream = crate::sys::ns::connect_in(t.netns.as_deref(), a, timeout).map_err(|source| {
+        ProbeError::GrpcConnect {
+            addr: a,
+            timeout,
+            source,
+        }
+    })?;
     stream
         .set_nonblocking(true)
-        .map_err(|e| format!("gRPC probe to {a}: {e}"))?;
+        .map_err(|source| ProbeError::GrpcIo { addr: a, source })?;
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
-        .map_err(|e| format!("gRPC probe: {e}"))?;
+        .map_err(|source| ProbeError::GrpcIo { addr: a, source })?;
     rt.block_on(async move {
         let check = async {
-            let tcp = tokio::net::TcpStream::from_std(stream).map_err(|e| e.to_string())?;
-            let (client, conn) = h2::client::handshake(tcp).await.map_err(|e| e.to_string())?;
+            let tcp = tokio::net::TcpStream::from_std(stream)
+                .map_err(|source| ProbeError::GrpcIo { addr: a, source })?;
+            let (client, conn) = h2::client::handshake(tcp).await?;
             tokio::spawn(async move {
                 let _ = conn.await;
             });
-            let mut client = client.ready().await.map_err(|e| e.to_string())?;
+            let mut client = client.ready().await?;
             let request = http::Request::builder()
                 .method("POST")
                 .uri(format!("http://{a}/grpc.health.v1.Health/Check"))
                 .header("content-type", "application/grpc")
                 .header("te", "trailers")
                 .header("user-agent", "kube-probe/1.36")
-                .body(())
-                .map_err(|e| e.to_string())?;
-            let (response, mut send) = client
-                .send_request(request, false)
-                .map_err(|e| e.to_string())?;
+                .body(())?;
+            let (response, mut send) = client.send_request(request, false)?;
             send.send_data(
                 bytes::Bytes::from(grpc_frame(&health_request(&service))),
                 true,
-            )
-            .map_err(|e| e.to_string())?;
-            let response = response.await.map_err(|e| e.to_string())?;
+            )?;
+            let response = response.await?;
             if response.status() != http::StatusCode::OK {
-                return Err(format!("unexpected HTTP status {}", response.status()));
+                return Err(ProbeError::GrpcHttpStatus(response.status()));
             }
             let grpc_status = |h: &http::HeaderMap| {
                 h.get("grpc-status")
@@ -195,36 +285,31 @@ fn grpc(t: &Target, g: &GRPCAction, timeout: Duration) -> Result<String, String>
             let mut body = response.into_body();
             let mut data = Vec::new();
             while let Some(chunk) = body.data().await {
-                let chunk = chunk.map_err(|e| e.to_string())?;
+                let chunk = chunk?;
                 let _ = body.flow_control().release_capacity(chunk.len());
                 data.extend_from_slice(&chunk);
             }
-            let trailers = body.trailers().await.map_err(|e| e.to_string())?;
+            let trailers = body.trailers().await?;
             let code = early
                 .or_else(|| trailers.as_ref().and_then(grpc_status))
                 .unwrap_or_default();
             match code.as_str() {
                 "0" => {}
-                "12" => {
-                    return Err("this server does not implement the grpc health protocol (grpc.health.v1.Health)".into());
-                }
-                other => return Err(format!("rpc error: code = {other}")),
+                "12" => return Err(ProbeError::GrpcUnimplemented),
+                other => return Err(ProbeError::GrpcCode(other.to_string())),
             }
             match health_status(data.get(5..).unwrap_or_default()) {
                 1 => Ok(String::new()),
-                s => Err(format!(
-                    "service unhealthy (responded with {:?})",
-                    match s {
-                        2 => "NOT_SERVING",
-                        3 => "SERVICE_UNKNOWN",
-                        _ => "UNKNOWN",
-                    }
-                )),
+                s => Err(ProbeError::Unhealthy(match s {
+                    2 => "NOT_SERVING",
+                    3 => "SERVICE_UNKNOWN",
+                    _ => "UNKNOWN",
+                })),
             }
         };
         tokio::time::timeout(timeout, check)
             .await
-            .map_err(|_| format!("timeout: health rpc did not complete within {timeout:?}"))?
+            .map_err(|_| ProbeError::GrpcTimedOut(timeout))?
     })
 }
 
@@ -295,7 +380,7 @@ fn http_get(
     t: &Target,
     get: &HTTPGetAction,
     timeout: Duration,
-) -> Result<String, String> {
+) -> Result<String, ProbeError> {
     let a = address(t, get.host.as_deref(), port(c, &get.port)?)?;
     let scheme = get.scheme.as_deref().unwrap_or("HTTP");
     let path = get.path.as_deref().filter(|p| !p.is_empty()).unwrap_or("/");
@@ -305,8 +390,13 @@ fn http_get(
         format!("/{path}")
     };
     let url = format!("{}://{a}{path}", scheme.to_lowercase());
-    let stream = crate::sys::ns::connect_in(t.netns.as_deref(), a, timeout)
-        .map_err(|e| format!("Get {url:?}: dial tcp {a}: {e}"))?;
+    let stream = crate::sys::ns::connect_in(t.netns.as_deref(), a, timeout).map_err(|source| {
+        ProbeError::HttpDial {
+            url: url.clone(),
+            addr: a,
+            source,
+        }
+    })?;
     let _ = stream.set_read_timeout(Some(timeout));
     let _ = stream.set_write_timeout(Some(timeout));
     let headers = get.http_headers.clone().unwrap_or_default();
@@ -336,15 +426,23 @@ fn http_get(
     }
     request.push_str("\r\n");
     let mut response = Vec::new();
-    let io = |e: std::io::Error| format!("Get {url:?}: {e}");
+    let io = |source: std::io::Error| ProbeError::HttpIo {
+        url: url.clone(),
+        source,
+    };
     if scheme.eq_ignore_ascii_case("HTTPS") {
         let config = rustls::ClientConfig::builder()
             .dangerous()
             .with_custom_certificate_verifier(std::sync::Arc::new(NoVerify::new()))
             .with_no_client_auth();
         let name = rustls::pki_types::ServerName::IpAddress(a.ip().into());
-        let conn = rustls::ClientConnection::new(std::sync::Arc::new(config), name)
-            .map_err(|e| format!("Get {url:?}: {e}"))?;
+        let conn =
+            rustls::ClientConnection::new(std::sync::Arc::new(config), name).map_err(|source| {
+                ProbeError::Tls {
+                    url: url.clone(),
+                    source,
+                }
+            })?;
         let mut tls = rustls::StreamOwned::new(conn, stream);
         tls.write_all(request.as_bytes()).map_err(io)?;
         read_head(&mut tls, &mut response);
@@ -359,7 +457,7 @@ fn http_get(
         .next()
         .and_then(|l| l.split_whitespace().nth(1))
         .and_then(|c| c.parse().ok())
-        .ok_or_else(|| format!("Get {url:?}: no HTTP response"))?;
+        .ok_or_else(|| ProbeError::NoResponse { url: url.clone() })?;
     let body = text
         .split_once("\r\n\r\n")
         .map_or("", |(_, b)| b)
@@ -367,7 +465,7 @@ fn http_get(
     if (200..400).contains(&code) {
         Ok(body)
     } else {
-        Err(format!("HTTP probe failed with statuscode: {code}"))
+        Err(ProbeError::HttpStatus(code))
     }
 }
 

@@ -1,0 +1,244 @@
+//! Where a container's volume mounts come from: hostPath with kubelet's type checks,
+//! emptyDir (on disk or a tmpfs), the volumes written from the apiserver, and subPaths
+//! resolved beneath their volume.
+
+use std::path::PathBuf;
+
+use super::Runtime;
+use super::sandbox::SandboxRecord;
+
+/// Why a volume mount of a container cannot be made; said per container, with its
+/// pod, when it is refused.
+#[derive(Debug, thiserror::Error)]
+pub enum MountError {
+    #[error("hostPath {0:?} is not an absolute path")]
+    HostPathRelative(String),
+    #[error("hostPath type check failed: {path} is not a {what}")]
+    HostPathType { path: String, what: &'static str },
+    #[error("creating hostPath {path}: {source}")]
+    HostPathCreate {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("hostPath {0} does not exist on this node")]
+    HostPathMissing(String),
+    #[error("unknown hostPath type {0:?}")]
+    HostPathKind(String),
+    #[error("volume {volume:?}: {source}")]
+    Volume {
+        volume: String,
+        #[source]
+        source: Box<MountError>,
+    },
+    #[error(
+        "volume {0:?} is of a type kernlet does not support yet (emptyDir, hostPath, \
+         configMap, secret, downwardAPI and projected are)"
+    )]
+    Unsupported(String),
+    #[error(
+        "volume {0:?} has no contents yet (configMap, secret, downwardAPI and \
+         projected volumes come from the apiserver)"
+    )]
+    NotWritten(String),
+    #[error("volume {volume:?}: sizeLimit {source}")]
+    SizeLimit {
+        volume: String,
+        #[source]
+        source: crate::model::quantity::QuantityError,
+    },
+    #[error("mounting the memory volume {volume:?} at {}: {source}", dir.display())]
+    MemoryMount {
+        volume: String,
+        dir: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("creating {}: {source}", dir.display())]
+    Create {
+        dir: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("applying fsGroup to {}: {source}", dir.display())]
+    FsGroup {
+        dir: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("must be a relative path")]
+    SubPathAbsolute,
+    #[error("must not contain '..'")]
+    SubPathDotDot,
+    #[error("cannot be opened inside the volume: {0}")]
+    SubPathOpen(#[source] std::io::Error),
+    #[error("binding it: {0}")]
+    SubPathBind(#[source] std::io::Error),
+}
+
+/// A hostPath volume's path after its type check (creating it for `DirectoryOrCreate`
+/// and `FileOrCreate`), as kubelet checks them; with no type, a missing path is created
+/// as a directory (containerd's behaviour, which pods without a type rely on).
+fn host_path(path: &str, kind: &str) -> Result<PathBuf, MountError> {
+    use std::os::unix::fs::FileTypeExt as _;
+    let p = PathBuf::from(path);
+    if !p.is_absolute() {
+        return Err(MountError::HostPathRelative(path.to_string()));
+    }
+    let meta = std::fs::metadata(&p);
+    let want = |ok: bool, what: &'static str| {
+        if ok {
+            Ok(p.clone())
+        } else {
+            Err(MountError::HostPathType {
+                path: path.to_string(),
+                what,
+            })
+        }
+    };
+    let create = |source| MountError::HostPathCreate {
+        path: path.to_string(),
+        source,
+    };
+    match (kind, &meta) {
+        // Unset type and nothing there: a directory, as containerd makes one.
+        ("DirectoryOrCreate" | "", Err(_)) => {
+            std::fs::create_dir_all(&p).map_err(create)?;
+            Ok(p)
+        }
+        ("FileOrCreate", Err(_)) => {
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&p)
+                .map_err(create)?;
+            Ok(p)
+        }
+        (_, Err(_)) => Err(MountError::HostPathMissing(path.to_string())),
+        ("", Ok(_)) => Ok(p),
+        ("Directory" | "DirectoryOrCreate", Ok(m)) => want(m.is_dir(), "directory"),
+        ("File" | "FileOrCreate", Ok(m)) => want(m.is_file(), "file"),
+        ("Socket", Ok(m)) => want(m.file_type().is_socket(), "socket"),
+        ("CharDevice", Ok(m)) => want(m.file_type().is_char_device(), "character device"),
+        ("BlockDevice", Ok(m)) => want(m.file_type().is_block_device(), "block device"),
+        (other, _) => Err(MountError::HostPathKind(other.to_string())),
+    }
+}
+
+impl Runtime {
+    /// Where a pod volume's contents are on the node, and whether containers may only
+    /// read them (files kernlet writes from the apiserver).
+    pub(super) fn volume_source(
+        &self,
+        sb: &SandboxRecord,
+        psc: &k8s_openapi::api::core::v1::PodSecurityContext,
+        vol: &k8s_openapi::api::core::v1::Volume,
+    ) -> Result<(PathBuf, bool), MountError> {
+        if let Some(hp) = &vol.host_path {
+            return host_path(&hp.path, hp.type_.as_deref().unwrap_or(""))
+                .map(|p| (p, false))
+                .map_err(|e| MountError::Volume {
+                    volume: vol.name.clone(),
+                    source: Box::new(e),
+                });
+        }
+        if vol.empty_dir.is_none() {
+            // configMap, secret, downwardAPI and projected volumes: files the pod
+            // worker wrote from the apiserver before starting containers.
+            let written = vol.config_map.is_some()
+                || vol.secret.is_some()
+                || vol.downward_api.is_some()
+                || vol.projected.is_some();
+            if !written {
+                return Err(MountError::Unsupported(vol.name.clone()));
+            }
+            let dir = self.prepared_volume(&sb.uid, &vol.name);
+            if !dir.is_dir() {
+                return Err(MountError::NotWritten(vol.name.clone()));
+            }
+            return Ok((dir, true));
+        }
+        let memory = vol.empty_dir.as_ref().and_then(|e| e.medium.as_deref()) == Some("Memory");
+        let dir = if memory {
+            // A tmpfs of sizeLimit (the kernel's default without one), under the run
+            // directory: memory, gone with the pod.
+            let dir = self.pod_run_dir(&sb.uid).join("volumes").join(&vol.name);
+            let size = vol
+                .empty_dir
+                .as_ref()
+                .and_then(|e| e.size_limit.as_ref())
+                .map(|q| crate::model::quantity::Quantity::parse(&q.0))
+                .transpose()
+                .map_err(|source| MountError::SizeLimit {
+                    volume: vol.name.clone(),
+                    source,
+                })?
+                .map(|q| u64::try_from(q.value()).unwrap_or(0));
+            crate::sys::mount::tmpfs(&dir, size, 0o777, true).map_err(|source| {
+                MountError::MemoryMount {
+                    volume: vol.name.clone(),
+                    dir: dir.clone(),
+                    source,
+                }
+            })?;
+            dir
+        } else {
+            self.pod_state_dir(&sb.uid)
+                .join("volumes/empty-dir")
+                .join(&vol.name)
+        };
+        std::fs::create_dir_all(&dir).map_err(|source| MountError::Create {
+            dir: dir.clone(),
+            source,
+        })?;
+        // As kubelet does for fsGroup: the volume's group, group-writable, setgid.
+        if let Some(fs_group) = psc.fs_group {
+            std::os::unix::fs::chown(&dir, None, Some(fs_group as u32))
+                .and_then(|()| {
+                    std::fs::set_permissions(
+                        &dir,
+                        std::os::unix::fs::PermissionsExt::from_mode(0o2777),
+                    )
+                })
+                .map_err(|source| MountError::FsGroup {
+                    dir: dir.clone(),
+                    source,
+                })?;
+        }
+        Ok((dir, false))
+    }
+
+    /// A subPath of a volume, resolved as kubelet does it safely: a relative path
+    /// without `..`, opened beneath the volume (no symlink out of it), missing
+    /// directories created, and bind-mounted from the descriptor that was checked to
+    /// `<run-dir>/pods/<uid>/subpaths/<container>/<n>` — the path the container gets —
+    /// so nothing can be swapped in between.
+    pub(super) fn sub_path(
+        &self,
+        sb: &SandboxRecord,
+        container: &str,
+        index: usize,
+        volume: &std::path::Path,
+        sub: &str,
+    ) -> Result<PathBuf, MountError> {
+        let rel = std::path::Path::new(sub);
+        if rel.is_absolute() {
+            return Err(MountError::SubPathAbsolute);
+        }
+        if !rel
+            .components()
+            .all(|c| matches!(c, std::path::Component::Normal(_)))
+        {
+            return Err(MountError::SubPathDotDot);
+        }
+        let fd =
+            crate::sys::mount::open_beneath(volume, rel, true).map_err(MountError::SubPathOpen)?;
+        let target = self
+            .pod_run_dir(&sb.uid)
+            .join("subpaths")
+            .join(container)
+            .join(index.to_string());
+        crate::sys::mount::bind_fd(&fd, &target).map_err(MountError::SubPathBind)?;
+        Ok(target)
+    }
+}
