@@ -86,7 +86,11 @@ fn container(state_dir: &Path, cgroup_root: Option<&Path>, r: &ContainerRecord) 
             c["reason"] = json!(why.trim());
         }
     }
-    if let Some(spec) = read_json(&dir.join("config.json")) {
+    // The runtime spec is in the container's bundle (under the run directory), which
+    // its shim request names.
+    let bundle = read_json(&dir.join(crate::runtime::shim::REQUEST))
+        .and_then(|r| r["bundle"].as_str().map(std::path::PathBuf::from));
+    if let Some(spec) = bundle.and_then(|b| read_json(&b.join("config.json"))) {
         c["process"] = json!({
             "args": spec["process"]["args"], "cwd": spec["process"]["cwd"],
             "user": spec["process"]["user"],

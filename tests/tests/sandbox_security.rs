@@ -41,9 +41,10 @@ fn files_holding(dir: &Path, needle: &[u8]) -> Vec<std::path::PathBuf> {
     found
 }
 
-/// A non-root pod reads its secret through its fsGroup (defaultMode 0400); the secret
-/// is on a tmpfs of the pod (0750, root's), nowhere on the node's state directory, and
-/// the runtime's records are 0600 in 0700 directories.
+/// A non-root pod reads its secret through its fsGroup (defaultMode 0400) and gets it
+/// in its environment; the secret is on a tmpfs of the pod (0750, root's) and in the
+/// container's bundle under the run directory (0600 in 0700), nowhere on the node's
+/// state directory, whose records are 0600 in 0700 directories.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn secret_volumes_live_in_memory_with_their_modes_and_fs_group() {
     let one = OneNode::start("sbsecret", "w1", Network::Loopback(&[]))
@@ -67,7 +68,9 @@ async fn secret_volumes_live_in_memory_with_their_modes_and_fs_group() {
             "volumes": [{"name": "s", "secret": {"secretName": "db", "defaultMode": 0o400}}],
             "containers": [{
                 "name": "c", "image": "busybox:1.36",
-                "command": ["sh", "-c", "cat /s/password >/dev/null || exit 7"],
+                "command": ["sh", "-c", "cat /s/password >/dev/null && [ \"$PASSWORD\" = \"$(cat /s/password)\" ] || exit 7"],
+                "env": [{"name": "PASSWORD",
+                         "valueFrom": {"secretKeyRef": {"name": "db", "key": "password"}}}],
                 "volumeMounts": [{"name": "s", "mountPath": "/s"}],
             }],
         },
@@ -114,14 +117,20 @@ async fn secret_volumes_live_in_memory_with_their_modes_and_fs_group() {
         let m = std::fs::metadata(state.join(d)).unwrap();
         assert_eq!(m.permissions().mode() & 0o777, 0o700, "{d}");
     }
-    let configs: Vec<_> = std::fs::read_dir(state.join("containers"))
+    // The runtime spec, with the environment the secret went into, is in the
+    // container's bundle under the run directory, root's alone.
+    let bundles = one.node.dir("run").join("bundles");
+    let configs: Vec<_> = std::fs::read_dir(&bundles)
         .unwrap()
         .flatten()
         .map(|e| e.path().join("config.json"))
         .collect();
-    assert!(!configs.is_empty());
+    assert_eq!(configs.len(), 1);
     for c in configs {
         let m = std::fs::metadata(&c).unwrap();
         assert_eq!(m.permissions().mode() & 0o777, 0o600, "{}", c.display());
+        assert!(std::fs::read_to_string(&c).unwrap().contains(SECRET));
     }
+    let bundles_mode = std::fs::metadata(&bundles).unwrap().permissions().mode();
+    assert_eq!(bundles_mode & 0o777, 0o700);
 }

@@ -649,14 +649,20 @@ impl Runtime {
             })?;
         let id = new_id();
         let dir = self.container_dir(&id);
-        for d in ["rootfs", "upper", "work"] {
+        for d in ["upper", "work"] {
             std::fs::create_dir_all(dir.join(d))
                 .map_err(RuntimeError::io(format!("creating {}", dir.display())))?;
         }
+        // The OCI bundle (config.json, with the container's environment, and the root
+        // mount point) lives under the run directory: in memory, never on disk.
+        let bundle = self.bundle_dir(&id);
+        std::fs::create_dir_all(bundle.join("rootfs"))
+            .map_err(RuntimeError::io(format!("creating {}", bundle.display())))?;
         let (plan, unenforced) = match self.plan(sb, pod, c, image, &id) {
             Ok(p) => p,
             Err(e) => {
                 let _ = std::fs::remove_dir_all(&dir);
+                let _ = std::fs::remove_dir_all(&bundle);
                 return Err(e);
             }
         };
@@ -694,12 +700,12 @@ impl Runtime {
             resources: Some(crate::model::resize::wanted(c)),
             stop_signal,
         };
-        write_json(&dir.join("config.json"), &runtime_spec::spec(&plan))?;
+        write_json(&bundle.join("config.json"), &runtime_spec::spec(&plan))?;
         write_json(
             &dir.join(shim::REQUEST),
             &ShimRequest {
                 id: id.clone(),
-                bundle: dir.clone(),
+                bundle: bundle.clone(),
                 layers_dir: self.cfg.image_dir.join("layers"),
                 lower: image
                     .layers
@@ -859,6 +865,14 @@ impl Runtime {
             )));
         }
         let pod = self.container(id).ok().flatten().map(|r| r.pod_uid);
+        match std::fs::remove_dir_all(self.bundle_dir(id)) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                return Err(RuntimeError::io(format!(
+                    "removing the bundle of container {id}"
+                ))(e));
+            }
+            _ => {}
+        }
         match std::fs::remove_dir_all(self.container_dir(id)) {
             Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
                 Err(RuntimeError::io(format!("removing container {id}"))(e))

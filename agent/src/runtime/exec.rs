@@ -115,7 +115,7 @@ fn enter(bundle: &Path) -> anyhow::Result<Spec> {
     let state: super::shim::ShimState = serde_json::from_slice(
         &std::fs::read(bundle.join(super::shim::STATE)).context("the container has not started")?,
     )?;
-    let spec: Spec = serde_json::from_slice(&std::fs::read(bundle.join("config.json"))?)
+    let spec: Spec = serde_json::from_slice(&std::fs::read(req.bundle.join("config.json"))?)
         .context("reading the container's runtime spec")?;
     if !super::super::sys::process::alive(state.pid) {
         anyhow::bail!("the container is not running");

@@ -135,13 +135,18 @@ impl Runtime {
             cfg.state_dir.join("containers"),
             cfg.run_dir.join("pods"),
             cfg.run_dir.join("libcontainer"),
+            cfg.run_dir.join("bundles"),
             cfg.log_dir.clone(),
         ] {
             std::fs::create_dir_all(&d)
                 .map_err(RuntimeError::io(format!("creating {}", d.display())))?;
         }
         // What the runtime records of pods and containers is root's alone.
-        for d in [cfg.state_dir.join("pods"), cfg.state_dir.join("containers")] {
+        for d in [
+            cfg.state_dir.join("pods"),
+            cfg.state_dir.join("containers"),
+            cfg.run_dir.join("bundles"),
+        ] {
             use std::os::unix::fs::PermissionsExt as _;
             std::fs::set_permissions(&d, std::fs::Permissions::from_mode(0o700))
                 .map_err(RuntimeError::io(format!("restricting {}", d.display())))?;
@@ -236,6 +241,12 @@ impl Runtime {
 
     pub fn container_dir(&self, id: &str) -> PathBuf {
         self.cfg.state_dir.join("containers").join(id)
+    }
+
+    /// A container's OCI bundle (`config.json` and the root mount point), under the
+    /// run directory: its environment, secret values included, never reaches a disk.
+    pub fn bundle_dir(&self, id: &str) -> PathBuf {
+        self.cfg.run_dir.join("bundles").join(id)
     }
 
     /// The host path of a cgroup given relative to kernlet's root.

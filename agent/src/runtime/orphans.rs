@@ -79,6 +79,12 @@ impl Runtime {
                 }
             }
         }
+        let bundles = self.cfg.run_dir.join("bundles");
+        for id in names(&bundles) {
+            if !known.contains(&id) {
+                let _ = std::fs::remove_dir_all(bundles.join(&id));
+            }
+        }
         let lc = self.cfg.run_dir.join("libcontainer");
         for id in names(&lc) {
             if !known.contains(&id) && std::fs::remove_dir_all(lc.join(&id)).is_ok() {
