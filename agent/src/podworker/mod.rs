@@ -199,6 +199,10 @@ pub struct Runner {
     resize_state: resize::ResizeState,
     /// Containers whose exit a status has shown, by ID (on a pod's worker).
     reported_exits: HashSet<String>,
+    /// Containers killed to be restarted (a failed liveness or startup probe), by ID
+    /// (on a pod's worker): kubelet restarts them in the sync that sees them exit, so
+    /// their exit never shows in a status on its own.
+    killed_for_restart: HashSet<String>,
     /// Whether the pod's first status was written (on a pod's worker).
     admitted_status: bool,
     /// Whether the final delete of a pod that never got a sandbox was asked for.
@@ -310,6 +314,7 @@ impl Runner {
             termination: None,
             resize_state: Default::default(),
             reported_exits: HashSet::new(),
+            killed_for_restart: HashSet::new(),
             admitted_status: false,
             finish_sent: false,
             relist: Default::default(),

@@ -152,6 +152,7 @@ impl Runner {
                 // Killed to be restarted: kubelet restarts it in the same sync, so its
                 // exit never shows on its own in a status.
                 self.reported_exits.insert(v.id.clone());
+                self.killed_for_restart.insert(v.id.clone());
                 let (rt, id, sb, c) = (self.rt.clone(), v.id.clone(), sb.clone(), c.clone());
                 let notify = self.notify(pod);
                 std::thread::spawn(move || {

@@ -341,6 +341,21 @@ impl Runner {
         let views = self.views(uid, pod);
         self.run_probes(&sb, pod, &views);
         let views = self.views(uid, pod);
+        // A container killed to be restarted that exited while this sync ran is
+        // restarted by the next one (its exit wakes it through the relist), which
+        // writes the status: its exit alone is never shown, as with kubelet.
+        self.killed_for_restart
+            .retain(|id| views.iter().any(|v| v.id == *id));
+        let restarts = pod_lifecycle::next(&spec, &views, &|_| true);
+        if views.iter().any(|v| {
+            matches!(v.current, Observed::Exited { .. })
+                && self.killed_for_restart.contains(&v.id)
+                && restarts
+                    .iter()
+                    .any(|a| matches!(a, Action::Start { name, .. } if *name == v.name))
+        }) {
+            return Ok(());
+        }
         self.write_status(&sb, pod, &views)
     }
 
