@@ -1,5 +1,6 @@
-//! The files a container's shim leaves in the container's directory (the OCI bundle),
-//! which the agent reads:
+//! The files a container's shim leaves in the container's directory under the state
+//! directory (`<state-dir>/containers/<id>`; the OCI bundle itself, `config.json` and
+//! the root mount point, is under the run directory), which the agent reads:
 //! - `shim.json`   the request (written by the agent);
 //! - `handover.json` what the setup hands the reaper (written by the setup);
 //! - `state.json`  written once the container runs: shim and container pids;

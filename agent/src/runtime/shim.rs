@@ -11,7 +11,9 @@
 //! output must be collected even while the agent is down or restarting, so the agent
 //! can be killed and come back without disturbing a running container.
 //!
-//! Files in the container directory (the OCI bundle): see [`kernlet_shim::records`].
+//! Files in the container directory (`<state-dir>/containers/<id>`): see
+//! [`kernlet_shim::records`]; the OCI bundle (`config.json`, the root mount point) is
+//! `<run-dir>/bundles/<id>`.
 //!
 //! The overlay root and the cgroup bind mount exist only in the shim's mount
 //! namespace and vanish with it.
