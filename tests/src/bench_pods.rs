@@ -24,8 +24,15 @@ const IDLE_WINDOW: Duration = Duration::from_secs(20);
 /// first volume refreshes) before an idle figure is sampled.
 const SETTLE: Duration = Duration::from_secs(15);
 
-/// When each pod was first seen with every container running.
-type Seen = Arc<Mutex<HashMap<String, Instant>>>;
+/// When each pod was first seen in the watch, and first seen with every container
+/// running.
+#[derive(Clone, Copy, Debug)]
+struct Times {
+    first: Instant,
+    running: Option<Instant>,
+}
+
+type Seen = Arc<Mutex<HashMap<String, Times>>>;
 
 fn all_running(p: &Pod) -> bool {
     let Some(status) = p.status.as_ref() else {
@@ -53,10 +60,15 @@ fn watch_running(pods: Api<Pod>) -> (Seen, tokio::task::JoinHandle<()>) {
             }) else {
                 continue;
             };
-            if all_running(&p)
-                && let (Some(name), Ok(mut m)) = (p.metadata.name.clone(), s.lock())
-            {
-                m.entry(name).or_insert_with(Instant::now);
+            let now = Instant::now();
+            if let (Some(name), Ok(mut m)) = (p.metadata.name.clone(), s.lock()) {
+                let t = m.entry(name).or_insert(Times {
+                    first: now,
+                    running: None,
+                });
+                if t.running.is_none() && all_running(&p) {
+                    t.running = Some(now);
+                }
             }
         }
     });
@@ -100,34 +112,104 @@ fn merge(mut a: Value, b: &Value) -> Value {
     a
 }
 
-/// Creates and binds pods `prefix-{range}` made by `make`, and waits until each runs;
-/// the latencies from the start of the burst.
+/// The apiserver's request counts by `verb resource/subresource` (its
+/// `apiserver_request_total`); empty where the apiserver has no such metric (the kit's).
+async fn api_requests(client: &kube::Client) -> HashMap<String, f64> {
+    let Ok(req) = http::Request::get("/metrics").body(Vec::new()) else {
+        return HashMap::new();
+    };
+    let text = client.request_text(req).await.unwrap_or_default();
+    let mut out = HashMap::new();
+    for line in text.lines() {
+        let Some(rest) = line.strip_prefix("apiserver_request_total{") else {
+            continue;
+        };
+        let Some((labels, value)) = rest.rsplit_once("} ") else {
+            continue;
+        };
+        let label = |k: &str| {
+            labels
+                .split(',')
+                .find_map(|kv| kv.strip_prefix(&format!("{k}=\"")))
+                .map(|v| v.trim_end_matches('"').to_string())
+                .unwrap_or_default()
+        };
+        let key = format!(
+            "{} {}{}",
+            label("verb"),
+            label("resource"),
+            match label("subresource").as_str() {
+                "" => String::new(),
+                s => format!("/{s}"),
+            }
+        );
+        *out.entry(key).or_default() += value.trim().parse::<f64>().unwrap_or(0.0);
+    }
+    out
+}
+
+/// Requests per pod between two readings of [`api_requests`], the larger first.
+fn per_pod(before: &HashMap<String, f64>, after: &HashMap<String, f64>, pods: f64) -> Value {
+    let mut rows: Vec<(String, f64)> = after
+        .iter()
+        .map(|(k, v)| {
+            (
+                k.clone(),
+                (v - before.get(k).copied().unwrap_or(0.0)) / pods,
+            )
+        })
+        .filter(|(_, v)| *v >= 0.05)
+        .collect();
+    rows.sort_by(|a, b| b.1.total_cmp(&a.1));
+    let total: f64 = rows.iter().map(|r| r.1).sum();
+    json!({"total": (total * 100.0).round() / 100.0,
+           "by_request": rows.into_iter().map(|(k, v)| json!([k, (v * 100.0).round() / 100.0])).collect::<Vec<_>>()})
+}
+
+/// What a burst measured: per pod, its first watch event → every container running
+/// (the issue's and kubelet's pod start latency), and the burst's start → that pod
+/// running (which adds the time the client takes to create the pods).
+struct Burst {
+    per_pod: Vec<Duration>,
+    since_start: Vec<Duration>,
+}
+
+/// Creates and binds pods `prefix-{range}` made by `make`, and waits until each runs.
 async fn burst(
     one: &OneNode,
     seen: &Seen,
     prefix: &str,
     range: std::ops::Range<usize>,
     make: fn(&str) -> anyhow::Result<Pod>,
-) -> anyhow::Result<Vec<Duration>> {
+) -> anyhow::Result<Burst> {
     let t0 = Instant::now();
     let creates =
         range.map(|i| async move { one.create_bound(&make(&format!("{prefix}-{i}"))?).await });
     let names: Vec<String> = futures::future::try_join_all(creates).await?;
-    let mut took = Vec::new();
+    let mut out = Burst {
+        per_pod: Vec::new(),
+        since_start: Vec::new(),
+    };
     for name in &names {
-        took.push(
-            wait_running(seen, name, Duration::from_secs(300))
-                .await?
-                .duration_since(t0),
-        );
+        let t = wait_running(seen, name, Duration::from_secs(300)).await?;
+        let running = t.running.unwrap_or(t.first);
+        out.per_pod.push(running.duration_since(t.first));
+        out.since_start.push(running.duration_since(t0));
     }
-    Ok(took)
+    out.per_pod.sort();
+    out.since_start.sort();
+    Ok(out)
 }
 
-async fn wait_running(seen: &Seen, name: &str, within: Duration) -> anyhow::Result<Instant> {
+async fn wait_running(seen: &Seen, name: &str, within: Duration) -> anyhow::Result<Times> {
     let start = Instant::now();
     loop {
-        if let Some(t) = seen.lock().ok().and_then(|m| m.get(name).copied()) {
+        if let Some(t) = seen
+            .lock()
+            .ok()
+            .and_then(|m| m.get(name).copied())
+            .filter(|t| t.running.is_some())
+        {
             return Ok(t);
         }
         anyhow::ensure!(
@@ -307,38 +389,59 @@ async fn measure() -> anyhow::Result<Value> {
         let name = format!("seq-{i}");
         let t0 = Instant::now();
         one.create_bound(&pod(&name)?).await?;
-        let t1 = wait_running(&seen, &name, Duration::from_secs(60)).await?;
-        sequential.push(t1.duration_since(t0));
+        let t = wait_running(&seen, &name, Duration::from_secs(60)).await?;
+        let running = t.running.unwrap_or(t.first);
+        sequential.push((running.duration_since(t.first), running.duration_since(t0)));
     }
     delete_all(&pods).await?;
+    sequential.sort();
+    let created: Vec<Duration> = {
+        let mut v: Vec<Duration> = sequential.iter().map(|s| s.1).collect();
+        v.sort();
+        v
+    };
+    let sequential: Vec<Duration> = sequential.iter().map(|s| s.0).collect();
 
-    let mut burst_110 = burst(&one, &seen, "burst", 0..110, pod).await?;
+    let admin = one.pods.clone().into_client();
+    let before = api_requests(&admin).await;
+    let burst_110 = burst(&one, &seen, "burst", 0..110, pod).await?;
+    let requests = per_pod(&before, &api_requests(&admin).await, 110.0);
+    let mut out = json!({
+        "control_plane": control_plane,
+        "sequential_20": {"p50_ms": ms_at(&sequential, 50), "p90_ms": ms_at(&sequential, 90),
+                          "max_ms": ms_at(&sequential, 100),
+                          "from_create_call_p50_ms": ms_at(&created, 50)},
+        "burst_110": {"p50_ms": ms_at(&burst_110.per_pod, 50),
+                      "p99_ms": ms_at(&burst_110.per_pod, 99),
+                      "since_burst_start_p50_ms": ms_at(&burst_110.since_start, 50),
+                      "since_burst_start_p99_ms": ms_at(&burst_110.since_start, 99),
+                      "all_running_ms": ms_at(&burst_110.since_start, 100),
+                      "apiserver_requests_per_pod": requests},
+        "idle_0_pods": idle_0,
+    });
+    // `KERNLET_BENCH_PODS_QUICK=1`: start latencies only (for profiling a burst).
+    if std::env::var_os("KERNLET_BENCH_PODS_QUICK").is_some() {
+        delete_all(&pods).await?;
+        watch.abort();
+        println!(
+            "pods ({control_plane}): {}",
+            serde_json::to_string_pretty(&out)?
+        );
+        return Ok(out);
+    }
     tokio::time::sleep(SETTLE).await;
-    let idle_110 = idle(agent, &node.dir("state")).await?;
+    out["idle_110_pods"] = idle(agent, &node.dir("state")).await?;
     burst(&one, &seen, "burst", 110..250, pod).await?;
     tokio::time::sleep(SETTLE).await;
-    let idle_250 = idle(agent, &node.dir("state")).await?;
+    out["idle_250_pods"] = idle(agent, &node.dir("state")).await?;
     delete_all(&pods).await?;
     burst(&one, &seen, "probed", 0..110, probed_pod).await?;
     // Every probe has run at least once before the sampling.
     tokio::time::sleep(Duration::from_secs(15)).await;
-    let probed_110 = idle(agent, &node.dir("state")).await?;
+    out["probed_110_pods"] = idle(agent, &node.dir("state")).await?;
     delete_all(&pods).await?;
     watch.abort();
 
-    sequential.sort();
-    burst_110.sort();
-    let out = json!({
-        "control_plane": control_plane,
-        "sequential_20": {"p50_ms": ms_at(&sequential, 50), "p90_ms": ms_at(&sequential, 90),
-                          "max_ms": ms_at(&sequential, 100)},
-        "burst_110": {"p50_ms": ms_at(&burst_110, 50), "p99_ms": ms_at(&burst_110, 99),
-                      "all_running_ms": ms_at(&burst_110, 100)},
-        "idle_0_pods": idle_0,
-        "idle_110_pods": idle_110,
-        "idle_250_pods": idle_250,
-        "probed_110_pods": probed_110,
-    });
     println!(
         "pods ({control_plane}): {}",
         serde_json::to_string_pretty(&out)?

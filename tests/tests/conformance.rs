@@ -583,3 +583,66 @@ async fn an_absolute_sub_path_is_refused() {
         other => panic!("an absolute subPath was accepted: {other:?}"),
     }
 }
+
+/// [sig-node] Pods should contain environment variables for services: a container gets
+/// `<NAME>_SERVICE_HOST`/`_PORT` and the Docker-link variables of every Service of its
+/// namespace that exists when it starts (from the node's Services watch, so no request
+/// per container), and a Service deleted before a later pod starts is not in that
+/// pod's variables; `enableServiceLinks: false` leaves only the apiserver's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn containers_get_the_variables_of_their_namespaces_services() {
+    use k8s_openapi::api::core::v1::Service;
+    let e = env("cf-svcenv").await;
+    let services: Api<Service> = Api::namespaced(e.pods.clone().into_client(), "default");
+    let svc: Service = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": "fooservice"},
+        "spec": {"selector": {"name": "nothing"},
+                 "ports": [{"name": "web", "port": 8765, "protocol": "TCP"}]},
+    }))
+    .unwrap();
+    let ip = services
+        .create(&PostParams::default(), &svc)
+        .await
+        .unwrap()
+        .spec
+        .and_then(|s| s.cluster_ip)
+        .unwrap();
+    let env_of = async |name: &str, links: bool| {
+        let name = e
+            .create(serde_json::json!({
+                "metadata": {"name": name},
+                "spec": {"restartPolicy": "Never", "enableServiceLinks": links,
+                         "containers": [busybox("c", "env")]},
+            }))
+            .await;
+        let p = e
+            .wait(&name, "Succeeded", Duration::from_secs(60), |p| {
+                phase(p) == "Succeeded"
+            })
+            .await;
+        e.output(&p, "c").await
+    };
+    let out = env_of("svc-env", true).await;
+    for want in [
+        format!("FOOSERVICE_SERVICE_HOST={ip}"),
+        "FOOSERVICE_SERVICE_PORT=8765".to_string(),
+        "FOOSERVICE_SERVICE_PORT_WEB=8765".to_string(),
+        format!("FOOSERVICE_PORT=tcp://{ip}:8765"),
+        format!("FOOSERVICE_PORT_8765_TCP_ADDR={ip}"),
+        "KUBERNETES_SERVICE_HOST=".to_string(),
+    ] {
+        assert!(out.contains(&want), "{want} in:\n{out}");
+    }
+    let out = env_of("svc-env-nolinks", false).await;
+    assert!(!out.contains("FOOSERVICE_"), "{out}");
+    assert!(out.contains("KUBERNETES_SERVICE_HOST="), "{out}");
+    services
+        .delete("fooservice", &DeleteParams::default())
+        .await
+        .unwrap();
+    // The node's watch sees the delete within moments; a pod started after it has no
+    // variables of the Service.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let out = env_of("svc-env-after", true).await;
+    assert!(!out.contains("FOOSERVICE_"), "{out}");
+}

@@ -9,5 +9,6 @@ pub mod permissions;
 pub mod pod_sources;
 pub mod pods;
 pub mod proxy_health;
+pub mod service_links;
 pub mod services;
 pub mod serving_cert;

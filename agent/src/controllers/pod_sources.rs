@@ -265,37 +265,19 @@ pub async fn source_data(
 }
 
 /// The service variables of a container in namespace `ns`: the apiserver's Service
-/// (`KUBERNETES_*`, always) and with service links every Service of `ns`.
+/// (`KUBERNETES_*`, always) and with service links every Service of `ns`. From the
+/// Services watch (`cache`) once it has listed; listed here until then.
 pub async fn service_env(
     client: &SharedClient,
+    cache: &super::service_links::ServiceLinks,
     ns: &str,
     links: bool,
 ) -> Result<Vec<(String, String)>, SourceError> {
     use k8s_openapi::api::core::v1::Service;
-    let describe = |s: &Service| -> Option<crate::model::env::LinkedService> {
-        let spec = s.spec.as_ref()?;
-        let ip = spec
-            .cluster_ip
-            .clone()
-            .filter(|ip| !ip.is_empty() && ip != "None")?;
-        let ports = spec
-            .ports
-            .iter()
-            .flatten()
-            .map(|p| {
-                (
-                    p.name.clone().unwrap_or_default(),
-                    p.port,
-                    p.protocol.clone().unwrap_or_else(|| "TCP".into()),
-                )
-            })
-            .collect();
-        Some(crate::model::env::LinkedService {
-            name: s.metadata.name.clone()?,
-            cluster_ip: ip,
-            ports,
-        })
-    };
+    if let Some(services) = cache.of(ns, links) {
+        return Ok(crate::model::env::service_links(&services));
+    }
+    let describe = super::service_links::linked;
     let mut services = Vec::new();
     if links && ns != "default" {
         let list = Api::<Service>::namespaced(client.get(), ns)

@@ -17,8 +17,9 @@ use tokio::sync::{mpsc, watch};
 
 use crate::client::SharedClient;
 
-/// The pods bound to this node; `None` until the first complete list.
-pub type Snapshot = Arc<Mutex<Option<Vec<Pod>>>>;
+/// The pods bound to this node; `None` until the first complete list. The pods are
+/// shared, not copied: a publication after each watch event costs a pointer per pod.
+pub type Snapshot = Arc<Mutex<Option<Vec<Arc<Pod>>>>>;
 
 /// A count of the snapshot's changes, bumped at each: the pod manager waits on it, so
 /// a new or changed pod is dispatched at once rather than at the next resync.
@@ -141,11 +142,11 @@ pub async fn watch_pods(
 ) {
     let config = watcher::Config::default().fields(&format!("spec.nodeName={node}"));
     let mut stream = watcher(Api::<Pod>::all(client.get()), config).boxed();
-    let mut pods: BTreeMap<String, Pod> = BTreeMap::new();
-    let mut staging: BTreeMap<String, Pod> = BTreeMap::new();
+    let mut pods: BTreeMap<String, Arc<Pod>> = BTreeMap::new();
+    let mut staging: BTreeMap<String, Arc<Pod>> = BTreeMap::new();
     // Every change is published; the pod manager is woken only for those that are
     // more than a status write (its own, mostly), which it picks up at its resync.
-    let publish = |pods: &BTreeMap<String, Pod>, wake: bool| {
+    let publish = |pods: &BTreeMap<String, Arc<Pod>>, wake: bool| {
         if let Ok(mut s) = snapshot.lock() {
             *s = Some(pods.values().cloned().collect());
             changes.published();
@@ -164,7 +165,7 @@ pub async fn watch_pods(
         match event {
             Some(Ok(watcher::Event::Init)) => staging.clear(),
             Some(Ok(watcher::Event::InitApply(p))) => {
-                staging.insert(uid(&p), p);
+                staging.insert(uid(&p), Arc::new(p));
             }
             Some(Ok(watcher::Event::InitDone)) => {
                 pods = std::mem::take(&mut staging);
@@ -175,7 +176,7 @@ pub async fn watch_pods(
                 let wake = pods
                     .get(&uid(&p))
                     .is_none_or(|old| !same_but_status(old, &p));
-                pods.insert(uid(&p), p);
+                pods.insert(uid(&p), Arc::new(p));
                 publish(&pods, wake);
             }
             Some(Ok(watcher::Event::Delete(p))) => {

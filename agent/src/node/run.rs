@@ -96,6 +96,12 @@ pub async fn run_node(kubeconfig: PathBuf, node: PreparedNode) -> anyhow::Result
         updates_rx,
         stop_rx.clone(),
     ));
+    let service_links = crate::controllers::service_links::ServiceLinks::default();
+    tokio::spawn(crate::controllers::service_links::watch_services(
+        client.clone(),
+        service_links.clone(),
+        stop_rx.clone(),
+    ));
     let (recorder, events_rx) = crate::controllers::events::Recorder::new();
     tokio::spawn(crate::controllers::events::run(
         client.clone(),
@@ -114,6 +120,7 @@ pub async fn run_node(kubeconfig: PathBuf, node: PreparedNode) -> anyhow::Result
                 updates: updates_tx,
                 client: client.clone(),
                 handle: tokio::runtime::Handle::current(),
+                services: service_links,
             },
             cfg.internal_ip.to_string(),
             pod_timing,

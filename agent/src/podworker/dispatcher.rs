@@ -3,13 +3,17 @@
 
 use super::*;
 
+/// A worker's latest pod object and a count bumped at each change, with the condition
+/// variable that wakes the worker.
+type Latest = Arc<(std::sync::Mutex<(Arc<Pod>, u64)>, std::sync::Condvar)>;
+
 /// One pod's worker: a thread of its own that syncs the pod every resync, or sooner when
 /// the pod changes, so a pod whose volumes wait on a slow apiserver, or whose sync
 /// fails, holds up no other pod.
 pub(super) struct PodWorker {
     pub(super) uid: String,
     /// The latest pod object, and a count bumped at each change.
-    pub(super) pod: Arc<(std::sync::Mutex<(Pod, u64)>, std::sync::Condvar)>,
+    pub(super) pod: Latest,
     pub(super) stop: Arc<AtomicBool>,
     /// The last sync's error, for the daemon's account.
     pub(super) last_error: Arc<std::sync::Mutex<Option<String>>>,
@@ -19,13 +23,14 @@ pub(super) struct PodWorker {
 impl PodWorker {
     /// Hands the worker a newer pod object; wakes it when more than the status
     /// changed (as kubelet, a pod's own status write is no reason to sync it again).
-    fn update(&self, pod: &Pod) {
+    fn update(&self, pod: &Arc<Pod>) {
         let (lock, wake) = &*self.pod;
         if let Ok(mut p) = lock.lock()
-            && p.0 != *pod
+            && !Arc::ptr_eq(&p.0, pod)
+            && *p.0 != **pod
         {
             let wake_up = !crate::controllers::pods::same_but_status(&p.0, pod);
-            p.0 = pod.clone();
+            p.0 = Arc::clone(pod);
             if wake_up {
                 p.1 += 1;
                 wake.notify_one();
@@ -51,10 +56,10 @@ impl PodWorker {
 impl Runner {
     /// Starts the worker of pod `uid`; `None` (said in the log) when no thread can be
     /// had, and the next pass tries again.
-    pub(super) fn spawn_worker(&self, uid: &str, pod: &Pod) -> Option<PodWorker> {
+    pub(super) fn spawn_worker(&self, uid: &str, pod: &Arc<Pod>) -> Option<PodWorker> {
         let mut runner = self.for_pod();
         let shared = Arc::new((
-            std::sync::Mutex::new((pod.clone(), 0)),
+            std::sync::Mutex::new((Arc::clone(pod), 0)),
             std::sync::Condvar::new(),
         ));
         let stop = Arc::new(AtomicBool::new(false));
@@ -165,14 +170,14 @@ impl Runner {
         }
     }
 
-    pub(super) fn desired(&mut self) -> Option<Vec<(String, Pod)>> {
+    pub(super) fn desired(&mut self) -> Option<Vec<(String, Arc<Pod>)>> {
         let manifests = match &self.source {
             Source::Manifests(dir) => dir.clone(),
             Source::Api { snapshot, .. } => {
                 // Pods being deleted stay with their workers, which stop them.
                 // Mirror pods stand for static pods: they are not run again.
                 let pods = snapshot.lock().ok()?.clone()?;
-                let mut out: Vec<(String, Pod)> = pods
+                let mut out: Vec<(String, Arc<Pod>)> = pods
                     .into_iter()
                     .filter(|p| !is_mirror(p))
                     .filter_map(|p| Some((p.metadata.uid.clone()?, p)))
@@ -196,14 +201,15 @@ impl Runner {
                                     .get_or_insert_with(Default::default);
                                 a.insert(CONFIG_SOURCE.into(), "file".into());
                                 a.insert(CONFIG_HASH.into(), uid.clone());
-                                (uid, pod)
+                                (uid, Arc::new(pod))
                             }),
                     );
                 }
                 return Some(out);
             }
         };
-        self.static_pods_of(&manifests)
+        let pods = self.static_pods_of(&manifests)?;
+        Some(pods.into_iter().map(|(u, p)| (u, Arc::new(p))).collect())
     }
 
     /// One pass of the dispatcher: admit new pods and give each a worker, hand the
@@ -228,8 +234,15 @@ impl Runner {
         // Admission counts every pod the node has taken: with a sandbox or a worker.
         // Read once: a sandbox made after this is a wanted pod's, which nothing below
         // removes.
-        let sandboxes = self.rt.sandboxes();
-        let mut with_sandbox: HashSet<String> = sandboxes.iter().map(|sb| sb.uid.clone()).collect();
+        let on_disk = self.rt.sandbox_uids();
+        // The records of the sandboxes no pod wants any more, to remove them (only
+        // those: a pass must not read every pod's record).
+        let sandboxes: Vec<crate::runtime::sandbox::SandboxRecord> = on_disk
+            .iter()
+            .filter(|uid| !wanted.contains(*uid))
+            .filter_map(|uid| self.rt.sandbox(uid).ok().flatten())
+            .collect();
+        let mut with_sandbox: HashSet<String> = on_disk.iter().cloned().collect();
         with_sandbox.extend(self.workers.keys().cloned());
         // Refusals of pods that are gone are forgotten.
         self.failed
@@ -276,9 +289,9 @@ impl Runner {
         if let Source::Api { deleted, .. } = &self.source
             && let Ok(mut d) = deleted.lock()
         {
-            let here: HashSet<&str> = sandboxes
+            let here: HashSet<&str> = on_disk
                 .iter()
-                .map(|sb| sb.uid.as_str())
+                .map(String::as_str)
                 .chain(self.workers.keys().map(String::as_str))
                 .chain(self.retiring.iter().map(|(w, _)| w.uid.as_str()))
                 .collect();
@@ -346,7 +359,7 @@ impl Runner {
             for p in deleting {
                 let uid = p.metadata.uid.clone().unwrap_or_default();
                 // A pod with a worker is the worker's to finish.
-                if !sandboxes.iter().any(|sb| sb.uid == uid) && !self.workers.contains_key(&uid) {
+                if !on_disk.contains(&uid) && !self.workers.contains_key(&uid) {
                     let _ = updates.send(crate::controllers::pods::Update::Finished {
                         namespace: p.metadata.namespace.clone().unwrap_or_default(),
                         name: p.metadata.name.clone().unwrap_or_default(),

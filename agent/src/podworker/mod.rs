@@ -133,6 +133,8 @@ pub enum Source {
         /// thread.
         client: crate::client::SharedClient,
         handle: tokio::runtime::Handle,
+        /// The cluster's Services, for containers' service variables.
+        services: crate::controllers::service_links::ServiceLinks,
     },
 }
 

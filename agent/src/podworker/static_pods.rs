@@ -93,7 +93,7 @@ impl Runner {
 
     /// Keeps a mirror pod in the apiserver for each static pod that runs, and none
     /// for those gone; a mirror deleted by someone is created again.
-    pub(super) fn sync_mirrors(&mut self, desired: &[(String, Pod)]) {
+    pub(super) fn sync_mirrors(&mut self, desired: &[(String, Arc<Pod>)]) {
         let Source::Api {
             snapshot, updates, ..
         } = &self.source
@@ -103,12 +103,13 @@ impl Runner {
         let Some((_, node)) = self.static_pods.clone() else {
             return;
         };
-        let api_pods: Vec<Pod> = snapshot
+        let api_pods: Vec<Arc<Pod>> = snapshot
             .lock()
             .ok()
             .and_then(|s| s.clone())
             .unwrap_or_default();
-        let statics: Vec<&(String, Pod)> = desired.iter().filter(|(_, p)| is_static(p)).collect();
+        let statics: Vec<&(String, Arc<Pod>)> =
+            desired.iter().filter(|(_, p)| is_static(p)).collect();
         let now = Instant::now();
         for (uid, pod) in &statics {
             let (ns, name) = (

@@ -365,7 +365,7 @@ impl Runner {
         &mut self,
         uid: &str,
         pod: &Pod,
-        desired: &[(String, Pod)],
+        desired: &[(String, Arc<Pod>)],
         sandboxes: &HashSet<String>,
     ) -> bool {
         if self.failed.contains_key(uid) {
@@ -451,7 +451,12 @@ impl Runner {
             ))),
         };
         let service_env = match &self.source {
-            Source::Api { client, handle, .. } => {
+            Source::Api {
+                client,
+                handle,
+                services,
+                ..
+            } => {
                 let links = pod
                     .spec
                     .as_ref()
@@ -459,7 +464,7 @@ impl Runner {
                     .unwrap_or(true);
                 handle
                     .block_on(crate::controllers::pod_sources::service_env(
-                        client, &ns, links,
+                        client, services, &ns, links,
                     ))
                     .map_err(|e| EnvError::Source(e.to_string()))?
             }

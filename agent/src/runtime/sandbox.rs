@@ -1,6 +1,7 @@
 //! Pod sandboxes: the pod's namespaces (pinned), its cgroup, and the files kernlet
 //! writes for its containers (`/etc/hosts`, `/etc/resolv.conf`, `/etc/hostname`).
 
+use std::collections::HashSet;
 use std::path::PathBuf;
 
 use k8s_openapi::api::core::v1::Pod;
@@ -152,6 +153,18 @@ impl Runtime {
     /// The recorded sandbox of a pod.
     pub fn sandbox(&self, uid: &str) -> Result<Option<SandboxRecord>, RuntimeError> {
         read_json(&self.sandbox_record_path(uid))
+    }
+
+    /// The uids of the pods with a recorded sandbox, from the directory alone (a stat
+    /// per pod, no record read).
+    pub fn sandbox_uids(&self) -> HashSet<String> {
+        std::fs::read_dir(self.cfg.state_dir.join("pods"))
+            .into_iter()
+            .flatten()
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|uid| self.sandbox_record_path(uid).is_file())
+            .collect()
     }
 
     /// Every recorded sandbox.
