@@ -134,3 +134,96 @@ async fn secret_volumes_live_in_memory_with_their_modes_and_fs_group() {
     let bundles_mode = std::fs::metadata(&bundles).unwrap().permissions().mode();
     assert_eq!(bundles_mode & 0o777, 0o700);
 }
+
+/// RuntimeClass as kubelet on a containerd node: a class whose handler the node has
+/// (`runc`, kernlet's default `--runtime-handlers`) runs its pod; a class with a
+/// handler the node lacks fails the sandbox with `FailedCreatePodSandBox` naming the
+/// handler, and the pod stays Pending, never run with another runtime; the Node lists
+/// its handlers in `status.runtimeHandlers`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn runtime_classes_run_on_their_handler_or_not_at_all() {
+    use k8s_openapi::api::core::v1::{Event, Node};
+    use k8s_openapi::api::node::v1::RuntimeClass;
+    let one = OneNode::start("sbrtclass", "w1", Network::Loopback(&[]))
+        .await
+        .unwrap();
+    let admin = one.pods.clone().into_client();
+    let classes: Api<RuntimeClass> = Api::all(admin.clone());
+    for (name, handler) in [("kl-runc", "runc"), ("kl-sandboxed", "kl-no-such-handler")] {
+        let rc: RuntimeClass =
+            serde_json::from_value(json!({"metadata": {"name": name}, "handler": handler}))
+                .unwrap();
+        let _ = classes.delete(name, &Default::default()).await;
+        classes.create(&PostParams::default(), &rc).await.unwrap();
+    }
+    let pod = |name: &str, class: &str| -> Pod {
+        serde_json::from_value(json!({
+            "metadata": {"name": name},
+            "spec": {"runtimeClassName": class, "terminationGracePeriodSeconds": 0,
+                     "containers": [{"name": "c", "image": "busybox:1.36",
+                                     "imagePullPolicy": "Never", "command": ["sleep", "600"]}]},
+        }))
+        .unwrap()
+    };
+    one.create_bound(&pod("on-runc", "kl-runc")).await.unwrap();
+    one.create_bound(&pod("on-missing-handler", "kl-sandboxed"))
+        .await
+        .unwrap();
+    let phase = |p: &Pod| p.status.as_ref().and_then(|s| s.phase.clone());
+    wait_for(
+        "the runc pod running",
+        Duration::from_secs(60),
+        async || {
+            let p = one.pods.get("on-runc").await.ok()?;
+            (phase(&p).as_deref() == Some("Running")).then_some(())
+        },
+    )
+    .await;
+    let events: Api<Event> = Api::namespaced(admin.clone(), "default");
+    let refusal = wait_for(
+        "FailedCreatePodSandBox for the missing handler",
+        Duration::from_secs(30),
+        async || {
+            let list = events.list(&Default::default()).await.ok()?.items;
+            list.into_iter().find(|e| {
+                e.involved_object.name.as_deref() == Some("on-missing-handler")
+                    && e.reason.as_deref() == Some("FailedCreatePodSandBox")
+            })
+        },
+    )
+    .await;
+    assert_eq!(
+        refusal.message.as_deref(),
+        Some(
+            "Failed to create pod sandbox: failed to get sandbox runtime: no runtime for \"kl-no-such-handler\" is configured"
+        )
+    );
+    assert_eq!(refusal.type_.as_deref(), Some("Warning"));
+    let p = one.pods.get("on-missing-handler").await.unwrap();
+    assert_eq!(phase(&p).as_deref(), Some("Pending"), "{:#?}", p.status);
+    let waiting = p
+        .status
+        .as_ref()
+        .and_then(|s| s.container_statuses.as_ref())
+        .and_then(|c| c.first())
+        .and_then(|c| c.state.as_ref()?.waiting.as_ref()?.reason.clone());
+    assert_eq!(waiting.as_deref(), Some("ContainerCreating"));
+    let sandboxes = std::fs::read_dir(one.node.dir("state").join("pods"))
+        .unwrap()
+        .flatten()
+        .filter(|e| e.path().join("sandbox.json").exists())
+        .count();
+    assert_eq!(sandboxes, 1, "only the runc pod has a sandbox");
+    let node: Node = Api::all(admin).get("w1").await.unwrap();
+    let handlers: Vec<String> = node
+        .status
+        .and_then(|s| s.runtime_handlers)
+        .unwrap_or_default()
+        .into_iter()
+        .filter_map(|h| h.name)
+        .collect();
+    assert_eq!(handlers, ["", "runc"]);
+    for name in ["kl-runc", "kl-sandboxed"] {
+        let _ = classes.delete(name, &Default::default()).await;
+    }
+}

@@ -9,6 +9,8 @@ pub mod permissions;
 pub mod pod_sources;
 pub mod pods;
 pub mod proxy_health;
+pub mod runtime_classes;
 pub mod service_links;
 pub mod services;
 pub mod serving_cert;
+pub mod watch_cache;

@@ -17,6 +17,9 @@ pub struct NodeFit {
     pub allocatable_memory: u64,
     pub max_pods: u64,
     pub labels: BTreeMap<String, String>,
+    /// The runtime handler names this node answers to besides the default (empty)
+    /// one (`--runtime-handlers`).
+    pub runtime_handlers: Vec<String>,
 }
 
 /// Why a pod is refused: kubelet's reason (`OutOfcpu`, `NodeAffinity`, …) and message.
@@ -266,6 +269,7 @@ mod tests {
                 .into_iter()
                 .map(|(k, v)| (k.to_string(), v.to_string()))
                 .collect(),
+            runtime_handlers: Vec::new(),
         }
     }
 

@@ -4,7 +4,9 @@
 use std::collections::BTreeMap;
 use std::net::IpAddr;
 
-use k8s_openapi::api::core::v1::{Node, NodeCondition};
+use k8s_openapi::api::core::v1::{
+    Node, NodeCondition, NodeRuntimeHandler, NodeRuntimeHandlerFeatures,
+};
 use serde_json::{Value, json};
 
 use crate::sys::machine::MachineFacts;
@@ -50,6 +52,8 @@ pub struct NodeConfig {
     pub reserved: Reserved,
     /// The apiserver's minor version, when it could be read.
     pub apiserver_minor: Option<u32>,
+    /// Runtime handler names besides the default one (`--runtime-handlers`).
+    pub runtime_handlers: Vec<String>,
 }
 
 impl NodeConfig {
@@ -355,6 +359,7 @@ pub fn status(
         ],
         "daemonEndpoints": {"kubeletEndpoint": {"Port": cfg.kubelet_port}},
         "declaredFeatures": declared_features(cfg.apiserver_minor),
+        "runtimeHandlers": runtime_handlers(&cfg.runtime_handlers),
         "nodeInfo": {
             "machineID": facts.machine_id,
             "systemUUID": facts.system_uuid,
@@ -368,6 +373,22 @@ pub fn status(
             "architecture": arch(),
         },
     })
+}
+
+/// `status.runtimeHandlers`: the default handler and each configured name, with what
+/// kernlet's one runtime supports (no recursive read-only mounts, no user namespaces
+/// yet), as kubelet copies them from its runtime.
+pub fn runtime_handlers(names: &[String]) -> Vec<NodeRuntimeHandler> {
+    std::iter::once("")
+        .chain(names.iter().map(String::as_str).filter(|n| !n.is_empty()))
+        .map(|name| NodeRuntimeHandler {
+            name: Some(name.to_string()),
+            features: Some(NodeRuntimeHandlerFeatures {
+                recursive_read_only_mounts: Some(false),
+                user_namespaces: Some(false),
+            }),
+        })
+        .collect()
 }
 
 #[cfg(test)]
@@ -396,6 +417,7 @@ mod tests {
             kubelet_port: 10250,
             reserved: Reserved::default(),
             apiserver_minor: None,
+            runtime_handlers: vec!["runc".into()],
         }
     }
 
@@ -495,6 +517,21 @@ mod tests {
         assert_eq!(keys(&ours["nodeInfo"]), keys(&real["status"]["nodeInfo"]));
         let reg = serde_json::to_value(registration(&cfg())).unwrap();
         assert_eq!(reg["metadata"]["labels"], real["metadata"]["labels"]);
+    }
+
+    #[test]
+    fn runtime_handlers_list_the_default_and_the_configured_names() {
+        let ready = Readiness {
+            ready: true,
+            reason: "KubeletReady".into(),
+            message: String::new(),
+        };
+        let ours = status(&cfg(), &facts(), &ready, &[], "2026-11-26T01:10:34Z");
+        let features = json!({"recursiveReadOnlyMounts": false, "userNamespaces": false});
+        assert_eq!(
+            ours["runtimeHandlers"],
+            json!([{"name": "", "features": features}, {"name": "runc", "features": features}])
+        );
     }
 
     #[test]

@@ -35,6 +35,12 @@ pub struct NodeArgs {
     /// Maximum pods on this node.
     #[arg(long, default_value_t = 110)]
     pub max_pods: u32,
+    /// Runtime handler names this node runs pods for, besides the default (empty) one:
+    /// a RuntimeClass whose `handler` is one of them runs here, any other fails the
+    /// pod's sandbox as on a containerd node without that runtime. `runc` by default,
+    /// so RuntimeClasses written for containerd's default runtime work.
+    #[arg(long, default_value = "runc", value_delimiter = ',')]
+    pub runtime_handlers: Vec<String>,
     /// Resources reserved for the system, `cpu=100m,memory=256Mi,ephemeral-storage=1Gi`.
     #[arg(long, default_value = "")]
     pub system_reserved: String,

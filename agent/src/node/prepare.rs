@@ -70,6 +70,7 @@ pub fn prepare_node(args: &NodeArgs) -> anyhow::Result<PreparedNode> {
         kubelet_port: args.port,
         apiserver_minor: None,
         reserved,
+        runtime_handlers: args.runtime_handlers.clone(),
     };
     let timing = Timing {
         lease_renew: Duration::from_millis(args.node_lease_renew_interval_ms.max(100)),

@@ -102,6 +102,12 @@ pub async fn run_node(kubeconfig: PathBuf, node: PreparedNode) -> anyhow::Result
         service_links.clone(),
         stop_rx.clone(),
     ));
+    let runtime_classes = crate::controllers::runtime_classes::RuntimeClasses::default();
+    tokio::spawn(crate::controllers::runtime_classes::watch_runtime_classes(
+        client.clone(),
+        runtime_classes.clone(),
+        stop_rx.clone(),
+    ));
     let (recorder, events_rx) = crate::controllers::events::Recorder::new();
     tokio::spawn(crate::controllers::events::run(
         client.clone(),
@@ -121,6 +127,7 @@ pub async fn run_node(kubeconfig: PathBuf, node: PreparedNode) -> anyhow::Result
                 client: client.clone(),
                 handle: tokio::runtime::Handle::current(),
                 services: service_links,
+                runtime_classes,
             },
             cfg.internal_ip.to_string(),
             pod_timing,
@@ -135,6 +142,7 @@ pub async fn run_node(kubeconfig: PathBuf, node: PreparedNode) -> anyhow::Result
                 allocatable_cpu_milli: cpu,
                 allocatable_memory: mem,
                 max_pods: u64::from(cfg.max_pods),
+                runtime_handlers: cfg.runtime_handlers.clone(),
                 labels: node::registration(&cfg).metadata.labels.unwrap_or_default(),
             }
         });

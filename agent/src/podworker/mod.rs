@@ -14,6 +14,7 @@ mod plan;
 mod probes;
 mod relist;
 mod resize;
+mod runtime_class;
 mod static_pods;
 mod status;
 mod sync;
@@ -135,6 +136,8 @@ pub enum Source {
         handle: tokio::runtime::Handle,
         /// The cluster's Services, for containers' service variables.
         services: crate::controllers::service_links::ServiceLinks,
+        /// The cluster's RuntimeClasses, for pods' runtime handlers.
+        runtime_classes: crate::controllers::runtime_classes::RuntimeClasses,
     },
 }
 
@@ -207,6 +210,9 @@ pub struct Runner {
     killed_for_restart: HashSet<String>,
     /// Whether the pod's first status was written (on a pod's worker).
     admitted_status: bool,
+    /// When the pod's sandbox, refused for its RuntimeClass, is tried again (on a
+    /// pod's worker).
+    sandbox_retry_at: Option<Instant>,
     /// Whether the final delete of a pod that never got a sandbox was asked for.
     finish_sent: bool,
     /// The node's relist of the workers' containers (on the dispatcher).
@@ -273,6 +279,7 @@ impl Runner {
             labels: [("kubernetes.io/hostname".to_string(), facts.hostname)]
                 .into_iter()
                 .collect(),
+            runtime_handlers: Vec::new(),
         };
         Self::with_fit(rt, source, node_ip, timing, fit)
     }
@@ -318,6 +325,7 @@ impl Runner {
             reported_exits: HashSet::new(),
             killed_for_restart: HashSet::new(),
             admitted_status: false,
+            sandbox_retry_at: None,
             finish_sent: false,
             relist: Default::default(),
             quiet_at: None,

@@ -125,14 +125,15 @@ impl Runner {
         if pod.metadata.deletion_timestamp.is_some() {
             return self.terminate(uid, pod);
         }
+        let has_sandbox = self.rt.sandbox(uid)?.is_some();
         // kubelet's first word on a pod it admits comes before the sandbox.
-        if !self.admitted_status
-            && matches!(self.source, Source::Api { .. })
-            && self.rt.sandbox(uid)?.is_none()
-        {
+        if !self.admitted_status && matches!(self.source, Source::Api { .. }) && !has_sandbox {
             self.write_initial_status(uid, pod)?;
         }
         self.admitted_status = true;
+        if !has_sandbox && !self.runtime_class_allows(pod) {
+            return Ok(());
+        }
         let sb = self.rt.run_sandbox(pod, uid, &self.node_ip)?;
         let spec = spec_of(pod);
         if let Some(deadline) = spec.active_deadline_seconds

@@ -274,6 +274,10 @@ fn node_authorizer(store: &Store, node: &str, a: &Attributes<'_>) -> NodeDecisio
             NodeDecision::Allow
         }
         ("", "services", None) if matches!(verb, "get" | "list" | "watch") => NodeDecision::Allow,
+        // system:node's RBAC role.
+        ("node.k8s.io", "runtimeclasses", None) if matches!(verb, "get" | "list" | "watch") => {
+            NodeDecision::Allow
+        }
         ("", kind @ ("configmaps" | "secrets"), None) if verb == "get" => {
             let Some(name) = a.name else {
                 return NodeDecision::NoOpinion;

@@ -288,6 +288,16 @@ pub const RESOURCES: &[ResourceType] = &[
         "selfsubjectaccessreview",
         "SelfSubjectAccessReview",
     ),
+    r(
+        "node.k8s.io",
+        "v1",
+        "runtimeclasses",
+        "runtimeclass",
+        "RuntimeClass",
+        false,
+        &[],
+        &[],
+    ),
     // metrics-server's aggregated API (answered from the kubelets, never stored).
     r(
         "metrics.k8s.io",
