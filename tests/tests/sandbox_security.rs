@@ -227,3 +227,64 @@ async fn runtime_classes_run_on_their_handler_or_not_at_all() {
         let _ = classes.delete(name, &Default::default()).await;
     }
 }
+
+/// AppArmor as kubelet on a node without it (this machine's kernel has none): a pod
+/// asking for a confining profile is refused at admission (phase Failed, reason
+/// `AppArmor`, kubelet's message) and nothing of it runs; a pod asking for
+/// `Unconfined` runs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn apparmor_pods_are_refused_where_the_node_has_no_apparmor() {
+    if kernlet::sys::lsm::apparmor_enabled() {
+        eprintln!("skipped: this node has AppArmor (the refusal is for nodes without it)");
+        return;
+    }
+    let one = OneNode::start("sbapparmor", "w1", Network::Loopback(&[]))
+        .await
+        .unwrap();
+    let pod = |name: &str, profile: serde_json::Value| -> Pod {
+        serde_json::from_value(json!({
+            "metadata": {"name": name},
+            "spec": {"terminationGracePeriodSeconds": 0,
+                     "securityContext": {"appArmorProfile": profile},
+                     "containers": [{"name": "c", "image": "busybox:1.36",
+                                     "imagePullPolicy": "Never", "command": ["sleep", "600"]}]},
+        }))
+        .unwrap()
+    };
+    one.create_bound(&pod("confined", json!({"type": "RuntimeDefault"})))
+        .await
+        .unwrap();
+    one.create_bound(&pod("unconfined", json!({"type": "Unconfined"})))
+        .await
+        .unwrap();
+    let status = |p: Pod| p.status.unwrap_or_default();
+    let refused = wait_for(
+        "the confined pod refused",
+        Duration::from_secs(30),
+        async || {
+            let s = status(one.pods.get("confined").await.ok()?);
+            (s.phase.as_deref() == Some("Failed")).then_some(s)
+        },
+    )
+    .await;
+    assert_eq!(refused.reason.as_deref(), Some("AppArmor"));
+    assert_eq!(
+        refused.message.as_deref(),
+        Some("Pod was rejected: Cannot enforce AppArmor: AppArmor is not enabled on the host")
+    );
+    wait_for(
+        "the unconfined pod running",
+        Duration::from_secs(60),
+        async || {
+            let s = status(one.pods.get("unconfined").await.ok()?);
+            (s.phase.as_deref() == Some("Running")).then_some(())
+        },
+    )
+    .await;
+    let sandboxes = std::fs::read_dir(one.node.dir("state").join("pods"))
+        .unwrap()
+        .flatten()
+        .filter(|e| e.path().join("sandbox.json").exists())
+        .count();
+    assert_eq!(sandboxes, 1, "nothing of the refused pod was made");
+}

@@ -20,6 +20,8 @@ pub struct NodeFit {
     /// The runtime handler names this node answers to besides the default (empty)
     /// one (`--runtime-handlers`).
     pub runtime_handlers: Vec<String>,
+    /// The node's security modules.
+    pub lsm: super::lsm::LsmSupport,
 }
 
 /// Why a pod is refused: kubelet's reason (`OutOfcpu`, `NodeAffinity`, …) and message.
@@ -270,6 +272,7 @@ mod tests {
                 .map(|(k, v)| (k.to_string(), v.to_string()))
                 .collect(),
             runtime_handlers: Vec::new(),
+            lsm: Default::default(),
         }
     }
 

@@ -7,6 +7,7 @@ pub mod dns;
 pub mod env;
 pub mod image_ref;
 pub mod kubelet_config;
+pub mod lsm;
 pub mod maglev;
 pub mod manifest;
 pub mod node;

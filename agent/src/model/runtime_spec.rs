@@ -144,6 +144,9 @@ pub struct ContainerPlan {
     pub resources: Option<Value>,
     /// The seccomp profile to load.
     pub seccomp: Seccomp,
+    /// The AppArmor profile to run under (`process.apparmorProfile`), on a node with
+    /// AppArmor.
+    pub apparmor: Option<String>,
     /// Host devices to create in the container (privileged containers).
     pub devices: Vec<Value>,
     /// The capabilities kernlet itself has (its bounding set, as a mask).
@@ -315,6 +318,9 @@ pub fn spec(plan: &ContainerPlan) -> Value {
     if plan.no_new_privileges {
         spec["process"]["noNewPrivileges"] = json!(true);
     }
+    if let Some(profile) = &plan.apparmor {
+        spec["process"]["apparmorProfile"] = json!(profile);
+    }
     spec
 }
 
@@ -457,6 +463,7 @@ mod tests {
             read_only_root: false,
             resources: None,
             seccomp: Seccomp::Unconfined,
+            apparmor: None,
             devices: vec![],
             host_caps: (1 << 41) - 1,
             sysctls: Vec::new(),
@@ -505,10 +512,13 @@ mod tests {
             "false is left out"
         );
         assert!(v["linux"].get("seccomp").is_none());
+        assert!(v["process"].get("apparmorProfile").is_none());
         let mut p = plan();
         p.no_new_privileges = true;
         p.seccomp = Seccomp::RuntimeDefault;
+        p.apparmor = Some("kernlet-default".into());
         let v = spec(&p);
+        assert_eq!(v["process"]["apparmorProfile"], "kernlet-default");
         assert_eq!(v["process"]["noNewPrivileges"], true);
         assert_eq!(v["linux"]["seccomp"]["defaultAction"], "SCMP_ACT_ERRNO");
     }

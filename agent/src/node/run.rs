@@ -143,6 +143,7 @@ pub async fn run_node(kubeconfig: PathBuf, node: PreparedNode) -> anyhow::Result
                 allocatable_memory: mem,
                 max_pods: u64::from(cfg.max_pods),
                 runtime_handlers: cfg.runtime_handlers.clone(),
+                lsm: crate::sys::lsm::support(),
                 labels: node::registration(&cfg).metadata.labels.unwrap_or_default(),
             }
         });

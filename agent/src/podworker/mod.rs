@@ -280,6 +280,7 @@ impl Runner {
                 .into_iter()
                 .collect(),
             runtime_handlers: Vec::new(),
+            lsm: crate::sys::lsm::support(),
         };
         Self::with_fit(rt, source, node_ip, timing, fit)
     }

@@ -381,7 +381,9 @@ impl Runner {
             .filter_map(|(_, p)| p.spec.as_ref())
             .collect();
         let spec = spec_of(pod);
-        match crate::model::admission::admit(&spec, &admitted, &self.node_fit) {
+        let verdict = crate::model::lsm::admit(pod, &self.node_fit.lsm)
+            .and_then(|()| crate::model::admission::admit(&spec, &admitted, &self.node_fit));
+        match verdict {
             Ok(()) => true,
             Err(r) => {
                 tracing::warn!(pod = %format!("{}/{}", pod.metadata.namespace.as_deref().unwrap_or_default(), pod.metadata.name.as_deref().unwrap_or_default()),

@@ -324,6 +324,19 @@ impl Runtime {
             }
             None => runtime_spec::Seccomp::Unconfined,
         };
+        // Where the node has AppArmor, the profile asked for, loaded; admission refused
+        // a pod that needs AppArmor on a node without it.
+        let apparmor = if crate::sys::lsm::apparmor_enabled() {
+            let asked = crate::model::lsm::apparmor_profile(pod, c);
+            crate::model::lsm::oci_profile(
+                asked.as_ref(),
+                privileged,
+                &crate::sys::lsm::apparmor_loaded,
+            )
+            .map_err(refuse)?
+        } else {
+            None
+        };
         let caps = csc.capabilities.clone().unwrap_or_default();
         let run_dir = self.pod_run_dir(&sb.uid);
         let mut mounts = vec![
@@ -496,6 +509,7 @@ impl Runtime {
             no_new_privileges: csc.allow_privilege_escalation == Some(false) && !privileged,
             read_only_root: csc.read_only_root_filesystem.unwrap_or(false),
             seccomp,
+            apparmor,
             sysctls: psc
                 .sysctls
                 .iter()

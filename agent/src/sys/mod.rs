@@ -7,6 +7,7 @@ pub mod clock;
 pub mod fs;
 pub mod icmp;
 pub mod lb;
+pub mod lsm;
 pub mod machine;
 pub mod mount;
 pub mod netlink;

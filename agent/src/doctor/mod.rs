@@ -10,6 +10,8 @@ use serde::Serialize;
 
 use crate::config::NodeDirs;
 
+mod security;
+
 /// How a check came out; the worst one decides `kernlet doctor`'s exit status.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -131,6 +133,8 @@ pub struct Facts {
     pub serving: Serving,
     /// Whether this node has apiserver credentials (it joined a cluster).
     pub joined: bool,
+    /// AppArmor, SELinux, user namespaces.
+    pub security: security::SecurityFacts,
 }
 
 /// What the apiserver said, when asked.
@@ -501,6 +505,8 @@ pub fn judge(f: &Facts, cluster: &ClusterFacts) -> Vec<Check> {
         ),
     });
 
+    out.extend(security::judge(f));
+
     // RBAC.
     out.push(match cluster {
         ClusterFacts::Standalone => check(
@@ -662,6 +668,7 @@ pub fn gather(dirs: &NodeDirs, joined: bool) -> Facts {
         cap_eff,
         serving,
         joined,
+        security: security::gather(),
     }
 }
 
@@ -719,10 +726,10 @@ fn has_global_ipv6(if_inet6: &str) -> bool {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
 
-    fn facts() -> Facts {
+    pub(in crate::doctor) fn facts() -> Facts {
         let config: String = KERNEL_OPTIONS
             .iter()
             .map(|(n, _)| format!("{n}=y\n"))
@@ -753,6 +760,7 @@ mod tests {
             cap_eff: u64::MAX >> 23,
             serving: Serving::None,
             joined: false,
+            security: Default::default(),
         }
     }
 
