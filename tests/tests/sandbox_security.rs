@@ -288,3 +288,134 @@ async fn apparmor_pods_are_refused_where_the_node_has_no_apparmor() {
         .count();
     assert_eq!(sandboxes, 1, "nothing of the refused pod was made");
 }
+
+/// Unmounts what a test mounted on the node, last first, however the test ends.
+struct Mounted(Vec<std::path::PathBuf>);
+
+impl Drop for Mounted {
+    fn drop(&mut self) {
+        for p in self.0.iter().rev() {
+            let _ = std::process::Command::new("umount")
+                .arg("-l")
+                .arg(p)
+                .status();
+        }
+    }
+}
+
+fn run_ok(program: &str, args: &[&str]) {
+    let out = std::process::Command::new(program)
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{program} {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// mountPropagation as kubelet: a `HostToContainer` hostPath volume on a shared mount
+/// shows what the node mounts below it after the container started; a container
+/// without such a volume does not see it; `Bidirectional` is refused with CreateContainerConfigError
+/// (kernlet cannot carry a container's mounts back to the node yet) instead of running
+/// as something less.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn host_to_container_volumes_see_the_nodes_later_mounts() {
+    let one = OneNode::start("sbpropagate", "w1", Network::Loopback(&[]))
+        .await
+        .unwrap();
+    let dir = one.node.root().join("propagate");
+    std::fs::create_dir_all(&dir).unwrap();
+    let d = dir.to_str().unwrap().to_string();
+    let mut mounted = Mounted(Vec::new());
+    run_ok("mount", &["--bind", &d, &d]);
+    mounted.0.push(dir.clone());
+    run_ok("mount", &["--make-shared", &d]);
+    let pod = |name: &str, propagation: Option<&str>, privileged: bool| -> Pod {
+        let mut mount = json!({"name": "host", "mountPath": "/host"});
+        if let Some(p) = propagation {
+            mount["mountPropagation"] = json!(p);
+        }
+        serde_json::from_value(json!({
+            "metadata": {"name": name},
+            "spec": {"terminationGracePeriodSeconds": 0,
+                     "volumes": [{"name": "host", "hostPath": {"path": d, "type": "Directory"}}],
+                     "containers": [{"name": "c", "image": "busybox:1.36", "imagePullPolicy": "Never",
+                                     "command": ["sleep", "600"], "volumeMounts": [mount],
+                                     "securityContext": {"privileged": privileged}}]},
+        }))
+        .unwrap()
+    };
+    one.create_bound(&pod("h2c", Some("HostToContainer"), false))
+        .await
+        .unwrap();
+    one.create_bound(&pod("plain", None, false)).await.unwrap();
+    one.create_bound(&pod("bidi", Some("Bidirectional"), true))
+        .await
+        .unwrap();
+    let status = |p: Pod| p.status.unwrap_or_default();
+    for name in ["h2c", "plain"] {
+        wait_for(
+            &format!("{name} running"),
+            Duration::from_secs(60),
+            async || {
+                let s = status(one.pods.get(name).await.ok()?);
+                (s.phase.as_deref() == Some("Running")).then_some(())
+            },
+        )
+        .await;
+    }
+    // Mounted by the node after the containers started.
+    let sub = dir.join("sub");
+    std::fs::create_dir_all(&sub).unwrap();
+    run_ok(
+        "mount",
+        &[
+            "-t",
+            "tmpfs",
+            "-o",
+            "size=1m",
+            "tmpfs",
+            sub.to_str().unwrap(),
+        ],
+    );
+    mounted.0.push(sub.clone());
+    std::fs::write(sub.join("hello"), "from the node").unwrap();
+    let cat = |pod: &str| {
+        let out = std::process::Command::new(kernlet_tests::simnode::kernlet_bin().unwrap())
+            .args(["exec", &format!("default/{pod}"), "-c", "c", "--state-dir"])
+            .arg(one.node.dir("state"))
+            .args(["--", "cat", "/host/sub/hello"])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let seen = tokio::task::block_in_place(|| cat("h2c"));
+    assert_eq!(seen, "from the node");
+    let unseen = tokio::task::block_in_place(|| cat("plain"));
+    assert!(
+        !unseen.contains("from the node"),
+        "a volume without propagation keeps what it had at start: {unseen}"
+    );
+    let waiting = wait_for("bidi refused", Duration::from_secs(30), async || {
+        let s = status(one.pods.get("bidi").await.ok()?);
+        let w = s
+            .container_statuses?
+            .first()?
+            .state
+            .as_ref()?
+            .waiting
+            .clone()?;
+        (w.reason.as_deref() == Some("CreateContainerConfigError")).then_some(w)
+    })
+    .await;
+    assert!(
+        waiting
+            .message
+            .as_deref()
+            .unwrap_or_default()
+            .contains("mountPropagation Bidirectional is not supported"),
+        "{waiting:?}"
+    );
+}

@@ -103,6 +103,9 @@ pub struct BindMount {
     pub source: PathBuf,
     pub destination: String,
     pub readonly: bool,
+    /// `mountPropagation: HostToContainer`: mounts the node makes below the source
+    /// later show in the container (`rslave`); otherwise none do (`rprivate`).
+    pub host_to_container: bool,
 }
 
 /// Where a namespace of the container comes from.
@@ -248,7 +251,14 @@ pub fn spec(plan: &ContainerPlan) -> Value {
     // by its containers as containerd does.
     mounts.push(json!({"destination": "/dev/shm", "type": "bind", "source": plan.shm, "options": ["rbind", "rprivate", "nosuid", "noexec", "nodev"]}));
     for m in &plan.mounts {
-        let mut options = vec!["rbind", "rprivate"];
+        let mut options = vec![
+            "rbind",
+            if m.host_to_container {
+                "rslave"
+            } else {
+                "rprivate"
+            },
+        ];
         options.push(if m.readonly { "ro" } else { "rw" });
         mounts.push(json!({"destination": m.destination, "type": "bind", "source": m.source, "options": options}));
     }
@@ -268,9 +278,18 @@ pub fn spec(plan: &ContainerPlan) -> Value {
     namespaces.push(json!({"type": "mount"}));
     // A private cgroup namespace (containerd's default on cgroup v2).
     namespaces.push(json!({"type": "cgroup"}));
+    // The runtime (libcontainer) takes propagation from the container's root, not from
+    // each mount's options: a container with a HostToContainer volume receives the
+    // node's mounts below its volumes (slave), any other receives none (private).
+    let propagation = if plan.mounts.iter().any(|m| m.host_to_container) {
+        "slave"
+    } else {
+        "private"
+    };
     let mut linux = json!({
         "namespaces": namespaces,
         "cgroupsPath": plan.cgroups_path,
+        "rootfsPropagation": propagation,
     });
     if !plan.sysctls.is_empty() {
         linux["sysctl"] = json!(
@@ -455,6 +474,7 @@ mod tests {
                 source: "/run/kernlet/pods/u/hosts".into(),
                 destination: "/etc/hosts".into(),
                 readonly: false,
+                host_to_container: false,
             }],
             privileged: false,
             cap_add: vec![],
@@ -513,6 +533,7 @@ mod tests {
         );
         assert!(v["linux"].get("seccomp").is_none());
         assert!(v["process"].get("apparmorProfile").is_none());
+        assert_eq!(v["linux"]["rootfsPropagation"], "private");
         let mut p = plan();
         p.no_new_privileges = true;
         p.seccomp = Seccomp::RuntimeDefault;

@@ -8,6 +8,7 @@ use k8s_openapi::api::core::v1::{Container, Pod};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
+use super::container_volumes;
 use super::sandbox::SandboxRecord;
 use super::shim::{self, ExitRecord, ShimRequest, ShimState};
 use super::{Runtime, RuntimeError, logs, new_id, read_json, write_json};
@@ -344,16 +345,19 @@ impl Runtime {
                 source: run_dir.join("hosts"),
                 destination: "/etc/hosts".into(),
                 readonly: false,
+                host_to_container: false,
             },
             BindMount {
                 source: run_dir.join("resolv.conf"),
                 destination: "/etc/resolv.conf".into(),
                 readonly: false,
+                host_to_container: false,
             },
             BindMount {
                 source: run_dir.join("hostname"),
                 destination: "/etc/hostname".into(),
                 readonly: false,
+                host_to_container: false,
             },
         ];
         let term = self.container_dir(id).join(shim::TERMINATION_LOG);
@@ -369,6 +373,7 @@ impl Runtime {
                 .clone()
                 .unwrap_or_else(|| "/dev/termination-log".into()),
             readonly: false,
+            host_to_container: false,
         });
         for (index, vm) in c.volume_mounts.iter().flatten().enumerate() {
             let vol = spec
@@ -414,10 +419,13 @@ impl Runtime {
                         ))
                     })?;
             }
+            let host_to_container = container_volumes::propagation(vm, &source)
+                .map_err(|e| RuntimeError::Config(format!("volumeMount {:?}: {e}", vm.name)))?;
             mounts.push(BindMount {
                 source,
                 destination: vm.mount_path.clone(),
                 readonly: forced_readonly || vm.read_only.unwrap_or(false),
+                host_to_container,
             });
         }
         let ns_of = |kind: &str, host: bool| {

@@ -11,6 +11,16 @@ use super::sandbox::SandboxRecord;
 /// pod, when it is refused.
 #[derive(Debug, thiserror::Error)]
 pub enum MountError {
+    #[error(
+        "mountPropagation Bidirectional is not supported by kernlet yet: the container would not share its mounts with the node"
+    )]
+    Bidirectional,
+    #[error(
+        "mountPropagation HostToContainer: path {path:?} is mounted on {mount:?} but it is not a shared or slave mount"
+    )]
+    NotPropagating { path: String, mount: String },
+    #[error("unknown mountPropagation {0:?}")]
+    PropagationKind(String),
     #[error("hostPath {0:?} is not an absolute path")]
     HostPathRelative(String),
     #[error("hostPath type check failed: {path} is not a {what}")]
@@ -240,5 +250,31 @@ impl Runtime {
             .join(index.to_string());
         crate::sys::mount::bind_fd(&fd, &target).map_err(MountError::SubPathBind)?;
         Ok(target)
+    }
+}
+
+/// Whether mount `vm` of `source` receives the node's later mounts (`HostToContainer`).
+/// containerd's rules: the source must be on a shared or slave mount of the node, or
+/// nothing would ever propagate. `Bidirectional` is refused (kernlet cannot yet carry
+/// a container's mounts back to the node) rather than run as something less.
+pub(super) fn propagation(
+    vm: &k8s_openapi::api::core::v1::VolumeMount,
+    source: &std::path::Path,
+) -> Result<bool, MountError> {
+    match vm.mount_propagation.as_deref() {
+        None | Some("" | "None") => Ok(false),
+        Some("HostToContainer") => {
+            let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+            let path = std::fs::canonicalize(source).unwrap_or_else(|_| source.to_path_buf());
+            match crate::sys::mount::propagation_of(&mountinfo, &path) {
+                Some(m) if m.shared || m.slave => Ok(true),
+                found => Err(MountError::NotPropagating {
+                    path: path.display().to_string(),
+                    mount: found.map(|m| m.mount_point).unwrap_or_default(),
+                }),
+            }
+        }
+        Some("Bidirectional") => Err(MountError::Bidirectional),
+        Some(other) => Err(MountError::PropagationKind(other.to_string())),
     }
 }

@@ -125,7 +125,7 @@ fn run(bundle: &Path) -> anyhow::Result<()> {
     use anyhow::Context as _;
     let req: ShimRequest = serde_json::from_slice(&std::fs::read(bundle.join(REQUEST))?)?;
     nix::sys::prctl::set_child_subreaper(true).context("becoming a subreaper")?;
-    sys::mount::private_namespace().context("creating a private mount namespace")?;
+    sys::mount::slave_namespace().context("creating the container's mount namespace")?;
     sys::mount::bind(&req.cgroup_root, Path::new("/sys/fs/cgroup"))
         .with_context(|| format!("showing {} as /sys/fs/cgroup", req.cgroup_root.display()))?;
     sys::mount::overlay(

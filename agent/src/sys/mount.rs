@@ -13,18 +13,52 @@ fn io_err(e: nix::errno::Errno) -> io::Error {
     io::Error::from_raw_os_error(e as i32)
 }
 
-/// Moves the calling (single-threaded) process into a private copy of the mount
-/// namespace: later mounts neither propagate to the node nor back.
-pub fn private_namespace() -> io::Result<()> {
+/// Moves the calling (single-threaded) process into a copy of the mount namespace
+/// that receives the node's later mounts and unmounts (slave): its own mounts never
+/// propagate to the node, while a container's `HostToContainer` volume sees what the
+/// node mounts below it (and a volume the node unmounts goes here too).
+pub fn slave_namespace() -> io::Result<()> {
     unshare(CloneFlags::CLONE_NEWNS).map_err(io_err)?;
     mount(
         None::<&str>,
         "/",
         None::<&str>,
-        MsFlags::MS_REC | MsFlags::MS_PRIVATE,
+        MsFlags::MS_REC | MsFlags::MS_SLAVE,
         None::<&str>,
     )
     .map_err(io_err)
+}
+
+/// The mount a path is on, and how it propagates.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MountPropagation {
+    pub mount_point: String,
+    /// In a peer group (`shared:N`).
+    pub shared: bool,
+    /// Receives from a master (`master:N`).
+    pub slave: bool,
+}
+
+/// The mount of `path` in a mountinfo text (the deepest mount point above it; the last
+/// mounted where several share it), with its propagation.
+pub fn propagation_of(mountinfo: &str, path: &Path) -> Option<MountPropagation> {
+    mountinfo
+        .lines()
+        .filter_map(|line| {
+            let (left, _) = line.split_once(" - ")?;
+            let fields: Vec<&str> = left.split(' ').collect();
+            let point = fields.get(4)?.replace("\\040", " ");
+            let optional = fields.get(6..).unwrap_or_default();
+            path.starts_with(&point).then(|| MountPropagation {
+                shared: optional.iter().any(|f| f.starts_with("shared:")),
+                slave: optional.iter().any(|f| f.starts_with("master:")),
+                mount_point: point,
+            })
+        })
+        .fold(None, |best: Option<MountPropagation>, m| match best {
+            Some(b) if b.mount_point.len() > m.mount_point.len() => Some(b),
+            _ => Some(m),
+        })
 }
 
 /// Mounts a tmpfs of `size_bytes` with mode 1777 at `target` (a pod's /dev/shm), unless
@@ -214,4 +248,40 @@ pub fn unmount_under(dir: &Path) -> io::Result<()> {
         unmount(&p)?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_paths_mount_and_its_propagation_are_read_from_mountinfo() {
+        let info = "\
+22 1 8:1 / / rw,relatime shared:1 - ext4 /dev/sda1 rw
+30 22 0:26 / /var/lib rw shared:5 - ext4 /dev/sdb rw
+31 30 0:27 / /var/lib/kubelet rw master:7 - tmpfs tmpfs rw
+40 22 0:30 / /srv rw - tmpfs tmpfs rw
+41 40 0:31 / /srv rw shared:9 - tmpfs tmpfs rw
+";
+        let at = |p: &str| propagation_of(info, Path::new(p)).unwrap();
+        assert_eq!(
+            at("/var/lib/kubelet/pods/x"),
+            MountPropagation {
+                mount_point: "/var/lib/kubelet".into(),
+                shared: false,
+                slave: true
+            }
+        );
+        assert!(at("/var/lib/other").shared);
+        assert_eq!(
+            at("/var/libx").mount_point,
+            "/",
+            "a path prefix is not a mount"
+        );
+        assert!(
+            at("/srv/data").shared,
+            "the last of two mounts at one point wins"
+        );
+        assert!(!at("/etc").slave);
+    }
 }
