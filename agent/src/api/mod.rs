@@ -97,13 +97,26 @@ fn json_response(v: &Value) -> Response<Body> {
     r
 }
 
+/// Why the kubelet API cannot be served.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error("the kubelet API's TLS: {0}")]
+    Tls(#[from] tls::TlsError),
+    #[error("cannot listen on {address} for {what}: {source}")]
+    Listen {
+        address: std::net::SocketAddr,
+        what: &'static str,
+        source: std::io::Error,
+    },
+}
+
 /// Serves the API until `stop`. Fails at once when the address cannot be bound or the
 /// TLS setup is unusable, naming which.
 pub async fn serve(
     cfg: ApiConfig,
     client: SharedClient,
     mut stop: watch::Receiver<bool>,
-) -> Result<(), String> {
+) -> Result<(), ServeError> {
     let (crt, key) = crate::controllers::serving_cert::paths(&cfg.state_dir);
     let certs = Arc::new(tls::ServingCerts::new(crt, key, &cfg.node, &cfg.node_ips)?);
     if certs.is_self_signed() {
@@ -115,11 +128,20 @@ pub async fn serve(
     let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tls));
     let listener = tokio::net::TcpListener::bind(cfg.address)
         .await
-        .map_err(|e| format!("cannot listen on {} for the kubelet API: {e}", cfg.address))?;
+        .map_err(|source| ServeError::Listen {
+            address: cfg.address,
+            what: "the kubelet API",
+            source,
+        })?;
     if let Some(h) = cfg.healthz {
-        let healthz = tokio::net::TcpListener::bind(h)
-            .await
-            .map_err(|e| format!("cannot listen on {h} for healthz: {e}"))?;
+        let healthz =
+            tokio::net::TcpListener::bind(h)
+                .await
+                .map_err(|source| ServeError::Listen {
+                    address: h,
+                    what: "healthz",
+                    source,
+                })?;
         tokio::spawn(serve_healthz(healthz, stop.clone()));
     }
     tracing::info!(address = %cfg.address, "kubelet API listening");

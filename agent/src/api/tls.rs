@@ -11,6 +11,27 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
 
+/// Why the kubelet API's TLS cannot be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    #[error("{what}: {source}")]
+    Pem {
+        what: &'static str,
+        source: rustls::pki_types::pem::Error,
+    },
+    #[error("no certificate in the {0}")]
+    Empty(&'static str),
+    #[error("{what}: {source}")]
+    Rustls {
+        what: &'static str,
+        source: rustls::Error,
+    },
+    #[error("client CA: {0}")]
+    ClientCa(String),
+    #[error("making the self-signed certificate: {0}")]
+    SelfSigned(#[from] rcgen::Error),
+}
+
 /// Resolves the serving certificate for every handshake, reloading it on change.
 #[derive(Debug)]
 pub struct ServingCerts {
@@ -20,21 +41,30 @@ pub struct ServingCerts {
     current: Mutex<Option<(SystemTime, Arc<CertifiedKey>)>>,
 }
 
-fn certified(cert_pem: &[u8], key_pem: &[u8]) -> Result<CertifiedKey, String> {
+fn certified(cert_pem: &[u8], key_pem: &[u8]) -> Result<CertifiedKey, TlsError> {
     let certs: Vec<CertificateDer<'static>> =
         rustls::pki_types::pem::PemObject::pem_slice_iter(cert_pem)
             .collect::<Result<_, _>>()
-            .map_err(|e| format!("certificate: {e}"))?;
+            .map_err(|source| TlsError::Pem {
+                what: "certificate",
+                source,
+            })?;
     if certs.is_empty() {
-        return Err("no certificate in the PEM".into());
+        return Err(TlsError::Empty("certificate PEM"));
     }
     let key =
         <PrivateKeyDer<'static> as rustls::pki_types::pem::PemObject>::from_pem_slice(key_pem)
-            .map_err(|e| format!("key: {e}"))?;
+            .map_err(|source| TlsError::Pem {
+                what: "key",
+                source,
+            })?;
     let provider = rustls::crypto::CryptoProvider::get_default()
         .cloned()
         .unwrap_or_else(|| Arc::new(rustls::crypto::aws_lc_rs::default_provider()));
-    CertifiedKey::from_der(certs, key, &provider).map_err(|e| e.to_string())
+    CertifiedKey::from_der(certs, key, &provider).map_err(|source| TlsError::Rustls {
+        what: "serving certificate and key",
+        source,
+    })
 }
 
 impl ServingCerts {
@@ -44,16 +74,16 @@ impl ServingCerts {
         key: PathBuf,
         name: &str,
         ips: &[std::net::IpAddr],
-    ) -> Result<Self, String> {
+    ) -> Result<Self, TlsError> {
         let mut sans: Vec<String> = vec![name.to_string()];
         sans.extend(ips.iter().map(ToString::to_string));
-        let mut params = rcgen::CertificateParams::new(sans).map_err(|e| e.to_string())?;
+        let mut params = rcgen::CertificateParams::new(sans)?;
         params.distinguished_name.push(
             rcgen::DnType::CommonName,
             format!("{name}@kernlet-self-signed"),
         );
-        let kp = rcgen::KeyPair::generate().map_err(|e| e.to_string())?;
-        let cert = params.self_signed(&kp).map_err(|e| e.to_string())?;
+        let kp = rcgen::KeyPair::generate()?;
+        let cert = params.self_signed(&kp)?;
         let self_signed = certified(cert.pem().as_bytes(), kp.serialize_pem().as_bytes())?;
         Ok(Self {
             crt,
@@ -110,19 +140,25 @@ impl ResolvesServerCert for ServingCerts {
 pub fn server_config(
     certs: Arc<ServingCerts>,
     client_ca_pem: &[u8],
-) -> Result<rustls::ServerConfig, String> {
+) -> Result<rustls::ServerConfig, TlsError> {
     let mut roots = rustls::RootCertStore::empty();
     for c in rustls::pki_types::pem::PemObject::pem_slice_iter(client_ca_pem) {
-        let c: CertificateDer<'static> = c.map_err(|e| format!("client CA: {e}"))?;
-        roots.add(c).map_err(|e| format!("client CA: {e}"))?;
+        let c: CertificateDer<'static> = c.map_err(|source| TlsError::Pem {
+            what: "client CA",
+            source,
+        })?;
+        roots.add(c).map_err(|source| TlsError::Rustls {
+            what: "client CA",
+            source,
+        })?;
     }
     if roots.is_empty() {
-        return Err("no certificate in the client CA".into());
+        return Err(TlsError::Empty("client CA"));
     }
     let verifier = rustls::server::WebPkiClientVerifier::builder(Arc::new(roots))
         .allow_unauthenticated()
         .build()
-        .map_err(|e| format!("client CA: {e}"))?;
+        .map_err(|e| TlsError::ClientCa(e.to_string()))?;
     let mut cfg = rustls::ServerConfig::builder_with_protocol_versions(&[
         &rustls::version::TLS13,
         &rustls::version::TLS12,

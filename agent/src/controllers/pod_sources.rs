@@ -54,6 +54,10 @@ pub struct VolumeContext {
     /// Service account tokens already in the volume and not yet due for refresh, by
     /// path: reused instead of requesting new ones.
     pub keep_tokens: BTreeMap<String, Vec<u8>>,
+    /// Whether the pod runs as one user ([`crate::model::pod_lifecycle::fs_user`]) or
+    /// has an fsGroup: its service account tokens are then 0600 (0640 with the group),
+    /// as kubelet writes them.
+    pub private_tokens: bool,
 }
 
 /// The items of a configMap or secret: all keys, or the listed ones at their paths.
@@ -325,7 +329,10 @@ pub async fn pull_secrets(
         let parsed = secret(client, &ns, &name)
             .await
             .map_err(|e| e.to_string())
-            .and_then(|data| crate::runtime::image::pull::DockerConfig::from_secret(&data));
+            .and_then(|data| {
+                crate::runtime::image::pull::DockerConfig::from_secret(&data)
+                    .map_err(|e| e.to_string())
+            });
         match parsed {
             Ok(c) => out.push(c),
             Err(e) => tracing::warn!(
@@ -383,6 +390,7 @@ pub async fn volume_files(
                 Some(kept) => kept.clone(),
                 None => token(client, pod, t.audience.as_deref(), t.expiration_seconds).await?,
             };
+            let mode = if ctx.private_tokens { 0o600 } else { mode };
             files.push((t.path.clone(), token, mode));
         }
         if let Some(cm) = &src.config_map {

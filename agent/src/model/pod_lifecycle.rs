@@ -50,6 +50,9 @@ pub struct View {
     pub started: Option<bool>,
     /// The [`spec_hash`] the current run was made from; empty when unknown.
     pub spec_hash: String,
+    /// The uid, gid and supplementary groups its process runs with
+    /// (`status.containerStatuses[].user.linux`).
+    pub user: Option<(i64, i64, Vec<i64>)>,
 }
 
 impl View {
@@ -59,6 +62,21 @@ impl View {
             && self.started != Some(false)
             && self.ready.unwrap_or(true)
     }
+}
+
+/// The user every container of the pod runs as (each container's `runAsUser`, else
+/// the pod's), or `None` when one has none or two differ: kubelet's `FsUserFrom`, the
+/// owner of the pod's service account tokens.
+pub fn fs_user(spec: &k8s_openapi::api::core::v1::PodSpec) -> Option<i64> {
+    let pod = spec.security_context.as_ref().and_then(|s| s.run_as_user);
+    let mut users = all_containers(spec).map(|c| {
+        c.security_context
+            .as_ref()
+            .and_then(|s| s.run_as_user)
+            .or(pod)
+    });
+    let first = users.next()??;
+    users.all(|u| u == Some(first)).then_some(first)
 }
 
 impl View {
@@ -74,6 +92,7 @@ impl View {
             ready: None,
             started: None,
             spec_hash: String::new(),
+            user: None,
         }
     }
 }
@@ -380,6 +399,33 @@ pub fn go_duration(d: Duration) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_pods_one_user_is_every_containers_run_as_user() {
+        let spec = |v: serde_json::Value| -> k8s_openapi::api::core::v1::PodSpec {
+            serde_json::from_value(v).unwrap()
+        };
+        let run_as = |u: i64| serde_json::json!({"runAsUser": u});
+        assert_eq!(
+            fs_user(&spec(serde_json::json!({"securityContext": run_as(1000),
+                "containers": [{"name": "a"}, {"name": "b"}]}))),
+            Some(1000)
+        );
+        assert_eq!(
+            fs_user(&spec(serde_json::json!({"securityContext": run_as(1000),
+                "containers": [{"name": "a"}, {"name": "b", "securityContext": run_as(2000)}]}))),
+            None,
+            "two users"
+        );
+        assert_eq!(
+            fs_user(&spec(
+                serde_json::json!({"containers": [{"name": "a", "securityContext": run_as(5)},
+                {"name": "b"}]})
+            )),
+            None,
+            "one container without a user"
+        );
+    }
     use serde_json::json;
 
     fn spec(policy: &str, init: &[&str], main: &[&str]) -> PodSpec {

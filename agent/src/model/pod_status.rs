@@ -407,6 +407,15 @@ fn status_of(
         allocated_resources: allocated.and_then(|r| r.requests),
         resources,
         volume_mounts: c.and_then(volume_mounts),
+        user: v.user.clone().map(
+            |(uid, gid, groups)| k8s_openapi::api::core::v1::ContainerUser {
+                linux: Some(k8s_openapi::api::core::v1::LinuxContainerUser {
+                    uid,
+                    gid,
+                    supplemental_groups: Some(groups),
+                }),
+            },
+        ),
         ..Default::default()
     }
 }

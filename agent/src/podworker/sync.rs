@@ -48,6 +48,13 @@ impl Runner {
                 v.image = cur.image_ref.clone();
                 v.image_id = cur.image_id.clone();
                 v.spec_hash = cur.spec_hash.clone();
+                v.user = cur.user.as_ref().map(|u| {
+                    (
+                        u.uid,
+                        u.gid,
+                        u.supplemental_groups.clone().unwrap_or_default(),
+                    )
+                });
             }
             if mine.len() >= 2 {
                 v.last = Some(observe(&mine[mine.len() - 2].id));

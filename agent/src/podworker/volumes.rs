@@ -61,6 +61,8 @@ impl Runner {
             .as_ref()
             .and_then(|s| s.security_context.as_ref()?.fs_group)
             .and_then(|g| u32::try_from(g).ok());
+        let fs_user =
+            crate::model::pod_lifecycle::fs_user(&spec_of(pod)).and_then(|u| u32::try_from(u).ok());
         let now = Instant::now();
         let sb_ip = self
             .rt
@@ -94,6 +96,7 @@ impl Runner {
                 pod_ip: sb_ip.clone(),
                 allocatable: self.allocatable,
                 keep_tokens,
+                private_tokens: fs_user.is_some() || fs_group.is_some(),
             };
             let fetched = handle
                 .block_on(async {
@@ -124,7 +127,14 @@ impl Runner {
                 volume_files::with_fs_group(&mut files);
             }
             if volume_files::differs(&dir, &files) {
-                volume_files::write(&dir, &files, fs_group).map_err(|source| {
+                let tokens: Vec<String> = vol
+                    .projected
+                    .iter()
+                    .flat_map(|p| p.sources.iter().flatten())
+                    .filter_map(|s| Some(s.service_account_token.as_ref()?.path.clone()))
+                    .collect();
+                let owned = fs_user.map(|u| (u, tokens.as_slice()));
+                volume_files::write(&dir, &files, fs_group, owned).map_err(|source| {
                     VolumeError::Write {
                         volume: vol.name.clone(),
                         source,

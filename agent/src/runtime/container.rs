@@ -50,6 +50,10 @@ pub struct ContainerRecord {
     /// versions (SIGTERM).
     #[serde(default)]
     pub stop_signal: i32,
+    /// The uid, gid and supplementary groups its process runs with; absent in records
+    /// of older versions.
+    #[serde(default)]
+    pub user: Option<k8s_openapi::api::core::v1::LinuxContainerUser>,
 }
 
 /// Where a container stands.
@@ -120,6 +124,47 @@ pub fn lookup_id(text: &str, name: &str) -> Option<(u32, Option<u32>)> {
         }
         Some((f[2].parse().ok()?, f.get(3).and_then(|g| g.parse().ok())))
     })
+}
+
+/// The name of user `uid` in a passwd-format text.
+pub fn user_name(passwd: &str, uid: u32) -> Option<String> {
+    let uid = uid.to_string();
+    passwd.lines().find_map(|l| {
+        let f: Vec<&str> = l.split(':').collect();
+        (f.len() > 2 && f[2] == uid).then(|| f[0].to_string())
+    })
+}
+
+/// The gids of the groups that list `user` as a member in a group-format text.
+pub fn groups_with_member(group: &str, user: &str) -> Vec<u32> {
+    group
+        .lines()
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split(':').collect();
+            let members = f.get(3)?;
+            members
+                .split(',')
+                .any(|m| m.trim() == user)
+                .then(|| f[2].parse().ok())?
+        })
+        .collect()
+}
+
+/// A process's supplementary groups as containerd makes them: its primary group, the
+/// image's groups that list its user (unless the pod's supplementalGroupsPolicy is
+/// `Strict`), then the pod's supplementalGroups and fsGroup; each once.
+pub fn supplementary_groups(
+    gid: u32,
+    from_image: Vec<u32>,
+    from_pod: impl Iterator<Item = u32>,
+) -> Vec<u32> {
+    let mut out: Vec<u32> = Vec::new();
+    for g in std::iter::once(gid).chain(from_image).chain(from_pod) {
+        if !out.contains(&g) {
+            out.push(g);
+        }
+    }
+    out
 }
 
 /// kubelet's cpu shares for milli-CPU requests (minimum 2).
@@ -281,32 +326,37 @@ impl Runtime {
             lookup_id(&group, n)
         })
         .map_err(refuse)?;
-        let uid = csc
-            .run_as_user
-            .or(psc.run_as_user)
-            .map(|u| u as u32)
-            .or(img_uid)
-            .unwrap_or(0);
+        let run_as_user = csc.run_as_user.or(psc.run_as_user).map(|u| u as u32);
+        let uid = run_as_user.or(img_uid).unwrap_or(0);
+        // A runAsUser without runAsGroup takes that user's primary group from the
+        // image's /etc/passwd (0 when it has none), as containerd does.
         let gid = csc
             .run_as_group
             .or(psc.run_as_group)
             .map(|g| g as u32)
-            .or(img_gid)
+            .or_else(|| match run_as_user {
+                Some(u) => lookup_id(&passwd, &u.to_string()).and_then(|(_, g)| g),
+                None => img_gid,
+            })
             .unwrap_or(0);
         if csc.run_as_non_root.or(psc.run_as_non_root) == Some(true) && uid == 0 {
             return Err(refuse(
                 "runAsNonRoot is set but the container would run as root (uid 0)".into(),
             ));
         }
-        let mut additional_gids: Vec<u32> = psc
-            .supplemental_groups
-            .iter()
-            .flatten()
-            .map(|g| *g as u32)
-            .collect();
-        if let Some(fs) = psc.fs_group {
-            additional_gids.push(fs as u32);
-        }
+        let additional_gids = supplementary_groups(
+            gid,
+            (psc.supplemental_groups_policy.as_deref() != Some("Strict"))
+                .then(|| user_name(&passwd, uid))
+                .flatten()
+                .map(|name| groups_with_member(&group, &name))
+                .unwrap_or_default(),
+            psc.supplemental_groups
+                .iter()
+                .flatten()
+                .chain(psc.fs_group.iter())
+                .map(|g| *g as u32),
+        );
         let privileged = csc.privileged.unwrap_or(false);
         let profile = csc.seccomp_profile.clone().or(psc.seccomp_profile.clone());
         let seccomp = match profile.as_ref().map(|p| p.type_.as_str()) {
@@ -721,6 +771,13 @@ impl Runtime {
                 .unwrap_or_default(),
             resources: Some(crate::model::resize::wanted(c)),
             stop_signal,
+            user: Some(k8s_openapi::api::core::v1::LinuxContainerUser {
+                uid: i64::from(plan.uid),
+                gid: i64::from(plan.gid),
+                supplemental_groups: Some(
+                    plan.additional_gids.iter().map(|g| i64::from(*g)).collect(),
+                ),
+            }),
         };
         write_json(&bundle.join("config.json"), &runtime_spec::spec(&plan))?;
         write_json(
@@ -1020,6 +1077,31 @@ pub fn state_in(dir: &std::path::Path) -> ContainerState {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn supplementary_groups_merge_the_images_unless_strict() {
+        let passwd =
+            "root:x:0:0::/root:/bin/sh\nuser-defined-in-image:x:1000:1000::/home/u:/bin/sh\n";
+        let group = "root:x:0:\nuser-defined-in-image:x:1000:\ngroup-defined-in-image:x:50000:user-defined-in-image\nother:x:7:root, user-defined-in-image\n";
+        let name = user_name(passwd, 1000).unwrap();
+        assert_eq!(name, "user-defined-in-image");
+        assert_eq!(groups_with_member(group, &name), [50000, 7]);
+        assert_eq!(user_name(passwd, 1001), None);
+        // Merge (the default): primary, the image's, the pod's; each once.
+        assert_eq!(
+            supplementary_groups(
+                1000,
+                groups_with_member(group, &name),
+                [60000, 1000].into_iter()
+            ),
+            [1000, 50000, 7, 60000]
+        );
+        // Strict: the image's are left out.
+        assert_eq!(
+            supplementary_groups(1000, Vec::new(), [60000].into_iter()),
+            [1000, 60000]
+        );
+    }
 
     #[test]
     fn image_users_by_number_or_name() {

@@ -66,7 +66,14 @@ pub fn with_fs_group(files: &mut [File]) {
 /// by one rename, the top-level links made or removed, the old version removed. With
 /// `group` (the pod's fsGroup), the volume's directories and files belong to it and the
 /// directories are readable and searchable by it, setgid (kubelet's ownership change).
-pub fn write(dir: &Path, files: &[File], group: Option<u32>) -> io::Result<()> {
+/// `owned` gives the files at some paths to a user (service account tokens to the user
+/// every container of the pod runs as).
+pub fn write(
+    dir: &Path,
+    files: &[File],
+    group: Option<u32>,
+    owned: Option<(u32, &[String])>,
+) -> io::Result<()> {
     use std::os::unix::fs::PermissionsExt as _;
     for (path, _, _) in files {
         let rel = Path::new(path);
@@ -92,8 +99,9 @@ pub fn write(dir: &Path, files: &[File], group: Option<u32>) -> io::Result<()> {
         }
         std::fs::write(&target, content)?;
         std::fs::set_permissions(&target, std::fs::Permissions::from_mode(mode & 0o7777))?;
-        if group.is_some() {
-            std::os::unix::fs::chown(&target, None, group)?;
+        let owner = owned.and_then(|(uid, paths)| paths.contains(path).then_some(uid));
+        if group.is_some() || owner.is_some() {
+            std::os::unix::fs::chown(&target, owner, group)?;
         }
     }
     std::fs::create_dir_all(&version)?;
@@ -207,7 +215,7 @@ mod tests {
             ("sub/b".into(), b"two".to_vec(), 0o400),
         ];
         assert!(differs(&dir, &v1));
-        write(&dir, &v1, None).unwrap();
+        write(&dir, &v1, None, None).unwrap();
         assert!(!differs(&dir, &v1));
         assert_eq!(std::fs::read(dir.join("a")).unwrap(), b"one");
         assert_eq!(std::fs::read(dir.join("sub/b")).unwrap(), b"two");
@@ -222,7 +230,7 @@ mod tests {
             ("c".into(), b"3".to_vec(), 0o644),
         ];
         assert!(differs(&dir, &v2));
-        write(&dir, &v2, None).unwrap();
+        write(&dir, &v2, None, None).unwrap();
         assert_eq!(std::fs::read(dir.join("a")).unwrap(), b"uno");
         assert_eq!(std::fs::read(dir.join("c")).unwrap(), b"3");
         assert!(!dir.join("sub").exists(), "gone from the volume");
@@ -233,8 +241,8 @@ mod tests {
             .filter(|e| e.file_name().to_string_lossy().starts_with("..2"))
             .count();
         assert_eq!(versions, 1);
-        assert!(write(&dir, &[("../x".into(), Vec::new(), 0o644)], None).is_err());
-        assert!(write(&dir, &[("..data/x".into(), Vec::new(), 0o644)], None).is_err());
+        assert!(write(&dir, &[("../x".into(), Vec::new(), 0o644)], None, None).is_err());
+        assert!(write(&dir, &[("..data/x".into(), Vec::new(), 0o644)], None, None).is_err());
     }
 
     #[test]
@@ -247,7 +255,8 @@ mod tests {
             ("sub/ca.crt".into(), b"c".to_vec(), 0o600),
         ];
         with_fs_group(&mut files);
-        write(&dir, &files, Some(2000)).unwrap();
+        let owned = ["token".to_string()];
+        write(&dir, &files, Some(2000), Some((1000, &owned))).unwrap();
         assert!(!differs(&dir, &files));
         for (path, mode) in [("token", 0o440), ("sub/ca.crt", 0o640)] {
             let m = std::fs::metadata(dir.join(path)).unwrap();
@@ -257,6 +266,9 @@ mod tests {
                 "{path}"
             );
         }
+        // The token belongs to the pod's one user; the rest stays root's.
+        let uid = |p: &str| std::fs::metadata(dir.join(p)).unwrap().uid();
+        assert_eq!((uid("token"), uid("sub/ca.crt")), (1000, 0));
         let sub = std::fs::metadata(dir.join("..data/sub")).unwrap();
         assert_eq!(sub.gid(), 2000);
         assert_eq!(sub.permissions().mode() & 0o2550, 0o2550);

@@ -38,23 +38,41 @@ pub struct AuthEntry {
     pub password: Option<String>,
 }
 
+/// Why registry credentials cannot be read.
+#[derive(Debug, thiserror::Error)]
+pub enum CredentialsError {
+    #[error("not a {format}: {source}")]
+    Json {
+        format: &'static str,
+        source: serde_json::Error,
+    },
+    #[error("it has neither a .dockerconfigjson nor a .dockercfg key")]
+    NoKey,
+}
+
 impl DockerConfig {
-    pub fn parse(bytes: &[u8]) -> Result<Self, String> {
-        serde_json::from_slice(bytes).map_err(|e| format!("not a dockerconfigjson: {e}"))
+    pub fn parse(bytes: &[u8]) -> Result<Self, CredentialsError> {
+        serde_json::from_slice(bytes).map_err(|source| CredentialsError::Json {
+            format: "dockerconfigjson",
+            source,
+        })
     }
 
     /// The credentials of an image pull secret: `.dockerconfigjson` of a
     /// `kubernetes.io/dockerconfigjson` secret, or the older `.dockercfg` (the `auths`
     /// map without its wrapper) of a `kubernetes.io/dockercfg` one.
-    pub fn from_secret(data: &BTreeMap<String, Vec<u8>>) -> Result<Self, String> {
+    pub fn from_secret(data: &BTreeMap<String, Vec<u8>>) -> Result<Self, CredentialsError> {
         if let Some(json) = data.get(".dockerconfigjson") {
             return Self::parse(json);
         }
         if let Some(cfg) = data.get(".dockercfg") {
-            let auths = serde_json::from_slice(cfg).map_err(|e| format!("not a dockercfg: {e}"))?;
+            let auths = serde_json::from_slice(cfg).map_err(|source| CredentialsError::Json {
+                format: "dockercfg",
+                source,
+            })?;
             return Ok(Self { auths });
         }
-        Err("it has neither a .dockerconfigjson nor a .dockercfg key".into())
+        Err(CredentialsError::NoKey)
     }
 
     /// The user and password for `registry` (`host[:port]`): keys may carry a scheme
@@ -531,7 +549,9 @@ mod tests {
         );
         let new = DockerConfig::from_secret(&data).unwrap();
         assert_eq!(new.lookup("reg:5000"), Some(("v".into(), "q".into())));
-        let err = DockerConfig::from_secret(&BTreeMap::new()).unwrap_err();
+        let err = DockerConfig::from_secret(&BTreeMap::new())
+            .unwrap_err()
+            .to_string();
         assert!(err.contains(".dockerconfigjson"), "{err}");
     }
 
