@@ -41,6 +41,15 @@ fn files_holding(dir: &Path, needle: &[u8]) -> Vec<std::path::PathBuf> {
     found
 }
 
+/// How many pods have a sandbox on the node.
+fn sandboxes_on(one: &OneNode) -> usize {
+    std::fs::read_dir(one.node.dir("state").join("pods"))
+        .unwrap()
+        .flatten()
+        .filter(|e| e.path().join("sandbox.json").exists())
+        .count()
+}
+
 /// A non-root pod reads its secret through its fsGroup (defaultMode 0400) and gets it
 /// in its environment; the secret is on a tmpfs of the pod (0750, root's) and in the
 /// container's bundle under the run directory (0600 in 0700), nowhere on the node's
@@ -208,11 +217,7 @@ async fn runtime_classes_run_on_their_handler_or_not_at_all() {
         .and_then(|c| c.first())
         .and_then(|c| c.state.as_ref()?.waiting.as_ref()?.reason.clone());
     assert_eq!(waiting.as_deref(), Some("ContainerCreating"));
-    let sandboxes = std::fs::read_dir(one.node.dir("state").join("pods"))
-        .unwrap()
-        .flatten()
-        .filter(|e| e.path().join("sandbox.json").exists())
-        .count();
+    let sandboxes = sandboxes_on(&one);
     assert_eq!(sandboxes, 1, "only the runc pod has a sandbox");
     let node: Node = Api::all(admin).get("w1").await.unwrap();
     let handlers: Vec<String> = node
@@ -281,11 +286,7 @@ async fn apparmor_pods_are_refused_where_the_node_has_no_apparmor() {
         },
     )
     .await;
-    let sandboxes = std::fs::read_dir(one.node.dir("state").join("pods"))
-        .unwrap()
-        .flatten()
-        .filter(|e| e.path().join("sandbox.json").exists())
-        .count();
+    let sandboxes = sandboxes_on(&one);
     assert_eq!(sandboxes, 1, "nothing of the refused pod was made");
 }
 
