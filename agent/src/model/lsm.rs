@@ -84,21 +84,9 @@ pub fn apparmor_profile(pod: &Pod, c: &Container) -> Option<AppArmor> {
 
 /// Every container of the spec, init and ephemeral ones included.
 fn all_containers(spec: &PodSpec) -> impl Iterator<Item = Container> + '_ {
-    spec.init_containers
-        .iter()
-        .flatten()
+    super::pod_lifecycle::all_containers(spec)
         .cloned()
-        .chain(spec.containers.iter().cloned())
-        .chain(
-            spec.ephemeral_containers
-                .iter()
-                .flatten()
-                .map(|e| Container {
-                    name: e.name.clone(),
-                    security_context: e.security_context.clone(),
-                    ..Default::default()
-                }),
-        )
+        .chain(super::pod_lifecycle::ephemeral_containers(spec))
 }
 
 /// Whether the pod needs AppArmor: a profile other than `Unconfined` for the pod or
@@ -154,8 +142,7 @@ pub fn admit(pod: &Pod, host: &LsmSupport) -> Result<(), Refusal> {
                 "Cannot enforce AppArmor: AppArmor is not enabled on the host".into(),
             );
         }
-        let spec = pod.spec.clone().unwrap_or_default();
-        for c in all_containers(&spec) {
+        for c in pod.spec.iter().flat_map(all_containers) {
             if let Some(AppArmor::Localhost(name)) = apparmor_profile(pod, &c)
                 && name.trim().is_empty()
             {

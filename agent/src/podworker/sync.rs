@@ -132,7 +132,8 @@ impl Runner {
         if pod.metadata.deletion_timestamp.is_some() {
             return self.terminate(uid, pod);
         }
-        let has_sandbox = self.rt.sandbox(uid)?.is_some();
+        // A stat: `run_sandbox` below reads the record itself.
+        let has_sandbox = self.rt.has_sandbox(uid);
         // kubelet's first word on a pod it admits comes before the sandbox.
         if !self.admitted_status && matches!(self.source, Source::Api { .. }) && !has_sandbox {
             self.write_initial_status(uid, pod)?;

@@ -163,8 +163,13 @@ impl Runtime {
             .flatten()
             .flatten()
             .map(|e| e.file_name().to_string_lossy().into_owned())
-            .filter(|uid| self.sandbox_record_path(uid).is_file())
+            .filter(|uid| self.has_sandbox(uid))
             .collect()
+    }
+
+    /// Whether pod `uid` has a recorded sandbox (a stat, no record read).
+    pub fn has_sandbox(&self, uid: &str) -> bool {
+        self.sandbox_record_path(uid).is_file()
     }
 
     /// Every recorded sandbox.
