@@ -232,6 +232,24 @@ pub fn busybox_layout(dir: &Path, tag: &str) -> anyhow::Result<PathBuf> {
 
 /// As [`busybox_layout`], with the (static) busybox binary at `busybox`.
 pub fn busybox_layout_of(dir: &Path, tag: &str, busybox: &Path) -> anyhow::Result<PathBuf> {
+    busybox_layout_with(dir, tag, busybox, &[])
+}
+
+/// A file an image adds to busybox's: its path in the image, content and mode (setuid
+/// bits kept).
+pub struct ExtraFile {
+    pub path: String,
+    pub content: Vec<u8>,
+    pub mode: u32,
+}
+
+/// As [`busybox_layout_of`], with `extra` files in the same layer.
+pub fn busybox_layout_with(
+    dir: &Path,
+    tag: &str,
+    busybox: &Path,
+    extra: &[ExtraFile],
+) -> anyhow::Result<PathBuf> {
     let layout = dir.join("layout");
     let bundle = dir.join("bundle");
     let image = format!("{}:{tag}", layout.display());
@@ -267,6 +285,15 @@ pub fn busybox_layout_of(dir: &Path, tag: &str, busybox: &Path) -> anyhow::Resul
         bundle.join("rootfs/var/www/index.html"),
         "hello from kernlet\n",
     )?;
+    for f in extra {
+        use std::os::unix::fs::PermissionsExt as _;
+        let to = bundle.join("rootfs").join(f.path.trim_start_matches('/'));
+        if let Some(parent) = to.parent() {
+            std::fs::create_dir_all(parent)?;
+        }
+        std::fs::write(&to, &f.content)?;
+        std::fs::set_permissions(&to, std::fs::Permissions::from_mode(f.mode))?;
+    }
     run(Command::new("umoci")
         .args(["repack", "--image", &image])
         .arg(&bundle))?;

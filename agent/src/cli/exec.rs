@@ -45,7 +45,8 @@ pub fn exec(
                 status["name"]
             )
         })?;
-    let exe = std::env::current_exe().context("finding the kernlet binary")?;
+    let exe =
+        kernlet::runtime::sealed_exe::for_tools(state_dir).context("finding the kernlet binary")?;
     if stdin || tty {
         // Interactive: the helper gets this process's own stdin, stdout and
         // stderr (with -t this terminal becomes the command's).

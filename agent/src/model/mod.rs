@@ -3,6 +3,7 @@
 pub mod admission;
 pub mod cidr;
 pub mod csr;
+pub mod devices;
 pub mod dns;
 pub mod env;
 pub mod image_ref;

@@ -303,9 +303,14 @@ pub fn spec(plan: &ContainerPlan) -> Value {
         linux["maskedPaths"] = json!(MASKED_PATHS);
         linux["readonlyPaths"] = json!(READONLY_PATHS);
     }
-    if let Some(r) = &plan.resources {
-        linux["resources"] = r.clone();
-    }
+    // Device rules as containerd writes them; the shim enforces them on cgroup v2.
+    let mut resources = plan.resources.clone().unwrap_or_else(|| json!({}));
+    resources["devices"] = json!(if plan.privileged {
+        crate::model::devices::allow_all()
+    } else {
+        crate::model::devices::default_rules()
+    });
+    linux["resources"] = resources;
     if !plan.devices.is_empty() {
         linux["devices"] = json!(plan.devices);
     }

@@ -92,7 +92,8 @@ pub fn prepare_node(args: &NodeArgs) -> anyhow::Result<PreparedNode> {
         authorization: crate::model::kubelet_config::Authorization::Webhook,
         configz: configz(args),
         run_dir: args.dirs.run_dir.clone(),
-        exe: std::env::current_exe().context("cannot find the kernlet binary for exec")?,
+        // Mounted read-only there when the runtime opens (`runtime::sealed_exe`).
+        exe: crate::runtime::sealed_exe::path(&args.dirs.state_dir),
         stats: crate::api::stats::StatsSources {
             node: cfg.name.clone(),
             state_dir: args.dirs.state_dir.clone(),

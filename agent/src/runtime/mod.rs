@@ -25,6 +25,7 @@ pub mod orphans;
 pub mod probe;
 pub mod reaper;
 pub mod sandbox;
+pub mod sealed_exe;
 pub mod shim;
 pub mod volume_files;
 pub mod written_volumes;
@@ -152,6 +153,8 @@ impl Runtime {
                 .map_err(RuntimeError::io(format!("restricting {}", d.display())))?;
         }
         let reaper = reaper::install(&cfg.state_dir)?;
+        let mut cfg = cfg;
+        cfg.exe = sealed_exe::install(&cfg.state_dir, &cfg.exe)?;
         let images = image::ImageStore::open(&cfg.image_dir)?;
         images.clean_tmp();
         let mount = cgroup::cgroup2_mount()?;

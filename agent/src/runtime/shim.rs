@@ -169,6 +169,15 @@ fn run(bundle: &Path) -> anyhow::Result<()> {
     .with_detach(true)
     .build()
     .context("creating the container")?;
+    let cgroup = container
+        .spec()
+        .ok()
+        .and_then(|c| c.cgroup_path.strip_prefix("/").ok().map(Path::to_path_buf))
+        .map(|p| Path::new("/sys/fs/cgroup").join(p));
+    if let Err(e) = limit_devices(&req.bundle, cgroup.as_deref()) {
+        let _ = container.delete(true);
+        return Err(e);
+    }
     container.start().context("starting the container")?;
     let pid = container
         .pid()
@@ -206,11 +215,6 @@ fn run(bundle: &Path) -> anyhow::Result<()> {
         }
         _ => None,
     };
-    let cgroup = container
-        .spec()
-        .ok()
-        .and_then(|c| c.cgroup_path.strip_prefix("/").ok().map(Path::to_path_buf))
-        .map(|p| Path::new("/sys/fs/cgroup").join(p));
     let handover = handover(
         &req,
         pid,
@@ -227,6 +231,23 @@ fn run(bundle: &Path) -> anyhow::Result<()> {
     )?;
     hand_over(bundle, req.reaper.as_deref());
     kernlet_shim::reaper::run(bundle).context("reaping the container")
+}
+
+/// Attaches the device program of the container's rules (`linux.resources.devices`
+/// of its `config.json`) to its cgroup, before its first instruction runs: libcontainer
+/// does not on cgroup v2 (see `model::devices`).
+fn limit_devices(bundle: &Path, cgroup: Option<&Path>) -> anyhow::Result<()> {
+    use anyhow::Context as _;
+    let spec: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(bundle.join("config.json"))?)?;
+    let rules: Vec<crate::model::devices::DeviceRule> =
+        serde_json::from_value(spec["linux"]["resources"]["devices"].clone()).unwrap_or_default();
+    if crate::model::devices::allows_all(&rules) {
+        return Ok(());
+    }
+    let cgroup = cgroup.context("the container has no cgroup to limit its devices in")?;
+    sys::device_filter::attach(cgroup, &crate::model::devices::program(&rules))
+        .with_context(|| format!("limiting the devices of cgroup {}", cgroup.display()))
 }
 
 /// What the reaper takes over: the container and the descriptors it needs, left open

@@ -4,6 +4,7 @@
 pub mod bpf;
 pub mod cgroup;
 pub mod clock;
+pub mod device_filter;
 pub mod fs;
 pub mod icmp;
 pub mod lb;

@@ -115,6 +115,23 @@ pub fn bind(source: &Path, target: &Path) -> io::Result<()> {
     .map_err(io_err)
 }
 
+/// Bind-mounts `source` on `target` read-only: nothing opened through `target` (nor
+/// through a `/proc/<pid>/exe` link of a process started from it) can be written.
+pub fn bind_read_only(source: &Path, target: &Path) -> io::Result<()> {
+    bind(source, target)?;
+    let ro = MsFlags::MS_REMOUNT | MsFlags::MS_BIND | MsFlags::MS_RDONLY;
+    mount(None::<&str>, target, None::<&str>, ro, None::<&str>).map_err(|e| {
+        let _ = unmount(target);
+        io_err(e)
+    })
+}
+
+/// Whether `path` is on a read-only mount.
+pub fn read_only(path: &Path) -> bool {
+    nix::sys::statvfs::statvfs(path)
+        .is_ok_and(|s| s.flags().contains(nix::sys::statvfs::FsFlags::ST_RDONLY))
+}
+
 /// Mounts an overlayfs at `target`. `lower` (top first) are names relative to
 /// `layers_dir`, which becomes the working directory so the option string stays short
 /// (the kernel takes one page of options).

@@ -158,6 +158,14 @@ impl ImageStore {
             std::fs::create_dir_all(root.join(d))
                 .map_err(|e| store.err(format!("creating {d}"), e))?;
         }
+        // Unpacked layers keep their setuid files and images may hold secrets: the
+        // store is root's alone (containerd's is 0700 too), so no user of the node
+        // runs an image's setuid-root program.
+        {
+            use std::os::unix::fs::PermissionsExt as _;
+            std::fs::set_permissions(root, std::fs::Permissions::from_mode(0o700))
+                .map_err(|e| store.err("restricting the store to root", e))?;
+        }
         Ok(store)
     }
 
