@@ -288,6 +288,7 @@ spec:
   restartPolicy: Never
   containers:
   - {{name: root, image: busybox:1.36, env: [{{name: M, value: "{marker}"}}], command: ["sh", "-c", {probes_yaml}]}}
+  - {{name: sleeper, image: busybox:1.36, env: [{{name: M, value: "{marker}"}}], command: ["sleep", "3600"]}}
 ---
 apiVersion: v1
 kind: Pod
@@ -329,11 +330,27 @@ spec:
     let mut runtime = Tally::new("containers");
     // The ordinary container's probes.
     wait_until(&node, "the probes done", Duration::from_secs(60), || {
-        pod(&node, "probes").is_some_and(|p| p["status"]["phase"] == "Succeeded")
+        pod(&node, "probes").is_some_and(|p| {
+            all_lines(&node, &p, "root").iter().any(|l| l == "DONE")
+                && p["status"]["containerStatuses"]
+                    .as_array()
+                    .is_some_and(|s| s.iter().any(|c| c["state"]["running"].is_object()))
+        })
     });
     let p = pod(&node, "probes").unwrap();
-    let lines = all_lines(&node, &p, "root");
-    assert!(lines.iter().any(|l| l == "DONE"), "{lines:?}");
+    runtime.read_log(&all_lines(&node, &p, "root"));
+    // The same from a process `kernlet exec` starts (CVE-2024-21626 hit runc's exec).
+    let out = Command::new(kernlet_bin().unwrap())
+        .args(["exec", "t/probes", "-c", "sleeper", "--state-dir"])
+        .arg(node.dir("state"))
+        .args(["--", "sh", "-c", PROBES])
+        .output()
+        .unwrap();
+    let lines: Vec<String> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(str::to_string)
+        .collect();
+    assert!(lines.iter().any(|l| l == "DONE"), "{out:?}");
     runtime.read_log(&lines);
     // workingDir at a descriptor the runtime might leak: each container either is
     // refused or runs with nothing of the node's (its probes as above).

@@ -623,6 +623,9 @@ async fn the_kubelet_api_serves_logs_and_pods_to_authorized_callers_only() {
         refused += 1;
     }
     assert_eq!(refused, 1000);
+    println!(
+        "escape corpus, kubelet API without the right credentials: {refused} tried, 0 escaped"
+    );
 
     // exec over WebSocket (v5): stdin, stdout, stderr apart, stdin closed, exit code.
     use futures::SinkExt as _;

@@ -9,6 +9,7 @@
 )]
 
 use std::os::unix::fs::{MetadataExt as _, PermissionsExt as _};
+use std::os::unix::process::CommandExt as _;
 use std::path::Path;
 use std::time::Duration;
 
@@ -142,6 +143,39 @@ async fn secret_volumes_live_in_memory_with_their_modes_and_fs_group() {
     }
     let bundles_mode = std::fs::metadata(&bundles).unwrap().permissions().mode();
     assert_eq!(bundles_mode & 0o777, 0o700);
+    // The escape corpus's secret class: another pod's user (uid 1001) on the node
+    // tries every file of the node's run and state directories.
+    let mut files = Vec::new();
+    let mut stack = vec![one.node.dir("run"), state.clone()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+            match e.file_type() {
+                Ok(t) if t.is_dir() => stack.push(e.path()),
+                Ok(t) if t.is_file() => files.push(e.path()),
+                _ => {}
+            }
+        }
+    }
+    let out = std::process::Command::new("/bin/busybox")
+        .args([
+            "sh",
+            "-c",
+            "for f; do grep -q \"$0\" \"$f\" 2>/dev/null && echo \"$f\"; done",
+            SECRET,
+        ])
+        .args(&files)
+        .uid(1001)
+        .gid(1001)
+        .output()
+        .unwrap();
+    let read = String::from_utf8_lossy(&out.stdout);
+    println!(
+        "escape corpus, secrets read by another user: {} tried, {} escaped",
+        files.len(),
+        read.lines().count()
+    );
+    assert!(files.len() > 10, "{files:?}");
+    assert_eq!(read, "", "uid 1001 read the secret");
 }
 
 /// RuntimeClass as kubelet on a containerd node: a class whose handler the node has

@@ -78,6 +78,7 @@ pub async fn run_node(kubeconfig: PathBuf, node: PreparedNode) -> anyhow::Result
     // The pods bound to this node: a watch feeds the pod worker (a thread of its own;
     // the runtime's operations block), which writes status back through a task.
     let runtime_run_dir = runtime.run_dir.clone();
+    let runtime_state_dir = runtime.state_dir.clone();
     let rt = tokio::task::spawn_blocking(move || crate::runtime::Runtime::open(runtime)).await??;
     let overlay_rt = rt.clone();
     let snapshot: crate::controllers::pods::Snapshot = Default::default();
@@ -247,6 +248,7 @@ pub async fn run_node(kubeconfig: PathBuf, node: PreparedNode) -> anyhow::Result
     worker_stop.store(true, std::sync::atomic::Ordering::Relaxed);
     let _ = controller.await;
     let _ = tokio::task::spawn_blocking(move || worker.join()).await;
+    crate::runtime::sealed_exe::remove(&runtime_state_dir);
     tracing::info!("kernlet stopped; its pods keep running");
     Ok(())
 }

@@ -67,6 +67,7 @@ pub fn run_standalone(manifests: Option<PathBuf>, node: &NodeArgs) -> anyhow::Re
     })?;
     stop.store(true, Ordering::Relaxed);
     let _ = worker.join();
+    crate::runtime::sealed_exe::remove(&node.dirs.state_dir);
     tracing::info!("kernlet stopped");
     Ok(())
 }

@@ -51,6 +51,17 @@ pub fn install(state_dir: &Path, exe: &Path) -> Result<PathBuf, RuntimeError> {
     Ok(target)
 }
 
+/// Takes the read-only binary away when the node stops (its pods' shims no longer
+/// run it; the next start mounts the binary it is started from).
+pub fn remove(state_dir: &Path) {
+    let target = path(state_dir);
+    for _ in 0..16 {
+        if !sys::mount::read_only(&target) || sys::mount::unmount(&target).is_err() {
+            break;
+        }
+    }
+}
+
 /// The binary a command-line tool (`kernlet exec`) starts in a container: the
 /// running node's read-only one when there is one, its own binary otherwise.
 pub fn for_tools(state_dir: &Path) -> std::io::Result<PathBuf> {
