@@ -3,7 +3,7 @@
 //! standalone mode and checks that limits are written and enforced: memory.max
 //! OOM-kills (reported OOMKilled, 137), pids.max stops forks, cpu.max throttles,
 //! cgroup.kill empties a pod, pod-level resources limit the pod cgroup, a container sees
-//! its own limits at /sys/fs/cgroup. Prints
+//! its own limits at /sys/fs/cgroup, a root container cannot open the kernel's log through mknod. Prints
 //! `KLTEST PASS|FAIL <name>` lines and `KLTEST DONE <passed> <failed>` for the runner
 //! to parse from the serial console.
 
@@ -82,6 +82,16 @@ spec:
     command: [sh, -c, "echo mem=$(cat /sys/fs/cgroup/memory.max); echo cpu=$(cat /sys/fs/cgroup/cpu.max)"]
     resources:
       limits: {cpu: 200m, memory: 48Mi}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: devices, namespace: vm}
+spec:
+  restartPolicy: Never
+  containers:
+  - name: c
+    image: busybox:1.36
+    command: [sh, -c, "for c in 1:11 4:1 10:237; do mknod /tmp/d$c c ${c%:*} ${c#*:} && echo made=$c; (exec 3</tmp/d$c) 2>/dev/null && echo opened=$c; done; mknod /tmp/null c 1 3; head -c 1 /dev/zero | wc -c | sed s/^/zero=/; echo x >/tmp/null && echo null=ok"]
 ---
 apiVersion: v1
 kind: Pod
@@ -286,6 +296,28 @@ fn cgroupfs_in_the_container() -> Result<(), String> {
     }
 }
 
+/// A root container makes nodes of the kernel's log, a console and loop-control
+/// (mknod is allowed) but cannot open them; /dev/zero and a null device it made
+/// itself work.
+fn devices_are_limited() -> Result<(), String> {
+    wait(Duration::from_secs(120), || terminated("devices")).ok_or("pod devices never ended")?;
+    let logs = std::fs::read_dir("/var/log/pods")
+        .map_err(|e| format!("/var/log/pods: {e}"))?
+        .flatten()
+        .find(|e| e.file_name().to_string_lossy().starts_with("vm_devices_"))
+        .ok_or("no log directory of devices")?;
+    let log = read(&logs.path().join("c/0.log"));
+    if log.contains("made=1:11")
+        && !log.contains("opened=")
+        && log.contains("zero=1")
+        && log.contains("null=ok")
+    {
+        Ok(())
+    } else {
+        Err(format!("the container saw: {log:?}"))
+    }
+}
+
 fn memory_max_oom_kills() -> Result<(), String> {
     let p = wait(Duration::from_secs(120), || terminated("oom")).ok_or("pod oom never ended")?;
     let t = &p["status"]["containerStatuses"][0]["state"]["terminated"];
@@ -412,8 +444,9 @@ fn main() {
             return;
         }
     };
-    let checks: [(&str, Check); 8] = [
+    let checks: [(&str, Check); 9] = [
         ("limits-written", limits_are_written),
+        ("devices-limited", devices_are_limited),
         ("pod-level-limits", pod_level_limits),
         ("resized-in-place", resized_in_place),
         ("cgroupfs-in-container", cgroupfs_in_the_container),
