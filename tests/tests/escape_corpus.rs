@@ -352,6 +352,52 @@ spec:
         .collect();
     assert!(lines.iter().any(|l| l == "DONE"), "{out:?}");
     runtime.read_log(&lines);
+    // A recorded pid that names another process (the container gone, its pid reused):
+    // exec refuses rather than run in that process's namespaces.
+    let id = p["status"]["containerStatuses"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == "sleeper")
+        .and_then(|c| c["containerID"].as_str())
+        .unwrap()
+        .trim_start_matches("kernlet://")
+        .to_string();
+    let state_file = node
+        .dir("state")
+        .join("containers")
+        .join(&id)
+        .join("state.json");
+    let recorded = std::fs::read(&state_file).unwrap();
+    let mut other = Command::new("sleep").arg("60").spawn().unwrap();
+    let mut forged: Value = serde_json::from_slice(&recorded).unwrap();
+    forged["pid"] = other.id().into();
+    std::fs::write(&state_file, serde_json::to_vec(&forged).unwrap()).unwrap();
+    let out = Command::new(kernlet_bin().unwrap())
+        .args(["exec", "t/probes", "-c", "sleeper", "--state-dir"])
+        .arg(node.dir("state"))
+        .args([
+            "--",
+            "sh",
+            "-c",
+            "echo ESCAPED exec ran in the process a reused pid names",
+        ])
+        .output()
+        .unwrap();
+    std::fs::write(&state_file, &recorded).unwrap();
+    let _ = other.kill();
+    let _ = other.wait();
+    runtime.tried += 1;
+    let said = String::from_utf8_lossy(&out.stdout);
+    if said.contains("ESCAPED") || out.status.success() {
+        runtime
+            .escaped
+            .push(format!("exec through a reused pid: {said}"));
+    }
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("not its process"),
+        "{out:?}"
+    );
     // workingDir at a descriptor the runtime might leak: each container either is
     // refused or runs with nothing of the node's (its probes as above).
     wait_until(

@@ -117,8 +117,16 @@ fn enter(bundle: &Path) -> anyhow::Result<Spec> {
     )?;
     let spec: Spec = serde_json::from_slice(&std::fs::read(req.bundle.join("config.json"))?)
         .context("reading the container's runtime spec")?;
-    if !super::super::sys::process::alive(state.pid) {
-        anyhow::bail!("the container is not running");
+    // The container's process by a pidfd, checked to be in the container's cgroup: a
+    // recorded pid may name another process once the container is gone.
+    let process = sys::process::pidfd_open(state.pid)
+        .map_err(|_| anyhow::anyhow!("the container is not running"))?;
+    let cgroup = std::fs::read_to_string(format!("/proc/{}/cgroup", state.pid)).unwrap_or_default();
+    if !in_cgroup(&cgroup, &spec.linux.cgroups_path) || !sys::process::pidfd_alive(&process) {
+        anyhow::bail!(
+            "the container is not running (pid {} is not its process any more)",
+            state.pid
+        );
     }
     // Into the container's cgroup first (the command's children inherit it), while
     // the host's cgroup tree is still visible.
@@ -130,34 +138,39 @@ fn enter(bundle: &Path) -> anyhow::Result<Spec> {
         std::fs::write(&procs, std::process::id().to_string())
             .with_context(|| format!("joining the container's cgroup {}", procs.display()))?;
     }
-    // Then its namespaces, the mount namespace last.
-    let kinds: Vec<&str> = spec
+    // Then its namespaces, all at once through the pidfd (the kernel enters the mount
+    // namespace last).
+    use nix::sched::CloneFlags;
+    let flags = spec
         .linux
         .namespaces
         .iter()
         .filter_map(|n| match n.kind.as_str() {
-            "ipc" => Some("ipc"),
-            "uts" => Some("uts"),
-            "network" => Some("net"),
-            "pid" => Some("pid"),
-            "cgroup" => Some("cgroup"),
+            "ipc" => Some(CloneFlags::CLONE_NEWIPC),
+            "uts" => Some(CloneFlags::CLONE_NEWUTS),
+            "network" => Some(CloneFlags::CLONE_NEWNET),
+            "pid" => Some(CloneFlags::CLONE_NEWPID),
+            "cgroup" => Some(CloneFlags::CLONE_NEWCGROUP),
             _ => None,
         })
-        .chain(std::iter::once("mnt"))
-        .collect();
-    let files: Vec<(&str, std::fs::File)> = kinds
-        .iter()
-        .map(|k| {
-            std::fs::File::open(format!("/proc/{}/ns/{k}", state.pid))
-                .map(|f| (*k, f))
-                .with_context(|| format!("opening the container's {k} namespace"))
-        })
-        .collect::<anyhow::Result<_>>()?;
-    for (k, f) in &files {
-        nix::sched::setns(f, nix::sched::CloneFlags::empty())
-            .with_context(|| format!("entering the container's {k} namespace"))?;
-    }
+        .fold(CloneFlags::CLONE_NEWNS, |all, f| all | f);
+    nix::sched::setns(&process, flags).context("entering the container's namespaces")?;
     Ok(spec)
+}
+
+/// Whether a `/proc/<pid>/cgroup` text puts the process in the cgroup `cgroups_path`
+/// (relative to kernlet's cgroup root, which is itself below the mount's root).
+fn in_cgroup(proc_cgroup: &str, cgroups_path: &str) -> bool {
+    let want = cgroups_path.trim_matches('/');
+    proc_cgroup
+        .lines()
+        .filter_map(|l| l.strip_prefix("0::"))
+        .any(|path| {
+            want.is_empty()
+                || path.trim_end_matches('/') == format!("/{want}")
+                || path.trim_end_matches('/').ends_with(&format!("/{want}"))
+                || path.contains(&format!("/{want}/"))
+        })
 }
 
 /// How `kernlet internal exec-stream` wires the command.
@@ -536,6 +549,27 @@ fn find_program(name: &str, env: &[String]) -> anyhow::Result<String> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_recorded_pid_is_the_containers_only_in_its_cgroup() {
+        let at = |p: &str| format!("0::{p}\n");
+        let path = "/kubepods/besteffort/podu/c1";
+        assert!(super::in_cgroup(
+            &at("/kltest-1/kernlet/kubepods/besteffort/podu/c1"),
+            path
+        ));
+        assert!(super::in_cgroup(&at("/kubepods/besteffort/podu/c1"), path));
+        assert!(super::in_cgroup(
+            &at("/kubepods/besteffort/podu/c1/init.scope"),
+            path
+        ));
+        assert!(!super::in_cgroup(
+            &at("/kubepods/besteffort/podu/c10"),
+            path
+        ));
+        assert!(!super::in_cgroup(&at("/user.slice/session-1.scope"), path));
+        assert!(!super::in_cgroup("", path));
+    }
+
     use super::*;
 
     #[test]

@@ -1,6 +1,6 @@
 //! Process primitives for kernlet's helper processes.
 
-#![allow(unsafe_code, reason = "fork has no safe wrapper")]
+#![allow(unsafe_code, reason = "fork and the pidfd calls have no safe wrapper")]
 
 use std::io;
 
@@ -25,6 +25,38 @@ pub fn daemonize() -> io::Result<()> {
 pub fn alive(pid: u32) -> bool {
     i32::try_from(pid)
         .is_ok_and(|p| nix::sys::signal::kill(nix::unistd::Pid::from_raw(p), None).is_ok())
+}
+
+/// A descriptor of process `pid` (`pidfd_open`): it keeps naming that process even
+/// if the pid is reused once it is gone.
+pub fn pidfd_open(pid: u32) -> io::Result<std::os::fd::OwnedFd> {
+    use std::os::fd::FromRawFd as _;
+    let pid = libc::pid_t::try_from(pid).map_err(io::Error::other)?;
+    // SAFETY: pidfd_open takes a pid and flags (0) and touches no memory of this
+    // process.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let fd = i32::try_from(fd).map_err(io::Error::other)?;
+    // SAFETY: the kernel just returned this descriptor; nothing else owns it.
+    Ok(unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) })
+}
+
+/// Whether the process a pidfd names still runs (signal 0 through the pidfd).
+pub fn pidfd_alive(pidfd: &std::os::fd::OwnedFd) -> bool {
+    use std::os::fd::AsRawFd as _;
+    // SAFETY: pidfd_send_signal with signal 0 and a null info only checks that the
+    // process exists and may be signalled; it reads no memory of this process.
+    unsafe {
+        libc::syscall(
+            libc::SYS_pidfd_send_signal,
+            pidfd.as_raw_fd(),
+            0,
+            std::ptr::null::<libc::siginfo_t>(),
+            0,
+        ) == 0
+    }
 }
 
 /// Sends signal number `signo` (standard or real-time, 1-64) to `pid`.
