@@ -367,17 +367,25 @@ async fn host_to_container_volumes_see_the_nodes_later_mounts() {
     run_ok("mount", &["--bind", &d, &d]);
     mounted.0.push(dir.clone());
     run_ok("mount", &["--make-shared", &d]);
+    // What the Bidirectional container mounts (as a CSI node plugin would) stays on the
+    // node after it: the guard takes it away.
+    mounted.0.push(dir.join("fromc"));
     let pod = |name: &str, propagation: Option<&str>, privileged: bool| -> Pod {
         let mut mount = json!({"name": "host", "mountPath": "/host"});
         if let Some(p) = propagation {
             mount["mountPropagation"] = json!(p);
         }
+        let command = if propagation == Some("Bidirectional") {
+            "mkdir -p /host/fromc && mount -t tmpfs -o size=1m fc /host/fromc && echo from-the-container >/host/fromc/hello && exec sleep 600"
+        } else {
+            "exec sleep 600"
+        };
         serde_json::from_value(json!({
             "metadata": {"name": name},
             "spec": {"terminationGracePeriodSeconds": 0,
                      "volumes": [{"name": "host", "hostPath": {"path": d, "type": "Directory"}}],
                      "containers": [{"name": "c", "image": "busybox:1.36", "imagePullPolicy": "Never",
-                                     "command": ["sleep", "600"], "volumeMounts": [mount],
+                                     "command": ["sh", "-c", command], "volumeMounts": [mount],
                                      "securityContext": {"privileged": privileged}}]},
         }))
         .unwrap()
@@ -390,7 +398,7 @@ async fn host_to_container_volumes_see_the_nodes_later_mounts() {
         .await
         .unwrap();
     let status = |p: Pod| p.status.unwrap_or_default();
-    for name in ["h2c", "plain"] {
+    for name in ["h2c", "plain", "bidi"] {
         wait_for(
             &format!("{name} running"),
             Duration::from_secs(60),
@@ -417,40 +425,60 @@ async fn host_to_container_volumes_see_the_nodes_later_mounts() {
     );
     mounted.0.push(sub.clone());
     std::fs::write(sub.join("hello"), "from the node").unwrap();
-    let cat = |pod: &str| {
+    let cat = |pod: &str, file: &str| {
         let out = std::process::Command::new(kernlet_tests::simnode::kernlet_bin().unwrap())
             .args(["exec", &format!("default/{pod}"), "-c", "c", "--state-dir"])
             .arg(one.node.dir("state"))
-            .args(["--", "cat", "/host/sub/hello"])
+            .args(["--", "cat", file])
             .output()
             .unwrap();
         String::from_utf8_lossy(&out.stdout).into_owned()
     };
-    let seen = tokio::task::block_in_place(|| cat("h2c"));
+    let seen = tokio::task::block_in_place(|| cat("h2c", "/host/sub/hello"));
     assert_eq!(seen, "from the node");
-    let unseen = tokio::task::block_in_place(|| cat("plain"));
+    let unseen = tokio::task::block_in_place(|| cat("plain", "/host/sub/hello"));
     assert!(
         !unseen.contains("from the node"),
         "a volume without propagation keeps what it had at start: {unseen}"
     );
-    let waiting = wait_for("bidi refused", Duration::from_secs(30), async || {
-        let s = status(one.pods.get("bidi").await.ok()?);
-        let w = s
-            .container_statuses?
-            .first()?
-            .state
-            .as_ref()?
-            .waiting
-            .clone()?;
-        (w.reason.as_deref() == Some("CreateContainerConfigError")).then_some(w)
+    // Bidirectional: the node's mount reaches the privileged container, and the
+    // container's own mount reaches the node and the HostToContainer pod.
+    let both = tokio::task::block_in_place(|| cat("bidi", "/host/sub/hello"));
+    assert_eq!(both, "from the node");
+    let from_container = dir.join("fromc/hello");
+    let on_node = wait_for(
+        "the container's mount on the node",
+        Duration::from_secs(30),
+        async || std::fs::read_to_string(&from_container).ok(),
+    )
+    .await;
+    assert_eq!(on_node, "from-the-container\n");
+    let relayed = tokio::task::block_in_place(|| cat("h2c", "/host/fromc/hello"));
+    assert_eq!(relayed, "from-the-container\n");
+    // Nothing else of the container's namespace reached the node: its root and its
+    // cgroup view are not mounted there.
+    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    let bundles = one.node.dir("run").join("bundles");
+    assert!(
+        !kernlet_tests::hygiene::mount_points(&mountinfo)
+            .iter()
+            .any(|m| m.starts_with(&bundles)),
+        "a container root leaked to the node"
+    );
+    // Once the pod is gone its peer mount goes too, out of the peer group first: what
+    // the container mounted stays on the node (as a CSI plugin's mounts do).
+    one.pods.delete("bidi", &Default::default()).await.unwrap();
+    let propagated = wait_for("bidi gone", Duration::from_secs(60), async || {
+        let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+        let left = kernlet_tests::hygiene::mount_points(&mountinfo)
+            .into_iter()
+            .any(|m| m.to_string_lossy().contains("/propagated/"));
+        (!left && one.pods.get_opt("bidi").await.ok()?.is_none()).then_some(())
     })
     .await;
-    assert!(
-        waiting
-            .message
-            .as_deref()
-            .unwrap_or_default()
-            .contains("mountPropagation Bidirectional is not supported"),
-        "{waiting:?}"
+    let () = propagated;
+    assert_eq!(
+        std::fs::read_to_string(&from_container).unwrap(),
+        "from-the-container\n"
     );
 }

@@ -106,6 +106,9 @@ pub struct BindMount {
     /// `mountPropagation: HostToContainer`: mounts the node makes below the source
     /// later show in the container (`rslave`); otherwise none do (`rprivate`).
     pub host_to_container: bool,
+    /// `mountPropagation: Bidirectional`: also the container's mounts below it reach
+    /// the node (`rshared`; the source is a shared mount kept in the node's peer group).
+    pub bidirectional: bool,
 }
 
 /// Where a namespace of the container comes from.
@@ -253,7 +256,9 @@ pub fn spec(plan: &ContainerPlan) -> Value {
     for m in &plan.mounts {
         let mut options = vec![
             "rbind",
-            if m.host_to_container {
+            if m.bidirectional {
+                "rshared"
+            } else if m.host_to_container {
                 "rslave"
             } else {
                 "rprivate"
@@ -279,9 +284,12 @@ pub fn spec(plan: &ContainerPlan) -> Value {
     // A private cgroup namespace (containerd's default on cgroup v2).
     namespaces.push(json!({"type": "cgroup"}));
     // The runtime (libcontainer) takes propagation from the container's root, not from
-    // each mount's options: a container with a HostToContainer volume receives the
+    // each mount's options: a container with a Bidirectional volume shares its mounts
+    // (containerd's rshared root), one with a HostToContainer volume receives the
     // node's mounts below its volumes (slave), any other receives none (private).
-    let propagation = if plan.mounts.iter().any(|m| m.host_to_container) {
+    let propagation = if plan.mounts.iter().any(|m| m.bidirectional) {
+        "shared"
+    } else if plan.mounts.iter().any(|m| m.host_to_container) {
         "slave"
     } else {
         "private"
@@ -480,6 +488,7 @@ mod tests {
                 destination: "/etc/hosts".into(),
                 readonly: false,
                 host_to_container: false,
+                bidirectional: false,
             }],
             privileged: false,
             cap_add: vec![],

@@ -396,18 +396,21 @@ impl Runtime {
                 destination: "/etc/hosts".into(),
                 readonly: false,
                 host_to_container: false,
+                bidirectional: false,
             },
             BindMount {
                 source: run_dir.join("resolv.conf"),
                 destination: "/etc/resolv.conf".into(),
                 readonly: false,
                 host_to_container: false,
+                bidirectional: false,
             },
             BindMount {
                 source: run_dir.join("hostname"),
                 destination: "/etc/hostname".into(),
                 readonly: false,
                 host_to_container: false,
+                bidirectional: false,
             },
         ];
         let term = self.container_dir(id).join(shim::TERMINATION_LOG);
@@ -424,6 +427,7 @@ impl Runtime {
                 .unwrap_or_else(|| "/dev/termination-log".into()),
             readonly: false,
             host_to_container: false,
+            bidirectional: false,
         });
         for (index, vm) in c.volume_mounts.iter().flatten().enumerate() {
             let vol = spec
@@ -469,13 +473,24 @@ impl Runtime {
                         ))
                     })?;
             }
-            let host_to_container = container_volumes::propagation(vm, &source)
+            let privileged_mount = c
+                .security_context
+                .as_ref()
+                .and_then(|s| s.privileged)
+                .unwrap_or(false);
+            let propagation = container_volumes::propagation(vm, &source, privileged_mount)
                 .map_err(|e| RuntimeError::Config(format!("volumeMount {:?}: {e}", vm.name)))?;
+            if propagation == container_volumes::Propagation::Bidirectional {
+                source = self
+                    .propagated(sb, &c.name, index, &source)
+                    .map_err(|e| RuntimeError::Config(format!("volumeMount {:?}: {e}", vm.name)))?;
+            }
             mounts.push(BindMount {
                 source,
                 destination: vm.mount_path.clone(),
                 readonly: forced_readonly || vm.read_only.unwrap_or(false),
-                host_to_container,
+                host_to_container: propagation != container_volumes::Propagation::Private,
+                bidirectional: propagation == container_volumes::Propagation::Bidirectional,
             });
         }
         let ns_of = |kind: &str, host: bool| {
@@ -807,6 +822,12 @@ impl Runtime {
                 console: (c.tty == Some(true))
                     .then(|| shim::attach_socket(&self.cfg.run_dir, &id).with_extension("tty")),
                 reaper: Some(self.reaper.clone()),
+                shared_mounts: plan
+                    .mounts
+                    .iter()
+                    .filter(|m| m.bidirectional)
+                    .map(|m| m.source.clone())
+                    .collect(),
             },
         )?;
         write_json(&self.record_path(&id), &record)?;

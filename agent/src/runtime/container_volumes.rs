@@ -11,10 +11,17 @@ use super::sandbox::SandboxRecord;
 /// pod, when it is refused.
 #[derive(Debug, thiserror::Error)]
 pub enum MountError {
+    #[error("Bidirectional mount propagation is available only to privileged containers")]
+    BidirectionalUnprivileged,
     #[error(
-        "mountPropagation Bidirectional is not supported by kernlet yet: the container would not share its mounts with the node"
+        "mountPropagation Bidirectional: path {path:?} is mounted on {mount:?} but it is not a shared mount"
     )]
-    Bidirectional,
+    NotShared { path: String, mount: String },
+    #[error("mountPropagation Bidirectional: mounting {path} for the container: {source}")]
+    Propagated {
+        path: String,
+        source: std::io::Error,
+    },
     #[error(
         "mountPropagation HostToContainer: path {path:?} is mounted on {mount:?} but it is not a shared or slave mount"
     )]
@@ -218,6 +225,33 @@ impl Runtime {
         Ok((dir, false))
     }
 
+    /// The source of a Bidirectional volume mount as the container gets it: bound (with
+    /// the mounts below it) at `<run-dir>/pods/<uid>/propagated/<container>/<n>`, a peer
+    /// of the source that the shim keeps in the node's peer group while every other
+    /// mount of its namespace only receives. An earlier start's is taken away first,
+    /// out of the peer group, so nothing the container mounted leaves the node.
+    pub(super) fn propagated(
+        &self,
+        sb: &SandboxRecord,
+        container: &str,
+        index: usize,
+        source: &std::path::Path,
+    ) -> Result<PathBuf, MountError> {
+        let target = self
+            .pod_run_dir(&sb.uid)
+            .join("propagated")
+            .join(container)
+            .join(index.to_string());
+        let err = |source| MountError::Propagated {
+            path: target.display().to_string(),
+            source,
+        };
+        crate::sys::mount::unmount_private(&target).map_err(err)?;
+        std::fs::create_dir_all(&target).map_err(err)?;
+        crate::sys::mount::rbind(source, &target).map_err(err)?;
+        Ok(target)
+    }
+
     /// A subPath of a volume, resolved as kubelet does it safely: a relative path
     /// without `..`, opened beneath the volume (no symlink out of it), missing
     /// directories created, and bind-mounted from the descriptor that was checked to
@@ -253,28 +287,82 @@ impl Runtime {
     }
 }
 
-/// Whether mount `vm` of `source` receives the node's later mounts (`HostToContainer`).
-/// containerd's rules: the source must be on a shared or slave mount of the node, or
-/// nothing would ever propagate. `Bidirectional` is refused (kernlet cannot yet carry
-/// a container's mounts back to the node) rather than run as something less.
+/// How a volume mount propagates (`volumeMounts[].mountPropagation`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Propagation {
+    Private,
+    /// The node's later mounts below the source show in the container.
+    HostToContainer,
+    /// And the container's mounts below it reach the node.
+    Bidirectional,
+}
+
+/// How mount `vm` of `source` propagates, with containerd's and kubelet's rules:
+/// HostToContainer needs the source on a shared or slave mount of the node (or nothing
+/// would ever propagate), Bidirectional a shared one and a privileged container.
 pub(super) fn propagation(
     vm: &k8s_openapi::api::core::v1::VolumeMount,
     source: &std::path::Path,
-) -> Result<bool, MountError> {
+    privileged: bool,
+) -> Result<Propagation, MountError> {
+    let mount_of = || {
+        let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+        let path = std::fs::canonicalize(source).unwrap_or_else(|_| source.to_path_buf());
+        let found = crate::sys::mount::propagation_of(&mountinfo, &path);
+        (path.display().to_string(), found)
+    };
     match vm.mount_propagation.as_deref() {
-        None | Some("" | "None") => Ok(false),
-        Some("HostToContainer") => {
-            let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
-            let path = std::fs::canonicalize(source).unwrap_or_else(|_| source.to_path_buf());
-            match crate::sys::mount::propagation_of(&mountinfo, &path) {
-                Some(m) if m.shared || m.slave => Ok(true),
-                found => Err(MountError::NotPropagating {
-                    path: path.display().to_string(),
-                    mount: found.map(|m| m.mount_point).unwrap_or_default(),
-                }),
-            }
-        }
-        Some("Bidirectional") => Err(MountError::Bidirectional),
+        None | Some("" | "None") => Ok(Propagation::Private),
+        Some("HostToContainer") => match mount_of() {
+            (_, Some(m)) if m.shared || m.slave => Ok(Propagation::HostToContainer),
+            (path, found) => Err(MountError::NotPropagating {
+                path,
+                mount: found.map(|m| m.mount_point).unwrap_or_default(),
+            }),
+        },
+        Some("Bidirectional") if !privileged => Err(MountError::BidirectionalUnprivileged),
+        Some("Bidirectional") => match mount_of() {
+            (_, Some(m)) if m.shared => Ok(Propagation::Bidirectional),
+            (path, found) => Err(MountError::NotShared {
+                path,
+                mount: found.map(|m| m.mount_point).unwrap_or_default(),
+            }),
+        },
         Some(other) => Err(MountError::PropagationKind(other.to_string())),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn mount(propagation: &str) -> k8s_openapi::api::core::v1::VolumeMount {
+        k8s_openapi::api::core::v1::VolumeMount {
+            name: "v".into(),
+            mount_path: "/v".into(),
+            mount_propagation: Some(propagation.into()),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn propagation_follows_kubelets_rules() {
+        let any = std::path::Path::new("/");
+        assert_eq!(
+            propagation(&mount("None"), any, false).unwrap(),
+            Propagation::Private
+        );
+        assert!(matches!(
+            propagation(&mount("Bidirectional"), any, false),
+            Err(MountError::BidirectionalUnprivileged)
+        ));
+        assert_eq!(
+            MountError::BidirectionalUnprivileged.to_string(),
+            "Bidirectional mount propagation is available only to privileged containers"
+        );
+        assert!(matches!(
+            propagation(&mount("Sideways"), any, true),
+            Err(MountError::PropagationKind(_))
+        ));
     }
 }

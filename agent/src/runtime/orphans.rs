@@ -96,6 +96,7 @@ impl Runtime {
                 let run = self.pod_run_dir(&uid);
                 let _ = crate::sys::mount::unmount(&run.join("shm"));
                 let _ = crate::sys::mount::unmount_under(&run.join("subpaths"));
+                let _ = crate::sys::mount::unmount_private_under(&run.join("propagated"));
                 let _ = crate::sys::mount::unmount(&self.written_volumes_dir(&uid));
                 for e in std::fs::read_dir(run.join("volumes"))
                     .into_iter()

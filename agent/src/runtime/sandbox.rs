@@ -410,6 +410,9 @@ impl Runtime {
         crate::sys::mount::unmount_under(&run.join("subpaths")).map_err(RuntimeError::io(
             format!("unmounting the subPath mounts of pod {uid}"),
         ))?;
+        crate::sys::mount::unmount_private_under(&run.join("propagated")).map_err(
+            RuntimeError::io(format!("unmounting the Bidirectional mounts of pod {uid}")),
+        )?;
         crate::sys::mount::unmount(&self.written_volumes_dir(uid)).map_err(RuntimeError::io(
             format!("unmounting the volume tmpfs of pod {uid}"),
         ))?;

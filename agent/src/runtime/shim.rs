@@ -66,6 +66,10 @@ pub struct ShimRequest {
     /// reaps the container itself.
     #[serde(default)]
     pub reaper: Option<PathBuf>,
+    /// The sources of `Bidirectional` volume mounts: kept in the node's peer groups
+    /// in the shim's mount namespace (every other mount only receives).
+    #[serde(default)]
+    pub shared_mounts: Vec<PathBuf>,
 }
 
 /// A container's open stdin (`spec.containers[].stdin`).
@@ -125,7 +129,12 @@ fn run(bundle: &Path) -> anyhow::Result<()> {
     use anyhow::Context as _;
     let req: ShimRequest = serde_json::from_slice(&std::fs::read(bundle.join(REQUEST))?)?;
     nix::sys::prctl::set_child_subreaper(true).context("becoming a subreaper")?;
-    sys::mount::slave_namespace().context("creating the container's mount namespace")?;
+    if req.shared_mounts.is_empty() {
+        sys::mount::slave_namespace()
+    } else {
+        sys::mount::slave_namespace_except(&req.shared_mounts)
+    }
+    .context("creating the container's mount namespace")?;
     sys::mount::bind(&req.cgroup_root, Path::new("/sys/fs/cgroup"))
         .with_context(|| format!("showing {} as /sys/fs/cgroup", req.cgroup_root.display()))?;
     sys::mount::overlay(

@@ -29,6 +29,80 @@ pub fn slave_namespace() -> io::Result<()> {
     .map_err(io_err)
 }
 
+/// As [`slave_namespace`], except for the mounts at `keep`: they stay in the node's
+/// peer groups, so what the container mounts below them reaches the node
+/// (`Bidirectional`); every other mount receives only, so the shim's own mounts (the
+/// container's root, its cgroup view) never reach the node.
+pub fn slave_namespace_except(keep: &[std::path::PathBuf]) -> io::Result<()> {
+    unshare(CloneFlags::CLONE_NEWNS).map_err(io_err)?;
+    let text = std::fs::read_to_string("/proc/self/mountinfo")?;
+    let mut points: Vec<std::path::PathBuf> = text
+        .lines()
+        .filter_map(|l| l.split_whitespace().nth(4))
+        .map(|p| std::path::PathBuf::from(p.replace("\\040", " ")))
+        .filter(|p| !keep.iter().any(|k| p.starts_with(k)))
+        .collect();
+    points.dedup();
+    for p in points {
+        // A mount hidden under another cannot be reached by path; what covers it is
+        // made a slave in its turn.
+        let _ = mount(
+            None::<&str>,
+            &p,
+            None::<&str>,
+            MsFlags::MS_SLAVE,
+            None::<&str>,
+        );
+    }
+    Ok(())
+}
+
+/// Takes `target` and every mount below it out of their peer groups, then detaches
+/// them: unmounting a shared mount would unmount its peers' copies on the node too.
+pub fn unmount_private(target: &Path) -> io::Result<()> {
+    match mount(
+        None::<&str>,
+        target,
+        None::<&str>,
+        MsFlags::MS_REC | MsFlags::MS_PRIVATE,
+        None::<&str>,
+    ) {
+        Ok(()) => unmount(target),
+        Err(nix::errno::Errno::EINVAL | nix::errno::Errno::ENOENT) => Ok(()),
+        Err(e) => Err(io_err(e)),
+    }
+}
+
+/// [`unmount_private`] of every mount below `dir`, the shallowest first (a deeper one
+/// goes with the one above it).
+pub fn unmount_private_under(dir: &Path) -> io::Result<()> {
+    let text = std::fs::read_to_string("/proc/self/mountinfo")?;
+    let mut points: Vec<std::path::PathBuf> = text
+        .lines()
+        .filter_map(|l| l.split_whitespace().nth(4))
+        .map(|p| std::path::PathBuf::from(p.replace("\\040", " ")))
+        .filter(|p| p.starts_with(dir))
+        .collect();
+    points.sort_by_key(|p| p.components().count());
+    for p in points {
+        unmount_private(&p)?;
+    }
+    Ok(())
+}
+
+/// Bind-mounts `source` and the mounts below it on `target`; a shared source makes
+/// `target` a peer of it.
+pub fn rbind(source: &Path, target: &Path) -> io::Result<()> {
+    mount(
+        Some(source),
+        target,
+        None::<&str>,
+        MsFlags::MS_BIND | MsFlags::MS_REC,
+        None::<&str>,
+    )
+    .map_err(io_err)
+}
+
 /// The mount a path is on, and how it propagates.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct MountPropagation {
