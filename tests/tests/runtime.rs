@@ -1738,3 +1738,92 @@ fn containers_see_their_own_cgroup_read_only() {
         "the node's tree shows: {entries:?}"
     );
 }
+
+const OOM_SCORES: &str = r#"
+apiVersion: v1
+kind: Pod
+metadata: {name: besteffort, namespace: t}
+spec:
+  containers:
+  - {name: c, image: busybox:1.36, command: ["sh", "-c", "echo oom=$(cat /proc/self/oom_score_adj); exec sleep 600"]}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: burstable, namespace: t}
+spec:
+  containers:
+  - name: c
+    image: busybox:1.36
+    command: ["sh", "-c", "echo oom=$(cat /proc/self/oom_score_adj); exec sleep 600"]
+    resources: {requests: {memory: 1Gi}}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: guaranteed, namespace: t}
+spec:
+  containers:
+  - name: c
+    image: busybox:1.36
+    command: ["sh", "-c", "echo oom=$(cat /proc/self/oom_score_adj); exec sleep 600"]
+    resources: {limits: {memory: 64Mi, cpu: 100m}}
+"#;
+
+/// Containers start with kubelet's oom_score_adj for their QoS (BestEffort 1000,
+/// Burstable from its memory request and the node's memory, Guaranteed -997 — or
+/// kernlet's own where it may not lower scores), and exec'd commands share it.
+#[test]
+fn containers_get_kubelets_oom_score_for_their_qos() {
+    let mut lab = Lab::new("oom").unwrap();
+    let mut node = lab.add_node("o1").unwrap();
+    import_busybox(&node);
+    let m = manifests(&node, OOM_SCORES);
+    start(&mut node, &m);
+    let mem_total =
+        kernlet::sys::machine::parse_mem_total(&std::fs::read_to_string("/proc/meminfo").unwrap())
+            .unwrap() as i64;
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    let caps = status
+        .lines()
+        .find_map(|l| l.strip_prefix("CapEff:"))
+        .map(|m| u64::from_str_radix(m.trim(), 16).unwrap())
+        .unwrap();
+    let own: i32 = std::fs::read_to_string("/proc/self/oom_score_adj")
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    let guaranteed = if caps & (1 << 24) != 0 {
+        -997
+    } else {
+        own.max(-997)
+    };
+    let burstable = 1000 - (1000 * (1i64 << 30) / mem_total) as i32;
+    for (name, want) in [
+        ("besteffort", 1000),
+        ("burstable", burstable),
+        ("guaranteed", guaranteed),
+    ] {
+        let p = wait_for(&node, name, Duration::from_secs(30), || {
+            pod(&node, name).filter(|p| !log_lines(&node, p, "c", 0).is_empty())
+        });
+        assert_eq!(
+            field(&log_lines(&node, &p, "c", 0), "oom="),
+            want.to_string(),
+            "{name}"
+        );
+        let out = Command::new(kernlet_bin().unwrap())
+            .args(["exec", &format!("t/{name}"), "--state-dir"])
+            .arg(node.dir("state"))
+            .args(["--", "cat", "/proc/self/oom_score_adj"])
+            .output()
+            .unwrap();
+        assert_eq!(
+            String::from_utf8_lossy(&out.stdout).trim(),
+            want.to_string(),
+            "exec in {name}"
+        );
+    }
+    if guaranteed != -997 {
+        assert!(node.kernlet_log().contains("lacks CAP_SYS_RESOURCE"));
+    }
+}

@@ -12,6 +12,7 @@ pub mod lsm;
 pub mod maglev;
 pub mod manifest;
 pub mod node;
+pub mod oom;
 pub mod overlay;
 pub mod pod_lifecycle;
 pub mod pod_status;

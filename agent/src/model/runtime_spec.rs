@@ -162,6 +162,8 @@ pub struct ContainerPlan {
     /// `tty: true`: the process gets a terminal (the runtime hands its master to the
     /// shim through the console socket).
     pub terminal: bool,
+    /// `process.oomScoreAdj` (`model::oom`), when set.
+    pub oom_score_adj: Option<i32>,
 }
 
 /// A container's seccomp profile (`securityContext.seccompProfile`).
@@ -345,6 +347,9 @@ pub fn spec(plan: &ContainerPlan) -> Value {
         "mounts": mounts,
         "linux": linux,
     });
+    if let Some(adj) = plan.oom_score_adj {
+        spec["process"]["oomScoreAdj"] = json!(adj);
+    }
     // Only `true` is written: libcontainer takes an explicit `false` as "load seccomp
     // after dropping capabilities", which then fails without no_new_privs.
     if plan.no_new_privileges {
@@ -502,6 +507,7 @@ mod tests {
             host_caps: (1 << 41) - 1,
             sysctls: Vec::new(),
             terminal: false,
+            oom_score_adj: None,
         }
     }
 

@@ -590,6 +590,7 @@ impl Runtime {
                 .map(|s| (s.name.clone(), s.value.clone()))
                 .collect(),
             terminal: c.tty == Some(true),
+            oom_score_adj: Some(super::oom_score::for_container(pod, c)),
             host_caps: std::fs::read_to_string("/proc/self/status")
                 .ok()
                 .and_then(|t| {

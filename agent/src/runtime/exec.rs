@@ -154,6 +154,12 @@ fn enter(bundle: &Path) -> anyhow::Result<Spec> {
             _ => None,
         })
         .fold(CloneFlags::CLONE_NEWNS, |all, f| all | f);
+    // The container's OOM score, as its own processes have it (best effort: lowering
+    // needs CAP_SYS_RESOURCE, and the container may have had kernlet's own instead);
+    // written while this process's /proc is still the node's.
+    if let Some(adj) = spec.process.oom_score_adj {
+        let _ = std::fs::write("/proc/self/oom_score_adj", adj.to_string());
+    }
     nix::sched::setns(&process, flags).context("entering the container's namespaces")?;
     Ok(spec)
 }
@@ -431,6 +437,8 @@ struct Spec {
 #[serde(rename_all = "camelCase")]
 struct SpecProcess {
     user: SpecUser,
+    #[serde(default)]
+    oom_score_adj: Option<i32>,
     #[serde(default)]
     env: Vec<String>,
     #[serde(default)]

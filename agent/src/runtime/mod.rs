@@ -21,6 +21,7 @@ pub mod image;
 pub mod ipam;
 pub mod logs;
 pub mod network;
+pub mod oom_score;
 pub mod orphans;
 pub mod probe;
 pub mod reaper;

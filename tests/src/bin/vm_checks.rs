@@ -3,7 +3,8 @@
 //! standalone mode and checks that limits are written and enforced: memory.max
 //! OOM-kills (reported OOMKilled, 137), pids.max stops forks, cpu.max throttles,
 //! cgroup.kill empties a pod, pod-level resources limit the pod cgroup, a container sees
-//! its own limits at /sys/fs/cgroup, a root container cannot open the kernel's log through mknod. Prints
+//! its own limits at /sys/fs/cgroup, a root container cannot open the kernel's log through mknod, a Guaranteed container
+//! gets oom_score_adj -997. Prints
 //! `KLTEST PASS|FAIL <name>` lines and `KLTEST DONE <passed> <failed>` for the runner
 //! to parse from the serial console.
 
@@ -79,7 +80,7 @@ spec:
   containers:
   - name: c
     image: busybox:1.36
-    command: [sh, -c, "echo mem=$(cat /sys/fs/cgroup/memory.max); echo cpu=$(cat /sys/fs/cgroup/cpu.max)"]
+    command: [sh, -c, "echo mem=$(cat /sys/fs/cgroup/memory.max); echo cpu=$(cat /sys/fs/cgroup/cpu.max); echo oom=$(cat /proc/self/oom_score_adj)"]
     resources:
       limits: {cpu: 200m, memory: 48Mi}
 ---
@@ -318,6 +319,22 @@ fn devices_are_limited() -> Result<(), String> {
     }
 }
 
+/// As root with every capability, a Guaranteed container gets kubelet's -997.
+fn guaranteed_oom_score() -> Result<(), String> {
+    wait(Duration::from_secs(120), || terminated("cgview")).ok_or("pod cgview never ended")?;
+    let logs = std::fs::read_dir("/var/log/pods")
+        .map_err(|e| format!("/var/log/pods: {e}"))?
+        .flatten()
+        .find(|e| e.file_name().to_string_lossy().starts_with("vm_cgview_"))
+        .ok_or("no log directory of cgview")?;
+    let log = read(&logs.path().join("c/0.log"));
+    if log.contains("oom=-997") {
+        Ok(())
+    } else {
+        Err(format!("the container saw: {log:?}"))
+    }
+}
+
 fn memory_max_oom_kills() -> Result<(), String> {
     let p = wait(Duration::from_secs(120), || terminated("oom")).ok_or("pod oom never ended")?;
     let t = &p["status"]["containerStatuses"][0]["state"]["terminated"];
@@ -444,8 +461,9 @@ fn main() {
             return;
         }
     };
-    let checks: [(&str, Check); 9] = [
+    let checks: [(&str, Check); 10] = [
         ("limits-written", limits_are_written),
+        ("guaranteed-oom-score", guaranteed_oom_score),
         ("devices-limited", devices_are_limited),
         ("pod-level-limits", pod_level_limits),
         ("resized-in-place", resized_in_place),
