@@ -297,6 +297,21 @@ async fn the_kubelet_api_serves_logs_and_pods_to_authorized_callers_only() {
         status.declared_features.unwrap(),
         ["ExtendWebSocketsToKubelet"]
     );
+    // status.images as kubelet writes it: the image store's images, repository digest
+    // first, then the tag, with their sizes.
+    let images = status.images.clone().unwrap_or_default();
+    let busybox = images
+        .iter()
+        .find(|i| {
+            i.names
+                .iter()
+                .flatten()
+                .any(|n| n.ends_with("busybox:1.36"))
+        })
+        .unwrap_or_else(|| panic!("busybox in status.images: {images:?}"));
+    let names = busybox.names.clone().unwrap();
+    assert!(names[0].contains("busybox@sha256:"), "{names:?}");
+    assert!(busybox.size_bytes.unwrap() > 100_000, "{busybox:?}");
     let version = admin.apiserver_version().await.unwrap();
     assert!(
         status

@@ -63,6 +63,8 @@ pub struct NodeController {
     uid: Option<String>,
     /// What the last successful report was computed from, and when it was sent.
     reported: Option<(MachineFacts, Readiness, Instant)>,
+    /// The node's image store, for `status.images`.
+    images: Option<crate::runtime::image::ImageStore>,
 }
 
 /// A request bounded by [`REQUEST_TIMEOUT`].
@@ -105,7 +107,28 @@ impl NodeController {
             conditions: Vec::new(),
             uid: None,
             reported: None,
+            images: None,
         }
+    }
+
+    /// Lists the images of `store` in `status.images`.
+    pub fn with_images(mut self, store: crate::runtime::image::ImageStore) -> Self {
+        self.images = Some(store);
+        self
+    }
+
+    /// `status.images` now (empty without a store or when it cannot be read).
+    fn node_images(&self) -> Vec<k8s_openapi::api::core::v1::ContainerImage> {
+        let Some(store) = &self.images else {
+            return Vec::new();
+        };
+        let listed: Vec<(Vec<String>, String, u64)> = store
+            .list()
+            .unwrap_or_default()
+            .into_iter()
+            .map(|l| (l.references, l.image.id, l.image.size))
+            .collect();
+        node::images(&listed)
     }
 
     fn nodes(&self) -> Api<Node> {
@@ -254,7 +277,8 @@ impl NodeController {
     /// Recomputes status; reports it when it changed, was never reported, or the report
     /// period has passed.
     async fn update_status(&mut self) {
-        let facts = machine::read(&self.state_dir);
+        let mut facts = machine::read(&self.state_dir);
+        facts.images = self.node_images();
         let readiness = self.readiness.borrow_and_update().clone();
         let due = match &self.reported {
             None => true,

@@ -360,6 +360,7 @@ pub fn status(
         "daemonEndpoints": {"kubeletEndpoint": {"Port": cfg.kubelet_port}},
         "declaredFeatures": declared_features(cfg.apiserver_minor),
         "runtimeHandlers": runtime_handlers(&cfg.runtime_handlers),
+        "images": facts.images,
         "nodeInfo": {
             "machineID": facts.machine_id,
             "systemUUID": facts.system_uuid,
@@ -373,6 +374,52 @@ pub fn status(
             "architecture": arch(),
         },
     })
+}
+
+/// Images kubelet lists in `status.images` (its `nodeStatusMaxImages` default).
+pub const MAX_IMAGES: usize = 50;
+/// Names kubelet lists per image.
+pub const MAX_NAMES_PER_IMAGE: usize = 5;
+
+/// `status.images` from the image store's listing (references, manifest digest, size)
+/// as kubelet writes it: the largest images first, each named by its repository
+/// digests (`<repo>@<digest>`) then its tags, at most [`MAX_NAMES_PER_IMAGE`] names and
+/// [`MAX_IMAGES`] images.
+pub fn images(
+    listed: &[(Vec<String>, String, u64)],
+) -> Vec<k8s_openapi::api::core::v1::ContainerImage> {
+    let mut sorted: Vec<&(Vec<String>, String, u64)> = listed.iter().collect();
+    sorted.sort_by(|a, b| b.2.cmp(&a.2).then_with(|| a.1.cmp(&b.1)));
+    sorted
+        .into_iter()
+        .take(MAX_IMAGES)
+        .map(|(references, digest, size)| {
+            let mut digests: Vec<String> = Vec::new();
+            let mut tags: Vec<String> = Vec::new();
+            for r in references {
+                let repo = match r.split_once('@') {
+                    Some((repo, _)) => repo,
+                    None => {
+                        tags.push(r.clone());
+                        r.rsplit_once(':')
+                            .filter(|(_, tag)| !tag.contains('/'))
+                            .map_or(r.as_str(), |(repo, _)| repo)
+                    }
+                };
+                let d = format!("{repo}@{digest}");
+                if !digests.contains(&d) {
+                    digests.push(d);
+                }
+            }
+            let mut names = digests;
+            names.extend(tags);
+            names.truncate(MAX_NAMES_PER_IMAGE);
+            k8s_openapi::api::core::v1::ContainerImage {
+                names: Some(names),
+                size_bytes: i64::try_from(*size).ok(),
+            }
+        })
+        .collect()
 }
 
 /// `status.runtimeHandlers`: the default handler and each configured name, with what
@@ -434,6 +481,7 @@ mod tests {
             machine_id: "m".into(),
             boot_id: "b".into(),
             system_uuid: "u".into(),
+            images: Vec::new(),
         }
     }
 
@@ -517,6 +565,51 @@ mod tests {
         assert_eq!(keys(&ours["nodeInfo"]), keys(&real["status"]["nodeInfo"]));
         let reg = serde_json::to_value(registration(&cfg())).unwrap();
         assert_eq!(reg["metadata"]["labels"], real["metadata"]["labels"]);
+    }
+
+    #[test]
+    fn images_are_listed_as_kubelet_lists_them() {
+        let d1 = "sha256:1111".to_string();
+        let d2 = "sha256:2222".to_string();
+        let listed = vec![
+            (
+                vec!["docker.io/library/busybox:1.36".to_string()],
+                d1.clone(),
+                100,
+            ),
+            (
+                vec![
+                    "registry.k8s.io/pause:3.10".to_string(),
+                    "localhost:5000/pause:3.10".to_string(),
+                    "registry.k8s.io/pause@sha256:2222".to_string(),
+                ],
+                d2.clone(),
+                900,
+            ),
+        ];
+        let out = images(&listed);
+        assert_eq!(out.len(), 2);
+        assert_eq!(out[0].size_bytes, Some(900), "the largest first");
+        assert_eq!(
+            out[0].names.as_deref().unwrap(),
+            [
+                "registry.k8s.io/pause@sha256:2222",
+                "localhost:5000/pause@sha256:2222",
+                "registry.k8s.io/pause:3.10",
+                "localhost:5000/pause:3.10",
+            ]
+        );
+        assert_eq!(
+            out[1].names.as_deref().unwrap(),
+            [
+                "docker.io/library/busybox@sha256:1111",
+                "docker.io/library/busybox:1.36"
+            ]
+        );
+        let many: Vec<_> = (0..60)
+            .map(|i| (vec![format!("r/i:{i}")], format!("sha256:{i}"), i))
+            .collect();
+        assert_eq!(images(&many).len(), MAX_IMAGES);
     }
 
     #[test]

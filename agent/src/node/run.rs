@@ -81,6 +81,7 @@ pub async fn run_node(kubeconfig: PathBuf, node: PreparedNode) -> anyhow::Result
     let runtime_state_dir = runtime.state_dir.clone();
     let rt = tokio::task::spawn_blocking(move || crate::runtime::Runtime::open(runtime)).await??;
     let overlay_rt = rt.clone();
+    let node_images = rt.images.clone();
     let snapshot: crate::controllers::pods::Snapshot = Default::default();
     let changes = crate::controllers::pods::Changes::default();
     let deleted: crate::controllers::pods::Deleted = Default::default();
@@ -237,7 +238,9 @@ pub async fn run_node(kubeconfig: PathBuf, node: PreparedNode) -> anyhow::Result
     };
     tokio::spawn(serving.run(stop_rx.clone()));
     let controller = tokio::spawn(
-        NodeController::new(client, cfg, state_dir, readiness_rx, timing).run(stop_rx),
+        NodeController::new(client, cfg, state_dir, readiness_rx, timing)
+            .with_images(node_images)
+            .run(stop_rx),
     );
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     tokio::select! {

@@ -5,7 +5,7 @@ use std::net::Ipv4Addr;
 use std::path::Path;
 
 /// Facts a node reports in its status, read from the running machine.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq)]
 pub struct MachineFacts {
     pub hostname: String,
     pub cpus: u64,
@@ -19,6 +19,9 @@ pub struct MachineFacts {
     pub machine_id: String,
     pub boot_id: String,
     pub system_uuid: String,
+    /// The node's images as `status.images` lists them (filled by the node
+    /// controller from the image store; empty here).
+    pub images: Vec<k8s_openapi::api::core::v1::ContainerImage>,
 }
 
 fn read_trim(path: &str) -> String {
@@ -99,6 +102,7 @@ pub fn read(state_dir: &Path) -> MachineFacts {
         machine_id: read_trim("/etc/machine-id"),
         boot_id: read_trim("/proc/sys/kernel/random/boot_id"),
         system_uuid: read_trim("/sys/class/dmi/id/product_uuid").to_lowercase(),
+        images: Vec::new(),
     }
 }
 
