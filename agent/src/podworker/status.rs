@@ -63,6 +63,7 @@ impl Runner {
             ns_dir: PathBuf::new(),
             ip: String::new(),
             pause_pid: None,
+            cpu_request_milli: 0,
             created_at: k8s_openapi::jiff::Timestamp::now()
                 .strftime("%Y-%m-%dT%H:%M:%SZ")
                 .to_string(),

@@ -24,6 +24,7 @@ pub mod network;
 pub mod oom_score;
 pub mod orphans;
 pub mod probe;
+pub mod qos_cgroups;
 pub mod reaper;
 pub mod sandbox;
 pub mod sealed_exe;

@@ -33,6 +33,9 @@ pub struct SandboxRecord {
     #[serde(default)]
     pub pause_pid: Option<u32>,
     pub created_at: String,
+    /// The pod's CPU request in millicores, summed into its QoS parent's weight.
+    #[serde(default)]
+    pub cpu_request_milli: u64,
 }
 
 /// The pod cgroup path (relative to kernlet's root) for a QoS class, as kubelet lays
@@ -371,8 +374,10 @@ impl Runtime {
             ip,
             pause_pid,
             created_at: now(),
+            cpu_request_milli: cpu_request,
         };
         write_json(&self.sandbox_record_path(uid), &record)?;
+        self.update_qos_parents();
         tracing::info!(pod = %format!("{}/{}", record.namespace, record.name), uid, "sandbox created");
         Ok(record)
     }
@@ -438,6 +443,7 @@ impl Runtime {
                 _ => {}
             }
         }
+        self.update_qos_parents();
         Ok(())
     }
 }

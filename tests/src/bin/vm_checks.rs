@@ -4,7 +4,7 @@
 //! OOM-kills (reported OOMKilled, 137), pids.max stops forks, cpu.max throttles,
 //! cgroup.kill empties a pod, pod-level resources limit the pod cgroup, a container sees
 //! its own limits at /sys/fs/cgroup, a root container cannot open the kernel's log through mknod, a Guaranteed container
-//! gets oom_score_adj -997. Prints
+//! gets oom_score_adj -997, the QoS parents get kubelet's CPU weights. Prints
 //! `KLTEST PASS|FAIL <name>` lines and `KLTEST DONE <passed> <failed>` for the runner
 //! to parse from the serial console.
 
@@ -335,6 +335,41 @@ fn guaranteed_oom_score() -> Result<(), String> {
     }
 }
 
+/// The QoS parents' weights as kubelet keeps them: BestEffort the least, Burstable
+/// the weight of its pods' summed CPU requests (not the default 100).
+fn qos_parent_weights() -> Result<(), String> {
+    wait(Duration::from_secs(60), || running("limits")).ok_or("pod limits never ran")?;
+    let mut requests = Vec::new();
+    for e in std::fs::read_dir(Path::new(STATE).join("pods"))
+        .map_err(|e| e.to_string())?
+        .flatten()
+    {
+        let Ok(bytes) = std::fs::read(e.path().join("sandbox.json")) else {
+            continue;
+        };
+        let sb: Value = serde_json::from_slice(&bytes).map_err(|e| e.to_string())?;
+        if sb["qos"] == "Burstable" {
+            requests.push(sb["cpuRequestMilli"].as_u64().unwrap_or(0));
+        }
+    }
+    let (besteffort, burstable) = kernlet::runtime::qos_cgroups::parent_weights(requests.clone());
+    let got = (
+        read(&Path::new(CG).join("kubepods/besteffort/cpu.weight")),
+        read(&Path::new(CG).join("kubepods/burstable/cpu.weight")),
+    );
+    if got.0.trim() == besteffort.to_string()
+        && got.1.trim() == burstable.to_string()
+        && burstable != 100
+    {
+        Ok(())
+    } else {
+        Err(format!(
+            "besteffort {:?} burstable {:?}, wanted {besteffort} {burstable} for requests {requests:?}",
+            got.0, got.1
+        ))
+    }
+}
+
 fn memory_max_oom_kills() -> Result<(), String> {
     let p = wait(Duration::from_secs(120), || terminated("oom")).ok_or("pod oom never ended")?;
     let t = &p["status"]["containerStatuses"][0]["state"]["terminated"];
@@ -461,8 +496,9 @@ fn main() {
             return;
         }
     };
-    let checks: [(&str, Check); 10] = [
+    let checks: [(&str, Check); 11] = [
         ("limits-written", limits_are_written),
+        ("qos-parent-weights", qos_parent_weights),
         ("guaranteed-oom-score", guaranteed_oom_score),
         ("devices-limited", devices_are_limited),
         ("pod-level-limits", pod_level_limits),
