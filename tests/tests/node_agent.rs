@@ -1960,3 +1960,81 @@ async fn a_pod_stuck_on_its_volumes_holds_up_no_other_pod() {
     .await;
     drop(fwd);
 }
+
+/// DiskPressure from a real reading: the state directory's filesystem (a 64 MiB tmpfs)
+/// filled past `nodefs.available<10%` sets the condition with kubelet's reason, and
+/// freeing it clears it (after the transition period, here 0s); the hard thresholds
+/// also leave allocatable storage.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn disk_pressure_follows_the_nodes_filesystem() {
+    use nix::mount::{MsFlags, mount};
+    let cluster = Cluster::start(&[BRIDGE_IP.into()]).await.unwrap();
+    let mut lab = Lab::new("pressure").unwrap();
+    let fwd = lab.forward(0, cluster.addr()).unwrap();
+    let mut node = lab.add_node("p1").unwrap();
+    let state = node.dir("state");
+    // Unmounted by the SimNode's drop (and the sweep, if this process dies).
+    mount(
+        Some("tmpfs"),
+        &state,
+        Some("tmpfs"),
+        MsFlags::empty(),
+        Some("size=64m"),
+    )
+    .unwrap();
+    start_agent(
+        &cluster,
+        &fwd.url,
+        &mut node,
+        &[
+            "--node-status-update-frequency",
+            "1",
+            "--eviction-pressure-transition-period",
+            "0s",
+            "--eviction-hard",
+            "memory.available<1Mi,nodefs.available<10%",
+        ],
+    );
+    let nodes: Api<Node> = Api::all(cluster.admin().await.unwrap());
+    let disk = async || {
+        let n = nodes.get_opt("p1").await.ok()??;
+        let status = n.status?;
+        let c = status
+            .conditions?
+            .into_iter()
+            .find(|c| c.type_ == "DiskPressure")?;
+        let allocatable = status.allocatable?.get("ephemeral-storage")?.0.clone();
+        Some((c.status, c.reason.unwrap_or_default(), allocatable))
+    };
+    let (status, reason, allocatable) =
+        wait_for("DiskPressure False", Duration::from_secs(20), async || {
+            disk().await.filter(|d| d.0 == "False")
+        })
+        .await;
+    assert_eq!(
+        (status.as_str(), reason.as_str()),
+        ("False", "KubeletHasNoDiskPressure")
+    );
+    let amount = |q: &str| {
+        kernlet::model::quantity::Quantity::parse(q)
+            .unwrap()
+            .value()
+    };
+    assert_eq!(amount(&allocatable), amount("64Mi") - amount("64Mi") / 10);
+    // 60 of 64 MiB used: below 10 % available.
+    std::fs::write(state.join("filler"), vec![0u8; 60 << 20]).unwrap();
+    let (_, reason, _) = wait_for("DiskPressure True", Duration::from_secs(20), async || {
+        disk().await.filter(|d| d.0 == "True")
+    })
+    .await;
+    assert_eq!(reason, "KubeletHasDiskPressure");
+    std::fs::remove_file(state.join("filler")).unwrap();
+    wait_for(
+        "DiskPressure False again",
+        Duration::from_secs(20),
+        async || disk().await.filter(|d| d.0 == "False"),
+    )
+    .await;
+    assert!(node.kernlet_log().contains("eviction thresholds crossed"));
+    assert!(node.kernlet_running(), "{}", node.kernlet_log());
+}

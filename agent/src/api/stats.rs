@@ -177,10 +177,11 @@ pub fn summary(src: &StatsSources, samples: &CpuSamples, node_iface: Option<&str
         .unwrap_or_default();
     let total = mem.get("MemTotal").copied().unwrap_or(0);
     let usage = total.saturating_sub(mem.get("MemFree").copied().unwrap_or(0));
-    let working = usage.saturating_sub(mem.get("Inactive(file)").copied().unwrap_or(0));
+    // The same reading the eviction signal memory.available is.
+    let (available, working) = stats::memory_available(&mem);
     let node_memory = json!({
         "time": now(),
-        "availableBytes": mem.get("MemAvailable").copied().unwrap_or(0),
+        "availableBytes": available,
         "usageBytes": usage,
         "workingSetBytes": working,
         "rssBytes": mem.get("AnonPages").copied().unwrap_or(0),

@@ -39,6 +39,9 @@ pub struct Timing {
     /// How often status is reported when nothing changes (kubelet's
     /// `nodeStatusReportFrequency`, 5 min).
     pub status_report: Duration,
+    /// How long a pressure condition outlives its signal's crossing (kubelet's
+    /// `evictionPressureTransitionPeriod`, 5 min).
+    pub pressure_transition: Duration,
 }
 
 impl Default for Timing {
@@ -47,6 +50,7 @@ impl Default for Timing {
             lease_renew: Duration::from_secs(10),
             status_update: Duration::from_secs(10),
             status_report: Duration::from_secs(300),
+            pressure_transition: Duration::from_secs(300),
         }
     }
 }
@@ -65,6 +69,8 @@ pub struct NodeController {
     reported: Option<(MachineFacts, Readiness, Instant)>,
     /// The node's image store, for `status.images`.
     images: Option<crate::runtime::image::ImageStore>,
+    /// The pressure conditions, held for the transition period.
+    pressure: crate::model::eviction::Observer,
 }
 
 /// A request bounded by [`REQUEST_TIMEOUT`].
@@ -99,6 +105,7 @@ impl NodeController {
         timing: Timing,
     ) -> Self {
         Self {
+            pressure: crate::model::eviction::Observer::new(timing.pressure_transition),
             client,
             cfg,
             state_dir,
@@ -115,6 +122,28 @@ impl NodeController {
     pub fn with_images(mut self, store: crate::runtime::image::ImageStore) -> Self {
         self.images = Some(store);
         self
+    }
+
+    /// The pressure conditions from the eviction signals now.
+    fn pressure_now(&mut self) -> crate::model::eviction::Pressure {
+        use crate::model::eviction;
+        let thresholds = eviction::parse_thresholds(&self.cfg.eviction_hard).unwrap_or_default();
+        let image_dir = self
+            .images
+            .as_ref()
+            .map(|s| s.root().to_path_buf())
+            .unwrap_or_else(|| self.state_dir.clone());
+        let readings = crate::sys::stats::eviction_readings(&self.state_dir, &image_dir);
+        let crossed = eviction::crossed(&thresholds, &readings);
+        let pressure = self.pressure.observe(&crossed, Instant::now());
+        if !crossed.is_empty() {
+            tracing::warn!(
+                node = %self.cfg.name,
+                signals = ?crossed.iter().map(|s| s.name()).collect::<Vec<_>>(),
+                "eviction thresholds crossed"
+            );
+        }
+        pressure
     }
 
     /// `status.images` now (empty without a store or when it cannot be read).
@@ -279,6 +308,7 @@ impl NodeController {
     async fn update_status(&mut self) {
         let mut facts = machine::read(&self.state_dir);
         facts.images = self.node_images();
+        facts.pressure = self.pressure_now();
         let readiness = self.readiness.borrow_and_update().clone();
         let due = match &self.reported {
             None => true,

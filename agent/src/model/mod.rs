@@ -6,6 +6,7 @@ pub mod csr;
 pub mod devices;
 pub mod dns;
 pub mod env;
+pub mod eviction;
 pub mod image_ref;
 pub mod kubelet_config;
 pub mod lsm;

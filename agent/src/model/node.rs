@@ -54,6 +54,8 @@ pub struct NodeConfig {
     pub apiserver_minor: Option<u32>,
     /// Runtime handler names besides the default one (`--runtime-handlers`).
     pub runtime_handlers: Vec<String>,
+    /// `--eviction-hard`, checked when the node was prepared.
+    pub eviction_hard: String,
 }
 
 impl NodeConfig {
@@ -225,17 +227,40 @@ fn arch() -> &'static str {
     }
 }
 
-/// Kubelet's default hard eviction threshold for memory (`memory.available<100Mi`).
-const EVICTION_HARD_MEMORY: u64 = 100 * 1024 * 1024;
+/// The hard eviction threshold of `signal` in absolute terms for a capacity (the
+/// largest if several are given; 0 without one): kept out of allocatable.
+fn hard_eviction(
+    eviction_hard: &str,
+    signal: crate::model::eviction::Signal,
+    capacity: u64,
+) -> u64 {
+    crate::model::eviction::parse_thresholds(eviction_hard)
+        .unwrap_or_default()
+        .iter()
+        .filter(|t| t.signal == signal)
+        .map(|t| t.absolute(capacity))
+        .max()
+        .unwrap_or(0)
+}
 
 /// Allocatable CPU (millicores) and memory (bytes): capacity minus the reservations
-/// and the hard eviction threshold.
-pub fn allocatable_cpu_memory(facts: &MachineFacts, r: Reserved) -> (u64, u64) {
+/// and the hard eviction threshold of `memory.available` (`eviction_hard`, kubelet's
+/// `--eviction-hard` form).
+pub fn allocatable_cpu_memory(
+    facts: &MachineFacts,
+    r: Reserved,
+    eviction_hard: &str,
+) -> (u64, u64) {
+    let evicted = hard_eviction(
+        eviction_hard,
+        crate::model::eviction::Signal::MemoryAvailable,
+        facts.memory_bytes,
+    );
     (
         (facts.cpus * 1000).saturating_sub(r.cpu_millis),
         facts
             .memory_bytes
-            .saturating_sub(EVICTION_HARD_MEMORY)
+            .saturating_sub(evicted)
             .saturating_sub(r.memory_bytes),
     )
 }
@@ -299,18 +324,21 @@ pub fn status(
         "pods": cfg.max_pods.to_string(),
     });
     let r = cfg.reserved;
-    let (cpu_millis, _) = allocatable_cpu_memory(facts, r);
+    let (cpu_millis, memory) = allocatable_cpu_memory(facts, r, &cfg.eviction_hard);
     let cpu = if cpu_millis.is_multiple_of(1000) {
         (cpu_millis / 1000).to_string()
     } else {
         format!("{cpu_millis}m")
     };
-    let memory = facts
-        .memory_bytes
-        .saturating_sub(EVICTION_HARD_MEMORY)
-        .saturating_sub(r.memory_bytes);
-    // nodefs.available<10%: that tenth and the reservation are not allocatable.
-    let storage = (facts.ephemeral_storage_bytes - facts.ephemeral_storage_bytes / 10)
+    // The nodefs.available threshold (10 % by default) and the reservation are not
+    // allocatable.
+    let storage = facts
+        .ephemeral_storage_bytes
+        .saturating_sub(hard_eviction(
+            &cfg.eviction_hard,
+            crate::model::eviction::Signal::NodefsAvailable,
+            facts.ephemeral_storage_bytes,
+        ))
         .saturating_sub(r.ephemeral_storage_bytes);
     let mut allocatable = json!({
         "cpu": cpu,
@@ -331,7 +359,11 @@ pub fn status(
     if hugepage_total > 0 {
         let mem = facts
             .memory_bytes
-            .saturating_sub(EVICTION_HARD_MEMORY)
+            .saturating_sub(hard_eviction(
+                &cfg.eviction_hard,
+                crate::model::eviction::Signal::MemoryAvailable,
+                facts.memory_bytes,
+            ))
             .saturating_sub(hugepage_total);
         allocatable["memory"] = json!(format!("{}Ki", mem / 1024));
     }
@@ -352,9 +384,21 @@ pub fn status(
         "capacity": capacity,
         "allocatable": allocatable,
         "conditions": [
-            cond("MemoryPressure", "False", "KubeletHasSufficientMemory", "kubelet has sufficient memory available"),
-            cond("DiskPressure", "False", "KubeletHasNoDiskPressure", "kubelet has no disk pressure"),
-            cond("PIDPressure", "False", "KubeletHasSufficientPID", "kubelet has sufficient PID available"),
+            if facts.pressure.memory {
+                cond("MemoryPressure", "True", "KubeletHasInsufficientMemory", "kubelet has insufficient memory available")
+            } else {
+                cond("MemoryPressure", "False", "KubeletHasSufficientMemory", "kubelet has sufficient memory available")
+            },
+            if facts.pressure.disk {
+                cond("DiskPressure", "True", "KubeletHasDiskPressure", "kubelet has disk pressure")
+            } else {
+                cond("DiskPressure", "False", "KubeletHasNoDiskPressure", "kubelet has no disk pressure")
+            },
+            if facts.pressure.pid {
+                cond("PIDPressure", "True", "KubeletHasInsufficientPID", "kubelet has insufficient PID available")
+            } else {
+                cond("PIDPressure", "False", "KubeletHasSufficientPID", "kubelet has sufficient PID available")
+            },
             cond("Ready", if readiness.ready { "True" } else { "False" }, &readiness.reason, &readiness.message),
         ],
         "daemonEndpoints": {"kubeletEndpoint": {"Port": cfg.kubelet_port}},
@@ -465,6 +509,7 @@ mod tests {
             reserved: Reserved::default(),
             apiserver_minor: None,
             runtime_handlers: vec!["runc".into()],
+            eviction_hard: crate::model::eviction::DEFAULT_HARD.into(),
         }
     }
 
@@ -482,6 +527,7 @@ mod tests {
             boot_id: "b".into(),
             system_uuid: "u".into(),
             images: Vec::new(),
+            pressure: Default::default(),
         }
     }
 

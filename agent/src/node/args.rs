@@ -47,6 +47,16 @@ pub struct NodeArgs {
     /// Resources reserved for kernlet itself, same form as --system-reserved.
     #[arg(long, default_value = "")]
     pub kube_reserved: String,
+    /// Hard eviction thresholds, kubelet's form: `signal<amount` (a quantity or a
+    /// percentage of the signal's capacity), comma-separated. They set the node's
+    /// MemoryPressure, DiskPressure and PIDPressure conditions and are kept out of
+    /// allocatable memory and ephemeral storage.
+    #[arg(long, default_value = crate::model::eviction::DEFAULT_HARD)]
+    pub eviction_hard: String,
+    /// How long a pressure condition stays true after its signal last crossed a
+    /// threshold (kubelet's duration form, `5m0s`).
+    #[arg(long, default_value = "5m0s")]
+    pub eviction_pressure_transition_period: String,
     /// How often node status is recomputed and reported if it changed, in seconds.
     #[arg(long, default_value_t = 10)]
     pub node_status_update_frequency: u64,

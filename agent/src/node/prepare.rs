@@ -71,11 +71,19 @@ pub fn prepare_node(args: &NodeArgs) -> anyhow::Result<PreparedNode> {
         apiserver_minor: None,
         reserved,
         runtime_handlers: args.runtime_handlers.clone(),
+        eviction_hard: {
+            crate::model::eviction::parse_thresholds(&args.eviction_hard)?;
+            args.eviction_hard.clone()
+        },
     };
     let timing = Timing {
         lease_renew: Duration::from_millis(args.node_lease_renew_interval_ms.max(100)),
         status_update: Duration::from_secs(args.node_status_update_frequency.max(1)),
         status_report: Duration::from_secs(args.node_status_report_frequency.max(1)),
+        pressure_transition: crate::model::eviction::parse_duration(
+            &args.eviction_pressure_transition_period,
+        )
+        .context("--eviction-pressure-transition-period")?,
     };
     let overlay_node = cfg.name.clone();
     let node_ips = cfg.node_ips();
@@ -265,6 +273,15 @@ fn configz(args: &NodeArgs) -> serde_json::Value {
         "podPidsLimit": args.pod_max_pids,
         "seccompDefault": args.seccomp_default,
         "resolvConf": args.resolv_conf,
+        "evictionHard": crate::model::eviction::parse_thresholds(&args.eviction_hard)
+            .unwrap_or_default()
+            .iter()
+            .map(|t| (t.signal.name().to_string(), match t.below {
+                crate::model::eviction::Amount::Absolute(n) => n.to_string(),
+                crate::model::eviction::Amount::Percent(p) => format!("{p}%"),
+            }))
+            .collect::<std::collections::BTreeMap<_, _>>(),
+        "evictionPressureTransitionPeriod": args.eviction_pressure_transition_period,
     }})
 }
 

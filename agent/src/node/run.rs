@@ -138,7 +138,7 @@ pub async fn run_node(kubeconfig: PathBuf, node: PreparedNode) -> anyhow::Result
         .with_static_pods_opt(static_pods, cfg.name.clone())
         .with_node_fit({
             let facts = crate::sys::machine::read(&state_dir);
-            let (cpu, mem) = node::allocatable_cpu_memory(&facts, cfg.reserved);
+            let (cpu, mem) = node::allocatable_cpu_memory(&facts, cfg.reserved, &cfg.eviction_hard);
             crate::model::admission::NodeFit {
                 name: cfg.name.clone(),
                 allocatable_cpu_milli: cpu,

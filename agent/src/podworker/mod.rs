@@ -270,7 +270,11 @@ type Notify = Option<(crate::controllers::events::Recorder, Pod)>;
 impl Runner {
     pub fn new(rt: Runtime, source: Source, node_ip: String, timing: Timing) -> Self {
         let facts = crate::sys::machine::read(Path::new("/"));
-        let (cpu, mem) = crate::model::node::allocatable_cpu_memory(&facts, Default::default());
+        let (cpu, mem) = crate::model::node::allocatable_cpu_memory(
+            &facts,
+            Default::default(),
+            crate::model::eviction::DEFAULT_HARD,
+        );
         let fit = crate::model::admission::NodeFit {
             name: facts.hostname.clone(),
             allocatable_cpu_milli: cpu,

@@ -22,6 +22,9 @@ pub struct MachineFacts {
     /// The node's images as `status.images` lists them (filled by the node
     /// controller from the image store; empty here).
     pub images: Vec<k8s_openapi::api::core::v1::ContainerImage>,
+    /// The pressure conditions (filled by the node controller from the eviction
+    /// signals; none here).
+    pub pressure: crate::model::eviction::Pressure,
 }
 
 fn read_trim(path: &str) -> String {
@@ -103,6 +106,7 @@ pub fn read(state_dir: &Path) -> MachineFacts {
         boot_id: read_trim("/proc/sys/kernel/random/boot_id"),
         system_uuid: read_trim("/sys/class/dmi/id/product_uuid").to_lowercase(),
         images: Vec::new(),
+        pressure: Default::default(),
     }
 }
 

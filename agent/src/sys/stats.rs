@@ -159,6 +159,82 @@ pub fn disk_usage(dir: &Path) -> (u64, u64) {
     (bytes, inodes)
 }
 
+/// The node's eviction signals now, as kubelet reads them: `memory.available` is
+/// capacity minus the working set (usage minus inactive file pages, from
+/// /proc/meminfo), `nodefs.*` the filesystem of the state directory, `imagefs.*` that
+/// of the image directory, `pid.available` the pid limit minus the processes.
+pub fn eviction_readings(
+    state_dir: &Path,
+    image_dir: &Path,
+) -> BTreeMap<crate::model::eviction::Signal, crate::model::eviction::Reading> {
+    use crate::model::eviction::{Reading, Signal};
+    let mut out = BTreeMap::new();
+    let mem = std::fs::read_to_string("/proc/meminfo")
+        .map(|t| parse_meminfo(&t))
+        .unwrap_or_default();
+    if let Some(&total) = mem.get("MemTotal") {
+        let (available, _) = memory_available(&mem);
+        out.insert(
+            Signal::MemoryAvailable,
+            Reading {
+                available,
+                capacity: total,
+            },
+        );
+    }
+    for (dir, bytes, inodes) in [
+        (state_dir, Signal::NodefsAvailable, Signal::NodefsInodesFree),
+        (
+            image_dir,
+            Signal::ImagefsAvailable,
+            Signal::ImagefsInodesFree,
+        ),
+    ] {
+        if let Some((capacity, available, files, free)) = filesystem(dir) {
+            out.insert(
+                bytes,
+                Reading {
+                    available,
+                    capacity,
+                },
+            );
+            if files > 0 {
+                out.insert(
+                    inodes,
+                    Reading {
+                        available: free,
+                        capacity: files,
+                    },
+                );
+            }
+        }
+    }
+    let limit = ["/proc/sys/kernel/pid_max", "/proc/sys/kernel/threads-max"]
+        .iter()
+        .filter_map(|p| std::fs::read_to_string(p).ok()?.trim().parse::<u64>().ok())
+        .min();
+    if let (Some(limit), Ok(info)) = (limit, nix::sys::sysinfo::sysinfo()) {
+        let procs = u64::from(info.process_count());
+        out.insert(
+            Signal::PidAvailable,
+            Reading {
+                available: limit.saturating_sub(procs),
+                capacity: limit,
+            },
+        );
+    }
+    out
+}
+
+/// `(available, working set)` of the node's memory from /proc/meminfo, as kubelet
+/// computes `memory.available`: capacity − (usage − inactive file pages).
+pub fn memory_available(mem: &BTreeMap<String, u64>) -> (u64, u64) {
+    let total = mem.get("MemTotal").copied().unwrap_or(0);
+    let usage = total.saturating_sub(mem.get("MemFree").copied().unwrap_or(0));
+    let working = usage.saturating_sub(mem.get("Inactive(file)").copied().unwrap_or(0));
+    (total.saturating_sub(working), working)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1,0 +1,295 @@
+//! Eviction signals and thresholds as kubelet defines them (`--eviction-hard`), and the
+//! node conditions they drive: MemoryPressure from `memory.available`, DiskPressure
+//! from the `nodefs.*` and `imagefs.*` signals, PIDPressure from `pid.available`. A
+//! condition stays true for the pressure transition period after its signal last
+//! crossed a threshold (kubelet's `evictionPressureTransitionPeriod`, 5 minutes).
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use super::quantity::Quantity;
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum EvictionError {
+    #[error(
+        "--eviction-hard: {0:?} is not <signal><<quantity or percent> (signals: memory.available, nodefs.available, nodefs.inodesFree, imagefs.available, imagefs.inodesFree, pid.available)"
+    )]
+    Malformed(String),
+    #[error("--eviction-hard: unknown signal {0:?}")]
+    Signal(String),
+    #[error("--eviction-hard: {0:?} is not a quantity or a percentage between 0 and 100")]
+    Amount(String),
+    #[error("{0:?} is not a duration (like 5m0s, 30s, 1h)")]
+    Duration(String),
+}
+
+/// A signal kubelet evicts on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Signal {
+    MemoryAvailable,
+    NodefsAvailable,
+    NodefsInodesFree,
+    ImagefsAvailable,
+    ImagefsInodesFree,
+    PidAvailable,
+}
+
+impl Signal {
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::MemoryAvailable => "memory.available",
+            Self::NodefsAvailable => "nodefs.available",
+            Self::NodefsInodesFree => "nodefs.inodesFree",
+            Self::ImagefsAvailable => "imagefs.available",
+            Self::ImagefsInodesFree => "imagefs.inodesFree",
+            Self::PidAvailable => "pid.available",
+        }
+    }
+
+    fn parse(name: &str) -> Option<Self> {
+        [
+            Self::MemoryAvailable,
+            Self::NodefsAvailable,
+            Self::NodefsInodesFree,
+            Self::ImagefsAvailable,
+            Self::ImagefsInodesFree,
+            Self::PidAvailable,
+        ]
+        .into_iter()
+        .find(|s| s.name() == name)
+    }
+}
+
+/// Below how much of a signal the threshold is crossed.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Amount {
+    /// An absolute amount (bytes, inodes, processes).
+    Absolute(u64),
+    /// A percentage of the signal's capacity.
+    Percent(f64),
+}
+
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Threshold {
+    pub signal: Signal,
+    pub below: Amount,
+}
+
+impl Threshold {
+    /// The threshold in absolute terms for a signal whose capacity is `capacity`.
+    pub fn absolute(&self, capacity: u64) -> u64 {
+        match self.below {
+            Amount::Absolute(n) => n,
+            Amount::Percent(p) => (capacity as f64 * p / 100.0) as u64,
+        }
+    }
+}
+
+/// kubelet's hard thresholds on Linux when none are given.
+pub const DEFAULT_HARD: &str = "memory.available<100Mi,nodefs.available<10%,nodefs.inodesFree<5%,imagefs.available<15%,imagefs.inodesFree<5%";
+
+/// Parses kubelet's `--eviction-hard` form, `signal<amount,...`.
+pub fn parse_thresholds(text: &str) -> Result<Vec<Threshold>, EvictionError> {
+    let mut out = Vec::new();
+    for item in text.split(',').map(str::trim).filter(|i| !i.is_empty()) {
+        let (name, amount) = item
+            .split_once('<')
+            .ok_or_else(|| EvictionError::Malformed(item.to_string()))?;
+        let signal =
+            Signal::parse(name.trim()).ok_or_else(|| EvictionError::Signal(name.to_string()))?;
+        let amount = amount.trim();
+        let below = if let Some(p) = amount.strip_suffix('%') {
+            let p: f64 = p
+                .parse()
+                .map_err(|_| EvictionError::Amount(amount.to_string()))?;
+            if !(0.0..=100.0).contains(&p) {
+                return Err(EvictionError::Amount(amount.to_string()));
+            }
+            Amount::Percent(p)
+        } else {
+            let q =
+                Quantity::parse(amount).map_err(|_| EvictionError::Amount(amount.to_string()))?;
+            Amount::Absolute(
+                u64::try_from(q.value()).map_err(|_| EvictionError::Amount(amount.to_string()))?,
+            )
+        };
+        out.push(Threshold { signal, below });
+    }
+    Ok(out)
+}
+
+/// kubelet's duration form (`5m0s`, `30s`, `1h`, `0`).
+pub fn parse_duration(text: &str) -> Result<Duration, EvictionError> {
+    let bad = || EvictionError::Duration(text.to_string());
+    if text == "0" {
+        return Ok(Duration::ZERO);
+    }
+    let mut total = 0u64;
+    let mut number = String::new();
+    let mut any = false;
+    for c in text.chars() {
+        if c.is_ascii_digit() {
+            number.push(c);
+            continue;
+        }
+        let n: u64 = number.parse().map_err(|_| bad())?;
+        number.clear();
+        total += n * match c {
+            'h' => 3600,
+            'm' => 60,
+            's' => 1,
+            _ => return Err(bad()),
+        };
+        any = true;
+    }
+    if !number.is_empty() || !any {
+        return Err(bad());
+    }
+    Ok(Duration::from_secs(total))
+}
+
+/// What is left of a signal and how much there is of it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Reading {
+    pub available: u64,
+    pub capacity: u64,
+}
+
+/// The thresholds `readings` cross now.
+pub fn crossed(thresholds: &[Threshold], readings: &BTreeMap<Signal, Reading>) -> Vec<Signal> {
+    let mut out: Vec<Signal> = thresholds
+        .iter()
+        .filter(|t| {
+            readings
+                .get(&t.signal)
+                .is_some_and(|r| r.available < t.absolute(r.capacity))
+        })
+        .map(|t| t.signal)
+        .collect();
+    out.dedup();
+    out
+}
+
+/// The three pressure conditions.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Pressure {
+    pub memory: bool,
+    pub disk: bool,
+    pub pid: bool,
+}
+
+/// The conditions of the signals crossed now, held for the transition period after
+/// they were last crossed.
+#[derive(Debug)]
+pub struct Observer {
+    period: Duration,
+    last: [Option<Instant>; 3],
+}
+
+impl Observer {
+    pub fn new(period: Duration) -> Self {
+        Self {
+            period,
+            last: [None; 3],
+        }
+    }
+
+    /// The conditions at `now` given the signals crossed now.
+    pub fn observe(&mut self, crossed: &[Signal], now: Instant) -> Pressure {
+        for s in crossed {
+            let i = match s {
+                Signal::MemoryAvailable => 0,
+                Signal::PidAvailable => 2,
+                _ => 1,
+            };
+            self.last[i] = Some(now);
+        }
+        let held = |t: Option<Instant>| t.is_some_and(|t| now.duration_since(t) < self.period);
+        Pressure {
+            memory: held(self.last[0]) || crossed.contains(&Signal::MemoryAvailable),
+            disk: held(self.last[1])
+                || crossed
+                    .iter()
+                    .any(|s| !matches!(s, Signal::MemoryAvailable | Signal::PidAvailable)),
+            pid: held(self.last[2]) || crossed.contains(&Signal::PidAvailable),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kubelets_defaults_and_forms_parse() {
+        let t = parse_thresholds(DEFAULT_HARD).unwrap();
+        assert_eq!(t.len(), 5);
+        assert_eq!(t[0].below, Amount::Absolute(100 << 20));
+        assert_eq!(t[1].below, Amount::Percent(10.0));
+        assert_eq!(t[1].absolute(1000), 100);
+        assert!(matches!(
+            parse_thresholds("memory.free<1Gi"),
+            Err(EvictionError::Signal(_))
+        ));
+        assert!(matches!(
+            parse_thresholds("nodefs.available<120%"),
+            Err(EvictionError::Amount(_))
+        ));
+        assert!(matches!(
+            parse_thresholds("nodefs.available>1"),
+            Err(EvictionError::Malformed(_))
+        ));
+        assert_eq!(parse_thresholds("").unwrap(), vec![]);
+        assert_eq!(parse_duration("5m0s").unwrap(), Duration::from_secs(300));
+        assert_eq!(parse_duration("1h30s").unwrap(), Duration::from_secs(3630));
+        assert_eq!(parse_duration("0").unwrap(), Duration::ZERO);
+        assert!(parse_duration("5").is_err());
+        assert!(parse_duration("5d").is_err());
+    }
+
+    #[test]
+    fn crossed_thresholds_set_conditions_held_for_the_period() {
+        let t = parse_thresholds(DEFAULT_HARD).unwrap();
+        let mut r = BTreeMap::new();
+        r.insert(
+            Signal::MemoryAvailable,
+            Reading {
+                available: 50 << 20,
+                capacity: 8 << 30,
+            },
+        );
+        r.insert(
+            Signal::NodefsAvailable,
+            Reading {
+                available: 500,
+                capacity: 1000,
+            },
+        );
+        r.insert(
+            Signal::ImagefsInodesFree,
+            Reading {
+                available: 1,
+                capacity: 1000,
+            },
+        );
+        let c = crossed(&t, &r);
+        assert_eq!(c, [Signal::MemoryAvailable, Signal::ImagefsInodesFree]);
+        let mut o = Observer::new(Duration::from_secs(300));
+        let t0 = Instant::now();
+        assert_eq!(
+            o.observe(&c, t0),
+            Pressure {
+                memory: true,
+                disk: true,
+                pid: false
+            }
+        );
+        // Relieved: still under pressure within the period, not after it.
+        let p = o.observe(&[], t0 + Duration::from_secs(299));
+        assert!(p.memory && p.disk);
+        assert_eq!(
+            o.observe(&[], t0 + Duration::from_secs(301)),
+            Pressure::default()
+        );
+    }
+}
