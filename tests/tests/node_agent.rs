@@ -1963,8 +1963,9 @@ async fn a_pod_stuck_on_its_volumes_holds_up_no_other_pod() {
 
 /// DiskPressure from a real reading: the state directory's filesystem (a 64 MiB tmpfs)
 /// filled past `nodefs.available<10%` sets the condition with kubelet's reason, and
-/// freeing it clears it (after the transition period, here 0s); the hard thresholds
-/// also leave allocatable storage.
+/// freeing it clears it (after the transition period, here 0s); meanwhile a new pod is
+/// rejected (Evicted, kubelet's message); the hard thresholds also leave allocatable
+/// storage.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn disk_pressure_follows_the_nodes_filesystem() {
     use nix::mount::{MsFlags, mount};
@@ -2028,6 +2029,27 @@ async fn disk_pressure_follows_the_nodes_filesystem() {
     })
     .await;
     assert_eq!(reason, "KubeletHasDiskPressure");
+    // Under disk pressure a pod bound to the node is rejected as kubelet's eviction
+    // admission rejects it.
+    let admin = cluster.admin().await.unwrap();
+    let pods: Api<k8s_openapi::api::core::v1::Pod> = Api::namespaced(admin, "default");
+    let pod: k8s_openapi::api::core::v1::Pod = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": "late"},
+        "spec": {"containers": [{"name": "c", "image": "busybox:1.36", "command": ["true"]}]},
+    }))
+    .unwrap();
+    pods.create(&Default::default(), &pod).await.unwrap();
+    cluster.bind_pod("default", "late", "p1").await.unwrap();
+    let rejected = wait_for("the pod rejected", Duration::from_secs(20), async || {
+        let s = pods.get("late").await.ok()?.status?;
+        (s.phase.as_deref() == Some("Failed")).then_some(s)
+    })
+    .await;
+    assert_eq!(rejected.reason.as_deref(), Some("Evicted"));
+    assert_eq!(
+        rejected.message.as_deref(),
+        Some("Pod was rejected: The node had condition: [DiskPressure]. ")
+    );
     std::fs::remove_file(state.join("filler")).unwrap();
     wait_for(
         "DiskPressure False again",

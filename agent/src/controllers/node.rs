@@ -71,6 +71,8 @@ pub struct NodeController {
     images: Option<crate::runtime::image::ImageStore>,
     /// The pressure conditions, held for the transition period.
     pressure: crate::model::eviction::Observer,
+    /// Where admission reads them.
+    shared_pressure: crate::model::eviction::SharedPressure,
 }
 
 /// A request bounded by [`REQUEST_TIMEOUT`].
@@ -115,7 +117,14 @@ impl NodeController {
             uid: None,
             reported: None,
             images: None,
+            shared_pressure: Default::default(),
         }
+    }
+
+    /// Publishes the pressure conditions to `shared` (admission reads them).
+    pub fn with_pressure(mut self, shared: crate::model::eviction::SharedPressure) -> Self {
+        self.shared_pressure = shared;
+        self
     }
 
     /// Lists the images of `store` in `status.images`.
@@ -136,6 +145,7 @@ impl NodeController {
         let readings = crate::sys::stats::eviction_readings(&self.state_dir, &image_dir);
         let crossed = eviction::crossed(&thresholds, &readings);
         let pressure = self.pressure.observe(&crossed, Instant::now());
+        self.shared_pressure.set(pressure);
         if !crossed.is_empty() {
             tracing::warn!(
                 node = %self.cfg.name,

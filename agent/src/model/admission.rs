@@ -22,6 +22,8 @@ pub struct NodeFit {
     pub runtime_handlers: Vec<String>,
     /// The node's security modules.
     pub lsm: super::lsm::LsmSupport,
+    /// The node's pressure conditions, as the node controller last computed them.
+    pub pressure: super::eviction::SharedPressure,
 }
 
 /// Why a pod is refused: kubelet's reason (`OutOfcpu`, `NodeAffinity`, …) and message.
@@ -179,6 +181,14 @@ pub fn admit(pod: &PodSpec, admitted: &[&PodSpec], node: &NodeFit) -> Result<(),
             message,
         })
     };
+    // Under pressure, kubelet's eviction admission first.
+    let best_effort = matches!(
+        super::qos::qos_class(pod),
+        Ok(super::qos::QosClass::BestEffort)
+    );
+    if let Err(message) = super::eviction::admit(pod, best_effort, node.pressure.get()) {
+        return refuse("Evicted", message);
+    }
     // What kernlet cannot give a pod is refused before anything of it starts.
     for s in pod
         .security_context
@@ -273,6 +283,7 @@ mod tests {
                 .collect(),
             runtime_handlers: Vec::new(),
             lsm: Default::default(),
+            pressure: Default::default(),
         }
     }
 

@@ -178,6 +178,81 @@ pub struct Pressure {
     pub pid: bool,
 }
 
+impl Pressure {
+    /// The conditions that hold, in kubelet's order and spelling.
+    pub fn conditions(self) -> Vec<&'static str> {
+        [
+            (self.memory, "MemoryPressure"),
+            (self.disk, "DiskPressure"),
+            (self.pid, "PIDPressure"),
+        ]
+        .into_iter()
+        .filter_map(|(on, name)| on.then_some(name))
+        .collect()
+    }
+}
+
+/// The node's pressure conditions as the node controller last computed them, read by
+/// admission (kubelet's eviction admit handler).
+#[derive(Clone, Debug, Default)]
+pub struct SharedPressure(std::sync::Arc<std::sync::atomic::AtomicU8>);
+
+impl SharedPressure {
+    pub fn set(&self, p: Pressure) {
+        let bits = u8::from(p.memory) | u8::from(p.disk) << 1 | u8::from(p.pid) << 2;
+        self.0.store(bits, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    pub fn get(&self) -> Pressure {
+        let bits = self.0.load(std::sync::atomic::Ordering::Relaxed);
+        Pressure {
+            memory: bits & 1 != 0,
+            disk: bits & 2 != 0,
+            pid: bits & 4 != 0,
+        }
+    }
+}
+
+impl PartialEq for SharedPressure {
+    fn eq(&self, other: &Self) -> bool {
+        self.get() == other.get()
+    }
+}
+
+impl Eq for SharedPressure {}
+
+/// kubelet's eviction admission: under pressure only critical pods are admitted,
+/// except that under memory pressure alone pods other than BestEffort are, and
+/// BestEffort ones that tolerate the memory-pressure taint. `Err` is kubelet's message.
+pub fn admit(
+    spec: &k8s_openapi::api::core::v1::PodSpec,
+    best_effort: bool,
+    pressure: Pressure,
+) -> Result<(), String> {
+    let conditions = pressure.conditions();
+    if conditions.is_empty() || spec.priority.is_some_and(|p| p >= 2_000_000_000) {
+        return Ok(());
+    }
+    if conditions == ["MemoryPressure"] {
+        let tolerated = spec.tolerations.iter().flatten().any(|t| {
+            let key = t.key.as_deref().unwrap_or_default();
+            let key_matches = if key.is_empty() {
+                t.operator.as_deref() == Some("Exists")
+            } else {
+                key == "node.kubernetes.io/memory-pressure"
+            };
+            key_matches && matches!(t.effect.as_deref(), None | Some("" | "NoSchedule"))
+        });
+        if !best_effort || tolerated {
+            return Ok(());
+        }
+    }
+    Err(format!(
+        "The node had condition: [{}]. ",
+        conditions.join(" ")
+    ))
+}
+
 /// The conditions of the signals crossed now, held for the transition period after
 /// they were last crossed.
 #[derive(Debug)]
@@ -245,6 +320,58 @@ mod tests {
         assert_eq!(parse_duration("0").unwrap(), Duration::ZERO);
         assert!(parse_duration("5").is_err());
         assert!(parse_duration("5d").is_err());
+    }
+
+    #[test]
+    fn admission_under_pressure_as_kubelets() {
+        let spec = |json: serde_json::Value| -> k8s_openapi::api::core::v1::PodSpec {
+            serde_json::from_value(json).unwrap()
+        };
+        let plain = spec(serde_json::json!({"containers": [{"name": "c"}]}));
+        let memory = Pressure {
+            memory: true,
+            ..Default::default()
+        };
+        let disk = Pressure {
+            disk: true,
+            ..Default::default()
+        };
+        assert_eq!(admit(&plain, true, Pressure::default()), Ok(()));
+        assert_eq!(
+            admit(&plain, true, memory),
+            Err("The node had condition: [MemoryPressure]. ".into())
+        );
+        assert_eq!(
+            admit(&plain, false, memory),
+            Ok(()),
+            "Burstable under memory"
+        );
+        assert_eq!(
+            admit(&plain, false, disk),
+            Err("The node had condition: [DiskPressure]. ".into())
+        );
+        assert_eq!(
+            admit(
+                &plain,
+                false,
+                Pressure {
+                    memory: true,
+                    disk: true,
+                    pid: false
+                }
+            ),
+            Err("The node had condition: [MemoryPressure DiskPressure]. ".into())
+        );
+        let tolerant = spec(serde_json::json!({"containers": [{"name": "c"}],
+            "tolerations": [{"key": "node.kubernetes.io/memory-pressure", "operator": "Exists", "effect": "NoSchedule"}]}));
+        assert_eq!(admit(&tolerant, true, memory), Ok(()));
+        assert!(admit(&tolerant, true, disk).is_err());
+        let critical =
+            spec(serde_json::json!({"containers": [{"name": "c"}], "priority": 2_000_001_000}));
+        assert_eq!(admit(&critical, true, disk), Ok(()));
+        let shared = SharedPressure::default();
+        shared.set(disk);
+        assert_eq!(shared.get(), disk);
     }
 
     #[test]

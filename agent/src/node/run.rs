@@ -82,6 +82,7 @@ pub async fn run_node(kubeconfig: PathBuf, node: PreparedNode) -> anyhow::Result
     let rt = tokio::task::spawn_blocking(move || crate::runtime::Runtime::open(runtime)).await??;
     let overlay_rt = rt.clone();
     let node_images = rt.images.clone();
+    let pressure = crate::model::eviction::SharedPressure::default();
     let snapshot: crate::controllers::pods::Snapshot = Default::default();
     let changes = crate::controllers::pods::Changes::default();
     let deleted: crate::controllers::pods::Deleted = Default::default();
@@ -147,6 +148,7 @@ pub async fn run_node(kubeconfig: PathBuf, node: PreparedNode) -> anyhow::Result
                 runtime_handlers: cfg.runtime_handlers.clone(),
                 lsm: crate::sys::lsm::support(),
                 labels: node::registration(&cfg).metadata.labels.unwrap_or_default(),
+                pressure: pressure.clone(),
             }
         });
         let flag = std::sync::Arc::clone(&worker_stop);
@@ -240,6 +242,7 @@ pub async fn run_node(kubeconfig: PathBuf, node: PreparedNode) -> anyhow::Result
     let controller = tokio::spawn(
         NodeController::new(client, cfg, state_dir, readiness_rx, timing)
             .with_images(node_images)
+            .with_pressure(pressure)
             .run(stop_rx),
     );
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;

@@ -285,6 +285,8 @@ impl Runner {
                 .collect(),
             runtime_handlers: Vec::new(),
             lsm: crate::sys::lsm::support(),
+            // Standalone: no node controller reads the signals.
+            pressure: Default::default(),
         };
         Self::with_fit(rt, source, node_ip, timing, fit)
     }
