@@ -457,6 +457,26 @@ impl SimNode {
         Ok(())
     }
 
+    /// The pods `kernlet pods -o json` lists from the node's state directory.
+    pub fn recorded_pods(&self) -> Vec<serde_json::Value> {
+        let Ok(out) = Command::new(kernlet_bin().unwrap_or_default())
+            .args(["pods", "-o", "json", "--state-dir"])
+            .arg(self.dir("state"))
+            .output()
+        else {
+            return Vec::new();
+        };
+        let list: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+        list["items"].as_array().cloned().unwrap_or_default()
+    }
+
+    /// The recorded pod named `name`, if any.
+    pub fn recorded_pod(&self, name: &str) -> Option<serde_json::Value> {
+        self.recorded_pods()
+            .into_iter()
+            .find(|p| p["metadata"]["name"] == name)
+    }
+
     /// The kernlet log so far.
     pub fn kernlet_log(&self) -> String {
         std::fs::read_to_string(self.dir("logs").join("kernlet.log")).unwrap_or_default()

@@ -78,21 +78,8 @@ fn manifests(node: &SimNode, yaml: &str) -> PathBuf {
     dir
 }
 
-fn pods(node: &SimNode) -> Vec<Value> {
-    let out = Command::new(kernlet_bin().unwrap())
-        .args(["pods", "-o", "json", "--state-dir"])
-        .arg(node.dir("state"))
-        .output()
-        .unwrap();
-    assert!(out.status.success());
-    let list: Value = serde_json::from_slice(&out.stdout).unwrap();
-    list["items"].as_array().cloned().unwrap_or_default()
-}
-
 fn pod(node: &SimNode, name: &str) -> Option<Value> {
-    pods(node)
-        .into_iter()
-        .find(|p| p["metadata"]["name"] == name)
+    node.recorded_pod(name)
 }
 
 /// Every line every run of a container wrote (all restarts).

@@ -17,6 +17,22 @@ use kube::api::Api;
 
 use kernlet_tests::wait_for;
 
+/// Mounts a 64 MiB tmpfs on the node's state directory (unmounted by the SimNode's
+/// drop, and by the sweep if this process dies); the directory.
+fn state_on_tmpfs(node: &SimNode) -> std::path::PathBuf {
+    use nix::mount::{MsFlags, mount};
+    let state = node.dir("state");
+    mount(
+        Some("tmpfs"),
+        &state,
+        Some("tmpfs"),
+        MsFlags::empty(),
+        Some("size=64m"),
+    )
+    .unwrap();
+    state
+}
+
 /// Starts kernlet on `node` against the cluster at `url` (leases every 300 ms unless
 /// `extra` says otherwise); its pid.
 fn start_agent(cluster: &Cluster, url: &str, node: &mut SimNode, extra: &[&str]) -> u32 {
@@ -312,16 +328,7 @@ async fn status_is_recomputed_and_sent_only_when_it_changes() {
     let mut lab = Lab::new("recompute").unwrap();
     let fwd = lab.forward(0, cluster.addr()).unwrap();
     let mut node = lab.add_node("r1").unwrap();
-    let state = node.dir("state");
-    // Unmounted by the SimNode's drop (and the sweep, if this process dies).
-    mount(
-        Some("tmpfs"),
-        &state,
-        Some("tmpfs"),
-        MsFlags::empty(),
-        Some("size=64m"),
-    )
-    .unwrap();
+    let state = state_on_tmpfs(&node);
     start_agent(&cluster, &fwd.url, &mut node, &[]);
     let nodes: Api<Node> = Api::all(cluster.admin().await.unwrap());
     let storage = async |want: &str| {
@@ -1968,21 +1975,11 @@ async fn a_pod_stuck_on_its_volumes_holds_up_no_other_pod() {
 /// storage.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn disk_pressure_follows_the_nodes_filesystem() {
-    use nix::mount::{MsFlags, mount};
     let cluster = Cluster::start(&[BRIDGE_IP.into()]).await.unwrap();
     let mut lab = Lab::new("pressure").unwrap();
     let fwd = lab.forward(0, cluster.addr()).unwrap();
     let mut node = lab.add_node("p1").unwrap();
-    let state = node.dir("state");
-    // Unmounted by the SimNode's drop (and the sweep, if this process dies).
-    mount(
-        Some("tmpfs"),
-        &state,
-        Some("tmpfs"),
-        MsFlags::empty(),
-        Some("size=64m"),
-    )
-    .unwrap();
+    let state = state_on_tmpfs(&node);
     start_agent(
         &cluster,
         &fwd.url,

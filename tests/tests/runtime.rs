@@ -33,20 +33,11 @@ fn start(node: &mut SimNode, manifests: &Path) {
 }
 
 fn pods(node: &SimNode) -> Vec<Value> {
-    let out = Command::new(kernlet_bin().unwrap())
-        .args(["pods", "-o", "json", "--state-dir"])
-        .arg(node.dir("state"))
-        .output()
-        .unwrap();
-    assert!(out.status.success());
-    let list: Value = serde_json::from_slice(&out.stdout).unwrap();
-    list["items"].as_array().cloned().unwrap_or_default()
+    node.recorded_pods()
 }
 
 fn pod(node: &SimNode, name: &str) -> Option<Value> {
-    pods(node)
-        .into_iter()
-        .find(|p| p["metadata"]["name"] == name)
+    node.recorded_pod(name)
 }
 
 fn wait_for<T>(

@@ -13,6 +13,17 @@ fn io_err(e: nix::errno::Errno) -> io::Error {
     io::Error::from_raw_os_error(e as i32)
 }
 
+/// The mount points of this process's mount namespace, from
+/// `/proc/self/mountinfo` (octal escapes of spaces decoded).
+fn mount_points() -> io::Result<Vec<std::path::PathBuf>> {
+    let text = std::fs::read_to_string("/proc/self/mountinfo")?;
+    Ok(text
+        .lines()
+        .filter_map(|l| l.split_whitespace().nth(4))
+        .map(|p| std::path::PathBuf::from(p.replace("\\040", " ")))
+        .collect())
+}
+
 /// Moves the calling (single-threaded) process into a copy of the mount namespace
 /// that receives the node's later mounts and unmounts (slave): its own mounts never
 /// propagate to the node, while a container's `HostToContainer` volume sees what the
@@ -35,11 +46,8 @@ pub fn slave_namespace() -> io::Result<()> {
 /// container's root, its cgroup view) never reach the node.
 pub fn slave_namespace_except(keep: &[std::path::PathBuf]) -> io::Result<()> {
     unshare(CloneFlags::CLONE_NEWNS).map_err(io_err)?;
-    let text = std::fs::read_to_string("/proc/self/mountinfo")?;
-    let mut points: Vec<std::path::PathBuf> = text
-        .lines()
-        .filter_map(|l| l.split_whitespace().nth(4))
-        .map(|p| std::path::PathBuf::from(p.replace("\\040", " ")))
+    let mut points: Vec<std::path::PathBuf> = mount_points()?
+        .into_iter()
         .filter(|p| !keep.iter().any(|k| p.starts_with(k)))
         .collect();
     points.dedup();
@@ -76,11 +84,8 @@ pub fn unmount_private(target: &Path) -> io::Result<()> {
 /// [`unmount_private`] of every mount below `dir`, the shallowest first (a deeper one
 /// goes with the one above it).
 pub fn unmount_private_under(dir: &Path) -> io::Result<()> {
-    let text = std::fs::read_to_string("/proc/self/mountinfo")?;
-    let mut points: Vec<std::path::PathBuf> = text
-        .lines()
-        .filter_map(|l| l.split_whitespace().nth(4))
-        .map(|p| std::path::PathBuf::from(p.replace("\\040", " ")))
+    let mut points: Vec<std::path::PathBuf> = mount_points()?
+        .into_iter()
         .filter(|p| p.starts_with(dir))
         .collect();
     points.sort_by_key(|p| p.components().count());
@@ -327,11 +332,8 @@ pub fn bind_fd(fd: &std::os::fd::OwnedFd, target: &Path) -> io::Result<()> {
 /// Unmounts everything mounted at or below `dir` in this mount namespace, the
 /// deepest first.
 pub fn unmount_under(dir: &Path) -> io::Result<()> {
-    let text = std::fs::read_to_string("/proc/self/mountinfo")?;
-    let mut points: Vec<std::path::PathBuf> = text
-        .lines()
-        .filter_map(|l| l.split_whitespace().nth(4))
-        .map(|p| std::path::PathBuf::from(p.replace("\\040", " ")))
+    let mut points: Vec<std::path::PathBuf> = mount_points()?
+        .into_iter()
         .filter(|p| p.starts_with(dir))
         .collect();
     points.sort_by_key(|p| std::cmp::Reverse(p.components().count()));

@@ -282,14 +282,23 @@ fn resized_in_place() -> Result<(), String> {
 
 /// A container sees its own limits at /sys/fs/cgroup (its cgroup namespace's root),
 /// as a JVM or Go runtime reads them.
-fn cgroupfs_in_the_container() -> Result<(), String> {
-    wait(Duration::from_secs(120), || terminated("cgview")).ok_or("pod cgview never ended")?;
+/// The log of the first run of container `c` of pod `vm/<pod>`.
+fn first_log(pod: &str) -> Result<String, String> {
     let logs = std::fs::read_dir("/var/log/pods")
         .map_err(|e| format!("/var/log/pods: {e}"))?
         .flatten()
-        .find(|e| e.file_name().to_string_lossy().starts_with("vm_cgview_"))
-        .ok_or("no log directory of cgview")?;
-    let log = read(&logs.path().join("c/0.log"));
+        .find(|e| {
+            e.file_name()
+                .to_string_lossy()
+                .starts_with(&format!("vm_{pod}_"))
+        })
+        .ok_or_else(|| format!("no log directory of {pod}"))?;
+    Ok(read(&logs.path().join("c/0.log")))
+}
+
+fn cgroupfs_in_the_container() -> Result<(), String> {
+    wait(Duration::from_secs(120), || terminated("cgview")).ok_or("pod cgview never ended")?;
+    let log = first_log("cgview")?;
     if log.contains("mem=50331648") && log.contains("cpu=20000 100000") {
         Ok(())
     } else {
@@ -302,12 +311,7 @@ fn cgroupfs_in_the_container() -> Result<(), String> {
 /// itself work.
 fn devices_are_limited() -> Result<(), String> {
     wait(Duration::from_secs(120), || terminated("devices")).ok_or("pod devices never ended")?;
-    let logs = std::fs::read_dir("/var/log/pods")
-        .map_err(|e| format!("/var/log/pods: {e}"))?
-        .flatten()
-        .find(|e| e.file_name().to_string_lossy().starts_with("vm_devices_"))
-        .ok_or("no log directory of devices")?;
-    let log = read(&logs.path().join("c/0.log"));
+    let log = first_log("devices")?;
     if log.contains("made=1:11")
         && !log.contains("opened=")
         && log.contains("zero=1")
@@ -322,12 +326,7 @@ fn devices_are_limited() -> Result<(), String> {
 /// As root with every capability, a Guaranteed container gets kubelet's -997.
 fn guaranteed_oom_score() -> Result<(), String> {
     wait(Duration::from_secs(120), || terminated("cgview")).ok_or("pod cgview never ended")?;
-    let logs = std::fs::read_dir("/var/log/pods")
-        .map_err(|e| format!("/var/log/pods: {e}"))?
-        .flatten()
-        .find(|e| e.file_name().to_string_lossy().starts_with("vm_cgview_"))
-        .ok_or("no log directory of cgview")?;
-    let log = read(&logs.path().join("c/0.log"));
+    let log = first_log("cgview")?;
     if log.contains("oom=-997") {
         Ok(())
     } else {
