@@ -318,5 +318,14 @@ pub fn runtime_config(args: &NodeArgs) -> anyhow::Result<crate::runtime::Runtime
             }
         },
         resolv_conf: args.resolv_conf.clone(),
+        node_allocatable: {
+            let reserved = node::parse_reserved("system-reserved", &args.system_reserved)?
+                + node::parse_reserved("kube-reserved", &args.kube_reserved)?;
+            let facts = crate::sys::machine::read(&dirs.state_dir);
+            Some((
+                facts.memory_bytes.saturating_sub(reserved.memory_bytes),
+                (facts.cpus * 1000).saturating_sub(reserved.cpu_millis),
+            ))
+        },
     })
 }

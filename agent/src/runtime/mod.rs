@@ -107,6 +107,10 @@ pub struct RuntimeConfig {
     pub dns: crate::model::dns::ClusterDns,
     /// The node's resolver configuration (kubelet's `--resolv-conf`).
     pub resolv_conf: PathBuf,
+    /// What the pods may use together, `(memory bytes, CPU millicores)`: capacity
+    /// minus `--system-reserved` and `--kube-reserved`, enforced on `kubepods`
+    /// (kubelet's `enforceNodeAllocatable: [pods]`); `None`: not enforced.
+    pub node_allocatable: Option<(u64, u64)>,
 }
 
 /// Resource controllers whose limits kernlet enforces when the cgroup2 tree has them.
@@ -161,6 +165,7 @@ impl Runtime {
         images.clean_tmp();
         let mount = cgroup::cgroup2_mount()?;
         let root = Cgroup::create(&mount, &cfg.cgroup_root)?;
+        let kubepods_limits = cfg.node_allocatable;
         let available = root.controllers().unwrap_or_default();
         let controllers: Vec<String> = CONTROLLERS
             .iter()
@@ -184,7 +189,7 @@ impl Runtime {
                 missing.join("/"),
             );
         }
-        Ok(Self {
+        let rt = Self {
             cgroup_root: root.path().to_path_buf(),
             puller: std::sync::Arc::new(image::pull::Puller::new(
                 images.clone(),
@@ -195,7 +200,11 @@ impl Runtime {
             cfg,
             network: Default::default(),
             reaper,
-        })
+        };
+        if let Some((memory, cpu_millis)) = kubepods_limits {
+            rt.limit_kubepods(memory, cpu_millis)?;
+        }
+        Ok(rt)
     }
 
     /// The current pod network state.

@@ -3,7 +3,8 @@
 //! `kubepods/burstable` the weight of the sum of its pods' CPU requests, so under
 //! contention Guaranteed pods (directly below `kubepods`) and Burstable ones get CPU
 //! in proportion to what they asked and BestEffort pods what is left. Recomputed when
-//! a sandbox is made or removed.
+//! a sandbox is made or removed. `kubepods` itself is limited to the node's
+//! allocatable at start.
 
 use std::sync::Mutex;
 
@@ -20,6 +21,28 @@ pub fn parent_weights(burstable_requests: impl IntoIterator<Item = u64>) -> (u64
 }
 
 impl Runtime {
+    /// `kubepods` limited to the node's allocatable, as kubelet enforces it with
+    /// `enforceNodeAllocatable: [pods]`: `memory.max` the allocatable memory,
+    /// `cpu.weight` that of its CPU (as shares), for the controllers the tree has.
+    pub fn limit_kubepods(&self, memory: u64, cpu_millis: u64) -> Result<(), super::RuntimeError> {
+        let cg = Cgroup::create(&self.cgroup_root, std::path::Path::new("kubepods"))?;
+        if !self.controllers.is_empty() {
+            let enable: Vec<String> = self.controllers.iter().map(|c| format!("+{c}")).collect();
+            Cgroup::open(self.cgroup_root.clone())
+                .write("cgroup.subtree_control", &enable.join(" "))?;
+        }
+        if self.has_controller("memory") {
+            cg.write("memory.max", &memory.to_string())?;
+        }
+        if self.has_controller("cpu") {
+            cg.write(
+                "cpu.weight",
+                &shares_to_weight(cpu_shares(cpu_millis)).to_string(),
+            )?;
+        }
+        Ok(())
+    }
+
     /// Writes the QoS parents' `cpu.weight` from the node's sandboxes (where the cpu
     /// controller is delegated; a failure is logged, the pod goes on).
     pub fn update_qos_parents(&self) {

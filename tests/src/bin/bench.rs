@@ -178,6 +178,7 @@ fn bench_runtime() -> anyhow::Result<BenchRuntime> {
         seccomp_default: false,
         dns: Default::default(),
         resolv_conf: "/etc/resolv.conf".into(),
+        node_allocatable: None,
     })?;
     let layout = kernlet_tests::oci::busybox_layout(&dir.path().join("build"), "1.36")?;
     kernlet::runtime::image::layout::import(&rt.images, &layout, Some("busybox"))?;

@@ -4,7 +4,7 @@
 //! OOM-kills (reported OOMKilled, 137), pids.max stops forks, cpu.max throttles,
 //! cgroup.kill empties a pod, pod-level resources limit the pod cgroup, a container sees
 //! its own limits at /sys/fs/cgroup, a root container cannot open the kernel's log through mknod, a Guaranteed container
-//! gets oom_score_adj -997, the QoS parents get kubelet's CPU weights. Prints
+//! gets oom_score_adj -997, the QoS parents get kubelet's CPU weights, kubepods the node's allocatable. Prints
 //! `KLTEST PASS|FAIL <name>` lines and `KLTEST DONE <passed> <failed>` for the runner
 //! to parse from the serial console.
 
@@ -249,6 +249,7 @@ fn resized_in_place() -> Result<(), String> {
         seccomp_default: false,
         dns: Default::default(),
         resolv_conf: "/etc/resolv.conf".into(),
+        node_allocatable: None,
     })
     .map_err(|e| format!("opening the runtime: {e}"))?;
     let resources = serde_json::from_value(serde_json::json!({
@@ -365,6 +366,27 @@ fn qos_parent_weights() -> Result<(), String> {
         Err(format!(
             "besteffort {:?} burstable {:?}, wanted {besteffort} {burstable} for requests {requests:?}",
             got.0, got.1
+        ))
+    }
+}
+
+/// `kubepods` is limited to the node's allocatable (no reservations here: all of its
+/// memory, page-rounded as the kernel stores it) and weighted by its CPUs.
+fn kubepods_allocatable() -> Result<(), String> {
+    let mem_total = kernlet::sys::machine::parse_mem_total(&read(Path::new("/proc/meminfo")))
+        .ok_or("no MemTotal")?;
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get() as u64);
+    let want_memory = mem_total / 4096 * 4096;
+    let want_weight = kernlet::runtime::sandbox::shares_to_weight(
+        kernlet::runtime::container::cpu_shares(cpus * 1000),
+    );
+    let memory = read(&Path::new(CG).join("kubepods/memory.max"));
+    let weight = read(&Path::new(CG).join("kubepods/cpu.weight"));
+    if memory.trim() == want_memory.to_string() && weight.trim() == want_weight.to_string() {
+        Ok(())
+    } else {
+        Err(format!(
+            "memory.max {memory:?} cpu.weight {weight:?}, wanted {want_memory} {want_weight}"
         ))
     }
 }
@@ -495,8 +517,9 @@ fn main() {
             return;
         }
     };
-    let checks: [(&str, Check); 11] = [
+    let checks: [(&str, Check); 12] = [
         ("limits-written", limits_are_written),
+        ("kubepods-allocatable", kubepods_allocatable),
         ("qos-parent-weights", qos_parent_weights),
         ("guaranteed-oom-score", guaranteed_oom_score),
         ("devices-limited", devices_are_limited),
