@@ -549,6 +549,19 @@ async fn the_kubelet_api_serves_logs_and_pods_to_authorized_callers_only() {
         "{c0}"
     );
     assert!(c0["logs"]["usedBytes"].as_u64().unwrap() > 0, "{c0}");
+    // Pressure stall information, as kubelet 1.36 reports it, where the kernel keeps it.
+    if std::path::Path::new("/proc/pressure/cpu").exists() {
+        assert!(n["cpu"]["psi"]["some"]["total"].as_u64().is_some(), "{n}");
+        assert!(n["io"]["psi"]["full"]["avg10"].as_f64().is_some(), "{n}");
+        assert!(
+            talker["cpu"]["psi"]["some"]["avg60"].as_f64().is_some(),
+            "{talker}"
+        );
+        assert!(
+            talker["memory"]["psi"]["full"]["total"].as_u64().is_some(),
+            "{talker}"
+        );
+    }
     let (_, again) = api.get("/stats/summary").await.unwrap();
     let again: serde_json::Value = serde_json::from_str(&again).unwrap();
     assert!(

@@ -48,7 +48,7 @@ fn now() -> String {
         .to_string()
 }
 
-fn cpu_json(samples: &CpuSamples, key: &str, ns: Option<u64>) -> Value {
+fn cpu_json(samples: &CpuSamples, key: &str, ns: Option<u64>, psi: Option<stats::Psi>) -> Value {
     let mut v = json!({"time": now()});
     if let Some(ns) = ns {
         v["usageCoreNanoSeconds"] = json!(ns);
@@ -56,11 +56,26 @@ fn cpu_json(samples: &CpuSamples, key: &str, ns: Option<u64>) -> Value {
             v["usageNanoCores"] = json!(rate);
         }
     }
+    if let Some(psi) = psi {
+        v["psi"] = json!(psi);
+    }
+    v
+}
+
+/// The summary's `io` block: only its pressure stall information, as kubelet's.
+fn io_json(psi: Option<stats::Psi>) -> Value {
+    let mut v = json!({"time": now()});
+    if let Some(psi) = psi {
+        v["psi"] = json!(psi);
+    }
     v
 }
 
 fn memory_json(u: &stats::CgroupUsage) -> Value {
     let mut v = json!({"time": now()});
+    if let Some(psi) = u.psi[1] {
+        v["psi"] = json!(psi);
+    }
     for (k, x) in [
         ("usageBytes", u.memory),
         ("workingSetBytes", u.working_set),
@@ -179,7 +194,8 @@ pub fn summary(src: &StatsSources, samples: &CpuSamples, node_iface: Option<&str
     let usage = total.saturating_sub(mem.get("MemFree").copied().unwrap_or(0));
     // The same reading the eviction signal memory.available is.
     let (available, working) = stats::memory_available(&mem);
-    let node_memory = json!({
+    let node_psi = stats::psi_in(Path::new("/proc/pressure"), "");
+    let mut node_memory = json!({
         "time": now(),
         "availableBytes": available,
         "usageBytes": usage,
@@ -188,6 +204,9 @@ pub fn summary(src: &StatsSources, samples: &CpuSamples, node_iface: Option<&str
         "pageFaults": vm.get("pgfault").copied().unwrap_or(0),
         "majorPageFaults": vm.get("pgmajfault").copied().unwrap_or(0),
     });
+    if let Some(psi) = node_psi[1] {
+        node_memory["psi"] = json!(psi);
+    }
     let pods_cg = src.cgroup_root.join("kubepods");
     let pods_usage = stats::cgroup_usage(&pods_cg);
     let boot = std::fs::read_to_string("/proc/uptime")
@@ -203,12 +222,14 @@ pub fn summary(src: &StatsSources, samples: &CpuSamples, node_iface: Option<&str
         "nodeName": src.node,
         "systemContainers": [{
             "name": "pods",
-            "cpu": cpu_json(samples, "pods", pods_usage.cpu_ns),
+            "cpu": cpu_json(samples, "pods", pods_usage.cpu_ns, pods_usage.psi[0]),
             "memory": memory_json(&pods_usage),
+            "io": io_json(pods_usage.psi[2]),
         }],
         "startTime": boot,
-        "cpu": cpu_json(samples, "node", node_cpu),
+        "cpu": cpu_json(samples, "node", node_cpu, node_psi[0]),
         "memory": node_memory,
+        "io": io_json(node_psi[2]),
         "fs": fs_json(&src.state_dir, None),
         "runtime": {"imageFs": fs_json(&src.image_dir, Some(stats::disk_usage(&src.image_dir)))},
     });
@@ -228,8 +249,11 @@ pub fn summary(src: &StatsSources, samples: &CpuSamples, node_iface: Option<&str
                     json!({
                         "name": r.name,
                         "startTime": r.started_at,
-                        "cpu": cpu_json(samples, &r.id, r.usage.cpu_ns),
-                        "memory": memory_json(&r.usage),
+                        // Containers without PSI, as kubelet 1.36 on containerd
+                        // reports them (pods and the node carry it).
+                        "cpu": cpu_json(samples, &r.id, r.usage.cpu_ns, None),
+                        "memory": memory_json(&stats::CgroupUsage { psi: [None; 3], ..r.usage.clone() }),
+                        "io": io_json(None),
                         "rootfs": fs_json(&src.state_dir, Some(r.rootfs)),
                         "logs": fs_json(&src.log_dir, Some(r.logs)),
                     })
@@ -241,8 +265,9 @@ pub fn summary(src: &StatsSources, samples: &CpuSamples, node_iface: Option<&str
                 "podRef": {"name": p["metadata"]["name"], "namespace": p["metadata"]["namespace"], "uid": uid},
                 "startTime": p["status"]["startTime"],
                 "containers": containers,
-                "cpu": cpu_json(samples, &cgroup, pod_usage.cpu_ns),
+                "cpu": cpu_json(samples, &cgroup, pod_usage.cpu_ns, pod_usage.psi[0]),
                 "memory": memory_json(&pod_usage),
+                "io": io_json(pod_usage.psi[2]),
                 "ephemeral-storage": fs_json(&src.state_dir, Some((ephemeral, 0))),
             });
             let netns = (!host_network).then(|| src.run_dir.join("pods").join(&uid).join("ns/net"));

@@ -8,6 +8,8 @@ use std::collections::BTreeMap;
 use std::os::fd::AsFd as _;
 use std::path::Path;
 
+use serde::Serialize;
+
 /// Cumulative CPU time of the whole machine in nanoseconds (all but idle and iowait),
 /// from the `cpu` line of `/proc/stat` (in USER_HZ ticks of 10 ms).
 pub fn parse_proc_stat_cpu(text: &str) -> Option<u64> {
@@ -83,7 +85,7 @@ pub fn net_dev(netns: Option<&Path>) -> Option<BTreeMap<String, (u64, u64, u64, 
 }
 
 /// What a cgroup reports.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq)]
 pub struct CgroupUsage {
     /// `cpu.stat` usage_usec in nanoseconds (cgroup v2 always has it).
     pub cpu_ns: Option<u64>,
@@ -94,6 +96,63 @@ pub struct CgroupUsage {
     pub rss: Option<u64>,
     pub page_faults: Option<u64>,
     pub major_page_faults: Option<u64>,
+    /// Pressure stall information of the cgroup: cpu, memory, io.
+    pub psi: [Option<Psi>; 3],
+}
+
+/// One line of a PSI file (`some` or `full`): the averages in percent over 10, 60 and
+/// 300 seconds, and the total stall time in microseconds.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize)]
+pub struct PsiData {
+    pub total: u64,
+    pub avg10: f64,
+    pub avg60: f64,
+    pub avg300: f64,
+}
+
+/// Pressure stall information of one resource, as the summary API's `PSIStats`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize)]
+pub struct Psi {
+    pub full: PsiData,
+    pub some: PsiData,
+}
+
+/// The resources PSI is kept for, in [`CgroupUsage::psi`]'s order.
+pub const PSI_RESOURCES: [&str; 3] = ["cpu", "memory", "io"];
+
+/// Parses a `/proc/pressure/*` or `<cgroup>/*.pressure` text.
+pub fn parse_psi(text: &str) -> Option<Psi> {
+    let mut psi = Psi::default();
+    let mut seen = false;
+    for line in text.lines() {
+        let mut words = line.split_whitespace();
+        let which = match words.next()? {
+            "some" => &mut psi.some,
+            "full" => &mut psi.full,
+            _ => continue,
+        };
+        for w in words {
+            let (k, v) = w.split_once('=')?;
+            match k {
+                "avg10" => which.avg10 = v.parse().ok()?,
+                "avg60" => which.avg60 = v.parse().ok()?,
+                "avg300" => which.avg300 = v.parse().ok()?,
+                "total" => which.total = v.parse().ok()?,
+                _ => {}
+            }
+        }
+        seen = true;
+    }
+    seen.then_some(psi)
+}
+
+/// PSI of each of [`PSI_RESOURCES`] from `<dir>/<resource><suffix>`.
+pub fn psi_in(dir: &Path, suffix: &str) -> [Option<Psi>; 3] {
+    PSI_RESOURCES.map(|r| {
+        std::fs::read_to_string(dir.join(format!("{r}{suffix}")))
+            .ok()
+            .and_then(|t| parse_psi(&t))
+    })
 }
 
 /// Reads the usage of the cgroup directory `dir`.
@@ -116,6 +175,7 @@ pub fn cgroup_usage(dir: &Path) -> CgroupUsage {
         rss: memory.and(stat.get("anon").copied()),
         page_faults: memory.and(stat.get("pgfault").copied()),
         major_page_faults: memory.and(stat.get("pgmajfault").copied()),
+        psi: psi_in(dir, ".pressure"),
     }
 }
 
@@ -238,6 +298,27 @@ pub fn memory_available(mem: &BTreeMap<String, u64>) -> (u64, u64) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn pressure_files_parse() {
+        let psi = parse_psi(
+            "some avg10=22.74 avg60=27.93 avg300=39.13 total=4382024016\nfull avg10=0.00 avg60=0.50 avg300=0.00 total=12\n",
+        )
+        .unwrap();
+        assert_eq!(psi.some.total, 4_382_024_016);
+        assert_eq!(psi.some.avg10, 22.74);
+        assert_eq!(psi.full.avg60, 0.5);
+        assert_eq!(psi.full.total, 12);
+        // The cpu file of the root has only a `some` line on older kernels.
+        assert_eq!(
+            parse_psi("some avg10=1.00 avg60=0.00 avg300=0.00 total=5\n")
+                .unwrap()
+                .full,
+            PsiData::default()
+        );
+        assert_eq!(parse_psi(""), None);
+        assert_eq!(parse_psi("some avg10=x\n"), None);
+    }
 
     #[test]
     fn proc_files_parse() {
