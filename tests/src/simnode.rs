@@ -397,9 +397,31 @@ impl SimNode {
             bail!("kernlet already runs on {}", self.name);
         }
         let log = std::fs::File::create(self.dir("logs").join("kernlet.log"))?;
+        // A simulated node shares the machine's disk: how full that disk is (the test
+        // machine's reserves keep its free share near kubelet's 15 % imagefs
+        // threshold) is not the node's to judge, so pressure and image collection
+        // start only near a full disk unless a test sets them itself.
+        let mut loose: Vec<&str> = Vec::new();
+        if matches!(args.first(), Some(&"run" | &"join")) {
+            if !args.contains(&"--eviction-hard") {
+                loose.extend([
+                    "--eviction-hard",
+                    "memory.available<100Mi,nodefs.available<1%,nodefs.inodesFree<1%,imagefs.available<1%,imagefs.inodesFree<1%",
+                ]);
+            }
+            if !args.contains(&"--image-gc-high-threshold") {
+                loose.extend([
+                    "--image-gc-high-threshold",
+                    "99",
+                    "--image-gc-low-threshold",
+                    "98",
+                ]);
+            }
+        }
         let child = self
             .command(kernlet_bin()?)
             .args(args)
+            .args(&loose)
             .args(self.kernlet_dir_flags())
             .stdout(Stdio::from(log.try_clone()?))
             .stderr(Stdio::from(log))

@@ -1818,3 +1818,87 @@ fn containers_get_kubelets_oom_score_for_their_qos() {
         assert!(node.kernlet_log().contains("lacks CAP_SYS_RESOURCE"));
     }
 }
+
+/// Image garbage collection as kubelet's: over the high threshold (1 % here, so it
+/// always is) unused images go, the one a container uses stays.
+#[test]
+fn unused_images_are_collected_and_used_ones_kept() {
+    let mut lab = Lab::new("imggc").unwrap();
+    let mut node = lab.add_node("g1").unwrap();
+    import_busybox(&node);
+    let layout = node.dir("unused-layout");
+    kernlet_tests::oci::write_layout(
+        &layout,
+        "1",
+        &[kernlet_tests::oci::RawTar::new()
+            .file("hello", b"unused")
+            .finish()],
+        &["sh"],
+    )
+    .unwrap();
+    let out = Command::new(kernlet_bin().unwrap())
+        .args(["image", "import"])
+        .arg(&layout)
+        .args(["--name", "example.com/unused:1", "--image-dir"])
+        .arg(node.dir("images"))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let listed = |node: &SimNode| -> Vec<String> {
+        let out = Command::new(kernlet_bin().unwrap())
+            .args(["image", "ls", "-o", "json", "--image-dir"])
+            .arg(node.dir("images"))
+            .output()
+            .unwrap();
+        let v: Vec<Value> = serde_json::from_slice(&out.stdout).unwrap_or_default();
+        v.iter().map(|i| i.to_string()).collect()
+    };
+    assert_eq!(listed(&node).len(), 2);
+    let m = manifests(
+        &node,
+        r#"
+apiVersion: v1
+kind: Pod
+metadata: {name: user, namespace: t}
+spec:
+  containers:
+  - {name: c, image: busybox:1.36, command: [sleep, "600"]}
+"#,
+    );
+    let md = m.display().to_string();
+    node.start_kernlet(&[
+        "run",
+        "--standalone",
+        "--manifests",
+        &md,
+        "--image-gc-high-threshold",
+        "1",
+        "--image-gc-low-threshold",
+        "0",
+        "--image-minimum-gc-age",
+        "0s",
+        // The first pass after the pod's container exists (it would be the pod's
+        // image's first use, with no minimum age to protect it).
+        "--image-gc-period-seconds",
+        "3",
+    ])
+    .unwrap();
+    let left = wait_for(
+        &node,
+        "the unused image collected",
+        Duration::from_secs(30),
+        || {
+            let l = listed(&node);
+            (l.len() == 1).then_some(l)
+        },
+    );
+    assert!(left[0].contains("busybox"), "{left:?}");
+    assert!(!left[0].contains("example.com/unused"), "{left:?}");
+    assert!(node.kernlet_log().contains("image garbage-collected"));
+    // The pod kept running on its image.
+    let p = pod(&node, "user").unwrap();
+    assert!(
+        status(&p, "containerStatuses", "c")["state"]["running"].is_object(),
+        "{p}"
+    );
+}

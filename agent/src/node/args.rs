@@ -57,6 +57,21 @@ pub struct NodeArgs {
     /// threshold (kubelet's duration form, `5m0s`).
     #[arg(long, default_value = "5m0s")]
     pub eviction_pressure_transition_period: String,
+    /// Image garbage collection starts when the image filesystem is this full (%).
+    #[arg(long, default_value_t = 85)]
+    pub image_gc_high_threshold: u8,
+    /// ... and frees unused images, least recently used first, down to this (%).
+    #[arg(long, default_value_t = 80)]
+    pub image_gc_low_threshold: u8,
+    /// An image is not collected before kernlet has known it this long (`2m0s`).
+    #[arg(long, default_value = "2m0s")]
+    pub image_minimum_gc_age: String,
+    /// An image unused this long is collected whatever the disk (`0s`: never).
+    #[arg(long, default_value = "0s")]
+    pub image_maximum_gc_age: String,
+    /// Seconds between image garbage collection passes (kubelet: 300).
+    #[arg(long, default_value_t = 300, hide = true)]
+    pub image_gc_period_seconds: u64,
     /// How often node status is recomputed and reported if it changed, in seconds.
     #[arg(long, default_value_t = 10)]
     pub node_status_update_frequency: u64,

@@ -30,6 +30,8 @@ pub struct PreparedNode {
     /// Flags over the cluster's kubelet-config, applied when the node runs: `kernlet
     /// join` saves that config only after the node was prepared.
     pub overrides: crate::model::kubelet_config::Overrides,
+    /// The image garbage collector's policy and period.
+    pub image_gc: (crate::runtime::image_gc::ImageGcPolicy, Duration),
 }
 
 pub fn prepare_node(args: &NodeArgs) -> anyhow::Result<PreparedNode> {
@@ -113,7 +115,9 @@ pub fn prepare_node(args: &NodeArgs) -> anyhow::Result<PreparedNode> {
                 .unwrap_or_default(),
         },
     };
+    let image_gc = image_gc(args)?;
     Ok(PreparedNode {
+        image_gc,
         cfg,
         state_dir: args.dirs.state_dir.clone(),
         timing,
@@ -283,6 +287,30 @@ fn configz(args: &NodeArgs) -> serde_json::Value {
             .collect::<std::collections::BTreeMap<_, _>>(),
         "evictionPressureTransitionPeriod": args.eviction_pressure_transition_period,
     }})
+}
+
+/// The image garbage collector's policy and period from the node flags.
+pub fn image_gc(
+    args: &NodeArgs,
+) -> anyhow::Result<(crate::runtime::image_gc::ImageGcPolicy, Duration)> {
+    use crate::model::eviction::parse_duration;
+    let (high, low) = (args.image_gc_high_threshold, args.image_gc_low_threshold);
+    if high > 100 || low >= high {
+        anyhow::bail!(
+            "--image-gc-low-threshold ({low}) must be less than --image-gc-high-threshold ({high}), both percentages"
+        );
+    }
+    let max_age = parse_duration(&args.image_maximum_gc_age).context("--image-maximum-gc-age")?;
+    Ok((
+        crate::runtime::image_gc::ImageGcPolicy {
+            high_percent: high,
+            low_percent: low,
+            min_age: parse_duration(&args.image_minimum_gc_age)
+                .context("--image-minimum-gc-age")?,
+            max_age: (!max_age.is_zero()).then_some(max_age),
+        },
+        Duration::from_secs(args.image_gc_period_seconds.max(1)),
+    ))
 }
 
 /// The node flags that override what the cluster's kubelet-config says.

@@ -41,6 +41,7 @@ pub async fn run_node(kubeconfig: PathBuf, node: PreparedNode) -> anyhow::Result
         client_ca_file,
         services,
         overrides,
+        image_gc,
     } = node;
     let mut runtime = runtime;
     apply_cluster_settings(&state_dir, &overrides, &mut runtime, &mut api);
@@ -82,6 +83,7 @@ pub async fn run_node(kubeconfig: PathBuf, node: PreparedNode) -> anyhow::Result
     let rt = tokio::task::spawn_blocking(move || crate::runtime::Runtime::open(runtime)).await??;
     let overlay_rt = rt.clone();
     let node_images = rt.images.clone();
+    let gc_rt = rt.clone();
     let pressure = crate::model::eviction::SharedPressure::default();
     let snapshot: crate::controllers::pods::Snapshot = Default::default();
     let changes = crate::controllers::pods::Changes::default();
@@ -152,6 +154,10 @@ pub async fn run_node(kubeconfig: PathBuf, node: PreparedNode) -> anyhow::Result
             }
         });
         let flag = std::sync::Arc::clone(&worker_stop);
+        let gc_stop = std::sync::Arc::clone(&worker_stop);
+        std::thread::spawn(move || {
+            crate::runtime::image_gc::run(gc_rt, image_gc.0, image_gc.1, &gc_stop)
+        });
         std::thread::spawn(move || runner.run(&flag))
     };
     // The node is Ready when the runtime (open by now) and every subsystem that runs —

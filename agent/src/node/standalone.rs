@@ -13,6 +13,7 @@ pub fn run_standalone(manifests: Option<PathBuf>, node: &NodeArgs) -> anyhow::Re
     let manifests = manifests.unwrap_or_else(|| PathBuf::from("/etc/kernlet/manifests"));
     let plans = crate::podworker::plan(&manifests)?;
     let rt = crate::runtime::Runtime::open(runtime_config(node)?)?;
+    let rt_for_gc = rt.clone();
     let node_ip = node
         .node_ip
         .as_ref()
@@ -42,6 +43,11 @@ pub fn run_standalone(manifests: Option<PathBuf>, node: &NodeArgs) -> anyhow::Re
     );
     let flag = Arc::clone(&stop);
     let worker = std::thread::spawn(move || runner.run(&flag));
+    let (gc_policy, gc_period) = super::prepare::image_gc(node)?;
+    let (gc_rt, gc_stop) = (rt_for_gc, Arc::clone(&stop));
+    std::thread::spawn(move || {
+        crate::runtime::image_gc::run(gc_rt, gc_policy, gc_period, &gc_stop)
+    });
     let run_dir = node.dirs.run_dir.clone();
     super::tokio_runtime()?.block_on(async move {
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);

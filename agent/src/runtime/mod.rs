@@ -18,6 +18,7 @@ pub mod container_volumes;
 pub mod exec;
 pub mod hostport;
 pub mod image;
+pub mod image_gc;
 pub mod ipam;
 pub mod logs;
 pub mod network;
