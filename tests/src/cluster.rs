@@ -218,6 +218,22 @@ impl Cluster {
         self.in_memory().map(InMemoryApiServer::node_refusals)
     }
 
+    /// How many `method` requests for `path` the apiserver answered; `None` against a
+    /// real control plane (its `apiserver_request_total` does not name objects).
+    pub fn requests_to(&self, method: &str, path: &str) -> Option<u64> {
+        self.in_memory().map(|s| {
+            s.server
+                .requests
+                .lock()
+                .map(|m| {
+                    m.get(&(method.to_string(), path.to_string()))
+                        .copied()
+                        .unwrap_or(0)
+                })
+                .unwrap_or(0)
+        })
+    }
+
     /// The scheduler's part: binds a pod to a node.
     pub async fn bind_pod(&self, ns: &str, pod: &str, node: &str) -> anyhow::Result<()> {
         let api: Api<Pod> = Api::namespaced(self.admin().await?, ns);

@@ -2057,3 +2057,37 @@ async fn disk_pressure_follows_the_nodes_filesystem() {
     assert!(node.kernlet_log().contains("eviction thresholds crossed"));
     assert!(node.kernlet_running(), "{}", node.kernlet_log());
 }
+
+/// The Lease is renewed with one request, from the object the last renewal returned,
+/// as kubelet renews it (a GET only to start or after a failure).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_lease_is_renewed_with_one_request() {
+    let cluster = Cluster::start(&[BRIDGE_IP.into()]).await.unwrap();
+    let mut lab = Lab::new("leaseput").unwrap();
+    let fwd = lab.forward(0, cluster.addr()).unwrap();
+    let mut node = lab.add_node("l1").unwrap();
+    start_agent(&cluster, &fwd.url, &mut node, &[]);
+    let leases: Api<Lease> = Api::namespaced(cluster.admin().await.unwrap(), "kube-node-lease");
+    let first = wait_for("the lease", Duration::from_secs(20), async || {
+        renew_time(&leases, "l1").await
+    })
+    .await;
+    let path = "/apis/coordination.k8s.io/v1/namespaces/kube-node-lease/leases/l1";
+    let start = (
+        cluster.requests_to("GET", path),
+        cluster.requests_to("PUT", path),
+    );
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    // Counted before this test's own GET below.
+    let end = (
+        cluster.requests_to("GET", path),
+        cluster.requests_to("PUT", path),
+    );
+    let later = renew_time(&leases, "l1").await.unwrap();
+    assert!(later > first, "renewed every 300 ms");
+    if let ((Some(g0), Some(p0)), (Some(g1), Some(p1))) = (start, end) {
+        assert!(p1 - p0 >= 5, "PUTs {p0} → {p1}");
+        assert_eq!(g1, g0, "no GET while renewals succeed");
+    }
+    assert!(node.kernlet_running(), "{}", node.kernlet_log());
+}

@@ -73,6 +73,8 @@ pub struct NodeController {
     pressure: crate::model::eviction::Observer,
     /// Where admission reads them.
     shared_pressure: crate::model::eviction::SharedPressure,
+    /// The Lease as the last renewal left it (renewed from here next time).
+    lease: Option<Lease>,
 }
 
 /// A request bounded by [`REQUEST_TIMEOUT`].
@@ -118,6 +120,7 @@ impl NodeController {
             reported: None,
             images: None,
             shared_pressure: Default::default(),
+            lease: None,
         }
     }
 
@@ -232,16 +235,34 @@ impl NodeController {
     }
 
     /// Creates or renews the Lease named after the node.
-    async fn renew_lease(&self) -> Result<(), kube::Error> {
+    async fn renew_lease(&mut self) -> Result<(), kube::Error> {
         let now = MicroTime(k8s_openapi::jiff::Timestamp::now());
         let leases = self.leases();
+        // One request per renewal, as kubelet: the Lease the last renewal returned,
+        // renewed in place; a conflict (someone else wrote it) or any other failure
+        // falls back to reading it first.
+        if let Some(mut lease) = self.lease.take() {
+            let spec = lease.spec.get_or_insert_with(Default::default);
+            spec.renew_time = Some(now.clone());
+            match bounded(leases.replace(&self.cfg.name, &PostParams::default(), &lease)).await {
+                Ok(renewed) => {
+                    self.lease = Some(renewed);
+                    return Ok(());
+                }
+                Err(e) => {
+                    tracing::debug!(node = %self.cfg.name, error = %describe(&e), "renewing the cached lease failed; reading it")
+                }
+            }
+        }
         match bounded(leases.get_opt(&self.cfg.name)).await? {
             Some(mut lease) => {
                 let spec = lease.spec.get_or_insert_with(Default::default);
                 spec.holder_identity = Some(self.cfg.name.clone());
                 spec.lease_duration_seconds = Some(LEASE_DURATION_SECONDS);
                 spec.renew_time = Some(now);
-                bounded(leases.replace(&self.cfg.name, &PostParams::default(), &lease)).await?;
+                self.lease = Some(
+                    bounded(leases.replace(&self.cfg.name, &PostParams::default(), &lease)).await?,
+                );
             }
             None => {
                 let mut lease: Lease = serde_json::from_value(json!({
@@ -257,7 +278,7 @@ impl NodeController {
                     .unwrap_or_default()]);
                 }
                 lease.spec.get_or_insert_with(Default::default).renew_time = Some(now);
-                bounded(leases.create(&PostParams::default(), &lease)).await?;
+                self.lease = Some(bounded(leases.create(&PostParams::default(), &lease)).await?);
             }
         }
         Ok(())

@@ -49,6 +49,8 @@ pub struct Server {
     /// Whether the CSR approver auto-approves node client certificates (kubeadm's
     /// default); tests turn it off to see a CSR wait or get denied.
     pub csr_auto_approve: AtomicBool,
+    /// Requests answered so far by (method, path) (the kit's `apiserver_request_total`).
+    pub requests: std::sync::Mutex<HashMap<(String, String), u64>>,
     /// Lifetime of certificates the signer issues when a CSR names none (seconds; the
     /// controller-manager's `--cluster-signing-duration`, one year by default).
     pub signing_seconds: std::sync::atomic::AtomicI64,
@@ -317,6 +319,11 @@ impl Server {
         }
         let method = req.method().clone();
         let path = req.uri().path().to_string();
+        if let Ok(mut counts) = self.requests.lock() {
+            *counts
+                .entry((method.to_string(), path.clone()))
+                .or_default() += 1;
+        }
         let stall = self
             .stall
             .lock()

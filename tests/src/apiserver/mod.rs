@@ -144,6 +144,7 @@ impl InMemoryApiServer {
             token_seconds: std::sync::atomic::AtomicI64::new(0),
             node_refusals: std::sync::Mutex::new(Vec::new()),
             metrics_scrapes: std::sync::Mutex::new(Default::default()),
+            requests: std::sync::Mutex::new(Default::default()),
         });
         let dir = tempfile::Builder::new()
             .prefix(&format!("{}-apiserver-", crate::hygiene::run_prefix()))
