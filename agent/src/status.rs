@@ -161,9 +161,12 @@ pub async fn gather(
             })
         }
     };
+    // Eviction signals: the daemon's last readings beside its thresholds.
+    let eviction = daemon["account"]["subsystems"]["eviction"]["detail"].clone();
     json!({
         "node": node,
         "daemon": daemon,
+        "eviction": eviction,
         "apiserver": apiserver,
         "pods": phases,
         "overlay": overlay,
@@ -201,6 +204,23 @@ pub fn text(v: &Value) -> String {
         out.push(line);
     } else {
         out.push(format!("daemon: NOT RUNNING: {}", s(&d["why"])));
+    }
+    if let Some(signals) = v["eviction"]["signals"].as_array() {
+        out.push("eviction signals (available / capacity, hard threshold):".into());
+        for sig in signals {
+            out.push(format!(
+                "  {:<20} {} / {}  threshold {}{}",
+                s(&sig["signal"]),
+                s(&sig["available"]),
+                s(&sig["capacity"]),
+                s(&sig["threshold"]),
+                if sig["crossed"] == true {
+                    "  CROSSED"
+                } else {
+                    ""
+                }
+            ));
+        }
     }
     let api = &v["apiserver"];
     if api["reachable"] == true {

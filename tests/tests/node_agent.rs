@@ -2026,6 +2026,28 @@ async fn disk_pressure_follows_the_nodes_filesystem() {
     })
     .await;
     assert_eq!(reason, "KubeletHasDiskPressure");
+    // `kernlet status` shows the readings beside the thresholds.
+    let out = node
+        .command(kernlet_tests::simnode::kernlet_bin().unwrap())
+        .args(["status", "-o", "json", "--kubeconfig"])
+        .arg(node.dir("state").join("node.kubeconfig"))
+        .args(["--state-dir"])
+        .arg(node.dir("state"))
+        .args(["--run-dir"])
+        .arg(node.dir("run"))
+        .output()
+        .unwrap();
+    let st: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let nodefs = st["eviction"]["signals"]
+        .as_array()
+        .unwrap_or_else(|| panic!("{st:#}"))
+        .iter()
+        .find(|s| s["signal"] == "nodefs.available")
+        .unwrap()
+        .clone();
+    assert_eq!(nodefs["crossed"], true, "{nodefs}");
+    assert_eq!(nodefs["threshold"], (64u64 << 20) / 10, "{nodefs}");
+    assert_eq!(st["eviction"]["conditions"][0], "DiskPressure", "{st:#}");
     // Under disk pressure a pod bound to the node is rejected as kubelet's eviction
     // admission rejects it.
     let admin = cluster.admin().await.unwrap();

@@ -149,6 +149,14 @@ impl NodeController {
         let crossed = eviction::crossed(&thresholds, &readings);
         let pressure = self.pressure.observe(&crossed, Instant::now());
         self.shared_pressure.set(pressure);
+        // For `kernlet status`: each reading beside its threshold.
+        crate::daemon::synced(
+            "eviction",
+            serde_json::json!({
+                "signals": eviction::report(&thresholds, &readings),
+                "conditions": pressure.conditions(),
+            }),
+        );
         if !crossed.is_empty() {
             tracing::warn!(
                 node = %self.cfg.name,

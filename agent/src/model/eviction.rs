@@ -170,6 +170,29 @@ pub fn crossed(thresholds: &[Threshold], readings: &BTreeMap<Signal, Reading>) -
     out
 }
 
+/// Each reading beside its threshold (absolute), for `kernlet status`.
+pub fn report(thresholds: &[Threshold], readings: &BTreeMap<Signal, Reading>) -> serde_json::Value {
+    serde_json::Value::Array(
+        readings
+            .iter()
+            .map(|(signal, r)| {
+                let threshold = thresholds
+                    .iter()
+                    .filter(|t| t.signal == *signal)
+                    .map(|t| t.absolute(r.capacity))
+                    .max();
+                serde_json::json!({
+                    "signal": signal.name(),
+                    "available": r.available,
+                    "capacity": r.capacity,
+                    "threshold": threshold,
+                    "crossed": threshold.is_some_and(|t| r.available < t),
+                })
+            })
+            .collect(),
+    )
+}
+
 /// The three pressure conditions.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Pressure {
