@@ -1902,3 +1902,66 @@ spec:
         "{p}"
     );
 }
+
+/// `--container-log-max-size` and `--container-log-max-files` bound a container's log
+/// as kubelet's `containerLogMaxSize`/`containerLogMaxFiles` do.
+#[test]
+fn container_logs_rotate_within_the_configured_limits() {
+    let mut lab = Lab::new("logrot").unwrap();
+    let mut node = lab.add_node("l1").unwrap();
+    import_busybox(&node);
+    let m = manifests(
+        &node,
+        r#"
+apiVersion: v1
+kind: Pod
+metadata: {name: chatty, namespace: t}
+spec:
+  containers:
+  - {name: c, image: busybox:1.36, command: ["sh", "-c", "i=0; while [ $i -lt 2000 ]; do echo line $i of a chatty container; i=$((i+1)); done; echo DONE; exec sleep 600"]}
+"#,
+    );
+    let md = m.display().to_string();
+    node.start_kernlet(&[
+        "run",
+        "--standalone",
+        "--manifests",
+        &md,
+        "--container-log-max-size",
+        "4Ki",
+        "--container-log-max-files",
+        "2",
+    ])
+    .unwrap();
+    let p = wait_for(
+        &node,
+        "the chatty container done",
+        Duration::from_secs(30),
+        || {
+            pod(&node, "chatty")
+                .filter(|p| log_lines(&node, p, "c", 0).iter().any(|(_, l)| l == "DONE"))
+        },
+    );
+    let dir = kernlet::runtime::logs::pod_dir(
+        &node.dir("logs"),
+        "t",
+        "chatty",
+        p["metadata"]["uid"].as_str().unwrap(),
+    )
+    .join("c");
+    let files: Vec<(String, u64)> = std::fs::read_dir(&dir)
+        .unwrap()
+        .flatten()
+        .map(|e| {
+            (
+                e.file_name().to_string_lossy().into_owned(),
+                e.metadata().unwrap().len(),
+            )
+        })
+        .collect();
+    assert!(files.len() <= 2, "{files:?}");
+    assert!(files.len() == 2, "rotated at least once: {files:?}");
+    for (name, size) in &files {
+        assert!(*size <= 4096 + 512, "{name} is {size} bytes");
+    }
+}

@@ -57,6 +57,14 @@ pub struct NodeArgs {
     /// threshold (kubelet's duration form, `5m0s`).
     #[arg(long, default_value = "5m0s")]
     pub eviction_pressure_transition_period: String,
+    /// A container's log is rotated when it reaches this size (kubelet's
+    /// `containerLogMaxSize`, a quantity).
+    #[arg(long, default_value = "10Mi")]
+    pub container_log_max_size: String,
+    /// Log files kept per container, the current one included (`containerLogMaxFiles`,
+    /// at least 2).
+    #[arg(long, default_value_t = 5)]
+    pub container_log_max_files: usize,
     /// Image garbage collection starts when the image filesystem is this full (%).
     #[arg(long, default_value_t = 85)]
     pub image_gc_high_threshold: u8,

@@ -286,6 +286,12 @@ fn configz(args: &NodeArgs) -> serde_json::Value {
             }))
             .collect::<std::collections::BTreeMap<_, _>>(),
         "evictionPressureTransitionPeriod": args.eviction_pressure_transition_period,
+        "containerLogMaxSize": args.container_log_max_size,
+        "containerLogMaxFiles": args.container_log_max_files,
+        "imageGCHighThresholdPercent": args.image_gc_high_threshold,
+        "imageGCLowThresholdPercent": args.image_gc_low_threshold,
+        "imageMinimumGCAge": args.image_minimum_gc_age,
+        "imageMaximumGCAge": args.image_maximum_gc_age,
     }})
 }
 
@@ -332,7 +338,28 @@ pub fn runtime_config(args: &NodeArgs) -> anyhow::Result<crate::runtime::Runtime
         image_dir: dirs.image_dir.clone(),
         cgroup_root: dirs.cgroup_root.clone(),
         exe: std::env::current_exe().context("cannot find the kernlet binary to run shims")?,
-        rotation: Default::default(),
+        rotation: {
+            let size = crate::model::quantity::Quantity::parse(&args.container_log_max_size)
+                .ok()
+                .and_then(|q| u64::try_from(q.value()).ok())
+                .filter(|b| *b > 0)
+                .with_context(|| {
+                    format!(
+                        "--container-log-max-size {:?}: give a positive quantity such as 10Mi",
+                        args.container_log_max_size
+                    )
+                })?;
+            if args.container_log_max_files < 2 {
+                anyhow::bail!(
+                    "--container-log-max-files {}: must be at least 2 (the current file and one rotated), as kubelet requires",
+                    args.container_log_max_files
+                );
+            }
+            kernlet_shim::cri::Rotation {
+                max_bytes: size,
+                max_files: args.container_log_max_files,
+            }
+        },
         registries: args.registries.config()?,
         pod_pids_limit: u64::try_from(args.pod_max_pids).ok(),
         seccomp_default: args.seccomp_default,
