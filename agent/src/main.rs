@@ -23,7 +23,24 @@ fn main() -> ExitCode {
         )
         .with_writer(std::io::stderr)
         .init();
-    let cli = Cli::parse();
+    // `--config FILE` (a KubeletConfiguration) becomes the flags it sets, flags given
+    // on the command line winning, before the command line is parsed.
+    let args = match kernlet::model::kubelet_config_file::expand(args) {
+        Ok((args, ignored)) => {
+            if !ignored.is_empty() {
+                tracing::warn!(
+                    "--config: kernlet does not implement {}; ignored",
+                    ignored.join(", ")
+                );
+            }
+            args
+        }
+        Err(e) => {
+            eprintln!("kernlet: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let cli = Cli::parse_from(args);
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

@@ -2113,3 +2113,65 @@ async fn the_lease_is_renewed_with_one_request() {
     }
     assert!(node.kernlet_running(), "{}", node.kernlet_log());
 }
+
+/// `--config` reads a KubeletConfiguration as kubelet does: its maxPods and
+/// registerWithTaints reach the Node, a flag given beside it wins, and a field kernlet
+/// does not implement is named at start.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_kubelet_configuration_file_configures_the_node() {
+    let cluster = Cluster::start(&[BRIDGE_IP.into()]).await.unwrap();
+    let mut lab = Lab::new("kconfig").unwrap();
+    let fwd = lab.forward(0, cluster.addr()).unwrap();
+    let mut node = lab.add_node("c1").unwrap();
+    let file = node.dir("state").join("kubelet-config.yaml");
+    std::fs::write(
+        &file,
+        "apiVersion: kubelet.config.k8s.io/v1beta1\nkind: KubeletConfiguration\nmaxPods: 7\n\
+         nodeStatusUpdateFrequency: 1s\ncgroupDriver: systemd\n\
+         registerWithTaints:\n- {key: example.com/dedicated, value: tests, effect: NoSchedule}\n\
+         kubeReserved: {cpu: 100m}\n",
+    )
+    .unwrap();
+    let f = file.display().to_string();
+    start_agent(
+        &cluster,
+        &fwd.url,
+        &mut node,
+        &["--config", &f, "--kube-reserved", "cpu=500m"],
+    );
+    let nodes: Api<Node> = Api::all(cluster.admin().await.unwrap());
+    let n = wait_for(
+        "the node with its allocatable",
+        Duration::from_secs(20),
+        async || {
+            let n = nodes.get_opt("c1").await.ok()??;
+            n.status.as_ref()?.allocatable.as_ref()?;
+            Some(n)
+        },
+    )
+    .await;
+    let allocatable = n.status.unwrap().allocatable.unwrap();
+    assert_eq!(allocatable["pods"].0, "7");
+    let cpus = std::thread::available_parallelism().unwrap().get() as i128;
+    let cpu = kernlet::model::quantity::Quantity::parse(&allocatable["cpu"].0)
+        .unwrap()
+        .milli();
+    assert_eq!(
+        cpu,
+        cpus * 1000 - 500,
+        "the flag's 500m, not the file's 100m"
+    );
+    let taints = n.spec.unwrap().taints.unwrap_or_default();
+    assert!(
+        taints
+            .iter()
+            .any(|t| t.key == "example.com/dedicated" && t.value.as_deref() == Some("tests")),
+        "{taints:?}"
+    );
+    assert!(
+        node.kernlet_log()
+            .contains("does not implement cgroupDriver"),
+        "{}",
+        node.kernlet_log()
+    );
+}

@@ -9,6 +9,7 @@ pub mod env;
 pub mod eviction;
 pub mod image_ref;
 pub mod kubelet_config;
+pub mod kubelet_config_file;
 pub mod lsm;
 pub mod maglev;
 pub mod manifest;

@@ -18,6 +18,11 @@ fn node_ips_arg(s: &str) -> Result<NodeIps, String> {
 
 #[derive(clap::Args, Debug)]
 pub struct NodeArgs {
+    /// A KubeletConfiguration file (kubelet.config.k8s.io/v1beta1, kubeadm's
+    /// /var/lib/kubelet/config.yaml): the fields kernlet implements become the flags of
+    /// the same meaning, flags given here winning; the others are named at start.
+    #[arg(long)]
+    pub config: Option<PathBuf>,
     /// Node name (default: the hostname, lowercase).
     #[arg(long)]
     pub node_name: Option<String>,
