@@ -480,23 +480,43 @@ impl SimNode {
     }
 
     /// The pods `kernlet pods -o json` lists from the node's state directory.
-    pub fn recorded_pods(&self) -> Vec<serde_json::Value> {
-        let Ok(out) = Command::new(kernlet_bin().unwrap_or_default())
+    pub fn recorded_pods(&self) -> anyhow::Result<Vec<serde_json::Value>> {
+        let out = Command::new(kernlet_bin()?)
             .args(["pods", "-o", "json", "--state-dir"])
             .arg(self.dir("state"))
-            .output()
-        else {
-            return Vec::new();
-        };
-        let list: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
-        list["items"].as_array().cloned().unwrap_or_default()
+            .output()?;
+        if !out.status.success() {
+            bail!(
+                "kernlet pods failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        let list: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+        Ok(list["items"].as_array().cloned().unwrap_or_default())
     }
 
     /// The recorded pod named `name`, if any.
-    pub fn recorded_pod(&self, name: &str) -> Option<serde_json::Value> {
-        self.recorded_pods()
+    pub fn recorded_pod(&self, name: &str) -> anyhow::Result<Option<serde_json::Value>> {
+        Ok(self
+            .recorded_pods()?
             .into_iter()
-            .find(|p| p["metadata"]["name"] == name)
+            .find(|p| p["metadata"]["name"] == name))
+    }
+
+    /// `kernlet status -o json` of this node (its kubeconfig, directories and pins).
+    pub fn status_json(&self) -> anyhow::Result<serde_json::Value> {
+        let out = self
+            .command(kernlet_bin()?)
+            .args(["status", "-o", "json", "--kubeconfig"])
+            .arg(self.dir("state").join("node.kubeconfig"))
+            .args(["--state-dir"])
+            .arg(self.dir("state"))
+            .args(["--run-dir"])
+            .arg(self.dir("run"))
+            .args(["--bpffs-dir"])
+            .arg(self.dir("bpf"))
+            .output()?;
+        Ok(serde_json::from_slice(&out.stdout)?)
     }
 
     /// The kernlet log so far.

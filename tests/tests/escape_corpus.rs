@@ -79,7 +79,7 @@ fn manifests(node: &SimNode, yaml: &str) -> PathBuf {
 }
 
 fn pod(node: &SimNode, name: &str) -> Option<Value> {
-    node.recorded_pod(name)
+    node.recorded_pod(name).unwrap()
 }
 
 /// Every line every run of a container wrote (all restarts).

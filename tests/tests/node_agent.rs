@@ -2027,17 +2027,7 @@ async fn disk_pressure_follows_the_nodes_filesystem() {
     .await;
     assert_eq!(reason, "KubeletHasDiskPressure");
     // `kernlet status` shows the readings beside the thresholds.
-    let out = node
-        .command(kernlet_tests::simnode::kernlet_bin().unwrap())
-        .args(["status", "-o", "json", "--kubeconfig"])
-        .arg(node.dir("state").join("node.kubeconfig"))
-        .args(["--state-dir"])
-        .arg(node.dir("state"))
-        .args(["--run-dir"])
-        .arg(node.dir("run"))
-        .output()
-        .unwrap();
-    let st: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let st = node.status_json().unwrap();
     let nodefs = st["eviction"]["signals"]
         .as_array()
         .unwrap_or_else(|| panic!("{st:#}"))

@@ -33,11 +33,11 @@ fn start(node: &mut SimNode, manifests: &Path) {
 }
 
 fn pods(node: &SimNode) -> Vec<Value> {
-    node.recorded_pods()
+    node.recorded_pods().unwrap()
 }
 
 fn pod(node: &SimNode, name: &str) -> Option<Value> {
-    node.recorded_pod(name)
+    node.recorded_pod(name).unwrap()
 }
 
 fn wait_for<T>(

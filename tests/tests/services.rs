@@ -751,21 +751,7 @@ async fn cluster_ips_are_balanced_by_the_socket_hooks() {
     on_b_client.assert_closed(&nodes[0]);
 
     // kernlet status: the services programmed and how fresh the daemon's last sync is.
-    let status = |node: &SimNode| -> serde_json::Value {
-        let out = node
-            .command(kernlet_tests::simnode::kernlet_bin().unwrap())
-            .args(["status", "-o", "json", "--kubeconfig"])
-            .arg(node.dir("state").join("node.kubeconfig"))
-            .args(["--state-dir"])
-            .arg(node.dir("state"))
-            .args(["--run-dir"])
-            .arg(node.dir("run"))
-            .args(["--bpffs-dir"])
-            .arg(node.dir("bpf"))
-            .output()
-            .unwrap();
-        serde_json::from_slice(&out.stdout).unwrap()
-    };
+    let status = |node: &SimNode| -> serde_json::Value { node.status_json().unwrap() };
     let st = status(&nodes[0]);
     assert_eq!(st["services"]["programmed"], true, "{st:#}");
     assert!(st["services"]["frontends"].as_u64().unwrap() >= 3, "{st:#}");

@@ -29,6 +29,17 @@ pub struct DeviceRule {
 }
 
 impl DeviceRule {
+    /// Every device, every access: allowed or denied.
+    fn all(allow: bool) -> Self {
+        Self {
+            allow,
+            kind: None,
+            major: None,
+            minor: None,
+            access: Some("rwm".into()),
+        }
+    }
+
     fn char(major: i64, minor: Option<i64>) -> Self {
         Self {
             allow: true,
@@ -52,17 +63,7 @@ pub fn default_rules() -> Vec<DeviceRule> {
         minor: None,
         access: Some("m".into()),
     };
-    let mut rules = vec![
-        DeviceRule {
-            allow: false,
-            kind: None,
-            major: None,
-            minor: None,
-            access: Some("rwm".into()),
-        },
-        mknod("c"),
-        mknod("b"),
-    ];
+    let mut rules = vec![DeviceRule::all(false), mknod("c"), mknod("b")];
     for (major, minor) in [
         (1, 3),
         (1, 5),
@@ -82,13 +83,7 @@ pub fn default_rules() -> Vec<DeviceRule> {
 
 /// The rules of a privileged container: every device.
 pub fn allow_all() -> Vec<DeviceRule> {
-    vec![DeviceRule {
-        allow: true,
-        kind: Some("a".into()),
-        major: None,
-        minor: None,
-        access: Some("rwm".into()),
-    }]
+    vec![DeviceRule::all(true)]
 }
 
 /// Whether the rules allow everything, so no program is needed.

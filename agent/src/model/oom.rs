@@ -5,6 +5,7 @@
 
 use k8s_openapi::api::core::v1::{Container, Pod, PodSpec};
 
+use super::pod_lifecycle::{CONFIG_MIRROR, CONFIG_SOURCE};
 use super::qos::{QosClass, qos_class};
 use super::quantity::Quantity;
 
@@ -13,9 +14,6 @@ pub const GUARANTEED: i32 = -997;
 /// BestEffort containers.
 pub const BEST_EFFORT: i32 = 1000;
 
-/// The pod annotation kubelet marks a static pod's source with, and a mirror pod.
-const CONFIG_SOURCE: &str = "kubernetes.io/config.source";
-const CONFIG_MIRROR: &str = "kubernetes.io/config.mirror";
 /// `scheduling.SystemCriticalPriority`.
 const SYSTEM_CRITICAL_PRIORITY: i32 = 2_000_000_000;
 

@@ -10,6 +10,13 @@ use std::time::Duration;
 
 use k8s_openapi::api::core::v1::PodSpec;
 
+/// The annotation kubelet marks a static pod's source with (`file`; `api` for the
+/// apiserver's pods).
+pub const CONFIG_SOURCE: &str = "kubernetes.io/config.source";
+
+/// The annotation a mirror pod (the apiserver's copy of a static pod) carries.
+pub const CONFIG_MIRROR: &str = "kubernetes.io/config.mirror";
+
 /// One container as the runtime sees it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Observed {

@@ -23,11 +23,9 @@ pub fn static_uid(source: &Path, pod: &Pod) -> String {
 }
 
 /// The annotations kubelet puts on static pods and their mirrors.
-pub(super) const CONFIG_SOURCE: &str = "kubernetes.io/config.source";
+pub(super) use crate::model::pod_lifecycle::{CONFIG_MIRROR, CONFIG_SOURCE};
 
 pub(super) const CONFIG_HASH: &str = "kubernetes.io/config.hash";
-
-pub(super) const CONFIG_MIRROR: &str = "kubernetes.io/config.mirror";
 
 /// Whether `pod` is a static pod (from this node's manifest directory).
 pub(super) fn is_static(pod: &Pod) -> bool {

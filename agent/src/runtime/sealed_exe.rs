@@ -35,12 +35,7 @@ pub fn install(state_dir: &Path, exe: &Path) -> Result<PathBuf, RuntimeError> {
         std::fs::create_dir_all(dir).map_err(RuntimeError::io(what()))?;
     }
     // Stacked mounts of earlier runs go first.
-    for _ in 0..16 {
-        if !sys::mount::read_only(&target) {
-            break;
-        }
-        sys::mount::unmount(&target).map_err(RuntimeError::io(what()))?;
-    }
+    unmount_all(&target).map_err(RuntimeError::io(what()))?;
     std::fs::OpenOptions::new()
         .create(true)
         .truncate(false)
@@ -54,12 +49,19 @@ pub fn install(state_dir: &Path, exe: &Path) -> Result<PathBuf, RuntimeError> {
 /// Takes the read-only binary away when the node stops (its pods' shims no longer
 /// run it; the next start mounts the binary it is started from).
 pub fn remove(state_dir: &Path) {
-    let target = path(state_dir);
+    let _ = unmount_all(&path(state_dir));
+}
+
+/// Takes off the read-only mounts stacked on `target` (at most 16: a state directory
+/// on a read-only filesystem would otherwise keep this going).
+fn unmount_all(target: &Path) -> std::io::Result<()> {
     for _ in 0..16 {
-        if !sys::mount::read_only(&target) || sys::mount::unmount(&target).is_err() {
+        if !sys::mount::read_only(target) {
             break;
         }
+        sys::mount::unmount(target)?;
     }
+    Ok(())
 }
 
 /// The binary a command-line tool (`kernlet exec`) starts in a container: the
