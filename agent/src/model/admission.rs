@@ -37,6 +37,14 @@ pub struct Refusal {
 /// its regular containers (sidecars included) and its largest init container, plus
 /// the pod overhead.
 pub fn requests(spec: &PodSpec) -> (u64, u64) {
+    (request(spec, "cpu"), request(spec, "memory"))
+}
+
+/// A pod's effective request of resource `r` (millicores for `cpu`, else the value):
+/// the larger of the sum of its regular containers (sidecars included) and its
+/// largest init container, plus the pod overhead (kubelet's
+/// `GetResourceRequestQuantity`).
+pub fn request(spec: &PodSpec, r: &str) -> u64 {
     let get = |c: &k8s_openapi::api::core::v1::Container, r: &str| -> i128 {
         let res = c.resources.as_ref();
         let q = res
@@ -71,7 +79,7 @@ pub fn requests(spec: &PodSpec) -> (u64, u64) {
             .map_or(0, |q| if r == "cpu" { q.milli() } else { q.value() });
         u64::try_from(main.max(init) + overhead).unwrap_or(0)
     };
-    (one("cpu"), one("memory"))
+    one(r)
 }
 
 fn matches(req: &NodeSelectorRequirement, value: Option<&String>) -> bool {

@@ -5,7 +5,6 @@
 
 use k8s_openapi::api::core::v1::{Container, Pod, PodSpec};
 
-use super::pod_lifecycle::{CONFIG_MIRROR, CONFIG_SOURCE};
 use super::qos::{QosClass, qos_class};
 use super::quantity::Quantity;
 
@@ -14,22 +13,15 @@ pub const GUARANTEED: i32 = -997;
 /// BestEffort containers.
 pub const BEST_EFFORT: i32 = 1000;
 
-/// `scheduling.SystemCriticalPriority`.
-const SYSTEM_CRITICAL_PRIORITY: i32 = 2_000_000_000;
-
-/// kubelet's `IsNodeCriticalPod`: critical (static, mirror, or of a system-critical
-/// priority) and of the `system-node-critical` priority class.
+/// kubelet's `IsNodeCriticalPod`: critical and of the `system-node-critical` priority
+/// class.
 fn node_critical(pod: &Pod) -> bool {
-    let annotations = pod.metadata.annotations.as_ref();
-    let static_or_mirror = annotations.is_some_and(|a| {
-        a.get(CONFIG_SOURCE).is_some_and(|s| s != "api") || a.contains_key(CONFIG_MIRROR)
-    });
-    let spec = pod.spec.as_ref();
-    let critical = static_or_mirror
-        || spec
-            .and_then(|s| s.priority)
-            .is_some_and(|p| p >= SYSTEM_CRITICAL_PRIORITY);
-    critical && spec.and_then(|s| s.priority_class_name.as_deref()) == Some("system-node-critical")
+    super::pod_lifecycle::is_critical(pod)
+        && pod
+            .spec
+            .as_ref()
+            .and_then(|s| s.priority_class_name.as_deref())
+            == Some("system-node-critical")
 }
 
 fn memory_request(c: &Container) -> i64 {

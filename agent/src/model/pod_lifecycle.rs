@@ -17,6 +17,23 @@ pub const CONFIG_SOURCE: &str = "kubernetes.io/config.source";
 /// The annotation a mirror pod (the apiserver's copy of a static pod) carries.
 pub const CONFIG_MIRROR: &str = "kubernetes.io/config.mirror";
 
+/// `scheduling.SystemCriticalPriority`.
+pub const SYSTEM_CRITICAL_PRIORITY: i32 = 2_000_000_000;
+
+/// kubelet's `IsCriticalPod`: a static or mirror pod, or one of a system-critical
+/// priority. Such pods are never evicted.
+pub fn is_critical(pod: &k8s_openapi::api::core::v1::Pod) -> bool {
+    let static_or_mirror = pod.metadata.annotations.as_ref().is_some_and(|a| {
+        a.get(CONFIG_SOURCE).is_some_and(|s| s != "api") || a.contains_key(CONFIG_MIRROR)
+    });
+    static_or_mirror
+        || pod
+            .spec
+            .as_ref()
+            .and_then(|s| s.priority)
+            .is_some_and(|p| p >= SYSTEM_CRITICAL_PRIORITY)
+}
+
 /// One container as the runtime sees it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Observed {

@@ -122,6 +122,23 @@ impl fmt::Display for Quantity {
     }
 }
 
+/// `n` as Go's `resource.NewQuantity(n, BinarySI).String()` writes it: below 1024
+/// plainly, else with the largest binary suffix that keeps it whole (`31268Ki`,
+/// `40Mi`, `1536`... `1025`).
+pub fn binary_si(n: u64) -> String {
+    if n < 1024 {
+        return n.to_string();
+    }
+    let mut v = n;
+    let mut e = 0;
+    while e < 6 && v % 1024 == 0 {
+        v /= 1024;
+        e += 1;
+    }
+    let suffix = ["", "Ki", "Mi", "Gi", "Ti", "Pi", "Ei"][e];
+    format!("{v}{suffix}")
+}
+
 /// The amount `key` of a resource list (requests or limits): millicores for `cpu`,
 /// the value (bytes, count) for anything else; `None` when the list does not name it.
 pub fn amount(
@@ -147,6 +164,16 @@ mod tests {
 
     fn q(s: &str) -> Quantity {
         Quantity::parse(s).unwrap()
+    }
+
+    #[test]
+    fn binary_si_as_go_writes_it() {
+        assert_eq!(binary_si(0), "0");
+        assert_eq!(binary_si(1000), "1000");
+        assert_eq!(binary_si(1536), "1536");
+        assert_eq!(binary_si(40 << 20), "40Mi");
+        assert_eq!(binary_si(31268 << 10), "31268Ki");
+        assert_eq!(binary_si(3 << 30), "3Gi");
     }
 
     #[test]

@@ -9,18 +9,31 @@ use std::time::{Duration, Instant};
 
 use super::quantity::Quantity;
 
+pub mod decide;
+pub mod rank;
+
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum EvictionError {
     #[error(
-        "--eviction-hard: {0:?} is not <signal><<quantity or percent> (signals: memory.available, nodefs.available, nodefs.inodesFree, imagefs.available, imagefs.inodesFree, pid.available)"
+        "{0}: {1:?} is not <signal><<quantity or percent> (signals: memory.available, nodefs.available, nodefs.inodesFree, imagefs.available, imagefs.inodesFree, pid.available)"
     )]
-    Malformed(String),
-    #[error("--eviction-hard: unknown signal {0:?}")]
-    Signal(String),
-    #[error("--eviction-hard: {0:?} is not a quantity or a percentage between 0 and 100")]
-    Amount(String),
+    Malformed(&'static str, String),
+    #[error("{0}: unknown signal {1:?}")]
+    Signal(&'static str, String),
+    #[error("{0}: {1:?} is not a quantity or a percentage between 0 and 100")]
+    Amount(&'static str, String),
     #[error("{0:?} is not a duration (like 5m0s, 30s, 1h)")]
     Duration(String),
+    #[error("{0}: {1:?} is not <signal>=<value>[,<signal>=<value>...]")]
+    Pair(&'static str, String),
+    #[error(
+        "--eviction-soft threshold {0} has no grace period: give one in --eviction-soft-grace-period ({0}=1m30s)"
+    )]
+    NoGrace(String),
+    #[error(
+        "--eviction-soft-grace-period names {0}, which has no --eviction-soft threshold"
+    )]
+    GraceWithoutThreshold(String),
 }
 
 /// A signal kubelet evicts on.
@@ -43,6 +56,16 @@ impl Signal {
             Self::ImagefsAvailable => "imagefs.available",
             Self::ImagefsInodesFree => "imagefs.inodesFree",
             Self::PidAvailable => "pid.available",
+        }
+    }
+
+    /// The resource kubelet reclaims for the signal, as its eviction messages name it.
+    pub fn resource(self) -> &'static str {
+        match self {
+            Self::MemoryAvailable => "memory",
+            Self::NodefsAvailable | Self::ImagefsAvailable => "ephemeral-storage",
+            Self::NodefsInodesFree | Self::ImagefsInodesFree => "inodes",
+            Self::PidAvailable => "pids",
         }
     }
 
@@ -73,47 +96,147 @@ pub enum Amount {
 pub struct Threshold {
     pub signal: Signal,
     pub below: Amount,
+    /// A hard threshold evicts at once (pods get 1 s); a soft one once it has been
+    /// crossed for `grace` (pods get at most `--eviction-max-pod-grace-period`).
+    pub hard: bool,
+    pub grace: Duration,
+    /// How far past the threshold a reclaim must go before the threshold counts as
+    /// resolved (kubelet's `evictionMinimumReclaim`).
+    pub min_reclaim: Amount,
+}
+
+impl Default for Threshold {
+    fn default() -> Self {
+        Self {
+            signal: Signal::MemoryAvailable,
+            below: Amount::Absolute(0),
+            hard: true,
+            grace: Duration::ZERO,
+            min_reclaim: Amount::Absolute(0),
+        }
+    }
+}
+
+fn amount_of(a: Amount, capacity: u64) -> u64 {
+    match a {
+        Amount::Absolute(n) => n,
+        Amount::Percent(p) => (capacity as f64 * p / 100.0) as u64,
+    }
 }
 
 impl Threshold {
     /// The threshold in absolute terms for a signal whose capacity is `capacity`.
     pub fn absolute(&self, capacity: u64) -> u64 {
-        match self.below {
-            Amount::Absolute(n) => n,
-            Amount::Percent(p) => (capacity as f64 * p / 100.0) as u64,
-        }
+        amount_of(self.below, capacity)
+    }
+
+    /// Whether `r` crosses the threshold; with `min_reclaim`, whether it is still
+    /// short of the threshold plus the minimum reclaim.
+    pub fn met(&self, r: Reading, min_reclaim: bool) -> bool {
+        let extra = if min_reclaim {
+            amount_of(self.min_reclaim, r.capacity)
+        } else {
+            0
+        };
+        r.available < self.absolute(r.capacity).saturating_add(extra)
     }
 }
 
 /// kubelet's hard thresholds on Linux when none are given.
 pub const DEFAULT_HARD: &str = "memory.available<100Mi,nodefs.available<10%,nodefs.inodesFree<5%,imagefs.available<15%,imagefs.inodesFree<5%";
 
-/// Parses kubelet's `--eviction-hard` form, `signal<amount,...`.
+/// Parses kubelet's `--eviction-hard` form, `signal<amount,...` (hard thresholds).
 pub fn parse_thresholds(text: &str) -> Result<Vec<Threshold>, EvictionError> {
+    parse_in("--eviction-hard", text)
+}
+
+fn parse_amount(flag: &'static str, amount: &str) -> Result<Amount, EvictionError> {
+    let amount = amount.trim();
+    let bad = || EvictionError::Amount(flag, amount.to_string());
+    if let Some(p) = amount.strip_suffix('%') {
+        let p: f64 = p.parse().map_err(|_| bad())?;
+        if !(0.0..=100.0).contains(&p) {
+            return Err(bad());
+        }
+        return Ok(Amount::Percent(p));
+    }
+    let q = Quantity::parse(amount).map_err(|_| bad())?;
+    Ok(Amount::Absolute(u64::try_from(q.value()).map_err(|_| bad())?))
+}
+
+fn parse_signal(flag: &'static str, name: &str) -> Result<Signal, EvictionError> {
+    Signal::parse(name.trim()).ok_or_else(|| EvictionError::Signal(flag, name.to_string()))
+}
+
+/// `signal<amount,...` of the flag `flag`.
+fn parse_in(flag: &'static str, text: &str) -> Result<Vec<Threshold>, EvictionError> {
     let mut out = Vec::new();
     for item in text.split(',').map(str::trim).filter(|i| !i.is_empty()) {
         let (name, amount) = item
             .split_once('<')
-            .ok_or_else(|| EvictionError::Malformed(item.to_string()))?;
-        let signal =
-            Signal::parse(name.trim()).ok_or_else(|| EvictionError::Signal(name.to_string()))?;
-        let amount = amount.trim();
-        let below = if let Some(p) = amount.strip_suffix('%') {
-            let p: f64 = p
-                .parse()
-                .map_err(|_| EvictionError::Amount(amount.to_string()))?;
-            if !(0.0..=100.0).contains(&p) {
-                return Err(EvictionError::Amount(amount.to_string()));
-            }
-            Amount::Percent(p)
-        } else {
-            let q =
-                Quantity::parse(amount).map_err(|_| EvictionError::Amount(amount.to_string()))?;
-            Amount::Absolute(
-                u64::try_from(q.value()).map_err(|_| EvictionError::Amount(amount.to_string()))?,
-            )
-        };
-        out.push(Threshold { signal, below });
+            .ok_or_else(|| EvictionError::Malformed(flag, item.to_string()))?;
+        out.push(Threshold {
+            signal: parse_signal(flag, name)?,
+            below: parse_amount(flag, amount)?,
+            ..Default::default()
+        });
+    }
+    Ok(out)
+}
+
+/// `signal=value,...` of the flag `flag`.
+fn parse_pairs(flag: &'static str, text: &str) -> Result<Vec<(Signal, String)>, EvictionError> {
+    text.split(',')
+        .map(str::trim)
+        .filter(|i| !i.is_empty())
+        .map(|item| {
+            let (name, value) = item
+                .split_once('=')
+                .ok_or_else(|| EvictionError::Pair(flag, item.to_string()))?;
+            Ok((parse_signal(flag, name)?, value.trim().to_string()))
+        })
+        .collect()
+}
+
+/// The eviction flags as kubelet takes them.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Flags {
+    /// `--eviction-hard`
+    pub hard: String,
+    /// `--eviction-soft`
+    pub soft: String,
+    /// `--eviction-soft-grace-period`: `signal=duration,...`
+    pub soft_grace: String,
+    /// `--eviction-minimum-reclaim`: `signal=quantity or percent,...`
+    pub min_reclaim: String,
+}
+
+/// Every threshold the flags set, hard then soft, validated as kubelet validates them:
+/// a soft threshold needs a grace period and a grace period a soft threshold.
+pub fn thresholds(flags: &Flags) -> Result<Vec<Threshold>, EvictionError> {
+    let mut out = parse_in("--eviction-hard", &flags.hard)?;
+    let graces = parse_pairs("--eviction-soft-grace-period", &flags.soft_grace)?;
+    let mut soft = parse_in("--eviction-soft", &flags.soft)?;
+    for t in &mut soft {
+        let (_, g) = graces
+            .iter()
+            .find(|(s, _)| *s == t.signal)
+            .ok_or_else(|| EvictionError::NoGrace(t.signal.name().to_string()))?;
+        t.hard = false;
+        t.grace = parse_duration(g)?;
+    }
+    if let Some((s, _)) = graces
+        .iter()
+        .find(|(s, _)| !soft.iter().any(|t| t.signal == *s))
+    {
+        return Err(EvictionError::GraceWithoutThreshold(s.name().to_string()));
+    }
+    out.extend(soft);
+    for (signal, amount) in parse_pairs("--eviction-minimum-reclaim", &flags.min_reclaim)? {
+        let amount = parse_amount("--eviction-minimum-reclaim", &amount)?;
+        for t in out.iter_mut().filter(|t| t.signal == signal) {
+            t.min_reclaim = amount;
+        }
     }
     Ok(out)
 }
@@ -159,11 +282,7 @@ pub struct Reading {
 pub fn crossed(thresholds: &[Threshold], readings: &BTreeMap<Signal, Reading>) -> Vec<Signal> {
     let mut out: Vec<Signal> = thresholds
         .iter()
-        .filter(|t| {
-            readings
-                .get(&t.signal)
-                .is_some_and(|r| r.available < t.absolute(r.capacity))
-        })
+        .filter(|t| readings.get(&t.signal).is_some_and(|r| t.met(*r, false)))
         .map(|t| t.signal)
         .collect();
     out.dedup();
@@ -327,15 +446,15 @@ mod tests {
         assert_eq!(t[1].absolute(1000), 100);
         assert!(matches!(
             parse_thresholds("memory.free<1Gi"),
-            Err(EvictionError::Signal(_))
+            Err(EvictionError::Signal(..))
         ));
         assert!(matches!(
             parse_thresholds("nodefs.available<120%"),
-            Err(EvictionError::Amount(_))
+            Err(EvictionError::Amount(..))
         ));
         assert!(matches!(
             parse_thresholds("nodefs.available>1"),
-            Err(EvictionError::Malformed(_))
+            Err(EvictionError::Malformed(..))
         ));
         assert_eq!(parse_thresholds("").unwrap(), vec![]);
         assert_eq!(parse_duration("5m0s").unwrap(), Duration::from_secs(300));
@@ -343,6 +462,61 @@ mod tests {
         assert_eq!(parse_duration("0").unwrap(), Duration::ZERO);
         assert!(parse_duration("5").is_err());
         assert!(parse_duration("5d").is_err());
+    }
+
+    #[test]
+    fn soft_thresholds_need_grace_periods_and_minimum_reclaim_applies_to_both() {
+        let flags = Flags {
+            hard: "memory.available<100Mi".into(),
+            soft: "memory.available<1Gi,nodefs.available<20%".into(),
+            soft_grace: "memory.available=1m30s,nodefs.available=2m".into(),
+            min_reclaim: "memory.available=200Mi,nodefs.available=5%".into(),
+        };
+        let t = thresholds(&flags).unwrap();
+        assert_eq!(t.len(), 3);
+        assert!(t[0].hard && t[0].grace.is_zero());
+        assert_eq!(t[0].min_reclaim, Amount::Absolute(200 << 20));
+        assert!(!t[1].hard);
+        assert_eq!(t[1].grace, Duration::from_secs(90));
+        assert_eq!(t[2].min_reclaim, Amount::Percent(5.0));
+        let r = Reading {
+            available: 1000 << 20,
+            capacity: 8 << 30,
+        };
+        assert!(t[1].met(r, false), "1000Mi is below 1Gi");
+        assert!(!t[0].met(r, false));
+        let r = Reading {
+            available: 250 << 20,
+            capacity: 8 << 30,
+        };
+        assert!(!t[0].met(r, false));
+        assert!(t[0].met(r, true), "250Mi is short of 100Mi + 200Mi");
+        let no_grace = Flags {
+            soft: "memory.available<1Gi".into(),
+            ..Default::default()
+        };
+        assert_eq!(
+            thresholds(&no_grace),
+            Err(EvictionError::NoGrace("memory.available".into()))
+        );
+        let stray = Flags {
+            soft_grace: "pid.available=1m".into(),
+            ..Default::default()
+        };
+        assert_eq!(
+            thresholds(&stray),
+            Err(EvictionError::GraceWithoutThreshold("pid.available".into()))
+        );
+        let bad = Flags {
+            min_reclaim: "memory.available".into(),
+            ..Default::default()
+        };
+        assert!(matches!(thresholds(&bad), Err(EvictionError::Pair(..))));
+        assert!(
+            EvictionError::Signal("--eviction-soft", "x".into())
+                .to_string()
+                .starts_with("--eviction-soft: ")
+        );
     }
 
     #[test]
