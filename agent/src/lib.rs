@@ -12,6 +12,7 @@ pub mod config;
 pub mod controllers;
 pub mod daemon;
 pub mod doctor;
+pub mod eviction;
 pub mod explain;
 pub mod inspect;
 pub mod json_http;

@@ -39,9 +39,6 @@ pub struct Timing {
     /// How often status is reported when nothing changes (kubelet's
     /// `nodeStatusReportFrequency`, 5 min).
     pub status_report: Duration,
-    /// How long a pressure condition outlives its signal's crossing (kubelet's
-    /// `evictionPressureTransitionPeriod`, 5 min).
-    pub pressure_transition: Duration,
 }
 
 impl Default for Timing {
@@ -50,7 +47,6 @@ impl Default for Timing {
             lease_renew: Duration::from_secs(10),
             status_update: Duration::from_secs(10),
             status_report: Duration::from_secs(300),
-            pressure_transition: Duration::from_secs(300),
         }
     }
 }
@@ -69,9 +65,7 @@ pub struct NodeController {
     reported: Option<(MachineFacts, Readiness, Instant)>,
     /// The node's image store, for `status.images`.
     images: Option<crate::runtime::image::ImageStore>,
-    /// The pressure conditions, held for the transition period.
-    pressure: crate::model::eviction::Observer,
-    /// Where admission reads them.
+    /// The pressure conditions, as the eviction manager last computed them.
     shared_pressure: crate::model::eviction::SharedPressure,
     /// The Lease as the last renewal left it (renewed from here next time).
     lease: Option<Lease>,
@@ -109,7 +103,6 @@ impl NodeController {
         timing: Timing,
     ) -> Self {
         Self {
-            pressure: crate::model::eviction::Observer::new(timing.pressure_transition),
             client,
             cfg,
             state_dir,
@@ -124,7 +117,7 @@ impl NodeController {
         }
     }
 
-    /// Publishes the pressure conditions to `shared` (admission reads them).
+    /// Reports the pressure conditions the eviction manager computes in `shared`.
     pub fn with_pressure(mut self, shared: crate::model::eviction::SharedPressure) -> Self {
         self.shared_pressure = shared;
         self
@@ -134,37 +127,6 @@ impl NodeController {
     pub fn with_images(mut self, store: crate::runtime::image::ImageStore) -> Self {
         self.images = Some(store);
         self
-    }
-
-    /// The pressure conditions from the eviction signals now.
-    fn pressure_now(&mut self) -> crate::model::eviction::Pressure {
-        use crate::model::eviction;
-        let thresholds = eviction::parse_thresholds(&self.cfg.eviction_hard).unwrap_or_default();
-        let image_dir = self
-            .images
-            .as_ref()
-            .map(|s| s.root().to_path_buf())
-            .unwrap_or_else(|| self.state_dir.clone());
-        let readings = crate::sys::stats::eviction_readings(&self.state_dir, &image_dir);
-        let crossed = eviction::crossed(&thresholds, &readings);
-        let pressure = self.pressure.observe(&crossed, Instant::now());
-        self.shared_pressure.set(pressure);
-        // For `kernlet status`: each reading beside its threshold.
-        crate::daemon::synced(
-            "eviction",
-            serde_json::json!({
-                "signals": eviction::report(&thresholds, &readings),
-                "conditions": pressure.conditions(),
-            }),
-        );
-        if !crossed.is_empty() {
-            tracing::warn!(
-                node = %self.cfg.name,
-                signals = ?crossed.iter().map(|s| s.name()).collect::<Vec<_>>(),
-                "eviction thresholds crossed"
-            );
-        }
-        pressure
     }
 
     /// `status.images` now (empty without a store or when it cannot be read).
@@ -347,7 +309,7 @@ impl NodeController {
     async fn update_status(&mut self) {
         let mut facts = machine::read(&self.state_dir);
         facts.images = self.node_images();
-        facts.pressure = self.pressure_now();
+        facts.pressure = self.shared_pressure.get();
         let readiness = self.readiness.borrow_and_update().clone();
         let due = match &self.reported {
             None => true,

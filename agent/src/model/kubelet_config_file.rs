@@ -89,6 +89,22 @@ const FIELDS: &[(&str, &str, Convert)] = &[
     ("/maxPods", "--max-pods", scalar),
     ("/podPidsLimit", "--pod-max-pids", scalar),
     ("/evictionHard", "--eviction-hard", |v| pairs(v, "<")),
+    ("/evictionSoft", "--eviction-soft", |v| pairs(v, "<")),
+    (
+        "/evictionSoftGracePeriod",
+        "--eviction-soft-grace-period",
+        |v| pairs(v, "="),
+    ),
+    (
+        "/evictionMinimumReclaim",
+        "--eviction-minimum-reclaim",
+        |v| pairs(v, "="),
+    ),
+    (
+        "/evictionMaxPodGracePeriod",
+        "--eviction-max-pod-grace-period",
+        scalar,
+    ),
     (
         "/evictionPressureTransitionPeriod",
         "--eviction-pressure-transition-period",

@@ -131,7 +131,7 @@ pub fn binary_si(n: u64) -> String {
     }
     let mut v = n;
     let mut e = 0;
-    while e < 6 && v % 1024 == 0 {
+    while e < 6 && v.is_multiple_of(1024) {
         v /= 1024;
         e += 1;
     }

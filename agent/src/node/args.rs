@@ -58,6 +58,24 @@ pub struct NodeArgs {
     /// allocatable memory and ephemeral storage.
     #[arg(long, default_value = crate::model::eviction::DEFAULT_HARD)]
     pub eviction_hard: String,
+    /// Soft eviction thresholds, same form: a pod is evicted once one has been crossed
+    /// for its grace period (--eviction-soft-grace-period).
+    #[arg(long, default_value = "")]
+    pub eviction_soft: String,
+    /// The grace period of each soft threshold: `signal=duration` (`memory.available=1m30s`).
+    #[arg(long, default_value = "")]
+    pub eviction_soft_grace_period: String,
+    /// How much past its threshold a signal must be before eviction stops:
+    /// `signal=quantity or percent` (`nodefs.available=500Mi`).
+    #[arg(long, default_value = "")]
+    pub eviction_minimum_reclaim: String,
+    /// The longest grace period a pod evicted for a soft threshold gets, in seconds
+    /// (hard thresholds give 1 s).
+    #[arg(long, default_value_t = 0)]
+    pub eviction_max_pod_grace_period: u64,
+    /// Seconds between the eviction manager's readings (kubelet: 10).
+    #[arg(long, default_value_t = 10, hide = true)]
+    pub eviction_monitoring_period_seconds: u64,
     /// How long a pressure condition stays true after its signal last crossed a
     /// threshold (kubelet's duration form, `5m0s`).
     #[arg(long, default_value = "5m0s")]

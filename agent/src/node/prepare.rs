@@ -32,6 +32,12 @@ pub struct PreparedNode {
     pub overrides: crate::model::kubelet_config::Overrides,
     /// The image garbage collector's policy and period.
     pub image_gc: (crate::runtime::image_gc::ImageGcPolicy, Duration),
+    /// The eviction manager's thresholds, pressure transition period and settings.
+    pub eviction: (
+        Vec<crate::model::eviction::Threshold>,
+        Duration,
+        crate::eviction::Settings,
+    ),
 }
 
 pub fn prepare_node(args: &NodeArgs) -> anyhow::Result<PreparedNode> {
@@ -82,11 +88,21 @@ pub fn prepare_node(args: &NodeArgs) -> anyhow::Result<PreparedNode> {
         lease_renew: Duration::from_millis(args.node_lease_renew_interval_ms.max(100)),
         status_update: Duration::from_secs(args.node_status_update_frequency.max(1)),
         status_report: Duration::from_secs(args.node_status_report_frequency.max(1)),
-        pressure_transition: crate::model::eviction::parse_duration(
-            &args.eviction_pressure_transition_period,
-        )
-        .context("--eviction-pressure-transition-period")?,
     };
+    let eviction = (
+        crate::model::eviction::thresholds(&crate::model::eviction::Flags {
+            hard: args.eviction_hard.clone(),
+            soft: args.eviction_soft.clone(),
+            soft_grace: args.eviction_soft_grace_period.clone(),
+            min_reclaim: args.eviction_minimum_reclaim.clone(),
+        })?,
+        crate::model::eviction::parse_duration(&args.eviction_pressure_transition_period)
+            .context("--eviction-pressure-transition-period")?,
+        crate::eviction::Settings {
+            period: Duration::from_secs(args.eviction_monitoring_period_seconds.max(1)),
+            max_pod_grace: Duration::from_secs(args.eviction_max_pod_grace_period),
+        },
+    );
     let overlay_node = cfg.name.clone();
     let node_ips = cfg.node_ips();
     let api = crate::api::ApiConfig {
@@ -118,6 +134,7 @@ pub fn prepare_node(args: &NodeArgs) -> anyhow::Result<PreparedNode> {
     let image_gc = image_gc(args)?;
     Ok(PreparedNode {
         image_gc,
+        eviction,
         cfg,
         state_dir: args.dirs.state_dir.clone(),
         timing,
@@ -285,6 +302,10 @@ fn configz(args: &NodeArgs) -> serde_json::Value {
                 crate::model::eviction::Amount::Percent(p) => format!("{p}%"),
             }))
             .collect::<std::collections::BTreeMap<_, _>>(),
+        "evictionSoft": pairs_of(&args.eviction_soft, '<'),
+        "evictionSoftGracePeriod": pairs_of(&args.eviction_soft_grace_period, '='),
+        "evictionMinimumReclaim": pairs_of(&args.eviction_minimum_reclaim, '='),
+        "evictionMaxPodGracePeriod": args.eviction_max_pod_grace_period,
         "evictionPressureTransitionPeriod": args.eviction_pressure_transition_period,
         "containerLogMaxSize": args.container_log_max_size,
         "containerLogMaxFiles": args.container_log_max_files,
@@ -293,6 +314,14 @@ fn configz(args: &NodeArgs) -> serde_json::Value {
         "imageMinimumGCAge": args.image_minimum_gc_age,
         "imageMaximumGCAge": args.image_maximum_gc_age,
     }})
+}
+
+/// `a<b,c<d` (or `a=b,...`) as a map, for `/configz`.
+fn pairs_of(text: &str, sep: char) -> std::collections::BTreeMap<String, String> {
+    text.split(',')
+        .filter_map(|i| i.split_once(sep))
+        .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
+        .collect()
 }
 
 /// The image garbage collector's policy and period from the node flags.

@@ -42,6 +42,7 @@ pub async fn run_node(kubeconfig: PathBuf, node: PreparedNode) -> anyhow::Result
         services,
         overrides,
         image_gc,
+        eviction,
     } = node;
     let mut runtime = runtime;
     apply_cluster_settings(&state_dir, &overrides, &mut runtime, &mut api);
@@ -84,7 +85,12 @@ pub async fn run_node(kubeconfig: PathBuf, node: PreparedNode) -> anyhow::Result
     let overlay_rt = rt.clone();
     let node_images = rt.images.clone();
     let gc_rt = rt.clone();
+    let eviction_rt = rt.clone();
     let pressure = crate::model::eviction::SharedPressure::default();
+    let evictions = crate::podworker::Evictions::default();
+    let image_collector: crate::runtime::image_gc::SharedImageGc = std::sync::Arc::new(
+        std::sync::Mutex::new(crate::runtime::image_gc::ImageGc::new(image_gc.0)),
+    );
     let snapshot: crate::controllers::pods::Snapshot = Default::default();
     let changes = crate::controllers::pods::Changes::default();
     let deleted: crate::controllers::pods::Deleted = Default::default();
@@ -138,6 +144,7 @@ pub async fn run_node(kubeconfig: PathBuf, node: PreparedNode) -> anyhow::Result
             pod_timing,
         )
         .with_events(recorder)
+        .with_evictions(evictions.clone())
         .with_static_pods_opt(static_pods, cfg.name.clone())
         .with_node_fit({
             let facts = crate::sys::machine::read(&state_dir);
@@ -155,9 +162,26 @@ pub async fn run_node(kubeconfig: PathBuf, node: PreparedNode) -> anyhow::Result
         });
         let flag = std::sync::Arc::clone(&worker_stop);
         let gc_stop = std::sync::Arc::clone(&worker_stop);
+        let collector = std::sync::Arc::clone(&image_collector);
         std::thread::spawn(move || {
-            crate::runtime::image_gc::run(gc_rt, image_gc.0, image_gc.1, &gc_stop)
+            crate::runtime::image_gc::run(gc_rt, collector, image_gc.1, &gc_stop)
         });
+        let (thresholds, transition, settings) = eviction;
+        let manager = crate::eviction::Manager::new(
+            crate::eviction::node::RealNode {
+                rt: eviction_rt,
+                image_gc: image_collector,
+                evictions,
+            },
+            crate::model::eviction::decide::Decider::new(thresholds, transition),
+            settings,
+            pressure.clone(),
+        );
+        let eviction_stop = std::sync::Arc::clone(&worker_stop);
+        std::thread::Builder::new()
+            .name("eviction".into())
+            .spawn(move || manager.run(&eviction_stop))
+            .context("starting the eviction manager")?;
         std::thread::spawn(move || runner.run(&flag))
     };
     // The node is Ready when the runtime (open by now) and every subsystem that runs —

@@ -45,8 +45,11 @@ pub fn run_standalone(manifests: Option<PathBuf>, node: &NodeArgs) -> anyhow::Re
     let worker = std::thread::spawn(move || runner.run(&flag));
     let (gc_policy, gc_period) = super::prepare::image_gc(node)?;
     let (gc_rt, gc_stop) = (rt_for_gc, Arc::clone(&stop));
+    let collector = Arc::new(std::sync::Mutex::new(
+        crate::runtime::image_gc::ImageGc::new(gc_policy),
+    ));
     std::thread::spawn(move || {
-        crate::runtime::image_gc::run(gc_rt, gc_policy, gc_period, &gc_stop)
+        crate::runtime::image_gc::run(gc_rt, collector, gc_period, &gc_stop)
     });
     let run_dir = node.dirs.run_dir.clone();
     super::tokio_runtime()?.block_on(async move {

@@ -247,6 +247,8 @@ impl Runner {
         // Refusals of pods that are gone are forgotten.
         self.failed
             .retain(|uid, _| wanted.contains(uid) || with_sandbox.contains(uid));
+        self.evictions
+            .retain(|uid| wanted.contains(uid) || with_sandbox.contains(uid));
         for (uid, pod) in &desired {
             if self.removing.lock().is_ok_and(|r| r.contains(uid)) {
                 pending = true;
@@ -383,6 +385,12 @@ impl Runner {
     /// Wakes the workers whose pod's containers changed (relisted about once a
     /// resync).
     fn relist(&mut self) {
+        // A pod the eviction manager evicts is synced at once.
+        for uid in self.evictions.take_new() {
+            if let Some(w) = self.workers.get(&uid) {
+                w.poke();
+            }
+        }
         if self.relist.due(self.timing.resync / 2) {
             for uid in self.relist.changed(&self.rt, self.workers.keys()) {
                 if let Some(w) = self.workers.get(&uid) {

@@ -6,6 +6,7 @@
 //! reads it, and for apiserver pods also back to the apiserver.
 
 mod dispatcher;
+mod evictions;
 mod hooks;
 mod host_ports;
 mod images;
@@ -40,6 +41,7 @@ use crate::runtime::container::ContainerState;
 use crate::runtime::sandbox::SandboxRecord;
 use crate::runtime::{Runtime, read_json, write_json};
 
+pub use evictions::Evictions;
 pub use plan::{PodPlan, StandaloneError, plan};
 pub use static_pods::static_uid;
 pub use status::recorded_pods;
@@ -222,6 +224,12 @@ pub struct Runner {
     quiet_at: Option<u64>,
     /// How many pods the last pass wanted (on the dispatcher).
     desired_count: usize,
+    /// Evictions the eviction manager asked for (shared by all).
+    evictions: Evictions,
+    /// The pod's eviction, once its worker took it up (on a pod's worker).
+    evicted: Option<crate::model::eviction::Eviction>,
+    /// Whether the evicted pod's volumes were removed (on a pod's worker).
+    evicted_content_removed: bool,
 }
 
 /// A pod's sandbox to remove, with the deletion's grace period (seconds) if any.
@@ -337,6 +345,9 @@ impl Runner {
             relist: Default::default(),
             quiet_at: None,
             desired_count: 0,
+            evictions: Evictions::default(),
+            evicted: None,
+            evicted_content_removed: false,
         }
     }
 
@@ -355,7 +366,14 @@ impl Runner {
         r.removing = Arc::clone(&self.removing);
         r.host_ports = Arc::clone(&self.host_ports);
         r.last_sent = Arc::clone(&self.last_sent);
+        r.evictions = self.evictions.clone();
         r
+    }
+
+    /// Takes the evictions the eviction manager asks for from `evictions`.
+    pub fn with_evictions(mut self, evictions: Evictions) -> Self {
+        self.evictions = evictions;
+        self
     }
 
     /// Records kubelet's events about pods through `recorder`.

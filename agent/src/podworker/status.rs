@@ -176,6 +176,11 @@ impl Runner {
         if stopped && phase == "Pending" {
             status.phase = Some("Failed".into());
         }
+        if let Some(c) = self.disruption_condition(&previous, pod.metadata.generation) {
+            let conditions = status.conditions.get_or_insert_with(Vec::new);
+            conditions.retain(|x| x.type_ != c.type_);
+            conditions.push(c);
+        }
         let keep = !sandbox_made || !fresh.is_empty();
         self.publish(&sb.uid, &sb.namespace, &sb.name, pod, status, keep)?;
         self.reported_exits.extend(fresh);

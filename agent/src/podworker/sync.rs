@@ -144,6 +144,7 @@ impl Runner {
         }
         let sb = self.rt.run_sandbox(pod, uid, &self.node_ip)?;
         let spec = spec_of(pod);
+        self.take_eviction(uid, pod);
         if let Some(deadline) = spec.active_deadline_seconds
             && !self.failed.contains_key(uid)
             && parse_time(&sb.created_at).is_some_and(|t| {
@@ -167,9 +168,13 @@ impl Runner {
             );
         }
         if self.failed.contains_key(uid) {
-            // Failed for good: nothing starts again; what runs is stopped.
+            // Failed for good: nothing starts again; what runs is stopped (an evicted
+            // pod within the eviction's grace period).
             let views = self.views(uid, pod);
-            let grace = pod_grace(&spec);
+            let grace = self
+                .evicted
+                .as_ref()
+                .map_or_else(|| pod_grace(&spec), |e| e.grace);
             for v in &views {
                 if matches!(v.current, Observed::Running { .. })
                     && self.stopping.insert(v.id.clone())
@@ -191,6 +196,7 @@ impl Runner {
                     });
                 }
             }
+            self.remove_evicted_content(uid, &views);
             return self.write_status(&sb, pod, &views);
         }
         if let Err(why) = self.prepare_volumes(uid, pod) {

@@ -100,6 +100,21 @@ impl ImageGc {
 
     /// One pass: removes what [`choose`] picks; returns the removed image IDs.
     pub fn run_once(&mut self, rt: &Runtime, now: Instant) -> Vec<String> {
+        self.collect(rt, now, self.policy)
+    }
+
+    /// Removes every image no container uses that is past the minimum age, whatever
+    /// the disk (kubelet's `DeleteUnusedImages`, the eviction manager's reclaim).
+    pub fn delete_unused(&mut self, rt: &Runtime, now: Instant) -> Vec<String> {
+        let all = ImageGcPolicy {
+            high_percent: 0,
+            low_percent: 0,
+            ..self.policy
+        };
+        self.collect(rt, now, all)
+    }
+
+    fn collect(&mut self, rt: &Runtime, now: Instant, policy: ImageGcPolicy) -> Vec<String> {
         let Ok(images) = rt.images.list() else {
             return Vec::new();
         };
@@ -124,7 +139,7 @@ impl ImageGc {
             return Vec::new();
         };
         let mut removed = Vec::new();
-        for id in choose(&candidates, &self.policy, (capacity, available), now) {
+        for id in choose(&candidates, &policy, (capacity, available), now) {
             match rt.images.remove(&id) {
                 Ok(r) => {
                     tracing::info!(image = %id, references = ?r.references, layers = r.layers, "image garbage-collected");
@@ -139,19 +154,18 @@ impl ImageGc {
     }
 }
 
+/// The collector, shared by its own pass and the eviction manager's reclaim.
+pub type SharedImageGc = std::sync::Arc<std::sync::Mutex<ImageGc>>;
+
 /// Runs the collector every `period` until `stop` is set.
-pub fn run(
-    rt: Runtime,
-    policy: ImageGcPolicy,
-    period: Duration,
-    stop: &std::sync::atomic::AtomicBool,
-) {
-    let mut gc = ImageGc::new(policy);
+pub fn run(rt: Runtime, gc: SharedImageGc, period: Duration, stop: &std::sync::atomic::AtomicBool) {
     let mut next = Instant::now() + period;
     while !stop.load(std::sync::atomic::Ordering::Relaxed) {
         std::thread::sleep(Duration::from_millis(200).min(period));
         if Instant::now() >= next {
-            gc.run_once(&rt, Instant::now());
+            if let Ok(mut gc) = gc.lock() {
+                gc.run_once(&rt, Instant::now());
+            }
             next = Instant::now() + period;
         }
     }

@@ -24,6 +24,7 @@ pub mod logs;
 pub mod network;
 pub mod oom_score;
 pub mod orphans;
+pub mod pod_content;
 pub mod probe;
 pub mod qos_cgroups;
 pub mod reaper;

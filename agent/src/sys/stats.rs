@@ -179,6 +179,33 @@ pub fn cgroup_usage(dir: &Path) -> CgroupUsage {
     }
 }
 
+/// The processes of a cgroup and its descendants: `pids.current` where the pids
+/// controller runs, else the members counted in each `cgroup.procs`.
+pub fn cgroup_processes(dir: &Path) -> Option<u64> {
+    if let Some(n) = std::fs::read_to_string(dir.join("pids.current"))
+        .ok()
+        .and_then(|t| t.trim().parse().ok())
+    {
+        return Some(n);
+    }
+    let mut total = 0;
+    let mut stack = vec![dir.to_path_buf()];
+    let mut any = false;
+    while let Some(d) = stack.pop() {
+        let Ok(procs) = std::fs::read_to_string(d.join("cgroup.procs")) else {
+            continue;
+        };
+        any = true;
+        total += procs.lines().filter(|l| !l.trim().is_empty()).count() as u64;
+        for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+            if e.file_type().is_ok_and(|t| t.is_dir()) {
+                stack.push(e.path());
+            }
+        }
+    }
+    any.then_some(total)
+}
+
 /// `(capacity, available, inodes, inodes free)` of the filesystem holding `path`.
 pub fn filesystem(path: &Path) -> Option<(u64, u64, u64, u64)> {
     let s = nix::sys::statvfs::statvfs(path).ok()?;

@@ -30,9 +30,7 @@ pub enum EvictionError {
         "--eviction-soft threshold {0} has no grace period: give one in --eviction-soft-grace-period ({0}=1m30s)"
     )]
     NoGrace(String),
-    #[error(
-        "--eviction-soft-grace-period names {0}, which has no --eviction-soft threshold"
-    )]
+    #[error("--eviction-soft-grace-period names {0}, which has no --eviction-soft threshold")]
     GraceWithoutThreshold(String),
 }
 
@@ -161,7 +159,9 @@ fn parse_amount(flag: &'static str, amount: &str) -> Result<Amount, EvictionErro
         return Ok(Amount::Percent(p));
     }
     let q = Quantity::parse(amount).map_err(|_| bad())?;
-    Ok(Amount::Absolute(u64::try_from(q.value()).map_err(|_| bad())?))
+    Ok(Amount::Absolute(
+        u64::try_from(q.value()).map_err(|_| bad())?,
+    ))
 }
 
 fn parse_signal(flag: &'static str, name: &str) -> Result<Signal, EvictionError> {
@@ -311,6 +311,19 @@ pub fn report(thresholds: &[Threshold], readings: &BTreeMap<Signal, Reading>) ->
             .collect(),
     )
 }
+
+/// An eviction of one pod: kubelet's message, the grace period its containers get,
+/// and whether the pod gets the `DisruptionTarget` condition (evictions for node
+/// pressure do; those for a pod's own local-storage limit do not).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Eviction {
+    pub message: String,
+    pub grace: Duration,
+    pub disruption_condition: bool,
+}
+
+/// The status reason of an evicted pod.
+pub const REASON: &str = "Evicted";
 
 /// The three pressure conditions.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]

@@ -123,7 +123,8 @@ pub fn rank(pods: &mut [PodUsage], signal: Signal, dedicated_imagefs: bool) {
                     true_first(ma > ra, mb > rb)
                         .then_with(|| by_priority(a, b))
                         .then_with(|| {
-                            (i128::from(mb) - i128::from(rb)).cmp(&(i128::from(ma) - i128::from(ra)))
+                            (i128::from(mb) - i128::from(rb))
+                                .cmp(&(i128::from(ma) - i128::from(ra)))
                         })
                 }
                 (x, y) => true_first(x.is_none(), y.is_none()).then_with(|| by_priority(a, b)),
@@ -140,7 +141,10 @@ pub fn rank(pods: &mut [PodUsage], signal: Signal, dedicated_imagefs: bool) {
                 let (ra, rb) = if inodes {
                     (0, 0)
                 } else {
-                    (a.request("ephemeral-storage"), b.request("ephemeral-storage"))
+                    (
+                        a.request("ephemeral-storage"),
+                        b.request("ephemeral-storage"),
+                    )
                 };
                 true_first(ua > ra, ub > rb)
                     .then_with(|| by_priority(a, b))
@@ -164,7 +168,10 @@ pub fn message(signal: Signal, threshold: u64, available: u64, p: &PodUsage) -> 
     let Some(spec) = p.pod.spec.as_ref() else {
         return out;
     };
-    let containers = spec.containers.iter().chain(spec.init_containers.iter().flatten());
+    let containers = spec
+        .containers
+        .iter()
+        .chain(spec.init_containers.iter().flatten());
     let containers: Vec<_> = containers.collect();
     for u in &p.containers {
         let Some(c) = containers.iter().find(|c| c.name == u.name) else {
