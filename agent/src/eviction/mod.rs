@@ -110,6 +110,13 @@ impl<N: NodeSide> Manager<N> {
                 "conditions": round.pressure.conditions(),
             }),
         );
+        if !round.met.is_empty() {
+            let thresholds = self.decider.thresholds();
+            tracing::warn!(
+                signals = ?round.met.iter().map(|&i| thresholds[i].signal.name()).collect::<Vec<_>>(),
+                "eviction thresholds crossed"
+            );
+        }
         let dedicated = self.node.dedicated_imagefs();
         let mut pods = self.node.active_pods();
         // A pod over its own local-storage limits goes whatever the node's state.

@@ -1,0 +1,260 @@
+//! Node-pressure eviction as kubelet's, on a SimNode whose state and image directories
+//! share one small tmpfs (a node without a dedicated image filesystem): a pod over its
+//! emptyDir `sizeLimit` is evicted on its own; a pod filling the disk past
+//! `nodefs.available` first makes the node collect its unused image, then — that not
+//! being enough — is evicted (the other pods untouched) with kubelet's status, message,
+//! condition and event; its emptyDir goes, and DiskPressure clears after the transition
+//! period.
+
+#![allow(
+    clippy::unwrap_used,
+    reason = "a test that cannot go on should stop loudly"
+)]
+
+use std::process::Command;
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::{Event, Node, Pod};
+use kernlet_tests::cluster::Cluster;
+use kernlet_tests::simnode::{BRIDGE_IP, Lab, SimNode, kernlet_bin};
+use kernlet_tests::wait_for;
+use kube::api::{Api, PostParams};
+
+const MI: u64 = 1 << 20;
+
+/// Mounts a tmpfs of `size` on `<node>/disk` and binds its `state` and `images`
+/// directories on the node's: one filesystem for both (unmounted by the SimNode's
+/// drop, and by the sweep if this process dies).
+fn shared_disk(node: &SimNode, size: &str) {
+    use nix::mount::{MsFlags, mount};
+    let disk = node.dir("disk");
+    std::fs::create_dir_all(&disk).unwrap();
+    mount(
+        Some("tmpfs"),
+        &disk,
+        Some("tmpfs"),
+        MsFlags::empty(),
+        Some(format!("size={size}").as_str()),
+    )
+    .unwrap();
+    for d in ["state", "images"] {
+        std::fs::create_dir_all(disk.join(d)).unwrap();
+        std::fs::create_dir_all(node.dir(d)).unwrap();
+        mount(
+            Some(&disk.join(d)),
+            &node.dir(d),
+            None::<&str>,
+            MsFlags::MS_BIND,
+            None::<&str>,
+        )
+        .unwrap();
+    }
+}
+
+fn available(node: &SimNode) -> u64 {
+    let s = nix::sys::statvfs::statvfs(&node.dir("state")).unwrap();
+    s.blocks_available() * s.fragment_size()
+}
+
+fn images(node: &SimNode) -> Vec<String> {
+    let out = Command::new(kernlet_bin().unwrap())
+        .args(["image", "ls", "-o", "json", "--image-dir"])
+        .arg(node.dir("images"))
+        .output()
+        .unwrap();
+    let v: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).unwrap_or_default();
+    v.iter().map(|i| i.to_string()).collect()
+}
+
+fn pod(json: serde_json::Value) -> Pod {
+    serde_json::from_value(json).unwrap()
+}
+
+fn condition(p: &Pod, t: &str) -> Option<k8s_openapi::api::core::v1::PodCondition> {
+    p.status
+        .as_ref()?
+        .conditions
+        .as_ref()?
+        .iter()
+        .find(|c| c.type_ == t)
+        .cloned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn disk_pressure_collects_images_then_evicts_the_largest_user() {
+    let cluster = Cluster::start(&[BRIDGE_IP.into()]).await.unwrap();
+    let mut lab = Lab::new("evict").unwrap();
+    let fwd = lab.forward(0, cluster.addr()).unwrap();
+    let mut node = lab.add_node("e1").unwrap();
+    shared_disk(&node, "160m");
+    node.import_busybox().unwrap();
+    // An image no pod uses, 24 MiB.
+    let layout = node.dir("unused-layout");
+    let big: Vec<u8> = (0..24 * MI).map(|i| (i % 251) as u8).collect();
+    kernlet_tests::oci::write_layout(
+        &layout,
+        "1",
+        &[kernlet_tests::oci::RawTar::new().file("big", &big).finish()],
+        &["sh"],
+    )
+    .unwrap();
+    let out = Command::new(kernlet_bin().unwrap())
+        .args(["image", "import"])
+        .arg(&layout)
+        .args(["--name", "example.com/unused:1", "--image-dir"])
+        .arg(node.dir("images"))
+        .output()
+        .unwrap();
+    drop(big);
+    assert!(out.status.success(), "{out:?}");
+    std::fs::remove_dir_all(&layout).ok();
+    assert_eq!(images(&node).len(), 2);
+    let before = available(&node);
+    let unused_size = 24 * MI;
+    // The threshold 40 MiB below what is free now; the writer fills past it by more
+    // than the unused image frees.
+    let threshold = (before - 40 * MI) / MI * MI;
+    let write_mib = (40 * MI + unused_size + 24 * MI) / MI;
+    assert!(write_mib * MI < before, "{before} bytes free");
+    let hard = format!("nodefs.available<{}Mi", threshold / MI);
+    start_agent(&cluster, &fwd.url, &mut node, &hard);
+    let admin = cluster.admin().await.unwrap();
+    let pods: Api<Pod> = Api::namespaced(admin.clone(), "default");
+    let create = async |p: Pod| {
+        let name = p.metadata.name.clone().unwrap();
+        pods.create(&PostParams::default(), &p).await.unwrap();
+        cluster.bind_pod("default", &name, "e1").await.unwrap();
+    };
+    create(pod(serde_json::json!({
+        "metadata": {"name": "keeper"},
+        "spec": {"terminationGracePeriodSeconds": 1, "containers": [{"name": "c",
+            "image": "busybox:1.36", "command": ["sleep", "3600"],
+            "resources": {"requests": {"memory": "10Mi", "ephemeral-storage": "10Mi"}}}]},
+    })))
+    .await;
+    // Over its emptyDir's sizeLimit: evicted on its own, without node pressure.
+    create(pod(serde_json::json!({
+        "metadata": {"name": "capped"},
+        "spec": {"terminationGracePeriodSeconds": 30,
+            "volumes": [{"name": "scratch", "emptyDir": {"sizeLimit": "2Mi"}}],
+            "containers": [{"name": "c", "image": "busybox:1.36",
+                "command": ["sh", "-c", "dd if=/dev/zero of=/scratch/f bs=1M count=4; sleep 3600"],
+                "volumeMounts": [{"name": "scratch", "mountPath": "/scratch"}]}]},
+    })))
+    .await;
+    let failed = async |name: &str| -> Option<Pod> {
+        let p = pods.get(name).await.ok()?;
+        (p.status.as_ref()?.phase.as_deref() == Some("Failed")).then_some(p)
+    };
+    let capped = wait_for("capped evicted", Duration::from_secs(60), async || {
+        failed("capped").await
+    })
+    .await;
+    let s = capped.status.clone().unwrap();
+    assert_eq!(s.reason.as_deref(), Some("Evicted"), "{s:#?}");
+    assert_eq!(
+        s.message.as_deref(),
+        Some("Usage of EmptyDir volume \"scratch\" exceeds the limit \"2Mi\". ")
+    );
+    assert!(
+        condition(&capped, "DisruptionTarget").is_none(),
+        "a pod's own limit is no node disruption"
+    );
+    // The node fills: the writer goes, the keeper stays.
+    create(pod(serde_json::json!({
+        "metadata": {"name": "writer"},
+        "spec": {"terminationGracePeriodSeconds": 30,
+            "volumes": [{"name": "data", "emptyDir": {}}],
+            "containers": [{"name": "w", "image": "busybox:1.36",
+                "command": ["sh", "-c", format!("dd if=/dev/zero of=/data/f bs=1M count={write_mib}; sleep 3600")],
+                "volumeMounts": [{"name": "data", "mountPath": "/data"}]}]},
+    })))
+    .await;
+    let writer = wait_for("writer evicted", Duration::from_secs(90), async || {
+        failed("writer").await
+    })
+    .await;
+    let s = writer.status.clone().unwrap();
+    assert_eq!(s.reason.as_deref(), Some("Evicted"), "{s:#?}");
+    let message = s.message.clone().unwrap();
+    let prefix = format!(
+        "The node was low on resource: ephemeral-storage. Threshold quantity: {}Mi, available: ",
+        threshold / MI
+    );
+    assert!(message.starts_with(&prefix), "{message}");
+    assert!(
+        message.contains(". Container w was using ")
+            && message.ends_with(", request is 0, has larger consumption of ephemeral-storage. "),
+        "{message}"
+    );
+    let c = condition(&writer, "DisruptionTarget").expect("DisruptionTarget");
+    assert_eq!(
+        (c.status.as_str(), c.reason.as_deref(), c.message.as_deref()),
+        ("True", Some("TerminationByKubelet"), Some(message.as_str()))
+    );
+    // The unused image went first; the one in use stays.
+    let left = images(&node);
+    assert_eq!(left.len(), 1, "{left:?}");
+    assert!(left[0].contains("busybox"), "{left:?}");
+    assert!(node.kernlet_log().contains("image garbage-collected"));
+    // The keeper runs on.
+    let keeper = pods.get("keeper").await.unwrap();
+    assert_eq!(
+        keeper.status.and_then(|s| s.phase).as_deref(),
+        Some("Running")
+    );
+    let events: Api<Event> = Api::namespaced(admin.clone(), "default");
+    wait_for("the Evicted event", Duration::from_secs(20), async || {
+        let list = events.list(&Default::default()).await.ok()?.items;
+        list.iter()
+            .any(|e| {
+                e.involved_object.name.as_deref() == Some("writer")
+                    && e.reason.as_deref() == Some("Evicted")
+                    && e.type_.as_deref() == Some("Warning")
+                    && e.message.as_deref() == Some(message.as_str())
+            })
+            .then_some(())
+    })
+    .await;
+    // The writer's emptyDir went with it: the disk is free again, and DiskPressure
+    // clears once the transition period (5 s) is over.
+    let nodes: Api<Node> = Api::all(admin.clone());
+    let disk = async |want: &str| {
+        let n = nodes.get("e1").await.ok()?;
+        n.status?
+            .conditions?
+            .into_iter()
+            .find(|c| c.type_ == "DiskPressure" && c.status == want)
+    };
+    wait_for("DiskPressure False", Duration::from_secs(60), async || {
+        disk("False").await
+    })
+    .await;
+    assert!(available(&node) > threshold, "{}", available(&node));
+    assert!(node.kernlet_running(), "{}", node.kernlet_log());
+    if let Some(refused) = cluster.node_refusals() {
+        assert!(refused.is_empty(), "{refused:#?}");
+    }
+}
+
+fn start_agent(cluster: &Cluster, url: &str, node: &mut SimNode, hard: &str) -> u32 {
+    node.start_agent(
+        cluster,
+        url,
+        &[
+            "--node-lease-renew-interval-ms",
+            "300",
+            "--node-status-update-frequency",
+            "1",
+            "--eviction-hard",
+            hard,
+            "--eviction-pressure-transition-period",
+            "5s",
+            "--eviction-monitoring-period-seconds",
+            "1",
+            "--image-minimum-gc-age",
+            "0s",
+        ],
+    )
+    .unwrap()
+}
