@@ -1965,3 +1965,51 @@ spec:
         assert!(*size <= 4096 + 512, "{name} is {size} bytes");
     }
 }
+
+const MEMORY_VOLUMES: &str = r#"
+apiVersion: v1
+kind: Pod
+metadata: {name: memvol, namespace: t}
+spec:
+  restartPolicy: Never
+  volumes:
+  - {name: mem, emptyDir: {medium: Memory, sizeLimit: 8Mi}}
+  containers:
+  - name: c
+    image: busybox:1.36
+    command: ["sh", "-c", "echo mem=$(df -k /mem | tail -1 | awk '{print $2}'); echo shm=$(df -k /dev/shm | tail -1 | awk '{print $2}'); dd if=/dev/zero of=/mem/f bs=1M count=16 2>&1 | grep -q 'No space' && echo full=yes"]
+    volumeMounts: [{name: mem, mountPath: /mem}]
+"#;
+
+/// A memory-backed emptyDir and the pod's /dev/shm are tmpfs mounts of their own, of
+/// their sizes (8Mi, 64Mi), even where the run directory is itself on a tmpfs (`/run`),
+/// so a memory volume cannot outgrow its sizeLimit and goes with its pod.
+#[test]
+fn memory_volumes_and_shm_are_tmpfs_of_their_size() {
+    let mut lab = Lab::new("memvol").unwrap();
+    let mut node = lab.add_node("m1").unwrap();
+    import_busybox(&node);
+    // The run directory on a tmpfs, as /run is on most nodes (unmounted by the
+    // SimNode's drop).
+    std::fs::create_dir_all(node.dir("run")).unwrap();
+    nix::mount::mount(
+        Some("tmpfs"),
+        &node.dir("run"),
+        Some("tmpfs"),
+        nix::mount::MsFlags::empty(),
+        Some("size=256m"),
+    )
+    .unwrap();
+    let m = manifests(&node, MEMORY_VOLUMES);
+    start(&mut node, &m);
+    let p = wait_for(&node, "memvol done", Duration::from_secs(30), || {
+        pod(&node, "memvol").filter(|p| p["status"]["phase"] == "Succeeded")
+    });
+    let lines: Vec<String> = log_lines(&node, &p, "c", 0)
+        .into_iter()
+        .map(|(_, l)| l)
+        .collect();
+    assert!(lines.contains(&"mem=8192".to_string()), "{lines:?}");
+    assert!(lines.contains(&"shm=65536".to_string()), "{lines:?}");
+    assert!(lines.contains(&"full=yes".to_string()), "{lines:?}");
+}

@@ -126,6 +126,7 @@ echo "+cpu +memory +pids" > /sys/fs/cgroup/cgroup.subtree_control
 insmod /modules/overlay.ko
 echo "nameserver 127.0.0.1" > /etc/resolv.conf
 hostname kltest-vm
+ip link set lo up
 echo "KLTEST BOOTED $(uname -r)"
 /bin/kernlet-vm-checks
 poweroff -f

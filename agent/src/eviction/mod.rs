@@ -39,7 +39,13 @@ pub trait NodeSide {
     fn delete_unused_images(&self);
     /// Asks the pod's worker to evict it; `false` when it was asked already.
     fn evict(&self, pod: &Pod, eviction: Eviction) -> bool;
+    /// Whether evicted pod `uid` is cleaned up: nothing of it runs, its volumes gone.
+    fn cleaned_up(&self, uid: &str) -> bool;
 }
+
+/// How long a round waits for the pods it evicted to be cleaned up before the next
+/// (kubelet's `podCleanupTimeout`).
+const CLEANUP_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// The eviction manager's settings.
 #[derive(Clone, Copy, Debug)]
@@ -90,7 +96,16 @@ impl<N: NodeSide> Manager<N> {
         let mut next = Instant::now();
         while !stop.load(Ordering::Relaxed) {
             if Instant::now() >= next {
-                self.round(Instant::now());
+                let evicted = self.round(Instant::now());
+                // As kubelet: the next round waits until what the evicted pods held is
+                // given back, so the same pressure does not evict a second pod.
+                let deadline = Instant::now() + CLEANUP_TIMEOUT;
+                while !evicted.iter().all(|uid| self.node.cleaned_up(uid))
+                    && Instant::now() < deadline
+                    && !stop.load(Ordering::Relaxed)
+                {
+                    std::thread::sleep(Duration::from_millis(100));
+                }
                 next = Instant::now() + self.settings.period;
             }
             std::thread::sleep(Duration::from_millis(100).min(self.settings.period));

@@ -149,4 +149,8 @@ impl NodeSide for RealNode {
         let uid = pod.metadata.uid.clone().unwrap_or_default();
         self.evictions.request(&uid, eviction)
     }
+
+    fn cleaned_up(&self, uid: &str) -> bool {
+        self.evictions.cleaned_up(uid)
+    }
 }

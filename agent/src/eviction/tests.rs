@@ -64,6 +64,9 @@ impl NodeSide for &FakeNode {
         self.calls.borrow_mut().push("images".into());
         *self.nodefs_available.borrow_mut() += self.images_free;
     }
+    fn cleaned_up(&self, _uid: &str) -> bool {
+        true
+    }
     fn evict(&self, pod: &Pod, eviction: Eviction) -> bool {
         self.evicted
             .borrow_mut()

@@ -7,8 +7,9 @@ use std::sync::{Arc, Mutex};
 
 use crate::model::eviction::Eviction;
 
-/// The evictions asked for, by pod uid, and the pods no worker was woken for yet.
-type Asked = (HashMap<String, Eviction>, Vec<String>);
+/// The evictions asked for, by pod uid (with whether the pod is cleaned up: nothing of
+/// it runs, its volumes gone), and the pods no worker was woken for yet.
+type Asked = (HashMap<String, (Eviction, bool)>, Vec<String>);
 
 /// The evictions asked of the pod workers, shared by the eviction manager, the
 /// dispatcher and the workers.
@@ -24,14 +25,30 @@ impl Evictions {
         if m.0.contains_key(uid) {
             return false;
         }
-        m.0.insert(uid.to_string(), e);
+        m.0.insert(uid.to_string(), (e, false));
         m.1.push(uid.to_string());
         true
     }
 
     /// The eviction asked for pod `uid`, if any.
     pub fn get(&self, uid: &str) -> Option<Eviction> {
-        self.0.lock().ok()?.0.get(uid).cloned()
+        self.0.lock().ok()?.0.get(uid).map(|(e, _)| e.clone())
+    }
+
+    /// Whether evicted pod `uid` is cleaned up (or no longer known here).
+    pub fn cleaned_up(&self, uid: &str) -> bool {
+        self.0
+            .lock()
+            .is_ok_and(|m| m.0.get(uid).is_none_or(|(_, done)| *done))
+    }
+
+    /// Marks evicted pod `uid` cleaned up.
+    pub(super) fn mark_cleaned_up(&self, uid: &str) {
+        if let Ok(mut m) = self.0.lock()
+            && let Some((_, done)) = m.0.get_mut(uid)
+        {
+            *done = true;
+        }
     }
 
     /// Whether pod `uid` is being evicted.
@@ -101,7 +118,10 @@ impl super::Runner {
             return;
         }
         match self.rt.discard_pod_volumes(uid) {
-            Ok(()) => self.evicted_content_removed = true,
+            Ok(()) => {
+                self.evicted_content_removed = true;
+                self.evictions.mark_cleaned_up(uid);
+            }
             Err(e) => tracing::warn!(pod = %uid, "removing the evicted pod's volumes: {e}"),
         }
     }

@@ -148,11 +148,21 @@ pub fn shm(target: &Path, size_bytes: u64) -> io::Result<()> {
 
 /// Mounts a tmpfs at `target` (nosuid, nodev; noexec unless `exec`) with its root's
 /// `mode` and at most `size_bytes` (the kernel's default, half the memory, when
-/// `None`), unless a tmpfs is there already.
+/// `None`), unless a tmpfs of its own is mounted there already (a directory of a tmpfs
+/// parent — `/run` on most nodes — is not).
 pub fn tmpfs(target: &Path, size_bytes: Option<u64>, mode: u32, exec: bool) -> io::Result<()> {
+    use std::os::unix::fs::MetadataExt as _;
     std::fs::create_dir_all(target)?;
-    if nix::sys::statfs::statfs(target)
-        .is_ok_and(|s| s.filesystem_type() == nix::sys::statfs::TMPFS_MAGIC)
+    let own_mount = match (
+        std::fs::metadata(target),
+        target.parent().map(std::fs::metadata),
+    ) {
+        (Ok(t), Some(Ok(p))) => t.dev() != p.dev(),
+        _ => false,
+    };
+    if own_mount
+        && nix::sys::statfs::statfs(target)
+            .is_ok_and(|s| s.filesystem_type() == nix::sys::statfs::TMPFS_MAGIC)
     {
         return Ok(());
     }

@@ -329,12 +329,11 @@ pub fn kubeadm_objects(
     out.push(("configmaps", "", "kube-public", json!({"metadata": {"name": "cluster-info"}, "data": {"kubeconfig": kubeconfig, format!("jws-kubeconfig-{id}"): jws}})));
     out.push(("roles", rbac, "kube-public", json!({"metadata": {"name": "kubeadm:bootstrap-signer-clusterinfo"}, "rules": [{"apiGroups": [""], "resources": ["configmaps"], "resourceNames": ["cluster-info"], "verbs": ["get"]}]})));
     out.push(("rolebindings", rbac, "kube-public", json!({"metadata": {"name": "kubeadm:bootstrap-signer-clusterinfo"}, "roleRef": {"apiGroup": rbac, "kind": "Role", "name": "kubeadm:bootstrap-signer-clusterinfo"}, "subjects": [{"apiGroup": rbac, "kind": "User", "name": "system:anonymous"}]})));
-    let fixture = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../fixtures/k8s/bootstrap/00-kubelet-config.json");
-    let text =
-        std::fs::read_to_string(&fixture).with_context(|| format!("read {}", fixture.display()))?;
-    let kubelet_config: Value =
-        serde_json::from_str(&text).with_context(|| format!("parse {}", fixture.display()))?;
+    // Built in, so the kit runs where the source tree is not (the VM of `vm-test`).
+    let kubelet_config: Value = serde_json::from_str(include_str!(
+        "../../../fixtures/k8s/bootstrap/00-kubelet-config.json"
+    ))
+    .context("parse fixtures/k8s/bootstrap/00-kubelet-config.json")?;
     let data = kubelet_config.get("data").cloned().unwrap_or(json!({}));
     out.push((
         "configmaps",

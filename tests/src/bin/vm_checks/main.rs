@@ -4,9 +4,12 @@
 //! OOM-kills (reported OOMKilled, 137), pids.max stops forks, cpu.max throttles,
 //! cgroup.kill empties a pod, pod-level resources limit the pod cgroup, a container sees
 //! its own limits at /sys/fs/cgroup, a root container cannot open the kernel's log through mknod, a Guaranteed container
-//! gets oom_score_adj -997, the QoS parents get kubelet's CPU weights, kubepods the node's allocatable. Prints
+//! gets oom_score_adj -997, the QoS parents get kubelet's CPU weights, kubepods the node's allocatable,
+//! and memory pressure evicts the right pod (`eviction.rs`). Prints
 //! `KLTEST PASS|FAIL <name>` lines and `KLTEST DONE <passed> <failed>` for the runner
 //! to parse from the serial console.
+
+mod eviction;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -517,7 +520,7 @@ fn main() {
             return;
         }
     };
-    let checks: [(&str, Check); 12] = [
+    let checks: [(&str, Check); 13] = [
         ("limits-written", limits_are_written),
         ("kubepods-allocatable", kubepods_allocatable),
         ("qos-parent-weights", qos_parent_weights),
@@ -530,6 +533,10 @@ fn main() {
         ("pids-max-enforced", pids_max_stops_forks),
         ("cpu-max-throttles", cpu_max_throttles),
         ("cgroup-kill-empties-pod", cgroup_kill_empties_the_pod),
+        (
+            "memory-pressure-evicts",
+            eviction::memory_pressure_evicts_the_besteffort_hog,
+        ),
     ];
     let (mut pass, mut fail) = (0, 0);
     for (name, check) in checks {
