@@ -237,6 +237,24 @@ async fn disk_pressure_collects_images_then_evicts_the_largest_user() {
     }
 }
 
+/// `text` without its terminal colour sequences.
+fn plain(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut chars = text.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            for d in chars.by_ref() {
+                if d == 'm' {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
 fn start_agent(cluster: &Cluster, url: &str, node: &mut SimNode, hard: &str) -> u32 {
     node.start_agent(
         cluster,
@@ -257,4 +275,124 @@ fn start_agent(cluster: &Cluster, url: &str, node: &mut SimNode, hard: &str) -> 
         ],
     )
     .unwrap()
+}
+
+/// Graceful node shutdown on SIGTERM (`--shutdown-on-sigterm`): the node turns
+/// NotReady ("node is shutting down"), the ordinary pod ends within its group's 12 s
+/// before the node-critical one gets its 8 s, both `Failed`/`Terminated` with kubelet's
+/// message and the DisruptionTarget condition, and kernlet exits once their statuses
+/// are written.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_shuts_the_nodes_pods_down_lowest_priority_first() {
+    let cluster = Cluster::start(&[BRIDGE_IP.into()]).await.unwrap();
+    let mut lab = Lab::new("shutdown").unwrap();
+    let fwd = lab.forward(0, cluster.addr()).unwrap();
+    let mut node = lab.add_node("s1").unwrap();
+    node.import_busybox().unwrap();
+    node.start_agent(
+        &cluster,
+        &fwd.url,
+        &[
+            "--node-lease-renew-interval-ms",
+            "300",
+            "--node-status-update-frequency",
+            "1",
+            "--shutdown-grace-period",
+            "20s",
+            "--shutdown-grace-period-critical-pods",
+            "8s",
+            "--shutdown-on-sigterm",
+        ],
+    )
+    .unwrap();
+    let admin = cluster.admin().await.unwrap();
+    let pods: Api<Pod> = Api::namespaced(admin.clone(), "default");
+    // Each takes 2 s to end after its SIGTERM.
+    let command = "trap 'sleep 2; exit 0' TERM; while :; do sleep 1; done";
+    for (name, class) in [("web", None), ("critical", Some("system-node-critical"))] {
+        let mut spec = serde_json::json!({"terminationGracePeriodSeconds": 60,
+            "containers": [{"name": "c", "image": "busybox:1.36", "command": ["sh", "-c", command]}]});
+        if let Some(c) = class {
+            spec["priorityClassName"] = c.into();
+        }
+        pods.create(
+            &PostParams::default(),
+            &pod(serde_json::json!({"metadata": {"name": name}, "spec": spec})),
+        )
+        .await
+        .unwrap();
+        cluster.bind_pod("default", name, "s1").await.unwrap();
+    }
+    for name in ["web", "critical"] {
+        wait_for(name, Duration::from_secs(60), async || {
+            let p = pods.get(name).await.ok()?;
+            (p.status?.phase.as_deref() == Some("Running")).then_some(())
+        })
+        .await;
+    }
+    let status = tokio::task::spawn_blocking(move || {
+        let s = node.stop_kernlet(Duration::from_secs(60)).unwrap();
+        (s, node)
+    })
+    .await
+    .unwrap();
+    let (exit, node) = status;
+    assert!(exit.success(), "{exit:?}\n{}", node.kernlet_log());
+    let finished = |p: &Pod| {
+        p.status.as_ref()?.container_statuses.as_ref()?[0]
+            .state
+            .as_ref()?
+            .terminated
+            .as_ref()?
+            .finished_at
+            .clone()
+    };
+    let mut ends = Vec::new();
+    for name in ["web", "critical"] {
+        let p = pods.get(name).await.unwrap();
+        let s = p.status.clone().unwrap();
+        assert_eq!(
+            (
+                s.phase.as_deref(),
+                s.reason.as_deref(),
+                s.message.as_deref()
+            ),
+            (
+                Some("Failed"),
+                Some("Terminated"),
+                Some("Pod was terminated in response to imminent node shutdown.")
+            ),
+            "{name}: {s:#?}"
+        );
+        let c = condition(&p, "DisruptionTarget").expect("DisruptionTarget");
+        assert_eq!(
+            (c.status.as_str(), c.reason.as_deref()),
+            ("True", Some("TerminationByKubelet"))
+        );
+        ends.push(finished(&p).expect("a terminated container"));
+    }
+    assert!(
+        ends[0].0 < ends[1].0,
+        "the ordinary pod ended before the critical one was stopped: {ends:?}"
+    );
+    let log = plain(&node.kernlet_log());
+    let (low, high) = (
+        log.find("priority=0").unwrap_or(usize::MAX),
+        log.find("priority=2000000000").unwrap_or(0),
+    );
+    assert!(low < high, "{log}");
+    // The node said why it went.
+    let n = Api::<Node>::all(admin).get("s1").await.unwrap();
+    let ready = n
+        .status
+        .and_then(|s| s.conditions)
+        .unwrap_or_default()
+        .into_iter()
+        .find(|c| c.type_ == "Ready")
+        .unwrap();
+    assert_eq!(
+        (ready.status.as_str(), ready.message.as_deref()),
+        ("False", Some("node is shutting down"))
+    );
+    drop(fwd);
 }

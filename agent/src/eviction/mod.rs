@@ -7,6 +7,7 @@
 //! tested without a node.
 
 pub mod node;
+pub mod shutdown;
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -210,6 +211,7 @@ impl<N: NodeSide> Manager<N> {
         self.node.evict(
             pod,
             Eviction {
+                reason: crate::model::eviction::REASON.into(),
                 message,
                 grace,
                 disruption_condition: condition,

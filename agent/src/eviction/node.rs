@@ -18,6 +18,7 @@ use crate::runtime::container::ContainerState;
 use crate::runtime::image_gc::SharedImageGc;
 use crate::sys::stats;
 
+#[derive(Clone)]
 pub struct RealNode {
     pub rt: Runtime,
     pub image_gc: SharedImageGc,

@@ -252,6 +252,7 @@ fn local_storage_limits_evict_without_pressure() {
     assert_eq!(m.round(Instant::now()), ["uid-over"]);
     let (_, e) = node.evicted.borrow()[0].clone();
     assert!(!e.disruption_condition);
+    assert_eq!(e.reason, "Evicted");
     assert_eq!(
         e.message,
         "Usage of EmptyDir volume \"data\" exceeds the limit \"1Mi\". "

@@ -24,7 +24,31 @@ pub struct NodeFit {
     pub lsm: super::lsm::LsmSupport,
     /// The node's pressure conditions, as the node controller last computed them.
     pub pressure: super::eviction::SharedPressure,
+    /// Set once the node shuts down: every pod is refused.
+    pub shutting_down: ShuttingDown,
 }
+
+/// Whether the node is shutting down, shared by the shutdown and admission.
+#[derive(Clone, Debug, Default)]
+pub struct ShuttingDown(std::sync::Arc<std::sync::atomic::AtomicBool>);
+
+impl ShuttingDown {
+    pub fn set(&self) {
+        self.0.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    pub fn get(&self) -> bool {
+        self.0.load(std::sync::atomic::Ordering::Relaxed)
+    }
+}
+
+impl PartialEq for ShuttingDown {
+    fn eq(&self, other: &Self) -> bool {
+        self.get() == other.get()
+    }
+}
+
+impl Eq for ShuttingDown {}
 
 /// Why a pod is refused: kubelet's reason (`OutOfcpu`, `NodeAffinity`, …) and message.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -189,6 +213,12 @@ pub fn admit(pod: &PodSpec, admitted: &[&PodSpec], node: &NodeFit) -> Result<(),
             message,
         })
     };
+    if node.shutting_down.get() {
+        return refuse(
+            super::shutdown::NOT_ADMITTED_REASON,
+            super::shutdown::NOT_ADMITTED_MESSAGE.into(),
+        );
+    }
     // Under pressure, kubelet's eviction admission first.
     let best_effort = matches!(
         super::qos::qos_class(pod),
@@ -292,7 +322,24 @@ mod tests {
             runtime_handlers: Vec::new(),
             lsm: Default::default(),
             pressure: Default::default(),
+            shutting_down: Default::default(),
         }
+    }
+
+    #[test]
+    fn a_node_shutting_down_admits_nothing() {
+        let n = node();
+        let spec: PodSpec =
+            serde_json::from_value(serde_json::json!({"containers": [{"name": "c"}]})).unwrap();
+        assert_eq!(admit(&spec, &[], &n), Ok(()));
+        n.shutting_down.set();
+        assert_eq!(
+            admit(&spec, &[], &n),
+            Err(Refusal {
+                reason: "NodeShutdown".into(),
+                message: "Pod was rejected as the node is shutting down.".into()
+            })
+        );
     }
 
     #[test]

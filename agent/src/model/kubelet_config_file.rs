@@ -59,6 +59,21 @@ fn pairs(v: &Value, sep: &str) -> Result<String, String> {
     Ok(out.join(","))
 }
 
+/// `[{priority, shutdownGracePeriodSeconds}]` as `priority=seconds,...`.
+fn priority_groups(v: &Value) -> Result<String, String> {
+    let items = v.as_array().ok_or("not a list")?;
+    let mut out = Vec::new();
+    for i in items {
+        let p = i.get("priority").and_then(Value::as_i64).unwrap_or(0);
+        let s = i
+            .get("shutdownGracePeriodSeconds")
+            .and_then(Value::as_i64)
+            .ok_or("an item without shutdownGracePeriodSeconds")?;
+        out.push(format!("{p}={s}"));
+    }
+    Ok(out.join(","))
+}
+
 fn list(v: &Value) -> Result<String, String> {
     let items = v.as_array().ok_or("not a list")?;
     Ok(items
@@ -90,6 +105,17 @@ const FIELDS: &[(&str, &str, Convert)] = &[
     ("/podPidsLimit", "--pod-max-pids", scalar),
     ("/evictionHard", "--eviction-hard", |v| pairs(v, "<")),
     ("/evictionSoft", "--eviction-soft", |v| pairs(v, "<")),
+    ("/shutdownGracePeriod", "--shutdown-grace-period", scalar),
+    (
+        "/shutdownGracePeriodCriticalPods",
+        "--shutdown-grace-period-critical-pods",
+        scalar,
+    ),
+    (
+        "/shutdownGracePeriodByPodPriority",
+        "--shutdown-grace-period-by-pod-priority",
+        priority_groups,
+    ),
     (
         "/evictionSoftGracePeriod",
         "--eviction-soft-grace-period",

@@ -25,4 +25,5 @@ pub mod resize;
 pub mod runtime_spec;
 pub mod seccomp;
 pub mod services;
+pub mod shutdown;
 pub mod stop_signal;

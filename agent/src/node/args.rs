@@ -76,6 +76,22 @@ pub struct NodeArgs {
     /// Seconds between the eviction manager's readings (kubelet: 10).
     #[arg(long, default_value_t = 10, hide = true)]
     pub eviction_monitoring_period_seconds: u64,
+    /// Graceful node shutdown: how long the node's shutdown may be delayed for its pods
+    /// to end (kubelet's `shutdownGracePeriod`; `0s`: off).
+    #[arg(long, default_value = "0s")]
+    pub shutdown_grace_period: String,
+    /// ... of which the last part is kept for critical pods
+    /// (`shutdownGracePeriodCriticalPods`).
+    #[arg(long, default_value = "0s")]
+    pub shutdown_grace_period_critical_pods: String,
+    /// Groups by pod priority instead: `priority=seconds,...` (kubelet's
+    /// `shutdownGracePeriodByPodPriority`).
+    #[arg(long, default_value = "")]
+    pub shutdown_grace_period_by_pod_priority: String,
+    /// On SIGTERM, shut the node's pods down gracefully (as for the machine's shutdown)
+    /// before exiting, instead of leaving them running.
+    #[arg(long)]
+    pub shutdown_on_sigterm: bool,
     /// How long a pressure condition stays true after its signal last crossed a
     /// threshold (kubelet's duration form, `5m0s`).
     #[arg(long, default_value = "5m0s")]

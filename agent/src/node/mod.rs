@@ -4,6 +4,7 @@
 mod args;
 mod prepare;
 mod run;
+mod shutdown;
 mod standalone;
 
 pub use args::{LbAlgorithm, NodeArgs, NodeIps, RegistryArgs};

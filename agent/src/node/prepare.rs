@@ -32,6 +32,9 @@ pub struct PreparedNode {
     pub overrides: crate::model::kubelet_config::Overrides,
     /// The image garbage collector's policy and period.
     pub image_gc: (crate::runtime::image_gc::ImageGcPolicy, Duration),
+    /// Graceful node shutdown: the priority groups (none: off) and whether SIGTERM
+    /// starts it.
+    pub shutdown: (Vec<crate::model::shutdown::Group>, bool),
     /// The eviction manager's thresholds, pressure transition period and settings.
     pub eviction: (
         Vec<crate::model::eviction::Threshold>,
@@ -132,9 +135,24 @@ pub fn prepare_node(args: &NodeArgs) -> anyhow::Result<PreparedNode> {
         },
     };
     let image_gc = image_gc(args)?;
+    let parse = |flag: &str, v: &str| {
+        crate::model::eviction::parse_duration(v).with_context(|| flag.to_string())
+    };
+    let shutdown = (
+        crate::model::shutdown::groups(
+            parse("--shutdown-grace-period", &args.shutdown_grace_period)?,
+            parse(
+                "--shutdown-grace-period-critical-pods",
+                &args.shutdown_grace_period_critical_pods,
+            )?,
+            &args.shutdown_grace_period_by_pod_priority,
+        )?,
+        args.shutdown_on_sigterm,
+    );
     Ok(PreparedNode {
         image_gc,
         eviction,
+        shutdown,
         cfg,
         state_dir: args.dirs.state_dir.clone(),
         timing,
@@ -307,6 +325,8 @@ fn configz(args: &NodeArgs) -> serde_json::Value {
         "evictionMinimumReclaim": pairs_of(&args.eviction_minimum_reclaim, '='),
         "evictionMaxPodGracePeriod": args.eviction_max_pod_grace_period,
         "evictionPressureTransitionPeriod": args.eviction_pressure_transition_period,
+        "shutdownGracePeriod": args.shutdown_grace_period,
+        "shutdownGracePeriodCriticalPods": args.shutdown_grace_period_critical_pods,
         "containerLogMaxSize": args.container_log_max_size,
         "containerLogMaxFiles": args.container_log_max_files,
         "imageGCHighThresholdPercent": args.image_gc_high_threshold,

@@ -43,6 +43,7 @@ pub async fn run_node(kubeconfig: PathBuf, node: PreparedNode) -> anyhow::Result
         overrides,
         image_gc,
         eviction,
+        shutdown,
     } = node;
     let mut runtime = runtime;
     apply_cluster_settings(&state_dir, &overrides, &mut runtime, &mut api);
@@ -88,9 +89,15 @@ pub async fn run_node(kubeconfig: PathBuf, node: PreparedNode) -> anyhow::Result
     let eviction_rt = rt.clone();
     let pressure = crate::model::eviction::SharedPressure::default();
     let evictions = crate::podworker::Evictions::default();
+    let shutting_down = crate::model::admission::ShuttingDown::default();
     let image_collector: crate::runtime::image_gc::SharedImageGc = std::sync::Arc::new(
         std::sync::Mutex::new(crate::runtime::image_gc::ImageGc::new(image_gc.0)),
     );
+    let node_side = crate::eviction::node::RealNode {
+        rt: eviction_rt,
+        image_gc: std::sync::Arc::clone(&image_collector),
+        evictions: evictions.clone(),
+    };
     let snapshot: crate::controllers::pods::Snapshot = Default::default();
     let changes = crate::controllers::pods::Changes::default();
     let deleted: crate::controllers::pods::Deleted = Default::default();
@@ -158,6 +165,7 @@ pub async fn run_node(kubeconfig: PathBuf, node: PreparedNode) -> anyhow::Result
                 lsm: crate::sys::lsm::support(),
                 labels: node::registration(&cfg).metadata.labels.unwrap_or_default(),
                 pressure: pressure.clone(),
+                shutting_down: shutting_down.clone(),
             }
         });
         let flag = std::sync::Arc::clone(&worker_stop);
@@ -168,11 +176,7 @@ pub async fn run_node(kubeconfig: PathBuf, node: PreparedNode) -> anyhow::Result
         });
         let (thresholds, transition, settings) = eviction;
         let manager = crate::eviction::Manager::new(
-            crate::eviction::node::RealNode {
-                rt: eviction_rt,
-                image_gc: image_collector,
-                evictions,
-            },
+            node_side.clone(),
             crate::model::eviction::decide::Decider::new(thresholds, transition),
             settings,
             pressure.clone(),
@@ -188,6 +192,13 @@ pub async fn run_node(kubeconfig: PathBuf, node: PreparedNode) -> anyhow::Result
     // the pod network, the Service datapath — report ready; the first that is not
     // gives the reason.
     let mut parts = Vec::new();
+    // Not ready once the node shuts down.
+    let (shutdown_ready, rx) = tokio::sync::watch::channel(Readiness {
+        ready: true,
+        reason: "KubeletReady".into(),
+        message: String::new(),
+    });
+    parts.push(rx);
     if let Some(overlay) = overlay {
         let (tx, rx) = tokio::sync::watch::channel(Readiness {
             ready: false,
@@ -269,6 +280,7 @@ pub async fn run_node(kubeconfig: PathBuf, node: PreparedNode) -> anyhow::Result
         state_dir: state_dir.clone(),
     };
     tokio::spawn(serving.run(stop_rx.clone()));
+    let (access, cfg_name) = (client.clone(), cfg.name.clone());
     let controller = tokio::spawn(
         NodeController::new(client, cfg, state_dir, readiness_rx, timing)
             .with_images(node_images)
@@ -280,11 +292,28 @@ pub async fn run_node(kubeconfig: PathBuf, node: PreparedNode) -> anyhow::Result
         _ = term.recv() => tracing::info!("SIGTERM: stopping"),
         _ = tokio::signal::ctrl_c() => tracing::info!("interrupted: stopping"),
     }
+    let (groups, on_sigterm) = shutdown;
+    let shut_down = on_sigterm && !groups.is_empty();
+    if shut_down {
+        super::shutdown::shut_down(
+            &access,
+            &cfg_name,
+            node_side,
+            groups,
+            &shutting_down,
+            &shutdown_ready,
+        )
+        .await;
+    }
     let _ = stop_tx.send(true);
     worker_stop.store(true, std::sync::atomic::Ordering::Relaxed);
     let _ = controller.await;
     let _ = tokio::task::spawn_blocking(move || worker.join()).await;
     crate::runtime::sealed_exe::remove(&runtime_state_dir);
-    tracing::info!("kernlet stopped; its pods keep running");
+    if shut_down {
+        tracing::info!("kernlet stopped; the node's pods were ended (graceful node shutdown)");
+    } else {
+        tracing::info!("kernlet stopped; its pods keep running");
+    }
     Ok(())
 }

@@ -82,17 +82,13 @@ impl super::Runner {
         let Some(e) = self.evictions.get(uid) else {
             return;
         };
-        self.event(
-            pod,
-            "",
-            true,
-            crate::model::eviction::REASON,
-            e.message.clone(),
-        );
+        if e.reason == crate::model::eviction::REASON {
+            self.event(pod, "", true, &e.reason, e.message.clone());
+        }
         self.failed.insert(
             uid.to_string(),
             crate::model::admission::Refusal {
-                reason: crate::model::eviction::REASON.into(),
+                reason: e.reason.clone(),
                 message: e.message.clone(),
             },
         );

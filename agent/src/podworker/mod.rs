@@ -295,6 +295,7 @@ impl Runner {
             lsm: crate::sys::lsm::support(),
             // Standalone: no node controller reads the signals.
             pressure: Default::default(),
+            shutting_down: Default::default(),
         };
         Self::with_fit(rt, source, node_ip, timing, fit)
     }

@@ -196,8 +196,11 @@ impl Runner {
                     });
                 }
             }
+            // The terminal status first: once the content is gone the pod counts as
+            // cleaned up.
+            self.write_status(&sb, pod, &views)?;
             self.remove_evicted_content(uid, &views);
-            return self.write_status(&sb, pod, &views);
+            return Ok(());
         }
         if let Err(why) = self.prepare_volumes(uid, pod) {
             let why = why.to_string();

@@ -104,6 +104,15 @@ pub fn fold_string_data(secret: &mut Value) {
 
 pub fn default_pod(pod: &mut Value) {
     let spec = &mut pod["spec"];
+    // The Priority admission plugin: the built-in classes' values.
+    let class_priority = match spec.get("priorityClassName").and_then(Value::as_str) {
+        Some("system-node-critical") => Some(2_000_001_000),
+        Some("system-cluster-critical") => Some(2_000_000_000),
+        _ => None,
+    };
+    if let Some(p) = class_priority {
+        set_default(spec, "priority", json!(p));
+    }
     for (k, v) in [
         ("restartPolicy", json!("Always")),
         ("terminationGracePeriodSeconds", json!(30)),

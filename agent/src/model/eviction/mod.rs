@@ -312,11 +312,13 @@ pub fn report(thresholds: &[Threshold], readings: &BTreeMap<Signal, Reading>) ->
     )
 }
 
-/// An eviction of one pod: kubelet's message, the grace period its containers get,
-/// and whether the pod gets the `DisruptionTarget` condition (evictions for node
-/// pressure do; those for a pod's own local-storage limit do not).
+/// An end of one pod for the node's sake: kubelet's status reason (`Evicted` for node
+/// pressure, `Terminated` for the node's shutdown) and message, the grace period its
+/// containers get, and whether the pod gets the `DisruptionTarget` condition (all do
+/// but evictions for a pod's own local-storage limit).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Eviction {
+    pub reason: String,
     pub message: String,
     pub grace: Duration,
     pub disruption_condition: bool,
