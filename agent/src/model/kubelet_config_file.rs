@@ -105,6 +105,17 @@ const FIELDS: &[(&str, &str, Convert)] = &[
     ("/podPidsLimit", "--pod-max-pids", scalar),
     ("/evictionHard", "--eviction-hard", |v| pairs(v, "<")),
     ("/evictionSoft", "--eviction-soft", |v| pairs(v, "<")),
+    (
+        "/memoryThrottlingFactor",
+        "--memory-throttling-factor",
+        scalar,
+    ),
+    (
+        "/memoryReservationPolicy",
+        "--memory-reservation-policy",
+        scalar,
+    ),
+    ("/memorySwap/swapBehavior", "--memory-swap-behavior", scalar),
     ("/shutdownGracePeriod", "--shutdown-grace-period", scalar),
     (
         "/shutdownGracePeriodCriticalPods",
@@ -196,6 +207,7 @@ const ACCEPTED: &[&str] = &[
     "/rotateCertificates",
     "/serverTLSBootstrap",
     "/seccompDefault",
+    "/featureGates/MemoryQoS",
 ];
 
 /// A flag and its value (`None`: a switch).
@@ -229,6 +241,12 @@ pub fn translate(path: &str, yaml: &str) -> Result<(Vec<Flag>, Vec<String>), Con
     }
     if v["seccompDefault"].as_bool() == Some(true) {
         flags.push(("--seccomp-default".into(), None));
+    }
+    if v.pointer("/featureGates/MemoryQoS")
+        .and_then(Value::as_bool)
+        == Some(true)
+    {
+        flags.push(("--memory-qos".into(), None));
     }
     let mut ignored = Vec::new();
     leaves(&v, String::new(), &mut |p| {
@@ -381,6 +399,62 @@ registerWithTaints:
                 .to_string()
                 .contains("field syncFrequency")
         );
+    }
+
+    #[test]
+    fn eviction_shutdown_and_memory_fields_become_flags() {
+        let yaml = r#"
+apiVersion: kubelet.config.k8s.io/v1beta1
+kind: KubeletConfiguration
+evictionSoft: {memory.available: 1Gi}
+evictionSoftGracePeriod: {memory.available: 1m30s}
+evictionMinimumReclaim: {nodefs.available: 500Mi}
+evictionMaxPodGracePeriod: 60
+shutdownGracePeriod: 30s
+shutdownGracePeriodCriticalPods: 10s
+shutdownGracePeriodByPodPriority:
+- {priority: 0, shutdownGracePeriodSeconds: 20}
+- {priority: 2000000000, shutdownGracePeriodSeconds: 10}
+featureGates: {MemoryQoS: true}
+memoryThrottlingFactor: 0.8
+memorySwap: {swapBehavior: LimitedSwap}
+"#;
+        let (flags, ignored) = translate("c.yaml", yaml).unwrap();
+        let get = |f: &str| {
+            flags
+                .iter()
+                .find(|(x, _)| x == f)
+                .map(|(_, v)| v.clone())
+                .unwrap_or_else(|| panic!("{f} in {flags:?}"))
+        };
+        assert_eq!(
+            get("--eviction-soft").as_deref(),
+            Some("memory.available<1Gi")
+        );
+        assert_eq!(
+            get("--eviction-soft-grace-period").as_deref(),
+            Some("memory.available=1m30s")
+        );
+        assert_eq!(
+            get("--eviction-minimum-reclaim").as_deref(),
+            Some("nodefs.available=500Mi")
+        );
+        assert_eq!(
+            get("--eviction-max-pod-grace-period").as_deref(),
+            Some("60")
+        );
+        assert_eq!(get("--shutdown-grace-period").as_deref(), Some("30s"));
+        assert_eq!(
+            get("--shutdown-grace-period-by-pod-priority").as_deref(),
+            Some("0=20,2000000000=10")
+        );
+        assert_eq!(get("--memory-qos"), None);
+        assert_eq!(get("--memory-throttling-factor").as_deref(), Some("0.8"));
+        assert_eq!(
+            get("--memory-swap-behavior").as_deref(),
+            Some("LimitedSwap")
+        );
+        assert!(ignored.is_empty(), "{ignored:?}");
     }
 
     #[test]

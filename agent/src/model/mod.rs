@@ -13,6 +13,7 @@ pub mod kubelet_config_file;
 pub mod lsm;
 pub mod maglev;
 pub mod manifest;
+pub mod memory_qos;
 pub mod node;
 pub mod oom;
 pub mod overlay;

@@ -92,6 +92,23 @@ pub struct NodeArgs {
     /// before exiting, instead of leaving them running.
     #[arg(long)]
     pub shutdown_on_sigterm: bool,
+    /// Memory QoS (kubelet's `MemoryQoS` feature, cgroup v2): containers get
+    /// `memory.high` between their request and limit, throttling before the OOM killer.
+    #[arg(long)]
+    pub memory_qos: bool,
+    /// Where between request and limit `memory.high` sits (`memoryThrottlingFactor`).
+    #[arg(long, default_value_t = 0.9)]
+    pub memory_throttling_factor: f64,
+    /// `None`, or `TieredReservation`: with --memory-qos, Guaranteed containers get
+    /// `memory.min` and Burstable ones `memory.low` of their request
+    /// (`memoryReservationPolicy`).
+    #[arg(long, default_value = "None")]
+    pub memory_reservation_policy: String,
+    /// `NoSwap` (`memory.swap.max` 0 for every container) or `LimitedSwap` (Burstable
+    /// containers get swap in proportion to their memory request) — kubelet's
+    /// `memorySwap.swapBehavior`.
+    #[arg(long, default_value = "NoSwap")]
+    pub memory_swap_behavior: String,
     /// How long a pressure condition stays true after its signal last crossed a
     /// threshold (kubelet's duration form, `5m0s`).
     #[arg(long, default_value = "5m0s")]

@@ -422,14 +422,37 @@ pub fn runtime_config(args: &NodeArgs) -> anyhow::Result<crate::runtime::Runtime
             }
         },
         resolv_conf: args.resolv_conf.clone(),
-        node_allocatable: {
-            let reserved = node::parse_reserved("system-reserved", &args.system_reserved)?
-                + node::parse_reserved("kube-reserved", &args.kube_reserved)?;
-            let facts = crate::sys::machine::read(&dirs.state_dir);
-            Some((
-                facts.memory_bytes.saturating_sub(reserved.memory_bytes),
-                (facts.cpus * 1000).saturating_sub(reserved.cpu_millis),
-            ))
-        },
+        node_allocatable: Some(node_allocatable(args)?),
+        memory_policy: memory_policy(args)?,
     })
+}
+
+/// What the pods may use together, `(memory bytes, CPU millicores)`.
+fn node_allocatable(args: &NodeArgs) -> anyhow::Result<(u64, u64)> {
+    let reserved = node::parse_reserved("system-reserved", &args.system_reserved)?
+        + node::parse_reserved("kube-reserved", &args.kube_reserved)?;
+    let facts = crate::sys::machine::read(&args.dirs.state_dir);
+    Ok((
+        facts.memory_bytes.saturating_sub(reserved.memory_bytes),
+        (facts.cpus * 1000).saturating_sub(reserved.cpu_millis),
+    ))
+}
+
+/// Memory QoS and swap from the flags and the machine.
+fn memory_policy(args: &NodeArgs) -> anyhow::Result<crate::model::memory_qos::MemoryPolicy> {
+    let mem = std::fs::read_to_string("/proc/meminfo")
+        .map(|t| crate::sys::stats::parse_meminfo(&t))
+        .unwrap_or_default();
+    let policy = crate::model::memory_qos::MemoryPolicy {
+        qos: args.memory_qos,
+        node_memory: mem.get("MemTotal").copied().unwrap_or(0),
+        node_swap: mem.get("SwapTotal").copied().unwrap_or(0),
+        allocatable_memory: node_allocatable(args)?.0,
+        ..Default::default()
+    };
+    Ok(policy.checked(
+        &args.memory_swap_behavior,
+        &args.memory_reservation_policy,
+        args.memory_throttling_factor,
+    )?)
 }

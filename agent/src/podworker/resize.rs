@@ -141,7 +141,7 @@ impl Runner {
                 restart.push(c.name.clone());
                 continue;
             }
-            match self.rt.update_resources(&v.id, want) {
+            match self.rt.update_resources(pod, &v.id, want) {
                 Ok(unenforced) => {
                     tracing::info!(pod = %name, container = %c.name, "resized in place");
                     if !unenforced.is_empty() {

@@ -533,6 +533,15 @@ impl Runtime {
                 ));
             }
         }
+        // Memory QoS and swap, as kubelet's unified cgroup files.
+        if self.has_controller("memory") {
+            let swap_controller = self.cgroup_root.join("memory.swap.max").exists();
+            let unified =
+                crate::model::memory_qos::unified(pod, c, &self.cfg.memory_policy, swap_controller);
+            if !unified.is_empty() {
+                resources.insert("unified".into(), json!(unified));
+            }
+        }
         let cpu_limit = get(&res.limits, "cpu").transpose().map_err(bad)?;
         let cpu_request = get(&res.requests, "cpu")
             .transpose()
@@ -924,19 +933,35 @@ impl Runtime {
     }
 
     /// Changes a running container's resources in place (an in-place resize): its
-    /// cgroup's `cpu.weight`, `cpu.max` and `memory.max`, where the cgroup tree has the
-    /// controller; the record keeps the new values. Returns what could not be
-    /// enforced.
+    /// cgroup's `cpu.weight`, `cpu.max` and `memory.max` (and the Memory QoS files that
+    /// follow from them), where the cgroup tree has the controller; the record keeps
+    /// the new values. Returns what could not be enforced.
     pub fn update_resources(
         &self,
+        pod: &k8s_openapi::api::core::v1::Pod,
         id: &str,
         resources: &k8s_openapi::api::core::v1::ResourceRequirements,
     ) -> Result<Vec<String>, RuntimeError> {
         let Some(mut record) = self.container(id)? else {
             return Err(RuntimeError::Refused(format!("no container {id}")));
         };
-        let values = crate::model::resize::cgroup_values(resources)
-            .map_err(|e| RuntimeError::Refused(format!("container {} ({id}): {e}", record.name)))?;
+        let mut values: Vec<(&str, String)> = crate::model::resize::cgroup_values(resources)
+            .map_err(|e| RuntimeError::Refused(format!("container {} ({id}): {e}", record.name)))?
+            .into_iter()
+            .collect();
+        let resized = k8s_openapi::api::core::v1::Container {
+            name: record.name.clone(),
+            resources: Some(resources.clone()),
+            ..Default::default()
+        };
+        let unified = crate::model::memory_qos::unified(
+            pod,
+            &resized,
+            &self.cfg.memory_policy,
+            self.cgroup_root.join("memory.swap.max").exists(),
+        );
+        let unified: Vec<(String, String)> = unified.into_iter().collect();
+        values.extend(unified.iter().map(|(f, v)| (f.as_str(), v.clone())));
         let cgroup = crate::sys::cgroup::Cgroup::open(self.cgroup_path(&record.cgroup));
         let mut unenforced = Vec::new();
         for (file, value) in values {

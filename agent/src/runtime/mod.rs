@@ -113,6 +113,8 @@ pub struct RuntimeConfig {
     /// minus `--system-reserved` and `--kube-reserved`, enforced on `kubepods`
     /// (kubelet's `enforceNodeAllocatable: [pods]`); `None`: not enforced.
     pub node_allocatable: Option<(u64, u64)>,
+    /// Memory QoS and swap of containers (kubelet's `MemoryQoS`, `memorySwap`).
+    pub memory_policy: crate::model::memory_qos::MemoryPolicy,
 }
 
 /// Resource controllers whose limits kernlet enforces when the cgroup2 tree has them.

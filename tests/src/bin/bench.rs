@@ -179,6 +179,7 @@ fn bench_runtime() -> anyhow::Result<BenchRuntime> {
         dns: Default::default(),
         resolv_conf: "/etc/resolv.conf".into(),
         node_allocatable: None,
+        memory_policy: Default::default(),
     })?;
     let layout = kernlet_tests::oci::busybox_layout(&dir.path().join("build"), "1.36")?;
     kernlet::runtime::image::layout::import(&rt.images, &layout, Some("busybox"))?;

@@ -204,6 +204,14 @@ fn limits_are_written() -> Result<(), String> {
             "memory.max {mem}, cpu.max {cpu}, cpu.weight {weight}, pod pids.max {pids}"
         ));
     }
+    // --memory-qos: memory.high = floor((16Mi + 0.9 × 32Mi) / 4096) × 4096; no swap
+    // (NoSwap) where the kernel accounts swap.
+    let high = read(&c.join("memory.high"));
+    let swap = c.join("memory.swap.max");
+    let swap = swap.exists().then(|| read(&swap));
+    if high != "46972928" || swap.as_deref().is_some_and(|s| s != "0") {
+        return Err(format!("memory.high {high}, memory.swap.max {swap:?}"));
+    }
     Ok(())
 }
 
@@ -253,6 +261,10 @@ fn resized_in_place() -> Result<(), String> {
         dns: Default::default(),
         resolv_conf: "/etc/resolv.conf".into(),
         node_allocatable: None,
+        memory_policy: kernlet::model::memory_qos::MemoryPolicy {
+            qos: true,
+            ..Default::default()
+        },
     })
     .map_err(|e| format!("opening the runtime: {e}"))?;
     let resources = serde_json::from_value(serde_json::json!({
@@ -260,8 +272,10 @@ fn resized_in_place() -> Result<(), String> {
         "limits": {"cpu": "400m", "memory": "96Mi"},
     }))
     .map_err(|e| e.to_string())?;
+    let pod: k8s_openapi::api::core::v1::Pod =
+        serde_json::from_value(p.clone()).map_err(|e| e.to_string())?;
     let unenforced = rt
-        .update_resources(&id, &resources)
+        .update_resources(&pod, &id, &resources)
         .map_err(|e| format!("resizing: {e}"))?;
     let (mem, cpu, weight) = (
         read(&c.join("memory.max")),
@@ -273,13 +287,16 @@ fn resized_in_place() -> Result<(), String> {
         && mem == "100663296"
         && cpu == "40000 100000"
         && weight == "12"
+        // memory.high follows: 16Mi + 0.9 × 80Mi.
+        && read(&c.join("memory.high")) == "92274688"
         && after == before
         && !before.is_empty()
     {
         Ok(())
     } else {
         Err(format!(
-            "memory.max {mem}, cpu.max {cpu}, cpu.weight {weight}, procs {before:?} -> {after:?}, unenforced {unenforced:?}"
+            "memory.max {mem}, cpu.max {cpu}, cpu.weight {weight}, memory.high {}, procs {before:?} -> {after:?}, unenforced {unenforced:?}",
+            read(&c.join("memory.high"))
         ))
     }
 }
@@ -505,6 +522,7 @@ fn main() {
         "127.0.0.1",
         "--pod-max-pids",
         "30",
+        "--memory-qos",
     ]);
     if let Some(l) = log {
         if let Ok(l2) = l.try_clone() {
