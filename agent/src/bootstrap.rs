@@ -322,12 +322,10 @@ pub async fn join(args: &JoinArgs) -> Result<PathBuf, JoinError> {
         .get_opt("kubelet-config")
         .await
     {
-        Ok(Some(cm)) => match cm
-            .data
-            .as_ref()
-            .and_then(|d| d.get("kubelet"))
-            .map(|y| kubelet_config::parse(y))
-        {
+        Ok(Some(cm)) => match cm.data.as_ref().and_then(|d| d.get("kubelet")).map(|y| {
+            save_config(&args.state_dir, y);
+            kubelet_config::parse(y)
+        }) {
             Some(Ok(s)) => s,
             Some(Err(e)) => {
                 tracing::warn!(
@@ -358,6 +356,28 @@ pub async fn join(args: &JoinArgs) -> Result<PathBuf, JoinError> {
     )?;
     tracing::info!(cluster_dns = ?settings.cluster_dns, cluster_domain = %settings.cluster_domain, "cluster kubelet settings saved");
     Ok(path)
+}
+
+/// Where `kernlet join` keeps the cluster's KubeletConfiguration (kubeadm's
+/// `/var/lib/kubelet/config.yaml`); `kernlet run --config` takes it.
+pub fn config_path(state_dir: &Path) -> PathBuf {
+    state_dir.join("config.yaml")
+}
+
+/// Saves the cluster's KubeletConfiguration for this node (its client CA the one the
+/// join wrote); a config that cannot be read is said and not saved.
+fn save_config(state_dir: &Path, yaml: &str) {
+    let ca = state_dir.join("pki/ca.crt");
+    match crate::model::kubelet_config_file::for_joined_node(yaml, &ca) {
+        Ok(text) => match state::write_atomic(&config_path(state_dir), text.as_bytes(), 0o644) {
+            Ok(()) => tracing::info!(
+                config = %config_path(state_dir).display(),
+                "the cluster's KubeletConfiguration saved; this node runs with it"
+            ),
+            Err(e) => tracing::warn!("saving the cluster's KubeletConfiguration: {e}"),
+        },
+        Err(e) => tracing::warn!("kube-system/kubelet-config is not kept: {e}"),
+    }
 }
 
 /// Where the cluster's kubelet settings are kept under a state directory.

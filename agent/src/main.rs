@@ -25,6 +25,7 @@ fn main() -> ExitCode {
         .init();
     // `--config FILE` (a KubeletConfiguration) becomes the flags it sets, flags given
     // on the command line winning, before the command line is parsed.
+    let raw = args.clone();
     let args = match kernlet::model::kubelet_config_file::expand(args) {
         Ok((args, ignored)) => {
             if !ignored.is_empty() {
@@ -41,7 +42,7 @@ fn main() -> ExitCode {
         }
     };
     let cli = Cli::parse_from(args);
-    match run(cli) {
+    match run(cli, &raw) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("kernlet: {e:#}");
@@ -50,7 +51,7 @@ fn main() -> ExitCode {
     }
 }
 
-fn run(cli: Cli) -> anyhow::Result<()> {
+fn run(cli: Cli, raw: &[String]) -> anyhow::Result<()> {
     // One TLS crypto provider for every client of the process (apiserver, registries).
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
     match cli.command {
@@ -219,9 +220,42 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             };
             let rt = runtime()?;
             let kubeconfig = rt.block_on(kernlet::bootstrap::join(&join))?;
+            let node = with_saved_config(raw, &join.state_dir)?.unwrap_or(node);
             rt.block_on(run_node(kubeconfig, node))
         }
     }
+}
+
+/// The node prepared again with the cluster's KubeletConfiguration the join saved (as
+/// kubeadm's kubelet runs with the config.yaml it downloads), the command line's flags
+/// and `--config` winning; `None` when the command gave its own `--config` or nothing
+/// was saved.
+fn with_saved_config(
+    raw: &[String],
+    state_dir: &std::path::Path,
+) -> anyhow::Result<Option<kernlet::node::PreparedNode>> {
+    let saved = kernlet::bootstrap::config_path(state_dir);
+    if !saved.exists()
+        || raw
+            .iter()
+            .any(|a| a == "--config" || a.starts_with("--config="))
+    {
+        return Ok(None);
+    }
+    let mut args = raw.to_vec();
+    args.push("--config".into());
+    args.push(saved.display().to_string());
+    let (args, ignored) = kernlet::model::kubelet_config_file::expand(args)?;
+    if !ignored.is_empty() {
+        tracing::info!(
+            "the cluster's KubeletConfiguration sets what kernlet does not implement: {}; ignored",
+            ignored.join(", ")
+        );
+    }
+    let Command::Join(args) = Cli::try_parse_from(args)?.command else {
+        return Ok(None);
+    };
+    Ok(Some(prepare_node(&args.node)?))
 }
 
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {

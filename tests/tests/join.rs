@@ -57,6 +57,20 @@ async fn join_bootstraps_credentials_then_runs_the_node() {
     let fwd = lab.forward(0, cluster.addr()).unwrap();
     let mut node = lab.add_node("j1").unwrap();
     node.import_busybox().unwrap();
+    // The cluster's KubeletConfiguration sets maxPods: the joined node runs with it.
+    let admin = cluster.admin().await.unwrap();
+    let cms: Api<k8s_openapi::api::core::v1::ConfigMap> =
+        Api::namespaced(admin.clone(), "kube-system");
+    let mut cm = cms.get("kubelet-config").await.unwrap();
+    let data = cm.data.get_or_insert_with(Default::default);
+    let kubelet = data.get("kubelet").cloned().unwrap_or_default();
+    data.insert(
+        "kubelet".into(),
+        format!("{}\nmaxPods: 42\n", kubelet.trim_end()),
+    );
+    cms.replace("kubelet-config", &Default::default(), &cm)
+        .await
+        .unwrap();
     let endpoint = format!("{BRIDGE_IP}:{}", fwd.port());
     let pin = openssl_pin(cluster.ca_pem());
     node.start_kernlet(&[
@@ -73,7 +87,6 @@ async fn join_bootstraps_credentials_then_runs_the_node() {
     ])
     .unwrap();
 
-    let admin = cluster.admin().await.unwrap();
     let nodes: Api<Node> = Api::all(admin.clone());
     let start = Instant::now();
     while nodes.get_opt("j1").await.unwrap().is_none() {
@@ -125,6 +138,29 @@ async fn join_bootstraps_credentials_then_runs_the_node() {
             .unwrap();
     assert_eq!(settings["clusterDNS"], serde_json::json!(["10.96.0.10"]));
     assert_eq!(settings["clusterDomain"], "cluster.local");
+    // ...and the whole KubeletConfiguration, as kubeadm's config.yaml, with the CA the
+    // join wrote; the node runs with it (maxPods 42).
+    let config: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(state.join("config.yaml")).unwrap()).unwrap();
+    assert_eq!(
+        config["authentication"]["x509"]["clientCAFile"],
+        state.join("pki/ca.crt").display().to_string()
+    );
+    assert_eq!(config["maxPods"], 42);
+    let pods_capacity = async || {
+        let n = nodes.get("j1").await.ok()?;
+        Some(n.status?.capacity?.get("pods")?.0.clone())
+    };
+    let start = Instant::now();
+    while pods_capacity().await.as_deref() != Some("42") {
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "capacity pods {:?}\n{}",
+            pods_capacity().await,
+            node.kernlet_log()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
     // ...and in effect on this very first run: a ClusterFirst pod resolves through the
     // cluster DNS (the settings are saved during the join, after the node's flags were
     // read).

@@ -261,6 +261,26 @@ pub fn translate(path: &str, yaml: &str) -> Result<(Vec<Flag>, Vec<String>), Con
     Ok((flags, ignored))
 }
 
+/// The cluster's KubeletConfiguration (kubeadm's `kube-system/kubelet-config`) as a
+/// joined node keeps it (kubeadm's `/var/lib/kubelet/config.yaml`): the client CA file
+/// it names is the one the join wrote (`ca_file`). JSON, which is YAML.
+pub fn for_joined_node(yaml: &str, ca_file: &std::path::Path) -> Result<String, ConfigFileError> {
+    let path = "kube-system/kubelet-config";
+    let mut v: Value = serde_saphyr::from_str(yaml).map_err(|e| ConfigFileError::Yaml {
+        path: path.to_string(),
+        why: e.to_string(),
+    })?;
+    if !v.is_object() {
+        return Err(ConfigFileError::Kind {
+            path: path.to_string(),
+            kind: String::new(),
+            api_version: String::new(),
+        });
+    }
+    v["authentication"]["x509"]["clientCAFile"] = Value::from(ca_file.display().to_string());
+    Ok(serde_json::to_string_pretty(&v).unwrap_or_default())
+}
+
 /// Calls `f` with the JSON pointer of every leaf of `v` (empty maps and lists are
 /// leaves).
 fn leaves(v: &Value, at: String, f: &mut dyn FnMut(String)) {
@@ -455,6 +475,19 @@ memorySwap: {swapBehavior: LimitedSwap}
             Some("LimitedSwap")
         );
         assert!(ignored.is_empty(), "{ignored:?}");
+    }
+
+    #[test]
+    fn a_joined_node_keeps_the_clusters_config_with_its_own_ca() {
+        let text =
+            for_joined_node(KUBEADM, std::path::Path::new("/var/lib/kernlet/pki/ca.crt")).unwrap();
+        let (flags, _) = translate("config.yaml", &text).unwrap();
+        assert!(flags.contains(&(
+            "--client-ca-file".into(),
+            Some("/var/lib/kernlet/pki/ca.crt".into())
+        )));
+        assert!(flags.contains(&("--max-pods".into(), Some("50".into()))));
+        assert!(for_joined_node("- a list", std::path::Path::new("x")).is_err());
     }
 
     #[test]
