@@ -10,6 +10,7 @@ pub mod egress;
 pub mod fixtures;
 pub mod grpc_health;
 pub mod hygiene;
+pub mod logind;
 pub mod oci;
 pub mod one_node;
 pub mod overlay;

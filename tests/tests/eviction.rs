@@ -396,3 +396,103 @@ async fn sigterm_shuts_the_nodes_pods_down_lowest_priority_first() {
     );
     drop(fwd);
 }
+
+/// Graceful node shutdown through systemd-logind (a stand-in on a private bus): the
+/// node holds a `delay` inhibitor lock on shutdown; when logind announces the machine's
+/// shutdown, the pods end (`Failed`/`Terminated`), the node turns NotReady, and the lock
+/// is released so the shutdown goes on; a cancelled shutdown makes the node ready again
+/// and takes a new lock.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn loginds_shutdown_ends_the_pods_then_releases_the_lock() {
+    let cluster = Cluster::start(&[BRIDGE_IP.into()]).await.unwrap();
+    let mut lab = Lab::new("logind").unwrap();
+    let fwd = lab.forward(0, cluster.addr()).unwrap();
+    let mut node = lab.add_node("g1").unwrap();
+    node.import_busybox().unwrap();
+    std::fs::create_dir_all(node.dir("bus")).unwrap();
+    let logind =
+        kernlet_tests::logind::FakeLogind::start(&node.dir("bus"), Duration::from_secs(30))
+            .await
+            .unwrap();
+    node.start_agent(
+        &cluster,
+        &fwd.url,
+        &[
+            "--node-lease-renew-interval-ms",
+            "300",
+            "--node-status-update-frequency",
+            "1",
+            "--shutdown-grace-period",
+            "10s",
+            "--shutdown-grace-period-critical-pods",
+            "4s",
+            "--system-bus-address",
+            logind.address(),
+        ],
+    )
+    .unwrap();
+    wait_for("the inhibitor lock", Duration::from_secs(30), async || {
+        (logind.held() == 1).then_some(())
+    })
+    .await;
+    let (what, who, _, mode) = logind.locks()[0].clone();
+    assert_eq!(
+        (what.as_str(), who.as_str(), mode.as_str()),
+        ("shutdown", "kernlet", "delay")
+    );
+    let admin = cluster.admin().await.unwrap();
+    let pods: Api<Pod> = Api::namespaced(admin.clone(), "default");
+    pods.create(
+        &PostParams::default(),
+        &pod(serde_json::json!({"metadata": {"name": "web"}, "spec": {
+            "terminationGracePeriodSeconds": 30,
+            "containers": [{"name": "c", "image": "busybox:1.36",
+                "command": ["sh", "-c", "trap 'exit 0' TERM; while :; do sleep 1; done"]}]}})),
+    )
+    .await
+    .unwrap();
+    cluster.bind_pod("default", "web", "g1").await.unwrap();
+    wait_for("web running", Duration::from_secs(60), async || {
+        let p = pods.get("web").await.ok()?;
+        (p.status?.phase.as_deref() == Some("Running")).then_some(())
+    })
+    .await;
+    let nodes: Api<Node> = Api::all(admin.clone());
+    let ready = async || {
+        let n = nodes.get("g1").await.ok()?;
+        n.status?
+            .conditions?
+            .into_iter()
+            .find(|c| c.type_ == "Ready")
+            .map(|c| (c.status, c.message.unwrap_or_default()))
+    };
+    logind.prepare_for_shutdown(true).await.unwrap();
+    let web = wait_for("web terminated", Duration::from_secs(30), async || {
+        let p = pods.get("web").await.ok()?;
+        (p.status.as_ref()?.phase.as_deref() == Some("Failed")).then_some(p)
+    })
+    .await;
+    assert_eq!(web.status.unwrap().reason.as_deref(), Some("Terminated"));
+    wait_for("the lock released", Duration::from_secs(20), async || {
+        (logind.held() == 0).then_some(())
+    })
+    .await;
+    wait_for("NotReady", Duration::from_secs(20), async || {
+        ready()
+            .await
+            .filter(|(s, m)| s == "False" && m == "node is shutting down")
+    })
+    .await;
+    assert!(node.kernlet_running(), "{}", node.kernlet_log());
+    // The shutdown is called off: ready again, with a new lock.
+    logind.prepare_for_shutdown(false).await.unwrap();
+    wait_for("a new lock", Duration::from_secs(20), async || {
+        (logind.held() == 1 && logind.locks().len() == 2).then_some(())
+    })
+    .await;
+    wait_for("Ready again", Duration::from_secs(20), async || {
+        ready().await.filter(|(s, _)| s == "True")
+    })
+    .await;
+    drop(fwd);
+}

@@ -61,6 +61,8 @@ const DEBIAN_PACKAGES: &[(&str, &str)] = &[
     ("iperf3", "/usr/bin/iperf3"),
     // The services benchmark's comparison: kube-proxy's nftables mode applied with nft.
     ("nftables", "/usr/sbin/nft"),
+    // A private D-Bus bus for the graceful-shutdown test's stand-in systemd-logind.
+    ("dbus-daemon", "/usr/bin/dbus-daemon"),
     // The VM of `cargo xtask vm-test` (its kernel is downloaded and unpacked, not installed).
     ("qemu-system-x86", "/usr/bin/qemu-system-x86_64"),
 ];

@@ -40,6 +40,11 @@ impl ShuttingDown {
     pub fn get(&self) -> bool {
         self.0.load(std::sync::atomic::Ordering::Relaxed)
     }
+
+    /// A shutdown that was cancelled.
+    pub fn clear(&self) {
+        self.0.store(false, std::sync::atomic::Ordering::Relaxed);
+    }
 }
 
 impl PartialEq for ShuttingDown {

@@ -88,6 +88,10 @@ pub struct NodeArgs {
     /// `shutdownGracePeriodByPodPriority`).
     #[arg(long, default_value = "")]
     pub shutdown_grace_period_by_pod_priority: String,
+    /// The D-Bus system bus where systemd-logind is asked for the shutdown inhibitor
+    /// lock (default: $DBUS_SYSTEM_BUS_ADDRESS, else /run/dbus/system_bus_socket).
+    #[arg(long, hide = true)]
+    pub system_bus_address: Option<String>,
     /// On SIGTERM, shut the node's pods down gracefully (as for the machine's shutdown)
     /// before exiting, instead of leaving them running.
     #[arg(long)]

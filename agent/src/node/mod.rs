@@ -2,6 +2,7 @@
 //! library, so the binary only parses flags and a test can start a node in-process.
 
 mod args;
+mod logind;
 mod prepare;
 mod run;
 mod shutdown;

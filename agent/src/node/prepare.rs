@@ -32,9 +32,9 @@ pub struct PreparedNode {
     pub overrides: crate::model::kubelet_config::Overrides,
     /// The image garbage collector's policy and period.
     pub image_gc: (crate::runtime::image_gc::ImageGcPolicy, Duration),
-    /// Graceful node shutdown: the priority groups (none: off) and whether SIGTERM
-    /// starts it.
-    pub shutdown: (Vec<crate::model::shutdown::Group>, bool),
+    /// Graceful node shutdown: the priority groups (none: off), whether SIGTERM
+    /// starts it, and the system bus where logind is asked.
+    pub shutdown: (Vec<crate::model::shutdown::Group>, bool, Option<String>),
     /// The eviction manager's thresholds, pressure transition period and settings.
     pub eviction: (
         Vec<crate::model::eviction::Threshold>,
@@ -148,6 +148,7 @@ pub fn prepare_node(args: &NodeArgs) -> anyhow::Result<PreparedNode> {
             &args.shutdown_grace_period_by_pod_priority,
         )?,
         args.shutdown_on_sigterm,
+        args.system_bus_address.clone(),
     );
     Ok(PreparedNode {
         image_gc,

@@ -281,6 +281,22 @@ pub async fn run_node(kubeconfig: PathBuf, node: PreparedNode) -> anyhow::Result
     };
     tokio::spawn(serving.run(stop_rx.clone()));
     let (access, cfg_name) = (client.clone(), cfg.name.clone());
+    // The machine's own shutdown, through logind, when a grace period is set.
+    let (groups, on_sigterm, bus) = shutdown;
+    if !groups.is_empty() {
+        tokio::spawn(super::logind::watch(
+            bus,
+            super::logind::Shutdown {
+                client: client.clone(),
+                node: cfg.name.clone(),
+                side: node_side.clone(),
+                groups: groups.clone(),
+                shutting_down: shutting_down.clone(),
+                readiness: shutdown_ready.clone(),
+            },
+            stop_rx.clone(),
+        ));
+    }
     let controller = tokio::spawn(
         NodeController::new(client, cfg, state_dir, readiness_rx, timing)
             .with_images(node_images)
@@ -292,7 +308,6 @@ pub async fn run_node(kubeconfig: PathBuf, node: PreparedNode) -> anyhow::Result
         _ = term.recv() => tracing::info!("SIGTERM: stopping"),
         _ = tokio::signal::ctrl_c() => tracing::info!("interrupted: stopping"),
     }
-    let (groups, on_sigterm) = shutdown;
     let shut_down = on_sigterm && !groups.is_empty();
     if shut_down {
         super::shutdown::shut_down(
