@@ -458,6 +458,19 @@ impl SimNode {
         self.start_kernlet(&args)
     }
 
+    /// Imports the OCI layout `layout` into this node's image store as `name`
+    /// (`kernlet image import`).
+    pub fn import_layout(&self, layout: &Path, name: &str) -> anyhow::Result<()> {
+        let out = Command::new(kernlet_bin()?)
+            .args(["image", "import"])
+            .arg(layout)
+            .args(["--name", name, "--image-dir"])
+            .arg(self.dir("images"))
+            .output()?;
+        anyhow::ensure!(out.status.success(), "importing {name}: {out:?}");
+        Ok(())
+    }
+
     /// Imports the busybox image (built with umoci) into this node's image store as
     /// `busybox:1.36`.
     pub fn import_busybox(&self) -> anyhow::Result<()> {

@@ -98,15 +98,8 @@ async fn disk_pressure_collects_images_then_evicts_the_largest_user() {
         &["sh"],
     )
     .unwrap();
-    let out = Command::new(kernlet_bin().unwrap())
-        .args(["image", "import"])
-        .arg(&layout)
-        .args(["--name", "example.com/unused:1", "--image-dir"])
-        .arg(node.dir("images"))
-        .output()
-        .unwrap();
+    node.import_layout(&layout, "example.com/unused:1").unwrap();
     drop(big);
-    assert!(out.status.success(), "{out:?}");
     std::fs::remove_dir_all(&layout).ok();
     assert_eq!(images(&node).len(), 2);
     let before = available(&node);

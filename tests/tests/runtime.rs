@@ -1836,14 +1836,7 @@ fn unused_images_are_collected_and_used_ones_kept() {
         &["sh"],
     )
     .unwrap();
-    let out = Command::new(kernlet_bin().unwrap())
-        .args(["image", "import"])
-        .arg(&layout)
-        .args(["--name", "example.com/unused:1", "--image-dir"])
-        .arg(node.dir("images"))
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{out:?}");
+    node.import_layout(&layout, "example.com/unused:1").unwrap();
     let listed = |node: &SimNode| -> Vec<String> {
         let out = Command::new(kernlet_bin().unwrap())
             .args(["image", "ls", "-o", "json", "--image-dir"])

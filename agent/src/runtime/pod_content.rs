@@ -42,6 +42,11 @@ impl Runtime {
             }
             _ => {}
         }
+        self.unmount_memory_volumes(uid)
+    }
+
+    /// Unmounts (and removes) the memory-backed emptyDir volumes of pod `uid`.
+    pub(super) fn unmount_memory_volumes(&self, uid: &str) -> Result<(), RuntimeError> {
         for e in std::fs::read_dir(self.pod_run_dir(uid).join("volumes"))
             .into_iter()
             .flatten()

@@ -421,17 +421,7 @@ impl Runtime {
         crate::sys::mount::unmount(&self.written_volumes_dir(uid)).map_err(RuntimeError::io(
             format!("unmounting the volume tmpfs of pod {uid}"),
         ))?;
-        // Memory-backed emptyDir volumes.
-        for e in std::fs::read_dir(run.join("volumes"))
-            .into_iter()
-            .flatten()
-            .flatten()
-        {
-            crate::sys::mount::unmount(&e.path()).map_err(RuntimeError::io(format!(
-                "unmounting volume {} of pod {uid}",
-                e.file_name().to_string_lossy()
-            )))?;
-        }
+        self.unmount_memory_volumes(uid)?;
         ns::remove(&run.join("ns")).map_err(RuntimeError::io(format!(
             "unpinning the namespaces of pod {uid}"
         )))?;
