@@ -30,8 +30,10 @@ pub trait NodeSide {
     fn readings(&self) -> BTreeMap<Signal, Reading>;
     /// Whether images live on a filesystem of their own (kubelet's dedicated imagefs).
     fn dedicated_imagefs(&self) -> bool;
-    /// The pods that run (not terminal, not being evicted) and what they use.
-    fn active_pods(&self) -> Vec<PodUsage>;
+    /// The pods that run (not terminal, not being evicted).
+    fn active_pods(&self) -> Vec<Pod>;
+    /// What active pod `pod` uses now (walks its disk: asked only when needed).
+    fn usage(&self, pod: &Pod) -> Option<PodUsage>;
     /// Removes the dead containers of pods that ended (kubelet's
     /// `DeleteAllUnusedContainers`).
     fn delete_unused_containers(&self);
@@ -134,11 +136,12 @@ impl<N: NodeSide> Manager<N> {
             );
         }
         let dedicated = self.node.dedicated_imagefs();
-        let mut pods = self.node.active_pods();
+        let active = self.node.active_pods();
         // A pod over its own local-storage limits goes whatever the node's state.
         let mut evicted = Vec::new();
-        for p in &pods {
-            if let Some(message) = rank::over_local_limit(p, dedicated)
+        for pod in active.iter().filter(|p| rank::has_local_limits(p)) {
+            if let Some(p) = self.node.usage(pod)
+                && let Some(message) = rank::over_local_limit(&p, dedicated)
                 && self.evict(&p.pod, message, IMMEDIATE_GRACE, false)
             {
                 evicted.push(p.pod.metadata.uid.clone().unwrap_or_default());
@@ -171,6 +174,7 @@ impl<N: NodeSide> Manager<N> {
                 return evicted;
             }
         }
+        let mut pods: Vec<PodUsage> = active.iter().filter_map(|p| self.node.usage(p)).collect();
         rank::rank(&mut pods, t.signal, dedicated);
         // At most one pod a round, as kubelet.
         for p in &pods {

@@ -48,7 +48,7 @@ impl RealNode {
             .collect()
     }
 
-    fn usage(&self, uid: &str, pod: Pod) -> Option<PodUsage> {
+    fn usage_of(&self, uid: &str, pod: Pod) -> Option<PodUsage> {
         let sb = self.rt.sandbox(uid).ok().flatten()?;
         let cgroup = self.rt.cgroup_root.join(sb.cgroup.trim_start_matches('/'));
         let mut containers: Vec<ContainerUsage> = Vec::new();
@@ -115,7 +115,7 @@ impl NodeSide for RealNode {
         state.is_some() && images.is_some() && state != images
     }
 
-    fn active_pods(&self) -> Vec<PodUsage> {
+    fn active_pods(&self) -> Vec<Pod> {
         self.recorded()
             .into_iter()
             .filter(|(uid, p)| {
@@ -123,8 +123,13 @@ impl NodeSide for RealNode {
                     && p.metadata.deletion_timestamp.is_none()
                     && !self.evictions.contains(uid)
             })
-            .filter_map(|(uid, p)| self.usage(&uid, p))
+            .map(|(_, p)| p)
             .collect()
+    }
+
+    fn usage(&self, pod: &Pod) -> Option<PodUsage> {
+        let uid = pod.metadata.uid.clone()?;
+        self.usage_of(&uid, pod.clone())
     }
 
     fn delete_unused_containers(&self) {

@@ -16,8 +16,8 @@ pub fn shutdown_pods<N: NodeSide>(node: &N, groups: &[Group]) -> Vec<String> {
         return Vec::new();
     }
     for p in node.active_pods() {
-        let priority = p.pod.spec.as_ref().and_then(|s| s.priority).unwrap_or(0);
-        by_group[group_of(groups, priority)].push(p.pod);
+        let priority = p.spec.as_ref().and_then(|s| s.priority).unwrap_or(0);
+        by_group[group_of(groups, priority)].push(p);
     }
     let mut ended = Vec::new();
     for (group, pods) in groups.iter().zip(by_group) {
@@ -66,10 +66,11 @@ mod tests {
     use super::*;
     use crate::model::eviction::rank::PodUsage;
     use crate::model::eviction::{Reading, Signal};
+    use k8s_openapi::api::core::v1::Pod;
 
     #[derive(Default)]
     struct Node {
-        pods: Vec<PodUsage>,
+        pods: Vec<Pod>,
         ended: RefCell<Vec<(String, Eviction)>>,
     }
 
@@ -80,12 +81,15 @@ mod tests {
         fn dedicated_imagefs(&self) -> bool {
             false
         }
-        fn active_pods(&self) -> Vec<PodUsage> {
+        fn active_pods(&self) -> Vec<Pod> {
             self.pods.clone()
+        }
+        fn usage(&self, _pod: &Pod) -> Option<PodUsage> {
+            panic!("the shutdown ranks by priority alone: no pod's usage is read")
         }
         fn delete_unused_containers(&self) {}
         fn delete_unused_images(&self) {}
-        fn evict(&self, pod: &k8s_openapi::api::core::v1::Pod, e: Eviction) -> bool {
+        fn evict(&self, pod: &Pod, e: Eviction) -> bool {
             self.ended
                 .borrow_mut()
                 .push((pod.metadata.name.clone().unwrap_or_default(), e));
@@ -96,15 +100,11 @@ mod tests {
         }
     }
 
-    fn pod(name: &str, spec: serde_json::Value) -> PodUsage {
-        let mut p: k8s_openapi::api::core::v1::Pod =
-            serde_json::from_value(serde_json::json!({"spec": spec})).unwrap();
+    fn pod(name: &str, spec: serde_json::Value) -> Pod {
+        let mut p: Pod = serde_json::from_value(serde_json::json!({"spec": spec})).unwrap();
         p.metadata.name = Some(name.into());
         p.metadata.uid = Some(name.into());
-        PodUsage {
-            pod: p,
-            ..Default::default()
-        }
+        p
     }
 
     #[test]

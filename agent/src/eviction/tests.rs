@@ -19,6 +19,8 @@ struct FakeNode {
     pods: Vec<PodUsage>,
     calls: RefCell<Vec<String>>,
     evicted: RefCell<Vec<(String, Eviction)>>,
+    /// The pods whose usage was asked for.
+    usage_asked: RefCell<Vec<String>>,
 }
 
 impl NodeSide for &FakeNode {
@@ -45,7 +47,7 @@ impl NodeSide for &FakeNode {
     fn dedicated_imagefs(&self) -> bool {
         false
     }
-    fn active_pods(&self) -> Vec<PodUsage> {
+    fn active_pods(&self) -> Vec<Pod> {
         let evicted = self.evicted.borrow();
         self.pods
             .iter()
@@ -54,8 +56,17 @@ impl NodeSide for &FakeNode {
                     .iter()
                     .any(|(n, _)| Some(n) == p.pod.metadata.name.as_ref())
             })
-            .cloned()
+            .map(|p| p.pod.clone())
             .collect()
+    }
+    fn usage(&self, pod: &Pod) -> Option<PodUsage> {
+        self.usage_asked
+            .borrow_mut()
+            .push(pod.metadata.name.clone()?);
+        self.pods
+            .iter()
+            .find(|p| p.pod.metadata.name == pod.metadata.name)
+            .cloned()
     }
     fn delete_unused_containers(&self) {
         self.calls.borrow_mut().push("containers".into());
@@ -258,4 +269,6 @@ fn local_storage_limits_evict_without_pressure() {
         "Usage of EmptyDir volume \"data\" exceeds the limit \"1Mi\". "
     );
     assert_eq!(m.pressure.get(), Default::default());
+    // Without pressure only the pod with limits had its disk walked.
+    assert_eq!(*node.usage_asked.borrow(), ["over"]);
 }

@@ -29,31 +29,7 @@ pub struct NodeFit {
 }
 
 /// Whether the node is shutting down, shared by the shutdown and admission.
-#[derive(Clone, Debug, Default)]
-pub struct ShuttingDown(std::sync::Arc<std::sync::atomic::AtomicBool>);
-
-impl ShuttingDown {
-    pub fn set(&self) {
-        self.0.store(true, std::sync::atomic::Ordering::Relaxed);
-    }
-
-    pub fn get(&self) -> bool {
-        self.0.load(std::sync::atomic::Ordering::Relaxed)
-    }
-
-    /// A shutdown that was cancelled.
-    pub fn clear(&self) {
-        self.0.store(false, std::sync::atomic::Ordering::Relaxed);
-    }
-}
-
-impl PartialEq for ShuttingDown {
-    fn eq(&self, other: &Self) -> bool {
-        self.get() == other.get()
-    }
-}
-
-impl Eq for ShuttingDown {}
+pub type ShuttingDown = super::shared::Shared<bool>;
 
 /// Why a pod is refused: kubelet's reason (`OutOfcpu`, `NodeAffinity`, …) and message.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -337,7 +313,7 @@ mod tests {
         let spec: PodSpec =
             serde_json::from_value(serde_json::json!({"containers": [{"name": "c"}]})).unwrap();
         assert_eq!(admit(&spec, &[], &n), Ok(()));
-        n.shutting_down.set();
+        n.shutting_down.set(true);
         assert_eq!(
             admit(&spec, &[], &n),
             Err(Refusal {

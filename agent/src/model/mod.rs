@@ -26,5 +26,6 @@ pub mod resize;
 pub mod runtime_spec;
 pub mod seccomp;
 pub mod services;
+pub mod shared;
 pub mod shutdown;
 pub mod stop_signal;

@@ -133,7 +133,7 @@ pub async fn watch(
             tracing::info!("graceful node shutdown: inhibitor lock released");
         } else if !start && lock.is_none() {
             tracing::info!("logind: the shutdown was cancelled; the node is ready again");
-            s.shutting_down.clear();
+            s.shutting_down.set(false);
             s.readiness.send_replace(crate::model::node::Readiness {
                 ready: true,
                 reason: "KubeletReady".into(),

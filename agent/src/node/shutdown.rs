@@ -26,7 +26,7 @@ pub async fn shut_down(
     tracing::info!(
         "SIGTERM: graceful node shutdown; ending the node's pods within {total:?} first"
     );
-    shutting_down.set();
+    shutting_down.set(true);
     readiness.send_replace(Readiness {
         ready: false,
         reason: "KubeletNotReady".into(),

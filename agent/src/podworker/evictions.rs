@@ -103,7 +103,7 @@ impl super::Runner {
         views: &[crate::model::pod_lifecycle::View],
     ) {
         if self.evicted.is_none()
-            || self.evicted_content_removed
+            || self.evictions.cleaned_up(uid)
             || views.iter().any(|v| {
                 matches!(
                     v.current,
@@ -114,10 +114,7 @@ impl super::Runner {
             return;
         }
         match self.rt.discard_pod_volumes(uid) {
-            Ok(()) => {
-                self.evicted_content_removed = true;
-                self.evictions.mark_cleaned_up(uid);
-            }
+            Ok(()) => self.evictions.mark_cleaned_up(uid),
             Err(e) => tracing::warn!(pod = %uid, "removing the evicted pod's volumes: {e}"),
         }
     }

@@ -228,8 +228,6 @@ pub struct Runner {
     evictions: Evictions,
     /// The pod's eviction, once its worker took it up (on a pod's worker).
     evicted: Option<crate::model::eviction::Eviction>,
-    /// Whether the evicted pod's volumes were removed (on a pod's worker).
-    evicted_content_removed: bool,
 }
 
 /// A pod's sandbox to remove, with the deletion's grace period (seconds) if any.
@@ -348,7 +346,6 @@ impl Runner {
             desired_count: 0,
             evictions: Evictions::default(),
             evicted: None,
-            evicted_content_removed: false,
         }
     }
 

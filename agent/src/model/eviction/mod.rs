@@ -278,17 +278,6 @@ pub struct Reading {
     pub capacity: u64,
 }
 
-/// The thresholds `readings` cross now.
-pub fn crossed(thresholds: &[Threshold], readings: &BTreeMap<Signal, Reading>) -> Vec<Signal> {
-    let mut out: Vec<Signal> = thresholds
-        .iter()
-        .filter(|t| readings.get(&t.signal).is_some_and(|r| t.met(*r, false)))
-        .map(|t| t.signal)
-        .collect();
-    out.dedup();
-    out
-}
-
 /// Each reading beside its threshold (absolute), for `kernlet status`.
 pub fn report(thresholds: &[Threshold], readings: &BTreeMap<Signal, Reading>) -> serde_json::Value {
     serde_json::Value::Array(
@@ -349,34 +338,9 @@ impl Pressure {
     }
 }
 
-/// The node's pressure conditions as the node controller last computed them, read by
-/// admission (kubelet's eviction admit handler).
-#[derive(Clone, Debug, Default)]
-pub struct SharedPressure(std::sync::Arc<std::sync::atomic::AtomicU8>);
-
-impl SharedPressure {
-    pub fn set(&self, p: Pressure) {
-        let bits = u8::from(p.memory) | u8::from(p.disk) << 1 | u8::from(p.pid) << 2;
-        self.0.store(bits, std::sync::atomic::Ordering::Relaxed);
-    }
-
-    pub fn get(&self) -> Pressure {
-        let bits = self.0.load(std::sync::atomic::Ordering::Relaxed);
-        Pressure {
-            memory: bits & 1 != 0,
-            disk: bits & 2 != 0,
-            pid: bits & 4 != 0,
-        }
-    }
-}
-
-impl PartialEq for SharedPressure {
-    fn eq(&self, other: &Self) -> bool {
-        self.get() == other.get()
-    }
-}
-
-impl Eq for SharedPressure {}
+/// The node's pressure conditions as the eviction manager last computed them, read
+/// by the node controller and admission (kubelet's eviction admit handler).
+pub type SharedPressure = super::shared::Shared<Pressure>;
 
 /// kubelet's eviction admission: under pressure only critical pods are admitted,
 /// except that under memory pressure alone pods other than BestEffort are, and
@@ -451,6 +415,7 @@ impl Observer {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use decide::Decider;
 
     #[test]
     fn kubelets_defaults_and_forms_parse() {
@@ -611,12 +576,13 @@ mod tests {
                 capacity: 1000,
             },
         );
-        let c = crossed(&t, &r);
-        assert_eq!(c, [Signal::MemoryAvailable, Signal::ImagefsInodesFree]);
-        let mut o = Observer::new(Duration::from_secs(300));
+        let mut d = Decider::new(t.clone(), Duration::from_secs(300));
         let t0 = Instant::now();
+        let round = d.round(&r, t0);
+        let met: Vec<Signal> = round.met.iter().map(|&i| t[i].signal).collect();
+        assert_eq!(met, [Signal::MemoryAvailable, Signal::ImagefsInodesFree]);
         assert_eq!(
-            o.observe(&c, t0),
+            round.pressure,
             Pressure {
                 memory: true,
                 disk: true,
@@ -624,10 +590,11 @@ mod tests {
             }
         );
         // Relieved: still under pressure within the period, not after it.
-        let p = o.observe(&[], t0 + Duration::from_secs(299));
+        r.clear();
+        let p = d.round(&r, t0 + Duration::from_secs(299)).pressure;
         assert!(p.memory && p.disk);
         assert_eq!(
-            o.observe(&[], t0 + Duration::from_secs(301)),
+            d.round(&r, t0 + Duration::from_secs(301)).pressure,
             Pressure::default()
         );
     }

@@ -206,6 +206,34 @@ pub fn message(signal: Signal, threshold: u64, available: u64, p: &PodUsage) -> 
 /// Why `p` must go for exceeding a local-storage limit, before any threshold (kubelet's
 /// `localStorageEviction`): an emptyDir over its `sizeLimit`, the pod over the sum of
 /// its containers' ephemeral-storage limits, a container over its own.
+/// Whether pod `pod` limits its local storage (an emptyDir `sizeLimit` or a
+/// container's `ephemeral-storage` limit): the pods whose usage is checked each round.
+pub fn has_local_limits(pod: &Pod) -> bool {
+    let Some(spec) = pod.spec.as_ref() else {
+        return false;
+    };
+    let positive = |q: &k8s_openapi::apimachinery::pkg::api::resource::Quantity| {
+        Quantity::parse(&q.0).is_ok_and(|q| q.value() > 0)
+    };
+    spec.volumes
+        .iter()
+        .flatten()
+        .filter_map(|v| v.empty_dir.as_ref()?.size_limit.as_ref())
+        .any(positive)
+        || spec
+            .containers
+            .iter()
+            .chain(spec.init_containers.iter().flatten())
+            .filter_map(|c| {
+                c.resources
+                    .as_ref()?
+                    .limits
+                    .as_ref()?
+                    .get("ephemeral-storage")
+            })
+            .any(positive)
+}
+
 pub fn over_local_limit(p: &PodUsage, dedicated_imagefs: bool) -> Option<String> {
     let spec = p.pod.spec.as_ref()?;
     let bytes = |q: &k8s_openapi::apimachinery::pkg::api::resource::Quantity| {
