@@ -3,7 +3,7 @@
 //! emptyDir `sizeLimit` is evicted on its own; a pod filling the disk past
 //! `nodefs.available` first makes the node collect its unused image, then — that not
 //! being enough — is evicted (the other pods untouched) with kubelet's status, message,
-//! condition and event; its emptyDir goes, and DiskPressure clears after the transition
+//! condition and event (the node's EvictionThresholdMet first); its emptyDir goes, and DiskPressure clears after the transition
 //! period.
 
 #![allow(
@@ -209,6 +209,16 @@ async fn disk_pressure_collects_images_then_evicts_the_largest_user() {
             .then_some(())
     })
     .await;
+    // And the node's own: kubelet's EvictionThresholdMet about the Node.
+    let list = events.list(&Default::default()).await.unwrap().items;
+    assert!(
+        list.iter().any(|e| {
+            e.involved_object.kind.as_deref() == Some("Node")
+                && e.reason.as_deref() == Some("EvictionThresholdMet")
+                && e.message.as_deref() == Some("Attempting to reclaim ephemeral-storage")
+        }),
+        "{list:?}"
+    );
     // The writer's emptyDir went with it: the disk is free again, and DiskPressure
     // clears once the transition period (5 s) is over.
     let nodes: Api<Node> = Api::all(admin.clone());

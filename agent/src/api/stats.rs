@@ -90,6 +90,16 @@ fn memory_json(u: &stats::CgroupUsage) -> Value {
     v
 }
 
+/// The `pods` system container's memory, with what is left of its limit (the node's
+/// allocatable) where the cgroup has one, as kubelet reports it.
+fn pods_memory_json(cgroup: &Path, u: &stats::CgroupUsage) -> Value {
+    let mut v = memory_json(u);
+    if let Some(r) = stats::pods_memory(cgroup) {
+        v["availableBytes"] = json!(r.available);
+    }
+    v
+}
+
 fn fs_json(path: &Path, used: Option<(u64, u64)>) -> Value {
     let mut v = json!({"time": now()});
     if let Some((cap, avail, inodes, free)) = stats::filesystem(path) {
@@ -223,7 +233,7 @@ pub fn summary(src: &StatsSources, samples: &CpuSamples, node_iface: Option<&str
         "systemContainers": [{
             "name": "pods",
             "cpu": cpu_json(samples, "pods", pods_usage.cpu_ns, pods_usage.psi[0]),
-            "memory": memory_json(&pods_usage),
+            "memory": pods_memory_json(&pods_cg, &pods_usage),
             "io": io_json(pods_usage.psi[2]),
         }],
         "startTime": boot,

@@ -1,5 +1,5 @@
-//! Events about pods, as kubelet records them (`kubectl describe pod` shows them):
-//! `core/v1` Events from source `kubelet`/<node>, the same event again within ten
+//! Events about pods and the node, as kubelet records them (`kubectl describe` shows
+//! them): `core/v1` Events from source `kubelet`/<node>, the same event again within ten
 //! minutes counted on the first one (`count`, `lastTimestamp`) instead of created
 //! anew, and a token bucket (kubelet's 50 per second, bursts of 100) so a pod in
 //! trouble cannot flood the apiserver.
@@ -7,18 +7,24 @@
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use k8s_openapi::api::core::v1::Event;
+use k8s_openapi::api::core::v1::{Event, EventSource, ObjectReference};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta, Time};
 use kube::api::{Api, Patch, PatchParams, PostParams};
 use serde_json::json;
 use tokio::sync::{mpsc, watch};
 
 use crate::client::SharedClient;
 
-/// What a pod event is about.
+/// An event about a pod or the node.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct PodEvent {
+pub struct KubeletEvent {
+    /// `Pod`, or `Node` for the node's own events.
+    pub kind: &'static str,
+    /// The pod's namespace; empty for the node.
     pub namespace: String,
+    /// The pod's name, or the node's.
     pub pod: String,
+    /// The pod's uid; kubelet gives the node's events the node's name as uid.
     pub uid: String,
     /// `spec.containers{name}` and the like; empty for the pod itself.
     pub field_path: String,
@@ -31,17 +37,77 @@ pub struct PodEvent {
 /// Records events from any thread.
 #[derive(Clone, Debug)]
 pub struct Recorder {
-    tx: mpsc::UnboundedSender<PodEvent>,
+    tx: mpsc::UnboundedSender<KubeletEvent>,
 }
 
 impl Recorder {
-    pub fn new() -> (Self, mpsc::UnboundedReceiver<PodEvent>) {
+    pub fn new() -> (Self, mpsc::UnboundedReceiver<KubeletEvent>) {
         let (tx, rx) = mpsc::unbounded_channel();
         (Self { tx }, rx)
     }
 
-    pub fn record(&self, e: PodEvent) {
+    pub fn record(&self, e: KubeletEvent) {
         let _ = self.tx.send(e);
+    }
+
+    /// Records an event about node `node`, as kubelet's node reference names it.
+    pub fn record_node(&self, node: &str, warning: bool, reason: &str, message: String) {
+        self.record(KubeletEvent {
+            kind: "Node",
+            namespace: String::new(),
+            pod: node.to_string(),
+            uid: node.to_string(),
+            field_path: String::new(),
+            warning,
+            reason: reason.into(),
+            message,
+        });
+    }
+}
+
+/// The Event `e` first recorded at `stamp` under `name` by node `node`. Events about
+/// the node live in `default`, as kubelet's.
+pub fn event(
+    e: &KubeletEvent,
+    name: &str,
+    node: &str,
+    stamp: k8s_openapi::jiff::Timestamp,
+) -> Event {
+    let namespace = if e.namespace.is_empty() {
+        "default".to_string()
+    } else {
+        e.namespace.clone()
+    };
+    let some = |s: &str| (!s.is_empty()).then(|| s.to_string());
+    Event {
+        metadata: ObjectMeta {
+            name: Some(name.to_string()),
+            namespace: Some(namespace),
+            ..Default::default()
+        },
+        involved_object: ObjectReference {
+            api_version: Some("v1".into()),
+            kind: Some(e.kind.into()),
+            name: some(&e.pod),
+            namespace: some(&e.namespace),
+            uid: some(&e.uid),
+            field_path: some(&e.field_path),
+            ..Default::default()
+        },
+        reason: Some(e.reason.clone()),
+        message: Some(e.message.clone()),
+        type_: Some(if e.warning { "Warning" } else { "Normal" }.into()),
+        source: Some(EventSource {
+            component: Some("kubelet".into()),
+            host: Some(node.to_string()),
+        }),
+        reporting_component: Some("kubelet".into()),
+        reporting_instance: Some(node.to_string()),
+        first_timestamp: Some(Time(stamp)),
+        last_timestamp: Some(Time(stamp)),
+        count: Some(1),
+        event_time: None::<MicroTime>,
+        ..Default::default()
     }
 }
 
@@ -113,7 +179,7 @@ type SameEvent = (String, String, String, String, String);
 pub async fn run(
     client: SharedClient,
     node: String,
-    mut rx: mpsc::UnboundedReceiver<PodEvent>,
+    mut rx: mpsc::UnboundedReceiver<KubeletEvent>,
     mut stop: watch::Receiver<bool>,
 ) {
     // (event name, count, when first sent) by what makes an event the same.
@@ -144,11 +210,21 @@ pub async fn run(
             e.reason.clone(),
             e.message.clone(),
         );
-        let api: Api<Event> = Api::namespaced(client.get(), &e.namespace);
-        let stamp = now_text();
+        let stamp = k8s_openapi::jiff::Timestamp::now();
+        let event = event(
+            &e,
+            &format!("{}.{:x}", e.pod, stamp.as_nanosecond()),
+            &node,
+            stamp,
+        );
+        let name = event.metadata.name.clone().unwrap_or_default();
+        let api: Api<Event> = Api::namespaced(
+            client.get(),
+            event.metadata.namespace.as_deref().unwrap_or("default"),
+        );
         if let Some((name, count, _)) = sent.get_mut(&key) {
             *count += 1;
-            let patch = json!({"count": *count, "lastTimestamp": stamp});
+            let patch = json!({"count": *count, "lastTimestamp": now_text()});
             if let Err(err) = api
                 .patch(name, &PatchParams::default(), &Patch::Merge(&patch))
                 .await
@@ -157,25 +233,6 @@ pub async fn run(
             }
             continue;
         }
-        let nanos = k8s_openapi::jiff::Timestamp::now().as_nanosecond();
-        let name = format!("{}.{:x}", e.pod, nanos);
-        let mut involved = json!({"apiVersion": "v1", "kind": "Pod", "name": e.pod, "namespace": e.namespace, "uid": e.uid});
-        if !e.field_path.is_empty() {
-            involved["fieldPath"] = json!(e.field_path);
-        }
-        let event = json!({
-            "apiVersion": "v1", "kind": "Event",
-            "metadata": {"name": name, "namespace": e.namespace},
-            "involvedObject": involved,
-            "reason": e.reason, "message": e.message,
-            "type": if e.warning { "Warning" } else { "Normal" },
-            "source": {"component": "kubelet", "host": node},
-            "reportingComponent": "kubelet", "reportingInstance": node,
-            "firstTimestamp": stamp, "lastTimestamp": stamp, "count": 1,
-        });
-        let Ok(event) = serde_json::from_value::<Event>(event) else {
-            continue;
-        };
         match api.create(&PostParams::default(), &event).await {
             Ok(_) => {
                 sent.insert(key, (name, 1, now));
@@ -200,6 +257,45 @@ mod tests {
             b.take(t0 + Duration::from_millis(20)),
             "one more after 1/50 s"
         );
+    }
+
+    #[test]
+    fn node_events_live_in_default_and_name_the_node_as_kubelet() {
+        let (r, mut rx) = Recorder::new();
+        r.record_node(
+            "n1",
+            true,
+            "EvictionThresholdMet",
+            "Attempting to reclaim memory".into(),
+        );
+        let e = rx.try_recv().unwrap();
+        let stamp = k8s_openapi::jiff::Timestamp::now();
+        let ev = event(&e, "n1.1", "n1", stamp);
+        assert_eq!(ev.metadata.namespace.as_deref(), Some("default"));
+        let o = &ev.involved_object;
+        assert_eq!(o.kind.as_deref(), Some("Node"));
+        assert_eq!(o.name.as_deref(), Some("n1"));
+        assert_eq!(o.uid.as_deref(), Some("n1"));
+        assert_eq!(o.namespace, None);
+        assert_eq!(ev.type_.as_deref(), Some("Warning"));
+        assert_eq!(ev.source.unwrap().host.as_deref(), Some("n1"));
+        let pod = KubeletEvent {
+            kind: "Pod",
+            namespace: "ns".into(),
+            pod: "p".into(),
+            uid: "u".into(),
+            field_path: "spec.containers{c}".into(),
+            warning: false,
+            reason: "Pulled".into(),
+            message: "m".into(),
+        };
+        let ev = event(&pod, "p.1", "n1", stamp);
+        assert_eq!(ev.metadata.namespace.as_deref(), Some("ns"));
+        assert_eq!(
+            ev.involved_object.field_path.as_deref(),
+            Some("spec.containers{c}")
+        );
+        assert_eq!(ev.type_.as_deref(), Some("Normal"));
     }
 
     #[test]

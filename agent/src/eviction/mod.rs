@@ -44,6 +44,8 @@ pub trait NodeSide {
     fn evict(&self, pod: &Pod, eviction: Eviction) -> bool;
     /// Whether evicted pod `uid` is cleaned up: nothing of it runs, its volumes gone.
     fn cleaned_up(&self, uid: &str) -> bool;
+    /// Records a Warning event about the node.
+    fn node_warning(&self, reason: &str, message: String);
 }
 
 /// How long a round waits for the pods it evicted to be cleaned up before the next
@@ -70,7 +72,9 @@ pub struct Manager<N: NodeSide> {
 /// unused images for the disk signals of the filesystem that holds them.
 fn node_reclaim(signal: Signal, dedicated_imagefs: bool) -> bool {
     match signal {
-        Signal::MemoryAvailable | Signal::PidAvailable => false,
+        Signal::MemoryAvailable | Signal::AllocatableMemoryAvailable | Signal::PidAvailable => {
+            false
+        }
         Signal::NodefsAvailable | Signal::NodefsInodesFree => !dedicated_imagefs,
         Signal::ImagefsAvailable | Signal::ImagefsInodesFree => true,
     }
@@ -163,6 +167,10 @@ impl<N: NodeSide> Manager<N> {
             threshold = t.absolute(reading.capacity),
             "eviction threshold met; attempting to reclaim {}",
             t.signal.resource()
+        );
+        self.node.node_warning(
+            "EvictionThresholdMet",
+            format!("Attempting to reclaim {}", t.signal.resource()),
         );
         if node_reclaim(t.signal, dedicated) {
             self.node.delete_unused_containers();

@@ -23,6 +23,8 @@ pub struct RealNode {
     pub rt: Runtime,
     pub image_gc: SharedImageGc,
     pub evictions: Evictions,
+    /// Where the node's events go, and the node's name.
+    pub events: Option<(crate::controllers::events::Recorder, String)>,
 }
 
 fn terminal(pod: &Pod) -> bool {
@@ -106,7 +108,11 @@ impl RealNode {
 
 impl NodeSide for RealNode {
     fn readings(&self) -> BTreeMap<Signal, Reading> {
-        stats::eviction_readings(&self.rt.cfg.state_dir, &self.rt.cfg.image_dir)
+        stats::eviction_readings(
+            &self.rt.cfg.state_dir,
+            &self.rt.cfg.image_dir,
+            &self.rt.cgroup_root.join("kubepods"),
+        )
     }
 
     fn dedicated_imagefs(&self) -> bool {
@@ -158,5 +164,11 @@ impl NodeSide for RealNode {
 
     fn cleaned_up(&self, uid: &str) -> bool {
         self.evictions.cleaned_up(uid)
+    }
+
+    fn node_warning(&self, reason: &str, message: String) {
+        if let Some((recorder, node)) = &self.events {
+            recorder.record_node(node, true, reason, message);
+        }
     }
 }

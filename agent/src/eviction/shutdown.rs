@@ -98,6 +98,7 @@ mod tests {
         fn cleaned_up(&self, _uid: &str) -> bool {
             true
         }
+        fn node_warning(&self, _reason: &str, _message: String) {}
     }
 
     fn pod(name: &str, spec: serde_json::Value) -> Pod {

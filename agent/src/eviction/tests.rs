@@ -78,6 +78,9 @@ impl NodeSide for &FakeNode {
     fn cleaned_up(&self, _uid: &str) -> bool {
         true
     }
+    fn node_warning(&self, reason: &str, message: String) {
+        self.calls.borrow_mut().push(format!("{reason}: {message}"));
+    }
     fn evict(&self, pod: &Pod, eviction: Eviction) -> bool {
         self.evicted
             .borrow_mut()
@@ -136,7 +139,14 @@ fn disk_pressure_reclaims_images_before_evicting_and_stops_there_when_that_is_en
         },
     );
     assert_eq!(m.round(Instant::now()), Vec::<String>::new());
-    assert_eq!(*node.calls.borrow(), ["containers", "images"]);
+    assert_eq!(
+        *node.calls.borrow(),
+        [
+            "EvictionThresholdMet: Attempting to reclaim ephemeral-storage",
+            "containers",
+            "images"
+        ]
+    );
     assert!(
         node.evicted.borrow().is_empty(),
         "150Mi available is enough"
@@ -216,8 +226,9 @@ fn memory_goes_first_and_soft_evictions_get_the_shorter_grace() {
         },
     );
     m.round(Instant::now());
-    assert!(
-        node.calls.borrow().is_empty(),
+    assert_eq!(
+        *node.calls.borrow(),
+        ["EvictionThresholdMet: Attempting to reclaim memory"],
         "no node-level reclaim for memory"
     );
     let (name, e) = node.evicted.borrow()[0].clone();

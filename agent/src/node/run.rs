@@ -93,10 +93,12 @@ pub async fn run_node(kubeconfig: PathBuf, node: PreparedNode) -> anyhow::Result
     let image_collector: crate::runtime::image_gc::SharedImageGc = std::sync::Arc::new(
         std::sync::Mutex::new(crate::runtime::image_gc::ImageGc::new(image_gc.0)),
     );
+    let (recorder, events_rx) = crate::controllers::events::Recorder::new();
     let node_side = crate::eviction::node::RealNode {
         rt: eviction_rt,
         image_gc: std::sync::Arc::clone(&image_collector),
         evictions: evictions.clone(),
+        events: Some((recorder.clone(), cfg.name.clone())),
     };
     let snapshot: crate::controllers::pods::Snapshot = Default::default();
     let changes = crate::controllers::pods::Changes::default();
@@ -126,7 +128,6 @@ pub async fn run_node(kubeconfig: PathBuf, node: PreparedNode) -> anyhow::Result
         runtime_classes.clone(),
         stop_rx.clone(),
     ));
-    let (recorder, events_rx) = crate::controllers::events::Recorder::new();
     tokio::spawn(crate::controllers::events::run(
         client.clone(),
         cfg.name.clone(),

@@ -250,7 +250,8 @@ fn record(
         (_, "") | (None, _) => String::new(),
         (Some(spec), c) => crate::controllers::events::field_path(spec, c),
     };
-    events.record(crate::controllers::events::PodEvent {
+    events.record(crate::controllers::events::KubeletEvent {
+        kind: "Pod",
         namespace: pod.metadata.namespace.clone().unwrap_or_default(),
         pod: pod.metadata.name.clone().unwrap_or_default(),
         uid: pod.metadata.uid.clone().unwrap_or_default(),

@@ -253,6 +253,7 @@ pub fn disk_usage(dir: &Path) -> (u64, u64) {
 pub fn eviction_readings(
     state_dir: &Path,
     image_dir: &Path,
+    pods_cgroup: &Path,
 ) -> BTreeMap<crate::model::eviction::Signal, crate::model::eviction::Reading> {
     use crate::model::eviction::{Reading, Signal};
     let mut out = BTreeMap::new();
@@ -268,6 +269,9 @@ pub fn eviction_readings(
                 capacity: total,
             },
         );
+    }
+    if let Some(pods) = pods_memory(pods_cgroup) {
+        out.insert(Signal::AllocatableMemoryAvailable, pods);
     }
     for (dir, bytes, inodes) in [
         (state_dir, Signal::NodefsAvailable, Signal::NodefsInodesFree),
@@ -313,6 +317,22 @@ pub fn eviction_readings(
     out
 }
 
+/// What the pods may still use of their cgroup's memory limit (the node's
+/// allocatable): `memory.max` less the working set, as kubelet's summary reports the
+/// `pods` system container. None where the cgroup has no memory controller or no limit.
+pub fn pods_memory(cgroup: &Path) -> Option<crate::model::eviction::Reading> {
+    let max: u64 = std::fs::read_to_string(cgroup.join("memory.max"))
+        .ok()?
+        .trim()
+        .parse()
+        .ok()?;
+    let working_set = cgroup_usage(cgroup).working_set?;
+    Some(crate::model::eviction::Reading {
+        available: max.saturating_sub(working_set),
+        capacity: max,
+    })
+}
+
 /// `(available, working set)` of the node's memory from /proc/meminfo, as kubelet
 /// computes `memory.available`: capacity − (usage − inactive file pages).
 pub fn memory_available(mem: &BTreeMap<String, u64>) -> (u64, u64) {
@@ -325,6 +345,25 @@ pub fn memory_available(mem: &BTreeMap<String, u64>) -> (u64, u64) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_pods_memory_is_their_limit_less_their_working_set() {
+        let dir = tempfile::tempdir().unwrap();
+        let cg = dir.path();
+        std::fs::write(cg.join("memory.current"), "300\n").unwrap();
+        std::fs::write(cg.join("memory.stat"), "anon 200\ninactive_file 100\n").unwrap();
+        assert_eq!(pods_memory(cg), None, "no memory.max: no controller");
+        std::fs::write(cg.join("memory.max"), "max\n").unwrap();
+        assert_eq!(pods_memory(cg), None, "no limit");
+        std::fs::write(cg.join("memory.max"), "1000\n").unwrap();
+        assert_eq!(
+            pods_memory(cg),
+            Some(crate::model::eviction::Reading {
+                available: 800,
+                capacity: 1000
+            })
+        );
+    }
 
     #[test]
     fn pressure_files_parse() {

@@ -87,7 +87,7 @@ impl Decider {
         let reclaim = due
             .iter()
             .copied()
-            .find(|&i| self.thresholds[i].signal == Signal::MemoryAvailable)
+            .find(|&i| self.thresholds[i].signal.is_memory())
             .or_else(|| due.first().copied());
         self.acted = due;
         Round {

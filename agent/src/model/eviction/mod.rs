@@ -15,7 +15,7 @@ pub mod rank;
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum EvictionError {
     #[error(
-        "{0}: {1:?} is not <signal><<quantity or percent> (signals: memory.available, nodefs.available, nodefs.inodesFree, imagefs.available, imagefs.inodesFree, pid.available)"
+        "{0}: {1:?} is not <signal><<quantity or percent> (signals: memory.available, allocatableMemory.available, nodefs.available, nodefs.inodesFree, imagefs.available, imagefs.inodesFree, pid.available)"
     )]
     Malformed(&'static str, String),
     #[error("{0}: unknown signal {1:?}")]
@@ -38,6 +38,10 @@ pub enum EvictionError {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Signal {
     MemoryAvailable,
+    /// What the pods may still use of the node's allocatable memory (the `kubepods`
+    /// cgroup's `memory.max` less its working set); its hard threshold is
+    /// `memory.available`'s, as kubelet copies it with `enforceNodeAllocatable: [pods]`.
+    AllocatableMemoryAvailable,
     NodefsAvailable,
     NodefsInodesFree,
     ImagefsAvailable,
@@ -49,6 +53,7 @@ impl Signal {
     pub fn name(self) -> &'static str {
         match self {
             Self::MemoryAvailable => "memory.available",
+            Self::AllocatableMemoryAvailable => "allocatableMemory.available",
             Self::NodefsAvailable => "nodefs.available",
             Self::NodefsInodesFree => "nodefs.inodesFree",
             Self::ImagefsAvailable => "imagefs.available",
@@ -60,16 +65,25 @@ impl Signal {
     /// The resource kubelet reclaims for the signal, as its eviction messages name it.
     pub fn resource(self) -> &'static str {
         match self {
-            Self::MemoryAvailable => "memory",
+            Self::MemoryAvailable | Self::AllocatableMemoryAvailable => "memory",
             Self::NodefsAvailable | Self::ImagefsAvailable => "ephemeral-storage",
             Self::NodefsInodesFree | Self::ImagefsInodesFree => "inodes",
             Self::PidAvailable => "pids",
         }
     }
 
+    /// Whether the signal reads memory (MemoryPressure; reclaimed before the others).
+    pub fn is_memory(self) -> bool {
+        matches!(
+            self,
+            Self::MemoryAvailable | Self::AllocatableMemoryAvailable
+        )
+    }
+
     fn parse(name: &str) -> Option<Self> {
         [
             Self::MemoryAvailable,
+            Self::AllocatableMemoryAvailable,
             Self::NodefsAvailable,
             Self::NodefsInodesFree,
             Self::ImagefsAvailable,
@@ -238,6 +252,18 @@ pub fn thresholds(flags: &Flags) -> Result<Vec<Threshold>, EvictionError> {
             t.min_reclaim = amount;
         }
     }
+    // The pods' share: kubernetes limits `kubepods` to the allocatable
+    // (`enforceNodeAllocatable: [pods]`, always so on kernlet), so kubelet adds a hard
+    // `allocatableMemory.available` threshold beside each hard `memory.available` one.
+    let allocatable: Vec<Threshold> = out
+        .iter()
+        .filter(|t| t.hard && t.signal == Signal::MemoryAvailable)
+        .map(|t| Threshold {
+            signal: Signal::AllocatableMemoryAvailable,
+            ..*t
+        })
+        .collect();
+    out.extend(allocatable);
     Ok(out)
 }
 
@@ -394,7 +420,7 @@ impl Observer {
     pub fn observe(&mut self, crossed: &[Signal], now: Instant) -> Pressure {
         for s in crossed {
             let i = match s {
-                Signal::MemoryAvailable => 0,
+                s if s.is_memory() => 0,
                 Signal::PidAvailable => 2,
                 _ => 1,
             };
@@ -402,11 +428,11 @@ impl Observer {
         }
         let held = |t: Option<Instant>| t.is_some_and(|t| now.duration_since(t) < self.period);
         Pressure {
-            memory: held(self.last[0]) || crossed.contains(&Signal::MemoryAvailable),
+            memory: held(self.last[0]) || crossed.iter().any(|s| s.is_memory()),
             disk: held(self.last[1])
                 || crossed
                     .iter()
-                    .any(|s| !matches!(s, Signal::MemoryAvailable | Signal::PidAvailable)),
+                    .any(|s| !s.is_memory() && *s != Signal::PidAvailable),
             pid: held(self.last[2]) || crossed.contains(&Signal::PidAvailable),
         }
     }
@@ -453,7 +479,15 @@ mod tests {
             min_reclaim: "memory.available=200Mi,nodefs.available=5%".into(),
         };
         let t = thresholds(&flags).unwrap();
-        assert_eq!(t.len(), 3);
+        assert_eq!(t.len(), 4);
+        // The pods' share gets the hard memory threshold, with its minimum reclaim.
+        assert_eq!(
+            t[3],
+            Threshold {
+                signal: Signal::AllocatableMemoryAvailable,
+                ..t[0]
+            }
+        );
         assert!(t[0].hard && t[0].grace.is_zero());
         assert_eq!(t[0].min_reclaim, Amount::Absolute(200 << 20));
         assert!(!t[1].hard);

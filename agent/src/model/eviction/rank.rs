@@ -115,7 +115,7 @@ fn true_first(a: bool, b: bool) -> Ordering {
 pub fn rank(pods: &mut [PodUsage], signal: Signal, dedicated_imagefs: bool) {
     let by_priority = |a: &PodUsage, b: &PodUsage| a.priority().cmp(&b.priority());
     match signal {
-        Signal::MemoryAvailable => pods.sort_by(|a, b| {
+        Signal::MemoryAvailable | Signal::AllocatableMemoryAvailable => pods.sort_by(|a, b| {
             // Pods without a reading go first, as kubelet's.
             match (a.memory, b.memory) {
                 (Some(ma), Some(mb)) => {
