@@ -767,7 +767,7 @@ async fn container_logs(
     container: &str,
     query: &str,
 ) -> Response<Body> {
-    use crate::runtime::container::{ContainerState, records_in, state_in};
+    use crate::runtime::container::{ContainerState, state_in};
     let q = match parse_log_query(query) {
         Ok(q) => q,
         Err(e) => return text(StatusCode::BAD_REQUEST, format!("{e}\n")),
@@ -779,17 +779,8 @@ async fn container_logs(
     else {
         return not_on_node(ns, pod);
     };
-    let uid = p["metadata"]["uid"].as_str().unwrap_or("").to_string();
-    let runs: Vec<_> = records_in(&state_dir)
-        .into_iter()
-        .filter(|r| r.pod_uid == uid && r.name == container)
-        .collect();
-    let run = if q.previous {
-        runs.iter().rev().nth(1)
-    } else {
-        runs.last()
-    };
-    let Some(run) = run.cloned() else {
+    let run = crate::runtime::logs::run_to_read(&state_dir, &p, container, q.previous);
+    let Some(run) = run else {
         return text(
             StatusCode::BAD_REQUEST,
             if q.previous {

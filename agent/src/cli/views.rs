@@ -129,7 +129,6 @@ pub fn logs(
 ) -> anyhow::Result<()> {
     let (ns, name, p) = recorded_pod(state_dir, pod)?;
     let (ns, name, p) = (ns.as_str(), name.as_str(), &p);
-    let uid = p["metadata"]["uid"].as_str().unwrap_or("");
     let wanted = container
         .map(str::to_string)
         .or_else(|| {
@@ -138,22 +137,15 @@ pub fn logs(
                 .map(str::to_string)
         })
         .unwrap_or_default();
-    let runs: Vec<_> = kernlet::runtime::container::records_in(state_dir)
-        .into_iter()
-        .filter(|r| r.pod_uid == uid && r.name == wanted)
-        .collect();
-    let run = if previous {
-        runs.iter().rev().nth(1)
-    } else {
-        runs.last()
-    }
-    .with_context(|| {
-        if previous {
-            format!("container {wanted:?} of pod {ns}/{name} has no previous run")
-        } else {
-            format!("pod {ns}/{name} has no container {wanted:?} that ran")
-        }
-    })?;
+    let run = kernlet::runtime::logs::run_to_read(state_dir, p, &wanted, previous).with_context(
+        || {
+            if previous {
+                format!("container {wanted:?} of pod {ns}/{name} has no previous run")
+            } else {
+                format!("pod {ns}/{name} has no container {wanted:?} that ran")
+            }
+        },
+    )?;
     let lines = kernlet::runtime::logs::read_lines(
         &run.log_path,
         &kernlet::runtime::logs::ReadOptions {

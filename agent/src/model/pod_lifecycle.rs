@@ -218,6 +218,31 @@ fn should_restart(policy: &str, code: i32) -> bool {
     }
 }
 
+/// Whether container `name` of `spec`, exited with `code`, runs again (waiting in
+/// back-off meanwhile): a sidecar always; a regular init container on failure unless
+/// the policy is `Never`; a main container by the pod's restart policy.
+pub fn restarts_after_exit(spec: &PodSpec, name: &str, code: i32) -> bool {
+    if let Some(ic) = spec
+        .init_containers
+        .iter()
+        .flatten()
+        .find(|c| c.name == name)
+    {
+        return is_sidecar(ic) || (policy(spec) != "Never" && code != 0);
+    }
+    should_restart(policy(spec), code)
+}
+
+/// The run `kubectl logs` reads of `runs` (oldest first), as kubelet picks it from the
+/// container's status: the latest; with `previous`, the status's `lastState` — the
+/// latest itself while it waits to restart (`latest_waits`), else the run before it.
+pub fn log_run<R>(runs: &[R], previous: bool, latest_waits: bool) -> Option<&R> {
+    match (previous, latest_waits) {
+        (false, _) | (true, true) => runs.last(),
+        (true, false) => runs.iter().rev().nth(1),
+    }
+}
+
 fn view<'a>(views: &'a [View], name: &str) -> Option<&'a View> {
     views.iter().find(|v| v.name == name)
 }
@@ -422,6 +447,33 @@ pub fn go_duration(d: Duration) -> String {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn logs_previous_reads_the_last_state_as_kubelet() {
+        let spec: PodSpec = serde_json::from_value(serde_json::json!({
+            "restartPolicy": "OnFailure",
+            "initContainers": [{"name": "init"}, {"name": "side", "restartPolicy": "Always"}],
+            "containers": [{"name": "c"}]}))
+        .unwrap();
+        assert!(restarts_after_exit(&spec, "c", 1));
+        assert!(!restarts_after_exit(&spec, "c", 0));
+        assert!(restarts_after_exit(&spec, "side", 0));
+        assert!(restarts_after_exit(&spec, "init", 2));
+        assert!(!restarts_after_exit(&spec, "init", 0));
+        let runs = [0, 1, 2];
+        assert_eq!(log_run(&runs, false, false), Some(&2));
+        assert_eq!(
+            log_run(&runs, true, false),
+            Some(&1),
+            "before a running or final run"
+        );
+        assert_eq!(
+            log_run(&runs, true, true),
+            Some(&2),
+            "in back-off: the run that exited"
+        );
+        assert_eq!(log_run(&runs[..1], true, false), None);
+    }
+
     use super::*;
 
     #[test]

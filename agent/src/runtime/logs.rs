@@ -19,6 +19,35 @@ pub fn container_log(pod_dir: &Path, container: &str, restart: u32) -> PathBuf {
     pod_dir.join(container).join(format!("{restart}.log"))
 }
 
+/// The run of container `name` of recorded pod `pod` (its JSON) whose log `kubectl
+/// logs` reads, `previous` or not, from the records under `state_dir`: kubelet's choice
+/// from the container's status (`model::pod_lifecycle::log_run`).
+pub fn run_to_read(
+    state_dir: &Path,
+    pod: &serde_json::Value,
+    name: &str,
+    previous: bool,
+) -> Option<super::container::ContainerRecord> {
+    let uid = pod["metadata"]["uid"].as_str().unwrap_or("");
+    let runs: Vec<_> = super::container::records_in(state_dir)
+        .into_iter()
+        .filter(|r| r.pod_uid == uid && r.name == name)
+        .collect();
+    let spec: k8s_openapi::api::core::v1::PodSpec =
+        serde_json::from_value(pod["spec"].clone()).unwrap_or_default();
+    let deleting = !pod["metadata"]["deletionTimestamp"].is_null();
+    let latest_waits = runs.last().is_some_and(|r| {
+        match super::container::state_in(&state_dir.join("containers").join(&r.id)) {
+            super::container::ContainerState::Exited { exit, .. } => {
+                !deleting
+                    && crate::model::pod_lifecycle::restarts_after_exit(&spec, name, exit.exit_code)
+            }
+            _ => false,
+        }
+    });
+    crate::model::pod_lifecycle::log_run(&runs, previous, latest_waits).cloned()
+}
+
 /// What to read of a container's log (kubelet's `PodLogOptions`).
 #[derive(Clone, Debug, Default)]
 pub struct ReadOptions {
