@@ -14,6 +14,7 @@ pub mod logind;
 pub mod oci;
 pub mod one_node;
 pub mod overlay;
+pub mod prometheus;
 pub mod real;
 pub mod registry;
 pub mod simnode;

@@ -576,6 +576,66 @@ async fn the_kubelet_api_serves_logs_and_pods_to_authorized_callers_only() {
             && resource.contains("pod_cpu_usage_seconds_total{namespace=\"default\",pod=\"talker\"}"),
         "{resource}"
     );
+    kernlet_tests::prometheus::parse(&resource).unwrap();
+    // cAdvisor's series, as the common dashboards query them: the container by its
+    // labels, its pod (container=""), the node (id="/"), the machine.
+    let (c, cadvisor) = api.get("/metrics/cadvisor").await.unwrap();
+    assert_eq!(c, 200);
+    let m =
+        kernlet_tests::prometheus::parse(&cadvisor).unwrap_or_else(|e| panic!("{e}\n{cadvisor}"));
+    let talker_c = [
+        ("namespace", "default"),
+        ("pod", "talker"),
+        ("container", "c"),
+    ];
+    let cpu = m.find("container_cpu_usage_seconds_total", &talker_c);
+    assert_eq!(cpu.len(), 1, "{cadvisor}");
+    assert!(cpu[0].value > 0.0 && cpu[0].labels["cpu"] == "total");
+    assert_eq!(cpu[0].labels["image"], "busybox:1.36");
+    assert!(
+        cpu[0].labels["id"].ends_with(&cpu[0].labels["name"]),
+        "{:?}",
+        cpu[0]
+    );
+    assert_eq!(m.types["container_cpu_usage_seconds_total"], "counter");
+    for family in [
+        "container_threads",
+        "container_processes",
+        "container_file_descriptors",
+        "container_start_time_seconds",
+        "container_last_seen",
+    ] {
+        assert!(
+            !m.find(family, &talker_c).is_empty(),
+            "{family}: {cadvisor}"
+        );
+    }
+    assert!(m.find("container_threads", &talker_c)[0].value >= 1.0);
+    let pod_level = [
+        ("namespace", "default"),
+        ("pod", "talker"),
+        ("container", ""),
+    ];
+    assert_eq!(
+        m.find("container_cpu_usage_seconds_total", &pod_level)
+            .len(),
+        1
+    );
+    assert_eq!(
+        m.find("container_cpu_usage_seconds_total", &[("id", "/")])
+            .len(),
+        1
+    );
+    assert!(m.find("container_memory_working_set_bytes", &[("id", "/")])[0].value > 0.0);
+    assert!(m.find("machine_cpu_cores", &[])[0].value >= 1.0);
+    if std::path::Path::new("/proc/pressure/cpu").exists() {
+        assert_eq!(
+            m.find("container_pressure_cpu_waiting_seconds_total", &talker_c)
+                .len(),
+            1,
+            "{cadvisor}"
+        );
+    }
 
     // Refused: no credentials (401), an invalid token (401), a valid token without
     // permission (403 with kubelet's message), a certificate of another CA (handshake).

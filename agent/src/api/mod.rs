@@ -5,11 +5,12 @@
 //! SubjectAccessReview on the node's subresource for its path, as kubelet does. Served:
 //! `/healthz`, `/pods`, `/runningpods/`, `/containerLogs/{ns}/{pod}/{container}` (with
 //! follow, tailLines, sinceSeconds, sinceTime, timestamps, previous, limitBytes),
-//! `/configz`, `/metrics` (kernlet's own), `/metrics/resource`, `/stats/summary`,
+//! `/configz`, `/metrics` (kernlet's own), `/metrics/resource`, `/metrics/cadvisor`, `/stats/summary`,
 //! and the streaming endpoints `/exec/…`, `/attach/…` (output only) and
 //! `/portForward/…` over WebSocket (`stream`) or SPDY/3.1 (`spdy`).
 
 pub mod auth;
+pub mod cadvisor;
 pub mod channel;
 pub mod spdy;
 pub mod stats;
@@ -325,6 +326,13 @@ async fn route(shared: &Shared, req: Request<Incoming>) -> Response<Body> {
         (&http::Method::GET, ["metrics", "resource"]) => {
             let src = shared.cfg.stats.clone();
             let body = tokio::task::spawn_blocking(move || stats::resource_metrics(&src))
+                .await
+                .unwrap_or_default();
+            text(StatusCode::OK, body)
+        }
+        (&http::Method::GET, ["metrics", "cadvisor"]) => {
+            let src = shared.cfg.stats.clone();
+            let body = tokio::task::spawn_blocking(move || cadvisor::metrics(&src))
                 .await
                 .unwrap_or_default();
             text(StatusCode::OK, body)

@@ -3,6 +3,7 @@
 
 pub mod bpf;
 pub mod cgroup;
+pub mod cgroup_stats;
 pub mod clock;
 pub mod device_filter;
 pub mod fs;

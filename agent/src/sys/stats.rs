@@ -47,8 +47,21 @@ pub fn parse_flat(text: &str) -> BTreeMap<String, u64> {
         .collect()
 }
 
-/// Per interface: `(rx bytes, rx errors, tx bytes, tx errors)` from a `net/dev` file.
-pub fn parse_net_dev(text: &str) -> BTreeMap<String, (u64, u64, u64, u64)> {
+/// One interface's counters from a `net/dev` file.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct NetCounters {
+    pub rx_bytes: u64,
+    pub rx_packets: u64,
+    pub rx_errors: u64,
+    pub rx_dropped: u64,
+    pub tx_bytes: u64,
+    pub tx_packets: u64,
+    pub tx_errors: u64,
+    pub tx_dropped: u64,
+}
+
+/// Every interface's counters from a `net/dev` file.
+pub fn parse_net_counters(text: &str) -> BTreeMap<String, NetCounters> {
     text.lines()
         .skip(2)
         .filter_map(|l| {
@@ -57,28 +70,52 @@ pub fn parse_net_dev(text: &str) -> BTreeMap<String, (u64, u64, u64, u64)> {
                 .split_whitespace()
                 .filter_map(|x| x.parse().ok())
                 .collect();
+            let at = |i: usize| v.get(i).copied();
             Some((
                 name.trim().to_string(),
-                (*v.first()?, *v.get(2)?, *v.get(8)?, *v.get(10)?),
+                NetCounters {
+                    rx_bytes: at(0)?,
+                    rx_packets: at(1)?,
+                    rx_errors: at(2)?,
+                    rx_dropped: at(3)?,
+                    tx_bytes: at(8)?,
+                    tx_packets: at(9)?,
+                    tx_errors: at(10)?,
+                    tx_dropped: at(11)?,
+                },
             ))
         })
+        .collect()
+}
+
+/// Per interface: `(rx bytes, rx errors, tx bytes, tx errors)` from a `net/dev` file.
+pub fn parse_net_dev(text: &str) -> BTreeMap<String, (u64, u64, u64, u64)> {
+    parse_net_counters(text)
+        .into_iter()
+        .map(|(k, c)| (k, (c.rx_bytes, c.rx_errors, c.tx_bytes, c.tx_errors)))
         .collect()
 }
 
 /// The `net/dev` of the network namespace pinned at `netns` (the caller's own when
 /// `None`), read by a thread that entered it.
 pub fn net_dev(netns: Option<&Path>) -> Option<BTreeMap<String, (u64, u64, u64, u64)>> {
+    net_dev_text(netns).map(|t| parse_net_dev(&t))
+}
+
+/// Every interface's counters in the network namespace pinned at `netns` (the
+/// caller's own when `None`).
+pub fn net_counters(netns: Option<&Path>) -> Option<BTreeMap<String, NetCounters>> {
+    net_dev_text(netns).map(|t| parse_net_counters(&t))
+}
+
+fn net_dev_text(netns: Option<&Path>) -> Option<String> {
     let Some(netns) = netns else {
-        return std::fs::read_to_string("/proc/thread-self/net/dev")
-            .ok()
-            .map(|t| parse_net_dev(&t));
+        return std::fs::read_to_string("/proc/thread-self/net/dev").ok();
     };
     let ns = std::fs::File::open(netns).ok()?;
     std::thread::spawn(move || {
         nix::sched::setns(ns.as_fd(), nix::sched::CloneFlags::CLONE_NEWNET).ok()?;
-        std::fs::read_to_string("/proc/thread-self/net/dev")
-            .ok()
-            .map(|t| parse_net_dev(&t))
+        std::fs::read_to_string("/proc/thread-self/net/dev").ok()
     })
     .join()
     .ok()?
