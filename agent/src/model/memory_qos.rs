@@ -162,8 +162,87 @@ pub fn unified(
     out
 }
 
+/// The pod cgroup's memory protection (Memory QoS with `TieredReservation`, a memory
+/// request): `memory.min` for a Guaranteed pod, `memory.low` for a Burstable one.
+pub fn pod_protection(
+    p: &MemoryPolicy,
+    qos: QosClass,
+    request: u64,
+) -> Option<(&'static str, u64)> {
+    if !(p.qos && p.tiered_reservation) || request == 0 {
+        return None;
+    }
+    match qos {
+        QosClass::Guaranteed => Some(("memory.min", request)),
+        QosClass::Burstable => Some(("memory.low", request)),
+        QosClass::BestEffort => None,
+    }
+}
+
+/// The QoS parents' memory protection under Memory QoS, as kubelet's QoS container
+/// manager writes it from the sums of the Guaranteed and the Burstable pods' memory
+/// requests: `kubepods` (the Guaranteed level) `memory.min` covering both, and
+/// `kubepods/burstable` `memory.low` the Burstable ones; 0 without `TieredReservation`.
+pub fn qos_protection(
+    p: &MemoryPolicy,
+    guaranteed: u64,
+    burstable: u64,
+) -> Vec<(&'static str, &'static str, u64)> {
+    if !p.qos {
+        return Vec::new();
+    }
+    let (min, low) = if p.tiered_reservation {
+        (guaranteed + burstable, burstable)
+    } else {
+        (0, 0)
+    };
+    vec![
+        ("kubepods", "memory.min", min),
+        ("kubepods/burstable", "memory.low", low),
+    ]
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn pods_and_qos_parents_protect_requests_with_tiered_reservation() {
+        let on = MemoryPolicy {
+            qos: true,
+            tiered_reservation: true,
+            ..Default::default()
+        };
+        assert_eq!(
+            pod_protection(&on, QosClass::Guaranteed, 10),
+            Some(("memory.min", 10))
+        );
+        assert_eq!(
+            pod_protection(&on, QosClass::Burstable, 10),
+            Some(("memory.low", 10))
+        );
+        assert_eq!(pod_protection(&on, QosClass::Burstable, 0), None);
+        assert_eq!(pod_protection(&on, QosClass::BestEffort, 0), None);
+        let none = MemoryPolicy {
+            tiered_reservation: false,
+            ..on
+        };
+        assert_eq!(pod_protection(&none, QosClass::Guaranteed, 10), None);
+        assert_eq!(
+            qos_protection(&on, 100, 30),
+            [
+                ("kubepods", "memory.min", 130),
+                ("kubepods/burstable", "memory.low", 30)
+            ]
+        );
+        assert_eq!(
+            qos_protection(&none, 100, 30),
+            [
+                ("kubepods", "memory.min", 0),
+                ("kubepods/burstable", "memory.low", 0)
+            ]
+        );
+        assert!(qos_protection(&MemoryPolicy::default(), 100, 30).is_empty());
+    }
+
     use super::*;
 
     fn pod(resources: serde_json::Value, priority: Option<i32>) -> (Pod, Container) {

@@ -64,6 +64,7 @@ impl Runner {
             ip: String::new(),
             pause_pid: None,
             cpu_request_milli: 0,
+            memory_request: 0,
             created_at: k8s_openapi::jiff::Timestamp::now()
                 .strftime("%Y-%m-%dT%H:%M:%SZ")
                 .to_string(),

@@ -44,28 +44,43 @@ impl Runtime {
     }
 
     /// Writes the QoS parents' `cpu.weight` from the node's sandboxes (where the cpu
-    /// controller is delegated; a failure is logged, the pod goes on).
+    /// controller is delegated), and under Memory QoS their memory protection (where
+    /// the memory controller is); a failure is logged, the pod goes on.
     pub fn update_qos_parents(&self) {
         static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
-        if !self.has_controller("cpu") {
+        let (cpu, memory) = (self.has_controller("cpu"), self.has_controller("memory"));
+        if !cpu && !(memory && self.cfg.memory_policy.qos) {
             return;
         }
         let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
-        let (besteffort, burstable) = parent_weights(
-            self.sandboxes()
+        let sandboxes = self.sandboxes();
+        let burstable = || sandboxes.iter().filter(|sb| sb.qos == "Burstable");
+        let mut writes: Vec<(&str, &str, u64)> = Vec::new();
+        if cpu {
+            let (besteffort, burstable) =
+                parent_weights(burstable().map(|sb| sb.cpu_request_milli));
+            writes.push(("kubepods/besteffort", "cpu.weight", besteffort));
+            writes.push(("kubepods/burstable", "cpu.weight", burstable));
+        }
+        if memory {
+            let guaranteed: u64 = sandboxes
                 .iter()
-                .filter(|sb| sb.qos == "Burstable")
-                .map(|sb| sb.cpu_request_milli),
-        );
-        for (dir, weight) in [
-            ("kubepods/besteffort", besteffort),
-            ("kubepods/burstable", burstable),
-        ] {
+                .filter(|sb| sb.qos == "Guaranteed")
+                .map(|sb| sb.memory_request)
+                .sum();
+            let burstable: u64 = burstable().map(|sb| sb.memory_request).sum();
+            writes.extend(crate::model::memory_qos::qos_protection(
+                &self.cfg.memory_policy,
+                guaranteed,
+                burstable,
+            ));
+        }
+        for (dir, file, value) in writes {
             let cg = Cgroup::open(self.cgroup_root.join(dir));
             if cg.path().exists()
-                && let Err(e) = cg.write("cpu.weight", &weight.to_string())
+                && let Err(e) = cg.write(file, &value.to_string())
             {
-                tracing::warn!(cgroup = dir, "cpu.weight not written: {e}");
+                tracing::warn!(cgroup = dir, "{file} not written: {e}");
             }
         }
     }

@@ -36,6 +36,10 @@ pub struct SandboxRecord {
     /// The pod's CPU request in millicores, summed into its QoS parent's weight.
     #[serde(default)]
     pub cpu_request_milli: u64,
+    /// The pod's memory request in bytes, summed into the QoS parents' memory
+    /// protection (Memory QoS with `TieredReservation`).
+    #[serde(default)]
+    pub memory_request: u64,
 }
 
 /// The pod cgroup path (relative to kernlet's root) for a QoS class, as kubelet lays
@@ -252,6 +256,16 @@ impl Runtime {
         {
             cg.write("memory.max", &m.to_string())?;
         }
+        let memory_request = crate::model::admission::request(&spec, "memory");
+        if self.has_controller("memory")
+            && let Some((file, value)) = crate::model::memory_qos::pod_protection(
+                &self.cfg.memory_policy,
+                qos,
+                memory_request,
+            )
+        {
+            cg.write(file, &value.to_string())?;
+        }
         if self.has_controller("cpu") {
             if let Some(l) = cpu_limit {
                 cg.write("cpu.max", &format!("{} 100000", (l * 100).max(1000)))?;
@@ -375,6 +389,7 @@ impl Runtime {
             pause_pid,
             created_at: now(),
             cpu_request_milli: cpu_request,
+            memory_request,
         };
         write_json(&self.sandbox_record_path(uid), &record)?;
         self.update_qos_parents();

@@ -212,6 +212,27 @@ fn limits_are_written() -> Result<(), String> {
     if high != "46972928" || swap.as_deref().is_some_and(|s| s != "0") {
         return Err(format!("memory.high {high}, memory.swap.max {swap:?}"));
     }
+    // TieredReservation: the Burstable request protected by memory.low on the
+    // container and the pod; the QoS parents cover the sums of the requests below them
+    // (kubepods' memory.min the Guaranteed and Burstable ones).
+    let number = |p: &Path| read(p).parse::<u64>().unwrap_or(0);
+    let (c_low, pod_low, pod_min) = (
+        read(&c.join("memory.low")),
+        read(&pod.join("memory.low")),
+        read(&pod.join("memory.min")),
+    );
+    let parent_low = number(&Path::new(CG).join("kubepods/burstable/memory.low"));
+    let root_min = number(&Path::new(CG).join("kubepods/memory.min"));
+    if c_low != "16777216"
+        || pod_low != "16777216"
+        || pod_min != "0"
+        || parent_low < 16 << 20
+        || root_min < parent_low
+    {
+        return Err(format!(
+            "memory.low container {c_low}, pod {pod_low} (memory.min {pod_min}), burstable {parent_low}, kubepods memory.min {root_min}"
+        ));
+    }
     Ok(())
 }
 
@@ -523,6 +544,8 @@ fn main() {
         "--pod-max-pids",
         "30",
         "--memory-qos",
+        "--memory-reservation-policy",
+        "TieredReservation",
     ]);
     if let Some(l) = log {
         if let Ok(l2) = l.try_clone() {
