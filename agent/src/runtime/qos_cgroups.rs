@@ -49,7 +49,7 @@ impl Runtime {
     pub fn update_qos_parents(&self) {
         static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
         let (cpu, memory) = (self.has_controller("cpu"), self.has_controller("memory"));
-        if !cpu && !(memory && self.cfg.memory_policy.qos) {
+        if !(cpu || memory && self.cfg.memory_policy.qos) {
             return;
         }
         let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
