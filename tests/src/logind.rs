@@ -1,10 +1,12 @@
 //! A private D-Bus bus (Debian's `dbus-daemon`) with a stand-in for systemd-logind's
 //! Manager interface: it hands out inhibitor locks (recording what was asked and
 //! whether the lock is still held) and announces a shutdown with `PrepareForShutdown`,
-//! as logind does when the machine is told to power off.
+//! as logind does when the machine is told to power off; and a stand-in for systemd's
+//! Manager whose `KillUnit(systemd-logind.service, SIGHUP)` makes the fake logind read
+//! `InhibitDelayMaxSec` again from its drop-in directory.
 
 use std::os::fd::{AsFd as _, OwnedFd};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -21,11 +23,58 @@ struct Lock {
 #[derive(Default)]
 struct State {
     locks: Vec<Lock>,
+    delay_max: Duration,
+    /// The units systemd was asked to signal: (unit, whom, signal).
+    kills: Vec<(String, String, i32)>,
 }
 
 struct Manager {
     state: Arc<Mutex<State>>,
-    delay_max: Duration,
+}
+
+/// systemd's Manager, for logind's reload.
+struct Systemd {
+    state: Arc<Mutex<State>>,
+    conf_dir: PathBuf,
+}
+
+/// The last `InhibitDelayMaxSec=` in the drop-ins of `dir`, in name order.
+fn configured_delay(dir: &Path) -> Option<Duration> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
+        .ok()?
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|e| e == "conf"))
+        .collect();
+    files.sort();
+    files
+        .iter()
+        .filter_map(|f| std::fs::read_to_string(f).ok())
+        .flat_map(|t| {
+            t.lines()
+                .filter_map(|l| l.trim().strip_prefix("InhibitDelayMaxSec="))
+                .filter_map(|v| v.trim().parse::<u64>().ok())
+                .collect::<Vec<_>>()
+        })
+        .next_back()
+        .map(Duration::from_secs)
+}
+
+#[zbus::interface(name = "org.freedesktop.systemd1.Manager")]
+impl Systemd {
+    fn kill_unit(&self, name: &str, whom: &str, signal: i32) -> zbus::fdo::Result<()> {
+        let Ok(mut s) = self.state.lock() else {
+            return Err(zbus::fdo::Error::Failed("state poisoned".into()));
+        };
+        s.kills.push((name.into(), whom.into(), signal));
+        if name == "systemd-logind.service"
+            && signal == 1
+            && let Some(d) = configured_delay(&self.conf_dir)
+        {
+            s.delay_max = d;
+        }
+        Ok(())
+    }
 }
 
 #[zbus::interface(name = "org.freedesktop.login1.Manager")]
@@ -50,7 +99,10 @@ impl Manager {
 
     #[zbus(property, name = "InhibitDelayMaxUSec")]
     fn inhibit_delay_max_usec(&self) -> u64 {
-        self.delay_max.as_micros() as u64
+        self.state
+            .lock()
+            .map(|s| s.delay_max.as_micros() as u64)
+            .unwrap_or(0)
     }
 
     #[zbus(signal)]
@@ -66,6 +118,7 @@ pub struct FakeLogind {
     address: String,
     conn: zbus::Connection,
     state: Arc<Mutex<State>>,
+    conf_dir: PathBuf,
 }
 
 impl Drop for FakeLogind {
@@ -79,7 +132,7 @@ const PATH: &str = "/org/freedesktop/login1";
 
 impl FakeLogind {
     /// Starts a bus listening under `dir` and logind on it, delaying shutdowns at most
-    /// `delay_max`.
+    /// `delay_max` until a reload reads another value from `<dir>/logind.conf.d`.
     pub async fn start(dir: &Path, delay_max: Duration) -> anyhow::Result<Self> {
         let socket = dir.join("system_bus_socket");
         let address = format!("unix:path={}", socket.display());
@@ -98,14 +151,25 @@ impl FakeLogind {
             );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        let state = Arc::new(Mutex::new(State::default()));
+        let state = Arc::new(Mutex::new(State {
+            delay_max,
+            ..Default::default()
+        }));
+        let conf_dir = dir.join("logind.conf.d");
         let conn = zbus::connection::Builder::address(address.as_str())?
             .name("org.freedesktop.login1")?
+            .name("org.freedesktop.systemd1")?
             .serve_at(
                 PATH,
                 Manager {
                     state: Arc::clone(&state),
-                    delay_max,
+                },
+            )?
+            .serve_at(
+                "/org/freedesktop/systemd1",
+                Systemd {
+                    state: Arc::clone(&state),
+                    conf_dir: conf_dir.clone(),
                 },
             )?
             .build()
@@ -115,12 +179,31 @@ impl FakeLogind {
             address,
             conn,
             state,
+            conf_dir,
         })
     }
 
     /// The bus address, for kernlet's `--system-bus-address`.
     pub fn address(&self) -> &str {
         &self.address
+    }
+
+    /// logind's drop-in directory, for kernlet's `--logind-conf-dir`.
+    pub fn conf_dir(&self) -> &Path {
+        &self.conf_dir
+    }
+
+    /// The longest delay logind grants an inhibitor lock now.
+    pub fn delay_max(&self) -> Duration {
+        self.state.lock().map(|s| s.delay_max).unwrap_or_default()
+    }
+
+    /// What systemd was asked to signal: (unit, whom, signal).
+    pub fn kills(&self) -> Vec<(String, String, i32)> {
+        self.state
+            .lock()
+            .map(|s| s.kills.clone())
+            .unwrap_or_default()
     }
 
     /// What each lock was asked with (what, who, why, mode), oldest first.

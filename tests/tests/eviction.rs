@@ -305,6 +305,9 @@ async fn sigterm_shuts_the_nodes_pods_down_lowest_priority_first() {
             "--shutdown-grace-period-critical-pods",
             "8s",
             "--shutdown-on-sigterm",
+            // Never the machine's logind configuration.
+            "--logind-conf-dir",
+            node.dir("logind.conf.d").to_str().unwrap(),
         ],
     )
     .unwrap();
@@ -413,10 +416,10 @@ async fn loginds_shutdown_ends_the_pods_then_releases_the_lock() {
     let mut node = lab.add_node("g1").unwrap();
     node.import_busybox().unwrap();
     std::fs::create_dir_all(node.dir("bus")).unwrap();
-    let logind =
-        kernlet_tests::logind::FakeLogind::start(&node.dir("bus"), Duration::from_secs(30))
-            .await
-            .unwrap();
+    // logind delays a shutdown 5 s at most: less than the 10 s asked for.
+    let logind = kernlet_tests::logind::FakeLogind::start(&node.dir("bus"), Duration::from_secs(5))
+        .await
+        .unwrap();
     node.start_agent(
         &cluster,
         &fwd.url,
@@ -431,6 +434,8 @@ async fn loginds_shutdown_ends_the_pods_then_releases_the_lock() {
             "4s",
             "--system-bus-address",
             logind.address(),
+            "--logind-conf-dir",
+            logind.conf_dir().to_str().unwrap(),
         ],
     )
     .unwrap();
@@ -438,6 +443,17 @@ async fn loginds_shutdown_ends_the_pods_then_releases_the_lock() {
         (logind.held() == 1).then_some(())
     })
     .await;
+    // As kubelet: the drop-in raising InhibitDelayMaxSec, and logind reloaded.
+    let drop_in = std::fs::read_to_string(logind.conf_dir().join("99-kernlet.conf")).unwrap();
+    assert!(
+        drop_in.contains("[Login]\nInhibitDelayMaxSec=10\n"),
+        "{drop_in}"
+    );
+    assert_eq!(
+        logind.kills(),
+        [("systemd-logind.service".to_string(), "all".to_string(), 1)]
+    );
+    assert_eq!(logind.delay_max(), Duration::from_secs(10));
     let (what, who, _, mode) = logind.locks()[0].clone();
     assert_eq!(
         (what.as_str(), who.as_str(), mode.as_str()),

@@ -92,6 +92,10 @@ pub struct NodeArgs {
     /// lock (default: $DBUS_SYSTEM_BUS_ADDRESS, else /run/dbus/system_bus_socket).
     #[arg(long, hide = true)]
     pub system_bus_address: Option<String>,
+    /// Where kernlet raises logind's `InhibitDelayMaxSec` to the shutdown grace period
+    /// (a `99-kernlet.conf` drop-in, then logind reloaded), as kubelet does.
+    #[arg(long, hide = true, default_value = "/etc/systemd/logind.conf.d")]
+    pub logind_conf_dir: std::path::PathBuf,
     /// On SIGTERM, shut the node's pods down gracefully (as for the machine's shutdown)
     /// before exiting, instead of leaving them running.
     #[arg(long)]

@@ -3,7 +3,9 @@
 //! machine's shutdown (`PrepareForShutdown(true)`), the node's pods are ended (see
 //! [`super::shutdown`]) and the lock is released so the shutdown goes on. A shutdown
 //! that is cancelled (`PrepareForShutdown(false)`) makes the node ready again and takes
-//! a new lock.
+//! a new lock. When logind would delay a shutdown less than the grace periods need, a
+//! drop-in raising `InhibitDelayMaxSec` is written and logind reloaded (SIGHUP through
+//! systemd), as kubelet does.
 
 use std::time::Duration;
 
@@ -31,6 +33,95 @@ trait Login1Manager {
     fn inhibit_delay_max_usec(&self) -> zbus::Result<u64>;
 }
 
+/// systemd's Manager: kubelet reloads logind's configuration through it.
+#[zbus::proxy(
+    interface = "org.freedesktop.systemd1.Manager",
+    default_service = "org.freedesktop.systemd1",
+    default_path = "/org/freedesktop/systemd1"
+)]
+trait Systemd1Manager {
+    fn kill_unit(&self, name: &str, whom: &str, signal: i32) -> zbus::Result<()>;
+}
+
+/// Where logind is reached and configured.
+#[derive(Clone, Debug)]
+pub struct Logind {
+    /// The system bus (None: the default one).
+    pub bus: Option<String>,
+    /// logind's drop-in directory (`/etc/systemd/logind.conf.d`).
+    pub conf_dir: std::path::PathBuf,
+}
+
+/// The drop-in's name and text for a delay of `max` (whole seconds, rounded up).
+pub fn drop_in(max: Duration) -> (&'static str, String) {
+    let secs = max.as_secs() + u64::from(max.subsec_nanos() > 0);
+    (
+        "99-kernlet.conf",
+        format!(
+            "# kernlet's logind override (graceful node shutdown)\n[Login]\nInhibitDelayMaxSec={secs}\n"
+        ),
+    )
+}
+
+/// Raises logind's `InhibitDelayMaxSec` to `wanted` when it is less, as kubelet: writes
+/// the drop-in, has systemd send logind SIGHUP, and waits (≤3 s) for the new value.
+async fn raise_inhibit_delay(
+    conn: &zbus::Connection,
+    manager: &Login1ManagerProxy<'_>,
+    conf_dir: &std::path::Path,
+    wanted: Duration,
+) {
+    let current = match manager.inhibit_delay_max_usec().await {
+        Ok(max) => Duration::from_micros(max),
+        Err(e) => {
+            tracing::warn!("graceful node shutdown: reading logind's InhibitDelayMaxUSec: {e}");
+            return;
+        }
+    };
+    if current >= wanted {
+        return;
+    }
+    let (name, text) = drop_in(wanted);
+    let path = conf_dir.join(name);
+    if let Err(e) = std::fs::create_dir_all(conf_dir).and_then(|()| std::fs::write(&path, text)) {
+        tracing::warn!(
+            "graceful node shutdown: logind delays a shutdown at most {current:?} (InhibitDelayMaxSec), less than the {wanted:?} asked for, and {} could not be written: {e}; raise InhibitDelayMaxSec by hand",
+            path.display()
+        );
+        return;
+    }
+    let reload = async {
+        Systemd1ManagerProxy::new(conn)
+            .await?
+            .kill_unit("systemd-logind.service", "all", 1)
+            .await
+    };
+    if let Err(e) = reload.await {
+        tracing::warn!(
+            "graceful node shutdown: wrote {} but could not reload systemd-logind: {e}; reload it (systemctl kill -s HUP systemd-logind)",
+            path.display()
+        );
+        return;
+    }
+    let mut delay = Duration::from_millis(100);
+    for _ in 0..5 {
+        tokio::time::sleep(delay).await;
+        if manager
+            .inhibit_delay_max_usec()
+            .await
+            .is_ok_and(|m| Duration::from_micros(m) >= wanted)
+        {
+            tracing::info!(path = %path.display(), "graceful node shutdown: raised logind's InhibitDelayMaxSec to {wanted:?}");
+            return;
+        }
+        delay *= 2;
+    }
+    tracing::warn!(
+        "graceful node shutdown: logind still delays a shutdown less than {wanted:?} after {} and a reload; a longer shutdown is cut short",
+        path.display()
+    );
+}
+
 /// Where the node's shutdown is handled: what [`super::shutdown::shut_down`] needs.
 pub struct Shutdown {
     pub client: crate::client::SharedClient,
@@ -50,13 +141,9 @@ async fn connect(address: Option<&str>) -> zbus::Result<zbus::Connection> {
 
 /// Holds logind's inhibitor lock and ends the pods when the machine shuts down, until
 /// `stop`; without a reachable logind it says so once and returns.
-pub async fn watch(
-    address: Option<String>,
-    s: Shutdown,
-    mut stop: tokio::sync::watch::Receiver<bool>,
-) {
+pub async fn watch(logind: Logind, s: Shutdown, mut stop: tokio::sync::watch::Receiver<bool>) {
     let total: Duration = s.groups.iter().map(|g| g.grace).sum();
-    let conn = match connect(address.as_deref()).await {
+    let conn = match connect(logind.bus.as_deref()).await {
         Ok(c) => c,
         Err(e) => {
             tracing::warn!(
@@ -72,16 +159,7 @@ pub async fn watch(
             return;
         }
     };
-    match manager.inhibit_delay_max_usec().await {
-        Ok(max) if Duration::from_micros(max) < total => tracing::warn!(
-            "graceful node shutdown: logind delays a shutdown at most {:?} (InhibitDelayMaxSec), less than the {total:?} asked for; set InhibitDelayMaxSec in /etc/systemd/logind.conf.d/ and reload logind",
-            Duration::from_micros(max)
-        ),
-        Ok(_) => {}
-        Err(e) => {
-            tracing::warn!("graceful node shutdown: reading logind's InhibitDelayMaxUSec: {e}")
-        }
-    }
+    raise_inhibit_delay(&conn, &manager, &logind.conf_dir, total).await;
     let mut signals = match manager.receive_prepare_for_shutdown().await {
         Ok(s) => s,
         Err(e) => {
@@ -141,5 +219,15 @@ pub async fn watch(
             });
             lock = inhibit().await.ok();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_drop_in_raises_the_delay_in_whole_seconds() {
+        let (name, text) = super::drop_in(std::time::Duration::from_millis(10_500));
+        assert_eq!(name, "99-kernlet.conf");
+        assert!(text.contains("[Login]\nInhibitDelayMaxSec=11\n"), "{text}");
     }
 }

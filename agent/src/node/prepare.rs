@@ -34,7 +34,11 @@ pub struct PreparedNode {
     pub image_gc: (crate::runtime::image_gc::ImageGcPolicy, Duration),
     /// Graceful node shutdown: the priority groups (none: off), whether SIGTERM
     /// starts it, and the system bus where logind is asked.
-    pub shutdown: (Vec<crate::model::shutdown::Group>, bool, Option<String>),
+    pub shutdown: (
+        Vec<crate::model::shutdown::Group>,
+        bool,
+        super::logind::Logind,
+    ),
     /// The eviction manager's thresholds, pressure transition period and settings.
     pub eviction: (
         Vec<crate::model::eviction::Threshold>,
@@ -148,7 +152,10 @@ pub fn prepare_node(args: &NodeArgs) -> anyhow::Result<PreparedNode> {
             &args.shutdown_grace_period_by_pod_priority,
         )?,
         args.shutdown_on_sigterm,
-        args.system_bus_address.clone(),
+        super::logind::Logind {
+            bus: args.system_bus_address.clone(),
+            conf_dir: args.logind_conf_dir.clone(),
+        },
     );
     Ok(PreparedNode {
         image_gc,

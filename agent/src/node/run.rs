@@ -283,10 +283,10 @@ pub async fn run_node(kubeconfig: PathBuf, node: PreparedNode) -> anyhow::Result
     tokio::spawn(serving.run(stop_rx.clone()));
     let (access, cfg_name) = (client.clone(), cfg.name.clone());
     // The machine's own shutdown, through logind, when a grace period is set.
-    let (groups, on_sigterm, bus) = shutdown;
+    let (groups, on_sigterm, logind) = shutdown;
     if !groups.is_empty() {
         tokio::spawn(super::logind::watch(
-            bus,
+            logind,
             super::logind::Shutdown {
                 client: client.clone(),
                 node: cfg.name.clone(),
