@@ -52,6 +52,8 @@ async fn join_bootstraps_credentials_then_runs_the_node() {
     let short_lived = cluster.in_memory().is_some();
     if let Some(s) = cluster.in_memory() {
         s.set_signing_duration(Duration::from_secs(40));
+        // Watches end every 8 s, so the node watches again after each expiry.
+        s.set_watch_timeout_cap(Duration::from_secs(8));
     }
     let mut lab = Lab::new("join").unwrap();
     let fwd = lab.forward(0, cluster.addr()).unwrap();
@@ -299,6 +301,63 @@ async fn client_certificate_rotation(
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+    // The watches moved to the new credentials: a pod made now (the first certificate
+    // dead, every watch since renewed) starts; and so after the second rotation.
+    pod_starts(cluster, node, "after-first-rotation").await;
+    let (_, second_expiry) = kernlet::model::csr::validity(&second).unwrap();
+    let start = Instant::now();
+    while kubeconfig_cert(node) == second {
+        assert!(
+            start.elapsed() < Duration::from_secs(45),
+            "no second rotation:\n{}",
+            node.kernlet_log()
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let now = k8s_openapi::jiff::Timestamp::now().as_second();
+    tokio::time::sleep(Duration::from_secs(
+        u64::try_from(second_expiry - now + 9).unwrap_or(0),
+    ))
+    .await;
+    pod_starts(cluster, node, "after-second-rotation").await;
+    assert!(
+        !node.kernlet_log().contains("Unauthorized"),
+        "a request went out with an expired certificate:\n{}",
+        node.kernlet_log()
+    );
+}
+
+/// A pod bound to `node` now runs within 60 s.
+async fn pod_starts(cluster: &Cluster, node: &kernlet_tests::simnode::SimNode, name: &str) {
+    use k8s_openapi::api::core::v1::Pod;
+    let pods: Api<Pod> = Api::namespaced(cluster.admin().await.unwrap(), "default");
+    let pod: Pod = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": name},
+        "spec": {"nodeName": "j1", "terminationGracePeriodSeconds": 1,
+                 "containers": [{"name": "c", "image": "busybox:1.36", "command": ["sleep", "600"]}]},
+    }))
+    .unwrap();
+    pods.create(&Default::default(), &pod).await.unwrap();
+    let start = Instant::now();
+    loop {
+        let phase = pods
+            .get(name)
+            .await
+            .unwrap()
+            .status
+            .and_then(|s| s.phase)
+            .unwrap_or_default();
+        if phase == "Running" {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "{name} never ran ({phase}):\n{}",
+            node.kernlet_log()
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    pods.delete(name, &Default::default()).await.unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -337,14 +337,15 @@ pub async fn run(
     readiness: watch::Sender<Readiness>,
     mut stop: watch::Receiver<bool>,
 ) {
-    let nodes: Api<Node> = Api::all(client.get());
+    // A fresh handle per use: the client follows certificate rotation.
+    let nodes = || Api::<Node>::all(client.get());
     let waiting = "the Node has no pod CIDR yet (spec.podCIDR, set by the controller-manager \
                    with --allocate-node-cidrs)";
     let _ = runtime.set_network(NetworkState::Waiting(waiting.into()));
     readiness.send_replace(not_ready(waiting));
     // 1. The pod CIDR.
     let pod_cidr = loop {
-        match nodes.get(&cfg.node).await {
+        match nodes().get(&cfg.node).await {
             Ok(n) => match model::pod_cidr(&n) {
                 Some(c) if cfg.cluster_cidr.contains(c.network()) => break c,
                 Some(c) => tracing::warn!(
@@ -405,7 +406,7 @@ pub async fn run(
     );
     // 3. What the other nodes need to know, and the condition.
     loop {
-        match publish(&nodes, &cfg, &vtep).await {
+        match publish(&nodes(), &cfg, &vtep).await {
             Ok(()) => break,
             Err(e) => tracing::warn!("publishing the overlay on this Node: {e}; retrying"),
         }
@@ -422,7 +423,7 @@ pub async fn run(
     // 4. Peers, on every Node event and every resync; probed alongside.
     let (peers_tx, peers_rx) = watch::channel(Vec::<Peer>::new());
     tokio::spawn(probe_loop(
-        nodes.clone(),
+        client.clone(),
         cfg.clone(),
         mtu,
         peers_rx,
@@ -430,7 +431,8 @@ pub async fn run(
     ));
     let mut known: BTreeMap<String, Node> = BTreeMap::new();
     let mut staging: BTreeMap<String, Node> = BTreeMap::new();
-    let mut stream = watcher(nodes.clone(), watcher::Config::default()).boxed();
+    let mut stream = watcher(nodes(), watcher::Config::default()).boxed();
+    let mut rotations = client.rotations();
     let mut tick = tokio::time::interval(cfg.resync);
     let mut backoff = Duration::from_millis(500);
     let mut synced = false;
@@ -440,6 +442,8 @@ pub async fn run(
         tokio::select! {
             _ = stop.changed() => return,
             _ = tick.tick() => dirty = synced,
+            // New credentials: watch again with them (a relist).
+            _ = rotations.changed() => stream = watcher(nodes(), watcher::Config::default()).boxed(),
             event = stream.next() => match event {
                 Some(Ok(watcher::Event::Init)) => staging.clear(),
                 Some(Ok(watcher::Event::InitApply(n))) => { staging.insert(name(&n), n); }
@@ -465,7 +469,7 @@ pub async fn run(
                     }
                     backoff = (backoff * 2).min(Duration::from_secs(30));
                 }
-                None => stream = watcher(nodes.clone(), watcher::Config::default()).boxed(),
+                None => stream = watcher(nodes(), watcher::Config::default()).boxed(),
             },
         }
         if !dirty {
@@ -539,7 +543,7 @@ fn probe_all(peers: &[Peer], mtu: u32) -> Vec<model::PeerHealth> {
 /// Probes the peers every resync, records the results for `kernlet overlay` and
 /// reports `OverlayDegraded` on the Node when it changes.
 async fn probe_loop(
-    nodes: Api<Node>,
+    client: SharedClient,
     cfg: OverlayConfig,
     mtu: u32,
     peers: watch::Receiver<Vec<Peer>>,
@@ -582,7 +586,7 @@ async fn probe_loop(
             "type": ty, "status": status, "reason": reason, "message": message,
             "lastHeartbeatTime": stamp, "lastTransitionTime": stamp,
         }]}});
-        match nodes
+        match Api::<Node>::all(client.get())
             .patch_status(&cfg.node, &PatchParams::default(), &Patch::Strategic(patch))
             .await
         {

@@ -141,7 +141,9 @@ pub async fn watch_pods(
     mut stop: watch::Receiver<bool>,
 ) {
     let config = watcher::Config::default().fields(&format!("spec.nodeName={node}"));
-    let mut stream = watcher(Api::<Pod>::all(client.get()), config).boxed();
+    let start = || watcher(Api::<Pod>::all(client.get()), config.clone()).boxed();
+    let mut stream = start();
+    let mut rotations = client.rotations();
     let mut pods: BTreeMap<String, Arc<Pod>> = BTreeMap::new();
     let mut staging: BTreeMap<String, Arc<Pod>> = BTreeMap::new();
     // Every change is published; the pod manager is woken only for those that are
@@ -160,6 +162,11 @@ pub async fn watch_pods(
     loop {
         let event = tokio::select! {
             _ = stop.changed() => return,
+            _ = rotations.changed() => {
+                // New credentials: watch again with them (a relist).
+                stream = start();
+                continue;
+            }
             e = stream.next() => e,
         };
         match event {
@@ -196,11 +203,7 @@ pub async fn watch_pods(
             }
             None => {
                 // The stream ended (it should not): start a new watch.
-                stream = watcher(
-                    Api::<Pod>::all(client.get()),
-                    watcher::Config::default().fields(&format!("spec.nodeName={node}")),
-                )
-                .boxed();
+                stream = start();
             }
         }
     }

@@ -81,7 +81,8 @@ pub async fn watch_runtime_classes(
     stop: watch::Receiver<bool>,
 ) {
     watch_cache::keep(
-        move || Api::<RuntimeClass>::all(client.get()),
+        client,
+        Api::<RuntimeClass>::all,
         cache.0,
         handler,
         "RuntimeClasses",

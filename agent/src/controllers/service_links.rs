@@ -73,7 +73,8 @@ pub async fn watch_services(
     stop: watch::Receiver<bool>,
 ) {
     watch_cache::keep(
-        move || Api::<Service>::all(client.get()),
+        client,
+        Api::<Service>::all,
         links.0,
         linked,
         "Services (for containers' variables)",

@@ -274,10 +274,24 @@ pub async fn run(
         reason: "KubeletReady".into(),
         message: "kubelet is posting ready status".into(),
     });
-    let services_api: Api<Service> = Api::all(client.get());
-    let slices_api: Api<EndpointSlice> = Api::all(client.get());
-    let mut services = watcher(services_api.clone(), watcher::Config::default()).boxed();
-    let mut slices = watcher(slices_api.clone(), watcher::Config::default()).boxed();
+    // Fresh handles per watch and per request: the client follows certificate rotation.
+    let watch_services = || {
+        watcher(
+            Api::<Service>::all(client.get()),
+            watcher::Config::default(),
+        )
+        .boxed()
+    };
+    let watch_slices = || {
+        watcher(
+            Api::<EndpointSlice>::all(client.get()),
+            watcher::Config::default(),
+        )
+        .boxed()
+    };
+    let mut services = watch_services();
+    let mut slices = watch_slices();
+    let mut rotations = client.rotations();
     let (mut svc_store, mut svc_staging, mut svc_synced) =
         (BTreeMap::new(), BTreeMap::new(), false);
     let (mut eps_store, mut eps_staging, mut eps_synced) =
@@ -285,7 +299,6 @@ pub async fn run(
     let mut tick = tokio::time::interval(cfg.resync);
     let mut backoff = Duration::from_millis(500);
     let mut health = HealthServers::default();
-    let nodes: Api<Node> = Api::all(client.get());
     // The node's zone (for topology hints) and whether it is being deleted, read
     // again at every resync.
     let mut zone: Option<String> = None;
@@ -302,9 +315,15 @@ pub async fn run(
         let step = tokio::select! {
             _ = stop.changed() => return,
             _ = &mut batch, if pending => Step::Sync,
+            _ = rotations.changed() => {
+                // New credentials: watch again with them (a relist of both).
+                services = watch_services();
+                slices = watch_slices();
+                Step::Idle
+            }
             _ = tick.tick() => {
                 if let Ok(Ok(Some(n))) =
-                    tokio::time::timeout(Duration::from_secs(5), nodes.get_opt(&cfg.node)).await
+                    tokio::time::timeout(Duration::from_secs(5), Api::<Node>::all(client.get()).get_opt(&cfg.node)).await
                 {
                     zone = n
                         .metadata
@@ -332,7 +351,7 @@ pub async fn run(
                     Step::Idle
                 }
                 None => {
-                    services = watcher(services_api.clone(), watcher::Config::default()).boxed();
+                    services = watch_services();
                     Step::Idle
                 }
             },
@@ -345,7 +364,7 @@ pub async fn run(
                     Step::Idle
                 }
                 None => {
-                    slices = watcher(slices_api.clone(), watcher::Config::default()).boxed();
+                    slices = watch_slices();
                     Step::Idle
                 }
             },

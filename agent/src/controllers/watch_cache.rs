@@ -69,7 +69,8 @@ pub fn key<K: Resource>(o: &K) -> Option<(String, String)> {
 /// `keep` makes nothing of is left out), until `stop`. `what` names the objects in
 /// the log.
 pub async fn keep<K, V>(
-    api: impl Fn() -> Api<K>,
+    client: crate::client::SharedClient,
+    api: impl Fn(kube::Client) -> Api<K>,
     cache: WatchCache<V>,
     keep: fn(&K) -> Option<V>,
     what: &str,
@@ -78,12 +79,19 @@ pub async fn keep<K, V>(
     K: Resource + Clone + DeserializeOwned + Debug + Send + 'static,
     V: Clone,
 {
-    let mut stream = watcher(api(), watcher::Config::default()).boxed();
+    let start = || watcher(api(client.get()), watcher::Config::default()).boxed();
+    let mut stream = start();
+    let mut rotations = client.rotations();
     let mut staging = ByName::new();
     let mut backoff = Duration::from_millis(200);
     loop {
         let event = tokio::select! {
             _ = stop.changed() => return,
+            _ = rotations.changed() => {
+                // New credentials: watch again with them (a relist).
+                stream = start();
+                continue;
+            }
             e = stream.next() => e,
         };
         match event {
@@ -118,7 +126,7 @@ pub async fn keep<K, V>(
             }
             None => {
                 cache.set(None);
-                stream = watcher(api(), watcher::Config::default()).boxed();
+                stream = start();
             }
         }
     }

@@ -38,6 +38,8 @@ pub struct Server {
     pub static_tokens: std::sync::Mutex<HashMap<String, Identity>>,
     /// How often watches with `allowWatchBookmarks` get a progress BOOKMARK (ms).
     pub bookmark_interval_ms: AtomicU64,
+    /// When not 0, the longest any watch lasts (seconds), whatever it asked for.
+    pub watch_seconds_cap: AtomicU64,
     /// Requests whose path starts with this wait this long before they are answered
     /// (tests of a slow apiserver).
     pub stall: std::sync::Mutex<Option<(String, std::time::Duration)>>,
@@ -1672,10 +1674,14 @@ impl Server {
             .get("allowWatchBookmarks")
             .is_some_and(|v| v == "true");
         let rv = query.get("resourceVersion").cloned().unwrap_or_default();
-        let timeout = query
+        let asked = query
             .get("timeoutSeconds")
             .and_then(|t| t.parse::<u64>().ok())
             .unwrap_or(1800);
+        let timeout = match self.watch_seconds_cap.load(Ordering::Relaxed) {
+            0 => asked,
+            cap => asked.min(cap),
+        };
         tokio::spawn(async move {
             let matches =
                 |o: &Value| labels.matches(o) && fields.as_ref().is_none_or(|f| f.matches(o));

@@ -136,6 +136,7 @@ impl InMemoryApiServer {
             enforce_authz: AtomicBool::new(opts.enforce_authz),
             static_tokens: std::sync::Mutex::new(Default::default()),
             bookmark_interval_ms: AtomicU64::new(5000),
+            watch_seconds_cap: AtomicU64::new(0),
             stall: std::sync::Mutex::new(None),
             node_network: std::sync::Mutex::new(None),
             kubelet_client: std::sync::OnceLock::new(),
@@ -262,6 +263,15 @@ impl InMemoryApiServer {
         if let Ok(mut n) = self.server.node_network.lock() {
             *n = Some(netns);
         }
+    }
+
+    /// Ends every watch after at most `d` (the real apiserver ends them after its
+    /// `--min-request-timeout`, 30 to 60 minutes): clients must watch again, with
+    /// whatever credentials they hold then.
+    pub fn set_watch_timeout_cap(&self, d: std::time::Duration) {
+        self.server
+            .watch_seconds_cap
+            .store(d.as_secs().max(1), Ordering::Relaxed);
     }
 
     /// Sets the progress-bookmark interval of watches.
