@@ -432,6 +432,10 @@ async fn the_serving_csr_is_impossible_to_miss_and_its_certificate_is_saved() {
     let mut lab = Lab::new("serve").unwrap();
     let fwd = lab.forward(0, cluster.addr()).unwrap();
     let mut node = lab.add_node("s1").unwrap();
+    // Certificates live 40 s here, so the serving certificate's renewal is seen.
+    if let Some(s) = cluster.in_memory() {
+        s.set_signing_duration(Duration::from_secs(40));
+    }
     start_agent(&cluster, &fwd.url, &mut node, &[]);
     let admin = cluster.admin().await.unwrap();
     let csrs: Api<CertificateSigningRequest> = Api::all(admin.clone());
@@ -567,6 +571,33 @@ async fn the_serving_csr_is_impossible_to_miss_and_its_certificate_is_saved() {
         .filter(|c| c.spec.signer_name == "kubernetes.io/kubelet-serving")
         .count();
     assert_eq!(serving, 1);
+    if cluster.in_memory().is_none() {
+        return;
+    }
+    // At 70–90 % of its 40 s the certificate is renewed through a new CSR; once that is
+    // approved, the new certificate replaces the old on disk.
+    let renewal = wait_for("the renewal CSR", Duration::from_secs(45), async || {
+        csrs.list(&Default::default())
+            .await
+            .ok()?
+            .items
+            .into_iter()
+            .find(|c| {
+                c.spec.signer_name == "kubernetes.io/kubelet-serving"
+                    && c.metadata.name.as_deref() != Some(name.as_str())
+            })
+    })
+    .await;
+    cluster
+        .approve_csr(renewal.metadata.name.as_deref().unwrap())
+        .await
+        .unwrap();
+    wait_for(
+        "the renewed certificate",
+        Duration::from_secs(20),
+        async || Some(()).filter(|_| std::fs::read_to_string(&crt).is_ok_and(|p| p != pem)),
+    )
+    .await;
 }
 
 /// The kubelet part: a pod the scheduler binds here runs, its status is written as

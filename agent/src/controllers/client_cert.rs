@@ -72,6 +72,21 @@ pub fn with_credentials(kubeconfig: &Value, cert_pem: &str, key_pem: &str) -> Op
     Some(new)
 }
 
+/// When to renew a certificate valid `from`..`to` that reached this node in file
+/// `path`: kubelet's jittered 70–90 % of its life, the life counted from when the
+/// file was written if that is later than notBefore — signers backdate notBefore by
+/// minutes, which for a short-lived certificate would put the deadline in the past and
+/// renew it again at once.
+pub(crate) fn renewal_deadline(from: i64, to: i64, path: &std::path::Path) -> i64 {
+    let received = std::fs::metadata(path)
+        .and_then(|m| m.modified())
+        .ok()
+        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+        .and_then(|d| i64::try_from(d.as_secs()).ok())
+        .unwrap_or(from);
+    csr::rotation_deadline(from.max(received.min(to)), to, jitter())
+}
+
 /// A number in `[0, 1)` that differs between processes and calls.
 fn jitter() -> f64 {
     use std::hash::{BuildHasher as _, Hasher as _};
@@ -118,13 +133,7 @@ impl ClientRotation {
             // kubeconfig's mtime) if that is later than notBefore: signers backdate
             // notBefore by minutes, which for a short-lived certificate would put the
             // deadline in the past and rotate it again at once.
-            let received = std::fs::metadata(&self.kubeconfig)
-                .and_then(|m| m.modified())
-                .ok()
-                .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
-                .and_then(|d| i64::try_from(d.as_secs()).ok())
-                .unwrap_or(from);
-            let deadline = csr::rotation_deadline(from.max(received.min(to)), to, jitter());
+            let deadline = renewal_deadline(from, to, &self.kubeconfig);
             let now = k8s_openapi::jiff::Timestamp::now().as_second();
             let wait = Duration::from_secs(u64::try_from(deadline - now).unwrap_or(0));
             tracing::info!(

@@ -3,7 +3,10 @@
 //! Serving CSRs are not auto-approved on kubeadm clusters, so a pending one must be
 //! impossible to miss: kernlet logs the exact `kubectl certificate approve` command and
 //! posts a Warning Event on its Node, then keeps waiting; the issued certificate and key
-//! are written under `<state-dir>/pki/`.
+//! are written under `<state-dir>/pki/` (the API server picks them up at the next
+//! handshake). Like the client certificate, it is renewed at a jittered point between
+//! 70 % and 90 % of its life, the old one serving until the new one is issued; its SANs
+//! are the node's name and every node address.
 
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
@@ -36,16 +39,7 @@ pub fn pending_message(csr: &str) -> String {
     )
 }
 
-/// Whether a PEM certificate is valid now and for at least a fifth of its lifetime more.
-pub fn still_good(cert_pem: &[u8]) -> bool {
-    let Some((from, to)) = csr::validity(cert_pem) else {
-        return false;
-    };
-    let now = k8s_openapi::jiff::Timestamp::now().as_second();
-    from <= now && now < to && to - now > (to - from) / 5
-}
-
-/// Obtains the serving certificate unless a good one is on disk.
+/// Keeps the node's serving certificate.
 pub struct ServingCert {
     pub client: crate::client::SharedClient,
     pub node: String,
@@ -75,13 +69,39 @@ impl ServingCert {
         }
     }
 
-    /// Runs until the certificate is written, the CSR is denied, or `stop`.
+    /// Keeps a valid serving certificate until `stop`: requests one when there is none
+    /// (or it has expired), and a new one once the current one reaches its renewal
+    /// point. A denied or failed request ends it (the current certificate, if any,
+    /// serves until it expires).
     pub async fn run(self, mut stop: watch::Receiver<bool>) {
-        let (crt_path, key_path) = paths(&self.state_dir);
-        if std::fs::read(&crt_path).is_ok_and(|pem| still_good(&pem)) {
-            tracing::info!(cert = %crt_path.display(), "serving certificate present and valid");
-            return;
+        let (crt_path, _) = paths(&self.state_dir);
+        loop {
+            let now = k8s_openapi::jiff::Timestamp::now().as_second();
+            if let Some((from, to)) = std::fs::read(&crt_path)
+                .ok()
+                .and_then(|pem| csr::validity(&pem))
+                .filter(|(from, to)| *from <= now && now < *to)
+            {
+                let at = super::client_cert::renewal_deadline(from, to, &crt_path);
+                tracing::info!(cert = %crt_path.display(), renew_in_s = at - now, "serving certificate present and valid");
+                if at > now {
+                    tokio::select! {
+                        _ = tokio::time::sleep(Duration::from_secs((at - now) as u64)) => {}
+                        _ = stop.changed() => return,
+                    }
+                }
+                tracing::info!("renewing the serving certificate");
+            }
+            if !self.obtain(&mut stop).await {
+                return;
+            }
         }
+    }
+
+    /// Requests a serving certificate and waits for it; `false` when it was refused
+    /// or `stop` came first.
+    async fn obtain(&self, stop: &mut watch::Receiver<bool>) -> bool {
+        let (crt_path, key_path) = paths(&self.state_dir);
         let csrs: Api<CertificateSigningRequest> = Api::all(self.client.get());
         let mut backoff = Duration::from_millis(500);
         let (name, key) = loop {
@@ -93,7 +113,7 @@ impl ServingCert {
                     );
                     tokio::select! {
                         _ = tokio::time::sleep(backoff) => {}
-                        _ = stop.changed() => return,
+                        _ = stop.changed() => return false,
                     }
                     backoff = (backoff * 2).min(Duration::from_secs(30));
                 }
@@ -107,19 +127,27 @@ impl ServingCert {
             }
         };
         note("Pending");
-        let message = pending_message(&name);
-        tracing::warn!("{message}");
-        self.event("CertificateSigningRequestPending", &message)
-            .await;
+        let mut announced = false;
         loop {
             tokio::select! {
                 _ = tokio::time::sleep(Duration::from_secs(1)) => {}
-                _ = stop.changed() => return,
+                _ = stop.changed() => return false,
             }
-            let Ok(csr) = csrs.get(&name).await else {
+            let Ok(csr) = Api::<CertificateSigningRequest>::all(self.client.get())
+                .get(&name)
+                .await
+            else {
                 continue;
             };
             match csr::outcome(csr.status) {
+                // Not issued at once (approved by hand on kubeadm clusters): say how.
+                CsrOutcome::Pending if !announced => {
+                    announced = true;
+                    let message = pending_message(&name);
+                    tracing::warn!("{message}");
+                    self.event("CertificateSigningRequestPending", &message)
+                        .await;
+                }
                 CsrOutcome::Pending => {}
                 CsrOutcome::Refused { condition, why } => {
                     note(&condition);
@@ -127,20 +155,23 @@ impl ServingCert {
                         "serving certificate request {name} was {}: {why}; restart kernlet to ask again",
                         condition.to_lowercase()
                     );
-                    return;
+                    return false;
                 }
                 CsrOutcome::Issued(cert) => {
                     let written =
                         state::write_atomic(&key_path, key.serialize_pem().as_bytes(), 0o600)
                             .and_then(|()| state::write_atomic(&crt_path, &cert, 0o644));
-                    match written {
+                    return match written {
                         Ok(()) => {
                             let _ = std::fs::remove_file(&record);
-                            tracing::info!(cert = %crt_path.display(), "serving certificate issued for {name}")
+                            tracing::info!(cert = %crt_path.display(), "serving certificate issued for {name}");
+                            true
                         }
-                        Err(e) => tracing::error!("serving certificate issued but not saved: {e}"),
-                    }
-                    return;
+                        Err(e) => {
+                            tracing::error!("serving certificate issued but not saved: {e}");
+                            false
+                        }
+                    };
                 }
             }
         }
@@ -174,27 +205,5 @@ mod tests {
     #[test]
     fn the_pending_message_has_the_command() {
         assert!(pending_message("csr-abc").contains("kubectl certificate approve csr-abc"));
-    }
-
-    #[test]
-    fn validity_window() {
-        let key = rcgen::KeyPair::generate().unwrap();
-        let now = k8s_openapi::jiff::Timestamp::now().as_second();
-        let cert = |from: i64, to: i64| {
-            let mut p = rcgen::CertificateParams::new(vec!["x".to_string()]).unwrap();
-            let t = |s: i64| {
-                rcgen::date_time_ymd(1970, 1, 1) + std::time::Duration::from_secs(s as u64)
-            };
-            p.not_before = t(from);
-            p.not_after = t(to);
-            p.self_signed(&key).unwrap().pem()
-        };
-        assert!(still_good(cert(now - 100, now + 1000).as_bytes()));
-        assert!(
-            !still_good(cert(now - 1000, now + 100).as_bytes()),
-            "less than a fifth left: renew"
-        );
-        assert!(!still_good(cert(now - 1000, now - 10).as_bytes()));
-        assert!(!still_good(b"garbage"));
     }
 }

@@ -109,6 +109,14 @@ mod tests {
             sans[0].contains("fixture-node-1") && sans[1].contains("198.18.0.101"),
             "{sans:?}"
         );
+        // A dual-stack node: both addresses.
+        let ips: [IpAddr; 2] = [
+            "198.18.0.101".parse().unwrap(),
+            "fd00::101".parse().unwrap(),
+        ];
+        let pem = node_csr("n1", Some(&ips), &key).unwrap();
+        let serving = rcgen::CertificateSigningRequestParams::from_pem(&pem).unwrap();
+        assert_eq!(serving.params.subject_alt_names.len(), 3);
     }
 
     #[test]

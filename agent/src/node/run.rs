@@ -277,7 +277,7 @@ pub async fn run_node(kubeconfig: PathBuf, node: PreparedNode) -> anyhow::Result
     let serving = crate::controllers::serving_cert::ServingCert {
         client: client.clone(),
         node: cfg.name.clone(),
-        ips: vec![cfg.internal_ip],
+        ips: cfg.node_ips(),
         state_dir: state_dir.clone(),
     };
     tokio::spawn(serving.run(stop_rx.clone()));
