@@ -403,6 +403,9 @@ pub fn status(
         ],
         "daemonEndpoints": {"kubeletEndpoint": {"Port": cfg.kubelet_port}},
         "declaredFeatures": declared_features(cfg.apiserver_minor),
+        // kubelet's NodeFeatures setter: the runtime honours supplementalGroupsPolicy
+        // (Strict: only the groups the pod names).
+        "features": {"supplementalGroupsPolicy": true},
         "runtimeHandlers": runtime_handlers(&cfg.runtime_handlers),
         "images": facts.images,
         "nodeInfo": {
@@ -671,6 +674,8 @@ mod tests {
             ours["runtimeHandlers"],
             json!([{"name": "", "features": features}, {"name": "runc", "features": features}])
         );
+        // As kubelet on a runtime that honours supplementalGroupsPolicy.
+        assert_eq!(ours["features"], json!({"supplementalGroupsPolicy": true}));
     }
 
     #[test]
