@@ -327,7 +327,8 @@ async fn the_kubelet_api_serves_logs_and_pods_to_authorized_callers_only() {
         "metadata": {"name": "talker"},
         "spec": {"hostNetwork": true, "terminationGracePeriodSeconds": 1, "containers": [
             {"name": "c", "image": "busybox:1.36", "command": ["sh", "-c",
-             "for i in 1 2 3 4 5; do echo line $i; done; i=0; while true; do echo tick $i; i=$((i+1)); sleep 0.2; done"]}]},
+             "for i in 1 2 3 4 5; do echo line $i; done; i=0; while true; do echo tick $i; i=$((i+1)); sleep 0.2; done"],
+             "readinessProbe": {"exec": {"command": ["true"]}, "periodSeconds": 1}}]},
     }))
     .unwrap();
     pods.create(&PostParams::default(), &pod).await.unwrap();
@@ -475,6 +476,36 @@ async fn the_kubelet_api_serves_logs_and_pods_to_authorized_callers_only() {
     assert_eq!(configz["kubeletconfig"]["port"], 10250);
     assert_eq!(configz["kubeletconfig"]["authorization"]["mode"], "Webhook");
     let (_, metrics) = api.get("/metrics").await.unwrap();
+    // kubelet's names beside kernlet's own, in the text format scrapers read.
+    let m = kernlet_tests::prometheus::parse(&metrics).unwrap_or_else(|e| panic!("{e}\n{metrics}"));
+    assert_eq!(m.find("kubelet_node_name", &[("node", "k1")])[0].value, 1.0);
+    assert!(m.find("kubelet_running_pods", &[])[0].value >= 1.0);
+    assert!(
+        m.find(
+            "kubelet_running_containers",
+            &[("container_state", "running")]
+        )[0]
+        .value
+            >= 1.0
+    );
+    // prober_probe_total counts the talker's readiness probe runs.
+    let probes = wait_for("counted probe runs", Duration::from_secs(20), async || {
+        let (_, text) = api.get("/metrics/probes").await.ok()?;
+        let m = kernlet_tests::prometheus::parse(&text).ok()?;
+        let found = m.find(
+            "prober_probe_total",
+            &[
+                ("pod", "talker"),
+                ("namespace", "default"),
+                ("container", "c"),
+                ("probe_type", "Readiness"),
+                ("result", "successful"),
+            ],
+        );
+        found.first().map(|s| s.value).filter(|v| *v >= 1.0)
+    })
+    .await;
+    assert!(probes >= 1.0);
     assert!(
         metrics.contains("kernlet_running_containers 1")
             && metrics.contains("kernlet_api_requests_total{code=\"200\"}"),

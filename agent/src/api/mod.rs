@@ -5,7 +5,7 @@
 //! SubjectAccessReview on the node's subresource for its path, as kubelet does. Served:
 //! `/healthz`, `/pods`, `/runningpods/`, `/containerLogs/{ns}/{pod}/{container}` (with
 //! follow, tailLines, sinceSeconds, sinceTime, timestamps, previous, limitBytes),
-//! `/configz`, `/metrics` (kernlet's own), `/metrics/resource`, `/metrics/cadvisor`, `/stats/summary`,
+//! `/configz`, `/metrics` (kernlet's own), `/metrics/resource`, `/metrics/cadvisor`, `/metrics/probes`, `/stats/summary`,
 //! and the streaming endpoints `/exec/…`, `/attach/…` (output only) and
 //! `/portForward/…` over WebSocket (`stream`) or SPDY/3.1 (`spdy`).
 
@@ -329,6 +329,9 @@ async fn route(shared: &Shared, req: Request<Incoming>) -> Response<Body> {
                 .await
                 .unwrap_or_default();
             text(StatusCode::OK, body)
+        }
+        (&http::Method::GET, ["metrics", "probes"]) => {
+            text(StatusCode::OK, crate::podworker::probe_metrics::text())
         }
         (&http::Method::GET, ["metrics", "cadvisor"]) => {
             let src = shared.cfg.stats.clone();
@@ -680,16 +683,37 @@ fn metrics(shared: &Shared) -> String {
     use crate::runtime::container::{ContainerState, records_in, state_in};
     let state_dir = &shared.cfg.state_dir;
     let pods = crate::podworker::recorded_pods(state_dir).len();
-    let running = records_in(state_dir)
-        .iter()
-        .filter(|r| {
-            matches!(
-                state_in(&state_dir.join("containers").join(&r.id)),
-                ContainerState::Running { .. }
-            )
-        })
-        .count();
+    // Each container record by its state, as kubelet's container_state label names it.
+    let mut states: std::collections::BTreeMap<&str, usize> =
+        ["created", "exited", "running", "unknown"]
+            .into_iter()
+            .map(|s| (s, 0))
+            .collect();
+    for r in records_in(state_dir) {
+        let state = match state_in(&state_dir.join("containers").join(&r.id)) {
+            ContainerState::Created => "created",
+            ContainerState::Running { .. } => "running",
+            ContainerState::Exited { .. } => "exited",
+            ContainerState::Failed(_) => "unknown",
+        };
+        *states.entry(state).or_insert(0) += 1;
+    }
+    let running = states["running"];
     let mut out = String::new();
+    // kubelet's own series where kernlet does the same work.
+    out.push_str("# HELP kubelet_node_name [ALPHA] The node's name. The count is always 1.\n# TYPE kubelet_node_name gauge\n");
+    out.push_str(&format!(
+        "kubelet_node_name{{node=\"{}\"}} 1\n",
+        shared.cfg.stats.node
+    ));
+    out.push_str("# HELP kubelet_running_pods [ALPHA] Number of pods that have a running pod sandbox\n# TYPE kubelet_running_pods gauge\n");
+    out.push_str(&format!("kubelet_running_pods {pods}\n"));
+    out.push_str("# HELP kubelet_running_containers [ALPHA] Number of containers currently running\n# TYPE kubelet_running_containers gauge\n");
+    for (state, n) in &states {
+        out.push_str(&format!(
+            "kubelet_running_containers{{container_state=\"{state}\"}} {n}\n"
+        ));
+    }
     out.push_str(
         "# HELP kernlet_pods Pods with a sandbox on this node.\n# TYPE kernlet_pods gauge\n",
     );

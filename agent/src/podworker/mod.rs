@@ -12,6 +12,7 @@ mod host_ports;
 mod images;
 mod pace;
 mod plan;
+pub mod probe_metrics;
 mod probes;
 mod relist;
 mod resize;

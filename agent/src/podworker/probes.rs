@@ -41,6 +41,20 @@ impl Runner {
             .unwrap_or_default();
         let mut unhealthy = Vec::new();
         for (key, result) in results {
+            if let Some(v) = views.iter().find(|v| v.id == key.0) {
+                super::probe_metrics::count(super::probe_metrics::ProbeSeries {
+                    container: v.name.clone(),
+                    namespace: sb.namespace.clone(),
+                    pod: sb.name.clone(),
+                    pod_uid: sb.uid.clone(),
+                    probe_type: key.1.name(),
+                    result: if result.is_ok() {
+                        "successful"
+                    } else {
+                        "failed"
+                    },
+                });
+            }
             if let Some(run) = self.probes.get_mut(&key) {
                 run.in_flight = false;
                 run.next_at = now + run.tracker.timing.period;

@@ -172,6 +172,7 @@ impl Runner {
             .map(|c| c.id)
             .collect();
         self.probes.retain(|(id, _), _| !ids.contains(id));
+        super::probe_metrics::forget_pod(&sb.uid);
         self.stopping.retain(|id| !ids.contains(id));
         self.backoff_reported.retain(|id, _| !ids.contains(id));
         if let Ok(mut r) = self.probe_results.lock() {
