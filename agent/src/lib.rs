@@ -25,3 +25,4 @@ pub mod services_view;
 pub mod state;
 pub mod status;
 pub mod sys;
+pub mod top;

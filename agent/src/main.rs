@@ -163,6 +163,21 @@ fn run(cli: Cli, raw: &[String]) -> anyhow::Result<()> {
             print_view(output.output, &v, kernlet::services_view::table);
             Ok(())
         }
+        Command::Top {
+            containers,
+            interval,
+            once,
+            output,
+            state_dir,
+            cgroup_root,
+        } => cli::views::top(
+            &state_dir,
+            &cgroup_root,
+            containers,
+            interval,
+            once || output.output == cli::Output::Json,
+            output.output,
+        ),
         Command::Status {
             output,
             kubeconfig,

@@ -1449,6 +1449,50 @@ spec:
     // inspect: the pod with its sandbox and containers, as the kernel has them.
     let flags = node.kernlet_dir_flags();
     let cg_at = flags.iter().position(|f| f == "--cgroup-root").unwrap();
+    // top: the pod and its running container by CPU from their cgroups.
+    let top = |extra: &[&str]| -> Value {
+        let out = Command::new(kernlet_bin().unwrap())
+            .args([
+                "top",
+                "-o",
+                "json",
+                "--interval",
+                "0.5",
+                "--cgroup-root",
+                &flags[cg_at + 1],
+                "--state-dir",
+            ])
+            .arg(node.dir("state"))
+            .args(extra)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).unwrap()
+    };
+    let pods = top(&[]);
+    let talk = pods
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["pod"] == "talk")
+        .unwrap();
+    assert_eq!(talk["namespace"], "t");
+    assert!(talk["cpuMillicores"].is_u64(), "{pods}");
+    let containers = top(&["--containers"]);
+    assert!(
+        containers
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|r| r["pod"] == "talk"
+                && r["container"] == "sleeper"
+                && r["cpuMillicores"].is_u64()),
+        "{containers}"
+    );
     let inspect = |what: &str, json_out: bool| {
         let mut cmd = Command::new(kernlet_bin().unwrap());
         cmd.args([

@@ -422,11 +422,14 @@ fn demo() -> Result<()> {
         std::thread::sleep(std::time::Duration::from_millis(300));
     };
     let state = base.join("state").display().to_string();
+    let run_dir = base.join("run").display().to_string();
     println!("\nthe web pod answers: {}", page.trim());
     println!("reach it:   nsenter --net=/run/netns/{DEMO_NETNS} wget -qO- http://127.0.0.1:8080/");
-    println!("list pods:  target/debug/kernlet pods --state-dir {state}   (add -o json)");
+    println!(
+        "list pods:  target/debug/kernlet pods --state-dir {state} --run-dir {run_dir}   (add -o json)"
+    );
     let _ = Command::new("target/debug/kernlet")
-        .args(["pods", "--state-dir", &state])
+        .args(["pods", "--state-dir", &state, "--run-dir", &run_dir])
         .status();
     if std::io::IsTerminal::is_terminal(&std::io::stdin()) {
         println!("\npress Enter to stop the demo and remove its pods");

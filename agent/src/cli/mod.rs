@@ -156,6 +156,28 @@ pub enum Command {
         #[command(flatten)]
         dirs: ViewDirs,
     },
+    /// The node's pods (or containers) by CPU and memory from their cgroups, busiest
+    /// first, refreshed every interval (`kubectl top` without metrics-server; from the
+    /// state directory and the kernel, works without the daemon).
+    Top {
+        /// One line per running container instead of per pod.
+        #[arg(long)]
+        containers: bool,
+        /// Seconds between readings (CPU is the rate over it).
+        #[arg(long, default_value_t = 2.0)]
+        interval: f64,
+        /// Print one measurement and exit (what `-o json` prints).
+        #[arg(long)]
+        once: bool,
+        #[command(flatten)]
+        output: OutputArgs,
+        /// The node's state directory.
+        #[arg(long, default_value = "/var/lib/kernlet", env = "KERNLET_STATE_DIR")]
+        state_dir: PathBuf,
+        /// kernlet's cgroup subtree, relative to the cgroup2 mount.
+        #[arg(long, default_value = "kernlet", env = "KERNLET_CGROUP_ROOT")]
+        cgroup_root: PathBuf,
+    },
     /// The overlay's peers: pod CIDR, VTEP MAC, public IP, whether their route,
     /// neighbour and FDB entries on flannel.1 match the Nodes, and the last probe.
     Overlay {

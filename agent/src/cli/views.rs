@@ -232,6 +232,51 @@ pub fn print_view(output: Output, v: &serde_json::Value, table: fn(&serde_json::
 }
 
 /// `kernlet inspect`: one pod or container as the node has it.
+/// `kernlet top`: readings `interval` seconds apart, printed as a table (refreshed
+/// until interrupted unless `once`) or, with `-o json`, once as JSON.
+pub fn top(
+    state_dir: &std::path::Path,
+    cgroup_root: &std::path::Path,
+    containers: bool,
+    interval: f64,
+    once: bool,
+    output: Output,
+) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        interval.is_finite() && (0.1..=3600.0).contains(&interval),
+        "--interval {interval}: give seconds between 0.1 and 3600"
+    );
+    let root = kernlet::sys::cgroup::cgroup2_mount()
+        .map_err(|e| anyhow::anyhow!("finding the cgroup2 mount: {e}"))?
+        .join(cgroup_root);
+    let interval = std::time::Duration::from_secs_f64(interval);
+    let terminal = std::io::IsTerminal::is_terminal(&std::io::stdout());
+    let mut before = kernlet::top::read(state_dir, &root);
+    let mut at = std::time::Instant::now();
+    loop {
+        std::thread::sleep(interval);
+        let after = kernlet::top::read(state_dir, &root);
+        let now = std::time::Instant::now();
+        let rows = kernlet::top::rows(&before, &after, now - at, containers);
+        if output == Output::Json {
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&rows).unwrap_or_default()
+            );
+        } else {
+            if terminal && !once {
+                // Clear the screen and go home, as top does.
+                print!("\x1b[H\x1b[2J");
+            }
+            print!("{}", kernlet::top::table(&rows, containers));
+        }
+        if once {
+            return Ok(());
+        }
+        (before, at) = (after, now);
+    }
+}
+
 pub fn inspect(
     what: &str,
     output: Output,
