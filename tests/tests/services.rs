@@ -646,6 +646,47 @@ async fn cluster_ips_are_balanced_by_the_socket_hooks() {
     )
     .await;
 
+    // kube-proxy's metrics, on its metrics address inside the node: the syncs, when
+    // the last one succeeded, the changes seen, the programming latency.
+    let node_ns = PathBuf::from(format!("/run/netns/{}", nodes[0].netns));
+    let mut c = kernlet::sys::ns::connect_in(
+        Some(&node_ns),
+        (std::net::Ipv4Addr::LOCALHOST, 10249).into(),
+        Duration::from_secs(3),
+    )
+    .unwrap();
+    c.write_all(b"GET /metrics HTTP/1.1\r\nHost: m\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    let mut answer = String::new();
+    std::io::Read::read_to_string(&mut c, &mut answer).unwrap();
+    let (head, body) = answer.split_once("\r\n\r\n").unwrap();
+    assert!(
+        head.starts_with("HTTP/1.1 200") && head.contains("text/plain"),
+        "{head}"
+    );
+    let m = kernlet_tests::prometheus::parse(body).unwrap_or_else(|e| panic!("{e}\n{body}"));
+    let v4 = [("ip_family", "IPv4")];
+    assert!(
+        m.find("kubeproxy_sync_proxy_rules_duration_seconds_count", &v4)[0].value >= 1.0,
+        "{body}"
+    );
+    assert!(
+        m.find("kubeproxy_sync_proxy_rules_last_timestamp_seconds", &v4)[0].value > 1.7e9,
+        "{body}"
+    );
+    assert!(
+        m.find("kubeproxy_sync_proxy_rules_endpoint_changes_total", &[])[0].value >= 1.0,
+        "{body}"
+    );
+    assert!(
+        m.find("kubeproxy_sync_proxy_rules_service_changes_total", &[])[0].value >= 1.0,
+        "{body}"
+    );
+    assert_eq!(
+        m.types["kubeproxy_network_programming_duration_seconds"],
+        "histogram"
+    );
+
     // Topology: with the nodes in zones, PreferSameNode and PreferSameZone keep s1's
     // clients on web-a (s1, zone-a); web-b is on s2 in zone-b.
     for (node, zone) in [("s1", "zone-a"), ("s2", "zone-b")] {

@@ -733,7 +733,6 @@ fn metrics(shared: &Shared) -> String {
         "kernlet_api_handshakes_refused_total {}\n",
         shared.metrics.refused.load(Ordering::Relaxed)
     ));
-    out.push_str(&crate::controllers::proxy_health::metrics_text());
     out
 }
 

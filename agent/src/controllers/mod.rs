@@ -9,6 +9,7 @@ pub mod permissions;
 pub mod pod_sources;
 pub mod pods;
 pub mod proxy_health;
+pub mod proxy_metrics;
 pub mod runtime_classes;
 pub mod service_links;
 pub mod services;

@@ -40,6 +40,8 @@ pub struct ServiceProxyConfig {
     pub iface: Option<String>,
     /// Where `/healthz` and `/livez` are served (kube-proxy's :10256), if anywhere.
     pub healthz: Option<std::net::SocketAddr>,
+    /// Where kube-proxy's metrics are served (`/metrics`), if anywhere.
+    pub metrics: Option<std::net::SocketAddr>,
 }
 
 fn key_of<K: kube::Resource>(o: &K) -> String {
@@ -247,6 +249,15 @@ pub async fn run(
             }
         });
     }
+    super::proxy_metrics::set_families(&cfg.node_ips);
+    if let Some(addr) = cfg.metrics {
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            if let Err(e) = super::proxy_metrics::serve(addr, stop).await {
+                tracing::warn!("the Service proxy's metrics endpoint {addr} is not served: {e}");
+            }
+        });
+    }
     // The maps and programs; loading is retried (a missing bpffs is named in the log).
     let table: Arc<Mutex<BpfLb>> = loop {
         let c = cfg.clone();
@@ -343,7 +354,7 @@ pub async fn run(
                 Step::Sync
             }
             e = services.next() => match e {
-                Some(Ok(ev)) => Step::changed(fold(ev, &mut svc_store, &mut svc_staging, &mut svc_synced)),
+                Some(Ok(ev)) => Step::changed(counted(true, fold(ev, &mut svc_store, &mut svc_staging, &mut svc_synced))),
                 Some(Err(e)) => {
                     tracing::warn!("watching Services: {e}; retrying in {backoff:?}");
                     tokio::time::sleep(backoff).await;
@@ -356,7 +367,7 @@ pub async fn run(
                 }
             },
             e = slices.next() => match e {
-                Some(Ok(ev)) => Step::changed(fold(ev, &mut eps_store, &mut eps_staging, &mut eps_synced)),
+                Some(Ok(ev)) => Step::changed(counted(false, fold(ev, &mut eps_store, &mut eps_staging, &mut eps_synced))),
                 Some(Err(e)) => {
                     tracing::warn!("watching EndpointSlices: {e}; retrying in {backoff:?}");
                     tokio::time::sleep(backoff).await;
@@ -399,6 +410,7 @@ pub async fn run(
             crate::model::services::use_maglev(&mut want);
         }
         let frontends = want.len();
+        let started = std::time::Instant::now();
         let t = Arc::clone(&table);
         let run_dir = cfg.run_dir.clone();
         let node_ips = cfg.node_ips.clone();
@@ -431,6 +443,7 @@ pub async fn run(
             Ok::<_, String>(n)
         })
         .await;
+        super::proxy_metrics::synced(started.elapsed().as_secs_f64(), matches!(result, Ok(Ok(_))));
         match result {
             Ok(Ok(n)) => {
                 observe_programming(&mut programmed, &eps_store);
@@ -454,6 +467,15 @@ pub async fn run(
             }
         }
     }
+}
+
+/// Counts a Service (`service`) or EndpointSlice change for kube-proxy's metrics;
+/// `changed` passes through.
+fn counted(service: bool, changed: bool) -> bool {
+    if changed {
+        super::proxy_metrics::changed(service);
+    }
+    changed
 }
 
 /// Writes `want` into `table`: a pass, and while writes fail up to three more right
@@ -521,9 +543,9 @@ fn observe_programming(
     if let Some(before) = programmed.as_ref() {
         for (k, t) in &current {
             if before.get(k) != Some(t)
-                && let Some(secs) = super::proxy_health::since_trigger(t, now)
+                && let Some(secs) = super::proxy_metrics::since_trigger(t, now)
             {
-                super::proxy_health::observe_programming(secs);
+                super::proxy_metrics::observe_programming(secs);
             }
         }
     }

@@ -209,6 +209,10 @@ pub struct NodeArgs {
     /// --healthz-bind-address); port 0 turns it off.
     #[arg(long, default_value = "0.0.0.0:10256")]
     pub proxy_healthz_bind_address: std::net::SocketAddr,
+    /// Where the Service proxy serves kube-proxy's metrics (`/metrics`, its
+    /// --metrics-bind-address); port 0 turns it off.
+    #[arg(long, default_value = "127.0.0.1:10249")]
+    pub proxy_metrics_bind_address: std::net::SocketAddr,
     /// Address the kubelet API listens on.
     #[arg(long, default_value = "0.0.0.0")]
     pub address: IpAddr,

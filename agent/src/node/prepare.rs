@@ -188,6 +188,8 @@ pub fn prepare_node(args: &NodeArgs) -> anyhow::Result<PreparedNode> {
                 run_dir: args.dirs.run_dir.clone(),
                 healthz: (args.proxy_healthz_bind_address.port() != 0)
                     .then_some(args.proxy_healthz_bind_address),
+                metrics: (args.proxy_metrics_bind_address.port() != 0)
+                    .then_some(args.proxy_metrics_bind_address),
             }),
         },
         client_ca_file: args.client_ca_file.clone(),
