@@ -51,3 +51,19 @@ where
         .serve_connection(hyper_util::rt::TokioIo::new(stream), svc)
         .await;
 }
+
+/// Listens on `addr` and serves every connection with `answer` until `stop`.
+pub async fn listen(
+    addr: std::net::SocketAddr,
+    answer: fn(&str) -> Answer,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) -> std::io::Result<()> {
+    let listener = tokio::net::TcpListener::bind(addr).await?;
+    loop {
+        let (tcp, _) = tokio::select! {
+            _ = stop.changed() => return Ok(()),
+            a = listener.accept() => match a { Ok(a) => a, Err(_) => continue },
+        };
+        tokio::spawn(serve(tcp, answer));
+    }
+}

@@ -449,13 +449,6 @@ const FAMILIES: &[Family] = &[
     },
 ];
 
-/// Escapes a label value for the text format.
-fn escape(v: &str) -> String {
-    v.replace('\\', "\\\\")
-        .replace('"', "\\\"")
-        .replace('\n', "\\n")
-}
-
 /// The text exposition of `entries` and the machine's figures.
 pub fn render(entries: &[Entry], machine: &[(&str, &str, f64)]) -> String {
     let mut out = String::new();
@@ -488,7 +481,7 @@ pub fn render(entries: &[Entry], machine: &[(&str, &str, f64)]) -> String {
                 labels.sort_by(|a, b| a.0.cmp(b.0));
                 let text: Vec<String> = labels
                     .iter()
-                    .map(|(k, v)| format!("{k}=\"{}\"", escape(v)))
+                    .map(|(k, v)| format!("{k}=\"{}\"", crate::model::prom_text::escape(v)))
                     .collect();
                 let _ = writeln!(out, "{}{{{}}} {value}", f.name, text.join(","));
             }

@@ -67,19 +67,17 @@ pub fn answer(path: &str) -> (u16, String) {
 /// Serves `/healthz` and `/livez` on `addr` until `stop`.
 pub async fn serve(
     addr: std::net::SocketAddr,
-    mut stop: tokio::sync::watch::Receiver<bool>,
+    stop: tokio::sync::watch::Receiver<bool>,
 ) -> std::io::Result<()> {
-    let listener = tokio::net::TcpListener::bind(addr).await?;
-    loop {
-        let (tcp, _) = tokio::select! {
-            _ = stop.changed() => return Ok(()),
-            a = listener.accept() => match a { Ok(a) => a, Err(_) => continue },
-        };
-        tokio::spawn(crate::json_http::serve(tcp, |path| {
+    crate::json_http::listen(
+        addr,
+        |path| {
             let (code, body) = answer(path);
             crate::json_http::Answer::new(code, body)
-        }));
-    }
+        },
+        stop,
+    )
+    .await
 }
 
 #[cfg(test)]

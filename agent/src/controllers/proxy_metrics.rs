@@ -237,28 +237,24 @@ pub fn text() -> String {
 /// Serves `/metrics` on `addr` until `stop`.
 pub async fn serve(
     addr: std::net::SocketAddr,
-    mut stop: tokio::sync::watch::Receiver<bool>,
+    stop: tokio::sync::watch::Receiver<bool>,
 ) -> std::io::Result<()> {
-    let listener = tokio::net::TcpListener::bind(addr).await?;
-    loop {
-        let (tcp, _) = tokio::select! {
-            _ = stop.changed() => return Ok(()),
-            a = listener.accept() => match a { Ok(a) => a, Err(_) => continue },
-        };
-        tokio::spawn(crate::json_http::serve(tcp, |path| {
-            match path.trim_end_matches('/') {
-                "/metrics" => {
-                    let mut a = crate::json_http::Answer::new(200, text());
-                    a.headers.push((
-                        "content-type",
-                        "text/plain; version=0.0.4; charset=utf-8".into(),
-                    ));
-                    a
-                }
-                _ => crate::json_http::Answer::new(404, "404 page not found\n"),
+    crate::json_http::listen(
+        addr,
+        |path| match path.trim_end_matches('/') {
+            "/metrics" => {
+                let mut a = crate::json_http::Answer::new(200, text());
+                a.headers.push((
+                    "content-type",
+                    "text/plain; version=0.0.4; charset=utf-8".into(),
+                ));
+                a
             }
-        }));
-    }
+            _ => crate::json_http::Answer::new(404, "404 page not found\n"),
+        },
+        stop,
+    )
+    .await
 }
 
 #[cfg(test)]

@@ -20,6 +20,7 @@ pub mod overlay;
 pub mod pod_lifecycle;
 pub mod pod_status;
 pub mod probe;
+pub mod prom_text;
 pub mod qos;
 pub mod quantity;
 pub mod resize;

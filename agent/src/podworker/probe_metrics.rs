@@ -35,12 +35,6 @@ pub fn forget_pod(uid: &str) {
         .retain(|s, _| s.pod_uid != uid);
 }
 
-fn escape(v: &str) -> String {
-    v.replace('\\', "\\\\")
-        .replace('"', "\\\"")
-        .replace('\n', "\\n")
-}
-
 /// `/metrics/probes` in the Prometheus text format.
 pub fn text() -> String {
     let counts = COUNTS.lock().unwrap_or_else(|p| p.into_inner());
@@ -51,10 +45,10 @@ pub fn text() -> String {
         let _ = writeln!(
             out,
             "prober_probe_total{{container=\"{}\",namespace=\"{}\",pod=\"{}\",pod_uid=\"{}\",probe_type=\"{}\",result=\"{}\"}} {n}",
-            escape(&s.container),
-            escape(&s.namespace),
-            escape(&s.pod),
-            escape(&s.pod_uid),
+            crate::model::prom_text::escape(&s.container),
+            crate::model::prom_text::escape(&s.namespace),
+            crate::model::prom_text::escape(&s.pod),
+            crate::model::prom_text::escape(&s.pod_uid),
             s.probe_type,
             s.result
         );
