@@ -1400,8 +1400,10 @@ spec:
     };
     let ps: Value = serde_json::from_str(&kernlet(&["ps", "-o", "json"])).unwrap();
     let items = ps["items"].as_array().unwrap();
+    // Its ended runs as kubelet's collection keeps them: the latest, and the one
+    // before while the latest has just ended.
     let once: Vec<&Value> = items.iter().filter(|i| i["container"] == "once").collect();
-    assert!(once.len() >= 2, "both runs: {ps:#}");
+    assert!(!once.is_empty() && once.len() <= 2, "{ps:#}");
     for i in &once {
         assert_eq!(i["state"], "exited", "{i}");
         assert_eq!(i["exitCode"], 1);
@@ -1409,7 +1411,10 @@ spec:
         assert_eq!(i["pod"]["name"], "talk");
         assert_eq!(i["pod"]["namespace"], "t");
     }
-    assert_eq!(once[0]["attempt"], 0);
+    assert!(
+        once.last().unwrap()["attempt"].as_u64() >= Some(1),
+        "{ps:#}"
+    );
     let sleeper = items.iter().find(|i| i["container"] == "sleeper").unwrap();
     assert_eq!(sleeper["state"], "running");
     assert!(sleeper["pid"].as_u64().unwrap() > 1);

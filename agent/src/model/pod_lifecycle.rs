@@ -233,6 +233,24 @@ pub fn restarts_after_exit(spec: &PodSpec, name: &str, code: i32) -> bool {
     should_restart(policy(spec), code)
 }
 
+/// How long after a run ended the run before it is kept for the status that first
+/// shows the end (its last state).
+pub const JUST_ENDED: Duration = Duration::from_secs(10);
+
+/// How many of a container's newest runs the node keeps, as kubelet's container
+/// collection (`MaxPerPodContainer` 1: each container's running run and its newest ended
+/// one): two while the latest runs (it and the run before, the status's last state),
+/// one while the latest waits to restart (it is the last state) once it ended
+/// `JUST_ENDED` ago; two for a latest run that ended for good (the pod's final status
+/// shows the run before as its last state). `latest_ended` is how long ago the latest
+/// run ended, `None` while it runs.
+pub fn runs_to_keep(latest_ended: Option<Duration>, restarts: bool) -> usize {
+    match latest_ended {
+        Some(ago) if restarts && ago >= JUST_ENDED => 1,
+        _ => 2,
+    }
+}
+
 /// The run `kubectl logs` reads of `runs` (oldest first), as kubelet picks it from the
 /// container's status: the latest; with `previous`, the status's `lastState` — the
 /// latest itself while it waits to restart (`latest_waits`), else the run before it.
@@ -447,6 +465,23 @@ pub fn go_duration(d: Duration) -> String {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn ended_runs_are_kept_as_kubelets_collection_keeps_them() {
+        let s = Duration::from_secs;
+        assert_eq!(
+            runs_to_keep(None, true),
+            2,
+            "running: it and the run before"
+        );
+        assert_eq!(
+            runs_to_keep(Some(s(2)), true),
+            2,
+            "just ended: its first status"
+        );
+        assert_eq!(runs_to_keep(Some(s(30)), true), 1, "waiting to restart");
+        assert_eq!(runs_to_keep(Some(s(30)), false), 2, "ended for good");
+    }
+
     #[test]
     fn logs_previous_reads_the_last_state_as_kubelet() {
         let spec: PodSpec = serde_json::from_value(serde_json::json!({

@@ -505,16 +505,34 @@ impl Runner {
         )
     }
 
-    /// Keeps the current and the previous run of each container; older ones go.
+    /// Removes the ended runs of each container the node no longer keeps, with their
+    /// logs (`pod_lifecycle::runs_to_keep`, kubelet's container collection).
     pub(super) fn prune(&self, uid: &str, spec: &k8s_openapi::api::core::v1::PodSpec) {
         let records = self.rt.pod_containers(uid);
+        let deleting = self.termination.is_some();
         for c in pod_lifecycle::all_containers(spec) {
             let mine = runs_of(&records, uid, &c.name);
-            if mine.len() > 2 {
-                for old in &mine[..mine.len() - 2] {
-                    if self.rt.remove_container(&old.id).is_ok() {
-                        let _ = std::fs::remove_file(&old.log_path);
-                    }
+            let Some(latest) = mine.last() else {
+                continue;
+            };
+            let (ended, restarts) = match self.rt.container_state(&latest.id) {
+                ContainerState::Exited { exit, .. } => (
+                    Some(parse_time(&exit.finished_at).map_or(Duration::ZERO, |t| {
+                        Duration::from_secs(
+                            u64::try_from(
+                                k8s_openapi::jiff::Timestamp::now().as_second() - t.as_second(),
+                            )
+                            .unwrap_or(0),
+                        )
+                    })),
+                    !deleting && pod_lifecycle::restarts_after_exit(spec, &c.name, exit.exit_code),
+                ),
+                _ => (None, false),
+            };
+            let keep = pod_lifecycle::runs_to_keep(ended, restarts);
+            for old in mine.iter().take(mine.len().saturating_sub(keep)) {
+                if self.rt.remove_container(&old.id).is_ok() {
+                    let _ = std::fs::remove_file(&old.log_path);
                 }
             }
         }
