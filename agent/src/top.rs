@@ -48,11 +48,7 @@ pub fn read(state_dir: &Path, cgroup_root: &Path) -> Vec<Reading> {
         let Some(uid) = p["metadata"]["uid"].as_str() else {
             continue;
         };
-        let Some(sb) = crate::runtime::read_json::<serde_json::Value>(
-            &state_dir.join("pods").join(uid).join("sandbox.json"),
-        )
-        .ok()
-        .flatten() else {
+        let Some(sb) = crate::runtime::sandbox::record_in(state_dir, uid) else {
             continue;
         };
         let ns = p["metadata"]["namespace"]
@@ -60,9 +56,7 @@ pub fn read(state_dir: &Path, cgroup_root: &Path) -> Vec<Reading> {
             .unwrap_or("")
             .to_string();
         let name = p["metadata"]["name"].as_str().unwrap_or("").to_string();
-        let u = cgroup_usage(
-            &cgroup_root.join(sb["cgroup"].as_str().unwrap_or("").trim_start_matches('/')),
-        );
+        let u = cgroup_usage(&cgroup_root.join(sb.cgroup.trim_start_matches('/')));
         out.push(Reading {
             namespace: ns.clone(),
             pod: name.clone(),

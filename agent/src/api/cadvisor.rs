@@ -570,19 +570,11 @@ fn known(src: &StatsSources) -> Known {
         let Some(uid) = p["metadata"]["uid"].as_str() else {
             continue;
         };
-        let Some(sb) = crate::runtime::read_json::<serde_json::Value>(
-            &src.state_dir.join("pods").join(uid).join("sandbox.json"),
-        )
-        .ok()
-        .flatten() else {
+        let Some(sb) = crate::runtime::sandbox::record_in(&src.state_dir, uid) else {
             continue;
         };
-        let Some(cgroup) = sb["cgroup"].as_str() else {
-            continue;
-        };
-        let cgroup = cgroup.trim_matches('/').to_string();
-        let host = sb["hostNetwork"].as_bool().unwrap_or(false);
-        let netns = (!host).then(|| src.run_dir.join("pods").join(uid).join("ns/net"));
+        let cgroup = sb.cgroup.trim_matches('/').to_string();
+        let netns = (!sb.host_network).then(|| src.run_dir.join("pods").join(uid).join("ns/net"));
         let ns = p["metadata"]["namespace"]
             .as_str()
             .unwrap_or("")

@@ -179,14 +179,8 @@ fn running_containers(src: &StatsSources) -> Vec<Running> {
 
 /// The sandbox record of a pod: its cgroup (relative) and whether it uses the host's network.
 fn sandbox(src: &StatsSources, uid: &str) -> Option<(String, bool)> {
-    let v: Value = serde_json::from_slice(
-        &std::fs::read(src.state_dir.join("pods").join(uid).join("sandbox.json")).ok()?,
-    )
-    .ok()?;
-    Some((
-        v["cgroup"].as_str()?.to_string(),
-        v["hostNetwork"].as_bool().unwrap_or(false),
-    ))
+    let sb = crate::runtime::sandbox::record_in(&src.state_dir, uid)?;
+    Some((sb.cgroup, sb.host_network))
 }
 
 /// kubelet's `/stats/summary`.

@@ -42,6 +42,14 @@ pub struct SandboxRecord {
     pub memory_request: u64,
 }
 
+/// The recorded sandbox of pod `uid` under the state directory `state_dir`, for the
+/// readers that have no [`Runtime`] (the CLI, the stats and metrics endpoints).
+pub fn record_in(state_dir: &std::path::Path, uid: &str) -> Option<SandboxRecord> {
+    read_json(&state_dir.join("pods").join(uid).join("sandbox.json"))
+        .ok()
+        .flatten()
+}
+
 /// The pod cgroup path (relative to kernlet's root) for a QoS class, as kubelet lays
 /// out its cgroupfs driver: `kubepods/pod<uid>` for Guaranteed, else
 /// `kubepods/<burstable|besteffort>/pod<uid>`.
