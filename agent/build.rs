@@ -2,13 +2,28 @@
 //! - the eBPF programs (`ebpf/programs`), with the nightly toolchain for
 //!   bpfel-unknown-none, into OUT_DIR, where `sys::bpf` embeds the object;
 //! - the container reaper (`shim/`, the `kernlet-shim` binary) as a small static
-//!   executable, into OUT_DIR, where `runtime::reaper` embeds it.
+//!   executable, into OUT_DIR, where `runtime::reaper` embeds it;
+//! - the CRI `runtime.v1` services (`proto/runtime/v1/api.proto`, upstream's), compiled
+//!   in Rust (protox, no protoc needed) into OUT_DIR, where `cri::proto` includes them.
 
 use anyhow::Context as _;
 
 fn main() -> anyhow::Result<()> {
+    build_cri()?;
     build_ebpf()?;
     build_reaper()
+}
+
+fn build_cri() -> anyhow::Result<()> {
+    let proto = "proto/runtime/v1/api.proto";
+    println!("cargo:rerun-if-changed={proto}");
+    let descriptors = protox::compile([proto], ["proto"])
+        .map_err(|e| anyhow::anyhow!("compiling {proto}: {e}"))?;
+    tonic_prost_build::configure()
+        .build_client(true)
+        .build_server(true)
+        .compile_fds(descriptors)
+        .with_context(|| format!("generating the CRI services from {proto}"))
 }
 
 fn build_ebpf() -> anyhow::Result<()> {

@@ -10,6 +10,7 @@ pub mod bootstrap;
 pub mod client;
 pub mod config;
 pub mod controllers;
+pub mod cri;
 pub mod daemon;
 pub mod doctor;
 pub mod eviction;

@@ -37,7 +37,13 @@ pub struct CriWriter {
     size: u64,
     rotation: Rotation,
     pending: [Vec<u8>; 2],
+    /// When the path was last compared with the open file (see [`Self::follow_path`]).
+    checked: std::time::Instant,
 }
+
+/// How often the writer looks whether its log was moved away (the CRI's
+/// ReopenContainerLog: logrotate or kubelet renamed it and asks for a new file).
+const PATH_CHECK: std::time::Duration = std::time::Duration::from_secs(1);
 
 const STREAMS: [&str; 2] = ["stdout", "stderr"];
 
@@ -58,10 +64,31 @@ impl CriWriter {
             size,
             rotation,
             pending: [Vec::new(), Vec::new()],
+            checked: std::time::Instant::now(),
         })
     }
 
+    /// Opens the log path again when the file there is no longer the one written to
+    /// (renamed away, or replaced by a new empty file): at most once per [`PATH_CHECK`].
+    fn follow_path(&mut self) -> io::Result<()> {
+        use std::os::unix::fs::MetadataExt as _;
+        if self.checked.elapsed() < PATH_CHECK {
+            return Ok(());
+        }
+        self.checked = std::time::Instant::now();
+        let open = self.file.metadata()?;
+        let same = std::fs::metadata(&self.path)
+            .is_ok_and(|m| m.ino() == open.ino() && m.dev() == open.dev());
+        if !same {
+            let pending = std::mem::take(&mut self.pending);
+            *self = Self::open(&self.path.clone(), self.rotation)?;
+            self.pending = pending;
+        }
+        Ok(())
+    }
+
     fn record(&mut self, stream: usize, text: &[u8], partial: bool) -> io::Result<()> {
+        self.follow_path()?;
         let mut line = prefix(jiff::Timestamp::now(), STREAMS[stream], partial).into_bytes();
         line.extend_from_slice(text);
         line.push(b'\n');
@@ -221,6 +248,23 @@ mod tests {
             .lines()
             .map(|l| parse_line(l).unwrap())
             .collect()
+    }
+
+    #[test]
+    fn a_log_moved_away_is_followed_by_a_new_file_at_its_path() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("0.log");
+        let mut w = CriWriter::open(&p, Rotation::default()).unwrap();
+        w.write(0, b"before\n").unwrap();
+        let moved = dir.path().join("0.log.1");
+        std::fs::rename(&p, &moved).unwrap();
+        w.write(0, b"within the check period\n").unwrap();
+        w.checked -= PATH_CHECK;
+        w.write(0, b"after\n").unwrap();
+        w.finish().unwrap();
+        let texts = |p: &Path| read(p).into_iter().map(|r| r.text).collect::<Vec<_>>();
+        assert_eq!(texts(&moved), ["before", "within the check period"]);
+        assert_eq!(texts(&p), ["after"]);
     }
 
     #[test]

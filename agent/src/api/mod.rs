@@ -17,6 +17,7 @@ pub mod spdy;
 pub mod stats;
 pub mod stream;
 pub mod tls;
+pub(crate) mod upgrade;
 
 use std::convert::Infallible;
 use std::net::{IpAddr, SocketAddr};
@@ -65,7 +66,7 @@ pub struct ApiConfig {
     pub stats: stats::StatsSources,
 }
 
-type Body = BoxBody<Bytes, Infallible>;
+pub(crate) type Body = BoxBody<Bytes, Infallible>;
 
 #[derive(Default)]
 struct Metrics {
@@ -80,7 +81,7 @@ struct Shared {
     samples: stats::CpuSamples,
 }
 
-fn text(code: StatusCode, body: impl Into<String>) -> Response<Body> {
+pub(crate) fn text(code: StatusCode, body: impl Into<String>) -> Response<Body> {
     let mut r = Response::new(Full::new(Bytes::from(body.into())).boxed());
     *r.status_mut() = code;
     r.headers_mut().insert(
@@ -369,87 +370,6 @@ async fn route(shared: &Shared, req: Request<Incoming>) -> Response<Body> {
     }
 }
 
-/// A streaming request's transport.
-enum Upgrade {
-    WebSocket {
-        protocol: channel::Protocol,
-        key: Vec<u8>,
-    },
-    Spdy {
-        protocol: Option<&'static str>,
-    },
-}
-
-impl Upgrade {
-    /// The transport `req` asks for, with the protocol agreed on (`spdy` are the SPDY
-    /// protocols of this endpoint), or the answer refusing it.
-    fn of(
-        req: &Request<Incoming>,
-        spdy: &[&'static str],
-        ws: &[channel::Protocol],
-    ) -> Result<Self, (StatusCode, String)> {
-        if stream::is_spdy_upgrade(req) {
-            return match stream::negotiate_spdy(req, spdy) {
-                Ok(protocol) => Ok(Self::Spdy { protocol }),
-                Err(why) => Err((StatusCode::FORBIDDEN, format!("{why}\n"))),
-            };
-        }
-        websocket_request(req, ws).map(|(protocol, key)| Self::WebSocket { protocol, key })
-    }
-
-    fn response(&self) -> Response<Body> {
-        match self {
-            Self::WebSocket { protocol, key } => upgraded_response(key, protocol.name),
-            Self::Spdy { protocol } => {
-                let (parts, ()) = stream::spdy_switching(*protocol).into_parts();
-                Response::from_parts(parts, http_body_util::Empty::new().boxed())
-            }
-        }
-    }
-}
-
-/// The protocol and key of a WebSocket upgrade, or the answer refusing the request.
-fn websocket_request(
-    req: &Request<Incoming>,
-    ours: &[channel::Protocol],
-) -> Result<(channel::Protocol, Vec<u8>), (StatusCode, String)> {
-    if !stream::is_upgrade(req) {
-        return Err((
-            StatusCode::BAD_REQUEST,
-            format!(
-                "streaming needs an upgrade: WebSocket ({}) or SPDY/3.1\n",
-                channel::names(ours)
-            ),
-        ));
-    }
-    let offered = req
-        .headers()
-        .get(http::header::SEC_WEBSOCKET_PROTOCOL)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("");
-    let Some(protocol) = channel::negotiate(offered, ours) else {
-        return Err((
-            StatusCode::BAD_REQUEST,
-            format!(
-                "none of the offered subprotocols ({offered}) is supported; this node speaks {}\n",
-                channel::names(ours)
-            ),
-        ));
-    };
-    let Some(key) = req.headers().get(http::header::SEC_WEBSOCKET_KEY) else {
-        return Err((
-            StatusCode::BAD_REQUEST,
-            "missing Sec-WebSocket-Key\n".into(),
-        ));
-    };
-    Ok((protocol, key.as_bytes().to_vec()))
-}
-
-fn upgraded_response(key: &[u8], protocol: &str) -> Response<Body> {
-    let (parts, ()) = stream::switching(key, protocol).into_parts();
-    Response::from_parts(parts, http_body_util::Empty::new().boxed())
-}
-
 /// The recorded pod `ns/name`.
 fn find_pod(shared: &Shared, ns: &str, pod: &str) -> Option<Value> {
     crate::podworker::recorded_pods(&shared.cfg.state_dir)
@@ -464,14 +384,7 @@ fn exec_route(
     pod: &str,
     container: &str,
 ) -> Response<Body> {
-    let upgrade = match Upgrade::of(&req, &stream::SPDY_EXEC_PROTOCOLS, &channel::EXEC) {
-        Ok(u) => u,
-        Err((code, why)) => return text(code, why),
-    };
     let opts = stream::parse_exec_query(req.uri().query().unwrap_or(""));
-    if opts.command.is_empty() {
-        return text(StatusCode::BAD_REQUEST, "no command given (command=...)\n");
-    }
     let Some(p) = find_pod(shared, ns, pod) else {
         return not_on_node(ns, pod);
     };
@@ -485,34 +398,8 @@ fn exec_route(
             format!("container \"{container}\" in pod \"{pod}\" is not running\n"),
         );
     };
-    let bundle = shared.cfg.state_dir.join("containers").join(id);
-    let exe = shared.cfg.exe.clone();
-    let job = stream::exec_job(exe, bundle, opts.clone());
-    serve_stream(upgrade, req, opts, job)
-}
-
-/// Answers the upgrade and runs `job` behind it, over the transport agreed on.
-fn serve_stream(
-    upgrade: Upgrade,
-    req: Request<Incoming>,
-    opts: stream::ExecOptions,
-    job: stream::Job,
-) -> Response<Body> {
-    let answer = upgrade.response();
-    let on_upgrade = hyper::upgrade::on(req);
-    tokio::spawn(async move {
-        let Ok(upgraded) = on_upgrade.await else {
-            return;
-        };
-        match upgrade {
-            Upgrade::WebSocket { protocol, .. } => {
-                let ws = stream::websocket(upgraded).await;
-                stream::exec(ws, protocol, opts, job).await;
-            }
-            Upgrade::Spdy { protocol } => stream::exec_spdy(upgraded, protocol, opts, job).await,
-        }
-    });
-    answer
+    let dir = shared.cfg.state_dir.join("containers").join(id);
+    upgrade::exec(req, shared.cfg.exe.clone(), dir, opts)
 }
 
 /// The answer for a pod this node does not have.
@@ -523,9 +410,8 @@ fn not_on_node(ns: &str, pod: &str) -> Response<Body> {
     )
 }
 
-/// `/attach/…`: the running container's output as it comes. kernlet starts
-/// containers with stdin closed and without a terminal, so input and a terminal are
-/// refused with the reason.
+/// `/attach/…`: the running container's output as it comes, and its stdin and
+/// terminal when it has them.
 fn attach_route(
     shared: &Shared,
     req: Request<Incoming>,
@@ -534,10 +420,6 @@ fn attach_route(
     container: &str,
 ) -> Response<Body> {
     use crate::runtime::container::{ContainerState, records_in, state_in};
-    let upgrade = match Upgrade::of(&req, &stream::SPDY_EXEC_PROTOCOLS, &channel::EXEC) {
-        Ok(u) => u,
-        Err((code, why)) => return text(code, why),
-    };
     let opts = stream::parse_exec_query(req.uri().query().unwrap_or(""));
     let Some(p) = find_pod(shared, ns, pod) else {
         return not_on_node(ns, pod);
@@ -559,34 +441,7 @@ fn attach_route(
             format!("container \"{container}\" in pod \"{pod}\" is not running\n"),
         );
     };
-    let (log, dir) = (
-        run.log_path.clone(),
-        state_dir.join("containers").join(&run.id),
-    );
-    // The container's stdin (`stdin: true`) and whether it has a terminal (`tty: true`).
-    let shim_request = std::fs::read(dir.join(crate::runtime::shim::REQUEST))
-        .ok()
-        .and_then(|b| serde_json::from_slice::<crate::runtime::shim::ShimRequest>(&b).ok());
-    let terminal = shim_request.as_ref().is_some_and(|r| r.console.is_some());
-    let stdin = shim_request.and_then(|r| r.stdin).map(|s| s.socket);
-    // Said on the stream's error channel, as kubelet reports attach failures, so
-    // kubectl shows it.
-    let refusal = if opts.tty && !terminal {
-        Some(format!(
-            "container \"{container}\" has no terminal (spec.containers[].tty is not true): attach without -t"
-        ))
-    } else if opts.stdin && stdin.is_none() {
-        Some(format!(
-            "container \"{container}\" runs with stdin closed (spec.containers[].stdin is not true): attach without -i to see its output"
-        ))
-    } else {
-        None
-    };
-    let job: stream::Job = match refusal {
-        Some(why) => Box::new(move |_, _| Box::pin(async move { Err(why) })),
-        None => stream::attach_job(log, dir, stdin.filter(|_| opts.stdin), terminal),
-    };
-    serve_stream(upgrade, req, opts, job)
+    upgrade::attach(req, state_dir, &run, opts)
 }
 
 fn port_forward_route(
@@ -595,56 +450,13 @@ fn port_forward_route(
     ns: &str,
     pod: &str,
 ) -> Response<Body> {
-    let upgrade = match Upgrade::of(
-        &req,
-        &[stream::SPDY_PORT_FORWARD_PROTOCOL],
-        &channel::PORT_FORWARD,
-    ) {
-        Ok(u) => u,
-        Err((code, why)) => return text(code, why),
-    };
-    // Over WebSocket the ports are in the query; over SPDY each stream names its own.
-    let ports = match (
-        &upgrade,
-        stream::parse_ports(req.uri().query().unwrap_or("")),
-    ) {
-        (_, Ok(p)) => p,
-        (Upgrade::Spdy { .. }, Err(_)) => Vec::new(),
-        (Upgrade::WebSocket { .. }, Err(e)) => {
-            return text(StatusCode::BAD_REQUEST, format!("{e}\n"));
-        }
-    };
     let Some(p) = find_pod(shared, ns, pod) else {
         return not_on_node(ns, pod);
     };
-    let netns = (p["spec"]["hostNetwork"] != true).then(|| {
-        shared
-            .cfg
-            .run_dir
-            .join("pods")
-            .join(p["metadata"]["uid"].as_str().unwrap_or(""))
-            .join("ns/net")
-    });
-    let label = format!(
-        "{}, uid {}",
-        pod,
-        p["metadata"]["uid"].as_str().unwrap_or("")
-    );
-    let answer = upgrade.response();
-    let on_upgrade = hyper::upgrade::on(req);
-    tokio::spawn(async move {
-        let Ok(upgraded) = on_upgrade.await else {
-            return;
-        };
-        match upgrade {
-            Upgrade::WebSocket { protocol, .. } => {
-                let ws = stream::websocket(upgraded).await;
-                stream::port_forward(ws, protocol, netns, ports).await;
-            }
-            Upgrade::Spdy { .. } => stream::port_forward_spdy(upgraded, netns, label).await,
-        }
-    });
-    answer
+    let uid = p["metadata"]["uid"].as_str().unwrap_or("");
+    let netns = (p["spec"]["hostNetwork"] != true)
+        .then(|| shared.cfg.run_dir.join("pods").join(uid).join("ns/net"));
+    upgrade::port_forward(req, netns, format!("{pod}, uid {uid}"), None)
 }
 
 /// kubelet's `/runningpods/`: the pods with a running container, with only what the

@@ -32,7 +32,7 @@ pub struct CpuSamples(Mutex<HashMap<String, (Instant, u64)>>);
 
 impl CpuSamples {
     /// Nanocores since the last sample of `key`, recording this one.
-    fn rate(&self, key: &str, ns: u64) -> Option<u64> {
+    pub fn rate(&self, key: &str, ns: u64) -> Option<u64> {
         let now = Instant::now();
         let mut m = self.0.lock().ok()?;
         let prev = m.insert(key.to_string(), (now, ns));

@@ -213,6 +213,10 @@ pub struct NodeArgs {
     /// --metrics-bind-address); port 0 turns it off.
     #[arg(long, default_value = "127.0.0.1:10249")]
     pub proxy_metrics_bind_address: std::net::SocketAddr,
+    /// The CRI socket crictl and other node tools talk to (`unix:///path` or a path;
+    /// default `<run-dir>/cri.sock`, `/run/kernlet/cri.sock` on a node).
+    #[arg(long)]
+    pub container_runtime_endpoint: Option<String>,
     /// Address the kubelet API listens on.
     #[arg(long, default_value = "0.0.0.0")]
     pub address: IpAddr,

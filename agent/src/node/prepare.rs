@@ -45,6 +45,16 @@ pub struct PreparedNode {
         Duration,
         crate::eviction::Settings,
     ),
+    /// The CRI socket (`--container-runtime-endpoint`).
+    pub cri_socket: PathBuf,
+}
+
+/// The CRI socket of `--container-runtime-endpoint`, or `<run-dir>/cri.sock`.
+pub fn cri_socket(args: &NodeArgs) -> anyhow::Result<PathBuf> {
+    match &args.container_runtime_endpoint {
+        Some(e) => Ok(crate::cri::socket_path(e)?),
+        None => Ok(args.dirs.run_dir.join("cri.sock")),
+    }
 }
 
 pub fn prepare_node(args: &NodeArgs) -> anyhow::Result<PreparedNode> {
@@ -158,6 +168,7 @@ pub fn prepare_node(args: &NodeArgs) -> anyhow::Result<PreparedNode> {
         },
     );
     Ok(PreparedNode {
+        cri_socket: cri_socket(args)?,
         image_gc,
         eviction,
         shutdown,

@@ -44,6 +44,7 @@ pub async fn run_node(kubeconfig: PathBuf, node: PreparedNode) -> anyhow::Result
         image_gc,
         eviction,
         shutdown,
+        cri_socket,
     } = node;
     let mut runtime = runtime;
     apply_cluster_settings(&state_dir, &overrides, &mut runtime, &mut api);
@@ -86,6 +87,13 @@ pub async fn run_node(kubeconfig: PathBuf, node: PreparedNode) -> anyhow::Result
     let overlay_rt = rt.clone();
     let node_images = rt.images.clone();
     let gc_rt = rt.clone();
+    spawn_cri(
+        cri_socket,
+        rt.clone(),
+        cfg.runtime_handlers.clone(),
+        api.exe.clone(),
+        stop_rx.clone(),
+    );
     let eviction_rt = rt.clone();
     let pressure = crate::model::eviction::SharedPressure::default();
     let evictions = crate::podworker::Evictions::default();
@@ -332,4 +340,19 @@ pub async fn run_node(kubeconfig: PathBuf, node: PreparedNode) -> anyhow::Result
         tracing::info!("kernlet stopped; its pods keep running");
     }
     Ok(())
+}
+
+/// Serves the CRI socket beside the node; the node runs on without it when it cannot.
+pub fn spawn_cri(
+    socket: PathBuf,
+    rt: crate::runtime::Runtime,
+    runtime_handlers: Vec<String>,
+    exe: PathBuf,
+    stop: tokio::sync::watch::Receiver<bool>,
+) {
+    tokio::spawn(async move {
+        if let Err(e) = crate::cri::serve(&socket, rt, runtime_handlers, exe, stop).await {
+            tracing::warn!("the CRI socket is not served (crictl will not reach this node): {e}");
+        }
+    });
 }

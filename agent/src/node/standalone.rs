@@ -14,6 +14,9 @@ pub fn run_standalone(manifests: Option<PathBuf>, node: &NodeArgs) -> anyhow::Re
     let plans = crate::podworker::plan(&manifests)?;
     let rt = crate::runtime::Runtime::open(runtime_config(node)?)?;
     let rt_for_gc = rt.clone();
+    let rt_for_cri = rt.clone();
+    let cri_socket = super::prepare::cri_socket(node)?;
+    let exe = crate::runtime::sealed_exe::path(&node.dirs.state_dir);
     let node_ip = node
         .node_ip
         .as_ref()
@@ -54,6 +57,7 @@ pub fn run_standalone(manifests: Option<PathBuf>, node: &NodeArgs) -> anyhow::Re
     let run_dir = node.dirs.run_dir.clone();
     super::tokio_runtime()?.block_on(async move {
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+        super::run::spawn_cri(cri_socket, rt_for_cri, Vec::new(), exe, stop_rx.clone());
         let node = nix::unistd::gethostname()
             .map(|h| h.to_string_lossy().into_owned())
             .unwrap_or_else(|_| "standalone".into());
