@@ -504,6 +504,12 @@ fn check_writes_refused(rt: &tokio::runtime::Runtime, cri: &mut CriClient) {
     assert_eq!(e.code(), tonic::Code::Unimplemented);
 }
 
+/// The sandbox ID (pod UID) of `web`.
+fn talk_pod(node: &SimNode) -> String {
+    let pod = node.recorded_pod("web").unwrap().unwrap();
+    pod["metadata"]["uid"].as_str().unwrap().to_string()
+}
+
 fn check_crictl(node: &SimNode, crictl: &Path, talk: &str, registry: &Registry) {
     let endpoint = format!("unix://{}", node.dir("run").join("cri.sock").display());
     let run = |args: &[&str]| {
@@ -540,6 +546,10 @@ fn check_crictl(node: &SimNode, crictl: &Path, talk: &str, registry: &Registry) 
         "via-crictl\n"
     );
     assert!(run(&["stats"]).contains("talk"));
+    assert!(run(&["statsp"]).contains("web"));
+    assert!(run(&["inspectp", &talk_pod(node)]).contains("SANDBOX_READY"));
+    assert!(run(&["inspecti", "busybox:1.36"]).contains("sha256:"));
+    assert!(run(&["imagefsinfo"]).contains("usedBytes"));
     assert!(run(&["images"]).contains("busybox"));
     let name = format!("{}/tools/bb:1.36", registry.addr);
     assert!(run(&["pull", &name]).contains("sha256:"));

@@ -480,6 +480,23 @@ async fn the_kubelet_api_serves_logs_and_pods_to_authorized_callers_only() {
     let m = kernlet_tests::prometheus::parse(&metrics).unwrap_or_else(|e| panic!("{e}\n{metrics}"));
     assert_eq!(m.find("kubelet_node_name", &[("node", "k1")])[0].value, 1.0);
     assert!(m.find("kubelet_running_pods", &[])[0].value >= 1.0);
+    // The pod manager's histograms (prometheus-client): the pod started, the PLEG relists.
+    assert!(
+        m.find("kubelet_pod_start_duration_seconds_count", &[])[0].value >= 1.0,
+        "{metrics}"
+    );
+    assert!(
+        !m.find(
+            "kubelet_pod_start_duration_seconds_bucket",
+            &[("le", "+Inf")]
+        )
+        .is_empty()
+    );
+    assert!(m.find("kubelet_pleg_relist_duration_seconds_count", &[])[0].value >= 1.0);
+    assert!(
+        !m.find("kubelet_pleg_relist_interval_seconds_sum", &[])
+            .is_empty()
+    );
     assert!(
         m.find(
             "kubelet_running_containers",

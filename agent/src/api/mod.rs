@@ -546,5 +546,7 @@ fn metrics(shared: &Shared) -> String {
         "kernlet_api_handshakes_refused_total {}\n",
         shared.metrics.refused.load(Ordering::Relaxed)
     ));
+    // The pod manager's (pod start, PLEG relist), kept with prometheus-client.
+    out.push_str(&crate::podworker::metrics::pod_manager().text());
     out
 }

@@ -79,6 +79,14 @@ impl Runner {
             .name(format!("pod-{}", &uid[..uid.len().min(8)]))
             .spawn(move || {
                 let (lock, wake) = &*shared_;
+                // When this worker first saw the pod, until all its containers run.
+                // A pod found running (kernlet restarted) did not start now.
+                let mut first_seen = {
+                    let Ok((pod, _)) = lock.lock().map(|p| p.clone()) else {
+                        return;
+                    };
+                    (!runner.all_running(&uid_, &pod)).then(Instant::now)
+                };
                 while !stop_.load(Ordering::Relaxed) {
                     let Ok((pod, seen)) = lock.lock().map(|p| p.clone()) else {
                         return;
@@ -89,6 +97,12 @@ impl Runner {
                     });
                     if let Ok(mut l) = error_.lock() {
                         *l = error;
+                    }
+                    if let Some(seen_at) = first_seen
+                        && runner.all_running(&uid_, &pod)
+                    {
+                        super::metrics::pod_started(seen_at.elapsed());
+                        first_seen = None;
                     }
                     // Until the next sync is due, a change of the pod or of its
                     // containers, or the stop.

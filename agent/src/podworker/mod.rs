@@ -10,6 +10,7 @@ mod evictions;
 mod hooks;
 mod host_ports;
 mod images;
+pub mod metrics;
 mod pace;
 mod plan;
 pub mod probe_metrics;

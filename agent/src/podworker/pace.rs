@@ -8,6 +8,26 @@
 use super::*;
 
 impl Runner {
+    /// Whether every regular container of the pod runs (its latest run).
+    pub(super) fn all_running(&self, uid: &str, pod: &Pod) -> bool {
+        use crate::runtime::container::ContainerState;
+        let Some(spec) = pod.spec.as_ref() else {
+            return false;
+        };
+        let runs = self.rt.pod_containers(uid);
+        spec.containers.iter().all(|c| {
+            runs.iter()
+                .filter(|r| r.name == c.name)
+                .max_by_key(|r| r.restart)
+                .is_some_and(|r| {
+                    matches!(
+                        self.rt.container_state(&r.id),
+                        ContainerState::Running { .. }
+                    )
+                })
+        })
+    }
+
     /// How long the worker of pod `uid` waits for its next sync unless woken.
     pub(super) fn next_sync(&self, uid: &str, pod: &Pod) -> Duration {
         if self.moving(uid, pod) {

@@ -36,11 +36,21 @@ impl Relist {
         rt: &Runtime,
         pods: impl Iterator<Item = &'a String>,
     ) -> Vec<String> {
-        self.at = Some(Instant::now());
+        let start = Instant::now();
+        let metrics = super::metrics::pod_manager();
+        if let Some(before) = self.at {
+            metrics
+                .relist_interval
+                .observe(start.duration_since(before).as_secs_f64());
+        }
+        self.at = Some(start);
         let mut shims = std::mem::take(&mut self.shims);
         let mut listed = HashMap::new();
         let changed = self.changed_by(pods, |uid| summary(rt, uid, &mut shims, &mut listed));
         self.shims = listed;
+        metrics
+            .relist_duration
+            .observe(start.elapsed().as_secs_f64());
         changed
     }
 
