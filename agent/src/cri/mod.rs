@@ -138,12 +138,27 @@ impl Cri {
             .collect())
     }
 
-    fn stats_sources(&self) -> (PathBuf, PathBuf, PathBuf) {
-        (
+    /// Runs `read` over the stats sources off the async threads.
+    async fn read_stats<T: Send + 'static>(
+        &self,
+        read: impl FnOnce(&stats::Sources) -> T + Send + 'static,
+    ) -> Result<T, Status> {
+        let (state_dir, cgroup_root, run_dir) = (
             self.rt.cfg.state_dir.clone(),
             self.rt.cgroup_root.clone(),
             self.rt.cfg.run_dir.clone(),
-        )
+        );
+        let samples = Arc::clone(&self.samples);
+        tokio::task::spawn_blocking(move || {
+            read(&stats::Sources {
+                state_dir: &state_dir,
+                cgroup_root: &cgroup_root,
+                run_dir: &run_dir,
+                samples: &samples,
+            })
+        })
+        .await
+        .map_err(joined)
     }
 
     /// Stats of the running containers `filter` selects.
@@ -152,22 +167,13 @@ impl Cri {
         view: NodeView,
         filter: Option<proto::ContainerStatsFilter>,
     ) -> Result<Vec<proto::ContainerStats>, Status> {
-        let (state_dir, cgroup_root, run_dir) = self.stats_sources();
-        let samples = Arc::clone(&self.samples);
-        tokio::task::spawn_blocking(move || {
-            let src = stats::Sources {
-                state_dir: &state_dir,
-                cgroup_root: &cgroup_root,
-                run_dir: &run_dir,
-                samples: &samples,
-            };
+        self.read_stats(move |src| {
             running(&view)
                 .filter(|r| r.passes_stats(filter.as_ref(), view.sandbox_of(r)))
-                .map(|r| stats::container(&src, r, view.sandbox_of(r)))
+                .map(|r| stats::container(src, r, view.sandbox_of(r)))
                 .collect()
         })
         .await
-        .map_err(joined)
     }
 
     /// Stats of the sandboxes `filter` selects, with their running containers'.
@@ -176,15 +182,7 @@ impl Cri {
         view: NodeView,
         filter: Option<proto::PodSandboxStatsFilter>,
     ) -> Result<Vec<proto::PodSandboxStats>, Status> {
-        let (state_dir, cgroup_root, run_dir) = self.stats_sources();
-        let samples = Arc::clone(&self.samples);
-        tokio::task::spawn_blocking(move || {
-            let src = stats::Sources {
-                state_dir: &state_dir,
-                cgroup_root: &cgroup_root,
-                run_dir: &run_dir,
-                samples: &samples,
-            };
+        self.read_stats(move |src| {
             view.sandboxes
                 .iter()
                 .filter(|s| {
@@ -198,14 +196,13 @@ impl Cri {
                 .map(|s| {
                     let containers = running(&view)
                         .filter(|r| r.record.pod_uid == s.record.uid)
-                        .map(|r| stats::container(&src, r, Some(s)))
+                        .map(|r| stats::container(src, r, Some(s)))
                         .collect();
-                    stats::sandbox(&src, s, containers)
+                    stats::sandbox(src, s, containers)
                 })
                 .collect()
         })
         .await
-        .map_err(joined)
     }
 
     /// RuntimeReady always (the runtime answers); NetworkReady when the pod network is.
