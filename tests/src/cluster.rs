@@ -41,12 +41,43 @@ impl Cluster {
         Self::start_with(extra_ips, true).await
     }
 
+    /// As [`Cluster::start`], with node certificates and watches that live
+    /// `lifetimes` (the controller-manager's signing duration and the apiserver's
+    /// minimum request timeout in real mode, the in-memory server's knobs otherwise).
+    pub async fn start_short_lived(
+        extra_ips: &[IpAddr],
+        lifetimes: crate::real::Lifetimes,
+    ) -> anyhow::Result<Self> {
+        let cluster = Self::start_opts(extra_ips, false, lifetimes).await?;
+        if let Some(s) = cluster.in_memory() {
+            if let Some(c) = lifetimes.certificates {
+                s.set_signing_duration(c);
+            }
+            if let Some(w) = lifetimes.watches {
+                s.set_watch_timeout_cap(w);
+            }
+        }
+        Ok(cluster)
+    }
+
     async fn start_with(extra_ips: &[IpAddr], scheduler: bool) -> anyhow::Result<Self> {
+        Self::start_opts(extra_ips, scheduler, crate::real::Lifetimes::default()).await
+    }
+
+    async fn start_opts(
+        extra_ips: &[IpAddr],
+        scheduler: bool,
+        lifetimes: crate::real::Lifetimes,
+    ) -> anyhow::Result<Self> {
         apiserver::install_crypto_provider();
         match std::env::var_os("KUBEBUILDER_ASSETS") {
             Some(assets) => {
-                let cp =
-                    RealControlPlane::start(std::path::Path::new(&assets), extra_ips, scheduler)?;
+                let cp = RealControlPlane::start_with(
+                    std::path::Path::new(&assets),
+                    extra_ips,
+                    scheduler,
+                    lifetimes,
+                )?;
                 let cluster = Self::Real(cp);
                 cluster.apply_kubeadm_objects().await?;
                 // As a cluster that has been up a while: pods in `default` admitted.

@@ -38,12 +38,31 @@ fn free_port() -> anyhow::Result<u16> {
         .port())
 }
 
+/// Lifetimes shorter than a real cluster's, for tests of what happens as they pass.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Lifetimes {
+    /// Of the certificates the controller-manager signs (`--cluster-signing-duration`).
+    pub certificates: Option<Duration>,
+    /// Of watches: the apiserver's `--min-request-timeout` (a watch ends after 1–2×).
+    pub watches: Option<Duration>,
+}
+
 impl RealControlPlane {
     /// Starts the components found in `assets`. With `full`, kube-scheduler and the
     /// controller-manager's EndpointSlice controllers run too; without, tests bind their
     /// pods and write EndpointSlices themselves, as with the in-memory control plane
     /// (a scheduler or a slice controller would race them).
     pub fn start(assets: &Path, extra_ips: &[IpAddr], full: bool) -> anyhow::Result<Self> {
+        Self::start_with(assets, extra_ips, full, Lifetimes::default())
+    }
+
+    /// As [`RealControlPlane::start`], with `lifetimes` shorter than a cluster's.
+    pub fn start_with(
+        assets: &Path,
+        extra_ips: &[IpAddr],
+        full: bool,
+        lifetimes: Lifetimes,
+    ) -> anyhow::Result<Self> {
         let local = IpAddr::V4(Ipv4Addr::LOCALHOST);
         // The address the `kubernetes` Service's endpoints name: the first routable
         // address a test gives (the lab bridge's, where a forward may serve the same
@@ -133,37 +152,43 @@ impl RealControlPlane {
         let p = |n: &str| d.join(n).display().to_string();
         this.spawn(
             "kube-apiserver",
-            Command::new(assets.join("kube-apiserver")).args([
-                format!("--etcd-servers={etcd_url}"),
-                format!("--advertise-address={advertise}"),
-                "--bind-address=127.0.0.1".into(),
-                format!("--secure-port={port}"),
-                // Dual-stack, as the in-memory control plane allocates.
-                "--service-cluster-ip-range=10.96.0.0/12,fd00:10:96::/112".into(),
-                "--service-node-port-range=30000-32767".into(),
-                format!("--client-ca-file={}", p("ca.crt")),
-                format!("--tls-cert-file={}", p("apiserver.crt")),
-                format!("--tls-private-key-file={}", p("apiserver.key")),
-                format!(
-                    "--kubelet-client-certificate={}",
-                    p("apiserver-kubelet-client.crt")
+            Command::new(assets.join("kube-apiserver"))
+                .args([
+                    format!("--etcd-servers={etcd_url}"),
+                    format!("--advertise-address={advertise}"),
+                    "--bind-address=127.0.0.1".into(),
+                    format!("--secure-port={port}"),
+                    // Dual-stack, as the in-memory control plane allocates.
+                    "--service-cluster-ip-range=10.96.0.0/12,fd00:10:96::/112".into(),
+                    "--service-node-port-range=30000-32767".into(),
+                    format!("--client-ca-file={}", p("ca.crt")),
+                    format!("--tls-cert-file={}", p("apiserver.crt")),
+                    format!("--tls-private-key-file={}", p("apiserver.key")),
+                    format!(
+                        "--kubelet-client-certificate={}",
+                        p("apiserver-kubelet-client.crt")
+                    ),
+                    format!("--kubelet-client-key={}", p("apiserver-kubelet-client.key")),
+                    format!("--kubelet-certificate-authority={}", p("ca.crt")),
+                    "--kubelet-preferred-address-types=InternalIP,Hostname".into(),
+                    "--service-account-issuer=https://kubernetes.default.svc.cluster.local".into(),
+                    format!("--service-account-key-file={}", p("sa.pub")),
+                    format!("--service-account-signing-key-file={}", p("sa.key")),
+                    "--authorization-mode=Node,RBAC".into(),
+                    "--enable-admission-plugins=NodeRestriction".into(),
+                    "--enable-bootstrap-token-auth=true".into(),
+                    "--allow-privileged=true".into(),
+                    // Kubelets of simulated nodes are reached through the kit's proxy.
+                    format!(
+                        "--egress-selector-config-file={}",
+                        p("egress-selector.yaml")
+                    ),
+                ])
+                .args(
+                    lifetimes
+                        .watches
+                        .map(|w| format!("--min-request-timeout={}", w.as_secs().max(1))),
                 ),
-                format!("--kubelet-client-key={}", p("apiserver-kubelet-client.key")),
-                format!("--kubelet-certificate-authority={}", p("ca.crt")),
-                "--kubelet-preferred-address-types=InternalIP,Hostname".into(),
-                "--service-account-issuer=https://kubernetes.default.svc.cluster.local".into(),
-                format!("--service-account-key-file={}", p("sa.pub")),
-                format!("--service-account-signing-key-file={}", p("sa.key")),
-                "--authorization-mode=Node,RBAC".into(),
-                "--enable-admission-plugins=NodeRestriction".into(),
-                "--enable-bootstrap-token-auth=true".into(),
-                "--allow-privileged=true".into(),
-                // Kubelets of simulated nodes are reached through the kit's proxy.
-                format!(
-                    "--egress-selector-config-file={}",
-                    p("egress-selector.yaml")
-                ),
-            ]),
         )?;
         this.wait_ready(Duration::from_secs(60))?;
         if assets.join("kube-controller-manager").is_file() {
@@ -204,7 +229,12 @@ impl RealControlPlane {
                     "--service-cluster-ip-range=10.96.0.0/12,fd00:10:96::/112".into(),
                     "--leader-elect=false".into(),
                     format!("--secure-port={}", free_port()?),
-                ]),
+                ])
+                .args(
+                    lifetimes
+                        .certificates
+                        .map(|c| format!("--cluster-signing-duration={}s", c.as_secs())),
+                ),
             )?;
         }
         if full && assets.join("kube-scheduler").is_file() {

@@ -47,14 +47,17 @@ fn openssl_pin(ca_pem: &str) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn join_bootstraps_credentials_then_runs_the_node() {
-    let cluster = Cluster::start(&[BRIDGE_IP.into()]).await.unwrap();
-    // Client certificates live 40 s here, so rotation (at 70–90 % of that) is seen.
-    let short_lived = cluster.in_memory().is_some();
-    if let Some(s) = cluster.in_memory() {
-        s.set_signing_duration(Duration::from_secs(40));
-        // Watches end every 8 s, so the node watches again after each expiry.
-        s.set_watch_timeout_cap(Duration::from_secs(8));
-    }
+    // Client certificates live 40 s here, so rotation (at 70–90 % of that) is seen;
+    // watches end every 8–16 s, so the node watches again after each expiry. In real
+    // mode: the controller-manager's signing duration, the apiserver's minimum request
+    // timeout.
+    let lifetimes = kernlet_tests::real::Lifetimes {
+        certificates: Some(Duration::from_secs(40)),
+        watches: Some(Duration::from_secs(8)),
+    };
+    let cluster = Cluster::start_short_lived(&[BRIDGE_IP.into()], lifetimes)
+        .await
+        .unwrap();
     let mut lab = Lab::new("join").unwrap();
     let fwd = lab.forward(0, cluster.addr()).unwrap();
     let mut node = lab.add_node("j1").unwrap();
@@ -168,9 +171,7 @@ async fn join_bootstraps_credentials_then_runs_the_node() {
     // read).
     cluster_first_dns_on_the_first_run(&cluster, &node).await;
 
-    if short_lived {
-        client_certificate_rotation(&cluster, &node, &csrs).await;
-    }
+    client_certificate_rotation(&cluster, &node, &csrs).await;
     if let Some(refused) = cluster.node_refusals() {
         assert!(refused.is_empty(), "{refused:#?}");
     }
