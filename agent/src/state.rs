@@ -22,7 +22,13 @@ pub fn write_atomic(path: &Path, content: &[u8], mode: u32) -> Result<(), StateE
     };
     let dir = path.parent().unwrap_or(Path::new("."));
     std::fs::create_dir_all(dir).map_err(err)?;
-    let tmp = path.with_extension("tmp");
+    // A name of this writer's own: two threads writing the same file at once (two
+    // pods taking addresses) must not rename each other's temporary away.
+    static WRITES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = WRITES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let mut name = path.file_name().unwrap_or_default().to_os_string();
+    name.push(format!(".tmp.{}.{n}", std::process::id()));
+    let tmp = dir.join(name);
     let mut f = std::fs::OpenOptions::new()
         .write(true)
         .create(true)
@@ -55,7 +61,29 @@ mod tests {
             std::fs::metadata(&p).unwrap().permissions().mode() & 0o777,
             0o600
         );
-        assert!(!p.with_extension("tmp").exists());
+        let names: Vec<_> = std::fs::read_dir(p.parent().unwrap())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(names, ["kubeconfig"], "no temporary left");
+    }
+
+    #[test]
+    fn writers_of_one_file_at_once_all_succeed() {
+        let tmp = tempfile::tempdir().unwrap();
+        let p = tmp.path().join("last");
+        std::thread::scope(|s| {
+            for i in 0..8 {
+                let p = &p;
+                s.spawn(move || {
+                    for _ in 0..50 {
+                        write_atomic(p, format!("{i}").as_bytes(), 0o644).unwrap();
+                    }
+                });
+            }
+        });
+        let last: u32 = std::fs::read_to_string(&p).unwrap().parse().unwrap();
+        assert!(last < 8);
     }
 
     #[test]

@@ -334,8 +334,25 @@ fn demo_kernlet(netns: &str, manifests: &Path) -> Command {
             "kernlet-demo",
             "--bpffs-dir",
             "/sys/fs/bpf/kernlet-demo",
+            "--pod-cidr",
+            DEMO_POD_CIDR,
         ]);
     cmd
+}
+
+/// The demo's pod network: a bridge in its network namespace.
+const DEMO_POD_CIDR: &str = "10.88.0.0/24";
+
+/// The pod IP of the demo's pod `name`, from `kernlet pods -o json`.
+fn demo_pod_ip(name: &str) -> Option<String> {
+    let pods: serde_json::Value = serde_json::from_str(&demo_pods()).ok()?;
+    pods["items"]
+        .as_array()?
+        .iter()
+        .find(|p| p["metadata"]["name"] == name)?["status"]["podIP"]
+        .as_str()
+        .filter(|ip| !ip.is_empty())
+        .map(str::to_string)
 }
 
 fn demo_pods() -> String {
@@ -423,10 +440,38 @@ fn demo() -> Result<()> {
     };
     let state = base.join("state").display().to_string();
     let run_dir = base.join("run").display().to_string();
-    println!("\nthe web pod answers: {}", page.trim());
+    println!("\nthe web pod answers on its hostPort: {}", page.trim());
     println!("reach it:   nsenter --net=/run/netns/{DEMO_NETNS} wget -qO- http://127.0.0.1:8080/");
+    if let Some(ip) = demo_pod_ip("web") {
+        let url = format!("http://{ip}:8080/");
+        let direct = output_of("nsenter", &[&netns, "/bin/busybox", "wget", "-qO-", &url]);
+        println!(
+            "on the pod network ({DEMO_POD_CIDR}) the web pod is {ip}: {}",
+            direct.as_deref().map_or("no answer", str::trim)
+        );
+        let from_pod = output_of(
+            "target/debug/kernlet",
+            &[
+                "exec",
+                "demo/tools",
+                "--state-dir",
+                &state,
+                "--",
+                "wget",
+                "-qO-",
+                &url,
+            ],
+        );
+        println!(
+            "from the tools pod:   target/debug/kernlet exec demo/tools --state-dir {state} -- wget -qO- {url}\n  -> {}",
+            from_pod.as_deref().map_or("no answer", str::trim)
+        );
+    }
     println!(
         "list pods:  target/debug/kernlet pods --state-dir {state} --run-dir {run_dir}   (add -o json)"
+    );
+    println!(
+        "with crictl: crictl --runtime-endpoint unix://{run_dir}/cri.sock ps   (pods, logs, exec, stats, images)"
     );
     let _ = Command::new("target/debug/kernlet")
         .args(["pods", "--state-dir", &state, "--run-dir", &run_dir])

@@ -198,9 +198,13 @@ pub fn attach(
 
 /// The MTU of the interface holding `ip` in this network namespace.
 pub fn mtu_of(ip: std::net::IpAddr) -> Option<u32> {
+    // Loopback's MTU (65536) is no link's to copy: a bridge refuses it.
     let std::net::IpAddr::V4(ip) = ip else {
         return None;
     };
+    if ip.is_loopback() {
+        return None;
+    }
     let mut nl = Netlink::open().ok()?;
     let index = nl
         .all_addresses()
