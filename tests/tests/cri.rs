@@ -31,7 +31,7 @@ spec:
   - name: talk
     image: busybox:1.36
     command: ["sh", "-c", "echo hello; echo oops >&2; while true; do echo tick; sleep 0.3; done"]
-  - {name: sleeper, image: busybox:1.36, command: ["sleep", "600"]}
+  - {name: sleeper, image: busybox:1.36, command: ["httpd", "-f", "-p", "8080", "-h", "/etc"]}
 "#;
 
 fn wait<T>(node: &SimNode, what: &str, mut f: impl FnMut() -> Option<T>) -> T {
@@ -554,4 +554,43 @@ fn check_crictl(node: &SimNode, crictl: &Path, talk: &str, registry: &Registry) 
     let name = format!("{}/tools/bb:1.36", registry.addr);
     assert!(run(&["pull", &name]).contains("sha256:"));
     assert!(run(&["rmi", &name]).contains("Deleted"));
+    // exec -it: the command gets a terminal (crictl itself under `script`'s).
+    let line = format!(
+        "{} --runtime-endpoint {endpoint} exec -it {} sh -c 'tty; echo in-a-terminal'",
+        crictl.display(),
+        &talk[..12]
+    );
+    let out = node
+        .command("script")
+        .args(["-qec", &line, "/dev/null"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("/dev/pts/") && text.contains("in-a-terminal"),
+        "crictl exec -it: {text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // port-forward: a local port of the node reaches the pod's httpd.
+    let mut forward = node
+        .command(crictl)
+        .args(["--runtime-endpoint", &endpoint])
+        .args(["port-forward", &talk_pod(node), "18080:8080"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let page = wait(node, "a page through crictl port-forward", || {
+        let out = node
+            .command("/bin/busybox")
+            .args(["wget", "-qO-", "http://127.0.0.1:18080/hostname"])
+            .output()
+            .ok()?;
+        out.status
+            .success()
+            .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+    });
+    let _ = forward.kill();
+    let _ = forward.wait();
+    assert_eq!(page.trim(), "web");
 }
