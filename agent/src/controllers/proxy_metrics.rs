@@ -6,60 +6,20 @@
 //! to the change in the maps), and the Service and EndpointSlice changes seen and still
 //! waiting for a sync.
 
-use std::fmt::Write as _;
-use std::sync::Mutex;
+use std::sync::atomic::AtomicU64;
+use std::sync::{LazyLock, Mutex};
 
-/// A cumulative histogram in Prometheus' text format.
-#[derive(Clone, Debug, PartialEq)]
-pub struct Histogram {
-    bounds: Vec<f64>,
-    counts: Vec<u64>,
-    sum: f64,
-    count: u64,
-}
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
 
-impl Histogram {
-    pub fn new(bounds: Vec<f64>) -> Self {
-        Self {
-            counts: vec![0; bounds.len()],
-            bounds,
-            sum: 0.0,
-            count: 0,
-        }
-    }
-
-    pub fn observe(&mut self, v: f64) {
-        let v = v.max(0.0);
-        if let Some(i) = self.bounds.iter().position(|b| v <= *b) {
-            self.counts[i] += 1;
-        }
-        self.sum += v;
-        self.count += 1;
-    }
-
-    /// The series of this histogram named `name`, with `labels` (`k="v"` pairs).
-    fn write(&self, out: &mut String, name: &str, labels: &str) {
-        let sep = if labels.is_empty() { "" } else { "," };
-        let mut cumulative = 0;
-        for (b, c) in self.bounds.iter().zip(&self.counts) {
-            cumulative += c;
-            let _ = writeln!(out, "{name}_bucket{{{labels}{sep}le=\"{b}\"}} {cumulative}");
-        }
-        let _ = writeln!(
-            out,
-            "{name}_bucket{{{labels}{sep}le=\"+Inf\"}} {}",
-            self.count
-        );
-        let braces = |s: &str| {
-            if s.is_empty() {
-                String::new()
-            } else {
-                format!("{{{s}}}")
-            }
-        };
-        let _ = writeln!(out, "{name}_sum{} {}", braces(labels), self.sum);
-        let _ = writeln!(out, "{name}_count{} {}", braces(labels), self.count);
-    }
+/// The IP family label of kube-proxy's per-family series.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct IpFamily {
+    ip_family: &'static str,
 }
 
 /// kube-proxy's buckets for programming latency: 0.25 s and 0.5 s, each second to 59 s,
@@ -77,34 +37,77 @@ pub fn sync_buckets() -> Vec<f64> {
     (0..15).map(|i| 0.001 * f64::from(1u32 << i)).collect()
 }
 
-#[derive(Debug)]
-struct State {
+struct Proxy {
     /// `IPv4` and/or `IPv6`: the families the datapath serves.
-    families: Vec<&'static str>,
-    sync: Histogram,
-    programming: Histogram,
-    last_sync: Option<f64>,
-    service_changes: u64,
-    endpoint_changes: u64,
-    service_pending: u64,
-    endpoint_pending: u64,
+    families: Mutex<Vec<&'static str>>,
+    sync: Family<IpFamily, Histogram>,
+    programming: Family<IpFamily, Histogram>,
+    last_sync: Family<IpFamily, Gauge<f64, AtomicU64>>,
+    service_changes: Counter,
+    endpoint_changes: Counter,
+    service_pending: Gauge,
+    endpoint_pending: Gauge,
+    registry: Registry,
 }
 
-static STATE: Mutex<Option<State>> = Mutex::new(None);
+static PROXY: LazyLock<Proxy> = LazyLock::new(|| {
+    let p = Proxy {
+        families: Mutex::new(vec!["IPv4"]),
+        sync: Family::new_with_constructor(|| Histogram::new(sync_buckets())),
+        programming: Family::new_with_constructor(|| Histogram::new(programming_buckets())),
+        last_sync: Family::default(),
+        service_changes: Counter::default(),
+        endpoint_changes: Counter::default(),
+        service_pending: Gauge::default(),
+        endpoint_pending: Gauge::default(),
+        registry: Registry::default(),
+    };
+    let mut r = Registry::with_prefix("kubeproxy");
+    r.register(
+        "sync_proxy_rules_duration_seconds",
+        "[ALPHA] SyncProxyRules latency in seconds",
+        p.sync.clone(),
+    );
+    r.register(
+        "sync_proxy_rules_last_timestamp_seconds",
+        "[ALPHA] The last time proxy rules were successfully synced",
+        p.last_sync.clone(),
+    );
+    r.register(
+        "network_programming_duration_seconds",
+        "[ALPHA] In Cluster Network Programming Latency in seconds",
+        p.programming.clone(),
+    );
+    r.register(
+        "sync_proxy_rules_endpoint_changes_pending",
+        "[ALPHA] Pending proxy rules Endpoint changes",
+        p.endpoint_pending.clone(),
+    );
+    r.register(
+        "sync_proxy_rules_endpoint_changes",
+        "[ALPHA] Cumulative proxy rules Endpoint changes",
+        p.endpoint_changes.clone(),
+    );
+    r.register(
+        "sync_proxy_rules_service_changes_pending",
+        "[ALPHA] Pending proxy rules Service changes",
+        p.service_pending.clone(),
+    );
+    r.register(
+        "sync_proxy_rules_service_changes",
+        "[ALPHA] Cumulative proxy rules Service changes",
+        p.service_changes.clone(),
+    );
+    Proxy { registry: r, ..p }
+});
 
-fn with<T>(f: impl FnOnce(&mut State) -> T) -> T {
-    let mut g = STATE.lock().unwrap_or_else(|p| p.into_inner());
-    let s = g.get_or_insert_with(|| State {
-        families: vec!["IPv4"],
-        sync: Histogram::new(sync_buckets()),
-        programming: Histogram::new(programming_buckets()),
-        last_sync: None,
-        service_changes: 0,
-        endpoint_changes: 0,
-        service_pending: 0,
-        endpoint_pending: 0,
-    });
-    f(s)
+/// The families served now.
+fn families() -> Vec<&'static str> {
+    PROXY
+        .families
+        .lock()
+        .map(|f| f.clone())
+        .unwrap_or_else(|p| p.into_inner().clone())
 }
 
 /// The IP families the node's datapath serves (from its addresses).
@@ -117,39 +120,45 @@ pub fn set_families(ips: &[std::net::IpAddr]) {
         }
     }
     if !f.is_empty() {
-        with(|s| s.families = f);
+        *PROXY.families.lock().unwrap_or_else(|p| p.into_inner()) = f;
     }
 }
 
 /// A Service change seen (`service`) or an EndpointSlice change.
 pub fn changed(service: bool) {
-    with(|s| {
-        if service {
-            s.service_changes += 1;
-            s.service_pending += 1;
-        } else {
-            s.endpoint_changes += 1;
-            s.endpoint_pending += 1;
-        }
-    });
+    if service {
+        PROXY.service_changes.inc();
+        PROXY.service_pending.inc();
+    } else {
+        PROXY.endpoint_changes.inc();
+        PROXY.endpoint_pending.inc();
+    }
 }
 
 /// A sync of the datapath that took `seconds` and succeeded (or not).
 pub fn synced(seconds: f64, ok: bool) {
-    with(|s| {
-        s.sync.observe(seconds);
+    let now = k8s_openapi::jiff::Timestamp::now().as_millisecond() as f64 / 1000.0;
+    for f in families() {
+        let family = IpFamily { ip_family: f };
+        PROXY.sync.get_or_create(&family).observe(seconds.max(0.0));
         if ok {
-            s.last_sync =
-                Some(k8s_openapi::jiff::Timestamp::now().as_millisecond() as f64 / 1000.0);
-            s.service_pending = 0;
-            s.endpoint_pending = 0;
+            PROXY.last_sync.get_or_create(&family).set(now);
         }
-    });
+    }
+    if ok {
+        PROXY.service_pending.set(0);
+        PROXY.endpoint_pending.set(0);
+    }
 }
 
 /// One EndpointSlice change that took `seconds` from its trigger to the datapath.
 pub fn observe_programming(seconds: f64) {
-    with(|s| s.programming.observe(seconds));
+    for f in families() {
+        PROXY
+            .programming
+            .get_or_create(&IpFamily { ip_family: f })
+            .observe(seconds.max(0.0));
+    }
 }
 
 /// The seconds from `trigger` (the annotation's RFC 3339 time) to `now`.
@@ -158,80 +167,9 @@ pub fn since_trigger(trigger: &str, now: k8s_openapi::jiff::Timestamp) -> Option
     Some((now.as_millisecond() - t.as_millisecond()) as f64 / 1000.0)
 }
 
-fn header(out: &mut String, name: &str, help: &str, kind: &str) {
-    let _ = writeln!(out, "# HELP {name} [ALPHA] {help}\n# TYPE {name} {kind}");
-}
-
-/// Everything in Prometheus' text format.
+/// Everything in Prometheus' text format (0.0.4, as kube-proxy serves it).
 pub fn text() -> String {
-    with(|s| {
-        let mut out = String::new();
-        let name = "kubeproxy_sync_proxy_rules_duration_seconds";
-        header(
-            &mut out,
-            name,
-            "SyncProxyRules latency in seconds",
-            "histogram",
-        );
-        for f in &s.families {
-            s.sync.write(&mut out, name, &format!("ip_family=\"{f}\""));
-        }
-        let name = "kubeproxy_sync_proxy_rules_last_timestamp_seconds";
-        header(
-            &mut out,
-            name,
-            "The last time proxy rules were successfully synced",
-            "gauge",
-        );
-        for f in &s.families {
-            let _ = writeln!(
-                out,
-                "{name}{{ip_family=\"{f}\"}} {}",
-                s.last_sync.unwrap_or(0.0)
-            );
-        }
-        let name = "kubeproxy_network_programming_duration_seconds";
-        header(
-            &mut out,
-            name,
-            "In Cluster Network Programming Latency in seconds",
-            "histogram",
-        );
-        for f in &s.families {
-            s.programming
-                .write(&mut out, name, &format!("ip_family=\"{f}\""));
-        }
-        for (name, help, kind, v) in [
-            (
-                "kubeproxy_sync_proxy_rules_endpoint_changes_pending",
-                "Pending proxy rules Endpoint changes",
-                "gauge",
-                s.endpoint_pending,
-            ),
-            (
-                "kubeproxy_sync_proxy_rules_endpoint_changes_total",
-                "Cumulative proxy rules Endpoint changes",
-                "counter",
-                s.endpoint_changes,
-            ),
-            (
-                "kubeproxy_sync_proxy_rules_service_changes_pending",
-                "Pending proxy rules Service changes",
-                "gauge",
-                s.service_pending,
-            ),
-            (
-                "kubeproxy_sync_proxy_rules_service_changes_total",
-                "Cumulative proxy rules Service changes",
-                "counter",
-                s.service_changes,
-            ),
-        ] {
-            header(&mut out, name, help, kind);
-            let _ = writeln!(out, "{name} {v}");
-        }
-        out
-    })
+    crate::podworker::metrics::encode(&PROXY.registry)
 }
 
 /// Serves `/metrics` on `addr` until `stop`.
@@ -271,29 +209,6 @@ mod tests {
         );
         let s = sync_buckets();
         assert_eq!((s.len(), s[0], s[14]), (15, 0.001, 16.384));
-    }
-
-    #[test]
-    fn histograms_are_cumulative() {
-        let mut h = Histogram::new(vec![1.0, 2.0]);
-        h.observe(0.5);
-        h.observe(1.5);
-        h.observe(9.0);
-        let mut out = String::new();
-        h.write(&mut out, "x", "ip_family=\"IPv4\"");
-        assert!(
-            out.contains("x_bucket{ip_family=\"IPv4\",le=\"1\"} 1\n"),
-            "{out}"
-        );
-        assert!(
-            out.contains("x_bucket{ip_family=\"IPv4\",le=\"2\"} 2\n"),
-            "{out}"
-        );
-        assert!(
-            out.contains("x_bucket{ip_family=\"IPv4\",le=\"+Inf\"} 3\n"),
-            "{out}"
-        );
-        assert!(out.contains("x_count{ip_family=\"IPv4\"} 3\n"), "{out}");
     }
 
     #[test]

@@ -37,12 +37,12 @@ impl PodManagerMetrics {
         );
         registry.register(
             "pleg_relist_duration_seconds",
-            "[ALPHA] Duration in seconds for relisting pods in PLEG.",
+            "[ALPHA] Duration in seconds for relisting pods in PLEG",
             relist_duration.clone(),
         );
         registry.register(
             "pleg_relist_interval_seconds",
-            "[ALPHA] Interval in seconds between relisting in PLEG.",
+            "[ALPHA] Interval in seconds between relisting in PLEG",
             relist_interval.clone(),
         );
         Self {
@@ -53,15 +53,17 @@ impl PodManagerMetrics {
         }
     }
 
-    /// The series in the Prometheus text format (without OpenMetrics' `# EOF`, so the
-    /// text can be joined to the endpoint's other series).
+    /// The series in the Prometheus text format (0.0.4, as kubelet serves it).
     pub fn text(&self) -> String {
-        let mut out = String::new();
-        if let Ok(r) = self.registry.lock() {
-            let _ = prometheus_client::encoding::text::encode_registry(&mut out, &r);
-        }
-        out
+        self.registry.lock().map(|r| encode(&r)).unwrap_or_default()
     }
+}
+
+/// `registry` in the Prometheus text format (0.0.4).
+pub fn encode(registry: &Registry) -> String {
+    let mut out = String::new();
+    let _ = prometheus_client::encoding::prometheus_text::encode(&mut out, registry);
+    out
 }
 
 /// The process's pod manager series.
@@ -90,11 +92,11 @@ mod tests {
             "{text}"
         );
         assert!(
-            text.contains("kubelet_pod_start_duration_seconds_bucket{le=\"2.0\"} 1"),
+            text.contains("kubelet_pod_start_duration_seconds_bucket{le=\"2\"} 1"),
             "{text}"
         );
         assert!(
-            text.contains("kubelet_pod_start_duration_seconds_bucket{le=\"1.0\"} 0"),
+            text.contains("kubelet_pod_start_duration_seconds_bucket{le=\"1\"} 0"),
             "{text}"
         );
         assert!(

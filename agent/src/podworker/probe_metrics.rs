@@ -2,12 +2,15 @@
 //! result, served at `/metrics/probes`. The series of a pod go when the pod leaves the
 //! node, as kubelet drops a probe worker's.
 
-use std::collections::BTreeMap;
-use std::fmt::Write as _;
-use std::sync::Mutex;
+use std::sync::{LazyLock, Mutex};
 
-/// What one series is about.
-#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::registry::Registry;
+
+/// What one series is about (its labels, in kubelet's order).
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, EncodeLabelSet)]
 pub struct ProbeSeries {
     pub container: String,
     pub namespace: String,
@@ -19,41 +22,52 @@ pub struct ProbeSeries {
     pub result: &'static str,
 }
 
-static COUNTS: Mutex<BTreeMap<ProbeSeries, u64>> = Mutex::new(BTreeMap::new());
+struct Probes {
+    runs: Family<ProbeSeries, Counter>,
+    /// Every series made, so a pod's can be dropped.
+    made: Mutex<Vec<ProbeSeries>>,
+    registry: Registry,
+}
+
+static PROBES: LazyLock<Probes> = LazyLock::new(|| {
+    let runs = Family::<ProbeSeries, Counter>::default();
+    let mut registry = Registry::default();
+    registry.register(
+        "prober_probe",
+        "[BETA] Cumulative number of a liveness, readiness or startup probe for a container by result",
+        runs.clone(),
+    );
+    Probes {
+        runs,
+        made: Mutex::default(),
+        registry,
+    }
+});
 
 /// Counts one probe run.
 pub fn count(series: ProbeSeries) {
-    let mut counts = COUNTS.lock().unwrap_or_else(|p| p.into_inner());
-    *counts.entry(series).or_insert(0) += 1;
+    let mut made = PROBES.made.lock().unwrap_or_else(|p| p.into_inner());
+    if !made.contains(&series) {
+        made.push(series.clone());
+    }
+    PROBES.runs.get_or_create(&series).inc();
 }
 
 /// Drops the series of pod `uid`.
 pub fn forget_pod(uid: &str) {
-    COUNTS
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .retain(|s, _| s.pod_uid != uid);
+    let mut made = PROBES.made.lock().unwrap_or_else(|p| p.into_inner());
+    made.retain(|s| {
+        let gone = s.pod_uid == uid;
+        if gone {
+            PROBES.runs.remove(s);
+        }
+        !gone
+    });
 }
 
 /// `/metrics/probes` in the Prometheus text format.
 pub fn text() -> String {
-    let counts = COUNTS.lock().unwrap_or_else(|p| p.into_inner());
-    let mut out = String::from(
-        "# HELP prober_probe_total [BETA] Cumulative number of a liveness, readiness or startup probe for a container by result.\n# TYPE prober_probe_total counter\n",
-    );
-    for (s, n) in counts.iter() {
-        let _ = writeln!(
-            out,
-            "prober_probe_total{{container=\"{}\",namespace=\"{}\",pod=\"{}\",pod_uid=\"{}\",probe_type=\"{}\",result=\"{}\"}} {n}",
-            crate::model::prom_text::escape(&s.container),
-            crate::model::prom_text::escape(&s.namespace),
-            crate::model::prom_text::escape(&s.pod),
-            crate::model::prom_text::escape(&s.pod_uid),
-            s.probe_type,
-            s.result
-        );
-    }
-    out
+    super::metrics::encode(&PROBES.registry)
 }
 
 #[cfg(test)]
