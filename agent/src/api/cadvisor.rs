@@ -517,12 +517,16 @@ fn made(dir: &Path) -> f64 {
     std::fs::metadata(dir).map_or(0.0, |m| m.ctime() as f64)
 }
 
-/// The node's own entry: the cgroup2 root, memory from /proc/meminfo.
-fn node_entry(mount: &Path) -> Entry {
-    let mut s = cgroup_stats::read(mount);
-    let mem = std::fs::read_to_string("/proc/meminfo")
+/// `/proc/meminfo`'s fields.
+fn meminfo() -> std::collections::BTreeMap<String, u64> {
+    std::fs::read_to_string("/proc/meminfo")
         .map(|t| stats::parse_meminfo(&t))
-        .unwrap_or_default();
+        .unwrap_or_default()
+}
+
+/// The node's own entry: the cgroup2 root, memory from `/proc/meminfo` (`mem`).
+fn node_entry(mount: &Path, mem: &std::collections::BTreeMap<String, u64>) -> Entry {
+    let mut s = cgroup_stats::read(mount);
     if let Some(total) = mem.get("MemTotal") {
         s.memory_current = Some(total.saturating_sub(mem.get("MemFree").copied().unwrap_or(0)));
         for (key, meminfo) in [
@@ -618,10 +622,11 @@ fn cgroups_under(dir: &Path, depth: usize, out: &mut Vec<PathBuf>) {
     }
 }
 
-/// Every entry of the node: itself, then the `kubepods` tree.
-pub fn entries(src: &StatsSources) -> Vec<Entry> {
+/// Every entry of the node: itself (its memory from `mem`, `/proc/meminfo`), then the
+/// `kubepods` tree.
+pub fn entries(src: &StatsSources, mem: &std::collections::BTreeMap<String, u64>) -> Vec<Entry> {
     let mount = crate::sys::cgroup::cgroup2_mount().unwrap_or_else(|_| src.cgroup_root.clone());
-    let mut out = vec![node_entry(&mount)];
+    let mut out = vec![node_entry(&mount, mem)];
     let known = known(src);
     let mut dirs = Vec::new();
     cgroups_under(&src.cgroup_root.join("kubepods"), 4, &mut dirs);
@@ -662,7 +667,10 @@ pub fn entries(src: &StatsSources) -> Vec<Entry> {
 }
 
 /// The machine's figures: cores, sockets, memory and swap.
-fn machine(src: &StatsSources) -> Vec<(&'static str, &'static str, f64)> {
+fn machine(
+    src: &StatsSources,
+    mem: &std::collections::BTreeMap<String, u64>,
+) -> Vec<(&'static str, &'static str, f64)> {
     let facts = crate::sys::machine::read(&src.state_dir);
     let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
     let field = |name: &str| -> std::collections::BTreeSet<String> {
@@ -676,9 +684,6 @@ fn machine(src: &StatsSources) -> Vec<(&'static str, &'static str, f64)> {
     };
     let sockets = field("physical id").len().max(1);
     let cores_per_socket: usize = field("core id").len().max(1);
-    let mem = std::fs::read_to_string("/proc/meminfo")
-        .map(|t| stats::parse_meminfo(&t))
-        .unwrap_or_default();
     vec![
         (
             "machine_cpu_cores",
@@ -710,7 +715,8 @@ fn machine(src: &StatsSources) -> Vec<(&'static str, &'static str, f64)> {
 
 /// kubelet's `/metrics/cadvisor` text.
 pub fn metrics(src: &StatsSources) -> String {
-    render(&entries(src), &machine(src))
+    let mem = meminfo();
+    render(&entries(src, &mem), &machine(src, &mem))
 }
 
 #[cfg(test)]

@@ -94,7 +94,10 @@ fn memory_json(u: &stats::CgroupUsage) -> Value {
 /// allocatable) where the cgroup has one, as kubelet reports it.
 fn pods_memory_json(cgroup: &Path, u: &stats::CgroupUsage) -> Value {
     let mut v = memory_json(u);
-    if let Some(r) = stats::pods_memory(cgroup) {
+    if let Some(r) = u
+        .working_set
+        .and_then(|ws| stats::pods_memory_with(cgroup, ws))
+    {
         v["availableBytes"] = json!(r.available);
     }
     v

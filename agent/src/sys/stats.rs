@@ -358,12 +358,19 @@ pub fn eviction_readings(
 /// allocatable): `memory.max` less the working set, as kubelet's summary reports the
 /// `pods` system container. None where the cgroup has no memory controller or no limit.
 pub fn pods_memory(cgroup: &Path) -> Option<crate::model::eviction::Reading> {
+    pods_memory_with(cgroup, cgroup_usage(cgroup).working_set?)
+}
+
+/// [`pods_memory`] with the working set already read.
+pub fn pods_memory_with(
+    cgroup: &Path,
+    working_set: u64,
+) -> Option<crate::model::eviction::Reading> {
     let max: u64 = std::fs::read_to_string(cgroup.join("memory.max"))
         .ok()?
         .trim()
         .parse()
         .ok()?;
-    let working_set = cgroup_usage(cgroup).working_set?;
     Some(crate::model::eviction::Reading {
         available: max.saturating_sub(working_set),
         capacity: max,
