@@ -93,6 +93,26 @@ fn upgraded_response(key: &[u8], protocol: &str) -> Response<Body> {
     Response::from_parts(parts, http_body_util::Empty::new().boxed())
 }
 
+/// Answers the upgrade and, once the connection is handed over, runs `run` on it with
+/// the transport agreed on.
+fn answer_then<F>(
+    upgrade: Upgrade,
+    req: Request<Incoming>,
+    run: impl FnOnce(hyper::upgrade::Upgraded, Upgrade) -> F + Send + 'static,
+) -> Response<Body>
+where
+    F: std::future::Future<Output = ()> + Send + 'static,
+{
+    let answer = upgrade.response();
+    let on_upgrade = hyper::upgrade::on(req);
+    tokio::spawn(async move {
+        if let Ok(upgraded) = on_upgrade.await {
+            run(upgraded, upgrade).await;
+        }
+    });
+    answer
+}
+
 /// Answers the upgrade and runs `job` behind it, over the transport agreed on.
 fn serve_stream(
     upgrade: Upgrade,
@@ -100,12 +120,7 @@ fn serve_stream(
     opts: stream::ExecOptions,
     job: stream::Job,
 ) -> Response<Body> {
-    let answer = upgrade.response();
-    let on_upgrade = hyper::upgrade::on(req);
-    tokio::spawn(async move {
-        let Ok(upgraded) = on_upgrade.await else {
-            return;
-        };
+    answer_then(upgrade, req, |upgraded, upgrade| async move {
         match upgrade {
             Upgrade::WebSocket { protocol, .. } => {
                 let ws = stream::websocket(upgraded).await;
@@ -113,8 +128,7 @@ fn serve_stream(
             }
             Upgrade::Spdy { protocol } => stream::exec_spdy(upgraded, protocol, opts, job).await,
         }
-    });
-    answer
+    })
 }
 
 /// Runs `opts.command` in the running container whose directory is `dir`, behind the
@@ -206,12 +220,7 @@ pub(crate) fn port_forward(
             return text(StatusCode::BAD_REQUEST, format!("{e}\n"));
         }
     };
-    let answer = upgrade.response();
-    let on_upgrade = hyper::upgrade::on(req);
-    tokio::spawn(async move {
-        let Ok(upgraded) = on_upgrade.await else {
-            return;
-        };
+    answer_then(upgrade, req, |upgraded, upgrade| async move {
         match upgrade {
             Upgrade::WebSocket { protocol, .. } => {
                 let ws = stream::websocket(upgraded).await;
@@ -219,6 +228,5 @@ pub(crate) fn port_forward(
             }
             Upgrade::Spdy { .. } => stream::port_forward_spdy(upgraded, netns, label).await,
         }
-    });
-    answer
+    })
 }
