@@ -48,6 +48,10 @@ pub enum CriError {
         path: PathBuf,
         source: std::io::Error,
     },
+    #[error(
+        "{0} is in use: another runtime (containerd?) or kernlet answers there; give kernlet a socket of its own with --container-runtime-endpoint"
+    )]
+    InUse(PathBuf),
     #[error("the CRI streaming server: {0}")]
     Streaming(std::io::Error),
     #[error("serving the CRI: {0}")]
@@ -64,6 +68,28 @@ pub fn socket_path(endpoint: &str) -> Result<PathBuf, CriError> {
         return Err(CriError::Endpoint(endpoint.to_string()));
     }
     Ok(PathBuf::from(path))
+}
+
+/// Removes a socket left at `socket` by a daemon that died; a socket something still
+/// answers on (containerd's, another kernlet's) is never taken over.
+async fn clear_stale(socket: &Path) -> Result<(), CriError> {
+    use std::os::unix::fs::FileTypeExt as _;
+    let Ok(meta) = std::fs::symlink_metadata(socket) else {
+        return Ok(());
+    };
+    if !meta.file_type().is_socket() {
+        return Err(CriError::Listen {
+            path: socket.to_path_buf(),
+            source: std::io::Error::other("something other than a socket is there"),
+        });
+    }
+    if tokio::net::UnixStream::connect(socket).await.is_ok() {
+        return Err(CriError::InUse(socket.to_path_buf()));
+    }
+    std::fs::remove_file(socket).map_err(|source| CriError::Listen {
+        path: socket.to_path_buf(),
+        source,
+    })
 }
 
 /// Both CRI services over one node's runtime.
@@ -305,8 +331,7 @@ pub async fn serve(
     if let Some(dir) = socket.parent() {
         std::fs::create_dir_all(dir).map_err(listen)?;
     }
-    // A socket left by a daemon that died is in the way.
-    let _ = std::fs::remove_file(socket);
+    clear_stale(socket).await?;
     let listener = tokio::net::UnixListener::bind(socket).map_err(listen)?;
     std::fs::set_permissions(socket, std::fs::Permissions::from_mode(0o600)).map_err(listen)?;
     let cri = Arc::new(Cri {
@@ -352,6 +377,22 @@ mod tests {
         for bad in ["", "cri.sock", "tcp://127.0.0.1:1", "unix://relative"] {
             assert!(socket_path(bad).is_err(), "{bad}");
         }
+    }
+
+    #[tokio::test]
+    async fn a_live_socket_is_never_taken_over_and_a_dead_one_is() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("cri.sock");
+        let live = tokio::net::UnixListener::bind(&path).unwrap();
+        assert!(matches!(clear_stale(&path).await, Err(CriError::InUse(_))));
+        assert!(path.exists());
+        drop(live);
+        clear_stale(&path).await.unwrap();
+        assert!(!path.exists());
+        clear_stale(&path).await.unwrap();
+        std::fs::write(&path, "not a socket").unwrap();
+        assert!(clear_stale(&path).await.is_err());
+        assert!(path.exists(), "a file that is not a socket is left alone");
     }
 
     #[tokio::test]
