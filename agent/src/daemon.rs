@@ -65,8 +65,17 @@ pub async fn serve(
     use std::os::unix::fs::PermissionsExt as _;
     let path = socket_path(&run_dir);
     std::fs::create_dir_all(&run_dir)?;
-    // A socket left by a daemon that died is in the way.
-    let _ = std::fs::remove_file(&path);
+    // A socket left by a daemon that died is in the way; a live one is another
+    // kernlet's on the same run directory.
+    crate::state::clear_stale_socket(&path).await.map_err(|e| {
+        std::io::Error::new(
+            e.kind(),
+            format!(
+                "{e}: is another kernlet running with --run-dir {}?",
+                run_dir.display()
+            ),
+        )
+    })?;
     let listener = tokio::net::UnixListener::bind(&path)?;
     std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))?;
     let started = now();

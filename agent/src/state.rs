@@ -12,6 +12,28 @@ pub struct StateError {
     pub source: std::io::Error,
 }
 
+/// Removes a unix socket left at `path` by a daemon that died, so a new one can be
+/// bound there. A socket something still answers on (another daemon's) is never taken
+/// over: `AddrInUse`. Nothing there is fine; anything but a socket is refused.
+pub async fn clear_stale_socket(path: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::FileTypeExt as _;
+    let Ok(meta) = std::fs::symlink_metadata(path) else {
+        return Ok(());
+    };
+    if !meta.file_type().is_socket() {
+        return Err(std::io::Error::other(
+            "something other than a socket is there",
+        ));
+    }
+    if tokio::net::UnixStream::connect(path).await.is_ok() {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::AddrInUse,
+            "another process answers on this socket",
+        ));
+    }
+    std::fs::remove_file(path)
+}
+
 /// Writes `content` to `path` with permission `mode`, atomically.
 pub fn write_atomic(path: &Path, content: &[u8], mode: u32) -> Result<(), StateError> {
     use std::io::Write as _;

@@ -70,26 +70,17 @@ pub fn socket_path(endpoint: &str) -> Result<PathBuf, CriError> {
     Ok(PathBuf::from(path))
 }
 
-/// Removes a socket left at `socket` by a daemon that died; a socket something still
-/// answers on (containerd's, another kernlet's) is never taken over.
+/// Clears a dead socket at `socket` ([`crate::state::clear_stale_socket`]).
 async fn clear_stale(socket: &Path) -> Result<(), CriError> {
-    use std::os::unix::fs::FileTypeExt as _;
-    let Ok(meta) = std::fs::symlink_metadata(socket) else {
-        return Ok(());
-    };
-    if !meta.file_type().is_socket() {
-        return Err(CriError::Listen {
-            path: socket.to_path_buf(),
-            source: std::io::Error::other("something other than a socket is there"),
-        });
-    }
-    if tokio::net::UnixStream::connect(socket).await.is_ok() {
-        return Err(CriError::InUse(socket.to_path_buf()));
-    }
-    std::fs::remove_file(socket).map_err(|source| CriError::Listen {
-        path: socket.to_path_buf(),
-        source,
-    })
+    crate::state::clear_stale_socket(socket)
+        .await
+        .map_err(|source| match source.kind() {
+            std::io::ErrorKind::AddrInUse => CriError::InUse(socket.to_path_buf()),
+            _ => CriError::Listen {
+                path: socket.to_path_buf(),
+                source,
+            },
+        })
 }
 
 /// Both CRI services over one node's runtime.
