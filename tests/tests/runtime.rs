@@ -1625,6 +1625,18 @@ spec:
         refused["status"]["containerStatuses"].is_null(),
         "never started"
     );
+    // Once the refused pod leaves the manifests, its record goes too (no ghost in
+    // `kernlet pods`, none for `kernlet exec` to pick).
+    let m = m.join("pods.yaml");
+    let text = std::fs::read_to_string(&m).unwrap();
+    std::fs::write(&m, text.split("\n---\n").next().unwrap()).unwrap();
+    wait_for(
+        &node,
+        "the refused pod's record gone",
+        Duration::from_secs(30),
+        || pod(&node, "unsafe").is_none().then_some(()),
+    );
+    assert!(pod(&node, "safe").is_some());
 }
 
 const TWO_PODS: &str = r#"

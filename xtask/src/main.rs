@@ -2,6 +2,7 @@
 //!
 //! Everything a user or CI runs goes through here so the README stays two commands long.
 
+mod demo;
 mod vm;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -20,7 +21,8 @@ struct Cli {
 enum Cmd {
     /// Install what the build and the tests need, when missing (idempotent).
     Setup,
-    /// Run kernlet standalone with examples/ inside the `kernlet-demo` network namespace.
+    /// Run a kernlet node with the pods and Service of examples/demo.yaml against the
+    /// kit's in-memory control plane, inside the `kernlet-demo` network namespace.
     Run,
     /// Format check, clippy -D warnings, unit tests, then the root end-to-end tests.
     Test {
@@ -77,7 +79,7 @@ fn main() -> Result<()> {
         Cmd::Setup => setup(),
         Cmd::Run => {
             setup()?;
-            demo()
+            demo::demo()
         }
         Cmd::Test { filter } => {
             setup()?;
@@ -269,19 +271,6 @@ fn bench(names: &[String]) -> Result<()> {
     run(&mut cmd)
 }
 
-const DEMO_NETNS: &str = "kernlet-demo";
-
-/// Removes the demo namespace when the demo ends, however it ends.
-struct DemoNetns;
-
-impl Drop for DemoNetns {
-    fn drop(&mut self) {
-        let _ = Command::new("ip")
-            .args(["netns", "delete", DEMO_NETNS])
-            .status();
-    }
-}
-
 /// Builds the busybox image (umoci, Debian's busybox-static) under `build` and imports
 /// it as `busybox:1.36` into the store at `images`, unless it is there already.
 fn import_busybox(images: &Path, build: &Path) -> Result<()> {
@@ -311,196 +300,6 @@ fn import_busybox(images: &Path, build: &Path) -> Result<()> {
         ])
         .arg(images))?;
     let _ = std::fs::remove_dir_all(build);
-    Ok(())
-}
-
-/// The demo's directories, under the system temp dir.
-fn demo_base() -> std::path::PathBuf {
-    std::env::temp_dir().join("kernlet-demo")
-}
-
-fn demo_kernlet(netns: &str, manifests: &Path) -> Command {
-    let base = demo_base();
-    let dir = |name: &str| base.join(name).display().to_string();
-    let mut cmd = Command::new("nsenter");
-    cmd.arg(netns)
-        .arg("target/debug/kernlet")
-        .args(["run", "--standalone", "--manifests"])
-        .arg(manifests)
-        .args(["--state-dir", &dir("state"), "--run-dir", &dir("run")])
-        .args(["--log-dir", &dir("logs"), "--image-dir", &dir("images")])
-        .args([
-            "--cgroup-root",
-            "kernlet-demo",
-            "--bpffs-dir",
-            "/sys/fs/bpf/kernlet-demo",
-            "--pod-cidr",
-            DEMO_POD_CIDR,
-        ]);
-    cmd
-}
-
-/// The demo's pod network: a bridge in its network namespace.
-const DEMO_POD_CIDR: &str = "10.88.0.0/24";
-
-/// The pod IP of the demo's pod `name`, from `kernlet pods -o json`.
-fn demo_pod_ip(name: &str) -> Option<String> {
-    let pods: serde_json::Value = serde_json::from_str(&demo_pods()).ok()?;
-    pods["items"]
-        .as_array()?
-        .iter()
-        .find(|p| p["metadata"]["name"] == name)?["status"]["podIP"]
-        .as_str()
-        .filter(|ip| !ip.is_empty())
-        .map(str::to_string)
-}
-
-fn demo_pods() -> String {
-    let state = demo_base().join("state");
-    output_of(
-        "target/debug/kernlet",
-        &[
-            "pods",
-            "-o",
-            "json",
-            "--state-dir",
-            &state.display().to_string(),
-        ],
-    )
-    .unwrap_or_default()
-}
-
-/// Runs kernlet with no manifests until it has removed every pod of the demo.
-fn demo_clear(netns: &str) -> Result<()> {
-    let empty = demo_base().join("empty");
-    std::fs::create_dir_all(&empty)?;
-    let mut child = demo_kernlet(netns, &empty)
-        .stderr(std::process::Stdio::null())
-        .spawn()?;
-    let start = std::time::Instant::now();
-    while demo_pods().contains("\"Pod\"") && start.elapsed() < std::time::Duration::from_secs(60) {
-        std::thread::sleep(std::time::Duration::from_millis(200));
-    }
-    let _ = Command::new("kill").arg(child.id().to_string()).status();
-    child.wait()?;
-    Ok(())
-}
-
-fn demo() -> Result<()> {
-    run(cargo().args(["build", "--quiet", "--bins"]))?;
-    if !nix_is_root() {
-        bail!("kernlet needs root (namespaces, cgroups, BPF); run `cargo xtask run` as root");
-    }
-    let base = demo_base();
-    let netns = format!("--net=/run/netns/{DEMO_NETNS}");
-    if !Path::new(&format!("/run/netns/{DEMO_NETNS}")).exists() {
-        run(Command::new("ip").args(["netns", "add", DEMO_NETNS]))?;
-    }
-    let _guard = DemoNetns;
-    run(Command::new("nsenter").args([&netns, "ip", "link", "set", "lo", "up"]))?;
-    // Pods of an interrupted demo go first (kernlet removes what is not in its manifests).
-    if demo_pods().contains("\"Pod\"") {
-        demo_clear(&netns)?;
-    }
-    // The image, built from Debian's busybox-static and imported: no registry needed.
-    import_busybox(&base.join("images"), &base.join("build"))?;
-    let manifests = base.join("manifests");
-    std::fs::create_dir_all(&manifests)?;
-    std::fs::copy("examples/demo.yaml", manifests.join("demo.yaml"))?;
-    let log = std::fs::File::create(base.join("kernlet.log"))?;
-    let mut child = demo_kernlet(&netns, &manifests)
-        .stderr(std::process::Stdio::from(log))
-        .spawn()?;
-    eprintln!(
-        "kernlet runs in network namespace {DEMO_NETNS} (log: {})",
-        base.join("kernlet.log").display()
-    );
-    let start = std::time::Instant::now();
-    let page = loop {
-        if let Some(p) = output_of(
-            "nsenter",
-            &[
-                &netns,
-                "/bin/busybox",
-                "wget",
-                "-qO-",
-                "http://127.0.0.1:8080/",
-            ],
-        ) {
-            break p;
-        }
-        if start.elapsed() > std::time::Duration::from_secs(60) {
-            let _ = Command::new("kill").arg(child.id().to_string()).status();
-            bail!(
-                "the web pod did not answer within 60 s; see {}",
-                base.join("kernlet.log").display()
-            );
-        }
-        std::thread::sleep(std::time::Duration::from_millis(300));
-    };
-    let state = base.join("state").display().to_string();
-    let run_dir = base.join("run").display().to_string();
-    println!("\nthe web pod answers on its hostPort: {}", page.trim());
-    println!("reach it:   nsenter --net=/run/netns/{DEMO_NETNS} wget -qO- http://127.0.0.1:8080/");
-    if let Some(ip) = demo_pod_ip("web") {
-        let url = format!("http://{ip}:8080/");
-        let direct = output_of("nsenter", &[&netns, "/bin/busybox", "wget", "-qO-", &url]);
-        println!(
-            "on the pod network ({DEMO_POD_CIDR}) the web pod is {ip}: {}",
-            direct.as_deref().map_or("no answer", str::trim)
-        );
-        let from_pod = output_of(
-            "target/debug/kernlet",
-            &[
-                "exec",
-                "demo/tools",
-                "--state-dir",
-                &state,
-                "--",
-                "wget",
-                "-qO-",
-                &url,
-            ],
-        );
-        println!(
-            "from the tools pod:   target/debug/kernlet exec demo/tools --state-dir {state} -- wget -qO- {url}\n  -> {}",
-            from_pod.as_deref().map_or("no answer", str::trim)
-        );
-    }
-    println!(
-        "list pods:  target/debug/kernlet pods --state-dir {state} --run-dir {run_dir}   (add -o json)"
-    );
-    println!(
-        "with crictl: crictl --runtime-endpoint unix://{run_dir}/cri.sock ps   (pods, logs, exec, stats, images)"
-    );
-    let _ = Command::new("target/debug/kernlet")
-        .args(["pods", "--state-dir", &state, "--run-dir", &run_dir])
-        .status();
-    if std::io::IsTerminal::is_terminal(&std::io::stdin()) {
-        println!("\npress Enter to stop the demo and remove its pods");
-        let mut line = String::new();
-        let _ = std::io::stdin().read_line(&mut line);
-    }
-    let _ = Command::new("kill").arg(child.id().to_string()).status();
-    child.wait()?;
-    demo_clear(&netns)?;
-    // The demo's (now empty) cgroup tree: directories only, deepest first.
-    if let Some(cg) = output_of(
-        "sh",
-        &[
-            "-c",
-            "awk '/ - cgroup2 / {print $5; exit}' /proc/self/mountinfo",
-        ],
-    ) {
-        let root = Path::new(cg.trim()).join("kernlet-demo");
-        if root.is_dir() {
-            let _ = Command::new("find")
-                .arg(&root)
-                .args(["-depth", "-type", "d", "-exec", "rmdir", "{}", ";"])
-                .status();
-        }
-    }
-    eprintln!("demo stopped: pods removed, network namespace {DEMO_NETNS} deleted");
     Ok(())
 }
 

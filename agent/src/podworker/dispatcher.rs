@@ -296,6 +296,7 @@ impl Runner {
                 None => pending = true,
             }
         }
+        self.forget_refused(&wanted);
         self.relist();
         self.account();
         self.sync_mirrors(&desired);
@@ -393,6 +394,20 @@ impl Runner {
         match &self.source {
             Source::Api { changes, .. } if self.static_pods.is_none() => Some(changes.version()),
             _ => None,
+        }
+    }
+
+    /// The records of refused pods (a status, no sandbox) whose pod is gone from the
+    /// source: removed, as kubelet forgets a rejected pod once it is deleted.
+    fn forget_refused(&self, wanted: &HashSet<String>) {
+        for uid in self.rt.records_without_sandbox() {
+            let busy = wanted.contains(&uid)
+                || self.workers.contains_key(&uid)
+                || self.retiring.iter().any(|(w, _)| w.uid == uid)
+                || self.removing.lock().map_or(true, |r| r.contains(&uid));
+            if !busy {
+                let _ = std::fs::remove_dir_all(self.rt.pod_state_dir(&uid));
+            }
         }
     }
 

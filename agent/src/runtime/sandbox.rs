@@ -182,6 +182,18 @@ impl Runtime {
             .collect()
     }
 
+    /// The uids of the pods recorded without a sandbox (pods refused at admission keep
+    /// only their status record), from the directory alone.
+    pub fn records_without_sandbox(&self) -> Vec<String> {
+        std::fs::read_dir(self.cfg.state_dir.join("pods"))
+            .into_iter()
+            .flatten()
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|uid| !self.has_sandbox(uid))
+            .collect()
+    }
+
     /// Whether pod `uid` has a recorded sandbox (a stat, no record read).
     pub fn has_sandbox(&self, uid: &str) -> bool {
         self.sandbox_record_path(uid).is_file()
