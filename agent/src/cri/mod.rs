@@ -202,14 +202,7 @@ impl Cri {
         self.read_stats(move |src| {
             view.sandboxes
                 .iter()
-                .filter(|s| {
-                    filter.as_ref().is_none_or(|f| {
-                        (f.id.is_empty() || s.record.uid.starts_with(&f.id))
-                            && f.label_selector
-                                .iter()
-                                .all(|(k, v)| s.labels().get(k) == Some(v))
-                    })
-                })
+                .filter(|s| s.passes_stats(filter.as_ref()))
                 .map(|s| {
                     let containers = running(&view)
                         .filter(|r| r.record.pod_uid == s.record.uid)

@@ -109,12 +109,13 @@ pub fn sandbox(
     let netns = (!s.record.host_network)
         .then(|| src.run_dir.join("pods").join(&s.record.uid).join("ns/net"));
     let dev = stats::net_dev(netns.as_deref());
+    let cri = s.to_cri();
     proto::PodSandboxStats {
         attributes: Some(proto::PodSandboxAttributes {
-            id: s.record.uid.clone(),
-            metadata: s.to_cri().metadata,
-            labels: s.labels(),
-            annotations: s.to_cri().annotations,
+            id: cri.id,
+            metadata: cri.metadata,
+            labels: cri.labels,
+            annotations: cri.annotations,
         }),
         linux: Some(proto::LinuxPodSandboxStats {
             cpu: Some(cpu(src.samples, &s.record.cgroup, &usage, at)),

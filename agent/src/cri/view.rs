@@ -235,6 +235,15 @@ impl Sandbox {
     }
 }
 
+impl Sandbox {
+    /// Whether it passes a stats filter.
+    pub fn passes_stats(&self, filter: Option<&proto::PodSandboxStatsFilter>) -> bool {
+        let Some(f) = filter else { return true };
+        (f.id.is_empty() || matches_id(&self.record.uid, &f.id))
+            && selects(&f.label_selector, &self.labels())
+    }
+}
+
 fn selects(selector: &HashMap<String, String>, labels: &HashMap<String, String>) -> bool {
     selector.iter().all(|(k, v)| labels.get(k) == Some(v))
 }
