@@ -248,7 +248,7 @@ impl Runner {
         // Admission counts every pod the node has taken: with a sandbox or a worker.
         // Read once: a sandbox made after this is a wanted pod's, which nothing below
         // removes.
-        let on_disk = self.rt.sandbox_uids();
+        let (on_disk, without_sandbox) = self.rt.pod_records();
         // The records of the sandboxes no pod wants any more, to remove them (only
         // those: a pass must not read every pod's record).
         let sandboxes: Vec<crate::runtime::sandbox::SandboxRecord> = on_disk
@@ -296,7 +296,7 @@ impl Runner {
                 None => pending = true,
             }
         }
-        self.forget_refused(&wanted);
+        self.forget_refused(without_sandbox, &wanted);
         self.relist();
         self.account();
         self.sync_mirrors(&desired);
@@ -399,8 +399,8 @@ impl Runner {
 
     /// The records of refused pods (a status, no sandbox) whose pod is gone from the
     /// source: removed, as kubelet forgets a rejected pod once it is deleted.
-    fn forget_refused(&self, wanted: &HashSet<String>) {
-        for uid in self.rt.records_without_sandbox() {
+    fn forget_refused(&self, without_sandbox: Vec<String>, wanted: &HashSet<String>) {
+        for uid in without_sandbox {
             let busy = wanted.contains(&uid)
                 || self.workers.contains_key(&uid)
                 || self.retiring.iter().any(|(w, _)| w.uid == uid)

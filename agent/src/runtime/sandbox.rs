@@ -173,25 +173,21 @@ impl Runtime {
     /// The uids of the pods with a recorded sandbox, from the directory alone (a stat
     /// per pod, no record read).
     pub fn sandbox_uids(&self) -> HashSet<String> {
-        std::fs::read_dir(self.cfg.state_dir.join("pods"))
-            .into_iter()
-            .flatten()
-            .flatten()
-            .map(|e| e.file_name().to_string_lossy().into_owned())
-            .filter(|uid| self.has_sandbox(uid))
-            .collect()
+        self.pod_records().0
     }
 
-    /// The uids of the pods recorded without a sandbox (pods refused at admission keep
-    /// only their status record), from the directory alone.
-    pub fn records_without_sandbox(&self) -> Vec<String> {
-        std::fs::read_dir(self.cfg.state_dir.join("pods"))
-            .into_iter()
-            .flatten()
-            .flatten()
-            .map(|e| e.file_name().to_string_lossy().into_owned())
-            .filter(|uid| !self.has_sandbox(uid))
-            .collect()
+    /// The recorded pods, in one listing of the directory (a stat per pod): the uids
+    /// with a sandbox, and those without (pods refused at admission keep only their
+    /// status record).
+    pub fn pod_records(&self) -> (HashSet<String>, Vec<String>) {
+        let (with, without): (Vec<String>, Vec<String>) =
+            std::fs::read_dir(self.cfg.state_dir.join("pods"))
+                .into_iter()
+                .flatten()
+                .flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .partition(|uid| self.has_sandbox(uid));
+        (with.into_iter().collect(), without)
     }
 
     /// Whether pod `uid` has a recorded sandbox (a stat, no record read).
