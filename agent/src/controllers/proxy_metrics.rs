@@ -169,7 +169,7 @@ pub fn since_trigger(trigger: &str, now: k8s_openapi::jiff::Timestamp) -> Option
 
 /// Everything in Prometheus' text format (0.0.4, as kube-proxy serves it).
 pub fn text() -> String {
-    crate::podworker::metrics::encode(&PROXY.registry)
+    crate::model::prom_text::encode(&PROXY.registry)
 }
 
 /// Serves `/metrics` on `addr` until `stop`.

@@ -4,7 +4,7 @@
 //! measures it) and the PLEG's `kubelet_pleg_relist_duration_seconds` and
 //! `kubelet_pleg_relist_interval_seconds`, with kubelet's buckets.
 
-use std::sync::{Mutex, OnceLock};
+use std::sync::OnceLock;
 use std::time::Duration;
 
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
@@ -15,7 +15,7 @@ pub struct PodManagerMetrics {
     pub pod_start: Histogram,
     pub relist_duration: Histogram,
     pub relist_interval: Histogram,
-    registry: Mutex<Registry>,
+    registry: Registry,
 }
 
 /// kubelet's buckets of `kubelet_pod_start_duration_seconds`.
@@ -49,21 +49,14 @@ impl PodManagerMetrics {
             pod_start,
             relist_duration,
             relist_interval,
-            registry: Mutex::new(registry),
+            registry,
         }
     }
 
     /// The series in the Prometheus text format (0.0.4, as kubelet serves it).
     pub fn text(&self) -> String {
-        self.registry.lock().map(|r| encode(&r)).unwrap_or_default()
+        crate::model::prom_text::encode(&self.registry)
     }
-}
-
-/// `registry` in the Prometheus text format (0.0.4).
-pub fn encode(registry: &Registry) -> String {
-    let mut out = String::new();
-    let _ = prometheus_client::encoding::prometheus_text::encode(&mut out, registry);
-    out
 }
 
 /// The process's pod manager series.

@@ -2,6 +2,7 @@
 //! result, served at `/metrics/probes`. The series of a pod go when the pod leaves the
 //! node, as kubelet drops a probe worker's.
 
+use std::collections::HashSet;
 use std::sync::{LazyLock, Mutex};
 
 use prometheus_client::encoding::EncodeLabelSet;
@@ -25,7 +26,7 @@ pub struct ProbeSeries {
 struct Probes {
     runs: Family<ProbeSeries, Counter>,
     /// Every series made, so a pod's can be dropped.
-    made: Mutex<Vec<ProbeSeries>>,
+    made: Mutex<HashSet<ProbeSeries>>,
     registry: Registry,
 }
 
@@ -48,7 +49,7 @@ static PROBES: LazyLock<Probes> = LazyLock::new(|| {
 pub fn count(series: ProbeSeries) {
     let mut made = PROBES.made.lock().unwrap_or_else(|p| p.into_inner());
     if !made.contains(&series) {
-        made.push(series.clone());
+        made.insert(series.clone());
     }
     PROBES.runs.get_or_create(&series).inc();
 }
@@ -67,7 +68,7 @@ pub fn forget_pod(uid: &str) {
 
 /// `/metrics/probes` in the Prometheus text format.
 pub fn text() -> String {
-    super::metrics::encode(&PROBES.registry)
+    crate::model::prom_text::encode(&PROBES.registry)
 }
 
 #[cfg(test)]
