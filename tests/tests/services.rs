@@ -326,8 +326,8 @@ async fn cluster_ips_are_balanced_by_the_socket_hooks() {
     let mut nodes = proxy_nodes(&cluster, &mut lab, &fwd.url, &["s1", "s2"], &[]).await;
     let admin = cluster.admin().await.unwrap();
     let pods: Api<Pod> = Api::namespaced(admin.clone(), "default");
-    let (a_ip, _) = backend(&cluster, &pods, &nodes[0], "web-a").await;
-    let (b_ip, _) = backend(&cluster, &pods, &nodes[1], "web-b").await;
+    let (a_ip, a_ns) = backend(&cluster, &pods, &nodes[0], "web-a").await;
+    let (b_ip, b_ns) = backend(&cluster, &pods, &nodes[1], "web-b").await;
     let (_, client_ns) = sleeping_pod(&cluster, &pods, &nodes[0], "client")
         .await
         .unwrap();
@@ -594,6 +594,15 @@ async fn cluster_ips_are_balanced_by_the_socket_hooks() {
         .unwrap_or_else(|| panic!("{view}"))
         .clone();
     assert_eq!(row["affinityTimeoutSeconds"], 10800, "{row}");
+    affinity_outlives_a_wide_backend_set(&admin, &nodes[0], (a_ip, &a_ns), &cg, &client_ns).await;
+    a_musl_style_resolver_gets_every_answer(
+        &cluster,
+        &admin,
+        &[(a_ip, &a_ns), (b_ip, &b_ns)],
+        &cg,
+        &client_ns,
+    )
+    .await;
 
     // kube-proxy's own health endpoint: 200 while synced; 503 on a node the cluster
     // autoscaler is about to delete (livez still 200).
@@ -946,6 +955,206 @@ async fn cluster_ips_are_balanced_by_the_socket_hooks() {
 
 /// A backend pod labelled app=echo on `node`: TCP and UDP echo on :7000 inside its
 /// namespace, each answer prefixed with `name:`.
+/// musl's resolver: the A and AAAA queries sent together on one unconnected UDP socket
+/// to the nameserver, and a reply taken only when it comes from the nameserver's own
+/// address and port (anything else is dropped as a stranger's). Prints what it saw.
+const MUSL_RESOLVER: &str = r#"
+import json, socket, struct, sys, time
+ip, rounds = sys.argv[1], int(sys.argv[2])
+qname = b"".join(bytes([len(p)]) + p.encode() for p in "web.default.svc.cluster.local".split(".")) + b"\0"
+def query(qid, qtype):
+    return struct.pack(">HHHHHH", qid, 0x0100, 1, 0, 0, 0) + qname + struct.pack(">HH", qtype, 1)
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+out = {"resolved": 0, "failed": [], "strangers": []}
+for r in range(rounds):
+    a, aaaa = (2 * r) & 0xffff, (2 * r + 1) & 0xffff
+    s.sendto(query(a, 1), (ip, 53))
+    s.sendto(query(aaaa, 28), (ip, 53))
+    got, end = {}, time.time() + 2
+    while len(got) < 2 and time.time() < end:
+        s.settimeout(max(0.01, end - time.time()))
+        try:
+            data, frm = s.recvfrom(4096)
+        except socket.timeout:
+            break
+        if frm != (ip, 53):
+            out["strangers"].append(list(frm))
+            continue
+        qid, flags, _, an = struct.unpack(">HHHH", data[:8])
+        if qid in (a, aaaa):
+            got[qid] = (flags & 0xF, an)
+    if len(got) == 2 and got[a][0] == 0 and got[a][1] >= 1:
+        out["resolved"] += 1
+    else:
+        out["failed"].append(r)
+print(json.dumps(out))
+"#;
+
+/// Two DNS replicas (the kit's cluster DNS in the pods `replicas`) behind one ClusterIP,
+/// and a musl-style resolver in the client pod: every round gets both answers, each
+/// showing the ClusterIP as its source — the reverse translation is per backend, so a
+/// reply from the first replica is not lost when the second query went to the other.
+async fn a_musl_style_resolver_gets_every_answer(
+    cluster: &Cluster,
+    admin: &kube::Client,
+    replicas: &[(Ipv4Addr, &Path)],
+    cg: &Path,
+    client_ns: &Path,
+) {
+    let mut servers = Vec::new();
+    for (ip, ns) in replicas {
+        let ip = *ip;
+        let (udp, tcp) = in_netns(ns, move || {
+            let u = std::net::UdpSocket::bind((ip, 5300)).unwrap();
+            let t = std::net::TcpListener::bind((ip, 5300)).unwrap();
+            u.set_nonblocking(true).unwrap();
+            t.set_nonblocking(true).unwrap();
+            (u, t)
+        })
+        .unwrap();
+        servers.push(kernlet_tests::dns::ClusterDns::serve(
+            tokio::net::UdpSocket::from_std(udp).unwrap(),
+            tokio::net::TcpListener::from_std(tcp).unwrap(),
+            admin.clone(),
+            "cluster.local",
+        ));
+    }
+    let dns_ip = create_service(
+        cluster,
+        serde_json::json!({
+            "metadata": {"name": "dns"},
+            "spec": {"selector": {"app": "web"}, "ports": [
+                {"name": "dns", "port": 53, "targetPort": 5300, "protocol": "UDP"}]},
+        }),
+    )
+    .await;
+    let run = |rounds: usize| {
+        std::fs::create_dir_all(cg).unwrap();
+        let script = format!(
+            "echo $$ > {}/cgroup.procs && exec nsenter --net={} python3 -c '{}' {dns_ip} {rounds}",
+            cg.display(),
+            client_ns.display(),
+            MUSL_RESOLVER
+        );
+        let out = std::process::Command::new("bash")
+            .args(["-c", &script])
+            .output()
+            .unwrap();
+        serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap_or_else(|_| {
+            panic!(
+                "resolver: {}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            )
+        })
+    };
+    wait_for("the DNS Service", Duration::from_secs(20), async || {
+        (run(1)["resolved"] == 1).then_some(())
+    })
+    .await;
+    // 40 rounds: with two replicas, about half send their two queries to different
+    // ones.
+    let out = run(40);
+    assert_eq!(out["resolved"], 40, "{out}");
+    assert_eq!(out["strangers"], serde_json::json!([]), "{out}");
+    drop(servers);
+}
+
+/// ClientIP affinity with more backends than any scan: a client keeps its backend when
+/// the frontend grows from 1 to 101 backends and its backend sorts last (port 9215's
+/// map order is after 9216–9315's).
+async fn affinity_outlives_a_wide_backend_set(
+    admin: &kube::Client,
+    node: &SimNode,
+    (ip, ns): (Ipv4Addr, &Path),
+    cg: &Path,
+    client_ns: &Path,
+) {
+    use k8s_openapi::api::discovery::v1::EndpointSlice;
+    let ports: Vec<u16> = (9215..=9315).collect();
+    let listeners = in_netns(ns, {
+        let ports = ports.clone();
+        move || -> Vec<std::net::TcpListener> {
+            ports
+                .iter()
+                .map(|p| std::net::TcpListener::bind((ip, *p)).unwrap())
+                .collect()
+        }
+    })
+    .unwrap();
+    for (l, port) in listeners.into_iter().zip(ports.clone()) {
+        std::thread::spawn(move || {
+            for s in l.incoming() {
+                let Ok(mut s) = s else { return };
+                let _ = s.write_all(port.to_string().as_bytes());
+            }
+        });
+    }
+    let services: Api<Service> = Api::namespaced(admin.clone(), "default");
+    let wide: Service = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": "wide"},
+        "spec": {"sessionAffinity": "ClientIP",
+                 "ports": [{"name": "http", "port": 80, "protocol": "TCP"}]},
+    }))
+    .unwrap();
+    let wide = services
+        .create(&PostParams::default(), &wide)
+        .await
+        .unwrap();
+    let wide_ip: Ipv4Addr = wide.spec.unwrap().cluster_ip.unwrap().parse().unwrap();
+    let slices: Api<EndpointSlice> = Api::namespaced(admin.clone(), "default");
+    let add = async |port: u16| {
+        let s: EndpointSlice = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": format!("wide-{port}"),
+                         "labels": {"kubernetes.io/service-name": "wide"}},
+            "addressType": "IPv4",
+            "ports": [{"name": "http", "port": port, "protocol": "TCP"}],
+            "endpoints": [{"addresses": [ip.to_string()], "conditions": {"ready": true},
+                           "nodeName": node.name}],
+        }))
+        .unwrap();
+        slices.create(&PostParams::default(), &s).await.unwrap();
+    };
+    add(9215).await;
+    let first = wait_for("the wide service", Duration::from_secs(20), async || {
+        let out = client(cg, client_ns, wide_ip, 1);
+        out["tcp"][0].as_str().map(str::to_string)
+    })
+    .await;
+    assert_eq!(first, "9215");
+    for p in &ports[1..] {
+        add(*p).await;
+    }
+    wait_for(
+        "101 backends programmed",
+        Duration::from_secs(30),
+        async || {
+            let view: serde_json::Value =
+                serde_json::from_str(&services_view(node, true, true)).ok()?;
+            view["frontends"]
+                .as_array()?
+                .iter()
+                .any(|r| {
+                    r["service"] == "default/wide"
+                        && r["backends"].as_array().map(Vec::len) == Some(101)
+                })
+                .then_some(())
+        },
+    )
+    .await;
+    let out = client(cg, client_ns, wide_ip, 16);
+    let seen: Vec<&str> = out["tcp"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap())
+        .collect();
+    assert!(
+        seen.len() == 16 && seen.iter().all(|p| *p == "9215"),
+        "the client left its backend: {out}"
+    );
+}
+
 async fn echo_backend(cluster: &Cluster, pods: &Api<Pod>, node: &SimNode, name: &str) {
     let (ip, netns) = sleeping_ready(
         cluster,

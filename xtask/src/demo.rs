@@ -271,13 +271,14 @@ fn start_node(demo: &mut Demo) -> Result<()> {
             "--service-resync",
             "1",
             // The demo's node shares the machine's disk, whose fill is not the demo's
-            // to judge: pressure only near a full disk (as the test kit's nodes).
+            // to judge: no disk signal, images collected by age only (as the test
+            // kit's nodes).
             "--eviction-hard",
-            "memory.available<100Mi,nodefs.available<1%,nodefs.inodesFree<1%,imagefs.available<1%,imagefs.inodesFree<1%",
+            "memory.available<100Mi",
             "--image-gc-high-threshold",
-            "99",
+            "100",
             "--image-gc-low-threshold",
-            "98",
+            "99",
         ])
         .stderr(std::process::Stdio::from(log))
         .spawn()

@@ -227,6 +227,10 @@ pub fn desired(
             .and_then(|l| l.ingress.as_ref())
             .into_iter()
             .flatten()
+            // `ipMode: Proxy`: the load balancer proxies (it must see the traffic, it
+            // may terminate TLS), so its IP is no frontend here and traffic to it
+            // leaves for the load balancer, as kube-proxy leaves it.
+            .filter(|ing| ing.ip_mode.as_deref() != Some("Proxy"))
             .filter_map(|ing| ing.ip.as_deref().and_then(|i| i.parse().ok()))
             .collect();
         frontends_ips.extend(lb_ips.iter().copied());
@@ -1173,6 +1177,31 @@ mod tests {
         assert_eq!(ops.len(), 3, "{ops:?}");
         assert!(matches!(ops[0], LbOp::SetService(_, v) if v.flags == SVC_EXTERNAL | SVC_LOCAL));
         assert!(matches!(ops[1], LbOp::DeleteRange(..)) && matches!(ops[2], LbOp::DeleteRange(..)));
+    }
+
+    #[test]
+    fn an_ingress_ip_in_proxy_mode_is_left_to_the_load_balancer() {
+        let web = svc(serde_json::json!({
+            "metadata": {"name": "web", "namespace": "d"},
+            "spec": {"type": "LoadBalancer", "clusterIP": "10.96.0.50",
+                     "ports": [{"name": "http", "port": 80, "nodePort": 30080}]},
+            "status": {"loadBalancer": {"ingress": [{"ip": "192.0.2.10"},
+                {"ip": "192.0.2.11", "ipMode": "Proxy"}, {"ip": "192.0.2.12", "ipMode": "VIP"},
+                {"hostname": "lb.example"}]}},
+        }));
+        let eps = slice(serde_json::json!([
+            {"addresses": ["10.244.1.5"], "conditions": {"ready": true}, "nodeName": "a"},
+        ]));
+        let want = desired(&[web], &[eps], "a", None, &[]);
+        let ips: BTreeSet<String> = want.keys().map(|k| frontend_of(k).0.to_string()).collect();
+        // No mode and VIP are frontends; Proxy is the load balancer's to serve (traffic
+        // to it leaves the node), as kube-proxy leaves it.
+        assert_eq!(
+            ips,
+            ["10.96.0.50", "192.0.2.10", "192.0.2.12"]
+                .map(String::from)
+                .into()
+        );
     }
 
     #[test]

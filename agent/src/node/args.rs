@@ -129,7 +129,8 @@ pub struct NodeArgs {
     /// at least 2).
     #[arg(long, default_value_t = 5)]
     pub container_log_max_files: usize,
-    /// Image garbage collection starts when the image filesystem is this full (%).
+    /// Image garbage collection starts when the image filesystem is this full (%);
+    /// 100 turns it off (images then go only by --image-maximum-gc-age or eviction).
     #[arg(long, default_value_t = 85)]
     pub image_gc_high_threshold: u8,
     /// ... and frees unused images, least recently used first, down to this (%).

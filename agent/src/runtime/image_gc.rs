@@ -65,7 +65,9 @@ pub fn choose(
         );
     }
     let used = capacity.saturating_sub(available);
-    if capacity > 0 && used * 100 >= capacity * u64::from(policy.high_percent) {
+    // 100 turns usage-driven collection off, as kubelet documents the threshold.
+    let by_usage = policy.high_percent < 100;
+    if by_usage && capacity > 0 && used * 100 >= capacity * u64::from(policy.high_percent) {
         let target = capacity * u64::from(policy.low_percent) / 100;
         let mut to_free = used.saturating_sub(target);
         for c in unused {
@@ -219,5 +221,17 @@ mod tests {
             c("busy", 1, 9000, 7200, true, now),
         ];
         assert_eq!(choose(&images, &p, (1000, 900), now), ["stale"]);
+    }
+
+    #[test]
+    fn a_high_threshold_of_100_collects_nothing_for_a_full_disk() {
+        let now = Instant::now() + Duration::from_secs(10_000);
+        let p = ImageGcPolicy {
+            high_percent: 100,
+            low_percent: 99,
+            ..Default::default()
+        };
+        let images = [c("old", 100, 9000, 8000, false, now)];
+        assert!(choose(&images, &p, (1000, 0), now).is_empty());
     }
 }

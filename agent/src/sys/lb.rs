@@ -19,8 +19,8 @@ use aya::programs::{
 use kernlet_ebpf_common::{
     BACKENDS_MAP, Backend, BackendKey, FlowKey, FwdNat, LB_CONNECT4, LB_CONNECT6, LB_EGRESS,
     LB_GETPEERNAME4, LB_GETPEERNAME6, LB_INGRESS, LB_RECVMSG4, LB_RECVMSG6, LB_SENDMSG4,
-    LB_SENDMSG6, NAT_FWD_MAP, NAT_REV_MAP, RevNat, SERVICES_MAP, SOURCE_RANGES_MAP, ServiceKey,
-    ServiceValue, SourceRangeKey,
+    LB_SENDMSG6, NAT_FWD_MAP, NAT_REV_MAP, RevNat, SERVICES_MAP, SLOT_MEMBERS_MAP,
+    SOURCE_RANGES_MAP, ServiceKey, ServiceValue, SlotMember, SourceRangeKey,
 };
 
 use crate::model::services::{LbOp, RangeEntry};
@@ -163,9 +163,9 @@ const PROGRAMS: [&str; 8] = [
 
 /// The maps that outlive an agent, pinned in the instance's directory, with the key
 /// and value sizes this build's programs read them with.
-const PINNED_MAPS: [(&str, usize, usize); 8] = {
+const PINNED_MAPS: [(&str, usize, usize); 9] = {
     use core::mem::size_of;
-    use kernlet_ebpf_common::{AffinityKey, AffinityValue, SockRevNat};
+    use kernlet_ebpf_common::{AffinityKey, AffinityValue, SockRevKey, SockRevNat};
     [
         (
             SERVICES_MAP,
@@ -173,9 +173,10 @@ const PINNED_MAPS: [(&str, usize, usize); 8] = {
             size_of::<ServiceValue>(),
         ),
         (BACKENDS_MAP, size_of::<BackendKey>(), size_of::<Backend>()),
+        (SLOT_MEMBERS_MAP, size_of::<SlotMember>(), size_of::<u32>()),
         (
             kernlet_ebpf_common::SOCK_REVNAT_MAP,
-            size_of::<u64>(),
+            size_of::<SockRevKey>(),
             size_of::<SockRevNat>(),
         ),
         (
@@ -274,12 +275,14 @@ impl BpfLb {
                 fd_link(prog.take_link(id), name)?,
             )?;
         }
-        Ok(Self {
+        let mut lb = Self {
             ebpf,
             pin_dir: pin_dir.to_path_buf(),
             outside: BTreeMap::new(),
             outside_failure: None,
-        })
+        };
+        lb.fill_members()?;
+        Ok(lb)
     }
 
     /// Attaches the programs for traffic from outside the node: `kl_lb_ingress` to
@@ -384,6 +387,27 @@ impl BpfLb {
         self.ebpf
             .map_mut(name)
             .ok_or_else(|| err(name)("not in the embedded object".into()))
+    }
+
+    fn members(&mut self) -> Result<HashMap<&mut MapData, SlotMember, u32>, LbError> {
+        HashMap::try_from(self.map(SLOT_MEMBERS_MAP)?)
+            .map_err(|e| err(SLOT_MEMBERS_MAP)(e.to_string()))
+    }
+
+    /// Writes the membership of every backend entry that has none: backends pinned by
+    /// a kernlet from before the membership map keep their clients' affinity.
+    fn fill_members(&mut self) -> Result<(), LbError> {
+        if self.members()?.keys().next().is_some() {
+            return Ok(());
+        }
+        let backends = self.backends()?;
+        let mut members = self.members()?;
+        for (k, b) in &backends {
+            members
+                .insert(member(k, b), k.index, 0)
+                .map_err(|e| err(SLOT_MEMBERS_MAP)(e.to_string()))?;
+        }
+        Ok(())
     }
 
     /// Detaches the programs and removes the pins (maps and links): the node stops
@@ -503,15 +527,33 @@ impl LbTable for BpfLb {
                 let mut m: HashMap<&mut MapData, BackendKey, Backend> =
                     HashMap::try_from(self.map(BACKENDS_MAP)?)
                         .map_err(|e| err(&what)(e.to_string()))?;
-                m.insert(k, b, 0).map_err(|e| err(&what)(e.to_string()))
+                m.insert(k, b, 0).map_err(|e| err(&what)(e.to_string()))?;
+                self.members()?
+                    .insert(member(k, b), k.index, 0)
+                    .map_err(|e| err(&what)(e.to_string()))
             }
             LbOp::DeleteBackend(k) => {
                 let mut m: HashMap<&mut MapData, BackendKey, Backend> =
                     HashMap::try_from(self.map(BACKENDS_MAP)?)
                         .map_err(|e| err(&what)(e.to_string()))?;
-                m.remove(k).map_err(|e| err(&what)(e.to_string()))
+                let old = m.get(k, 0).ok();
+                m.remove(k).map_err(|e| err(&what)(e.to_string()))?;
+                // A backend repeated in a Maglev table is a member once: gone already
+                // after its first entry.
+                if let Some(b) = old {
+                    let _ = self.members()?.remove(&member(k, &b));
+                }
+                Ok(())
             }
         }
+    }
+}
+
+/// The membership entry of backend `b` at `k`.
+fn member(k: &BackendKey, b: &Backend) -> SlotMember {
+    SlotMember {
+        slot: k.slot,
+        backend: *b,
     }
 }
 

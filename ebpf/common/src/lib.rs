@@ -116,10 +116,18 @@ pub struct AffinityValue {
     pub last_ns: u64,
 }
 
-/// How many backends a remembered choice is looked for among when the service's
-/// backend set changed (bounded for the verifier).
-pub const AFFINITY_SCAN: u32 = 64;
 pub const AFFINITY_MAP: &str = "KL_AFFINITY";
+
+/// A backend of a slot (a frontend's backend set), present while the slot holds it
+/// (the value is an index where it sits): a remembered affinity stays while its
+/// backend is still a member, however many backends the frontend has.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct SlotMember {
+    pub slot: u32,
+    pub backend: Backend,
+}
+pub const SLOT_MEMBERS_MAP: &str = "KL_SLOT_MEMBERS";
 /// Per backend, per CPU: how many connects and datagrams were sent its way.
 pub const BACKEND_STATS_MAP: &str = "KL_BACKEND_STATS";
 
@@ -214,13 +222,27 @@ pub struct SourceRangeKey {
 /// Bits of a source-range key that cover the frontend.
 pub const SOURCE_RANGE_SERVICE_BITS: u32 = 8 * core::mem::size_of::<ServiceKey>() as u32;
 
-/// What a translated socket was sent to and asked for, so `getpeername` and
-/// `recvmsg` show the service address again (keyed by socket cookie).
+/// A translated socket and one backend it was sent to. `recvmsg` and `getpeername`
+/// look up the address they see: an unconnected UDP socket talks to several backends
+/// (of one Service, or of several) at once — musl's resolver sends A and AAAA queries
+/// in parallel on one socket — and each reply must show its own Service.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SockRevKey {
+    pub cookie: u64,
+    pub backend: Addr,
+    pub port: u16,
+    pub _pad: u16,
+    pub _pad2: u32,
+}
+
+/// The Service address and port a socket asked for, by [`SockRevKey`].
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct SockRevNat {
-    pub backend: Backend,
-    pub service: Backend,
+    pub service: Addr,
+    pub port: u16,
+    pub _pad: u16,
 }
 
 // The kernel hashes keys byte for byte: no key (or value read as bytes) may carry
@@ -236,7 +258,9 @@ const _: () = {
     assert!(size_of::<FwdNat>() == 40);
     assert!(size_of::<RevNat>() == 40);
     assert!(size_of::<SourceRangeKey>() == 36);
-    assert!(size_of::<SockRevNat>() == 40);
+    assert!(size_of::<SockRevKey>() == 32);
+    assert!(size_of::<SlotMember>() == 24);
+    assert!(size_of::<SockRevNat>() == 20);
 };
 
 #[cfg(feature = "user")]
@@ -261,8 +285,17 @@ mod user {
     // bit pattern valid.
     unsafe impl aya::Pod for super::Backend {}
     #[allow(unsafe_code, reason = "aya::Pod is an unsafe marker trait")]
-    // SAFETY: repr(C), Copy, two Backends, every bit pattern valid.
+    // SAFETY: repr(C), Copy, a 16-byte address, u16 and an explicit u16 pad: no
+    // implicit padding, every bit pattern valid.
     unsafe impl aya::Pod for super::SockRevNat {}
+    #[allow(unsafe_code, reason = "aya::Pod is an unsafe marker trait")]
+    // SAFETY: repr(C), Copy, u64, a 16-byte address, u16 and explicit u16 and u32
+    // pads: 32 bytes, no implicit padding, every bit pattern valid.
+    unsafe impl aya::Pod for super::SockRevKey {}
+    #[allow(unsafe_code, reason = "aya::Pod is an unsafe marker trait")]
+    // SAFETY: repr(C), Copy, a u32 then a 20-byte Backend (4-byte aligned): 24 bytes,
+    // no implicit padding, every bit pattern valid.
+    unsafe impl aya::Pod for super::SlotMember {}
     #[allow(unsafe_code, reason = "aya::Pod is an unsafe marker trait")]
     // SAFETY: repr(C), Copy, u64, a 20-byte ServiceKey and an explicit u32 pad: no
     // implicit padding.

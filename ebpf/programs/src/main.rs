@@ -12,8 +12,8 @@ use aya_ebpf::{
     programs::SockAddrContext,
 };
 use kernlet_ebpf_common::{
-    AFFINITY_SCAN, Addr, AffinityKey, AffinityValue, Backend, BackendKey, MAX_BACKENDS,
-    MAX_SERVICES, MAX_SOCKETS, ProbeCounters, SVC_MAGLEV, ServiceKey, ServiceValue, SockRevNat,
+    Addr, AffinityKey, AffinityValue, Backend, BackendKey, MAX_BACKENDS, MAX_SERVICES, MAX_SOCKETS,
+    ProbeCounters, SVC_MAGLEV, ServiceKey, ServiceValue, SlotMember, SockRevKey, SockRevNat,
     ipv4_mapped, mapped_ipv4,
 };
 
@@ -56,15 +56,20 @@ static KL_BACKENDS: HashMap<BackendKey, Backend> = HashMap::with_max_entries(MAX
 static KL_AFFINITY: LruHashMap<AffinityKey, AffinityValue> =
     LruHashMap::with_max_entries(MAX_SOCKETS, 0);
 
+#[map(name = "KL_SLOT_MEMBERS")]
+static KL_SLOT_MEMBERS: HashMap<SlotMember, u32> = HashMap::with_max_entries(MAX_BACKENDS, 0);
+
 #[map(name = "KL_BACKEND_STATS")]
 static KL_BACKEND_STATS: LruPerCpuHashMap<Backend, u64> =
     LruPerCpuHashMap::with_max_entries(MAX_BACKENDS, 0);
 
 #[map(name = "KL_SOCK_REVNAT")]
-static KL_SOCK_REVNAT: LruHashMap<u64, SockRevNat> = LruHashMap::with_max_entries(MAX_SOCKETS, 0);
+static KL_SOCK_REVNAT: LruHashMap<SockRevKey, SockRevNat> =
+    LruHashMap::with_max_entries(MAX_SOCKETS, 0);
 
 /// Translates a connect (TCP, connected UDP) to a service address into one to a
-/// backend chosen at random, and remembers the translation for the socket.
+/// backend chosen at random, and remembers the translation for the socket and that
+/// backend.
 #[cgroup_sock_addr(connect4)]
 pub fn kl_lb_connect4(ctx: SockAddrContext) -> i32 {
     translate::<V4>(&ctx)
@@ -202,17 +207,12 @@ fn translate<const IS_V6: bool>(ctx: &SockAddrContext) -> i32 {
     count(&backend);
     // SAFETY: user_port is writable in connect and sendmsg programs.
     unsafe { (*ctx.sock_addr).user_port = u32::from(backend.port) };
-    // SAFETY: the context pointer is the program's own bpf_sock_addr.
-    let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
     let rev = SockRevNat {
-        backend,
-        service: Backend {
-            addr: ip,
-            port,
-            flags: 0,
-        },
+        service: ip,
+        port,
+        _pad: 0,
     };
-    let _ = KL_SOCK_REVNAT.insert(&cookie, &rev, 0);
+    let _ = KL_SOCK_REVNAT.insert(&rev_key(ctx, backend.addr, backend.port), &rev, 0);
     ALLOW
 }
 
@@ -290,25 +290,14 @@ fn choose(
     Some(backend)
 }
 
-/// Whether `backend` (address and port) is among the first [`AFFINITY_SCAN`] entries
-/// of the service's backend slot (bounded for the verifier).
+/// Whether `backend` is still one of the service's backends (its current slot).
 fn in_slot(svc: &ServiceValue, backend: &Backend) -> bool {
-    let mut i = 0;
-    while i < AFFINITY_SCAN && i < svc.count {
-        let bk = BackendKey {
-            slot: svc.slot,
-            index: i,
-        };
-        // SAFETY: the value is only compared.
-        if let Some(b) = unsafe { KL_BACKENDS.get(&bk) }
-            && b.addr == backend.addr
-            && b.port == backend.port
-        {
-            return true;
-        }
-        i += 1;
-    }
-    false
+    let k = SlotMember {
+        slot: svc.slot,
+        backend: *backend,
+    };
+    // SAFETY: only the presence is read.
+    unsafe { KL_SLOT_MEMBERS.get(&k) }.is_some()
 }
 
 /// One more connect (or datagram, or outside flow) sent to `backend`.
@@ -323,22 +312,33 @@ fn count(backend: &Backend) {
     }
 }
 
+/// The reverse-translation key of this socket and a backend.
+#[inline(always)]
+fn rev_key(ctx: &SockAddrContext, backend: Addr, port: u16) -> SockRevKey {
+    SockRevKey {
+        // SAFETY: the context pointer is the program's own bpf_sock_addr.
+        cookie: unsafe { bpf_get_socket_cookie(ctx.as_ptr()) },
+        backend,
+        port,
+        _pad: 0,
+        _pad2: 0,
+    }
+}
+
+/// Shows the Service again where the call's address is a backend this socket was
+/// sent to in its name.
 fn reverse<const IS_V6: bool>(ctx: &SockAddrContext) {
-    // SAFETY: the context pointer is the program's own bpf_sock_addr.
-    let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
-    // SAFETY: the value is copied out at once.
-    let Some(rev) = (unsafe { KL_SOCK_REVNAT.get(&cookie) }).copied() else {
-        return;
-    };
     // SAFETY: valid for the program run; user_port is readable and writable in
     // recvmsg and getpeername programs.
     let port = unsafe { (*ctx.sock_addr).user_port as u16 };
-    if addr_of::<IS_V6>(ctx) == rev.backend.addr
-        && port == rev.backend.port
-        && set_addr::<IS_V6>(ctx, &rev.service.addr)
-    {
+    let key = rev_key(ctx, addr_of::<IS_V6>(ctx), port);
+    // SAFETY: the value is copied out at once.
+    let Some(rev) = (unsafe { KL_SOCK_REVNAT.get(&key) }).copied() else {
+        return;
+    };
+    if set_addr::<IS_V6>(ctx, &rev.service) {
         // SAFETY: as above.
-        unsafe { (*ctx.sock_addr).user_port = u32::from(rev.service.port) };
+        unsafe { (*ctx.sock_addr).user_port = u32::from(rev.port) };
     }
 }
 
