@@ -7,6 +7,7 @@
 
 pub mod api;
 pub mod bootstrap;
+pub mod cleanup;
 pub mod client;
 pub mod config;
 pub mod controllers;

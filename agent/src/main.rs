@@ -221,6 +221,28 @@ fn run(cli: Cli, raw: &[String]) -> anyhow::Result<()> {
             dirs,
             kubeconfig,
         } => cli::doctor::doctor(output.output, &dirs, kubeconfig),
+        Command::Cleanup {
+            output,
+            dirs,
+            bridge,
+            dry_run,
+        } => {
+            let mut node = kernlet::cleanup::node::KernelTraces {
+                pin_dir: dirs.bpffs_dir.join("lb"),
+                state_dir: dirs.state_dir,
+                run_dir: dirs.run_dir,
+                bridge,
+            };
+            let report = kernlet::cleanup::cleanup(&mut node, dry_run)?;
+            match output.output {
+                cli::Output::Json => println!("{}", serde_json::to_string_pretty(&report)?),
+                cli::Output::Table => print!("{}", kernlet::cleanup::text(&report)),
+            }
+            if !report.failed.is_empty() {
+                std::process::exit(1);
+            }
+            Ok(())
+        }
         Command::Join(args) => {
             args.node.dirs.validate()?;
             // Everything about the node is checked before credentials are asked for.

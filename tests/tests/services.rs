@@ -1373,7 +1373,101 @@ async fn kill_9_of_the_agent_breaks_no_stream() {
         .filter_map(|v| v.as_str())
         .collect();
     assert_eq!(names.len(), 2, "20 streams over both backends: {report}");
+    cleanup_removes_every_trace(&mut node);
     drop(fwd);
+}
+
+/// `kernlet cleanup` on a node whose agent died (`kill -9`, pods and pins left): refused
+/// while the agent runs; then pins, the nftables table, the pod veths, the bridge,
+/// flannel.1 and the records go, and a second run finds nothing.
+fn cleanup_removes_every_trace(node: &mut SimNode) {
+    let cleanup = |node: &SimNode| {
+        node.command(kernlet_tests::simnode::kernlet_bin().unwrap())
+            .args(["cleanup", "-o", "json", "--state-dir"])
+            .arg(node.dir("state"))
+            .arg("--run-dir")
+            .arg(node.dir("run"))
+            .arg("--bpffs-dir")
+            .arg(node.dir("bpf"))
+            .output()
+            .unwrap()
+    };
+    let refused = cleanup(node);
+    assert!(!refused.status.success(), "{refused:?}");
+    assert!(
+        String::from_utf8_lossy(&refused.stderr).contains("stop it first"),
+        "{refused:?}"
+    );
+    node.kill9_kernlet().unwrap();
+    let ip = |args: &[&str]| -> String {
+        let out = node.run("ip", args).unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let before = ip(&["-o", "link"]);
+    assert!(
+        before.contains("flannel.1") && before.contains("cni0"),
+        "{before}"
+    );
+    let out = cleanup(node);
+    assert!(out.status.success(), "{out:?}");
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let removed = report["removed"].as_array().unwrap();
+    let has = |kind: &str, pred: &dyn Fn(&serde_json::Value) -> bool| {
+        removed.iter().any(|t| t["kind"] == kind && pred(t))
+    };
+    assert!(has("device", &|t| t["name"] == "flannel.1"), "{report}");
+    assert!(has("device", &|t| t["name"] == "cni0"), "{report}");
+    assert!(
+        has("device", &|t| t["name"]
+            .as_str()
+            .is_some_and(|n| n.starts_with("veth"))),
+        "{report}"
+    );
+    assert!(has("programLink", &|_| true), "{report}");
+    assert!(
+        has("map", &|t| t["pin"]
+            .as_str()
+            .is_some_and(|p| p.ends_with("KL_SERVICES"))),
+        "{report}"
+    );
+    assert!(
+        has("records", &|t| t["dir"]
+            .as_str()
+            .is_some_and(|p| p.ends_with("ipam"))),
+        "{report}"
+    );
+    assert_eq!(report["failed"], serde_json::json!([]), "{report}");
+    // Nothing left in the kernel or on disk.
+    let after = ip(&["-o", "link"]);
+    assert!(
+        !after.contains("flannel.1") && !after.contains("cni0") && !after.contains("veth"),
+        "{after}"
+    );
+    let table = node
+        .run("nft", &["list", "table", "ip", "kernlet"])
+        .unwrap();
+    assert!(!table.status.success(), "{table:?}");
+    let lb = node.dir("bpf").join("lb");
+    assert!(!lb.exists(), "pins left: {:?}", walkdir(&lb));
+    assert!(has("pinDir", &|t| t["mount"] == true), "{report}");
+    assert!(!node.dir("state").join("ipam").exists());
+    let again = cleanup(node);
+    let again: serde_json::Value = serde_json::from_slice(&again.stdout).unwrap();
+    assert_eq!(again["removed"], serde_json::json!([]), "{again}");
+}
+
+/// The files under `dir`, at any depth.
+fn walkdir(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            out.extend(walkdir(&p));
+        } else {
+            out.push(p);
+        }
+    }
+    out
 }
 
 /// Connects to ADDR PORT from eight fixed client ports in turn; says which backend

@@ -206,6 +206,23 @@ pub enum Command {
         #[arg(long)]
         kubeconfig: Option<PathBuf>,
     },
+    /// Remove every trace of kernlet's Service datapath and pod network from this node
+    /// (as `kube-proxy --cleanup`): pinned programs and maps, the nftables table, pod
+    /// veths, the bridge, flannel.1 (with its routes, neighbours and FDB entries), the
+    /// address and overlay records. Refused while the daemon runs. Exits 1 when
+    /// something could not be removed.
+    Cleanup {
+        #[command(flatten)]
+        output: OutputArgs,
+        #[command(flatten)]
+        dirs: ViewDirs,
+        /// The bridge pods were attached to (as given to `kernlet run`).
+        #[arg(long, default_value = "cni0")]
+        bridge: String,
+        /// Only list what would be removed.
+        #[arg(long)]
+        dry_run: bool,
+    },
 }
 
 #[derive(Subcommand, Debug)]

@@ -417,20 +417,28 @@ impl BpfLb {
             .into_iter()
             .flatten();
         for path in links.flatten().map(|e| e.path()) {
-            match PinnedLink::from_pin(&path) {
-                Ok(l) => {
-                    let _ = l.unpin();
-                }
-                Err(_) => {
-                    let _ = std::fs::remove_file(&path);
-                }
-            }
+            let _ = remove_pin(&path, true);
         }
         for (m, _, _) in PINNED_MAPS {
-            let _ = std::fs::remove_file(self.pin_dir.join(m));
+            let _ = remove_pin(&self.pin_dir.join(m), false);
         }
         Ok(())
     }
+}
+
+/// Removes the pin at `path`: a program link (`link`: detached as its last reference
+/// goes) or a map. False when there was none.
+pub fn remove_pin(path: &Path, link: bool) -> std::io::Result<bool> {
+    if std::fs::symlink_metadata(path).is_err() {
+        return Ok(false);
+    }
+    if link && let Ok(l) = PinnedLink::from_pin(path) {
+        return l
+            .unpin()
+            .map(|_| true)
+            .map_err(|e| std::io::Error::other(e.to_string()));
+    }
+    std::fs::remove_file(path).map(|()| true)
 }
 
 /// The link program `name` was just attached with, as a link that can be pinned.

@@ -340,13 +340,19 @@ pub fn sync_table(table: &str, chains: &[(Chain, Vec<Vec<Expr>>)]) -> Result<(),
 
 /// Deletes table `table` (family ip) and everything in it; no error when it is absent.
 pub fn delete_table(table: &str) -> Result<(), NftError> {
+    delete_table_if_present(table).map(|_| ())
+}
+
+/// Deletes table `table` (family ip) and everything in it; false when it was absent.
+pub fn delete_table_if_present(table: &str) -> Result<bool, NftError> {
     let mut b = Batch::new();
     let mut t = Attrs::default();
     t.str(NFTA_TABLE_NAME, table);
     b.message(NFT_MSG_DELTABLE, 0, NFPROTO_IPV4, &t, false);
     match send(b, &format!("deleting table ip {table}")) {
-        Err(e) if e.source.raw_os_error() == Some(libc::ENOENT) => Ok(()),
-        other => other,
+        Err(e) if e.source.raw_os_error() == Some(libc::ENOENT) => Ok(false),
+        Err(e) => Err(e),
+        Ok(()) => Ok(true),
     }
 }
 
