@@ -351,6 +351,11 @@ pub async fn run(
                         n.metadata.deletion_timestamp.is_some() || tainted,
                     );
                 }
+                // A resync compares with what the maps hold, not with what this agent
+                // last wrote: a change made under it is seen and undone.
+                if let Ok(mut t) = table.lock() {
+                    t.reread();
+                }
                 Step::Sync
             }
             e = services.next() => match e {

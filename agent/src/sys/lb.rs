@@ -140,6 +140,12 @@ pub struct BpfLb {
     outside: BTreeMap<String, u32>,
     /// The last failure to attach them, so it is told once, not at every resync.
     outside_failure: Option<String>,
+    /// What the Service, backend and source-range maps hold, as last read and written
+    /// since: a sync plans against it instead of reading every entry back through
+    /// the kernel (tens of thousands of syscalls with 10k Services). Dropped when a
+    /// write fails and at every resync ([`BpfLb::reread`]): the next sync reads the
+    /// maps again, so what anything else changed in them is seen.
+    mirror: Option<MemoryLb>,
 }
 
 impl std::fmt::Debug for BpfLb {
@@ -280,6 +286,7 @@ impl BpfLb {
             pin_dir: pin_dir.to_path_buf(),
             outside: BTreeMap::new(),
             outside_failure: None,
+            mirror: None,
         };
         lb.fill_members()?;
         Ok(lb)
@@ -471,8 +478,28 @@ fn replace_pin(path: &Path, link: FdLink) -> Result<(), LbError> {
     Ok(())
 }
 
-impl LbTable for BpfLb {
-    fn services(&mut self) -> Result<BTreeMap<ServiceKey, ServiceValue>, LbError> {
+impl BpfLb {
+    /// The next sync reads the maps from the kernel again.
+    pub fn reread(&mut self) {
+        self.mirror = None;
+    }
+
+    /// The mirror, read from the kernel when there is none.
+    fn mirror(&mut self) -> Result<&mut MemoryLb, LbError> {
+        if self.mirror.is_none() {
+            let m = MemoryLb {
+                services: self.read_services()?,
+                backends: self.read_backends()?,
+                ranges: self.read_ranges()?,
+            };
+            self.mirror = Some(m);
+        }
+        self.mirror
+            .as_mut()
+            .ok_or_else(|| err("the maps' mirror")("not read".into()))
+    }
+
+    fn read_services(&mut self) -> Result<BTreeMap<ServiceKey, ServiceValue>, LbError> {
         let m: HashMap<&mut MapData, ServiceKey, ServiceValue> =
             HashMap::try_from(self.map(SERVICES_MAP)?)
                 .map_err(|e| err(SERVICES_MAP)(e.to_string()))?;
@@ -481,7 +508,7 @@ impl LbTable for BpfLb {
             .collect()
     }
 
-    fn backends(&mut self) -> Result<BTreeMap<BackendKey, Backend>, LbError> {
+    fn read_backends(&mut self) -> Result<BTreeMap<BackendKey, Backend>, LbError> {
         let m: HashMap<&mut MapData, BackendKey, Backend> =
             HashMap::try_from(self.map(BACKENDS_MAP)?)
                 .map_err(|e| err(BACKENDS_MAP)(e.to_string()))?;
@@ -490,7 +517,7 @@ impl LbTable for BpfLb {
             .collect()
     }
 
-    fn ranges(&mut self) -> Result<BTreeSet<RangeEntry>, LbError> {
+    fn read_ranges(&mut self) -> Result<BTreeSet<RangeEntry>, LbError> {
         let m: LpmTrie<&mut MapData, SourceRangeKey, u8> =
             LpmTrie::try_from(self.map(SOURCE_RANGES_MAP)?)
                 .map_err(|e| err(SOURCE_RANGES_MAP)(e.to_string()))?;
@@ -502,7 +529,7 @@ impl LbTable for BpfLb {
             .collect()
     }
 
-    fn apply(&mut self, op: &LbOp) -> Result<(), LbError> {
+    fn write(&mut self, op: &LbOp) -> Result<(), LbError> {
         let what = format!("{op:?}");
         match op {
             LbOp::SetRange(len, k) => {
@@ -552,6 +579,36 @@ impl LbTable for BpfLb {
                     let _ = self.members()?.remove(&member(k, &b));
                 }
                 Ok(())
+            }
+        }
+    }
+}
+
+impl LbTable for BpfLb {
+    fn services(&mut self) -> Result<BTreeMap<ServiceKey, ServiceValue>, LbError> {
+        Ok(self.mirror()?.services.clone())
+    }
+
+    fn backends(&mut self) -> Result<BTreeMap<BackendKey, Backend>, LbError> {
+        Ok(self.mirror()?.backends.clone())
+    }
+
+    fn ranges(&mut self) -> Result<BTreeSet<RangeEntry>, LbError> {
+        Ok(self.mirror()?.ranges.clone())
+    }
+
+    /// Written to the kernel, then to the mirror; a failed write drops the mirror (the
+    /// entry may or may not be there).
+    fn apply(&mut self, op: &LbOp) -> Result<(), LbError> {
+        self.mirror()?;
+        match self.write(op) {
+            Ok(()) => match self.mirror.as_mut() {
+                Some(m) => m.apply(op),
+                None => Ok(()),
+            },
+            Err(e) => {
+                self.mirror = None;
+                Err(e)
             }
         }
     }
