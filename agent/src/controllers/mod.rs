@@ -11,6 +11,7 @@ pub mod pods;
 pub mod proxy_health;
 pub mod proxy_metrics;
 pub mod runtime_classes;
+pub mod service_index;
 pub mod service_links;
 pub mod services;
 pub mod serving_cert;

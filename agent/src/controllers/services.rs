@@ -16,6 +16,7 @@ use kube::api::Api;
 use kube::runtime::watcher;
 use tokio::sync::watch;
 
+use super::service_index::{Placement, ServiceIndex};
 use crate::client::SharedClient;
 use crate::sys::lb::{BpfLb, LbTable};
 
@@ -192,25 +193,34 @@ fn warn_without_ipv6_forwarding(cfg: &ServiceProxyConfig) {
     }
 }
 
-/// The backends of the UDP frontends the maps hold.
-fn udp_backends(t: &mut dyn LbTable) -> std::collections::BTreeSet<std::net::SocketAddr> {
-    let (Ok(services), Ok(backends)) = (t.services(), t.backends()) else {
-        return Default::default();
-    };
-    services
-        .iter()
-        .filter(|(k, _)| k.proto == 17)
-        .flat_map(|(_, v)| {
-            (0..v.count).filter_map(|i| {
-                backends
-                    .get(&kernlet_ebpf_common::BackendKey {
-                        slot: v.slot,
-                        index: i,
-                    })
-                    .map(crate::model::services::backend_addr)
-            })
-        })
-        .collect()
+/// Tells the index which Service a watch event touched.
+fn note_service(ev: &watcher::Event<Service>, index: &mut ServiceIndex) {
+    match ev {
+        watcher::Event::Apply(o) | watcher::Event::Delete(o) => index.service_changed(key_of(o)),
+        watcher::Event::InitDone => index.everything(),
+        watcher::Event::Init | watcher::Event::InitApply(_) => {}
+    }
+}
+
+/// Tells the index which slice (and so which Services) a watch event touched, with
+/// the slice as stored before the event.
+fn note_slice(
+    ev: &watcher::Event<EndpointSlice>,
+    store: &BTreeMap<String, EndpointSlice>,
+    index: &mut ServiceIndex,
+) {
+    match ev {
+        watcher::Event::Apply(o) => {
+            let k = key_of(o);
+            index.slice_changed(&k, store.get(&k), Some(o));
+        }
+        watcher::Event::Delete(o) => {
+            let k = key_of(o);
+            index.slice_changed(&k, store.get(&k).or(Some(o)), None);
+        }
+        watcher::Event::InitDone => index.everything(),
+        watcher::Event::Init | watcher::Event::InitApply(_) => {}
+    }
 }
 
 /// Closes the UDP sockets connected to `gone` backends, on the node and in every pod's
@@ -322,6 +332,11 @@ pub async fn run(
     let batch = tokio::time::sleep(Duration::ZERO);
     tokio::pin!(batch);
     let mut pending = false;
+    // What the Services and slices want, kept per Service; a change recomputes and
+    // writes its Service alone.
+    let mut index = ServiceIndex::default();
+    // The next sync compares every frontend with the maps (a resync, a failed write).
+    let mut plan_all = true;
     loop {
         let step = tokio::select! {
             _ = stop.changed() => return,
@@ -336,12 +351,17 @@ pub async fn run(
                 if let Ok(Ok(Some(n))) =
                     tokio::time::timeout(Duration::from_secs(5), Api::<Node>::all(client.get()).get_opt(&cfg.node)).await
                 {
-                    zone = n
+                    let now_in = n
                         .metadata
                         .labels
                         .as_ref()
                         .and_then(|l| l.get(ZONE_LABEL))
                         .cloned();
+                    if now_in != zone {
+                        // Topology hints are read against the zone: every Service again.
+                        index.everything();
+                        zone = now_in;
+                    }
                     let tainted = n
                         .spec
                         .as_ref()
@@ -356,10 +376,14 @@ pub async fn run(
                 if let Ok(mut t) = table.lock() {
                     t.reread();
                 }
+                plan_all = true;
                 Step::Sync
             }
             e = services.next() => match e {
-                Some(Ok(ev)) => Step::changed(counted(true, fold(ev, &mut svc_store, &mut svc_staging, &mut svc_synced))),
+                Some(Ok(ev)) => {
+                    note_service(&ev, &mut index);
+                    Step::changed(counted(true, fold(ev, &mut svc_store, &mut svc_staging, &mut svc_synced)))
+                }
                 Some(Err(e)) => {
                     tracing::warn!("watching Services: {e}; retrying in {backoff:?}");
                     tokio::time::sleep(backoff).await;
@@ -372,7 +396,10 @@ pub async fn run(
                 }
             },
             e = slices.next() => match e {
-                Some(Ok(ev)) => Step::changed(counted(false, fold(ev, &mut eps_store, &mut eps_staging, &mut eps_synced))),
+                Some(Ok(ev)) => {
+                    note_slice(&ev, &eps_store, &mut index);
+                    Step::changed(counted(false, fold(ev, &mut eps_store, &mut eps_staging, &mut eps_synced)))
+                }
                 Some(Err(e)) => {
                     tracing::warn!("watching EndpointSlices: {e}; retrying in {backoff:?}");
                     tokio::time::sleep(backoff).await;
@@ -402,38 +429,50 @@ pub async fn run(
             continue;
         }
         backoff = Duration::from_millis(500);
-        let svcs: Vec<Service> = svc_store.values().cloned().collect();
-        let eps: Vec<EndpointSlice> = eps_store.values().cloned().collect();
-        health
-            .update(crate::model::services::health_checks(
-                &svcs, &eps, &cfg.node,
-            ))
-            .await;
-        let mut want =
-            crate::model::services::desired(&svcs, &eps, &cfg.node, zone.as_deref(), &cfg.node_ips);
-        if cfg.maglev {
-            crate::model::services::use_maglev(&mut want);
+        let refresh = index.refresh(
+            &svc_store,
+            &eps_store,
+            Placement {
+                node: &cfg.node,
+                zone: zone.as_deref(),
+                node_ips: &cfg.node_ips,
+                maglev: cfg.maglev,
+            },
+        );
+        if refresh.health_changed {
+            let (svcs, eps) = index.health_inputs(&svc_store, &eps_store);
+            health
+                .update(crate::model::services::health_checks(
+                    &svcs, &eps, &cfg.node,
+                ))
+                .await;
         }
+        // After a failed write or at a resync every frontend is compared again.
+        let scope = if std::mem::take(&mut plan_all) {
+            None
+        } else {
+            refresh.scope
+        };
+        let want = Arc::clone(&index.want);
         let frontends = want.len();
         let started = std::time::Instant::now();
         let t = Arc::clone(&table);
         let run_dir = cfg.run_dir.clone();
         let node_ips = cfg.node_ips.clone();
         let iface = cfg.iface.clone();
+        let gone = refresh.udp_gone;
         let result = tokio::task::spawn_blocking(move || {
             let mut t = t
                 .lock()
                 .map_err(|_| "the load-balancer table lock is poisoned".to_string())?;
-            let before = udp_backends(&mut *t);
-            let n = program(&mut *t as &mut dyn LbTable, &want)?;
-            let after = udp_backends(&mut *t);
-            let gone: Vec<std::net::SocketAddr> = before.difference(&after).copied().collect();
+            let n = program(&mut *t as &mut dyn LbTable, &want, scope.as_ref());
             if !gone.is_empty() {
                 close_udp_to(&run_dir, &gone);
                 if let Err(e) = t.forget_udp_flows(&gone) {
                     tracing::warn!("dropping outside UDP flows to removed backends: {e}");
                 }
             }
+            let n = n?;
             // Outside traffic: the underlay interface both ways, the overlay device
             // (once the overlay made it) for replies of SNAT'd flows.
             let mut ifaces: Vec<(String, bool)> = iface
@@ -451,7 +490,7 @@ pub async fn run(
         super::proxy_metrics::synced(started.elapsed().as_secs_f64(), matches!(result, Ok(Ok(_))));
         match result {
             Ok(Ok(n)) => {
-                observe_programming(&mut programmed, &eps_store);
+                observe_programming(&mut programmed, &eps_store, refresh.slices.as_ref());
                 crate::daemon::synced(
                     "services",
                     serde_json::json!({"frontends": frontends, "changes": n}),
@@ -461,6 +500,7 @@ pub async fn run(
                 }
             }
             Ok(Err(e)) => {
+                plan_all = true;
                 crate::daemon::failed("services", &e);
                 tracing::warn!(
                     "programming the Service datapath: {e}; retrying at the next change or resync"
@@ -489,10 +529,11 @@ fn counted(service: bool, changed: bool) -> bool {
 pub fn program(
     table: &mut dyn LbTable,
     want: &BTreeMap<kernlet_ebpf_common::ServiceKey, crate::model::services::Frontend>,
+    scope: Option<&std::collections::BTreeSet<kernlet_ebpf_common::ServiceKey>>,
 ) -> Result<usize, String> {
     let mut last = String::new();
     for _ in 0..4 {
-        match crate::sys::lb::sync(table, want) {
+        match crate::sys::lb::sync(table, want, scope) {
             Ok(n) => {
                 super::proxy_health::set_synced(true);
                 return Ok(n);
@@ -528,33 +569,57 @@ const ZONE_LABEL: &str = "topology.kubernetes.io/zone";
 const AUTOSCALER_DELETION_TAINT: &str = "ToBeDeletedByClusterAutoscaler";
 
 /// After a successful sync: the latency of every EndpointSlice change programmed since
-/// the last one, from its trigger time.
+/// the last one, from its trigger time. `touched`: the slices changed since (`None`:
+/// any of them).
 fn observe_programming(
     programmed: &mut Option<BTreeMap<String, String>>,
     slices: &BTreeMap<String, EndpointSlice>,
+    touched: Option<&std::collections::BTreeSet<String>>,
 ) {
+    let trigger = |s: &EndpointSlice| {
+        s.metadata
+            .annotations
+            .as_ref()?
+            .get(super::proxy_health::TRIGGER_TIME)
+            .cloned()
+    };
     let now = k8s_openapi::jiff::Timestamp::now();
-    let current: BTreeMap<String, String> = slices
-        .iter()
-        .filter_map(|(k, s)| {
-            let t = s
-                .metadata
-                .annotations
-                .as_ref()?
-                .get(super::proxy_health::TRIGGER_TIME)?;
-            Some((k.clone(), t.clone()))
-        })
-        .collect();
-    if let Some(before) = programmed.as_ref() {
-        for (k, t) in &current {
-            if before.get(k) != Some(t)
-                && let Some(secs) = super::proxy_metrics::since_trigger(t, now)
-            {
-                super::proxy_metrics::observe_programming(secs);
+    let observe = |t: &str| {
+        if let Some(secs) = super::proxy_metrics::since_trigger(t, now) {
+            super::proxy_metrics::observe_programming(secs);
+        }
+    };
+    match (programmed.as_mut(), touched) {
+        (Some(before), Some(keys)) => {
+            for k in keys {
+                match slices.get(k).and_then(trigger) {
+                    Some(t) => {
+                        if before.get(k) != Some(&t) {
+                            observe(&t);
+                        }
+                        before.insert(k.clone(), t);
+                    }
+                    None => {
+                        before.remove(k);
+                    }
+                }
             }
         }
+        (before, _) => {
+            let current: BTreeMap<String, String> = slices
+                .iter()
+                .filter_map(|(k, s)| Some((k.clone(), trigger(s)?)))
+                .collect();
+            if let Some(before) = before {
+                for (k, t) in &current {
+                    if before.get(k) != Some(t) {
+                        observe(t);
+                    }
+                }
+            }
+            *programmed = Some(current);
+        }
     }
-    *programmed = Some(current);
 }
 
 #[cfg(test)]
@@ -591,6 +656,7 @@ mod tests {
             &t.inner.services().unwrap(),
             &t.inner.backends().unwrap(),
             &t.inner.ranges().unwrap(),
+            None,
         )
         .is_empty()
     }
@@ -603,7 +669,7 @@ mod tests {
             fail: (1..100_000).filter(|n| n % 10 == 0).collect(),
             ..Default::default()
         };
-        program(&mut t, &want).unwrap();
+        program(&mut t, &want, None).unwrap();
         assert!(converged(&mut t, &want));
         assert_eq!(super::super::proxy_health::answer("/healthz").0, 200);
         // Every 4th write refused: the first resync falls short and healthz is 503
@@ -614,7 +680,7 @@ mod tests {
             ..Default::default()
         };
         let mut resyncs = 0;
-        while program(&mut t, &want).is_err() {
+        while program(&mut t, &want, None).is_err() {
             resyncs += 1;
             assert!(!converged(&mut t, &want));
             assert_eq!(super::super::proxy_health::answer("/healthz").0, 503);

@@ -587,16 +587,27 @@ pub type RangeEntry = (u32, SourceRangeKey);
 /// The changes that make the maps (`services`, `backends`) serve `want`. A frontend
 /// whose backends change gets them under a new slot, then one service update points
 /// it there, then the old slot goes: a connect sees the old set or the new one, never a
-/// mix. Backend entries of no service (left by a crash) are removed.
+/// mix. With `scope`, only those frontends are looked at (what a change to some
+/// Services touches: the cost follows the change, not the table); without, every one,
+/// and backend entries of no service (left by a crash) are removed too.
 pub fn plan(
     want: &BTreeMap<ServiceKey, Frontend>,
     services: &BTreeMap<ServiceKey, ServiceValue>,
     backends: &BTreeMap<BackendKey, Backend>,
     ranges: &BTreeSet<RangeEntry>,
+    scope: Option<&BTreeSet<ServiceKey>>,
 ) -> Vec<LbOp> {
     let mut sets = Vec::new();
     let mut swaps = Vec::new();
     let mut deletes = Vec::new();
+    let slot_range = |slot: u32| {
+        backends.range(
+            BackendKey { slot, index: 0 }..=BackendKey {
+                slot,
+                index: u32::MAX,
+            },
+        )
+    };
     // A slot's entries in order, if every one of them is there.
     let slot_entries = |slot: u32, count: u32| -> Option<Vec<Backend>> {
         (0..count)
@@ -606,7 +617,7 @@ pub fn plan(
     let mut used: BTreeSet<u32> = services.values().map(|v| v.slot).collect();
     let mut next = 1u32;
     let mut fresh_slot = |used: &mut BTreeSet<u32>| {
-        while used.contains(&next) || backends.keys().any(|k| k.slot == next) {
+        while used.contains(&next) || slot_range(next).next().is_some() {
             next = next.wrapping_add(1).max(1);
         }
         used.insert(next);
@@ -614,15 +625,23 @@ pub fn plan(
     };
     // Slots no frontend points at (a pass that failed half-way leaves them): one
     // holding a start of the backends a frontend now needs is finished instead of
-    // written again, so retries keep what earlier passes wrote.
+    // written again, so retries keep what earlier passes wrote. Looked for in full
+    // passes only (a scoped pass after a failure is followed by a full one).
     let mut orphans: BTreeMap<u32, BTreeMap<u32, Backend>> = BTreeMap::new();
-    for (k, b) in backends {
-        if !used.contains(&k.slot) {
-            orphans.entry(k.slot).or_default().insert(k.index, *b);
+    if scope.is_none() {
+        for (k, b) in backends {
+            if !used.contains(&k.slot) {
+                orphans.entry(k.slot).or_default().insert(k.index, *b);
+            }
         }
     }
+    let in_scope = |k: &ServiceKey| scope.is_none_or(|s| s.contains(k));
+    let wanted: Vec<(&ServiceKey, &Frontend)> = match scope {
+        Some(keys) => keys.iter().filter_map(|k| want.get_key_value(k)).collect(),
+        None => want.iter().collect(),
+    };
     let mut live_slots = BTreeSet::new();
-    for (key, front) in want {
+    for (key, front) in wanted {
         let list: Vec<Backend> = slot_list(front);
         if let Some(cur) = services.get(key)
             && slot_entries(cur.slot, cur.count).as_deref() == Some(list.as_slice())
@@ -682,22 +701,47 @@ pub fn plan(
     // Ranges go in before a frontend starts checking them and out after it stopped.
     let want_ranges: BTreeSet<RangeEntry> = want
         .iter()
+        .filter(|(k, _)| in_scope(k))
         .flat_map(|(k, f)| f.source_ranges.iter().map(|r| source_range_key(*k, *r)))
         .collect();
-    for (len, k) in want_ranges.difference(ranges) {
+    let have_ranges: BTreeSet<RangeEntry> = ranges
+        .iter()
+        .filter(|(_, k)| in_scope(&k.service))
+        .copied()
+        .collect();
+    for (len, k) in want_ranges.difference(&have_ranges) {
         sets.push(LbOp::SetRange(*len, *k));
     }
-    for (len, k) in ranges.difference(&want_ranges) {
+    for (len, k) in have_ranges.difference(&want_ranges) {
         deletes.push(LbOp::DeleteRange(*len, *k));
     }
-    for key in services.keys() {
-        if !want.contains_key(key) {
-            deletes.push(LbOp::DeleteService(*key));
+    let known: Vec<(&ServiceKey, &ServiceValue)> = match scope {
+        Some(keys) => keys
+            .iter()
+            .filter_map(|k| services.get_key_value(k))
+            .collect(),
+        None => services.iter().collect(),
+    };
+    for (key, _) in &known {
+        if !want.contains_key(*key) {
+            deletes.push(LbOp::DeleteService(**key));
         }
     }
-    for k in backends.keys() {
-        if !live_slots.contains(&k.slot) {
-            deletes.push(LbOp::DeleteBackend(*k));
+    match scope {
+        // The slots the frontends of the pass leave.
+        Some(_) => {
+            for (_, v) in known {
+                if !live_slots.contains(&v.slot) {
+                    deletes.extend(slot_range(v.slot).map(|(k, _)| LbOp::DeleteBackend(*k)));
+                }
+            }
+        }
+        None => {
+            for k in backends.keys() {
+                if !live_slots.contains(&k.slot) {
+                    deletes.push(LbOp::DeleteBackend(*k));
+                }
+            }
         }
     }
     sets.into_iter().chain(swaps).chain(deletes).collect()
@@ -936,7 +980,13 @@ mod tests {
             },
         )]
         .into();
-        let ops = plan(&want, &BTreeMap::new(), &BTreeMap::new(), &BTreeSet::new());
+        let ops = plan(
+            &want,
+            &BTreeMap::new(),
+            &BTreeMap::new(),
+            &BTreeSet::new(),
+            None,
+        );
         assert_eq!(ops.len(), 3);
         assert!(matches!(
             ops[2],
@@ -967,7 +1017,7 @@ mod tests {
             (BackendKey { slot: 9, index: 0 }, b2),
         ]
         .into();
-        let ops = plan(&want, &services, &backends, &BTreeSet::new());
+        let ops = plan(&want, &services, &backends, &BTreeSet::new(), None);
         assert_eq!(
             ops,
             [LbOp::DeleteBackend(BackendKey { slot: 9, index: 0 })],
@@ -984,7 +1034,7 @@ mod tests {
         .into();
         let mut clean = backends.clone();
         clean.remove(&BackendKey { slot: 9, index: 0 });
-        let ops = plan(&want, &services, &clean, &BTreeSet::new());
+        let ops = plan(&want, &services, &clean, &BTreeSet::new(), None);
         assert_eq!(
             ops,
             [
@@ -1004,7 +1054,7 @@ mod tests {
         );
         // A leftover slot already holding the new set (a pass that failed after
         // writing it) is finished, not written again.
-        let ops = plan(&want, &services, &backends, &BTreeSet::new());
+        let ops = plan(&want, &services, &backends, &BTreeSet::new(), None);
         assert_eq!(
             ops,
             [
@@ -1022,7 +1072,13 @@ mod tests {
             ]
         );
         // The service gone: frontend, then its backends.
-        let ops = plan(&BTreeMap::new(), &services, &backends, &BTreeSet::new());
+        let ops = plan(
+            &BTreeMap::new(),
+            &services,
+            &backends,
+            &BTreeSet::new(),
+            None,
+        );
         assert_eq!(ops[0], LbOp::DeleteService(key));
         assert_eq!(ops.len(), 4);
     }
@@ -1089,7 +1145,7 @@ mod tests {
         .into();
         let backends: BTreeMap<_, _> = [(BackendKey { slot: 4, index: 0 }, b)].into();
         assert_eq!(
-            plan(&want, &services, &backends, &BTreeSet::new()),
+            plan(&want, &services, &backends, &BTreeSet::new(), None),
             [LbOp::SetService(
                 key,
                 ServiceValue {
@@ -1149,7 +1205,13 @@ mod tests {
             .collect();
         assert_eq!(ranges, ["10.0.0.0/8", "198.18.0.0/24"]);
         // Ranges are written before the frontend that checks them.
-        let ops = plan(&want, &BTreeMap::new(), &BTreeMap::new(), &BTreeSet::new());
+        let ops = plan(
+            &want,
+            &BTreeMap::new(),
+            &BTreeMap::new(),
+            &BTreeSet::new(),
+            None,
+        );
         let first_service = ops
             .iter()
             .position(|o| matches!(o, LbOp::SetService(..)))
@@ -1173,7 +1235,7 @@ mod tests {
         // The ranges dropped: the frontend stops checking first, then they go.
         web.spec.as_mut().unwrap().load_balancer_source_ranges = None;
         let want = desired(&[web], &[eps], "a", None, &[node_ip]);
-        let ops = plan(&want, &t.services, &t.backends, &t.ranges);
+        let ops = plan(&want, &t.services, &t.backends, &t.ranges, None);
         assert_eq!(ops.len(), 3, "{ops:?}");
         assert!(matches!(ops[0], LbOp::SetService(_, v) if v.flags == SVC_EXTERNAL | SVC_LOCAL));
         assert!(matches!(ops[1], LbOp::DeleteRange(..)) && matches!(ops[2], LbOp::DeleteRange(..)));
@@ -1222,7 +1284,7 @@ mod tests {
         use_maglev(&mut want);
         assert_eq!(want[&key].flags, SVC_EXTERNAL | SVC_MAGLEV);
         let mut t = crate::sys::lb::MemoryLb::default();
-        for op in plan(&want, &t.services, &t.backends, &t.ranges) {
+        for op in plan(&want, &t.services, &t.backends, &t.ranges, None) {
             crate::sys::lb::LbTable::apply(&mut t, &op).unwrap();
         }
         let v = t.services[&key];
@@ -1232,7 +1294,7 @@ mod tests {
         assert_eq!(members.len(), 2);
         assert_eq!(members.iter().map(|(_, w)| w).sum::<u32>(), v.count);
         // Applied: nothing more to do.
-        assert!(plan(&want, &t.services, &t.backends, &t.ranges).is_empty());
+        assert!(plan(&want, &t.services, &t.backends, &t.ranges, None).is_empty());
     }
 
     #[test]

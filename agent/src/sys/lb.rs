@@ -52,10 +52,18 @@ fn chain(e: &dyn std::error::Error) -> String {
 
 /// What the service controller reads and changes.
 pub trait LbTable: Send {
-    fn services(&mut self) -> Result<BTreeMap<ServiceKey, ServiceValue>, LbError>;
-    fn backends(&mut self) -> Result<BTreeMap<BackendKey, Backend>, LbError>;
-    fn ranges(&mut self) -> Result<BTreeSet<RangeEntry>, LbError>;
+    /// What the Service, backend and source-range maps hold.
+    fn state(&mut self) -> Result<&MemoryLb, LbError>;
     fn apply(&mut self, op: &LbOp) -> Result<(), LbError>;
+    fn services(&mut self) -> Result<BTreeMap<ServiceKey, ServiceValue>, LbError> {
+        Ok(self.state()?.services.clone())
+    }
+    fn backends(&mut self) -> Result<BTreeMap<BackendKey, Backend>, LbError> {
+        Ok(self.state()?.backends.clone())
+    }
+    fn ranges(&mut self) -> Result<BTreeSet<RangeEntry>, LbError> {
+        Ok(self.state()?.ranges.clone())
+    }
 }
 
 /// The in-memory table.
@@ -67,14 +75,8 @@ pub struct MemoryLb {
 }
 
 impl LbTable for MemoryLb {
-    fn services(&mut self) -> Result<BTreeMap<ServiceKey, ServiceValue>, LbError> {
-        Ok(self.services.clone())
-    }
-    fn backends(&mut self) -> Result<BTreeMap<BackendKey, Backend>, LbError> {
-        Ok(self.backends.clone())
-    }
-    fn ranges(&mut self) -> Result<BTreeSet<RangeEntry>, LbError> {
-        Ok(self.ranges.clone())
+    fn state(&mut self) -> Result<&MemoryLb, LbError> {
+        Ok(self)
     }
     fn apply(&mut self, op: &LbOp) -> Result<(), LbError> {
         match op {
@@ -111,14 +113,8 @@ pub struct FaultyLb {
 }
 
 impl LbTable for FaultyLb {
-    fn services(&mut self) -> Result<BTreeMap<ServiceKey, ServiceValue>, LbError> {
-        self.inner.services()
-    }
-    fn backends(&mut self) -> Result<BTreeMap<BackendKey, Backend>, LbError> {
-        self.inner.backends()
-    }
-    fn ranges(&mut self) -> Result<BTreeSet<RangeEntry>, LbError> {
-        self.inner.ranges()
+    fn state(&mut self) -> Result<&MemoryLb, LbError> {
+        Ok(&self.inner)
     }
     fn apply(&mut self, op: &LbOp) -> Result<(), LbError> {
         self.applied += 1;
@@ -585,16 +581,8 @@ impl BpfLb {
 }
 
 impl LbTable for BpfLb {
-    fn services(&mut self) -> Result<BTreeMap<ServiceKey, ServiceValue>, LbError> {
-        Ok(self.mirror()?.services.clone())
-    }
-
-    fn backends(&mut self) -> Result<BTreeMap<BackendKey, Backend>, LbError> {
-        Ok(self.mirror()?.backends.clone())
-    }
-
-    fn ranges(&mut self) -> Result<BTreeSet<RangeEntry>, LbError> {
-        Ok(self.mirror()?.ranges.clone())
+    fn state(&mut self) -> Result<&MemoryLb, LbError> {
+        self.mirror().map(|m| &*m)
     }
 
     /// Written to the kernel, then to the mirror; a failed write drops the mirror (the
@@ -673,40 +661,63 @@ pub fn read_backend_stats(pin_dir: &Path) -> Result<BTreeMap<Backend, u64>, LbEr
 }
 
 /// One pass: what the maps hold against `want`, every planned operation tried; the
-/// first failure is returned after the others (the next pass retries).
+/// first failure is returned after the others (the next pass retries). With `scope`
+/// only those frontends are compared and written (a change to some Services); without,
+/// every one (a resync).
 pub fn sync(
     table: &mut dyn LbTable,
     want: &BTreeMap<ServiceKey, crate::model::services::Frontend>,
+    scope: Option<&BTreeSet<ServiceKey>>,
 ) -> Result<usize, LbError> {
-    let services = table.services()?;
-    let backends = table.backends()?;
-    let ranges = table.ranges()?;
-    let ops = crate::model::services::plan(want, &services, &backends, &ranges);
+    // The slot each frontend of the pass points at, as this pass leaves it: a slot
+    // still pointed at (its frontend's swap failed) keeps its backends. Slots are never
+    // shared between frontends, so the frontends of the pass are the only ones that
+    // can point at the slots it deletes.
+    let (ops, mut pointing) = {
+        let m = table.state()?;
+        let ops = crate::model::services::plan(want, &m.services, &m.backends, &m.ranges, scope);
+        let pointing: BTreeMap<ServiceKey, u32> = match scope {
+            Some(keys) => keys
+                .iter()
+                .filter_map(|k| m.services.get(k).map(|v| (*k, v.slot)))
+                .collect(),
+            None => m.services.iter().map(|(k, v)| (*k, v.slot)).collect(),
+        };
+        (ops, pointing)
+    };
+    let mut pointed: BTreeMap<u32, usize> = BTreeMap::new();
+    for slot in pointing.values() {
+        *pointed.entry(*slot).or_default() += 1;
+    }
     let mut first = None;
     let mut done = 0;
     // Slots with a backend that could not be written: no frontend moves onto them.
     let mut incomplete = BTreeSet::new();
-    // The slot each frontend points at, as this pass leaves it: a slot still pointed
-    // at (its frontend's swap failed) keeps its backends.
-    let mut pointing: BTreeMap<ServiceKey, u32> =
-        services.iter().map(|(k, v)| (*k, v.slot)).collect();
     for op in &ops {
         match op {
             LbOp::SetService(_, v) if incomplete.contains(&v.slot) => continue,
-            LbOp::DeleteBackend(k) if pointing.values().any(|s| *s == k.slot) => continue,
+            LbOp::DeleteBackend(k) if pointed.get(&k.slot).is_some_and(|n| *n > 0) => continue,
             _ => {}
         }
         match table.apply(op) {
             Ok(()) => {
                 done += 1;
-                match op {
+                let moved = match op {
                     LbOp::SetService(k, v) => {
-                        pointing.insert(*k, v.slot);
+                        pointing.insert(*k, v.slot).map(|old| (old, Some(v.slot)))
                     }
-                    LbOp::DeleteService(k) => {
-                        pointing.remove(k);
+                    LbOp::DeleteService(k) => pointing.remove(k).map(|old| (old, None)),
+                    _ => None,
+                };
+                if let Some((old, new)) = moved {
+                    if let Some(n) = pointed.get_mut(&old) {
+                        *n = n.saturating_sub(1);
                     }
-                    _ => {}
+                    if let Some(new) = new {
+                        *pointed.entry(new).or_default() += 1;
+                    }
+                } else if let LbOp::SetService(_, v) = op {
+                    *pointed.entry(v.slot).or_default() += 1;
                 }
             }
             Err(e) => {
@@ -754,12 +765,56 @@ mod tests {
     }
 
     #[test]
+    fn a_scoped_pass_writes_only_its_frontends() {
+        let front = |b: &str| crate::model::services::Frontend {
+            backends: [backend(b.parse().unwrap())].into(),
+            ..Default::default()
+        };
+        let (a, b, c) = (
+            service_key("10.96.0.1".parse().unwrap(), 80, 6),
+            service_key("10.96.0.2".parse().unwrap(), 80, 6),
+            service_key("10.96.0.3".parse().unwrap(), 80, 6),
+        );
+        let mut t = MemoryLb::default();
+        let all: BTreeMap<_, _> = [
+            (a, front("10.244.1.1:80")),
+            (b, front("10.244.1.2:80")),
+            (c, front("10.244.1.3:80")),
+        ]
+        .into();
+        assert_eq!(sync(&mut t, &all, None).unwrap(), 6);
+        // b moves, c is gone, a is left out of the pass: only b and c are touched.
+        let mut next = all.clone();
+        next.insert(b, front("10.244.2.2:80"));
+        next.remove(&c);
+        next.insert(a, front("10.244.9.9:80"));
+        let scope: BTreeSet<ServiceKey> = [b, c].into();
+        // b: new backend, swap, old backend deleted; c: service and backend deleted.
+        assert_eq!(sync(&mut t, &next, Some(&scope)).unwrap(), 5);
+        assert!(consistent(&t));
+        let members = |t: &MemoryLb, k: &ServiceKey| -> Vec<Backend> {
+            crate::model::services::slot_members(&t.services[k], &t.backends)
+                .0
+                .into_iter()
+                .map(|(b, _)| b)
+                .collect()
+        };
+        assert_eq!(members(&t, &b), [backend("10.244.2.2:80".parse().unwrap())]);
+        assert_eq!(members(&t, &a), [backend("10.244.1.1:80".parse().unwrap())]);
+        assert!(!t.services.contains_key(&c));
+        assert_eq!(t.backends.len(), 2);
+        // A full pass then brings a in line too.
+        assert_eq!(sync(&mut t, &next, None).unwrap(), 3);
+        assert_eq!(members(&t, &a), [backend("10.244.9.9:80".parse().unwrap())]);
+    }
+
+    #[test]
     fn a_failed_backend_write_keeps_its_frontend_on_the_old_slot() {
         let mut t = FaultyLb::default();
-        sync(&mut t, &want(&["10.244.1.5:8080"])).unwrap();
+        sync(&mut t, &want(&["10.244.1.5:8080"]), None).unwrap();
         // The new slot's first backend write fails: the swap must not happen.
         t.fail = [t.applied + 1].into();
-        assert!(sync(&mut t, &want(&["10.244.2.5:8080", "10.244.3.5:8080"])).is_err());
+        assert!(sync(&mut t, &want(&["10.244.2.5:8080", "10.244.3.5:8080"]), None).is_err());
         assert!(consistent(&t.inner));
         let key = service_key("10.96.0.50".parse().unwrap(), 80, 6);
         assert_eq!(t.inner.services[&key].count, 1, "still the old backend");
@@ -768,26 +823,26 @@ mod tests {
     #[test]
     fn converges_through_failures_and_never_points_at_missing_backends() {
         let mut t = FaultyLb::default();
-        sync(&mut t, &want(&["10.244.1.5:8080", "10.244.2.5:8080"])).unwrap();
+        sync(&mut t, &want(&["10.244.1.5:8080", "10.244.2.5:8080"]), None).unwrap();
         assert!(consistent(&t.inner));
         // The next change: its swap (3rd op: two sets, then the swap) fails.
         let next = want(&["10.244.2.5:8080", "10.244.3.5:8080"]);
         t.fail = [t.applied + 3].into();
-        assert!(sync(&mut t, &next).is_err());
+        assert!(sync(&mut t, &next, None).is_err());
         assert!(
             consistent(&t.inner),
             "the old backends stay while the swap failed"
         );
         // The next pass finishes; the one after has nothing to do.
-        sync(&mut t, &next).unwrap();
+        sync(&mut t, &next, None).unwrap();
         assert!(consistent(&t.inner));
-        assert_eq!(sync(&mut t, &next).unwrap(), 0);
+        assert_eq!(sync(&mut t, &next, None).unwrap(), 0);
         let key = service_key("10.96.0.50".parse().unwrap(), 80, 6);
         let v = t.inner.services[&key];
         assert_eq!(v.count, 2);
         assert_eq!(t.inner.backends.len(), 2, "old slots cleaned up");
         // The service removed: nothing left.
-        sync(&mut t, &BTreeMap::new()).unwrap();
+        sync(&mut t, &BTreeMap::new(), None).unwrap();
         assert!(t.inner.services.is_empty() && t.inner.backends.is_empty());
     }
 }

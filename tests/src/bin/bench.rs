@@ -54,7 +54,7 @@ const REPORTS: &[(&str, &str, ReportFn)] = &[
     ),
     (
         "services",
-        "Service datapath: cold sync of 10,000 services x 2 endpoints until the datapath answers, add/remove of one service with 1k and 10k present — each beside the same services as a kube-proxy-shaped nftables ruleset applied with nft -f; and connect+request rate through a ClusterIP vs to the pod IP (root)",
+        "Service datapath: cold sync of 10,000 services x 2 endpoints until the datapath answers, add/remove of one service with 1k and 10k present — each beside the same services as a kube-proxy-shaped nftables ruleset applied with nft -f — and with 50k present (kernlet alone); and connect+request rate through a ClusterIP vs to the pod IP (root)",
         services_bench,
     ),
 ];
@@ -679,7 +679,7 @@ fn services_bench() -> anyhow::Result<serde_json::Value> {
             let _ = nft_apply(&node_ns, "delete table ip kube-proxy-bench\n");
             Ok(nft_apply(&node_ns, &nft_ruleset(&nft_services(n)))?.as_secs_f64())
         };
-        let mut next = 20_000;
+        let mut next = 100_000;
         // 1k present.
         for r in create_many(0..1000).await { r?; }
         let wait_count = |want: usize| -> anyhow::Result<()> {
@@ -732,12 +732,25 @@ fn services_bench() -> anyhow::Result<serde_json::Value> {
             );
         }
         println!("connect+request: {via_service:.0}/s through the ClusterIP, {direct:.0}/s to the pod (ratio {:.2})", via_service / direct);
+        // 50k present, kernlet alone (an nft ruleset that size takes minutes to load):
+        // the cost of one change should not grow with what is there.
+        for r in create_many(10_000..50_000).await { r?; }
+        wait_count(50_000)?;
+        let k50 = add_remove(50_000, &mut next)?;
+        let k1_add = k1["add_s"].as_f64().unwrap_or(f64::NAN);
+        let k50_add = k50["add_s"].as_f64().unwrap_or(f64::NAN);
+        println!(
+            "one service with 50000 present: add kernlet {k50_add:.3} s ({:.2}x the 1k figure); remove {:.3} s",
+            k50_add / k1_add,
+            k50["remove_s"].as_f64().unwrap_or(f64::NAN)
+        );
         drop((node, fwd));
         Ok(json!({
             "cold_sync_10k": {"kernlet_s": cold, "nft_s": nft_cold_10k, "ratio": cold / nft_cold_10k},
             "one_service": [
                 {"present": 1000, "kernlet": k1, "nft": {"add_s": nft_add_1k, "remove_s": nft_remove_1k}},
                 {"present": 10000, "kernlet": k10, "nft": {"add_s": nft_add_10k, "remove_s": nft_remove_10k}},
+                {"present": 50000, "kernlet": k50},
             ],
             "connect_request_per_s": {"cluster_ip": via_service, "pod_ip": direct, "ratio": via_service / direct},
         }))
