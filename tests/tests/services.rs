@@ -297,12 +297,19 @@ impl ConnectedUdp {
 /// load-balancer translates the socket calls of processes below the cgroup it is
 /// attached to).
 fn client(cgroup: &Path, netns: &Path, ip: Ipv4Addr, n: usize) -> serde_json::Value {
+    py_json(cgroup, netns, CLIENT, &[&ip.to_string(), &n.to_string()])
+}
+
+/// Runs the Python `script` with `args` as a process of `cgroup` in the network
+/// namespace `netns`; what it printed, as JSON.
+fn py_json(cgroup: &Path, netns: &Path, script: &str, args: &[&str]) -> serde_json::Value {
     std::fs::create_dir_all(cgroup).unwrap();
     let script = format!(
-        "echo $$ > {}/cgroup.procs && exec nsenter --net={} python3 -c '{}' {ip} {n}",
+        "echo $$ > {}/cgroup.procs && exec nsenter --net={} python3 -c '{}' {}",
         cgroup.display(),
         netns.display(),
-        CLIENT
+        script,
+        args.join(" ")
     );
     let out = std::process::Command::new("bash")
         .args(["-c", &script])
@@ -310,7 +317,7 @@ fn client(cgroup: &Path, netns: &Path, ip: Ipv4Addr, n: usize) -> serde_json::Va
         .unwrap();
     serde_json::from_slice(&out.stdout).unwrap_or_else(|_| {
         panic!(
-            "client: {}{}",
+            "{}{}",
             String::from_utf8_lossy(&out.stdout),
             String::from_utf8_lossy(&out.stderr)
         )
@@ -1029,24 +1036,12 @@ async fn a_musl_style_resolver_gets_every_answer(
     )
     .await;
     let run = |rounds: usize| {
-        std::fs::create_dir_all(cg).unwrap();
-        let script = format!(
-            "echo $$ > {}/cgroup.procs && exec nsenter --net={} python3 -c '{}' {dns_ip} {rounds}",
-            cg.display(),
-            client_ns.display(),
-            MUSL_RESOLVER
-        );
-        let out = std::process::Command::new("bash")
-            .args(["-c", &script])
-            .output()
-            .unwrap();
-        serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap_or_else(|_| {
-            panic!(
-                "resolver: {}{}",
-                String::from_utf8_lossy(&out.stdout),
-                String::from_utf8_lossy(&out.stderr)
-            )
-        })
+        py_json(
+            cg,
+            client_ns,
+            MUSL_RESOLVER,
+            &[&dns_ip.to_string(), &rounds.to_string()],
+        )
     };
     wait_for("the DNS Service", Duration::from_secs(20), async || {
         (run(1)["resolved"] == 1).then_some(())

@@ -378,6 +378,62 @@ mod tests {
     }
 
     #[test]
+    fn any_order_of_changes_ends_where_a_full_computation_does() {
+        // A small deterministic generator: Services and slices created, changed and
+        // deleted in an interleaved order, refreshes at random points.
+        let mut seed: u64 = 0x9e37_79b9_7f4a_7c15;
+        let mut rnd = |n: u64| {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed % n
+        };
+        let mut services: BTreeMap<String, Service> = BTreeMap::new();
+        let mut slices: BTreeMap<String, EndpointSlice> = BTreeMap::new();
+        let mut ix = ServiceIndex::default();
+        ix.refresh(&services, &slices, AT);
+        for step in 0..3000 {
+            let i = rnd(40);
+            match rnd(5) {
+                0 | 1 => {
+                    let (k, v) = svc(
+                        &format!("s{i}"),
+                        &format!("10.96.1.{}", i + 1),
+                        rnd(2) == 0,
+                        false,
+                    );
+                    services.insert(k.clone(), v);
+                    ix.service_changed(k);
+                }
+                2 => {
+                    let k = format!("d/s{i}");
+                    services.remove(&k);
+                    ix.service_changed(k);
+                }
+                3 => {
+                    let ip = format!("10.244.{}.{}", rnd(3), i + 1);
+                    let (k, v) = slice(&format!("s{i}-x"), &format!("s{i}"), &[&ip]);
+                    let old = slices.insert(k.clone(), v.clone());
+                    ix.slice_changed(&k, old.as_ref(), Some(&v));
+                }
+                _ => {
+                    let k = format!("d/s{i}-x");
+                    if let Some(old) = slices.remove(&k) {
+                        ix.slice_changed(&k, Some(&old), None);
+                    }
+                }
+            }
+            if rnd(4) == 0 || step == 2999 {
+                ix.refresh(&services, &slices, AT);
+            }
+        }
+        let mut full = ServiceIndex::default();
+        full.refresh(&services, &slices, AT);
+        assert_eq!(ix.want, full.want);
+        assert_eq!(ix.udp_users, full.udp_users);
+    }
+
+    #[test]
     fn a_backend_two_udp_services_share_goes_only_with_the_second_and_health_is_told() {
         let services: BTreeMap<String, Service> = [
             svc("a", "10.96.0.1", true, false),

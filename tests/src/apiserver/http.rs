@@ -1750,7 +1750,14 @@ impl Server {
                     _ = &mut deadline => return,
                     _ = tx.closed() => return,
                     _ = ticker.tick(), if bookmarks => {
-                        let at = server.store.current_rv().max(since);
+                        // A bookmark may name only a version up to which this watch has
+                        // sent every change: the newest when nothing waits in its buffer
+                        // (changes are broadcast under the store's lock, so all up to
+                        // `now` are in it), else the last one sent. Naming the newest
+                        // while changes wait would make a client that resumes from the
+                        // bookmark skip them.
+                        let now = server.store.current_rv();
+                        let at = if changes.is_empty() { now.max(since) } else { since };
                         let mark = json!({"kind": rt.kind, "apiVersion": rt.api_version(), "metadata": {"resourceVersion": at.to_string()}});
                         if tx.send(line("BOOKMARK", &mark)).await.is_err() { return; }
                     }
