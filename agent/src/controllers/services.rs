@@ -373,9 +373,12 @@ pub async fn run(
                 }
                 // A resync compares with what the maps hold, not with what this agent
                 // last wrote: a change made under it is seen and undone.
+                // Every Service is recomputed from the stores too (kube-proxy's periodic
+                // full sync): a change the index missed cannot outlive a resync.
                 if let Ok(mut t) = table.lock() {
                     t.reread();
                 }
+                index.everything();
                 plan_all = true;
                 Step::Sync
             }
