@@ -54,7 +54,7 @@ const REPORTS: &[(&str, &str, ReportFn)] = &[
     ),
     (
         "services",
-        "Service datapath: cold sync of 10,000 services x 2 endpoints until the datapath answers, add/remove of one service with 1k and 10k present — each beside the same services as a kube-proxy-shaped nftables ruleset applied with nft -f — and with 50k present (kernlet alone); and connect+request rate through a ClusterIP vs to the pod IP (root)",
+        "Service datapath: cold sync of 10,000 services x 2 endpoints until the datapath answers, add/remove of one service with 1k and 10k present — each beside the same services as a kube-proxy-shaped nftables ruleset applied with nft -f — and with 50k present (kernlet alone, with KERNLET_BENCH_50K=1); and connect+request rate through a ClusterIP vs to the pod IP (root)",
         services_bench,
     ),
 ];
@@ -733,17 +733,25 @@ fn services_bench() -> anyhow::Result<serde_json::Value> {
         }
         println!("connect+request: {via_service:.0}/s through the ClusterIP, {direct:.0}/s to the pod (ratio {:.2})", via_service / direct);
         // 50k present, kernlet alone (an nft ruleset that size takes minutes to load):
-        // the cost of one change should not grow with what is there.
-        for r in create_many(10_000..50_000).await { r?; }
-        wait_count(50_000)?;
-        let k50 = add_remove(50_000, &mut next)?;
-        let k1_add = k1["add_s"].as_f64().unwrap_or(f64::NAN);
-        let k50_add = k50["add_s"].as_f64().unwrap_or(f64::NAN);
-        println!(
-            "one service with 50000 present: add kernlet {k50_add:.3} s ({:.2}x the 1k figure); remove {:.3} s",
-            k50_add / k1_add,
-            k50["remove_s"].as_f64().unwrap_or(f64::NAN)
-        );
+        // the cost of one change should not grow with what is there. Opt-in: the test
+        // kit's apiserver creates a Service in time that grows with the Services there
+        // (about 10 a second past 15k), so getting to 50k takes most of an hour.
+        let k50 = if std::env::var_os("KERNLET_BENCH_50K").is_some() {
+            for r in create_many(10_000..50_000).await { r?; }
+            wait_count(50_000)?;
+            let k50 = add_remove(50_000, &mut next)?;
+            let k1_add = k1["add_s"].as_f64().unwrap_or(f64::NAN);
+            let k50_add = k50["add_s"].as_f64().unwrap_or(f64::NAN);
+            println!(
+                "one service with 50000 present: add kernlet {k50_add:.3} s ({:.2}x the 1k figure); remove {:.3} s",
+                k50_add / k1_add,
+                k50["remove_s"].as_f64().unwrap_or(f64::NAN)
+            );
+            k50
+        } else {
+            println!("one service with 50000 present: not run (set KERNLET_BENCH_50K=1)");
+            serde_json::Value::Null
+        };
         drop((node, fwd));
         Ok(json!({
             "cold_sync_10k": {"kernlet_s": cold, "nft_s": nft_cold_10k, "ratio": cold / nft_cold_10k},
