@@ -656,9 +656,9 @@ mod tests {
     ) -> bool {
         crate::model::services::plan(
             want,
-            &t.inner.services().unwrap(),
-            &t.inner.backends().unwrap(),
-            &t.inner.ranges().unwrap(),
+            &t.inner.services,
+            &t.inner.backends,
+            &t.inner.ranges,
             None,
         )
         .is_empty()

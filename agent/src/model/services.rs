@@ -641,7 +641,7 @@ pub fn plan(
         None => want.iter().collect(),
     };
     let mut live_slots = BTreeSet::new();
-    for (key, front) in wanted {
+    for &(key, front) in &wanted {
         let list: Vec<Backend> = slot_list(front);
         if let Some(cur) = services.get(key)
             && slot_entries(cur.slot, cur.count).as_deref() == Some(list.as_slice())
@@ -699,10 +699,9 @@ pub fn plan(
         ));
     }
     // Ranges go in before a frontend starts checking them and out after it stopped.
-    let want_ranges: BTreeSet<RangeEntry> = want
+    let want_ranges: BTreeSet<RangeEntry> = wanted
         .iter()
-        .filter(|(k, _)| in_scope(k))
-        .flat_map(|(k, f)| f.source_ranges.iter().map(|r| source_range_key(*k, *r)))
+        .flat_map(|(k, f)| f.source_ranges.iter().map(|r| source_range_key(**k, *r)))
         .collect();
     let have_ranges: BTreeSet<RangeEntry> = ranges
         .iter()

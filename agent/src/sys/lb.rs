@@ -55,15 +55,6 @@ pub trait LbTable: Send {
     /// What the Service, backend and source-range maps hold.
     fn state(&mut self) -> Result<&MemoryLb, LbError>;
     fn apply(&mut self, op: &LbOp) -> Result<(), LbError>;
-    fn services(&mut self) -> Result<BTreeMap<ServiceKey, ServiceValue>, LbError> {
-        Ok(self.state()?.services.clone())
-    }
-    fn backends(&mut self) -> Result<BTreeMap<BackendKey, Backend>, LbError> {
-        Ok(self.state()?.backends.clone())
-    }
-    fn ranges(&mut self) -> Result<BTreeSet<RangeEntry>, LbError> {
-        Ok(self.state()?.ranges.clone())
-    }
 }
 
 /// The in-memory table.
@@ -403,7 +394,7 @@ impl BpfLb {
         if self.members()?.keys().next().is_some() {
             return Ok(());
         }
-        let backends = self.backends()?;
+        let backends = self.mirror()?.backends.clone();
         let mut members = self.members()?;
         for (k, b) in &backends {
             members
