@@ -167,7 +167,9 @@ pub async fn explain(target: &str, src: &Sources<'_>) -> Result<Value, String> {
             Some(ip) => locate(src, ip, &overlay),
             None => json!({"where": "this node", "pod": format!("{ns}/{name}"), "podIP": null}),
         };
-        return Ok(json!({"target": target, "kind": "pod", "at": at}));
+        let uid = p["metadata"]["uid"].as_str().unwrap_or_default();
+        let volumes = crate::volume_view::describe(src.state_dir, uid, &p);
+        return Ok(json!({"target": target, "kind": "pod", "at": at, "volumes": volumes}));
     }
     let Some(kc) = src.kubeconfig else {
         return Err(format!(
@@ -238,11 +240,18 @@ fn place(at: &Value) -> String {
 pub fn text(v: &Value) -> String {
     let mut out = Vec::new();
     match v["kind"].as_str() {
-        Some("pod") | Some("address") => out.push(format!(
-            "{} → {}",
-            v["target"].as_str().unwrap_or(""),
-            place(&v["at"])
-        )),
+        Some("pod") | Some("address") => {
+            out.push(format!(
+                "{} → {}",
+                v["target"].as_str().unwrap_or(""),
+                place(&v["at"])
+            ));
+            out.extend(
+                crate::volume_view::lines(&v["volumes"])
+                    .into_iter()
+                    .map(|l| format!("  {l}")),
+            );
+        }
         _ => {
             if let Some(svc) = v["service"].as_str() {
                 out.push(format!("service {svc}"));

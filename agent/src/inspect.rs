@@ -164,6 +164,7 @@ pub fn inspect(state_dir: &Path, cgroup_root: Option<&Path>, what: &str) -> Resu
             out["sandbox"]["cgroup"]["limits"] = limits(&root.join(cg));
         }
     }
+    out["volumes"] = crate::volume_view::describe(state_dir, uid, pod);
     out["containers"] = json!(
         records
             .iter()

@@ -28,3 +28,4 @@ pub mod state;
 pub mod status;
 pub mod sys;
 pub mod top;
+pub mod volume_view;

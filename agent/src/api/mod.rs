@@ -492,6 +492,60 @@ fn running_pods(shared: &Shared) -> Value {
     json!({"kind": "PodList", "apiVersion": "v1", "metadata": {}, "items": items})
 }
 
+/// kubelet's `kubelet_volume_stats_*` gauges, one series per claimed volume a plugin
+/// measures, labelled by its claim.
+fn volume_stats(state_dir: &std::path::Path) -> String {
+    const SERIES: [(&str, &str, &str); 6] = [
+        (
+            "capacity_bytes",
+            "capacityBytes",
+            "Capacity in bytes of the volume",
+        ),
+        (
+            "available_bytes",
+            "availableBytes",
+            "Number of available bytes in the volume",
+        ),
+        (
+            "used_bytes",
+            "usedBytes",
+            "Number of used bytes in the volume",
+        ),
+        ("inodes", "inodes", "Maximum number of inodes in the volume"),
+        (
+            "inodes_free",
+            "inodesFree",
+            "Number of free inodes in the volume",
+        ),
+        (
+            "inodes_used",
+            "inodesUsed",
+            "Number of used inodes in the volume",
+        ),
+    ];
+    let volumes: Vec<(crate::model::claims::Mountable, serde_json::Value)> =
+        crate::podworker::recorded_pods(state_dir)
+            .iter()
+            .filter_map(|p| p["metadata"]["uid"].as_str().map(str::to_string))
+            .flat_map(|uid| stats::claim_stats(state_dir, &uid))
+            .collect();
+    let mut out = String::new();
+    for (key, field, help) in SERIES {
+        out.push_str(&format!(
+            "# HELP kubelet_volume_stats_{key} [ALPHA] {help}\n# TYPE kubelet_volume_stats_{key} gauge\n"
+        ));
+        for (m, v) in &volumes {
+            out.push_str(&format!(
+                "kubelet_volume_stats_{key}{{namespace=\"{}\",persistentvolumeclaim=\"{}\"}} {}\n",
+                crate::model::prom_text::escape(&m.namespace),
+                crate::model::prom_text::escape(&m.claim),
+                v[field].as_u64().unwrap_or(0)
+            ));
+        }
+    }
+    out
+}
+
 fn metrics(shared: &Shared) -> String {
     use crate::runtime::container::{ContainerState, records_in, state_in};
     let state_dir = &shared.cfg.state_dir;
@@ -527,6 +581,7 @@ fn metrics(shared: &Shared) -> String {
             "kubelet_running_containers{{container_state=\"{state}\"}} {n}\n"
         ));
     }
+    out.push_str(&volume_stats(state_dir));
     out.push_str(
         "# HELP kernlet_pods Pods with a sandbox on this node.\n# TYPE kernlet_pods gauge\n",
     );

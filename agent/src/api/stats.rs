@@ -122,6 +122,22 @@ fn fs_json(path: &Path, used: Option<(u64, u64)>) -> Value {
     v
 }
 
+/// The pod's claimed volumes a plugin measures — local filesystem volumes, by statfs
+/// of their path as kubelet's local plugin does (host-path volumes report none) —
+/// each with its `/stats/summary` entry (`pvcRef` included).
+pub fn claim_stats(state_dir: &Path, uid: &str) -> Vec<(crate::model::claims::Mountable, Value)> {
+    crate::runtime::claimed_volumes::claimed_in(state_dir, uid)
+        .into_iter()
+        .filter(|m| m.plugin == crate::model::claims::Plugin::Local && !m.block)
+        .map(|m| {
+            let mut v = fs_json(&m.path, None);
+            v["name"] = json!(m.volume);
+            v["pvcRef"] = json!({"name": m.claim, "namespace": m.namespace});
+            (m, v)
+        })
+        .collect()
+}
+
 fn network_json(
     dev: Option<std::collections::BTreeMap<String, (u64, u64, u64, u64)>>,
     main: Option<&str>,
@@ -277,6 +293,10 @@ pub fn summary(src: &StatsSources, samples: &CpuSamples, node_iface: Option<&str
                 "io": io_json(pod_usage.psi[2]),
                 "ephemeral-storage": fs_json(&src.state_dir, Some((ephemeral, 0))),
             });
+            let volumes: Vec<Value> = claim_stats(&src.state_dir, &uid).into_iter().map(|(_, v)| v).collect();
+            if !volumes.is_empty() {
+                v["volume"] = json!(volumes);
+            }
             let netns = (!host_network).then(|| src.run_dir.join("pods").join(&uid).join("ns/net"));
             let dev = match &netns {
                 Some(ns) => stats::net_dev(Some(ns)),

@@ -135,6 +135,14 @@ fn term_matches(t: &NodeSelectorTerm, node: &NodeFit) -> bool {
     any
 }
 
+/// Whether a node selector (terms ORed) matches the node: a pod's required node
+/// affinity, a PersistentVolume's node affinity.
+pub fn selector_matches(sel: &k8s_openapi::api::core::v1::NodeSelector, node: &NodeFit) -> bool {
+    sel.node_selector_terms
+        .iter()
+        .any(|t| term_matches(t, node))
+}
+
 /// Whether the pod's nodeSelector and required node affinity match the node.
 pub fn node_matches(spec: &PodSpec, node: &NodeFit) -> bool {
     let selector_ok = spec
@@ -150,8 +158,7 @@ pub fn node_matches(spec: &PodSpec, node: &NodeFit) -> bool {
             n.required_during_scheduling_ignored_during_execution
                 .as_ref()
         });
-    selector_ok
-        && required.is_none_or(|r| r.node_selector_terms.iter().any(|t| term_matches(t, node)))
+    selector_ok && required.is_none_or(|r| selector_matches(r, node))
 }
 
 /// The `(protocol, hostIP, hostPort)` a pod asks for.

@@ -2,6 +2,7 @@
 
 pub mod admission;
 pub mod cidr;
+pub mod claims;
 pub mod csr;
 pub mod devices;
 pub mod dns;

@@ -339,7 +339,9 @@ pub fn state(o: &Observed, id: &str) -> ContainerState {
             }),
             ..Default::default()
         },
-        Observed::StartFailed { reason, message } => waiting(reason, Some(message.clone())),
+        Observed::StartFailed { reason, message } => {
+            waiting(reason, (!message.is_empty()).then(|| message.clone()))
+        }
     }
 }
 

@@ -5,6 +5,7 @@
 //! pods). Pod status goes to `<state-dir>/pods/<uid>/pod.json`, where `kernlet pods`
 //! reads it, and for apiserver pods also back to the apiserver.
 
+mod claims;
 mod dispatcher;
 mod evictions;
 mod hooks;

@@ -202,6 +202,21 @@ impl Runner {
             self.remove_evicted_content(uid, &views);
             return Ok(());
         }
+        if let Err(why) = self.prepare_claims(uid, pod) {
+            // As kubelet: the containers wait in ContainerCreating while the volume
+            // manager cannot mount, and the pod says why in a FailedMount event.
+            let spec = spec_of(pod);
+            for c in pod_lifecycle::all_containers(&spec) {
+                self.start_failures.insert(
+                    (uid.to_string(), c.name.clone()),
+                    ("ContainerCreating".into(), String::new()),
+                );
+            }
+            tracing::warn!(pod = %format!("{}/{}", sb.namespace, sb.name), "{why}");
+            self.event(pod, "", true, "FailedMount", why);
+            let views = self.views(uid, pod);
+            return self.write_status(&sb, pod, &views);
+        }
         if let Err(why) = self.prepare_volumes(uid, pod) {
             let why = why.to_string();
             // The containers wait, with the reason, until the volumes can be written.

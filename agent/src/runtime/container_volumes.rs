@@ -50,7 +50,7 @@ pub enum MountError {
     },
     #[error(
         "volume {0:?} is of a type kernlet does not support yet (emptyDir, hostPath, \
-         configMap, secret, downwardAPI and projected are)"
+         configMap, secret, downwardAPI, projected, persistentVolumeClaim and ephemeral are)"
     )]
     Unsupported(String),
     #[error(
@@ -58,6 +58,11 @@ pub enum MountError {
          projected volumes come from the apiserver)"
     )]
     NotWritten(String),
+    #[error(
+        "volume {0:?} has not been set up on this node (its claim is resolved before the \
+         containers start)"
+    )]
+    NotSetUp(String),
     #[error("volume {volume:?}: sizeLimit {source}")]
     SizeLimit {
         volume: String,
@@ -96,7 +101,7 @@ pub enum MountError {
 /// A hostPath volume's path after its type check (creating it for `DirectoryOrCreate`
 /// and `FileOrCreate`), as kubelet checks them; with no type, a missing path is created
 /// as a directory (containerd's behaviour, which pods without a type rely on).
-fn host_path(path: &str, kind: &str) -> Result<PathBuf, MountError> {
+pub(super) fn host_path(path: &str, kind: &str) -> Result<PathBuf, MountError> {
     use std::os::unix::fs::FileTypeExt as _;
     let p = PathBuf::from(path);
     if !p.is_absolute() {
@@ -158,6 +163,12 @@ impl Runtime {
                     volume: vol.name.clone(),
                     source: Box::new(e),
                 });
+        }
+        if vol.persistent_volume_claim.is_some() || vol.ephemeral.is_some() {
+            let m = self
+                .claimed_volume(&sb.uid, &vol.name)
+                .ok_or_else(|| MountError::NotSetUp(vol.name.clone()))?;
+            return Ok((m.path, m.read_only));
         }
         if vol.empty_dir.is_none() {
             // configMap, secret, downwardAPI and projected volumes: files the pod

@@ -13,6 +13,7 @@
 //! <cgroup2>/<cgroup-root>/kubepods[/<qos>]/pod<uid>/<container id>
 //! ```
 
+pub mod claimed_volumes;
 pub mod container;
 pub mod container_volumes;
 pub mod exec;

@@ -180,6 +180,33 @@ pub fn pod_references(pod: &Value, kind: &str, name: &str) -> bool {
     !text.is_empty() && (pull || pod.get("spec").is_some_and(|s| walk(s, &key, name)))
 }
 
+/// The claims a pod's volumes name: `persistentVolumeClaim.claimName`, and
+/// `<pod>-<volume>` for a generic ephemeral volume.
+fn pod_claims(pod: &Value) -> Vec<String> {
+    let pod_name = pod
+        .pointer("/metadata/name")
+        .and_then(Value::as_str)
+        .unwrap_or_default();
+    pod.pointer("/spec/volumes")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter_map(|v| {
+            if let Some(c) = v
+                .pointer("/persistentVolumeClaim/claimName")
+                .and_then(Value::as_str)
+            {
+                return Some(c.to_string());
+            }
+            v.get("ephemeral")?;
+            Some(format!(
+                "{pod_name}-{}",
+                v.get("name").and_then(Value::as_str).unwrap_or_default()
+            ))
+        })
+        .collect()
+}
+
 fn node_authorizer(store: &Store, node: &str, a: &Attributes<'_>) -> NodeDecision {
     let verb = a.verb;
     let same_ns =
@@ -286,6 +313,42 @@ fn node_authorizer(store: &Store, node: &str, a: &Attributes<'_>) -> NodeDecisio
                 .iter()
                 .any(|p| same_ns(p) && pod_references(p, kind, name))
             {
+                NodeDecision::Allow
+            } else {
+                no_relationship(node)
+            }
+        }
+        // The Node authorizer's graph: pod -> claim -> volume.
+        ("", "persistentvolumeclaims", None) if verb == "get" => {
+            let Some(name) = a.name else {
+                return NodeDecision::NoOpinion;
+            };
+            if pods_on(store, node)
+                .iter()
+                .any(|p| same_ns(p) && pod_claims(p).iter().any(|c| c == name))
+            {
+                NodeDecision::Allow
+            } else {
+                no_relationship(node)
+            }
+        }
+        ("", "persistentvolumes", None) if verb == "get" => {
+            let Some(name) = a.name else {
+                return NodeDecision::NoOpinion;
+            };
+            let claims = rt("persistentvolumeclaims", "");
+            let bound = pods_on(store, node).iter().any(|p| {
+                let ns = p
+                    .pointer("/metadata/namespace")
+                    .and_then(Value::as_str)
+                    .unwrap_or_default();
+                pod_claims(p).iter().any(|c| {
+                    store.get(claims, ns, c).is_some_and(|pvc| {
+                        pvc.pointer("/spec/volumeName").and_then(Value::as_str) == Some(name)
+                    })
+                })
+            });
+            if bound {
                 NodeDecision::Allow
             } else {
                 no_relationship(node)

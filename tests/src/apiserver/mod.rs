@@ -11,6 +11,7 @@ pub mod patch;
 pub mod pki;
 pub mod resources;
 pub mod selectors;
+pub mod storage;
 pub mod store;
 pub mod tables;
 pub mod tokens;
@@ -171,6 +172,10 @@ impl InMemoryApiServer {
         }
         this.tasks
             .push(tokio::spawn(controllers::namespace_controller(Arc::clone(
+                &server,
+            ))));
+        this.tasks
+            .push(tokio::spawn(storage::storage_controller(Arc::clone(
                 &server,
             ))));
         Ok(this)

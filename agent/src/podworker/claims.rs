@@ -1,0 +1,130 @@
+//! The pod's persistent and generic ephemeral volumes before its containers start:
+//! each claim read from the apiserver, checked as kubelet's volume manager checks it
+//! (see [`crate::model::claims`]), set up on the node and recorded with the pod, so
+//! later starts — after an agent restart too — mount the same thing without asking.
+
+use k8s_openapi::api::core::v1::{PersistentVolume, PersistentVolumeClaim};
+
+use super::*;
+use crate::model::claims::{self, ClaimError, Mountable};
+
+/// Why a claimed volume is not ready: the claim or its PV (kubelet's reasons), the
+/// apiserver, or setting it up on the node.
+#[derive(Debug, thiserror::Error)]
+pub(super) enum ClaimStepError {
+    #[error(transparent)]
+    Claim(#[from] ClaimError),
+    #[error("volume {volume:?}: the apiserver did not answer within {} s", READ_TIMEOUT.as_secs())]
+    TimedOut { volume: String },
+    #[error(transparent)]
+    SetUp(#[from] crate::runtime::claimed_volumes::SetUpError),
+}
+
+/// How long the reads of one claim may take.
+const READ_TIMEOUT: Duration = Duration::from_secs(30);
+
+impl Runner {
+    /// Resolves and sets up every claimed volume of the pod not yet recorded; the
+    /// first that cannot be is the pod's reason to wait, with the names of every
+    /// volume still missing (kubelet's FailedMount message).
+    pub(super) fn prepare_claims(&mut self, uid: &str, pod: &Pod) -> Result<(), String> {
+        let Source::Api { client, handle, .. } = &self.source else {
+            return Ok(());
+        };
+        let spec = spec_of(pod);
+        let mut missing = Vec::new();
+        let mut first_error = None;
+        for vol in spec.volumes.iter().flatten() {
+            let Some(claim) = claims::claim_of(pod, vol) else {
+                continue;
+            };
+            if self.rt.claimed_volume(uid, &vol.name).is_some() {
+                continue;
+            }
+            let resolved = handle.block_on(async {
+                tokio::time::timeout(
+                    READ_TIMEOUT,
+                    resolve(client, pod, vol, &claim, &self.node_fit),
+                )
+                .await
+                .unwrap_or_else(|_| {
+                    Err(ClaimStepError::TimedOut {
+                        volume: vol.name.clone(),
+                    })
+                })
+            });
+            let set_up = resolved.and_then(|m| {
+                claims::check_use(pod, &m)?;
+                let psc = spec.security_context.clone().unwrap_or_default();
+                self.rt.set_up_claimed(uid, &m, &psc)?;
+                Ok(m)
+            });
+            match set_up {
+                Ok(m) => tracing::info!(pod = %pod_key(pod), volume = %m.volume, pv = %m.pv,
+                    plugin = m.plugin.name(), path = %m.path.display(), "volume set up"),
+                Err(e) => {
+                    missing.push(vol.name.clone());
+                    first_error.get_or_insert(e.to_string());
+                }
+            }
+        }
+        match first_error {
+            None => Ok(()),
+            Some(why) => Err(format!(
+                "Unable to attach or mount volumes: unmounted volumes=[{}], unattached volumes=[], \
+                 failed to process volumes=[{}]: {why}",
+                missing.join(" "),
+                missing.join(" ")
+            )),
+        }
+    }
+}
+
+fn pod_key(pod: &Pod) -> String {
+    format!(
+        "{}/{}",
+        pod.metadata.namespace.as_deref().unwrap_or_default(),
+        pod.metadata.name.as_deref().unwrap_or_default()
+    )
+}
+
+/// The claim and its PV from the apiserver, checked.
+async fn resolve(
+    client: &crate::client::SharedClient,
+    pod: &Pod,
+    vol: &k8s_openapi::api::core::v1::Volume,
+    claim: &claims::ClaimRef,
+    node: &crate::model::admission::NodeFit,
+) -> Result<Mountable, ClaimStepError> {
+    let ns = pod.metadata.namespace.clone().unwrap_or_default();
+    let pvcs: kube::Api<PersistentVolumeClaim> = kube::Api::namespaced(client.get(), &ns);
+    let pvc = pvcs
+        .get(&claim.name)
+        .await
+        .map_err(|e| ClaimError::ClaimFetch {
+            ns: ns.clone(),
+            name: claim.name.clone(),
+            why: api_reason(&e),
+        })?;
+    let pv_name = claims::bound_volume(pod, claim, &pvc, false)?;
+    let pvs: kube::Api<PersistentVolume> = kube::Api::all(client.get());
+    let pv = pvs
+        .get(&pv_name)
+        .await
+        .map_err(|e| ClaimError::VolumeFetch {
+            ns,
+            name: claim.name.clone(),
+            pv: pv_name,
+            why: api_reason(&e),
+        })?;
+    Ok(claims::mountable(vol, claim, &pvc, &pv, node)?)
+}
+
+/// The apiserver's own words for a refused read (`persistentvolumeclaims "x" not
+/// found`), else the client's.
+fn api_reason(e: &kube::Error) -> String {
+    match e {
+        kube::Error::Api(s) => s.message.clone(),
+        other => other.to_string(),
+    }
+}
