@@ -61,6 +61,14 @@ impl OneNode {
         })
     }
 
+    /// Kills the agent (SIGKILL: its pods run on) and starts it again with `flags`.
+    pub fn restart_agent_killed(&mut self, flags: &[&str]) -> anyhow::Result<()> {
+        self.node.kill9_kernlet()?;
+        self.node
+            .start_agent(&self.cluster, &self._fwd.url, flags)?;
+        Ok(())
+    }
+
     /// Creates `pod` in `default` and binds it to the node, as the scheduler would;
     /// returns its name.
     pub async fn create_bound(&self, pod: &Pod) -> anyhow::Result<String> {

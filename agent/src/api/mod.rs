@@ -493,8 +493,8 @@ fn running_pods(shared: &Shared) -> Value {
 }
 
 /// kubelet's `kubelet_volume_stats_*` gauges, one series per claimed volume a plugin
-/// measures, labelled by its claim.
-fn volume_stats(state_dir: &std::path::Path) -> String {
+/// measures, labelled by its claim (part of `/metrics`).
+pub fn volume_metrics(state_dir: &std::path::Path) -> String {
     const SERIES: [(&str, &str, &str); 6] = [
         (
             "capacity_bytes",
@@ -581,7 +581,7 @@ fn metrics(shared: &Shared) -> String {
             "kubelet_running_containers{{container_state=\"{state}\"}} {n}\n"
         ));
     }
-    out.push_str(&volume_stats(state_dir));
+    out.push_str(&volume_metrics(state_dir));
     out.push_str(
         "# HELP kernlet_pods Pods with a sandbox on this node.\n# TYPE kernlet_pods gauge\n",
     );

@@ -1,0 +1,360 @@
+//! Persistent volumes on a kernlet node, against the control plane (the kit's binder
+//! and ephemeral-volume controller in memory; the stock controller-manager's in real
+//! mode): a pod waits for its claim with kubelet's FailedMount reason, then runs on a
+//! `local` PV with its fsGroup; the data outlives the pod and an agent killed with
+//! SIGKILL; a hostPath PV is created by its type; a generic ephemeral volume gets its
+//! pod's claim; a PV of another node is refused by its node affinity; stats, metrics,
+//! `kernlet inspect` and `explain` show each volume. Root: runs kernlet on a SimNode.
+
+#![allow(
+    clippy::unwrap_used,
+    reason = "a test that cannot go on should stop loudly"
+)]
+
+use std::os::unix::fs::{MetadataExt as _, PermissionsExt as _};
+use std::path::Path;
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::{Event, PersistentVolume, PersistentVolumeClaim, Pod};
+use kernlet_tests::one_node::{Network, OneNode};
+use kernlet_tests::simnode::{SimNode, kernlet_bin};
+use kernlet_tests::wait_for;
+use kube::api::{Api, DeleteParams, PostParams};
+use serde_json::{Value, json};
+
+fn object<T: serde::de::DeserializeOwned>(v: Value) -> T {
+    serde_json::from_value(v).unwrap()
+}
+
+/// A PV of `class` with `source` (`{"local": …}` or `{"hostPath": …}`), for node `host`.
+fn volume(name: &str, class: &str, source: Value, host: &str) -> PersistentVolume {
+    let mut spec = json!({
+        "capacity": {"storage": "100Mi"},
+        "accessModes": ["ReadWriteOnce"],
+        "persistentVolumeReclaimPolicy": "Retain",
+        "storageClassName": class,
+        "nodeAffinity": {"required": {"nodeSelectorTerms": [{"matchExpressions": [
+            {"key": "kubernetes.io/hostname", "operator": "In", "values": [host]}]}]}},
+    });
+    for (k, v) in source.as_object().unwrap() {
+        spec[k] = v.clone();
+    }
+    object(json!({"metadata": {"name": name}, "spec": spec}))
+}
+
+fn claim(name: &str, class: &str) -> PersistentVolumeClaim {
+    object(json!({
+        "metadata": {"name": name},
+        "spec": {"storageClassName": class, "accessModes": ["ReadWriteOnce"],
+                 "resources": {"requests": {"storage": "10Mi"}}},
+    }))
+}
+
+/// A pod that runs `script` with the claim `claim` at /data.
+fn pod_with(name: &str, volume: Value, script: &str) -> Pod {
+    object(json!({
+        "metadata": {"name": name},
+        "spec": {
+            "terminationGracePeriodSeconds": 1,
+            "securityContext": {"runAsUser": 1000, "runAsGroup": 1000, "fsGroup": 3000},
+            "volumes": [volume],
+            "containers": [{"name": "c", "image": "busybox:1.36", "command": ["sh", "-c", script],
+                            "volumeMounts": [{"name": "data", "mountPath": "/data"}]}],
+        },
+    }))
+}
+
+fn claimed(name: &str) -> Value {
+    json!({"name": "data", "persistentVolumeClaim": {"claimName": name}})
+}
+
+async fn phase_of(pods: &Api<Pod>, name: &str, want: &str) -> Pod {
+    wait_for(
+        &format!("pod {name} {want}"),
+        Duration::from_secs(90),
+        async || {
+            let p = pods.get(name).await.ok()?;
+            (p.status.as_ref()?.phase.as_deref() == Some(want)).then_some(p)
+        },
+    )
+    .await
+}
+
+/// Waits for a FailedMount event of the pod whose message holds `needle`, while its
+/// container waits in ContainerCreating.
+async fn waits_for_mount(one: &OneNode, events: &Api<Event>, pod: &str, needle: &str) {
+    let msg = wait_for(
+        &format!("FailedMount of {pod} with {needle:?}"),
+        Duration::from_secs(60),
+        async || {
+            let list = events.list(&Default::default()).await.ok()?;
+            list.items.into_iter().find_map(|e| {
+                (e.involved_object.name.as_deref() == Some(pod)
+                    && e.reason.as_deref() == Some("FailedMount"))
+                .then_some(e.message?)
+                .filter(|m| m.contains(needle))
+            })
+        },
+    )
+    .await;
+    assert!(
+        msg.starts_with("Unable to attach or mount volumes: unmounted volumes=[data]"),
+        "{msg}"
+    );
+    let p = one.pods.get(pod).await.unwrap();
+    let status = p.status.unwrap();
+    assert_eq!(status.phase.as_deref(), Some("Pending"));
+    let waiting = status.container_statuses.unwrap()[0]
+        .state
+        .clone()
+        .unwrap()
+        .waiting
+        .unwrap();
+    assert_eq!(waiting.reason.as_deref(), Some("ContainerCreating"));
+}
+
+fn kernlet_cli(node: &SimNode, args: &[&str]) -> String {
+    let out = node
+        .command(kernlet_bin().unwrap())
+        .args(args)
+        .arg("--state-dir")
+        .arg(node.dir("state"))
+        .arg("--run-dir")
+        .arg(node.dir("run"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "kernlet {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn read(path: &Path) -> String {
+    std::fs::read_to_string(path).unwrap_or_default()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn claimed_volumes_run_stateful_pods_as_on_a_kubelet_node() {
+    let mut one = OneNode::start("pvlocal", "w1", Network::Loopback(&[]))
+        .await
+        .unwrap();
+    let admin = one.cluster.admin().await.unwrap();
+    let pvs: Api<PersistentVolume> = Api::all(admin.clone());
+    let pvcs: Api<PersistentVolumeClaim> = Api::namespaced(admin.clone(), "default");
+    let events: Api<Event> = Api::namespaced(admin.clone(), "default");
+    let pp = PostParams::default();
+    let disks = one.node.dir("disks");
+    let disk_a = disks.join("a");
+    std::fs::create_dir_all(&disk_a).unwrap();
+
+    // The claim exists but nothing can bind it yet: the pod waits, as on kubelet.
+    pvcs.create(&pp, &claim("data", "local-storage"))
+        .await
+        .unwrap();
+    let writer = pod_with(
+        "writer",
+        claimed("data"),
+        "echo kept > /data/hello && sleep 3600",
+    );
+    one.create_bound(&writer).await.unwrap();
+    waits_for_mount(&one, &events, "writer", "PVC is not bound").await;
+
+    // A local PV of this node binds it; the pod runs and writes through its fsGroup.
+    pvs.create(
+        &pp,
+        &volume(
+            "local-a",
+            "local-storage",
+            json!({"local": {"path": disk_a}}),
+            "w1",
+        ),
+    )
+    .await
+    .unwrap();
+    let running = phase_of(&one.pods, "writer", "Running").await;
+    let uid = running.metadata.uid.unwrap();
+    wait_for("the writer's file", Duration::from_secs(30), async || {
+        (read(&disk_a.join("hello")) == "kept\n").then_some(())
+    })
+    .await;
+    let root = std::fs::metadata(&disk_a).unwrap();
+    assert_eq!(root.gid(), 3000, "fsGroup owns the local volume");
+    assert_eq!(root.permissions().mode() & 0o2070, 0o2070);
+    assert_eq!(
+        std::fs::metadata(disk_a.join("hello")).unwrap().gid(),
+        3000,
+        "new files take the group (setgid)"
+    );
+
+    // What the node shows of it.
+    let inspect: Value = serde_json::from_str(&kernlet_cli(
+        &one.node,
+        &["inspect", "writer", "-o", "json"],
+    ))
+    .unwrap();
+    let vol = &inspect["volumes"][0];
+    assert_eq!(vol["claim"], "default/data", "{inspect:#}");
+    assert_eq!(vol["persistentVolume"], "local-a");
+    assert_eq!(vol["plugin"], "kubernetes.io/local-volume");
+    assert_eq!(vol["path"], json!(disk_a));
+    assert_eq!(vol["mountedAt"], json!(["c:/data"]));
+    let state = one.node.dir("state");
+    let stats = kernlet::api::stats::claim_stats(&state, &uid);
+    assert_eq!(stats.len(), 1);
+    assert_eq!(
+        stats[0].1["pvcRef"],
+        json!({"name": "data", "namespace": "default"})
+    );
+    assert!(stats[0].1["capacityBytes"].as_u64().unwrap() > 0);
+    let metrics = kernlet::api::volume_metrics(&state);
+    let parsed = kernlet_tests::prometheus::parse(&metrics).unwrap();
+    for series in [
+        "kubelet_volume_stats_capacity_bytes",
+        "kubelet_volume_stats_available_bytes",
+        "kubelet_volume_stats_used_bytes",
+        "kubelet_volume_stats_inodes",
+        "kubelet_volume_stats_inodes_free",
+        "kubelet_volume_stats_inodes_used",
+    ] {
+        assert!(
+            metrics.contains(&format!(
+                "{series}{{namespace=\"default\",persistentvolumeclaim=\"data\"}}"
+            )),
+            "{series} in\n{metrics}"
+        );
+    }
+    assert_eq!(
+        parsed
+            .find(
+                "kubelet_volume_stats_capacity_bytes",
+                &[("persistentvolumeclaim", "data")]
+            )
+            .len(),
+        1
+    );
+
+    // SIGKILL of the agent: the pod keeps running, and the restarted agent keeps its
+    // volume from the record (no new setup, no second FailedMount).
+    one.restart_agent_killed(&[]).unwrap();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let again = one.pods.get("writer").await.unwrap();
+    assert_eq!(again.status.unwrap().phase.as_deref(), Some("Running"));
+
+    // The data outlives the pod: a new pod of the same claim reads it.
+    one.pods
+        .delete("writer", &DeleteParams::default())
+        .await
+        .unwrap();
+    wait_for("the writer gone", Duration::from_secs(60), async || {
+        one.pods
+            .get_opt("writer")
+            .await
+            .ok()?
+            .is_none()
+            .then_some(())
+    })
+    .await;
+    let reader = pod_with(
+        "reader",
+        claimed("data"),
+        "[ \"$(cat /data/hello)\" = kept ] && echo again >> /data/hello",
+    );
+    let reader: Pod = object({
+        let mut v = serde_json::to_value(&reader).unwrap();
+        v["spec"]["restartPolicy"] = json!("Never");
+        v
+    });
+    one.create_bound(&reader).await.unwrap();
+    phase_of(&one.pods, "reader", "Succeeded").await;
+    assert_eq!(read(&disk_a.join("hello")), "kept\nagain\n");
+
+    // A hostPath PV: its type creates the directory, no fsGroup is applied.
+    let host_dir = disks.join("host-b");
+    pvs.create(
+        &pp,
+        &volume(
+            "host-b",
+            "host",
+            json!({"hostPath": {"path": host_dir, "type": "DirectoryOrCreate"}}),
+            "w1",
+        ),
+    )
+    .await
+    .unwrap();
+    pvcs.create(&pp, &claim("host", "host")).await.unwrap();
+    let mut host_pod = pod_with("host-user", claimed("host"), "echo hi > /data/f");
+    host_pod.spec.as_mut().unwrap().security_context = Some(object(json!({"fsGroup": 3000})));
+    host_pod.spec.as_mut().unwrap().restart_policy = Some("Never".into());
+    one.create_bound(&host_pod).await.unwrap();
+    phase_of(&one.pods, "host-user", "Succeeded").await;
+    assert_eq!(read(&host_dir.join("f")), "hi\n");
+    assert_eq!(
+        std::fs::metadata(&host_dir).unwrap().gid(),
+        0,
+        "the host-path plugin manages no ownership"
+    );
+
+    // A generic ephemeral volume: the controller makes the pod's claim, a PV binds it.
+    let disk_c = disks.join("c");
+    std::fs::create_dir_all(&disk_c).unwrap();
+    pvs.create(
+        &pp,
+        &volume(
+            "scratch-c",
+            "scratch",
+            json!({"local": {"path": disk_c}}),
+            "w1",
+        ),
+    )
+    .await
+    .unwrap();
+    let mut eph = pod_with(
+        "eph",
+        json!({"name": "data", "ephemeral": {"volumeClaimTemplate": {"spec": {
+            "storageClassName": "scratch", "accessModes": ["ReadWriteOnce"],
+            "resources": {"requests": {"storage": "1Mi"}}}}}}),
+        "echo scratch > /data/s",
+    );
+    eph.spec.as_mut().unwrap().restart_policy = Some("Never".into());
+    one.create_bound(&eph).await.unwrap();
+    phase_of(&one.pods, "eph", "Succeeded").await;
+    assert_eq!(read(&disk_c.join("s")), "scratch\n");
+    let eph_claim = pvcs.get("eph-data").await.unwrap();
+    assert_eq!(
+        eph_claim.metadata.owner_references.unwrap()[0].name,
+        "eph",
+        "the ephemeral claim is the pod's"
+    );
+
+    // A PV of another node: refused by its node affinity, the pod never runs.
+    std::fs::create_dir_all(disks.join("d")).unwrap();
+    pvs.create(
+        &pp,
+        &volume(
+            "elsewhere",
+            "far",
+            json!({"local": {"path": disks.join("d")}}),
+            "w2",
+        ),
+    )
+    .await
+    .unwrap();
+    pvcs.create(&pp, &claim("far", "far")).await.unwrap();
+    one.create_bound(&pod_with("stray", claimed("far"), "sleep 3600"))
+        .await
+        .unwrap();
+    waits_for_mount(
+        &one,
+        &events,
+        "stray",
+        "MountVolume.NodeAffinity check failed for volume \"elsewhere\"",
+    )
+    .await;
+    let explained = kernlet_cli(&one.node, &["explain", "stray"]);
+    assert!(
+        explained.contains("volume data (persistentVolumeClaim) claim not set up yet"),
+        "{explained}"
+    );
+}
