@@ -358,3 +358,117 @@ async fn claimed_volumes_run_stateful_pods_as_on_a_kubelet_node() {
         "{explained}"
     );
 }
+
+/// A loop device over a file, detached when dropped (even when the test fails).
+struct Loop {
+    dev: String,
+}
+
+impl Loop {
+    fn attach(file: &Path) -> Self {
+        let out = std::process::Command::new("losetup")
+            .args(["-f", "--show"])
+            .arg(file)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "losetup: {out:?}");
+        Self {
+            dev: String::from_utf8(out.stdout).unwrap().trim().to_string(),
+        }
+    }
+
+    /// Detaches loop devices an earlier run of this test left (backing file gone).
+    fn sweep(label: &str) {
+        let out = std::process::Command::new("losetup")
+            .args(["-l", "-n", "-O", "NAME,BACK-FILE"])
+            .output()
+            .unwrap();
+        for line in String::from_utf8_lossy(&out.stdout).lines() {
+            if let Some((dev, back)) = line.split_once(' ')
+                && back.contains(label)
+            {
+                let _ = std::process::Command::new("losetup")
+                    .args(["-d", dev.trim()])
+                    .status();
+            }
+        }
+    }
+}
+
+impl Drop for Loop {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("losetup")
+            .args(["-d", &self.dev])
+            .status();
+    }
+}
+
+/// A `volumeMode: Block` local PV reaches the container as the device at its
+/// `devicePath`, usable by an unprivileged container (the device rule the shim
+/// enforces allows that one device); a Block volume named in `volumeMounts` is refused
+/// with kubelet's message.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_block_volume_is_the_containers_device() {
+    const LABEL: &str = "pvblock";
+    Loop::sweep(LABEL);
+    let one = OneNode::start(LABEL, "w1", Network::Loopback(&[]))
+        .await
+        .unwrap();
+    let admin = one.cluster.admin().await.unwrap();
+    let pvs: Api<PersistentVolume> = Api::all(admin.clone());
+    let pvcs: Api<PersistentVolumeClaim> = Api::namespaced(admin.clone(), "default");
+    let events: Api<Event> = Api::namespaced(admin.clone(), "default");
+    let pp = PostParams::default();
+    let image = one.node.dir("disks").join(format!("{LABEL}.img"));
+    std::fs::create_dir_all(image.parent().unwrap()).unwrap();
+    let mut bytes = vec![0u8; 1 << 20];
+    bytes[..8].copy_from_slice(b"kernlet!");
+    std::fs::write(&image, &bytes).unwrap();
+    let dev = Loop::attach(&image);
+    let mut pv = volume("block-a", "raw", json!({"local": {"path": dev.dev}}), "w1");
+    pv.spec.as_mut().unwrap().volume_mode = Some("Block".into());
+    pvs.create(&pp, &pv).await.unwrap();
+    let mut pvc = claim("raw", "raw");
+    pvc.spec.as_mut().unwrap().volume_mode = Some("Block".into());
+    pvcs.create(&pp, &pvc).await.unwrap();
+    let pod: Pod = object(json!({
+        "metadata": {"name": "raw-user"},
+        "spec": {
+            "restartPolicy": "Never",
+            "volumes": [claimed("raw")],
+            "containers": [{"name": "c", "image": "busybox:1.36",
+                "command": ["sh", "-c", "[ \"$(head -c 8 /dev/xvda)\" = kernlet! ] && printf written | dd of=/dev/xvda bs=512 seek=1 conv=notrunc,fsync"],
+                "volumeDevices": [{"name": "data", "devicePath": "/dev/xvda"}]}],
+        },
+    }));
+    one.create_bound(&pod).await.unwrap();
+    let done = wait_for("the block pod done", Duration::from_secs(90), async || {
+        let p = one.pods.get("raw-user").await.ok()?;
+        let phase = p.status.as_ref()?.phase.clone()?;
+        matches!(phase.as_str(), "Succeeded" | "Failed").then_some(p)
+    })
+    .await;
+    assert_eq!(
+        done.status.as_ref().unwrap().phase.as_deref(),
+        Some("Succeeded"),
+        "{:#?}\n{}",
+        done.status,
+        one.node.kernlet_log()
+    );
+    drop(dev);
+    let back = std::fs::read(&image).unwrap();
+    assert_eq!(&back[512..519], b"written");
+
+    // The same claim in volumeMounts: kubelet's refusal.
+    let wrong = pod_with("raw-mounted", claimed("raw"), "true");
+    let mut wrong = wrong;
+    wrong.spec.as_mut().unwrap().security_context = None;
+    one.create_bound(&wrong).await.unwrap();
+    waits_for_mount(
+        &one,
+        &events,
+        "raw-mounted",
+        "volume \"data\" has volumeMode Block, but is specified in volumeMounts",
+    )
+    .await;
+}

@@ -51,6 +51,18 @@ impl DeviceRule {
     }
 }
 
+/// The rule that lets a container use the device an OCI `linux.devices[]` entry gives
+/// it (a block volume's device): read, write and mknod of that one node.
+pub fn rule_for(device: &serde_json::Value) -> Option<DeviceRule> {
+    Some(DeviceRule {
+        allow: true,
+        kind: Some(device["type"].as_str()?.to_string()),
+        major: Some(device["major"].as_i64()?),
+        minor: Some(device["minor"].as_i64()?),
+        access: Some("rwm".into()),
+    })
+}
+
 /// containerd's rules for an unprivileged container: nothing, then mknod of any
 /// character or block device (using one is another matter), then the devices every
 /// container has — null, zero, full, random, urandom, tty, console, ptmx, the

@@ -153,7 +153,8 @@ pub struct ContainerPlan {
     /// The AppArmor profile to run under (`process.apparmorProfile`), on a node with
     /// AppArmor.
     pub apparmor: Option<String>,
-    /// Host devices to create in the container (privileged containers).
+    /// Devices to create in the container: the host's (privileged containers) and the
+    /// block volumes of its `volumeDevices`.
     pub devices: Vec<Value>,
     /// The capabilities kernlet itself has (its bounding set, as a mask).
     pub host_caps: u64,
@@ -318,7 +319,15 @@ pub fn spec(plan: &ContainerPlan) -> Value {
     resources["devices"] = json!(if plan.privileged {
         crate::model::devices::allow_all()
     } else {
-        crate::model::devices::default_rules()
+        // containerd's defaults, and each device the container is given (the block
+        // volumes of its volumeDevices).
+        let mut rules = crate::model::devices::default_rules();
+        rules.extend(
+            plan.devices
+                .iter()
+                .filter_map(crate::model::devices::rule_for),
+        );
+        rules
     });
     linux["resources"] = resources;
     if !plan.devices.is_empty() {

@@ -49,6 +49,21 @@ pub enum SetUpError {
     },
 }
 
+/// Why a container's `volumeDevices` cannot be given to it.
+#[derive(Debug, thiserror::Error)]
+pub enum DeviceError {
+    #[error("volumeDevice {0:?} names no block volume set up for the pod")]
+    NotBlock(String),
+    #[error("block volume {}: {source}", path.display())]
+    Stat {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("block volume {} is not a block device", .0.display())]
+    NotDevice(PathBuf),
+}
+
 impl Runtime {
     fn claims_dir(&self, uid: &str) -> PathBuf {
         self.pod_state_dir(uid).join("volumes/claims")
@@ -64,6 +79,36 @@ impl Runtime {
     /// Every claimed volume set up for the pod, by volume name.
     pub fn claimed_volumes(&self, uid: &str) -> Vec<Mountable> {
         claimed_in(&self.cfg.state_dir, uid)
+    }
+
+    /// The OCI devices of the container's `volumeDevices`: each block volume's device
+    /// node at its `devicePath`, read-write for the pod's users (0660, root's).
+    pub fn block_devices(
+        &self,
+        uid: &str,
+        c: &k8s_openapi::api::core::v1::Container,
+    ) -> Result<Vec<serde_json::Value>, DeviceError> {
+        let mut out = Vec::new();
+        for d in c.volume_devices.iter().flatten() {
+            let m = self
+                .claimed_volume(uid, &d.name)
+                .filter(|m| m.block)
+                .ok_or_else(|| DeviceError::NotBlock(d.name.clone()))?;
+            let meta = std::fs::metadata(&m.path).map_err(|source| DeviceError::Stat {
+                path: m.path.clone(),
+                source,
+            })?;
+            if !meta.file_type().is_block_device() {
+                return Err(DeviceError::NotDevice(m.path.clone()));
+            }
+            let rdev = meta.rdev();
+            out.push(serde_json::json!({
+                "path": d.device_path, "type": "b",
+                "major": nix::sys::stat::major(rdev), "minor": nix::sys::stat::minor(rdev),
+                "fileMode": 0o660, "uid": 0, "gid": 0,
+            }));
+        }
+        Ok(out)
     }
 
     /// Sets the volume up on the node and records it; done once per pod and volume.

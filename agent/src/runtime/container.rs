@@ -560,6 +560,9 @@ impl Runtime {
                 unenforced.push("cpu limit".into());
             }
         }
+        let block_devices = self
+            .block_devices(&sb.uid, c)
+            .map_err(|e| refuse(e.to_string()))?;
         let mut plan = ContainerPlan {
             args: process.args,
             env: process.env,
@@ -615,9 +618,10 @@ impl Runtime {
                         json!({"path": d.path, "type": d.kind.to_string(), "major": d.major, "minor": d.minor,
                                "fileMode": d.mode, "uid": 0, "gid": 0})
                     })
+                    .chain(block_devices.clone())
                     .collect()
             } else {
-                Vec::new()
+                block_devices
             },
             resources: (!resources.is_empty()).then_some(serde_json::Value::Object(resources)),
         };
