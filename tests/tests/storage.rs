@@ -261,14 +261,23 @@ async fn claimed_volumes_run_stateful_pods_as_on_a_kubelet_node() {
         claimed("data"),
         "[ \"$(cat /data/hello)\" = kept ] && echo again >> /data/hello",
     );
+    // With a subPath of the claim too: made beneath the volume, as kubelet makes it.
     let reader: Pod = object({
         let mut v = serde_json::to_value(&reader).unwrap();
         v["spec"]["restartPolicy"] = json!("Never");
+        v["spec"]["containers"][0]["volumeMounts"]
+            .as_array_mut()
+            .unwrap()
+            .push(json!({"name": "data", "mountPath": "/nested", "subPath": "sub"}));
+        v["spec"]["containers"][0]["command"][2] = json!(
+            "[ \"$(cat /data/hello)\" = kept ] && echo again >> /data/hello && echo deep > /nested/x"
+        );
         v
     });
     one.create_bound(&reader).await.unwrap();
     phase_of(&one.pods, "reader", "Succeeded").await;
     assert_eq!(read(&disk_a.join("hello")), "kept\nagain\n");
+    assert_eq!(read(&disk_a.join("sub/x")), "deep\n");
 
     // A hostPath PV: its type creates the directory, no fsGroup is applied.
     let host_dir = disks.join("host-b");

@@ -286,8 +286,12 @@ impl Runtime {
         {
             return Err(MountError::SubPathDotDot);
         }
-        let fd =
-            crate::sys::mount::open_beneath(volume, rel, true).map_err(MountError::SubPathOpen)?;
+        // Missing directories get the mode of the volume's root, as kubelet makes them.
+        let mode = std::fs::symlink_metadata(volume)
+            .map(|m| std::os::unix::fs::PermissionsExt::mode(&m.permissions()) & 0o7777)
+            .unwrap_or(0o755);
+        let fd = crate::sys::mount::open_beneath(volume, rel, Some(mode))
+            .map_err(MountError::SubPathOpen)?;
         let target = self
             .pod_run_dir(&sb.uid)
             .join("subpaths")

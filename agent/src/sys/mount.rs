@@ -259,9 +259,15 @@ pub fn overlay(
 
 /// Opens `rel` below `root` without ever leaving `root` — no `..` above it, no
 /// symlink pointing out of it, no magic links (openat2 with RESOLVE_BENEATH) —
-/// creating missing directories (mode 0755) on the way when `create` is set. Returns
-/// an `O_PATH` descriptor of what it found, so what is used is what was checked.
-pub fn open_beneath(root: &Path, rel: &Path, create: bool) -> io::Result<std::os::fd::OwnedFd> {
+/// creating missing directories on the way with the permission bits `create` gives
+/// (kubelet gives a subPath the mode of its volume's root), whatever the umask.
+/// Returns an `O_PATH` descriptor of what it found, so what is used is what was
+/// checked.
+pub fn open_beneath(
+    root: &Path,
+    rel: &Path,
+    create: Option<u32>,
+) -> io::Result<std::os::fd::OwnedFd> {
     use nix::fcntl::{OFlag, OpenHow, ResolveFlag, open, openat2};
     let how = || {
         OpenHow::new()
@@ -274,7 +280,7 @@ pub fn open_beneath(root: &Path, rel: &Path, create: bool) -> io::Result<std::os
         nix::sys::stat::Mode::empty(),
     )
     .map_err(io_err)?;
-    if create {
+    if let Some(mode) = create {
         let mut prefix = std::path::PathBuf::new();
         for part in rel.components() {
             let std::path::Component::Normal(name) = part else {
@@ -299,9 +305,34 @@ pub fn open_beneath(root: &Path, rel: &Path, create: bool) -> io::Result<std::os
                     match nix::sys::stat::mkdirat(
                         dir,
                         name,
-                        nix::sys::stat::Mode::from_bits_truncate(0o755),
+                        nix::sys::stat::Mode::from_bits_truncate(mode),
                     ) {
-                        Ok(()) | Err(nix::errno::Errno::EEXIST) => {}
+                        Ok(()) => {
+                            // The umask took bits off: set them on the directory
+                            // itself, opened beneath the root (never a link swapped in).
+                            let made = openat2(
+                                &root_fd,
+                                prefix.as_path(),
+                                OpenHow::new()
+                                    .flags(
+                                        OFlag::O_RDONLY
+                                            | OFlag::O_DIRECTORY
+                                            | OFlag::O_NOFOLLOW
+                                            | OFlag::O_CLOEXEC,
+                                    )
+                                    .resolve(
+                                        ResolveFlag::RESOLVE_BENEATH
+                                            | ResolveFlag::RESOLVE_NO_MAGICLINKS,
+                                    ),
+                            )
+                            .map_err(io_err)?;
+                            nix::sys::stat::fchmod(
+                                &made,
+                                nix::sys::stat::Mode::from_bits_truncate(mode),
+                            )
+                            .map_err(io_err)?;
+                        }
+                        Err(nix::errno::Errno::EEXIST) => {}
                         Err(e) => return Err(io_err(e)),
                     }
                 }
