@@ -3,8 +3,11 @@
 //!   bpfel-unknown-none, into OUT_DIR, where `sys::bpf` embeds the object;
 //! - the container reaper (`shim/`, the `kernlet-shim` binary) as a small static
 //!   executable, into OUT_DIR, where `runtime::reaper` embeds it;
-//! - the CRI `runtime.v1` services (`proto/runtime/v1/api.proto`, upstream's), compiled
-//!   in Rust (protox, no protoc needed) into OUT_DIR, where `cri::proto` includes them.
+//! - the CRI `runtime.v1` services (`proto/runtime/v1/api.proto`, upstream's), CSI's
+//!   Identity and Node services (`proto/csi/v1/csi.proto`) and kubelet's plugin
+//!   registration (`proto/pluginregistration/v1/registration.proto`), compiled in Rust
+//!   (protox, no protoc needed) into OUT_DIR, where `cri::proto` and `csi::proto`
+//!   include them.
 
 use anyhow::Context as _;
 
@@ -15,15 +18,21 @@ fn main() -> anyhow::Result<()> {
 }
 
 fn build_cri() -> anyhow::Result<()> {
-    let proto = "proto/runtime/v1/api.proto";
-    println!("cargo:rerun-if-changed={proto}");
-    let descriptors = protox::compile([proto], ["proto"])
-        .map_err(|e| anyhow::anyhow!("compiling {proto}: {e}"))?;
-    tonic_prost_build::configure()
-        .build_client(true)
-        .build_server(true)
-        .compile_fds(descriptors)
-        .with_context(|| format!("generating the CRI services from {proto}"))
+    for proto in [
+        "proto/runtime/v1/api.proto",
+        "proto/csi/v1/csi.proto",
+        "proto/pluginregistration/v1/registration.proto",
+    ] {
+        println!("cargo:rerun-if-changed={proto}");
+        let descriptors = protox::compile([proto], ["proto"])
+            .map_err(|e| anyhow::anyhow!("compiling {proto}: {e}"))?;
+        tonic_prost_build::configure()
+            .build_client(true)
+            .build_server(true)
+            .compile_fds(descriptors)
+            .with_context(|| format!("generating the gRPC services of {proto}"))?;
+    }
+    Ok(())
 }
 
 fn build_ebpf() -> anyhow::Result<()> {

@@ -30,6 +30,13 @@ pub struct NodeDirs {
     /// Directory on a bpffs where maps and programs are pinned.
     #[arg(long, default_value = "/sys/fs/bpf/kernlet", env = "KERNLET_BPFFS_DIR")]
     pub bpffs_dir: PathBuf,
+    /// kubelet's root directory as CSI drivers know it: the plugin registration
+    /// directory (`plugins_registry`), the staging paths
+    /// (`plugins/kubernetes.io/csi/…`) and pods' publish paths
+    /// (`pods/<uid>/volumes/kubernetes.io~csi/…`) are below it, where drivers' manifests
+    /// mount them from.
+    #[arg(long, default_value = "/var/lib/kubelet", env = "KERNLET_KUBELET_DIR")]
+    pub kubelet_dir: PathBuf,
 }
 
 /// A flag value that cannot be used, with the flag named.
@@ -55,6 +62,7 @@ impl NodeDirs {
             ("log-dir", &self.log_dir),
             ("image-dir", &self.image_dir),
             ("bpffs-dir", &self.bpffs_dir),
+            ("kubelet-dir", &self.kubelet_dir),
         ] {
             if !value.is_absolute() {
                 return Err(ConfigError::NotAbsolute {
@@ -88,6 +96,7 @@ mod tests {
             image_dir: "/var/lib/kernlet/images".into(),
             cgroup_root: "kernlet".into(),
             bpffs_dir: "/sys/fs/bpf/kernlet".into(),
+            kubelet_dir: "/var/lib/kubelet".into(),
         }
     }
 

@@ -12,6 +12,7 @@ pub mod client;
 pub mod config;
 pub mod controllers;
 pub mod cri;
+pub mod csi;
 pub mod daemon;
 pub mod doctor;
 pub mod eviction;

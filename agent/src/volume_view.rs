@@ -46,7 +46,7 @@ pub fn describe(state_dir: &Path, uid: &str, pod: &Value) -> Value {
                     "hostPath" => out["path"] = v["hostPath"]["path"].clone(),
                     "persistentVolumeClaim" | "ephemeral" => {
                         out["setUp"] = json!(false);
-                        if let Some(m) = claimed.iter().find(|m| m.volume == name) {
+                        if let Some(m) = claimed.iter().find(|m| m.volume == name && m.ready) {
                             out["setUp"] = json!(true);
                             out["claim"] = json!(format!("{}/{}", m.namespace, m.claim));
                             out["persistentVolume"] = json!(m.pv);
@@ -147,6 +147,7 @@ mod tests {
             block: false,
             read_only: false,
             owned_by_fs_group: true,
+            ready: true,
         };
         let rec = dir.path().join("pods/u1/volumes/claims");
         std::fs::create_dir_all(&rec).unwrap();

@@ -388,6 +388,8 @@ impl SimNode {
             cg_rel.display().to_string(),
             "--bpffs-dir".into(),
             self.dir("bpf").display().to_string(),
+            "--kubelet-dir".into(),
+            self.dir("kubelet").display().to_string(),
         ]
     }
 

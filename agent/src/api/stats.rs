@@ -128,7 +128,7 @@ fn fs_json(path: &Path, used: Option<(u64, u64)>) -> Value {
 pub fn claim_stats(state_dir: &Path, uid: &str) -> Vec<(crate::model::claims::Mountable, Value)> {
     crate::runtime::claimed_volumes::claimed_in(state_dir, uid)
         .into_iter()
-        .filter(|m| m.plugin == crate::model::claims::Plugin::Local && !m.block)
+        .filter(|m| m.ready && m.plugin == crate::model::claims::Plugin::Local && !m.block)
         .map(|m| {
             let mut v = fs_json(&m.path, None);
             v["name"] = json!(m.volume);

@@ -55,7 +55,7 @@ pub enum ClaimError {
     )]
     NodeAffinity { pv: String },
     #[error(
-        "PV {pv:?}: its volume source ({kind}) is not supported by kernlet yet (hostPath and local are)"
+        "PV {pv:?}: its volume source ({kind}) is not supported by kernlet yet (hostPath, local and csi are)"
     )]
     Unsupported { pv: String, kind: String },
     #[error("volume {volume:?} has volumeMode Block, but is specified in volumeMounts")]
@@ -139,6 +139,26 @@ pub enum Plugin {
     HostPath { kind: String },
     /// `kubernetes.io/local-volume`: a directory (Filesystem) or a block device.
     Local,
+    /// `kubernetes.io/csi`: a CSI driver's volume, staged and published by the driver
+    /// on the node.
+    Csi(CsiSource),
+}
+
+/// What a CSI driver is told about a volume (from the PV's `csi` source).
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CsiSource {
+    pub driver: String,
+    pub handle: String,
+    pub fs_type: String,
+    pub attributes: std::collections::BTreeMap<String, String>,
+    /// The PV's access modes (`ReadWriteOnce`, …).
+    pub access_modes: Vec<String>,
+    /// The PV's `mountOptions`.
+    pub mount_options: Vec<String>,
+    /// `nodeStageSecretRef` and `nodePublishSecretRef`: (namespace, name).
+    pub stage_secret: Option<(String, String)>,
+    pub publish_secret: Option<(String, String)>,
 }
 
 impl Plugin {
@@ -147,6 +167,7 @@ impl Plugin {
         match self {
             Self::HostPath { .. } => "kubernetes.io/host-path",
             Self::Local => "kubernetes.io/local-volume",
+            Self::Csi(_) => "kubernetes.io/csi",
         }
     }
 }
@@ -171,6 +192,10 @@ pub struct Mountable {
     /// Whether the pod's fsGroup applies (local filesystem volumes; hostPath never,
     /// as kubelet's host-path plugin manages no ownership).
     pub owned_by_fs_group: bool,
+    /// Set up and ready for containers; a driver's volume is recorded before the
+    /// driver is called, so a pod that goes while it is half set up is torn down too.
+    #[serde(default)]
+    pub ready: bool,
 }
 
 /// The volume mode of a claim (`Filesystem` unless it says `Block`).
@@ -215,16 +240,37 @@ pub fn mountable(
         (Plugin::HostPath { kind }, hp.path.clone(), false)
     } else if let Some(local) = &spec.local {
         (Plugin::Local, local.path.clone(), false)
+    } else if let Some(csi) = &spec.csi {
+        let secret = |r: &Option<k8s_openapi::api::core::v1::SecretReference>| {
+            r.as_ref().map(|r| {
+                (
+                    r.namespace.clone().unwrap_or_default(),
+                    r.name.clone().unwrap_or_default(),
+                )
+            })
+        };
+        let source = CsiSource {
+            driver: csi.driver.clone(),
+            handle: csi.volume_handle.clone(),
+            fs_type: csi.fs_type.clone().unwrap_or_default(),
+            attributes: csi.volume_attributes.clone().unwrap_or_default(),
+            access_modes: spec.access_modes.clone().unwrap_or_default(),
+            mount_options: spec.mount_options.clone().unwrap_or_default(),
+            stage_secret: secret(&csi.node_stage_secret_ref),
+            publish_secret: secret(&csi.node_publish_secret_ref),
+        };
+        // The publish path is the node's, set when the driver publishes it.
+        (Plugin::Csi(source), String::new(), csi.read_only.unwrap_or(false))
     } else {
         return Err(ClaimError::Unsupported {
             pv: pv_name,
             kind: source_kind(pv),
         });
     };
-    if !path.starts_with('/') {
+    if !path.starts_with('/') && !matches!(plugin, Plugin::Csi(_)) {
         let field = match plugin {
             Plugin::HostPath { .. } => "hostPath.path",
-            Plugin::Local => "local.path",
+            _ => "local.path",
         };
         return Err(ClaimError::Relative {
             pv: pv_name,
@@ -243,6 +289,7 @@ pub fn mountable(
         path: PathBuf::from(path),
         block,
         read_only: claim.read_only || pv_read_only,
+        ready: false,
     })
 }
 
@@ -250,7 +297,6 @@ pub fn mountable(
 fn source_kind(pv: &PersistentVolume) -> String {
     let value = serde_json::to_value(pv.spec.clone().unwrap_or_default()).unwrap_or_default();
     const SOURCES: &[&str] = &[
-        "csi",
         "nfs",
         "iscsi",
         "fc",
@@ -455,7 +501,7 @@ mod tests {
             mountable(&vol, &claim, &bound_pvc(), &nfs, &node())
                 .unwrap_err()
                 .to_string(),
-            "PV \"pv-1\": its volume source (nfs) is not supported by kernlet yet (hostPath and local are)"
+            "PV \"pv-1\": its volume source (nfs) is not supported by kernlet yet (hostPath, local and csi are)"
         );
         let host = pv(serde_json::json!({
             "metadata": {"name": "pv-1"},

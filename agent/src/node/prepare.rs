@@ -47,6 +47,8 @@ pub struct PreparedNode {
     ),
     /// The CRI socket (`--container-runtime-endpoint`).
     pub cri_socket: PathBuf,
+    /// kubelet's directory as CSI drivers know it (`--kubelet-dir`).
+    pub kubelet_dir: PathBuf,
 }
 
 /// The CRI socket of `--container-runtime-endpoint`, or `<run-dir>/cri.sock`.
@@ -169,6 +171,7 @@ pub fn prepare_node(args: &NodeArgs) -> anyhow::Result<PreparedNode> {
     );
     Ok(PreparedNode {
         cri_socket: cri_socket(args)?,
+        kubelet_dir: args.dirs.kubelet_dir.clone(),
         image_gc,
         eviction,
         shutdown,

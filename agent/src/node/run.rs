@@ -45,6 +45,7 @@ pub async fn run_node(kubeconfig: PathBuf, node: PreparedNode) -> anyhow::Result
         eviction,
         shutdown,
         cri_socket,
+        kubelet_dir,
     } = node;
     let mut runtime = runtime;
     apply_cluster_settings(&state_dir, &overrides, &mut runtime, &mut api);
@@ -83,7 +84,26 @@ pub async fn run_node(kubeconfig: PathBuf, node: PreparedNode) -> anyhow::Result
     // the runtime's operations block), which writes status back through a task.
     let runtime_run_dir = runtime.run_dir.clone();
     let runtime_state_dir = runtime.state_dir.clone();
-    let rt = tokio::task::spawn_blocking(move || crate::runtime::Runtime::open(runtime)).await??;
+    let mut rt =
+        tokio::task::spawn_blocking(move || crate::runtime::Runtime::open(runtime)).await??;
+    // CSI: drivers register through the plugin watcher; their volumes are published
+    // by the pod workers and torn down with their pods.
+    let csi = crate::csi::Csi {
+        drivers: crate::csi::Drivers::default(),
+        kubelet_dir: kubelet_dir.clone(),
+        state_dir: state_dir.clone(),
+        node: cfg.name.clone(),
+        client: client.clone(),
+        handle: tokio::runtime::Handle::current(),
+    };
+    rt.driver_volumes = Some(std::sync::Arc::new(csi.clone()));
+    tokio::spawn(crate::csi::registry::watch(
+        csi.drivers.clone(),
+        client.clone(),
+        cfg.name.clone(),
+        kubelet_dir,
+        stop_rx.clone(),
+    ));
     let overlay_rt = rt.clone();
     let node_images = rt.images.clone();
     let gc_rt = rt.clone();
@@ -155,6 +175,7 @@ pub async fn run_node(kubeconfig: PathBuf, node: PreparedNode) -> anyhow::Result
                 handle: tokio::runtime::Handle::current(),
                 services: service_links,
                 runtime_classes,
+                csi,
             },
             cfg.internal_ip.to_string(),
             pod_timing,

@@ -18,6 +18,14 @@ pub(super) enum ClaimStepError {
     TimedOut { volume: String },
     #[error(transparent)]
     SetUp(#[from] crate::runtime::claimed_volumes::SetUpError),
+    #[error("MountVolume.SetUp failed for volume {0}")]
+    Csi(String),
+}
+
+impl From<crate::csi::CsiError> for ClaimStepError {
+    fn from(e: crate::csi::CsiError) -> Self {
+        Self::Csi(e.to_string())
+    }
 }
 
 /// How long the reads of one claim may take.
@@ -28,7 +36,13 @@ impl Runner {
     /// first that cannot be is the pod's reason to wait, with the names of every
     /// volume still missing (kubelet's FailedMount message).
     pub(super) fn prepare_claims(&mut self, uid: &str, pod: &Pod) -> Result<(), String> {
-        let Source::Api { client, handle, .. } = &self.source else {
+        let Source::Api {
+            client,
+            handle,
+            csi,
+            ..
+        } = &self.source
+        else {
             return Ok(());
         };
         let spec = spec_of(pod);
@@ -53,8 +67,14 @@ impl Runner {
                     })
                 })
             });
-            let set_up = resolved.and_then(|m| {
+            let set_up = resolved.and_then(|mut m| {
                 claims::check_use(pod, &m)?;
+                if let claims::Plugin::Csi(_) = &m.plugin {
+                    // Recorded first: a pod that goes half set up is torn down too.
+                    m.path = crate::csi::volumes::target_path(&csi.kubelet_dir, uid, &m.pv);
+                    self.rt.record_pending(uid, &m)?;
+                    handle.block_on(csi.publish(pod, &mut m))?;
+                }
                 let psc = spec.security_context.clone().unwrap_or_default();
                 self.rt.set_up_claimed(uid, &m, &psc)?;
                 Ok(m)

@@ -143,6 +143,8 @@ pub enum Source {
         services: crate::controllers::service_links::ServiceLinks,
         /// The cluster's RuntimeClasses, for pods' runtime handlers.
         runtime_classes: crate::controllers::runtime_classes::RuntimeClasses,
+        /// The node's CSI drivers, for pods' CSI volumes.
+        csi: crate::csi::Csi,
     },
 }
 

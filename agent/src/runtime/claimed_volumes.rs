@@ -64,16 +64,62 @@ pub enum DeviceError {
     NotDevice(PathBuf),
 }
 
+/// What tears down the volumes a driver set up for a pod (CSI's unpublish and
+/// unstage), before the pod's directories go.
+pub trait DriverVolumes: Send + Sync + std::fmt::Debug {
+    /// Takes `m` (a driver's volume of pod `uid`) off the node; `Err` says why not.
+    fn tear_down(&self, uid: &str, m: &Mountable) -> Result<(), String>;
+}
+
 impl Runtime {
+    /// Tears down the driver volumes of a pod (each record goes once its volume is
+    /// off the node); the first failure is returned and the rest stay recorded.
+    pub fn tear_down_driver_volumes(&self, uid: &str) -> Result<(), super::RuntimeError> {
+        for m in self.claimed_volumes(uid) {
+            if !matches!(m.plugin, Plugin::Csi(_)) {
+                continue;
+            }
+            let Some(d) = &self.driver_volumes else {
+                return Err(super::RuntimeError::Refused(format!(
+                    "volume {:?} of pod {uid} is a CSI volume and this runtime has no CSI drivers",
+                    m.volume
+                )));
+            };
+            d.tear_down(uid, &m).map_err(|why| {
+                super::RuntimeError::Refused(format!(
+                    "tearing down volume {:?} ({}) of pod {uid}: {why}",
+                    m.volume, m.pv
+                ))
+            })?;
+            let _ = std::fs::remove_file(self.claims_dir(uid).join(format!("{}.json", m.volume)));
+        }
+        Ok(())
+    }
+
     fn claims_dir(&self, uid: &str) -> PathBuf {
         self.pod_state_dir(uid).join("volumes/claims")
     }
 
-    /// The recorded setup of the pod's claimed volume `name`, if it was set up.
+    /// The recorded setup of the pod's claimed volume `name`, if it is set up.
     pub fn claimed_volume(&self, uid: &str, name: &str) -> Option<Mountable> {
-        super::read_json(&self.claims_dir(uid).join(format!("{name}.json")))
+        super::read_json::<Mountable>(&self.claims_dir(uid).join(format!("{name}.json")))
             .ok()
             .flatten()
+            .filter(|m| m.ready)
+    }
+
+    /// Records a driver's volume before the driver is called (not ready yet), so that
+    /// a pod that goes while it is half set up has it torn down.
+    pub fn record_pending(&self, uid: &str, m: &Mountable) -> Result<(), SetUpError> {
+        let pending = Mountable {
+            ready: false,
+            ..m.clone()
+        };
+        super::write_json(&self.claims_dir(uid).join(format!("{}.json", m.volume)), &pending)
+            .map_err(|source| SetUpError::Record {
+                volume: m.volume.clone(),
+                source,
+            })
     }
 
     /// Every claimed volume set up for the pod, by volume name.
@@ -128,6 +174,8 @@ impl Runtime {
                     }
                 })?;
             }
+            // The driver staged and published it before.
+            Plugin::Csi(_) => {}
             Plugin::Local => {
                 let meta = std::fs::metadata(&m.path).map_err(|_| SetUpError::Missing {
                     pv: m.pv.clone(),
@@ -160,7 +208,11 @@ impl Runtime {
             })?;
         }
         let dir = self.claims_dir(uid);
-        super::write_json(&dir.join(format!("{}.json", m.volume)), m).map_err(|source| {
+        let ready = Mountable {
+            ready: true,
+            ..m.clone()
+        };
+        super::write_json(&dir.join(format!("{}.json", m.volume)), &ready).map_err(|source| {
             SetUpError::Record {
                 volume: m.volume.clone(),
                 source,

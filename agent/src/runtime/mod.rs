@@ -136,6 +136,9 @@ pub struct Runtime {
     pub network: std::sync::Arc<std::sync::RwLock<network::NetworkState>>,
     /// The installed container reaper each shim becomes (see [`reaper`]).
     pub reaper: PathBuf,
+    /// What takes a pod's CSI volumes off the node when it goes (none: the node has
+    /// no CSI, and a pod with such a volume is not removed).
+    pub driver_volumes: Option<std::sync::Arc<dyn claimed_volumes::DriverVolumes>>,
 }
 
 impl Runtime {
@@ -205,6 +208,7 @@ impl Runtime {
             cfg,
             network: Default::default(),
             reaper,
+            driver_volumes: None,
         };
         if let Some((memory, cpu_millis)) = kubepods_limits {
             rt.limit_kubepods(memory, cpu_millis)?;

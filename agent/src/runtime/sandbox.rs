@@ -416,6 +416,8 @@ impl Runtime {
     /// Removes a pod's sandbox: kills what is left in its cgroup, removes the cgroup,
     /// the namespace pins and the pod's directories (its emptyDir volumes with them).
     pub fn remove_sandbox(&self, uid: &str) -> Result<(), RuntimeError> {
+        // A driver's volumes leave the node first; while one cannot, the pod stays.
+        self.tear_down_driver_volumes(uid)?;
         if let Some(sb) = self.sandbox(uid)?
             && !sb.host_network
             && !sb.ip.is_empty()

@@ -1,0 +1,318 @@
+//! A pod's CSI volume on the node, as kubelet's CSI plugin drives it: the driver's
+//! `CSIDriver` object read (`attachRequired`, `podInfoOnMount`), the attachment waited
+//! for when one is required (the VolumeAttachment the attach-detach controller makes,
+//! its `attachmentMetadata` passed as the publish context), the secrets of the PV's
+//! `nodeStageSecretRef`/`nodePublishSecretRef` read, then `NodeStageVolume` at
+//! `<kubelet-dir>/plugins/kubernetes.io/csi/<driver>/<sha256(handle)>/globalmount` (for
+//! drivers with STAGE_UNSTAGE_VOLUME) and `NodePublishVolume` at
+//! `<kubelet-dir>/pods/<uid>/volumes/kubernetes.io~csi/<pv>/mount`, kubelet's
+//! `vol_data.json` beside it. When the pod goes: `NodeUnpublishVolume`, and
+//! `NodeUnstageVolume` once no other pod of the node uses the volume.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use k8s_openapi::api::core::v1::{Pod, Secret};
+use k8s_openapi::api::storage::v1::{CSIDriver, VolumeAttachment};
+use kube::api::Api;
+
+use super::proto::csi::node_client::NodeClient;
+use super::proto::csi::volume_capability::{AccessMode, AccessType, MountVolume, access_mode};
+use super::proto::csi::{
+    NodePublishVolumeRequest, NodeStageVolumeRequest, NodeUnpublishVolumeRequest,
+    NodeUnstageVolumeRequest, VolumeCapability,
+};
+use super::{CsiError, Drivers, channel, rpc, sha256_hex};
+use crate::client::SharedClient;
+use crate::model::claims::{CsiSource, Mountable, Plugin};
+
+/// kubelet's timeout of a CSI node call.
+const CSI_TIMEOUT_SECS: u64 = 120;
+
+/// The node's CSI: its drivers and where kubelet's paths are.
+#[derive(Clone)]
+pub struct Csi {
+    pub drivers: Drivers,
+    pub kubelet_dir: PathBuf,
+    pub state_dir: PathBuf,
+    pub node: String,
+    pub client: SharedClient,
+    pub handle: tokio::runtime::Handle,
+}
+
+impl std::fmt::Debug for Csi {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Csi")
+            .field("drivers", &self.drivers)
+            .field("kubelet_dir", &self.kubelet_dir)
+            .field("node", &self.node)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Where kubelet stages a driver's volume.
+pub fn staging_path(kubelet_dir: &Path, driver: &str, handle: &str) -> PathBuf {
+    kubelet_dir
+        .join("plugins/kubernetes.io/csi")
+        .join(driver)
+        .join(sha256_hex(handle))
+        .join("globalmount")
+}
+
+/// Where kubelet publishes a pod's CSI volume.
+pub fn target_path(kubelet_dir: &Path, uid: &str, pv: &str) -> PathBuf {
+    kubelet_dir
+        .join("pods")
+        .join(uid)
+        .join("volumes/kubernetes.io~csi")
+        .join(pv)
+        .join("mount")
+}
+
+/// The VolumeAttachment name kubelet and the attach-detach controller agree on.
+pub fn attachment_name(handle: &str, driver: &str, node: &str) -> String {
+    format!("csi-{}", sha256_hex(&format!("{handle}{driver}{node}")))
+}
+
+/// The capability kubelet asks for: the PV's first access mode, mounted with its
+/// fsType and mountOptions.
+fn capability(s: &CsiSource) -> VolumeCapability {
+    let mode = match s.access_modes.first().map(String::as_str) {
+        Some("ReadOnlyMany") => access_mode::Mode::MultiNodeReaderOnly,
+        Some("ReadWriteMany") => access_mode::Mode::MultiNodeMultiWriter,
+        _ => access_mode::Mode::SingleNodeWriter,
+    };
+    VolumeCapability {
+        access_type: Some(AccessType::Mount(MountVolume {
+            fs_type: s.fs_type.clone(),
+            mount_flags: s.mount_options.clone(),
+            volume_mount_group: String::new(),
+        })),
+        access_mode: Some(AccessMode { mode: mode as i32 }),
+    }
+}
+
+fn io(what: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> CsiError {
+    let path = path.to_path_buf();
+    move |source| CsiError::Io { what, path, source }
+}
+
+impl Csi {
+    /// A secret's data as the driver gets it.
+    async fn secret(&self, r: &Option<(String, String)>) -> Result<BTreeMap<String, String>, CsiError> {
+        let Some((ns, name)) = r else {
+            return Ok(BTreeMap::new());
+        };
+        let api: Api<Secret> = Api::namespaced(self.client.get(), ns);
+        let s = api.get(name).await.map_err(|source| CsiError::Api {
+            what: format!("secret {ns}/{name}"),
+            source,
+        })?;
+        Ok(s.data
+            .unwrap_or_default()
+            .into_iter()
+            .map(|(k, v)| (k, String::from_utf8_lossy(&v.0).into_owned()))
+            .collect())
+    }
+
+    /// `attachRequired` (true when the driver has no CSIDriver object, as kubelet
+    /// assumes) and `podInfoOnMount`.
+    async fn driver_policy(&self, driver: &str) -> Result<(bool, bool), CsiError> {
+        let api: Api<CSIDriver> = Api::all(self.client.get());
+        let d = api.get_opt(driver).await.map_err(|source| CsiError::Api {
+            what: format!("CSIDriver {driver}"),
+            source,
+        })?;
+        let spec = d.map(|d| d.spec).unwrap_or_default();
+        Ok((
+            spec.attach_required.unwrap_or(true),
+            spec.pod_info_on_mount.unwrap_or(false),
+        ))
+    }
+
+    /// The publish context of an attached volume, or why it is not attached yet.
+    async fn attachment(&self, s: &CsiSource) -> Result<BTreeMap<String, String>, CsiError> {
+        let name = attachment_name(&s.handle, &s.driver, &self.node);
+        let api: Api<VolumeAttachment> = Api::all(self.client.get());
+        let va = api.get_opt(&name).await.map_err(|source| CsiError::Api {
+            what: format!("VolumeAttachment {name}"),
+            source,
+        })?;
+        match va.and_then(|v| v.status) {
+            Some(st) if st.attached => Ok(st.attachment_metadata.unwrap_or_default()),
+            _ => Err(CsiError::NotAttached {
+                driver: s.driver.clone(),
+                handle: s.handle.clone(),
+                attachment: name,
+            }),
+        }
+    }
+
+    /// Stages (when the driver does) and publishes the pod's volume; `m.path` becomes
+    /// the published path the containers bind.
+    pub async fn publish(&self, pod: &Pod, m: &mut Mountable) -> Result<(), CsiError> {
+        let Plugin::Csi(s) = &m.plugin else {
+            return Ok(());
+        };
+        if m.block {
+            return Err(CsiError::Block);
+        }
+        let driver = self
+            .drivers
+            .get(&s.driver)
+            .ok_or_else(|| CsiError::NotRegistered(s.driver.clone()))?;
+        let (attach_required, pod_info) = self.driver_policy(&s.driver).await?;
+        let publish_context = if attach_required {
+            self.attachment(s).await?
+        } else {
+            BTreeMap::new()
+        };
+        let uid = pod.metadata.uid.clone().unwrap_or_default();
+        let mut node = NodeClient::new(channel(&driver.endpoint).await?);
+        let staging = staging_path(&self.kubelet_dir, &s.driver, &s.handle);
+        if driver.stage_unstage {
+            std::fs::create_dir_all(&staging).map_err(io("creating the staging path", &staging))?;
+            let req = NodeStageVolumeRequest {
+                volume_id: s.handle.clone(),
+                publish_context: publish_context.clone().into_iter().collect(),
+                staging_target_path: staging.display().to_string(),
+                volume_capability: Some(capability(s)),
+                secrets: self.secret(&s.stage_secret).await?.into_iter().collect(),
+                volume_context: s.attributes.clone().into_iter().collect(),
+            };
+            rpc("NodeStageVolume", CSI_TIMEOUT_SECS, node.node_stage_volume(req)).await?;
+        }
+        let target = target_path(&self.kubelet_dir, &uid, &m.pv);
+        let parent = target.parent().unwrap_or(&target).to_path_buf();
+        std::fs::create_dir_all(&parent).map_err(io("creating the publish path's parent", &parent))?;
+        let vol_data = serde_json::json!({
+            "driverName": s.driver, "volumeHandle": s.handle, "specVolID": m.pv,
+            "nodeName": self.node, "volumeLifecycleMode": "Persistent",
+            "attachmentID": if attach_required { attachment_name(&s.handle, &s.driver, &self.node) } else { String::new() },
+        });
+        let vol_data_path = parent.join("vol_data.json");
+        std::fs::write(&vol_data_path, vol_data.to_string())
+            .map_err(io("writing", &vol_data_path))?;
+        let mut context: BTreeMap<String, String> = s.attributes.clone();
+        if pod_info {
+            let sa = pod
+                .spec
+                .as_ref()
+                .and_then(|s| s.service_account_name.clone())
+                .unwrap_or_else(|| "default".into());
+            for (k, v) in [
+                ("csi.storage.k8s.io/pod.name", pod.metadata.name.clone().unwrap_or_default()),
+                ("csi.storage.k8s.io/pod.namespace", pod.metadata.namespace.clone().unwrap_or_default()),
+                ("csi.storage.k8s.io/pod.uid", uid.clone()),
+                ("csi.storage.k8s.io/serviceAccount.name", sa),
+                ("csi.storage.k8s.io/ephemeral", "false".into()),
+            ] {
+                context.insert(k.into(), v);
+            }
+        }
+        let req = NodePublishVolumeRequest {
+            volume_id: s.handle.clone(),
+            publish_context: publish_context.into_iter().collect(),
+            staging_target_path: if driver.stage_unstage {
+                staging.display().to_string()
+            } else {
+                String::new()
+            },
+            target_path: target.display().to_string(),
+            volume_capability: Some(capability(s)),
+            readonly: m.read_only,
+            secrets: self.secret(&s.publish_secret).await?.into_iter().collect(),
+            volume_context: context.into_iter().collect(),
+        };
+        rpc("NodePublishVolume", CSI_TIMEOUT_SECS, node.node_publish_volume(req)).await?;
+        m.path = target;
+        Ok(())
+    }
+
+    /// Whether another pod of the node has the driver's volume set up.
+    fn used_elsewhere(&self, uid: &str, s: &CsiSource) -> bool {
+        std::fs::read_dir(self.state_dir.join("pods"))
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter(|e| e.file_name().to_string_lossy() != uid)
+            .flat_map(|e| {
+                crate::runtime::claimed_volumes::claimed_in(
+                    &self.state_dir,
+                    &e.file_name().to_string_lossy(),
+                )
+            })
+            .any(|o| matches!(&o.plugin, Plugin::Csi(x) if x.driver == s.driver && x.handle == s.handle))
+    }
+
+    /// Unpublishes the pod's volume and, when no other pod uses it, unstages it.
+    pub async fn unpublish(&self, uid: &str, m: &Mountable) -> Result<(), CsiError> {
+        let Plugin::Csi(s) = &m.plugin else {
+            return Ok(());
+        };
+        let driver = self
+            .drivers
+            .get(&s.driver)
+            .ok_or_else(|| CsiError::NotRegistered(s.driver.clone()))?;
+        let mut node = NodeClient::new(channel(&driver.endpoint).await?);
+        let target = target_path(&self.kubelet_dir, uid, &m.pv);
+        let req = NodeUnpublishVolumeRequest {
+            volume_id: s.handle.clone(),
+            target_path: target.display().to_string(),
+        };
+        rpc("NodeUnpublishVolume", CSI_TIMEOUT_SECS, node.node_unpublish_volume(req)).await?;
+        if let Some(parent) = target.parent() {
+            // The driver removed what it made at the target; the rest is kubelet's.
+            let _ = std::fs::remove_dir(&target);
+            let _ = std::fs::remove_file(parent.join("vol_data.json"));
+            let _ = std::fs::remove_dir(parent);
+        }
+        if driver.stage_unstage && !self.used_elsewhere(uid, s) {
+            let staging = staging_path(&self.kubelet_dir, &s.driver, &s.handle);
+            let req = NodeUnstageVolumeRequest {
+                volume_id: s.handle.clone(),
+                staging_target_path: staging.display().to_string(),
+            };
+            rpc("NodeUnstageVolume", CSI_TIMEOUT_SECS, node.node_unstage_volume(req)).await?;
+            let _ = std::fs::remove_dir(&staging);
+            if let Some(p) = staging.parent() {
+                let _ = std::fs::remove_dir(p);
+            }
+        }
+        Ok(())
+    }
+}
+
+impl crate::runtime::claimed_volumes::DriverVolumes for Csi {
+    fn tear_down(&self, uid: &str, m: &Mountable) -> Result<(), String> {
+        self.handle
+            .block_on(self.unpublish(uid, m))
+            .map_err(|e| e.to_string())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn paths_are_kubelets() {
+        let k = Path::new("/var/lib/kubelet");
+        assert_eq!(
+            staging_path(k, "csi.example.com", "vol-1"),
+            PathBuf::from(format!(
+                "/var/lib/kubelet/plugins/kubernetes.io/csi/csi.example.com/{}/globalmount",
+                sha256_hex("vol-1")
+            ))
+        );
+        assert_eq!(
+            target_path(k, "u1", "pv-1"),
+            PathBuf::from("/var/lib/kubelet/pods/u1/volumes/kubernetes.io~csi/pv-1/mount")
+        );
+        assert_eq!(
+            sha256_hex("abc"),
+            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+        );
+        assert!(attachment_name("h", "d", "n").starts_with("csi-"));
+    }
+}
