@@ -6,6 +6,7 @@ pub mod apiserver;
 pub mod bench_pods;
 pub mod cluster;
 pub mod cri;
+pub mod csi;
 pub mod dns;
 pub mod egress;
 pub mod fixtures;

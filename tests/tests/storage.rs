@@ -481,3 +481,252 @@ async fn a_block_volume_is_the_containers_device() {
     )
     .await;
 }
+
+/// A CSI driver as a DaemonSet would run it beside a kernlet node (the kit's test peer,
+/// written from the CSI spec): it registers through the plugin watcher and lands in the
+/// node's CSINode; a pod's CSI volume is staged and published at kubelet's paths with
+/// the PV's secret and the pod's info, and torn down (unpublish, then unstage) when the
+/// pod goes, the peer finding no breach of the spec's call rules. Faults: a stage that
+/// fails once, and a kill -9 of the agent between stage and publish — the volume ends
+/// mounted exactly once, and nothing is left mounted after the pod is gone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn csi_volumes_are_staged_published_and_torn_down_by_their_driver() {
+    use k8s_openapi::api::core::v1::Secret;
+    use k8s_openapi::api::storage::v1::{CSIDriver, CSINode};
+    use kernlet_tests::csi::{CsiPeer, mounts_under};
+    const DRIVER: &str = "csi.kernlet.test";
+    let mut one = OneNode::start("pvcsi", "w1", Network::Loopback(&[]))
+        .await
+        .unwrap();
+    let admin = one.cluster.admin().await.unwrap();
+    let pp = PostParams::default();
+    let kubelet_dir = one.node.dir("kubelet");
+    let peer = CsiPeer::start(DRIVER, &kubelet_dir, &one.node.dir("csi-backing")).unwrap();
+
+    // Registered: the CSINode names the driver, its node ID, topology and limit.
+    let csinodes: Api<CSINode> = Api::all(admin.clone());
+    let entry = wait_for(
+        "the driver in the CSINode",
+        Duration::from_secs(30),
+        async || {
+            let n = csinodes.get_opt("w1").await.ok()??;
+            n.spec.drivers.into_iter().find(|d| d.name == DRIVER)
+        },
+    )
+    .await;
+    assert_eq!(entry.node_id, "peer-node-1");
+    assert_eq!(
+        entry.topology_keys,
+        Some(vec!["topology.csi.kernlet.test/zone".to_string()])
+    );
+    assert_eq!(entry.allocatable.unwrap().count, Some(16));
+    wait_for(
+        "the peer told it is registered",
+        Duration::from_secs(10),
+        async || (peer.state().registered == Some(true)).then_some(()),
+    )
+    .await;
+    let node = one.pods.clone();
+    drop(node);
+
+    let drivers: Api<CSIDriver> = Api::all(admin.clone());
+    drivers
+        .create(
+            &pp,
+            &object(json!({"metadata": {"name": DRIVER},
+                "spec": {"attachRequired": false, "podInfoOnMount": true}})),
+        )
+        .await
+        .unwrap();
+    let secrets: Api<Secret> = Api::namespaced(admin.clone(), "default");
+    secrets
+        .create(
+            &pp,
+            &object(json!({"metadata": {"name": "stage-creds"}, "stringData": {"user": "alice"}})),
+        )
+        .await
+        .unwrap();
+    let pvs: Api<PersistentVolume> = Api::all(admin.clone());
+    let pvcs: Api<PersistentVolumeClaim> = Api::namespaced(admin.clone(), "default");
+    let mut pv = volume(
+        "csi-a",
+        "csi",
+        json!({"csi": {"driver": DRIVER, "volumeHandle": "vol-1", "fsType": "ext4",
+            "volumeAttributes": {"tier": "gold"},
+            "nodeStageSecretRef": {"name": "stage-creds", "namespace": "default"}}}),
+        "w1",
+    );
+    pv.spec.as_mut().unwrap().node_affinity = None;
+    pvs.create(&pp, &pv).await.unwrap();
+    pvcs.create(&pp, &claim("csi-data", "csi")).await.unwrap();
+
+    // The first stage fails: the pod waits with the driver's error, then runs.
+    peer.state().fail_stages = 1;
+    let mut writer = pod_with(
+        "csi-writer",
+        claimed("csi-data"),
+        "echo via-csi > /data/f && sleep 3600",
+    );
+    writer.spec.as_mut().unwrap().security_context = None;
+    one.create_bound(&writer).await.unwrap();
+    let events: Api<Event> = Api::namespaced(admin.clone(), "default");
+    waits_for_mount(
+        &one,
+        &events,
+        "csi-writer",
+        "NodeStageVolume: rpc error: code = Internal",
+    )
+    .await;
+    let running = phase_of(&one.pods, "csi-writer", "Running").await;
+    let uid = running.metadata.uid.unwrap();
+    let data = one.node.dir("csi-backing").join("vol-1");
+    wait_for(
+        "the file in the driver's volume",
+        Duration::from_secs(30),
+        async || (read(&data.join("f")) == "via-csi\n").then_some(()),
+    )
+    .await;
+    let staging = kernlet::csi::volumes::staging_path(&kubelet_dir, DRIVER, "vol-1");
+    let target = kernlet::csi::volumes::target_path(&kubelet_dir, &uid, "csi-a");
+    {
+        let st = peer.state();
+        assert_eq!(st.staged.get("vol-1"), Some(&staging.display().to_string()));
+        assert_eq!(
+            st.published
+                .get(&target.display().to_string())
+                .map(String::as_str),
+            Some("vol-1")
+        );
+        assert_eq!(
+            st.stage_secrets.get("user").map(String::as_str),
+            Some("alice")
+        );
+        assert_eq!(
+            st.publish_context.get("tier").map(String::as_str),
+            Some("gold")
+        );
+        assert_eq!(
+            st.publish_context
+                .get("csi.storage.k8s.io/pod.name")
+                .map(String::as_str),
+            Some("csi-writer")
+        );
+        assert_eq!(st.publish_readonly, Some(false));
+    }
+    let vol_data: Value =
+        serde_json::from_str(&read(&target.parent().unwrap().join("vol_data.json"))).unwrap();
+    assert_eq!(vol_data["driverName"], DRIVER);
+    assert_eq!(vol_data["volumeHandle"], "vol-1");
+    assert_eq!(
+        mounts_under(&staging),
+        std::slice::from_ref(&staging),
+        "staged once"
+    );
+    assert_eq!(
+        mounts_under(&target),
+        std::slice::from_ref(&target),
+        "published once"
+    );
+    let inspect: Value = serde_json::from_str(&kernlet_cli(
+        &one.node,
+        &["inspect", "csi-writer", "-o", "json"],
+    ))
+    .unwrap();
+    assert_eq!(
+        inspect["volumes"][0]["plugin"], "kubernetes.io/csi",
+        "{inspect:#}"
+    );
+    assert_eq!(inspect["volumes"][0]["path"], json!(target));
+
+    // The pod goes: unpublished, then unstaged; nothing mounted is left.
+    one.pods
+        .delete("csi-writer", &DeleteParams::default())
+        .await
+        .unwrap();
+    wait_for("the writer gone", Duration::from_secs(60), async || {
+        one.pods
+            .get_opt("csi-writer")
+            .await
+            .ok()?
+            .is_none()
+            .then_some(())
+    })
+    .await;
+    wait_for("the volume unstaged", Duration::from_secs(30), async || {
+        peer.state().staged.is_empty().then_some(())
+    })
+    .await;
+    {
+        let st = peer.state();
+        let tail: Vec<&str> = st
+            .calls
+            .iter()
+            .rev()
+            .take(2)
+            .rev()
+            .map(String::as_str)
+            .collect();
+        assert_eq!(
+            tail,
+            ["NodeUnpublishVolume vol-1", "NodeUnstageVolume vol-1"]
+        );
+        assert!(st.published.is_empty());
+    }
+    assert_eq!(mounts_under(&kubelet_dir), Vec::<std::path::PathBuf>::new());
+
+    // kill -9 of the agent between stage and publish: the restarted agent publishes,
+    // the volume is staged and published exactly once.
+    peer.state().hold_publishes = true;
+    let mut again = pod_with(
+        "csi-again",
+        claimed("csi-data"),
+        "cat /data/f && sleep 3600",
+    );
+    again.spec.as_mut().unwrap().security_context = None;
+    one.create_bound(&again).await.unwrap();
+    wait_for(
+        "a publish attempt after the stage",
+        Duration::from_secs(60),
+        async || {
+            let st = peer.state();
+            (st.staged.contains_key("vol-1")
+                && st
+                    .calls
+                    .last()
+                    .is_some_and(|c| c.starts_with("NodePublishVolume")))
+            .then_some(())
+        },
+    )
+    .await;
+    one.restart_agent_killed(&[]).unwrap();
+    peer.state().hold_publishes = false;
+    let running = phase_of(&one.pods, "csi-again", "Running").await;
+    let target =
+        kernlet::csi::volumes::target_path(&kubelet_dir, &running.metadata.uid.unwrap(), "csi-a");
+    assert_eq!(
+        mounts_under(&staging),
+        std::slice::from_ref(&staging),
+        "staged once after the restart"
+    );
+    assert_eq!(
+        mounts_under(&target),
+        std::slice::from_ref(&target),
+        "published once after the restart"
+    );
+    one.pods
+        .delete("csi-again", &DeleteParams::default())
+        .await
+        .unwrap();
+    wait_for(
+        "everything unmounted",
+        Duration::from_secs(60),
+        async || mounts_under(&kubelet_dir).is_empty().then_some(()),
+    )
+    .await;
+    let st = peer.state();
+    assert!(
+        st.violations.is_empty(),
+        "breaches of the CSI spec: {:?}",
+        st.violations
+    );
+}

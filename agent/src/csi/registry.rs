@@ -86,7 +86,12 @@ async fn probe(socket: &Path) -> Result<Driver, CsiError> {
     }
     let endpoint = PathBuf::from(info.endpoint.trim_start_matches("unix://"));
     let mut node = NodeClient::new(channel(&endpoint).await?);
-    let facts = rpc("NodeGetInfo", 10, node.node_get_info(super::proto::csi::NodeGetInfoRequest {})).await?;
+    let facts = rpc(
+        "NodeGetInfo",
+        10,
+        node.node_get_info(super::proto::csi::NodeGetInfoRequest {}),
+    )
+    .await?;
     let caps = rpc(
         "NodeGetCapabilities",
         10,
@@ -120,7 +125,12 @@ async fn notify(socket: &Path, registered: bool, error: String) {
             plugin_registered: registered,
             error,
         };
-        let _ = rpc("NotifyRegistrationStatus", 10, reg.notify_registration_status(status)).await;
+        let _ = rpc(
+            "NotifyRegistrationStatus",
+            10,
+            reg.notify_registration_status(status),
+        )
+        .await;
     }
 }
 
@@ -149,7 +159,11 @@ async fn write_node_objects(
         })
         .collect();
     let csinodes: Api<CSINode> = Api::all(client.get());
-    match csinodes.get_opt(node).await.map_err(api_err("the CSINode"))? {
+    match csinodes
+        .get_opt(node)
+        .await
+        .map_err(api_err("the CSINode"))?
+    {
         Some(mut cur) => {
             if cur.spec.drivers != entries {
                 cur.spec.drivers = entries;
@@ -193,10 +207,8 @@ async fn write_node_objects(
         serde_json::to_string(&ids).unwrap_or_default(),
     );
     meta.metadata.annotations = Some(annotations);
-    let labels: BTreeMap<String, String> = drivers
-        .iter()
-        .flat_map(|d| d.topology.clone())
-        .collect();
+    let labels: BTreeMap<String, String> =
+        drivers.iter().flat_map(|d| d.topology.clone()).collect();
     if !labels.is_empty() {
         meta.metadata.labels = Some(labels);
     }
@@ -272,14 +284,20 @@ pub async fn watch(
                             notify(socket, true, String::new()).await;
                         }
                         Err(e) => {
-                            if failed.insert(socket.clone(), std::time::Instant::now()).is_none() {
+                            if failed
+                                .insert(socket.clone(), std::time::Instant::now())
+                                .is_none()
+                            {
                                 tracing::warn!(driver = %d.name, "registering the CSI driver: {e}");
                             }
                         }
                     }
                 }
                 Err(e) => {
-                    if failed.insert(socket.clone(), std::time::Instant::now()).is_none() {
+                    if failed
+                        .insert(socket.clone(), std::time::Instant::now())
+                        .is_none()
+                    {
                         tracing::warn!(socket = %socket.display(), "plugin registration: {e}");
                         notify(socket, false, e.to_string()).await;
                     }

@@ -99,7 +99,10 @@ fn io(what: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> CsiErro
 
 impl Csi {
     /// A secret's data as the driver gets it.
-    async fn secret(&self, r: &Option<(String, String)>) -> Result<BTreeMap<String, String>, CsiError> {
+    async fn secret(
+        &self,
+        r: &Option<(String, String)>,
+    ) -> Result<BTreeMap<String, String>, CsiError> {
         let Some((ns, name)) = r else {
             return Ok(BTreeMap::new());
         };
@@ -180,11 +183,17 @@ impl Csi {
                 secrets: self.secret(&s.stage_secret).await?.into_iter().collect(),
                 volume_context: s.attributes.clone().into_iter().collect(),
             };
-            rpc("NodeStageVolume", CSI_TIMEOUT_SECS, node.node_stage_volume(req)).await?;
+            rpc(
+                "NodeStageVolume",
+                CSI_TIMEOUT_SECS,
+                node.node_stage_volume(req),
+            )
+            .await?;
         }
         let target = target_path(&self.kubelet_dir, &uid, &m.pv);
         let parent = target.parent().unwrap_or(&target).to_path_buf();
-        std::fs::create_dir_all(&parent).map_err(io("creating the publish path's parent", &parent))?;
+        std::fs::create_dir_all(&parent)
+            .map_err(io("creating the publish path's parent", &parent))?;
         let vol_data = serde_json::json!({
             "driverName": s.driver, "volumeHandle": s.handle, "specVolID": m.pv,
             "nodeName": self.node, "volumeLifecycleMode": "Persistent",
@@ -201,8 +210,14 @@ impl Csi {
                 .and_then(|s| s.service_account_name.clone())
                 .unwrap_or_else(|| "default".into());
             for (k, v) in [
-                ("csi.storage.k8s.io/pod.name", pod.metadata.name.clone().unwrap_or_default()),
-                ("csi.storage.k8s.io/pod.namespace", pod.metadata.namespace.clone().unwrap_or_default()),
+                (
+                    "csi.storage.k8s.io/pod.name",
+                    pod.metadata.name.clone().unwrap_or_default(),
+                ),
+                (
+                    "csi.storage.k8s.io/pod.namespace",
+                    pod.metadata.namespace.clone().unwrap_or_default(),
+                ),
                 ("csi.storage.k8s.io/pod.uid", uid.clone()),
                 ("csi.storage.k8s.io/serviceAccount.name", sa),
                 ("csi.storage.k8s.io/ephemeral", "false".into()),
@@ -224,7 +239,12 @@ impl Csi {
             secrets: self.secret(&s.publish_secret).await?.into_iter().collect(),
             volume_context: context.into_iter().collect(),
         };
-        rpc("NodePublishVolume", CSI_TIMEOUT_SECS, node.node_publish_volume(req)).await?;
+        rpc(
+            "NodePublishVolume",
+            CSI_TIMEOUT_SECS,
+            node.node_publish_volume(req),
+        )
+        .await?;
         m.path = target;
         Ok(())
     }
@@ -260,7 +280,12 @@ impl Csi {
             volume_id: s.handle.clone(),
             target_path: target.display().to_string(),
         };
-        rpc("NodeUnpublishVolume", CSI_TIMEOUT_SECS, node.node_unpublish_volume(req)).await?;
+        rpc(
+            "NodeUnpublishVolume",
+            CSI_TIMEOUT_SECS,
+            node.node_unpublish_volume(req),
+        )
+        .await?;
         if let Some(parent) = target.parent() {
             // The driver removed what it made at the target; the rest is kubelet's.
             let _ = std::fs::remove_dir(&target);
@@ -273,7 +298,12 @@ impl Csi {
                 volume_id: s.handle.clone(),
                 staging_target_path: staging.display().to_string(),
             };
-            rpc("NodeUnstageVolume", CSI_TIMEOUT_SECS, node.node_unstage_volume(req)).await?;
+            rpc(
+                "NodeUnstageVolume",
+                CSI_TIMEOUT_SECS,
+                node.node_unstage_volume(req),
+            )
+            .await?;
             let _ = std::fs::remove_dir(&staging);
             if let Some(p) = staging.parent() {
                 let _ = std::fs::remove_dir(p);

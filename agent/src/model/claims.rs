@@ -141,7 +141,7 @@ pub enum Plugin {
     Local,
     /// `kubernetes.io/csi`: a CSI driver's volume, staged and published by the driver
     /// on the node.
-    Csi(CsiSource),
+    Csi(Box<CsiSource>),
 }
 
 /// What a CSI driver is told about a volume (from the PV's `csi` source).
@@ -260,7 +260,11 @@ pub fn mountable(
             publish_secret: secret(&csi.node_publish_secret_ref),
         };
         // The publish path is the node's, set when the driver publishes it.
-        (Plugin::Csi(source), String::new(), csi.read_only.unwrap_or(false))
+        (
+            Plugin::Csi(Box::new(source)),
+            String::new(),
+            csi.read_only.unwrap_or(false),
+        )
     } else {
         return Err(ClaimError::Unsupported {
             pv: pv_name,

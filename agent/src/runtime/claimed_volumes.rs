@@ -115,11 +115,14 @@ impl Runtime {
             ready: false,
             ..m.clone()
         };
-        super::write_json(&self.claims_dir(uid).join(format!("{}.json", m.volume)), &pending)
-            .map_err(|source| SetUpError::Record {
-                volume: m.volume.clone(),
-                source,
-            })
+        super::write_json(
+            &self.claims_dir(uid).join(format!("{}.json", m.volume)),
+            &pending,
+        )
+        .map_err(|source| SetUpError::Record {
+            volume: m.volume.clone(),
+            source,
+        })
     }
 
     /// Every claimed volume set up for the pod, by volume name.

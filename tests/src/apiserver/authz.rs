@@ -180,6 +180,39 @@ pub fn pod_references(pod: &Value, kind: &str, name: &str) -> bool {
     !text.is_empty() && (pull || pod.get("spec").is_some_and(|s| walk(s, &key, name)))
 }
 
+/// Whether the secret `ns/name` is a CSI secret (`nodeStageSecretRef`,
+/// `nodePublishSecretRef`) of a PV bound to a claim of a pod on the node.
+fn pv_secret_of_node(store: &Store, node: &str, ns: &str, name: &str) -> bool {
+    let claims = rt("persistentvolumeclaims", "");
+    let volumes = rt("persistentvolumes", "");
+    pods_on(store, node).iter().any(|p| {
+        let pod_ns = p
+            .pointer("/metadata/namespace")
+            .and_then(Value::as_str)
+            .unwrap_or_default();
+        pod_claims(p).iter().any(|c| {
+            let Some(pv) = store
+                .get(claims, pod_ns, c)
+                .and_then(|pvc| {
+                    pvc.pointer("/spec/volumeName")?
+                        .as_str()
+                        .map(str::to_string)
+                })
+                .and_then(|pv| store.get(volumes, "", &pv))
+            else {
+                return false;
+            };
+            ["nodeStageSecretRef", "nodePublishSecretRef"]
+                .iter()
+                .any(|k| {
+                    let r = pv.pointer(&format!("/spec/csi/{k}"));
+                    r.and_then(|r| r.get("name")).and_then(Value::as_str) == Some(name)
+                        && r.and_then(|r| r.get("namespace")).and_then(Value::as_str) == Some(ns)
+                })
+        })
+    })
+}
+
 /// The claims a pod's volumes name: `persistentVolumeClaim.claimName`, and
 /// `<pod>-<volume>` for a generic ephemeral volume.
 fn pod_claims(pod: &Value) -> Vec<String> {
@@ -312,6 +345,7 @@ fn node_authorizer(store: &Store, node: &str, a: &Attributes<'_>) -> NodeDecisio
             if pods_on(store, node)
                 .iter()
                 .any(|p| same_ns(p) && pod_references(p, kind, name))
+                || (kind == "secrets" && pv_secret_of_node(store, node, a.namespace, name))
             {
                 NodeDecision::Allow
             } else {
@@ -349,6 +383,29 @@ fn node_authorizer(store: &Store, node: &str, a: &Attributes<'_>) -> NodeDecisio
                 })
             });
             if bound {
+                NodeDecision::Allow
+            } else {
+                no_relationship(node)
+            }
+        }
+        // system:node's RBAC role: its own CSINode, the CSIDrivers.
+        ("storage.k8s.io", "csinodes", None)
+            if matches!(verb, "get" | "create" | "update" | "patch" | "delete") =>
+        {
+            NodeDecision::Allow
+        }
+        ("storage.k8s.io", "csidrivers", None) if matches!(verb, "get" | "list" | "watch") => {
+            NodeDecision::Allow
+        }
+        // The Node authorizer: attachments to this node.
+        ("storage.k8s.io", "volumeattachments", None) if verb == "get" => {
+            let Some(name) = a.name else {
+                return NodeDecision::NoOpinion;
+            };
+            let to_me = store.get(a.rt, "", name).is_some_and(|va| {
+                va.pointer("/spec/nodeName").and_then(Value::as_str) == Some(node)
+            });
+            if to_me {
                 NodeDecision::Allow
             } else {
                 no_relationship(node)
