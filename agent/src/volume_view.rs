@@ -44,11 +44,13 @@ pub fn describe(state_dir: &Path, uid: &str, pod: &Value) -> Value {
                 let mut out = json!({"name": name, "kind": kind});
                 match kind {
                     "hostPath" => out["path"] = v["hostPath"]["path"].clone(),
-                    "persistentVolumeClaim" | "ephemeral" => {
+                    "persistentVolumeClaim" | "ephemeral" | "csi" => {
                         out["setUp"] = json!(false);
                         if let Some(m) = claimed.iter().find(|m| m.volume == name && m.ready) {
                             out["setUp"] = json!(true);
-                            out["claim"] = json!(format!("{}/{}", m.namespace, m.claim));
+                            if !m.claim.is_empty() {
+                                out["claim"] = json!(format!("{}/{}", m.namespace, m.claim));
+                            }
                             out["persistentVolume"] = json!(m.pv);
                             out["plugin"] = json!(m.plugin.name());
                             out["path"] = json!(m.path);
@@ -105,7 +107,17 @@ pub fn lines(volumes: &Value) -> Vec<String> {
                         ""
                     }
                 ),
-                "persistentVolumeClaim" | "ephemeral" => "claim not set up yet".into(),
+                "csi" if v["setUp"] == true => format!(
+                    "inline volume ({}) at {}{}",
+                    s("plugin"),
+                    s("path"),
+                    if v["readOnly"] == true {
+                        ", read-only"
+                    } else {
+                        ""
+                    }
+                ),
+                "persistentVolumeClaim" | "ephemeral" | "csi" => "not set up yet".into(),
                 "hostPath" => format!("host path {}", s("path")),
                 _ => String::new(),
             };
@@ -163,7 +175,7 @@ mod tests {
             [
                 "volume data (persistentVolumeClaim) claim t/data-db-0 → PV pv-1 (kubernetes.io/local-volume, Filesystem) at /mnt/disks/a → db:/var/lib/db",
                 "volume tmp (emptyDir) → not mounted",
-                "volume later (ephemeral) claim not set up yet → not mounted",
+                "volume later (ephemeral) not set up yet → not mounted",
             ]
         );
     }

@@ -262,18 +262,27 @@ impl pb::node_server::Node for Node {
             "volume_capability",
             r.volume_capability.is_none(),
         )?;
-        required(
-            s,
-            "NodePublishVolume",
-            "staging_target_path",
-            r.staging_target_path.is_empty(),
-        )?;
+        // An ephemeral (inline) volume is published without a stage (spec: "CSI
+        // ephemeral volumes"); any other needs its stage with STAGE_UNSTAGE_VOLUME.
+        let ephemeral = r
+            .volume_context
+            .get("csi.storage.k8s.io/ephemeral")
+            .map(String::as_str)
+            == Some("true");
+        if !ephemeral {
+            required(
+                s,
+                "NodePublishVolume",
+                "staging_target_path",
+                r.staging_target_path.is_empty(),
+            )?;
+        }
         {
             let mut st = lock(s);
             if st.hold_publishes {
                 return Err(Status::unavailable("publishes are held (test knob)"));
             }
-            if st.staged.get(&r.volume_id) != Some(&r.staging_target_path) {
+            if !ephemeral && st.staged.get(&r.volume_id) != Some(&r.staging_target_path) {
                 let v = format!(
                     "NodePublishVolume of {} from {} which is not where it was staged ({:?})",
                     r.volume_id,
@@ -295,7 +304,14 @@ impl pb::node_server::Node for Node {
             return Err(Status::failed_precondition(v));
         }
         std::fs::create_dir_all(&target).map_err(|e| Status::internal(e.to_string()))?;
-        bind(Path::new(&r.staging_target_path), &target, r.readonly)?;
+        let source = if ephemeral {
+            let data = self.1.join(&r.volume_id);
+            std::fs::create_dir_all(&data).map_err(|e| Status::internal(e.to_string()))?;
+            data
+        } else {
+            PathBuf::from(&r.staging_target_path)
+        };
+        bind(&source, &target, r.readonly)?;
         let mut st = lock(s);
         st.published.insert(r.target_path, r.volume_id);
         st.publish_context = r.volume_context.into_iter().collect();

@@ -69,15 +69,21 @@ fn claimed(name: &str) -> Value {
 }
 
 async fn phase_of(pods: &Api<Pod>, name: &str, want: &str) -> Pod {
-    wait_for(
-        &format!("pod {name} {want}"),
-        Duration::from_secs(90),
-        async || {
-            let p = pods.get(name).await.ok()?;
-            (p.status.as_ref()?.phase.as_deref() == Some(want)).then_some(p)
-        },
-    )
-    .await
+    let deadline = std::time::Instant::now() + Duration::from_secs(90);
+    loop {
+        let p = pods.get(name).await.ok();
+        if let Some(p) = &p
+            && p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some(want)
+        {
+            return p.clone();
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out waiting for pod {name} {want}: {}",
+            serde_json::to_string(&p.and_then(|p| p.status)).unwrap_or_default()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 }
 
 /// Waits for a FailedMount event of the pod whose message holds `needle`, while its
@@ -363,7 +369,7 @@ async fn claimed_volumes_run_stateful_pods_as_on_a_kubelet_node() {
     .await;
     let explained = kernlet_cli(&one.node, &["explain", "stray"]);
     assert!(
-        explained.contains("volume data (persistentVolumeClaim) claim not set up yet"),
+        explained.contains("volume data (persistentVolumeClaim) not set up yet"),
         "{explained}"
     );
 }
@@ -534,7 +540,8 @@ async fn csi_volumes_are_staged_published_and_torn_down_by_their_driver() {
         .create(
             &pp,
             &object(json!({"metadata": {"name": DRIVER},
-                "spec": {"attachRequired": false, "podInfoOnMount": true}})),
+                "spec": {"attachRequired": false, "podInfoOnMount": true,
+                         "volumeLifecycleModes": ["Persistent", "Ephemeral"]}})),
         )
         .await
         .unwrap();
@@ -723,7 +730,53 @@ async fn csi_volumes_are_staged_published_and_torn_down_by_their_driver() {
         async || mounts_under(&kubelet_dir).is_empty().then_some(()),
     )
     .await;
+
+    // A CSI inline volume: published (never staged) under kubelet's handle for the
+    // pod and volume, with the ephemeral flag, and unpublished when the pod goes.
+    let inline: Pod = object(json!({
+        "metadata": {"name": "csi-inline"},
+        "spec": {
+            "restartPolicy": "Never",
+            "volumes": [{"name": "data", "csi": {"driver": DRIVER, "volumeAttributes": {"size": "1Mi"}}}],
+            "containers": [{"name": "c", "image": "busybox:1.36", "command": ["sh", "-c", "echo inline > /data/i"],
+                            "volumeMounts": [{"name": "data", "mountPath": "/data"}]}],
+        },
+    }));
+    one.create_bound(&inline).await.unwrap();
+    let done = phase_of(&one.pods, "csi-inline", "Succeeded").await;
+    let handle = format!(
+        "csi-{}",
+        kernlet::csi::sha256_hex(&format!("{}data", done.metadata.uid.unwrap()))
+    );
+    assert_eq!(
+        read(&one.node.dir("csi-backing").join(&handle).join("i")),
+        "inline\n"
+    );
+    assert_eq!(
+        peer.state()
+            .publish_context
+            .get("csi.storage.k8s.io/ephemeral")
+            .map(String::as_str),
+        Some("true")
+    );
+    one.pods
+        .delete("csi-inline", &DeleteParams::default())
+        .await
+        .unwrap();
+    wait_for(
+        "the inline volume unpublished",
+        Duration::from_secs(60),
+        async || mounts_under(&kubelet_dir).is_empty().then_some(()),
+    )
+    .await;
     let st = peer.state();
+    assert!(
+        !st.calls
+            .iter()
+            .any(|c| c == &format!("NodeStageVolume {handle}")),
+        "an inline volume is never staged: {:?}",
+        st.calls
+    );
     assert!(
         st.violations.is_empty(),
         "breaches of the CSI spec: {:?}",

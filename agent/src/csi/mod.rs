@@ -67,6 +67,12 @@ pub enum CsiError {
     },
     #[error("CSI volumes of volumeMode Block are not supported by kernlet yet")]
     Block,
+    #[error("volume mode {mode:?} not supported by driver {driver} (only supports {modes:?})")]
+    LifecycleMode {
+        mode: &'static str,
+        driver: String,
+        modes: Vec<String>,
+    },
     #[error(
         "plugin {name:?} of type {kind:?} at {}: only CSIPlugin with a 1.x version is supported",
         socket.display()

@@ -118,19 +118,18 @@ impl Csi {
             .collect())
     }
 
-    /// `attachRequired` (true when the driver has no CSIDriver object, as kubelet
-    /// assumes) and `podInfoOnMount`.
-    async fn driver_policy(&self, driver: &str) -> Result<(bool, bool), CsiError> {
+    /// The driver's CSIDriver spec (kubelet's defaults when it has none:
+    /// `attachRequired` true, `podInfoOnMount` false, Persistent volumes only).
+    async fn driver_policy(
+        &self,
+        driver: &str,
+    ) -> Result<k8s_openapi::api::storage::v1::CSIDriverSpec, CsiError> {
         let api: Api<CSIDriver> = Api::all(self.client.get());
         let d = api.get_opt(driver).await.map_err(|source| CsiError::Api {
             what: format!("CSIDriver {driver}"),
             source,
         })?;
-        let spec = d.map(|d| d.spec).unwrap_or_default();
-        Ok((
-            spec.attach_required.unwrap_or(true),
-            spec.pod_info_on_mount.unwrap_or(false),
-        ))
+        Ok(d.map(|d| d.spec).unwrap_or_default())
     }
 
     /// The publish context of an attached volume, or why it is not attached yet.
@@ -164,7 +163,22 @@ impl Csi {
             .drivers
             .get(&s.driver)
             .ok_or_else(|| CsiError::NotRegistered(s.driver.clone()))?;
-        let (attach_required, pod_info) = self.driver_policy(&s.driver).await?;
+        let policy = self.driver_policy(&s.driver).await?;
+        let modes = policy
+            .volume_lifecycle_modes
+            .clone()
+            .unwrap_or_else(|| vec!["Persistent".into()]);
+        let mode = if s.inline { "Ephemeral" } else { "Persistent" };
+        if !modes.iter().any(|m| m == mode) {
+            return Err(CsiError::LifecycleMode {
+                mode,
+                driver: s.driver.clone(),
+                modes,
+            });
+        }
+        // Inline volumes are neither attached nor staged.
+        let attach_required = policy.attach_required.unwrap_or(true) && !s.inline;
+        let pod_info = policy.pod_info_on_mount.unwrap_or(false);
         let publish_context = if attach_required {
             self.attachment(s).await?
         } else {
@@ -173,7 +187,8 @@ impl Csi {
         let uid = pod.metadata.uid.clone().unwrap_or_default();
         let mut node = NodeClient::new(channel(&driver.endpoint).await?);
         let staging = staging_path(&self.kubelet_dir, &s.driver, &s.handle);
-        if driver.stage_unstage {
+        let staged = driver.stage_unstage && !s.inline;
+        if staged {
             std::fs::create_dir_all(&staging).map_err(io("creating the staging path", &staging))?;
             let req = NodeStageVolumeRequest {
                 volume_id: s.handle.clone(),
@@ -196,7 +211,7 @@ impl Csi {
             .map_err(io("creating the publish path's parent", &parent))?;
         let vol_data = serde_json::json!({
             "driverName": s.driver, "volumeHandle": s.handle, "specVolID": m.pv,
-            "nodeName": self.node, "volumeLifecycleMode": "Persistent",
+            "nodeName": self.node, "volumeLifecycleMode": mode,
             "attachmentID": if attach_required { attachment_name(&s.handle, &s.driver, &self.node) } else { String::new() },
         });
         let vol_data_path = parent.join("vol_data.json");
@@ -220,7 +235,7 @@ impl Csi {
                 ),
                 ("csi.storage.k8s.io/pod.uid", uid.clone()),
                 ("csi.storage.k8s.io/serviceAccount.name", sa),
-                ("csi.storage.k8s.io/ephemeral", "false".into()),
+                ("csi.storage.k8s.io/ephemeral", s.inline.to_string()),
             ] {
                 context.insert(k.into(), v);
             }
@@ -228,7 +243,7 @@ impl Csi {
         let req = NodePublishVolumeRequest {
             volume_id: s.handle.clone(),
             publish_context: publish_context.into_iter().collect(),
-            staging_target_path: if driver.stage_unstage {
+            staging_target_path: if staged {
                 staging.display().to_string()
             } else {
                 String::new()
@@ -292,7 +307,7 @@ impl Csi {
             let _ = std::fs::remove_file(parent.join("vol_data.json"));
             let _ = std::fs::remove_dir(parent);
         }
-        if driver.stage_unstage && !self.used_elsewhere(uid, s) {
+        if driver.stage_unstage && !s.inline && !self.used_elsewhere(uid, s) {
             let staging = staging_path(&self.kubelet_dir, &s.driver, &s.handle);
             let req = NodeUnstageVolumeRequest {
                 volume_id: s.handle.clone(),

@@ -159,6 +159,43 @@ pub struct CsiSource {
     /// `nodeStageSecretRef` and `nodePublishSecretRef`: (namespace, name).
     pub stage_secret: Option<(String, String)>,
     pub publish_secret: Option<(String, String)>,
+    /// A CSI inline volume of the pod (`volumes[].csi`): published, never staged, its
+    /// handle made from the pod and volume.
+    #[serde(default)]
+    pub inline: bool,
+}
+
+/// A pod's CSI inline volume (`volumes[].csi`) as the node publishes it: kubelet's
+/// handle `csi-<sha256(pod uid + volume name)>`, the pod's secret namespace.
+pub fn inline_csi(pod: &Pod, vol: &Volume, handle: String) -> Option<Mountable> {
+    let csi = vol.csi.as_ref()?;
+    let ns = pod.metadata.namespace.clone().unwrap_or_default();
+    let source = CsiSource {
+        driver: csi.driver.clone(),
+        handle,
+        fs_type: csi.fs_type.clone().unwrap_or_default(),
+        attributes: csi.volume_attributes.clone().unwrap_or_default(),
+        access_modes: vec!["ReadWriteOnce".into()],
+        mount_options: Vec::new(),
+        stage_secret: None,
+        publish_secret: csi
+            .node_publish_secret_ref
+            .as_ref()
+            .map(|r| (ns.clone(), r.name.clone())),
+        inline: true,
+    };
+    Some(Mountable {
+        volume: vol.name.clone(),
+        claim: String::new(),
+        namespace: ns,
+        pv: vol.name.clone(),
+        plugin: Plugin::Csi(Box::new(source)),
+        path: PathBuf::new(),
+        block: false,
+        read_only: csi.read_only.unwrap_or(false),
+        owned_by_fs_group: false,
+        ready: false,
+    })
 }
 
 impl Plugin {
@@ -258,6 +295,7 @@ pub fn mountable(
             mount_options: spec.mount_options.clone().unwrap_or_default(),
             stage_secret: secret(&csi.node_stage_secret_ref),
             publish_secret: secret(&csi.node_publish_secret_ref),
+            inline: false,
         };
         // The publish path is the node's, set when the driver publishes it.
         (

@@ -18,14 +18,18 @@ pub(super) enum ClaimStepError {
     TimedOut { volume: String },
     #[error(transparent)]
     SetUp(#[from] crate::runtime::claimed_volumes::SetUpError),
-    #[error("MountVolume.SetUp failed for volume {0}")]
-    Csi(String),
+    #[error("MountVolume.SetUp failed for volume {volume:?} : {source}")]
+    Csi {
+        volume: String,
+        #[source]
+        source: crate::csi::CsiError,
+    },
 }
 
-impl From<crate::csi::CsiError> for ClaimStepError {
-    fn from(e: crate::csi::CsiError) -> Self {
-        Self::Csi(e.to_string())
-    }
+/// The CSI error of setting up `volume`, as kubelet words it.
+fn csi_failed(volume: &str) -> impl FnOnce(crate::csi::CsiError) -> ClaimStepError {
+    let volume = volume.to_string();
+    move |source| ClaimStepError::Csi { volume, source }
 }
 
 /// How long the reads of one claim may take.
@@ -49,12 +53,40 @@ impl Runner {
         let mut missing = Vec::new();
         let mut first_error = None;
         for vol in spec.volumes.iter().flatten() {
-            let Some(claim) = claims::claim_of(pod, vol) else {
-                continue;
-            };
             if self.rt.claimed_volume(uid, &vol.name).is_some() {
                 continue;
             }
+            let inline = claims::inline_csi(
+                pod,
+                vol,
+                format!(
+                    "csi-{}",
+                    crate::csi::sha256_hex(&format!("{uid}{}", vol.name))
+                ),
+            );
+            let Some(claim) = claims::claim_of(pod, vol) else {
+                if let Some(mut m) = inline {
+                    m.path = crate::csi::volumes::target_path(&csi.kubelet_dir, uid, &m.pv);
+                    let set_up = self
+                        .rt
+                        .record_pending(uid, &m)
+                        .map_err(ClaimStepError::from)
+                        .and_then(|()| {
+                            handle
+                                .block_on(csi.publish(pod, &mut m))
+                                .map_err(csi_failed(&vol.name))
+                        })
+                        .and_then(|()| {
+                            let psc = spec.security_context.clone().unwrap_or_default();
+                            Ok(self.rt.set_up_claimed(uid, &m, &psc)?)
+                        });
+                    if let Err(e) = set_up {
+                        missing.push(vol.name.clone());
+                        first_error.get_or_insert(e.to_string());
+                    }
+                }
+                continue;
+            };
             let resolved = handle.block_on(async {
                 tokio::time::timeout(
                     READ_TIMEOUT,
@@ -73,7 +105,9 @@ impl Runner {
                     // Recorded first: a pod that goes half set up is torn down too.
                     m.path = crate::csi::volumes::target_path(&csi.kubelet_dir, uid, &m.pv);
                     self.rt.record_pending(uid, &m)?;
-                    handle.block_on(csi.publish(pod, &mut m))?;
+                    handle
+                        .block_on(csi.publish(pod, &mut m))
+                        .map_err(csi_failed(&vol.name))?;
                 }
                 let psc = spec.security_context.clone().unwrap_or_default();
                 self.rt.set_up_claimed(uid, &m, &psc)?;

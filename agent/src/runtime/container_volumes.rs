@@ -50,7 +50,7 @@ pub enum MountError {
     },
     #[error(
         "volume {0:?} is of a type kernlet does not support yet (emptyDir, hostPath, \
-         configMap, secret, downwardAPI, projected, persistentVolumeClaim and ephemeral are)"
+         configMap, secret, downwardAPI, projected, persistentVolumeClaim, ephemeral and csi are)"
     )]
     Unsupported(String),
     #[error(
@@ -164,7 +164,7 @@ impl Runtime {
                     source: Box::new(e),
                 });
         }
-        if vol.persistent_volume_claim.is_some() || vol.ephemeral.is_some() {
+        if vol.persistent_volume_claim.is_some() || vol.ephemeral.is_some() || vol.csi.is_some() {
             let m = self
                 .claimed_volume(&sb.uid, &vol.name)
                 .ok_or_else(|| MountError::NotSetUp(vol.name.clone()))?;
