@@ -684,12 +684,13 @@ async fn csi_volumes_are_staged_published_and_torn_down_by_their_driver() {
     // kill -9 of the agent between stage and publish: the restarted agent publishes,
     // the volume is staged and published exactly once.
     peer.state().hold_publishes = true;
-    let mut again = pod_with(
+    // With an fsGroup (3000, user 1000): the driver's default fsGroupPolicy (an
+    // fsType, ReadWriteOnce) has it applied to the published volume.
+    let again = pod_with(
         "csi-again",
         claimed("csi-data"),
-        "cat /data/f && sleep 3600",
+        "cat /data/f && touch /data/g && sleep 3600",
     );
-    again.spec.as_mut().unwrap().security_context = None;
     one.create_bound(&again).await.unwrap();
     wait_for(
         "a publish attempt after the stage",
@@ -708,6 +709,15 @@ async fn csi_volumes_are_staged_published_and_torn_down_by_their_driver() {
     one.restart_agent_killed(&[]).unwrap();
     peer.state().hold_publishes = false;
     let running = phase_of(&one.pods, "csi-again", "Running").await;
+    wait_for("the fsGroup's file", Duration::from_secs(30), async || {
+        data.join("g").exists().then_some(())
+    })
+    .await;
+    assert_eq!(
+        std::fs::metadata(&data).unwrap().gid(),
+        3000,
+        "fsGroup applied"
+    );
     let target =
         kernlet::csi::volumes::target_path(&kubelet_dir, &running.metadata.uid.unwrap(), "csi-a");
     assert_eq!(

@@ -92,6 +92,21 @@ fn capability(s: &CsiSource) -> VolumeCapability {
     }
 }
 
+/// Whether kubelet applies the pod's fsGroup to a published CSI volume, by the
+/// driver's `fsGroupPolicy`: `File` always, `None` never, and the default
+/// `ReadWriteOnceWithFSType` when the volume has an fsType and is ReadWriteOnce.
+pub fn fs_group_applies(policy: Option<&str>, s: &CsiSource) -> bool {
+    match policy.unwrap_or("ReadWriteOnceWithFSType") {
+        "File" => true,
+        "None" => false,
+        _ => {
+            !s.fs_type.is_empty()
+                && !s.access_modes.is_empty()
+                && s.access_modes.iter().all(|m| m == "ReadWriteOnce")
+        }
+    }
+}
+
 fn io(what: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> CsiError {
     let path = path.to_path_buf();
     move |source| CsiError::Io { what, path, source }
@@ -261,6 +276,7 @@ impl Csi {
         )
         .await?;
         m.path = target;
+        m.owned_by_fs_group = fs_group_applies(policy.fs_group_policy.as_deref(), s);
         Ok(())
     }
 
@@ -339,6 +355,25 @@ impl crate::runtime::claimed_volumes::DriverVolumes for Csi {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn fs_group_follows_the_drivers_policy() {
+        let rwo = |fs: &str| CsiSource {
+            fs_type: fs.into(),
+            access_modes: vec!["ReadWriteOnce".into()],
+            ..Default::default()
+        };
+        assert!(fs_group_applies(None, &rwo("ext4")));
+        assert!(!fs_group_applies(None, &rwo("")));
+        let rwx = CsiSource {
+            fs_type: "ext4".into(),
+            access_modes: vec!["ReadWriteMany".into()],
+            ..Default::default()
+        };
+        assert!(!fs_group_applies(None, &rwx));
+        assert!(fs_group_applies(Some("File"), &rwx));
+        assert!(!fs_group_applies(Some("None"), &rwo("ext4")));
+    }
 
     #[test]
     fn paths_are_kubelets() {
