@@ -34,8 +34,10 @@ pub struct PeerState {
     pub fail_stages: u32,
     /// While set, publishes answer Unavailable (after being counted).
     pub hold_publishes: bool,
-    /// The last stage's secrets and the last publish's volume context and readonly.
+    /// The last stage's secrets and the last publish's volume context, publish
+    /// context (the attachment's metadata) and readonly.
     pub stage_secrets: BTreeMap<String, String>,
+    pub volume_context: BTreeMap<String, String>,
     pub publish_context: BTreeMap<String, String>,
     pub publish_readonly: Option<bool>,
 }
@@ -314,7 +316,8 @@ impl pb::node_server::Node for Node {
         bind(&source, &target, r.readonly)?;
         let mut st = lock(s);
         st.published.insert(r.target_path, r.volume_id);
-        st.publish_context = r.volume_context.into_iter().collect();
+        st.volume_context = r.volume_context.into_iter().collect();
+        st.publish_context = r.publish_context.into_iter().collect();
         st.publish_readonly = Some(r.readonly);
         Ok(Response::new(pb::NodePublishVolumeResponse {}))
     }

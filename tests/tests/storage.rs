@@ -609,11 +609,11 @@ async fn csi_volumes_are_staged_published_and_torn_down_by_their_driver() {
             Some("alice")
         );
         assert_eq!(
-            st.publish_context.get("tier").map(String::as_str),
+            st.volume_context.get("tier").map(String::as_str),
             Some("gold")
         );
         assert_eq!(
-            st.publish_context
+            st.volume_context
                 .get("csi.storage.k8s.io/pod.name")
                 .map(String::as_str),
             Some("csi-writer")
@@ -741,6 +741,86 @@ async fn csi_volumes_are_staged_published_and_torn_down_by_their_driver() {
     )
     .await;
 
+    // A driver without a CSIDriver object attaches (kubelet's default): the pod waits
+    // for the VolumeAttachment the attach-detach controller and the driver's attacher
+    // make, gets its attachment metadata as the publish context, and the node reports
+    // the volume in volumesInUse while the pod has it.
+    use k8s_openapi::api::storage::v1::VolumeAttachment;
+    const ATTACHER: &str = "attach.kernlet.test";
+    let attacher = CsiPeer::start(ATTACHER, &kubelet_dir, &one.node.dir("attach-backing")).unwrap();
+    wait_for(
+        "the attaching driver registered",
+        Duration::from_secs(30),
+        async || (attacher.state().registered == Some(true)).then_some(()),
+    )
+    .await;
+    let mut pv = volume(
+        "attached-b",
+        "attached",
+        json!({"csi": {"driver": ATTACHER, "volumeHandle": "vol-9", "fsType": "ext4"}}),
+        "w1",
+    );
+    pv.spec.as_mut().unwrap().node_affinity = None;
+    pvs.create(&pp, &pv).await.unwrap();
+    pvcs.create(&pp, &claim("attached", "attached"))
+        .await
+        .unwrap();
+    let mut waiting = pod_with("attached-user", claimed("attached"), "sleep 3600");
+    waiting.spec.as_mut().unwrap().security_context = None;
+    one.create_bound(&waiting).await.unwrap();
+    let va_name = kernlet::csi::volumes::attachment_name("vol-9", ATTACHER, "w1");
+    waits_for_mount(
+        &one,
+        &events,
+        "attached-user",
+        &format!("VolumeAttachment {va_name}"),
+    )
+    .await;
+    let nodes: Api<k8s_openapi::api::core::v1::Node> = Api::all(admin.clone());
+    let in_use = wait_for("volumesInUse", Duration::from_secs(30), async || {
+        let n = nodes.get("w1").await.ok()?;
+        n.status?.volumes_in_use.filter(|v| !v.is_empty())
+    })
+    .await;
+    assert_eq!(in_use, ["kubernetes.io/csi/attach.kernlet.test^vol-9"]);
+    let vas: Api<VolumeAttachment> = Api::all(admin.clone());
+    let va: VolumeAttachment = object(json!({
+        "metadata": {"name": va_name},
+        "spec": {"attacher": ATTACHER, "nodeName": "w1", "source": {"persistentVolumeName": "attached-b"}},
+    }));
+    let _ = vas.create(&pp, &va).await;
+    vas.patch_status(
+        &va_name,
+        &kube::api::PatchParams::default(),
+        &kube::api::Patch::Merge(
+            json!({"status": {"attached": true, "attachmentMetadata": {"lun": "3"}}}),
+        ),
+    )
+    .await
+    .unwrap();
+    phase_of(&one.pods, "attached-user", "Running").await;
+    {
+        let st = attacher.state();
+        assert!(st.violations.is_empty(), "{:?}", st.violations);
+        assert_eq!(st.publish_context.get("lun").map(String::as_str), Some("3"));
+    }
+    one.pods
+        .delete("attached-user", &DeleteParams::default())
+        .await
+        .unwrap();
+    wait_for(
+        "volumesInUse emptied",
+        Duration::from_secs(60),
+        async || {
+            let n = nodes.get("w1").await.ok()?;
+            n.status?
+                .volumes_in_use
+                .is_none_or(|v| v.is_empty())
+                .then_some(())
+        },
+    )
+    .await;
+
     // A CSI inline volume: published (never staged) under kubelet's handle for the
     // pod and volume, with the ephemeral flag, and unpublished when the pod goes.
     let inline: Pod = object(json!({
@@ -764,7 +844,7 @@ async fn csi_volumes_are_staged_published_and_torn_down_by_their_driver() {
     );
     assert_eq!(
         peer.state()
-            .publish_context
+            .volume_context
             .get("csi.storage.k8s.io/ephemeral")
             .map(String::as_str),
         Some("true")

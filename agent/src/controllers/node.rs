@@ -310,6 +310,7 @@ impl NodeController {
         let mut facts = machine::read(&self.state_dir);
         facts.images = self.node_images();
         facts.pressure = self.shared_pressure.get();
+        facts.volumes_in_use = crate::runtime::claimed_volumes::volumes_in_use(&self.state_dir);
         let readiness = self.readiness.borrow_and_update().clone();
         let due = match &self.reported {
             None => true,

@@ -92,6 +92,15 @@ fn capability(s: &CsiSource) -> VolumeCapability {
     }
 }
 
+/// Whether the driver attaches the volume before the node may use it (its CSIDriver's
+/// `attachRequired`, true without one; never for an inline volume).
+pub fn attach_required(
+    policy: &k8s_openapi::api::storage::v1::CSIDriverSpec,
+    s: &CsiSource,
+) -> bool {
+    policy.attach_required.unwrap_or(true) && !s.inline
+}
+
 /// Whether kubelet applies the pod's fsGroup to a published CSI volume, by the
 /// driver's `fsGroupPolicy`: `File` always, `None` never, and the default
 /// `ReadWriteOnceWithFSType` when the volume has an fsType and is ReadWriteOnce.
@@ -135,7 +144,7 @@ impl Csi {
 
     /// The driver's CSIDriver spec (kubelet's defaults when it has none:
     /// `attachRequired` true, `podInfoOnMount` false, Persistent volumes only).
-    async fn driver_policy(
+    pub async fn driver_policy(
         &self,
         driver: &str,
     ) -> Result<k8s_openapi::api::storage::v1::CSIDriverSpec, CsiError> {
@@ -192,7 +201,7 @@ impl Csi {
             });
         }
         // Inline volumes are neither attached nor staged.
-        let attach_required = policy.attach_required.unwrap_or(true) && !s.inline;
+        let attach_required = attach_required(&policy, s);
         let pod_info = policy.pod_info_on_mount.unwrap_or(false);
         let publish_context = if attach_required {
             self.attachment(s).await?

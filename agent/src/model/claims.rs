@@ -163,6 +163,21 @@ pub struct CsiSource {
     /// handle made from the pod and volume.
     #[serde(default)]
     pub inline: bool,
+    /// The driver attaches it (`attachRequired`): it is reported in the node's
+    /// `volumesInUse` while the pod has it.
+    #[serde(default)]
+    pub attachable: bool,
+}
+
+/// A pod's volumes the node reports in `status.volumesInUse` — attachable CSI volumes,
+/// by kubelet's unique name `kubernetes.io/csi/<driver>^<handle>`.
+pub fn in_use_name(m: &Mountable) -> Option<String> {
+    match &m.plugin {
+        Plugin::Csi(s) if s.attachable => {
+            Some(format!("kubernetes.io/csi/{}^{}", s.driver, s.handle))
+        }
+        _ => None,
+    }
 }
 
 /// A pod's CSI inline volume (`volumes[].csi`) as the node publishes it: kubelet's
@@ -183,6 +198,7 @@ pub fn inline_csi(pod: &Pod, vol: &Volume, handle: String) -> Option<Mountable> 
             .as_ref()
             .map(|r| (ns.clone(), r.name.clone())),
         inline: true,
+        attachable: false,
     };
     Some(Mountable {
         volume: vol.name.clone(),
@@ -296,6 +312,7 @@ pub fn mountable(
             stage_secret: secret(&csi.node_stage_secret_ref),
             publish_secret: secret(&csi.node_publish_secret_ref),
             inline: false,
+            attachable: false,
         };
         // The publish path is the node's, set when the driver publishes it.
         (

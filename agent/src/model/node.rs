@@ -408,6 +408,7 @@ pub fn status(
         "features": {"supplementalGroupsPolicy": true},
         "runtimeHandlers": runtime_handlers(&cfg.runtime_handlers),
         "images": facts.images,
+        "volumesInUse": (!facts.volumes_in_use.is_empty()).then_some(&facts.volumes_in_use),
         "nodeInfo": {
             "machineID": facts.machine_id,
             "systemUUID": facts.system_uuid,
@@ -531,6 +532,7 @@ mod tests {
             system_uuid: "u".into(),
             images: Vec::new(),
             pressure: Default::default(),
+            volumes_in_use: Vec::new(),
         }
     }
 

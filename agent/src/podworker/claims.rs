@@ -101,7 +101,12 @@ impl Runner {
             });
             let set_up = resolved.and_then(|mut m| {
                 claims::check_use(pod, &m)?;
-                if let claims::Plugin::Csi(_) = &m.plugin {
+                if let claims::Plugin::Csi(src) = &mut m.plugin {
+                    // In volumesInUse from now on when the driver attaches it.
+                    let policy = handle
+                        .block_on(csi.driver_policy(&src.driver))
+                        .map_err(csi_failed(&vol.name))?;
+                    src.attachable = crate::csi::volumes::attach_required(&policy, src);
                     // Recorded first: a pod that goes half set up is torn down too.
                     m.path = crate::csi::volumes::target_path(&csi.kubelet_dir, uid, &m.pv);
                     self.rt.record_pending(uid, &m)?;

@@ -239,6 +239,21 @@ pub fn claimed_in(state_dir: &Path, uid: &str) -> Vec<Mountable> {
     out
 }
 
+/// `status.volumesInUse`: the attachable volumes every pod of the node has (set up or
+/// being set up), sorted, once each.
+pub fn volumes_in_use(state_dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(state_dir.join("pods"))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .flat_map(|e| claimed_in(state_dir, &e.file_name().to_string_lossy()))
+        .filter_map(|m| crate::model::claims::in_use_name(&m))
+        .collect();
+    names.sort();
+    names.dedup();
+    names
+}
+
 /// The permission bits kubelet wants on a volume's entries with an fsGroup: group
 /// read-write (read-only for a read-only volume), and for directories also search
 /// and setgid, so new files take the group.

@@ -25,6 +25,9 @@ pub struct MachineFacts {
     /// The pressure conditions (filled by the node controller from the eviction
     /// signals; none here).
     pub pressure: crate::model::eviction::Pressure,
+    /// `status.volumesInUse` (filled by the node controller from the pods' volume
+    /// records; none here).
+    pub volumes_in_use: Vec<String>,
 }
 
 fn read_trim(path: &str) -> String {
@@ -107,6 +110,7 @@ pub fn read(state_dir: &Path) -> MachineFacts {
         system_uuid: read_trim("/sys/class/dmi/id/product_uuid").to_lowercase(),
         images: Vec::new(),
         pressure: Default::default(),
+        volumes_in_use: Vec::new(),
     }
 }
 
