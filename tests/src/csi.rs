@@ -1,7 +1,7 @@
 //! A CSI node plugin as a test peer, written from the CSI specification (spec.md,
 //! "Node Service RPC" and "RPC Interactions"), never from kernlet's code: it registers
 //! through kubelet's plugin registration protocol, serves Identity and Node with
-//! STAGE_UNSTAGE_VOLUME, makes real mounts (a directory it keeps per volume, bound at
+//! STAGE_UNSTAGE_VOLUME and GET_VOLUME_STATS, makes real mounts (a directory it keeps per volume, bound at
 //! the staging path, and the staging path bound at each target), and checks every
 //! call against the spec's rules — required fields, a publish only of a staged volume
 //! at its staging path, an unstage only after every unpublish of the volume — keeping
@@ -353,9 +353,62 @@ impl pb::node_server::Node for Node {
 
     async fn node_get_volume_stats(
         &self,
-        _: Request<pb::NodeGetVolumeStatsRequest>,
+        r: Request<pb::NodeGetVolumeStatsRequest>,
     ) -> Result<Response<pb::NodeGetVolumeStatsResponse>, Status> {
-        Err(Status::unimplemented("no GET_VOLUME_STATS capability"))
+        let r = r.into_inner();
+        let s = &self.0;
+        lock(s)
+            .calls
+            .push(format!("NodeGetVolumeStats {}", r.volume_id));
+        required(s, "NodeGetVolumeStats", "volume_id", r.volume_id.is_empty())?;
+        required(
+            s,
+            "NodeGetVolumeStats",
+            "volume_path",
+            r.volume_path.is_empty(),
+        )?;
+        // The path must be one the volume is published (or staged) at.
+        {
+            let mut st = lock(s);
+            let known = st.published.get(&r.volume_path) == Some(&r.volume_id)
+                || st.staged.get(&r.volume_id) == Some(&r.volume_path);
+            if !known {
+                let v = format!(
+                    "NodeGetVolumeStats of {} at {}, where it is not published",
+                    r.volume_id, r.volume_path
+                );
+                st.violations.push(v.clone());
+                return Err(Status::not_found(v));
+            }
+        }
+        let fs = nix::sys::statvfs::statvfs(Path::new(&r.volume_path))
+            .map_err(|e| Status::internal(e.to_string()))?;
+        let n = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
+        let bs = fs.fragment_size();
+        let usage =
+            |unit: pb::volume_usage::Unit, total: u64, free: u64, avail: u64| pb::VolumeUsage {
+                available: n(avail),
+                total: n(total),
+                used: n(total.saturating_sub(free)),
+                unit: unit as i32,
+            };
+        Ok(Response::new(pb::NodeGetVolumeStatsResponse {
+            usage: vec![
+                usage(
+                    pb::volume_usage::Unit::Bytes,
+                    fs.blocks() * bs,
+                    fs.blocks_free() * bs,
+                    fs.blocks_available() * bs,
+                ),
+                usage(
+                    pb::volume_usage::Unit::Inodes,
+                    fs.files(),
+                    fs.files_free(),
+                    fs.files_free(),
+                ),
+            ],
+            volume_condition: None,
+        }))
     }
 
     async fn node_expand_volume(
@@ -371,11 +424,12 @@ impl pb::node_server::Node for Node {
     ) -> Result<Response<pb::NodeGetCapabilitiesResponse>, Status> {
         use pb::node_service_capability::{Rpc, Type, rpc};
         Ok(Response::new(pb::NodeGetCapabilitiesResponse {
-            capabilities: vec![pb::NodeServiceCapability {
-                r#type: Some(Type::Rpc(Rpc {
-                    r#type: rpc::Type::StageUnstageVolume as i32,
-                })),
-            }],
+            capabilities: [rpc::Type::StageUnstageVolume, rpc::Type::GetVolumeStats]
+                .into_iter()
+                .map(|t| pb::NodeServiceCapability {
+                    r#type: Some(Type::Rpc(Rpc { r#type: t as i32 })),
+                })
+                .collect(),
         }))
     }
 

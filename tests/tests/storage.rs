@@ -620,6 +620,15 @@ async fn csi_volumes_are_staged_published_and_torn_down_by_their_driver() {
         );
         assert_eq!(st.publish_readonly, Some(false));
     }
+    // Its statistics from the driver (NodeGetVolumeStats), in the metrics.
+    let state = one.node.dir("state");
+    let metrics = wait_for("the CSI volume's stats", Duration::from_secs(40), async || {
+        let m = kernlet::api::volume_metrics(&state);
+        m.contains("kubelet_volume_stats_capacity_bytes{namespace=\"default\",persistentvolumeclaim=\"csi-data\"}")
+            .then_some(m)
+    })
+    .await;
+    kernlet_tests::prometheus::parse(&metrics).unwrap();
     let vol_data: Value =
         serde_json::from_str(&read(&target.parent().unwrap().join("vol_data.json"))).unwrap();
     assert_eq!(vol_data["driverName"], DRIVER);

@@ -534,7 +534,7 @@ pub fn volume_metrics(state_dir: &std::path::Path) -> String {
         out.push_str(&format!(
             "# HELP kubelet_volume_stats_{key} [ALPHA] {help}\n# TYPE kubelet_volume_stats_{key} gauge\n"
         ));
-        for (m, v) in &volumes {
+        for (m, v) in volumes.iter().filter(|(m, _)| !m.claim.is_empty()) {
             out.push_str(&format!(
                 "kubelet_volume_stats_{key}{{namespace=\"{}\",persistentvolumeclaim=\"{}\"}} {}\n",
                 crate::model::prom_text::escape(&m.namespace),

@@ -123,17 +123,30 @@ fn fs_json(path: &Path, used: Option<(u64, u64)>) -> Value {
 }
 
 /// The pod's claimed volumes a plugin measures — local filesystem volumes, by statfs
-/// of their path as kubelet's local plugin does (host-path volumes report none) —
-/// each with its `/stats/summary` entry (`pvcRef` included).
+/// of their path as kubelet's local plugin does; CSI volumes, by what their driver
+/// last answered; host-path volumes report none — each with its `/stats/summary` entry
+/// (`pvcRef` for a claim's).
 pub fn claim_stats(state_dir: &Path, uid: &str) -> Vec<(crate::model::claims::Mountable, Value)> {
+    use crate::model::claims::Plugin;
     crate::runtime::claimed_volumes::claimed_in(state_dir, uid)
         .into_iter()
-        .filter(|m| m.ready && m.plugin == crate::model::claims::Plugin::Local && !m.block)
-        .map(|m| {
-            let mut v = fs_json(&m.path, None);
+        .filter(|m| m.ready && !m.block)
+        .filter_map(|m| {
+            let mut v = match &m.plugin {
+                Plugin::Local => fs_json(&m.path, None),
+                // What the driver last said (NodeGetVolumeStats).
+                Plugin::Csi(_) => crate::runtime::read_json::<Value>(
+                    &crate::csi::stats::stats_path(state_dir, uid, &m.volume),
+                )
+                .ok()
+                .flatten()?,
+                Plugin::HostPath { .. } => return None,
+            };
             v["name"] = json!(m.volume);
-            v["pvcRef"] = json!({"name": m.claim, "namespace": m.namespace});
-            (m, v)
+            if !m.claim.is_empty() {
+                v["pvcRef"] = json!({"name": m.claim, "namespace": m.namespace});
+            }
+            Some((m, v))
         })
         .collect()
 }

@@ -6,6 +6,7 @@
 //! unstaged when the pod goes ([`volumes`]).
 
 pub mod registry;
+pub mod stats;
 pub mod volumes;
 
 use std::path::{Path, PathBuf};

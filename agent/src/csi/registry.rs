@@ -38,6 +38,8 @@ pub struct Driver {
     pub node_id: String,
     /// It implements NodeStageVolume/NodeUnstageVolume.
     pub stage_unstage: bool,
+    /// It answers NodeGetVolumeStats.
+    pub volume_stats: bool,
     pub max_volumes: i64,
     pub topology: BTreeMap<String, String>,
 }
@@ -98,17 +100,22 @@ async fn probe(socket: &Path) -> Result<Driver, CsiError> {
         node.node_get_capabilities(super::proto::csi::NodeGetCapabilitiesRequest {}),
     )
     .await?;
-    let stage_unstage = caps.capabilities.iter().any(|c| {
-        matches!(&c.r#type,
-            Some(super::proto::csi::node_service_capability::Type::Rpc(r))
-                if r.r#type == NodeCap::StageUnstageVolume as i32)
-    });
+    let has = |cap: NodeCap| {
+        caps.capabilities.iter().any(|c| {
+            matches!(&c.r#type,
+                Some(super::proto::csi::node_service_capability::Type::Rpc(r))
+                    if r.r#type == cap as i32)
+        })
+    };
+    let stage_unstage = has(NodeCap::StageUnstageVolume);
+    let volume_stats = has(NodeCap::GetVolumeStats);
     Ok(Driver {
         name: info.name,
         endpoint,
         socket: socket.to_path_buf(),
         node_id: facts.node_id,
         stage_unstage,
+        volume_stats,
         max_volumes: facts.max_volumes_per_node,
         topology: facts
             .accessible_topology

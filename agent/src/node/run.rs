@@ -97,6 +97,11 @@ pub async fn run_node(kubeconfig: PathBuf, node: PreparedNode) -> anyhow::Result
         handle: tokio::runtime::Handle::current(),
     };
     rt.driver_volumes = Some(std::sync::Arc::new(csi.clone()));
+    tokio::spawn(crate::csi::stats::collect(
+        csi.clone(),
+        Duration::from_secs(10),
+        stop_rx.clone(),
+    ));
     tokio::spawn(crate::csi::registry::watch(
         csi.drivers.clone(),
         client.clone(),
