@@ -294,7 +294,10 @@ impl pb::node_server::Node for Node {
                 st.violations.push(v.clone());
                 return Err(Status::failed_precondition(v));
             }
-            if st.published.get(&r.target_path) == Some(&r.volume_id) {
+            // Published already and still mounted: nothing to do (idempotent).
+            if st.published.get(&r.target_path) == Some(&r.volume_id)
+                && !mounts_under(Path::new(&r.target_path)).is_empty()
+            {
                 return Ok(Response::new(pb::NodePublishVolumeResponse {}));
             }
         }

@@ -739,6 +739,17 @@ async fn csi_volumes_are_staged_published_and_torn_down_by_their_driver() {
         std::slice::from_ref(&target),
         "published once after the restart"
     );
+    // Unmounted behind the node's back (as after a reboot): the restarted agent finds
+    // its record but no mount, and has the driver publish it again.
+    nix::mount::umount2(&target, nix::mount::MntFlags::MNT_DETACH).unwrap();
+    assert!(mounts_under(&target).is_empty());
+    one.restart_agent_killed(&[]).unwrap();
+    wait_for(
+        "the volume published again",
+        Duration::from_secs(60),
+        async || (mounts_under(&target) == std::slice::from_ref(&target)).then_some(()),
+    )
+    .await;
     one.pods
         .delete("csi-again", &DeleteParams::default())
         .await

@@ -100,12 +100,17 @@ impl Runtime {
         self.pod_state_dir(uid).join("volumes/claims")
     }
 
-    /// The recorded setup of the pod's claimed volume `name`, if it is set up.
+    /// The recorded setup of the pod's claimed volume `name`, if it is set up — for a
+    /// driver's volume, also still mounted (after a reboot or an unmount behind the
+    /// node's back it is published again).
     pub fn claimed_volume(&self, uid: &str, name: &str) -> Option<Mountable> {
         super::read_json::<Mountable>(&self.claims_dir(uid).join(format!("{name}.json")))
             .ok()
             .flatten()
             .filter(|m| m.ready)
+            .filter(|m| {
+                !matches!(m.plugin, Plugin::Csi(_)) || crate::sys::mount::is_mount_point(&m.path)
+            })
     }
 
     /// Records a driver's volume before the driver is called (not ready yet), so that

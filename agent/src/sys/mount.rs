@@ -140,6 +140,14 @@ pub fn propagation_of(mountinfo: &str, path: &Path) -> Option<MountPropagation> 
         })
 }
 
+/// Whether something is mounted at `path` itself (this process's mount namespace).
+pub fn is_mount_point(path: &Path) -> bool {
+    std::fs::read_to_string("/proc/self/mountinfo")
+        .ok()
+        .and_then(|m| propagation_of(&m, path))
+        .is_some_and(|m| Path::new(&m.mount_point) == path)
+}
+
 /// Mounts a tmpfs of `size_bytes` with mode 1777 at `target` (a pod's /dev/shm), unless
 /// one is there already.
 pub fn shm(target: &Path, size_bytes: u64) -> io::Result<()> {
