@@ -507,7 +507,7 @@ async fn csi_volumes_are_staged_published_and_torn_down_by_their_driver() {
     let admin = one.cluster.admin().await.unwrap();
     let pp = PostParams::default();
     let kubelet_dir = one.node.dir("kubelet");
-    let peer = CsiPeer::start(DRIVER, &kubelet_dir, &one.node.dir("csi-backing")).unwrap();
+    let mut peer = CsiPeer::start(DRIVER, &kubelet_dir, &one.node.dir("csi-backing")).unwrap();
 
     // Registered: the CSINode names the driver, its node ID, topology and limit.
     let csinodes: Api<CSINode> = Api::all(admin.clone());
@@ -756,6 +756,56 @@ async fn csi_volumes_are_staged_published_and_torn_down_by_their_driver() {
         .unwrap();
     wait_for(
         "everything unmounted",
+        Duration::from_secs(60),
+        async || mounts_under(&kubelet_dir).is_empty().then_some(()),
+    )
+    .await;
+
+    // The driver's sockets vanish while a publish is under way (its pod restarted):
+    // the driver is taken off the CSINode, the pod waits naming it, and once the
+    // driver is back it is registered again and the volume ends published once.
+    peer.state().hold_publishes = true;
+    let mut third = pod_with("csi-third", claimed("csi-data"), "sleep 3600");
+    third.spec.as_mut().unwrap().security_context = None;
+    one.create_bound(&third).await.unwrap();
+    wait_for("a held publish", Duration::from_secs(60), async || {
+        let st = peer.state();
+        st.calls
+            .last()
+            .is_some_and(|c| c.starts_with("NodePublishVolume"))
+            .then_some(())
+    })
+    .await;
+    peer.vanish();
+    wait_for(
+        "the driver off the CSINode",
+        Duration::from_secs(30),
+        async || {
+            let n = csinodes.get_opt("w1").await.ok()??;
+            (!n.spec.drivers.iter().any(|d| d.name == DRIVER)).then_some(())
+        },
+    )
+    .await;
+    waits_for_mount(
+        &one,
+        &events,
+        "csi-third",
+        "driver name csi.kernlet.test not found in the list of registered CSI drivers",
+    )
+    .await;
+    peer.state().hold_publishes = false;
+    peer.serve().unwrap();
+    let running = phase_of(&one.pods, "csi-third", "Running").await;
+    let target =
+        kernlet::csi::volumes::target_path(&kubelet_dir, &running.metadata.uid.unwrap(), "csi-a");
+    assert_eq!(mounts_under(&staging), std::slice::from_ref(&staging));
+    assert_eq!(mounts_under(&target), std::slice::from_ref(&target));
+    one.pods
+        .delete("csi-third", &DeleteParams::default())
+        .await
+        .unwrap();
+    wait_for(
+        "the third pod's volume gone",
         Duration::from_secs(60),
         async || mounts_under(&kubelet_dir).is_empty().then_some(()),
     )
