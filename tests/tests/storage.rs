@@ -943,3 +943,75 @@ async fn csi_volumes_are_staged_published_and_torn_down_by_their_driver() {
         st.violations
     );
 }
+
+/// An image volume: the image (present, `IfNotPresent`) is mounted read-only for the
+/// container by its shim — nothing is mounted on the node — and an image that may not
+/// be pulled (`Never`, not in the store) holds the pod with kubelet's ErrImagePull.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn image_volumes_mount_an_image_read_only() {
+    let one = OneNode::start("pvimage", "w1", Network::Loopback(&[]))
+        .await
+        .unwrap();
+    let pod: Pod = object(json!({
+        "metadata": {"name": "img"},
+        "spec": {
+            "restartPolicy": "Never",
+            "volumes": [{"name": "tools", "image": {"reference": "busybox:1.36", "pullPolicy": "IfNotPresent"}}],
+            "containers": [{"name": "c", "image": "busybox:1.36",
+                "command": ["sh", "-c", "test -x /tools/bin/busybox && ! touch /tools/x 2>/dev/null && grep -q /tools /proc/mounts"],
+                "volumeMounts": [{"name": "tools", "mountPath": "/tools"}]}],
+        },
+    }));
+    one.create_bound(&pod).await.unwrap();
+    let done = wait_for(
+        "the image volume pod done",
+        Duration::from_secs(90),
+        async || {
+            let p = one.pods.get("img").await.ok()?;
+            let phase = p.status.as_ref()?.phase.clone()?;
+            matches!(phase.as_str(), "Succeeded" | "Failed").then_some(p)
+        },
+    )
+    .await;
+    assert_eq!(
+        done.status.as_ref().unwrap().phase.as_deref(),
+        Some("Succeeded"),
+        "{}\n{}",
+        serde_json::to_string(&done.status).unwrap(),
+        one.node.kernlet_log()
+    );
+    assert!(
+        !kernlet_tests::csi::mounts_under(&one.node.dir("run").join("pods"))
+            .iter()
+            .any(|m| m.to_string_lossy().contains("image-volumes")),
+        "the image volume is mounted in the container's namespace only"
+    );
+
+    let never: Pod = object(json!({
+        "metadata": {"name": "img-never"},
+        "spec": {
+            "volumes": [{"name": "tools", "image": {"reference": "registry.invalid/none:1", "pullPolicy": "Never"}}],
+            "containers": [{"name": "c", "image": "busybox:1.36", "command": ["sleep", "3600"],
+                "volumeMounts": [{"name": "tools", "mountPath": "/tools"}]}],
+        },
+    }));
+    one.create_bound(&never).await.unwrap();
+    let waiting = wait_for("ErrImagePull", Duration::from_secs(60), async || {
+        let p = one.pods.get("img-never").await.ok()?;
+        let st = p
+            .status?
+            .container_statuses?
+            .first()?
+            .state
+            .clone()?
+            .waiting?;
+        (st.reason.as_deref() == Some("ErrImagePull")).then_some(st)
+    })
+    .await;
+    assert!(
+        waiting
+            .message
+            .unwrap_or_default()
+            .contains("imagePullPolicy is Never"),
+    );
+}

@@ -118,10 +118,20 @@ pub fn field_path(spec: &k8s_openapi::api::core::v1::PodSpec, container: &str) -
         .iter()
         .flatten()
         .any(|c| c.name == container);
+    let known = init
+        || spec.containers.iter().any(|c| c.name == container)
+        || spec
+            .ephemeral_containers
+            .iter()
+            .flatten()
+            .any(|c| c.name == container);
     if init {
         format!("spec.initContainers{{{container}}}")
-    } else {
+    } else if known {
         format!("spec.containers{{{container}}}")
+    } else {
+        // Not a container (an image volume's pull): about the pod.
+        String::new()
     }
 }
 

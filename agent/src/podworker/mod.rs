@@ -10,6 +10,7 @@ mod dispatcher;
 mod evictions;
 mod hooks;
 mod host_ports;
+mod image_volumes;
 mod images;
 pub mod metrics;
 mod pace;

@@ -238,6 +238,16 @@ impl Runner {
             let views = self.views(uid, pod);
             return self.write_status(&sb, pod, &views);
         }
+        if let Err((reason, message)) = self.prepare_image_volumes(uid, pod) {
+            for c in pod_lifecycle::all_containers(&spec_of(pod)) {
+                self.start_failures.insert(
+                    (uid.to_string(), c.name.clone()),
+                    (reason.clone(), message.clone()),
+                );
+            }
+            let views = self.views(uid, pod);
+            return self.write_status(&sb, pod, &views);
+        }
         let spec = spec_of(pod);
         let views = self.views(uid, pod);
         // A container's exit is reported before anything restarts it.

@@ -464,6 +464,12 @@ impl Runtime {
                 _ => None,
             };
             if let Some(sub) = sub {
+                if vol.image.is_some() {
+                    return Err(RuntimeError::Config(format!(
+                        "volumeMount {:?}: subPath on an image volume is not supported by kernlet yet",
+                        vm.name
+                    )));
+                }
                 source = self
                     .sub_path(sb, &c.name, index, &source, &sub)
                     .map_err(|e| {
@@ -842,6 +848,7 @@ impl Runtime {
                     .filter(|m| m.bidirectional)
                     .map(|m| m.source.clone())
                     .collect(),
+                image_volumes: self.image_mounts(&sb.uid, &pod.spec.clone().unwrap_or_default(), c),
             },
         )?;
         write_json(&self.record_path(&id), &record)?;

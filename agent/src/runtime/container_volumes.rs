@@ -50,7 +50,7 @@ pub enum MountError {
     },
     #[error(
         "volume {0:?} is of a type kernlet does not support yet (emptyDir, hostPath, \
-         configMap, secret, downwardAPI, projected, persistentVolumeClaim, ephemeral and csi are)"
+         configMap, secret, downwardAPI, projected, persistentVolumeClaim, ephemeral, csi and image are)"
     )]
     Unsupported(String),
     #[error(
@@ -163,6 +163,17 @@ impl Runtime {
                     volume: vol.name.clone(),
                     source: Box::new(e),
                 });
+        }
+        if vol.image.is_some() {
+            // The container's shim mounts the image here, read-only.
+            self.image_volume(&sb.uid, &vol.name)
+                .ok_or_else(|| MountError::NotSetUp(vol.name.clone()))?;
+            let dir = self.image_volume_path(&sb.uid, &vol.name);
+            std::fs::create_dir_all(&dir).map_err(|source| MountError::Create {
+                dir: dir.clone(),
+                source,
+            })?;
+            return Ok((dir, true));
         }
         if vol.persistent_volume_claim.is_some() || vol.ephemeral.is_some() || vol.csi.is_some() {
             let m = self

@@ -120,7 +120,12 @@ impl ImageGc {
         let Ok(images) = rt.images.list() else {
             return Vec::new();
         };
-        let in_use: HashSet<String> = rt.containers().into_iter().map(|c| c.image_id).collect();
+        let in_use: HashSet<String> = rt
+            .containers()
+            .into_iter()
+            .map(|c| c.image_id)
+            .chain(rt.image_volume_ids())
+            .collect();
         let mut candidates = Vec::new();
         for l in &images {
             let id = l.image.id.clone();

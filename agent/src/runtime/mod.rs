@@ -20,6 +20,7 @@ pub mod exec;
 pub mod hostport;
 pub mod image;
 pub mod image_gc;
+pub mod image_volumes;
 pub mod ipam;
 pub mod logs;
 pub mod network;

@@ -70,6 +70,17 @@ pub struct ShimRequest {
     /// in the shim's mount namespace (every other mount only receives).
     #[serde(default)]
     pub shared_mounts: Vec<PathBuf>,
+    /// Image volumes this container mounts: each image's layers (top first, by name in
+    /// `layers_dir`) mounted read-only at its path, in the shim's mount namespace only.
+    #[serde(default)]
+    pub image_volumes: Vec<ImageVolumeMount>,
+}
+
+/// An image volume as the shim mounts it.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ImageVolumeMount {
+    pub path: PathBuf,
+    pub lower: Vec<String>,
 }
 
 /// A container's open stdin (`spec.containers[].stdin`).
@@ -145,6 +156,10 @@ fn run(bundle: &Path) -> anyhow::Result<()> {
         &req.work,
     )
     .context("mounting the container's root filesystem (overlayfs)")?;
+    for v in &req.image_volumes {
+        sys::mount::image_read_only(&v.path, &req.layers_dir, &v.lower)
+            .with_context(|| format!("mounting the image volume at {}", v.path.display()))?;
+    }
 
     let (out_r, out_w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?;
     let (err_r, err_w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?;

@@ -223,6 +223,31 @@ pub fn bind_read_only(source: &Path, target: &Path) -> io::Result<()> {
     })
 }
 
+/// Mounts an image's layers (`lower`, top first, names in `layers_dir`) read-only at
+/// `target`: an overlay without an upper layer, or — overlayfs needs two layers for
+/// that — the one layer bound read-only.
+pub fn image_read_only(target: &Path, layers_dir: &Path, lower: &[String]) -> io::Result<()> {
+    match lower {
+        [] => Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "an image without layers",
+        )),
+        [one] => bind_read_only(&layers_dir.join(one), target),
+        many => {
+            std::env::set_current_dir(layers_dir)?;
+            let opts = format!("lowerdir={}", many.join(":"));
+            mount(
+                Some("overlay"),
+                target,
+                Some("overlay"),
+                MsFlags::MS_RDONLY,
+                Some(opts.as_str()),
+            )
+            .map_err(io_err)
+        }
+    }
+}
+
 /// Whether `path` is on a read-only mount.
 pub fn read_only(path: &Path) -> bool {
     nix::sys::statvfs::statvfs(path)
