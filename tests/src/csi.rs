@@ -1,7 +1,7 @@
 //! A CSI node plugin as a test peer, written from the CSI specification (spec.md,
 //! "Node Service RPC" and "RPC Interactions"), never from kernlet's code: it registers
 //! through kubelet's plugin registration protocol, serves Identity and Node with
-//! STAGE_UNSTAGE_VOLUME and GET_VOLUME_STATS, makes real mounts (a directory it keeps per volume, bound at
+//! STAGE_UNSTAGE_VOLUME, GET_VOLUME_STATS and EXPAND_VOLUME, makes real mounts (a directory it keeps per volume, bound at
 //! the staging path, and the staging path bound at each target), and checks every
 //! call against the spec's rules — required fields, a publish only of a staged volume
 //! at its staging path, an unstage only after every unpublish of the volume — keeping
@@ -40,6 +40,8 @@ pub struct PeerState {
     pub volume_context: BTreeMap<String, String>,
     pub publish_context: BTreeMap<String, String>,
     pub publish_readonly: Option<bool>,
+    /// Each NodeExpandVolume: volume id and required bytes.
+    pub expanded: Vec<(String, i64)>,
 }
 
 type Shared = Arc<Mutex<PeerState>>;
@@ -416,9 +418,34 @@ impl pb::node_server::Node for Node {
 
     async fn node_expand_volume(
         &self,
-        _: Request<pb::NodeExpandVolumeRequest>,
+        r: Request<pb::NodeExpandVolumeRequest>,
     ) -> Result<Response<pb::NodeExpandVolumeResponse>, Status> {
-        Err(Status::unimplemented("no EXPAND_VOLUME capability"))
+        let r = r.into_inner();
+        let s = &self.0;
+        lock(s)
+            .calls
+            .push(format!("NodeExpandVolume {}", r.volume_id));
+        required(s, "NodeExpandVolume", "volume_id", r.volume_id.is_empty())?;
+        required(
+            s,
+            "NodeExpandVolume",
+            "volume_path",
+            r.volume_path.is_empty(),
+        )?;
+        let mut st = lock(s);
+        if st.published.get(&r.volume_path) != Some(&r.volume_id) {
+            let v = format!(
+                "NodeExpandVolume of {} at {}, where it is not published",
+                r.volume_id, r.volume_path
+            );
+            st.violations.push(v.clone());
+            return Err(Status::not_found(v));
+        }
+        let bytes = r.capacity_range.map_or(0, |c| c.required_bytes);
+        st.expanded.push((r.volume_id, bytes));
+        Ok(Response::new(pb::NodeExpandVolumeResponse {
+            capacity_bytes: bytes,
+        }))
     }
 
     async fn node_get_capabilities(
@@ -427,12 +454,16 @@ impl pb::node_server::Node for Node {
     ) -> Result<Response<pb::NodeGetCapabilitiesResponse>, Status> {
         use pb::node_service_capability::{Rpc, Type, rpc};
         Ok(Response::new(pb::NodeGetCapabilitiesResponse {
-            capabilities: [rpc::Type::StageUnstageVolume, rpc::Type::GetVolumeStats]
-                .into_iter()
-                .map(|t| pb::NodeServiceCapability {
-                    r#type: Some(Type::Rpc(Rpc { r#type: t as i32 })),
-                })
-                .collect(),
+            capabilities: [
+                rpc::Type::StageUnstageVolume,
+                rpc::Type::GetVolumeStats,
+                rpc::Type::ExpandVolume,
+            ]
+            .into_iter()
+            .map(|t| pb::NodeServiceCapability {
+                r#type: Some(Type::Rpc(Rpc { r#type: t as i32 })),
+            })
+            .collect(),
         }))
     }
 

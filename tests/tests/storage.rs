@@ -654,6 +654,43 @@ async fn csi_volumes_are_staged_published_and_torn_down_by_their_driver() {
     );
     assert_eq!(inspect["volumes"][0]["path"], json!(target));
 
+    // The resizer grew the volume and left the node's part pending: the node expands
+    // it (NodeExpandVolume for the PV's new size) and finishes the claim's resize.
+    let mut grown = pvs.get("csi-a").await.unwrap();
+    grown.spec.as_mut().unwrap().capacity = Some(
+        [(
+            "storage".to_string(),
+            k8s_openapi::apimachinery::pkg::api::resource::Quantity("200Mi".into()),
+        )]
+        .into_iter()
+        .collect(),
+    );
+    pvs.replace("csi-a", &pp, &grown).await.unwrap();
+    pvcs.patch_status(
+        "csi-data",
+        &kube::api::PatchParams::default(),
+        &kube::api::Patch::Merge(
+            json!({"status": {"allocatedResourceStatuses": {"storage": "NodeResizePending"}}}),
+        ),
+    )
+    .await
+    .unwrap();
+    let resized = wait_for(
+        "the claim's resize finished",
+        Duration::from_secs(40),
+        async || {
+            let c = pvcs.get("csi-data").await.ok()?;
+            let st = c.status?;
+            let done = st
+                .allocated_resource_statuses
+                .as_ref()
+                .is_none_or(|a| !a.contains_key("storage"));
+            (done && st.capacity.as_ref()?.get("storage")?.0 == "200Mi").then_some(())
+        },
+    )
+    .await;
+    assert_eq!(peer.state().expanded, [("vol-1".to_string(), 200 << 20)]);
+
     // The pod goes: unpublished, then unstaged; nothing mounted is left.
     one.pods
         .delete("csi-writer", &DeleteParams::default())

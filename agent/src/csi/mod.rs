@@ -5,6 +5,7 @@
 //! paths kubelet uses — which drivers' manifests hard-code — and unpublished and
 //! unstaged when the pod goes ([`volumes`]).
 
+pub mod expand;
 pub mod registry;
 pub mod stats;
 pub mod volumes;

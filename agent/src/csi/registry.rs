@@ -40,6 +40,8 @@ pub struct Driver {
     pub stage_unstage: bool,
     /// It answers NodeGetVolumeStats.
     pub volume_stats: bool,
+    /// It expands volumes on the node (NodeExpandVolume).
+    pub expand: bool,
     pub max_volumes: i64,
     pub topology: BTreeMap<String, String>,
 }
@@ -109,6 +111,7 @@ async fn probe(socket: &Path) -> Result<Driver, CsiError> {
     };
     let stage_unstage = has(NodeCap::StageUnstageVolume);
     let volume_stats = has(NodeCap::GetVolumeStats);
+    let expand = has(NodeCap::ExpandVolume);
     Ok(Driver {
         name: info.name,
         endpoint,
@@ -116,6 +119,7 @@ async fn probe(socket: &Path) -> Result<Driver, CsiError> {
         node_id: facts.node_id,
         stage_unstage,
         volume_stats,
+        expand,
         max_volumes: facts.max_volumes_per_node,
         topology: facts
             .accessible_topology

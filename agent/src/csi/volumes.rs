@@ -76,7 +76,7 @@ pub fn attachment_name(handle: &str, driver: &str, node: &str) -> String {
 
 /// The capability kubelet asks for: the PV's first access mode, mounted with its
 /// fsType and mountOptions.
-fn capability(s: &CsiSource) -> VolumeCapability {
+pub fn capability(s: &CsiSource) -> VolumeCapability {
     let mode = match s.access_modes.first().map(String::as_str) {
         Some("ReadOnlyMany") => access_mode::Mode::MultiNodeReaderOnly,
         Some("ReadWriteMany") => access_mode::Mode::MultiNodeMultiWriter,

@@ -52,8 +52,10 @@ impl Runner {
         let spec = spec_of(pod);
         let mut missing = Vec::new();
         let mut first_error = None;
+        let mut ready = Vec::new();
         for vol in spec.volumes.iter().flatten() {
-            if self.rt.claimed_volume(uid, &vol.name).is_some() {
+            if let Some(m) = self.rt.claimed_volume(uid, &vol.name) {
+                ready.push(m);
                 continue;
             }
             let inline = claims::inline_csi(
@@ -127,6 +129,9 @@ impl Runner {
                 }
             }
         }
+        for m in &ready {
+            self.expand_when_due(uid, pod, m);
+        }
         match first_error {
             None => Ok(()),
             Some(why) => Err(format!(
@@ -135,6 +140,61 @@ impl Runner {
                 missing.join(" "),
                 missing.join(" ")
             )),
+        }
+    }
+}
+
+/// How often a set-up CSI claim is looked at for a pending node expansion.
+const EXPANSION_CHECK: Duration = Duration::from_secs(10);
+
+impl Runner {
+    /// Every [`EXPANSION_CHECK`], the node's part of a pending expansion of a CSI
+    /// claim (see [`crate::csi::expand`]), with kubelet's events.
+    fn expand_when_due(&mut self, uid: &str, pod: &Pod, m: &Mountable) {
+        let Source::Api { handle, csi, .. } = &self.source else {
+            return;
+        };
+        if !matches!(m.plugin, claims::Plugin::Csi(_)) || m.claim.is_empty() {
+            return;
+        }
+        let key = (uid.to_string(), format!("expand {}", m.volume));
+        let now = Instant::now();
+        if self.volume_checks.get(&key).is_some_and(|next| now < *next) {
+            return;
+        }
+        self.volume_checks.insert(key, now + EXPANSION_CHECK);
+        let got = handle.block_on(async {
+            tokio::time::timeout(
+                READ_TIMEOUT * 4,
+                crate::csi::expand::expand_if_pending(csi, m),
+            )
+            .await
+        });
+        match got {
+            Ok(Ok(crate::csi::expand::Expanded::To(size))) => self.event(
+                pod,
+                "",
+                false,
+                "FileSystemResizeSuccessful",
+                format!(
+                    "MountVolume.NodeExpandVolume succeeded for volume {:?} (now {size})",
+                    m.pv
+                ),
+            ),
+            Ok(Ok(crate::csi::expand::Expanded::Nothing)) => {}
+            Ok(Err(e)) => self.event(
+                pod,
+                "",
+                true,
+                "FileSystemResizeFailed",
+                format!(
+                    "MountVolume.NodeExpandVolume failed for volume {:?} : {e}",
+                    m.pv
+                ),
+            ),
+            Err(_) => {
+                tracing::warn!(pod = %pod_key(pod), volume = %m.volume, "node expansion timed out")
+            }
         }
     }
 }
