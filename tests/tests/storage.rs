@@ -675,7 +675,7 @@ async fn csi_volumes_are_staged_published_and_torn_down_by_their_driver() {
     )
     .await
     .unwrap();
-    let resized = wait_for(
+    wait_for(
         "the claim's resize finished",
         Duration::from_secs(40),
         async || {
