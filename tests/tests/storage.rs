@@ -119,6 +119,21 @@ async fn waits_for_mount(one: &OneNode, events: &Api<Event>, pod: &str, needle: 
     assert_eq!(waiting.reason.as_deref(), Some("ContainerCreating"));
 }
 
+/// Deletes pod `name` and waits until the apiserver no longer has it (the node
+/// finished with it).
+async fn delete_and_wait(one: &OneNode, name: &str) {
+    one.pods
+        .delete(name, &DeleteParams::default())
+        .await
+        .unwrap();
+    wait_for(
+        &format!("pod {name} gone"),
+        Duration::from_secs(60),
+        async || one.pods.get_opt(name).await.ok()?.is_none().then_some(()),
+    )
+    .await;
+}
+
 fn kernlet_cli(node: &SimNode, args: &[&str]) -> String {
     let out = node
         .command(kernlet_bin().unwrap())
@@ -249,19 +264,7 @@ async fn claimed_volumes_run_stateful_pods_as_on_a_kubelet_node() {
     assert_eq!(again.status.unwrap().phase.as_deref(), Some("Running"));
 
     // The data outlives the pod: a new pod of the same claim reads it.
-    one.pods
-        .delete("writer", &DeleteParams::default())
-        .await
-        .unwrap();
-    wait_for("the writer gone", Duration::from_secs(60), async || {
-        one.pods
-            .get_opt("writer")
-            .await
-            .ok()?
-            .is_none()
-            .then_some(())
-    })
-    .await;
+    delete_and_wait(&one, "writer").await;
     let reader = pod_with(
         "reader",
         claimed("data"),
@@ -692,19 +695,7 @@ async fn csi_volumes_are_staged_published_and_torn_down_by_their_driver() {
     assert_eq!(peer.state().expanded, [("vol-1".to_string(), 200 << 20)]);
 
     // The pod goes: unpublished, then unstaged; nothing mounted is left.
-    one.pods
-        .delete("csi-writer", &DeleteParams::default())
-        .await
-        .unwrap();
-    wait_for("the writer gone", Duration::from_secs(60), async || {
-        one.pods
-            .get_opt("csi-writer")
-            .await
-            .ok()?
-            .is_none()
-            .then_some(())
-    })
-    .await;
+    delete_and_wait(&one, "csi-writer").await;
     wait_for("the volume unstaged", Duration::from_secs(30), async || {
         peer.state().staged.is_empty().then_some(())
     })

@@ -821,12 +821,7 @@ impl Runtime {
                 id: id.clone(),
                 bundle: bundle.clone(),
                 layers_dir: self.cfg.image_dir.join("layers"),
-                lower: image
-                    .layers
-                    .iter()
-                    .rev()
-                    .map(|l| l.diff_id.trim_start_matches("sha256:").to_string())
-                    .collect(),
+                lower: image.lower(),
                 upper: dir.join("upper"),
                 work: dir.join("work"),
                 cgroup_root: self.cgroup_root.clone(),

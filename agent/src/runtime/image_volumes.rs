@@ -38,12 +38,7 @@ impl Runtime {
             volume: name.to_string(),
             reference: reference.to_string(),
             image_id: image.id.clone(),
-            lower: image
-                .layers
-                .iter()
-                .rev()
-                .map(|l| l.diff_id.trim_start_matches("sha256:").to_string())
-                .collect(),
+            lower: image.lower(),
         };
         super::write_json(
             &self.image_volumes_dir(uid).join(format!("{name}.json")),

@@ -352,22 +352,12 @@ fn node_authorizer(store: &Store, node: &str, a: &Attributes<'_>) -> NodeDecisio
                 no_relationship(node)
             }
         }
-        // The Node authorizer's graph: pod -> claim -> volume.
-        // NodeRestriction lets a node write the status of its pods' claims (expansion).
-        ("", "persistentvolumeclaims", Some("status")) if matches!(verb, "patch" | "update") => {
-            let Some(name) = a.name else {
-                return NodeDecision::NoOpinion;
-            };
-            if pods_on(store, node)
-                .iter()
-                .any(|p| same_ns(p) && pod_claims(p).iter().any(|c| c == name))
-            {
-                NodeDecision::Allow
-            } else {
-                no_relationship(node)
-            }
-        }
-        ("", "persistentvolumeclaims", None) if verb == "get" => {
+        // The Node authorizer's graph: pod -> claim -> volume; NodeRestriction lets a
+        // node write the status of its pods' claims (expansion).
+        ("", "persistentvolumeclaims", sub)
+            if (sub.is_none() && verb == "get")
+                || (sub == Some("status") && matches!(verb, "patch" | "update")) =>
+        {
             let Some(name) = a.name else {
                 return NodeDecision::NoOpinion;
             };

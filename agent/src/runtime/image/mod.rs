@@ -94,6 +94,18 @@ pub struct ImageRecord {
     pub size: u64,
 }
 
+impl ImageRecord {
+    /// The image's unpacked layers, top first, by their names in the store's layer
+    /// directory (an overlay's lower directories).
+    pub fn lower(&self) -> Vec<String> {
+        self.layers
+            .iter()
+            .rev()
+            .map(|l| l.diff_id.trim_start_matches("sha256:").to_string())
+            .collect()
+    }
+}
+
 #[derive(Debug, Default, Serialize, Deserialize)]
 struct Records {
     /// Image ID → image.
