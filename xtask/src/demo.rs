@@ -152,7 +152,8 @@ fn kernlet(args: &[&str]) -> Command {
     cmd.args(args)
         .args(["--state-dir", &dir("state"), "--run-dir", &dir("run")])
         .args(["--log-dir", &dir("logs"), "--image-dir", &dir("images")])
-        .args(["--cgroup-root", "kernlet-demo", "--bpffs-dir", &dir("bpf")]);
+        .args(["--cgroup-root", "kernlet-demo", "--bpffs-dir", &dir("bpf")])
+        .args(["--kubelet-dir", &dir("kubelet")]);
     cmd
 }
 
