@@ -67,8 +67,7 @@ pub async fn expand_if_pending(csi: &Csi, m: &Mountable) -> Result<Expanded, Csi
         .ok_or_else(|| CsiError::NotRegistered(s.driver.clone()))?;
     let result = if driver.expand {
         let mut node = NodeClient::new(channel(&driver.endpoint).await?);
-        let staging = (driver.stage_unstage)
-            .then(|| super::volumes::staging_path(&csi.kubelet_dir, &s.driver, &s.handle));
+        let staging = csi.staging_of(&driver, s);
         let req = NodeExpandVolumeRequest {
             volume_id: s.handle.clone(),
             volume_path: m.path.display().to_string(),

@@ -32,8 +32,7 @@ async fn of(csi: &Csi, m: &Mountable) -> Option<Value> {
     };
     let driver = csi.drivers.get(&s.driver).filter(|d| d.volume_stats)?;
     let mut node = NodeClient::new(channel(&driver.endpoint).await.ok()?);
-    let staging = (driver.stage_unstage && !s.inline)
-        .then(|| super::volumes::staging_path(&csi.kubelet_dir, &s.driver, &s.handle));
+    let staging = csi.staging_of(&driver, s);
     let req = NodeGetVolumeStatsRequest {
         volume_id: s.handle.clone(),
         volume_path: m.path.display().to_string(),

@@ -122,6 +122,13 @@ fn io(what: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> CsiErro
 }
 
 impl Csi {
+    /// Where the driver stages `s` on this node, if it stages it at all: drivers with
+    /// STAGE_UNSTAGE_VOLUME, never for an inline volume.
+    pub fn staging_of(&self, driver: &super::Driver, s: &CsiSource) -> Option<PathBuf> {
+        (driver.stage_unstage && !s.inline)
+            .then(|| staging_path(&self.kubelet_dir, &s.driver, &s.handle))
+    }
+
     /// A secret's data as the driver gets it.
     async fn secret(
         &self,
@@ -174,8 +181,9 @@ impl Csi {
         }
     }
 
-    /// Stages (when the driver does) and publishes the pod's volume; `m.path` becomes
-    /// the published path the containers bind.
+    /// Stages (when the driver does) and publishes the pod's volume at `m.path` — the
+    /// publish path ([`target_path`]) the caller recorded before — and says whether
+    /// the pod's fsGroup applies to it.
     pub async fn publish(&self, pod: &Pod, m: &mut Mountable) -> Result<(), CsiError> {
         let Plugin::Csi(s) = &m.plugin else {
             return Ok(());
@@ -210,10 +218,9 @@ impl Csi {
         };
         let uid = pod.metadata.uid.clone().unwrap_or_default();
         let mut node = NodeClient::new(channel(&driver.endpoint).await?);
-        let staging = staging_path(&self.kubelet_dir, &s.driver, &s.handle);
-        let staged = driver.stage_unstage && !s.inline;
-        if staged {
-            std::fs::create_dir_all(&staging).map_err(io("creating the staging path", &staging))?;
+        let staging = self.staging_of(&driver, s);
+        if let Some(staging) = &staging {
+            std::fs::create_dir_all(staging).map_err(io("creating the staging path", staging))?;
             let req = NodeStageVolumeRequest {
                 volume_id: s.handle.clone(),
                 publish_context: publish_context.clone().into_iter().collect(),
@@ -229,7 +236,8 @@ impl Csi {
             )
             .await?;
         }
-        let target = target_path(&self.kubelet_dir, &uid, &m.pv);
+        // The caller chose the publish path (and recorded it) before.
+        let target = m.path.clone();
         let parent = target.parent().unwrap_or(&target).to_path_buf();
         std::fs::create_dir_all(&parent)
             .map_err(io("creating the publish path's parent", &parent))?;
@@ -267,11 +275,7 @@ impl Csi {
         let req = NodePublishVolumeRequest {
             volume_id: s.handle.clone(),
             publish_context: publish_context.into_iter().collect(),
-            staging_target_path: if staged {
-                staging.display().to_string()
-            } else {
-                String::new()
-            },
+            staging_target_path: staging.map(|p| p.display().to_string()).unwrap_or_default(),
             target_path: target.display().to_string(),
             volume_capability: Some(capability(s)),
             readonly: m.read_only,
@@ -284,7 +288,6 @@ impl Csi {
             node.node_publish_volume(req),
         )
         .await?;
-        m.path = target;
         m.owned_by_fs_group = fs_group_applies(policy.fs_group_policy.as_deref(), s);
         Ok(())
     }
@@ -315,7 +318,7 @@ impl Csi {
             .get(&s.driver)
             .ok_or_else(|| CsiError::NotRegistered(s.driver.clone()))?;
         let mut node = NodeClient::new(channel(&driver.endpoint).await?);
-        let target = target_path(&self.kubelet_dir, uid, &m.pv);
+        let target = &m.path;
         let req = NodeUnpublishVolumeRequest {
             volume_id: s.handle.clone(),
             target_path: target.display().to_string(),
@@ -328,12 +331,13 @@ impl Csi {
         .await?;
         if let Some(parent) = target.parent() {
             // The driver removed what it made at the target; the rest is kubelet's.
-            let _ = std::fs::remove_dir(&target);
+            let _ = std::fs::remove_dir(target);
             let _ = std::fs::remove_file(parent.join("vol_data.json"));
             let _ = std::fs::remove_dir(parent);
         }
-        if driver.stage_unstage && !s.inline && !self.used_elsewhere(uid, s) {
-            let staging = staging_path(&self.kubelet_dir, &s.driver, &s.handle);
+        if let Some(staging) = self.staging_of(&driver, s)
+            && !self.used_elsewhere(uid, s)
+        {
             let req = NodeUnstageVolumeRequest {
                 volume_id: s.handle.clone(),
                 staging_target_path: staging.display().to_string(),

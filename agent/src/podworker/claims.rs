@@ -54,53 +54,40 @@ impl Runner {
         let mut first_error = None;
         let mut ready = Vec::new();
         for vol in spec.volumes.iter().flatten() {
+            // Claims (persistent and generic ephemeral) and CSI inline volumes only.
+            let claim = claims::claim_of(pod, vol);
+            if claim.is_none() && vol.csi.is_none() {
+                continue;
+            }
             if let Some(m) = self.rt.claimed_volume(uid, &vol.name) {
                 ready.push(m);
                 continue;
             }
-            let inline = claims::inline_csi(
-                pod,
-                vol,
-                format!(
-                    "csi-{}",
-                    crate::csi::sha256_hex(&format!("{uid}{}", vol.name))
-                ),
-            );
-            let Some(claim) = claims::claim_of(pod, vol) else {
-                if let Some(mut m) = inline {
-                    m.path = crate::csi::volumes::target_path(&csi.kubelet_dir, uid, &m.pv);
-                    let set_up = self
-                        .rt
-                        .record_pending(uid, &m)
-                        .map_err(ClaimStepError::from)
-                        .and_then(|()| {
-                            handle
-                                .block_on(csi.publish(pod, &mut m))
-                                .map_err(csi_failed(&vol.name))
+            let resolved = match &claim {
+                Some(claim) => handle.block_on(async {
+                    tokio::time::timeout(
+                        READ_TIMEOUT,
+                        resolve(client, pod, vol, claim, &self.node_fit),
+                    )
+                    .await
+                    .unwrap_or_else(|_| {
+                        Err(ClaimStepError::TimedOut {
+                            volume: vol.name.clone(),
                         })
-                        .and_then(|()| {
-                            let psc = spec.security_context.clone().unwrap_or_default();
-                            Ok(self.rt.set_up_claimed(uid, &m, &psc)?)
-                        });
-                    if let Err(e) = set_up {
-                        missing.push(vol.name.clone());
-                        first_error.get_or_insert(e.to_string());
-                    }
-                }
-                continue;
-            };
-            let resolved = handle.block_on(async {
-                tokio::time::timeout(
-                    READ_TIMEOUT,
-                    resolve(client, pod, vol, &claim, &self.node_fit),
-                )
-                .await
-                .unwrap_or_else(|_| {
-                    Err(ClaimStepError::TimedOut {
-                        volume: vol.name.clone(),
                     })
-                })
-            });
+                }),
+                None => {
+                    // kubelet's handle of an inline volume.
+                    let volume_handle = format!(
+                        "csi-{}",
+                        crate::csi::sha256_hex(&format!("{uid}{}", vol.name))
+                    );
+                    let Some(m) = claims::inline_csi(pod, vol, volume_handle) else {
+                        continue;
+                    };
+                    Ok(m)
+                }
+            };
             let set_up = resolved.and_then(|mut m| {
                 claims::check_use(pod, &m)?;
                 if let claims::Plugin::Csi(src) = &mut m.plugin {
