@@ -134,6 +134,24 @@ async fn delete_and_wait(one: &OneNode, name: &str) {
     .await;
 }
 
+/// Deletes pod `name` and waits until nothing is mounted under `dir` any more.
+async fn delete_until_unmounted(one: &OneNode, name: &str, dir: &std::path::Path) {
+    one.pods
+        .delete(name, &DeleteParams::default())
+        .await
+        .unwrap();
+    wait_for(
+        &format!("pod {name}'s volumes unmounted"),
+        Duration::from_secs(60),
+        async || {
+            kernlet_tests::csi::mounts_under(dir)
+                .is_empty()
+                .then_some(())
+        },
+    )
+    .await;
+}
+
 fn kernlet_cli(node: &SimNode, args: &[&str]) -> String {
     let out = node
         .command(kernlet_bin().unwrap())
@@ -778,16 +796,7 @@ async fn csi_volumes_are_staged_published_and_torn_down_by_their_driver() {
         async || (mounts_under(&target) == std::slice::from_ref(&target)).then_some(()),
     )
     .await;
-    one.pods
-        .delete("csi-again", &DeleteParams::default())
-        .await
-        .unwrap();
-    wait_for(
-        "everything unmounted",
-        Duration::from_secs(60),
-        async || mounts_under(&kubelet_dir).is_empty().then_some(()),
-    )
-    .await;
+    delete_until_unmounted(&one, "csi-again", &kubelet_dir).await;
 
     // The driver's sockets vanish while a publish is under way (its pod restarted):
     // the driver is taken off the CSINode, the pod waits naming it, and once the
@@ -828,16 +837,7 @@ async fn csi_volumes_are_staged_published_and_torn_down_by_their_driver() {
         kernlet::csi::volumes::target_path(&kubelet_dir, &running.metadata.uid.unwrap(), "csi-a");
     assert_eq!(mounts_under(&staging), std::slice::from_ref(&staging));
     assert_eq!(mounts_under(&target), std::slice::from_ref(&target));
-    one.pods
-        .delete("csi-third", &DeleteParams::default())
-        .await
-        .unwrap();
-    wait_for(
-        "the third pod's volume gone",
-        Duration::from_secs(60),
-        async || mounts_under(&kubelet_dir).is_empty().then_some(()),
-    )
-    .await;
+    delete_until_unmounted(&one, "csi-third", &kubelet_dir).await;
 
     // A driver without a CSIDriver object attaches (kubelet's default): the pod waits
     // for the VolumeAttachment the attach-detach controller and the driver's attacher
@@ -947,16 +947,7 @@ async fn csi_volumes_are_staged_published_and_torn_down_by_their_driver() {
             .map(String::as_str),
         Some("true")
     );
-    one.pods
-        .delete("csi-inline", &DeleteParams::default())
-        .await
-        .unwrap();
-    wait_for(
-        "the inline volume unpublished",
-        Duration::from_secs(60),
-        async || mounts_under(&kubelet_dir).is_empty().then_some(()),
-    )
-    .await;
+    delete_until_unmounted(&one, "csi-inline", &kubelet_dir).await;
     let st = peer.state();
     assert!(
         !st.calls
