@@ -5,7 +5,10 @@
 //! the staging path, and the staging path bound at each target), and checks every
 //! call against the spec's rules — required fields, a publish only of a staged volume
 //! at its staging path, an unstage only after every unpublish of the volume — keeping
-//! each breach in `violations`. Knobs make stages fail and publishes wait, for the
+//! each breach in `violations`. A volume asked for as a raw block device (the Block
+//! access type) is backed by a device the test gives it (`block_devices`): staging
+//! keeps it, publishing places that device at the target path — a file the peer
+//! creates — by a bind mount. Knobs make stages fail and publishes wait, for the
 //! fault tests. Only the generated gRPC bindings (the protocol's wire format) are
 //! shared with kernlet.
 
@@ -42,6 +45,10 @@ pub struct PeerState {
     pub publish_readonly: Option<bool>,
     /// Each NodeExpandVolume: volume id and required bytes.
     pub expanded: Vec<(String, i64)>,
+    /// The devices behind raw block volumes: volume id → device node.
+    pub block_devices: BTreeMap<String, PathBuf>,
+    /// Each volume's access type as the last stage or publish asked: volume id → block.
+    pub block: BTreeMap<String, bool>,
 }
 
 type Shared = Arc<Mutex<PeerState>>;
@@ -121,6 +128,25 @@ fn bind(source: &Path, target: &Path, readonly: bool) -> Result<(), Status> {
     Ok(())
 }
 
+/// Whether a capability asks for a raw block device.
+fn is_block(c: &Option<pb::VolumeCapability>) -> bool {
+    matches!(
+        c.as_ref().and_then(|c| c.access_type.as_ref()),
+        Some(pb::volume_capability::AccessType::Block(_))
+    )
+}
+
+/// The device behind a raw block volume, or FailedPrecondition when the test gave none.
+fn device_of(state: &Shared, volume: &str) -> Result<PathBuf, Status> {
+    lock(state)
+        .block_devices
+        .get(volume)
+        .cloned()
+        .ok_or_else(|| {
+            Status::failed_precondition(format!("no device backs block volume {volume}"))
+        })
+}
+
 fn unmount(target: &Path) -> Result<(), Status> {
     match nix::mount::umount(target) {
         Ok(()) | Err(nix::errno::Errno::EINVAL | nix::errno::Errno::ENOENT) => Ok(()),
@@ -197,10 +223,17 @@ impl pb::node_server::Node for Node {
             lock(s).violations.push(v.clone());
             return Err(Status::failed_precondition(v));
         }
-        let data = self.1.join(&r.volume_id);
-        std::fs::create_dir_all(&data).map_err(|e| Status::internal(e.to_string()))?;
-        bind(&data, &staging, false)?;
+        let block = is_block(&r.volume_capability);
+        if block {
+            // The device is kept by the peer; nothing is mounted at the staging path.
+            device_of(s, &r.volume_id)?;
+        } else {
+            let data = self.1.join(&r.volume_id);
+            std::fs::create_dir_all(&data).map_err(|e| Status::internal(e.to_string()))?;
+            bind(&data, &staging, false)?;
+        }
         let mut st = lock(s);
+        st.block.insert(r.volume_id.clone(), block);
         st.staged.insert(r.volume_id, r.staging_target_path);
         st.stage_secrets = r.secrets.into_iter().collect();
         Ok(Response::new(pb::NodeStageVolumeResponse {}))
@@ -310,6 +343,24 @@ impl pb::node_server::Node for Node {
             lock(s).violations.push(v.clone());
             return Err(Status::failed_precondition(v));
         }
+        let block = is_block(&r.volume_capability);
+        if block {
+            if lock(s).block.get(&r.volume_id) != Some(&true) {
+                let v = format!(
+                    "NodePublishVolume of {} as a block device, staged otherwise",
+                    r.volume_id
+                );
+                lock(s).violations.push(v.clone());
+                return Err(Status::failed_precondition(v));
+            }
+            let device = device_of(s, &r.volume_id)?;
+            std::fs::File::create(&target).map_err(|e| Status::internal(e.to_string()))?;
+            bind(&device, &target, r.readonly)?;
+            let mut st = lock(s);
+            st.published.insert(r.target_path, r.volume_id);
+            st.publish_readonly = Some(r.readonly);
+            return Ok(Response::new(pb::NodePublishVolumeResponse {}));
+        }
         std::fs::create_dir_all(&target).map_err(|e| Status::internal(e.to_string()))?;
         let source = if ephemeral {
             let data = self.1.join(&r.volume_id);
@@ -350,8 +401,12 @@ impl pb::node_server::Node for Node {
         )?;
         let target = PathBuf::from(&r.target_path);
         unmount(&target)?;
-        // The SP deletes what it made at the target.
-        let _ = std::fs::remove_dir(&target);
+        // The SP deletes what it made at the target (a file for a block volume).
+        if target.is_dir() {
+            let _ = std::fs::remove_dir(&target);
+        } else {
+            let _ = std::fs::remove_file(&target);
+        }
         lock(s).published.remove(&r.target_path);
         Ok(Response::new(pb::NodeUnpublishVolumeResponse {}))
     }

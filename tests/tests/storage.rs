@@ -12,7 +12,7 @@
 )]
 
 use std::os::unix::fs::{MetadataExt as _, PermissionsExt as _};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::{Event, PersistentVolume, PersistentVolumeClaim, Pod};
@@ -507,6 +507,139 @@ async fn a_block_volume_is_the_containers_device() {
         "volume \"data\" has volumeMode Block, but is specified in volumeMounts",
     )
     .await;
+}
+
+/// A raw block CSI volume (`volumeMode: Block` through a driver): staged at kubelet's
+/// `volumeDevices/staging/<pv>` with the Block access type, published by the driver as
+/// a device file at `volumeDevices/publish/<pv>/<uid>`, and that device is the
+/// container's at its `devicePath` (the driver's device is a loop device the test
+/// made); unpublished and unstaged when the pod goes, the peer finding no breach of
+/// the spec.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_csi_block_volume_is_the_containers_device() {
+    use k8s_openapi::api::storage::v1::{CSIDriver, CSINode};
+    use kernlet_tests::csi::{CsiPeer, mounts_under};
+    const LABEL: &str = "pvcsiblk";
+    const DRIVER: &str = "block.csi.kernlet.test";
+    Loop::sweep(LABEL);
+    let one = OneNode::start(LABEL, "w1", Network::Loopback(&[]))
+        .await
+        .unwrap();
+    let admin = one.cluster.admin().await.unwrap();
+    let pp = PostParams::default();
+    let kubelet_dir = one.node.dir("kubelet");
+    let peer = CsiPeer::start(DRIVER, &kubelet_dir, &one.node.dir("csi-backing")).unwrap();
+    let image = one.node.dir("disks").join(format!("{LABEL}.img"));
+    std::fs::create_dir_all(image.parent().unwrap()).unwrap();
+    let mut bytes = vec![0u8; 1 << 20];
+    bytes[..8].copy_from_slice(b"kernlet!");
+    std::fs::write(&image, &bytes).unwrap();
+    let dev = Loop::attach(&image);
+    peer.state()
+        .block_devices
+        .insert("blk-1".into(), PathBuf::from(&dev.dev));
+    let csinodes: Api<CSINode> = Api::all(admin.clone());
+    wait_for(
+        "the driver in the CSINode",
+        Duration::from_secs(30),
+        async || {
+            let n = csinodes.get_opt("w1").await.ok()??;
+            n.spec.drivers.into_iter().find(|d| d.name == DRIVER)
+        },
+    )
+    .await;
+    let drivers: Api<CSIDriver> = Api::all(admin.clone());
+    drivers
+        .create(
+            &pp,
+            &object(json!({"metadata": {"name": DRIVER}, "spec": {"attachRequired": false}})),
+        )
+        .await
+        .unwrap();
+    let pvs: Api<PersistentVolume> = Api::all(admin.clone());
+    let pvcs: Api<PersistentVolumeClaim> = Api::namespaced(admin.clone(), "default");
+    let mut pv = volume(
+        "csi-blk",
+        "rawcsi",
+        json!({"csi": {"driver": DRIVER, "volumeHandle": "blk-1"}}),
+        "w1",
+    );
+    pv.spec.as_mut().unwrap().node_affinity = None;
+    pv.spec.as_mut().unwrap().volume_mode = Some("Block".into());
+    pvs.create(&pp, &pv).await.unwrap();
+    let mut pvc = claim("rawcsi", "rawcsi");
+    pvc.spec.as_mut().unwrap().volume_mode = Some("Block".into());
+    pvcs.create(&pp, &pvc).await.unwrap();
+    let pod: Pod = object(json!({
+        "metadata": {"name": "csi-raw-user"},
+        "spec": {
+            "restartPolicy": "Never",
+            "volumes": [claimed("rawcsi")],
+            "containers": [{"name": "c", "image": "busybox:1.36",
+                "command": ["sh", "-c", "[ \"$(head -c 8 /dev/xvdb)\" = kernlet! ] && printf via-csi | dd of=/dev/xvdb bs=512 seek=1 conv=notrunc,fsync"],
+                "volumeDevices": [{"name": "data", "devicePath": "/dev/xvdb"}]}],
+        },
+    }));
+    one.create_bound(&pod).await.unwrap();
+    let done = wait_for("the block pod done", Duration::from_secs(90), async || {
+        let p = one.pods.get("csi-raw-user").await.ok()?;
+        let phase = p.status.as_ref()?.phase.clone()?;
+        matches!(phase.as_str(), "Succeeded" | "Failed").then_some(p)
+    })
+    .await;
+    assert_eq!(
+        done.status.as_ref().unwrap().phase.as_deref(),
+        Some("Succeeded"),
+        "{:#?}\n{}",
+        done.status,
+        one.node.kernlet_log()
+    );
+    let uid = done.metadata.uid.unwrap();
+    let staging = kernlet::csi::volumes::block_staging_path(&kubelet_dir, "csi-blk");
+    let target = kernlet::csi::volumes::block_publish_path(&kubelet_dir, &uid, "csi-blk");
+    {
+        let st = peer.state();
+        assert_eq!(st.staged.get("blk-1"), Some(&staging.display().to_string()));
+        assert_eq!(
+            st.published
+                .get(&target.display().to_string())
+                .map(String::as_str),
+            Some("blk-1")
+        );
+        assert_eq!(st.block.get("blk-1"), Some(&true));
+    }
+    let vol_data: Value = serde_json::from_str(&read(
+        &kubelet_dir.join("plugins/kubernetes.io/csi/volumeDevices/csi-blk/data/vol_data.json"),
+    ))
+    .unwrap();
+    assert_eq!(vol_data["volumeHandle"], "blk-1");
+    assert_eq!(mounts_under(&target), std::slice::from_ref(&target));
+
+    delete_until_unmounted(&one, "csi-raw-user", &kubelet_dir).await;
+    wait_for(
+        "the block volume unstaged",
+        Duration::from_secs(30),
+        async || {
+            peer.state()
+                .calls
+                .iter()
+                .any(|c| c == "NodeUnstageVolume blk-1")
+                .then_some(())
+        },
+    )
+    .await;
+    assert!(!target.exists(), "the publish file is gone");
+    {
+        let st = peer.state();
+        assert!(
+            st.violations.is_empty(),
+            "breaches of the CSI spec: {:?}",
+            st.violations
+        );
+    }
+    drop(dev);
+    let back = std::fs::read(&image).unwrap();
+    assert_eq!(&back[512..519], b"via-csi");
 }
 
 /// A CSI driver as a DaemonSet would run it beside a kernlet node (the kit's test peer,

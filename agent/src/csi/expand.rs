@@ -67,7 +67,7 @@ pub async fn expand_if_pending(csi: &Csi, m: &Mountable) -> Result<Expanded, Csi
         .ok_or_else(|| CsiError::NotRegistered(s.driver.clone()))?;
     let result = if driver.expand {
         let mut node = NodeClient::new(channel(&driver.endpoint).await?);
-        let staging = csi.staging_of(&driver, s);
+        let staging = csi.staging_of(&driver, s, m);
         let req = NodeExpandVolumeRequest {
             volume_id: s.handle.clone(),
             volume_path: m.path.display().to_string(),
@@ -76,7 +76,7 @@ pub async fn expand_if_pending(csi: &Csi, m: &Mountable) -> Result<Expanded, Csi
                 limit_bytes: 0,
             }),
             staging_target_path: staging.map(|p| p.display().to_string()).unwrap_or_default(),
-            volume_capability: Some(super::volumes::capability(s)),
+            volume_capability: Some(super::volumes::capability(s, m.block)),
             secrets: Default::default(),
         };
         rpc("NodeExpandVolume", 120, node.node_expand_volume(req))

@@ -67,8 +67,6 @@ pub enum CsiError {
         handle: String,
         attachment: String,
     },
-    #[error("CSI volumes of volumeMode Block are not supported by kernlet yet")]
-    Block,
     #[error("volume mode {mode:?} not supported by driver {driver} (only supports {modes:?})")]
     LifecycleMode {
         mode: &'static str,

@@ -30,9 +30,13 @@ async fn of(csi: &Csi, m: &Mountable) -> Option<Value> {
     let Plugin::Csi(s) = &m.plugin else {
         return None;
     };
+    // kubelet reads no usage of a raw block volume.
+    if m.block {
+        return None;
+    }
     let driver = csi.drivers.get(&s.driver).filter(|d| d.volume_stats)?;
     let mut node = NodeClient::new(channel(&driver.endpoint).await.ok()?);
-    let staging = csi.staging_of(&driver, s);
+    let staging = csi.staging_of(&driver, s, m);
     let req = NodeGetVolumeStatsRequest {
         volume_id: s.handle.clone(),
         volume_path: m.path.display().to_string(),

@@ -6,7 +6,11 @@
 //! `<kubelet-dir>/plugins/kubernetes.io/csi/<driver>/<sha256(handle)>/globalmount` (for
 //! drivers with STAGE_UNSTAGE_VOLUME) and `NodePublishVolume` at
 //! `<kubelet-dir>/pods/<uid>/volumes/kubernetes.io~csi/<pv>/mount`, kubelet's
-//! `vol_data.json` beside it. When the pod goes: `NodeUnpublishVolume`, and
+//! `vol_data.json` beside it. A raw block volume (`volumeMode: Block`) is staged at
+//! `<kubelet-dir>/plugins/kubernetes.io/csi/volumeDevices/staging/<pv>` and published
+//! as a device file at `.../volumeDevices/publish/<pv>/<uid>` (its `vol_data.json` in
+//! `.../volumeDevices/<pv>/data`), which the container gets at its `devicePath`. When
+//! the pod goes: `NodeUnpublishVolume`, and
 //! `NodeUnstageVolume` once no other pod of the node uses the volume.
 
 use std::collections::BTreeMap;
@@ -17,7 +21,9 @@ use k8s_openapi::api::storage::v1::{CSIDriver, VolumeAttachment};
 use kube::api::Api;
 
 use super::proto::csi::node_client::NodeClient;
-use super::proto::csi::volume_capability::{AccessMode, AccessType, MountVolume, access_mode};
+use super::proto::csi::volume_capability::{
+    AccessMode, AccessType, BlockVolume, MountVolume, access_mode,
+};
 use super::proto::csi::{
     NodePublishVolumeRequest, NodeStageVolumeRequest, NodeUnpublishVolumeRequest,
     NodeUnstageVolumeRequest, VolumeCapability,
@@ -69,25 +75,67 @@ pub fn target_path(kubelet_dir: &Path, uid: &str, pv: &str) -> PathBuf {
         .join("mount")
 }
 
+/// Where kubelet keeps a raw block CSI volume's files: `staging/<pv>`,
+/// `publish/<pv>/<uid>` and `<pv>/data`.
+fn block_dir(kubelet_dir: &Path) -> PathBuf {
+    kubelet_dir.join("plugins/kubernetes.io/csi/volumeDevices")
+}
+
+/// Where kubelet stages a raw block volume.
+pub fn block_staging_path(kubelet_dir: &Path, pv: &str) -> PathBuf {
+    block_dir(kubelet_dir).join("staging").join(pv)
+}
+
+/// Where kubelet has the driver publish a pod's raw block volume (a device file).
+pub fn block_publish_path(kubelet_dir: &Path, uid: &str, pv: &str) -> PathBuf {
+    block_dir(kubelet_dir).join("publish").join(pv).join(uid)
+}
+
+/// Where a pod's volume is published: a directory for a filesystem volume, a device
+/// file for a raw block one.
+pub fn publish_path(kubelet_dir: &Path, uid: &str, pv: &str, block: bool) -> PathBuf {
+    if block {
+        block_publish_path(kubelet_dir, uid, pv)
+    } else {
+        target_path(kubelet_dir, uid, pv)
+    }
+}
+
+/// Where kubelet writes a volume's `vol_data.json`.
+fn vol_data_path(kubelet_dir: &Path, m: &Mountable) -> PathBuf {
+    if m.block {
+        block_dir(kubelet_dir)
+            .join(&m.pv)
+            .join("data/vol_data.json")
+    } else {
+        m.path.parent().unwrap_or(&m.path).join("vol_data.json")
+    }
+}
+
 /// The VolumeAttachment name kubelet and the attach-detach controller agree on.
 pub fn attachment_name(handle: &str, driver: &str, node: &str) -> String {
     format!("csi-{}", sha256_hex(&format!("{handle}{driver}{node}")))
 }
 
 /// The capability kubelet asks for: the PV's first access mode, mounted with its
-/// fsType and mountOptions.
-pub fn capability(s: &CsiSource) -> VolumeCapability {
+/// fsType and mountOptions — or, for a raw block volume, as a block device.
+pub fn capability(s: &CsiSource, block: bool) -> VolumeCapability {
     let mode = match s.access_modes.first().map(String::as_str) {
         Some("ReadOnlyMany") => access_mode::Mode::MultiNodeReaderOnly,
         Some("ReadWriteMany") => access_mode::Mode::MultiNodeMultiWriter,
         _ => access_mode::Mode::SingleNodeWriter,
     };
-    VolumeCapability {
-        access_type: Some(AccessType::Mount(MountVolume {
+    let access_type = if block {
+        AccessType::Block(BlockVolume {})
+    } else {
+        AccessType::Mount(MountVolume {
             fs_type: s.fs_type.clone(),
             mount_flags: s.mount_options.clone(),
             volume_mount_group: String::new(),
-        })),
+        })
+    };
+    VolumeCapability {
+        access_type: Some(access_type),
         access_mode: Some(AccessMode { mode: mode as i32 }),
     }
 }
@@ -122,11 +170,21 @@ fn io(what: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> CsiErro
 }
 
 impl Csi {
-    /// Where the driver stages `s` on this node, if it stages it at all: drivers with
-    /// STAGE_UNSTAGE_VOLUME, never for an inline volume.
-    pub fn staging_of(&self, driver: &super::Driver, s: &CsiSource) -> Option<PathBuf> {
-        (driver.stage_unstage && !s.inline)
-            .then(|| staging_path(&self.kubelet_dir, &s.driver, &s.handle))
+    /// Where the driver stages the volume `m` (of source `s`) on this node, if it
+    /// stages it at all: drivers with STAGE_UNSTAGE_VOLUME, never for an inline volume.
+    pub fn staging_of(
+        &self,
+        driver: &super::Driver,
+        s: &CsiSource,
+        m: &Mountable,
+    ) -> Option<PathBuf> {
+        (driver.stage_unstage && !s.inline).then(|| {
+            if m.block {
+                block_staging_path(&self.kubelet_dir, &m.pv)
+            } else {
+                staging_path(&self.kubelet_dir, &s.driver, &s.handle)
+            }
+        })
     }
 
     /// A secret's data as the driver gets it.
@@ -188,9 +246,6 @@ impl Csi {
         let Plugin::Csi(s) = &m.plugin else {
             return Ok(());
         };
-        if m.block {
-            return Err(CsiError::Block);
-        }
         let driver = self
             .drivers
             .get(&s.driver)
@@ -218,14 +273,14 @@ impl Csi {
         };
         let uid = pod.metadata.uid.clone().unwrap_or_default();
         let mut node = NodeClient::new(channel(&driver.endpoint).await?);
-        let staging = self.staging_of(&driver, s);
+        let staging = self.staging_of(&driver, s, m);
         if let Some(staging) = &staging {
             std::fs::create_dir_all(staging).map_err(io("creating the staging path", staging))?;
             let req = NodeStageVolumeRequest {
                 volume_id: s.handle.clone(),
                 publish_context: publish_context.clone().into_iter().collect(),
                 staging_target_path: staging.display().to_string(),
-                volume_capability: Some(capability(s)),
+                volume_capability: Some(capability(s, m.block)),
                 secrets: self.secret(&s.stage_secret).await?.into_iter().collect(),
                 volume_context: s.attributes.clone().into_iter().collect(),
             };
@@ -246,7 +301,10 @@ impl Csi {
             "nodeName": self.node, "volumeLifecycleMode": mode,
             "attachmentID": if attach_required { attachment_name(&s.handle, &s.driver, &self.node) } else { String::new() },
         });
-        let vol_data_path = parent.join("vol_data.json");
+        let vol_data_path = vol_data_path(&self.kubelet_dir, m);
+        if let Some(dir) = vol_data_path.parent() {
+            std::fs::create_dir_all(dir).map_err(io("creating", dir))?;
+        }
         std::fs::write(&vol_data_path, vol_data.to_string())
             .map_err(io("writing", &vol_data_path))?;
         let mut context: BTreeMap<String, String> = s.attributes.clone();
@@ -277,7 +335,7 @@ impl Csi {
             publish_context: publish_context.into_iter().collect(),
             staging_target_path: staging.map(|p| p.display().to_string()).unwrap_or_default(),
             target_path: target.display().to_string(),
-            volume_capability: Some(capability(s)),
+            volume_capability: Some(capability(s, m.block)),
             readonly: m.read_only,
             secrets: self.secret(&s.publish_secret).await?.into_iter().collect(),
             volume_context: context.into_iter().collect(),
@@ -288,7 +346,8 @@ impl Csi {
             node.node_publish_volume(req),
         )
         .await?;
-        m.owned_by_fs_group = fs_group_applies(policy.fs_group_policy.as_deref(), s);
+        // A raw block volume has no files to own.
+        m.owned_by_fs_group = !m.block && fs_group_applies(policy.fs_group_policy.as_deref(), s);
         Ok(())
     }
 
@@ -329,13 +388,26 @@ impl Csi {
             node.node_unpublish_volume(req),
         )
         .await?;
-        if let Some(parent) = target.parent() {
-            // The driver removed what it made at the target; the rest is kubelet's.
+        // The driver removed what it made at the target; the rest is kubelet's.
+        if m.block {
+            let _ = std::fs::remove_file(target);
+        } else {
             let _ = std::fs::remove_dir(target);
-            let _ = std::fs::remove_file(parent.join("vol_data.json"));
-            let _ = std::fs::remove_dir(parent);
         }
-        if let Some(staging) = self.staging_of(&driver, s)
+        let vol_data = vol_data_path(&self.kubelet_dir, m);
+        let _ = std::fs::remove_file(&vol_data);
+        for dir in [
+            target.parent(),
+            vol_data.parent(),
+            vol_data.parent().and_then(Path::parent),
+        ]
+        .into_iter()
+        .flatten()
+        {
+            // Only when empty: another pod's block volume may share the directory.
+            let _ = std::fs::remove_dir(dir);
+        }
+        if let Some(staging) = self.staging_of(&driver, s, m)
             && !self.used_elsewhere(uid, s)
         {
             let req = NodeUnstageVolumeRequest {
@@ -349,7 +421,9 @@ impl Csi {
             )
             .await?;
             let _ = std::fs::remove_dir(&staging);
-            if let Some(p) = staging.parent() {
+            if !m.block
+                && let Some(p) = staging.parent()
+            {
                 let _ = std::fs::remove_dir(p);
             }
         }
@@ -407,5 +481,33 @@ mod tests {
             "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
         );
         assert!(attachment_name("h", "d", "n").starts_with("csi-"));
+        assert_eq!(
+            block_staging_path(k, "pv-1"),
+            PathBuf::from("/var/lib/kubelet/plugins/kubernetes.io/csi/volumeDevices/staging/pv-1")
+        );
+        assert_eq!(
+            publish_path(k, "u1", "pv-1", true),
+            PathBuf::from(
+                "/var/lib/kubelet/plugins/kubernetes.io/csi/volumeDevices/publish/pv-1/u1"
+            )
+        );
+        let m = Mountable {
+            volume: "data".into(),
+            claim: "c".into(),
+            namespace: "default".into(),
+            pv: "pv-1".into(),
+            plugin: Plugin::Csi(Box::default()),
+            path: block_publish_path(k, "u1", "pv-1"),
+            block: true,
+            read_only: false,
+            owned_by_fs_group: false,
+            ready: true,
+        };
+        assert_eq!(
+            vol_data_path(k, &m),
+            PathBuf::from(
+                "/var/lib/kubelet/plugins/kubernetes.io/csi/volumeDevices/pv-1/data/vol_data.json"
+            )
+        );
     }
 }

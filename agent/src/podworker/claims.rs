@@ -97,7 +97,8 @@ impl Runner {
                         .map_err(csi_failed(&vol.name))?;
                     src.attachable = crate::csi::volumes::attach_required(&policy, src);
                     // Recorded first: a pod that goes half set up is torn down too.
-                    m.path = crate::csi::volumes::target_path(&csi.kubelet_dir, uid, &m.pv);
+                    m.path =
+                        crate::csi::volumes::publish_path(&csi.kubelet_dir, uid, &m.pv, m.block);
                     self.rt.record_pending(uid, &m)?;
                     handle
                         .block_on(csi.publish(pod, &mut m))

@@ -101,15 +101,19 @@ impl Runtime {
     }
 
     /// The recorded setup of the pod's claimed volume `name`, if it is set up — for a
-    /// driver's volume, also still mounted (after a reboot or an unmount behind the
-    /// node's back it is published again).
+    /// driver's volume, also still mounted, or for a raw block one still a device
+    /// (after a reboot or an unmount behind the node's back it is published again).
     pub fn claimed_volume(&self, uid: &str, name: &str) -> Option<Mountable> {
         super::read_json::<Mountable>(&self.claims_dir(uid).join(format!("{name}.json")))
             .ok()
             .flatten()
             .filter(|m| m.ready)
-            .filter(|m| {
-                !matches!(m.plugin, Plugin::Csi(_)) || crate::sys::mount::is_mount_point(&m.path)
+            .filter(|m| match m.plugin {
+                Plugin::Csi(_) if m.block => {
+                    std::fs::metadata(&m.path).is_ok_and(|meta| meta.file_type().is_block_device())
+                }
+                Plugin::Csi(_) => crate::sys::mount::is_mount_point(&m.path),
+                _ => true,
             })
     }
 
