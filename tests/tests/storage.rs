@@ -1110,8 +1110,11 @@ async fn image_volumes_mount_an_image_read_only() {
             "restartPolicy": "Never",
             "volumes": [{"name": "tools", "image": {"reference": "busybox:1.36", "pullPolicy": "IfNotPresent"}}],
             "containers": [{"name": "c", "image": "busybox:1.36",
-                "command": ["sh", "-c", "test -x /tools/bin/busybox && ! touch /tools/x 2>/dev/null && grep -q /tools /proc/mounts"],
-                "volumeMounts": [{"name": "tools", "mountPath": "/tools"}]}],
+                "command": ["sh", "-c", "test -x /tools/bin/busybox && ! touch /tools/x 2>/dev/null && grep -q /tools /proc/mounts && test -x /sub/busybox && ! touch /sub/x 2>/dev/null && cmp /img-busybox /tools/bin/busybox"],
+                "volumeMounts": [{"name": "tools", "mountPath": "/tools"},
+                                 {"name": "tools", "mountPath": "/sub", "subPath": "bin"},
+                                 {"name": "tools", "mountPath": "/img-busybox", "subPathExpr": "$(DIR)/busybox"}],
+                "env": [{"name": "DIR", "value": "bin"}]}],
         },
     }));
     one.create_bound(&pod).await.unwrap();
@@ -1137,6 +1140,41 @@ async fn image_volumes_mount_an_image_read_only() {
             .iter()
             .any(|m| m.to_string_lossy().contains("image-volumes")),
         "the image volume is mounted in the container's namespace only"
+    );
+
+    // A subPath the image does not have: the container is not created.
+    let missing: Pod = object(json!({
+        "metadata": {"name": "img-missing"},
+        "spec": {
+            "volumes": [{"name": "tools", "image": {"reference": "busybox:1.36", "pullPolicy": "IfNotPresent"}}],
+            "containers": [{"name": "c", "image": "busybox:1.36", "command": ["sleep", "3600"],
+                "volumeMounts": [{"name": "tools", "mountPath": "/tools", "subPath": "no/such"}]}],
+        },
+    }));
+    one.create_bound(&missing).await.unwrap();
+    let waiting = wait_for(
+        "the missing subPath's error",
+        Duration::from_secs(60),
+        async || {
+            let p = one.pods.get("img-missing").await.ok()?;
+            p.status?
+                .container_statuses?
+                .first()?
+                .state
+                .clone()?
+                .waiting
+                .filter(|w| w.reason.as_deref() != Some("ContainerCreating"))
+        },
+    )
+    .await;
+    assert_eq!(
+        waiting.reason.as_deref(),
+        Some("CreateContainerError"),
+        "{waiting:?}"
+    );
+    assert!(
+        waiting.message.unwrap_or_default().contains("no/such"),
+        "the message names the subPath"
     );
 
     let never: Pod = object(json!({

@@ -444,40 +444,17 @@ impl Runtime {
             let (mut source, forced_readonly) = self
                 .volume_source(sb, &psc, vol)
                 .map_err(|e| refuse(e.to_string()))?;
-            let sub = match (&vm.sub_path, &vm.sub_path_expr) {
-                (Some(p), _) if !p.is_empty() => Some(p.clone()),
-                (_, Some(expr)) if !expr.is_empty() => {
-                    // $(VAR) from the container's environment.
-                    let env: Vec<(String, String)> = c
-                        .env
-                        .iter()
-                        .flatten()
-                        .map(|e| (e.name.clone(), e.value.clone().unwrap_or_default()))
-                        .collect();
-                    Some(runtime_spec::expand(expr, &|n| {
-                        env.iter()
-                            .rev()
-                            .find(|(k, _)| k == n)
-                            .map(|(_, v)| v.clone())
-                    }))
+            if let Some(sub) = sub_path_of(c, vm) {
+                source = if vol.image.is_some() {
+                    // The shim binds it once it has mounted the image.
+                    container_volumes::checked_sub_path(&sub)
+                        .map(|_| self.sub_path_target(&sb.uid, &c.name, index))
+                } else {
+                    self.sub_path(sb, &c.name, index, &source, &sub)
                 }
-                _ => None,
-            };
-            if let Some(sub) = sub {
-                if vol.image.is_some() {
-                    return Err(RuntimeError::Config(format!(
-                        "volumeMount {:?}: subPath on an image volume is not supported by kernlet yet",
-                        vm.name
-                    )));
-                }
-                source = self
-                    .sub_path(sb, &c.name, index, &source, &sub)
-                    .map_err(|e| {
-                        RuntimeError::Config(format!(
-                            "volumeMount {:?} subPath {sub:?}: {e}",
-                            vm.name
-                        ))
-                    })?;
+                .map_err(|e| {
+                    RuntimeError::Config(format!("volumeMount {:?} subPath {sub:?}: {e}", vm.name))
+                })?;
             }
             let privileged_mount = c
                 .security_context
@@ -1194,5 +1171,31 @@ mod tests {
         assert_eq!(cpu_shares(0), 2);
         assert_eq!(cpu_shares(100), 102);
         assert_eq!(cpu_shares(1000), 1024);
+    }
+}
+
+/// The subPath of mount `vm` of container `c`: `subPath`, or `subPathExpr` with
+/// `$(VAR)` expanded from the container's environment.
+pub(super) fn sub_path_of(
+    c: &k8s_openapi::api::core::v1::Container,
+    vm: &k8s_openapi::api::core::v1::VolumeMount,
+) -> Option<String> {
+    match (&vm.sub_path, &vm.sub_path_expr) {
+        (Some(p), _) if !p.is_empty() => Some(p.clone()),
+        (_, Some(expr)) if !expr.is_empty() => {
+            let env: Vec<(String, String)> = c
+                .env
+                .iter()
+                .flatten()
+                .map(|e| (e.name.clone(), e.value.clone().unwrap_or_default()))
+                .collect();
+            Some(runtime_spec::expand(expr, &|n| {
+                env.iter()
+                    .rev()
+                    .find(|(k, _)| k == n)
+                    .map(|(_, v)| v.clone())
+            }))
+        }
+        _ => None,
     }
 }

@@ -287,30 +287,40 @@ impl Runtime {
         volume: &std::path::Path,
         sub: &str,
     ) -> Result<PathBuf, MountError> {
-        let rel = std::path::Path::new(sub);
-        if rel.is_absolute() {
-            return Err(MountError::SubPathAbsolute);
-        }
-        if !rel
-            .components()
-            .all(|c| matches!(c, std::path::Component::Normal(_)))
-        {
-            return Err(MountError::SubPathDotDot);
-        }
+        let rel = checked_sub_path(sub)?;
         // Missing directories get the mode of the volume's root, as kubelet makes them.
         let mode = std::fs::symlink_metadata(volume)
             .map(|m| std::os::unix::fs::PermissionsExt::mode(&m.permissions()) & 0o7777)
             .unwrap_or(0o755);
         let fd = crate::sys::mount::open_beneath(volume, rel, Some(mode))
             .map_err(MountError::SubPathOpen)?;
-        let target = self
-            .pod_run_dir(&sb.uid)
-            .join("subpaths")
-            .join(container)
-            .join(index.to_string());
+        let target = self.sub_path_target(&sb.uid, container, index);
         crate::sys::mount::bind_fd(&fd, &target).map_err(MountError::SubPathBind)?;
         Ok(target)
     }
+
+    /// Where the subPath of mount `index` of a pod's container is bound for it.
+    pub(super) fn sub_path_target(&self, uid: &str, container: &str, index: usize) -> PathBuf {
+        self.pod_run_dir(uid)
+            .join("subpaths")
+            .join(container)
+            .join(index.to_string())
+    }
+}
+
+/// A subPath as kubelet accepts it: relative, without `..`.
+pub(super) fn checked_sub_path(sub: &str) -> Result<&std::path::Path, MountError> {
+    let rel = std::path::Path::new(sub);
+    if rel.is_absolute() {
+        return Err(MountError::SubPathAbsolute);
+    }
+    if !rel
+        .components()
+        .all(|c| matches!(c, std::path::Component::Normal(_)))
+    {
+        return Err(MountError::SubPathDotDot);
+    }
+    Ok(rel)
 }
 
 /// How a volume mount propagates (`volumeMounts[].mountPropagation`).

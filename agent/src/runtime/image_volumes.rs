@@ -3,7 +3,9 @@
 //! and layers), and each container that mounts the volume gets the image's layers
 //! mounted read-only by its shim, in the shim's own mount namespace, at
 //! `<run-dir>/pods/<uid>/image-volumes/<volume>` — so nothing is mounted on the node
-//! and nothing is left when the container goes. The image counts as in use for the
+//! and nothing is left when the container goes. A mount with a subPath gets that path
+//! of the image, opened beneath the image's root by the shim and bound where the
+//! container's other subPaths are (`<run-dir>/pods/<uid>/subpaths/<container>/<n>`). The image counts as in use for the
 //! image garbage collector while a pod has it.
 
 use std::path::PathBuf;
@@ -69,17 +71,20 @@ impl Runtime {
         c.volume_mounts
             .iter()
             .flatten()
-            .filter(|vm| {
+            .enumerate()
+            .filter(|(_, vm)| {
                 spec.volumes
                     .iter()
                     .flatten()
                     .any(|v| v.name == vm.name && v.image.is_some())
             })
-            .filter_map(|vm| {
+            .filter_map(|(index, vm)| {
                 let v = self.image_volume(uid, &vm.name)?;
                 Some(super::shim::ImageVolumeMount {
                     path: self.image_volume_path(uid, &vm.name),
                     lower: v.lower,
+                    sub_path: super::container::sub_path_of(c, vm)
+                        .map(|sub| (sub, self.sub_path_target(uid, &c.name, index))),
                 })
             })
             .collect()

@@ -81,6 +81,10 @@ pub struct ShimRequest {
 pub struct ImageVolumeMount {
     pub path: PathBuf,
     pub lower: Vec<String>,
+    /// A subPath of the image (relative, checked) and where it is bound for the
+    /// container.
+    #[serde(default)]
+    pub sub_path: Option<(String, PathBuf)>,
 }
 
 /// A container's open stdin (`spec.containers[].stdin`).
@@ -159,6 +163,13 @@ fn run(bundle: &Path) -> anyhow::Result<()> {
     for v in &req.image_volumes {
         sys::mount::image_read_only(&v.path, &req.layers_dir, &v.lower)
             .with_context(|| format!("mounting the image volume at {}", v.path.display()))?;
+        if let Some((sub, target)) = &v.sub_path {
+            // Beneath the image's root: a symlink in the image cannot lead out of it.
+            let fd = sys::mount::open_beneath(&v.path, Path::new(sub), None)
+                .with_context(|| format!("subPath {sub:?} of the image volume"))?;
+            sys::mount::bind_fd(&fd, target)
+                .with_context(|| format!("binding subPath {sub:?} of the image volume"))?;
+        }
     }
 
     let (out_r, out_w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?;
