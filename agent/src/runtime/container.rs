@@ -1104,6 +1104,32 @@ pub fn state_in(dir: &std::path::Path) -> ContainerState {
     }
 }
 
+/// The subPath of mount `vm` of container `c`: `subPath`, or `subPathExpr` with
+/// `$(VAR)` expanded from the container's environment.
+pub(super) fn sub_path_of(
+    c: &k8s_openapi::api::core::v1::Container,
+    vm: &k8s_openapi::api::core::v1::VolumeMount,
+) -> Option<String> {
+    match (&vm.sub_path, &vm.sub_path_expr) {
+        (Some(p), _) if !p.is_empty() => Some(p.clone()),
+        (_, Some(expr)) if !expr.is_empty() => {
+            let env: Vec<(String, String)> = c
+                .env
+                .iter()
+                .flatten()
+                .map(|e| (e.name.clone(), e.value.clone().unwrap_or_default()))
+                .collect();
+            Some(runtime_spec::expand(expr, &|n| {
+                env.iter()
+                    .rev()
+                    .find(|(k, _)| k == n)
+                    .map(|(_, v)| v.clone())
+            }))
+        }
+        _ => None,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1171,31 +1197,5 @@ mod tests {
         assert_eq!(cpu_shares(0), 2);
         assert_eq!(cpu_shares(100), 102);
         assert_eq!(cpu_shares(1000), 1024);
-    }
-}
-
-/// The subPath of mount `vm` of container `c`: `subPath`, or `subPathExpr` with
-/// `$(VAR)` expanded from the container's environment.
-pub(super) fn sub_path_of(
-    c: &k8s_openapi::api::core::v1::Container,
-    vm: &k8s_openapi::api::core::v1::VolumeMount,
-) -> Option<String> {
-    match (&vm.sub_path, &vm.sub_path_expr) {
-        (Some(p), _) if !p.is_empty() => Some(p.clone()),
-        (_, Some(expr)) if !expr.is_empty() => {
-            let env: Vec<(String, String)> = c
-                .env
-                .iter()
-                .flatten()
-                .map(|e| (e.name.clone(), e.value.clone().unwrap_or_default()))
-                .collect();
-            Some(runtime_spec::expand(expr, &|n| {
-                env.iter()
-                    .rev()
-                    .find(|(k, _)| k == n)
-                    .map(|(_, v)| v.clone())
-            }))
-        }
-        _ => None,
     }
 }
