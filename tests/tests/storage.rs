@@ -395,6 +395,180 @@ async fn claimed_volumes_run_stateful_pods_as_on_a_kubelet_node() {
     );
 }
 
+/// Binds every pod of `default` that has no node yet to `node`, as the scheduler
+/// would, until dropped (the kit has no scheduler, and the real control plane here
+/// runs none either).
+struct Scheduler(tokio::task::JoinHandle<()>);
+
+impl Scheduler {
+    fn start(one: &OneNode, node: &str) -> Self {
+        let pods = one.pods.clone();
+        let node = node.to_string();
+        Self(tokio::spawn(async move {
+            loop {
+                for p in pods
+                    .list(&Default::default())
+                    .await
+                    .map(|l| l.items)
+                    .unwrap_or_default()
+                {
+                    let unbound = p.spec.as_ref().is_some_and(|s| s.node_name.is_none());
+                    if unbound && let Some(name) = &p.metadata.name {
+                        let binding = json!({"apiVersion": "v1", "kind": "Binding",
+                            "metadata": {"name": name},
+                            "target": {"apiVersion": "v1", "kind": "Node", "name": node}});
+                        let _ = pods
+                            .create_subresource::<Value, Value>(
+                                "binding",
+                                name,
+                                &PostParams::default(),
+                                &binding,
+                            )
+                            .await;
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }))
+    }
+}
+
+impl Drop for Scheduler {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// A StatefulSet with `volumeClaimTemplates` over local PVs, as a database runs on a
+/// kubelet node: the controller makes each ordinal's claim, the binder binds it to a
+/// local PV of the node, the pod runs and writes its identity into its volume; a
+/// deleted pod is made again and finds its data, and so do the pods after the agent
+/// is killed (-9) and restarted, and a pod deleted after that.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_statefulset_keeps_its_data_across_pod_deletes_and_agent_restarts() {
+    use k8s_openapi::api::apps::v1::StatefulSet;
+    let mut one = OneNode::start("pvsts", "w1", Network::Loopback(&[]))
+        .await
+        .unwrap();
+    let admin = one.cluster.admin().await.unwrap();
+    let pvs: Api<PersistentVolume> = Api::all(admin.clone());
+    let sets: Api<StatefulSet> = Api::namespaced(admin.clone(), "default");
+    let pp = PostParams::default();
+    let disks = one.node.dir("disks");
+    for d in ["s0", "s1"] {
+        std::fs::create_dir_all(disks.join(d)).unwrap();
+        pvs.create(
+            &pp,
+            &volume(
+                &format!("local-{d}"),
+                "local-sts",
+                json!({"local": {"path": disks.join(d)}}),
+                "w1",
+            ),
+        )
+        .await
+        .unwrap();
+    }
+    let _scheduler = Scheduler::start(&one, "w1");
+    let set: StatefulSet = object(json!({
+        "metadata": {"name": "db"},
+        "spec": {
+            "serviceName": "db",
+            "replicas": 2,
+            "selector": {"matchLabels": {"app": "db"}},
+            "template": {
+                "metadata": {"labels": {"app": "db"}},
+                "spec": {
+                    "terminationGracePeriodSeconds": 1,
+                    "containers": [{"name": "c", "image": "busybox:1.36",
+                        "command": ["sh", "-c", "[ -f /data/id ] || hostname > /data/id; echo start >> /data/log; exec sleep 3600"],
+                        "volumeMounts": [{"name": "data", "mountPath": "/data"}]}],
+                },
+            },
+            "volumeClaimTemplates": [{"metadata": {"name": "data"}, "spec": {
+                "storageClassName": "local-sts", "accessModes": ["ReadWriteOnce"],
+                "resources": {"requests": {"storage": "10Mi"}}}}],
+        },
+    }));
+    sets.create(&pp, &set).await.unwrap();
+    // Each ordinal's disk: the PV its claim was bound to.
+    let pvcs: Api<PersistentVolumeClaim> = Api::namespaced(admin.clone(), "default");
+    let disk_of = async |ordinal: u32| {
+        let claim = format!("data-db-{ordinal}");
+        let pv = wait_for(
+            &format!("claim {claim} bound"),
+            Duration::from_secs(60),
+            async || pvcs.get(&claim).await.ok()?.spec?.volume_name,
+        )
+        .await;
+        disks.join(pv.trim_start_matches("local-"))
+    };
+    let starts = |disk: &Path| read(&disk.join("log")).lines().count();
+    let both_running = async |one: &OneNode| {
+        for name in ["db-0", "db-1"] {
+            phase_of(&one.pods, name, "Running").await;
+        }
+        wait_for("the set ready", Duration::from_secs(90), async || {
+            let s = sets.get("db").await.ok()?.status?;
+            (s.ready_replicas == Some(2)).then_some(())
+        })
+        .await;
+    };
+    both_running(&one).await;
+    let (d0, d1) = (disk_of(0).await, disk_of(1).await);
+    wait_for(
+        "both identities written",
+        Duration::from_secs(30),
+        async || {
+            (read(&d0.join("id")) == "db-0\n" && read(&d1.join("id")) == "db-1\n").then_some(())
+        },
+    )
+    .await;
+    assert_eq!((starts(&d0), starts(&d1)), (1, 1));
+
+    // A deleted pod is made again (a new uid) and finds its volume as it left it.
+    let old = one.pods.get("db-0").await.unwrap().metadata.uid;
+    one.pods
+        .delete("db-0", &DeleteParams::default())
+        .await
+        .unwrap();
+    wait_for(
+        "db-0 made again and running",
+        Duration::from_secs(120),
+        async || {
+            let p = one.pods.get("db-0").await.ok()?;
+            (p.metadata.uid != old && p.status?.phase.as_deref() == Some("Running")).then_some(())
+        },
+    )
+    .await;
+    wait_for(
+        "db-0 started on its data",
+        Duration::from_secs(30),
+        async || (starts(&d0) == 2).then_some(()),
+    )
+    .await;
+    assert_eq!(read(&d0.join("id")), "db-0\n");
+
+    // kill -9 of the agent: the pods run on with their volumes; a pod deleted after
+    // the restart is made again on its data too.
+    one.restart_agent_killed(&[]).unwrap();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    both_running(&one).await;
+    assert_eq!((starts(&d0), starts(&d1)), (2, 1), "no container restarted");
+    one.pods
+        .delete("db-1", &DeleteParams::default())
+        .await
+        .unwrap();
+    wait_for(
+        "db-1 started again on its data",
+        Duration::from_secs(120),
+        async || (starts(&d1) == 2).then_some(()),
+    )
+    .await;
+    both_running(&one).await;
+    assert_eq!(read(&d1.join("id")), "db-1\n");
+}
+
 /// A loop device over a file, detached when dropped (even when the test fails).
 struct Loop {
     dev: String,

@@ -15,6 +15,7 @@ pub mod storage;
 pub mod store;
 pub mod tables;
 pub mod tokens;
+pub mod workloads;
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
@@ -176,6 +177,10 @@ impl InMemoryApiServer {
             ))));
         this.tasks
             .push(tokio::spawn(storage::storage_controller(Arc::clone(
+                &server,
+            ))));
+        this.tasks
+            .push(tokio::spawn(workloads::statefulset_controller(Arc::clone(
                 &server,
             ))));
         Ok(this)

@@ -203,6 +203,16 @@ pub const RESOURCES: &[ResourceType] = &[
     r(
         "apps",
         "v1",
+        "statefulsets",
+        "statefulset",
+        "StatefulSet",
+        true,
+        &["sts"],
+        &["status", "scale"],
+    ),
+    r(
+        "apps",
+        "v1",
         "replicasets",
         "replicaset",
         "ReplicaSet",
