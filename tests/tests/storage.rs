@@ -738,7 +738,11 @@ async fn a_csi_block_volume_is_the_containers_device() {
         json!({"csi": {"driver": DRIVER, "volumeHandle": "blk-1"}}),
         "w1",
     );
-    pv.spec.as_mut().unwrap().node_affinity = None;
+    // As a provisioner makes it: affine to the topology the driver reported, a label
+    // the node got after it registered (kubelet reads its node's labels as they are).
+    pv.spec.as_mut().unwrap().node_affinity = Some(object(json!({"required": {
+        "nodeSelectorTerms": [{"matchExpressions": [{"key": "topology.csi.kernlet.test/zone",
+            "operator": "In", "values": ["z1"]}]}]}})));
     pv.spec.as_mut().unwrap().volume_mode = Some("Block".into());
     pvs.create(&pp, &pv).await.unwrap();
     let mut pvc = claim("rawcsi", "rawcsi");

@@ -4,6 +4,7 @@
 pub mod client_cert;
 pub mod events;
 pub mod node;
+pub mod node_labels;
 pub mod overlay;
 pub mod permissions;
 pub mod pod_sources;

@@ -16,7 +16,10 @@ pub struct NodeFit {
     pub allocatable_cpu_milli: u64,
     pub allocatable_memory: u64,
     pub max_pods: u64,
-    pub labels: BTreeMap<String, String>,
+    /// The node's labels as the Node object has them now (kubelet reads its node
+    /// lister): labels added after registration — a CSI driver's topology, an
+    /// admin's `kubectl label` — count.
+    pub labels: NodeLabels,
     /// The runtime handler names this node answers to besides the default (empty)
     /// one (`--runtime-handlers`).
     pub runtime_handlers: Vec<String>,
@@ -30,6 +33,9 @@ pub struct NodeFit {
 
 /// Whether the node is shutting down, shared by the shutdown and admission.
 pub type ShuttingDown = super::shared::Shared<bool>;
+
+/// The node's labels, kept by the watch of its Node object.
+pub type NodeLabels = super::shared::Shared<BTreeMap<String, String>>;
 
 /// Why a pod is refused: kubelet's reason (`OutOfcpu`, `NodeAffinity`, …) and message.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -116,10 +122,11 @@ fn matches(req: &NodeSelectorRequirement, value: Option<&String>) -> bool {
 fn term_matches(t: &NodeSelectorTerm, node: &NodeFit) -> bool {
     let exprs = t.match_expressions.iter().flatten();
     let fields = t.match_fields.iter().flatten();
+    let labels = node.labels.get();
     let mut any = false;
     for e in exprs {
         any = true;
-        if !matches(e, node.labels.get(&e.key)) {
+        if !matches(e, labels.get(&e.key)) {
             return false;
         }
     }
@@ -145,11 +152,12 @@ pub fn selector_matches(sel: &k8s_openapi::api::core::v1::NodeSelector, node: &N
 
 /// Whether the pod's nodeSelector and required node affinity match the node.
 pub fn node_matches(spec: &PodSpec, node: &NodeFit) -> bool {
+    let labels = node.labels.get();
     let selector_ok = spec
         .node_selector
         .iter()
         .flatten()
-        .all(|(k, v)| node.labels.get(k) == Some(v));
+        .all(|(k, v)| labels.get(k) == Some(v));
     let required = spec
         .affinity
         .as_ref()
@@ -303,10 +311,12 @@ mod tests {
             allocatable_cpu_milli: 2000,
             allocatable_memory: 4 << 30,
             max_pods: 3,
-            labels: [("zone", "a"), ("size", "8")]
-                .into_iter()
-                .map(|(k, v)| (k.to_string(), v.to_string()))
-                .collect(),
+            labels: NodeLabels::new(
+                [("zone", "a"), ("size", "8")]
+                    .into_iter()
+                    .map(|(k, v)| (k.to_string(), v.to_string()))
+                    .collect(),
+            ),
             runtime_handlers: Vec::new(),
             lsm: Default::default(),
             pressure: Default::default(),

@@ -1,6 +1,7 @@
 //! A value one part of the agent sets and another reads: the node's pressure
-//! conditions and whether it is shutting down, set by the eviction manager and the
-//! shutdown and read by admission. Compared by value, so that the admission's view
+//! conditions, whether it is shutting down and its labels, set by the eviction
+//! manager, the shutdown and the watch of the Node, and read by admission and the
+//! volume manager. Compared by value, so that the admission's view
 //! of the node stays comparable.
 
 use std::sync::{Arc, RwLock};
@@ -9,24 +10,28 @@ use std::sync::{Arc, RwLock};
 #[derive(Clone, Debug, Default)]
 pub struct Shared<T>(Arc<RwLock<T>>);
 
-impl<T: Copy> Shared<T> {
+impl<T: Clone> Shared<T> {
+    pub fn new(value: T) -> Self {
+        Self(Arc::new(RwLock::new(value)))
+    }
+
     pub fn set(&self, value: T) {
-        // A writer that panicked left a whole value behind: `T` is `Copy`.
+        // A writer that panicked left a whole value behind: it is only ever replaced.
         *self.0.write().unwrap_or_else(|e| e.into_inner()) = value;
     }
 
     pub fn get(&self) -> T {
-        *self.0.read().unwrap_or_else(|e| e.into_inner())
+        self.0.read().unwrap_or_else(|e| e.into_inner()).clone()
     }
 }
 
-impl<T: Copy + PartialEq> PartialEq for Shared<T> {
+impl<T: Clone + PartialEq> PartialEq for Shared<T> {
     fn eq(&self, other: &Self) -> bool {
         self.get() == other.get()
     }
 }
 
-impl<T: Copy + Eq> Eq for Shared<T> {}
+impl<T: Clone + Eq> Eq for Shared<T> {}
 
 #[cfg(test)]
 mod tests {

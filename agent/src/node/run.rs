@@ -121,6 +121,15 @@ pub async fn run_node(kubeconfig: PathBuf, node: PreparedNode) -> anyhow::Result
     );
     let eviction_rt = rt.clone();
     let pressure = crate::model::eviction::SharedPressure::default();
+    let node_labels = crate::model::admission::NodeLabels::new(
+        node::registration(&cfg).metadata.labels.unwrap_or_default(),
+    );
+    tokio::spawn(crate::controllers::node_labels::keep(
+        client.clone(),
+        cfg.name.clone(),
+        node_labels.clone(),
+        stop_rx.clone(),
+    ));
     let evictions = crate::podworker::Evictions::default();
     let shutting_down = crate::model::admission::ShuttingDown::default();
     let image_collector: crate::runtime::image_gc::SharedImageGc = std::sync::Arc::new(
@@ -198,7 +207,7 @@ pub async fn run_node(kubeconfig: PathBuf, node: PreparedNode) -> anyhow::Result
                 max_pods: u64::from(cfg.max_pods),
                 runtime_handlers: cfg.runtime_handlers.clone(),
                 lsm: crate::sys::lsm::support(),
-                labels: node::registration(&cfg).metadata.labels.unwrap_or_default(),
+                labels: node_labels.clone(),
                 pressure: pressure.clone(),
                 shutting_down: shutting_down.clone(),
             }

@@ -293,9 +293,11 @@ impl Runner {
             allocatable_cpu_milli: cpu,
             allocatable_memory: mem,
             max_pods: 110,
-            labels: [("kubernetes.io/hostname".to_string(), facts.hostname)]
-                .into_iter()
-                .collect(),
+            labels: crate::model::admission::NodeLabels::new(
+                [("kubernetes.io/hostname".to_string(), facts.hostname)]
+                    .into_iter()
+                    .collect(),
+            ),
             runtime_handlers: Vec::new(),
             lsm: crate::sys::lsm::support(),
             // Standalone: no node controller reads the signals.
