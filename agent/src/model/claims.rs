@@ -435,7 +435,7 @@ mod tests {
             allocatable_cpu_milli: 1000,
             allocatable_memory: 1 << 30,
             max_pods: 110,
-            labels: super::admission::NodeLabels::new(
+            labels: crate::model::admission::NodeLabels::new(
                 [("kubernetes.io/hostname".to_string(), "n1".to_string())].into(),
             ),
             runtime_handlers: vec![],
