@@ -754,25 +754,23 @@ async fn a_csi_block_volume_is_the_containers_device() {
             "restartPolicy": "Never",
             "volumes": [claimed("rawcsi")],
             "containers": [{"name": "c", "image": "busybox:1.36",
-                "command": ["sh", "-c", "[ \"$(head -c 8 /dev/xvdb)\" = kernlet! ] && printf via-csi | dd of=/dev/xvdb bs=512 seek=1 conv=notrunc,fsync"],
+                "command": ["sh", "-c", "[ \"$(head -c 8 /dev/xvdb)\" = kernlet! ] && printf via-csi | dd of=/dev/xvdb bs=512 seek=1 conv=notrunc,fsync && exec sleep 3600"],
                 "volumeDevices": [{"name": "data", "devicePath": "/dev/xvdb"}]}],
         },
     }));
     one.create_bound(&pod).await.unwrap();
-    let done = wait_for("the block pod done", Duration::from_secs(90), async || {
-        let p = one.pods.get("csi-raw-user").await.ok()?;
-        let phase = p.status.as_ref()?.phase.clone()?;
-        matches!(phase.as_str(), "Succeeded" | "Failed").then_some(p)
-    })
+    let running = phase_of(&one.pods, "csi-raw-user", "Running").await;
+    // What the container wrote to its device reached the driver's disk.
+    wait_for(
+        "the write on the disk",
+        Duration::from_secs(30),
+        async || {
+            let back = std::fs::read(&image).ok()?;
+            (&back[512..519] == b"via-csi").then_some(())
+        },
+    )
     .await;
-    assert_eq!(
-        done.status.as_ref().unwrap().phase.as_deref(),
-        Some("Succeeded"),
-        "{:#?}\n{}",
-        done.status,
-        one.node.kernlet_log()
-    );
-    let uid = done.metadata.uid.unwrap();
+    let uid = running.metadata.uid.unwrap();
     let staging = kernlet::csi::volumes::block_staging_path(&kubelet_dir, "csi-blk");
     let target = kernlet::csi::volumes::block_publish_path(&kubelet_dir, &uid, "csi-blk");
     {
@@ -816,8 +814,6 @@ async fn a_csi_block_volume_is_the_containers_device() {
         );
     }
     drop(dev);
-    let back = std::fs::read(&image).unwrap();
-    assert_eq!(&back[512..519], b"via-csi");
 }
 
 /// A CSI driver as a DaemonSet would run it beside a kernlet node (the kit's test peer,
@@ -1258,6 +1254,18 @@ async fn csi_volumes_are_staged_published_and_torn_down_by_their_driver() {
             .map(String::as_str),
         Some("true")
     );
+    // Finished, the pod gives its volume back before it is deleted (kubelet unmounts
+    // a terminated pod's volumes).
+    wait_for(
+        "the finished pod's volume unpublished",
+        Duration::from_secs(30),
+        async || {
+            (!peer.state().published.values().any(|v| *v == handle)
+                && mounts_under(&kubelet_dir).is_empty())
+            .then_some(())
+        },
+    )
+    .await;
     delete_until_unmounted(&one, "csi-inline", &kubelet_dir).await;
     let st = peer.state();
     assert!(

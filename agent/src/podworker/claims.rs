@@ -36,6 +36,40 @@ fn csi_failed(volume: &str) -> impl FnOnce(crate::csi::CsiError) -> ClaimStepErr
 const READ_TIMEOUT: Duration = Duration::from_secs(30);
 
 impl Runner {
+    /// Whether the pod has finished for good: its phase is terminal and nothing of it
+    /// runs (kubelet's terminated pod, whose volumes the volume manager unmounts).
+    pub(super) fn finished(&self, uid: &str, pod: &Pod) -> bool {
+        let views = self.views(uid, pod);
+        matches!(
+            crate::model::pod_lifecycle::phase(&spec_of(pod), &views),
+            "Succeeded" | "Failed"
+        ) && !views
+            .iter()
+            .any(|v| matches!(v.current, Observed::Running { .. }))
+    }
+
+    /// Gives back the driver volumes of a finished pod, as kubelet unmounts a
+    /// terminated pod's volumes before it is deleted: each CSI volume is unpublished
+    /// (and unstaged once no other pod uses it), so a ReadWriteOnce volume is free
+    /// for a pod elsewhere and leaves `volumesInUse`. What fails is tried again at the
+    /// pod's next sync and when its sandbox goes.
+    pub(super) fn release_claims(&self, uid: &str, pod: &Pod) {
+        if !self
+            .rt
+            .claimed_volumes(uid)
+            .iter()
+            .any(|m| matches!(m.plugin, claims::Plugin::Csi(_)))
+        {
+            return;
+        }
+        match self.rt.tear_down_driver_volumes(uid) {
+            Ok(()) => {
+                tracing::info!(pod = %pod_key(pod), "finished: its CSI volumes are unpublished")
+            }
+            Err(e) => tracing::warn!(pod = %pod_key(pod), "finished, but its volumes stay: {e}"),
+        }
+    }
+
     /// Resolves and sets up every claimed volume of the pod not yet recorded; the
     /// first that cannot be is the pod's reason to wait, with the names of every
     /// volume still missing (kubelet's FailedMount message).

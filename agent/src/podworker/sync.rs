@@ -202,7 +202,9 @@ impl Runner {
             self.remove_evicted_content(uid, &views);
             return Ok(());
         }
-        if let Err(why) = self.prepare_claims(uid, pod) {
+        if self.finished(uid, pod) {
+            self.release_claims(uid, pod);
+        } else if let Err(why) = self.prepare_claims(uid, pod) {
             // As kubelet: the containers wait in ContainerCreating while the volume
             // manager cannot mount, and the pod says why in a FailedMount event.
             let spec = spec_of(pod);
