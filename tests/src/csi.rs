@@ -658,3 +658,9 @@ pub fn mounts_under(dir: &Path) -> Vec<PathBuf> {
         .filter(|p| p.starts_with(dir))
         .collect()
 }
+
+/// The mount points strictly below `dir` (a node's kubelet directory is a mount of
+/// its own: a shared bind, as kubelet makes it).
+pub fn mounts_below(dir: &Path) -> Vec<PathBuf> {
+    mounts_under(dir).into_iter().filter(|p| p != dir).collect()
+}

@@ -144,7 +144,7 @@ async fn delete_until_unmounted(one: &OneNode, name: &str, dir: &std::path::Path
         &format!("pod {name}'s volumes unmounted"),
         Duration::from_secs(60),
         async || {
-            kernlet_tests::csi::mounts_under(dir)
+            kernlet_tests::csi::mounts_below(dir)
                 .is_empty()
                 .then_some(())
         },
@@ -827,7 +827,7 @@ async fn a_csi_block_volume_is_the_containers_device() {
 async fn csi_volumes_are_staged_published_and_torn_down_by_their_driver() {
     use k8s_openapi::api::core::v1::Secret;
     use k8s_openapi::api::storage::v1::{CSIDriver, CSINode};
-    use kernlet_tests::csi::{CsiPeer, mounts_under};
+    use kernlet_tests::csi::{CsiPeer, mounts_below, mounts_under};
     const DRIVER: &str = "csi.kernlet.test";
     let mut one = OneNode::start("pvcsi", "w1", Network::Loopback(&[]))
         .await
@@ -860,8 +860,37 @@ async fn csi_volumes_are_staged_published_and_torn_down_by_their_driver() {
         async || (peer.state().registered == Some(true)).then_some(()),
     )
     .await;
-    let node = one.pods.clone();
-    drop(node);
+
+    // As a driver's DaemonSet mounts it: the kubelet directory is a shared mount (kernlet
+    // makes it one, as kubelet does), so a privileged pod's Bidirectional mount of
+    // `<kubelet-dir>/pods` gets its mounts back to the node.
+    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    assert!(
+        kernlet::sys::mount::propagation_of(&mountinfo, &kubelet_dir).is_some_and(|m| m.shared),
+        "the kubelet directory is a shared mount"
+    );
+    let pods_dir = kubelet_dir.join("pods");
+    let probe = pods_dir.join("probe");
+    let plugin: Pod = object(json!({
+        "metadata": {"name": "plugin-like"},
+        "spec": {
+            "terminationGracePeriodSeconds": 1,
+            "volumes": [{"name": "pods", "hostPath": {"path": pods_dir, "type": "DirectoryOrCreate"}}],
+            "containers": [{"name": "c", "image": "busybox:1.36",
+                "securityContext": {"privileged": true},
+                "command": ["sh", "-c", format!("mkdir -p {p} && mount -t tmpfs tmpfs {p} && touch {p}/from-pod && exec sleep 3600", p = probe.display())],
+                "volumeMounts": [{"name": "pods", "mountPath": pods_dir, "mountPropagation": "Bidirectional"}]}],
+        },
+    }));
+    one.create_bound(&plugin).await.unwrap();
+    wait_for(
+        "the pod's mount on the node",
+        Duration::from_secs(60),
+        async || probe.join("from-pod").exists().then_some(()),
+    )
+    .await;
+    delete_and_wait(&one, "plugin-like").await;
+    nix::mount::umount2(&probe, nix::mount::MntFlags::MNT_DETACH).unwrap();
 
     let drivers: Api<CSIDriver> = Api::all(admin.clone());
     drivers
@@ -1041,7 +1070,7 @@ async fn csi_volumes_are_staged_published_and_torn_down_by_their_driver() {
         );
         assert!(st.published.is_empty());
     }
-    assert_eq!(mounts_under(&kubelet_dir), Vec::<std::path::PathBuf>::new());
+    assert_eq!(mounts_below(&kubelet_dir), Vec::<std::path::PathBuf>::new());
 
     // kill -9 of the agent between stage and publish: the restarted agent publishes,
     // the volume is staged and published exactly once.
@@ -1261,7 +1290,7 @@ async fn csi_volumes_are_staged_published_and_torn_down_by_their_driver() {
         Duration::from_secs(30),
         async || {
             (!peer.state().published.values().any(|v| *v == handle)
-                && mounts_under(&kubelet_dir).is_empty())
+                && mounts_below(&kubelet_dir).is_empty())
             .then_some(())
         },
     )

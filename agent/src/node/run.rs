@@ -86,6 +86,18 @@ pub async fn run_node(kubeconfig: PathBuf, node: PreparedNode) -> anyhow::Result
     let runtime_state_dir = runtime.state_dir.clone();
     let mut rt =
         tokio::task::spawn_blocking(move || crate::runtime::Runtime::open(runtime)).await??;
+    // kubelet's root directory is a shared mount, so that a CSI node plugin's mounts
+    // (Bidirectional) reach the node.
+    if let Err(e) = std::fs::create_dir_all(&kubelet_dir)
+        .and_then(|()| crate::sys::mount::make_rshared(&kubelet_dir))
+        .inspect(|&made| {
+            if made {
+                tracing::info!(dir = %kubelet_dir.display(), "made the kubelet directory a shared mount");
+            }
+        })
+    {
+        tracing::warn!(dir = %kubelet_dir.display(), "cannot make the kubelet directory a shared mount (Bidirectional volume mounts below it will be refused): {e}");
+    }
     // CSI: drivers register through the plugin watcher; their volumes are published
     // by the pod workers and torn down with their pods.
     let csi = crate::csi::Csi {

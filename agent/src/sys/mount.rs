@@ -140,6 +140,30 @@ pub fn propagation_of(mountinfo: &str, path: &Path) -> Option<MountPropagation> 
         })
 }
 
+/// Makes `dir` a shared mount, as kubelet makes its root directory at start: when the
+/// mount it is on does not propagate, `dir` is bound on itself and that bind made
+/// recursively shared — so a pod's Bidirectional mount below it (a CSI node plugin's
+/// publishes) reaches the node, and the node's mounts reach HostToContainer pods.
+/// Returns whether it had to.
+pub fn make_rshared(dir: &Path) -> io::Result<bool> {
+    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo")?;
+    if propagation_of(&mountinfo, dir).is_some_and(|m| m.shared) {
+        return Ok(false);
+    }
+    if !is_mount_point(dir) {
+        rbind(dir, dir)?;
+    }
+    mount(
+        None::<&str>,
+        dir,
+        None::<&str>,
+        MsFlags::MS_SHARED | MsFlags::MS_REC,
+        None::<&str>,
+    )
+    .map_err(io_err)?;
+    Ok(true)
+}
+
 /// Whether something is mounted at `path` itself (this process's mount namespace).
 pub fn is_mount_point(path: &Path) -> bool {
     std::fs::read_to_string("/proc/self/mountinfo")
