@@ -891,6 +891,35 @@ async fn csi_volumes_are_staged_published_and_torn_down_by_their_driver() {
     .await;
     delete_and_wait(&one, "plugin-like").await;
     nix::mount::umount2(&probe, nix::mount::MntFlags::MNT_DETACH).unwrap();
+    // The node's /dev over the container's /dev (as the host-path driver's DaemonSet
+    // asks) is refused with a reason, never half set up in the node's /dev.
+    let dev_pod: Pod = object(json!({
+        "metadata": {"name": "dev-over-dev"},
+        "spec": {
+            "volumes": [{"name": "dev", "hostPath": {"path": "/dev", "type": "Directory"}}],
+            "containers": [{"name": "c", "image": "busybox:1.36", "command": ["sleep", "3600"],
+                "securityContext": {"privileged": true},
+                "volumeMounts": [{"name": "dev", "mountPath": "/dev"}]}],
+        },
+    }));
+    one.create_bound(&dev_pod).await.unwrap();
+    let waiting = wait_for(
+        "the /dev volume refused",
+        Duration::from_secs(60),
+        async || {
+            let p = one.pods.get("dev-over-dev").await.ok()?;
+            p.status?
+                .container_statuses?
+                .first()?
+                .state
+                .clone()?
+                .waiting
+                .filter(|w| w.reason.as_deref() == Some("CreateContainerConfigError"))
+        },
+    )
+    .await;
+    assert!(waiting.message.unwrap_or_default().contains("at /dev"));
+    delete_and_wait(&one, "dev-over-dev").await;
 
     let drivers: Api<CSIDriver> = Api::all(admin.clone());
     drivers

@@ -430,6 +430,16 @@ impl Runtime {
             bidirectional: false,
         });
         for (index, vm) in c.volume_mounts.iter().flatten().enumerate() {
+            if vm.mount_path.trim_end_matches('/') == "/dev" {
+                // The runtime (libcontainer) makes its links and device nodes in the
+                // container's /dev after the volumes are mounted: over a volume at
+                // /dev that would write into the volume (the node's /dev for a
+                // hostPath). runc skips that setup then; until kernlet can, refused.
+                return Err(RuntimeError::Config(format!(
+                    "volumeMount {:?} at /dev: a volume over the container's /dev is not supported by kernlet yet (a privileged container gets the node's devices in its own /dev)",
+                    vm.name
+                )));
+            }
             let vol = spec
                 .volumes
                 .iter()
