@@ -1239,6 +1239,14 @@ async fn csi_volumes_are_staged_published_and_torn_down_by_their_driver() {
         &format!("VolumeAttachment {va_name}"),
     )
     .await;
+    // kubelet's lists: waiting for its attachment, not failed to process.
+    waits_for_mount(
+        &one,
+        &events,
+        "attached-user",
+        "unmounted volumes=[data], unattached volumes=[data], failed to process volumes=[]",
+    )
+    .await;
     let nodes: Api<k8s_openapi::api::core::v1::Node> = Api::all(admin.clone());
     let in_use = wait_for("volumesInUse", Duration::from_secs(30), async || {
         let n = nodes.get("w1").await.ok()?;

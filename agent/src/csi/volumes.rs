@@ -225,10 +225,18 @@ impl Csi {
     async fn attachment(&self, s: &CsiSource) -> Result<BTreeMap<String, String>, CsiError> {
         let name = attachment_name(&s.handle, &s.driver, &self.node);
         let api: Api<VolumeAttachment> = Api::all(self.client.get());
-        let va = api.get_opt(&name).await.map_err(|source| CsiError::Api {
-            what: format!("VolumeAttachment {name}"),
-            source,
-        })?;
+        let va = match api.get_opt(&name).await {
+            Ok(va) => va,
+            // The Node authorizer lets a node read an attachment only once it names the
+            // node: before the attach-detach controller made it, a read is forbidden.
+            Err(kube::Error::Api(e)) if e.code == 403 => None,
+            Err(source) => {
+                return Err(CsiError::Api {
+                    what: format!("VolumeAttachment {name}"),
+                    source,
+                });
+            }
+        };
         match va.and_then(|v| v.status) {
             Some(st) if st.attached => Ok(st.attachment_metadata.unwrap_or_default()),
             _ => Err(CsiError::NotAttached {

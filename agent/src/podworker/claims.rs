@@ -84,7 +84,7 @@ impl Runner {
             return Ok(());
         };
         let spec = spec_of(pod);
-        let mut missing = Vec::new();
+        let (mut missing, mut unattached, mut failed) = (Vec::new(), Vec::new(), Vec::new());
         let mut first_error = None;
         let mut ready = Vec::new();
         for vol in spec.volumes.iter().flatten() {
@@ -147,6 +147,18 @@ impl Runner {
                     plugin = m.plugin.name(), path = %m.path.display(), "volume set up"),
                 Err(e) => {
                     missing.push(vol.name.clone());
+                    // Waiting for its attachment is not a failure to process it.
+                    if matches!(
+                        e,
+                        ClaimStepError::Csi {
+                            source: crate::csi::CsiError::NotAttached { .. },
+                            ..
+                        }
+                    ) {
+                        unattached.push(vol.name.clone());
+                    } else {
+                        failed.push(vol.name.clone());
+                    }
                     first_error.get_or_insert(e.to_string());
                 }
             }
@@ -157,10 +169,11 @@ impl Runner {
         match first_error {
             None => Ok(()),
             Some(why) => Err(format!(
-                "Unable to attach or mount volumes: unmounted volumes=[{}], unattached volumes=[], \
+                "Unable to attach or mount volumes: unmounted volumes=[{}], unattached volumes=[{}], \
                  failed to process volumes=[{}]: {why}",
                 missing.join(" "),
-                missing.join(" ")
+                unattached.join(" "),
+                failed.join(" ")
             )),
         }
     }
