@@ -613,6 +613,49 @@ impl Drop for Loop {
     }
 }
 
+/// A 1 MiB disk image starting with `kernlet!` under the node's `disks`, and a loop
+/// device over it.
+fn disk(one: &OneNode, label: &str) -> (PathBuf, Loop) {
+    let image = one.node.dir("disks").join(format!("{label}.img"));
+    std::fs::create_dir_all(image.parent().unwrap()).unwrap();
+    let mut bytes = vec![0u8; 1 << 20];
+    bytes[..8].copy_from_slice(b"kernlet!");
+    std::fs::write(&image, &bytes).unwrap();
+    let dev = Loop::attach(&image);
+    (image, dev)
+}
+
+/// A Block PV and its Block claim `claim` (class the same name).
+async fn block_claim(admin: &kube::Client, mut pv: PersistentVolume, claim_name: &str) {
+    let pp = PostParams::default();
+    pv.spec.as_mut().unwrap().volume_mode = Some("Block".into());
+    Api::<PersistentVolume>::all(admin.clone())
+        .create(&pp, &pv)
+        .await
+        .unwrap();
+    let mut pvc = claim(claim_name, claim_name);
+    pvc.spec.as_mut().unwrap().volume_mode = Some("Block".into());
+    Api::<PersistentVolumeClaim>::namespaced(admin.clone(), "default")
+        .create(&pp, &pvc)
+        .await
+        .unwrap();
+}
+
+/// A pod whose container checks the disk's header at `device` (its claim `claim`'s
+/// volumeDevice), writes `word` at its second sector and then runs `then`.
+fn block_user(name: &str, claim_name: &str, device: &str, word: &str, then: &str) -> Pod {
+    object(json!({
+        "metadata": {"name": name},
+        "spec": {
+            "restartPolicy": "Never",
+            "volumes": [claimed(claim_name)],
+            "containers": [{"name": "c", "image": "busybox:1.36",
+                "command": ["sh", "-c", format!("[ \"$(head -c 8 {device})\" = kernlet! ] && printf {word} | dd of={device} bs=512 seek=1 conv=notrunc,fsync{then}")],
+                "volumeDevices": [{"name": "data", "devicePath": device}]}],
+        },
+    }))
+}
+
 /// A `volumeMode: Block` local PV reaches the container as the device at its
 /// `devicePath`, usable by an unprivileged container (the device rule the shim
 /// enforces allows that one device); a Block volume named in `volumeMounts` is refused
@@ -625,32 +668,11 @@ async fn a_block_volume_is_the_containers_device() {
         .await
         .unwrap();
     let admin = one.cluster.admin().await.unwrap();
-    let pvs: Api<PersistentVolume> = Api::all(admin.clone());
-    let pvcs: Api<PersistentVolumeClaim> = Api::namespaced(admin.clone(), "default");
     let events: Api<Event> = Api::namespaced(admin.clone(), "default");
-    let pp = PostParams::default();
-    let image = one.node.dir("disks").join(format!("{LABEL}.img"));
-    std::fs::create_dir_all(image.parent().unwrap()).unwrap();
-    let mut bytes = vec![0u8; 1 << 20];
-    bytes[..8].copy_from_slice(b"kernlet!");
-    std::fs::write(&image, &bytes).unwrap();
-    let dev = Loop::attach(&image);
-    let mut pv = volume("block-a", "raw", json!({"local": {"path": dev.dev}}), "w1");
-    pv.spec.as_mut().unwrap().volume_mode = Some("Block".into());
-    pvs.create(&pp, &pv).await.unwrap();
-    let mut pvc = claim("raw", "raw");
-    pvc.spec.as_mut().unwrap().volume_mode = Some("Block".into());
-    pvcs.create(&pp, &pvc).await.unwrap();
-    let pod: Pod = object(json!({
-        "metadata": {"name": "raw-user"},
-        "spec": {
-            "restartPolicy": "Never",
-            "volumes": [claimed("raw")],
-            "containers": [{"name": "c", "image": "busybox:1.36",
-                "command": ["sh", "-c", "[ \"$(head -c 8 /dev/xvda)\" = kernlet! ] && printf written | dd of=/dev/xvda bs=512 seek=1 conv=notrunc,fsync"],
-                "volumeDevices": [{"name": "data", "devicePath": "/dev/xvda"}]}],
-        },
-    }));
+    let (image, dev) = disk(&one, LABEL);
+    let pv = volume("block-a", "raw", json!({"local": {"path": dev.dev}}), "w1");
+    block_claim(&admin, pv, "raw").await;
+    let pod = block_user("raw-user", "raw", "/dev/xvda", "written", "");
     one.create_bound(&pod).await.unwrap();
     let done = wait_for("the block pod done", Duration::from_secs(90), async || {
         let p = one.pods.get("raw-user").await.ok()?;
@@ -703,12 +725,7 @@ async fn a_csi_block_volume_is_the_containers_device() {
     let pp = PostParams::default();
     let kubelet_dir = one.node.dir("kubelet");
     let peer = CsiPeer::start(DRIVER, &kubelet_dir, &one.node.dir("csi-backing")).unwrap();
-    let image = one.node.dir("disks").join(format!("{LABEL}.img"));
-    std::fs::create_dir_all(image.parent().unwrap()).unwrap();
-    let mut bytes = vec![0u8; 1 << 20];
-    bytes[..8].copy_from_slice(b"kernlet!");
-    std::fs::write(&image, &bytes).unwrap();
-    let dev = Loop::attach(&image);
+    let (image, dev) = disk(&one, LABEL);
     peer.state()
         .block_devices
         .insert("blk-1".into(), PathBuf::from(&dev.dev));
@@ -730,8 +747,6 @@ async fn a_csi_block_volume_is_the_containers_device() {
         )
         .await
         .unwrap();
-    let pvs: Api<PersistentVolume> = Api::all(admin.clone());
-    let pvcs: Api<PersistentVolumeClaim> = Api::namespaced(admin.clone(), "default");
     let mut pv = volume(
         "csi-blk",
         "rawcsi",
@@ -743,21 +758,14 @@ async fn a_csi_block_volume_is_the_containers_device() {
     pv.spec.as_mut().unwrap().node_affinity = Some(object(json!({"required": {
         "nodeSelectorTerms": [{"matchExpressions": [{"key": "topology.csi.kernlet.test/zone",
             "operator": "In", "values": ["z1"]}]}]}})));
-    pv.spec.as_mut().unwrap().volume_mode = Some("Block".into());
-    pvs.create(&pp, &pv).await.unwrap();
-    let mut pvc = claim("rawcsi", "rawcsi");
-    pvc.spec.as_mut().unwrap().volume_mode = Some("Block".into());
-    pvcs.create(&pp, &pvc).await.unwrap();
-    let pod: Pod = object(json!({
-        "metadata": {"name": "csi-raw-user"},
-        "spec": {
-            "restartPolicy": "Never",
-            "volumes": [claimed("rawcsi")],
-            "containers": [{"name": "c", "image": "busybox:1.36",
-                "command": ["sh", "-c", "[ \"$(head -c 8 /dev/xvdb)\" = kernlet! ] && printf via-csi | dd of=/dev/xvdb bs=512 seek=1 conv=notrunc,fsync && exec sleep 3600"],
-                "volumeDevices": [{"name": "data", "devicePath": "/dev/xvdb"}]}],
-        },
-    }));
+    block_claim(&admin, pv, "rawcsi").await;
+    let pod = block_user(
+        "csi-raw-user",
+        "rawcsi",
+        "/dev/xvdb",
+        "via-csi",
+        " && exec sleep 3600",
+    );
     one.create_bound(&pod).await.unwrap();
     let running = phase_of(&one.pods, "csi-raw-user", "Running").await;
     // What the container wrote to its device reached the driver's disk.
