@@ -24,6 +24,18 @@ pub fn internal(args: &[String]) -> ExitCode {
                 command,
             ) as u8)
         }
+        [cmd, source, dev, shm, read_only] if cmd == "dev-volume" => {
+            // A createContainer hook: in the container's mount namespace, before it
+            // enters its root.
+            let p = std::path::Path::new;
+            match kernlet::sys::mount::dev_volume(p(source), p(dev), p(shm), read_only == "ro") {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("mounting {source} over the container's /dev ({dev}): {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
         [cmd, bundle] if cmd == "shim" => {
             ExitCode::from(kernlet::runtime::shim::main(std::path::Path::new(bundle)) as u8)
         }

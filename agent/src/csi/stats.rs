@@ -35,6 +35,11 @@ async fn of(csi: &Csi, m: &Mountable) -> Option<Value> {
         return None;
     }
     let driver = csi.drivers.get(&s.driver).filter(|d| d.volume_stats)?;
+    // Only a volume still published, and not while one is torn down.
+    let _teardown = csi.teardowns.lock().await;
+    if !crate::sys::mount::is_mount_point(&m.path) {
+        return None;
+    }
     let mut node = NodeClient::new(channel(&driver.endpoint).await.ok()?);
     let staging = csi.staging_of(&driver, s, m);
     let req = NodeGetVolumeStatsRequest {

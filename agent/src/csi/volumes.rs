@@ -44,6 +44,9 @@ pub struct Csi {
     pub node: String,
     pub client: SharedClient,
     pub handle: tokio::runtime::Handle,
+    /// Held by a teardown and by each statistics call: the driver is never asked for
+    /// the statistics of a volume being (or just) unpublished.
+    pub teardowns: std::sync::Arc<tokio::sync::Mutex<()>>,
 }
 
 impl std::fmt::Debug for Csi {
@@ -384,6 +387,7 @@ impl Csi {
             .drivers
             .get(&s.driver)
             .ok_or_else(|| CsiError::NotRegistered(s.driver.clone()))?;
+        let _teardown = self.teardowns.lock().await;
         let mut node = NodeClient::new(channel(&driver.endpoint).await?);
         let target = &m.path;
         let req = NodeUnpublishVolumeRequest {

@@ -141,6 +141,9 @@ pub struct ContainerPlan {
     /// The pod's shared memory directory, shown as /dev/shm.
     pub shm: PathBuf,
     pub mounts: Vec<BindMount>,
+    /// A volume over `/dev` and whether read-only: mounted by a createContainer hook
+    /// once the runtime made the container's own `/dev` (see `sys::mount::dev_volume`).
+    pub dev_volume: Option<(PathBuf, bool)>,
     pub privileged: bool,
     pub cap_add: Vec<String>,
     pub cap_drop: Vec<String>,
@@ -497,6 +500,7 @@ mod tests {
             pid: Ns::New,
             cgroups_path: "/kubepods/besteffort/podu/c".into(),
             shm: "/run/kernlet/pods/u/shm".into(),
+            dev_volume: None,
             mounts: vec![BindMount {
                 source: "/run/kernlet/pods/u/hosts".into(),
                 destination: "/etc/hosts".into(),

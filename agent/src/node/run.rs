@@ -107,6 +107,7 @@ pub async fn run_node(kubeconfig: PathBuf, node: PreparedNode) -> anyhow::Result
         node: cfg.name.clone(),
         client: client.clone(),
         handle: tokio::runtime::Handle::current(),
+        teardowns: Default::default(),
     };
     rt.driver_volumes = Some(std::sync::Arc::new(csi.clone()));
     tokio::spawn(crate::csi::stats::collect(

@@ -429,17 +429,8 @@ impl Runtime {
             host_to_container: false,
             bidirectional: false,
         });
+        let mut dev_volume = None;
         for (index, vm) in c.volume_mounts.iter().flatten().enumerate() {
-            if vm.mount_path.trim_end_matches('/') == "/dev" {
-                // The runtime (libcontainer) makes its links and device nodes in the
-                // container's /dev after the volumes are mounted: over a volume at
-                // /dev that would write into the volume (the node's /dev for a
-                // hostPath). runc skips that setup then; until kernlet can, refused.
-                return Err(RuntimeError::Config(format!(
-                    "volumeMount {:?} at /dev: a volume over the container's /dev is not supported by kernlet yet (a privileged container gets the node's devices in its own /dev)",
-                    vm.name
-                )));
-            }
             let vol = spec
                 .volumes
                 .iter()
@@ -465,6 +456,14 @@ impl Runtime {
                 .map_err(|e| {
                     RuntimeError::Config(format!("volumeMount {:?} subPath {sub:?}: {e}", vm.name))
                 })?;
+            }
+            if vm.mount_path.trim_end_matches('/') == "/dev" {
+                // The runtime (libcontainer) makes its links and device nodes in the
+                // container's /dev after the volumes are mounted: over the volume they
+                // would land in it (the node's /dev for a hostPath). So the volume is
+                // mounted after that, by a hook, as runc leaves a /dev bind alone.
+                dev_volume = Some((source, forced_readonly || vm.read_only.unwrap_or(false)));
+                continue;
             }
             let privileged_mount = c
                 .security_context
@@ -557,6 +556,7 @@ impl Runtime {
             .block_devices(&sb.uid, c)
             .map_err(|e| refuse(e.to_string()))?;
         let mut plan = ContainerPlan {
+            dev_volume,
             args: process.args,
             env: process.env,
             cwd: process.cwd,
@@ -801,7 +801,17 @@ impl Runtime {
                 ),
             }),
         };
-        write_json(&bundle.join("config.json"), &runtime_spec::spec(&plan))?;
+        let mut config = runtime_spec::spec(&plan);
+        if let Some((source, read_only)) = &plan.dev_volume {
+            // Run in the container's mount namespace after the runtime made its /dev,
+            // before the container enters its root.
+            config["hooks"] = serde_json::json!({"createContainer": [{
+                "path": self.cfg.exe,
+                "args": [self.cfg.exe, "internal", "dev-volume", source,
+                    bundle.join("rootfs/dev"), plan.shm, if *read_only { "ro" } else { "rw" }],
+            }]});
+        }
+        write_json(&bundle.join("config.json"), &config)?;
         write_json(
             &dir.join(shim::REQUEST),
             &ShimRequest {

@@ -164,6 +164,49 @@ pub fn make_rshared(dir: &Path) -> io::Result<bool> {
     Ok(true)
 }
 
+/// A volume over a container's `/dev` (the node's `/dev` by hostPath, as CSI and
+/// device plugins mount it), done from the container's mount namespace before it
+/// enters its root: `source` bound on `dev` (the root's `/dev`, which the runtime
+/// filled before) and made private, so nothing mounted below it reaches the node,
+/// read-only when asked; then the container's own `/dev/pts` (a new devpts instance),
+/// its pod's `/dev/shm` and a new `/dev/mqueue` over it — what runc gives a container
+/// with a `/dev` bind mount — each where the volume has the directory (nothing is
+/// created in it: it is the node's).
+pub fn dev_volume(source: &Path, dev: &Path, shm: &Path, read_only: bool) -> io::Result<()> {
+    rbind(source, dev)?;
+    let private = MsFlags::MS_PRIVATE | MsFlags::MS_REC;
+    mount(None::<&str>, dev, None::<&str>, private, None::<&str>).map_err(io_err)?;
+    if read_only {
+        let ro = MsFlags::MS_REMOUNT | MsFlags::MS_BIND | MsFlags::MS_RDONLY;
+        mount(None::<&str>, dev, None::<&str>, ro, None::<&str>).map_err(io_err)?;
+    }
+    let nosuid_noexec = MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC;
+    if dev.join("pts").is_dir() {
+        mount(
+            Some("devpts"),
+            &dev.join("pts"),
+            Some("devpts"),
+            nosuid_noexec,
+            Some("newinstance,ptmxmode=0666,mode=0620,gid=5"),
+        )
+        .map_err(io_err)?;
+    }
+    if dev.join("shm").is_dir() {
+        rbind(shm, &dev.join("shm"))?;
+    }
+    if dev.join("mqueue").is_dir() {
+        mount(
+            Some("mqueue"),
+            &dev.join("mqueue"),
+            Some("mqueue"),
+            nosuid_noexec | MsFlags::MS_NODEV,
+            None::<&str>,
+        )
+        .map_err(io_err)?;
+    }
+    Ok(())
+}
+
 /// Whether something is mounted at `path` itself (this process's mount namespace).
 pub fn is_mount_point(path: &Path) -> bool {
     std::fs::read_to_string("/proc/self/mountinfo")
