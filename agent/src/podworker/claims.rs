@@ -36,6 +36,16 @@ fn csi_failed(volume: &str) -> impl FnOnce(crate::csi::CsiError) -> ClaimStepErr
 const READ_TIMEOUT: Duration = Duration::from_secs(30);
 
 impl Runner {
+    /// Whether the pod has claimed volumes (claims, generic ephemeral or CSI inline):
+    /// only those are set up and given back here.
+    pub(super) fn has_claimed_volumes(pod: &Pod) -> bool {
+        spec_of(pod)
+            .volumes
+            .iter()
+            .flatten()
+            .any(|v| claims::claim_of(pod, v).is_some() || v.csi.is_some())
+    }
+
     /// Whether the pod has finished for good: its phase is terminal and nothing of it
     /// runs (kubelet's terminated pod, whose volumes the volume manager unmounts).
     pub(super) fn finished(&self, uid: &str, pod: &Pod) -> bool {
@@ -54,17 +64,10 @@ impl Runner {
     /// for a pod elsewhere and leaves `volumesInUse`. What fails is tried again at the
     /// pod's next sync and when its sandbox goes.
     pub(super) fn release_claims(&self, uid: &str, pod: &Pod) {
-        if !self
-            .rt
-            .claimed_volumes(uid)
-            .iter()
-            .any(|m| matches!(m.plugin, claims::Plugin::Csi(_)))
-        {
-            return;
-        }
         match self.rt.tear_down_driver_volumes(uid) {
-            Ok(()) => {
-                tracing::info!(pod = %pod_key(pod), "finished: its CSI volumes are unpublished")
+            Ok(0) => {}
+            Ok(n) => {
+                tracing::info!(pod = %pod_key(pod), "finished: its {n} CSI volume(s) unpublished")
             }
             Err(e) => tracing::warn!(pod = %pod_key(pod), "finished, but its volumes stay: {e}"),
         }

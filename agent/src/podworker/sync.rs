@@ -202,7 +202,8 @@ impl Runner {
             self.remove_evicted_content(uid, &views);
             return Ok(());
         }
-        if self.finished(uid, pod) {
+        // Only a pod with claimed volumes pays for the check (its containers' views).
+        if Self::has_claimed_volumes(pod) && self.finished(uid, pod) {
             self.release_claims(uid, pod);
         } else if let Err(why) = self.prepare_claims(uid, pod) {
             // As kubelet: the containers wait in ContainerCreating while the volume

@@ -73,8 +73,10 @@ pub trait DriverVolumes: Send + Sync + std::fmt::Debug {
 
 impl Runtime {
     /// Tears down the driver volumes of a pod (each record goes once its volume is
-    /// off the node); the first failure is returned and the rest stay recorded.
-    pub fn tear_down_driver_volumes(&self, uid: &str) -> Result<(), super::RuntimeError> {
+    /// off the node) and says how many; the first failure is returned and the rest
+    /// stay recorded.
+    pub fn tear_down_driver_volumes(&self, uid: &str) -> Result<usize, super::RuntimeError> {
+        let mut torn_down = 0;
         for m in self.claimed_volumes(uid) {
             if !matches!(m.plugin, Plugin::Csi(_)) {
                 continue;
@@ -92,8 +94,9 @@ impl Runtime {
                 ))
             })?;
             let _ = std::fs::remove_file(self.claims_dir(uid).join(format!("{}.json", m.volume)));
+            torn_down += 1;
         }
-        Ok(())
+        Ok(torn_down)
     }
 
     fn claims_dir(&self, uid: &str) -> PathBuf {
