@@ -4,6 +4,7 @@
 
 pub mod apiserver;
 pub mod bench_pods;
+pub mod bench_rollout;
 pub mod cluster;
 pub mod cri;
 pub mod csi;
@@ -20,6 +21,26 @@ pub mod prometheus;
 pub mod real;
 pub mod registry;
 pub mod simnode;
+
+/// `python3 -c code` as a process of `cgroup` (made when missing; so the socket
+/// load-balancer attached there translates it) inside the network namespace `netns`;
+/// the caller adds the script's arguments and runs it.
+pub fn python_in(
+    cgroup: &std::path::Path,
+    netns: &std::path::Path,
+    code: &str,
+) -> std::io::Result<std::process::Command> {
+    std::fs::create_dir_all(cgroup)?;
+    let mut cmd = std::process::Command::new("bash");
+    cmd.arg("-c")
+        .arg(format!(
+            "echo $$ > {}/cgroup.procs && exec nsenter --net={} python3 -c \"$0\" \"$@\"",
+            cgroup.display(),
+            netns.display()
+        ))
+        .arg(code);
+    Ok(cmd)
+}
 
 /// The `p`th percentile (nearest rank) of `sorted`; zero when it is empty.
 pub fn percentile(sorted: &[std::time::Duration], p: usize) -> std::time::Duration {

@@ -118,3 +118,10 @@ fn a_bpffs_is_mounted_where_the_conventional_place_has_none() {
         .count();
     assert_eq!(mounts_before, mounts_after);
 }
+
+/// The programs for traffic from outside the node pass the kernel's verifier (the
+/// end-to-end tests would only see them not attached).
+#[test]
+fn the_outside_traffic_programs_pass_the_verifier() {
+    kernlet::sys::lb::verify_outside_programs().unwrap_or_else(|e| panic!("{e}"));
+}

@@ -2,6 +2,7 @@
 //! difference. They never call the kernel directly.
 
 pub mod client_cert;
+pub mod endpoint_barrier;
 pub mod events;
 pub mod node;
 pub mod node_labels;

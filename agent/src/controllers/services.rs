@@ -16,6 +16,7 @@ use kube::api::Api;
 use kube::runtime::watcher;
 use tokio::sync::watch;
 
+use super::endpoint_barrier::{EndpointBarrier, Staging};
 use super::service_index::{Placement, ServiceIndex};
 use crate::client::SharedClient;
 use crate::sys::lb::{BpfLb, LbTable};
@@ -34,6 +35,12 @@ pub struct ServiceProxyConfig {
     /// sockets connected to a removed backend are closed in each.
     pub run_dir: PathBuf,
     pub resync: Duration,
+    /// How long a deleted pod's stop waits for its endpoints to leave the datapath (0:
+    /// not at all).
+    pub termination_barrier: Duration,
+    /// How many established flows from outside the node the NAT tables hold
+    /// (`--service-nat-flows`; flows not established yet get a quarter of it apart).
+    pub nat_flows: u32,
     /// Maglev for outside flows (`--service-lb-algorithm maglev`).
     pub maglev: bool,
     /// The underlay interface outside traffic arrives on (default: the one holding a
@@ -223,6 +230,18 @@ fn note_slice(
     }
 }
 
+/// Stages a slice's change for the barrier; `true` for a completed relist (the whole
+/// store is staged once it is folded in).
+fn stage_slice(ev: &watcher::Event<EndpointSlice>, staged: &mut Staging) -> bool {
+    match ev {
+        watcher::Event::Apply(o) => staged.slice(&key_of(o), Some(o)),
+        watcher::Event::Delete(o) => staged.slice(&key_of(o), None),
+        watcher::Event::InitDone => return true,
+        watcher::Event::Init | watcher::Event::InitApply(_) => {}
+    }
+    false
+}
+
 /// Closes the UDP sockets connected to `gone` backends, on the node and in every pod's
 /// network namespace, so their clients reconnect to a live backend.
 fn close_udp_to(run_dir: &std::path::Path, gone: &[std::net::SocketAddr]) {
@@ -245,10 +264,12 @@ fn close_udp_to(run_dir: &std::path::Path, gone: &[std::net::SocketAddr]) {
 }
 
 /// Runs the Service datapath until `stop`.
+/// `barrier` is told what each successful sync programmed (the termination barrier).
 pub async fn run(
     client: SharedClient,
     cfg: ServiceProxyConfig,
     readiness: watch::Sender<crate::model::node::Readiness>,
+    barrier: Option<EndpointBarrier>,
     mut stop: watch::Receiver<bool>,
 ) {
     if let Some(addr) = cfg.healthz {
@@ -271,7 +292,9 @@ pub async fn run(
     // The maps and programs; loading is retried (a missing bpffs is named in the log).
     let table: Arc<Mutex<BpfLb>> = loop {
         let c = cfg.clone();
-        match tokio::task::spawn_blocking(move || BpfLb::open(&c.pin_dir, &c.cgroup)).await {
+        match tokio::task::spawn_blocking(move || BpfLb::open(&c.pin_dir, &c.cgroup, c.nat_flows))
+            .await
+        {
             Ok(Ok(t)) => break Arc::new(Mutex::new(t)),
             Ok(Err(e)) => {
                 tracing::error!("the Service datapath is not running: {e}; retrying in 10 s");
@@ -337,6 +360,8 @@ pub async fn run(
     let mut index = ServiceIndex::default();
     // The next sync compares every frontend with the maps (a resync, a failed write).
     let mut plan_all = true;
+    // The slice changes the next successful sync programs, for the barrier.
+    let mut staged = Staging::default();
     loop {
         let step = tokio::select! {
             _ = stop.changed() => return,
@@ -401,7 +426,12 @@ pub async fn run(
             e = slices.next() => match e {
                 Some(Ok(ev)) => {
                     note_slice(&ev, &eps_store, &mut index);
-                    Step::changed(counted(false, fold(ev, &mut eps_store, &mut eps_staging, &mut eps_synced)))
+                    let relisted = stage_slice(&ev, &mut staged);
+                    let changed = fold(ev, &mut eps_store, &mut eps_staging, &mut eps_synced);
+                    if relisted {
+                        staged.relist(&eps_store);
+                    }
+                    Step::changed(counted(false, changed))
                 }
                 Some(Err(e)) => {
                     tracing::warn!("watching EndpointSlices: {e}; retrying in {backoff:?}");
@@ -478,11 +508,15 @@ pub async fn run(
             let n = n?;
             // Outside traffic: the underlay interface both ways, the overlay device
             // (once the overlay made it) for replies of SNAT'd flows.
-            let mut ifaces: Vec<(String, bool)> = iface
-                .or_else(|| crate::sys::netlink::interface_with_address(&node_ips))
-                .map(|i| (i, true))
-                .into_iter()
-                .collect();
+            // Every interface holding a node address (a node may be reached on
+            // several), or the one --iface names.
+            let mut ifaces: Vec<(String, bool)> = match iface {
+                Some(i) => vec![(i, true)],
+                None => crate::sys::netlink::interfaces_with_addresses(&node_ips)
+                    .into_iter()
+                    .map(|l| (l.name, true))
+                    .collect(),
+            };
             ifaces.push((crate::model::overlay::DEVICE.to_string(), false));
             if let Err(e) = t.attach_outside(&ifaces) {
                 tracing::warn!("traffic from outside the node is not load-balanced: {e}");
@@ -494,6 +528,9 @@ pub async fn run(
         match result {
             Ok(Ok(n)) => {
                 observe_programming(&mut programmed, &eps_store, refresh.slices.as_ref());
+                if let Some(b) = &barrier {
+                    b.publish(&mut staged);
+                }
                 crate::daemon::synced(
                     "services",
                     serde_json::json!({"frontends": frontends, "changes": n}),

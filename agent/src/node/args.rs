@@ -12,6 +12,16 @@ use crate::model::node;
 #[derive(Clone, Debug)]
 pub struct NodeIps(pub Vec<IpAddr>);
 
+/// Seconds of the termination barrier: a finite number from 0 to an hour.
+fn barrier_seconds(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(v) if v.is_finite() && (0.0..=3600.0).contains(&v) => Ok(v),
+        _ => Err(format!(
+            "{s:?} is not a number of seconds from 0 to 3600 (0 turns the barrier off)"
+        )),
+    }
+}
+
 fn node_ips_arg(s: &str) -> Result<NodeIps, String> {
     node::parse_node_ips(s).map(NodeIps)
 }
@@ -202,6 +212,19 @@ pub struct NodeArgs {
     /// How often the load-balancer maps are compared with the Services, in seconds.
     #[arg(long, default_value_t = 30)]
     pub service_resync: u64,
+    /// How many established flows from outside the node (NodePorts, external and
+    /// load-balancer IPs) the NAT tables hold; flows not established yet (a TCP
+    /// handshake not completed, a UDP flow not answered) get a quarter of it in tables
+    /// of their own, so a flood of new flows never evicts established ones.
+    #[arg(long, default_value_t = kernlet_ebpf_common::MAX_FLOWS,
+          value_parser = clap::value_parser!(u32).range(256..=16_777_216))]
+    pub service_nat_flows: u32,
+    /// The termination barrier: a deleted pod's preStop hooks and SIGTERM wait until
+    /// the node's Service datapath no longer sends it new connections (its
+    /// EndpointSlices show it not ready), at most this many seconds and never past its
+    /// grace period; 0 turns it off. Needs --service-proxy.
+    #[arg(long, default_value_t = 5.0, value_parser = barrier_seconds)]
+    pub termination_barrier: f64,
     /// How a backend is picked for a flow from outside the node: `random`, or `maglev`
     /// (consistent hashing of the flow: every node sends it to the same backend).
     #[arg(long, value_enum, default_value = "random")]

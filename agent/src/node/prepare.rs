@@ -197,6 +197,8 @@ pub fn prepare_node(args: &NodeArgs) -> anyhow::Result<PreparedNode> {
                         .context("--service-proxy needs the cgroup2 mount to attach to")?,
                 },
                 resync: Duration::from_secs(args.service_resync.max(1)),
+                termination_barrier: Duration::from_secs_f64(args.termination_barrier),
+                nat_flows: args.service_nat_flows,
                 maglev: args.service_lb_algorithm == LbAlgorithm::Maglev,
                 iface: args.iface.clone(),
                 run_dir: args.dirs.run_dir.clone(),

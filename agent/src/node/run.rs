@@ -189,6 +189,16 @@ pub async fn run_node(kubeconfig: PathBuf, node: PreparedNode) -> anyhow::Result
         events_rx,
         stop_rx.clone(),
     ));
+    // The termination barrier between the Service datapath and the pod workers.
+    let barrier = services
+        .as_ref()
+        .filter(|s| !s.termination_barrier.is_zero())
+        .map(|s| {
+            (
+                crate::controllers::endpoint_barrier::EndpointBarrier::default(),
+                s.termination_barrier,
+            )
+        });
     let worker_stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let worker = {
         let runner = crate::podworker::Runner::new(
@@ -209,6 +219,7 @@ pub async fn run_node(kubeconfig: PathBuf, node: PreparedNode) -> anyhow::Result
         )
         .with_events(recorder)
         .with_evictions(evictions.clone())
+        .with_termination_barrier_opt(barrier.clone())
         .with_static_pods_opt(static_pods, cfg.name.clone())
         .with_node_fit({
             let facts = crate::sys::machine::read(&state_dir);
@@ -293,6 +304,7 @@ pub async fn run_node(kubeconfig: PathBuf, node: PreparedNode) -> anyhow::Result
             client.clone(),
             services,
             tx,
+            barrier.map(|b| b.0),
             stop_rx.clone(),
         ));
     }

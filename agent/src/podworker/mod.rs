@@ -234,6 +234,12 @@ pub struct Runner {
     evictions: Evictions,
     /// The pod's eviction, once its worker took it up (on a pod's worker).
     evicted: Option<crate::model::eviction::Eviction>,
+    /// The termination barrier and its longest wait: a deleted pod's stop waits until
+    /// its endpoints left the node's Service datapath.
+    barrier: Option<(
+        crate::controllers::endpoint_barrier::EndpointBarrier,
+        Duration,
+    )>,
 }
 
 /// A pod's sandbox to remove, with the deletion's grace period (seconds) if any.
@@ -355,6 +361,7 @@ impl Runner {
             desired_count: 0,
             evictions: Evictions::default(),
             evicted: None,
+            barrier: None,
         }
     }
 
@@ -374,7 +381,22 @@ impl Runner {
         r.host_ports = Arc::clone(&self.host_ports);
         r.last_sent = Arc::clone(&self.last_sent);
         r.evictions = self.evictions.clone();
+        r.barrier = self.barrier.clone();
         r
+    }
+
+    /// Holds a deleted pod's preStop hooks and SIGTERM until its endpoints left the
+    /// node's Service datapath (`barrier`), at most `limit` and never past its grace
+    /// period.
+    pub fn with_termination_barrier_opt(
+        mut self,
+        barrier: Option<(
+            crate::controllers::endpoint_barrier::EndpointBarrier,
+            Duration,
+        )>,
+    ) -> Self {
+        self.barrier = barrier;
+        self
     }
 
     /// Takes the evictions the eviction manager asks for from `evictions`.

@@ -15,6 +15,8 @@ pub(super) struct Termination {
     stopper: std::thread::JoinHandle<()>,
     /// What still ran at the deadline was killed.
     killed: bool,
+    /// Set to end the wait at the termination barrier early (a shortened grace).
+    cancel_barrier: Arc<AtomicBool>,
     /// Every container stopped, the terminal status sent and the removal begun.
     done: bool,
 }
@@ -30,6 +32,49 @@ pub(super) fn deletion_grace(pod: &Pod) -> i64 {
         .deletion_grace_period_seconds
         .unwrap_or(spec)
         .max(0)
+}
+
+/// A pod's wait at the termination barrier before its preStop hooks and SIGTERM.
+struct BarrierHold {
+    barrier: crate::controllers::endpoint_barrier::EndpointBarrier,
+    /// The barrier's wait, never past the grace period.
+    limit: Duration,
+    cancel: Arc<AtomicBool>,
+}
+
+impl BarrierHold {
+    /// Waits until the node's datapath no longer sends the pod new connections (its
+    /// EndpointSlices programmed with the pod not ready or gone), at most `limit`.
+    fn wait(&self, sb: &SandboxRecord) {
+        use crate::controllers::endpoint_barrier::Held;
+        if self.limit.is_zero() {
+            return;
+        }
+        // A host-network pod's address is the node's, which other pods share.
+        let ips: Vec<IpAddr> = match sb.host_network {
+            true => Vec::new(),
+            false => sb.ip.parse().into_iter().collect(),
+        };
+        let pod = format!("{}/{}", sb.namespace, sb.name);
+        if !self.barrier.serving(&sb.uid, &ips) {
+            return;
+        }
+        tracing::info!(pod = %pod, "holding the pod's stop until its endpoints leave the load-balancer (at most {:?})", self.limit);
+        match self.barrier.hold(&sb.uid, &ips, self.limit, &self.cancel) {
+            Held::NotServing => {}
+            Held::Released(d) => {
+                tracing::info!(pod = %pod, "the pod's endpoints left the load-balancer after {:.0?}; stopping it", d);
+            }
+            Held::TimedOut(d) => tracing::warn!(
+                pod = %pod,
+                "the pod is still a ready endpoint after {:.0?} (its EndpointSlices not updated); stopping it anyway",
+                d
+            ),
+            Held::Cancelled(d) => {
+                tracing::info!(pod = %pod, "the grace period was shortened; stopping the pod after {:.0?} at the barrier", d);
+            }
+        }
+    }
 }
 
 fn seconds(g: i64) -> Duration {
@@ -263,9 +308,20 @@ impl Runner {
                 let spec = pod.spec.clone().unwrap_or_default();
                 let deadline = now + seconds(grace);
                 let (rt, sb2, notify) = (self.rt.clone(), sb.clone(), self.notify(pod));
+                let cancel_barrier = Arc::new(AtomicBool::new(false));
+                let hold = self.barrier.clone().map(|(barrier, limit)| BarrierHold {
+                    barrier,
+                    limit: limit.min(seconds(grace)),
+                    cancel: Arc::clone(&cancel_barrier),
+                });
                 let stopper = std::thread::Builder::new()
                     .name(format!("stop-{}", &uid[..uid.len().min(8)]))
-                    .spawn(move || stop_containers(&rt, &sb2, &spec, deadline, &notify))
+                    .spawn(move || {
+                        if let Some(h) = hold {
+                            h.wait(&sb2);
+                        }
+                        stop_containers(&rt, &sb2, &spec, deadline, &notify)
+                    })
                     .map_err(crate::runtime::RuntimeError::io("starting the pod's stop"))?;
                 self.termination = Some(Termination {
                     grace,
@@ -273,6 +329,7 @@ impl Runner {
                     deadline,
                     stopper,
                     killed: false,
+                    cancel_barrier,
                     done: false,
                 });
             }
@@ -280,6 +337,9 @@ impl Runner {
                 tracing::info!(pod = %name, "grace period shortened from {} s to {grace} s", t.grace);
                 t.grace = grace;
                 t.deadline = t.deadline.min(now + seconds(grace));
+                // The barrier never holds past the grace period: a shortened one ends
+                // its wait.
+                t.cancel_barrier.store(true, Ordering::Relaxed);
             }
             Some(_) => {}
         }

@@ -19,8 +19,9 @@ use aya::programs::{
 use kernlet_ebpf_common::{
     BACKENDS_MAP, Backend, BackendKey, FlowKey, FwdNat, LB_CONNECT4, LB_CONNECT6, LB_EGRESS,
     LB_GETPEERNAME4, LB_GETPEERNAME6, LB_INGRESS, LB_RECVMSG4, LB_RECVMSG6, LB_SENDMSG4,
-    LB_SENDMSG6, NAT_FWD_MAP, NAT_REV_MAP, RevNat, SERVICES_MAP, SLOT_MEMBERS_MAP,
-    SOURCE_RANGES_MAP, ServiceKey, ServiceValue, SlotMember, SourceRangeKey,
+    LB_SENDMSG6, NAT_FWD_MAP, NAT_FWD_NEW_MAP, NAT_MAPS, NAT_REV_MAP, NAT_REV_NEW_MAP, RevNat,
+    SERVICES_MAP, SLOT_MEMBERS_MAP, SOURCE_RANGES_MAP, ServiceKey, ServiceValue, SlotMember,
+    SourceRangeKey,
 };
 
 use crate::model::services::{LbOp, RangeEntry};
@@ -156,7 +157,7 @@ const PROGRAMS: [&str; 8] = [
 
 /// The maps that outlive an agent, pinned in the instance's directory, with the key
 /// and value sizes this build's programs read them with.
-const PINNED_MAPS: [(&str, usize, usize); 9] = {
+const PINNED_MAPS: [(&str, usize, usize); 11] = {
     use core::mem::size_of;
     use kernlet_ebpf_common::{AffinityKey, AffinityValue, SockRevKey, SockRevNat};
     [
@@ -184,6 +185,8 @@ const PINNED_MAPS: [(&str, usize, usize); 9] = {
         ),
         (NAT_FWD_MAP, size_of::<FlowKey>(), size_of::<FwdNat>()),
         (NAT_REV_MAP, size_of::<FlowKey>(), size_of::<RevNat>()),
+        (NAT_FWD_NEW_MAP, size_of::<FlowKey>(), size_of::<FwdNat>()),
+        (NAT_REV_NEW_MAP, size_of::<FlowKey>(), size_of::<RevNat>()),
         // An LPM trie's key starts with its 32-bit prefix length.
         (
             SOURCE_RANGES_MAP,
@@ -193,11 +196,61 @@ const PINNED_MAPS: [(&str, usize, usize); 9] = {
     ]
 };
 
+/// Why traffic arriving on the non-Ethernet interface `name` (link layer `layer`) is
+/// not load-balanced, and what to do.
+fn not_ethernet(name: &str, layer: &str) -> LbError {
+    LbError {
+        what: format!("interface {name}"),
+        detail: format!(
+            "its link layer is {layer}, not Ethernet: the programs for traffic from outside \
+             the node read an Ethernet header, so NodePorts, external and load-balancer IPs \
+             reached through {name} are not translated; route outside traffic over an \
+             Ethernet interface (or name one with --iface)"
+        ),
+    }
+}
+
+/// The program `name` of the embedded object, as the kind `P` it is.
+fn program<'a, P>(ebpf: &'a mut aya::Ebpf, name: &str) -> Result<&'a mut P, LbError>
+where
+    &'a mut P: TryFrom<&'a mut aya::programs::Program, Error = aya::programs::ProgramError>,
+{
+    ebpf.program_mut(name)
+        .ok_or_else(|| err(name)("not in the embedded object; rebuild kernlet".into()))?
+        .try_into()
+        .map_err(|e: aya::programs::ProgramError| err(name)(e.to_string()))
+}
+
+/// Loads (without attaching or pinning anything) the programs for traffic from outside
+/// the node, so the kernel's verifier judges them; its complaint names the program.
+pub fn verify_outside_programs() -> Result<(), LbError> {
+    let mut ebpf = aya::EbpfLoader::new()
+        .load(crate::sys::bpf::EBPF_OBJECT)
+        .map_err(|e| err("loading the embedded eBPF object")(chain(&e)))?;
+    for name in [LB_INGRESS, LB_EGRESS] {
+        let prog: &mut SchedClassifier = program(&mut ebpf, name)?;
+        prog.load()
+            .map_err(|e| err(format!("loading {name}"))(chain(&e)))?;
+    }
+    Ok(())
+}
+
+/// How many flows from outside the node the NAT tables hold: `established` in each
+/// of the established tables, a quarter of it (at least 64) in each new-flow table.
+pub fn nat_entries(name: &str, established: u32) -> Option<u32> {
+    match name {
+        NAT_FWD_MAP | NAT_REV_MAP => Some(established),
+        NAT_FWD_NEW_MAP | NAT_REV_NEW_MAP => Some((established / 4).max(64)),
+        _ => None,
+    }
+}
+
 /// Removes the pins of maps laid out otherwise than this build reads them (pinned by
-/// an older kernlet): the programs loaded next get new, empty ones, which the first
-/// sync fills. Adopting them instead would fail to load or misread every entry.
-/// Returns the names of the maps replaced.
-fn drop_incompatible_pins(pin_dir: &Path) -> Result<Vec<&'static str>, LbError> {
+/// an older kernlet), or NAT tables of another size than `nat_flows` asks for: the
+/// programs loaded next get new, empty ones, which the first sync fills (a NAT table
+/// replaced loses its flows). Adopting them instead would fail to load or misread
+/// every entry. Returns the names of the maps replaced.
+fn drop_incompatible_pins(pin_dir: &Path, nat_flows: u32) -> Result<Vec<&'static str>, LbError> {
     let mut dropped = Vec::new();
     for (name, key, value) in PINNED_MAPS {
         let path = pin_dir.join(name);
@@ -205,7 +258,9 @@ fn drop_incompatible_pins(pin_dir: &Path) -> Result<Vec<&'static str>, LbError> 
             continue;
         }
         let fits = aya::maps::MapInfo::from_pin(&path).is_ok_and(|info| {
-            info.key_size() as usize == key && info.value_size() as usize == value
+            info.key_size() as usize == key
+                && info.value_size() as usize == value
+                && nat_entries(name, nat_flows).is_none_or(|n| info.max_entries() == n)
         });
         if !fits {
             std::fs::remove_file(&path).map_err(|e| {
@@ -223,12 +278,13 @@ fn drop_incompatible_pins(pin_dir: &Path) -> Result<Vec<&'static str>, LbError> 
 impl BpfLb {
     /// Loads the programs with the maps pinned in `pin_dir` (adopting pinned ones) and
     /// attaches them to `cgroup`, replacing the links a previous instance pinned there.
-    pub fn open(pin_dir: &Path, cgroup: &Path) -> Result<Self, LbError> {
+    /// The NAT tables of outside flows hold `nat_flows` established flows.
+    pub fn open(pin_dir: &Path, cgroup: &Path, nat_flows: u32) -> Result<Self, LbError> {
         crate::sys::bpf::ensure_bpffs(pin_dir)
             .map_err(|e| err(format!("preparing {} for pins", pin_dir.display()))(e.to_string()))?;
         std::fs::create_dir_all(pin_dir.join("links"))
             .map_err(|e| err(format!("creating {}", pin_dir.display()))(e.to_string()))?;
-        let dropped = drop_incompatible_pins(pin_dir)?;
+        let dropped = drop_incompatible_pins(pin_dir, nat_flows)?;
         if !dropped.is_empty() {
             tracing::warn!(
                 maps = ?dropped,
@@ -242,6 +298,11 @@ impl BpfLb {
         for (name, _, _) in PINNED_MAPS {
             loader.map_pin_path(name, pin_dir.join(name));
         }
+        for name in NAT_MAPS {
+            if let Some(n) = nat_entries(name, nat_flows) {
+                loader.map_max_entries(name, n);
+            }
+        }
         let mut ebpf = loader.load(crate::sys::bpf::EBPF_OBJECT).map_err(|e| {
             err(format!(
                 "loading the load-balancer programs with maps pinned in {} (is it on a bpffs?)",
@@ -251,11 +312,7 @@ impl BpfLb {
         let cg = std::fs::File::open(cgroup)
             .map_err(|e| err(format!("opening cgroup {}", cgroup.display()))(e.to_string()))?;
         for name in PROGRAMS {
-            let prog: &mut CgroupSockAddr = ebpf
-                .program_mut(name)
-                .ok_or_else(|| err(name)("not in the embedded object; rebuild kernlet".into()))?
-                .try_into()
-                .map_err(|e: aya::programs::ProgramError| err(name)(e.to_string()))?;
+            let prog: &mut CgroupSockAddr = program(&mut ebpf, name)?;
             prog.load()
                 .map_err(|e| err(format!("loading {name}"))(chain(&e)))?;
             let id = prog
@@ -296,11 +353,16 @@ impl BpfLb {
     }
 
     fn try_attach_outside(&mut self, ifaces: &[(String, bool)]) -> Result<(), LbError> {
+        let mut refused = None;
         for (name, egress) in ifaces {
             let Ok(index) = nix::net::if_::if_nametoindex(name.as_str()) else {
                 continue;
             };
             if self.outside.get(name) == Some(&index) {
+                continue;
+            }
+            if let Some(layer) = crate::sys::netlink::link_named(name).and_then(|l| l.not_ether) {
+                refused = Some(not_ethernet(name, &layer));
                 continue;
             }
             self.attach_tc(LB_INGRESS, name, TcAttachType::Ingress)?;
@@ -310,16 +372,11 @@ impl BpfLb {
             tracing::info!(interface = %name, egress, "outside traffic to Services translated");
             self.outside.insert(name.clone(), index);
         }
-        Ok(())
+        refused.map_or(Ok(()), Err)
     }
 
     fn attach_tc(&mut self, name: &str, iface: &str, kind: TcAttachType) -> Result<(), LbError> {
-        let prog: &mut SchedClassifier = self
-            .ebpf
-            .program_mut(name)
-            .ok_or_else(|| err(name)("not in the embedded object; rebuild kernlet".into()))?
-            .try_into()
-            .map_err(|e: aya::programs::ProgramError| err(name)(e.to_string()))?;
+        let prog: &mut SchedClassifier = program(&mut self.ebpf, name)?;
         if prog.fd().is_err() {
             prog.load()
                 .map_err(|e| err(format!("loading {name}"))(chain(&e)))?;
@@ -349,30 +406,33 @@ impl BpfLb {
             })
         };
         let mut forgotten = 0;
-        let mut fwd: HashMap<&mut MapData, FlowKey, FwdNat> =
-            HashMap::try_from(self.map(NAT_FWD_MAP)?)
-                .map_err(|e| err(NAT_FWD_MAP)(e.to_string()))?;
-        let stale: Vec<FlowKey> = fwd
-            .iter()
-            .filter_map(Result::ok)
-            .filter(|(k, v)| k.proto == 17 && is_gone(v.backend.addr, v.backend.port))
-            .map(|(k, _)| k)
-            .collect();
-        for k in &stale {
-            if fwd.remove(k).is_ok() {
-                forgotten += 1;
+        for (fwd_map, rev_map) in [
+            (NAT_FWD_MAP, NAT_REV_MAP),
+            (NAT_FWD_NEW_MAP, NAT_REV_NEW_MAP),
+        ] {
+            let mut fwd: HashMap<&mut MapData, FlowKey, FwdNat> =
+                HashMap::try_from(self.map(fwd_map)?).map_err(|e| err(fwd_map)(e.to_string()))?;
+            let stale: Vec<FlowKey> = fwd
+                .iter()
+                .filter_map(Result::ok)
+                .filter(|(k, v)| k.proto == 17 && is_gone(v.backend.addr, v.backend.port))
+                .map(|(k, _)| k)
+                .collect();
+            for k in &stale {
+                if fwd.remove(k).is_ok() {
+                    forgotten += 1;
+                }
             }
-        }
-        let mut rev: HashMap<&mut MapData, FlowKey, RevNat> =
-            HashMap::try_from(self.map(NAT_REV_MAP)?)
-                .map_err(|e| err(NAT_REV_MAP)(e.to_string()))?;
-        let stale: Vec<FlowKey> = rev
-            .keys()
-            .filter_map(Result::ok)
-            .filter(|k| k.proto == 17 && is_gone(k.src, k.sport))
-            .collect();
-        for k in &stale {
-            let _ = rev.remove(k);
+            let mut rev: HashMap<&mut MapData, FlowKey, RevNat> =
+                HashMap::try_from(self.map(rev_map)?).map_err(|e| err(rev_map)(e.to_string()))?;
+            let stale: Vec<FlowKey> = rev
+                .keys()
+                .filter_map(Result::ok)
+                .filter(|k| k.proto == 17 && is_gone(k.src, k.sport))
+                .collect();
+            for k in &stale {
+                let _ = rev.remove(k);
+            }
         }
         Ok(forgotten)
     }
@@ -601,6 +661,22 @@ fn member(k: &BackendKey, b: &Backend) -> SlotMember {
     }
 }
 
+/// How many flows from outside the node the pinned NAT tables of `pin_dir` hold:
+/// (established, not established yet), each with its table's size.
+pub fn nat_flow_counts(pin_dir: &Path) -> Result<[(usize, u32); 2], LbError> {
+    let count = |name: &str| {
+        let path = pin_dir.join(name);
+        let data = MapData::from_pin(&path)
+            .map_err(|e| err(format!("opening the pinned map {}", path.display()))(chain(&e)))?;
+        let size = data.info().map(|i| i.max_entries()).unwrap_or(0);
+        let map: HashMap<MapData, FlowKey, FwdNat> =
+            HashMap::try_from(aya::maps::Map::LruHashMap(data))
+                .map_err(|e| err(name.to_string())(e.to_string()))?;
+        Ok::<_, LbError>((map.keys().filter(Result::is_ok).count(), size))
+    };
+    Ok([count(NAT_FWD_MAP)?, count(NAT_FWD_NEW_MAP)?])
+}
+
 /// What the maps pinned in `pin_dir` hold (no program needed: readable while kernlet
 /// is down).
 #[allow(clippy::type_complexity)]
@@ -753,6 +829,26 @@ mod tests {
                 })
             })
         })
+    }
+
+    #[test]
+    fn a_non_ethernet_interface_is_refused_by_name_with_what_to_do() {
+        let e = not_ethernet("wg0", "NONE").to_string();
+        assert!(
+            e.starts_with("interface wg0: its link layer is NONE"),
+            "{e}"
+        );
+        assert!(e.contains("--iface"), "{e}");
+    }
+
+    #[test]
+    fn new_flows_get_a_quarter_of_the_nat_table_apart() {
+        assert_eq!(nat_entries(NAT_FWD_MAP, 1024), Some(1024));
+        assert_eq!(nat_entries(NAT_REV_MAP, 1024), Some(1024));
+        assert_eq!(nat_entries(NAT_FWD_NEW_MAP, 1024), Some(256));
+        assert_eq!(nat_entries(NAT_REV_NEW_MAP, 256), Some(64));
+        assert_eq!(nat_entries(NAT_REV_NEW_MAP, 100), Some(64), "at least 64");
+        assert_eq!(nat_entries(SERVICES_MAP, 1024), None);
     }
 
     #[test]

@@ -14,7 +14,7 @@ use netlink_packet_core::{
 };
 use netlink_packet_route::address::{AddressAttribute, AddressMessage};
 use netlink_packet_route::link::{
-    InfoData, InfoKind, InfoVxlan, LinkAttribute, LinkFlags, LinkInfo, LinkMessage,
+    InfoData, InfoKind, InfoVxlan, LinkAttribute, LinkFlags, LinkInfo, LinkLayerType, LinkMessage,
 };
 use netlink_packet_route::neighbour::{
     NeighbourAddress, NeighbourAttribute, NeighbourFlags, NeighbourMessage, NeighbourState,
@@ -63,6 +63,9 @@ pub struct Link {
     /// The bridge this link is a port of.
     pub controller: Option<u32>,
     pub vxlan: Option<Vxlan>,
+    /// Its link layer when not Ethernet (`NONE` for a WireGuard or tun device,
+    /// `LOOPBACK`, …); `None` for Ethernet and Ethernet-like devices (VXLAN, veth).
+    pub not_ether: Option<String>,
 }
 
 /// The attributes of a VXLAN device kernlet cares about.
@@ -543,23 +546,45 @@ impl Netlink {
     }
 }
 
-/// `aa:bb:cc:dd:ee:ff`.
-/// The name of the interface holding one of `ips` (the node's underlay interface).
+/// Every interface holding one of `ips` (IPv4), each once, in the order of the
+/// addresses: where traffic from outside the node arrives.
+pub fn interfaces_with_addresses(ips: &[std::net::IpAddr]) -> Vec<Link> {
+    let Ok(mut nl) = Netlink::open() else {
+        return Vec::new();
+    };
+    let mut indexes: Vec<u32> = Vec::new();
+    for (index, ip, _) in nl.all_addresses().unwrap_or_default() {
+        if ips.contains(&std::net::IpAddr::V4(ip)) && !indexes.contains(&index) {
+            indexes.push(index);
+        }
+    }
+    let links = nl.links().unwrap_or_default();
+    indexes
+        .iter()
+        .filter_map(|i| links.iter().find(|l| l.index == *i).cloned())
+        .collect()
+}
+
+/// The link named `name`, if there is one.
+pub fn link_named(name: &str) -> Option<Link> {
+    Netlink::open()
+        .ok()?
+        .links()
+        .ok()?
+        .into_iter()
+        .find(|l| l.name == name)
+}
+
+/// The name of the interface holding one of `ips` (the node's underlay interface):
+/// the first of [`interfaces_with_addresses`].
 pub fn interface_with_address(ips: &[std::net::IpAddr]) -> Option<String> {
-    let mut nl = Netlink::open().ok()?;
-    let index = nl
-        .all_addresses()
-        .ok()?
+    interfaces_with_addresses(ips)
         .into_iter()
-        .find(|(_, ip, _)| ips.contains(&std::net::IpAddr::V4(*ip)))?
-        .0;
-    nl.links()
-        .ok()?
-        .into_iter()
-        .find(|l| l.index == index)
+        .next()
         .map(|l| l.name)
 }
 
+/// `aa:bb:cc:dd:ee:ff`.
 pub fn format_mac(mac: &[u8]) -> String {
     mac.iter()
         .map(|b| format!("{b:02x}"))
@@ -571,6 +596,8 @@ fn link_from(l: &LinkMessage) -> Link {
     let mut out = Link {
         index: l.header.index,
         up: l.header.flags.contains(LinkFlags::Up),
+        not_ether: (l.header.link_layer_type != LinkLayerType::Ether)
+            .then(|| l.header.link_layer_type.to_string()),
         ..Default::default()
     };
     for a in &l.attributes {

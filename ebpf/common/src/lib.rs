@@ -158,14 +158,50 @@ pub const BACKEND_LOCAL: u16 = 1;
 /// (ingress, where replies of SNAT'd flows come back).
 pub const LB_INGRESS: &str = "kl_lb_ingress";
 pub const LB_EGRESS: &str = "kl_lb_egress";
-/// Client flow → its translation (keyed by the packet as the client sent it).
+/// Established client flow → its translation (keyed by the packet as the client sent
+/// it).
 pub const NAT_FWD_MAP: &str = "KL_NAT_FWD";
-/// Backend flow → how to show it to the client (keyed by the packet as the backend
-/// sent it).
+/// Established backend flow → how to show it to the client (keyed by the packet as the
+/// backend sent it).
 pub const NAT_REV_MAP: &str = "KL_NAT_REV";
+/// The same for flows not established yet (a TCP handshake not completed, a UDP flow
+/// not answered): a table of their own, so that a flood of new flows evicts only new
+/// flows, never established ones.
+pub const NAT_FWD_NEW_MAP: &str = "KL_NAT_FWD_NEW";
+pub const NAT_REV_NEW_MAP: &str = "KL_NAT_REV_NEW";
+/// The maps sized by `--service-nat-flows` (the new-flow tables get a quarter).
+pub const NAT_MAPS: [&str; 4] = [NAT_FWD_MAP, NAT_REV_MAP, NAT_FWD_NEW_MAP, NAT_REV_NEW_MAP];
+
+/// A flow's state in [`FwdNat::state`]: not established yet (in the new-flow tables).
+pub const FLOW_NEW: u8 = 0;
+/// A TCP handshake completed (the client's ACK after the backend's SYN-ACK) or a UDP
+/// flow answered.
+pub const FLOW_ESTABLISHED: u8 = 1;
+/// A FIN or RST seen from the client.
+pub const FLOW_CLOSING: u8 = 2;
+/// How long a flow may stay idle in each state before its translation is dropped and
+/// its next packet starts a new flow (nanoseconds; as conntrack's timeouts, with
+/// kube-proxy's established TCP timeout of a day).
+pub const NEW_TIMEOUT_NS: u64 = 30_000_000_000;
+pub const TCP_ESTABLISHED_TIMEOUT_NS: u64 = 86_400_000_000_000;
+pub const UDP_ESTABLISHED_TIMEOUT_NS: u64 = 120_000_000_000;
+pub const CLOSING_TIMEOUT_NS: u64 = 60_000_000_000;
+
+/// How long a flow in `state` may stay idle.
+pub const fn flow_timeout_ns(proto: u8, state: u8) -> u64 {
+    match (proto, state) {
+        (_, FLOW_NEW) => NEW_TIMEOUT_NS,
+        (_, FLOW_CLOSING) => CLOSING_TIMEOUT_NS,
+        (6, _) => TCP_ESTABLISHED_TIMEOUT_NS,
+        _ => UDP_ESTABLISHED_TIMEOUT_NS,
+    }
+}
 /// `loadBalancerSourceRanges`: an LPM trie of (frontend, client prefix).
 pub const SOURCE_RANGES_MAP: &str = "KL_SOURCE_RANGES";
+/// Established flows remembered by default (`--service-nat-flows`).
 pub const MAX_FLOWS: u32 = 262_144;
+/// Flows not established yet remembered by default: a quarter.
+pub const MAX_NEW_FLOWS: u32 = MAX_FLOWS / 4;
 pub const MAX_SOURCE_RANGES: u32 = 16_384;
 /// Ports a SNAT'd flow is given on the node address when the client's own is taken:
 /// above Linux's default ephemeral range (32768–60999), so the node's own sockets do
@@ -194,7 +230,11 @@ pub struct FwdNat {
     pub backend: Backend,
     pub snat_addr: Addr,
     pub snat_port: u16,
-    pub snat: u16,
+    pub snat: u8,
+    /// `FLOW_*`.
+    pub state: u8,
+    /// When the client last sent a packet (`bpf_ktime_get_ns`, kept to the second).
+    pub seen: u64,
 }
 
 /// A backend flow's way back: the frontend it answers as and, when SNAT'd, the client
@@ -206,7 +246,11 @@ pub struct RevNat {
     pub client_addr: Addr,
     pub frontend_port: u16,
     pub client_port: u16,
-    pub snat: u32,
+    pub snat: u8,
+    /// The backend answered a TCP SYN (SYN-ACK seen): the client's next ACK
+    /// establishes the flow.
+    pub replied: u8,
+    pub _pad: u16,
 }
 
 /// The data of a source-range key: the frontend, then the client address. Its prefix
@@ -255,7 +299,7 @@ const _: () = {
     assert!(size_of::<AffinityKey>() == 32);
     assert!(size_of::<AffinityValue>() == 32);
     assert!(size_of::<FlowKey>() == 40);
-    assert!(size_of::<FwdNat>() == 40);
+    assert!(size_of::<FwdNat>() == 48);
     assert!(size_of::<RevNat>() == 40);
     assert!(size_of::<SourceRangeKey>() == 36);
     assert!(size_of::<SockRevKey>() == 32);

@@ -14,22 +14,23 @@
 use aya_ebpf::{
     EbpfContext as _,
     bindings::{
-        BPF_F_MARK_MANGLED_0, BPF_F_PSEUDO_HDR, BPF_FIB_LKUP_RET_NO_NEIGH,
-        BPF_FIB_LKUP_RET_SUCCESS, BPF_FIB_LOOKUP_SRC, BPF_NOEXIST, TC_ACT_OK, TC_ACT_SHOT,
-        bpf_fib_lookup,
+        BPF_F_MARK_MANGLED_0, BPF_F_PSEUDO_HDR, BPF_FIB_LKUP_RET_FRAG_NEEDED,
+        BPF_FIB_LKUP_RET_NO_NEIGH, BPF_FIB_LKUP_RET_SUCCESS, BPF_FIB_LOOKUP_SRC, BPF_NOEXIST,
+        TC_ACT_OK, TC_ACT_SHOT, bpf_fib_lookup,
     },
     helpers::{
-        bpf_fib_lookup as fib_lookup, bpf_get_prandom_u32, bpf_redirect, bpf_redirect_neigh,
+        bpf_csum_diff, bpf_fib_lookup as fib_lookup, bpf_get_prandom_u32, bpf_ktime_get_ns,
+        bpf_redirect, bpf_redirect_neigh, bpf_skb_change_tail,
     },
     macros::{classifier, map},
     maps::{LpmTrie, LruHashMap, PerCpuArray, lpm_trie::Key},
     programs::TcContext,
 };
 use kernlet_ebpf_common::{
-    Addr, BACKEND_LOCAL, Backend, BackendKey, FlowKey, FwdNat, MAX_FLOWS, MAX_SOURCE_RANGES,
-    RevNat, SNAT_PORT_COUNT, SNAT_PORT_MIN, SOURCE_RANGE_SERVICE_BITS, SVC_EXTERNAL, SVC_LOCAL,
-    SVC_MAGLEV, SVC_SOURCE_RANGES, ServiceKey, ServiceValue, SourceRangeKey, ipv4_mapped,
-    mapped_ipv4,
+    Addr, BACKEND_LOCAL, Backend, BackendKey, FLOW_CLOSING, FLOW_ESTABLISHED, FLOW_NEW, FlowKey,
+    FwdNat, MAX_FLOWS, MAX_NEW_FLOWS, MAX_SOURCE_RANGES, RevNat, SNAT_PORT_COUNT, SNAT_PORT_MIN,
+    SOURCE_RANGE_SERVICE_BITS, SVC_EXTERNAL, SVC_LOCAL, SVC_MAGLEV, SVC_SOURCE_RANGES, ServiceKey,
+    ServiceValue, SourceRangeKey, flow_timeout_ns, ipv4_mapped, mapped_ipv4,
 };
 
 use crate::{KL_BACKENDS, KL_SERVICES, choose, count, in_slot};
@@ -40,9 +41,61 @@ static KL_NAT_FWD: LruHashMap<FlowKey, FwdNat> = LruHashMap::with_max_entries(MA
 #[map(name = "KL_NAT_REV")]
 static KL_NAT_REV: LruHashMap<FlowKey, RevNat> = LruHashMap::with_max_entries(MAX_FLOWS, 0);
 
+// Flows not established yet, apart: a flood of them evicts only its own kind.
+#[map(name = "KL_NAT_FWD_NEW")]
+static KL_NAT_FWD_NEW: LruHashMap<FlowKey, FwdNat> = LruHashMap::with_max_entries(MAX_NEW_FLOWS, 0);
+
+#[map(name = "KL_NAT_REV_NEW")]
+static KL_NAT_REV_NEW: LruHashMap<FlowKey, RevNat> = LruHashMap::with_max_entries(MAX_NEW_FLOWS, 0);
+
 #[map(name = "KL_SOURCE_RANGES")]
 static KL_SOURCE_RANGES: LpmTrie<SourceRangeKey, u8> =
     LpmTrie::with_max_entries(MAX_SOURCE_RANGES, 0);
+
+/// An IPv4 datagram cut in fragments, as its fragments carry it.
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct FragKey {
+    src: Addr,
+    dst: Addr,
+    id: u16,
+    proto: u8,
+    _pad: u8,
+}
+
+/// How a datagram's first fragment was translated: its new addresses, and whether it
+/// was sent on by the program (else passed to the stack or the next program).
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct FragNat {
+    src: Addr,
+    dst: Addr,
+    redirect: u32,
+}
+
+/// Fragments after the first carry no ports: they are translated as the first was,
+/// found by (addresses, identification, protocol). A later fragment that arrives
+/// before its first is not translated.
+#[map(name = "KL_FRAGS")]
+static KL_FRAGS: LruHashMap<FragKey, FragNat> = LruHashMap::with_max_entries(8192, 0);
+
+/// An ICMPv4 error (destination unreachable — "fragmentation needed" among them —,
+/// time exceeded, parameter problem) about a TCP or UDP packet: offsets in the packet
+/// and the quoted packet's addresses and ports (as the maps hold them).
+#[derive(Clone, Copy)]
+struct IcmpError {
+    /// The outer source address.
+    src: Addr,
+    /// Offsets of the ICMP checksum and of the quoted IP header.
+    csum: usize,
+    inner: usize,
+    /// The quoted packet's addresses, ports and protocol.
+    isrc: Addr,
+    idst: Addr,
+    isport: u16,
+    idport: u16,
+    iproto: u8,
+}
 
 /// Room for the big locals of one packet's run: a whole BPF call chain shares one
 /// 512-byte stack, which 16-byte addresses in 40-byte keys outgrow. Per CPU, and a tc
@@ -51,8 +104,18 @@ static KL_SOURCE_RANGES: LpmTrie<SourceRangeKey, u8> =
 struct Scratch {
     /// The packet's flow.
     flow: FlowKey,
-    /// A new flow's way back.
+    /// A new flow's way back (or the packet's flow, for a reply).
     back: FlowKey,
+    /// The client flow of a reply.
+    fwd: FlowKey,
+    /// A fragmented datagram, and how its first fragment was translated.
+    frag_key: FragKey,
+    frag: FragNat,
+    /// An ICMP error and the packet it is about.
+    icmp: IcmpError,
+    /// A "fragmentation needed" being built: IPv4 header, ICMP header, the quoted
+    /// IPv4 header and 8 bytes of the packet.
+    reply: [u8; FRAG_NEEDED_LEN],
     rev: RevNat,
     nat: FwdNat,
     route: Route,
@@ -105,6 +168,11 @@ struct Packet {
     dport: u16,
     /// A TCP SYN without ACK: a connection starting.
     syn: bool,
+    /// The TCP flags (0 for UDP).
+    flags: u8,
+    /// `FRAG_*`: an IPv4 fragment, and its datagram's identification.
+    frag: u8,
+    id: u16,
 }
 
 impl Packet {
@@ -139,24 +207,29 @@ impl Packet {
     }
 }
 
-fn parse(ctx: &TcContext) -> Option<Packet> {
+#[map(name = "KL_TC_PACKET")]
+static KL_TC_PACKET: PerCpuArray<Packet> = PerCpuArray::with_max_entries(1, 0);
+
+/// The packet, parsed into this CPU's slot (kept off the programs' stack, as
+/// [`Scratch`]).
+fn parse(ctx: &TcContext) -> Option<&'static Packet> {
+    let at = KL_TC_PACKET.get_ptr_mut(0)?;
+    // SAFETY: this CPU's entry, valid while the program runs; no other run uses it
+    // until this one ends (see Scratch).
+    let out = unsafe { &mut *at };
     let ethertype: u16 = ctx.load(12).ok()?;
-    match u16::from_be(ethertype) {
-        ETH_P_IP => parse_v4(ctx),
-        ETH_P_IPV6 => parse_v6(ctx),
+    let parsed = match u16::from_be(ethertype) {
+        ETH_P_IP => parse_v4(ctx, out),
+        ETH_P_IPV6 => parse_v6(ctx, out),
         _ => None,
-    }
+    };
+    parsed.map(|()| &*out)
 }
 
-fn parse_v4(ctx: &TcContext) -> Option<Packet> {
+fn parse_v4(ctx: &TcContext, out: &mut Packet) -> Option<()> {
     let vihl: u8 = ctx.load(ETH_HLEN).ok()?;
     let ihl = usize::from(vihl & 0x0f) * 4;
     if vihl >> 4 != 4 || ihl < 20 {
-        return None;
-    }
-    // Fragments after the first carry no ports: left alone.
-    let frag: u16 = ctx.load(ETH_HLEN + 6).ok()?;
-    if u16::from_be(frag) & 0x1fff != 0 {
         return None;
     }
     let proto: u8 = ctx.load(ETH_HLEN + 9).ok()?;
@@ -165,11 +238,46 @@ fn parse_v4(ctx: &TcContext) -> Option<Packet> {
     }
     let src = ipv4_mapped(ctx.load(IP_SRC).ok()?);
     let dst = ipv4_mapped(ctx.load(IP_DST).ok()?);
-    with_ports(ctx, false, ETH_HLEN + ihl, proto, src, dst)
+    let frag = u16::from_be(ctx.load(ETH_HLEN + 6).ok()?);
+    let id: u16 = ctx.load(ETH_HLEN + 4).ok()?;
+    if frag & IP_OFFSET != 0 {
+        // A fragment after the first: no ports; translated as its first was.
+        out.v6 = false;
+        out.l4 = 0;
+        out.proto = proto;
+        out.src = src;
+        out.dst = dst;
+        out.sport = 0;
+        out.dport = 0;
+        out.syn = false;
+        out.flags = 0;
+        out.frag = FRAG_LATER;
+        out.id = id;
+        return Some(());
+    }
+    with_ports(ctx, false, ETH_HLEN + ihl, proto, src, dst, out)?;
+    if frag & IP_MF != 0 {
+        out.frag = FRAG_FIRST;
+        out.id = id;
+    }
+    Some(())
 }
 
+/// The IPv4 fragment offset and more-fragments bits.
+const IP_OFFSET: u16 = 0x1fff;
+const IP_MF: u16 = 0x2000;
+const IP_DF: u16 = 0x4000;
+/// [`Packet::frag`]: not a fragment, the first of several, a later one.
+const FRAG_NONE: u8 = 0;
+const FRAG_FIRST: u8 = 1;
+const FRAG_LATER: u8 = 2;
+
+const TCP_FIN: u8 = 0x01;
 const TCP_SYN: u8 = 0x02;
+const TCP_RST: u8 = 0x04;
 const TCP_ACK: u8 = 0x10;
+/// A flow's `seen` is written at most this often.
+const SEEN_GRAIN_NS: u64 = 1_000_000_000;
 
 /// The packet whose TCP/UDP header is at `l4`, with its ports and whether it is a SYN.
 #[inline(always)]
@@ -180,33 +288,37 @@ fn with_ports(
     proto: u8,
     src: Addr,
     dst: Addr,
-) -> Option<Packet> {
-    let syn = proto == TCP
-        && ctx
-            .load::<u8>(l4 + 13)
-            .is_ok_and(|f| f & TCP_SYN != 0 && f & TCP_ACK == 0);
-    Some(Packet {
-        v6,
-        l4,
-        proto,
-        src,
-        dst,
-        sport: ctx.load(l4).ok()?,
-        dport: ctx.load(l4 + 2).ok()?,
-        syn,
-    })
+    out: &mut Packet,
+) -> Option<()> {
+    let flags = if proto == TCP {
+        ctx.load::<u8>(l4 + 13).unwrap_or(0)
+    } else {
+        0
+    };
+    out.sport = ctx.load(l4).ok()?;
+    out.dport = ctx.load(l4 + 2).ok()?;
+    out.v6 = v6;
+    out.l4 = l4;
+    out.proto = proto;
+    out.src = src;
+    out.dst = dst;
+    out.syn = flags & TCP_SYN != 0 && flags & TCP_ACK == 0;
+    out.flags = flags;
+    out.frag = FRAG_NONE;
+    out.id = 0;
+    Some(())
 }
 
 /// An IPv6 packet whose next header is TCP or UDP; one with extension headers (a
 /// fragment among them) is left alone.
-fn parse_v6(ctx: &TcContext) -> Option<Packet> {
+fn parse_v6(ctx: &TcContext, out: &mut Packet) -> Option<()> {
     let proto: u8 = ctx.load(IP6_NEXT).ok()?;
     if proto != TCP && proto != UDP {
         return None;
     }
     let src = ctx.load(IP6_SRC).ok()?;
     let dst = ctx.load(IP6_DST).ok()?;
-    with_ports(ctx, true, ETH_HLEN + IP6_HLEN, proto, src, dst)
+    with_ports(ctx, true, ETH_HLEN + IP6_HLEN, proto, src, dst, out)
 }
 
 /// Rewrites the source (`src`) or destination address and port of `p`, with the
@@ -235,11 +347,14 @@ fn rewrite(ctx: &TcContext, p: &Packet, src: bool, addr: &Addr, port: u16) -> Op
                 }
             }
         } else {
-            let old = old_addr[3];
-            let new = mapped_ipv4(addr)?;
-            ctx.store(if src { IP_SRC } else { IP_DST }, &new, 0).ok()?;
-            ctx.l3_csum_replace(IP_CSUM, u64::from(old), u64::from(new), 4)
-                .ok()?;
+            set_addr(
+                ctx,
+                if src { IP_SRC } else { IP_DST },
+                IP_CSUM,
+                old_addr,
+                addr,
+            )?;
+            let (old, new) = (old_addr[3], mapped_ipv4(addr)?);
             ctx.l4_csum_replace(p.csum(), u64::from(old), u64::from(new), pseudo)
                 .ok()?;
         }
@@ -259,6 +374,8 @@ struct Route {
     src: Addr,
     /// Whether the neighbour is known (`dmac`, `smac` filled).
     known: bool,
+    /// The way's MTU when the packet is too big for it, else 0.
+    mtu: u16,
     dmac: [u8; 6],
     smac: [u8; 6],
 }
@@ -298,9 +415,16 @@ fn route(ctx: &TcContext, v6: bool, dst: &Addr, out: &mut Route) -> bool {
             ipv4_mapped(params.__bindgen_anon_3.ipv4_src)
         }
     };
+    out.mtu = 0;
     let known = match rc as u32 {
         BPF_FIB_LKUP_RET_SUCCESS => true,
         BPF_FIB_LKUP_RET_NO_NEIGH => false,
+        // Found, but the packet is bigger than the way's MTU (the rest is filled).
+        BPF_FIB_LKUP_RET_FRAG_NEEDED => {
+            // SAFETY: the helper set the MTU for FRAG_NEEDED.
+            out.mtu = unsafe { params.__bindgen_anon_1.mtu_result };
+            true
+        }
         _ => return false,
     };
     out.ifindex = params.ifindex;
@@ -314,6 +438,10 @@ fn route(ctx: &TcContext, v6: bool, dst: &Addr, out: &mut Route) -> bool {
 /// Sends the packet out of the route's interface (resolving the neighbour when the FIB
 /// did not know it).
 fn send(ctx: &TcContext, r: &Route) -> i32 {
+    // Too big for the way: the kernel would not fragment it after a redirect.
+    if r.mtu != 0 {
+        return DROP;
+    }
     if !r.known {
         // SAFETY: no parameters: the kernel looks up the next hop itself.
         return unsafe { bpf_redirect_neigh(r.ifindex, core::ptr::null_mut(), 0, 0) as i32 };
@@ -334,69 +462,352 @@ pub fn kl_lb_ingress(ctx: TcContext) -> i32 {
 /// Replies of local backends to outside clients leave as the frontend.
 #[classifier]
 pub fn kl_lb_egress(ctx: TcContext) -> i32 {
-    egress(&ctx).unwrap_or(TCX_NEXT)
+    egress(&ctx)
+        .or_else(|| icmp_egress(&ctx))
+        .unwrap_or(TCX_NEXT)
+}
+
+fn now() -> u64 {
+    // SAFETY: a helper without arguments.
+    unsafe { bpf_ktime_get_ns() }
 }
 
 fn ingress(ctx: &TcContext) -> Option<i32> {
     let p = parse(ctx)?;
     let sc = scratch()?;
     sc.flow = p.flow();
-    // SAFETY: the value is copied out at once; map values are plain data.
-    if let Some(rev) = unsafe { KL_NAT_REV.get(&sc.flow) } {
-        sc.rev = *rev;
-    } else {
-        sc.rev.snat = 0;
+    if p.frag == FRAG_LATER {
+        return Some(later_fragment(ctx, p, sc, PASS));
     }
-    if sc.rev.snat != 0 {
+    let now = now();
+    if reply(p, sc, now) && sc.rev.snat != 0 {
         if !route(ctx, p.v6, &sc.rev.client_addr, &mut sc.route) {
             return Some(DROP);
         }
         // A packet the helpers could not rewrite whole is not let through half-done.
         let rev = &sc.rev;
-        let rewritten = rewrite(ctx, &p, true, &rev.frontend_addr, rev.frontend_port)
-            .and_then(|()| rewrite(ctx, &p, false, &rev.client_addr, rev.client_port));
-        return Some(if rewritten.is_some() {
-            send(ctx, &sc.route)
-        } else {
-            DROP
-        });
+        let rewritten = rewrite(ctx, p, true, &rev.frontend_addr, rev.frontend_port)
+            .and_then(|()| rewrite(ctx, p, false, &rev.client_addr, rev.client_port));
+        if rewritten.is_none() {
+            return Some(DROP);
+        }
+        sc.frag.src = sc.rev.frontend_addr;
+        sc.frag.dst = sc.rev.client_addr;
+        sc.frag.redirect = 1;
+        remember_first(p, sc);
+        return Some(send(ctx, &sc.route));
     }
     // A flow keeps its backend for its life (user space drops the translations of
     // UDP backends that are gone). A TCP SYN starts a connection even on a tuple seen
     // before (a client port used again): it is admitted afresh (the frontend still
     // there, its source ranges), and keeps its backend only while that still serves
     // the frontend (so a retransmitted SYN stays where the first went).
-    // SAFETY: as above.
-    let known = match unsafe { KL_NAT_FWD.get(&sc.flow) } {
-        Some(nat) => {
-            sc.nat = *nat;
-            true
-        }
-        None => false,
-    };
-    if !known || p.syn {
-        match new_flow(ctx, &p, sc, known) {
+    let known = client_flow(p, sc, now);
+    if known == Known::No || p.syn {
+        match new_flow(ctx, p, sc, known, now) {
             NewFlow::Translated => {}
             NewFlow::NotAFrontend => return None,
             NewFlow::Refused => return Some(DROP),
         }
+    } else if known == Known::New
+        && p.proto == TCP
+        && p.flags & (TCP_ACK | TCP_RST | TCP_SYN) == TCP_ACK
+    {
+        // The handshake's last step, once the backend answered the SYN: established.
+        back_of(p, sc);
+        // SAFETY: the value is only read.
+        if unsafe { KL_NAT_REV_NEW.get(&sc.back) }.is_some_and(|r| r.replied != 0) {
+            sc.fwd = sc.flow;
+            promote(sc, now);
+        }
+    }
+    if sc.nat.snat != 0 {
+        if !route(ctx, p.v6, &sc.nat.backend.addr, &mut sc.route) {
+            return Some(DROP);
+        }
+        if sc.route.mtu != 0 {
+            // Too big for the way to the backend: a packet that may not be cut gets
+            // "fragmentation needed", as a router would send (the kernel does not
+            // fragment what the program sends on).
+            let df = ctx
+                .load::<u16>(ETH_HLEN + 6)
+                .is_ok_and(|f| u16::from_be(f) & IP_DF != 0);
+            return Some(if df && !p.v6 {
+                frag_needed(ctx, p, sc, sc.route.mtu)
+            } else {
+                DROP
+            });
+        }
     }
     let nat = &sc.nat;
-    if rewrite(ctx, &p, false, &nat.backend.addr, nat.backend.port).is_none() {
+    if rewrite(ctx, p, false, &nat.backend.addr, nat.backend.port).is_none() {
         return Some(DROP);
     }
-    if nat.snat == 0 {
+    sc.frag.dst = sc.nat.backend.addr;
+    if sc.nat.snat == 0 {
         // A local backend: the node routes the packet to the pod.
+        sc.frag.src = p.src;
+        sc.frag.redirect = 0;
+        remember_first(p, sc);
         return Some(PASS);
     }
-    if rewrite(ctx, &p, true, &nat.snat_addr, nat.snat_port).is_none() {
+    let nat = &sc.nat;
+    if rewrite(ctx, p, true, &nat.snat_addr, nat.snat_port).is_none() {
         return Some(DROP);
     }
-    Some(if route(ctx, p.v6, &sc.nat.backend.addr, &mut sc.route) {
+    sc.frag.src = sc.nat.snat_addr;
+    sc.frag.redirect = 1;
+    remember_first(p, sc);
+    // The route was found above, before the packet was rewritten.
+    Some(send(ctx, &sc.route))
+}
+
+const ICMP: u8 = 1;
+const FRAG_NEEDED_LEN: usize = 20 + 8 + 28;
+
+/// Turns the IPv4 packet `p` into the ICMP "fragmentation needed" (`mtu`) a router
+/// would send its client, from the address the client sent it to, and sends it back
+/// out of the interface it came in on: the client learns the path's MTU through the
+/// NodePort (a packet the program sends on itself is never fragmented or answered by
+/// the kernel).
+#[inline(never)]
+fn frag_needed(ctx: &TcContext, p: &Packet, sc: &mut Scratch, mtu: u16) -> i32 {
+    let (Ok(dmac), Ok(smac)) = (ctx.load::<[u8; 6]>(0), ctx.load::<[u8; 6]>(6)) else {
+        return DROP;
+    };
+    // The quote: the packet's IPv4 header (no options) and 8 bytes of its payload.
+    let Ok(quote) = ctx.load::<[u8; 28]>(ETH_HLEN) else {
+        return DROP;
+    };
+    // No IPv4 options (the first byte: version 4, a 20-byte header).
+    if quote[0] != 0x45 {
+        return DROP;
+    }
+    sc.reply[28..].copy_from_slice(&quote);
+    let (Some(from), Some(to)) = (mapped_ipv4(&p.dst), mapped_ipv4(&p.src)) else {
+        return DROP;
+    };
+    let r = &mut sc.reply;
+    r[..20].copy_from_slice(&[
+        0x45,
+        0,
+        0,
+        FRAG_NEEDED_LEN as u8,
+        0,
+        0,
+        0,
+        0,
+        64,
+        ICMP,
+        0,
+        0,
+        0,
+        0,
+        0,
+        0,
+        0,
+        0,
+        0,
+        0,
+    ]);
+    r[12..16].copy_from_slice(&from.to_ne_bytes());
+    r[16..20].copy_from_slice(&to.to_ne_bytes());
+    r[20..28].copy_from_slice(&[3, 4, 0, 0, 0, 0, 0, 0]);
+    r[26..28].copy_from_slice(&mtu.to_be_bytes());
+    let ip = csum(&r[..20]);
+    r[10..12].copy_from_slice(&ip.to_ne_bytes());
+    let icmp = csum(&r[20..]);
+    r[22..24].copy_from_slice(&icmp.to_ne_bytes());
+    // SAFETY: plain helper call on the program's own packet, shrinking it.
+    if unsafe {
+        bpf_skb_change_tail(
+            ctx.skb.skb as *mut _,
+            (ETH_HLEN + FRAG_NEEDED_LEN) as u32,
+            0,
+        )
+    } != 0
+    {
+        return DROP;
+    }
+    if ctx.store(0, &smac, 0).is_err()
+        || ctx.store(6, &dmac, 0).is_err()
+        || ctx.store(ETH_HLEN, &sc.reply, 0).is_err()
+    {
+        return DROP;
+    }
+    // SAFETY: plain helper call with the packet's own interface.
+    unsafe { bpf_redirect((*ctx.skb.skb).ifindex, 0) as i32 }
+}
+
+/// The Internet checksum of `b` (a multiple of 4 bytes), in the byte order it is
+/// stored in.
+fn csum(b: &[u8]) -> u16 {
+    // SAFETY: the helper reads `b.len()` bytes of `b` (scratch memory); nothing is
+    // written.
+    let sum = unsafe {
+        bpf_csum_diff(
+            core::ptr::null_mut(),
+            0,
+            b.as_ptr() as *mut u32,
+            b.len() as u32,
+            0,
+        )
+    } as u64;
+    let mut x = (sum & 0xffff_ffff) as u32 as u64;
+    x = (x & 0xffff) + (x >> 16);
+    x = (x & 0xffff) + (x >> 16);
+    !(x as u16)
+}
+
+/// Parses an ICMPv4 error into `sc.icmp`.
+#[inline(never)]
+fn parse_icmp(ctx: &TcContext, sc: &mut Scratch) -> Option<()> {
+    let ethertype: u16 = ctx.load(12).ok()?;
+    if u16::from_be(ethertype) != ETH_P_IP {
+        return None;
+    }
+    let vihl: u8 = ctx.load(ETH_HLEN).ok()?;
+    let ihl = usize::from(vihl & 0x0f) * 4;
+    let proto: u8 = ctx.load(ETH_HLEN + 9).ok()?;
+    let frag = u16::from_be(ctx.load(ETH_HLEN + 6).ok()?);
+    if vihl >> 4 != 4 || ihl < 20 || proto != ICMP || frag & IP_OFFSET != 0 {
+        return None;
+    }
+    let icmp = ETH_HLEN + ihl;
+    let kind: u8 = ctx.load(icmp).ok()?;
+    if kind != 3 && kind != 11 && kind != 12 {
+        return None;
+    }
+    let inner = icmp + 8;
+    let ivihl: u8 = ctx.load(inner).ok()?;
+    let iihl = usize::from(ivihl & 0x0f) * 4;
+    let iproto: u8 = ctx.load(inner + 9).ok()?;
+    if ivihl >> 4 != 4 || iihl < 20 || (iproto != TCP && iproto != UDP) {
+        return None;
+    }
+    let e = &mut sc.icmp;
+    e.src = ipv4_mapped(ctx.load(IP_SRC).ok()?);
+    e.csum = icmp + 2;
+    e.inner = inner;
+    e.isrc = ipv4_mapped(ctx.load(inner + 12).ok()?);
+    e.idst = ipv4_mapped(ctx.load(inner + 16).ok()?);
+    e.isport = ctx.load(inner + iihl).ok()?;
+    e.idport = ctx.load(inner + iihl + 2).ok()?;
+    e.iproto = iproto;
+    Some(())
+}
+
+/// Finds the flow an ICMP error quotes a packet of, by its way back (the quoted
+/// packet's destination to its source), into `sc.rev`.
+fn icmp_flow(sc: &mut Scratch) -> bool {
+    let e = &sc.icmp;
+    sc.back.src = e.idst;
+    sc.back.dst = e.isrc;
+    sc.back.sport = e.idport;
+    sc.back.dport = e.isport;
+    sc.back.proto = e.iproto;
+    sc.back._pad = [0; 3];
+    // SAFETY: the values are copied out at once.
+    let found =
+        unsafe { KL_NAT_REV.get(&sc.back) }.or_else(|| unsafe { KL_NAT_REV_NEW.get(&sc.back) });
+    match found {
+        Some(r) => {
+            sc.rev = *r;
+            true
+        }
+        None => false,
+    }
+}
+
+/// Rewrites an IPv4 address at `at` whose header checksum is at `csum`.
+fn set_addr(ctx: &TcContext, at: usize, csum: usize, old: &Addr, new: &Addr) -> Option<()> {
+    let (old, new) = (old[3], mapped_ipv4(new)?);
+    if old != new {
+        ctx.store(at, &new, 0).ok()?;
+        ctx.l3_csum_replace(csum, u64::from(old), u64::from(new), 4)
+            .ok()?;
+    }
+    Some(())
+}
+
+/// Rewrites a port of the quoted packet at `at` (the ICMP checksum at `csum` covers
+/// it; the quoted header's own checksum, kept right by `set_addr`, nets out).
+fn set_quoted_port(ctx: &TcContext, at: usize, csum: usize, old: u16, new: u16) -> Option<()> {
+    if old != new {
+        ctx.store(at, &new, 0).ok()?;
+        ctx.l4_csum_replace(csum, u64::from(old), u64::from(new), 2)
+            .ok()?;
+    }
+    Some(())
+}
+
+/// An ICMP error leaving for an outside client about a packet of its that a local
+/// backend got (the node could not forward it to the pod — fragmentation needed —, or
+/// the pod refused it): the quoted packet is shown as the client sent it, to the
+/// frontend, and an error from the pod itself comes from the frontend.
+#[inline(never)]
+fn icmp_egress(ctx: &TcContext) -> Option<i32> {
+    let sc = scratch()?;
+    parse_icmp(ctx, sc)?;
+    if !icmp_flow(sc) || sc.rev.snat != 0 {
+        return None;
+    }
+    let (e, rev) = (&sc.icmp, &sc.rev);
+    let iihl = ctx.load::<u8>(e.inner).ok()? & 0x0f;
+    let l4 = e.inner + usize::from(iihl) * 4;
+    let done = set_addr(ctx, e.inner + 16, e.inner + 10, &e.idst, &rev.frontend_addr)
+        .and_then(|()| set_quoted_port(ctx, l4 + 2, e.csum, e.idport, rev.frontend_port))
+        .and_then(|()| match e.src == e.idst {
+            true => set_addr(ctx, IP_SRC, IP_CSUM, &e.src, &rev.frontend_addr),
+            false => Some(()),
+        });
+    Some(if done.is_some() { TCX_NEXT } else { DROP })
+}
+
+/// Remembers how the first fragment `p` of a datagram was translated (`sc.frag`), for
+/// the fragments after it.
+fn remember_first(p: &Packet, sc: &mut Scratch) {
+    if p.frag != FRAG_FIRST {
+        return;
+    }
+    frag_key(p, sc);
+    let _ = KL_FRAGS.insert(&sc.frag_key, &sc.frag, 0);
+}
+
+fn frag_key(p: &Packet, sc: &mut Scratch) {
+    sc.frag_key.src = p.src;
+    sc.frag_key.dst = p.dst;
+    sc.frag_key.id = p.id;
+    sc.frag_key.proto = p.proto;
+    sc.frag_key._pad = 0;
+}
+
+/// A fragment after the first of an IPv4 datagram: its addresses rewritten as its
+/// first fragment's were (the IPv4 checksum with them; the TCP/UDP checksum is in the
+/// first), then sent on as that one was (`pass` when the first was not redirected).
+/// A fragment of no translated datagram goes on untouched.
+#[inline(never)]
+fn later_fragment(ctx: &TcContext, p: &Packet, sc: &mut Scratch, pass: i32) -> i32 {
+    frag_key(p, sc);
+    // SAFETY: the value is copied out at once.
+    let Some(f) = (unsafe { KL_FRAGS.get(&sc.frag_key) }) else {
+        return TCX_NEXT;
+    };
+    sc.frag = *f;
+    // Remembered for IPv4 datagrams only: both addresses map back.
+    let rewritten = set_addr(ctx, IP_SRC, IP_CSUM, &p.src, &sc.frag.src)
+        .and_then(|()| set_addr(ctx, IP_DST, IP_CSUM, &p.dst, &sc.frag.dst));
+    if rewritten.is_none() {
+        return DROP;
+    }
+    if sc.frag.redirect == 0 {
+        return pass;
+    }
+    if route(ctx, false, &sc.frag.dst, &mut sc.route) {
         send(ctx, &sc.route)
     } else {
         DROP
-    })
+    }
 }
 
 /// Whether `backend` is still one of the frontend's: the entry the flow's hash picks
@@ -428,7 +839,7 @@ enum NewFlow {
 /// is the packet's). With `known`, `sc.nat` is the tuple's translation so far: kept
 /// when its backend still serves the frontend.
 #[inline(never)]
-fn new_flow(ctx: &TcContext, p: &Packet, sc: &mut Scratch, known: bool) -> NewFlow {
+fn new_flow(ctx: &TcContext, p: &Packet, sc: &mut Scratch, known: Known, now: u64) -> NewFlow {
     let key = ServiceKey {
         addr: p.dst,
         port: p.dport,
@@ -457,8 +868,12 @@ fn new_flow(ctx: &TcContext, p: &Packet, sc: &mut Scratch, known: bool) -> NewFl
     if svc.count == 0 {
         return NewFlow::Refused;
     }
-    if known && still_serves(&svc, &sc.nat.backend, p.hash()) {
-        return NewFlow::Translated;
+    if known != Known::No {
+        if still_serves(&svc, &sc.nat.backend, p.hash()) {
+            return NewFlow::Translated;
+        }
+        // Its backend is gone: the tuple's old translation goes with it.
+        forget(p, sc, known == Known::New);
     }
     let client = || {
         let s = &p.src;
@@ -468,25 +883,27 @@ fn new_flow(ctx: &TcContext, p: &Packet, sc: &mut Scratch, known: bool) -> NewFl
         return NewFlow::Refused;
     };
     count(&backend);
-    sc.rev = RevNat {
-        frontend_addr: p.dst,
-        client_addr: p.src,
-        frontend_port: p.dport,
-        client_port: p.sport,
-        snat: 0,
-    };
-    sc.back = FlowKey {
-        src: backend.addr,
-        dst: p.src,
-        sport: backend.port,
-        dport: p.sport,
-        proto: p.proto,
-        _pad: [0; 3],
-    };
-    sc.nat = FwdNat {
-        backend,
-        ..FwdNat::default()
-    };
+    // Field by field: a whole struct would be built on the stack first, which the
+    // call chain's 512 bytes cannot spare.
+    sc.rev.frontend_addr = p.dst;
+    sc.rev.client_addr = p.src;
+    sc.rev.frontend_port = p.dport;
+    sc.rev.client_port = p.sport;
+    sc.rev.snat = 0;
+    sc.rev.replied = 0;
+    sc.rev._pad = 0;
+    sc.back.src = backend.addr;
+    sc.back.dst = p.src;
+    sc.back.sport = backend.port;
+    sc.back.dport = p.sport;
+    sc.back.proto = p.proto;
+    sc.back._pad = [0; 3];
+    sc.nat.backend = backend;
+    sc.nat.snat_addr = [0; 4];
+    sc.nat.snat_port = 0;
+    sc.nat.snat = 0;
+    sc.nat.state = FLOW_NEW;
+    sc.nat.seen = now;
     let snat = backend.flags & BACKEND_LOCAL == 0 && svc.flags & SVC_LOCAL == 0;
     if snat {
         if !route(ctx, p.v6, &backend.addr, &mut sc.route) {
@@ -494,14 +911,17 @@ fn new_flow(ctx: &TcContext, p: &Packet, sc: &mut Scratch, known: bool) -> NewFl
         }
         sc.rev.snat = 1;
         sc.back.dst = sc.route.src;
-        // The client's own port when free on that address, else one of the SNAT range.
+        // The client's own port when free on that address (no flow, established or
+        // new, uses it), else one of the SNAT range.
         let mut port = p.sport;
         let mut tries = 0;
         loop {
             sc.back.dport = port;
-            if KL_NAT_REV
-                .insert(&sc.back, &sc.rev, u64::from(BPF_NOEXIST))
-                .is_ok()
+            // SAFETY: the value is only tested.
+            if unsafe { KL_NAT_REV.get(&sc.back) }.is_none()
+                && KL_NAT_REV_NEW
+                    .insert(&sc.back, &sc.rev, u64::from(BPF_NOEXIST))
+                    .is_ok()
             {
                 break;
             }
@@ -516,26 +936,162 @@ fn new_flow(ctx: &TcContext, p: &Packet, sc: &mut Scratch, known: bool) -> NewFl
         sc.nat.snat_addr = sc.route.src;
         sc.nat.snat_port = port;
         sc.nat.snat = 1;
-    } else if KL_NAT_REV.insert(&sc.back, &sc.rev, 0).is_err() {
+    } else if KL_NAT_REV_NEW.insert(&sc.back, &sc.rev, 0).is_err() {
         return NewFlow::Refused;
     }
-    if KL_NAT_FWD.insert(&sc.flow, &sc.nat, 0).is_err() {
+    if KL_NAT_FWD_NEW.insert(&sc.flow, &sc.nat, 0).is_err() {
         return NewFlow::Refused;
     }
     NewFlow::Translated
 }
 
+/// Where a client packet's flow was found.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Known {
+    No,
+    /// In the new-flow tables.
+    New,
+    Established,
+}
+
+/// The translation of the client flow `sc.flow` (into `sc.nat`), its state kept: a
+/// FIN or RST closes it, its idle time is checked against its state's timeout (a flow
+/// idle past it is forgotten: its next packet starts a new one).
+#[inline(never)]
+fn client_flow(p: &Packet, sc: &mut Scratch, now: u64) -> Known {
+    if let Some(at) = KL_NAT_FWD.get_ptr_mut(&sc.flow) {
+        // SAFETY: the entry's value, valid while the program runs; plain data.
+        let n = unsafe { &mut *at };
+        if now.saturating_sub(n.seen) > flow_timeout_ns(p.proto, n.state) {
+            sc.nat = *n;
+            forget(p, sc, false);
+            return Known::No;
+        }
+        if p.flags & (TCP_FIN | TCP_RST) != 0 {
+            n.state = FLOW_CLOSING;
+            n.seen = now;
+        } else if p.syn && n.state == FLOW_CLOSING {
+            // The tuple used again by a new connection.
+            n.state = FLOW_ESTABLISHED;
+            n.seen = now;
+        } else if now.saturating_sub(n.seen) > SEEN_GRAIN_NS {
+            n.seen = now;
+        }
+        sc.nat = *n;
+        return Known::Established;
+    }
+    // SAFETY: the value is copied out at once.
+    if let Some(n) = unsafe { KL_NAT_FWD_NEW.get(&sc.flow) } {
+        sc.nat = *n;
+        if now.saturating_sub(sc.nat.seen) > flow_timeout_ns(p.proto, FLOW_NEW) {
+            forget(p, sc, true);
+            return Known::No;
+        }
+        return Known::New;
+    }
+    Known::No
+}
+
+/// The way back (`sc.back`) of the client packet `p` translated as `sc.nat`.
+fn back_of(p: &Packet, sc: &mut Scratch) {
+    let snat = sc.nat.snat != 0;
+    sc.back = FlowKey {
+        src: sc.nat.backend.addr,
+        dst: if snat { sc.nat.snat_addr } else { p.src },
+        sport: sc.nat.backend.port,
+        dport: if snat { sc.nat.snat_port } else { p.sport },
+        proto: p.proto,
+        _pad: [0; 3],
+    };
+}
+
+/// Drops the client flow `sc.flow` translated as `sc.nat`, both ways, from the
+/// established tables or (`new`) the new-flow ones.
+#[inline(never)]
+fn forget(p: &Packet, sc: &mut Scratch, new: bool) {
+    back_of(p, sc);
+    if new {
+        let _ = KL_NAT_FWD_NEW.remove(&sc.flow);
+        let _ = KL_NAT_REV_NEW.remove(&sc.back);
+    } else {
+        let _ = KL_NAT_FWD.remove(&sc.flow);
+        let _ = KL_NAT_REV.remove(&sc.back);
+    }
+}
+
+/// Moves the flow `sc.fwd` (its way back `sc.back`) from the new-flow tables to the
+/// established ones (`sc.nat` and `sc.rev` are its entries afterwards).
+#[inline(never)]
+fn promote(sc: &mut Scratch, now: u64) {
+    // SAFETY: the values are copied out at once.
+    if let Some(n) = unsafe { KL_NAT_FWD_NEW.get(&sc.fwd) } {
+        sc.nat = *n;
+        sc.nat.state = FLOW_ESTABLISHED;
+        sc.nat.seen = now;
+        if KL_NAT_FWD.insert(&sc.fwd, &sc.nat, 0).is_ok() {
+            let _ = KL_NAT_FWD_NEW.remove(&sc.fwd);
+        }
+    }
+    // SAFETY: as above.
+    if let Some(r) = unsafe { KL_NAT_REV_NEW.get(&sc.back) } {
+        sc.rev = *r;
+        if KL_NAT_REV.insert(&sc.back, &sc.rev, 0).is_ok() {
+            let _ = KL_NAT_REV_NEW.remove(&sc.back);
+        }
+    }
+}
+
+/// Looks the packet up as a backend's reply (`sc.rev` filled): in the established
+/// tables, else in the new-flow ones, where a SYN-ACK marks the handshake answered
+/// and any reply establishes a UDP flow.
+#[inline(never)]
+fn reply(p: &Packet, sc: &mut Scratch, now: u64) -> bool {
+    // SAFETY: the value is copied out at once.
+    if let Some(rev) = unsafe { KL_NAT_REV.get(&sc.flow) } {
+        sc.rev = *rev;
+        return true;
+    }
+    let Some(at) = KL_NAT_REV_NEW.get_ptr_mut(&sc.flow) else {
+        return false;
+    };
+    // SAFETY: the entry's value, valid while the program runs; plain data.
+    let rev = unsafe { &mut *at };
+    if p.proto == TCP && p.flags & (TCP_SYN | TCP_ACK) == TCP_SYN | TCP_ACK {
+        rev.replied = 1;
+    }
+    sc.rev = *rev;
+    if p.proto == UDP {
+        sc.fwd = FlowKey {
+            src: sc.rev.client_addr,
+            dst: sc.rev.frontend_addr,
+            sport: sc.rev.client_port,
+            dport: sc.rev.frontend_port,
+            proto: p.proto,
+            _pad: [0; 3],
+        };
+        sc.back = sc.flow;
+        promote(sc, now);
+    }
+    true
+}
+
 fn egress(ctx: &TcContext) -> Option<i32> {
     let p = parse(ctx)?;
-    // SAFETY: the value is copied out at once.
-    let rev = unsafe { KL_NAT_REV.get(&p.flow()) }.copied()?;
-    if rev.snat != 0 {
+    let sc = scratch()?;
+    if p.frag == FRAG_LATER {
+        return Some(later_fragment(ctx, p, sc, TCX_NEXT));
+    }
+    sc.flow = p.flow();
+    if !reply(p, sc, now()) || sc.rev.snat != 0 {
         return None;
     }
-    Some(
-        match rewrite(ctx, &p, true, &rev.frontend_addr, rev.frontend_port) {
-            Some(()) => TCX_NEXT,
-            None => DROP,
-        },
-    )
+    let rev = &sc.rev;
+    if rewrite(ctx, p, true, &rev.frontend_addr, rev.frontend_port).is_none() {
+        return Some(DROP);
+    }
+    sc.frag.src = sc.rev.frontend_addr;
+    sc.frag.dst = p.dst;
+    sc.frag.redirect = 0;
+    remember_first(p, sc);
+    Some(TCX_NEXT)
 }

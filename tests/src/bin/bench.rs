@@ -43,6 +43,11 @@ const REPORTS: &[(&str, &str, ReportFn)] = &[
         kernlet_tests::bench_pods::run,
     ),
     (
+        "rollout",
+        "requests failed during a rolling update of a 10-replica Deployment under load, with and without the termination barrier (a stock control plane: KUBEBUILDER_ASSETS; root)",
+        kernlet_tests::bench_rollout::run,
+    ),
+    (
         "runtime",
         "pod start latency, sandbox to the container's first output: 50 sequential pods and a 110-pod burst, against a floor of bare unshare + cgroup + exec (root)",
         runtime_latency,
@@ -449,15 +454,7 @@ fn py_in(
     code: &str,
     args: &[String],
 ) -> anyhow::Result<String> {
-    std::fs::create_dir_all(cgroup)?;
-    let out = std::process::Command::new("bash")
-        .arg("-c")
-        .arg(format!(
-            "echo $$ > {}/cgroup.procs && exec nsenter --net={} python3 -c \"$0\" \"$@\"",
-            cgroup.display(),
-            netns.display()
-        ))
-        .arg(code)
+    let out = kernlet_tests::python_in(cgroup, netns, code)?
         .args(args)
         .output()?;
     anyhow::ensure!(
