@@ -5,6 +5,7 @@
 pub mod apiserver;
 pub mod bench_pods;
 pub mod bench_rollout;
+pub mod bench_services;
 pub mod cluster;
 pub mod cri;
 pub mod csi;
@@ -13,6 +14,7 @@ pub mod egress;
 pub mod fixtures;
 pub mod grpc_health;
 pub mod hygiene;
+pub mod kube_proxy;
 pub mod logind;
 pub mod oci;
 pub mod one_node;

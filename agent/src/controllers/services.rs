@@ -349,12 +349,14 @@ pub async fn run(
     // The trigger time of each EndpointSlice as last programmed (None before the
     // first sync: what was there at start is not a change this agent made).
     let mut programmed: Option<BTreeMap<String, String>> = None;
-    // Changes are gathered for BATCH after the first before one sync writes them all
-    // (kube-proxy's minimum sync period): a burst of 10,000 new slices is a handful of
-    // syncs, not 10,000.
+    // A change after a quiet spell is written at once; changes that follow within
+    // MIN_SYNC_INTERVAL of a sync are gathered and written together when it has passed
+    // (kube-proxy's minimum sync period, 1 s there): a burst of 10,000 new slices is a
+    // few syncs, not 10,000, and one new Service answers without waiting for a batch.
     let batch = tokio::time::sleep(Duration::ZERO);
     tokio::pin!(batch);
     let mut pending = false;
+    let mut last_sync: Option<tokio::time::Instant> = None;
     // What the Services and slices want, kept per Service; a change recomputes and
     // writes its Service alone.
     let mut index = ServiceIndex::default();
@@ -450,7 +452,10 @@ pub async fn run(
             Step::Changed => {
                 if !pending {
                     pending = true;
-                    batch.as_mut().reset(tokio::time::Instant::now() + BATCH);
+                    let now = tokio::time::Instant::now();
+                    batch
+                        .as_mut()
+                        .reset(last_sync.map_or(now, |t| (t + MIN_SYNC_INTERVAL).max(now)));
                 }
                 continue;
             }
@@ -524,6 +529,7 @@ pub async fn run(
             Ok::<_, String>(n)
         })
         .await;
+        last_sync = Some(tokio::time::Instant::now());
         super::proxy_metrics::synced(started.elapsed().as_secs_f64(), matches!(result, Ok(Ok(_))));
         match result {
             Ok(Ok(n)) => {
@@ -588,7 +594,7 @@ pub fn program(
 /// What the controller's loop does next.
 enum Step {
     Idle,
-    /// Something changed: a sync within [`BATCH`].
+    /// Something changed: a sync at once, or [`MIN_SYNC_INTERVAL`] after the last.
     Changed,
     /// Sync now.
     Sync,
@@ -600,8 +606,8 @@ impl Step {
     }
 }
 
-/// How long changes are gathered before they are written.
-const BATCH: Duration = Duration::from_millis(100);
+/// The least time between the end of one sync and the start of the next.
+const MIN_SYNC_INTERVAL: Duration = Duration::from_millis(10);
 
 /// The node label naming its zone.
 const ZONE_LABEL: &str = "topology.kubernetes.io/zone";
