@@ -27,12 +27,13 @@ use crate::simnode::{BRIDGE_IP, Forward, Lab, SimNode};
 /// Waits until a TCP connect to `ip:80` is answered (or, with `gone`, fails); prints
 /// the wall-clock time (seconds since the epoch) at which the attempt that first saw it
 /// began. Connects wait 10 ms and follow each other 2 ms apart, so the time is late by
-/// at most that. Bounded at 120 s.
+/// at most that. Bounded at 300 s (kube-proxy's nftables mode can take minutes a sync
+/// at 10k Services here).
 const PROBE: &str = r#"
 import socket, sys, time
 ip, gone = sys.argv[1], sys.argv[2] == "1"
 start = time.time()
-while time.time() - start < 120:
+while time.time() - start < 300:
     began = time.time()
     try:
         s = socket.create_connection((ip, 80), timeout=0.01)
@@ -105,15 +106,7 @@ impl Bench {
         apply_node_rbac(&cluster)?;
         let mut node = lab.add_node("bs")?;
         node.import_busybox()?;
-        let cg = node.cgroup().display().to_string();
-        let flags = [
-            "--service-proxy",
-            "--service-cgroup",
-            &cg,
-            "--service-resync",
-            "30",
-        ];
-        start_overlay_node(&cluster, &fwd.url, &mut node, 1, &flags).await?;
+        start_proxy_node(&cluster, &fwd, &mut node, 1).await?;
         let admin = cluster.admin().await?;
         let pods: Api<Pod> = Api::namespaced(admin.clone(), "default");
         let mut eps = Vec::new();
@@ -152,7 +145,14 @@ impl Bench {
             self.create_many(from..present).await?;
             from = present;
             self.wait_frontends(present)?;
-            let row = self.row(present)?;
+            let row = self.row(present).map_err(|e| {
+                let log = self.node.kernlet_log();
+                let lines: Vec<&str> = log.lines().collect();
+                e.context(format!(
+                    "kernlet's log ends:\n{}",
+                    lines[lines.len().saturating_sub(30)..].join("\n")
+                ))
+            })?;
             print_row(&row);
             rows.push(row);
             if present == cold_at {
@@ -177,19 +177,19 @@ impl Bench {
     /// modes (iptables only up to 10k: a sync of a larger ruleset takes it minutes) with
     /// their cold starts, and the change alone with `nft -f`.
     fn row(&mut self, present: usize) -> anyhow::Result<Value> {
-        let kernlet = self.add_remove(Client::Kernlet)?;
+        let kernlet = self.add_remove(Client::Kernlet, 5)?;
         let nft_cold = nft_cold(&self.node_ns, &nft_services(present, self.eps))?;
         let mut nft = nft_delta(&self.node_ns, present, self.eps)?;
         nft["cold_s"] = json!(nft_cold);
         let _ = nft_apply(&self.node_ns, "delete table ip kube-proxy-bench\n");
         let mut row = json!({"present": present, "kernlet": kernlet, "nft": nft});
+        print_row(&row);
         for mode in [Mode::Nftables, Mode::Iptables] {
             if mode == Mode::Iptables && present > 10_000 {
                 continue;
             }
-            if let Some((cold, mut change)) = self.kube_proxy_at(mode, present)? {
-                change["cold_s"] = json!(cold);
-                row[format!("kube_proxy_{}", mode.flag())] = change;
+            if let Some(figures) = self.kube_proxy_at(mode, present)? {
+                row[format!("kube_proxy_{}", mode.flag())] = figures;
             }
         }
         Ok(row)
@@ -299,14 +299,14 @@ impl Bench {
         timed_in(cg.as_deref(), &self.node_ns, ip, gone, change)
     }
 
-    /// One Service added and removed 5 times with `present` there: the medians of the
+    /// One Service added and removed `reps` times with `present` there: the medians of the
     /// seconds from the apiserver's write until it answers, and until it no longer does.
     /// Its ClusterIP is chosen (from the low band the allocator leaves to such choices)
     /// so the probe can wait for it before it exists.
-    fn add_remove(&mut self, client: Client) -> anyhow::Result<Value> {
+    fn add_remove(&mut self, client: Client, reps: usize) -> anyhow::Result<Value> {
         let (mut adds, mut removes) = (Vec::new(), Vec::new());
         let rt = tokio::runtime::Handle::current();
-        for _ in 0..5 {
+        for _ in 0..reps {
             let i = self.next;
             self.next += 1;
             let ip = Ipv4Addr::new(10, 96, 0, 100 + (i % 150) as u8);
@@ -336,12 +336,9 @@ impl Bench {
 
     /// A stock kube-proxy in `mode` started in the node's namespace with `present`
     /// Services there: seconds from its start until the last of them answers, then one
-    /// Service added and removed as for kernlet. `None` without a kube-proxy binary.
-    fn kube_proxy_at(
-        &mut self,
-        mode: Mode,
-        present: usize,
-    ) -> anyhow::Result<Option<(f64, Value)>> {
+    /// Service added and removed 3 times (5 for kernlet: a change can take kube-proxy minutes
+    /// at 10k here). `None` without a kube-proxy binary.
+    fn kube_proxy_at(&mut self, mode: Mode, present: usize) -> anyhow::Result<Option<Value>> {
         let Some(bin) = self.kube_proxy.clone() else {
             return Ok(None);
         };
@@ -371,37 +368,46 @@ impl Bench {
             )?);
             Ok(())
         });
-        let tail = proxy.as_ref().map(|p| p.log_tail()).unwrap_or_default();
-        let cold = cold.map_err(|e| {
-            anyhow::anyhow!(
-                "kube-proxy ({}) never served {last}: {e}\n{tail}",
+        // A kube-proxy that does not answer in the probe's time is a figure too: it is
+        // recorded as failed (with its log's end on stderr) and the bench goes on.
+        let failed = |what: &str, e: anyhow::Error, proxy: &Option<KubeProxy>| {
+            let tail = proxy.as_ref().map(|p| p.log_tail()).unwrap_or_default();
+            eprintln!(
+                "kube-proxy ({}) with {present} present: {what}: {e:#}\n{tail}",
                 mode.flag()
-            )
-        })?;
-        let change = self.add_remove(Client::Namespace)?;
+            );
+            format!("{what}: {e:#}")
+        };
+        let cold = match cold {
+            Ok(cold) => cold,
+            Err(e) => {
+                return Ok(Some(
+                    json!({"failed": failed(&format!("never served {last}"), e, &proxy)}),
+                ));
+            }
+        };
+        let change = match self.add_remove(Client::Namespace, 3) {
+            Ok(mut change) => {
+                change["cold_s"] = json!(cold);
+                change
+            }
+            Err(e) => json!({"cold_s": cold, "failed": failed("a change", e, &proxy)}),
+        };
         drop(proxy);
-        Ok(Some((cold, change)))
+        Ok(Some(change))
     }
 
     /// A second node joins with the Services there: from its kernlet's start until
     /// `last_ip` answers from it (the backends are on the first node, over the overlay).
     fn kernlet_cold_start(&mut self, last_ip: Ipv4Addr, present: usize) -> anyhow::Result<f64> {
         let mut cold_node = self.lab.add_node("bt")?;
-        let cg = cold_node.cgroup().display().to_string();
-        let flags = [
-            "--service-proxy",
-            "--service-cgroup",
-            &cg,
-            "--service-resync",
-            "30",
-        ];
         let ns = PathBuf::from(format!("/run/netns/{}", cold_node.netns));
         let client = cold_node.cgroup().join("bench-client");
         let rt = tokio::runtime::Handle::current();
-        let (cluster, url) = (&self.cluster, &self.fwd.url);
+        let (cluster, fwd) = (&self.cluster, &self.fwd);
         let cold = timed_in(Some(&client), &ns, last_ip, false, || {
             tokio::task::block_in_place(|| {
-                rt.block_on(start_overlay_node(cluster, url, &mut cold_node, 2, &flags))
+                rt.block_on(start_proxy_node(cluster, fwd, &mut cold_node, 2))
             })
         })?;
         let held = frontends(&cold_node.dir("bpf").join("lb"));
@@ -411,6 +417,25 @@ impl Bench {
         );
         Ok(cold)
     }
+}
+
+/// Starts kernlet on `node` with the Service proxy translating for the node's cgroup
+/// (resync 30 s), joined to the overlay as node `index`.
+async fn start_proxy_node(
+    cluster: &Cluster,
+    fwd: &Forward,
+    node: &mut SimNode,
+    index: u8,
+) -> anyhow::Result<()> {
+    let cg = node.cgroup().display().to_string();
+    let flags = [
+        "--service-proxy",
+        "--service-cgroup",
+        &cg,
+        "--service-resync",
+        "30",
+    ];
+    start_overlay_node(cluster, &fwd.url, node, index, &flags).await
 }
 
 /// Starts a probe (in `netns`, of `cgroup` when given) waiting for `ip` to answer (or,
@@ -431,9 +456,13 @@ fn timed_in(
         .spawn()?;
     std::thread::sleep(Duration::from_millis(300));
     let t0 = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?;
-    let changed = change();
+    let mut probe = probe;
+    if let Err(e) = change() {
+        let _ = probe.kill();
+        let _ = probe.wait();
+        return Err(e.context(format!("the change the probe of {ip} waited for")));
+    }
     let out = probe.wait_with_output()?;
-    changed?;
     anyhow::ensure!(
         out.status.success(),
         "the probe of {ip} (gone: {gone}) never saw it: {}",
@@ -512,13 +541,18 @@ fn print_row(row: &Value) {
         "kube_proxy_iptables",
         "nft",
     ] {
-        if !row[who].is_null() {
-            line += &format!(
-                " {who} add {} remove {};",
-                f(&row[who]["add_s"]),
-                f(&row[who]["remove_s"])
-            );
+        let r = &row[who];
+        if r.is_null() {
+            continue;
         }
+        line += &format!(" {who} add {} remove {}", f(&r["add_s"]), f(&r["remove_s"]));
+        if !r["cold_s"].is_null() {
+            line += &format!(" cold start {}", f(&r["cold_s"]));
+        }
+        if !r["failed"].is_null() {
+            line += " (failed, see above)";
+        }
+        line += ";";
     }
     println!("{line}");
 }
