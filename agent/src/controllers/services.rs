@@ -351,8 +351,9 @@ pub async fn run(
     let mut programmed: Option<BTreeMap<String, String>> = None;
     // A change after a quiet spell is written at once; changes that follow within
     // MIN_SYNC_INTERVAL of a sync are gathered and written together when it has passed
-    // (kube-proxy's minimum sync period, 1 s there): a burst of 10,000 new slices is a
-    // few syncs, not 10,000, and one new Service answers without waiting for a batch.
+    // (kube-proxy's minimum sync period, 1 s there): a burst of 10,000 new slices is at
+    // most one sync per interval while it lasts, each writing what gathered, not 10,000;
+    // and one new Service answers without waiting for a batch.
     let batch = tokio::time::sleep(Duration::ZERO);
     tokio::pin!(batch);
     let mut pending = false;
