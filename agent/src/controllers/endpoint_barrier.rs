@@ -159,20 +159,30 @@ impl EndpointBarrier {
     }
 
     /// Whether the programmed slices list the pod as a ready endpoint.
+    #[cfg(test)]
     pub fn serving(&self, uid: &str, ips: &[IpAddr]) -> bool {
         let p = self.0.0.lock().unwrap_or_else(|e| e.into_inner());
         p.synced && p.index.serving(uid, ips)
     }
 
     /// Waits until the programmed slices no longer list the pod (`uid`, `ips`) as a
-    /// ready endpoint, at most `limit`, or until `cancel` is set.
-    pub fn hold(&self, uid: &str, ips: &[IpAddr], limit: Duration, cancel: &AtomicBool) -> Held {
+    /// ready endpoint, at most `limit`, or until `cancel` is set; `holding` is called
+    /// once before the wait, when there is one.
+    pub fn hold(
+        &self,
+        uid: &str,
+        ips: &[IpAddr],
+        limit: Duration,
+        cancel: &AtomicBool,
+        holding: impl FnOnce(),
+    ) -> Held {
         let start = Instant::now();
         let (lock, changed) = &*self.0;
         let mut p = lock.lock().unwrap_or_else(|e| e.into_inner());
         if !(p.synced && p.index.serving(uid, ips)) {
             return Held::NotServing;
         }
+        holding();
         loop {
             let waited = start.elapsed();
             if !p.index.serving(uid, ips) {
@@ -274,10 +284,13 @@ mod tests {
         );
         b.publish(&mut st);
         let never = AtomicBool::new(false);
+        let told = std::cell::Cell::new(0);
+        let tell = || told.set(told.get() + 1);
         assert_eq!(
-            b.hold("z", &[], Duration::from_secs(5), &never),
+            b.hold("z", &[], Duration::from_secs(5), &never, tell),
             Held::NotServing
         );
+        assert_eq!(told.get(), 0, "a pod not served is not said to be held");
         // Released by a publish from another thread.
         let b2 = b.clone();
         let publisher = std::thread::spawn(move || {
@@ -289,10 +302,11 @@ mod tests {
             );
             b2.publish(&mut st);
         });
-        match b.hold("a", &[], Duration::from_secs(20), &never) {
+        match b.hold("a", &[], Duration::from_secs(20), &never, tell) {
             Held::Released(d) => assert!(d >= Duration::from_millis(150), "{d:?}"),
             other => panic!("{other:?}"),
         }
+        assert_eq!(told.get(), 1, "said once, before the wait");
         publisher.join().unwrap();
         // Held to the limit while listed.
         let mut st = Staging::default();
@@ -302,12 +316,12 @@ mod tests {
         );
         b.publish(&mut st);
         assert!(matches!(
-            b.hold("a", &[], Duration::from_millis(100), &never),
+            b.hold("a", &[], Duration::from_millis(100), &never, || {}),
             Held::TimedOut(_)
         ));
         let cancel = AtomicBool::new(true);
         assert!(matches!(
-            b.hold("a", &[], Duration::from_secs(20), &cancel),
+            b.hold("a", &[], Duration::from_secs(20), &cancel, || {}),
             Held::Cancelled(_)
         ));
     }

@@ -365,6 +365,8 @@ pub async fn run(
     let mut plan_all = true;
     // The slice changes the next successful sync programs, for the barrier.
     let mut staged = Staging::default();
+    // The interfaces outside traffic arrives on, as the last full pass found them.
+    let mut outside_ifaces: Option<Vec<(String, bool)>> = None;
     loop {
         let step = tokio::select! {
             _ = stop.changed() => return,
@@ -497,39 +499,26 @@ pub async fn run(
         let started = std::time::Instant::now();
         let t = Arc::clone(&table);
         let run_dir = cfg.run_dir.clone();
-        let node_ips = cfg.node_ips.clone();
-        let iface = cfg.iface.clone();
         let gone = refresh.udp_gone;
+        // The interfaces are looked up again at a full pass (a resync, after a failure)
+        // only: a Service change costs no netlink dump.
+        let known = scope.as_ref().and_then(|_| outside_ifaces.clone());
+        let (node_ips, iface) = (cfg.node_ips.clone(), cfg.iface.clone());
         let result = tokio::task::spawn_blocking(move || {
+            let ifaces = known.unwrap_or_else(|| outside_interfaces(iface, &node_ips));
             let mut t = t
                 .lock()
                 .map_err(|_| "the load-balancer table lock is poisoned".to_string())?;
-            let n = program(&mut *t as &mut dyn LbTable, &want, scope.as_ref());
-            if !gone.is_empty() {
-                close_udp_to(&run_dir, &gone);
-                if let Err(e) = t.forget_udp_flows(&gone) {
-                    tracing::warn!("dropping outside UDP flows to removed backends: {e}");
-                }
-            }
-            let n = n?;
-            // Outside traffic: the underlay interface both ways, the overlay device
-            // (once the overlay made it) for replies of SNAT'd flows.
-            // Every interface holding a node address (a node may be reached on
-            // several), or the one --iface names.
-            let mut ifaces: Vec<(String, bool)> = match iface {
-                Some(i) => vec![(i, true)],
-                None => crate::sys::netlink::interfaces_with_addresses(&node_ips)
-                    .into_iter()
-                    .map(|l| (l.name, true))
-                    .collect(),
-            };
-            ifaces.push((crate::model::overlay::DEVICE.to_string(), false));
-            if let Err(e) = t.attach_outside(&ifaces) {
-                tracing::warn!("traffic from outside the node is not load-balanced: {e}");
-            }
-            Ok::<_, String>(n)
+            let n = write(&mut t, &want, scope.as_ref(), &gone, &run_dir, &ifaces)?;
+            Ok::<_, String>((n, ifaces))
         })
         .await;
+        let result = result.map(|r| {
+            r.map(|(n, ifaces)| {
+                outside_ifaces = Some(ifaces);
+                n
+            })
+        });
         last_sync = Some(tokio::time::Instant::now());
         super::proxy_metrics::synced(started.elapsed().as_secs_f64(), matches!(result, Ok(Ok(_))));
         match result {
@@ -559,6 +548,47 @@ pub async fn run(
             }
         }
     }
+}
+
+/// The interfaces the programs for traffic from outside go on, each with whether it
+/// gets the egress program too: every interface holding a node address (a node may be
+/// reached on several), or the one `--iface` names, both ways; and the overlay device
+/// (once the overlay made it) for replies of SNAT'd flows.
+fn outside_interfaces(iface: Option<String>, node_ips: &[std::net::IpAddr]) -> Vec<(String, bool)> {
+    let mut ifaces: Vec<(String, bool)> = match iface {
+        Some(i) => vec![(i, true)],
+        None => crate::sys::netlink::interfaces_with_addresses(node_ips)
+            .into_iter()
+            .map(|l| (l.name, true))
+            .collect(),
+    };
+    ifaces.push((crate::model::overlay::DEVICE.to_string(), false));
+    ifaces
+}
+
+/// One sync's writes: `want` (within `scope`) into the table, the UDP sockets and
+/// outside flows to `gone` backends closed, the outside programs on `ifaces` (an
+/// interface there since the last look is attached). The writes made.
+fn write(
+    t: &mut BpfLb,
+    want: &BTreeMap<kernlet_ebpf_common::ServiceKey, crate::model::services::Frontend>,
+    scope: Option<&std::collections::BTreeSet<kernlet_ebpf_common::ServiceKey>>,
+    gone: &[std::net::SocketAddr],
+    run_dir: &std::path::Path,
+    ifaces: &[(String, bool)],
+) -> Result<usize, String> {
+    let n = program(t as &mut dyn LbTable, want, scope);
+    if !gone.is_empty() {
+        close_udp_to(run_dir, gone);
+        if let Err(e) = t.forget_udp_flows(gone) {
+            tracing::warn!("dropping outside UDP flows to removed backends: {e}");
+        }
+    }
+    let n = n?;
+    if let Err(e) = t.attach_outside(ifaces) {
+        tracing::warn!("traffic from outside the node is not load-balanced: {e}");
+    }
+    Ok(n)
 }
 
 /// Counts a Service (`service`) or EndpointSlice change for kube-proxy's metrics;

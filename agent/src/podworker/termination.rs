@@ -56,11 +56,13 @@ impl BarrierHold {
             false => sb.ip.parse().into_iter().collect(),
         };
         let pod = format!("{}/{}", sb.namespace, sb.name);
-        if !self.barrier.serving(&sb.uid, &ips) {
-            return;
-        }
-        tracing::info!(pod = %pod, "holding the pod's stop until its endpoints leave the load-balancer (at most {:?})", self.limit);
-        match self.barrier.hold(&sb.uid, &ips, self.limit, &self.cancel) {
+        let holding = || {
+            tracing::info!(pod = %pod, "holding the pod's stop until its endpoints leave the load-balancer (at most {:?})", self.limit);
+        };
+        match self
+            .barrier
+            .hold(&sb.uid, &ips, self.limit, &self.cancel, holding)
+        {
             Held::NotServing => {}
             Held::Released(d) => {
                 tracing::info!(pod = %pod, "the pod's endpoints left the load-balancer after {:.0?}; stopping it", d);

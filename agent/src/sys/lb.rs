@@ -124,8 +124,8 @@ impl LbTable for FaultyLb {
 pub struct BpfLb {
     ebpf: aya::Ebpf,
     pin_dir: PathBuf,
-    /// Interfaces the outside-traffic programs are attached to, with their index.
-    outside: BTreeMap<String, u32>,
+    /// Interfaces the outside-traffic programs are attached to or refused on.
+    outside: OutsideIfaces,
     /// The last failure to attach them, so it is told once, not at every resync.
     outside_failure: Option<String>,
     /// What the Service, backend and source-range maps hold, as last read and written
@@ -195,6 +195,21 @@ const PINNED_MAPS: [(&str, usize, usize); 11] = {
         ),
     ]
 };
+
+/// The interfaces outside traffic arrives on, by name, with the index each had when its
+/// programs were attached or when it was refused (not Ethernet): a sync looks again
+/// only at an interface that is new or was made anew since.
+#[derive(Debug, Default)]
+struct OutsideIfaces {
+    attached: BTreeMap<String, u32>,
+    refused: BTreeMap<String, u32>,
+}
+
+impl OutsideIfaces {
+    fn settled(&self, name: &str, index: u32) -> bool {
+        self.attached.get(name) == Some(&index) || self.refused.get(name) == Some(&index)
+    }
+}
 
 /// Why traffic arriving on the non-Ethernet interface `name` (link layer `layer`) is
 /// not load-balanced, and what to do.
@@ -328,7 +343,7 @@ impl BpfLb {
         let mut lb = Self {
             ebpf,
             pin_dir: pin_dir.to_path_buf(),
-            outside: BTreeMap::new(),
+            outside: OutsideIfaces::default(),
             outside_failure: None,
             mirror: None,
         };
@@ -358,10 +373,13 @@ impl BpfLb {
             let Ok(index) = nix::net::if_::if_nametoindex(name.as_str()) else {
                 continue;
             };
-            if self.outside.get(name) == Some(&index) {
+            if self.outside.settled(name, index) {
                 continue;
             }
             if let Some(layer) = crate::sys::netlink::link_named(name).and_then(|l| l.not_ether) {
+                // Remembered: looked up and told again only if the interface is made
+                // anew.
+                self.outside.refused.insert(name.clone(), index);
                 refused = Some(not_ethernet(name, &layer));
                 continue;
             }
@@ -370,7 +388,7 @@ impl BpfLb {
                 self.attach_tc(LB_EGRESS, name, TcAttachType::Egress)?;
             }
             tracing::info!(interface = %name, egress, "outside traffic to Services translated");
-            self.outside.insert(name.clone(), index);
+            self.outside.attached.insert(name.clone(), index);
         }
         refused.map_or(Ok(()), Err)
     }
@@ -839,6 +857,18 @@ mod tests {
             "{e}"
         );
         assert!(e.contains("--iface"), "{e}");
+    }
+
+    #[test]
+    fn a_refused_interface_is_looked_at_again_only_when_made_anew() {
+        let mut o = OutsideIfaces::default();
+        assert!(!o.settled("wg0", 7));
+        o.refused.insert("wg0".into(), 7);
+        o.attached.insert("eth0".into(), 2);
+        assert!(o.settled("wg0", 7), "refused once, not looked up again");
+        assert!(o.settled("eth0", 2));
+        assert!(!o.settled("wg0", 9), "recreated: looked at again");
+        assert!(!o.settled("eth0", 3), "recreated: attached again");
     }
 
     #[test]
