@@ -3148,13 +3148,44 @@ for _ in range(3):
 print(" ".join(sorted(seen)))
 "#;
 
+/// A connected UDP socket to `argv[1]:argv[2]` sends a datagram (up to 5 tries, 1 s
+/// each) and says what came back: "refused" (the ICMP port unreachable matched the
+/// socket), "timeout", or the answer; and the source of the ICMP error it saw on a raw
+/// socket ("-" for none).
+const REFUSED_PROBE: &str = r#"
+import select, socket, struct, sys
+host, port = sys.argv[1], int(sys.argv[2])
+raw = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_ICMP)
+u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+u.connect((host, port))
+u.settimeout(1)
+said, source = "timeout", "-"
+for _ in range(5):
+    try:
+        u.send(b"x")
+        said = u.recv(100).decode()
+        break
+    except ConnectionRefusedError:
+        said = "refused"
+        break
+    except socket.timeout:
+        pass
+while select.select([raw], [], [], 0.2)[0]:
+    pkt = raw.recv(2048)
+    ihl = (pkt[0] & 15) * 4
+    if pkt[ihl] == 3 and pkt[ihl + 1] == 3:
+        source = socket.inet_ntoa(pkt[12:16])
+print(said, source)
+"#;
+
 /// Fragmented UDP datagrams through a NodePort, both ways and both kinds of backend:
 /// the fragments after the first carry no ports and are translated as their first
 /// was — to the local backend (its client's address kept), and SNAT'd over the overlay
 /// to the backend on the other node, whose fragmented answers come back as the
-/// NodePort's.
+/// NodePort's. ICMP errors about a client's packets come back as about its packets to
+/// the NodePort, from either kind of backend.
 #[tokio::test(flavor = "multi_thread")]
-async fn fragmented_datagrams_cross_a_nodeport() {
+async fn fragments_and_icmp_errors_cross_a_nodeport() {
     let lab = ProxyLab::start("svcg", &["g1", "g2"], &[]).await;
     let (cluster, nodes, pods) = (&lab.cluster, &lab.nodes, &lab.pods);
     for (node, name) in nodes.iter().zip(["frag-a", "frag-b"]) {
@@ -3173,17 +3204,19 @@ async fn fragmented_datagrams_cross_a_nodeport() {
         });
     }
     // One Service over both, one over each (30010: the local backend, 30011: the one
-    // on the other node).
-    for (name, selector, port) in [
-        ("frag", serde_json::json!({"app": "frag"}), 30009),
-        ("frag-local", serde_json::json!({"pod": "frag-a"}), 30010),
-        ("frag-remote", serde_json::json!({"pod": "frag-b"}), 30011),
+    // on the other node); 30012 and 30013 the same to a port nothing listens on.
+    for (name, (label, value), port, target) in [
+        ("frag", ("app", "frag"), 30009, 9000),
+        ("frag-local", ("pod", "frag-a"), 30010, 9000),
+        ("frag-remote", ("pod", "frag-b"), 30011, 9000),
+        ("shut-local", ("pod", "frag-a"), 30012, 9001),
+        ("shut-remote", ("pod", "frag-b"), 30013, 9001),
     ] {
         create_service(
             cluster,
             serde_json::json!({"metadata": {"name": name}, "spec": {"type": "NodePort",
-                "selector": selector,
-                "ports": [{"port": 9, "targetPort": 9000, "nodePort": port, "protocol": "UDP"}]}}),
+                "selector": {label: value},
+                "ports": [{"port": 9, "targetPort": target, "nodePort": port, "protocol": "UDP"}]}}),
         )
         .await;
     }
@@ -3240,6 +3273,32 @@ async fn fragmented_datagrams_cross_a_nodeport() {
             "the errors the client got through :{port}: {}",
             String::from_utf8_lossy(&out.stderr)
         );
+    }
+
+    // A backend that refuses: its port unreachable reaches the client's socket (a
+    // connected UDP socket gets ECONNREFUSED) as from the NodePort. The local
+    // backend's error leaves through the egress program; the remote one's comes back
+    // to the SNAT address and is sent on by the ingress program. (Untranslated, the
+    // first is about the pod's address, the second ends at the node.)
+    for port in ["30012", "30013"] {
+        let started = std::time::Instant::now();
+        loop {
+            let out = std::process::Command::new("nsenter")
+                .args([&bridge, "python3", "-c", REFUSED_PROBE, &address, port])
+                .output()
+                .unwrap();
+            let said = String::from_utf8_lossy(&out.stdout).trim().to_string();
+            if said == format!("refused {address}") {
+                break;
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(30),
+                "through :{port} the client got {said:?}, not its packet refused by \
+                 {address}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
     }
 
     let ask = || ask_size(4000);

@@ -453,10 +453,13 @@ fn send(ctx: &TcContext, r: &Route) -> i32 {
     unsafe { bpf_redirect(r.ifindex, 0) as i32 }
 }
 
-/// Outside traffic to a frontend, and replies of SNAT'd flows.
+/// Outside traffic to a frontend, and replies of SNAT'd flows (ICMP errors about them
+/// too).
 #[classifier]
 pub fn kl_lb_ingress(ctx: TcContext) -> i32 {
-    ingress(&ctx).unwrap_or(TCX_NEXT)
+    ingress(&ctx)
+        .or_else(|| icmp_ingress(&ctx))
+        .unwrap_or(TCX_NEXT)
 }
 
 /// Replies of local backends to outside clients leave as the frontend.
@@ -762,6 +765,40 @@ fn icmp_egress(ctx: &TcContext) -> Option<i32> {
             false => Some(()),
         });
     Some(if done.is_some() { TCX_NEXT } else { DROP })
+}
+
+/// An ICMP error coming back about a packet of a SNAT'd flow (a backend on another node
+/// refused it, or something on the way could not forward it): sent on to the client as
+/// an error about its own packet to the frontend. The quote shows client → frontend,
+/// the error goes to the client, and one from the backend itself comes from the
+/// frontend (as a reply of the flow would).
+#[inline(never)]
+fn icmp_ingress(ctx: &TcContext) -> Option<i32> {
+    let sc = scratch()?;
+    parse_icmp(ctx, sc)?;
+    if !icmp_flow(sc) || sc.rev.snat == 0 {
+        return None;
+    }
+    if !route(ctx, false, &sc.rev.client_addr, &mut sc.route) {
+        return Some(DROP);
+    }
+    let (e, rev) = (&sc.icmp, &sc.rev);
+    let iihl = ctx.load::<u8>(e.inner).ok()? & 0x0f;
+    let l4 = e.inner + usize::from(iihl) * 4;
+    // The error was sent to the quoted packet's source: the SNAT address.
+    let done = set_addr(ctx, e.inner + 12, e.inner + 10, &e.isrc, &rev.client_addr)
+        .and_then(|()| set_quoted_port(ctx, l4, e.csum, e.isport, rev.client_port))
+        .and_then(|()| set_addr(ctx, e.inner + 16, e.inner + 10, &e.idst, &rev.frontend_addr))
+        .and_then(|()| set_quoted_port(ctx, l4 + 2, e.csum, e.idport, rev.frontend_port))
+        .and_then(|()| set_addr(ctx, IP_DST, IP_CSUM, &e.isrc, &rev.client_addr))
+        .and_then(|()| match e.src == e.idst {
+            true => set_addr(ctx, IP_SRC, IP_CSUM, &e.src, &rev.frontend_addr),
+            false => Some(()),
+        });
+    if done.is_none() {
+        return Some(DROP);
+    }
+    Some(send(ctx, &sc.route))
 }
 
 /// Remembers how the first fragment `p` of a datagram was translated (`sc.frag`), for
