@@ -301,10 +301,10 @@ impl Bench {
     }
 
     /// One Service added and removed `reps` times with `present` there: the medians of the
-    /// seconds from the first request (the Service's create; the slice's create follows)
-    /// until it answers, and until it no longer does; and the same from the apiserver's
-    /// answer to the last request (the writes done: what the proxy alone takes, the
-    /// apiserver's own time with `present` objects left out).
+    /// seconds from the first request (the Service's create, then the slice's; the
+    /// Service's delete) until it answers, and until it no longer does; and the same
+    /// from the apiserver's answer to the last request (the writes done: what the proxy
+    /// alone takes, the apiserver's own time with `present` objects left out).
     /// Its ClusterIP is chosen (from the low band the allocator leaves to such choices)
     /// so the probe can wait for it before it exists.
     fn add_remove(&mut self, client: Client, reps: usize) -> anyhow::Result<Value> {
@@ -323,17 +323,20 @@ impl Bench {
                 Ok(())
             })?);
             std::thread::sleep(Duration::from_millis(1200));
+            // The Service's delete alone takes it out of every proxy: its slice goes
+            // after the measure.
             removes.push(self.timed(client, ip, true, || {
                 tokio::task::block_in_place(|| {
-                    rt.block_on(async {
-                        self.services.delete(&name, &Default::default()).await?;
-                        self.slices
-                            .delete(&format!("{name}-x"), &Default::default())
-                            .await?;
-                        anyhow::Ok(())
-                    })
-                })
+                    rt.block_on(self.services.delete(&name, &Default::default()))
+                })?;
+                Ok(())
             })?);
+            tokio::task::block_in_place(|| {
+                rt.block_on(
+                    self.slices
+                        .delete(&format!("{name}-x"), &Default::default()),
+                )
+            })?;
         }
         let pick =
             |v: &[Timed], f: fn(&Timed) -> f64| median(&mut v.iter().map(f).collect::<Vec<_>>());

@@ -2675,6 +2675,98 @@ async fn ipv6_services_on_dual_stack_nodes() {
     assert!(udp.iter().any(|(w, _)| w == "s2"), "{udp:?}");
     assert!(udp.iter().all(|(_, from)| *from == to), "{udp:?}");
 
+    // ICMPv6 errors through the NodePort: a port nothing listens on, on s1 (the error
+    // leaves through the egress program) and on s2 (it comes back to the SNAT address
+    // and the ingress program sends it on): the client's socket is refused, by the
+    // NodePort's address. And the path MTU: s1's way to s2 carries 1,400 bytes (a
+    // locked route MTU: the kernel forwards IPv6 by a route's MTU only when locked),
+    // so a 1,478-byte packet to s2's backend gets "packet too big" from the program
+    // (the kernel neither cuts nor answers for what a program sends on itself).
+    let only = |name: &str, who: usize, port: u16| {
+        serde_json::from_value::<k8s_openapi::api::discovery::v1::EndpointSlice>(
+            serde_json::json!({
+                "metadata": {"name": format!("{name}-a"), "labels": {
+                    "kubernetes.io/service-name": name,
+                    "endpointslice.kubernetes.io/managed-by": "kernlet-tests"}},
+                "addressType": "IPv6",
+                "endpoints": [{"addresses": [v6_eps[who].0], "conditions": {"ready": true},
+                               "nodeName": v6_eps[who].1}],
+                "ports": [{"name": "dns", "port": port, "protocol": "UDP"}],
+            }),
+        )
+        .unwrap()
+    };
+    let mut np_of = std::collections::BTreeMap::new();
+    for (name, who, port) in [
+        ("shut6-s1", 0, 5399),
+        ("shut6-s2", 1, 5399),
+        ("big6-s2", 1, 5353),
+    ] {
+        let svc: Service = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": name},
+            "spec": {"type": "NodePort", "ipFamilies": ["IPv6"], "ipFamilyPolicy": "SingleStack",
+                     "ports": [{"name": "dns", "port": 53, "protocol": "UDP"}]}}))
+        .unwrap();
+        let svc = services.create(&PostParams::default(), &svc).await.unwrap();
+        let np = svc.spec.unwrap().ports.unwrap()[0].node_port.unwrap();
+        slices
+            .create(&PostParams::default(), &only(name, who, port))
+            .await
+            .unwrap();
+        np_of.insert(name, np as u16);
+    }
+    let bridge_ns = format!("--net={}", bridge.display());
+    let s1 = nodes[0].ip6().to_string();
+    for name in ["shut6-s1", "shut6-s2"] {
+        refused_through(&bridge_ns, &s1, np_of[name]).await;
+    }
+    let route = nodes[0]
+        .run(
+            "ip",
+            &[
+                "-6",
+                "route",
+                "replace",
+                &format!("{}/128", nodes[1].ip6()),
+                "dev",
+                "eth0",
+                "mtu",
+                "lock",
+                "1400",
+            ],
+        )
+        .unwrap();
+    assert!(route.status.success(), "{route:?}");
+    let big = SocketAddr::new(IpAddr::V6(nodes[0].ip6()), np_of["big6-s2"]);
+    wait_for(
+        "the IPv6 NodePort to s2 answering",
+        Duration::from_secs(30),
+        async || {
+            udp_answers_from(&bridge, kernlet_tests::simnode::BRIDGE_IP6.into(), big, 1)
+                .iter()
+                .any(|(who, _)| who == "s2")
+                .then_some(())
+        },
+    )
+    .await;
+    let out = std::process::Command::new("nsenter")
+        .args([
+            bridge_ns.as_str(),
+            "python3",
+            "-c",
+            PMTU6_PROBE,
+            &s1,
+            &np_of["big6-s2"].to_string(),
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "1400",
+        "the path MTU the client learned through the NodePort: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
     // The external IP and a load-balancer IP, routed to s2.
     let ip = |args: &[&str]| {
         let st = std::process::Command::new("ip")
@@ -3148,15 +3240,19 @@ for _ in range(3):
 print(" ".join(sorted(seen)))
 "#;
 
-/// A connected UDP socket to `argv[1]:argv[2]` sends a datagram (up to 5 tries, 1 s
-/// each) and says what came back: "refused" (the ICMP port unreachable matched the
-/// socket), "timeout", or the answer; and the source of the ICMP error it saw on a raw
-/// socket ("-" for none).
+/// A connected UDP socket to `argv[1]:argv[2]` (IPv4 or IPv6) sends a datagram (up to
+/// 5 tries, 1 s each) and says what came back: "refused" (the ICMP port unreachable
+/// matched the socket), "timeout", or the answer; and the source of the ICMP error it
+/// saw on a raw socket ("-" for none).
 const REFUSED_PROBE: &str = r#"
 import select, socket, struct, sys
 host, port = sys.argv[1], int(sys.argv[2])
-raw = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_ICMP)
-u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+v6 = ":" in host
+if v6:
+    raw = socket.socket(socket.AF_INET6, socket.SOCK_RAW, socket.IPPROTO_ICMPV6)
+else:
+    raw = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_ICMP)
+u = socket.socket(socket.AF_INET6 if v6 else socket.AF_INET, socket.SOCK_DGRAM)
 u.connect((host, port))
 u.settimeout(1)
 said, source = "timeout", "-"
@@ -3171,12 +3267,64 @@ for _ in range(5):
     except socket.timeout:
         pass
 while select.select([raw], [], [], 0.2)[0]:
-    pkt = raw.recv(2048)
+    pkt, peer = raw.recvfrom(2048)
+    if v6:
+        if pkt[0] == 1 and pkt[1] == 4:
+            source = peer[0]
+        continue
     ihl = (pkt[0] & 15) * 4
     if pkt[ihl] == 3 and pkt[ihl + 1] == 3:
         source = socket.inet_ntoa(pkt[12:16])
 print(said, source)
 "#;
+
+/// A connected IPv6 UDP socket to `[argv[1]]:argv[2]` sends a 1,430-byte datagram
+/// (1,478 bytes on the wire) three times and prints the path MTU its kernel then knows
+/// for the destination (from an ICMPv6 "packet too big" that matched the socket).
+const PMTU6_PROBE: &str = r#"
+import socket, sys, time
+u = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
+# IPV6_MTU_DISCOVER = IPV6_PMTUDISC_PROBE: sent whatever path MTU is known.
+u.setsockopt(socket.IPPROTO_IPV6, 23, 3)
+u.connect((sys.argv[1], int(sys.argv[2])))
+for _ in range(3):
+    try:
+        u.send(b"x" * 1430)
+    except OSError:
+        pass
+    time.sleep(0.3)
+# IPV6_MTU
+print(u.getsockopt(socket.IPPROTO_IPV6, 24))
+"#;
+
+/// Probes `port` of `address` from `netns` with [`REFUSED_PROBE`] until the client's
+/// packet is refused by `address` (at most 30 s).
+async fn refused_through(netns: &str, address: &str, port: u16) {
+    let started = std::time::Instant::now();
+    loop {
+        let out = std::process::Command::new("nsenter")
+            .args([
+                netns,
+                "python3",
+                "-c",
+                REFUSED_PROBE,
+                address,
+                &port.to_string(),
+            ])
+            .output()
+            .unwrap();
+        let said = String::from_utf8_lossy(&out.stdout).trim().to_string();
+        if said == format!("refused {address}") {
+            return;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "through :{port} the client got {said:?}, not its packet refused by {address}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
 
 /// Fragmented UDP datagrams through a NodePort, both ways and both kinds of backend:
 /// the fragments after the first carry no ports and are translated as their first
@@ -3280,25 +3428,8 @@ async fn fragments_and_icmp_errors_cross_a_nodeport() {
     // backend's error leaves through the egress program; the remote one's comes back
     // to the SNAT address and is sent on by the ingress program. (Untranslated, the
     // first is about the pod's address, the second ends at the node.)
-    for port in ["30012", "30013"] {
-        let started = std::time::Instant::now();
-        loop {
-            let out = std::process::Command::new("nsenter")
-                .args([&bridge, "python3", "-c", REFUSED_PROBE, &address, port])
-                .output()
-                .unwrap();
-            let said = String::from_utf8_lossy(&out.stdout).trim().to_string();
-            if said == format!("refused {address}") {
-                break;
-            }
-            assert!(
-                started.elapsed() < Duration::from_secs(30),
-                "through :{port} the client got {said:?}, not its packet refused by \
-                 {address}: {}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-            tokio::time::sleep(Duration::from_millis(500)).await;
-        }
+    for port in [30012, 30013] {
+        refused_through(&bridge, &address, port).await;
     }
 
     let ask = || ask_size(4000);

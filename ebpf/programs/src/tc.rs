@@ -79,16 +79,22 @@ struct FragNat {
 #[map(name = "KL_FRAGS")]
 static KL_FRAGS: LruHashMap<FragKey, FragNat> = LruHashMap::with_max_entries(8192, 0);
 
-/// An ICMPv4 error (destination unreachable — "fragmentation needed" among them —,
-/// time exceeded, parameter problem) about a TCP or UDP packet: offsets in the packet
-/// and the quoted packet's addresses and ports (as the maps hold them).
+/// An ICMP error (destination unreachable — "fragmentation needed" among them —,
+/// time exceeded, parameter problem; for IPv6 also "packet too big") about a TCP or UDP
+/// packet: offsets in the packet and the quoted packet's addresses and ports (as the
+/// maps hold them).
 #[derive(Clone, Copy)]
 struct IcmpError {
+    v6: bool,
     /// The outer source address.
     src: Addr,
-    /// Offsets of the ICMP checksum and of the quoted IP header.
+    /// Offsets of the ICMP checksum, of the quoted IP header, of its addresses and of
+    /// its TCP/UDP header.
     csum: usize,
     inner: usize,
+    isrc_at: usize,
+    idst_at: usize,
+    il4: usize,
     /// The quoted packet's addresses, ports and protocol.
     isrc: Addr,
     idst: Addr,
@@ -116,6 +122,9 @@ struct Scratch {
     /// A "fragmentation needed" being built: IPv4 header, ICMP header, the quoted
     /// IPv4 header and 8 bytes of the packet.
     reply: [u8; FRAG_NEEDED_LEN],
+    /// A "packet too big" being built: IPv6 header, ICMPv6 header, the quoted IPv6
+    /// header and 8 bytes of the packet.
+    reply6: [u8; PACKET_TOO_BIG_LEN],
     rev: RevNat,
     nat: FwdNat,
     route: Route,
@@ -396,7 +405,15 @@ fn route(ctx: &TcContext, v6: bool, dst: &Addr, out: &mut Route) -> bool {
         params.__bindgen_anon_4.ipv4_dst = dst[3];
     }
     // SAFETY: the context's skb pointer is valid for the program run.
-    params.ifindex = unsafe { (*ctx.skb.skb).ifindex };
+    let (ifindex, gso_size) = unsafe { ((*ctx.skb.skb).ifindex, (*ctx.skb.skb).gso_size) };
+    params.ifindex = ifindex;
+    // The packet's length, so the lookup checks it against the route's MTU (an
+    // IPv6 route's `mtu`, a learned path MTU), not only the device's. Not for a packet
+    // the stack aggregated (GRO): its segments are checked against the device when
+    // the length is left out.
+    if gso_size == 0 {
+        params.__bindgen_anon_1.tot_len = ctx.len().saturating_sub(ETH_HLEN as u32) as u16;
+    }
     // SAFETY: params is a local of the size passed; the skb is the program's own.
     let rc = unsafe {
         fib_lookup(
@@ -419,7 +436,8 @@ fn route(ctx: &TcContext, v6: bool, dst: &Addr, out: &mut Route) -> bool {
     let known = match rc as u32 {
         BPF_FIB_LKUP_RET_SUCCESS => true,
         BPF_FIB_LKUP_RET_NO_NEIGH => false,
-        // Found, but the packet is bigger than the way's MTU (the rest is filled).
+        // Found, but the packet is bigger than the way's MTU (the rest is filled only
+        // when the device said so: not used).
         BPF_FIB_LKUP_RET_FRAG_NEEDED => {
             // SAFETY: the helper set the MTU for FRAG_NEEDED.
             out.mtu = unsafe { params.__bindgen_anon_1.mtu_result };
@@ -535,8 +553,12 @@ fn ingress(ctx: &TcContext) -> Option<i32> {
             let df = ctx
                 .load::<u16>(ETH_HLEN + 6)
                 .is_ok_and(|f| u16::from_be(f) & IP_DF != 0);
-            return Some(if df && !p.v6 {
-                frag_needed(ctx, p, sc, sc.route.mtu)
+            let mtu = sc.route.mtu;
+            return Some(if p.v6 {
+                // IPv6 is never cut on the way: always "packet too big".
+                packet_too_big(ctx, p, sc, mtu)
+            } else if df {
+                frag_needed(ctx, p, sc, mtu)
             } else {
                 DROP
             });
@@ -642,6 +664,56 @@ fn frag_needed(ctx: &TcContext, p: &Packet, sc: &mut Scratch, mtu: u16) -> i32 {
     unsafe { bpf_redirect((*ctx.skb.skb).ifindex, 0) as i32 }
 }
 
+const ICMP6: u8 = 58;
+const PACKET_TOO_BIG_LEN: usize = 40 + 8 + 48;
+
+/// The IPv6 counterpart of [`frag_needed`]: ICMPv6 "packet too big" (`mtu`) to the
+/// client, from the address it sent to, quoting its packet's IPv6 header and 8 bytes.
+#[inline(never)]
+fn packet_too_big(ctx: &TcContext, p: &Packet, sc: &mut Scratch, mtu: u16) -> i32 {
+    let (Ok(dmac), Ok(smac)) = (ctx.load::<[u8; 6]>(0), ctx.load::<[u8; 6]>(6)) else {
+        return DROP;
+    };
+    let Ok(quote) = ctx.load::<[u8; 48]>(ETH_HLEN) else {
+        return DROP;
+    };
+    let r = &mut sc.reply6;
+    r[48..].copy_from_slice(&quote);
+    // First the checksum: over the pseudo-header (source, destination, the ICMPv6
+    // length and next header as 32-bit words — here in the first 8 bytes, where the
+    // IPv6 header's own go after) and the message.
+    let len = (PACKET_TOO_BIG_LEN - 40) as u8;
+    r[..8].copy_from_slice(&[0, 0, 0, len, 0, 0, 0, ICMP6]);
+    for i in 0..4 {
+        r[8 + 4 * i..12 + 4 * i].copy_from_slice(&p.dst[i].to_ne_bytes());
+        r[24 + 4 * i..28 + 4 * i].copy_from_slice(&p.src[i].to_ne_bytes());
+    }
+    r[40..48].copy_from_slice(&[2, 0, 0, 0, 0, 0, 0, 0]);
+    r[46..48].copy_from_slice(&mtu.to_be_bytes());
+    let sum = csum(&r[..]);
+    r[42..44].copy_from_slice(&sum.to_ne_bytes());
+    r[..8].copy_from_slice(&[0x60, 0, 0, 0, 0, len, ICMP6, 64]);
+    // SAFETY: plain helper call on the program's own packet, shrinking it.
+    if unsafe {
+        bpf_skb_change_tail(
+            ctx.skb.skb as *mut _,
+            (ETH_HLEN + PACKET_TOO_BIG_LEN) as u32,
+            0,
+        )
+    } != 0
+    {
+        return DROP;
+    }
+    if ctx.store(0, &smac, 0).is_err()
+        || ctx.store(6, &dmac, 0).is_err()
+        || ctx.store(ETH_HLEN, &sc.reply6, 0).is_err()
+    {
+        return DROP;
+    }
+    // SAFETY: plain helper call with the packet's own interface.
+    unsafe { bpf_redirect((*ctx.skb.skb).ifindex, 0) as i32 }
+}
+
 /// The Internet checksum of `b` (a multiple of 4 bytes), in the byte order it is
 /// stored in.
 fn csum(b: &[u8]) -> u16 {
@@ -662,13 +734,18 @@ fn csum(b: &[u8]) -> u16 {
     !(x as u16)
 }
 
-/// Parses an ICMPv4 error into `sc.icmp`.
+/// Parses an ICMP error into `sc.icmp`.
 #[inline(never)]
 fn parse_icmp(ctx: &TcContext, sc: &mut Scratch) -> Option<()> {
     let ethertype: u16 = ctx.load(12).ok()?;
-    if u16::from_be(ethertype) != ETH_P_IP {
-        return None;
+    match u16::from_be(ethertype) {
+        ETH_P_IP => parse_icmp4(ctx, sc),
+        ETH_P_IPV6 => parse_icmp6(ctx, sc),
+        _ => None,
     }
+}
+
+fn parse_icmp4(ctx: &TcContext, sc: &mut Scratch) -> Option<()> {
     let vihl: u8 = ctx.load(ETH_HLEN).ok()?;
     let ihl = usize::from(vihl & 0x0f) * 4;
     let proto: u8 = ctx.load(ETH_HLEN + 9).ok()?;
@@ -689,13 +766,49 @@ fn parse_icmp(ctx: &TcContext, sc: &mut Scratch) -> Option<()> {
         return None;
     }
     let e = &mut sc.icmp;
+    e.v6 = false;
     e.src = ipv4_mapped(ctx.load(IP_SRC).ok()?);
     e.csum = icmp + 2;
     e.inner = inner;
+    e.isrc_at = inner + 12;
+    e.idst_at = inner + 16;
+    e.il4 = inner + iihl;
     e.isrc = ipv4_mapped(ctx.load(inner + 12).ok()?);
     e.idst = ipv4_mapped(ctx.load(inner + 16).ok()?);
     e.isport = ctx.load(inner + iihl).ok()?;
     e.idport = ctx.load(inner + iihl + 2).ok()?;
+    e.iproto = iproto;
+    Some(())
+}
+
+/// An ICMPv6 error (no extension headers, outside or quoted).
+fn parse_icmp6(ctx: &TcContext, sc: &mut Scratch) -> Option<()> {
+    let next: u8 = ctx.load(IP6_NEXT).ok()?;
+    if next != ICMP6 {
+        return None;
+    }
+    let icmp = ETH_HLEN + IP6_HLEN;
+    let kind: u8 = ctx.load(icmp).ok()?;
+    if !(1..=4).contains(&kind) {
+        return None;
+    }
+    let inner = icmp + 8;
+    let iproto: u8 = ctx.load(inner + 6).ok()?;
+    if iproto != TCP && iproto != UDP {
+        return None;
+    }
+    let e = &mut sc.icmp;
+    e.v6 = true;
+    e.src = ctx.load(IP6_SRC).ok()?;
+    e.csum = icmp + 2;
+    e.inner = inner;
+    e.isrc_at = inner + 8;
+    e.idst_at = inner + 24;
+    e.il4 = inner + IP6_HLEN;
+    e.isrc = ctx.load(inner + 8).ok()?;
+    e.idst = ctx.load(inner + 24).ok()?;
+    e.isport = ctx.load(inner + IP6_HLEN).ok()?;
+    e.idport = ctx.load(inner + IP6_HLEN + 2).ok()?;
     e.iproto = iproto;
     Some(())
 }
@@ -733,6 +846,52 @@ fn set_addr(ctx: &TcContext, at: usize, csum: usize, old: &Addr, new: &Addr) -> 
     Some(())
 }
 
+/// Rewrites an address of an ICMP error `e` at `at`: IPv4 with the header checksum at
+/// `csum4` (an outer one: the ICMP checksum does not cover it; a quoted one: the
+/// quoted header's checksum changes with it and the ICMP checksum nets out); IPv6,
+/// which has no header checksum, in the ICMPv6 checksum, through its pseudo-header for
+/// the outer addresses (`outer`). Inlined: a BPF call takes at most five arguments.
+#[inline(always)]
+fn set_error_addr(
+    ctx: &TcContext,
+    e: &IcmpError,
+    at: usize,
+    csum4: usize,
+    outer: bool,
+    old: &Addr,
+    new: &Addr,
+) -> Option<()> {
+    if !e.v6 {
+        return set_addr(ctx, at, csum4, old, new);
+    }
+    if old == new {
+        return Some(());
+    }
+    ctx.store(at, new, 0).ok()?;
+    let flags = if outer {
+        u64::from(BPF_F_PSEUDO_HDR)
+    } else {
+        0
+    } | 4;
+    for (o, n) in old.iter().zip(new.iter()) {
+        if o != n {
+            ctx.l4_csum_replace(e.csum, u64::from(*o), u64::from(*n), flags)
+                .ok()?;
+        }
+    }
+    Some(())
+}
+
+/// The outer addresses of an ICMP error (source, destination): IPv4's and their
+/// header checksum, or IPv6's (whose checksum is the ICMPv6 one).
+fn outer_at(e: &IcmpError) -> (usize, usize, usize) {
+    if e.v6 {
+        (IP6_SRC, IP6_DST, 0)
+    } else {
+        (IP_SRC, IP_DST, IP_CSUM)
+    }
+}
+
 /// Rewrites a port of the quoted packet at `at` (the ICMP checksum at `csum` covers
 /// it; the quoted header's own checksum, kept right by `set_addr`, nets out).
 fn set_quoted_port(ctx: &TcContext, at: usize, csum: usize, old: u16, new: u16) -> Option<()> {
@@ -756,12 +915,12 @@ fn icmp_egress(ctx: &TcContext) -> Option<i32> {
         return None;
     }
     let (e, rev) = (&sc.icmp, &sc.rev);
-    let iihl = ctx.load::<u8>(e.inner).ok()? & 0x0f;
-    let l4 = e.inner + usize::from(iihl) * 4;
-    let done = set_addr(ctx, e.inner + 16, e.inner + 10, &e.idst, &rev.frontend_addr)
-        .and_then(|()| set_quoted_port(ctx, l4 + 2, e.csum, e.idport, rev.frontend_port))
+    let (src_at, _, csum4) = outer_at(e);
+    let icsum = e.inner + 10;
+    let done = set_error_addr(ctx, e, e.idst_at, icsum, false, &e.idst, &rev.frontend_addr)
+        .and_then(|()| set_quoted_port(ctx, e.il4 + 2, e.csum, e.idport, rev.frontend_port))
         .and_then(|()| match e.src == e.idst {
-            true => set_addr(ctx, IP_SRC, IP_CSUM, &e.src, &rev.frontend_addr),
+            true => set_error_addr(ctx, e, src_at, csum4, true, &e.src, &rev.frontend_addr),
             false => Some(()),
         });
     Some(if done.is_some() { TCX_NEXT } else { DROP })
@@ -779,20 +938,20 @@ fn icmp_ingress(ctx: &TcContext) -> Option<i32> {
     if !icmp_flow(sc) || sc.rev.snat == 0 {
         return None;
     }
-    if !route(ctx, false, &sc.rev.client_addr, &mut sc.route) {
+    if !route(ctx, sc.icmp.v6, &sc.rev.client_addr, &mut sc.route) {
         return Some(DROP);
     }
     let (e, rev) = (&sc.icmp, &sc.rev);
-    let iihl = ctx.load::<u8>(e.inner).ok()? & 0x0f;
-    let l4 = e.inner + usize::from(iihl) * 4;
+    let (src_at, dst_at, csum4) = outer_at(e);
+    let icsum = e.inner + 10;
     // The error was sent to the quoted packet's source: the SNAT address.
-    let done = set_addr(ctx, e.inner + 12, e.inner + 10, &e.isrc, &rev.client_addr)
-        .and_then(|()| set_quoted_port(ctx, l4, e.csum, e.isport, rev.client_port))
-        .and_then(|()| set_addr(ctx, e.inner + 16, e.inner + 10, &e.idst, &rev.frontend_addr))
-        .and_then(|()| set_quoted_port(ctx, l4 + 2, e.csum, e.idport, rev.frontend_port))
-        .and_then(|()| set_addr(ctx, IP_DST, IP_CSUM, &e.isrc, &rev.client_addr))
+    let done = set_error_addr(ctx, e, e.isrc_at, icsum, false, &e.isrc, &rev.client_addr)
+        .and_then(|()| set_quoted_port(ctx, e.il4, e.csum, e.isport, rev.client_port))
+        .and_then(|()| set_error_addr(ctx, e, e.idst_at, icsum, false, &e.idst, &rev.frontend_addr))
+        .and_then(|()| set_quoted_port(ctx, e.il4 + 2, e.csum, e.idport, rev.frontend_port))
+        .and_then(|()| set_error_addr(ctx, e, dst_at, csum4, true, &e.isrc, &rev.client_addr))
         .and_then(|()| match e.src == e.idst {
-            true => set_addr(ctx, IP_SRC, IP_CSUM, &e.src, &rev.frontend_addr),
+            true => set_error_addr(ctx, e, src_at, csum4, true, &e.src, &rev.frontend_addr),
             false => Some(()),
         });
     if done.is_none() {
