@@ -597,9 +597,6 @@ const FRAG_NEEDED_LEN: usize = 20 + 8 + 28;
 /// the kernel).
 #[inline(never)]
 fn frag_needed(ctx: &TcContext, p: &Packet, sc: &mut Scratch, mtu: u16) -> i32 {
-    let (Ok(dmac), Ok(smac)) = (ctx.load::<[u8; 6]>(0), ctx.load::<[u8; 6]>(6)) else {
-        return DROP;
-    };
     // The quote: the packet's IPv4 header (no options) and 8 bytes of its payload.
     let Ok(quote) = ctx.load::<[u8; 28]>(ETH_HLEN) else {
         return DROP;
@@ -643,25 +640,7 @@ fn frag_needed(ctx: &TcContext, p: &Packet, sc: &mut Scratch, mtu: u16) -> i32 {
     r[10..12].copy_from_slice(&ip.to_ne_bytes());
     let icmp = csum(&r[20..]);
     r[22..24].copy_from_slice(&icmp.to_ne_bytes());
-    // SAFETY: plain helper call on the program's own packet, shrinking it.
-    if unsafe {
-        bpf_skb_change_tail(
-            ctx.skb.skb as *mut _,
-            (ETH_HLEN + FRAG_NEEDED_LEN) as u32,
-            0,
-        )
-    } != 0
-    {
-        return DROP;
-    }
-    if ctx.store(0, &smac, 0).is_err()
-        || ctx.store(6, &dmac, 0).is_err()
-        || ctx.store(ETH_HLEN, &sc.reply, 0).is_err()
-    {
-        return DROP;
-    }
-    // SAFETY: plain helper call with the packet's own interface.
-    unsafe { bpf_redirect((*ctx.skb.skb).ifindex, 0) as i32 }
+    send_back(ctx, FRAG_NEEDED_LEN, &sc.reply)
 }
 
 const ICMP6: u8 = 58;
@@ -671,9 +650,6 @@ const PACKET_TOO_BIG_LEN: usize = 40 + 8 + 48;
 /// client, from the address it sent to, quoting its packet's IPv6 header and 8 bytes.
 #[inline(never)]
 fn packet_too_big(ctx: &TcContext, p: &Packet, sc: &mut Scratch, mtu: u16) -> i32 {
-    let (Ok(dmac), Ok(smac)) = (ctx.load::<[u8; 6]>(0), ctx.load::<[u8; 6]>(6)) else {
-        return DROP;
-    };
     let Ok(quote) = ctx.load::<[u8; 48]>(ETH_HLEN) else {
         return DROP;
     };
@@ -693,20 +669,24 @@ fn packet_too_big(ctx: &TcContext, p: &Packet, sc: &mut Scratch, mtu: u16) -> i3
     let sum = csum(&r[..]);
     r[42..44].copy_from_slice(&sum.to_ne_bytes());
     r[..8].copy_from_slice(&[0x60, 0, 0, 0, 0, len, ICMP6, 64]);
-    // SAFETY: plain helper call on the program's own packet, shrinking it.
-    if unsafe {
-        bpf_skb_change_tail(
-            ctx.skb.skb as *mut _,
-            (ETH_HLEN + PACKET_TOO_BIG_LEN) as u32,
-            0,
-        )
-    } != 0
-    {
+    send_back(ctx, PACKET_TOO_BIG_LEN, &sc.reply6)
+}
+
+/// Replaces the packet past its Ethernet header with `reply` (`len` bytes) and sends
+/// it back out of the interface it came in on, to the address it came from.
+#[inline(always)]
+fn send_back<T>(ctx: &TcContext, len: usize, reply: &T) -> i32 {
+    // SAFETY: plain helper call on the program's own packet, shrinking it (the
+    // Ethernet header stays).
+    if unsafe { bpf_skb_change_tail(ctx.skb.skb as *mut _, (ETH_HLEN + len) as u32, 0) } != 0 {
         return DROP;
     }
+    let (Ok(dmac), Ok(smac)) = (ctx.load::<[u8; 6]>(0), ctx.load::<[u8; 6]>(6)) else {
+        return DROP;
+    };
     if ctx.store(0, &smac, 0).is_err()
         || ctx.store(6, &dmac, 0).is_err()
-        || ctx.store(ETH_HLEN, &sc.reply6, 0).is_err()
+        || ctx.store(ETH_HLEN, reply, 0).is_err()
     {
         return DROP;
     }
