@@ -431,7 +431,7 @@ pub async fn run(
     ));
     let mut known: BTreeMap<String, Node> = BTreeMap::new();
     let mut staging: BTreeMap<String, Node> = BTreeMap::new();
-    let mut stream = watcher(nodes(), watcher::Config::default()).boxed();
+    let mut stream = watcher(nodes(), super::list_from_cache()).boxed();
     let mut rotations = client.rotations();
     let mut tick = tokio::time::interval(cfg.resync);
     let mut backoff = Duration::from_millis(500);
@@ -443,7 +443,7 @@ pub async fn run(
             _ = stop.changed() => return,
             _ = tick.tick() => dirty = synced,
             // New credentials: watch again with them (a relist).
-            _ = rotations.changed() => stream = watcher(nodes(), watcher::Config::default()).boxed(),
+            _ = rotations.changed() => stream = watcher(nodes(), super::list_from_cache()).boxed(),
             event = stream.next() => match event {
                 Some(Ok(watcher::Event::Init)) => staging.clear(),
                 Some(Ok(watcher::Event::InitApply(n))) => { staging.insert(name(&n), n); }
@@ -469,7 +469,7 @@ pub async fn run(
                     }
                     backoff = (backoff * 2).min(Duration::from_secs(30));
                 }
-                None => stream = watcher(nodes(), watcher::Config::default()).boxed(),
+                None => stream = watcher(nodes(), super::list_from_cache()).boxed(),
             },
         }
         if !dirty {

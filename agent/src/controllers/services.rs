@@ -319,17 +319,12 @@ pub async fn run(
         message: "kubelet is posting ready status".into(),
     });
     // Fresh handles per watch and per request: the client follows certificate rotation.
-    let watch_services = || {
-        watcher(
-            Api::<Service>::all(client.get()),
-            watcher::Config::default(),
-        )
-        .boxed()
-    };
+    let watch_services =
+        || watcher(Api::<Service>::all(client.get()), super::list_from_cache()).boxed();
     let watch_slices = || {
         watcher(
             Api::<EndpointSlice>::all(client.get()),
-            watcher::Config::default(),
+            super::list_from_cache(),
         )
         .boxed()
     };
