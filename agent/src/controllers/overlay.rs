@@ -327,6 +327,58 @@ fn not_ready(why: &str) -> Readiness {
     }
 }
 
+/// Waits for this Node's pod CIDR (inside `--cluster-cidr`), watching the Node, so it is
+/// seen as soon as the controller-manager sets it (at registration, or later); `None`
+/// at `stop`. A CIDR outside the cluster's is told once and waited past.
+async fn wait_for_pod_cidr(
+    client: &SharedClient,
+    cfg: &OverlayConfig,
+    waiting: &str,
+    stop: &mut watch::Receiver<bool>,
+) -> Option<Ipv4Net> {
+    let config = watcher::Config::default().fields(&format!("metadata.name={}", cfg.node));
+    let watch = || watcher(Api::<Node>::all(client.get()), config.clone()).boxed();
+    let mut stream = watch();
+    let mut rotations = client.rotations();
+    // What was told last: the CIDR seen outside the cluster's (None: none yet).
+    let mut told: Option<Option<Ipv4Net>> = None;
+    loop {
+        let event = tokio::select! {
+            _ = stop.changed() => return None,
+            _ = rotations.changed() => {
+                stream = watch();
+                continue;
+            }
+            e = stream.next() => e,
+        };
+        let node = match event {
+            Some(Ok(watcher::Event::Apply(n) | watcher::Event::InitApply(n))) => n,
+            Some(Ok(_)) => continue,
+            Some(Err(e)) => {
+                tracing::warn!("watching this Node for its pod CIDR: {e}; again in 1 s");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                continue;
+            }
+            None => {
+                stream = watch();
+                continue;
+            }
+        };
+        let cidr = model::pod_cidr(&node);
+        match cidr {
+            Some(c) if cfg.cluster_cidr.contains(c.network()) => return Some(c),
+            _ if told == Some(cidr) => {}
+            Some(c) => tracing::warn!(
+                pod_cidr = %c,
+                "the Node's pod CIDR is outside --cluster-cidr {}; waiting for it to change",
+                cfg.cluster_cidr
+            ),
+            None => tracing::info!("{waiting}; waiting"),
+        }
+        told = Some(cidr);
+    }
+}
+
 /// Runs the overlay until `stop`: waits for the Node's pod CIDR, sets up the device and
 /// the pod network, publishes flannel's annotations, then keeps the peers programmed.
 /// The node is reported not ready (`readiness`) until the overlay is up.
@@ -344,23 +396,8 @@ pub async fn run(
     let _ = runtime.set_network(NetworkState::Waiting(waiting.into()));
     readiness.send_replace(not_ready(waiting));
     // 1. The pod CIDR.
-    let pod_cidr = loop {
-        match nodes().get(&cfg.node).await {
-            Ok(n) => match model::pod_cidr(&n) {
-                Some(c) if cfg.cluster_cidr.contains(c.network()) => break c,
-                Some(c) => tracing::warn!(
-                    pod_cidr = %c,
-                    "the Node's pod CIDR is outside --cluster-cidr {}; waiting for it to change",
-                    cfg.cluster_cidr
-                ),
-                None => tracing::info!("{waiting}; waiting"),
-            },
-            Err(e) => tracing::warn!("reading this Node for its pod CIDR: {e}"),
-        }
-        tokio::select! {
-            _ = stop.changed() => return,
-            _ = tokio::time::sleep(Duration::from_secs(2)) => {}
-        }
+    let Some(pod_cidr) = wait_for_pod_cidr(&client, &cfg, waiting, &mut stop).await else {
+        return;
     };
     // 2. The device and the bridge.
     let (vtep, mtu) = loop {
