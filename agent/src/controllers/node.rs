@@ -60,6 +60,8 @@ pub struct NodeController {
     readiness: watch::Receiver<Readiness>,
     timing: Timing,
     conditions: Vec<NodeCondition>,
+    /// `status.addresses` as last written (None before the first report).
+    addresses: Option<serde_json::Value>,
     uid: Option<String>,
     /// What the last successful report was computed from, and when it was sent.
     reported: Option<(MachineFacts, Readiness, Instant)>,
@@ -109,6 +111,7 @@ impl NodeController {
             readiness,
             timing,
             conditions: Vec::new(),
+            addresses: None,
             uid: None,
             reported: None,
             images: None,
@@ -189,8 +192,22 @@ impl NodeController {
         let now = k8s_openapi::jiff::Timestamp::now()
             .strftime("%Y-%m-%dT%H:%M:%SZ")
             .to_string();
-        let status = node::status(&self.cfg, facts, readiness, &self.conditions, &now);
+        let mut status = node::status(&self.cfg, facts, readiness, &self.conditions, &now);
         let nodes = self.nodes();
+        // The addresses go apart, when they changed, as a JSON merge patch that replaces
+        // the list: a strategic merge merges it by `type`, so a dual-stack node's IPv4
+        // and IPv6 InternalIPs would collapse into one entry (kubelet replaces the list
+        // for the same reason).
+        let addresses = status.as_object_mut().and_then(|o| o.remove("addresses"));
+        if addresses.is_some() && addresses != self.addresses {
+            bounded(nodes.patch_status(
+                &self.cfg.name,
+                &PatchParams::default(),
+                &Patch::Merge(json!({"status": {"addresses": addresses}})),
+            ))
+            .await?;
+            self.addresses = addresses;
+        }
         let patched = bounded(nodes.patch_status(
             &self.cfg.name,
             &PatchParams::default(),
