@@ -493,6 +493,13 @@ async fn the_kubelet_api_serves_logs_and_pods_to_authorized_callers_only() {
         .is_empty()
     );
     assert!(m.find("kubelet_pleg_relist_duration_seconds_count", &[])[0].value >= 1.0);
+    // kubelet's user-namespaced pod counters, which e2e reads (no such pod here).
+    for series in [
+        "kubelet_started_user_namespaced_pods_total",
+        "kubelet_started_user_namespaced_pods_errors_total",
+    ] {
+        assert_eq!(m.find(series, &[])[0].value, 0.0, "{series}");
+    }
     assert!(
         !m.find("kubelet_pleg_relist_interval_seconds_sum", &[])
             .is_empty()

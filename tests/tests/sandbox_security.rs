@@ -141,8 +141,9 @@ async fn secret_volumes_live_in_memory_with_their_modes_and_fs_group() {
         assert_eq!(m.permissions().mode() & 0o777, 0o600, "{}", c.display());
         assert!(std::fs::read_to_string(&c).unwrap().contains(SECRET));
     }
+    // Crossed (by the node IDs of user-namespaced containers), never listed.
     let bundles_mode = std::fs::metadata(&bundles).unwrap().permissions().mode();
-    assert_eq!(bundles_mode & 0o777, 0o700);
+    assert_eq!(bundles_mode & 0o777, 0o711);
     // The escape corpus's secret class: another pod's user (uid 1001) on the node
     // tries every file of the node's run and state directories.
     let mut files = Vec::new();
@@ -481,4 +482,180 @@ async fn host_to_container_volumes_see_the_nodes_later_mounts() {
         std::fs::read_to_string(&from_container).unwrap(),
         "from-the-container\n"
     );
+}
+
+/// The `Uid:` line's IDs of process `pid` on the node.
+fn node_uids(pid: u32) -> String {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("Uid:"))
+        .map(|ids| ids.split_whitespace().collect::<Vec<_>>().join(" "))
+        .unwrap_or_default()
+}
+
+/// `hostUsers: false` as kubelet 1.36 with a runtime that supports it: each pod gets
+/// its own user namespace mapping 65,536 node IDs from 65,536 up (two pods never the
+/// same); its root is that range's first ID on the node and root in the container,
+/// with full rights on its own root filesystem and none outside; its volumes
+/// (secret, configMap, downward API, emptyDir) show node root's files as root's and
+/// its fsGroup as itself, through idmapped mounts, and what it writes to an emptyDir
+/// is stored as root's on the node; its network namespace is its own (sysfs
+/// mounts); `kubectl exec` enters the user namespace too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn user_namespaced_pods_run_as_unprivileged_node_ids() {
+    use k8s_openapi::api::core::v1::ConfigMap;
+    let one = OneNode::start("sbuserns", "w1", Network::Loopback(&[]))
+        .await
+        .unwrap();
+    let admin = one.pods.clone().into_client();
+    let cm: ConfigMap =
+        serde_json::from_value(json!({"metadata": {"name": "cfg"}, "data": {"k": "v"}})).unwrap();
+    Api::<ConfigMap>::namespaced(admin.clone(), "default")
+        .create(&PostParams::default(), &cm)
+        .await
+        .unwrap();
+    let secret: Secret =
+        serde_json::from_value(json!({"metadata": {"name": "tok"}, "stringData": {"t": "x"}}))
+            .unwrap();
+    Api::<Secret>::namespaced(admin, "default")
+        .create(&PostParams::default(), &secret)
+        .await
+        .unwrap();
+    let report = [
+        "cat /proc/self/uid_map",
+        "id -u",
+        "stat -c %u:%g /v/s/t /v/c/k /v/d/name",
+        "stat -c %u /data",
+        "touch /etc/written && echo rootfs-writable",
+        "echo x >/data/f && echo emptydir-writable",
+        "ls /sys/class/net",
+        "chown 1000 /data/f && echo chown-in-range",
+        "chown 70000 /data/f 2>/dev/null || echo chown-out-of-range-refused",
+    ]
+    .join("; ");
+    let pod = |name: &str| -> Pod {
+        serde_json::from_value(json!({
+            "metadata": {"name": name},
+            "spec": {
+                "hostUsers": false,
+                "terminationGracePeriodSeconds": 0,
+                "securityContext": {"fsGroup": 200},
+                "volumes": [
+                    {"name": "s", "secret": {"secretName": "tok"}},
+                    {"name": "c", "configMap": {"name": "cfg"}},
+                    {"name": "d", "downwardAPI": {"items": [
+                        {"path": "name", "fieldRef": {"fieldPath": "metadata.name"}}]}},
+                    {"name": "data", "emptyDir": {}},
+                ],
+                "containers": [{
+                    "name": "c", "image": "busybox:1.36", "imagePullPolicy": "Never",
+                    "command": ["sh", "-c", format!("({report}) >/data/report 2>&1; sleep 600")],
+                    "volumeMounts": [
+                        {"name": "s", "mountPath": "/v/s"},
+                        {"name": "c", "mountPath": "/v/c"},
+                        {"name": "d", "mountPath": "/v/d"},
+                        {"name": "data", "mountPath": "/data"},
+                    ],
+                }],
+            },
+        }))
+        .unwrap()
+    };
+    one.create_bound(&pod("userns-a")).await.unwrap();
+    one.create_bound(&pod("userns-b")).await.unwrap();
+    let state = one.node.dir("state");
+    let mut ranges = Vec::new();
+    for name in ["userns-a", "userns-b"] {
+        let p = wait_for(
+            &format!("{name} running"),
+            Duration::from_secs(60),
+            async || {
+                let p = one.pods.get(name).await.ok()?;
+                (p.status.as_ref()?.phase.as_deref() == Some("Running")).then_some(p)
+            },
+        )
+        .await;
+        let uid = p.metadata.uid.clone().unwrap();
+        let data = state.join("pods").join(&uid).join("volumes/empty-dir/data");
+        let text = wait_for(
+            &format!("{name}'s report"),
+            Duration::from_secs(30),
+            async || {
+                let t = std::fs::read_to_string(data.join("report")).ok()?;
+                t.contains("chown").then_some(t)
+            },
+        )
+        .await;
+        let sandbox: serde_json::Value = serde_json::from_slice(
+            &std::fs::read(state.join("pods").join(&uid).join("sandbox.json")).unwrap(),
+        )
+        .unwrap();
+        let host_id = sandbox["userns"]["hostId"].as_u64().unwrap();
+        assert_eq!(sandbox["userns"]["length"], 65_536);
+        assert_eq!(host_id % 65_536, 0);
+        assert!(host_id >= 65_536);
+        let lines: Vec<&str> = text.lines().map(str::trim).collect();
+        let map: Vec<&str> = lines[0].split_whitespace().collect();
+        assert_eq!(
+            map,
+            ["0", &host_id.to_string(), "65536"],
+            "{text}\n{}",
+            one.node.kernlet_log()
+        );
+        assert_eq!(
+            &lines[1..],
+            [
+                "0",
+                "0:200",
+                "0:200",
+                "0:200",
+                "0",
+                "rootfs-writable",
+                "emptydir-writable",
+                "lo",
+                "chown-in-range",
+                "chown-out-of-range-refused",
+            ],
+            "{text}"
+        );
+        // On the node: the container's files in the emptyDir are root's and
+        // fsGroup's (stored unmapped), the chown to 1000 stored as 1000.
+        let f = std::fs::metadata(data.join("f")).unwrap();
+        assert_eq!((f.uid(), f.gid()), (1000, 200));
+        // The container's process is the range's first ID on the node.
+        let pid = std::fs::read_dir(state.join("containers"))
+            .unwrap()
+            .flatten()
+            .filter_map(|e| std::fs::read(e.path().join("state.json")).ok())
+            .filter_map(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+            .filter_map(|s| s["pid"].as_u64())
+            .map(|p| p as u32)
+            .find(|p| {
+                std::fs::read_to_string(format!("/proc/{p}/uid_map"))
+                    .is_ok_and(|m| m.split_whitespace().nth(1) == Some(&host_id.to_string()))
+            })
+            .unwrap_or_else(|| panic!("no process of {name} on the node"));
+        let id = host_id.to_string();
+        assert_eq!(node_uids(pid), [id.as_str(); 4].join(" "));
+        ranges.push(host_id);
+    }
+    assert_ne!(ranges[0], ranges[1], "two pods never share a range");
+    // exec enters the user namespace: root in the container, its range on the node.
+    let out = std::process::Command::new(kernlet_tests::simnode::kernlet_bin().unwrap())
+        .args(["exec", "default/userns-a", "--state-dir"])
+        .arg(&state)
+        .args([
+            "--",
+            "sh",
+            "-c",
+            "id -u; cat /proc/self/uid_map; cat /proc/self/status",
+        ])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines.first(), Some(&"0"), "{out:?}");
+    let map: Vec<&str> = lines[1].split_whitespace().collect();
+    assert_eq!(map, ["0", &ranges[0].to_string(), "65536"], "{text}");
 }

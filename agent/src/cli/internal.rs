@@ -39,7 +39,12 @@ pub fn internal(args: &[String]) -> ExitCode {
         [cmd, bundle] if cmd == "shim" => {
             ExitCode::from(kernlet::runtime::shim::main(std::path::Path::new(bundle)) as u8)
         }
-        [cmd, dir, hostname, host_net, host_ipc, pause_cgroup] if cmd == "sandbox" => {
+        [cmd, dir, hostname, _, _, pause_cgroup, userns]
+            if cmd == "sandbox" && !userns.is_empty() =>
+        {
+            user_namespaced_sandbox(dir, hostname, pause_cgroup, userns)
+        }
+        [cmd, dir, hostname, host_net, host_ipc, pause_cgroup, _] if cmd == "sandbox" => {
             match kernlet::sys::ns::create_here(
                 std::path::Path::new(dir),
                 hostname,
@@ -69,6 +74,46 @@ pub fn internal(args: &[String]) -> ExitCode {
         _ => {
             eprintln!("kernlet internal: not for direct use");
             ExitCode::from(2)
+        }
+    }
+}
+
+/// `kernlet internal sandbox` for a `hostUsers: false` pod: its namespaces made in
+/// its own user namespace mapping `userns` (`host_id:length`).
+fn user_namespaced_sandbox(
+    dir: &str,
+    hostname: &str,
+    pause_cgroup: &str,
+    userns: &str,
+) -> ExitCode {
+    let range = userns.split_once(':').and_then(|(id, len)| {
+        Some(kernlet::sys::userns::IdRange {
+            host_id: id.parse().ok()?,
+            length: len.parse().ok()?,
+        })
+    });
+    let Some(range) = range else {
+        eprintln!("kernlet internal sandbox: {userns:?} is not host_id:length");
+        return ExitCode::from(2);
+    };
+    let pause = (!pause_cgroup.is_empty()).then(|| std::path::Path::new(pause_cgroup));
+    match kernlet::sys::userns::create_pod_namespaces(
+        std::path::Path::new(dir),
+        hostname,
+        range,
+        pause,
+    ) {
+        Ok(pid) => {
+            if let Some(pid) = pid {
+                println!("{pid}");
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!(
+                "creating the pod's namespaces in {dir} (user namespace mapping {userns}): {e}"
+            );
+            ExitCode::FAILURE
         }
     }
 }

@@ -65,11 +65,19 @@ pub fn judge(f: &Facts) -> Vec<Check> {
             "",
         )
     });
+    let version = kernel_version(&f.kernel_release);
+    let idmapped_tmpfs = version.is_some_and(|v| v >= (6, 3));
     out.push(match s.max_user_namespaces {
+        Some(n) if n > 0 && idmapped_tmpfs => check(
+            "user namespaces",
+            Ok,
+            format!("the kernel allows {n}: hostUsers: false pods run in their own user namespace, 65536 node IDs each (from 65536, or the kubelet user's in /etc/subuid)"),
+            "",
+        ),
         Some(n) if n > 0 => check(
             "user namespaces",
             Ok,
-            format!("the kernel allows {n}; kernlet does not run hostUsers: false pods yet (they are refused)"),
+            format!("the kernel allows {n}, but cannot idmap tmpfs (Linux 6.3), where pods' secrets and tokens live: hostUsers: false pods are refused"),
             "",
         ),
         _ => check(
@@ -79,17 +87,16 @@ pub fn judge(f: &Facts) -> Vec<Check> {
             "",
         ),
     });
-    let version = kernel_version(&f.kernel_release);
     out.push(check(
         "idmapped mounts",
         Ok,
         match version {
             Some(v) if v >= (6, 3) => format!(
-                "kernel {}.{}: idmapped mounts for every filesystem pods use, tmpfs included; kernlet does not use them yet",
+                "kernel {}.{}: idmapped mounts for every filesystem pods use, tmpfs included; used for the volumes and image layers of hostUsers: false pods",
                 v.0, v.1
             ),
             Some(v) if v >= (5, 12) => format!(
-                "kernel {}.{}: idmapped mounts, but not of tmpfs (6.3); kernlet does not use them yet",
+                "kernel {}.{}: idmapped mounts, but not of tmpfs (6.3): not used",
                 v.0, v.1
             ),
             _ => "kernel older than 5.12: no idmapped mounts".into(),
@@ -122,5 +129,20 @@ mod tests {
             .find(|c| c.name == "idmapped mounts")
             .unwrap();
         assert!(id.detail.contains("not of tmpfs"), "{id:?}");
+        let us = judge(&f)
+            .into_iter()
+            .find(|c| c.name == "user namespaces")
+            .unwrap();
+        assert!(us.detail.contains("pods are refused"), "{us:?}");
+        f.kernel_release = "6.18.1".into();
+        f.security.max_user_namespaces = Some(100);
+        let us = judge(&f)
+            .into_iter()
+            .find(|c| c.name == "user namespaces")
+            .unwrap();
+        assert!(
+            us.detail.contains("run in their own user namespace"),
+            "{us:?}"
+        );
     }
 }

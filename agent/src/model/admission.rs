@@ -25,6 +25,8 @@ pub struct NodeFit {
     pub runtime_handlers: Vec<String>,
     /// The node's security modules.
     pub lsm: super::lsm::LsmSupport,
+    /// Whether the node runs `hostUsers: false` pods.
+    pub user_namespaces: bool,
     /// The node's pressure conditions, as the node controller last computed them.
     pub pressure: super::eviction::SharedPressure,
     /// Set once the node shuts down: every pod is refused.
@@ -237,10 +239,27 @@ pub fn admit(pod: &PodSpec, admitted: &[&PodSpec], node: &NodeFit) -> Result<(),
         }
     }
     if pod.host_users == Some(false) {
-        return refuse(
-            "UnsupportedFeature",
-            "hostUsers: false (user namespaces) is not supported by kernlet yet".into(),
-        );
+        if !node.user_namespaces {
+            return refuse(
+                "UnsupportedFeature",
+                "can't set `spec.hostUsers: false`, runtime does not support user namespaces (this kernel lacks user namespaces or idmapped tmpfs mounts, Linux 6.3)".into(),
+            );
+        }
+        // Volume mounts of a user-namespaced pod are idmapped views, which cannot be
+        // in the node's propagation peer groups.
+        if let Some(m) = super::pod_lifecycle::all_containers(pod)
+            .flat_map(|c| c.volume_mounts.iter().flatten())
+            .find(|m| m.mount_propagation.as_deref().is_some_and(|p| p != "None"))
+        {
+            return refuse(
+                "UnsupportedFeature",
+                format!(
+                    "volume mount {:?}: mountPropagation {} is not supported with `spec.hostUsers: false` on this node; use None",
+                    m.name,
+                    m.mount_propagation.as_deref().unwrap_or_default()
+                ),
+            );
+        }
     }
     if admitted.len() as u64 >= node.max_pods {
         return refuse(
@@ -319,6 +338,7 @@ mod tests {
             ),
             runtime_handlers: Vec::new(),
             lsm: Default::default(),
+            user_namespaces: true,
             pressure: Default::default(),
             shutting_down: Default::default(),
         }
@@ -352,7 +372,7 @@ mod tests {
     }
 
     #[test]
-    fn unsafe_sysctls_and_user_namespaces_are_refused() {
+    fn unsafe_sysctls_and_user_namespaces_the_node_lacks_are_refused() {
         let safe = spec(
             json!({"containers": [{"name": "a"}], "securityContext": {"sysctls": [
             {"name": "net.ipv4.ip_unprivileged_port_start", "value": "0"}]}}),
@@ -366,9 +386,24 @@ mod tests {
         assert_eq!(r.reason, "SysctlForbidden");
         assert!(r.message.contains("kernel.msgmax"));
         let userns = spec(json!({"containers": [{"name": "a"}], "hostUsers": false}));
-        assert_eq!(
-            admit(&userns, &[], &node()).unwrap_err().reason,
-            "UnsupportedFeature"
+        assert_eq!(admit(&userns, &[], &node()), Ok(()));
+        let without = NodeFit {
+            user_namespaces: false,
+            ..node()
+        };
+        let r = admit(&userns, &[], &without).unwrap_err();
+        assert_eq!(r.reason, "UnsupportedFeature");
+        assert!(r.message.contains("does not support user namespaces"));
+        // An idmapped volume cannot receive or send mounts: refused, not run weaker.
+        let shared = spec(json!({"hostUsers": false,
+            "containers": [{"name": "a", "volumeMounts": [
+                {"name": "v", "mountPath": "/v", "mountPropagation": "HostToContainer"}]}],
+            "volumes": [{"name": "v", "emptyDir": {}}]}));
+        let r = admit(&shared, &[], &node()).unwrap_err();
+        assert!(
+            r.message.contains("mountPropagation HostToContainer"),
+            "{}",
+            r.message
         );
     }
 

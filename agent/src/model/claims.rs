@@ -440,6 +440,7 @@ mod tests {
             ),
             runtime_handlers: vec![],
             lsm: Default::default(),
+            user_namespaces: true,
             pressure: Default::default(),
             shutting_down: Default::default(),
         }

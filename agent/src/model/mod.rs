@@ -31,3 +31,4 @@ pub mod services;
 pub mod shared;
 pub mod shutdown;
 pub mod stop_signal;
+pub mod userns;

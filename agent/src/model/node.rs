@@ -56,6 +56,9 @@ pub struct NodeConfig {
     pub runtime_handlers: Vec<String>,
     /// `--eviction-hard`, checked when the node was prepared.
     pub eviction_hard: String,
+    /// Whether the node runs `hostUsers: false` pods (user namespaces and idmapped
+    /// tmpfs mounts in its kernel).
+    pub user_namespaces: bool,
 }
 
 impl NodeConfig {
@@ -406,7 +409,7 @@ pub fn status(
         // kubelet's NodeFeatures setter: the runtime honours supplementalGroupsPolicy
         // (Strict: only the groups the pod names).
         "features": {"supplementalGroupsPolicy": true},
-        "runtimeHandlers": runtime_handlers(&cfg.runtime_handlers),
+        "runtimeHandlers": runtime_handlers(&cfg.runtime_handlers, cfg.user_namespaces),
         "images": facts.images,
         "volumesInUse": (!facts.volumes_in_use.is_empty()).then_some(&facts.volumes_in_use),
         "nodeInfo": {
@@ -471,16 +474,16 @@ pub fn images(
 }
 
 /// `status.runtimeHandlers`: the default handler and each configured name, with what
-/// kernlet's one runtime supports (no recursive read-only mounts, no user namespaces
-/// yet), as kubelet copies them from its runtime.
-pub fn runtime_handlers(names: &[String]) -> Vec<NodeRuntimeHandler> {
+/// kernlet's one runtime supports (no recursive read-only mounts; user namespaces
+/// where the kernel has them), as kubelet copies them from its runtime.
+pub fn runtime_handlers(names: &[String], user_namespaces: bool) -> Vec<NodeRuntimeHandler> {
     std::iter::once("")
         .chain(names.iter().map(String::as_str).filter(|n| !n.is_empty()))
         .map(|name| NodeRuntimeHandler {
             name: Some(name.to_string()),
             features: Some(NodeRuntimeHandlerFeatures {
                 recursive_read_only_mounts: Some(false),
-                user_namespaces: Some(false),
+                user_namespaces: Some(user_namespaces),
             }),
         })
         .collect()
@@ -514,6 +517,7 @@ mod tests {
             apiserver_minor: None,
             runtime_handlers: vec!["runc".into()],
             eviction_hard: crate::model::eviction::DEFAULT_HARD.into(),
+            user_namespaces: true,
         }
     }
 
@@ -671,10 +675,19 @@ mod tests {
             message: String::new(),
         };
         let ours = status(&cfg(), &facts(), &ready, &[], "2026-11-26T01:10:34Z");
-        let features = json!({"recursiveReadOnlyMounts": false, "userNamespaces": false});
+        let features = json!({"recursiveReadOnlyMounts": false, "userNamespaces": true});
         assert_eq!(
             ours["runtimeHandlers"],
             json!([{"name": "", "features": features}, {"name": "runc", "features": features}])
+        );
+        let without = NodeConfig {
+            user_namespaces: false,
+            ..cfg()
+        };
+        let theirs = status(&without, &facts(), &ready, &[], "2026-11-26T01:10:34Z");
+        assert_eq!(
+            theirs["runtimeHandlers"][0]["features"]["userNamespaces"],
+            json!(false)
         );
         // As kubelet on a runtime that honours supplementalGroupsPolicy.
         assert_eq!(ours["features"], json!({"supplementalGroupsPolicy": true}));

@@ -168,6 +168,8 @@ pub struct ContainerPlan {
     pub terminal: bool,
     /// `process.oomScoreAdj` (`model::oom`), when set.
     pub oom_score_adj: Option<i32>,
+    /// `hostUsers: false`: the pod's user namespace, joined by its pin.
+    pub userns: Option<PathBuf>,
 }
 
 /// A container's seccomp profile (`securityContext.seccompProfile`).
@@ -274,6 +276,10 @@ pub fn spec(plan: &ContainerPlan) -> Value {
         mounts.push(json!({"destination": m.destination, "type": "bind", "source": m.source, "options": options}));
     }
     let mut namespaces = Vec::new();
+    // The pod's user namespace first: the others belong to it.
+    if let Some(pin) = &plan.userns {
+        namespaces.push(json!({"type": "user", "path": pin}));
+    }
     for (kind, ns) in [
         ("pid", &plan.pid),
         ("network", &plan.net),
@@ -521,6 +527,7 @@ mod tests {
             sysctls: Vec::new(),
             terminal: false,
             oom_score_adj: None,
+            userns: None,
         }
     }
 
@@ -539,6 +546,17 @@ mod tests {
             .map(|n| n["type"].as_str().unwrap())
             .collect();
         assert_eq!(ns, ["pid", "network", "ipc", "uts", "mount", "cgroup"]);
+        // A user-namespaced pod's container joins the pod's user namespace first.
+        let userns = ContainerPlan {
+            userns: Some("/run/k/pods/u/ns/user".into()),
+            ..plan()
+        };
+        let v2 = spec(&userns);
+        assert_eq!(
+            v2["linux"]["namespaces"][0],
+            json!({"type": "user", "path": "/run/k/pods/u/ns/user"})
+        );
+        assert_eq!(v2["linux"]["namespaces"].as_array().unwrap().len(), 7);
         let cgroupfs = v["mounts"]
             .as_array()
             .unwrap()

@@ -98,6 +98,7 @@ pub fn prepare_node(args: &NodeArgs) -> anyhow::Result<PreparedNode> {
         apiserver_minor: None,
         reserved,
         runtime_handlers: args.runtime_handlers.clone(),
+        user_namespaces: crate::sys::userns::supported(),
         eviction_hard: {
             crate::model::eviction::parse_thresholds(&args.eviction_hard)?;
             args.eviction_hard.clone()
@@ -454,7 +455,24 @@ pub fn runtime_config(args: &NodeArgs) -> anyhow::Result<crate::runtime::Runtime
         resolv_conf: args.resolv_conf.clone(),
         node_allocatable: Some(node_allocatable(args)?),
         memory_policy: memory_policy(args)?,
+        userns_pool: userns_pool(args)?,
     })
+}
+
+/// The ID ranges of `hostUsers: false` pods: the `kubelet` user's subordinate IDs
+/// when `/etc/subuid` and `/etc/subgid` give it some, else kubelet's default.
+fn userns_pool(args: &NodeArgs) -> anyhow::Result<Option<crate::model::userns::Pool>> {
+    if !crate::sys::userns::supported() {
+        return Ok(None);
+    }
+    let read = |f: &str| std::fs::read_to_string(f).unwrap_or_default();
+    crate::model::userns::Pool::from_subids(
+        &read("/etc/subuid"),
+        &read("/etc/subgid"),
+        u64::from(args.max_pods),
+    )
+    .map(Some)
+    .context("the node IDs for pods with hostUsers: false")
 }
 
 /// What the pods may use together, `(memory bytes, CPU millicores)`.

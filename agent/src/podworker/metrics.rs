@@ -2,11 +2,15 @@
 //! API's `/metrics`: `kubelet_pod_start_duration_seconds` (from the pod's worker first
 //! seeing it to all its containers running, as kubelet's pod startup latency tracker
 //! measures it) and the PLEG's `kubelet_pleg_relist_duration_seconds` and
-//! `kubelet_pleg_relist_interval_seconds`, with kubelet's buckets.
+//! `kubelet_pleg_relist_interval_seconds`, with kubelet's buckets; and kubelet's
+//! counts of user-namespaced pods whose sandbox was made
+//! (`kubelet_started_user_namespaced_pods_total`) and of those whose first sync
+//! failed (`…_errors_total`).
 
 use std::sync::OnceLock;
 use std::time::Duration;
 
+use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
@@ -15,6 +19,8 @@ pub struct PodManagerMetrics {
     pub pod_start: Histogram,
     pub relist_duration: Histogram,
     pub relist_interval: Histogram,
+    pub started_userns_pods: Counter,
+    pub started_userns_pod_errors: Counter,
     registry: Registry,
 }
 
@@ -45,10 +51,24 @@ impl PodManagerMetrics {
             "[ALPHA] Interval in seconds between relisting in PLEG",
             relist_interval.clone(),
         );
+        let started_userns_pods = Counter::default();
+        let started_userns_pod_errors = Counter::default();
+        registry.register(
+            "started_user_namespaced_pods",
+            "[ALPHA] Cumulative number of pods with user namespaces started",
+            started_userns_pods.clone(),
+        );
+        registry.register(
+            "started_user_namespaced_pods_errors",
+            "[ALPHA] Cumulative number of errors when starting pods with user namespaces. This does not include errors in non user namespaced pods",
+            started_userns_pod_errors.clone(),
+        );
         Self {
             pod_start,
             relist_duration,
             relist_interval,
+            started_userns_pods,
+            started_userns_pod_errors,
             registry,
         }
     }

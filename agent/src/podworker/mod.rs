@@ -306,6 +306,7 @@ impl Runner {
             ),
             runtime_handlers: Vec::new(),
             lsm: crate::sys::lsm::support(),
+            user_namespaces: crate::sys::userns::supported(),
             // Standalone: no node controller reads the signals.
             pressure: Default::default(),
             shutting_down: Default::default(),

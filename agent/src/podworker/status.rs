@@ -65,6 +65,7 @@ impl Runner {
             pause_pid: None,
             cpu_request_milli: 0,
             memory_request: 0,
+            userns: None,
             created_at: k8s_openapi::jiff::Timestamp::now()
                 .strftime("%Y-%m-%dT%H:%M:%SZ")
                 .to_string(),

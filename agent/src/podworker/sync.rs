@@ -124,11 +124,30 @@ impl Runner {
         )
     }
 
+    /// Brings the pod's containers to what its spec says; counts, as kubelet, the
+    /// user-namespaced pods whose sandbox this sync makes, and those of them whose
+    /// sync fails (a container that cannot be created included).
     pub(super) fn sync_pod(
         &mut self,
         uid: &str,
         pod: &Pod,
     ) -> Result<(), crate::runtime::RuntimeError> {
+        let userns_start = pod.metadata.deletion_timestamp.is_none()
+            && pod.spec.as_ref().and_then(|s| s.host_users) == Some(false)
+            && !self.rt.has_sandbox(uid);
+        if !userns_start {
+            return self.sync_pod_now(uid, pod);
+        }
+        let metrics = super::metrics::pod_manager();
+        metrics.started_userns_pods.inc();
+        let result = self.sync_pod_now(uid, pod);
+        if result.is_err() || self.start_failures.keys().any(|(u, _)| u == uid) {
+            metrics.started_userns_pod_errors.inc();
+        }
+        result
+    }
+
+    fn sync_pod_now(&mut self, uid: &str, pod: &Pod) -> Result<(), crate::runtime::RuntimeError> {
         if pod.metadata.deletion_timestamp.is_some() {
             return self.terminate(uid, pod);
         }

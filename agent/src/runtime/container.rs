@@ -596,6 +596,9 @@ impl Runtime {
                 .collect(),
             terminal: c.tty == Some(true),
             oom_score_adj: Some(super::oom_score::for_container(pod, c)),
+            userns: sb
+                .userns
+                .map(|_| crate::sys::ns::pin_path(&sb.ns_dir, "user")),
             host_caps: std::fs::read_to_string("/proc/self/status")
                 .ok()
                 .and_then(|t| {
@@ -811,6 +814,31 @@ impl Runtime {
                     bundle.join("rootfs/dev"), plan.shm, if *read_only { "ro" } else { "rw" }],
             }]});
         }
+        let image_volumes = self.image_mounts(&sb.uid, &pod.spec.clone().unwrap_or_default(), c);
+        let idmap = match (&plan.userns, sb.userns) {
+            (Some(pin), Some(range)) => {
+                super::idmapped::prepare(
+                    &bundle,
+                    &dir.join("upper"),
+                    &dir.join("work"),
+                    range.host_id,
+                )
+                .map_err(RuntimeError::io(format!(
+                    "giving the root filesystem of container {} to node ID {}",
+                    c.name, range.host_id
+                )))?;
+                // Image volumes are mounted from idmapped layers by the shim.
+                let skip: Vec<PathBuf> = image_volumes
+                    .iter()
+                    .flat_map(|v| {
+                        std::iter::once(v.path.clone())
+                            .chain(v.sub_path.as_ref().map(|(_, target)| target.clone()))
+                    })
+                    .collect();
+                Some(super::idmapped::stage(&mut config, &bundle, pin, &skip))
+            }
+            _ => None,
+        };
         write_json(&bundle.join("config.json"), &config)?;
         write_json(
             &dir.join(shim::REQUEST),
@@ -840,7 +868,8 @@ impl Runtime {
                     .filter(|m| m.bidirectional)
                     .map(|m| m.source.clone())
                     .collect(),
-                image_volumes: self.image_mounts(&sb.uid, &pod.spec.clone().unwrap_or_default(), c),
+                image_volumes,
+                idmap,
             },
         )?;
         write_json(&self.record_path(&id), &record)?;

@@ -146,6 +146,9 @@ fn enter(bundle: &Path) -> anyhow::Result<Spec> {
         .namespaces
         .iter()
         .filter_map(|n| match n.kind.as_str() {
+            // A user-namespaced pod's: entered first by the kernel, so the command
+            // has the container's IDs and no rights outside its pod.
+            "user" => Some(CloneFlags::CLONE_NEWUSER),
             "ipc" => Some(CloneFlags::CLONE_NEWIPC),
             "uts" => Some(CloneFlags::CLONE_NEWUTS),
             "network" => Some(CloneFlags::CLONE_NEWNET),

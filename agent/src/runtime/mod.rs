@@ -7,7 +7,7 @@
 //! <state-dir>/containers/<id>/                 a container: OCI bundle, container.json,
 //!                                              the shim's state.json / exit.json,
 //!                                              upper/ and work/ of its overlay root
-//! <run-dir>/pods/<uid>/ns/{net,ipc,uts}        pinned pod namespaces
+//! <run-dir>/pods/<uid>/ns/{net,ipc,uts[,user]} pinned pod namespaces
 //! <run-dir>/pods/<uid>/{hosts,resolv.conf,hostname}
 //! <run-dir>/libcontainer/                      libcontainer's own state
 //! <cgroup2>/<cgroup-root>/kubepods[/<qos>]/pod<uid>/<container id>
@@ -18,6 +18,7 @@ pub mod container;
 pub mod container_volumes;
 pub mod exec;
 pub mod hostport;
+pub mod idmapped;
 pub mod image;
 pub mod image_gc;
 pub mod image_volumes;
@@ -117,6 +118,9 @@ pub struct RuntimeConfig {
     pub node_allocatable: Option<(u64, u64)>,
     /// Memory QoS and swap of containers (kubelet's `MemoryQoS`, `memorySwap`).
     pub memory_policy: crate::model::memory_qos::MemoryPolicy,
+    /// The node IDs `hostUsers: false` pods are mapped to; `None`: the node runs no
+    /// such pod (its kernel lacks user namespaces or idmapped tmpfs mounts).
+    pub userns_pool: Option<crate::model::userns::Pool>,
 }
 
 /// Resource controllers whose limits kernlet enforces when the cgroup2 tree has them.
@@ -140,6 +144,8 @@ pub struct Runtime {
     /// What takes a pod's CSI volumes off the node when it goes (none: the node has
     /// no CSI, and a pod with such a volume is not removed).
     pub driver_volumes: Option<std::sync::Arc<dyn claimed_volumes::DriverVolumes>>,
+    /// ID ranges given to pods whose sandbox is being made (not recorded yet).
+    userns_reserved: std::sync::Arc<std::sync::Mutex<std::collections::BTreeMap<String, u32>>>,
 }
 
 impl Runtime {
@@ -157,14 +163,16 @@ impl Runtime {
             std::fs::create_dir_all(&d)
                 .map_err(RuntimeError::io(format!("creating {}", d.display())))?;
         }
-        // What the runtime records of pods and containers is root's alone.
-        for d in [
-            cfg.state_dir.join("pods"),
-            cfg.state_dir.join("containers"),
-            cfg.run_dir.join("bundles"),
+        // What the runtime records of pods and containers is root's alone; the
+        // bundles may be crossed, not listed, by the node IDs of user-namespaced
+        // containers (see `idmapped`).
+        for (d, mode) in [
+            (cfg.state_dir.join("pods"), 0o700),
+            (cfg.state_dir.join("containers"), 0o700),
+            (cfg.run_dir.join("bundles"), 0o711),
         ] {
             use std::os::unix::fs::PermissionsExt as _;
-            std::fs::set_permissions(&d, std::fs::Permissions::from_mode(0o700))
+            std::fs::set_permissions(&d, std::fs::Permissions::from_mode(mode))
                 .map_err(RuntimeError::io(format!("restricting {}", d.display())))?;
         }
         let reaper = reaper::install(&cfg.state_dir)?;
@@ -210,6 +218,7 @@ impl Runtime {
             network: Default::default(),
             reaper,
             driver_volumes: None,
+            userns_reserved: Default::default(),
         };
         if let Some((memory, cpu_millis)) = kubepods_limits {
             rt.limit_kubepods(memory, cpu_millis)?;

@@ -9,7 +9,20 @@ use serde::{Deserialize, Serialize};
 
 use super::{Runtime, RuntimeError, read_json, write_json};
 use crate::model::qos::{QosClass, qos_class};
-use crate::sys::{cgroup::Cgroup, ns};
+use crate::sys::{cgroup::Cgroup, ns, userns::IdRange};
+
+/// Ends a pod's ID range reservation when its sandbox is recorded or not made.
+struct ReleaseUserns<'a>(&'a Runtime, &'a str);
+
+impl Drop for ReleaseUserns<'_> {
+    fn drop(&mut self) {
+        self.0
+            .userns_reserved
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .remove(self.1);
+    }
+}
 
 /// A pod's sandbox as recorded on disk.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -40,6 +53,10 @@ pub struct SandboxRecord {
     /// protection (Memory QoS with `TieredReservation`).
     #[serde(default)]
     pub memory_request: u64,
+    /// `hostUsers: false`: the node IDs the pod's user namespace maps (pinned as
+    /// `user` in `ns_dir`).
+    #[serde(default)]
+    pub userns: Option<crate::sys::userns::IdRange>,
 }
 
 /// The recorded sandbox of pod `uid` under the state directory `state_dir`, for the
@@ -307,6 +324,11 @@ impl Runtime {
                 pause_cgroup.display()
             )))?;
         }
+        let userns = match spec.host_users {
+            Some(false) => Some(self.reserve_userns(uid, &format!("{namespace}/{name}"))?),
+            _ => None,
+        };
+        let release = ReleaseUserns(self, uid);
         let out = std::process::Command::new(&self.cfg.exe)
             .arg("internal")
             .arg("sandbox")
@@ -319,6 +341,11 @@ impl Runtime {
             } else {
                 std::ffi::OsStr::new("")
             })
+            .arg(
+                userns
+                    .map(|r| format!("{}:{}", r.host_id, r.length))
+                    .unwrap_or_default(),
+            )
             .output()
             .map_err(RuntimeError::io(format!(
                 "running {} internal sandbox",
@@ -406,11 +433,49 @@ impl Runtime {
             created_at: now(),
             cpu_request_milli: cpu_request,
             memory_request,
+            userns,
         };
         write_json(&self.sandbox_record_path(uid), &record)?;
+        // Recorded: the record holds the range from now on.
+        drop(release);
         self.update_qos_parents();
         tracing::info!(pod = %format!("{}/{}", record.namespace, record.name), uid, "sandbox created");
         Ok(record)
+    }
+
+    /// A node ID range for the user namespace of pod `uid`: the one its record
+    /// holds (a sandbox made again), else the lowest one no recorded or reserved
+    /// sandbox has, reserved until the sandbox is recorded.
+    fn reserve_userns(&self, uid: &str, pod: &str) -> Result<IdRange, RuntimeError> {
+        let Some(pool) = self.cfg.userns_pool else {
+            return Err(RuntimeError::Refused(format!(
+                "pod {pod}: can't set `spec.hostUsers: false`, runtime does not support user namespaces on this node"
+            )));
+        };
+        let mut reserved = self
+            .userns_reserved
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let records = self.sandboxes();
+        if let Some(range) = records
+            .iter()
+            .find(|s| s.uid == uid)
+            .and_then(|s| s.userns)
+            .filter(|r| pool.holds(*r))
+        {
+            reserved.insert(uid.to_string(), range.host_id);
+            return Ok(range);
+        }
+        let used: std::collections::BTreeSet<u32> = records
+            .iter()
+            .filter_map(|s| s.userns.map(|r| r.host_id))
+            .chain(reserved.values().copied())
+            .collect();
+        let range = pool
+            .allocate(&used)
+            .map_err(|e| RuntimeError::Refused(format!("pod {pod}: {e}")))?;
+        reserved.insert(uid.to_string(), range.host_id);
+        Ok(range)
     }
 
     /// Removes a pod's sandbox: kills what is left in its cgroup, removes the cgroup,

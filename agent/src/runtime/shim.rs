@@ -74,6 +74,10 @@ pub struct ShimRequest {
     /// `layers_dir`) mounted read-only at its path, in the shim's mount namespace only.
     #[serde(default)]
     pub image_volumes: Vec<ImageVolumeMount>,
+    /// `hostUsers: false`: the pod's user namespace and the idmapped views to make
+    /// (the image's layers are idmapped too).
+    #[serde(default)]
+    pub idmap: Option<super::idmapped::IdmapRequest>,
 }
 
 /// An image volume as the shim mounts it.
@@ -152,16 +156,29 @@ fn run(bundle: &Path) -> anyhow::Result<()> {
     .context("creating the container's mount namespace")?;
     sys::mount::bind(&req.cgroup_root, Path::new("/sys/fs/cgroup"))
         .with_context(|| format!("showing {} as /sys/fs/cgroup", req.cgroup_root.display()))?;
+    // A user-namespaced container's files are seen through its pod's ID mapping.
+    let userns: Option<OwnedFd> = match &req.idmap {
+        Some(i) => Some(
+            std::fs::File::open(&i.userns)
+                .with_context(|| {
+                    format!("opening the pod's user namespace {}", i.userns.display())
+                })?
+                .into(),
+        ),
+        None => None,
+    };
+    let (layers_dir, lower) = layers(&req, &req.lower, "lower", userns.as_ref())?;
     sys::mount::overlay(
         &req.bundle.join("rootfs"),
-        &req.layers_dir,
-        &req.lower,
+        &layers_dir,
+        &lower,
         &req.upper,
         &req.work,
     )
     .context("mounting the container's root filesystem (overlayfs)")?;
-    for v in &req.image_volumes {
-        sys::mount::image_read_only(&v.path, &req.layers_dir, &v.lower)
+    for (n, v) in req.image_volumes.iter().enumerate() {
+        let (layers_dir, lower) = layers(&req, &v.lower, &format!("image{n}"), userns.as_ref())?;
+        sys::mount::image_read_only(&v.path, &layers_dir, &lower)
             .with_context(|| format!("mounting the image volume at {}", v.path.display()))?;
         if let Some((sub, target)) = &v.sub_path {
             // Beneath the image's root: a symlink in the image cannot lead out of it.
@@ -169,6 +186,13 @@ fn run(bundle: &Path) -> anyhow::Result<()> {
                 .with_context(|| format!("subPath {sub:?} of the image volume"))?;
             sys::mount::bind_fd(&fd, target)
                 .with_context(|| format!("binding subPath {sub:?} of the image volume"))?;
+        }
+    }
+    if let (Some(i), Some(fd)) = (&req.idmap, &userns) {
+        for (source, view) in &i.mounts {
+            sys::userns::idmapped_bind(source, view, fd).with_context(|| {
+                format!("showing {} to the pod's user namespace", source.display())
+            })?;
         }
     }
 
@@ -266,6 +290,29 @@ fn run(bundle: &Path) -> anyhow::Result<()> {
     )?;
     hand_over(bundle, req.reaper.as_deref());
     kernlet_shim::reaper::run(bundle).context("reaping the container")
+}
+
+/// The directory and names of an image's layers (top first) to mount: the store's
+/// own, or — for a user-namespaced container — idmapped views of them made in the
+/// bundle's `dir`.
+fn layers(
+    req: &ShimRequest,
+    lower: &[String],
+    dir: &str,
+    userns: Option<&OwnedFd>,
+) -> anyhow::Result<(PathBuf, Vec<String>)> {
+    use anyhow::Context as _;
+    let Some(fd) = userns else {
+        return Ok((req.layers_dir.clone(), lower.to_vec()));
+    };
+    let views = req.bundle.join(dir);
+    let mut names = Vec::with_capacity(lower.len());
+    for (i, layer) in lower.iter().enumerate() {
+        sys::userns::idmapped_bind(&req.layers_dir.join(layer), &views.join(i.to_string()), fd)
+            .with_context(|| format!("showing layer {layer} to the pod's user namespace"))?;
+        names.push(i.to_string());
+    }
+    Ok((views, names))
 }
 
 /// Attaches the device program of the container's rules (`linux.resources.devices`

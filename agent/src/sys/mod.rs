@@ -18,4 +18,5 @@ pub mod ns;
 pub mod process;
 pub mod sockdiag;
 pub mod stats;
+pub mod userns;
 pub mod vtep;

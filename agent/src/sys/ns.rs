@@ -33,7 +33,7 @@ pub fn is_pinned(path: &Path) -> bool {
 }
 
 /// Sets the loopback interface of the current network namespace up.
-fn loopback_up() -> io::Result<()> {
+pub(super) fn loopback_up() -> io::Result<()> {
     // SAFETY: socket() with constant arguments has no memory-safety preconditions; the
     // returned descriptor is owned below.
     let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
@@ -126,24 +126,31 @@ pub fn start_pause(cgroup_procs: &Path) -> io::Result<u32> {
         nix::unistd::ForkResult::Child => {
             // "0" is "the writing process": this one, PID 1 of the new namespace.
             let _ = std::fs::write(cgroup_procs, "0");
-            let _ = nix::unistd::setsid();
-            let _ = nix::sys::prctl::set_name(c"pause");
-            for fd in 0..3 {
-                let _ = nix::unistd::close(fd);
-            }
-            loop {
-                match nix::sys::wait::waitpid(None, None) {
-                    Ok(_) => {}
-                    Err(_) => std::thread::sleep(std::time::Duration::from_secs(1)),
-                }
-            }
+            pause_loop()
+        }
+    }
+}
+
+/// The pause process's life, in a forked child: detached, every descriptor closed,
+/// reaping what is orphaned into its PID namespace until killed.
+pub(super) fn pause_loop() -> ! {
+    let _ = nix::unistd::setsid();
+    let _ = nix::sys::prctl::set_name(c"pause");
+    // SAFETY: close_range takes two descriptor numbers and flags; the descriptors it
+    // closes are this process's own, and nothing in it uses them after.
+    unsafe { libc::syscall(libc::SYS_close_range, 0u32, u32::MAX, 0u32) };
+    loop {
+        match nix::sys::wait::waitpid(None, None) {
+            Ok(_) => {}
+            Err(_) => std::thread::sleep(std::time::Duration::from_secs(1)),
         }
     }
 }
 
 /// Unpins and removes a pod's namespaces; what is already gone is not an error.
 pub fn remove(dir: &Path) -> io::Result<()> {
-    for kind in POD_NAMESPACES {
+    // A `hostUsers: false` pod's user namespace is pinned beside them.
+    for kind in POD_NAMESPACES.into_iter().chain(["user"]) {
         let pin = pin_path(dir, kind);
         if is_pinned(&pin) {
             umount2(&pin, MntFlags::MNT_DETACH).map_err(io_err)?;

@@ -185,6 +185,7 @@ fn bench_runtime() -> anyhow::Result<BenchRuntime> {
         resolv_conf: "/etc/resolv.conf".into(),
         node_allocatable: None,
         memory_policy: Default::default(),
+        userns_pool: None,
     })?;
     let layout = kernlet_tests::oci::busybox_layout(&dir.path().join("build"), "1.36")?;
     kernlet::runtime::image::layout::import(&rt.images, &layout, Some("busybox"))?;

@@ -286,6 +286,7 @@ fn resized_in_place() -> Result<(), String> {
             qos: true,
             ..Default::default()
         },
+        userns_pool: None,
     })
     .map_err(|e| format!("opening the runtime: {e}"))?;
     let resources = serde_json::from_value(serde_json::json!({
