@@ -530,6 +530,7 @@ async fn user_namespaced_pods_run_as_unprivileged_node_ids() {
         "touch /etc/written && echo rootfs-writable",
         "echo x >/data/f && echo emptydir-writable",
         "ls /sys/class/net",
+        "[ -f /sys/fs/cgroup/cgroup.procs ] && echo cgroupfs",
         "chown 1000 /data/f && echo chown-in-range",
         "chown 70000 /data/f 2>/dev/null || echo chown-out-of-range-refused",
     ]
@@ -614,6 +615,7 @@ async fn user_namespaced_pods_run_as_unprivileged_node_ids() {
                 "rootfs-writable",
                 "emptydir-writable",
                 "lo",
+                "cgroupfs",
                 "chown-in-range",
                 "chown-out-of-range-refused",
             ],

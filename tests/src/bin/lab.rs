@@ -78,6 +78,10 @@ async fn approve_serving_csrs(cluster: &Cluster, nodes: usize) -> anyhow::Result
 /// e2e's busybox, pushed from `--busybox` (Debian's busybox-static by default).
 const E2E_BUSYBOX: &str = "e2e-test-images/busybox:1.37.0-1";
 
+/// The users and groups of Docker Hub's busybox image, which e2e's is built on.
+const E2E_BUSYBOX_PASSWD: &str = "root:x:0:0:root:/root:/bin/sh\ndaemon:x:1:1:daemon:/usr/sbin:/bin/false\nbin:x:2:2:bin:/bin:/bin/false\nsys:x:3:3:sys:/dev:/bin/false\nsync:x:4:100:sync:/bin:/bin/sync\nmail:x:8:8:mail:/var/spool/mail:/bin/false\nwww-data:x:33:33:www-data:/var/www:/bin/false\noperator:x:37:37:Operator:/var:/bin/false\nnobody:x:65534:65534:nobody:/home:/bin/false\n";
+const E2E_BUSYBOX_GROUP: &str = "root:x:0:\ndaemon:x:1:\nbin:x:2:\nsys:x:3:\nadm:x:4:\ntty:x:5:\ndisk:x:6:\nlp:x:7:\nmail:x:8:\nkmem:x:9:\nwheel:x:10:root\ncdrom:x:11:\ndialout:x:18:\nfloppy:x:19:\nvideo:x:28:\naudio:x:29:\ntape:x:32:\nwww-data:x:33:\noperator:x:37:\nutmp:x:43:\nplugdev:x:46:\nstaff:x:50:\nlock:x:54:\nnetdev:x:82:\nusers:x:100:\nnogroup:x:65534:\n";
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
@@ -92,8 +96,21 @@ async fn main() -> anyhow::Result<()> {
     let registry = Registry::start(&registry_node, None)?;
     let work = registry_node.dir("images");
     std::fs::create_dir_all(&work)?;
-    let busybox =
-        kernlet_tests::oci::busybox_layout_of(&work.join("busybox"), "1.37.0-1", &args.busybox)?;
+    // With the users and groups of the image on Docker Hub (`whoami`, `id -n` of specs).
+    let file = |path: &str, content: &str| kernlet_tests::oci::ExtraFile {
+        path: path.into(),
+        content: content.as_bytes().to_vec(),
+        mode: 0o644,
+    };
+    let busybox = kernlet_tests::oci::busybox_layout_with(
+        &work.join("busybox"),
+        "1.37.0-1",
+        &args.busybox,
+        &[
+            file("/etc/passwd", E2E_BUSYBOX_PASSWD),
+            file("/etc/group", E2E_BUSYBOX_GROUP),
+        ],
+    )?;
     let (repo, tag) = E2E_BUSYBOX
         .split_once(':')
         .unwrap_or((E2E_BUSYBOX, "latest"));

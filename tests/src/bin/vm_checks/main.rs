@@ -3,7 +3,8 @@
 //! standalone mode and checks that limits are written and enforced: memory.max
 //! OOM-kills (reported OOMKilled, 137), pids.max stops forks, cpu.max throttles,
 //! cgroup.kill empties a pod, pod-level resources limit the pod cgroup, a container sees
-//! its own limits at /sys/fs/cgroup, a root container cannot open the kernel's log through mknod, a Guaranteed container
+//! its own limits at /sys/fs/cgroup, a `hostUsers: false` pod runs as its mapped IDs
+//! (or is refused on a kernel without idmapped tmpfs), a root container cannot open the kernel's log through mknod, a Guaranteed container
 //! gets oom_score_adj -997, the QoS parents get kubelet's CPU weights, kubepods the node's allocatable,
 //! and memory pressure evicts the right pod (`eviction.rs`). Prints
 //! `KLTEST PASS|FAIL <name>` lines and `KLTEST DONE <passed> <failed>` for the runner
@@ -96,6 +97,19 @@ spec:
   - name: c
     image: busybox:1.36
     command: [sh, -c, "for c in 1:11 4:1 10:237; do mknod /tmp/d$c c ${c%:*} ${c#*:} && echo made=$c; (exec 3</tmp/d$c) 2>/dev/null && echo opened=$c; done; mknod /tmp/null c 1 3; head -c 1 /dev/zero | wc -c | sed s/^/zero=/; echo x >/tmp/null && echo null=ok"]
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: userns, namespace: vm}
+spec:
+  restartPolicy: Never
+  hostUsers: false
+  containers:
+  - name: c
+    image: busybox:1.36
+    command: [sh, -c, "echo map=$(cat /proc/self/uid_map); echo uid=$(id -u); echo mem=$(cat /sys/fs/cgroup/memory.max); touch /etc/x && echo rootfs=ok; sleep 600"]
+    resources:
+      limits: {memory: 48Mi}
 ---
 apiVersion: v1
 kind: Pod
@@ -366,6 +380,65 @@ fn devices_are_limited() -> Result<(), String> {
     }
 }
 
+/// `(major, minor)` of the running kernel.
+fn kernel_version() -> (u32, u32) {
+    let release = read(Path::new("/proc/sys/kernel/osrelease"));
+    let mut parts = release.split(|c: char| !c.is_ascii_digit());
+    let mut next = || parts.next().and_then(|p| p.parse().ok()).unwrap_or(0);
+    (next(), next())
+}
+
+/// `hostUsers: false`. With idmapped tmpfs mounts (Linux 6.3): the container's root
+/// is the pod's first mapped ID (65536) on the node, and sees its own `memory.max`
+/// through its cgroup namespace. On an older kernel (the Debian 6.1 of this VM): the
+/// pod is refused as kubelet refuses it on a runtime without user namespaces, and
+/// nothing of it runs in the node's user namespace.
+fn user_namespaced_pod() -> Result<(), String> {
+    if kernel_version() < (6, 3) {
+        let p = wait(Duration::from_secs(120), || {
+            pod("userns").filter(|p| p["status"]["phase"] == "Failed")
+        })
+        .ok_or("pod userns was not refused")?;
+        let (reason, message) = (&p["status"]["reason"], &p["status"]["message"]);
+        let refused = reason == "UnsupportedFeature"
+            && message
+                .as_str()
+                .is_some_and(|m| m.contains("does not support user namespaces"));
+        if !refused || first_log("userns").is_ok() {
+            return Err(format!("refused as {reason} {message}, or it ran"));
+        }
+        return Ok(());
+    }
+    wait(Duration::from_secs(120), || running("userns")).ok_or("pod userns never ran")?;
+    let log = wait(Duration::from_secs(30), || {
+        first_log("userns").ok().filter(|l| l.contains("rootfs="))
+    })
+    .ok_or("pod userns wrote no report")?;
+    let seen = ["map=0 65536 65536", "uid=0", "mem=50331648", "rootfs=ok"];
+    if let Some(missing) = seen.iter().find(|s| !log.contains(*s)) {
+        return Err(format!("the container did not see {missing}: {log:?}"));
+    }
+    let on_node = std::fs::read_dir("/proc")
+        .map_err(|e| e.to_string())?
+        .flatten()
+        .filter_map(|e| std::fs::read_to_string(e.path().join("status")).ok())
+        .filter(|s| {
+            s.lines()
+                .any(|l| l.starts_with("Name:") && l.contains("sleep"))
+        })
+        .filter_map(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("Uid:"))
+                .map(|u| u.split_whitespace().collect::<Vec<_>>().join(" "))
+        })
+        .any(|uids| uids == "65536 65536 65536 65536");
+    if on_node {
+        Ok(())
+    } else {
+        Err("no sleep of the pod runs as node ID 65536".into())
+    }
+}
+
 /// As root with every capability, a Guaranteed container gets kubelet's -997.
 fn guaranteed_oom_score() -> Result<(), String> {
     wait(Duration::from_secs(120), || terminated("cgview")).ok_or("pod cgview never ended")?;
@@ -562,7 +635,7 @@ fn main() {
             return;
         }
     };
-    let checks: [(&str, Check); 13] = [
+    let checks: [(&str, Check); 14] = [
         ("limits-written", limits_are_written),
         ("kubepods-allocatable", kubepods_allocatable),
         ("qos-parent-weights", qos_parent_weights),
@@ -571,6 +644,7 @@ fn main() {
         ("pod-level-limits", pod_level_limits),
         ("resized-in-place", resized_in_place),
         ("cgroupfs-in-container", cgroupfs_in_the_container),
+        ("user-namespaced-pod", user_namespaced_pod),
         ("memory-max-oom-killed", memory_max_oom_kills),
         ("pids-max-enforced", pids_max_stops_forks),
         ("cpu-max-throttles", cpu_max_throttles),
