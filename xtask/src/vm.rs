@@ -2,7 +2,8 @@
 //! this host binds cpu/memory/pids to cgroup v1. Debian's cloud kernel (unpacked with
 //! `dpkg -x`, never installed) boots under qemu (TCG) with an initramfs of busybox,
 //! kernlet and `kernlet-vm-checks` (with the shared libraries they need), the busybox
-//! image store and overlayfs; the init mounts only cgroup2, enables +cpu +memory +pids,
+//! image store, overlayfs and Debian's `apparmor_parser` (the kernel has AppArmor); the
+//! init mounts cgroup2 and securityfs, enables +cpu +memory +pids,
 //! moves to a tmpfs root (pivot_root cannot leave the initramfs), runs the checks and
 //! powers off. Results are read from the serial console; a hard timeout bounds it.
 
@@ -59,6 +60,31 @@ fn kernel(vm: &Path) -> Result<(PathBuf, PathBuf)> {
     run(Command::new("dpkg").arg("-x").arg(&deb).arg(&dir))?;
     let _ = std::fs::remove_file(&deb);
     find(&dir).context("no vmlinuz in the kernel package")
+}
+
+/// Debian's `apparmor_parser` (package `apparmor`, unpacked with `dpkg -x`, never
+/// installed): the VM loads the profiles its AppArmor check needs with it.
+fn apparmor_parser(vm: &Path) -> Result<PathBuf> {
+    let dir = vm.join("apparmor");
+    let parser = dir.join("sbin/apparmor_parser");
+    if parser.exists() {
+        return Ok(parser);
+    }
+    std::fs::create_dir_all(vm)?;
+    run(Command::new("apt-get")
+        .args(["download", "apparmor"])
+        .current_dir(vm))?;
+    let deb = std::fs::read_dir(vm)?
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| {
+            p.file_name()
+                .is_some_and(|n| n.to_string_lossy().starts_with("apparmor_"))
+        })
+        .context("the apparmor package was not downloaded")?;
+    run(Command::new("dpkg").arg("-x").arg(&deb).arg(&dir))?;
+    let _ = std::fs::remove_file(&deb);
+    Ok(parser)
 }
 
 /// Shared libraries a dynamically linked binary loads (from ldd).
@@ -122,6 +148,7 @@ mkdir -p /dev/pts /dev/shm /tmp /run /var/lib/kernlet /var/log/pods /etc
 mount -t tmpfs tmp /tmp
 mount -t tmpfs run /run
 mount -t cgroup2 cgroup2 /sys/fs/cgroup
+mount -t securityfs securityfs /sys/kernel/security
 echo "+cpu +memory +pids" > /sys/fs/cgroup/cgroup.subtree_control
 insmod /modules/overlay.ko
 echo "nameserver 127.0.0.1" > /etc/resolv.conf
@@ -229,6 +256,11 @@ pub fn vm_test() -> Result<()> {
         for lib in libraries(&src)? {
             copy_into(&root, &lib, &lib.display().to_string())?;
         }
+    }
+    let parser = apparmor_parser(vm)?;
+    copy_into(&root, &parser, "/bin/apparmor_parser")?;
+    for lib in libraries(&parser)? {
+        copy_into(&root, &lib, &lib.display().to_string())?;
     }
     copy_into(
         &root,

@@ -4,7 +4,8 @@
 //! OOM-kills (reported OOMKilled, 137), pids.max stops forks, cpu.max throttles,
 //! cgroup.kill empties a pod, pod-level resources limit the pod cgroup, a container sees
 //! its own limits at /sys/fs/cgroup, a `hostUsers: false` pod runs as its mapped IDs
-//! (or is refused on a kernel without idmapped tmpfs), a root container cannot open the kernel's log through mknod, a Guaranteed container
+//! (or is refused on a kernel without idmapped tmpfs), AppArmor confines a container
+//! to its Localhost profile and holds one whose profile is not loaded, a root container cannot open the kernel's log through mknod, a Guaranteed container
 //! gets oom_score_adj -997, the QoS parents get kubelet's CPU weights, kubepods the node's allocatable,
 //! and memory pressure evicts the right pod (`eviction.rs`). Prints
 //! `KLTEST PASS|FAIL <name>` lines and `KLTEST DONE <passed> <failed>` for the runner
@@ -110,6 +111,30 @@ spec:
     command: [sh, -c, "echo map=$(cat /proc/self/uid_map); echo uid=$(id -u); echo mem=$(cat /sys/fs/cgroup/memory.max); touch /etc/x && echo rootfs=ok; sleep 600"]
     resources:
       limits: {memory: 48Mi}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: apparmor, namespace: vm}
+spec:
+  restartPolicy: Never
+  containers:
+  - name: c
+    image: busybox:1.36
+    command: [sh, -c, "echo label=$(cat /proc/self/attr/current); echo x >/tmp/f && echo tmp=written || echo tmp=denied; echo x >/f && echo root=written"]
+    securityContext:
+      appArmorProfile: {type: Localhost, localhostProfile: kltest-no-tmp}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: apparmor-missing, namespace: vm}
+spec:
+  restartPolicy: Never
+  containers:
+  - name: c
+    image: busybox:1.36
+    command: [sleep, "600"]
+    securityContext:
+      appArmorProfile: {type: Localhost, localhostProfile: kltest-not-loaded}
 ---
 apiVersion: v1
 kind: Pod
@@ -380,6 +405,77 @@ fn devices_are_limited() -> Result<(), String> {
     }
 }
 
+/// The AppArmor profile the `apparmor` pod runs under: everything allowed but writing
+/// below /tmp.
+const NO_TMP_PROFILE: &str = "profile kltest-no-tmp flags=(attach_disconnected,mediate_deleted) {
+  file,
+  capability,
+  network,
+  mount,
+  umount,
+  pivot_root,
+  ptrace,
+  signal,
+  unix,
+  deny /tmp/** w,
+}
+";
+
+/// Loads [`NO_TMP_PROFILE`] into the kernel (before kernlet starts the pods).
+fn load_profile() -> Result<(), String> {
+    std::fs::write("/m-profile", NO_TMP_PROFILE).map_err(|e| e.to_string())?;
+    let out = Command::new("/bin/apparmor_parser")
+        .args(["-r", "/m-profile"])
+        .output()
+        .map_err(|e| format!("apparmor_parser: {e}"))?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(format!(
+            "apparmor_parser: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        ))
+    }
+}
+
+/// AppArmor on a kernel that has it: a container with a loaded `Localhost` profile
+/// runs confined by it (its label, a write the profile denies fails, others pass); a
+/// container whose profile is not loaded is not started (CreateContainerError naming
+/// the profile), never run unconfined.
+fn apparmor_confines() -> Result<(), String> {
+    if !std::fs::read_to_string("/sys/module/apparmor/parameters/enabled")
+        .is_ok_and(|s| s.starts_with('Y'))
+    {
+        return Err("AppArmor is not enabled in the VM's kernel".into());
+    }
+    wait(Duration::from_secs(120), || terminated("apparmor")).ok_or("pod apparmor never ended")?;
+    let log = first_log("apparmor")?;
+    let seen = [
+        "label=kltest-no-tmp (enforce)",
+        "tmp=denied",
+        "root=written",
+    ];
+    if let Some(missing) = seen.iter().find(|s| !log.contains(*s)) {
+        return Err(format!("the container did not see {missing}: {log:?}"));
+    }
+    let missing = wait(Duration::from_secs(60), || {
+        pod("apparmor-missing").filter(|p| {
+            p["status"]["containerStatuses"][0]["state"]["waiting"]["reason"]
+                == "CreateContainerError"
+        })
+    })
+    .ok_or("pod apparmor-missing was not held in CreateContainerError")?;
+    let message = missing["status"]["containerStatuses"][0]["state"]["waiting"]["message"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    if message.contains("kltest-not-loaded") && first_log("apparmor-missing").is_err() {
+        Ok(())
+    } else {
+        Err(format!("apparmor-missing: {message:?}, or it ran"))
+    }
+}
+
 /// `(major, minor)` of the running kernel.
 fn kernel_version() -> (u32, u32) {
     let release = read(Path::new("/proc/sys/kernel/osrelease"));
@@ -594,6 +690,9 @@ fn main() {
     println!("KLTEST INFO cgroup2 controllers: {controllers}");
     let _ = std::fs::create_dir_all("/m");
     let _ = std::fs::write("/m/pods.yaml", PODS);
+    if let Err(e) = load_profile() {
+        println!("KLTEST INFO loading the AppArmor profile: {e}");
+    }
     let log = std::fs::File::create("/var/log/kernlet.log").ok();
     let mut cmd = Command::new("/bin/kernlet");
     cmd.args([
@@ -635,7 +734,7 @@ fn main() {
             return;
         }
     };
-    let checks: [(&str, Check); 14] = [
+    let checks: [(&str, Check); 15] = [
         ("limits-written", limits_are_written),
         ("kubepods-allocatable", kubepods_allocatable),
         ("qos-parent-weights", qos_parent_weights),
@@ -645,6 +744,7 @@ fn main() {
         ("resized-in-place", resized_in_place),
         ("cgroupfs-in-container", cgroupfs_in_the_container),
         ("user-namespaced-pod", user_namespaced_pod),
+        ("apparmor-confines", apparmor_confines),
         ("memory-max-oom-killed", memory_max_oom_kills),
         ("pids-max-enforced", pids_max_stops_forks),
         ("cpu-max-throttles", cpu_max_throttles),
