@@ -499,7 +499,8 @@ fn node_uids(pid: u32) -> String {
 /// same); its root is that range's first ID on the node and root in the container,
 /// with full rights on its own root filesystem and none outside; its volumes
 /// (secret, configMap, downward API, emptyDir) show node root's files as root's and
-/// its fsGroup as itself, through idmapped mounts, and what it writes to an emptyDir
+/// its fsGroup as itself, through idmapped mounts (an image volume's layers too), and
+/// what it writes to an emptyDir
 /// is stored as root's on the node; its network namespace is its own (sysfs
 /// mounts); `kubectl exec` enters the user namespace too.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -527,6 +528,7 @@ async fn user_namespaced_pods_run_as_unprivileged_node_ids() {
         "id -u",
         "stat -c %u:%g /v/s/t /v/c/k /v/d/name",
         "stat -c %u /data",
+        "stat -c %u:%g /img/bin/busybox",
         "touch /etc/written && echo rootfs-writable",
         "echo x >/data/f && echo emptydir-writable",
         "ls /sys/class/net",
@@ -548,6 +550,7 @@ async fn user_namespaced_pods_run_as_unprivileged_node_ids() {
                     {"name": "d", "downwardAPI": {"items": [
                         {"path": "name", "fieldRef": {"fieldPath": "metadata.name"}}]}},
                     {"name": "data", "emptyDir": {}},
+                    {"name": "img", "image": {"reference": "busybox:1.36", "pullPolicy": "IfNotPresent"}},
                 ],
                 "containers": [{
                     "name": "c", "image": "busybox:1.36", "imagePullPolicy": "Never",
@@ -557,6 +560,7 @@ async fn user_namespaced_pods_run_as_unprivileged_node_ids() {
                         {"name": "c", "mountPath": "/v/c"},
                         {"name": "d", "mountPath": "/v/d"},
                         {"name": "data", "mountPath": "/data"},
+                        {"name": "img", "mountPath": "/img"},
                     ],
                 }],
             },
@@ -612,6 +616,7 @@ async fn user_namespaced_pods_run_as_unprivileged_node_ids() {
                 "0:200",
                 "0:200",
                 "0",
+                "0:0",
                 "rootfs-writable",
                 "emptydir-writable",
                 "lo",

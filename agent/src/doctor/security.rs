@@ -47,7 +47,7 @@ pub fn judge(f: &Facts) -> Vec<Check> {
             "AppArmor",
             Warn,
             format!("enabled, but the profile {RUNTIME_DEFAULT_PROFILE} is not loaded: containers asking for RuntimeDefault fail to start (CreateContainerError)"),
-            &format!("load a profile named {RUNTIME_DEFAULT_PROFILE}: apparmor_parser -r <file>"),
+            "install apparmor_parser (the apparmor package): kernlet loads its profile at start",
         ),
     });
     out.push(if s.lsm.selinux {
@@ -117,7 +117,7 @@ mod tests {
         let checks = judge(&f);
         let aa = checks.iter().find(|c| c.name == "AppArmor").unwrap();
         assert_eq!(aa.verdict, Verdict::Warn);
-        assert!(aa.fix.contains("apparmor_parser -r"), "{aa:?}");
+        assert!(aa.fix.contains("install apparmor_parser"), "{aa:?}");
         f.security.default_profile_loaded = true;
         assert_eq!(judge(&f)[0].verdict, Verdict::Ok);
         f.security.lsm.selinux = true;

@@ -32,10 +32,13 @@ pub enum AppArmor {
 /// The deprecated per-container annotation's prefix.
 pub const ANNOTATION_PREFIX: &str = "container.apparmor.security.beta.kubernetes.io/";
 
-/// The profile kernlet applies for `RuntimeDefault` on an AppArmor node; the node's
-/// operator loads it (`apparmor_parser -r`), kernlet never runs the container without
-/// it.
+/// The profile kernlet applies for `RuntimeDefault` on an AppArmor node; kernlet
+/// loads it at start ([`RUNTIME_DEFAULT_PROFILE_TEXT`], with the node's
+/// `apparmor_parser`) and never runs the container without it.
 pub const RUNTIME_DEFAULT_PROFILE: &str = "kernlet-default";
+
+/// The policy of [`RUNTIME_DEFAULT_PROFILE`].
+pub const RUNTIME_DEFAULT_PROFILE_TEXT: &str = include_str!("apparmor/kernlet-default");
 
 fn from_api(p: &k8s_openapi::api::core::v1::AppArmorProfile) -> AppArmor {
     match p.type_.as_str() {
@@ -181,7 +184,7 @@ pub fn oci_profile(
         Ok(Some(name.to_string()))
     } else {
         Err(format!(
-            "AppArmor profile {name:?} is not loaded on this node: load it with apparmor_parser -r <file> (RuntimeDefault uses the profile {RUNTIME_DEFAULT_PROFILE:?})"
+            "AppArmor profile {name:?} is not loaded on this node: load it with apparmor_parser -r <file> (RuntimeDefault uses the profile {RUNTIME_DEFAULT_PROFILE:?}, which kernlet loads at start where apparmor_parser is installed)"
         ))
     }
 }

@@ -223,7 +223,28 @@ impl Runtime {
         if let Some((memory, cpu_millis)) = kubepods_limits {
             rt.limit_kubepods(memory, cpu_millis)?;
         }
+        rt.load_default_apparmor_profile();
         Ok(rt)
+    }
+
+    /// On an AppArmor node, loads the profile of `RuntimeDefault` containers unless
+    /// it is loaded; without it they are not started (CreateContainerError).
+    fn load_default_apparmor_profile(&self) {
+        use crate::model::lsm::{RUNTIME_DEFAULT_PROFILE as NAME, RUNTIME_DEFAULT_PROFILE_TEXT};
+        use crate::sys::lsm;
+        if !lsm::apparmor_enabled() || lsm::apparmor_loaded(NAME) {
+            return;
+        }
+        match lsm::load_profile(
+            &self.cfg.state_dir.join("apparmor"),
+            NAME,
+            RUNTIME_DEFAULT_PROFILE_TEXT,
+        ) {
+            Ok(()) => tracing::info!("loaded the AppArmor profile {NAME} (RuntimeDefault)"),
+            Err(e) => tracing::warn!(
+                "the AppArmor profile {NAME} is not loaded, so containers asking for RuntimeDefault will not start: {e}"
+            ),
+        }
     }
 
     /// The current pod network state.

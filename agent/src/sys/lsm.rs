@@ -42,6 +42,42 @@ pub fn profile_listed(text: &str, name: &str) -> bool {
         .any(|(n, _)| n == name)
 }
 
+/// Loads (or replaces) the AppArmor profile `name` from its policy `text`, written to
+/// `dir/name`, with the node's `apparmor_parser` (AppArmor's own compiler, as
+/// containerd loads its default profile).
+pub fn load_profile(dir: &Path, name: &str, text: &str) -> std::io::Result<()> {
+    let parser = std::env::var_os("PATH")
+        .map(|p| std::env::split_paths(&p).collect::<Vec<_>>())
+        .unwrap_or_default()
+        .into_iter()
+        .chain(["/sbin".into(), "/usr/sbin".into()])
+        .map(|d| d.join("apparmor_parser"))
+        .find(|p| p.is_file())
+        .ok_or_else(|| {
+            std::io::Error::new(
+                std::io::ErrorKind::NotFound,
+                "apparmor_parser is not installed (Debian and Ubuntu: the apparmor package)",
+            )
+        })?;
+    std::fs::create_dir_all(dir)?;
+    let file = dir.join(name);
+    crate::state::write_atomic(&file, text.as_bytes(), 0o644).map_err(std::io::Error::other)?;
+    let out = std::process::Command::new(&parser)
+        .arg("-Kr")
+        .arg(&file)
+        .output()?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(std::io::Error::other(format!(
+            "{} -Kr {}: {}",
+            parser.display(),
+            file.display(),
+            String::from_utf8_lossy(&out.stderr).trim()
+        )))
+    }
+}
+
 /// How many user namespaces may be made (`user.max_user_namespaces`); `None` where the
 /// kernel has no user namespaces.
 pub fn max_user_namespaces() -> Option<u64> {

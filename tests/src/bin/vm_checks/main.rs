@@ -126,6 +126,19 @@ spec:
 ---
 apiVersion: v1
 kind: Pod
+metadata: {name: apparmor-default, namespace: vm}
+spec:
+  restartPolicy: Never
+  containers:
+  - name: c
+    image: busybox:1.36
+    command: [sh, -c, "echo label=$(cat /proc/self/attr/current)"]
+    securityContext:
+      appArmorProfile: {type: RuntimeDefault}
+      privileged: false
+---
+apiVersion: v1
+kind: Pod
 metadata: {name: apparmor-missing, namespace: vm}
 spec:
   restartPolicy: Never
@@ -439,7 +452,9 @@ fn load_profile() -> Result<(), String> {
 }
 
 /// AppArmor on a kernel that has it: a container with a loaded `Localhost` profile
-/// runs confined by it (its label, a write the profile denies fails, others pass); a
+/// runs confined by it (its label, a write the profile denies fails, others pass); one
+/// asking for `RuntimeDefault` runs under the `kernlet-default` profile kernlet loaded
+/// at start; a
 /// container whose profile is not loaded is not started (CreateContainerError naming
 /// the profile), never run unconfined.
 fn apparmor_confines() -> Result<(), String> {
@@ -457,6 +472,13 @@ fn apparmor_confines() -> Result<(), String> {
     ];
     if let Some(missing) = seen.iter().find(|s| !log.contains(*s)) {
         return Err(format!("the container did not see {missing}: {log:?}"));
+    }
+    // RuntimeDefault: kernlet loaded its own profile at start.
+    wait(Duration::from_secs(120), || terminated("apparmor-default"))
+        .ok_or("pod apparmor-default never ended")?;
+    let log = first_log("apparmor-default")?;
+    if !log.contains("label=kernlet-default (enforce)") {
+        return Err(format!("RuntimeDefault: the container saw {log:?}"));
     }
     let missing = wait(Duration::from_secs(60), || {
         pod("apparmor-missing").filter(|p| {
