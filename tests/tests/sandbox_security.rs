@@ -139,6 +139,13 @@ async fn secret_volumes_live_in_memory_with_their_modes_and_fs_group() {
     for c in configs {
         let m = std::fs::metadata(&c).unwrap();
         assert_eq!(m.permissions().mode() & 0o777, 0o600, "{}", c.display());
+        let bundle = std::fs::metadata(c.parent().unwrap()).unwrap();
+        assert_eq!(
+            bundle.permissions().mode() & 0o777,
+            0o700,
+            "{}",
+            c.display()
+        );
         assert!(std::fs::read_to_string(&c).unwrap().contains(SECRET));
     }
     // Crossed (by the node IDs of user-namespaced containers), never listed.

@@ -755,6 +755,12 @@ impl Runtime {
         let bundle = self.bundle_dir(&id);
         std::fs::create_dir_all(bundle.join("rootfs"))
             .map_err(RuntimeError::io(format!("creating {}", bundle.display())))?;
+        // Root's alone (a user-namespaced container's is opened to its IDs below).
+        std::fs::set_permissions(&bundle, std::os::unix::fs::PermissionsExt::from_mode(0o700))
+            .map_err(RuntimeError::io(format!(
+                "restricting {}",
+                bundle.display()
+            )))?;
         let (plan, unenforced) = match self.plan(sb, pod, c, image, &id) {
             Ok(p) => p,
             Err(e) => {
