@@ -92,7 +92,6 @@ pub fn create_here(
         loopback_up()?;
     }
     for kind in POD_NAMESPACES {
-        let pin = pin_path(dir, kind);
         let shared = match kind {
             "net" | "uts" => host_network,
             _ => host_ipc,
@@ -100,18 +99,23 @@ pub fn create_here(
         if shared {
             continue;
         }
-        std::fs::File::create(&pin)?;
-        let source = format!("/proc/self/ns/{kind}");
-        mount(
-            Some(source.as_str()),
-            &pin,
-            None::<&str>,
-            MsFlags::MS_BIND,
-            None::<&str>,
-        )
-        .map_err(io_err)?;
+        pin(&format!("/proc/self/ns/{kind}"), &pin_path(dir, kind))?;
     }
     Ok(())
+}
+
+/// Pins the namespace at `source` (`/proc/<pid>/ns/<kind>`) by bind-mounting it on a
+/// new file `at`: it lives on when its last process ends, until unpinned.
+pub(super) fn pin(source: &str, at: &Path) -> io::Result<()> {
+    std::fs::File::create(at)?;
+    mount(
+        Some(source),
+        at,
+        None::<&str>,
+        MsFlags::MS_BIND,
+        None::<&str>,
+    )
+    .map_err(io_err)
 }
 
 /// In the calling (single-threaded) sandbox helper: starts the pod's pause process as

@@ -12,7 +12,6 @@ use std::io::{self, Read as _, Write as _};
 use std::os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd};
 use std::path::Path;
 
-use nix::mount::{MsFlags, mount};
 use nix::sched::{CloneFlags, unshare};
 
 /// One contiguous ID range: container IDs `0..length` are node IDs
@@ -263,17 +262,10 @@ fn parent(
         std::fs::write(cgroup.join("cgroup.procs"), pid.to_string())?;
     }
     for kind in ["user", "net", "uts", "ipc"] {
-        let pin = super::ns::pin_path(dir, kind);
-        std::fs::File::create(&pin)?;
-        let source = format!("/proc/{child}/ns/{kind}");
-        mount(
-            Some(source.as_str()),
-            &pin,
-            None::<&str>,
-            MsFlags::MS_BIND,
-            None::<&str>,
-        )
-        .map_err(io_err)?;
+        super::ns::pin(
+            &format!("/proc/{child}/ns/{kind}"),
+            &super::ns::pin_path(dir, kind),
+        )?;
     }
     Ok(pause)
 }
