@@ -655,6 +655,26 @@ async fn user_namespaced_pods_run_as_unprivileged_node_ids() {
         ranges.push(host_id);
     }
     assert_ne!(ranges[0], ranges[1], "two pods never share a range");
+    // A shared process namespace: the pod's pause process holds it, in the pod's user
+    // namespace.
+    let shared: Pod = serde_json::from_value(json!({
+        "metadata": {"name": "userns-shared"},
+        "spec": {
+            "hostUsers": false, "shareProcessNamespace": true, "restartPolicy": "Never",
+            "containers": [{"name": "c", "image": "busybox:1.36", "imagePullPolicy": "Never",
+                "command": ["sh", "-c",
+                    "[ \"$(cat /proc/1/comm)\" = pause ] && [ \"$(id -u)\" = 0 ] && grep -q ' 65536$' /proc/1/uid_map"]}],
+        },
+    }))
+    .unwrap();
+    one.create_bound(&shared).await.unwrap();
+    let phase = wait_for("userns-shared ended", Duration::from_secs(60), async || {
+        let p = one.pods.get("userns-shared").await.ok()?;
+        let phase = p.status.as_ref()?.phase.clone()?;
+        matches!(phase.as_str(), "Succeeded" | "Failed").then_some(phase)
+    })
+    .await;
+    assert_eq!(phase, "Succeeded", "{}", one.node.kernlet_log());
     // exec enters the user namespace: root in the container, its range on the node.
     let out = std::process::Command::new(kernlet_tests::simnode::kernlet_bin().unwrap())
         .args(["exec", "default/userns-a", "--state-dir"])
