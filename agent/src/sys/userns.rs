@@ -258,8 +258,20 @@ fn parent(
                 .map_err(|_| io::Error::other("the pause process did not report its pid"))?,
         )
     };
-    if let (Some(pid), Some(cgroup)) = (pause, pause_cgroup) {
-        std::fs::write(cgroup.join("cgroup.procs"), pid.to_string())?;
+    if let (Some(pid), Some(cgroup)) = (pause, pause_cgroup)
+        && let Err(e) = std::fs::write(cgroup.join("cgroup.procs"), pid.to_string())
+    {
+        // Not left running outside the pod's cgroup.
+        if let Ok(pid) = i32::try_from(pid) {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
+        return Err(io::Error::new(
+            e.kind(),
+            format!("moving the pause process into {}: {e}", cgroup.display()),
+        ));
     }
     for kind in ["user", "net", "uts", "ipc"] {
         super::ns::pin(
