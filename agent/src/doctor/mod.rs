@@ -147,11 +147,7 @@ pub enum ClusterFacts {
     Missing(Vec<String>),
 }
 
-/// `major.minor` of a kernel release (`6.18.0-1-cloud-amd64` → (6, 18)).
-pub fn kernel_version(release: &str) -> Option<(u32, u32)> {
-    let mut parts = release.split(|c: char| !c.is_ascii_digit());
-    Some((parts.next()?.parse().ok()?, parts.next()?.parse().ok()?))
-}
+pub use crate::sys::machine::kernel_version;
 
 /// The options of [`KERNEL_OPTIONS`] a kernel config does not set (`=y` or `=m`).
 pub fn missing_options(config: &str) -> Vec<(&'static str, &'static str)> {

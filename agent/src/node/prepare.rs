@@ -87,6 +87,7 @@ pub fn prepare_node(args: &NodeArgs) -> anyhow::Result<PreparedNode> {
     };
     let reserved = node::parse_reserved("system-reserved", &args.system_reserved)?
         + node::parse_reserved("kube-reserved", &args.kube_reserved)?;
+    let runtime = runtime_config(args)?;
     let cfg = NodeConfig {
         name,
         internal_ip,
@@ -98,7 +99,7 @@ pub fn prepare_node(args: &NodeArgs) -> anyhow::Result<PreparedNode> {
         apiserver_minor: None,
         reserved,
         runtime_handlers: args.runtime_handlers.clone(),
-        user_namespaces: crate::sys::userns::supported(),
+        user_namespaces: runtime.userns_pool.is_some(),
         eviction_hard: {
             crate::model::eviction::parse_thresholds(&args.eviction_hard)?;
             args.eviction_hard.clone()
@@ -179,7 +180,7 @@ pub fn prepare_node(args: &NodeArgs) -> anyhow::Result<PreparedNode> {
         cfg,
         state_dir: args.dirs.state_dir.clone(),
         timing,
-        runtime: runtime_config(args)?,
+        runtime,
         pod_timing: crate::podworker::Timing {
             sync_frequency: Duration::from_secs(args.sync_frequency.max(1)),
             ..Default::default()

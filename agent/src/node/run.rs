@@ -231,7 +231,7 @@ pub async fn run_node(kubeconfig: PathBuf, node: PreparedNode) -> anyhow::Result
                 max_pods: u64::from(cfg.max_pods),
                 runtime_handlers: cfg.runtime_handlers.clone(),
                 lsm: crate::sys::lsm::support(),
-                user_namespaces: crate::sys::userns::supported(),
+                user_namespaces: cfg.user_namespaces,
                 labels: node_labels.clone(),
                 pressure: pressure.clone(),
                 shutting_down: shutting_down.clone(),

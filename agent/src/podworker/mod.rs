@@ -306,7 +306,7 @@ impl Runner {
             ),
             runtime_handlers: Vec::new(),
             lsm: crate::sys::lsm::support(),
-            user_namespaces: crate::sys::userns::supported(),
+            user_namespaces: rt.cfg.userns_pool.is_some(),
             // Standalone: no node controller reads the signals.
             pressure: Default::default(),
             shutting_down: Default::default(),

@@ -126,6 +126,12 @@ pub fn default_route_ipv4() -> Option<Ipv4Addr> {
     })
 }
 
+/// `major.minor` of a kernel release (`6.18.0-1-cloud-amd64` → (6, 18)).
+pub fn kernel_version(release: &str) -> Option<(u32, u32)> {
+    let mut parts = release.split(|c: char| !c.is_ascii_digit());
+    Some((parts.next()?.parse().ok()?, parts.next()?.parse().ok()?))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -295,14 +295,5 @@ fn kernel_at_least(major: u32, minor: u32) -> bool {
     let release = nix::sys::utsname::uname()
         .map(|u| u.release().to_string_lossy().into_owned())
         .unwrap_or_default();
-    let mut parts = release.split(|c: char| !c.is_ascii_digit());
-    let a = parts
-        .next()
-        .and_then(|p| p.parse::<u32>().ok())
-        .unwrap_or(0);
-    let b = parts
-        .next()
-        .and_then(|p| p.parse::<u32>().ok())
-        .unwrap_or(0);
-    (a, b) >= (major, minor)
+    super::machine::kernel_version(&release).is_some_and(|v| v >= (major, minor))
 }
