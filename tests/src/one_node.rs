@@ -69,6 +69,17 @@ impl OneNode {
         Ok(())
     }
 
+    /// Pod `name` of `default` once it has ended (phase Succeeded or Failed), waited for
+    /// up to `within`.
+    pub async fn ended(&self, name: &str, within: Duration) -> Pod {
+        crate::wait_for(&format!("pod {name} ended"), within, async || {
+            let p = self.pods.get(name).await.ok()?;
+            let phase = p.status.as_ref()?.phase.clone()?;
+            matches!(phase.as_str(), "Succeeded" | "Failed").then_some(p)
+        })
+        .await
+    }
+
     /// Creates `pod` in `default` and binds it to the node, as the scheduler would;
     /// returns its name.
     pub async fn create_bound(&self, pod: &Pod) -> anyhow::Result<String> {

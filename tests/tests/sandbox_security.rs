@@ -87,12 +87,7 @@ async fn secret_volumes_live_in_memory_with_their_modes_and_fs_group() {
     }))
     .unwrap();
     one.create_bound(&pod).await.unwrap();
-    let done = wait_for("the reader done", Duration::from_secs(60), async || {
-        let p = one.pods.get("reader").await.ok()?;
-        let phase = p.status.as_ref()?.phase.clone()?;
-        matches!(phase.as_str(), "Succeeded" | "Failed").then_some(p)
-    })
-    .await;
+    let done = one.ended("reader", Duration::from_secs(60)).await;
     let status = done.status.clone().unwrap();
     assert_eq!(
         status.phase.as_deref(),
@@ -668,12 +663,12 @@ async fn user_namespaced_pods_run_as_unprivileged_node_ids() {
     }))
     .unwrap();
     one.create_bound(&shared).await.unwrap();
-    let phase = wait_for("userns-shared ended", Duration::from_secs(60), async || {
-        let p = one.pods.get("userns-shared").await.ok()?;
-        let phase = p.status.as_ref()?.phase.clone()?;
-        matches!(phase.as_str(), "Succeeded" | "Failed").then_some(phase)
-    })
-    .await;
+    let phase = one
+        .ended("userns-shared", Duration::from_secs(60))
+        .await
+        .status
+        .and_then(|s| s.phase)
+        .unwrap_or_default();
     assert_eq!(phase, "Succeeded", "{}", one.node.kernlet_log());
     // exec enters the user namespace: root in the container, its range on the node.
     let out = std::process::Command::new(kernlet_tests::simnode::kernlet_bin().unwrap())

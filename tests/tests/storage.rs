@@ -674,12 +674,7 @@ async fn a_block_volume_is_the_containers_device() {
     block_claim(&admin, pv, "raw").await;
     let pod = block_user("raw-user", "raw", "/dev/xvda", "written", "");
     one.create_bound(&pod).await.unwrap();
-    let done = wait_for("the block pod done", Duration::from_secs(90), async || {
-        let p = one.pods.get("raw-user").await.ok()?;
-        let phase = p.status.as_ref()?.phase.clone()?;
-        matches!(phase.as_str(), "Succeeded" | "Failed").then_some(p)
-    })
-    .await;
+    let done = one.ended("raw-user", Duration::from_secs(90)).await;
     assert_eq!(
         done.status.as_ref().unwrap().phase.as_deref(),
         Some("Succeeded"),
@@ -1383,16 +1378,7 @@ async fn image_volumes_mount_an_image_read_only() {
         },
     }));
     one.create_bound(&pod).await.unwrap();
-    let done = wait_for(
-        "the image volume pod done",
-        Duration::from_secs(90),
-        async || {
-            let p = one.pods.get("img").await.ok()?;
-            let phase = p.status.as_ref()?.phase.clone()?;
-            matches!(phase.as_str(), "Succeeded" | "Failed").then_some(p)
-        },
-    )
-    .await;
+    let done = one.ended("img", Duration::from_secs(90)).await;
     assert_eq!(
         done.status.as_ref().unwrap().phase.as_deref(),
         Some("Succeeded"),
