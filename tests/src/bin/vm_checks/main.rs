@@ -500,10 +500,8 @@ fn apparmor_confines() -> Result<(), String> {
 
 /// `(major, minor)` of the running kernel.
 fn kernel_version() -> (u32, u32) {
-    let release = read(Path::new("/proc/sys/kernel/osrelease"));
-    let mut parts = release.split(|c: char| !c.is_ascii_digit());
-    let mut next = || parts.next().and_then(|p| p.parse().ok()).unwrap_or(0);
-    (next(), next())
+    kernlet::sys::machine::kernel_version(&read(Path::new("/proc/sys/kernel/osrelease")))
+        .unwrap_or((0, 0))
 }
 
 /// `hostUsers: false`. With idmapped tmpfs mounts (Linux 6.3): the container's root
